@@ -1,0 +1,32 @@
+# tiercel developer entry points. `make test` and `make demo` set everything up on a fresh machine.
+#
+# TORCH_SPEC picks the PyTorch build. The default is the CPU build; on a GPU machine use e.g.
+#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY          = $(VENV)/bin/python
+STAMP       = $(VENV)/.tiercel-installed
+
+.PHONY: setup test test-fast demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[all,dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+demo: $(STAMP)
+	$(VENV)/bin/tiercel demo --out demo_out
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

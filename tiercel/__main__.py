@@ -1,0 +1,5 @@
+import sys
+
+from tiercel.cli import main
+
+sys.exit(main())
