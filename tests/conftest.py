@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny tokenizer and tiny Florence-2 model built in code (no network, no weights)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CORPUS = [
+    "Classify the image.\nUse one or a few words.",
+    "Describe the image.",
+    "Describe the image in detail.",
+    "Count the number of ship.",
+    "Detect all airplane in the image.\nUse horizontal bounding boxes.",
+    "Detect all ship in the image.\nUse oriented bounding boxes.",
+    "A harbor with three ships and a storage tank near the water.",
+    "An airport with two airplanes parked on the asphalt.",
+] * 20
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real `tiercel` command in a subprocess; returns the completed process (text mode)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tiercel", *args], capture_output=True, text=True, env=full_env, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from tiercel.models.tokenizer import train_bpe
+
+    return train_bpe(TINY_CORPUS, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    pytest.importorskip("torch")
+    from tiercel.models import build
+
+    return build("tiny", seed=0, vocab_size=len(tiny_tokenizer), image_token_id=tiny_tokenizer.image_id)

@@ -1,0 +1,140 @@
+"""Checkpoint loading: both layouts give identical logits; every bad input is one clear line."""
+
+import json
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from tiercel.errors import CheckpointError, TokenizerError  # noqa: E402
+from tiercel.models import load_checkpoint  # noqa: E402
+from tiercel.models.writer import save_native, save_original  # noqa: E402
+
+
+def logits(model, tok, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(2, 3, 64, 64, generator=g)
+    ids = torch.tensor([tok.prompt_ids("Describe the image.", 5)] * 2)
+    dec = torch.tensor([[2, 0, 7, 9, 11]] * 2)
+    with torch.no_grad():
+        return model(input_ids=ids, pixel_values=pixels, decoder_input_ids=dec).logits
+
+
+@pytest.fixture()
+def original_dir(tmp_path, tiny_model, tiny_tokenizer):
+    return save_original(tiny_model, tiny_tokenizer, tmp_path / "orig")
+
+
+def test_original_layout_loads_with_identical_logits(original_dir, tiny_model, tiny_tokenizer):
+    ckpt = load_checkpoint(original_dir)
+    assert ckpt.layout == "original"
+    assert (logits(ckpt.model, ckpt.tokenizer) - logits(tiny_model, tiny_tokenizer)).abs().max() < 1e-5
+    # the tied embedding stays tied after loading, so fine-tuning updates lm_head and inputs together
+    assert ckpt.model.lm_head.weight is ckpt.model.model.language_model.shared.weight
+
+
+def test_image_projection_is_transposed_in_the_original_file(original_dir, tiny_model):
+    stored = load_file(str(original_dir / "model.safetensors"))["image_projection"]
+    native = tiny_model.model.multi_modal_projector.image_projection.weight
+    assert torch.equal(stored, native.t())
+
+
+def test_native_round_trip_and_provenance(tmp_path, original_dir, tiny_model, tiny_tokenizer):
+    from tiercel.models.convert import convert_checkpoint
+
+    summary = convert_checkpoint(original_dir, tmp_path / "native")
+    assert summary["preset"] == "tiny" and summary["layout"] == "original"
+    meta = json.loads((tmp_path / "native" / "tiercel.json").read_text())
+    assert meta["provenance"]["source_layout"] == "original"
+    assert len(meta["provenance"]["source_sha256"]["model.safetensors"]) == 64
+    ckpt = load_checkpoint(tmp_path / "native")
+    assert ckpt.layout == "native" and ckpt.shape.image_size == 64
+    assert torch.equal(logits(ckpt.model, ckpt.tokenizer), logits(tiny_model, tiny_tokenizer))
+
+
+def test_bin_weights_and_subfolder_are_found(tmp_path, original_dir, tiny_model, tiny_tokenizer):
+    nested = tmp_path / "download" / "Falcon-Single-Instruction-Base"
+    shutil.copytree(original_dir, nested)
+    state = load_file(str(nested / "model.safetensors"))
+    (nested / "model.safetensors").unlink()
+    torch.save(state, nested / "pytorch_model.bin")
+    ckpt = load_checkpoint(tmp_path / "download")
+    assert ckpt.path == nested
+    assert (logits(ckpt.model, ckpt.tokenizer) - logits(tiny_model, tiny_tokenizer)).abs().max() < 1e-5
+
+
+def test_missing_image_token_is_added(tmp_path, original_dir):
+    tok = json.loads((original_dir / "tokenizer.json").read_text())
+    tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<image>"]
+    (original_dir / "tokenizer.json").write_text(json.dumps(tok))
+    ckpt = load_checkpoint(original_dir)
+    assert ckpt.tokenizer.image_id == ckpt.model.config.image_token_id
+    assert any("added <image>" in note for note in ckpt.notes)
+
+
+def test_hub_id_says_download_first():
+    with pytest.raises(CheckpointError, match=r"^TianHuiLab/Falcon-Single-Instruction-Large: not a local directory; tiercel never downloads"):
+        load_checkpoint("TianHuiLab/Falcon-Single-Instruction-Large")
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(CheckpointError, match=r"no such file or directory$"):
+        load_checkpoint(tmp_path / "nothing")
+
+
+def test_directory_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="no config.json next to weights"):
+        load_checkpoint(tmp_path)
+
+
+def test_unknown_model_type(original_dir):
+    cfg = json.loads((original_dir / "config.json").read_text())
+    cfg["model_type"] = "llava"
+    (original_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="model_type 'llava' is not a Florence-2 model"):
+        load_checkpoint(original_dir)
+
+
+def test_shape_mismatch_names_key_and_both_shapes(original_dir):
+    state = load_file(str(original_dir / "model.safetensors"))
+    state["language_model.model.encoder.layers.0.fc1.weight"] = torch.zeros(64, 64)
+    save_file(state, str(original_dir / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"weight 'language_model.model.encoder.layers.0.fc1.weight' has shape \[64, 64\] but the config needs \[128, 64\]"):
+        load_checkpoint(original_dir)
+
+
+def test_missing_and_unexpected_weights(original_dir):
+    state = load_file(str(original_dir / "model.safetensors"))
+    state["vision_tower.norms.weight"] = torch.ones(64)  # unused DaViT head norm: ignored, as in the published files
+    state["language_model.model.encoder.extra.weight"] = torch.ones(3)
+    save_file(state, str(original_dir / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"unexpected weight 'language_model.model.encoder.extra.weight' \(1 in all\)"):
+        load_checkpoint(original_dir)
+    del state["language_model.model.encoder.extra.weight"], state["vision_tower.convs.0.proj.weight"]
+    save_file(state, str(original_dir / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"weight 'vision_tower.convs.0.proj.weight' is missing"):
+        load_checkpoint(original_dir)
+
+
+def test_truncated_weights_say_redownload(original_dir):
+    data = (original_dir / "model.safetensors").read_bytes()
+    (original_dir / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot read weights .* re-download it"):
+        load_checkpoint(original_dir)
+
+
+def test_tokenizer_missing(original_dir):
+    (original_dir / "tokenizer.json").unlink()
+    with pytest.raises(TokenizerError, match="no tokenizer.json"):
+        load_checkpoint(original_dir)
+
+
+def test_save_refuses_to_overwrite(tmp_path, tiny_model, tiny_tokenizer):
+    from tiercel.errors import TiercelError
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(TiercelError, match="already exists; choose another output path or pass --overwrite"):
+        save_native(tiny_model, tiny_tokenizer, tmp_path / "out")

@@ -1,0 +1,247 @@
+"""Load Florence-2 / Falcon checkpoints from a local directory, in the native or the original layout.
+
+Nothing is downloaded and no code shipped with a checkpoint is run: weights are read with safetensors or
+`torch.load(weights_only=True)`, config.json is read as JSON, and layout.py renames keys. The model is built
+on the meta device and the checkpoint tensors are assigned into it, so a 0.77B model needs one copy in RAM.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tiercel.errors import CheckpointError, require
+from tiercel.models import layout
+from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD, ModelShape, match_preset
+from tiercel.models.tokenizer import TextTokenizer
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with everything needed to feed it: tokenizer and preprocessing."""
+
+    model: object
+    tokenizer: TextTokenizer
+    shape: ModelShape
+    path: Path
+    layout: str  # "native" or "original"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    meta: dict = field(default_factory=dict)  # tiercel.json content (preset, provenance)
+    notes: list[str] = field(default_factory=list)  # what loading changed: keys renamed, tokens added
+
+    @property
+    def preset(self) -> str | None:
+        return self.meta.get("preset") or match_preset(self.shape)
+
+
+def find_checkpoint_dir(path: str | Path) -> Path:
+    """The directory holding config.json and weights: `path` itself or its one subfolder that has them."""
+    path = Path(path)
+    if not path.exists():
+        if _HUB_ID.match(str(path)):
+            raise CheckpointError(
+                f"{path}: not a local directory; tiercel never downloads. Download it first "
+                f"(e.g. `huggingface-cli download {path} --local-dir ckpt/`) and pass the directory"
+            )
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.is_file():
+        raise CheckpointError(f"{path}: is a file; pass the checkpoint directory (the one with config.json)")
+    candidates = [c.parent for c in sorted(path.rglob("config.json")) if len(c.relative_to(path).parts) <= 4 and _has_weights(c.parent)]
+    if not candidates:
+        raise CheckpointError(f"{path}: no config.json next to weights (model.safetensors or pytorch_model.bin) in it or its subfolders")
+    if len(candidates) > 1:
+        listed = ", ".join(str(c.relative_to(path)) or "." for c in candidates[:4])
+        raise CheckpointError(f"{path}: holds several checkpoints ({listed}); pass one of them")
+    return candidates[0]
+
+
+def _has_weights(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in _WEIGHT_NAMES) or any(folder.glob("*.safetensors"))
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a checkpoint directory, following a shard index when there is one."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise CheckpointError(f"{folder / missing[0]}: shard listed in {index} is missing")
+            return [folder / s for s in shards]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return [folder / name]
+    return sorted(folder.glob("*.safetensors"))
+
+
+def read_state_dict(files: list[Path]) -> dict:
+    """All tensors of `files` (safetensors, or .bin read with weights_only=True) in one dict."""
+    torch = require("torch", "train", "reading checkpoint weights")
+    state = {}
+    for file in files:
+        try:
+            if file.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state.update(load_file(str(file)))
+            else:
+                state.update(torch.load(str(file), map_location="cpu", weights_only=True))
+        except Exception as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"{file}: cannot read weights ({first}); the file may be truncated, re-download it") from err
+    return state
+
+
+def read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file}: not valid JSON ({err})") from err
+
+
+def load_checkpoint(path: str | Path, dtype: str = "float32") -> Checkpoint:
+    """Load a native- or original-layout Florence-2/Falcon checkpoint directory into a native model.
+
+    Args:
+        path: the checkpoint directory (or a folder with exactly one checkpoint inside).
+        dtype: "float32", "float16" or "bfloat16" for the loaded weights.
+    """
+    from tiercel.models.zoo import shape_from_config
+
+    folder = find_checkpoint_dir(path)
+    state = read_state_dict(weight_files(folder))
+    spec = read_config(folder, keys=state)
+    tokenizer = TextTokenizer.from_dir(folder)
+    notes = []
+    if tokenizer.ensure_image_token():
+        notes.append(f"added <image> to the tokenizer as id {tokenizer.image_id}")
+    spec.config.image_token_id = tokenizer.image_id
+    model = _assemble(spec.config, state, spec.original, dtype, folder, notes)
+    if len(tokenizer) > spec.config.text_config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer))
+        notes.append(f"resized the vocabulary to {len(tokenizer)} for <image>")
+    shape = shape_from_config(model.config, image_size=spec.image_size)
+    model.tiercel_shape = shape
+    layout_name = "original" if spec.original else "native"
+    return Checkpoint(model.eval(), tokenizer, shape, folder, layout_name, spec.mean, spec.std, spec.meta, notes)
+
+
+@dataclass
+class ConfigSpec:
+    """What config.json, preprocessor_config.json and tiercel.json say, before any weight is read."""
+
+    config: object  # transformers.Florence2Config (native)
+    original: bool
+    image_size: int
+    mean: tuple
+    std: tuple
+    meta: dict
+
+
+def read_config(folder: Path, keys=()) -> ConfigSpec:
+    """Read a checkpoint directory's configuration (either layout) into a native Florence2Config."""
+    transformers = require("transformers", "train", "reading a checkpoint config")
+    config = read_json(folder / "config.json")
+    if config.get("model_type") not in ("florence2", None):
+        raise CheckpointError(f"{folder / 'config.json'}: model_type '{config.get('model_type')}' is not a Florence-2 model (expected 'florence2')")
+    original = layout.is_original_layout(config, keys)
+    kwargs = layout.original_config_to_native(config, str(folder / "config.json")) if original else _native_kwargs(config, folder)
+    if "image_token_id" in config:
+        kwargs["image_token_id"] = config["image_token_id"]
+    meta = read_json(folder / "tiercel.json") if (folder / "tiercel.json").is_file() else {}
+    size, mean, std = _preprocessing(folder, meta)
+    try:
+        native = transformers.Florence2Config(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder / 'config.json'}: {str(err).splitlines()[0]}") from err
+    return ConfigSpec(native, original, size, mean, std, meta)
+
+
+def _native_kwargs(config: dict, folder: Path) -> dict:
+    vision, text = config.get("vision_config"), config.get("text_config")
+    if not isinstance(vision, dict) or not isinstance(text, dict):
+        raise CheckpointError(f"{folder / 'config.json'}: needs both vision_config and text_config sections")
+    return {"vision_config": vision, "text_config": text}
+
+
+def _preprocessing(folder: Path, meta: dict):
+    """Image size, mean and std: tiercel.json first, then preprocessor_config.json, then Florence-2's defaults."""
+    pre = read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
+    size = pre.get("size", pre.get("crop_size", 768))
+    if isinstance(size, dict):
+        size = size.get("height", size.get("shortest_edge", 768))
+    size = meta.get("image_size", size)
+    mean = tuple(meta.get("image_mean", pre.get("image_mean", IMAGENET_MEAN)))
+    std = tuple(meta.get("image_std", pre.get("image_std", IMAGENET_STD)))
+    return int(size), mean, std
+
+
+def _assemble(config, state: dict, original: bool, dtype: str, folder: Path, notes: list[str]):
+    """Build the model on the meta device and assign checkpoint tensors into it, checking every key and shape."""
+    torch = require("torch", "train", "loading a checkpoint")
+    transformers = require("transformers", "train", "loading a checkpoint")
+    with torch.device("meta"):
+        model = transformers.Florence2ForConditionalGeneration(config)
+    expected = model.state_dict()
+    groups = _tied_groups(model)
+    torch_dtype = getattr(torch, dtype)
+    loaded, used = {}, set()
+    for key, ref in expected.items():
+        tensor, src = _find(key, groups, state, original)
+        if tensor is None:
+            if key.endswith("visual_temporal_embed.pos_idx_to_embed"):
+                continue  # a deterministic sinusoid table: recomputed below when absent
+            name = layout.native_to_original(key) if original else key
+            raise CheckpointError(f"{folder}: weight '{name}' is missing from the checkpoint (expected shape {list(ref.shape)})")
+        if src in layout.TRANSPOSED_ORIGINAL and original:
+            tensor = tensor.t().contiguous()
+        if tuple(tensor.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{folder}: weight '{src}' has shape {list(tensor.shape)} but the config needs {list(ref.shape)}")
+        loaded[key] = tensor.to(torch_dtype) if tensor.is_floating_point() else tensor
+        used.update(_names(groups.get(key, [key]), original))  # a tied copy stored twice is not 'unexpected'
+    extra = sorted(k for k in state if k not in used and not (original and layout.IGNORED_ORIGINAL.match(k)))
+    if extra:
+        raise CheckpointError(f"{folder}: unexpected weight '{extra[0]}' ({len(extra)} in all); the checkpoint does not match its config.json")
+    if original:
+        notes.append(f"converted {sum(k in used for k in state)} original-layout tensors to the native layout")
+    model.load_state_dict(loaded, strict=False, assign=True)
+    _restore_buffers(model, loaded, torch_dtype)
+    model.tie_weights()
+    return model.to(torch_dtype)
+
+
+def _tied_groups(model) -> dict[str, list[str]]:
+    """For each state-dict key, all keys that share its parameter (tied embeddings / lm_head)."""
+    by_id: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(param), []).append(name)
+    return {name: names for names in by_id.values() for name in names}
+
+
+def _names(keys: list[str], original: bool) -> list[str]:
+    return [layout.native_to_original(k) for k in keys] if original else list(keys)
+
+
+def _find(key: str, groups: dict, state: dict, original: bool):
+    """The checkpoint tensor for native `key` (or any key tied to it) and the name it had there."""
+    for src in _names(groups.get(key, [key]), original):
+        if src in state:
+            return state[src], src
+    return None, None
+
+
+def _restore_buffers(model, loaded: dict, torch_dtype):
+    """Materialise the sinusoid table when the checkpoint did not carry it (it is not learned)."""
+    torch = require("torch", "train", "loading a checkpoint")
+    embed = model.model.multi_modal_projector.visual_temporal_embed
+    if embed.pos_idx_to_embed.is_meta:
+        sine, cosine = embed.get_sinusoid_embeddings(embed.max_seq_len, embed.embed_dim)
+        table = torch.empty(embed.max_seq_len, embed.embed_dim)
+        table[:, 0::2], table[:, 1::2] = sine, cosine
+        embed.pos_idx_to_embed = table.to(torch_dtype)
