@@ -1,0 +1,145 @@
+"""Answer text <-> typed results, one reader and one writer per answer kind.
+
+Kinds: "label" (class names, VQA answers), "caption", "count", "box", "quad", "poly". Readers never raise on
+model output: they return the best result they can and say in `result.warnings` what they repaired. Text
+answers are cleaned of decoder tokens (`<s>`, `</s>`, `<pad>`, `<unk>`) and have their whitespace collapsed;
+their case and punctuation are kept (metrics normalise, see tiercel.tasks.metrics.classification).
+
+Geometry readers and writers take `size`, the (W, H) of the frame the bins refer to, and work in pixels. They
+know nothing about tasks or PIX_CHG's canvas: tiercel.tasks.specs passes the canvas size and maps back.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from tiercel.errors import TaskError
+from tiercel.tasks import grammar
+from tiercel.tasks.results import Boxes, Caption, Count, Label, Polygons, Quads, Result
+
+NUMBER_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty"
+).split()
+# A number word counts only as a whole word: "twenty-one" is not 20 (nor 1), "someone" holds no "one".
+_NUMBER = re.compile(r"(\d+)|(?<![\w-])(" + "|".join(NUMBER_WORDS) + r")(?![\w-])", re.IGNORECASE)
+_SPECIALS = re.compile("|".join(re.escape(t) for t in grammar.SPECIAL_TOKENS))
+
+
+def clean_text(text) -> tuple[str, list[str]]:
+    """Drop decoder tokens, collapse whitespace. Returns (text, warnings); non-strings read as empty."""
+    if not isinstance(text, str):
+        return "", [f"answer is not text (got {type(text).__name__}); read as empty"]
+    cleaned = " ".join(_SPECIALS.sub(" ", text).split())
+    return cleaned, ([] if cleaned else ["empty answer"])
+
+
+def read_label(text, size=None, dialect="falcon") -> Label:
+    cleaned, warnings = clean_text(text)
+    return Label(text=cleaned, raw=_raw(text), warnings=warnings)
+
+
+def read_caption(text, size=None, dialect="falcon") -> Caption:
+    cleaned, warnings = clean_text(text)
+    return Caption(text=cleaned, raw=_raw(text), warnings=warnings)
+
+
+def read_count(text, size=None, dialect="falcon") -> Count:
+    """The first integer in the answer, in digits or as a word zero..twenty; None when there is none."""
+    cleaned, warnings = clean_text(text)
+    m = _NUMBER.search(cleaned)
+    if m is None:
+        if cleaned:
+            warnings.append(f"no number in answer {cleaned[:40]!r}")
+        return Count(value=None, raw=_raw(text), warnings=warnings)
+    value = int(m.group(1)) if m.group(1) else NUMBER_WORDS.index(m.group(2).lower())
+    if m.group() != cleaned:
+        warnings.append(f"read {value} from a longer answer {cleaned[:40]!r}")
+    return Count(value=value, raw=_raw(text), warnings=warnings)
+
+
+def read_boxes(text, size, dialect="falcon") -> Boxes:
+    """Horizontal boxes [x1, y1, x2, y2] in pixels, in generation order."""
+    groups, warnings = grammar.read(text, "box", dialect)
+    boxes = [to_pixels(g, size, flat=True) for g in groups]
+    return Boxes(boxes=boxes, raw=_raw(text), warnings=warnings)
+
+
+def read_quads(text, size, dialect="falcon") -> Quads:
+    """Oriented boxes as 4 corners [[x, y] x 4] in pixels, in generation order."""
+    groups, warnings = grammar.read(text, "quad", dialect)
+    return Quads(quads=[to_pixels(g, size) for g in groups], raw=_raw(text), warnings=warnings)
+
+
+def read_polygons(text, size, dialect="falcon") -> Polygons:
+    """Polygons: instances (one per `<poly>`) -> parts (split by `<sep>`) -> points [x, y] in pixels."""
+    groups, warnings = grammar.read(text, "poly", dialect)
+    polygons = [[to_pixels(part, size) for part in instance] for instance in groups]
+    return Polygons(polygons=polygons, raw=_raw(text), warnings=warnings)
+
+
+def _raw(text) -> str:
+    return text if isinstance(text, str) else ""
+
+
+def to_pixels(bins: list[int], size, flat: bool = False) -> list:
+    """Flat bins [bx, by, ...] of a (W, H) frame -> pixel points [[x, y], ...], or flat [x, y, ...] if `flat`."""
+    w, h = size
+    xs = grammar.from_bin(bins[0::2], w)
+    ys = grammar.from_bin(bins[1::2], h)
+    if flat:
+        return [float(v) for pair in zip(xs, ys) for v in pair]
+    return [[float(x), float(y)] for x, y in zip(xs, ys)]
+
+
+def write_text(result: Result, size=None, dialect="falcon") -> str:
+    return " ".join(result.text.split())
+
+
+def write_count(result: Count, size=None, dialect="falcon") -> str:
+    return "" if result.value is None else str(int(result.value))
+
+
+def write_boxes(result: Boxes, size, dialect="falcon") -> str:
+    return "".join(grammar.write_structure("box", [bins(box, size, 4)], dialect) for box in result.boxes)
+
+
+def write_quads(result: Quads, size, dialect="falcon") -> str:
+    return "".join(grammar.write_structure("quad", [bins(quad, size, 8)], dialect) for quad in result.quads)
+
+
+def write_polygons(result: Polygons, size, dialect="falcon") -> str:
+    return "".join(
+        grammar.write_structure("poly", [bins(part, size) for part in instance], dialect)
+        for instance in result.polygons
+    )
+
+
+def bins(points, size, n_values: int | None = None) -> list[int]:
+    """Pixel points (flat [x, y, ...] or [[x, y], ...]) -> flat bins [bx, by, ...] for a (W, H) frame.
+
+    `n_values` checks the count (4 for a box, 8 for a quad); a polygon needs at least 3 points.
+    """
+    try:
+        flat = np.asarray(points, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise TaskError(f"coordinates must be numbers, flat or as [x, y] points (got {points!r})") from None
+    if n_values is not None and len(flat) != n_values:
+        raise TaskError(f"expected {n_values} coordinates, got {len(flat)}: {points!r}")
+    if n_values is None and (len(flat) % 2 or len(flat) < 6):
+        raise TaskError(f"a polygon needs >= 3 [x, y] points, got {len(flat)} values: {points!r}")
+    w, h = size
+    return [int(b) for pair in zip(grammar.to_bin(flat[0::2], w), grammar.to_bin(flat[1::2], h)) for b in pair]
+
+
+# kind -> (result type, reader, writer, needs a frame size)
+ANSWERS = {
+    "label": (Label, read_label, write_text, False),
+    "caption": (Caption, read_caption, write_text, False),
+    "count": (Count, read_count, write_count, False),
+    "box": (Boxes, read_boxes, write_boxes, True),
+    "quad": (Quads, read_quads, write_quads, True),
+    "poly": (Polygons, read_polygons, write_polygons, True),
+}

@@ -1,0 +1,84 @@
+"""Metrics for answers that are words or numbers: exact-match accuracy, macro P/R/F1, counting accuracy and MAE.
+
+Before comparing, both sides are normalised the same simple way: lowercase; `_` and `-` become spaces; other
+punctuation is dropped; whitespace is collapsed. Articles and plurals are kept ("a car" != "car",
+"cars" != "car"). Falcon's own normalisation is unverified; this one only forgives spelling of separators.
+
+Macro precision/recall/F1 average over the classes that occur in the references; a prediction outside that
+set counts against recall of the true class and opens no class of its own. F1 is the mean of per-class F1 (as
+scikit-learn's average="macro"); a class with no predictions has precision 0.
+
+This module knows nothing about answer text beyond `Label.text` / `Count.value`, nor about prompts.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+import numpy as np
+
+_PUNCT = re.compile("[" + re.escape(string.punctuation.replace("_", "").replace("-", "")) + "]")
+
+
+def normalize_label(text: str) -> str:
+    """Lowercase, `_`/`-` to spaces, other punctuation dropped, whitespace collapsed."""
+    text = re.sub(r"[_\-]", " ", str(text).lower())
+    return " ".join(_PUNCT.sub("", text).split())
+
+
+def accuracy(preds: list[str], refs: list[str]) -> float:
+    """Exact-match accuracy after normalize_label; nan for no samples."""
+    if not refs:
+        return float("nan")
+    return float(np.mean([normalize_label(p) == normalize_label(r) for p, r in zip(preds, refs)]))
+
+
+def macro_prf(preds: list[str], refs: list[str]) -> dict[str, float]:
+    """Macro precision, recall and F1 over the reference classes (see module doc)."""
+    p = [normalize_label(x) for x in preds]
+    r = [normalize_label(x) for x in refs]
+    classes = sorted(set(r))
+    if not classes:
+        return {"macro_precision": float("nan"), "macro_recall": float("nan"), "macro_f1": float("nan")}
+    precision, recall, f1 = [], [], []
+    for c in classes:
+        tp = sum(a == c and b == c for a, b in zip(p, r))
+        predicted, actual = p.count(c), r.count(c)
+        pc = tp / predicted if predicted else 0.0
+        rc = tp / actual
+        precision.append(pc)
+        recall.append(rc)
+        f1.append(2 * pc * rc / (pc + rc) if pc + rc else 0.0)
+    return {
+        "macro_precision": float(np.mean(precision)),
+        "macro_recall": float(np.mean(recall)),
+        "macro_f1": float(np.mean(f1)),
+    }
+
+
+def classification_metrics(preds: list[str], refs: list[str]) -> dict[str, float]:
+    """IMG_CLS, REG_CLS_*, PIX_CLS: accuracy (headline) and macro P/R/F1."""
+    return {"accuracy": accuracy(preds, refs), **macro_prf(preds, refs), "n": float(len(refs))}
+
+
+def vqa_metrics(preds: list[str], refs: list[str]) -> dict[str, float]:
+    """IMG_VQA: exact-match accuracy, overall and on the yes/no questions (by the reference answer)."""
+    yes_no = [i for i, r in enumerate(refs) if normalize_label(r) in ("yes", "no")]
+    return {
+        "accuracy": accuracy(preds, refs),
+        "accuracy_yes_no": accuracy([preds[i] for i in yes_no], [refs[i] for i in yes_no]),
+        "n": float(len(refs)),
+    }
+
+
+def count_metrics(preds: list[int | None], refs: list[int]) -> dict[str, float]:
+    """IMG_CT: accuracy (a missing number is wrong), MAE over the answers that held a number, and how
+    many held none (`missing`)."""
+    read = [(p, r) for p, r in zip(preds, refs) if p is not None]
+    return {
+        "accuracy": float(np.mean([p == r for p, r in zip(preds, refs)])) if refs else float("nan"),
+        "mae": float(np.mean([abs(p - r) for p, r in read])) if read else float("nan"),
+        "missing": float(len(refs) - len(read)),
+        "n": float(len(refs)),
+    }
