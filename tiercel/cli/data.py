@@ -39,15 +39,15 @@ def validate_cmd(
     with console.status("checking records...") as status:
         report = validate(file, root, limit=limit, progress=lambda n: status.update(f"checked {n:,} records..."))
     for problem in report.problems[:SHOWN]:
-        console.print(str(problem), markup=False)
+        console.print(str(problem), markup=False, soft_wrap=True)
     if len(report.problems) > SHOWN:
-        console.print(f"... and {len(report.problems) - SHOWN} more problems", markup=False)
+        console.print(f"... and {len(report.problems) - SHOWN} more problems", markup=False, soft_wrap=True)
     console.print(_counts_table(report))
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     if not report.ok:
         raise DataError(report.summary())
-    console.print(report.summary(), markup=False)
+    console.print(report.summary(), markup=False, soft_wrap=True)
 
 
 def _counts_table(report):
@@ -88,4 +88,4 @@ def synth_cmd(
     seconds = time.perf_counter() - start
     splits = ", ".join(f"{s} {sum(c.values())}" for s, c in meta["counts"].items())
     console.print(f"wrote {out}: {n} records ({splits}), {sum(meta['images'].values())} images "
-                  f"of {size}x{size} px in {seconds:.1f} s", markup=False)
+                  f"of {size}x{size} px in {seconds:.1f} s", markup=False, soft_wrap=True)

@@ -160,8 +160,10 @@ def changed_twin(rng: np.random.Generator, scene: Scene, knobs: Knobs) -> tuple[
     """The same place later: some objects removed, some added. Returns (after, changed objects).
 
     At least one object changes. Added objects avoid everything in the first frame, so a changed
-    object's outline covers pixels that really differ between the frames.
+    object's outline covers pixels that really differ between the frames. The scene must hold an object.
     """
+    if not scene.objects:
+        raise ValueError("changed_twin needs a scene with at least one object")
     n_remove = int(rng.integers(0, min(knobs.max_removed, len(scene.objects)) + 1))
     removed = [scene.objects[i] for i in rng.choice(len(scene.objects), n_remove, replace=False)]
     after = replace(scene, objects=[o for o in scene.objects if o not in removed])

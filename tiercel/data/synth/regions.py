@@ -117,12 +117,14 @@ def farmland(rng, size):
     inner = (slice(1, nx), slice(1, ny))
     grid[inner] += rng.uniform(-0.07, 0.07, grid[inner].shape) * size
     kinds = [("cropland", "cropland"), ("bare soil", "soil"), ("grassland", "grass")]
+    picks = rng.choice(3, nx * ny, p=[0.55, 0.25, 0.2])
+    if (picks == 0).all():  # keep a farmyard: buildings and vehicles do not stand in crops
+        picks[int(rng.integers(nx * ny))] = 1
     regions = []
-    for i in range(nx):
-        for j in range(ny):
-            name, ground = kinds[int(rng.choice(3, p=[0.55, 0.25, 0.2]))]
-            poly = np.array([grid[i, j], grid[i + 1, j], grid[i + 1, j + 1], grid[i, j + 1]])
-            regions.append(Region(name, ground, poly, angle=rng.uniform(0, np.pi)))
+    for k, (i, j) in enumerate((i, j) for i in range(nx) for j in range(ny)):
+        name, ground = kinds[int(picks[k])]
+        poly = np.array([grid[i, j], grid[i + 1, j], grid[i + 1, j + 1], grid[i, j + 1]])
+        regions.append(Region(name, ground, poly, angle=rng.uniform(0, np.pi)))
     if rng.random() < 0.4:
         regions.append(_road(rng, size))
     return regions, [], rng.uniform(0, np.pi)

@@ -1,0 +1,154 @@
+"""The synthetic benchmark: deterministic, complete over tasks and splits, and its ground truth is right."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+import tiercel.tasks as T
+from tiercel.data import iter_records, load_image
+from tiercel.data.synth import OBJECT_CLASSES, SCENE_CLASSES, Knobs, generate, split_sizes
+from tiercel.data.synth.layout import changed_twin, sample_scene
+from tiercel.errors import ConfigError, DataError
+
+SIZE, N, SEED = 96, 84, 3
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "bench"
+    meta = generate(out, n=N, size=SIZE, seed=SEED, workers=1)
+    return out, meta
+
+
+def _records(out):
+    return {split: list(iter_records(out / f"{split}.json")) for split in ("train", "val", "test")}
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_whatever_the_workers(bench, tmp_path):
+    out, _ = bench
+    again = tmp_path / "again"
+    generate(again, n=N, size=SIZE, seed=SEED, workers=2)
+    assert _files(again) == _files(out)
+    other = tmp_path / "other"
+    generate(other, n=N, size=SIZE, seed=SEED + 1, workers=1)
+    assert (other / "train.json").read_bytes() != (out / "train.json").read_bytes()
+
+
+def test_every_task_in_every_split_and_meta_agrees(bench):
+    out, meta = bench
+    records = _records(out)
+    sizes = split_sizes(N)
+    for split, recs in records.items():
+        counts = Counter(r.tag for r in recs)
+        assert set(counts) == set(T.TAGS), split
+        assert len(recs) == sizes[split]
+        assert meta["counts"][split] == {t: counts[t] for t in T.TAGS}
+    assert meta["seed"] == SEED and meta["size"] == SIZE and meta["classes"] == list(OBJECT_CLASSES)
+    assert json.loads((out / "meta.json").read_text()) == meta
+
+
+def test_answers_parse_cleanly_and_reformat_to_the_same_text(bench):
+    out, _ = bench
+    for recs in _records(out).values():
+        for r in recs:
+            spec = T.get(r.tag)
+            parsed = spec.parse(r.answer, image_size=(SIZE, SIZE))
+            assert parsed.warnings == [], (r.tag, r.answer)
+            assert spec.format(parsed, image_size=(SIZE, SIZE)) == r.answer
+            read = spec.read_prompt(r.prompt, image_size=(SIZE, SIZE))
+            assert spec.prompt(image_size=(SIZE, SIZE), **read) == r.prompt
+
+
+def _points(result):
+    if isinstance(result, T.Boxes):
+        return [p for b in result.boxes for p in (b[:2], b[2:])]
+    if isinstance(result, T.Quads):
+        return [p for q in result.quads for p in q]
+    if isinstance(result, T.Polygons):
+        return [p for inst in result.polygons for part in inst for p in part]
+    return []
+
+
+def test_geometry_lies_inside_the_image(bench):
+    out, _ = bench
+    n_points = 0
+    for recs in _records(out).values():
+        for r in recs:
+            spec = T.get(r.tag)
+            points = _points(spec.parse(r.answer, image_size=(SIZE, SIZE)))
+            region = spec.read_prompt(r.prompt, image_size=(SIZE, SIZE))["region"]
+            if region is not None:
+                points += [region[:2], region[2:]] if spec.needs_region == "box" else list(region)
+            for x, y in points:
+                assert 0 <= x <= SIZE and 0 <= y <= SIZE, (r.tag, r.answer)
+            n_points += len(points)
+    assert n_points > 100
+
+
+def test_change_pairs_differ_inside_the_answer_polygons_only(bench):
+    out, _ = bench
+    pairs = [r for recs in _records(out).values() for r in recs if r.tag == "PIX_CHG"]
+    assert pairs
+    for r in pairs:
+        before, after = (load_image(p).astype(int) for p in r.image_paths(out))
+        diff = np.abs(before - after).sum(axis=2)
+        polygons = T.get("PIX_CHG").parse(r.answer, image_size=(SIZE, SIZE)).polygons
+        union = Image.new("L", (SIZE, SIZE), 0)
+        for instance in polygons:
+            mask = Image.new("L", (SIZE, SIZE), 0)
+            ImageDraw.Draw(mask).polygon([tuple(p) for p in instance[0]], fill=1)
+            ImageDraw.Draw(union).polygon([tuple(p) for p in instance[0]], fill=1)
+            inside = diff[np.asarray(mask, bool)].mean()
+            assert inside > 40, f"{r.images}: a changed object barely differs ({inside:.1f})"
+        outside = diff[~np.asarray(union, bool)].mean()
+        assert outside < 30, f"{r.images}: frames differ outside the changes ({outside:.1f})"
+
+
+def test_many_scenes_cover_all_classes_without_overlaps():
+    knobs, seen_scenes, seen_objects = Knobs(), set(), set()
+    for i in range(120):
+        scene = sample_scene(np.random.default_rng([5, i]), 128, knobs)
+        seen_scenes.add(scene.scene_class)
+        seen_objects.update(o.cls for o in scene.objects)
+        for a in scene.objects:
+            assert 0 <= min(a.hbb) and max(a.hbb) <= 128
+            if a.cls == "ship":
+                assert scene.ground_at(a.cx, a.cy) == "water"
+            for b in scene.objects:
+                if a is not b:
+                    assert np.hypot(a.cx - b.cx, a.cy - b.cy) >= a.radius + b.radius
+    assert seen_scenes == set(SCENE_CLASSES) and seen_objects == set(OBJECT_CLASSES)
+
+
+def test_changed_twin_always_changes_something():
+    knobs = Knobs()
+    for i in range(40):
+        rng = np.random.default_rng([6, i])
+        scene = sample_scene(rng, 128, knobs)
+        after, changed = changed_twin(rng, scene, knobs)
+        assert changed
+        before_ids, after_ids = {id(o) for o in scene.objects}, {id(o) for o in after.objects}
+        assert {id(o) for o in changed} == before_ids ^ after_ids
+
+
+def test_refuses_bad_requests(tmp_path):
+    with pytest.raises(ConfigError, match="n must be >= 42"):
+        generate(tmp_path / "x", n=41, size=SIZE)
+    with pytest.raises(ConfigError, match="size must be >= 64"):
+        generate(tmp_path / "x", n=42, size=32)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="not empty; pass --overwrite"):
+        generate(tmp_path / "full", n=42, size=64)
+    generate(tmp_path / "full", n=42, size=64, overwrite=True, workers=1)
+    assert not (tmp_path / "full" / "keep.txt").exists() and (tmp_path / "full" / "meta.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no temp folders left behind

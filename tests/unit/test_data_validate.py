@@ -1,0 +1,86 @@
+"""The validator reports exactly the bad records, each with its reason, and counts records per task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from tiercel.data.validate import BAD_CROP, IMAGE_COUNT, MALFORMED, MISSING_IMAGE, UNKNOWN_TAG, UNPARSABLE, validate
+
+
+def rec(tag_line: str, prompt: str, answer: str, images: list[str], crop=()) -> dict:
+    return {
+        "conversations": [{"role": "user", "content": f"<image>\n{tag_line}\n{prompt}"}, {"role": "assistant", "content": answer}],
+        "images": images,
+        "crop": list(crop),
+    }
+
+
+CLS = "Classify the image.\nUse one or a few words."
+DET = "Detect all ship in the image.\nUse horizontal bounding boxes."
+CHG = "Find changes in the two images."
+# (record, the problem it must produce or None)
+CASES = [
+    (rec("[IMG_CLS]", CLS, "airport", ["img/a.png"]), None),
+    ({"images": ["img/a.png"]}, MALFORMED),
+    (rec("[FOO_BAR]", CLS, "airport", ["img/a.png"]), UNKNOWN_TAG),
+    (rec("[PIX_CHG]", CHG, "<poly><1><1><9><1><9><9></poly>", ["img/a.png"]), IMAGE_COUNT),
+    (rec("[IMG_CLS]", CLS, "airport", ["img/missing.png"]), MISSING_IMAGE),
+    (rec("[IMG_CLS]", CLS, "airport", ["img/a.png"], [30, 0, 10, 20]), BAD_CROP),
+    (rec("[IMG_CLS]", CLS, "airport", ["img/a.png"], [0, 0, 500, 20]), BAD_CROP),
+    (rec("[REG_DET_HBB]", DET, "<box><1><2>", ["img/a.png"]), UNPARSABLE),
+    (rec("[IMG_CLS]", CLS, "  ", ["img/a.png"]), UNPARSABLE),
+    (rec("[PIX_CHG]", CHG, "<poly><1><1><9><1><9><9></poly>", ["img/a.png", "img/b.png"], [0, 0, 40, 30]), None),
+    (rec("[REG_DET_HBB]", DET, "<box><1><2><30><40></box><box><5><6><70><80></box>", ["img/b.png"]), None),
+]
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    (tmp_path / "img").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (64, 48)).save(tmp_path / "img" / name)
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([record for record, _ in CASES], indent=1))
+    return path
+
+
+def test_reports_exactly_the_bad_records_and_why(dataset):
+    report = validate(dataset, dataset.parent)
+    expected = [(i, reason) for i, (_, reason) in enumerate(CASES) if reason]
+    assert [(p.index, p.reason) for p in report.problems] == expected
+    assert report.n_records == len(CASES) and report.n_bad == len(expected) and not report.ok
+    assert "img/missing.png" in report.problems[3].detail
+    assert "[FOO_BAR]" in report.problems[1].detail
+
+
+def test_counts_per_task(dataset):
+    report = validate(dataset, dataset.parent)
+    assert report.counts == {"IMG_CLS": 5, "?": 2, "PIX_CHG": 2, "REG_DET_HBB": 2}
+    assert report.bad == {"IMG_CLS": 4, "?": 2, "PIX_CHG": 1, "REG_DET_HBB": 1}
+
+
+def test_summary_is_one_line(dataset):
+    summary = validate(dataset, dataset.parent).summary()
+    assert "\n" not in summary
+    assert summary.endswith(
+        "train.json: 8 of 11 records are bad (bad crop: 2, malformed record: 1, missing image: 1, "
+        "unknown tag: 1, unparsable answer: 2, wrong image count: 1)"
+    )
+
+
+def test_limit_and_default_root(dataset):
+    report = validate(dataset, limit=3)  # root defaults to the file's folder
+    assert report.n_records == 3
+    assert [p.index for p in report.problems] == [1, 2]
+    assert json.loads(json.dumps(report.to_dict()))["n_bad"] == 2
+
+
+def test_missing_image_is_reported_once_per_path_even_when_cached(dataset, tmp_path):
+    many = [rec("[IMG_CLS]", CLS, "airport", ["img/missing.png"])] * 3
+    path = tmp_path / "many.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in many))
+    report = validate(path, tmp_path)
+    assert [(p.index, p.reason) for p in report.problems] == [(0, MISSING_IMAGE), (1, MISSING_IMAGE), (2, MISSING_IMAGE)]
