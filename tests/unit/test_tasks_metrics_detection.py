@@ -48,6 +48,19 @@ def test_convex_iou_equals_box_iou_on_axis_aligned_boxes(v):
     assert G.convex_iou(corners(*a), corners(*b)) == pytest.approx(G.box_iou(a, b), abs=1e-9)
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.floats(0, 50), min_size=4, max_size=4), max_size=6),
+       st.lists(st.lists(st.floats(0, 50), min_size=4, max_size=4), max_size=6))  # fmt: skip
+def test_iou_matrices_equal_pairwise_ious(a, b):
+    shape = (len(a), len(b))
+    pairwise = np.array([[G.box_iou(x, y) for y in b] for x in a]).reshape(shape)
+    np.testing.assert_allclose(G.box_iou_matrix(a, b), pairwise, atol=1e-12)
+    quads = [[[x1, y1], [x2, y1], [x2, y2], [x1, y2]] for x1, y1, x2, y2 in a + b]
+    qa, qb = quads[: len(a)], quads[len(a) :]
+    pairwise = np.array([[G.convex_iou(x, y) for y in qb] for x in qa]).reshape(shape)
+    np.testing.assert_allclose(G.convex_iou_matrix(qa, qb), pairwise, atol=1e-12)
+
+
 def test_average_precision_by_hand():
     # tp = 1 0 0 1 1 against 3 ground truths: precision 1, 1/2, 1/3, 1/2, 3/5; recall 1/3, 1/3, 1/3, 2/3, 1.
     # The envelope is 1 up to recall 1/3, then 3/5 -> AP = 1/3 * 1 + 1/3 * 3/5 + 1/3 * 3/5 = 11/15.

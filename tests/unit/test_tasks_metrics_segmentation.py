@@ -86,3 +86,27 @@ def test_iou_dice_of_masks():
     assert S.iou_dice(a, a) == (1.0, 1.0)
     assert S.iou_dice(a, b) == (0.0, 0.0)
     assert S.iou_dice(b, b) == (1.0, 1.0)
+
+
+def _inside_by_ray_casting(polygon, size):
+    # Independent check, one pixel at a time: a centre is inside when a ray to its left crosses an odd number
+    # of edges.
+    w, h = size
+    pts = np.asarray(polygon, dtype=float)
+    mask = np.zeros((h, w), dtype=bool)
+    for j in range(h):
+        for i in range(w):
+            x, y, inside = i + 0.5, j + 0.5, False
+            for (xa, ya), (xb, yb) in zip(pts, np.roll(pts, -1, axis=0)):
+                if (ya <= y < yb) or (yb <= y < ya):
+                    if xa + (y - ya) / (yb - ya) * (xb - xa) <= x:
+                        inside = not inside
+            mask[j, i] = inside
+    return mask
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.floats(-3, 15), st.floats(-3, 15)), min_size=3, max_size=7))
+def test_rasterize_matches_ray_casting_on_random_polygons(points):
+    polygon = [list(p) for p in points]
+    np.testing.assert_array_equal(G.rasterize([polygon], (12, 10)), _inside_by_ray_casting(polygon, (12, 10)))

@@ -18,7 +18,7 @@ from tiercel.tasks.metrics.classification import (
     vqa_metrics,
 )
 from tiercel.tasks.metrics.detection import SWEEP, average_precision, detection_metrics, grounding_metrics
-from tiercel.tasks.metrics.geometry import box_iou, convex_iou, rasterize
+from tiercel.tasks.metrics.geometry import box_iou, box_iou_matrix, convex_iou, convex_iou_matrix, rasterize
 from tiercel.tasks.metrics.segmentation import iou_dice, polygons_mask, segmentation_metrics
 
 
@@ -45,17 +45,17 @@ def score_captions(preds, refs, image_sizes=None) -> dict[str, float]:
 
 def score_boxes(preds, refs, image_sizes=None) -> dict[str, float]:
     """REG_DET_HBB: ap50 (generation order), ap50_iou_ranked, precision, recall."""
-    return detection_metrics([p.boxes for p in preds], [r.boxes for r in refs], box_iou, (0.5,))
+    return detection_metrics([p.boxes for p in preds], [r.boxes for r in refs], box_iou_matrix, (0.5,))
 
 
 def score_quads(preds, refs, image_sizes=None) -> dict[str, float]:
     """REG_DET_OBB: the same at IoU 0.1..0.9 with oriented-box IoU; headline ap50."""
-    return detection_metrics([p.quads for p in preds], [r.quads for r in refs], convex_iou, SWEEP)
+    return detection_metrics([p.quads for p in preds], [r.quads for r in refs], convex_iou_matrix, SWEEP)
 
 
 def score_grounding(preds, refs, image_sizes=None) -> dict[str, float]:
     """REG_VG: acc50 of the first box, mean_iou, and AP/precision/recall at IoU 0.1..0.9."""
-    return grounding_metrics([p.boxes for p in preds], [r.boxes for r in refs], box_iou)
+    return grounding_metrics([p.boxes for p in preds], [r.boxes for r in refs], box_iou_matrix)
 
 
 def score_polygons(preds, refs, image_sizes) -> dict[str, float]:
@@ -69,10 +69,12 @@ __all__ = [
     "average_precision",
     "bleu",
     "box_iou",
+    "box_iou_matrix",
     "caption_metrics",
     "cider_d",
     "classification_metrics",
     "convex_iou",
+    "convex_iou_matrix",
     "count_metrics",
     "detection_metrics",
     "grounding_metrics",

@@ -12,8 +12,8 @@ Falcon gives no confidence scores, so the ranking is a choice, and tiercel says 
   uses the answer key to order predictions and inflates AP; it is reported only to compare with published
   numbers. Precision and recall come from generation-order matching (they barely depend on the order).
 
-This module knows nothing about answer text or bins: geometry comes in pixels, one list per sample, with an
-IoU function (tiercel.tasks.metrics.geometry) for the geometry kind.
+This module knows nothing about answer text or bins: geometry comes in pixels, one list per sample, with a
+pairwise IoU function (N x M matrix, tiercel.tasks.metrics.geometry) for the geometry kind.
 """
 
 from __future__ import annotations
@@ -51,13 +51,13 @@ def match(ious: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
     return tp
 
 
-def detection_metrics(preds: list, refs: list, iou: Callable, thresholds=(0.5,)) -> dict[str, float]:
+def detection_metrics(preds: list, refs: list, iou_matrix: Callable, thresholds=(0.5,)) -> dict[str, float]:
     """AP (both rankings), precision and recall at each IoU threshold; keys named by the threshold in %.
 
     `preds` and `refs` hold one list of geometries per sample. At 0.5 the keys are `ap50`, `ap50_iou_ranked`,
     `precision50`, `recall50`, and also plain `precision` and `recall`.
     """
-    matrices = [_iou_matrix(p, r, iou) for p, r in zip(preds, refs)]
+    matrices = [np.asarray(iou_matrix(p, r), dtype=float).reshape(len(p), len(r)) for p, r in zip(preds, refs)]
     n_gt = sum(len(r) for r in refs)
     n_det = sum(len(p) for p in preds)
     rankings = {
@@ -79,10 +79,6 @@ def detection_metrics(preds: list, refs: list, iou: Callable, thresholds=(0.5,))
     return out
 
 
-def _iou_matrix(dets: list, gts: list, iou: Callable) -> np.ndarray:
-    return np.array([[iou(d, g) for g in gts] for d in dets], dtype=float).reshape(len(dets), len(gts))
-
-
 def _best(ious: np.ndarray) -> np.ndarray:
     return ious.max(axis=1) if ious.shape[1] else np.zeros(ious.shape[0])
 
@@ -96,13 +92,13 @@ def _pooled(matrices: list, scores: list, threshold: float) -> tuple[np.ndarray,
     return tp, np.argsort(-score, kind="stable")
 
 
-def grounding_metrics(preds: list, refs: list, iou: Callable) -> dict[str, float]:
+def grounding_metrics(preds: list, refs: list, iou_matrix: Callable) -> dict[str, float]:
     """REG_VG: Acc@0.5 of the first predicted box (best IoU over the reference boxes), mean IoU of that box,
     and the detection sweep (AP, precision, recall at IoU 0.1..0.9) over all predicted boxes."""
-    first = [max((iou(p[0], r) for r in ref), default=0.0) if p else 0.0 for p, ref in zip(preds, refs)]
+    first = [float(np.max(iou_matrix(p[:1], ref))) if p and ref else 0.0 for p, ref in zip(preds, refs)]
     out = {
         "acc50": float(np.mean(np.asarray(first) >= 0.5)) if first else float("nan"),
         "mean_iou": float(np.mean(first)) if first else float("nan"),
     }
-    out.update(detection_metrics(preds, refs, iou, SWEEP))
+    out.update(detection_metrics(preds, refs, iou_matrix, SWEEP))
     return out

@@ -16,13 +16,23 @@ import numpy as np
 
 def box_iou(a, b) -> float:
     """IoU of two horizontal boxes [x1, y1, x2, y2] (corners in any order)."""
-    ax1, ax2 = sorted((a[0], a[2]))
-    ay1, ay2 = sorted((a[1], a[3]))
-    bx1, bx2 = sorted((b[0], b[2]))
-    by1, by2 = sorted((b[1], b[3]))
-    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    return float(inter / union) if union > 0 else 0.0
+    return float(box_iou_matrix([a], [b])[0, 0])
+
+
+def box_iou_matrix(a, b) -> np.ndarray:
+    """Pairwise IoU of N and M horizontal boxes -> N x M (corners in any order; no area -> IoU 0)."""
+    a, b = _ordered(a), _ordered(b)
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area_a, area_b = np.prod(a[:, 2:] - a[:, :2], axis=1), np.prod(b[:, 2:] - b[:, :2], axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _ordered(boxes) -> np.ndarray:
+    boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    return np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], axis=1)
 
 
 def polygon_area(points) -> float:
@@ -97,41 +107,66 @@ def _boxes_overlap(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.all(a.min(0) <= b.max(0)) and np.all(b.min(0) <= a.max(0)))
 
 
-def rasterize(polygons, size, rule: str = "evenodd") -> np.ndarray:
+def convex_iou_matrix(a: list, b: list) -> np.ndarray:
+    """Pairwise convex_iou of N and M point sets -> N x M. Pairs whose bounding boxes are apart are skipped."""
+    out = np.zeros((len(a), len(b)))
+    if not len(a) or not len(b):
+        return out
+    hull = [np.asarray(p, dtype=float).reshape(-1, 2) for p in list(a) + list(b)]
+    extent = np.array([np.concatenate([p.min(0), p.max(0)]) for p in hull])
+    near = box_iou_matrix(extent[: len(a)], extent[len(a) :]) > 0
+    for i, j in zip(*np.nonzero(near)):
+        out[i, j] = convex_iou(a[i], b[j])
+    return out
+
+
+def rasterize(polygons, size, rule: str = "evenodd", out: np.ndarray | None = None) -> np.ndarray:
     """Fill polygons (a list of parts, each [[x, y], ...] in pixels) into an H x W bool mask.
 
     A pixel is inside when its centre (i + 0.5, j + 0.5) is, by the even-odd rule over all parts together
     (so a part inside another is a hole) or by the nonzero winding rule. Parts with < 3 points add nothing.
+    With `out` (an H x W bool mask) the fill is OR-ed into it, which is how instances are united.
     """
-    w, h = int(round(size[0])), int(round(size[1]))
-    x0, y0, x1, y1 = _edges(polygons)
     if rule not in ("evenodd", "nonzero"):
         raise ValueError(f"rule must be 'evenodd' or 'nonzero' (got {rule!r})")
-    if len(x0) == 0 or w <= 0 or h <= 0:
-        return np.zeros((max(h, 0), max(w, 0)), dtype=bool)
+    w, h = max(int(round(size[0])), 0), max(int(round(size[1])), 0)
+    mask = np.zeros((h, w), dtype=bool) if out is None else out
+    edges = _edges(polygons)
+    if len(edges) == 0 or w == 0 or h == 0:
+        return mask
+    # Only the bounding window can hold a centre inside: left of it no crossing counts, right of it all do.
+    (r0, r1), (c0, c1) = _span(edges[:, 1::2], h), _span(edges[:, 0::2], w)
+    if r1 > r0 and c1 > c0:
+        mask[r0:r1, c0:c1] |= _fill(edges - [c0, r0, c0, r0], r1 - r0, c1 - c0, rule)
+    return mask
+
+
+def _span(values: np.ndarray, n: int) -> tuple[int, int]:
+    return int(np.clip(np.floor(values.min()), 0, n)), int(np.clip(np.ceil(values.max()), 0, n))
+
+
+def _fill(edges: np.ndarray, h: int, w: int, rule: str) -> np.ndarray:
+    # Scanline fill of an h x w window; edges are rows [x0, y0, x1, y1] in window pixels.
+    x0, y0, x1, y1 = edges.T
     yc = np.arange(h)[:, None] + 0.5
     crosses = (np.minimum(y0, y1) <= yc) & (yc < np.maximum(y0, y1))  # half-open: a vertex counts once
-    rows, edges = np.nonzero(crosses)
-    t = (yc[rows, 0] - y0[edges]) / (y1[edges] - y0[edges])
-    xc = x0[edges] + t * (x1[edges] - x0[edges])
+    rows, e = np.nonzero(crosses)
+    t = (yc[rows, 0] - y0[e]) / (y1[e] - y0[e])
+    xc = x0[e] + t * (x1[e] - x0[e])
     # A crossing flips every pixel whose centre is at or right of it: spans are [left, right), as is the
     # top-inclusive row test above, so a centre on a left or top edge is in, on a right or bottom edge out.
     start = np.clip(np.ceil(xc - 0.5).astype(np.int64), 0, w)
-    step = np.where(y1[edges] > y0[edges], 1, -1) if rule == "nonzero" else np.ones(len(edges), dtype=np.int32)
+    step = np.where(y1[e] > y0[e], 1, -1) if rule == "nonzero" else np.ones(len(e), dtype=np.int32)
     diff = np.zeros((h, w + 1), dtype=np.int32)
     np.add.at(diff, (rows, start), step)
     winding = np.cumsum(diff, axis=1)[:, :w]
     return (winding % 2 == 1) if rule == "evenodd" else (winding != 0)
 
 
-def _edges(polygons):
-    starts, ends = [], []
-    for part in polygons:
-        p = np.asarray(part, dtype=float).reshape(-1, 2)
-        if len(p) >= 3:
-            starts.append(p)
-            ends.append(np.roll(p, -1, axis=0))
-    if not starts:
-        return (np.zeros(0),) * 4
-    a, b = np.concatenate(starts), np.concatenate(ends)
-    return a[:, 0], a[:, 1], b[:, 0], b[:, 1]
+def _edges(polygons) -> np.ndarray:
+    # All closing edges of all parts with >= 3 points, as rows [x0, y0, x1, y1].
+    parts = [np.asarray(part, dtype=float).reshape(-1, 2) for part in polygons]
+    parts = [p for p in parts if len(p) >= 3]
+    if not parts:
+        return np.zeros((0, 4))
+    return np.concatenate([np.hstack([p, np.roll(p, -1, axis=0)]) for p in parts])

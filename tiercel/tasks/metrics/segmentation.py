@@ -22,7 +22,7 @@ def polygons_mask(polygons: list, size) -> np.ndarray:
     w, h = int(round(size[0])), int(round(size[1]))
     mask = np.zeros((h, w), dtype=bool)
     for instance in polygons:
-        mask |= rasterize(instance, (w, h), rule="evenodd")
+        rasterize(instance, (w, h), rule="evenodd", out=mask)
     return mask
 
 
