@@ -11,7 +11,8 @@ from tiercel.errors import DataError
 
 DET = {
     "conversations": [
-        {"role": "user", "content": "<image>\n[REG_DET_HBB]\nDetect all ship in the image.\nUse horizontal bounding boxes."},
+        {"role": "user",
+         "content": "<image>\n[REG_DET_HBB]\nDetect all ship in the image.\nUse horizontal bounding boxes."},
         {"role": "assistant", "content": "<box><1><2><3><4></box>"},
     ],
     "images": ["Dataset/a.png"],
@@ -31,7 +32,8 @@ NO_ROLE = {"conversations": [{"content": "<image>\n[IMG_CLS]\nClassify the image
 
 def _check(records):
     det, chg, cls = records
-    assert (det.index, det.tag, det.answer, det.images, det.crop) == (0, "REG_DET_HBB", "<box><1><2><3><4></box>", ["Dataset/a.png"], [10, 20, 110, 220])
+    assert (det.index, det.tag, det.answer) == (0, "REG_DET_HBB", "<box><1><2><3><4></box>")
+    assert (det.images, det.crop) == (["Dataset/a.png"], [10, 20, 110, 220])
     assert det.prompt == "Detect all ship in the image.\nUse horizontal bounding boxes."
     assert (chg.tag, chg.images, chg.crop) == ("PIX_CHG", ["Dataset/before.png", "Dataset/after.png"], [])
     assert chg.answer.startswith("<poly>") and chg.prompt == "Find changes in the two images."
@@ -118,3 +120,15 @@ def test_record_to_json_keeps_extra_keys(tmp_path):
     obj = record_to_json(r)
     assert obj["id"] == "x1" and obj["conversations"][0]["content"] == "<image>\n[IMG_CAP]\nDescribe the image."
     assert r.image_paths("/data")[0].as_posix() == "/data/a.png"
+
+
+def test_unreadable_files_give_one_line_errors(tmp_path):
+    binary = tmp_path / "x.json"
+    binary.write_bytes(b"[\xff\xfe\x00garbage")
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        list(iter_records(binary))
+    with pytest.raises(DataError, match="cannot open"):
+        list(iter_records(tmp_path))  # a folder
+    empty = tmp_path / "empty.json"
+    empty.write_text("  \n")
+    assert list(iter_records(empty)) == []

@@ -26,7 +26,9 @@ SHOWN = 50  # bad records printed before "... and N more"
 @data_app.command("validate")
 def validate_cmd(
     file: Path = typer.Argument(..., help="Falcon_SFT file (.json list or .jsonl)."),
-    root: Path = typer.Option(None, "--root", help="Folder the records' image paths are relative to (default: the file's folder)."),
+    root: Path = typer.Option(
+        None, "--root", help="Folder the records' image paths are relative to (default: the file's folder)."
+    ),
     limit: int = typer.Option(None, "--limit", min=1, help="Check only the first N records."),
     json_out: Path = typer.Option(None, "--json", help="Also write the full report (every problem) as JSON here."),
 ):
@@ -60,7 +62,8 @@ def _counts_table(report):
     table.add_column("bad", justify="right")
     for tag in list(T.TAGS) + ["?"]:
         if report.counts.get(tag) or tag != "?":
-            table.add_row(tag if tag != "?" else "(no known tag)", str(report.counts.get(tag, 0)), str(report.bad.get(tag, 0)))
+            name = tag if tag != "?" else "(no known tag)"
+            table.add_row(name, str(report.counts.get(tag, 0)), str(report.bad.get(tag, 0)))
     return table
 
 

@@ -62,21 +62,30 @@ def iter_records(
         f = open(path, encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot open ({err.strerror or err})") from None
     with f:
-        first = _first_char(f)
-        if first == "[":
-            values = _iter_json_list(f, path, chunk_chars)
-        elif first == "{":
-            values = _iter_jsonl(f, path)
-        elif first == "":
-            return
-        else:
-            raise DataError(f"{path}: not a Falcon_SFT file (expected a JSON list '[' or JSONL '{{', got {first!r})")
-        for index, value in enumerate(values):
-            record = parse_record(index, value)
-            if record.error and strict:
-                raise DataError(f"{path}: record {index}: {record.error}")
-            yield record
+        try:
+            yield from _records(f, path, strict, chunk_chars)
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text; Falcon_SFT files are JSON") from None
+
+
+def _records(f, path: Path, strict: bool, chunk_chars: int) -> Iterator[Record]:
+    first = _first_char(f)
+    if first == "[":
+        values = _iter_json_list(f, path, chunk_chars)
+    elif first == "{":
+        values = _iter_jsonl(f, path)
+    elif first == "":
+        return
+    else:
+        raise DataError(f"{path}: not a Falcon_SFT file (expected a JSON list '[' or JSONL '{{', got {first!r})")
+    for index, value in enumerate(values):
+        record = parse_record(index, value)
+        if record.error and strict:
+            raise DataError(f"{path}: record {index}: {record.error}")
+        yield record
 
 
 def parse_record(index: int, obj) -> Record:

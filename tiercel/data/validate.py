@@ -140,7 +140,8 @@ class _Checker:
         else:
             spec = self.tasks.get(r.tag)
             if len(r.images) != spec.n_images:
-                out.append(Problem(r.index, IMAGE_COUNT, f"{r.tag} needs {spec.n_images} image(s), got {len(r.images)}"))
+                detail = f"{r.tag} needs {spec.n_images} image(s), got {len(r.images)}"
+                out.append(Problem(r.index, IMAGE_COUNT, detail))
         missing = [p for p in r.images if not self._exists_at(p)]
         out += [Problem(r.index, MISSING_IMAGE, str(self.root / p)) for p in missing]
         size = NOMINAL_SIZE

@@ -101,7 +101,8 @@ class SceneClass:
 SCENES = {
     s.name: s
     for s in (
-        SceneClass("airport", "grass", "airport", {"airplane": 4, "vehicle": 3, "building": 0.8, "storage tank": 0.4}, 2),
+        SceneClass("airport", "grass", "airport",
+                   {"airplane": 4, "vehicle": 3, "building": 0.8, "storage tank": 0.4}, 2),
         SceneClass("harbor", "concrete", "harbor", {"ship": 5, "storage tank": 1.5, "vehicle": 2, "building": 1}),
         SceneClass("river", "grass", "river", {"ship": 2, "building": 1.2, "vehicle": 1}, 4),
         SceneClass("industrial area", "sand", "industrial", {"storage tank": 5, "building": 3, "vehicle": 3}),

@@ -97,7 +97,8 @@ def detailed_caption(scene: Scene, rng: np.random.Generator) -> str:
         out.append(_class_sentence(scene, cls, n, rng))
     if len(scene.objects) > 1:
         big = max(scene.objects, key=lambda o: o.area)
-        out.append(f"The largest object is {article(big.color)} {big.color} {big.cls} {where(cell(big, scene.size), rng)}.")
+        place = where(cell(big, scene.size), rng)
+        out.append(f"The largest object is {article(big.color)} {big.color} {big.cls} {place}.")
     if scene.trees:
         out.append(str(rng.choice(["A few trees are scattered around.", "Some trees grow on the grass."])))
     return " ".join(out)
@@ -194,7 +195,8 @@ def vqa(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
         side = str(rng.choice(["left", "right"]))
         is_left = o.cx < scene.size / 2
         return f"Is the {o.cls} on the {side} side of the image?", "yes" if is_left == (side == "left") else "no"
-    return str(rng.choice(["What type of area is shown in the image?", "What kind of scene is this?"])), scene.scene_class
+    question = rng.choice(["What type of area is shown in the image?", "What kind of scene is this?"])
+    return str(question), scene.scene_class
 
 
 def _join(items: list[str]) -> str:

@@ -78,6 +78,7 @@ class Scene:
     trees: list[tuple[float, float, float]]
     lines: list[tuple[tuple[float, float], tuple[float, float], float]]  # markings: (p, q, width)
     sun: tuple[float, float]
+    align: float  # the direction most objects line up with (runway, shore, stalls, streets)
     texture_seed: int
     region_map: np.ndarray = field(repr=False)  # per pixel: 0 = base ground, i = regions[i - 1]
 
@@ -95,12 +96,6 @@ class Scene:
     def of_class(self, cls: str) -> list[Obj]:
         return [o for o in self.objects if o.cls == cls]
 
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for o in self.objects:
-            out[o.cls] = out.get(o.cls, 0) + 1
-        return out
-
 
 
 def sample_scene(rng: np.random.Generator, size: int, knobs: Knobs, scene_class: str | None = None) -> Scene:
@@ -113,18 +108,18 @@ def sample_scene(rng: np.random.Generator, size: int, knobs: Knobs, scene_class:
     region_map = _rasterise(size, regions)
     sun_angle = rng.uniform(0, 2 * np.pi)
     scene = Scene(size, name, spec.base, regions, [], [], lines if knobs.decor else [],
-                  (math.cos(sun_angle), math.sin(sun_angle)), int(rng.integers(2**31)), region_map)
+                  (math.cos(sun_angle), math.sin(sun_angle)), float(align), int(rng.integers(2**31)), region_map)
     counts = {c: min(int(rng.poisson(m * knobs.density)), knobs.max_per_class) for c, m in spec.priors.items()}
     if not any(counts.values()):
         counts[max(spec.priors, key=spec.priors.get)] = 1
     for cls in CLASS_ORDER:
         for _ in range(counts.get(cls, 0)):
-            obj = place_object(rng, scene, cls, knobs, align)
+            obj = place_object(rng, scene, cls, knobs)
             if obj is not None:
                 scene.objects.append(obj)
     if not scene.objects:  # the ground had no room for any prior: fall back to anything that fits
         for cls in CLASS_ORDER:
-            obj = place_object(rng, scene, cls, knobs, align, tries=200)
+            obj = place_object(rng, scene, cls, knobs, tries=200)
             if obj is not None:
                 scene.objects.append(obj)
                 break
@@ -132,8 +127,7 @@ def sample_scene(rng: np.random.Generator, size: int, knobs: Knobs, scene_class:
     return scene
 
 
-def place_object(rng: np.random.Generator, scene: Scene, cls: str, knobs: Knobs, align: float,
-                 tries: int = 40) -> Obj | None:
+def place_object(rng: np.random.Generator, scene: Scene, cls: str, knobs: Knobs, tries: int = 40) -> Obj | None:
     """A new object of `cls` on allowed ground, inside the image, clear of every object and tree."""
     spec, s = OBJECTS[cls], scene.size / 256.0
     lo, hi = spec.length
@@ -141,7 +135,7 @@ def place_object(rng: np.random.Generator, scene: Scene, cls: str, knobs: Knobs,
     for _ in range(tries):
         length = max(5.0, rng.uniform(mid - half, mid + half)) * s * knobs.scale
         width = length * rng.uniform(*spec.aspect)
-        angle = _angle(rng, spec.rotates, align)
+        angle = _angle(rng, spec.rotates, scene.align)
         r = 0.5 * math.hypot(length, width)
         cx, cy = rng.uniform(r + 1, scene.size - r - 1, size=2) if scene.size > 2 * r + 2 else (-1, -1)
         if cx < 0 or not _ground_ok(scene, spec, cx, cy, length, width, angle) or not _clear(scene, cx, cy, r):
@@ -152,7 +146,8 @@ def place_object(rng: np.random.Generator, scene: Scene, cls: str, knobs: Knobs,
         rgb = tuple(int(v) for v in np.clip(np.array(spec.colors[color]) + jitter, 0, 255))
         outline = G.place(G.UNIT_SHAPES[shape], cx, cy, length, width, angle)
         quad = G.rotated_rect(cx, cy, length, width, angle)
-        return Obj(cls, color, rgb, float(cx), float(cy), float(length), float(width), float(angle), shape, outline, quad)
+        return Obj(cls, color, rgb, float(cx), float(cy), float(length), float(width), float(angle), shape,
+                   outline, quad)
     return None
 
 
@@ -172,7 +167,8 @@ def changed_twin(rng: np.random.Generator, scene: Scene, knobs: Knobs) -> tuple[
     added = []
     for _ in range(int(rng.integers(0 if removed else 1, knobs.max_added + 1))):
         cls = str(rng.choice(classes, p=weights / weights.sum()))
-        obj = place_object(rng, replace(after, objects=after.objects + removed + added), cls, knobs, rng.uniform(0, np.pi))
+        crowd = replace(after, objects=after.objects + removed + added)
+        obj = place_object(rng, crowd, cls, knobs)
         if obj is not None:
             added.append(obj)
     if not removed and not added:
@@ -193,7 +189,9 @@ def _ground_ok(scene: Scene, spec, cx, cy, length, width, angle) -> bool:
     if scene.ground_at(cx, cy) not in spec.terrain:
         return False
     if spec.strict:
-        pts = np.concatenate([G.rotated_rect(cx, cy, length, width, angle), G.rotated_rect(cx, cy, length * 1.3, width * 2, angle)])
+        # Its box, and a wider one around it: ships keep clear of the shore and of piers.
+        pts = np.concatenate([G.rotated_rect(cx, cy, length, width, angle),
+                              G.rotated_rect(cx, cy, length * 1.3, width * 2, angle)])
         return all(scene.ground_at(x, y) in spec.terrain for x, y in pts)
     return True
 

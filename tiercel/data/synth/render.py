@@ -138,7 +138,8 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: Obj, scene: Scene) -> None:
     if obj.shape == "airplane":
         draw.line(_local(obj, [(0.45, 0), (-0.45, 0)]), fill=light, width=1)
     elif obj.shape == "ship":
-        draw.polygon(_local(obj, [(-0.42, -0.3), (-0.1, -0.3), (-0.1, 0.3), (-0.42, 0.3)]), fill=light if sum(obj.rgb) < 400 else dark)
+        deck = light if sum(obj.rgb) < 400 else dark
+        draw.polygon(_local(obj, [(-0.42, -0.3), (-0.1, -0.3), (-0.1, 0.3), (-0.42, 0.3)]), fill=deck)
     elif obj.shape == "tank":
         r = 0.5 * obj.length
         draw.ellipse([obj.cx - 0.72 * r, obj.cy - 0.72 * r, obj.cx + 0.72 * r, obj.cy + 0.72 * r], outline=dark)
@@ -161,9 +162,8 @@ def _draw_trees(draw: ImageDraw.ImageDraw, scene: Scene) -> None:
     for x, y, r in scene.trees:
         g = int(rng.uniform(60, 100))
         draw.ellipse([x - r, y - r, x + r, y + r], fill=(int(g * 0.45), g, int(g * 0.4)))
-        h = r * 0.45
-        draw.ellipse([x - h - 0.4 * r * scene.sun[0], y - h - 0.4 * r * scene.sun[1],
-                      x + h - 0.4 * r * scene.sun[0], y + h - 0.4 * r * scene.sun[1]], fill=(int(g * 0.6), g + 22, int(g * 0.5)))
+        h, hx, hy = r * 0.45, x - 0.4 * r * scene.sun[0], y - 0.4 * r * scene.sun[1]  # lit side faces the sun
+        draw.ellipse([hx - h, hy - h, hx + h, hy + h], fill=(int(g * 0.6), g + 22, int(g * 0.5)))
 
 
 def _camera(im: Image.Image, scene: Scene, knobs: Knobs, frame: int) -> np.ndarray:

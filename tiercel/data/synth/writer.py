@@ -70,7 +70,8 @@ def plan(n: int, seed: int, size: int, knobs: Knobs) -> list[Job]:
         rng = np.random.default_rng([seed, s, 7919])
         tags = [t for _ in range(-(-count // len(T.TAGS))) for t in rng.permutation(T.TAGS)][:count]
         for i in range(0, count, RECORDS_PER_SCENE):
-            jobs.append(Job(split, i // RECORDS_PER_SCENE, tuple(str(t) for t in tags[i : i + RECORDS_PER_SCENE]), seed, size, knobs))
+            chunk = tuple(str(t) for t in tags[i : i + RECORDS_PER_SCENE])
+            jobs.append(Job(split, i // RECORDS_PER_SCENE, chunk, seed, size, knobs))
     return jobs
 
 
@@ -161,7 +162,8 @@ def generate(out: str | os.PathLike, n: int, size: int = 256, seed: int = 0, wor
 
 
 def _render_all(jobs: list[Job], tmp: Path, workers: int | None, progress) -> list[list]:
-    workers = workers or min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = workers or min(2, cpus)
     results, done = [], 0
     if workers <= 1:
         iterator = (run_job(job, tmp) for job in jobs)
