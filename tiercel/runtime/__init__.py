@@ -1,5 +1,43 @@
 """tiercel.runtime: load a bundle and run the 14 Falcon tasks with numpy and one backend.
 
+    import tiercel.runtime
+    m = tiercel.runtime.load("bundle/", backend="onnxruntime")          # or "openvino"
+    boxes = m.run("scene.png", task="REG_DET_HBB", text="airplane")      # Boxes in pixels
+    results = m.run_all("scene.png", ["IMG_CAP", "IMG_CLS"])             # one vision pass
+
 The runtime knows nothing about torch or transformers; a field device installs `tiercel[onnx]` or
-`tiercel[openvino]` and nothing heavy. (Bundle loading and generation arrive with the export issue.)
+`tiercel[openvino]` and nothing heavy. It reads only the bundle and verifies every checksum on load.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tiercel.runtime.backends import BACKENDS, BackendSpec, get_backend
+from tiercel.runtime.bundle import Bundle, read_bundle
+from tiercel.runtime.generate import GenerationConfig
+from tiercel.runtime.model import Model
+
+__all__ = ["BACKENDS", "BackendSpec", "Bundle", "GenerationConfig", "Model", "load", "read_bundle"]
+
+
+def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None) -> Model:
+    """Open a bundle on a backend after checking every file it will read against the manifest's sha256.
+
+    Args:
+        bundle: the bundle directory (it holds manifest.json).
+        backend: a key of BACKENDS ("onnxruntime", "openvino", "tensorrt").
+        device: backend device ("cpu"/"cuda"/"tensorrt" for onnxruntime, "CPU"/"GPU"/"NPU" for openvino).
+        threads: intra-op threads (None: the backend's default).
+    """
+    from tiercel.models.tokenizer import TextTokenizer
+    from tiercel.runtime.backends import check_device
+
+    spec = get_backend(backend)
+    device = check_device(spec, device)
+    b = read_bundle(bundle)
+    entries = b.entries(backend)
+    b.verify(entries.values())
+    sessions = {name: spec.open(b.root / e["file"], device, threads) for name, e in entries.items()}
+    tokenizer = TextTokenizer.from_dir(b.root / b.manifest["tokenizer"]["file"])
+    return Model(b, sessions, tokenizer, backend, device)

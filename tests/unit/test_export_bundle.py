@@ -1,0 +1,96 @@
+"""Export: the graphs match PyTorch, the manifest describes them, the merged decoder works too."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+from tests.bundles import tiny_bundle  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_model, tiny_tokenizer):
+    return tiny_bundle(tiny_model, tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def merged(tiny_model, tiny_tokenizer):
+    return tiny_bundle(tiny_model, tiny_tokenizer, "merged", ("onnxruntime",))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_every_graph_output_matches_pytorch(tiny_model, bundle, backend):
+    import tiercel.runtime as rt
+    from tiercel.export.parity import _annotate, graph_diffs
+
+    m = rt.load(bundle, backend=backend)
+    _annotate(m.sessions, m.bundle.entries(backend))
+    diffs = graph_diffs(tiny_model, m.sessions, seed=7)
+    assert set(diffs) == {"vision_encoder", "embed_tokens", "encoder_model", "decoder_model", "decoder_with_past_model"}
+    worst = {f"{g}:{o}": d for g, outs in diffs.items() for o, d in outs.items()}
+    assert max(worst.values()) < 1e-4, worst
+
+
+def test_manifest_records_graphs_settings_parity_and_provenance(bundle, tiny_tokenizer):
+    from tiercel.fileio import sha256_file
+
+    man = json.loads((bundle / "manifest.json").read_text())
+    assert man["format"] == "tiercel-bundle" and man["format_version"] == 1
+    assert man["dialect"] == "falcon" and len(man["tasks"]) == 14
+    assert man["preprocessing"]["size"] == 64 and man["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    assert man["generation"]["forced_bos_token_id"] == tiny_tokenizer.bos_id
+    assert man["opset"] >= 17 and man["decoder"] == "split"
+    assert {g["backend"] for g in man["graphs"]} == {"onnxruntime", "openvino"}
+    for g in man["graphs"]:
+        assert sha256_file(bundle / g["file"]) == g["sha256"]
+        assert g["precision"] == "fp32"
+    past = next(g for g in man["graphs"] if g["name"] == "decoder_with_past_model")
+    assert "past_key_values.1.encoder.value" in past["inputs"] and "present.1.decoder.key" in past["outputs"]
+    for backend in ("onnxruntime", "openvino"):
+        assert man["parity"][backend]["worst"] < 1e-4
+        assert man["parity"][backend]["greedy_identical"] == "3/3"
+    assert len(man["provenance"]["source_sha256"]["state_dict"]) == 64
+
+
+def test_merged_decoder_has_public_io_and_generates_like_split(merged, bundle):
+    import tiercel.runtime as rt
+    from tests.bundles import image
+
+    man = json.loads((merged / "manifest.json").read_text())
+    dec = next(g for g in man["graphs"] if g["name"] == "decoder_model_merged")
+    assert dec["inputs"][-1] == "use_cache_branch" and "encoder_hidden_states" in dec["inputs"]
+    assert man["parity"]["onnxruntime"]["worst"] < 1e-4  # both branches are compared
+    a, b = rt.load(merged), rt.load(bundle)
+    feats = a.image_features(a.pixel_values(image(3)))
+    prompts = ["Describe the image.", "Count the number of ship."]
+    assert a.generate_ids(feats, prompts, num_beams=1, max_new_tokens=6) == b.generate_ids(feats, prompts, num_beams=1, max_new_tokens=6)
+    assert a.generate_ids(feats, prompts[:1], num_beams=3, max_new_tokens=6) == b.generate_ids(feats, prompts[:1], num_beams=3, max_new_tokens=6)
+
+
+def test_vision_graph_takes_any_batch(bundle, tiny_model):
+    import tiercel.runtime as rt
+    from tests.bundles import torch_features
+
+    m = rt.load(bundle)
+    px = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    assert np.abs(m.image_features(px) - torch_features(tiny_model, px)).max() < 1e-4
+
+
+def test_export_refuses_existing_output_and_bad_options(tiny_model, tiny_tokenizer, tmp_path):
+    from tiercel.errors import ConfigError, TiercelError
+    from tiercel.export.bundle import export_model
+
+    (tmp_path / "b").mkdir()
+    with pytest.raises(TiercelError, match="already exists"):
+        export_model(tiny_model, tiny_tokenizer, tmp_path / "b")
+    with pytest.raises(ConfigError, match="choose from: onnxruntime, openvino, tensorrt"):
+        export_model(tiny_model, tiny_tokenizer, tmp_path / "c", backends=("coreml",))
+    with pytest.raises(ConfigError, match="split, merged"):
+        export_model(tiny_model, tiny_tokenizer, tmp_path / "c", decoder="fused")
+    assert not (tmp_path / "c").exists()

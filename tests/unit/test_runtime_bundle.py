@@ -1,0 +1,123 @@
+"""Runtime: checksums, clear errors, preprocessing identical to the processor, results, no torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from tests.bundles import TASK_INPUTS, image, tiny_bundle  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_model, tiny_tokenizer):
+    return tiny_bundle(tiny_model, tiny_tokenizer)
+
+
+@pytest.fixture()
+def copy(bundle, tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def test_tampered_graph_fails_with_one_clear_line(copy):
+    import tiercel.runtime as rt
+    from tiercel.errors import BundleError
+
+    f = copy / "decoder_with_past_model.onnx"
+    data = bytearray(f.read_bytes())
+    data[-10] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(BundleError) as err:
+        rt.load(copy)
+    assert str(err.value) == f"{copy}/manifest.json: sha256 of decoder_with_past_model.onnx does not match; re-export the bundle"
+
+
+def test_missing_graph_and_unknown_backend(copy):
+    import tiercel.runtime as rt
+    from tiercel.errors import BundleError, ConfigError
+
+    (copy / "openvino" / "encoder_model.bin").unlink()
+    with pytest.raises(BundleError, match="openvino/encoder_model.bin is missing; re-export the bundle"):
+        rt.load(copy, backend="openvino")
+    with pytest.raises(ConfigError, match="unknown backend 'coreml'; choose one of: onnxruntime, openvino, tensorrt"):
+        rt.load(copy, backend="coreml")
+    with pytest.raises(BundleError, match="not a tiercel bundle"):
+        rt.load(copy / "openvino")
+
+
+def test_missing_backend_package_names_the_extra(bundle, monkeypatch):
+    import tiercel.runtime as rt
+    from tiercel.errors import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingDependency, match=r"pip install 'tiercel\[onnx\]'"):
+        rt.load(bundle)
+
+
+def test_preprocessing_equals_the_transformers_processor(bundle):
+    transformers = pytest.importorskip("transformers")
+    import tiercel.runtime as rt
+
+    m = rt.load(bundle)
+    proc = transformers.CLIPImageProcessor(size={"height": 64, "width": 64}, do_center_crop=False, resample=3,
+                                           image_mean=m.pre["mean"], image_std=m.pre["std"], do_convert_rgb=False)
+    img = image(5, w=150, h=70)
+    want = proc(images=img, return_tensors="np")["pixel_values"]
+    assert np.abs(m.pixel_values(img) - want).max() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgba", "uint16", "float"])
+def test_odd_image_formats_are_converted(bundle, kind):
+    import tiercel.runtime as rt
+
+    m = rt.load(bundle)
+    rgb = image(6)
+    arrays = {"gray": rgb[:, :, 0], "rgba": np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
+              "uint16": rgb.astype(np.uint16) * 257, "float": rgb.astype(np.float32) / 255}
+    got = m.pixel_values(arrays[kind])
+    assert got.shape == (1, 3, 64, 64) and np.isfinite(got).all()
+    if kind != "gray":
+        assert np.abs(got - m.pixel_values(rgb)).max() < 0.02
+
+
+def test_run_returns_typed_results_and_run_all_equals_single_runs(bundle):
+    import tiercel.runtime as rt
+    from tiercel.errors import TaskError
+
+    m = rt.load(bundle)
+    img = image(4)
+    tags = ["IMG_CAP", "IMG_CT", "REG_CAP", "REG_DET_HBB", "PIX_SEG"]
+    texts = {t: TASK_INPUTS[t]["text"] for t in tags if "text" in TASK_INPUTS.get(t, {})}
+    regions = {t: TASK_INPUTS[t]["region"] for t in tags if "region" in TASK_INPUTS.get(t, {})}
+    together = m.run_all(img, tags, texts=texts, regions=regions, num_beams=1, max_new_tokens=6)
+    alone = {t: m.run(img, t, text=texts.get(t), region=regions.get(t), num_beams=1, max_new_tokens=6) for t in tags}
+    assert {t: r.to_dict() for t, r in together.items()} == {t: r.to_dict() for t, r in alone.items()}
+    assert together["IMG_CT"].kind == "count" and together["REG_DET_HBB"].kind == "boxes"
+    json.dumps({t: r.to_dict() for t, r in together.items()})
+    chg = m.run(img, "PIX_CHG", image2=image(8), max_new_tokens=4)
+    assert chg.kind == "polygons"
+    with pytest.raises(TaskError, match="needs two images"):
+        m.run(img, "PIX_CHG")
+    with pytest.raises(TaskError, match="only PIX_CHG takes image2"):
+        m.run(img, "IMG_CAP", image2=img)
+    with pytest.raises(TaskError, match="needs text"):
+        m.run(img, "REG_DET_HBB")
+
+
+def test_runtime_runs_without_torch_or_transformers(bundle):
+    code = (
+        "import sys, numpy as np, tiercel.runtime as rt;"
+        f"m = rt.load({str(bundle)!r});"
+        "r = m.run(np.zeros((40, 50, 3), np.uint8), 'IMG_CAP', max_new_tokens=3);"
+        "print(' '.join(x for x in ('torch', 'transformers', 'onnx') if x in sys.modules) or 'clean', r.kind)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "clean caption"

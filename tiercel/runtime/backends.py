@@ -1,0 +1,111 @@
+"""Backends as data: a small spec per backend plus the code that opens one graph as a session.
+
+A session is anything with `input_names` and `run(feeds) -> {output name: array}`; model.py only sees that.
+Backend packages are imported when a session is opened, so a device needs only the one it uses; a missing one
+fails with the exact `pip install 'tiercel[extra]'`. Knows nothing about what the graphs compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tiercel.errors import BundleError, ConfigError, require
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a backend reads and where it runs."""
+
+    name: str
+    package: str  # import name of the Python package it needs
+    extra: str  # pip extra that installs it
+    suffix: str  # graph file suffix in a bundle
+    devices: tuple[str, ...]  # device strings it accepts; the first is the default
+    precisions: tuple[str, ...]
+    dynamic_shapes: bool
+    open: Callable = None  # (file, device, threads) -> session
+
+
+class OrtSession:
+    """onnxruntime InferenceSession; device "cpu", "cuda" or "tensorrt" picks the execution provider."""
+
+    _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                  "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+    def __init__(self, file: Path, device: str = "cpu", threads: int | None = None):
+        ort = require("onnxruntime", "onnx", "the onnxruntime backend")
+        providers = self._PROVIDERS[device]
+        missing = [p for p in providers[:-1] if p not in ort.get_available_providers()]
+        if missing:
+            raise BundleError(f"onnxruntime has no {missing[0]} here; install onnxruntime-gpu or use device 'cpu'")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(file), opts, providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+class OpenVinoSession:
+    """openvino CompiledModel on a device string ("CPU", "GPU", "NPU", "AUTO"); reads IR (.xml) or ONNX."""
+
+    def __init__(self, file: Path, device: str = "CPU", threads: int | None = None):
+        ov = require("openvino", "openvino", "the openvino backend")
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        if device.upper() == "CPU":
+            config["INFERENCE_PRECISION_HINT"] = "f32"  # OpenVINO would otherwise pick bf16 on CPUs that have it
+        self.compiled = core.compile_model(str(file), device.upper(), config)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [_public_name(p) for p in self.compiled.inputs]
+        self.output_names = [_public_name(p) for p in self.compiled.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self.request.infer(feeds)
+        return {name: np.array(result[port]) for name, port in zip(self.output_names, self.compiled.outputs)}
+
+
+def _public_name(port) -> str:
+    """A port's public tensor name: OpenVINO may add internal ones like /embed/Gather_output_0."""
+    names = sorted(port.get_names())
+    return next((n for n in names if not n.startswith("/")), names[0])
+
+
+def _tensorrt_session(file: Path, device: str = "cuda", threads: int | None = None):
+    require("tensorrt", "tensorrt", "the tensorrt backend")
+    raise BundleError("running TensorRT engines directly is not implemented yet; run the bundle's ONNX graphs with "
+                      "--backend onnxruntime and device 'tensorrt' (TensorRT execution provider) instead")
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    "onnxruntime": BackendSpec("onnxruntime", "onnxruntime", "onnx", ".onnx", ("cpu", "cuda", "tensorrt"),
+                               ("fp32", "fp16", "int8", "int4"), True, OrtSession),
+    "openvino": BackendSpec("openvino", "openvino", "openvino", ".xml", ("CPU", "GPU", "NPU", "AUTO"),
+                            ("fp32", "fp16", "int8", "int4"), True, OpenVinoSession),
+    "tensorrt": BackendSpec("tensorrt", "tensorrt", "tensorrt", ".engine", ("cuda",), ("fp16", "int8"), True,
+                            _tensorrt_session),
+}
+
+
+def get_backend(name: str) -> BackendSpec:
+    """The spec of backend `name`; ConfigError lists the valid names."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def check_device(spec: BackendSpec, device: str | None) -> str:
+    """`device`, or the backend's default; ConfigError lists the devices the backend accepts."""
+    if device is None:
+        return spec.devices[0]
+    if device.lower() not in [d.lower() for d in spec.devices] and not device.upper().startswith(("GPU.", "HETERO", "MULTI")):
+        raise ConfigError(f"backend '{spec.name}' does not run on device '{device}'; choose one of: {', '.join(spec.devices)}")
+    return device

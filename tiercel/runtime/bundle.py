@@ -1,0 +1,94 @@
+"""Read a bundle directory: the manifest, the graph entries for one backend, and their checksums.
+
+The manifest is the contract between export and runtime (DESIGN.md, "The bundle"). Every file the chosen
+backend will open is checked against its sha256 before anything runs. This module knows nothing about how
+graphs are executed (backends.py) or what they compute (model.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tiercel.errors import BundleError
+
+MANIFEST = "manifest.json"
+FORMAT = "tiercel-bundle"
+FORMAT_VERSION = 1
+GRAPHS = ("vision_encoder", "embed_tokens", "encoder_model")
+DECODERS = {"merged": ("decoder_model_merged",), "split": ("decoder_model", "decoder_with_past_model")}
+
+
+def sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A bundle's manifest plus the directory it lives in."""
+
+    root: Path
+    manifest: dict
+
+    @property
+    def where(self) -> str:
+        return str(self.root / MANIFEST)
+
+    @property
+    def backends(self) -> list[str]:
+        return sorted({g["backend"] for g in self.manifest["graphs"]})
+
+    def graph_names(self) -> tuple[str, ...]:
+        return GRAPHS + DECODERS[self.manifest["decoder"]]
+
+    def entries(self, backend: str) -> dict[str, dict]:
+        """{graph name: manifest entry} for `backend`; BundleError when the bundle has no graphs for it."""
+        found = {g["name"]: g for g in self.manifest["graphs"] if g["backend"] == backend}
+        if not found:
+            raise BundleError(f"{self.where}: has no graphs for backend '{backend}' (it has: {', '.join(self.backends)}); "
+                              f"re-export with --backend {backend}")
+        missing = [n for n in self.graph_names() if n not in found]
+        if missing:
+            raise BundleError(f"{self.where}: lists no {backend} graph '{missing[0]}'; re-export the bundle")
+        return found
+
+    def verify(self, entries) -> None:
+        """Check that every file of `entries` (and the tokenizer) exists and matches its sha256."""
+        files = [(self.manifest["tokenizer"]["file"], self.manifest["tokenizer"]["sha256"])]
+        for entry in entries:
+            files.append((entry["file"], entry["sha256"]))
+            files += list(entry.get("extra_files", {}).items())
+        for rel, digest in files:
+            path = self.root / rel
+            if not path.is_file():
+                raise BundleError(f"{self.where}: {rel} is missing; re-export the bundle")
+            if sha256(path) != digest:
+                raise BundleError(f"{self.where}: sha256 of {rel} does not match; re-export the bundle")
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    """Open the bundle at `path` and check its manifest's format (not yet the checksums)."""
+    root = Path(path)
+    file = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"{root}: no such bundle directory; create one with `tiercel export CHECKPOINT --out {root}`")
+    if not file.is_file():
+        raise BundleError(f"{file}: missing; {root} is not a tiercel bundle (create one with `tiercel export`)")
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BundleError(f"{file}: not valid JSON ({err}); re-export the bundle") from err
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{file}: not a tiercel bundle manifest (format {manifest.get('format')!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{file}: format version {manifest.get('format_version')} is not supported by this tiercel "
+                          f"(reads {FORMAT_VERSION}); re-export the bundle or upgrade tiercel")
+    if manifest.get("decoder") not in DECODERS:
+        raise BundleError(f"{file}: decoder must be one of {', '.join(DECODERS)} (got {manifest.get('decoder')!r})")
+    return Bundle(root, manifest)

@@ -1,0 +1,162 @@
+"""Greedy and beam-search decoding in numpy, step for step what transformers' `generate` does.
+
+The decoder is a `step(tokens [N]) -> logits [N, V]` callable that keeps its own KV cache, plus
+`reorder(rows)` for beam search. Logits processors, in transformers' order: no-repeat n-gram (which counts
+the decoder start token), forced bos on the first new token, forced eos on the last one allowed by
+`max_new_tokens`. Beam search follows transformers' vectorised implementation (length penalty, the
+`early_stopping` heuristic, 2 x num_beams candidates per step) so both pick the same sequence.
+
+Knows nothing about graphs, images or tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+
+from tiercel.errors import ConfigError
+
+_NEG = np.float32(-1.0e9)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings; the bundle's manifest holds the defaults, calls may override any field."""
+
+    decoder_start_token_id: int = 2
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    pad_token_id: int = 1
+    forced_bos_token_id: int | None = 0
+    forced_eos_token_id: int | None = 2
+    num_beams: int = 3
+    no_repeat_ngram_size: int = 0
+    max_new_tokens: int = 256
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+
+    def with_overrides(self, **overrides) -> "GenerationConfig":
+        valid = {f.name for f in fields(self)}
+        unknown = sorted(k for k in overrides if k not in valid)
+        if unknown:
+            raise ConfigError(f"unknown generation setting '{unknown[0]}'; valid: {', '.join(sorted(valid))}")
+        cfg = replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        if cfg.num_beams < 1 or cfg.max_new_tokens < 1:
+            raise ConfigError(f"num_beams and max_new_tokens must be >= 1 (got {cfg.num_beams}, {cfg.max_new_tokens})")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def process(scores: np.ndarray, seqs: np.ndarray, cfg: GenerationConfig) -> np.ndarray:
+    """Apply the logits processors to `scores` [N, V] given the sequences so far [N, cur_len]."""
+    cur_len = seqs.shape[1]
+    n = cfg.no_repeat_ngram_size
+    if n and cur_len + 1 >= n:
+        for row, seq in enumerate(seqs.tolist()):
+            prefix = tuple(seq[cur_len + 1 - n :]) if n > 1 else ()
+            banned = {seq[i + n - 1] for i in range(cur_len - n + 1) if tuple(seq[i : i + n - 1]) == prefix}
+            scores[row, list(banned)] = -np.inf
+    forced = None
+    if cur_len == 1 and cfg.forced_bos_token_id is not None:
+        forced = cfg.forced_bos_token_id
+    if cur_len == cfg.max_new_tokens and cfg.forced_eos_token_id is not None:  # max_length - 1, start token counted
+        forced = cfg.forced_eos_token_id
+    if forced is not None:
+        scores[:] = -np.inf
+        scores[:, forced] = 0
+    return scores
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _trim(seq, cfg: GenerationConfig) -> list[int]:
+    """Generated ids after the decoder start, up to and including the first eos."""
+    out = []
+    for token in list(seq)[1:]:
+        out.append(int(token))
+        if token == cfg.eos_token_id:
+            break
+    return out
+
+
+def greedy(decoder, batch: int, cfg: GenerationConfig) -> list[list[int]]:
+    """Greedy decoding of `batch` rows; finished rows are fed pad tokens until all finish."""
+    seqs = np.full((batch, 1), cfg.decoder_start_token_id, dtype=np.int64)
+    done = np.zeros(batch, dtype=bool)
+    for _ in range(cfg.max_new_tokens):
+        scores = process(decoder.step(seqs[:, -1]).astype(np.float32), seqs, cfg)
+        nxt = np.where(done, cfg.pad_token_id, scores.argmax(axis=-1))
+        seqs = np.concatenate([seqs, nxt[:, None]], axis=1)
+        done |= nxt == cfg.eos_token_id
+        if done.all():
+            break
+    return [_trim(s, cfg) for s in seqs]
+
+
+def _topk(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest per row, largest first (ties: lowest index first)."""
+    return np.argsort(-x, axis=-1, kind="stable")[:, :k]
+
+
+def beam_search(decoder, batch: int, cfg: GenerationConfig) -> list[list[int]]:
+    """Beam search over `batch` items; the decoder runs batch * num_beams rows (item-major)."""
+    k, max_len, lp = cfg.num_beams, cfg.max_new_tokens + 1, cfg.length_penalty
+    keep = 2 * k  # transformers keeps (1 + number of eos ids) * num_beams candidates
+    running = np.full((batch, k, max_len), cfg.pad_token_id, dtype=np.int64)
+    running[:, :, 0] = cfg.decoder_start_token_id
+    finished_seqs = running.copy()
+    running_scores = np.zeros((batch, k), np.float32)
+    running_scores[:, 1:] = _NEG
+    beam_scores = np.full((batch, k), _NEG, np.float32)
+    is_finished = np.zeros((batch, k), bool)
+    improvable = np.ones((batch, 1), bool)
+    top_mask = np.arange(keep) < k
+    rows = np.arange(batch)[:, None]
+    cur_len = 1
+    while True:
+        logits = decoder.step(running[:, :, cur_len - 1].reshape(-1))
+        logp = process(_log_softmax(logits), running[:, :, :cur_len].reshape(batch * k, cur_len), cfg)
+        vocab = logp.shape[-1]
+        acc = (logp.reshape(batch, k, vocab) + running_scores[:, :, None]).reshape(batch, k * vocab)
+        idx = _topk(acc, keep)
+        top_lp, parent, token = np.take_along_axis(acc, idx, 1), idx // vocab, idx % vocab
+        top_seqs = running[rows, parent].copy()
+        top_seqs[:, :, cur_len] = token
+        hits = (token == cfg.eos_token_id) | (cur_len + 1 >= max_len)
+        # live beams: the best k candidates that did not just stop
+        run_lp = top_lp + hits.astype(np.float32) * _NEG
+        nxt = _topk(run_lp, k)
+        running, running_scores = top_seqs[rows, nxt], np.take_along_axis(run_lp, nxt, 1)
+        beam_parent = np.take_along_axis(parent, nxt, 1)
+        # finished beams: merge the candidates that stopped among the top k with the ones kept so far
+        just_done = hits & top_mask[None, :]
+        scored = top_lp / np.float32(cur_len ** lp)
+        if cfg.early_stopping is True:
+            scored = scored + (is_finished.all(axis=1, keepdims=True)).astype(np.float32) * _NEG
+        scored = scored + (~improvable).astype(np.float32) * _NEG + (~just_done).astype(np.float32) * _NEG
+        m_seqs = np.concatenate([finished_seqs, top_seqs], 1)
+        m_scores = np.concatenate([beam_scores, scored], 1)
+        m_done = np.concatenate([is_finished, just_done], 1)
+        best = _topk(m_scores, k)
+        finished_seqs, beam_scores, is_finished = m_seqs[rows, best], np.take_along_axis(m_scores, best, 1), np.take_along_axis(m_done, best, 1)
+        decoder.reorder((beam_parent + rows * k).reshape(-1))
+        cur_len += 1
+        hyp_len = (max_len - 1) if (cfg.early_stopping == "never" and lp > 0) else (cur_len - 1)
+        best_running = running_scores[:, :1] / np.float32(hyp_len ** lp)
+        worst_done = np.where(is_finished, beam_scores.min(axis=1, keepdims=True), _NEG)
+        improvable = improvable & (best_running > worst_done).any(axis=-1, keepdims=True)
+        open_beam = not (is_finished.all() and cfg.early_stopping is True)
+        if not (improvable.any() and open_beam and not hits.all()):
+            break
+    return [_trim(finished_seqs[b, 0], cfg) for b in range(batch)]
+
+
+def generate(decoder, batch: int, cfg: GenerationConfig) -> list[list[int]]:
+    return greedy(decoder, batch, cfg) if cfg.num_beams == 1 else beam_search(decoder, batch, cfg)

@@ -1,0 +1,149 @@
+"""A loaded bundle: image + task in, typed result in pixel coordinates out.
+
+    m = tiercel.runtime.load("bundle/", backend="onnxruntime")
+    r = m.run(image, task="REG_DET_HBB", text="airplane")
+    rs = m.run_all(image, tasks=["IMG_CAP", "IMG_CLS"])     # one vision pass, prompts batched
+
+Pipeline: preprocess -> vision_encoder -> embed_tokens(prompt) with the image features in the `<image>` slots
+-> encoder_model -> decoder with KV cache (generate.py) -> tokenizer -> tiercel.tasks parser. Knows nothing
+about torch; the graphs are opened through backends.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tiercel import tasks
+from tiercel.errors import TaskError
+from tiercel.runtime.generate import GenerationConfig, generate
+from tiercel.runtime.preprocess import preprocess, to_rgb_array
+
+
+class KVDecoder:
+    """The decoder graph(s) plus the KV cache of one generation; `step` and `reorder` serve generate.py."""
+
+    def __init__(self, sessions: dict, merged: bool, layers: int, embed, enc_hidden: np.ndarray, enc_mask: np.ndarray):
+        self.sessions, self.merged, self.layers, self.embed = sessions, merged, layers, embed
+        self.enc_hidden, self.enc_mask = enc_hidden, enc_mask
+        self.cache: dict[str, np.ndarray] | None = None
+
+    def _past(self) -> dict:
+        return {f"past_key_values.{k[len('present.'):]}": v for k, v in self.cache.items()}
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        embeds = self.embed(tokens.reshape(-1, 1).astype(np.int64))
+        feeds = {"inputs_embeds": embeds, "encoder_attention_mask": self.enc_mask}
+        if self.merged:
+            past = self._past() if self.cache is not None else self._empty_past(embeds.shape[0])
+            feeds.update(encoder_hidden_states=self.enc_hidden, use_cache_branch=np.array([self.cache is not None]), **past)
+            out = self.sessions["decoder_model_merged"].run(feeds)
+        elif self.cache is None:
+            out = self.sessions["decoder_model"].run({**feeds, "encoder_hidden_states": self.enc_hidden})
+        else:
+            out = self.sessions["decoder_with_past_model"].run({**feeds, **self._past()})
+        presents = {k: v for k, v in out.items() if k.startswith("present.")}
+        self.cache = presents if self.cache is None else {**self.cache, **presents}
+        return out["logits"][:, -1, :]
+
+    def _empty_past(self, rows: int) -> dict:
+        d = self.enc_hidden.shape[-1]
+        heads = self._heads
+        empty = np.zeros((rows, heads, 0, d // heads), np.float32)
+        return {f"past_key_values.{i}.{w}.{kv}": empty for i in range(self.layers) for w in ("decoder", "encoder") for kv in ("key", "value")}
+
+    def reorder(self, rows: np.ndarray) -> None:
+        # Cross-attention KV is the same for every beam of an item, and beams never move between items.
+        self.cache = {k: (v[rows] if ".decoder." in k else v) for k, v in self.cache.items()}
+
+
+class Model:
+    """A bundle opened on one backend. Use `tiercel.runtime.load` to make one."""
+
+    def __init__(self, bundle, sessions: dict, tokenizer, backend: str, device: str):
+        self.bundle, self.sessions, self.tokenizer = bundle, sessions, tokenizer
+        self.backend, self.device = backend, device
+        man = bundle.manifest
+        self.shape = man["model"]
+        self.pre = man["preprocessing"]
+        self.dialect = man.get("dialect", "falcon")
+        self.generation = GenerationConfig(**man["generation"])
+        self.merged = man["decoder"] == "merged"
+
+    # ---- stages -------------------------------------------------------------------------------------------
+    def pixel_values(self, image) -> np.ndarray:
+        return preprocess(to_rgb_array(image), self.pre["size"], self.pre["mean"], self.pre["std"])
+
+    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self.sessions["vision_encoder"].run({"pixel_values": pixel_values})["image_features"]
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        return self.sessions["embed_tokens"].run({"input_ids": ids})["inputs_embeds"]
+
+    def encode(self, features: np.ndarray, prompts: list[str]):
+        """Image features [1 or B, N, D] + prompts -> (encoder hidden [B, T, D], mask [B, T]); right-padded."""
+        n_img = features.shape[1]
+        ids = [self.tokenizer.prompt_ids(p, n_img) for p in prompts]
+        width = max(len(i) for i in ids)
+        batch = np.full((len(ids), width), self.tokenizer.pad_id, np.int64)
+        mask = np.zeros((len(ids), width), np.int64)
+        for row, seq in enumerate(ids):
+            batch[row, : len(seq)], mask[row, : len(seq)] = seq, 1
+        embeds = self.embed(batch)
+        embeds[:, :n_img] = features  # the processor puts the image tokens first
+        hidden = self.sessions["encoder_model"].run({"inputs_embeds": embeds, "attention_mask": mask})["last_hidden_state"]
+        return hidden, mask
+
+    def generate_ids(self, features: np.ndarray, prompts: list[str], **overrides) -> list[list[int]]:
+        """Generated token ids per prompt (after the decoder start, up to and including eos)."""
+        cfg = self.generation.with_overrides(**overrides)
+        hidden, mask = self.encode(features, prompts)
+        if cfg.num_beams > 1:
+            hidden, mask = np.repeat(hidden, cfg.num_beams, 0), np.repeat(mask, cfg.num_beams, 0)
+        decoder = KVDecoder(self.sessions, self.merged, self.shape["decoder_layers"], self.embed, hidden, mask)
+        decoder._heads = self.shape["attention_heads"]
+        return generate(decoder, len(prompts), cfg)
+
+    # ---- tasks --------------------------------------------------------------------------------------------
+    def _inputs(self, spec, image, image2):
+        if spec.n_images == 2:
+            if image2 is None:
+                raise TaskError(f"{spec.tag}: needs two images (before and after); pass image2 / --image2")
+            before, after = to_rgb_array(image), to_rgb_array(image2)
+            h, w = before.shape[:2]
+            return tasks.tile_change_pair(before, after), (w, h)
+        if image2 is not None:
+            raise TaskError(f"{spec.tag}: takes one image (got two); only PIX_CHG takes image2")
+        rgb = to_rgb_array(image)
+        return rgb, (rgb.shape[1], rgb.shape[0])
+
+    def run(self, image, task: str, text: str | None = None, region=None, image2=None, **generation) -> tasks.Result:
+        """Run one task on an image (path, PIL image or array); the result is in the image's pixels."""
+        spec = tasks.get(task)
+        rgb, size = self._inputs(spec, image, image2)
+        prompt = spec.prompt(text=text, region=region, image_size=size, dialect=self.dialect)
+        features = self.image_features(preprocess(rgb, self.pre["size"], self.pre["mean"], self.pre["std"]))
+        ids = self.generate_ids(features, [prompt], **generation)[0]
+        return spec.parse(self.tokenizer.decode(ids), image_size=size, dialect=self.dialect)
+
+    def run_all(self, image, tasks_: list[str] | None = None, texts: dict | None = None, regions: dict | None = None,
+                **generation) -> dict[str, tasks.Result]:
+        """Several single-image tasks on one image: one vision pass, all prompts in one batch.
+
+        Args:
+            tasks_: tags to run; by default every single-image task whose text/region is given (or not needed).
+            texts, regions: {tag: text} and {tag: region in pixels} for the tasks that need them.
+        """
+        texts, regions = texts or {}, regions or {}
+        if tasks_ is None:
+            tasks_ = [t for t in tasks.TAGS if tasks.get(t).n_images == 1
+                      and (not tasks.get(t).needs_text or t in texts) and (not tasks.get(t).needs_region or t in regions)]
+        specs = [tasks.get(t) for t in tasks_]
+        two = [s.tag for s in specs if s.n_images != 1]
+        if two:
+            raise TaskError(f"{two[0]}: needs two images; run it with run(image, task='{two[0]}', image2=...)")
+        rgb = to_rgb_array(image)
+        size = (rgb.shape[1], rgb.shape[0])
+        prompts = [s.prompt(text=texts.get(s.tag), region=regions.get(s.tag), image_size=size, dialect=self.dialect) for s in specs]
+        features = self.image_features(preprocess(rgb, self.pre["size"], self.pre["mean"], self.pre["std"]))
+        ids = self.generate_ids(features, prompts, **generation)
+        return {s.tag: s.parse(self.tokenizer.decode(i), image_size=size, dialect=self.dialect) for s, i in zip(specs, ids)}
