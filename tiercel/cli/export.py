@@ -1,0 +1,30 @@
+"""`tiercel export CHECKPOINT --out BUNDLE`: a checkpoint -> a bundle checked for parity with PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tiercel.cli import app
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory (native or original Florence-2/Falcon layout)."),
+    out: Path = typer.Option(..., "--out", help="Bundle directory to write (must not exist unless --overwrite)."),
+    backend: list[str] = typer.Option(["onnxruntime"], "--backend", help="onnxruntime, openvino or tensorrt; repeat for several. ONNX graphs are always written."),
+    decoder: str = typer.Option("split", help="Decoder layout: split (faster per token) or merged (decoder_model_merged, smaller)."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    parity: bool = typer.Option(True, help="Check the bundle against PyTorch (per-graph diffs, greedy generations)."),
+):
+    """Export a checkpoint to ONNX (and OpenVINO IR / TensorRT engines) with a manifest."""
+    import json
+
+    from tiercel.export.bundle import export_checkpoint
+
+    path = export_checkpoint(checkpoint, out, backends=tuple(dict.fromkeys(backend)), decoder=decoder, overwrite=overwrite, parity=parity)
+    manifest = json.loads((path / "manifest.json").read_text())
+    for name, report in manifest["parity"].items():
+        typer.echo(f"  parity {name}: max abs diff {report['worst']:.2g}, greedy identical {report['greedy_identical']}")
+    typer.echo(f"wrote {path} ({len(manifest['graphs'])} graphs, decoder {manifest['decoder']})")

@@ -1,0 +1,72 @@
+"""`tiercel run BUNDLE --image A --task TAG`: run a task (or several with --all) and print the result as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from tiercel.cli import app
+
+
+@app.command()
+def run(
+    bundle: Path = typer.Argument(..., help="Bundle directory written by `tiercel export`."),
+    image: Path = typer.Option(..., "--image", help="Image file (grayscale, RGBA and 16-bit are converted)."),
+    image2: Path = typer.Option(None, "--image2", help="Second image ('after'), for PIX_CHG only."),
+    task: str = typer.Option(None, "--task", help="Task tag, e.g. IMG_CAP or REG_DET_HBB."),
+    text: str = typer.Option(None, "--text", help="Class, question or description for tasks that need one."),
+    region: str = typer.Option(None, "--region", help="Region in pixels as JSON: [x1,y1,x2,y2], or [[x,y],...] for quads/polygons."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or openvino (or tensorrt)."),
+    device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime, CPU/GPU/NPU for openvino)."),
+    all_tasks: bool = typer.Option(False, "--all", help="Run every single-image task the inputs allow, sharing one vision pass."),
+    num_beams: int = typer.Option(None, help="Beams (default: the bundle's setting)."),
+    max_new_tokens: int = typer.Option(None, help="Generated tokens at most (default: the bundle's setting)."),
+):
+    """Run a bundle on an image and print the typed result(s) as JSON."""
+    import tiercel.runtime
+    from tiercel.data.images import load_image
+    from tiercel.errors import ConfigError
+
+    if not all_tasks and not task:
+        raise ConfigError("--task: required unless --all is given (e.g. --task IMG_CAP)")
+    region_value = _region(region)
+    img = load_image(image)
+    img2 = load_image(image2) if image2 is not None else None
+    m = tiercel.runtime.load(bundle, backend=backend, device=device)
+    gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
+    if all_tasks:
+        if img2 is not None:
+            raise ConfigError("--image2: PIX_CHG takes two images; run it with --task PIX_CHG, not --all")
+        from tiercel import tasks
+
+        tags = [task] if task else None
+        texts = {t: text for t in tasks.TAGS if tasks.get(t).needs_text} if text else None
+        results = m.run_all(img, tags, texts=texts, regions=_regions(region_value), **gen)
+        out = {tag: r.to_dict() for tag, r in results.items()}
+    else:
+        out = m.run(img, task=task, text=text, region=region_value, image2=img2, **gen).to_dict()
+    typer.echo(json.dumps(out, indent=2))
+
+
+def _region(value: str | None):
+    from tiercel.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ConfigError(f"--region: not valid JSON (got {value!r}); e.g. --region '[10, 20, 110, 90]'") from None
+
+
+def _regions(region) -> dict | None:
+    """One --region for --all: a flat [x1,y1,x2,y2] feeds the box tasks, a point list the quad/polygon ones."""
+    if region is None:
+        return None
+    from tiercel import tasks
+
+    flat = all(isinstance(v, (int, float)) for v in region)
+    kinds = {"box"} if flat else ({"quad", "polygon"} if len(region) == 4 else {"polygon"})
+    return {t: region for t in tasks.TAGS if tasks.get(t).needs_region in kinds}
