@@ -84,10 +84,11 @@ def synth_cmd(
 
     console = Console(highlight=False)
     start = time.perf_counter()
-    with Progress(console=console, transient=True) as bar:
+    # auto_refresh=False: no refresh thread, so generate() may fork its workers safely.
+    with Progress(console=console, transient=True, auto_refresh=False) as bar:
         task = bar.add_task("rendering scenes", total=n)
         meta = generate(out, n=n, size=size, seed=seed, workers=workers, overwrite=overwrite,
-                        progress=lambda done: bar.update(task, completed=done))
+                        progress=lambda done: bar.update(task, completed=done, refresh=True))
     seconds = time.perf_counter() - start
     splits = ", ".join(f"{s} {sum(c.values())}" for s, c in meta["counts"].items())
     console.print(f"wrote {out}: {n} records ({splits}), {sum(meta['images'].values())} images "

@@ -137,7 +137,8 @@ def generate(out: str | os.PathLike, n: int, size: int = 256, seed: int = 0, wor
         n: number of records over all splits (>= 42).
         size: image side in pixels (>= 64).
         seed: same seed, same bytes.
-        workers: processes (default: up to 2, the CPUs available); 1 runs in this process.
+        workers: processes (default: up to 2, the CPUs available); 1 runs in this process. They are
+            forked where the OS allows; elsewhere (spawn) call this from a `__main__`-guarded script.
         progress: called with the number of records written so far after each scene.
     """
     out = Path(out)
@@ -169,6 +170,8 @@ def _render_all(jobs: list[Job], tmp: Path, workers: int | None, progress) -> li
         iterator = (run_job(job, tmp) for job in jobs)
         pool = None
     else:
+        # fork where there is one: workers start at once and callers need no `if __name__ == "__main__"`
+        # guard. Forking a process that runs threads is unsafe, so the CLI's progress bar runs none.
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         pool = mp.get_context(method).Pool(workers)
         iterator = pool.imap(_run_job_star, [(job, tmp) for job in jobs], chunksize=4)
