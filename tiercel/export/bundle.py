@@ -4,18 +4,19 @@ Steps, all inside a temporary directory that is renamed to the output only when 
 ONNX graphs (onnx_export.py) -> backend variants (openvino.py IR, tensorrt.py engines) -> tokenizer.json ->
 manifest.json -> parity of every backend against PyTorch (parity.py), recorded in the manifest.
 
-Decoder layout, chosen by measurement (florence2-base shape, random weights, onnxruntime 1.32 CPU, this
-2-core AVX2 machine, batch 1, 597 encoder tokens, median of 5 x 32 steps; /tmp/measure.py in the export
-issue report):
+Decoder layout, chosen by measurement (`python benchmarks/decoder_layout_cpu.py`: florence2-base shape,
+random weights, onnxruntime 1.32 CPU on this 2-core AVX2 machine, batch 1, 597 encoder tokens, median of
+5 x 32 steps; two runs, the second on an idle machine):
 
-    layout   decode step   first step   decoder files   session load
-    split    47.9 ms       236 ms       746 MB          3.1 s
-    merged   53.9 ms       201 ms       388 MB          3.9 s
+    layout   decode step          first step    decoder files   session load
+    split    47.9 / 37.4 ms       236 / 235 ms  746 MB          3.1 / 3.2 s
+    merged   53.9 / 42.3 ms       201 / 232 ms  388 MB          3.9 / 3.1 s
 
-The merged graph's If hides its branches from some of onnxruntime's CPU optimisations, costing ~12% per
-generated token, the loop that dominates run time; a split decoder can also be quantised graph by graph
+The merged graph costs 12-13% per generated token (probably because onnxruntime optimises less inside If
+branches; not profiled), in the loop that dominates run time; a split decoder can also be quantised graph by graph
 (FALCON.md: merged decoders break under quantisation). So "split" is the default and "merged"
-(`decoder_model_merged`, public Florence-2 layout) the option when disk/RAM matter more than speed.
+(`decoder_model_merged`, public Florence-2 layout, half the decoder bytes) the option when disk/RAM matter
+more than speed. The runtime reads either.
 """
 
 from __future__ import annotations
