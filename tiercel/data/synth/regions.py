@@ -15,7 +15,7 @@ from tiercel.data.synth.layout import Region
 Line = tuple[tuple[float, float], tuple[float, float], float]
 
 
-def _rect(rng, size, center, length, width, angle, name, ground) -> Region:
+def _rect(size, center, length, width, angle, name, ground) -> Region:
     poly = G.clip_to_box(G.rotated_rect(center[0], center[1], length, width, angle), size)
     return Region(name, ground, poly)
 
@@ -27,7 +27,7 @@ def _unit(angle: float) -> np.ndarray:
 def _road(rng, size, angle=None) -> Region:
     angle = rng.uniform(0, np.pi) if angle is None else angle
     center = rng.uniform(0.2 * size, 0.8 * size, size=2)
-    return _rect(rng, size, center, 3 * size, rng.uniform(0.06, 0.09) * size, angle, "road", "asphalt")
+    return _rect(size, center, 3 * size, rng.uniform(0.06, 0.09) * size, angle, "road", "asphalt")
 
 
 def _dashes(p: np.ndarray, q: np.ndarray, dash: float, width: float) -> list[Line]:
@@ -46,8 +46,8 @@ def airport(rng, size):
     apron_c = axis + side * n * (run_w / 2 + apron_w / 2 + 0.02 * size) + t * rng.uniform(-0.2, 0.2) * size
     if not (0.15 * size < apron_c).all() or not (apron_c < 0.85 * size).all():
         apron_c = axis - side * n * (run_w / 2 + apron_w / 2 + 0.02 * size)
-    apron = _rect(rng, size, apron_c, rng.uniform(0.4, 0.6) * size, apron_w, angle, "concrete", "concrete")
-    runway = _rect(rng, size, axis, 3 * size, run_w, angle, "runway", "asphalt")
+    apron = _rect(size, apron_c, rng.uniform(0.4, 0.6) * size, apron_w, angle, "concrete", "concrete")
+    runway = _rect(size, axis, 3 * size, run_w, angle, "runway", "asphalt")
     lines = _dashes(axis - t * 1.5 * size, axis + t * 1.5 * size, 6 * size / 256, size / 256)
     return [apron, runway], lines, angle
 
@@ -62,7 +62,7 @@ def harbor(rng, size):
     for _ in range(int(rng.integers(0, 3))):
         length = rng.uniform(0.12, 0.25) * size
         center = shore + t * rng.uniform(-0.35, 0.35) * size + n * (length / 2 - 0.02 * size)
-        piers.append(_rect(rng, size, center, length, rng.uniform(0.035, 0.06) * size, normal, None, "concrete"))
+        piers.append(_rect(size, center, length, rng.uniform(0.035, 0.06) * size, normal, None, "concrete"))
     return [water] + piers, [], normal + np.pi / 2
 
 
@@ -80,7 +80,7 @@ def river(rng, size):
 
 def industrial(rng, size):
     align = rng.uniform(0, np.pi / 2)
-    pads = [_rect(rng, size, rng.uniform(0.2, 0.8, 2) * size, rng.uniform(0.3, 0.5) * size,
+    pads = [_rect(size, rng.uniform(0.2, 0.8, 2) * size, rng.uniform(0.3, 0.5) * size,
                   rng.uniform(0.25, 0.45) * size, align, "concrete", "concrete") for _ in range(rng.integers(1, 4))]
     roads = [_road(rng, size, align + np.pi / 2 * rng.integers(2))] if rng.random() < 0.7 else []
     return pads + roads, [], align
@@ -132,7 +132,7 @@ def farmland(rng, size):
 
 def sports(rng, size):
     align = rng.uniform(0, np.pi / 2)
-    pad = _rect(rng, size, rng.uniform(0.35, 0.65, 2) * size, rng.uniform(0.45, 0.65) * size,
+    pad = _rect(size, rng.uniform(0.35, 0.65, 2) * size, rng.uniform(0.45, 0.65) * size,
                 rng.uniform(0.35, 0.55) * size, align, "concrete", "concrete")
     roads = [_road(rng, size, align + np.pi / 2 * rng.integers(2))] if rng.random() < 0.5 else []
     return [pad] + roads, [], align

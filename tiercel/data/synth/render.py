@@ -31,7 +31,7 @@ def render(scene: Scene, knobs: Knobs, frame: int = 0, ground: Image.Image | Non
     im = _shadows(ground if ground is not None else ground_layer(scene), scene)
     draw = ImageDraw.Draw(im)
     for obj in scene.objects:
-        _draw_object(draw, obj, scene)
+        _draw_object(draw, obj)
     _draw_trees(draw, scene)
     return _camera(im, scene, knobs, frame)
 
@@ -131,7 +131,7 @@ def _local(obj: Obj, unit_points) -> list[tuple[float, float]]:
     return [tuple(p) for p in pts]
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: Obj, scene: Scene) -> None:
+def _draw_object(draw: ImageDraw.ImageDraw, obj: Obj) -> None:
     outline = [tuple(p) for p in obj.outline]
     dark, light = _shade(obj.rgb, 0.7), _shade(obj.rgb, 1.25)
     draw.polygon(outline, fill=obj.rgb, outline=dark)
