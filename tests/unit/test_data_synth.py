@@ -152,3 +152,12 @@ def test_refuses_bad_requests(tmp_path):
     generate(tmp_path / "full", n=42, size=64, overwrite=True, workers=1)
     assert not (tmp_path / "full" / "keep.txt").exists() and (tmp_path / "full" / "meta.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no temp folders left behind
+
+
+def test_data_package_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, tiercel.data, tiercel.data.synth; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
