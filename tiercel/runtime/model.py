@@ -7,9 +7,16 @@
 Pipeline: preprocess -> vision_encoder -> embed_tokens(prompt) with the image features in the `<image>` slots
 -> encoder_model -> decoder with KV cache (generate.py) -> tokenizer -> tiercel.tasks parser. Knows nothing
 about torch; the graphs are opened through backends.py.
+
+Profiling: set `model.timer` to an object whose `stage(name)` returns a context manager (see
+tiercel.runtime.profile.timing) and every stage is timed: preprocess, vision_encoder, embed_tokens,
+text_encoder, generate (containing first_token and each decode_token), postprocess. With no timer a stage
+costs one attribute check and a shared null context.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -18,19 +25,31 @@ from tiercel.errors import TaskError
 from tiercel.runtime.generate import GenerationConfig, generate
 from tiercel.runtime.preprocess import preprocess, to_rgb_array
 
+_UNTIMED = nullcontext()
+
+
+def _untimed(name: str):
+    return _UNTIMED
+
 
 class KVDecoder:
     """The decoder graph(s) plus the KV cache of one generation; `step` and `reorder` serve generate.py."""
 
-    def __init__(self, sessions: dict, merged: bool, layers: int, embed, enc_hidden: np.ndarray, enc_mask: np.ndarray):
+    def __init__(self, sessions: dict, merged: bool, layers: int, embed, enc_hidden: np.ndarray, enc_mask: np.ndarray,
+                 stage=_untimed):
         self.sessions, self.merged, self.layers, self.embed = sessions, merged, layers, embed
         self.enc_hidden, self.enc_mask = enc_hidden, enc_mask
         self.cache: dict[str, np.ndarray] | None = None
+        self.stage = stage
 
     def _past(self) -> dict:
         return {f"past_key_values.{k[len('present.'):]}": v for k, v in self.cache.items()}
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
+        with self.stage("first_token" if self.cache is None else "decode_token"):
+            return self._step(tokens)
+
+    def _step(self, tokens: np.ndarray) -> np.ndarray:
         embeds = self.embed(tokens.reshape(-1, 1).astype(np.int64))
         feeds = {"inputs_embeds": embeds, "encoder_attention_mask": self.enc_mask}
         if self.merged:
@@ -59,6 +78,8 @@ class KVDecoder:
 class Model:
     """A bundle opened on one backend. Use `tiercel.runtime.load` to make one."""
 
+    timer = None  # profiling hook: anything with stage(name) -> context manager; None runs untimed
+
     def __init__(self, bundle, sessions: dict, tokenizer, backend: str, device: str):
         self.bundle, self.sessions, self.tokenizer = bundle, sessions, tokenizer
         self.backend, self.device = backend, device
@@ -70,11 +91,15 @@ class Model:
         self.merged = man["decoder"] == "merged"
 
     # ---- stages -------------------------------------------------------------------------------------------
+    def _stage(self, name: str):
+        return _UNTIMED if self.timer is None else self.timer.stage(name)
+
     def pixel_values(self, image) -> np.ndarray:
         return preprocess(to_rgb_array(image), self.pre["size"], self.pre["mean"], self.pre["std"])
 
     def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self.sessions["vision_encoder"].run({"pixel_values": pixel_values})["image_features"]
+        with self._stage("vision_encoder"):
+            return self.sessions["vision_encoder"].run({"pixel_values": pixel_values})["image_features"]
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
         return self.sessions["embed_tokens"].run({"input_ids": ids})["inputs_embeds"]
@@ -88,9 +113,11 @@ class Model:
         mask = np.zeros((len(ids), width), np.int64)
         for row, seq in enumerate(ids):
             batch[row, : len(seq)], mask[row, : len(seq)] = seq, 1
-        embeds = self.embed(batch)
-        embeds[:, :n_img] = features  # the processor puts the image tokens first
-        hidden = self.sessions["encoder_model"].run({"inputs_embeds": embeds, "attention_mask": mask})["last_hidden_state"]
+        with self._stage("embed_tokens"):
+            embeds = self.embed(batch)
+            embeds[:, :n_img] = features  # the processor puts the image tokens first
+        with self._stage("text_encoder"):
+            hidden = self.sessions["encoder_model"].run({"inputs_embeds": embeds, "attention_mask": mask})["last_hidden_state"]
         return hidden, mask
 
     def generate_ids(self, features: np.ndarray, prompts: list[str], **overrides) -> list[list[int]]:
@@ -99,9 +126,11 @@ class Model:
         hidden, mask = self.encode(features, prompts)
         if cfg.num_beams > 1:
             hidden, mask = np.repeat(hidden, cfg.num_beams, 0), np.repeat(mask, cfg.num_beams, 0)
-        decoder = KVDecoder(self.sessions, self.merged, self.shape["decoder_layers"], self.embed, hidden, mask)
+        stage = _untimed if self.timer is None else self.timer.stage
+        decoder = KVDecoder(self.sessions, self.merged, self.shape["decoder_layers"], self.embed, hidden, mask, stage)
         decoder._heads = self.shape["attention_heads"]
-        return generate(decoder, len(prompts), cfg)
+        with self._stage("generate"):
+            return generate(decoder, len(prompts), cfg)
 
     # ---- tasks --------------------------------------------------------------------------------------------
     def _inputs(self, spec, image, image2):
@@ -119,11 +148,13 @@ class Model:
     def run(self, image, task: str, text: str | None = None, region=None, image2=None, **generation) -> tasks.Result:
         """Run one task on an image (path, PIL image or array); the result is in the image's pixels."""
         spec = tasks.get(task)
-        rgb, size = self._inputs(spec, image, image2)
-        prompt = spec.prompt(text=text, region=region, image_size=size, dialect=self.dialect)
-        features = self.image_features(preprocess(rgb, self.pre["size"], self.pre["mean"], self.pre["std"]))
-        ids = self.generate_ids(features, [prompt], **generation)[0]
-        return spec.parse(self.tokenizer.decode(ids), image_size=size, dialect=self.dialect)
+        with self._stage("preprocess"):
+            rgb, size = self._inputs(spec, image, image2)
+            prompt = spec.prompt(text=text, region=region, image_size=size, dialect=self.dialect)
+            pixels = preprocess(rgb, self.pre["size"], self.pre["mean"], self.pre["std"])
+        ids = self.generate_ids(self.image_features(pixels), [prompt], **generation)[0]
+        with self._stage("postprocess"):
+            return spec.parse(self.tokenizer.decode(ids), image_size=size, dialect=self.dialect)
 
     def run_all(self, image, tasks_: list[str] | None = None, texts: dict | None = None, regions: dict | None = None,
                 **generation) -> dict[str, tasks.Result]:
@@ -141,9 +172,12 @@ class Model:
         two = [s.tag for s in specs if s.n_images != 1]
         if two:
             raise TaskError(f"{two[0]}: needs two images; run it with run(image, task='{two[0]}', image2=...)")
-        rgb = to_rgb_array(image)
-        size = (rgb.shape[1], rgb.shape[0])
-        prompts = [s.prompt(text=texts.get(s.tag), region=regions.get(s.tag), image_size=size, dialect=self.dialect) for s in specs]
-        features = self.image_features(preprocess(rgb, self.pre["size"], self.pre["mean"], self.pre["std"]))
-        ids = self.generate_ids(features, prompts, **generation)
-        return {s.tag: s.parse(self.tokenizer.decode(i), image_size=size, dialect=self.dialect) for s, i in zip(specs, ids)}
+        with self._stage("preprocess"):
+            rgb = to_rgb_array(image)
+            size = (rgb.shape[1], rgb.shape[0])
+            prompts = [s.prompt(text=texts.get(s.tag), region=regions.get(s.tag), image_size=size, dialect=self.dialect)
+                       for s in specs]
+            pixels = preprocess(rgb, self.pre["size"], self.pre["mean"], self.pre["std"])
+        ids = self.generate_ids(self.image_features(pixels), prompts, **generation)
+        with self._stage("postprocess"):
+            return {s.tag: s.parse(self.tokenizer.decode(i), image_size=size, dialect=self.dialect) for s, i in zip(specs, ids)}

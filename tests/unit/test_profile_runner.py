@@ -1,0 +1,114 @@
+"""The profiler on a tiny bundle: forced generation length, untouched results, every stage timed, JSON, tables, PNG."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+from tests.bundles import image, tiny_bundle  # noqa: E402
+from tiercel.errors import BundleError, ConfigError  # noqa: E402
+from tiercel.runtime.profile import ProfileSettings, StageTimer, forced_generation, profile  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_model, tiny_tokenizer):
+    return tiny_bundle(tiny_model, tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def report(bundle):
+    settings = ProfileSettings(runs=2, warmup=0, new_tokens=4, num_beams=1, tasks=("IMG_CAP", "REG_DET_HBB", "PIX_CHG"),
+                               image_size=64)
+    return profile([bundle], ["onnxruntime", "openvino"], settings)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_forced_generation_makes_exactly_n_tokens(bundle, beams):
+    import tiercel.runtime as rt
+
+    m = rt.load(bundle)
+    features = m.image_features(m.pixel_values(image(0)))
+    for n in (2, 9):
+        ids = m.generate_ids(features, ["Describe the image.", "Count the number of ship."], **forced_generation(n, beams))
+        assert [len(i) for i in ids] == [n, n]
+
+
+def test_timer_sees_every_stage_and_changes_no_result(bundle):
+    import tiercel.runtime as rt
+
+    m = rt.load(bundle)
+    gen = forced_generation(6, 2)
+    plain = m.run(image(2), "REG_DET_HBB", text="airplane", **gen)
+    m.timer = StageTimer()
+    timed = m.run(image(2), "REG_DET_HBB", text="airplane", **gen)
+    names = [name for name, _ in m.timer.take()]
+    assert timed == plain
+    assert {"preprocess", "vision_encoder", "embed_tokens", "text_encoder", "first_token", "generate",
+            "postprocess"} <= set(names)
+    assert names.count("first_token") == 1 and names.count("decode_token") == 5
+
+
+def test_profile_times_every_stage_of_every_pair(report):
+    assert [p.label for p in report.profiles] == [f"{report.profiles[0].label.split('/')[0]}/{b}" for b in ("onnxruntime", "openvino")]
+    for p in report.profiles:
+        for stage in ("preprocess", "vision_encoder", "embed_tokens", "text_encoder", "first_token", "postprocess"):
+            assert p.stages[stage]["n"] == 2 * 3 and p.stages[stage]["p50"] > 0
+        assert p.stages["decode_token"]["n"] == 2 * 3 * (4 - 1)  # runs x tasks x (new tokens - first)
+        assert set(p.tasks) == {"IMG_CAP", "REG_DET_HBB", "PIX_CHG"} and p.tasks["PIX_CHG"]["n"] == 2
+        assert p.run_all["tasks"] == ["IMG_CAP", "REG_DET_HBB"] and p.run_all["end_to_end"]["n"] == 2
+        assert p.tokens_per_s["p50"] > 0 and p.rss["peak"] >= p.rss["baseline"] > 0
+        assert set(p.roofline) == {"vision_encoder", "text_encoder", "first_token", "decode_token"}
+        assert all(r["fraction"] > 0 for r in p.roofline.values())
+        assert p.size_bytes == sum(g["bytes"] for g in p.graphs.values()) > 0
+        assert set(p.estimates) == {"orin-nano-8gb", "orin-nano-8gb-super", "orin-nx-16gb", "agx-orin-64gb"}
+
+
+def test_report_is_json_and_renders(report, tmp_path):
+    from rich.console import Console
+
+    from tiercel.runtime.profile import report as render
+
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["settings"]["new_tokens"] == 4 and data["peaks"]["bandwidth_gbs"] > 0
+    assert data["profiles"][1]["backend"] == "openvino"
+    console = Console(record=True, width=250)
+    console.print(render.comparison_table(report))
+    console.print(render.roofline_table(report))
+    console.print(render.estimate_table(report))
+    text = console.export_text()
+    for needle in ("decode, per token", "PIX_CHG end-to-end", "run_all (2 tasks)", "peak RSS", "fraction", "ESTIMATE",
+                   "Jetson AGX Orin 64GB"):
+        assert needle in text
+    assert any("max(bytes / (bandwidth" in line for line in render.estimate_notes(report))
+
+
+def test_plot_writes_a_png(report, tmp_path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from tiercel.runtime.profile import report as render
+
+    render.plot(report, tmp_path / "stages.png")
+    with Image.open(tmp_path / "stages.png") as im:
+        assert im.format == "PNG" and im.size[0] > 800
+
+
+def test_bad_inputs_fail_before_timing(bundle, tmp_path):
+    with pytest.raises(BundleError, match="no such bundle directory"):
+        profile([tmp_path / "nope"], ["onnxruntime"], ProfileSettings(runs=1))
+    with pytest.raises(ConfigError, match="unknown backend 'onnx'"):
+        profile([bundle], ["onnx"], ProfileSettings(runs=1))
+    with pytest.raises(ConfigError, match="--runs: must be >= 1"):
+        profile([bundle], ["onnxruntime"], ProfileSettings(runs=0))
+
+
+def test_profile_image_is_deterministic():
+    from tiercel.runtime.profile.runner import profile_image
+
+    assert np.array_equal(profile_image(32), profile_image(32)) and profile_image(32).shape == (32, 32, 3)

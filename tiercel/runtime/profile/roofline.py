@@ -1,0 +1,190 @@
+"""Roofline: what a bundle must compute and read per stage, and what this machine can do per second.
+
+Work comes from the manifest alone, without torch: FLOPs analytically from the model shape (matmuls and
+convolutions, one multiply-add = 2 FLOPs, the convention of torch's FlopCounterMode that `tiercel info` uses;
+norms, softmax and element-wise ops are not counted), bytes from the graph files' sizes on disk (so a quantised
+bundle's smaller weights count as they are) plus the KV cache a decoder step reads. Machine peaks are measured
+in the same run: memory bandwidth by a multi-threaded numpy copy, matmul throughput by numpy sgemm.
+
+A stage's roofline time is max(bytes / bandwidth, FLOPs / peak); its fraction of the bound is that time divided
+by the measured one (1.0 = running at the roofline). Knows nothing about how stages are timed (timing.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# KV-cache / activation bytes per value by graph precision: quantised graphs keep fp32 activations on CPU
+# backends; fp16 graphs keep fp16.
+_ACT_BYTES = {"fp16": 2}
+
+
+# ---- FLOPs from the shape ---------------------------------------------------------------------------------
+def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def vision_flops(shape: dict) -> float:
+    """FLOPs of one image through DaViT and the projector (Florence-2's patch 7/3/3/3, stride 4/2/2/2, MLP x4)."""
+    dims, depths, window = shape["vision_dims"], shape["vision_depths"], shape["window_size"]
+    groups = shape["vision_groups"]
+    side, c_in, total = shape["image_size"], 3, 0.0
+    for stage, (c, depth) in enumerate(zip(dims, depths)):
+        k, s, p = (7, 4, 3) if stage == 0 else (3, 2, 1)
+        side = _conv_out(side, k, s, p)
+        n = side * side
+        total += 2.0 * k * k * c_in * c * n  # patch embedding conv
+        padded = (math.ceil(side / window) * window) ** 2  # windows are padded to whole windows
+        spatial = 2 * (2 * 9 * c * n)  # two depthwise 3x3 convs
+        spatial += 2 * padded * c * 3 * c + 2 * padded * c * c  # qkv + proj on the padded windows
+        spatial += 4 * padded * window * window * c  # QK^T and AV within each window
+        spatial += 2 * n * c * 4 * c * 2  # MLP c -> 4c -> c
+        channel = 2 * (2 * 9 * c * n) + 2 * n * c * 3 * c + 2 * n * c * c
+        channel += 4 * n * c * (c // groups[stage])  # channel attention: per group (C/G x N) @ (N x C/G), then AV
+        channel += 2 * n * c * 4 * c * 2
+        total += depth * (spatial + channel)
+        c_in = c
+    tokens = side * side + 1  # the spatial grid plus one temporal token
+    return total + 2.0 * tokens * dims[-1] * shape["d_model"]  # image_projection
+
+
+def text_encoder_flops(shape: dict, tokens: int) -> float:
+    """FLOPs of the BART text encoder over `tokens` (image tokens + prompt) for one sequence."""
+    d, f = shape["d_model"], shape["ffn_dim"]
+    per_layer = 8 * tokens * d * d + 4 * tokens * tokens * d + 4 * tokens * d * f
+    return float(shape["encoder_layers"] * per_layer)
+
+
+def decoder_step_flops(shape: dict, enc_tokens: int, past: float, rows: int = 1, first: bool = False) -> float:
+    """FLOPs of one decoder step for `rows` sequences with `past` earlier tokens; the first step also
+    projects the encoder output to cross-attention K/V."""
+    d, f, v = shape["d_model"], shape["ffn_dim"], shape["vocab_size"]
+    per_row = shape["decoder_layers"] * (2 * 6 * d * d + 4 * d * f + 4 * d * (past + 1 + enc_tokens)) + 2 * d * v
+    cross = shape["decoder_layers"] * 2 * 2 * enc_tokens * d * d if first else 0
+    return float(rows * (per_row + cross))
+
+
+# ---- bytes from the files ---------------------------------------------------------------------------------
+def graph_files(bundle, backend: str) -> dict[str, dict]:
+    """{graph: {"bytes": size of its files on disk, "files": [...], "precision": ...}} for one backend."""
+    out = {}
+    for name, entry in bundle.entries(backend).items():
+        files = [entry["file"], *entry.get("extra_files", {})]
+        size = sum((bundle.root / f).stat().st_size for f in files if (bundle.root / f).is_file())
+        out[name] = {"bytes": size, "files": files, "precision": entry.get("precision", "fp32")}
+    return out
+
+
+def act_bytes(precision: str) -> int:
+    return _ACT_BYTES.get(str(precision).split("-")[0], 4)
+
+
+@dataclass
+class StageWork:
+    """What one stage computes and reads (weights from the graph files, plus KV cache for decoder steps)."""
+
+    flops: float
+    bytes: float
+    precision: str = "fp32"  # of the graph that runs the stage (decides the compute peak in device estimates)
+
+    def bound_seconds(self, bandwidth: float, flops_per_s: float) -> tuple[float, str]:
+        """(roofline time, "memory" or "compute") for a machine with these peaks (bytes/s, FLOP/s)."""
+        t_mem, t_cmp = self.bytes / bandwidth, self.flops / flops_per_s
+        return (t_mem, "memory") if t_mem >= t_cmp else (t_cmp, "compute")
+
+
+def bundle_work(bundle, backend: str, enc_tokens: int, new_tokens: int, rows: int = 1) -> dict[str, StageWork]:
+    """Work per stage of one generation: vision_encoder, text_encoder, first_token and an average decode_token
+    (over `new_tokens` steps of `rows` sequences, e.g. beams)."""
+    shape = bundle.manifest["model"]["shape"]
+    files = graph_files(bundle, backend)
+    d, layers = shape["d_model"], shape["decoder_layers"]
+    merged = "decoder_model_merged" in files
+    first_g = files["decoder_model_merged" if merged else "decoder_model"]
+    step_g = files["decoder_model_merged" if merged else "decoder_with_past_model"]
+    kv = act_bytes(step_g["precision"])
+    avg_past = (new_tokens - 1) / 2  # earlier tokens on average over the decode steps
+    cross_kv = layers * 2 * enc_tokens * d * kv  # cross-attention K/V read each step, per row
+    self_kv = layers * 2 * (avg_past + 1) * d * kv
+    return {
+        "vision_encoder": StageWork(vision_flops(shape), files["vision_encoder"]["bytes"], files["vision_encoder"]["precision"]),
+        "text_encoder": StageWork(text_encoder_flops(shape, enc_tokens), files["encoder_model"]["bytes"],
+                                  files["encoder_model"]["precision"]),
+        "first_token": StageWork(decoder_step_flops(shape, enc_tokens, 0, rows, first=True),
+                                 first_g["bytes"] + rows * cross_kv, first_g["precision"]),
+        "decode_token": StageWork(decoder_step_flops(shape, enc_tokens, avg_past, rows),
+                                  step_g["bytes"] + rows * (cross_kv + self_kv), step_g["precision"]),
+    }
+
+
+# ---- this machine -----------------------------------------------------------------------------------------
+@dataclass
+class MachinePeaks:
+    """Measured peaks of this machine: bytes/s of a large copy and FLOP/s of an fp32 matmul."""
+
+    bandwidth: float  # bytes/s
+    flops: float  # FLOP/s
+    method: str
+
+    def to_dict(self) -> dict:
+        return {"bandwidth_gbs": self.bandwidth / 1e9, "matmul_gflops": self.flops / 1e9, "method": self.method}
+
+
+def _best(fn, repeats: int) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_bandwidth(megabytes: int = 128, repeats: int = 5, threads: int | None = None) -> float:
+    """Memory bandwidth in bytes/s: best of `repeats` copies of a `megabytes` float32 array, split over
+    `threads` threads (numpy releases the GIL while copying). Counts read + write (STREAM "copy" convention)."""
+    threads = threads or os.cpu_count() or 1
+    src = np.ones(megabytes * 2**20 // 4, np.float32)
+    dst = np.empty_like(src)
+    cuts = np.linspace(0, src.size, threads + 1).astype(int)
+
+    def copy():
+        workers = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b])) for a, b in zip(cuts[:-1], cuts[1:])]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    return 2 * src.nbytes / _best(copy, repeats)
+
+
+def measure_matmul(n: int = 1536, repeats: int = 5) -> float:
+    """fp32 matmul throughput in FLOP/s: best of `repeats` n x n products (numpy's BLAS, all its threads)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+    return 2.0 * n**3 / _best(lambda: a @ b, repeats)
+
+
+def measure_machine() -> MachinePeaks:
+    """Both peaks, in about a second."""
+    threads = os.cpu_count() or 1
+    return MachinePeaks(measure_bandwidth(threads=threads), measure_matmul(),
+                        f"numpy copy of 128 MiB over {threads} threads (read+write); numpy fp32 matmul 1536^3")
+
+
+def fractions(measured: dict[str, float], work: dict[str, StageWork], peaks: MachinePeaks) -> dict[str, dict]:
+    """{stage: {"bound": "memory"|"compute", "bound_ms", "measured_ms", "fraction"}} for the stages in both."""
+    out = {}
+    for stage, w in work.items():
+        seconds = measured.get(stage)
+        if not seconds or not math.isfinite(seconds):
+            continue
+        bound, kind = w.bound_seconds(peaks.bandwidth, peaks.flops)
+        out[stage] = {"bound": kind, "bound_ms": bound * 1e3, "measured_ms": seconds * 1e3, "fraction": bound / seconds,
+                      **asdict(w)}
+    return out

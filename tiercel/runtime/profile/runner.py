@@ -1,0 +1,299 @@
+"""`tiercel profile`: time every stage of bundles on backends, with roofline fractions and device estimates.
+
+Each (bundle, backend) pair is loaded once, warmed up, then each task runs `runs` times through the real
+runtime (`Model.run`, and `Model.run_all` over the single-image tasks) with a StageTimer attached. Generation
+is forced to exactly `new_tokens` tokens (eos never ends it) so runs, tasks and bundles are comparable.
+Stage percentiles pool the single-task runs of all tasks; decode_token pools every decode step.
+
+numpy only: this module and everything it imports run on a device without torch.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tiercel import tasks
+from tiercel.errors import ConfigError
+from tiercel.runtime.profile import devices as dev
+from tiercel.runtime.profile import roofline
+from tiercel.runtime.profile.timing import STAGES, MemoryProbe, StageTimer, breakdown, percentiles
+
+DEFAULT_TASKS = ("IMG_CAP", "REG_DET_HBB")
+# The roofline compares these measured stages with their bound.
+ROOFLINE_STAGES = ("vision_encoder", "text_encoder", "first_token", "decode_token")
+
+
+@dataclass
+class ProfileSettings:
+    """What to run and how often. `num_beams` None keeps each bundle's own setting."""
+
+    runs: int = 5
+    warmup: int = 1
+    new_tokens: int = 32
+    num_beams: int | None = None
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    run_all: bool = True
+    image_size: int = 768
+    threads: int | None = None
+    device: str | None = None
+
+    def check(self) -> "ProfileSettings":
+        for name, low in (("runs", 1), ("warmup", 0), ("new_tokens", 2), ("image_size", 16)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be >= {low} (got {getattr(self, name)})")
+        if self.num_beams is not None and self.num_beams < 1:
+            raise ConfigError(f"--num-beams: must be >= 1 (got {self.num_beams})")
+        if not self.tasks:
+            raise ConfigError("--tasks: give at least one task tag")
+        self.tasks = tuple(tasks.get(t).tag for t in self.tasks)
+        return self
+
+    @property
+    def batch_tasks(self) -> list[str]:
+        """The single-image tasks that `run_all` batches (none when fewer than two)."""
+        tags = [t for t in self.tasks if tasks.get(t).n_images == 1]
+        return tags if self.run_all and len(tags) > 1 else []
+
+    def steps(self) -> int:
+        """Timed and warm-up calls per (bundle, backend): the progress bar's total."""
+        return (self.warmup + self.runs) * (len(self.tasks) + (1 if self.batch_tasks else 0))
+
+
+def forced_generation(new_tokens: int, num_beams: int | None) -> dict:
+    """Generation overrides that produce exactly `new_tokens` tokens: no eos id can match, none is forced."""
+    out = {"max_new_tokens": new_tokens, "eos_token_id": -1, "forced_eos_token_id": None}
+    return {**out, "num_beams": num_beams} if num_beams else out
+
+
+def task_inputs(tag: str, size: tuple[int, int]) -> dict:
+    """A text and/or region for `tag` on an image of `size` (W, H): what a user would pass."""
+    w, h = size
+    spec = tasks.get(tag)
+    texts = {"class": "airplane", "question": "Is there a ship in the image?",
+             "description": "the white airplane near the runway"}
+    regions = {"box": [0.1 * w, 0.15 * h, 0.55 * w, 0.6 * h],
+               "quad": [[0.1 * w, 0.2 * h], [0.5 * w, 0.1 * h], [0.6 * w, 0.5 * h], [0.2 * w, 0.6 * h]],
+               "polygon": [[0.1 * w, 0.1 * h], [0.6 * w, 0.2 * h], [0.4 * w, 0.7 * h]]}
+    out = {}
+    if spec.needs_text:
+        out["text"] = texts[spec.needs_text]
+    if spec.needs_region:
+        out["region"] = regions[spec.needs_region]
+    return out
+
+
+def profile_image(size: int, seed: int = 0) -> np.ndarray:
+    """A deterministic size x size RGB test image (gradients plus noise); content does not change the timings."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = np.stack([xx * 255 // size, yy * 255 // size, (xx + yy) * 127 // (2 * size)], -1)
+    return np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class BundleProfile:
+    """Everything measured for one (bundle, backend) pair; times in seconds, sizes in bytes."""
+
+    label: str
+    bundle: str
+    backend: str
+    device: str
+    preset: str | None
+    decoder: str
+    num_beams: int
+    graphs: dict
+    load_seconds: float
+    rss: dict
+    stages: dict = field(default_factory=dict)
+    tokens_per_s: dict = field(default_factory=dict)
+    tasks: dict = field(default_factory=dict)
+    run_all: dict | None = None
+    encoder_tokens: float = 0.0
+    work: dict = field(default_factory=dict)
+    roofline: dict = field(default_factory=dict)
+    estimates: dict = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(g["bytes"] for g in self.graphs.values())
+
+    def stage_p50(self) -> dict[str, float]:
+        return {s: v["p50"] for s, v in self.stages.items()}
+
+    def to_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in ("label", "bundle", "backend", "device", "preset", "decoder", "num_beams",
+                                             "graphs", "load_seconds", "rss", "stages", "tokens_per_s", "tasks",
+                                             "run_all", "encoder_tokens", "roofline", "estimates")}
+        out["size_bytes"] = self.size_bytes
+        out["work"] = {s: {"flops": w.flops, "bytes": w.bytes, "precision": w.precision} for s, w in self.work.items()}
+        return out
+
+
+@dataclass
+class ProfileReport:
+    """A whole `tiercel profile` run: the machine, its measured peaks, settings and one profile per pair."""
+
+    machine: dict
+    peaks: roofline.MachinePeaks
+    settings: ProfileSettings
+    profiles: list[BundleProfile]
+    devices: dict[str, dev.DeviceSpec]
+
+    def to_dict(self) -> dict:
+        s = self.settings
+        return {"machine": self.machine, "peaks": self.peaks.to_dict(),
+                "settings": {"runs": s.runs, "warmup": s.warmup, "new_tokens": s.new_tokens, "num_beams": s.num_beams,
+                             "tasks": list(s.tasks), "run_all_tasks": s.batch_tasks, "image_size": s.image_size,
+                             "threads": s.threads, "device": s.device},
+                "units": {"times": "seconds", "sizes": "bytes", "tokens_per_s": "generated tokens per second per sequence"},
+                "estimate_formula": dev.FORMULA,
+                "devices": {k: d.to_dict() for k, d in self.devices.items()},
+                "profiles": [p.to_dict() for p in self.profiles]}
+
+
+def machine_info() -> dict:
+    """CPU model, cores, load average at start, OS and library versions: what a timing needs next to it."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in load],
+            "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__}
+
+
+def _label(path: Path, backend: str, paths: list[Path], backends: list[str]) -> str:
+    names = [p.name for p in paths]
+    name = path.name if names.count(path.name) == 1 else f"{path.parent.name}/{path.name}"
+    return f"{name}/{backend}" if len(backends) > 1 or len(paths) == 1 else name
+
+
+def check_pairs(paths: list[Path], backends: list[str]) -> None:
+    """Fail before any timing when a bundle is missing or lacks graphs for a backend (one-line errors)."""
+    from tiercel.runtime.backends import get_backend
+    from tiercel.runtime.bundle import read_bundle
+
+    for backend in backends:
+        get_backend(backend)
+    for path in paths:
+        bundle = read_bundle(path)
+        for backend in backends:
+            bundle.entries(backend)
+
+
+def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None = None,
+            devices: dict[str, dev.DeviceSpec] | None = None, image=None, progress=None) -> ProfileReport:
+    """Profile every bundle on every backend; measure this machine's peaks; add roofline fractions and estimates.
+
+    Args:
+        paths: bundle directories.
+        backends: backend names; every bundle must have graphs for each.
+        devices: device specs for the estimates (default: the Jetson presets in devices.DEVICES).
+        image: the image to run on (default: a synthetic settings.image_size square).
+        progress: called as progress(label) after every warm-up or timed call.
+    """
+    settings = (settings or ProfileSettings()).check()
+    paths, backends = [Path(p) for p in paths], list(backends)
+    check_pairs(paths, backends)
+    devices = dict(dev.DEVICES if devices is None else devices)
+    machine = machine_info()
+    peaks = roofline.measure_machine()
+    image = profile_image(settings.image_size) if image is None else image
+    profiles = []
+    for path in paths:
+        for backend in backends:
+            p = profile_bundle(path, backend, settings, image, _label(path, backend, paths, backends), progress)
+            p.roofline = roofline.fractions(p.stage_p50(), p.work, peaks)
+            p.estimates = {key: dev.estimate(p.work, d, settings.new_tokens) for key, d in devices.items()}
+            profiles.append(p)
+    return ProfileReport(machine, peaks, settings, profiles, devices)
+
+
+def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: np.ndarray, label: str,
+                   progress=None) -> BundleProfile:
+    """Load one bundle on one backend and time `settings.runs` runs of every task (after warm-up)."""
+    import tiercel.runtime as rt
+
+    gc.collect()
+    memory = MemoryProbe()
+    baseline = memory.reset()
+    start = time.perf_counter()
+    m = rt.load(path, backend=backend, device=settings.device, threads=settings.threads)
+    load_seconds = time.perf_counter() - start
+    after_load = memory.current()
+    gen = forced_generation(settings.new_tokens, settings.num_beams)
+    beams = settings.num_beams or m.generation.num_beams
+    m.timer = StageTimer(on_stage=memory.sample)
+    size = (image.shape[1], image.shape[0])
+    singles, per_task, batch = [], {t: [] for t in settings.tasks}, []
+    for i in range(settings.warmup + settings.runs):
+        timed = i >= settings.warmup
+        for tag in settings.tasks:
+            extra = {"image2": image[::-1]} if tasks.get(tag).n_images == 2 else task_inputs(tag, size)
+            seconds, events = _timed_call(m, lambda: m.run(image, tag, **extra, **gen))
+            if timed:
+                per_task[tag].append(seconds)
+                singles.append(breakdown(events))
+            if progress:
+                progress(label)
+        if settings.batch_tasks:
+            inputs = [task_inputs(t, size) for t in settings.batch_tasks]
+            texts = {t: x["text"] for t, x in zip(settings.batch_tasks, inputs) if "text" in x}
+            regions = {t: x["region"] for t, x in zip(settings.batch_tasks, inputs) if "region" in x}
+            seconds, events = _timed_call(m, lambda: m.run_all(image, settings.batch_tasks, texts, regions, **gen))
+            if timed:
+                batch.append((seconds, breakdown(events)))
+            if progress:
+                progress(label)
+    m.timer = None
+    enc_tokens = _mean_encoder_tokens(m, settings.tasks, size)
+    work = roofline.bundle_work(m.bundle, backend, round(enc_tokens), settings.new_tokens, beams)
+    man = m.bundle.manifest
+    result = BundleProfile(label, str(path), backend, m.device, man["model"].get("preset"), man["decoder"], beams,
+                           roofline.graph_files(m.bundle, backend), load_seconds,
+                           {"baseline": baseline, "after_load": after_load, "peak": memory.peak, "source": memory.source},
+                           encoder_tokens=enc_tokens, work=work)
+    _summarise(result, singles, per_task, batch, settings)
+    del m
+    gc.collect()
+    return result
+
+
+def _timed_call(m, fn) -> tuple[float, list]:
+    m.timer.take()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start, m.timer.take()
+
+
+def _mean_encoder_tokens(m, tags, size) -> float:
+    n_img = m.shape["image_tokens"]
+    lengths = []
+    for tag in tags:
+        prompt = tasks.get(tag).prompt(image_size=size, dialect=m.dialect, **task_inputs(tag, size))
+        lengths.append(len(m.tokenizer.prompt_ids(prompt, n_img)))
+    return float(np.mean(lengths))
+
+
+def _summarise(result: BundleProfile, singles: list, per_task: dict, batch: list, settings: ProfileSettings) -> None:
+    stages = {s: [b[s] for b in singles] for s in STAGES if s != "decode_token"}
+    stages["decode_token"] = [t for b in singles for t in b["decode_token"]]
+    stages["generate"] = [b["generate"] for b in singles]
+    result.stages = {s: percentiles(v) for s, v in stages.items()}
+    result.tokens_per_s = percentiles(settings.new_tokens / b["generate"] for b in singles if b["generate"] > 0)
+    result.tasks = {t: percentiles(v) for t, v in per_task.items()}
+    if batch:
+        n = len(settings.batch_tasks)
+        result.run_all = {"tasks": settings.batch_tasks, "end_to_end": percentiles(s for s, _ in batch),
+                          "tokens_per_s": percentiles(n * settings.new_tokens / b["generate"] for _, b in batch),
+                          "sequential_p50": sum(result.tasks[t]["p50"] for t in settings.batch_tasks)}
