@@ -1,0 +1,121 @@
+"""quantize_bundle on tiny bundles: calibration from real decode steps, int8/int4 bundles that the runtime loads
+and runs, sizes, manifest records, and the accuracy guard's retries and failure report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from tests.bundles import tiny_bundle  # noqa: E402
+from tests.quantize_data import synth_folder, wide_bundle  # noqa: E402
+
+FAST = {"n": 4, "n_val": 4, "max_new_tokens": 8}
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_model, tiny_tokenizer):
+    return tiny_bundle(tiny_model, tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def wide(tiny_tokenizer):
+    return wide_bundle(tiny_tokenizer)
+
+
+def test_calibration_records_decoder_feeds_at_many_positions(fp32):
+    from tiercel.quantize.calibrate import capture, load_samples
+
+    samples = load_samples(synth_folder(), n=3)
+    calib = capture(fp32, samples, n=64, max_new_tokens=6)
+    assert len(calib.feeds["vision_encoder"]) == len(calib.feeds["decoder_model"]) == 3  # first step: once per sample
+    past = calib.feeds["decoder_with_past_model"]
+    assert len(past) > 3 and len(set(calib.positions)) >= 4 and min(calib.positions) == 1  # later steps, all positions
+    assert past[0]["past_key_values.0.decoder.key"].shape[2] == calib.positions[0]
+    assert calib.summary()["decoder_positions"]["distinct"] == len(set(calib.positions))
+
+
+@pytest.mark.parametrize("scheme, decoder_ratio", [("int8-static", 0.36), ("int4-weight-only", 0.25)])
+def test_quantized_bundles_shrink_load_and_generate(wide, tmp_path, scheme, decoder_ratio):
+    import tiercel.runtime
+    from tiercel.quantize import quantize_bundle
+
+    out = tmp_path / scheme
+    section = quantize_bundle(wide, out, scheme, calib=synth_folder(), **FAST)
+    manifest = json.loads((out / "manifest.json").read_text())
+    precisions = {g["name"]: g["precision"] for g in manifest["graphs"]}
+    assert set(precisions.values()) == {scheme} and manifest["quantization"]["scheme"] == scheme
+    for name in ("decoder_model", "decoder_with_past_model"):
+        assert section["sizes"][name]["ratio"] < decoder_ratio  # weights dominate these files
+    assert section["sizes"]["total"]["bytes"] < 0.6 * section["sizes"]["total"]["fp32_bytes"]
+    assert section["guard"]["run"] and 0 <= section["guard"]["token_agreement"] <= 1
+    assert section["calibration"]["decoder_positions"]["distinct"] > 1
+    model = tiercel.runtime.load(out)  # verifies every sha256 in the manifest
+    result = model.run(np.zeros((64, 64, 3), np.uint8), task="REG_DET_HBB", text="airplane", max_new_tokens=6)
+    assert type(result).__name__ == "Boxes"
+    (out / "decoder_model.onnx").write_bytes((out / "decoder_model.onnx").read_bytes() + b"\0")
+    with pytest.raises(Exception, match="sha256 of decoder_model.onnx does not match"):
+        tiercel.runtime.load(out)
+
+
+def test_mixed_records_a_scheme_per_graph_and_keeps_tied_lm_head_inside_the_decoders(fp32, tmp_path):
+    import onnx
+
+    from tiercel.quantize import quantize_bundle
+
+    section = quantize_bundle(fp32, tmp_path / "mixed", "mixed", calib=synth_folder(), **FAST)
+    assert section["graphs"] == {"vision_encoder": "int8-static", "embed_tokens": "int8-dynamic",
+                                 "encoder_model": "int8-static", "decoder_model": "int4-weight-only",
+                                 "decoder_with_past_model": "int4-weight-only"}
+    dec = onnx.load(str(tmp_path / "mixed" / "decoder_with_past_model.onnx"))
+    assert any(n.op_type == "MatMulNBits" and n.name.startswith("/lm_head") for n in dec.graph.node)
+    emb = onnx.load(str(tmp_path / "mixed" / "embed_tokens.onnx"))
+    assert [n.op_type for n in emb.graph.node if n.op_type in ("Gather", "DequantizeLinear")] == ["Gather", "DequantizeLinear"]
+
+
+def test_guard_excludes_sensitive_layers_and_retries_until_it_holds(fp32, tmp_path, monkeypatch):
+    from tiercel.quantize import guard, quantize_bundle
+
+    real, calls = guard.compare, []
+
+    def strict_first(*args, **kwargs):  # the first attempt misses the floor, later ones are judged normally
+        verdict = real(*args, **kwargs)
+        calls.append(verdict)
+        verdict.passed = verdict.passed and len(calls) > 1
+        return verdict
+
+    monkeypatch.setattr(guard, "compare", strict_first)
+    section = quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), **FAST)
+    attempts = section["guard"]["attempts"]
+    assert len(attempts) == 2 and attempts[0]["excluded"] == 0 and attempts[1]["excluded"] == 1
+    excluded = [n for nodes in section["excluded"].values() for n in nodes]
+    assert len(excluded) == 1
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    kept = [g for g in manifest["graphs"] if g["quantization"]["excluded"]]
+    assert [g["quantization"]["excluded"] for g in kept] == [excluded]
+
+
+def test_guard_failure_reports_the_numbers_and_writes_nothing(fp32, tmp_path):
+    from tiercel.quantize import GuardError, quantize_bundle
+
+    with pytest.raises(GuardError) as err:
+        quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), min_agreement=1.01,
+                        max_retries=1, **FAST)
+    msg = str(err.value)
+    assert "after 2 attempts (1 layers kept in fp32)" in msg and "token agreement" in msg and "drop" in msg
+    assert not (tmp_path / "q").exists()
+
+
+def test_openvino_int4_through_nncf_runs_in_the_runtime(fp32, tmp_path):
+    pytest.importorskip("nncf")
+    import tiercel.runtime
+    from tiercel.quantize import quantize_bundle
+
+    section = quantize_bundle(fp32, tmp_path / "ov", "int4-weight-only", backend="openvino", block_size=32)
+    assert section["runs_on"] == "openvino" and section["guard"]["run"] is False
+    model = tiercel.runtime.load(tmp_path / "ov", backend="openvino")
+    assert model.run(np.zeros((64, 64, 3), np.uint8), task="IMG_CAP", max_new_tokens=4).to_dict()["type"] == "caption"

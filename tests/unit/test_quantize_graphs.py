@@ -1,0 +1,86 @@
+"""Graph-level quantisation on hand-made ONNX graphs: sensitivity ranking and TensorRT's explicit Q/DQ form.
+
+No GPU here: the TensorRT test checks the graph structure TensorRT needs for INT8 engines (symmetric int8
+Q/DQ, zero points 0, per-channel weight scales), and that onnxruntime runs it; no engine is built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from tiercel.quantize.onnx_backend import quantize_graph, weight_layers  # noqa: E402
+from tiercel.quantize.schemes import get_scheme  # noqa: E402
+from tiercel.quantize.sensitivity import fake_quantize, layer_sensitivity, table  # noqa: E402
+
+
+def _mlp(path, outlier_layer: str | None = None, d: int = 64):
+    """x -> fc_a -> Relu -> * mask -> fc_b -> fc_c -> y. `outlier_layer` gets one huge weight per 32-row block on
+    rows whose inputs the mask zeroes: fp32 ignores them, but their int4 block scale wipes out the rest."""
+    rng = np.random.default_rng(0)
+    weights = {n: rng.standard_normal((d, d)).astype(np.float32) * 0.1 for n in ("fc_a", "fc_b", "fc_c")}
+    if outlier_layer:
+        weights[outlier_layer][::32, :] = 50.0
+    mask = np.ones(d, np.float32)
+    mask[::32] = 0.0
+    nodes = [helper.make_node("MatMul", ["x", "fc_a.w"], ["a"], name="fc_a"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Mul", ["r", "mask"], ["m"], name="mask"),
+             helper.make_node("MatMul", ["m", "fc_b.w"], ["b"], name="fc_b"),
+             helper.make_node("MatMul", ["b", "fc_c.w"], ["y"], name="fc_c")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", d])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", d])],
+                              [numpy_helper.from_array(w, f"{n}.w") for n, w in weights.items()]
+                              + [numpy_helper.from_array(mask, "mask")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return [{"x": rng.standard_normal((4, d)).astype(np.float32)} for _ in range(3)]
+
+
+def test_sensitivity_ranks_the_deliberately_sensitive_layer_first(tmp_path):
+    feeds = _mlp(tmp_path / "mlp.onnx", outlier_layer="fc_b")
+    rows = layer_sensitivity(tmp_path / "mlp.onnx", feeds, get_scheme("int4-weight-only"))
+    assert [r["node"] for r in rows][0] == "fc_b"
+    assert rows[0]["error"] > 5 * rows[1]["error"] > 0
+    assert table(rows).row_count == 3
+
+
+def test_fake_quantize_int8_per_channel_and_int4_blocks_are_close_but_not_exact():
+    w = np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
+    for spec, tol in ((get_scheme("int8-static"), 0.01), (get_scheme("int4-weight-only"), 0.2)):
+        q = fake_quantize(w, "MatMul", spec)
+        err = np.abs(q - w).max() / np.abs(w).max()
+        assert 0 < err < tol
+
+
+def test_tensorrt_target_writes_symmetric_int8_qdq_on_every_weight_layer(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    feeds = _mlp(tmp_path / "mlp.onnx")
+    report = quantize_graph(tmp_path / "mlp.onnx", tmp_path / "trt.onnx", get_scheme("int8-static"), feeds=feeds,
+                            target="tensorrt")
+    assert sorted(report["quantized"]) == ["fc_a", "fc_b", "fc_c"]
+    model = onnx.load(str(tmp_path / "trt.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in (n for n in model.graph.node if n.op_type == "MatMul"):
+        act, weight = (producer.get(i) for i in node.input)
+        assert act.op_type == "DequantizeLinear" and weight.op_type == "DequantizeLinear", node.name
+        w = inits[weight.input[0]]
+        assert w.dtype == np.int8 and inits[weight.input[1]].shape == (64,)  # per output channel
+        assert producer[act.input[0]].op_type == "QuantizeLinear"
+    for q in (n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")):
+        zero = inits[q.input[2]]
+        assert zero.dtype == np.int8 and not zero.any()  # symmetric: TensorRT takes zero points of 0 only
+    y = ort.InferenceSession(str(tmp_path / "trt.onnx")).run(None, feeds[0])[0]
+    ref = ort.InferenceSession(str(tmp_path / "mlp.onnx")).run(None, feeds[0])[0]
+    assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.05
+
+
+def test_weight_layers_skip_activation_matmuls_and_position_tables(tmp_path):
+    _mlp(tmp_path / "mlp.onnx")
+    proto = onnx.load(str(tmp_path / "mlp.onnx"))
+    assert [x["node"] for x in weight_layers(proto)] == ["fc_a", "fc_b", "fc_c"]

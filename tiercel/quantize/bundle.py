@@ -1,0 +1,245 @@
+"""`tiercel quantize`: an fp32 bundle -> a quantised bundle, calibrated, guarded and checksummed.
+
+Flow, all inside a temporary directory renamed to the output only when the guard holds (fileio.atomic_dir):
+1. plan: the scheme (schemes.py) gives each graph a leaf scheme; the backend spec below says what is read
+   and written (ONNX through onnxruntime.quantization, OpenVINO IR through NNCF, or the explicit Q/DQ ONNX
+   that TensorRT builds INT8 engines from, which onnxruntime also runs).
+2. calibrate: the fp32 bundle runs real samples and every graph's feeds are recorded (calibrate.py).
+3. quantise each graph; write manifest.json with the scheme per graph, sizes and new sha256s.
+4. guard: quantised vs fp32 on the val samples (guard.py). When the drop exceeds max_drop, the most sensitive
+   layers (sensitivity.py) go back to fp32 - 1, 2, 4, ... of them - and step 3 runs again, until it holds or
+   the retries run out (GuardError with the numbers).
+
+Split decoders only: a merged decoder's If branches share nothing a quantiser can see (FALCON.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tiercel import __version__
+from tiercel.errors import BundleError, ConfigError
+from tiercel.fileio import atomic_dir, sha256_file, write_json
+from tiercel.quantize import guard as _guard
+from tiercel.quantize.calibrate import Calibration, capture, load_samples, sft_file
+from tiercel.quantize.schemes import GRAPH_ROLES, SchemeSpec, get_scheme, needs_calibration, plan
+from tiercel.runtime.bundle import MANIFEST, read_bundle
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What a quantisation backend reads from the bundle, writes, and which runtime backend runs the result."""
+
+    name: str
+    reads: str  # source backend in the fp32 bundle
+    runs: str  # tiercel.runtime backend of the output
+    schemes: tuple[str, ...]  # schemes it can produce
+    help: str
+
+
+TARGETS: dict[str, TargetSpec] = {
+    "onnxruntime": TargetSpec("onnxruntime", "onnxruntime", "onnxruntime",
+                              ("int8-static", "int8-dynamic", "int4-weight-only", "mixed"), "onnxruntime.quantization"),
+    "openvino": TargetSpec("openvino", "openvino", "openvino",
+                           ("int8-static", "int8-dynamic", "int4-weight-only", "mixed"), "NNCF on OpenVINO IR"),
+    "tensorrt": TargetSpec("tensorrt", "onnxruntime", "onnxruntime", ("int8-static",),
+                           "explicit Q/DQ ONNX (symmetric int8) for TensorRT INT8 engines"),
+}
+
+
+def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: str = "int8-static",
+                    calib: str | os.PathLike | None = None, root: str | os.PathLike | None = None, n: int = 128,
+                    max_drop: float = 0.01, *, val: str | os.PathLike | None = None, n_val: int = 28,
+                    min_agreement: float = 0.0, block_size: int | None = None, symmetric: bool | None = None,
+                    policy: dict | None = None, backend: str = "onnxruntime", ratio: float = 1.0,
+                    max_new_tokens: int = 64, max_retries: int = 4, sensitivity: bool = False,
+                    overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict:
+    """Quantise the fp32 bundle at `bundle` into `out`. Returns the manifest's "quantization" section.
+
+    Args:
+        scheme: a key of tiercel.quantize.SCHEMES (int8-static, int8-dynamic, int4-weight-only, mixed).
+        calib: Falcon_SFT file or `tiercel data synth` folder (its train.json) for calibration; images under
+            `root` (default: the file's folder). `n` samples; decoder steps are thinned to `n` feeds per graph.
+        max_drop: largest relative drop of the 14-task average allowed on the val samples.
+        val: Falcon_SFT file for the guard (default: val.json beside the calibration file); no val data, no guard.
+        min_agreement: also require this greedy token agreement with fp32 (0 = metrics only).
+        block_size, symmetric: int4 blocks (32/64/128) and symmetry. policy: mixed, {role: leaf scheme}.
+        backend: onnxruntime, openvino (NNCF) or tensorrt (explicit Q/DQ ONNX). ratio: NNCF int4 share.
+        sensitivity: also write sensitivity.json (per-layer report) into the bundle.
+    """
+    say = log or (lambda _msg: None)
+    target = _target(backend, scheme)
+    src = read_bundle(bundle)
+    if src.manifest["decoder"] != "split":
+        raise ConfigError(f"{src.where}: quantizing needs a split decoder (merged If-branches break under quantisation);"
+                          f" re-export with --decoder split")
+    entries = src.entries(target.reads)
+    src.verify(entries.values())
+    spec = get_scheme(scheme, block_size=block_size, symmetric=symmetric, policy=policy)
+    leaves = plan(spec, src.graph_names(), block_size=block_size, symmetric=symmetric)
+    if calib is None and needs_calibration({g: s for g, s in leaves.items() if s.kind == "static"}):
+        raise ConfigError(f"--scheme {scheme}: needs calibration data; pass --calib FILE (a Falcon_SFT file or a "
+                          "`tiercel data synth` folder)")
+    calibration = None
+    if calib is not None:
+        say(f"calibrating on {n} samples of {sft_file(calib)}")
+        calibration = capture(src.root, load_samples(calib, root, n), n=n, max_new_tokens=max_new_tokens)
+    val_samples = _val_samples(calib, val, root, n_val)
+    ref = _reference(src, val_samples, max_new_tokens)
+    excluded: dict[str, list[str]] = {g: [] for g in leaves}
+    ranking, attempts = None, []
+    out = Path(out)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for attempt in range(max_retries + 1):
+            graphs = _write_graphs(src, tmp, entries, leaves, target, calibration, excluded, ratio)
+            section = _section(src, spec, target, calibration, graphs, entries, excluded)
+            _write_manifest(src, tmp, graphs, section)
+            verdict = _check(tmp, target, val_samples, ref, max_drop, min_agreement, max_new_tokens)
+            attempts.append({"excluded": sum(map(len, excluded.values())), **(verdict.to_dict() if verdict else {})})
+            if verdict is None or verdict.passed:
+                break
+            say(f"attempt {attempt + 1}: {verdict.line()}; over the limit (max drop {max_drop:.2%})")
+            if ranking is None:
+                ranking = _ranking(src, leaves, target, calibration, val_samples, max_new_tokens)
+            keep = [r for r in ranking if r["node"] not in excluded[r["graph"]]][: 2**attempt]
+            if not keep or attempt == max_retries:
+                raise _guard.GuardError(f"{out}: {scheme} misses the accuracy floor after {attempt + 1} attempts "
+                                        f"({sum(map(len, excluded.values()))} layers kept in fp32): {verdict.line()}, "
+                                        f"max drop {max_drop:.2%}, min agreement {min_agreement:.3f}")
+            for r in keep:
+                excluded[r["graph"]].append(r["node"])
+        section["guard"] = _guard_section(verdict, max_drop, min_agreement, attempts, val_samples)
+        if sensitivity:
+            ranking = ranking or _ranking(src, leaves, target, calibration, val_samples, max_new_tokens)
+            write_json(tmp / "sensitivity.json", ranking)
+            section["sensitivity"] = "sensitivity.json"
+        _write_manifest(src, tmp, graphs, section)
+    return section
+
+
+def _target(backend: str, scheme: str) -> TargetSpec:
+    if backend not in TARGETS:
+        raise ConfigError(f"--backend: unknown quantization backend '{backend}'; choose one of: {', '.join(TARGETS)}")
+    target = TARGETS[backend]
+    get_scheme(scheme)  # unknown scheme names fail first, with the list of valid ones
+    if scheme not in target.schemes:
+        raise ConfigError(f"--backend {backend}: supports {', '.join(target.schemes)} (got {scheme})")
+    return target
+
+
+def _val_samples(calib, val, root, n_val):
+    if val is None and calib is not None and Path(calib).is_dir() and (Path(calib) / "val.json").is_file():
+        val = Path(calib) / "val.json"
+    if val is None or n_val < 1:
+        return []
+    return load_samples(val, root if root is not None else Path(val).parent, n_val)
+
+
+def _reference(src, samples, max_new_tokens):
+    if not samples:
+        return None
+    import tiercel.runtime
+
+    model = tiercel.runtime.load(src.root, backend="onnxruntime")
+    ids = _guard.run_samples(model, samples, max_new_tokens)
+    return {"ids": ids, "scores": _guard.headlines(model.tokenizer, samples, ids, model.dialect)}
+
+
+def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded, ratio) -> list[dict]:
+    rows = []
+    for name, leaf in leaves.items():
+        entry = entries[name]
+        feeds = calibration.feeds.get(name) if calibration else None
+        role = GRAPH_ROLES.get(name, "")
+        if target.name == "openvino":
+            from tiercel.quantize.openvino_backend import ir_files, quantize_ir
+
+            dst = tmp / "openvino" / f"{name}.xml"
+            report = quantize_ir(src.root / entry["file"], dst, leaf, role, feeds, excluded[name], ratio)
+            files = ir_files(dst)
+        else:
+            from tiercel.quantize.onnx_backend import graph_files, quantize_graph
+
+            dst = tmp / f"{name}.onnx"
+            report = quantize_graph(src.root / entry["file"], dst, leaf, role, feeds, excluded[name], target.name)
+            files = graph_files(dst)
+        rows.append(_entry(tmp, entry, files, leaf, report, target))
+    shutil.copyfile(src.root / src.manifest["tokenizer"]["file"], tmp / src.manifest["tokenizer"]["file"])
+    return rows
+
+
+def _entry(tmp: Path, entry: dict, files: list[Path], leaf: SchemeSpec, report: dict, target) -> dict:
+    main, *extra = files
+    return {**entry, "backend": target.runs, "file": main.relative_to(tmp).as_posix(), "sha256": sha256_file(main),
+            "extra_files": {f.relative_to(tmp).as_posix(): sha256_file(f) for f in extra}, "precision": leaf.name,
+            "quantization": {**leaf.to_dict(), "layers": len(report.get("quantized", [])) if "quantized" in report else None,
+                             "excluded": report.get("excluded", []),
+                             **{k: v for k, v in report.items() if k not in ("quantized", "excluded")}}}
+
+
+def _size(root: Path, entry: dict) -> int:
+    return sum((root / f).stat().st_size for f in [entry["file"], *entry.get("extra_files", {})])
+
+
+def _section(src, spec, target, calibration: Calibration | None, graphs, entries, excluded) -> dict:
+    sizes = {g["name"]: {"fp32_bytes": _size(src.root, entries[g["name"]])} for g in graphs}
+    return {"scheme": spec.name, "spec": spec.to_dict(), "backend": target.name, "runs_on": target.runs,
+            "graphs": {g["name"]: g["precision"] for g in graphs}, "sizes": sizes,
+            "calibration": calibration.summary() if calibration else None,
+            "source": {"bundle": str(src.root), "manifest_sha256": sha256_file(src.root / MANIFEST)},
+            "excluded": {k: list(v) for k, v in excluded.items() if v}}
+
+
+def _write_manifest(src, tmp: Path, graphs: list[dict], section: dict) -> None:
+    for g in graphs:  # sizes of what is on disk now
+        row = section["sizes"][g["name"]]
+        row["bytes"] = _size(tmp, g)
+        row["ratio"] = round(row["bytes"] / max(row["fp32_bytes"], 1), 4)
+    before = sum(r["fp32_bytes"] for k, r in section["sizes"].items() if k != "total")
+    after = sum(r["bytes"] for k, r in section["sizes"].items() if k != "total")
+    section["sizes"]["total"] = {"fp32_bytes": before, "bytes": after, "ratio": round(after / max(before, 1), 4)}
+    manifest = json.loads(json.dumps(src.manifest))
+    manifest["graphs"] = graphs
+    manifest["parity"] = {}  # fp32 parity no longer describes these graphs; quantization.guard does
+    manifest["quantization"] = section
+    manifest["provenance"] = {**manifest.get("provenance", {}), "quantized_by": f"tiercel {__version__}"}
+    write_json(tmp / MANIFEST, manifest)
+
+
+def _check(tmp, target, samples, ref, max_drop, min_agreement, max_new_tokens):
+    if not samples:
+        return None
+    import tiercel.runtime
+
+    model = tiercel.runtime.load(tmp, backend=target.runs)  # verifies every checksum just written
+    ids = _guard.run_samples(model, samples, max_new_tokens)
+    return _guard.compare(model.tokenizer, samples, ref["ids"], ids, max_drop, min_agreement, model.dialect, ref["scores"])
+
+
+def _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, max_feeds: int = 4) -> list[dict]:
+    """All quantised layers of all graphs, most sensitive first (ONNX graphs; names shared with the IR)."""
+    from tiercel.quantize.sensitivity import layer_sensitivity
+
+    if calibration is None:
+        if not val_samples:
+            raise BundleError("sensitivity needs samples; pass --calib")
+        calibration = capture(src.root, val_samples, n=16, max_new_tokens=max_new_tokens)
+    onnx = {g["name"]: g for g in src.manifest["graphs"] if g["backend"] == "onnxruntime"}
+    rows = []
+    for name, leaf in leaves.items():
+        if leaf.kind != "keep":
+            rows += layer_sensitivity(src.root / onnx[name]["file"], calibration.feeds[name], leaf, GRAPH_ROLES.get(name, ""),
+                                      max_feeds=max_feeds, graph=name, target=target.name)
+    return sorted(rows, key=lambda r: -r["error"])
+
+
+def _guard_section(verdict, max_drop, min_agreement, attempts, samples) -> dict:
+    if verdict is None:
+        return {"run": False, "reason": "no val samples (pass --val FILE or a synth folder as --calib)"}
+    return {"run": True, "passed": verdict.passed, "max_drop": max_drop, "min_agreement": min_agreement,
+            **verdict.to_dict(), "attempts": attempts}

@@ -1,0 +1,124 @@
+"""Calibration data: real images and prompts, and the feeds every graph sees when the fp32 bundle runs them.
+
+Samples come from a Falcon_SFT file (or a `tiercel data synth` folder: its train/val/test.json). The fp32
+bundle is opened with tiercel.runtime and each of its sessions is wrapped in a `Recorder`, so the feeds are
+exactly what the runtime passes during real greedy generation: the vision encoder's pixel values, the prompt
+embeddings, and the decoder's inputs at EVERY generated position (the first step for decoder_model, each later
+step with its growing KV cache for decoder_with_past_model), not only the first step (FALCON.md: calibrating on
+the first step alone breaks decoders). Steps are then thinned evenly to `n` per graph, keeping all positions
+represented. Knows nothing about how the feeds are used (onnx_backend.py, openvino_backend.py, sensitivity.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tiercel.errors import ConfigError, DataError
+
+
+@dataclass
+class Sample:
+    """One record ready for the runtime: the image (PIX_CHG: the tiled pair), prompt text and reference answer."""
+
+    tag: str
+    prompt: str
+    answer: str
+    image: np.ndarray
+    size: tuple[int, int]  # (W, H) that answers refer to (one frame for PIX_CHG)
+
+
+@dataclass
+class Calibration:
+    """Recorded feeds per graph name, plus where they came from."""
+
+    feeds: dict[str, list[dict]] = field(default_factory=dict)
+    source: str = ""
+    samples: int = 0
+    positions: list[int] = field(default_factory=list)  # past length of each kept decoder_with_past feed
+
+    def summary(self) -> dict:
+        pos = self.positions
+        return {"source": self.source, "samples": self.samples, "feeds": {g: len(f) for g, f in self.feeds.items()},
+                "decoder_positions": {"min": min(pos), "max": max(pos), "distinct": len(set(pos))} if pos else {}}
+
+
+def sft_file(calib: str | os.PathLike, split: str = "train") -> Path:
+    """A Falcon_SFT file, or `<folder>/<split>.json` when `calib` is a synth folder."""
+    path = Path(calib)
+    if path.is_dir():
+        path = path / f"{split}.json"
+    if not path.is_file():
+        raise DataError(f"{path}: no such Falcon_SFT file; pass --calib FILE or a `tiercel data synth` folder")
+    return path
+
+
+def load_samples(calib: str | os.PathLike, root: str | os.PathLike | None = None, n: int = 128,
+                 split: str = "train") -> list[Sample]:
+    """Up to `n` samples with a known task tag and an image, in file order; images relative to `root`
+    (default: the file's folder)."""
+    from tiercel import tasks
+    from tiercel.data import iter_records, load_image
+
+    if n < 1:
+        raise ConfigError(f"--n: must be >= 1 (got {n})")
+    path = sft_file(calib, split)
+    root = Path(root) if root is not None else path.parent
+    out = []
+    for rec in iter_records(path):
+        if rec.tag not in tasks.TASKS or not rec.images:
+            continue
+        images = [load_image(p, rec.crop or None) for p in rec.image_paths(root)]
+        h, w = images[0].shape[:2]
+        image = tasks.tile_change_pair(images[0], images[1]) if tasks.get(rec.tag).n_images == 2 else images[0]
+        out.append(Sample(rec.tag, rec.prompt, rec.answer, image, (w, h)))
+        if len(out) == n:
+            break
+    if not out:
+        raise DataError(f"{path}: no records with a Falcon task tag and an image")
+    return out
+
+
+class Recorder:
+    """A session wrapper that keeps every feed it is given (references; the runtime never mutates them)."""
+
+    def __init__(self, session):
+        self.session, self.input_names, self.seen = session, session.input_names, []
+
+    def run(self, feeds):
+        self.seen.append(dict(feeds))
+        return self.session.run(feeds)
+
+
+def thin(items: list, n: int) -> list:
+    """`n` items evenly spread over `items` (all of them when there are fewer)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
+def capture(bundle: str | os.PathLike, samples: list[Sample], n: int = 128, max_new_tokens: int = 64,
+            backend: str = "onnxruntime") -> Calibration:
+    """Run the fp32 `bundle` on `samples` (greedy, up to `max_new_tokens`) and record each graph's feeds."""
+    import tiercel.runtime
+
+    model = tiercel.runtime.load(bundle, backend=backend)
+    recorders = {name: Recorder(s) for name, s in model.sessions.items()}
+    model.sessions = recorders
+    for s in samples:
+        generate(model, s, max_new_tokens=max_new_tokens)
+    calib = Calibration(source=str(bundle), samples=len(samples))
+    for name, rec in recorders.items():
+        calib.feeds[name] = thin(rec.seen, n)
+    past = calib.feeds.get("decoder_with_past_model", [])
+    calib.positions = [int(f["past_key_values.0.decoder.key"].shape[2]) for f in past]
+    return calib
+
+
+def generate(model, sample: Sample, max_new_tokens: int = 64, num_beams: int = 1) -> list[int]:
+    """Token ids the runtime model generates for `sample` (its recorded prompt, not a rebuilt one)."""
+    features = model.image_features(model.pixel_values(sample.image))
+    return model.generate_ids(features, [sample.prompt], num_beams=num_beams, max_new_tokens=max_new_tokens)[0]

@@ -1,0 +1,136 @@
+"""Quantise one ONNX graph with onnxruntime.quantization, as a leaf scheme (schemes.py) says.
+
+Only weight layers are touched: MatMul/Gemm/Conv whose weight is an initializer (attention's activation x
+activation MatMuls stay fp32), and in the token-embedding graph the Gather table. `exclude` lists node names
+the accuracy guard keeps in fp32.
+
+    int8-static       quantize_static, QDQ, per-channel symmetric int8 weights, uint8 activations (U8S8, the
+                      x86 fast path) calibrated by MinMax on recorded feeds
+    int8-dynamic      quantize_dynamic, per-channel int8 MatMul weights (Conv stays fp32: ConvInteger is slower)
+    int4-weight-only  MatMulNBits blocks of 32/64/128, accuracy_level 4 (int8 compute of activations)
+    embeddings        int8: Gather on an int8 table + DequantizeLinear; int4: GatherBlockQuantized with the
+                      same blocks along d_model that the lm_head MatMulNBits uses, so the tied matrix gets one grid
+
+target "tensorrt" writes the explicit Q/DQ form TensorRT builds INT8 engines from: int8 symmetric activations
+AND weights (zero points 0), per-channel weights, one Q/DQ pair per consumer; embeddings stay fp32 there.
+Knows nothing about bundles or manifests (bundle.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from tiercel.errors import require
+from tiercel.quantize.schemes import SchemeSpec
+
+WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+ACCURACY_LEVEL = 4  # MatMulNBits: int8 compute of activations (fastest on AVX2/AVX512-VNNI CPUs)
+_TWO_GB = 2**31 - 2**24
+
+
+def weight_layers(proto, role: str = "") -> list[dict]:
+    """Quantisable layers of `proto`: {node, op, weight, shape} for weight MatMul/Gemm/Conv (and, for the
+    embeddings role, the Gather whose table is an initializer)."""
+    inits = {i.name: tuple(i.dims) for i in proto.graph.initializer}
+    out = []
+    for node in proto.graph.node:
+        slot = 0 if node.op_type == "Gather" else 1
+        if node.op_type == "Gather" and role != "embeddings":
+            continue
+        if node.op_type not in (*WEIGHT_OPS, "Gather") or len(node.input) <= slot:
+            continue
+        shape = inits.get(node.input[slot])
+        if shape is not None and len(shape) >= 2:
+            out.append({"node": node.name, "op": node.op_type, "weight": node.input[slot], "shape": list(shape)})
+    return out
+
+
+def selected_layers(proto, spec: SchemeSpec, role: str = "", target: str = "onnxruntime") -> list[dict]:
+    """The weight layers `spec` quantises in `proto` (before the guard's exclusions)."""
+    layers = weight_layers(proto, role)
+    if spec.kind == "keep" or (target == "tensorrt" and role == "embeddings"):
+        return []
+    if spec.kind == "weight-only" and role != "embeddings":
+        return [x for x in layers if x["op"] == "MatMul"]
+    if spec.kind == "dynamic":
+        return [x for x in layers if x["op"] != "Conv"]
+    return layers
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over recorded feeds (only the graph's own inputs)."""
+
+    def __init__(self, feeds: list[dict], names: list[str]):
+        self._it = iter([{k: f[k] for k in names} for f in feeds])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # some calibrators call it
+        pass
+
+
+def _quiet():
+    for name in ("root", "onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: list[dict] | None = None,
+                   exclude=(), target: str = "onnxruntime") -> dict:
+    """Write `src` quantised by `spec` to `dst`. Returns {"quantized": [node names], "excluded": [...]}."""
+    onnx = require("onnx", "onnx", "quantizing ONNX graphs")
+    require("onnxruntime", "onnx", "quantizing ONNX graphs")
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    _quiet()
+    proto = onnx.load(str(src), load_external_data=True)
+    layers = selected_layers(proto, spec, role, target)
+    chosen = [x["node"] for x in layers if x["node"] not in set(exclude)]
+    report = {"quantized": chosen, "excluded": sorted(set(exclude) & {x["node"] for x in layers})}
+    big = sum(t.ByteSize() for t in proto.graph.initializer) > _TWO_GB
+    if spec.kind == "keep" or not chosen:
+        shutil.copyfile(src, dst)
+        return report
+    if role == "embeddings" and spec.bits == 8:
+        quantize_dynamic(proto, str(dst), op_types_to_quantize=["Gather"], nodes_to_quantize=chosen,
+                         weight_type=QuantType.QInt8, use_external_data_format=big)
+    elif spec.kind == "weight-only":
+        _int4(proto, dst, spec, chosen, role, big)
+    elif spec.kind == "dynamic":
+        quantize_dynamic(proto, str(dst), op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=chosen,
+                         per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=big)
+    elif spec.kind == "static":
+        if not feeds:
+            raise ValueError(f"{src.name}: int8-static needs calibration feeds")
+        trt = target == "tensorrt"
+        extra = {"ActivationSymmetric": trt, "WeightSymmetric": True, "DedicatedQDQPair": trt,
+                 "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}  # MinMax keeps reduced scalars only
+        quantize_static(proto, str(dst), _Reader(feeds, [i.name for i in proto.graph.input]),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(WEIGHT_OPS), nodes_to_quantize=chosen,
+                        per_channel=True, activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, use_external_data_format=big, extra_options=extra)
+    else:
+        raise ValueError(f"scheme kind {spec.kind!r} is not a leaf")
+    return report
+
+
+def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big: bool) -> None:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    all_nodes = {n.name for n in proto.graph.node}
+    kwargs = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)} if role == "embeddings" else {}
+    q = MatMulNBitsQuantizer(proto, bits=4, block_size=spec.block_size, is_symmetric=spec.symmetric,
+                             accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=sorted(all_nodes - set(chosen)), **kwargs)
+    with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks give 0/0 scales, which ORT maps to 0
+        q.process()
+    q.model.save_model_to_file(str(dst), use_external_data_format=big)
+
+
+def graph_files(file: Path) -> list[Path]:
+    """`file` plus its external data file when it has one."""
+    data = file.parent / f"{file.name}.data"
+    return [file, data] if data.is_file() else [file]

@@ -1,0 +1,105 @@
+"""Per-layer sensitivity: the error at a graph's output when ONLY that layer's weights are quantised.
+
+For each weight layer (onnx_backend.weight_layers) the weight is replaced by its fake-quantised copy (int8
+per output channel, or int4 blocks along the input dimension, as the leaf scheme stores it), the graph runs on
+the recorded calibration feeds in onnxruntime, and the error is the relative L2 distance of the graph's first
+output (image_features, last_hidden_state, logits) to fp32: ||y_q - y|| / ||y||, averaged over feeds.
+
+This is the definition, not a proxy, for weight-only schemes. For int8-static it leaves activation
+quantisation out (weights only): a proxy we accept because per-tensor activation error is shared by all
+layers alike while weight error is what differs between them, and because it needs no calibration pass per
+layer. Relative errors are scale-free, so layers of different graphs are ranked on one list (the guard
+excludes from the top). Cost: one session per layer; use `max_feeds` to bound it on big models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tiercel.errors import require
+from tiercel.quantize.onnx_backend import selected_layers
+from tiercel.quantize.schemes import SchemeSpec
+
+
+def fake_quantize(w: np.ndarray, op: str, spec: SchemeSpec) -> np.ndarray:
+    """`w` rounded to the grid `spec` stores it on (dequantised back to float32)."""
+    w = w.astype(np.float32)
+    if spec.kind == "keep":
+        return w
+    if spec.bits == 4 and w.ndim == 2:  # blocks along the reduction axis (K of a [K, N] MatMul, D of a [V, D] table)
+        k_axis = 1 if op == "Gather" else 0
+        return _blockwise(w, k_axis, spec.block_size or 32, spec.symmetric)
+    axis = 0 if op in ("Conv", "Gather") else w.ndim - 1  # output channels (rows of a table)
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    scale = np.abs(w).max(axis=reduce, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    return np.clip(np.round(w / scale), -128, 127) * scale
+
+
+def _blockwise(w: np.ndarray, axis: int, block: int, symmetric: bool) -> np.ndarray:
+    x = np.moveaxis(w, axis, 0)
+    k = x.shape[0]
+    pad = (-k) % block
+    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)]) if pad else x
+    blocks = xp.reshape(-1, block, *x.shape[1:])
+    if symmetric:
+        scale = np.abs(blocks).max(axis=1, keepdims=True) / 7.0
+        scale[scale == 0] = 1.0
+        q = np.clip(np.round(blocks / scale), -8, 7) * scale
+    else:
+        lo, hi = blocks.min(axis=1, keepdims=True), blocks.max(axis=1, keepdims=True)
+        scale = (hi - lo) / 15.0
+        scale[scale == 0] = 1.0
+        zero = np.round(-lo / scale)
+        q = (np.clip(np.round(blocks / scale) + zero, 0, 15) - zero) * scale
+    return np.moveaxis(q.reshape(xp.shape)[:k], 0, axis)
+
+
+def layer_sensitivity(onnx_file: str | Path, feeds: list[dict], spec: SchemeSpec, role: str = "",
+                      max_feeds: int = 8, graph: str = "", target: str = "onnxruntime") -> list[dict]:
+    """[{graph, node, op, weight, params, error}] for every layer `spec` quantises, most sensitive first."""
+    onnx = require("onnx", "onnx", "measuring layer sensitivity")
+    ort = require("onnxruntime", "onnx", "measuring layer sensitivity")
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(onnx_file), load_external_data=True)
+    inputs = [i.name for i in proto.graph.input]
+    feeds = [{k: f[k] for k in inputs} for f in feeds[:max_feeds]]
+    out_name = proto.graph.output[0].name
+    inits = {i.name: i for i in proto.graph.initializer}
+    small = sum(i.ByteSize() for i in proto.graph.initializer) < 64 << 20
+
+    def run() -> list[np.ndarray]:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        # One session per layer: skip graph optimisation, and thread pools on small graphs (both cost more than the run).
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.intra_op_num_threads = 1 if small else 0
+        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return [sess.run([out_name], f)[0] for f in feeds]
+
+    reference = run()
+    rows = []
+    for layer in selected_layers(proto, spec, role, target):
+        init = inits[layer["weight"]]
+        original = numpy_helper.to_array(init)
+        init.CopyFrom(numpy_helper.from_array(fake_quantize(original, layer["op"], spec).astype(original.dtype), init.name))
+        errors = [np.linalg.norm(q - r) / max(np.linalg.norm(r), 1e-12) for q, r in zip(run(), reference)]
+        init.CopyFrom(numpy_helper.from_array(original, init.name))
+        rows.append({"graph": graph or Path(onnx_file).stem, "node": layer["node"], "op": layer["op"],
+                     "weight": layer["weight"], "params": int(np.prod(layer["shape"])), "error": float(np.mean(errors))})
+    return sorted(rows, key=lambda r: -r["error"])
+
+
+def table(rows: list[dict], top: int = 20, title: str = "layer sensitivity"):
+    """A rich Table of the `top` most sensitive layers."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("#", "graph", "node", "op", "params", "rel. error"):
+        t.add_column(col, justify="right" if col in ("#", "params", "rel. error") else "left")
+    for i, r in enumerate(rows[:top], 1):
+        t.add_row(str(i), r["graph"], r["node"], r["op"], f"{r['params']:,}", f"{r['error']:.3g}")
+    return t
