@@ -41,3 +41,13 @@ def tiny_model(tiny_tokenizer):
     from tiercel.models import build
 
     return build("tiny", seed=0, vocab_size=len(tiny_tokenizer), image_token_id=tiny_tokenizer.image_id)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    """A small synthetic benchmark (all 14 tasks, 64 px), generated once per test session."""
+    from tiercel.data.synth import generate
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    generate(out, n=160, size=64, seed=0, workers=1)
+    return out

@@ -13,7 +13,10 @@ BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
 
 def to_config(shape: ModelShape, image_token_id: int | None = None, dropout: float = 0.1):
-    """A transformers Florence2Config for `shape`. `image_token_id` defaults to the last vocabulary id."""
+    """A transformers Florence2Config for `shape`. `image_token_id` defaults to the last vocabulary id.
+
+    `dropout` sets the text dropout and the vision tower's stochastic-depth rate (Florence-2 uses 0.1 for both).
+    """
     transformers = require("transformers", "train", "building a Florence-2 model")
     shape.check()
     image_token_id = shape.vocab_size - 1 if image_token_id is None else image_token_id
@@ -26,6 +29,7 @@ def to_config(shape: ModelShape, image_token_id: int | None = None, dropout: flo
         num_groups=list(shape.vision_groups),
         window_size=shape.window_size,
         projection_dim=shape.d_model,
+        drop_path_rate=dropout,
     )
     text = dict(
         model_type="bart",
@@ -70,7 +74,8 @@ def shape_from_config(config, image_size: int = 768) -> ModelShape:
     )
 
 
-def build(preset: str | ModelShape, *, image_token_id: int | None = None, device: str = "cpu", seed: int | None = None, **overrides):
+def build(preset: str | ModelShape, *, image_token_id: int | None = None, device: str = "cpu", seed: int | None = None,
+          dropout: float = 0.1, **overrides):
     """Build a randomly initialised Florence2ForConditionalGeneration.
 
     Args:
@@ -78,12 +83,13 @@ def build(preset: str | ModelShape, *, image_token_id: int | None = None, device
         image_token_id: id of `<image>`; defaults to the last vocabulary id.
         device: "meta" builds without allocating weights (for counting and shape checks).
         seed: seed torch before initialising, for reproducible weights.
+        dropout: text dropout and vision stochastic depth while training.
         **overrides: ModelShape fields to replace, e.g. vocab_size=len(tokenizer).
     """
     torch = require("torch", "train", "building a Florence-2 model")
     transformers = require("transformers", "train", "building a Florence-2 model")
     shape = get_preset(preset, **overrides) if isinstance(preset, str) else preset.check()
-    config = to_config(shape, image_token_id=image_token_id)
+    config = to_config(shape, image_token_id=image_token_id, dropout=dropout)
     if seed is not None:
         torch.manual_seed(seed)
     with torch.device(device):

@@ -50,8 +50,17 @@ def _stretch(array: np.ndarray) -> np.ndarray:
     return np.round((a - lo) * (255.0 / max(hi - lo, 1e-12))).astype(np.uint8)
 
 
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 -> size x size x 3 uint8, bicubic, aspect ratio not kept (as the Florence-2 processor)."""
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def normalize(resized: np.ndarray, mean, std) -> np.ndarray:
+    """[..., S, S, 3] uint8 -> [..., 3, S, S] float32: rescale by 1/255, then (x - mean) / std."""
+    x = (resized.astype(np.float32) * np.float32(1 / 255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
 def preprocess(rgb: np.ndarray, size: int, mean, std) -> np.ndarray:
     """HxWx3 uint8 -> [1, 3, size, size] float32 pixel_values."""
-    resized = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC), dtype=np.float32)
-    x = (resized * np.float32(1 / 255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+    return normalize(resize_square(rgb, size), mean, std)[None]

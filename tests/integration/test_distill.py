@@ -1,0 +1,214 @@
+"""Distillation end to end on tiny models: learning, exact resume, NaN stop, KD modes, cache, DDP, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tests.conftest import ROOT, run_cli  # noqa: E402
+from tiercel.distill import trainer  # noqa: E402
+from tiercel.recipe import parse_recipe  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tiny_model, tiny_tokenizer):
+    from tiercel.models.writer import save_native
+
+    return save_native(tiny_model, tiny_tokenizer, tmp_path_factory.mktemp("teacher") / "ckpt")
+
+
+def recipe(out, synth_dir, teacher=None, **distill):
+    data = {"train": str(synth_dir / "train.json"), "val": str(synth_dir / "val.json"), "root": str(synth_dir), "max_answer_tokens": 48}
+    r = {"name": "t", "out": str(out), "data": data, "student": {"preset": "tiny", "dropout": 0.0},
+         "distill": {"steps": 6, "batch_size": 4, "save_every": 3, "log_every": 1, "warmup_steps": 1, "eval_limit": 8, **distill}}
+    if teacher is None or teacher["kind"] == "generated":
+        r["tokenizer"] = {"source": "train", "vocab_size": 400}
+    if teacher is not None:
+        r["teacher"] = teacher
+    return parse_recipe(r)
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+def weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_fine_tuning_learns(tmp_path, synth_dir):
+    trainer.distill(recipe(tmp_path, synth_dir, steps=40, batch_size=8, lr=3e-3, warmup_steps=2, save_every=40), progress=False)
+    losses = [m["loss"] for m in metrics(tmp_path)]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.5  # CE falls well below its ln(vocab) start
+    assert (tmp_path / "student" / "model.safetensors").is_file() and (tmp_path / "recipe.yaml").is_file()
+
+
+def test_resume_continues_exactly(tmp_path, synth_dir, monkeypatch):
+    straight = tmp_path / "straight"
+    trainer.distill(recipe(straight, synth_dir), progress=False)
+    crashed = tmp_path / "crashed"
+    real = trainer.train_step
+
+    def crash_after_3(run, step):
+        if step == 4:
+            raise KeyboardInterrupt("simulated crash")
+        return real(run, step)
+
+    monkeypatch.setattr(trainer, "train_step", crash_after_3)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.distill(recipe(crashed, synth_dir), progress=False)
+    monkeypatch.setattr(trainer, "train_step", real)
+    summary = trainer.distill(recipe(crashed, synth_dir), resume=True, progress=False)
+    assert summary["resumed_from"] == 3
+    a, b = weights(straight / "student"), weights(crashed / "student")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_needs_resume(tmp_path, synth_dir):
+    from tiercel.errors import TiercelError
+
+    trainer.distill(recipe(tmp_path, synth_dir, steps=3), progress=False)
+    with pytest.raises(TiercelError, match="holds checkpoints of an earlier run; pass --resume"):
+        trainer.distill(recipe(tmp_path, synth_dir, steps=3), progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, synth_dir, monkeypatch):
+    from tiercel.distill import objective
+
+    real = objective.ce_loss
+    calls = {"n": 0}
+
+    def nan_on_third(logits, labels):
+        calls["n"] += 1
+        loss = real(logits, labels)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(objective, "ce_loss", nan_on_third)
+    with pytest.raises(trainer.TrainingDiverged, match=r"loss became nan at step 2 .* the last good checkpoint is kept"):
+        trainer.distill(recipe(tmp_path, synth_dir, save_every=1), progress=False)
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_000002"
+
+
+def test_logit_and_hidden_kd_from_a_checkpoint_teacher(tmp_path, synth_dir, teacher_dir):
+    r = recipe(tmp_path, synth_dir, {"kind": "checkpoint", "path": str(teacher_dir)}, kd=1.0, divergence="jsd",
+               hidden={"vision": 1.0, "encoder": 1.0, "decoder": 1.0, "decoder_layers": {0: 1}})
+    r.student.overrides = {"d_model": 32, "ffn_dim": 64, "decoder_layers": 1}
+    trainer.distill(r, progress=False)
+    last = metrics(tmp_path)[-1]
+    for term in ("ce", "kd", "hidden_vision", "hidden_encoder", "hidden_decoder.0"):
+        assert term in last and last[term] >= 0
+    state = torch.load(tmp_path / "checkpoints" / "step_000006" / "trainer_state.pt", weights_only=False)
+    assert state["distiller"] is not None  # the 32 -> 64 projections are trained and saved
+
+
+def test_student_from_teacher_layers(tmp_path, synth_dir, teacher_dir):
+    r = recipe(tmp_path, synth_dir, {"kind": "checkpoint", "path": str(teacher_dir)}, kd=1.0, steps=1)
+    r.student.init, r.student.overrides, r.student.decoder_layers = "teacher", {"decoder_layers": 1}, [1]
+    trainer.distill(r, progress=False)
+    report = json.loads((tmp_path / "init_report.json").read_text())
+    assert report["layer_map"] == {"encoder": [0, 1], "decoder": [1]}
+    assert ["model.language_model.decoder.layers.0.fc1.weight", "model.language_model.decoder.layers.1.fc1.weight"] in report["copied"]
+    assert report["copied_fraction"] > 0.9 and report["skipped"] == []
+
+
+def test_cached_teacher_matches_the_teacher(tmp_path, synth_dir, teacher_dir):
+    from tiercel.distill.cache import TopKCache, cache_teacher
+    from tiercel.distill.data import SFTData, collate
+    from tiercel.distill.objective import run_model
+    from tiercel.distill.trainer import model_input
+    from tiercel.models import load_checkpoint
+
+    teacher = {"kind": "cached", "path": str(teacher_dir), "cache": str(tmp_path / "cache"), "top_k": 8}
+    r = recipe(tmp_path / "run", synth_dir, teacher, kd=1.0, divergence="forward_kl")
+    summary = cache_teacher(r, progress=False)
+    assert summary["written_here"] == summary["shards"]
+    assert cache_teacher(r, progress=False)["written_here"] == 0  # resumable: complete shards are skipped
+    ckpt = load_checkpoint(teacher_dir)
+    data = SFTData(r.data.train, r.data.root, ckpt.tokenizer, max_answer_tokens=48)
+    batch = collate(data, [5], {"t": model_input(ckpt.model)}, ckpt.tokenizer.eos_id)
+    with torch.no_grad():
+        logits = run_model(ckpt.model, batch["t"], batch["decoder_input_ids"]).logits[0]
+    values, ids = TopKCache(tmp_path / "cache", data, ckpt.tokenizer).record(5)
+    n = len(data.label_ids(5))
+    ref_v, ref_i = logits[:n].topk(8, dim=-1)
+    assert torch.equal(torch.from_numpy(ids.astype("int64")), ref_i)
+    assert torch.allclose(torch.from_numpy(values.astype("float32")), ref_v, atol=1e-2)  # stored as float16
+    trainer.distill(r, progress=False)
+    assert "kd" in metrics(tmp_path / "run")[-1]
+
+
+def _ddp_recipe(tmp_path, synth_dir, name, batch, strategy="ddp"):
+    out = tmp_path / name
+    (tmp_path / f"{name}.yaml").write_text(json.dumps({
+        "name": name, "out": str(out), "tokenizer": {"source": "train", "vocab_size": 400},
+        "data": {"train": str(synth_dir / "train.json"), "root": str(synth_dir), "max_answer_tokens": 48},
+        "student": {"preset": "tiny", "dropout": 0.0},
+        "distill": {"steps": 4, "batch_size": batch, "save_every": 2, "log_every": 1, "warmup_steps": 1, "strategy": strategy}}))
+    return tmp_path / f"{name}.yaml", out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one(tmp_path, synth_dir, strategy):
+    one, out1 = _ddp_recipe(tmp_path, synth_dir, "one", batch=4)
+    two, out2 = _ddp_recipe(tmp_path, synth_dir, "two", batch=2, strategy=strategy)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "tiercel", "distill", str(one), "--quiet"], check=True, cwd=ROOT, env=env, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    proc = subprocess.run([*torchrun, "-m", "tiercel", "distill", str(two), "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = metrics(out1), metrics(out2)
+    assert [m["samples"] for m in b] == [4] * 4
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) < 1e-4 * max(1.0, abs(x["loss"]))
+    w1, w2 = weights(out1 / "student"), weights(out2 / "student")
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4  # same weights after 4 steps, saved in full
+    if strategy == "fsdp":
+        assert sorted(p.name for p in (out2 / "checkpoints" / "step_000004").glob("optimizer.rank*.pt")) == ["optimizer.rank0.pt", "optimizer.rank1.pt"]
+
+
+def test_cli_distill_and_bad_recipe(tmp_path, synth_dir):
+    path, out = _ddp_recipe(tmp_path, synth_dir, "cli", batch=2)
+    done = run_cli("distill", str(path), "--quiet", "--set", "distill.steps=2", "--set", "distill.save_every=2")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == 2
+    bad = run_cli("distill", str(path), "--set", "distill.temperature=-1")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "distill.temperature: Input should be greater than 0 (got -1)" in bad.stderr
+
+
+def test_generated_answers_teacher(tmp_path, synth_dir, teacher_dir, monkeypatch):
+    from tiercel import tasks
+    from tiercel.data.sft import iter_records
+    from tiercel.distill import answers
+
+    class SaysAirplane:  # a teacher of "another family": only its text matters
+        def generate(self, images, prompt):
+            return "airplane"
+
+    monkeypatch.setattr(answers, "make_adapter", lambda recipe, device: SaysAirplane())
+    teacher = {"kind": "generated", "adapter": "geochat", "path": str(teacher_dir), "answers": str(tmp_path / "answers.json")}
+    r = recipe(tmp_path / "run", synth_dir, teacher, steps=2, save_every=2)
+    summary = answers.generate_for_recipe(r)
+    source = list(iter_records(synth_dir / "train.json"))
+    textual = [x for x in source if tasks.get(x.tag).needs_region is not None or tasks.get(x.tag).result_type.__name__ in ("Label", "Caption")]
+    written = list(iter_records(tmp_path / "answers.json"))
+    assert summary["records"] == len(source) and summary["written"] == len(written)
+    assert {w.answer for w in written} == {"airplane"} and len(written) >= len(textual) // 2
+    assert all(tasks.get(w.tag).result_type.__name__ in ("Label", "Caption", "Count") for w in written)  # geometry did not parse
+    trainer.distill(r, progress=False)
+    assert (tmp_path / "run" / "student" / "model.safetensors").is_file()

@@ -1,0 +1,68 @@
+"""Process-group plumbing for `torchrun --nproc_per_node N tiercel distill ...` (gloo on CPU, nccl on GPU).
+
+Single-process runs need no launcher: without torchrun's environment, rank 0 of 1 on the best device.
+Knows nothing about models or data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def setup() -> Dist:
+    """Join the process group torchrun describes in the environment (or run alone)."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = f"cuda:{local}" if cuda else "cpu"
+    if world > 1 and not torch.distributed.is_initialized():
+        if cuda:
+            torch.cuda.set_device(local)
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return Dist(rank, world, local, device)
+
+
+def barrier(d: Dist) -> None:
+    if d.active:
+        import torch
+
+        torch.distributed.barrier()
+
+
+def all_mean(d: Dist, values: dict[str, float]) -> dict[str, float]:
+    """Average scalar metrics over processes (for logging; gradients are synchronised by DDP/FSDP)."""
+    if not d.active or not values:
+        return values
+    import torch
+
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return {k: float(v) / d.world for k, v in zip(keys, t)}
+
+
+def teardown(d: Dist) -> None:
+    if d.active:
+        import torch
+
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,103 @@
+"""The distillation objective: one forward pass of the student, every weighted loss term from the recipe.
+
+`DistillObjective` is an nn.Module holding the student and the learned hidden-state projections, so DDP/FSDP
+wrap and synchronise both. The teacher is not inside it: its outputs (or cached top-k logits) are computed
+without gradients by the trainer and passed in. Knows nothing about data files, optimisers or checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tiercel.distill.data import IGNORE
+from tiercel.distill.losses import HiddenDistiller, ce_loss, divergence, topk_divergence
+
+
+@dataclass
+class Outputs:
+    logits: torch.Tensor
+    image: torch.Tensor  # projector output [B, N_img, D]
+    encoder: torch.Tensor  # encoder last hidden state [B, T_enc, D]
+    decoder: tuple  # decoder hidden states: embeddings then one per layer
+
+
+def run_model(model, inputs: dict, decoder_input_ids: torch.Tensor, hidden: bool = False) -> Outputs:
+    """Forward a Florence-2 model, keeping the image features the native forward does not return.
+
+    Does what Florence2Model.forward does (embed, scatter image features into the `<image>` slots, encode,
+    decode) with the vision pass run once and its output kept.
+    """
+    ids = inputs["input_ids"]
+    embeds = model.get_input_embeddings()(ids)
+    image = model.model.get_image_features(inputs["pixel_values"].to(embeds.dtype)).pooler_output.to(embeds.dtype)
+    slots = (ids == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
+    embeds = embeds.masked_scatter(slots, image)
+    out = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], decoder_input_ids=decoder_input_ids,
+                output_hidden_states=hidden, use_cache=False)
+    return Outputs(out.logits, image, out.encoder_last_hidden_state, out.decoder_hidden_states or ())
+
+
+class DistillObjective(nn.Module):
+    """Student + projections; forward(batch, teacher) returns the weighted loss and each term."""
+
+    def __init__(self, student, cfg, teacher_shape=None):
+        super().__init__()
+        self.student, self.cfg = student, cfg
+        h = cfg.hidden
+        pairs = {}
+        if teacher_shape is not None:
+            s_dim, t_dim = student.tiercel_shape.d_model, teacher_shape.d_model
+            if h.vision:
+                pairs["vision"] = (s_dim, t_dim)
+            if h.encoder:
+                pairs["encoder"] = (s_dim, t_dim)
+            if h.decoder:
+                pairs.update({f"decoder.{s}": (s_dim, t_dim) for s in h.decoder_layers})
+        # the encoder output starts with the image tokens, whose count differs when the image sizes do
+        image_tokens = {"encoder": (student.tiercel_shape.image_tokens, teacher_shape.image_tokens)} if "encoder" in pairs else None
+        self.distiller = HiddenDistiller(pairs, kind=h.kind, image_tokens=image_tokens) if pairs else None
+
+    @property
+    def needs_hidden(self) -> bool:
+        return self.distiller is not None
+
+    def forward(self, batch: dict, teacher: Outputs | None = None, topk: tuple | None = None, ce_weight: float | None = None):
+        cfg = self.cfg
+        out = run_model(self.student, batch["student"], batch["decoder_input_ids"], hidden=self.needs_hidden and cfg.hidden.decoder > 0)
+        labels = batch["labels"]
+        mask = labels != IGNORE
+        terms = {}
+        w_ce = cfg.ce if ce_weight is None else ce_weight
+        if w_ce:
+            terms["ce"] = (w_ce, ce_loss(out.logits, labels))
+        if cfg.kd and teacher is not None:
+            t_logits = teacher.logits[..., : out.logits.shape[-1]]  # a teacher vocab padded past the tokenizer
+            terms["kd"] = (cfg.kd, divergence(out.logits, t_logits, mask, kind=cfg.divergence, temperature=cfg.temperature,
+                                              beta=cfg.beta, alpha=cfg.alpha))
+        elif cfg.kd and topk is not None:
+            values, indices = topk
+            terms["kd"] = (cfg.kd, topk_divergence(out.logits, values, indices, mask, kind=cfg.divergence,
+                                                   temperature=cfg.temperature, beta=cfg.beta, alpha=cfg.alpha))
+        if self.distiller is not None and teacher is not None:
+            terms.update(self._hidden_terms(out, teacher, batch, mask))
+        total = sum(w * v for w, v in terms.values())
+        return total, {k: float(v.detach()) for k, (_, v) in terms.items()}, out
+
+    def _hidden_terms(self, out: Outputs, teacher: Outputs, batch: dict, mask) -> dict:
+        h = self.cfg.hidden
+        s_feats, t_feats, masks = {}, {}, {}
+        if h.vision:
+            s_feats["vision"], t_feats["vision"] = out.image, teacher.image
+        if h.encoder:
+            s_feats["encoder"], t_feats["encoder"] = out.encoder, teacher.encoder
+            masks["encoder"] = batch["student"]["attention_mask"].bool()
+        for s_layer, t_layer in h.decoder_layers.items() if h.decoder else ():
+            s_feats[f"decoder.{s_layer}"] = out.decoder[s_layer + 1]
+            t_feats[f"decoder.{s_layer}"] = teacher.decoder[t_layer + 1]
+            masks[f"decoder.{s_layer}"] = mask
+        losses = self.distiller(s_feats, t_feats, masks)
+        weights = {"vision": h.vision, "encoder": h.encoder}
+        return {f"hidden_{k}": (weights.get(k, h.decoder / max(len(h.decoder_layers), 1)), v) for k, v in losses.items()}

@@ -1,0 +1,341 @@
+"""`tiercel distill RECIPE`: the training loop shared by plain fine-tuning and every distillation mode.
+
+One step: for each of `grad_accum` micro-batches, draw samples (TaskSampler, a pure function of the step),
+run the teacher without gradients (or read its cached top-k logits), run the student through
+DistillObjective, backpropagate; then clip, step AdamW and the warmup+cosine schedule. Every `save_every`
+steps an atomic checkpoint is written; `resume=True` continues from the newest one exactly (weights,
+optimizer, schedule, RNG, and the data order, which depends on the step only). A NaN/inf loss stops the run
+with a one-line error and leaves the last good checkpoint in place. Under torchrun the same code runs
+DDP (or FSDP), each process taking a disjoint slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from tiercel.distill import checkpoints
+from tiercel.distill.data import ModelInput, SFTData, TaskSampler, collate, to_device
+from tiercel.distill.dist import Dist, all_mean, barrier, setup, teardown
+from tiercel.errors import TiercelError
+from tiercel.fileio import atomic_write_text
+from tiercel.recipe import Recipe, dump_recipe
+
+
+class TrainingDiverged(TiercelError):
+    """The loss became NaN or infinite."""
+
+
+def model_input(model, mean=None, std=None) -> ModelInput:
+    from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD
+
+    s = model.tiercel_shape
+    return ModelInput(s.image_size, s.image_tokens, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD))
+
+
+def lr_lambda(cfg):
+    """Linear warmup to 1, then cosine decay to cfg.min_lr_ratio at cfg.steps."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def make_optimizer(objective, cfg):
+    """AdamW without weight decay on norms, biases and embeddings' position tables."""
+    import torch
+
+    decay, no_decay = [], []
+    seen = set()
+    for name, p in objective.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim < 2 or "norm" in name or "embed_positions" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+
+
+class Run:
+    """Everything a training run holds; built once by `prepare`, stepped by `train_step`."""
+
+    def __init__(self, recipe: Recipe, dist: Dist, run_dir: Path):
+        self.recipe, self.dist, self.dir = recipe, dist, run_dir
+        self.log_file = run_dir / "metrics.jsonl"
+
+
+def prepare(recipe: Recipe, dist: Dist) -> Run:
+    """Load tokenizer, teacher, data and student; build the objective, optimiser and (DDP) wrapper."""
+    import torch
+
+    from tiercel.distill.setup import load_teacher, resolve_tokenizer, training_file
+    from tiercel.distill.student import init_student
+
+    run = Run(recipe, dist, Path(recipe.out))
+    torch.manual_seed(recipe.seed)
+    run.teacher = load_teacher(recipe, dist)
+    run.tokenizer = resolve_tokenizer(recipe, run.teacher, run.dir, dist)
+    d = recipe.data
+    run.data = SFTData(training_file(recipe), d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache)
+    run.sampler = TaskSampler(run.data.by_task, d.task_weights, recipe.seed)
+    student, run.init_report = init_student(recipe.student, run.tokenizer, run.teacher.model if run.teacher else None, recipe.seed)
+    from tiercel.distill.objective import DistillObjective
+
+    run.objective = DistillObjective(student, recipe.distill, run.teacher.model.tiercel_shape if run.teacher else None).to(dist.device)
+    run.inputs = {"student": model_input(student)}
+    if run.teacher is not None:
+        run.inputs["teacher"] = model_input(run.teacher.model, run.teacher.mean, run.teacher.std)
+    run.topk = None
+    if recipe.teacher.kind == "cached":
+        from tiercel.distill.cache import TopKCache
+
+        run.topk = TopKCache(recipe.teacher.cache, run.data, run.tokenizer)
+    run.wrapped = _wrap(run.objective, recipe.distill.strategy, dist)  # FSDP swaps in sharded parameters: wrap first
+    run.optimizer, run.scheduler = make_optimizer(run.objective, recipe.distill)
+    return run
+
+
+def _wrap(objective, strategy: str, dist: Dist):
+    if not dist.active:
+        return objective
+    import torch
+
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in list(objective.student.model.language_model.encoder.layers) + list(objective.student.model.language_model.decoder.layers):
+            fully_shard(layer)
+        return fully_shard(objective)
+    ids = [dist.local_rank] if dist.device.startswith("cuda") else None
+    return torch.nn.parallel.DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=True)
+
+
+def _autocast(precision: str, device: str):
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
+
+
+def micro_step(run: Run, step: int, micro: int, weight: float, sync: bool) -> dict:
+    """Forward and backward one micro-batch, its loss scaled by `weight`; returns its loss terms."""
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    cfg, dist = run.recipe.distill, run.dist
+    indices = run.sampler.draw(step, micro, cfg.batch_size * dist.world)[dist.rank :: dist.world]
+    batch = to_device(collate(run.data, indices, run.inputs, run.tokenizer.eos_id), dist.device)
+    ce_weight = None
+    on_policy = cfg.on_policy > 0 and np.random.default_rng([run.recipe.seed, step, micro, 7]).random() < cfg.on_policy
+    if on_policy:
+        from tiercel.distill.onpolicy import student_answers
+
+        student_answers(run.objective.student, batch, run.tokenizer, run.recipe.data.max_answer_tokens)
+        ce_weight = 0.0  # the labels are the student's own tokens; only the teacher supervises them
+    teacher_out = topk = None
+    if run.teacher is not None and run.recipe.teacher.kind == "checkpoint":
+        from tiercel.distill.objective import run_model
+
+        with torch.no_grad(), _autocast(cfg.precision, dist.device):
+            teacher_out = run_model(run.teacher.model, batch["teacher"], batch["decoder_input_ids"], hidden=run.objective.needs_hidden)
+    if run.topk is not None and not on_policy:
+        topk = run.topk.lookup(indices, batch["labels"], dist.device)
+    no_sync = getattr(run.wrapped, "no_sync", None)
+    ctx = no_sync() if (not sync and no_sync is not None) else contextlib.nullcontext()
+    with ctx:
+        with _autocast(cfg.precision, dist.device):
+            loss, terms, _ = run.wrapped(batch, teacher_out, topk, ce_weight)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {float(loss.detach())} at step {step} ({terms}); lower distill.lr or use precision fp32; "
+                                   f"the last good checkpoint is kept in {run.dir / 'checkpoints'}")
+        (loss * weight).backward()
+    return {"loss": float(loss.detach()), **terms}
+
+
+def step_tokens(run: Run, step: int) -> list[list[int]]:
+    """Answer-token counts of every sample of the step's global batch, per micro-batch (no communication:
+    the sampler is deterministic, so every process can count the whole batch)."""
+    cfg, world = run.recipe.distill, run.dist.world
+    return [[len(run.data.label_ids(i)) for i in run.sampler.draw(step, m, cfg.batch_size * world)] for m in range(cfg.grad_accum)]
+
+
+def train_step(run: Run, step: int) -> dict:
+    """One optimizer step over `grad_accum` micro-batches; returns token-weighted metrics of the global batch.
+
+    The loss is the mean over every answer token of the global batch, whatever its split over processes and
+    micro-batches: each micro-batch's token-mean loss is weighted by its share of the batch's tokens (times the
+    process count, which DDP's gradient averaging divides out). So N processes reproduce one process with the
+    same global batch. On-policy batches change their labels after counting; their weight is approximate.
+    """
+    import torch
+
+    cfg, dist = run.recipe.distill, run.dist
+    run.optimizer.zero_grad(set_to_none=True)
+    counts = step_tokens(run, step)
+    total = sum(map(sum, counts))
+    sums: dict[str, float] = {}
+    for m in range(cfg.grad_accum):
+        local = sum(counts[m][dist.rank :: dist.world])
+        log = micro_step(run, step, m, weight=local * dist.world / total, sync=(m == cfg.grad_accum - 1))
+        for k, v in log.items():
+            sums[k] = sums.get(k, 0.0) + v * local / total
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.objective.parameters(), cfg.clip_grad)
+    run.optimizer.step()
+    run.scheduler.step()
+    metrics = {k: v * dist.world for k, v in all_mean(dist, sums).items()}  # all_mean / world = sum over processes
+    metrics["grad_norm"] = float(grad_norm)
+    metrics["lr"] = run.scheduler.get_last_lr()[0]
+    metrics["samples"] = cfg.batch_size * cfg.grad_accum * dist.world
+    metrics["tokens"] = total
+    return metrics
+
+
+def distill(recipe: Recipe, resume: bool = False, progress: bool = True) -> dict:
+    """Train the student a recipe describes. Returns a summary; the student ends up in <out>/student."""
+    dist = setup()
+    try:
+        return _distill(recipe, dist, resume, progress)
+    finally:
+        teardown(dist)
+
+
+def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
+    from tiercel.distill.validation import validate_run
+
+    run_dir = Path(recipe.out)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _check_resumable(run_dir, resume)
+        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+    barrier(dist)
+    run = prepare(recipe, dist)
+    if dist.main:
+        atomic_write_text(run_dir / "init_report.json", json.dumps(run.init_report, indent=1) + "\n")
+    start = 0
+    if resume and (path := checkpoints.latest(run_dir)) is not None:
+        start = checkpoints.restore(path, run.objective, run.optimizer, run.scheduler, sharded=_sharded(run), rank=dist.rank)
+    cfg = recipe.distill
+    bar = _progress(progress and dist.main, cfg.steps, start)
+    t0, samples, metrics, evals = time.perf_counter(), 0, {}, []
+    for step in range(start, cfg.steps):
+        metrics = train_step(run, step)
+        samples += metrics["samples"]
+        done = step + 1
+        metrics["samples_per_s"] = samples / (time.perf_counter() - t0)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            _log(run, {"step": done, **metrics})
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+            evals.append(validate_run(run, done))
+            if evals[-1]:
+                _log(run, {"step": done, **{f"val_{k}": v for k, v in evals[-1].items() if isinstance(v, (int, float)) and k != "step"}})
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            _save(run, done)
+        bar(done, metrics)
+    bar.close()
+    final = _publish(run_dir) if dist.main else None
+    return {"run_dir": str(run_dir), "student": final, "steps": cfg.steps, "resumed_from": start,
+            "last": metrics, "val": evals[-1] if evals else None}
+
+
+def _save(run: Run, step: int) -> None:
+    """Checkpoint on the main process; under FSDP every process adds its optimizer shard before `latest` moves."""
+    cfg, dist = run.recipe.distill, run.dist
+    sharded = _sharded(run)
+    states = checkpoints.full_states(run.objective, run.optimizer, sharded)  # a collective under FSDP
+    if dist.main:
+        checkpoints.save(run.dir, step, run.objective, run.optimizer, run.scheduler, run.tokenizer,
+                         {"recipe": run.recipe.name, "step": step}, cfg.keep_checkpoints, states=states, publish=not sharded)
+    barrier(dist)
+    if sharded:
+        ckpt = run.dir / "checkpoints" / f"step_{step:06d}"
+        checkpoints.save_optimizer_shard(ckpt, dist.rank, run.optimizer)
+        barrier(dist)
+        if dist.main:
+            checkpoints.mark_latest(run.dir, ckpt, cfg.keep_checkpoints)
+        barrier(dist)
+
+
+def _sharded(run: Run) -> bool:
+    return run.dist.active and run.recipe.distill.strategy == "fsdp"
+
+
+def _check_resumable(run_dir: Path, resume: bool):
+    if not resume and checkpoints.latest(run_dir) is not None:
+        raise TiercelError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it or choose another recipe out")
+
+
+def _publish(run_dir: Path) -> str:
+    """Copy the newest checkpoint's model (without trainer state) to <out>/student, atomically."""
+    import shutil
+
+    from tiercel.fileio import atomic_dir
+
+    src = checkpoints.latest(run_dir)
+    with atomic_dir(run_dir / "student", overwrite=True) as tmp:
+        for f in src.iterdir():
+            if f.name != "trainer_state.pt" and not f.name.startswith("optimizer.rank"):
+                shutil.copy2(f, tmp / f.name)
+    return str(run_dir / "student")
+
+
+def _log(run: Run, record: dict) -> None:
+    if not run.dist.main:
+        return
+    with open(run.log_file, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if getattr(run, "tb", None) is None:
+        run.tb = _tensorboard(run.dir)
+    if run.tb:
+        for k, v in record.items():
+            if k != "step" and isinstance(v, (int, float)):
+                run.tb.add_scalar(k, v, record["step"])
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return False
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+class _NoBar:
+    def __call__(self, done, metrics):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(enabled: bool, total: int, start: int):
+    if not enabled:
+        return _NoBar()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    prog = Progress(TextColumn("distill"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[sps]:.1f} samples/s"),
+                    TimeRemainingColumn())
+    prog.start()
+    task = prog.add_task("distill", total=total, completed=start, loss=float("nan"), sps=0.0)
+
+    class Bar:
+        def __call__(self, done, metrics):
+            prog.update(task, completed=done, loss=metrics.get("loss", float("nan")), sps=metrics.get("samples_per_s", 0.0))
+
+        def close(self):
+            prog.stop()
+
+    return Bar()

@@ -1,0 +1,203 @@
+"""The recipe: one YAML file describes a whole job; each stage reads its own section.
+
+Validation reports every error at once, each with its field path, in one line:
+`recipe.yaml: distill.temperature: must be > 0 (got -1); student.preset: ...`. The resolved recipe (defaults
+filled in) is written next to every output. This module knows the schema only, not how stages run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tiercel.errors import ConfigError
+
+Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSection(Section):
+    train: Path = Field(description="Falcon_SFT training file (JSON list or JSONL)")
+    val: Path | None = Field(None, description="validation file, evaluated every distill.eval_every steps")
+    test: Path | None = Field(None, description="test file, used by eval and the pipeline report")
+    root: Path = Field(Path("."), description="directory image paths in the files are relative to")
+    task_weights: dict[str, float] = Field(default_factory=dict, description="sampling weight per task tag; missing tags weigh 1, 0 drops a task")
+    max_answer_tokens: int = Field(256, gt=0, description="answers are truncated to this many tokens")
+    max_prompt_tokens: int = Field(96, gt=0, description="prompts are truncated to this many tokens (image tokens not counted)")
+
+    @field_validator("task_weights")
+    @classmethod
+    def _tags_known(cls, weights):
+        from tiercel.tasks import TAGS
+
+        for tag, w in weights.items():
+            if tag not in TAGS:
+                raise ValueError(f"unknown task tag '{tag}'; valid: {', '.join(TAGS)}")
+            if w < 0:
+                raise ValueError(f"weight of {tag} must be >= 0 (got {w})")
+        return weights
+
+
+class TeacherSection(Section):
+    kind: Literal["none", "checkpoint", "cached", "generated"] = Field(
+        "none", description="none: plain fine-tuning; checkpoint: logit KD from a same-family model; "
+        "cached: KD from top-k logits cached by `tiercel distill cache-teacher`; generated: train on the teacher's answers")
+    path: Path | None = Field(None, description="teacher checkpoint directory (checkpoint, cached) or model directory (generated)")
+    cache: Path | None = Field(None, description="top-k logit cache directory (cached; written by cache-teacher)")
+    top_k: int = Field(32, gt=0, description="logits kept per answer token in the cache")
+    adapter: Literal["florence", "geochat"] = Field("florence", description="generated: how to run the teacher")
+    answers: Path | None = Field(None, description="generated: where the teacher's answers are written (Falcon_SFT)")
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.kind in ("checkpoint", "generated") and self.path is None:
+            raise ValueError(f"teacher.kind {self.kind} needs teacher.path")
+        if self.kind == "cached" and self.cache is None:
+            raise ValueError("teacher.kind cached needs teacher.cache (and teacher.path to build it)")
+        return self
+
+
+class StudentSection(Section):
+    init: Literal["preset", "checkpoint", "teacher"] = Field("preset", description="random from a preset, a checkpoint, or layers selected from the teacher")
+    preset: str = Field("tiercel-small", description="model preset (see `tiercel info`) for init preset/teacher")
+    overrides: dict = Field(default_factory=dict, description="ModelShape fields replacing the preset's, e.g. {d_model: 256}")
+    dropout: float = Field(0.1, ge=0, lt=1, description="text dropout and vision stochastic depth of a new student")
+    checkpoint: Path | None = Field(None, description="init checkpoint: the starting student")
+    encoder_layers: list[int] | None = Field(None, description="init teacher: teacher encoder layers copied, in order (default: evenly spaced)")
+    decoder_layers: list[int] | None = Field(None, description="init teacher: teacher decoder layers copied, in order (default: evenly spaced)")
+
+    @model_validator(mode="after")
+    def _needs(self):
+        from tiercel.models.presets import PRESETS
+
+        if self.init == "checkpoint" and self.checkpoint is None:
+            raise ValueError("student.init checkpoint needs student.checkpoint")
+        if self.init != "checkpoint" and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset '{self.preset}'; valid: {', '.join(PRESETS)}")
+        return self
+
+
+class TokenizerSection(Section):
+    source: Literal["teacher", "student", "train"] = Field("teacher", description="use the teacher's / student checkpoint's tokenizer, or train a BPE one on the training answers")
+    vocab_size: int = Field(2000, gt=256, description="train: learned BPE vocabulary (Falcon grammar tokens are added on top)")
+
+
+class HiddenSection(Section):
+    vision: float = Field(0.0, ge=0, description="weight of the image-feature (projector output) loss")
+    encoder: float = Field(0.0, ge=0, description="weight of the text-encoder output loss")
+    decoder: float = Field(0.0, ge=0, description="weight of the decoder hidden-state loss over decoder_layers")
+    decoder_layers: dict[int, int] = Field(default_factory=dict, description="student decoder layer -> teacher decoder layer (hidden states after that layer)")
+    kind: Literal["mse", "cosine"] = Field("mse", description="distance between projected student and teacher features")
+
+
+class DistillSection(Section):
+    steps: int = Field(1000, gt=0, description="optimizer steps")
+    batch_size: int = Field(8, gt=0, description="samples per step per process, before accumulation")
+    grad_accum: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
+    lr: float = Field(3e-4, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to norms and biases)")
+    warmup_steps: int = Field(50, ge=0, description="linear warmup steps, then cosine decay to min_lr_ratio * lr")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate as a fraction of lr")
+    clip_grad: float = Field(1.0, gt=0, description="gradient norm clipping")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype; fp16 only on CUDA (with loss scaling)")
+    ce: float = Field(1.0, ge=0, description="weight of cross-entropy on the labels")
+    kd: float = Field(0.0, ge=0, description="weight of the logit divergence to the teacher")
+    divergence: Divergence = Field("forward_kl", description="forward_kl, reverse_kl, jsd (beta), skew_kl / skew_reverse_kl (alpha)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature for KD (loss scaled by T^2)")
+    beta: float = Field(0.5, ge=0, le=1, description="generalised JSD interpolation")
+    alpha: float = Field(0.1, ge=0, le=1, description="skew KL mixing")
+    hidden: HiddenSection = Field(default_factory=HiddenSection, description="hidden-state distillation")
+    on_policy: float = Field(0.0, ge=0, le=1, description="probability that a batch uses student-generated answers supervised by the teacher (GKD)")
+    eval_every: int = Field(0, ge=0, description="steps between validation runs (0: only at the end)")
+    eval_limit: int = Field(200, gt=0, description="validation records per evaluation")
+    save_every: int = Field(200, gt=0, description="steps between checkpoints")
+    log_every: int = Field(10, gt=0, description="steps between metric log lines")
+    keep_checkpoints: int = Field(2, gt=0, description="most recent checkpoints kept")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="multi-process strategy under torchrun")
+    image_cache: int = Field(4096, ge=0, description="preprocessed images kept in memory")
+
+    @model_validator(mode="after")
+    def _losses(self):
+        if self.ce == 0 and self.kd == 0 and not (self.hidden.vision or self.hidden.encoder or self.hidden.decoder):
+            raise ValueError("every loss weight is 0; set distill.ce and/or distill.kd")
+        return self
+
+
+class Recipe(Section):
+    name: str = Field(description="job name, used in output paths")
+    out: Path = Field(Path("runs"), description="output directory of the job")
+    seed: int = Field(0, description="seed for data order and initialisation")
+    data: DataSection
+    tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
+    teacher: TeacherSection = Field(default_factory=TeacherSection)
+    student: StudentSection = Field(default_factory=StudentSection)
+    distill: DistillSection = Field(default_factory=DistillSection)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        needs_teacher = self.distill.kd > 0 or self.distill.on_policy > 0 or any(
+            (self.distill.hidden.vision, self.distill.hidden.encoder, self.distill.hidden.decoder))
+        if needs_teacher and self.teacher.kind not in ("checkpoint", "cached"):
+            raise ValueError(f"distill.kd/hidden/on_policy need teacher.kind checkpoint or cached (got {self.teacher.kind})")
+        if self.teacher.kind == "cached" and (self.distill.hidden.vision or self.distill.hidden.encoder or self.distill.hidden.decoder or self.distill.on_policy):
+            raise ValueError("a cached teacher holds only top-k logits; hidden-state and on-policy distillation need teacher.kind checkpoint")
+        if self.tokenizer.source == "teacher" and self.teacher.kind not in ("checkpoint", "cached"):
+            if not (self.student.init == "checkpoint"):
+                raise ValueError("tokenizer.source teacher needs a teacher checkpoint; use tokenizer.source train or student")
+        return self
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after",)) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        shown = "" if isinstance(got, (dict, list)) or got is None or e["type"] == "missing" else f" (got {got!r})"
+        parts.append(f"{loc}: {msg}{shown}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
+    """Validate a recipe dict, raising one ConfigError that lists every error with its field path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a mapping of sections (data, teacher, student, distill, ...)")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, where)) from None
+
+
+def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+    """Read and validate a YAML recipe. Relative data/teacher/student paths are resolved against the recipe's folder
+    only when they do not exist relative to the working directory (recipes in recipes/ can name repo paths)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: recipe file not found") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{line}") from None
+    for dotted, value in (overrides or {}).items():
+        _set(data, dotted, value)
+    return parse_recipe(data, str(path))
+
+
+def _set(data: dict, dotted: str, value):
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        data = data.setdefault(k, {})
+    data[keys[-1]] = value
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe (defaults filled in) as YAML, as written next to outputs."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
