@@ -1,0 +1,105 @@
+"""`tiercel eval BUNDLE|CHECKPOINT --data FILE`: per-task metrics, the average of headlines, JSON and example PNGs.
+
+    tiercel eval bundles/base --data synth/test.json --limit 50 --json eval.json --examples eval_png/
+    tiercel eval checkpoints/student --data synth/test.json          # PyTorch, same prompts, parsing, metrics
+
+Thin: parse options, call tiercel.evaluate.evaluate with a progress line, print the table, write files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tiercel.cli import app
+
+SHOWN_METRICS = 4  # non-headline metrics shown per task in the table (all go to --json)
+_PREFERRED = ("macro_f1", "bleu4", "rouge_l", "mae", "missing", "precision50", "recall50", "mean_iou", "dice",
+              "accuracy_yes_no", "ap50_iou_ranked", "iou_pooled")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Path = typer.Argument(..., help="A bundle directory (manifest.json) or a checkpoint directory (PyTorch)."),
+    data: Path = typer.Option(..., "--data", help="Falcon_SFT file with references (.json list or .jsonl)."),
+    root: Path = typer.Option(None, "--root", help="Folder the records' image paths are relative to (default: the file's folder)."),
+    task: list[str] = typer.Option(None, "--tasks", help="Task tags to evaluate (comma-separated or repeated; default all 14)."),
+    limit: int = typer.Option(None, "--limit", help="At most N records per task."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="Backend for a bundle: onnxruntime or openvino."),
+    device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime, CPU/GPU/NPU for openvino)."),
+    threads: int = typer.Option(None, "--threads", help="Intra-op threads of the backend (or of torch for a checkpoint)."),
+    num_beams: int = typer.Option(None, "--num-beams", help="Beams (default: the model's setting)."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Generated tokens at most (default: the model's setting)."),
+    batch: bool = typer.Option(True, "--batch/--no-batch", help="Batch consecutive records on one image through run_all."),
+    json_out: Path = typer.Option(None, "--json", help="Write all metrics, counts and every prediction as JSON here."),
+    examples: Path = typer.Option(None, "--examples", help="Write qualitative PNGs (one per task) into this folder."),
+):
+    """Score a bundle or a checkpoint on Falcon_SFT records with each task's metrics."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from tiercel.cli.profile import split_list
+    from tiercel.errors import DataError
+    from tiercel.evaluate import check_tasks, evaluate, open_predictor, write_examples
+
+    tags = check_tasks(split_list(task))  # unknown tags fail here, before a model loads
+    if not data.is_file():
+        raise DataError(f"{data}: file not found")
+    root = root if root is not None else data.parent
+    if limit is not None and limit < 1:
+        raise typer.BadParameter(f"must be >= 1 (got {limit})", param_hint="--limit")
+    console = Console(highlight=False, width=None if Console().is_terminal else 160)
+    predictor = open_predictor(model, backend=backend, device=device, threads=threads)
+    generation = {k: v for k, v in {"num_beams": num_beams, "max_new_tokens": max_new_tokens}.items() if v is not None}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        job = bar.add_task("reading records...", total=None)
+        report = evaluate(predictor, data, root, tags, limit, generation, examples=1 if examples else 0,
+                          batch=batch, keep_predictions=json_out is not None,
+                          progress=lambda n: bar.update(job, description=f"scored {n:,} records"))
+    console.print(_table(report, model, data))
+    console.print(_summary(report), markup=False, soft_wrap=True)
+    if json_out is not None:
+        from tiercel.cli.profile import _finite
+        from tiercel.fileio import write_json
+
+        write_json(json_out, _finite({"model": str(model), "data": str(data), "backend": getattr(predictor, "backend", None),
+                                      "generation": generation, "limit": limit, **report.to_dict()}))
+        console.print(f"wrote {json_out}", markup=False, soft_wrap=True)
+    if examples is not None:
+        paths = write_examples(report, root, examples)
+        console.print(f"wrote {len(paths)} example PNGs to {examples}", markup=False, soft_wrap=True)
+
+
+def _table(report, model: Path, data: Path):
+    from rich.table import Table
+
+    from tiercel import tasks as T
+
+    table = Table(title=f"tiercel eval {model.name} on {data.name}", title_justify="left")
+    for col in ("#", "task", "n", "headline", "value", "other metrics"):
+        table.add_column(col, justify="right" if col in ("#", "n", "value") else "left")
+    for tag in T.TAGS:
+        if tag not in report.per_task:
+            continue
+        scores, spec = report.per_task[tag], T.get(tag)
+        others = [k for k in _PREFERRED if k in scores and k != spec.headline][:SHOWN_METRICS]
+        table.add_row(str(spec.number), tag, str(report.counts[tag]), spec.headline, _num(scores[spec.headline]),
+                      ", ".join(f"{k} {_num(scores[k])}" for k in others))
+    if report.per_task:
+        label = "14-task average" if len(report.per_task) == len(T.TAGS) else f"average over {len(report.per_task)} tasks"
+        table.add_section()
+        table.add_row("", label, str(sum(report.counts.values())), "headlines", _num(report.average), "")
+    return table
+
+
+def _summary(report) -> str:
+    skipped = ", ".join(f"{v} ({k})" for k, v in report.skipped.items())
+    text = f"{sum(report.counts.values())} records in {report.seconds:.1f} s; headlines are fractions (CIDEr as " \
+           f"coco-caption gives it): Falcon's radar chart / 100"
+    return text + (f"; skipped: {skipped}" if skipped else "")
+
+
+def _num(x) -> str:
+    return "-" if x is None or x != x else f"{x:.3f}"

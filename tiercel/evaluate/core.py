@@ -1,0 +1,214 @@
+"""Evaluate any predictor (a bundle on a backend, or a PyTorch checkpoint) on a Falcon_SFT file, per task.
+
+A predictor is anything with the runtime's API: `run(image, task, text=, region=, image2=, **generation)` and,
+optionally, `run_all(image, tasks, texts, regions, **generation)`; tiercel.runtime.Model and
+tiercel.models.predict.TorchPredictor both are, so distillation and quantisation losses are measured by the same
+code. Records stream from the file; each record's prompt is read back into its text/region (pixels of the
+image after `crop`) and re-issued through the predictor, its answer parsed as the reference, and both scored by
+the task's metric (tiercel.tasks). Consecutive records on the same image are batched through `run_all`
+(one vision pass), which is how the synthetic benchmark and Falcon's files are ordered.
+
+Knows nothing about torch, graphs or drawing (examples.py); imports only tasks and data.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tiercel import tasks as T
+from tiercel.data.images import load_image
+from tiercel.data.sft import Record, iter_records
+from tiercel.errors import ConfigError
+
+
+@dataclass
+class Sample:
+    """One scored record: what was asked, the reference and the prediction (both parsed, in pixels)."""
+
+    index: int
+    tag: str
+    prompt: str
+    images: list[str]
+    crop: list
+    size: tuple[int, int]
+    truth: T.Result
+    pred: T.Result
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "tag": self.tag, "prompt": self.prompt, "images": self.images, "crop": self.crop,
+                "size": list(self.size), "truth": self.truth.to_dict(), "pred": self.pred.to_dict()}
+
+
+@dataclass
+class EvalReport:
+    """Per-task metrics (each task's metric output, headline included), counts and kept samples."""
+
+    per_task: dict[str, dict[str, float]]
+    counts: dict[str, int]
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    examples: list[Sample] = field(default_factory=list)
+    predictions: list[dict] = field(default_factory=list)
+
+    @property
+    def headlines(self) -> dict[str, float]:
+        return {tag: scores[T.get(tag).headline] for tag, scores in self.per_task.items()}
+
+    @property
+    def average(self) -> float | None:
+        """Mean headline over the tasks evaluated (Falcon's radar-chart scale / 100); None when none were."""
+        return T.average_headline(self.per_task) if self.per_task else None
+
+    def to_dict(self) -> dict:
+        return {"per_task": self.per_task, "headline": {t: {"metric": T.get(t).headline, "value": v}
+                                                         for t, v in self.headlines.items()},
+                "average_headline": self.average, "tasks_averaged": len(self.per_task),
+                "scale": "fractions; CIDEr as coco-caption gives it (Falcon's radar chart / 100)",
+                "counts": self.counts, "skipped": self.skipped, "seconds": self.seconds,
+                "examples": [s.to_dict() for s in self.examples], "predictions": self.predictions}
+
+
+@dataclass
+class _Item:
+    record: Record
+    spec: T.TaskSpec
+    images: list
+    size: tuple[int, int]
+    inputs: dict
+    truth: T.Result
+
+
+def check_tasks(tasks) -> list[str]:
+    """Canonical tags of `tasks` (None: all 14); TaskError names a bad one and lists the valid tags."""
+    return list(T.TAGS) if not tasks else list(dict.fromkeys(T.get(t).tag for t in tasks))
+
+
+def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None, generation: dict | None = None,
+             examples: int = 0, batch: bool = True, keep_predictions: bool = False, progress=None) -> EvalReport:
+    """Score `predictor` on Falcon_SFT records, task by task.
+
+    Args:
+        records: a Falcon_SFT file (.json list or .jsonl, streamed) or an iterable of tiercel.data Records.
+        root: folder the records' image paths are relative to (default: the file's folder, or the cwd).
+        tasks: tags to evaluate (default: all 14); records of other tasks and without a tag are skipped.
+        limit: at most this many records per task (stops reading once every task has them).
+        generation: decoding overrides passed to every run, e.g. {"num_beams": 1, "max_new_tokens": 64}.
+        examples: keep this many samples per task in `report.examples` (for examples.write_examples).
+        batch: run consecutive records on the same image through `run_all` (one vision pass).
+        keep_predictions: keep every record's parsed prediction in `report.predictions`.
+        progress: called with the number of records scored so far.
+    """
+    wanted = check_tasks(tasks)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit: must be >= 1 (got {limit})")
+    if isinstance(records, (str, os.PathLike)):
+        root = Path(records).parent if root is None else root
+        records = iter_records(records)
+    root = Path(root) if root is not None else Path()
+    generation = generation or {}
+    collected = {t: ([], [], []) for t in wanted}
+    report = EvalReport({}, {}, {})
+    start, done = time.perf_counter(), 0
+    for group in _groups(_items(records, root, wanted, limit, report.skipped), batch and hasattr(predictor, "run_all")):
+        for item, pred in zip(group, _predict(predictor, group, generation)):
+            preds, refs, sizes = collected[item.spec.tag]
+            preds.append(pred), refs.append(item.truth), sizes.append(item.size)
+            if sum(1 for s in report.examples if s.tag == item.spec.tag) < examples:
+                report.examples.append(_sample(item, pred))
+            if keep_predictions:
+                report.predictions.append({"index": item.record.index, "tag": item.spec.tag, "pred": pred.to_dict()})
+        done += len(group)
+        if progress:
+            progress(done)
+    for tag, (preds, refs, sizes) in collected.items():
+        if preds:
+            report.per_task[tag] = T.get(tag).metric(preds, refs, sizes)
+            report.counts[tag] = len(preds)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _items(records, root: Path, wanted: list[str], limit: int | None, skipped: dict):
+    """Records of the wanted tasks, loaded: images (cropped), size, prompt inputs, parsed reference."""
+    counts = dict.fromkeys(wanted, 0)
+    for record in records:
+        if limit is not None and all(c >= limit for c in counts.values()):
+            return
+        if record.tag not in counts:
+            key = "no task tag" if record.tag is None else "other task"
+            skipped[key] = skipped.get(key, 0) + 1
+            continue
+        if limit is not None and counts[record.tag] >= limit:
+            continue
+        spec = T.get(record.tag)
+        images = [load_image(p, record.crop) for p in record.image_paths(root)]
+        if len(images) != spec.n_images:
+            raise ConfigError(f"record {record.index}: {spec.tag} takes {spec.n_images} image(s), the record has "
+                              f"{len(images)}; check it with `tiercel data validate`")
+        size = (images[0].shape[1], images[0].shape[0])
+        truth = spec.parse(record.answer, image_size=size)
+        if isinstance(truth, T.Count) and truth.value is None:
+            key = f"{spec.tag}: answer holds no number"
+            skipped[key] = skipped.get(key, 0) + 1
+            continue
+        read = spec.read_prompt(record.prompt, image_size=size)
+        inputs = {k: v for k, v in read.items() if k in ("text", "region") and v is not None}
+        counts[record.tag] += 1
+        yield _Item(record, spec, images, size, inputs, truth)
+
+
+def _groups(items, batch: bool):
+    """Runs of items on the same image(s) and crop with distinct single-image tasks (or single items)."""
+    group, key = [], None
+    for item in items:
+        k = (tuple(item.record.images), tuple(item.record.crop))
+        fits = batch and item.spec.n_images == 1 and k == key and item.spec.tag not in {g.spec.tag for g in group}
+        if group and not fits:
+            yield group
+            group = []
+        group.append(item)
+        key = k if item.spec.n_images == 1 else None
+    if group:
+        yield group
+
+
+def _predict(predictor, group: list[_Item], generation: dict) -> list[T.Result]:
+    if len(group) == 1:
+        item = group[0]
+        extra = {"image2": item.images[1]} if item.spec.n_images == 2 else {}
+        return [predictor.run(item.images[0], item.spec.tag, **item.inputs, **extra, **generation)]
+    tags = [i.spec.tag for i in group]
+    texts = {i.spec.tag: i.inputs["text"] for i in group if "text" in i.inputs}
+    regions = {i.spec.tag: i.inputs["region"] for i in group if "region" in i.inputs}
+    results = predictor.run_all(group[0].images[0], tags, texts=texts, regions=regions, **generation)
+    return [results[t] for t in tags]
+
+
+def _sample(item: _Item, pred: T.Result) -> Sample:
+    r = item.record
+    return Sample(r.index, item.spec.tag, r.prompt, list(r.images), list(r.crop), item.size, item.truth, pred)
+
+
+def open_predictor(path: str | Path, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None):
+    """A bundle directory (manifest.json) opened on `backend`, or a checkpoint directory as a TorchPredictor.
+
+    `threads`: the backend's intra-op threads, or torch's (process-wide) for a checkpoint.
+    """
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        import tiercel.runtime
+
+        return tiercel.runtime.load(path, backend=backend, device=device, threads=threads)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such bundle or checkpoint directory")
+    from tiercel.errors import require
+
+    torch = require("torch", "train", f"evaluating {path} (not a bundle: no manifest.json, so read as a PyTorch checkpoint)")
+    from tiercel.models.predict import TorchPredictor
+
+    if threads:
+        torch.set_num_threads(threads)
+    return TorchPredictor.from_checkpoint(path)

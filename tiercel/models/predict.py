@@ -1,0 +1,102 @@
+"""A PyTorch Florence-2 model behind the runtime's API, so checkpoints and bundles are evaluated the same way.
+
+    p = TorchPredictor.from_checkpoint("ckpt/")          # or TorchPredictor(model, tokenizer) during training
+    p.run(image, task="REG_DET_HBB", text="airplane")     # the same call, result and pixels as Model.run
+    p.run_all(image, ["IMG_CAP", "IMG_CLS"])
+
+It is a tiercel.runtime Model whose two graph-backed stages are replaced: the vision tower runs in torch, and
+generation is transformers' `generate` (from the runtime's prompt ids, with the image features in the
+`<image>` slots) with the settings a bundle exported from this model would carry
+(tiercel.export.bundle.generation_settings). Everything else (numpy preprocessing, prompts, tokenizer
+decoding, parsing, batching in run_all) is the runtime's own code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tiercel.errors import require
+from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD
+from tiercel.runtime.generate import GenerationConfig
+from tiercel.runtime.model import Model
+
+
+def hf_generation_kwargs(cfg: GenerationConfig) -> dict:
+    """transformers `generate` keyword arguments equal to the runtime's GenerationConfig (greedy or beams)."""
+    return {"do_sample": False, "num_beams": cfg.num_beams, "max_new_tokens": cfg.max_new_tokens,
+            "no_repeat_ngram_size": cfg.no_repeat_ngram_size or None, "forced_bos_token_id": cfg.forced_bos_token_id,
+            "forced_eos_token_id": cfg.forced_eos_token_id, "decoder_start_token_id": cfg.decoder_start_token_id,
+            "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id,
+            "length_penalty": cfg.length_penalty, "early_stopping": cfg.early_stopping}
+
+
+def _until_eos(seq: list[int], eos: int) -> list[int]:
+    return seq[: seq.index(eos) + 1] if eos in seq else seq
+
+
+class TorchPredictor(Model):
+    """A native transformers Florence2ForConditionalGeneration with Model.run / run_all / generate_ids."""
+
+    def __init__(self, model, tokenizer, mean=IMAGENET_MEAN, std=IMAGENET_STD, generation: dict | None = None,
+                 dialect: str = "falcon"):
+        """Wrap `model` (eval mode is set; the caller's train mode is not restored) and its TextTokenizer.
+
+        Args:
+            generation: decoding defaults; None takes what `tiercel export` would write into the bundle.
+        """
+        self.torch = require("torch", "train", "running a PyTorch checkpoint")
+        from tiercel.export.bundle import generation_settings
+
+        shape = model.tiercel_shape
+        self.model = model.eval()
+        self.bundle, self.sessions, self.tokenizer = None, {}, tokenizer
+        param = next(model.parameters())
+        self.backend, self.device, self._dtype = "torch", str(param.device), param.dtype
+        self.shape = {"shape": shape.to_dict(), "image_tokens": shape.image_tokens, "d_model": shape.d_model,
+                      "decoder_layers": shape.decoder_layers, "attention_heads": shape.attention_heads}
+        self.pre = {"size": shape.image_size, "mean": list(mean), "std": list(std)}
+        self.dialect = dialect
+        self.generation = GenerationConfig(**(generation or generation_settings(model, tokenizer)))
+        self.merged = False
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, dtype: str = "float32") -> "TorchPredictor":
+        """Load a checkpoint directory (native or original layout) with tiercel.models.load_checkpoint."""
+        from tiercel.models.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, dtype=dtype)
+        return cls(ckpt.model, ckpt.tokenizer, ckpt.mean, ckpt.std)
+
+    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with self._stage("vision_encoder"), torch.no_grad():
+            x = torch.from_numpy(pixel_values).to(self.device, self._dtype)
+            return self.model.get_image_features(x).pooler_output.float().cpu().numpy()
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.model.get_input_embeddings()(self.torch.from_numpy(ids).to(self.device)).float().cpu().numpy()
+
+    def generate_ids(self, features: np.ndarray, prompts: list[str], **overrides) -> list[list[int]]:
+        """Generated ids per prompt (after the decoder start, up to and including eos), via transformers."""
+        torch, cfg = self.torch, self.generation.with_overrides(**overrides)
+        n_img = features.shape[1]
+        rows = [self.tokenizer.prompt_ids(p, n_img) for p in prompts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):  # right-padded, as the runtime's encode does
+            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with torch.no_grad():
+            with self._stage("embed_tokens"):
+                embeds = self.model.get_input_embeddings()(ids)
+                embeds[:, :n_img] = torch.from_numpy(features).to(self.device, embeds.dtype)
+            with self._stage("text_encoder"):
+                encoded = self.model.model.language_model.encoder(inputs_embeds=embeds, attention_mask=mask)
+            with self._stage("generate"):
+                out = self.model.generate(input_ids=ids, attention_mask=mask, encoder_outputs=encoded,
+                                          **hf_generation_kwargs(cfg))
+        return [_until_eos(seq[1:], cfg.eos_token_id) for seq in out.tolist()]
