@@ -1,0 +1,197 @@
+"""fp32 vs int8 vs int4 bundles on this CPU: size and speed (a), and accuracy of a trained student (b).
+
+Usage:
+    python benchmarks/quantize_cpu.py [--preset florence2-base] [--runs 5] [--n-calib 4]
+                                      [--student CKPT --data SYNTH_DIR] [--out benchmarks/results/quantize_cpu.json]
+
+(a) The preset's shape with random weights (accuracy means nothing there): the fp32 bundle is exported
+    (onnxruntime + OpenVINO IR), then quantised four ways - onnxruntime int8-static and int4-weight-only
+    (MatMulNBits, block 32, symmetric), OpenVINO/NNCF int8-static and int4 (group 32) - and each is timed:
+    vision encoder ms per image, and decoder_with_past ms per token (16 greedy-like steps with the KV cache
+    growing from 32, prompt of image tokens + 20). Medians of `--runs` runs after one warm-up, same process.
+(b) With --student: the checkpoint is exported and quantised (int8-static, int4) with the guard on the val
+    split of --data, and the three bundles are scored on its test split (14-task average) and timed the same way.
+Load average and CPU model are recorded: the machine is shared, so read the numbers with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS = {  # name -> (runtime backend, quantize backend, scheme) ; None: the fp32 bundle itself
+    "ort-fp32": ("onnxruntime", None, None),
+    "ort-int8": ("onnxruntime", "onnxruntime", "int8-static"),
+    "ort-int4": ("onnxruntime", "onnxruntime", "int4-weight-only"),
+    "ov-fp32": ("openvino", None, None),
+    "ov-int8": ("openvino", "openvino", "int8-static"),
+    "ov-int4": ("openvino", "openvino", "int4-weight-only"),
+}
+
+
+def machine() -> dict:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), platform.processor())
+    flags = open("/proc/cpuinfo").read()
+    import onnxruntime
+    import openvino
+
+    return {"cpu": model, "cores": os.cpu_count(), "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags,
+            "loadavg_start": os.getloadavg(), "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__}
+
+
+def _median(fn, runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def time_bundle(bundle: Path, backend: str, runs: int, steps: int = 16, past: int = 32, prompt: int = 20) -> dict:
+    from tiercel.runtime import read_bundle
+    from tiercel.runtime.backends import get_backend
+
+    b = read_bundle(bundle)
+    spec, entries = get_backend(backend), b.entries(backend)
+    shape = b.manifest["model"]
+    size, d, heads, layers = b.manifest["preprocessing"]["size"], shape["d_model"], shape["attention_heads"], shape["decoder_layers"]
+    rng = np.random.default_rng(0)
+    vision = spec.open(b.root / entries["vision_encoder"]["file"], spec.devices[0], None)
+    pixels = rng.standard_normal((1, 3, size, size), dtype=np.float32)
+    vision_s = _median(lambda: vision.run({"pixel_values": pixels}), runs)
+    dec = spec.open(b.root / entries["decoder_with_past_model"]["file"], spec.devices[0], None)
+    enc = shape["image_tokens"] + prompt
+    kv = lambda n: rng.standard_normal((1, heads, n, d // heads), dtype=np.float32)  # noqa: E731
+    base = {f"past_key_values.{i}.{w}.{k}": kv(past if w == "decoder" else enc)
+            for i in range(layers) for w in ("decoder", "encoder") for k in ("key", "value")}
+    mask, embeds = np.ones((1, enc), np.int64), rng.standard_normal((1, 1, d), dtype=np.float32)
+
+    def decode():
+        feeds = dict(base)
+        for _ in range(steps):
+            out = dec.run({"inputs_embeds": embeds, "encoder_attention_mask": mask, **feeds})
+            feeds.update({f"past_key_values.{k[len('present.'):]}": v for k, v in out.items() if k.startswith("present.")})
+
+    return {"vision_ms": 1000 * vision_s, "decode_ms_per_token": 1000 * _median(decode, runs) / steps}
+
+
+def sizes(bundle: Path, backend: str) -> dict:
+    from tiercel.runtime import read_bundle
+
+    b = read_bundle(bundle)
+    entries = b.entries(backend)
+    size = lambda e: sum((b.root / f).stat().st_size for f in [e["file"], *e.get("extra_files", {})])  # noqa: E731
+    per = {n: size(e) for n, e in entries.items()}
+    return {"bundle_bytes": sum(per.values()), "decoder_bytes": per["decoder_model"] + per["decoder_with_past_model"],
+            "vision_bytes": per["vision_encoder"], "graphs": per}
+
+
+def run_variants(fp32: Path, work: Path, calib, runs: int, n_calib: int, n_val: int, log) -> dict:
+    from tiercel.quantize import quantize_bundle
+
+    results = {}
+    for name, (runtime, qbackend, scheme) in VARIANTS.items():
+        bundle = fp32
+        row = {"backend": runtime, "scheme": scheme or "fp32"}
+        if scheme:
+            t = time.perf_counter()
+            section = quantize_bundle(fp32, work / name, scheme, calib=calib if scheme == "int8-static" else None,
+                                      n=n_calib, n_val=n_val, backend=qbackend, max_new_tokens=8,
+                                      overwrite=True)
+            row.update(quantize_s=time.perf_counter() - t, guard=section["guard"])
+            bundle = work / name
+        row.update(sizes(bundle, runtime))
+        row.update(time_bundle(bundle, runtime, runs))
+        log(f"{name}: {json.dumps({k: v for k, v in row.items() if k not in ('graphs', 'guard')})}")
+        results[name] = row
+    for name, row in results.items():  # ratios against the same backend's fp32
+        ref = results[f"{name.split('-')[0]}-fp32"]
+        row["ratios"] = {"bundle_size": row["bundle_bytes"] / ref["bundle_bytes"],
+                         "decoder_size": row["decoder_bytes"] / ref["decoder_bytes"],
+                         "vision_speedup": ref["vision_ms"] / row["vision_ms"],
+                         "decode_speedup": ref["decode_ms_per_token"] / row["decode_ms_per_token"]}
+    return results
+
+
+def shape_benchmark(preset: str, runs: int, n_calib: int, work: Path, log) -> dict:
+    from tiercel.data.synth.writer import generate
+    from tiercel.export.bundle import export_model
+    from tiercel.models import build
+    from tiercel.models.tokenizer import train_bpe
+
+    corpus = ["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50
+    tok = train_bpe(corpus, vocab_size=300)  # ids only need to fit; weights are random
+    from tiercel.models.presets import get_preset
+
+    vocab = max(get_preset(preset).vocab_size, len(tok))  # the preset's own vocabulary: lm_head at full size
+    model = build(preset, seed=0, image_token_id=tok.image_id, vocab_size=vocab)
+    t = time.perf_counter()
+    fp32 = export_model(model, tok, work / "fp32", backends=("onnxruntime", "openvino"), parity=False, overwrite=True)
+    log(f"exported {preset} in {time.perf_counter() - t:.0f} s")
+    del model
+    calib = generate(work / "synth", n=42, size=64, workers=1) and work / "synth"
+    return {"preset": preset, "export_s": time.perf_counter() - t, "n_calib": n_calib,
+            "variants": run_variants(fp32, work, calib, runs, n_calib, 0, log)}
+
+
+def student_benchmark(student: Path, data: Path, runs: int, n_calib: int, work: Path, log) -> dict:
+    import tiercel.runtime
+    from tiercel.export.bundle import export_checkpoint
+    from tiercel.quantize import guard, load_samples, quantize_bundle
+
+    fp32 = export_checkpoint(student, work / "student-fp32", backends=("onnxruntime",), overwrite=True)
+    test = load_samples(data, n=10_000, split="test")
+    out = {}
+    for name, scheme in (("fp32", None), ("int8", "int8-static"), ("int4", "int4-weight-only")):
+        bundle = fp32
+        if scheme:
+            quantize_bundle(fp32, work / f"student-{name}", scheme, calib=data, n=n_calib, overwrite=True)
+            bundle = work / f"student-{name}"
+        model = tiercel.runtime.load(bundle)
+        ids = guard.run_samples(model, test, max_new_tokens=256)
+        scores = guard.headlines(model.tokenizer, test, ids, model.dialect)
+        out[name] = {"test_samples": len(test), "per_task": scores,
+                     "average": sum(v for v in scores.values() if v == v) / max(1, sum(v == v for v in scores.values())),
+                     **sizes(bundle, "onnxruntime"), **time_bundle(bundle, "onnxruntime", runs)}
+        log(f"student {name}: average {out[name]['average']:.4f}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="florence2-base")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--n-calib", type=int, default=4)
+    ap.add_argument("--student", type=Path)
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quantize_cpu.json"))
+    args = ap.parse_args()
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    result = {"command": "python benchmarks/quantize_cpu.py " + " ".join(os.sys.argv[1:]), "machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="tiercel-qbench-") as tmp:
+        result["shape"] = shape_benchmark(args.preset, args.runs, args.n_calib, Path(tmp), log)
+        if args.student and args.data:
+            result["student"] = student_benchmark(args.student, args.data, args.runs, args.n_calib, Path(tmp), log)
+        else:
+            result["student"] = None
+            log("(b) skipped: pass --student CKPT --data DIR (a trained student and its synth folder) to measure accuracy")
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
