@@ -84,8 +84,15 @@ class StudentSection(Section):
 
 
 class TokenizerSection(Section):
-    source: Literal["teacher", "student", "train"] = Field("teacher", description="use the teacher's / student checkpoint's tokenizer, or train a BPE one on the training answers")
+    source: Literal["teacher", "student", "train", "file"] = Field("teacher", description="use the teacher's / student checkpoint's tokenizer, a tokenizer.json file, or train a BPE one on the training data")
     vocab_size: int = Field(2000, gt=256, description="train: learned BPE vocabulary (Falcon grammar tokens are added on top)")
+    path: Path | None = Field(None, description="file: the tokenizer.json to use")
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.source == "file" and self.path is None:
+            raise ValueError("tokenizer.source file needs tokenizer.path")
+        return self
 
 
 class HiddenSection(Section):

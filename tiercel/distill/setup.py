@@ -51,6 +51,9 @@ def resolve_tokenizer(recipe, teacher, run_dir: Path, dist: Dist) -> TextTokeniz
         return TextTokenizer.from_dir(saved)
     if source == "teacher":
         tok = teacher.tokenizer if teacher is not None else _teacher_tokenizer(recipe)
+    elif source == "file":
+        tok = TextTokenizer.from_dir(recipe.tokenizer.path)
+        tok.ensure_image_token()
     elif source == "student":
         if recipe.student.checkpoint is None:
             raise ConfigError("tokenizer.source student needs student.checkpoint")
