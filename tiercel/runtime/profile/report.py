@@ -75,7 +75,7 @@ def comparison_table(report):
         table.add_row(f"run_all ({n} tasks) end-to-end", *[_ms(p.run_all["end_to_end"]) if p.run_all else "-" for p in ps])
         table.add_row("  vs sum of single runs", *[_fmt(p.run_all["sequential_p50"] * 1e3) if p.run_all else "-" for p in ps])
     table.add_section()
-    table.add_row("load (s)", *[f"{p.load_seconds:.2f}" for p in ps])
+    table.add_row("load incl. sha256 (s)", *[f"{p.load_seconds:.2f}" for p in ps])
     table.add_row("peak RSS (MB)", *[f"{p.rss['peak'] / MB:.0f}" for p in ps])
     table.add_row("bundle size (MB)", *[f"{p.size_bytes / MB:.1f}" for p in ps])
     present = {g for p in ps for g in p.graphs}
@@ -92,14 +92,23 @@ def roofline_table(report):
     table = Table(title=f"roofline on this machine: {pk.bandwidth / 1e9:.1f} GB/s copy, {pk.flops / 1e9:.0f} GFLOP/s "
                         f"sgemm (measured in this run); fraction = roofline time / measured p50",
                   title_justify="left")
-    for col in ("bundle", "stage", "GFLOP", "MB read", "bound", "bound ms", "p50 ms", "fraction"):
-        table.add_column(col, justify="left" if col in ("bundle", "stage", "bound") else "right", no_wrap=True)
+    for col in ("bundle", "stage", "precision", "GFLOP", "MB read", "bound", "bound ms", "p50 ms", "fraction"):
+        table.add_column(col, justify="left" if col in ("bundle", "stage", "precision", "bound") else "right", no_wrap=True)
     for p in report.profiles:
         for stage, r in p.roofline.items():
-            table.add_row(p.label, STAGE_LABELS[stage], f"{r['flops'] / 1e9:.3g}", f"{r['bytes'] / MB:.3g}", r["bound"],
-                          _fmt(r["bound_ms"]), _fmt(r["measured_ms"]), f"{r['fraction']:.0%}")
+            table.add_row(p.label, STAGE_LABELS[stage], r["precision"], f"{r['flops'] / 1e9:.3g}", f"{r['bytes'] / MB:.3g}",
+                          r["bound"], _fmt(r["bound_ms"]), _fmt(r["measured_ms"]), f"{r['fraction']:.0%}")
         table.add_section()
     return table
+
+
+def roofline_notes(report) -> list[str]:
+    """Lines printed under the roofline table: how work and peaks were counted."""
+    lines = ["roofline: FLOPs from the model shape (matmuls + convolutions), bytes = graph files + KV cache read; "
+             f"peaks: {report.peaks.method}"]
+    if any(r["precision"] != "fp32" for p in report.profiles for r in p.roofline.values()):
+        lines.append("compute bounds use the fp32 sgemm peak for every precision: int8 kernels can pass 100%")
+    return lines
 
 
 def estimate_table(report):
@@ -161,8 +170,9 @@ def plot(report, path) -> None:
         segments = stage_segments(p, n_tok)
         total = sum(ms for _, ms in segments)
         for stage, ms in segments:
+            name = f"decode ({n_tok - 1} tokens)" if stage == "decode_token" else STAGE_LABELS[stage]
             ax.barh(row, ms, left=left, color=STAGE_COLORS[stage], edgecolor="white", linewidth=0.5,
-                    label=STAGE_LABELS[stage] if row == 0 else None)
+                    label=name if row == 0 else None)
             if total and ms / total > 0.07:
                 ax.text(left + ms / 2, row, _fmt(ms), ha="center", va="center", fontsize=8, color="white")
             left += ms
@@ -171,7 +181,7 @@ def plot(report, path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel(f"ms for one task, sum of stage p50s ({n_tok} tokens forced: decode = {n_tok - 1} x per-token p50)")
     ax.set_title("where the time goes", loc="left", fontsize=10)
-    ax.margins(x=0.12)
+    ax.set_xlim(0, 1.18 * max(sum(ms for _, ms in stage_segments(p, n_tok)) for p in ps))  # room for the totals
     tok = [p.stages["decode_token"]["p50"] * 1e3 for p in ps]
     bound = [p.roofline.get("decode_token", {}).get("bound_ms", math.nan) for p in ps]
     ax2.barh(range(len(ps)), tok, color=STAGE_COLORS["decode_token"])
@@ -183,7 +193,7 @@ def plot(report, path) -> None:
     ax2.invert_yaxis()
     ax2.set_xlabel("ms per decode step (p50)")
     ax2.set_title("decode step vs its bound", loc="left", fontsize=10)
-    ax2.margins(x=0.7)
+    ax2.set_xlim(0, 1.9 * max([*tok, *[b for b in bound if math.isfinite(b)]]))  # room for the labels
     handles, names = ax.get_legend_handles_labels()
     h2, n2 = ax2.get_legend_handles_labels()
     fig.legend(handles + h2, names + n2, loc="lower center", ncol=5, fontsize=8, frameon=False)
