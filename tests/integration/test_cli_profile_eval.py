@@ -107,3 +107,4 @@ def test_eval_errors_are_one_line(bundles, synth, tmp_path, capsys):
     _one_line_error(capsys, ["eval", bundle, "--data", data, "--tasks", "IMG_CLS,NOPE"], "unknown task 'NOPE'")
     _one_line_error(capsys, ["eval", str(tmp_path / "nothing"), "--data", data], "no such bundle or checkpoint")
     _one_line_error(capsys, ["eval", bundle, "--data", data, "--backend", "tensorflow"], "unknown backend 'tensorflow'")
+    _one_line_error(capsys, ["eval", bundle, "--data", data, "--limit", "0"], "--limit: must be >= 1 (got 0)")

@@ -40,7 +40,7 @@ def eval_cmd(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from tiercel.cli.profile import split_list
-    from tiercel.errors import DataError
+    from tiercel.errors import ConfigError, DataError
     from tiercel.evaluate import check_tasks, evaluate, open_predictor, write_examples
 
     tags = check_tasks(split_list(task))  # unknown tags fail here, before a model loads
@@ -48,7 +48,7 @@ def eval_cmd(
         raise DataError(f"{data}: file not found")
     root = root if root is not None else data.parent
     if limit is not None and limit < 1:
-        raise typer.BadParameter(f"must be >= 1 (got {limit})", param_hint="--limit")
+        raise ConfigError(f"--limit: must be >= 1 (got {limit})")
     console = Console(highlight=False, width=None if Console().is_terminal else 160)
     predictor = open_predictor(model, backend=backend, device=device, threads=threads)
     generation = {k: v for k, v in {"num_beams": num_beams, "max_new_tokens": max_new_tokens}.items() if v is not None}
