@@ -78,7 +78,10 @@ def render(sample, root: str | Path, min_side: int = 384) -> Image.Image:
 
 
 def _with_caption(canvas: Image.Image, sample) -> Image.Image:
-    font = ImageFont.load_default(size=14)
+    try:
+        font = ImageFont.load_default(size=14)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        font = ImageFont.load_default()
     pair = ", before | after" if len(sample.images) > 1 else ""
     lines = [f"{sample.tag}  (record {sample.index}, {sample.size[0]}x{sample.size[1]} px{pair})"]
     for label, text in (("prompt", sample.prompt.replace("\n", " / ")), ("truth (green)", describe(sample.truth)),
