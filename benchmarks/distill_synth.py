@@ -7,7 +7,7 @@ Same data, steps and seed for every student; only the objective differs:
 Every model is scored on the test split with tiercel's task metrics (greedy decoding) and the JSON goes to
 benchmarks/results/distill_synth.json with the machine it ran on.
 
-    .venv/bin/python benchmarks/distill_synth.py            # about 45 minutes on a 2-core CPU
+    .venv/bin/python benchmarks/distill_synth.py            # about 30 minutes on an idle 2-core CPU
     .venv/bin/python benchmarks/distill_synth.py --quick    # a few minutes: plumbing check, numbers meaningless
 """
 
@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER = dict(vision_dims=[32, 64, 128, 256], vision_depths=[1, 1, 2, 1], vision_heads=[1, 2, 4, 8], vision_groups=[1, 2, 4, 8],
-               window_size=4, d_model=256, encoder_layers=3, decoder_layers=3, attention_heads=4, ffn_dim=1024,
+TEACHER = dict(vision_dims=[16, 32, 64, 128], vision_depths=[1, 1, 2, 1], vision_heads=[1, 2, 2, 4], vision_groups=[1, 2, 2, 4],
+               window_size=4, d_model=192, encoder_layers=2, decoder_layers=3, attention_heads=4, ffn_dim=768,
                max_text_positions=256, image_size=128)
-STUDENT = dict(TEACHER, vision_dims=[16, 32, 64, 128], vision_heads=[1, 1, 2, 4], vision_groups=[1, 1, 2, 4],
-               d_model=128, encoder_layers=2, decoder_layers=2, ffn_dim=512)
+STUDENT = dict(TEACHER, vision_dims=[8, 16, 32, 64], vision_depths=[1, 1, 1, 1], vision_heads=[1, 1, 2, 2], vision_groups=[1, 1, 2, 2],
+               d_model=96, encoder_layers=1, decoder_layers=2, ffn_dim=384)
 VARIANTS = {
     "ce": {"ce": 1.0},
     "kd": {"ce": 0.5, "kd": 0.5, "divergence": "forward_kl", "temperature": 2.0},
@@ -80,12 +80,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "distill_synth"))
     ap.add_argument("--n", type=int, default=6000)
-    ap.add_argument("--teacher-steps", type=int, default=500)
-    ap.add_argument("--student-steps", type=int, default=400)
-    ap.add_argument("--batch", type=int, default=12)
-    ap.add_argument("--eval-limit", type=int, default=10, help="test records per task")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--max-answer-tokens", type=int, default=64, help="training answers are cut to this many tokens")
+    ap.add_argument("--teacher-steps", type=int, default=1000)
+    ap.add_argument("--student-steps", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--eval-limit", type=int, default=8, help="test records per task")
+    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--max-answer-tokens", type=int, default=40, help="training answers are cut to this many tokens")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
@@ -100,7 +100,7 @@ def main():
     generate(data, n=args.n, size=256, seed=0)
     common = {"data": {"train": str(data / "train.json"), "val": str(data / "val.json"), "root": str(data), "max_answer_tokens": args.max_answer_tokens},
               "seed": 0}
-    sched = lambda steps: {"steps": steps, "batch_size": args.batch, "lr": 1e-3, "warmup_steps": max(1, steps // 20),  # noqa: E731
+    sched = lambda steps: {"steps": steps, "batch_size": args.batch, "lr": 2e-3, "warmup_steps": max(1, steps // 20),  # noqa: E731
                            "save_every": steps, "log_every": 10, "eval_limit": 64}
     teacher = {"name": "teacher", "out": str(work / "teacher"), **common, "tokenizer": {"source": "train", "vocab_size": 1500},
                "student": {"preset": "tiny", "overrides": TEACHER}, "distill": sched(args.teacher_steps)}

@@ -136,6 +136,52 @@ class DistillSection(Section):
         return self
 
 
+class SynthSection(Section):
+    n: int = Field(3000, ge=42, description="records over all splits")
+    size: int = Field(128, ge=64, description="image side in pixels")
+    seed: int = Field(0, description="generator seed")
+
+
+class TrainTeacherSection(Section):
+    preset: str = Field("tiny", description="teacher model preset")
+    overrides: dict = Field(default_factory=dict, description="ModelShape fields replacing the preset's")
+    steps: int = Field(300, gt=0, description="fine-tuning steps")
+    batch_size: int = Field(8, gt=0, description="samples per step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    vocab_size: int = Field(1000, gt=256, description="BPE vocabulary trained on the data (grammar tokens added on top)")
+
+
+class PipelineSection(Section):
+    synth: SynthSection | None = Field(None, description="generate the synthetic benchmark into data.root when data.train is missing")
+    train_teacher: TrainTeacherSection | None = Field(None, description="fine-tune the teacher on the data first, into <out>/teacher")
+
+
+class ExportSection(Section):
+    backends: list[Literal["onnxruntime", "openvino", "tensorrt"]] = Field(["onnxruntime", "openvino"], description="bundle backends")
+    decoder: Literal["split", "merged"] = Field("split", description="decoder graph layout")
+
+
+class QuantizeSection(Section):
+    schemes: list[str] = Field(["int8-dynamic", "int4-weight-only"], description="quantised bundles made from the fp32 student bundle")
+    n: int = Field(32, gt=0, description="calibration samples")
+    max_drop: float = Field(0.05, ge=0, description="largest relative drop of the task average the guard accepts")
+    block_size: int = Field(32, description="int4 block size")
+
+
+class EvalSection(Section):
+    split: Literal["val", "test"] = Field("test", description="which data split the report scores")
+    limit: int = Field(10, gt=0, description="records per task")
+    max_new_tokens: int = Field(64, gt=0, description="generation cap")
+    num_beams: int = Field(1, gt=0, description="beam width")
+
+
+class ProfileSection(Section):
+    runs: int = Field(3, gt=0, description="timed runs per task")
+    warmup: int = Field(1, ge=0, description="untimed runs first")
+    new_tokens: int = Field(16, ge=2, description="tokens generated per run (forced, for comparable timings)")
+    tasks: list[str] = Field(["IMG_CAP", "REG_DET_HBB"], description="tasks timed")
+
+
 class Recipe(Section):
     name: str = Field(description="job name, used in output paths")
     out: Path = Field(Path("runs"), description="output directory of the job")
@@ -145,6 +191,11 @@ class Recipe(Section):
     teacher: TeacherSection = Field(default_factory=TeacherSection)
     student: StudentSection = Field(default_factory=StudentSection)
     distill: DistillSection = Field(default_factory=DistillSection)
+    pipeline: PipelineSection = Field(default_factory=PipelineSection, description="stages only `tiercel pipeline` runs")
+    export: ExportSection = Field(default_factory=ExportSection)
+    quantize: QuantizeSection = Field(default_factory=QuantizeSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    profile: ProfileSection = Field(default_factory=ProfileSection)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -154,6 +205,8 @@ class Recipe(Section):
             raise ValueError(f"distill.kd/hidden/on_policy need teacher.kind checkpoint or cached (got {self.teacher.kind})")
         if self.teacher.kind == "cached" and (self.distill.hidden.vision or self.distill.hidden.encoder or self.distill.hidden.decoder or self.distill.on_policy):
             raise ValueError("a cached teacher holds only top-k logits; hidden-state and on-policy distillation need teacher.kind checkpoint")
+        if self.pipeline.train_teacher is not None and self.teacher.kind != "checkpoint":
+            raise ValueError("pipeline.train_teacher trains a teacher for teacher.kind checkpoint")
         if self.tokenizer.source == "teacher" and self.teacher.kind not in ("checkpoint", "cached"):
             if not (self.student.init == "checkpoint"):
                 raise ValueError("tokenizer.source teacher needs a teacher checkpoint; use tokenizer.source train or student")

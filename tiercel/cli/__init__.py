@@ -39,7 +39,7 @@ def _root(
 
 def _register():
     # Each verb module adds its commands to `app` (or a sub-app) on import.
-    from tiercel.cli import convert, data, distill, eval, export, info, profile, quantize, run  # noqa: F401
+    from tiercel.cli import convert, data, distill, eval, export, info, pipeline, profile, quantize, run  # noqa: F401
 
 
 _register()

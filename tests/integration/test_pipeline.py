@@ -1,0 +1,100 @@
+"""`tiercel pipeline`: every stage end to end on tiny models, skipping finished stages, --from, crash resume."""
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from tests.conftest import run_cli  # noqa: E402
+from tiercel.recipe import parse_recipe  # noqa: E402
+
+
+def tiny_recipe(out):
+    data = out / "data"
+    return {
+        "name": "tiny-pipeline", "out": str(out), "seed": 0,
+        "data": {"train": str(data / "train.json"), "val": str(data / "val.json"), "test": str(data / "test.json"),
+                 "root": str(data), "max_answer_tokens": 16},
+        "pipeline": {"synth": {"n": 84, "size": 64, "seed": 1},
+                     "train_teacher": {"preset": "tiny", "steps": 3, "batch_size": 2, "vocab_size": 300}},
+        "tokenizer": {"source": "teacher"},
+        "teacher": {"kind": "checkpoint", "path": str(out / "teacher")},
+        "student": {"preset": "tiny", "overrides": {"d_model": 32, "ffn_dim": 64, "decoder_layers": 1}},
+        "distill": {"steps": 2, "batch_size": 2, "kd": 0.5, "ce": 0.5, "save_every": 2, "eval_limit": 4, "log_every": 1},
+        "export": {"backends": ["onnxruntime"]},
+        "quantize": {"schemes": ["int8-dynamic"], "n": 2, "max_drop": 1.0},
+        "eval": {"limit": 1, "max_new_tokens": 8},
+        "profile": {"runs": 1, "warmup": 0, "new_tokens": 2, "tasks": ["IMG_CAP"]},
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from tiercel.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("pipe") / "run"
+    logs = []
+    results = run_pipeline(parse_recipe(tiny_recipe(out)), log=logs.append)
+    return out, results, logs
+
+
+def test_every_stage_runs_and_the_report_compares_the_models(finished):
+    out, results, _ = finished
+    assert list(results) == ["data", "teacher", "distill", "export", "quantize", "eval", "profile", "report"]
+    report = (out / "report.md").read_text()
+    for row in ("| teacher |", "| student |", "| student-int8-dynamic |"):
+        assert row in report
+    assert "ESTIMATES (not measured)" in report and "Jetson" in report
+    data = json.loads((out / "report.json").read_text())
+    assert data["rows"]["student-int8-dynamic"]["size_mb"] < data["rows"]["student"]["size_mb"]
+    assert (out / "report.png").stat().st_size > 10_000
+    for stage in results:
+        assert (out / "stages" / f"{stage}.json").is_file()
+
+
+def test_a_second_run_skips_finished_stages(finished):
+    from tiercel.pipeline import run_pipeline
+
+    out, _, _ = finished
+    logs = []
+    run_pipeline(parse_recipe(tiny_recipe(out)), log=logs.append)
+    assert all("skipped" in line for line in logs)
+
+
+def test_from_reruns_that_stage_and_later(finished):
+    from tiercel.pipeline import run_pipeline
+
+    out, _, _ = finished
+    logs = []
+    run_pipeline(parse_recipe(tiny_recipe(out)), from_stage="profile", log=logs.append)
+    assert "[eval] done earlier, skipped" in logs and "[profile] ..." in logs and "[report] ..." in logs
+
+
+def test_crash_resumes_at_the_failed_stage(tmp_path, monkeypatch):
+    from tiercel import pipeline as P
+
+    out = tmp_path / "run"
+    recipe = parse_recipe(tiny_recipe(out))
+
+    def boom(self, results):
+        raise RuntimeError("power cut during export")
+
+    monkeypatch.setattr(P.Pipeline, "stage_quantize", boom)
+    with pytest.raises(RuntimeError, match="power cut"):
+        P.run_pipeline(recipe, log=lambda m: None)
+    assert (out / "stages" / "export.json").is_file() and not (out / "stages" / "quantize.json").exists()
+    monkeypatch.undo()
+    logs = []
+    P.run_pipeline(recipe, log=logs.append)
+    assert logs[:4] == ["[data] done earlier, skipped", "[teacher] done earlier, skipped",
+                        "[distill] done earlier, skipped", "[export] done earlier, skipped"]
+    assert logs[4] == "[quantize] ..." and (out / "report.md").is_file()
+
+
+def test_unknown_stage_is_one_line(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(tiny_recipe(tmp_path / "run")))
+    out = run_cli("pipeline", str(path), "--from", "train")
+    assert out.returncode == 1
+    assert "error: --from: unknown stage 'train'; stages: data, teacher, distill" in out.stderr

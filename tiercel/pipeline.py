@@ -1,0 +1,186 @@
+"""`tiercel pipeline RECIPE`: data -> teacher -> distill -> export -> quantize -> eval -> profile -> report.
+
+Every stage writes its outputs under the recipe's `out` directory and, when it has finished, a marker
+`stages/<stage>.json` with its summary. A stage whose marker exists is skipped, so a pipeline that crashed
+picks up at the stage that was running (distillation itself resumes from its newest checkpoint);
+`--from STAGE` forgets that stage's marker and every later one. Knows the stage order and where outputs
+go; the work is done by the stage packages.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from tiercel.errors import ConfigError
+from tiercel.fileio import atomic_dir, write_json
+from tiercel.recipe import Recipe, dump_recipe
+
+STAGES = ("data", "teacher", "distill", "export", "quantize", "eval", "profile", "report")
+
+
+class Pipeline:
+    """A recipe's stages and where their outputs live."""
+
+    def __init__(self, recipe: Recipe, log=print):
+        self.recipe, self.out, self.log = recipe, Path(recipe.out), log
+        self.markers = self.out / "stages"
+
+    # ---- bookkeeping -----------------------------------------------------------------------------------
+    def done(self, stage: str) -> dict | None:
+        marker = self.markers / f"{stage}.json"
+        return json.loads(marker.read_text()) if marker.is_file() else None
+
+    def forget_from(self, stage: str) -> None:
+        if stage not in STAGES:
+            raise ConfigError(f"--from: unknown stage '{stage}'; stages: {', '.join(STAGES)}")
+        for later in STAGES[STAGES.index(stage):]:
+            (self.markers / f"{later}.json").unlink(missing_ok=True)
+
+    def run(self, from_stage: str | None = None) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "recipe.resolved.yaml").write_text(dump_recipe(self.recipe))
+        if from_stage:
+            self.forget_from(from_stage)
+        results = {}
+        for stage in STAGES:
+            prior = self.done(stage)
+            if prior is not None:
+                self.log(f"[{stage}] done earlier, skipped")
+                results[stage] = prior
+                continue
+            self.log(f"[{stage}] ...")
+            t0 = time.perf_counter()
+            summary = getattr(self, f"stage_{stage}")(results) or {}
+            summary["seconds"] = round(time.perf_counter() - t0, 2)
+            write_json(self.markers / f"{stage}.json", summary)
+            results[stage] = summary
+            self.log(f"[{stage}] finished in {summary['seconds']:.1f} s")
+        return results
+
+    # ---- paths -------------------------------------------------------------------------------------------
+    def bundle(self, name: str) -> Path:
+        return self.out / "bundles" / name
+
+    def models(self) -> dict[str, Path]:
+        """Report rows: label -> bundle directory."""
+        rows = {}
+        if self.recipe.teacher.kind == "checkpoint":
+            rows["teacher"] = self.bundle("teacher-fp32")
+        rows["student"] = self.bundle("student-fp32")
+        for scheme in self.recipe.quantize.schemes:
+            rows[f"student-{scheme}"] = self.bundle(f"student-{scheme}")
+        return rows
+
+    # ---- stages ------------------------------------------------------------------------------------------
+    def stage_data(self, _):
+        d, synth = self.recipe.data, self.recipe.pipeline.synth
+        if Path(d.train).is_file():
+            return {"train": str(d.train), "generated": False}
+        if synth is None:
+            raise ConfigError(f"{d.train}: training file not found (set pipeline.synth to generate the synthetic benchmark)")
+        from tiercel.data.synth import generate
+
+        meta = generate(d.root, n=synth.n, size=synth.size, seed=synth.seed, overwrite=True)
+        if not Path(d.train).is_file():
+            raise ConfigError(f"{d.train}: pipeline.synth writes train.json/val.json/test.json into data.root ({d.root}); point data.train there")
+        return {"train": str(d.train), "generated": True, "records": meta.get("records", synth.n)}
+
+    def stage_teacher(self, _):
+        spec = self.recipe.pipeline.train_teacher
+        if spec is None:
+            return {"trained": False, "path": str(self.recipe.teacher.path) if self.recipe.teacher.path else None}
+        from tiercel.distill.trainer import distill
+        from tiercel.recipe import parse_recipe
+
+        run_dir = self.out / "teacher_run"
+        data = self.recipe.data.model_dump(mode="json")
+        recipe = parse_recipe({
+            "name": f"{self.recipe.name}-teacher", "out": str(run_dir), "seed": self.recipe.seed, "data": data,
+            "tokenizer": {"source": "train", "vocab_size": spec.vocab_size},
+            "student": {"preset": spec.preset, "overrides": spec.overrides},
+            "distill": {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr, "warmup_steps": max(1, spec.steps // 20),
+                        "save_every": max(1, spec.steps // 2), "log_every": max(1, spec.steps // 20),
+                        "eval_limit": self.recipe.distill.eval_limit},
+        }, "pipeline.train_teacher")
+        summary = distill(recipe, resume=(run_dir / "checkpoints" / "latest").is_file(), progress=True)
+        dst = Path(self.recipe.teacher.path)
+        with atomic_dir(dst, overwrite=True) as tmp:
+            for f in Path(summary["student"]).iterdir():
+                shutil.copy2(f, tmp / f.name)
+        return {"trained": True, "path": str(dst), "val": summary["val"]}
+
+    def stage_distill(self, _):
+        from tiercel.distill.checkpoints import latest
+        from tiercel.distill.trainer import distill
+
+        summary = distill(self.recipe, resume=latest(self.out) is not None, progress=True)
+        return {"student": summary["student"], "val": summary["val"], "resumed_from": summary["resumed_from"]}
+
+    def stage_export(self, _):
+        from tiercel.export.bundle import export_checkpoint
+
+        e = self.recipe.export
+        made = {}
+        sources = {"student-fp32": self.out / "student"}
+        if self.recipe.teacher.kind == "checkpoint":
+            sources["teacher-fp32"] = Path(self.recipe.teacher.path)
+        for name, ckpt in sources.items():
+            made[name] = str(export_checkpoint(ckpt, self.bundle(name), backends=tuple(e.backends), decoder=e.decoder, overwrite=True))
+        return {"bundles": made}
+
+    def stage_quantize(self, _):
+        from tiercel.quantize.bundle import quantize_bundle
+
+        q, d = self.recipe.quantize, self.recipe.data
+        made = {}
+        for scheme in q.schemes:
+            section = quantize_bundle(self.bundle("student-fp32"), self.bundle(f"student-{scheme}"), scheme=scheme, calib=d.train,
+                                      root=d.root, n=q.n, max_drop=q.max_drop, val=d.val, block_size=q.block_size,
+                                      max_new_tokens=self.recipe.eval.max_new_tokens, overwrite=True, log=self.log)
+            made[scheme] = {"bundle": str(self.bundle(f"student-{scheme}")), "guard": section.get("guard")}
+        return {"bundles": made}
+
+    def stage_eval(self, _):
+        from tiercel.evaluate import evaluate
+        from tiercel.evaluate.core import open_predictor
+
+        ev, d = self.recipe.eval, self.recipe.data
+        split = d.test if ev.split == "test" else d.val
+        if split is None:
+            raise ConfigError(f"data.{ev.split}: not set; the report scores the {ev.split} split")
+        scores = {}
+        for label, bundle in self.models().items():
+            report = evaluate(open_predictor(bundle, "onnxruntime"), split, d.root, limit=ev.limit,
+                              generation={"num_beams": ev.num_beams, "max_new_tokens": ev.max_new_tokens})
+            scores[label] = report.to_dict()
+            write_json(self.out / "eval" / f"{label}.json", scores[label])
+        return {"models": {k: v.get("average") for k, v in scores.items()}}
+
+    def stage_profile(self, _):
+        from tiercel.runtime.profile import report as preport
+        from tiercel.runtime.profile.runner import ProfileSettings, profile
+
+        p = self.recipe.profile
+        image_size = self.recipe.pipeline.synth.size if self.recipe.pipeline.synth else 768
+        settings = ProfileSettings(runs=p.runs, warmup=p.warmup, new_tokens=p.new_tokens, tasks=tuple(p.tasks), image_size=image_size)
+        result = profile(list(self.models().values()), ("onnxruntime",), settings)
+        write_json(self.out / "profile.json", result.to_dict())
+        preport.plot(result, self.out / "profile.png")
+        if "openvino" in self.recipe.export.backends:
+            ov = profile([self.bundle("student-fp32")], ("openvino",), settings)
+            write_json(self.out / "profile_openvino.json", ov.to_dict())
+        return {"profile": str(self.out / "profile.json"), "plot": str(self.out / "profile.png")}
+
+    def stage_report(self, results):
+        from tiercel.report import write_report
+
+        paths = write_report(self)
+        return {k: str(v) for k, v in paths.items()}
+
+
+def run_pipeline(recipe: Recipe, from_stage: str | None = None, log=print) -> dict:
+    """Run (or resume) every stage of `recipe`; returns each stage's summary."""
+    return Pipeline(recipe, log).run(from_stage)

@@ -1,0 +1,133 @@
+"""The pipeline report: teacher / student / quantised students side by side, as markdown, JSON and PNG.
+
+Reads only what the pipeline's stages wrote (eval/*.json, profile*.json, the bundles' manifests), so it can
+be rebuilt at any time (`tiercel pipeline RECIPE --from report`). Device numbers are ESTIMATES and say so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tiercel.fileio import atomic_write_text, write_json
+from tiercel.tasks import TAGS, get
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def collect(pipeline) -> dict:
+    """Everything the report shows, per model row."""
+    out = pipeline.out
+    prof = _load(out / "profile.json") or {"profiles": []}
+    by_bundle = {Path(p["bundle"]).name: p for p in prof["profiles"]}
+    rows = {}
+    for label, bundle in pipeline.models().items():
+        ev = _load(out / "eval" / f"{label}.json") or {}
+        p = by_bundle.get(bundle.name, {})
+        stages = p.get("stages", {})
+        rows[label] = {
+            "bundle": str(bundle),
+            "average": ev.get("average_headline"),
+            "headline": {t: h["value"] for t, h in ev.get("headline", {}).items()},
+            "size_mb": p.get("size_bytes", 0) / 1e6 if p else None,
+            "stages_ms": {s: v["p50"] * 1e3 for s, v in stages.items()},
+            "tasks_ms": {t: v["p50"] * 1e3 for t, v in p.get("tasks", {}).items() if isinstance(v, dict) and "p50" in v},
+            "tokens_per_s": p.get("tokens_per_s", {}).get("p50") if isinstance(p.get("tokens_per_s"), dict) else p.get("tokens_per_s"),
+            "estimates": {e.get("device", k): {"per_token_ms": e["per_token_ms"], "per_image_ms": e["per_image_ms"], "task_ms": e["task_ms"]}
+                          for k, e in p.get("estimates", {}).items()},
+        }
+    ov = _load(out / "profile_openvino.json")
+    return {"rows": rows, "machine": prof.get("machine"), "settings": prof.get("settings"),
+            "estimate_formula": prof.get("estimate_formula"), "openvino": ov["profiles"][0] if ov and ov.get("profiles") else None}
+
+
+def _f(x, fmt="{:.1f}"):
+    return "-" if x is None else fmt.format(x)
+
+
+def markdown(data: dict, recipe_name: str) -> str:
+    rows = data["rows"]
+    names = list(rows)
+    lines = [f"# tiercel report: {recipe_name}", ""]
+    if data.get("machine"):
+        m = data["machine"]
+        lines += [f"Measured on: {m.get('cpu', m)} ({m.get('cores', '?')} cores). Latencies are p50 over the profile runs.", ""]
+    lines += ["## Headline", "", "| model | 14-task average | size MB | vision ms | decode ms/token | " +
+              " | ".join(f"{t} ms" for t in (data.get("settings") or {}).get("tasks", [])) + " |",
+              "|---|---|---|---|---|" + "---|" * len((data.get("settings") or {}).get("tasks", []))]
+    for n in names:
+        r = rows[n]
+        tasks_ms = [_f(r["tasks_ms"].get(t)) for t in (data.get("settings") or {}).get("tasks", [])]
+        lines.append(f"| {n} | {_f(None if r['average'] is None else 100 * r['average'])} | {_f(r['size_mb'], '{:.2f}')} | "
+                     f"{_f(r['stages_ms'].get('vision_encoder'))} | {_f(r['stages_ms'].get('decode_token'), '{:.2f}')} | " +
+                     " | ".join(tasks_ms) + " |")
+    lines += ["", "## Per task (headline metric x 100)", "", "| task | metric | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for tag in TAGS:
+        cells = [_f(None if rows[n]["headline"].get(tag) is None else 100 * rows[n]["headline"][tag]) for n in names]
+        lines.append(f"| {tag} | {get(tag).headline} | " + " | ".join(cells) + " |")
+    stages = sorted({s for n in names for s in rows[n]["stages_ms"]})
+    lines += ["", "## Latency per stage (ms, p50)", "", "| stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for s in stages:
+        lines.append(f"| {s} | " + " | ".join(_f(rows[n]["stages_ms"].get(s), "{:.2f}") for n in names) + " |")
+    devices = sorted({d for n in names for d in rows[n]["estimates"]})
+    if devices:
+        lines += ["", "## Device ESTIMATES (not measured)", "", f"Formula: {data.get('estimate_formula')}", "",
+                  "| device | " + " | ".join(f"{n} ms/token" for n in names) + " | " + " | ".join(f"{n} ms/image" for n in names) + " |",
+                  "|---|" + "---|" * (2 * len(names))]
+        for d in devices:
+            tok = [_f(rows[n]["estimates"].get(d, {}).get("per_token_ms"), "{:.2f}") for n in names]
+            img = [_f(rows[n]["estimates"].get(d, {}).get("per_image_ms"), "{:.2f}") for n in names]
+            lines.append(f"| {d} | " + " | ".join(tok) + " | " + " | ".join(img) + " |")
+    if data.get("openvino"):
+        ov = data["openvino"]["stages"]
+        lines += ["", "## student on OpenVINO (ms, p50)", "", "| stage | ms |", "|---|---|"]
+        lines += [f"| {s} | {v['p50'] * 1e3:.2f} |" for s, v in ov.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict, path: Path) -> None:
+    """Two panels: task average per model, and where the time goes per model (p50 stages)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    names = list(rows)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    avg = [100 * (rows[n]["average"] or 0) for n in names]
+    a.bar(names, avg, color="#4C72B0")
+    a.set_ylabel("14-task average (headline x 100)")
+    a.set_title("Accuracy")
+    a.set_ylim(0, max(10.0, 1.15 * max(avg, default=0)))
+    for i, v in enumerate(avg):
+        a.text(i, v, f"{v:.1f}", ha="center", va="bottom")
+    stages = ["vision_encoder", "text_encoder", "first_token", "decode_token"]
+    bottom = [0.0] * len(names)
+    for s in stages:
+        vals = [rows[n]["stages_ms"].get(s, 0.0) for n in names]
+        b.bar(names, vals, bottom=bottom, label=s)
+        bottom = [x + y for x, y in zip(bottom, vals)]
+    b.set_ylabel("ms (p50); decode_token is per token")
+    b.set_title("Latency by stage")
+    b.legend(fontsize=8)
+    for ax in (a, b):
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(pipeline) -> dict[str, Path]:
+    """Write report.md, report.json and report.png under the pipeline's out directory."""
+    out = pipeline.out
+    data = collect(pipeline)
+    paths = {"markdown": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
+    atomic_write_text(paths["markdown"], markdown(data, pipeline.recipe.name))
+    write_json(paths["json"], data)
+    plot(data, paths["png"])
+    return paths
