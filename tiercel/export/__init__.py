@@ -9,6 +9,8 @@ parity, bundle (the manifest and the whole flow). torch and onnx load only when 
 
 from __future__ import annotations
 
+from tiercel._lazy import lazy_getattr
+
 _LAZY = {
     "export_model": "tiercel.export.bundle",
     "export_checkpoint": "tiercel.export.bundle",
@@ -18,9 +20,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tiercel.export' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

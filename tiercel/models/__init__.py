@@ -6,6 +6,8 @@ so `tiercel.models.tokenizer` (torch-free) can be used on a device that has no t
 
 from __future__ import annotations
 
+from tiercel._lazy import lazy_getattr
+
 _LAZY = {
     "PRESETS": "tiercel.models.presets",
     "ModelShape": "tiercel.models.presets",
@@ -21,9 +23,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tiercel.models' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -11,6 +11,8 @@ them; nothing here imports torch.
 
 from __future__ import annotations
 
+from tiercel._lazy import lazy_getattr
+
 _LAZY = {
     "quantize_bundle": "tiercel.quantize.bundle",
     "TARGETS": "tiercel.quantize.bundle",
@@ -25,9 +27,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tiercel.quantize' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
