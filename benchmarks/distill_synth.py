@@ -48,12 +48,18 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "load_avg_start": os.getloadavg()}
 
 
-def run_recipe(recipe: dict) -> dict:
+def run_recipe(recipe: dict, reuse: bool = False) -> dict:
+    """Train one recipe (or, with `reuse`, take the finished run already in its out directory)."""
     from tiercel.distill.trainer import distill
     from tiercel.recipe import parse_recipe
 
     t0 = time.perf_counter()
-    summary = distill(parse_recipe(recipe), progress=False)
+    done = Path(recipe["out"]) / "student" / "model.safetensors"
+    if reuse and done.is_file():
+        summary = {"student": str(done.parent)}
+    else:
+        shutil.rmtree(recipe["out"], ignore_errors=True)
+        summary = distill(parse_recipe(recipe), progress=False)
     lines = [json.loads(x) for x in (Path(recipe["out"]) / "metrics.jsonl").read_text().splitlines()]
     rates = [x["samples_per_s"] for x in lines if "samples_per_s" in x]
     losses = [x["loss"] for x in lines if "loss" in x]
@@ -87,31 +93,34 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--max-answer-tokens", type=int, default=40, help="training answers are cut to this many tokens")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="keep the work directory and reuse finished data and runs")
     args = ap.parse_args()
     if args.quick:
         args.n, args.teacher_steps, args.student_steps, args.eval_limit, args.max_new_tokens = 600, 20, 10, 2, 16
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not args.resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     info = {"machine": machine(), "args": vars(args), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     from tiercel.data.synth import generate
 
     data = work / "data"
-    generate(data, n=args.n, size=256, seed=0)
+    if not (args.resume and (data / "test.json").is_file()):
+        generate(data, n=args.n, size=256, seed=0, overwrite=True)
     common = {"data": {"train": str(data / "train.json"), "val": str(data / "val.json"), "root": str(data), "max_answer_tokens": args.max_answer_tokens},
               "seed": 0}
     sched = lambda steps: {"steps": steps, "batch_size": args.batch, "lr": 2e-3, "warmup_steps": max(1, steps // 20),  # noqa: E731
                            "save_every": steps, "log_every": 10, "eval_limit": 64}
     teacher = {"name": "teacher", "out": str(work / "teacher"), **common, "tokenizer": {"source": "train", "vocab_size": 1500},
                "student": {"preset": "tiny", "overrides": TEACHER}, "distill": sched(args.teacher_steps)}
-    runs = {"teacher": run_recipe(teacher)}
+    runs = {"teacher": run_recipe(teacher, args.resume)}
     for name, objective in VARIANTS.items():
         recipe = {"name": name, "out": str(work / name), **common, "tokenizer": {"source": "teacher"},
                   "teacher": {"kind": "checkpoint", "path": runs["teacher"]["student"]},
                   "student": {"preset": "tiny", "overrides": STUDENT}, "distill": {**sched(args.student_steps), **objective}}
         if name == "ce":  # no teacher, but the teacher's vocabulary, so the three students differ only in their objective
             recipe["teacher"], recipe["tokenizer"] = {"kind": "none"}, {"source": "file", "path": str(work / "teacher" / "tokenizer.json")}
-        runs[name] = run_recipe(recipe)
+        runs[name] = run_recipe(recipe, args.resume)
     for name, r in runs.items():
         r["params"] = params(r["student"])
         r["eval"] = evaluate_model(r["student"], data, args.eval_limit, args.max_new_tokens)
