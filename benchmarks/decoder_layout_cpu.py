@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/decoder_layout_cpu.py [PRESET]   -> JSON on stdout. Numbers are in tiercel/export/bundle.py.
 """
-import time, sys, json, torch, numpy as np, onnxruntime as ort, tempfile, warnings
+import time, sys, json, torch, numpy as np, onnxruntime as ort, tempfile
 from pathlib import Path
 from tiercel.models import build
 from tiercel.export import onnx_export as ox

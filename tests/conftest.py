@@ -51,3 +51,13 @@ def synth_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "data"
     generate(out, n=160, size=64, seed=0, workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def bundle(tiny_model, tiny_tokenizer):
+    """The tiny model exported once (split decoder, onnxruntime + openvino); see tests/bundles.py."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    from tests.bundles import tiny_bundle
+
+    return tiny_bundle(tiny_model, tiny_tokenizer)

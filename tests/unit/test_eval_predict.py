@@ -8,7 +8,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
-from tests.bundles import TASK_INPUTS, image, tiny_bundle  # noqa: E402
+from tests.bundles import TASK_INPUTS, image  # noqa: E402
 from tiercel import tasks as T  # noqa: E402
 from tiercel.evaluate import evaluate  # noqa: E402
 
@@ -22,11 +22,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_model, tiny_tokenizer):
-    return tiny_bundle(tiny_model, tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")

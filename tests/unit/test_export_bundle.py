@@ -15,11 +15,6 @@ from tests.bundles import tiny_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_model, tiny_tokenizer):
-    return tiny_bundle(tiny_model, tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
 def merged(tiny_model, tiny_tokenizer):
     return tiny_bundle(tiny_model, tiny_tokenizer, "merged", ("onnxruntime",))
 

@@ -11,14 +11,9 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
-from tests.bundles import image, tiny_bundle  # noqa: E402
+from tests.bundles import image  # noqa: E402
 from tiercel.errors import BundleError, ConfigError  # noqa: E402
 from tiercel.runtime.profile import ProfileSettings, StageTimer, forced_generation, profile  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_model, tiny_tokenizer):
-    return tiny_bundle(tiny_model, tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from tests.bundles import TASK_INPUTS, image, tiny_bundle  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_model, tiny_tokenizer):
-    return tiny_bundle(tiny_model, tiny_tokenizer)
+from tests.bundles import TASK_INPUTS, image  # noqa: E402
 
 
 @pytest.fixture()

@@ -8,14 +8,9 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
-from tests.bundles import TASK_INPUTS, hf_generate, image, tiny_bundle, torch_features  # noqa: E402
+from tests.bundles import TASK_INPUTS, hf_generate, image, torch_features  # noqa: E402
 
 NEW = 6
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_model, tiny_tokenizer):
-    return tiny_bundle(tiny_model, tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")

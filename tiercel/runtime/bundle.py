@@ -7,26 +7,18 @@ graphs are executed (backends.py) or what they compute (model.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tiercel.errors import BundleError
+from tiercel.fileio import sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "tiercel-bundle"
 FORMAT_VERSION = 1
 GRAPHS = ("vision_encoder", "embed_tokens", "encoder_model")
 DECODERS = {"merged": ("decoder_model_merged",), "split": ("decoder_model", "decoder_with_past_model")}
-
-
-def sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -68,7 +60,7 @@ class Bundle:
             path = self.root / rel
             if not path.is_file():
                 raise BundleError(f"{self.where}: {rel} is missing; re-export the bundle")
-            if sha256(path) != digest:
+            if sha256_file(path) != digest:
                 raise BundleError(f"{self.where}: sha256 of {rel} does not match; re-export the bundle")
 
 
