@@ -11,8 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tiercel.fileio import atomic_dir, atomic_write_text, write_json
-from tiercel.models.writer import preprocessor_config, tiercel_meta
+from tiercel.fileio import atomic_dir, atomic_write_text
+from tiercel.models.writer import tiercel_meta, write_native
 
 
 def full_states(objective, optimizer, sharded: bool):
@@ -51,19 +51,14 @@ def save(run_dir: Path, step: int, objective, optimizer, scheduler, tokenizer, e
 
     import numpy as np
     import torch
-    import transformers
 
-    transformers.utils.logging.disable_progress_bar()
     ckpt_root = run_dir / "checkpoints"
     dst = ckpt_root / f"step_{step:06d}"
     student = objective.student
     model_state, optim_state = states or full_states(objective, optimizer, sharded=False)
     meta = tiercel_meta(student, provenance=extra_meta)
     with atomic_dir(dst, overwrite=True) as tmp:
-        student.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
-        tokenizer.save(tmp)
-        write_json(tmp / "tiercel.json", meta)
-        write_json(tmp / "preprocessor_config.json", preprocessor_config(meta["image_size"]))
+        write_native(tmp, student, tokenizer, meta, state_dict=model_state)
         state = {
             "step": step,
             "optimizer": optim_state,

@@ -53,17 +53,22 @@ def preprocessor_config(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict
     }
 
 
-def save_native(model, tokenizer, dst: str | Path, meta: dict | None = None, overwrite: bool = False) -> Path:
-    """Write `model` in the native transformers layout (safetensors), tokenizer.json and tiercel.json."""
+def write_native(folder: Path, model, tokenizer, meta: dict, state_dict: dict | None = None) -> None:
+    """Fill `folder` with a native checkpoint: safetensors weights, config, tokenizer.json, tiercel.json and
+    preprocessor_config.json. `state_dict` replaces the model's own (e.g. gathered from FSDP shards)."""
     transformers = require("transformers", "train", "writing a checkpoint")
     transformers.utils.logging.disable_progress_bar()
-    meta = meta or tiercel_meta(model)
+    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+    tokenizer.save(folder)
+    write_json(folder / "tiercel.json", meta)
+    write_json(folder / "preprocessor_config.json", preprocessor_config(meta["image_size"], meta["image_mean"], meta["image_std"]))
+
+
+def save_native(model, tokenizer, dst: str | Path, meta: dict | None = None, overwrite: bool = False) -> Path:
+    """Write `model` in the native transformers layout (safetensors), tokenizer.json and tiercel.json."""
     dst = Path(dst)
     with atomic_dir(dst, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save(tmp)
-        write_json(tmp / "tiercel.json", meta)
-        write_json(tmp / "preprocessor_config.json", preprocessor_config(meta["image_size"], meta["image_mean"], meta["image_std"]))
+        write_native(tmp, model, tokenizer, meta or tiercel_meta(model))
     return dst
 
 
