@@ -54,12 +54,21 @@ def test_export_then_run_prints_json_results(bundle, images):
     assert out.returncode == 0 and json.loads(out.stdout)["type"] == "polygons"
 
 
+def test_backend_options_change_threads_not_results(bundle, images):
+    args = ["run", str(bundle), "--image", str(images / "a.png"), "--task", "IMG_CAP", "--max-new-tokens", "6"]
+    plain = run_cli(*args)
+    quiet = run_cli(*args, "--option", "session.intra_op.allow_spinning=0", "--option", "session.inter_op.allow_spinning=0")
+    assert plain.returncode == quiet.returncode == 0, quiet.stderr
+    assert json.loads(quiet.stdout) == json.loads(plain.stdout)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--task", "PIX_CHG"], "PIX_CHG: needs two images"),
     (["--task", "IMG_CAP", "--image2", "{img}/b.png"], "only PIX_CHG takes image2"),
     (["--task", "NOPE"], "unknown task 'NOPE'"),
     (["--task", "REG_DET_HBB"], "REG_DET_HBB: the prompt needs text"),
     (["--task", "IMG_CAP", "--backend", "coreml"], "unknown backend 'coreml'"),
+    (["--task", "IMG_CAP", "--option", "allow_spinning"], "--option: expected KEY=VALUE (got 'allow_spinning')"),
 ])
 def test_bad_input_is_one_line_and_exit_1(bundle, images, args, message):
     args = [a.replace("{img}", str(images)) for a in args]

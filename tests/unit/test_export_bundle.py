@@ -89,3 +89,14 @@ def test_export_refuses_existing_output_and_bad_options(tiny_model, tiny_tokeniz
     with pytest.raises(ConfigError, match="split, merged"):
         export_model(tiny_model, tiny_tokenizer, tmp_path / "c", decoder="fused")
     assert not (tmp_path / "c").exists()
+
+
+def test_openvino_property_typo_is_one_config_line(bundle):
+    import tiercel.runtime as rt
+    from tiercel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--option: OpenVINO rejected \{'PERFORMANCE_HNT': 'LATENCY'\}") as err:
+        rt.load(bundle, backend="openvino", options={"PERFORMANCE_HNT": "LATENCY"})
+    assert "\n" not in str(err.value)
+    m = rt.load(bundle, backend="openvino", options={"PERFORMANCE_HINT": "LATENCY"})
+    assert m.run(np.zeros((32, 32, 3), np.uint8), task="IMG_CAP", max_new_tokens=3) is not None

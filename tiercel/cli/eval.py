@@ -29,6 +29,7 @@ def eval_cmd(
     backend: str = typer.Option("onnxruntime", "--backend", help="Backend for a bundle: onnxruntime or openvino."),
     device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime, CPU/GPU/NPU for openvino)."),
     threads: int = typer.Option(None, "--threads", help="Intra-op threads of the backend (or of torch for a checkpoint)."),
+    option: list[str] = typer.Option(None, "--option", help="Backend setting for a bundle KEY=VALUE (repeatable): an onnxruntime session config entry such as session.intra_op.allow_spinning=0, or an OpenVINO property such as PERFORMANCE_HINT=LATENCY."),
     num_beams: int = typer.Option(None, "--num-beams", help="Beams (default: the model's setting)."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Generated tokens at most (default: the model's setting)."),
     batch: bool = typer.Option(True, "--batch/--no-batch", help="Batch consecutive records on one image through run_all."),
@@ -42,6 +43,7 @@ def eval_cmd(
     from tiercel.cli.profile import split_list
     from tiercel.errors import ConfigError, DataError
     from tiercel.evaluate import check_tasks, evaluate, open_predictor, write_examples
+    from tiercel.runtime.backends import parse_options
 
     tags = check_tasks(split_list(task))  # unknown tags fail here, before a model loads
     if not data.is_file():
@@ -50,7 +52,8 @@ def eval_cmd(
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit: must be >= 1 (got {limit})")
     console = Console(highlight=False, width=None if Console().is_terminal else 160)
-    predictor = open_predictor(model, backend=backend, device=device, threads=threads)
+    predictor = open_predictor(model, backend=backend, device=device, threads=threads,
+                               options=parse_options(option))
     generation = {k: v for k, v in {"num_beams": num_beams, "max_new_tokens": max_new_tokens}.items() if v is not None}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=True) as bar:

@@ -33,6 +33,7 @@ def profile(
     image: Path = typer.Option(None, "--image", help="Image to run on (default: a synthetic square of --image-size)."),
     image_size: int = typer.Option(768, "--image-size", help="Side of the synthetic image in pixels."),
     threads: int = typer.Option(None, "--threads", help="Backend intra-op threads (default: the backend's)."),
+    option: list[str] = typer.Option(None, "--option", help="Backend setting KEY=VALUE (repeatable): an onnxruntime session config entry such as session.intra_op.allow_spinning=0, or an OpenVINO property such as PERFORMANCE_HINT=LATENCY."),
     run_all: bool = typer.Option(True, "--run-all/--no-run-all", help="Also time run_all over the single-image tasks."),
     json_out: Path = typer.Option(None, "--json", help="Write every number (seconds, bytes) as JSON here."),
     plot: Path = typer.Option(None, "--plot", help="Write a PNG chart of the stage breakdown here (needs matplotlib)."),
@@ -45,12 +46,14 @@ def profile(
     from tiercel import tasks
     from tiercel.runtime.profile import DEVICES, ProfileSettings, load_device_specs
     from tiercel.runtime.profile import report as render
+    from tiercel.runtime.backends import parse_options
     from tiercel.runtime.profile.runner import profile as run_profile
 
     tags = split_list(task)
     tags = list(tasks.TAGS) if [t.lower() for t in tags] == ["all"] else tags
     settings = ProfileSettings(runs=runs, warmup=warmup, new_tokens=new_tokens, num_beams=num_beams, tasks=tuple(tags),
-                               run_all=run_all, image_size=image_size, threads=threads, device=device).check()
+                               run_all=run_all, image_size=image_size, threads=threads, device=device,
+                               options=parse_options(option)).check()
     devices = dict(DEVICES)
     if device_spec is not None:
         devices.update(load_device_specs(device_spec))

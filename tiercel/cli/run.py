@@ -20,6 +20,7 @@ def run(
     region: str = typer.Option(None, "--region", help="Region in pixels as JSON: [x1,y1,x2,y2], or [[x,y],...] for quads/polygons."),
     backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or openvino (or tensorrt)."),
     device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime, CPU/GPU/NPU for openvino)."),
+    option: list[str] = typer.Option(None, "--option", help="Backend setting KEY=VALUE (repeatable): an onnxruntime session config entry such as session.intra_op.allow_spinning=0, or an OpenVINO property such as PERFORMANCE_HINT=LATENCY."),
     all_tasks: bool = typer.Option(False, "--all", help="Run every single-image task the inputs allow, sharing one vision pass."),
     num_beams: int = typer.Option(None, help="Beams (default: the bundle's setting)."),
     max_new_tokens: int = typer.Option(None, help="Generated tokens at most (default: the bundle's setting)."),
@@ -34,7 +35,9 @@ def run(
     region_value = _region(region)
     img = load_image(image)
     img2 = load_image(image2) if image2 is not None else None
-    m = tiercel.runtime.load(bundle, backend=backend, device=device)
+    from tiercel.runtime.backends import parse_options
+
+    m = tiercel.runtime.load(bundle, backend=backend, device=device, options=parse_options(option))
     gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
     if all_tasks:
         if img2 is not None:

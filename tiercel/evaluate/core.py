@@ -192,16 +192,18 @@ def _sample(item: _Item, pred: T.Result) -> Sample:
     return Sample(r.index, item.spec.tag, r.prompt, list(r.images), list(r.crop), item.size, item.truth, pred)
 
 
-def open_predictor(path: str | Path, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None):
+def open_predictor(path: str | Path, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None,
+                   options: dict | None = None):
     """A bundle directory (manifest.json) opened on `backend`, or a checkpoint directory as a TorchPredictor.
 
-    `threads`: the backend's intra-op threads, or torch's (process-wide) for a checkpoint.
+    `threads`: the backend's intra-op threads, or torch's (process-wide) for a checkpoint; `options`: backend
+    settings for a bundle (tiercel.runtime.load).
     """
     path = Path(path)
     if (path / "manifest.json").is_file():
         import tiercel.runtime
 
-        return tiercel.runtime.load(path, backend=backend, device=device, threads=threads)
+        return tiercel.runtime.load(path, backend=backend, device=device, threads=threads, options=options)
     if not path.exists():
         raise ConfigError(f"{path}: no such bundle or checkpoint directory")
     from tiercel.errors import require

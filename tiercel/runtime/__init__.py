@@ -21,7 +21,8 @@ from tiercel.runtime.model import Model
 __all__ = ["BACKENDS", "BackendSpec", "Bundle", "GenerationConfig", "Model", "load", "read_bundle"]
 
 
-def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None) -> Model:
+def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None,
+         options: dict | None = None) -> Model:
     """Open a bundle on a backend after checking every file it will read against the manifest's sha256.
 
     Args:
@@ -29,6 +30,9 @@ def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = 
         backend: a key of BACKENDS ("onnxruntime", "openvino", "tensorrt").
         device: backend device ("cpu"/"cuda"/"tensorrt" for onnxruntime, "CPU"/"GPU"/"NPU" for openvino).
         threads: intra-op threads (None: the backend's default).
+        options: backend settings passed through as they are: onnxruntime session config entries
+            ({"session.intra_op.allow_spinning": "0"} stops idle worker threads from spinning, which helps on a
+            device that runs other work), or OpenVINO compile properties ({"PERFORMANCE_HINT": "LATENCY"}).
     """
     from tiercel.models.tokenizer import TextTokenizer
     from tiercel.runtime.backends import check_device
@@ -38,6 +42,6 @@ def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = 
     b = read_bundle(bundle)
     entries = b.entries(backend)
     b.verify(entries.values())
-    sessions = {name: spec.open(b.root / e["file"], device, threads) for name, e in entries.items()}
+    sessions = {name: spec.open(b.root / e["file"], device, threads, options) for name, e in entries.items()}
     tokenizer = TextTokenizer.from_dir(b.root / b.manifest["tokenizer"]["file"])
     return Model(b, sessions, tokenizer, backend, device)

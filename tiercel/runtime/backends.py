@@ -27,7 +27,7 @@ class BackendSpec:
     devices: tuple[str, ...]  # device strings it accepts; the first is the default
     precisions: tuple[str, ...]
     dynamic_shapes: bool
-    open: Callable = None  # (file, device, threads) -> session
+    open: Callable = None  # (file, device, threads, options) -> session
 
 
 class OrtSession:
@@ -36,7 +36,7 @@ class OrtSession:
     _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
                   "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
-    def __init__(self, file: Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, file: Path, device: str = "cpu", threads: int | None = None, options: dict | None = None):
         ort = require("onnxruntime", "onnx", "the onnxruntime backend")
         providers = self._PROVIDERS[device]
         missing = [p for p in providers[:-1] if p not in ort.get_available_providers()]
@@ -46,6 +46,8 @@ class OrtSession:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        for key, value in (options or {}).items():  # onnxruntime session config keys, e.g. session.intra_op.allow_spinning
+            opts.add_session_config_entry(key, str(value))
         self.session = ort.InferenceSession(str(file), opts, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -57,13 +59,20 @@ class OrtSession:
 class OpenVinoSession:
     """openvino CompiledModel on a device string ("CPU", "GPU", "NPU", "AUTO"); reads IR (.xml) or ONNX."""
 
-    def __init__(self, file: Path, device: str = "CPU", threads: int | None = None):
+    def __init__(self, file: Path, device: str = "CPU", threads: int | None = None, options: dict | None = None):
         ov = require("openvino", "openvino", "the openvino backend")
         core = ov.Core()
         config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
         if device.upper() == "CPU":
             config["INFERENCE_PRECISION_HINT"] = "f32"  # OpenVINO would otherwise pick bf16 on CPUs that have it
-        self.compiled = core.compile_model(str(file), device.upper(), config)
+        config.update(options or {})  # compile properties, e.g. PERFORMANCE_HINT=LATENCY
+        try:
+            self.compiled = core.compile_model(str(file), device.upper(), config)
+        except RuntimeError as err:
+            if not options:
+                raise
+            first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+            raise ConfigError(f"--option: OpenVINO rejected {options} ({first})") from err
         self.request = self.compiled.create_infer_request()
         self.input_names = [_public_name(p) for p in self.compiled.inputs]
         self.output_names = [_public_name(p) for p in self.compiled.outputs]
@@ -79,7 +88,7 @@ def _public_name(port) -> str:
     return next((n for n in names if not n.startswith("/")), names[0])
 
 
-def _tensorrt_session(file: Path, device: str = "cuda", threads: int | None = None):
+def _tensorrt_session(file: Path, device: str = "cuda", threads: int | None = None, options: dict | None = None):
     require("tensorrt", "tensorrt", "the tensorrt backend")
     raise BundleError("running TensorRT engines directly is not implemented yet; run the bundle's ONNX graphs with "
                       "--backend onnxruntime and device 'tensorrt' (TensorRT execution provider) instead")
@@ -109,3 +118,14 @@ def check_device(spec: BackendSpec, device: str | None) -> str:
     if device.lower() not in [d.lower() for d in spec.devices] and not device.upper().startswith(("GPU.", "HETERO", "MULTI")):
         raise ConfigError(f"backend '{spec.name}' does not run on device '{device}'; choose one of: {', '.join(spec.devices)}")
     return device
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, str]:
+    """["key=value", ...] from the command line -> {key: value}; ConfigError names a pair without '='."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option: expected KEY=VALUE (got {pair!r}); e.g. --option session.intra_op.allow_spinning=0")
+        out[key.strip()] = value.strip()
+    return out

@@ -44,6 +44,7 @@ class ProfileSettings:
     image_size: int = 768
     threads: int | None = None
     device: str | None = None
+    options: dict | None = None  # backend settings (tiercel.runtime.load's `options`)
 
     def check(self) -> "ProfileSettings":
         for name, low in (("runs", 1), ("warmup", 0), ("new_tokens", 2), ("image_size", 16)):
@@ -152,7 +153,8 @@ class ProfileReport:
         return {"machine": self.machine, "peaks": self.peaks.to_dict(),
                 "settings": {"runs": s.runs, "warmup": s.warmup, "new_tokens": s.new_tokens, "num_beams": s.num_beams,
                              "tasks": list(s.tasks), "run_all_tasks": s.batch_tasks, "image_size": s.image_size,
-                             "threads": s.threads, "device": s.device},
+                             "threads": s.threads, "device": s.device,
+                             "options": s.options or {}},
                 "units": {"times": "seconds", "sizes": "bytes", "tokens_per_s": "generated tokens per second per sequence"},
                 "estimate_formula": dev.FORMULA,
                 "devices": {k: d.to_dict() for k, d in self.devices.items()},
@@ -228,7 +230,8 @@ def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: n
     memory = MemoryProbe()
     baseline = memory.reset()
     start = time.perf_counter()
-    m = rt.load(path, backend=backend, device=settings.device, threads=settings.threads)
+    m = rt.load(path, backend=backend, device=settings.device, threads=settings.threads,
+                options=settings.options)
     load_seconds = time.perf_counter() - start
     after_load = memory.current()
     gen = forced_generation(settings.new_tokens, settings.num_beams)
