@@ -2,6 +2,7 @@
 
     import tiercel.runtime
     m = tiercel.runtime.load("bundle/", backend="onnxruntime")          # or "openvino"
+    g = tiercel.runtime.load("bundle/", device="cuda")                  # GPU: KV cache stays on the device
     boxes = m.run("scene.png", task="REG_DET_HBB", text="airplane")      # Boxes in pixels
     results = m.run_all("scene.png", ["IMG_CAP", "IMG_CLS"])             # one vision pass
 
@@ -22,7 +23,7 @@ __all__ = ["BACKENDS", "BackendSpec", "Bundle", "GenerationConfig", "Model", "lo
 
 
 def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None,
-         options: dict | None = None) -> Model:
+         options: dict | None = None, io_binding: bool | None = None) -> Model:
     """Open a bundle on a backend after checking every file it will read against the manifest's sha256.
 
     Args:
@@ -33,7 +34,11 @@ def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = 
         options: backend settings passed through as they are: onnxruntime session config entries
             ({"session.intra_op.allow_spinning": "0"} stops idle worker threads from spinning, which helps on a
             device that runs other work), or OpenVINO compile properties ({"PERFORMANCE_HINT": "LATENCY"}).
+        io_binding: keep the KV cache on the device between decode steps (onnxruntime I/O binding, TensorRT
+            device buffers). None: on for GPU devices (onnxruntime "cuda"/"tensorrt", backend "tensorrt"), off
+            on a CPU, where copies cost nothing and the plain path is the faster one. OpenVINO has no such path.
     """
+    from tiercel.errors import ConfigError
     from tiercel.models.tokenizer import TextTokenizer
     from tiercel.runtime.backends import check_device
 
@@ -42,6 +47,10 @@ def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = 
     b = read_bundle(bundle)
     entries = b.entries(backend)
     b.verify(entries.values())
+    if io_binding is None:
+        io_binding = spec.bound and device.lower() not in ("cpu",)
+    elif io_binding and not spec.bound:
+        raise ConfigError(f"io_binding: backend '{backend}' has no device-resident path; use onnxruntime or tensorrt")
     sessions = {name: spec.open(b.root / e["file"], device, threads, options) for name, e in entries.items()}
     tokenizer = TextTokenizer.from_dir(b.root / b.manifest["tokenizer"]["file"])
-    return Model(b, sessions, tokenizer, backend, device)
+    return Model(b, sessions, tokenizer, backend, device, io_binding=io_binding)

@@ -1,6 +1,15 @@
 """Backends as data: a small spec per backend plus the code that opens one graph as a session.
 
 A session is anything with `input_names` and `run(feeds) -> {output name: array}`; model.py only sees that.
+Sessions that can keep tensors on their device (onnxruntime through I/O binding, TensorRT engines in
+tiercel/runtime/tensorrt.py) also have the "bound" trio model.py's BoundKVDecoder uses:
+
+    run_bound(feeds, keep) -> outputs    feeds may be numpy arrays or device values; outputs named in `keep`
+                                         stay on the device as device values, the rest come back as numpy
+    to_device(array) -> device value     one upload, e.g. the encoder mask fed to every decoder step
+    take_rows(value, rows) -> value      value[rows] along the batch axis (beam search reorder)
+
+Feeds are cast to each input's declared dtype, so an fp16 bundle takes the runtime's float32 arrays.
 Backend packages are imported when a session is opened, so a device needs only the one it uses; a missing one
 fails with the exact `pip install 'tiercel[extra]'`. Knows nothing about what the graphs compute.
 """
@@ -28,10 +37,21 @@ class BackendSpec:
     precisions: tuple[str, ...]
     dynamic_shapes: bool
     open: Callable = None  # (file, device, threads, options) -> session
+    bound: bool = False  # its sessions have run_bound/to_device/take_rows (KV cache kept on the device)
+
+
+# onnxruntime's type strings of the float inputs a feed may need casting to
+_ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 class OrtSession:
-    """onnxruntime InferenceSession; device "cpu", "cuda" or "tensorrt" picks the execution provider."""
+    """onnxruntime InferenceSession; device "cpu", "cuda" or "tensorrt" picks the execution provider.
+
+    `run` is onnxruntime's plain run (numpy in, numpy out; on a GPU every call copies all inputs and outputs).
+    `run_bound` goes through I/O binding: outputs in `keep` stay where the graph ran as OrtValues (device
+    memory on "cuda"/"tensorrt", host memory on "cpu", where the same code runs and is tested) and can be fed
+    back without a copy; `take_rows` copies to the host, gathers and copies back.
+    """
 
     _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
                   "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -51,9 +71,41 @@ class OrtSession:
         self.session = ort.InferenceSession(str(file), opts, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.ort, self.device_type = ort, "cpu" if device == "cpu" else "cuda"
+        # float inputs declared other than float32 (an fp16 bundle): feeds are cast to them; fp32 graphs: none
+        self.casts = {i.name: np.dtype(_ORT_FLOATS[i.type]) for i in self.session.get_inputs()
+                      if i.type in _ORT_FLOATS and i.type != "tensor(float)"}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.casts:
+            feeds = {k: self._cast(k, v) for k, v in feeds.items()}
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+    def _cast(self, name: str, value: np.ndarray) -> np.ndarray:
+        dtype = self.casts.get(name)
+        return value if dtype is None or value.dtype == dtype else value.astype(dtype)
+
+    def run_bound(self, feeds: dict, keep=()) -> dict:
+        """Run with I/O binding: `feeds` are numpy arrays or OrtValues; outputs in `keep` stay OrtValues."""
+        io = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, self.ort.OrtValue):
+                io.bind_ortvalue_input(name, value)
+            else:  # onnxruntime copies it to the device during the run (and holds the array until then)
+                io.bind_cpu_input(name, np.ascontiguousarray(self._cast(name, value)))
+        for name in self.output_names:
+            io.bind_output(name, self.device_type if name in keep else "cpu")
+        self.session.run_with_iobinding(io)  # returns after the run; host outputs are complete
+        return {name: value if name in keep else value.numpy() for name, value in zip(self.output_names, io.get_outputs())}
+
+    def to_device(self, array: np.ndarray, name: str | None = None):
+        """An OrtValue on this session's device holding `array` (cast to input `name`'s dtype when given)."""
+        array = np.ascontiguousarray(self._cast(name, array) if name else array)
+        return self.ort.OrtValue.ortvalue_from_numpy(array, self.device_type, 0)
+
+    def take_rows(self, value, rows: np.ndarray):
+        """value[rows] on the batch axis; goes through the host (beam search reorders once per step)."""
+        return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[rows]), self.device_type, 0)
 
 
 class OpenVinoSession:
@@ -89,18 +141,18 @@ def _public_name(port) -> str:
 
 
 def _tensorrt_session(file: Path, device: str = "cuda", threads: int | None = None, options: dict | None = None):
-    require("tensorrt", "tensorrt", "the tensorrt backend")
-    raise BundleError("running TensorRT engines directly is not implemented yet; run the bundle's ONNX graphs with "
-                      "--backend onnxruntime and device 'tensorrt' (TensorRT execution provider) instead")
+    from tiercel.runtime.tensorrt import TensorRTSession  # numpy-only module; tensorrt is imported when opened
+
+    return TensorRTSession(file, device, threads, options)
 
 
 BACKENDS: dict[str, BackendSpec] = {
     "onnxruntime": BackendSpec("onnxruntime", "onnxruntime", "onnx", ".onnx", ("cpu", "cuda", "tensorrt"),
-                               ("fp32", "fp16", "int8", "int4"), True, OrtSession),
+                               ("fp32", "fp16", "int8", "int4"), True, OrtSession, bound=True),
     "openvino": BackendSpec("openvino", "openvino", "openvino", ".xml", ("CPU", "GPU", "NPU", "AUTO"),
                             ("fp32", "fp16", "int8", "int4"), True, OpenVinoSession),
     "tensorrt": BackendSpec("tensorrt", "tensorrt", "tensorrt", ".engine", ("cuda",), ("fp16", "int8"), True,
-                            _tensorrt_session),
+                            _tensorrt_session, bound=True),
 }
 
 

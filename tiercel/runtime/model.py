@@ -12,6 +12,12 @@ Profiling: set `model.timer` to an object whose `stage(name)` returns a context 
 tiercel.runtime.profile.timing) and every stage is timed: preprocess, vision_encoder, embed_tokens,
 text_encoder, generate (containing first_token and each decode_token), postprocess. With no timer a stage
 costs one attribute check and a shared null context.
+
+Two decoders serve generate.py. KVDecoder keeps the KV cache as numpy arrays (each step's present.* come back
+to the host and go in again): the fastest on a CPU. BoundKVDecoder keeps it where the graphs run, through the
+sessions' run_bound/to_device/take_rows (backends.py): on a GPU only the token ids go up and the logits come
+down per step. Model uses BoundKVDecoder when `io_binding` is set (tiercel.runtime.load turns it on by default
+for GPU devices); on a CPU it runs the same code with host OrtValues, which is how it is tested.
 """
 
 from __future__ import annotations
@@ -75,14 +81,56 @@ class KVDecoder:
         self.cache = {k: (v[rows] if ".decoder." in k else v) for k, v in self.cache.items()}
 
 
+class BoundKVDecoder(KVDecoder):
+    """KVDecoder whose KV cache and token embeddings stay on the sessions' device between steps.
+
+    The encoder mask (and, for the merged graph, the encoder output) is uploaded once; the cross-attention
+    KV is computed by the first step and reused as it is. Per step only the token ids go to the device and
+    the logits [N, V] come back. Beam search's reorder gathers the self-attention KV through the host
+    (take_rows: copy down, index, copy up), once per step; a device-side gather would need a graph for it.
+    """
+
+    def __init__(self, sessions: dict, merged: bool, layers: int, heads: int, enc_hidden: np.ndarray,
+                 enc_mask: np.ndarray, stage=_untimed):
+        super().__init__(sessions, merged, layers, None, enc_hidden, enc_mask, stage)
+        self._heads = heads
+        first = sessions["decoder_model_merged" if merged else "decoder_model"]
+        self.mask = first.to_device(enc_mask, "encoder_attention_mask")
+        self.hidden = first.to_device(enc_hidden, "encoder_hidden_states") if merged else enc_hidden
+        self.embeds = sessions["embed_tokens"]
+
+    def _step(self, tokens: np.ndarray) -> np.ndarray:
+        embeds = self.embeds.run_bound({"input_ids": tokens.reshape(-1, 1).astype(np.int64)}, keep={"inputs_embeds"})
+        feeds = {"inputs_embeds": embeds["inputs_embeds"], "encoder_attention_mask": self.mask}
+        if self.merged:
+            name = "decoder_model_merged"
+            past = self._past() if self.cache is not None else self._empty_past(tokens.shape[0])
+            feeds.update(encoder_hidden_states=self.hidden, use_cache_branch=np.array([self.cache is not None]), **past)
+        elif self.cache is None:
+            name, feeds["encoder_hidden_states"] = "decoder_model", self.hidden
+        else:
+            name = "decoder_with_past_model"
+            feeds.update(self._past())
+        session = self.sessions[name]
+        out = session.run_bound(feeds, keep={n for n in session.output_names if n.startswith("present.")})
+        presents = {k: v for k, v in out.items() if k.startswith("present.")}
+        self.cache = presents if self.cache is None else {**self.cache, **presents}
+        return out["logits"][:, -1, :]
+
+    def reorder(self, rows: np.ndarray) -> None:
+        session = self.sessions["decoder_model_merged" if self.merged else "decoder_with_past_model"]
+        self.cache = {k: (session.take_rows(v, rows) if ".decoder." in k else v) for k, v in self.cache.items()}
+
+
 class Model:
     """A bundle opened on one backend. Use `tiercel.runtime.load` to make one."""
 
     timer = None  # profiling hook: anything with stage(name) -> context manager; None runs untimed
+    io_binding = False  # BoundKVDecoder (KV cache stays on the sessions' device) instead of KVDecoder
 
-    def __init__(self, bundle, sessions: dict, tokenizer, backend: str, device: str):
+    def __init__(self, bundle, sessions: dict, tokenizer, backend: str, device: str, io_binding: bool = False):
         self.bundle, self.sessions, self.tokenizer = bundle, sessions, tokenizer
-        self.backend, self.device = backend, device
+        self.backend, self.device, self.io_binding = backend, device, io_binding
         man = bundle.manifest
         self.shape = man["model"]
         self.pre = man["preprocessing"]
@@ -127,8 +175,12 @@ class Model:
         if cfg.num_beams > 1:
             hidden, mask = np.repeat(hidden, cfg.num_beams, 0), np.repeat(mask, cfg.num_beams, 0)
         stage = _untimed if self.timer is None else self.timer.stage
-        decoder = KVDecoder(self.sessions, self.merged, self.shape["decoder_layers"], self.embed, hidden, mask, stage)
-        decoder._heads = self.shape["attention_heads"]
+        layers, heads = self.shape["decoder_layers"], self.shape["attention_heads"]
+        if self.io_binding:
+            decoder = BoundKVDecoder(self.sessions, self.merged, layers, heads, hidden, mask, stage)
+        else:
+            decoder = KVDecoder(self.sessions, self.merged, layers, self.embed, hidden, mask, stage)
+            decoder._heads = heads
         with self._stage("generate"):
             return generate(decoder, len(prompts), cfg)
 

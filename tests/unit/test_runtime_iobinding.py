@@ -1,0 +1,72 @@
+"""The device-resident decode path (BoundKVDecoder over onnxruntime I/O binding) on the CPU execution provider.
+
+On a GPU the same code keeps the KV cache in device memory; here its OrtValues live in host memory, so what is
+tested is the logic: which outputs are fed back, the cross-attention KV reused, beam reorders, dtype casts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from tests.bundles import image, tiny_bundle  # noqa: E402
+
+PROMPTS = ["Describe the image.", "Detect all airplane in the image.\nUse horizontal bounding boxes.",
+           "Count the number of ship."]
+
+
+@pytest.fixture(scope="module", params=["split", "merged"])
+def pair(request, tiny_model, tiny_tokenizer):
+    import tiercel.runtime as rt
+
+    path = tiny_bundle(tiny_model, tiny_tokenizer, request.param, ("onnxruntime",))
+    return rt.load(path), rt.load(path, io_binding=True)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_bound_decoder_generates_the_same_tokens_as_the_numpy_path(pair, beams):
+    from tiercel.runtime.profile import forced_generation
+
+    plain, bound = pair
+    assert not plain.io_binding and bound.io_binding
+    features = plain.image_features(plain.pixel_values(image(3)))
+    for gen in ({"num_beams": beams, "max_new_tokens": 12}, forced_generation(20, beams)):  # eos allowed / 20 forced
+        want = plain.generate_ids(features, PROMPTS, **gen)
+        got = bound.generate_ids(features, PROMPTS, **gen)
+        assert got == want
+    assert [len(ids) for ids in got] == [20] * len(PROMPTS)
+
+
+def test_bound_run_all_equals_plain_run_all(pair):
+    plain, bound = pair
+    tags = ["IMG_CAP", "IMG_CLS", "REG_DET_HBB"]
+    texts = {"REG_DET_HBB": "airplane"}
+    a = plain.run_all(image(5), tags, texts=texts, num_beams=3, max_new_tokens=8)
+    b = bound.run_all(image(5), tags, texts=texts, num_beams=3, max_new_tokens=8)
+    assert {t: r.to_dict() for t, r in a.items()} == {t: r.to_dict() for t, r in b.items()}
+
+
+def test_run_bound_keeps_named_outputs_as_ortvalues_and_feeds_them_back(bundle):
+    import onnxruntime as ort
+
+    import tiercel.runtime as rt
+
+    m = rt.load(bundle, io_binding=True)
+    emb = m.sessions["embed_tokens"]
+    out = emb.run_bound({"input_ids": np.array([[2, 0]], np.int64)}, keep={"inputs_embeds"})
+    assert isinstance(out["inputs_embeds"], ort.OrtValue)
+    assert np.array_equal(out["inputs_embeds"].numpy(), emb.run({"input_ids": np.array([[2, 0]], np.int64)})["inputs_embeds"])
+    value = emb.to_device(np.arange(6, dtype=np.float32).reshape(3, 2))
+    assert np.array_equal(emb.take_rows(value, np.array([2, 0])).numpy(), [[4, 5], [0, 1]])
+
+
+def test_load_picks_the_path_by_device_and_refuses_openvino_binding(bundle):
+    import tiercel.runtime as rt
+    from tiercel.errors import ConfigError
+
+    assert rt.load(bundle).io_binding is False  # CPU: the numpy path, whose speed the CPU benchmarks measured
+    pytest.importorskip("openvino")
+    with pytest.raises(ConfigError, match="backend 'openvino' has no device-resident path"):
+        rt.load(bundle, backend="openvino", io_binding=True)
