@@ -17,14 +17,17 @@ def export(
     decoder: str = typer.Option("split", help="Decoder layout: split (faster per token) or merged (decoder_model_merged, smaller)."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
     parity: bool = typer.Option(True, help="Check the bundle against PyTorch (per-graph diffs, greedy generations)."),
+    precision: str = typer.Option("fp32", help="Graph precision: fp32, or fp16 for GPUs (onnxruntime CUDA, TensorRT); norms and softmax stay fp32."),
 ):
     """Export a checkpoint to ONNX (and OpenVINO IR / TensorRT engines) with a manifest."""
     import json
 
     from tiercel.export.bundle import export_checkpoint
 
-    path = export_checkpoint(checkpoint, out, backends=tuple(dict.fromkeys(backend)), decoder=decoder, overwrite=overwrite, parity=parity)
+    path = export_checkpoint(checkpoint, out, backends=tuple(dict.fromkeys(backend)), decoder=decoder, overwrite=overwrite, parity=parity,
+                             precision=precision)
     manifest = json.loads((path / "manifest.json").read_text())
     for name, report in manifest["parity"].items():
-        typer.echo(f"  parity {name}: max abs diff {report['worst']:.2g}, greedy identical {report['greedy_identical']}")
+        measure = report.get("measure", "max_abs_diff").replace("_", " ")
+        typer.echo(f"  parity {name}: {measure} {report['worst']:.2g}, greedy identical {report['greedy_identical']}")
     typer.echo(f"wrote {path} ({len(manifest['graphs'])} graphs, decoder {manifest['decoder']})")

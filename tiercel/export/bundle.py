@@ -33,6 +33,10 @@ from tiercel.runtime.backends import BACKENDS
 from tiercel.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST
 
 DECODER_LAYOUTS = ("split", "merged")
+# Graph precisions export writes. fp16 is for GPUs (onnxruntime CUDA/TensorRT EP, TensorRT engines): weights,
+# activations and graph I/O in fp16, norms/softmax/reductions in fp32 (fp16.py). OpenVINO is left out: its IR
+# stores weights as it likes, and its CPU plugin computes in fp32 anyway.
+PRECISIONS = ("fp32", "fp16")
 
 
 def generation_settings(model, tokenizer) -> dict:
@@ -109,7 +113,8 @@ def manifest_for(model, tokenizer, root: Path, graphs: list[dict], decoder: str,
 
 
 def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), decoder: str = "split", mean=None,
-                 std=None, provenance: dict | None = None, overwrite: bool = False, parity: bool = True) -> Path:
+                 std=None, provenance: dict | None = None, overwrite: bool = False, parity: bool = True,
+                 precision: str = "fp32") -> Path:
     """Export a native Florence-2 model to a bundle at `out`. Returns the bundle path.
 
     Args:
@@ -117,6 +122,7 @@ def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), d
             "tensorrt" (engines; needs tensorrt and an NVIDIA GPU).
         decoder: "split" (default, faster per token) or "merged" (one decoder_model_merged graph).
         parity: run the parity check (per-graph diffs + greedy generations) and fail loudly on a mismatch.
+        precision: "fp32", or "fp16" for GPUs (see PRECISIONS; parity then uses parity.TOLERANCES["fp16"]).
     """
     from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD
 
@@ -125,6 +131,10 @@ def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), d
         raise ConfigError(f"unknown backend '{unknown[0]}'; choose from: {', '.join(BACKENDS)}")
     if decoder not in DECODER_LAYOUTS:
         raise ConfigError(f"--decoder: must be one of {', '.join(DECODER_LAYOUTS)} (got {decoder})")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision: must be one of {', '.join(PRECISIONS)} (got {precision})")
+    if precision == "fp16" and "openvino" in backends:
+        raise ConfigError("--precision fp16 is for GPU backends (onnxruntime, tensorrt); export OpenVINO bundles in fp32")
     if "tensorrt" in backends:
         from tiercel.export.tensorrt import check_available
 
@@ -134,8 +144,8 @@ def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), d
     layers = model.tiercel_shape.decoder_layers
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        onnx_files = export_onnx(model.eval(), tmp, decoder=decoder)
-        graphs = [_graph_entry(tmp, n, "onnxruntime", _with_data(f), layers) for n, f in onnx_files.items()]
+        onnx_files = export_onnx(model.eval(), tmp, decoder=decoder, fp16=precision == "fp16")
+        graphs = [_graph_entry(tmp, n, "onnxruntime", _with_data(f), layers, precision) for n, f in onnx_files.items()]
         if "openvino" in backends:
             from tiercel.export.openvino import convert_to_ir
 
@@ -151,7 +161,8 @@ def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), d
         if parity:
             from tiercel.export.parity import check_bundle
 
-            manifest["parity"] = check_bundle(model, tokenizer, tmp, [b for b in backends if b != "tensorrt"])
+            manifest["parity"] = check_bundle(model, tokenizer, tmp, [b for b in backends if b != "tensorrt"],
+                                              precision=precision)
             write_json(tmp / MANIFEST, manifest)
     return out
 
@@ -162,7 +173,7 @@ def _with_data(file: Path) -> list[Path]:
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, backends=("onnxruntime",), decoder: str = "split",
-                      overwrite: bool = False, parity: bool = True) -> Path:
+                      overwrite: bool = False, parity: bool = True, precision: str = "fp32") -> Path:
     """Load a checkpoint directory (native or original layout) and export it to a bundle."""
     require("torch", "train", "exporting a checkpoint")
     from tiercel.models.checkpoint import load_checkpoint, weight_files
@@ -171,4 +182,4 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, backends=("onnxru
     ckpt = load_checkpoint(checkpoint)
     provenance = provenance_of(ckpt.path, weight_files(ckpt.path), ckpt.layout)
     return export_model(ckpt.model, ckpt.tokenizer, out, backends=backends, decoder=decoder, mean=ckpt.mean, std=ckpt.std,
-                        provenance=provenance, overwrite=overwrite, parity=parity)
+                        provenance=provenance, overwrite=overwrite, parity=parity, precision=precision)

@@ -48,9 +48,10 @@ def _branch(graph, prefix: str, rename_weights: dict, extra_outputs=()):
         vi.CopyFrom(out)
         vi.name = name(out.name)
         outputs.append(vi)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in graph.input}  # fp32, or fp16 after --precision fp16
     for src, dst in extra_outputs:  # with-past branch: pass the cross-attention KV through
         nodes.append(onnx.helper.make_node("Identity", [src], [f"{prefix}{dst}"], name=f"{prefix}Identity_{dst}"))
-        outputs.append(onnx.helper.make_tensor_value_info(f"{prefix}{dst}", onnx.TensorProto.FLOAT, None))
+        outputs.append(onnx.helper.make_tensor_value_info(f"{prefix}{dst}", types.get(src, onnx.TensorProto.FLOAT), None))
     return onnx.helper.make_graph(nodes, f"{prefix.strip('/')}", inputs=[], outputs=outputs)
 
 

@@ -86,12 +86,14 @@ def modules(model) -> dict:
     }
 
 
-def export_onnx(model, out_dir: str | Path, decoder: str = "merged", opset: int = OPSET) -> dict[str, Path]:
+def export_onnx(model, out_dir: str | Path, decoder: str = "merged", opset: int = OPSET, fp16: bool = False) -> dict[str, Path]:
     """Write the graphs of `model` into `out_dir`. Returns {graph name: file}.
 
     Args:
         decoder: "merged" (one decoder_model_merged.onnx with a use_cache_branch If) or "split"
             (decoder_model.onnx for the first step, decoder_with_past_model.onnx for the rest).
+        fp16: convert every graph to fp16 (fp16.py) before the decoders are merged: onnxruntime's
+            converter does not rewire values an If branch reads from the outer graph.
     """
     torch = require("torch", "train", "exporting to ONNX")
     require("onnx", "onnx", "exporting to ONNX")
@@ -113,6 +115,10 @@ def export_onnx(model, out_dir: str | Path, decoder: str = "merged", opset: int 
                                   dynamic_axes=_dynamic_axes(in_names + out_names), opset_version=opset, dynamo=False,
                                   do_constant_folding=True)
             protos[name] = load_onnx(traced)
+    if fp16:
+        from tiercel.export.fp16 import convert_proto
+
+        protos = {name: convert_proto(proto) for name, proto in protos.items()}
     if decoder == "merged":
         from tiercel.export.merge import merge_decoders
 

@@ -36,22 +36,36 @@ def _torch_outputs(module, args) -> list[np.ndarray]:
     return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
 
-def graph_diffs(model, sessions: dict, seed: int = 1) -> dict[str, dict[str, float]]:
-    """{graph: {output: max abs diff}} of runtime `sessions` against the torch modules on random inputs."""
+# Parity tolerance per bundle precision. fp32: max abs diff. fp16: max abs diff relative to the output's scale,
+# max(1, max |reference|): fp16 keeps ~3 significant digits, so errors grow with magnitude (logits, hidden
+# states); 1% leaves room for the error that accumulates over layers (the tiny model measured ~1e-3).
+TOLERANCES = {"fp32": ("max_abs_diff", 1e-3), "fp16": ("max_rel_diff", 1e-2)}
+
+
+def _diff(got: np.ndarray, ref: np.ndarray, relative: bool) -> float:
+    diff = float(np.abs(got.astype(np.float32) - ref).max())
+    return diff / max(1.0, float(np.abs(ref).max())) if relative else diff
+
+
+def graph_diffs(model, sessions: dict, seed: int = 1, relative: bool = False) -> dict[str, dict[str, float]]:
+    """{graph: {output: max abs diff}} of runtime `sessions` against the torch modules on random inputs.
+
+    relative: divide each output's diff by max(1, max |reference|) (the fp16 measure, see TOLERANCES).
+    """
     layers = model.tiercel_shape.decoder_layers
     inputs, mods, diffs = sample_inputs(model, batch=2, prompt=5, past=4, seed=seed), modules(model), {}
     for name, session in sessions.items():
         if name == DECODER_MERGED:
-            diffs[name] = _merged_diffs(session, inputs, mods, layers)
+            diffs[name] = _merged_diffs(session, inputs, mods, layers, relative)
             continue
         args = inputs[name]
         ref = _torch_outputs(mods[name], args)
         got = session.run({n: a.numpy() for n, a in zip(session.input_names_ordered, args)})
-        diffs[name] = {n: float(np.abs(got[n] - r).max()) for n, r in zip(session.output_order, ref)}
+        diffs[name] = {n: _diff(got[n], r, relative) for n, r in zip(session.output_order, ref)}
     return diffs
 
 
-def _merged_diffs(session, inputs, mods, layers) -> dict[str, float]:
+def _merged_diffs(session, inputs, mods, layers, relative: bool = False) -> dict[str, float]:
     """Both branches of decoder_model_merged: first step (empty past) and with past."""
     first, past = inputs["decoder_model"], inputs["decoder_with_past_model"]
     embeds, mask, hidden = (a.numpy() for a in first)
@@ -60,13 +74,13 @@ def _merged_diffs(session, inputs, mods, layers) -> dict[str, float]:
     got = session.run({"inputs_embeds": embeds, "encoder_attention_mask": mask, "encoder_hidden_states": hidden,
                        "use_cache_branch": np.array([False]), **empty})
     ref = _torch_outputs(mods["decoder_model"], first)
-    out = {f"first/{n}": float(np.abs(got[n] - r).max()) for n, r in zip(["logits", *kv_names("present", layers)], ref)}
+    out = {f"first/{n}": _diff(got[n], r, relative) for n, r in zip(["logits", *kv_names("present", layers)], ref)}
     feeds = dict(zip(kv_names("past_key_values", layers), (a.numpy() for a in past[2:])))
     got = session.run({"inputs_embeds": past[0].numpy(), "encoder_attention_mask": past[1].numpy(),
                        "encoder_hidden_states": hidden, "use_cache_branch": np.array([True]), **feeds})
     ref = _torch_outputs(mods["decoder_with_past_model"], past)
     names = ["logits", *kv_names("present", layers, ("decoder",))]
-    out.update({f"with_past/{n}": float(np.abs(got[n] - r).max()) for n, r in zip(names, ref)})
+    out.update({f"with_past/{n}": _diff(got[n], r, relative) for n, r in zip(names, ref)})
     return out
 
 
@@ -97,20 +111,26 @@ def reference_generate(model, tokenizer, pixel_values: np.ndarray, prompt: str, 
     return seq[: seq.index(g["eos_token_id"]) + 1] if g["eos_token_id"] in seq else seq
 
 
-def check_bundle(model, tokenizer, root: str | Path, backends, tol: float = 1e-3, prompts=PROMPTS,
-                 max_new_tokens: int = 12) -> dict:
-    """Compare the bundle at `root` with `model` on every backend; raise BundleError on a mismatch."""
+def check_bundle(model, tokenizer, root: str | Path, backends, tol: float | None = None, prompts=PROMPTS,
+                 max_new_tokens: int = 12, precision: str = "fp32") -> dict:
+    """Compare the bundle at `root` with `model` on every backend; raise BundleError on a mismatch.
+
+    precision: the bundle's ("fp32" or "fp16"); picks the measure and default `tol` from TOLERANCES.
+    """
     import tiercel.runtime as rt
 
     torch = require("torch", "train", "parity checks")
+    measure, default_tol = TOLERANCES[precision]
+    tol = default_tol if tol is None else tol
     report, reference = {}, {}
     for backend in backends:
         m = rt.load(root, backend=backend)
         _annotate(m.sessions, m.bundle.entries(backend))
-        diffs = graph_diffs(model, m.sessions)
+        diffs = graph_diffs(model, m.sessions, relative=measure == "max_rel_diff")
         worst = max((d, f"{g}:{o}") for g, outs in diffs.items() for o, d in outs.items())
         if not worst[0] <= tol:
-            raise BundleError(f"{root}: {backend} parity failed: {worst[1]} differs from PyTorch by {worst[0]:.3g} (> {tol:g})")
+            what = "by" if measure == "max_abs_diff" else "relative to its scale by"
+            raise BundleError(f"{root}: {backend} parity failed: {worst[1]} differs from PyTorch {what} {worst[0]:.3g} (> {tol:g})")
         pixels = m.pixel_values(sample_image(model.tiercel_shape.image_size))
         features = m.image_features(pixels)
         greedy = dict(m.generation.to_dict(), num_beams=1, max_new_tokens=max_new_tokens)
@@ -126,7 +146,7 @@ def check_bundle(model, tokenizer, root: str | Path, backends, tol: float = 1e-3
                 raise BundleError(f"{root}: {backend} greedy generation differs from transformers on prompt {prompt!r}: "
                                   f"{got[:12]} vs {want[:12]}")
             identical += 1
-        report[backend] = {"max_abs_diff": diffs, "worst": worst[0], "tolerance": tol,
+        report[backend] = {measure: diffs, "worst": worst[0], "measure": measure, "tolerance": tol,
                            "greedy_identical": f"{identical}/{len(prompts)}", "max_new_tokens": max_new_tokens}
     return report
 

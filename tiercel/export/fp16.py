@@ -1,0 +1,86 @@
+"""fp32 ONNX graphs -> fp16 ONNX graphs for GPUs (`tiercel export --precision fp16`).
+
+onnxruntime's own converter (onnxruntime.transformers.float16, shipped with onnxruntime) rewrites weights and
+activations to fp16 and inserts casts around the ops kept in fp32: LayerNormalization, Softmax and the
+reductions (FP32_OPS; fp16 LayerNorm drifts, FALCON.md) plus the converter's default block list. Graph inputs
+and outputs become fp16 too (keep_io_types=False): the KV cache, the largest tensor a decode step reads
+besides the weights, moves at half the bytes, and the runtime casts its float32 feeds to each input's
+declared dtype (runtime/backends.py). Integer inputs (ids, masks) and use_cache_branch are untouched.
+
+Constants beyond fp16's range are clipped to +-65504: the additive attention masks use float32's min, which
+becomes -65504; scores plus that may round to -inf, which softmax (kept fp32) turns into the same zero weight.
+Knows nothing about manifests (bundle.py records the precision) or parity tolerances (parity.py).
+"""
+
+from __future__ import annotations
+
+import heapq
+import warnings
+from pathlib import Path
+
+from tiercel.errors import require
+
+FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceMax")
+
+
+def op_block_list() -> list[str]:
+    """Op types kept in fp32: FP32_OPS plus onnxruntime's default block list (ops without fp16 kernels)."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+    return sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS))
+
+
+def convert_proto(proto):
+    """A new fp16 ModelProto from an fp32 one (subgraphs of the merged decoder's If included)."""
+    require("onnxruntime", "onnx", "converting graphs to fp16")
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one per constant clipped to fp16's range (the mask minimum)
+        out = convert_float_to_float16(proto, keep_io_types=False, op_block_list=op_block_list(),
+                                       disable_shape_infer=_large(proto))
+    sort_nodes(out.graph)
+    return out
+
+
+def sort_nodes(graph) -> None:
+    """Order `graph`'s nodes topologically, keeping the original order where it is free to.
+
+    The converter appends its Cast nodes at the end; onnxruntime sorts a main graph itself, but the checker
+    (and merge.py, which makes these graphs If branches) requires sorted nodes.
+    """
+    nodes = list(graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    needs = [{producer[x] for x in node.input if x in producer} for node in nodes]
+    users = [[] for _ in nodes]
+    for i, deps in enumerate(needs):
+        for j in deps:
+            users[j].append(i)
+    waiting = [len(d) for d in needs]
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        raise ValueError(f"graph {graph.name} has a cycle; cannot order its nodes")
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
+
+
+def _large(proto) -> bool:
+    # onnx.shape_inference refuses protos over 2 GB (florence2-large's fp32 graphs can be); the converter
+    # then works from the graph's declared types, which the exporter writes for every input and output
+    return proto.ByteSize() > 2**31 - 2**24
+
+
+def convert_file(file: Path) -> list[Path]:
+    """Rewrite the ONNX graph at `file` as fp16 in place; returns its files (graph, and .data if it spills)."""
+    from tiercel.export.onnx_export import load_onnx, save_onnx
+
+    return save_onnx(convert_proto(load_onnx(file)), file)
