@@ -43,3 +43,32 @@ def test_without_tensorrt_export_says_what_to_install(tiny_model, tiny_tokenizer
     with pytest.raises(MissingDependency, match=r"pip install 'tiercel\[tensorrt\]'"):
         export_model(tiny_model, tiny_tokenizer, tmp_path / "b", backends=("onnxruntime", "tensorrt"))
     assert not (tmp_path / "b").exists()
+
+
+def _graph(op_types, subgraph_op=None):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    nodes = [helper.make_node(op, ["x"], [f"y{i}"]) for i, op in enumerate(op_types)]
+    if subgraph_op:
+        branch = helper.make_graph([helper.make_node(subgraph_op, ["x"], ["z"])], "b", [], [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
+        nodes.append(helper.make_node("If", ["c"], ["w"], then_branch=branch, else_branch=branch))
+    return onnx.helper.make_model(helper.make_graph(nodes, "g", [x], []))
+
+
+def test_int8_flag_only_for_graphs_with_quantize_nodes(tmp_path):
+    pytest.importorskip("onnx")
+    import onnx
+
+    from tiercel.export.tensorrt import builder_flags, engine_precision, has_qdq
+
+    assert not has_qdq(_graph(["Relu", "MatMul"]))
+    assert has_qdq(_graph(["QuantizeLinear", "DequantizeLinear"]))
+    assert has_qdq(_graph(["Relu"], subgraph_op="QuantizeLinear"))  # inside the merged decoder's If
+    onnx.save(_graph(["QuantizeLinear"]), str(tmp_path / "q.onnx"))
+    assert has_qdq(tmp_path / "q.onnx")
+    assert builder_flags(fp16=True, int8=False) == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+    assert builder_flags(fp16=True, int8=True) == ["FP16", "OBEY_PRECISION_CONSTRAINTS", "INT8"]
+    assert builder_flags(fp16=False, int8=True) == ["INT8"]
+    assert [engine_precision(True, True), engine_precision(True, False), engine_precision(False, False)] == ["int8", "fp16", "fp32"]

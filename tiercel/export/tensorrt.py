@@ -2,10 +2,11 @@
 
 fp16 everywhere except normalisation and softmax layers, which are pinned to fp32: TensorRT fp16 drifts in
 LayerNorm (FALCON.md), and the pins only hold with OBEY_PRECISION_CONSTRAINTS. INT8 comes from the explicit
-Q/DQ nodes of a quantized bundle (TensorRT reads them as they are; no calibrator here). One optimisation
-profile per engine covers batch 1..max_batch and the sequence axes up to the model's limits.
+Q/DQ nodes of a quantized graph: a graph with QuantizeLinear nodes gets the INT8 flag (explicit quantization:
+TensorRT takes the scales from the Q/DQ nodes; no calibrator here). One optimisation profile per engine covers
+batch 1..max_batch and the sequence axes up to the model's limits. tiercel.runtime.tensorrt runs the engines.
 
-The profile and precision planning (`profiles`, `fp32_layer_kinds`) is plain Python and tested on CPU;
+The planning (`profiles`, `fp32_layer_kinds`, `has_qdq`, `builder_flags`) is plain Python and tested on CPU;
 engine building needs tensorrt and a GPU and was not run in tiercel's CPU test suite.
 """
 
@@ -80,9 +81,39 @@ def fp32_layer_kinds() -> tuple[str, ...]:
     return FP32_LAYER_KINDS
 
 
-def build_engine(onnx_file: Path, engine_file: Path, profile: dict, fp16: bool = True, workspace_gb: float = 2.0) -> Path:
-    """Parse `onnx_file`, pin norms/softmax to fp32, add `profile`, and serialise the engine."""
+def has_qdq(graph) -> bool:
+    """Whether an ONNX graph (ModelProto or file) holds QuantizeLinear nodes, If branches included."""
+    if not hasattr(graph, "graph"):
+        graph = require("onnx", "onnx", "reading ONNX graphs").load(str(graph), load_external_data=False)
+    todo = [graph.graph]
+    while todo:
+        g = todo.pop()
+        for node in g.node:
+            if node.op_type == "QuantizeLinear":
+                return True
+            todo += [a.g for a in node.attribute if a.HasField("g")] + [sub for a in node.attribute for sub in a.graphs]
+    return False
+
+
+def builder_flags(fp16: bool, int8: bool) -> list[str]:
+    """TensorRT BuilderFlag names for an engine: FP16 (+ the fp32 pins' constraint flag), INT8 for Q/DQ graphs."""
+    flags = ["FP16", "OBEY_PRECISION_CONSTRAINTS"] if fp16 else []
+    return flags + (["INT8"] if int8 else [])
+
+
+def engine_precision(fp16: bool, int8: bool) -> str:
+    """The precision a manifest records for an engine built with these flags."""
+    return "int8" if int8 else "fp16" if fp16 else "fp32"
+
+
+def build_engine(onnx_file: Path, engine_file: Path, profile: dict, fp16: bool = True, workspace_gb: float = 2.0,
+                 int8: bool | None = None) -> Path:
+    """Parse `onnx_file`, pin norms/softmax to fp32, add `profile`, and serialise the engine.
+
+    int8: build with INT8 enabled for explicit Q/DQ; None decides from the graph (`has_qdq`).
+    """
     trt = check_available()
+    int8 = has_qdq(onnx_file) if int8 is None else int8
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT >= 10
@@ -92,9 +123,9 @@ def build_engine(onnx_file: Path, engine_file: Path, profile: dict, fp16: bool =
         raise BundleError(f"{onnx_file}: TensorRT cannot parse it ({errors})")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    for flag in builder_flags(fp16, int8):
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         keep = {getattr(trt.LayerType, k) for k in FP32_LAYER_KINDS if hasattr(trt.LayerType, k)}
         for i in range(network.num_layers):
             layer = network.get_layer(i)
@@ -119,6 +150,7 @@ def build_engines(root: Path, onnx_files: dict, shape, entry, fp16: bool = True)
     check_available()
     rows = []
     for name, file in onnx_files.items():
-        engine = build_engine(file, root / "tensorrt" / f"{name}.engine", profiles(name, shape), fp16=fp16)
-        rows.append(entry(name, [engine], "fp16" if fp16 else "fp32"))
+        int8 = has_qdq(file)
+        engine = build_engine(file, root / "tensorrt" / f"{name}.engine", profiles(name, shape), fp16=fp16, int8=int8)
+        rows.append(entry(name, [engine], engine_precision(fp16, int8)))
     return rows
