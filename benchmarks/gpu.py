@@ -1,0 +1,318 @@
+"""transformers eager fp16 vs tiercel's GPU path on one CUDA GPU, stage by stage, in one run.
+
+Usage (a CUDA machine with torch, onnxruntime-gpu and, for the tensorrt path, tensorrt + cuda-python):
+    python benchmarks/gpu.py                                    # florence2-base and -large; results/gpu_<gpu>.json
+    python benchmarks/gpu.py --preset florence2-base --paths eager,ort_bound --runs 5
+Check of the script on a CPU (every line but the CUDA specifics; writes no results/gpu_*.json):
+    python benchmarks/gpu.py --check --out /tmp/gpu_check.json  # = --device cpu --preset tiny --runs 2
+
+NOT RUN ON A GPU YET: only `--check` has run (no GPU where this was written). benchmarks/gpu_check.sh is the
+prepared device script.
+
+Each preset's shape is built with random weights (tiercel.models.zoo; speed does not depend on their values),
+exported once to an fp16 bundle (`--precision fp16`: norms/softmax fp32, fp16 KV; plus TensorRT engines when the
+tensorrt path is asked for) under benchmarks/work/gpu/ (git-ignored; parity skipped: tokens are compared below).
+The paths make the same calls on a synthetic image of the preset's size (768x768), greedy, exactly 32 new tokens
+(tiercel.runtime.profile.forced_generation):
+
+    eager      tiercel.models.TorchPredictor: the transformers model in fp16 on cuda, PyTorch eager (no compile),
+               its default attention implementation (recorded); transformers `generate` batched over prompts.
+               On --device cpu it runs in fp32 (fp16 matmuls on a CPU are no baseline)
+    ort        the fp16 bundle, onnxruntime CUDA EP, plain run: every decode step copies the KV cache to the
+               host and back (what io binding saves)
+    ort_bound  the fp16 bundle, onnxruntime CUDA EP with I/O binding: KV cache and token embeddings stay on
+               the GPU (BoundKVDecoder; tiercel's default on cuda) - tiercel's GPU path
+    tensorrt   fp16 TensorRT engines (backend "tensorrt", also device-resident KV); skipped with the reason
+               recorded when tensorrt is not installed or the device is not cuda
+
+Stages come from the runtime's StageTimer through `Model.timer` (TorchPredictor shares the hook; its decoder
+steps are timed by forward hooks). On cuda the timer's clock calls torch.cuda.synchronize() first, so a stage
+holds its GPU work; onnxruntime and TensorRT runs end synchronised anyway (their outputs reach the host).
+Medians over `--runs` interleaved rounds after one warm-up: vision (vision tower + projector), first_token
+(first decoder step, which projects the cross-attention K/V), decode_token (each later step), end_to_end.
+14 tasks on one image: every path runs `run_all` over the 13 single-image tasks (one vision pass, the 13 prompts
+as one batch; for eager that is transformers `generate` on the batch, like the reference) plus PIX_CHG on its
+own; median of `--all-runs` rounds after a warm-up.
+
+Targets (issue 9): decode per token >= 5x faster than eager; 14 tasks >= 3x faster. Reference (H100,
+transformers eager, florence2-base fp16): vision 17 ms, decode 4.8 ms/token, 14 tasks x 33 tokens batched 337 ms
+(REFERENCE; recorded beside this run's own eager numbers, which are the ones compared). GPU name, driver and
+library versions are recorded; the output file is named after the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from runtime_cpu import NEW_TOKENS, check, keep_ids, summarise, timed  # noqa: E402
+
+from tiercel import tasks  # noqa: E402
+from tiercel.runtime.profile import StageTimer, forced_generation  # noqa: E402
+from tiercel.runtime.profile.runner import profile_image, task_inputs  # noqa: E402
+
+PATHS = ("eager", "ort", "ort_bound", "tensorrt")
+PRESETS = ("florence2-base", "florence2-large")
+TARGETS = {"decode_speedup": (">=", 5.0), "all_tasks_speedup": (">=", 3.0)}
+REFERENCE = {"florence2-base": {"gpu": "H100", "what": "transformers eager fp16 (issue 9)", "vision_ms": 17.0,
+                                "decode_ms_per_token": 4.8, "all_tasks_ms": 337.0, "all_tasks": "14 tasks x 33 tokens, batched"}}
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", action="append", help=f"model shape, repeatable (default: {', '.join(PRESETS)})")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: check the script without a GPU")
+    ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {', '.join(PATHS)}")
+    ap.add_argument("--runs", type=int, default=5, help="timed rounds of the single-task call (after one warm-up)")
+    ap.add_argument("--all-runs", type=int, default=5, help="timed rounds of the 14-task comparison")
+    ap.add_argument("--task", default="IMG_CAP", help="task of the single-call stage timing")
+    ap.add_argument("--check", action="store_true", help="= --device cpu --preset tiny --runs 2 --all-runs 2")
+    ap.add_argument("--out", type=Path, help="JSON file (default on cuda: benchmarks/results/gpu_<gpu name>.json)")
+    args = ap.parse_args()
+    if args.check:
+        args.device, args.preset, args.runs, args.all_runs = "cpu", args.preset or ["tiny"], 2, 2
+    args.preset = args.preset or list(PRESETS)
+    args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    bad = [p for p in args.paths if p not in PATHS]
+    if bad or "eager" not in args.paths:
+        ap.error(f"--paths: eager plus any of {', '.join(PATHS[1:])} (got {args.paths})")
+    if args.device != "cuda" and (args.out is None or args.out.resolve().parent == (HERE / "results").resolve()):
+        ap.error("on --device cpu give --out outside benchmarks/results/ (results/gpu_*.json hold GPU measurements)")
+    return args
+
+
+def gpu_info(device: str) -> dict:
+    """GPU name, driver, memory and library versions (name "cpu" on a check run)."""
+    import onnxruntime
+    import torch
+    import transformers
+
+    info = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda, "transformers": transformers.__version__,
+            "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers()}
+    if importlib.util.find_spec("tensorrt"):
+        import tensorrt
+
+        info["tensorrt"] = tensorrt.__version__
+    if device != "cuda":
+        return {"name": "cpu", "check_run": True, **info}
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                          "--format=csv,noheader"], capture_output=True, text=True).stdout.strip().splitlines()
+    fields = [f.strip() for f in smi[0].split(",")] if smi else []
+    return {"name": torch.cuda.get_device_name(0), "nvidia_smi": dict(zip(("name", "driver", "memory", "max_sm_clock"), fields)),
+            "multiprocessors": torch.cuda.get_device_properties(0).multi_processor_count, **info}
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def clock(device: str):
+    """perf_counter, after a device synchronise on cuda (a stage then includes its queued GPU work)."""
+    if device != "cuda":
+        return time.perf_counter
+    import torch
+
+    def synced() -> float:
+        torch.cuda.synchronize()
+        return time.perf_counter()
+
+    return synced
+
+
+def hook_decoder_steps(predictor, now) -> None:
+    """Time each forward call of transformers `generate` as first_token / decode_token in the predictor's timer."""
+    open_steps = []
+
+    def pre(module, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        first = cache is None or cache.get_seq_length() == 0
+        open_steps.append(("first_token" if first else "decode_token", now()))
+
+    def post(module, args, kwargs, output):
+        name, start = open_steps.pop()
+        if predictor.timer is not None:
+            predictor.timer.record(name, now() - start)
+
+    predictor.model.register_forward_pre_hook(pre, with_kwargs=True)
+    predictor.model.register_forward_hook(post, with_kwargs=True)
+
+
+def tensorrt_skip(device: str) -> str | None:
+    """Why the tensorrt path cannot run here, or None."""
+    if device != "cuda":
+        return "needs --device cuda"
+    return None if importlib.util.find_spec("tensorrt") else "tensorrt not installed"
+
+
+def build_and_export(preset: str, paths: list[str], work: Path, log):
+    """The preset with random weights (fp32, CPU), its tokenizer, and its fp16 bundle (+ engines for tensorrt)."""
+    from tiercel.export.bundle import export_model
+    from tiercel.models import build
+    from tiercel.models.presets import get_preset
+    from tiercel.models.tokenizer import train_bpe
+
+    tok = train_bpe(["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50, vocab_size=300)
+    model = build(preset, seed=0, image_token_id=tok.image_id, vocab_size=max(get_preset(preset).vocab_size, len(tok)))
+    backends = ("onnxruntime", "tensorrt") if "tensorrt" in paths else ("onnxruntime",)  # paths: after tensorrt_skip
+    t = time.perf_counter()
+    bundle = export_model(model, tok, work / "fp16", backends=backends, precision="fp16", parity=False, overwrite=True)
+    log(f"exported {preset} fp16 ({', '.join(backends)}) in {time.perf_counter() - t:.0f} s")
+    return model, tok, bundle, time.perf_counter() - t
+
+
+def open_paths(model, tok, bundle: Path, names: list[str], device: str, now) -> dict:
+    """{path: Model} for the paths in `names`."""
+    import torch
+    import transformers
+
+    import tiercel.runtime as rt
+    from tiercel.models.predict import TorchPredictor
+
+    transformers.logging.set_verbosity_error()  # eos -1 forces 32 tokens; transformers warns it will not stop
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    eager = TorchPredictor(copy.deepcopy(model).to(device=device, dtype=dtype), tok)
+    hook_decoder_steps(eager, now)
+    paths = {"eager": eager}
+    if "ort" in names:
+        paths["ort"] = rt.load(bundle, device=device, io_binding=False)
+    if "ort_bound" in names:
+        paths["ort_bound"] = rt.load(bundle, device=device, io_binding=True)
+    if "tensorrt" in names:
+        paths["tensorrt"] = rt.load(bundle, backend="tensorrt")
+    return paths
+
+
+def stage_rounds(paths: dict, image: np.ndarray, task: str, runs: int, now, log) -> dict:
+    """One warm-up and `runs` interleaved rounds of run(image, task); per path a summary and its tokens."""
+    gen, extra = forced_generation(NEW_TOKENS, 1), task_inputs(task, (image.shape[1], image.shape[0]))
+    rows, ids = {n: [] for n in paths}, {n: keep_ids(m) for n, m in paths.items()}
+    for m in paths.values():
+        m.timer = StageTimer(clock=now)
+    for i in range(1 + runs):
+        for name, m in paths.items():
+            rows[name].append(timed(m, lambda: m.run(image, task, **extra, **gen)))
+        log(f"stage round {i}/{runs}{' (warm-up)' if i == 0 else ''}: "
+            + ", ".join(f"{n} {r[-1][0] * 1000:.1f} ms" for n, r in rows.items()))
+    for m in paths.values():
+        m.timer = None
+    want = ids["eager"]["ids"][0]
+    out = {}
+    for name, r in rows.items():
+        got = ids[name]["ids"][0]
+        same = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        out[name] = {**summarise(r[1:]), "same_tokens_as_eager": got == want, "leading_tokens_equal_to_eager": same}
+    return out
+
+
+def all_tasks(paths: dict, image: np.ndarray, runs: int, log) -> dict:
+    """14 tasks on one image: run_all(13 single-image tasks) + run(PIX_CHG), for every path; medians."""
+    size = (image.shape[1], image.shape[0])
+    gen = forced_generation(NEW_TOKENS, 1)
+    singles = [t for t in tasks.TAGS if tasks.get(t).n_images == 1]
+    pairs = [t for t in tasks.TAGS if tasks.get(t).n_images == 2]
+    inputs = {t: task_inputs(t, size) for t in singles}
+    texts = {t: x["text"] for t, x in inputs.items() if "text" in x}
+    regions = {t: x["region"] for t, x in inputs.items() if "region" in x}
+
+    def once(m) -> float:
+        t0 = time.perf_counter()
+        m.run_all(image, singles, texts, regions, **gen)
+        for tag in pairs:
+            m.run(image, tag, image2=image[::-1].copy(), **gen)
+        return 1000 * (time.perf_counter() - t0)  # results are on the host: all GPU work has finished
+
+    for m in paths.values():
+        once(m)  # warm-up: the batch of 13 is a new shape
+    rows = {n: [] for n in paths}
+    for i in range(runs):
+        for name, m in paths.items():
+            rows[name].append(once(m))
+        log(f"14-task round {i + 1}/{runs}: " + ", ".join(f"{n} {r[-1]:.0f} ms" for n, r in rows.items()))
+    return {"what": f"run_all({len(singles)} tasks, one batch) + run({', '.join(pairs)}), {NEW_TOKENS} tokens each",
+            **{n: {"total_ms": statistics.median(r), "total_ms_per_run": r} for n, r in rows.items()}}
+
+
+def verdicts(stages: dict, every: dict) -> dict:
+    """Per tiercel path: speed-ups over eager per stage, and the two targets."""
+    eager, out = stages["eager"]["stages_ms"], {}
+    for name in stages:
+        if name == "eager":
+            continue
+        s = stages[name]["stages_ms"]
+        out[name] = {"speedup_vs_eager": {k: eager[k] / s[k] for k in ("vision", "first_token", "decode_token", "end_to_end") if s[k] > 0},
+                     "decode_speedup": check(eager["decode_token"] / s["decode_token"], TARGETS["decode_speedup"]),
+                     "all_tasks_speedup": check(every["eager"]["total_ms"] / every[name]["total_ms"], TARGETS["all_tasks_speedup"])}
+    return out
+
+
+def run_preset(preset: str, args, now, log) -> dict:
+    import torch
+
+    work = HERE / "work" / "gpu" / preset
+    skipped = {"tensorrt": tensorrt_skip(args.device)} if "tensorrt" in args.paths and tensorrt_skip(args.device) else {}
+    names = [p for p in args.paths if p not in skipped]
+    model, tok, bundle, export_s = build_and_export(preset, names, work, log)
+    paths = open_paths(model, tok, bundle, names, args.device, now)
+    image = profile_image(paths["eager"].pre["size"])
+    result = {"export_s": export_s, "skipped": skipped, "image_size": list(image.shape[:2]),
+              "eager_dtype": str(paths["eager"]._dtype), "attn_implementation": paths["eager"].model.config._attn_implementation,
+              "reference": REFERENCE.get(preset)}
+    result["stages"] = stage_rounds(paths, image, args.task, args.runs, now, log)
+    result["all_tasks"] = all_tasks(paths, image, args.all_runs, log)
+    result["targets"] = verdicts(result["stages"], result["all_tasks"])
+    if args.device == "cuda":
+        result["max_memory_allocated_torch_gb"] = torch.cuda.max_memory_allocated() / 1e9  # eager only
+    del paths
+    return result
+
+
+def print_summary(preset: str, r: dict, log) -> None:
+    names = list(r["stages"])
+    log(f"{preset}: {'ms (median)':<16}" + "".join(f"{n:>12}" for n in names))
+    for stage in ("vision", "encoder", "first_token", "decode_token", "end_to_end"):
+        log(f"{'':<{len(preset) + 2}}{stage:<16}" + "".join(f"{r['stages'][n]['stages_ms'][stage]:>12.2f}" for n in names))
+    log(f"{'':<{len(preset) + 2}}{'14 tasks':<16}" + "".join(f"{r['all_tasks'][n]['total_ms']:>12.1f}" for n in names))
+    for name, v in r["targets"].items():
+        log(f"  {name}: " + "; ".join(f"{k} {c['value']}x ({c['target']}: {'met' if c['met'] else 'MISSED'})"
+                                     for k, c in v.items() if k != "speedup_vs_eager"))
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see runtime_cpu.py (eager on a busy CPU)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    started = time.perf_counter()
+    info = gpu_info(args.device)
+    out = args.out or HERE / "results" / f"gpu_{slug(info['name'])}.json"
+    result = {"command": "python benchmarks/gpu.py " + " ".join(sys.argv[1:]), "gpu": info, "device": args.device,
+              "task": args.task, "batch": 1, "new_tokens": NEW_TOKENS, "num_beams": 1, "runs": args.runs,
+              "all_runs": args.all_runs, "bundle_precision": "fp16", "targets": {k: f"{o} {v}" for k, (o, v) in TARGETS.items()},
+              "presets": {}}
+    now = clock(args.device)
+    for preset in args.preset:
+        result["presets"][preset] = r = run_preset(preset, args, now, log)
+        print_summary(preset, r, log)
+        result["wall_s"] = time.perf_counter() - started
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")  # after every preset: a cut-off run keeps what it did
+    log(f"wrote {out} ({result['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
