@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,24 @@ TINY_CORPUS = [
     "A harbor with three ships and a storage tank near the water.",
     "An airport with two airplanes parked on the asphalt.",
 ] * 20
+
+
+@functools.lru_cache(maxsize=None)
+def has_nvidia_gpu() -> bool:
+    """Whether nvidia-smi lists a GPU (no torch import: the runtime's GPU tests may not need it)."""
+    if shutil.which("nvidia-smi") is None:
+        return False
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked "gpu" are skipped on machines without an NVIDIA GPU (CI, developers' machines)."""
+    marked = [item for item in items if item.get_closest_marker("gpu")]
+    if marked and not has_nvidia_gpu():
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU (nvidia-smi lists none)")
+        for item in marked:
+            item.add_marker(skip)
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -1,0 +1,90 @@
+"""GPU checks (pytest marker "gpu"; skipped without an NVIDIA GPU): the CUDA and TensorRT paths end to end.
+
+Run them with `pytest -m gpu tests/gpu` or benchmarks/gpu_check.sh on a CUDA machine. They compare against the
+CPU execution provider's tokens on the tiny model; they have not run yet (no GPU where they were written).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.bundles import image, tiny_bundle
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.gpu
+PROMPTS = ["Describe the image.", "Detect all airplane in the image.\nUse horizontal bounding boxes.",
+           "Count the number of ship."]
+
+
+def _cuda_ep():
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider here; install onnxruntime-gpu")
+
+
+def _same_tokens(a, b, features):
+    from tiercel.runtime.profile import forced_generation
+
+    for gen in ({"num_beams": 1, "max_new_tokens": 12}, forced_generation(16, 1), forced_generation(16, 3)):
+        assert a.generate_ids(features, PROMPTS, **gen) == b.generate_ids(features, PROMPTS, **gen), gen
+
+
+def test_onnxruntime_cuda_keeps_the_kv_cache_on_the_gpu_and_matches_the_cpu(tiny_model, tiny_tokenizer):
+    _cuda_ep()
+    import tiercel.runtime as rt
+
+    path = tiny_bundle(tiny_model, tiny_tokenizer, "split", ("onnxruntime",))
+    cpu, gpu = rt.load(path), rt.load(path, device="cuda")
+    assert gpu.io_binding  # the default on cuda
+    out = gpu.sessions["embed_tokens"].run_bound({"input_ids": np.array([[2]], np.int64)}, keep={"inputs_embeds"})
+    assert out["inputs_embeds"].device_name().lower() == "cuda"
+    features = cpu.image_features(cpu.pixel_values(image(3)))
+    np.testing.assert_allclose(gpu.image_features(gpu.pixel_values(image(3))), features, atol=1e-3)
+    _same_tokens(cpu, gpu, features)
+    _same_tokens(cpu, rt.load(path, device="cuda", io_binding=False), features)
+
+
+@pytest.mark.parametrize("decoder", ["split", "merged"])
+def test_fp16_bundle_on_cuda_generates_the_fp32_tokens(tiny_model, tiny_tokenizer, tmp_path, decoder):
+    _cuda_ep()
+    import tiercel.runtime as rt
+    from tiercel.export.bundle import export_model
+
+    fp16 = export_model(tiny_model, tiny_tokenizer, tmp_path / "fp16", decoder=decoder, precision="fp16")
+    ref = rt.load(tiny_bundle(tiny_model, tiny_tokenizer, "split", ("onnxruntime",)))
+    gpu = rt.load(fp16, device="cuda")
+    features = ref.image_features(ref.pixel_values(image(3)))
+    _same_tokens(ref, gpu, features)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="tensorrt is not installed")
+@pytest.mark.parametrize("decoder", ["split", "merged"])
+def test_tensorrt_engines_from_export_run_end_to_end(tiny_model, tiny_tokenizer, tmp_path, decoder):
+    import tiercel.runtime as rt
+    from tiercel.export.bundle import export_model
+
+    path = export_model(tiny_model, tiny_tokenizer, tmp_path / "trt", backends=("onnxruntime", "tensorrt"), decoder=decoder)
+    man = json.loads((path / "manifest.json").read_text())
+    assert {g["precision"] for g in man["graphs"] if g["backend"] == "tensorrt"} == {"fp16"}
+    ref, trt = rt.load(path), rt.load(path, backend="tensorrt")
+    features = ref.image_features(ref.pixel_values(image(3)))
+    np.testing.assert_allclose(trt.image_features(trt.pixel_values(image(3))), features, atol=2e-2)
+    _same_tokens(ref, trt, features)  # fp16 engines vs fp32 CPU: the tiny model kept its tokens in fp16 on CPU
+    _same_tokens(ref, rt.load(path, backend="tensorrt", io_binding=False), features)
+
+
+def test_gpu_benchmark_script_runs_on_cuda(tmp_path):
+    _cuda_ep()
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, "benchmarks/gpu.py", "--preset", "tiny", "--runs", "1", "--all-runs", "1",
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["gpu"]["name"] != "cpu" and result["presets"]["tiny"]["eager_dtype"] == "torch.float16"
+    assert {"eager", "ort", "ort_bound"} <= set(result["presets"]["tiny"]["stages"])
