@@ -1,8 +1,8 @@
 """Parity: does a bundle compute what the PyTorch model computes? Used by export, tests and profiling.
 
 Two checks per backend: every graph on random inputs (max abs diff per output against the traced torch
-module), and greedy generation through the real runtime (tiercel.runtime) against transformers' `generate`
-on a few prompts, which must be token-identical. `check_bundle` raises BundleError on any failure and returns
+module; for fp16 bundles relative to the output's scale, see TOLERANCES), and greedy generation through the
+real runtime (tiercel.runtime) against transformers' `generate` on a few prompts, which must be token-identical. `check_bundle` raises BundleError on any failure and returns
 the numbers that export records in the manifest.
 """
 
