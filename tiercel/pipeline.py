@@ -70,8 +70,10 @@ class Pipeline:
         if self.recipe.teacher.kind == "checkpoint":
             rows["teacher"] = self.bundle("teacher-fp32")
         rows["student"] = self.bundle("student-fp32")
+        failed = (self.done("quantize") or {}).get("failed", {})
         for scheme in self.recipe.quantize.schemes:
-            rows[f"student-{scheme}"] = self.bundle(f"student-{scheme}")
+            if scheme not in failed:  # a scheme the accuracy guard refused has no bundle to score
+                rows[f"student-{scheme}"] = self.bundle(f"student-{scheme}")
         return rows
 
     # ---- stages ------------------------------------------------------------------------------------------
@@ -133,15 +135,22 @@ class Pipeline:
 
     def stage_quantize(self, _):
         from tiercel.quantize.bundle import quantize_bundle
+        from tiercel.quantize.guard import GuardError
 
         q, d = self.recipe.quantize, self.recipe.data
-        made = {}
+        made, failed = {}, {}
         for scheme in q.schemes:
-            section = quantize_bundle(self.bundle("student-fp32"), self.bundle(f"student-{scheme}"), scheme=scheme, calib=d.train,
-                                      root=d.root, n=q.n, max_drop=q.max_drop, val=d.val, block_size=q.block_size,
-                                      max_new_tokens=self.recipe.eval.max_new_tokens, overwrite=True, log=self.log)
+            try:
+                section = quantize_bundle(self.bundle("student-fp32"), self.bundle(f"student-{scheme}"), scheme=scheme, calib=d.train,
+                                      root=d.root, n=q.n, max_drop=q.max_drop, val=d.val, n_val=q.n_val,
+                                          confidence=q.confidence, block_size=q.block_size,
+                                          max_new_tokens=self.recipe.eval.max_new_tokens, overwrite=True, log=self.log)
+            except GuardError as err:  # one scheme missing the floor does not throw away the rest of the run
+                self.log(f"quantize {scheme}: {err}")
+                failed[scheme] = str(err)
+                continue
             made[scheme] = {"bundle": str(self.bundle(f"student-{scheme}")), "guard": section.get("guard")}
-        return {"bundles": made}
+        return {"bundles": made, "failed": failed}
 
     def stage_eval(self, _):
         from tiercel.evaluate import evaluate

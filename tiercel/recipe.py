@@ -165,6 +165,8 @@ class QuantizeSection(Section):
     schemes: list[str] = Field(["int8-dynamic", "int4-weight-only"], description="quantised bundles made from the fp32 student bundle")
     n: int = Field(32, gt=0, description="calibration samples")
     max_drop: float = Field(0.05, ge=0, description="largest relative drop of the task average the guard accepts")
+    n_val: int = Field(224, ge=0, description="val samples the accuracy guard scores, balanced over tasks (0: no guard)")
+    confidence: float = Field(0.9, ge=0, lt=1, description="guard: this quantile of the bootstrapped drop must be within max_drop (0: point drop)")
     block_size: int = Field(32, description="int4 block size")
 
 

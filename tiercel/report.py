@@ -39,7 +39,10 @@ def collect(pipeline) -> dict:
                           for k, e in p.get("estimates", {}).items()},
         }
     ov = _load(out / "profile_openvino.json")
-    return {"rows": rows, "machine": prof.get("machine"), "settings": prof.get("settings"),
+    quant = pipeline.done("quantize") or {}
+    guard = {**{f"student-{s}": {"failed": msg} for s, msg in quant.get("failed", {}).items()},
+             **{f"student-{s}": v.get("guard") for s, v in quant.get("bundles", {}).items()}}
+    return {"rows": rows, "guard": guard, "machine": prof.get("machine"), "settings": prof.get("settings"),
             "estimate_formula": prof.get("estimate_formula"), "openvino": ov["profiles"][0] if ov and ov.get("profiles") else None}
 
 
@@ -80,6 +83,18 @@ def markdown(data: dict, recipe_name: str) -> str:
             tok = [_f(rows[n]["estimates"].get(d, {}).get("per_token_ms"), "{:.2f}") for n in names]
             img = [_f(rows[n]["estimates"].get(d, {}).get("per_image_ms"), "{:.2f}") for n in names]
             lines.append(f"| {d} | " + " | ".join(tok) + " | " + " | ".join(img) + " |")
+    if data.get("guard"):
+        lines += ["", "## Accuracy guard (val split, quantised vs fp32 student)", "",
+                  "| model | token agreement | drop | upper bound | verdict |", "|---|---|---|---|---|"]
+        for n, g in data["guard"].items():
+            if not g or "failed" in g:
+                lines.append(f"| {n} | - | - | - | {'refused: ' + g['failed'] if g else 'not run'} |")
+            elif not g.get("run", True):
+                lines.append(f"| {n} | - | - | - | not run ({g.get('reason')}) |")
+            else:
+                bound = _f(None if g.get("drop_bound") is None else 100 * g["drop_bound"], "{:.2f}%")
+                lines.append(f"| {n} | {g['token_agreement']:.3f} | {100 * g['drop']:.2f}% | {bound} | "
+                             f"{'passed' if g['passed'] else 'failed'} ({len(g.get('attempts', []))} attempt(s)) |")
     if data.get("openvino"):
         ov = data["openvino"]["stages"]
         lines += ["", "## student on OpenVINO (ms, p50)", "", "| stage | ms |", "|---|---|"]

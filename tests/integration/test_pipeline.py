@@ -46,6 +46,7 @@ def test_every_stage_runs_and_the_report_compares_the_models(finished):
     for row in ("| teacher |", "| student |", "| student-int8-dynamic |"):
         assert row in report
     assert "ESTIMATES (not measured)" in report and "Jetson" in report
+    assert "## Accuracy guard" in report and "| student-int8-dynamic | " in report.split("## Accuracy guard")[1]
     data = json.loads((out / "report.json").read_text())
     assert data["rows"]["student-int8-dynamic"]["size_mb"] < data["rows"]["student"]["size_mb"]
     assert (out / "report.png").stat().st_size > 10_000
@@ -69,6 +70,30 @@ def test_from_reruns_that_stage_and_later(finished):
     logs = []
     run_pipeline(parse_recipe(tiny_recipe(out)), from_stage="profile", log=logs.append)
     assert "[eval] done earlier, skipped" in logs and "[profile] ..." in logs and "[report] ..." in logs
+
+
+def test_a_scheme_the_guard_refuses_is_reported_and_the_run_goes_on(finished, tmp_path, monkeypatch):
+    import shutil
+
+    import tiercel.quantize.bundle as QB
+    from tiercel.pipeline import run_pipeline
+    from tiercel.quantize.guard import GuardError
+
+    src, _, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+
+    def refuse(*args, **kwargs):
+        raise GuardError("student-int8-dynamic: int8-dynamic misses the accuracy floor after 5 attempts")
+
+    monkeypatch.setattr(QB, "quantize_bundle", refuse)
+    shutil.rmtree(out / "bundles" / "student-int8-dynamic")
+    recipe = tiny_recipe(out)
+    recipe["data"] = tiny_recipe(src)["data"]
+    run_pipeline(parse_recipe(recipe), from_stage="quantize", log=lambda m: None)
+    report = (out / "report.md").read_text()
+    assert "| student-int8-dynamic | - | - | - | refused: student-int8-dynamic: int8-dynamic misses" in report
+    assert "| student-int8-dynamic | " not in report.split("## Accuracy guard")[0]  # no scores for a bundle never made
 
 
 def test_crash_resumes_at_the_failed_stage(tmp_path, monkeypatch):

@@ -19,8 +19,9 @@ def quantize(
     n: int = typer.Option(128, "--n", help="Calibration samples; decoder steps are thinned to this many feeds per graph."),
     max_drop: float = typer.Option(0.01, "--max-drop", help="Largest relative drop of the 14-task average allowed on the val split."),
     val: Path = typer.Option(None, "--val", help="Falcon_SFT file for the accuracy guard (default: val.json beside --calib)."),
-    n_val: int = typer.Option(28, "--n-val", help="Val samples the guard compares on."),
+    n_val: int = typer.Option(224, "--n-val", help="Val samples the guard compares on, balanced over tasks (224: 16 per task)."),
     min_agreement: float = typer.Option(0.0, "--min-agreement", help="Also require this greedy token agreement with fp32 (0..1)."),
+    confidence: float = typer.Option(0.9, "--confidence", help="The guard holds when this quantile of the paired-bootstrap drop is within --max-drop (0: the point drop decides)."),
     block_size: int = typer.Option(None, "--block-size", help="int4 block size: 32, 64 or 128 (default 32)."),
     asymmetric: bool = typer.Option(False, "--asymmetric", help="int4 blocks with zero points instead of symmetric."),
     backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, openvino (NNCF) or tensorrt (explicit Q/DQ ONNX)."),
@@ -35,7 +36,8 @@ def quantize(
     from tiercel.quantize import quantize_bundle
 
     section = quantize_bundle(bundle, out, scheme, calib=calib, root=root, n=n, max_drop=max_drop, val=val, n_val=n_val,
-                              min_agreement=min_agreement, block_size=block_size, symmetric=False if asymmetric else None,
+                              min_agreement=min_agreement, confidence=confidence, block_size=block_size,
+                              symmetric=False if asymmetric else None,
                               backend=backend, ratio=ratio, max_new_tokens=max_new_tokens, sensitivity=sensitivity,
                               overwrite=overwrite, log=lambda m: typer.echo(m, err=True))
     for name, row in section["sizes"].items():
@@ -43,7 +45,9 @@ def quantize(
     guard = section["guard"]
     if guard["run"]:
         typer.echo(f"  guard: token agreement {guard['token_agreement']:.3f}, average {guard['quantized_average']:.4f} vs "
-                   f"fp32 {guard['fp32_average']:.4f} (drop {guard['drop']:.2%}), {len(guard['attempts'])} attempt(s)")
+                   f"fp32 {guard['fp32_average']:.4f} (drop {guard['drop']:.2%}"
+                   + (f", {guard['confidence']:.0%} bound {guard['drop_bound']:.2%}" if guard.get("drop_bound") is not None else "")
+                   + f"), {len(guard['attempts'])} attempt(s)")
     else:
         typer.echo(f"  guard: not run ({guard['reason']})")
     if sensitivity:

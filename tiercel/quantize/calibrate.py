@@ -57,9 +57,10 @@ def sft_file(calib: str | os.PathLike, split: str = "train") -> Path:
 
 
 def load_samples(calib: str | os.PathLike, root: str | os.PathLike | None = None, n: int = 128,
-                 split: str = "train") -> list[Sample]:
+                 split: str = "train", per_task: int | None = None) -> list[Sample]:
     """Up to `n` samples with a known task tag and an image, in file order; images relative to `root`
-    (default: the file's folder)."""
+    (default: the file's folder). `per_task` caps each task's share, so a file sorted by task still gives
+    every task its samples (records over a task's cap are skipped without reading their images)."""
     from tiercel import tasks
     from tiercel.data import iter_records, load_image
 
@@ -67,10 +68,13 @@ def load_samples(calib: str | os.PathLike, root: str | os.PathLike | None = None
         raise ConfigError(f"--n: must be >= 1 (got {n})")
     path = sft_file(calib, split)
     root = Path(root) if root is not None else path.parent
-    out = []
+    out, counts = [], {}
     for rec in iter_records(path):
         if rec.tag not in tasks.TASKS or not rec.images:
             continue
+        if per_task is not None and counts.get(rec.tag, 0) >= per_task:
+            continue
+        counts[rec.tag] = counts.get(rec.tag, 0) + 1
         images = [load_image(p, rec.crop or None) for p in rec.image_paths(root)]
         h, w = images[0].shape[:2]
         image = tasks.tile_change_pair(images[0], images[1]) if tasks.get(rec.tag).n_images == 2 else images[0]

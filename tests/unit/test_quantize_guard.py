@@ -1,0 +1,61 @@
+"""The accuracy guard's decision on hand-made generations: point drop, paired-bootstrap bound, agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tiercel.quantize.calibrate import Sample
+from tiercel.quantize.guard import compare
+
+WORDS = ["airport", "harbor"]
+
+
+class Words:
+    """Token id i decodes to WORDS[i]: a stand-in tokenizer for hand-made generations."""
+
+    def decode(self, ids):
+        return " ".join(WORDS[i] for i in ids)
+
+
+def samples(n: int = 40) -> list[Sample]:
+    image = np.zeros((8, 8, 3), np.uint8)
+    return [Sample("IMG_CLS", "", "airport", image, (8, 8)) for _ in range(n)]
+
+
+def fp32_ids(n: int = 40) -> list[list[int]]:
+    return [[0] if i < n // 2 else [1] for i in range(n)]  # right on the first half: accuracy 0.5
+
+
+def test_identical_generations_pass_with_a_zero_bound():
+    ids = fp32_ids()
+    v = compare(Words(), samples(), ids, ids, max_drop=0.0)
+    assert v.passed and v.drop == 0.0 and v.drop_bound == 0.0 and v.token_agreement == 1.0
+
+
+def test_point_drop_is_relative_to_fp32():
+    q = fp32_ids()
+    q[0] = q[1] = [1]  # two right answers lost: accuracy 0.5 -> 0.45
+    v = compare(Words(), samples(), fp32_ids(), q, max_drop=0.5, confidence=0)
+    assert v.fp32_average == pytest.approx(0.5) and v.quantized_average == pytest.approx(0.45)
+    assert v.drop == pytest.approx(0.1) and v.drop_bound is None and v.passed
+    assert v.token_agreement == pytest.approx(38 / 40)
+
+
+def test_flips_that_cancel_pass_on_the_point_drop_but_not_on_the_bound():
+    q = fp32_ids()
+    for i in range(4):  # 4 right answers lost, 4 wrong ones fixed: same accuracy, 8 of 40 answers changed
+        q[i], q[20 + i] = [1], [0]
+    point = compare(Words(), samples(), fp32_ids(), q, max_drop=0.01, confidence=0)
+    assert point.drop == pytest.approx(0.0) and point.passed
+    bounded = compare(Words(), samples(), fp32_ids(), q, max_drop=0.01, confidence=0.9)
+    assert bounded.drop == pytest.approx(0.0) and not bounded.passed
+    assert 0.05 < bounded.drop_bound < 0.5  # one resampled flip moves accuracy by 1/40 of 0.5, i.e. 5%
+    assert "90% upper bound" in bounded.line()
+
+
+def test_agreement_floor_applies_on_top_of_the_drop():
+    q = fp32_ids()
+    q[0], q[20] = [1], [0]
+    v = compare(Words(), samples(), fp32_ids(), q, max_drop=1.0, min_agreement=0.99)
+    assert v.drop == pytest.approx(0.0) and v.token_agreement == pytest.approx(0.95) and not v.passed
