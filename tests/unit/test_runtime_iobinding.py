@@ -6,6 +6,9 @@ tested is the logic: which outputs are fed back, the cross-attention KV reused, 
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -70,3 +73,38 @@ def test_load_picks_the_path_by_device_and_refuses_openvino_binding(bundle):
     pytest.importorskip("openvino")
     with pytest.raises(ConfigError, match="backend 'openvino' has no device-resident path"):
         rt.load(bundle, backend="openvino", io_binding=True)
+
+
+@pytest.fixture(scope="module", params=["split", "merged"])
+def varied(request, tiny_tokenizer):
+    """The tiny model with its weights scaled up, so that prompts get different answers (plain, bound)."""
+    import torch
+
+    import tiercel.runtime as rt
+    from tiercel.export.bundle import export_model
+    from tiercel.models import build
+
+    model = build("tiny", seed=0, vocab_size=len(tiny_tokenizer), image_token_id=tiny_tokenizer.image_id).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+    path = export_model(model, tiny_tokenizer, Path(tempfile.mkdtemp()) / "b", backends=("onnxruntime",),
+                        decoder=request.param, parity=False)
+    return rt.load(path), rt.load(path, io_binding=True)
+
+
+def test_rows_that_finish_early_leave_the_batch_with_the_same_tokens(varied):
+    from tiercel.runtime.profile import forced_generation
+
+    features = varied[0].image_features(varied[0].pixel_values(image(3)))
+    prompts = PROMPTS + ["What is in the image?", "Classify the image."]
+    free = varied[0].generate_ids(features, prompts, **forced_generation(10, 1))
+    # an "eos" that one row emits after a few steps and two rows never: that row finishes early
+    eos, row = next((t, r) for r, ids in enumerate(free) for t in ids[2:8] if sum(t in x for x in free) == 1)
+    others = [r for r in range(len(prompts)) if r != row][:2]
+    chosen = [prompts[r] for r in [row, *others]]
+    gen = {**forced_generation(10, 1), "eos_token_id": eos}
+    for m in varied:
+        batched = m.generate_ids(features, chosen, **gen)
+        assert batched == [m.generate_ids(features, [p], **gen)[0] for p in chosen]
+        assert len(batched[0]) < 10 and batched[0][-1] == eos and len(batched[1]) == len(batched[2]) == 10

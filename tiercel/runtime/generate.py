@@ -1,7 +1,10 @@
 """Greedy and beam-search decoding in numpy, step for step what transformers' `generate` does.
 
 The decoder is a `step(tokens [N]) -> logits [N, V]` callable that keeps its own KV cache, plus
-`reorder(rows)` for beam search. Logits processors, in transformers' order: no-repeat n-gram (which counts
+`reorder(rows)` for beam search and, optionally, `keep_rows(rows)`: greedy decoding then drops finished rows
+from the decoder's batch (KV cache, encoder states, mask) once a quarter of the rows it holds have finished,
+so a batch of short and long answers (run_all: a class name next to a polygon list) stops paying for the
+short ones. Rows never interact in the decoder, so the tokens are the same as without it. Logits processors, in transformers' order: no-repeat n-gram (which counts
 the decoder start token), forced bos on the first new token, forced eos on the last one allowed by
 `max_new_tokens`. Beam search follows transformers' vectorised implementation (length penalty, the
 `early_stopping` heuristic, 2 x num_beams candidates per step) so both pick the same sequence.
@@ -87,16 +90,24 @@ def _trim(seq, cfg: GenerationConfig) -> list[int]:
 
 
 def greedy(decoder, batch: int, cfg: GenerationConfig) -> list[list[int]]:
-    """Greedy decoding of `batch` rows; finished rows are fed pad tokens until all finish."""
+    """Greedy decoding of `batch` rows; finished rows get pad tokens, and leave the decoder's batch when it
+    has `keep_rows` (see the module docstring), or are fed pads until all finish when it has not."""
     seqs = np.full((batch, 1), cfg.decoder_start_token_id, dtype=np.int64)
     done = np.zeros(batch, dtype=bool)
+    held = np.arange(batch)  # the rows the decoder holds, in its order
+    compact = hasattr(decoder, "keep_rows")
     for _ in range(cfg.max_new_tokens):
-        scores = process(decoder.step(seqs[:, -1]).astype(np.float32), seqs, cfg)
-        nxt = np.where(done, cfg.pad_token_id, scores.argmax(axis=-1))
+        scores = process(decoder.step(seqs[held, -1]).astype(np.float32), seqs[held], cfg)
+        nxt = np.full(batch, cfg.pad_token_id, dtype=np.int64)
+        nxt[held] = np.where(done[held], cfg.pad_token_id, scores.argmax(axis=-1))
         seqs = np.concatenate([seqs, nxt[:, None]], axis=1)
         done |= nxt == cfg.eos_token_id
         if done.all():
             break
+        finished = done[held]
+        if compact and finished.sum() * 4 >= len(held):
+            decoder.keep_rows(np.flatnonzero(~finished))
+            held = held[~finished]
     return [_trim(s, cfg) for s in seqs]
 
 

@@ -80,6 +80,11 @@ class KVDecoder:
         # Cross-attention KV is the same for every beam of an item, and beams never move between items.
         self.cache = {k: (v[rows] if ".decoder." in k else v) for k, v in self.cache.items()}
 
+    def keep_rows(self, rows: np.ndarray) -> None:
+        """Keep only `rows` of the batch (greedy drops finished rows): every cache entry, encoder states, mask."""
+        self.cache = {k: v[rows] for k, v in self.cache.items()}
+        self.enc_hidden, self.enc_mask = self.enc_hidden[rows], self.enc_mask[rows]
+
 
 class BoundKVDecoder(KVDecoder):
     """KVDecoder whose KV cache and token embeddings stay on the sessions' device between steps.
@@ -120,6 +125,16 @@ class BoundKVDecoder(KVDecoder):
     def reorder(self, rows: np.ndarray) -> None:
         session = self.sessions["decoder_model_merged" if self.merged else "decoder_with_past_model"]
         self.cache = {k: (session.take_rows(v, rows) if ".decoder." in k else v) for k, v in self.cache.items()}
+
+    def keep_rows(self, rows: np.ndarray) -> None:
+        """Keep only `rows`: the cache through the host (take_rows), the encoder mask/states uploaded again."""
+        session = self.sessions["decoder_model_merged" if self.merged else "decoder_with_past_model"]
+        self.cache = {k: session.take_rows(v, rows) for k, v in self.cache.items()}
+        self.enc_hidden, self.enc_mask = self.enc_hidden[rows], self.enc_mask[rows]
+        first = self.sessions["decoder_model_merged" if self.merged else "decoder_model"]
+        self.mask = first.to_device(self.enc_mask, "encoder_attention_mask")
+        if self.merged:
+            self.hidden = first.to_device(self.enc_hidden, "encoder_hidden_states")
 
 
 class Model:

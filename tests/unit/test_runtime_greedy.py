@@ -1,0 +1,41 @@
+"""Greedy decoding drops finished rows from the decoder's batch and still returns every row's tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tiercel.runtime.generate import GenerationConfig, greedy
+
+EOS, PAD, V = 2, 1, 10
+SCRIPTS = [[0, 5, 2], [0, 6, 7, 8, 9, 2], [0, 2], [0, 7, 7, 7, 7, 7, 7, 7]]  # token each row picks at each step
+
+
+class Scripted:
+    """A decoder whose row r emits SCRIPTS[r] step by step; with `keep_rows` it can shrink its batch."""
+
+    def __init__(self, compact: bool):
+        self.rows, self.step_no, self.batches = list(range(len(SCRIPTS))), 0, []
+        if compact:
+            self.keep_rows = lambda rows: setattr(self, "rows", [self.rows[i] for i in rows])
+
+    def step(self, tokens):
+        assert len(tokens) == len(self.rows)
+        self.batches.append(len(self.rows))
+        logits = np.zeros((len(self.rows), V), np.float32)
+        for i, r in enumerate(self.rows):
+            script = SCRIPTS[r]
+            logits[i, script[min(self.step_no, len(script) - 1)]] = 1.0
+        self.step_no += 1
+        return logits
+
+
+def test_finished_rows_leave_the_batch_and_tokens_do_not_change():
+    cfg = GenerationConfig(num_beams=1, max_new_tokens=8, forced_bos_token_id=None, forced_eos_token_id=None,
+                           eos_token_id=EOS, pad_token_id=PAD)
+    plain, compact = Scripted(False), Scripted(True)
+    want = [s[: s.index(EOS) + 1] if EOS in s else s for s in SCRIPTS]
+    assert greedy(plain, len(SCRIPTS), cfg) == want
+    assert greedy(compact, len(SCRIPTS), cfg) == want
+    assert plain.batches == [4] * 8
+    # row 2 ends at step 2 (1 of 4 done: compact), row 0 at step 3 (1 of 3), row 1 at step 6 (1 of 2)
+    assert compact.batches == [4, 4, 3, 2, 2, 2, 1, 1]
