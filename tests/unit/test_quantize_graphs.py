@@ -84,3 +84,29 @@ def test_weight_layers_skip_activation_matmuls_and_position_tables(tmp_path):
     _mlp(tmp_path / "mlp.onnx")
     proto = onnx.load(str(tmp_path / "mlp.onnx"))
     assert [x["node"] for x in weight_layers(proto)] == ["fc_a", "fc_b", "fc_c"]
+
+
+def test_onnxruntime_int8_static_keeps_depthwise_convs_and_weight_outputs_in_fp32(tmp_path):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    c = 8
+    inits = {"pw.w": rng.standard_normal((c, c, 1, 1)), "dw.w": rng.standard_normal((c, 1, 3, 3)),
+             "fc.w": rng.standard_normal((c, c))}
+    nodes = [helper.make_node("Conv", ["x", "pw.w"], ["p"], name="pw"),
+             helper.make_node("Conv", ["p", "dw.w"], ["d"], name="dw", group=c, pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["d"], ["t"], name="nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["t", "fc.w"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 6, c])],
+                              [numpy_helper.from_array(w.astype(np.float32), n) for n, w in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
+    feeds = [{"x": rng.standard_normal((1, c, 6, 6)).astype(np.float32)} for _ in range(4)]
+    report = quantize_graph(tmp_path / "g.onnx", tmp_path / "q.onnx", get_scheme("int8-static"), "vision", feeds)
+    assert report["quantized"] == ["pw", "fc"]  # the depthwise conv stays fp32
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert "y" not in {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}  # fc's output is fp32
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(tmp_path / "q.onnx"), opts, providers=["CPUExecutionProvider"])
+    assert "MatMulIntegerToFloat" in {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
