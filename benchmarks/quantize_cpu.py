@@ -9,8 +9,13 @@ Usage:
     (MatMulNBits, block 32, symmetric), OpenVINO/NNCF int8-static and int4 (group 32) - and each is timed:
     vision encoder ms per image, and decoder_with_past ms per token (16 greedy-like steps with the KV cache
     growing from 32, prompt of image tokens + 20). Medians of `--runs` runs after one warm-up, same process.
-(b) With --student: the checkpoint is exported and quantised (int8-static, int4) with the guard on the val
-    split of --data, and the three bundles are scored on its test split (14-task average) and timed the same way.
+(b) With --student: the checkpoint is exported and quantised with onnxruntime every way in STUDENT_VARIANTS
+    (int8-static, int8-dynamic, int4 blocks 32 and 128, mixed), each with the accuracy guard at its defaults on
+    the val split of --data (--n-val samples balanced over tasks, max drop 1% for int8 and 3% for int4 and mixed,
+    the issue's targets; calibration on --n-calib-student
+    train samples), and every bundle is scored on the whole test split (14-task average) and timed the same way.
+    The guard's verdict (val) and the test score are recorded side by side, so whether the guard's val check
+    predicts the test drop can be read off.
 Load average and CPU model are recorded: the machine is shared, so read the numbers with them.
 """
 
@@ -146,26 +151,54 @@ def shape_benchmark(preset: str, runs: int, n_calib: int, work: Path, log) -> di
             "variants": run_variants(fp32, work, calib, runs, n_calib, 0, log)}
 
 
-def student_benchmark(student: Path, data: Path, runs: int, n_calib: int, work: Path, log) -> dict:
+STUDENT_VARIANTS = {  # name -> (scheme, quantize_bundle keyword arguments); max_drop: the issue's targets
+    "int8": ("int8-static", {"max_drop": 0.01}),
+    "int8-dynamic": ("int8-dynamic", {"max_drop": 0.01}),
+    "int4": ("int4-weight-only", {"max_drop": 0.03}),
+    "int4-b128": ("int4-weight-only", {"block_size": 128, "max_drop": 0.03}),
+    "mixed": ("mixed", {"max_drop": 0.03}),  # its decoder is int4
+}
+
+
+def student_benchmark(student: Path, data: Path, runs: int, n_calib: int, n_val: int, work: Path, log) -> dict:
     import tiercel.runtime
+    from tiercel.errors import TiercelError
     from tiercel.export.bundle import export_checkpoint
     from tiercel.quantize import guard, load_samples, quantize_bundle
 
     fp32 = export_checkpoint(student, work / "student-fp32", backends=("onnxruntime",), overwrite=True)
     test = load_samples(data, n=10_000, split="test")
-    out = {}
-    for name, scheme in (("fp32", None), ("int8", "int8-static"), ("int4", "int4-weight-only")):
-        bundle = fp32
+    out = {"n_calib": n_calib, "n_val": n_val}
+    ref = None
+    for name, (scheme, kwargs) in {"fp32": (None, {}), **STUDENT_VARIANTS}.items():
+        bundle, row = fp32, {"scheme": scheme or "fp32", **kwargs}
         if scheme:
-            quantize_bundle(fp32, work / f"student-{name}", scheme, calib=data, n=n_calib, overwrite=True)
             bundle = work / f"student-{name}"
+            start = time.perf_counter()
+            try:
+                section = quantize_bundle(fp32, bundle, scheme, calib=data, n=n_calib, n_val=n_val, overwrite=True,
+                                          log=log, **kwargs)
+            except TiercelError as err:  # the guard gave up: record why, score nothing
+                out[name] = {**row, "error": str(err)}
+                log(f"student {name}: {err}")
+                continue
+            g = section["guard"]
+            row.update(quantize_s=time.perf_counter() - start, guard={
+                k: g.get(k) for k in ("passed", "samples", "drop", "drop_bound", "confidence", "token_agreement", "fp32_average",
+                                    "quantized_average")},
+                guard_attempts=len(g.get("attempts", [])), layers_kept_fp32=sum(map(len, section["excluded"].values())))
         model = tiercel.runtime.load(bundle)
         ids = guard.run_samples(model, test, max_new_tokens=256)
         scores = guard.headlines(model.tokenizer, test, ids, model.dialect)
-        out[name] = {"test_samples": len(test), "per_task": scores,
-                     "average": sum(v for v in scores.values() if v == v) / max(1, sum(v == v for v in scores.values())),
-                     **sizes(bundle, "onnxruntime"), **time_bundle(bundle, "onnxruntime", runs)}
-        log(f"student {name}: average {out[name]['average']:.4f}")
+        average = sum(v for v in scores.values() if v == v) / max(1, sum(v == v for v in scores.values()))
+        ref = ref or {"ids": ids, "average": average}
+        row.update(test_samples=len(test), per_task=scores, average=average,
+                   test_drop=(ref["average"] - average) / ref["average"] if ref["average"] else 0.0,
+                   test_token_agreement=sum(map(guard.agreement, ref["ids"], ids)) / len(ids),
+                   **sizes(bundle, "onnxruntime"), **time_bundle(bundle, "onnxruntime", runs))
+        out[name] = row
+        log(f"student {name}: test average {average:.4f} (drop {row['test_drop']:.2%})"
+            + (f", guard on val: drop {row['guard']['drop']:.2%}, passed {row['guard']['passed']}" if scheme else ""))
     return out
 
 
@@ -174,6 +207,9 @@ def main() -> None:
     ap.add_argument("--preset", default="florence2-base")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--n-calib", type=int, default=4)
+    ap.add_argument("--n-calib-student", type=int, default=128, help="calibration samples for (b)")
+    ap.add_argument("--n-val", type=int, default=224, help="guard val samples for (b), balanced over tasks")
+    ap.add_argument("--skip-shape", action="store_true", help="only (b)")
     ap.add_argument("--student", type=Path)
     ap.add_argument("--data", type=Path)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quantize_cpu.json"))
@@ -181,9 +217,10 @@ def main() -> None:
     log = lambda m: print(m, flush=True)  # noqa: E731
     result = {"command": "python benchmarks/quantize_cpu.py " + " ".join(os.sys.argv[1:]), "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="tiercel-qbench-") as tmp:
-        result["shape"] = shape_benchmark(args.preset, args.runs, args.n_calib, Path(tmp), log)
+        result["shape"] = None if args.skip_shape else shape_benchmark(args.preset, args.runs, args.n_calib, Path(tmp), log)
         if args.student and args.data:
-            result["student"] = student_benchmark(args.student, args.data, args.runs, args.n_calib, Path(tmp), log)
+            result["student"] = student_benchmark(args.student, args.data, args.runs, args.n_calib_student, args.n_val,
+                                                  Path(tmp), log)
         else:
             result["student"] = None
             log("(b) skipped: pass --student CKPT --data DIR (a trained student and its synth folder) to measure accuracy")
