@@ -100,3 +100,34 @@ def test_openvino_property_typo_is_one_config_line(bundle):
     assert "\n" not in str(err.value)
     m = rt.load(bundle, backend="openvino", options={"PERFORMANCE_HINT": "LATENCY"})
     assert m.run(np.zeros((32, 32, 3), np.uint8), task="IMG_CAP", max_new_tokens=3) is not None
+
+
+def test_graphs_over_the_protobuf_limit_go_to_external_data_that_is_checksummed(tiny_model, tiny_tokenizer, bundle,
+                                                                                tmp_path, monkeypatch):
+    """The >2 GB path on a tiny model: the limit is lowered so every graph spills its weights to `<graph>.data`."""
+    import tiercel.export.onnx_export as OE
+    import tiercel.quantize.onnx_backend as QB
+    import tiercel.runtime as rt
+    from tiercel.errors import BundleError
+    from tiercel.export.bundle import export_model
+    from tiercel.quantize import quantize_bundle
+
+    monkeypatch.setattr(OE, "_TWO_GB", 1000)
+    monkeypatch.setattr(QB, "_TWO_GB", 1000)
+    out = export_model(tiny_model, tiny_tokenizer, tmp_path / "big", backends=("onnxruntime", "openvino"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    onnx_rows = [g for g in manifest["graphs"] if g["backend"] == "onnxruntime"]
+    assert all(list(g["extra_files"]) == [g["file"] + ".data"] for g in onnx_rows)
+    size = lambda f: (out / f).stat().st_size  # noqa: E731
+    assert all(size(g["file"]) < size(g["file"] + ".data") for g in onnx_rows if g["name"] != "vision_encoder")
+    img = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    for backend in ("onnxruntime", "openvino"):
+        want = rt.load(bundle, backend=backend).run(img, task="IMG_CAP", num_beams=1, max_new_tokens=6).to_dict()
+        assert rt.load(out, backend=backend).run(img, task="IMG_CAP", num_beams=1, max_new_tokens=6).to_dict() == want
+    q = quantize_bundle(out, tmp_path / "big-int4", "int4-weight-only")
+    assert q["sizes"]["total"]["ratio"] < 0.6
+    rt.load(tmp_path / "big-int4").run(img, task="IMG_CAP", max_new_tokens=4)
+    data = out / "decoder_model.onnx.data"
+    data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(BundleError, match="sha256 of decoder_model.onnx.data does not match"):
+        rt.load(out)
