@@ -141,3 +141,48 @@ def test_engine_from_another_tensorrt_is_one_line(trt_bundle, fake_gpu, tmp_path
     bad.write_bytes(b"bad!")
     with pytest.raises(BundleError, match="x.engine: TensorRT cannot load this engine .* rebuild it here"):
         TensorRTSession(bad)
+
+
+def test_quantize_engines_builds_int8_engines_from_the_qdq_graphs(tiny_model, tiny_tokenizer, fake_gpu, tmp_path,
+                                                                   monkeypatch):
+    import tiercel.runtime as rt
+    from tests.bundles import tiny_bundle
+    from tests.quantize_data import synth_folder
+    from tiercel.export import tensorrt as export_trt
+    from tiercel.quantize import quantize_bundle
+
+    built = {}
+
+    def fake_build(onnx_file, engine_file, profile, fp16=True, workspace_gb=2.0, int8=None):
+        built[engine_file.stem] = int8
+        engine_file.parent.mkdir(parents=True, exist_ok=True)
+        engine_file.write_bytes(onnx_file.read_bytes())  # the fake GPU runs an engine's ONNX bytes
+        return engine_file
+
+    monkeypatch.setattr(export_trt, "check_available", lambda: None)
+    monkeypatch.setattr(export_trt, "build_engine", fake_build)
+    fp32 = tiny_bundle(tiny_model, tiny_tokenizer, "split", ("onnxruntime",))
+    quantize_bundle(fp32, tmp_path / "q", "int8-static", calib=synth_folder(), n=4, n_val=0, backend="tensorrt",
+                    engines=True)
+    b = rt.read_bundle(tmp_path / "q")
+    engines = b.entries("tensorrt")
+    assert built == {n: n != "embed_tokens" for n in b.graph_names()}  # TensorRT's Q/DQ form keeps embeddings fp32
+    assert {n: e["precision"] for n, e in engines.items()} == {n: "fp16" if n == "embed_tokens" else "int8" for n in engines}
+    on_gpu, on_cpu = rt.load(tmp_path / "q", backend="tensorrt"), rt.load(tmp_path / "q")
+    features = on_cpu.image_features(on_cpu.pixel_values(image(2)))
+    assert on_gpu.generate_ids(features, ["Describe the image."], num_beams=1, max_new_tokens=6) == \
+        on_cpu.generate_ids(features, ["Describe the image."], num_beams=1, max_new_tokens=6)
+
+
+def test_quantize_engines_needs_the_tensorrt_backend_and_tensorrt(tmp_path, tiny_model, tiny_tokenizer):
+    from tests.bundles import tiny_bundle
+    from tiercel.errors import ConfigError, MissingDependency
+    from tiercel.quantize import quantize_bundle
+
+    fp32 = tiny_bundle(tiny_model, tiny_tokenizer, "split", ("onnxruntime",))
+    with pytest.raises(ConfigError, match="--engines: builds TensorRT engines, so it needs --backend tensorrt"):
+        quantize_bundle(fp32, tmp_path / "q", "int8-static", engines=True)
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(MissingDependency, match="tensorrt"):
+            quantize_bundle(fp32, tmp_path / "q", "int8-static", backend="tensorrt", engines=True)
+    assert not (tmp_path / "q").exists()

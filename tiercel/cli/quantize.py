@@ -28,6 +28,7 @@ def quantize(
     ratio: float = typer.Option(1.0, "--ratio", help="OpenVINO int4: share of layers in int4 (the rest int8)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Tokens generated per sample when calibrating and guarding."),
     sensitivity: bool = typer.Option(False, "--sensitivity", help="Write sensitivity.json (per-layer report) and print the top layers."),
+    engines: bool = typer.Option(False, "--engines", help="With --backend tensorrt: also build INT8 TensorRT engines from the Q/DQ graphs (needs tensorrt and an NVIDIA GPU)."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
 ):
     """Quantize a bundle: calibrate on real decode steps, guard accuracy against fp32, write checksums."""
@@ -38,7 +39,7 @@ def quantize(
     section = quantize_bundle(bundle, out, scheme, calib=calib, root=root, n=n, max_drop=max_drop, val=val, n_val=n_val,
                               min_agreement=min_agreement, confidence=confidence, block_size=block_size,
                               symmetric=False if asymmetric else None,
-                              backend=backend, ratio=ratio, max_new_tokens=max_new_tokens, sensitivity=sensitivity,
+                              backend=backend, ratio=ratio, max_new_tokens=max_new_tokens, sensitivity=sensitivity, engines=engines,
                               overwrite=overwrite, log=lambda m: typer.echo(m, err=True))
     for name, row in section["sizes"].items():
         typer.echo(f"  {name:24s} {section['graphs'].get(name, '')[:16]:16s} {row['bytes'] / 1e6:9.2f} MB  x{row['ratio']:.3f}")

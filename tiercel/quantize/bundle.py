@@ -9,6 +9,8 @@ Flow, all inside a temporary directory renamed to the output only when the guard
 4. guard: quantised vs fp32 on the val samples (guard.py). When the drop exceeds max_drop, the most sensitive
    layers (sensitivity.py) go back to fp32 - 1, 2, 4, ... of them - and step 3 runs again, until it holds or
    the retries run out (GuardError with the numbers).
+5. tensorrt target with engines=True: once the guard holds, each Q/DQ graph is built into an INT8 TensorRT
+   engine (tiercel.export.tensorrt; needs tensorrt and an NVIDIA GPU, checked before any work starts).
 
 Split decoders only: a merged decoder's If branches share nothing a quantiser can see (FALCON.md).
 """
@@ -57,7 +59,7 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
                     max_drop: float = 0.01, *, val: str | os.PathLike | None = None, n_val: int = 224,
                     min_agreement: float = 0.0, confidence: float = 0.9, block_size: int | None = None, symmetric: bool | None = None,
                     policy: dict | None = None, backend: str = "onnxruntime", ratio: float = 1.0,
-                    max_new_tokens: int = 64, max_retries: int = 4, sensitivity: bool = False,
+                    max_new_tokens: int = 64, max_retries: int = 4, sensitivity: bool = False, engines: bool = False,
                     overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """Quantise the fp32 bundle at `bundle` into `out`. Returns the manifest's "quantization" section.
 
@@ -75,9 +77,16 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
         block_size, symmetric: int4 blocks (32/64/128) and symmetry. policy: mixed, {role: leaf scheme}.
         backend: onnxruntime, openvino (NNCF) or tensorrt (explicit Q/DQ ONNX). ratio: NNCF int4 share.
         sensitivity: also write sensitivity.json (per-layer report) into the bundle.
+        engines: backend tensorrt only: also build INT8 TensorRT engines from the Q/DQ graphs (tensorrt/*.engine).
     """
     say = log or (lambda _msg: None)
     target = _target(backend, scheme)
+    if engines:
+        if target.name != "tensorrt":
+            raise ConfigError(f"--engines: builds TensorRT engines, so it needs --backend tensorrt (got {backend})")
+        from tiercel.export.tensorrt import check_available
+
+        check_available()  # no tensorrt or no GPU: fail before minutes of calibration
     src = read_bundle(bundle)
     if src.manifest["decoder"] != "split":
         raise ConfigError(f"{src.where}: quantizing needs a split decoder (merged If-branches break under quantisation);"
@@ -124,8 +133,27 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
             ranking = ranking or _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib, root)
             write_json(tmp / "sensitivity.json", ranking)
             section["sensitivity"] = "sensitivity.json"
-        _write_manifest(src, tmp, graphs, section)
+        built = _engines(src, tmp, graphs, say) if engines else []
+        _write_manifest(src, tmp, graphs, section, built)
     return section
+
+
+def _engines(src, tmp: Path, graphs: list[dict], say) -> list[dict]:
+    """INT8 TensorRT engines from the Q/DQ graphs just written (manifest rows with backend "tensorrt")."""
+    from tiercel.export.tensorrt import build_engine, engine_precision, has_qdq, profiles
+    from tiercel.models.presets import ModelShape
+
+    shape = ModelShape(**src.manifest["model"]["shape"])
+    rows = []
+    for g in graphs:
+        onnx_file = tmp / g["file"]
+        int8 = has_qdq(onnx_file)
+        say(f"building the TensorRT engine of {g['name']} ({'int8 + ' if int8 else ''}fp16)")
+        engine = build_engine(onnx_file, tmp / "tensorrt" / f"{g['name']}.engine", profiles(g["name"], shape), int8=int8)
+        rows.append({**{k: v for k, v in g.items() if k not in ("quantization", "extra_files")}, "backend": "tensorrt",
+                     "file": engine.relative_to(tmp).as_posix(), "sha256": sha256_file(engine), "extra_files": {},
+                     "precision": engine_precision(True, int8)})
+    return rows
 
 
 def _target(backend: str, scheme: str) -> TargetSpec:
@@ -204,7 +232,7 @@ def _section(src, spec, target, calibration: Calibration | None, graphs, entries
             "excluded": {k: list(v) for k, v in excluded.items() if v}}
 
 
-def _write_manifest(src, tmp: Path, graphs: list[dict], section: dict) -> None:
+def _write_manifest(src, tmp: Path, graphs: list[dict], section: dict, engines: list[dict] = ()) -> None:
     for g in graphs:  # sizes of what is on disk now
         row = section["sizes"][g["name"]]
         row["bytes"] = _size(tmp, g)
@@ -213,7 +241,7 @@ def _write_manifest(src, tmp: Path, graphs: list[dict], section: dict) -> None:
     after = sum(r["bytes"] for k, r in section["sizes"].items() if k != "total")
     section["sizes"]["total"] = {"fp32_bytes": before, "bytes": after, "ratio": round(after / max(before, 1), 4)}
     manifest = json.loads(json.dumps(src.manifest))
-    manifest["graphs"] = graphs
+    manifest["graphs"] = graphs + list(engines)
     manifest["parity"] = {}  # fp32 parity no longer describes these graphs; quantization.guard does
     manifest["quantization"] = section
     manifest["provenance"] = {**manifest.get("provenance", {}), "quantized_by": f"tiercel {__version__}"}
