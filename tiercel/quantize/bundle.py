@@ -57,8 +57,8 @@ TARGETS: dict[str, TargetSpec] = {
 def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: str = "int8-static",
                     calib: str | os.PathLike | None = None, root: str | os.PathLike | None = None, n: int = 128,
                     max_drop: float = 0.01, *, val: str | os.PathLike | None = None, n_val: int = 224,
-                    min_agreement: float = 0.0, confidence: float = 0.9, block_size: int | None = None, symmetric: bool | None = None,
-                    policy: dict | None = None, backend: str = "onnxruntime", ratio: float = 1.0,
+                    min_agreement: float = 0.0, confidence: float = 0.9, block_size: int | None = None,
+                    symmetric: bool | None = None, policy: dict | None = None, backend: str = "onnxruntime", ratio: float = 1.0,
                     max_new_tokens: int = 64, max_retries: int = 4, sensitivity: bool = False, engines: bool = False,
                     overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """Quantise the fp32 bundle at `bundle` into `out`. Returns the manifest's "quantization" section.
@@ -81,6 +81,8 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
     """
     say = log or (lambda _msg: None)
     target = _target(backend, scheme)
+    if not 0 <= confidence < 1:
+        raise ConfigError(f"--confidence: must be in [0, 1) (got {confidence})")
     if engines:
         if target.name != "tensorrt":
             raise ConfigError(f"--engines: builds TensorRT engines, so it needs --backend tensorrt (got {backend})")
@@ -102,8 +104,6 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
     if calib is not None and needs_calibration(leaves):
         say(f"calibrating on {n} samples of {sft_file(calib)}")
         calibration = capture(src.root, load_samples(calib, root, n), n=n, max_new_tokens=max_new_tokens)
-    if not 0 <= confidence < 1:
-        raise ConfigError(f"--confidence: must be in [0, 1) (got {confidence})")
     val_samples = _val_samples(calib, val, root, n_val)
     ref = _reference(src, val_samples, max_new_tokens)
     excluded: dict[str, list[str]] = {g: [] for g in leaves}
