@@ -60,10 +60,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from runtime_cpu import NEW_TOKENS, check, keep_ids, summarise, timed  # noqa: E402
+from runtime_cpu import NEW_TOKENS, check, stage_rounds  # noqa: E402
 
 from tiercel import tasks  # noqa: E402
-from tiercel.runtime.profile import StageTimer, forced_generation  # noqa: E402
+from tiercel.runtime.profile import forced_generation  # noqa: E402
 from tiercel.runtime.profile.runner import profile_image, task_inputs  # noqa: E402
 
 PATHS = ("eager", "ort", "ort_bound", "tensorrt")
@@ -198,28 +198,6 @@ def open_paths(model, tok, bundle: Path, names: list[str], device: str, now) -> 
     return paths
 
 
-def stage_rounds(paths: dict, image: np.ndarray, task: str, runs: int, now, log) -> dict:
-    """One warm-up and `runs` interleaved rounds of run(image, task); per path a summary and its tokens."""
-    gen, extra = forced_generation(NEW_TOKENS, 1), task_inputs(task, (image.shape[1], image.shape[0]))
-    rows, ids = {n: [] for n in paths}, {n: keep_ids(m) for n, m in paths.items()}
-    for m in paths.values():
-        m.timer = StageTimer(clock=now)
-    for i in range(1 + runs):
-        for name, m in paths.items():
-            rows[name].append(timed(m, lambda: m.run(image, task, **extra, **gen)))
-        log(f"stage round {i}/{runs}{' (warm-up)' if i == 0 else ''}: "
-            + ", ".join(f"{n} {r[-1][0] * 1000:.1f} ms" for n, r in rows.items()))
-    for m in paths.values():
-        m.timer = None
-    want = ids["eager"]["ids"][0]
-    out = {}
-    for name, r in rows.items():
-        got = ids[name]["ids"][0]
-        same = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-        out[name] = {**summarise(r[1:]), "same_tokens_as_eager": got == want, "leading_tokens_equal_to_eager": same}
-    return out
-
-
 def all_tasks(paths: dict, image: np.ndarray, runs: int, log) -> dict:
     """14 tasks on one image: run_all(13 single-image tasks) + run(PIX_CHG), for every path; medians."""
     size = (image.shape[1], image.shape[0])
@@ -273,7 +251,7 @@ def run_preset(preset: str, args, now, log) -> dict:
     result = {"export_s": export_s, "skipped": skipped, "image_size": list(image.shape[:2]),
               "eager_dtype": str(paths["eager"]._dtype), "attn_implementation": paths["eager"].model.config._attn_implementation,
               "reference": REFERENCE.get(preset)}
-    result["stages"] = stage_rounds(paths, image, args.task, args.runs, now, log)
+    result["stages"] = stage_rounds(paths, image, args.task, args.runs, log, now=now)
     result["all_tasks"] = all_tasks(paths, image, args.all_runs, log)
     result["targets"] = verdicts(result["stages"], result["all_tasks"])
     if args.device == "cuda":

@@ -186,14 +186,16 @@ def timed(m, fn) -> tuple[float, dict]:
     return seconds, breakdown(events)
 
 
-def stage_rounds(paths: dict, image: np.ndarray, task: str, runs: int, log) -> dict:
-    """One warm-up and `runs` timed interleaved rounds of `run(image, task)`; per path a summary."""
+def stage_rounds(paths: dict, image: np.ndarray, task: str, runs: int, log, now=time.perf_counter) -> dict:
+    """One warm-up and `runs` timed interleaved rounds of `run(image, task)`; per path a summary.
+
+    `now`: the stage clock (benchmarks/gpu.py passes one that synchronises the GPU first)."""
     gen = forced_generation(NEW_TOKENS, 1)
     extra = task_inputs(task, (image.shape[1], image.shape[0]))
     rows = {name: [] for name in paths}
     ids = {name: keep_ids(m) for name, m in paths.items()}
     for m in paths.values():
-        m.timer = StageTimer()
+        m.timer = StageTimer(clock=now)
     for i in range(1 + runs):
         for name, m in paths.items():
             rows[name].append(timed(m, lambda: m.run(image, task, **extra, **gen)))
@@ -201,9 +203,13 @@ def stage_rounds(paths: dict, image: np.ndarray, task: str, runs: int, log) -> d
             + ", ".join(f"{n} {r[-1][0]:.2f} s" for n, r in rows.items()))
     for m in paths.values():
         m.timer = None
-    eager_ids = ids["eager"]["ids"][0]
-    return {name: {**summarise(r[1:]), "tokens_generated": len(ids[name]["ids"][0]),
-                   "same_tokens_as_eager": ids[name]["ids"][0] == eager_ids} for name, r in rows.items()}
+    want, out = ids["eager"]["ids"][0], {}
+    for name, r in rows.items():
+        got = ids[name]["ids"][0]
+        same = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        out[name] = {**summarise(r[1:]), "tokens_generated": len(got), "same_tokens_as_eager": got == want,
+                     "leading_tokens_equal_to_eager": same}
+    return out
 
 
 def summarise(rows: list[tuple[float, dict]]) -> dict:
