@@ -24,6 +24,12 @@ app = typer.Typer(
 )
 
 
+# --option on run, eval and profile: passed to tiercel.runtime.load(options=...) through backends.parse_options
+BACKEND_OPTION = typer.Option(
+    None, "--option", help="Backend setting KEY=VALUE (repeatable): an onnxruntime session config entry such as "
+    "session.intra_op.allow_spinning=0, or an OpenVINO property such as PERFORMANCE_HINT=LATENCY.")
+
+
 def _version(value: bool):
     if value:
         typer.echo(f"tiercel {__version__}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from tiercel.cli import app
+from tiercel.cli import BACKEND_OPTION, app
 
 SHOWN_METRICS = 4  # non-headline metrics shown per task in the table (all go to --json)
 _PREFERRED = ("macro_f1", "bleu4", "rouge_l", "mae", "missing", "precision50", "recall50", "mean_iou", "dice",
@@ -29,7 +29,7 @@ def eval_cmd(
     backend: str = typer.Option("onnxruntime", "--backend", help="Backend for a bundle: onnxruntime or openvino."),
     device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime, CPU/GPU/NPU for openvino)."),
     threads: int = typer.Option(None, "--threads", help="Intra-op threads of the backend (or of torch for a checkpoint)."),
-    option: list[str] = typer.Option(None, "--option", help="Backend setting for a bundle KEY=VALUE (repeatable): an onnxruntime session config entry such as session.intra_op.allow_spinning=0, or an OpenVINO property such as PERFORMANCE_HINT=LATENCY."),
+    option: list[str] = BACKEND_OPTION,
     num_beams: int = typer.Option(None, "--num-beams", help="Beams (default: the model's setting)."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Generated tokens at most (default: the model's setting)."),
     batch: bool = typer.Option(True, "--batch/--no-batch", help="Batch consecutive records on one image through run_all."),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from tiercel.cli import app
+from tiercel.cli import BACKEND_OPTION, app
 
 
 def split_list(values: list[str] | None) -> list[str]:
@@ -33,7 +33,7 @@ def profile(
     image: Path = typer.Option(None, "--image", help="Image to run on (default: a synthetic square of --image-size)."),
     image_size: int = typer.Option(768, "--image-size", help="Side of the synthetic image in pixels."),
     threads: int = typer.Option(None, "--threads", help="Backend intra-op threads (default: the backend's)."),
-    option: list[str] = typer.Option(None, "--option", help="Backend setting KEY=VALUE (repeatable): an onnxruntime session config entry such as session.intra_op.allow_spinning=0, or an OpenVINO property such as PERFORMANCE_HINT=LATENCY."),
+    option: list[str] = BACKEND_OPTION,
     run_all: bool = typer.Option(True, "--run-all/--no-run-all", help="Also time run_all over the single-image tasks."),
     json_out: Path = typer.Option(None, "--json", help="Write every number (seconds, bytes) as JSON here."),
     plot: Path = typer.Option(None, "--plot", help="Write a PNG chart of the stage breakdown here (needs matplotlib)."),

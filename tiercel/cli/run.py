@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tiercel.cli import app
+from tiercel.cli import BACKEND_OPTION, app
 
 
 @app.command()
@@ -20,7 +20,7 @@ def run(
     region: str = typer.Option(None, "--region", help="Region in pixels as JSON: [x1,y1,x2,y2], or [[x,y],...] for quads/polygons."),
     backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or openvino (or tensorrt)."),
     device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime, CPU/GPU/NPU for openvino)."),
-    option: list[str] = typer.Option(None, "--option", help="Backend setting KEY=VALUE (repeatable): an onnxruntime session config entry such as session.intra_op.allow_spinning=0, or an OpenVINO property such as PERFORMANCE_HINT=LATENCY."),
+    option: list[str] = BACKEND_OPTION,
     all_tasks: bool = typer.Option(False, "--all", help="Run every single-image task the inputs allow, sharing one vision pass."),
     num_beams: int = typer.Option(None, help="Beams (default: the bundle's setting)."),
     max_new_tokens: int = typer.Option(None, help="Generated tokens at most (default: the bundle's setting)."),
