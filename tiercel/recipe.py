@@ -115,6 +115,7 @@ class DistillSection(Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype; fp16 only on CUDA (with loss scaling)")
     ce: float = Field(1.0, ge=0, description="weight of cross-entropy on the labels")
     kd: float = Field(0.0, ge=0, description="weight of the logit divergence to the teacher")
+    loss_norm: Literal["token", "sample"] = Field("token", description="ce/kd averaged over every answer token of the batch (token), or per sample first, so a 2-token class name weighs as much as a 200-token polygon list (sample)")
     divergence: Divergence = Field("forward_kl", description="forward_kl, reverse_kl, jsd (beta), skew_kl / skew_reverse_kl (alpha)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature for KD (loss scaled by T^2)")
     beta: float = Field(0.5, ge=0, le=1, description="generalised JSD interpolation")

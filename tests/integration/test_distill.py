@@ -70,6 +70,15 @@ def test_resume_continues_exactly(tmp_path, synth_dir, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_sample_loss_norm_counts_each_sample_once_in_the_denominator():
+    from types import SimpleNamespace
+
+    counts = [[3, 40, 0], [1, 7, 2]]
+    run = lambda norm: SimpleNamespace(recipe=SimpleNamespace(distill=SimpleNamespace(loss_norm=norm)))  # noqa: E731
+    assert trainer.loss_units(run("token"), counts) == counts
+    assert trainer.loss_units(run("sample"), counts) == [[1, 1, 0], [1, 1, 1]]
+
+
 def test_existing_run_needs_resume(tmp_path, synth_dir):
     from tiercel.errors import TiercelError
 
@@ -84,9 +93,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, synth_dir, monkeypat
     real = objective.ce_loss
     calls = {"n": 0}
 
-    def nan_on_third(logits, labels):
+    def nan_on_third(logits, labels, **kwargs):
         calls["n"] += 1
-        loss = real(logits, labels)
+        loss = real(logits, labels, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss
 
     monkeypatch.setattr(objective, "ce_loss", nan_on_third)
@@ -143,13 +152,14 @@ def test_cached_teacher_matches_the_teacher(tmp_path, synth_dir, teacher_dir):
     assert "kd" in metrics(tmp_path / "run")[-1]
 
 
-def _ddp_recipe(tmp_path, synth_dir, name, batch, strategy="ddp"):
+def _ddp_recipe(tmp_path, synth_dir, name, batch, strategy="ddp", loss_norm="token"):
     out = tmp_path / name
     (tmp_path / f"{name}.yaml").write_text(json.dumps({
         "name": name, "out": str(out), "tokenizer": {"source": "train", "vocab_size": 400},
         "data": {"train": str(synth_dir / "train.json"), "root": str(synth_dir), "max_answer_tokens": 48},
         "student": {"preset": "tiny", "dropout": 0.0},
-        "distill": {"steps": 4, "batch_size": batch, "save_every": 2, "log_every": 1, "warmup_steps": 1, "strategy": strategy}}))
+        "distill": {"steps": 4, "batch_size": batch, "save_every": 2, "log_every": 1, "warmup_steps": 1, "strategy": strategy,
+                    "loss_norm": loss_norm}}))
     return tmp_path / f"{name}.yaml", out
 
 
@@ -162,10 +172,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one(tmp_path, synth_dir, strategy):
-    one, out1 = _ddp_recipe(tmp_path, synth_dir, "one", batch=4)
-    two, out2 = _ddp_recipe(tmp_path, synth_dir, "two", batch=2, strategy=strategy)
+@pytest.mark.parametrize("strategy, loss_norm", [("ddp", "token"), ("fsdp", "token"), ("ddp", "sample")])
+def test_two_processes_match_one(tmp_path, synth_dir, strategy, loss_norm):
+    one, out1 = _ddp_recipe(tmp_path, synth_dir, "one", batch=4, loss_norm=loss_norm)
+    two, out2 = _ddp_recipe(tmp_path, synth_dir, "two", batch=2, strategy=strategy, loss_norm=loss_norm)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "tiercel", "distill", str(one), "--quiet"], check=True, cwd=ROOT, env=env, capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]

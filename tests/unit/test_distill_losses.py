@@ -278,3 +278,23 @@ def test_hidden_distiller_config_errors():
         HiddenDistiller({"decoder.1": (4, 4), "decoder_1": (4, 4)})
     with pytest.raises(ConfigError, match="missing from the teacher"):
         HiddenDistiller({"vision": (4, 4)})({"vision": torch.zeros(1, 5, 4)}, {})
+
+
+def test_sample_weights_make_ce_and_kd_a_mean_of_per_sample_means(logits):
+    from tiercel.distill.losses import sample_weights
+
+    student, teacher, mask = (torch.tensor(x, dtype=torch.float32) if x.dtype != bool else torch.tensor(x) for x in logits)
+    mask[1] = False
+    mask[1, 2] = True  # sample 0 keeps several tokens, sample 1 one: token and sample means differ
+    labels = torch.where(mask, torch.arange(5).expand(2, 5) % 11, torch.full((2, 5), -100))
+    w = sample_weights(mask)
+    assert torch.allclose(w.sum(dim=1), torch.ones(2))
+    per_sample = [ce_loss(student[b : b + 1], labels[b : b + 1]) for b in range(2)]
+    assert ce_loss(student, labels, weights=w).item() == pytest.approx(sum(per_sample).item() / 2, abs=1e-5)
+    assert ce_loss(student, labels).item() != pytest.approx(sum(per_sample).item() / 2, abs=1e-3)
+    kd = [divergence(student[b : b + 1], teacher[b : b + 1], mask[b : b + 1], temperature=2.0) for b in range(2)]
+    got = divergence(student, teacher, mask, temperature=2.0, weights=w)
+    assert got.item() == pytest.approx(sum(kd).item() / 2, abs=1e-5)
+    order = torch.argsort(teacher, dim=-1, descending=True)
+    topk = topk_divergence(student, teacher.gather(-1, order), order, mask, temperature=2.0, weights=w)
+    assert topk.item() == pytest.approx(got.item(), abs=1e-4)  # k = V: the same loss

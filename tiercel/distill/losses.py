@@ -27,12 +27,29 @@ from tiercel.errors import ConfigError
 IGNORE_INDEX = -100
 
 
-def ce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Cross-entropy of logits [B, T, V] against labels [B, T], averaged over tokens whose label is not ignored.
+def sample_weights(mask: torch.Tensor) -> torch.Tensor:
+    """Token weights [B, T] that sum to 1 over each sample's tokens in `mask` (rows without any stay 0), so a
+    weighted mean is the mean over samples of each sample's token mean (distill.loss_norm "sample")."""
+    m = mask.float()
+    return m / m.sum(dim=1, keepdim=True).clamp(min=1)
+
+
+def _weighted_mean(per_token: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (per_token * weights).sum() / weights.sum().clamp(min=1e-12)
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of logits [B, T, V] against labels [B, T], averaged over tokens whose label is not ignored
+    (with `weights` [B, T]: their weighted mean, e.g. sample_weights).
 
     Returns 0 (still attached to the graph) when every label is ignored.
     """
     vocab = logits.shape[-1]
+    if weights is not None:
+        per_token = F.cross_entropy(logits.float().reshape(-1, vocab), labels.reshape(-1), ignore_index=ignore_index,
+                                    reduction="none").reshape(labels.shape)
+        return _weighted_mean(per_token, torch.where(labels != ignore_index, weights.float(), 0.0))
     total = F.cross_entropy(logits.float().reshape(-1, vocab), labels.reshape(-1), ignore_index=ignore_index,
                             reduction="sum")
     return total / (labels != ignore_index).sum().clamp(min=1)
@@ -115,16 +132,26 @@ def _masked_rows(mask: torch.Tensor | None, *tensors: torch.Tensor) -> list[torc
     return [x[mask] for x in tensors]
 
 
-def _mean_scaled(per_token: torch.Tensor, temperature: float, anchor: torch.Tensor) -> torch.Tensor:
+def _mean_scaled(per_token: torch.Tensor, temperature: float, anchor: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
     if per_token.numel() == 0:
         return anchor.sum() * 0.0  # no token selected: a zero that keeps the graph (and DDP) happy
-    return per_token.mean() * temperature**2
+    mean = per_token.mean() if weights is None else _weighted_mean(per_token, weights.float())
+    return mean * temperature**2
+
+
+def _row_weights(weights: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """`weights` [B, T] at the rows _masked_rows selects."""
+    if weights is None:
+        return None
+    return weights.reshape(-1) if mask is None else weights[mask.bool()]
 
 
 def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None,
                kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
-               alpha: float = 0.1) -> torch.Tensor:
-    """Token-level divergence between student and teacher logits [B, T, V], averaged over `mask` [B, T].
+               alpha: float = 0.1, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Token-level divergence between student and teacher logits [B, T, V], averaged over `mask` [B, T]
+    (with `weights` [B, T]: their weighted mean over the masked tokens, e.g. sample_weights).
 
     Both sides are softened by `temperature` and the result multiplied by temperature**2. `kind` is a key of
     DIVERGENCES; `beta` is JSD's mixing weight on the teacher, `alpha` the skew KLs' weight on the first
@@ -137,12 +164,12 @@ def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask:
     s, t = _masked_rows(mask, student_logits, teacher_logits.detach())
     s = F.log_softmax(s.float() / temperature, dim=-1)
     t = F.log_softmax(t.float() / temperature, dim=-1)
-    return _mean_scaled(DIVERGENCES[kind](s, t, beta, alpha), temperature, student_logits)
+    return _mean_scaled(DIVERGENCES[kind](s, t, beta, alpha), temperature, student_logits, _row_weights(weights, mask))
 
 
 def topk_divergence(student_logits: torch.Tensor, teacher_values: torch.Tensor, teacher_indices: torch.Tensor,
                     mask: torch.Tensor | None = None, kind: str = "forward_kl", temperature: float = 1.0,
-                    beta: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
+                    beta: float = 0.5, alpha: float = 0.1, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Divergence against a teacher cached as its top-k per token: values/indices [B, T, K], logits [B, T, V].
 
     Both distributions live on the teacher's k tokens. The teacher's is softmax(values / T) over the k entries;
@@ -166,7 +193,7 @@ def topk_divergence(student_logits: torch.Tensor, teacher_values: torch.Tensor, 
     s, values, idx = _masked_rows(mask, student_logits, teacher_values.detach(), teacher_indices)
     s = F.log_softmax(s.float().gather(-1, idx.long()) / temperature, dim=-1)
     t = F.log_softmax(values.float() / temperature, dim=-1)
-    return _mean_scaled(DIVERGENCES[kind](s, t, beta, alpha), temperature, student_logits)
+    return _mean_scaled(DIVERGENCES[kind](s, t, beta, alpha), temperature, student_logits, _row_weights(weights, mask))
 
 
 # ---- hidden states ----------------------------------------------------------------------------------------

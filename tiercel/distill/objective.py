@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tiercel.distill.data import IGNORE
-from tiercel.distill.losses import HiddenDistiller, ce_loss, divergence, topk_divergence
+from tiercel.distill.losses import HiddenDistiller, ce_loss, divergence, sample_weights, topk_divergence
 
 
 @dataclass
@@ -69,18 +69,20 @@ class DistillObjective(nn.Module):
         out = run_model(self.student, batch["student"], batch["decoder_input_ids"], hidden=self.needs_hidden and cfg.hidden.decoder > 0)
         labels = batch["labels"]
         mask = labels != IGNORE
+        weights = sample_weights(mask) if cfg.loss_norm == "sample" else None  # None: every answer token counts once
         terms = {}
         w_ce = cfg.ce if ce_weight is None else ce_weight
         if w_ce:
-            terms["ce"] = (w_ce, ce_loss(out.logits, labels))
+            terms["ce"] = (w_ce, ce_loss(out.logits, labels, weights=weights))
         if cfg.kd and teacher is not None:
             t_logits = teacher.logits[..., : out.logits.shape[-1]]  # a teacher vocab padded past the tokenizer
             terms["kd"] = (cfg.kd, divergence(out.logits, t_logits, mask, kind=cfg.divergence, temperature=cfg.temperature,
-                                              beta=cfg.beta, alpha=cfg.alpha))
+                                              beta=cfg.beta, alpha=cfg.alpha, weights=weights))
         elif cfg.kd and topk is not None:
             values, indices = topk
             terms["kd"] = (cfg.kd, topk_divergence(out.logits, values, indices, mask, kind=cfg.divergence,
-                                                   temperature=cfg.temperature, beta=cfg.beta, alpha=cfg.alpha))
+                                                   temperature=cfg.temperature, beta=cfg.beta, alpha=cfg.alpha,
+                                                   weights=weights))
         if self.distiller is not None and teacher is not None:
             terms.update(self._hidden_terms(out, teacher, batch, mask))
         total = sum(w * v for w, v in terms.values())

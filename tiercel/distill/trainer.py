@@ -172,23 +172,33 @@ def step_tokens(run: Run, step: int) -> list[list[int]]:
     return [[len(run.data.label_ids(i)) for i in run.sampler.draw(step, m, cfg.batch_size * world)] for m in range(cfg.grad_accum)]
 
 
+def loss_units(run: Run, counts: list[list[int]]) -> list[list[int]]:
+    """What each sample adds to the loss's denominator: its answer tokens (loss_norm "token"), or 1 for a
+    sample with any answer token (loss_norm "sample": each sample's token mean counts once)."""
+    if run.recipe.distill.loss_norm == "token":
+        return counts
+    return [[min(c, 1) for c in micro] for micro in counts]
+
+
 def train_step(run: Run, step: int) -> dict:
     """One optimizer step over `grad_accum` micro-batches; returns token-weighted metrics of the global batch.
 
-    The loss is the mean over every answer token of the global batch, whatever its split over processes and
-    micro-batches: each micro-batch's token-mean loss is weighted by its share of the batch's tokens (times the
-    process count, which DDP's gradient averaging divides out). So N processes reproduce one process with the
-    same global batch. On-policy batches change their labels after counting; their weight is approximate.
+    The loss is the mean over every answer token of the global batch (loss_norm "sample": over every sample of
+    it, each sample's own token mean), whatever its split over processes and micro-batches: each micro-batch's
+    mean loss is weighted by its share of the batch's tokens (samples) (times the process count, which DDP's
+    gradient averaging divides out). So N processes reproduce one process with the same global batch.
+    On-policy batches change their labels after counting; their weight is approximate.
     """
     import torch
 
     cfg, dist = run.recipe.distill, run.dist
     run.optimizer.zero_grad(set_to_none=True)
     counts = step_tokens(run, step)
-    total = sum(map(sum, counts))
+    units = loss_units(run, counts)
+    total = sum(map(sum, units))
     sums: dict[str, float] = {}
     for m in range(cfg.grad_accum):
-        local = sum(counts[m][dist.rank :: dist.world])
+        local = sum(units[m][dist.rank :: dist.world])
         log = micro_step(run, step, m, weight=local * dist.world / total, sync=(m == cfg.grad_accum - 1))
         for k, v in log.items():
             sums[k] = sums.get(k, 0.0) + v * local / total
@@ -199,7 +209,7 @@ def train_step(run: Run, step: int) -> dict:
     metrics["grad_norm"] = float(grad_norm)
     metrics["lr"] = run.scheduler.get_last_lr()[0]
     metrics["samples"] = cfg.batch_size * cfg.grad_accum * dist.world
-    metrics["tokens"] = total
+    metrics["tokens"] = sum(map(sum, counts))
     return metrics
 
 
