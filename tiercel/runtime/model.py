@@ -99,10 +99,14 @@ class BoundKVDecoder(KVDecoder):
                  enc_mask: np.ndarray, stage=_untimed):
         super().__init__(sessions, merged, layers, None, enc_hidden, enc_mask, stage)
         self._heads = heads
-        first = sessions["decoder_model_merged" if merged else "decoder_model"]
-        self.mask = first.to_device(enc_mask, "encoder_attention_mask")
-        self.hidden = first.to_device(enc_hidden, "encoder_hidden_states") if merged else enc_hidden
         self.embeds = sessions["embed_tokens"]
+        self._upload()
+
+    def _upload(self) -> None:
+        """Put the encoder mask (and, for the merged graph, the encoder output) on the device."""
+        first = self.sessions["decoder_model_merged" if self.merged else "decoder_model"]
+        self.mask = first.to_device(self.enc_mask, "encoder_attention_mask")
+        self.hidden = first.to_device(self.enc_hidden, "encoder_hidden_states") if self.merged else self.enc_hidden
 
     def _step(self, tokens: np.ndarray) -> np.ndarray:
         embeds = self.embeds.run_bound({"input_ids": tokens.reshape(-1, 1).astype(np.int64)}, keep={"inputs_embeds"})
@@ -131,10 +135,7 @@ class BoundKVDecoder(KVDecoder):
         session = self.sessions["decoder_model_merged" if self.merged else "decoder_with_past_model"]
         self.cache = {k: session.take_rows(v, rows) for k, v in self.cache.items()}
         self.enc_hidden, self.enc_mask = self.enc_hidden[rows], self.enc_mask[rows]
-        first = self.sessions["decoder_model_merged" if self.merged else "decoder_model"]
-        self.mask = first.to_device(self.enc_mask, "encoder_attention_mask")
-        if self.merged:
-            self.hidden = first.to_device(self.enc_hidden, "encoder_hidden_states")
+        self._upload()
 
 
 class Model:
