@@ -52,6 +52,10 @@ def test_export_then_run_prints_json_results(bundle, images):
     out = run_cli("run", str(bundle), "--image", str(images / "a.png"), "--image2", str(images / "b.png"),
                   "--task", "PIX_CHG", "--max-new-tokens", "4")
     assert out.returncode == 0 and json.loads(out.stdout)["type"] == "polygons"
+    out = run_cli("run", str(bundle), "--image", str(images / "a.png"), "--image2", str(images / "b.png"), "--all",
+                  "--max-new-tokens", "4", "--num-beams", "1")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["PIX_CHG"]["type"] == "polygons" and "IMG_CAP" in json.loads(out.stdout)
 
 
 def test_backend_options_change_threads_not_results(bundle, images):
@@ -65,6 +69,7 @@ def test_backend_options_change_threads_not_results(bundle, images):
 @pytest.mark.parametrize("args, message", [
     (["--task", "PIX_CHG"], "PIX_CHG: needs two images"),
     (["--task", "IMG_CAP", "--image2", "{img}/b.png"], "only PIX_CHG takes image2"),
+    (["--all", "--task", "IMG_CAP", "--image2", "{img}/b.png"], "image2 is only for PIX_CHG"),
     (["--task", "NOPE"], "unknown task 'NOPE'"),
     (["--task", "REG_DET_HBB"], "REG_DET_HBB: the prompt needs text"),
     (["--task", "IMG_CAP", "--backend", "coreml"], "unknown backend 'coreml'"),

@@ -21,7 +21,7 @@ def run(
     backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or openvino (or tensorrt)."),
     device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime, CPU/GPU/NPU for openvino)."),
     option: list[str] = BACKEND_OPTION,
-    all_tasks: bool = typer.Option(False, "--all", help="Run every single-image task the inputs allow, sharing one vision pass."),
+    all_tasks: bool = typer.Option(False, "--all", help="Run every task the inputs allow in one batch (PIX_CHG too when --image2 is given)."),
     num_beams: int = typer.Option(None, help="Beams (default: the bundle's setting)."),
     max_new_tokens: int = typer.Option(None, help="Generated tokens at most (default: the bundle's setting)."),
 ):
@@ -40,13 +40,11 @@ def run(
     m = tiercel.runtime.load(bundle, backend=backend, device=device, options=parse_options(option))
     gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
     if all_tasks:
-        if img2 is not None:
-            raise ConfigError("--image2: PIX_CHG takes two images; run it with --task PIX_CHG, not --all")
         from tiercel import tasks
 
         tags = [task] if task else None
         texts = {t: text for t in tasks.TAGS if tasks.get(t).needs_text} if text else None
-        results = m.run_all(img, tags, texts=texts, regions=_regions(region_value), **gen)
+        results = m.run_all(img, tags, texts=texts, regions=_regions(region_value), image2=img2, **gen)
         out = {tag: r.to_dict() for tag, r in results.items()}
     else:
         out = m.run(img, task=task, text=text, region=region_value, image2=img2, **gen).to_dict()

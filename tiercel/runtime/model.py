@@ -2,7 +2,8 @@
 
     m = tiercel.runtime.load("bundle/", backend="onnxruntime")
     r = m.run(image, task="REG_DET_HBB", text="airplane")
-    rs = m.run_all(image, tasks=["IMG_CAP", "IMG_CLS"])     # one vision pass, prompts batched
+    rs = m.run_all(image, ["IMG_CAP", "IMG_CLS"])                 # one vision pass, prompts batched
+    rs = m.run_all(before, ["IMG_CAP", "PIX_CHG"], image2=after)  # PIX_CHG joins the batch
 
 Pipeline: preprocess -> vision_encoder -> embed_tokens(prompt) with the image features in the `<image>` slots
 -> encoder_model -> decoder with KV cache (generate.py) -> tokenizer -> tiercel.tasks parser. Knows nothing
@@ -225,27 +226,36 @@ class Model:
             return spec.parse(self.tokenizer.decode(ids), image_size=size, dialect=self.dialect)
 
     def run_all(self, image, tasks_: list[str] | None = None, texts: dict | None = None, regions: dict | None = None,
-                **generation) -> dict[str, tasks.Result]:
-        """Several single-image tasks on one image: one vision pass, all prompts in one batch.
+                image2=None, **generation) -> dict[str, tasks.Result]:
+        """Several tasks on one image: one vision pass, all prompts in one batch.
 
         Args:
-            tasks_: tags to run; by default every single-image task whose text/region is given (or not needed).
+            tasks_: tags to run; by default every task whose inputs are given: text/region for the tasks that
+                need them, and image2 for PIX_CHG.
             texts, regions: {tag: text} and {tag: region in pixels} for the tasks that need them.
+            image2: the "after" image of PIX_CHG (image is "before"). The tiled pair goes through the vision
+                encoder in the same call as `image` (batch 2), and PIX_CHG's prompt joins the batch.
         """
         texts, regions = texts or {}, regions or {}
         if tasks_ is None:
-            tasks_ = [t for t in tasks.TAGS if tasks.get(t).n_images == 1
+            tasks_ = [t for t in tasks.TAGS if (tasks.get(t).n_images == 1 or image2 is not None)
                       and (not tasks.get(t).needs_text or t in texts) and (not tasks.get(t).needs_region or t in regions)]
         specs = [tasks.get(t) for t in tasks_]
-        two = [s.tag for s in specs if s.n_images != 1]
-        if two:
-            raise TaskError(f"{two[0]}: needs two images; run it with run(image, task='{two[0]}', image2=...)")
+        pairs = [s for s in specs if s.n_images != 1]
+        if pairs and image2 is None:
+            raise TaskError(f"{pairs[0].tag}: needs two images (before and after); pass image2 / --image2")
+        if image2 is not None and not pairs:
+            raise TaskError(f"image2 is only for PIX_CHG, which is not among the tasks ({', '.join(tasks_)}); add it or drop image2")
         with self._stage("preprocess"):
             rgb = to_rgb_array(image)
             size = (rgb.shape[1], rgb.shape[0])
             prompts = [s.prompt(text=texts.get(s.tag), region=regions.get(s.tag), image_size=size, dialect=self.dialect)
                        for s in specs]
-            pixels = preprocess(rgb, self.pre["size"], self.pre["mean"], self.pre["std"])
-        ids = self.generate_ids(self.image_features(pixels), prompts, **generation)
+            images = [rgb] + ([self._inputs(pairs[0], image, image2)[0]] if pairs else [])
+            pixels = np.concatenate([preprocess(x, self.pre["size"], self.pre["mean"], self.pre["std"]) for x in images])
+        features = self.image_features(pixels)
+        if pairs:  # row i takes the features of its own image: the scene (0) or the tiled pair (1)
+            features = features[[int(s.n_images != 1) for s in specs]]
+        ids = self.generate_ids(features, prompts, **generation)
         with self._stage("postprocess"):
             return {s.tag: s.parse(self.tokenizer.decode(i), image_size=size, dialect=self.dialect) for s, i in zip(specs, ids)}
