@@ -3,8 +3,9 @@
     from tiercel.export import export_checkpoint, export_model
     export_checkpoint("ckpt/", "bundle/", backends=("onnxruntime", "openvino"))
 
-Modules: graphs (what is traced), onnx_export (tracing), merge (decoder_model_merged), openvino, tensorrt,
-parity, bundle (the manifest and the whole flow). torch and onnx load only when a function needs them.
+Modules: graphs (what is traced), onnx_export (tracing), rewrite (decoder graph rewrites), merge
+(decoder_model_merged), openvino, tensorrt, parity, bundle (the manifest and the whole flow). torch and onnx load
+only when a function needs them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The legacy TorchScript exporter (`dynamo=False`) is used: it traces a Florence-2 model in seconds where the
 dynamo exporter needs minutes, and the parity check (parity.py) verifies what it produced. DaViT's reshapes
 freeze the image size at trace time, so the vision graph has only the batch axis dynamic; the text graphs are
-dynamic in batch and sequence. Files whose weights exceed 2 GB go to external data beside the graph.
+dynamic in batch and sequence. The decoder graphs compute attention scores key-major (rewrite.py). Files whose
+weights exceed 2 GB go to external data beside the graph.
 
 Knows nothing about manifests or other backends (bundle.py, openvino.py, tensorrt.py).
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from tiercel.errors import require
 from tiercel.export import graphs
 from tiercel.export.graphs import DECODER_FIRST, DECODER_MERGED, DECODER_PAST, EMBED, ENCODER, VISION, kv_names
+from tiercel.export.rewrite import key_major_scores
 
 OPSET = 17
 _TWO_GB = 2**31 - 2**24  # protobuf's hard limit, less room for the graph itself
@@ -115,6 +117,8 @@ def export_onnx(model, out_dir: str | Path, decoder: str = "merged", opset: int 
                                   dynamic_axes=_dynamic_axes(in_names + out_names), opset_version=opset, dynamo=False,
                                   do_constant_folding=True)
             protos[name] = load_onnx(traced)
+            if name in (DECODER_FIRST, DECODER_PAST):  # one query token against a long cache: see rewrite.py
+                key_major_scores(protos[name])
     if fp16:
         from tiercel.export.fp16 import convert_proto
 
