@@ -238,8 +238,9 @@ def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
-    """Read and validate a YAML recipe. Relative data/teacher/student paths are resolved against the recipe's folder
-    only when they do not exist relative to the working directory (recipes in recipes/ can name repo paths)."""
+    """Read and validate a YAML recipe. Relative paths in it (data, teacher, student, out) are used as they are,
+    so they resolve against the working directory the command runs in, not the recipe's folder (the recipes in
+    recipes/ and benchmarks/recipes/ name paths from the repository root)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
