@@ -130,7 +130,9 @@ class OpenVinoSession:
         self.output_names = [_public_name(p) for p in self.compiled.outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self.request.infer(feeds)
+        # share_inputs: OpenVINO reads the numpy buffers instead of copying them (the encoder KV cache, fed at
+        # every decode step, is the big one); safe because infer is synchronous and returns copies here
+        result = self.request.infer(feeds, share_inputs=True)
         return {name: np.array(result[port]) for name, port in zip(self.output_names, self.compiled.outputs)}
 
 
