@@ -251,7 +251,7 @@ class Model:
             size = (rgb.shape[1], rgb.shape[0])
             prompts = [s.prompt(text=texts.get(s.tag), region=regions.get(s.tag), image_size=size, dialect=self.dialect)
                        for s in specs]
-            images = [rgb] + ([self._inputs(pairs[0], image, image2)[0]] if pairs else [])
+            images = [rgb] + ([self._inputs(pairs[0], rgb, image2)[0]] if pairs else [])  # image read once
             pixels = np.concatenate([preprocess(x, self.pre["size"], self.pre["mean"], self.pre["std"]) for x in images])
         features = self.image_features(pixels)
         if pairs:  # row i takes the features of its own image: the scene (0) or the tiled pair (1)
