@@ -70,6 +70,36 @@ def test_resume_continues_exactly(tmp_path, synth_dir, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_every_rank_waits_at_the_same_tokenizer_barriers(tmp_path, synth_dir, monkeypatch, rank):
+    """A rank that starts late sees the tokenizer rank 0 already saved; it must still pass the same barriers,
+    or rank 0 waits in one while it joins DDP's first collective (the deadlock this guards against)."""
+    from tiercel.distill import setup
+    from tiercel.distill.dist import Dist
+
+    r = recipe(tmp_path / "run", synth_dir)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rank0 = tmp_path / "rank0"
+    rank0.mkdir()
+    setup.resolve_tokenizer(r, None, rank0, Dist(0, 1))  # what rank 0 writes, made beforehand
+    calls = []
+
+    def barrier(d):  # rank 0 saves its tokenizer while the others wait in the first barrier
+        calls.append(d.rank)
+        if len(calls) == 1:
+            (run_dir / "tokenizer.json").write_bytes((rank0 / "tokenizer.json").read_bytes())
+
+    monkeypatch.setattr(setup, "barrier", barrier)
+    monkeypatch.setattr(setup, "train_bpe", lambda texts, vocab_size: setup.TextTokenizer.from_dir(rank0 / "tokenizer.json"))
+    tok = setup.resolve_tokenizer(r, None, run_dir, Dist(rank, 2))
+    assert len(calls) == 3  # the same three barriers on every rank: first look, after training, after saving
+    assert len(tok) == len(setup.TextTokenizer.from_dir(rank0 / "tokenizer.json"))
+    calls.clear()
+    setup.resolve_tokenizer(r, None, run_dir, Dist(rank, 2))  # a resumed run: the file was there before anyone started
+    assert len(calls) == 1
+
+
 def test_sample_loss_norm_counts_each_sample_once_in_the_denominator():
     from types import SimpleNamespace
 

@@ -47,7 +47,11 @@ def resolve_tokenizer(recipe, teacher, run_dir: Path, dist: Dist) -> TextTokeniz
     """The run's tokenizer (tokenizer.source), saved as <run>/tokenizer.json so a resume reuses it."""
     source = recipe.tokenizer.source
     saved = run_dir / "tokenizer.json"
-    if saved.is_file():
+    # Every process looks before any may write: rank 0 saves the tokenizer below, and a process that saw that
+    # file and returned early would skip the barriers rank 0 waits in (a deadlock with a slow-starting rank).
+    resumed = saved.is_file()
+    barrier(dist)
+    if resumed:
         return TextTokenizer.from_dir(saved)
     if source == "teacher":
         tok = teacher.tokenizer if teacher is not None else _teacher_tokenizer(recipe)
