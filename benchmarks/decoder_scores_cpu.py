@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -76,7 +77,7 @@ def _ov_runner(compiled):
     ports = [(sorted(p.get_names())[0], p) for p in compiled.outputs]
 
     def run(feeds: dict) -> dict:
-        result = request.infer(feeds)  # as tiercel's OpenVinoSession.run
+        result = request.infer(feeds)  # inputs copied, as OpenVinoSession.run did when the JSON was measured
         return {name: np.array(result[port]) for name, port in ports}
 
     return run
@@ -134,7 +135,7 @@ def main() -> None:
                 print(f"{backend}, batch {batch}: traced {ms['traced']:.2f} ms, key-major {ms['key_major']:.2f} ms "
                       f"({rows[f'{backend}, batch {batch}']['speedup']:.2f}x)", flush=True)
     result["results"] = rows
-    result["machine"]["load_avg_end"] = list(__import__("os").getloadavg())
+    result["machine"]["load_avg_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(".json.tmp")
