@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/decoder_layout_cpu.py [PRESET]   -> JSON on stdout. Numbers are in tiercel/export/bundle.py.
 """
-import time, sys, json, torch, numpy as np, onnxruntime as ort, tempfile
+import time, sys, json, numpy as np, onnxruntime as ort, tempfile
 from pathlib import Path
 from tiercel.models import build
 from tiercel.export import onnx_export as ox
@@ -16,11 +16,7 @@ ins = ox.sample_inputs(m, batch=1)
 mods = ox.modules(m)
 protos = {}
 for name in ("decoder_model", "decoder_with_past_model"):
-    i, o = ox.graph_io(name, L)
-    (d/name).mkdir()
-    with torch.no_grad():
-        torch.onnx.export(mods[name], ins[name], str(d/name/"g.onnx"), input_names=i, output_names=o, dynamic_axes=ox._dynamic_axes(i+o), opset_version=17, dynamo=False)
-    protos[name] = ox.load_onnx(d/name/"g.onnx")
+    protos[name] = ox.trace_graph(mods[name], ins[name], name, L, d / "trace")
     ox.save_onnx(protos[name], d/f"{name}.onnx")
 ox.save_onnx(merge_decoders(protos["decoder_model"], protos["decoder_with_past_model"], L), d/"decoder_model_merged.onnx")
 opts = ort.SessionOptions()

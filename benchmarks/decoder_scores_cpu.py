@@ -31,8 +31,6 @@ from runtime_cpu import machine  # noqa: E402
 
 def trace(preset: str, work: Path) -> tuple[dict, dict]:
     """{variant: onnx file} for the traced and the rewritten decoder_with_past graph, and the model shape."""
-    import torch
-
     from tiercel.export import onnx_export as ox
     from tiercel.export.graphs import DECODER_PAST
     from tiercel.export.rewrite import key_major_scores
@@ -40,16 +38,10 @@ def trace(preset: str, work: Path) -> tuple[dict, dict]:
 
     model = build(preset, seed=0)
     shape = model.tiercel_shape
-    ins, outs = ox.graph_io(DECODER_PAST, shape.decoder_layers)
-    raw = work / "trace" / "g.onnx"
-    raw.parent.mkdir(parents=True)
-    with torch.no_grad():
-        torch.onnx.export(ox.modules(model)[DECODER_PAST].eval(), ox.sample_inputs(model, batch=1)[DECODER_PAST],
-                          str(raw), input_names=ins, output_names=outs, dynamic_axes=ox._dynamic_axes(ins + outs),
-                          opset_version=ox.OPSET, dynamo=False, do_constant_folding=True)
+    proto = ox.trace_graph(ox.modules(model)[DECODER_PAST], ox.sample_inputs(model, batch=1)[DECODER_PAST],
+                           DECODER_PAST, shape.decoder_layers, work / "trace")
     files = {"traced": work / "traced.onnx", "key_major": work / "key_major.onnx"}
-    ox.save_onnx(ox.load_onnx(raw), files["traced"])
-    proto = ox.load_onnx(raw)
+    ox.save_onnx(proto, files["traced"])
     rewritten = key_major_scores(proto)
     ox.save_onnx(proto, files["key_major"])
     info = {"d_model": shape.d_model, "heads": shape.attention_heads, "layers": shape.decoder_layers,

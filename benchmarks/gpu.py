@@ -60,11 +60,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from runtime_cpu import NEW_TOKENS, check, stage_rounds  # noqa: E402
+from runtime_cpu import NEW_TOKENS, all_task_inputs, check, stage_rounds  # noqa: E402
 
 from tiercel import tasks  # noqa: E402
 from tiercel.runtime.profile import forced_generation  # noqa: E402
-from tiercel.runtime.profile.runner import profile_image, task_inputs  # noqa: E402
+from tiercel.runtime.profile.runner import profile_image  # noqa: E402
 
 PATHS = ("eager", "ort", "ort_bound", "tensorrt")
 PRESETS = ("florence2-base", "florence2-large")
@@ -200,12 +200,8 @@ def open_paths(model, tok, bundle: Path, names: list[str], device: str, now) -> 
 
 def all_tasks(paths: dict, image: np.ndarray, runs: int, log) -> dict:
     """14 tasks on one image: one run_all per path (PIX_CHG's before/after pair in the same batch); medians."""
-    size = (image.shape[1], image.shape[0])
     gen = forced_generation(NEW_TOKENS, 1)
-    inputs = {t: task_inputs(t, size) for t in tasks.TAGS if tasks.get(t).n_images == 1}
-    texts = {t: x["text"] for t, x in inputs.items() if "text" in x}
-    regions = {t: x["region"] for t, x in inputs.items() if "region" in x}
-    after = image[::-1].copy()
+    _, texts, regions, after = all_task_inputs(image)
 
     def once(m) -> float:
         t0 = time.perf_counter()

@@ -225,15 +225,21 @@ def summarise(rows: list[tuple[float, dict]]) -> dict:
             "decode_steps_per_run": len(rows[0][1]["decode_token"]), "first_token_steps_per_run": 1}
 
 
-def all_tasks_rounds(paths: dict, image: np.ndarray, runs: int, log) -> dict:
-    """The 14 tasks on one image: one tiercel run_all (PIX_CHG's pair in the same batch, image2) vs 14 eager
-    run calls; medians of `runs`."""
+def all_task_inputs(image: np.ndarray) -> tuple[dict, dict, dict, np.ndarray]:
+    """The 14 tasks' inputs on `image`: ({tag: run kwargs}, texts, regions, PIX_CHG's "after" image)."""
     size = (image.shape[1], image.shape[0])
-    gen = forced_generation(NEW_TOKENS, 1)
     after = image[::-1].copy()
     inputs = {t: ({"image2": after} if tasks.get(t).n_images == 2 else task_inputs(t, size)) for t in tasks.TAGS}
     texts = {t: x["text"] for t, x in inputs.items() if "text" in x}
     regions = {t: x["region"] for t, x in inputs.items() if "region" in x}
+    return inputs, texts, regions, after
+
+
+def all_tasks_rounds(paths: dict, image: np.ndarray, runs: int, log) -> dict:
+    """The 14 tasks on one image: one tiercel run_all (PIX_CHG's pair in the same batch, image2) vs 14 eager
+    run calls; medians of `runs`."""
+    gen = forced_generation(NEW_TOKENS, 1)
+    inputs, texts, regions, after = all_task_inputs(image)
 
     def batched(m) -> dict:
         t0 = time.perf_counter()

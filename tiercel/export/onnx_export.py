@@ -97,7 +97,7 @@ def export_onnx(model, out_dir: str | Path, decoder: str = "merged", opset: int 
         fp16: convert every graph to fp16 (fp16.py) before the decoders are merged: onnxruntime's
             converter does not rewire values an If branch reads from the outer graph.
     """
-    torch = require("torch", "train", "exporting to ONNX")
+    require("torch", "train", "exporting to ONNX")
     require("onnx", "onnx", "exporting to ONNX")
     if opset < 17:
         raise ValueError(f"opset must be >= 17 (got {opset})")
@@ -108,15 +108,7 @@ def export_onnx(model, out_dir: str | Path, decoder: str = "merged", opset: int 
     inputs, protos = sample_inputs(model), {}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".trace-") as scratch:
         for name, module in modules(model).items():
-            in_names, out_names = graph_io(name, layers)
-            traced = Path(scratch) / name / f"{name}.onnx"  # own folder: big models spill weights beside it
-            traced.parent.mkdir()
-            with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module.eval(), inputs[name], str(traced), input_names=in_names, output_names=out_names,
-                                  dynamic_axes=_dynamic_axes(in_names + out_names), opset_version=opset, dynamo=False,
-                                  do_constant_folding=True)
-            protos[name] = load_onnx(traced)
+            protos[name] = trace_graph(module, inputs[name], name, layers, Path(scratch), opset)
             if name in (DECODER_FIRST, DECODER_PAST):  # one query token against a long cache: see rewrite.py
                 key_major_scores(protos[name])
     if fp16:
@@ -128,6 +120,21 @@ def export_onnx(model, out_dir: str | Path, decoder: str = "merged", opset: int 
 
         protos[DECODER_MERGED] = merge_decoders(protos.pop(DECODER_FIRST), protos.pop(DECODER_PAST), layers)
     return {name: save_onnx(proto, out_dir / f"{name}.onnx")[0] for name, proto in protos.items()}
+
+
+def trace_graph(module, example: tuple, name: str, layers: int, scratch: Path, opset: int = OPSET):
+    """Trace one graph module (see `modules`) on `example` inputs into an ONNX proto with the public names and
+    dynamic axes; `scratch` holds the file while it is traced (in its own folder: big weights spill beside it)."""
+    torch = require("torch", "train", "exporting to ONNX")
+    in_names, out_names = graph_io(name, layers)
+    traced = scratch / name / f"{name}.onnx"
+    traced.parent.mkdir(parents=True)
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), example, str(traced), input_names=in_names, output_names=out_names,
+                          dynamic_axes=_dynamic_axes(in_names + out_names), opset_version=opset, dynamo=False,
+                          do_constant_folding=True)
+    return load_onnx(traced)
 
 
 def load_onnx(file: Path):
