@@ -12,7 +12,9 @@ the accuracy guard keeps in fp32.
                       ops' outputs are left unquantised, so onnxruntime fuses DQ + MatMul into
                       MatMulIntegerToFloat instead of QLinearMatMul + DequantizeLinear (-> 1.56x)
     int8-dynamic      quantize_dynamic, per-channel int8 MatMul weights (Conv stays fp32: ConvInteger is slower)
-    int4-weight-only  MatMulNBits blocks of 32/64/128, accuracy_level 4 (int8 compute of activations)
+    int4-weight-only  MatMulNBits blocks of 32/64/128, accuracy_level 4 (int8 compute of activations); with
+                      calibration feeds the MatMul weights are rounded by GPTQ on the recorded activations
+                      where that beats round-to-nearest on held-out feeds (gptq.py), else round-to-nearest
     embeddings        int8: Gather on an int8 table + DequantizeLinear; int4: GatherBlockQuantized with the
                       same blocks along d_model that the lm_head MatMulNBits uses, so the tied matrix gets one grid
 
@@ -111,7 +113,9 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
         quantize_dynamic(proto, str(dst), op_types_to_quantize=["Gather"], nodes_to_quantize=chosen,
                          weight_type=QuantType.QInt8, use_external_data_format=big)
     elif spec.kind == "weight-only":
-        _int4(proto, dst, spec, chosen, role, big)
+        rounding = _int4(proto, dst, spec, chosen, role, big, feeds)
+        if rounding:
+            report["rounding"] = rounding
     elif spec.kind == "dynamic":
         quantize_dynamic(proto, str(dst), op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=chosen,
                          per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=big)
@@ -132,9 +136,18 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
     return report
 
 
-def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big: bool) -> None:
+def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big: bool, feeds=None) -> list[dict]:
+    """int4 blocks: GPTQ MatMulNBits when there are feeds (embeddings: always round-to-nearest, a Gather table
+    has no activations to weigh by), else onnxruntime's round-to-nearest quantizer. Returns gptq's report rows."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    if feeds and role != "embeddings":
+        from tiercel.quantize.gptq import quantize_matmuls
+
+        rows = quantize_matmuls(proto, chosen, feeds, spec.block_size, spec.symmetric, ACCURACY_LEVEL)
+        onnx = require("onnx", "onnx", "quantizing ONNX graphs")
+        onnx.save_model(proto, str(dst), save_as_external_data=big, location=f"{dst.name}.data")
+        return rows
     all_nodes = {n.name for n in proto.graph.node}
     kwargs = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)} if role == "embeddings" else {}
     q = MatMulNBitsQuantizer(proto, bits=4, block_size=spec.block_size, is_symmetric=spec.symmetric,
@@ -142,6 +155,7 @@ def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big:
     with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks give 0/0 scales, which ORT maps to 0
         q.process()
     q.model.save_model_to_file(str(dst), use_external_data_format=big)
+    return []
 
 
 def graph_files(file: Path) -> list[Path]:

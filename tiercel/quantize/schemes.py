@@ -49,7 +49,9 @@ SCHEMES: dict[str, SchemeSpec] = {
                               help="QDQ int8: per-channel symmetric weights, activation ranges from calibration"),
     "int8-dynamic": SchemeSpec("int8-dynamic", "dynamic", help="int8 weights per channel, activations quantised per call"),
     "int4-weight-only": SchemeSpec("int4-weight-only", "weight-only", bits=4, per_channel=False, block_size=32,
-                                   help="MatMulNBits int4 blocks (32/64/128), symmetric or not; fp32 activations"),
+                                   calibrated=True,
+                                   help="MatMulNBits int4 blocks (32/64/128), symmetric or not; fp32 activations; "
+                                        "with --calib GPTQ (onnxruntime) or AWQ + scale estimation (NNCF)"),
     "mixed": SchemeSpec("mixed", "mixed", calibrated=True,
                         policy={"vision": "int8-static", "encoder": "int8-static", "embeddings": "int8-dynamic",
                                 "decoder": "int4-weight-only"},

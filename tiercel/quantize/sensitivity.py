@@ -5,7 +5,8 @@ per output channel, or int4 blocks along the input dimension, as the leaf scheme
 the recorded calibration feeds in onnxruntime, and the error is the relative L2 distance of the graph's first
 output (image_features, last_hidden_state, logits) to fp32: ||y_q - y|| / ||y||, averaged over feeds.
 
-This is the definition, not a proxy, for weight-only schemes. For int8-static it leaves activation
+This is the definition, not a proxy, for round-to-nearest weight-only schemes; where int4 is rounded by
+GPTQ (gptq.py) every layer's error shrinks and the round-to-nearest error ranks them. For int8-static it leaves activation
 quantisation out (weights only): a proxy we accept because per-tensor activation error is shared by all
 layers alike while weight error is what differs between them, and because it needs no calibration pass per
 layer. Relative errors are scale-free, so layers of different graphs are ranked on one list (the guard

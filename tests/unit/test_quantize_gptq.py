@@ -1,0 +1,76 @@
+"""GPTQ int4 (tiercel.quantize.gptq): the MatMulNBits it writes computes exactly the weight it rounded, it beats
+round-to-nearest on correlated activations it did not see, and it falls back to round-to-nearest where the
+held-out half says GPTQ overfits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from tiercel.quantize import gptq as G  # noqa: E402
+from tiercel.quantize.sensitivity import fake_quantize  # noqa: E402
+from tiercel.quantize.schemes import get_scheme  # noqa: E402
+
+
+def _activations(rows: int, k: int, seed: int) -> np.ndarray:
+    """Correlated inputs, as real layers see them: 8 latent factors mixed into k channels, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(99).standard_normal((8, k))
+    return (rng.standard_normal((rows, 8)) @ mix + 0.05 * rng.standard_normal((rows, k))).astype(np.float32)
+
+
+def _matmul(k: int, n: int, seed: int = 0):
+    w = np.random.default_rng(seed).standard_normal((k, n)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", n])],
+                              [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_matmulnbits_computes_the_rounded_weight_exactly(symmetric):
+    proto, w = _matmul(80, 24)  # 80 rows: 3 blocks of 32, the last padded, an odd count of zero-point nibbles
+    feeds = [{"x": _activations(16, 80, s)} for s in range(4)]
+    report = G.quantize_matmuls(proto, ["fc"], feeds, 32, symmetric, accuracy_level=0)
+    assert [n.op_type for n in proto.graph.node] == ["MatMulNBits"] and "w" not in {i.name for i in proto.graph.initializer}
+    h = sum(f["x"].T.astype(np.float64) @ f["x"] for f in feeds) / 64
+    rounded = G.dequantize(*G.gptq(w, h if report[0]["method"] == "gptq" else np.eye(80), 32, symmetric), 80)
+    x = _activations(5, 80, 7)
+    y = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ rounded, atol=1e-4, rtol=1e-4)
+    shapes = {i.name.split("_")[1]: list(i.dims) for i in proto.graph.initializer}
+    zero_points = {} if symmetric else {"zp": [24, 2]}  # symmetric: the op's default zero point
+    assert shapes == {"Q4G32": [24, 3, 16], "scales": [24, 3], **zero_points}  # 4 bits a weight
+
+
+def test_gptq_halves_the_output_error_of_round_to_nearest_on_unseen_activations():
+    _, w = _matmul(128, 64)
+    fit, check = _activations(512, 128, 1), _activations(512, 128, 2)
+    h = fit.T.astype(np.float64) @ fit / 512
+    h_check = check.T.astype(np.float64) @ check / 512
+    rtn = G.output_error(w, fake_quantize(w, "MatMul", get_scheme("int4-weight-only")), h_check)
+    gptq = G.output_error(w, G.dequantize(*G.gptq(w, h, 32, True), 128), h_check)
+    assert gptq < 0.5 * rtn
+
+
+def test_gptq_with_an_identity_hessian_is_round_to_nearest():
+    _, w = _matmul(64, 16)
+    rounded = G.dequantize(*G.gptq(w, np.eye(64), 32, True), 64)
+    np.testing.assert_allclose(rounded, fake_quantize(w, "MatMul", get_scheme("int4-weight-only")), atol=1e-6)
+
+
+def test_choose_keeps_round_to_nearest_when_the_held_out_half_says_gptq_overfits():
+    _, w = _matmul(64, 16)
+    few = np.random.default_rng(3).standard_normal((3, 64))  # 3 rows for 64 inputs: a rank-3 Hessian
+    other = np.random.default_rng(4).standard_normal((256, 64))
+    _, row = G.choose(w, few.T @ few / 3, other.T @ other / 256, 32, True)
+    assert row["method"] == "rtn" and row["error_gptq"] > row["error_rtn"]
+    good_fit, good_check = _activations(512, 64, 5), _activations(512, 64, 6)
+    _, row = G.choose(w, good_fit.T.astype(np.float64) @ good_fit / 512, good_check.T.astype(np.float64) @ good_check / 512,
+                      32, True)
+    assert row["method"] == "gptq" and row["error_gptq"] < row["error_rtn"]

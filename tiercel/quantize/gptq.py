@@ -1,0 +1,184 @@
+"""Data-aware int4 for onnxruntime: GPTQ on recorded activations, written as MatMulNBits.
+
+GPTQ (Frantar et al., 2022) rounds a [K, N] weight one input row at a time and spreads each row's rounding
+error over the rows not yet rounded, weighted by the inverse Hessian H = X^T X of the layer's inputs X, so the
+layer's OUTPUT error on those inputs is what gets minimised, not the weight error. The inputs come from the
+calibration feeds (calibrate.py: real images and prompts, every decode step): each MatMul's activation is added
+as a graph output and X^T X is summed over the feeds, once per tensor (q/k/v share theirs).
+
+Measured on the synthetic student (d_model 96) with inputs recorded on 64 train samples, half used for H and
+the other half held out: the summed relative output error of the decoder's 17 layers went from 0.764 (RTN,
+symmetric, blocks of 32) to 0.367 (GPTQ symmetric) and 0.309 (GPTQ asymmetric); the text encoder's 6 layers
+from 0.226 to 0.071; the vision encoder's 33 from 1.351 to 0.456.
+
+Why written here rather than taken from onnxruntime: onnxruntime.quantization vendors Intel Neural
+Compressor's GPTQ, which re-derives scales from the already rounded weights (asymmetric zero points of an odd
+block count then fail to pack: "cannot reshape array of size 4 into shape (8,newaxis)" on the student's
+decoder), ignores nodes_to_exclude, and gave lower token agreement than plain RTN on the same student
+(0.692 against 0.805). Here the scales GPTQ rounds against are the ones written, packed the way the MatMulNBits
+contrib op reads them (onnxruntime/core/graph/contrib_ops: B [N, k_blocks, block/2] two nibbles per byte low
+first, scales [N, k_blocks], zero points [N, ceil(k_blocks/2)] nibbles; no zero-point input means 8).
+Knows nothing about bundles (bundle.py) or which layers to pick (onnx_backend.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DAMP = 0.01  # dampening: this share of the mean Hessian diagonal is added to it (the paper's default)
+
+
+def hessians(proto, feeds: list[dict], nodes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{node name: (H of the even feeds, H of the odd feeds)}, H = X^T X / rows of the activation X that the
+    MatMul multiplies. Two halves: GPTQ fits on one and is checked on the other (`choose`)."""
+    import onnx
+    import onnxruntime as ort
+
+    by_name = {n.name: n for n in proto.graph.node}
+    tensor_of = {name: by_name[name].input[0] for name in nodes}
+    tensors = sorted(set(tensor_of.values()))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in known)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in proto.graph.input]
+    sums: list[dict[str, np.ndarray]] = [{}, {}]
+    rows = [0, 0]
+    for j, feed in enumerate(feeds):
+        outs = sess.run(tensors, {k: feed[k] for k in inputs})
+        for t, x in zip(tensors, outs):
+            x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+            sums[j % 2][t] = sums[j % 2].get(t, 0.0) + x.T @ x
+        rows[j % 2] += int(np.prod(outs[0].shape[:-1]))
+    return {name: tuple(sums[h].get(t, 0.0) / max(rows[h], 1) for h in (0, 1)) for name, t in tensor_of.items()}
+
+
+def choose(w: np.ndarray, h_fit, h_check, block: int, symmetric: bool) -> tuple[tuple, dict]:
+    """GPTQ where it beats round-to-nearest on held-out activations, else round-to-nearest.
+
+    GPTQ fitted on `h_fit` and RTN are both scored on `h_check` (relative output error, `output_error`). With few
+    rows per feed (a decode step is one token) H can be rank-deficient and GPTQ overfits it; the check catches
+    that per layer. The winner is then rounded with both halves. Returns (gptq()'s triple, report row).
+    """
+    k = w.shape[0]
+    if np.ndim(h_check) == 0:  # one feed: nothing to check against
+        return gptq(w, np.eye(k), block, symmetric), {"method": "rtn"}
+    rtn = output_error(w, dequantize(*gptq(w, np.eye(k), block, symmetric), k), h_check)
+    fitted = output_error(w, dequantize(*gptq(w, h_fit, block, symmetric), k), h_check)
+    use = fitted < rtn
+    final = gptq(w, (h_fit + h_check) / 2 if use else np.eye(k), block, symmetric)
+    return final, {"method": "gptq" if use else "rtn", "error_rtn": round(float(rtn), 6),
+                   "error_gptq": round(float(fitted), 6)}
+
+
+def output_error(w: np.ndarray, wq: np.ndarray, h: np.ndarray) -> float:
+    """||X (wq - w)|| / ||X w|| for activations X with X^T X / rows = h."""
+    d = (wq - w).astype(np.float64)
+    w = w.astype(np.float64)
+    return float(np.sqrt(np.sum(d * (h @ d)) / max(np.sum(w * (h @ w)), 1e-30)))
+
+
+def gptq(w: np.ndarray, h: np.ndarray, block: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round `w` [K, N] to int4 blocks of `block` rows, minimising the output error under Hessian `h` [K, K].
+
+    Returns (q [K_padded, N] uint8 in 0..15, scales [k_blocks, N] float32, zero points [k_blocks, N] uint8);
+    the dequantised weight is (q - zero) * scale, rows past K are padding.
+    """
+    k, n = w.shape
+    k_blocks = -(-k // block)
+    pad = k_blocks * block - k
+    w = np.concatenate([w.astype(np.float64), np.zeros((pad, n))]) if pad else w.astype(np.float64).copy()
+    h = np.pad(h.astype(np.float64), ((0, pad), (0, pad)))
+    dead = np.diag(h) == 0  # inputs that never fire (and padding): their rows cannot matter
+    h[dead, dead] = 1.0
+    w[dead] = 0.0
+    h += DAMP * np.mean(np.diag(h)) * np.eye(len(h))
+    u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H^-1: row i's error weights
+    q = np.zeros(w.shape, np.uint8)
+    scales = np.zeros((k_blocks, n), np.float32)
+    zeros = np.zeros((k_blocks, n), np.uint8)
+    for b in range(k_blocks):
+        s, e = b * block, (b + 1) * block
+        scale, zero = _grid(w[s:e], symmetric)  # from the block as the earlier rows' errors left it
+        scales[b], zeros[b] = scale, zero
+        err = np.zeros((block, n))
+        for i in range(s, e):
+            qi = np.clip(np.round(w[i] / scale) + zero, 0, 15)
+            q[i] = qi
+            err[i - s] = (w[i] - (qi - zero) * scale) / u[i, i]
+            w[i + 1:e] -= np.outer(u[i, i + 1:e], err[i - s])
+        w[e:] -= u[s:e, e:].T @ err
+    return q, scales, zeros
+
+
+def _grid(block_w: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column scale and zero point of one block: symmetric absmax / 7 around 8, or min..max over 0..15."""
+    if symmetric:
+        scale = np.abs(block_w).max(axis=0) / 7.0
+        zero = np.full(block_w.shape[1], 8.0)
+    else:
+        lo, hi = np.minimum(block_w.min(axis=0), 0.0), np.maximum(block_w.max(axis=0), 0.0)
+        scale = (hi - lo) / 15.0
+        zero = np.clip(np.round(-lo / np.where(scale > 0, scale, 1.0)), 0, 15)
+    scale = np.where(scale > 0, scale, 1.0)
+    return scale.astype(np.float32).astype(np.float64), zero
+
+
+def dequantize(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray, k: int) -> np.ndarray:
+    """The float [K, N] weight that `gptq`'s output stands for."""
+    block = q.shape[0] // scales.shape[0]
+    full = (q.astype(np.float32) - np.repeat(zeros, block, axis=0)) * np.repeat(scales, block, axis=0)
+    return full[:k]
+
+
+def pack(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MatMulNBits initializers (B, scales, zero_points) of `gptq`'s output."""
+    k_blocks, n = scales.shape
+    block = q.shape[0] // k_blocks
+    blocks = q.T.reshape(n, k_blocks, block)
+    b = (blocks[..., 0::2] | (blocks[..., 1::2] << 4)).astype(np.uint8)
+    z = zeros.T  # [N, k_blocks]
+    if k_blocks % 2:
+        z = np.concatenate([z, np.zeros((n, 1), np.uint8)], axis=1)
+    zp = (z[:, 0::2] | (z[:, 1::2] << 4)).astype(np.uint8)
+    return b, np.ascontiguousarray(scales.T, np.float32), zp
+
+
+def quantize_matmuls(proto, nodes: list[str], feeds: list[dict], block: int, symmetric: bool,
+                     accuracy_level: int) -> list[dict]:
+    """Replace each MatMul in `nodes` (weight an initializer) of `proto` by an int4 MatMulNBits, in place:
+    GPTQ-rounded where that checks out on held-out feeds (`choose`). Returns a report row per layer."""
+    import onnx
+    from onnx import numpy_helper
+
+    hs = hessians(proto, feeds, nodes)
+    inits = {i.name: i for i in proto.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in proto.graph.node:
+        for x in node.input:
+            readers[x] = readers.get(x, 0) + 1
+    new_nodes, report = [], []
+    for node in proto.graph.node:
+        if node.name not in hs:
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        rounded, row = choose(w, *hs[node.name], block, symmetric)
+        report.append({"node": node.name, **row})
+        names = [f"{node.input[1]}_Q4G{block}_{node.name}", f"{node.input[1]}_scales_{node.name}",
+                 f"{node.input[1]}_zp_{node.name}"][: 2 if symmetric else 3]  # symmetric: the op's default zero, 8
+        proto.graph.initializer.extend(numpy_helper.from_array(a, nm) for a, nm in zip(pack(*rounded), names))
+        new_nodes.append(onnx.helper.make_node(
+            "MatMulNBits", [node.input[0], *names], list(node.output), name=f"{node.name}_Q4", domain="com.microsoft",
+            K=w.shape[0], N=w.shape[1], bits=4, block_size=block, accuracy_level=accuracy_level))
+        readers[node.input[1]] -= 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(new_nodes)
+    for init in [i for i in proto.graph.initializer if i.name in inits and readers.get(i.name, 0) == 0]:
+        proto.graph.initializer.remove(init)
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return report
