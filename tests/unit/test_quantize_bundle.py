@@ -115,7 +115,13 @@ def test_guard_excludes_sensitive_layers_and_retries_until_it_holds(fp32, tmp_pa
     assert len(excluded) == 1
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     kept = [g for g in manifest["graphs"] if g["quantization"]["excluded"]]
-    assert [g["quantization"]["excluded"] for g in kept] == [excluded]
+    assert [g["quantization"]["excluded"] for g in kept] == [excluded] and kept[0]["quantization"]["kept_in"] == "int8"
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "q" / kept[0]["file"])).graph  # the layer kept back: 8-bit blocks, not fp32
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node
+            if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
+    assert bits[f"{excluded[0]}_Q8"] == 8 and sorted(set(bits.values())) == ([4, 8] if len(bits) > 1 else [8])
 
 
 def test_guard_failure_reports_the_numbers_and_writes_nothing(fp32, tmp_path):
@@ -125,7 +131,7 @@ def test_guard_failure_reports_the_numbers_and_writes_nothing(fp32, tmp_path):
         quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), min_agreement=1.01,
                         max_retries=1, **FAST)
     msg = str(err.value)
-    assert "after 2 attempts (1 layers kept in fp32)" in msg and "token agreement" in msg and "drop" in msg
+    assert "after 3 attempts (1 layers kept in fp32)" in msg and "token agreement" in msg and "drop" in msg
     assert not (tmp_path / "q").exists()
 
 

@@ -29,7 +29,7 @@ from tiercel.errors import TiercelError
 
 
 class GuardError(TiercelError):
-    """The quantised bundle stays below the accuracy floor even with the most sensitive layers kept in fp32."""
+    """The quantised bundle stays below the accuracy floor even with the most sensitive layers kept back."""
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Only weight layers are touched: MatMul/Gemm/Conv whose weight is an initializer (attention's activation x
 activation MatMuls stay fp32), and in the token-embedding graph the Gather table. `exclude` lists node names
-the accuracy guard keeps in fp32.
+the accuracy guard keeps in higher precision: fp32, or int8 blocks under int4-weight-only.
 
     int8-static       quantize_static, QDQ, per-channel symmetric int8 weights, uint8 activations (U8S8, the
                       x86 fast path) calibrated by MinMax on recorded feeds. Two choices made by measurement
@@ -14,7 +14,9 @@ the accuracy guard keeps in fp32.
     int8-dynamic      quantize_dynamic, per-channel int8 MatMul weights (Conv stays fp32: ConvInteger is slower)
     int4-weight-only  MatMulNBits blocks of 32/64/128, accuracy_level 4 (int8 compute of activations); with
                       calibration feeds the MatMul weights are rounded by GPTQ on the recorded activations
-                      where that beats round-to-nearest on held-out feeds (gptq.py), else round-to-nearest
+                      where that beats round-to-nearest on held-out feeds (gptq.py), else round-to-nearest.
+                      Layers in `exclude` become 8-bit blocks, not fp32: the guard often keeps the lm_head
+                      back, the decoder's biggest matrix (768 x 51289 in Florence-2), 4x smaller in int8
     embeddings        int8: Gather on an int8 table + DequantizeLinear; int4: GatherBlockQuantized with the
                       same blocks along d_model that the lm_head MatMulNBits uses, so the tied matrix gets one grid
 
@@ -94,8 +96,12 @@ def _quiet():
 
 
 def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: list[dict] | None = None,
-                   exclude=(), target: str = "onnxruntime") -> dict:
-    """Write `src` quantised by `spec` to `dst`. Returns {"quantized": [node names], "excluded": [...]}."""
+                   exclude=(), target: str = "onnxruntime", keep_in: str = "int8") -> dict:
+    """Write `src` quantised by `spec` to `dst`.
+
+    keep_in: what the excluded layers of an int4-weight-only graph become, "int8" blocks or "fp32" (other
+    schemes: always fp32). Returns {"quantized": [node names], "excluded": [...], "kept_in": ..., ...}.
+    """
     onnx = require("onnx", "onnx", "quantizing ONNX graphs")
     require("onnxruntime", "onnx", "quantizing ONNX graphs")
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -104,16 +110,17 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
     proto = onnx.load(str(src), load_external_data=True)
     layers = selected_layers(proto, spec, role, target)
     chosen = [x["node"] for x in layers if x["node"] not in set(exclude)]
-    report = {"quantized": chosen, "excluded": sorted(set(exclude) & {x["node"] for x in layers})}
+    report = {"quantized": chosen, "excluded": sorted(set(exclude) & {x["node"] for x in layers}),
+              "kept_in": keep_in if spec.kind == "weight-only" else "fp32"}
     big = sum(t.ByteSize() for t in proto.graph.initializer) > _TWO_GB
-    if spec.kind == "keep" or not chosen:
+    if spec.kind == "keep" or not (chosen or (report["kept_in"] == "int8" and report["excluded"])):
         shutil.copyfile(src, dst)
         return report
     if role == "embeddings" and spec.bits == 8:
         quantize_dynamic(proto, str(dst), op_types_to_quantize=["Gather"], nodes_to_quantize=chosen,
                          weight_type=QuantType.QInt8, use_external_data_format=big)
     elif spec.kind == "weight-only":
-        rounding = _int4(proto, dst, spec, chosen, role, big, feeds)
+        rounding = _int4(proto, dst, spec, chosen, role, big, feeds, report["excluded"] if keep_in == "int8" else ())
         if rounding:
             report["rounding"] = rounding
     elif spec.kind == "dynamic":
@@ -136,26 +143,39 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
     return report
 
 
-def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big: bool, feeds=None) -> list[dict]:
-    """int4 blocks: GPTQ MatMulNBits when there are feeds (embeddings: always round-to-nearest, a Gather table
-    has no activations to weigh by), else onnxruntime's round-to-nearest quantizer. Returns gptq's report rows."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big: bool, feeds=None,
+          higher=()) -> list[dict]:
+    """int4 blocks for `chosen`, int8 blocks of the same size for `higher` (the layers the guard keeps back).
 
-    if feeds and role != "embeddings":
+    MatMuls: GPTQ when there are feeds (gptq.py), else onnxruntime's round-to-nearest quantizer. The embedding
+    table is always round-to-nearest (a Gather has no activations to weigh by). Returns gptq's report rows.
+    """
+    rows = []
+    if feeds and role != "embeddings" and chosen:
         from tiercel.quantize.gptq import quantize_matmuls
 
         rows = quantize_matmuls(proto, chosen, feeds, spec.block_size, spec.symmetric, ACCURACY_LEVEL)
-        onnx = require("onnx", "onnx", "quantizing ONNX graphs")
-        onnx.save_model(proto, str(dst), save_as_external_data=big, location=f"{dst.name}.data")
-        return rows
+    elif chosen:
+        proto = _nbits(proto, 4, spec, chosen, role)
+    if higher:
+        proto = _nbits(proto, 8, spec, higher, role)
+    onnx = require("onnx", "onnx", "quantizing ONNX graphs")
+    onnx.save_model(proto, str(dst), save_as_external_data=big, location=f"{dst.name}.data")
+    return rows
+
+
+def _nbits(proto, bits: int, spec: SchemeSpec, nodes, role: str):
+    """`proto` with `nodes` rounded to nearest in `bits`-bit blocks (MatMulNBits / GatherBlockQuantized)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
     all_nodes = {n.name for n in proto.graph.node}
     kwargs = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)} if role == "embeddings" else {}
-    q = MatMulNBitsQuantizer(proto, bits=4, block_size=spec.block_size, is_symmetric=spec.symmetric,
-                             accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=sorted(all_nodes - set(chosen)), **kwargs)
+    symmetric = spec.symmetric or bits == 8  # int8 blocks: symmetric, the layout the fast kernels take
+    q = MatMulNBitsQuantizer(proto, bits=bits, block_size=spec.block_size, is_symmetric=symmetric,
+                             accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=sorted(all_nodes - set(nodes)), **kwargs)
     with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks give 0/0 scales, which ORT maps to 0
         q.process()
-    q.model.save_model_to_file(str(dst), use_external_data_format=big)
-    return []
+    return q.model.model
 
 
 def graph_files(file: Path) -> list[Path]:

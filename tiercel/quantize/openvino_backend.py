@@ -30,7 +30,7 @@ def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: l
     logging.getLogger("nncf").setLevel(logging.ERROR)
     model = ov.Core().read_model(str(src))
     ignored = nncf.IgnoredScope(names=sorted(exclude), validate=False)
-    report = {"tool": f"nncf {nncf.__version__}", "excluded": sorted(exclude)}
+    report = {"tool": f"nncf {nncf.__version__}", "excluded": sorted(exclude), "kept_in": "fp32"}  # IgnoredScope
     names = [p.get_any_name() for p in model.inputs]
     dataset = nncf.Dataset([{k: f[k] for k in names if k in f} for f in feeds]) if feeds else None
     if spec.kind == "keep":
