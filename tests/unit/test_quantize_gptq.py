@@ -74,3 +74,22 @@ def test_choose_keeps_round_to_nearest_when_the_held_out_half_says_gptq_overfits
     _, row = G.choose(w, good_fit.T.astype(np.float64) @ good_fit / 512, good_check.T.astype(np.float64) @ good_check / 512,
                       32, True)
     assert row["method"] == "gptq" and row["error_gptq"] < row["error_rtn"]
+
+
+def test_an_embedding_table_kept_back_from_int4_becomes_int8_rows(tmp_path):
+    from tiercel.quantize.onnx_backend import quantize_graph
+
+    table = np.random.default_rng(0).standard_normal((50, 64)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"], name="/embed/Gather")], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
+                              [numpy_helper.from_array(table, "table")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "emb.onnx"))
+    spec = get_scheme("int4-weight-only")
+    report = quantize_graph(tmp_path / "emb.onnx", tmp_path / "q.onnx", spec, "embeddings", exclude=["/embed/Gather"])
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert report["kept_in"] == "int8" and [n.op_type for n in q.graph.node] == ["Gather", "DequantizeLinear"]
+    ids = np.array([3, 17, 49])
+    y = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(y, table[ids], atol=np.abs(table).max() / 127)  # int8 rows, not fp32 and not int4
+    assert not np.array_equal(y, table[ids])

@@ -116,8 +116,9 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
     if spec.kind == "keep" or not (chosen or (report["kept_in"] == "int8" and report["excluded"])):
         shutil.copyfile(src, dst)
         return report
-    if role == "embeddings" and spec.bits == 8:
-        quantize_dynamic(proto, str(dst), op_types_to_quantize=["Gather"], nodes_to_quantize=chosen,
+    int8_table = spec.bits == 8 or (report["kept_in"] == "int8" and not chosen)  # GatherBlockQuantized: 4-bit only
+    if role == "embeddings" and int8_table:
+        quantize_dynamic(proto, str(dst), op_types_to_quantize=["Gather"], nodes_to_quantize=chosen or report["excluded"],
                          weight_type=QuantType.QInt8, use_external_data_format=big)
     elif spec.kind == "weight-only":
         rounding = _int4(proto, dst, spec, chosen, role, big, feeds, report["excluded"] if keep_in == "int8" else ())
@@ -157,7 +158,7 @@ def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big:
         rows = quantize_matmuls(proto, chosen, feeds, spec.block_size, spec.symmetric, ACCURACY_LEVEL)
     elif chosen:
         proto = _nbits(proto, 4, spec, chosen, role)
-    if higher:
+    if higher and role != "embeddings":  # a kept-back table is written by quantize_graph's int8 Gather path
         proto = _nbits(proto, 8, spec, higher, role)
     onnx = require("onnx", "onnx", "quantizing ONNX graphs")
     onnx.save_model(proto, str(dst), save_as_external_data=big, location=f"{dst.name}.data")
