@@ -135,12 +135,17 @@ def test_guard_failure_reports_the_numbers_and_writes_nothing(fp32, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
-def test_openvino_int4_through_nncf_runs_in_the_runtime(fp32, tmp_path):
+@pytest.mark.parametrize("calib", [False, True])
+def test_openvino_int4_through_nncf_runs_in_the_runtime(fp32, tmp_path, calib):
     pytest.importorskip("nncf")
     import tiercel.runtime
     from tiercel.quantize import quantize_bundle
 
-    section = quantize_bundle(fp32, tmp_path / "ov", "int4-weight-only", backend="openvino", block_size=32)
+    data = {"calib": synth_folder(), **FAST, "n_val": 0} if calib else {}
+    section = quantize_bundle(fp32, tmp_path / "ov", "int4-weight-only", backend="openvino", block_size=32, **data)
     assert section["runs_on"] == "openvino" and section["guard"]["run"] is False
+    graphs = json.loads((tmp_path / "ov" / "manifest.json").read_text())["graphs"]
+    decoder = next(g for g in graphs if g["name"] == "decoder_with_past_model")["quantization"]
+    assert decoder["awq"] is calib and decoder["scale_estimation"] is calib  # data-aware exactly when --calib is given
     model = tiercel.runtime.load(tmp_path / "ov", backend="openvino")
     assert model.run(np.zeros((64, 64, 3), np.uint8), task="IMG_CAP", max_new_tokens=4).to_dict()["type"] == "caption"
