@@ -116,9 +116,8 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
     if spec.kind == "keep" or not (chosen or (report["kept_in"] == "int8" and report["excluded"])):
         shutil.copyfile(src, dst)
         return report
-    int8_table = spec.bits == 8 or (report["kept_in"] == "int8" and not chosen)  # GatherBlockQuantized: 4-bit only
-    if role == "embeddings" and int8_table:
-        quantize_dynamic(proto, str(dst), op_types_to_quantize=["Gather"], nodes_to_quantize=chosen or report["excluded"],
+    if role == "embeddings" and spec.bits == 8:
+        quantize_dynamic(proto, str(dst), op_types_to_quantize=["Gather"], nodes_to_quantize=chosen,
                          weight_type=QuantType.QInt8, use_external_data_format=big)
     elif spec.kind == "weight-only":
         rounding = _int4(proto, dst, spec, chosen, role, big, feeds, report["excluded"] if keep_in == "int8" else ())
@@ -158,11 +157,43 @@ def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big:
         rows = quantize_matmuls(proto, chosen, feeds, spec.block_size, spec.symmetric, ACCURACY_LEVEL)
     elif chosen:
         proto = _nbits(proto, 4, spec, chosen, role)
-    if higher and role != "embeddings":  # a kept-back table is written by quantize_graph's int8 Gather path
+    if higher and role == "embeddings":
+        _int8_table(proto, higher, spec.block_size)
+    elif higher:
         proto = _nbits(proto, 8, spec, higher, role)
     onnx = require("onnx", "onnx", "quantizing ONNX graphs")
     onnx.save_model(proto, str(dst), save_as_external_data=big, location=f"{dst.name}.data")
     return rows
+
+
+def _int8_table(proto, nodes, block: int) -> None:
+    """Gathers in `nodes` -> GatherBlockQuantized over int8 blocks of `block` along d_model, in place.
+
+    Written here because onnxruntime's quantizer writes GatherBlockQuantized in 4 bits only; the op itself takes
+    bits=8 (uint8 data, per-block scales, zero point 128: symmetric absmax / 127 per block of each row).
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    for i, node in enumerate(proto.graph.node):
+        if node.name not in nodes:
+            continue
+        table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+        rows, d = table.shape
+        pad = (-d) % block
+        blocks = np.pad(table, ((0, 0), (0, pad))).reshape(rows, -1, block)
+        scales = np.abs(blocks).max(axis=2) / 127.0
+        scales[scales == 0] = 1.0
+        q = (np.clip(np.round(blocks / scales[..., None]), -127, 127) + 128).astype(np.uint8).reshape(rows, -1)[:, :d]
+        names = [f"{node.input[0]}_Q8", f"{node.input[0]}_scales", f"{node.input[0]}_zp"]
+        proto.graph.initializer.remove(inits[node.input[0]])
+        proto.graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in
+                                       zip((q, scales.astype(np.float32), np.full(scales.shape, 128, np.uint8)), names))
+        proto.graph.node[i].CopyFrom(helper.make_node(
+            "GatherBlockQuantized", [names[0], node.input[1], *names[1:]], list(node.output), name=f"{node.name}_Q8",
+            domain="com.microsoft", bits=8, block_size=block, gather_axis=0, quantize_axis=1))
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
 def _nbits(proto, bits: int, spec: SchemeSpec, nodes, role: str):
