@@ -46,14 +46,15 @@ def hessians(proto, feeds: list[dict], nodes: list[str]) -> dict[str, tuple[np.n
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in proto.graph.input]
     sums: list[dict[str, np.ndarray]] = [{}, {}]
-    rows = [0, 0]
+    rows: list[dict[str, int]] = [{}, {}]  # per tensor: a cross-attention input has as many rows as the prompt
     for j, feed in enumerate(feeds):
         outs = sess.run(tensors, {k: feed[k] for k in inputs})
         for t, x in zip(tensors, outs):
             x = x.reshape(-1, x.shape[-1]).astype(np.float64)
             sums[j % 2][t] = sums[j % 2].get(t, 0.0) + x.T @ x
-        rows[j % 2] += int(np.prod(outs[0].shape[:-1]))
-    return {name: tuple(sums[h].get(t, 0.0) / max(rows[h], 1) for h in (0, 1)) for name, t in tensor_of.items()}
+            rows[j % 2][t] = rows[j % 2].get(t, 0) + len(x)
+    return {name: tuple(sums[h].get(t, 0.0) / max(rows[h].get(t, 0), 1) for h in (0, 1))
+            for name, t in tensor_of.items()}
 
 
 def choose(w: np.ndarray, h_fit, h_check, block: int, symmetric: bool) -> tuple[tuple, dict]:
