@@ -10,7 +10,8 @@ Usage:
     vision encoder ms per image, and decoder_with_past ms per token (16 greedy-like steps with the KV cache
     growing from 32, prompt of image tokens + 20). Medians of `--runs` runs after one warm-up, same process.
 (b) With --student: the checkpoint is exported and quantised with onnxruntime every way in STUDENT_VARIANTS
-    (int8-static, int8-dynamic, int4 blocks 32 and 128, mixed), each with the accuracy guard at its defaults on
+    (int8-static, int8-dynamic, int4 blocks 32 and 128, int4 asymmetric, mixed; int4 rounded by GPTQ on the
+    calibration samples' activations), each with the accuracy guard at its defaults on
     the val split of --data (--n-val samples balanced over tasks, max drop 1% for int8 and 3% for int4 and mixed,
     the issue's targets; calibration on --n-calib-student
     train samples), and every bundle is scored on the whole test split (14-task average) and timed the same way.
@@ -156,8 +157,22 @@ STUDENT_VARIANTS = {  # name -> (scheme, quantize_bundle keyword arguments); max
     "int8-dynamic": ("int8-dynamic", {"max_drop": 0.01}),
     "int4": ("int4-weight-only", {"max_drop": 0.03}),
     "int4-b128": ("int4-weight-only", {"block_size": 128, "max_drop": 0.03}),
+    "int4-asym": ("int4-weight-only", {"symmetric": False, "max_drop": 0.03}),
     "mixed": ("mixed", {"max_drop": 0.03}),  # its decoder is int4
 }
+
+
+def rounding(bundle: Path) -> dict:
+    """Per int4 graph: MatMuls GPTQ rounded, and the summed relative output error on held-out feeds of
+    round-to-nearest and of GPTQ fitted on the other half (the manifest's rows, gptq.choose)."""
+    out = {}
+    for g in json.loads((bundle / "manifest.json").read_text())["graphs"]:
+        rows = [r for r in g.get("quantization", {}).get("rounding", []) if "error_rtn" in r]
+        if rows:
+            out[g["name"]] = {"layers": len(rows), "gptq": sum(r["method"] == "gptq" for r in rows),
+                              "error_rtn": round(sum(r["error_rtn"] for r in rows), 4),
+                              "error_gptq": round(sum(r["error_gptq"] for r in rows), 4)}
+    return out
 
 
 def student_benchmark(student: Path, data: Path, runs: int, n_calib: int, n_val: int, work: Path, log) -> dict:
@@ -186,7 +201,8 @@ def student_benchmark(student: Path, data: Path, runs: int, n_calib: int, n_val:
             row.update(quantize_s=time.perf_counter() - start, guard={
                 k: g.get(k) for k in ("passed", "samples", "drop", "drop_bound", "confidence", "token_agreement", "fp32_average",
                                     "quantized_average")},
-                guard_attempts=len(g.get("attempts", [])), layers_kept_fp32=sum(map(len, section["excluded"].values())))
+                guard_attempts=len(g.get("attempts", [])), layers_kept=g["attempts"][-1]["kept"],
+                rounding=rounding(bundle))
         model = tiercel.runtime.load(bundle)
         ids = guard.run_samples(model, test, max_new_tokens=256)
         scores = guard.headlines(model.tokenizer, test, ids, model.dialect)
