@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ def test_quantize_then_run(tiny_model, tiny_tokenizer, tmp_path):
                   "--block-size", "64", "--sensitivity")
     assert out.returncode == 0, out.stderr
     assert "guard: token agreement" in out.stdout and "layer sensitivity" in out.stdout and "wrote" in out.stdout
+    assert re.search(r"attempt\(s\), \d+ layers kept in (fp32|int8)", out.stdout)
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     assert manifest["quantization"]["spec"]["block_size"] == 64
     assert (tmp_path / "q" / "sensitivity.json").is_file()

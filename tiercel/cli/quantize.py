@@ -48,7 +48,7 @@ def quantize(
         typer.echo(f"  guard: token agreement {guard['token_agreement']:.3f}, average {guard['quantized_average']:.4f} vs "
                    f"fp32 {guard['fp32_average']:.4f} (drop {guard['drop']:.2%}"
                    + (f", {guard['confidence']:.0%} bound {guard['drop_bound']:.2%}" if guard.get("drop_bound") is not None else "")
-                   + f"), {len(guard['attempts'])} attempt(s)")
+                   + f"), {len(guard['attempts'])} attempt(s), {guard['attempts'][-1]['kept']}")
     else:
         typer.echo(f"  guard: not run ({guard['reason']})")
     if sensitivity:
