@@ -95,3 +95,26 @@ def test_an_embedding_table_kept_back_from_int4_becomes_int8_blocks(tmp_path):
     y = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
     half_step = np.repeat(np.abs(table[ids].reshape(3, 2, 32)).max(axis=2) / 254, 32, axis=1)  # int8 blocks of 32
     assert np.all(np.abs(y - table[ids]) <= half_step + 1e-6) and not np.array_equal(y, table[ids])
+
+
+def test_a_weight_with_a_leading_unit_axis_is_rounded_to_nearest_beside_gptq(tmp_path):
+    from tiercel.quantize.onnx_backend import quantize_graph
+
+    rng = np.random.default_rng(0)
+    w2, w3 = rng.standard_normal((64, 64)).astype(np.float32), rng.standard_normal((1, 64, 32)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w2"], ["h"], name="flat"),
+                               helper.make_node("MatMul", ["h", "w3"], ["y"], name="batched")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(w3, "w3")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
+    feeds = [{"x": _activations(32, 64, s)[None]} for s in range(4)]
+    report = quantize_graph(tmp_path / "g.onnx", tmp_path / "q.onnx", get_scheme("int4-weight-only"), feeds=feeds)
+    assert [r["node"] for r in report["rounding"]] == ["flat"]
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    ops = [n.op_type for n in q.graph.node]
+    assert ops.count("MatMulNBits") == 2 and "MatMul" not in ops  # both int4; the batched one behind a reshape
+    x = _activations(8, 64, 9)[None]
+    y = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = x @ w2 @ w3
+    assert y.shape == ref.shape and np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.2

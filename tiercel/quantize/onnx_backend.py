@@ -150,13 +150,17 @@ def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big:
     MatMuls: GPTQ when there are feeds (gptq.py), else onnxruntime's round-to-nearest quantizer. The embedding
     table is always round-to-nearest (a Gather has no activations to weigh by). Returns gptq's report rows.
     """
-    rows = []
-    if feeds and role != "embeddings" and chosen:
+    rows, rest = [], list(chosen)
+    if feeds and role != "embeddings":
         from tiercel.quantize.gptq import quantize_matmuls
 
-        rows = quantize_matmuls(proto, chosen, feeds, spec.block_size, spec.symmetric, ACCURACY_LEVEL)
-    elif chosen:
-        proto = _nbits(proto, 4, spec, chosen, role)
+        dims = {i.name: len(i.dims) for i in proto.graph.initializer}
+        weight = {n.name: n.input[1] for n in proto.graph.node if n.name in set(chosen)}
+        flat = [n for n in chosen if dims.get(weight[n]) == 2]  # [1, K, N] weights: onnxruntime's quantizer squeezes them
+        rest = [n for n in chosen if n not in set(flat)]
+        rows = quantize_matmuls(proto, flat, feeds, spec.block_size, spec.symmetric, ACCURACY_LEVEL) if flat else []
+    if rest:
+        proto = _nbits(proto, 4, spec, rest, role)
     if higher and role == "embeddings":
         _int8_table(proto, higher, spec.block_size)
     elif higher:
