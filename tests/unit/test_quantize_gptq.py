@@ -36,7 +36,7 @@ def _matmul(k: int, n: int, seed: int = 0):
 def test_matmulnbits_computes_the_rounded_weight_exactly(symmetric):
     proto, w = _matmul(80, 24)  # 80 rows: 3 blocks of 32, the last padded, an odd count of zero-point nibbles
     feeds = [{"x": _activations(16, 80, s)} for s in range(4)]
-    report = G.quantize_matmuls(proto, ["fc"], feeds, 32, symmetric, accuracy_level=0)
+    report = G.quantize_matmuls(proto, ["fc"], G.hessians(proto, feeds, ["fc"]), 32, symmetric, accuracy_level=0)
     assert [n.op_type for n in proto.graph.node] == ["MatMulNBits"] and "w" not in {i.name for i in proto.graph.initializer}
     h = sum(f["x"].T.astype(np.float64) @ f["x"] for f in feeds) / 64
     rounded = G.dequantize(*G.gptq(w, h if report[0]["method"] == "gptq" else np.eye(80), 32, symmetric), 80)

@@ -114,9 +114,9 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
     ranking, attempts = None, []
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        attempt, keep_in = 0, "int8"  # int4 graphs keep layers back in int8 blocks first, then in fp32
+        attempt, keep_in, cache = 0, "int8", {}  # int4 graphs keep layers back in int8 blocks first, then in fp32
         while True:
-            graphs = _write_graphs(src, tmp, entries, leaves, target, calibration, excluded, ratio, keep_in)
+            graphs = _write_graphs(src, tmp, entries, leaves, target, calibration, excluded, ratio, keep_in, cache)
             section = _section(src, spec, target, calibration, graphs, entries, excluded)
             _write_manifest(src, tmp, graphs, section)
             verdict = _check(tmp, target, val_samples, ref, max_drop, min_agreement, max_new_tokens, confidence)
@@ -212,7 +212,10 @@ def _reference(src, samples, max_new_tokens):
     return {"ids": ids, "scores": _guard.headlines(model.tokenizer, samples, ids, model.dialect)}
 
 
-def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded, ratio, keep_in="int8") -> list[dict]:
+def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded, ratio, keep_in="int8",
+                  cache: dict | None = None) -> list[dict]:
+    """Quantise every graph into `tmp`; `cache` ({graph: {}}) carries per-graph work across the guard's attempts."""
+    cache = {} if cache is None else cache
     rows = []
     for name, leaf in leaves.items():
         entry = entries[name]
@@ -228,7 +231,8 @@ def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded
             from tiercel.quantize.onnx_backend import graph_files, quantize_graph
 
             dst = tmp / f"{name}.onnx"
-            report = quantize_graph(src.root / entry["file"], dst, leaf, role, feeds, excluded[name], target.name, keep_in)
+            report = quantize_graph(src.root / entry["file"], dst, leaf, role, feeds, excluded[name], target.name, keep_in,
+                                    cache.setdefault(name, {}))
             files = graph_files(dst)
         rows.append(_entry(tmp, entry, files, leaf, report, target))
     shutil.copyfile(src.root / src.manifest["tokenizer"]["file"], tmp / src.manifest["tokenizer"]["file"])

@@ -148,22 +148,22 @@ def pack(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -> tuple[np.ndarr
     return b, np.ascontiguousarray(scales.T, np.float32), zp
 
 
-def quantize_matmuls(proto, nodes: list[str], feeds: list[dict], block: int, symmetric: bool,
-                     accuracy_level: int) -> list[dict]:
+def quantize_matmuls(proto, nodes: list[str], hs: dict, block: int, symmetric: bool, accuracy_level: int) -> list[dict]:
     """Replace each MatMul in `nodes` (weight an initializer) of `proto` by an int4 MatMulNBits, in place:
-    GPTQ-rounded where that checks out on held-out feeds (`choose`). Returns a report row per layer."""
+    GPTQ-rounded where that checks out on held-out feeds (`choose`). `hs`: `hessians()` of the fp32 graph.
+    Returns a report row per layer."""
     import onnx
     from onnx import numpy_helper
 
-    hs = hessians(proto, feeds, nodes)
     inits = {i.name: i for i in proto.graph.initializer}
     readers: dict[str, int] = {}
     for node in proto.graph.node:
         for x in node.input:
             readers[x] = readers.get(x, 0) + 1
     new_nodes, report = [], []
+    wanted = set(nodes)
     for node in proto.graph.node:
-        if node.name not in hs:
+        if node.name not in wanted:
             new_nodes.append(node)
             continue
         w = numpy_helper.to_array(inits[node.input[1]])

@@ -96,11 +96,13 @@ def _quiet():
 
 
 def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: list[dict] | None = None,
-                   exclude=(), target: str = "onnxruntime", keep_in: str = "int8") -> dict:
+                   exclude=(), target: str = "onnxruntime", keep_in: str = "int8", cache: dict | None = None) -> dict:
     """Write `src` quantised by `spec` to `dst`.
 
     keep_in: what the excluded layers of an int4-weight-only graph become, "int8" blocks or "fp32" (other
-    schemes: always fp32). Returns {"quantized": [node names], "excluded": [...], "kept_in": ..., ...}.
+    schemes: always fp32). cache: a dict kept across calls for the same graph and feeds (the guard's retries):
+    GPTQ's Hessians are computed once into it. Returns {"quantized": [node names], "excluded": [...],
+    "kept_in": ..., ...}.
     """
     onnx = require("onnx", "onnx", "quantizing ONNX graphs")
     require("onnxruntime", "onnx", "quantizing ONNX graphs")
@@ -120,7 +122,8 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
         quantize_dynamic(proto, str(dst), op_types_to_quantize=["Gather"], nodes_to_quantize=chosen,
                          weight_type=QuantType.QInt8, use_external_data_format=big)
     elif spec.kind == "weight-only":
-        rounding = _int4(proto, dst, spec, chosen, role, big, feeds, report["excluded"] if keep_in == "int8" else ())
+        rounding = _int4(proto, dst, spec, chosen, role, big, feeds, report["excluded"] if keep_in == "int8" else (),
+                         {} if cache is None else cache)
         if rounding:
             report["rounding"] = rounding
     elif spec.kind == "dynamic":
@@ -144,7 +147,7 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
 
 
 def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big: bool, feeds=None,
-          higher=()) -> list[dict]:
+          higher=(), cache=None) -> list[dict]:
     """int4 blocks for `chosen`, int8 blocks of the same size for `higher` (the layers the guard keeps back).
 
     MatMuls: GPTQ when there are feeds (gptq.py), else onnxruntime's round-to-nearest quantizer. The embedding
@@ -152,13 +155,16 @@ def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big:
     """
     rows, rest = [], list(chosen)
     if feeds and role != "embeddings":
-        from tiercel.quantize.gptq import quantize_matmuls
+        from tiercel.quantize.gptq import hessians, quantize_matmuls
 
         dims = {i.name: len(i.dims) for i in proto.graph.initializer}
-        weight = {n.name: n.input[1] for n in proto.graph.node if n.name in set(chosen)}
-        flat = [n for n in chosen if dims.get(weight[n]) == 2]  # [1, K, N] weights: onnxruntime's quantizer squeezes them
+        weight = {n.name: n.input[1] for n in proto.graph.node if n.name in {*chosen, *higher}}
+        two_d = [n for n in [*chosen, *higher] if dims.get(weight[n]) == 2]  # [1, K, N]: onnxruntime's quantizer squeezes
+        if "hessians" not in cache:  # of every layer the guard may hand back, so its retries reuse them
+            cache["hessians"] = hessians(proto, feeds, two_d)
+        flat = [n for n in chosen if n in set(two_d)]
         rest = [n for n in chosen if n not in set(flat)]
-        rows = quantize_matmuls(proto, flat, feeds, spec.block_size, spec.symmetric, ACCURACY_LEVEL) if flat else []
+        rows = quantize_matmuls(proto, flat, cache["hessians"], spec.block_size, spec.symmetric, ACCURACY_LEVEL) if flat else []
     if rest:
         proto = _nbits(proto, 4, spec, rest, role)
     if higher and role == "embeddings":
