@@ -110,12 +110,13 @@ def test_guard_excludes_sensitive_layers_and_retries_until_it_holds(fp32, tmp_pa
     from tiercel.quantize import gptq
 
     real_hessians, probed = gptq.hessians, []
-    monkeypatch.setattr(gptq, "hessians", lambda proto, *a: probed.append(len(proto.graph.node)) or real_hessians(proto, *a))
+    monkeypatch.setattr(gptq, "hessians", lambda proto, feeds, nodes: probed.append(len(feeds)) or real_hessians(proto, feeds, nodes))
     monkeypatch.setattr(guard, "compare", strict_first)
     section = quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), **FAST)
     attempts = section["guard"]["attempts"]
     assert len(attempts) == 2 and attempts[0]["excluded"] == 0 and attempts[1]["excluded"] == 1
     assert len(probed) == 4  # GPTQ's activations: once for each of the 4 int4 MatMul graphs, not once per attempt
+    assert max(probed) > FAST["n"]  # decoder_with_past: every decode step, not the n thinned feeds
     excluded = [n for nodes in section["excluded"].values() for n in nodes]
     assert len(excluded) == 1
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())

@@ -107,7 +107,9 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
     calibration = None
     if calib is not None and needs_calibration(leaves):
         say(f"calibrating on {n} samples of {sft_file(calib)}")
-        calibration = capture(src.root, load_samples(calib, root, n), n=n, max_new_tokens=max_new_tokens)
+        every_step = [g for g, leaf in leaves.items() if leaf.kind == "weight-only" and g == "decoder_with_past_model"]
+        calibration = capture(src.root, load_samples(calib, root, n), n=n, max_new_tokens=max_new_tokens,
+                              keep_all=every_step if target.name == "onnxruntime" else ())
     val_samples = _val_samples(calib, val, root, n_val)
     ref = _reference(src, val_samples, max_new_tokens)
     excluded: dict[str, list[str]] = {g: [] for g in leaves}
@@ -117,6 +119,8 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
         attempt, keep_in, cache = 0, "int8", {}  # int4 graphs keep layers back in int8 blocks first, then in fp32
         while True:
             graphs = _write_graphs(src, tmp, entries, leaves, target, calibration, excluded, ratio, keep_in, cache)
+            if calibration:
+                calibration.every.clear()  # every decode step fed GPTQ's Hessians (now in `cache`); free them
             section = _section(src, spec, target, calibration, graphs, entries, excluded)
             _write_manifest(src, tmp, graphs, section)
             verdict = _check(tmp, target, val_samples, ref, max_drop, min_agreement, max_new_tokens, confidence)
@@ -220,6 +224,8 @@ def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded
     for name, leaf in leaves.items():
         entry = entries[name]
         feeds = calibration.feeds.get(name) if calibration else None
+        if leaf.kind == "weight-only" and calibration and calibration.every.get(name):
+            feeds = calibration.every[name]  # GPTQ: every decode step, not the thinned few
         role = GRAPH_ROLES.get(name, "")
         if target.name == "openvino":
             from tiercel.quantize.openvino_backend import ir_files, quantize_ir

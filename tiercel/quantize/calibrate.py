@@ -36,6 +36,7 @@ class Calibration:
     """Recorded feeds per graph name, plus where they came from."""
 
     feeds: dict[str, list[dict]] = field(default_factory=dict)
+    every: dict[str, list[dict]] = field(default_factory=dict)  # capture(keep_all=...): unthinned, for GPTQ
     source: str = ""
     samples: int = 0
     positions: list[int] = field(default_factory=list)  # past length of each kept decoder_with_past feed
@@ -105,8 +106,14 @@ def thin(items: list, n: int) -> list:
 
 
 def capture(bundle: str | os.PathLike, samples: list[Sample], n: int = 128, max_new_tokens: int = 64,
-            backend: str = "onnxruntime") -> Calibration:
-    """Run the fp32 `bundle` on `samples` (greedy, up to `max_new_tokens`) and record each graph's feeds."""
+            backend: str = "onnxruntime", keep_all=()) -> Calibration:
+    """Run the fp32 `bundle` on `samples` (greedy, up to `max_new_tokens`) and record each graph's feeds.
+
+    keep_all: graphs whose every feed is also kept unthinned in `Calibration.every` (GPTQ's Hessians want every
+    decode step: one token a step gives a decoder as many activation rows as it has feeds). The recorders hold
+    all of them until thinning anyway (a sample's steps share its encoder KV arrays; each step adds its growing
+    self-attention cache), so this keeps them alive longer, not more of them.
+    """
     import tiercel.runtime
 
     model = tiercel.runtime.load(bundle, backend=backend)
@@ -117,6 +124,8 @@ def capture(bundle: str | os.PathLike, samples: list[Sample], n: int = 128, max_
     calib = Calibration(source=str(bundle), samples=len(samples))
     for name, rec in recorders.items():
         calib.feeds[name] = thin(rec.seen, n)
+        if name in keep_all:
+            calib.every[name] = rec.seen
     past = calib.feeds.get("decoder_with_past_model", [])
     calib.positions = [int(f["past_key_values.0.decoder.key"].shape[2]) for f in past]
     return calib

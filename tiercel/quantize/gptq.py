@@ -29,8 +29,9 @@ DAMP = 0.01  # dampening: this share of the mean Hessian diagonal is added to it
 
 
 def hessians(proto, feeds: list[dict], nodes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{node name: (H of the even feeds, H of the odd feeds)}, H = X^T X / rows of the activation X that the
-    MatMul multiplies. Two halves: GPTQ fits on one and is checked on the other (`choose`)."""
+    """{node name: (H of the first half of `feeds`, H of the second half)}, H = X^T X / rows of the activation X
+    that the MatMul multiplies. GPTQ fits on one half and is checked on the other (`choose`); halves, not
+    alternate feeds, because a sample's decode steps are consecutive and alike."""
     import onnx
     import onnxruntime as ort
 
@@ -49,10 +50,11 @@ def hessians(proto, feeds: list[dict], nodes: list[str]) -> dict[str, tuple[np.n
     rows: list[dict[str, int]] = [{}, {}]  # per tensor: a cross-attention input has as many rows as the prompt
     for j, feed in enumerate(feeds):
         outs = sess.run(tensors, {k: feed[k] for k in inputs})
+        half = int(j >= len(feeds) // 2) if len(feeds) > 1 else 0
         for t, x in zip(tensors, outs):
             x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-            sums[j % 2][t] = sums[j % 2].get(t, 0.0) + x.T @ x
-            rows[j % 2][t] = rows[j % 2].get(t, 0) + len(x)
+            sums[half][t] = sums[half].get(t, 0.0) + x.T @ x
+            rows[half][t] = rows[half].get(t, 0) + len(x)
     return {name: tuple(sums[h].get(t, 0.0) / max(rows[h].get(t, 0), 1) for h in (0, 1))
             for name, t in tensor_of.items()}
 
