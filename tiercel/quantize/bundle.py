@@ -10,9 +10,9 @@ Flow, all inside a temporary directory renamed to the output only when the guard
    layers (sensitivity.py) go back to higher precision - 1, 2, 4, ... of them - and step 3 runs again, until
    it holds or the retries run out (GuardError with the numbers). Higher precision is fp32, except in int4
    graphs on onnxruntime: int8 blocks first, and when the retries are spent, one more attempt with the same
-   layers in fp32. Measured on the synthetic student (benchmarks/results/quantize_student_cpu.json): with
-   their layers in int8 blocks the three plain int4 bundles held at 0.34-0.37x of fp32 size, where fp32
-   layers had given 0.58-0.77x in an earlier run; mixed needed the fp32 attempt.
+   layers in fp32. Measured on the synthetic student (benchmarks/results/quantize_student_cpu.json): the
+   plain int4 bundles held with 0-3 layers in int8 blocks at 0.30-0.34x of fp32 size, where fp32 layers had
+   given 0.58-0.77x in an earlier run; mixed needed the fp32 attempt.
 5. tensorrt target with engines=True: once the guard holds, each Q/DQ graph is built into an INT8 TensorRT
    engine (tiercel.export.tensorrt; needs tensorrt and an NVIDIA GPU, checked before any work starts).
 

@@ -212,7 +212,7 @@ def _nbits(proto, bits: int, spec: SchemeSpec, nodes, role: str):
 
     all_nodes = {n.name for n in proto.graph.node}
     kwargs = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)} if role == "embeddings" else {}
-    symmetric = spec.symmetric or bits == 8  # int8 blocks: symmetric, the layout the fast kernels take
+    symmetric = spec.symmetric or bits == 8  # int8 blocks: always symmetric (255 levels; no zero points to store)
     q = MatMulNBitsQuantizer(proto, bits=bits, block_size=spec.block_size, is_symmetric=symmetric,
                              accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=sorted(all_nodes - set(nodes)), **kwargs)
     with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks give 0/0 scales, which ORT maps to 0
