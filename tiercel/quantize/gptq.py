@@ -67,12 +67,13 @@ def choose(w: np.ndarray, h_fit, h_check, block: int, symmetric: bool) -> tuple[
     that per layer. The winner is then rounded with both halves. Returns (gptq()'s triple, report row).
     """
     k = w.shape[0]
+    nearest = gptq(w, np.eye(k), block, symmetric)  # an identity Hessian spreads no error: round-to-nearest
     if np.ndim(h_check) == 0:  # one feed: nothing to check against
-        return gptq(w, np.eye(k), block, symmetric), {"method": "rtn"}
-    rtn = output_error(w, dequantize(*gptq(w, np.eye(k), block, symmetric), k), h_check)
+        return nearest, {"method": "rtn"}
+    rtn = output_error(w, dequantize(*nearest, k), h_check)
     fitted = output_error(w, dequantize(*gptq(w, h_fit, block, symmetric), k), h_check)
     use = fitted < rtn
-    final = gptq(w, (h_fit + h_check) / 2 if use else np.eye(k), block, symmetric)
+    final = gptq(w, (h_fit + h_check) / 2, block, symmetric) if use else nearest
     return final, {"method": "gptq" if use else "rtn", "error_rtn": round(float(rtn), 6),
                    "error_gptq": round(float(fitted), 6)}
 
