@@ -200,7 +200,7 @@ def student_benchmark(student: Path, data: Path, runs: int, n_calib: int, n_val:
             g = section["guard"]
             row.update(quantize_s=time.perf_counter() - start, guard={
                 k: g.get(k) for k in ("passed", "samples", "drop", "drop_bound", "confidence", "token_agreement", "fp32_average",
-                                    "quantized_average")},
+                                    "quantized_average", "caution")},
                 guard_attempts=len(g.get("attempts", [])), layers_kept=g["attempts"][-1]["kept"],
                 rounding=rounding(bundle))
         model = tiercel.runtime.load(bundle)

@@ -59,3 +59,17 @@ def test_agreement_floor_applies_on_top_of_the_drop():
     q[0], q[20] = [1], [0]
     v = compare(Words(), samples(), fp32_ids(), q, max_drop=1.0, min_agreement=0.99)
     assert v.drop == pytest.approx(0.0) and v.token_agreement == pytest.approx(0.95) and not v.passed
+
+
+def test_a_pass_at_low_token_agreement_comes_with_a_caution():
+    from tiercel.quantize.guard import caution
+
+    q = fp32_ids()
+    for i in range(3):  # 6 of 40 answers changed, cancelling: agreement 0.85, the point drop 0
+        q[i], q[20 + i] = [1], [0]
+    low = compare(Words(), samples(), fp32_ids(), q, max_drop=0.5, confidence=0)
+    assert low.passed and low.token_agreement == pytest.approx(0.85)
+    assert caution(low).startswith("passed at token agreement 0.850 (< 0.9)") and "--n-val" in caution(low)
+    q[2], q[22] = [0], [1]  # 4 changed: agreement 0.9, no caution; a failed verdict gets none either
+    assert caution(compare(Words(), samples(), fp32_ids(), q, max_drop=0.5, confidence=0)) is None
+    assert caution(compare(Words(), samples(), fp32_ids(), q, max_drop=0.5, min_agreement=1.0)) is None

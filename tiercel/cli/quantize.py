@@ -49,6 +49,8 @@ def quantize(
                    f"fp32 {guard['fp32_average']:.4f} (drop {guard['drop']:.2%}"
                    + (f", {guard['confidence']:.0%} bound {guard['drop_bound']:.2%}" if guard.get("drop_bound") is not None else "")
                    + f"), {len(guard['attempts'])} attempt(s), {guard['attempts'][-1]['kept']}")
+        if guard.get("caution"):
+            typer.echo(f"  guard caution: {guard['caution']}")
     else:
         typer.echo(f"  guard: not run ({guard['reason']})")
     if sensitivity:

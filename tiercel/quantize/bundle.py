@@ -143,6 +143,9 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
                                         f"({_kept(graphs)}): {verdict.line()}, "
                                         f"max drop {max_drop:.2%}, min agreement {min_agreement:.3f}")
         section["guard"] = _guard_section(verdict, max_drop, min_agreement, attempts, val_samples)
+        if _guard.caution(verdict):
+            section["guard"]["caution"] = _guard.caution(verdict)
+            say(f"caution: {section['guard']['caution']}")
         if sensitivity:
             ranking = ranking or _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib, root)
             write_json(tmp / "sensitivity.json", ranking)
