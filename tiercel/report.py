@@ -93,8 +93,9 @@ def markdown(data: dict, recipe_name: str) -> str:
                 lines.append(f"| {n} | - | - | - | not run ({g.get('reason')}) |")
             else:
                 bound = _f(None if g.get("drop_bound") is None else 100 * g["drop_bound"], "{:.2f}%")
+                caution = "; caution: low token agreement, val decides little" if g.get("caution") else ""
                 lines.append(f"| {n} | {g['token_agreement']:.3f} | {100 * g['drop']:.2f}% | {bound} | "
-                             f"{'passed' if g['passed'] else 'failed'} ({len(g.get('attempts', []))} attempt(s)) |")
+                             f"{'passed' if g['passed'] else 'failed'} ({len(g.get('attempts', []))} attempt(s)){caution} |")
     if data.get("openvino"):
         ov = data["openvino"]["stages"]
         lines += ["", "## student on OpenVINO (ms, p50)", "", "| stage | ms |", "|---|---|"]
