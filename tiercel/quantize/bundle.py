@@ -143,8 +143,7 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
                                         f"({_kept(graphs)}): {verdict.line()}, "
                                         f"max drop {max_drop:.2%}, min agreement {min_agreement:.3f}")
         section["guard"] = _guard_section(verdict, max_drop, min_agreement, attempts, val_samples)
-        if _guard.caution(verdict):
-            section["guard"]["caution"] = _guard.caution(verdict)
+        if section["guard"].get("caution"):
             say(f"caution: {section['guard']['caution']}")
         if sensitivity:
             ranking = ranking or _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib, root)
@@ -219,10 +218,9 @@ def _reference(src, samples, max_new_tokens):
     return {"ids": ids, "scores": _guard.headlines(model.tokenizer, samples, ids, model.dialect)}
 
 
-def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded, ratio, keep_in="int8",
-                  cache: dict | None = None) -> list[dict]:
+def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded, ratio, keep_in: str,
+                  cache: dict) -> list[dict]:
     """Quantise every graph into `tmp`; `cache` ({graph: {}}) carries per-graph work across the guard's attempts."""
-    cache = {} if cache is None else cache
     rows = []
     for name, leaf in leaves.items():
         entry = entries[name]
@@ -319,5 +317,6 @@ def _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, cali
 def _guard_section(verdict, max_drop, min_agreement, attempts, samples) -> dict:
     if verdict is None:
         return {"run": False, "reason": "no val samples (pass --val FILE or a synth folder as --calib)"}
+    caution = _guard.caution(verdict)
     return {"run": True, "passed": verdict.passed, "max_drop": max_drop, "min_agreement": min_agreement,
-            **verdict.to_dict(), "attempts": attempts}
+            **verdict.to_dict(), "attempts": attempts, **({"caution": caution} if caution else {})}

@@ -158,12 +158,13 @@ def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big:
         from tiercel.quantize.gptq import hessians, quantize_matmuls
 
         dims = {i.name: len(i.dims) for i in proto.graph.initializer}
-        weight = {n.name: n.input[1] for n in proto.graph.node if n.name in {*chosen, *higher}}
+        layers = {*chosen, *higher}
+        weight = {n.name: n.input[1] for n in proto.graph.node if n.name in layers}
         two_d = [n for n in [*chosen, *higher] if dims.get(weight[n]) == 2]  # [1, K, N]: onnxruntime's quantizer squeezes
         if "hessians" not in cache:  # of every layer the guard may hand back, so its retries reuse them
             cache["hessians"] = hessians(proto, feeds, two_d)
-        flat = [n for n in chosen if n in set(two_d)]
-        rest = [n for n in chosen if n not in set(flat)]
+        flat = [n for n in chosen if dims.get(weight[n]) == 2]
+        rest = [n for n in chosen if dims.get(weight[n]) != 2]
         rows = quantize_matmuls(proto, flat, cache["hessians"], spec.block_size, spec.symmetric, ACCURACY_LEVEL) if flat else []
     if rest:
         proto = _nbits(proto, 4, spec, rest, role)
