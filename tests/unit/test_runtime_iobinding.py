@@ -108,3 +108,23 @@ def test_rows_that_finish_early_leave_the_batch_with_the_same_tokens(varied):
         batched = m.generate_ids(features, chosen, **gen)
         assert batched == [m.generate_ids(features, [p], **gen)[0] for p in chosen]
         assert len(batched[0]) < 10 and batched[0][-1] == eos and len(batched[1]) == len(batched[2]) == 10
+
+
+def test_a_cuda_session_that_onnxruntime_quietly_puts_on_the_cpu_is_an_error(tmp_path, monkeypatch):
+    """onnxruntime-gpu falls back to the CPU when cuDNN or cuBLAS fails to load; tiercel says so instead of running slowly."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from tiercel.errors import BundleError
+    from tiercel.runtime.backends import OrtSession
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "vision_encoder.onnx")
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", lambda f, o, providers: real(f, o, providers=["CPUExecutionProvider"]))
+    with pytest.raises(BundleError, match=r"^vision_encoder.onnx: onnxruntime could not start CUDAExecutionProvider"):
+        OrtSession(tmp_path / "vision_encoder.onnx", device="cuda")

@@ -39,8 +39,40 @@ def convert_proto(proto):
         warnings.simplefilter("ignore")  # one per constant clipped to fp16's range (the mask minimum)
         out = convert_float_to_float16(proto, keep_io_types=False, op_block_list=op_block_list(),
                                        disable_shape_infer=_large(proto))
+    unique_nodes(out.graph)
     sort_nodes(out.graph)
     return out
+
+
+def unique_nodes(graph) -> None:
+    """Drop exact duplicate nodes (and value_info entries) and rename other nodes that share a name.
+
+    onnxruntime's converter up to 1.31 inserts one identical `<tensor>_cast_to_fp32_node` per fp32 consumer of an
+    fp16 tensor, and onnxruntime 1.31 then refuses the graph ("two nodes with same node name"); 1.32's converter
+    shares one Cast. Seen on an H200 with onnxruntime-gpu 1.31.1; harmless where there is nothing to drop.
+    """
+    infos, kept_infos = set(), []
+    for info in graph.value_info:
+        if info.name not in infos:
+            infos.add(info.name)
+            kept_infos.append(info)
+    if len(kept_infos) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(kept_infos)
+    seen, keep = {}, []
+    for node in graph.node:
+        key = node.SerializeToString()
+        if node.name in seen and key in seen[node.name]:
+            continue
+        if node.name in seen:
+            base, n = node.name, len(seen[node.name])
+            seen[base].add(key)
+            node.name = f"{base}_{n}"
+        seen.setdefault(node.name, set()).add(key)
+        keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
 
 
 def sort_nodes(graph) -> None:

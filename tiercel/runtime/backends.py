@@ -69,6 +69,9 @@ class OrtSession:
         for key, value in (options or {}).items():  # onnxruntime session config keys, e.g. session.intra_op.allow_spinning
             opts.add_session_config_entry(key, str(value))
         self.session = ort.InferenceSession(str(file), opts, providers=providers)
+        if providers[0] not in self.session.get_providers():  # onnxruntime falls back to the CPU when a CUDA library fails to load
+            raise BundleError(f"{file.name}: onnxruntime could not start {providers[0]} (a CUDA/cuDNN library failed to load); "
+                              "check LD_LIBRARY_PATH and the onnxruntime-gpu install, or use device 'cpu'")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.ort, self.device_type = ort, "cpu" if device == "cpu" else "cuda"
