@@ -6,8 +6,9 @@ Usage (a CUDA machine with torch, onnxruntime-gpu and, for the tensorrt path, te
 Check of the script on a CPU (every line but the CUDA specifics; writes no results/gpu_*.json):
     python benchmarks/gpu.py --check --out /tmp/gpu_check.json  # = --device cpu --preset tiny --runs 2
 
-NOT RUN ON A GPU YET: only `--check` has run (no GPU where this was written). benchmarks/gpu_check.sh is the
-prepared device script.
+RUN ON A GPU ONCE, IN PART (an H200, 2026-11-27: eager and the two onnxruntime paths on florence2-base, cut off
+before the JSON; benchmarks/results/gpu_nvidia_h200_2026-11-27). The torch_graphs path was written after that run
+and has run only with --check. benchmarks/gpu_check.sh is the prepared device script.
 
 Each preset's shape is built with random weights (tiercel.models.zoo; speed does not depend on their values),
 exported once to an fp16 bundle (`--precision fp16`: norms/softmax fp32, fp16 KV; plus TensorRT engines when the
@@ -22,6 +23,9 @@ The paths make the same calls on a synthetic image of the preset's size (768x768
                host and back (what io binding saves)
     ort_bound  the fp16 bundle, onnxruntime CUDA EP with I/O binding: KV cache and token embeddings stay on
                the GPU (BoundKVDecoder; tiercel's default on cuda) - tiercel's GPU path
+    torch_graphs  tiercel.models.static_decode.GraphedPredictor on the eager path's model: the same vision tower
+               and text encoder, the decoder as a static-KV step replayed as one CUDA graph per token, decoding
+               by the runtime's generate.py (on --device cpu: the static step without graphs)
     tensorrt   fp16 TensorRT engines (backend "tensorrt", also device-resident KV); skipped with the reason
                recorded when tensorrt is not installed or the device is not cuda
 
@@ -66,7 +70,7 @@ from tiercel import tasks  # noqa: E402
 from tiercel.runtime.profile import forced_generation  # noqa: E402
 from tiercel.runtime.profile.runner import profile_image  # noqa: E402
 
-PATHS = ("eager", "ort", "ort_bound", "tensorrt")
+PATHS = ("eager", "ort", "ort_bound", "torch_graphs", "tensorrt")
 PRESETS = ("florence2-base", "florence2-large")
 TARGETS = {"decode_speedup": (">=", 5.0), "all_tasks_speedup": (">=", 3.0)}
 REFERENCE = {"florence2-base": {"gpu": "H100", "what": "transformers eager fp16 (issue 9)", "vision_ms": 17.0,
@@ -204,7 +208,10 @@ def open_paths(model, tok, bundle: Path, names: list[str], device: str, now, fai
     eager = TorchPredictor(copy.deepcopy(model).to(device=device, dtype=dtype), tok)
     hook_decoder_steps(eager, now)
     paths = {"eager": eager}
-    opens = {"ort": lambda: rt.load(bundle, device=device, io_binding=False),
+    from tiercel.models.static_decode import GraphedPredictor
+
+    opens = {"torch_graphs": lambda: GraphedPredictor(eager.model, tok),
+             "ort": lambda: rt.load(bundle, device=device, io_binding=False),
              "ort_bound": lambda: rt.load(bundle, device=device, io_binding=True),
              "tensorrt": lambda: rt.load(bundle, backend="tensorrt")}
     for name in (n for n in names if n != "eager"):
@@ -273,10 +280,10 @@ def run_preset(preset: str, args, now, log) -> dict:
 
 def print_summary(preset: str, r: dict, log) -> None:
     names = list(r["stages"])
-    log(f"{preset}: {'ms (median)':<16}" + "".join(f"{n:>12}" for n in names))
+    log(f"{preset}: {'ms (median)':<16}" + "".join(f"{n:>14}" for n in names))
     for stage in ("vision", "encoder", "first_token", "decode_token", "end_to_end"):
-        log(f"{'':<{len(preset) + 2}}{stage:<16}" + "".join(f"{r['stages'][n]['stages_ms'][stage]:>12.2f}" for n in names))
-    log(f"{'':<{len(preset) + 2}}{'14 tasks':<16}" + "".join(f"{r['all_tasks'][n]['total_ms']:>12.1f}" for n in names))
+        log(f"{'':<{len(preset) + 2}}{stage:<16}" + "".join(f"{r['stages'][n]['stages_ms'][stage]:>14.2f}" for n in names))
+    log(f"{'':<{len(preset) + 2}}{'14 tasks':<16}" + "".join(f"{r['all_tasks'][n]['total_ms']:>14.1f}" for n in names))
     for name, v in r["targets"].items():
         log(f"  {name}: " + "; ".join(f"{k} {c['value']}x ({c['target']}: {'met' if c['met'] else 'MISSED'})"
                                      for k, c in v.items() if k != "speedup_vs_eager"))

@@ -92,3 +92,25 @@ def test_gpu_benchmark_script_runs_on_cuda(tmp_path):
     result = json.loads(out.read_text())
     assert result["gpu"]["name"] != "cpu" and result["presets"]["tiny"]["eager_dtype"] == "torch.float16"
     assert {"eager", "ort", "ort_bound"} <= set(result["presets"]["tiny"]["stages"])
+
+
+def test_cuda_graph_decoder_generates_the_eager_tokens(tiny_model, tiny_tokenizer):
+    """GraphedPredictor on cuda: graph replay = the same static step without graphs = transformers `generate`."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA GPU")
+    import copy
+
+    from tiercel.models.predict import TorchPredictor
+    from tiercel.models.static_decode import GraphedPredictor
+    from tiercel.runtime.profile import forced_generation
+
+    model = copy.deepcopy(tiny_model).cuda()
+    eager, graphed = TorchPredictor(model, tiny_tokenizer), GraphedPredictor(model, tiny_tokenizer)
+    plain = GraphedPredictor(model, tiny_tokenizer, graphs=False)
+    features = eager.image_features(eager.pixel_values(image(3)))
+    for gen in ({"num_beams": 1, "max_new_tokens": 12}, forced_generation(16, 1), forced_generation(16, 3)):
+        want = eager.generate_ids(features, PROMPTS, **gen)
+        assert graphed.generate_ids(features, PROMPTS, **gen) == want, gen
+        assert plain.generate_ids(features, PROMPTS, **gen) == want, gen
+    assert graphed._decoders and all(d.graph is not None for d in graphed._decoders.values())

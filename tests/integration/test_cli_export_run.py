@@ -95,3 +95,25 @@ def test_unreadable_image_and_tampered_bundle(bundle, images, tmp_path):
     (copy / "decoder_model.onnx").unlink()
     out = run_cli("run", str(copy), "--image", str(images / "a.png"), "--task", "IMG_CAP")
     assert out.returncode == 1 and "decoder_model.onnx is missing" in out.stderr
+
+
+def test_run_a_checkpoint_on_the_torch_backend_gives_the_bundles_results(bundle, images):
+    """--backend torch runs the checkpoint itself (static-KV decoder; CUDA graphs on a GPU, fp32 here on the CPU)."""
+    ckpt = bundle.parent / "ckpt"
+    for args in (["--task", "REG_DET_HBB", "--text", "airplane"], ["--all", "--image2", str(images / "b.png")]):
+        common = ["--image", str(images / "a.png"), *args, "--max-new-tokens", "6", "--num-beams", "2"]
+        torch_out = run_cli("run", str(ckpt), "--backend", "torch", "--device", "cpu", *common)
+        ort_out = run_cli("run", str(bundle), *common)
+        assert torch_out.returncode == 0, torch_out.stderr
+        assert json.loads(torch_out.stdout) == json.loads(ort_out.stdout)
+
+
+def test_torch_backend_without_a_gpu_is_one_line(bundle, images):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = run_cli("run", str(bundle.parent / "ckpt"), "--backend", "torch", "--device", "cuda", "--image",
+                  str(images / "a.png"), "--task", "IMG_CAP")
+    assert out.returncode == 1
+    assert out.stderr.strip() == "error: --device cuda: torch sees no CUDA GPU here; use --device cpu or a CUDA build of torch"

@@ -12,14 +12,14 @@ from tiercel.cli import BACKEND_OPTION, app
 
 @app.command()
 def run(
-    bundle: Path = typer.Argument(..., help="Bundle directory written by `tiercel export`."),
+    bundle: Path = typer.Argument(..., help="Bundle directory written by `tiercel export` (a checkpoint directory with --backend torch)."),
     image: Path = typer.Option(..., "--image", help="Image file (grayscale, RGBA and 16-bit are converted)."),
     image2: Path = typer.Option(None, "--image2", help="Second image ('after'), for PIX_CHG only."),
     task: str = typer.Option(None, "--task", help="Task tag, e.g. IMG_CAP or REG_DET_HBB."),
     text: str = typer.Option(None, "--text", help="Class, question or description for tasks that need one."),
     region: str = typer.Option(None, "--region", help="Region in pixels as JSON: [x1,y1,x2,y2], or [[x,y],...] for quads/polygons."),
-    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime or openvino (or tensorrt)."),
-    device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime, CPU/GPU/NPU for openvino)."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, openvino, tensorrt, or torch (a checkpoint; CUDA graphs on a GPU)."),
+    device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime and torch, CPU/GPU/NPU for openvino)."),
     option: list[str] = BACKEND_OPTION,
     all_tasks: bool = typer.Option(False, "--all", help="Run every task the inputs allow in one batch (PIX_CHG too when --image2 is given)."),
     num_beams: int = typer.Option(None, help="Beams (default: the bundle's setting)."),
@@ -37,7 +37,14 @@ def run(
     img2 = load_image(image2) if image2 is not None else None
     from tiercel.runtime.backends import parse_options
 
-    m = tiercel.runtime.load(bundle, backend=backend, device=device, options=parse_options(option))
+    if backend not in (*tiercel.runtime.BACKENDS, "torch"):
+        raise ConfigError(f"--backend: unknown backend '{backend}'; choose one of: {', '.join((*tiercel.runtime.BACKENDS, 'torch'))}")
+    if backend == "torch":
+        from tiercel.models.static_decode import load_graphed
+
+        m = load_graphed(bundle, device)
+    else:
+        m = tiercel.runtime.load(bundle, backend=backend, device=device, options=parse_options(option))
     gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
     if all_tasks:
         from tiercel import tasks

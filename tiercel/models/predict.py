@@ -79,23 +79,32 @@ class TorchPredictor(Model):
         with self.torch.no_grad():
             return self.model.get_input_embeddings()(self.torch.from_numpy(ids).to(self.device)).float().cpu().numpy()
 
-    def generate_ids(self, features: np.ndarray, prompts: list[str], **overrides) -> list[list[int]]:
-        """Generated ids per prompt (after the decoder start, up to and including eos), via transformers."""
-        torch, cfg = self.torch, self.generation.with_overrides(**overrides)
-        n_img = features.shape[1]
+    def _prompt_batch(self, features: np.ndarray, prompts: list[str]):
+        """Prompt ids and mask [B, T] on the model's device, right-padded as the runtime's encode does."""
+        torch, n_img = self.torch, features.shape[1]
         rows = [self.tokenizer.prompt_ids(p, n_img) for p in prompts]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # right-padded, as the runtime's encode does
+        for i, r in enumerate(rows):
             ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        return ids.to(self.device), mask.to(self.device)
+
+    def _encode(self, features: np.ndarray, ids, mask):
+        """Token embeddings with the image features in the `<image>` slots, through the text encoder."""
+        torch = self.torch
+        with self._stage("embed_tokens"):
+            embeds = self.model.get_input_embeddings()(ids)
+            embeds[:, : features.shape[1]] = torch.from_numpy(features).to(self.device, embeds.dtype)
+        with self._stage("text_encoder"):
+            return self.model.model.language_model.encoder(inputs_embeds=embeds, attention_mask=mask)
+
+    def generate_ids(self, features: np.ndarray, prompts: list[str], **overrides) -> list[list[int]]:
+        """Generated ids per prompt (after the decoder start, up to and including eos), via transformers."""
+        torch, cfg = self.torch, self.generation.with_overrides(**overrides)
+        ids, mask = self._prompt_batch(features, prompts)
         with torch.no_grad():
-            with self._stage("embed_tokens"):
-                embeds = self.model.get_input_embeddings()(ids)
-                embeds[:, :n_img] = torch.from_numpy(features).to(self.device, embeds.dtype)
-            with self._stage("text_encoder"):
-                encoded = self.model.model.language_model.encoder(inputs_embeds=embeds, attention_mask=mask)
+            encoded = self._encode(features, ids, mask)
             with self._stage("generate"):
                 out = self.model.generate(input_ids=ids, attention_mask=mask, encoder_outputs=encoded,
                                           **hf_generation_kwargs(cfg))

@@ -1,0 +1,82 @@
+"""The static-KV decoder (tiercel.models.static_decode) generates transformers' tokens; CUDA graphs are GPU-only.
+
+On a CPU the same static step runs without a graph, so what is tested here is the decoder itself: positions,
+masks, padded encoder length, beam reorders, buffers reused across calls. tests/gpu adds the graph capture.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from tests.bundles import TASK_INPUTS, image  # noqa: E402
+
+PROMPTS = ["Describe the image.", "Detect all airplane in the image.\nUse horizontal bounding boxes.",
+           "Count the number of ship."]
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model, tiny_tokenizer):
+    import torch
+
+    from tiercel.models.predict import TorchPredictor
+    from tiercel.models.static_decode import GraphedPredictor
+
+    torch.set_num_threads(1)
+    return TorchPredictor(tiny_model, tiny_tokenizer), GraphedPredictor(tiny_model, tiny_tokenizer)
+
+
+def test_first_step_logits_equal_the_transformers_decoder(pair):
+    import torch
+
+    eager, static = pair
+    features = eager.image_features(eager.pixel_values(image(3)))
+    ids, mask = eager._prompt_batch(features, PROMPTS)
+    with torch.no_grad():
+        encoded = eager._encode(features, ids, mask)
+        hidden = encoded.last_hidden_state
+        start = torch.full((3, 1), eager.generation.decoder_start_token_id)
+        want = eager.model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=start).logits[:, -1]
+    decoder = static.decoder(3, hidden.shape[1], 8)
+    decoder.start(hidden, mask)
+    assert decoder.enc_len == 64 and decoder.enc_len > hidden.shape[1]  # padded and masked
+    np.testing.assert_allclose(decoder.step(start[:, 0].numpy()), want.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("gen", ["greedy", "beams-3", "forced-20", "forced-beams"])
+def test_static_decoder_generates_the_transformers_tokens(pair, gen):
+    from tiercel.runtime.profile import forced_generation
+
+    gen = {"greedy": {"num_beams": 1, "max_new_tokens": 12}, "beams-3": {"num_beams": 3, "max_new_tokens": 10},
+           "forced-20": forced_generation(20, 1), "forced-beams": forced_generation(12, 2)}[gen]
+    eager, static = pair
+    features = eager.image_features(eager.pixel_values(image(4)))
+    want = eager.generate_ids(features, PROMPTS, **gen)
+    assert static.generate_ids(features, PROMPTS, **gen) == want
+    assert static.generate_ids(features, PROMPTS[::-1], **gen) == want[::-1]  # same buffers, other prompt order
+
+
+def test_run_all_of_the_14_tasks_matches_transformers_and_reuses_one_decoder(pair):
+    from tiercel import tasks as T
+
+    eager, static = pair
+    texts = {t: x["text"] for t, x in TASK_INPUTS.items() if "text" in x}
+    regions = {t: x["region"] for t, x in TASK_INPUTS.items() if "region" in x}
+    gen = {"num_beams": 1, "max_new_tokens": 16}
+    want = eager.run_all(image(5), list(T.TAGS), texts, regions, image2=image(6), **gen)
+    static._decoders.clear()
+    for _ in range(2):
+        assert static.run_all(image(5), list(T.TAGS), texts, regions, image2=image(6), **gen) == want
+    assert len(static._decoders) == 1
+
+
+def test_more_new_tokens_than_the_position_table_is_a_one_line_error(pair):
+    from tiercel.errors import ConfigError
+
+    eager, static = pair
+    limit = static.model.model.language_model.decoder.embed_positions.num_embeddings - 2
+    features = eager.image_features(eager.pixel_values(image(3)))
+    with pytest.raises(ConfigError, match=rf"^max_new_tokens: at most {limit} for this model"):
+        static.generate_ids(features, PROMPTS[:1], max_new_tokens=limit + 1)

@@ -1,0 +1,218 @@
+"""A GPU decode path for PyTorch checkpoints: static KV cache, one CUDA graph per decoder step.
+
+    p = GraphedPredictor(model.half().cuda(), tokenizer)      # or GraphedPredictor.from_checkpoint(path, "cuda")
+    p.run(image, task="IMG_CAP")                              # the Model API: run / run_all / generate_ids
+
+Why this exists (issue 9): on an H200 the decoder of Florence-2-base costs 4.2 ms per token in transformers
+eager and about as much through onnxruntime's CUDA provider with I/O binding (benchmarks/results/
+gpu_nvidia_h200_2026-11-27), while its weights take well under 0.1 ms to read: a decode step is ~140 small
+kernels, and launching them from Python is the cost. A CUDA graph launches the whole step at once. Graphs need
+fixed shapes and addresses, so the decoder here is written over static buffers:
+
+- self-attention K/V: [layers, rows, heads, T, head_dim], T = max_new_tokens rounded up to a multiple of 64;
+  step p writes position p (index_copy_ at a device-side position) and attends over positions <= p (a mask
+  built on the device from that position, so nothing in the step reads a host value);
+- cross-attention K/V: computed once per call from the encoder output, padded to a multiple of 64 positions
+  (masked) so that prompts of different lengths reuse one graph;
+- the step's token ids and position are device tensors copied in before each replay.
+
+Graphs are kept per (rows, encoder length, T) and reused across calls: capture costs a few warm-up steps once.
+Beam search reorders the self-attention K/V in place (index_select + copy_, outside the graph); rows never leave
+the batch (no keep_rows), as in transformers' `generate`. Decoding itself (logits processors, greedy, beams) is
+the runtime's generate.py, so the tokens follow the same rules as every other backend; the layers are the
+transformers BART decoder layer's operations in its order (post-LayerNorm), with scaled_dot_product_attention.
+On a CPU (tests) the same step runs without a graph; the graph capture is exercised on a GPU only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tiercel.models.predict import TorchPredictor
+from tiercel.runtime.generate import generate
+
+PAD = 64  # encoder length and KV length are rounded up to this, so nearby shapes share one graph
+
+
+def _round_up(n: int, to: int = PAD) -> int:
+    return -(-n // to) * to
+
+
+class StaticDecoder:
+    """Static buffers and the decoder step of one shape (rows, encoder length, KV length) of one model."""
+
+    def __init__(self, model, rows: int, enc_len: int, max_len: int, graphs: bool):
+        import torch
+
+        self.torch = torch
+        self.lm = model.model.language_model.decoder
+        self.lm_head = model.lm_head
+        layer = self.lm.layers[0].self_attn
+        self.heads, self.head_dim = layer.num_heads, layer.head_dim
+        p = next(model.parameters())
+        dev, dt, n_layers = p.device, p.dtype, len(self.lm.layers)
+        self.rows, self.enc_len, self.max_len = rows, enc_len, max_len
+        kv = (n_layers, rows, self.heads, max_len, self.head_dim)
+        self.k, self.v = torch.zeros(kv, device=dev, dtype=dt), torch.zeros(kv, device=dev, dtype=dt)
+        cross = (n_layers, rows, self.heads, enc_len, self.head_dim)
+        self.ck, self.cv = torch.zeros(cross, device=dev, dtype=dt), torch.zeros(cross, device=dev, dtype=dt)
+        self.enc_mask = torch.zeros((rows, 1, 1, enc_len), device=dev, dtype=torch.bool)
+        self.tokens = torch.zeros((rows, 1), device=dev, dtype=torch.long)
+        self.pos = torch.zeros((1,), device=dev, dtype=torch.long)
+        self.positions = torch.arange(max_len, device=dev)
+        self.graph, self.logits = None, None
+        self.use_graph = graphs and dev.type == "cuda"
+
+    # ---- per call --------------------------------------------------------------------------------------
+    def start(self, enc_hidden, enc_mask) -> None:
+        """Load one call's encoder output [rows, S <= enc_len, D] and mask [rows, S]; reset the self-attention KV."""
+        torch = self.torch
+        rows, s = enc_hidden.shape[:2]
+        with torch.no_grad():
+            for i, layer in enumerate(self.lm.layers):
+                att = layer.encoder_attn
+                self.ck[i, :, :, :s] = att.k_proj(enc_hidden).view(rows, s, self.heads, self.head_dim).transpose(1, 2)
+                self.cv[i, :, :, :s] = att.v_proj(enc_hidden).view(rows, s, self.heads, self.head_dim).transpose(1, 2)
+            self.ck[:, :, :, s:] = 0
+            self.cv[:, :, :, s:] = 0
+            self.enc_mask.zero_()
+            self.enc_mask[:, 0, 0, :s] = enc_mask.bool()
+            self.k.zero_()
+            self.v.zero_()
+        self.step_index = 0
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Logits [rows, vocab] (float32, host) for the next token of every row."""
+        torch = self.torch
+        self.tokens.copy_(torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).view(-1, 1))
+        self.pos.fill_(self.step_index)
+        if self.use_graph:
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
+            logits = self.logits
+        else:
+            with torch.no_grad():
+                logits = self._forward()
+        self.step_index += 1
+        return logits.float().cpu().numpy()
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Beam search: row i continues beam rows[i] (self-attention KV only; cross KV is equal across beams)."""
+        idx = self.torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.k.device)
+        with self.torch.no_grad():
+            self.k.copy_(self.k.index_select(1, idx))
+            self.v.copy_(self.v.index_select(1, idx))
+
+    # ---- the step ----------------------------------------------------------------------------------------
+    def _attend(self, att, x, k, v, mask):
+        torch = self.torch
+        q = att.q_proj(x).view(self.rows, 1, self.heads, self.head_dim).transpose(1, 2)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=att.scaling)
+        return att.out_proj(out.transpose(1, 2).reshape(self.rows, 1, -1))
+
+    def _forward(self):
+        """One decoder step over the static buffers: reads tokens/pos, writes K/V at pos, returns logits [rows, V]."""
+        torch, lm = self.torch, self.lm
+        x = lm.embed_tokens(self.tokens) + lm.embed_positions.weight[self.pos + lm.embed_positions.offset]
+        x = lm.layernorm_embedding(x)
+        self_mask = (self.positions <= self.pos).view(1, 1, 1, -1)
+        for i, layer in enumerate(lm.layers):
+            att = layer.self_attn
+            shape = (self.rows, 1, self.heads, self.head_dim)
+            self.k[i].index_copy_(2, self.pos, att.k_proj(x).view(shape).transpose(1, 2))
+            self.v[i].index_copy_(2, self.pos, att.v_proj(x).view(shape).transpose(1, 2))
+            x = layer.self_attn_layer_norm(x + self._attend(att, x, self.k[i], self.v[i], self_mask))
+            x = layer.encoder_attn_layer_norm(x + self._attend(layer.encoder_attn, x, self.ck[i], self.cv[i], self.enc_mask))
+            x = layer.final_layer_norm(x + layer.fc2(layer.activation_fn(layer.fc1(x))))
+        return self.lm_head(x)[:, 0]
+
+    def _capture(self) -> None:
+        """Record one step as a CUDA graph (after warm-up steps on a side stream, as torch.cuda.graphs asks)."""
+        torch = self.torch
+        k, v = self.k.clone(), self.v.clone()  # warm-up steps write K/V at pos: put back what was there
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(3):
+                self._forward()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.logits = self._forward()
+        self.k.copy_(k)
+        self.v.copy_(v)
+
+
+class GraphedPredictor(TorchPredictor):
+    """TorchPredictor whose generation runs StaticDecoder (CUDA graphs on a GPU) under the runtime's generate.py.
+
+    Vision tower, embeddings and text encoder run as in TorchPredictor; only the decoder loop differs. Graphs
+    are cached per shape on the predictor (`graphs=False` runs the same static step without them).
+    """
+
+    def __init__(self, model, tokenizer, *args, graphs: bool = True, **kwargs):
+        super().__init__(model, tokenizer, *args, **kwargs)
+        self.backend, self.graphs, self._decoders = "torch-graphs", graphs, {}
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str = "cuda", dtype: str = "float16", graphs: bool = True) -> "GraphedPredictor":
+        """Load a checkpoint directory with tiercel.models.load_checkpoint onto `device` in `dtype`."""
+        from tiercel.models.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, dtype=dtype)
+        return cls(ckpt.model.to(device), ckpt.tokenizer, ckpt.mean, ckpt.std, graphs=graphs)
+
+    def decoder(self, rows: int, enc_len: int, max_new_tokens: int) -> StaticDecoder:
+        key = (rows, _round_up(enc_len), _round_up(max_new_tokens))
+        if key not in self._decoders:
+            self._decoders[key] = StaticDecoder(self.model, *key, graphs=self.graphs)
+        return self._decoders[key]
+
+    def generate_ids(self, features: np.ndarray, prompts: list[str], **overrides) -> list[list[int]]:
+        """Generated ids per prompt (after the decoder start, up to and including eos), static-KV decoder."""
+        torch, cfg = self.torch, self.generation.with_overrides(**overrides)
+        ids, mask = self._prompt_batch(features, prompts)
+        with torch.no_grad():
+            hidden = self._encode(features, ids, mask).last_hidden_state
+        if cfg.num_beams > 1:
+            hidden, mask = hidden.repeat_interleave(cfg.num_beams, 0), mask.repeat_interleave(cfg.num_beams, 0)
+        limit = self.model.model.language_model.decoder.embed_positions.num_embeddings - 2
+        if cfg.max_new_tokens > limit:
+            from tiercel.errors import ConfigError
+
+            raise ConfigError(f"max_new_tokens: at most {limit} for this model (its position table); got {cfg.max_new_tokens}")
+        decoder = self.decoder(hidden.shape[0], hidden.shape[1], min(cfg.max_new_tokens, limit))
+        decoder.start(hidden, mask)
+        with self._stage("generate"):
+            return generate(_Timed(decoder, self._stage), len(prompts), cfg)
+
+
+def load_graphed(path, device: str | None = None) -> GraphedPredictor:
+    """A checkpoint directory as a GraphedPredictor: fp16 with CUDA graphs on "cuda" (the default when torch
+    sees a GPU), fp32 without graphs on "cpu"."""
+    import torch
+
+    from tiercel.errors import ConfigError
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: the torch backend runs on cpu or cuda (got {device})")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no CUDA GPU here; use --device cpu or a CUDA build of torch")
+    return GraphedPredictor.from_checkpoint(path, device, "float16" if device == "cuda" else "float32")
+
+
+class _Timed:
+    """first_token / decode_token stages around StaticDecoder.step (the runtime's profiling names)."""
+
+    def __init__(self, decoder: StaticDecoder, stage):
+        self.decoder, self.stage, self.first = decoder, stage, True
+
+    def step(self, tokens):
+        with self.stage("first_token" if self.first else "decode_token"):
+            self.first = False
+            return self.decoder.step(tokens)
+
+    def reorder(self, rows):
+        self.decoder.reorder(rows)
