@@ -71,6 +71,7 @@ from tiercel.runtime.profile import forced_generation  # noqa: E402
 from tiercel.runtime.profile.runner import profile_image  # noqa: E402
 
 PATHS = ("eager", "ort", "ort_bound", "torch_graphs", "tensorrt")
+BUNDLE_PATHS = {"ort", "ort_bound", "tensorrt"}  # the paths that need the exported fp16 bundle
 PRESETS = ("florence2-base", "florence2-large")
 TARGETS = {"decode_speedup": (">=", 5.0), "all_tasks_speedup": (">=", 3.0)}
 REFERENCE = {"florence2-base": {"gpu": "H100", "what": "transformers eager fp16 (issue 9)", "vision_ms": 17.0,
@@ -181,6 +182,8 @@ def build_and_export(preset: str, paths: list[str], work: Path, log, reuse: bool
 
     tok = train_bpe(["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50, vocab_size=300)
     model = build(preset, seed=0, image_token_id=tok.image_id, vocab_size=max(get_preset(preset).vocab_size, len(tok)))
+    if not BUNDLE_PATHS & set(paths):
+        return model, tok, None, None  # eager and torch_graphs run the model itself
     backends = ("onnxruntime", "tensorrt") if "tensorrt" in paths else ("onnxruntime",)  # paths: after tensorrt_skip
     manifest = work / "fp16" / "manifest.json"
     if reuse and "tensorrt" not in backends and manifest.exists():
@@ -271,6 +274,8 @@ def run_preset(preset: str, args, now, log) -> dict:
               "reference": REFERENCE.get(preset)}
     result["stages"] = stage_rounds(paths, image, args.task, args.runs, log, now=now)
     result["all_tasks"] = all_tasks(paths, image, args.all_runs, log)
+    if "torch_graphs" in paths:  # which parts ran as CUDA graphs (True) or why not (the capture error)
+        result["torch_graphs_status"] = paths["torch_graphs"].graph_status()
     result["targets"] = verdicts(result["stages"], result["all_tasks"])
     if args.device == "cuda":
         result["max_memory_allocated_torch_gb"] = torch.cuda.max_memory_allocated() / 1e9  # eager only

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The prepared GPU check of issue 9, for a CUDA machine that can fetch nothing. From the repository root:
 #
+#     bash benchmarks/gpu_check.sh torch          # needs nothing carried: eager vs torch_graphs (CUDA graphs) on
+#                                                 # florence2-base and -large + the graph test (~3-4 min, estimated)
 #     bash benchmarks/gpu_check.sh stage          # copy carried package parts to /tmp/parts; start exporting the
 #                                                 # florence2-base/-large fp16 bundles in the background (setsid)
-#     bash benchmarks/gpu_check.sh run [--large]  # stage, install the packages, GPU-marked tests, benchmarks/gpu.py
+#     bash benchmarks/gpu_check.sh run [--large]  # stage, install the packages, benchmarks/gpu.py, GPU-marked tests
+#
+# A session with one device lease: call 1 `torch; stage` carrying part aa, calls 2-3 `stage` carrying ab and ac
+# (seconds each: start the next at once, the machine goes back after 30 s idle), call 4 `run --large`.
 #
 # `stage` exists because the onnxruntime-gpu package (~255 MB as a wheel) does not fit one 64 MiB transfer: it
 # travels in parts over several calls to the same warm machine, and the CPU-bound export runs meanwhile (with the
@@ -86,8 +91,16 @@ run() {
   ls -la "$OUT"
 }
 
+torch_only() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/env_torch.txt"
+  timeout 300 $PY benchmarks/gpu.py --paths eager,torch_graphs "${PRESETS[@]}" --runs 5 --all-runs 5 \
+    --out "$OUT/gpu_torch.json" 2>&1 | grep -v Warning | tee "$OUT/bench_torch.log"
+  timeout 60 $PY -m pytest -q -m gpu tests/gpu -k cuda_graph -rs -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/tests_torch.log"
+}
+
 case "${1:-run}" in
+  torch) torch_only ;;
   stage) stage ;;
   run) shift; run "$@" ;;
-  *) echo "usage: bash benchmarks/gpu_check.sh stage | run [--large]" >&2; exit 1 ;;
+  *) echo "usage: bash benchmarks/gpu_check.sh torch | stage | run [--large]" >&2; exit 1 ;;
 esac

@@ -80,3 +80,23 @@ def test_more_new_tokens_than_the_position_table_is_a_one_line_error(pair):
     features = eager.image_features(eager.pixel_values(image(3)))
     with pytest.raises(ConfigError, match=rf"^max_new_tokens: at most {limit} for this model"):
         static.generate_ids(features, PROMPTS[:1], max_new_tokens=limit + 1)
+
+
+def test_a_graph_that_cannot_be_captured_falls_back_to_the_same_results(pair, caplog):
+    """Where capture fails (here: no CUDA at all), the vision tower and the decoder step run eagerly instead."""
+    from tiercel.models.static_decode import GraphedPredictor
+
+    eager, static = pair
+    forced = GraphedPredictor(static.model, static.tokenizer)
+    forced.use_graphs = True
+    pixels = eager.pixel_values(image(4))
+    np.testing.assert_array_equal(forced.image_features(pixels), eager.image_features(pixels))
+    features = eager.image_features(pixels)
+    want = forced.generate_ids(features, PROMPTS, max_new_tokens=8, num_beams=1)
+    for d in forced._decoders.values():
+        d.use_graph = True
+    assert forced.generate_ids(features, PROMPTS, max_new_tokens=8, num_beams=1) == want
+    status = forced.graph_status()
+    assert list(status["vision"]) == [1] and status["vision"][1].startswith(("AssertionError", "RuntimeError"))
+    assert all(isinstance(v, str) for v in status["decoder"].values())
+    assert "not captured as a CUDA graph" in caplog.text

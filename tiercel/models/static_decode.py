@@ -26,16 +26,36 @@ On a CPU (tests) the same step runs without a graph; the graph capture is exerci
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from tiercel.models.predict import TorchPredictor
 from tiercel.runtime.generate import generate
 
+_log = logging.getLogger(__name__)
 PAD = 64  # encoder length and KV length are rounded up to this, so nearby shapes share one graph
 
 
 def _round_up(n: int, to: int = PAD) -> int:
     return -(-n // to) * to
+
+
+def capture(fn, warmup: int = 3):
+    """(CUDA graph, its output) of `fn()` over static buffers, after warm-up calls on a side stream as
+    torch.cuda.graphs asks. The warm-up calls run `fn` for real: callers restore state it writes."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 class StaticDecoder:
@@ -60,7 +80,7 @@ class StaticDecoder:
         self.tokens = torch.zeros((rows, 1), device=dev, dtype=torch.long)
         self.pos = torch.zeros((1,), device=dev, dtype=torch.long)
         self.positions = torch.arange(max_len, device=dev)
-        self.graph, self.logits = None, None
+        self.graph, self.logits, self.graph_error = None, None, None
         self.use_graph = graphs and dev.type == "cuda"
 
     # ---- per call --------------------------------------------------------------------------------------
@@ -89,6 +109,7 @@ class StaticDecoder:
         if self.use_graph:
             if self.graph is None:
                 self._capture()
+        if self.use_graph:
             self.graph.replay()
             logits = self.logits
         else:
@@ -128,18 +149,13 @@ class StaticDecoder:
         return self.lm_head(x)[:, 0]
 
     def _capture(self) -> None:
-        """Record one step as a CUDA graph (after warm-up steps on a side stream, as torch.cuda.graphs asks)."""
-        torch = self.torch
+        """Record one step as a CUDA graph; if capture fails, run without graphs from then on (error kept)."""
         k, v = self.k.clone(), self.v.clone()  # warm-up steps write K/V at pos: put back what was there
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(3):
-                self._forward()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
-            self.logits = self._forward()
+        try:
+            self.graph, self.logits = capture(self._forward)
+        except Exception as exc:  # noqa: BLE001 - an op that cannot be captured must not stop generation
+            self.use_graph, self.graph_error = False, f"{type(exc).__name__}: {exc}"
+            _log.warning("decoder step not captured as a CUDA graph (%s); running it without", self.graph_error)
         self.k.copy_(k)
         self.v.copy_(v)
 
@@ -153,7 +169,34 @@ class GraphedPredictor(TorchPredictor):
 
     def __init__(self, model, tokenizer, *args, graphs: bool = True, **kwargs):
         super().__init__(model, tokenizer, *args, **kwargs)
-        self.backend, self.graphs, self._decoders = "torch-graphs", graphs, {}
+        self.backend, self.graphs, self._decoders, self._vision = "torch-graphs", graphs, {}, {}
+        self.use_graphs = graphs and self.device.startswith("cuda")
+
+    def graph_status(self) -> dict:
+        """What runs as CUDA graphs: {"vision": {batch: True or the capture error}, "decoder": {shape: ...}}."""
+        return {"vision": {b: g.get("error") or True for b, g in self._vision.items()},
+                "decoder": {str(k): d.graph_error or (d.graph is not None) for k, d in self._decoders.items()}}
+
+    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        """The vision tower + projector; on cuda replayed as one CUDA graph per batch size."""
+        if not self.use_graphs:
+            return super().image_features(pixel_values)
+        torch, batch = self.torch, pixel_values.shape[0]
+        with self._stage("vision_encoder"), torch.no_grad():
+            entry = self._vision.get(batch)
+            if entry is None:
+                entry = self._vision[batch] = {"pixels": torch.zeros(pixel_values.shape, device=self.device, dtype=self._dtype)}
+                entry["pixels"].copy_(torch.from_numpy(pixel_values))
+                try:
+                    entry["graph"], entry["out"] = capture(lambda: self.model.get_image_features(entry["pixels"]).pooler_output)
+                except Exception as exc:  # noqa: BLE001 - run the tower eagerly instead
+                    entry["error"] = f"{type(exc).__name__}: {exc}"
+                    _log.warning("vision tower not captured as a CUDA graph (%s); running it without", entry["error"])
+            if "error" in entry:
+                return self.model.get_image_features(torch.from_numpy(pixel_values).to(self.device, self._dtype)).pooler_output.float().cpu().numpy()
+            entry["pixels"].copy_(torch.from_numpy(pixel_values))
+            entry["graph"].replay()
+            return entry["out"].float().cpu().numpy()
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "cuda", dtype: str = "float16", graphs: bool = True) -> "GraphedPredictor":
