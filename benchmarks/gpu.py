@@ -26,6 +26,7 @@ The paths make the same calls on a synthetic image of the preset's size (768x768
     torch_graphs  tiercel.models.static_decode.GraphedPredictor on the eager path's model: the same vision tower
                and text encoder, the decoder as a static-KV step replayed as one CUDA graph per token, decoding
                by the runtime's generate.py (on --device cpu: the static step without graphs)
+    torch_static  the same static-KV decoder launched op by op (no graphs): what the graphs themselves buy
     tensorrt   fp16 TensorRT engines (backend "tensorrt", also device-resident KV); skipped with the reason
                recorded when tensorrt is not installed or the device is not cuda
 
@@ -70,7 +71,7 @@ from tiercel import tasks  # noqa: E402
 from tiercel.runtime.profile import forced_generation  # noqa: E402
 from tiercel.runtime.profile.runner import profile_image  # noqa: E402
 
-PATHS = ("eager", "ort", "ort_bound", "torch_graphs", "tensorrt")
+PATHS = ("eager", "ort", "ort_bound", "torch_static", "torch_graphs", "tensorrt")
 BUNDLE_PATHS = {"ort", "ort_bound", "tensorrt"}  # the paths that need the exported fp16 bundle
 PRESETS = ("florence2-base", "florence2-large")
 TARGETS = {"decode_speedup": (">=", 5.0), "all_tasks_speedup": (">=", 3.0)}
@@ -214,6 +215,7 @@ def open_paths(model, tok, bundle: Path, names: list[str], device: str, now, fai
     from tiercel.models.static_decode import GraphedPredictor
 
     opens = {"torch_graphs": lambda: GraphedPredictor(eager.model, tok),
+             "torch_static": lambda: GraphedPredictor(eager.model, tok, graphs=False),
              "ort": lambda: rt.load(bundle, device=device, io_binding=False),
              "ort_bound": lambda: rt.load(bundle, device=device, io_binding=True),
              "tensorrt": lambda: rt.load(bundle, backend="tensorrt")}
