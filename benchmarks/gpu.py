@@ -184,7 +184,7 @@ def build_and_export(preset: str, paths: list[str], work: Path, log, reuse: bool
     tok = train_bpe(["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50, vocab_size=300)
     model = build(preset, seed=0, image_token_id=tok.image_id, vocab_size=max(get_preset(preset).vocab_size, len(tok)))
     if not BUNDLE_PATHS & set(paths):
-        return model, tok, None, None  # eager and torch_graphs run the model itself
+        return model, tok, None, None  # eager and the torch paths run the model itself
     backends = ("onnxruntime", "tensorrt") if "tensorrt" in paths else ("onnxruntime",)  # paths: after tensorrt_skip
     manifest = work / "fp16" / "manifest.json"
     if reuse and "tensorrt" not in backends and manifest.exists():
@@ -206,14 +206,13 @@ def open_paths(model, tok, bundle: Path, names: list[str], device: str, now, fai
 
     import tiercel.runtime as rt
     from tiercel.models.predict import TorchPredictor
+    from tiercel.models.static_decode import GraphedPredictor
 
     transformers.logging.set_verbosity_error()  # eos -1 forces 32 tokens; transformers warns it will not stop
     dtype = torch.float16 if device == "cuda" else torch.float32
     eager = TorchPredictor(copy.deepcopy(model).to(device=device, dtype=dtype), tok)
     hook_decoder_steps(eager, now)
     paths = {"eager": eager}
-    from tiercel.models.static_decode import GraphedPredictor
-
     opens = {"torch_graphs": lambda: GraphedPredictor(eager.model, tok),
              "torch_static": lambda: GraphedPredictor(eager.model, tok, graphs=False),
              "ort": lambda: rt.load(bundle, device=device, io_binding=False),

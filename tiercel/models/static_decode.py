@@ -80,7 +80,7 @@ class StaticDecoder:
         self.tokens = torch.zeros((rows, 1), device=dev, dtype=torch.long)
         self.pos = torch.zeros((1,), device=dev, dtype=torch.long)
         self.positions = torch.arange(max_len, device=dev)
-        self.graph, self.logits, self.graph_error = None, None, None
+        self.graph, self.logits, self.graph_error, self.step_index = None, None, None, 0
         self.use_graph = graphs and dev.type == "cuda"
 
     # ---- per call --------------------------------------------------------------------------------------
@@ -106,9 +106,8 @@ class StaticDecoder:
         torch = self.torch
         self.tokens.copy_(torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).view(-1, 1))
         self.pos.fill_(self.step_index)
-        if self.use_graph:
-            if self.graph is None:
-                self._capture()
+        if self.use_graph and self.graph is None:
+            self._capture()  # on failure use_graph turns False
         if self.use_graph:
             self.graph.replay()
             logits = self.logits
@@ -179,24 +178,27 @@ class GraphedPredictor(TorchPredictor):
 
     def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
         """The vision tower + projector; on cuda replayed as one CUDA graph per batch size."""
-        if not self.use_graphs:
+        entry = self._vision_graph(pixel_values) if self.use_graphs else None
+        if entry is None or "error" in entry:
             return super().image_features(pixel_values)
-        torch, batch = self.torch, pixel_values.shape[0]
-        with self._stage("vision_encoder"), torch.no_grad():
-            entry = self._vision.get(batch)
-            if entry is None:
-                entry = self._vision[batch] = {"pixels": torch.zeros(pixel_values.shape, device=self.device, dtype=self._dtype)}
-                entry["pixels"].copy_(torch.from_numpy(pixel_values))
-                try:
-                    entry["graph"], entry["out"] = capture(lambda: self.model.get_image_features(entry["pixels"]).pooler_output)
-                except Exception as exc:  # noqa: BLE001 - run the tower eagerly instead
-                    entry["error"] = f"{type(exc).__name__}: {exc}"
-                    _log.warning("vision tower not captured as a CUDA graph (%s); running it without", entry["error"])
-            if "error" in entry:
-                return self.model.get_image_features(torch.from_numpy(pixel_values).to(self.device, self._dtype)).pooler_output.float().cpu().numpy()
-            entry["pixels"].copy_(torch.from_numpy(pixel_values))
+        with self._stage("vision_encoder"), self.torch.no_grad():
+            entry["pixels"].copy_(self.torch.from_numpy(pixel_values))
             entry["graph"].replay()
             return entry["out"].float().cpu().numpy()
+
+    def _vision_graph(self, pixel_values: np.ndarray) -> dict:
+        """{"pixels", "graph", "out"} for this batch size, captured on first use; {"error": ...} if capture failed."""
+        batch = pixel_values.shape[0]
+        if batch not in self._vision:
+            torch = self.torch
+            pixels = torch.from_numpy(pixel_values).to(self.device, self._dtype)
+            try:
+                graph, out = capture(lambda: self.model.get_image_features(pixels).pooler_output)
+                self._vision[batch] = {"pixels": pixels, "graph": graph, "out": out}
+            except Exception as exc:  # noqa: BLE001 - the tower then runs eagerly
+                self._vision[batch] = {"error": f"{type(exc).__name__}: {exc}"}
+                _log.warning("vision tower not captured as a CUDA graph (%s); running it without", self._vision[batch]["error"])
+        return self._vision[batch]
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "cuda", dtype: str = "float16", graphs: bool = True) -> "GraphedPredictor":
