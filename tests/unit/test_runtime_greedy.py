@@ -39,3 +39,29 @@ def test_finished_rows_leave_the_batch_and_tokens_do_not_change():
     assert plain.batches == [4] * 8
     # row 2 ends at step 2 (1 of 4 done: compact), row 0 at step 3 (1 of 3), row 1 at step 6 (1 of 2)
     assert compact.batches == [4, 4, 3, 2, 2, 2, 1, 1]
+
+
+class ArgmaxScripted(Scripted):
+    """The same decoder exposing step_argmax (argmax taken on its side), counting which entry greedy uses."""
+
+    def __init__(self):
+        super().__init__(False)
+        self.argmax_calls = 0
+
+    def step_argmax(self, tokens):
+        self.argmax_calls += 1
+        return self.step(tokens).argmax(-1)
+
+
+def test_step_argmax_gives_the_tokens_of_logits_and_processors():
+    """Forced bos/eos replace the decoder's argmax; with no-repeat n-grams the logits path is used instead."""
+    forced = [[4, 5, 2], [4, 6, 7, 8, 2], [4, 2], [4, 7, 7, 7, 2]]  # bos 4 at the first step, eos at the fifth
+    for cfg in (GenerationConfig(num_beams=1, max_new_tokens=5, forced_bos_token_id=4, forced_eos_token_id=EOS,
+                                 eos_token_id=EOS, pad_token_id=PAD),
+                GenerationConfig(num_beams=1, max_new_tokens=8, forced_bos_token_id=None, forced_eos_token_id=None,
+                                 eos_token_id=EOS, pad_token_id=PAD, no_repeat_ngram_size=2)):
+        fast, plain = ArgmaxScripted(), Scripted(False)
+        got, want = greedy(fast, len(SCRIPTS), cfg), greedy(plain, len(SCRIPTS), cfg)
+        assert got == want
+        assert fast.argmax_calls == (0 if cfg.no_repeat_ngram_size else len(fast.batches))
+        assert cfg.no_repeat_ngram_size or got == forced

@@ -101,8 +101,8 @@ class StaticDecoder:
             self.v.zero_()
         self.step_index = 0
 
-    def step(self, tokens: np.ndarray) -> np.ndarray:
-        """Logits [rows, vocab] (float32, host) for the next token of every row."""
+    def _step(self, tokens: np.ndarray):
+        """Advance one position; the logits [rows, vocab] stay on the device (a graph's output buffer)."""
         torch = self.torch
         self.tokens.copy_(torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).view(-1, 1))
         self.pos.fill_(self.step_index)
@@ -115,7 +115,16 @@ class StaticDecoder:
             with torch.no_grad():
                 logits = self._forward()
         self.step_index += 1
-        return logits.float().cpu().numpy()
+        return logits
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Logits [rows, vocab] (float32, host) for the next token of every row."""
+        return self._step(tokens).float().cpu().numpy()
+
+    def step_argmax(self, tokens: np.ndarray) -> np.ndarray:
+        """The argmax token of every row, taken on the device: greedy without logits processors reads [rows] ids
+        instead of [rows, vocab] logits per step (generate.greedy)."""
+        return self._step(tokens).argmax(-1).cpu().numpy()
 
     def reorder(self, rows: np.ndarray) -> None:
         """Beam search: row i continues beam rows[i] (self-attention KV only; cross KV is equal across beams)."""
@@ -255,9 +264,15 @@ class _Timed:
         self.decoder, self.stage, self.first = decoder, stage, True
 
     def step(self, tokens):
+        return self._timed(self.decoder.step, tokens)
+
+    def step_argmax(self, tokens):
+        return self._timed(self.decoder.step_argmax, tokens)
+
+    def _timed(self, fn, tokens):
         with self.stage("first_token" if self.first else "decode_token"):
             self.first = False
-            return self.decoder.step(tokens)
+            return fn(tokens)
 
     def reorder(self, rows):
         self.decoder.reorder(rows)

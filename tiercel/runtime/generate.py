@@ -62,15 +62,21 @@ def process(scores: np.ndarray, seqs: np.ndarray, cfg: GenerationConfig) -> np.n
             prefix = tuple(seq[cur_len + 1 - n :]) if n > 1 else ()
             banned = {seq[i + n - 1] for i in range(cur_len - n + 1) if tuple(seq[i : i + n - 1]) == prefix}
             scores[row, list(banned)] = -np.inf
+    forced = forced_token(cur_len, cfg)
+    if forced is not None:
+        scores[:] = -np.inf
+        scores[:, forced] = 0
+    return scores
+
+
+def forced_token(cur_len: int, cfg: GenerationConfig) -> int | None:
+    """The token every row must take next with `cur_len` tokens so far (forced bos / forced eos), or None."""
     forced = None
     if cur_len == 1 and cfg.forced_bos_token_id is not None:
         forced = cfg.forced_bos_token_id
     if cur_len == cfg.max_new_tokens and cfg.forced_eos_token_id is not None:  # max_length - 1, start token counted
         forced = cfg.forced_eos_token_id
-    if forced is not None:
-        scores[:] = -np.inf
-        scores[:, forced] = 0
-    return scores
+    return forced
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -91,15 +97,26 @@ def _trim(seq, cfg: GenerationConfig) -> list[int]:
 
 def greedy(decoder, batch: int, cfg: GenerationConfig) -> list[list[int]]:
     """Greedy decoding of `batch` rows; finished rows get pad tokens, and leave the decoder's batch when it
-    has `keep_rows` (see the module docstring), or are fed pads until all finish when it has not."""
+    has `keep_rows` (see the module docstring), or are fed pads until all finish when it has not.
+
+    A decoder with `step_argmax(tokens) -> ids [N]` (the argmax of the step's logits, taken where they are, e.g.
+    on a GPU) is used that way when no processor needs the scores (no_repeat_ngram_size 0): forced tokens then
+    replace the argmax, which is what `process` + argmax gives, and the logits never come to the host.
+    """
     seqs = np.full((batch, 1), cfg.decoder_start_token_id, dtype=np.int64)
     done = np.zeros(batch, dtype=bool)
     held = np.arange(batch)  # the rows the decoder holds, in its order
     compact = hasattr(decoder, "keep_rows")
+    argmax_step = None if cfg.no_repeat_ngram_size else getattr(decoder, "step_argmax", None)
     for _ in range(cfg.max_new_tokens):
-        scores = process(decoder.step(seqs[held, -1]).astype(np.float32), seqs[held], cfg)
+        if argmax_step is not None:
+            best = np.asarray(argmax_step(seqs[held, -1]), dtype=np.int64)
+            forced = forced_token(seqs.shape[1], cfg)
+            best = best if forced is None else np.full_like(best, forced)
+        else:
+            best = process(decoder.step(seqs[held, -1]).astype(np.float32), seqs[held], cfg).argmax(axis=-1)
         nxt = np.full(batch, cfg.pad_token_id, dtype=np.int64)
-        nxt[held] = np.where(done[held], cfg.pad_token_id, scores.argmax(axis=-1))
+        nxt[held] = np.where(done[held], cfg.pad_token_id, best)
         seqs = np.concatenate([seqs, nxt[:, None]], axis=1)
         done |= nxt == cfg.eos_token_id
         if done.all():
