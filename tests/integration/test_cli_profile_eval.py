@@ -99,6 +99,11 @@ def test_eval_checkpoint_predicts_what_its_bundle_predicts(bundle_eval, checkpoi
     ckpt, bundle = (json.loads(f.read_text()) for f in (tmp_path / "ckpt.json", bundle_eval[1] / "e.json"))
     assert ckpt["backend"] == "torch" and len(ckpt["predictions"]) == 14
     assert ckpt["predictions"] == bundle["predictions"]
+    out = run_cli("eval", str(checkpoint), "--data", str(synth / "test.json"), "--num-beams", "1", "--max-new-tokens", "8",
+                  "--threads", "1", "--backend", "torch", "--device", "cpu", "--json", str(tmp_path / "graphed.json"))
+    assert out.returncode == 0, out.stderr
+    graphed = json.loads((tmp_path / "graphed.json").read_text())  # the static-KV decoder (graphs on a GPU only)
+    assert graphed["backend"] == "torch-graphs" and graphed["predictions"] == bundle["predictions"]
 
 
 def test_eval_errors_are_one_line(bundles, synth, tmp_path, capsys):
@@ -107,4 +112,5 @@ def test_eval_errors_are_one_line(bundles, synth, tmp_path, capsys):
     _one_line_error(capsys, ["eval", bundle, "--data", data, "--tasks", "IMG_CLS,NOPE"], "unknown task 'NOPE'")
     _one_line_error(capsys, ["eval", str(tmp_path / "nothing"), "--data", data], "no such bundle or checkpoint")
     _one_line_error(capsys, ["eval", bundle, "--data", data, "--backend", "tensorflow"], "unknown backend 'tensorflow'")
+    _one_line_error(capsys, ["eval", bundle, "--data", data, "--backend", "torch"], "--backend torch runs a checkpoint directory")
     _one_line_error(capsys, ["eval", bundle, "--data", data, "--limit", "0"], "--limit: must be >= 1 (got 0)")

@@ -12,7 +12,7 @@ from tiercel.cli import BACKEND_OPTION, app
 
 @app.command()
 def run(
-    bundle: Path = typer.Argument(..., help="Bundle directory written by `tiercel export` (a checkpoint directory with --backend torch)."),
+    bundle: Path = typer.Argument(..., help="Bundle directory written by `tiercel export`, or a checkpoint directory (PyTorch; CUDA graphs with --device cuda)."),
     image: Path = typer.Option(..., "--image", help="Image file (grayscale, RGBA and 16-bit are converted)."),
     image2: Path = typer.Option(None, "--image2", help="Second image ('after'), for PIX_CHG only."),
     task: str = typer.Option(None, "--task", help="Task tag, e.g. IMG_CAP or REG_DET_HBB."),
@@ -26,7 +26,6 @@ def run(
     max_new_tokens: int = typer.Option(None, help="Generated tokens at most (default: the bundle's setting)."),
 ):
     """Run a bundle on an image and print the typed result(s) as JSON."""
-    import tiercel.runtime
     from tiercel.data.images import load_image
     from tiercel.errors import ConfigError
 
@@ -35,16 +34,10 @@ def run(
     region_value = _region(region)
     img = load_image(image)
     img2 = load_image(image2) if image2 is not None else None
+    from tiercel.evaluate import open_predictor
     from tiercel.runtime.backends import parse_options
 
-    if backend not in (*tiercel.runtime.BACKENDS, "torch"):
-        raise ConfigError(f"--backend: unknown backend '{backend}'; choose one of: {', '.join((*tiercel.runtime.BACKENDS, 'torch'))}")
-    if backend == "torch":
-        from tiercel.models.static_decode import load_graphed
-
-        m = load_graphed(bundle, device)
-    else:
-        m = tiercel.runtime.load(bundle, backend=backend, device=device, options=parse_options(option))
+    m = open_predictor(bundle, backend=backend, device=device, options=parse_options(option))
     gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
     if all_tasks:
         from tiercel import tasks

@@ -194,13 +194,21 @@ def _sample(item: _Item, pred: T.Result) -> Sample:
 
 def open_predictor(path: str | Path, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None,
                    options: dict | None = None):
-    """A bundle directory (manifest.json) opened on `backend`, or a checkpoint directory as a TorchPredictor.
+    """A bundle directory (manifest.json) opened on `backend`, or a checkpoint directory read by PyTorch.
 
-    `threads`: the backend's intra-op threads, or torch's (process-wide) for a checkpoint; `options`: backend
-    settings for a bundle (tiercel.runtime.load).
+    A checkpoint runs as a TorchPredictor (transformers, fp32, CPU), or as a GraphedPredictor (fp16, CUDA graphs,
+    tiercel.models.static_decode) with backend "torch" or device "cuda". `threads`: the backend's intra-op
+    threads, or torch's (process-wide) for a checkpoint; `options`: backend settings for a bundle
+    (tiercel.runtime.load).
     """
+    from tiercel.runtime.backends import BACKENDS
+
+    if backend not in (*BACKENDS, "torch"):
+        raise ConfigError(f"--backend: unknown backend '{backend}'; choose one of: {', '.join((*BACKENDS, 'torch'))}")
     path = Path(path)
     if (path / "manifest.json").is_file():
+        if backend == "torch":
+            raise ConfigError(f"{path}: a bundle; --backend torch runs a checkpoint directory (for a bundle use {', '.join(BACKENDS)})")
         import tiercel.runtime
 
         return tiercel.runtime.load(path, backend=backend, device=device, threads=threads, options=options)
@@ -209,8 +217,12 @@ def open_predictor(path: str | Path, backend: str = "onnxruntime", device: str |
     from tiercel.errors import require
 
     torch = require("torch", "train", f"evaluating {path} (not a bundle: no manifest.json, so read as a PyTorch checkpoint)")
-    from tiercel.models.predict import TorchPredictor
-
     if threads:
         torch.set_num_threads(threads)
+    if backend == "torch" or device == "cuda":
+        from tiercel.models.static_decode import load_graphed
+
+        return load_graphed(path, device)
+    from tiercel.models.predict import TorchPredictor
+
     return TorchPredictor.from_checkpoint(path)
