@@ -236,7 +236,7 @@ class GraphedPredictor(TorchPredictor):
             from tiercel.errors import ConfigError
 
             raise ConfigError(f"max_new_tokens: at most {limit} for this model (its position table); got {cfg.max_new_tokens}")
-        decoder = self.decoder(hidden.shape[0], hidden.shape[1], min(cfg.max_new_tokens, limit))
+        decoder = self.decoder(hidden.shape[0], hidden.shape[1], cfg.max_new_tokens)
         decoder.start(hidden, mask)
         with self._stage("generate"):
             return generate(_Timed(decoder, self._stage), len(prompts), cfg)
