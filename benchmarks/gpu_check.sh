@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The prepared GPU check of issue 9, for a CUDA machine that can fetch nothing. From the repository root:
 #
-#     bash benchmarks/gpu_check.sh torch          # needs nothing carried: eager vs torch_graphs (CUDA graphs) on
+#     bash benchmarks/gpu_check.sh torch          # needs nothing carried: eager vs torch_static vs torch_graphs on
 #                                                 # florence2-base and -large + the graph test (~3-4 min, estimated)
 #     bash benchmarks/gpu_check.sh stage          # copy carried package parts to /tmp/parts; start exporting the
 #                                                 # florence2-base/-large fp16 bundles in the background (setsid)
 #     bash benchmarks/gpu_check.sh run [--large]  # stage, install the packages, benchmarks/gpu.py, GPU-marked tests
 #
 # A session with one device lease: call 1 `torch; stage` carrying part aa, calls 2-3 `stage` carrying ab and ac
-# (seconds each: start the next at once, the machine goes back after 30 s idle), call 4 `run --large`.
+# (seconds each: start the next at once, the machine goes back after 30 s idle), call 4 `run --large` (worst
+# case 120 s waiting for the export + 360 s benchmark + 100 s tests: give it timeout_s 600).
 #
 # `stage` exists because the onnxruntime-gpu package (~255 MB as a wheel) does not fit one 64 MiB transfer: it
 # travels in parts over several calls to the same warm machine, and the CPU-bound export runs meanwhile (with the
@@ -83,11 +84,11 @@ run() {
   cp /tmp/export.log "$OUT/" 2>/dev/null
   presets=(--preset florence2-base)
   [ "${1:-}" = "--large" ] && presets=("${PRESETS[@]}")
-  # gpu.py writes its JSON after each preset, so a cut-off large run keeps base
-  timeout 420 $PY benchmarks/gpu.py --reuse --work $WORK "${presets[@]}" --runs 5 --all-runs 5 2>&1 | tee "$OUT/bench.log"
+  # gpu.py writes its JSON after each preset, so a cut-off large run keeps base; the torch paths ran in `torch`
+  timeout 360 $PY benchmarks/gpu.py --reuse --work $WORK --paths eager,ort,ort_bound,tensorrt "${presets[@]}" --runs 5 --all-runs 5 2>&1 | tee "$OUT/bench.log"
   cp benchmarks/results/gpu_*.json "$OUT/" 2>/dev/null
   # GPU-marked tests (onnxruntime CUDA + I/O binding, fp16 bundles on cuda, TensorRT engines, gpu.py on tiny)
-  timeout 120 $PY -m pytest -q -m gpu tests/gpu -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+  timeout 100 $PY -m pytest -q -m gpu tests/gpu -rs --tb=short -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
   ls -la "$OUT"
 }
 
