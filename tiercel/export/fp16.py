@@ -64,7 +64,7 @@ def unique_nodes(graph) -> None:
         key = node.SerializeToString()
         if node.name in seen and key in seen[node.name]:
             continue
-        if node.name in seen:
+        if node.name in seen and node.name:  # empty names may repeat in ONNX
             base, n = node.name, len(seen[node.name])
             seen[base].add(key)
             node.name = f"{base}_{n}"
