@@ -97,8 +97,9 @@ class StaticDecoder:
             self.cv[:, :, :, s:] = 0
             self.enc_mask.zero_()
             self.enc_mask[:, 0, 0, :s] = enc_mask.bool()
-            self.k.zero_()
-            self.v.zero_()
+            # positions the last call wrote: masked from now on, but an inf there would make 0 * inf = nan
+            self.k[:, :, :, : self.step_index] = 0
+            self.v[:, :, :, : self.step_index] = 0
         self.step_index = 0
 
     def _step(self, tokens: np.ndarray):
@@ -127,11 +128,13 @@ class StaticDecoder:
         return self._step(tokens).argmax(-1).cpu().numpy()
 
     def reorder(self, rows: np.ndarray) -> None:
-        """Beam search: row i continues beam rows[i] (self-attention KV only; cross KV is equal across beams)."""
+        """Beam search: row i continues beam rows[i] (self-attention KV only; cross KV is equal across beams).
+        Only the positions written so far move: the rest is masked and written before it is read."""
         idx = self.torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.k.device)
+        n = self.step_index
         with self.torch.no_grad():
-            self.k.copy_(self.k.index_select(1, idx))
-            self.v.copy_(self.v.index_select(1, idx))
+            self.k[:, :, :, :n] = self.k[:, :, :, :n].index_select(1, idx)
+            self.v[:, :, :, :n] = self.v[:, :, :, :n].index_select(1, idx)
 
     # ---- the step ----------------------------------------------------------------------------------------
     def _attend(self, att, x, k, v, mask):
