@@ -4,11 +4,11 @@
     p.run(image, task="IMG_CAP")                              # the Model API: run / run_all / generate_ids
 
 Why this exists (issue 9): on an H200 the decoder of Florence-2-base costs 4.2 ms per token in transformers
-eager, and onnxruntime's CUDA provider with I/O binding took 0.15 s against eager's 0.22 s end to end and no less on 14
-tasks (benchmarks/results/gpu_nvidia_h200_2026-11-27), while the decoder's bandwidth bound is under 0.1 ms/token
-(issue 9): a decode step is many small kernels (about 140 by a count of its operations, an estimate), and
-launching them is the cost. A CUDA graph launches the whole step at once. Graphs need fixed shapes and
-addresses, so the decoder here is written over static buffers:
+eager, and onnxruntime's CUDA provider with I/O binding took 0.15 s against eager's 0.22 s end to end and no
+less on 14 tasks (benchmarks/results/gpu_nvidia_h200_2026-11-27), while the decoder's bandwidth bound is under
+0.1 ms/token (issue 9): a decode step is many small kernels (about 140 by a count of its operations, an
+estimate), and launching them is the cost. A CUDA graph launches the whole step at once. Graphs need fixed
+shapes and addresses, so the decoder here is written over static buffers:
 
 - self-attention K/V: [layers, rows, heads, T, head_dim], T = max_new_tokens rounded up to a multiple of 64;
   step p writes position p (index_copy_ at a device-side position) and attends over positions <= p (a mask
