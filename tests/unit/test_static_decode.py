@@ -40,7 +40,7 @@ def test_first_step_logits_equal_the_transformers_decoder(pair):
         start = torch.full((3, 1), eager.generation.decoder_start_token_id)
         want = eager.model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=start).logits[:, -1]
     decoder = static.decoder(3, hidden.shape[1], 8)
-    decoder.start(hidden, mask)
+    decoder.start(hidden, mask, static._stage)
     assert decoder.enc_len == 64 and decoder.enc_len > hidden.shape[1]  # padded and masked
     np.testing.assert_allclose(decoder.step(start[:, 0].numpy()), want.numpy(), atol=1e-4)
 

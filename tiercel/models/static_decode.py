@@ -18,7 +18,7 @@ shapes and addresses, so the decoder here is written over static buffers:
 - the step's token ids and position are device tensors copied in before each replay.
 
 Graphs are kept per (rows, encoder length, T) and reused across calls: capture costs a few warm-up steps once.
-Beam search reorders the self-attention K/V in place (index_select + copy_, outside the graph); rows never leave
+Beam search reorders the written self-attention K/V in place (index_select, outside the graph); rows never leave
 the batch (no keep_rows), as in transformers' `generate`. Decoding itself (logits processors, greedy, beams) is
 the runtime's generate.py, so the tokens follow the same rules as every other backend; the layers are the
 transformers BART decoder layer's operations in its order (post-LayerNorm), with scaled_dot_product_attention.
@@ -85,15 +85,15 @@ class StaticDecoder:
         self.use_graph = graphs and dev.type == "cuda"
 
     # ---- per call --------------------------------------------------------------------------------------
-    def start(self, enc_hidden, enc_mask) -> None:
-        """Load one call's encoder output [rows, S <= enc_len, D] and mask [rows, S]; reset the self-attention KV."""
+    def start(self, enc_hidden, enc_mask, stage) -> None:
+        """Load one call's encoder output [rows, S <= enc_len, D] and mask [rows, S]; reset the self-attention KV.
+        `stage(name)` times each step as first_token / decode_token (the runtime's profiling names)."""
         torch = self.torch
-        rows, s = enc_hidden.shape[:2]
+        s = enc_hidden.shape[1]
         with torch.no_grad():
             for i, layer in enumerate(self.lm.layers):
-                att = layer.encoder_attn
-                self.ck[i, :, :, :s] = att.k_proj(enc_hidden).view(rows, s, self.heads, self.head_dim).transpose(1, 2)
-                self.cv[i, :, :, :s] = att.v_proj(enc_hidden).view(rows, s, self.heads, self.head_dim).transpose(1, 2)
+                self.ck[i, :, :, :s] = self._heads(layer.encoder_attn.k_proj(enc_hidden))
+                self.cv[i, :, :, :s] = self._heads(layer.encoder_attn.v_proj(enc_hidden))
             self.ck[:, :, :, s:] = 0
             self.cv[:, :, :, s:] = 0
             self.enc_mask.zero_()
@@ -101,10 +101,14 @@ class StaticDecoder:
             # positions the last call wrote: masked from now on, but an inf there would make 0 * inf = nan
             self.k[:, :, :, : self.step_index] = 0
             self.v[:, :, :, : self.step_index] = 0
-        self.step_index = 0
+        self.step_index, self.stage = 0, stage
 
     def _step(self, tokens: np.ndarray):
         """Advance one position; the logits [rows, vocab] stay on the device (a graph's output buffer)."""
+        with self.stage("first_token" if self.step_index == 0 else "decode_token"):
+            return self._advance(tokens)
+
+    def _advance(self, tokens: np.ndarray):
         torch = self.torch
         self.tokens.copy_(torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).view(-1, 1))
         self.pos.fill_(self.step_index)
@@ -138,9 +142,13 @@ class StaticDecoder:
             self.v[:, :, :, :n] = self.v[:, :, :, :n].index_select(1, idx)
 
     # ---- the step ----------------------------------------------------------------------------------------
+    def _heads(self, x):
+        """[rows, n, d_model] -> [rows, heads, n, head_dim]."""
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
     def _attend(self, att, x, k, v, mask):
         torch = self.torch
-        q = att.q_proj(x).view(self.rows, 1, self.heads, self.head_dim).transpose(1, 2)
+        q = self._heads(att.q_proj(x))
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=att.scaling)
         return att.out_proj(out.transpose(1, 2).reshape(self.rows, 1, -1))
 
@@ -152,9 +160,8 @@ class StaticDecoder:
         self_mask = (self.positions <= self.pos).view(1, 1, 1, -1)
         for i, layer in enumerate(lm.layers):
             att = layer.self_attn
-            shape = (self.rows, 1, self.heads, self.head_dim)
-            self.k[i].index_copy_(2, self.pos, att.k_proj(x).view(shape).transpose(1, 2))
-            self.v[i].index_copy_(2, self.pos, att.v_proj(x).view(shape).transpose(1, 2))
+            self.k[i].index_copy_(2, self.pos, self._heads(att.k_proj(x)))
+            self.v[i].index_copy_(2, self.pos, self._heads(att.v_proj(x)))
             x = layer.self_attn_layer_norm(x + self._attend(att, x, self.k[i], self.v[i], self_mask))
             x = layer.encoder_attn_layer_norm(x + self._attend(layer.encoder_attn, x, self.ck[i], self.cv[i], self.enc_mask))
             x = layer.final_layer_norm(x + layer.fc2(layer.activation_fn(layer.fc1(x))))
@@ -241,9 +248,9 @@ class GraphedPredictor(TorchPredictor):
 
             raise ConfigError(f"max_new_tokens: at most {limit} for this model (its position table); got {cfg.max_new_tokens}")
         decoder = self.decoder(hidden.shape[0], hidden.shape[1], cfg.max_new_tokens)
-        decoder.start(hidden, mask)
+        decoder.start(hidden, mask, self._stage)
         with self._stage("generate"):
-            return generate(_Timed(decoder, self._stage), len(prompts), cfg)
+            return generate(decoder, len(prompts), cfg)
 
 
 def load_graphed(path, device: str | None = None) -> GraphedPredictor:
@@ -260,23 +267,3 @@ def load_graphed(path, device: str | None = None) -> GraphedPredictor:
         raise ConfigError("--device cuda: torch sees no CUDA GPU here; use --device cpu or a CUDA build of torch")
     return GraphedPredictor.from_checkpoint(path, device, "float16" if device == "cuda" else "float32")
 
-
-class _Timed:
-    """first_token / decode_token stages around StaticDecoder.step (the runtime's profiling names)."""
-
-    def __init__(self, decoder: StaticDecoder, stage):
-        self.decoder, self.stage, self.first = decoder, stage, True
-
-    def step(self, tokens):
-        return self._timed(self.decoder.step, tokens)
-
-    def step_argmax(self, tokens):
-        return self._timed(self.decoder.step_argmax, tokens)
-
-    def _timed(self, fn, tokens):
-        with self.stage("first_token" if self.first else "decode_token"):
-            self.first = False
-            return fn(tokens)
-
-    def reorder(self, rows):
-        self.decoder.reorder(rows)
