@@ -8,6 +8,8 @@ Knows nothing about models or tasks.
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +53,83 @@ def _stretch(array: np.ndarray) -> np.ndarray:
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """HxWx3 uint8 -> size x size x 3 uint8, bicubic, aspect ratio not kept (as the Florence-2 processor)."""
-    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC), dtype=np.uint8)
+    """HxWx3 uint8 -> size x size x 3 uint8, bicubic, aspect ratio not kept (as the Florence-2 processor).
+
+    When the height is a whole multiple k >= 2 of `size` (PIX_CHG's tiled pair of two size x size images is
+    one), bands of output rows are resized on threads, each from the same image with a `box` (Pillow reads the
+    rows it needs from outside the box and releases the GIL while it resamples). With a whole factor the numbers
+    in Pillow's coefficient setup are exact (band start b*k, scale k, centres b*k + (i + 0.5)*k), so a band's
+    coefficients are those of the same rows of one resize. But Pillow (13, here) also chooses from the shapes
+    which pass, horizontal or vertical, runs first, and a band may choose differently: 384x256 -> 128 does. So
+    each shape is checked once per process on noise (`_bands_agree`), and unless the bands give one call's bytes
+    the image is resized in one call.
+    Measured on this 2-core CPU for 1536 -> 768: 28 ms in one call, 13 ms in two bands (throwaway timing)."""
+    image, (height, width) = Image.fromarray(rgb), rgb.shape[:2]
+    bands = min(_BAND_THREADS, size // 64)
+    if height % size or height < 2 * size or bands < 2 or not _bands_agree(height, width, size, bands):
+        return np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.uint8)
+    return _resize_bands(image, size, bands)
+
+
+def _resize_bands(image: Image.Image, size: int, bands: int) -> np.ndarray:
+    """One resize of `image` (height = k * size) to size x size, as `bands` bands of rows on threads."""
+    width, height = image.size
+    k, edges = height // size, [size * i // bands for i in range(bands + 1)]
+
+    def band(i: int) -> np.ndarray:
+        top, bottom = edges[i], edges[i + 1]
+        return np.asarray(image.resize((size, bottom - top), Image.BICUBIC, box=(0, top * k, width, bottom * k)))
+
+    return np.concatenate(list(_pool().map(band, range(bands))), axis=0)
+
+
+@functools.lru_cache(maxsize=64)
+def _bands_agree(height: int, width: int, size: int, bands: int) -> bool:
+    """Whether banded resizing gives one resize's bytes for this shape (on seeded noise, where any difference in
+    the pass order or the coefficients shows)."""
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    return np.array_equal(_resize_bands(noise, size, bands), np.asarray(noise.resize((size, size), Image.BICUBIC)))
+
+
+_BAND_THREADS = min(os.cpu_count() or 1, 8)
+
+
+_POOL: dict = {}
+
+
+def _pool():
+    """This process's resize threads (a forked data-loader worker gets its own: threads do not survive a fork)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pid = os.getpid()
+    if pid not in _POOL:
+        _POOL.clear()
+        _POOL[pid] = ThreadPoolExecutor(_BAND_THREADS, thread_name_prefix="tiercel-resize")
+    return _POOL[pid]
 
 
 def normalize(resized: np.ndarray, mean, std) -> np.ndarray:
-    """[..., S, S, 3] uint8 -> [..., 3, S, S] float32: rescale by 1/255, then (x - mean) / std."""
-    x = (resized.astype(np.float32) * np.float32(1 / 255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+    """[..., S, S, 3] uint8 -> [..., 3, S, S] float32: rescale by 1/255, then (x - mean) / std.
+
+    A uint8 pixel has 256 values, so each channel's 256 results are computed once (the same float32
+    operations, so the same bits) and looked up: 3x faster than the arithmetic over every pixel
+    (7.6 -> 2.8 ms for 768x768 on the 2-core EPYC that runs CI), which matters on a field device's CPU."""
+    if resized.dtype != np.uint8:  # not a decoded image: the arithmetic itself
+        x = (resized.astype(np.float32) * np.float32(1 / 255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+    lut = _lookup(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    chw = np.moveaxis(resized, -1, -3)
+    out = np.empty(chw.shape, np.float32)
+    for c in range(chw.shape[-3]):
+        out[..., c, :, :] = lut[c][chw[..., c, :, :]]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _lookup(mean: tuple, std: tuple) -> np.ndarray:
+    """[channels, 256] float32: (v * (1/255) - mean) / std for every uint8 value v, in float32."""
+    v = np.arange(256, dtype=np.float32)[:, None]
+    return np.ascontiguousarray(((v * np.float32(1 / 255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).T)
 
 
 def preprocess(rgb: np.ndarray, size: int, mean, std) -> np.ndarray:
