@@ -69,6 +69,36 @@ def test_preprocessing_equals_the_transformers_processor(bundle):
     assert np.abs(m.pixel_values(img) - want).max() < 1e-5
 
 
+# (384, 256, 128): a shape where Pillow 13 orders a band's two passes unlike the whole image's, so the bands differ
+# and the one-call fallback must be taken; (300, 90, 200): not a whole multiple
+@pytest.mark.parametrize("height,width,size", [(384, 200, 192), (400, 130, 200), (600, 64, 200), (300, 90, 200), (384, 256, 128)])
+def test_resize_in_bands_equals_one_pillow_resize_bit_for_bit(monkeypatch, height, width, size):
+    from PIL import Image
+
+    from tiercel.runtime import preprocess
+
+    monkeypatch.setattr(preprocess, "_BAND_THREADS", 3)  # 3 bands (uneven for 200) whatever this machine's cores
+    rgb = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    want = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
+    assert np.array_equal(preprocess.resize_square(rgb, size), want)
+
+
+def test_normalize_by_lookup_equals_the_per_pixel_arithmetic_bit_for_bit():
+    from tiercel.runtime.preprocess import normalize
+
+    rng = np.random.default_rng(0)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    for shape in [(37, 53, 3), (2, 16, 16, 3)]:
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        want = (pixels.astype(np.float32) * np.float32(1 / 255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        got = normalize(pixels, mean, std)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        assert np.array_equal(got, np.moveaxis(want, -1, -3))
+    floats = rng.random((8, 8, 3)).astype(np.float32) * 255  # not an image's bytes: the arithmetic itself
+    want = np.moveaxis((floats / 255 - np.float32(mean)) / np.float32(std), -1, -3)
+    assert np.abs(normalize(floats, mean, std) - want).max() < 1e-5
+
+
 @pytest.mark.parametrize("kind", ["gray", "rgba", "uint16", "float"])
 def test_odd_image_formats_are_converted(bundle, kind):
     import tiercel.runtime as rt
