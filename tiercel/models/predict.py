@@ -90,21 +90,24 @@ class TorchPredictor(Model):
             ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _encode(self, features: np.ndarray, ids, mask):
-        """Token embeddings with the image features in the `<image>` slots, through the text encoder."""
+    def _encode(self, features: np.ndarray, ids, mask, rows: list[int] | None = None):
+        """Token embeddings with the image features in the `<image>` slots, through the text encoder. `rows`: the
+        row of `features` each prompt reads, gathered on the device (only the distinct images are copied there)."""
         torch = self.torch
         with self._stage("embed_tokens"):
             embeds = self.model.get_input_embeddings()(ids)
-            embeds[:, : features.shape[1]] = torch.from_numpy(features).to(self.device, embeds.dtype)
+            image = torch.from_numpy(features).to(self.device, embeds.dtype)
+            embeds[:, : features.shape[1]] = image if rows is None else image[torch.tensor(rows, device=self.device)]
         with self._stage("text_encoder"):
             return self.model.model.language_model.encoder(inputs_embeds=embeds, attention_mask=mask)
 
-    def generate_ids(self, features: np.ndarray, prompts: list[str], **overrides) -> list[list[int]]:
+    def generate_ids(self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None,
+                     **overrides) -> list[list[int]]:
         """Generated ids per prompt (after the decoder start, up to and including eos), via transformers."""
         torch, cfg = self.torch, self.generation.with_overrides(**overrides)
         ids, mask = self._prompt_batch(features, prompts)
         with torch.no_grad():
-            encoded = self._encode(features, ids, mask)
+            encoded = self._encode(features, ids, mask, rows)
             with self._stage("generate"):
                 out = self.model.generate(input_ids=ids, attention_mask=mask, encoder_outputs=encoded,
                                           **hf_generation_kwargs(cfg))

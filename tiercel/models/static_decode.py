@@ -7,8 +7,10 @@ Why this exists (issue 9): on an H200 the decoder of Florence-2-base costs 4.2 m
 eager, and onnxruntime's CUDA provider with I/O binding took 0.15 s against eager's 0.22 s end to end and no
 less on 14 tasks (benchmarks/results/gpu_nvidia_h200_2026-11-27), while the decoder's bandwidth bound is under
 0.1 ms/token (issue 9): a decode step is many small kernels (about 140 by a count of its operations, an
-estimate), and launching them is the cost. A CUDA graph launches the whole step at once. Graphs need fixed
-shapes and addresses, so the decoder here is written over static buffers:
+estimate), and launching them is the cost. A CUDA graph launches the whole step at once: measured on H200s,
+0.58-0.63 ms/token for Florence-2-base (1.34-1.38 for -large) against eager's 3.3-6.4 (5.9-11.3), tokens identical
+(benchmarks/results/gpu_nvidia_h200.json and the runs beside it). Graphs need fixed shapes and addresses, so the
+decoder here is written over static buffers:
 
 - self-attention K/V: [layers, rows, heads, T, head_dim], T = max_new_tokens rounded up to a multiple of 64;
   step p writes position p (index_copy_ at a device-side position) and attends over positions <= p (a mask
@@ -22,7 +24,7 @@ Beam search reorders the written self-attention K/V in place (index_select, outs
 the batch (no keep_rows), as in transformers' `generate`. Decoding itself (logits processors, greedy, beams) is
 the runtime's generate.py, so the tokens follow the same rules as every other backend; the layers are the
 transformers BART decoder layer's operations in its order (post-LayerNorm), with scaled_dot_product_attention.
-On a CPU (tests) the same step runs without a graph; the graph capture is exercised on a GPU only.
+On a CPU (tests) the same step runs without a graph; the graph capture is exercised on a GPU only (tests/gpu).
 """
 
 from __future__ import annotations
@@ -234,12 +236,13 @@ class GraphedPredictor(TorchPredictor):
             self._decoders[key] = StaticDecoder(self.model, *key, graphs=self.graphs)
         return self._decoders[key]
 
-    def generate_ids(self, features: np.ndarray, prompts: list[str], **overrides) -> list[list[int]]:
+    def generate_ids(self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None,
+                     **overrides) -> list[list[int]]:
         """Generated ids per prompt (after the decoder start, up to and including eos), static-KV decoder."""
         torch, cfg = self.torch, self.generation.with_overrides(**overrides)
         ids, mask = self._prompt_batch(features, prompts)
         with torch.no_grad():
-            hidden = self._encode(features, ids, mask).last_hidden_state
+            hidden = self._encode(features, ids, mask, rows).last_hidden_state
         if cfg.num_beams > 1:
             hidden, mask = hidden.repeat_interleave(cfg.num_beams, 0), mask.repeat_interleave(cfg.num_beams, 0)
         limit = self.model.model.language_model.decoder.embed_positions.num_embeddings - 2

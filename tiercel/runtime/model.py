@@ -169,8 +169,9 @@ class Model:
     def embed(self, ids: np.ndarray) -> np.ndarray:
         return self.sessions["embed_tokens"].run({"input_ids": ids})["inputs_embeds"]
 
-    def encode(self, features: np.ndarray, prompts: list[str]):
-        """Image features [1 or B, N, D] + prompts -> (encoder hidden [B, T, D], mask [B, T]); right-padded."""
+    def encode(self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None):
+        """Image features [1 or B, N, D] + prompts -> (encoder hidden [B, T, D], mask [B, T]); right-padded.
+        `rows`: the row of `features` each prompt reads (run_all: several prompts share one image's features)."""
         n_img = features.shape[1]
         ids = [self.tokenizer.prompt_ids(p, n_img) for p in prompts]
         width = max(len(i) for i in ids)
@@ -180,15 +181,21 @@ class Model:
             batch[row, : len(seq)], mask[row, : len(seq)] = seq, 1
         with self._stage("embed_tokens"):
             embeds = self.embed(batch)
-            embeds[:, :n_img] = features  # the processor puts the image tokens first
+            if rows is None:
+                embeds[:, :n_img] = features  # the processor puts the image tokens first
+            else:  # copied row by row: no [B, N, D] gathered copy first
+                for i, r in enumerate(rows):
+                    embeds[i, :n_img] = features[r]
         with self._stage("text_encoder"):
             hidden = self.sessions["encoder_model"].run({"inputs_embeds": embeds, "attention_mask": mask})["last_hidden_state"]
         return hidden, mask
 
-    def generate_ids(self, features: np.ndarray, prompts: list[str], **overrides) -> list[list[int]]:
-        """Generated token ids per prompt (after the decoder start, up to and including eos)."""
+    def generate_ids(self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None,
+                     **overrides) -> list[list[int]]:
+        """Generated token ids per prompt (after the decoder start, up to and including eos). `rows`: the row of
+        `features` each prompt reads (default: row i, or row 0 for all when features has one row)."""
         cfg = self.generation.with_overrides(**overrides)
-        hidden, mask = self.encode(features, prompts)
+        hidden, mask = self.encode(features, prompts, rows)
         if cfg.num_beams > 1:
             hidden, mask = np.repeat(hidden, cfg.num_beams, 0), np.repeat(mask, cfg.num_beams, 0)
         stage = _untimed if self.timer is None else self.timer.stage
@@ -254,8 +261,8 @@ class Model:
             images = [rgb] + ([self._inputs(pairs[0], rgb, image2)[0]] if pairs else [])  # image read once
             pixels = np.concatenate([preprocess(x, self.pre["size"], self.pre["mean"], self.pre["std"]) for x in images])
         features = self.image_features(pixels)
-        if pairs:  # row i takes the features of its own image: the scene (0) or the tiled pair (1)
-            features = features[[int(s.n_images != 1) for s in specs]]
-        ids = self.generate_ids(features, prompts, **generation)
+        # prompt i reads the features of its own image: the scene (0) or the tiled pair (1)
+        rows = [int(s.n_images != 1) for s in specs] if pairs else None
+        ids = self.generate_ids(features, prompts, rows=rows, **generation)
         with self._stage("postprocess"):
             return {s.tag: s.parse(self.tokenizer.decode(i), image_size=size, dialect=self.dialect) for s, i in zip(specs, ids)}
