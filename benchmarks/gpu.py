@@ -6,9 +6,10 @@ Usage (a CUDA machine with torch, onnxruntime-gpu and, for the tensorrt path, te
 Check of the script on a CPU (every line but the CUDA specifics; writes no results/gpu_*.json):
     python benchmarks/gpu.py --check --out /tmp/gpu_check.json  # = --device cpu --preset tiny --runs 2
 
-RUN ON A GPU ONCE, IN PART (an H200, 2026-11-27: eager and the two onnxruntime paths on florence2-base, cut off
-before the JSON; benchmarks/results/gpu_nvidia_h200_2026-11-27). The torch_graphs path was written after that run
-and has run only with --check. benchmarks/gpu_check.sh is the prepared device script.
+RUN ON H200s (2026-11-27): eager and the two onnxruntime paths on florence2-base once (cut off before the JSON), and
+eager / torch_static / torch_graphs on florence2-base and -large in four runs (results/gpu_nvidia_h200.json is the
+last; every run is in results/gpu_nvidia_h200_2026-11-27/ with a README). The tensorrt path has not run (no
+tensorrt there). benchmarks/gpu_check.sh is the prepared device script.
 
 Each preset's shape is built with random weights (tiercel.models.zoo; speed does not depend on their values),
 exported once to an fp16 bundle (`--precision fp16`: norms/softmax fp32, fp16 KV; plus TensorRT engines when the
@@ -65,11 +66,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from runtime_cpu import NEW_TOKENS, all_task_inputs, check, stage_rounds  # noqa: E402
+from runtime_cpu import NEW_TOKENS, STAGES, all_task_inputs, check, stage_rounds, timed  # noqa: E402
 
 from tiercel import tasks  # noqa: E402
 from tiercel.runtime.profile import forced_generation  # noqa: E402
 from tiercel.runtime.profile.runner import profile_image  # noqa: E402
+from tiercel.runtime.profile.timing import StageTimer  # noqa: E402
 
 PATHS = ("eager", "ort", "ort_bound", "torch_static", "torch_graphs", "tensorrt")
 BUNDLE_PATHS = {"ort", "ort_bound", "tensorrt"}  # the paths that need the exported fp16 bundle
@@ -119,6 +121,9 @@ def gpu_info(device: str) -> dict:
         import tensorrt
 
         info["tensorrt"] = tensorrt.__version__
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    info.update(host_cpu=cpu, host_cores=os.cpu_count(), load_average_at_start=list(os.getloadavg()))
     if device != "cuda":
         return {"name": "cpu", "check_run": True, **info}
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
@@ -227,7 +232,7 @@ def open_paths(model, tok, bundle: Path, names: list[str], device: str, now, fai
     return paths
 
 
-def all_tasks(paths: dict, image: np.ndarray, runs: int, log) -> dict:
+def all_tasks(paths: dict, image: np.ndarray, runs: int, log, now=time.perf_counter) -> dict:
     """14 tasks on one image: one run_all per path (PIX_CHG's before/after pair in the same batch); medians."""
     gen = forced_generation(NEW_TOKENS, 1)
     _, texts, regions, after = all_task_inputs(image)
@@ -244,8 +249,35 @@ def all_tasks(paths: dict, image: np.ndarray, runs: int, log) -> dict:
         for name, m in paths.items():
             rows[name].append(once(m))
         log(f"14-task round {i + 1}/{runs}: " + ", ".join(f"{n} {r[-1]:.0f} ms" for n, r in rows.items()))
-    return {"what": f"one run_all of the {len(tasks.TAGS)} tasks (PIX_CHG's pair batched with the image), {NEW_TOKENS} tokens each",
-            **{n: {"total_ms": statistics.median(r), "total_ms_per_run": r} for n, r in rows.items()}}
+    out = {"what": f"one run_all of the {len(tasks.TAGS)} tasks (PIX_CHG's pair batched with the image), {NEW_TOKENS} tokens each",
+           **{n: {"total_ms": statistics.median(r), "total_ms_per_run": r} for n, r in rows.items()}}
+    # where the time goes: 3 more interleaved rounds under the stage timer (its clock syncs the GPU at every stage
+    # boundary, so these totals are not the timed ones above); medians per stage
+    profiled = {n: [] for n in paths}
+    for _ in range(3):
+        for name, m in paths.items():
+            profiled[name].append(profile_round(m, now, lambda m=m: m.run_all(image, list(tasks.TAGS), texts, regions, image2=after, **gen)))
+    for name, rounds in profiled.items():
+        out[name]["profiled_rounds"] = p = {"total_ms": statistics.median(r["total_ms"] for r in rounds),
+                                            "stages_ms": {k: statistics.median(r["stages_ms"][k] for r in rounds) for k in rounds[0]["stages_ms"]},
+                                            "rounds": rounds}
+        log(f"14 tasks, {name}, profiled (median of 3): total {p['total_ms']:.1f}: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in p["stages_ms"].items()) + " ms")
+    return out
+
+
+def profile_round(m, now, call) -> dict:
+    """One call under a StageTimer: total ms and ms per stage; "unstaged" is the rest (host work between stages:
+    tokenising the prompts, the results' Python objects)."""
+    m.timer = StageTimer(clock=now)
+    try:
+        seconds, b = timed(m, call)
+    finally:
+        m.timer = None
+    stages = {s: 1000 * sum(b[p] for p in parts) for s, parts in STAGES.items()}
+    stages["decode_tokens"] = 1000 * sum(b["decode_token"])
+    stages["unstaged"] = 1000 * seconds - sum(stages.values())
+    return {"total_ms": 1000 * seconds, "stages_ms": stages}
 
 
 def verdicts(stages: dict, every: dict) -> dict:
@@ -274,12 +306,12 @@ def run_preset(preset: str, args, now, log) -> dict:
               "eager_dtype": str(paths["eager"]._dtype), "attn_implementation": paths["eager"].model.config._attn_implementation,
               "reference": REFERENCE.get(preset)}
     result["stages"] = stage_rounds(paths, image, args.task, args.runs, log, now=now)
-    result["all_tasks"] = all_tasks(paths, image, args.all_runs, log)
+    result["all_tasks"] = all_tasks(paths, image, args.all_runs, log, now)
     if "torch_graphs" in paths:  # which parts ran as CUDA graphs (True) or why not (the capture error)
         result["torch_graphs_status"] = paths["torch_graphs"].graph_status()
     result["targets"] = verdicts(result["stages"], result["all_tasks"])
     if args.device == "cuda":
-        result["max_memory_allocated_torch_gb"] = torch.cuda.max_memory_allocated() / 1e9  # eager only
+        result["max_memory_allocated_torch_gb"] = torch.cuda.max_memory_allocated() / 1e9  # the process so far: every torch path
     del paths
     return result
 
@@ -316,6 +348,7 @@ def main() -> None:
         result["presets"][preset] = r = run_preset(preset, args, now, log)
         print_summary(preset, r, log)
         result["wall_s"] = time.perf_counter() - started
+        result["load_average_at_end"] = list(os.getloadavg())
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")  # after every preset: a cut-off run keeps what it did
     log(f"wrote {out} ({result['wall_s']:.0f} s)")

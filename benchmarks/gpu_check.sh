@@ -6,6 +6,8 @@
 #     bash benchmarks/gpu_check.sh stage          # copy carried package parts to /tmp/parts; start exporting the
 #                                                 # florence2-base/-large fp16 bundles in the background (setsid)
 #     bash benchmarks/gpu_check.sh run [--large]  # stage, install the packages, benchmarks/gpu.py, GPU-marked tests
+#     bash benchmarks/gpu_check.sh eval CKPT DATA # `tiercel eval CKPT` on cpu (fp32) and on cuda (fp16, CUDA graphs):
+#                                                 # the user's command on a GPU; compares the two predictions
 #
 # A session with one device lease: call 1 `torch; stage` carrying part aa, calls 2-3 `stage` carrying ab and ac
 # (seconds each: start the next at once, the machine goes back after 30 s idle), call 4 `run --large` (worst
@@ -99,9 +101,32 @@ torch_only() {
   timeout 60 $PY -m pytest -q -m gpu tests/gpu -k cuda_graph -rs -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/tests_torch.log"
 }
 
+eval_cuda() {
+  # the checkpoint and a small Falcon_SFT file travel with the call (carry: both are git-ignored work folders)
+  # the CLI's own packages (typer, rich, pydantic, ...) where the image lacks them: wheels carried in .whl/cli,
+  # put after the image's packages on the path (the image's own versions win)
+  local ckpt=$1 data=$2
+  if ! $PY -c "import typer, rich, pydantic, yaml, PIL" 2>/dev/null && ls .whl/cli/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_cli .whl/cli/*.whl
+    export PYTHONPATH=$PYTHONPATH:/tmp/site_cli
+  fi
+  for dev in cpu cuda; do
+    timeout 120 $PY -m tiercel eval "$ckpt" --data "$data" --device $dev --json "$OUT/eval_$dev.json" 2>&1 \
+      | grep -v Warning | tail -4 | tee -a "$OUT/eval.log"
+  done
+  $PY - "$OUT" <<'PYEOF' 2>&1 | tee -a "$OUT/eval.log"
+import json, sys
+a, b = (json.load(open(f"{sys.argv[1]}/eval_{d}.json")) for d in ("cpu", "cuda"))
+same = [x["pred"].get("raw") == y["pred"].get("raw") for x, y in zip(a["predictions"], b["predictions"])]
+print(f"cuda vs cpu: {sum(same)}/{len(same)} predictions identical; average headline cpu {a['average_headline']:.4f} "
+      f"cuda {b['average_headline']:.4f}; backends {a['backend']} / {b['backend']}; seconds {a['seconds']:.1f} / {b['seconds']:.1f}")
+PYEOF
+}
+
 case "${1:-run}" in
   torch) torch_only ;;
+  eval) shift; eval_cuda "$@" ;;
   stage) stage ;;
   run) shift; run "$@" ;;
-  *) echo "usage: bash benchmarks/gpu_check.sh torch | stage | run [--large]" >&2; exit 1 ;;
+  *) echo "usage: bash benchmarks/gpu_check.sh torch | stage | run [--large] | eval CKPT DATA" >&2; exit 1 ;;
 esac
