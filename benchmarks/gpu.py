@@ -66,7 +66,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from runtime_cpu import NEW_TOKENS, STAGES, all_task_inputs, check, stage_rounds, timed  # noqa: E402
+from runtime_cpu import NEW_TOKENS, STAGES, all_task_inputs, check, cpu_model, stage_rounds, timed  # noqa: E402
 
 from tiercel import tasks  # noqa: E402
 from tiercel.runtime.profile import forced_generation  # noqa: E402
@@ -121,9 +121,7 @@ def gpu_info(device: str) -> dict:
         import tensorrt
 
         info["tensorrt"] = tensorrt.__version__
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    info.update(host_cpu=cpu, host_cores=os.cpu_count(), load_average_at_start=list(os.getloadavg()))
+    info.update(host_cpu=cpu_model(), host_cores=os.cpu_count(), load_average_at_start=list(os.getloadavg()))
     if device != "cuda":
         return {"name": "cpu", "check_run": True, **info}
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",

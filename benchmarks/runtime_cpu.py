@@ -89,6 +89,12 @@ STAGES = {"preprocess": ("preprocess",), "vision": ("vision_encoder",), "encoder
           "first_token": ("first_token",), "generate_overhead": ("generate_overhead",), "postprocess": ("postprocess",)}
 
 
+def cpu_model() -> str:
+    """The CPU's model name as lscpu gives it."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), platform.processor())
+
+
 def machine() -> dict:
     """CPU model, cores, load average now, OMP_WAIT_POLICY and library versions."""
     import onnxruntime
@@ -96,10 +102,8 @@ def machine() -> dict:
     import torch
     import transformers
 
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), platform.processor())
     flags = open("/proc/cpuinfo").read()
-    return {"cpu": model, "cores": os.cpu_count(), "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags,
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags,
             "loadavg_start": os.getloadavg(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
             "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__}
