@@ -32,7 +32,7 @@ The paths make the same calls on a synthetic image of the preset's size (768x768
                recorded when tensorrt is not installed or the device is not cuda
 
 Stages come from the runtime's StageTimer through `Model.timer` (TorchPredictor shares the hook; its decoder
-steps are timed by forward hooks). On cuda the timer's clock calls torch.cuda.synchronize() first, so a stage
+steps are timed by its forward hooks, TorchPredictor._timed_steps). On cuda the timer's clock calls torch.cuda.synchronize() first, so a stage
 holds its GPU work; onnxruntime and TensorRT runs end synchronised anyway (their outputs reach the host).
 Medians over `--runs` interleaved rounds after one warm-up: vision (vision tower + projector), first_token
 (first decoder step, which projects the cross-attention K/V), decode_token (each later step), end_to_end.
@@ -148,24 +148,6 @@ def clock(device: str):
     return synced
 
 
-def hook_decoder_steps(predictor, now) -> None:
-    """Time each forward call of transformers `generate` as first_token / decode_token in the predictor's timer."""
-    open_steps = []
-
-    def pre(module, args, kwargs):
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        first = cache is None or cache.get_seq_length() == 0
-        open_steps.append(("first_token" if first else "decode_token", now()))
-
-    def post(module, args, kwargs, output):
-        name, start = open_steps.pop()
-        if predictor.timer is not None:
-            predictor.timer.record(name, now() - start)
-
-    predictor.model.register_forward_pre_hook(pre, with_kwargs=True)
-    predictor.model.register_forward_hook(post, with_kwargs=True)
-
-
 def tensorrt_skip(device: str) -> str | None:
     """Why the tensorrt path cannot run here, or None."""
     if device != "cuda":
@@ -202,7 +184,7 @@ def build_and_export(preset: str, paths: list[str], work: Path, log, reuse: bool
     return model, tok, bundle, time.perf_counter() - t
 
 
-def open_paths(model, tok, bundle: Path, names: list[str], device: str, now, failed: dict) -> dict:
+def open_paths(model, tok, bundle: Path, names: list[str], device: str, failed: dict) -> dict:
     """{path: Model} for the paths in `names`; a path that fails to open goes into `failed` with its error."""
     import torch
     import transformers
@@ -214,7 +196,6 @@ def open_paths(model, tok, bundle: Path, names: list[str], device: str, now, fai
     transformers.logging.set_verbosity_error()  # eos -1 forces 32 tokens; transformers warns it will not stop
     dtype = torch.float16 if device == "cuda" else torch.float32
     eager = TorchPredictor(copy.deepcopy(model).to(device=device, dtype=dtype), tok)
-    hook_decoder_steps(eager, now)
     paths = {"eager": eager}
     opens = {"torch_graphs": lambda: GraphedPredictor(eager.model, tok),
              "torch_static": lambda: GraphedPredictor(eager.model, tok, graphs=False),
@@ -298,7 +279,7 @@ def run_preset(preset: str, args, now, log) -> dict:
     skipped = {"tensorrt": tensorrt_skip(args.device)} if "tensorrt" in args.paths and tensorrt_skip(args.device) else {}
     names = [p for p in args.paths if p not in skipped]
     model, tok, bundle, export_s = build_and_export(preset, names, work, log, reuse=args.reuse)
-    paths = open_paths(model, tok, bundle, names, args.device, now, skipped)
+    paths = open_paths(model, tok, bundle, names, args.device, skipped)
     image = profile_image(paths["eager"].pre["size"])
     result = {"export_s": export_s, "skipped": skipped, "image_size": list(image.shape[:2]),
               "eager_dtype": str(paths["eager"]._dtype), "attn_implementation": paths["eager"].model.config._attn_implementation,

@@ -13,12 +13,14 @@ decoding, parsing, batching in run_all) is the runtime's own code.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 
 import numpy as np
 
 from tiercel.errors import require
-from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD
+from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD, match_preset
 from tiercel.runtime.generate import GenerationConfig
 from tiercel.runtime.model import Model
 
@@ -34,6 +36,23 @@ def hf_generation_kwargs(cfg: GenerationConfig) -> dict:
 
 def _until_eos(seq: list[int], eos: int) -> list[int]:
     return seq[: seq.index(eos) + 1] if eos in seq else seq
+
+
+@contextlib.contextmanager
+def _quiet_if_forced(cfg: GenerationConfig):
+    """eos -1 forces the length (the profiler, benchmarks): transformers would warn at every call that generation
+    will not stop; its logging is set to errors for the call and restored after."""
+    if cfg.eos_token_id >= 0:
+        yield
+        return
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 class TorchPredictor(Model):
@@ -54,12 +73,73 @@ class TorchPredictor(Model):
         self.bundle, self.sessions, self.tokenizer = None, {}, tokenizer
         param = next(model.parameters())
         self.backend, self.device, self._dtype = "torch", str(param.device), param.dtype
-        self.shape = {"shape": shape.to_dict(), "image_tokens": shape.image_tokens, "d_model": shape.d_model,
+        self.shape = {"preset": match_preset(shape), "shape": shape.to_dict(), "image_tokens": shape.image_tokens, "d_model": shape.d_model,
                       "decoder_layers": shape.decoder_layers, "attention_heads": shape.attention_heads}
         self.pre = {"size": shape.image_size, "mean": list(mean), "std": list(std)}
         self.dialect = dialect
         self.generation = GenerationConfig(**(generation or generation_settings(model, tokenizer)))
         self.merged = False
+
+    @property
+    def stage_clock(self):
+        """The clock for the profiler's stage timer: on a GPU it synchronises first, so that a stage holds the GPU
+        work it queued (the torch stages return before their kernels finish)."""
+        if not self.device.startswith("cuda"):
+            return time.perf_counter
+        torch = self.torch
+
+        def synced() -> float:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+
+        return synced
+
+    @contextlib.contextmanager
+    def _timed_steps(self):
+        """With a timer attached, each forward call of transformers `generate` is recorded as first_token or
+        decode_token (the stages a bundle's decoder reports), on the timer's clock; without one, nothing is hooked."""
+        if self.timer is None:
+            yield
+            return
+        timer, open_steps = self.timer, []
+
+        def pre(module, args, kwargs):
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 passes `cache`
+            first = cache is None or cache.get_seq_length() == 0
+            open_steps.append(("first_token" if first else "decode_token", timer.clock()))
+
+        def post(module, args, kwargs, output):
+            name, start = open_steps.pop()
+            timer.record(name, timer.clock() - start)
+
+        hooks = [self.model.register_forward_pre_hook(pre, with_kwargs=True),
+                 self.model.register_forward_hook(post, with_kwargs=True)]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def weight_graphs(self) -> dict[str, dict]:
+        """What each stage reads, in the profiler's graph-file form {name: {"bytes", "precision", "files"}}: the
+        vision tower with its projector, the token embeddings, the text encoder, and the decoder with lm_head
+        (read at every step, whether or not it is tied to the embeddings)."""
+        inner, lm = self.model.model, self.model.model.language_model
+        shared = {id(p) for p in lm.shared.parameters()}
+
+        def size(*modules, with_shared: bool = False) -> int:
+            params = {id(p): p for m in modules for p in m.parameters() if with_shared or id(p) not in shared}
+            return sum(p.numel() * p.element_size() for p in params.values())
+
+        precision = {"float16": "fp16", "bfloat16": "bf16"}.get(str(self._dtype).removeprefix("torch."), "fp32")
+        parts = {"vision_encoder": size(inner.vision_tower, inner.multi_modal_projector),
+                 "embed_tokens": size(lm.shared, with_shared=True), "encoder_model": size(lm.encoder),
+                 "decoder_model": size(lm.decoder) + size(self.model.lm_head, with_shared=True)}
+        return {name: {"bytes": n, "precision": precision, "files": []} for name, n in parts.items()}
+
+    def weight_bytes(self) -> int:
+        """Bytes of the model's parameters, each tensor once (a tied lm_head is the embedding)."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, dtype: str = "float32") -> "TorchPredictor":
@@ -108,7 +188,7 @@ class TorchPredictor(Model):
         ids, mask = self._prompt_batch(features, prompts)
         with torch.no_grad():
             encoded = self._encode(features, ids, mask, rows)
-            with self._stage("generate"):
+            with self._stage("generate"), self._timed_steps(), _quiet_if_forced(cfg):
                 out = self.model.generate(input_ids=ids, attention_mask=mask, encoder_outputs=encoded,
                                           **hf_generation_kwargs(cfg))
         return [_until_eos(seq[1:], cfg.eos_token_id) for seq in out.tolist()]
