@@ -55,6 +55,19 @@ def test_profile_two_bundles_table_json_png(bundles, tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_profile_checkpoint_on_the_torch_backend(checkpoint, tmp_path):
+    out = run_cli("profile", str(checkpoint), "--backend", "torch", "--device", "cpu", "--runs", "1", "--warmup", "0",
+                  "--new-tokens", "4", "--image-size", "64", "--tasks", "IMG_CAP", "--threads", "1",
+                  "--json", str(tmp_path / "c.json"))
+    assert out.returncode == 0, out.stderr
+    for needle in ("decode, per token", "bundle / weights size", "a checkpoint's bytes are its parameters", "ESTIMATE"):
+        assert needle in out.stdout, needle
+    assert "eos_token_id" not in out.stderr  # transformers' warning about the forced length is silenced
+    p = json.loads((tmp_path / "c.json").read_text())["profiles"][0]
+    assert p["backend"] == "torch-graphs" and p["preset"] == "tiny" and p["stages"]["decode_token"]["n"] == 3
+    assert set(p["roofline"]) == {"vision_encoder", "text_encoder", "first_token", "decode_token"}
+
+
 def _one_line_error(capsys, args, message):
     """The real CLI entry point in-process (no new interpreter): exit code 1 and one line on stderr."""
     from tiercel.cli import main
@@ -67,7 +80,8 @@ def _one_line_error(capsys, args, message):
 
 def test_profile_errors_are_one_line(bundles, tmp_path, capsys):
     merged = str(bundles[1])
-    _one_line_error(capsys, ["profile", str(tmp_path / "none")], "no such bundle directory")
+    _one_line_error(capsys, ["profile", str(tmp_path / "none")], "no such bundle or checkpoint directory")
+    _one_line_error(capsys, ["profile", merged, "--backend", "torch"], "--backend torch profiles a checkpoint directory")
     _one_line_error(capsys, ["profile", merged, "--backend", "openvino"], "has no graphs for backend 'openvino'")
     _one_line_error(capsys, ["profile", merged, "--tasks", "IMG_FOO"], "unknown task 'IMG_FOO'")
     _one_line_error(capsys, ["profile", merged, "--runs", "0"], "--runs: must be >= 1")

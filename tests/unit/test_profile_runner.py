@@ -95,15 +95,74 @@ def test_plot_writes_a_png(report, tmp_path):
 
 
 def test_bad_inputs_fail_before_timing(bundle, tmp_path):
-    with pytest.raises(BundleError, match="no such bundle directory"):
+    with pytest.raises(BundleError, match="no such bundle or checkpoint directory"):
         profile([tmp_path / "nope"], ["onnxruntime"], ProfileSettings(runs=1))
     with pytest.raises(ConfigError, match="unknown backend 'onnx'"):
         profile([bundle], ["onnx"], ProfileSettings(runs=1))
     with pytest.raises(ConfigError, match="--runs: must be >= 1"):
         profile([bundle], ["onnxruntime"], ProfileSettings(runs=0))
+    with pytest.raises(ConfigError, match="a bundle; --backend torch profiles a checkpoint directory"):
+        profile([bundle], ["torch"], ProfileSettings(runs=1))
+    with pytest.raises(ConfigError, match="--option: backend settings apply to bundles"):
+        profile([tmp_path], ["torch"], ProfileSettings(runs=1, options={"x": "1"}))
 
 
 def test_profile_image_is_deterministic():
     from tiercel.runtime.profile.runner import profile_image
 
     assert np.array_equal(profile_image(32), profile_image(32)) and profile_image(32).shape == (32, 32, 3)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model, tiny_tokenizer, tmp_path_factory):
+    from tiercel.models.writer import save_native
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_native(tiny_model, tiny_tokenizer, out)
+    return out
+
+
+def test_transformers_decoder_steps_are_timed_and_results_unchanged(tiny_model, tiny_tokenizer):
+    from tiercel.models.predict import TorchPredictor
+
+    p = TorchPredictor(tiny_model, tiny_tokenizer)
+    gen = forced_generation(5, 2)
+    plain = p.run(image(3), "REG_DET_HBB", text="airplane", **gen)
+    p.timer = StageTimer()
+    timed = p.run(image(3), "REG_DET_HBB", text="airplane", **gen)
+    names = [name for name, _ in p.timer.take()]
+    assert timed == plain and names.count("first_token") == 1 and names.count("decode_token") == 4
+    p.timer = None
+    assert not tiny_model._forward_hooks and not tiny_model._forward_pre_hooks  # removed after the call
+
+
+def test_profile_of_a_checkpoint_times_transformers_and_the_static_decoder(checkpoint, tiny_model):
+    settings = ProfileSettings(runs=1, warmup=0, new_tokens=4, num_beams=1, tasks=("IMG_CAP", "PIX_CHG"), image_size=64)
+    report = profile([checkpoint], ["onnxruntime", "torch"], settings)
+    assert [p.label for p in report.profiles] == ["tiny/torch", "tiny/torch-graphs"]
+    params = sum(t.numel() * t.element_size() for t in tiny_model.parameters())
+    head = tiny_model.lm_head.weight.numel() * 4
+    for p in report.profiles:
+        assert p.stages["first_token"]["n"] == 2 and p.stages["decode_token"]["n"] == 2 * 3  # tasks x (tokens - 1)
+        assert p.size_bytes == params and sum(g["bytes"] for g in p.graphs.values()) == params + head  # tied lm_head
+        assert p.work["decode_token"].bytes > p.graphs["decoder_model"]["bytes"] >= head  # + the KV cache it reads
+        assert set(p.roofline) == {"vision_encoder", "text_encoder", "first_token", "decode_token"}
+        assert p.preset == "tiny" and p.roofline_skipped is None
+
+
+def test_no_roofline_for_a_run_on_a_gpu(bundle, monkeypatch):
+    from tiercel.runtime.profile import report as render
+    from tiercel.runtime.profile import runner
+
+    opened = runner.open_model
+
+    def on_gpu(*args):  # the CPU session, labelled as a GPU's: what the report does with a device that is not the CPU
+        m = opened(*args)
+        m.device = "cuda"
+        return m
+
+    monkeypatch.setattr(runner, "open_model", on_gpu)
+    report = profile([bundle], ["onnxruntime"], ProfileSettings(runs=1, warmup=0, new_tokens=3, tasks=("IMG_CAP",), image_size=64))
+    p = report.profiles[0]
+    assert p.roofline == {} and "ran on cuda; the measured peaks are this machine's CPU" in p.roofline_skipped
+    assert p.estimates and any("no roofline for" in line for line in render.roofline_notes(report))

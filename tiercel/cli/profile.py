@@ -22,9 +22,9 @@ def split_list(values: list[str] | None) -> list[str]:
 
 @app.command()
 def profile(
-    bundles: list[Path] = typer.Argument(..., help="Bundle directories to profile and compare."),
-    backend: list[str] = typer.Option(["onnxruntime"], "--backend", help="onnxruntime, openvino; repeat or comma-separate to compare backends."),
-    device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime, CPU/GPU/NPU for openvino)."),
+    bundles: list[Path] = typer.Argument(..., help="Bundle directories (or PyTorch checkpoint directories) to profile and compare."),
+    backend: list[str] = typer.Option(["onnxruntime"], "--backend", help="onnxruntime, openvino, tensorrt; torch for a checkpoint (CUDA graphs on a GPU); repeat or comma-separate to compare backends."),
+    device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime and checkpoints, CPU/GPU/NPU for openvino)."),
     task: list[str] = typer.Option(["IMG_CAP,REG_DET_HBB"], "--tasks", help="Task tags to time (comma-separated or repeated), or 'all'."),
     runs: int = typer.Option(5, "--runs", help="Timed runs per task."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed runs per task first."),
@@ -39,7 +39,7 @@ def profile(
     plot: Path = typer.Option(None, "--plot", help="Write a PNG chart of the stage breakdown here (needs matplotlib)."),
     device_spec: Path = typer.Option(None, "--device-spec", help="YAML/JSON file with more devices for the estimates."),
 ):
-    """Time every stage of one or more bundles and compare them; add roofline fractions and device estimates."""
+    """Time every stage of one or more bundles (or checkpoints) and compare them; add roofline fractions and device estimates."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -77,7 +77,8 @@ def comparison_table(report):
     table.add_section()
     table.add_row("load incl. sha256 (s)", *[f"{p.load_seconds:.2f}" for p in ps])
     table.add_row("peak RSS (MB)", *[f"{p.rss['peak'] / MB:.0f}" for p in ps])
-    table.add_row("bundle size (MB)", *[f"{p.size_bytes / MB:.1f}" for p in ps])
+    table.add_row("bundle size (MB)" if all(p.weights_bytes is None for p in ps) else "bundle / weights size (MB)",
+                  *[f"{p.size_bytes / MB:.1f}" for p in ps])
     present = {g for p in ps for g in p.graphs}
     for g in [g for g in GRAPH_ORDER if g in present] + sorted(present - set(GRAPH_ORDER)):
         table.add_row(f"  {g} (MB)", *[f"{p.graphs[g]['bytes'] / MB:.2f} {p.graphs[g]['precision']}" if g in p.graphs else "-" for p in ps])
@@ -108,6 +109,9 @@ def roofline_notes(report) -> list[str]:
              f"peaks: {report.peaks.method}"]
     if any(r["precision"] != "fp32" for p in report.profiles for r in p.roofline.values()):
         lines.append("compute bounds use the fp32 sgemm peak for every precision: int8 kernels can pass 100%")
+    if any(p.weights_bytes is not None for p in report.profiles):
+        lines.append("a checkpoint's bytes are its parameters per stage (the decoder's include lm_head, tied or not)")
+    lines += [f"no roofline for {p.label}: {p.roofline_skipped}" for p in report.profiles if p.roofline_skipped]
     return lines
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 # KV-cache / activation bytes per value by graph precision: quantised graphs keep fp32 activations on CPU
 # backends; fp16 graphs keep fp16.
-_ACT_BYTES = {"fp16": 2}
+_ACT_BYTES = {"fp16": 2, "bf16": 2}
 
 
 # ---- FLOPs from the shape ---------------------------------------------------------------------------------
@@ -100,14 +100,18 @@ class StageWork:
 
 
 def bundle_work(bundle, backend: str, enc_tokens: int, new_tokens: int, rows: int = 1) -> dict[str, StageWork]:
+    """Work per stage of one generation of a bundle on `backend` (its graph files are the weights read)."""
+    return stage_work(bundle.manifest["model"]["shape"], graph_files(bundle, backend), enc_tokens, new_tokens, rows)
+
+
+def stage_work(shape: dict, files: dict[str, dict], enc_tokens: int, new_tokens: int, rows: int = 1) -> dict[str, StageWork]:
     """Work per stage of one generation: vision_encoder, text_encoder, first_token and an average decode_token
-    (over `new_tokens` steps of `rows` sequences, e.g. beams)."""
-    shape = bundle.manifest["model"]["shape"]
-    files = graph_files(bundle, backend)
+    (over `new_tokens` steps of `rows` sequences, e.g. beams). `files`: {graph: {"bytes", "precision"}} with
+    vision_encoder, encoder_model and the decoder as decoder_model_merged, or decoder_model (first step) plus
+    decoder_with_past_model (later steps; decoder_model alone serves both, as a checkpoint's weights do)."""
     d, layers = shape["d_model"], shape["decoder_layers"]
-    merged = "decoder_model_merged" in files
-    first_g = files["decoder_model_merged" if merged else "decoder_model"]
-    step_g = files["decoder_model_merged" if merged else "decoder_with_past_model"]
+    first_g = files.get("decoder_model_merged") or files["decoder_model"]
+    step_g = files.get("decoder_model_merged") or files.get("decoder_with_past_model") or files["decoder_model"]
     kv = act_bytes(step_g["precision"])
     avg_past = (new_tokens - 1) / 2  # earlier tokens on average over the decode steps
     cross_kv = layers * 2 * enc_tokens * d * kv  # cross-attention K/V read each step, per row

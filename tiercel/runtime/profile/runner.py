@@ -5,7 +5,12 @@ runtime (`Model.run`, and `Model.run_all` over the single-image tasks) with a St
 is forced to exactly `new_tokens` tokens (eos never ends it) so runs, tasks and bundles are comparable.
 Stage percentiles pool the single-task runs of all tasks; decode_token pools every decode step.
 
-numpy only: this module and everything it imports run on a device without torch.
+A PyTorch checkpoint directory is profiled the same way through `tiercel.evaluate.open_predictor` (transformers,
+or with backend "torch" / device "cuda" the static-KV decoder with CUDA graphs); its roofline work counts each
+stage's share of the parameters. A run on a GPU gets no roofline fractions: the peaks measured here are the CPU's.
+
+numpy only: this module and everything it imports at load run on a device without torch (a checkpoint imports
+torch when it is opened).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tiercel import tasks
-from tiercel.errors import ConfigError
+from tiercel.errors import BundleError, ConfigError
 from tiercel.runtime.profile import devices as dev
 from tiercel.runtime.profile import roofline
 from tiercel.runtime.profile.timing import STAGES, MemoryProbe, StageTimer, breakdown, percentiles
@@ -120,11 +125,13 @@ class BundleProfile:
     encoder_tokens: float = 0.0
     work: dict = field(default_factory=dict)
     roofline: dict = field(default_factory=dict)
+    roofline_skipped: str | None = None  # why there are no roofline fractions (a run on a GPU)
     estimates: dict = field(default_factory=dict)
+    weights_bytes: int | None = None  # a checkpoint: its parameters, each once (graphs count a tied lm_head twice)
 
     @property
     def size_bytes(self) -> int:
-        return sum(g["bytes"] for g in self.graphs.values())
+        return self.weights_bytes if self.weights_bytes is not None else sum(g["bytes"] for g in self.graphs.values())
 
     def stage_p50(self) -> dict[str, float]:
         return {s: v["p50"] for s, v in self.stages.items()}
@@ -132,7 +139,7 @@ class BundleProfile:
     def to_dict(self) -> dict:
         out = {k: getattr(self, k) for k in ("label", "bundle", "backend", "device", "preset", "decoder", "num_beams",
                                              "graphs", "load_seconds", "rss", "stages", "tokens_per_s", "tasks",
-                                             "run_all", "encoder_tokens", "roofline", "estimates")}
+                                             "run_all", "encoder_tokens", "roofline", "roofline_skipped", "estimates")}
         out["size_bytes"] = self.size_bytes
         out["work"] = {s: {"flops": w.flops, "bytes": w.bytes, "precision": w.precision} for s, w in self.work.items()}
         return out
@@ -180,16 +187,30 @@ def _label(path: Path, backend: str, paths: list[Path], backends: list[str]) -> 
     return f"{name}/{backend}" if len(backends) > 1 or len(paths) == 1 else name
 
 
-def check_pairs(paths: list[Path], backends: list[str]) -> None:
-    """Fail before any timing when a bundle is missing or lacks graphs for a backend (one-line errors)."""
+def is_bundle(path: Path) -> bool:
+    return (Path(path) / "manifest.json").is_file()
+
+
+def check_pairs(paths: list[Path], backends: list[str], options: dict | None = None) -> None:
+    """Fail before any timing (one-line errors): a missing directory, an unknown backend, a bundle without graphs
+    for a backend or asked for torch, backend settings for a checkpoint."""
     from tiercel.runtime.backends import get_backend
     from tiercel.runtime.bundle import read_bundle
 
     for backend in backends:
-        get_backend(backend)
+        if backend != "torch":
+            get_backend(backend)
     for path in paths:
+        if not is_bundle(path):
+            if not path.is_dir():
+                raise BundleError(f"{path}: no such bundle or checkpoint directory")
+            if options:
+                raise ConfigError(f"--option: backend settings apply to bundles; {path} is a checkpoint")
+            continue  # a checkpoint, opened by PyTorch (tiercel.evaluate.open_predictor)
         bundle = read_bundle(path)
         for backend in backends:
+            if backend == "torch":
+                raise ConfigError(f"{path}: a bundle; --backend torch profiles a checkpoint directory")
             bundle.entries(backend)
 
 
@@ -206,7 +227,7 @@ def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None =
     """
     settings = (settings or ProfileSettings()).check()
     paths, backends = [Path(p) for p in paths], list(backends)
-    check_pairs(paths, backends)
+    check_pairs(paths, backends, settings.options)
     devices = dict(dev.DEVICES if devices is None else devices)
     machine = machine_info()
     peaks = roofline.measure_machine()
@@ -215,28 +236,41 @@ def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None =
     for path in paths:
         for backend in backends:
             p = profile_bundle(path, backend, settings, image, _label(path, backend, paths, backends), progress)
-            p.roofline = roofline.fractions(p.stage_p50(), p.work, peaks)
+            if str(p.device).lower() == "cpu":
+                p.roofline = roofline.fractions(p.stage_p50(), p.work, peaks)
+            else:  # the peaks are this machine's CPU: a fraction of them says nothing about a GPU's run
+                p.roofline_skipped = f"ran on {p.device}; the measured peaks are this machine's CPU"
             p.estimates = {key: dev.estimate(p.work, d, settings.new_tokens) for key, d in devices.items()}
             profiles.append(p)
     return ProfileReport(machine, peaks, settings, profiles, devices)
 
 
+def open_model(path: Path, backend: str, settings: ProfileSettings):
+    """A bundle on `backend` (tiercel.runtime, no torch), or a checkpoint directory through PyTorch: transformers on
+    the CPU, or the static-KV / CUDA-graph decoder with backend "torch" or device "cuda" (as `tiercel eval`)."""
+    if is_bundle(path):
+        import tiercel.runtime as rt
+
+        return rt.load(path, backend=backend, device=settings.device, threads=settings.threads, options=settings.options)
+    from tiercel.evaluate.core import open_predictor  # imports torch only for a checkpoint
+
+    return open_predictor(path, backend, settings.device, settings.threads)
+
+
 def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: np.ndarray, label: str,
                    progress=None) -> BundleProfile:
-    """Load one bundle on one backend and time `settings.runs` runs of every task (after warm-up)."""
-    import tiercel.runtime as rt
-
+    """Load one bundle (or checkpoint) on one backend and time `settings.runs` runs of every task (after warm-up)."""
     gc.collect()
     memory = MemoryProbe()
     baseline = memory.reset()
     start = time.perf_counter()
-    m = rt.load(path, backend=backend, device=settings.device, threads=settings.threads,
-                options=settings.options)
+    m = open_model(path, backend, settings)
     load_seconds = time.perf_counter() - start
     after_load = memory.current()
     gen = forced_generation(settings.new_tokens, settings.num_beams)
     beams = settings.num_beams or m.generation.num_beams
-    m.timer = StageTimer(on_stage=memory.sample)
+    # a torch model on a GPU returns from a stage before its kernels finish: its clock synchronises first
+    m.timer = StageTimer(clock=getattr(m, "stage_clock", time.perf_counter), on_stage=memory.sample)
     size = (image.shape[1], image.shape[0])
     singles, per_task, batch = [], {t: [] for t in settings.tasks}, []
     for i in range(settings.warmup + settings.runs):
@@ -260,12 +294,16 @@ def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: n
                 progress(label)
     m.timer = None
     enc_tokens = _mean_encoder_tokens(m, settings.tasks, size)
-    work = roofline.bundle_work(m.bundle, backend, round(enc_tokens), settings.new_tokens, beams)
-    man = m.bundle.manifest
-    result = BundleProfile(label, str(path), backend, m.device, man["model"].get("preset"), man["decoder"], beams,
-                           roofline.graph_files(m.bundle, backend), load_seconds,
-                           {"baseline": baseline, "after_load": after_load, "peak": memory.peak, "source": memory.source},
-                           encoder_tokens=enc_tokens, work=work)
+    if m.bundle is not None:
+        graphs, decoder, weights = roofline.graph_files(m.bundle, backend), m.bundle.manifest["decoder"], None
+    else:  # a checkpoint: what each stage reads is its share of the parameters; labelled by what ran it
+        graphs, decoder, weights = m.weight_graphs(), m.backend, m.weight_bytes()
+        label = f"{label[: -len(backend)]}{m.backend}" if label.endswith(f"/{backend}") else label
+    work = roofline.stage_work(m.shape["shape"], graphs, round(enc_tokens), settings.new_tokens, beams)
+    result = BundleProfile(label, str(path), m.backend, m.device, m.shape.get("preset"), decoder, beams, graphs,
+                           load_seconds, {"baseline": baseline, "after_load": after_load, "peak": memory.peak,
+                                          "source": memory.source},
+                           encoder_tokens=enc_tokens, work=work, weights_bytes=weights)
     _summarise(result, singles, per_task, batch, settings)
     del m
     gc.collect()
