@@ -78,8 +78,10 @@ def _one_line_error(capsys, args, message):
     assert err.startswith("error:") and message in err and err.count("\n") == 1, err
 
 
-def test_profile_errors_are_one_line(bundles, tmp_path, capsys):
+def test_profile_errors_are_one_line(bundles, checkpoint, tmp_path, capsys):
     merged = str(bundles[1])
+    _one_line_error(capsys, ["profile", str(checkpoint), "--option", "PERFORMANCE_HINT=LATENCY"],
+                    "is a checkpoint, which takes only dtype=fp32|fp16|bf16")
     _one_line_error(capsys, ["profile", str(tmp_path / "none")], "no such bundle or checkpoint directory")
     _one_line_error(capsys, ["profile", merged, "--backend", "torch"], "--backend torch profiles a checkpoint directory")
     _one_line_error(capsys, ["profile", merged, "--backend", "openvino"], "has no graphs for backend 'openvino'")

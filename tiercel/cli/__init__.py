@@ -27,7 +27,8 @@ app = typer.Typer(
 # --option on run, eval and profile: passed to tiercel.runtime.load(options=...) through backends.parse_options
 BACKEND_OPTION = typer.Option(
     None, "--option", help="Backend setting KEY=VALUE (repeatable): an onnxruntime session config entry such as "
-    "session.intra_op.allow_spinning=0, or an OpenVINO property such as PERFORMANCE_HINT=LATENCY.")
+    "session.intra_op.allow_spinning=0, an OpenVINO property such as PERFORMANCE_HINT=LATENCY, or for a PyTorch "
+    "checkpoint dtype=fp32|fp16|bf16.")
 
 
 def _version(value: bool):

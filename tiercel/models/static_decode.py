@@ -256,9 +256,9 @@ class GraphedPredictor(TorchPredictor):
             return generate(decoder, len(prompts), cfg)
 
 
-def load_graphed(path, device: str | None = None) -> GraphedPredictor:
+def load_graphed(path, device: str | None = None, dtype: str | None = None) -> GraphedPredictor:
     """A checkpoint directory as a GraphedPredictor: fp16 with CUDA graphs on "cuda" (the default when torch
-    sees a GPU), fp32 without graphs on "cpu"."""
+    sees a GPU), fp32 without graphs on "cpu"; `dtype` ("float32", "float16", "bfloat16") overrides either."""
     import torch
 
     from tiercel.errors import ConfigError
@@ -268,5 +268,5 @@ def load_graphed(path, device: str | None = None) -> GraphedPredictor:
         raise ConfigError(f"--device: the torch backend runs on cpu or cuda (got {device})")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: torch sees no CUDA GPU here; use --device cpu or a CUDA build of torch")
-    return GraphedPredictor.from_checkpoint(path, device, "float16" if device == "cuda" else "float32")
+    return GraphedPredictor.from_checkpoint(path, device, dtype or ("float16" if device == "cuda" else "float32"))
 

@@ -193,7 +193,7 @@ def is_bundle(path: Path) -> bool:
 
 def check_pairs(paths: list[Path], backends: list[str], options: dict | None = None) -> None:
     """Fail before any timing (one-line errors): a missing directory, an unknown backend, a bundle without graphs
-    for a backend or asked for torch, backend settings for a checkpoint."""
+    for a backend or asked for torch, a checkpoint given a setting other than dtype."""
     from tiercel.runtime.backends import get_backend
     from tiercel.runtime.bundle import read_bundle
 
@@ -204,9 +204,10 @@ def check_pairs(paths: list[Path], backends: list[str], options: dict | None = N
         if not is_bundle(path):
             if not path.is_dir():
                 raise BundleError(f"{path}: no such bundle or checkpoint directory")
-            if options:
-                raise ConfigError(f"--option: backend settings apply to bundles; {path} is a checkpoint")
-            continue  # a checkpoint, opened by PyTorch (tiercel.evaluate.open_predictor)
+            from tiercel.evaluate.core import checkpoint_dtype  # no torch at import
+
+            checkpoint_dtype(path, options)  # a checkpoint (opened by PyTorch) takes only dtype=
+            continue
         bundle = read_bundle(path)
         for backend in backends:
             if backend == "torch":
@@ -254,7 +255,7 @@ def open_model(path: Path, backend: str, settings: ProfileSettings):
         return rt.load(path, backend=backend, device=settings.device, threads=settings.threads, options=settings.options)
     from tiercel.evaluate.core import open_predictor  # imports torch only for a checkpoint
 
-    return open_predictor(path, backend, settings.device, settings.threads)
+    return open_predictor(path, backend, settings.device, settings.threads, settings.options)
 
 
 def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: np.ndarray, label: str,
