@@ -64,6 +64,16 @@ def tiny_model(tiny_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tiny_tokenizer, tmp_path_factory):
+    """The tiny model written once as a native checkpoint directory named "tiny"."""
+    from tiercel.models.writer import save_native
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_native(tiny_model, tiny_tokenizer, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """A small synthetic benchmark (all 14 tasks, 64 px), generated once per test session."""
     from tiercel.data.synth import generate

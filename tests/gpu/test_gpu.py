@@ -118,26 +118,24 @@ def test_cuda_graph_decoder_generates_the_eager_tokens(tiny_model, tiny_tokenize
     assert graphed._decoders and all(d.graph is not None for d in graphed._decoders.values())
 
 
-def test_cuda_graphs_in_bf16_replay_the_bf16_step_and_profile_a_checkpoint(tiny_model, tiny_tokenizer, tmp_path):
+def test_cuda_graphs_in_bf16_replay_the_bf16_step_and_profile_a_checkpoint(tiny_checkpoint):
     """A checkpoint with --option dtype=bf16 on cuda: graph replay = the graph-free bf16 step; and `tiercel profile`
     of a checkpoint on cuda times every stage and gives no roofline (the peaks it measures are the CPU's)."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA GPU")
     from tiercel.evaluate.core import open_predictor
-    from tiercel.models.writer import save_native
     from tiercel.runtime.profile import ProfileSettings, forced_generation, profile
 
-    save_native(tiny_model, tiny_tokenizer, tmp_path / "ckpt")
-    graphed = open_predictor(tmp_path / "ckpt", "torch", "cuda", options={"dtype": "bf16"})
-    plain = open_predictor(tmp_path / "ckpt", "torch", "cuda", options={"dtype": "bf16"})
+    graphed = open_predictor(tiny_checkpoint, "torch", "cuda", options={"dtype": "bf16"})
+    plain = open_predictor(tiny_checkpoint, "torch", "cuda", options={"dtype": "bf16"})
     plain.graphs = plain.use_graphs = False
     assert graphed._dtype == torch.bfloat16
     features = graphed.image_features(graphed.pixel_values(image(5)))
     for gen in ({"num_beams": 1, "max_new_tokens": 12}, forced_generation(16, 3)):
         assert graphed.generate_ids(features, PROMPTS, **gen) == plain.generate_ids(features, PROMPTS, **gen), gen
     assert all(d.graph is not None for d in graphed._decoders.values())
-    report = profile([tmp_path / "ckpt"], ["torch"], ProfileSettings(runs=2, warmup=1, new_tokens=6, num_beams=1,
+    report = profile([tiny_checkpoint], ["torch"], ProfileSettings(runs=2, warmup=1, new_tokens=6, num_beams=1,
                                                                    tasks=("IMG_CAP",), image_size=64))
     p = report.profiles[0]
     assert p.backend == "torch-graphs" and p.device.startswith("cuda") and p.stages["decode_token"]["n"] == 2 * 5

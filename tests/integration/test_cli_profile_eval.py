@@ -21,15 +21,6 @@ def bundles(tiny_model, tiny_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_model, tiny_tokenizer, tmp_path_factory):
-    from tiercel.models.writer import save_native
-
-    out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_native(tiny_model, tiny_tokenizer, out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("data") / "synth"
     out = run_cli("data", "synth", "--out", str(root), "--n", "60", "--size", "64", "--workers", "1")
@@ -55,8 +46,8 @@ def test_profile_two_bundles_table_json_png(bundles, tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_profile_checkpoint_on_the_torch_backend(checkpoint, tmp_path):
-    out = run_cli("profile", str(checkpoint), "--backend", "torch", "--device", "cpu", "--runs", "1", "--warmup", "0",
+def test_profile_checkpoint_on_the_torch_backend(tiny_checkpoint, tmp_path):
+    out = run_cli("profile", str(tiny_checkpoint), "--backend", "torch", "--device", "cpu", "--runs", "1", "--warmup", "0",
                   "--new-tokens", "4", "--image-size", "64", "--tasks", "IMG_CAP", "--threads", "1",
                   "--json", str(tmp_path / "c.json"))
     assert out.returncode == 0, out.stderr
@@ -78,9 +69,9 @@ def _one_line_error(capsys, args, message):
     assert err.startswith("error:") and message in err and err.count("\n") == 1, err
 
 
-def test_profile_errors_are_one_line(bundles, checkpoint, tmp_path, capsys):
+def test_profile_errors_are_one_line(bundles, tiny_checkpoint, tmp_path, capsys):
     merged = str(bundles[1])
-    _one_line_error(capsys, ["profile", str(checkpoint), "--option", "PERFORMANCE_HINT=LATENCY"],
+    _one_line_error(capsys, ["profile", str(tiny_checkpoint), "--option", "PERFORMANCE_HINT=LATENCY"],
                     "is a checkpoint, which takes only dtype=fp32|fp16|bf16")
     _one_line_error(capsys, ["profile", str(tmp_path / "none")], "no such bundle or checkpoint directory")
     _one_line_error(capsys, ["profile", merged, "--backend", "torch"], "--backend torch profiles a checkpoint directory")
@@ -108,14 +99,14 @@ def test_eval_bundle_prints_the_14_task_table_json_and_pngs(bundle_eval):
     assert len(list((out_dir / "png").glob("*.png"))) == 14
 
 
-def test_eval_checkpoint_predicts_what_its_bundle_predicts(bundle_eval, checkpoint, synth, tmp_path):
-    out = run_cli("eval", str(checkpoint), "--data", str(synth / "test.json"), "--num-beams", "1", "--max-new-tokens", "8",
+def test_eval_checkpoint_predicts_what_its_bundle_predicts(bundle_eval, tiny_checkpoint, synth, tmp_path):
+    out = run_cli("eval", str(tiny_checkpoint), "--data", str(synth / "test.json"), "--num-beams", "1", "--max-new-tokens", "8",
                   "--threads", "1", "--json", str(tmp_path / "ckpt.json"))
     assert out.returncode == 0, out.stderr
     ckpt, bundle = (json.loads(f.read_text()) for f in (tmp_path / "ckpt.json", bundle_eval[1] / "e.json"))
     assert ckpt["backend"] == "torch" and len(ckpt["predictions"]) == 14
     assert ckpt["predictions"] == bundle["predictions"]
-    out = run_cli("eval", str(checkpoint), "--data", str(synth / "test.json"), "--num-beams", "1", "--max-new-tokens", "8",
+    out = run_cli("eval", str(tiny_checkpoint), "--data", str(synth / "test.json"), "--num-beams", "1", "--max-new-tokens", "8",
                   "--threads", "1", "--backend", "torch", "--device", "cpu", "--json", str(tmp_path / "graphed.json"))
     assert out.returncode == 0, out.stderr
     graphed = json.loads((tmp_path / "graphed.json").read_text())  # the static-KV decoder (graphs on a GPU only)

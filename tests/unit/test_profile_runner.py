@@ -113,15 +113,6 @@ def test_profile_image_is_deterministic():
     assert np.array_equal(profile_image(32), profile_image(32)) and profile_image(32).shape == (32, 32, 3)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_model, tiny_tokenizer, tmp_path_factory):
-    from tiercel.models.writer import save_native
-
-    out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_native(tiny_model, tiny_tokenizer, out)
-    return out
-
-
 def test_transformers_decoder_steps_are_timed_and_results_unchanged(tiny_model, tiny_tokenizer):
     from tiercel.models.predict import TorchPredictor
 
@@ -136,9 +127,9 @@ def test_transformers_decoder_steps_are_timed_and_results_unchanged(tiny_model, 
     assert not tiny_model._forward_hooks and not tiny_model._forward_pre_hooks  # removed after the call
 
 
-def test_profile_of_a_checkpoint_times_transformers_and_the_static_decoder(checkpoint, tiny_model):
+def test_profile_of_a_checkpoint_times_transformers_and_the_static_decoder(tiny_checkpoint, tiny_model):
     settings = ProfileSettings(runs=1, warmup=0, new_tokens=4, num_beams=1, tasks=("IMG_CAP", "PIX_CHG"), image_size=64)
-    report = profile([checkpoint], ["onnxruntime", "torch"], settings)
+    report = profile([tiny_checkpoint], ["onnxruntime", "torch"], settings)
     assert [p.label for p in report.profiles] == ["tiny/torch", "tiny/torch-graphs"]
     params = sum(t.numel() * t.element_size() for t in tiny_model.parameters())
     head = tiny_model.lm_head.weight.numel() * 4

@@ -108,16 +108,15 @@ def test_a_graph_that_cannot_be_captured_falls_back_to_the_same_results(pair, mo
         "decoder step not captured as a CUDA graph"] * len(status["decoder"])
 
 
-def test_bf16_checkpoint_option_runs_the_static_decoder_in_bf16(tiny_model, tiny_tokenizer, tmp_path):
+def test_bf16_checkpoint_option_runs_the_static_decoder_in_bf16(tiny_checkpoint):
     import torch
 
     from tiercel.errors import ConfigError
     from tiercel.evaluate.core import open_predictor
-    from tiercel.models.writer import save_native
 
-    save_native(tiny_model, tiny_tokenizer, tmp_path / "ckpt")
-    fp32 = open_predictor(tmp_path / "ckpt", "torch", "cpu")
-    bf16 = open_predictor(tmp_path / "ckpt", "torch", "cpu", options={"dtype": "bf16"})
+    ckpt = tiny_checkpoint
+    fp32 = open_predictor(ckpt, "torch", "cpu")
+    bf16 = open_predictor(ckpt, "torch", "cpu", options={"dtype": "bf16"})
     assert fp32._dtype == torch.float32 and bf16._dtype == torch.bfloat16
     features = fp32.image_features(fp32.pixel_values(image(6)))
     logits = {}
@@ -131,8 +130,8 @@ def test_bf16_checkpoint_option_runs_the_static_decoder_in_bf16(tiny_model, tiny
         assert decoder.k.dtype == p._dtype  # the KV cache is held in the checkpoint's dtype
     scale = np.abs(logits["fp32"]).max()
     assert np.abs(logits["bf16"] - logits["fp32"]).max() < 0.02 * scale  # bf16 rounding (0.4% measured), not another model
-    assert open_predictor(tmp_path / "ckpt", "onnxruntime", "cpu", options={"dtype": "fp16"})._dtype == torch.float16
+    assert open_predictor(ckpt, "onnxruntime", "cpu", options={"dtype": "fp16"})._dtype == torch.float16
     with pytest.raises(ConfigError, match=re.escape("is a checkpoint, which takes only dtype=fp32|fp16|bf16")):
-        open_predictor(tmp_path / "ckpt", "torch", "cpu", options={"threads": "2"})
+        open_predictor(ckpt, "torch", "cpu", options={"threads": "2"})
     with pytest.raises(ConfigError, match="--option dtype=int8: choose fp32, fp16 or bf16"):
-        open_predictor(tmp_path / "ckpt", "torch", "cpu", options={"dtype": "int8"})
+        open_predictor(ckpt, "torch", "cpu", options={"dtype": "int8"})
