@@ -69,6 +69,7 @@ sys.path.insert(0, str(HERE))
 from runtime_cpu import NEW_TOKENS, STAGES, all_task_inputs, check, cpu_model, stage_rounds, timed  # noqa: E402
 
 from tiercel import tasks  # noqa: E402
+from tiercel.models.predict import device_clock  # noqa: E402
 from tiercel.runtime.profile import forced_generation  # noqa: E402
 from tiercel.runtime.profile.runner import profile_image  # noqa: E402
 from tiercel.runtime.profile.timing import StageTimer  # noqa: E402
@@ -133,19 +134,6 @@ def gpu_info(device: str) -> dict:
 
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def clock(device: str):
-    """perf_counter, after a device synchronise on cuda (a stage then includes its queued GPU work)."""
-    if device != "cuda":
-        return time.perf_counter
-    import torch
-
-    def synced() -> float:
-        torch.cuda.synchronize()
-        return time.perf_counter()
-
-    return synced
 
 
 def tensorrt_skip(device: str) -> str | None:
@@ -322,7 +310,7 @@ def main() -> None:
               "task": args.task, "batch": 1, "new_tokens": NEW_TOKENS, "num_beams": 1, "runs": args.runs,
               "all_runs": args.all_runs, "bundle_precision": "fp16", "targets": {k: f"{o} {v}" for k, (o, v) in TARGETS.items()},
               "presets": {}}
-    now = clock(args.device)
+    now = device_clock(args.device)
     for preset in args.preset:
         result["presets"][preset] = r = run_preset(preset, args, now, log)
         print_summary(preset, r, log)

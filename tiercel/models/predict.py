@@ -55,6 +55,20 @@ def _quiet_if_forced(cfg: GenerationConfig):
         logging.set_verbosity(level)
 
 
+def device_clock(device: str):
+    """perf_counter, synchronising the GPU first on a cuda device: a stage timed with it holds the GPU work it
+    queued (torch returns before its kernels finish)."""
+    if not str(device).startswith("cuda"):
+        return time.perf_counter
+    import torch
+
+    def synced() -> float:
+        torch.cuda.synchronize()
+        return time.perf_counter()
+
+    return synced
+
+
 class TorchPredictor(Model):
     """A native transformers Florence2ForConditionalGeneration with Model.run / run_all / generate_ids."""
 
@@ -82,17 +96,8 @@ class TorchPredictor(Model):
 
     @property
     def stage_clock(self):
-        """The clock for the profiler's stage timer: on a GPU it synchronises first, so that a stage holds the GPU
-        work it queued (the torch stages return before their kernels finish)."""
-        if not self.device.startswith("cuda"):
-            return time.perf_counter
-        torch = self.torch
-
-        def synced() -> float:
-            torch.cuda.synchronize()
-            return time.perf_counter()
-
-        return synced
+        """The clock for the profiler's stage timer (`device_clock` of this model's device)."""
+        return device_clock(self.device)
 
     @contextlib.contextmanager
     def _timed_steps(self):
