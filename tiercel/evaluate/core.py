@@ -202,11 +202,12 @@ def open_predictor(path: str | Path, backend: str = "onnxruntime", device: str |
     (tiercel.runtime.load), or {"dtype": "fp32"|"fp16"|"bf16"} for a checkpoint.
     """
     from tiercel.runtime.backends import BACKENDS
+    from tiercel.runtime.bundle import is_bundle
 
     if backend not in (*BACKENDS, "torch"):
         raise ConfigError(f"--backend: unknown backend '{backend}'; choose one of: {', '.join((*BACKENDS, 'torch'))}")
     path = Path(path)
-    if (path / "manifest.json").is_file():
+    if is_bundle(path):
         if backend == "torch":
             raise ConfigError(f"{path}: a bundle; --backend torch runs a checkpoint directory (for a bundle use {', '.join(BACKENDS)})")
         import tiercel.runtime

@@ -64,6 +64,11 @@ class Bundle:
                 raise BundleError(f"{self.where}: sha256 of {rel} does not match; re-export the bundle")
 
 
+def is_bundle(path) -> bool:
+    """Whether `path` is a bundle directory (it holds a manifest); anything else is read as a checkpoint."""
+    return (Path(path) / MANIFEST).is_file()
+
+
 def read_bundle(path: str | Path) -> Bundle:
     """Open the bundle at `path` and check its manifest's format (not yet the checksums)."""
     root = Path(path)

@@ -29,6 +29,7 @@ from tiercel import tasks
 from tiercel.errors import BundleError, ConfigError
 from tiercel.runtime.profile import devices as dev
 from tiercel.runtime.profile import roofline
+from tiercel.runtime.bundle import is_bundle
 from tiercel.runtime.profile.timing import STAGES, MemoryProbe, StageTimer, breakdown, percentiles
 
 DEFAULT_TASKS = ("IMG_CAP", "REG_DET_HBB")
@@ -185,10 +186,6 @@ def _label(path: Path, backend: str, paths: list[Path], backends: list[str]) -> 
     names = [p.name for p in paths]
     name = path.name if names.count(path.name) == 1 else f"{path.parent.name}/{path.name}"
     return f"{name}/{backend}" if len(backends) > 1 or len(paths) == 1 else name
-
-
-def is_bundle(path: Path) -> bool:
-    return (Path(path) / "manifest.json").is_file()
 
 
 def check_pairs(paths: list[Path], backends: list[str], options: dict | None = None) -> None:
