@@ -93,6 +93,19 @@ class TorchPredictor(Model):
         self.dialect = dialect
         self.generation = GenerationConfig(**(generation or generation_settings(model, tokenizer)))
         self.merged = False
+        self.device_preprocess = self.device.startswith("cuda")  # resize + normalise on the GPU (Pillow's bytes)
+        self._device_pre = None
+
+    def preprocess_images(self, images: list[np.ndarray]):
+        """pixel_values of RGB uint8 arrays: on a GPU (device_preprocess) a float32 device tensor made there by
+        tiercel.models.device_preprocess (the runtime's values bit for bit), else the runtime's numpy array."""
+        if not self.device_preprocess:
+            return super().preprocess_images(images)
+        if self._device_pre is None:
+            from tiercel.models.device_preprocess import DevicePreprocessor
+
+            self._device_pre = DevicePreprocessor(self.device, self.pre["size"], self.pre["mean"], self.pre["std"])
+        return self._device_pre(images)
 
     @property
     def stage_clock(self):
@@ -154,11 +167,19 @@ class TorchPredictor(Model):
         ckpt = load_checkpoint(path, dtype=dtype)
         return cls(ckpt.model, ckpt.tokenizer, ckpt.mean, ckpt.std)
 
-    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+    def _on_device(self, array, dtype=None):
+        """A numpy array or tensor as a tensor on the model's device in `dtype` (default: the model's)."""
+        torch = self.torch
+        x = array if torch.is_tensor(array) else torch.from_numpy(array)
+        return x.to(self.device, dtype or self._dtype)
+
+    def image_features(self, pixel_values):
+        """[B, N, D] image features: numpy float32 for numpy pixels; for a device tensor (device_preprocess) a
+        device tensor in the model's dtype, which generate_ids takes without a copy through the host."""
         torch = self.torch
         with self._stage("vision_encoder"), torch.no_grad():
-            x = torch.from_numpy(pixel_values).to(self.device, self._dtype)
-            return self.model.get_image_features(x).pooler_output.float().cpu().numpy()
+            out = self.model.get_image_features(self._on_device(pixel_values)).pooler_output
+            return out if torch.is_tensor(pixel_values) else out.float().cpu().numpy()
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
         with self.torch.no_grad():
@@ -175,13 +196,13 @@ class TorchPredictor(Model):
             ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _encode(self, features: np.ndarray, ids, mask, rows: list[int] | None = None):
+    def _encode(self, features, ids, mask, rows: list[int] | None = None):
         """Token embeddings with the image features in the `<image>` slots, through the text encoder. `rows`: the
         row of `features` each prompt reads, gathered on the device (only the distinct images are copied there)."""
         torch = self.torch
         with self._stage("embed_tokens"):
             embeds = self.model.get_input_embeddings()(ids)
-            image = torch.from_numpy(features).to(self.device, embeds.dtype)
+            image = self._on_device(features, embeds.dtype)
             embeds[:, : features.shape[1]] = image if rows is None else image[torch.tensor(rows, device=self.device)]
         with self._stage("text_encoder"):
             return self.model.model.language_model.encoder(inputs_embeds=embeds, attention_mask=mask)

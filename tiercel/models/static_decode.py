@@ -198,22 +198,24 @@ class GraphedPredictor(TorchPredictor):
         return {"vision": {b: g.get("error") or True for b, g in self._vision.items()},
                 "decoder": {str(k): d.graph_error or (d.graph is not None) for k, d in self._decoders.items()}}
 
-    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
-        """The vision tower + projector; on cuda replayed as one CUDA graph per batch size."""
+    def image_features(self, pixel_values):
+        """The vision tower + projector; on cuda replayed as one CUDA graph per batch size. Numpy pixels give
+        numpy features, a device tensor a device tensor (a clone: the graph's output buffer is reused)."""
         entry = self._vision_graph(pixel_values) if self.use_graphs else None
         if entry is None or "error" in entry:
             return super().image_features(pixel_values)
-        with self._stage("vision_encoder"), self.torch.no_grad():
-            entry["pixels"].copy_(self.torch.from_numpy(pixel_values))
+        torch = self.torch
+        with self._stage("vision_encoder"), torch.no_grad():
+            entry["pixels"].copy_(pixel_values if torch.is_tensor(pixel_values) else torch.from_numpy(pixel_values))
             entry["graph"].replay()
-            return entry["out"].float().cpu().numpy()
+            return entry["out"].clone() if torch.is_tensor(pixel_values) else entry["out"].float().cpu().numpy()
 
-    def _vision_graph(self, pixel_values: np.ndarray) -> dict:
+    def _vision_graph(self, pixel_values) -> dict:
         """{"pixels", "graph", "out"} for this batch size, captured on first use; {"error": ...} if capture failed."""
         batch = pixel_values.shape[0]
         if batch not in self._vision:
             torch = self.torch
-            pixels = torch.from_numpy(pixel_values).to(self.device, self._dtype)
+            pixels = self._on_device(pixel_values).clone()
             try:
                 graph, out = capture(lambda: self.model.get_image_features(pixels).pooler_output)
                 self._vision[batch] = {"pixels": pixels, "graph": graph, "out": out}

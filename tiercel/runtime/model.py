@@ -162,6 +162,11 @@ class Model:
     def pixel_values(self, image) -> np.ndarray:
         return preprocess(to_rgb_array(image), self.pre["size"], self.pre["mean"], self.pre["std"])
 
+    def preprocess_images(self, images: list[np.ndarray]):
+        """RGB uint8 arrays -> pixel_values [len(images), 3, S, S] for image_features: numpy here; a torch
+        predictor on a GPU gives the same values as a device tensor (tiercel.models.device_preprocess)."""
+        return np.concatenate([preprocess(x, self.pre["size"], self.pre["mean"], self.pre["std"]) for x in images])
+
     def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
         with self._stage("vision_encoder"):
             return self.sessions["vision_encoder"].run({"pixel_values": pixel_values})["image_features"]
@@ -227,7 +232,7 @@ class Model:
         with self._stage("preprocess"):
             rgb, size = self._inputs(spec, image, image2)
             prompt = spec.prompt(text=text, region=region, image_size=size, dialect=self.dialect)
-            pixels = preprocess(rgb, self.pre["size"], self.pre["mean"], self.pre["std"])
+            pixels = self.preprocess_images([rgb])
         ids = self.generate_ids(self.image_features(pixels), [prompt], **generation)[0]
         with self._stage("postprocess"):
             return spec.parse(self.tokenizer.decode(ids), image_size=size, dialect=self.dialect)
@@ -259,7 +264,7 @@ class Model:
             prompts = [s.prompt(text=texts.get(s.tag), region=regions.get(s.tag), image_size=size, dialect=self.dialect)
                        for s in specs]
             images = [rgb] + ([self._inputs(pairs[0], rgb, image2)[0]] if pairs else [])  # image read once
-            pixels = np.concatenate([preprocess(x, self.pre["size"], self.pre["mean"], self.pre["std"]) for x in images])
+            pixels = self.preprocess_images(images)
         features = self.image_features(pixels)
         # prompt i reads the features of its own image: the scene (0) or the tiled pair (1)
         rows = [int(s.n_images != 1) for s in specs] if pairs else None

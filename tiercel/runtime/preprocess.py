@@ -9,6 +9,7 @@ Knows nothing about models or tasks.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from pathlib import Path
 
@@ -131,6 +132,58 @@ def _lookup(mean: tuple, std: tuple) -> np.ndarray:
     """[channels, 256] float32: (v * (1/255) - mean) / std for every uint8 value v, in float32."""
     v = np.arange(256, dtype=np.float32)[:, None]
     return np.ascontiguousarray(((v * np.float32(1 / 255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).T)
+
+
+PRECISION_BITS = 22  # Pillow's fixed point for 8-bit images (Resample.c: 32 - 8 - 2)
+
+
+@functools.lru_cache(maxsize=32)
+def pillow_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's bicubic resampling of `in_size` samples to `out_size`, as taps in its 8-bit fixed point.
+
+    Returns (index [out, K] int64, weight [out, K] int32): one pass gives
+    out[j] = clamp((2**21 + sum_k in[index[j, k]] * weight[j, k]) >> 22, 0, 255) in int32, which is Pillow's
+    (Resample.c, precompute_coeffs + normalize_coeffs_8bpc + clip8) operation for operation: the same float64
+    expressions in the same order (numpy's float64 is C's double), the taps summed one by one as its loop does.
+    Taps past a sample's support have weight 0 (their index repeats the first one). Used by the GPU
+    preprocessing of the torch predictors (tiercel.models.device_preprocess), which is checked against Pillow
+    itself once per image shape: a Pillow built with fused multiply-adds could round a coefficient differently.
+    """
+    scale = float(in_size) / out_size  # (double)(in1 - in0) / outSize with the whole image as the box
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale  # bicubic support 2
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = 0.0 + (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
+    count = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
+    taps = np.arange(ksize)
+    x = ((taps[None, :] + xmin[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale)
+    live = taps[None, :] < count[:, None]
+    w = np.where(live, _bicubic(x), 0.0)
+    total = np.zeros(out_size)
+    for k in range(ksize):  # in tap order, as the C loop adds them (numpy's sum would pair them)
+        total = total + w[:, k]
+    w = np.where(total[:, None] != 0.0, w / np.where(total == 0.0, 1.0, total)[:, None], w)
+    fixed = w * float(1 << PRECISION_BITS)
+    weight = np.where(w < 0, np.trunc(-0.5 + fixed), np.trunc(0.5 + fixed)).astype(np.int32)
+    index = np.where(live, taps[None, :] + xmin[:, None], xmin[:, None])
+    return index, weight
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    """Pillow's bicubic_filter (a = -0.5), the same expressions."""
+    a, x = -0.5, np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def pillow_pass_order(height: int, width: int, size: int) -> list[str]:
+    """The passes Pillow 13 runs to resize height x width to size x size, in its order: "horizontal" first
+    unless the height shrinks more than twice as much as the width; a pass whose size does not change is not run."""
+    passes = [p for p, (n, m) in (("horizontal", (width, size)), ("vertical", (height, size))) if n != m]
+    vertical_first = (height - size) > 0 and (height - size) > (width - size) * 2
+    return passes[::-1] if vertical_first else passes
 
 
 def preprocess(rgb: np.ndarray, size: int, mean, std) -> np.ndarray:
