@@ -19,14 +19,18 @@ The paths make the same calls on a synthetic image of the preset's size (768x768
 
     eager      tiercel.models.TorchPredictor: the transformers model in fp16 on cuda, PyTorch eager (no compile),
                its default attention implementation (recorded); transformers `generate` batched over prompts.
-               On --device cpu it runs in fp32 (fp16 matmuls on a CPU are no baseline)
+               Images are preprocessed on the host, as the transformers processor does (by the runtime's numpy
+               code, which is faster than the processor's). On --device cpu it runs in fp32 (fp16 matmuls on a
+               CPU are no baseline)
     ort        the fp16 bundle, onnxruntime CUDA EP, plain run: every decode step copies the KV cache to the
                host and back (what io binding saves)
     ort_bound  the fp16 bundle, onnxruntime CUDA EP with I/O binding: KV cache and token embeddings stay on
                the GPU (BoundKVDecoder; tiercel's default on cuda) - tiercel's GPU path
     torch_graphs  tiercel.models.static_decode.GraphedPredictor on the eager path's model: the same vision tower
                and text encoder, the decoder as a static-KV step replayed as one CUDA graph per token, decoding
-               by the runtime's generate.py (on --device cpu: the static step without graphs)
+               by the runtime's generate.py (on --device cpu: the static step without graphs). On cuda the images
+               are resized and normalised on the GPU (tiercel.models.device_preprocess: Pillow's bytes) and the
+               image features stay there
     torch_static  the same static-KV decoder launched op by op (no graphs): what the graphs themselves buy
     tensorrt   fp16 TensorRT engines (backend "tensorrt", also device-resident KV); skipped with the reason
                recorded when tensorrt is not installed or the device is not cuda
@@ -184,6 +188,7 @@ def open_paths(model, tok, bundle: Path, names: list[str], device: str, failed: 
     transformers.logging.set_verbosity_error()  # eos -1 forces 32 tokens; transformers warns it will not stop
     dtype = torch.float16 if device == "cuda" else torch.float32
     eager = TorchPredictor(copy.deepcopy(model).to(device=device, dtype=dtype), tok)
+    eager.device_preprocess = False  # the baseline preprocesses on the host, as the transformers processor does
     paths = {"eager": eager}
     opens = {"torch_graphs": lambda: GraphedPredictor(eager.model, tok),
              "torch_static": lambda: GraphedPredictor(eager.model, tok, graphs=False),
@@ -270,6 +275,7 @@ def run_preset(preset: str, args, now, log) -> dict:
     paths = open_paths(model, tok, bundle, names, args.device, skipped)
     image = profile_image(paths["eager"].pre["size"])
     result = {"export_s": export_s, "skipped": skipped, "image_size": list(image.shape[:2]),
+              "preprocess_on": {n: "device" if getattr(m, "device_preprocess", False) else "host" for n, m in paths.items()},
               "eager_dtype": str(paths["eager"]._dtype), "attn_implementation": paths["eager"].model.config._attn_implementation,
               "reference": REFERENCE.get(preset)}
     result["stages"] = stage_rounds(paths, image, args.task, args.runs, log, now=now)

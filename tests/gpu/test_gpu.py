@@ -140,3 +140,37 @@ def test_cuda_graphs_in_bf16_replay_the_bf16_step_and_profile_a_checkpoint(tiny_
     p = report.profiles[0]
     assert p.backend == "torch-graphs" and p.device.startswith("cuda") and p.stages["decode_token"]["n"] == 2 * 5
     assert p.roofline == {} and "the measured peaks are this machine's CPU" in p.roofline_skipped
+
+
+def test_device_preprocessing_on_cuda_is_the_hosts_bit_for_bit_and_keeps_the_results(tiny_model, tiny_tokenizer):
+    """On cuda: PIX_CHG's full-size canvas (1536 -> 768) and a 768 image resized and normalised on the GPU give the
+    host's float32 pixel values exactly, and run_all with GPU preprocessing returns the host path's results."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA GPU")
+    import copy
+
+    from tiercel import tasks
+    from tiercel.models.device_preprocess import DevicePreprocessor
+    from tiercel.models.static_decode import GraphedPredictor
+    from tiercel.runtime.preprocess import preprocess
+    from tiercel.runtime.profile.runner import task_inputs
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    rng = np.random.default_rng(0)
+    canvas, frame = (rng.integers(0, 256, (n, n, 3), dtype=np.uint8) for n in (1536, 768))
+    pre = DevicePreprocessor("cuda", 768, mean, std)
+    got = pre([frame, canvas])
+    assert got.is_cuda and not pre.host_shapes
+    assert np.array_equal(got.cpu().numpy(), np.concatenate([preprocess(x, 768, mean, std) for x in (frame, canvas)]))
+
+    model = copy.deepcopy(tiny_model).cuda().half()
+    host, device = GraphedPredictor(model, tiny_tokenizer), GraphedPredictor(model, tiny_tokenizer)
+    host.device_preprocess = False
+    assert device.device_preprocess
+    before, after = image(3), image(4)
+    inputs = {t: task_inputs(t, (before.shape[1], before.shape[0])) for t in tasks.TAGS}
+    texts = {t: x["text"] for t, x in inputs.items() if "text" in x}
+    regions = {t: x["region"] for t, x in inputs.items() if "region" in x}
+    want = host.run_all(before, texts=texts, regions=regions, image2=after, max_new_tokens=10)
+    assert device.run_all(before, texts=texts, regions=regions, image2=after, max_new_tokens=10) == want
