@@ -19,15 +19,16 @@ PROMPTS = ["Describe the image.", "Detect all airplane in the image.\nUse horizo
            "Count the number of ship."]
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_model, tiny_tokenizer):
+@pytest.fixture(scope="module", params=[False, True], ids=["qkv-split", "qkv-fused"])
+def pair(tiny_model, tiny_tokenizer, request):
+    """transformers' model and the static decoder over it: q/k/v projected one by one, or as one matmul."""
     import torch
 
     from tiercel.models.predict import TorchPredictor
     from tiercel.models.static_decode import GraphedPredictor
 
     torch.set_num_threads(1)
-    return TorchPredictor(tiny_model, tiny_tokenizer), GraphedPredictor(tiny_model, tiny_tokenizer)
+    return TorchPredictor(tiny_model, tiny_tokenizer), GraphedPredictor(tiny_model, tiny_tokenizer, fuse_qkv=request.param)
 
 
 def test_first_step_logits_equal_the_transformers_decoder(pair):
@@ -44,6 +45,7 @@ def test_first_step_logits_equal_the_transformers_decoder(pair):
     decoder = static.decoder(3, hidden.shape[1], 8)
     decoder.start(hidden, mask, static._stage)
     assert decoder.enc_len == 64 and decoder.enc_len > hidden.shape[1]  # padded and masked
+    assert decoder.qkv is (static._qkv if static.fuse_qkv else None)  # one fused copy per model, shared by its decoders
     np.testing.assert_allclose(decoder.step(start[:, 0].numpy()), want.numpy(), atol=1e-4)
 
 

@@ -8,13 +8,16 @@ eager, and onnxruntime's CUDA provider with I/O binding took 0.15 s against eage
 less on 14 tasks (benchmarks/results/gpu_nvidia_h200_2026-11-27), while the decoder's bandwidth bound is under
 0.1 ms/token (issue 9): a decode step is many small kernels (about 140 by a count of its operations, an
 estimate), and launching them is the cost. A CUDA graph launches the whole step at once: measured on H200s,
-0.58-0.63 ms/token for Florence-2-base (1.34-1.38 for -large) against eager's 3.3-6.4 (5.9-11.3), tokens identical
-(benchmarks/results/gpu_nvidia_h200.json and the runs beside it). Graphs need fixed shapes and addresses, so the
+0.48-0.52 ms/token for Florence-2-base (1.00-1.02 for -large) against eager's 3.3-7.3 (6.0-7.1) in the same runs,
+tokens identical (benchmarks/results/gpu_nvidia_h200.json and the runs beside it). Inside a graph every kernel
+still costs a few microseconds, so the step launches fewer: q/k/v of the self-attention as one matmul (fused_qkv;
+-10% / -17% per token for base / large, measured against three matmuls) and additive masks made once per step
+instead of a boolean mask converted in every attention call. Graphs need fixed shapes and addresses, so the
 decoder here is written over static buffers:
 
 - self-attention K/V: [layers, rows, heads, T, head_dim], T = max_new_tokens rounded up to a multiple of 64;
-  step p writes position p (index_copy_ at a device-side position) and attends over positions <= p (a mask
-  built on the device from that position, so nothing in the step reads a host value);
+  step p writes position p (index_copy_ at a device-side position) and attends over positions <= p (a 0/-inf
+  mask built on the device from that position, so nothing in the step reads a host value);
 - cross-attention K/V: computed once per call from the encoder output, padded to a multiple of 64 positions
   (masked) so that prompts of different lengths reuse one graph;
 - the step's token ids and position are device tensors copied in before each replay.
@@ -61,10 +64,26 @@ def capture(fn, warmup: int = 3):
     return graph, out
 
 
+def fused_qkv(model) -> list:
+    """Per decoder layer, (weight [3D, D], bias [3D]) of its self-attention's q, k and v projections concatenated:
+    a copy, 3 * D * D weights per layer (Florence-2-base in fp16: 21 MB, -large 75 MB)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for layer in model.model.language_model.decoder.layers:
+            projections = (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
+            bias = None if projections[0].bias is None else torch.cat([p.bias for p in projections])
+            out.append((torch.cat([p.weight for p in projections]), bias))
+    return out
+
+
 class StaticDecoder:
     """Static buffers and the decoder step of one shape (rows, encoder length, KV length) of one model."""
 
-    def __init__(self, model, rows: int, enc_len: int, max_len: int, graphs: bool):
+    def __init__(self, model, rows: int, enc_len: int, max_len: int, graphs: bool, qkv: list | None = None):
+        """`qkv`: fused_qkv(model) to project each self-attention's q/k/v as one matmul (shared by the decoders
+        of one model: the concatenated weights exist once), None for three."""
         import torch
 
         self.torch = torch
@@ -79,7 +98,10 @@ class StaticDecoder:
         self.k, self.v = torch.zeros(kv, device=dev, dtype=dt), torch.zeros(kv, device=dev, dtype=dt)
         cross = (n_layers, rows, self.heads, enc_len, self.head_dim)
         self.ck, self.cv = torch.zeros(cross, device=dev, dtype=dt), torch.zeros(cross, device=dev, dtype=dt)
-        self.enc_mask = torch.zeros((rows, 1, 1, enc_len), device=dev, dtype=torch.bool)
+        # additive masks (0 / -inf) in the model's dtype, made once per call (encoder) and once per step (self):
+        # a boolean mask would be converted inside every layer's attention call, a kernel or two each time
+        self.enc_mask = torch.zeros((rows, 1, 1, enc_len), device=dev, dtype=dt)
+        self.qkv = qkv
         self.tokens = torch.zeros((rows, 1), device=dev, dtype=torch.long)
         self.pos = torch.zeros((1,), device=dev, dtype=torch.long)
         self.positions = torch.arange(max_len, device=dev)
@@ -98,8 +120,8 @@ class StaticDecoder:
                 self.cv[i, :, :, :s] = self._heads(layer.encoder_attn.v_proj(enc_hidden))
             self.ck[:, :, :, s:] = 0
             self.cv[:, :, :, s:] = 0
-            self.enc_mask.zero_()
-            self.enc_mask[:, 0, 0, :s] = enc_mask.bool()
+            self.enc_mask.fill_(float("-inf"))
+            self.enc_mask[:, 0, 0, :s].masked_fill_(enc_mask.bool(), 0.0)
             # positions the last call wrote: masked from now on, but an inf there would make 0 * inf = nan
             self.k[:, :, :, : self.step_index] = 0
             self.v[:, :, :, : self.step_index] = 0
@@ -148,24 +170,34 @@ class StaticDecoder:
         """[rows, n, d_model] -> [rows, heads, n, head_dim]."""
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
-    def _attend(self, att, x, k, v, mask):
+    def _attend(self, att, q, k, v, mask):
         torch = self.torch
-        q = self._heads(att.q_proj(x))
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=att.scaling)
         return att.out_proj(out.transpose(1, 2).reshape(self.rows, 1, -1))
+
+    def _self_qkv(self, i: int, att, x):
+        """q, k, v of the step's self-attention, [rows, heads, 1, head_dim] each: three projections, or one
+        matmul over their concatenated weights (fuse_qkv)."""
+        if self.qkv is None:
+            return self._heads(att.q_proj(x)), self._heads(att.k_proj(x)), self._heads(att.v_proj(x))
+        weight, bias = self.qkv[i]
+        return [self._heads(t) for t in self.torch.nn.functional.linear(x, weight, bias).chunk(3, dim=-1)]
 
     def _forward(self):
         """One decoder step over the static buffers: reads tokens/pos, writes K/V at pos, returns logits [rows, V]."""
         torch, lm = self.torch, self.lm
         x = lm.embed_tokens(self.tokens) + lm.embed_positions.weight[self.pos + lm.embed_positions.offset]
         x = lm.layernorm_embedding(x)
-        self_mask = (self.positions <= self.pos).view(1, 1, 1, -1)
+        self_mask = torch.zeros((), dtype=x.dtype, device=x.device).masked_fill(self.positions > self.pos, float("-inf"))
+        self_mask = self_mask.view(1, 1, 1, -1)
         for i, layer in enumerate(lm.layers):
             att = layer.self_attn
-            self.k[i].index_copy_(2, self.pos, self._heads(att.k_proj(x)))
-            self.v[i].index_copy_(2, self.pos, self._heads(att.v_proj(x)))
-            x = layer.self_attn_layer_norm(x + self._attend(att, x, self.k[i], self.v[i], self_mask))
-            x = layer.encoder_attn_layer_norm(x + self._attend(layer.encoder_attn, x, self.ck[i], self.cv[i], self.enc_mask))
+            q, k, v = self._self_qkv(i, att, x)
+            self.k[i].index_copy_(2, self.pos, k)
+            self.v[i].index_copy_(2, self.pos, v)
+            x = layer.self_attn_layer_norm(x + self._attend(att, q, self.k[i], self.v[i], self_mask))
+            cross = layer.encoder_attn
+            x = layer.encoder_attn_layer_norm(x + self._attend(cross, self._heads(cross.q_proj(x)), self.ck[i], self.cv[i], self.enc_mask))
             x = layer.final_layer_norm(x + layer.fc2(layer.activation_fn(layer.fc1(x))))
         return self.lm_head(x)[:, 0]
 
@@ -188,9 +220,10 @@ class GraphedPredictor(TorchPredictor):
     are cached per shape on the predictor (`graphs=False` runs the same static step without them).
     """
 
-    def __init__(self, model, tokenizer, *args, graphs: bool = True, **kwargs):
+    def __init__(self, model, tokenizer, *args, graphs: bool = True, fuse_qkv: bool = True, **kwargs):
         super().__init__(model, tokenizer, *args, **kwargs)
         self.backend, self.graphs, self._decoders, self._vision = "torch-graphs", graphs, {}, {}
+        self.fuse_qkv, self._qkv = fuse_qkv, None  # self-attention q/k/v as one matmul (see fused_qkv)
         self.use_graphs = graphs and self.device.startswith("cuda")
 
     def graph_status(self) -> dict:
@@ -235,7 +268,9 @@ class GraphedPredictor(TorchPredictor):
     def decoder(self, rows: int, enc_len: int, max_new_tokens: int) -> StaticDecoder:
         key = (rows, _round_up(enc_len), _round_up(max_new_tokens))
         if key not in self._decoders:
-            self._decoders[key] = StaticDecoder(self.model, *key, graphs=self.graphs)
+            if self.fuse_qkv and self._qkv is None:
+                self._qkv = fused_qkv(self.model)
+            self._decoders[key] = StaticDecoder(self.model, *key, graphs=self.graphs, qkv=self._qkv if self.fuse_qkv else None)
         return self._decoders[key]
 
     def generate_ids(self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None,
