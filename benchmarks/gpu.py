@@ -7,9 +7,9 @@ Check of the script on a CPU (every line but the CUDA specifics; writes no resul
     python benchmarks/gpu.py --check --out /tmp/gpu_check.json  # = --device cpu --preset tiny --runs 2
 
 RUN ON H200s (2026-11-27): eager and the two onnxruntime paths on florence2-base once (cut off before the JSON), and
-eager / torch_static / torch_graphs on florence2-base and -large in four runs (results/gpu_nvidia_h200.json is the
-last; every run is in results/gpu_nvidia_h200_2026-11-27/ with a README). The tensorrt path has not run (no
-tensorrt there). benchmarks/gpu_check.sh is the prepared device script.
+eager / torch_static / torch_graphs (+ fused or split q/k/v) on florence2-base and -large in seven runs
+(results/gpu_nvidia_h200.json is the last; every run is in results/gpu_nvidia_h200_2026-11-27/ with a README). The
+tensorrt path has not run (no tensorrt there). benchmarks/gpu_check.sh is the prepared device script.
 
 Each preset's shape is built with random weights (tiercel.models.zoo; speed does not depend on their values),
 exported once to an fp16 bundle (`--precision fp16`: norms/softmax fp32, fp16 KV; plus TensorRT engines when the
@@ -31,6 +31,8 @@ The paths make the same calls on a synthetic image of the preset's size (768x768
                by the runtime's generate.py (on --device cpu: the static step without graphs). On cuda the images
                are resized and normalised on the GPU (tiercel.models.device_preprocess: Pillow's bytes) and the
                image features stay there
+    torch_graphs_split  torch_graphs with each self-attention's q, k and v projected by three matmuls, as
+               transformers does (fuse_qkv=False): what fusing them into one (the default) buys
     torch_static  the same static-KV decoder launched op by op (no graphs): what the graphs themselves buy
     tensorrt   fp16 TensorRT engines (backend "tensorrt", also device-resident KV); skipped with the reason
                recorded when tensorrt is not installed or the device is not cuda
@@ -78,7 +80,7 @@ from tiercel.runtime.profile import forced_generation  # noqa: E402
 from tiercel.runtime.profile.runner import profile_image  # noqa: E402
 from tiercel.runtime.profile.timing import StageTimer  # noqa: E402
 
-PATHS = ("eager", "ort", "ort_bound", "torch_static", "torch_graphs", "tensorrt")
+PATHS = ("eager", "ort", "ort_bound", "torch_static", "torch_graphs", "torch_graphs_split", "tensorrt")
 BUNDLE_PATHS = {"ort", "ort_bound", "tensorrt"}  # the paths that need the exported fp16 bundle
 PRESETS = ("florence2-base", "florence2-large")
 TARGETS = {"decode_speedup": (">=", 5.0), "all_tasks_speedup": (">=", 3.0)}
@@ -191,6 +193,7 @@ def open_paths(model, tok, bundle: Path, names: list[str], device: str, failed: 
     eager.device_preprocess = False  # the baseline preprocesses on the host, as the transformers processor does
     paths = {"eager": eager}
     opens = {"torch_graphs": lambda: GraphedPredictor(eager.model, tok),
+             "torch_graphs_split": lambda: GraphedPredictor(eager.model, tok, fuse_qkv=False),
              "torch_static": lambda: GraphedPredictor(eager.model, tok, graphs=False),
              "ort": lambda: rt.load(bundle, device=device, io_binding=False),
              "ort_bound": lambda: rt.load(bundle, device=device, io_binding=True),
@@ -280,8 +283,9 @@ def run_preset(preset: str, args, now, log) -> dict:
               "reference": REFERENCE.get(preset)}
     result["stages"] = stage_rounds(paths, image, args.task, args.runs, log, now=now)
     result["all_tasks"] = all_tasks(paths, image, args.all_runs, log, now)
-    if "torch_graphs" in paths:  # which parts ran as CUDA graphs (True) or why not (the capture error)
-        result["torch_graphs_status"] = paths["torch_graphs"].graph_status()
+    for name in ("torch_graphs", "torch_graphs_split"):  # which parts ran as CUDA graphs (True) or why not (the error)
+        if name in paths:
+            result[f"{name}_status"] = paths[name].graph_status()
     result["targets"] = verdicts(result["stages"], result["all_tasks"])
     if args.device == "cuda":
         result["max_memory_allocated_torch_gb"] = torch.cuda.max_memory_allocated() / 1e9  # the process so far: every torch path

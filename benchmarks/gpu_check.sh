@@ -96,7 +96,7 @@ run() {
 
 torch_only() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/env_torch.txt"
-  timeout 300 $PY benchmarks/gpu.py --paths eager,torch_static,torch_graphs "${PRESETS[@]}" --runs 5 --all-runs 5 \
+  timeout 300 $PY benchmarks/gpu.py --paths eager,torch_static,torch_graphs,torch_graphs_split "${PRESETS[@]}" --runs 5 --all-runs 5 \
     --out "$OUT/gpu_torch.json" 2>&1 | grep -v Warning | tee "$OUT/bench_torch.log"
   timeout 90 $PY -m pytest -q -m gpu tests/gpu -k "cuda_graph or device_preprocess" -rs -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/tests_torch.log"
 }

@@ -4,8 +4,8 @@ Run them with `pytest -m gpu tests/gpu` or benchmarks/gpu_check.sh on a CUDA mac
 CPU execution provider's tokens on the tiny model. On an H200 (2026-11-27, onnxruntime-gpu 1.31.1, no tensorrt) the two
 fp16 tests passed; the first test failed on its old 1e-3 feature tolerance (1.16e-3 seen) before its token check,
 and the benchmark-script test was cut off by the device time; the TensorRT tests skipped (tensorrt not installed).
-Later that day `test_cuda_graph_decoder_generates_the_eager_tokens` passed on four H200 machines; the bf16 / profile
-test after it was written after those runs and has not run on a GPU yet.
+Later that day `test_cuda_graph_decoder_generates_the_eager_tokens` passed on four H200 machines, and in a third
+session, with the bf16 / profile test and the GPU preprocessing test, on three more (`gpu_check.sh torch`).
 """
 
 from __future__ import annotations
@@ -110,12 +110,15 @@ def test_cuda_graph_decoder_generates_the_eager_tokens(tiny_model, tiny_tokenize
     model = copy.deepcopy(tiny_model).cuda()
     eager, graphed = TorchPredictor(model, tiny_tokenizer), GraphedPredictor(model, tiny_tokenizer)
     plain = GraphedPredictor(model, tiny_tokenizer, graphs=False)
+    split = GraphedPredictor(model, tiny_tokenizer, fuse_qkv=False)
     features = eager.image_features(eager.pixel_values(image(3)))
     for gen in ({"num_beams": 1, "max_new_tokens": 12}, forced_generation(16, 1), forced_generation(16, 3)):
         want = eager.generate_ids(features, PROMPTS, **gen)
         assert graphed.generate_ids(features, PROMPTS, **gen) == want, gen
         assert plain.generate_ids(features, PROMPTS, **gen) == want, gen
-    assert graphed._decoders and all(d.graph is not None for d in graphed._decoders.values())
+        assert split.generate_ids(features, PROMPTS, **gen) == want, gen
+    for p in (graphed, split):
+        assert p._decoders and all(d.graph is not None for d in p._decoders.values())
 
 
 def test_cuda_graphs_in_bf16_replay_the_bf16_step_and_profile_a_checkpoint(tiny_checkpoint):
