@@ -8,8 +8,8 @@ Check of the script on a CPU (every line but the CUDA specifics; writes no resul
 
 RUN ON H200s (2026-11-27): eager and the two onnxruntime paths on florence2-base once (cut off before the JSON), and
 eager / torch_static / torch_graphs (+ fused or split q/k/v) on florence2-base and -large in seven runs
-(results/gpu_nvidia_h200.json is the last; every run is in results/gpu_nvidia_h200_2026-11-27/ with a README). The
-tensorrt path has not run (no tensorrt there). benchmarks/gpu_check.sh is the prepared device script.
+(results/gpu_nvidia_h200.json is the last; every run is in results/gpu_nvidia_h200_2026-11-27/ with a README), and
+once on an H100 (results/gpu_nvidia_h100_80gb_hbm3.json). The tensorrt path has not run (no tensorrt there). benchmarks/gpu_check.sh is the prepared device script.
 
 Each preset's shape is built with random weights (tiercel.models.zoo; speed does not depend on their values),
 exported once to an fp16 bundle (`--precision fp16`: norms/softmax fp32, fp16 KV; plus TensorRT engines when the
