@@ -59,6 +59,18 @@ def test_a_shape_that_differs_from_pillow_is_resized_on_the_host(monkeypatch, ca
     assert np.array_equal(got.numpy(), preprocess(rgb, 64, MEAN, STD))
 
 
+def test_a_pillow_that_orders_its_passes_otherwise_is_caught_once_for_every_two_pass_shape(monkeypatch):
+    from tiercel.models import device_preprocess
+    from tiercel.runtime.preprocess import preprocess
+
+    monkeypatch.setattr(device_preprocess, "pillow_pass_order", lambda h, w, s: [p for p, n in (("horizontal", w), ("vertical", h)) if n != s])
+    pre = device_preprocess.DevicePreprocessor("cpu", 64, MEAN, STD)
+    assert pre.agrees(64, 100) and pre.agrees(90, 64)  # one pass each: the order does not matter
+    assert not pre._order_agrees()  # a 3s x 1.25s shape: Pillow runs the vertical pass first
+    rgb = np.random.default_rng(2).integers(0, 256, (300, 90, 3), dtype=np.uint8)
+    assert np.array_equal(pre([rgb]).numpy(), preprocess(rgb, 64, MEAN, STD)) and pre.host_shapes == {(300, 90)}
+
+
 def test_torch_predictor_with_device_preprocessing_gives_the_host_paths_results(tiny_model, tiny_tokenizer):
     """run_all over the 14 tasks (PIX_CHG's canvas included) with pixels and features kept as tensors = with
     numpy pixels; image_features gives a tensor for a tensor and numpy for numpy."""
