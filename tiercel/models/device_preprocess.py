@@ -51,7 +51,6 @@ class DevicePreprocessor:
 
     def one(self, rgb: np.ndarray):
         """One HxWx3 uint8 image -> [1, 3, size, size] float32 on the device."""
-        torch = self.torch
         height, width = rgb.shape[:2]
         if (height, width) != (self.size, self.size) and not self.agrees(height, width):
             from tiercel.runtime.preprocess import resize_square

@@ -247,7 +247,6 @@ class GraphedPredictor(TorchPredictor):
         """{"pixels", "graph", "out"} for this batch size, captured on first use; {"error": ...} if capture failed."""
         batch = pixel_values.shape[0]
         if batch not in self._vision:
-            torch = self.torch
             pixels = self._on_device(pixel_values).clone()
             try:
                 graph, out = capture(lambda: self.model.get_image_features(pixels).pooler_output)
