@@ -5,10 +5,13 @@ Usage:
                                       [--student CKPT --data SYNTH_DIR] [--out benchmarks/results/quantize_cpu.json]
 
 (a) The preset's shape with random weights (accuracy means nothing there): the fp32 bundle is exported
-    (onnxruntime + OpenVINO IR), then quantised four ways - onnxruntime int8-static and int4-weight-only
-    (MatMulNBits, block 32, symmetric), OpenVINO/NNCF int8-static and int4 (group 32) - and each is timed:
+    (onnxruntime + OpenVINO IR), then quantised six ways - onnxruntime int8-static, int8-dynamic and
+    int4-weight-only (MatMulNBits, block 32, symmetric), OpenVINO/NNCF int8-static (nncf.quantize), int8-dynamic
+    (nncf.compress_weights INT8: weights only) and int4 (group 32) - and each is timed:
     vision encoder ms per image, and decoder_with_past ms per token (16 greedy-like steps with the KV cache
-    growing from 32, prompt of image tokens + 20). Medians of `--runs` runs after one warm-up, same process.
+    growing from 32, prompt of image tokens + 20). All bundles are opened together and timed in alternation:
+    medians of `--runs` rounds, each running every bundle once, after one warm-up (timed one after another, a
+    machine that drifted during the run moved one bundle's numbers and not another's).
 (b) With --student: the checkpoint is exported and quantised with onnxruntime every way in STUDENT_VARIANTS
     (int8-static, int8-dynamic, int4 blocks 32 and 128, int4 asymmetric, mixed; int4 rounded by GPTQ on the
     calibration samples' activations), each with the accuracy guard at its defaults on
@@ -38,8 +41,10 @@ VARIANTS = {  # name -> (runtime backend, quantize backend, scheme) ; None: the 
     "ort-fp32": ("onnxruntime", None, None),
     "ort-int8": ("onnxruntime", "onnxruntime", "int8-static"),
     "ort-int4": ("onnxruntime", "onnxruntime", "int4-weight-only"),
+    "ort-int8-dynamic": ("onnxruntime", "onnxruntime", "int8-dynamic"),
     "ov-fp32": ("openvino", None, None),
     "ov-int8": ("openvino", "openvino", "int8-static"),
+    "ov-int8-dynamic": ("openvino", "openvino", "int8-dynamic"),
     "ov-int4": ("openvino", "openvino", "int4-weight-only"),
 }
 
@@ -65,7 +70,9 @@ def _median(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def time_bundle(bundle: Path, backend: str, runs: int, steps: int = 16, past: int = 32, prompt: int = 20) -> dict:
+def bundle_timers(bundle: Path, backend: str, steps: int = 16, past: int = 32, prompt: int = 20) -> dict:
+    """{"vision": one 768 px image through the vision encoder, "decode": `steps` decoder_with_past steps from a
+    past of `past` (KV growing)} as callables over the bundle's opened graphs."""
     from tiercel.runtime import read_bundle
     from tiercel.runtime.backends import get_backend
 
@@ -76,7 +83,6 @@ def time_bundle(bundle: Path, backend: str, runs: int, steps: int = 16, past: in
     rng = np.random.default_rng(0)
     vision = spec.open(b.root / entries["vision_encoder"]["file"], spec.devices[0], None)
     pixels = rng.standard_normal((1, 3, size, size), dtype=np.float32)
-    vision_s = _median(lambda: vision.run({"pixel_values": pixels}), runs)
     dec = spec.open(b.root / entries["decoder_with_past_model"]["file"], spec.devices[0], None)
     enc = shape["image_tokens"] + prompt
     kv = lambda n: rng.standard_normal((1, heads, n, d // heads), dtype=np.float32)  # noqa: E731
@@ -90,7 +96,30 @@ def time_bundle(bundle: Path, backend: str, runs: int, steps: int = 16, past: in
             out = dec.run({"inputs_embeds": embeds, "encoder_attention_mask": mask, **feeds})
             feeds.update({f"past_key_values.{k[len('present.'):]}": v for k, v in out.items() if k.startswith("present.")})
 
-    return {"vision_ms": 1000 * vision_s, "decode_ms_per_token": 1000 * _median(decode, runs) / steps}
+    return {"vision": lambda: vision.run({"pixel_values": pixels}), "decode": decode, "steps": steps}
+
+
+def time_bundle(bundle: Path, backend: str, runs: int) -> dict:
+    """vision ms and decode ms/token of one bundle: medians of `runs` after a warm-up."""
+    return time_interleaved({"one": bundle_timers(bundle, backend)}, runs)["one"]
+
+
+def time_interleaved(timers: dict, runs: int) -> dict:
+    """{name: bundle_timers(...)} -> {name: {"vision_ms", "decode_ms_per_token"}}: one warm-up each, then `runs`
+    rounds in which every bundle runs once in turn, so that a machine that speeds up or slows down during the
+    benchmark moves every bundle alike instead of the ones timed at that moment (the ratios are what is read)."""
+    for t in timers.values():
+        t["vision"](), t["decode"]()
+    rows = {name: {"vision": [], "decode": []} for name in timers}
+    for _ in range(runs):
+        for name, t in timers.items():
+            for kind in ("vision", "decode"):
+                start = time.perf_counter()
+                t[kind]()
+                rows[name][kind].append(time.perf_counter() - start)
+    return {name: {"vision_ms": 1000 * statistics.median(r["vision"]),
+                   "decode_ms_per_token": 1000 * statistics.median(r["decode"]) / timers[name]["steps"]}
+            for name, r in rows.items()}
 
 
 def sizes(bundle: Path, backend: str) -> dict:
@@ -107,7 +136,7 @@ def sizes(bundle: Path, backend: str) -> dict:
 def run_variants(fp32: Path, work: Path, calib, runs: int, n_calib: int, n_val: int, log) -> dict:
     from tiercel.quantize import quantize_bundle
 
-    results = {}
+    results, timers = {}, {}
     for name, (runtime, qbackend, scheme) in VARIANTS.items():
         bundle = fp32
         row = {"backend": runtime, "scheme": scheme or "fp32"}
@@ -119,9 +148,10 @@ def run_variants(fp32: Path, work: Path, calib, runs: int, n_calib: int, n_val: 
             row.update(quantize_s=time.perf_counter() - t, guard=section["guard"])
             bundle = work / name
         row.update(sizes(bundle, runtime))
-        row.update(time_bundle(bundle, runtime, runs))
-        log(f"{name}: {json.dumps({k: v for k, v in row.items() if k not in ('graphs', 'guard')})}")
-        results[name] = row
+        results[name], timers[name] = row, bundle_timers(bundle, runtime)
+    for name, timing in time_interleaved(timers, runs).items():  # every bundle open, timed in alternation
+        results[name].update(timing)
+        log(f"{name}: {json.dumps({k: v for k, v in results[name].items() if k not in ('graphs', 'guard')})}")
     for name, row in results.items():  # ratios against the same backend's fp32
         ref = results[f"{name.split('-')[0]}-fp32"]
         row["ratios"] = {"bundle_size": row["bundle_bytes"] / ref["bundle_bytes"],
