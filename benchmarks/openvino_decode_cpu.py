@@ -29,37 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from quantize_cpu import machine, time_interleaved
+from quantize_cpu import decode_steps, decoder_feeds, machine, time_interleaved
 
 STEPS, PAST, PROMPT = 16, 32, 20
 
 
-def decode_timer(session, shape: dict, rng) -> dict:
-    """A bundle_timers-style entry whose "decode" runs STEPS steps on `session` (vision: a no-op)."""
-    d, heads, layers = shape["d_model"], shape["attention_heads"], shape["decoder_layers"]
-    enc = shape["image_tokens"] + PROMPT
-    base = {f"past_key_values.{i}.{w}.{k}": rng.standard_normal((1, heads, PAST if w == "decoder" else enc, d // heads), dtype=np.float32)
-            for i in range(layers) for w in ("decoder", "encoder") for k in ("key", "value")}
-    mask, embeds = np.ones((1, enc), np.int64), rng.standard_normal((1, 1, d), dtype=np.float32)
-
-    def decode():
-        feeds = dict(base)
-        for _ in range(STEPS):
-            out = session.run({"inputs_embeds": embeds, "encoder_attention_mask": mask, **feeds})
-            feeds.update({f"past_key_values.{k[len('present.'):]}": v for k, v in out.items() if k.startswith("present.")})
-
-    return {"vision": lambda: None, "decode": decode, "steps": STEPS}
-
-
 def calibration_feeds(shape: dict, rng, n: int = 8) -> list[dict]:
     """Decoder-step feeds at growing positions (random values: speed only)."""
-    d, heads, layers, enc = shape["d_model"], shape["attention_heads"], shape["decoder_layers"], shape["image_tokens"] + PROMPT
-    feeds = []
-    for p in np.linspace(1, 2 * PAST, n).astype(int):
-        f = {f"past_key_values.{i}.{w}.{k}": rng.standard_normal((1, heads, p if w == "decoder" else enc, d // heads), dtype=np.float32)
-             for i in range(layers) for w in ("decoder", "encoder") for k in ("key", "value")}
-        feeds.append({**f, "inputs_embeds": rng.standard_normal((1, 1, d), dtype=np.float32), "encoder_attention_mask": np.ones((1, enc), np.int64)})
-    return feeds
+    return [decoder_feeds(shape, rng, int(p), PROMPT) for p in np.linspace(1, 2 * PAST, n)]
 
 
 def export_base(work: Path) -> Path:
@@ -97,9 +74,11 @@ def main() -> None:
             quantize_ir(src, irs[name], get_scheme(scheme), "decoder", feeds if scheme == "int8-static" else None)
             result.setdefault("quantize_s", {})[name] = time.perf_counter() - t
         ov, ort = get_backend("openvino"), get_backend("onnxruntime")
-        timers = {name: decode_timer(ov.open(ir, ov.devices[0], None), shape, rng) for name, ir in irs.items()}
+        base = decoder_feeds(shape, rng, PAST, PROMPT)
+        timer = lambda session: {"vision": lambda: None, "steps": STEPS, "decode": decode_steps(session, base, STEPS)}  # noqa: E731
+        timers = {name: timer(ov.open(ir, ov.devices[0], None)) for name, ir in irs.items()}
         ort_file = bundle.root / bundle.entries("onnxruntime")["decoder_with_past_model"]["file"]
-        for phase, extra in (("alone", {}), ("with_onnxruntime", {"ort-fp32": decode_timer(ort.open(ort_file, ort.devices[0], None), shape, rng)})):
+        for phase, extra in (("alone", {}), ("with_onnxruntime", {"ort-fp32": timer(ort.open(ort_file, ort.devices[0], None))})):
             timing = time_interleaved({**timers, **extra}, args.runs)
             ref = timing["ov-fp32"]["decode_ms_per_token"]
             result[phase] = {name: {"decode_ms_per_token": t["decode_ms_per_token"], "speedup_vs_ov_fp32": ref / t["decode_ms_per_token"]}

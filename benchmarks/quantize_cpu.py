@@ -78,25 +78,35 @@ def bundle_timers(bundle: Path, backend: str, steps: int = 16, past: int = 32, p
 
     b = read_bundle(bundle)
     spec, entries = get_backend(backend), b.entries(backend)
-    shape = b.manifest["model"]
-    size, d, heads, layers = b.manifest["preprocessing"]["size"], shape["d_model"], shape["attention_heads"], shape["decoder_layers"]
+    shape, size = b.manifest["model"], b.manifest["preprocessing"]["size"]
     rng = np.random.default_rng(0)
     vision = spec.open(b.root / entries["vision_encoder"]["file"], spec.devices[0], None)
     pixels = rng.standard_normal((1, 3, size, size), dtype=np.float32)
     dec = spec.open(b.root / entries["decoder_with_past_model"]["file"], spec.devices[0], None)
-    enc = shape["image_tokens"] + prompt
-    kv = lambda n: rng.standard_normal((1, heads, n, d // heads), dtype=np.float32)  # noqa: E731
-    base = {f"past_key_values.{i}.{w}.{k}": kv(past if w == "decoder" else enc)
-            for i in range(layers) for w in ("decoder", "encoder") for k in ("key", "value")}
-    mask, embeds = np.ones((1, enc), np.int64), rng.standard_normal((1, 1, d), dtype=np.float32)
+    return {"vision": lambda: vision.run({"pixel_values": pixels}), "steps": steps,
+            "decode": decode_steps(dec, decoder_feeds(shape, rng, past, prompt), steps)}
 
+
+def decoder_feeds(shape: dict, rng, past: int, prompt: int) -> dict:
+    """decoder_with_past feeds (random values: speed only): a self-attention cache of `past` positions, the
+    encoder's K/V over the image tokens + `prompt`, one token's embedding and the encoder mask."""
+    d, heads, layers = shape["d_model"], shape["attention_heads"], shape["decoder_layers"]
+    enc = shape["image_tokens"] + prompt
+    feeds = {f"past_key_values.{i}.{w}.{k}": rng.standard_normal((1, heads, past if w == "decoder" else enc, d // heads), dtype=np.float32)
+             for i in range(layers) for w in ("decoder", "encoder") for k in ("key", "value")}
+    return {**feeds, "inputs_embeds": rng.standard_normal((1, 1, d), dtype=np.float32),
+            "encoder_attention_mask": np.ones((1, enc), np.int64)}
+
+
+def decode_steps(session, base: dict, steps: int):
+    """A callable running `steps` decoder_with_past steps from `base`, each step's present.* fed back as past."""
     def decode():
         feeds = dict(base)
         for _ in range(steps):
-            out = dec.run({"inputs_embeds": embeds, "encoder_attention_mask": mask, **feeds})
+            out = session.run(feeds)
             feeds.update({f"past_key_values.{k[len('present.'):]}": v for k, v in out.items() if k.startswith("present.")})
 
-    return {"vision": lambda: vision.run({"pixel_values": pixels}), "decode": decode, "steps": steps}
+    return decode
 
 
 def time_bundle(bundle: Path, backend: str, runs: int) -> dict:
