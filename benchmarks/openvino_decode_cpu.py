@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quantize_cpu import decode_steps, decoder_feeds, machine, time_interleaved
+from quantize_cpu import decode_steps, decoder_feeds, time_interleaved
+from runtime_cpu import machine
 
 STEPS, PAST, PROMPT = 16, 32, 20
 

@@ -28,14 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from runtime_cpu import machine
 
 VARIANTS = {  # name -> (runtime backend, quantize backend, scheme) ; None: the fp32 bundle itself
     "ort-fp32": ("onnxruntime", None, None),
@@ -47,17 +47,6 @@ VARIANTS = {  # name -> (runtime backend, quantize backend, scheme) ; None: the 
     "ov-int8-dynamic": ("openvino", "openvino", "int8-dynamic"),
     "ov-int4": ("openvino", "openvino", "int4-weight-only"),
 }
-
-
-def machine() -> dict:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), platform.processor())
-    flags = open("/proc/cpuinfo").read()
-    import onnxruntime
-    import openvino
-
-    return {"cpu": model, "cores": os.cpu_count(), "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags,
-            "loadavg_start": os.getloadavg(), "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__}
 
 
 def _median(fn, runs: int) -> float:
