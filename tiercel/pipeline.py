@@ -169,13 +169,14 @@ class Pipeline:
         return {"models": {k: v.get("average") for k, v in scores.items()}}
 
     def stage_profile(self, _):
+        from tiercel.models.open import CHECKPOINTS
         from tiercel.runtime.profile import report as preport
         from tiercel.runtime.profile.runner import ProfileSettings, profile
 
         p = self.recipe.profile
         image_size = self.recipe.pipeline.synth.size if self.recipe.pipeline.synth else 768
         settings = ProfileSettings(runs=p.runs, warmup=p.warmup, new_tokens=p.new_tokens, tasks=tuple(p.tasks), image_size=image_size)
-        result = profile(list(self.models().values()), ("onnxruntime",), settings)
+        result = profile(list(self.models().values()), ("onnxruntime",), settings, checkpoints=CHECKPOINTS)
         write_json(self.out / "profile.json", result.to_dict())
         preport.plot(result, self.out / "profile.png")
         if "openvino" in self.recipe.export.backends:

@@ -13,6 +13,7 @@ pytest.importorskip("openvino")
 
 from tests.bundles import image  # noqa: E402
 from tiercel.errors import BundleError, ConfigError  # noqa: E402
+from tiercel.models.open import CHECKPOINTS  # noqa: E402
 from tiercel.runtime.profile import ProfileSettings, StageTimer, forced_generation, profile  # noqa: E402
 
 
@@ -104,7 +105,9 @@ def test_bad_inputs_fail_before_timing(bundle, tmp_path):
     with pytest.raises(ConfigError, match="a bundle; --backend torch profiles a checkpoint directory"):
         profile([bundle], ["torch"], ProfileSettings(runs=1))
     with pytest.raises(ConfigError, match="--option x: .* is a checkpoint, which takes only dtype="):
-        profile([tmp_path], ["torch"], ProfileSettings(runs=1, options={"x": "1"}))
+        profile([tmp_path], ["torch"], ProfileSettings(runs=1, options={"x": "1"}), checkpoints=CHECKPOINTS)
+    with pytest.raises(ConfigError, match="a checkpoint, which this call cannot open; pass checkpoints=tiercel.models.open.CHECKPOINTS"):
+        profile([tmp_path], ["torch"], ProfileSettings(runs=1))  # the runtime alone never imports torch to open one
 
 
 def test_profile_image_is_deterministic():
@@ -129,7 +132,7 @@ def test_transformers_decoder_steps_are_timed_and_results_unchanged(tiny_model, 
 
 def test_profile_of_a_checkpoint_times_transformers_and_the_static_decoder(tiny_checkpoint, tiny_model):
     settings = ProfileSettings(runs=1, warmup=0, new_tokens=4, num_beams=1, tasks=("IMG_CAP", "PIX_CHG"), image_size=64)
-    report = profile([tiny_checkpoint], ["onnxruntime", "torch"], settings)
+    report = profile([tiny_checkpoint], ["onnxruntime", "torch"], settings, checkpoints=CHECKPOINTS)
     assert [p.label for p in report.profiles] == ["tiny/torch", "tiny/torch-graphs"]
     params = sum(t.numel() * t.element_size() for t in tiny_model.parameters())
     head = tiny_model.lm_head.weight.numel() * 4

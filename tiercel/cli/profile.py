@@ -44,6 +44,7 @@ def profile(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tiercel import tasks
+    from tiercel.models.open import CHECKPOINTS  # torch only when a checkpoint is opened
     from tiercel.runtime.profile import DEVICES, ProfileSettings, load_device_specs
     from tiercel.runtime.profile import report as render
     from tiercel.runtime.backends import parse_options
@@ -72,7 +73,7 @@ def profile(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         job = bar.add_task("measuring machine peaks", total=total)
-        report = run_profile(bundles, backends, settings, devices, img,
+        report = run_profile(bundles, backends, settings, devices, img, checkpoints=CHECKPOINTS,
                              progress=lambda label: bar.update(job, advance=1, description=f"profiling {label}"))
     console.print(render.comparison_table(report))
     console.print(render.roofline_table(report))

@@ -197,9 +197,9 @@ def open_predictor(path: str | Path, backend: str = "onnxruntime", device: str |
     """A bundle directory (manifest.json) opened on `backend`, or a checkpoint directory read by PyTorch.
 
     A checkpoint runs as a TorchPredictor (transformers, fp32, CPU), or as a GraphedPredictor (fp16, CUDA graphs,
-    tiercel.models.static_decode) with backend "torch" or device "cuda". `threads`: the backend's intra-op
-    threads, or torch's (process-wide) for a checkpoint; `options`: backend settings for a bundle
-    (tiercel.runtime.load), or {"dtype": "fp32"|"fp16"|"bf16"} for a checkpoint.
+    tiercel.models.static_decode) with backend "torch" or device "cuda" (tiercel.models.open). `threads`: the
+    backend's intra-op threads, or torch's (process-wide) for a checkpoint; `options`: backend settings for a
+    bundle (tiercel.runtime.load), or {"dtype": "fp32"|"fp16"|"bf16"} for a checkpoint.
     """
     from tiercel.runtime.backends import BACKENDS
     from tiercel.runtime.bundle import is_bundle
@@ -213,35 +213,6 @@ def open_predictor(path: str | Path, backend: str = "onnxruntime", device: str |
         import tiercel.runtime
 
         return tiercel.runtime.load(path, backend=backend, device=device, threads=threads, options=options)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such bundle or checkpoint directory")
-    from tiercel.errors import require
+    from tiercel.models.open import open_checkpoint  # torch only when a checkpoint is opened
 
-    dtype = checkpoint_dtype(path, options)
-    torch = require("torch", "train", f"evaluating {path} (not a bundle: no manifest.json, so read as a PyTorch checkpoint)")
-    if threads:
-        torch.set_num_threads(threads)
-    if backend == "torch" or device == "cuda":
-        from tiercel.models.static_decode import load_graphed
-
-        return load_graphed(path, device, dtype)
-    from tiercel.models.predict import TorchPredictor
-
-    return TorchPredictor.from_checkpoint(path, dtype or "float32")
-
-
-CHECKPOINT_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
-                     "bf16": "bfloat16", "bfloat16": "bfloat16"}
-
-
-def checkpoint_dtype(path, options: dict | None) -> str | None:
-    """The one setting a checkpoint takes, `--option dtype=fp32|fp16|bf16` (torch dtype name, or None for the
-    default: fp16 with CUDA graphs on a GPU, fp32 otherwise); any other key is a one-line error."""
-    options = dict(options or {})
-    dtype = options.pop("dtype", None)
-    if options:
-        raise ConfigError(f"--option {next(iter(options))}: {path} is a checkpoint, which takes only dtype=fp32|fp16|bf16 "
-                          "(backend settings are for bundles)")
-    if dtype is not None and str(dtype).lower() not in CHECKPOINT_DTYPES:
-        raise ConfigError(f"--option dtype={dtype}: choose fp32, fp16 or bf16")
-    return None if dtype is None else CHECKPOINT_DTYPES[str(dtype).lower()]
+    return open_checkpoint(path, backend, device, threads, options)

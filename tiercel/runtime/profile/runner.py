@@ -5,12 +5,13 @@ runtime (`Model.run`, and `Model.run_all` over the single-image tasks) with a St
 is forced to exactly `new_tokens` tokens (eos never ends it) so runs, tasks and bundles are comparable.
 Stage percentiles pool the single-task runs of all tasks; decode_token pools every decode step.
 
-A PyTorch checkpoint directory is profiled the same way through `tiercel.evaluate.open_predictor` (transformers,
-or with backend "torch" / device "cuda" the static-KV decoder with CUDA graphs); its roofline work counts each
-stage's share of the parameters. A run on a GPU gets no roofline fractions: the peaks measured here are the CPU's.
+A PyTorch checkpoint directory is profiled the same way when the caller hands over how to open one
+(`checkpoints=tiercel.models.open.CHECKPOINTS`, as `tiercel profile` does: transformers, or with backend "torch" /
+device "cuda" the static-KV decoder with CUDA graphs); its roofline work counts each stage's share of the
+parameters. A run on a GPU gets no roofline fractions: the peaks measured here are the CPU's.
 
-numpy only: this module and everything it imports at load run on a device without torch (a checkpoint imports
-torch when it is opened).
+numpy only: this module and everything it imports run on a device without torch. It never imports tiercel.models
+(the runtime depends on tasks only): checkpoint opening is passed in.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,9 +190,22 @@ def _label(path: Path, backend: str, paths: list[Path], backends: list[str]) -> 
     return f"{name}/{backend}" if len(backends) > 1 or len(paths) == 1 else name
 
 
-def check_pairs(paths: list[Path], backends: list[str], options: dict | None = None) -> None:
+@dataclass(frozen=True)
+class Checkpoints:
+    """How to open a PyTorch checkpoint directory, from a caller that may import torch (tiercel.models.open.CHECKPOINTS).
+
+    check(path, options): raises a one-line error for settings a checkpoint does not take (before any timing);
+    open(path, backend, device, threads, options): a predictor with the runtime's API and a `timer` attribute.
+    """
+
+    check: Callable
+    open: Callable
+
+
+def check_pairs(paths: list[Path], backends: list[str], options: dict | None = None,
+                checkpoints: Checkpoints | None = None) -> None:
     """Fail before any timing (one-line errors): a missing directory, an unknown backend, a bundle without graphs
-    for a backend or asked for torch, a checkpoint given a setting other than dtype."""
+    for a backend or asked for torch, a checkpoint given a setting other than dtype, or no way to open one."""
     from tiercel.runtime.backends import get_backend
     from tiercel.runtime.bundle import read_bundle
 
@@ -201,9 +216,10 @@ def check_pairs(paths: list[Path], backends: list[str], options: dict | None = N
         if not is_bundle(path):
             if not path.is_dir():
                 raise BundleError(f"{path}: no such bundle or checkpoint directory")
-            from tiercel.evaluate.core import checkpoint_dtype  # no torch at import
-
-            checkpoint_dtype(path, options)  # a checkpoint (opened by PyTorch) takes only dtype=
+            if checkpoints is None:
+                raise ConfigError(f"{path}: no manifest.json, so a checkpoint, which this call cannot open; "
+                                  "pass checkpoints=tiercel.models.open.CHECKPOINTS (needs torch) or use `tiercel profile`")
+            checkpoints.check(path, options)
             continue
         bundle = read_bundle(path)
         for backend in backends:
@@ -213,7 +229,8 @@ def check_pairs(paths: list[Path], backends: list[str], options: dict | None = N
 
 
 def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None = None,
-            devices: dict[str, dev.DeviceSpec] | None = None, image=None, progress=None) -> ProfileReport:
+            devices: dict[str, dev.DeviceSpec] | None = None, image=None, progress=None,
+            checkpoints: Checkpoints | None = None) -> ProfileReport:
     """Profile every bundle on every backend; measure this machine's peaks; add roofline fractions and estimates.
 
     Args:
@@ -222,10 +239,11 @@ def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None =
         devices: device specs for the estimates (default: the Jetson presets in devices.DEVICES).
         image: the image to run on (default: a synthetic settings.image_size square).
         progress: called as progress(label) after every warm-up or timed call.
+        checkpoints: how to open checkpoint directories among `paths` (tiercel.models.open.CHECKPOINTS).
     """
     settings = (settings or ProfileSettings()).check()
     paths, backends = [Path(p) for p in paths], list(backends)
-    check_pairs(paths, backends, settings.options)
+    check_pairs(paths, backends, settings.options, checkpoints)
     devices = dict(dev.DEVICES if devices is None else devices)
     machine = machine_info()
     peaks = roofline.measure_machine()
@@ -233,7 +251,7 @@ def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None =
     profiles = []
     for path in paths:
         for backend in backends:
-            p = profile_bundle(path, backend, settings, image, _label(path, backend, paths, backends), progress)
+            p = profile_bundle(path, backend, settings, image, _label(path, backend, paths, backends), progress, checkpoints)
             if str(p.device).lower() == "cpu":
                 p.roofline = roofline.fractions(p.stage_p50(), p.work, peaks)
             else:  # the peaks are this machine's CPU: a fraction of them says nothing about a GPU's run
@@ -243,26 +261,23 @@ def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None =
     return ProfileReport(machine, peaks, settings, profiles, devices)
 
 
-def open_model(path: Path, backend: str, settings: ProfileSettings):
-    """A bundle on `backend` (tiercel.runtime, no torch), or a checkpoint directory through PyTorch: transformers on
-    the CPU, or the static-KV / CUDA-graph decoder with backend "torch" or device "cuda" (as `tiercel eval`)."""
+def open_model(path: Path, backend: str, settings: ProfileSettings, checkpoints: Checkpoints | None = None):
+    """A bundle on `backend` (tiercel.runtime, no torch), or a checkpoint directory opened by `checkpoints`."""
     if is_bundle(path):
         import tiercel.runtime as rt
 
         return rt.load(path, backend=backend, device=settings.device, threads=settings.threads, options=settings.options)
-    from tiercel.evaluate.core import open_predictor  # imports torch only for a checkpoint
-
-    return open_predictor(path, backend, settings.device, settings.threads, settings.options)
+    return checkpoints.open(path, backend, settings.device, settings.threads, settings.options)
 
 
 def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: np.ndarray, label: str,
-                   progress=None) -> BundleProfile:
+                   progress=None, checkpoints: Checkpoints | None = None) -> BundleProfile:
     """Load one bundle (or checkpoint) on one backend and time `settings.runs` runs of every task (after warm-up)."""
     gc.collect()
     memory = MemoryProbe()
     baseline = memory.reset()
     start = time.perf_counter()
-    m = open_model(path, backend, settings)
+    m = open_model(path, backend, settings, checkpoints)
     load_seconds = time.perf_counter() - start
     after_load = memory.current()
     gen = forced_generation(settings.new_tokens, settings.num_beams)
