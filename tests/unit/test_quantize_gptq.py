@@ -118,3 +118,29 @@ def test_a_weight_with_a_leading_unit_axis_is_rounded_to_nearest_beside_gptq(tmp
     y = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     ref = x @ w2 @ w3
     assert y.shape == ref.shape and np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.2
+
+
+def test_hessians_past_the_2gb_protobuf_limit_go_through_external_data(monkeypatch, tmp_path):
+    """A graph too big to serialise (forced here by a zero limit) is probed from a temporary external-data copy:
+    the same Hessians (X^T X / rows, per half) as in memory, the graph left as it was, the copy removed."""
+    import tempfile
+
+    from tiercel.quantize import onnx_backend
+
+    proto, _ = _matmul(40, 8)
+    feeds = [{"x": _activations(6, 40, s)} for s in range(4)]
+    outputs, weight = list(proto.graph.output), numpy_helper.to_array(proto.graph.initializer[0])
+    in_memory = G.hessians(proto, feeds, ["fc"])["fc"]
+    monkeypatch.setattr(onnx_backend, "_TWO_GB", 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    opened, session = [], ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda source, *a, **k: opened.append(source) or session(source, *a, **k))
+    external = G.hessians(proto, feeds, ["fc"])["fc"]
+    assert len(opened) == 1 and str(opened[0]).endswith("graph.onnx")  # a file, not bytes
+    for h, half in zip(external, (feeds[:2], feeds[2:])):
+        x = np.concatenate([f["x"] for f in half]).astype(np.float64)
+        np.testing.assert_allclose(h, x.T @ x / len(x), rtol=1e-6)
+    np.testing.assert_array_equal(external[0], in_memory[0])
+    assert list(proto.graph.output) == outputs and list(tmp_path.iterdir()) == []
+    assert not onnx.external_data_helper.uses_external_data(proto.graph.initializer[0])
+    np.testing.assert_array_equal(numpy_helper.to_array(proto.graph.initializer[0]), weight)

@@ -49,6 +49,30 @@ def test_sensitivity_ranks_the_deliberately_sensitive_layer_first(tmp_path):
     assert table(rows).row_count == 3
 
 
+def test_sensitivity_is_the_output_error_with_only_that_layer_quantized_also_from_external_data(tmp_path):
+    """Each row's error is ||y_q - y|| / ||y|| with only that weight rounded (checked in numpy), and a graph
+    saved with external data (as bundles past 2 GB are) gives the same rows."""
+    feeds = _mlp(tmp_path / "mlp.onnx")
+    spec = get_scheme("int8-static")
+    rows = layer_sensitivity(tmp_path / "mlp.onnx", feeds, spec)
+    model = onnx.load(str(tmp_path / "mlp.onnx"))
+    w = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+    def forward(x, **quantized):
+        get = lambda n: quantized.get(n, w[f"{n}.w"])  # noqa: E731
+        return ((np.maximum(x @ get("fc_a"), 0) * w["mask"]) @ get("fc_b")) @ get("fc_c")
+
+    for row in rows:
+        q = {row["node"]: fake_quantize(w[row["weight"]], "MatMul", spec)}
+        expected = np.mean([np.linalg.norm(forward(f["x"], **q) - forward(f["x"])) / np.linalg.norm(forward(f["x"]))
+                            for f in feeds])
+        assert row["error"] == pytest.approx(expected, rel=1e-3) and row["error"] > 0
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    assert (tmp_path / "ext.onnx.data").stat().st_size > 3 * 64 * 64 * 4
+    external = layer_sensitivity(tmp_path / "ext.onnx", feeds, spec, graph="mlp")
+    assert [(r["node"], r["error"]) for r in external] == [(r["node"], r["error"]) for r in rows]
+
+
 def test_fake_quantize_int8_per_channel_and_int4_blocks_are_close_but_not_exact():
     w = np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
     for spec, tol in ((get_scheme("int8-static"), 0.01), (get_scheme("int4-weight-only"), 0.2)):

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tiercel.quantize.onnx_backend import session_source
+
 DAMP = 0.01  # dampening: this share of the mean Hessian diagonal is added to it (the paper's default)
 
 
@@ -37,23 +39,28 @@ def hessians(proto, feeds: list[dict], nodes: list[str]) -> dict[str, tuple[np.n
     by_name = {n.name: n for n in proto.graph.node}
     tensor_of = {name: by_name[name].input[0] for name in nodes}
     tensors = sorted(set(tensor_of.values()))
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in known)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in proto.graph.input]
     sums: list[dict[str, np.ndarray]] = [{}, {}]
     rows: list[dict[str, int]] = [{}, {}]  # per tensor: a cross-attention input has as many rows as the prompt
-    for j, feed in enumerate(feeds):
-        outs = sess.run(tensors, {k: feed[k] for k in inputs})
-        half = int(j >= len(feeds) // 2) if len(feeds) > 1 else 0
-        for t, x in zip(tensors, outs):
-            x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-            sums[half][t] = sums[half].get(t, 0.0) + x.T @ x
-            rows[half][t] = rows[half].get(t, 0) + len(x)
+    # the activations become graph outputs of the probe session: added to `proto` itself (a copy would hold the
+    # weights twice) and removed once the session has its own graph
+    n_outputs, known = len(proto.graph.output), {o.name for o in proto.graph.output}
+    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in known)
+    try:
+        with session_source(proto) as source:
+            sess = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+            del proto.graph.output[n_outputs:]
+            for j, feed in enumerate(feeds):
+                outs = sess.run(tensors, {k: feed[k] for k in inputs})
+                half = int(j >= len(feeds) // 2) if len(feeds) > 1 else 0
+                for t, x in zip(tensors, outs):
+                    x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+                    sums[half][t] = sums[half].get(t, 0.0) + x.T @ x
+                    rows[half][t] = rows[half].get(t, 0) + len(x)
+    finally:
+        del proto.graph.output[n_outputs:]
     return {name: tuple(sums[h].get(t, 0.0) / max(rows[h].get(t, 0), 1) for h in (0, 1))
             for name, t in tensor_of.items()}
 

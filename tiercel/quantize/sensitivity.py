@@ -10,7 +10,8 @@ GPTQ (gptq.py) every layer's error shrinks and the round-to-nearest error ranks 
 quantisation out (weights only): a proxy we accept because per-tensor activation error is shared by all
 layers alike while weight error is what differs between them, and because it needs no calibration pass per
 layer. Relative errors are scale-free, so layers of different graphs are ranked on one list (the guard
-excludes from the top). Cost: one session per layer; use `max_feeds` to bound it on big models.
+excludes from the top). Cost: one session per layer, each opened from the graph's file (external data too, so
+no 2 GB protobuf limit) with only that weight swapped in (SessionOptions.add_initializer); `max_feeds` bounds it.
 """
 
 from __future__ import annotations
@@ -72,23 +73,28 @@ def layer_sensitivity(onnx_file: str | Path, feeds: list[dict], spec: SchemeSpec
     inits = {i.name: i for i in proto.graph.initializer}
     small = sum(i.ByteSize() for i in proto.graph.initializer) < 64 << 20
 
-    def run() -> list[np.ndarray]:
+    def run(weight: str | None = None, value: np.ndarray | None = None) -> list[np.ndarray]:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # One session per layer: skip graph optimisation, and thread pools on small graphs (both cost more than the run).
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.intra_op_num_threads = 1 if small else 0
-        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        return [sess.run([out_name], f)[0] for f in feeds]
+        replaced = None
+        if weight is not None:  # the session reads this one weight from `value` instead of the file
+            replaced = ort.OrtValue.ortvalue_from_numpy(value)
+            opts.add_initializer(weight, replaced)
+        # from the file, not the proto: no 2 GB protobuf limit, and nothing re-serialised per layer
+        sess = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+        outs = [sess.run([out_name], f)[0] for f in feeds]
+        del sess, replaced  # the OrtValue must outlive the session
+        return outs
 
     reference = run()
     rows = []
     for layer in selected_layers(proto, spec, role, target):
-        init = inits[layer["weight"]]
-        original = numpy_helper.to_array(init)
-        init.CopyFrom(numpy_helper.from_array(fake_quantize(original, layer["op"], spec).astype(original.dtype), init.name))
-        errors = [np.linalg.norm(q - r) / max(np.linalg.norm(r), 1e-12) for q, r in zip(run(), reference)]
-        init.CopyFrom(numpy_helper.from_array(original, init.name))
+        original = numpy_helper.to_array(inits[layer["weight"]])
+        quantized = np.ascontiguousarray(fake_quantize(original, layer["op"], spec).astype(original.dtype))
+        errors = [np.linalg.norm(q - r) / max(np.linalg.norm(r), 1e-12) for q, r in zip(run(layer["weight"], quantized), reference)]
         rows.append({"graph": graph or Path(onnx_file).stem, "node": layer["node"], "op": layer["op"],
                      "weight": layer["weight"], "params": int(np.prod(layer["shape"])), "error": float(np.mean(errors))})
     return sorted(rows, key=lambda r: -r["error"])
