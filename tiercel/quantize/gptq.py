@@ -31,8 +31,9 @@ DAMP = 0.01  # dampening: this share of the mean Hessian diagonal is added to it
 
 def hessians(proto, feeds: list[dict], nodes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{node name: (H of the first half of `feeds`, H of the second half)}, H = X^T X / rows of the activation X
-    that the MatMul multiplies. GPTQ fits on one half and is checked on the other (`choose`); halves, not
-    alternate feeds, because a sample's decode steps are consecutive and alike."""
+    that the MatMul multiplies, float32 [K, K] (a scalar 0 for a half without feeds). GPTQ fits on one half and
+    is checked on the other (`choose`); halves, not alternate feeds, because a sample's decode steps are
+    consecutive and alike. Memory: 2 x 4 K^2 bytes per input tensor kept, plus 8 K^2 per tensor while summing."""
     import onnx
     import onnxruntime as ort
 
@@ -61,8 +62,10 @@ def hessians(proto, feeds: list[dict], nodes: list[str]) -> dict[str, tuple[np.n
                     rows[half][t] = rows[half].get(t, 0) + len(x)
     finally:
         del proto.graph.output[n_outputs:]
-    return {name: tuple(sums[h].get(t, 0.0) / max(rows[h].get(t, 0), 1) for h in (0, 1))
-            for name, t in tensor_of.items()}
+    for half in (0, 1):  # summed in float64, kept in float32 (gptq() computes in float64 again): half the memory
+        for t in list(sums[half]):  # one tensor at a time, so no second full set of matrices exists at once
+            sums[half][t] = (sums[half].pop(t) / rows[half][t]).astype(np.float32)
+    return {name: tuple(sums[h].get(t, np.float32(0.0)) for h in (0, 1)) for name, t in tensor_of.items()}
 
 
 def choose(w: np.ndarray, h_fit, h_check, block: int, symmetric: bool) -> tuple[tuple, dict]:
