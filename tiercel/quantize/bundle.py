@@ -120,7 +120,7 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
         while True:
             graphs = _write_graphs(src, tmp, entries, leaves, target, calibration, excluded, ratio, keep_in, cache)
             if calibration:
-                calibration.every.clear()  # every decode step fed GPTQ's Hessians (now in `cache`); free them
+                calibration.every.clear()  # every decode step fed GPTQ (its rounded layers are in `cache`); free them
             section = _section(src, spec, target, calibration, graphs, entries, excluded)
             _write_manifest(src, tmp, graphs, section)
             verdict = _check(tmp, target, val_samples, ref, max_drop, min_agreement, max_new_tokens, confidence)

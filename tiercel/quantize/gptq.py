@@ -33,7 +33,7 @@ def hessians(proto, feeds: list[dict], nodes: list[str]) -> dict[str, tuple[np.n
     """{node name: (H of the first half of `feeds`, H of the second half)}, H = X^T X / rows of the activation X
     that the MatMul multiplies, float32 [K, K] (a scalar 0 for a half without feeds). GPTQ fits on one half and
     is checked on the other (`choose`); halves, not alternate feeds, because a sample's decode steps are
-    consecutive and alike. Memory: 2 x 4 K^2 bytes per input tensor kept, plus 8 K^2 per tensor while summing."""
+    consecutive and alike. Memory: 2 x 4 K^2 bytes per distinct input tensor, plus one run's activations."""
     import onnx
     import onnxruntime as ort
 
@@ -56,15 +56,19 @@ def hessians(proto, feeds: list[dict], nodes: list[str]) -> dict[str, tuple[np.n
             for j, feed in enumerate(feeds):
                 outs = sess.run(tensors, {k: feed[k] for k in inputs})
                 half = int(j >= len(feeds) // 2) if len(feeds) > 1 else 0
-                for t, x in zip(tensors, outs):
-                    x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-                    sums[half][t] = sums[half].get(t, 0.0) + x.T @ x
+                for t, x in zip(tensors, outs):  # float32, as GPTQ's reference code keeps H (gptq() then uses float64)
+                    x = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
+                    if t in sums[half]:
+                        sums[half][t] += x.T @ x
+                    else:
+                        sums[half][t] = x.T @ x
                     rows[half][t] = rows[half].get(t, 0) + len(x)
+                del outs
     finally:
         del proto.graph.output[n_outputs:]
-    for half in (0, 1):  # summed in float64, kept in float32 (gptq() computes in float64 again): half the memory
-        for t in list(sums[half]):  # one tensor at a time, so no second full set of matrices exists at once
-            sums[half][t] = (sums[half].pop(t) / rows[half][t]).astype(np.float32)
+    for half in (0, 1):
+        for t, h in sums[half].items():
+            h /= rows[half][t]
     return {name: tuple(sums[h].get(t, np.float32(0.0)) for h in (0, 1)) for name, t in tensor_of.items()}
 
 
@@ -160,14 +164,31 @@ def pack(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -> tuple[np.ndarr
     return b, np.ascontiguousarray(scales.T, np.float32), zp
 
 
-def quantize_matmuls(proto, nodes: list[str], hs: dict, block: int, symmetric: bool, accuracy_level: int) -> list[dict]:
-    """Replace each MatMul in `nodes` (weight an initializer) of `proto` by an int4 MatMulNBits, in place:
-    GPTQ-rounded where that checks out on held-out feeds (`choose`). `hs`: `hessians()` of the fp32 graph.
-    Returns a report row per layer."""
-    import onnx
+def round_layers(proto, nodes: list[str], hs: dict, block: int, symmetric: bool) -> dict[str, tuple]:
+    """{node: (MatMulNBits initializers from `pack`, (K, N), report row)} for each MatMul in `nodes` of `proto`
+    (weight an initializer): GPTQ-rounded where that checks out on held-out feeds (`choose`), `hs` being
+    `hessians()` of the fp32 graph. Kept for the guard's retries instead of the Hessians: K N / 2 bytes a layer
+    instead of 8 K^2, and no layer is rounded twice."""
     from onnx import numpy_helper
 
     inits = {i.name: i for i in proto.graph.initializer}
+    wanted = set(nodes)
+    weight = {n.name: n.input[1] for n in proto.graph.node if n.name in wanted}
+    out = {}
+    for name in nodes:
+        w = numpy_helper.to_array(inits[weight[name]])
+        rounded, row = choose(w, *hs[name], block, symmetric)
+        out[name] = (pack(*rounded), w.shape, {"node": name, **row})
+    return out
+
+
+def quantize_matmuls(proto, nodes: list[str], rounded: dict, block: int, symmetric: bool, accuracy_level: int) -> list[dict]:
+    """Replace each MatMul in `nodes` of `proto` by an int4 MatMulNBits holding `rounded[node]` (`round_layers`),
+    in place. Returns those layers' report rows."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {i.name for i in proto.graph.initializer}
     readers: dict[str, int] = {}
     for node in proto.graph.node:
         for x in node.input:
@@ -178,15 +199,14 @@ def quantize_matmuls(proto, nodes: list[str], hs: dict, block: int, symmetric: b
         if node.name not in wanted:
             new_nodes.append(node)
             continue
-        w = numpy_helper.to_array(inits[node.input[1]])
-        rounded, row = choose(w, *hs[node.name], block, symmetric)
-        report.append({"node": node.name, **row})
+        packed, (k, n), row = rounded[node.name]
+        report.append(row)
         names = [f"{node.input[1]}_Q4G{block}_{node.name}", f"{node.input[1]}_scales_{node.name}",
                  f"{node.input[1]}_zp_{node.name}"][: 2 if symmetric else 3]  # symmetric: the op's default zero, 8
-        proto.graph.initializer.extend(numpy_helper.from_array(a, nm) for a, nm in zip(pack(*rounded), names))
+        proto.graph.initializer.extend(numpy_helper.from_array(a, nm) for a, nm in zip(packed, names))
         new_nodes.append(onnx.helper.make_node(
             "MatMulNBits", [node.input[0], *names], list(node.output), name=f"{node.name}_Q4", domain="com.microsoft",
-            K=w.shape[0], N=w.shape[1], bits=4, block_size=block, accuracy_level=accuracy_level))
+            K=k, N=n, bits=4, block_size=block, accuracy_level=accuracy_level))
         readers[node.input[1]] -= 1
     del proto.graph.node[:]
     proto.graph.node.extend(new_nodes)

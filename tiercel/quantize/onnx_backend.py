@@ -103,7 +103,7 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
 
     keep_in: what the excluded layers of an int4-weight-only graph become, "int8" blocks or "fp32" (other
     schemes: always fp32). cache: a dict kept across calls for the same graph and feeds (the guard's retries):
-    GPTQ's Hessians are computed once into it. Returns {"quantized": [node names], "excluded": [...],
+    each layer GPTQ rounds is rounded once into it. Returns {"quantized": [node names], "excluded": [...],
     "kept_in": ..., ...}.
     """
     onnx = require("onnx", "onnx", "quantizing ONNX graphs")
@@ -157,17 +157,18 @@ def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big:
     """
     rows, rest = [], list(chosen)
     if feeds and role != "embeddings":
-        from tiercel.quantize.gptq import hessians, quantize_matmuls
+        from tiercel.quantize.gptq import hessians, quantize_matmuls, round_layers
 
         dims = {i.name: len(i.dims) for i in proto.graph.initializer}
         layers = {*chosen, *higher}
         weight = {n.name: n.input[1] for n in proto.graph.node if n.name in layers}
-        two_d = [n for n in [*chosen, *higher] if dims.get(weight[n]) == 2]  # [1, K, N]: onnxruntime's quantizer squeezes
-        if "hessians" not in cache:  # of every layer the guard may hand back, so its retries reuse them
-            cache["hessians"] = hessians(proto, feeds, two_d)
-        flat = [n for n in chosen if dims.get(weight[n]) == 2]
+        flat = [n for n in chosen if dims.get(weight[n]) == 2]  # [1, K, N]: onnxruntime's quantizer squeezes
         rest = [n for n in chosen if dims.get(weight[n]) != 2]
-        rows = quantize_matmuls(proto, flat, cache["hessians"], spec.block_size, spec.symmetric, ACCURACY_LEVEL) if flat else []
+        rounded = cache.setdefault("rounded", {})  # the guard's retries keep a subset of the first attempt's layers
+        missing = [n for n in flat if n not in rounded]  # in int4: each is rounded once, and the Hessians dropped
+        if missing:
+            rounded.update(round_layers(proto, missing, hessians(proto, feeds, missing), spec.block_size, spec.symmetric))
+        rows = quantize_matmuls(proto, flat, rounded, spec.block_size, spec.symmetric, ACCURACY_LEVEL) if flat else []
     if rest:
         proto = _nbits(proto, 4, spec, rest, role)
     if higher and role == "embeddings":
