@@ -128,7 +128,7 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
                              **(verdict.to_dict() if verdict else {})})
             if verdict is None or verdict.passed:
                 break
-            say(f"attempt {len(attempts)}: {verdict.line()}; over the limit (max drop {max_drop:.2%})")
+            say(f"attempt {len(attempts)}: {verdict.line()}; {verdict.misses(max_drop, min_agreement)}")
             if ranking is None:
                 ranking = _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib, root)
             keep = [r for r in ranking if r["node"] not in excluded[r["graph"]]][: 2**attempt]

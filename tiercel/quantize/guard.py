@@ -65,6 +65,14 @@ class Verdict:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def misses(self, max_drop: float, min_agreement: float) -> str:
+        """Which floor a failed comparison missed, in words: the drop, the token agreement, or both."""
+        decisive = self.drop if self.drop_bound is None else max(self.drop, self.drop_bound)
+        out = [f"drop over the limit (max drop {max_drop:.2%})"] if decisive > max_drop else []
+        if self.token_agreement < min_agreement:
+            out.append(f"token agreement under --min-agreement {min_agreement:.3f}")
+        return " and ".join(out)
+
     def line(self) -> str:
         bound = f", {self.confidence:.0%} upper bound {self.drop_bound:.2%}" if self.drop_bound is not None else ""
         return (f"token agreement {self.token_agreement:.3f}, 14-task average {self.quantized_average:.4f} vs fp32 "
