@@ -2,7 +2,8 @@
 
 Usage:
     python benchmarks/quantize_cpu.py [--preset florence2-base] [--runs 5] [--n-calib 4]
-                                      [--student CKPT --data SYNTH_DIR] [--out benchmarks/results/quantize_cpu.json]
+                                      [--student CKPT --data SYNTH_DIR [--student-variants int4,mixed]]
+                                      [--out benchmarks/results/quantize_cpu.json]
 
 (a) The preset's shape with random weights (accuracy means nothing there): the fp32 bundle is exported
     (onnxruntime + OpenVINO IR), then quantised six ways - onnxruntime int8-static, int8-dynamic and
@@ -13,8 +14,9 @@ Usage:
     medians of `--runs` rounds, each running every bundle once, after one warm-up (timed one after another, a
     machine that drifted during the run moved one bundle's numbers and not another's).
 (b) With --student: the checkpoint is exported and quantised with onnxruntime every way in STUDENT_VARIANTS
-    (int8-static, int8-dynamic, int4 blocks 32 and 128, int4 asymmetric, mixed; int4 rounded by GPTQ on the
-    calibration samples' activations), each with the accuracy guard at its defaults on
+    (int8-static, int8-dynamic, int4 blocks 32 and 128, int4 asymmetric, mixed, and int4 block 32 with
+    --min-agreement 0.9; int4 rounded by GPTQ on the calibration samples' activations; `--student-variants`
+    picks a subset), each with the accuracy guard at its defaults on
     the val split of --data (--n-val samples balanced over tasks, max drop 1% for int8 and 3% for int4 and mixed,
     the issue's targets; calibration on --n-calib-student
     train samples), and every bundle is scored on the whole test split (14-task average) and timed the same way.
@@ -188,6 +190,7 @@ STUDENT_VARIANTS = {  # name -> (scheme, quantize_bundle keyword arguments); max
     "int4-b128": ("int4-weight-only", {"block_size": 128, "max_drop": 0.03}),
     "int4-asym": ("int4-weight-only", {"symmetric": False, "max_drop": 0.03}),
     "mixed": ("mixed", {"max_drop": 0.03}),  # its decoder is int4
+    "int4-agree90": ("int4-weight-only", {"max_drop": 0.03, "min_agreement": 0.9}),  # int4 with the agreement floor
 }
 
 
@@ -204,7 +207,8 @@ def rounding(bundle: Path) -> dict:
     return out
 
 
-def student_benchmark(student: Path, data: Path, runs: int, n_calib: int, n_val: int, work: Path, log) -> dict:
+def student_benchmark(student: Path, data: Path, runs: int, n_calib: int, n_val: int, work: Path, log,
+                      variants=None) -> dict:
     import tiercel.runtime
     from tiercel.errors import TiercelError
     from tiercel.export.bundle import export_checkpoint
@@ -214,7 +218,8 @@ def student_benchmark(student: Path, data: Path, runs: int, n_calib: int, n_val:
     test = load_samples(data, n=10_000, split="test")
     out = {"n_calib": n_calib, "n_val": n_val}
     ref = None
-    for name, (scheme, kwargs) in {"fp32": (None, {}), **STUDENT_VARIANTS}.items():
+    chosen = {k: v for k, v in STUDENT_VARIANTS.items() if variants is None or k in variants}
+    for name, (scheme, kwargs) in {"fp32": (None, {}), **chosen}.items():
         bundle, row = fp32, {"scheme": scheme or "fp32", **kwargs}
         if scheme:
             bundle = work / f"student-{name}"
@@ -257,6 +262,7 @@ def main() -> None:
     ap.add_argument("--skip-shape", action="store_true", help="only (b)")
     ap.add_argument("--student", type=Path)
     ap.add_argument("--data", type=Path)
+    ap.add_argument("--student-variants", help=f"comma-separated subset of (b)'s variants: {', '.join(STUDENT_VARIANTS)}")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quantize_cpu.json"))
     args = ap.parse_args()
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -264,8 +270,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tiercel-qbench-") as tmp:
         result["shape"] = None if args.skip_shape else shape_benchmark(args.preset, args.runs, args.n_calib, Path(tmp), log)
         if args.student and args.data:
+            variants = args.student_variants.split(",") if args.student_variants else None
+            unknown = sorted(set(variants or ()) - set(STUDENT_VARIANTS))
+            if unknown:
+                raise SystemExit(f"--student-variants: unknown {unknown}; choose from {', '.join(STUDENT_VARIANTS)}")
             result["student"] = student_benchmark(args.student, args.data, args.runs, args.n_calib_student, args.n_val,
-                                                  Path(tmp), log)
+                                                  Path(tmp), log, variants)
         else:
             result["student"] = None
             log("(b) skipped: pass --student CKPT --data DIR (a trained student and its synth folder) to measure accuracy")
