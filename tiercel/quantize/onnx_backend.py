@@ -160,7 +160,7 @@ def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big:
         from tiercel.quantize.gptq import hessians, quantize_matmuls, round_layers
 
         dims = {i.name: len(i.dims) for i in proto.graph.initializer}
-        layers = {*chosen, *higher}
+        layers = set(chosen)
         weight = {n.name: n.input[1] for n in proto.graph.node if n.name in layers}
         flat = [n for n in chosen if dims.get(weight[n]) == 2]  # [1, K, N]: onnxruntime's quantizer squeezes
         rest = [n for n in chosen if dims.get(weight[n]) != 2]
