@@ -39,6 +39,49 @@ def test_calibration_records_decoder_feeds_at_many_positions(fp32):
     assert calib.summary()["decoder_positions"]["distinct"] == len(set(calib.positions))
 
 
+def test_recorded_decoder_caches_are_views_of_the_last_step_with_the_values_fed(fp32, monkeypatch):
+    """The recorder keeps each step's self-attention cache as a view of the next step's (O(steps), not
+    O(steps^2)); every recorded feed still holds exactly what the session was given at that step."""
+    import tiercel.runtime
+    from tiercel.quantize.calibrate import capture, load_samples
+
+    fed, load = [], tiercel.runtime.load
+
+    def spying_load(*args, **kwargs):  # a copy of every decoder_with_past feed, taken when it is fed
+        model = load(*args, **kwargs)
+        session = model.sessions["decoder_with_past_model"]
+        run = session.run
+        session.run = lambda feeds: fed.append({k: np.array(v) for k, v in feeds.items()}) or run(feeds)
+        return model
+
+    monkeypatch.setattr(tiercel.runtime, "load", spying_load)
+    calib = capture(fp32, load_samples(synth_folder(), n=2), n=1000, max_new_tokens=6)
+    past = calib.feeds["decoder_with_past_model"]
+    assert len(past) == len(fed) > 4
+    for got, want in zip(past, fed):
+        assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    key = "past_key_values.0.decoder.key"
+    last = [i for i, a in enumerate(past) if not any(np.shares_memory(a[key], b[key]) for b in past[i + 1:])]
+    assert len(last) == 2  # one buffer per sample: every earlier step's cache is a view of the sample's last
+
+
+def test_a_reordered_cache_stays_a_copy():
+    from tiercel.quantize.calibrate import Recorder
+
+    class Session:
+        input_names = ["past_key_values.0.decoder.key"]
+
+        def run(self, feeds):
+            return {}
+
+    rec, rng = Recorder(Session()), np.random.default_rng(0)
+    first = rng.standard_normal((2, 1, 3, 4)).astype(np.float32)
+    grown = np.concatenate([first[::-1], rng.standard_normal((2, 1, 1, 4)).astype(np.float32)], axis=2)  # beams swapped
+    rec.run({"past_key_values.0.decoder.key": first})
+    rec.run({"past_key_values.0.decoder.key": grown})
+    assert rec.seen[0]["past_key_values.0.decoder.key"] is first
+
+
 def test_samples_balance_tasks_when_capped(tmp_path):
     import shutil
     from collections import Counter
