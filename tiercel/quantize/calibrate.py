@@ -91,7 +91,7 @@ class Recorder:
     """A session wrapper that keeps every feed it is given (references; the runtime never mutates them).
 
     A decoder's self-attention cache grows by one position a step, and each step's cache is a new array: kept
-    as they come, a sample's steps would hold O(steps^2) of it (about 77 MB per 64-token sample at the
+    as they come, a sample's steps would hold O(steps^2) of it (by count, 77 MB per 64-token sample at the
     Florence-2-base shape, 10 GB for the default 128 samples). So while each step's cache starts with the
     previous step's (checked equal: a reordered cache, as beam search makes, starts a new chain), all earlier
     feeds of the chain are re-pointed to views of the newest array, and the arrays they held are freed.
