@@ -111,13 +111,13 @@ class Recorder:
         return self.session.run(feeds)
 
     def _extend(self, name: str, new: np.ndarray, feeds: dict) -> None:
-        chain = self._chains.get(name, [])
+        chain = self._chains.setdefault(name, [])
         axis = _grown_axis(chain[-1][name], new) if chain else None
         if axis is None:
-            chain = []
+            chain.clear()
         for f in chain:
             f[name] = new[(slice(None),) * axis + (slice(0, f[name].shape[axis]),)]
-        self._chains[name] = [*chain, feeds]
+        chain.append(feeds)
 
 
 def _grown_axis(old, new: np.ndarray) -> int | None:
