@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from runtime_cpu import machine
+from tiercel.fileio import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -145,8 +146,7 @@ def main() -> None:
         result["peak_rss_ratio"] = runs[1]["peak_rss_mib"] / runs[0]["peak_rss_mib"]
         result["rounding_compared"] = compare(runs[0]["rounding"], runs[1]["rounding"])
     result["machine"]["loadavg_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)  # atomic: a crash leaves the previous results file whole
     print(f"wrote {args.out}")
 
 

@@ -21,7 +21,6 @@ Without --bundle the Florence-2-base shape (random weights: speed only) is expor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -31,6 +30,7 @@ import numpy as np
 
 from quantize_cpu import decode_steps, decoder_feeds, time_interleaved
 from runtime_cpu import machine
+from tiercel.fileio import write_json
 
 STEPS, PAST, PROMPT = 16, 32, 20
 
@@ -87,8 +87,7 @@ def main() -> None:
             print(phase + ": " + ", ".join(f"{n} {r['decode_ms_per_token']:.2f} ms ({r['speedup_vs_ov_fp32']:.2f}x)"
                                            for n, r in result[phase].items()), flush=True)
     result["machine"]["loadavg_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)  # atomic: a crash leaves the previous results file whole
     print(f"wrote {args.out}")
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime_cpu import machine
+from tiercel.fileio import write_json
 
 VARIANTS = {  # name -> (runtime backend, quantize backend, scheme) ; None: the fp32 bundle itself
     "ort-fp32": ("onnxruntime", None, None),
@@ -280,8 +281,7 @@ def main() -> None:
             result["student"] = None
             log("(b) skipped: pass --student CKPT --data DIR (a trained student and its synth folder) to measure accuracy")
     result["machine"]["loadavg_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)  # atomic: a crash leaves the previous results file whole
     log(f"wrote {args.out}")
 
 

@@ -64,7 +64,6 @@ OpenVINO use their own thread pools, so this only keeps eager from looking slowe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -76,6 +75,7 @@ from pathlib import Path
 import numpy as np
 
 from tiercel import tasks
+from tiercel.fileio import write_json
 from tiercel.runtime.profile import StageTimer, breakdown, forced_generation
 from tiercel.runtime.profile.roofline import measure_bandwidth
 from tiercel.runtime.profile.runner import profile_image, task_inputs
@@ -370,8 +370,7 @@ def main() -> None:
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["wall_s"] = time.perf_counter() - started
     print_summary(result, log)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)  # atomic: a crash leaves the previous results file whole
     log(f"wrote {args.out} ({result['wall_s']:.0f} s)")
 
 
