@@ -126,24 +126,6 @@ def build_and_export(preset: str, work: Path, log):
     return model, tok, bundle, time.perf_counter() - t
 
 
-def time_decoder_steps(predictor) -> None:
-    """Record each forward call of transformers `generate` into the predictor's timer (first_token / decode_token)."""
-    open_steps = []
-
-    def pre(module, args, kwargs):
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # "cache" from transformers 5.x
-        first = cache is None or cache.get_seq_length() == 0
-        open_steps.append(("first_token" if first else "decode_token", time.perf_counter()))
-
-    def post(module, args, kwargs, output):
-        name, start = open_steps.pop()
-        if predictor.timer is not None:
-            predictor.timer.record(name, time.perf_counter() - start)
-
-    predictor.model.register_forward_pre_hook(pre, with_kwargs=True)
-    predictor.model.register_forward_hook(post, with_kwargs=True)
-
-
 def keep_ids(model) -> dict:
     """Wrap `model.generate_ids` (on the instance) so the last call's ids stay in the returned dict."""
     seen, inner = {}, model.generate_ids
@@ -168,8 +150,7 @@ def open_paths(model, tok, bundle: Path, threads: int | None) -> tuple[dict, dic
     transformers.logging.set_verbosity_error()
     if threads:
         torch.set_num_threads(threads)
-    eager = TorchPredictor(model, tok)
-    time_decoder_steps(eager)
+    eager = TorchPredictor(model, tok)  # times transformers' decoder steps itself while a timer is attached
     paths, load_s = {"eager": eager}, {}
     for backend in BACKENDS:
         t = time.perf_counter()
