@@ -65,6 +65,31 @@ def test_gptq_with_an_identity_hessian_is_round_to_nearest():
     np.testing.assert_allclose(rounded, fake_quantize(w, "MatMul", get_scheme("int4-weight-only")), atol=1e-6)
 
 
+def test_symmetric_rounding_is_onnxruntimes_own(tmp_path):
+    """GPTQ's symmetric grid (and the sensitivity report's) is the one onnxruntime's round-to-nearest writes:
+    the block's largest-magnitude value on level -8, so all 16 levels are used (not absmax / 7)."""
+    from tiercel.quantize.onnx_backend import quantize_graph
+
+    proto, w = _matmul(64, 16, seed=5)
+    w[3, 0], w[40, 1] = 6.0, -6.0  # a positive and a negative peak: the scale's sign follows the peak
+    proto.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "w"))
+    onnx.save(proto, str(tmp_path / "g.onnx"))
+    quantize_graph(tmp_path / "g.onnx", tmp_path / "q.onnx", get_scheme("int4-weight-only"))  # no feeds: onnxruntime's RTN
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    ort_scales = numpy_helper.to_array(next(i for i in q.graph.initializer if "scales" in i.name))  # [N, k_blocks]
+    _, scales, zeros = G.gptq(w, np.eye(64), 32, True)
+    np.testing.assert_array_equal(scales.T, ort_scales)
+    assert scales[0, 0] == -0.75 and scales[1, 1] == 0.75 and (zeros == 8).all()
+    for a in q.graph.node[0].attribute:  # float activations (the bundle's level 4 rounds x to int8 too)
+        if a.name == "accuracy_level":
+            a.i = 0
+    x = _activations(6, 64, 8)
+    y = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ours = G.dequantize(*G.gptq(w, np.eye(64), 32, True), 64)
+    np.testing.assert_allclose(y, x @ ours, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(fake_quantize(w, "MatMul", get_scheme("int4-weight-only")), ours, atol=1e-6)
+
+
 def test_choose_keeps_round_to_nearest_when_the_held_out_half_says_gptq_overfits():
     _, w = _matmul(64, 16)
     few = np.random.default_rng(3).standard_normal((3, 64))  # 3 rows for 64 inputs: a rank-3 Hessian

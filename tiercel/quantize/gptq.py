@@ -132,15 +132,22 @@ def gptq(w: np.ndarray, h: np.ndarray, block: int, symmetric: bool) -> tuple[np.
 
 
 def _grid(block_w: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column scale and zero point of one block: symmetric absmax / 7 around 8, or min..max over 0..15."""
+    """Per-column scale and zero point of one block.
+
+    Symmetric: zero point 8 and scale = the block's largest-magnitude value / -8, signed, so that value lands on
+    level 0 (-8 steps) and all 16 levels are in use. This is onnxruntime's own symmetric 4-bit rounding (MLAS
+    blockwise quantisation, as in llama.cpp's Q4_0); a scale of absmax / 7 leaves level 0 unused and makes every
+    step 8/7 as wide. Asymmetric: min..max (0 included) over levels 0..15 with a rounded zero point.
+    """
     if symmetric:
-        scale = np.abs(block_w).max(axis=0) / 7.0
+        peak = block_w[np.abs(block_w).argmax(axis=0), np.arange(block_w.shape[1])]
+        scale = peak / -8.0
         zero = np.full(block_w.shape[1], 8.0)
     else:
         lo, hi = np.minimum(block_w.min(axis=0), 0.0), np.maximum(block_w.max(axis=0), 0.0)
         scale = (hi - lo) / 15.0
         zero = np.clip(np.round(-lo / np.where(scale > 0, scale, 1.0)), 0, 15)
-    scale = np.where(scale > 0, scale, 1.0)
+    scale = np.where(scale != 0, scale, 1.0)  # a symmetric scale is negative where the block's peak is positive
     return scale.astype(np.float32).astype(np.float64), zero
 
 
