@@ -134,3 +134,39 @@ def test_onnxruntime_int8_static_keeps_depthwise_convs_and_weight_outputs_in_fp3
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(tmp_path / "q.onnx"), opts, providers=["CPUExecutionProvider"])
     assert "MatMulIntegerToFloat" in {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+
+
+def _ov_matmul(w: np.ndarray):
+    ov = pytest.importorskip("openvino")
+    import openvino.opset13 as ops
+
+    x = ops.parameter([-1, w.shape[0]], np.float32, name="x")
+    return ov.Model([ops.matmul(x, ops.constant(w), False, False)], [x], "mm")
+
+
+@pytest.mark.parametrize("best", ["data-free", "awq", "awq+scale_estimation"])
+def test_openvino_int4_keeps_the_candidate_with_the_smallest_held_out_error(best):
+    """Data-aware NNCF steps are candidates, not defaults: each is fitted on the first half of the feeds and the
+    one whose output is closest to fp32 on the second half is kept (scale estimation measured far worse here)."""
+    from tiercel.quantize.openvino_backend import DATA_AWARE, choose_compression
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    feeds = [{"x": rng.standard_normal((3, 16)).astype(np.float32)} for _ in range(10)]
+    noise = {name: (0.0 if name == best else 0.05 * (i + 1)) for i, name in enumerate(["data-free", *DATA_AWARE])}
+    fitted = []
+
+    def compress(fit, awq=False, scale_estimation=False):  # stands in for nncf.compress_weights
+        name = "data-free" if not fit else ("awq+scale_estimation" if scale_estimation else "awq")
+        fitted.append((name, None if fit is None else len(fit)))
+        return _ov_matmul(w + noise[name] * np.abs(w))
+
+    model, report = choose_compression(_ov_matmul(w), compress, feeds)
+    assert report["chosen"] == best and report["data_aware"][best] == 0.0
+    assert report["awq"] is (best != "data-free") and report["scale_estimation"] is (best == "awq+scale_estimation")
+    assert sorted(report["data_aware"], key=report["data_aware"].get)[0] == best
+    assert fitted == [("data-free", None), ("awq", 5), ("awq+scale_estimation", 5)]  # data-aware fitted on half
+    ov = pytest.importorskip("openvino")
+    x = feeds[-1]["x"]
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(compiled({"x": x})[0], x @ w, rtol=1e-5, atol=1e-5)

@@ -14,7 +14,7 @@ def quantize(
     bundle: Path = typer.Argument(..., help="fp32 bundle directory written by `tiercel export` (split decoder)."),
     out: Path = typer.Option(..., "--out", help="Quantized bundle directory to write (must not exist unless --overwrite)."),
     scheme: str = typer.Option("int8-static", "--scheme", help="int8-static, int8-dynamic, int4-weight-only or mixed."),
-    calib: Path = typer.Option(None, "--calib", help="Falcon_SFT file or `tiercel data synth` folder for calibration: int8-static's activation ranges, int4's GPTQ (onnxruntime) or AWQ (NNCF); its val.json feeds the guard."),
+    calib: Path = typer.Option(None, "--calib", help="Falcon_SFT file or `tiercel data synth` folder for calibration: int8-static's activation ranges, int4's GPTQ (onnxruntime) or AWQ / scale estimation where they beat data-free (NNCF); its val.json feeds the guard."),
     root: Path = typer.Option(None, "--root", help="Folder the calibration images are relative to (default: the file's folder)."),
     n: int = typer.Option(128, "--n", help="Calibration samples; decoder steps are thinned to this many feeds per graph."),
     max_drop: float = typer.Option(0.01, "--max-drop", help="Largest relative drop of the 14-task average allowed on the val split."),
