@@ -16,8 +16,8 @@ IgnoredScope (not validated: a name may have been fused away). Knows nothing abo
 
 Why int4's data-aware steps are checked rather than trusted: with NNCF 3.4 and OpenVINO 2026.4, scale estimation
 made the graphs far worse than data-free compression (relative output error on held-out feeds: the demo
-student's vision encoder 0.25 against 0.003, text encoder 0.62 against 0.010, decoder with past 0.73 against
-0.009; the Florence-2-base-shape text encoder, random weights and inputs, 1.37 against 0.10), and
+student's vision encoder 0.25 against 0.0015, text encoder 0.62 against 0.0094, decoder with past 0.72 against
+0.0076; the Florence-2-base-shape text encoder, random weights and inputs, 1.37 against 0.10), and
 `tiercel quantize --backend openvino --scheme int4-weight-only --calib ...` on the demo student fell to token
 agreement 0.13 while the data-free bundle kept 0.79. AWQ alone matched data-free exactly there. So each data-aware variant is fitted on the first half of the feeds and
 compared with data-free compression on the second half (halves, as in gptq.py: a sample's decode steps are alike),
