@@ -22,6 +22,17 @@ student's vision encoder 0.25 against 0.0015, text encoder 0.62 against 0.0094, 
 agreement 0.13 while the data-free bundle kept 0.79. AWQ alone matched data-free exactly there. So each data-aware variant is fitted on the first half of the feeds and
 compared with data-free compression on the second half (halves, as in gptq.py: a sample's decode steps are alike),
 the same check GPTQ's layers get on onnxruntime.
+
+The cause, found afterwards: scale estimation mis-handles MatMul weights stored [K, N] (transpose_b false, as the
+ONNX export writes nn.Linear). On one 256 x 128 MatMul with random weights and inputs (throwaway script), its
+relative error was 60577 with the [K, N] constant and 0.092 with the same weight stored [N, K] (data-free: 0.087
+either way; the bug shows once a layer has about 128 outputs or more). So every int4 graph's MatMul weights are
+turned to [N, K] first (`weights_n_major`: the same product; data-free int4 gives identical logits either way, and
+a throwaway timing of the Florence-2-base-shape int4 decoder found no consistent speed difference). With that, on
+the demo student's held-out feeds (the manifest of `tiercel quantize ... --backend openvino --calib`), AWQ + scale
+estimation beat data-free on three graphs (vision encoder 0.00136 against 0.00148, text encoder 0.0070 against
+0.0094, first decoder step 0.0084 against 0.0241) and lost on the decoder with past (0.0095 against 0.0076), which
+kept data-free. The candidate check stays for exactly that reason.
 """
 
 from __future__ import annotations
@@ -63,8 +74,10 @@ def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: l
 
         def compress(fit: list[dict] | None, awq: bool = False, scale_estimation: bool = False):
             data = nncf.Dataset([{k: f[k] for k in names if k in f} for f in fit]) if fit else None
+            fresh = ov.Core().read_model(str(src))
+            weights_n_major(fresh)  # scale estimation mis-handles [K, N] weights (module docstring)
             return nncf.compress_weights(
-                ov.Core().read_model(str(src)), mode=mode, group_size=spec.block_size, ratio=ratio,
+                fresh, mode=mode, group_size=spec.block_size, ratio=ratio,
                 ignored_scope=ignored, dataset=data, subset_size=len(fit) if fit else 128, awq=awq or None,
                 scale_estimation=scale_estimation or None,
                 advanced_parameters=nncf.AdvancedCompressionParameters(  # K % group: int8 backup
@@ -79,6 +92,30 @@ def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: l
     dst.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(dst), compress_to_fp16=False)
     return report
+
+
+def weights_n_major(model) -> int:
+    """Turn every MatMul(x, W [K, N] constant) of `model` into MatMul(x, W^T [N, K], transpose_b=True), in place;
+    the same product, names kept. Returns how many. NNCF 3.4's scale estimation mis-handles the [K, N] layout that
+    the ONNX export writes (module docstring); [N, K] is the layout LLM exports have and the one it expects."""
+    import openvino.opset13 as ops
+
+    turned = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        weight = op.input_value(1).get_node()
+        attrs = op.get_attributes()
+        if weight.get_type_name() != "Constant" or attrs["transpose_b"] or len(weight.get_output_shape(0)) != 2:
+            continue
+        new = ops.matmul(op.input_value(0), ops.constant(np.ascontiguousarray(weight.get_data().T)),
+                         attrs["transpose_a"], True)
+        new.set_friendly_name(op.get_friendly_name())
+        names = op.output(0).get_names()
+        op.output(0).replace(new.output(0))
+        new.output(0).get_tensor().set_names(names)
+        turned += 1
+    return turned
 
 
 DATA_AWARE = {"awq": {"awq": True}, "awq+scale_estimation": {"awq": True, "scale_estimation": True}}
