@@ -56,7 +56,6 @@ def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: l
     ignored = nncf.IgnoredScope(names=sorted(exclude), validate=False)
     report = {"tool": f"nncf {nncf.__version__}", "excluded": sorted(exclude), "kept_in": "fp32"}  # IgnoredScope
     names = [p.get_any_name() for p in model.inputs]
-    dataset = nncf.Dataset([{k: f[k] for k in names if k in f} for f in feeds]) if feeds else None
     if spec.kind == "keep":
         pass
     elif role == "embeddings" or spec.kind == "dynamic":
@@ -64,8 +63,9 @@ def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: l
         model = nncf.compress_weights(model, mode=mode, ignored_scope=ignored)
         report["mode"] = mode.value
     elif spec.kind == "static":
-        if dataset is None:
+        if not feeds:
             raise ValueError(f"{src.name}: int8-static needs calibration feeds")
+        dataset = nncf.Dataset([{k: f[k] for k in names if k in f} for f in feeds])
         model = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
                               ignored_scope=ignored)
         report["mode"] = "int8 (nncf.quantize, transformer)"
