@@ -131,6 +131,13 @@ def gptq(w: np.ndarray, h: np.ndarray, block: int, symmetric: bool) -> tuple[np.
     return q, scales, zeros
 
 
+def symmetric_scale(blocks: np.ndarray, axis: int) -> np.ndarray:
+    """Signed symmetric int4 scale of each block along `axis` (kept, length 1): the largest-magnitude value / -8,
+    so that value is level -8 (see `_grid`). Shared with the sensitivity report's fake quantisation."""
+    peak = np.take_along_axis(blocks, np.expand_dims(np.abs(blocks).argmax(axis=axis), axis), axis=axis)
+    return peak / -8.0
+
+
 def _grid(block_w: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per-column scale and zero point of one block.
 
@@ -140,8 +147,7 @@ def _grid(block_w: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]
     step 8/7 as wide. Asymmetric: min..max (0 included) over levels 0..15 with a rounded zero point.
     """
     if symmetric:
-        peak = block_w[np.abs(block_w).argmax(axis=0), np.arange(block_w.shape[1])]
-        scale = peak / -8.0
+        scale = symmetric_scale(block_w, axis=0)[0]
         zero = np.full(block_w.shape[1], 8.0)
     else:
         lo, hi = np.minimum(block_w.min(axis=0), 0.0), np.maximum(block_w.max(axis=0), 0.0)

@@ -19,9 +19,9 @@ made the graphs far worse than data-free compression (relative output error on h
 student's vision encoder 0.25 against 0.0015, text encoder 0.62 against 0.0094, decoder with past 0.72 against
 0.0076; the Florence-2-base-shape text encoder, random weights and inputs, 1.37 against 0.10), and
 `tiercel quantize --backend openvino --scheme int4-weight-only --calib ...` on the demo student fell to token
-agreement 0.13 while the data-free bundle kept 0.79. AWQ alone matched data-free exactly there. So each data-aware variant is fitted on the first half of the feeds and
-compared with data-free compression on the second half (halves, as in gptq.py: a sample's decode steps are alike),
-the same check GPTQ's layers get on onnxruntime.
+agreement 0.13 while the data-free bundle kept 0.79. AWQ alone matched data-free exactly there. So each
+data-aware variant is fitted on the first half of the feeds and compared with data-free compression on the second
+half (halves, as in gptq.py: a sample's decode steps are alike), the same check GPTQ's layers get on onnxruntime.
 
 The cause, found afterwards: scale estimation mis-handles MatMul weights stored [K, N] (transpose_b false, as the
 ONNX export writes nn.Linear). On one 256 x 128 MatMul with random weights and inputs (throwaway script), its
@@ -135,7 +135,7 @@ def choose_compression(fp32_model, compress, feeds: list[dict]) -> tuple[object,
     core = ov.Core()
 
     def outputs(model) -> list[np.ndarray]:
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # not bf16 where the CPU has it
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # not bf16 where CPUs have it
         return [np.asarray(compiled({k: f[k] for k in names})[0], np.float64) for f in check]
 
     want = outputs(fp32_model)

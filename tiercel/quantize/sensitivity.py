@@ -47,8 +47,9 @@ def _blockwise(w: np.ndarray, axis: int, block: int, symmetric: bool) -> np.ndar
     xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)]) if pad else x
     blocks = xp.reshape(-1, block, *x.shape[1:])
     if symmetric:
-        peak = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1)[:, None], axis=1)
-        scale = peak / -8.0  # gptq._grid's symmetric grid: the peak on -8, all 16 levels used
+        from tiercel.quantize.gptq import symmetric_scale
+
+        scale = symmetric_scale(blocks, axis=1)  # gptq's grid: the peak on -8, all 16 levels used
         scale[scale == 0] = 1.0
         q = np.clip(np.round(blocks / scale), -8, 7) * scale
     else:
