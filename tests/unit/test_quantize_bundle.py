@@ -204,3 +204,44 @@ def test_openvino_int4_through_nncf_runs_in_the_runtime(fp32, tmp_path, calib):
         assert decoder["awq"] is False and decoder["scale_estimation"] is False and "data_aware" not in decoder
     model = tiercel.runtime.load(tmp_path / "ov", backend="openvino")
     assert model.run(np.zeros((64, 64, 3), np.uint8), task="IMG_CAP", max_new_tokens=4).to_dict()["type"] == "caption"
+
+
+def _mask_adds(ir) -> set[str]:
+    """Names of the Adds that put an exported attention mask (Convert(bool) * min) on the scores."""
+    ov = pytest.importorskip("openvino")
+    out = set()
+    for op in ov.Core().read_model(str(ir)).get_ordered_ops():
+        if op.get_type_name() != "Convert" or op.input_value(0).get_element_type() != ov.Type.boolean:
+            continue
+        for mul in op.output(0).get_target_inputs():
+            out |= {t.get_node().get_friendly_name() for t in mul.get_node().output(0).get_target_inputs()
+                    if t.get_node().get_type_name() == "Add"}
+    return out
+
+
+def test_openvino_int8_static_bundle_adds_no_attention_scores_in_u8(fp32, tmp_path):
+    """The fix for OpenVINO int8-static decoders with past, end to end: in the compiled quantised graphs the
+    attention-mask Adds run in float (before it, those of the decoder with past ran in u8 and cut the scores to
+    u8); the manifest records the calibration check and its choice is the smaller held-out error."""
+    ov = pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import tiercel.runtime
+    from tiercel.quantize import quantize_bundle
+
+    quantize_bundle(fp32, tmp_path / "ov", "int8-static", backend="openvino", calib=synth_folder(), **FAST)
+    graphs = json.loads((tmp_path / "ov" / "manifest.json").read_text())["graphs"]
+    checked = 0
+    for g in graphs:
+        if g["name"] == "embed_tokens":
+            continue
+        q = g["quantization"]
+        assert q["calibration"] == min(q["calibration_check"], key=q["calibration_check"].get), g["name"]
+        masks = _mask_adds(fp32 / "openvino" / f"{g['name']}.xml")
+        compiled = ov.Core().compile_model(str(tmp_path / "ov" / g["file"]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        in_u8 = [op.get_rt_info()["originalLayersNames"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+                 if op.get_rt_info()["runtimePrecision"].astype(str) == "u8"]
+        assert not [names for names in in_u8 if masks & set(names.split(","))], g["name"]
+        checked += len(masks)
+    assert checked >= 2  # the self-attention masks of the decoders (with past: one per layer)
+    model = tiercel.runtime.load(tmp_path / "ov", backend="openvino")
+    assert model.run(np.zeros((64, 64, 3), np.uint8), task="IMG_CAP", max_new_tokens=4).to_dict()["type"] == "caption"
