@@ -1,7 +1,7 @@
 """fp32 vs int8 vs int4 bundles on this CPU: size and speed (a), and accuracy of a trained student (b).
 
 Usage:
-    python benchmarks/quantize_cpu.py [--preset florence2-base] [--runs 5] [--n-calib 4]
+    python benchmarks/quantize_cpu.py [--preset florence2-base] [--runs 5] [--n-calib 4] [--variants ov-fp32,ov-int8]
                                       [--student CKPT --data SYNTH_DIR [--student-variants int4,mixed]]
                                       [--out benchmarks/results/quantize_cpu.json]
 
@@ -135,11 +135,13 @@ def sizes(bundle: Path, backend: str) -> dict:
             "vision_bytes": per["vision_encoder"], "graphs": per}
 
 
-def run_variants(fp32: Path, work: Path, calib, runs: int, n_calib: int, n_val: int, log) -> dict:
+def run_variants(fp32: Path, work: Path, calib, runs: int, n_calib: int, n_val: int, log, variants=None) -> dict:
     from tiercel.quantize import quantize_bundle
 
     results, timers = {}, {}
     for name, (runtime, qbackend, scheme) in VARIANTS.items():
+        if variants is not None and name not in variants:
+            continue
         bundle = fp32
         row = {"backend": runtime, "scheme": scheme or "fp32"}
         if scheme:
@@ -147,7 +149,7 @@ def run_variants(fp32: Path, work: Path, calib, runs: int, n_calib: int, n_val: 
             section = quantize_bundle(fp32, work / name, scheme, calib=calib if scheme == "int8-static" else None,
                                       n=n_calib, n_val=n_val, backend=qbackend, max_new_tokens=8,
                                       overwrite=True)
-            row.update(quantize_s=time.perf_counter() - t, guard=section["guard"])
+            row.update(quantize_s=time.perf_counter() - t, guard=section["guard"], choices=choices(work / name))
             bundle = work / name
         row.update(sizes(bundle, runtime))
         results[name], timers[name] = row, bundle_timers(bundle, runtime)
@@ -163,7 +165,19 @@ def run_variants(fp32: Path, work: Path, calib, runs: int, n_calib: int, n_val: 
     return results
 
 
-def shape_benchmark(preset: str, runs: int, n_calib: int, work: Path, log) -> dict:
+def choices(bundle: Path) -> dict:
+    """Per graph, what a candidate check chose and every candidate's held-out error (OpenVINO int8-static's
+    calibration, int4's data-aware variants), from the manifest."""
+    out = {}
+    for g in json.loads((bundle / "manifest.json").read_text())["graphs"]:
+        q = g.get("quantization", {})
+        for chosen, errors in (("calibration", "calibration_check"), ("chosen", "data_aware")):
+            if errors in q:
+                out[g["name"]] = {"chosen": q[chosen], "errors": q[errors]}
+    return out
+
+
+def shape_benchmark(preset: str, runs: int, n_calib: int, work: Path, log, variants=None) -> dict:
     from tiercel.data.synth.writer import generate
     from tiercel.export.bundle import export_model
     from tiercel.models import build
@@ -181,7 +195,7 @@ def shape_benchmark(preset: str, runs: int, n_calib: int, work: Path, log) -> di
     del model
     calib = generate(work / "synth", n=42, size=64, workers=1) and work / "synth"
     return {"preset": preset, "export_s": time.perf_counter() - t, "n_calib": n_calib,
-            "variants": run_variants(fp32, work, calib, runs, n_calib, 0, log)}
+            "variants": run_variants(fp32, work, calib, runs, n_calib, 0, log, variants)}
 
 
 STUDENT_VARIANTS = {  # name -> (scheme, quantize_bundle keyword arguments); max_drop: the issue's targets
@@ -261,6 +275,8 @@ def main() -> None:
     ap.add_argument("--n-calib-student", type=int, default=128, help="calibration samples for (b)")
     ap.add_argument("--n-val", type=int, default=224, help="guard val samples for (b), balanced over tasks")
     ap.add_argument("--skip-shape", action="store_true", help="only (b)")
+    ap.add_argument("--variants", help=f"comma-separated subset of (a)'s bundles: {', '.join(VARIANTS)} (each quantised "
+                    "bundle needs its backend's fp32 beside it, for the ratios)")
     ap.add_argument("--student", type=Path)
     ap.add_argument("--data", type=Path)
     ap.add_argument("--student-variants", help=f"comma-separated subset of (b)'s variants: {', '.join(STUDENT_VARIANTS)}")
@@ -268,8 +284,15 @@ def main() -> None:
     args = ap.parse_args()
     log = lambda m: print(m, flush=True)  # noqa: E731
     result = {"command": "python benchmarks/quantize_cpu.py " + " ".join(os.sys.argv[1:]), "machine": machine()}
+    shape_variants = args.variants.split(",") if args.variants else None
+    if shape_variants:
+        unknown = sorted(set(shape_variants) - set(VARIANTS))
+        missing = sorted({f"{v.split('-')[0]}-fp32" for v in shape_variants} - set(shape_variants))
+        if unknown or missing:
+            raise SystemExit(f"--variants: unknown {unknown}, fp32 missing {missing}; choose from {', '.join(VARIANTS)}")
     with tempfile.TemporaryDirectory(prefix="tiercel-qbench-") as tmp:
-        result["shape"] = None if args.skip_shape else shape_benchmark(args.preset, args.runs, args.n_calib, Path(tmp), log)
+        result["shape"] = None if args.skip_shape else shape_benchmark(args.preset, args.runs, args.n_calib, Path(tmp), log,
+                                                                       shape_variants)
         if args.student and args.data:
             variants = args.student_variants.split(",") if args.student_variants else None
             unknown = sorted(set(variants or ()) - set(STUDENT_VARIANTS))
