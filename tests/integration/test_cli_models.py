@@ -15,6 +15,12 @@ def test_help_lists_the_verbs():
         assert verb in out.stdout
 
 
+def test_help_shows_json_examples_whole():
+    """Brackets in help texts are JSON, not Rich markup: `[x1,y1,x2,y2]` used to vanish from `run --help`."""
+    out = run_cli("run", "--help", env={"COLUMNS": "200"})
+    assert out.returncode == 0 and "[x1,y1,x2,y2], or [[x,y],...]" in out.stdout
+
+
 def test_version():
     out = run_cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"tiercel {__version__}"

@@ -17,7 +17,7 @@ def run(
     image2: Path = typer.Option(None, "--image2", help="Second image ('after'), for PIX_CHG only."),
     task: str = typer.Option(None, "--task", help="Task tag, e.g. IMG_CAP or REG_DET_HBB."),
     text: str = typer.Option(None, "--text", help="Class, question or description for tasks that need one."),
-    region: str = typer.Option(None, "--region", help="Region in pixels as JSON: [x1,y1,x2,y2], or [[x,y],...] for quads/polygons."),
+    region: str = typer.Option(None, "--region", help=r"Region in pixels as JSON: \[x1,y1,x2,y2], or \[\[x,y],...] for quads/polygons."),  # \[: no Rich tag
     backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, openvino, tensorrt, or torch (a checkpoint; CUDA graphs on a GPU)."),
     device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime and torch, CPU/GPU/NPU for openvino)."),
     option: list[str] = BACKEND_OPTION,
