@@ -102,6 +102,23 @@ def test_openvino_property_typo_is_one_config_line(bundle):
     assert m.run(np.zeros((32, 32, 3), np.uint8), task="IMG_CAP", max_new_tokens=3) is not None
 
 
+
+def test_openvino_computes_in_f32_unless_an_option_asks_for_bf16(bundle):
+    """OpenVINO's CPU plugin picks bf16 by itself on CPUs that have it; the runtime pins f32 (the parity checks
+    hold), and `--option INFERENCE_PRECISION_HINT=bf16` (README: 2x vision on AVX512-BF16) must still win."""
+    import openvino as ov
+
+    import tiercel.runtime as rt
+
+    def hints(**options) -> set:
+        m = rt.load(bundle, backend="openvino", options=options or None)
+        return {s.compiled.get_property("INFERENCE_PRECISION_HINT") for s in m.sessions.values()}
+
+    assert hints() == {ov.Type.f32}
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bf16 (AVX512_BF16 or AMX): OpenVINO computes in f32 whatever is asked")
+    assert hints(INFERENCE_PRECISION_HINT="bf16") == {ov.Type.bf16}
+
 def test_graphs_over_the_protobuf_limit_go_to_external_data_that_is_checksummed(tiny_model, tiny_tokenizer, bundle,
                                                                                 tmp_path, monkeypatch):
     """The >2 GB path on a tiny model: the limit is lowered so every graph spills its weights to `<graph>.data`."""
