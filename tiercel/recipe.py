@@ -149,6 +149,7 @@ class TrainTeacherSection(Section):
     steps: int = Field(300, gt=0, description="fine-tuning steps")
     batch_size: int = Field(8, gt=0, description="samples per step")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    warmup_steps: int | None = Field(None, ge=0, description="linear warmup steps before the cosine decay (default: steps // 20)")
     vocab_size: int = Field(1000, gt=256, description="BPE vocabulary trained on the data (grammar tokens added on top)")
 
 

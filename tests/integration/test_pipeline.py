@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 pytest.importorskip("torch")
 
@@ -17,7 +18,7 @@ def tiny_recipe(out):
         "data": {"train": str(data / "train.json"), "val": str(data / "val.json"), "test": str(data / "test.json"),
                  "root": str(data), "max_answer_tokens": 16},
         "pipeline": {"synth": {"n": 84, "size": 64, "seed": 1},
-                     "train_teacher": {"preset": "tiny", "steps": 3, "batch_size": 2, "vocab_size": 300}},
+                     "train_teacher": {"preset": "tiny", "steps": 3, "batch_size": 2, "vocab_size": 300, "warmup_steps": 2}},
         "tokenizer": {"source": "teacher"},
         "teacher": {"kind": "checkpoint", "path": str(out / "teacher")},
         "student": {"preset": "tiny", "overrides": {"d_model": 32, "ffn_dim": 64, "decoder_layers": 1}},
@@ -52,6 +53,8 @@ def test_every_stage_runs_and_the_report_compares_the_models(finished):
     assert (out / "report.png").stat().st_size > 10_000
     for stage in results:
         assert (out / "stages" / f"{stage}.json").is_file()
+    teacher_run = yaml.safe_load((out / "teacher_run" / "recipe.yaml").read_text())["distill"]
+    assert (teacher_run["steps"], teacher_run["warmup_steps"]) == (3, 2)  # pipeline.train_teacher's warmup reaches it
 
 
 def test_a_second_run_skips_finished_stages(finished):
