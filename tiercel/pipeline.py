@@ -113,7 +113,15 @@ class Pipeline:
         with atomic_dir(dst, overwrite=True) as tmp:
             for f in Path(summary["student"]).iterdir():
                 shutil.copy2(f, tmp / f.name)
-        return {"trained": True, "path": str(dst), "val": summary["val"]}
+        from tiercel.evaluate.core import open_predictor, prompt_check
+
+        # a teacher that answers every task prompt alike teaches the student little (README, Pipeline)
+        check = prompt_check(open_predictor(dst), self.recipe.data.val or self.recipe.data.train, self.recipe.data.root)
+        if check["warning"]:
+            check["warning"] = (f"the teacher {check['warning']}; train it again with a longer "
+                                "pipeline.train_teacher.warmup_steps or a lower lr")
+            self.log(f"[teacher] warning: {check['warning']}")
+        return {"trained": True, "path": str(dst), "val": summary["val"], "prompt_check": check}
 
     def stage_distill(self, _):
         from tiercel.distill.checkpoints import latest

@@ -42,7 +42,9 @@ def collect(pipeline) -> dict:
     quant = pipeline.done("quantize") or {}
     guard = {**{f"student-{s}": {"failed": msg} for s, msg in quant.get("failed", {}).items()},
              **{f"student-{s}": v.get("guard") for s, v in quant.get("bundles", {}).items()}}
-    return {"rows": rows, "guard": guard, "machine": prof.get("machine"), "settings": prof.get("settings"),
+    check = (pipeline.done("teacher") or {}).get("prompt_check") or {}
+    warnings = [check["warning"]] if check.get("warning") else []
+    return {"rows": rows, "guard": guard, "warnings": warnings, "machine": prof.get("machine"), "settings": prof.get("settings"),
             "estimate_formula": prof.get("estimate_formula"), "openvino": ov["profiles"][0] if ov and ov.get("profiles") else None}
 
 
@@ -57,6 +59,7 @@ def markdown(data: dict, recipe_name: str) -> str:
     if data.get("machine"):
         m = data["machine"]
         lines += [f"Measured on: {m.get('cpu', m)} ({m.get('cores', '?')} cores). Latencies are p50 over the profile runs.", ""]
+    lines += [f"**Warning:** {w}" for w in data.get("warnings", [])] + ([""] if data.get("warnings") else [])
     lines += ["## Headline", "", "| model | 14-task average | size MB | vision ms | decode ms/token | " +
               " | ".join(f"{t} ms" for t in (data.get("settings") or {}).get("tasks", [])) + " |",
               "|---|---|---|---|---|" + "---|" * len((data.get("settings") or {}).get("tasks", []))]

@@ -55,6 +55,9 @@ def test_every_stage_runs_and_the_report_compares_the_models(finished):
         assert (out / "stages" / f"{stage}.json").is_file()
     teacher_run = yaml.safe_load((out / "teacher_run" / "recipe.yaml").read_text())["distill"]
     assert (teacher_run["steps"], teacher_run["warmup_steps"]) == (3, 2)  # pipeline.train_teacher's warmup reaches it
+    check = results["teacher"]["prompt_check"]  # the trained teacher's answers to the 13 single-image prompts
+    assert check["tasks"] == 13 and 1 <= check["distinct_answers"] <= 13 and check["image"].endswith(".png")
+    assert (check["warning"] is not None) == (check["distinct_answers"] == 1) == ("**Warning:** the teacher gave one answer" in report)
 
 
 def test_a_second_run_skips_finished_stages(finished):

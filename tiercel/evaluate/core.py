@@ -216,3 +216,30 @@ def open_predictor(path: str | Path, backend: str = "onnxruntime", device: str |
     from tiercel.models.open import open_checkpoint  # torch only when a checkpoint is opened
 
     return open_checkpoint(path, backend, device, threads, options)
+
+
+def prompt_check(predictor, records, root=None, max_new_tokens: int = 32) -> dict:
+    """Whether a model's answers depend on the task prompt: every single-image task on the first record's image
+    (one greedy `run_all`) and how many distinct answers came back.
+
+    One answer for every task means the model ignores its prompt: it has collapsed. The demo's teacher did that
+    at a short warmup on one CPU and not on another (README, Pipeline); the pipeline runs this on the teacher it
+    trains. `warning` is None, or a sentence fragment ("gave one answer to all 13 task prompts on ...").
+    """
+    from tiercel.runtime.profile.runner import task_inputs
+
+    record = next(iter_records(records))
+    image = load_image(record.image_paths(root)[0], record.crop)
+    size = (image.shape[1], image.shape[0])
+    tags = [t for t in T.TAGS if T.get(t).n_images == 1]
+    inputs = {t: task_inputs(t, size) for t in tags}
+    results = predictor.run_all(image, tags, {t: x["text"] for t, x in inputs.items() if "text" in x},
+                                {t: x["region"] for t, x in inputs.items() if "region" in x},
+                                max_new_tokens=max_new_tokens, num_beams=1)
+    distinct = len({r.raw for r in results.values()})
+    warning = None
+    if distinct == 1:
+        raw = results[tags[0]].raw
+        shown = "an empty answer" if not raw else repr(raw[:60]) + ("..." if len(raw) > 60 else "")
+        warning = f"gave one answer to all {len(tags)} task prompts on {record.images[0]} ({shown}): it ignores its prompt"
+    return {"image": record.images[0], "tasks": len(tags), "distinct_answers": distinct, "warning": warning}
