@@ -84,6 +84,24 @@ def test_report_is_json_and_renders(report, tmp_path):
     assert any("max(bytes / (bandwidth" in line for line in render.estimate_notes(report))
 
 
+
+def test_openvino_in_f32_on_a_bf16_cpu_gets_a_hint(report):
+    """The line names the CPU's bf16 flags and the option; not shown without bf16, without an OpenVINO profile, or
+    when the run already set the precision."""
+    from dataclasses import replace
+
+    from tiercel.runtime.profile import report as render
+
+    assert isinstance(report.machine["cpu_bf16"], list)  # read from /proc/cpuinfo's flags
+    bf16 = replace(report, machine={**report.machine, "cpu_bf16": ["avx512_bf16"]})
+    [line] = render.precision_notes(bf16)
+    assert line.startswith("this CPU computes bf16 (avx512_bf16): OpenVINO ran in f32, tiercel's default; "
+                           "--option INFERENCE_PRECISION_HINT=bf16 trades")
+    assert render.precision_notes(replace(bf16, machine={**report.machine, "cpu_bf16": []})) == []
+    assert render.precision_notes(replace(bf16, profiles=report.profiles[:1])) == []  # onnxruntime only
+    asked = replace(bf16, settings=replace(report.settings, options={"INFERENCE_PRECISION_HINT": "f32"}))
+    assert render.precision_notes(asked) == []
+
 def test_plot_writes_a_png(report, tmp_path):
     pytest.importorskip("matplotlib")
     from PIL import Image

@@ -77,7 +77,7 @@ def profile(
                              progress=lambda label: bar.update(job, advance=1, description=f"profiling {label}"))
     console.print(render.comparison_table(report))
     console.print(render.roofline_table(report))
-    for line in render.roofline_notes(report):
+    for line in render.roofline_notes(report) + render.precision_notes(report):
         console.print(line, markup=False, soft_wrap=True)
     console.print(render.estimate_table(report))
     for line in render.estimate_notes(report):

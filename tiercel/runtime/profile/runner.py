@@ -173,14 +173,17 @@ class ProfileReport:
 
 def machine_info() -> dict:
     """CPU model, cores, load average at start, OS and library versions: what a timing needs next to it."""
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+            lines = f.read().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
+        flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     return {"cpu": cpu, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in load],
+            "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"}),  # what OpenVINO's CPU plugin computes bf16 with
             "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__}
 
 
