@@ -140,10 +140,7 @@ def weights_n_major(model) -> int:
             continue
         new = ops.matmul(op.input_value(0), ops.constant(np.ascontiguousarray(weight.get_data().T)),
                          attrs["transpose_a"], True)
-        new.set_friendly_name(op.get_friendly_name())
-        names = op.output(0).get_names()
-        op.output(0).replace(new.output(0))
-        new.output(0).get_tensor().set_names(names)
+        _replace(op, new)
         turned += 1
     return turned
 
@@ -162,12 +159,17 @@ def booleans_as_select(model) -> int:
             continue
         dtype = op.get_output_element_type(0).to_dtype()
         new = ops.select(op.input_value(0), ops.constant(np.array(1, dtype)), ops.constant(np.array(0, dtype)))
-        new.set_friendly_name(op.get_friendly_name())
-        names = op.output(0).get_names()
-        op.output(0).replace(new.output(0))
-        new.output(0).get_tensor().set_names(names)
+        _replace(op, new)
         turned += 1
     return turned
+
+
+def _replace(op, new) -> None:
+    """Put `new` where `op` was: its readers, its friendly name and its output's tensor names."""
+    new.set_friendly_name(op.get_friendly_name())
+    names = op.output(0).get_names()
+    op.output(0).replace(new.output(0))
+    new.output(0).get_tensor().set_names(names)
 
 
 DATA_AWARE = {"awq": {"awq": True}, "awq+scale_estimation": {"awq": True, "scale_estimation": True}}
