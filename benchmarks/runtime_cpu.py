@@ -89,7 +89,7 @@ from tiercel import tasks
 from tiercel.fileio import write_json
 from tiercel.runtime.profile import StageTimer, breakdown, forced_generation
 from tiercel.runtime.profile.roofline import measure_bandwidth
-from tiercel.runtime.profile.runner import profile_image, task_inputs
+from tiercel.runtime.profile.runner import profile_image, run_all_inputs, task_inputs
 
 HERE = Path(__file__).resolve().parent
 NEW_TOKENS = 32
@@ -237,8 +237,7 @@ def all_task_inputs(image: np.ndarray) -> tuple[dict, dict, dict, np.ndarray]:
     size = (image.shape[1], image.shape[0])
     after = image[::-1].copy()
     inputs = {t: ({"image2": after} if tasks.get(t).n_images == 2 else task_inputs(t, size)) for t in tasks.TAGS}
-    texts = {t: x["text"] for t, x in inputs.items() if "text" in x}
-    regions = {t: x["region"] for t, x in inputs.items() if "region" in x}
+    texts, regions = run_all_inputs([t for t in tasks.TAGS if tasks.get(t).n_images == 1], size)
     return inputs, texts, regions, after
 
 

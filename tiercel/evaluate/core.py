@@ -226,16 +226,13 @@ def prompt_check(predictor, records, root=None, max_new_tokens: int = 32) -> dic
     at a short warmup on one CPU and not on another (README, Pipeline); the pipeline runs this on the teacher it
     trains. `warning` is None, or a sentence fragment ("gave one answer to all 13 task prompts on ...").
     """
-    from tiercel.runtime.profile.runner import task_inputs
+    from tiercel.runtime.profile.runner import run_all_inputs
 
     record = next(iter_records(records))
     image = load_image(record.image_paths(root)[0], record.crop)
     size = (image.shape[1], image.shape[0])
     tags = [t for t in T.TAGS if T.get(t).n_images == 1]
-    inputs = {t: task_inputs(t, size) for t in tags}
-    results = predictor.run_all(image, tags, {t: x["text"] for t, x in inputs.items() if "text" in x},
-                                {t: x["region"] for t, x in inputs.items() if "region" in x},
-                                max_new_tokens=max_new_tokens, num_beams=1)
+    results = predictor.run_all(image, tags, *run_all_inputs(tags, size), max_new_tokens=max_new_tokens, num_beams=1)
     distinct = len({r.raw for r in results.values()})
     warning = None
     if distinct == 1:

@@ -82,6 +82,13 @@ def forced_generation(new_tokens: int, num_beams: int | None) -> dict:
     return {**out, "num_beams": num_beams} if num_beams else out
 
 
+def run_all_inputs(tags: list[str], size: tuple[int, int]) -> tuple[dict, dict]:
+    """`task_inputs` of each of `tags` as `Model.run_all` takes them: ({tag: text}, {tag: region})."""
+    inputs = {t: task_inputs(t, size) for t in tags}
+    return ({t: x["text"] for t, x in inputs.items() if "text" in x},
+            {t: x["region"] for t, x in inputs.items() if "region" in x})
+
+
 def task_inputs(tag: str, size: tuple[int, int]) -> dict:
     """A text and/or region for `tag` on an image of `size` (W, H): what a user would pass."""
     w, h = size
@@ -300,9 +307,7 @@ def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: n
             if progress:
                 progress(label)
         if settings.batch_tasks:
-            inputs = [task_inputs(t, size) for t in settings.batch_tasks]
-            texts = {t: x["text"] for t, x in zip(settings.batch_tasks, inputs) if "text" in x}
-            regions = {t: x["region"] for t, x in zip(settings.batch_tasks, inputs) if "region" in x}
+            texts, regions = run_all_inputs(settings.batch_tasks, size)
             seconds, events = _timed_call(m, lambda: m.run_all(image, settings.batch_tasks, texts, regions, **gen))
             if timed:
                 batch.append((seconds, breakdown(events)))
