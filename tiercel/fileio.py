@@ -19,9 +19,7 @@ from tiercel.errors import TiercelError
 @contextlib.contextmanager
 def atomic_dir(dst: str | Path, overwrite: bool = False):
     """Yield a temporary directory next to `dst`; on success it is renamed to `dst`, on error removed."""
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise TiercelError(f"{dst}: already exists; choose another output path or pass --overwrite")
+    dst = refuse_existing(dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
@@ -32,6 +30,14 @@ def atomic_dir(dst: str | Path, overwrite: bool = False):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def refuse_existing(dst: str | Path, overwrite: bool = False) -> Path:
+    """`dst` as a Path; TiercelError if it exists and `overwrite` is off (checked again by atomic_dir)."""
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise TiercelError(f"{dst}: already exists; choose another output path or pass --overwrite")
+    return dst
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

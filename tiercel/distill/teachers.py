@@ -100,10 +100,9 @@ class GeoChatAdapter:
     conversation, answered greedily; `convert` turns the answer into Falcon's grammar (geochat.to_falcon).
     PIX_SEG and PIX_CHG are refused (TaskError): GeoChat gives no polygons.
 
-    Untested here: the real 7B weights (none on this machine). GeoChat is published in the original LLaVA
-    layout; it needs converting to transformers' LLaVA layout first (transformers' convert_llava_weights_to_hf
-    script), with an image processor at GeoChat's 504 px. Only the wiring is tested, on a tiny random LLaVA.
-    Never uses trust_remote_code.
+    GeoChat is published in LLaVA-1.5's own layout; `tiercel convert --from geochat` writes the transformers
+    LLaVA layout this loads (CLIP interpolated to 504 px, GeoChat's evaluation preprocessing). Tested on tiny
+    checkpoints written in GeoChat's layout, not on the real 7B weights. Never uses trust_remote_code.
     """
 
     SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
@@ -117,11 +116,16 @@ class GeoChatAdapter:
     def from_dir(cls, path: str | os.PathLike, dtype: str = "float16", device: str | None = None,
                  **kwargs) -> "GeoChatAdapter":
         """Load a converted GeoChat (config.json, weights, processor files) from `path`; nothing is downloaded."""
+        from tiercel.models.checkpoint import read_json
+
         transformers = require("transformers", "train", "the GeoChat teacher")
         torch = require("torch", "train", "the GeoChat teacher")
         path = Path(path)
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path}: no config.json; point to a GeoChat directory in transformers' LLaVA layout")
+        if "mm_vision_tower" in read_json(path / "config.json"):
+            raise CheckpointError(f"{path}: is GeoChat in LLaVA's own layout; convert it first: tiercel convert "
+                                  f"--from geochat {path} DST --vision-tower CLIP_DIR, and point teacher.path at DST")
         processor = transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
         model = transformers.LlavaForConditionalGeneration.from_pretrained(
             path, local_files_only=True, dtype=getattr(torch, dtype))
