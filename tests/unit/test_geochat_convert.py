@@ -249,6 +249,24 @@ def test_unconverted_geochat_is_refused_by_the_adapter(geochat):
         GeoChatAdapter.from_dir(root / "src")
 
 
+def test_the_adapter_honours_data_max_answer_tokens(converted, adapter, tmp_path):
+    """make_adapter used to leave GeoChat at 256 new tokens whatever data.max_answer_tokens said."""
+    from tiercel.distill.answers import make_adapter
+    from tiercel.recipe import parse_recipe
+
+    recipe = parse_recipe({"name": "t", "data": {"train": str(tmp_path / "train.json"), "max_answer_tokens": 2},
+                           "tokenizer": {"source": "train"},
+                           "teacher": {"kind": "generated", "adapter": "geochat", "path": str(converted[0])}})
+    teacher = make_adapter(recipe, "cpu")
+    assert teacher.max_new_tokens == 2
+    image = np.random.default_rng(1).integers(0, 255, (42, 42, 3), dtype=np.uint8)
+    prompt = "[IMG_CAP]\n" + tasks.get("IMG_CAP").prompt()
+    inputs = adapter.processor(images=[Image.fromarray(image)], text=adapter.request([image], prompt), return_tensors="pt")
+    longer = adapter.model.generate(**inputs, do_sample=False, max_new_tokens=6)[0, inputs["input_ids"].shape[1]:]
+    assert len(longer) == 6  # the tiny model does not stop by itself within 6 tokens
+    assert teacher.generate([image], prompt) == adapter.processor.decode(longer[:2], skip_special_tokens=True).strip()
+
+
 def test_options_are_checked_before_any_weight_is_read(geochat, tmp_path):
     root, _ = geochat
     with pytest.raises(ConfigError, match=r"^--from: must be one of florence, geochat \(got llava\)$"):

@@ -24,7 +24,7 @@ def make_adapter(recipe, device: str):
     from tiercel.distill.teachers import FlorenceAdapter, GeoChatAdapter
 
     if recipe.teacher.adapter == "geochat":
-        return GeoChatAdapter.from_dir(recipe.teacher.path, device=device)
+        return GeoChatAdapter.from_dir(recipe.teacher.path, device=device, max_new_tokens=recipe.data.max_answer_tokens)
     from tiercel.models import load_checkpoint
 
     ckpt = load_checkpoint(recipe.teacher.path)
