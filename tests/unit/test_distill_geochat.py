@@ -54,8 +54,17 @@ def test_rotation_happens_in_pixels_so_a_wide_box_turned_90_degrees_stands_uprig
 def test_horizontal_detection_becomes_falcon_boxes():
     # 1000 x 500 image: bins are 1 px wide in x and 0.5 px in y
     text = "<p>plane</p> {<10><20><30><60>|<0>}{<0><0><100><100>|<0>}"
-    assert to_falcon(text, "REG_DET_HBB", (1000, 500)) == "<box><100><200><300><600></box><box><0><0><999><999></box>"
-    assert to_falcon("No planes are visible.", "REG_DET_HBB", (1000, 500)) == ""
+    warnings = []
+    assert to_falcon(text, "REG_DET_HBB", (1000, 500), warnings) == "<box><100><200><300><600></box><box><0><0><999><999></box>"
+    assert warnings == []
+
+
+@pytest.mark.parametrize("tag", ["REG_DET_HBB", "REG_DET_OBB", "REG_VG"])
+def test_an_answer_without_a_box_warns_for_detection_as_for_grounding(tag):
+    """A REG_DET answer with no box used to become an empty detection silently, so it was trained on."""
+    warnings = []
+    assert to_falcon("No planes are visible.", tag, (1000, 500), warnings) == ""
+    assert warnings == [f"{tag}: the GeoChat answer holds no box: 'No planes are visible.'"]
 
 
 def test_oriented_detection_becomes_quads_rotated_by_theta():

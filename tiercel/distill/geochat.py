@@ -132,7 +132,7 @@ def to_falcon(text, tag: str, image_size, warnings: list[str] | None = None, clo
     """A GeoChat answer as the Falcon answer of task `tag` for an image of `image_size` (W, H) pixels.
 
     Detection (REG_DET_HBB) keeps every box as a horizontal box, REG_DET_OBB every box as a quad (rotated by
-    theta, see the module doc), REG_VG the first box. Label, caption and VQA answers become their text without
+    theta, see the module doc), REG_VG the first box; an answer with no box warns for all three. Label, caption and VQA answers become their text without
     GeoChat markup (label answers also lose a final full stop), IMG_CT the first number. Never raises on
     `text`; what could not be converted goes to `warnings`. TaskError for PIX_SEG / PIX_CHG, which GeoChat
     cannot answer.
@@ -144,9 +144,9 @@ def to_falcon(text, tag: str, image_size, warnings: list[str] | None = None, clo
                         "or distil it from a Falcon teacher")
     if spec.answer in ("box", "quad"):
         boxes = parse_geochat(text, notes)
+        if not boxes and isinstance(text, str):  # REG_DET too: "there are none" and a missed box read the same
+            notes.append(f"{spec.tag}: the GeoChat answer holds no box: {text[:60]!r}")
         if spec.tag == "REG_VG":
-            if not boxes and isinstance(text, str):
-                notes.append(f"REG_VG: the GeoChat answer holds no box: {text[:60]!r}")
             boxes = boxes[:1]
         if spec.answer == "box":
             return spec.format(tasks.Boxes(boxes=[b.hbb(image_size) for b in boxes]), image_size)
