@@ -25,6 +25,8 @@ NUMBER_WORDS = (
 ).split()
 # A number word counts only as a whole word: "twenty-one" is not 20 (nor 1), "someone" holds no "one".
 _NUMBER = re.compile(r"(\d+)|(?<![\w-])(" + "|".join(NUMBER_WORDS) + r")(?![\w-])", re.IGNORECASE)
+# Longer digit runs are no count a model could mean; they would also overflow the metric's arithmetic.
+MAX_COUNT_DIGITS = 9
 _SPECIALS = re.compile("|".join(re.escape(t) for t in grammar.SPECIAL_TOKENS))
 
 
@@ -53,6 +55,9 @@ def read_count(text, size=None, dialect="falcon") -> Count:
     if m is None:
         if cleaned:
             warnings.append(f"no number in answer {cleaned[:40]!r}")
+        return Count(value=None, raw=_raw(text), warnings=warnings)
+    if m.group(1) and len(m.group(1).lstrip("0")) > MAX_COUNT_DIGITS:
+        warnings.append(f"a {len(m.group(1))}-digit number is no count; read as none")
         return Count(value=None, raw=_raw(text), warnings=warnings)
     value = int(m.group(1)) if m.group(1) else NUMBER_WORDS.index(m.group(2).lower())
     if m.group() != cleaned:

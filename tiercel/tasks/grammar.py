@@ -177,7 +177,7 @@ def _separate(current: Structure | None, out: Scan) -> None:
 
 
 def _add_coord(token: str, d: Dialect, current: Structure | None, out: Scan) -> None:
-    value = int(re.search(r"\d+", token).group())
+    value = read_digits(re.search(r"\d+", token).group())
     if not re.fullmatch(d.coord_regex(), token):
         out.foreign_coords += 1
     if value > N_BINS:
@@ -187,6 +187,12 @@ def _add_coord(token: str, d: Dialect, current: Structure | None, out: Scan) -> 
         out.loose.append(value)
     else:
         current.parts[-1].append(value)
+
+
+def read_digits(digits: str, limit: int = 10**9) -> int:
+    """int of a run of decimal digits, capped at `limit`, so that no run raises (int() refuses > 4300 digits)."""
+    digits = digits.lstrip("0") or "0"
+    return limit if len(digits) > len(str(limit)) else min(int(digits), limit)
 
 
 def _summarise(out: Scan, d: Dialect) -> None:

@@ -23,6 +23,8 @@ import math
 import re
 from collections import Counter
 
+from tiercel.tasks.metrics.checks import paired
+
 _TINY, _SMALL = 1e-15, 1e-9  # pycocoevalcap's guards against log(0) and division by zero
 
 
@@ -117,6 +119,7 @@ def cider_d(hyps: list[list[str]], refs: list[list[list[str]]], n: int = 4, sigm
 
 def caption_metrics(preds: list[str], refs: list[list[str]]) -> dict[str, float]:
     """IMG_CAP, IMG_CAP_DETAILED, REG_CAP: bleu1..bleu4, rouge_l, cider (headline). One or more refs each."""
+    paired("caption_metrics", preds, refs)
     if not preds:
         return {k: float("nan") for k in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider")} | {"n": 0.0}
     hyps = [tokenize(p) for p in preds]

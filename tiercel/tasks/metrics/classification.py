@@ -18,6 +18,8 @@ import string
 
 import numpy as np
 
+from tiercel.tasks.metrics.checks import paired, whole_numbers
+
 _PUNCT = re.compile("[" + re.escape(string.punctuation.replace("_", "").replace("-", "")) + "]")
 
 
@@ -29,6 +31,7 @@ def normalize_label(text: str) -> str:
 
 def accuracy(preds: list[str], refs: list[str]) -> float:
     """Exact-match accuracy after normalize_label; nan for no samples."""
+    paired("accuracy", preds, refs)
     if not refs:
         return float("nan")
     return float(np.mean([normalize_label(p) == normalize_label(r) for p, r in zip(preds, refs)]))
@@ -36,6 +39,7 @@ def accuracy(preds: list[str], refs: list[str]) -> float:
 
 def macro_prf(preds: list[str], refs: list[str]) -> dict[str, float]:
     """Macro precision, recall and F1 over the reference classes (see module doc)."""
+    paired("macro_prf", preds, refs)
     p = [normalize_label(x) for x in preds]
     r = [normalize_label(x) for x in refs]
     classes = sorted(set(r))
@@ -75,6 +79,9 @@ def vqa_metrics(preds: list[str], refs: list[str]) -> dict[str, float]:
 def count_metrics(preds: list[int | None], refs: list[int]) -> dict[str, float]:
     """IMG_CT: accuracy (a missing number is wrong), MAE over the answers that held a number, and how
     many held none (`missing`)."""
+    paired("count_metrics", preds, refs)
+    whole_numbers("count_metrics", "predictions", preds, none_ok=True)
+    whole_numbers("count_metrics", "references", refs, none_ok=False)
     read = [(p, r) for p, r in zip(preds, refs) if p is not None]
     return {
         "accuracy": float(np.mean([p == r for p, r in zip(preds, refs)])) if refs else float("nan"),

@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tiercel.tasks.metrics.checks import paired
+
 SWEEP = tuple(round(t / 10, 1) for t in range(1, 10))  # IoU 0.1 .. 0.9
 
 
@@ -57,6 +59,7 @@ def detection_metrics(preds: list, refs: list, iou_matrix: Callable, thresholds=
     `preds` and `refs` hold one list of geometries per sample. At 0.5 the keys are `ap50`, `ap50_iou_ranked`,
     `precision50`, `recall50`, and also plain `precision` and `recall`.
     """
+    paired("detection_metrics", preds, refs)
     matrices = [np.asarray(iou_matrix(p, r), dtype=float).reshape(len(p), len(r)) for p, r in zip(preds, refs)]
     n_gt = sum(len(r) for r in refs)
     n_det = sum(len(p) for p in preds)
@@ -95,6 +98,7 @@ def _pooled(matrices: list, scores: list, threshold: float) -> tuple[np.ndarray,
 def grounding_metrics(preds: list, refs: list, iou_matrix: Callable) -> dict[str, float]:
     """REG_VG: Acc@0.5 of the first predicted box (best IoU over the reference boxes), mean IoU of that box,
     and the detection sweep (AP, precision, recall at IoU 0.1..0.9) over all predicted boxes."""
+    paired("grounding_metrics", preds, refs)
     first = [float(np.max(iou_matrix(p[:1], ref))) if p and ref else 0.0 for p, ref in zip(preds, refs)]
     out = {
         "acc50": float(np.mean(np.asarray(first) >= 0.5)) if first else float("nan"),

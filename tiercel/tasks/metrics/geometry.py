@@ -108,16 +108,31 @@ def _boxes_overlap(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def convex_iou_matrix(a: list, b: list) -> np.ndarray:
-    """Pairwise convex_iou of N and M point sets -> N x M. Pairs whose bounding boxes are apart are skipped."""
-    out = np.zeros((len(a), len(b)))
-    if not len(a) or not len(b):
-        return out
-    hull = [np.asarray(p, dtype=float).reshape(-1, 2) for p in list(a) + list(b)]
-    extent = np.array([np.concatenate([p.min(0), p.max(0)]) for p in hull])
-    near = box_iou_matrix(extent[: len(a)], extent[len(a) :]) > 0
+    """Pairwise convex_iou of N and M point sets -> N x M. Pairs whose bounding boxes are apart are skipped,
+    and a point set given many times (a model repeating one quad) is measured once per distinct pair."""
+    ua, ia = _distinct(a)
+    ub, ib = _distinct(b)
+    if not ua or not ub:
+        return np.zeros((len(a), len(b)))
+    extent = np.array([np.concatenate([p.min(0), p.max(0)]) for p in ua + ub])
+    near = box_iou_matrix(extent[: len(ua)], extent[len(ua) :]) > 0
+    iou = np.zeros((len(ua), len(ub)))
     for i, j in zip(*np.nonzero(near)):
-        out[i, j] = convex_iou(a[i], b[j])
-    return out
+        iou[i, j] = convex_iou(ua[i], ub[j])
+    return iou[np.ix_(ia, ib)]
+
+
+def _distinct(sets: list) -> tuple[list[np.ndarray], np.ndarray]:
+    """(distinct point sets as K x 2 arrays, index of each input among them)."""
+    index: dict[bytes, int] = {}
+    arrays, where = [], []
+    for p in sets:
+        arr = np.asarray(p, dtype=float).reshape(-1, 2)
+        key = index.setdefault(arr.tobytes(), len(arrays))
+        if key == len(arrays):
+            arrays.append(arr)
+        where.append(key)
+    return arrays, np.asarray(where, dtype=int)
 
 
 def rasterize(polygons, size, rule: str = "evenodd", out: np.ndarray | None = None) -> np.ndarray:

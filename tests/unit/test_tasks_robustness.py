@@ -1,0 +1,91 @@
+"""Model output of any shape never makes a parser raise; API misuse of a metric is one TaskError line."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tiercel.tasks as T
+from tiercel.errors import TaskError
+from tiercel.tasks import metrics as M
+
+LONG = "7" * 5000  # past int()'s 4,300-digit limit
+
+
+@pytest.mark.parametrize("tag", T.TAGS)
+def test_a_digit_run_past_ints_limit_parses_without_raising(tag):
+    for text in (LONG, f"<box><{LONG}><1><2><3></box>", f"<poly><{LONG}><1><2><3><4><5></poly>", f"<loc_{LONG}>"):
+        T.get(tag).parse(text, image_size=(256, 256))
+
+
+def test_a_huge_coordinate_is_clamped_with_a_short_warning():
+    r = T.get("REG_DET_HBB").parse(f"<box><{LONG}><1><2><3></box>", image_size=(1000, 1000))
+    assert r.boxes[0][0] == 999.5
+    assert r.warnings == ["coordinate(s) [1000000000] past 1000 clamped to 999"]
+
+
+def test_a_count_too_long_to_mean_anything_reads_as_none_and_scores_as_missing():
+    r = T.get("IMG_CT").parse("1" * 5000)
+    assert r.value is None and r.warnings == ["a 5000-digit number is no count; read as none"]
+    assert T.get("IMG_CT").parse("000000000012").value == 12  # leading zeros are not length
+    ref = T.get("IMG_CT").parse("3")
+    scores = T.get("IMG_CT").metric([r, ref], [ref, ref])
+    assert scores["missing"] == 1.0 and scores["mae"] == 0.0 and scores["accuracy"] == 0.5
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(["<box>", "</box>", "<quad>", "</quad>", "<poly>", "</poly>", "<sep>",
+                                           "<loc_", "<", ">", " ", ",", "-", "one", "</s>"]),
+                          st.text(max_size=8), st.from_regex(r"\d{1,6000}", fullmatch=True)), max_size=12))
+def test_no_parser_raises_on_any_text(parts):
+    text = "".join(parts)
+    for tag in T.TAGS:
+        T.get(tag).parse(text, image_size=(64, 48))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: M.accuracy(["a"], ["a", "b"]),
+    lambda: M.count_metrics([1], [1, 2]),
+    lambda: M.caption_metrics(["a b"], [["a b"], ["c"]]),
+    lambda: M.detection_metrics([[]], [[], []], M.box_iou_matrix),
+    lambda: M.grounding_metrics([[]], [[], []], M.box_iou_matrix),
+    lambda: M.segmentation_metrics([[]], [[]], [(10, 10), (10, 10)]),
+])
+def test_metrics_refuse_lists_of_different_lengths(call):
+    with pytest.raises(TaskError, match="needs one of each per sample"):
+        call()
+
+
+def test_count_metrics_refuse_values_that_are_not_whole_numbers():
+    with pytest.raises(TaskError, match=r"count_metrics: predictions must be whole numbers or None \(item 0 is '1'\)"):
+        M.count_metrics(["1"], [1])
+    with pytest.raises(TaskError, match="count_metrics: references must be whole numbers"):
+        M.count_metrics([1], [None])
+    with pytest.raises(TaskError, match="must be a list"):
+        M.accuracy("abc", "abc")
+
+
+def _random_quads(rng, n):
+    centres = rng.uniform(0, 200, (n, 1, 2))
+    return list(centres + rng.uniform(-30, 30, (n, 4, 2)))
+
+
+def test_quad_iou_matrix_equals_pairwise_iou_with_repeats_and_far_apart_quads():
+    rng = np.random.default_rng(0)
+    a = _random_quads(rng, 25)
+    a += a[:5]  # repeats are measured once but land in every cell
+    b = _random_quads(rng, 20) + [a[0], np.asarray(a[3]) + 1000.0]
+    want = np.array([[M.convex_iou(p, q) for q in b] for p in a])
+    assert np.array_equal(M.convex_iou_matrix(a, b), want)
+    assert M.convex_iou_matrix([], b).shape == (0, len(b))
+
+
+def test_thousands_of_identical_quads_cost_one_iou(monkeypatch):
+    import tiercel.tasks.metrics.geometry as G
+
+    calls = []
+    real = G.convex_iou
+    monkeypatch.setattr(G, "convex_iou", lambda p, q: calls.append(1) or real(p, q))
+    quads = [[[10, 10], [50, 12], [48, 40], [8, 38]]] * 3000
+    assert np.all(G.convex_iou_matrix(quads, quads) == 1.0)
+    assert len(calls) == 1
