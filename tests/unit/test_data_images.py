@@ -69,3 +69,46 @@ def test_missing_and_unreadable_files_name_the_path(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(DataError, match=r"junk.png: cannot read image"):
         image_size(junk)
+
+
+def _png_declaring(path, width, height):
+    """A 1x1 PNG whose header claims `width` x `height`: a few bytes on disk, gigabytes if decoded."""
+    import struct
+    import zlib
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data[12:29]  # b"IHDR" + width, height, depth, colour, compression, filter, interlace
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_image_past_the_pixel_bound_is_refused_before_decoding(tmp_path, monkeypatch):
+    from tiercel.runtime.preprocess import to_rgb_array
+
+    bomb = _png_declaring(tmp_path / "bomb.png", 100_000, 100_000)
+    assert bomb.stat().st_size < 100 and image_size(bomb) == (100_000, 100_000)
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(1))
+    for load in (load_image, to_rgb_array):  # the training side and the runtime
+        with pytest.raises(DataError) as err:
+            load(bomb)
+        assert str(err.value) == (
+            f"{bomb}: 100000x100000 image has 10,000,000,000 pixels, over the 268,435,456 tiercel decodes; set "
+            "TIERCEL_MAX_IMAGE_PIXELS to a larger number (0: no bound) if this machine has the memory, or tile the scene")
+    assert decoded == []
+
+
+def test_the_pixel_bound_is_configurable(tmp_path, monkeypatch):
+    path = _save(tmp_path, "a.png", Image.new("RGB", (40, 30)))
+    monkeypatch.setenv("TIERCEL_MAX_IMAGE_PIXELS", "1199")
+    with pytest.raises(DataError, match="1,200 pixels, over the 1,199"):
+        load_image(path)
+    monkeypatch.setenv("TIERCEL_MAX_IMAGE_PIXELS", "0")
+    assert load_image(path).shape == (30, 40, 3)
+    monkeypatch.setenv("TIERCEL_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(DataError, match=r"TIERCEL_MAX_IMAGE_PIXELS: must be a whole number of pixels, 0 for no bound \(got 'lots'\)"):
+        load_image(path)

@@ -143,7 +143,7 @@ def test_changed_twin_always_changes_something():
 def test_refuses_bad_requests(tmp_path):
     with pytest.raises(ConfigError, match="n must be >= 42"):
         generate(tmp_path / "x", n=41, size=SIZE)
-    with pytest.raises(ConfigError, match="size must be >= 64"):
+    with pytest.raises(ConfigError, match=r"size must be 64..4096 pixels \(got 32\)"):
         generate(tmp_path / "x", n=42, size=32)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
@@ -161,3 +161,24 @@ def test_data_package_never_imports_torch():
     code = "import sys, tiercel.data, tiercel.data.synth; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _die(job, tmp):
+    import os
+
+    os._exit(3)  # as a worker killed by the OOM killer would: no exception, no result
+
+
+def test_a_dead_worker_fails_the_run_instead_of_hanging_it(tmp_path, monkeypatch):
+    import tiercel.data.synth.writer as W
+
+    monkeypatch.setattr(W, "run_job", _die)
+    with pytest.raises(DataError, match="synth: a worker process died"):
+        generate(tmp_path / "out", n=42, size=64, workers=2)
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [63, 4097])
+def test_size_is_bounded(tmp_path, size):
+    with pytest.raises(ConfigError, match=rf"synth: size must be 64..4096 pixels \(got {size}\)"):
+        generate(tmp_path / "out", n=42, size=size)

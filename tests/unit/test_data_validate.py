@@ -7,7 +7,19 @@ import json
 import pytest
 from PIL import Image
 
-from tiercel.data.validate import BAD_CROP, IMAGE_COUNT, MALFORMED, MISSING_IMAGE, UNKNOWN_TAG, UNPARSABLE, validate
+from tiercel.data.validate import (
+    BAD_CROP,
+    BAD_IMAGE,
+    IMAGE_COUNT,
+    MALFORMED,
+    MISSING_IMAGE,
+    NO_ANSWER,
+    OUTSIDE_ROOT,
+    UNKNOWN_TAG,
+    UNPARSABLE,
+    validate,
+)
+from tiercel.errors import DataError
 
 
 def rec(tag_line: str, prompt: str, answer: str, images: list[str], crop=()) -> dict:
@@ -31,10 +43,45 @@ CASES = [
     (rec("[IMG_CLS]", CLS, "airport", ["img/a.png"], [30, 0, 10, 20]), BAD_CROP),
     (rec("[IMG_CLS]", CLS, "airport", ["img/a.png"], [0, 0, 500, 20]), BAD_CROP),
     (rec("[REG_DET_HBB]", DET, "<box><1><2>", ["img/a.png"]), UNPARSABLE),
-    (rec("[IMG_CLS]", CLS, "  ", ["img/a.png"]), UNPARSABLE),
+    (rec("[IMG_CLS]", CLS, "  ", ["img/a.png"]), NO_ANSWER),
     (rec("[PIX_CHG]", CHG, "<poly><1><1><9><1><9><9></poly>", ["img/a.png", "img/b.png"], [0, 0, 40, 30]), None),
     (rec("[REG_DET_HBB]", DET, "<box><1><2><30><40></box><box><5><6><70><80></box>", ["img/b.png"]), None),
 ]
+
+
+def test_flags_answers_images_and_paths_that_cannot_be_trained_on(tmp_path, monkeypatch):
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (64, 48)).save(tmp_path / "img" / "a.png")
+    (tmp_path / "img" / "notes.png").write_text("not an image")
+    (tmp_path.parent / "outside.png").write_bytes((tmp_path / "img" / "a.png").read_bytes())
+    user = {"role": "user", "content": f"<image>\n[IMG_CLS]\n{CLS}"}
+    cases = [
+        ({"conversations": [user], "images": ["img/a.png"]}, NO_ANSWER, "no assistant turn after the user turn"),
+        ({"conversations": [user, {"role": "assistant", "content": 7}], "images": ["img/a.png"]}, NO_ANSWER,
+         "the assistant answer is not text (got int)"),
+        (rec("[IMG_CLS]", CLS, "airport", ["img/notes.png"]), BAD_IMAGE, "cannot read image"),
+        (rec("[IMG_CLS]", CLS, "airport", ["../outside.png"]), OUTSIDE_ROOT, "is not a path inside"),
+        (rec("[IMG_CLS]", CLS, "airport", [str(tmp_path / "img" / "a.png")]), OUTSIDE_ROOT, "relative to --root"),
+        (rec("[IMG_CLS]", CLS, "airport", ["img/../img/a.png"]), None, None),
+    ]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([c[0] for c in cases]))
+    report = validate(path, tmp_path)
+    assert [(p.index, p.reason) for p in report.problems] == [(i, c[1]) for i, c in enumerate(cases) if c[1]]
+    for problem in report.problems:
+        assert cases[problem.index][2] in problem.detail
+    monkeypatch.setenv("TIERCEL_MAX_IMAGE_PIXELS", str(64 * 48 - 1))
+    report = validate(path, tmp_path)
+    assert (5, BAD_IMAGE) in [(p.index, p.reason) for p in report.problems]
+    assert "3,072 pixels, over the 3,071 tiercel decodes" in report.problems[-1].detail
+
+
+@pytest.mark.parametrize("text", ["", "  \n", "[]"])
+def test_a_file_without_records_is_an_error(tmp_path, text):
+    path = tmp_path / "train.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"train.json: holds no records"):
+        validate(path, tmp_path)
 
 
 @pytest.fixture()
@@ -42,6 +89,7 @@ def dataset(tmp_path):
     (tmp_path / "img").mkdir()
     for name in ("a.png", "b.png"):
         Image.new("RGB", (64, 48)).save(tmp_path / "img" / name)
+    (tmp_path / "img" / "notes.png").write_text("not an image")
     path = tmp_path / "train.json"
     path.write_text(json.dumps([record for record, _ in CASES], indent=1))
     return path
@@ -66,8 +114,8 @@ def test_summary_is_one_line(dataset):
     summary = validate(dataset, dataset.parent).summary()
     assert "\n" not in summary
     assert summary.endswith(
-        "train.json: 8 of 11 records are bad (bad crop: 2, malformed record: 1, missing image: 1, "
-        "unknown tag: 1, unparsable answer: 2, wrong image count: 1)"
+        "train.json: 8 of 11 records are bad (bad crop: 2, malformed record: 1, missing image: 1, no answer: 1, "
+        "unknown tag: 1, unparsable answer: 1, wrong image count: 1)"
     )
 
 

@@ -71,7 +71,7 @@ def _counts_table(report):
 def synth_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder (images/, train.json, val.json, test.json, meta.json)."),
     n: int = typer.Option(10_000, "--n", help="Number of records over all splits (80/10/10; at least 42)."),
-    size: int = typer.Option(256, "--size", help="Image side in pixels (at least 64)."),
+    size: int = typer.Option(256, "--size", help="Image side in pixels (64 to 4096)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same bytes."),
     workers: int = typer.Option(None, "--workers", min=1, help="Processes to render with (default: up to 2)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it already holds files."),

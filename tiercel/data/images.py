@@ -15,8 +15,36 @@ from PIL import Image, UnidentifiedImageError
 
 from tiercel.errors import DataError
 
-# Remote-sensing tiles can be large; PIL's decompression-bomb guard would refuse real data.
+# Remote-sensing tiles can be large; PIL's decompression-bomb guard (179 Mpx) would refuse real data, so tiercel
+# applies its own bound, read from the header before any pixel is decoded (max_pixels).
 Image.MAX_IMAGE_PIXELS = None
+# 16384 x 16384: 805 MB as RGB uint8, within an 8 GB Jetson Orin's memory with room for the model; a 389 KB PNG
+# can declare 4 GB of pixels. Larger scenes are for tiled reading, not one decode.
+DEFAULT_MAX_PIXELS = 16384 * 16384
+MAX_PIXELS_ENV = "TIERCEL_MAX_IMAGE_PIXELS"
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) tiercel decodes: $TIERCEL_MAX_IMAGE_PIXELS, 0 for no bound."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise DataError(f"{MAX_PIXELS_ENV}: must be a whole number of pixels, 0 for no bound (got {raw!r})")
+    return value
+
+
+def check_pixels(path, size: tuple[int, int]) -> None:
+    """DataError when an image of `size` (W, H) is larger than max_pixels()."""
+    limit = max_pixels()
+    if limit and size[0] * size[1] > limit:
+        raise DataError(f"{path}: {size[0]}x{size[1]} image has {size[0] * size[1]:,} pixels, over the "
+                        f"{limit:,} tiercel decodes; set {MAX_PIXELS_ENV} to a larger number (0: no bound) "
+                        f"if this machine has the memory, or tile the scene")
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -38,6 +66,7 @@ def load_image(path: str | os.PathLike, crop: list[float] | tuple | None = None)
     """
     try:
         with Image.open(path) as im:
+            check_pixels(path, im.size)
             im.load()
             rgb = to_rgb(im)
     except FileNotFoundError:

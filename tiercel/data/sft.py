@@ -159,15 +159,38 @@ def _shape_error(turns, images, crop) -> str | None:
 
 
 def _user_and_answer(turns: list[dict]) -> tuple[str | None, str | None]:
-    """The first user turn's text and the text of the turn after it (role/from; content/value)."""
+    """The first user turn's text and the text of the turn after it (None where either is not text)."""
+    i = _user_turn(turns)
+    if i is None:
+        return None, None
+    reply = _turn(turns[i + 1], i + 1)[1] if i + 1 < len(turns) else None
+    return _turn(turns[i], i)[1], reply if isinstance(reply, str) else None
+
+
+def answer_problem(record: Record) -> str | None:
+    """Why a well-formed record holds no answer to train on (no assistant turn, not text, empty); None if it has one."""
+    turns = record.raw.get("conversations", record.raw.get("conversation"))
+    i = _user_turn(turns) if isinstance(turns, list) else None
+    if i is None or i + 1 >= len(turns):
+        return "no assistant turn after the user turn"
+    reply = _turn(turns[i + 1], i + 1)[1]
+    if not isinstance(reply, str):
+        return f"the assistant answer is not text (got {type(reply).__name__})"
+    return None if reply.strip() else "the assistant answer is empty"
+
+
+def _user_turn(turns: list[dict]) -> int | None:
+    """Index of the first user turn with text content (role/from; the first turn without a role is the user's)."""
     for i, turn in enumerate(turns):
-        role = str(turn.get("role", turn.get("from", "user" if i == 0 else ""))).lower()
-        text = turn.get("content", turn.get("value"))
+        role, text = _turn(turn, i)
         if role in ("user", "human") and isinstance(text, str):
-            answer = turns[i + 1] if i + 1 < len(turns) else {}
-            reply = answer.get("content", answer.get("value"))
-            return text, reply if isinstance(reply, str) else None
-    return None, None
+            return i
+    return None
+
+
+def _turn(turn: dict, i: int) -> tuple[str, object]:
+    role = str(turn.get("role", turn.get("from", "user" if i == 0 else ""))).lower()
+    return role, turn.get("content", turn.get("value"))
 
 
 def _first_char(f) -> str:

@@ -1,9 +1,10 @@
 """Check a Falcon_SFT file before training on it: every bad record, with the reason, plus counts per task.
 
-Reasons: malformed record, unknown tag, wrong image count, missing image, bad crop (not 4 numbers,
-empty, or outside the image) and unparsable answer (the task's parser produced warnings). A record may
-have several. Built for millions of records: images are only stat'ed (cached per path); a file is opened,
-header only, when a crop has to be checked against its size.
+Reasons: malformed record, unknown tag, no answer (missing, or not text), wrong image count, image outside
+the root (absolute, or climbing out with `..`), missing image, unreadable image (not an image, or larger than
+tiercel decodes), bad crop (not 4 numbers, empty, or outside the image) and unparsable answer (the task's parser
+produced warnings). A record may have several. Built for millions of records: each distinct image is opened
+once, header only (cached per path), never decoded. A file without records is an error, not a clean report.
 
 This module does not decode pixels, judge whether answers are correct, or change the file.
 """
@@ -16,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tiercel.data.images import crop_problem, image_size
-from tiercel.data.sft import Record, iter_records
+from tiercel.data.images import check_pixels, crop_problem, image_size
+from tiercel.data.sft import Record, answer_problem, iter_records
 from tiercel.errors import DataError
 
 MALFORMED = "malformed record"
@@ -26,7 +27,10 @@ IMAGE_COUNT = "wrong image count"
 MISSING_IMAGE = "missing image"
 BAD_CROP = "bad crop"
 UNPARSABLE = "unparsable answer"
-REASONS = (MALFORMED, UNKNOWN_TAG, IMAGE_COUNT, MISSING_IMAGE, BAD_CROP, UNPARSABLE)
+NO_ANSWER = "no answer"
+OUTSIDE_ROOT = "image outside root"
+BAD_IMAGE = "unreadable image"
+REASONS = (MALFORMED, UNKNOWN_TAG, NO_ANSWER, IMAGE_COUNT, OUTSIDE_ROOT, MISSING_IMAGE, BAD_IMAGE, BAD_CROP, UNPARSABLE)
 
 # Answers are parsed in a 1000x1000 frame when the image size is not needed otherwise: the Falcon
 # grammar's bins do not depend on it, so reading millions of image headers would buy nothing.
@@ -113,6 +117,8 @@ def validate(path: str | os.PathLike, root: str | os.PathLike | None = None, lim
             report.problems.extend(found)
         if progress and report.n_records % 10_000 == 0:
             progress(report.n_records)
+    if report.n_records == 0:
+        raise DataError(f"{path}: holds no records; a Falcon_SFT file is a JSON list or JSONL of records")
     return report
 
 
@@ -125,13 +131,15 @@ class _Checker:
         self.root = root
         self.tasks = T
         self.tags = set(T.TAGS)
-        self._exists: dict[str, bool] = {}
-        self._sizes: dict[str, tuple[int, int] | None] = {}
+        self._images: dict[str, tuple[str, str] | tuple[int, int]] = {}  # path -> (reason, detail) or (W, H)
 
     def check(self, r: Record) -> list[Problem]:
         if r.error:
             return [Problem(r.index, MALFORMED, r.error)]
         out = []
+        no_answer = answer_problem(r)
+        if no_answer:
+            out.append(Problem(r.index, NO_ANSWER, no_answer))
         if r.tag not in self.tags:
             first = r.prompt.splitlines()[0] if r.prompt else ""
             shown = f"[{r.tag}]" if r.tag else first[:40] if first.startswith("[") else "no [TAG] line in the user turn"
@@ -142,47 +150,49 @@ class _Checker:
             if len(r.images) != spec.n_images:
                 detail = f"{r.tag} needs {spec.n_images} image(s), got {len(r.images)}"
                 out.append(Problem(r.index, IMAGE_COUNT, detail))
-        missing = [p for p in r.images if not self._exists_at(p)]
-        out += [Problem(r.index, MISSING_IMAGE, str(self.root / p)) for p in missing]
+        found = [self._image(p) for p in r.images]
+        bad = [p for p, f in zip(r.images, found) if isinstance(f[0], str)]
+        out += [Problem(r.index, *f) for f in found if isinstance(f[0], str)]
         size = NOMINAL_SIZE
         if r.crop:
-            crop_error, size = self._crop(r, missing)
+            crop_error, size = self._crop(r, bad)
             if crop_error:
                 out.append(Problem(r.index, BAD_CROP, crop_error))
-        if spec is not None:
+        if spec is not None and not no_answer:
             warnings = spec.parse(r.answer, image_size=size).warnings
             if warnings:
                 out.append(Problem(r.index, UNPARSABLE, f"{r.answer[:60]!r}: {'; '.join(warnings)}"))
         return out
 
-    def _crop(self, r: Record, missing: list[str]) -> tuple[str | None, tuple[int, int]]:
+    def _crop(self, r: Record, bad: list[str]) -> tuple[str | None, tuple[int, int]]:
         """(problem or None, the frame size answers refer to) for a record with a non-empty crop."""
         problem = crop_problem(r.crop, (float("inf"), float("inf")))
-        if problem or not r.images or r.images[0] in missing:
+        if problem or not r.images or r.images[0] in bad:
             return problem, NOMINAL_SIZE
-        size = self._size_of(r.images[0])
-        if size is None:
-            return f"{self.root / r.images[0]}: cannot read the image size", NOMINAL_SIZE
+        size = self._image(r.images[0])
         problem = crop_problem(r.crop, size)
         if problem:
             return problem, NOMINAL_SIZE
         x1, y1, x2, y2 = (float(v) for v in r.crop)
         return None, (max(1, round(x2 - x1)), max(1, round(y2 - y1)))
 
-    def _exists_at(self, rel: str) -> bool:
-        hit = self._exists.get(rel)
-        if hit is None:
-            if len(self._exists) > 2_000_000:  # bound memory on huge files; re-stat is cheap
-                self._exists.clear()
-            hit = self._exists[rel] = os.path.isfile(self.root / rel)
-        return hit
+    def _image(self, rel) -> tuple[str, str] | tuple[int, int]:
+        """(reason, detail) of what is wrong with image `rel`, or its (W, H); one header read per path."""
+        if rel not in self._images:
+            if len(self._images) > 2_000_000:  # bound memory on huge files; a header read again is cheap
+                self._images.clear()
+            self._images[rel] = self._look_at(rel)
+        return self._images[rel]
 
-    def _size_of(self, rel: str) -> tuple[int, int] | None:
-        if rel not in self._sizes:
-            if len(self._sizes) > 200_000:
-                self._sizes.clear()
-            try:
-                self._sizes[rel] = image_size(self.root / rel)
-            except DataError:
-                self._sizes[rel] = None
-        return self._sizes[rel]
+    def _look_at(self, rel) -> tuple[str, str] | tuple[int, int]:
+        if not isinstance(rel, str) or os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == "..":
+            return OUTSIDE_ROOT, f"{rel!r} is not a path inside {self.root}; image paths are relative to --root"
+        path = self.root / rel
+        if not path.is_file():
+            return MISSING_IMAGE, str(path)
+        try:
+            size = image_size(path)
+            check_pixels(path, size)
+        except DataError as err:
+            return BAD_IMAGE, str(err)
+        return size

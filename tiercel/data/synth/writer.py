@@ -20,6 +20,8 @@ import struct
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,8 @@ GENERATOR_VERSION = "1"
 SPLITS = ("train", "val", "test")
 RECORDS_PER_SCENE = 10
 MIN_SIZE = 64
+# Scenes are drawn whole in memory by numpy; 4096 px is over 5x Florence-2's largest input (768) and 48 MB a scene.
+MAX_SIZE = 4096
 PNG_LEVEL = 1  # fastest zlib level: sensor noise makes higher levels buy only a few percent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -124,10 +128,6 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _run_job_star(args):
-    return run_job(*args)
-
-
 def generate(out: str | os.PathLike, n: int, size: int = 256, seed: int = 0, workers: int | None = None,
              knobs: Knobs = Knobs(), overwrite: bool = False, progress: Callable[[int], None] | None = None) -> dict:
     """Write the benchmark to `out` (built in a temp folder, then renamed). Returns the meta.json dict.
@@ -142,8 +142,8 @@ def generate(out: str | os.PathLike, n: int, size: int = 256, seed: int = 0, wor
         progress: called with the number of records written so far after each scene.
     """
     out = Path(out)
-    if size < MIN_SIZE:
-        raise ConfigError(f"synth: size must be >= {MIN_SIZE} pixels (got {size})")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ConfigError(f"synth: size must be {MIN_SIZE}..{MAX_SIZE} pixels (got {size})")
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -172,19 +172,23 @@ def _render_all(jobs: list[Job], tmp: Path, workers: int | None, progress) -> li
     else:
         # fork where there is one: workers start at once and callers need no `if __name__ == "__main__"`
         # guard. Forking a process that runs threads is unsafe, so the CLI's progress bar runs none.
+        # A process pool from concurrent.futures, not multiprocessing.Pool: when a worker dies (killed, out of
+        # memory) it raises BrokenProcessPool, where Pool.imap waits forever for the dead worker's results.
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = mp.get_context(method).Pool(workers)
-        iterator = pool.imap(_run_job_star, [(job, tmp) for job in jobs], chunksize=4)
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
+        iterator = pool.map(run_job, jobs, [tmp] * len(jobs), chunksize=4)
     try:
-        for result in iterator:  # imap keeps job order: output does not depend on scheduling
+        for result in iterator:  # map keeps job order: output does not depend on scheduling
             results.append(result)
             done += len(result)
             if progress:
                 progress(done)
+    except BrokenProcessPool:
+        raise DataError("synth: a worker process died (killed, or out of memory?); rerun with fewer --workers "
+                        "or a smaller --size") from None
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 
