@@ -53,27 +53,46 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the Typer app, turning TiercelError into one line and exit code 1."""
+    """Entry point: run the Typer app. A TiercelError prints one line and exits 1, a usage error Click's short
+    message and 2, an interrupt `aborted` and 130 (never 0: a killed job did not succeed)."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="tiercel", standalone_mode=False)  # returns the command's value, or Typer's exit code
     except TiercelError as err:
         if os.environ.get("TIERCEL_DEBUG") == "1":
             raise
         print(f"error: {err}", file=sys.stderr)
         return 1
     except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = INTERRUPTED
+    except typer.Abort as exc:  # older Click turns Ctrl-C into Abort; EOF at a prompt too
         print("aborted", file=sys.stderr)
-        return 1
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
+        return INTERRUPTED if isinstance(exc.__context__, KeyboardInterrupt) else 1
+    except _usage_errors() as exc:
+        exc.show()
+        return exc.exit_code
+    code = code if isinstance(code, int) else 0
+    if code == INTERRUPTED:
+        print("aborted", file=sys.stderr)
+    return code
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
-    return 0
+
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's exception base from every Click this Typer may use: Typer >= 0.26 vendors its own
+    (typer._click), older ones use the standalone package."""
+    import importlib
+
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except ImportError:
+            pass
+    return tuple(found)
 
 
 if __name__ == "__main__":
