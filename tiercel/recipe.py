@@ -19,7 +19,7 @@ Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # nan/inf: never meant
 
 
 class DataSection(Section):

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from tests.conftest import ROOT, run_cli  # noqa: E402
 from tiercel.distill import trainer  # noqa: E402
+from tiercel.errors import TiercelError  # noqa: E402
 from tiercel.recipe import parse_recipe  # noqa: E402
 
 
@@ -64,10 +65,65 @@ def test_resume_continues_exactly(tmp_path, synth_dir, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         trainer.distill(recipe(crashed, synth_dir), progress=False)
     monkeypatch.setattr(trainer, "train_step", real)
+    with open(crashed / "metrics.jsonl", "a") as f:  # what the killed run logged after its last checkpoint
+        f.write('{"step": 4, "loss": 1.0}\n{"step": 5, "lo')
     summary = trainer.distill(recipe(crashed, synth_dir), resume=True, progress=False)
     assert summary["resumed_from"] == 3
     a, b = weights(straight / "student"), weights(crashed / "student")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["step"] for m in metrics(crashed)] == [m["step"] for m in metrics(straight)] == [1, 2, 3, 4, 5, 6]
+    assert metrics(crashed) == [{**m, "samples_per_s": c["samples_per_s"]} for m, c in zip(metrics(straight), metrics(crashed))]
+
+
+class _Planted:
+    """A pickle that, once loaded with weights_only=False, creates a file: code from a checkpoint ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def _crash_after_3(monkeypatch):
+    real = trainer.train_step
+
+    def crash(run, step):
+        if step == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real(run, step)
+
+    monkeypatch.setattr(trainer, "train_step", crash)
+    return real
+
+
+def test_resume_never_runs_code_from_a_planted_trainer_state(tmp_path, synth_dir, monkeypatch):
+    real = _crash_after_3(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.distill(recipe(tmp_path, synth_dir), progress=False)
+    monkeypatch.setattr(trainer, "train_step", real)
+    state = tmp_path / "checkpoints" / "step_000003" / "trainer_state.pt"
+    marker = tmp_path / "code_ran"
+    torch.save({"format": 2, "step": 3, "hook": _Planted(marker)}, state)
+    with pytest.raises(TiercelError) as err:
+        trainer.distill(recipe(tmp_path, synth_dir), resume=True, progress=False)
+    assert not marker.exists()
+    assert str(err.value).startswith(f"{state}: not a trainer state tiercel can read safely (")
+    assert str(err.value).endswith("resume from a checkpoint written by this tiercel, or start the run without --resume")
+    assert "\n" not in str(err.value)
+
+
+def test_resume_with_another_student_shape_is_refused_and_keeps_the_recipe(tmp_path, synth_dir, monkeypatch):
+    real = _crash_after_3(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.distill(recipe(tmp_path, synth_dir), progress=False)
+    monkeypatch.setattr(trainer, "train_step", real)
+    before = (tmp_path / "recipe.yaml").read_text()
+    wider = recipe(tmp_path, synth_dir).model_copy(deep=True)
+    wider.student.overrides = {"d_model": 48}
+    with pytest.raises(TiercelError, match=r"step_000003: checkpoint does not fit the recipe's student \(size mismatch"):
+        trainer.distill(wider, resume=True, progress=False)
+    assert (tmp_path / "recipe.yaml").read_text() == before
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -252,3 +308,43 @@ def test_generated_answers_teacher(tmp_path, synth_dir, teacher_dir, monkeypatch
     assert all(tasks.get(w.tag).result_type.__name__ in ("Label", "Caption", "Count") for w in written)  # geometry did not parse
     trainer.distill(r, progress=False)
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data.val": "nowhere/val.json"}, "recipe: data.val: nowhere/val.json: file not found"),
+    ({"data.root": "nowhere"}, "recipe: data.root: nowhere: folder not found"),
+    ({"distill.precision": "fp16"}, "recipe: distill.precision: fp16 needs a CUDA GPU (running on cpu); use bf16 or fp32"),
+])
+def test_a_recipe_that_would_fail_later_is_refused_before_any_work(tmp_path, synth_dir, change, message):
+    r = recipe(tmp_path / "run", synth_dir)
+    for dotted, value in change.items():
+        section, field = dotted.split(".")
+        setattr(getattr(r, section), field, value)
+    with pytest.raises(TiercelError) as err:
+        trainer.distill(r, progress=False)
+    assert str(err.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf"])
+def test_lr_must_be_finite(tmp_path, synth_dir, lr):
+    from tiercel.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: t\nout: {tmp_path}/run\ndata: {{train: {synth_dir}/train.json}}\ndistill: {{lr: .{lr}}}\n")
+    with pytest.raises(TiercelError, match=rf"r.yaml: distill.lr: Input should be a finite number \(got {lr}\)"):
+        load_recipe(path)
+
+
+def test_the_last_steps_are_saved_before_validation_can_fail(tmp_path, synth_dir, monkeypatch):
+    from tiercel.distill import validation
+
+    def broken(run, step):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(validation, "validate_run", broken)
+    with pytest.raises(OSError):
+        trainer.distill(recipe(tmp_path, synth_dir, steps=4, save_every=3), progress=False)
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_000004"  # the final step
+    monkeypatch.undo()
+    trainer.distill(recipe(tmp_path, synth_dir, steps=4, save_every=3), resume=True, progress=False)

@@ -225,18 +225,22 @@ def distill(recipe: Recipe, resume: bool = False, progress: bool = True) -> dict
 def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
     from tiercel.distill.validation import validate_run
 
+    from tiercel.distill.setup import check_inputs
+
+    check_inputs(recipe, dist.device)
     run_dir = Path(recipe.out)
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _check_resumable(run_dir, resume)
-        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     barrier(dist)
     run = prepare(recipe, dist)
-    if dist.main:
-        atomic_write_text(run_dir / "init_report.json", json.dumps(run.init_report, indent=1) + "\n")
     start = 0
     if resume and (path := checkpoints.latest(run_dir)) is not None:
         start = checkpoints.restore(path, run.objective, run.optimizer, run.scheduler, sharded=_sharded(run), rank=dist.rank)
+    if dist.main:  # only once the checkpoint fits: a refused resume leaves the run's recipe as it was
+        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+        atomic_write_text(run_dir / "init_report.json", json.dumps(run.init_report, indent=1) + "\n")
+        _forget_after(run.log_file, start)
     cfg = recipe.distill
     bar = _progress(progress and dist.main, cfg.steps, start)
     t0, samples, metrics, evals = time.perf_counter(), 0, {}, []
@@ -247,12 +251,12 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
         metrics["samples_per_s"] = samples / (time.perf_counter() - t0)
         if done % cfg.log_every == 0 or done == cfg.steps:
             _log(run, {"step": done, **metrics})
+        if done % cfg.save_every == 0 or done == cfg.steps:  # saved before validating, which may fail
+            _save(run, done)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
             evals.append(validate_run(run, done))
             if evals[-1]:
                 _log(run, {"step": done, **{f"val_{k}": v for k, v in evals[-1].items() if isinstance(v, (int, float)) and k != "step"}})
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            _save(run, done)
         bar(done, metrics)
     bar.close()
     final = _publish(run_dir) if dist.main else None
@@ -299,6 +303,23 @@ def _publish(run_dir: Path) -> str:
             if f.name != "trainer_state.pt" and not f.name.startswith("optimizer.rank"):
                 shutil.copy2(f, tmp / f.name)
     return str(run_dir / "student")
+
+
+def _forget_after(log_file: Path, step: int) -> None:
+    """Drop the lines a killed run logged after `step`, the checkpoint it resumes from, so no step shows twice."""
+    if not log_file.is_file():
+        return
+    lines = log_file.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _logged_step(line) <= step]
+    if len(kept) != len(lines):
+        atomic_write_text(log_file, "".join(kept))
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a line torn by the kill: dropped
 
 
 def _log(run: Run, record: dict) -> None:
