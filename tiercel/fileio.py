@@ -1,5 +1,12 @@
 """Crash-safe writing: outputs appear complete under their final name, or not at all.
 
+Every output is written under a temporary name next to its destination (`.NAME.tmp-PID-*`), flushed to disk
+(fsync) and renamed into place. Replacing an existing output first renames it aside (`.NAME.old-PID-*`) and
+removes it only once the new one is in place, so a kill at any moment leaves the old or the new output under
+its name, never neither. Leftovers of a killed run are tidied by the next write of the same output: its
+temporary folders are removed and an output left aside is put back. Only names of that pattern whose process
+is gone are touched. Outputs get the permissions a plain mkdir/open would give under the process's umask.
+
 Knows nothing about what is written; used by every stage that writes a file or a directory.
 """
 
@@ -9,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,15 +26,18 @@ from tiercel.errors import TiercelError
 
 @contextlib.contextmanager
 def atomic_dir(dst: str | Path, overwrite: bool = False):
-    """Yield a temporary directory next to `dst`; on success it is renamed to `dst`, on error removed."""
-    dst = refuse_existing(dst, overwrite)
+    """Yield a temporary directory next to `dst`; on success it replaces `dst` (see replace_into), on error
+    it is removed."""
+    dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    tidy_leftovers(dst)
+    dst = refuse_existing(dst, overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=dst.parent))
     try:
+        os.chmod(tmp, 0o777 & ~umask())
         yield tmp
-        if dst.exists():
-            shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
-        os.replace(tmp, dst)
+        _fsync_tree(tmp)
+        replace_into(tmp, dst)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -40,24 +51,97 @@ def refuse_existing(dst: str | Path, overwrite: bool = False) -> Path:
     return dst
 
 
+def replace_into(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`. An existing `dst` is renamed aside first and removed only after the swap; if the
+    swap fails it is put back."""
+    old = None
+    if dst.exists() or dst.is_symlink():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}-{os.urandom(3).hex()}"
+        os.replace(dst, old)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        if old is not None:
+            os.replace(old, dst)
+        raise
+    _fsync_dir(dst.parent)
+    if old is not None:
+        _remove(old)
+
+
+def tidy_leftovers(dst: str | Path) -> None:
+    """Remove the temporary outputs a killed run left next to `dst`, and put back an output it had renamed
+    aside when `dst` itself is gone. Names of another live process are left alone."""
+    dst = Path(dst)
+    if not dst.parent.is_dir():
+        return
+    pattern = re.compile(rf"\.{re.escape(dst.name)}\.(tmp|old)-(\d+)-")
+    found = [(m.group(1), p) for p in dst.parent.iterdir() if (m := pattern.match(p.name)) and not _alive(int(m.group(2)))]
+    for kind, path in sorted(found, key=lambda kp: kp[1].stat().st_mtime, reverse=True):
+        if kind == "old" and not (dst.exists() or dst.is_symlink()):
+            os.replace(path, dst)  # the newest output left aside: the run died before its replacement arrived
+        else:
+            _remove(path)
+
+
+def is_leftover(path: str | Path) -> bool:
+    """Whether `path` is a temporary output of a run that is gone (killed before it finished)."""
+    m = _TEMPORARY.fullmatch(Path(path).resolve().name)
+    return bool(m) and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1)))
+
+
+_TEMPORARY = re.compile(r"\..+\.tmp-(\d+)-\w+")
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary file path next to `path` for the caller to write; on success it replaces `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tidy_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield tmp
+        os.chmod(tmp, 0o666 & ~umask())
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, data) -> Path:
     """Atomically write `data` as indented JSON."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json_object(path: str | Path, error: type[TiercelError] = TiercelError, remedy: str = "") -> dict:
+    """A JSON file that must hold an object, or one line of `error`: unreadable, not JSON (nesting too deep
+    included), or another JSON type. `remedy` ends the message (what to do)."""
+    path = Path(path)
+    tail = f"; {remedy}" if remedy else ""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: missing{tail}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: cannot be read ({getattr(err, 'strerror', None) or type(err).__name__}){tail}") from None
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err}){tail}") from None
+    except RecursionError:
+        raise error(f"{path}: not valid JSON (nested too deeply){tail}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: must hold a JSON object (got {type(data).__name__}){tail}")
+    return data
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -67,3 +151,56 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the OS tells (Linux), else by setting it back."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # an earlier write of this process that failed: nobody else owns it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a directory be fsync'ed
+        _fsync(path)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync_dir(Path(folder))

@@ -84,7 +84,13 @@ class Pipeline:
         if synth is None:
             raise ConfigError(f"{d.train}: training file not found (set pipeline.synth to generate the synthetic benchmark)")
         from tiercel.data.synth import generate
+        from tiercel.data.synth.writer import is_synth_folder
 
+        root = Path(d.root)
+        if root.is_dir() and any(root.iterdir()) and not is_synth_folder(root):
+            raise ConfigError(f"{d.train}: training file not found, and pipeline.synth would generate into data.root "
+                              f"({d.root}), which holds files tiercel did not write; point data.train at your "
+                              "training file, or set data.root to a new folder for the synthetic benchmark")
         meta = generate(d.root, n=synth.n, size=synth.size, seed=synth.seed, overwrite=True)
         if not Path(d.train).is_file():
             raise ConfigError(f"{d.train}: pipeline.synth writes train.json/val.json/test.json into data.root ({d.root}); point data.train there")
@@ -198,6 +204,19 @@ class Pipeline:
 
         paths = write_report(self)
         return {k: str(v) for k, v in paths.items()}
+
+
+def relocate(recipe: Recipe, out: str | Path) -> Recipe:
+    """`recipe` with every output of its pipeline under `out`: the run itself, the synthetic benchmark it
+    generates (pipeline.synth) and the teacher it trains (pipeline.train_teacher). Other inputs stay put."""
+    data = Path(out) / "data"
+    changes = {"out": Path(out)}
+    if recipe.pipeline.synth is not None:
+        moved = {"root": data, "train": data / "train.json", "val": data / "val.json", "test": data / "test.json"}
+        changes["data"] = recipe.data.model_copy(update=moved)
+    if recipe.pipeline.train_teacher is not None:
+        changes["teacher"] = recipe.teacher.model_copy(update={"path": Path(out) / "teacher"})
+    return recipe.model_copy(update=changes)
 
 
 def run_pipeline(recipe: Recipe, from_stage: str | None = None, log=print) -> dict:

@@ -129,3 +129,43 @@ def test_unknown_stage_is_one_line(tmp_path):
     out = run_cli("pipeline", str(path), "--from", "train")
     assert out.returncode == 1
     assert "error: --from: unknown stage 'train'; stages: data, teacher, distill" in out.stderr
+
+
+def test_synth_never_replaces_a_data_folder_tiercel_did_not_write(tmp_path):
+    from tiercel.errors import ConfigError
+    from tiercel.pipeline import Pipeline
+
+    recipe = tiny_recipe(tmp_path / "run")
+    mine = tmp_path / "my_data"
+    (mine / "images").mkdir(parents=True)
+    (mine / "images" / "scene.tif").write_bytes(b"years of labelling")
+    recipe["data"].update(root=str(mine), train=str(mine / "trian.json"))  # a typo: the file is train.json
+    with pytest.raises(ConfigError) as err:
+        Pipeline(parse_recipe(recipe)).stage_data(None)
+    assert str(err.value) == (
+        f"{mine / 'trian.json'}: training file not found, and pipeline.synth would generate into data.root ({mine}), "
+        "which holds files tiercel did not write; point data.train at your training file, or set data.root to a new "
+        "folder for the synthetic benchmark")
+    assert (mine / "images" / "scene.tif").read_bytes() == b"years of labelling"
+
+
+def test_pipeline_out_moves_every_output_of_the_run(tmp_path, monkeypatch):
+    import tiercel.pipeline
+    from tiercel.cli import main
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path / "elsewhere")))
+    seen = {}
+
+    def fake(recipe, **kwargs):
+        seen["recipe"] = recipe
+        report = tmp_path / "new" / "report.md"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text("# report\n")
+        return {"report": {"markdown": str(report)}}
+
+    monkeypatch.setattr(tiercel.pipeline, "run_pipeline", fake)
+    assert main(["pipeline", str(path), "--out", str(tmp_path / "new")]) == 0
+    r = seen["recipe"]
+    outputs = [r.out, r.data.root, r.data.train, r.data.val, r.data.test, r.teacher.path]
+    assert all(str(p).startswith(str(tmp_path / "new")) for p in outputs), outputs

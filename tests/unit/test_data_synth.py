@@ -149,8 +149,9 @@ def test_refuses_bad_requests(tmp_path):
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(DataError, match="not empty; pass --overwrite"):
         generate(tmp_path / "full", n=42, size=64)
-    generate(tmp_path / "full", n=42, size=64, overwrite=True, workers=1)
-    assert not (tmp_path / "full" / "keep.txt").exists() and (tmp_path / "full" / "meta.json").exists()
+    with pytest.raises(DataError, match="holds files tiercel did not write"):
+        generate(tmp_path / "full", n=42, size=64, overwrite=True, workers=1)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no temp folders left behind
 
 
@@ -182,3 +183,16 @@ def test_a_dead_worker_fails_the_run_instead_of_hanging_it(tmp_path, monkeypatch
 def test_size_is_bounded(tmp_path, size):
     with pytest.raises(ConfigError, match=rf"synth: size must be 64..4096 pixels \(got {size}\)"):
         generate(tmp_path / "out", n=42, size=size)
+
+
+def test_overwrite_replaces_only_a_folder_the_generator_wrote(tmp_path):
+    generate(tmp_path / "bench", n=42, size=64, workers=1)
+    generate(tmp_path / "bench", n=42, size=64, workers=1, seed=5, overwrite=True)  # its own: replaced
+    assert json.loads((tmp_path / "bench" / "meta.json").read_text())["seed"] == 5
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "labels.json").write_text("[]")
+    with pytest.raises(DataError, match="holds files tiercel did not write .* not replaced even with --overwrite"):
+        generate(theirs, n=42, size=64, workers=1, overwrite=True)
+    assert (theirs / "labels.json").read_text() == "[]"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench", "theirs"]  # no temporary folder left

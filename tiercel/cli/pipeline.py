@@ -13,13 +13,12 @@ DEMO = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
 
 def _run(recipe_path: Path, out: Path | None, from_stage: str | None, set_: list[str]):
     from tiercel.cli.distill import _overrides
-    from tiercel.pipeline import run_pipeline
+    from tiercel.pipeline import relocate, run_pipeline
     from tiercel.recipe import load_recipe
 
-    overrides = _overrides(set_)
+    recipe = load_recipe(recipe_path, _overrides(set_))
     if out is not None:
-        overrides["out"] = str(out)
-    recipe = load_recipe(recipe_path, overrides)
+        recipe = relocate(recipe, out)
     results = run_pipeline(recipe, from_stage=from_stage, log=lambda m: typer.echo(m, err=True))
     report = Path(results["report"]["markdown"])
     typer.echo(report.read_text().split("## Per task")[0].rstrip())
@@ -29,7 +28,8 @@ def _run(recipe_path: Path, out: Path | None, from_stage: str | None, set_: list
 @app.command()
 def pipeline(
     recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
-    out: Path = typer.Option(None, help="Output directory (default: the recipe's out)."),
+    out: Path = typer.Option(None, help="Output directory for everything the run writes: the run, and the data and "
+                             "teacher it generates (default: the recipe's out and paths)."),
     from_stage: str = typer.Option(None, "--from", help="Re-run from this stage: data, teacher, distill, export, quantize, eval, profile, report."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field: --set distill.steps=100 (repeatable)."),
 ):
@@ -43,6 +43,4 @@ def demo(
     from_stage: str = typer.Option(None, "--from", help="Re-run from this stage."),
 ):
     """The built-in demo: synthetic benchmark -> teacher -> 4x smaller student -> fp32/int8/int4 bundles -> report."""
-    data = out / "data"
-    moved = [f"data.{k}={data / f'{k}.json'}" for k in ("train", "val", "test")] + [f"data.root={data}", f"teacher.path={out / 'teacher'}"]
-    _run(DEMO, out, from_stage, moved)
+    _run(DEMO, out, from_stage, [])

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tiercel.errors import DataError
+from tiercel.fileio import atomic_path
 
 CHUNK_CHARS = 1 << 20  # characters read per step; a record larger than this just takes several reads
 
@@ -126,23 +126,15 @@ def write_records(path: str | os.PathLike, records: Iterable[Record | dict]) -> 
     Accepts Record objects or ready Falcon_SFT dicts. Returns the number written. The output is
     deterministic: same records, same bytes.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("[")
-            for record in records:
-                obj = record_to_json(record) if isinstance(record, Record) else record
-                f.write(",\n" if count else "\n")
-                f.write(json.dumps(obj, ensure_ascii=False))
-                count += 1
-            f.write("\n]\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("[")
+        for record in records:
+            obj = record_to_json(record) if isinstance(record, Record) else record
+            f.write(",\n" if count else "\n")
+            f.write(json.dumps(obj, ensure_ascii=False))
+            count += 1
+        f.write("\n]\n")
     return count
 
 

@@ -89,16 +89,13 @@ def cache_teacher(recipe, progress: bool = True) -> dict:
 
 
 def _write_shard(cache: Path, shard: int, rows: list) -> None:
-    import os
-    import tempfile
+    from tiercel.fileio import atomic_path
 
     offsets = np.cumsum([0] + [len(v) for v, _ in rows])
     values = np.concatenate([v for v, _ in rows]).astype(np.float16)
     ids = np.concatenate([i for _, i in rows]).astype(np.int32)
-    fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".npz", dir=cache)
-    os.close(fd)
-    np.savez(tmp, values=values, indices=ids, offsets=offsets)
-    os.replace(tmp, _shard_path(cache, shard))
+    with atomic_path(_shard_path(cache, shard)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, values=values, indices=ids, offsets=offsets)
 
 
 def _check_manifest(cache: Path, meta: dict, allow_missing: bool = False) -> None:

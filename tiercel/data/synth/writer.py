@@ -35,6 +35,7 @@ from tiercel.data.synth.knobs import Knobs
 from tiercel.data.synth.layout import changed_twin, sample_scene
 from tiercel.data.synth.render import render, render_pair
 from tiercel.errors import ConfigError, DataError
+from tiercel.fileio import replace_into, tidy_leftovers
 
 GENERATOR_VERSION = "1"
 SPLITS = ("train", "val", "test")
@@ -146,20 +147,33 @@ def generate(out: str | os.PathLike, n: int, size: int = 256, seed: int = 0, wor
         raise ConfigError(f"synth: size must be {MIN_SIZE}..{MAX_SIZE} pixels (got {size})")
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"{out}: folder exists and is not empty; pass --overwrite or choose another --out")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(f"{out}: folder exists and is not empty; pass --overwrite or choose another --out")
+        if not is_synth_folder(out):
+            raise DataError(f"{out}: holds files tiercel did not write (no meta.json of the synthetic benchmark), so "
+                            "it is not replaced even with --overwrite; choose another --out or empty it yourself")
     jobs = plan(n, seed, size, knobs)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tidy_leftovers(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
     (tmp / "images").mkdir(parents=True)
     try:
         records = _render_all(jobs, tmp, workers, progress)
         meta = _write_files(tmp, jobs, records, n, size, seed, knobs)
-        _swap_in(tmp, out)
+        replace_into(tmp, out)  # readers never see a half-written folder; the old one goes only after
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
+
+
+def is_synth_folder(path: Path) -> bool:
+    """Whether `path` was written by this generator: its meta.json names tiercel.data.synth."""
+    try:
+        return json.loads((Path(path) / "meta.json").read_text()).get("generator") == "tiercel.data.synth"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _render_all(jobs: list[Job], tmp: Path, workers: int | None, progress) -> list[list]:
@@ -210,14 +224,3 @@ def _write_files(tmp: Path, jobs: list[Job], results: list[list], n: int, size: 
     }  # fmt: skip
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace `out` by `tmp` with renames only, so readers never see a half-written folder."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,104 @@
+"""Crash-safe outputs: the old or the new output under its name at every moment, leftovers of a killed run
+tidied by the next run, fsync before rename, and permissions that follow the umask."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from tiercel import fileio
+from tiercel.errors import TiercelError
+from tiercel.fileio import atomic_dir, atomic_write_text
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write(dst, text, overwrite=True):
+    with atomic_dir(dst, overwrite=overwrite) as tmp:
+        (tmp / "model.onnx").write_text(text)
+
+
+@pytest.mark.parametrize("mask, dir_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600), (0o002, 0o775, 0o664)])
+def test_outputs_follow_the_umask(tmp_path, mask, dir_mode, file_mode):
+    old = os.umask(mask)
+    try:
+        _write(tmp_path / "bundle", "graph")
+        atomic_write_text(tmp_path / "manifest.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == dir_mode
+    assert stat.S_IMODE((tmp_path / "bundle" / "model.onnx").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "manifest.json").stat().st_mode) == file_mode
+
+
+def test_a_failed_swap_puts_the_old_output_back(tmp_path, monkeypatch):
+    dst = tmp_path / "bundle"
+    _write(dst, "old")
+    real, calls = os.replace, []
+
+    def second_rename_fails(src, to):
+        calls.append(1)
+        if len(calls) == 2:  # old -> aside worked; new -> dst dies
+            raise OSError("disk full")
+        return real(src, to)
+
+    monkeypatch.setattr(os, "replace", second_rename_fails)
+    with pytest.raises(OSError, match="disk full"):
+        _write(dst, "new")
+    monkeypatch.undo()
+    assert (dst / "model.onnx").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_the_next_run_puts_back_an_output_a_killed_run_left_aside(tmp_path):
+    dst = tmp_path / "bundle"
+    pid = _dead_pid()
+    aside = tmp_path / f".bundle.old-{pid}-abc123"  # killed between its two renames
+    aside.mkdir()
+    (aside / "model.onnx").write_text("old")
+    (tmp_path / f".bundle.tmp-{pid}-xyz").mkdir()  # its new output, unfinished
+    with pytest.raises(TiercelError, match="bundle: already exists"):
+        _write(dst, "new", overwrite=False)
+    assert (dst / "model.onnx").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_only_leftovers_of_dead_runs_of_the_same_output_are_removed(tmp_path):
+    dead = _dead_pid()
+    keep = [f".bundle.tmp-{os.getppid()}-a", f".other.tmp-{dead}-b", f".bundle.tmpx-{dead}-c", "notes.txt", f"bundle.tmp-{dead}-d"]
+    for name in keep:
+        (tmp_path / name).mkdir()
+    (tmp_path / f".bundle.tmp-{dead}-e").mkdir()
+    (tmp_path / f".bundle.old-{dead}-f").mkdir()  # an older output left aside while the newer one is in place
+    _write(tmp_path / "bundle", "new")
+    _write(tmp_path / "bundle", "newer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + ["bundle"])
+    assert (tmp_path / "bundle" / "model.onnx").read_text() == "newer"
+
+
+def test_files_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append("rename") or real_replace(a, b))
+    atomic_write_text(tmp_path / "a.json", "{}")
+    assert events[:2] == ["fsync", "rename"]
+    events.clear()
+    _write(tmp_path / "bundle", "graph")
+    assert events.index("rename") > events.index("fsync")
+
+
+def test_umask_is_read_without_changing_it():
+    old = os.umask(0o027)
+    try:
+        assert fileio.umask() == 0o027 and fileio.umask() == 0o027
+    finally:
+        os.umask(old)
