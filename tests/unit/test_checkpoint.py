@@ -138,3 +138,17 @@ def test_save_refuses_to_overwrite(tmp_path, tiny_model, tiny_tokenizer):
     (tmp_path / "out").mkdir()
     with pytest.raises(TiercelError, match="already exists; choose another output path or pass --overwrite"):
         save_native(tiny_model, tiny_tokenizer, tmp_path / "out")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", "config.json: must hold a JSON object (got list)"),
+    ("[" * 100_000, "config.json: not valid JSON (nested too deeply)"),
+    ("{", "config.json: not valid JSON (Expecting property name"),
+])
+def test_a_config_json_of_the_wrong_shape_is_one_line(tmp_path, original_dir, text, message):
+    broken = tmp_path / "ckpt"
+    shutil.copytree(original_dir, broken)
+    (broken / "config.json").write_text(text)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(broken)
+    assert message in str(err.value) and "\n" not in str(err.value)

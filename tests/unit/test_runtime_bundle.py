@@ -182,3 +182,55 @@ def test_runtime_runs_without_torch_or_transformers(bundle):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "clean caption"
+
+
+def _edit_manifest(root, change):
+    path = root / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps(change(manifest)))
+    return path
+
+
+def _first_graph_file(m, value):
+    m["graphs"][0]["file"] = value
+    return m
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: [m], "must hold a JSON object (got list); re-export the bundle"),
+    (lambda m: {k: v for k, v in m.items() if k != "generation"}, "generation: Field required; re-export the bundle"),
+    (lambda m: {**m, "preprocessing": {}}, "preprocessing.size: Field required; re-export the bundle"),
+    (lambda m: {**m, "generation": {**m["generation"], "beams": 2}}, "generation: unknown setting 'beams'; known: "),
+    (lambda m: _first_graph_file(m, "../../etc/passwd"),
+     "graphs.0.file: must be a path inside the bundle (got '../../etc/passwd'); re-export the bundle"),
+    (lambda m: _first_graph_file(m, "/etc/passwd"), "graphs.0.file: must be a path inside the bundle (got '/etc/passwd')"),
+])
+def test_a_manifest_of_the_wrong_shape_is_one_line(copy, change, message):
+    import tiercel.runtime as rt
+    from tiercel.errors import BundleError
+
+    path = _edit_manifest(copy, change)
+    with pytest.raises(BundleError) as err:
+        rt.load(copy)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_manifest_nested_too_deeply_is_one_line(copy):
+    import tiercel.runtime as rt
+    from tiercel.errors import BundleError
+
+    (copy / "manifest.json").write_text("[" * 100_000)
+    with pytest.raises(BundleError, match=r"manifest.json: not valid JSON"):
+        rt.load(copy)
+
+
+def test_the_folder_of_a_killed_export_never_loads(copy, tmp_path):
+    import tiercel.runtime as rt
+    from tiercel.errors import BundleError
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    leftover = tmp_path / f".bundle.tmp-{proc.pid}-abc123"
+    copy.rename(leftover)
+    with pytest.raises(BundleError, match="the temporary folder of an export or quantize run that was killed"):
+        rt.load(leftover)

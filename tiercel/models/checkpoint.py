@@ -7,12 +7,12 @@ on the meta device and the checkpoint tensors are assigned into it, so a 0.77B m
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tiercel.errors import CheckpointError, require
+from tiercel.fileio import read_json_object
 from tiercel.models import layout
 from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD, ModelShape, match_preset
 from tiercel.models.tokenizer import TextTokenizer
@@ -69,7 +69,7 @@ def weight_files(folder: Path) -> list[Path]:
     """The weight files of a checkpoint directory, following a shard index when there is one."""
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / index).is_file():
-            shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            shards = sorted(set(_weight_map(folder / index).values()))
             missing = [s for s in shards if not (folder / s).is_file()]
             if missing:
                 raise CheckpointError(f"{folder / missing[0]}: shard listed in {index} is missing")
@@ -98,11 +98,16 @@ def read_state_dict(files: list[Path]) -> dict:
     return state
 
 
+def _weight_map(index: Path) -> dict:
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise CheckpointError(f"{index}: weight_map must map tensor names to shard files")
+    return weight_map
+
+
 def read_json(file: Path) -> dict:
-    try:
-        return json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{file}: not valid JSON ({err})") from err
+    """A checkpoint's JSON file (config.json, tiercel.json, ...) as a dict; CheckpointError otherwise."""
+    return read_json_object(file, CheckpointError)
 
 
 def load_checkpoint(path: str | Path, dtype: str = "float32") -> Checkpoint:

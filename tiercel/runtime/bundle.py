@@ -7,12 +7,14 @@ graphs are executed (backends.py) or what they compute (model.py).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from tiercel.errors import BundleError
-from tiercel.fileio import sha256_file
+from tiercel.fileio import is_leftover, read_json_object, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "tiercel-bundle"
@@ -77,10 +79,10 @@ def read_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{root}: no such bundle directory; create one with `tiercel export CHECKPOINT --out {root}`")
     if not file.is_file():
         raise BundleError(f"{file}: missing; {root} is not a tiercel bundle (create one with `tiercel export`)")
-    try:
-        manifest = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BundleError(f"{file}: not valid JSON ({err}); re-export the bundle") from err
+    if is_leftover(root):
+        raise BundleError(f"{root}: the temporary folder of an export or quantize run that was killed before it "
+                          "finished; use the finished bundle, or export again")
+    manifest = read_json_object(file, BundleError, "re-export the bundle")
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{file}: not a tiercel bundle manifest (format {manifest.get('format')!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -88,4 +90,79 @@ def read_bundle(path: str | Path) -> Bundle:
                           f"(reads {FORMAT_VERSION}); re-export the bundle or upgrade tiercel")
     if manifest.get("decoder") not in DECODERS:
         raise BundleError(f"{file}: decoder must be one of {', '.join(DECODERS)} (got {manifest.get('decoder')!r})")
+    check_manifest(manifest, file)
     return Bundle(root, manifest)
+
+
+def check_manifest(manifest: dict, where) -> None:
+    """BundleError (one line: the first wrong field) unless the manifest has every part the runtime reads, of the
+    right shape, with every file inside the bundle."""
+    from pydantic import ValidationError
+
+    try:
+        _Manifest.model_validate(manifest)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"]) or "manifest"
+        msg = e["msg"].removeprefix("Value error, ")
+        raise BundleError(f"{where}: {loc}: {msg}; re-export the bundle") from None
+
+
+def _inside(rel: str) -> str:
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
+        raise ValueError(f"must be a path inside the bundle (got {rel!r})")
+    return rel
+
+
+_InsidePath = Annotated[str, AfterValidator(_inside)]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _Graph(_Part):
+    name: str
+    backend: str
+    file: _InsidePath
+    sha256: str
+    extra_files: dict[_InsidePath, str] = {}
+
+
+class _Tokenizer(_Part):
+    file: _InsidePath
+    sha256: str
+
+
+class _Preprocessing(_Part):
+    size: int = Field(gt=0)
+    mean: list[float] = Field(min_length=1)
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+
+
+class _Model(_Part):
+    shape: dict
+
+
+class _Manifest(_Part):
+    """The parts of a manifest the runtime reads (export/bundle.py writes them all)."""
+
+    model: _Model
+    preprocessing: _Preprocessing
+    tokenizer: _Tokenizer
+    generation: dict
+    graphs: list[_Graph] = Field(min_length=1)
+
+    @field_validator("generation")
+    @classmethod
+    def _settings(cls, value):
+        from dataclasses import fields
+
+        from tiercel.runtime.generate import GenerationConfig
+
+        known = {f.name for f in fields(GenerationConfig)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        return value
