@@ -234,3 +234,27 @@ def test_the_folder_of_a_killed_export_never_loads(copy, tmp_path):
     copy.rename(leftover)
     with pytest.raises(BundleError, match="the temporary folder of an export or quantize run that was killed"):
         rt.load(leftover)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
+def test_prompt_and_new_tokens_are_checked_against_the_position_tables(bundle, tiny_checkpoint, backend):
+    from tiercel.errors import ConfigError
+
+    if backend == "torch":
+        from tiercel.models.predict import TorchPredictor
+
+        m = TorchPredictor.from_checkpoint(tiny_checkpoint)
+    else:
+        pytest.importorskip(backend)
+        import tiercel.runtime as rt
+
+        m = rt.load(bundle, backend=backend)
+    limit = m.max_positions  # the tiny model: 256 positions, 5 image tokens
+    with pytest.raises(ConfigError) as err:
+        m.run(image(), "IMG_CAP", max_new_tokens=limit + 1)
+    assert str(err.value) == (f"max_new_tokens: {limit + 1} is more than this model's {limit} decoder positions; "
+                              f"use {limit} or less (--max-new-tokens)")
+    with pytest.raises(ConfigError, match=rf"prompt: 5 image tokens \+ \d+ prompt tokens are more than this model's "
+                                          rf"{limit} text positions; shorten the prompt \(--text\) to {limit - 5} tokens"):
+        m.run(image(), "REG_VG", text="airplane " * limit, max_new_tokens=4)
+    assert m.run(image(), "IMG_CAP", max_new_tokens=limit, num_beams=1) is not None  # the bound itself runs

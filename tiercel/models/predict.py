@@ -189,6 +189,7 @@ class TorchPredictor(Model):
         """Prompt ids and mask [B, T] on the model's device, right-padded as the runtime's encode does."""
         torch, n_img = self.torch, features.shape[1]
         rows = [self.tokenizer.prompt_ids(p, n_img) for p in prompts]
+        self.check_prompt_lengths(n_img, rows)
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -211,6 +212,7 @@ class TorchPredictor(Model):
                      **overrides) -> list[list[int]]:
         """Generated ids per prompt (after the decoder start, up to and including eos), via transformers."""
         torch, cfg = self.torch, self.generation.with_overrides(**overrides)
+        self.check_new_tokens(cfg)
         ids, mask = self._prompt_batch(features, prompts)
         with torch.no_grad():
             encoded = self._encode(features, ids, mask, rows)

@@ -28,7 +28,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from tiercel import tasks
-from tiercel.errors import TaskError
+from tiercel.errors import ConfigError, TaskError
 from tiercel.runtime.generate import GenerationConfig, generate
 from tiercel.runtime.preprocess import preprocess, to_rgb_array
 
@@ -155,6 +155,27 @@ class Model:
         self.generation = GenerationConfig(**man["generation"])
         self.merged = man["decoder"] == "merged"
 
+    # ---- limits: the position tables of the text encoder and the decoder ---------------------------------
+    @property
+    def max_positions(self) -> int:
+        return int(self.shape["shape"]["max_text_positions"])
+
+    def check_prompt_lengths(self, n_img: int, ids: list[list[int]]) -> None:
+        """ConfigError when image tokens + a prompt do not fit the text encoder's positions (past them,
+        onnxruntime and torch raise from an index and OpenVINO returns garbage)."""
+        longest = max(len(i) for i in ids)
+        if longest > self.max_positions:
+            raise ConfigError(f"prompt: {n_img} image tokens + {longest - n_img} prompt tokens are more than this "
+                              f"model's {self.max_positions} text positions; shorten the prompt (--text) to "
+                              f"{self.max_positions - n_img} tokens or less")
+
+    def check_new_tokens(self, cfg: GenerationConfig) -> None:
+        """ConfigError when max_new_tokens is more than the decoder's positions."""
+        if cfg.max_new_tokens > self.max_positions:
+            raise ConfigError(f"max_new_tokens: {cfg.max_new_tokens} is more than this model's "
+                              f"{self.max_positions} decoder positions; use {self.max_positions} or less "
+                              "(--max-new-tokens)")
+
     # ---- stages -------------------------------------------------------------------------------------------
     def _stage(self, name: str):
         return _UNTIMED if self.timer is None else self.timer.stage(name)
@@ -179,6 +200,7 @@ class Model:
         `rows`: the row of `features` each prompt reads (run_all: several prompts share one image's features)."""
         n_img = features.shape[1]
         ids = [self.tokenizer.prompt_ids(p, n_img) for p in prompts]
+        self.check_prompt_lengths(n_img, ids)
         width = max(len(i) for i in ids)
         batch = np.full((len(ids), width), self.tokenizer.pad_id, np.int64)
         mask = np.zeros((len(ids), width), np.int64)
@@ -200,6 +222,7 @@ class Model:
         """Generated token ids per prompt (after the decoder start, up to and including eos). `rows`: the row of
         `features` each prompt reads (default: row i, or row 0 for all when features has one row)."""
         cfg = self.generation.with_overrides(**overrides)
+        self.check_new_tokens(cfg)
         hidden, mask = self.encode(features, prompts, rows)
         if cfg.num_beams > 1:
             hidden, mask = np.repeat(hidden, cfg.num_beams, 0), np.repeat(mask, cfg.num_beams, 0)
