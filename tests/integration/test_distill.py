@@ -229,13 +229,26 @@ def test_cached_teacher_matches_the_teacher(tmp_path, synth_dir, teacher_dir):
     batch = collate(data, [5], {"t": model_input(ckpt.model)}, ckpt.tokenizer.eos_id)
     with torch.no_grad():
         logits = run_model(ckpt.model, batch["t"], batch["decoder_input_ids"]).logits[0]
-    values, ids = TopKCache(tmp_path / "cache", data, ckpt.tokenizer).record(5)
+    values, ids = TopKCache(tmp_path / "cache", data, ckpt.tokenizer, 8).record(5)
     n = len(data.label_ids(5))
     ref_v, ref_i = logits[:n].topk(8, dim=-1)
     assert torch.equal(torch.from_numpy(ids.astype("int64")), ref_i)
     assert torch.allclose(torch.from_numpy(values.astype("float32")), ref_v, atol=1e-2)  # stored as float16
     trainer.distill(r, progress=False)
     assert "kd" in metrics(tmp_path / "run")[-1]
+    other_k = recipe(tmp_path / "run16", synth_dir, {**teacher, "top_k": 16}, kd=1.0)
+    with pytest.raises(TiercelError, match=r"cache/manifest.json: top_k is 8 but this run needs 16; rebuild the cache"):
+        trainer.distill(other_k, progress=False)
+
+
+def test_cache_teacher_prints_its_json_alone_on_stdout(tmp_path, synth_dir, teacher_dir):
+    teacher = {"kind": "cached", "path": str(teacher_dir), "cache": str(tmp_path / "cache"), "top_k": 4}
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(recipe(tmp_path / "run", synth_dir, teacher, kd=1.0).model_dump(mode="json")))
+    done = run_cli("distill", "cache-teacher", str(path))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["shards"] >= 1  # the whole of stdout is one JSON document
+    assert "cache-teacher: shard 1/" in done.stderr
 
 
 def _ddp_recipe(tmp_path, synth_dir, name, batch, strategy="ddp", loss_norm="token"):

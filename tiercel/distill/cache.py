@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,7 @@ def cache_teacher(recipe, progress: bool = True) -> dict:
                     rows.append((values[row, :n].cpu().numpy(), ids[row, :n].cpu().numpy()))
             _write_shard(cache, shard, rows)
             if progress and dist.main:
-                print(f"cache-teacher: shard {i + 1}/{len(mine)} on rank {dist.rank}", flush=True)
+                print(f"cache-teacher: shard {i + 1}/{len(mine)} on rank {dist.rank}", file=sys.stderr, flush=True)
         barrier(dist)
         return {"cache": str(cache), "shards": n_shards, "written_here": len(mine), **meta}
     finally:
@@ -113,12 +114,11 @@ def _check_manifest(cache: Path, meta: dict, allow_missing: bool = False) -> Non
 class TopKCache:
     """Read access to a complete cache: top-k logits per record, padded into batch tensors."""
 
-    def __init__(self, cache: str | Path, data, tokenizer):
+    def __init__(self, cache: str | Path, data, tokenizer, top_k: int):
         self.dir = Path(cache)
-        meta = json.loads((self.dir / "manifest.json").read_text()) if (self.dir / "manifest.json").is_file() else None
-        if meta is None:
+        if not (self.dir / "manifest.json").is_file():
             raise ConfigError(f"{self.dir}: no teacher cache here; run `tiercel distill cache-teacher RECIPE` first")
-        self.k = meta["top_k"]
+        self.k = top_k  # a cache of another k is refused by the fingerprint, never silently used
         _check_manifest(self.dir, _fingerprint(data, tokenizer, self.k, data.max_answer))
         n_shards = (len(data) + SHARD - 1) // SHARD
         missing = [s for s in range(n_shards) if not _shard_path(self.dir, s).is_file()]

@@ -96,7 +96,7 @@ def prepare(recipe: Recipe, dist: Dist) -> Run:
     if recipe.teacher.kind == "cached":
         from tiercel.distill.cache import TopKCache
 
-        run.topk = TopKCache(recipe.teacher.cache, run.data, run.tokenizer)
+        run.topk = TopKCache(recipe.teacher.cache, run.data, run.tokenizer, recipe.teacher.top_k)
     run.wrapped = _wrap(run.objective, recipe.distill.strategy, dist)  # FSDP swaps in sharded parameters: wrap first
     run.optimizer, run.scheduler = make_optimizer(run.objective, recipe.distill)
     return run
