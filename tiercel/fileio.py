@@ -28,10 +28,11 @@ from tiercel.errors import TiercelError
 def atomic_dir(dst: str | Path, overwrite: bool = False):
     """Yield a temporary directory next to `dst`; on success it replaces `dst` (see replace_into), on error
     it is removed."""
-    dst = Path(dst)
+    dst = refuse_existing(dst, overwrite)
+    _check_writable(dst.parent, str(dst))
     dst.parent.mkdir(parents=True, exist_ok=True)
     tidy_leftovers(dst)
-    dst = refuse_existing(dst, overwrite)
+    refuse_existing(dst, overwrite)  # a leftover put back may now stand there
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=dst.parent))
     try:
         os.chmod(tmp, 0o777 & ~umask())
@@ -44,11 +45,32 @@ def atomic_dir(dst: str | Path, overwrite: bool = False):
 
 
 def refuse_existing(dst: str | Path, overwrite: bool = False) -> Path:
-    """`dst` as a Path; TiercelError if it exists and `overwrite` is off (checked again by atomic_dir)."""
+    """`dst` as a Path; TiercelError if it exists and `overwrite` is off, or if it is a file (an output folder
+    never replaces a file: that file is not tiercel's). Checked again by atomic_dir."""
     dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise TiercelError(f"{dst}: is a file, not a folder; choose a folder path for the output")
     if dst.exists() and not overwrite:
         raise TiercelError(f"{dst}: already exists; choose another output path or pass --overwrite")
     return dst
+
+
+def check_output_file(path: str | Path | None, option: str) -> None:
+    """Before long work: TiercelError unless `path` (given with `option`) can be written as a file."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise TiercelError(f"{option} {path}: is a folder; give a file name, e.g. {path / 'results.json'}")
+    _check_writable(path.parent, f"{option} {path}")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise TiercelError(f"{what}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TiercelError(f"{what}: no permission to write in {existing}; choose another path")
 
 
 def replace_into(src: Path, dst: Path) -> None:

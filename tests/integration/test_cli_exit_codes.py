@@ -51,3 +51,61 @@ def test_ctrl_c_on_a_running_command_exits_130_and_leaves_no_output(tmp_path):
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == "aborted" and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary folder
+
+
+def test_a_full_disk_is_one_line_and_exit_1(monkeypatch, capsys):
+    import errno
+
+    import tiercel.data.synth as synth
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/synth/images/0001.png")
+
+    monkeypatch.setattr(synth, "generate", full)
+    assert main(["data", "synth", "--out", "unused", "--n", "42"]) == 1
+    assert capsys.readouterr().err == (
+        "error: /data/synth/images/0001.png: No space left on device; free space or choose another output path\n")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_an_output_in_a_folder_without_permission_fails_before_the_work(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    done = run_cli("data", "synth", "--out", str(locked / "synth"), "--n", "42", "--size", "64")
+    assert done.returncode == 1 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_json_naming_a_folder_is_refused_before_the_work(tmp_path):
+    done = run_cli("data", "validate", str(tmp_path / "none.json"), "--json", str(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr == f"error: --json {tmp_path}: is a folder; give a file name, e.g. {tmp_path / 'results.json'}\n"
+
+
+def test_an_output_folder_never_replaces_a_file(tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    done = run_cli("data", "synth", "--out", str(out), "--n", "42", "--size", "64", "--overwrite")
+    assert done.returncode == 1 and done.stderr.startswith(f"error: {out}: ")
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("args, option", [
+    (["run", "b", "--image", "i.png", "--task", "IMG_CAP", "--num-beams", "0"], "--num-beams"),
+    (["run", "b", "--image", "i.png", "--task", "IMG_CAP", "--num-beams", "100000"], "--num-beams"),
+    (["eval", "b", "--data", "d.json", "--max-new-tokens", "-5"], "--max-new-tokens"),
+    (["quantize", "b", "--out", "q", "--max-drop", "2"], "--max-drop"),
+    (["profile", "b", "--image-size", "1000000"], "--image-size"),
+])
+def test_negative_or_absurd_numbers_are_usage_errors(args, option):
+    done = run_cli(*args)
+    assert done.returncode == 2 and f"Invalid value for '{option}'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_region_outside_the_image_names_the_option(bundle, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (96, 64)).save(tmp_path / "a.png")
+    done = run_cli("run", str(bundle), "--image", str(tmp_path / "a.png"), "--task", "REG_CLS_HBB",
+                   "--region", "[10, 10, 5000, 20]")
+    assert done.returncode == 1
+    assert done.stderr == "error: --region: [10, 10, 5000, 20] lies outside the 96x64 image (x must be 0..96, y 0..64)\n"

@@ -89,3 +89,10 @@ def test_thousands_of_identical_quads_cost_one_iou(monkeypatch):
     quads = [[[10, 10], [50, 12], [48, 40], [8, 38]]] * 3000
     assert np.all(G.convex_iou_matrix(quads, quads) == 1.0)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("region", [[10, 10, 5000, 20], [-1, 0, 5, 5], [1e300, 0, 1e301, 5], [0, 0, float("nan"), 5]])
+def test_a_prompt_region_outside_the_image_is_refused_not_clamped(region):
+    with pytest.raises(TaskError, match=r"REG_CLS_HBB: region \[.*\] lies outside the 100x80 image"):
+        T.get("REG_CLS_HBB").prompt(region=region, image_size=(100, 80))
+    assert "<box><0><0><999><999></box>" in T.get("REG_CLS_HBB").prompt(region=[0, 0, 100, 80], image_size=(100, 80))

@@ -7,6 +7,7 @@ traceback shows. Verb modules import heavy libraries (torch, onnx) inside their 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -23,6 +24,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+# Beams multiply the decoder's batch and KV cache; 32 is ten times Florence-2's 3 (a larger value is a typo).
+MAX_BEAMS = 32
 
 # --option on run, eval and profile: passed to tiercel.runtime.load(options=...) through backends.parse_options
 BACKEND_OPTION = typer.Option(
@@ -62,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a full disk or a read-only folder is the user's to fix, not a tiercel bug
+        if err.errno not in _USER_OS_ERRORS or os.environ.get("TIERCEL_DEBUG") == "1":
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror}; free space or choose another output path", file=sys.stderr)
+        return 1
     except typer.Exit as exc:
         code = exc.exit_code
     except KeyboardInterrupt:
@@ -79,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:

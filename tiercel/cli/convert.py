@@ -24,7 +24,7 @@ def convert(
     vision_tower: Path = typer.Option(None, help="geochat: local directory of the CLIP GeoChat names "
                                       "(openai/clip-vit-large-patch14-336, transformers layout); needed when SRC "
                                       "holds no CLIP weights."),
-    image_size: int = typer.Option(None, help="geochat: image size CLIP's position embeddings are interpolated to "
+    image_size: int = typer.Option(None, min=14, max=4096, help="geochat: image size CLIP's position embeddings are interpolated to "
                                    "(default 504, as GeoChat)."),
     overwrite: bool = typer.Option(False, help="Replace DST if it exists."),
 ):

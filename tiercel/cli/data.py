@@ -33,6 +33,10 @@ def validate_cmd(
     json_out: Path = typer.Option(None, "--json", help="Also write the full report (every problem) as JSON here."),
 ):
     """Check every record: task tag, image count, images exist, crop, answer parses. Exit 1 if any is bad."""
+    from tiercel.fileio import check_output_file
+
+    check_output_file(json_out, "--json")  # before the work, not after it
+
     from rich.console import Console
 
     from tiercel.data.validate import validate
@@ -70,9 +74,9 @@ def _counts_table(report):
 @data_app.command("synth")
 def synth_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder (images/, train.json, val.json, test.json, meta.json)."),
-    n: int = typer.Option(10_000, "--n", help="Number of records over all splits (80/10/10; at least 42)."),
-    size: int = typer.Option(256, "--size", help="Image side in pixels (64 to 4096)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same bytes."),
+    n: int = typer.Option(10_000, "--n", min=42, max=10_000_000, help="Number of records over all splits (80/10/10; at least 42)."),
+    size: int = typer.Option(256, "--size", min=64, max=4096, help="Image side in pixels (64 to 4096)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed writes the same bytes."),
     workers: int = typer.Option(None, "--workers", min=1, help="Processes to render with (default: up to 2)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it already holds files."),
 ):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from tiercel.cli import BACKEND_OPTION, app
+from tiercel.cli import BACKEND_OPTION, MAX_BEAMS, app
 
 SHOWN_METRICS = 4  # non-headline metrics shown per task in the table (all go to --json)
 _PREFERRED = ("macro_f1", "bleu4", "rouge_l", "mae", "missing", "precision50", "recall50", "mean_iou", "dice",
@@ -25,18 +25,22 @@ def eval_cmd(
     data: Path = typer.Option(..., "--data", help="Falcon_SFT file with references (.json list or .jsonl)."),
     root: Path = typer.Option(None, "--root", help="Folder the records' image paths are relative to (default: the file's folder)."),
     task: list[str] = typer.Option(None, "--tasks", help="Task tags to evaluate (comma-separated or repeated; default all 14)."),
-    limit: int = typer.Option(None, "--limit", help="At most N records per task."),
+    limit: int = typer.Option(None, "--limit", min=1, help="At most N records per task."),
     backend: str = typer.Option("onnxruntime", "--backend", help="Backend for a bundle: onnxruntime, openvino or tensorrt; torch for a checkpoint (CUDA graphs on a GPU)."),
     device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime and checkpoints, CPU/GPU/NPU for openvino)."),
-    threads: int = typer.Option(None, "--threads", help="Intra-op threads of the backend (or of torch for a checkpoint)."),
+    threads: int = typer.Option(None, "--threads", min=1, max=1024, help="Intra-op threads of the backend (or of torch for a checkpoint)."),
     option: list[str] = BACKEND_OPTION,
-    num_beams: int = typer.Option(None, "--num-beams", help="Beams (default: the model's setting)."),
-    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Generated tokens at most (default: the model's setting)."),
+    num_beams: int = typer.Option(None, "--num-beams", min=1, max=MAX_BEAMS, help="Beams (default: the model's setting)."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="Generated tokens at most (default: the model's setting)."),
     batch: bool = typer.Option(True, "--batch/--no-batch", help="Batch consecutive records on one image through run_all."),
     json_out: Path = typer.Option(None, "--json", help="Write all metrics, counts and every prediction as JSON here."),
     examples: Path = typer.Option(None, "--examples", help="Write qualitative PNGs (one per task) into this folder."),
 ):
     """Score a bundle or a checkpoint on Falcon_SFT records with each task's metrics."""
+    from tiercel.fileio import check_output_file
+
+    check_output_file(json_out, "--json")  # before the work, not after it
+
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 

@@ -17,8 +17,8 @@ def _mb(x: float) -> str:
 def info(
     target: str = typer.Argument(..., help="A preset name (e.g. florence2-base) or a checkpoint directory."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    prompt_tokens: int = typer.Option(32, help="Prompt tokens assumed after the image tokens."),
-    new_tokens: int = typer.Option(32, help="Generated tokens the self-attention KV is averaged over."),
+    prompt_tokens: int = typer.Option(32, min=0, help="Prompt tokens assumed after the image tokens."),
+    new_tokens: int = typer.Option(32, min=1, help="Generated tokens the self-attention KV is averaged over."),
 ):
     """Show where a model's parameters, bytes and FLOPs go. Reads no weights."""
     from rich.console import Console

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tiercel.cli import BACKEND_OPTION, app
+from tiercel.cli import BACKEND_OPTION, MAX_BEAMS, app
 
 
 @app.command()
@@ -22,8 +22,8 @@ def run(
     device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime and torch, CPU/GPU/NPU for openvino)."),
     option: list[str] = BACKEND_OPTION,
     all_tasks: bool = typer.Option(False, "--all", help="Run every task the inputs allow in one batch (PIX_CHG too when --image2 is given)."),
-    num_beams: int = typer.Option(None, help="Beams (default: the bundle's setting)."),
-    max_new_tokens: int = typer.Option(None, help="Generated tokens at most (default: the bundle's setting)."),
+    num_beams: int = typer.Option(None, min=1, max=MAX_BEAMS, help="Beams (default: the bundle's setting)."),
+    max_new_tokens: int = typer.Option(None, min=1, help="Generated tokens at most (default: the bundle's setting)."),
 ):
     """Run a bundle on an image and print the typed result(s) as JSON."""
     from tiercel.data.images import load_image
@@ -33,6 +33,12 @@ def run(
         raise ConfigError("--task: required unless --all is given (e.g. --task IMG_CAP)")
     region_value = _region(region)
     img = load_image(image)
+    if region_value is not None:
+        from tiercel.tasks.answers import region_outside
+
+        outside = region_outside(region_value, (img.shape[1], img.shape[0]))
+        if outside:
+            raise ConfigError(f"--region: {outside}")
     img2 = load_image(image2) if image2 is not None else None
     from tiercel.evaluate import open_predictor
     from tiercel.runtime.backends import parse_options

@@ -122,6 +122,21 @@ def write_polygons(result: Polygons, size, dialect="falcon") -> str:
     )
 
 
+def region_outside(points, size) -> str | None:
+    """Why a region (pixel points, flat or [[x, y], ...]) does not lie inside a (W, H) image; None if it does.
+    Answers are clamped to the frame, but a region the user gives is never silently moved."""
+    try:
+        flat = np.asarray(points, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        return None  # not numbers: bins() says so
+    w, h = size
+    xs, ys = flat[0::2], flat[1::2]
+    if len(flat) and (not np.all(np.isfinite(flat)) or xs.min() < 0 or ys.min() < 0 or xs.max() > w or ys.max() > h):
+        shown = "[" + ", ".join(f"{v:g}" for v in flat[:8]) + (", ...]" if len(flat) > 8 else "]")
+        return f"{shown} lies outside the {w:g}x{h:g} image (x must be 0..{w:g}, y 0..{h:g})"
+    return None
+
+
 def bins(points, size, n_values: int | None = None) -> list[int]:
     """Pixel points (flat [x, y, ...] or [[x, y], ...]) -> flat bins [bx, by, ...] for a (W, H) frame.
 

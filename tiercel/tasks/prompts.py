@@ -41,6 +41,9 @@ def build(spec, text=None, region=None, image_size=None, dialect: str = "falcon"
             raise TaskError(f"{spec.tag}: the prompt needs region (a {spec.needs_region} {shape} in pixels)")
         if image_size is None:
             raise TaskError(f"{spec.tag}: the prompt needs image_size (W, H) to write the region in bins")
+        outside = answers.region_outside(region, image_size)
+        if outside:
+            raise TaskError(f"{spec.tag}: region {outside}")
         values = answers.bins(region, image_size, n_values)
         fields["region"] = grammar.write_structure(kind, [values], dialect)
     return spec.template.format(**fields)
