@@ -96,3 +96,5 @@ def test_a_prompt_region_outside_the_image_is_refused_not_clamped(region):
     with pytest.raises(TaskError, match=r"REG_CLS_HBB: region \[.*\] lies outside the 100x80 image"):
         T.get("REG_CLS_HBB").prompt(region=region, image_size=(100, 80))
     assert "<box><0><0><999><999></box>" in T.get("REG_CLS_HBB").prompt(region=[0, 0, 100, 80], image_size=(100, 80))
+    # half a pixel of rounding is not "outside": 64.00000000000001 comes out of the generator's own geometry
+    assert "<box><0><0><999><999></box>" in T.get("REG_CLS_HBB").prompt(region=[-0.4, 0, 100.4, 80.5], image_size=(100, 80))
