@@ -251,14 +251,20 @@ def test_cache_teacher_prints_its_json_alone_on_stdout(tmp_path, synth_dir, teac
     assert "cache-teacher: shard 1/" in done.stderr
 
 
-def _ddp_recipe(tmp_path, synth_dir, name, batch, strategy="ddp", loss_norm="token"):
+def _ddp_recipe(tmp_path, synth_dir, name, batch, strategy="ddp", loss_norm="token", **more):
     out = tmp_path / name
-    (tmp_path / f"{name}.yaml").write_text(json.dumps({
-        "name": name, "out": str(out), "tokenizer": {"source": "train", "vocab_size": 400},
-        "data": {"train": str(synth_dir / "train.json"), "root": str(synth_dir), "max_answer_tokens": 48},
-        "student": {"preset": "tiny", "dropout": 0.0},
+    data = {"train": str(synth_dir / "train.json"), "root": str(synth_dir), "max_answer_tokens": 48}
+    if more.pop("val", False):
+        data["val"] = str(synth_dir / "val.json")
+    teacher = more.pop("teacher", None)
+    recipe = {
+        "name": name, "out": str(out), "tokenizer": {"source": "train", "vocab_size": 400} if teacher is None else {"source": "teacher"},
+        "data": data, "student": {"preset": "tiny", "dropout": 0.0},
         "distill": {"steps": 4, "batch_size": batch, "save_every": 2, "log_every": 1, "warmup_steps": 1, "strategy": strategy,
-                    "loss_norm": loss_norm}}))
+                    "loss_norm": loss_norm, "eval_every": 2, "eval_limit": 8, **more}}
+    if teacher is not None:
+        recipe["teacher"] = {"kind": "checkpoint", "path": str(teacher)}
+    (tmp_path / f"{name}.yaml").write_text(json.dumps(recipe))
     return tmp_path / f"{name}.yaml", out
 
 
@@ -270,11 +276,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _val_losses(out):
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(m["step"], m["val_loss"]) for m in lines if "val_loss" in m]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, loss_norm", [("ddp", "token"), ("fsdp", "token"), ("ddp", "sample")])
 def test_two_processes_match_one(tmp_path, synth_dir, strategy, loss_norm):
-    one, out1 = _ddp_recipe(tmp_path, synth_dir, "one", batch=4, loss_norm=loss_norm)
-    two, out2 = _ddp_recipe(tmp_path, synth_dir, "two", batch=2, strategy=strategy, loss_norm=loss_norm)
+    # with data.val, as every shipped recipe has: FSDP used to crash at the first validation
+    one, out1 = _ddp_recipe(tmp_path, synth_dir, "one", batch=4, loss_norm=loss_norm, val=True)
+    two, out2 = _ddp_recipe(tmp_path, synth_dir, "two", batch=2, strategy=strategy, loss_norm=loss_norm, val=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "tiercel", "distill", str(one), "--quiet"], check=True, cwd=ROOT, env=env, capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
@@ -288,6 +300,24 @@ def test_two_processes_match_one(tmp_path, synth_dir, strategy, loss_norm):
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4  # same weights after 4 steps, saved in full
     if strategy == "fsdp":
         assert sorted(p.name for p in (out2 / "checkpoints" / "step_000004").glob("optimizer.rank*.pt")) == ["optimizer.rank0.pt", "optimizer.rank1.pt"]
+    v1, v2 = _val_losses(out1), _val_losses(out2)
+    assert [s for s, _ in v1] == [s for s, _ in v2] == [2, 4]
+    assert all(abs(a - b) < 1e-4 * max(1.0, abs(a)) for (_, a), (_, b) in zip(v1, v2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_train_on_policy_with_validation(tmp_path, synth_dir, teacher_dir, strategy):
+    # every batch on-policy: under FSDP the student samples inside the sharded model, in step with the other rank
+    path, out = _ddp_recipe(tmp_path, synth_dir, "pol", batch=2, strategy=strategy, val=True, teacher=teacher_dir,
+                            on_policy=1.0, kd=1.0, ce=0.0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    proc = subprocess.run([*torchrun, "-m", "tiercel", "distill", str(path), "--quiet"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4] and all("kd" in m for m in metrics(out))
+    assert [s for s, _ in _val_losses(out)] == [2, 4]
 
 
 def test_cli_distill_and_bad_recipe(tmp_path, synth_dir):

@@ -66,3 +66,17 @@ def teardown(d: Dist) -> None:
 
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+
+def through_root(run, fn):
+    """`fn(student)` for work that calls the student directly (validation, on-policy sampling). Under FSDP2 it
+    runs inside the root module's forward (DistillObjective's `student_call`), whose hooks initialise FSDP and
+    all-gather the parameters the root shards itself (embeddings, vision tower, projector); called outside, the
+    first such call fails ("FSDP requires running forward through the root module first", or "mixed
+    torch.Tensor and DTensor"). The sharded layers gather their parameters in their own forward hooks, which are
+    collectives: every process must run the same forwards (validation runs on every process, generation with
+    synced_gpus). Elsewhere fn(student) is called as it is."""
+    if run.dist.active and run.recipe.distill.strategy == "fsdp":
+        return run.wrapped(None, student_call=fn)
+    return fn(run.objective.student)

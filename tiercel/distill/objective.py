@@ -64,7 +64,10 @@ class DistillObjective(nn.Module):
     def needs_hidden(self) -> bool:
         return self.distiller is not None
 
-    def forward(self, batch: dict, teacher: Outputs | None = None, topk: tuple | None = None, ce_weight: float | None = None):
+    def forward(self, batch: dict | None, teacher: Outputs | None = None, topk: tuple | None = None,
+                ce_weight: float | None = None, student_call=None):
+        if student_call is not None:  # dist.through_root: the student used directly, inside this (root) forward
+            return student_call(self.student)
         cfg = self.cfg
         out = run_model(self.student, batch["student"], batch["decoder_input_ids"], hidden=self.needs_hidden and cfg.hidden.decoder > 0)
         labels = batch["labels"]

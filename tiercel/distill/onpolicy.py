@@ -10,8 +10,11 @@ from __future__ import annotations
 from tiercel.distill.data import IGNORE
 
 
-def student_answers(student, batch: dict, tokenizer, max_tokens: int) -> None:
-    """Overwrite batch["labels"] and batch["decoder_input_ids"] in place with the student's sampled answers."""
+def student_answers(student, batch: dict, tokenizer, max_tokens: int, synced: bool = False) -> None:
+    """Overwrite batch["labels"] and batch["decoder_input_ids"] in place with the student's sampled answers.
+
+    `synced`: keep stepping until every process has finished its answers (FSDP, whose sharded layers gather
+    their parameters in collectives at every step; called through dist.through_root)."""
     import torch
 
     inputs = batch["student"]
@@ -23,7 +26,7 @@ def student_answers(student, batch: dict, tokenizer, max_tokens: int) -> None:
             input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"],
             max_new_tokens=width, min_new_tokens=1, do_sample=True, top_k=0, num_beams=1, no_repeat_ngram_size=0,
             decoder_start_token_id=tokenizer.eos_id, forced_bos_token_id=tokenizer.bos_id,
-            eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
+            eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, synced_gpus=synced,
         )
     student.train(was_training)
     labels = gen[:, 1:].clone()

@@ -141,9 +141,11 @@ def micro_step(run: Run, step: int, micro: int, weight: float, sync: bool) -> di
     ce_weight = None
     on_policy = cfg.on_policy > 0 and np.random.default_rng([run.recipe.seed, step, micro, 7]).random() < cfg.on_policy
     if on_policy:
+        from tiercel.distill.dist import through_root
         from tiercel.distill.onpolicy import student_answers
 
-        student_answers(run.objective.student, batch, run.tokenizer, run.recipe.data.max_answer_tokens)
+        max_tokens, synced = run.recipe.data.max_answer_tokens, _sharded(run)
+        through_root(run, lambda student: student_answers(student, batch, run.tokenizer, max_tokens, synced=synced))
         ce_weight = 0.0  # the labels are the student's own tokens; only the teacher supervises them
     teacher_out = topk = None
     if run.teacher is not None and run.recipe.teacher.kind == "checkpoint":

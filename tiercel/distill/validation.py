@@ -1,7 +1,8 @@
 """Periodic validation during training: teacher-forced loss and token accuracy on the val split.
 
-Runs on the main process only (no collectives), on the first `distill.eval_limit` val records in file
-order, so numbers are comparable across steps and runs. Task metrics of generated answers are computed by
+Runs on the main process only, or under FSDP on every process in lockstep (its sharded parameters are
+gathered by collectives; see dist.through_root) with the main process reporting, on the first `distill.eval_limit`
+val records in file order, so numbers are comparable across steps and runs. Task metrics of generated answers are computed by
 `tiercel eval` on the finished student; here only what is cheap enough to run every few hundred steps.
 """
 
@@ -10,21 +11,29 @@ from __future__ import annotations
 
 def validate_run(run, step: int) -> dict:
     """Val loss / token accuracy of the student at `step` (empty dict on non-main processes or without val data)."""
+    from tiercel.distill.dist import through_root
+
+    recipe = run.recipe
+    sharded = run.dist.active and recipe.distill.strategy == "fsdp"
+    if recipe.data.val is None or not (run.dist.main or sharded):
+        return {}
+    result = through_root(run, lambda student: _validate(run, student, step))
+    return result if run.dist.main else {}
+
+
+def _validate(run, student, step: int) -> dict:
     import torch
 
     from tiercel.distill.data import IGNORE, SFTData, collate, to_device
-    from tiercel.distill.objective import run_model
     from tiercel.distill.losses import ce_loss
+    from tiercel.distill.objective import run_model
 
     recipe = run.recipe
-    if not run.dist.main or recipe.data.val is None:
-        return {}
     if getattr(run, "val_data", None) is None:
         d = recipe.data
         run.val_data = SFTData(d.val, d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache)
     data = run.val_data
     n = min(len(data), recipe.distill.eval_limit)
-    student = run.objective.student
     was_training = student.training
     student.eval()
     loss_sum = correct = total = 0.0
