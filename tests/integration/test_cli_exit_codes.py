@@ -64,7 +64,7 @@ def test_a_full_disk_is_one_line_and_exit_1(monkeypatch, capsys):
     monkeypatch.setattr(synth, "generate", full)
     assert main(["data", "synth", "--out", "unused", "--n", "42"]) == 1
     assert capsys.readouterr().err == (
-        "error: /data/synth/images/0001.png: No space left on device; free space or choose another output path\n")
+        "error: /data/synth/images/0001.png: No space left on device; free space or choose another path\n")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")

@@ -50,18 +50,24 @@ def test_fine_tuning_learns(tmp_path, synth_dir):
     assert (tmp_path / "student" / "model.safetensors").is_file() and (tmp_path / "recipe.yaml").is_file()
 
 
+def _crash_at(monkeypatch, at: int):
+    """Make the run die as it starts step index `at`; returns the real train_step to put back."""
+    real = trainer.train_step
+
+    def crash(run, step):
+        if step == at:
+            raise KeyboardInterrupt("simulated crash")
+        return real(run, step)
+
+    monkeypatch.setattr(trainer, "train_step", crash)
+    return real
+
+
 def test_resume_continues_exactly(tmp_path, synth_dir, monkeypatch):
     straight = tmp_path / "straight"
     trainer.distill(recipe(straight, synth_dir), progress=False)
     crashed = tmp_path / "crashed"
-    real = trainer.train_step
-
-    def crash_after_3(run, step):
-        if step == 4:
-            raise KeyboardInterrupt("simulated crash")
-        return real(run, step)
-
-    monkeypatch.setattr(trainer, "train_step", crash_after_3)
+    real = _crash_at(monkeypatch, 4)  # 4 steps done, the last checkpoint at 3
     with pytest.raises(KeyboardInterrupt):
         trainer.distill(recipe(crashed, synth_dir), progress=False)
     monkeypatch.setattr(trainer, "train_step", real)
@@ -85,20 +91,8 @@ class _Planted:
         return (exec, (f"open({self.marker!r}, 'w').close()",))
 
 
-def _crash_after_3(monkeypatch):
-    real = trainer.train_step
-
-    def crash(run, step):
-        if step == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real(run, step)
-
-    monkeypatch.setattr(trainer, "train_step", crash)
-    return real
-
-
 def test_resume_never_runs_code_from_a_planted_trainer_state(tmp_path, synth_dir, monkeypatch):
-    real = _crash_after_3(monkeypatch)
+    real = _crash_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         trainer.distill(recipe(tmp_path, synth_dir), progress=False)
     monkeypatch.setattr(trainer, "train_step", real)
@@ -114,7 +108,7 @@ def test_resume_never_runs_code_from_a_planted_trainer_state(tmp_path, synth_dir
 
 
 def test_resume_with_another_student_shape_is_refused_and_keeps_the_recipe(tmp_path, synth_dir, monkeypatch):
-    real = _crash_after_3(monkeypatch)
+    real = _crash_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         trainer.distill(recipe(tmp_path, synth_dir), progress=False)
     monkeypatch.setattr(trainer, "train_step", real)

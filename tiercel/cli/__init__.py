@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the Typer app. A TiercelError prints one line and exits 1, a usage error Click's short
     message and 2, an interrupt `aborted` and 130 (never 0: a killed job did not succeed)."""
     try:
-        code = app(args=argv, prog_name="tiercel", standalone_mode=False)  # returns the command's value, or Typer's exit code
+        code = app(args=argv, prog_name="tiercel", standalone_mode=False)  # the command's value or Typer's exit code
     except TiercelError as err:
         if os.environ.get("TIERCEL_DEBUG") == "1":
             raise
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         if err.errno not in _USER_OS_ERRORS or os.environ.get("TIERCEL_DEBUG") == "1":
             raise
         where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror}; free space or choose another output path", file=sys.stderr)
+        remedy = "free space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "check its permissions"
+        print(f"error: {where}{err.strerror}; {remedy} or choose another path", file=sys.stderr)
         return 1
     except typer.Exit as exc:
         code = exc.exit_code
