@@ -57,8 +57,8 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the Typer app. A TiercelError prints one line and exits 1, a usage error Click's short
-    message and 2, an interrupt `aborted` and 130 (never 0: a killed job did not succeed)."""
+    """Entry point: run the Typer app. A TiercelError or a value out of range prints one line and exits 1, a usage
+    error Click's short message and 2, an interrupt `aborted` and 130 (never 0: a killed job did not succeed)."""
     try:
         code = app(args=argv, prog_name="tiercel", standalone_mode=False)  # the command's value or Typer's exit code
     except TiercelError as err:
@@ -80,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort as exc:  # older Click turns Ctrl-C into Abort; EOF at a prompt too
         print("aborted", file=sys.stderr)
         return INTERRUPTED if isinstance(exc.__context__, KeyboardInterrupt) else 1
-    except _usage_errors() as exc:
-        exc.show()
+    except _click_errors("ClickException") as exc:
+        if isinstance(exc, _click_errors("BadParameter")) and not isinstance(exc, _click_errors("MissingParameter")):
+            print(f"error: {exc.format_message()}", file=sys.stderr)  # a value out of its range: a user error
+            return 1
+        exc.show()  # unknown option, missing argument: Click's usage message
         return exc.exit_code
     code = code if isinstance(code, int) else 0
     if code == INTERRUPTED:
@@ -93,16 +96,16 @@ INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 _USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def _usage_errors() -> tuple[type[Exception], ...]:
-    """Click's exception base from every Click this Typer may use: Typer >= 0.26 vendors its own
+def _click_errors(name: str) -> tuple[type[Exception], ...]:
+    """Click's exception class `name` from every Click this Typer may use: Typer >= 0.26 vendors its own
     (typer._click), older ones use the standalone package."""
     import importlib
 
     found = []
     for module in ("typer._click.exceptions", "click.exceptions"):
         try:
-            found.append(importlib.import_module(module).ClickException)
-        except ImportError:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
             pass
     return tuple(found)
 

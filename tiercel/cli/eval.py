@@ -25,7 +25,7 @@ def eval_cmd(
     data: Path = typer.Option(..., "--data", help="Falcon_SFT file with references (.json list or .jsonl)."),
     root: Path = typer.Option(None, "--root", help="Folder the records' image paths are relative to (default: the file's folder)."),
     task: list[str] = typer.Option(None, "--tasks", help="Task tags to evaluate (comma-separated or repeated; default all 14)."),
-    limit: int = typer.Option(None, "--limit", min=1, help="At most N records per task."),
+    limit: int = typer.Option(None, "--limit", help="At most N records per task."),
     backend: str = typer.Option("onnxruntime", "--backend", help="Backend for a bundle: onnxruntime, openvino or tensorrt; torch for a checkpoint (CUDA graphs on a GPU)."),
     device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime and checkpoints, CPU/GPU/NPU for openvino)."),
     threads: int = typer.Option(None, "--threads", min=1, max=1024, help="Intra-op threads of the backend (or of torch for a checkpoint)."),
