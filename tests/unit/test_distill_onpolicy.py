@@ -32,8 +32,7 @@ def case(tiny_model, tiny_tokenizer, synth_dir):
 def test_sampled_answers_replace_the_labels(case):
     student, _, tok, batch = case
     original = batch["labels"].clone()
-    torch.manual_seed(0)
-    student_answers(student, batch, tok, max_tokens=12)
+    student_answers(student, batch, tok, max_tokens=12, seeds=[11, 12, 13])
     labels, dec = batch["labels"], batch["decoder_input_ids"]
     assert labels.shape != original.shape or not torch.equal(labels, original)
     assert student.training  # train mode is given back
@@ -44,16 +43,41 @@ def test_sampled_answers_replace_the_labels(case):
         n = len(kept)
         assert torch.all(labels[row, n:] == IGNORE)
         assert torch.equal(dec[row, 1:n], labels[row, : n - 1])  # the decoder reads its own previous samples
+
+
+def _one_row(batch, row):
+    return {k: ({n: t[row : row + 1] for n, t in v.items()} if isinstance(v, dict) else
+                v[row : row + 1] if hasattr(v, "shape") else [v[row]]) for k, v in batch.items()}
+
+
+def test_a_rows_sample_depends_on_its_seed_not_on_the_batch_or_the_global_rng(case):
+    student, _, tok, batch = case
     torch.manual_seed(0)
-    again = {**batch, "labels": original.clone()}
-    student_answers(student, again, tok, max_tokens=12)
-    assert torch.equal(again["labels"], labels)  # sampling follows torch's RNG, which checkpoints save
+    together = {**batch}
+    student_answers(student, together, tok, max_tokens=12, seeds=[11, 12, 13])
+    torch.manual_seed(123)  # the global RNG plays no part
+    alone = _one_row(batch, 1)
+    student_answers(student, alone, tok, max_tokens=12, seeds=[12])
+    n = int((alone["labels"][0] != IGNORE).sum())
+    assert torch.equal(alone["labels"][0, :n], together["labels"][1, :n])
+    other = _one_row(batch, 1)
+    student_answers(student, other, tok, max_tokens=12, seeds=[99])
+    assert not torch.equal(other["labels"], alone["labels"])  # another seed, another answer (checked for this case)
+
+
+def test_gumbel_max_samples_from_the_softmax():
+    from tiercel.distill.onpolicy import _GumbelNoise
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, float("-inf")]])
+    picks = torch.tensor([int(_GumbelNoise([seed])(torch.zeros(1, 3), logits.clone()).argmax()) for seed in range(4000)])
+    freq = torch.bincount(picks, minlength=4).double() / len(picks)
+    want = torch.softmax(logits[0].double(), -1)
+    assert freq[3] == 0 and torch.allclose(freq, want, atol=0.025)  # 3 sigma of 4000 draws is about 0.02
 
 
 def test_the_teacher_grades_the_sampled_tokens_as_a_hand_computed_kl(case):
     student, teacher, tok, batch = case
-    torch.manual_seed(1)
-    student_answers(student, batch, tok, max_tokens=12)
+    student_answers(student, batch, tok, max_tokens=12, seeds=[1, 2, 3])
     cfg = DistillSection(kd=1.0, ce=0.0, divergence="forward_kl", temperature=2.0)
     objective = DistillObjective(student, cfg)
     with torch.no_grad():

@@ -77,6 +77,11 @@ def through_root(run, fn):
     torch.Tensor and DTensor"). The sharded layers gather their parameters in their own forward hooks, which are
     collectives: every process must run the same forwards (validation runs on every process, generation with
     synced_gpus). Elsewhere fn(student) is called as it is."""
-    if run.dist.active and run.recipe.distill.strategy == "fsdp":
+    if sharded(run):
         return run.wrapped(None, student_call=fn)
     return fn(run.objective.student)
+
+
+def sharded(run) -> bool:
+    """Whether a training run shards its student with FSDP over several processes."""
+    return run.dist.active and run.recipe.distill.strategy == "fsdp"

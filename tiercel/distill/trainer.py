@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tiercel.distill import checkpoints
 from tiercel.distill.data import ModelInput, SFTData, TaskSampler, collate, to_device
-from tiercel.distill.dist import Dist, all_mean, barrier, setup, teardown
+from tiercel.distill.dist import Dist, all_mean, barrier, setup, sharded, teardown, through_root
 from tiercel.errors import TiercelError
 from tiercel.fileio import atomic_write_text
 from tiercel.recipe import Recipe, dump_recipe
@@ -141,11 +141,11 @@ def micro_step(run: Run, step: int, micro: int, weight: float, sync: bool) -> di
     ce_weight = None
     on_policy = cfg.on_policy > 0 and np.random.default_rng([run.recipe.seed, step, micro, 7]).random() < cfg.on_policy
     if on_policy:
-        from tiercel.distill.dist import through_root
-        from tiercel.distill.onpolicy import student_answers
+        from tiercel.distill.onpolicy import row_seeds, student_answers
 
-        max_tokens, synced = run.recipe.data.max_answer_tokens, _sharded(run)
-        through_root(run, lambda student: student_answers(student, batch, run.tokenizer, max_tokens, synced=synced))
+        seeds = row_seeds(run.recipe.seed, step, micro, indices)
+        max_tokens, synced = run.recipe.data.max_answer_tokens, sharded(run)
+        through_root(run, lambda student: student_answers(student, batch, run.tokenizer, max_tokens, seeds, synced))
         ce_weight = 0.0  # the labels are the student's own tokens; only the teacher supervises them
     teacher_out = topk = None
     if run.teacher is not None and run.recipe.teacher.kind == "checkpoint":
@@ -225,9 +225,8 @@ def distill(recipe: Recipe, resume: bool = False, progress: bool = True) -> dict
 
 
 def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
-    from tiercel.distill.validation import validate_run
-
     from tiercel.distill.setup import check_inputs
+    from tiercel.distill.validation import validate_run
 
     check_inputs(recipe, dist.device)
     run_dir = Path(recipe.out)
@@ -238,7 +237,7 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
     run = prepare(recipe, dist)
     start = 0
     if resume and (path := checkpoints.latest(run_dir)) is not None:
-        start = checkpoints.restore(path, run.objective, run.optimizer, run.scheduler, sharded=_sharded(run), rank=dist.rank)
+        start = checkpoints.restore(path, run.objective, run.optimizer, run.scheduler, sharded=sharded(run), rank=dist.rank)
     if dist.main:  # only once the checkpoint fits: a refused resume leaves the run's recipe as it was
         atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
         atomic_write_text(run_dir / "init_report.json", json.dumps(run.init_report, indent=1) + "\n")
@@ -269,23 +268,19 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
 def _save(run: Run, step: int) -> None:
     """Checkpoint on the main process; under FSDP every process adds its optimizer shard before `latest` moves."""
     cfg, dist = run.recipe.distill, run.dist
-    sharded = _sharded(run)
-    states = checkpoints.full_states(run.objective, run.optimizer, sharded)  # a collective under FSDP
+    fsdp = sharded(run)
+    states = checkpoints.full_states(run.objective, run.optimizer, fsdp)  # a collective under FSDP
     if dist.main:
         checkpoints.save(run.dir, step, run.objective, run.optimizer, run.scheduler, run.tokenizer,
-                         {"recipe": run.recipe.name, "step": step}, cfg.keep_checkpoints, states=states, publish=not sharded)
+                         {"recipe": run.recipe.name, "step": step}, cfg.keep_checkpoints, states=states, publish=not fsdp)
     barrier(dist)
-    if sharded:
+    if fsdp:
         ckpt = run.dir / "checkpoints" / f"step_{step:06d}"
         checkpoints.save_optimizer_shard(ckpt, dist.rank, run.optimizer)
         barrier(dist)
         if dist.main:
             checkpoints.mark_latest(run.dir, ckpt, cfg.keep_checkpoints)
         barrier(dist)
-
-
-def _sharded(run: Run) -> bool:
-    return run.dist.active and run.recipe.distill.strategy == "fsdp"
 
 
 def _check_resumable(run_dir: Path, resume: bool):

@@ -1,9 +1,10 @@
 """Periodic validation during training: teacher-forced loss and token accuracy on the val split.
 
 Runs on the main process only, or under FSDP on every process in lockstep (its sharded parameters are
-gathered by collectives; see dist.through_root) with the main process reporting, on the first `distill.eval_limit`
-val records in file order, so numbers are comparable across steps and runs. Task metrics of generated answers are computed by
-`tiercel eval` on the finished student; here only what is cheap enough to run every few hundred steps.
+gathered by collectives; see dist.through_root) with the main process reporting, on the first
+`distill.eval_limit` val records in file order, so numbers are comparable across steps and runs. Task metrics
+of generated answers are computed by `tiercel eval` on the finished student; here only what is cheap enough to
+run every few hundred steps.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ from __future__ import annotations
 
 def validate_run(run, step: int) -> dict:
     """Val loss / token accuracy of the student at `step` (empty dict on non-main processes or without val data)."""
-    from tiercel.distill.dist import through_root
+    from tiercel.distill.dist import sharded, through_root
 
-    recipe = run.recipe
-    sharded = run.dist.active and recipe.distill.strategy == "fsdp"
-    if recipe.data.val is None or not (run.dist.main or sharded):
+    if run.recipe.data.val is None or not (run.dist.main or sharded(run)):
         return {}
     result = through_root(run, lambda student: _validate(run, student, step))
     return result if run.dist.main else {}
