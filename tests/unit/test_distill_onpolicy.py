@@ -39,15 +39,20 @@ def test_sampled_answers_replace_the_labels(case):
     assert torch.all(dec[:, 0] == tok.eos_id)  # BART's decoder start
     for row in range(labels.shape[0]):
         kept = labels[row][labels[row] != IGNORE]
-        assert kept[0] == tok.bos_id and (kept == tok.eos_id).sum() <= 1  # <s> answer [</s>], nothing after
+        assert kept[0] == tok.bos_id and kept[-1] == tok.eos_id and (kept == tok.eos_id).sum() == 1  # <s> answer </s>
         n = len(kept)
+        assert n <= int((original[row] != IGNORE).sum())  # it ends by the time the dataset's answer does
         assert torch.all(labels[row, n:] == IGNORE)
         assert torch.equal(dec[row, 1:n], labels[row, : n - 1])  # the decoder reads its own previous samples
 
 
 def _one_row(batch, row):
-    return {k: ({n: t[row : row + 1] for n, t in v.items()} if isinstance(v, dict) else
-                v[row : row + 1] if hasattr(v, "shape") else [v[row]]) for k, v in batch.items()}
+    """Row `row` of a batch as a batch of its own, its answer no wider than itself (as collate would give it)."""
+    one = {k: ({n: t[row : row + 1] for n, t in v.items()} if isinstance(v, dict) else
+               v[row : row + 1] if hasattr(v, "shape") else [v[row]]) for k, v in batch.items()}
+    n = int((one["labels"] != IGNORE).sum())
+    one["labels"], one["decoder_input_ids"] = one["labels"][:, :n], one["decoder_input_ids"][:, :n]
+    return one
 
 
 def test_a_rows_sample_depends_on_its_seed_not_on_the_batch_or_the_global_rng(case):
@@ -56,10 +61,14 @@ def test_a_rows_sample_depends_on_its_seed_not_on_the_batch_or_the_global_rng(ca
     together = {**batch}
     student_answers(student, together, tok, max_tokens=12, seeds=[11, 12, 13])
     torch.manual_seed(123)  # the global RNG plays no part
+    for row, seed in enumerate([11, 12, 13]):  # nor do the other rows, or how long their dataset answers are
+        alone = _one_row(batch, row)
+        student_answers(student, alone, tok, max_tokens=12, seeds=[seed])
+        n = alone["labels"].shape[1]
+        assert torch.equal(alone["labels"][0], together["labels"][row, :n]) and torch.all(together["labels"][row, n:] == IGNORE)
+        assert torch.equal(alone["decoder_input_ids"][0], together["decoder_input_ids"][row, :n])
     alone = _one_row(batch, 1)
     student_answers(student, alone, tok, max_tokens=12, seeds=[12])
-    n = int((alone["labels"][0] != IGNORE).sum())
-    assert torch.equal(alone["labels"][0, :n], together["labels"][1, :n])
     other = _one_row(batch, 1)
     student_answers(student, other, tok, max_tokens=12, seeds=[99])
     assert not torch.equal(other["labels"], alone["labels"])  # another seed, another answer (checked for this case)

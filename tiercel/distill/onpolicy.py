@@ -6,9 +6,10 @@ produce at inference.
 
 Sampling is Gumbel-max: at every step each row's logits get Gumbel noise drawn from a generator seeded by that
 row's own seed (the run's seed, the step and the record's index; see row_seeds) and the position, and the
-argmax is taken. That is an exact sample from softmax(logits), and it does not depend on which other records
-share the batch: N processes that split a batch sample what one process does, and a resumed run samples what
-the uninterrupted one did.
+argmax is taken. That is an exact sample from softmax(logits). A row's answer ends with </s> by the length of
+its dataset answer at the latest (a bound of its own; see _EndBy). So a record's answer does not depend on which
+other records share the batch: N processes that split a batch sample what one process does, and a resumed run
+samples what the uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -33,15 +34,15 @@ def student_answers(student, batch: dict, tokenizer, max_tokens: int, seeds: lis
     from transformers import LogitsProcessorList
 
     inputs = batch["student"]
-    width = min(batch["labels"].shape[1], max_tokens + 2)
+    limits = (batch["labels"] != IGNORE).sum(1).clamp(max=max_tokens + 2).tolist()
     was_training = student.training
     student.eval()
     with torch.no_grad():
         gen = student.generate(
             input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"],
-            max_new_tokens=width, min_new_tokens=1, do_sample=False, num_beams=1, no_repeat_ngram_size=0,
-            logits_processor=LogitsProcessorList([_GumbelNoise(seeds)]),
-            decoder_start_token_id=tokenizer.eos_id, forced_bos_token_id=tokenizer.bos_id,
+            max_new_tokens=max(limits), min_new_tokens=1, do_sample=False, num_beams=1, no_repeat_ngram_size=0,
+            logits_processor=LogitsProcessorList([_GumbelNoise(seeds), _EndBy(limits, tokenizer.eos_id)]),
+            decoder_start_token_id=tokenizer.eos_id, forced_bos_token_id=tokenizer.bos_id, forced_eos_token_id=None,
             eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, synced_gpus=synced,
         )
     student.train(was_training)
@@ -71,3 +72,19 @@ class _GumbelNoise:
             noise[row].uniform_(1e-12, 1.0, generator=gen)
         gumbel = -torch.log(-torch.log(noise))
         return (scores.double() + gumbel.to(scores.device)).to(scores.dtype)
+
+
+class _EndBy:
+    """Logits processor: forces </s> as the last token a row may have (its dataset answer's length), so each row
+    ends by a bound of its own, not by the batch's longest answer (as generate's forced_eos_token_id would)."""
+
+    def __init__(self, limits: list[int], eos_id: int):
+        self.limits, self.eos_id = limits, eos_id
+
+    def __call__(self, input_ids, scores):
+        label = input_ids.shape[1] - 1  # the label index being chosen: input_ids starts with the decoder start
+        for row, limit in enumerate(self.limits):
+            if label >= limit - 1:
+                scores[row] = float("-inf")
+                scores[row, self.eos_id] = 0.0
+        return scores
