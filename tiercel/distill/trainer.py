@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tiercel.distill import checkpoints
-from tiercel.distill.data import ModelInput, SFTData, TaskSampler, collate, to_device
+from tiercel.distill.data import IGNORE, ModelInput, SFTData, TaskSampler, collate, to_device
 from tiercel.distill.dist import Dist, all_mean, barrier, setup, sharded, teardown, through_root
 from tiercel.errors import TiercelError
 from tiercel.fileio import atomic_write_text
@@ -128,18 +128,30 @@ def _autocast(precision: str, device: str):
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
 
 
-def micro_step(run: Run, step: int, micro: int, weight: float, sync: bool) -> dict:
-    """Forward and backward one micro-batch, its loss scaled by `weight`; returns its loss terms."""
+def on_policy_batch(recipe: Recipe, step: int, micro: int) -> bool:
+    """Whether micro-batch (step, micro) trains on the student's own answers: drawn with probability
+    distill.on_policy from the seed, the same on every process and after a resume."""
+    import numpy as np
+
+    p = recipe.distill.on_policy
+    return p > 0 and np.random.default_rng([recipe.seed, step, micro, 7]).random() < p
+
+
+def micro_step(run: Run, step: int, micro: int, total: int, sync: bool) -> tuple[dict, int]:
+    """Forward and backward one micro-batch; returns its loss terms and its loss units (see loss_units).
+
+    Its mean loss is weighted by its units over `total`, the global batch's, counted on the answers it trains
+    on: an on-policy micro-batch counts the student's sampled answers, not the dataset's.
+    """
     import contextlib
 
-    import numpy as np
     import torch
 
     cfg, dist = run.recipe.distill, run.dist
     indices = run.sampler.draw(step, micro, cfg.batch_size * dist.world)[dist.rank :: dist.world]
     batch = to_device(collate(run.data, indices, run.inputs, run.tokenizer.eos_id), dist.device)
     ce_weight = None
-    on_policy = cfg.on_policy > 0 and np.random.default_rng([run.recipe.seed, step, micro, 7]).random() < cfg.on_policy
+    on_policy = on_policy_batch(run.recipe, step, micro)
     if on_policy:
         from tiercel.distill.onpolicy import row_seeds, student_answers
 
@@ -155,6 +167,7 @@ def micro_step(run: Run, step: int, micro: int, weight: float, sync: bool) -> di
             teacher_out = run_model(run.teacher.model, batch["teacher"], batch["decoder_input_ids"], hidden=run.objective.needs_hidden)
     if run.topk is not None and not on_policy:
         topk = run.topk.lookup(indices, batch["labels"], dist.device)
+    units = sum(loss_units(run, [(batch["labels"] != IGNORE).sum(1).tolist()])[0])
     no_sync = getattr(run.wrapped, "no_sync", None)
     ctx = no_sync() if (not sync and no_sync is not None) else contextlib.nullcontext()
     with ctx:
@@ -163,8 +176,8 @@ def micro_step(run: Run, step: int, micro: int, weight: float, sync: bool) -> di
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {float(loss.detach())} at step {step} ({terms}); lower distill.lr or use precision fp32; "
                                    f"the last good checkpoint is kept in {run.dir / 'checkpoints'}")
-        (loss * weight).backward()
-    return {"loss": float(loss.detach()), **terms}
+        (loss * (units * dist.world / total)).backward()  # times the process count, which DDP/FSDP average out
+    return {"loss": float(loss.detach()), **terms}, units
 
 
 def step_tokens(run: Run, step: int) -> list[list[int]]:
@@ -187,32 +200,42 @@ def train_step(run: Run, step: int) -> dict:
 
     The loss is the mean over every answer token of the global batch (loss_norm "sample": over every sample of
     it, each sample's own token mean), whatever its split over processes and micro-batches: each micro-batch's
-    mean loss is weighted by its share of the batch's tokens (samples) (times the process count, which DDP's
-    gradient averaging divides out). So N processes reproduce one process with the same global batch.
-    On-policy batches change their labels after counting; their weight is approximate.
+    mean loss is weighted by its share of the batch's tokens (samples). So N processes reproduce one process
+    with the same global batch. On-policy answers are sampled after the batch's tokens are counted (from the
+    dataset, without communication): their micro-batches are weighted by the sampled tokens against that count,
+    and once every process's sampled count is known (one all-reduce) the gradient is rescaled to the true total.
     """
     import torch
 
     cfg, dist = run.recipe.distill, run.dist
     run.optimizer.zero_grad(set_to_none=True)
     counts = step_tokens(run, step)
-    units = loss_units(run, counts)
-    total = sum(map(sum, units))
+    planned = sum(map(sum, loss_units(run, counts)))
     sums: dict[str, float] = {}
+    trained = 0
     for m in range(cfg.grad_accum):
-        local = sum(units[m][dist.rank :: dist.world])
-        log = micro_step(run, step, m, weight=local * dist.world / total, sync=(m == cfg.grad_accum - 1))
+        log, units = micro_step(run, step, m, planned, sync=(m == cfg.grad_accum - 1))
+        trained += units
         for k, v in log.items():
-            sums[k] = sums.get(k, 0.0) + v * local / total
+            sums[k] = sums.get(k, 0.0) + v * units
+    total = planned if cfg.on_policy == 0 else max(1, round(all_mean(dist, {"units": trained})["units"] * dist.world))
+    if total != planned:
+        _scale_grads(run.objective, planned / total)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.objective.parameters(), cfg.clip_grad)
     run.optimizer.step()
     run.scheduler.step()
-    metrics = {k: v * dist.world for k, v in all_mean(dist, sums).items()}  # all_mean / world = sum over processes
+    metrics = {k: v * dist.world / total for k, v in all_mean(dist, sums).items()}  # all_mean * world: the sum
     metrics["grad_norm"] = float(grad_norm)
     metrics["lr"] = run.scheduler.get_last_lr()[0]
     metrics["samples"] = cfg.batch_size * cfg.grad_accum * dist.world
     metrics["tokens"] = sum(map(sum, counts))
     return metrics
+
+
+def _scale_grads(objective, factor: float) -> None:
+    for p in objective.parameters():
+        if p.grad is not None:
+            p.grad.mul_(factor)
 
 
 def distill(recipe: Recipe, resume: bool = False, progress: bool = True) -> dict:
