@@ -1,7 +1,15 @@
 """Process-group plumbing for `torchrun --nproc_per_node N tiercel distill ...` (gloo on CPU, nccl on GPU).
 
 Single-process runs need no launcher: without torchrun's environment, rank 0 of 1 on the best device.
-Knows nothing about models or data.
+Knows nothing about data; of models only the one rule of FSDP below.
+
+Under FSDP2 the student's parameters are sharded DTensors, gathered only by the hooks of a forward through the
+root module. Work that calls the student directly (validation, on-policy `generate`) therefore runs inside that
+forward (through_root), on every process in step. That needs no more memory than a training forward (a layer's
+parameters are gathered while it runs) and no copy; the alternative, gathering a full state dict into an
+unsharded copy on rank 0, needs the whole model on one device, which is what FSDP is there to avoid, while the
+other processes wait. The price: every process runs validation over the same records (eval_limit of them, every
+eval_every steps).
 """
 
 from __future__ import annotations
@@ -66,7 +74,6 @@ def teardown(d: Dist) -> None:
 
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
 
 
 def through_root(run, fn):
