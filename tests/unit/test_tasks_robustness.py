@@ -56,6 +56,11 @@ def test_metrics_refuse_lists_of_different_lengths(call):
         call()
 
 
+def test_a_count_past_floats_range_scores_as_infinitely_wrong_not_an_overflow():
+    scores = M.count_metrics([10**400, 3], [1, 3])
+    assert scores["mae"] == float("inf") and scores["accuracy"] == 0.5
+
+
 def test_count_metrics_refuse_values_that_are_not_whole_numbers():
     with pytest.raises(TaskError, match=r"count_metrics: predictions must be whole numbers or None \(item 0 is '1'\)"):
         M.count_metrics(["1"], [1])
