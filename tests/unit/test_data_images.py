@@ -112,3 +112,22 @@ def test_the_pixel_bound_is_configurable(tmp_path, monkeypatch):
     monkeypatch.setenv("TIERCEL_MAX_IMAGE_PIXELS", "lots")
     with pytest.raises(DataError, match=r"TIERCEL_MAX_IMAGE_PIXELS: must be a whole number of pixels, 0 for no bound \(got 'lots'\)"):
         load_image(path)
+
+
+def test_an_opened_pil_image_past_the_bound_is_refused_by_the_runtime_before_decoding(tmp_path, monkeypatch):
+    from tiercel.runtime.preprocess import to_rgb_array
+
+    bomb = _png_declaring(tmp_path / "bomb.png", 100_000, 100_000)
+
+    def decode(self):
+        raise AssertionError("pixels decoded")  # 10 GB: what Model.run(Image.open(bomb)) used to allocate
+
+    monkeypatch.setattr(Image.Image, "load", decode)
+    with Image.open(bomb) as lazy, pytest.raises(DataError) as err:
+        to_rgb_array(lazy)  # what Model.run / run_all do with a PIL image
+    assert str(err.value).startswith(f"{bomb}: 100000x100000 image has 10,000,000,000 pixels, over the 268,435,456")
+    monkeypatch.undo()
+    small = Image.new("L", (4, 3))
+    monkeypatch.setenv("TIERCEL_MAX_IMAGE_PIXELS", "11")
+    with pytest.raises(DataError, match=r"^image: 4x3 image has 12 pixels, over the 11 tiercel decodes"):
+        to_rgb_array(small)  # an image made in memory has no file name

@@ -132,3 +132,25 @@ def test_missing_image_is_reported_once_per_path_even_when_cached(dataset, tmp_p
     path.write_text("\n".join(json.dumps(r) for r in many))
     report = validate(path, tmp_path)
     assert [(p.index, p.reason) for p in report.problems] == [(0, MISSING_IMAGE), (1, MISSING_IMAGE), (2, MISSING_IMAGE)]
+
+
+def test_a_second_user_turn_is_no_answer_and_is_never_trained_on(tmp_path):
+    from tiercel.data.sft import iter_records
+
+    (tmp_path / "a.png").write_bytes(b"")
+    user = {"role": "user", "content": f"<image>\n[IMG_CLS]\n{CLS}"}
+    for second in ({"role": "user", "content": "airport"}, {"from": "human", "value": "airport"}):
+        path = tmp_path / "train.json"
+        path.write_text(json.dumps([{"conversations": [user, second], "images": ["a.png"]}]))
+        assert next(iter_records(path)).answer == ""  # the user's next question is no answer to learn
+        problems = validate(path, tmp_path).problems
+        assert (problems[0].reason, problems[0].detail) == (NO_ANSWER, "no assistant turn after the user turn")
+
+
+def test_an_image_path_too_long_for_the_file_system_is_reported_not_raised(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([rec("[IMG_CLS]", CLS, "airport", ["x" * 5000 + ".png"])]))
+    (problem,) = validate(path, tmp_path).problems
+    assert problem.reason == MISSING_IMAGE
+    full = str(tmp_path / ("x" * 5000 + ".png"))
+    assert problem.detail == f"{full[:100]}...({len(full)} characters) (File name too long)"

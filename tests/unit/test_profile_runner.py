@@ -128,6 +128,17 @@ def test_bad_inputs_fail_before_timing(bundle, tmp_path):
         profile([tmp_path], ["torch"], ProfileSettings(runs=1))  # the runtime alone never imports torch to open one
 
 
+def test_more_new_tokens_than_the_position_table_names_profiles_option(bundle, monkeypatch):
+    from tiercel.runtime.profile import runner
+
+    monkeypatch.setattr(runner.roofline, "measure_machine", lambda: None)  # seconds this test does not need
+    monkeypatch.setattr(runner, "_timed_call", lambda *a: pytest.fail("timed before the check"))
+    with pytest.raises(ConfigError) as err:  # the tiny bundle has 256 positions
+        profile([bundle], ["onnxruntime"], ProfileSettings(runs=1, new_tokens=257, image_size=64))
+    assert str(err.value) == ("max_new_tokens: 257 is more than this model's 256 decoder positions; use 256 or less "
+                              "(--new-tokens)")
+
+
 def test_profile_image_is_deterministic():
     from tiercel.runtime.profile.runner import profile_image
 

@@ -56,6 +56,11 @@ def test_metrics_refuse_lists_of_different_lengths(call):
         call()
 
 
+def test_a_count_past_floats_range_scores_as_infinitely_wrong_not_an_overflow():
+    scores = M.count_metrics([10**400, 3], [1, 3])
+    assert scores["mae"] == float("inf") and scores["accuracy"] == 0.5
+
+
 def test_count_metrics_refuse_values_that_are_not_whole_numbers():
     with pytest.raises(TaskError, match=r"count_metrics: predictions must be whole numbers or None \(item 0 is '1'\)"):
         M.count_metrics(["1"], [1])
@@ -98,3 +103,39 @@ def test_a_prompt_region_outside_the_image_is_refused_not_clamped(region):
     assert "<box><0><0><999><999></box>" in T.get("REG_CLS_HBB").prompt(region=[0, 0, 100, 80], image_size=(100, 80))
     # half a pixel of rounding is not "outside": 64.00000000000001 comes out of the generator's own geometry
     assert "<box><0><0><999><999></box>" in T.get("REG_CLS_HBB").prompt(region=[-0.4, 0, 100.4, 80.5], image_size=(100, 80))
+
+
+def _seg(tag="PIX_SEG"):
+    return T.get(tag).parse("<poly><1><1><50><1><50><50></poly>", image_size=(10, 10))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: T.get("IMG_CLS").metric(None, None), "IMG_CLS: preds and refs must be lists, one result per sample "
+                                                  "(got NoneType, NoneType)"),
+    (lambda: M.score_labels(["a"], ["a"]), "score_labels: preds[0] is str; expected a result with .text (parse the "
+                                           "answers with the task's spec first)"),
+    (lambda: M.score_captions([T.get("IMG_CAP").parse("a")], [["a"]]), "score_captions: refs[0][0] is str; "
+                                                                       "expected a result with .text"),
+    (lambda: M.detection_metrics([[[1, 2, 3]]], [[[1, 2, 3, 4]]], M.box_iou_matrix),
+     "boxes must be [x1, y1, x2, y2], 4 numbers each (got [[1, 2, 3]])"),
+    (lambda: M.detection_metrics([[1, 2, 3, 4]], [[[1, 2, 3, 4]]], M.box_iou_matrix),
+     "detection_metrics: predictions[0] must be a list of geometries, one per object (got 4 entries for 1)"),
+    (lambda: M.grounding_metrics([[["a", "b", "c", "d"]]], [[[1, 2, 3, 4]]], M.box_iou_matrix),
+     "boxes must be [x1, y1, x2, y2], 4 numbers each (got [['a', 'b', 'c', 'd']])"),
+    (lambda: M.convex_iou_matrix([[1, 2, 3]], [[1, 2, 3, 4, 5, 6, 7, 8]]),
+     "point sets must be [x, y] pairs (got [1, 2, 3])"),
+    (lambda: M.segmentation_metrics([[[[1, 2, 3]]]], [[]], [(10, 10)]),
+     "polygon parts must be [x, y] pairs (got [1, 2, 3])"),
+    (lambda: M.segmentation_metrics([[]], [[]], None),
+     "segmentation_metrics: needs image_sizes, one (W, H) per sample"),
+    (lambda: M.segmentation_metrics([[]], [[]], [(0, 0)]), "segmentation_metrics: image_sizes[0] must be (W, H) in "
+                                                           "pixels, both > 0 (got (0, 0))"),
+    (lambda: T.get("PIX_SEG").metric([_seg()], [_seg()], ["ab"]), "segmentation_metrics: image_sizes[0] must be (W, H) "
+                                                                  "in pixels, both > 0 (got 'ab')"),
+    (lambda: M.rasterize([], (8, 8), rule="odd"), "rasterize: rule must be 'evenodd' or 'nonzero' (got 'odd')"),
+])  # fmt: skip
+def test_metric_api_misuse_is_one_task_error_line(call, message):
+    with pytest.raises(TaskError) as err:
+        call()
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)

@@ -22,6 +22,7 @@ from tiercel.errors import DataError
 from tiercel.fileio import atomic_path
 
 CHUNK_CHARS = 1 << 20  # characters read per step; a record larger than this just takes several reads
+_USER_ROLES = ("user", "human")
 
 
 @dataclass
@@ -155,7 +156,7 @@ def _user_and_answer(turns: list[dict]) -> tuple[str | None, str | None]:
     i = _user_turn(turns)
     if i is None:
         return None, None
-    reply = _turn(turns[i + 1], i + 1)[1] if i + 1 < len(turns) else None
+    reply = _reply(turns, i)
     return _turn(turns[i], i)[1], reply if isinstance(reply, str) else None
 
 
@@ -163,19 +164,30 @@ def answer_problem(record: Record) -> str | None:
     """Why a well-formed record holds no answer to train on (no assistant turn, not text, empty); None if it has one."""
     turns = record.raw.get("conversations", record.raw.get("conversation"))
     i = _user_turn(turns) if isinstance(turns, list) else None
-    if i is None or i + 1 >= len(turns):
+    reply = _reply(turns, i) if i is not None else _NO_TURN
+    if reply is _NO_TURN:
         return "no assistant turn after the user turn"
-    reply = _turn(turns[i + 1], i + 1)[1]
     if not isinstance(reply, str):
         return f"the assistant answer is not text (got {type(reply).__name__})"
     return None if reply.strip() else "the assistant answer is empty"
+
+
+_NO_TURN = object()  # _reply's "there is no answer turn", apart from a turn whose content is None
+
+
+def _reply(turns: list[dict], i: int):
+    """Content of the answer to user turn `i`: the next turn, unless there is none or it is another user turn
+    (whose text would otherwise be trained on as the answer); _NO_TURN then."""
+    if i + 1 >= len(turns) or _turn(turns[i + 1], i + 1)[0] in _USER_ROLES:
+        return _NO_TURN
+    return _turn(turns[i + 1], i + 1)[1]
 
 
 def _user_turn(turns: list[dict]) -> int | None:
     """Index of the first user turn with text content (role/from; the first turn without a role is the user's)."""
     for i, turn in enumerate(turns):
         role, text = _turn(turn, i)
-        if role in ("user", "human") and isinstance(text, str):
+        if role in _USER_ROLES and isinstance(text, str):
             return i
     return None
 

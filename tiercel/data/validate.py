@@ -188,8 +188,12 @@ class _Checker:
         if not isinstance(rel, str) or os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == "..":
             return OUTSIDE_ROOT, f"{rel!r} is not a path inside {self.root}; image paths are relative to --root"
         path = self.root / rel
-        if not path.is_file():
-            return MISSING_IMAGE, str(path)
+        try:
+            if not path.is_file():
+                return MISSING_IMAGE, str(path)
+        except OSError as err:  # a name too long for the file system, a loop of links: not a readable image
+            shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:100]}...({len(str(path))} characters)"
+            return MISSING_IMAGE, f"{shown} ({err.strerror or err})"
         try:
             size = image_size(path)
             check_pixels(path, size)

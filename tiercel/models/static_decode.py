@@ -276,16 +276,12 @@ class GraphedPredictor(TorchPredictor):
                      **overrides) -> list[list[int]]:
         """Generated ids per prompt (after the decoder start, up to and including eos), static-KV decoder."""
         torch, cfg = self.torch, self.generation.with_overrides(**overrides)
+        self.check_new_tokens(cfg)  # before the text encoder runs, in the words of every other backend
         ids, mask = self._prompt_batch(features, prompts)
         with torch.no_grad():
             hidden = self._encode(features, ids, mask, rows).last_hidden_state
         if cfg.num_beams > 1:
             hidden, mask = hidden.repeat_interleave(cfg.num_beams, 0), mask.repeat_interleave(cfg.num_beams, 0)
-        limit = self.model.model.language_model.decoder.embed_positions.num_embeddings - 2
-        if cfg.max_new_tokens > limit:
-            from tiercel.errors import ConfigError
-
-            raise ConfigError(f"max_new_tokens: at most {limit} for this model (its position table); got {cfg.max_new_tokens}")
         decoder = self.decoder(hidden.shape[0], hidden.shape[1], cfg.max_new_tokens)
         decoder.start(hidden, mask, self._stage)
         with self._stage("generate"):

@@ -169,12 +169,12 @@ class Model:
                               f"model's {self.max_positions} text positions; shorten the prompt (--text) to "
                               f"{self.max_positions - n_img} tokens or less")
 
-    def check_new_tokens(self, cfg: GenerationConfig) -> None:
-        """ConfigError when max_new_tokens is more than the decoder's positions."""
+    def check_new_tokens(self, cfg: GenerationConfig, option: str = "--max-new-tokens") -> None:
+        """ConfigError when max_new_tokens is more than the decoder's positions; `option` is the command's
+        name for the setting (tiercel profile calls it --new-tokens)."""
         if cfg.max_new_tokens > self.max_positions:
             raise ConfigError(f"max_new_tokens: {cfg.max_new_tokens} is more than this model's "
-                              f"{self.max_positions} decoder positions; use {self.max_positions} or less "
-                              "(--max-new-tokens)")
+                              f"{self.max_positions} decoder positions; use {self.max_positions} or less ({option})")
 
     # ---- stages -------------------------------------------------------------------------------------------
     def _stage(self, name: str):

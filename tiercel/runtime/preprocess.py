@@ -21,11 +21,13 @@ from tiercel.errors import DataError
 
 def to_rgb_array(image) -> np.ndarray:
     """A path, PIL image or array (HxW, HxWx1/3/4; any integer or float dtype) -> HxWx3 uint8."""
-    from tiercel.data.images import load_image, to_rgb
+    from tiercel.data.images import check_pixels, load_image, to_rgb
 
     if isinstance(image, (str, Path)):
         return load_image(image)
     if isinstance(image, Image.Image):
+        # Image.open is lazy: a caller's opened file is checked from its header before to_rgb decodes it
+        check_pixels(getattr(image, "filename", "") or "image", image.size)
         return np.asarray(to_rgb(image), dtype=np.uint8)
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[2] == 1:

@@ -291,6 +291,7 @@ def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: n
     load_seconds = time.perf_counter() - start
     after_load = memory.current()
     gen = forced_generation(settings.new_tokens, settings.num_beams)
+    m.check_new_tokens(m.generation.with_overrides(**gen), option="--new-tokens")  # before any timed call
     beams = settings.num_beams or m.generation.num_beams
     # a torch model on a GPU returns from a stage before its kernels finish: its clock synchronises first
     m.timer = StageTimer(clock=getattr(m, "stage_clock", time.perf_counter), on_stage=memory.sample)

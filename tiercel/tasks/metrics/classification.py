@@ -13,6 +13,7 @@ This module knows nothing about answer text beyond `Label.text` / `Count.value`,
 
 from __future__ import annotations
 
+import math
 import re
 import string
 
@@ -85,7 +86,15 @@ def count_metrics(preds: list[int | None], refs: list[int]) -> dict[str, float]:
     read = [(p, r) for p, r in zip(preds, refs) if p is not None]
     return {
         "accuracy": float(np.mean([p == r for p, r in zip(preds, refs)])) if refs else float("nan"),
-        "mae": float(np.mean([abs(p - r) for p, r in read])) if read else float("nan"),
+        "mae": float(np.mean([_float(abs(p - r)) for p, r in read])) if read else float("nan"),
         "missing": float(len(refs) - len(read)),
         "n": float(len(refs)),
     }
+
+
+def _float(n: int) -> float:
+    """float(n), or inf past float's range: a 400-digit count is infinitely wrong, not an OverflowError."""
+    try:
+        return float(n)
+    except OverflowError:
+        return math.inf

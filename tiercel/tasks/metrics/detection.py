@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tiercel.errors import TaskError
 from tiercel.tasks.metrics.checks import paired
 
 SWEEP = tuple(round(t / 10, 1) for t in range(1, 10))  # IoU 0.1 .. 0.9
@@ -60,7 +61,7 @@ def detection_metrics(preds: list, refs: list, iou_matrix: Callable, thresholds=
     `precision50`, `recall50`, and also plain `precision` and `recall`.
     """
     paired("detection_metrics", preds, refs)
-    matrices = [np.asarray(iou_matrix(p, r), dtype=float).reshape(len(p), len(r)) for p, r in zip(preds, refs)]
+    matrices = [_matrix(iou_matrix, p, r, i) for i, (p, r) in enumerate(zip(preds, refs))]
     n_gt = sum(len(r) for r in refs)
     n_det = sum(len(p) for p in preds)
     rankings = {
@@ -80,6 +81,19 @@ def detection_metrics(preds: list, refs: list, iou_matrix: Callable, thresholds=
         out["precision"], out["recall"] = out["precision50"], out["recall50"]
     out["n"] = float(len(preds))
     return out
+
+
+def _matrix(iou_matrix: Callable, p, r, i: int) -> np.ndarray:
+    """The len(p) x len(r) IoU matrix of sample `i`; TaskError when p or r is not a list of geometries (a flat
+    [x1, y1, x2, y2] would give a matrix of another shape)."""
+    m = np.asarray(iou_matrix(p, r), dtype=float)
+    shape = m.shape if m.ndim == 2 else (-1, -1)
+    for what, items, n in (("predictions", p, shape[0]), ("references", r, shape[1])):
+        if not isinstance(items, (list, tuple, np.ndarray)) or len(items) != n:
+            count = f"{len(items)} entries" if hasattr(items, "__len__") else type(items).__name__
+            raise TaskError(f"detection_metrics: {what}[{i}] must be a list of geometries, one per object "
+                            f"(got {count} for {n})")
+    return m
 
 
 def _best(ious: np.ndarray) -> np.ndarray:

@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from tiercel.errors import TaskError
+from tiercel.tasks.metrics.checks import rows
+
+_BOXES = ("boxes", "[x1, y1, x2, y2], 4 numbers each")
+_POINTS = ("point sets", "[x, y] pairs")
+
 
 def box_iou(a, b) -> float:
     """IoU of two horizontal boxes [x1, y1, x2, y2] (corners in any order)."""
@@ -31,13 +37,13 @@ def box_iou_matrix(a, b) -> np.ndarray:
 
 
 def _ordered(boxes) -> np.ndarray:
-    boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    boxes = rows(boxes, 4, *_BOXES)
     return np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], axis=1)
 
 
 def polygon_area(points) -> float:
     """Signed area by the shoelace formula: positive when the points run counter-clockwise (y up)."""
-    p = np.asarray(points, dtype=float).reshape(-1, 2)
+    p = rows(points, 2, *_POINTS)
     if len(p) < 3:
         return 0.0
     x, y = p[:, 0], p[:, 1]
@@ -46,7 +52,7 @@ def polygon_area(points) -> float:
 
 def convex_hull(points) -> np.ndarray:
     """Counter-clockwise convex hull (Andrew's monotone chain), without repeated or collinear points."""
-    p = sorted(set(map(tuple, np.asarray(points, dtype=float).reshape(-1, 2).tolist())))
+    p = sorted(set(map(tuple, rows(points, 2, *_POINTS).tolist())))
     if len(p) < 3:
         return np.asarray(p, dtype=float).reshape(-1, 2)
 
@@ -127,7 +133,7 @@ def _distinct(sets: list) -> tuple[list[np.ndarray], np.ndarray]:
     index: dict[bytes, int] = {}
     arrays, where = [], []
     for p in sets:
-        arr = np.asarray(p, dtype=float).reshape(-1, 2)
+        arr = rows(p, 2, *_POINTS)
         key = index.setdefault(arr.tobytes(), len(arrays))
         if key == len(arrays):
             arrays.append(arr)
@@ -143,7 +149,7 @@ def rasterize(polygons, size, rule: str = "evenodd", out: np.ndarray | None = No
     With `out` (an H x W bool mask) the fill is OR-ed into it, which is how instances are united.
     """
     if rule not in ("evenodd", "nonzero"):
-        raise ValueError(f"rule must be 'evenodd' or 'nonzero' (got {rule!r})")
+        raise TaskError(f"rasterize: rule must be 'evenodd' or 'nonzero' (got {rule!r})")
     w, h = max(int(round(size[0])), 0), max(int(round(size[1])), 0)
     mask = np.zeros((h, w), dtype=bool) if out is None else out
     edges = _edges(polygons)
@@ -180,7 +186,7 @@ def _fill(edges: np.ndarray, h: int, w: int, rule: str) -> np.ndarray:
 
 def _edges(polygons) -> np.ndarray:
     # All closing edges of all parts with >= 3 points, as rows [x0, y0, x1, y1].
-    parts = [np.asarray(part, dtype=float).reshape(-1, 2) for part in polygons]
+    parts = [rows(part, 2, "polygon parts", "[x, y] pairs") for part in polygons]
     parts = [p for p in parts if len(p) >= 3]
     if not parts:
         return np.zeros((0, 4))

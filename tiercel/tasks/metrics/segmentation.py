@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tiercel.tasks.metrics.checks import paired
+from tiercel.tasks.metrics.checks import frame_sizes, paired
 from tiercel.tasks.metrics.geometry import rasterize
 
 
@@ -39,6 +39,7 @@ def iou_dice(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 def segmentation_metrics(preds: list, refs: list, image_sizes: list) -> dict[str, float]:
     """PIX_SEG, PIX_CHG: mean per-image IoU (`miou`), mean Dice (`dice`) and pooled IoU (`iou_pooled`)."""
     paired("segmentation_metrics", preds, refs, image_sizes)
+    frame_sizes("segmentation_metrics", image_sizes)
     ious, dices, inter, union = [], [], 0, 0
     for pred, ref, size in zip(preds, refs, image_sizes):
         a, b = polygons_mask(pred, size), polygons_mask(ref, size)
