@@ -108,8 +108,15 @@ def tidy_leftovers(dst: str | Path) -> None:
 
 def is_leftover(path: str | Path) -> bool:
     """Whether `path` is a temporary output of a run that is gone (killed before it finished)."""
+    return is_temporary(path) and not _alive(int(_TEMPORARY.fullmatch(Path(path).resolve().name).group(1)))
+
+
+def is_temporary(path: str | Path) -> bool:
+    """Whether `path` is the temporary output of another process: still being written, or left by a killed run.
+    Never a finished output: those are renamed to their final name as the very last step. The writing process
+    itself may read its own (e.g. export's parity check loads the bundle it is writing)."""
     m = _TEMPORARY.fullmatch(Path(path).resolve().name)
-    return bool(m) and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1)))
+    return bool(m) and int(m.group(1)) != os.getpid()
 
 
 _TEMPORARY = re.compile(r"\..+\.tmp-(\d+)-\w+")
