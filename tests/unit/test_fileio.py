@@ -163,3 +163,20 @@ def test_an_optimizer_shard_is_written_through_the_shared_helper(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["optimizer.rank1.pt"] and events
     assert stat.S_IMODE((tmp_path / "optimizer.rank1.pt").stat().st_mode) == 0o644
     assert torch.load(tmp_path / "optimizer.rank1.pt", weights_only=True)["param_groups"][0]["lr"] == 0.1
+
+
+def test_overwrite_replaces_only_an_output_that_carries_its_marker(tmp_path):
+    def bundle(dst):
+        with atomic_dir(dst, overwrite=True, marker="manifest.json") as tmp:
+            (tmp / "manifest.json").write_text("{}")
+
+    bundle(tmp_path / "empty")  # a missing or empty folder is fine, and so is tiercel's own output
+    (tmp_path / "made").mkdir()
+    bundle(tmp_path / "made")
+    bundle(tmp_path / "made")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    with pytest.raises(TiercelError, match=r"theirs: holds files tiercel did not write \(no manifest.json\), so it"):
+        bundle(tmp_path / "theirs")
+    assert (tmp_path / "theirs" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "made", "theirs"]
