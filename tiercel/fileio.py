@@ -25,14 +25,14 @@ from tiercel.errors import TiercelError
 
 
 @contextlib.contextmanager
-def atomic_dir(dst: str | Path, overwrite: bool = False):
+def atomic_dir(dst: str | Path, overwrite: bool = False, marker: str | None = None):
     """Yield a temporary directory next to `dst`; on success it replaces `dst` (see replace_into), on error
-    it is removed."""
-    dst = refuse_existing(dst, overwrite)
+    it is removed. `marker`: see refuse_existing."""
+    dst = refuse_existing(dst, overwrite, marker)
     _check_writable(dst.parent, str(dst))
     dst.parent.mkdir(parents=True, exist_ok=True)
     tidy_leftovers(dst)
-    refuse_existing(dst, overwrite)  # a leftover put back may now stand there
+    refuse_existing(dst, overwrite, marker)  # a leftover put back may now stand there
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=dst.parent))
     try:
         os.chmod(tmp, 0o777 & ~umask())
@@ -44,14 +44,19 @@ def atomic_dir(dst: str | Path, overwrite: bool = False):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def refuse_existing(dst: str | Path, overwrite: bool = False) -> Path:
+def refuse_existing(dst: str | Path, overwrite: bool = False, marker: str | None = None) -> Path:
     """`dst` as a Path; TiercelError if it exists and `overwrite` is off, or if it is a file (an output folder
-    never replaces a file: that file is not tiercel's). Checked again by atomic_dir."""
+    never replaces a file: that file is not tiercel's), or if it holds files but not `marker` (the file every
+    output of its kind has, e.g. a bundle's manifest.json): then tiercel did not write it. Checked again by
+    atomic_dir."""
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise TiercelError(f"{dst}: is a file, not a folder; choose a folder path for the output")
     if dst.exists() and not overwrite:
         raise TiercelError(f"{dst}: already exists; choose another output path or pass --overwrite")
+    if marker and dst.is_dir() and any(dst.iterdir()) and not (dst / marker).is_file():
+        raise TiercelError(f"{dst}: holds files tiercel did not write (no {marker}), so it is not replaced even "
+                           "with --overwrite; choose another output path, or empty it yourself")
     return dst
 
 
@@ -108,8 +113,15 @@ def tidy_leftovers(dst: str | Path) -> None:
 
 def is_leftover(path: str | Path) -> bool:
     """Whether `path` is a temporary output of a run that is gone (killed before it finished)."""
+    return is_temporary(path) and not _alive(int(_TEMPORARY.fullmatch(Path(path).resolve().name).group(1)))
+
+
+def is_temporary(path: str | Path) -> bool:
+    """Whether `path` is the temporary output of another process: still being written, or left by a killed run.
+    Never a finished output: those are renamed to their final name as the very last step. The writing process
+    itself may read its own (e.g. export's parity check loads the bundle it is writing)."""
     m = _TEMPORARY.fullmatch(Path(path).resolve().name)
-    return bool(m) and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1)))
+    return bool(m) and int(m.group(1)) != os.getpid()
 
 
 _TEMPORARY = re.compile(r"\..+\.tmp-(\d+)-\w+")

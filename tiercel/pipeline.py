@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tiercel.errors import ConfigError
-from tiercel.fileio import atomic_dir, write_json
+from tiercel.fileio import atomic_dir, atomic_write_text, write_json
 from tiercel.recipe import Recipe, dump_recipe
 
 STAGES = ("data", "teacher", "distill", "export", "quantize", "eval", "profile", "report")
@@ -40,10 +40,11 @@ class Pipeline:
             (self.markers / f"{later}.json").unlink(missing_ok=True)
 
     def run(self, from_stage: str | None = None) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "recipe.resolved.yaml").write_text(dump_recipe(self.recipe))
         if from_stage:
             self.forget_from(from_stage)
+        self.check_replaceable()
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "recipe.resolved.yaml", dump_recipe(self.recipe))
         results = {}
         for stage in STAGES:
             prior = self.done(stage)
@@ -59,6 +60,34 @@ class Pipeline:
             results[stage] = summary
             self.log(f"[{stage}] finished in {summary['seconds']:.1f} s")
         return results
+
+    def check_replaceable(self) -> None:
+        """Before any work: ConfigError if a stage still to run would replace a folder tiercel did not write
+        (the synthetic benchmark's data.root, the trained teacher's teacher.path)."""
+        if self.done("data") is None:
+            self._check_data_root()
+        if self.done("teacher") is None:
+            self._check_teacher_path()
+
+    def _check_data_root(self) -> None:
+        from tiercel.data.synth.writer import is_synth_folder
+
+        d = self.recipe.data
+        if self.recipe.pipeline.synth is None or Path(d.train).is_file():
+            return
+        if _holds_files(d.root) and not is_synth_folder(d.root):
+            raise ConfigError(f"{d.train}: training file not found, and pipeline.synth would generate into data.root "
+                              f"({d.root}), which holds files tiercel did not write; point data.train at your "
+                              "training file, or set data.root to a new folder for the synthetic benchmark")
+
+    def _check_teacher_path(self) -> None:
+        dst = self.recipe.teacher.path
+        if self.recipe.pipeline.train_teacher is None or dst is None:
+            return
+        if _holds_files(dst) and not (Path(dst) / "tiercel.json").is_file():
+            raise ConfigError(f"teacher.path ({dst}): holds files tiercel did not write (no tiercel.json), and "
+                              "pipeline.train_teacher would replace them with the teacher it trains; set teacher.path "
+                              "to a new folder for the trained teacher, or remove pipeline.train_teacher")
 
     # ---- paths -------------------------------------------------------------------------------------------
     def bundle(self, name: str) -> Path:
@@ -84,13 +113,8 @@ class Pipeline:
         if synth is None:
             raise ConfigError(f"{d.train}: training file not found (set pipeline.synth to generate the synthetic benchmark)")
         from tiercel.data.synth import generate
-        from tiercel.data.synth.writer import is_synth_folder
 
-        root = Path(d.root)
-        if root.is_dir() and any(root.iterdir()) and not is_synth_folder(root):
-            raise ConfigError(f"{d.train}: training file not found, and pipeline.synth would generate into data.root "
-                              f"({d.root}), which holds files tiercel did not write; point data.train at your "
-                              "training file, or set data.root to a new folder for the synthetic benchmark")
+        self._check_data_root()
         meta = generate(d.root, n=synth.n, size=synth.size, seed=synth.seed, overwrite=True)
         if not Path(d.train).is_file():
             raise ConfigError(f"{d.train}: pipeline.synth writes train.json/val.json/test.json into data.root ({d.root}); point data.train there")
@@ -114,8 +138,9 @@ class Pipeline:
                         "save_every": max(1, spec.steps // 2), "log_every": max(1, spec.steps // 20),
                         "eval_limit": self.recipe.distill.eval_limit},
         }, "pipeline.train_teacher")
-        summary = distill(recipe, resume=(run_dir / "checkpoints" / "latest").is_file(), progress=True)
+        self._check_teacher_path()
         dst = Path(self.recipe.teacher.path)
+        summary = distill(recipe, resume=(run_dir / "checkpoints" / "latest").is_file(), progress=True)
         with atomic_dir(dst, overwrite=True) as tmp:
             for f in Path(summary["student"]).iterdir():
                 shutil.copy2(f, tmp / f.name)
@@ -206,16 +231,25 @@ class Pipeline:
         return {k: str(v) for k, v in paths.items()}
 
 
+def _holds_files(folder) -> bool:
+    return Path(folder).is_dir() and any(Path(folder).iterdir())
+
+
 def relocate(recipe: Recipe, out: str | Path) -> Recipe:
     """`recipe` with every output of its pipeline under `out`: the run itself, the synthetic benchmark it
-    generates (pipeline.synth) and the teacher it trains (pipeline.train_teacher). Other inputs stay put."""
+    generates (pipeline.synth) and the teacher it trains (pipeline.train_teacher). Inputs stay put, among them
+    generated teacher answers, whose default place is under the old `out`."""
     data = Path(out) / "data"
     changes = {"out": Path(out)}
+    if recipe.teacher.kind == "generated" and recipe.teacher.answers is None:
+        from tiercel.distill.answers import answers_path
+
+        changes["teacher"] = recipe.teacher.model_copy(update={"answers": answers_path(recipe)})
     if recipe.pipeline.synth is not None:
         moved = {"root": data, "train": data / "train.json", "val": data / "val.json", "test": data / "test.json"}
         changes["data"] = recipe.data.model_copy(update=moved)
     if recipe.pipeline.train_teacher is not None:
-        changes["teacher"] = recipe.teacher.model_copy(update={"path": Path(out) / "teacher"})
+        changes["teacher"] = changes.get("teacher", recipe.teacher).model_copy(update={"path": Path(out) / "teacher"})
     return recipe.model_copy(update=changes)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tiercel.fileio import atomic_write_text, write_json
+from tiercel.fileio import atomic_path, atomic_write_text, write_json
 from tiercel.tasks import TAGS, get
 
 
@@ -135,10 +135,9 @@ def plot(data: dict, path: Path) -> None:
     for ax in (a, b):
         ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_report(pipeline) -> dict[str, Path]:

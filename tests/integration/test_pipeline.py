@@ -1,6 +1,7 @@
 """`tiercel pipeline`: every stage end to end on tiny models, skipping finished stages, --from, crash resume."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -8,6 +9,7 @@ import yaml
 pytest.importorskip("torch")
 
 from tests.conftest import run_cli  # noqa: E402
+from tiercel.pipeline import STAGES  # noqa: E402
 from tiercel.recipe import parse_recipe  # noqa: E402
 
 
@@ -32,12 +34,23 @@ def tiny_recipe(out):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    from tiercel.pipeline import run_pipeline
+    """The tiny recipe run once as a user would: `tiercel pipeline recipes/tiny.yaml --out run`, from a folder
+    of its own, with the recipe's paths pointing elsewhere. Returns (out, each stage's summary, base folder)."""
+    from tiercel.cli import main
 
-    out = tmp_path_factory.mktemp("pipe") / "run"
-    logs = []
-    results = run_pipeline(parse_recipe(tiny_recipe(out)), log=logs.append)
-    return out, results, logs
+    base = tmp_path_factory.mktemp("pipe")
+    (base / "recipes").mkdir()
+    (base / "recipes" / "tiny.yaml").write_text(yaml.safe_dump(tiny_recipe(base / "elsewhere")))
+    (base / "cwd").mkdir()
+    here = os.getcwd()
+    os.chdir(base / "cwd")
+    try:
+        assert main(["pipeline", str(base / "recipes" / "tiny.yaml"), "--out", str(base / "run")]) == 0
+    finally:
+        os.chdir(here)
+    out = base / "run"
+    results = {stage: json.loads((out / "stages" / f"{stage}.json").read_text()) for stage in STAGES}
+    return out, results, base
 
 
 def test_every_stage_runs_and_the_report_compares_the_models(finished):
@@ -169,3 +182,60 @@ def test_pipeline_out_moves_every_output_of_the_run(tmp_path, monkeypatch):
     r = seen["recipe"]
     outputs = [r.out, r.data.root, r.data.train, r.data.val, r.data.test, r.teacher.path]
     assert all(str(p).startswith(str(tmp_path / "new")) for p in outputs), outputs
+
+
+def test_out_holds_every_output_of_the_run(finished):
+    out, results, base = finished
+    assert sorted(p.name for p in base.iterdir()) == ["cwd", "recipes", "run"]  # nothing at the recipe's own paths
+    assert [p.name for p in (base / "recipes").iterdir()] == ["tiny.yaml"] and not any((base / "cwd").iterdir())
+    for name in ("data/train.json", "teacher/tiercel.json", "teacher_run", "student", "bundles/teacher-fp32",
+                 "bundles/student-fp32", "bundles/student-int8-dynamic", "report.md"):
+        assert (out / name).exists(), name
+    summaries = json.dumps(results)
+    assert str(base / "elsewhere") not in summaries and str(out / "data" / "train.json") in summaries
+
+
+def test_a_teacher_folder_tiercel_did_not_write_is_never_replaced(tmp_path):
+    from tiercel.errors import ConfigError
+    from tiercel.pipeline import run_pipeline
+
+    recipe = tiny_recipe(tmp_path / "run")
+    mine = tmp_path / "florence2-large"  # a downloaded checkpoint, meant as the teacher to fine-tune
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"weights")
+    recipe["teacher"]["path"] = str(mine)
+    with pytest.raises(ConfigError) as err:
+        run_pipeline(parse_recipe(recipe), log=lambda m: None)
+    assert str(err.value) == (
+        f"teacher.path ({mine}): holds files tiercel did not write (no tiercel.json), and pipeline.train_teacher would "
+        "replace them with the teacher it trains; set teacher.path to a new folder for the trained teacher, or remove "
+        "pipeline.train_teacher")
+    assert (mine / "model.safetensors").read_bytes() == b"weights"
+    assert not (tmp_path / "run").exists()  # refused before any stage ran
+
+
+def test_a_foreign_data_root_is_refused_before_anything_is_written(tmp_path):
+    from tiercel.errors import ConfigError
+    from tiercel.pipeline import run_pipeline
+
+    recipe = tiny_recipe(tmp_path / "run")
+    (tmp_path / "my_data").mkdir()
+    (tmp_path / "my_data" / "train.jsonl").write_text("{}\n")
+    recipe["data"].update(root=str(tmp_path / "my_data"), train=str(tmp_path / "my_data" / "train.json"))
+    with pytest.raises(ConfigError, match="holds files tiercel did not write; point data.train at your training file"):
+        run_pipeline(parse_recipe(recipe), log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_data"]
+
+
+def test_out_keeps_generated_teacher_answers_where_generate_answers_wrote_them(tmp_path):
+    from tiercel.distill.answers import answers_path
+    from tiercel.pipeline import relocate
+
+    recipe = tiny_recipe(tmp_path / "run")
+    recipe["pipeline"].pop("train_teacher")
+    recipe["teacher"] = {"kind": "generated", "path": str(tmp_path / "teacher")}
+    recipe["tokenizer"] = {"source": "train", "vocab_size": 300}
+    recipe["distill"].update(kd=0.0, ce=1.0)
+    moved = relocate(parse_recipe(recipe), tmp_path / "new")
+    assert answers_path(moved) == tmp_path / "run" / "teacher_answers.json"  # an input of the pipeline: it stays
+    assert moved.data.train == tmp_path / "new" / "data" / "train.json"

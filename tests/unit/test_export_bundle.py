@@ -91,6 +91,20 @@ def test_export_refuses_existing_output_and_bad_options(tiny_model, tiny_tokeniz
     assert not (tmp_path / "c").exists()
 
 
+def test_overwrite_never_replaces_a_folder_that_is_not_a_bundle(tiny_model, tiny_tokenizer, tmp_path):
+    from tiercel.errors import TiercelError
+    from tiercel.export.bundle import export_model
+
+    (tmp_path / "models").mkdir()  # `--out models --overwrite` meant `--out models/tiny`
+    (tmp_path / "models" / "teacher.safetensors").write_bytes(b"weights")
+    with pytest.raises(TiercelError) as err:
+        export_model(tiny_model, tiny_tokenizer, tmp_path / "models", overwrite=True)
+    assert str(err.value) == (f"{tmp_path / 'models'}: holds files tiercel did not write (no manifest.json), so it is "
+                              "not replaced even with --overwrite; choose another output path, or empty it yourself")
+    assert (tmp_path / "models" / "teacher.safetensors").read_bytes() == b"weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
 def test_openvino_property_typo_is_one_config_line(bundle):
     import tiercel.runtime as rt
     from tiercel.errors import ConfigError

@@ -102,3 +102,81 @@ def test_umask_is_read_without_changing_it():
         assert fileio.umask() == 0o027 and fileio.umask() == 0o027
     finally:
         os.umask(old)
+
+
+def test_a_temporary_output_of_another_process_is_never_a_finished_one(tmp_path):
+    killed, running = tmp_path / f".bundle.tmp-{_dead_pid()}-ab12_x", tmp_path / f".bundle.tmp-{os.getppid()}-ab12"
+    assert fileio.is_temporary(killed) and fileio.is_leftover(killed)
+    assert fileio.is_temporary(running) and not fileio.is_leftover(running)  # still being written: not yet a bundle
+    assert not fileio.is_temporary(tmp_path / f".bundle.tmp-{os.getpid()}-ab12")  # export's parity check reads its own
+    assert not fileio.is_temporary(tmp_path / "bundle") and not fileio.is_temporary(tmp_path / f".bundle.old-{_dead_pid()}-ab")
+
+
+def test_the_temporary_folder_is_hidden_and_removed_when_the_work_fails(tmp_path):
+    seen = []
+    with pytest.raises(RuntimeError, match="parity failed"), atomic_dir(tmp_path / "bundle") as tmp:
+        seen.append(tmp)
+        (tmp / "manifest.json").write_text("{}")
+        assert fileio.is_temporary(tmp) is False and tmp.name.startswith(".bundle.tmp-")
+        raise RuntimeError("parity failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_synthetic_benchmark_reaches_the_disk_before_its_rename(tmp_path, monkeypatch):
+    from tiercel.data.synth import generate
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("names the fsynced files through /proc")
+    synced, renamed = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        if not renamed:
+            synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        if os.path.basename(dst) == "bench":
+            renamed.append(dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    generate(tmp_path / "bench", n=42, size=64, workers=1)
+    written = [p.name for p in (tmp_path / "bench").rglob("*") if p.is_file()]
+    assert renamed and len(written) > 10 and set(written) <= set(synced)  # every image and list, before the rename
+
+
+def test_an_optimizer_shard_is_written_through_the_shared_helper(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from tiercel.distill.checkpoints import save_optimizer_shard
+
+    old = os.umask(0o022)
+    events = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    try:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+        save_optimizer_shard(tmp_path, 1, optimizer)
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir()] == ["optimizer.rank1.pt"] and events
+    assert stat.S_IMODE((tmp_path / "optimizer.rank1.pt").stat().st_mode) == 0o644
+    assert torch.load(tmp_path / "optimizer.rank1.pt", weights_only=True)["param_groups"][0]["lr"] == 0.1
+
+
+def test_overwrite_replaces_only_an_output_that_carries_its_marker(tmp_path):
+    def bundle(dst):
+        with atomic_dir(dst, overwrite=True, marker="manifest.json") as tmp:
+            (tmp / "manifest.json").write_text("{}")
+
+    bundle(tmp_path / "empty")  # a missing or empty folder is fine, and so is tiercel's own output
+    (tmp_path / "made").mkdir()
+    bundle(tmp_path / "made")
+    bundle(tmp_path / "made")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    with pytest.raises(TiercelError, match=r"theirs: holds files tiercel did not write \(no manifest.json\), so it"):
+        bundle(tmp_path / "theirs")
+    assert (tmp_path / "theirs" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "made", "theirs"]

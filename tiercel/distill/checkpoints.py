@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from tiercel.errors import CheckpointError
-from tiercel.fileio import atomic_dir, atomic_write_text
+from tiercel.fileio import atomic_dir, atomic_path, atomic_write_text
 from tiercel.models.writer import tiercel_meta, write_native
 
 # trainer_state.pt layout: 2 holds RNG states as tensors and lists, loadable with weights_only=True
@@ -35,14 +35,11 @@ def full_states(objective, optimizer, sharded: bool):
 
 
 def save_optimizer_shard(ckpt: Path, rank: int, optimizer) -> None:
-    """FSDP: this process's optimizer shard, next to the checkpoint's weights (atomic rename)."""
-    import os
-
+    """FSDP: this process's optimizer shard, next to the checkpoint's weights (fileio.atomic_path)."""
     import torch
 
-    tmp = ckpt / f".optimizer.rank{rank}.tmp"
-    torch.save(optimizer.state_dict(), tmp)
-    os.replace(tmp, ckpt / f"optimizer.rank{rank}.pt")
+    with atomic_path(ckpt / f"optimizer.rank{rank}.pt") as tmp:
+        torch.save(optimizer.state_dict(), tmp)
 
 
 def save(run_dir: Path, step: int, objective, optimizer, scheduler, tokenizer, extra_meta: dict, keep: int,

@@ -143,7 +143,7 @@ def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), d
     provenance = provenance or {"source": "<in-memory model>", "source_sha256": {"state_dict": state_hash(model)}}
     layers = model.tiercel_shape.decoder_layers
     out = Path(out)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, marker=MANIFEST) as tmp:
         onnx_files = export_onnx(model.eval(), tmp, decoder=decoder, fp16=precision == "fp16")
         graphs = [_graph_entry(tmp, n, "onnxruntime", _with_data(f), layers, precision) for n, f in onnx_files.items()]
         if "openvino" in backends:

@@ -62,7 +62,7 @@ def convert_geochat(src, dst, dtype: str = "float16", overwrite: bool = False, v
     Returns a summary dict: dst, params, notes, image_size, image_tokens.
     """
     torch = require("torch", "train", "converting GeoChat")
-    refuse_existing(dst, overwrite)  # before minutes of reading, not after
+    refuse_existing(dst, overwrite, marker="tiercel.json")  # before minutes of reading, not after
     folder = find_checkpoint_dir(src)
     geo = _geochat_config(folder)
     clip_folder = find_checkpoint_dir(vision_tower) if vision_tower is not None else None
@@ -81,7 +81,7 @@ def convert_geochat(src, dst, dtype: str = "float16", overwrite: bool = False, v
     model = _assemble(config, state, getattr(torch, dtype), folder)
     processor = _processor(tokenizer, image_size, vision["patch_size"], config.vision_feature_select_strategy,
                            clip_folder)
-    with atomic_dir(dst, overwrite=overwrite) as tmp:
+    with atomic_dir(dst, overwrite=overwrite, marker="tiercel.json") as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         write_json(tmp / "tiercel.json", _meta(folder, files, clip_folder, image_size))

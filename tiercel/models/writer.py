@@ -67,7 +67,7 @@ def write_native(folder: Path, model, tokenizer, meta: dict, state_dict: dict | 
 def save_native(model, tokenizer, dst: str | Path, meta: dict | None = None, overwrite: bool = False) -> Path:
     """Write `model` in the native transformers layout (safetensors), tokenizer.json and tiercel.json."""
     dst = Path(dst)
-    with atomic_dir(dst, overwrite=overwrite) as tmp:
+    with atomic_dir(dst, overwrite=overwrite, marker="tiercel.json") as tmp:
         write_native(tmp, model, tokenizer, meta or tiercel_meta(model))
     return dst
 

@@ -115,7 +115,7 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
     excluded: dict[str, list[str]] = {g: [] for g in leaves}
     ranking, attempts = None, []
     out = Path(out)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, marker=MANIFEST) as tmp:
         attempt, keep_in, cache = 0, "int8", {}  # int4 graphs keep layers back in int8 blocks first, then in fp32
         while True:
             graphs = _write_graphs(src, tmp, entries, leaves, target, calibration, excluded, ratio, keep_in, cache)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import shutil
 import struct
 import zlib
 from collections import Counter
@@ -35,7 +34,7 @@ from tiercel.data.synth.knobs import Knobs
 from tiercel.data.synth.layout import changed_twin, sample_scene
 from tiercel.data.synth.render import render, render_pair
 from tiercel.errors import ConfigError, DataError
-from tiercel.fileio import replace_into, tidy_leftovers
+from tiercel.fileio import atomic_dir
 
 GENERATOR_VERSION = "1"
 SPLITS = ("train", "val", "test")
@@ -131,7 +130,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def generate(out: str | os.PathLike, n: int, size: int = 256, seed: int = 0, workers: int | None = None,
              knobs: Knobs = Knobs(), overwrite: bool = False, progress: Callable[[int], None] | None = None) -> dict:
-    """Write the benchmark to `out` (built in a temp folder, then renamed). Returns the meta.json dict.
+    """Write the benchmark to `out` (built in a temp folder, then renamed: fileio.atomic_dir). Returns meta.json.
 
     Args:
         out: output folder; must not exist (or be empty) unless `overwrite`.
@@ -154,17 +153,11 @@ def generate(out: str | os.PathLike, n: int, size: int = 256, seed: int = 0, wor
             raise DataError(f"{out}: holds files tiercel did not write (no meta.json of the synthetic benchmark), so "
                             "it is not replaced even with --overwrite; choose another --out or empty it yourself")
     jobs = plan(n, seed, size, knobs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tidy_leftovers(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
-    (tmp / "images").mkdir(parents=True)
-    try:
+    # checked above: `out` is missing, empty or the generator's own, so replacing it loses nothing of the user's
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "images").mkdir()
         records = _render_all(jobs, tmp, workers, progress)
         meta = _write_files(tmp, jobs, records, n, size, seed, knobs)
-        replace_into(tmp, out)  # readers never see a half-written folder; the old one goes only after
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

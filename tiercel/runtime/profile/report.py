@@ -7,8 +7,10 @@ Knows nothing about how the numbers were measured (runner.py).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from tiercel.errors import require
+from tiercel.fileio import atomic_path
 
 STAGE_LABELS = {
     "preprocess": "preprocess",
@@ -217,5 +219,6 @@ def plot(report, path) -> None:
                  f"{report.peaks.bandwidth / 1e9:.1f} GB/s, {report.peaks.flops / 1e9:.0f} GFLOP/s)",
                  x=0.01, ha="left", fontsize=11)
     fig.tight_layout(rect=(0, 0.55 / (1.9 + 0.6 * len(ps)) + 0.04, 1, 1))
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # the temporary name has no suffix: the format comes from `path`'s
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
