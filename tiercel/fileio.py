@@ -226,3 +226,9 @@ def _fsync_tree(root: Path) -> None:
         for name in files:
             _fsync(Path(folder) / name)
         _fsync_dir(Path(folder))
+
+
+def temporary_owner(path: str | Path) -> int | None:
+    """The process id in `path`'s name when it is a temporary output (`.NAME.tmp-PID-*`), else None."""
+    m = _TEMPORARY.fullmatch(Path(path).resolve().name)
+    return int(m.group(1)) if m else None
