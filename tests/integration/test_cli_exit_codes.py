@@ -111,3 +111,36 @@ def test_a_region_outside_the_image_names_the_option(bundle, tmp_path):
                    "--region", "[10, 10, 5000, 20]")
     assert done.returncode == 1
     assert done.stderr == "error: --region: [10, 10, 5000, 20] lies outside the 96x64 image (x must be 0..96, y 0..64)\n"
+
+
+def _one_line(capsys, args, message):
+    """main() in-process: exit 1 and exactly `error: <message>` on stderr (nothing raised, so no traceback)."""
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 1, args
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["profile", "b", "--num-beams", "1000000"], "--num-beams: must be 1..32 (got 1000000)"),  # asked for 23 GB
+    (["profile", "b", "--image-size", "100000000"], "--image-size: must be 16..16384 (got 100000000)"),
+    (["profile", "b", "--threads", "0"], "--threads: must be 1..1024 (got 0)"),
+    (["info", "tiny", "--prompt-tokens", "100000000000000"],
+     "--prompt-tokens: must be 0..251: tiny has 256 text positions, 5 of them image tokens (got 100000000000000)"),
+    (["info", "tiny", "--new-tokens", "100000"], "--new-tokens: must be 1..256, tiny's decoder positions (got 100000)"),
+])
+def test_absurd_numbers_the_library_checks_are_one_line(capsys, args, message):
+    _one_line(capsys, args, message)
+
+
+def test_beams_past_the_bound_are_refused_by_the_runtime_too(bundle):
+    import tiercel.cli
+    import tiercel.runtime as rt
+    from tests.bundles import image
+    from tiercel.errors import ConfigError
+    from tiercel.runtime.generate import MAX_BEAMS
+
+    assert tiercel.cli.MAX_BEAMS == MAX_BEAMS  # the CLI's copy (not imported, to keep `tiercel --help` light)
+    with pytest.raises(ConfigError, match=r"^num_beams: must be 32 or less \(got 33\)$"):
+        rt.load(bundle).run(image(), "IMG_CAP", num_beams=33, max_new_tokens=2)
+
+
