@@ -144,3 +144,33 @@ def test_beams_past_the_bound_are_refused_by_the_runtime_too(bundle):
         rt.load(bundle).run(image(), "IMG_CAP", num_beams=33, max_new_tokens=2)
 
 
+@pytest.fixture()
+def png(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (96, 64)).save(tmp_path / "a.png")
+    return tmp_path / "a.png"
+
+
+@pytest.mark.parametrize("task, region, message", [
+    ("REG_CLS_HBB", "[1, 2, 3]", "--region: must be a box [x1, y1, x2, y2] in pixels (got [1, 2, 3])"),
+    ("REG_CLS_HBB", '"abc"', "--region: must be a box [x1, y1, x2, y2] in pixels (got 'abc')"),
+    ("REG_CLS_OBB", "[[1, 2], [3, 4], [5, 6]]",
+     "--region: must be a quad [[x, y] x 4] in pixels (got [[1, 2], [3, 4], [5, 6]])"),
+    ("PIX_CLS", "[[1, 2], [3, 4]]",
+     "--region: must be a polygon [[x, y], ...] with >= 3 points in pixels (got [[1, 2], [3, 4]])"),
+    ("REG_CLS_HBB", "[0, 0, 1e999, 5]", "--region: [0, 0, inf, 5] lies outside the 96x64 image (x must be 0..96, y 0..64)"),
+    ("PIX_CLS", "[[1, 2], [3, 4], [500, 6]]",
+     "--region: [1, 2, 3, 4, 500, 6] lies outside the 96x64 image (x must be 0..96, y 0..64)"),
+    ("IMG_CAP", "[1, 2, 3, 4]", "--region: IMG_CAP takes no region; drop --region or pick a region task such as REG_CAP"),
+    ("REG_CLS_HBB", "[" * 100_000, "--region: not valid JSON (got '" + "[" * 57 + "...'); e.g. --region '[10, 20, 110, 90]'"),
+])
+def test_a_region_of_the_wrong_shape_names_the_option_before_the_model_loads(capsys, png, tmp_path, task, region, message):
+    _one_line(capsys, ["run", tmp_path / "no-bundle", "--image", png, "--task", task, "--region", region], message)
+
+
+def test_all_tasks_check_the_region_too(capsys, png, tmp_path):
+    _one_line(capsys, ["run", tmp_path / "no-bundle", "--image", png, "--all", "--region", "[1, 2, 3]"],
+              "--region: must be a box [x1, y1, x2, y2] in pixels (got [1, 2, 3])")
+
+
