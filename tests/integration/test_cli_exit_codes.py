@@ -174,3 +174,16 @@ def test_all_tasks_check_the_region_too(capsys, png, tmp_path):
               "--region: must be a box [x1, y1, x2, y2] in pixels (got [1, 2, 3])")
 
 
+def test_json_nested_too_deeply_is_one_line(capsys, tmp_path):
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    (tmp_path / "deep.jsonl").write_text('{"a": 1}\n' + "[" * 100_000 + "\n")
+    (tmp_path / "deep.yaml").write_text("[" * 100_000)
+    _one_line(capsys, ["data", "validate", tmp_path / "deep.json"],
+              f"{tmp_path / 'deep.json'}: record 0: invalid JSON (nested too deeply)")
+    _one_line(capsys, ["data", "validate", tmp_path / "deep.jsonl"],
+              f"{tmp_path / 'deep.jsonl'}: line 2: invalid JSON (nested too deeply)")
+    _one_line(capsys, ["distill", tmp_path / "deep.yaml"], f"{tmp_path / 'deep.yaml'}: not valid YAML (nested too deeply)")
+    _one_line(capsys, ["distill", tmp_path / "deep.yaml", "--set", "distill.steps=[[["],
+              "--set distill.steps=[[[: the value is not valid YAML; e.g. --set distill.steps=100")
+
+
