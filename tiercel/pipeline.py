@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tiercel.errors import ConfigError
-from tiercel.fileio import atomic_dir, write_json
+from tiercel.fileio import atomic_dir, check_output_dir, write_json
 from tiercel.recipe import Recipe, dump_recipe
 
 STAGES = ("data", "teacher", "distill", "export", "quantize", "eval", "profile", "report")
@@ -40,6 +40,7 @@ class Pipeline:
             (self.markers / f"{later}.json").unlink(missing_ok=True)
 
     def run(self, from_stage: str | None = None) -> dict:
+        check_output_dir(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "recipe.resolved.yaml").write_text(dump_recipe(self.recipe))
         if from_stage:

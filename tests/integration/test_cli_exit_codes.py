@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,43 @@ def test_json_nested_too_deeply_is_one_line(capsys, tmp_path):
               "--set distill.steps=[[[: the value is not valid YAML; e.g. --set distill.steps=100")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--out", "{file}"], "{file}: is a file, not a folder; choose a folder path for the output"),
+    (["eval", "b", "--data", "d.json", "--examples", "{file}"],
+     "--examples {file}: is a file, not a folder; choose a folder path for the output"),
+    (["profile", "b", "--plot", "{dir}"], "--plot {dir}: is a folder; give a file name, e.g. {dir}/profile.png"),
+])
+def test_an_output_of_the_wrong_kind_is_refused_before_the_work(tmp_path, capsys, args, message):
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    fill = {"file": file, "dir": tmp_path}
+    _one_line(capsys, [a.format(**fill) for a in args], message.format(**fill))
+    assert file.read_text() == "mine"
+
+
+def test_an_existing_output_is_refused_before_the_checkpoint_loads(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import tiercel.models.checkpoint as checkpoint
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded the weights before checking the output")
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", never)
+    (tmp_path / "out").mkdir()
+    message = f"{tmp_path / 'out'}: already exists; choose another output path or pass --overwrite"
+    _one_line(capsys, ["export", tiny_checkpoint, "--out", tmp_path / "out"], message)
+    _one_line(capsys, ["convert", tiny_checkpoint, tmp_path / "out"], message)
+
+
+def test_an_unwritable_output_is_refused_before_the_work(bundle, tmp_path, capsys, monkeypatch):
+    """Read-only or no permission (os.access says no; faked, so the test holds when run as root too)."""
+    import tiercel.fileio as fileio
+    import tiercel.quantize.bundle as qbundle
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(fileio.os, "access", lambda path, mode: Path(path) != locked)
+    monkeypatch.setattr(qbundle, "read_bundle", lambda *a: pytest.fail("read the bundle before checking --out"))
+    _one_line(capsys, ["quantize", bundle, "--out", locked / "q", "--scheme", "int8-dynamic"],
+              f"{locked / 'q'}: no permission to write in {locked}; choose another path")
+    _one_line(capsys, ["eval", bundle, "--data", "d.json", "--examples", locked / "png"],
+              f"--examples {locked / 'png'}: no permission to write in {locked}; choose another path")
