@@ -121,6 +121,39 @@ def _one_line(capsys, args, message):
     assert capsys.readouterr().err == f"error: {message}\n"
 
 
+def test_usage_errors_of_an_older_typers_click_are_exit_2(monkeypatch, capsys):
+    """Typer < 0.26 raises the standalone package's exceptions (the venv's Typer raises its vendored copy's)."""
+    import click
+
+    import tiercel.cli as cli
+
+    def bogus(**kwargs):
+        raise click.exceptions.NoSuchOption("--bogus")
+
+    monkeypatch.setattr(cli, "app", bogus)
+    assert main(["run", "x", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: No such option") and "--bogus" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("cause, code", [(KeyboardInterrupt, 130), (EOFError, 1)])
+def test_an_older_typers_abort_is_130_for_ctrl_c_only(monkeypatch, capsys, cause, code):
+    """Typer < 0.26 turns Ctrl-C (and EOF at a prompt) into Abort; only the interrupt is 130."""
+    import typer
+
+    import tiercel.cli as cli
+
+    def interrupted(**kwargs):
+        try:
+            raise cause
+        except cause as err:
+            raise typer.Abort() from err
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    assert main(["data", "synth", "--out", "x"]) == code
+    assert capsys.readouterr().err == "aborted\n"
+
+
 @pytest.mark.parametrize("args, message", [
     (["profile", "b", "--num-beams", "1000000"], "--num-beams: must be 1..32 (got 1000000)"),  # asked for 23 GB
     (["profile", "b", "--image-size", "100000000"], "--image-size: must be 16..16384 (got 100000000)"),
@@ -186,6 +219,30 @@ def test_json_nested_too_deeply_is_one_line(capsys, tmp_path):
     _one_line(capsys, ["distill", tmp_path / "deep.yaml"], f"{tmp_path / 'deep.yaml'}: not valid YAML (nested too deeply)")
     _one_line(capsys, ["distill", tmp_path / "deep.yaml", "--set", "distill.steps=[[["],
               "--set distill.steps=[[[: the value is not valid YAML; e.g. --set distill.steps=100")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: [m], "must hold a JSON object (got list); re-export the bundle"),
+    (lambda m: {k: v for k, v in m.items() if k != "generation"}, "generation: Field required; re-export the bundle"),
+    (lambda m: {**m, "preprocessing": {}}, "preprocessing.size: Field required; re-export the bundle"),
+])
+def test_a_manifest_of_the_wrong_shape_is_one_line_on_the_command_line(bundle, tmp_path, capsys, png, change, message):
+    import json
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    (copy / "manifest.json").write_text(json.dumps(change(json.loads((copy / "manifest.json").read_text()))))
+    _one_line(capsys, ["run", copy, "--image", png, "--task", "IMG_CAP"], f"{copy / 'manifest.json'}: {message}")
+
+
+def test_a_config_json_holding_a_list_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, copy)
+    (copy / "config.json").write_text("[1, 2]")
+    _one_line(capsys, ["info", copy], f"{copy / 'config.json'}: must hold a JSON object (got list)")
 
 
 @pytest.mark.parametrize("args, message", [
