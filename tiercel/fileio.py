@@ -60,13 +60,13 @@ def refuse_existing(dst: str | Path, overwrite: bool = False, marker: str | None
     return dst
 
 
-def check_output_file(path: str | Path | None, option: str) -> None:
+def check_output_file(path: str | Path | None, option: str, example: str = "results.json") -> None:
     """Before long work: TiercelError unless `path` (given with `option`) can be written as a file."""
     if path is None:
         return
     path = Path(path)
     if path.is_dir():
-        raise TiercelError(f"{option} {path}: is a folder; give a file name, e.g. {path / 'results.json'}")
+        raise TiercelError(f"{option} {path}: is a folder; give a file name, e.g. {path / example}")
     _check_writable(path.parent, f"{option} {path}")
 
 
@@ -238,3 +238,29 @@ def _fsync_tree(root: Path) -> None:
         for name in files:
             _fsync(Path(folder) / name)
         _fsync_dir(Path(folder))
+
+
+def temporary_owner(path: str | Path) -> int | None:
+    """The process id in `path`'s name when it is a temporary output (`.NAME.tmp-PID-*`), else None."""
+    m = _TEMPORARY.fullmatch(Path(path).resolve().name)
+    return int(m.group(1)) if m else None
+
+
+def check_output_dir(path: str | Path | None, option: str = "") -> None:
+    """Before long work: TiercelError unless files can be written into the folder `path` (given with `option`, if
+    an option names it): it is not a file, and it (or the nearest folder above it that exists) is writable."""
+    if path is None:
+        return
+    path = Path(path)
+    what = f"{option} {path}" if option else str(path)
+    if path.exists() and not path.is_dir():
+        raise TiercelError(f"{what}: is a file, not a folder; choose a folder path for the output")
+    _check_writable(path, what)
+
+
+def check_new_output(dst: str | Path, overwrite: bool = False, marker: str | None = None) -> Path:
+    """Before long work: the checks atomic_dir(dst, overwrite, marker) will make (not a file, not there unless
+    `overwrite`, written by tiercel, its folder writable), so that minutes of work do not end in one of them."""
+    dst = refuse_existing(dst, overwrite, marker)
+    _check_writable(dst.parent, str(dst))
+    return dst

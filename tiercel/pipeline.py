@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tiercel.errors import ConfigError
-from tiercel.fileio import atomic_dir, atomic_write_text, write_json
+from tiercel.fileio import atomic_dir, atomic_write_text, check_output_dir, write_json
 from tiercel.recipe import Recipe, dump_recipe
 
 STAGES = ("data", "teacher", "distill", "export", "quantize", "eval", "profile", "report")
@@ -43,6 +43,7 @@ class Pipeline:
         if from_stage:
             self.forget_from(from_stage)
         self.check_replaceable()
+        check_output_dir(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "recipe.resolved.yaml", dump_recipe(self.recipe))
         results = {}

@@ -251,6 +251,8 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{line}") from None
+    except RecursionError:  # PyYAML's composer recurses once per nested [ or {
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     for dotted, value in (overrides or {}).items():
         _set(data, dotted, value)
     return parse_recipe(data, str(path))

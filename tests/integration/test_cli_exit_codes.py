@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,176 @@ def test_a_region_outside_the_image_names_the_option(bundle, tmp_path):
                    "--region", "[10, 10, 5000, 20]")
     assert done.returncode == 1
     assert done.stderr == "error: --region: [10, 10, 5000, 20] lies outside the 96x64 image (x must be 0..96, y 0..64)\n"
+
+
+def _one_line(capsys, args, message):
+    """main() in-process: exit 1 and exactly `error: <message>` on stderr (nothing raised, so no traceback)."""
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 1, args
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_usage_errors_of_an_older_typers_click_are_exit_2(monkeypatch, capsys):
+    """Typer < 0.26 raises the standalone package's exceptions (the venv's Typer raises its vendored copy's)."""
+    import click
+
+    import tiercel.cli as cli
+
+    def bogus(**kwargs):
+        raise click.exceptions.NoSuchOption("--bogus")
+
+    monkeypatch.setattr(cli, "app", bogus)
+    assert main(["run", "x", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: No such option") and "--bogus" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("cause, code", [(KeyboardInterrupt, 130), (EOFError, 1)])
+def test_an_older_typers_abort_is_130_for_ctrl_c_only(monkeypatch, capsys, cause, code):
+    """Typer < 0.26 turns Ctrl-C (and EOF at a prompt) into Abort; only the interrupt is 130."""
+    import typer
+
+    import tiercel.cli as cli
+
+    def interrupted(**kwargs):
+        try:
+            raise cause
+        except cause as err:
+            raise typer.Abort() from err
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    assert main(["data", "synth", "--out", "x"]) == code
+    assert capsys.readouterr().err == "aborted\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["profile", "b", "--num-beams", "1000000"], "--num-beams: must be 1..32 (got 1000000)"),  # asked for 23 GB
+    (["profile", "b", "--image-size", "100000000"], "--image-size: must be 16..16384 (got 100000000)"),
+    (["profile", "b", "--threads", "0"], "--threads: must be 1..1024 (got 0)"),
+    (["info", "tiny", "--prompt-tokens", "100000000000000"],
+     "--prompt-tokens: must be 0..251: tiny has 256 text positions, 5 of them image tokens (got 100000000000000)"),
+    (["info", "tiny", "--new-tokens", "100000"], "--new-tokens: must be 1..256, tiny's decoder positions (got 100000)"),
+])
+def test_absurd_numbers_the_library_checks_are_one_line(capsys, args, message):
+    _one_line(capsys, args, message)
+
+
+def test_beams_past_the_bound_are_refused_by_the_runtime_too(bundle):
+    import tiercel.cli
+    import tiercel.runtime as rt
+    from tests.bundles import image
+    from tiercel.errors import ConfigError
+    from tiercel.runtime.generate import MAX_BEAMS
+
+    assert tiercel.cli.MAX_BEAMS == MAX_BEAMS  # the CLI's copy (not imported, to keep `tiercel --help` light)
+    with pytest.raises(ConfigError, match=r"^num_beams: must be 32 or less \(got 33\)$"):
+        rt.load(bundle).run(image(), "IMG_CAP", num_beams=33, max_new_tokens=2)
+
+
+@pytest.fixture()
+def png(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (96, 64)).save(tmp_path / "a.png")
+    return tmp_path / "a.png"
+
+
+@pytest.mark.parametrize("task, region, message", [
+    ("REG_CLS_HBB", "[1, 2, 3]", "--region: must be a box [x1, y1, x2, y2] in pixels (got [1, 2, 3])"),
+    ("REG_CLS_HBB", '"abc"', "--region: must be a box [x1, y1, x2, y2] in pixels (got 'abc')"),
+    ("REG_CLS_OBB", "[[1, 2], [3, 4], [5, 6]]",
+     "--region: must be a quad [[x, y] x 4] in pixels (got [[1, 2], [3, 4], [5, 6]])"),
+    ("PIX_CLS", "[[1, 2], [3, 4]]",
+     "--region: must be a polygon [[x, y], ...] with >= 3 points in pixels (got [[1, 2], [3, 4]])"),
+    ("REG_CLS_HBB", "[0, 0, 1e999, 5]", "--region: [0, 0, inf, 5] lies outside the 96x64 image (x must be 0..96, y 0..64)"),
+    ("PIX_CLS", "[[1, 2], [3, 4], [500, 6]]",
+     "--region: [1, 2, 3, 4, 500, 6] lies outside the 96x64 image (x must be 0..96, y 0..64)"),
+    ("IMG_CAP", "[1, 2, 3, 4]", "--region: IMG_CAP takes no region; drop --region or pick a region task such as REG_CAP"),
+    ("REG_CLS_HBB", "[" * 100_000, "--region: not valid JSON (got '" + "[" * 57 + "...'); e.g. --region '[10, 20, 110, 90]'"),
+])
+def test_a_region_of_the_wrong_shape_names_the_option_before_the_model_loads(capsys, png, tmp_path, task, region, message):
+    _one_line(capsys, ["run", tmp_path / "no-bundle", "--image", png, "--task", task, "--region", region], message)
+
+
+def test_all_tasks_check_the_region_too(capsys, png, tmp_path):
+    _one_line(capsys, ["run", tmp_path / "no-bundle", "--image", png, "--all", "--region", "[1, 2, 3]"],
+              "--region: must be a box [x1, y1, x2, y2] in pixels (got [1, 2, 3])")
+
+
+def test_json_nested_too_deeply_is_one_line(capsys, tmp_path):
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    (tmp_path / "deep.jsonl").write_text('{"a": 1}\n' + "[" * 100_000 + "\n")
+    (tmp_path / "deep.yaml").write_text("[" * 100_000)
+    _one_line(capsys, ["data", "validate", tmp_path / "deep.json"],
+              f"{tmp_path / 'deep.json'}: record 0: invalid JSON (nested too deeply)")
+    _one_line(capsys, ["data", "validate", tmp_path / "deep.jsonl"],
+              f"{tmp_path / 'deep.jsonl'}: line 2: invalid JSON (nested too deeply)")
+    _one_line(capsys, ["distill", tmp_path / "deep.yaml"], f"{tmp_path / 'deep.yaml'}: not valid YAML (nested too deeply)")
+    _one_line(capsys, ["distill", tmp_path / "deep.yaml", "--set", "distill.steps=[[["],
+              "--set distill.steps=[[[: the value is not valid YAML; e.g. --set distill.steps=100")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: [m], "must hold a JSON object (got list); re-export the bundle"),
+    (lambda m: {k: v for k, v in m.items() if k != "generation"}, "generation: Field required; re-export the bundle"),
+    (lambda m: {**m, "preprocessing": {}}, "preprocessing.size: Field required; re-export the bundle"),
+])
+def test_a_manifest_of_the_wrong_shape_is_one_line_on_the_command_line(bundle, tmp_path, capsys, png, change, message):
+    import json
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    (copy / "manifest.json").write_text(json.dumps(change(json.loads((copy / "manifest.json").read_text()))))
+    _one_line(capsys, ["run", copy, "--image", png, "--task", "IMG_CAP"], f"{copy / 'manifest.json'}: {message}")
+
+
+def test_a_config_json_holding_a_list_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, copy)
+    (copy / "config.json").write_text("[1, 2]")
+    _one_line(capsys, ["info", copy], f"{copy / 'config.json'}: must hold a JSON object (got list)")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--out", "{file}"], "{file}: is a file, not a folder; choose a folder path for the output"),
+    (["eval", "b", "--data", "d.json", "--examples", "{file}"],
+     "--examples {file}: is a file, not a folder; choose a folder path for the output"),
+    (["profile", "b", "--plot", "{dir}"], "--plot {dir}: is a folder; give a file name, e.g. {dir}/profile.png"),
+])
+def test_an_output_of_the_wrong_kind_is_refused_before_the_work(tmp_path, capsys, args, message):
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    fill = {"file": file, "dir": tmp_path}
+    _one_line(capsys, [a.format(**fill) for a in args], message.format(**fill))
+    assert file.read_text() == "mine"
+
+
+def test_an_existing_output_is_refused_before_the_checkpoint_loads(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import tiercel.models.checkpoint as checkpoint
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded the weights before checking the output")
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", never)
+    (tmp_path / "out").mkdir()
+    message = f"{tmp_path / 'out'}: already exists; choose another output path or pass --overwrite"
+    _one_line(capsys, ["export", tiny_checkpoint, "--out", tmp_path / "out"], message)
+    _one_line(capsys, ["convert", tiny_checkpoint, tmp_path / "out"], message)
+
+
+def test_an_unwritable_output_is_refused_before_the_work(bundle, tmp_path, capsys, monkeypatch):
+    """Read-only or no permission (os.access says no; faked, so the test holds when run as root too)."""
+    import tiercel.fileio as fileio
+    import tiercel.quantize.bundle as qbundle
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(fileio.os, "access", lambda path, mode: Path(path) != locked)
+    monkeypatch.setattr(qbundle, "read_bundle", lambda *a: pytest.fail("read the bundle before checking --out"))
+    _one_line(capsys, ["quantize", bundle, "--out", locked / "q", "--scheme", "int8-dynamic"],
+              f"{locked / 'q'}: no permission to write in {locked}; choose another path")
+    _one_line(capsys, ["eval", bundle, "--data", "d.json", "--examples", locked / "png"],
+              f"--examples {locked / 'png'}: no permission to write in {locked}; choose another path")

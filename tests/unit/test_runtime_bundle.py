@@ -191,6 +191,15 @@ def _edit_manifest(root, change):
     return path
 
 
+def _set(m, *keys_value):
+    *keys, last, value = keys_value
+    part = m
+    for key in keys:
+        part = part[key]
+    part[last] = value
+    return m
+
+
 def _first_graph_file(m, value):
     m["graphs"][0]["file"] = value
     return m
@@ -204,6 +213,19 @@ def _first_graph_file(m, value):
     (lambda m: _first_graph_file(m, "../../etc/passwd"),
      "graphs.0.file: must be a path inside the bundle (got '../../etc/passwd'); re-export the bundle"),
     (lambda m: _first_graph_file(m, "/etc/passwd"), "graphs.0.file: must be a path inside the bundle (got '/etc/passwd')"),
+    (lambda m: {**m, "decoder": []}, "decoder must be one of merged, split (got [])"),
+    (lambda m: _set(m, "model", "shape", {}), "model.shape.vision_dims: Field required; re-export the bundle"),
+    (lambda m: _set(m, "model", "shape", "max_text_positions", "256"),
+     "model.shape.max_text_positions: Input should be a valid integer; re-export the bundle"),
+    (lambda m: _set(m, "model", "decoder_layers", None), "model.decoder_layers: Input should be a valid integer"),
+    (lambda m: _set(m, "preprocessing", "size", 32), "preprocessing.size: 32 differs from the model's image_size 64"),
+    (lambda m: _set(m, "generation", "num_beams", 10**6), "generation.num_beams: Input should be less than or equal to 32"),
+    (lambda m: _set(m, "generation", "num_beams", "3"), "generation.num_beams: Input should be a valid integer"),
+    (lambda m: _set(m, "generation", "eos_token_id", 5000),
+     "generation.eos_token_id: 5000 is not a token of this model's 1403-token vocabulary; re-export the bundle"),
+    (lambda m: _set(m, "generation", "length_penalty", 1e300), "generation.length_penalty: Input should be less than"),
+    (lambda m: _set(m, "generation", "early_stopping", 3),
+     "generation.early_stopping: must be true, false or \"never\" (got 3); re-export the bundle"),
 ])
 def test_a_manifest_of_the_wrong_shape_is_one_line(copy, change, message):
     import tiercel.runtime as rt
@@ -234,6 +256,33 @@ def test_the_folder_of_a_killed_export_never_loads(copy, tmp_path):
     copy.rename(leftover)
     with pytest.raises(BundleError, match="the temporary folder of an export or quantize run that was killed"):
         rt.load(leftover)
+
+
+def test_the_folder_of_a_running_export_never_loads(copy, tmp_path):
+    import os
+
+    import tiercel.runtime as rt
+    from tiercel.errors import BundleError
+
+    running = tmp_path / f".bundle.tmp-{os.getppid()}-abc123"  # a live process, not this one
+    copy.rename(running)
+    with pytest.raises(BundleError) as err:
+        rt.load(running)
+    assert str(err.value) == (f"{running}: the temporary folder of an export or quantize run that is still running "
+                              f"(process {os.getppid()}); wait for the bundle it renames this folder to")
+
+
+def test_a_graph_file_linking_outside_the_bundle_is_refused(copy, tmp_path):
+    import tiercel.runtime as rt
+    from tiercel.errors import BundleError
+
+    outside = tmp_path / "elsewhere.onnx"
+    (copy / "vision_encoder.onnx").rename(outside)  # same bytes, so the checksum alone would pass
+    (copy / "vision_encoder.onnx").symlink_to(outside)
+    with pytest.raises(BundleError) as err:
+        rt.load(copy)
+    assert str(err.value) == (f"{copy}/manifest.json: vision_encoder.onnx links to a file outside the bundle; "
+                              "re-export the bundle")
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])

@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 
-# Beams multiply the decoder's batch and KV cache; 32 is ten times Florence-2's 3 (a larger value is a typo).
+# tiercel.runtime.generate.MAX_BEAMS, the runtime's bound on beams (not imported: `tiercel --help` stays light).
 MAX_BEAMS = 32
 
 # --option on run, eval and profile: passed to tiercel.runtime.load(options=...) through backends.parse_options

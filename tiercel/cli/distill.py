@@ -41,7 +41,10 @@ def _overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item}: expected FIELD=VALUE, e.g. --set distill.steps=100")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except (yaml.YAMLError, RecursionError):
+            raise ConfigError(f"--set {item}: the value is not valid YAML; e.g. --set distill.steps=100") from None
     return out
 
 

@@ -37,9 +37,10 @@ def eval_cmd(
     examples: Path = typer.Option(None, "--examples", help="Write qualitative PNGs (one per task) into this folder."),
 ):
     """Score a bundle or a checkpoint on Falcon_SFT records with each task's metrics."""
-    from tiercel.fileio import check_output_file
+    from tiercel.fileio import check_output_dir, check_output_file
 
     check_output_file(json_out, "--json")  # before the work, not after it
+    check_output_dir(examples, "--examples")
 
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

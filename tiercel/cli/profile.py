@@ -43,6 +43,7 @@ def profile(
     from tiercel.fileio import check_output_file
 
     check_output_file(json_out, "--json")  # before the work, not after it
+    check_output_file(plot, "--plot", example="profile.png")
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

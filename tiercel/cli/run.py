@@ -33,12 +33,7 @@ def run(
         raise ConfigError("--task: required unless --all is given (e.g. --task IMG_CAP)")
     region_value = _region(region)
     img = load_image(image)
-    if region_value is not None:
-        from tiercel.tasks.answers import region_outside
-
-        outside = region_outside(region_value, (img.shape[1], img.shape[0]))
-        if outside:
-            raise ConfigError(f"--region: {outside}")
+    _check_region(region_value, task, all_tasks, (img.shape[1], img.shape[0]))  # before the model loads
     img2 = load_image(image2) if image2 is not None else None
     from tiercel.evaluate import open_predictor
     from tiercel.runtime.backends import parse_options
@@ -64,8 +59,29 @@ def _region(value: str | None):
         return None
     try:
         return json.loads(value)
-    except json.JSONDecodeError:
-        raise ConfigError(f"--region: not valid JSON (got {value!r}); e.g. --region '[10, 20, 110, 90]'") from None
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: about 1000 nested [
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        raise ConfigError(f"--region: not valid JSON (got {shown!r}); e.g. --region '[10, 20, 110, 90]'") from None
+
+
+def _check_region(region, task: str | None, all_tasks: bool, size: tuple[int, int]) -> None:
+    """ConfigError naming --region when the region does not fit the task(s) it goes to or the image."""
+    from tiercel import tasks
+    from tiercel.errors import ConfigError
+    from tiercel.tasks.prompts import region_problem
+
+    if region is None:
+        return
+    if all_tasks:  # _regions: a flat list feeds the box tasks, points the quad and polygon ones
+        kind = "box" if isinstance(region, list) and all(isinstance(v, (int, float)) for v in region) else "polygon"
+    else:
+        kind = tasks.get(task).needs_region
+        if not kind:
+            raise ConfigError(f"--region: {tasks.get(task).tag} takes no region; drop --region or pick a region "
+                              "task such as REG_CAP")
+    problem = region_problem(kind, region, size)
+    if problem:
+        raise ConfigError(f"--region: {problem}")
 
 
 def _regions(region) -> dict | None:

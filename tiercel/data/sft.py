@@ -214,6 +214,8 @@ def _iter_jsonl(f, path: Path) -> Iterator:
                 yield json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: line {lineno}: invalid JSON ({err.msg})") from None
+            except RecursionError:  # json's decoder gives up on about 1000 nested [ or {
+                raise DataError(f"{path}: line {lineno}: invalid JSON (nested too deeply)") from None
 
 
 def _iter_json_list(f, path: Path, chunk_chars: int) -> Iterator:
@@ -242,6 +244,8 @@ def _iter_json_list(f, path: Path, chunk_chars: int) -> Iterator:
             # Most likely the record runs past the buffer: read more (doubling, so huge records stay linear).
             buf, pos, eof = _refill(f, buf, pos, max(chunk_chars, len(buf) - pos))
             continue
+        except RecursionError:
+            raise DataError(f"{path}: record {index}: invalid JSON (nested too deeply)") from None
         if end == len(buf) and not eof:  # a bare number cut at the chunk edge would decode short
             buf, pos, eof = _refill(f, buf, pos, chunk_chars)
             continue

@@ -20,7 +20,7 @@ from tiercel.distill import checkpoints
 from tiercel.distill.data import IGNORE, ModelInput, SFTData, TaskSampler, collate, to_device
 from tiercel.distill.dist import Dist, all_mean, barrier, setup, sharded, teardown, through_root
 from tiercel.errors import TiercelError
-from tiercel.fileio import atomic_write_text
+from tiercel.fileio import atomic_write_text, check_output_dir
 from tiercel.recipe import Recipe, dump_recipe
 
 
@@ -254,6 +254,7 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
     check_inputs(recipe, dist.device)
     run_dir = Path(recipe.out)
     if dist.main:
+        check_output_dir(run_dir)  # a file there, or no permission: before the models load
         run_dir.mkdir(parents=True, exist_ok=True)
         _check_resumable(run_dir, resume)
     barrier(dist)

@@ -28,7 +28,7 @@ from pathlib import Path
 from tiercel import __version__
 from tiercel.errors import ConfigError, require
 from tiercel.export.onnx_export import OPSET, export_onnx, graph_io
-from tiercel.fileio import atomic_dir, sha256_file, write_json
+from tiercel.fileio import atomic_dir, check_new_output, sha256_file, write_json
 from tiercel.runtime.backends import BACKENDS
 from tiercel.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST
 
@@ -179,6 +179,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, backends=("onnxru
     from tiercel.models.checkpoint import load_checkpoint, weight_files
     from tiercel.models.writer import provenance_of
 
+    check_new_output(out, overwrite, MANIFEST)  # before the weights load, not after
     ckpt = load_checkpoint(checkpoint)
     provenance = provenance_of(ckpt.path, weight_files(ckpt.path), ckpt.layout)
     return export_model(ckpt.model, ckpt.tokenizer, out, backends=backends, decoder=decoder, mean=ckpt.mean, std=ckpt.std,

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 from tiercel.errors import CheckpointError, ConfigError, require
-from tiercel.fileio import atomic_dir, refuse_existing, write_json
+from tiercel.fileio import atomic_dir, check_new_output, write_json
 from tiercel.models.checkpoint import find_checkpoint_dir, read_json, read_state_dict, weight_files
 from tiercel.models.writer import provenance_of
 
@@ -62,7 +62,7 @@ def convert_geochat(src, dst, dtype: str = "float16", overwrite: bool = False, v
     Returns a summary dict: dst, params, notes, image_size, image_tokens.
     """
     torch = require("torch", "train", "converting GeoChat")
-    refuse_existing(dst, overwrite, marker="tiercel.json")  # before minutes of reading, not after
+    check_new_output(dst, overwrite, marker="tiercel.json")  # before minutes of reading, not after
     folder = find_checkpoint_dir(src)
     geo = _geochat_config(folder)
     clip_folder = find_checkpoint_dir(vision_tower) if vision_tower is not None else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tiercel.errors import ConfigError
 from tiercel.models.presets import ModelShape
 
 # Bits per weight at each precision. int4 counts one fp16 scale per group of 32 weights (4 + 16/32 bits).
@@ -99,6 +100,7 @@ def model_report(model, name: str, prompt_tokens: int = 32, new_tokens: int = 32
     from torch.utils.flop_counter import FlopCounterMode
 
     shape: ModelShape = model.tiercel_shape
+    _check_tokens(shape, name, prompt_tokens, new_tokens)
     params = dict.fromkeys(COMPONENTS, 0)
     for pname, p in model.named_parameters():  # tied parameters are listed once, under their first name
         params[_component(pname)] += p.numel()
@@ -114,3 +116,15 @@ def model_report(model, name: str, prompt_tokens: int = 32, new_tokens: int = 32
         model.model.language_model.encoder(inputs_embeds=embeds)
     return ModelReport(name, shape, params, tied, vision.get_total_flops() / 1e9, encoder.get_total_flops() / 1e9,
                        decoder, enc_len, new_tokens)
+
+
+def _check_tokens(shape: ModelShape, name: str, prompt_tokens: int, new_tokens: int) -> None:
+    """ConfigError when the token counts do not fit the model's position tables (10^14 prompt tokens made torch
+    overflow its storage size)."""
+    room = shape.max_text_positions - shape.image_tokens
+    if not 0 <= prompt_tokens <= room:
+        raise ConfigError(f"--prompt-tokens: must be 0..{room}: {name} has {shape.max_text_positions} text positions, "
+                          f"{shape.image_tokens} of them image tokens (got {prompt_tokens})")
+    if not 1 <= new_tokens <= shape.max_text_positions:
+        raise ConfigError(f"--new-tokens: must be 1..{shape.max_text_positions}, {name}'s decoder positions "
+                          f"(got {new_tokens})")

@@ -8,12 +8,12 @@ native processor repeats once per image token before `<s> prompt </s>`.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from tiercel.errors import TokenizerError
+from tiercel.fileio import read_json_object
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
 IMAGE_TOKEN = "<image>"
@@ -121,7 +121,9 @@ def _bart_from_vocab_merges(path: Path):
     tok.decoder = decoders.ByteLevel()
     added = path / "added_tokens.json"
     if added.is_file():
-        extra = json.loads(added.read_text())
+        extra = read_json_object(added, TokenizerError)
+        if not all(isinstance(i, int) for i in extra.values()):
+            raise TokenizerError(f"{added}: must map each added token to its id (a whole number)")
         tok.add_tokens(sorted(extra, key=extra.get))
     return tok
 

@@ -30,7 +30,7 @@ from typing import Callable
 
 from tiercel import __version__
 from tiercel.errors import BundleError, ConfigError
-from tiercel.fileio import atomic_dir, sha256_file, write_json
+from tiercel.fileio import atomic_dir, check_new_output, sha256_file, write_json
 from tiercel.quantize import guard as _guard
 from tiercel.quantize.calibrate import Calibration, capture, load_samples, sft_file
 from tiercel.quantize.schemes import GRAPH_ROLES, SchemeSpec, get_scheme, needs_calibration, plan
@@ -93,6 +93,7 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
         from tiercel.export.tensorrt import check_available
 
         check_available()  # no tensorrt or no GPU: fail before minutes of calibration
+    check_new_output(out, overwrite, MANIFEST)  # likewise for an output that atomic_dir would refuse after them
     src = read_bundle(bundle)
     if src.manifest["decoder"] != "split":
         raise ConfigError(f"{src.where}: quantizing needs a split decoder (merged If-branches break under quantisation);"

@@ -21,6 +21,9 @@ import numpy as np
 from tiercel.errors import ConfigError
 
 _NEG = np.float32(-1.0e9)
+# Beams multiply the decoder's batch and KV cache; 32 is ten times Florence-2's 3 (more is a typo, and 10^6
+# beams asked for 23 GB before the first step).
+MAX_BEAMS = 32
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class GenerationConfig:
         cfg = replace(self, **{k: v for k, v in overrides.items() if v is not None})
         if cfg.num_beams < 1 or cfg.max_new_tokens < 1:
             raise ConfigError(f"num_beams and max_new_tokens must be >= 1 (got {cfg.num_beams}, {cfg.max_new_tokens})")
+        if cfg.num_beams > MAX_BEAMS:
+            raise ConfigError(f"num_beams: must be {MAX_BEAMS} or less (got {cfg.num_beams})")
         return cfg
 
     def to_dict(self) -> dict:

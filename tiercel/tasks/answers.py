@@ -128,7 +128,7 @@ def region_outside(points, size) -> str | None:
     try:
         flat = np.asarray(points, dtype=float).reshape(-1)
     except (TypeError, ValueError):
-        return None  # not numbers: bins() says so
+        return None  # not numbers: coordinates() says so
     w, h = size
     xs, ys = flat[0::2], flat[1::2]
     slack = 0.5  # half a pixel: rounding of coordinates a region was computed from, not a region elsewhere
@@ -139,11 +139,9 @@ def region_outside(points, size) -> str | None:
     return None
 
 
-def bins(points, size, n_values: int | None = None) -> list[int]:
-    """Pixel points (flat [x, y, ...] or [[x, y], ...]) -> flat bins [bx, by, ...] for a (W, H) frame.
-
-    `n_values` checks the count (4 for a box, 8 for a quad); a polygon needs at least 3 points.
-    """
+def coordinates(points, n_values: int | None = None) -> np.ndarray:
+    """Pixel points (flat [x, y, ...] or [[x, y], ...]) as a flat float array; TaskError unless they are numbers
+    of the right count: `n_values` (4 for a box, 8 for a quad), or at least 3 points for a polygon."""
     try:
         flat = np.asarray(points, dtype=float).reshape(-1)
     except (TypeError, ValueError):
@@ -152,6 +150,13 @@ def bins(points, size, n_values: int | None = None) -> list[int]:
         raise TaskError(f"expected {n_values} coordinates, got {len(flat)}: {points!r}")
     if n_values is None and (len(flat) % 2 or len(flat) < 6):
         raise TaskError(f"a polygon needs >= 3 [x, y] points, got {len(flat)} values: {points!r}")
+    return flat
+
+
+def bins(points, size, n_values: int | None = None) -> list[int]:
+    """Pixel points (flat [x, y, ...] or [[x, y], ...]) -> flat bins [bx, by, ...] for a (W, H) frame; the count is
+    checked as coordinates() does."""
+    flat = coordinates(points, n_values)
     w, h = size
     return [int(b) for pair in zip(grammar.to_bin(flat[0::2], w), grammar.to_bin(flat[1::2], h)) for b in pair]
 

@@ -41,12 +41,25 @@ def build(spec, text=None, region=None, image_size=None, dialect: str = "falcon"
             raise TaskError(f"{spec.tag}: the prompt needs region (a {spec.needs_region} {shape} in pixels)")
         if image_size is None:
             raise TaskError(f"{spec.tag}: the prompt needs image_size (W, H) to write the region in bins")
-        outside = answers.region_outside(region, image_size)
-        if outside:
-            raise TaskError(f"{spec.tag}: region {outside}")
+        problem = region_problem(spec.needs_region, region, image_size)
+        if problem:
+            raise TaskError(f"{spec.tag}: region {problem}")
         values = answers.bins(region, image_size, n_values)
         fields["region"] = grammar.write_structure(kind, [values], dialect)
     return spec.template.format(**fields)
+
+
+def region_problem(needs_region: str, region, image_size) -> str | None:
+    """Why `region` (pixels) cannot be the `needs_region` ("box", "quad" or "polygon") of a prompt on a (W, H)
+    image: not numbers of that shape, or not inside the image; None when it can. A region the user gives is
+    never silently moved (answers are clamped to the frame, prompts are not)."""
+    _, n_values, shape = REGIONS[needs_region]
+    try:
+        flat = answers.coordinates(region, n_values)
+    except TaskError:
+        shown = repr(region) if len(repr(region)) <= 80 else repr(region)[:77] + "..."
+        return f"must be a {needs_region} {shape} in pixels (got {shown})"
+    return answers.region_outside(flat, image_size)
 
 
 def split_turn(content: str, known=None) -> tuple[str | None, str]:

@@ -165,7 +165,7 @@ def is_synth_folder(path: Path) -> bool:
     """Whether `path` was written by this generator: its meta.json names tiercel.data.synth."""
     try:
         return json.loads((Path(path) / "meta.json").read_text()).get("generator") == "tiercel.data.synth"
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # anything else is not this generator's
         return False
 
 

@@ -32,9 +32,14 @@ from tiercel.errors import BundleError, ConfigError
 from tiercel.runtime.profile import devices as dev
 from tiercel.runtime.profile import roofline
 from tiercel.runtime.bundle import is_bundle
+from tiercel.runtime.generate import MAX_BEAMS
 from tiercel.runtime.profile.timing import STAGES, MemoryProbe, StageTimer, breakdown, percentiles
 
 DEFAULT_TASKS = ("IMG_CAP", "REG_DET_HBB")
+# The synthetic image's side at most: the largest square tiercel decodes from a file (data.images, 805 MB as RGB);
+# 10^8 asked numpy for 142 PB.
+MAX_IMAGE_SIZE = 16384
+MAX_THREADS = 1024  # as `tiercel eval --threads`: more than any machine's cores is a typo
 # The roofline compares these measured stages with their bound.
 ROOFLINE_STAGES = ("vision_encoder", "text_encoder", "first_token", "decode_token")
 
@@ -55,11 +60,13 @@ class ProfileSettings:
     options: dict | None = None  # backend settings (tiercel.runtime.load's `options`)
 
     def check(self) -> "ProfileSettings":
-        for name, low in (("runs", 1), ("warmup", 0), ("new_tokens", 2), ("image_size", 16)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"--{name.replace('_', '-')}: must be >= {low} (got {getattr(self, name)})")
-        if self.num_beams is not None and self.num_beams < 1:
-            raise ConfigError(f"--num-beams: must be >= 1 (got {self.num_beams})")
+        bounds = (("runs", 1, None), ("warmup", 0, None), ("new_tokens", 2, None), ("image_size", 16, MAX_IMAGE_SIZE),
+                  ("num_beams", 1, MAX_BEAMS), ("threads", 1, MAX_THREADS))
+        for name, low, high in bounds:
+            value = getattr(self, name)
+            if value is not None and (value < low or (high is not None and value > high)):
+                bound = f">= {low}" if high is None else f"{low}..{high}"
+                raise ConfigError(f"--{name.replace('_', '-')}: must be {bound} (got {value})")
         if not self.tasks:
             raise ConfigError("--tasks: give at least one task tag")
         self.tasks = tuple(tasks.get(t).tag for t in self.tasks)
