@@ -489,3 +489,13 @@ def test_the_last_steps_are_saved_before_validation_can_fail(tmp_path, synth_dir
     monkeypatch.undo()
     trainer.distill(recipe(tmp_path, synth_dir, steps=4, save_every=3), resume=True, progress=False)
 
+
+def test_a_broken_val_file_is_refused_before_training(tmp_path, synth_dir):
+    val = tmp_path / "val.json"
+    val.write_text((synth_dir / "val.json").read_text()[:300])  # cut short: the copy was interrupted
+    r = recipe(tmp_path / "run", synth_dir)
+    r.data.val = val
+    with pytest.raises(TiercelError) as err:
+        trainer.distill(r, progress=False)
+    assert str(err.value).startswith(f"{val}: ") and "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
