@@ -34,12 +34,37 @@ class Pipeline:
         return json.loads(marker.read_text()) if marker.is_file() else None
 
     def forget_from(self, stage: str) -> None:
-        if stage not in STAGES:
-            raise ConfigError(f"--from: unknown stage '{stage}'; stages: {', '.join(STAGES)}")
+        """Remove the markers of `stage` (checked by pending) and of every later stage."""
         for later in STAGES[STAGES.index(stage):]:
             (self.markers / f"{later}.json").unlink(missing_ok=True)
 
+    def pending(self, from_stage: str | None = None) -> list[str]:
+        """The stages a run will do: those without a marker, and `from_stage` with every later one."""
+        if from_stage and from_stage not in STAGES:
+            raise ConfigError(f"--from: unknown stage '{from_stage}'; stages: {', '.join(STAGES)}")
+        first = STAGES.index(from_stage) if from_stage else len(STAGES)
+        return [s for i, s in enumerate(STAGES) if i >= first or self.done(s) is None]
+
+    def check_inputs(self, pending: list[str]) -> None:
+        """Refuse before the first stage what a later one would fail on: data files and the image root (unless
+        pipeline.synth is about to write them), the split the report scores, fp16 off CUDA for distillation."""
+        import torch
+
+        from tiercel.distill.setup import data_problems, precision_problems
+
+        r, d = self.recipe, self.recipe.data
+        problems = []
+        if r.pipeline.synth is None or Path(d.train).is_file():
+            problems += data_problems(d, ("train", "val", "test"))
+        if "eval" in pending and getattr(d, r.eval.split) is None:
+            problems.append(f"data.{r.eval.split}: not set; the report scores the {r.eval.split} split (eval.split)")
+        if "distill" in pending:
+            problems += precision_problems(r, "cuda" if torch.cuda.is_available() else "cpu")
+        if problems:
+            raise ConfigError("recipe: " + "; ".join(problems))
+
     def run(self, from_stage: str | None = None) -> dict:
+        self.check_inputs(self.pending(from_stage))
         if from_stage:
             self.forget_from(from_stage)
         self.check_replaceable()

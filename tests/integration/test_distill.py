@@ -91,33 +91,89 @@ class _Planted:
         return (exec, (f"open({self.marker!r}, 'w').close()",))
 
 
-def test_resume_never_runs_code_from_a_planted_trainer_state(tmp_path, synth_dir, monkeypatch):
+def _crashed_run(r, monkeypatch):
+    """Run `r` until it is killed after 3 steps; returns its last checkpoint (step_000003)."""
     real = _crash_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        trainer.distill(recipe(tmp_path, synth_dir), progress=False)
+        trainer.distill(r, progress=False)
     monkeypatch.setattr(trainer, "train_step", real)
-    state = tmp_path / "checkpoints" / "step_000003" / "trainer_state.pt"
+    return r.out / "checkpoints" / "step_000003"
+
+
+def _restart_hint(ckpt):
+    return f"start a new run with another out; student.init checkpoint with student.checkpoint {ckpt} keeps its weights"
+
+
+@pytest.mark.parametrize("entry", ["cli", "pipeline"])
+def test_resume_never_runs_code_from_a_planted_trainer_state(tmp_path, synth_dir, monkeypatch, entry):
+    from tiercel.pipeline import Pipeline
+    from tiercel.recipe import dump_recipe
+
+    r = recipe(tmp_path, synth_dir)
+    ckpt = _crashed_run(r, monkeypatch)
     marker = tmp_path / "code_ran"
-    torch.save({"format": 2, "step": 3, "hook": _Planted(marker)}, state)
-    with pytest.raises(TiercelError) as err:
-        trainer.distill(recipe(tmp_path, synth_dir), resume=True, progress=False)
+    torch.save({"format": 2, "step": 3, "hook": _Planted(marker)}, ckpt / "trainer_state.pt")
+    message = (f"{ckpt / 'trainer_state.pt'}: not a trainer state tiercel can read safely (it holds Python objects "
+               f"whose loading could run code: builtins.exec); {_restart_hint(ckpt)}")
+    if entry == "cli":
+        (tmp_path / "r.yaml").write_text(dump_recipe(r))
+        done = run_cli("distill", str(tmp_path / "r.yaml"), "--resume", "--quiet")
+        assert (done.returncode, done.stderr, done.stdout) == (1, f"error: {message}\n", "")
+    else:  # the pipeline resumes by itself when the run has a checkpoint
+        with pytest.raises(TiercelError) as err:
+            Pipeline(r).stage_distill(None)
+        assert str(err.value) == message
     assert not marker.exists()
-    assert str(err.value).startswith(f"{state}: not a trainer state tiercel can read safely (")
-    assert str(err.value).endswith("resume from a checkpoint written by this tiercel, or start the run without --resume")
-    assert "\n" not in str(err.value)
 
 
-def test_resume_with_another_student_shape_is_refused_and_keeps_the_recipe(tmp_path, synth_dir, monkeypatch):
-    real = _crash_at(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.distill(recipe(tmp_path, synth_dir), progress=False)
-    monkeypatch.setattr(trainer, "train_step", real)
+def test_an_older_tiercels_trainer_state_is_refused_unread_and_its_weights_carry_on(tmp_path, synth_dir, monkeypatch):
+    import random
+
+    import numpy as np
+
+    r = recipe(tmp_path / "run", synth_dir)
+    ckpt = _crashed_run(r, monkeypatch)
+    old = torch.load(ckpt / "trainer_state.pt", weights_only=True)  # format 1 pickled numpy's and python's RNG states
+    old.pop("format")
+    old["rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    torch.save(old, ckpt / "trainer_state.pt")
+    with pytest.raises(TiercelError) as err:
+        trainer.distill(r, resume=True, progress=False)
+    assert str(err.value) == (f"{ckpt / 'trainer_state.pt'}: trainer state of an older tiercel, whose pickled numpy RNG "
+                              f"state resume no longer loads (unpickling it could run code); {_restart_hint(ckpt)}")
+    following = r.model_copy(update={"out": tmp_path / "new"}, deep=True)  # what the message says to do
+    following.student.checkpoint, following.tokenizer.source, following.student.init = ckpt, "student", "checkpoint"
+    trainer.distill(following, progress=False)
+    assert (tmp_path / "new" / "student" / "model.safetensors").is_file()
+
+
+def test_resume_with_another_student_shape_is_one_line_and_keeps_the_recipe(tmp_path, synth_dir, monkeypatch):
+    from tiercel.recipe import dump_recipe
+
+    r = recipe(tmp_path, synth_dir)
+    ckpt = _crashed_run(r, monkeypatch)
+    (tmp_path / "r.yaml").write_text(dump_recipe(r))
     before = (tmp_path / "recipe.yaml").read_text()
-    wider = recipe(tmp_path, synth_dir).model_copy(deep=True)
-    wider.student.overrides = {"d_model": 48}
-    with pytest.raises(TiercelError, match=r"step_000003: checkpoint does not fit the recipe's student \(size mismatch"):
-        trainer.distill(wider, resume=True, progress=False)
+    wider = ("--set", "student.overrides={d_model: 48}")
+    done = run_cli("distill", str(tmp_path / "r.yaml"), "--resume", "--quiet", *wider)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {ckpt}: checkpoint does not fit the recipe's student (")
+    assert done.stderr.endswith(" in the recipe); resume with the recipe the run started with, or start a new run "
+                                "with another out\n")
     assert (tmp_path / "recipe.yaml").read_text() == before
+
+
+def test_resume_with_other_hidden_distillation_is_one_line(tmp_path, synth_dir, teacher_dir, monkeypatch):
+    r = recipe(tmp_path, synth_dir, kd=1.0, teacher={"kind": "checkpoint", "path": str(teacher_dir)})
+    r.student.overrides = {"d_model": 48}  # narrower than the teacher: hidden-state losses need projection heads
+    ckpt = _crashed_run(r, monkeypatch)
+    with_heads = r.model_copy(deep=True)
+    with_heads.distill.hidden.encoder = 1.0
+    with pytest.raises(TiercelError) as err:
+        trainer.distill(with_heads, resume=True, progress=False)
+    assert str(err.value).startswith(f"{ckpt}: checkpoint does not fit the recipe's distill.hidden projection heads (")
+    assert str(err.value).endswith(" only in the recipe); resume with the recipe the run started with, or start a new "
+                                   "run with another out")
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -235,6 +291,23 @@ def test_cached_teacher_matches_the_teacher(tmp_path, synth_dir, teacher_dir):
         trainer.distill(other_k, progress=False)
 
 
+def test_a_cache_shard_holding_pickled_objects_is_refused_unread(tmp_path):
+    import numpy as np
+
+    from tiercel.distill.cache import read_shard
+
+    marker, shard = tmp_path / "code_ran", tmp_path / "shard_00000.npz"
+    planted = np.empty(1, dtype=object)
+    planted[0] = _Planted(marker)
+    np.savez(shard, values=planted, indices=np.zeros((1, 4), np.int32), offsets=np.array([0, 1]))
+    with pytest.raises(TiercelError) as err:
+        read_shard(shard)
+    assert str(err.value) == (f"{shard}: not a shard cache-teacher wrote (Object arrays cannot be loaded when "
+                              "allow_pickle=False); delete it and run `tiercel distill cache-teacher RECIPE` again, "
+                              "which rewrites missing shards")
+    assert not marker.exists()
+
+
 def test_cache_teacher_prints_its_json_alone_on_stdout(tmp_path, synth_dir, teacher_dir):
     teacher = {"kind": "cached", "path": str(teacher_dir), "cache": str(tmp_path / "cache"), "top_k": 4}
     path = tmp_path / "r.yaml"
@@ -342,6 +415,27 @@ def test_two_processes_match_one(tmp_path, synth_dir, teacher_dir, early_stopper
     assert all(abs(x - y) < 1e-5 * abs(x) for (_, x), (_, y) in zip(v1, v2))
 
 
+@pytest.mark.slow
+def test_fsdp_resumes_and_refuses_another_student_shape_in_one_line(tmp_path, synth_dir):
+    path, out = _ddp_recipe(tmp_path, synth_dir, "fsdp", batch=2, strategy="fsdp", steps=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(*args):
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+        return subprocess.run([*launch, "-m", "tiercel", "distill", str(path), "--quiet", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+
+    assert torchrun().returncode == 0
+    resumed = torchrun("--resume", "--set", "distill.steps=4")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["resumed_from"] == 2
+    wider = torchrun("--resume", "--set", "distill.steps=6", "--set", "student.overrides={d_model: 48}")
+    errors = {line for line in wider.stderr.splitlines() if line.startswith("error: ")}  # the same line from each process
+    assert wider.returncode != 0 and len(errors) == 1, wider.stderr[-2000:]
+    ckpt = out / "checkpoints" / "step_000004"
+    assert errors.pop().startswith(f"error: {ckpt}: checkpoint does not fit the recipe's student (")
+
+
 def test_cli_distill_and_bad_recipe(tmp_path, synth_dir):
     path, out = _ddp_recipe(tmp_path, synth_dir, "cli", batch=2)
     done = run_cli("distill", str(path), "--quiet", "--set", "distill.steps=2", "--set", "distill.save_every=2")
@@ -413,3 +507,14 @@ def test_the_last_steps_are_saved_before_validation_can_fail(tmp_path, synth_dir
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_000004"  # the final step
     monkeypatch.undo()
     trainer.distill(recipe(tmp_path, synth_dir, steps=4, save_every=3), resume=True, progress=False)
+
+
+def test_a_broken_val_file_is_refused_before_training(tmp_path, synth_dir):
+    val = tmp_path / "val.json"
+    val.write_text((synth_dir / "val.json").read_text()[:300])  # cut short: the copy was interrupted
+    r = recipe(tmp_path / "run", synth_dir)
+    r.data.val = val
+    with pytest.raises(TiercelError) as err:
+        trainer.distill(r, progress=False)
+    assert str(err.value).startswith(f"{val}: ") and "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -239,3 +239,31 @@ def test_out_keeps_generated_teacher_answers_where_generate_answers_wrote_them(t
     moved = relocate(parse_recipe(recipe), tmp_path / "new")
     assert answers_path(moved) == tmp_path / "run" / "teacher_answers.json"  # an input of the pipeline: it stays
     assert moved.data.train == tmp_path / "new" / "data" / "train.json"
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"data.val": "nowhere/val.json"}, "data.val: nowhere/val.json: file not found"),
+    ({"data.test": "nowhere/test.json", "data.root": "nowhere"},
+     "data.test: nowhere/test.json: file not found; data.root: nowhere: folder not found"),
+    ({"data.test": None}, "data.test: not set; the report scores the test split (eval.split)"),
+    ({"distill.precision": "fp16"}, "distill.precision: fp16 needs a CUDA GPU (running on cpu); use bf16 or fp32"),
+])
+def test_a_recipe_a_later_stage_would_fail_on_is_refused_before_the_first(tmp_path, synth_dir, change, problem):
+    import torch
+
+    from tiercel.errors import ConfigError
+    from tiercel.pipeline import run_pipeline
+
+    if "distill.precision" in change and torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on a CUDA GPU")
+    r = tiny_recipe(tmp_path / "run")
+    del r["pipeline"]["synth"]  # the data exists already
+    r["data"].update(train=str(synth_dir / "train.json"), val=str(synth_dir / "val.json"),
+                     test=str(synth_dir / "test.json"), root=str(synth_dir))
+    for dotted, value in change.items():
+        section, field = dotted.split(".")
+        r[section][field] = value
+    with pytest.raises(ConfigError) as err:
+        run_pipeline(parse_recipe(r), log=lambda m: None)
+    assert str(err.value) == f"recipe: {problem}"
+    assert not (tmp_path / "run").exists()  # no stage ran: no teacher trained, nothing written

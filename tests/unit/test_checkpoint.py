@@ -152,3 +152,44 @@ def test_a_config_json_of_the_wrong_shape_is_one_line(tmp_path, original_dir, te
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(broken)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+class _Program:
+    """Unpickled, it creates a file: proof that code from the file ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def _plain_pickle(path, marker):
+    import pickle
+
+    path.write_bytes(pickle.dumps({"w": _Program(marker)}))
+
+
+def _cut_short(path, marker):
+    torch.save({"w": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:2000])
+
+
+@pytest.mark.parametrize("write, why", [
+    (lambda path, marker: torch.save({"w": _Program(marker)}, path),
+     "it holds Python objects whose loading could run code: builtins.exec"),
+    (_plain_pickle, "empty, cut short, or not written by torch.save"),
+    (_cut_short, "empty, cut short, or not written by torch.save"),
+    (lambda path, marker: path.write_bytes(b""), "empty, cut short, or not written by torch.save"),
+])
+def test_torch_files_load_weights_only_and_a_refusal_is_one_line(tmp_path, write, why):
+    from tiercel.models.checkpoint import torch_load
+
+    marker, path = tmp_path / "code_ran", tmp_path / "state.pt"
+    write(path, marker)
+    with pytest.raises(CheckpointError) as err:
+        torch_load(path, "not a state tiercel can read safely", "write it again")
+    assert str(err.value) == f"{path}: not a state tiercel can read safely ({why}); write it again"
+    assert not marker.exists()
+    torch.save({"w": torch.ones(2), "step": 3, "names": ["a"]}, path)
+    assert torch_load(path, "", "")["step"] == 3

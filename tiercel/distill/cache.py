@@ -111,6 +111,20 @@ def _check_manifest(cache: Path, meta: dict, allow_missing: bool = False) -> Non
             raise ConfigError(f"{file}: {key} is {have.get(key)!r} but this run needs {want!r}; rebuild the cache with cache-teacher into an empty directory")
 
 
+def read_shard(path: Path) -> dict[str, np.ndarray]:
+    """One shard's arrays, read without unpickling (an object array, which could run code, is refused); a shard
+    that cannot be read is one ConfigError line."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in ("values", "indices", "offsets")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        why = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{path}: not a shard cache-teacher wrote ({why}); delete it and run "
+                          "`tiercel distill cache-teacher RECIPE` again, which rewrites missing shards") from None
+
+
 class TopKCache:
     """Read access to a complete cache: top-k logits per record, padded into batch tensors."""
 
@@ -130,8 +144,7 @@ class TopKCache:
         """(values [T, k] float16, ids [T, k] int32) of one record's answer tokens."""
         shard, row = divmod(index, SHARD)
         if shard not in self._shards:
-            with np.load(_shard_path(self.dir, shard)) as z:
-                self._shards[shard] = {k: z[k] for k in ("values", "indices", "offsets")}
+            self._shards[shard] = read_shard(_shard_path(self.dir, shard))
         s = self._shards[shard]
         a, b = s["offsets"][row], s["offsets"][row + 1]
         return s["values"][a:b], s["indices"][a:b]

@@ -4,6 +4,8 @@ runs/NAME/checkpoints/step_000200/ holds the student in the native layout (loada
 tiercel.models.load_checkpoint, exportable as is) plus trainer_state.pt: optimizer, scheduler, projection
 heads, step and RNG states. `latest` names the newest complete checkpoint; it is written after the
 checkpoint directory has been renamed into place, so a crash mid-save leaves the previous one in charge.
+Resuming reads trainer_state.pt with torch.load(weights_only=True), so no code in it can run, and checks that
+the checkpoint's tensors fit the recipe's student and projection heads before it loads any of them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from tiercel.errors import CheckpointError
 from tiercel.fileio import atomic_dir, atomic_path, atomic_write_text
+from tiercel.models.checkpoint import torch_load, unsafe_globals
 from tiercel.models.writer import tiercel_meta, write_native
 
 # trainer_state.pt layout: 2 holds RNG states as tensors and lists, loadable with weights_only=True
@@ -91,61 +94,101 @@ def latest(run_dir: Path) -> Path | None:
 def restore(path: Path, objective, optimizer, scheduler, sharded: bool = False, rank: int = 0) -> int:
     """Load weights, optimizer, scheduler and RNG states from checkpoint `path`; returns its step.
 
-    With `sharded` (FSDP) the full states are scattered into the shards by torch.distributed.checkpoint.
+    Nothing is loaded until the checkpoint is known to fit the recipe's student and distillation heads. With
+    `sharded` (FSDP) the full states are scattered into the shards by torch.distributed.checkpoint.
     """
-    import torch
     from safetensors.torch import load_file
 
     state = load_state(path / "trainer_state.pt")
     weights = load_file(str(path / "model.safetensors"))
+    _check_fits(path, objective, weights, state)
+    optim_state = _optimizer_state(path, state, sharded, rank)
     if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        shard = path / f"optimizer.rank{rank}.pt"
-        if not shard.is_file():
-            raise CheckpointError(f"{shard}: missing; an FSDP run resumes with the same number of processes it was saved with")
         set_model_state_dict(objective.student, weights, options=StateDictOptions(full_state_dict=True, strict=False))
-        optimizer.load_state_dict(torch.load(shard, map_location="cpu", weights_only=True))
-        return _restore_rest(state, objective, scheduler)
-    try:
-        missing, unexpected = objective.student.load_state_dict(weights, strict=False)
-    except RuntimeError as err:  # tensors of another shape: the recipe's student changed since the checkpoint
-        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:160])
-        raise CheckpointError(f"{path}: checkpoint does not fit the recipe's student ({first}); resume with the "
-                              "recipe the run started with, or start a new run in another out") from None
-    missing = [k for k in missing if not k.endswith(("embed_tokens.weight",)) and k != "lm_head.weight"]
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: checkpoint does not fit the recipe's student (first: {(missing or unexpected)[0]}); resume with the same recipe")
-    objective.student.tie_weights()
-    optimizer.load_state_dict(state["optimizer"])
-    return _restore_rest(state, objective, scheduler)
-
-
-def _restore_rest(state: dict, objective, scheduler) -> int:
-    if objective.distiller is not None and state["distiller"] is not None:
+    else:
+        objective.student.load_state_dict(weights, strict=False)
+        objective.student.tie_weights()
+    if objective.distiller is not None and state["distiller"] is not None:  # None: heads without parameters
         objective.distiller.load_state_dict(state["distiller"])
+    _fitting(path, "optimizer", lambda: optimizer.load_state_dict(optim_state))
     scheduler.load_state_dict(state["scheduler"])
     set_rng_states(state["rng"])
     return int(state["step"])
 
 
+def _optimizer_state(path: Path, state: dict, sharded: bool, rank: int) -> dict:
+    """The optimizer state: in trainer_state.pt, or under FSDP this process's shard (loaded weights_only)."""
+    if not sharded:
+        return state["optimizer"]
+    shard = path / f"optimizer.rank{rank}.pt"
+    if not shard.is_file():
+        raise CheckpointError(f"{shard}: missing; an FSDP run resumes with the same number of processes it was saved with")
+    return torch_load(shard, "not an optimizer state tiercel can read safely", restart_hint(path))
+
+
+def _check_fits(path: Path, objective, weights: dict, state: dict) -> None:
+    """CheckpointError unless the checkpoint's tensors have the names and shapes of the recipe's student and
+    hidden-state projection heads (a changed student or distill.hidden since the run started)."""
+    _same_tensors(path, "student", weights, objective.student.state_dict(), optional=_tied)
+    heads = objective.distiller.state_dict() if objective.distiller is not None else {}
+    _same_tensors(path, "distill.hidden projection heads", state["distiller"] or {}, heads)
+
+
+def _tied(key: str) -> bool:
+    """Weights the native layout may leave out: they are the shared embedding (tie_weights restores them)."""
+    return key.endswith("embed_tokens.weight") or key == "lm_head.weight"
+
+
+def _same_tensors(path: Path, what: str, saved: dict, model: dict, optional=lambda key: False) -> None:
+    missing = [k for k in model if k not in saved and not optional(k)]
+    unexpected = [k for k in saved if k not in model]
+    wrong = [k for k in saved if k in model and tuple(saved[k].shape) != tuple(model[k].shape)]
+    if wrong:
+        k = wrong[0]
+        why = f"{k}: {list(saved[k].shape)} in the checkpoint, {list(model[k].shape)} in the recipe"
+    elif missing:
+        why = f"{missing[0]} only in the recipe"
+    elif unexpected:
+        why = f"{unexpected[0]} only in the checkpoint"
+    else:
+        return
+    raise CheckpointError(f"{path}: checkpoint does not fit the recipe's {what} ({why}); resume with the recipe the "
+                          "run started with, or start a new run with another out")
+
+
+def _fitting(path: Path, what: str, load) -> None:
+    """Run `load`; a state torch refuses (e.g. other parameter groups) is one CheckpointError line."""
+    try:
+        load()
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: checkpoint does not fit the recipe's {what} ({first}); resume with the recipe "
+                              "the run started with, or start a new run with another out") from None
+
+
+def restart_hint(ckpt: Path) -> str:
+    """What to do with a checkpoint resume cannot use (--resume is needed while it is there, so a plain rerun
+    of the same out is refused)."""
+    return (f"start a new run with another out; student.init checkpoint with student.checkpoint {ckpt} "
+            "keeps its weights")
+
+
 def load_state(path: Path) -> dict:
     """trainer_state.pt through torch.load(weights_only=True): tensors, numbers, strings and containers only,
     so a planted pickle cannot run code. A file that needs more (an older tiercel's, or not tiercel's) is
-    refused."""
-    import pickle
-
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        why = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a trainer state tiercel can read safely ({why}); resume from a "
-                              "checkpoint written by this tiercel, or start the run without --resume") from None
+    refused, unread."""
+    remedy = restart_hint(path.parent)
+    refused = unsafe_globals(path)
+    if refused and all(name.startswith("numpy.") for name in refused):
+        raise CheckpointError(f"{path}: trainer state of an older tiercel, whose pickled numpy RNG state resume no "
+                              f"longer loads (unpickling it could run code); {remedy}")
+    state = torch_load(path, "not a trainer state tiercel can read safely", remedy)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path}: trainer state of another format (tiercel writes format {STATE_FORMAT}); "
-                              "resume from a checkpoint written by this tiercel, or start the run without --resume")
+        raise CheckpointError(f"{path}: trainer state of another format (this tiercel writes format {STATE_FORMAT}); {remedy}")
+    if lacking := [k for k in ("step", "optimizer", "scheduler", "distiller", "rng") if k not in state]:
+        raise CheckpointError(f"{path}: trainer state without '{lacking[0]}'; {remedy}")
     return state
 
 

@@ -34,20 +34,31 @@ def load_teacher(recipe, dist: Dist):
 def check_inputs(recipe, device: str) -> None:
     """Refuse, before any work, what would fail later: data files and the image root that cannot be read (a
     missing data.val used to fail after all the training) and fp16 autocast off CUDA. One ConfigError lists all."""
-    import os
-
-    d = recipe.data
-    problems = []
-    files = {"data.train": d.train, "data.val": d.val} if recipe.teacher.kind != "generated" else {"data.val": d.val}
-    for field, path in files.items():
-        if path is not None and not (Path(path).is_file() and os.access(path, os.R_OK)):
-            problems.append(f"{field}: {path}: {'not readable' if Path(path).is_file() else 'file not found'}")
-    if not (Path(d.root).is_dir() and os.access(d.root, os.R_OK | os.X_OK)):
-        problems.append(f"data.root: {d.root}: {'not readable' if Path(d.root).is_dir() else 'folder not found'}")
-    if recipe.distill.precision == "fp16" and not str(device).startswith("cuda"):
-        problems.append(f"distill.precision: fp16 needs a CUDA GPU (running on {device}); use bf16 or fp32")
+    fields = ("val",) if recipe.teacher.kind == "generated" else ("train", "val")  # generated: trains on answers
+    problems = data_problems(recipe.data, fields) + precision_problems(recipe, device)
     if problems:
         raise ConfigError("recipe: " + "; ".join(problems))
+
+
+def data_problems(data, fields) -> list[str]:
+    """`data.FIELD: PATH: why` for each of `fields` that is set but not a readable file, and for data.root."""
+    import os
+
+    problems = []
+    for field in fields:
+        path = getattr(data, field)
+        if path is not None and not (Path(path).is_file() and os.access(path, os.R_OK)):
+            problems.append(f"data.{field}: {path}: {'not readable' if Path(path).is_file() else 'file not found'}")
+    if not (Path(data.root).is_dir() and os.access(data.root, os.R_OK | os.X_OK)):
+        problems.append(f"data.root: {data.root}: {'not readable' if Path(data.root).is_dir() else 'folder not found'}")
+    return problems
+
+
+def precision_problems(recipe, device: str) -> list[str]:
+    """fp16 autocast is for CUDA GPUs; elsewhere the recipe must ask for bf16 or fp32."""
+    if recipe.distill.precision == "fp16" and not str(device).startswith("cuda"):
+        return [f"distill.precision: fp16 needs a CUDA GPU (running on {device}); use bf16 or fp32"]
+    return []
 
 
 def training_file(recipe) -> Path:

@@ -82,7 +82,7 @@ def weight_files(folder: Path) -> list[Path]:
 
 def read_state_dict(files: list[Path]) -> dict:
     """All tensors of `files` (safetensors, or .bin read with weights_only=True) in one dict."""
-    torch = require("torch", "train", "reading checkpoint weights")
+    require("torch", "train", "reading checkpoint weights")
     state = {}
     for file in files:
         try:
@@ -91,11 +91,59 @@ def read_state_dict(files: list[Path]) -> dict:
 
                 state.update(load_file(str(file)))
             else:
-                state.update(torch.load(str(file), map_location="cpu", weights_only=True))
+                state.update(torch_load(file, "cannot read weights", "re-download it from a source you trust"))
+        except CheckpointError:
+            raise
         except Exception as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise CheckpointError(f"{file}: cannot read weights ({first}); the file may be truncated, re-download it") from err
     return state
+
+
+def torch_load(file: Path, what: str, remedy: str):
+    """`torch.load(file, weights_only=True)`: tensors, numbers, strings and containers, so no code in the file
+    runs. Anything else is one CheckpointError line, `FILE: WHAT (why); REMEDY`: a file that names other Python
+    objects (listed; loading them could run code) is refused before it is unpickled at all."""
+    import pickle
+    import warnings
+
+    import torch
+
+    refused = unsafe_globals(file)
+    if refused:
+        raise CheckpointError(f"{file}: {what} (it holds Python objects whose loading could run code: "
+                              f"{', '.join(refused[:3])}); {remedy}")
+    try:
+        with warnings.catch_warnings():  # a plain pickle makes torch warn about its protocol before refusing it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(file), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        raise CheckpointError(f"{file}: {what} ({_load_failure(file, err)}); {remedy}") from None
+
+
+def unsafe_globals(file: Path) -> list[str]:
+    """The Python objects (module.name) a torch.save file names beyond what weights_only loads, found by reading
+    its pickle's opcodes without running them; [] also for a file torch.save did not write."""
+    import torch
+
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(file)))
+    except Exception:  # not a torch.save archive, or a damaged one: torch.load's own error says more
+        return []
+
+
+def _load_failure(file: Path, err: BaseException) -> str:
+    import zipfile
+
+    if isinstance(err, OSError):
+        return err.strerror or type(err).__name__
+    if isinstance(err, EOFError) or not zipfile.is_zipfile(file):
+        return "empty, cut short, or not written by torch.save"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # torch's message carries terminal colour codes
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if unpickler:
+        return unpickler.group(1)[:160]
+    return text.splitlines()[0][:160] if text else type(err).__name__
 
 
 def _weight_map(index: Path) -> dict:
