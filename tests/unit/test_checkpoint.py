@@ -193,3 +193,43 @@ def test_torch_files_load_weights_only_and_a_refusal_is_one_line(tmp_path, write
     assert not marker.exists()
     torch.save({"w": torch.ones(2), "step": 3, "names": ["a"]}, path)
     assert torch_load(path, "", "")["step"] == 3
+
+
+def _set_field(section, name, value):
+    def change(config):
+        config[section][name] = value
+        return config
+    return change
+
+
+@pytest.mark.parametrize("layout", ["original", "native"])
+@pytest.mark.parametrize("change, message", [
+    (lambda c: {**c, "vision_config": 5}, "needs both vision_config and text_config sections (JSON objects)"),
+    (lambda c: {**c, "text_config": [1]}, "needs both vision_config and text_config sections (JSON objects)"),
+    (_set_field("text_config", "encoder_ffn_dim", -4), "text_config.encoder_ffn_dim: must be a whole number > 0 (got -4)"),
+    (_set_field("text_config", "decoder_layers", "2"), "text_config.decoder_layers: must be a whole number > 0 (got '2')"),
+    (_set_field("vision_config", "depths", [1, 0, 1, 1]),
+     "vision_config.depths: must be a whole number > 0 or a list of them (got [1, 0, 1, 1])"),
+])
+def test_a_config_json_field_of_the_wrong_shape_is_one_line(tmp_path, original_dir, tiny_model, tiny_tokenizer,
+                                                            layout, change, message):
+    broken = tmp_path / "ckpt"
+    if layout == "original":
+        shutil.copytree(original_dir, broken)
+    else:
+        save_native(tiny_model, tiny_tokenizer, broken)
+    config = broken / "config.json"
+    config.write_text(json.dumps(change(json.loads(config.read_text()))))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(broken)
+    assert str(err.value) == f"{config}: {message}"
+
+
+def test_a_config_field_transformers_refuses_is_one_line(tmp_path, tiny_model, tiny_tokenizer):
+    broken = save_native(tiny_model, tiny_tokenizer, tmp_path / "ckpt")
+    config = broken / "config.json"
+    config.write_text(json.dumps(_set_field("text_config", "dropout", "x")(json.loads(config.read_text()))))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(broken)
+    assert str(err.value).startswith(f"{config}: Validation error for field 'dropout': ")
+    assert "\n" not in str(err.value)

@@ -203,8 +203,13 @@ def read_config(folder: Path, keys=()) -> ConfigSpec:
     config = read_json(folder / "config.json")
     if config.get("model_type") not in ("florence2", None):
         raise CheckpointError(f"{folder / 'config.json'}: model_type '{config.get('model_type')}' is not a Florence-2 model (expected 'florence2')")
+    where = folder / "config.json"
+    if not all(isinstance(config.get(section), dict) for section in ("vision_config", "text_config")):
+        raise CheckpointError(f"{where}: needs both vision_config and text_config sections (JSON objects)")
     original = layout.is_original_layout(config, keys)
-    kwargs = layout.original_config_to_native(config, str(folder / "config.json")) if original else _native_kwargs(config, folder)
+    kwargs = layout.original_config_to_native(config, str(where)) if original else dict(config)
+    kwargs = {k: kwargs[k] for k in ("vision_config", "text_config")}
+    _check_sizes(kwargs, where)
     if "image_token_id" in config:
         kwargs["image_token_id"] = config["image_token_id"]
     meta = read_json(folder / "tiercel.json") if (folder / "tiercel.json").is_file() else {}
@@ -212,15 +217,37 @@ def read_config(folder: Path, keys=()) -> ConfigSpec:
     try:
         native = transformers.Florence2Config(**kwargs)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{folder / 'config.json'}: {str(err).splitlines()[0]}") from err
+        raise CheckpointError(f"{where}: {str(err).splitlines()[0]}") from err
+    except _strict_errors() as err:  # "Validation error for field 'x':\n TypeError: ... . Errors: <each type tried>"
+        raise CheckpointError(f"{where}: {str(err).split('. Errors:')[0]}") from err
     return ConfigSpec(native, original, size, mean, std, meta)
 
 
-def _native_kwargs(config: dict, folder: Path) -> dict:
-    vision, text = config.get("vision_config"), config.get("text_config")
-    if not isinstance(vision, dict) or not isinstance(text, dict):
-        raise CheckpointError(f"{folder / 'config.json'}: needs both vision_config and text_config sections")
-    return {"vision_config": vision, "text_config": text}
+# Fields that size a tensor: a value <= 0 or not a whole number would fail deep inside torch.
+_SIZES = {"text_config": ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                          "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings"),
+          "vision_config": ("embed_dim", "depths", "num_heads", "num_groups", "window_size", "projection_dim")}
+
+
+def _check_sizes(kwargs: dict, where: Path) -> None:
+    """CheckpointError naming the field unless every size the config gives is a whole number > 0 (or a list of them)."""
+    for section, names in _SIZES.items():
+        for name in (n for n in names if n in kwargs[section]):
+            value = kwargs[section][name]
+            items = value if isinstance(value, list) and value else [value]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+                raise CheckpointError(f"{where}: {section}.{name}: must be a whole number > 0"
+                                      f"{' or a list of them' if isinstance(value, list) else ''} (got {value!r})")
+
+
+def _strict_errors() -> tuple[type[Exception], ...]:
+    # transformers >= 5 checks config fields with huggingface_hub's strict dataclasses, whose errors are neither
+    # TypeError nor ValueError.
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return ()
+    return (StrictDataclassError,)
 
 
 def _preprocessing(folder: Path, meta: dict):
