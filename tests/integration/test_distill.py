@@ -318,6 +318,14 @@ def test_cache_teacher_prints_its_json_alone_on_stdout(tmp_path, synth_dir, teac
     assert "cache-teacher: shard 1/" in done.stderr
 
 
+def test_a_teacher_cache_manifest_that_is_not_an_object_is_one_line(tmp_path):
+    from tiercel.distill.cache import _check_manifest
+
+    (tmp_path / "manifest.json").write_text("[8]")
+    with pytest.raises(TiercelError, match=r"manifest.json: must hold a JSON object \(got list\); rebuild the cache"):
+        _check_manifest(tmp_path, {"top_k": 8})
+
+
 def _ddp_recipe(tmp_path, synth_dir, name, batch, strategy="ddp", loss_norm="token", **more):
     out = tmp_path / name
     data = {"train": str(synth_dir / "train.json"), "root": str(synth_dir), "max_answer_tokens": 48}

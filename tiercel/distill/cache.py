@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from tiercel.errors import ConfigError
-from tiercel.fileio import write_json
+from tiercel.fileio import read_json_object, write_json
 
 SHARD = 256
+_REBUILD = "rebuild the cache with cache-teacher into an empty directory"
 
 
 def _fingerprint(data, tokenizer, top_k: int, max_answer: int) -> dict:
@@ -105,10 +106,10 @@ def _check_manifest(cache: Path, meta: dict, allow_missing: bool = False) -> Non
         if allow_missing:
             return
         raise ConfigError(f"{cache}: no teacher cache here; run `tiercel distill cache-teacher RECIPE` first")
-    have = json.loads(file.read_text())
+    have = read_json_object(file, ConfigError, _REBUILD)
     for key, want in meta.items():
         if have.get(key) != want:
-            raise ConfigError(f"{file}: {key} is {have.get(key)!r} but this run needs {want!r}; rebuild the cache with cache-teacher into an empty directory")
+            raise ConfigError(f"{file}: {key} is {have.get(key)!r} but this run needs {want!r}; {_REBUILD}")
 
 
 def read_shard(path: Path) -> dict[str, np.ndarray]:
@@ -162,3 +163,4 @@ class TopKCache:
             values[row, :n] = torch.from_numpy(v[:n].astype(np.float32))
             ids[row, :n] = torch.from_numpy(ix[:n].astype(np.int64))
         return values.to(device), ids.to(device)
+
