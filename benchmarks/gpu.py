@@ -158,7 +158,7 @@ def build_and_export(preset: str, paths: list[str], work: Path, log, reuse: bool
     from tiercel.export.bundle import export_model, state_hash
     from tiercel.models import build
     from tiercel.models.presets import get_preset
-    from tiercel.models.tokenizer import train_bpe
+    from tiercel.runtime.tokenizer import train_bpe
 
     tok = train_bpe(["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50, vocab_size=300)
     model = build(preset, seed=0, image_token_id=tok.image_id, vocab_size=max(get_preset(preset).vocab_size, len(tok)))
@@ -276,7 +276,7 @@ def run_preset(preset: str, args, now, log) -> dict:
     names = [p for p in args.paths if p not in skipped]
     model, tok, bundle, export_s = build_and_export(preset, names, work, log, reuse=args.reuse)
     paths = open_paths(model, tok, bundle, names, args.device, skipped)
-    image = profile_image(paths["eager"].pre["size"])
+    image = profile_image(paths["eager"].pre.size)
     result = {"export_s": export_s, "skipped": skipped, "image_size": list(image.shape[:2]),
               "preprocess_on": {n: "device" if getattr(m, "device_preprocess", False) else "host" for n, m in paths.items()},
               "eager_dtype": str(paths["eager"]._dtype), "attn_implementation": paths["eager"].model.config._attn_implementation,

@@ -44,7 +44,7 @@ def export_base(work: Path) -> Path:
     from tiercel.export.bundle import export_model
     from tiercel.models import build
     from tiercel.models.presets import get_preset
-    from tiercel.models.tokenizer import train_bpe
+    from tiercel.runtime.tokenizer import train_bpe
 
     tok = train_bpe(["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50, vocab_size=300)
     model = build("florence2-base", seed=0, image_token_id=tok.image_id, vocab_size=max(get_preset("florence2-base").vocab_size, len(tok)))
@@ -66,8 +66,8 @@ def main() -> None:
               "steps": STEPS, "past": PAST, "runs": args.runs}
     with tempfile.TemporaryDirectory(prefix="tiercel-ovdec-") as tmp:
         bundle = read_bundle(args.bundle or export_base(Path(tmp)))
-        shape, rng = bundle.manifest["model"], np.random.default_rng(0)
-        src = bundle.root / bundle.entries("openvino")["decoder_with_past_model"]["file"]
+        shape, rng = bundle.manifest.model.model_dump(), np.random.default_rng(0)
+        src = bundle.root / bundle.entries("openvino")["decoder_with_past_model"].file
         irs, feeds = {"ov-fp32": src}, calibration_feeds(shape, rng)
         for name, scheme in (("ov-int8-static", "int8-static"), ("ov-int8-dynamic", "int8-dynamic")):
             t = time.perf_counter()
@@ -78,7 +78,7 @@ def main() -> None:
         base = decoder_feeds(shape, rng, PAST, PROMPT)
         timer = lambda session: {"vision": lambda: None, "steps": STEPS, "decode": decode_steps(session, base, STEPS)}  # noqa: E731
         timers = {name: timer(ov.open(ir, ov.devices[0], None)) for name, ir in irs.items()}
-        ort_file = bundle.root / bundle.entries("onnxruntime")["decoder_with_past_model"]["file"]
+        ort_file = bundle.root / bundle.entries("onnxruntime")["decoder_with_past_model"].file
         for phase, extra in (("alone", {}), ("with_onnxruntime", {"ort-fp32": timer(ort.open(ort_file, ort.devices[0], None))})):
             timing = time_interleaved({**timers, **extra}, args.runs)
             ref = timing["ov-fp32"]["decode_ms_per_token"]

@@ -70,11 +70,11 @@ def bundle_timers(bundle: Path, backend: str, steps: int = 16, past: int = 32, p
 
     b = read_bundle(bundle)
     spec, entries = get_backend(backend), b.entries(backend)
-    shape, size = b.manifest["model"], b.manifest["preprocessing"]["size"]
+    shape, size = b.manifest.model.model_dump(), b.manifest.preprocessing.size
     rng = np.random.default_rng(0)
-    vision = spec.open(b.root / entries["vision_encoder"]["file"], spec.devices[0], None)
+    vision = spec.open(b.root / entries["vision_encoder"].file, spec.devices[0], None)
     pixels = rng.standard_normal((1, 3, size, size), dtype=np.float32)
-    dec = spec.open(b.root / entries["decoder_with_past_model"]["file"], spec.devices[0], None)
+    dec = spec.open(b.root / entries["decoder_with_past_model"].file, spec.devices[0], None)
     return {"vision": lambda: vision.run({"pixel_values": pixels}), "steps": steps,
             "decode": decode_steps(dec, decoder_feeds(shape, rng, past, prompt), steps)}
 
@@ -129,7 +129,7 @@ def sizes(bundle: Path, backend: str) -> dict:
 
     b = read_bundle(bundle)
     entries = b.entries(backend)
-    size = lambda e: sum((b.root / f).stat().st_size for f in [e["file"], *e.get("extra_files", {})])  # noqa: E731
+    size = lambda e: sum((b.root / f).stat().st_size for f in [e.file, *e.extra_files])  # noqa: E731
     per = {n: size(e) for n, e in entries.items()}
     return {"bundle_bytes": sum(per.values()), "decoder_bytes": per["decoder_model"] + per["decoder_with_past_model"],
             "vision_bytes": per["vision_encoder"], "graphs": per}
@@ -181,7 +181,7 @@ def shape_benchmark(preset: str, runs: int, n_calib: int, work: Path, log, varia
     from tiercel.data.synth.writer import generate
     from tiercel.export.bundle import export_model
     from tiercel.models import build
-    from tiercel.models.tokenizer import train_bpe
+    from tiercel.runtime.tokenizer import train_bpe
 
     corpus = ["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50
     tok = train_bpe(corpus, vocab_size=300)  # ids only need to fit; weights are random

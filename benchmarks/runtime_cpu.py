@@ -127,7 +127,7 @@ def build_and_export(preset: str, work: Path, log):
     from tiercel.export.bundle import export_model
     from tiercel.models import build
     from tiercel.models.presets import get_preset
-    from tiercel.models.tokenizer import train_bpe
+    from tiercel.runtime.tokenizer import train_bpe
 
     corpus = ["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50
     tok = train_bpe(corpus, vocab_size=300)  # ids only need to fit; weights are random
@@ -284,7 +284,7 @@ def decode_bound(model, m, task: str, image: np.ndarray, bandwidth: float) -> di
 
     size = (image.shape[1], image.shape[0])
     prompt = tasks.get(task).prompt(image_size=size, dialect=m.dialect, **task_inputs(task, size))
-    n_img = m.shape["image_tokens"]
+    n_img = m.shape.image_tokens
     prompt_tokens = len(m.tokenizer.prompt_ids(prompt, n_img)) - n_img
     meta = build(model.tiercel_shape, device="meta", image_token_id=model.config.image_token_id)  # no weights allocated
     report = model_report(meta, "benchmark", prompt_tokens=prompt_tokens, new_tokens=NEW_TOKENS)
@@ -363,7 +363,7 @@ def main() -> None:
     result["precision"] = {name: "bf16" if name == "openvino-bf16" else "fp32" for name in paths}
     result["threads"] = {"requested": args.threads, "torch": torch.get_num_threads()}
     result["attn_implementation"] = model.config._attn_implementation
-    image = profile_image(paths["onnxruntime"].pre["size"])
+    image = profile_image(paths["onnxruntime"].pre.size)
     result["image_size"] = list(image.shape[:2])
     result["machine"]["loadavg_timing_start"] = os.getloadavg()
     bandwidth = [measure_bandwidth()]

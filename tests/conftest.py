@@ -50,7 +50,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from tiercel.models.tokenizer import train_bpe
+    from tiercel.runtime.tokenizer import train_bpe
 
     return train_bpe(TINY_CORPUS, vocab_size=400)
 

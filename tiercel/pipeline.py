@@ -28,6 +28,12 @@ class Pipeline:
         self.recipe, self.out, self.log = recipe, Path(recipe.out), log
         self.markers = self.out / "stages"
 
+    def stages(self) -> dict:
+        """The stages in the order they run: name -> the method that runs it (STAGES lists the names)."""
+        return {"data": self.stage_data, "teacher": self.stage_teacher, "distill": self.stage_distill,
+                "export": self.stage_export, "quantize": self.stage_quantize, "eval": self.stage_eval,
+                "profile": self.stage_profile, "report": self.stage_report}
+
     # ---- bookkeeping -----------------------------------------------------------------------------------
     def done(self, stage: str) -> dict | None:
         marker = self.markers / f"{stage}.json"
@@ -80,7 +86,7 @@ class Pipeline:
                 continue
             self.log(f"[{stage}] ...")
             t0 = time.perf_counter()
-            summary = getattr(self, f"stage_{stage}")(results) or {}
+            summary = self.stages()[stage](results) or {}
             summary["seconds"] = round(time.perf_counter() - t0, 2)
             write_json(self.markers / f"{stage}.json", summary)
             results[stage] = summary
@@ -130,6 +136,12 @@ class Pipeline:
             if scheme not in failed:  # a scheme the accuracy guard refused has no bundle to score
                 rows[f"student-{scheme}"] = self.bundle(f"student-{scheme}")
         return rows
+
+    def backend_of(self, label: str) -> str:
+        """The runtime backend a report row runs on: its quantization backend's, else onnxruntime."""
+        if label.startswith("student-") and label != "student-fp32":
+            return self.recipe.quantize.target.runs
+        return "onnxruntime"
 
     # ---- stages ------------------------------------------------------------------------------------------
     def stage_data(self, _):
@@ -207,10 +219,9 @@ class Pipeline:
         made, failed = {}, {}
         for scheme in q.schemes:
             try:
-                section = quantize_bundle(self.bundle("student-fp32"), self.bundle(f"student-{scheme}"), scheme=scheme, calib=d.train,
-                                      root=d.root, n=q.n, max_drop=q.max_drop, val=d.val, n_val=q.n_val,
-                                          confidence=q.confidence, block_size=q.block_size,
-                                          max_new_tokens=self.recipe.eval.max_new_tokens, overwrite=True, log=self.log)
+                section = quantize_bundle(self.bundle("student-fp32"), self.bundle(f"student-{scheme}"), calib=d.train,
+                                          root=d.root, val=d.val, settings=q.settings(scheme), overwrite=True,
+                                          log=self.log)
             except GuardError as err:  # one scheme missing the floor does not throw away the rest of the run
                 self.log(f"quantize {scheme}: {err}")
                 failed[scheme] = str(err)
@@ -228,7 +239,7 @@ class Pipeline:
             raise ConfigError(f"data.{ev.split}: not set; the report scores the {ev.split} split")
         scores = {}
         for label, bundle in self.models().items():
-            report = evaluate(open_predictor(bundle, "onnxruntime"), split, d.root, limit=ev.limit,
+            report = evaluate(open_predictor(bundle, self.backend_of(label)), split, d.root, limit=ev.limit,
                               generation={"num_beams": ev.num_beams, "max_new_tokens": ev.max_new_tokens})
             scores[label] = report.to_dict()
             write_json(self.out / "eval" / f"{label}.json", scores[label])
@@ -242,11 +253,14 @@ class Pipeline:
         p = self.recipe.profile
         image_size = self.recipe.pipeline.synth.size if self.recipe.pipeline.synth else 768
         settings = ProfileSettings(runs=p.runs, warmup=p.warmup, new_tokens=p.new_tokens, tasks=tuple(p.tasks), image_size=image_size)
-        result = profile(list(self.models().values()), ("onnxruntime",), settings, checkpoints=CHECKPOINTS)
+        rows = self.models()
+        result = profile([b for k, b in rows.items() if self.backend_of(k) == "onnxruntime"], ("onnxruntime",), settings,
+                         checkpoints=CHECKPOINTS)
         write_json(self.out / "profile.json", result.to_dict())
         preport.plot(result, self.out / "profile.png")
         if "openvino" in self.recipe.export.backends:
-            ov = profile([self.bundle("student-fp32")], ("openvino",), settings)
+            ov_rows = [self.bundle("student-fp32")] + [b for k, b in rows.items() if self.backend_of(k) == "openvino"]
+            ov = profile(ov_rows, ("openvino",), settings)
             write_json(self.out / "profile_openvino.json", ov.to_dict())
         return {"profile": str(self.out / "profile.json"), "plot": str(self.out / "profile.png")}
 

@@ -13,7 +13,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tiercel.distill.kinds import TEACHER_KINDS, TeacherKind
 from tiercel.errors import ConfigError
+from tiercel.quantize.settings import QuantizeOptions, QuantizeSettings, known_scheme
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
 
@@ -45,21 +47,30 @@ class DataSection(Section):
 
 
 class TeacherSection(Section):
-    kind: Literal["none", "checkpoint", "cached", "generated"] = Field(
-        "none", description="none: plain fine-tuning; checkpoint: logit KD from a same-family model; "
-        "cached: KD from top-k logits cached by `tiercel distill cache-teacher`; generated: train on the teacher's answers")
+    kind: str = Field("none", description="; ".join(f"{k.name}: {k.help}" for k in TEACHER_KINDS.values()))
     path: Path | None = Field(None, description="teacher checkpoint directory (checkpoint, cached) or model directory (generated)")
     cache: Path | None = Field(None, description="top-k logit cache directory (cached; written by cache-teacher)")
     top_k: int = Field(32, gt=0, description="logits kept per answer token in the cache")
     adapter: Literal["florence", "geochat"] = Field("florence", description="generated: how to run the teacher")
     answers: Path | None = Field(None, description="generated: where the teacher's answers are written (Falcon_SFT)")
 
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, kind):
+        if kind not in TEACHER_KINDS:
+            raise ValueError(f"unknown teacher kind '{kind}'; choose one of: {', '.join(TEACHER_KINDS)}")
+        return kind
+
+    @property
+    def spec(self) -> TeacherKind:
+        return TEACHER_KINDS[self.kind]
+
     @model_validator(mode="after")
     def _needs(self):
-        if self.kind in ("checkpoint", "generated") and self.path is None:
+        if self.spec.needs_path and self.path is None:
             raise ValueError(f"teacher.kind {self.kind} needs teacher.path")
-        if self.kind == "cached" and self.cache is None:
-            raise ValueError("teacher.kind cached needs teacher.cache (and teacher.path to build it)")
+        if self.spec.needs_cache and self.cache is None:
+            raise ValueError(f"teacher.kind {self.kind} needs teacher.cache (and teacher.path to build it)")
         return self
 
 
@@ -159,17 +170,42 @@ class PipelineSection(Section):
 
 
 class ExportSection(Section):
-    backends: list[Literal["onnxruntime", "openvino", "tensorrt"]] = Field(["onnxruntime", "openvino"], description="bundle backends")
+    backends: list[str] = Field(["onnxruntime", "openvino"], description="bundle backends (runtime.backends.bundle_backends)")
     decoder: Literal["split", "merged"] = Field("split", description="decoder graph layout")
 
 
-class QuantizeSection(Section):
+    @field_validator("backends")
+    @classmethod
+    def _known(cls, backends):
+        from tiercel.runtime.backends import bundle_backends
+
+        for name in backends:
+            if name not in bundle_backends():
+                raise ValueError(f"unknown backend '{name}'; choose one of: {', '.join(bundle_backends())}")
+        return backends
+
+
+class QuantizeSection(QuantizeOptions):
+    """The quantized bundles a pipeline makes: one per scheme, each with these settings (QuantizeSettings'
+    fields and defaults, so the recipe, the CLI and the Python API agree)."""
+
     schemes: list[str] = Field(["int8-dynamic", "int4-weight-only"], description="quantised bundles made from the fp32 student bundle")
-    n: int = Field(32, gt=0, description="calibration samples")
-    max_drop: float = Field(0.05, ge=0, description="largest relative drop of the task average the guard accepts")
-    n_val: int = Field(224, ge=0, description="val samples the accuracy guard scores, balanced over tasks (0: no guard)")
-    confidence: float = Field(0.9, ge=0, lt=1, description="guard: this quantile of the bootstrapped drop must be within max_drop (0: point drop)")
-    block_size: int = Field(32, description="int4 block size")
+
+    @field_validator("schemes")
+    @classmethod
+    def _known(cls, schemes):
+        for scheme in schemes:
+            known_scheme(scheme)
+        return schemes
+
+    @model_validator(mode="after")
+    def _schemes(self):
+        for scheme in self.schemes:
+            self.check_scheme(scheme)
+        return self
+
+    def settings(self, scheme: str) -> QuantizeSettings:
+        return QuantizeSettings(scheme=scheme, **self.model_dump(exclude={"schemes"}))
 
 
 class EvalSection(Section):
@@ -184,6 +220,16 @@ class ProfileSection(Section):
     warmup: int = Field(1, ge=0, description="untimed runs first")
     new_tokens: int = Field(16, ge=2, description="tokens generated per run (forced, for comparable timings)")
     tasks: list[str] = Field(["IMG_CAP", "REG_DET_HBB"], description="tasks timed")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tags_known(cls, tasks):
+        from tiercel.tasks import TAGS
+
+        for tag in tasks:
+            if tag not in TAGS:
+                raise ValueError(f"unknown task tag '{tag}'; valid: {', '.join(TAGS)}")
+        return tasks
 
 
 class Recipe(Section):
@@ -203,15 +249,18 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        needs_teacher = self.distill.kd > 0 or self.distill.on_policy > 0 or any(
-            (self.distill.hidden.vision, self.distill.hidden.encoder, self.distill.hidden.decoder))
-        if needs_teacher and self.teacher.kind not in ("checkpoint", "cached"):
-            raise ValueError(f"distill.kd/hidden/on_policy need teacher.kind checkpoint or cached (got {self.teacher.kind})")
-        if self.teacher.kind == "cached" and (self.distill.hidden.vision or self.distill.hidden.encoder or self.distill.hidden.decoder or self.distill.on_policy):
-            raise ValueError("a cached teacher holds only top-k logits; hidden-state and on-policy distillation need teacher.kind checkpoint")
+        hidden = any((self.distill.hidden.vision, self.distill.hidden.encoder, self.distill.hidden.decoder))
+        kind = self.teacher.spec
+        logit_kinds = [k.name for k in TEACHER_KINDS.values() if k.logits != "none"]
+        if (self.distill.kd > 0 or self.distill.on_policy > 0 or hidden) and kind.logits == "none":
+            raise ValueError(f"distill.kd/hidden/on_policy need teacher.kind {' or '.join(logit_kinds)} (got {self.teacher.kind})")
+        if kind.logits != "none" and not kind.hidden and (hidden or self.distill.on_policy):
+            live = [k.name for k in TEACHER_KINDS.values() if k.hidden]
+            raise ValueError(f"a {self.teacher.kind} teacher holds only top-k logits; hidden-state and on-policy "
+                             f"distillation need teacher.kind {' or '.join(live)}")
         if self.pipeline.train_teacher is not None and self.teacher.kind != "checkpoint":
             raise ValueError("pipeline.train_teacher trains a teacher for teacher.kind checkpoint")
-        if self.tokenizer.source == "teacher" and self.teacher.kind not in ("checkpoint", "cached"):
+        if self.tokenizer.source == "teacher" and not kind.tokenizer:
             if not (self.student.init == "checkpoint"):
                 raise ValueError("tokenizer.source teacher needs a teacher checkpoint; use tokenizer.source train or student")
         return self

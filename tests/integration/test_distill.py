@@ -266,7 +266,7 @@ def test_cached_teacher_matches_the_teacher(tmp_path, synth_dir, teacher_dir):
     from tiercel.distill.cache import TopKCache, cache_teacher
     from tiercel.distill.data import SFTData, collate
     from tiercel.distill.objective import run_model
-    from tiercel.distill.trainer import model_input
+    from tiercel.distill.data import model_input
     from tiercel.models import load_checkpoint
 
     teacher = {"kind": "cached", "path": str(teacher_dir), "cache": str(tmp_path / "cache"), "top_k": 8}

@@ -26,7 +26,7 @@ def tiny_recipe(out):
         "student": {"preset": "tiny", "overrides": {"d_model": 32, "ffn_dim": 64, "decoder_layers": 1}},
         "distill": {"steps": 2, "batch_size": 2, "kd": 0.5, "ce": 0.5, "save_every": 2, "eval_limit": 4, "log_every": 1},
         "export": {"backends": ["onnxruntime"]},
-        "quantize": {"schemes": ["int8-dynamic"], "n": 2, "max_drop": 1.0},
+        "quantize": {"schemes": ["int8-dynamic"], "n": 2, "max_drop": 1.0, "max_new_tokens": 8},
         "eval": {"limit": 1, "max_new_tokens": 8},
         "profile": {"runs": 1, "warmup": 0, "new_tokens": 2, "tasks": ["IMG_CAP"]},
     }

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from tiercel.distill.data import IGNORE, SFTData, collate  # noqa: E402
 from tiercel.distill.objective import DistillObjective, run_model  # noqa: E402
 from tiercel.distill.onpolicy import student_answers  # noqa: E402
-from tiercel.distill.trainer import model_input  # noqa: E402
+from tiercel.distill.data import model_input  # noqa: E402
 from tiercel.recipe import DistillSection  # noqa: E402
 
 

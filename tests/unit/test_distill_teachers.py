@@ -151,7 +151,7 @@ def test_geochat_answers_are_converted_to_falcon_grammar(tmp_path):
 
 
 def test_check_same_vocabulary(tiny_tokenizer):
-    from tiercel.models.tokenizer import train_bpe
+    from tiercel.runtime.tokenizer import train_bpe
 
     check_same_vocabulary(tiny_tokenizer, tiny_tokenizer)
     other = train_bpe(["a small other corpus"] * 5, vocab_size=300)

@@ -45,7 +45,7 @@ def test_torch_predictor_takes_the_bundles_settings(bundle, torch_predictor):
 
     m = rt.load(bundle)
     assert torch_predictor.generation == m.generation
-    assert torch_predictor.pre["size"] == m.pre["size"] and torch_predictor.pre["mean"] == m.pre["mean"]
+    assert torch_predictor.pre.size == m.pre.size and torch_predictor.pre.mean == m.pre.mean
 
 
 def test_beam_search_run_and_run_all_match_the_bundle_on_every_task(bundle, torch_predictor):

@@ -6,7 +6,7 @@ import sys
 
 def test_tasks_and_runtime_import_without_torch():
     code = (
-        "import sys, tiercel.tasks, tiercel.runtime, tiercel.models.tokenizer, tiercel.models.presets, tiercel.data.images;"
+        "import sys, tiercel.tasks, tiercel.runtime, tiercel.runtime.tokenizer, tiercel.models.presets, tiercel.data.images;"
         "print(' '.join(m for m in ('torch', 'transformers', 'onnx', 'safetensors') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -33,7 +33,7 @@ def test_runtime_and_tasks_depend_on_tasks_only():
     root = Path(tiercel.__file__).parent
     allowed = {"tiercel.tasks", "tiercel.runtime", "tiercel.errors", "tiercel.fileio", "tiercel._lazy",
                # torch-free leaf modules the runtime shares with training (the first test imports them bare)
-               "tiercel.models.tokenizer", "tiercel.data.images"}
+               "tiercel.runtime.tokenizer", "tiercel.data.images"}
     found = []
     for package in ("runtime", "tasks"):
         for file in sorted((root / package).rglob("*.py")):
@@ -47,3 +47,66 @@ def test_runtime_and_tasks_depend_on_tasks_only():
                 found += [f"{file.relative_to(root)}: {n}" for n in names
                           if n.startswith("tiercel") and not any(n == a or n.startswith(a + ".") for a in allowed)]
     assert found == []
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """{module: tiercel modules it imports}, deferred imports (inside functions) included. `from pkg import mod`
+    counts as an import of pkg.mod; a package's own __init__ running first is not counted as an edge."""
+    import ast
+    from pathlib import Path
+
+    import tiercel
+
+    root = Path(tiercel.__file__).parent
+    files = {}
+    for file in root.rglob("*.py"):
+        parts = ("tiercel", *file.relative_to(root).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
+
+    def module_of(name):
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for mod, file in files.items():
+        package = mod if file.name == "__init__.py" else mod.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{up}.{base}" if base else up
+                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            else:
+                continue
+            deps |= {module_of(n) for n in names if n.startswith("tiercel")} - {mod, ""}
+        graph[mod] = deps
+    return graph
+
+
+def test_no_import_cycles():
+    """A cycle hidden by a deferred import still ties two modules together; every one is refused, with its path."""
+    graph = _import_graph()
+    cycles = []
+    for start in graph:
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            mod, path = stack.pop()
+            for dep in graph[mod]:
+                if dep == start:
+                    cycles.append(" -> ".join([*path, start]))
+                elif dep not in seen and dep > start:  # each cycle once: from its smallest module
+                    seen.add(dep)
+                    stack.append((dep, [*path, dep]))
+    assert cycles == []
+
+
+def test_the_cycle_check_sees_a_deferred_import():
+    graph = _import_graph()
+    assert "tiercel.distill.data" in graph["tiercel.distill.cache"]  # a deferred import inside a function
+    assert "tiercel.runtime.tokenizer" in graph["tiercel.models.checkpoint"]

@@ -49,11 +49,19 @@ def test_roofline_fraction_arithmetic():
 
 
 class _FakeBundle:
-    def __init__(self, root, manifest):
-        self.root, self.manifest = root, manifest
+    """The two parts of a bundle that bundle_work reads: the model shape and the graph entries."""
+
+    def __init__(self, root, shape, graphs):
+        from types import SimpleNamespace
+
+        from tiercel.runtime.manifest import GraphEntry
+
+        self.root = root
+        self.graphs = [GraphEntry(sha256="x", **g) for g in graphs]
+        self.manifest = SimpleNamespace(model=SimpleNamespace(shape=SimpleNamespace(model_dump=lambda: shape)))
 
     def entries(self, backend):
-        return {g["name"]: g for g in self.manifest["graphs"] if g["backend"] == backend}
+        return {g.name: g for g in self.graphs if g.backend == backend}
 
 
 def test_bundle_work_reads_weights_from_file_sizes_and_adds_kv(tmp_path):
@@ -66,7 +74,7 @@ def test_bundle_work_reads_weights_from_file_sizes_and_adds_kv(tmp_path):
         graphs.append({"name": name, "backend": "onnxruntime", "file": f"{name}.onnx", "precision": "fp32"})
     (tmp_path / "decoder_with_past_model.onnx.data").write_bytes(b"\0" * 600)
     graphs[-1]["extra_files"] = {"decoder_with_past_model.onnx.data": "sha"}
-    bundle = _FakeBundle(tmp_path, json.loads(json.dumps({"model": {"shape": shape}, "graphs": graphs})))
+    bundle = _FakeBundle(tmp_path, json.loads(json.dumps(shape)), graphs)
     work = roofline.bundle_work(bundle, "onnxruntime", enc_tokens=10, new_tokens=5, rows=2)
     kv = 4  # fp32 activations
     cross = 2 * 2 * 10 * 8 * kv  # layers x (K, V) x encoder tokens x d x bytes

@@ -63,7 +63,7 @@ def test_preprocessing_equals_the_transformers_processor(bundle):
 
     m = rt.load(bundle)
     proc = transformers.CLIPImageProcessor(size={"height": 64, "width": 64}, do_center_crop=False, resample=3,
-                                           image_mean=m.pre["mean"], image_std=m.pre["std"], do_convert_rgb=False)
+                                           image_mean=m.pre.mean, image_std=m.pre.std, do_convert_rgb=False)
     img = image(5, w=150, h=70)
     want = proc(images=img, return_tensors="np")["pixel_values"]
     assert np.abs(m.pixel_values(img) - want).max() < 1e-5

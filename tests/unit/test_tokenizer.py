@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tiercel.errors import TokenizerError
-from tiercel.models.tokenizer import STRUCTURE_TOKENS, TextTokenizer, coordinate_tokens
+from tiercel.runtime.tokenizer import STRUCTURE_TOKENS, TextTokenizer, coordinate_tokens
 
 
 def test_grammar_tokens_are_single_and_decode_back(tiny_tokenizer):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from tiercel.cli import app
+from tiercel.cli.app import app
 
 
 @app.command()

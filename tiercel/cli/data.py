@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from tiercel.cli import app
+from tiercel.cli.app import app
 from tiercel.errors import DataError
 
 data_app = typer.Typer(help="Falcon_SFT data: validate files, generate the synthetic benchmark.", no_args_is_help=True)

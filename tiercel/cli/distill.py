@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from tiercel.cli import app
+from tiercel.cli.app import app
 
 DEFAULT = "train"
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import typer
 
-from tiercel.cli import BACKEND_OPTION, MAX_BEAMS, app
+from tiercel.cli.app import BACKEND_OPTION, MAX_BEAMS, app
+from tiercel.runtime.backends import backends_help
 
 SHOWN_METRICS = 4  # non-headline metrics shown per task in the table (all go to --json)
 _PREFERRED = ("macro_f1", "bleu4", "rouge_l", "mae", "missing", "precision50", "recall50", "mean_iou", "dice",
@@ -26,7 +27,7 @@ def eval_cmd(
     root: Path = typer.Option(None, "--root", help="Folder the records' image paths are relative to (default: the file's folder)."),
     task: list[str] = typer.Option(None, "--tasks", help="Task tags to evaluate (comma-separated or repeated; default all 14)."),
     limit: int = typer.Option(None, "--limit", help="At most N records per task."),
-    backend: str = typer.Option("onnxruntime", "--backend", help="Backend for a bundle: onnxruntime, openvino or tensorrt; torch for a checkpoint (CUDA graphs on a GPU)."),
+    backend: str = typer.Option("onnxruntime", "--backend", help=f"Backend: {backends_help()}."),
     device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime and checkpoints, CPU/GPU/NPU for openvino)."),
     threads: int = typer.Option(None, "--threads", min=1, max=1024, help="Intra-op threads of the backend (or of torch for a checkpoint)."),
     option: list[str] = BACKEND_OPTION,

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from tiercel.cli import app
+from tiercel.cli.app import app
 
 
 def _mb(x: float) -> str:
@@ -25,7 +25,7 @@ def info(
     from rich.table import Table
 
     from tiercel.models.report import COMPONENTS, WEIGHT_BITS, model_report
-    from tiercel.models.zoo import resolve
+    from tiercel.models.checkpoint import resolve
 
     model, name = resolve(target)
     report = model_report(model, name, prompt_tokens=prompt_tokens, new_tokens=new_tokens)

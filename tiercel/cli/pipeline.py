@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tiercel.cli import app
+from tiercel.cli.app import app
 
 DEMO = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
 

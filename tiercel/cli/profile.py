@@ -11,7 +11,8 @@ from pathlib import Path
 
 import typer
 
-from tiercel.cli import BACKEND_OPTION, app
+from tiercel.cli.app import BACKEND_OPTION, app
+from tiercel.runtime.backends import backends_help
 
 
 def split_list(values: list[str] | None) -> list[str]:
@@ -23,7 +24,7 @@ def split_list(values: list[str] | None) -> list[str]:
 @app.command()
 def profile(
     bundles: list[Path] = typer.Argument(..., help="Bundle directories (or PyTorch checkpoint directories) to profile and compare."),
-    backend: list[str] = typer.Option(["onnxruntime"], "--backend", help="onnxruntime, openvino, tensorrt; torch for a checkpoint (CUDA graphs on a GPU); repeat or comma-separate to compare backends."),
+    backend: list[str] = typer.Option(["onnxruntime"], "--backend", help=f"{backends_help()}; repeat or comma-separate to compare backends."),
     device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime and checkpoints, CPU/GPU/NPU for openvino)."),
     task: list[str] = typer.Option(["IMG_CAP,REG_DET_HBB"], "--tasks", help="Task tags to time (comma-separated or repeated), or 'all'."),
     runs: int = typer.Option(5, "--runs", help="Timed runs per task."),

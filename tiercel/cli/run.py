@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from tiercel.cli import BACKEND_OPTION, MAX_BEAMS, app
+from tiercel.cli.app import BACKEND_OPTION, MAX_BEAMS, app
+from tiercel.runtime.backends import backends_help
 
 
 @app.command()
@@ -18,7 +19,7 @@ def run(
     task: str = typer.Option(None, "--task", help="Task tag, e.g. IMG_CAP or REG_DET_HBB."),
     text: str = typer.Option(None, "--text", help="Class, question or description for tasks that need one."),
     region: str = typer.Option(None, "--region", help=r"Region in pixels as JSON: \[x1,y1,x2,y2], or \[\[x,y],...] for quads/polygons."),  # \[: no Rich tag
-    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, openvino, tensorrt, or torch (a checkpoint; CUDA graphs on a GPU)."),
+    backend: str = typer.Option("onnxruntime", "--backend", help=f"{backends_help()}."),
     device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime and torch, CPU/GPU/NPU for openvino)."),
     option: list[str] = BACKEND_OPTION,
     all_tasks: bool = typer.Option(False, "--all", help="Run every task the inputs allow in one batch (PIX_CHG too when --image2 is given)."),

@@ -47,7 +47,7 @@ def cache_teacher(recipe, progress: bool = True) -> dict:
     from tiercel.distill.data import SFTData, collate, to_device
     from tiercel.distill.dist import barrier, setup, teardown
     from tiercel.distill.objective import run_model
-    from tiercel.distill.trainer import model_input
+    from tiercel.distill.data import model_input
     from tiercel.models import load_checkpoint
 
     if recipe.teacher.kind != "cached" or recipe.teacher.path is None:

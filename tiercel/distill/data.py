@@ -36,6 +36,14 @@ class ModelInput:
     std: tuple
 
 
+def model_input(model, mean=None, std=None) -> ModelInput:
+    """The ModelInput of a Florence-2 model (its tiercel_shape), with its normalisation (default ImageNet's)."""
+    from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD
+
+    s = model.tiercel_shape
+    return ModelInput(s.image_size, s.image_tokens, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD))
+
+
 class SFTData:
     """Records of one Falcon_SFT file, tokenised on demand, with cached resized images."""
 

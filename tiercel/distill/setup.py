@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tiercel.distill.dist import Dist, barrier
 from tiercel.errors import ConfigError
-from tiercel.models.tokenizer import TextTokenizer, train_bpe
+from tiercel.runtime.tokenizer import TextTokenizer, train_bpe
 
 
 def load_teacher(recipe, dist: Dist):
@@ -18,7 +18,7 @@ def load_teacher(recipe, dist: Dist):
     A cached teacher is not loaded: its top-k logits are on disk. A generated-answers teacher has already
     written its answers (`tiercel distill generate-answers`), which become the training data.
     """
-    if recipe.teacher.kind != "checkpoint":
+    if recipe.teacher.spec.logits != "live":
         return None
     import torch
 
@@ -34,7 +34,7 @@ def load_teacher(recipe, dist: Dist):
 def check_inputs(recipe, device: str) -> None:
     """Refuse, before any work, what would fail later: data files and the image root that cannot be read (a
     missing data.val used to fail after all the training) and fp16 autocast off CUDA. One ConfigError lists all."""
-    fields = ("val",) if recipe.teacher.kind == "generated" else ("train", "val")  # generated: trains on answers
+    fields = ("val",) if recipe.teacher.spec.trains_on == "answers" else ("train", "val")  # generated: trains on answers
     problems = data_problems(recipe.data, fields) + precision_problems(recipe, device)
     if problems:
         raise ConfigError("recipe: " + "; ".join(problems))
@@ -63,7 +63,7 @@ def precision_problems(recipe, device: str) -> list[str]:
 
 def training_file(recipe) -> Path:
     """The file the student trains on: the data, or the teacher's generated answers."""
-    if recipe.teacher.kind != "generated":
+    if recipe.teacher.spec.trains_on != "answers":
         return Path(recipe.data.train)
     from tiercel.distill.answers import answers_path
 
@@ -113,7 +113,7 @@ def _checkpoint_tokenizer(path) -> TextTokenizer:
 
 
 def _teacher_tokenizer(recipe) -> TextTokenizer:
-    if recipe.teacher.kind == "cached" and recipe.teacher.cache and (Path(recipe.teacher.cache) / "tokenizer.json").is_file():
+    if recipe.teacher.spec.needs_cache and recipe.teacher.cache and (Path(recipe.teacher.cache) / "tokenizer.json").is_file():
         return TextTokenizer.from_dir(recipe.teacher.cache)
     if recipe.teacher.path is None:
         raise ConfigError("tokenizer.source teacher needs teacher.path")

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tiercel.distill import checkpoints
-from tiercel.distill.data import IGNORE, ModelInput, SFTData, TaskSampler, collate, to_device
+from tiercel.distill.data import IGNORE, SFTData, TaskSampler, collate, model_input, to_device
 from tiercel.distill.dist import Dist, all_mean, barrier, setup, sharded, teardown, through_root
 from tiercel.errors import TiercelError
 from tiercel.fileio import atomic_write_text, check_output_dir
@@ -26,13 +26,6 @@ from tiercel.recipe import Recipe, dump_recipe
 
 class TrainingDiverged(TiercelError):
     """The loss became NaN or infinite."""
-
-
-def model_input(model, mean=None, std=None) -> ModelInput:
-    from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD
-
-    s = model.tiercel_shape
-    return ModelInput(s.image_size, s.image_tokens, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD))
 
 
 def lr_lambda(cfg):
@@ -95,7 +88,7 @@ def prepare(recipe: Recipe, dist: Dist) -> Run:
     if run.teacher is not None:
         run.inputs["teacher"] = model_input(run.teacher.model, run.teacher.mean, run.teacher.std)
     run.topk = None
-    if recipe.teacher.kind == "cached":
+    if recipe.teacher.spec.logits == "cached":
         from tiercel.distill.cache import TopKCache
 
         run.topk = TopKCache(recipe.teacher.cache, run.data, run.tokenizer, recipe.teacher.top_k)
@@ -162,7 +155,7 @@ def micro_step(run: Run, step: int, micro: int, total: int, sync: bool) -> tuple
         through_root(run, lambda student: student_answers(student, batch, run.tokenizer, max_tokens, seeds, synced))
         ce_weight = 0.0  # the labels are the student's own tokens; only the teacher supervises them
     teacher_out = topk = None
-    if run.teacher is not None and run.recipe.teacher.kind == "checkpoint":
+    if run.teacher is not None and run.recipe.teacher.spec.logits == "live":
         from tiercel.distill.objective import run_model
 
         with torch.no_grad(), _autocast(cfg.precision, dist.device):

@@ -201,15 +201,13 @@ def open_predictor(path: str | Path, backend: str = "onnxruntime", device: str |
     backend's intra-op threads, or torch's (process-wide) for a checkpoint; `options`: backend settings for a
     bundle (tiercel.runtime.load), or {"dtype": "fp32"|"fp16"|"bf16"} for a checkpoint.
     """
-    from tiercel.runtime.backends import BACKENDS
+    from tiercel.runtime.backends import get_backend
     from tiercel.runtime.bundle import is_bundle
 
-    if backend not in (*BACKENDS, "torch"):
-        raise ConfigError(f"--backend: unknown backend '{backend}'; choose one of: {', '.join((*BACKENDS, 'torch'))}")
     path = Path(path)
+    get_backend(backend)
     if is_bundle(path):
-        if backend == "torch":
-            raise ConfigError(f"{path}: a bundle; --backend torch runs a checkpoint directory (for a bundle use {', '.join(BACKENDS)})")
+        get_backend(backend, "bundle", str(path))
         import tiercel.runtime
 
         return tiercel.runtime.load(path, backend=backend, device=device, threads=threads, options=options)

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 from pathlib import Path
 
 from tiercel import __version__
 from tiercel.errors import ConfigError, require
 from tiercel.export.onnx_export import OPSET, export_onnx, graph_io
-from tiercel.fileio import atomic_dir, check_new_output, sha256_file, write_json
-from tiercel.runtime.backends import BACKENDS
-from tiercel.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST
+from tiercel.fileio import atomic_dir, check_new_output, sha256_file
+from tiercel.runtime.backends import bundle_backends
+from tiercel.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, Manifest, check_manifest, write_manifest
 
 DECODER_LAYOUTS = ("split", "merged")
 # Graph precisions export writes. fp16 is for GPUs (onnxruntime CUDA/TensorRT EP, TensorRT engines): weights,
@@ -85,12 +86,12 @@ def _graph_entry(root: Path, name: str, backend: str, files: list[Path], layers:
     }
 
 
-def manifest_for(model, tokenizer, root: Path, graphs: list[dict], decoder: str, mean, std, provenance: dict) -> dict:
+def manifest_for(model, tokenizer, root: Path, graphs: list[dict], decoder: str, mean, std, provenance: dict) -> Manifest:
     shape = model.tiercel_shape
     from tiercel.models.presets import match_preset
     from tiercel.tasks import TAGS
 
-    return {
+    return check_manifest(json.loads(json.dumps({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": {"family": "florence2", "preset": match_preset(shape), "shape": shape.to_dict(),
@@ -109,7 +110,7 @@ def manifest_for(model, tokenizer, root: Path, graphs: list[dict], decoder: str,
         "parity": {},
         "provenance": {"tiercel_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                        **provenance},
-    }
+    })), root / MANIFEST)
 
 
 def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), decoder: str = "split", mean=None,
@@ -126,9 +127,9 @@ def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), d
     """
     from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD
 
-    unknown = [b for b in backends if b not in BACKENDS]
+    unknown = [b for b in backends if b not in bundle_backends()]
     if unknown:
-        raise ConfigError(f"unknown backend '{unknown[0]}'; choose from: {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend '{unknown[0]}'; choose from: {', '.join(bundle_backends())}")
     if decoder not in DECODER_LAYOUTS:
         raise ConfigError(f"--decoder: must be one of {', '.join(DECODER_LAYOUTS)} (got {decoder})")
     if precision not in PRECISIONS:
@@ -157,13 +158,13 @@ def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), d
             graphs += build_engines(tmp, onnx_files, model.tiercel_shape, entry=lambda n, f, p: _graph_entry(tmp, n, "tensorrt", f, layers, p))
         tokenizer.save(tmp)
         manifest = manifest_for(model, tokenizer, tmp, graphs, decoder, mean, std, provenance)
-        write_json(tmp / MANIFEST, manifest)
+        write_manifest(tmp, manifest)
         if parity:
             from tiercel.export.parity import check_bundle
 
-            manifest["parity"] = check_bundle(model, tokenizer, tmp, [b for b in backends if b != "tensorrt"],
+            manifest.parity = check_bundle(model, tokenizer, tmp, [b for b in backends if b != "tensorrt"],
                                               precision=precision)
-            write_json(tmp / MANIFEST, manifest)
+            write_manifest(tmp, manifest)
     return out
 
 

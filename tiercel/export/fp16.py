@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import heapq
 import warnings
-from pathlib import Path
 
 from tiercel.errors import require
 
@@ -109,10 +108,3 @@ def _large(proto) -> bool:
     # onnx.shape_inference refuses protos over 2 GB (florence2-large's fp32 graphs can be); the converter
     # then works from the graph's declared types, which the exporter writes for every input and output
     return proto.ByteSize() > 2**31 - 2**24
-
-
-def convert_file(file: Path) -> list[Path]:
-    """Rewrite the ONNX graph at `file` as fp16 in place; returns its files (graph, and .data if it spills)."""
-    from tiercel.export.onnx_export import load_onnx, save_onnx
-
-    return save_onnx(convert_proto(load_onnx(file)), file)

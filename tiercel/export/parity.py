@@ -154,5 +154,5 @@ def check_bundle(model, tokenizer, root: str | Path, backends, tol: float | None
 def _annotate(sessions: dict, entries: dict) -> None:
     """Give each session the manifest's input/output order (positional torch args map onto it)."""
     for name, session in sessions.items():
-        session.input_names_ordered = entries[name]["inputs"]
-        session.output_order = entries[name]["outputs"]
+        session.input_names_ordered = entries[name].inputs
+        session.output_order = entries[name].outputs

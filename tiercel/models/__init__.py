@@ -1,7 +1,7 @@
 """tiercel.models: Florence-2 / Falcon shapes (presets), checkpoint loading in both layouts, tokenizers.
 
 Importing this package is cheap: torch and transformers load only when a function that needs them runs,
-so `tiercel.models.tokenizer` (torch-free) can be used on a device that has no torch.
+so `tiercel.runtime.tokenizer` (torch-free) can be used on a device that has no torch.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ _LAZY = {
     "load_checkpoint": "tiercel.models.checkpoint",
     "save_native": "tiercel.models.checkpoint",
     "Checkpoint": "tiercel.models.checkpoint",
-    "TextTokenizer": "tiercel.models.tokenizer",
-    "train_bpe": "tiercel.models.tokenizer",
+    "TextTokenizer": "tiercel.runtime.tokenizer",
+    "train_bpe": "tiercel.runtime.tokenizer",
     "model_report": "tiercel.models.report",
 }
 

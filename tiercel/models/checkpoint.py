@@ -11,11 +11,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tiercel.errors import CheckpointError, require
+from tiercel.errors import CheckpointError, ConfigError, require
 from tiercel.fileio import read_json_object
 from tiercel.models import layout
-from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD, ModelShape, match_preset
-from tiercel.models.tokenizer import TextTokenizer
+from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD, match_preset
+from tiercel.runtime.shape import ModelShape
+from tiercel.runtime.tokenizer import TextTokenizer
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -325,3 +326,25 @@ def _restore_buffers(model, loaded: dict, torch_dtype):
         table = torch.empty(embed.max_seq_len, embed.embed_dim)
         table[:, 0::2], table[:, 1::2] = sine, cosine
         embed.pos_idx_to_embed = table.to(torch_dtype)
+
+
+def resolve(target: str, device: str = "meta"):
+    """A model for a preset name or a checkpoint directory; weights are not read (meta device by default).
+
+    Returns (model, name). Used by `tiercel info`, which only needs shapes.
+    """
+    from tiercel.models.presets import PRESETS
+    from tiercel.models.zoo import build, shape_from_config
+
+    if target in PRESETS:
+        return build(target, device=device), target
+    if not Path(target).exists() and "/" not in target:
+        raise ConfigError(f"'{target}' is neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint directory")
+    torch = require("torch", "train", "building a Florence-2 model")
+    transformers = require("transformers", "train", "building a Florence-2 model")
+    folder = find_checkpoint_dir(target)
+    spec = read_config(folder)
+    with torch.device(device):
+        model = transformers.Florence2ForConditionalGeneration(spec.config)
+    model.tiercel_shape = shape_from_config(spec.config, image_size=spec.image_size)
+    return model.eval(), str(folder)

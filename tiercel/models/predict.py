@@ -22,6 +22,7 @@ import numpy as np
 from tiercel.errors import require
 from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD, match_preset
 from tiercel.runtime.generate import GenerationConfig
+from tiercel.runtime.manifest import model_entry, preprocessing
 from tiercel.runtime.model import Model
 
 
@@ -87,9 +88,8 @@ class TorchPredictor(Model):
         self.bundle, self.sessions, self.tokenizer = None, {}, tokenizer
         param = next(model.parameters())
         self.backend, self.device, self._dtype = "torch", str(param.device), param.dtype
-        self.shape = {"preset": match_preset(shape), "shape": shape.to_dict(), "image_tokens": shape.image_tokens, "d_model": shape.d_model,
-                      "decoder_layers": shape.decoder_layers, "attention_heads": shape.attention_heads}
-        self.pre = {"size": shape.image_size, "mean": list(mean), "std": list(std)}
+        self.shape = model_entry(shape, match_preset(shape))  # what a bundle's manifest would say
+        self.pre = preprocessing(shape.image_size, mean, std)
         self.dialect = dialect
         self.generation = GenerationConfig(**(generation or generation_settings(model, tokenizer)))
         self.merged = False
@@ -104,7 +104,7 @@ class TorchPredictor(Model):
         if self._device_pre is None:
             from tiercel.models.device_preprocess import DevicePreprocessor
 
-            self._device_pre = DevicePreprocessor(self.device, self.pre["size"], self.pre["mean"], self.pre["std"])
+            self._device_pre = DevicePreprocessor(self.device, self.pre.size, self.pre.mean, self.pre.std)
         return self._device_pre(images)
 
     @property

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tiercel.errors import ConfigError
-from tiercel.models.presets import ModelShape
+from tiercel.runtime.shape import ModelShape
 
 # Bits per weight at each precision. int4 counts one fp16 scale per group of 32 weights (4 + 16/32 bits).
 WEIGHT_BITS = {"fp32": 32.0, "fp16": 16.0, "int8": 8.0, "int4": 4.5}

@@ -6,7 +6,8 @@ Knows nothing about files: checkpoint.py loads weights into what this builds.
 from __future__ import annotations
 
 from tiercel.errors import ConfigError, require
-from tiercel.models.presets import ModelShape, get_preset
+from tiercel.models.presets import get_preset
+from tiercel.runtime.shape import ModelShape
 
 # BART / Florence-2 special token ids; tiercel's own tokenizers keep the same order (see tokenizer.py).
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -96,27 +97,3 @@ def build(preset: str | ModelShape, *, image_token_id: int | None = None, device
         model = transformers.Florence2ForConditionalGeneration(config)
     model.tiercel_shape = shape
     return model.eval()
-
-
-def resolve(target: str, device: str = "meta"):
-    """A model for a preset name or a checkpoint directory; weights are not read (meta device by default).
-
-    Returns (model, name). Used by `tiercel info`, which only needs shapes.
-    """
-    from pathlib import Path
-
-    from tiercel.models.checkpoint import find_checkpoint_dir, read_config
-    from tiercel.models.presets import PRESETS
-
-    if target in PRESETS:
-        return build(target, device=device), target
-    if not Path(target).exists() and "/" not in target:
-        raise ConfigError(f"'{target}' is neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint directory")
-    torch = require("torch", "train", "building a Florence-2 model")
-    transformers = require("transformers", "train", "building a Florence-2 model")
-    folder = find_checkpoint_dir(target)
-    spec = read_config(folder)
-    with torch.device(device):
-        model = transformers.Florence2ForConditionalGeneration(spec.config)
-    model.tiercel_shape = shape_from_config(spec.config, image_size=spec.image_size)
-    return model.eval(), str(folder)

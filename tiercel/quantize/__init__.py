@@ -15,7 +15,8 @@ from tiercel._lazy import lazy_getattr
 
 _LAZY = {
     "quantize_bundle": "tiercel.quantize.bundle",
-    "TARGETS": "tiercel.quantize.bundle",
+    "TARGETS": "tiercel.quantize.settings",
+    "QuantizeSettings": "tiercel.quantize.settings",
     "SCHEMES": "tiercel.quantize.schemes",
     "SchemeSpec": "tiercel.quantize.schemes",
     "get_scheme": "tiercel.quantize.schemes",

@@ -21,10 +21,8 @@ Split decoders only: a merged decoder's If branches share nothing a quantiser ca
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,72 +32,46 @@ from tiercel.fileio import atomic_dir, check_new_output, sha256_file, write_json
 from tiercel.quantize import guard as _guard
 from tiercel.quantize.calibrate import Calibration, capture, load_samples, sft_file
 from tiercel.quantize.schemes import GRAPH_ROLES, SchemeSpec, get_scheme, needs_calibration, plan
-from tiercel.runtime.bundle import MANIFEST, read_bundle
+from tiercel.quantize.settings import QuantizeSettings
+from tiercel.quantize.settings import settings as make_settings
+from tiercel.runtime.bundle import MANIFEST, read_bundle, write_manifest
 
 
-@dataclass(frozen=True)
-class TargetSpec:
-    """What a quantisation backend reads from the bundle, writes, and which runtime backend runs the result."""
-
-    name: str
-    reads: str  # source backend in the fp32 bundle
-    runs: str  # tiercel.runtime backend of the output
-    schemes: tuple[str, ...]  # schemes it can produce
-    help: str
-
-
-TARGETS: dict[str, TargetSpec] = {
-    "onnxruntime": TargetSpec("onnxruntime", "onnxruntime", "onnxruntime",
-                              ("int8-static", "int8-dynamic", "int4-weight-only", "mixed"), "onnxruntime.quantization"),
-    "openvino": TargetSpec("openvino", "openvino", "openvino",
-                           ("int8-static", "int8-dynamic", "int4-weight-only", "mixed"), "NNCF on OpenVINO IR"),
-    "tensorrt": TargetSpec("tensorrt", "onnxruntime", "onnxruntime", ("int8-static",),
-                           "explicit Q/DQ ONNX (symmetric int8) for TensorRT INT8 engines"),
-}
-
-
-def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: str = "int8-static",
-                    calib: str | os.PathLike | None = None, root: str | os.PathLike | None = None, n: int = 128,
-                    max_drop: float = 0.01, *, val: str | os.PathLike | None = None, n_val: int = 224,
-                    min_agreement: float = 0.0, confidence: float = 0.9, block_size: int | None = None,
-                    symmetric: bool | None = None, policy: dict | None = None, backend: str = "onnxruntime", ratio: float = 1.0,
-                    max_new_tokens: int = 64, max_retries: int = 4, sensitivity: bool = False, engines: bool = False,
-                    overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict:
+def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: str | None = None,
+                    calib: str | os.PathLike | None = None, root: str | os.PathLike | None = None, *,
+                    val: str | os.PathLike | None = None, settings: QuantizeSettings | None = None,
+                    overwrite: bool = False, log: Callable[[str], None] | None = None, **changes) -> dict:
     """Quantise the fp32 bundle at `bundle` into `out`. Returns the manifest's "quantization" section.
 
     Args:
-        scheme: a key of tiercel.quantize.SCHEMES (int8-static, int8-dynamic, int4-weight-only, mixed).
+        scheme: a key of tiercel.quantize.SCHEMES (int8-static, int8-dynamic, int4-weight-only, mixed); the same
+            as settings.scheme.
         calib: Falcon_SFT file or `tiercel data synth` folder (its train.json) for calibration; images under
             `root` (default: the file's folder). `n` samples; decoder steps are thinned to `n` feeds per graph.
-        max_drop: largest relative drop of the 14-task average allowed on the val samples.
         val: Falcon_SFT file for the guard (default: val.json beside the calibration file); no val data, no guard.
-        n_val: val samples the guard scores, balanced over tasks (n_val / 14 per task, 16 by default): on a
-            0.8M-parameter student 28 samples (2 per task) let a 2% drop through that 600 test records showed.
-        min_agreement: also require this greedy token agreement with fp32 (0 = metrics only).
-        confidence: the guard holds when this quantile of the paired-bootstrap drop is within max_drop (guard.py);
-            0 decides on the point drop.
-        block_size, symmetric: int4 blocks (32/64/128) and symmetry. policy: mixed, {role: leaf scheme}.
-        backend: onnxruntime, openvino (NNCF) or tensorrt (explicit Q/DQ ONNX). ratio: NNCF int4 share.
-        sensitivity: also write sensitivity.json (per-layer report) into the bundle.
-        engines: backend tensorrt only: also build INT8 TensorRT engines from the Q/DQ graphs (tensorrt/*.engine).
+        settings: QuantizeSettings (tiercel.quantize.settings; every field documented there); `changes` are
+            fields of it given as keywords (n=32, max_drop=0.05, backend="openvino", ...), applied on top.
+            n_val: on a 0.8M-parameter student 28 samples (2 per task) let a 2% drop through that 600 test
+            records showed, hence 224 (16 per task) by default.
     """
+    s = make_settings(settings, **changes, scheme=scheme)
+    scheme, backend, n, max_drop, n_val = s.scheme, s.backend, s.n, s.max_drop, s.n_val
+    min_agreement, confidence, block_size, symmetric = s.min_agreement, s.confidence, s.block_size, s.symmetric
+    policy, ratio, max_new_tokens, max_retries = s.policy, s.ratio, s.max_new_tokens, s.max_retries
+    sensitivity, engines, target = s.sensitivity, s.engines, s.target
     say = log or (lambda _msg: None)
-    target = _target(backend, scheme)
-    if not 0 <= confidence < 1:
-        raise ConfigError(f"--confidence: must be in [0, 1) (got {confidence})")
     if engines:
-        if target.name != "tensorrt":
-            raise ConfigError(f"--engines: builds TensorRT engines, so it needs --backend tensorrt (got {backend})")
         from tiercel.export.tensorrt import check_available
 
         check_available()  # no tensorrt or no GPU: fail before minutes of calibration
     check_new_output(out, overwrite, MANIFEST)  # likewise for an output that atomic_dir would refuse after them
     src = read_bundle(bundle)
-    if src.manifest["decoder"] != "split":
+    if src.manifest.decoder != "split":
         raise ConfigError(f"{src.where}: quantizing needs a split decoder (merged If-branches break under quantisation);"
                           f" re-export with --decoder split")
     entries = src.entries(target.reads)
     src.verify(entries.values())
+    entries = {name: entry.model_dump() for name, entry in entries.items()}  # rows the quantized manifest copies
     spec = get_scheme(scheme, block_size=block_size, symmetric=symmetric, policy=policy)
     leaves = plan(spec, src.graph_names(), block_size=block_size, symmetric=symmetric)
     if calib is None and needs_calibration({g: s for g, s in leaves.items() if s.kind == "static"}):
@@ -173,9 +145,9 @@ def _kept(graphs: list[dict]) -> str:
 def _engines(src, tmp: Path, graphs: list[dict], say) -> list[dict]:
     """INT8 TensorRT engines from the Q/DQ graphs just written (manifest rows with backend "tensorrt")."""
     from tiercel.export.tensorrt import build_engine, engine_precision, has_qdq, profiles
-    from tiercel.models.presets import ModelShape
+    from tiercel.runtime.shape import ModelShape
 
-    shape = ModelShape(**src.manifest["model"]["shape"])
+    shape = ModelShape(**src.manifest.model.shape.model_dump())
     rows = []
     for g in graphs:
         onnx_file = tmp / g["file"]
@@ -186,16 +158,6 @@ def _engines(src, tmp: Path, graphs: list[dict], say) -> list[dict]:
                      "file": engine.relative_to(tmp).as_posix(), "sha256": sha256_file(engine), "extra_files": {},
                      "precision": engine_precision(True, int8)})
     return rows
-
-
-def _target(backend: str, scheme: str) -> TargetSpec:
-    if backend not in TARGETS:
-        raise ConfigError(f"--backend: unknown quantization backend '{backend}'; choose one of: {', '.join(TARGETS)}")
-    target = TARGETS[backend]
-    get_scheme(scheme)  # unknown scheme names fail first, with the list of valid ones
-    if scheme not in target.schemes:
-        raise ConfigError(f"--backend {backend}: supports {', '.join(target.schemes)} (got {scheme})")
-    return target
 
 
 def _val_samples(calib, val, root, n_val):
@@ -243,7 +205,7 @@ def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded
                                     cache.setdefault(name, {}))
             files = graph_files(dst)
         rows.append(_entry(tmp, entry, files, leaf, report, target))
-    shutil.copyfile(src.root / src.manifest["tokenizer"]["file"], tmp / src.manifest["tokenizer"]["file"])
+    shutil.copyfile(src.root / src.manifest.tokenizer.file, tmp / src.manifest.tokenizer.file)
     return rows
 
 
@@ -277,12 +239,12 @@ def _write_manifest(src, tmp: Path, graphs: list[dict], section: dict, engines: 
     before = sum(r["fp32_bytes"] for k, r in section["sizes"].items() if k != "total")
     after = sum(r["bytes"] for k, r in section["sizes"].items() if k != "total")
     section["sizes"]["total"] = {"fp32_bytes": before, "bytes": after, "ratio": round(after / max(before, 1), 4)}
-    manifest = json.loads(json.dumps(src.manifest))
+    manifest = src.manifest.model_dump(mode="json")
     manifest["graphs"] = graphs + list(engines)
     manifest["parity"] = {}  # fp32 parity no longer describes these graphs; quantization.guard does
     manifest["quantization"] = section
-    manifest["provenance"] = {**manifest.get("provenance", {}), "quantized_by": f"tiercel {__version__}"}
-    write_json(tmp / MANIFEST, manifest)
+    manifest["provenance"] = {**manifest["provenance"], "quantized_by": f"tiercel {__version__}"}
+    write_manifest(tmp, manifest)
 
 
 def _check(tmp, target, samples, ref, max_drop, min_agreement, max_new_tokens, confidence):
@@ -306,11 +268,11 @@ def _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, cali
         if not samples:
             raise BundleError("sensitivity needs samples; pass --calib")
         calibration = capture(src.root, samples, n=16, max_new_tokens=max_new_tokens)
-    onnx = {g["name"]: g for g in src.manifest["graphs"] if g["backend"] == "onnxruntime"}
+    onnx = {g.name: g.file for g in src.manifest.graphs if g.backend == "onnxruntime"}
     rows = []
     for name, leaf in leaves.items():
         if leaf.kind != "keep":
-            rows += layer_sensitivity(src.root / onnx[name]["file"], calibration.feeds[name], leaf, GRAPH_ROLES.get(name, ""),
+            rows += layer_sensitivity(src.root / onnx[name], calibration.feeds[name], leaf, GRAPH_ROLES.get(name, ""),
                                       max_feeds=max_feeds, graph=name, target=target.name)
     return sorted(rows, key=lambda r: -r["error"])
 

@@ -22,11 +22,16 @@ Knows nothing about bundles (bundle.py) or which layers to pick (onnx_backend.py
 
 from __future__ import annotations
 
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 
-from tiercel.quantize.onnx_backend import session_source
 
 DAMP = 0.01  # dampening: this share of the mean Hessian diagonal is added to it (the paper's default)
+
+TWO_GB = 2**31 - 2**24  # protobuf's limit on one serialised message
 
 
 def hessians(proto, feeds: list[dict], nodes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -228,3 +233,22 @@ def quantize_matmuls(proto, nodes: list[str], rounded: dict, block: int, symmetr
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return report
+
+
+@contextmanager
+def session_source(proto):
+    """What onnxruntime.InferenceSession takes for the in-memory `proto`: its serialised bytes or, past protobuf's
+    2 GB limit (SerializeToString cannot cross it), the path of a temporary copy with external data, removed on
+    exit (create and use the session inside the block). `proto` is left holding its tensors."""
+    if sum(t.ByteSize() for t in proto.graph.initializer) <= TWO_GB:
+        yield proto.SerializeToString()
+        return
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="tiercel-graph-", ignore_cleanup_errors=True) as tmp:
+        path = Path(tmp) / "graph.onnx"
+        try:  # save_model moves every tensor's bytes into graph.onnx.data; read back in `finally`
+            onnx.save_model(proto, str(path), save_as_external_data=True, location="graph.onnx.data")
+        finally:
+            onnx.load_external_data_for_model(proto, tmp)
+        yield str(path)

@@ -29,18 +29,16 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from tiercel.errors import require
+from tiercel.quantize.gptq import TWO_GB as _TWO_GB
 from tiercel.quantize.schemes import SchemeSpec
 
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 ACCURACY_LEVEL = 4  # MatMulNBits: int8 compute of activations (fastest on AVX2/AVX512-VNNI CPUs)
-_TWO_GB = 2**31 - 2**24
 
 
 def weight_layers(proto, role: str = "") -> list[dict]:
@@ -222,25 +220,6 @@ def _nbits(proto, bits: int, spec: SchemeSpec, nodes, role: str):
     with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks give 0/0 scales, which ORT maps to 0
         q.process()
     return q.model.model
-
-
-@contextmanager
-def session_source(proto):
-    """What onnxruntime.InferenceSession takes for the in-memory `proto`: its serialised bytes or, past protobuf's
-    2 GB limit (SerializeToString cannot cross it), the path of a temporary copy with external data, removed on
-    exit (create and use the session inside the block). `proto` is left holding its tensors."""
-    if sum(t.ByteSize() for t in proto.graph.initializer) <= _TWO_GB:
-        yield proto.SerializeToString()
-        return
-    import onnx
-
-    with tempfile.TemporaryDirectory(prefix="tiercel-graph-", ignore_cleanup_errors=True) as tmp:
-        path = Path(tmp) / "graph.onnx"
-        try:  # save_model moves every tensor's bytes into graph.onnx.data; read back in `finally`
-            onnx.save_model(proto, str(path), save_as_external_data=True, location="graph.onnx.data")
-        finally:
-            onnx.load_external_data_for_model(proto, tmp)
-        yield str(path)
 
 
 def graph_files(file: Path) -> list[Path]:

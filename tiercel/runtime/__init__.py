@@ -28,7 +28,7 @@ def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = 
 
     Args:
         bundle: the bundle directory (it holds manifest.json).
-        backend: a key of BACKENDS ("onnxruntime", "openvino", "tensorrt").
+        backend: a key of BACKENDS that opens bundles (runtime.backends.bundle_backends()).
         device: backend device ("cpu"/"cuda"/"tensorrt" for onnxruntime, "CPU"/"GPU"/"NPU" for openvino).
         threads: intra-op threads (None: the backend's default).
         options: backend settings passed through as they are: onnxruntime session config entries
@@ -39,10 +39,10 @@ def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = 
             on a CPU, where copies cost nothing and the plain path is the faster one. OpenVINO has no such path.
     """
     from tiercel.errors import ConfigError
-    from tiercel.models.tokenizer import TextTokenizer
+    from tiercel.runtime.tokenizer import TextTokenizer
     from tiercel.runtime.backends import check_device
 
-    spec = get_backend(backend)
+    spec = get_backend(backend, "bundle", str(bundle))
     device = check_device(spec, device)
     b = read_bundle(bundle)
     entries = b.entries(backend)
@@ -51,6 +51,6 @@ def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = 
         io_binding = spec.bound and device.lower() not in ("cpu",)
     elif io_binding and not spec.bound:
         raise ConfigError(f"io_binding: backend '{backend}' has no device-resident path; use onnxruntime or tensorrt")
-    sessions = {name: spec.open(b.root / e["file"], device, threads, options) for name, e in entries.items()}
-    tokenizer = TextTokenizer.from_dir(b.root / b.manifest["tokenizer"]["file"])
+    sessions = {name: spec.open(b.root / e.file, device, threads, options) for name, e in entries.items()}
+    tokenizer = TextTokenizer.from_dir(b.root / b.manifest.tokenizer.file)
     return Model(b, sessions, tokenizer, backend, device, io_binding=io_binding)

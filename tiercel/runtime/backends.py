@@ -38,6 +38,8 @@ class BackendSpec:
     dynamic_shapes: bool
     open: Callable = None  # (file, device, threads, options) -> session
     bound: bool = False  # its sessions have run_bound/to_device/take_rows (KV cache kept on the device)
+    opens: str = "bundle"  # what it runs: a bundle's graphs, or a PyTorch "checkpoint" directory (torch)
+    help: str = ""  # one line for CLI help and docs
 
 
 # onnxruntime's type strings of the float inputs a feed may need casting to
@@ -151,21 +153,44 @@ def _tensorrt_session(file: Path, device: str = "cuda", threads: int | None = No
     return TensorRTSession(file, device, threads, options)
 
 
+# The one registry of backends: export writes graphs for the "bundle" ones, the runtime opens them, and the
+# torch entry runs checkpoint directories (tiercel.models.open; transformers on a CPU, CUDA graphs on a GPU).
 BACKENDS: dict[str, BackendSpec] = {
     "onnxruntime": BackendSpec("onnxruntime", "onnxruntime", "onnx", ".onnx", ("cpu", "cuda", "tensorrt"),
-                               ("fp32", "fp16", "int8", "int4"), True, OrtSession, bound=True),
+                               ("fp32", "fp16", "int8", "int4"), True, OrtSession, bound=True,
+                               help="ONNX graphs on onnxruntime (CPU; CUDA / TensorRT EP with onnxruntime-gpu)"),
     "openvino": BackendSpec("openvino", "openvino", "openvino", ".xml", ("CPU", "GPU", "NPU", "AUTO"),
-                            ("fp32", "fp16", "int8", "int4"), True, OpenVinoSession),
+                            ("fp32", "fp16", "int8", "int4"), True, OpenVinoSession, help="OpenVINO IR"),
     "tensorrt": BackendSpec("tensorrt", "tensorrt", "tensorrt", ".engine", ("cuda",), ("fp16", "int8"), True,
-                            _tensorrt_session, bound=True),
+                            _tensorrt_session, bound=True, help="TensorRT engines (NVIDIA GPU)"),
+    "torch": BackendSpec("torch", "torch", "train", "", ("cpu", "cuda"), ("fp32", "fp16", "bf16"), True,
+                         opens="checkpoint", help="a checkpoint directory in PyTorch (CUDA graphs on a GPU)"),
 }
 
 
-def get_backend(name: str) -> BackendSpec:
-    """The spec of backend `name`; ConfigError lists the valid names."""
+def bundle_backends() -> list[str]:
+    """Backends whose graphs a bundle holds (what export writes and tiercel.runtime.load opens)."""
+    return [name for name, spec in BACKENDS.items() if spec.opens == "bundle"]
+
+
+def backends_help(checkpoints: bool = True) -> str:
+    """The backend names for a CLI option's help, from the registry."""
+    names = ", ".join(bundle_backends())
+    torch = [n for n, s in BACKENDS.items() if s.opens == "checkpoint"]
+    return f"{names}" + (f"; {', '.join(torch)} for a checkpoint (CUDA graphs on a GPU)" if checkpoints and torch else "")
+
+
+def get_backend(name: str, opens: str | None = None, where: str = "") -> BackendSpec:
+    """The spec of backend `name`; ConfigError lists the valid names (those that open `opens`, when given;
+    `where` names what was asked, e.g. a bundle path)."""
+    names = [n for n, s in BACKENDS.items() if opens is None or s.opens == opens]
     if name not in BACKENDS:
-        raise ConfigError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")
-    return BACKENDS[name]
+        raise ConfigError(f"unknown backend '{name}'; choose one of: {', '.join(names)}")
+    spec = BACKENDS[name]
+    if opens is not None and spec.opens != opens:
+        what = f"{where}: a {opens}" if where else f"a {opens}"
+        raise ConfigError(f"{what}; backend {name} runs a {spec.opens} directory (for a {opens} use {', '.join(names)})")
+    return spec
 
 
 def check_device(spec: BackendSpec, device: str | None) -> str:

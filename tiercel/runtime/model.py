@@ -149,16 +149,16 @@ class Model:
         self.bundle, self.sessions, self.tokenizer = bundle, sessions, tokenizer
         self.backend, self.device, self.io_binding = backend, device, io_binding
         man = bundle.manifest
-        self.shape = man["model"]
-        self.pre = man["preprocessing"]
-        self.dialect = man.get("dialect", "falcon")
-        self.generation = GenerationConfig(**man["generation"])
-        self.merged = man["decoder"] == "merged"
+        self.shape = man.model  # manifest.ModelEntry
+        self.pre = man.preprocessing  # manifest.Preprocessing
+        self.dialect = man.dialect
+        self.generation = man.generation_config()
+        self.merged = man.decoder == "merged"
 
     # ---- limits: the position tables of the text encoder and the decoder ---------------------------------
     @property
     def max_positions(self) -> int:
-        return int(self.shape["shape"]["max_text_positions"])
+        return self.shape.max_positions
 
     def check_prompt_lengths(self, n_img: int, ids: list[list[int]]) -> None:
         """ConfigError when image tokens + a prompt do not fit the text encoder's positions (past them,
@@ -181,12 +181,12 @@ class Model:
         return _UNTIMED if self.timer is None else self.timer.stage(name)
 
     def pixel_values(self, image) -> np.ndarray:
-        return preprocess(to_rgb_array(image), self.pre["size"], self.pre["mean"], self.pre["std"])
+        return preprocess(to_rgb_array(image), self.pre.size, self.pre.mean, self.pre.std)
 
     def preprocess_images(self, images: list[np.ndarray]):
         """RGB uint8 arrays -> pixel_values [len(images), 3, S, S] for image_features: numpy here; a torch
         predictor on a GPU gives the same values as a device tensor (tiercel.models.device_preprocess)."""
-        return np.concatenate([preprocess(x, self.pre["size"], self.pre["mean"], self.pre["std"]) for x in images])
+        return np.concatenate([preprocess(x, self.pre.size, self.pre.mean, self.pre.std) for x in images])
 
     def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
         with self._stage("vision_encoder"):
@@ -227,7 +227,7 @@ class Model:
         if cfg.num_beams > 1:
             hidden, mask = np.repeat(hidden, cfg.num_beams, 0), np.repeat(mask, cfg.num_beams, 0)
         stage = _untimed if self.timer is None else self.timer.stage
-        layers, heads = self.shape["decoder_layers"], self.shape["attention_heads"]
+        layers, heads = self.shape.decoder_layers, self.shape.attention_heads
         if self.io_binding:
             decoder = BoundKVDecoder(self.sessions, self.merged, layers, heads, hidden, mask, stage)
         else:

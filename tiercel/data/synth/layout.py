@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from tiercel.data.synth import geometry as G
 from tiercel.data.synth.catalog import GROUNDS, OBJECTS, SCENES
 from tiercel.data.synth.knobs import Knobs
+from tiercel.data.synth.regions import BUILDERS, Region
 
 GROUND_IDS = {name: i for i, name in enumerate(GROUNDS)}
 # Placement order: big things first so they still find room.
@@ -55,18 +56,6 @@ class Obj:
 
 
 @dataclass
-class Region:
-    """A land region. `name` is what PIX_CLS answers (None: not asked about); `eligible` is set when the
-    region is large and not covered by later regions, so its polygon is its true visible extent."""
-
-    name: str | None
-    ground: str
-    polygon: np.ndarray = field(repr=False)
-    angle: float = 0.0  # direction of crop rows
-    eligible: bool = False
-
-
-@dataclass
 class Scene:
     """Everything needed to render one frame and write its ground truth."""
 
@@ -100,8 +89,6 @@ class Scene:
 
 def sample_scene(rng: np.random.Generator, size: int, knobs: Knobs, scene_class: str | None = None) -> Scene:
     """Draw a random scene of `scene_class` (random when None) for a size x size image."""
-    from tiercel.data.synth.regions import BUILDERS
-
     name = scene_class or str(rng.choice(list(SCENES)))
     spec = SCENES[name]
     regions, lines, align = BUILDERS[spec.layout](rng, float(size))

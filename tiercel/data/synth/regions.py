@@ -7,10 +7,23 @@ Regions are clipped to the image. This module knows nothing about objects, colou
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from tiercel.data.synth import geometry as G
-from tiercel.data.synth.layout import Region
+
+
+@dataclass
+class Region:
+    """A land region. `name` is what PIX_CLS answers (None: not asked about); `eligible` is set when the
+    region is large and not covered by later regions, so its polygon is its true visible extent."""
+
+    name: str | None
+    ground: str
+    polygon: np.ndarray = field(repr=False)
+    angle: float = 0.0  # direction of crop rows
+    eligible: bool = False
 
 Line = tuple[tuple[float, float], tuple[float, float], float]
 

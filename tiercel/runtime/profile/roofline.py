@@ -75,9 +75,9 @@ def graph_files(bundle, backend: str) -> dict[str, dict]:
     """{graph: {"bytes": size of its files on disk, "files": [...], "precision": ...}} for one backend."""
     out = {}
     for name, entry in bundle.entries(backend).items():
-        files = [entry["file"], *entry.get("extra_files", {})]
+        files = [entry.file, *entry.extra_files]
         size = sum((bundle.root / f).stat().st_size for f in files if (bundle.root / f).is_file())
-        out[name] = {"bytes": size, "files": files, "precision": entry.get("precision", "fp32")}
+        out[name] = {"bytes": size, "files": files, "precision": entry.precision}
     return out
 
 
@@ -101,7 +101,7 @@ class StageWork:
 
 def bundle_work(bundle, backend: str, enc_tokens: int, new_tokens: int, rows: int = 1) -> dict[str, StageWork]:
     """Work per stage of one generation of a bundle on `backend` (its graph files are the weights read)."""
-    return stage_work(bundle.manifest["model"]["shape"], graph_files(bundle, backend), enc_tokens, new_tokens, rows)
+    return stage_work(bundle.manifest.model.shape.model_dump(), graph_files(bundle, backend), enc_tokens, new_tokens, rows)
 
 
 def stage_work(shape: dict, files: dict[str, dict], enc_tokens: int, new_tokens: int, rows: int = 1) -> dict[str, StageWork]:

@@ -227,8 +227,7 @@ def check_pairs(paths: list[Path], backends: list[str], options: dict | None = N
     from tiercel.runtime.bundle import read_bundle
 
     for backend in backends:
-        if backend != "torch":
-            get_backend(backend)
+        get_backend(backend)
     for path in paths:
         if not is_bundle(path):
             if not path.is_dir():
@@ -240,8 +239,7 @@ def check_pairs(paths: list[Path], backends: list[str], options: dict | None = N
             continue
         bundle = read_bundle(path)
         for backend in backends:
-            if backend == "torch":
-                raise ConfigError(f"{path}: a bundle; --backend torch profiles a checkpoint directory")
+            get_backend(backend, "bundle", str(path))
             bundle.entries(backend)
 
 
@@ -324,11 +322,11 @@ def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: n
     m.timer = None
     enc_tokens = _mean_encoder_tokens(m, settings.tasks, size)
     if m.bundle is not None:
-        graphs, decoder, weights = roofline.graph_files(m.bundle, backend), m.bundle.manifest["decoder"], None
+        graphs, decoder, weights = roofline.graph_files(m.bundle, backend), m.bundle.manifest.decoder, None
     else:  # a checkpoint: what each stage reads is its share of the parameters; labelled by what ran it
         graphs, decoder, weights = m.weight_graphs(), m.backend, m.weight_bytes()
         label = f"{label[: -len(backend)]}{m.backend}" if label.endswith(f"/{backend}") else label
-    work = roofline.stage_work(m.shape["shape"], graphs, round(enc_tokens), settings.new_tokens, beams)
+    work = roofline.stage_work(m.shape.shape.model_dump(), graphs, round(enc_tokens), settings.new_tokens, beams)
     result = BundleProfile(label, str(path), m.backend, m.device, m.shape.get("preset"), decoder, beams, graphs,
                            load_seconds, {"baseline": baseline, "after_load": after_load, "peak": memory.peak,
                                           "source": memory.source},
@@ -347,7 +345,7 @@ def _timed_call(m, fn) -> tuple[float, list]:
 
 
 def _mean_encoder_tokens(m, tags, size) -> float:
-    n_img = m.shape["image_tokens"]
+    n_img = m.shape.image_tokens
     lengths = []
     for tag in tags:
         prompt = tasks.get(tag).prompt(image_size=size, dialect=m.dialect, **task_inputs(tag, size))

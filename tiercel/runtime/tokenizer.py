@@ -86,10 +86,6 @@ class TextTokenizer:
         """Encoder input as the native processor builds it: `<image>` x n, then `<s> prompt </s>`."""
         return [self.image_id] * n_image_tokens + [self.bos_id, *self.encode(prompt), self.eos_id]
 
-    def answer_ids(self, answer: str) -> list[int]:
-        """Decoder labels for `answer`: `<s> answer </s>` (the decoder starts from `</s>`, BART-style)."""
-        return [self.bos_id, *self.encode(answer), self.eos_id]
-
     def grammar_report(self) -> dict:
         """Which Falcon grammar strings are single tokens in this vocabulary (FALCON.md leaves it unverified)."""
         vocab = self.tok.get_vocab(with_added_tokens=True)
