@@ -96,7 +96,7 @@ def test_an_output_folder_never_replaces_a_file(tmp_path):
     (["run", "b", "--image", "i.png", "--task", "IMG_CAP", "--num-beams", "100000"],
      "Invalid value for '--num-beams': Input should be less than or equal to 32"),
     (["eval", "b", "--data", "d.json", "--max-new-tokens", "-5"], "Invalid value for '--max-new-tokens'"),
-    (["quantize", "b", "--out", "q", "--max-drop", "2"], "Invalid value for '--max-drop'"),
+    (["quantize", "b", "--out", "q", "--max-drop", "2"], "--max-drop: Input should be less than or equal to 1"),
     (["data", "synth", "--out", "x", "--size", "100000"], "Invalid value for '--size'"),
 ])
 def test_negative_or_absurd_numbers_are_one_line_and_exit_1(args, message):

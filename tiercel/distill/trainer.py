@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tiercel.distill import checkpoints
-from tiercel.distill.data import IGNORE, SFTData, TaskSampler, collate, model_input, to_device
+from tiercel.distill.data import IGNORE, ModelInput, SFTData, TaskSampler, collate, model_input, to_device
 from tiercel.distill.dist import Dist, all_mean, barrier, setup, sharded, teardown, through_root
 from tiercel.errors import TiercelError
 from tiercel.fileio import atomic_write_text, check_output_dir
@@ -56,12 +58,31 @@ def make_optimizer(objective, cfg):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
 
+@dataclass
 class Run:
-    """Everything a training run holds; built once by `prepare`, stepped by `train_step`."""
+    """Everything a training run holds; built once by `prepare`, stepped by `train_step`. Every part is
+    declared here; nothing else is attached to a run."""
 
-    def __init__(self, recipe: Recipe, dist: Dist, run_dir: Path):
-        self.recipe, self.dist, self.dir = recipe, dist, run_dir
-        self.log_file = run_dir / "metrics.jsonl"
+    recipe: Recipe
+    dist: Dist
+    dir: Path
+    teacher: Any = None  # models.checkpoint.Checkpoint when the teacher kind runs live, else None
+    tokenizer: Any = None  # runtime.tokenizer.TextTokenizer shared by student (and teacher)
+    data: SFTData | None = None  # the training file (or the teacher's generated answers)
+    val_data: SFTData | None = None  # data.val, read before training so a broken file fails first
+    sampler: TaskSampler | None = None
+    init_report: dict | None = None  # how the student was initialised (student.py)
+    objective: Any = None  # objective.DistillObjective: the student and every loss
+    inputs: dict[str, ModelInput] = field(default_factory=dict)  # "student" / "teacher" -> image size, norm
+    topk: Any = None  # cache.TopKCache for a cached teacher
+    wrapped: Any = None  # the objective under DDP / FSDP (the objective itself on one process)
+    optimizer: Any = None
+    scheduler: Any = None
+    tb: Any = None  # TensorBoard SummaryWriter, rank 0, opened at the first log line
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "metrics.jsonl"
 
 
 def prepare(recipe: Recipe, dist: Dist) -> Run:
@@ -343,7 +364,7 @@ def _log(run: Run, record: dict) -> None:
         return
     with open(run.log_file, "a") as f:
         f.write(json.dumps(record) + "\n")
-    if getattr(run, "tb", None) is None:
+    if run.tb is None:
         run.tb = _tensorboard(run.dir)
     if run.tb:
         for k, v in record.items():

@@ -28,7 +28,7 @@ def _validate(run, student, step: int) -> dict:
     from tiercel.distill.objective import run_model
 
     recipe = run.recipe
-    if getattr(run, "val_data", None) is None:
+    if run.val_data is None:
         d = recipe.data
         run.val_data = SFTData(d.val, d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache)
     data = run.val_data
