@@ -184,7 +184,7 @@ class Pipeline:
                 shutil.copy2(f, tmp / f.name)
         from tiercel.evaluate.core import open_predictor, prompt_check
 
-        # a teacher that answers every task prompt alike teaches the student little (README, Pipeline)
+        # a teacher that answers every task prompt alike teaches the student little (docs/recipes.md, the teacher check)
         check = prompt_check(open_predictor(dst), self.recipe.data.val or self.recipe.data.train, self.recipe.data.root)
         if check["warning"]:
             check["warning"] = (f"the teacher {check['warning']}; train it again with a longer "

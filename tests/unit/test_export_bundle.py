@@ -119,7 +119,7 @@ def test_openvino_property_typo_is_one_config_line(bundle):
 
 def test_openvino_computes_in_f32_unless_an_option_asks_for_bf16(bundle):
     """OpenVINO's CPU plugin picks bf16 by itself on CPUs that have it; the runtime pins f32 (the parity checks
-    hold), and `--option INFERENCE_PRECISION_HINT=bf16` (README: 2x vision on AVX512-BF16) must still win."""
+    hold), and `--option INFERENCE_PRECISION_HINT=bf16` (benchmarks/results/runtime_cpu.md: 2.13x vision on AVX512-BF16) must still win."""
     import openvino as ov
 
     import tiercel.runtime as rt

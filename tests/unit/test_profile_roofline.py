@@ -23,7 +23,7 @@ def test_analytic_flops_match_the_flop_counter(preset):
 
 
 def test_published_florence2_base_vision_cost():
-    # README / tiercel info: florence2-base vision 380.7 GFLOPs at 768 px (torch-free here)
+    # docs/distill.md (presets) / tiercel info: florence2-base vision 380.7 GFLOPs at 768 px (torch-free here)
     assert roofline.vision_flops(get_preset("florence2-base").to_dict()) / 1e9 == pytest.approx(380.68, abs=0.01)
 
 

@@ -221,7 +221,7 @@ def prompt_check(predictor, records, root=None, max_new_tokens: int = 32) -> dic
     (one greedy `run_all`) and how many distinct answers came back.
 
     One answer for every task means the model ignores its prompt: it has collapsed. The demo's teacher did that
-    at a short warmup on one CPU and not on another (README, Pipeline); the pipeline runs this on the teacher it
+    at a short warmup on one CPU and not on another (docs/recipes.md, the teacher check); the pipeline runs this on the teacher it
     trains. `warning` is None, or a sentence fragment ("gave one answer to all 13 task prompts on ...").
     """
     from tiercel.runtime.profile.runner import run_all_inputs

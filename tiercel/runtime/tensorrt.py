@@ -11,7 +11,7 @@ between decode steps; model.py's BoundKVDecoder) and are freed stream-ordered wh
 
 The planning (dtype table, shape checks against the engine's optimisation profile, buffer sizes) is plain
 Python and tested on CPU. Everything that touches tensorrt or CUDA was written against the TensorRT 10 and
-cuda-python APIs and has NOT been run: no GPU was available where it was written (see README, "GPU").
+cuda-python APIs and has NOT been run: no GPU was available where it was written (see docs/export.md, "TensorRT").
 Knows nothing about what the graphs compute, nor about torch.
 """
 

@@ -125,7 +125,7 @@ def precision_notes(report) -> list[str]:
         return []
     return [f"this CPU computes bf16 ({', '.join(bf16)}): OpenVINO ran in f32, tiercel's default; "
             "--option INFERENCE_PRECISION_HINT=bf16 trades a little precision for speed (Florence-2-base shape on a "
-            "2-core Zen 4: 1.87x end to end; README, Export and run)"]
+            "2-core Zen 4: 1.87x end to end; docs/runtime.md)"]
 
 
 def estimate_table(report):
