@@ -149,7 +149,7 @@ def run_variants(fp32: Path, work: Path, calib, runs: int, n_calib: int, n_val: 
             section = quantize_bundle(fp32, work / name, scheme, calib=calib if scheme == "int8-static" else None,
                                       n=n_calib, n_val=n_val, backend=qbackend, max_new_tokens=8,
                                       overwrite=True)
-            row.update(quantize_s=time.perf_counter() - t, guard=section["guard"], choices=choices(work / name))
+            row.update(quantize_s=time.perf_counter() - t, guard=section.guard.model_dump(), choices=choices(work / name))
             bundle = work / name
         row.update(sizes(bundle, runtime))
         results[name], timers[name] = row, bundle_timers(bundle, runtime)
@@ -246,7 +246,7 @@ def student_benchmark(student: Path, data: Path, runs: int, n_calib: int, n_val:
                 out[name] = {**row, "error": str(err)}
                 log(f"student {name}: {err}")
                 continue
-            g = section["guard"]
+            g = section.guard.model_dump()
             row.update(quantize_s=time.perf_counter() - start, guard={
                 k: g.get(k) for k in ("passed", "samples", "drop", "drop_bound", "confidence", "token_agreement", "fp32_average",
                                     "quantized_average", "caution")},

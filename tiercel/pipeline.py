@@ -180,7 +180,7 @@ class Pipeline:
         dst = Path(self.recipe.teacher.path)
         summary = distill(recipe, resume=(run_dir / "checkpoints" / "latest").is_file(), progress=True)
         with atomic_dir(dst, overwrite=True) as tmp:
-            for f in Path(summary["student"]).iterdir():
+            for f in summary.student.iterdir():
                 shutil.copy2(f, tmp / f.name)
         from tiercel.evaluate.core import open_predictor, prompt_check
 
@@ -190,14 +190,14 @@ class Pipeline:
             check["warning"] = (f"the teacher {check['warning']}; train it again with a longer "
                                 "pipeline.train_teacher.warmup_steps or a lower lr")
             self.log(f"[teacher] warning: {check['warning']}")
-        return {"trained": True, "path": str(dst), "val": summary["val"], "prompt_check": check}
+        return {"trained": True, "path": str(dst), "val": summary.val, "prompt_check": check}
 
     def stage_distill(self, _):
         from tiercel.distill.checkpoints import latest
         from tiercel.distill.trainer import distill
 
         summary = distill(self.recipe, resume=latest(self.out) is not None, progress=True)
-        return {"student": summary["student"], "val": summary["val"], "resumed_from": summary["resumed_from"]}
+        return summary.model_dump(mode="json", include={"student", "val", "resumed_from"})
 
     def stage_export(self, _):
         from tiercel.export.bundle import export_checkpoint
@@ -226,7 +226,7 @@ class Pipeline:
                 self.log(f"quantize {scheme}: {err}")
                 failed[scheme] = str(err)
                 continue
-            made[scheme] = {"bundle": str(self.bundle(f"student-{scheme}")), "guard": section.get("guard")}
+            made[scheme] = {"bundle": str(self.bundle(f"student-{scheme}")), "guard": section.guard.model_dump() if section.guard else None}
         return {"bundles": made, "failed": failed}
 
     def stage_eval(self, _):

@@ -74,7 +74,7 @@ def test_resume_continues_exactly(tmp_path, synth_dir, monkeypatch):
     with open(crashed / "metrics.jsonl", "a") as f:  # what the killed run logged after its last checkpoint
         f.write('{"step": 4, "loss": 1.0}\n{"step": 5, "lo')
     summary = trainer.distill(recipe(crashed, synth_dir), resume=True, progress=False)
-    assert summary["resumed_from"] == 3
+    assert summary.resumed_from == 3
     a, b = weights(straight / "student"), weights(crashed / "student")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [m["step"] for m in metrics(crashed)] == [m["step"] for m in metrics(straight)] == [1, 2, 3, 4, 5, 6]

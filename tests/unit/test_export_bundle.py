@@ -156,7 +156,7 @@ def test_graphs_over_the_protobuf_limit_go_to_external_data_that_is_checksummed(
         want = rt.load(bundle, backend=backend).run(img, task="IMG_CAP", num_beams=1, max_new_tokens=6).to_dict()
         assert rt.load(out, backend=backend).run(img, task="IMG_CAP", num_beams=1, max_new_tokens=6).to_dict() == want
     q = quantize_bundle(out, tmp_path / "big-int4", "int4-weight-only")
-    assert q["sizes"]["total"]["ratio"] < 0.6
+    assert q.sizes["total"]["ratio"] < 0.6
     rt.load(tmp_path / "big-int4").run(img, task="IMG_CAP", max_new_tokens=4)
     data = out / "decoder_model.onnx.data"
     data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")

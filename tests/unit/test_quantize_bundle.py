@@ -109,10 +109,10 @@ def test_quantized_bundles_shrink_load_and_generate(wide, tmp_path, scheme, deco
     precisions = {g["name"]: g["precision"] for g in manifest["graphs"]}
     assert set(precisions.values()) == {scheme} and manifest["quantization"]["scheme"] == scheme
     for name in ("decoder_model", "decoder_with_past_model"):
-        assert section["sizes"][name]["ratio"] < decoder_ratio  # weights dominate these files
-    assert section["sizes"]["total"]["bytes"] < 0.6 * section["sizes"]["total"]["fp32_bytes"]
-    assert section["guard"]["run"] and 0 <= section["guard"]["token_agreement"] <= 1
-    assert section["calibration"]["decoder_positions"]["distinct"] > 1  # activation ranges, or GPTQ's Hessians
+        assert section.sizes[name]["ratio"] < decoder_ratio  # weights dominate these files
+    assert section.sizes["total"]["bytes"] < 0.6 * section.sizes["total"]["fp32_bytes"]
+    assert section.guard.run and 0 <= section.guard.token_agreement <= 1
+    assert section.calibration["decoder_positions"]["distinct"] > 1  # activation ranges, or GPTQ's Hessians
     if scheme == "int4-weight-only":  # each MatMul says how it was rounded, and what held-out feeds showed
         q = next(g for g in manifest["graphs"] if g["name"] == "decoder_with_past_model")["quantization"]
         assert len(q["rounding"]) == q["layers"] > 0 and {r["method"] for r in q["rounding"]} <= {"gptq", "rtn"}
@@ -130,7 +130,7 @@ def test_mixed_records_a_scheme_per_graph_and_keeps_tied_lm_head_inside_the_deco
     from tiercel.quantize import quantize_bundle
 
     section = quantize_bundle(fp32, tmp_path / "mixed", "mixed", calib=synth_folder(), **FAST)
-    assert section["graphs"] == {"vision_encoder": "int8-static", "embed_tokens": "int8-dynamic",
+    assert section.graphs == {"vision_encoder": "int8-static", "embed_tokens": "int8-dynamic",
                                  "encoder_model": "int8-static", "decoder_model": "int4-weight-only",
                                  "decoder_with_past_model": "int4-weight-only"}
     dec = onnx.load(str(tmp_path / "mixed" / "decoder_with_past_model.onnx"))
@@ -156,11 +156,11 @@ def test_guard_excludes_sensitive_layers_and_retries_until_it_holds(fp32, tmp_pa
     monkeypatch.setattr(gptq, "hessians", lambda proto, feeds, nodes: probed.append(len(feeds)) or real_hessians(proto, feeds, nodes))
     monkeypatch.setattr(guard, "compare", strict_first)
     section = quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), **FAST)
-    attempts = section["guard"]["attempts"]
+    attempts = section.guard.attempts
     assert len(attempts) == 2 and attempts[0]["excluded"] == 0 and attempts[1]["excluded"] == 1
     assert len(probed) == 4  # GPTQ's activations: once for each of the 4 int4 MatMul graphs, not once per attempt
     assert max(probed) > FAST["n"]  # decoder_with_past: every decode step, not the n thinned feeds
-    excluded = [n for nodes in section["excluded"].values() for n in nodes]
+    excluded = [n for nodes in section.excluded.values() for n in nodes]
     assert len(excluded) == 1
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     kept = [g for g in manifest["graphs"] if g["quantization"]["excluded"]]
@@ -173,12 +173,16 @@ def test_guard_excludes_sensitive_layers_and_retries_until_it_holds(fp32, tmp_pa
     assert bits[f"{excluded[0]}_Q8"] == 8 and sorted(set(bits.values())) == ([4, 8] if len(bits) > 1 else [8])
 
 
-def test_guard_failure_reports_the_numbers_and_writes_nothing(fp32, tmp_path):
+def test_guard_failure_reports_the_numbers_and_writes_nothing(fp32, tmp_path, monkeypatch):
+    import dataclasses
+
+    import tiercel.quantize.guard as guard
     from tiercel.quantize import GuardError, quantize_bundle
 
+    compare = guard.compare  # every comparison fails, whatever the quantized bundle scores
+    monkeypatch.setattr(guard, "compare", lambda *a, **k: dataclasses.replace(compare(*a, **k), passed=False))
     with pytest.raises(GuardError) as err:
-        quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), min_agreement=1.01,
-                        max_retries=1, **FAST)
+        quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), max_retries=1, **FAST)
     msg = str(err.value)
     assert "after 3 attempts (1 layers kept in fp32)" in msg and "token agreement" in msg and "drop" in msg
     assert not (tmp_path / "q").exists()
@@ -192,7 +196,7 @@ def test_openvino_int4_through_nncf_runs_in_the_runtime(fp32, tmp_path, calib):
 
     data = {"calib": synth_folder(), **FAST, "n_val": 0} if calib else {}
     section = quantize_bundle(fp32, tmp_path / "ov", "int4-weight-only", backend="openvino", block_size=32, **data)
-    assert section["runs_on"] == "openvino" and section["guard"]["run"] is False
+    assert section.runs_on == "openvino" and section.guard.run is False
     graphs = json.loads((tmp_path / "ov" / "manifest.json").read_text())["graphs"]
     decoder = next(g for g in graphs if g["name"] == "decoder_with_past_model")["quantization"]
     if calib:  # data-aware variants are candidates, kept only where they beat data-free on held-out feeds

@@ -180,7 +180,7 @@ def test_quantize_engines_needs_the_tensorrt_backend_and_tensorrt(tmp_path, tiny
     from tiercel.quantize import quantize_bundle
 
     fp32 = tiny_bundle(tiny_model, tiny_tokenizer, "split", ("onnxruntime",))
-    with pytest.raises(ConfigError, match="--engines: builds TensorRT engines, so it needs --backend tensorrt"):
+    with pytest.raises(ConfigError, match="engines builds TensorRT engines, so it needs backend tensorrt"):
         quantize_bundle(fp32, tmp_path / "q", "int8-static", engines=True)
     if importlib.util.find_spec("tensorrt") is None:
         with pytest.raises(MissingDependency, match="tensorrt"):

@@ -60,8 +60,8 @@ def train(
     from tiercel.recipe import load_recipe
 
     summary = distill(load_recipe(recipe, _overrides(set_)), resume=resume, progress=not quiet)
-    if summary.get("student"):
-        typer.echo(json.dumps({k: summary[k] for k in ("student", "steps", "resumed_from", "val")}, default=str))
+    if summary.student:
+        typer.echo(json.dumps(summary.model_dump(include={"student", "steps", "resumed_from", "val"}), default=str))
 
 
 @distill_app.command("cache-teacher")

@@ -54,22 +54,22 @@ def quantize(
                              engines=engines)
     section = quantize_bundle(bundle, out, calib=calib, root=root, val=val, settings=settings, overwrite=overwrite,
                               log=lambda m: typer.echo(m, err=True))
-    for name, row in section["sizes"].items():
-        typer.echo(f"  {name:24s} {section['graphs'].get(name, '')[:16]:16s} {row['bytes'] / 1e6:9.2f} MB  x{row['ratio']:.3f}")
-    guard = section["guard"]
-    if guard["run"]:
-        typer.echo(f"  guard: token agreement {guard['token_agreement']:.3f}, average {guard['quantized_average']:.4f} vs "
-                   f"fp32 {guard['fp32_average']:.4f} (drop {guard['drop']:.2%}"
-                   + (f", {guard['confidence']:.0%} bound {guard['drop_bound']:.2%}" if guard.get("drop_bound") is not None else "")
-                   + f"), {len(guard['attempts'])} attempt(s), {guard['attempts'][-1]['kept']}")
-        if guard.get("caution"):
-            typer.echo(f"  guard caution: {guard['caution']}")
+    for name, row in section.sizes.items():
+        typer.echo(f"  {name:24s} {section.graphs.get(name, '')[:16]:16s} {row['bytes'] / 1e6:9.2f} MB  x{row['ratio']:.3f}")
+    guard = section.guard
+    if guard.run:
+        typer.echo(f"  guard: token agreement {guard.token_agreement:.3f}, average {guard.quantized_average:.4f} vs "
+                   f"fp32 {guard.fp32_average:.4f} (drop {guard.drop:.2%}"
+                   + (f", {guard.confidence:.0%} bound {guard.drop_bound:.2%}" if guard.drop_bound is not None else "")
+                   + f"), {len(guard.attempts)} attempt(s), {guard.attempts[-1]['kept']}")
+        if guard.caution:
+            typer.echo(f"  guard caution: {guard.caution}")
     else:
-        typer.echo(f"  guard: not run ({guard['reason']})")
+        typer.echo(f"  guard: not run ({guard.reason})")
     if sensitivity:
         from rich.console import Console
 
         from tiercel.quantize.sensitivity import table
 
         Console().print(table(json.loads((out / "sensitivity.json").read_text())))
-    typer.echo(f"wrote {out} ({section['scheme']}, {section['backend']})")
+    typer.echo(f"wrote {out} ({section.scheme}, {section.backend})")

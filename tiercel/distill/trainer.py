@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from tiercel.distill import checkpoints
 from tiercel.distill.data import IGNORE, ModelInput, SFTData, TaskSampler, collate, model_input, to_device
 from tiercel.distill.dist import Dist, all_mean, barrier, setup, sharded, teardown, through_root
@@ -254,8 +256,19 @@ def _scale_grads(objective, factor: float) -> None:
             p.grad.mul_(factor)
 
 
-def distill(recipe: Recipe, resume: bool = False, progress: bool = True) -> dict:
-    """Train the student a recipe describes. Returns a summary; the student ends up in <out>/student."""
+class DistillResult(BaseModel):
+    """What `distill` returns (and `tiercel distill` prints): where the student is and how training ended."""
+
+    run_dir: Path
+    student: Path | None  # <out>/student; None on the processes of a torchrun launch other than rank 0
+    steps: int
+    resumed_from: int | None  # the checkpoint step a resumed run started from
+    last: dict | None = None  # the last metrics line (loss and its terms)
+    val: dict | None = None  # the last validation (val_loss, per-task scores)
+
+
+def distill(recipe: Recipe, resume: bool = False, progress: bool = True) -> DistillResult:
+    """Train the student a recipe describes; the student ends up in <out>/student."""
     dist = setup()
     try:
         return _distill(recipe, dist, resume, progress)
@@ -301,8 +314,8 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
         bar(done, metrics)
     bar.close()
     final = _publish(run_dir) if dist.main else None
-    return {"run_dir": str(run_dir), "student": final, "steps": cfg.steps, "resumed_from": start,
-            "last": metrics, "val": evals[-1] if evals else None}
+    return DistillResult(run_dir=run_dir, student=final, steps=cfg.steps, resumed_from=start, last=metrics,
+                         val=evals[-1] if evals else None)
 
 
 def _save(run: Run, step: int) -> None:

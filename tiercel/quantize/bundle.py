@@ -35,13 +35,15 @@ from tiercel.quantize.schemes import GRAPH_ROLES, SchemeSpec, get_scheme, needs_
 from tiercel.quantize.settings import QuantizeSettings
 from tiercel.quantize.settings import settings as make_settings
 from tiercel.runtime.bundle import MANIFEST, read_bundle, write_manifest
+from tiercel.runtime.manifest import QuantizationSection
 
 
 def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: str | None = None,
                     calib: str | os.PathLike | None = None, root: str | os.PathLike | None = None, *,
                     val: str | os.PathLike | None = None, settings: QuantizeSettings | None = None,
-                    overwrite: bool = False, log: Callable[[str], None] | None = None, **changes) -> dict:
-    """Quantise the fp32 bundle at `bundle` into `out`. Returns the manifest's "quantization" section.
+                    overwrite: bool = False, log: Callable[[str], None] | None = None,
+                    **changes) -> QuantizationSection:
+    """Quantise the fp32 bundle at `bundle` into `out`. Returns the manifest's "quantization" section (typed).
 
     Args:
         scheme: a key of tiercel.quantize.SCHEMES (int8-static, int8-dynamic, int4-weight-only, mixed); the same
@@ -124,7 +126,7 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
             section["sensitivity"] = "sensitivity.json"
         built = _engines(src, tmp, graphs, say) if engines else []
         _write_manifest(src, tmp, graphs, section, built)
-    return section
+    return QuantizationSection.model_validate(section)
 
 
 def _kept_counts(graphs: list[dict]) -> dict[str, int]:

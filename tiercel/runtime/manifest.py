@@ -200,6 +200,28 @@ class Manifest(_Part):
         return GenerationConfig(**self.generation.model_dump(exclude_unset=True))
 
 
+class GuardSection(_Part):
+    """The accuracy guard's verdict (quantize/guard.py): quantized vs fp32 on the val samples."""
+
+    model_config = ConfigDict(extra="allow", strict=False)
+
+    run: bool
+    reason: str | None = None  # why it did not run
+    passed: bool | None = None
+    max_drop: float | None = None
+    min_agreement: float | None = None
+    token_agreement: float | None = None
+    fp32_average: float | None = None
+    quantized_average: float | None = None
+    drop: float | None = None
+    drop_bound: float | None = None  # the `confidence` quantile of the bootstrapped drop
+    confidence: float | None = None
+    samples: int | None = None
+    per_task: dict = {}
+    attempts: list[dict] = []  # per attempt: layers kept back and the verdict
+    caution: str | None = None
+
+
 class QuantizationSection(_Part):
     """What quantize did (quantize/bundle.py): the scheme, per-graph precision, sizes, calibration, the guard."""
 
@@ -214,7 +236,7 @@ class QuantizationSection(_Part):
     calibration: dict | None = None
     source: dict = {}
     excluded: dict[str, list[str]] = {}
-    guard: dict | None = None
+    guard: GuardSection | None = None
     sensitivity: str | None = None
 
 
