@@ -34,6 +34,9 @@ BACKEND_OPTION = typer.Option(
     "session.intra_op.allow_spinning=0, an OpenVINO property such as PERFORMANCE_HINT=LATENCY, or for a PyTorch "
     "checkpoint dtype=fp32|fp16|bf16.")
 
+# RECIPE on distill and pipeline: tiercel.recipe.load_recipe takes a file or a shipped recipe's name
+RECIPE_HELP = "Recipe: a YAML file, or the name of a shipped recipe (`tiercel recipes` lists them)."
+
 
 def _version(value: bool):
     if value:
@@ -50,7 +53,8 @@ def _root(
 
 def _register():
     # Each verb module adds its commands to `app` (or a sub-app) on import.
-    from tiercel.cli import convert, data, distill, eval, export, info, pipeline, profile, quantize, run  # noqa: F401
+    from tiercel.cli import (  # noqa: F401
+        convert, data, distill, eval, export, info, pipeline, profile, quantize, recipes, run)
 
 
 _register()
