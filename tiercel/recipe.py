@@ -8,14 +8,18 @@ filled in) is written next to every output. This module knows the schema only, n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tiercel import recipes
 from tiercel.distill.kinds import TEACHER_KINDS, TeacherKind
 from tiercel.errors import ConfigError
 from tiercel.quantize.settings import QuantizeOptions, QuantizeSettings, known_scheme
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
 
@@ -287,24 +291,42 @@ def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
         raise ConfigError(_format_errors(err, where)) from None
 
 
-def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
-    """Read and validate a YAML recipe. Relative paths in it (data, teacher, student, out) are used as they are,
-    so they resolve against the working directory the command runs in, not the recipe's folder (the recipes in
-    recipes/ and benchmarks/recipes/ name paths from the repository root)."""
-    path = Path(path)
+def load_recipe(path: str | Path | Traversable, overrides: dict | None = None) -> Recipe:
+    """Read and validate a YAML recipe: a file, or the name of a shipped recipe (`demo`, see tiercel.recipes) when
+    no file of that name exists. Relative paths in it (data, teacher, student, out) are used as they are, so they
+    resolve against the working directory the command runs in, not the recipe's folder."""
+    source, where = _source(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(source.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: recipe file not found") from None
+        raise ConfigError(f"{where}: recipe file not found; give a YAML file or a shipped recipe's name "
+                          f"({', '.join(recipes.names())})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{line}") from None
+        raise ConfigError(f"{where}: not valid YAML{line}") from None
     except RecursionError:  # PyYAML's composer recurses once per nested [ or {
-        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
+        raise ConfigError(f"{where}: not valid YAML (nested too deeply)") from None
     for dotted, value in (overrides or {}).items():
         _set(data, dotted, value)
-    return parse_recipe(data, str(path))
+    return parse_recipe(data, where)
+
+
+def _source(path: str | Path | Traversable) -> tuple[Path | Traversable, str]:
+    """What to read for `path` and how errors name it. A file that exists wins over a shipped recipe's name; a
+    folder is never a recipe (`tiercel pipeline demo --out demo` twice still means the shipped demo)."""
+    if not isinstance(path, (str, Path)):  # a shipped recipe's resource, e.g. tiercel.recipes.get("demo")
+        return path, path.name
+    path = Path(path)
+    if path.is_file():
+        return path, str(path)
+    shipped = recipes.find(str(path))
+    if shipped is not None:
+        return shipped, str(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a recipe file; give a YAML file or a shipped recipe's name "
+                          f"({', '.join(recipes.names())})")
+    return path, str(path)
 
 
 def _set(data: dict, dotted: str, value):

@@ -1,5 +1,6 @@
 """Exit codes a script or a service manager can rely on: 0 only for success, 1 for a user error (one line),
-2 for a usage error (Click's short message, no traceback), 130 with `aborted` for an interrupt."""
+2 for a usage error (one line, no traceback), 130 with `aborted` for an interrupt. test_cli_usage.py walks every
+command for the usage errors."""
 
 from __future__ import annotations
 
@@ -16,15 +17,12 @@ from tests.conftest import ROOT, run_cli
 from tiercel.cli import main
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "x", "--bogus"], "No such option: --bogus"),
-    (["run"], "Missing argument"),
-])
-def test_a_usage_error_is_a_short_message_and_exit_2(args, message):
+@pytest.mark.parametrize("args, message", [(["run", "x", "--bogus"], "No such option"), (["run"], "Missing argument")])
+def test_a_usage_error_is_one_line_and_exit_2(args, message):
+    """The real entry point in a subprocess (test_cli_usage.py calls main() in-process for every command)."""
     done = run_cli(*args)
-    assert done.returncode == 2
-    assert message in done.stderr and "Traceback" not in done.stderr
-    assert "Try 'tiercel run --help' for help." in done.stderr
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
+    assert done.stderr.startswith(f"error: {message}") and done.stderr.endswith(" Try 'tiercel run --help' for help.\n")
 
 
 def test_an_interrupt_in_a_command_exits_130_with_aborted(monkeypatch, capsys):
@@ -90,11 +88,9 @@ def test_an_output_folder_never_replaces_a_file(tmp_path):
     assert out.read_text() == "mine"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "b", "--image", "i.png", "--task", "IMG_CAP", "--num-beams", "0"],
-     "Invalid value for '--num-beams': Input should be greater than or equal to 1"),
-    (["run", "b", "--image", "i.png", "--task", "IMG_CAP", "--num-beams", "100000"],
-     "Invalid value for '--num-beams': Input should be less than or equal to 32"),
+@pytest.mark.parametrize("args, message", [  # the wording after the option's name is Click's or Typer's, by version
+    (["run", "b", "--image", "i.png", "--task", "IMG_CAP", "--num-beams", "0"], "Invalid value for '--num-beams'"),
+    (["run", "b", "--image", "i.png", "--task", "IMG_CAP", "--num-beams", "100000"], "Invalid value for '--num-beams'"),
     (["eval", "b", "--data", "d.json", "--max-new-tokens", "-5"], "Invalid value for '--max-new-tokens'"),
     (["quantize", "b", "--out", "q", "--max-drop", "2"], "--max-drop: Input should be less than or equal to 1"),
     (["data", "synth", "--out", "x", "--size", "100000"], "Invalid value for '--size'"),
@@ -123,7 +119,7 @@ def _one_line(capsys, args, message):
 
 def test_usage_errors_of_an_older_typers_click_are_exit_2(monkeypatch, capsys):
     """Typer < 0.26 raises the standalone package's exceptions (the venv's Typer raises its vendored copy's)."""
-    import click
+    click = pytest.importorskip("click")  # Typer >= 0.26 does not need it; transformers' huggingface_hub does
 
     import tiercel.cli as cli
 
@@ -132,8 +128,8 @@ def test_usage_errors_of_an_older_typers_click_are_exit_2(monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "app", bogus)
     assert main(["run", "x", "--bogus"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("Error: No such option") and "--bogus" in err and "Traceback" not in err
+    err = capsys.readouterr().err  # "No such option: --bogus" or "No such option '--bogus'.", by Click version
+    assert err.startswith("error: No such option") and "--bogus" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("cause, code", [(KeyboardInterrupt, 130), (EOFError, 1)])

@@ -1,9 +1,10 @@
-"""Recipes: every error at once with its field path, in one line; shipped recipes validate."""
-
-from pathlib import Path
+"""Recipes: every error at once with its field path, in one line; the shipped recipes validate and are found by
+name from any folder."""
 
 import pytest
 
+from tiercel import recipes
+from tiercel.cli import main
 from tiercel.errors import ConfigError
 from tiercel.recipe import dump_recipe, load_recipe, parse_recipe
 
@@ -52,6 +53,90 @@ def test_yaml_errors_are_one_line(tmp_path):
         load_recipe(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].joinpath("recipes").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_recipes_validate(path):
-    load_recipe(path)
+def test_the_shipped_recipes_are_the_package_data():
+    assert {"demo", "falcon-large_to_base", "florence2-large_to_base", "geochat-7b_to_falcon-base",
+            "falcon-base_to_nano"} <= set(recipes.names())
+
+
+@pytest.mark.parametrize("name", recipes.names())
+def test_shipped_recipes_validate(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # found by name from any folder
+    assert load_recipe(name).name == name
+    assert recipes.summary(name)  # `tiercel recipes` has a line to show for it
+
+
+def test_a_file_wins_over_a_shipped_name_and_a_folder_does_not(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").write_text("name: mine\ndata: {train: t.json}\ntokenizer: {source: train}\n")
+    assert load_recipe("demo").name == "mine"
+    (tmp_path / "demo").unlink()
+    (tmp_path / "demo").mkdir()  # e.g. the output of `tiercel pipeline demo --out demo`
+    assert load_recipe("demo").name == "demo"
+    with pytest.raises(ConfigError, match=r"^elsewhere: is a folder, not a recipe file; give a YAML file or a "
+                                          r"shipped recipe's name \(demo, "):
+        (tmp_path / "elsewhere").mkdir()
+        load_recipe("elsewhere")
+
+
+def test_an_unknown_name_lists_the_shipped_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^dmeo: recipe file not found; give a YAML file or a shipped recipe's "
+                                          r"name \(demo, falcon-base_to_nano, "):
+        load_recipe("dmeo")
+
+
+def test_recipes_lists_shows_and_copies(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == recipes.names()
+    assert main(["recipes", "show", "demo"]) == 0
+    assert capsys.readouterr().out == recipes.get("demo").read_text()
+    assert main(["recipes", "copy", "demo"]) == 0
+    assert capsys.readouterr().out == "wrote demo.yaml\n"
+    assert (tmp_path / "demo.yaml").read_text() == recipes.get("demo").read_text()
+    (tmp_path / "mine").mkdir()
+    assert main(["recipes", "copy", "falcon-base_to_nano", "mine"]) == 0
+    assert capsys.readouterr().out == "wrote mine/falcon-base_to_nano.yaml\n"
+    assert load_recipe(tmp_path / "mine" / "falcon-base_to_nano.yaml").name == "falcon-base_to_nano"
+
+
+def test_recipes_copy_never_replaces_a_file_without_overwrite(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.yaml").write_text("mine")
+    assert main(["recipes", "copy", "demo", "my.yaml"]) == 1
+    assert capsys.readouterr().err == "error: my.yaml: already exists; choose another path or pass --overwrite\n"
+    assert (tmp_path / "my.yaml").read_text() == "mine"
+    assert main(["recipes", "copy", "demo", "my.yaml", "--overwrite"]) == 0
+    assert (tmp_path / "my.yaml").read_text() == recipes.get("demo").read_text()
+
+
+@pytest.mark.parametrize("args", [["recipes", "show", "nope"], ["recipes", "copy", "nope"]])
+def test_an_unknown_recipe_name_is_one_line(args, capsys):
+    assert main(args) == 1
+    assert capsys.readouterr().err == (
+        f"error: nope: no shipped recipe has this name; choose one of {', '.join(recipes.names())}\n")
+
+
+def test_demo_reads_the_shipped_recipe_and_writes_only_under_out_from_any_folder(tmp_path, monkeypatch):
+    import tiercel.pipeline
+
+    seen = []
+
+    def stop(recipe, **kwargs):
+        seen.append(recipe)
+        raise ConfigError("stopped")
+
+    monkeypatch.setattr(tiercel.pipeline, "run_pipeline", stop)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert main(["demo", "--out", str(tmp_path / "run")]) == 1
+    paths = [v for v in _values(seen[0].model_dump(mode="json")) if isinstance(v, str) and "/" in v]
+    assert seen[0].name == "demo" and paths and all(p.startswith(f"{tmp_path / 'run'}/") or p == str(tmp_path / "run")
+                                                    for p in paths), paths
+    assert "demo_out" not in str(seen[0].model_dump())  # the recipe's own (cwd-relative) output paths are all moved
+
+
+def _values(tree):
+    for value in tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else [tree]:
+        yield from _values(value) if isinstance(value, (dict, list)) else [value]

@@ -20,7 +20,7 @@ from tiercel.cli.app import BACKEND_OPTION, MAX_BEAMS, app  # noqa: F401  (the a
 
 def _register():
     # Each verb module adds its commands to `app` (or a sub-app) on import.
-    from tiercel.cli import convert, data, distill, eval, export, info, pipeline, profile, quantize, run  # noqa: F401
+    from tiercel.cli import convert, data, distill, eval, export, info, pipeline, profile, quantize, recipes, run  # noqa: F401
 
 
 _register()
@@ -28,7 +28,7 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the Typer app. A TiercelError or a value out of range prints one line and exits 1, a usage
-    error Click's short message and 2, an interrupt `aborted` and 130 (never 0: a killed job did not succeed)."""
+    error one line and 2, an interrupt `aborted` and 130 (never 0: a killed job did not succeed)."""
     try:
         code = app(args=argv, prog_name="tiercel", standalone_mode=False)  # the command's value or Typer's exit code
     except TiercelError as err:
@@ -51,11 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print("aborted", file=sys.stderr)
         return INTERRUPTED if isinstance(exc.__context__, KeyboardInterrupt) else 1
     except _click_errors("ClickException") as exc:
-        if isinstance(exc, _click_errors("BadParameter")) and not isinstance(exc, _click_errors("MissingParameter")):
-            print(f"error: {exc.format_message()}", file=sys.stderr)  # a value out of its range: a user error
-            return 1
-        exc.show()  # unknown option, missing argument: Click's usage message
-        return exc.exit_code
+        return _click_error(exc)
     code = code if isinstance(code, int) else 0
     if code == INTERRUPTED:
         print("aborted", file=sys.stderr)
@@ -64,6 +60,23 @@ def main(argv: list[str] | None = None) -> int:
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 _USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _click_error(exc: Exception) -> int:
+    """Click's error as one line on stderr and its exit code. A value out of its range is a user error (1); an
+    unknown option, a missing argument or an extra one is a usage error (2) that names the command's --help."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # Click >= 8.2: a group called bare; its help is the answer
+        exc.show()
+        return exc.exit_code
+    message = " ".join(exc.format_message().split())
+    if isinstance(exc, _click_errors("BadParameter")) and not isinstance(exc, _click_errors("MissingParameter")):
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += ("" if message.endswith((".", "?", "!")) else ".") + f" Try '{ctx.command_path} --help' for help."
+    print(f"error: {message}", file=sys.stderr)
+    return exc.exit_code
 
 
 def _click_errors(name: str) -> tuple[type[Exception], ...]:

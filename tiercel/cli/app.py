@@ -24,6 +24,9 @@ BACKEND_OPTION = typer.Option(
     "session.intra_op.allow_spinning=0, an OpenVINO property such as PERFORMANCE_HINT=LATENCY, or for a PyTorch "
     "checkpoint dtype=fp32|fp16|bf16.")
 
+# RECIPE on distill and pipeline: tiercel.recipe.load_recipe takes a file or a shipped recipe's name
+RECIPE_HELP = "Recipe: a YAML file, or the name of a shipped recipe (`tiercel recipes` lists them)."
+
 
 def _version(value: bool):
     if value:

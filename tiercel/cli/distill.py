@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from tiercel.cli.app import app
+from tiercel.cli.app import RECIPE_HELP, app
 
 DEFAULT = "train"
 
@@ -50,7 +50,7 @@ def _overrides(items: list[str]) -> dict:
 
 @distill_app.command(DEFAULT)
 def train(
-    recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
+    recipe: Path = typer.Argument(..., help=RECIPE_HELP),
     resume: bool = typer.Option(False, help="Continue from the newest checkpoint in the recipe's out directory."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field: --set distill.steps=100 (repeatable)."),
     quiet: bool = typer.Option(False, help="No progress bar."),

@@ -1,17 +1,20 @@
-"""`tiercel pipeline RECIPE`: every stage of a recipe, resumable, ending with the report; `tiercel demo` runs the built-in one."""
+"""`tiercel pipeline RECIPE`: every stage of a recipe, resumable, ending with the report; `tiercel demo` runs the
+shipped `demo` recipe (tiercel/recipes/demo.yaml)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from tiercel.cli.app import app
+from tiercel.cli.app import RECIPE_HELP, app
 
-DEMO = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 
-def _run(recipe_path: Path, out: Path | None, from_stage: str | None, set_: list[str]):
+def _run(recipe_path: Path | Traversable, out: Path | None, from_stage: str | None, set_: list[str]):
     from tiercel.cli.distill import _overrides
     from tiercel.pipeline import relocate, run_pipeline
     from tiercel.recipe import load_recipe
@@ -27,7 +30,7 @@ def _run(recipe_path: Path, out: Path | None, from_stage: str | None, set_: list
 
 @app.command()
 def pipeline(
-    recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
+    recipe: Path = typer.Argument(..., help=RECIPE_HELP),
     out: Path = typer.Option(None, help="Output directory for everything the run writes: the run, and the data and "
                              "teacher it generates (default: the recipe's out and paths)."),
     from_stage: str = typer.Option(None, "--from", help="Re-run from this stage: data, teacher, distill, export, quantize, eval, profile, report."),
@@ -43,4 +46,6 @@ def demo(
     from_stage: str = typer.Option(None, "--from", help="Re-run from this stage."),
 ):
     """The built-in demo: synthetic benchmark -> teacher -> 4x smaller student -> fp32/int8/int4 bundles -> report."""
-    _run(DEMO, out, from_stage, [])
+    from tiercel import recipes
+
+    _run(recipes.get("demo"), out, from_stage, [])

@@ -1,0 +1,61 @@
+"""The recipes that ship with tiercel: the CPU demo and the real distillation jobs.
+
+They are YAML files in this package (package data), read through importlib.resources so that they work from an
+installed wheel as well as from a checkout. A shipped recipe is named by its file stem (`demo`,
+`falcon-large_to_base`, ...); `tiercel recipes` lists them and copies one out to edit. This module knows their
+names and text, nothing about the schema (tiercel.recipe validates them).
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tiercel.errors import ConfigError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+SUFFIX = ".yaml"
+
+
+def names() -> list[str]:
+    """The shipped recipes' names, sorted."""
+    return sorted(p.name.removesuffix(SUFFIX) for p in files(__name__).iterdir() if p.name.endswith(SUFFIX))
+
+
+def find(name: str) -> Traversable | None:
+    """The shipped recipe `name` (a resource with read_text()), or None when no recipe has that name."""
+    return files(__name__) / f"{name}{SUFFIX}" if name in names() else None
+
+
+def get(name: str) -> Traversable:
+    """The shipped recipe `name`; ConfigError listing the names when there is none."""
+    found = find(name)
+    if found is None:
+        raise ConfigError(f"{name}: no shipped recipe has this name; choose one of {', '.join(names())}")
+    return found
+
+
+def summary(name: str) -> str:
+    """What the recipe is for: its first comment line."""
+    for line in get(name).read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+    return ""
+
+
+def copy(name: str, dest: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write the shipped recipe `name` to `dest` (default ./NAME.yaml; a folder gets NAME.yaml inside) and return
+    that path. An existing file is replaced only with `overwrite`."""
+    from tiercel.fileio import atomic_write_text, check_output_file
+
+    text = get(name).read_text()
+    dest = Path(dest) if dest is not None else Path(f"{name}{SUFFIX}")
+    if dest.is_dir():
+        dest = dest / f"{name}{SUFFIX}"
+    if dest.exists() and not overwrite:
+        raise ConfigError(f"{dest}: already exists; choose another path or pass --overwrite")
+    check_output_file(dest, "DEST", example=f"{name}{SUFFIX}")
+    return atomic_write_text(dest, text)
