@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tiercel import recipes
 from tiercel.distill.kinds import TEACHER_KINDS, TeacherKind
 from tiercel.errors import ConfigError
-from tiercel.quantize.settings import QuantizeOptions, QuantizeSettings, known_scheme
+from tiercel.quantize.settings import QuantizeOptions, QuantizeSettings, known_scheme, named
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -274,7 +274,7 @@ def _format_errors(err: ValidationError, where: str) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after",)) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = named(e["msg"].removeprefix("Value error, "), lambda field: f"{loc}.{field}" if loc != "(top level)" else field)
         got = e.get("input")
         shown = "" if isinstance(got, (dict, list)) or got is None or e["type"] == "missing" else f" (got {got!r})"
         parts.append(f"{loc}: {msg}{shown}")

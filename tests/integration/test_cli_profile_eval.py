@@ -74,7 +74,7 @@ def test_profile_errors_are_one_line(bundles, tiny_checkpoint, tmp_path, capsys)
     _one_line_error(capsys, ["profile", str(tiny_checkpoint), "--option", "PERFORMANCE_HINT=LATENCY"],
                     "is a checkpoint, which takes only dtype=fp32|fp16|bf16")
     _one_line_error(capsys, ["profile", str(tmp_path / "none")], "no such bundle or checkpoint directory")
-    _one_line_error(capsys, ["profile", merged, "--backend", "torch"], "--backend torch profiles a checkpoint directory")
+    _one_line_error(capsys, ["profile", merged, "--backend", "torch"], "--backend torch runs a checkpoint directory")
     _one_line_error(capsys, ["profile", merged, "--backend", "openvino"], "has no graphs for backend 'openvino'")
     _one_line_error(capsys, ["profile", merged, "--tasks", "IMG_FOO"], "unknown task 'IMG_FOO'")
     _one_line_error(capsys, ["profile", merged, "--runs", "0"], "--runs: must be >= 1")

@@ -39,8 +39,8 @@ def test_quantize_then_run(tiny_model, tiny_tokenizer, tmp_path):
     (["--scheme", "int8-static"], "needs calibration data; pass --calib FILE"),
     (["--scheme", "int4-weight-only", "--backend", "tensorrt"], "--backend tensorrt: supports int8-static"),
     (["--scheme", "int4-weight-only", "--block-size", "48"], "--block-size: must be one of 32, 64, 128"),
-    (["--scheme", "int4-weight-only", "--confidence", "1.5"], "--confidence: must be in [0, 1) (got 1.5)"),
-    (["--scheme", "int8-static", "--engines"], "--engines: builds TensorRT engines, so it needs --backend tensorrt"),
+    (["--scheme", "int4-weight-only", "--confidence", "1.5"], "--confidence: Input should be less than 1 (got 1.5)"),
+    (["--scheme", "int8-static", "--engines"], "--engines builds TensorRT engines, so it needs --backend tensorrt"),
 ])
 def test_bad_choices_are_one_line_errors(tiny_model, tiny_tokenizer, tmp_path, args, message):
     out = run_cli("quantize", str(tiny_bundle(tiny_model, tiny_tokenizer)), "--out", str(tmp_path / "q"), *args)

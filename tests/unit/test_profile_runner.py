@@ -120,7 +120,7 @@ def test_bad_inputs_fail_before_timing(bundle, tmp_path):
         profile([bundle], ["onnx"], ProfileSettings(runs=1))
     with pytest.raises(ConfigError, match="--runs: must be >= 1"):
         profile([bundle], ["onnxruntime"], ProfileSettings(runs=0))
-    with pytest.raises(ConfigError, match="a bundle; --backend torch profiles a checkpoint directory"):
+    with pytest.raises(ConfigError, match="a bundle; --backend torch runs a checkpoint directory"):
         profile([bundle], ["torch"], ProfileSettings(runs=1))
     with pytest.raises(ConfigError, match="--option x: .* is a checkpoint, which takes only dtype="):
         profile([tmp_path], ["torch"], ProfileSettings(runs=1, options={"x": "1"}), checkpoints=CHECKPOINTS)

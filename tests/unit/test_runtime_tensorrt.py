@@ -104,9 +104,9 @@ def test_export_writes_tensorrt_entries_the_runtime_accepts(trt_bundle):
     entries = b.entries("tensorrt")
     b.verify(entries.values())
     assert sorted(entries) == sorted(b.graph_names())
-    assert {e["file"] for e in entries.values()} == {f"tensorrt/{n}.engine" for n in b.graph_names()}
-    assert {e["precision"] for e in entries.values()} == {"fp16"}
-    assert entries["encoder_model"]["inputs"] == ["inputs_embeds", "attention_mask"]
+    assert {e.file for e in entries.values()} == {f"tensorrt/{n}.engine" for n in b.graph_names()}
+    assert {e.precision for e in entries.values()} == {"fp16"}
+    assert entries["encoder_model"].inputs == ["inputs_embeds", "attention_mask"]
     assert len(built) == len(entries)
 
 
@@ -167,7 +167,7 @@ def test_quantize_engines_builds_int8_engines_from_the_qdq_graphs(tiny_model, ti
     b = rt.read_bundle(tmp_path / "q")
     engines = b.entries("tensorrt")
     assert built == {n: n != "embed_tokens" for n in b.graph_names()}  # TensorRT's Q/DQ form keeps embeddings fp32
-    assert {n: e["precision"] for n, e in engines.items()} == {n: "fp16" if n == "embed_tokens" else "int8" for n in engines}
+    assert {n: e.precision for n, e in engines.items()} == {n: "fp16" if n == "embed_tokens" else "int8" for n in engines}
     on_gpu, on_cpu = rt.load(tmp_path / "q", backend="tensorrt"), rt.load(tmp_path / "q")
     features = on_cpu.image_features(on_cpu.pixel_values(image(2)))
     assert on_gpu.generate_ids(features, ["Describe the image."], num_beams=1, max_new_tokens=6) == \

@@ -8,6 +8,7 @@ No onnx, nncf or torch: the recipe validates against this module before any work
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -85,7 +86,7 @@ class QuantizeOptions(BaseModel):
     @model_validator(mode="after")
     def _engines(self):
         if self.engines and self.backend != "tensorrt":
-            raise ValueError(f"engines builds TensorRT engines, so it needs backend tensorrt (got {self.backend})")
+            raise ValueError(f"{{engines}} builds TensorRT engines, so it needs {{backend}} tensorrt (got {self.backend})")
         return self
 
     @property
@@ -96,9 +97,9 @@ class QuantizeOptions(BaseModel):
         """ValueError unless this backend can make `scheme` with these options."""
         known_scheme(scheme)
         if scheme not in self.target.schemes:
-            raise ValueError(f"quantization backend {self.backend} makes {', '.join(self.target.schemes)} (got scheme {scheme})")
+            raise ValueError(f"{{backend}} {self.backend}: supports {', '.join(self.target.schemes)} (got {{scheme}} {scheme})")
         if self.policy and SCHEMES[scheme].kind != "mixed":
-            raise ValueError(f"a per-graph policy needs scheme mixed (got {scheme})")
+            raise ValueError(f"a per-graph {{policy}} needs {{scheme}} mixed (got {scheme})")
 
 
 class QuantizeSettings(QuantizeOptions):
@@ -128,6 +129,12 @@ def known_scheme(name: str) -> str:
     return name
 
 
+def named(message: str, name=lambda field: field) -> str:
+    """A validator's message with each {field} written as `name(field)`: "--max-drop" on the CLI,
+    "quantize.max_drop" in a recipe."""
+    return re.sub(r"\{(\w+)\}", lambda m: name(m.group(1)), message)
+
+
 def settings(base: QuantizeSettings | None = None, option=lambda name: name, **changes) -> QuantizeSettings:
     """`base` (default: the defaults) with `changes` applied and checked; ConfigError (one line, the field named
     by `option(field)`, e.g. "--max-drop" on the CLI) when a value is wrong."""
@@ -138,7 +145,7 @@ def settings(base: QuantizeSettings | None = None, option=lambda name: name, **c
         e = err.errors()[0]
         msg = e["msg"].removeprefix("Value error, ")
         if not e["loc"]:  # a rule between fields: the message names them
-            raise ConfigError(msg) from None
+            raise ConfigError(named(msg, option)) from None
         got = e.get("input")
         shown = "" if e["type"] == "extra_forbidden" or isinstance(got, dict) or f"'{got}'" in msg else f" (got {got!r})"
         raise ConfigError(f"{option(str(e['loc'][0]))}: {msg}{shown}") from None

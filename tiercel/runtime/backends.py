@@ -189,7 +189,7 @@ def get_backend(name: str, opens: str | None = None, where: str = "") -> Backend
     spec = BACKENDS[name]
     if opens is not None and spec.opens != opens:
         what = f"{where}: a {opens}" if where else f"a {opens}"
-        raise ConfigError(f"{what}; backend {name} runs a {spec.opens} directory (for a {opens} use {', '.join(names)})")
+        raise ConfigError(f"{what}; --backend {name} runs a {spec.opens} directory (for a {opens} use {', '.join(names)})")
     return spec
 
 

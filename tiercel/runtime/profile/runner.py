@@ -327,7 +327,7 @@ def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: n
         graphs, decoder, weights = m.weight_graphs(), m.backend, m.weight_bytes()
         label = f"{label[: -len(backend)]}{m.backend}" if label.endswith(f"/{backend}") else label
     work = roofline.stage_work(m.shape.shape.model_dump(), graphs, round(enc_tokens), settings.new_tokens, beams)
-    result = BundleProfile(label, str(path), m.backend, m.device, m.shape.get("preset"), decoder, beams, graphs,
+    result = BundleProfile(label, str(path), m.backend, m.device, m.shape.preset, decoder, beams, graphs,
                            load_seconds, {"baseline": baseline, "after_load": after_load, "peak": memory.peak,
                                           "source": memory.source},
                            encoder_tokens=enc_tokens, work=work, weights_bytes=weights)
