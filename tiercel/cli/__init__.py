@@ -59,8 +59,11 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the Typer app. A TiercelError or a value out of range prints one line and exits 1, a usage
     error Click's short message and 2, an interrupt `aborted` and 130 (never 0: a killed job did not succeed)."""
+    from tiercel import progress
+
     try:
-        code = app(args=argv, prog_name="tiercel", standalone_mode=False)  # the command's value or Typer's exit code
+        with progress.shown():  # long stages show bars on stderr; a command's --quiet turns them off
+            code = app(args=argv, prog_name="tiercel", standalone_mode=False)  # the command's value or Typer's exit code
     except TiercelError as err:
         if os.environ.get("TIERCEL_DEBUG") == "1":
             raise
