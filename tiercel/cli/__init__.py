@@ -2,7 +2,8 @@
 
 Errors: a TiercelError prints as one line on stderr and exits 1. TIERCEL_DEBUG=1 re-raises it so the
 traceback shows. Verb modules import heavy libraries (torch, onnx) inside their commands, so
-`tiercel --help` stays fast.
+`tiercel --help` stays fast. Progress of long stages shows on stderr for every command (tiercel.progress);
+results go to stdout.
 """
 
 from __future__ import annotations
