@@ -103,10 +103,7 @@ def track(label: str, total: int | None = None, unit: str = "items", completed: 
     state = _state.get()
     if state is None or not enabled:
         return _Silent()
-    if state.scope and state.scope[-1] != label:
-        label = "/".join(state.scope + (label,))
-    else:
-        label = "/".join(state.scope) or label
+    label = "/".join(state.scope if label in state.scope else state.scope + (label,))  # [eval/student], not [eval/student/eval]
     return (_TerminalBar if state.display.tty else _PlainBar)(state.display, label, total, unit, completed)
 
 
@@ -142,6 +139,7 @@ class _Bar(_Silent):
         return False
 
     def advance(self, n: int = 1, note: str | None = None) -> None:
+        """`n` more done; `note` says what is under way (shown until the next note, not in the final line)."""
         self.update(self.completed + n, note=note)
 
     def update(self, completed: int | None = None, total: int | None = None, note: str | None = None) -> None:
@@ -189,9 +187,10 @@ class _PlainBar(_Bar):
         return ", ".join([head] + self.stats(now) + ([self.note] if self.note else []))
 
     def final(self, now: float) -> str:
+        """The closing line: counts, time and rate; no note (it says what was under way, which is over)."""
         rate = self.rate(now)
         text = f"[{self.label}] {_count(self.completed, self.total)} {self.unit} in {duration(now - self.t0)}"
-        return ", ".join([text] + ([_rate(rate, self.unit)] if rate else []) + ([self.note] if self.note else []))
+        return ", ".join([text] + ([_rate(rate, self.unit)] if rate else []))
 
     def close(self, ok: bool = True) -> None:
         if not self.closed and ok:
