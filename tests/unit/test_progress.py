@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import pytest
 
@@ -109,12 +108,3 @@ def test_synth_cli_keeps_progress_on_stderr_and_stdout_for_results(tmp_path):
     assert "[synth] " in done.stderr and "42/42 records in" in done.stderr
     assert "[synth]" not in done.stdout and "wrote" in done.stdout
 
-
-def test_distill_json_line_stays_alone_on_stdout():
-    """distill prints one JSON line on stdout; its bar (stderr) must not mix in. Checked on the real CLI in
-    tests/integration/test_distill.py; here: a bar writes nothing to stdout even while open."""
-    out = io.StringIO()
-    with progress.shown(stream=out, interval=0, clock=FakeClock()), progress.track("distill", total=1) as bar:
-        print(json.dumps({"student": "x"}))
-        bar.advance(1)
-    assert out.getvalue().startswith("[distill] 1/1")
