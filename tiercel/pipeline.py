@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from tiercel import progress
 from tiercel.errors import ConfigError
 from tiercel.fileio import atomic_dir, atomic_write_text, check_output_dir, write_json
 from tiercel.recipe import Recipe, dump_recipe
@@ -86,7 +87,8 @@ class Pipeline:
                 continue
             self.log(f"[{stage}] ...")
             t0 = time.perf_counter()
-            summary = self.stages()[stage](results) or {}
+            with progress.scope(stage):  # the stage's bars read [distill] ..., [quantize/int8-static/guard] ...
+                summary = self.stages()[stage](results) or {}
             summary["seconds"] = round(time.perf_counter() - t0, 2)
             write_json(self.markers / f"{stage}.json", summary)
             results[stage] = summary
@@ -208,7 +210,8 @@ class Pipeline:
         if self.recipe.teacher.kind == "checkpoint":
             sources["teacher-fp32"] = Path(self.recipe.teacher.path)
         for name, ckpt in sources.items():
-            made[name] = str(export_checkpoint(ckpt, self.bundle(name), backends=tuple(e.backends), decoder=e.decoder, overwrite=True))
+            with progress.scope(name):
+                made[name] = str(export_checkpoint(ckpt, self.bundle(name), backends=tuple(e.backends), decoder=e.decoder, overwrite=True))
         return {"bundles": made}
 
     def stage_quantize(self, _):
@@ -219,9 +222,10 @@ class Pipeline:
         made, failed = {}, {}
         for scheme in q.schemes:
             try:
-                section = quantize_bundle(self.bundle("student-fp32"), self.bundle(f"student-{scheme}"), calib=d.train,
-                                          root=d.root, val=d.val, settings=q.settings(scheme), overwrite=True,
-                                          log=self.log)
+                with progress.scope(scheme):
+                    section = quantize_bundle(self.bundle("student-fp32"), self.bundle(f"student-{scheme}"),
+                                              calib=d.train, root=d.root, val=d.val, settings=q.settings(scheme),
+                                              overwrite=True, log=self.log)
             except GuardError as err:  # one scheme missing the floor does not throw away the rest of the run
                 self.log(f"quantize {scheme}: {err}")
                 failed[scheme] = str(err)
@@ -239,8 +243,9 @@ class Pipeline:
             raise ConfigError(f"data.{ev.split}: not set; the report scores the {ev.split} split")
         scores = {}
         for label, bundle in self.models().items():
-            report = evaluate(open_predictor(bundle, self.backend_of(label)), split, d.root, limit=ev.limit,
-                              generation={"num_beams": ev.num_beams, "max_new_tokens": ev.max_new_tokens})
+            with progress.scope(label):
+                report = evaluate(open_predictor(bundle, self.backend_of(label)), split, d.root, limit=ev.limit,
+                                  generation={"num_beams": ev.num_beams, "max_new_tokens": ev.max_new_tokens})
             scores[label] = report.to_dict()
             write_json(self.out / "eval" / f"{label}.json", scores[label])
         return {"models": {k: v.get("average") for k, v in scores.items()}}

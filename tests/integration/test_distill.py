@@ -314,8 +314,20 @@ def test_cache_teacher_prints_its_json_alone_on_stdout(tmp_path, synth_dir, teac
     path.write_text(json.dumps(recipe(tmp_path / "run", synth_dir, teacher, kd=1.0).model_dump(mode="json")))
     done = run_cli("distill", "cache-teacher", str(path))
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["shards"] >= 1  # the whole of stdout is one JSON document
-    assert "cache-teacher: shard 1/" in done.stderr
+    summary = json.loads(done.stdout)  # the whole of stdout is one JSON document
+    assert summary["shards"] >= 1
+    assert f"[cache-teacher] {summary['records']}/{summary['records']} records in " in done.stderr  # progress: stderr
+
+
+def test_distill_prints_its_json_alone_on_stdout_and_its_steps_on_stderr(tmp_path, synth_dir):
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(recipe(tmp_path / "run", synth_dir, steps=2, save_every=2).model_dump(mode="json")))
+    done = run_cli("distill", str(path))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["steps"] == 2
+    assert "[distill] 2/2 steps in " in done.stderr and "samples/s" in done.stderr
+    quiet = run_cli("distill", str(path), "--resume", "--quiet", "--set", "distill.steps=3")
+    assert quiet.returncode == 0 and "[distill]" not in quiet.stderr, quiet.stderr
 
 
 def test_a_teacher_cache_manifest_that_is_not_an_object_is_one_line(tmp_path):

@@ -1,5 +1,6 @@
 """`tiercel pipeline`: every stage end to end on tiny models, skipping finished stages, --from, crash resume."""
 
+import contextlib
 import json
 import os
 
@@ -45,7 +46,8 @@ def finished(tmp_path_factory):
     here = os.getcwd()
     os.chdir(base / "cwd")
     try:
-        assert main(["pipeline", str(base / "recipes" / "tiny.yaml"), "--out", str(base / "run")]) == 0
+        with open(_stderr_file(base), "w") as err, contextlib.redirect_stderr(err):
+            assert main(["pipeline", str(base / "recipes" / "tiny.yaml"), "--out", str(base / "run")]) == 0
     finally:
         os.chdir(here)
     out = base / "run"
@@ -71,6 +73,20 @@ def test_every_stage_runs_and_the_report_compares_the_models(finished):
     check = results["teacher"]["prompt_check"]  # the trained teacher's answers to the 13 single-image prompts
     assert check["tasks"] == 13 and 1 <= check["distinct_answers"] <= 13 and check["image"].endswith(".png")
     assert (check["warning"] is not None) == (check["distinct_answers"] == 1) == ("**Warning:** the teacher gave one answer" in report)
+
+
+def _stderr_file(base):
+    return base.with_name(f"{base.name}-stderr.txt")  # beside the run's folder, which a test lists
+
+
+def test_every_long_stage_shows_its_progress_on_stderr(finished):
+    _, _, base = finished
+    err = _stderr_file(base).read_text()
+    for line in ("[data/synth] 84/84 records in ", "[teacher/distill] 3/3 steps in ", "[distill] 2/2 steps in ",
+                 "[export/student-fp32] 5/5 graphs in ", "[export/student-fp32/parity] ", "[quantize/int8-dynamic/guard] ",
+                 "[eval/student-int8-dynamic] ", "[profile] "):
+        assert f"\n{line}" in err, line
+    assert err.index("[distill] ...") < err.index("[distill] 2/2 steps") < err.index("[distill] finished")
 
 
 def test_a_second_run_skips_finished_stages(finished):

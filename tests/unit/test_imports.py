@@ -6,7 +6,8 @@ import sys
 
 def test_tasks_and_runtime_import_without_torch():
     code = (
-        "import sys, tiercel.tasks, tiercel.runtime, tiercel.runtime.tokenizer, tiercel.models.presets, tiercel.data.images;"
+        "import sys, tiercel.tasks, tiercel.runtime, tiercel.runtime.tokenizer, tiercel.models.presets, tiercel.data.images,"
+        " tiercel.progress, tiercel.runtime.profile.runner;"
         "print(' '.join(m for m in ('torch', 'transformers', 'onnx', 'safetensors') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -31,7 +32,7 @@ def test_runtime_and_tasks_depend_on_tasks_only():
     import tiercel
 
     root = Path(tiercel.__file__).parent
-    allowed = {"tiercel.tasks", "tiercel.runtime", "tiercel.errors", "tiercel.fileio", "tiercel._lazy",
+    allowed = {"tiercel.tasks", "tiercel.runtime", "tiercel.errors", "tiercel.fileio", "tiercel._lazy", "tiercel.progress",
                # torch-free leaf modules the runtime shares with training (the first test imports them bare)
                "tiercel.runtime.tokenizer", "tiercel.data.images"}
     found = []

@@ -2,7 +2,8 @@
 
 Errors: a TiercelError prints as one line on stderr and exits 1. TIERCEL_DEBUG=1 re-raises it so the
 traceback shows. Verb modules import heavy libraries (torch, onnx) inside their commands, so
-`tiercel --help` stays fast.
+`tiercel --help` stays fast. Progress of long stages shows on stderr for every command (tiercel.progress);
+results go to stdout.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the Typer app. A TiercelError or a value out of range prints one line and exits 1, a usage
     error one line and 2, an interrupt `aborted` and 130 (never 0: a killed job did not succeed)."""
+    from tiercel import progress
+
     try:
-        code = app(args=argv, prog_name="tiercel", standalone_mode=False)  # the command's value or Typer's exit code
+        with progress.shown():  # long stages show bars on stderr; a command's --quiet turns them off
+            code = app(args=argv, prog_name="tiercel", standalone_mode=False)  # the command's value or Typer's exit code
     except TiercelError as err:
         if os.environ.get("TIERCEL_DEBUG") == "1":
             raise

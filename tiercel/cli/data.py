@@ -82,17 +82,12 @@ def synth_cmd(
 ):
     """Write the synthetic remote-sensing benchmark with ground truth for all 14 Falcon tasks."""
     from rich.console import Console
-    from rich.progress import Progress
 
     from tiercel.data.synth import generate
 
     console = Console(highlight=False)
     start = time.perf_counter()
-    # auto_refresh=False: no refresh thread, so generate() may fork its workers safely.
-    with Progress(console=console, transient=True, auto_refresh=False) as bar:
-        task = bar.add_task("rendering scenes", total=n)
-        meta = generate(out, n=n, size=size, seed=seed, workers=workers, overwrite=overwrite,
-                        progress=lambda done: bar.update(task, completed=done, refresh=True))
+    meta = generate(out, n=n, size=size, seed=seed, workers=workers, overwrite=overwrite)  # its bar: stderr
     seconds = time.perf_counter() - start
     splits = ", ".join(f"{s} {sum(c.values())}" for s, c in meta["counts"].items())
     console.print(f"wrote {out}: {n} records ({splits}), {sum(meta['images'].values())} images "

@@ -3,7 +3,7 @@
     tiercel eval bundles/base --data synth/test.json --limit 50 --json eval.json --examples eval_png/
     tiercel eval checkpoints/student --data synth/test.json          # PyTorch, same prompts, parsing, metrics
 
-Thin: parse options, call tiercel.evaluate.evaluate with a progress line, print the table, write files.
+Thin: parse options, call tiercel.evaluate.evaluate (its progress goes to stderr), print the table, write files.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ def eval_cmd(
     check_output_dir(examples, "--examples")
 
     from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from tiercel.cli.profile import split_list
     from tiercel.errors import ConfigError, DataError
@@ -61,12 +60,8 @@ def eval_cmd(
     predictor = open_predictor(model, backend=backend, device=device, threads=threads,
                                options=parse_options(option))
     generation = {k: v for k, v in {"num_beams": num_beams, "max_new_tokens": max_new_tokens}.items() if v is not None}
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True) as bar:
-        job = bar.add_task("reading records...", total=None)
-        report = evaluate(predictor, data, root, tags, limit, generation, examples=1 if examples else 0,
-                          batch=batch, keep_predictions=json_out is not None,
-                          progress=lambda n: bar.update(job, description=f"scored {n:,} records"))
+    report = evaluate(predictor, data, root, tags, limit, generation, examples=1 if examples else 0,
+                      batch=batch, keep_predictions=json_out is not None)  # its progress: stderr
     console.print(_table(report, model, data))
     console.print(_summary(report), markup=False, soft_wrap=True)
     if json_out is not None:

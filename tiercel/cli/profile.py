@@ -2,7 +2,7 @@
 
     tiercel profile bundles/base bundles/base-int8 --backend onnxruntime --backend openvino --json p.json --plot p.png
 
-Thin: parse options, call tiercel.runtime.profile.profile with a progress bar, print its tables, write files.
+Thin: parse options, call tiercel.runtime.profile.profile (its progress goes to stderr), print its tables, write files.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ def profile(
     check_output_file(plot, "--plot", example="profile.png")
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tiercel import tasks
     from tiercel.models.open import CHECKPOINTS  # torch only when a checkpoint is opened
@@ -75,12 +74,7 @@ def profile(
         img = load_image(image)
     backends = split_list(backend)
     console = Console(highlight=False, width=None if Console().is_terminal else 220)
-    total = len(bundles) * len(backends) * settings.steps()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        job = bar.add_task("measuring machine peaks", total=total)
-        report = run_profile(bundles, backends, settings, devices, img, checkpoints=CHECKPOINTS,
-                             progress=lambda label: bar.update(job, advance=1, description=f"profiling {label}"))
+    report = run_profile(bundles, backends, settings, devices, img, checkpoints=CHECKPOINTS)  # its progress: stderr
     console.print(render.comparison_table(report))
     console.print(render.roofline_table(report))
     for line in render.roofline_notes(report) + render.precision_notes(report):

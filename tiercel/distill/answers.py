@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from tiercel import progress
 from tiercel.data.sft import iter_records, write_records
 from tiercel.errors import ConfigError
 
@@ -45,7 +46,11 @@ def generate_for_recipe(recipe) -> dict:
         out = answers_path(recipe)
         part = out if dist.world == 1 else out.with_name(f"{out.stem}.rank{dist.rank}{out.suffix}")
         records = itertools.islice(iter_records(recipe.data.train, strict=False), dist.rank, None, dist.world)
-        summary = generate_answers(make_adapter(recipe, dist.device), records, recipe.data.root, part)
+        total = None
+        if progress.active() and dist.main:  # one more pass over the file, for an ETA someone will see
+            total = len(range(dist.rank, sum(1 for _ in iter_records(recipe.data.train, strict=False)), dist.world))
+        with progress.track("generate-answers", total, "records", enabled=dist.main) as bar:
+            summary = generate_answers(make_adapter(recipe, dist.device), records, recipe.data.root, part, progress=bar.advance)
         barrier(dist)
         if dist.world > 1 and dist.main:
             parts = [out.with_name(f"{out.stem}.rank{r}{out.suffix}") for r in range(dist.world)]

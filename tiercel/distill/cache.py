@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from tiercel.errors import ConfigError
 from tiercel.fileio import read_json_object, write_json
+from tiercel.progress import track
 
 SHARD = 256
 _REBUILD = "rebuild the cache with cache-teacher into an empty directory"
@@ -41,7 +41,10 @@ def _shard_path(cache: Path, shard: int) -> Path:
 
 
 def cache_teacher(recipe, progress: bool = True) -> dict:
-    """Write the top-k cache for `recipe` (teacher.kind cached); returns a summary."""
+    """Write the top-k cache for `recipe` (teacher.kind cached); returns a summary.
+
+    progress: False hides the records bar even where the caller turned progress on (tiercel.progress.shown).
+    """
     import torch
 
     from tiercel.distill.data import SFTData, collate, to_device
@@ -69,25 +72,30 @@ def cache_teacher(recipe, progress: bool = True) -> dict:
         n_shards = (len(data) + SHARD - 1) // SHARD
         mine = [s for s in range(dist.rank, n_shards, dist.world) if not _shard_path(cache, s).is_file()]
         inputs = {"teacher": model_input(model, teacher.mean, teacher.std)}
-        for i, shard in enumerate(mine):
-            idx = list(range(shard * SHARD, min(len(data), (shard + 1) * SHARD)))
-            rows = []
-            for start in range(0, len(idx), recipe.distill.batch_size):
-                part = idx[start : start + recipe.distill.batch_size]
-                batch = to_device(collate(data, part, inputs, teacher.tokenizer.eos_id), dist.device)
-                with torch.no_grad():
-                    logits = run_model(model, batch["teacher"], batch["decoder_input_ids"]).logits.float()
-                values, ids = logits.topk(recipe.teacher.top_k, dim=-1)
-                for row, i_rec in enumerate(part):
-                    n = len(data.label_ids(i_rec))
-                    rows.append((values[row, :n].cpu().numpy(), ids[row, :n].cpu().numpy()))
-            _write_shard(cache, shard, rows)
-            if progress and dist.main:
-                print(f"cache-teacher: shard {i + 1}/{len(mine)} on rank {dist.rank}", file=sys.stderr, flush=True)
+        records = sum(len(_shard_records(s, len(data))) for s in mine)  # rank 0's share: the others' is alike
+        with track("cache-teacher", records, "records", enabled=progress and dist.main) as bar:
+            for shard in mine:
+                idx = _shard_records(shard, len(data))
+                rows = []
+                for start in range(0, len(idx), recipe.distill.batch_size):
+                    part = idx[start : start + recipe.distill.batch_size]
+                    batch = to_device(collate(data, part, inputs, teacher.tokenizer.eos_id), dist.device)
+                    with torch.no_grad():
+                        logits = run_model(model, batch["teacher"], batch["decoder_input_ids"]).logits.float()
+                    values, ids = logits.topk(recipe.teacher.top_k, dim=-1)
+                    for row, i_rec in enumerate(part):
+                        n = len(data.label_ids(i_rec))
+                        rows.append((values[row, :n].cpu().numpy(), ids[row, :n].cpu().numpy()))
+                    bar.advance(len(part), note=f"shard {shard}")
+                _write_shard(cache, shard, rows)
         barrier(dist)
         return {"cache": str(cache), "shards": n_shards, "written_here": len(mine), **meta}
     finally:
         teardown(dist)
+
+
+def _shard_records(shard: int, records: int) -> list[int]:
+    return list(range(shard * SHARD, min(records, (shard + 1) * SHARD)))
 
 
 def _write_shard(cache: Path, shard: int, rows: list) -> None:

@@ -25,6 +25,7 @@ from tiercel.distill.data import IGNORE, ModelInput, SFTData, TaskSampler, colla
 from tiercel.distill.dist import Dist, all_mean, barrier, setup, sharded, teardown, through_root
 from tiercel.errors import TiercelError
 from tiercel.fileio import atomic_write_text, check_output_dir
+from tiercel.progress import track
 from tiercel.recipe import Recipe, dump_recipe
 
 
@@ -268,7 +269,10 @@ class DistillResult(BaseModel):
 
 
 def distill(recipe: Recipe, resume: bool = False, progress: bool = True) -> DistillResult:
-    """Train the student a recipe describes; the student ends up in <out>/student."""
+    """Train the student a recipe describes; the student ends up in <out>/student.
+
+    progress: False hides the step bar even where the caller turned progress on (tiercel.progress.shown).
+    """
     dist = setup()
     try:
         return _distill(recipe, dist, resume, progress)
@@ -296,23 +300,22 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
         atomic_write_text(run_dir / "init_report.json", json.dumps(run.init_report, indent=1) + "\n")
         _forget_after(run.log_file, start)
     cfg = recipe.distill
-    bar = _progress(progress and dist.main, cfg.steps, start)
     t0, samples, metrics, evals = time.perf_counter(), 0, {}, []
-    for step in range(start, cfg.steps):
-        metrics = train_step(run, step)
-        samples += metrics["samples"]
-        done = step + 1
-        metrics["samples_per_s"] = samples / (time.perf_counter() - t0)
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            _log(run, {"step": done, **metrics})
-        if done % cfg.save_every == 0 or done == cfg.steps:  # saved before validating, which may fail
-            _save(run, done)
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
-            evals.append(validate_run(run, done))
-            if evals[-1]:
-                _log(run, {"step": done, **{f"val_{k}": v for k, v in evals[-1].items() if isinstance(v, (int, float)) and k != "step"}})
-        bar(done, metrics)
-    bar.close()
+    with track("distill", cfg.steps, "steps", completed=start, enabled=progress and dist.main) as bar:
+        for step in range(start, cfg.steps):
+            metrics = train_step(run, step)
+            samples += metrics["samples"]
+            done = step + 1
+            metrics["samples_per_s"] = samples / (time.perf_counter() - t0)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                _log(run, {"step": done, **metrics})
+            if done % cfg.save_every == 0 or done == cfg.steps:  # saved before validating, which may fail
+                _save(run, done)
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+                evals.append(validate_run(run, done))
+                if evals[-1]:
+                    _log(run, {"step": done, **{f"val_{k}": v for k, v in evals[-1].items() if isinstance(v, (int, float)) and k != "step"}})
+            bar.update(done, note=f"loss {metrics['loss']:.4f}, {metrics['samples_per_s']:.1f} samples/s")
     final = _publish(run_dir) if dist.main else None
     return DistillResult(run_dir=run_dir, student=final, steps=cfg.steps, resumed_from=start, last=metrics,
                          val=evals[-1] if evals else None)
@@ -391,32 +394,3 @@ def _tensorboard(run_dir: Path):
     except ImportError:  # tensorboard is optional
         return False
     return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-class _NoBar:
-    def __call__(self, done, metrics):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(enabled: bool, total: int, start: int):
-    if not enabled:
-        return _NoBar()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    prog = Progress(TextColumn("distill"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[sps]:.1f} samples/s"),
-                    TimeRemainingColumn())
-    prog.start()
-    task = prog.add_task("distill", total=total, completed=start, loss=float("nan"), sps=0.0)
-
-    class Bar:
-        def __call__(self, done, metrics):
-            prog.update(task, completed=done, loss=metrics.get("loss", float("nan")), sps=metrics.get("samples_per_s", 0.0))
-
-        def close(self):
-            prog.stop()
-
-    return Bar()

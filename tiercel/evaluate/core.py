@@ -8,7 +8,7 @@ image after `crop`) and re-issued through the predictor, its answer parsed as th
 the task's metric (tiercel.tasks). Consecutive records on the same image are batched through `run_all`
 (one vision pass), which is how the synthetic benchmark and Falcon's files are ordered.
 
-Knows nothing about torch, graphs or drawing (examples.py); imports only tasks and data.
+Knows nothing about torch, graphs or drawing (examples.py); imports only tasks, data and progress.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tiercel import progress as shown_progress
 from tiercel import tasks as T
 from tiercel.data.images import load_image
 from tiercel.data.sft import Record, iter_records
@@ -104,7 +105,9 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
     wanted = check_tasks(tasks)
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit: must be >= 1 (got {limit})")
+    file = None
     if isinstance(records, (str, os.PathLike)):
+        file = records
         root = Path(records).parent if root is None else root
         records = iter_records(records)
     root = Path(root) if root is not None else Path()
@@ -112,23 +115,35 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
     collected = {t: ([], [], []) for t in wanted}
     report = EvalReport({}, {}, {})
     start, done = time.perf_counter(), 0
-    for group in _groups(_items(records, root, wanted, limit, report.skipped), batch and hasattr(predictor, "run_all")):
-        for item, pred in zip(group, _predict(predictor, group, generation)):
-            preds, refs, sizes = collected[item.spec.tag]
-            preds.append(pred), refs.append(item.truth), sizes.append(item.size)
-            if sum(1 for s in report.examples if s.tag == item.spec.tag) < examples:
-                report.examples.append(_sample(item, pred))
-            if keep_predictions:
-                report.predictions.append({"index": item.record.index, "tag": item.spec.tag, "pred": pred.to_dict()})
-        done += len(group)
-        if progress:
-            progress(done)
+    total = _expected(file, wanted, limit) if file is not None and shown_progress.active() else None
+    with shown_progress.track("eval", total, "records") as bar:
+        for group in _groups(_items(records, root, wanted, limit, report.skipped), batch and hasattr(predictor, "run_all")):
+            for item, pred in zip(group, _predict(predictor, group, generation)):
+                preds, refs, sizes = collected[item.spec.tag]
+                preds.append(pred), refs.append(item.truth), sizes.append(item.size)
+                if sum(1 for s in report.examples if s.tag == item.spec.tag) < examples:
+                    report.examples.append(_sample(item, pred))
+                if keep_predictions:
+                    report.predictions.append({"index": item.record.index, "tag": item.spec.tag, "pred": pred.to_dict()})
+            done += len(group)
+            bar.update(done)
+            if progress:
+                progress(done)
     for tag, (preds, refs, sizes) in collected.items():
         if preds:
             report.per_task[tag] = T.get(tag).metric(preds, refs, sizes)
             report.counts[tag] = len(preds)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _expected(file, wanted: list[str], limit: int | None) -> int:
+    """Records `evaluate` will score, read from the file's tags (its answers and images are not checked here)."""
+    counts = dict.fromkeys(wanted, 0)
+    for record in iter_records(file):
+        if record.tag in counts:
+            counts[record.tag] += 1
+    return sum(c if limit is None else min(c, limit) for c in counts.values())
 
 
 def _items(records, root: Path, wanted: list[str], limit: int | None, skipped: dict):

@@ -21,6 +21,7 @@ from tiercel.errors import require
 from tiercel.export import graphs
 from tiercel.export.graphs import DECODER_FIRST, DECODER_MERGED, DECODER_PAST, EMBED, ENCODER, VISION, kv_names
 from tiercel.export.rewrite import key_major_scores
+from tiercel.progress import track
 
 OPSET = 17
 _TWO_GB = 2**31 - 2**24  # protobuf's hard limit, less room for the graph itself
@@ -105,12 +106,13 @@ def export_onnx(model, out_dir: str | Path, decoder: str = "merged", opset: int 
     layers = model.tiercel_shape.decoder_layers
     if decoder not in ("merged", "split"):
         raise ValueError(f"decoder must be 'merged' or 'split' (got {decoder!r})")
-    inputs, protos = sample_inputs(model), {}
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".trace-") as scratch:
-        for name, module in modules(model).items():
+    inputs, protos, mods = sample_inputs(model), {}, modules(model)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".trace-") as scratch, track("export", len(mods), "graphs") as bar:
+        for name, module in mods.items():
             protos[name] = trace_graph(module, inputs[name], name, layers, Path(scratch), opset)
             if name in (DECODER_FIRST, DECODER_PAST):  # one query token against a long cache: see rewrite.py
                 key_major_scores(protos[name])
+            bar.advance(1, note=name)
     if fp16:
         from tiercel.export.fp16 import convert_proto
 

@@ -15,6 +15,7 @@ import numpy as np
 from tiercel.errors import BundleError, require
 from tiercel.export.graphs import DECODER_MERGED, kv_names
 from tiercel.export.onnx_export import modules, sample_inputs
+from tiercel.progress import track
 
 PROMPTS = ("Describe the image.", "Detect all airplane in the image.\nUse horizontal bounding boxes.",
            "Classify the region of <box><100><200><300><400></box>.\nUse one or a few words.")
@@ -123,31 +124,34 @@ def check_bundle(model, tokenizer, root: str | Path, backends, tol: float | None
     measure, default_tol = TOLERANCES[precision]
     tol = default_tol if tol is None else tol
     report, reference = {}, {}
-    for backend in backends:
-        m = rt.load(root, backend=backend)
-        _annotate(m.sessions, m.bundle.entries(backend))
-        diffs = graph_diffs(model, m.sessions, relative=measure == "max_rel_diff")
-        worst = max((d, f"{g}:{o}") for g, outs in diffs.items() for o, d in outs.items())
-        if not worst[0] <= tol:
-            what = "by" if measure == "max_abs_diff" else "relative to its scale by"
-            raise BundleError(f"{root}: {backend} parity failed: {worst[1]} differs from PyTorch {what} {worst[0]:.3g} (> {tol:g})")
-        pixels = m.pixel_values(sample_image(model.tiercel_shape.image_size))
-        features = m.image_features(pixels)
-        greedy = dict(m.generation.to_dict(), num_beams=1, max_new_tokens=max_new_tokens)
-        if not reference:  # transformers' answers do not depend on the backend: compute them once
-            with torch.no_grad():
-                torch_features = model.get_image_features(torch.from_numpy(pixels)).pooler_output
-            reference.update({p: reference_generate(model, tokenizer, pixels, p, greedy, torch_features) for p in prompts})
-        identical = 0
-        for prompt in prompts:
-            got = m.generate_ids(features, [prompt], num_beams=1, max_new_tokens=max_new_tokens)[0]
-            want = reference[prompt]
-            if got != want:
-                raise BundleError(f"{root}: {backend} greedy generation differs from transformers on prompt {prompt!r}: "
-                                  f"{got[:12]} vs {want[:12]}")
-            identical += 1
-        report[backend] = {measure: diffs, "worst": worst[0], "measure": measure, "tolerance": tol,
-                           "greedy_identical": f"{identical}/{len(prompts)}", "max_new_tokens": max_new_tokens}
+    with track("parity", len(backends) * (1 + len(prompts)), "checks") as bar:  # per backend: graphs, then prompts
+        for backend in backends:
+            m = rt.load(root, backend=backend)
+            _annotate(m.sessions, m.bundle.entries(backend))
+            diffs = graph_diffs(model, m.sessions, relative=measure == "max_rel_diff")
+            worst = max((d, f"{g}:{o}") for g, outs in diffs.items() for o, d in outs.items())
+            if not worst[0] <= tol:
+                what = "by" if measure == "max_abs_diff" else "relative to its scale by"
+                raise BundleError(f"{root}: {backend} parity failed: {worst[1]} differs from PyTorch {what} {worst[0]:.3g} (> {tol:g})")
+            bar.advance(1, note=f"{backend} graphs")
+            pixels = m.pixel_values(sample_image(model.tiercel_shape.image_size))
+            features = m.image_features(pixels)
+            greedy = dict(m.generation.to_dict(), num_beams=1, max_new_tokens=max_new_tokens)
+            if not reference:  # transformers' answers do not depend on the backend: compute them once
+                with torch.no_grad():
+                    torch_features = model.get_image_features(torch.from_numpy(pixels)).pooler_output
+                reference.update({p: reference_generate(model, tokenizer, pixels, p, greedy, torch_features) for p in prompts})
+            identical = 0
+            for prompt in prompts:
+                got = m.generate_ids(features, [prompt], num_beams=1, max_new_tokens=max_new_tokens)[0]
+                want = reference[prompt]
+                if got != want:
+                    raise BundleError(f"{root}: {backend} greedy generation differs from transformers on prompt {prompt!r}: "
+                                      f"{got[:12]} vs {want[:12]}")
+                identical += 1
+                bar.advance(1, note=f"{backend} greedy generations")
+            report[backend] = {measure: diffs, "worst": worst[0], "measure": measure, "tolerance": tol,
+                               "greedy_identical": f"{identical}/{len(prompts)}", "max_new_tokens": max_new_tokens}
     return report
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tiercel.errors import ConfigError, DataError
+from tiercel.progress import track
 
 
 @dataclass
@@ -152,8 +153,10 @@ def capture(bundle: str | os.PathLike, samples: list[Sample], n: int = 128, max_
     model = tiercel.runtime.load(bundle, backend=backend)
     recorders = {name: Recorder(s) for name, s in model.sessions.items()}
     model.sessions = recorders
-    for s in samples:
-        generate(model, s, max_new_tokens=max_new_tokens)
+    with track("calibrate", len(samples), "samples") as bar:
+        for s in samples:
+            generate(model, s, max_new_tokens=max_new_tokens)
+            bar.advance(1)
     calib = Calibration(source=str(bundle), samples=len(samples))
     for name, rec in recorders.items():
         calib.feeds[name] = thin(rec.seen, n)

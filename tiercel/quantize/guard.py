@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tiercel.errors import TiercelError
+from tiercel.progress import track
 
 
 LOW_AGREEMENT = 0.9  # a pass below this token agreement comes with a caution (see `caution`)
@@ -84,7 +85,12 @@ def run_samples(model, samples, max_new_tokens: int = 64) -> list[list[int]]:
     """Greedy token ids of `model` (a tiercel.runtime Model) for each sample."""
     from tiercel.quantize.calibrate import generate
 
-    return [generate(model, s, max_new_tokens=max_new_tokens) for s in samples]
+    ids = []
+    with track("guard", len(samples), "samples") as bar:
+        for s in samples:
+            ids.append(generate(model, s, max_new_tokens=max_new_tokens))
+            bar.advance(1)
+    return ids
 
 
 def agreement(a: list[int], b: list[int]) -> float:

@@ -35,6 +35,7 @@ from tiercel.data.synth.layout import changed_twin, sample_scene
 from tiercel.data.synth.render import render, render_pair
 from tiercel.errors import ConfigError, DataError
 from tiercel.fileio import atomic_dir
+from tiercel.progress import track
 
 GENERATOR_VERSION = "1"
 SPLITS = ("train", "val", "test")
@@ -185,11 +186,13 @@ def _render_all(jobs: list[Job], tmp: Path, workers: int | None, progress) -> li
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
         iterator = pool.map(run_job, jobs, [tmp] * len(jobs), chunksize=4)
     try:
-        for result in iterator:  # map keeps job order: output does not depend on scheduling
-            results.append(result)
-            done += len(result)
-            if progress:
-                progress(done)
+        with track("synth", total=sum(len(job.tags) for job in jobs), unit="records") as bar:
+            for result in iterator:  # map keeps job order: output does not depend on scheduling
+                results.append(result)
+                done += len(result)
+                bar.update(done)
+                if progress:
+                    progress(done)
     except BrokenProcessPool:
         raise DataError("synth: a worker process died (killed, or out of memory?); rerun with fewer --workers "
                         "or a smaller --size") from None

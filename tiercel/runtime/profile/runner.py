@@ -29,6 +29,7 @@ import numpy as np
 
 from tiercel import tasks
 from tiercel.errors import BundleError, ConfigError
+from tiercel.progress import track
 from tiercel.runtime.profile import devices as dev
 from tiercel.runtime.profile import roofline
 from tiercel.runtime.bundle import is_bundle
@@ -261,19 +262,32 @@ def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None =
     check_pairs(paths, backends, settings.options, checkpoints)
     devices = dict(dev.DEVICES if devices is None else devices)
     machine = machine_info()
-    peaks = roofline.measure_machine()
-    image = profile_image(settings.image_size) if image is None else image
     profiles = []
-    for path in paths:
-        for backend in backends:
-            p = profile_bundle(path, backend, settings, image, _label(path, backend, paths, backends), progress, checkpoints)
-            if str(p.device).lower() == "cpu":
-                p.roofline = roofline.fractions(p.stage_p50(), p.work, peaks)
-            else:  # the peaks are this machine's CPU: a fraction of them says nothing about a GPU's run
-                p.roofline_skipped = f"ran on {p.device}; the measured peaks are this machine's CPU"
-            p.estimates = {key: dev.estimate(p.work, d, settings.new_tokens) for key, d in devices.items()}
-            profiles.append(p)
+    with track("profile", len(paths) * len(backends) * settings.steps(), "runs") as bar:
+        bar.update(note="measuring machine peaks")
+        peaks = roofline.measure_machine()
+        image = profile_image(settings.image_size) if image is None else image
+        tick = _ticks(bar, progress)
+        for path in paths:
+            for backend in backends:
+                p = profile_bundle(path, backend, settings, image, _label(path, backend, paths, backends), tick, checkpoints)
+                if str(p.device).lower() == "cpu":
+                    p.roofline = roofline.fractions(p.stage_p50(), p.work, peaks)
+                else:  # the peaks are this machine's CPU: a fraction of them says nothing about a GPU's run
+                    p.roofline_skipped = f"ran on {p.device}; the measured peaks are this machine's CPU"
+                p.estimates = {key: dev.estimate(p.work, d, settings.new_tokens) for key, d in devices.items()}
+                profiles.append(p)
     return ProfileReport(machine, peaks, settings, profiles, devices)
+
+
+def _ticks(bar, progress) -> Callable[[str], None]:
+    """progress(label) after every warm-up or timed call, which also advances the bar."""
+    def tick(label: str) -> None:
+        bar.advance(1, note=f"profiling {label}")
+        if progress:
+            progress(label)
+
+    return tick
 
 
 def open_model(path: Path, backend: str, settings: ProfileSettings, checkpoints: Checkpoints | None = None):
