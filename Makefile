@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY          = $(VENV)/bin/python
 STAMP       = $(VENV)/.tiercel-installed
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup test test-fast lint format demo clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,14 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tiercel tests benchmarks
+	$(VENV)/bin/ruff format --check tiercel tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix tiercel tests benchmarks
+	$(VENV)/bin/ruff format tiercel tests benchmarks
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -28,7 +28,7 @@ def image(seed: int = 0, w: int = 96, h: int = 64) -> np.ndarray:
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_bundle(model, tokenizer, decoder: str = "split", backends=("onnxruntime", "openvino")) -> Path:
     from tiercel.export.bundle import export_model
 

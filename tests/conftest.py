@@ -24,7 +24,7 @@ TINY_CORPUS = [
 ] * 20
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def has_nvidia_gpu() -> bool:
     """Whether nvidia-smi lists a GPU (no torch import: the runtime's GPU tests may not need it)."""
     if shutil.which("nvidia-smi") is None:
@@ -45,7 +45,9 @@ def pytest_collection_modifyitems(config, items):
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real `tiercel` command in a subprocess; returns the completed process (text mode)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tiercel", *args], capture_output=True, text=True, env=full_env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "tiercel", *args], capture_output=True, text=True, env=full_env, cwd=ROOT
+    )
 
 
 @pytest.fixture(scope="session")

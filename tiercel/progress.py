@@ -25,9 +25,10 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import Callable, TextIO
+from typing import TextIO
 
 DEFAULT_INTERVAL = 15.0  # seconds between plain lines
 _REDRAW = 0.1  # seconds between terminal redraws: a bar advanced 10,000 times a second costs little
@@ -56,8 +57,13 @@ _state: ContextVar[_State | None] = ContextVar("tiercel_progress", default=None)
 
 
 @contextlib.contextmanager
-def shown(enabled: bool = True, stream: TextIO | None = None, interval: float | None = None,
-          clock: Callable[[], float] | None = None, tty: bool | None = None):
+def shown(
+    enabled: bool = True,
+    stream: TextIO | None = None,
+    interval: float | None = None,
+    clock: Callable[[], float] | None = None,
+    tty: bool | None = None,
+):
     """Show the bars opened inside this block (or none, with `enabled=False`: a command's --quiet).
 
     Args:
@@ -103,7 +109,9 @@ def track(label: str, total: int | None = None, unit: str = "items", completed: 
     state = _state.get()
     if state is None or not enabled:
         return _Silent()
-    label = "/".join(state.scope if label in state.scope else state.scope + (label,))  # [eval/student], not [eval/student/eval]
+    label = "/".join(
+        state.scope if label in state.scope else state.scope + (label,)
+    )  # [eval/student], not [eval/student/eval]
     return (_TerminalBar if state.display.tty else _PlainBar)(state.display, label, total, unit, completed)
 
 
@@ -246,8 +254,16 @@ def _rich_progress(d: _Display):
     console = Console(file=d.stream, force_terminal=True, highlight=False)
     # no refresh thread (auto_refresh=False): bars redraw when they advance; stdout is left alone (JSON goes there).
     # Rate and ETA are the bar's own (stats), the same numbers the plain lines show.
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                    console=console, auto_refresh=False, redirect_stdout=False, get_time=d.clock)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        console=console,
+        auto_refresh=False,
+        redirect_stdout=False,
+        get_time=d.clock,
+    )
 
 
 def duration(seconds: float) -> str:

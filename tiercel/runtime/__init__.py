@@ -22,8 +22,14 @@ from tiercel.runtime.model import Model
 __all__ = ["BACKENDS", "BackendSpec", "Bundle", "GenerationConfig", "Model", "load", "read_bundle"]
 
 
-def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None,
-         options: dict | None = None, io_binding: bool | None = None) -> Model:
+def load(
+    bundle: str | Path,
+    backend: str = "onnxruntime",
+    device: str | None = None,
+    threads: int | None = None,
+    options: dict | None = None,
+    io_binding: bool | None = None,
+) -> Model:
     """Open a bundle on a backend after checking every file it will read against the manifest's sha256.
 
     Args:
@@ -39,8 +45,8 @@ def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = 
             on a CPU, where copies cost nothing and the plain path is the faster one. OpenVINO has no such path.
     """
     from tiercel.errors import ConfigError
-    from tiercel.runtime.tokenizer import TextTokenizer
     from tiercel.runtime.backends import check_device
+    from tiercel.runtime.tokenizer import TextTokenizer
 
     spec = get_backend(backend, "bundle", str(bundle))
     device = check_device(spec, device)

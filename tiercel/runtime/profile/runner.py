@@ -30,10 +30,10 @@ import numpy as np
 from tiercel import tasks
 from tiercel.errors import BundleError, ConfigError
 from tiercel.progress import track
-from tiercel.runtime.profile import devices as dev
-from tiercel.runtime.profile import roofline
 from tiercel.runtime.bundle import is_bundle
 from tiercel.runtime.generate import MAX_BEAMS
+from tiercel.runtime.profile import devices as dev
+from tiercel.runtime.profile import roofline
 from tiercel.runtime.profile.timing import STAGES, MemoryProbe, StageTimer, breakdown, percentiles
 
 DEFAULT_TASKS = ("IMG_CAP", "REG_DET_HBB")
@@ -60,9 +60,15 @@ class ProfileSettings:
     device: str | None = None
     options: dict | None = None  # backend settings (tiercel.runtime.load's `options`)
 
-    def check(self) -> "ProfileSettings":
-        bounds = (("runs", 1, None), ("warmup", 0, None), ("new_tokens", 2, None), ("image_size", 16, MAX_IMAGE_SIZE),
-                  ("num_beams", 1, MAX_BEAMS), ("threads", 1, MAX_THREADS))
+    def check(self) -> ProfileSettings:
+        bounds = (
+            ("runs", 1, None),
+            ("warmup", 0, None),
+            ("new_tokens", 2, None),
+            ("image_size", 16, MAX_IMAGE_SIZE),
+            ("num_beams", 1, MAX_BEAMS),
+            ("threads", 1, MAX_THREADS),
+        )
         for name, low, high in bounds:
             value = getattr(self, name)
             if value is not None and (value < low or (high is not None and value > high)):
@@ -93,19 +99,26 @@ def forced_generation(new_tokens: int, num_beams: int | None) -> dict:
 def run_all_inputs(tags: list[str], size: tuple[int, int]) -> tuple[dict, dict]:
     """`task_inputs` of each of `tags` as `Model.run_all` takes them: ({tag: text}, {tag: region})."""
     inputs = {t: task_inputs(t, size) for t in tags}
-    return ({t: x["text"] for t, x in inputs.items() if "text" in x},
-            {t: x["region"] for t, x in inputs.items() if "region" in x})
+    return (
+        {t: x["text"] for t, x in inputs.items() if "text" in x},
+        {t: x["region"] for t, x in inputs.items() if "region" in x},
+    )
 
 
 def task_inputs(tag: str, size: tuple[int, int]) -> dict:
     """A text and/or region for `tag` on an image of `size` (W, H): what a user would pass."""
     w, h = size
     spec = tasks.get(tag)
-    texts = {"class": "airplane", "question": "Is there a ship in the image?",
-             "description": "the white airplane near the runway"}
-    regions = {"box": [0.1 * w, 0.15 * h, 0.55 * w, 0.6 * h],
-               "quad": [[0.1 * w, 0.2 * h], [0.5 * w, 0.1 * h], [0.6 * w, 0.5 * h], [0.2 * w, 0.6 * h]],
-               "polygon": [[0.1 * w, 0.1 * h], [0.6 * w, 0.2 * h], [0.4 * w, 0.7 * h]]}
+    texts = {
+        "class": "airplane",
+        "question": "Is there a ship in the image?",
+        "description": "the white airplane near the runway",
+    }
+    regions = {
+        "box": [0.1 * w, 0.15 * h, 0.55 * w, 0.6 * h],
+        "quad": [[0.1 * w, 0.2 * h], [0.5 * w, 0.1 * h], [0.6 * w, 0.5 * h], [0.2 * w, 0.6 * h]],
+        "polygon": [[0.1 * w, 0.1 * h], [0.6 * w, 0.2 * h], [0.4 * w, 0.7 * h]],
+    }
     out = {}
     if spec.needs_text:
         out["text"] = texts[spec.needs_text]
@@ -155,9 +168,29 @@ class BundleProfile:
         return {s: v["p50"] for s, v in self.stages.items()}
 
     def to_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in ("label", "bundle", "backend", "device", "preset", "decoder", "num_beams",
-                                             "graphs", "load_seconds", "rss", "stages", "tokens_per_s", "tasks",
-                                             "run_all", "encoder_tokens", "roofline", "roofline_skipped", "estimates")}
+        out = {
+            k: getattr(self, k)
+            for k in (
+                "label",
+                "bundle",
+                "backend",
+                "device",
+                "preset",
+                "decoder",
+                "num_beams",
+                "graphs",
+                "load_seconds",
+                "rss",
+                "stages",
+                "tokens_per_s",
+                "tasks",
+                "run_all",
+                "encoder_tokens",
+                "roofline",
+                "roofline_skipped",
+                "estimates",
+            )
+        }
         out["size_bytes"] = self.size_bytes
         out["work"] = {s: {"flops": w.flops, "bytes": w.bytes, "precision": w.precision} for s, w in self.work.items()}
         return out
@@ -175,15 +208,26 @@ class ProfileReport:
 
     def to_dict(self) -> dict:
         s = self.settings
-        return {"machine": self.machine, "peaks": self.peaks.to_dict(),
-                "settings": {"runs": s.runs, "warmup": s.warmup, "new_tokens": s.new_tokens, "num_beams": s.num_beams,
-                             "tasks": list(s.tasks), "run_all_tasks": s.batch_tasks, "image_size": s.image_size,
-                             "threads": s.threads, "device": s.device,
-                             "options": s.options or {}},
-                "units": {"times": "seconds", "sizes": "bytes", "tokens_per_s": "generated tokens per second per sequence"},
-                "estimate_formula": dev.FORMULA,
-                "devices": {k: d.to_dict() for k, d in self.devices.items()},
-                "profiles": [p.to_dict() for p in self.profiles]}
+        return {
+            "machine": self.machine,
+            "peaks": self.peaks.to_dict(),
+            "settings": {
+                "runs": s.runs,
+                "warmup": s.warmup,
+                "new_tokens": s.new_tokens,
+                "num_beams": s.num_beams,
+                "tasks": list(s.tasks),
+                "run_all_tasks": s.batch_tasks,
+                "image_size": s.image_size,
+                "threads": s.threads,
+                "device": s.device,
+                "options": s.options or {},
+            },
+            "units": {"times": "seconds", "sizes": "bytes", "tokens_per_s": "generated tokens per second per sequence"},
+            "estimate_formula": dev.FORMULA,
+            "devices": {k: d.to_dict() for k, d in self.devices.items()},
+            "profiles": [p.to_dict() for p in self.profiles],
+        }
 
 
 def machine_info() -> dict:
@@ -197,9 +241,15 @@ def machine_info() -> dict:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in load],
-            "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"}),  # what OpenVINO's CPU plugin computes bf16 with
-            "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average": [round(x, 2) for x in load],
+        "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"}),  # what OpenVINO's CPU plugin computes bf16 with
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
 
 
 def _label(path: Path, backend: str, paths: list[Path], backends: list[str]) -> str:
@@ -220,8 +270,9 @@ class Checkpoints:
     open: Callable
 
 
-def check_pairs(paths: list[Path], backends: list[str], options: dict | None = None,
-                checkpoints: Checkpoints | None = None) -> None:
+def check_pairs(
+    paths: list[Path], backends: list[str], options: dict | None = None, checkpoints: Checkpoints | None = None
+) -> None:
     """Fail before any timing (one-line errors): a missing directory, an unknown backend, a bundle without graphs
     for a backend or asked for torch, a checkpoint given a setting other than dtype, or no way to open one."""
     from tiercel.runtime.backends import get_backend
@@ -234,8 +285,10 @@ def check_pairs(paths: list[Path], backends: list[str], options: dict | None = N
             if not path.is_dir():
                 raise BundleError(f"{path}: no such bundle or checkpoint directory")
             if checkpoints is None:
-                raise ConfigError(f"{path}: no manifest.json, so a checkpoint, which this call cannot open; "
-                                  "pass checkpoints=tiercel.models.open.CHECKPOINTS (needs torch) or use `tiercel profile`")
+                raise ConfigError(
+                    f"{path}: no manifest.json, so a checkpoint, which this call cannot open; "
+                    "pass checkpoints=tiercel.models.open.CHECKPOINTS (needs torch) or use `tiercel profile`"
+                )
             checkpoints.check(path, options)
             continue
         bundle = read_bundle(path)
@@ -244,9 +297,15 @@ def check_pairs(paths: list[Path], backends: list[str], options: dict | None = N
             bundle.entries(backend)
 
 
-def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None = None,
-            devices: dict[str, dev.DeviceSpec] | None = None, image=None, progress=None,
-            checkpoints: Checkpoints | None = None) -> ProfileReport:
+def profile(
+    paths,
+    backends=("onnxruntime",),
+    settings: ProfileSettings | None = None,
+    devices: dict[str, dev.DeviceSpec] | None = None,
+    image=None,
+    progress=None,
+    checkpoints: Checkpoints | None = None,
+) -> ProfileReport:
     """Profile every bundle on every backend; measure this machine's peaks; add roofline fractions and estimates.
 
     Args:
@@ -270,7 +329,9 @@ def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None =
         tick = _ticks(bar, progress)
         for path in paths:
             for backend in backends:
-                p = profile_bundle(path, backend, settings, image, _label(path, backend, paths, backends), tick, checkpoints)
+                p = profile_bundle(
+                    path, backend, settings, image, _label(path, backend, paths, backends), tick, checkpoints
+                )
                 if str(p.device).lower() == "cpu":
                     p.roofline = roofline.fractions(p.stage_p50(), p.work, peaks)
                 else:  # the peaks are this machine's CPU: a fraction of them says nothing about a GPU's run
@@ -282,6 +343,7 @@ def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None =
 
 def _ticks(bar, progress) -> Callable[[str], None]:
     """progress(label) after every warm-up or timed call, which also advances the bar."""
+
     def tick(label: str) -> None:
         bar.advance(1, note=f"profiling {label}")
         if progress:
@@ -295,12 +357,21 @@ def open_model(path: Path, backend: str, settings: ProfileSettings, checkpoints:
     if is_bundle(path):
         import tiercel.runtime as rt
 
-        return rt.load(path, backend=backend, device=settings.device, threads=settings.threads, options=settings.options)
+        return rt.load(
+            path, backend=backend, device=settings.device, threads=settings.threads, options=settings.options
+        )
     return checkpoints.open(path, backend, settings.device, settings.threads, settings.options)
 
 
-def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: np.ndarray, label: str,
-                   progress=None, checkpoints: Checkpoints | None = None) -> BundleProfile:
+def profile_bundle(
+    path: Path,
+    backend: str,
+    settings: ProfileSettings,
+    image: np.ndarray,
+    label: str,
+    progress=None,
+    checkpoints: Checkpoints | None = None,
+) -> BundleProfile:
     """Load one bundle (or checkpoint) on one backend and time `settings.runs` runs of every task (after warm-up)."""
     gc.collect()
     memory = MemoryProbe()
@@ -341,10 +412,21 @@ def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: n
         graphs, decoder, weights = m.weight_graphs(), m.backend, m.weight_bytes()
         label = f"{label[: -len(backend)]}{m.backend}" if label.endswith(f"/{backend}") else label
     work = roofline.stage_work(m.shape.shape.model_dump(), graphs, round(enc_tokens), settings.new_tokens, beams)
-    result = BundleProfile(label, str(path), m.backend, m.device, m.shape.preset, decoder, beams, graphs,
-                           load_seconds, {"baseline": baseline, "after_load": after_load, "peak": memory.peak,
-                                          "source": memory.source},
-                           encoder_tokens=enc_tokens, work=work, weights_bytes=weights)
+    result = BundleProfile(
+        label,
+        str(path),
+        m.backend,
+        m.device,
+        m.shape.preset,
+        decoder,
+        beams,
+        graphs,
+        load_seconds,
+        {"baseline": baseline, "after_load": after_load, "peak": memory.peak, "source": memory.source},
+        encoder_tokens=enc_tokens,
+        work=work,
+        weights_bytes=weights,
+    )
     _summarise(result, singles, per_task, batch, settings)
     del m
     gc.collect()
@@ -376,6 +458,9 @@ def _summarise(result: BundleProfile, singles: list, per_task: dict, batch: list
     result.tasks = {t: percentiles(v) for t, v in per_task.items()}
     if batch:
         n = len(settings.batch_tasks)
-        result.run_all = {"tasks": settings.batch_tasks, "end_to_end": percentiles(s for s, _ in batch),
-                          "tokens_per_s": percentiles(n * settings.new_tokens / b["generate"] for _, b in batch),
-                          "sequential_p50": sum(result.tasks[t]["p50"] for t in settings.batch_tasks)}
+        result.run_all = {
+            "tasks": settings.batch_tasks,
+            "end_to_end": percentiles(s for s, _ in batch),
+            "tokens_per_s": percentiles(n * settings.new_tokens / b["generate"] for _, b in batch),
+            "sequential_p50": sum(result.tasks[t]["p50"] for t in settings.batch_tasks),
+        }
