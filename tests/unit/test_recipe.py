@@ -164,3 +164,64 @@ def test_demo_reads_the_shipped_recipe_and_writes_only_under_out_from_any_folder
 def _values(tree):
     for value in tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else [tree]:
         yield from _values(value) if isinstance(value, (dict, list)) else [value]
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"quantize": {"schemes": ["int8-statik"]}}, "quantize.schemes: unknown quantization scheme 'int8-statik'"),
+        ({"quantize": {"block_size": 7}}, "quantize.block_size: must be one of 32, 64, 128 (got 7)"),
+        ({"quantize": {"backend": "tflite"}}, "quantize.backend: unknown quantization backend 'tflite'"),
+        (
+            {"quantize": {"schemes": ["int4-weight-only"], "backend": "tensorrt"}},
+            "quantize: quantize.backend tensorrt: supports int8-static (got quantize.scheme int4-weight-only)",
+        ),
+        ({"profile": {"tasks": ["NOPE"]}}, "profile.tasks: unknown task tag 'NOPE'"),
+        ({"export": {"backends": ["torch"]}}, "export.backends: unknown backend 'torch'; choose one of: onnxruntime"),
+        (
+            {"teacher": {"kind": "oracle"}},
+            "teacher.kind: unknown teacher kind 'oracle'; choose one of: none, checkpoint",
+        ),
+    ],
+)
+def test_values_a_later_stage_would_fail_on_are_refused_at_load(section, message):
+    # `quantize.schemes: [int8-statik]` used to validate, and the pipeline failed after training
+    with pytest.raises(ConfigError) as err:
+        parse_recipe({**BASE, **section}, "r.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_quantize_settings_have_one_set_of_defaults():
+    """The CLI options, the recipe section and quantize_bundle read QuantizeSettings' defaults (they differed:
+    n 32 vs 128, max_drop 0.05 vs 0.01); the pipeline hands every setting of the section to quantize_bundle."""
+    import inspect
+
+    import typer
+
+    from tiercel.cli.quantize import quantize
+    from tiercel.quantize.settings import QuantizeSettings
+
+    defaults = QuantizeSettings()
+    section = parse_recipe(BASE).quantize
+    for name in type(section).model_fields:
+        if name != "schemes":
+            assert getattr(section, name) == getattr(defaults, name), name
+    cli = {p.name: p.default for p in inspect.signature(quantize).parameters.values()}
+    for name, field in QuantizeSettings.model_fields.items():
+        if name in cli:
+            option = cli[name]
+            assert isinstance(option, typer.models.OptionInfo) and option.default == field.default, name
+            assert option.help == field.description, name
+    tuned = parse_recipe({**BASE, "quantize": {"backend": "openvino", "ratio": 0.5, "min_agreement": 0.9}}).quantize
+    s = tuned.settings("int4-weight-only")
+    assert (s.scheme, s.backend, s.ratio, s.min_agreement, s.n) == ("int4-weight-only", "openvino", 0.5, 0.9, 128)
+
+
+def test_teacher_kinds_and_backends_come_from_their_registries():
+    from tiercel.distill.kinds import TEACHER_KINDS
+    from tiercel.recipe import TeacherSection
+    from tiercel.runtime.backends import BACKENDS, bundle_backends
+
+    assert all(k in TeacherSection.model_fields["kind"].description for k in TEACHER_KINDS)
+    assert "torch" in BACKENDS and "torch" not in bundle_backends()
+    assert parse_recipe({**BASE, "export": {"backends": bundle_backends()}}).export.backends == bundle_backends()

@@ -364,3 +364,20 @@ def test_prompt_and_new_tokens_are_checked_against_the_position_tables(bundle, t
     ):
         m.run(image(), "REG_VG", text="airplane " * limit, max_new_tokens=4)
     assert m.run(image(), "IMG_CAP", max_new_tokens=limit, num_beams=1) is not None  # the bound itself runs
+
+
+def test_the_manifest_is_one_typed_model_written_as_it_is_read(copy, tmp_path):
+    from tiercel.errors import BundleError
+    from tiercel.runtime.manifest import Manifest, read_manifest, write_manifest
+
+    m = read_manifest(copy / "manifest.json")
+    assert isinstance(m, Manifest) and m.format_version == 1 and m.decoder == "split"
+    assert m.model.shape.image_size == m.preprocessing.size and "onnxruntime" in m.backends
+    again = tmp_path / "again"
+    again.mkdir()
+    write_manifest(again, m)
+    assert json.loads((again / "manifest.json").read_text()) == json.loads((copy / "manifest.json").read_text())
+    bad = m.model_dump(mode="json")
+    bad["graphs"][0]["file"] = "../outside.onnx"  # what is written is checked as what is read
+    with pytest.raises(BundleError, match=r"graphs\.0\.file: must be a path inside the bundle"):
+        write_manifest(again, bad)
