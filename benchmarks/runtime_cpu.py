@@ -58,7 +58,7 @@ encoder tokens, self-attention K/V averaged over the 32 tokens; fp32); bound = b
 before/after pair go through the vision encoder as a batch of 2, and the 14 prompts (each row with its own image's
 features) go through the text encoder and decoder as one right-padded batch. Eager makes 14 separate
 `TorchPredictor.run` calls. Greedy,
-32 forced tokens per task, texts and regions from tiercel.runtime.profile.runner.task_inputs. tiercel's batched
+32 forced tokens per task, texts and regions from tiercel.tasks.examples.task_inputs. tiercel's batched
 call is warmed up once (new batch shapes; eager's shapes were warmed by the stage rounds), then `--all-runs`
 interleaved rounds (default 3, at most --runs: 14 eager calls are the slowest part of the run), median.
 
@@ -89,7 +89,8 @@ from tiercel import tasks
 from tiercel.fileio import write_json
 from tiercel.runtime.profile import StageTimer, breakdown, forced_generation
 from tiercel.runtime.profile.roofline import measure_bandwidth
-from tiercel.runtime.profile.runner import profile_image, run_all_inputs, task_inputs
+from tiercel.runtime.profile.runner import profile_image
+from tiercel.tasks.examples import run_all_inputs, task_inputs
 
 HERE = Path(__file__).resolve().parent
 NEW_TOKENS = 32

@@ -169,7 +169,7 @@ def test_device_preprocessing_on_cuda_is_the_hosts_bit_for_bit_and_keeps_the_res
     from tiercel.models.device_preprocess import DevicePreprocessor
     from tiercel.models.static_decode import GraphedPredictor
     from tiercel.runtime.preprocess import preprocess
-    from tiercel.runtime.profile.runner import task_inputs
+    from tiercel.tasks.examples import task_inputs
 
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     rng = np.random.default_rng(0)

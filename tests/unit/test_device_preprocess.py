@@ -91,7 +91,7 @@ def test_torch_predictor_with_device_preprocessing_gives_the_host_paths_results(
     numpy pixels; image_features gives a tensor for a tensor and numpy for numpy."""
     from tiercel import tasks
     from tiercel.models.predict import TorchPredictor
-    from tiercel.runtime.profile.runner import task_inputs
+    from tiercel.tasks.examples import task_inputs
 
     host = TorchPredictor(tiny_model, tiny_tokenizer)
     device = TorchPredictor(tiny_model, tiny_tokenizer)

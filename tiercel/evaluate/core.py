@@ -274,7 +274,7 @@ def prompt_check(predictor, records, root=None, max_new_tokens: int = 32) -> dic
     at a short warmup on one CPU and not on another (docs/recipes.md, the teacher check); the pipeline runs this on the teacher it
     trains. `warning` is None, or a sentence fragment ("gave one answer to all 13 task prompts on ...").
     """
-    from tiercel.runtime.profile.runner import run_all_inputs
+    from tiercel.tasks.examples import run_all_inputs
 
     record = next(iter_records(records))
     image = load_image(record.image_paths(root)[0], record.crop)

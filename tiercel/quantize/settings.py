@@ -58,7 +58,7 @@ class QuantizeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    backend: str = Field("onnxruntime", description="onnxruntime, openvino (NNCF) or tensorrt (explicit Q/DQ ONNX).")
+    backend: str = Field("onnxruntime", description="; ".join(f"{t.name}: {t.help}" for t in TARGETS.values()) + ".")
     n: int = Field(
         128, gt=0, description="Calibration samples; decoder steps are thinned to this many feeds per graph."
     )
@@ -149,7 +149,9 @@ class QuantizeOptions(BaseModel):
 class QuantizeSettings(QuantizeOptions):
     """How one quantized bundle is made. Every default here is the default everywhere."""
 
-    scheme: str = Field("int8-static", description="int8-static, int8-dynamic, int4-weight-only or mixed.")
+    scheme: str = Field(
+        "int8-static", description=", ".join(n for n in SCHEMES if n != "fp32") + " (tiercel.quantize.SCHEMES)."
+    )
 
     @field_validator("scheme")
     @classmethod

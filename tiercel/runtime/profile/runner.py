@@ -35,6 +35,7 @@ from tiercel.runtime.generate import MAX_BEAMS
 from tiercel.runtime.profile import devices as dev
 from tiercel.runtime.profile import roofline
 from tiercel.runtime.profile.timing import STAGES, MemoryProbe, StageTimer, breakdown, percentiles
+from tiercel.tasks.examples import run_all_inputs, task_inputs
 
 DEFAULT_TASKS = ("IMG_CAP", "REG_DET_HBB")
 # The synthetic image's side at most: the largest square tiercel decodes from a file (data.images, 805 MB as RGB);
@@ -94,37 +95,6 @@ def forced_generation(new_tokens: int, num_beams: int | None) -> dict:
     """Generation overrides that produce exactly `new_tokens` tokens: no eos id can match, none is forced."""
     out = {"max_new_tokens": new_tokens, "eos_token_id": -1, "forced_eos_token_id": None}
     return {**out, "num_beams": num_beams} if num_beams else out
-
-
-def run_all_inputs(tags: list[str], size: tuple[int, int]) -> tuple[dict, dict]:
-    """`task_inputs` of each of `tags` as `Model.run_all` takes them: ({tag: text}, {tag: region})."""
-    inputs = {t: task_inputs(t, size) for t in tags}
-    return (
-        {t: x["text"] for t, x in inputs.items() if "text" in x},
-        {t: x["region"] for t, x in inputs.items() if "region" in x},
-    )
-
-
-def task_inputs(tag: str, size: tuple[int, int]) -> dict:
-    """A text and/or region for `tag` on an image of `size` (W, H): what a user would pass."""
-    w, h = size
-    spec = tasks.get(tag)
-    texts = {
-        "class": "airplane",
-        "question": "Is there a ship in the image?",
-        "description": "the white airplane near the runway",
-    }
-    regions = {
-        "box": [0.1 * w, 0.15 * h, 0.55 * w, 0.6 * h],
-        "quad": [[0.1 * w, 0.2 * h], [0.5 * w, 0.1 * h], [0.6 * w, 0.5 * h], [0.2 * w, 0.6 * h]],
-        "polygon": [[0.1 * w, 0.1 * h], [0.6 * w, 0.2 * h], [0.4 * w, 0.7 * h]],
-    }
-    out = {}
-    if spec.needs_text:
-        out["text"] = texts[spec.needs_text]
-    if spec.needs_region:
-        out["region"] = regions[spec.needs_region]
-    return out
 
 
 def profile_image(size: int, seed: int = 0) -> np.ndarray:
