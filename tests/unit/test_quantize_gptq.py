@@ -202,13 +202,11 @@ def test_hessians_past_the_2gb_protobuf_limit_go_through_external_data(monkeypat
     the same Hessians (X^T X / rows, per half) as in memory, the graph left as it was, the copy removed."""
     import tempfile
 
-    from tiercel.quantize import onnx_backend
-
     proto, _ = _matmul(40, 8)
     feeds = [{"x": _activations(6, 40, s)} for s in range(4)]
     outputs, weight = list(proto.graph.output), numpy_helper.to_array(proto.graph.initializer[0])
     in_memory = G.hessians(proto, feeds, ["fc"])["fc"]
-    monkeypatch.setattr(onnx_backend, "_TWO_GB", 0)
+    monkeypatch.setattr(G, "TWO_GB", 0)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     opened, session = [], ort.InferenceSession
     monkeypatch.setattr(
