@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY          = $(VENV)/bin/python
 STAMP       = $(VENV)/.tiercel-installed
 
-.PHONY: setup test test-fast lint format demo clean
+.PHONY: setup test test-fast lint lint-fix demo clean
 
 setup: $(STAMP)
 
@@ -24,11 +24,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tiercel tests benchmarks
-	$(VENV)/bin/ruff format --check tiercel tests benchmarks
 
-format: $(STAMP)
+lint-fix: $(STAMP)
 	$(VENV)/bin/ruff check --fix tiercel tests benchmarks
-	$(VENV)/bin/ruff format tiercel tests benchmarks
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests/unit

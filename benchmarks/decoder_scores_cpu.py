@@ -38,24 +38,14 @@ def trace(preset: str, work: Path) -> tuple[dict, dict]:
 
     model = build(preset, seed=0)
     shape = model.tiercel_shape
-    proto = ox.trace_graph(
-        ox.modules(model)[DECODER_PAST],
-        ox.sample_inputs(model, batch=1)[DECODER_PAST],
-        DECODER_PAST,
-        shape.decoder_layers,
-        work / "trace",
-    )
+    proto = ox.trace_graph(ox.modules(model)[DECODER_PAST], ox.sample_inputs(model, batch=1)[DECODER_PAST],
+                           DECODER_PAST, shape.decoder_layers, work / "trace")
     files = {"traced": work / "traced.onnx", "key_major": work / "key_major.onnx"}
     ox.save_onnx(proto, files["traced"])
     rewritten = key_major_scores(proto)
     ox.save_onnx(proto, files["key_major"])
-    info = {
-        "d_model": shape.d_model,
-        "heads": shape.attention_heads,
-        "layers": shape.decoder_layers,
-        "image_tokens": shape.image_tokens,
-        "rewritten_matmuls": rewritten,
-    }
+    info = {"d_model": shape.d_model, "heads": shape.attention_heads, "layers": shape.decoder_layers,
+            "image_tokens": shape.image_tokens, "rewritten_matmuls": rewritten}
     return files, info
 
 
@@ -100,7 +90,7 @@ def decode(run, info: dict, batch: int, steps: int, seed: int = 0) -> tuple[list
         t = time.perf_counter()
         out = run({"inputs_embeds": embeds, "encoder_attention_mask": mask, **fixed, **past})
         times.append(time.perf_counter() - t)
-        past = {f"past_key_values.{k[len('present.') :]}": v for k, v in out.items() if k.startswith("present.")}
+        past = {f"past_key_values.{k[len('present.'):]}": v for k, v in out.items() if k.startswith("present.")}
         logits = out["logits"]
     return times, logits
 
@@ -114,13 +104,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "decoder_scores_cpu.json")
     args = ap.parse_args()
     started = time.perf_counter()
-    result = {
-        "command": "python benchmarks/decoder_scores_cpu.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "preset": args.preset,
-        "rounds": args.rounds,
-        "steps": args.steps,
-    }
+    result = {"command": "python benchmarks/decoder_scores_cpu.py " + " ".join(sys.argv[1:]), "machine": machine(),
+              "preset": args.preset, "rounds": args.rounds, "steps": args.steps}
     with tempfile.TemporaryDirectory() as tmp:
         files, info = trace(args.preset, Path(tmp))
         result["graph"] = info
@@ -129,25 +114,18 @@ def main() -> None:
         for batch in [int(b) for b in args.batches.split(",")]:
             for backend in ("onnxruntime", "openvino"):
                 per = {v: [] for v in files}
-                last = {
-                    v: decode(runs[(backend, v)], info, batch, 4)[1] for v in files
-                }  # warm-up; same seed: same feeds
+                last = {v: decode(runs[(backend, v)], info, batch, 4)[1] for v in files}  # warm-up; same seed: same feeds
                 for r in range(args.rounds):
                     for v in files:
                         per[v].append(statistics.median(decode(runs[(backend, v)], info, batch, args.steps)[0]))
                 ms = {v: 1000 * statistics.median(x) for v, x in per.items()}
                 rows[f"{backend}, batch {batch}"] = {
-                    "step_ms": ms,
-                    "step_ms_per_round": {v: [1000 * x for x in xs] for v, xs in per.items()},
+                    "step_ms": ms, "step_ms_per_round": {v: [1000 * x for x in xs] for v, xs in per.items()},
                     "speedup": ms["traced"] / ms["key_major"],
                     "max_abs_logits_diff": float(np.abs(last["traced"] - last["key_major"]).max()),
-                    "argmax_equal": bool((last["traced"].argmax(-1) == last["key_major"].argmax(-1)).all()),
-                }
-                print(
-                    f"{backend}, batch {batch}: traced {ms['traced']:.2f} ms, key-major {ms['key_major']:.2f} ms "
-                    f"({rows[f'{backend}, batch {batch}']['speedup']:.2f}x)",
-                    flush=True,
-                )
+                    "argmax_equal": bool((last["traced"].argmax(-1) == last["key_major"].argmax(-1)).all())}
+                print(f"{backend}, batch {batch}: traced {ms['traced']:.2f} ms, key-major {ms['key_major']:.2f} ms "
+                      f"({rows[f'{backend}, batch {batch}']['speedup']:.2f}x)", flush=True)
     result["results"] = rows
     result["machine"]["load_avg_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - started

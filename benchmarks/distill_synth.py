@@ -23,41 +23,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER = dict(
-    vision_dims=[16, 32, 64, 128],
-    vision_depths=[1, 1, 2, 1],
-    vision_heads=[1, 2, 2, 4],
-    vision_groups=[1, 2, 2, 4],
-    window_size=4,
-    d_model=192,
-    encoder_layers=2,
-    decoder_layers=3,
-    attention_heads=4,
-    ffn_dim=768,
-    max_text_positions=256,
-    image_size=128,
-)
-STUDENT = dict(
-    TEACHER,
-    vision_dims=[8, 16, 32, 64],
-    vision_depths=[1, 1, 1, 1],
-    vision_heads=[1, 1, 2, 2],
-    vision_groups=[1, 1, 2, 2],
-    d_model=96,
-    encoder_layers=1,
-    decoder_layers=2,
-    ffn_dim=384,
-)
+TEACHER = dict(vision_dims=[16, 32, 64, 128], vision_depths=[1, 1, 2, 1], vision_heads=[1, 2, 2, 4], vision_groups=[1, 2, 2, 4],
+               window_size=4, d_model=192, encoder_layers=2, decoder_layers=3, attention_heads=4, ffn_dim=768,
+               max_text_positions=256, image_size=128)
+STUDENT = dict(TEACHER, vision_dims=[8, 16, 32, 64], vision_depths=[1, 1, 1, 1], vision_heads=[1, 1, 2, 2], vision_groups=[1, 1, 2, 2],
+               d_model=96, encoder_layers=1, decoder_layers=2, ffn_dim=384)
 VARIANTS = {
     "ce": {"ce": 1.0},
     "kd": {"ce": 0.5, "kd": 0.5, "divergence": "forward_kl", "temperature": 2.0},
-    "kd_hidden": {
-        "ce": 0.5,
-        "kd": 0.5,
-        "divergence": "forward_kl",
-        "temperature": 2.0,
-        "hidden": {"vision": 0.5, "encoder": 0.5, "decoder": 0.5, "decoder_layers": {1: 2}, "kind": "mse"},
-    },
+    "kd_hidden": {"ce": 0.5, "kd": 0.5, "divergence": "forward_kl", "temperature": 2.0,
+                  "hidden": {"vision": 0.5, "encoder": 0.5, "decoder": 0.5, "decoder_layers": {1: 2}, "kind": "mse"}},
 }
 
 
@@ -88,31 +63,17 @@ def run_recipe(recipe: dict, reuse: bool = False) -> dict:
     lines = [json.loads(x) for x in (Path(recipe["out"]) / "metrics.jsonl").read_text().splitlines()]
     rates = [x["samples_per_s"] for x in lines if "samples_per_s" in x]
     losses = [x["loss"] for x in lines if "loss" in x]
-    return {
-        "student": summary["student"],
-        "seconds": time.perf_counter() - t0,
-        "samples_per_s": rates[-1] if rates else None,
-        "final_loss": statistics.mean(losses[-5:]) if losses else None,
-    }
+    return {"student": summary["student"], "seconds": time.perf_counter() - t0, "samples_per_s": rates[-1] if rates else None,
+            "final_loss": statistics.mean(losses[-5:]) if losses else None}
 
 
 def evaluate_model(path: str, data: Path, limit: int, max_new_tokens: int) -> dict:
     from tiercel.evaluate import evaluate
     from tiercel.models.predict import TorchPredictor
 
-    report = evaluate(
-        TorchPredictor.from_checkpoint(path),
-        data / "test.json",
-        data,
-        limit=limit,
-        generation={"num_beams": 1, "max_new_tokens": max_new_tokens},
-    )
-    return {
-        "per_task": report.per_task,
-        "headline": report.headlines,
-        "average": report.average,
-        "seconds": report.seconds,
-    }
+    report = evaluate(TorchPredictor.from_checkpoint(path), data / "test.json", data, limit=limit,
+                      generation={"num_beams": 1, "max_new_tokens": max_new_tokens})
+    return {"per_task": report.per_task, "headline": report.headlines, "average": report.average, "seconds": report.seconds}
 
 
 def params(path: str) -> int:
@@ -146,50 +107,19 @@ def main():
     data = work / "data"
     if not (args.resume and (data / "test.json").is_file()):
         generate(data, n=args.n, size=256, seed=0, overwrite=True)
-    common = {
-        "data": {
-            "train": str(data / "train.json"),
-            "val": str(data / "val.json"),
-            "root": str(data),
-            "max_answer_tokens": args.max_answer_tokens,
-        },
-        "seed": 0,
-    }
-    sched = lambda steps: {
-        "steps": steps,
-        "batch_size": args.batch,
-        "lr": 2e-3,
-        "warmup_steps": max(1, steps // 20),  # noqa: E731
-        "save_every": steps,
-        "log_every": 10,
-        "eval_limit": 64,
-    }
-    teacher = {
-        "name": "teacher",
-        "out": str(work / "teacher"),
-        **common,
-        "tokenizer": {"source": "train", "vocab_size": 1500},
-        "student": {"preset": "tiny", "overrides": TEACHER},
-        "distill": sched(args.teacher_steps),
-    }
+    common = {"data": {"train": str(data / "train.json"), "val": str(data / "val.json"), "root": str(data), "max_answer_tokens": args.max_answer_tokens},
+              "seed": 0}
+    sched = lambda steps: {"steps": steps, "batch_size": args.batch, "lr": 2e-3, "warmup_steps": max(1, steps // 20),  # noqa: E731
+                           "save_every": steps, "log_every": 10, "eval_limit": 64}
+    teacher = {"name": "teacher", "out": str(work / "teacher"), **common, "tokenizer": {"source": "train", "vocab_size": 1500},
+               "student": {"preset": "tiny", "overrides": TEACHER}, "distill": sched(args.teacher_steps)}
     runs = {"teacher": run_recipe(teacher, args.resume)}
     for name, objective in VARIANTS.items():
-        recipe = {
-            "name": name,
-            "out": str(work / name),
-            **common,
-            "tokenizer": {"source": "teacher"},
-            "teacher": {"kind": "checkpoint", "path": runs["teacher"]["student"]},
-            "student": {"preset": "tiny", "overrides": STUDENT},
-            "distill": {**sched(args.student_steps), **objective},
-        }
-        if (
-            name == "ce"
-        ):  # no teacher, but the teacher's vocabulary, so the three students differ only in their objective
-            recipe["teacher"], recipe["tokenizer"] = (
-                {"kind": "none"},
-                {"source": "file", "path": str(work / "teacher" / "tokenizer.json")},
-            )
+        recipe = {"name": name, "out": str(work / name), **common, "tokenizer": {"source": "teacher"},
+                  "teacher": {"kind": "checkpoint", "path": runs["teacher"]["student"]},
+                  "student": {"preset": "tiny", "overrides": STUDENT}, "distill": {**sched(args.student_steps), **objective}}
+        if name == "ce":  # no teacher, but the teacher's vocabulary, so the three students differ only in their objective
+            recipe["teacher"], recipe["tokenizer"] = {"kind": "none"}, {"source": "file", "path": str(work / "teacher" / "tokenizer.json")}
         runs[name] = run_recipe(recipe, args.resume)
     for name, r in runs.items():
         r["params"] = params(r["student"])

@@ -41,19 +41,12 @@ def hessian_bytes(bundle: Path) -> dict:
     for file in sorted(bundle.glob("*.onnx")):
         proto = onnx.load(str(file), load_external_data=False)
         dims = {i.name: list(i.dims) for i in proto.graph.initializer}
-        widths = {
-            n.input[0]: dims[n.input[1]][0]
-            for n in proto.graph.node
-            if n.op_type == "MatMul" and len(dims.get(n.input[1], [])) == 2
-        }
+        widths = {n.input[0]: dims[n.input[1]][0] for n in proto.graph.node
+                  if n.op_type == "MatMul" and len(dims.get(n.input[1], [])) == 2}
         if widths:
             squares = sum(k * k for k in widths.values()) * 2  # two halves (fit / check)
-            out[file.stem] = {
-                "tensors": len(widths),
-                "k_max": max(widths.values()),
-                "float64_mib": squares * 8 / 2**20,
-                "float32_mib": squares * 4 / 2**20,
-            }
+            out[file.stem] = {"tensors": len(widths), "k_max": max(widths.values()),
+                              "float64_mib": squares * 8 / 2**20, "float32_mib": squares * 4 / 2**20}
     return out
 
 
@@ -61,23 +54,8 @@ def run_quantize(code: Path, bundle: Path, calib: Path, n: int, out: Path) -> di
     """One `tiercel quantize` child with `code` first on PYTHONPATH: peak RSS, wall time, timestamped log."""
     import psutil
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "tiercel",
-        "quantize",
-        str(bundle),
-        "--out",
-        str(out),
-        "--scheme",
-        "int4-weight-only",
-        "--calib",
-        str(calib),
-        "--n",
-        str(n),
-        "--n-val",
-        "0",
-    ]
+    cmd = [sys.executable, "-m", "tiercel", "quantize", str(bundle), "--out", str(out), "--scheme", "int4-weight-only",
+           "--calib", str(calib), "--n", str(n), "--n-val", "0"]
     env = {**os.environ, "PYTHONPATH": str(code), "COLUMNS": "200"}
     start = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=code)
@@ -100,35 +78,17 @@ def run_quantize(code: Path, bundle: Path, calib: Path, n: int, out: Path) -> di
     sampler.start()
     for line in child.stdout:
         if line.strip():
-            log.append(
-                {
-                    "s": round(time.perf_counter() - start, 1),
-                    "rss_mib": round(rss["now"] / 2**20),
-                    "line": line.rstrip(),
-                }
-            )
+            log.append({"s": round(time.perf_counter() - start, 1), "rss_mib": round(rss["now"] / 2**20), "line": line.rstrip()})
     child.wait()
     sampler.join()
     if child.returncode:
         raise SystemExit(f"tiercel quantize failed on {code}: " + (log[-1]["line"] if log else "no output"))
     manifest = json.loads((out / "manifest.json").read_text())
-    where = subprocess.run(
-        [sys.executable, "-c", "import tiercel; print(tiercel.__file__)"],
-        env=env,
-        cwd=code,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return {
-        "code": where,
-        "wall_s": time.perf_counter() - start,
-        "peak_rss_mib": rss["peak"] / 2**20,
-        "peak_at_s": rss["at"],
-        "bundle_bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file()),
-        "rounding": rounding_rows(manifest),
-        "log": log,
-        "rss_timeline_s_mib": timeline,
-    }
+    where = subprocess.run([sys.executable, "-c", "import tiercel; print(tiercel.__file__)"], env=env, cwd=code,
+                           capture_output=True, text=True).stdout.strip()
+    return {"code": where, "wall_s": time.perf_counter() - start, "peak_rss_mib": rss["peak"] / 2**20,
+            "peak_at_s": rss["at"], "bundle_bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file()),
+            "rounding": rounding_rows(manifest), "log": log, "rss_timeline_s_mib": timeline}
 
 
 def rounding_rows(manifest: dict) -> dict:
@@ -147,14 +107,9 @@ def compare(base: dict, new: dict) -> dict:
     for graph, rows in new.items():
         old = base.get(graph, {})
         common = [n for n in rows if n in old]
-        out[graph] = {
-            "layers": len(rows),
-            "method_differs": sum(rows[n]["method"] != old[n]["method"] for n in common),
-            "sum_error_gptq": {
-                "baseline": sum(old[n].get("error_gptq", 0.0) for n in common),
-                "this": sum(rows[n].get("error_gptq", 0.0) for n in common),
-            },
-        }
+        out[graph] = {"layers": len(rows), "method_differs": sum(rows[n]["method"] != old[n]["method"] for n in common),
+                      "sum_error_gptq": {"baseline": sum(old[n].get("error_gptq", 0.0) for n in common),
+                                         "this": sum(rows[n].get("error_gptq", 0.0) for n in common)}}
     return out
 
 
@@ -166,49 +121,27 @@ def main() -> None:
     ap.add_argument("--baseline", help="git revision to measure first, the same way")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/gptq_memory_cpu.json"))
     args = ap.parse_args()
-    result = {
-        "command": "python benchmarks/gptq_memory_cpu.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "bundle": str(args.bundle),
-        "n": args.n,
-        "hessians": hessian_bytes(args.bundle),
-        "runs": {},
-    }
+    result = {"command": "python benchmarks/gptq_memory_cpu.py " + " ".join(sys.argv[1:]), "machine": machine(),
+              "bundle": str(args.bundle), "n": args.n, "hessians": hessian_bytes(args.bundle), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="tiercel-gptqmem-") as tmp:
         sides = {}
         if args.baseline:
-            rev = subprocess.run(
-                ["git", "rev-parse", "--short", args.baseline], cwd=REPO, capture_output=True, text=True, check=True
-            ).stdout.strip()
-            subprocess.run(
-                ["git", "worktree", "add", "--detach", f"{tmp}/baseline", rev],
-                cwd=REPO,
-                check=True,
-                capture_output=True,
-            )
+            rev = subprocess.run(["git", "rev-parse", "--short", args.baseline], cwd=REPO, capture_output=True, text=True,
+                                 check=True).stdout.strip()
+            subprocess.run(["git", "worktree", "add", "--detach", f"{tmp}/baseline", rev], cwd=REPO, check=True,
+                           capture_output=True)
             sides[f"baseline {rev}"] = Path(tmp) / "baseline"
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
-        ).stdout
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout
         sides[f"this {head}{' + uncommitted changes' if dirty.strip() else ''}"] = REPO
         try:
             for label, code in sides.items():
-                run = run_quantize(
-                    code, args.bundle.resolve(), args.calib.resolve(), args.n, Path(tmp) / f"out-{label.split()[0]}"
-                )
+                run = run_quantize(code, args.bundle.resolve(), args.calib.resolve(), args.n, Path(tmp) / f"out-{label.split()[0]}")
                 result["runs"][label] = run
-                print(
-                    f"{label}: peak RSS {run['peak_rss_mib']:.0f} MiB at {run['peak_at_s']:.0f} s, {run['wall_s']:.0f} s",
-                    flush=True,
-                )
+                print(f"{label}: peak RSS {run['peak_rss_mib']:.0f} MiB at {run['peak_at_s']:.0f} s, {run['wall_s']:.0f} s", flush=True)
         finally:
             if args.baseline:
-                subprocess.run(
-                    ["git", "worktree", "remove", "--force", f"{tmp}/baseline"], cwd=REPO, capture_output=True
-                )
+                subprocess.run(["git", "worktree", "remove", "--force", f"{tmp}/baseline"], cwd=REPO, capture_output=True)
     runs = list(result["runs"].values())
     if len(runs) == 2:
         result["peak_rss_ratio"] = runs[1]["peak_rss_mib"] / runs[0]["peak_rss_mib"]

@@ -84,16 +84,8 @@ PATHS = ("eager", "ort", "ort_bound", "torch_static", "torch_graphs", "torch_gra
 BUNDLE_PATHS = {"ort", "ort_bound", "tensorrt"}  # the paths that need the exported fp16 bundle
 PRESETS = ("florence2-base", "florence2-large")
 TARGETS = {"decode_speedup": (">=", 5.0), "all_tasks_speedup": (">=", 3.0)}
-REFERENCE = {
-    "florence2-base": {
-        "gpu": "H100",
-        "what": "transformers eager fp16 (issue 9)",
-        "vision_ms": 17.0,
-        "decode_ms_per_token": 4.8,
-        "all_tasks_ms": 337.0,
-        "all_tasks": "14 tasks x 33 tokens, batched",
-    }
-}
+REFERENCE = {"florence2-base": {"gpu": "H100", "what": "transformers eager fp16 (issue 9)", "vision_ms": 17.0,
+                                "decode_ms_per_token": 4.8, "all_tasks_ms": 337.0, "all_tasks": "14 tasks x 33 tokens, batched"}}
 
 
 def parse_args() -> argparse.Namespace:
@@ -108,11 +100,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--out", type=Path, help="JSON file (default on cuda: benchmarks/results/gpu_<gpu name>.json)")
     ap.add_argument("--work", type=Path, default=HERE / "work" / "gpu", help="where the presets' bundles are written")
     ap.add_argument("--export-only", action="store_true", help="build and export the presets' bundles, measure nothing")
-    ap.add_argument(
-        "--reuse",
-        action="store_true",
-        help="use a bundle already in --work when its manifest names this preset's weights (state hash)",
-    )
+    ap.add_argument("--reuse", action="store_true",
+                    help="use a bundle already in --work when its manifest names this preset's weights (state hash)")
     args = ap.parse_args()
     if args.check:
         args.device, args.preset, args.runs, args.all_runs = "cpu", args.preset or ["tiny"], 2, 2
@@ -132,15 +121,9 @@ def gpu_info(device: str) -> dict:
     import torch
     import transformers
 
-    info = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "transformers": transformers.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnxruntime_providers": onnxruntime.get_available_providers(),
-    }
+    info = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda, "transformers": transformers.__version__,
+            "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers()}
     if importlib.util.find_spec("tensorrt"):
         import tensorrt
 
@@ -148,22 +131,11 @@ def gpu_info(device: str) -> dict:
     info.update(host_cpu=cpu_model(), host_cores=os.cpu_count(), load_average_at_start=list(os.getloadavg()))
     if device != "cuda":
         return {"name": "cpu", "check_run": True, **info}
-    smi = (
-        subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()
-    )
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                          "--format=csv,noheader"], capture_output=True, text=True).stdout.strip().splitlines()
     fields = [f.strip() for f in smi[0].split(",")] if smi else []
-    return {
-        "name": torch.cuda.get_device_name(0),
-        "nvidia_smi": dict(zip(("name", "driver", "memory", "max_sm_clock"), fields)),
-        "multiprocessors": torch.cuda.get_device_properties(0).multi_processor_count,
-        **info,
-    }
+    return {"name": torch.cuda.get_device_name(0), "nvidia_smi": dict(zip(("name", "driver", "memory", "max_sm_clock"), fields)),
+            "multiprocessors": torch.cuda.get_device_properties(0).multi_processor_count, **info}
 
 
 def slug(name: str) -> str:
@@ -188,9 +160,7 @@ def build_and_export(preset: str, paths: list[str], work: Path, log, reuse: bool
     from tiercel.models.presets import get_preset
     from tiercel.runtime.tokenizer import train_bpe
 
-    tok = train_bpe(
-        ["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50, vocab_size=300
-    )
+    tok = train_bpe(["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50, vocab_size=300)
     model = build(preset, seed=0, image_token_id=tok.image_id, vocab_size=max(get_preset(preset).vocab_size, len(tok)))
     if not BUNDLE_PATHS & set(paths):
         return model, tok, None, None  # eager and the torch paths run the model itself
@@ -222,14 +192,12 @@ def open_paths(model, tok, bundle: Path, names: list[str], device: str, failed: 
     eager = TorchPredictor(copy.deepcopy(model).to(device=device, dtype=dtype), tok)
     eager.device_preprocess = False  # the baseline preprocesses on the host, as the transformers processor does
     paths = {"eager": eager}
-    opens = {
-        "torch_graphs": lambda: GraphedPredictor(eager.model, tok),
-        "torch_graphs_split": lambda: GraphedPredictor(eager.model, tok, fuse_qkv=False),
-        "torch_static": lambda: GraphedPredictor(eager.model, tok, graphs=False),
-        "ort": lambda: rt.load(bundle, device=device, io_binding=False),
-        "ort_bound": lambda: rt.load(bundle, device=device, io_binding=True),
-        "tensorrt": lambda: rt.load(bundle, backend="tensorrt"),
-    }
+    opens = {"torch_graphs": lambda: GraphedPredictor(eager.model, tok),
+             "torch_graphs_split": lambda: GraphedPredictor(eager.model, tok, fuse_qkv=False),
+             "torch_static": lambda: GraphedPredictor(eager.model, tok, graphs=False),
+             "ort": lambda: rt.load(bundle, device=device, io_binding=False),
+             "ort_bound": lambda: rt.load(bundle, device=device, io_binding=True),
+             "tensorrt": lambda: rt.load(bundle, backend="tensorrt")}
     for name in (n for n in names if n != "eager"):
         try:
             paths[name] = opens[name]()
@@ -256,31 +224,20 @@ def all_tasks(paths: dict, image: np.ndarray, runs: int, log, now=time.perf_coun
         for name, m in paths.items():
             rows[name].append(once(m))
         log(f"14-task round {i + 1}/{runs}: " + ", ".join(f"{n} {r[-1]:.0f} ms" for n, r in rows.items()))
-    out = {
-        "what": f"one run_all of the {len(tasks.TAGS)} tasks (PIX_CHG's pair batched with the image), {NEW_TOKENS} tokens each",
-        **{n: {"total_ms": statistics.median(r), "total_ms_per_run": r} for n, r in rows.items()},
-    }
+    out = {"what": f"one run_all of the {len(tasks.TAGS)} tasks (PIX_CHG's pair batched with the image), {NEW_TOKENS} tokens each",
+           **{n: {"total_ms": statistics.median(r), "total_ms_per_run": r} for n, r in rows.items()}}
     # where the time goes: 3 more interleaved rounds under the stage timer (its clock syncs the GPU at every stage
     # boundary, so these totals are not the timed ones above); medians per stage
     profiled = {n: [] for n in paths}
     for _ in range(3):
         for name, m in paths.items():
-            profiled[name].append(
-                profile_round(
-                    m, now, lambda m=m: m.run_all(image, list(tasks.TAGS), texts, regions, image2=after, **gen)
-                )
-            )
+            profiled[name].append(profile_round(m, now, lambda m=m: m.run_all(image, list(tasks.TAGS), texts, regions, image2=after, **gen)))
     for name, rounds in profiled.items():
-        out[name]["profiled_rounds"] = p = {
-            "total_ms": statistics.median(r["total_ms"] for r in rounds),
-            "stages_ms": {k: statistics.median(r["stages_ms"][k] for r in rounds) for k in rounds[0]["stages_ms"]},
-            "rounds": rounds,
-        }
-        log(
-            f"14 tasks, {name}, profiled (median of 3): total {p['total_ms']:.1f}: "
-            + ", ".join(f"{k} {v:.1f}" for k, v in p["stages_ms"].items())
-            + " ms"
-        )
+        out[name]["profiled_rounds"] = p = {"total_ms": statistics.median(r["total_ms"] for r in rounds),
+                                            "stages_ms": {k: statistics.median(r["stages_ms"][k] for r in rounds) for k in rounds[0]["stages_ms"]},
+                                            "rounds": rounds}
+        log(f"14 tasks, {name}, profiled (median of 3): total {p['total_ms']:.1f}: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in p["stages_ms"].items()) + " ms")
     return out
 
 
@@ -305,15 +262,9 @@ def verdicts(stages: dict, every: dict) -> dict:
         if name == "eager":
             continue
         s = stages[name]["stages_ms"]
-        out[name] = {
-            "speedup_vs_eager": {
-                k: eager[k] / s[k] for k in ("vision", "first_token", "decode_token", "end_to_end") if s[k] > 0
-            },
-            "decode_speedup": check(eager["decode_token"] / s["decode_token"], TARGETS["decode_speedup"]),
-            "all_tasks_speedup": check(
-                every["eager"]["total_ms"] / every[name]["total_ms"], TARGETS["all_tasks_speedup"]
-            ),
-        }
+        out[name] = {"speedup_vs_eager": {k: eager[k] / s[k] for k in ("vision", "first_token", "decode_token", "end_to_end") if s[k] > 0},
+                     "decode_speedup": check(eager["decode_token"] / s["decode_token"], TARGETS["decode_speedup"]),
+                     "all_tasks_speedup": check(every["eager"]["total_ms"] / every[name]["total_ms"], TARGETS["all_tasks_speedup"])}
     return out
 
 
@@ -321,22 +272,15 @@ def run_preset(preset: str, args, now, log) -> dict:
     import torch
 
     work = args.work / preset
-    skipped = (
-        {"tensorrt": tensorrt_skip(args.device)} if "tensorrt" in args.paths and tensorrt_skip(args.device) else {}
-    )
+    skipped = {"tensorrt": tensorrt_skip(args.device)} if "tensorrt" in args.paths and tensorrt_skip(args.device) else {}
     names = [p for p in args.paths if p not in skipped]
     model, tok, bundle, export_s = build_and_export(preset, names, work, log, reuse=args.reuse)
     paths = open_paths(model, tok, bundle, names, args.device, skipped)
     image = profile_image(paths["eager"].pre.size)
-    result = {
-        "export_s": export_s,
-        "skipped": skipped,
-        "image_size": list(image.shape[:2]),
-        "preprocess_on": {n: "device" if getattr(m, "device_preprocess", False) else "host" for n, m in paths.items()},
-        "eager_dtype": str(paths["eager"]._dtype),
-        "attn_implementation": paths["eager"].model.config._attn_implementation,
-        "reference": REFERENCE.get(preset),
-    }
+    result = {"export_s": export_s, "skipped": skipped, "image_size": list(image.shape[:2]),
+              "preprocess_on": {n: "device" if getattr(m, "device_preprocess", False) else "host" for n, m in paths.items()},
+              "eager_dtype": str(paths["eager"]._dtype), "attn_implementation": paths["eager"].model.config._attn_implementation,
+              "reference": REFERENCE.get(preset)}
     result["stages"] = stage_rounds(paths, image, args.task, args.runs, log, now=now)
     result["all_tasks"] = all_tasks(paths, image, args.all_runs, log, now)
     for name in ("torch_graphs", "torch_graphs_split"):  # which parts ran as CUDA graphs (True) or why not (the error)
@@ -344,9 +288,7 @@ def run_preset(preset: str, args, now, log) -> dict:
             result[f"{name}_status"] = paths[name].graph_status()
     result["targets"] = verdicts(result["stages"], result["all_tasks"])
     if args.device == "cuda":
-        result["max_memory_allocated_torch_gb"] = (
-            torch.cuda.max_memory_allocated() / 1e9
-        )  # the process so far: every torch path
+        result["max_memory_allocated_torch_gb"] = torch.cuda.max_memory_allocated() / 1e9  # the process so far: every torch path
     del paths
     return result
 
@@ -355,20 +297,11 @@ def print_summary(preset: str, r: dict, log) -> None:
     names = list(r["stages"])
     log(f"{preset}: {'ms (median)':<16}" + "".join(f"{n:>14}" for n in names))
     for stage in ("vision", "encoder", "first_token", "decode_token", "end_to_end"):
-        log(
-            f"{'':<{len(preset) + 2}}{stage:<16}"
-            + "".join(f"{r['stages'][n]['stages_ms'][stage]:>14.2f}" for n in names)
-        )
+        log(f"{'':<{len(preset) + 2}}{stage:<16}" + "".join(f"{r['stages'][n]['stages_ms'][stage]:>14.2f}" for n in names))
     log(f"{'':<{len(preset) + 2}}{'14 tasks':<16}" + "".join(f"{r['all_tasks'][n]['total_ms']:>14.1f}" for n in names))
     for name, v in r["targets"].items():
-        log(
-            f"  {name}: "
-            + "; ".join(
-                f"{k} {c['value']}x ({c['target']}: {'met' if c['met'] else 'MISSED'})"
-                for k, c in v.items()
-                if k != "speedup_vs_eager"
-            )
-        )
+        log(f"  {name}: " + "; ".join(f"{k} {c['value']}x ({c['target']}: {'met' if c['met'] else 'MISSED'})"
+                                     for k, c in v.items() if k != "speedup_vs_eager"))
 
 
 def main() -> None:
@@ -383,20 +316,10 @@ def main() -> None:
     started = time.perf_counter()
     info = gpu_info(args.device)
     out = args.out or HERE / "results" / f"gpu_{slug(info['name'])}.json"
-    result = {
-        "command": "python benchmarks/gpu.py " + " ".join(sys.argv[1:]),
-        "gpu": info,
-        "device": args.device,
-        "task": args.task,
-        "batch": 1,
-        "new_tokens": NEW_TOKENS,
-        "num_beams": 1,
-        "runs": args.runs,
-        "all_runs": args.all_runs,
-        "bundle_precision": "fp16",
-        "targets": {k: f"{o} {v}" for k, (o, v) in TARGETS.items()},
-        "presets": {},
-    }
+    result = {"command": "python benchmarks/gpu.py " + " ".join(sys.argv[1:]), "gpu": info, "device": args.device,
+              "task": args.task, "batch": 1, "new_tokens": NEW_TOKENS, "num_beams": 1, "runs": args.runs,
+              "all_runs": args.all_runs, "bundle_precision": "fp16", "targets": {k: f"{o} {v}" for k, (o, v) in TARGETS.items()},
+              "presets": {}}
     now = device_clock(args.device)
     for preset in args.preset:
         result["presets"][preset] = r = run_preset(preset, args, now, log)

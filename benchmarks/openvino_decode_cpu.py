@@ -46,23 +46,14 @@ def export_base(work: Path) -> Path:
     from tiercel.models.presets import get_preset
     from tiercel.runtime.tokenizer import train_bpe
 
-    tok = train_bpe(
-        ["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50, vocab_size=300
-    )
-    model = build(
-        "florence2-base",
-        seed=0,
-        image_token_id=tok.image_id,
-        vocab_size=max(get_preset("florence2-base").vocab_size, len(tok)),
-    )
+    tok = train_bpe(["Describe the image.", "Detect all airplane in the image.", "A harbor with ships."] * 50, vocab_size=300)
+    model = build("florence2-base", seed=0, image_token_id=tok.image_id, vocab_size=max(get_preset("florence2-base").vocab_size, len(tok)))
     return export_model(model, tok, work / "fp32", backends=("onnxruntime", "openvino"), parity=False, overwrite=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--bundle", type=Path, help="an fp32 bundle with onnxruntime and openvino graphs (default: export one)"
-    )
+    ap.add_argument("--bundle", type=Path, help="an fp32 bundle with onnxruntime and openvino graphs (default: export one)")
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/openvino_decode_cpu.json"))
     args = ap.parse_args()
@@ -71,13 +62,8 @@ def main() -> None:
     from tiercel.runtime import read_bundle
     from tiercel.runtime.backends import get_backend
 
-    result = {
-        "command": "python benchmarks/openvino_decode_cpu.py " + " ".join(os.sys.argv[1:]),
-        "machine": machine(),
-        "steps": STEPS,
-        "past": PAST,
-        "runs": args.runs,
-    }
+    result = {"command": "python benchmarks/openvino_decode_cpu.py " + " ".join(os.sys.argv[1:]), "machine": machine(),
+              "steps": STEPS, "past": PAST, "runs": args.runs}
     with tempfile.TemporaryDirectory(prefix="tiercel-ovdec-") as tmp:
         bundle = read_bundle(args.bundle or export_base(Path(tmp)))
         shape, rng = bundle.manifest.model.model_dump(), np.random.default_rng(0)
@@ -93,28 +79,13 @@ def main() -> None:
         timer = lambda session: {"vision": lambda: None, "steps": STEPS, "decode": decode_steps(session, base, STEPS)}  # noqa: E731
         timers = {name: timer(ov.open(ir, ov.devices[0], None)) for name, ir in irs.items()}
         ort_file = bundle.root / bundle.entries("onnxruntime")["decoder_with_past_model"].file
-        for phase, extra in (
-            ("alone", {}),
-            ("with_onnxruntime", {"ort-fp32": timer(ort.open(ort_file, ort.devices[0], None))}),
-        ):
+        for phase, extra in (("alone", {}), ("with_onnxruntime", {"ort-fp32": timer(ort.open(ort_file, ort.devices[0], None))})):
             timing = time_interleaved({**timers, **extra}, args.runs)
             ref = timing["ov-fp32"]["decode_ms_per_token"]
-            result[phase] = {
-                name: {
-                    "decode_ms_per_token": t["decode_ms_per_token"],
-                    "speedup_vs_ov_fp32": ref / t["decode_ms_per_token"],
-                }
-                for name, t in timing.items()
-            }
-            print(
-                phase
-                + ": "
-                + ", ".join(
-                    f"{n} {r['decode_ms_per_token']:.2f} ms ({r['speedup_vs_ov_fp32']:.2f}x)"
-                    for n, r in result[phase].items()
-                ),
-                flush=True,
-            )
+            result[phase] = {name: {"decode_ms_per_token": t["decode_ms_per_token"], "speedup_vs_ov_fp32": ref / t["decode_ms_per_token"]}
+                             for name, t in timing.items()}
+            print(phase + ": " + ", ".join(f"{n} {r['decode_ms_per_token']:.2f} ms ({r['speedup_vs_ov_fp32']:.2f}x)"
+                                           for n, r in result[phase].items()), flush=True)
     result["machine"]["loadavg_end"] = os.getloadavg()
     write_json(args.out, result)  # atomic: a crash leaves the previous results file whole
     print(f"wrote {args.out}")

@@ -75,11 +75,8 @@ def bundle_timers(bundle: Path, backend: str, steps: int = 16, past: int = 32, p
     vision = spec.open(b.root / entries["vision_encoder"].file, spec.devices[0], None)
     pixels = rng.standard_normal((1, 3, size, size), dtype=np.float32)
     dec = spec.open(b.root / entries["decoder_with_past_model"].file, spec.devices[0], None)
-    return {
-        "vision": lambda: vision.run({"pixel_values": pixels}),
-        "steps": steps,
-        "decode": decode_steps(dec, decoder_feeds(shape, rng, past, prompt), steps),
-    }
+    return {"vision": lambda: vision.run({"pixel_values": pixels}), "steps": steps,
+            "decode": decode_steps(dec, decoder_feeds(shape, rng, past, prompt), steps)}
 
 
 def decoder_feeds(shape: dict, rng, past: int, prompt: int) -> dict:
@@ -87,31 +84,19 @@ def decoder_feeds(shape: dict, rng, past: int, prompt: int) -> dict:
     encoder's K/V over the image tokens + `prompt`, one token's embedding and the encoder mask."""
     d, heads, layers = shape["d_model"], shape["attention_heads"], shape["decoder_layers"]
     enc = shape["image_tokens"] + prompt
-    feeds = {
-        f"past_key_values.{i}.{w}.{k}": rng.standard_normal(
-            (1, heads, past if w == "decoder" else enc, d // heads), dtype=np.float32
-        )
-        for i in range(layers)
-        for w in ("decoder", "encoder")
-        for k in ("key", "value")
-    }
-    return {
-        **feeds,
-        "inputs_embeds": rng.standard_normal((1, 1, d), dtype=np.float32),
-        "encoder_attention_mask": np.ones((1, enc), np.int64),
-    }
+    feeds = {f"past_key_values.{i}.{w}.{k}": rng.standard_normal((1, heads, past if w == "decoder" else enc, d // heads), dtype=np.float32)
+             for i in range(layers) for w in ("decoder", "encoder") for k in ("key", "value")}
+    return {**feeds, "inputs_embeds": rng.standard_normal((1, 1, d), dtype=np.float32),
+            "encoder_attention_mask": np.ones((1, enc), np.int64)}
 
 
 def decode_steps(session, base: dict, steps: int):
     """A callable running `steps` decoder_with_past steps from `base`, each step's present.* fed back as past."""
-
     def decode():
         feeds = dict(base)
         for _ in range(steps):
             out = session.run(feeds)
-            feeds.update(
-                {f"past_key_values.{k[len('present.') :]}": v for k, v in out.items() if k.startswith("present.")}
-            )
+            feeds.update({f"past_key_values.{k[len('present.'):]}": v for k, v in out.items() if k.startswith("present.")})
 
     return decode
 
@@ -134,13 +119,9 @@ def time_interleaved(timers: dict, runs: int) -> dict:
                 start = time.perf_counter()
                 t[kind]()
                 rows[name][kind].append(time.perf_counter() - start)
-    return {
-        name: {
-            "vision_ms": 1000 * statistics.median(r["vision"]),
-            "decode_ms_per_token": 1000 * statistics.median(r["decode"]) / timers[name]["steps"],
-        }
-        for name, r in rows.items()
-    }
+    return {name: {"vision_ms": 1000 * statistics.median(r["vision"]),
+                   "decode_ms_per_token": 1000 * statistics.median(r["decode"]) / timers[name]["steps"]}
+            for name, r in rows.items()}
 
 
 def sizes(bundle: Path, backend: str) -> dict:
@@ -150,12 +131,8 @@ def sizes(bundle: Path, backend: str) -> dict:
     entries = b.entries(backend)
     size = lambda e: sum((b.root / f).stat().st_size for f in [e.file, *e.extra_files])  # noqa: E731
     per = {n: size(e) for n, e in entries.items()}
-    return {
-        "bundle_bytes": sum(per.values()),
-        "decoder_bytes": per["decoder_model"] + per["decoder_with_past_model"],
-        "vision_bytes": per["vision_encoder"],
-        "graphs": per,
-    }
+    return {"bundle_bytes": sum(per.values()), "decoder_bytes": per["decoder_model"] + per["decoder_with_past_model"],
+            "vision_bytes": per["vision_encoder"], "graphs": per}
 
 
 def run_variants(fp32: Path, work: Path, calib, runs: int, n_calib: int, n_val: int, log, variants=None) -> dict:
@@ -169,20 +146,10 @@ def run_variants(fp32: Path, work: Path, calib, runs: int, n_calib: int, n_val: 
         row = {"backend": runtime, "scheme": scheme or "fp32"}
         if scheme:
             t = time.perf_counter()
-            section = quantize_bundle(
-                fp32,
-                work / name,
-                scheme,
-                calib=calib if scheme == "int8-static" else None,
-                n=n_calib,
-                n_val=n_val,
-                backend=qbackend,
-                max_new_tokens=8,
-                overwrite=True,
-            )
-            row.update(
-                quantize_s=time.perf_counter() - t, guard=section.guard.model_dump(), choices=choices(work / name)
-            )
+            section = quantize_bundle(fp32, work / name, scheme, calib=calib if scheme == "int8-static" else None,
+                                      n=n_calib, n_val=n_val, backend=qbackend, max_new_tokens=8,
+                                      overwrite=True)
+            row.update(quantize_s=time.perf_counter() - t, guard=section.guard.model_dump(), choices=choices(work / name))
             bundle = work / name
         row.update(sizes(bundle, runtime))
         results[name], timers[name] = row, bundle_timers(bundle, runtime)
@@ -191,12 +158,10 @@ def run_variants(fp32: Path, work: Path, calib, runs: int, n_calib: int, n_val: 
         log(f"{name}: {json.dumps({k: v for k, v in results[name].items() if k not in ('graphs', 'guard')})}")
     for name, row in results.items():  # ratios against the same backend's fp32
         ref = results[f"{name.split('-')[0]}-fp32"]
-        row["ratios"] = {
-            "bundle_size": row["bundle_bytes"] / ref["bundle_bytes"],
-            "decoder_size": row["decoder_bytes"] / ref["decoder_bytes"],
-            "vision_speedup": ref["vision_ms"] / row["vision_ms"],
-            "decode_speedup": ref["decode_ms_per_token"] / row["decode_ms_per_token"],
-        }
+        row["ratios"] = {"bundle_size": row["bundle_bytes"] / ref["bundle_bytes"],
+                         "decoder_size": row["decoder_bytes"] / ref["decoder_bytes"],
+                         "vision_speedup": ref["vision_ms"] / row["vision_ms"],
+                         "decode_speedup": ref["decode_ms_per_token"] / row["decode_ms_per_token"]}
     return results
 
 
@@ -229,12 +194,8 @@ def shape_benchmark(preset: str, runs: int, n_calib: int, work: Path, log, varia
     log(f"exported {preset} in {time.perf_counter() - t:.0f} s")
     del model
     calib = generate(work / "synth", n=42, size=64, workers=1) and work / "synth"
-    return {
-        "preset": preset,
-        "export_s": time.perf_counter() - t,
-        "n_calib": n_calib,
-        "variants": run_variants(fp32, work, calib, runs, n_calib, 0, log, variants),
-    }
+    return {"preset": preset, "export_s": time.perf_counter() - t, "n_calib": n_calib,
+            "variants": run_variants(fp32, work, calib, runs, n_calib, 0, log, variants)}
 
 
 STUDENT_VARIANTS = {  # name -> (scheme, quantize_bundle keyword arguments); max_drop: the issue's targets
@@ -255,18 +216,14 @@ def rounding(bundle: Path) -> dict:
     for g in json.loads((bundle / "manifest.json").read_text())["graphs"]:
         rows = [r for r in g.get("quantization", {}).get("rounding", []) if "error_rtn" in r]
         if rows:
-            out[g["name"]] = {
-                "layers": len(rows),
-                "gptq": sum(r["method"] == "gptq" for r in rows),
-                "error_rtn": round(sum(r["error_rtn"] for r in rows), 4),
-                "error_gptq": round(sum(r["error_gptq"] for r in rows), 4),
-            }
+            out[g["name"]] = {"layers": len(rows), "gptq": sum(r["method"] == "gptq" for r in rows),
+                              "error_rtn": round(sum(r["error_rtn"] for r in rows), 4),
+                              "error_gptq": round(sum(r["error_gptq"] for r in rows), 4)}
     return out
 
 
-def student_benchmark(
-    student: Path, data: Path, runs: int, n_calib: int, n_val: int, work: Path, log, variants=None
-) -> dict:
+def student_benchmark(student: Path, data: Path, runs: int, n_calib: int, n_val: int, work: Path, log,
+                      variants=None) -> dict:
     import tiercel.runtime
     from tiercel.errors import TiercelError
     from tiercel.export.bundle import export_checkpoint
@@ -283,53 +240,30 @@ def student_benchmark(
             bundle = work / f"student-{name}"
             start = time.perf_counter()
             try:
-                section = quantize_bundle(
-                    fp32, bundle, scheme, calib=data, n=n_calib, n_val=n_val, overwrite=True, log=log, **kwargs
-                )
+                section = quantize_bundle(fp32, bundle, scheme, calib=data, n=n_calib, n_val=n_val, overwrite=True,
+                                          log=log, **kwargs)
             except TiercelError as err:  # the guard gave up: record why, score nothing
                 out[name] = {**row, "error": str(err)}
                 log(f"student {name}: {err}")
                 continue
             g = section.guard.model_dump()
-            row.update(
-                quantize_s=time.perf_counter() - start,
-                guard={
-                    k: g.get(k)
-                    for k in (
-                        "passed",
-                        "samples",
-                        "drop",
-                        "drop_bound",
-                        "confidence",
-                        "token_agreement",
-                        "fp32_average",
-                        "quantized_average",
-                        "caution",
-                    )
-                },
-                guard_attempts=len(g.get("attempts", [])),
-                layers_kept=g["attempts"][-1]["kept"],
-                rounding=rounding(bundle),
-            )
+            row.update(quantize_s=time.perf_counter() - start, guard={
+                k: g.get(k) for k in ("passed", "samples", "drop", "drop_bound", "confidence", "token_agreement", "fp32_average",
+                                    "quantized_average", "caution")},
+                guard_attempts=len(g.get("attempts", [])), layers_kept=g["attempts"][-1]["kept"],
+                rounding=rounding(bundle))
         model = tiercel.runtime.load(bundle)
         ids = guard.run_samples(model, test, max_new_tokens=256)
         scores = guard.headlines(model.tokenizer, test, ids, model.dialect)
         average = sum(v for v in scores.values() if v == v) / max(1, sum(v == v for v in scores.values()))
         ref = ref or {"ids": ids, "average": average}
-        row.update(
-            test_samples=len(test),
-            per_task=scores,
-            average=average,
-            test_drop=(ref["average"] - average) / ref["average"] if ref["average"] else 0.0,
-            test_token_agreement=sum(map(guard.agreement, ref["ids"], ids)) / len(ids),
-            **sizes(bundle, "onnxruntime"),
-            **time_bundle(bundle, "onnxruntime", runs),
-        )
+        row.update(test_samples=len(test), per_task=scores, average=average,
+                   test_drop=(ref["average"] - average) / ref["average"] if ref["average"] else 0.0,
+                   test_token_agreement=sum(map(guard.agreement, ref["ids"], ids)) / len(ids),
+                   **sizes(bundle, "onnxruntime"), **time_bundle(bundle, "onnxruntime", runs))
         out[name] = row
-        log(
-            f"student {name}: test average {average:.4f} (drop {row['test_drop']:.2%})"
-            + (f", guard on val: drop {row['guard']['drop']:.2%}, passed {row['guard']['passed']}" if scheme else "")
-        )
+        log(f"student {name}: test average {average:.4f} (drop {row['test_drop']:.2%})"
+            + (f", guard on val: drop {row['guard']['drop']:.2%}, passed {row['guard']['passed']}" if scheme else ""))
     return out
 
 
@@ -341,16 +275,11 @@ def main() -> None:
     ap.add_argument("--n-calib-student", type=int, default=128, help="calibration samples for (b)")
     ap.add_argument("--n-val", type=int, default=224, help="guard val samples for (b), balanced over tasks")
     ap.add_argument("--skip-shape", action="store_true", help="only (b)")
-    ap.add_argument(
-        "--variants",
-        help=f"comma-separated subset of (a)'s bundles: {', '.join(VARIANTS)} (each quantised "
-        "bundle needs its backend's fp32 beside it, for the ratios)",
-    )
+    ap.add_argument("--variants", help=f"comma-separated subset of (a)'s bundles: {', '.join(VARIANTS)} (each quantised "
+                    "bundle needs its backend's fp32 beside it, for the ratios)")
     ap.add_argument("--student", type=Path)
     ap.add_argument("--data", type=Path)
-    ap.add_argument(
-        "--student-variants", help=f"comma-separated subset of (b)'s variants: {', '.join(STUDENT_VARIANTS)}"
-    )
+    ap.add_argument("--student-variants", help=f"comma-separated subset of (b)'s variants: {', '.join(STUDENT_VARIANTS)}")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quantize_cpu.json"))
     args = ap.parse_args()
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -360,28 +289,20 @@ def main() -> None:
         unknown = sorted(set(shape_variants) - set(VARIANTS))
         missing = sorted({f"{v.split('-')[0]}-fp32" for v in shape_variants} - set(shape_variants))
         if unknown or missing:
-            raise SystemExit(
-                f"--variants: unknown {unknown}, fp32 missing {missing}; choose from {', '.join(VARIANTS)}"
-            )
+            raise SystemExit(f"--variants: unknown {unknown}, fp32 missing {missing}; choose from {', '.join(VARIANTS)}")
     with tempfile.TemporaryDirectory(prefix="tiercel-qbench-") as tmp:
-        result["shape"] = (
-            None
-            if args.skip_shape
-            else shape_benchmark(args.preset, args.runs, args.n_calib, Path(tmp), log, shape_variants)
-        )
+        result["shape"] = None if args.skip_shape else shape_benchmark(args.preset, args.runs, args.n_calib, Path(tmp), log,
+                                                                       shape_variants)
         if args.student and args.data:
             variants = args.student_variants.split(",") if args.student_variants else None
             unknown = sorted(set(variants or ()) - set(STUDENT_VARIANTS))
             if unknown:
                 raise SystemExit(f"--student-variants: unknown {unknown}; choose from {', '.join(STUDENT_VARIANTS)}")
-            result["student"] = student_benchmark(
-                args.student, args.data, args.runs, args.n_calib_student, args.n_val, Path(tmp), log, variants
-            )
+            result["student"] = student_benchmark(args.student, args.data, args.runs, args.n_calib_student, args.n_val,
+                                                  Path(tmp), log, variants)
         else:
             result["student"] = None
-            log(
-                "(b) skipped: pass --student CKPT --data DIR (a trained student and its synth folder) to measure accuracy"
-            )
+            log("(b) skipped: pass --student CKPT --data DIR (a trained student and its synth folder) to measure accuracy")
     result["machine"]["loadavg_end"] = os.getloadavg()
     write_json(args.out, result)  # atomic: a crash leaves the previous results file whole
     log(f"wrote {args.out}")

@@ -98,22 +98,14 @@ BACKENDS = ("onnxruntime", "openvino")
 BF16 = {"INFERENCE_PRECISION_HINT": "bf16"}  # the openvino-bf16 path's compile property (--bf16)
 TARGETS = {"end_to_end_speedup": (">=", 1.5), "decode_vs_bound": ("<=", 1.5), "all_tasks_speedup": (">=", 5.0)}
 # reported stage -> the StageTimer stages it sums
-STAGES = {
-    "preprocess": ("preprocess",),
-    "vision": ("vision_encoder",),
-    "encoder": ("embed_tokens", "text_encoder"),
-    "first_token": ("first_token",),
-    "generate_overhead": ("generate_overhead",),
-    "postprocess": ("postprocess",),
-}
+STAGES = {"preprocess": ("preprocess",), "vision": ("vision_encoder",), "encoder": ("embed_tokens", "text_encoder"),
+          "first_token": ("first_token",), "generate_overhead": ("generate_overhead",), "postprocess": ("postprocess",)}
 
 
 def cpu_model() -> str:
     """The CPU's model name as lscpu gives it."""
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next(
-        (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), platform.processor()
-    )
+    return next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), platform.processor())
 
 
 def machine() -> dict:
@@ -124,22 +116,11 @@ def machine() -> dict:
     import transformers
 
     flags = open("/proc/cpuinfo").read()
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "avx2": " avx2" in flags,
-        "avx512_vnni": "avx512_vnni" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx_bf16": "amx_bf16" in flags,
-        "loadavg_start": os.getloadavg(),
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "openvino": openvino.__version__,
-    }
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags,
+            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+            "loadavg_start": os.getloadavg(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+            "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__}
 
 
 def build_and_export(preset: str, work: Path, log):
@@ -186,9 +167,7 @@ def open_paths(model, tok, bundle: Path, threads: int | None, bf16: bool = False
         torch.set_num_threads(threads)
     eager = TorchPredictor(model, tok)  # times transformers' decoder steps itself while a timer is attached
     paths, load_s = {"eager": eager}, {}
-    opened = [(backend, backend, None) for backend in BACKENDS] + (
-        [("openvino-bf16", "openvino", BF16)] if bf16 else []
-    )
+    opened = [(backend, backend, None) for backend in BACKENDS] + ([("openvino-bf16", "openvino", BF16)] if bf16 else [])
     for name, backend, options in opened:
         t = time.perf_counter()
         paths[name] = tiercel.runtime.load(bundle, backend=backend, threads=threads, options=options)
@@ -211,10 +190,8 @@ def timed(m, fn) -> tuple[float, dict]:
     seconds, events = time.perf_counter() - start, m.timer.take()
     steps = [name for name, _ in events if name in ("first_token", "decode_token")]
     if steps != ["first_token"] + ["decode_token"] * (NEW_TOKENS - 1):
-        raise RuntimeError(
-            f"{m.backend}: expected 1 first_token and {NEW_TOKENS - 1} decode_token stages, "
-            f"got {steps.count('first_token')} and {steps.count('decode_token')}"
-        )
+        raise RuntimeError(f"{m.backend}: expected 1 first_token and {NEW_TOKENS - 1} decode_token stages, "
+                           f"got {steps.count('first_token')} and {steps.count('decode_token')}")
     return seconds, breakdown(events)
 
 
@@ -231,22 +208,16 @@ def stage_rounds(paths: dict, image: np.ndarray, task: str, runs: int, log, now=
     for i in range(1 + runs):
         for name, m in paths.items():
             rows[name].append(timed(m, lambda: m.run(image, task, **extra, **gen)))
-        log(
-            f"stage round {i}/{runs}{' (warm-up)' if i == 0 else ''}: "
-            + ", ".join(f"{n} {r[-1][0]:.2f} s" for n, r in rows.items())
-        )
+        log(f"stage round {i}/{runs}{' (warm-up)' if i == 0 else ''}: "
+            + ", ".join(f"{n} {r[-1][0]:.2f} s" for n, r in rows.items()))
     for m in paths.values():
         m.timer = None
     want, out = ids["eager"]["ids"][0], {}
     for name, r in rows.items():
         got = ids[name]["ids"][0]
         same = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-        out[name] = {
-            **summarise(r[1:]),
-            "tokens_generated": len(got),
-            "same_tokens_as_eager": got == want,
-            "leading_tokens_equal_to_eager": same,
-        }
+        out[name] = {**summarise(r[1:]), "tokens_generated": len(got), "same_tokens_as_eager": got == want,
+                     "leading_tokens_equal_to_eager": same}
     return out
 
 
@@ -256,23 +227,10 @@ def summarise(rows: list[tuple[float, dict]]) -> dict:
     stages["decode_token"] = ms([t for _, b in rows for t in b["decode_token"]])
     stages["decode_token_mean"] = ms([statistics.fmean(b["decode_token"]) for _, b in rows])
     stages["end_to_end"] = ms([s for s, _ in rows])
-    order = (
-        "preprocess",
-        "vision",
-        "encoder",
-        "first_token",
-        "decode_token",
-        "decode_token_mean",
-        "generate_overhead",
-        "postprocess",
-        "end_to_end",
-    )
-    return {
-        "stages_ms": {s: stages[s] for s in order},
-        "end_to_end_ms_per_run": [1000 * s for s, _ in rows],
-        "decode_steps_per_run": len(rows[0][1]["decode_token"]),
-        "first_token_steps_per_run": 1,
-    }
+    order = ("preprocess", "vision", "encoder", "first_token", "decode_token", "decode_token_mean", "generate_overhead",
+             "postprocess", "end_to_end")
+    return {"stages_ms": {s: stages[s] for s in order}, "end_to_end_ms_per_run": [1000 * s for s, _ in rows],
+            "decode_steps_per_run": len(rows[0][1]["decode_token"]), "first_token_steps_per_run": 1}
 
 
 def all_task_inputs(image: np.ndarray) -> tuple[dict, dict, dict, np.ndarray]:
@@ -309,25 +267,14 @@ def all_tasks_rounds(paths: dict, image: np.ndarray, runs: int, log) -> dict:
         for name, m in paths.items():
             rows[name].append(separate(m) if name == "eager" else batched(m))
             rows[name][-1]["total_ms"] = sum(rows[name][-1].values())
-        log(
-            f"14-task round {i + 1}/{runs}: "
-            + ", ".join(f"{n} {r[-1]['total_ms'] / 1000:.1f} s" for n, r in rows.items())
-        )
+        log(f"14-task round {i + 1}/{runs}: " + ", ".join(f"{n} {r[-1]['total_ms'] / 1000:.1f} s" for n, r in rows.items()))
     med = lambda name, key: statistics.median(r[key] for r in rows[name])  # noqa: E731
-    out = {
-        "tasks": list(tasks.TAGS),
-        "eager": {
-            "what": f"{len(tasks.TAGS)} separate run calls",
-            "total_ms": med("eager", "total_ms"),
-            "total_ms_per_run": [r["total_ms"] for r in rows["eager"]],
-        },
-    }
+    out = {"tasks": list(tasks.TAGS),
+           "eager": {"what": f"{len(tasks.TAGS)} separate run calls", "total_ms": med("eager", "total_ms"),
+                     "total_ms_per_run": [r["total_ms"] for r in rows["eager"]]}}
     for name in ours:
-        out[name] = {
-            "what": f"one run_all of the {len(tasks.TAGS)} tasks (vision batch 2: the image and PIX_CHG's pair)",
-            "total_ms": med(name, "total_ms"),
-            "total_ms_per_run": [r["total_ms"] for r in rows[name]],
-        }
+        out[name] = {"what": f"one run_all of the {len(tasks.TAGS)} tasks (vision batch 2: the image and PIX_CHG's pair)",
+                     "total_ms": med(name, "total_ms"), "total_ms_per_run": [r["total_ms"] for r in rows[name]]}
     return out
 
 
@@ -343,12 +290,8 @@ def decode_bound(model, m, task: str, image: np.ndarray, bandwidth: float) -> di
     meta = build(model.tiercel_shape, device="meta", image_token_id=model.config.image_token_id)  # no weights allocated
     report = model_report(meta, "benchmark", prompt_tokens=prompt_tokens, new_tokens=NEW_TOKENS)
     per_token = report.decoder_bytes_per_token("fp32")
-    return {
-        "encoder_tokens": n_img + prompt_tokens,
-        "bytes_per_token": per_token,
-        "bandwidth_gbs": bandwidth / 1e9,
-        "bound_ms": 1000 * per_token["total"] / bandwidth,
-    }
+    return {"encoder_tokens": n_img + prompt_tokens, "bytes_per_token": per_token, "bandwidth_gbs": bandwidth / 1e9,
+            "bound_ms": 1000 * per_token["total"] / bandwidth}
 
 
 def check(value: float, target: tuple[str, float]) -> dict:
@@ -362,14 +305,11 @@ def verdicts(paths: dict, bound: dict, all_tasks: dict) -> dict:
     out = {"eager": {"decode_vs_bound": check(eager["decode_token"] / bound["bound_ms"], TARGETS["decode_vs_bound"])}}
     for name in (n for n in paths if n != "eager"):
         s = paths[name]["stages_ms"]
-        out[name] = {
-            "speedup_vs_eager": {k: eager[k] / s[k] for k in s if s[k] > 0},
-            "end_to_end_speedup": check(eager["end_to_end"] / s["end_to_end"], TARGETS["end_to_end_speedup"]),
-            "decode_vs_bound": check(s["decode_token"] / bound["bound_ms"], TARGETS["decode_vs_bound"]),
-            "all_tasks_speedup": check(
-                all_tasks["eager"]["total_ms"] / all_tasks[name]["total_ms"], TARGETS["all_tasks_speedup"]
-            ),
-        }
+        out[name] = {"speedup_vs_eager": {k: eager[k] / s[k] for k in s if s[k] > 0},
+                     "end_to_end_speedup": check(eager["end_to_end"] / s["end_to_end"], TARGETS["end_to_end_speedup"]),
+                     "decode_vs_bound": check(s["decode_token"] / bound["bound_ms"], TARGETS["decode_vs_bound"]),
+                     "all_tasks_speedup": check(all_tasks["eager"]["total_ms"] / all_tasks[name]["total_ms"],
+                                                TARGETS["all_tasks_speedup"])}
     return out
 
 
@@ -380,19 +320,11 @@ def print_summary(result: dict, log) -> None:
         log(f"{stage:<18}" + "".join(f"{p['stages_ms'][stage]:>14.1f}" for p in paths.values()))
     log(f"{'14 tasks':<18}" + "".join(f"{result['all_tasks'][n]['total_ms']:>14.1f}" for n in paths))
     bound = result["decode_bound"]
-    log(
-        f"decode bound {bound['bound_ms']:.2f} ms ({bound['bytes_per_token']['total'] / 1e6:.1f} MB per token "
-        f"at {bound['bandwidth_gbs']:.1f} GB/s)"
-    )
+    log(f"decode bound {bound['bound_ms']:.2f} ms ({bound['bytes_per_token']['total'] / 1e6:.1f} MB per token "
+        f"at {bound['bandwidth_gbs']:.1f} GB/s)")
     for name, v in result["targets"].items():
-        log(
-            f"{name}: "
-            + "; ".join(
-                f"{k} {c['value']} ({c['target']}: {'met' if c['met'] else 'MISSED'})"
-                for k, c in v.items()
-                if k != "speedup_vs_eager"
-            )
-        )
+        log(f"{name}: " + "; ".join(f"{k} {c['value']} ({c['target']}: {'met' if c['met'] else 'MISSED'})"
+                                     for k, c in v.items() if k != "speedup_vs_eager"))
 
 
 def parse_args() -> argparse.Namespace:
@@ -400,20 +332,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--preset", default="florence2-base", help="model shape (random weights)")
     ap.add_argument("--runs", type=int, default=5, help="timed rounds of the single-task call (after one warm-up)")
     ap.add_argument("--all-runs", type=int, help="timed rounds of the 14-task comparison (default: 3, at most --runs)")
-    ap.add_argument(
-        "--task",
-        default="IMG_CAP",
-        choices=[t for t in tasks.TAGS if tasks.get(t).n_images == 1],
-        help="task of the single-call stage timing",
-    )
-    ap.add_argument(
-        "--threads", type=int, help="intra-op threads for torch, onnxruntime and OpenVINO (default: each library's own)"
-    )
-    ap.add_argument(
-        "--bf16",
-        action="store_true",
-        help="also time the OpenVINO bundle in bfloat16 (openvino-bf16; needs AVX512_BF16 or AMX)",
-    )
+    ap.add_argument("--task", default="IMG_CAP", choices=[t for t in tasks.TAGS if tasks.get(t).n_images == 1],
+                    help="task of the single-call stage timing")
+    ap.add_argument("--threads", type=int,
+                    help="intra-op threads for torch, onnxruntime and OpenVINO (default: each library's own)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time the OpenVINO bundle in bfloat16 (openvino-bf16; needs AVX512_BF16 or AMX)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "runtime_cpu.json")
     args = ap.parse_args()
     args.all_runs = min(3, args.runs) if args.all_runs is None else args.all_runs
@@ -429,23 +353,12 @@ def main() -> None:
 
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     started = time.perf_counter()
-    result = {
-        "command": "python benchmarks/runtime_cpu.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "preset": args.preset,
-        "task": args.task,
-        "batch": 1,
-        "new_tokens": NEW_TOKENS,
-        "num_beams": 1,
-        "runs": args.runs,
-        "all_runs": args.all_runs,
-        "generation_overrides": forced_generation(NEW_TOKENS, 1),
-    }
+    result = {"command": "python benchmarks/runtime_cpu.py " + " ".join(sys.argv[1:]), "machine": machine(),
+              "preset": args.preset, "task": args.task, "batch": 1, "new_tokens": NEW_TOKENS, "num_beams": 1,
+              "runs": args.runs, "all_runs": args.all_runs, "generation_overrides": forced_generation(NEW_TOKENS, 1)}
     work = HERE / "work" / "runtime_cpu" / args.preset
     if args.bf16 and not has_bf16():
-        raise SystemExit(
-            "--bf16: OpenVINO's CPU plugin has no BF16 here (it needs AVX512_BF16 or AMX); run without --bf16"
-        )
+        raise SystemExit("--bf16: OpenVINO's CPU plugin has no BF16 here (it needs AVX512_BF16 or AMX); run without --bf16")
     model, tok, bundle, result["export_s"] = build_and_export(args.preset, work, log)
     paths, result["load_s"] = open_paths(model, tok, bundle, args.threads, args.bf16)
     result["precision"] = {name: "bf16" if name == "openvino-bf16" else "fp32" for name in paths}
@@ -458,13 +371,9 @@ def main() -> None:
     result["paths"] = stage_rounds(paths, image, args.task, args.runs, log)
     result["all_tasks"] = all_tasks_rounds(paths, image, args.all_runs, log)
     bandwidth.append(measure_bandwidth())
-    result["bandwidth_gbs"] = {
-        "before": bandwidth[0] / 1e9,
-        "after": bandwidth[1] / 1e9,
-        "used": max(bandwidth) / 1e9,
-        "method": "roofline.measure_bandwidth: numpy copy of 128 MiB over all cores, "
-        "read+write, best of 5; the higher of before/after is used",
-    }
+    result["bandwidth_gbs"] = {"before": bandwidth[0] / 1e9, "after": bandwidth[1] / 1e9, "used": max(bandwidth) / 1e9,
+                               "method": "roofline.measure_bandwidth: numpy copy of 128 MiB over all cores, "
+                                         "read+write, best of 5; the higher of before/after is used"}
     result["decode_bound"] = decode_bound(model, paths["onnxruntime"], args.task, image, max(bandwidth))
     result["targets"] = verdicts(result["paths"], result["decode_bound"], result["all_tasks"])
     result["machine"]["loadavg_end"] = os.getloadavg()

@@ -45,9 +45,7 @@ def pytest_collection_modifyitems(config, items):
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real `tiercel` command in a subprocess; returns the completed process (text mode)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "tiercel", *args], capture_output=True, text=True, env=full_env, cwd=ROOT
-    )
+    return subprocess.run([sys.executable, "-m", "tiercel", *args], capture_output=True, text=True, env=full_env, cwd=ROOT)
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,6 @@ def wide_bundle(tokenizer) -> Path:
     from tiercel.export.bundle import export_model
     from tiercel.models import build
 
-    model = build(
-        "tiny", seed=0, vocab_size=len(tokenizer), image_token_id=tokenizer.image_id, d_model=128, ffn_dim=512
-    )
+    model = build("tiny", seed=0, vocab_size=len(tokenizer), image_token_id=tokenizer.image_id, d_model=128, ffn_dim=512)
     out = Path(tempfile.mkdtemp(prefix="tiercel-wide-")) / "bundle"
     return export_model(model, tokenizer, out, backends=("onnxruntime",), parity=False)

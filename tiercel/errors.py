@@ -53,3 +53,11 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as err:
         raise MissingDependency(module.split(".")[0], extra, purpose) from err
+
+
+def choose(what: str, value, choices) -> str:
+    """`value` when it is one of `choices`, else ValueError naming them (a pydantic validator turns it into the
+    field's error line)."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} '{value}'; choose one of: {', '.join(choices)}")
+    return value

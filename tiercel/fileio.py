@@ -55,10 +55,8 @@ def refuse_existing(dst: str | Path, overwrite: bool = False, marker: str | None
     if dst.exists() and not overwrite:
         raise TiercelError(f"{dst}: already exists; choose another output path or pass --overwrite")
     if marker and dst.is_dir() and any(dst.iterdir()) and not (dst / marker).is_file():
-        raise TiercelError(
-            f"{dst}: holds files tiercel did not write (no {marker}), so it is not replaced even "
-            "with --overwrite; choose another output path, or empty it yourself"
-        )
+        raise TiercelError(f"{dst}: holds files tiercel did not write (no {marker}), so it is not replaced even "
+                           "with --overwrite; choose another output path, or empty it yourself")
     return dst
 
 
@@ -105,9 +103,7 @@ def tidy_leftovers(dst: str | Path) -> None:
     if not dst.parent.is_dir():
         return
     pattern = re.compile(rf"\.{re.escape(dst.name)}\.(tmp|old)-(\d+)-")
-    found = [
-        (m.group(1), p) for p in dst.parent.iterdir() if (m := pattern.match(p.name)) and not _alive(int(m.group(2)))
-    ]
+    found = [(m.group(1), p) for p in dst.parent.iterdir() if (m := pattern.match(p.name)) and not _alive(int(m.group(2)))]
     for kind, path in sorted(found, key=lambda kp: kp[1].stat().st_mtime, reverse=True):
         if kind == "old" and not (dst.exists() or dst.is_symlink()):
             os.replace(path, dst)  # the newest output left aside: the run died before its replacement arrived

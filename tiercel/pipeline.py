@@ -31,16 +31,9 @@ class Pipeline:
 
     def stages(self) -> dict:
         """The stages in the order they run: name -> the method that runs it (STAGES lists the names)."""
-        return {
-            "data": self.stage_data,
-            "teacher": self.stage_teacher,
-            "distill": self.stage_distill,
-            "export": self.stage_export,
-            "quantize": self.stage_quantize,
-            "eval": self.stage_eval,
-            "profile": self.stage_profile,
-            "report": self.stage_report,
-        }
+        return {"data": self.stage_data, "teacher": self.stage_teacher, "distill": self.stage_distill,
+                "export": self.stage_export, "quantize": self.stage_quantize, "eval": self.stage_eval,
+                "profile": self.stage_profile, "report": self.stage_report}
 
     # ---- bookkeeping -----------------------------------------------------------------------------------
     def done(self, stage: str) -> dict | None:
@@ -49,7 +42,7 @@ class Pipeline:
 
     def forget_from(self, stage: str) -> None:
         """Remove the markers of `stage` (checked by pending) and of every later stage."""
-        for later in STAGES[STAGES.index(stage) :]:
+        for later in STAGES[STAGES.index(stage):]:
             (self.markers / f"{later}.json").unlink(missing_ok=True)
 
     def pending(self, from_stage: str | None = None) -> list[str]:
@@ -117,22 +110,18 @@ class Pipeline:
         if self.recipe.pipeline.synth is None or Path(d.train).is_file():
             return
         if _holds_files(d.root) and not is_synth_folder(d.root):
-            raise ConfigError(
-                f"{d.train}: training file not found, and pipeline.synth would generate into data.root "
-                f"({d.root}), which holds files tiercel did not write; point data.train at your "
-                "training file, or set data.root to a new folder for the synthetic benchmark"
-            )
+            raise ConfigError(f"{d.train}: training file not found, and pipeline.synth would generate into data.root "
+                              f"({d.root}), which holds files tiercel did not write; point data.train at your "
+                              "training file, or set data.root to a new folder for the synthetic benchmark")
 
     def _check_teacher_path(self) -> None:
         dst = self.recipe.teacher.path
         if self.recipe.pipeline.train_teacher is None or dst is None:
             return
         if _holds_files(dst) and not (Path(dst) / "tiercel.json").is_file():
-            raise ConfigError(
-                f"teacher.path ({dst}): holds files tiercel did not write (no tiercel.json), and "
-                "pipeline.train_teacher would replace them with the teacher it trains; set teacher.path "
-                "to a new folder for the trained teacher, or remove pipeline.train_teacher"
-            )
+            raise ConfigError(f"teacher.path ({dst}): holds files tiercel did not write (no tiercel.json), and "
+                              "pipeline.train_teacher would replace them with the teacher it trains; set teacher.path "
+                              "to a new folder for the trained teacher, or remove pipeline.train_teacher")
 
     # ---- paths -------------------------------------------------------------------------------------------
     def bundle(self, name: str) -> Path:
@@ -162,17 +151,13 @@ class Pipeline:
         if Path(d.train).is_file():
             return {"train": str(d.train), "generated": False}
         if synth is None:
-            raise ConfigError(
-                f"{d.train}: training file not found (set pipeline.synth to generate the synthetic benchmark)"
-            )
+            raise ConfigError(f"{d.train}: training file not found (set pipeline.synth to generate the synthetic benchmark)")
         from tiercel.data.synth import generate
 
         self._check_data_root()
         meta = generate(d.root, n=synth.n, size=synth.size, seed=synth.seed, overwrite=True)
         if not Path(d.train).is_file():
-            raise ConfigError(
-                f"{d.train}: pipeline.synth writes train.json/val.json/test.json into data.root ({d.root}); point data.train there"
-            )
+            raise ConfigError(f"{d.train}: pipeline.synth writes train.json/val.json/test.json into data.root ({d.root}); point data.train there")
         return {"train": str(d.train), "generated": True, "records": meta.get("records", synth.n)}
 
     def stage_teacher(self, _):
@@ -184,26 +169,15 @@ class Pipeline:
 
         run_dir = self.out / "teacher_run"
         data = self.recipe.data.model_dump(mode="json")
-        recipe = parse_recipe(
-            {
-                "name": f"{self.recipe.name}-teacher",
-                "out": str(run_dir),
-                "seed": self.recipe.seed,
-                "data": data,
-                "tokenizer": {"source": "train", "vocab_size": spec.vocab_size},
-                "student": {"preset": spec.preset, "overrides": spec.overrides},
-                "distill": {
-                    "steps": spec.steps,
-                    "batch_size": spec.batch_size,
-                    "lr": spec.lr,
-                    "warmup_steps": max(1, spec.steps // 20) if spec.warmup_steps is None else spec.warmup_steps,
-                    "save_every": max(1, spec.steps // 2),
-                    "log_every": max(1, spec.steps // 20),
-                    "eval_limit": self.recipe.distill.eval_limit,
-                },
-            },
-            "pipeline.train_teacher",
-        )
+        recipe = parse_recipe({
+            "name": f"{self.recipe.name}-teacher", "out": str(run_dir), "seed": self.recipe.seed, "data": data,
+            "tokenizer": {"source": "train", "vocab_size": spec.vocab_size},
+            "student": {"preset": spec.preset, "overrides": spec.overrides},
+            "distill": {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr,
+                        "warmup_steps": max(1, spec.steps // 20) if spec.warmup_steps is None else spec.warmup_steps,
+                        "save_every": max(1, spec.steps // 2), "log_every": max(1, spec.steps // 20),
+                        "eval_limit": self.recipe.distill.eval_limit},
+        }, "pipeline.train_teacher")
         self._check_teacher_path()
         dst = Path(self.recipe.teacher.path)
         summary = distill(recipe, resume=(run_dir / "checkpoints" / "latest").is_file(), progress=True)
@@ -215,10 +189,8 @@ class Pipeline:
         # a teacher that answers every task prompt alike teaches the student little (docs/recipes.md, the teacher check)
         check = prompt_check(open_predictor(dst), self.recipe.data.val or self.recipe.data.train, self.recipe.data.root)
         if check["warning"]:
-            check["warning"] = (
-                f"the teacher {check['warning']}; train it again with a longer "
-                "pipeline.train_teacher.warmup_steps or a lower lr"
-            )
+            check["warning"] = (f"the teacher {check['warning']}; train it again with a longer "
+                                "pipeline.train_teacher.warmup_steps or a lower lr")
             self.log(f"[teacher] warning: {check['warning']}")
         return {"trained": True, "path": str(dst), "val": summary.val, "prompt_check": check}
 
@@ -239,11 +211,7 @@ class Pipeline:
             sources["teacher-fp32"] = Path(self.recipe.teacher.path)
         for name, ckpt in sources.items():
             with progress.scope(name):
-                made[name] = str(
-                    export_checkpoint(
-                        ckpt, self.bundle(name), backends=tuple(e.backends), decoder=e.decoder, overwrite=True
-                    )
-                )
+                made[name] = str(export_checkpoint(ckpt, self.bundle(name), backends=tuple(e.backends), decoder=e.decoder, overwrite=True))
         return {"bundles": made}
 
     def stage_quantize(self, _):
@@ -255,24 +223,14 @@ class Pipeline:
         for scheme in q.schemes:
             try:
                 with progress.scope(scheme):
-                    section = quantize_bundle(
-                        self.bundle("student-fp32"),
-                        self.bundle(f"student-{scheme}"),
-                        calib=d.train,
-                        root=d.root,
-                        val=d.val,
-                        settings=q.settings(scheme),
-                        overwrite=True,
-                        log=self.log,
-                    )
+                    section = quantize_bundle(self.bundle("student-fp32"), self.bundle(f"student-{scheme}"),
+                                              calib=d.train, root=d.root, val=d.val, settings=q.settings(scheme),
+                                              overwrite=True, log=self.log)
             except GuardError as err:  # one scheme missing the floor does not throw away the rest of the run
                 self.log(f"quantize {scheme}: {err}")
                 failed[scheme] = str(err)
                 continue
-            made[scheme] = {
-                "bundle": str(self.bundle(f"student-{scheme}")),
-                "guard": section.guard.model_dump() if section.guard else None,
-            }
+            made[scheme] = {"bundle": str(self.bundle(f"student-{scheme}")), "guard": section.guard.model_dump() if section.guard else None}
         return {"bundles": made, "failed": failed}
 
     def stage_eval(self, _):
@@ -286,13 +244,8 @@ class Pipeline:
         scores = {}
         for label, bundle in self.models().items():
             with progress.scope(label):
-                report = evaluate(
-                    open_predictor(bundle, self.backend_of(label)),
-                    split,
-                    d.root,
-                    limit=ev.limit,
-                    generation={"num_beams": ev.num_beams, "max_new_tokens": ev.max_new_tokens},
-                )
+                report = evaluate(open_predictor(bundle, self.backend_of(label)), split, d.root, limit=ev.limit,
+                                  generation={"num_beams": ev.num_beams, "max_new_tokens": ev.max_new_tokens})
             scores[label] = report.to_dict()
             write_json(self.out / "eval" / f"{label}.json", scores[label])
         return {"models": {k: v.get("average") for k, v in scores.items()}}
@@ -304,16 +257,10 @@ class Pipeline:
 
         p = self.recipe.profile
         image_size = self.recipe.pipeline.synth.size if self.recipe.pipeline.synth else 768
-        settings = ProfileSettings(
-            runs=p.runs, warmup=p.warmup, new_tokens=p.new_tokens, tasks=tuple(p.tasks), image_size=image_size
-        )
+        settings = ProfileSettings(runs=p.runs, warmup=p.warmup, new_tokens=p.new_tokens, tasks=tuple(p.tasks), image_size=image_size)
         rows = self.models()
-        result = profile(
-            [b for k, b in rows.items() if self.backend_of(k) == "onnxruntime"],
-            ("onnxruntime",),
-            settings,
-            checkpoints=CHECKPOINTS,
-        )
+        result = profile([b for k, b in rows.items() if self.backend_of(k) == "onnxruntime"], ("onnxruntime",), settings,
+                         checkpoints=CHECKPOINTS)
         write_json(self.out / "profile.json", result.to_dict())
         preport.plot(result, self.out / "profile.png")
         if "openvino" in self.recipe.export.backends:

@@ -57,13 +57,8 @@ _state: ContextVar[_State | None] = ContextVar("tiercel_progress", default=None)
 
 
 @contextlib.contextmanager
-def shown(
-    enabled: bool = True,
-    stream: TextIO | None = None,
-    interval: float | None = None,
-    clock: Callable[[], float] | None = None,
-    tty: bool | None = None,
-):
+def shown(enabled: bool = True, stream: TextIO | None = None, interval: float | None = None,
+          clock: Callable[[], float] | None = None, tty: bool | None = None):
     """Show the bars opened inside this block (or none, with `enabled=False`: a command's --quiet).
 
     Args:
@@ -109,9 +104,7 @@ def track(label: str, total: int | None = None, unit: str = "items", completed: 
     state = _state.get()
     if state is None or not enabled:
         return _Silent()
-    label = "/".join(
-        state.scope if label in state.scope else state.scope + (label,)
-    )  # [eval/student], not [eval/student/eval]
+    label = "/".join(state.scope if label in state.scope else state.scope + (label,))  # [eval/student], not [eval/student/eval]
     return (_TerminalBar if state.display.tty else _PlainBar)(state.display, label, total, unit, completed)
 
 
@@ -254,16 +247,8 @@ def _rich_progress(d: _Display):
     console = Console(file=d.stream, force_terminal=True, highlight=False)
     # no refresh thread (auto_refresh=False): bars redraw when they advance; stdout is left alone (JSON goes there).
     # Rate and ETA are the bar's own (stats), the same numbers the plain lines show.
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        console=console,
-        auto_refresh=False,
-        redirect_stdout=False,
-        get_time=d.clock,
-    )
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                    console=console, auto_refresh=False, redirect_stdout=False, get_time=d.clock)
 
 
 def duration(seconds: float) -> str:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tiercel import recipes
 from tiercel.distill.kinds import TEACHER_KINDS, TeacherKind
-from tiercel.errors import ConfigError
+from tiercel.errors import ConfigError, choose
 from tiercel.quantize.settings import QuantizeOptions, QuantizeSettings, known_scheme, named
 
 if TYPE_CHECKING:
@@ -33,13 +33,9 @@ class DataSection(Section):
     val: Path | None = Field(None, description="validation file, evaluated every distill.eval_every steps")
     test: Path | None = Field(None, description="test file, used by eval and the pipeline report")
     root: Path = Field(Path("."), description="directory image paths in the files are relative to")
-    task_weights: dict[str, float] = Field(
-        default_factory=dict, description="sampling weight per task tag; missing tags weigh 1, 0 drops a task"
-    )
+    task_weights: dict[str, float] = Field(default_factory=dict, description="sampling weight per task tag; missing tags weigh 1, 0 drops a task")
     max_answer_tokens: int = Field(256, gt=0, description="answers are truncated to this many tokens")
-    max_prompt_tokens: int = Field(
-        96, gt=0, description="prompts are truncated to this many tokens (image tokens not counted)"
-    )
+    max_prompt_tokens: int = Field(96, gt=0, description="prompts are truncated to this many tokens (image tokens not counted)")
 
     @field_validator("task_weights")
     @classmethod
@@ -56,9 +52,7 @@ class DataSection(Section):
 
 class TeacherSection(Section):
     kind: str = Field("none", description="; ".join(f"{k.name}: {k.help}" for k in TEACHER_KINDS.values()))
-    path: Path | None = Field(
-        None, description="teacher checkpoint directory (checkpoint, cached) or model directory (generated)"
-    )
+    path: Path | None = Field(None, description="teacher checkpoint directory (checkpoint, cached) or model directory (generated)")
     cache: Path | None = Field(None, description="top-k logit cache directory (cached; written by cache-teacher)")
     top_k: int = Field(32, gt=0, description="logits kept per answer token in the cache")
     adapter: Literal["florence", "geochat"] = Field("florence", description="generated: how to run the teacher")
@@ -67,9 +61,7 @@ class TeacherSection(Section):
     @field_validator("kind")
     @classmethod
     def _known(cls, kind):
-        if kind not in TEACHER_KINDS:
-            raise ValueError(f"unknown teacher kind '{kind}'; choose one of: {', '.join(TEACHER_KINDS)}")
-        return kind
+        return choose("teacher kind", kind, TEACHER_KINDS)
 
     @property
     def spec(self) -> TeacherKind:
@@ -85,21 +77,13 @@ class TeacherSection(Section):
 
 
 class StudentSection(Section):
-    init: Literal["preset", "checkpoint", "teacher"] = Field(
-        "preset", description="random from a preset, a checkpoint, or layers selected from the teacher"
-    )
+    init: Literal["preset", "checkpoint", "teacher"] = Field("preset", description="random from a preset, a checkpoint, or layers selected from the teacher")
     preset: str = Field("tiercel-small", description="model preset (see `tiercel info`) for init preset/teacher")
-    overrides: dict = Field(
-        default_factory=dict, description="ModelShape fields replacing the preset's, e.g. {d_model: 256}"
-    )
+    overrides: dict = Field(default_factory=dict, description="ModelShape fields replacing the preset's, e.g. {d_model: 256}")
     dropout: float = Field(0.1, ge=0, lt=1, description="text dropout and vision stochastic depth of a new student")
     checkpoint: Path | None = Field(None, description="init checkpoint: the starting student")
-    encoder_layers: list[int] | None = Field(
-        None, description="init teacher: teacher encoder layers copied, in order (default: evenly spaced)"
-    )
-    decoder_layers: list[int] | None = Field(
-        None, description="init teacher: teacher decoder layers copied, in order (default: evenly spaced)"
-    )
+    encoder_layers: list[int] | None = Field(None, description="init teacher: teacher encoder layers copied, in order (default: evenly spaced)")
+    decoder_layers: list[int] | None = Field(None, description="init teacher: teacher decoder layers copied, in order (default: evenly spaced)")
 
     @model_validator(mode="after")
     def _needs(self):
@@ -113,13 +97,8 @@ class StudentSection(Section):
 
 
 class TokenizerSection(Section):
-    source: Literal["teacher", "student", "train", "file"] = Field(
-        "teacher",
-        description="use the teacher's / student checkpoint's tokenizer, a tokenizer.json file, or train a BPE one on the training data",
-    )
-    vocab_size: int = Field(
-        2000, gt=256, description="train: learned BPE vocabulary (Falcon grammar tokens are added on top)"
-    )
+    source: Literal["teacher", "student", "train", "file"] = Field("teacher", description="use the teacher's / student checkpoint's tokenizer, a tokenizer.json file, or train a BPE one on the training data")
+    vocab_size: int = Field(2000, gt=256, description="train: learned BPE vocabulary (Falcon grammar tokens are added on top)")
     path: Path | None = Field(None, description="file: the tokenizer.json to use")
 
     @model_validator(mode="after")
@@ -133,10 +112,7 @@ class HiddenSection(Section):
     vision: float = Field(0.0, ge=0, description="weight of the image-feature (projector output) loss")
     encoder: float = Field(0.0, ge=0, description="weight of the text-encoder output loss")
     decoder: float = Field(0.0, ge=0, description="weight of the decoder hidden-state loss over decoder_layers")
-    decoder_layers: dict[int, int] = Field(
-        default_factory=dict,
-        description="student decoder layer -> teacher decoder layer (hidden states after that layer)",
-    )
+    decoder_layers: dict[int, int] = Field(default_factory=dict, description="student decoder layer -> teacher decoder layer (hidden states after that layer)")
     kind: Literal["mse", "cosine"] = Field("mse", description="distance between projected student and teacher features")
 
 
@@ -149,28 +125,16 @@ class DistillSection(Section):
     warmup_steps: int = Field(50, ge=0, description="linear warmup steps, then cosine decay to min_lr_ratio * lr")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate as a fraction of lr")
     clip_grad: float = Field(1.0, gt=0, description="gradient norm clipping")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="autocast dtype; fp16 only on CUDA (with loss scaling)"
-    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype; fp16 only on CUDA (with loss scaling)")
     ce: float = Field(1.0, ge=0, description="weight of cross-entropy on the labels")
     kd: float = Field(0.0, ge=0, description="weight of the logit divergence to the teacher")
-    loss_norm: Literal["token", "sample"] = Field(
-        "token",
-        description="ce/kd averaged over every answer token of the batch (token), or per sample first, so a 2-token class name weighs as much as a 200-token polygon list (sample)",
-    )
-    divergence: Divergence = Field(
-        "forward_kl", description="forward_kl, reverse_kl, jsd (beta), skew_kl / skew_reverse_kl (alpha)"
-    )
+    loss_norm: Literal["token", "sample"] = Field("token", description="ce/kd averaged over every answer token of the batch (token), or per sample first, so a 2-token class name weighs as much as a 200-token polygon list (sample)")
+    divergence: Divergence = Field("forward_kl", description="forward_kl, reverse_kl, jsd (beta), skew_kl / skew_reverse_kl (alpha)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature for KD (loss scaled by T^2)")
     beta: float = Field(0.5, ge=0, le=1, description="generalised JSD interpolation")
     alpha: float = Field(0.1, ge=0, le=1, description="skew KL mixing")
     hidden: HiddenSection = Field(default_factory=HiddenSection, description="hidden-state distillation")
-    on_policy: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="probability that a batch uses student-generated answers supervised by the teacher (GKD)",
-    )
+    on_policy: float = Field(0.0, ge=0, le=1, description="probability that a batch uses student-generated answers supervised by the teacher (GKD)")
     eval_every: int = Field(0, ge=0, description="steps between validation runs (0: only at the end)")
     eval_limit: int = Field(200, gt=0, description="validation records per evaluation")
     save_every: int = Field(200, gt=0, description="steps between checkpoints")
@@ -198,47 +162,33 @@ class TrainTeacherSection(Section):
     steps: int = Field(300, gt=0, description="fine-tuning steps")
     batch_size: int = Field(8, gt=0, description="samples per step")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    warmup_steps: int | None = Field(
-        None, ge=0, description="linear warmup steps before the cosine decay (default: steps // 20)"
-    )
-    vocab_size: int = Field(
-        1000, gt=256, description="BPE vocabulary trained on the data (grammar tokens added on top)"
-    )
+    warmup_steps: int | None = Field(None, ge=0, description="linear warmup steps before the cosine decay (default: steps // 20)")
+    vocab_size: int = Field(1000, gt=256, description="BPE vocabulary trained on the data (grammar tokens added on top)")
 
 
 class PipelineSection(Section):
-    synth: SynthSection | None = Field(
-        None, description="generate the synthetic benchmark into data.root when data.train is missing"
-    )
-    train_teacher: TrainTeacherSection | None = Field(
-        None, description="fine-tune the teacher on the data first, into <out>/teacher"
-    )
+    synth: SynthSection | None = Field(None, description="generate the synthetic benchmark into data.root when data.train is missing")
+    train_teacher: TrainTeacherSection | None = Field(None, description="fine-tune the teacher on the data first, into <out>/teacher")
 
 
 class ExportSection(Section):
-    backends: list[str] = Field(
-        ["onnxruntime", "openvino"], description="bundle backends (runtime.backends.bundle_backends)"
-    )
+    backends: list[str] = Field(["onnxruntime", "openvino"], description="bundle backends (runtime.backends.bundle_backends)")
     decoder: Literal["split", "merged"] = Field("split", description="decoder graph layout")
+
 
     @field_validator("backends")
     @classmethod
     def _known(cls, backends):
         from tiercel.runtime.backends import bundle_backends
 
-        for name in backends:
-            if name not in bundle_backends():
-                raise ValueError(f"unknown backend '{name}'; choose one of: {', '.join(bundle_backends())}")
-        return backends
+        return [choose("backend", name, bundle_backends()) for name in backends]
 
 
 class QuantizeSection(QuantizeOptions):
     """The quantized bundles a pipeline makes: one per scheme, each with these settings (QuantizeSettings'
     fields and defaults, so the recipe, the CLI and the Python API agree)."""
 
-    schemes: list[str] = Field(
-        ["int8-dynamic", "int4-weight-only"], description="quantised bundles made from the fp32 student bundle"
-    )
+    schemes: list[str] = Field(["int8-dynamic", "int4-weight-only"], description="quantised bundles made from the fp32 student bundle")
 
     @field_validator("schemes")
     @classmethod
@@ -290,9 +240,7 @@ class Recipe(Section):
     teacher: TeacherSection = Field(default_factory=TeacherSection)
     student: StudentSection = Field(default_factory=StudentSection)
     distill: DistillSection = Field(default_factory=DistillSection)
-    pipeline: PipelineSection = Field(
-        default_factory=PipelineSection, description="stages only `tiercel pipeline` runs"
-    )
+    pipeline: PipelineSection = Field(default_factory=PipelineSection, description="stages only `tiercel pipeline` runs")
     export: ExportSection = Field(default_factory=ExportSection)
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     eval: EvalSection = Field(default_factory=EvalSection)
@@ -304,22 +252,16 @@ class Recipe(Section):
         kind = self.teacher.spec
         logit_kinds = [k.name for k in TEACHER_KINDS.values() if k.logits != "none"]
         if (self.distill.kd > 0 or self.distill.on_policy > 0 or hidden) and kind.logits == "none":
-            raise ValueError(
-                f"distill.kd/hidden/on_policy need teacher.kind {' or '.join(logit_kinds)} (got {self.teacher.kind})"
-            )
+            raise ValueError(f"distill.kd/hidden/on_policy need teacher.kind {' or '.join(logit_kinds)} (got {self.teacher.kind})")
         if kind.logits != "none" and not kind.hidden and (hidden or self.distill.on_policy):
             live = [k.name for k in TEACHER_KINDS.values() if k.hidden]
-            raise ValueError(
-                f"a {self.teacher.kind} teacher holds only top-k logits; hidden-state and on-policy "
-                f"distillation need teacher.kind {' or '.join(live)}"
-            )
+            raise ValueError(f"a {self.teacher.kind} teacher holds only top-k logits; hidden-state and on-policy "
+                             f"distillation need teacher.kind {' or '.join(live)}")
         if self.pipeline.train_teacher is not None and self.teacher.kind != "checkpoint":
             raise ValueError("pipeline.train_teacher trains a teacher for teacher.kind checkpoint")
         if self.tokenizer.source == "teacher" and not kind.tokenizer:
             if not (self.student.init == "checkpoint"):
-                raise ValueError(
-                    "tokenizer.source teacher needs a teacher checkpoint; use tokenizer.source train or student"
-                )
+                raise ValueError("tokenizer.source teacher needs a teacher checkpoint; use tokenizer.source train or student")
         return self
 
 
@@ -327,9 +269,7 @@ def _format_errors(err: ValidationError, where: str) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after",)) or "(top level)"
-        msg = named(
-            e["msg"].removeprefix("Value error, "), lambda field: f"{loc}.{field}" if loc != "(top level)" else field
-        )
+        msg = named(e["msg"].removeprefix("Value error, "), lambda field: f"{loc}.{field}" if loc != "(top level)" else field)
         got = e.get("input")
         shown = "" if isinstance(got, (dict, list)) or got is None or e["type"] == "missing" else f" (got {got!r})"
         parts.append(f"{loc}: {msg}{shown}")
@@ -354,10 +294,8 @@ def load_recipe(path: str | Path | Traversable, overrides: dict | None = None) -
     try:
         data = yaml.safe_load(source.read_text())
     except FileNotFoundError:
-        raise ConfigError(
-            f"{where}: recipe file not found; give a YAML file or a shipped recipe's name "
-            f"({', '.join(recipes.names())})"
-        ) from None
+        raise ConfigError(f"{where}: recipe file not found; give a YAML file or a shipped recipe's name "
+                          f"({', '.join(recipes.names())})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
@@ -381,10 +319,8 @@ def _source(path: str | Path | Traversable) -> tuple[Path | Traversable, str]:
     if shipped is not None:
         return shipped, str(path)
     if path.is_dir():
-        raise ConfigError(
-            f"{path}: is a folder, not a recipe file; give a YAML file or a shipped recipe's name "
-            f"({', '.join(recipes.names())})"
-        )
+        raise ConfigError(f"{path}: is a folder, not a recipe file; give a YAML file or a shipped recipe's name "
+                          f"({', '.join(recipes.names())})")
     return path, str(path)
 
 

@@ -33,38 +33,19 @@ def collect(pipeline) -> dict:
             "headline": {t: h["value"] for t, h in ev.get("headline", {}).items()},
             "size_mb": p.get("size_bytes", 0) / 1e6 if p else None,
             "stages_ms": {s: v["p50"] * 1e3 for s, v in stages.items()},
-            "tasks_ms": {
-                t: v["p50"] * 1e3 for t, v in p.get("tasks", {}).items() if isinstance(v, dict) and "p50" in v
-            },
-            "tokens_per_s": p.get("tokens_per_s", {}).get("p50")
-            if isinstance(p.get("tokens_per_s"), dict)
-            else p.get("tokens_per_s"),
-            "estimates": {
-                e.get("device", k): {
-                    "per_token_ms": e["per_token_ms"],
-                    "per_image_ms": e["per_image_ms"],
-                    "task_ms": e["task_ms"],
-                }
-                for k, e in p.get("estimates", {}).items()
-            },
+            "tasks_ms": {t: v["p50"] * 1e3 for t, v in p.get("tasks", {}).items() if isinstance(v, dict) and "p50" in v},
+            "tokens_per_s": p.get("tokens_per_s", {}).get("p50") if isinstance(p.get("tokens_per_s"), dict) else p.get("tokens_per_s"),
+            "estimates": {e.get("device", k): {"per_token_ms": e["per_token_ms"], "per_image_ms": e["per_image_ms"], "task_ms": e["task_ms"]}
+                          for k, e in p.get("estimates", {}).items()},
         }
     ov = _load(out / "profile_openvino.json")
     quant = pipeline.done("quantize") or {}
-    guard = {
-        **{f"student-{s}": {"failed": msg} for s, msg in quant.get("failed", {}).items()},
-        **{f"student-{s}": v.get("guard") for s, v in quant.get("bundles", {}).items()},
-    }
+    guard = {**{f"student-{s}": {"failed": msg} for s, msg in quant.get("failed", {}).items()},
+             **{f"student-{s}": v.get("guard") for s, v in quant.get("bundles", {}).items()}}
     check = (pipeline.done("teacher") or {}).get("prompt_check") or {}
     warnings = [check["warning"]] if check.get("warning") else []
-    return {
-        "rows": rows,
-        "guard": guard,
-        "warnings": warnings,
-        "machine": prof.get("machine"),
-        "settings": prof.get("settings"),
-        "estimate_formula": prof.get("estimate_formula"),
-        "openvino": ov["profiles"][0] if ov and ov.get("profiles") else None,
-    }
+    return {"rows": rows, "guard": guard, "warnings": warnings, "machine": prof.get("machine"), "settings": prof.get("settings"),
+            "estimate_formula": prof.get("estimate_formula"), "openvino": ov["profiles"][0] if ov and ov.get("profiles") else None}
 
 
 def _f(x, fmt="{:.1f}"):
@@ -77,75 +58,37 @@ def markdown(data: dict, recipe_name: str) -> str:
     lines = [f"# tiercel report: {recipe_name}", ""]
     if data.get("machine"):
         m = data["machine"]
-        lines += [
-            f"Measured on: {m.get('cpu', m)} ({m.get('cores', '?')} cores). Latencies are p50 over the profile runs.",
-            "",
-        ]
+        lines += [f"Measured on: {m.get('cpu', m)} ({m.get('cores', '?')} cores). Latencies are p50 over the profile runs.", ""]
     lines += [f"**Warning:** {w}" for w in data.get("warnings", [])] + ([""] if data.get("warnings") else [])
-    lines += [
-        "## Headline",
-        "",
-        "| model | 14-task average | size MB | vision ms | decode ms/token | "
-        + " | ".join(f"{t} ms" for t in (data.get("settings") or {}).get("tasks", []))
-        + " |",
-        "|---|---|---|---|---|" + "---|" * len((data.get("settings") or {}).get("tasks", [])),
-    ]
+    lines += ["## Headline", "", "| model | 14-task average | size MB | vision ms | decode ms/token | " +
+              " | ".join(f"{t} ms" for t in (data.get("settings") or {}).get("tasks", [])) + " |",
+              "|---|---|---|---|---|" + "---|" * len((data.get("settings") or {}).get("tasks", []))]
     for n in names:
         r = rows[n]
         tasks_ms = [_f(r["tasks_ms"].get(t)) for t in (data.get("settings") or {}).get("tasks", [])]
-        lines.append(
-            f"| {n} | {_f(None if r['average'] is None else 100 * r['average'])} | {_f(r['size_mb'], '{:.2f}')} | "
-            f"{_f(r['stages_ms'].get('vision_encoder'))} | {_f(r['stages_ms'].get('decode_token'), '{:.2f}')} | "
-            + " | ".join(tasks_ms)
-            + " |"
-        )
-    lines += [
-        "",
-        "## Per task (headline metric x 100)",
-        "",
-        "| task | metric | " + " | ".join(names) + " |",
-        "|---|---|" + "---|" * len(names),
-    ]
+        lines.append(f"| {n} | {_f(None if r['average'] is None else 100 * r['average'])} | {_f(r['size_mb'], '{:.2f}')} | "
+                     f"{_f(r['stages_ms'].get('vision_encoder'))} | {_f(r['stages_ms'].get('decode_token'), '{:.2f}')} | " +
+                     " | ".join(tasks_ms) + " |")
+    lines += ["", "## Per task (headline metric x 100)", "", "| task | metric | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for tag in TAGS:
         cells = [_f(None if rows[n]["headline"].get(tag) is None else 100 * rows[n]["headline"][tag]) for n in names]
         lines.append(f"| {tag} | {get(tag).headline} | " + " | ".join(cells) + " |")
     stages = sorted({s for n in names for s in rows[n]["stages_ms"]})
-    lines += [
-        "",
-        "## Latency per stage (ms, p50)",
-        "",
-        "| stage | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
+    lines += ["", "## Latency per stage (ms, p50)", "", "| stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for s in stages:
         lines.append(f"| {s} | " + " | ".join(_f(rows[n]["stages_ms"].get(s), "{:.2f}") for n in names) + " |")
     devices = sorted({d for n in names for d in rows[n]["estimates"]})
     if devices:
-        lines += [
-            "",
-            "## Device ESTIMATES (not measured)",
-            "",
-            f"Formula: {data.get('estimate_formula')}",
-            "",
-            "| device | "
-            + " | ".join(f"{n} ms/token" for n in names)
-            + " | "
-            + " | ".join(f"{n} ms/image" for n in names)
-            + " |",
-            "|---|" + "---|" * (2 * len(names)),
-        ]
+        lines += ["", "## Device ESTIMATES (not measured)", "", f"Formula: {data.get('estimate_formula')}", "",
+                  "| device | " + " | ".join(f"{n} ms/token" for n in names) + " | " + " | ".join(f"{n} ms/image" for n in names) + " |",
+                  "|---|" + "---|" * (2 * len(names))]
         for d in devices:
             tok = [_f(rows[n]["estimates"].get(d, {}).get("per_token_ms"), "{:.2f}") for n in names]
             img = [_f(rows[n]["estimates"].get(d, {}).get("per_image_ms"), "{:.2f}") for n in names]
             lines.append(f"| {d} | " + " | ".join(tok) + " | " + " | ".join(img) + " |")
     if data.get("guard"):
-        lines += [
-            "",
-            "## Accuracy guard (val split, quantised vs fp32 student)",
-            "",
-            "| model | token agreement | drop | upper bound | verdict |",
-            "|---|---|---|---|---|",
-        ]
+        lines += ["", "## Accuracy guard (val split, quantised vs fp32 student)", "",
+                  "| model | token agreement | drop | upper bound | verdict |", "|---|---|---|---|---|"]
         for n, g in data["guard"].items():
             if not g or "failed" in g:
                 lines.append(f"| {n} | - | - | - | {'refused: ' + g['failed'] if g else 'not run'} |")
@@ -154,10 +97,8 @@ def markdown(data: dict, recipe_name: str) -> str:
             else:
                 bound = _f(None if g.get("drop_bound") is None else 100 * g["drop_bound"], "{:.2f}%")
                 caution = "; caution: low token agreement, val decides little" if g.get("caution") else ""
-                lines.append(
-                    f"| {n} | {g['token_agreement']:.3f} | {100 * g['drop']:.2f}% | {bound} | "
-                    f"{'passed' if g['passed'] else 'failed'} ({len(g.get('attempts', []))} attempt(s)){caution} |"
-                )
+                lines.append(f"| {n} | {g['token_agreement']:.3f} | {100 * g['drop']:.2f}% | {bound} | "
+                             f"{'passed' if g['passed'] else 'failed'} ({len(g.get('attempts', []))} attempt(s)){caution} |")
     if data.get("openvino"):
         ov = data["openvino"]["stages"]
         lines += ["", "## student on OpenVINO (ms, p50)", "", "| stage | ms |", "|---|---|"]

@@ -22,11 +22,8 @@ from tests.bundles import image, tiny_bundle
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.gpu
-PROMPTS = [
-    "Describe the image.",
-    "Detect all airplane in the image.\nUse horizontal bounding boxes.",
-    "Count the number of ship.",
-]
+PROMPTS = ["Describe the image.", "Detect all airplane in the image.\nUse horizontal bounding boxes.",
+           "Count the number of ship."]
 
 
 def _cuda_ep():
@@ -78,9 +75,7 @@ def test_tensorrt_engines_from_export_run_end_to_end(tiny_model, tiny_tokenizer,
     import tiercel.runtime as rt
     from tiercel.export.bundle import export_model
 
-    path = export_model(
-        tiny_model, tiny_tokenizer, tmp_path / "trt", backends=("onnxruntime", "tensorrt"), decoder=decoder
-    )
+    path = export_model(tiny_model, tiny_tokenizer, tmp_path / "trt", backends=("onnxruntime", "tensorrt"), decoder=decoder)
     man = json.loads((path / "manifest.json").read_text())
     assert {g["precision"] for g in man["graphs"] if g["backend"] == "tensorrt"} == {"fp16"}
     ref, trt = rt.load(path), rt.load(path, backend="tensorrt")
@@ -93,12 +88,8 @@ def test_tensorrt_engines_from_export_run_end_to_end(tiny_model, tiny_tokenizer,
 def test_gpu_benchmark_script_runs_on_cuda(tmp_path):
     _cuda_ep()
     out = tmp_path / "gpu.json"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/gpu.py", "--preset", "tiny", "--runs", "1", "--all-runs", "1", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = subprocess.run([sys.executable, "benchmarks/gpu.py", "--preset", "tiny", "--runs", "1", "--all-runs", "1",
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["gpu"]["name"] != "cpu" and result["presets"]["tiny"]["eager_dtype"] == "torch.float16"
@@ -147,11 +138,8 @@ def test_cuda_graphs_in_bf16_replay_the_bf16_step_and_profile_a_checkpoint(tiny_
     for gen in ({"num_beams": 1, "max_new_tokens": 12}, forced_generation(16, 3)):
         assert graphed.generate_ids(features, PROMPTS, **gen) == plain.generate_ids(features, PROMPTS, **gen), gen
     assert all(d.graph is not None for d in graphed._decoders.values())
-    report = profile(
-        [tiny_checkpoint],
-        ["torch"],
-        ProfileSettings(runs=2, warmup=1, new_tokens=6, num_beams=1, tasks=("IMG_CAP",), image_size=64),
-    )
+    report = profile([tiny_checkpoint], ["torch"], ProfileSettings(runs=2, warmup=1, new_tokens=6, num_beams=1,
+                                                                   tasks=("IMG_CAP",), image_size=64))
     p = report.profiles[0]
     assert p.backend == "torch-graphs" and p.device.startswith("cuda") and p.stages["decode_token"]["n"] == 2 * 5
     assert p.roofline == {} and "the measured peaks are this machine's CPU" in p.roofline_skipped

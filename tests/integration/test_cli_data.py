@@ -59,19 +59,14 @@ def test_validate_an_empty_file_exits_1_and_flags_what_cannot_be_trained_on(tmp_
     empty.write_text("")
     done = run_cli("data", "validate", str(empty))
     assert (done.returncode, done.stderr) == (
-        1,
-        f"error: {empty}: holds no records; a Falcon_SFT file is a JSON list or JSONL of records\n",
-    )
+        1, f"error: {empty}: holds no records; a Falcon_SFT file is a JSON list or JSONL of records\n")
     (tmp_path / "notes.png").write_text("not an image")
     user = {"role": "user", "content": "<image>\n[IMG_CLS]\nClassify the image.\nUse one or a few words."}
-    records = [
-        {"conversations": [user], "images": ["notes.png"]},
-        {"conversations": [user, {"role": "assistant", "content": "airport"}], "images": ["../x.png"]},
-    ]
+    records = [{"conversations": [user], "images": ["notes.png"]},
+               {"conversations": [user, {"role": "assistant", "content": "airport"}], "images": ["../x.png"]}]
     path = tmp_path / "train.json"
     path.write_text(json.dumps(records))
     done = run_cli("data", "validate", str(path))
     assert done.returncode == 1
-    assert done.stderr == (
-        f"error: {path}: 2 of 2 records are bad (image outside root: 1, no answer: 1, unreadable image: 1)\n"
-    )
+    assert done.stderr == (f"error: {path}: 2 of 2 records are bad (image outside root: 1, no answer: 1, "
+                           "unreadable image: 1)\n")

@@ -38,21 +38,8 @@ def test_an_interrupt_in_a_command_exits_130_with_aborted(monkeypatch, capsys):
 
 def test_ctrl_c_on_a_running_command_exits_130_and_leaves_no_output(tmp_path):
     out = tmp_path / "synth"
-    cmd = [
-        sys.executable,
-        "-m",
-        "tiercel",
-        "data",
-        "synth",
-        "--out",
-        str(out),
-        "--n",
-        "60000",
-        "--size",
-        "64",
-        "--workers",
-        "1",
-    ]
+    cmd = [sys.executable, "-m", "tiercel", "data", "synth", "--out", str(out), "--n", "60000", "--size", "64",
+           "--workers", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not any(p.name.startswith(".synth.tmp-") for p in tmp_path.iterdir()):  # generating by now
@@ -76,8 +63,7 @@ def test_a_full_disk_is_one_line_and_exit_1(monkeypatch, capsys):
     monkeypatch.setattr(synth, "generate", full)
     assert main(["data", "synth", "--out", "unused", "--n", "42"]) == 1
     assert capsys.readouterr().err == (
-        "error: /data/synth/images/0001.png: No space left on device; free space or choose another path\n"
-    )
+        "error: /data/synth/images/0001.png: No space left on device; free space or choose another path\n")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
@@ -102,19 +88,13 @@ def test_an_output_folder_never_replaces_a_file(tmp_path):
     assert out.read_text() == "mine"
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [  # the wording after the option's name is Click's or Typer's, by version
-        (["run", "b", "--image", "i.png", "--task", "IMG_CAP", "--num-beams", "0"], "Invalid value for '--num-beams'"),
-        (
-            ["run", "b", "--image", "i.png", "--task", "IMG_CAP", "--num-beams", "100000"],
-            "Invalid value for '--num-beams'",
-        ),
-        (["eval", "b", "--data", "d.json", "--max-new-tokens", "-5"], "Invalid value for '--max-new-tokens'"),
-        (["quantize", "b", "--out", "q", "--max-drop", "2"], "--max-drop: Input should be less than or equal to 1"),
-        (["data", "synth", "--out", "x", "--size", "100000"], "Invalid value for '--size'"),
-    ],
-)
+@pytest.mark.parametrize("args, message", [  # the wording after the option's name is Click's or Typer's, by version
+    (["run", "b", "--image", "i.png", "--task", "IMG_CAP", "--num-beams", "0"], "Invalid value for '--num-beams'"),
+    (["run", "b", "--image", "i.png", "--task", "IMG_CAP", "--num-beams", "100000"], "Invalid value for '--num-beams'"),
+    (["eval", "b", "--data", "d.json", "--max-new-tokens", "-5"], "Invalid value for '--max-new-tokens'"),
+    (["quantize", "b", "--out", "q", "--max-drop", "2"], "--max-drop: Input should be less than or equal to 1"),
+    (["data", "synth", "--out", "x", "--size", "100000"], "Invalid value for '--size'"),
+])
 def test_negative_or_absurd_numbers_are_one_line_and_exit_1(args, message):
     done = run_cli(*args)
     assert done.returncode == 1 and done.stderr.startswith(f"error: {message}") and done.stderr.count("\n") == 1
@@ -124,20 +104,10 @@ def test_a_region_outside_the_image_names_the_option(bundle, tmp_path):
     from PIL import Image
 
     Image.new("RGB", (96, 64)).save(tmp_path / "a.png")
-    done = run_cli(
-        "run",
-        str(bundle),
-        "--image",
-        str(tmp_path / "a.png"),
-        "--task",
-        "REG_CLS_HBB",
-        "--region",
-        "[10, 10, 5000, 20]",
-    )
+    done = run_cli("run", str(bundle), "--image", str(tmp_path / "a.png"), "--task", "REG_CLS_HBB",
+                   "--region", "[10, 10, 5000, 20]")
     assert done.returncode == 1
-    assert (
-        done.stderr == "error: --region: [10, 10, 5000, 20] lies outside the 96x64 image (x must be 0..96, y 0..64)\n"
-    )
+    assert done.stderr == "error: --region: [10, 10, 5000, 20] lies outside the 96x64 image (x must be 0..96, y 0..64)\n"
 
 
 def _one_line(capsys, args, message):
@@ -180,22 +150,14 @@ def test_an_older_typers_abort_is_130_for_ctrl_c_only(monkeypatch, capsys, cause
     assert capsys.readouterr().err == "aborted\n"
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["profile", "b", "--num-beams", "1000000"], "--num-beams: must be 1..32 (got 1000000)"),  # asked for 23 GB
-        (["profile", "b", "--image-size", "100000000"], "--image-size: must be 16..16384 (got 100000000)"),
-        (["profile", "b", "--threads", "0"], "--threads: must be 1..1024 (got 0)"),
-        (
-            ["info", "tiny", "--prompt-tokens", "100000000000000"],
-            "--prompt-tokens: must be 0..251: tiny has 256 text positions, 5 of them image tokens (got 100000000000000)",
-        ),
-        (
-            ["info", "tiny", "--new-tokens", "100000"],
-            "--new-tokens: must be 1..256, tiny's decoder positions (got 100000)",
-        ),
-    ],
-)
+@pytest.mark.parametrize("args, message", [
+    (["profile", "b", "--num-beams", "1000000"], "--num-beams: must be 1..32 (got 1000000)"),  # asked for 23 GB
+    (["profile", "b", "--image-size", "100000000"], "--image-size: must be 16..16384 (got 100000000)"),
+    (["profile", "b", "--threads", "0"], "--threads: must be 1..1024 (got 0)"),
+    (["info", "tiny", "--prompt-tokens", "100000000000000"],
+     "--prompt-tokens: must be 0..251: tiny has 256 text positions, 5 of them image tokens (got 100000000000000)"),
+    (["info", "tiny", "--new-tokens", "100000"], "--new-tokens: must be 1..256, tiny's decoder positions (got 100000)"),
+])
 def test_absurd_numbers_the_library_checks_are_one_line(capsys, args, message):
     _one_line(capsys, args, message)
 
@@ -220,92 +182,46 @@ def png(tmp_path):
     return tmp_path / "a.png"
 
 
-@pytest.mark.parametrize(
-    "task, region, message",
-    [
-        ("REG_CLS_HBB", "[1, 2, 3]", "--region: must be a box [x1, y1, x2, y2] in pixels (got [1, 2, 3])"),
-        ("REG_CLS_HBB", '"abc"', "--region: must be a box [x1, y1, x2, y2] in pixels (got 'abc')"),
-        (
-            "REG_CLS_OBB",
-            "[[1, 2], [3, 4], [5, 6]]",
-            "--region: must be a quad [[x, y] x 4] in pixels (got [[1, 2], [3, 4], [5, 6]])",
-        ),
-        (
-            "PIX_CLS",
-            "[[1, 2], [3, 4]]",
-            "--region: must be a polygon [[x, y], ...] with >= 3 points in pixels (got [[1, 2], [3, 4]])",
-        ),
-        (
-            "REG_CLS_HBB",
-            "[0, 0, 1e999, 5]",
-            "--region: [0, 0, inf, 5] lies outside the 96x64 image (x must be 0..96, y 0..64)",
-        ),
-        (
-            "PIX_CLS",
-            "[[1, 2], [3, 4], [500, 6]]",
-            "--region: [1, 2, 3, 4, 500, 6] lies outside the 96x64 image (x must be 0..96, y 0..64)",
-        ),
-        (
-            "IMG_CAP",
-            "[1, 2, 3, 4]",
-            "--region: IMG_CAP takes no region; drop --region or pick a region task such as REG_CAP",
-        ),
-        (
-            "REG_CLS_HBB",
-            "[" * 100_000,
-            "--region: not valid JSON (got '" + "[" * 57 + "...'); e.g. --region '[10, 20, 110, 90]'",
-        ),
-    ],
-)
-def test_a_region_of_the_wrong_shape_names_the_option_before_the_model_loads(
-    capsys, png, tmp_path, task, region, message
-):
+@pytest.mark.parametrize("task, region, message", [
+    ("REG_CLS_HBB", "[1, 2, 3]", "--region: must be a box [x1, y1, x2, y2] in pixels (got [1, 2, 3])"),
+    ("REG_CLS_HBB", '"abc"', "--region: must be a box [x1, y1, x2, y2] in pixels (got 'abc')"),
+    ("REG_CLS_OBB", "[[1, 2], [3, 4], [5, 6]]",
+     "--region: must be a quad [[x, y] x 4] in pixels (got [[1, 2], [3, 4], [5, 6]])"),
+    ("PIX_CLS", "[[1, 2], [3, 4]]",
+     "--region: must be a polygon [[x, y], ...] with >= 3 points in pixels (got [[1, 2], [3, 4]])"),
+    ("REG_CLS_HBB", "[0, 0, 1e999, 5]", "--region: [0, 0, inf, 5] lies outside the 96x64 image (x must be 0..96, y 0..64)"),
+    ("PIX_CLS", "[[1, 2], [3, 4], [500, 6]]",
+     "--region: [1, 2, 3, 4, 500, 6] lies outside the 96x64 image (x must be 0..96, y 0..64)"),
+    ("IMG_CAP", "[1, 2, 3, 4]", "--region: IMG_CAP takes no region; drop --region or pick a region task such as REG_CAP"),
+    ("REG_CLS_HBB", "[" * 100_000, "--region: not valid JSON (got '" + "[" * 57 + "...'); e.g. --region '[10, 20, 110, 90]'"),
+])
+def test_a_region_of_the_wrong_shape_names_the_option_before_the_model_loads(capsys, png, tmp_path, task, region, message):
     _one_line(capsys, ["run", tmp_path / "no-bundle", "--image", png, "--task", task, "--region", region], message)
 
 
 def test_all_tasks_check_the_region_too(capsys, png, tmp_path):
-    _one_line(
-        capsys,
-        ["run", tmp_path / "no-bundle", "--image", png, "--all", "--region", "[1, 2, 3]"],
-        "--region: must be a box [x1, y1, x2, y2] in pixels (got [1, 2, 3])",
-    )
+    _one_line(capsys, ["run", tmp_path / "no-bundle", "--image", png, "--all", "--region", "[1, 2, 3]"],
+              "--region: must be a box [x1, y1, x2, y2] in pixels (got [1, 2, 3])")
 
 
 def test_json_nested_too_deeply_is_one_line(capsys, tmp_path):
     (tmp_path / "deep.json").write_text("[" * 100_000)
     (tmp_path / "deep.jsonl").write_text('{"a": 1}\n' + "[" * 100_000 + "\n")
     (tmp_path / "deep.yaml").write_text("[" * 100_000)
-    _one_line(
-        capsys,
-        ["data", "validate", tmp_path / "deep.json"],
-        f"{tmp_path / 'deep.json'}: record 0: invalid JSON (nested too deeply)",
-    )
-    _one_line(
-        capsys,
-        ["data", "validate", tmp_path / "deep.jsonl"],
-        f"{tmp_path / 'deep.jsonl'}: line 2: invalid JSON (nested too deeply)",
-    )
-    _one_line(
-        capsys, ["distill", tmp_path / "deep.yaml"], f"{tmp_path / 'deep.yaml'}: not valid YAML (nested too deeply)"
-    )
-    _one_line(
-        capsys,
-        ["distill", tmp_path / "deep.yaml", "--set", "distill.steps=[[["],
-        "--set distill.steps=[[[: the value is not valid YAML; e.g. --set distill.steps=100",
-    )
+    _one_line(capsys, ["data", "validate", tmp_path / "deep.json"],
+              f"{tmp_path / 'deep.json'}: record 0: invalid JSON (nested too deeply)")
+    _one_line(capsys, ["data", "validate", tmp_path / "deep.jsonl"],
+              f"{tmp_path / 'deep.jsonl'}: line 2: invalid JSON (nested too deeply)")
+    _one_line(capsys, ["distill", tmp_path / "deep.yaml"], f"{tmp_path / 'deep.yaml'}: not valid YAML (nested too deeply)")
+    _one_line(capsys, ["distill", tmp_path / "deep.yaml", "--set", "distill.steps=[[["],
+              "--set distill.steps=[[[: the value is not valid YAML; e.g. --set distill.steps=100")
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda m: [m], "must hold a JSON object (got list); re-export the bundle"),
-        (
-            lambda m: {k: v for k, v in m.items() if k != "generation"},
-            "generation: Field required; re-export the bundle",
-        ),
-        (lambda m: {**m, "preprocessing": {}}, "preprocessing.size: Field required; re-export the bundle"),
-    ],
-)
+@pytest.mark.parametrize("change, message", [
+    (lambda m: [m], "must hold a JSON object (got list); re-export the bundle"),
+    (lambda m: {k: v for k, v in m.items() if k != "generation"}, "generation: Field required; re-export the bundle"),
+    (lambda m: {**m, "preprocessing": {}}, "preprocessing.size: Field required; re-export the bundle"),
+])
 def test_a_manifest_of_the_wrong_shape_is_one_line_on_the_command_line(bundle, tmp_path, capsys, png, change, message):
     import json
     import shutil
@@ -325,17 +241,12 @@ def test_a_config_json_holding_a_list_is_one_line(tiny_checkpoint, tmp_path, cap
     _one_line(capsys, ["info", copy], f"{copy / 'config.json'}: must hold a JSON object (got list)")
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["demo", "--out", "{file}"], "{file}: is a file, not a folder; choose a folder path for the output"),
-        (
-            ["eval", "b", "--data", "d.json", "--examples", "{file}"],
-            "--examples {file}: is a file, not a folder; choose a folder path for the output",
-        ),
-        (["profile", "b", "--plot", "{dir}"], "--plot {dir}: is a folder; give a file name, e.g. {dir}/profile.png"),
-    ],
-)
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--out", "{file}"], "{file}: is a file, not a folder; choose a folder path for the output"),
+    (["eval", "b", "--data", "d.json", "--examples", "{file}"],
+     "--examples {file}: is a file, not a folder; choose a folder path for the output"),
+    (["profile", "b", "--plot", "{dir}"], "--plot {dir}: is a folder; give a file name, e.g. {dir}/profile.png"),
+])
 def test_an_output_of_the_wrong_kind_is_refused_before_the_work(tmp_path, capsys, args, message):
     file = tmp_path / "notes.txt"
     file.write_text("mine")
@@ -366,13 +277,7 @@ def test_an_unwritable_output_is_refused_before_the_work(bundle, tmp_path, capsy
     locked.mkdir()
     monkeypatch.setattr(fileio.os, "access", lambda path, mode: Path(path) != locked)
     monkeypatch.setattr(qbundle, "read_bundle", lambda *a: pytest.fail("read the bundle before checking --out"))
-    _one_line(
-        capsys,
-        ["quantize", bundle, "--out", locked / "q", "--scheme", "int8-dynamic"],
-        f"{locked / 'q'}: no permission to write in {locked}; choose another path",
-    )
-    _one_line(
-        capsys,
-        ["eval", bundle, "--data", "d.json", "--examples", locked / "png"],
-        f"--examples {locked / 'png'}: no permission to write in {locked}; choose another path",
-    )
+    _one_line(capsys, ["quantize", bundle, "--out", locked / "q", "--scheme", "int8-dynamic"],
+              f"{locked / 'q'}: no permission to write in {locked}; choose another path")
+    _one_line(capsys, ["eval", bundle, "--data", "d.json", "--examples", locked / "png"],
+              f"--examples {locked / 'png'}: no permission to write in {locked}; choose another path")

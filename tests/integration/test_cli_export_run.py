@@ -39,63 +39,21 @@ def images(tmp_path_factory):
 
 
 def test_export_then_run_prints_json_results(bundle, images):
-    out = run_cli(
-        "run",
-        str(bundle),
-        "--image",
-        str(images / "a.png"),
-        "--task",
-        "REG_DET_HBB",
-        "--text",
-        "airplane",
-        "--max-new-tokens",
-        "5",
-    )
+    out = run_cli("run", str(bundle), "--image", str(images / "a.png"), "--task", "REG_DET_HBB", "--text", "airplane",
+                  "--max-new-tokens", "5")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["type"] == "boxes" and isinstance(result["boxes"], list)
-    out = run_cli(
-        "run",
-        str(bundle),
-        "--image",
-        str(images / "gray16.png"),
-        "--all",
-        "--text",
-        "ship",
-        "--max-new-tokens",
-        "4",
-        "--num-beams",
-        "1",
-    )
+    out = run_cli("run", str(bundle), "--image", str(images / "gray16.png"), "--all", "--text", "ship",
+                  "--max-new-tokens", "4", "--num-beams", "1")
     assert out.returncode == 0, out.stderr
     results = json.loads(out.stdout)
     assert {"IMG_CAP", "IMG_CLS", "IMG_CT", "REG_DET_HBB", "PIX_SEG"} <= set(results) and "PIX_CHG" not in results
-    out = run_cli(
-        "run",
-        str(bundle),
-        "--image",
-        str(images / "a.png"),
-        "--image2",
-        str(images / "b.png"),
-        "--task",
-        "PIX_CHG",
-        "--max-new-tokens",
-        "4",
-    )
+    out = run_cli("run", str(bundle), "--image", str(images / "a.png"), "--image2", str(images / "b.png"),
+                  "--task", "PIX_CHG", "--max-new-tokens", "4")
     assert out.returncode == 0 and json.loads(out.stdout)["type"] == "polygons"
-    out = run_cli(
-        "run",
-        str(bundle),
-        "--image",
-        str(images / "a.png"),
-        "--image2",
-        str(images / "b.png"),
-        "--all",
-        "--max-new-tokens",
-        "4",
-        "--num-beams",
-        "1",
-    )
+    out = run_cli("run", str(bundle), "--image", str(images / "a.png"), "--image2", str(images / "b.png"), "--all",
+                  "--max-new-tokens", "4", "--num-beams", "1")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["PIX_CHG"]["type"] == "polygons" and "IMG_CAP" in json.loads(out.stdout)
 
@@ -103,25 +61,20 @@ def test_export_then_run_prints_json_results(bundle, images):
 def test_backend_options_change_threads_not_results(bundle, images):
     args = ["run", str(bundle), "--image", str(images / "a.png"), "--task", "IMG_CAP", "--max-new-tokens", "6"]
     plain = run_cli(*args)
-    quiet = run_cli(
-        *args, "--option", "session.intra_op.allow_spinning=0", "--option", "session.inter_op.allow_spinning=0"
-    )
+    quiet = run_cli(*args, "--option", "session.intra_op.allow_spinning=0", "--option", "session.inter_op.allow_spinning=0")
     assert plain.returncode == quiet.returncode == 0, quiet.stderr
     assert json.loads(quiet.stdout) == json.loads(plain.stdout)
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--task", "PIX_CHG"], "PIX_CHG: needs two images"),
-        (["--task", "IMG_CAP", "--image2", "{img}/b.png"], "only PIX_CHG takes image2"),
-        (["--all", "--task", "IMG_CAP", "--image2", "{img}/b.png"], "image2 is only for PIX_CHG"),
-        (["--task", "NOPE"], "unknown task 'NOPE'"),
-        (["--task", "REG_DET_HBB"], "REG_DET_HBB: the prompt needs text"),
-        (["--task", "IMG_CAP", "--backend", "coreml"], "unknown backend 'coreml'"),
-        (["--task", "IMG_CAP", "--option", "allow_spinning"], "--option: expected KEY=VALUE (got 'allow_spinning')"),
-    ],
-)
+@pytest.mark.parametrize("args, message", [
+    (["--task", "PIX_CHG"], "PIX_CHG: needs two images"),
+    (["--task", "IMG_CAP", "--image2", "{img}/b.png"], "only PIX_CHG takes image2"),
+    (["--all", "--task", "IMG_CAP", "--image2", "{img}/b.png"], "image2 is only for PIX_CHG"),
+    (["--task", "NOPE"], "unknown task 'NOPE'"),
+    (["--task", "REG_DET_HBB"], "REG_DET_HBB: the prompt needs text"),
+    (["--task", "IMG_CAP", "--backend", "coreml"], "unknown backend 'coreml'"),
+    (["--task", "IMG_CAP", "--option", "allow_spinning"], "--option: expected KEY=VALUE (got 'allow_spinning')"),
+])
 def test_bad_input_is_one_line_and_exit_1(bundle, images, args, message):
     args = [a.replace("{img}", str(images)) for a in args]
     out = run_cli("run", str(bundle), "--image", str(images / "a.png"), *args)
@@ -137,10 +90,7 @@ def test_unreadable_image_and_tampered_bundle(bundle, images, tmp_path):
     (copy / "encoder_model.onnx").write_bytes(b"0" + (copy / "encoder_model.onnx").read_bytes())
     out = run_cli("run", str(copy), "--image", str(images / "a.png"), "--task", "IMG_CAP")
     assert out.returncode == 1
-    assert (
-        out.stderr.strip()
-        == f"error: {copy}/manifest.json: sha256 of encoder_model.onnx does not match; re-export the bundle"
-    )
+    assert out.stderr.strip() == f"error: {copy}/manifest.json: sha256 of encoder_model.onnx does not match; re-export the bundle"
     shutil.copy(bundle / "encoder_model.onnx", copy / "encoder_model.onnx")
     (copy / "decoder_model.onnx").unlink()
     out = run_cli("run", str(copy), "--image", str(images / "a.png"), "--task", "IMG_CAP")
@@ -163,20 +113,7 @@ def test_torch_backend_without_a_gpu_is_one_line(bundle, images):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    out = run_cli(
-        "run",
-        str(bundle.parent / "ckpt"),
-        "--backend",
-        "torch",
-        "--device",
-        "cuda",
-        "--image",
-        str(images / "a.png"),
-        "--task",
-        "IMG_CAP",
-    )
+    out = run_cli("run", str(bundle.parent / "ckpt"), "--backend", "torch", "--device", "cuda", "--image",
+                  str(images / "a.png"), "--task", "IMG_CAP")
     assert out.returncode == 1
-    assert (
-        out.stderr.strip()
-        == "error: --device cuda: torch sees no CUDA GPU here; use --device cpu or a CUDA build of torch"
-    )
+    assert out.stderr.strip() == "error: --device cuda: torch sees no CUDA GPU here; use --device cpu or a CUDA build of torch"

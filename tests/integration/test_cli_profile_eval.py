@@ -31,44 +31,13 @@ def synth(tmp_path_factory):
 def test_profile_two_bundles_table_json_png(bundles, tmp_path):
     spec = tmp_path / "boards.yaml"
     spec.write_text("name: Test Board 9000\nbandwidth_gbs: 25.6\npeak_tflops: {fp32: 0.5, fp16: 2}\n")
-    out = run_cli(
-        "profile",
-        str(bundles[0]),
-        str(bundles[1]),
-        "--runs",
-        "2",
-        "--warmup",
-        "0",
-        "--new-tokens",
-        "4",
-        "--image-size",
-        "64",
-        "--tasks",
-        "IMG_CAP,REG_DET_OBB",
-        "--json",
-        str(tmp_path / "p.json"),
-        "--plot",
-        str(tmp_path / "p.png"),
-        "--device-spec",
-        str(spec),
-    )
+    out = run_cli("profile", str(bundles[0]), str(bundles[1]), "--runs", "2", "--warmup", "0", "--new-tokens", "4",
+                  "--image-size", "64", "--tasks", "IMG_CAP,REG_DET_OBB", "--json", str(tmp_path / "p.json"),
+                  "--plot", str(tmp_path / "p.png"), "--device-spec", str(spec))
     assert out.returncode == 0, out.stderr
-    for needle in (
-        "split",
-        "merged",
-        "vision encoder",
-        "decode, per token",
-        "tokens/s",
-        "REG_DET_OBB end-to-end",
-        "run_all (2 tasks)",
-        "peak RSS",
-        "decoder_model_merged",
-        "roofline",
-        "ESTIMATE",
-        "Test Board 9000",
-        "Jetson Orin Nano 8GB",
-        "max(bytes / (bandwidth",
-    ):
+    for needle in ("split", "merged", "vision encoder", "decode, per token", "tokens/s", "REG_DET_OBB end-to-end",
+                   "run_all (2 tasks)", "peak RSS", "decoder_model_merged", "roofline", "ESTIMATE", "Test Board 9000",
+                   "Jetson Orin Nano 8GB", "max(bytes / (bandwidth"):
         assert needle in out.stdout, needle
     data = json.loads((tmp_path / "p.json").read_text())
     assert [p["decoder"] for p in data["profiles"]] == ["split", "merged"]
@@ -78,28 +47,9 @@ def test_profile_two_bundles_table_json_png(bundles, tmp_path):
 
 
 def test_profile_checkpoint_on_the_torch_backend(tiny_checkpoint, tmp_path):
-    out = run_cli(
-        "profile",
-        str(tiny_checkpoint),
-        "--backend",
-        "torch",
-        "--device",
-        "cpu",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
-        "--new-tokens",
-        "4",
-        "--image-size",
-        "64",
-        "--tasks",
-        "IMG_CAP",
-        "--threads",
-        "1",
-        "--json",
-        str(tmp_path / "c.json"),
-    )
+    out = run_cli("profile", str(tiny_checkpoint), "--backend", "torch", "--device", "cpu", "--runs", "1", "--warmup", "0",
+                  "--new-tokens", "4", "--image-size", "64", "--tasks", "IMG_CAP", "--threads", "1",
+                  "--json", str(tmp_path / "c.json"))
     assert out.returncode == 0, out.stderr
     for needle in ("decode, per token", "bundle / weights size", "a checkpoint's bytes are its parameters", "ESTIMATE"):
         assert needle in out.stdout, needle
@@ -121,38 +71,21 @@ def _one_line_error(capsys, args, message):
 
 def test_profile_errors_are_one_line(bundles, tiny_checkpoint, tmp_path, capsys):
     merged = str(bundles[1])
-    _one_line_error(
-        capsys,
-        ["profile", str(tiny_checkpoint), "--option", "PERFORMANCE_HINT=LATENCY"],
-        "is a checkpoint, which takes only dtype=fp32|fp16|bf16",
-    )
+    _one_line_error(capsys, ["profile", str(tiny_checkpoint), "--option", "PERFORMANCE_HINT=LATENCY"],
+                    "is a checkpoint, which takes only dtype=fp32|fp16|bf16")
     _one_line_error(capsys, ["profile", str(tmp_path / "none")], "no such bundle or checkpoint directory")
     _one_line_error(capsys, ["profile", merged, "--backend", "torch"], "--backend torch runs a checkpoint directory")
     _one_line_error(capsys, ["profile", merged, "--backend", "openvino"], "has no graphs for backend 'openvino'")
     _one_line_error(capsys, ["profile", merged, "--tasks", "IMG_FOO"], "unknown task 'IMG_FOO'")
     _one_line_error(capsys, ["profile", merged, "--runs", "0"], "--runs: must be >= 1")
-    _one_line_error(
-        capsys, ["profile", merged, "--device-spec", str(tmp_path / "none.yaml")], "device spec file not found"
-    )
+    _one_line_error(capsys, ["profile", merged, "--device-spec", str(tmp_path / "none.yaml")], "device spec file not found")
 
 
 @pytest.fixture(scope="module")
 def bundle_eval(bundles, synth, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("eval")
-    out = run_cli(
-        "eval",
-        str(bundles[0]),
-        "--data",
-        str(synth / "test.json"),
-        "--num-beams",
-        "1",
-        "--max-new-tokens",
-        "8",
-        "--json",
-        str(out_dir / "e.json"),
-        "--examples",
-        str(out_dir / "png"),
-    )
+    out = run_cli("eval", str(bundles[0]), "--data", str(synth / "test.json"), "--num-beams", "1", "--max-new-tokens", "8",
+                  "--json", str(out_dir / "e.json"), "--examples", str(out_dir / "png"))
     assert out.returncode == 0, out.stderr
     return out, out_dir
 
@@ -167,42 +100,14 @@ def test_eval_bundle_prints_the_14_task_table_json_and_pngs(bundle_eval):
 
 
 def test_eval_checkpoint_predicts_what_its_bundle_predicts(bundle_eval, tiny_checkpoint, synth, tmp_path):
-    out = run_cli(
-        "eval",
-        str(tiny_checkpoint),
-        "--data",
-        str(synth / "test.json"),
-        "--num-beams",
-        "1",
-        "--max-new-tokens",
-        "8",
-        "--threads",
-        "1",
-        "--json",
-        str(tmp_path / "ckpt.json"),
-    )
+    out = run_cli("eval", str(tiny_checkpoint), "--data", str(synth / "test.json"), "--num-beams", "1", "--max-new-tokens", "8",
+                  "--threads", "1", "--json", str(tmp_path / "ckpt.json"))
     assert out.returncode == 0, out.stderr
     ckpt, bundle = (json.loads(f.read_text()) for f in (tmp_path / "ckpt.json", bundle_eval[1] / "e.json"))
     assert ckpt["backend"] == "torch" and len(ckpt["predictions"]) == 14
     assert ckpt["predictions"] == bundle["predictions"]
-    out = run_cli(
-        "eval",
-        str(tiny_checkpoint),
-        "--data",
-        str(synth / "test.json"),
-        "--num-beams",
-        "1",
-        "--max-new-tokens",
-        "8",
-        "--threads",
-        "1",
-        "--backend",
-        "torch",
-        "--device",
-        "cpu",
-        "--json",
-        str(tmp_path / "graphed.json"),
-    )
+    out = run_cli("eval", str(tiny_checkpoint), "--data", str(synth / "test.json"), "--num-beams", "1", "--max-new-tokens", "8",
+                  "--threads", "1", "--backend", "torch", "--device", "cpu", "--json", str(tmp_path / "graphed.json"))
     assert out.returncode == 0, out.stderr
     graphed = json.loads((tmp_path / "graphed.json").read_text())  # the static-KV decoder (graphs on a GPU only)
     assert graphed["backend"] == "torch-graphs" and graphed["predictions"] == bundle["predictions"]
@@ -214,7 +119,5 @@ def test_eval_errors_are_one_line(bundles, synth, tmp_path, capsys):
     _one_line_error(capsys, ["eval", bundle, "--data", data, "--tasks", "IMG_CLS,NOPE"], "unknown task 'NOPE'")
     _one_line_error(capsys, ["eval", str(tmp_path / "nothing"), "--data", data], "no such bundle or checkpoint")
     _one_line_error(capsys, ["eval", bundle, "--data", data, "--backend", "tensorflow"], "unknown backend 'tensorflow'")
-    _one_line_error(
-        capsys, ["eval", bundle, "--data", data, "--backend", "torch"], "--backend torch runs a checkpoint directory"
-    )
+    _one_line_error(capsys, ["eval", bundle, "--data", data, "--backend", "torch"], "--backend torch runs a checkpoint directory")
     _one_line_error(capsys, ["eval", bundle, "--data", data, "--limit", "0"], "--limit: must be >= 1 (got 0)")

@@ -19,25 +19,9 @@ pytest.importorskip("onnxruntime")
 
 def test_quantize_then_run(tiny_model, tiny_tokenizer, tmp_path):
     bundle = tiny_bundle(tiny_model, tiny_tokenizer)
-    out = run_cli(
-        "quantize",
-        str(bundle),
-        "--out",
-        str(tmp_path / "q"),
-        "--scheme",
-        "int4-weight-only",
-        "--calib",
-        str(synth_folder()),
-        "--n",
-        "3",
-        "--n-val",
-        "3",
-        "--max-new-tokens",
-        "6",
-        "--block-size",
-        "64",
-        "--sensitivity",
-    )
+    out = run_cli("quantize", str(bundle), "--out", str(tmp_path / "q"), "--scheme", "int4-weight-only",
+                  "--calib", str(synth_folder()), "--n", "3", "--n-val", "3", "--max-new-tokens", "6",
+                  "--block-size", "64", "--sensitivity")
     assert out.returncode == 0, out.stderr
     assert "guard: token agreement" in out.stdout and "layer sensitivity" in out.stdout and "wrote" in out.stdout
     assert re.search(r"attempt\(s\), \d+ layers kept in (fp32|int8)", out.stdout)
@@ -45,30 +29,19 @@ def test_quantize_then_run(tiny_model, tiny_tokenizer, tmp_path):
     assert manifest["quantization"]["spec"]["block_size"] == 64
     assert (tmp_path / "q" / "sensitivity.json").is_file()
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
-    run = run_cli(
-        "run", str(tmp_path / "q"), "--image", str(tmp_path / "a.png"), "--task", "IMG_CAP", "--max-new-tokens", "4"
-    )
+    run = run_cli("run", str(tmp_path / "q"), "--image", str(tmp_path / "a.png"), "--task", "IMG_CAP", "--max-new-tokens", "4")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["type"] == "caption"
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (
-            ["--scheme", "int3-magic"],
-            "unknown quantization scheme 'int3-magic'; choose one of: int8-static, int8-dynamic",
-        ),
-        (["--scheme", "int8-static"], "needs calibration data; pass --calib FILE"),
-        (["--scheme", "int4-weight-only", "--backend", "tensorrt"], "--backend tensorrt: supports int8-static"),
-        (["--scheme", "int4-weight-only", "--block-size", "48"], "--block-size: must be one of 32, 64, 128"),
-        (
-            ["--scheme", "int4-weight-only", "--confidence", "1.5"],
-            "--confidence: Input should be less than 1 (got 1.5)",
-        ),
-        (["--scheme", "int8-static", "--engines"], "--engines builds TensorRT engines, so it needs --backend tensorrt"),
-    ],
-)
+@pytest.mark.parametrize("args, message", [
+    (["--scheme", "int3-magic"], "unknown quantization scheme 'int3-magic'; choose one of: int8-static, int8-dynamic"),
+    (["--scheme", "int8-static"], "needs calibration data; pass --calib FILE"),
+    (["--scheme", "int4-weight-only", "--backend", "tensorrt"], "--backend tensorrt: supports int8-static"),
+    (["--scheme", "int4-weight-only", "--block-size", "48"], "--block-size: must be one of 32, 64, 128"),
+    (["--scheme", "int4-weight-only", "--confidence", "1.5"], "--confidence: Input should be less than 1 (got 1.5)"),
+    (["--scheme", "int8-static", "--engines"], "--engines builds TensorRT engines, so it needs --backend tensorrt"),
+])
 def test_bad_choices_are_one_line_errors(tiny_model, tiny_tokenizer, tmp_path, args, message):
     out = run_cli("quantize", str(tiny_bundle(tiny_model, tiny_tokenizer)), "--out", str(tmp_path / "q"), *args)
     assert out.returncode == 1

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.conftest import ROOT, run_cli  # noqa: E402
+from tests.planted import Planted  # noqa: E402
 from tiercel.distill import trainer  # noqa: E402
 from tiercel.errors import TiercelError  # noqa: E402
 from tiercel.recipe import load_recipe, parse_recipe  # noqa: E402
@@ -24,27 +25,9 @@ def teacher_dir(tmp_path_factory, tiny_model, tiny_tokenizer):
 
 
 def recipe(out, synth_dir, teacher=None, **distill):
-    data = {
-        "train": str(synth_dir / "train.json"),
-        "val": str(synth_dir / "val.json"),
-        "root": str(synth_dir),
-        "max_answer_tokens": 48,
-    }
-    r = {
-        "name": "t",
-        "out": str(out),
-        "data": data,
-        "student": {"preset": "tiny", "dropout": 0.0},
-        "distill": {
-            "steps": 6,
-            "batch_size": 4,
-            "save_every": 3,
-            "log_every": 1,
-            "warmup_steps": 1,
-            "eval_limit": 8,
-            **distill,
-        },
-    }
+    data = {"train": str(synth_dir / "train.json"), "val": str(synth_dir / "val.json"), "root": str(synth_dir), "max_answer_tokens": 48}
+    r = {"name": "t", "out": str(out), "data": data, "student": {"preset": "tiny", "dropout": 0.0},
+         "distill": {"steps": 6, "batch_size": 4, "save_every": 3, "log_every": 1, "warmup_steps": 1, "eval_limit": 8, **distill}}
     if teacher is None or teacher["kind"] == "generated":
         r["tokenizer"] = {"source": "train", "vocab_size": 400}
     if teacher is not None:
@@ -63,9 +46,7 @@ def weights(path):
 
 
 def test_fine_tuning_learns(tmp_path, synth_dir):
-    trainer.distill(
-        recipe(tmp_path, synth_dir, steps=40, batch_size=8, lr=3e-3, warmup_steps=2, save_every=40), progress=False
-    )
+    trainer.distill(recipe(tmp_path, synth_dir, steps=40, batch_size=8, lr=3e-3, warmup_steps=2, save_every=40), progress=False)
     losses = [m["loss"] for m in metrics(tmp_path)]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.5  # CE falls well below its ln(vocab) start
     assert (tmp_path / "student" / "model.safetensors").is_file() and (tmp_path / "recipe.yaml").is_file()
@@ -99,19 +80,7 @@ def test_resume_continues_exactly(tmp_path, synth_dir, monkeypatch):
     a, b = weights(straight / "student"), weights(crashed / "student")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [m["step"] for m in metrics(crashed)] == [m["step"] for m in metrics(straight)] == [1, 2, 3, 4, 5, 6]
-    assert metrics(crashed) == [
-        {**m, "samples_per_s": c["samples_per_s"]} for m, c in zip(metrics(straight), metrics(crashed))
-    ]
-
-
-class _Planted:
-    """A pickle that, once loaded with weights_only=False, creates a file: code from a checkpoint ran."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').close()",))
+    assert metrics(crashed) == [{**m, "samples_per_s": c["samples_per_s"]} for m, c in zip(metrics(straight), metrics(crashed))]
 
 
 def _crashed_run(r, monkeypatch):
@@ -135,11 +104,9 @@ def test_resume_never_runs_code_from_a_planted_trainer_state(tmp_path, synth_dir
     r = recipe(tmp_path, synth_dir)
     ckpt = _crashed_run(r, monkeypatch)
     marker = tmp_path / "code_ran"
-    torch.save({"format": 2, "step": 3, "hook": _Planted(marker)}, ckpt / "trainer_state.pt")
-    message = (
-        f"{ckpt / 'trainer_state.pt'}: not a trainer state tiercel can read safely (it holds Python objects "
-        f"whose loading could run code: builtins.exec); {_restart_hint(ckpt)}"
-    )
+    torch.save({"format": 2, "step": 3, "hook": Planted(marker)}, ckpt / "trainer_state.pt")
+    message = (f"{ckpt / 'trainer_state.pt'}: not a trainer state tiercel can read safely (it holds Python objects "
+               f"whose loading could run code: builtins.exec); {_restart_hint(ckpt)}")
     if entry == "cli":
         (tmp_path / "r.yaml").write_text(dump_recipe(r))
         done = run_cli("distill", str(tmp_path / "r.yaml"), "--resume", "--quiet")
@@ -164,10 +131,8 @@ def test_an_older_tiercels_trainer_state_is_refused_unread_and_its_weights_carry
     torch.save(old, ckpt / "trainer_state.pt")
     with pytest.raises(TiercelError) as err:
         trainer.distill(r, resume=True, progress=False)
-    assert str(err.value) == (
-        f"{ckpt / 'trainer_state.pt'}: trainer state of an older tiercel, whose pickled numpy RNG "
-        f"state resume no longer loads (unpickling it could run code); {_restart_hint(ckpt)}"
-    )
+    assert str(err.value) == (f"{ckpt / 'trainer_state.pt'}: trainer state of an older tiercel, whose pickled numpy RNG "
+                              f"state resume no longer loads (unpickling it could run code); {_restart_hint(ckpt)}")
     following = r.model_copy(update={"out": tmp_path / "new"}, deep=True)  # what the message says to do
     following.student.checkpoint, following.tokenizer.source, following.student.init = ckpt, "student", "checkpoint"
     trainer.distill(following, progress=False)
@@ -185,9 +150,8 @@ def test_resume_with_another_student_shape_is_one_line_and_keeps_the_recipe(tmp_
     done = run_cli("distill", str(tmp_path / "r.yaml"), "--resume", "--quiet", *wider)
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: {ckpt}: checkpoint does not fit the recipe's student (")
-    assert done.stderr.endswith(
-        " in the recipe); resume with the recipe the run started with, or start a new run with another out\n"
-    )
+    assert done.stderr.endswith(" in the recipe); resume with the recipe the run started with, or start a new run "
+                                "with another out\n")
     assert (tmp_path / "recipe.yaml").read_text() == before
 
 
@@ -200,9 +164,8 @@ def test_resume_with_other_hidden_distillation_is_one_line(tmp_path, synth_dir, 
     with pytest.raises(TiercelError) as err:
         trainer.distill(with_heads, resume=True, progress=False)
     assert str(err.value).startswith(f"{ckpt}: checkpoint does not fit the recipe's distill.hidden projection heads (")
-    assert str(err.value).endswith(
-        " only in the recipe); resume with the recipe the run started with, or start a new run with another out"
-    )
+    assert str(err.value).endswith(" only in the recipe); resume with the recipe the run started with, or start a new "
+                                   "run with another out")
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -226,9 +189,7 @@ def test_every_rank_waits_at_the_same_tokenizer_barriers(tmp_path, synth_dir, mo
             (run_dir / "tokenizer.json").write_bytes((rank0 / "tokenizer.json").read_bytes())
 
     monkeypatch.setattr(setup, "barrier", barrier)
-    monkeypatch.setattr(
-        setup, "train_bpe", lambda texts, vocab_size: setup.TextTokenizer.from_dir(rank0 / "tokenizer.json")
-    )
+    monkeypatch.setattr(setup, "train_bpe", lambda texts, vocab_size: setup.TextTokenizer.from_dir(rank0 / "tokenizer.json"))
     tok = setup.resolve_tokenizer(r, None, run_dir, Dist(rank, 2))
     assert len(calls) == 3  # the same three barriers on every rank: first look, after training, after saving
     assert len(tok) == len(setup.TextTokenizer.from_dir(rank0 / "tokenizer.json"))
@@ -266,22 +227,14 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, synth_dir, monkeypat
         return loss * float("nan") if calls["n"] == 3 else loss
 
     monkeypatch.setattr(objective, "ce_loss", nan_on_third)
-    with pytest.raises(
-        trainer.TrainingDiverged, match=r"loss became nan at step 2 .* the last good checkpoint is kept"
-    ):
+    with pytest.raises(trainer.TrainingDiverged, match=r"loss became nan at step 2 .* the last good checkpoint is kept"):
         trainer.distill(recipe(tmp_path, synth_dir, save_every=1), progress=False)
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_000002"
 
 
 def test_logit_and_hidden_kd_from_a_checkpoint_teacher(tmp_path, synth_dir, teacher_dir):
-    r = recipe(
-        tmp_path,
-        synth_dir,
-        {"kind": "checkpoint", "path": str(teacher_dir)},
-        kd=1.0,
-        divergence="jsd",
-        hidden={"vision": 1.0, "encoder": 1.0, "decoder": 1.0, "decoder_layers": {0: 1}},
-    )
+    r = recipe(tmp_path, synth_dir, {"kind": "checkpoint", "path": str(teacher_dir)}, kd=1.0, divergence="jsd",
+               hidden={"vision": 1.0, "encoder": 1.0, "decoder": 1.0, "decoder_layers": {0: 1}})
     r.student.overrides = {"d_model": 32, "ffn_dim": 64, "decoder_layers": 1}
     trainer.distill(r, progress=False)
     last = metrics(tmp_path)[-1]
@@ -297,10 +250,7 @@ def test_student_from_teacher_layers(tmp_path, synth_dir, teacher_dir):
     trainer.distill(r, progress=False)
     report = json.loads((tmp_path / "init_report.json").read_text())
     assert report["layer_map"] == {"encoder": [0, 1], "decoder": [1]}
-    assert [
-        "model.language_model.decoder.layers.0.fc1.weight",
-        "model.language_model.decoder.layers.1.fc1.weight",
-    ] in report["copied"]
+    assert ["model.language_model.decoder.layers.0.fc1.weight", "model.language_model.decoder.layers.1.fc1.weight"] in report["copied"]
     assert report["copied_fraction"] > 0.9 and report["skipped"] == []
 
 
@@ -339,15 +289,13 @@ def test_a_cache_shard_holding_pickled_objects_is_refused_unread(tmp_path):
 
     marker, shard = tmp_path / "code_ran", tmp_path / "shard_00000.npz"
     planted = np.empty(1, dtype=object)
-    planted[0] = _Planted(marker)
+    planted[0] = Planted(marker)
     np.savez(shard, values=planted, indices=np.zeros((1, 4), np.int32), offsets=np.array([0, 1]))
     with pytest.raises(TiercelError) as err:
         read_shard(shard)
-    assert str(err.value) == (
-        f"{shard}: not a shard cache-teacher wrote (Object arrays cannot be loaded when "
-        "allow_pickle=False); delete it and run `tiercel distill cache-teacher RECIPE` again, "
-        "which rewrites missing shards"
-    )
+    assert str(err.value) == (f"{shard}: not a shard cache-teacher wrote (Object arrays cannot be loaded when "
+                              "allow_pickle=False); delete it and run `tiercel distill cache-teacher RECIPE` again, "
+                              "which rewrites missing shards")
     assert not marker.exists()
 
 
@@ -388,24 +336,10 @@ def _ddp_recipe(tmp_path, synth_dir, name, batch, strategy="ddp", loss_norm="tok
         data["val"] = str(synth_dir / "val.json")
     teacher, student = more.pop("teacher", None), more.pop("student", None)
     recipe = {
-        "name": name,
-        "out": str(out),
-        "tokenizer": {"source": "train", "vocab_size": 400} if teacher is None else {"source": "teacher"},
-        "data": data,
-        "student": {"preset": "tiny", "dropout": 0.0},
-        "distill": {
-            "steps": 4,
-            "batch_size": batch,
-            "save_every": 2,
-            "log_every": 1,
-            "warmup_steps": 1,
-            "strategy": strategy,
-            "loss_norm": loss_norm,
-            "eval_every": 2,
-            "eval_limit": 8,
-            **more,
-        },
-    }
+        "name": name, "out": str(out), "tokenizer": {"source": "train", "vocab_size": 400} if teacher is None else {"source": "teacher"},
+        "data": data, "student": {"preset": "tiny", "dropout": 0.0},
+        "distill": {"steps": 4, "batch_size": batch, "save_every": 2, "log_every": 1, "warmup_steps": 1, "strategy": strategy,
+                    "loss_norm": loss_norm, "eval_every": 2, "eval_limit": 8, **more}}
     if teacher is not None:
         recipe["teacher"] = {"kind": "checkpoint", "path": str(teacher)}
     if student is not None:
@@ -454,16 +388,8 @@ def one_process(tmp_path_factory, synth_dir, teacher_dir, early_stopper):
 
     def run(loss_norm):
         if loss_norm not in done:
-            path, done[loss_norm] = _ddp_recipe(
-                tmp_path_factory.mktemp("one"),
-                synth_dir,
-                "one",
-                batch=2,
-                loss_norm=loss_norm,
-                teacher=teacher_dir,
-                student=early_stopper,
-                **_MIXED,
-            )
+            path, done[loss_norm] = _ddp_recipe(tmp_path_factory.mktemp("one"), synth_dir, "one", batch=2, loss_norm=loss_norm,
+                                                teacher=teacher_dir, student=early_stopper, **_MIXED)
             trainer.distill(load_recipe(path), progress=False)
         return done[loss_norm]
 
@@ -475,38 +401,15 @@ def one_process(tmp_path_factory, synth_dir, teacher_dir, early_stopper):
 def test_two_processes_match_one(tmp_path, synth_dir, teacher_dir, early_stopper, one_process, strategy, loss_norm):
     # FSDP used to crash at the first validation and at the first on-policy batch (the student called outside
     # the sharded root); on-policy micro-batches were weighted by the dataset's answer tokens, not the sampled ones
-    two, out2 = _ddp_recipe(
-        tmp_path,
-        synth_dir,
-        "two",
-        batch=1,
-        strategy=strategy,
-        loss_norm=loss_norm,
-        teacher=teacher_dir,
-        student=early_stopper,
-        **_MIXED,
-    )
+    two, out2 = _ddp_recipe(tmp_path, synth_dir, "two", batch=1, strategy=strategy, loss_norm=loss_norm,
+                            teacher=teacher_dir, student=early_stopper, **_MIXED)
     r = load_recipe(two)
     assert {trainer.on_policy_batch(r, s, m) for s in range(4) for m in range(2)} == {True, False}  # both kinds
     out1 = one_process(loss_norm)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(_free_port()),
-    ]
-    proc = subprocess.run(
-        [*torchrun, "-m", "tiercel", "distill", str(two), "--quiet"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    proc = subprocess.run([*torchrun, "-m", "tiercel", "distill", str(two), "--quiet"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = metrics(out1), metrics(out2)
     assert [m["samples"] for m in b] == [4] * 4 and all("kd" in m for m in b)
@@ -517,10 +420,7 @@ def test_two_processes_match_one(tmp_path, synth_dir, teacher_dir, early_stopper
     w1, w2 = weights(out1 / "student"), weights(out2 / "student")
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5  # same weights after 4 steps, saved in full
     if strategy == "fsdp":
-        assert sorted(p.name for p in (out2 / "checkpoints" / "step_000004").glob("optimizer.rank*.pt")) == [
-            "optimizer.rank0.pt",
-            "optimizer.rank1.pt",
-        ]
+        assert sorted(p.name for p in (out2 / "checkpoints" / "step_000004").glob("optimizer.rank*.pt")) == ["optimizer.rank0.pt", "optimizer.rank1.pt"]
     v1, v2 = _val_losses(out1), _val_losses(out2)
     assert [s for s, _ in v1] == [s for s, _ in v2] == [2, 4]
     assert all(abs(x - y) < 1e-5 * abs(x) for (_, x), (_, y) in zip(v1, v2))
@@ -532,31 +432,16 @@ def test_fsdp_resumes_and_refuses_another_student_shape_in_one_line(tmp_path, sy
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def torchrun(*args):
-        launch = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(_free_port()),
-        ]
-        return subprocess.run(
-            [*launch, "-m", "tiercel", "distill", str(path), "--quiet", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+        return subprocess.run([*launch, "-m", "tiercel", "distill", str(path), "--quiet", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
 
     assert torchrun().returncode == 0
     resumed = torchrun("--resume", "--set", "distill.steps=4")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["resumed_from"] == 2
     wider = torchrun("--resume", "--set", "distill.steps=6", "--set", "student.overrides={d_model: 48}")
-    errors = {
-        line for line in wider.stderr.splitlines() if line.startswith("error: ")
-    }  # the same line from each process
+    errors = {line for line in wider.stderr.splitlines() if line.startswith("error: ")}  # the same line from each process
     assert wider.returncode != 0 and len(errors) == 1, wider.stderr[-2000:]
     ckpt = out / "checkpoints" / "step_000004"
     assert errors.pop().startswith(f"error: {ckpt}: checkpoint does not fit the recipe's student (")
@@ -582,41 +467,24 @@ def test_generated_answers_teacher(tmp_path, synth_dir, teacher_dir, monkeypatch
             return "airplane"
 
     monkeypatch.setattr(answers, "make_adapter", lambda recipe, device: SaysAirplane())
-    teacher = {
-        "kind": "generated",
-        "adapter": "geochat",
-        "path": str(teacher_dir),
-        "answers": str(tmp_path / "answers.json"),
-    }
+    teacher = {"kind": "generated", "adapter": "geochat", "path": str(teacher_dir), "answers": str(tmp_path / "answers.json")}
     r = recipe(tmp_path / "run", synth_dir, teacher, steps=2, save_every=2)
     summary = answers.generate_for_recipe(r)
     source = list(iter_records(synth_dir / "train.json"))
-    textual = [
-        x
-        for x in source
-        if tasks.get(x.tag).needs_region is not None or tasks.get(x.tag).result_type.__name__ in ("Label", "Caption")
-    ]
+    textual = [x for x in source if tasks.get(x.tag).needs_region is not None or tasks.get(x.tag).result_type.__name__ in ("Label", "Caption")]
     written = list(iter_records(tmp_path / "answers.json"))
     assert summary["records"] == len(source) and summary["written"] == len(written)
     assert {w.answer for w in written} == {"airplane"} and len(written) >= len(textual) // 2
-    assert all(
-        tasks.get(w.tag).result_type.__name__ in ("Label", "Caption", "Count") for w in written
-    )  # geometry did not parse
+    assert all(tasks.get(w.tag).result_type.__name__ in ("Label", "Caption", "Count") for w in written)  # geometry did not parse
     trainer.distill(r, progress=False)
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        ({"data.val": "nowhere/val.json"}, "recipe: data.val: nowhere/val.json: file not found"),
-        ({"data.root": "nowhere"}, "recipe: data.root: nowhere: folder not found"),
-        (
-            {"distill.precision": "fp16"},
-            "recipe: distill.precision: fp16 needs a CUDA GPU (running on cpu); use bf16 or fp32",
-        ),
-    ],
-)
+@pytest.mark.parametrize("change, message", [
+    ({"data.val": "nowhere/val.json"}, "recipe: data.val: nowhere/val.json: file not found"),
+    ({"data.root": "nowhere"}, "recipe: data.root: nowhere: folder not found"),
+    ({"distill.precision": "fp16"}, "recipe: distill.precision: fp16 needs a CUDA GPU (running on cpu); use bf16 or fp32"),
+])
 def test_a_recipe_that_would_fail_later_is_refused_before_any_work(tmp_path, synth_dir, change, message):
     r = recipe(tmp_path / "run", synth_dir)
     for dotted, value in change.items():

@@ -17,32 +17,15 @@ from tiercel.recipe import parse_recipe  # noqa: E402
 def tiny_recipe(out):
     data = out / "data"
     return {
-        "name": "tiny-pipeline",
-        "out": str(out),
-        "seed": 0,
-        "data": {
-            "train": str(data / "train.json"),
-            "val": str(data / "val.json"),
-            "test": str(data / "test.json"),
-            "root": str(data),
-            "max_answer_tokens": 16,
-        },
-        "pipeline": {
-            "synth": {"n": 84, "size": 64, "seed": 1},
-            "train_teacher": {"preset": "tiny", "steps": 3, "batch_size": 2, "vocab_size": 300, "warmup_steps": 2},
-        },
+        "name": "tiny-pipeline", "out": str(out), "seed": 0,
+        "data": {"train": str(data / "train.json"), "val": str(data / "val.json"), "test": str(data / "test.json"),
+                 "root": str(data), "max_answer_tokens": 16},
+        "pipeline": {"synth": {"n": 84, "size": 64, "seed": 1},
+                     "train_teacher": {"preset": "tiny", "steps": 3, "batch_size": 2, "vocab_size": 300, "warmup_steps": 2}},
         "tokenizer": {"source": "teacher"},
         "teacher": {"kind": "checkpoint", "path": str(out / "teacher")},
         "student": {"preset": "tiny", "overrides": {"d_model": 32, "ffn_dim": 64, "decoder_layers": 1}},
-        "distill": {
-            "steps": 2,
-            "batch_size": 2,
-            "kd": 0.5,
-            "ce": 0.5,
-            "save_every": 2,
-            "eval_limit": 4,
-            "log_every": 1,
-        },
+        "distill": {"steps": 2, "batch_size": 2, "kd": 0.5, "ce": 0.5, "save_every": 2, "eval_limit": 4, "log_every": 1},
         "export": {"backends": ["onnxruntime"]},
         "quantize": {"schemes": ["int8-dynamic"], "n": 2, "max_drop": 1.0, "max_new_tokens": 8},
         "eval": {"limit": 1, "max_new_tokens": 8},
@@ -89,11 +72,7 @@ def test_every_stage_runs_and_the_report_compares_the_models(finished):
     assert (teacher_run["steps"], teacher_run["warmup_steps"]) == (3, 2)  # pipeline.train_teacher's warmup reaches it
     check = results["teacher"]["prompt_check"]  # the trained teacher's answers to the 13 single-image prompts
     assert check["tasks"] == 13 and 1 <= check["distinct_answers"] <= 13 and check["image"].endswith(".png")
-    assert (
-        (check["warning"] is not None)
-        == (check["distinct_answers"] == 1)
-        == ("**Warning:** the teacher gave one answer" in report)
-    )
+    assert (check["warning"] is not None) == (check["distinct_answers"] == 1) == ("**Warning:** the teacher gave one answer" in report)
 
 
 def _stderr_file(base):
@@ -103,16 +82,9 @@ def _stderr_file(base):
 def test_every_long_stage_shows_its_progress_on_stderr(finished):
     _, _, base = finished
     err = _stderr_file(base).read_text()
-    for line in (
-        "[data/synth] 84/84 records in ",
-        "[teacher/distill] 3/3 steps in ",
-        "[distill] 2/2 steps in ",
-        "[export/student-fp32] 5/5 graphs in ",
-        "[export/student-fp32/parity] ",
-        "[quantize/int8-dynamic/guard] ",
-        "[eval/student-int8-dynamic] ",
-        "[profile] ",
-    ):
+    for line in ("[data/synth] 84/84 records in ", "[teacher/distill] 3/3 steps in ", "[distill] 2/2 steps in ",
+                 "[export/student-fp32] 5/5 graphs in ", "[export/student-fp32/parity] ", "[quantize/int8-dynamic/guard] ",
+                 "[eval/student-int8-dynamic] ", "[profile] "):
         assert f"\n{line}" in err, line
     assert err.index("[distill] ...") < err.index("[distill] 2/2 steps") < err.index("[distill] finished")
 
@@ -175,12 +147,8 @@ def test_crash_resumes_at_the_failed_stage(tmp_path, monkeypatch):
     monkeypatch.undo()
     logs = []
     P.run_pipeline(recipe, log=logs.append)
-    assert logs[:4] == [
-        "[data] done earlier, skipped",
-        "[teacher] done earlier, skipped",
-        "[distill] done earlier, skipped",
-        "[export] done earlier, skipped",
-    ]
+    assert logs[:4] == ["[data] done earlier, skipped", "[teacher] done earlier, skipped",
+                        "[distill] done earlier, skipped", "[export] done earlier, skipped"]
     assert logs[4] == "[quantize] ..." and (out / "report.md").is_file()
 
 
@@ -206,8 +174,7 @@ def test_synth_never_replaces_a_data_folder_tiercel_did_not_write(tmp_path):
     assert str(err.value) == (
         f"{mine / 'trian.json'}: training file not found, and pipeline.synth would generate into data.root ({mine}), "
         "which holds files tiercel did not write; point data.train at your training file, or set data.root to a new "
-        "folder for the synthetic benchmark"
-    )
+        "folder for the synthetic benchmark")
     assert (mine / "images" / "scene.tif").read_bytes() == b"years of labelling"
 
 
@@ -237,16 +204,8 @@ def test_out_holds_every_output_of_the_run(finished):
     out, results, base = finished
     assert sorted(p.name for p in base.iterdir()) == ["cwd", "recipes", "run"]  # nothing at the recipe's own paths
     assert [p.name for p in (base / "recipes").iterdir()] == ["tiny.yaml"] and not any((base / "cwd").iterdir())
-    for name in (
-        "data/train.json",
-        "teacher/tiercel.json",
-        "teacher_run",
-        "student",
-        "bundles/teacher-fp32",
-        "bundles/student-fp32",
-        "bundles/student-int8-dynamic",
-        "report.md",
-    ):
+    for name in ("data/train.json", "teacher/tiercel.json", "teacher_run", "student", "bundles/teacher-fp32",
+                 "bundles/student-fp32", "bundles/student-int8-dynamic", "report.md"):
         assert (out / name).exists(), name
     summaries = json.dumps(results)
     assert str(base / "elsewhere") not in summaries and str(out / "data" / "train.json") in summaries
@@ -266,8 +225,7 @@ def test_a_teacher_folder_tiercel_did_not_write_is_never_replaced(tmp_path):
     assert str(err.value) == (
         f"teacher.path ({mine}): holds files tiercel did not write (no tiercel.json), and pipeline.train_teacher would "
         "replace them with the teacher it trains; set teacher.path to a new folder for the trained teacher, or remove "
-        "pipeline.train_teacher"
-    )
+        "pipeline.train_teacher")
     assert (mine / "model.safetensors").read_bytes() == b"weights"
     assert not (tmp_path / "run").exists()  # refused before any stage ran
 
@@ -299,18 +257,13 @@ def test_out_keeps_generated_teacher_answers_where_generate_answers_wrote_them(t
     assert moved.data.train == tmp_path / "new" / "data" / "train.json"
 
 
-@pytest.mark.parametrize(
-    "change, problem",
-    [
-        ({"data.val": "nowhere/val.json"}, "data.val: nowhere/val.json: file not found"),
-        (
-            {"data.test": "nowhere/test.json", "data.root": "nowhere"},
-            "data.test: nowhere/test.json: file not found; data.root: nowhere: folder not found",
-        ),
-        ({"data.test": None}, "data.test: not set; the report scores the test split (eval.split)"),
-        ({"distill.precision": "fp16"}, "distill.precision: fp16 needs a CUDA GPU (running on cpu); use bf16 or fp32"),
-    ],
-)
+@pytest.mark.parametrize("change, problem", [
+    ({"data.val": "nowhere/val.json"}, "data.val: nowhere/val.json: file not found"),
+    ({"data.test": "nowhere/test.json", "data.root": "nowhere"},
+     "data.test: nowhere/test.json: file not found; data.root: nowhere: folder not found"),
+    ({"data.test": None}, "data.test: not set; the report scores the test split (eval.split)"),
+    ({"distill.precision": "fp16"}, "distill.precision: fp16 needs a CUDA GPU (running on cpu); use bf16 or fp32"),
+])
 def test_a_recipe_a_later_stage_would_fail_on_is_refused_before_the_first(tmp_path, synth_dir, change, problem):
     import torch
 
@@ -321,12 +274,8 @@ def test_a_recipe_a_later_stage_would_fail_on_is_refused_before_the_first(tmp_pa
         pytest.skip("fp16 is allowed on a CUDA GPU")
     r = tiny_recipe(tmp_path / "run")
     del r["pipeline"]["synth"]  # the data exists already
-    r["data"].update(
-        train=str(synth_dir / "train.json"),
-        val=str(synth_dir / "val.json"),
-        test=str(synth_dir / "test.json"),
-        root=str(synth_dir),
-    )
+    r["data"].update(train=str(synth_dir / "train.json"), val=str(synth_dir / "val.json"),
+                     test=str(synth_dir / "test.json"), root=str(synth_dir))
     for dotted, value in change.items():
         section, field = dotted.split(".")
         r[section][field] = value

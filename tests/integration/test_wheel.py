@@ -38,22 +38,8 @@ def _build_wheel(tmp: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "tiercel", src / "tiercel", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "-q",
-            "-w",
-            tmp / "dist",
-            src,
-        ],
-        cwd=tmp,
-    )
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+          "-w", tmp / "dist", src], cwd=tmp)
     (wheel,) = (tmp / "dist").glob("tiercel-*.whl")
     return wheel
 
@@ -86,11 +72,6 @@ def test_the_installed_wheel_runs_the_cli_with_its_recipes_outside_the_tree(tmp_
 
     done = _run([tiercel, "data", "synth", "--out", "synth", "--n", "42", "--size", "64", "--workers", "1"], cwd=work)
     assert done.stdout.strip().startswith("wrote synth: 42 records")
-    assert sorted(p.name for p in (work / "synth").iterdir()) == [
-        "images",
-        "meta.json",
-        "test.json",
-        "train.json",
-        "val.json",
-    ]
+    assert sorted(p.name for p in (work / "synth").iterdir()) == ["images", "meta.json", "test.json", "train.json",
+                                                                  "val.json"]
     assert any((work / "synth" / "images").iterdir())

@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from tests.planted import Planted  # noqa: E402
 from tiercel.errors import CheckpointError, TokenizerError  # noqa: E402
 from tiercel.models import load_checkpoint  # noqa: E402
 from tiercel.models.writer import save_native, save_original  # noqa: E402
@@ -75,10 +76,7 @@ def test_missing_image_token_is_added(tmp_path, original_dir):
 
 
 def test_hub_id_says_download_first():
-    with pytest.raises(
-        CheckpointError,
-        match=r"^TianHuiLab/Falcon-Single-Instruction-Large: not a local directory; tiercel never downloads",
-    ):
+    with pytest.raises(CheckpointError, match=r"^TianHuiLab/Falcon-Single-Instruction-Large: not a local directory; tiercel never downloads"):
         load_checkpoint("TianHuiLab/Falcon-Single-Instruction-Large")
 
 
@@ -105,10 +103,7 @@ def test_shape_mismatch_names_key_and_both_shapes(original_dir):
     state = load_file(str(original_dir / "model.safetensors"))
     state["language_model.model.encoder.layers.0.fc1.weight"] = torch.zeros(64, 64)
     save_file(state, str(original_dir / "model.safetensors"))
-    with pytest.raises(
-        CheckpointError,
-        match=r"weight 'language_model.model.encoder.layers.0.fc1.weight' has shape \[64, 64\] but the config needs \[128, 64\]",
-    ):
+    with pytest.raises(CheckpointError, match=r"weight 'language_model.model.encoder.layers.0.fc1.weight' has shape \[64, 64\] but the config needs \[128, 64\]"):
         load_checkpoint(original_dir)
 
 
@@ -117,9 +112,7 @@ def test_missing_and_unexpected_weights(original_dir):
     state["vision_tower.norms.weight"] = torch.ones(64)  # unused DaViT head norm: ignored, as in the published files
     state["language_model.model.encoder.extra.weight"] = torch.ones(3)
     save_file(state, str(original_dir / "model.safetensors"))
-    with pytest.raises(
-        CheckpointError, match=r"unexpected weight 'language_model.model.encoder.extra.weight' \(1 in all\)"
-    ):
+    with pytest.raises(CheckpointError, match=r"unexpected weight 'language_model.model.encoder.extra.weight' \(1 in all\)"):
         load_checkpoint(original_dir)
     del state["language_model.model.encoder.extra.weight"], state["vision_tower.convs.0.proj.weight"]
     save_file(state, str(original_dir / "model.safetensors"))
@@ -148,14 +141,11 @@ def test_save_refuses_to_overwrite(tmp_path, tiny_model, tiny_tokenizer):
         save_native(tiny_model, tiny_tokenizer, tmp_path / "out")
 
 
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("[1, 2]", "config.json: must hold a JSON object (got list)"),
-        ("[" * 100_000, "config.json: not valid JSON (nested too deeply)"),
-        ("{", "config.json: not valid JSON (Expecting property name"),
-    ],
-)
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", "config.json: must hold a JSON object (got list)"),
+    ("[" * 100_000, "config.json: not valid JSON (nested too deeply)"),
+    ("{", "config.json: not valid JSON (Expecting property name"),
+])
 def test_a_config_json_of_the_wrong_shape_is_one_line(tmp_path, original_dir, text, message):
     broken = tmp_path / "ckpt"
     shutil.copytree(original_dir, broken)
@@ -165,20 +155,10 @@ def test_a_config_json_of_the_wrong_shape_is_one_line(tmp_path, original_dir, te
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-class _Program:
-    """Unpickled, it creates a file: proof that code from the file ran."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').close()",))
-
-
 def _plain_pickle(path, marker):
     import pickle
 
-    path.write_bytes(pickle.dumps({"w": _Program(marker)}))
+    path.write_bytes(pickle.dumps({"w": Planted(marker)}))
 
 
 def _cut_short(path, marker):
@@ -186,18 +166,13 @@ def _cut_short(path, marker):
     path.write_bytes(path.read_bytes()[:2000])
 
 
-@pytest.mark.parametrize(
-    "write, why",
-    [
-        (
-            lambda path, marker: torch.save({"w": _Program(marker)}, path),
-            "it holds Python objects whose loading could run code: builtins.exec",
-        ),
-        (_plain_pickle, "empty, cut short, or not written by torch.save"),
-        (_cut_short, "empty, cut short, or not written by torch.save"),
-        (lambda path, marker: path.write_bytes(b""), "empty, cut short, or not written by torch.save"),
-    ],
-)
+@pytest.mark.parametrize("write, why", [
+    (lambda path, marker: torch.save({"w": Planted(marker)}, path),
+     "it holds Python objects whose loading could run code: builtins.exec"),
+    (_plain_pickle, "empty, cut short, or not written by torch.save"),
+    (_cut_short, "empty, cut short, or not written by torch.save"),
+    (lambda path, marker: path.write_bytes(b""), "empty, cut short, or not written by torch.save"),
+])
 def test_torch_files_load_weights_only_and_a_refusal_is_one_line(tmp_path, write, why):
     from tiercel.models.checkpoint import torch_load
 
@@ -215,33 +190,20 @@ def _set_field(section, name, value):
     def change(config):
         config[section][name] = value
         return config
-
     return change
 
 
 @pytest.mark.parametrize("layout", ["original", "native"])
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda c: {**c, "vision_config": 5}, "needs both vision_config and text_config sections (JSON objects)"),
-        (lambda c: {**c, "text_config": [1]}, "needs both vision_config and text_config sections (JSON objects)"),
-        (
-            _set_field("text_config", "encoder_ffn_dim", -4),
-            "text_config.encoder_ffn_dim: must be a whole number > 0 (got -4)",
-        ),
-        (
-            _set_field("text_config", "decoder_layers", "2"),
-            "text_config.decoder_layers: must be a whole number > 0 (got '2')",
-        ),
-        (
-            _set_field("vision_config", "depths", [1, 0, 1, 1]),
-            "vision_config.depths: must be a whole number > 0 or a list of them (got [1, 0, 1, 1])",
-        ),
-    ],
-)
-def test_a_config_json_field_of_the_wrong_shape_is_one_line(
-    tmp_path, original_dir, tiny_model, tiny_tokenizer, layout, change, message
-):
+@pytest.mark.parametrize("change, message", [
+    (lambda c: {**c, "vision_config": 5}, "needs both vision_config and text_config sections (JSON objects)"),
+    (lambda c: {**c, "text_config": [1]}, "needs both vision_config and text_config sections (JSON objects)"),
+    (_set_field("text_config", "encoder_ffn_dim", -4), "text_config.encoder_ffn_dim: must be a whole number > 0 (got -4)"),
+    (_set_field("text_config", "decoder_layers", "2"), "text_config.decoder_layers: must be a whole number > 0 (got '2')"),
+    (_set_field("vision_config", "depths", [1, 0, 1, 1]),
+     "vision_config.depths: must be a whole number > 0 or a list of them (got [1, 0, 1, 1])"),
+])
+def test_a_config_json_field_of_the_wrong_shape_is_one_line(tmp_path, original_dir, tiny_model, tiny_tokenizer,
+                                                            layout, change, message):
     broken = tmp_path / "ckpt"
     if layout == "original":
         shutil.copytree(original_dir, broken)

@@ -98,8 +98,7 @@ def test_an_image_past_the_pixel_bound_is_refused_before_decoding(tmp_path, monk
             load(bomb)
         assert str(err.value) == (
             f"{bomb}: 100000x100000 image has 10,000,000,000 pixels, over the 268,435,456 tiercel decodes; set "
-            "TIERCEL_MAX_IMAGE_PIXELS to a larger number (0: no bound) if this machine has the memory, or tile the scene"
-        )
+            "TIERCEL_MAX_IMAGE_PIXELS to a larger number (0: no bound) if this machine has the memory, or tile the scene")
     assert decoded == []
 
 
@@ -111,9 +110,7 @@ def test_the_pixel_bound_is_configurable(tmp_path, monkeypatch):
     monkeypatch.setenv("TIERCEL_MAX_IMAGE_PIXELS", "0")
     assert load_image(path).shape == (30, 40, 3)
     monkeypatch.setenv("TIERCEL_MAX_IMAGE_PIXELS", "lots")
-    with pytest.raises(
-        DataError, match=r"TIERCEL_MAX_IMAGE_PIXELS: must be a whole number of pixels, 0 for no bound \(got 'lots'\)"
-    ):
+    with pytest.raises(DataError, match=r"TIERCEL_MAX_IMAGE_PIXELS: must be a whole number of pixels, 0 for no bound \(got 'lots'\)"):
         load_image(path)
 
 

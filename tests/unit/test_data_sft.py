@@ -11,10 +11,8 @@ from tiercel.errors import DataError
 
 DET = {
     "conversations": [
-        {
-            "role": "user",
-            "content": "<image>\n[REG_DET_HBB]\nDetect all ship in the image.\nUse horizontal bounding boxes.",
-        },
+        {"role": "user",
+         "content": "<image>\n[REG_DET_HBB]\nDetect all ship in the image.\nUse horizontal bounding boxes."},
         {"role": "assistant", "content": "<box><1><2><3><4></box>"},
     ],
     "images": ["Dataset/a.png"],

@@ -24,10 +24,7 @@ from tiercel.errors import DataError
 
 def rec(tag_line: str, prompt: str, answer: str, images: list[str], crop=()) -> dict:
     return {
-        "conversations": [
-            {"role": "user", "content": f"<image>\n{tag_line}\n{prompt}"},
-            {"role": "assistant", "content": answer},
-        ],
+        "conversations": [{"role": "user", "content": f"<image>\n{tag_line}\n{prompt}"}, {"role": "assistant", "content": answer}],
         "images": images,
         "crop": list(crop),
     }
@@ -60,11 +57,8 @@ def test_flags_answers_images_and_paths_that_cannot_be_trained_on(tmp_path, monk
     user = {"role": "user", "content": f"<image>\n[IMG_CLS]\n{CLS}"}
     cases = [
         ({"conversations": [user], "images": ["img/a.png"]}, NO_ANSWER, "no assistant turn after the user turn"),
-        (
-            {"conversations": [user, {"role": "assistant", "content": 7}], "images": ["img/a.png"]},
-            NO_ANSWER,
-            "the assistant answer is not text (got int)",
-        ),
+        ({"conversations": [user, {"role": "assistant", "content": 7}], "images": ["img/a.png"]}, NO_ANSWER,
+         "the assistant answer is not text (got int)"),
         (rec("[IMG_CLS]", CLS, "airport", ["img/notes.png"]), BAD_IMAGE, "cannot read image"),
         (rec("[IMG_CLS]", CLS, "airport", ["../outside.png"]), OUTSIDE_ROOT, "is not a path inside"),
         (rec("[IMG_CLS]", CLS, "airport", [str(tmp_path / "img" / "a.png")]), OUTSIDE_ROOT, "relative to --root"),
@@ -137,11 +131,7 @@ def test_missing_image_is_reported_once_per_path_even_when_cached(dataset, tmp_p
     path = tmp_path / "many.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in many))
     report = validate(path, tmp_path)
-    assert [(p.index, p.reason) for p in report.problems] == [
-        (0, MISSING_IMAGE),
-        (1, MISSING_IMAGE),
-        (2, MISSING_IMAGE),
-    ]
+    assert [(p.index, p.reason) for p in report.problems] == [(0, MISSING_IMAGE), (1, MISSING_IMAGE), (2, MISSING_IMAGE)]
 
 
 def test_a_second_user_turn_is_no_answer_and_is_never_trained_on(tmp_path):

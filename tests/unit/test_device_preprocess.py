@@ -15,19 +15,8 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # shrink, enlarge, one side only, Pillow's vertical-first order (height shrinks > 2x the width), PIX_CHG's canvas
 # (1536 -> 768 at full size: 2H x 2W of a 64 px frame here), odd and tiny sizes
-@pytest.mark.parametrize(
-    "height,width,size",
-    [
-        (128, 128, 64),
-        (40, 50, 64),
-        (64, 200, 64),
-        (300, 90, 64),
-        (384, 256, 128),
-        (77, 133, 96),
-        (3, 2, 7),
-        (64, 64, 64),
-    ],
-)
+@pytest.mark.parametrize("height,width,size", [(128, 128, 64), (40, 50, 64), (64, 200, 64), (300, 90, 64),
+                                               (384, 256, 128), (77, 133, 96), (3, 2, 7), (64, 64, 64)])
 def test_device_resize_and_normalise_give_the_runtimes_float32_values_bit_for_bit(height, width, size):
     from tiercel.models.device_preprocess import DevicePreprocessor
     from tiercel.runtime.preprocess import preprocess
@@ -74,11 +63,7 @@ def test_a_pillow_that_orders_its_passes_otherwise_is_caught_once_for_every_two_
     from tiercel.models import device_preprocess
     from tiercel.runtime.preprocess import preprocess
 
-    monkeypatch.setattr(
-        device_preprocess,
-        "pillow_pass_order",
-        lambda h, w, s: [p for p, n in (("horizontal", w), ("vertical", h)) if n != s],
-    )
+    monkeypatch.setattr(device_preprocess, "pillow_pass_order", lambda h, w, s: [p for p, n in (("horizontal", w), ("vertical", h)) if n != s])
     pre = device_preprocess.DevicePreprocessor("cpu", 64, MEAN, STD)
     assert pre.agrees(64, 100) and pre.agrees(90, 64)  # one pass each: the order does not matter
     assert not pre._order_agrees()  # a 3s x 1.25s shape: Pillow runs the vertical pass first

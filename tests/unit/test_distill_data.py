@@ -23,11 +23,7 @@ def test_sampler_is_a_function_of_the_step(data):
 
 
 def test_task_weights_are_respected(data):
-    sampler = TaskSampler(
-        data.by_task,
-        {"IMG_CLS": 3.0, "IMG_CAP": 1.0, **{t: 0 for t in data.by_task if t not in ("IMG_CLS", "IMG_CAP")}},
-        seed=0,
-    )
+    sampler = TaskSampler(data.by_task, {"IMG_CLS": 3.0, "IMG_CAP": 1.0, **{t: 0 for t in data.by_task if t not in ("IMG_CLS", "IMG_CAP")}}, seed=0)
     tags = Counter(data.records[i].tag for s in range(200) for i in sampler.draw(s, 0, 8))
     assert set(tags) == {"IMG_CLS", "IMG_CAP"}
     assert 2.5 < tags["IMG_CLS"] / tags["IMG_CAP"] < 3.5  # 1600 draws, expected ratio 3
@@ -36,9 +32,7 @@ def test_task_weights_are_respected(data):
 def test_ranks_take_disjoint_slices_of_one_global_batch(data):
     sampler = TaskSampler(data.by_task, {}, seed=0)
     global_batch = sampler.draw(0, 0, 8)
-    assert global_batch[0::2] + global_batch[1::2] != [] and sorted(global_batch[0::2] + global_batch[1::2]) == sorted(
-        global_batch
-    )
+    assert global_batch[0::2] + global_batch[1::2] != [] and sorted(global_batch[0::2] + global_batch[1::2]) == sorted(global_batch)
 
 
 def test_collate_shifts_labels_and_scatters_image_tokens(data, tiny_tokenizer):
@@ -51,10 +45,7 @@ def test_collate_shifts_labels_and_scatters_image_tokens(data, tiny_tokenizer):
         n = int((labels[row] != IGNORE).sum())
         assert labels[row, n - 1] == tiny_tokenizer.eos_id
         assert torch.equal(dec[row, 1:n], labels[row, : n - 1])
-        assert (
-            tiny_tokenizer.decode(labels[row, :n].tolist())
-            == data.records[row].answer[: len(tiny_tokenizer.decode(labels[row, :n].tolist()))]
-        )
+        assert tiny_tokenizer.decode(labels[row, :n].tolist()) == data.records[row].answer[: len(tiny_tokenizer.decode(labels[row, :n].tolist()))]
     s = batch["student"]
     assert s["pixel_values"].shape == (3, 3, 64, 64)
     assert (s["input_ids"][:, :5] == tiny_tokenizer.image_id).all()

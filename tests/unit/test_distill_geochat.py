@@ -10,9 +10,7 @@ from tiercel.errors import TaskError
 
 
 def test_parse_reads_boxes_angles_and_labels_in_order():
-    text = (
-        "There are <p>airplanes</p> {<10><20><30><40>|<45>}{<50><50><60><70>|<0>} and a <p>ship</p> {<1><2><3><4>|-30}."
-    )
+    text = "There are <p>airplanes</p> {<10><20><30><40>|<45>}{<50><50><60><70>|<0>} and a <p>ship</p> {<1><2><3><4>|-30}."
     warnings = []
     assert parse_geochat(text, warnings) == [
         GeoBox(10, 20, 30, 40, 45, "airplanes"),
@@ -57,10 +55,7 @@ def test_horizontal_detection_becomes_falcon_boxes():
     # 1000 x 500 image: bins are 1 px wide in x and 0.5 px in y
     text = "<p>plane</p> {<10><20><30><60>|<0>}{<0><0><100><100>|<0>}"
     warnings = []
-    assert (
-        to_falcon(text, "REG_DET_HBB", (1000, 500), warnings)
-        == "<box><100><200><300><600></box><box><0><0><999><999></box>"
-    )
+    assert to_falcon(text, "REG_DET_HBB", (1000, 500), warnings) == "<box><100><200><300><600></box><box><0><0><999><999></box>"
     assert warnings == []
 
 
@@ -80,9 +75,8 @@ def test_oriented_detection_becomes_quads_rotated_by_theta():
     # 200 x 100 px at (500, 500) turned 90 degrees counter-clockwise: the top-left corner lands bottom-left
     expected = [[450, 600], [450, 400], [550, 400], [550, 600]]
     assert flat(quads.quads[0]) == pytest.approx(flat(expected), abs=1.0)  # within one bin
-    cw = tasks.get("REG_DET_OBB").parse(
-        to_falcon("{<40><45><60><55>|<90>}", "REG_DET_OBB", (1000, 1000), clockwise=True), (1000, 1000)
-    )
+    cw = tasks.get("REG_DET_OBB").parse(to_falcon("{<40><45><60><55>|<90>}", "REG_DET_OBB", (1000, 1000),
+                                                  clockwise=True), (1000, 1000))
     assert flat(cw.quads[0]) == pytest.approx(flat([[550, 400], [550, 600], [450, 600], [450, 400]]), abs=1.0)
 
 
@@ -122,16 +116,13 @@ def test_prompts_from_falcon_prompt_fields():
     spec = tasks.get("REG_CLS_HBB")
     fields = spec.read_prompt(spec.prompt(region=[100, 50, 300, 150], image_size=size), size)
     assert geochat_prompt("REG_CLS_HBB", fields, size) == (
-        "[identify] What is the object present at {<10><10><30><30>|<0>}\nAnswer in one word or a short phrase."
-    )
+        "[identify] What is the object present at {<10><10><30><30>|<0>}\nAnswer in one word or a short phrase.")
     assert geochat_prompt("REG_VG", {"text": "the red car"}) == "[refer] Give me the location of <p> the red car </p>"
     assert geochat_prompt("REG_DET_OBB", {"text": "ship"}) == "[refer] Give me the location of all <p> ship </p>"
     assert geochat_prompt("IMG_VQA", {"text": "Is there a bridge?"}) == (
-        "Is there a bridge?\nAnswer the question using a single word or phrase."
-    )
+        "Is there a bridge?\nAnswer the question using a single word or phrase.")
     assert geochat_prompt("PIX_CLS", {"region": [[100, 50], [300, 100], [200, 150]]}, size).startswith(
-        "[identify] What is the object present at {<10><10><30><30>|<0>}"
-    )
+        "[identify] What is the object present at {<10><10><30><30>|<0>}")
     with pytest.raises(TaskError, match="needs the class"):
         geochat_prompt("IMG_CT", {"text": None})
     with pytest.raises(TaskError, match="needs the region"):

@@ -83,15 +83,8 @@ def test_ce_loss_matches_negative_log_likelihood_over_kept_tokens():
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_divergence_matches_reference(kind, temperature, logits):
     student, teacher, mask = logits
-    got = divergence(
-        torch.tensor(student, dtype=torch.float32),
-        torch.tensor(teacher, dtype=torch.float32),
-        torch.tensor(mask),
-        kind=kind,
-        temperature=temperature,
-        beta=0.3,
-        alpha=0.2,
-    )
+    got = divergence(torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32),
+                     torch.tensor(mask), kind=kind, temperature=temperature, beta=0.3, alpha=0.2)
     want = reference_divergence(kind, student, teacher, mask, temperature)
     assert got.item() == pytest.approx(want, abs=1e-5, rel=1e-5)
 
@@ -162,9 +155,8 @@ def test_topk_with_k_equal_to_vocabulary_is_full_divergence_in_any_order(kind, l
     assert topk.item() == pytest.approx(full.item(), abs=1e-5)
     # log-probabilities cached instead of logits give the same loss (a per-token shift cancels)
     logp = torch.log_softmax(teacher, -1).gather(-1, indices)
-    assert topk_divergence(
-        student, logp, indices, mask, kind=kind, temperature=2.0, beta=0.3, alpha=0.2
-    ).item() == pytest.approx(full.item(), abs=1e-5)
+    assert topk_divergence(student, logp, indices, mask, kind=kind, temperature=2.0, beta=0.3,
+                           alpha=0.2).item() == pytest.approx(full.item(), abs=1e-5)
 
 
 def test_topk_of_a_peaked_teacher_obeys_the_chain_rule_bound():
@@ -178,12 +170,8 @@ def test_topk_of_a_peaked_teacher_obeys_the_chain_rule_bound():
     rest = np.setdiff1d(np.arange(vocab), idx)
     p, q = softmax(teacher), softmax(student)
     big_p, big_q = p[idx].sum(), q[idx].sum()
-    topk = topk_divergence(
-        torch.tensor(student[None, None]),
-        torch.tensor(teacher[idx][None, None]),
-        torch.tensor(idx[None, None]),
-        kind="forward_kl",
-    ).item()
+    topk = topk_divergence(torch.tensor(student[None, None]), torch.tensor(teacher[idx][None, None]),
+                           torch.tensor(idx[None, None]), kind="forward_kl").item()
     kl_s = kl(p[idx] / big_p, q[idx] / big_q)
     kl_rest = kl(p[rest] / (1 - big_p), q[rest] / (1 - big_q))
     kl_bern = kl([big_p, 1 - big_p], [big_q, 1 - big_q])
@@ -205,12 +193,8 @@ def bilinear_reference(grid, out):
             y0, x0 = int(y), int(x)
             y1, x1 = min(y0 + 1, g - 1), min(x0 + 1, g - 1)
             wy, wx = y - y0, x - x0
-            result[i, j] = (
-                (1 - wy) * (1 - wx) * grid[y0, x0]
-                + (1 - wy) * wx * grid[y0, x1]
-                + wy * (1 - wx) * grid[y1, x0]
-                + wy * wx * grid[y1, x1]
-            )
+            result[i, j] = ((1 - wy) * (1 - wx) * grid[y0, x0] + (1 - wy) * wx * grid[y0, x1]
+                            + wy * (1 - wx) * grid[y1, x0] + wy * wx * grid[y1, x1])
     return result
 
 
@@ -250,17 +234,13 @@ def test_hidden_distiller_mse_and_cosine_match_reference():
     for kind in ("mse", "cosine"):
         d = HiddenDistiller({"decoder.1": (4, 6), "vision": (6, 6)}, kind=kind).double()
         assert list(dict(d.named_parameters())) == ["proj.decoder_1.weight", "proj.decoder_1.bias"]
-        got = d(
-            {"decoder.1": torch.tensor(s_dec), "vision": torch.tensor(s_vis)},
-            {"decoder.1": torch.tensor(t_dec), "vision": torch.tensor(t_vis)},
-            {"decoder.1": torch.tensor(mask)},
-        )
+        got = d({"decoder.1": torch.tensor(s_dec), "vision": torch.tensor(s_vis)},
+                {"decoder.1": torch.tensor(t_dec), "vision": torch.tensor(t_vis)},
+                {"decoder.1": torch.tensor(mask)})
         w = d.proj["decoder_1"].weight.detach().numpy()
         bias = d.proj["decoder_1"].bias.detach().numpy()
         aligned = align_image_tokens(torch.tensor(t_vis), 5).numpy()
-        dec = [
-            token_loss(kind, s_dec[b, i] @ w.T + bias, t_dec[b, i]) for b in range(2) for i in range(3) if mask[b, i]
-        ]
+        dec = [token_loss(kind, s_dec[b, i] @ w.T + bias, t_dec[b, i]) for b in range(2) for i in range(3) if mask[b, i]]
         vis = [token_loss(kind, s_vis[b, i], aligned[b, i]) for b in range(2) for i in range(5)]
         assert got["decoder.1"].item() == pytest.approx(np.mean(dec), abs=1e-5)
         assert got["vision"].item() == pytest.approx(np.mean(vis), abs=1e-5)
@@ -303,9 +283,7 @@ def test_hidden_distiller_config_errors():
 def test_sample_weights_make_ce_and_kd_a_mean_of_per_sample_means(logits):
     from tiercel.distill.losses import sample_weights
 
-    student, teacher, mask = (
-        torch.tensor(x, dtype=torch.float32) if x.dtype != bool else torch.tensor(x) for x in logits
-    )
+    student, teacher, mask = (torch.tensor(x, dtype=torch.float32) if x.dtype != bool else torch.tensor(x) for x in logits)
     mask[1] = False
     mask[1, 2] = True  # sample 0 keeps several tokens, sample 1 one: token and sample means differ
     labels = torch.where(mask, torch.arange(5).expand(2, 5) % 11, torch.full((2, 5), -100))

@@ -50,16 +50,8 @@ def test_sampled_answers_replace_the_labels(case):
 
 def _one_row(batch, row):
     """Row `row` of a batch as a batch of its own, its answer no wider than itself (as collate would give it)."""
-    one = {
-        k: (
-            {n: t[row : row + 1] for n, t in v.items()}
-            if isinstance(v, dict)
-            else v[row : row + 1]
-            if hasattr(v, "shape")
-            else [v[row]]
-        )
-        for k, v in batch.items()
-    }
+    one = {k: ({n: t[row : row + 1] for n, t in v.items()} if isinstance(v, dict) else
+               v[row : row + 1] if hasattr(v, "shape") else [v[row]]) for k, v in batch.items()}
     n = int((one["labels"] != IGNORE).sum())
     one["labels"], one["decoder_input_ids"] = one["labels"][:, :n], one["decoder_input_ids"][:, :n]
     return one
@@ -75,9 +67,7 @@ def test_a_rows_sample_depends_on_its_seed_not_on_the_batch_or_the_global_rng(ca
         alone = _one_row(batch, row)
         student_answers(student, alone, tok, max_tokens=12, seeds=[seed])
         n = alone["labels"].shape[1]
-        assert torch.equal(alone["labels"][0], together["labels"][row, :n]) and torch.all(
-            together["labels"][row, n:] == IGNORE
-        )
+        assert torch.equal(alone["labels"][0], together["labels"][row, :n]) and torch.all(together["labels"][row, n:] == IGNORE)
         assert torch.equal(alone["decoder_input_ids"][0], together["decoder_input_ids"][row, :n])
     alone = _one_row(batch, 1)
     student_answers(student, alone, tok, max_tokens=12, seeds=[12])
@@ -90,9 +80,7 @@ def test_gumbel_max_samples_from_the_softmax():
     from tiercel.distill.onpolicy import _GumbelNoise
 
     logits = torch.tensor([[2.0, 1.0, 0.0, float("-inf")]])
-    picks = torch.tensor(
-        [int(_GumbelNoise([seed])(torch.zeros(1, 3), logits.clone()).argmax()) for seed in range(4000)]
-    )
+    picks = torch.tensor([int(_GumbelNoise([seed])(torch.zeros(1, 3), logits.clone()).argmax()) for seed in range(4000)])
     freq = torch.bincount(picks, minlength=4).double() / len(picks)
     want = torch.softmax(logits[0].double(), -1)
     assert freq[3] == 0 and torch.allclose(freq, want, atol=0.025)  # 3 sigma of 4000 draws is about 0.02
@@ -104,17 +92,10 @@ def test_an_on_policy_step_trains_on_the_samples_the_teacher_grades(tiny_checkpo
     from tiercel.distill.onpolicy import row_seeds
     from tiercel.recipe import parse_recipe
 
-    r = parse_recipe(
-        {
-            "name": "op",
-            "out": str(tmp_path),
-            "seed": 1,  # seed 1: a student unlike the (seed 0) teacher
-            "data": {"train": str(synth_dir / "train.json"), "root": str(synth_dir), "max_answer_tokens": 12},
-            "teacher": {"kind": "checkpoint", "path": str(tiny_checkpoint)},
-            "student": {"preset": "tiny", "dropout": 0.0},
-            "distill": {"batch_size": 3, "on_policy": 1.0, "kd": 1.0, "ce": 1.0, "temperature": 2.0},
-        }
-    )
+    r = parse_recipe({"name": "op", "out": str(tmp_path), "seed": 1,  # seed 1: a student unlike the (seed 0) teacher
+                      "data": {"train": str(synth_dir / "train.json"), "root": str(synth_dir), "max_answer_tokens": 12},
+                      "teacher": {"kind": "checkpoint", "path": str(tiny_checkpoint)}, "student": {"preset": "tiny", "dropout": 0.0},
+                      "distill": {"batch_size": 3, "on_policy": 1.0, "kd": 1.0, "ce": 1.0, "temperature": 2.0}})
     run = trainer.prepare(r, Dist())
     indices = run.sampler.draw(0, 0, 3)
     want = collate(run.data, indices, run.inputs, run.tokenizer.eos_id)

@@ -38,18 +38,8 @@ def make_dataset(tmp_path) -> tuple:
         ("PIX_CHG", tasks.get("PIX_CHG").prompt(), "", ["a.png", "b.png"]),
         ("IMG_CLS", tasks.get("IMG_CLS").prompt(), "farmland", ["c.png"]),
     ]
-    data = [
-        {
-            "conversations": [
-                {"role": "user", "content": f"<image>\n[{tag}]\n{prompt}"},
-                {"role": "assistant", "content": answer},
-            ],
-            "images": images,
-            "crop": [],
-            "source": f"s{i}",
-        }
-        for i, (tag, prompt, answer, images) in enumerate(rows)
-    ]
+    data = [{"conversations": [{"role": "user", "content": f"<image>\n[{tag}]\n{prompt}"}, {"role": "assistant", "content": answer}],
+             "images": images, "crop": [], "source": f"s{i}"} for i, (tag, prompt, answer, images) in enumerate(rows)]
     path = tmp_path / "train.json"
     path.write_text(json.dumps(data))
     return path, root
@@ -91,16 +81,10 @@ def test_scripted_teacher_answers_replace_the_dataset_answers(tmp_path):
     assert len(ticks) == 6 and summary["generated"] == 6 and summary["resumed"] == 0
     assert ("PIX_CHG", [(40, 80, 3), (40, 80, 3)]) in teacher.seen  # both frames reach the teacher
     out = list(iter_records(tmp_path / "out.json"))
-    assert [(r.tag, r.answer) for r in out] == [
-        (t, ScriptedTeacher.ANSWERS[t]) for t in ("IMG_CAP", "REG_DET_HBB", "IMG_CT", "PIX_CHG")
-    ]
+    assert [(r.tag, r.answer) for r in out] == [(t, ScriptedTeacher.ANSWERS[t]) for t in ("IMG_CAP", "REG_DET_HBB", "IMG_CT", "PIX_CHG")]
     original = {r.raw["source"]: r for r in iter_records(path)}
     for r in out:  # prompts, images and extra keys survive
-        assert (r.prompt, r.images, r.raw["source"]) == (
-            original[r.raw["source"]].prompt,
-            original[r.raw["source"]].images,
-            r.raw["source"],
-        )
+        assert (r.prompt, r.images, r.raw["source"]) == (original[r.raw["source"]].prompt, original[r.raw["source"]].images, r.raw["source"])
     assert not partial_path(tmp_path / "out.json").exists()
 
 
@@ -162,9 +146,8 @@ def test_geochat_answers_are_converted_to_falcon_grammar(tmp_path):
     assert got["REG_VG"] == "<box><250><250><750><750></box>"
     assert got["REG_DET_HBB"].startswith("<box><100><200><300><400></box><box>")
     assert (got["IMG_CAP"], got["IMG_CT"], got["IMG_CLS"]) == ("A field next to a road.", "3", "Farmland")
-    assert teacher.requests[2] == (
-        GeoChatAdapter.SYSTEM + " USER: <image>\n[refer] Give me the location of <p> the red roof </p> ASSISTANT:"
-    )
+    assert teacher.requests[2] == (GeoChatAdapter.SYSTEM + " USER: <image>\n"
+                                   "[refer] Give me the location of <p> the red roof </p> ASSISTANT:")
 
 
 def test_check_same_vocabulary(tiny_tokenizer):
@@ -172,11 +155,8 @@ def test_check_same_vocabulary(tiny_tokenizer):
 
     check_same_vocabulary(tiny_tokenizer, tiny_tokenizer)
     other = train_bpe(["a small other corpus"] * 5, vocab_size=300)
-    with pytest.raises(
-        ConfigError,
-        match=r"teacher and student tokenizers differ \(teacher has \d+ tokens, student \d+\); "
-        "logit distillation needs a shared vocabulary — set teacher.kind: generated",
-    ):
+    with pytest.raises(ConfigError, match=r"teacher and student tokenizers differ \(teacher has \d+ tokens, student \d+\); "
+                                          "logit distillation needs a shared vocabulary — set teacher.kind: generated"):
         check_same_vocabulary(tiny_tokenizer, other)
     with pytest.raises(ConfigError, match="token 'a' is id 0 in the teacher and 1 in the student"):
         check_same_vocabulary({"a": 0, "b": 1}, {"b": 0, "a": 1})
@@ -204,9 +184,7 @@ def test_florence_adapter_matches_a_hand_written_greedy_loop(tiny_model, tiny_to
     pair = adapter.pixel_values([image, image])
     from tiercel.runtime.preprocess import preprocess
 
-    np.testing.assert_array_equal(
-        pair, preprocess(tasks.tile_change_pair(image, image), 64, IMAGENET_MEAN, IMAGENET_STD)
-    )
+    np.testing.assert_array_equal(pair, preprocess(tasks.tile_change_pair(image, image), 64, IMAGENET_MEAN, IMAGENET_STD))
 
 
 def test_geochat_adapter_loads_a_local_llava_and_generates(tmp_path):
@@ -217,44 +195,21 @@ def test_geochat_adapter_loads_a_local_llava_and_generates(tmp_path):
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tok.train_from_iterator(
-        ["[refer] Give me the location of <p> roof </p> {<10><20>|<0>}"] * 5,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<unk>", "<s>", "</s>", "<image>", "<pad>"],
-            show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
+    tok.train_from_iterator(["[refer] Give me the location of <p> roof </p> {<10><20>|<0>}"] * 5, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<image>", "<pad>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                                unk_token="<unk>", pad_token="<pad>")
     processor = transformers.LlavaProcessor(
-        image_processor=transformers.CLIPImageProcessor(
-            size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
-        ),
-        tokenizer=fast,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        image_token="<image>",
-        num_additional_image_tokens=1,
-    )
+        image_processor=transformers.CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+        tokenizer=fast, patch_size=14, vision_feature_select_strategy="default", image_token="<image>",
+        num_additional_image_tokens=1)
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     config = transformers.LlavaConfig(
         vision_config=transformers.CLIPVisionConfig(**small, image_size=28, patch_size=14, projection_dim=32),
-        text_config=transformers.LlamaConfig(
-            **small,
-            num_key_value_heads=2,
-            vocab_size=len(fast),
-            max_position_embeddings=128,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=4,
-        ),
-        image_token_id=3,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
+        text_config=transformers.LlamaConfig(**small, num_key_value_heads=2, vocab_size=len(fast),
+                                             max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=4),
+        image_token_id=3, vision_feature_layer=-2, vision_feature_select_strategy="default")
     torch.manual_seed(0)
     transformers.LlavaForConditionalGeneration(config).save_pretrained(tmp_path / "geochat")
     processor.save_pretrained(tmp_path / "geochat")
@@ -263,11 +218,9 @@ def test_geochat_adapter_loads_a_local_llava_and_generates(tmp_path):
     image = np.zeros((40, 80, 3), np.uint8)
     prompt = "[REG_VG]\n" + tasks.get("REG_VG").prompt(text="roof")
     got = adapter.generate([image], prompt)
-    inputs = adapter.processor(
-        images=[Image.fromarray(image)], text=adapter.request([image], prompt), return_tensors="pt"
-    )
+    inputs = adapter.processor(images=[Image.fromarray(image)], text=adapter.request([image], prompt), return_tensors="pt")
     assert int((inputs["input_ids"] == 3).sum()) == 4  # 2 x 2 patches: the image placeholder was expanded
-    want = adapter.model.generate(**inputs, do_sample=False, max_new_tokens=4)[:, inputs["input_ids"].shape[1] :]
+    want = adapter.model.generate(**inputs, do_sample=False, max_new_tokens=4)[:, inputs["input_ids"].shape[1]:]
     assert got == fast.decode(want[0], skip_special_tokens=True).strip()
     with pytest.raises(Exception, match="no config.json"):
         GeoChatAdapter.from_dir(tmp_path / "missing")

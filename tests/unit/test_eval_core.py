@@ -10,14 +10,8 @@ from tiercel.data import iter_records, load_image
 from tiercel.errors import ConfigError, TaskError
 from tiercel.evaluate import evaluate, open_predictor, write_examples
 
-EMPTY = {
-    "label": T.Label(),
-    "caption": T.Caption(),
-    "count": T.Count(),
-    "box": T.Boxes(),
-    "quad": T.Quads(),
-    "poly": T.Polygons(),
-}
+EMPTY = {"label": T.Label(), "caption": T.Caption(), "count": T.Count(), "box": T.Boxes(), "quad": T.Quads(),
+         "poly": T.Polygons()}
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +57,7 @@ def test_perfect_predictions_score_one(synth):
         if T.get(tag).answer != "caption":  # CIDEr's idf is 0 for words every reference shares
             assert value == pytest.approx(1.0), tag
     for tag in ("IMG_CAP", "IMG_CAP_DETAILED", "REG_CAP"):
-        assert report.per_task[tag]["bleu1"] == pytest.approx(1.0) and report.per_task[tag]["rouge_l"] == pytest.approx(
-            1.0
-        )
+        assert report.per_task[tag]["bleu1"] == pytest.approx(1.0) and report.per_task[tag]["rouge_l"] == pytest.approx(1.0)
 
 
 def test_silent_predictor_scores_zero_and_counts_missing_numbers(synth):
@@ -104,9 +96,7 @@ def test_batching_groups_one_image_and_changes_nothing(synth):
 
 
 def test_limit_and_task_filter(synth):
-    report = evaluate(
-        Oracle(synth / "train.json", synth), synth / "train.json", tasks=["img_cls", "[PIX_SEG]"], limit=1
-    )
+    report = evaluate(Oracle(synth / "train.json", synth), synth / "train.json", tasks=["img_cls", "[PIX_SEG]"], limit=1)
     assert report.counts == {"IMG_CLS": 1, "PIX_SEG": 1}
     with pytest.raises(TaskError, match="unknown task 'NOPE'"):
         evaluate(Silent(), synth / "train.json", tasks=["NOPE"])

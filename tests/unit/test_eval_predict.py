@@ -74,11 +74,5 @@ def test_eval_of_checkpoint_and_bundle_agree(bundle, torch_predictor, synth, bac
 
 
 def _same(x: dict, y: dict) -> bool:
-    return (
-        all(
-            x[t].keys() == y[t].keys()
-            and all((x[t][k] == y[t][k]) or (x[t][k] != x[t][k] and y[t][k] != y[t][k]) for k in x[t])
-            for t in x
-        )
-        and x.keys() == y.keys()
-    )
+    return all(x[t].keys() == y[t].keys() and all((x[t][k] == y[t][k]) or (x[t][k] != x[t][k] and y[t][k] != y[t][k])
+                                                   for k in x[t]) for t in x) and x.keys() == y.keys()

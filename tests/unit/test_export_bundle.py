@@ -64,12 +64,8 @@ def test_merged_decoder_has_public_io_and_generates_like_split(merged, bundle):
     a, b = rt.load(merged), rt.load(bundle)
     feats = a.image_features(a.pixel_values(image(3)))
     prompts = ["Describe the image.", "Count the number of ship."]
-    assert a.generate_ids(feats, prompts, num_beams=1, max_new_tokens=6) == b.generate_ids(
-        feats, prompts, num_beams=1, max_new_tokens=6
-    )
-    assert a.generate_ids(feats, prompts[:1], num_beams=3, max_new_tokens=6) == b.generate_ids(
-        feats, prompts[:1], num_beams=3, max_new_tokens=6
-    )
+    assert a.generate_ids(feats, prompts, num_beams=1, max_new_tokens=6) == b.generate_ids(feats, prompts, num_beams=1, max_new_tokens=6)
+    assert a.generate_ids(feats, prompts[:1], num_beams=3, max_new_tokens=6) == b.generate_ids(feats, prompts[:1], num_beams=3, max_new_tokens=6)
 
 
 def test_vision_graph_takes_any_batch(bundle, tiny_model):
@@ -103,10 +99,8 @@ def test_overwrite_never_replaces_a_folder_that_is_not_a_bundle(tiny_model, tiny
     (tmp_path / "models" / "teacher.safetensors").write_bytes(b"weights")
     with pytest.raises(TiercelError) as err:
         export_model(tiny_model, tiny_tokenizer, tmp_path / "models", overwrite=True)
-    assert str(err.value) == (
-        f"{tmp_path / 'models'}: holds files tiercel did not write (no manifest.json), so it is "
-        "not replaced even with --overwrite; choose another output path, or empty it yourself"
-    )
+    assert str(err.value) == (f"{tmp_path / 'models'}: holds files tiercel did not write (no manifest.json), so it is "
+                              "not replaced even with --overwrite; choose another output path, or empty it yourself")
     assert (tmp_path / "models" / "teacher.safetensors").read_bytes() == b"weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
 
@@ -120,6 +114,7 @@ def test_openvino_property_typo_is_one_config_line(bundle):
     assert "\n" not in str(err.value)
     m = rt.load(bundle, backend="openvino", options={"PERFORMANCE_HINT": "LATENCY"})
     assert m.run(np.zeros((32, 32, 3), np.uint8), task="IMG_CAP", max_new_tokens=3) is not None
+
 
 
 def test_openvino_computes_in_f32_unless_an_option_asks_for_bf16(bundle):
@@ -138,10 +133,8 @@ def test_openvino_computes_in_f32_unless_an_option_asks_for_bf16(bundle):
         pytest.skip("this CPU has no bf16 (AVX512_BF16 or AMX): OpenVINO computes in f32 whatever is asked")
     assert hints(INFERENCE_PRECISION_HINT="bf16") == {ov.Type.bf16}
 
-
-def test_graphs_over_the_protobuf_limit_go_to_external_data_that_is_checksummed(
-    tiny_model, tiny_tokenizer, bundle, tmp_path, monkeypatch
-):
+def test_graphs_over_the_protobuf_limit_go_to_external_data_that_is_checksummed(tiny_model, tiny_tokenizer, bundle,
+                                                                                tmp_path, monkeypatch):
     """The >2 GB path on a tiny model: the limit is lowered so every graph spills its weights to `<graph>.data`."""
     import tiercel.export.onnx_export as OE
     import tiercel.quantize.onnx_backend as QB

@@ -16,13 +16,8 @@ from tests.bundles import image, tiny_bundle  # noqa: E402
 def fp16(request, tiny_model, tiny_tokenizer, tmp_path_factory):
     from tiercel.export.bundle import export_model
 
-    return export_model(
-        tiny_model,
-        tiny_tokenizer,
-        tmp_path_factory.mktemp("fp16") / request.param,
-        decoder=request.param,
-        precision="fp16",
-    )
+    return export_model(tiny_model, tiny_tokenizer, tmp_path_factory.mktemp("fp16") / request.param,
+                        decoder=request.param, precision="fp16")
 
 
 def test_fp16_bundle_passes_parity_and_records_its_precision(fp16):
@@ -77,25 +72,16 @@ def test_duplicate_casts_from_older_converters_are_merged_so_onnxruntime_loads_t
 
     cast = lambda: helper.make_node("Cast", ["x"], ["x_cast_to_fp32"], to=TensorProto.FLOAT, name="x_cast_to_fp32_node")  # noqa: E731
     graph = helper.make_graph(
-        [
-            cast(),
-            helper.make_node("Relu", ["x_cast_to_fp32"], ["a"], name="n"),
-            cast(),
-            helper.make_node("Neg", ["x_cast_to_fp32"], ["b"], name="n"),
-        ],
-        "g",
+        [cast(), helper.make_node("Relu", ["x_cast_to_fp32"], ["a"], name="n"), cast(),
+         helper.make_node("Neg", ["x_cast_to_fp32"], ["b"], name="n")], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, [2]) for o in ("a", "b")],
-        value_info=[helper.make_tensor_value_info("x_cast_to_fp32", TensorProto.FLOAT, [2])] * 2,
-    )
+        value_info=[helper.make_tensor_value_info("x_cast_to_fp32", TensorProto.FLOAT, [2])] * 2)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     unique_nodes(model.graph)
-    assert [n.name for n in model.graph.node] == ["x_cast_to_fp32_node", "n", "n_1"] and len(
-        model.graph.value_info
-    ) == 1
+    assert [n.name for n in model.graph.node] == ["x_cast_to_fp32_node", "n", "n_1"] and len(model.graph.value_info) == 1
     onnx.checker.check_model(model)
     out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": np.array([-1.5, 2.0], np.float16)}
-    )
+        None, {"x": np.array([-1.5, 2.0], np.float16)})
     np.testing.assert_array_equal(out[0], [0.0, 2.0])
     np.testing.assert_array_equal(out[1], [1.5, -2.0])

@@ -28,12 +28,9 @@ def attention_graph(shared_transpose: bool = False):
         nodes.append(helper.make_node("Identity", ["k_t"], ["k_t_copy"], name="/Keep"))
         outputs.append(helper.make_tensor_value_info("k_t_copy", f, ["b", 4, 8, "t"]))
     graph = helper.make_graph(
-        nodes,
-        "attn",
+        nodes, "attn",
         [helper.make_tensor_value_info(n, f, ["b", 4, s, 8]) for n, s in (("q", "lq"), ("k", "t"), ("v", "t"))],
-        outputs,
-        [helper.make_tensor("scale", f, [], [0.35])],
-    )
+        outputs, [helper.make_tensor("scale", f, [], [0.35])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -45,11 +42,9 @@ def run(model, feeds):
 @pytest.mark.parametrize("lq", [1, 3])
 def test_key_major_scores_equal_the_original_and_drop_the_key_transpose(lq):
     rng = np.random.default_rng(0)
-    feeds = {
-        "q": rng.standard_normal((2, 4, lq, 8), dtype=np.float32),
-        "k": rng.standard_normal((2, 4, 50, 8), dtype=np.float32),
-        "v": rng.standard_normal((2, 4, 50, 8), dtype=np.float32),
-    }
+    feeds = {"q": rng.standard_normal((2, 4, lq, 8), dtype=np.float32),
+             "k": rng.standard_normal((2, 4, 50, 8), dtype=np.float32),
+             "v": rng.standard_normal((2, 4, 50, 8), dtype=np.float32)}
     model = attention_graph()
     want = run(model, feeds)[0]
     assert key_major_scores(model) == 1
@@ -65,38 +60,25 @@ def test_key_major_scores_equal_the_original_and_drop_the_key_transpose(lq):
 def test_first_step_layout_heads_split_in_the_same_transpose():
     """decoder_model's K^T is Transpose(K_heads [b, t, h, d], [0, 2, 3, 1]); V's [0, 2, 1, 3] is left alone."""
     f = TensorProto.FLOAT
-    nodes = [
-        helper.make_node("Transpose", ["kh"], ["k_t"], name="/Transpose_9", perm=[0, 2, 3, 1]),
-        helper.make_node("MatMul", ["q", "k_t"], ["qk"], name="/MatMul"),
-        helper.make_node("Softmax", ["qk"], ["probs"], name="/Softmax", axis=-1),
-        helper.make_node("Transpose", ["vh"], ["v"], name="/Transpose_10", perm=[0, 2, 1, 3]),
-        helper.make_node("MatMul", ["probs", "v"], ["out"], name="/MatMul_1"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "first",
-        [
-            helper.make_tensor_value_info("q", f, ["b", 4, 1, 8]),
-            helper.make_tensor_value_info("kh", f, ["b", "t", 4, 8]),
-            helper.make_tensor_value_info("vh", f, ["b", "t", 4, 8]),
-        ],
-        [helper.make_tensor_value_info("out", f, ["b", 4, 1, 8])],
-    )
+    nodes = [helper.make_node("Transpose", ["kh"], ["k_t"], name="/Transpose_9", perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["q", "k_t"], ["qk"], name="/MatMul"),
+             helper.make_node("Softmax", ["qk"], ["probs"], name="/Softmax", axis=-1),
+             helper.make_node("Transpose", ["vh"], ["v"], name="/Transpose_10", perm=[0, 2, 1, 3]),
+             helper.make_node("MatMul", ["probs", "v"], ["out"], name="/MatMul_1")]
+    graph = helper.make_graph(nodes, "first", [helper.make_tensor_value_info("q", f, ["b", 4, 1, 8]),
+                                               helper.make_tensor_value_info("kh", f, ["b", "t", 4, 8]),
+                                               helper.make_tensor_value_info("vh", f, ["b", "t", 4, 8])],
+                              [helper.make_tensor_value_info("out", f, ["b", 4, 1, 8])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     rng = np.random.default_rng(1)
-    feeds = {
-        "q": rng.standard_normal((3, 4, 1, 8), dtype=np.float32),
-        "kh": rng.standard_normal((3, 40, 4, 8), dtype=np.float32),
-        "vh": rng.standard_normal((3, 40, 4, 8), dtype=np.float32),
-    }
+    feeds = {"q": rng.standard_normal((3, 4, 1, 8), dtype=np.float32), "kh": rng.standard_normal((3, 40, 4, 8), dtype=np.float32),
+             "vh": rng.standard_normal((3, 40, 4, 8), dtype=np.float32)}
     want = run(model, feeds)[0]
     assert key_major_scores(model) == 1
     onnx.checker.check_model(model)
     assert np.abs(run(model, feeds)[0] - want).max() < 1e-5
     perms = {n.name: list(n.attribute[0].ints) for n in model.graph.node if n.op_type == "Transpose"}
-    assert (
-        perms["/MatMul/Key"] == [0, 2, 1, 3] and perms["/Transpose_10"] == [0, 2, 1, 3] and "/Transpose_9" not in perms
-    )
+    assert perms["/MatMul/Key"] == [0, 2, 1, 3] and perms["/Transpose_10"] == [0, 2, 1, 3] and "/Transpose_9" not in perms
 
 
 def test_a_transpose_read_elsewhere_is_kept():

@@ -9,17 +9,8 @@ import pytest
 from tiercel.models.presets import get_preset
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "vision_encoder",
-        "embed_tokens",
-        "encoder_model",
-        "decoder_model",
-        "decoder_with_past_model",
-        "decoder_model_merged",
-    ],
-)
+@pytest.mark.parametrize("name", ["vision_encoder", "embed_tokens", "encoder_model", "decoder_model",
+                                  "decoder_with_past_model", "decoder_model_merged"])
 def test_profiles_cover_every_input_with_ordered_shapes(name):
     from tiercel.export.onnx_export import graph_io
     from tiercel.export.tensorrt import profiles
@@ -61,12 +52,7 @@ def _graph(op_types, subgraph_op=None):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     nodes = [helper.make_node(op, ["x"], [f"y{i}"]) for i, op in enumerate(op_types)]
     if subgraph_op:
-        branch = helper.make_graph(
-            [helper.make_node(subgraph_op, ["x"], ["z"])],
-            "b",
-            [],
-            [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])],
-        )
+        branch = helper.make_graph([helper.make_node(subgraph_op, ["x"], ["z"])], "b", [], [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
         nodes.append(helper.make_node("If", ["c"], ["w"], then_branch=branch, else_branch=branch))
     return onnx.helper.make_model(helper.make_graph(nodes, "g", [x], []))
 
@@ -85,8 +71,4 @@ def test_int8_flag_only_for_graphs_with_quantize_nodes(tmp_path):
     assert builder_flags(fp16=True, int8=False) == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
     assert builder_flags(fp16=True, int8=True) == ["FP16", "OBEY_PRECISION_CONSTRAINTS", "INT8"]
     assert builder_flags(fp16=False, int8=True) == ["INT8"]
-    assert [engine_precision(True, True), engine_precision(True, False), engine_precision(False, False)] == [
-        "int8",
-        "fp16",
-        "fp32",
-    ]
+    assert [engine_precision(True, True), engine_precision(True, False), engine_precision(False, False)] == ["int8", "fp16", "fp32"]

@@ -26,9 +26,7 @@ def _write(dst, text, overwrite=True):
         (tmp / "model.onnx").write_text(text)
 
 
-@pytest.mark.parametrize(
-    "mask, dir_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600), (0o002, 0o775, 0o664)]
-)
+@pytest.mark.parametrize("mask, dir_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600), (0o002, 0o775, 0o664)])
 def test_outputs_follow_the_umask(tmp_path, mask, dir_mode, file_mode):
     old = os.umask(mask)
     try:
@@ -75,13 +73,7 @@ def test_the_next_run_puts_back_an_output_a_killed_run_left_aside(tmp_path):
 
 def test_only_leftovers_of_dead_runs_of_the_same_output_are_removed(tmp_path):
     dead = _dead_pid()
-    keep = [
-        f".bundle.tmp-{os.getppid()}-a",
-        f".other.tmp-{dead}-b",
-        f".bundle.tmpx-{dead}-c",
-        "notes.txt",
-        f"bundle.tmp-{dead}-d",
-    ]
+    keep = [f".bundle.tmp-{os.getppid()}-a", f".other.tmp-{dead}-b", f".bundle.tmpx-{dead}-c", "notes.txt", f"bundle.tmp-{dead}-d"]
     for name in keep:
         (tmp_path / name).mkdir()
     (tmp_path / f".bundle.tmp-{dead}-e").mkdir()
@@ -117,9 +109,7 @@ def test_a_temporary_output_of_another_process_is_never_a_finished_one(tmp_path)
     assert fileio.is_temporary(killed) and fileio.is_leftover(killed)
     assert fileio.is_temporary(running) and not fileio.is_leftover(running)  # still being written: not yet a bundle
     assert not fileio.is_temporary(tmp_path / f".bundle.tmp-{os.getpid()}-ab12")  # export's parity check reads its own
-    assert not fileio.is_temporary(tmp_path / "bundle") and not fileio.is_temporary(
-        tmp_path / f".bundle.old-{_dead_pid()}-ab"
-    )
+    assert not fileio.is_temporary(tmp_path / "bundle") and not fileio.is_temporary(tmp_path / f".bundle.old-{_dead_pid()}-ab")
 
 
 def test_the_temporary_folder_is_hidden_and_removed_when_the_work_fails(tmp_path):

@@ -27,34 +27,14 @@ CLIP_NAME = "openai/clip-vit-large-patch14-336"
 
 def geochat_config() -> dict:
     """config.json as GeoChat's LLaVA-1.5 training writes it (GeoChatLlamaForCausalLM, Llama keys + mm_* keys)."""
-    return {
-        "architectures": ["GeoChatLlamaForCausalLM"],
-        "model_type": "geochat",
-        **SMALL,
-        "num_key_value_heads": 2,
-        "vocab_size": VOCAB,
-        "max_position_embeddings": 256,
-        "rms_norm_eps": 1e-6,
-        "hidden_act": "silu",
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-        "tie_word_embeddings": False,
-        "torch_dtype": "float16",
-        "transformers_version": "4.31.0",
-        "use_cache": True,
-        "mm_vision_tower": CLIP_NAME,
-        "mm_hidden_size": 32,
-        "mm_vision_select_layer": -2,
-        "mm_vision_select_feature": "patch",
-        "mm_projector_type": "mlp2x_gelu",
-        "image_aspect_ratio": "pad",
-        "mm_use_im_start_end": False,
-        "mm_use_im_patch_token": False,
-        "use_mm_proj": True,
-        "tune_mm_mlp_adapter": False,
-        "freeze_mm_mlp_adapter": False,
-    }
+    return {"architectures": ["GeoChatLlamaForCausalLM"], "model_type": "geochat", **SMALL, "num_key_value_heads": 2,
+            "vocab_size": VOCAB, "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "tie_word_embeddings": False,
+            "torch_dtype": "float16", "transformers_version": "4.31.0", "use_cache": True,
+            "mm_vision_tower": CLIP_NAME, "mm_hidden_size": 32, "mm_vision_select_layer": -2,
+            "mm_vision_select_feature": "patch", "mm_projector_type": "mlp2x_gelu", "image_aspect_ratio": "pad",
+            "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "use_mm_proj": True,
+            "tune_mm_mlp_adapter": False, "freeze_mm_mlp_adapter": False}
 
 
 def write_tokenizer(folder):
@@ -63,18 +43,9 @@ def write_tokenizer(folder):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
     corpus = ["A chat between a curious human. USER: [refer] Give me the location of <p> roof </p> {<10><20>|<0>}"]
-    tok.train_from_iterator(
-        corpus * 5,
-        trainers.BpeTrainer(
-            vocab_size=VOCAB,
-            special_tokens=["<unk>", "<s>", "</s>"],
-            show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    tok.train_from_iterator(corpus * 5, trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
+                                                             show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(folder)
     assert len(fast) <= VOCAB
 
@@ -86,26 +57,13 @@ def geochat(tmp_path_factory):
     openai publishes it) in its own directory. Returns (root, parts) with the original modules in parts."""
     root = tmp_path_factory.mktemp("geochat")
     torch.manual_seed(0)
-    llama = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            **SMALL,
-            num_key_value_heads=2,
-            vocab_size=VOCAB,
-            max_position_embeddings=256,
-            rms_norm_eps=1e-6,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        )
-    ).eval()
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **SMALL, num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=256, rms_norm_eps=1e-6,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()
     projector = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.GELU(), torch.nn.Linear(32, 32)).eval()
-    clip = transformers.CLIPModel(
-        transformers.CLIPConfig(
-            text_config={**SMALL, "vocab_size": 99, "max_position_embeddings": 16},
-            vision_config={**SMALL, "image_size": 28, "patch_size": 14},
-            projection_dim=32,
-        )
-    ).eval()
+    clip = transformers.CLIPModel(transformers.CLIPConfig(
+        text_config={**SMALL, "vocab_size": 99, "max_position_embeddings": 16},
+        vision_config={**SMALL, "image_size": 28, "patch_size": 14}, projection_dim=32)).eval()
     clip.save_pretrained(root / "clip")
     src = root / "src"
     src.mkdir()
@@ -154,13 +112,8 @@ def test_position_embeddings_are_interpolated_as_geochat_does(geochat, converted
     got = positions(adapter.model)
     assert got.shape == (1 + 3 * 3, 32)
     torch.testing.assert_close(got[0], original[0], rtol=0, atol=0)  # the class position is kept
-    want = (
-        torch.nn.functional.interpolate(
-            original[1:].t().reshape(1, 32, 2, 2), size=3, mode="bicubic", align_corners=True
-        )
-        .reshape(32, 9)
-        .t()
-    )
+    want = torch.nn.functional.interpolate(original[1:].t().reshape(1, 32, 2, 2), size=3, mode="bicubic",
+                                           align_corners=True).reshape(32, 9).t()
     torch.testing.assert_close(got[1:], want, rtol=0, atol=0)
     # by hand: with align_corners the corners stay, and from a 2x2 grid bicubic's midpoints are plain means
     a, b, c, d = original[1:]
@@ -189,49 +142,30 @@ def test_converted_logits_equal_geochats_forward(geochat, adapter):
     _, parts = geochat
     image = np.random.default_rng(0).integers(0, 255, (40, 80, 3), dtype=np.uint8)
     prompt = "[REG_VG]\n" + tasks.get("REG_VG").prompt(text="roof")
-    inputs = adapter.processor(
-        images=[Image.fromarray(image)], text=adapter.request([image], prompt), return_tensors="pt"
-    )
+    inputs = adapter.processor(images=[Image.fromarray(image)], text=adapter.request([image], prompt), return_tensors="pt")
     with torch.no_grad():
         got = adapter.model(**inputs).logits[..., :VOCAB]
 
         clip = parts["clip"].vision_model
-        vision = transformers.CLIPVisionModel(
-            transformers.CLIPVisionConfig(**SMALL, image_size=42, patch_size=14)
-        ).eval()
+        vision = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**SMALL, image_size=42, patch_size=14)).eval()
         weights = {k: v for k, v in clip.state_dict().items() if not k.endswith("position_ids")}
         pos = weights.pop("embeddings.position_embedding.weight")
-        grid = torch.nn.functional.interpolate(
-            pos[1:].t().reshape(1, 32, 2, 2), size=3, mode="bicubic", align_corners=True
-        )
+        grid = torch.nn.functional.interpolate(pos[1:].t().reshape(1, 32, 2, 2), size=3, mode="bicubic", align_corners=True)
         weights["embeddings.position_embedding.weight"] = torch.cat([pos[:1], grid.reshape(32, 9).t()])
         vision.load_state_dict(weights, strict=True)
-        features = parts["projector"](
-            vision(inputs["pixel_values"], output_hidden_states=True).hidden_states[-2][:, 1:]
-        )
+        features = parts["projector"](vision(inputs["pixel_values"], output_hidden_states=True).hidden_states[-2][:, 1:])
         ids = inputs["input_ids"][0]
         at = int((ids == VOCAB).nonzero()[0])
         embed = parts["llama"].model.embed_tokens
-        spliced = torch.cat([embed(ids[:at]), features[0], embed(ids[at + 9 :])])[None]
+        spliced = torch.cat([embed(ids[:at]), features[0], embed(ids[at + 9:])])[None]
         want = parts["llama"](inputs_embeds=spliced).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_cli_converts_and_says_what_it_wrote(geochat, tmp_path, capsys):
     root, _ = geochat
-    code = main(
-        [
-            "convert",
-            "--from",
-            "geochat",
-            str(root / "src"),
-            str(tmp_path / "out"),
-            "--vision-tower",
-            str(root / "clip"),
-            "--image-size",
-            "42",
-        ]
-    )
+    code = main(["convert", "--from", "geochat", str(root / "src"), str(tmp_path / "out"),
+                 "--vision-tower", str(root / "clip"), "--image-size", "42"])
     out = capsys.readouterr().out
     assert code == 0 and "wrote" in out and "(LLaVA, 42 px, 9 image tokens" in out
     assert "CLIP weights from" in out and "vocabulary grown from 300 to 301 for <image>" in out
@@ -244,10 +178,8 @@ def test_missing_clip_weights_say_to_pass_the_vision_tower(geochat, tmp_path, ca
     root, _ = geochat
     code = main(["convert", "--from", "geochat", str(root / "src"), str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert code == 1 and err == (
-        f"error: {root / 'src'}: holds no CLIP vision tower weights (GeoChat loads them by "
-        f"name from {CLIP_NAME}); download that model and pass its directory with --vision-tower\n"
-    )
+    assert code == 1 and err == (f"error: {root / 'src'}: holds no CLIP vision tower weights (GeoChat loads them by "
+                                 f"name from {CLIP_NAME}); download that model and pass its directory with --vision-tower\n")
     assert not (tmp_path / "out").exists()
 
 
@@ -258,11 +190,8 @@ def test_clip_weights_inside_the_checkpoint_are_used_without_a_vision_tower(geoc
     root, parts = geochat
     src = copy_source(root, tmp_path)
     shard = torch.load(src / "pytorch_model-00002-of-00002.bin", weights_only=True)
-    clip = {
-        f"model.vision_tower.vision_tower.{k}": v.clone()
-        for k, v in parts["clip"].state_dict().items()
-        if k.startswith("vision_model.")
-    }
+    clip = {f"model.vision_tower.vision_tower.{k}": v.clone() for k, v in parts["clip"].state_dict().items()
+            if k.startswith("vision_model.")}
     shard.update(clip)
     torch.save(shard, src / "pytorch_model-00002-of-00002.bin")
     index = json.loads((src / "pytorch_model.bin.index.json").read_text())
@@ -280,17 +209,11 @@ def test_a_clip_vision_model_directory_serves_as_the_vision_tower(geochat, adapt
     """transformers 5 saves a lone CLIPVisionModel without the vision_model. prefix a whole CLIPModel has."""
     root, parts = geochat
     vision = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**SMALL, image_size=28, patch_size=14))
-    vision.load_state_dict(
-        {
-            k[len("vision_model.") :]: v
-            for k, v in parts["clip"].state_dict().items()
-            if k.startswith("vision_model.") and not k.endswith("position_ids")
-        }
-    )
+    vision.load_state_dict({k[len("vision_model."):]: v for k, v in parts["clip"].state_dict().items()
+                            if k.startswith("vision_model.") and not k.endswith("position_ids")})
     vision.save_pretrained(tmp_path / "clip-vision")
-    convert(
-        "geochat", root / "src", tmp_path / "out", dtype="float32", vision_tower=tmp_path / "clip-vision", image_size=42
-    )
+    convert("geochat", root / "src", tmp_path / "out", dtype="float32", vision_tower=tmp_path / "clip-vision",
+            image_size=42)
     mine = GeoChatAdapter.from_dir(tmp_path / "out", dtype="float32").model.state_dict()
     for key, value in adapter.model.state_dict().items():
         torch.testing.assert_close(mine[key], value, rtol=0, atol=0)
@@ -321,11 +244,8 @@ def test_a_pickled_program_in_a_shard_is_refused_not_run(geochat, tmp_path):
 
 def test_unconverted_geochat_is_refused_by_the_adapter(geochat):
     root, _ = geochat
-    with pytest.raises(
-        CheckpointError,
-        match=r"is GeoChat in LLaVA's own layout; convert it first: tiercel convert "
-        r"--from geochat",
-    ):
+    with pytest.raises(CheckpointError, match=r"is GeoChat in LLaVA's own layout; convert it first: tiercel convert "
+                                              r"--from geochat"):
         GeoChatAdapter.from_dir(root / "src")
 
 
@@ -334,22 +254,15 @@ def test_the_adapter_honours_data_max_answer_tokens(converted, adapter, tmp_path
     from tiercel.distill.answers import make_adapter
     from tiercel.recipe import parse_recipe
 
-    recipe = parse_recipe(
-        {
-            "name": "t",
-            "data": {"train": str(tmp_path / "train.json"), "max_answer_tokens": 2},
-            "tokenizer": {"source": "train"},
-            "teacher": {"kind": "generated", "adapter": "geochat", "path": str(converted[0])},
-        }
-    )
+    recipe = parse_recipe({"name": "t", "data": {"train": str(tmp_path / "train.json"), "max_answer_tokens": 2},
+                           "tokenizer": {"source": "train"},
+                           "teacher": {"kind": "generated", "adapter": "geochat", "path": str(converted[0])}})
     teacher = make_adapter(recipe, "cpu")
     assert teacher.max_new_tokens == 2
     image = np.random.default_rng(1).integers(0, 255, (42, 42, 3), dtype=np.uint8)
     prompt = "[IMG_CAP]\n" + tasks.get("IMG_CAP").prompt()
-    inputs = adapter.processor(
-        images=[Image.fromarray(image)], text=adapter.request([image], prompt), return_tensors="pt"
-    )
-    longer = adapter.model.generate(**inputs, do_sample=False, max_new_tokens=6)[0, inputs["input_ids"].shape[1] :]
+    inputs = adapter.processor(images=[Image.fromarray(image)], text=adapter.request([image], prompt), return_tensors="pt")
+    longer = adapter.model.generate(**inputs, do_sample=False, max_new_tokens=6)[0, inputs["input_ids"].shape[1]:]
     assert len(longer) == 6  # the tiny model does not stop by itself within 6 tokens
     assert teacher.generate([image], prompt) == adapter.processor.decode(longer[:2], skip_special_tokens=True).strip()
 
@@ -360,9 +273,7 @@ def test_options_are_checked_before_any_weight_is_read(geochat, tmp_path):
         convert("llava", root / "src", tmp_path / "out")
     with pytest.raises(ConfigError, match=r"^--vision-tower: only for --from geochat$"):
         convert("florence", root / "src", tmp_path / "out", vision_tower=root / "clip")
-    with pytest.raises(
-        ConfigError, match=r"^--image-size: must be a positive multiple of the CLIP patch size 14 \(got 40\)$"
-    ):
+    with pytest.raises(ConfigError, match=r"^--image-size: must be a positive multiple of the CLIP patch size 14 \(got 40\)$"):
         convert("geochat", root / "src", tmp_path / "out", vision_tower=root / "clip", image_size=40)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep")

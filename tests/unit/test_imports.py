@@ -32,17 +32,9 @@ def test_runtime_and_tasks_depend_on_tasks_only():
     import tiercel
 
     root = Path(tiercel.__file__).parent
-    allowed = {
-        "tiercel.tasks",
-        "tiercel.runtime",
-        "tiercel.errors",
-        "tiercel.fileio",
-        "tiercel._lazy",
-        "tiercel.progress",
-        # torch-free leaf modules the runtime shares with training (the first test imports them bare)
-        "tiercel.runtime.tokenizer",
-        "tiercel.data.images",
-    }
+    allowed = {"tiercel.tasks", "tiercel.runtime", "tiercel.errors", "tiercel.fileio", "tiercel._lazy", "tiercel.progress",
+               # torch-free leaf modules the runtime shares with training (the first test imports them bare)
+               "tiercel.runtime.tokenizer", "tiercel.data.images"}
     found = []
     for package in ("runtime", "tasks"):
         for file in sorted((root / package).rglob("*.py")):
@@ -50,16 +42,11 @@ def test_runtime_and_tasks_depend_on_tasks_only():
                 if isinstance(node, ast.Import):
                     names = [a.name for a in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.module and not node.level:  # from tiercel import tasks
-                    names = (
-                        [f"{node.module}.{a.name}" for a in node.names] if node.module == "tiercel" else [node.module]
-                    )
+                    names = [f"{node.module}.{a.name}" for a in node.names] if node.module == "tiercel" else [node.module]
                 else:
                     names = []
-                found += [
-                    f"{file.relative_to(root)}: {n}"
-                    for n in names
-                    if n.startswith("tiercel") and not any(n == a or n.startswith(a + ".") for a in allowed)
-                ]
+                found += [f"{file.relative_to(root)}: {n}" for n in names
+                          if n.startswith("tiercel") and not any(n == a or n.startswith(a + ".") for a in allowed)]
     assert found == []
 
 

@@ -30,20 +30,9 @@ class Stub:
 @pytest.fixture()
 def records(tmp_path):
     Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(tmp_path / "a.png")
-    (tmp_path / "val.json").write_text(
-        json.dumps(
-            [
-                {
-                    "conversations": [
-                        {"role": "user", "content": "<image>\n[IMG_CAP]\nDescribe the image."},
-                        {"role": "assistant", "content": "A harbor."},
-                    ],
-                    "images": ["a.png"],
-                    "crop": [],
-                }
-            ]
-        )
-    )
+    (tmp_path / "val.json").write_text(json.dumps([
+        {"conversations": [{"role": "user", "content": "<image>\n[IMG_CAP]\nDescribe the image."},
+                           {"role": "assistant", "content": "A harbor."}], "images": ["a.png"], "crop": []}]))
     return tmp_path / "val.json"
 
 
@@ -51,10 +40,8 @@ def test_one_answer_to_every_task_prompt_is_flagged(records):
     stub = Stub(lambda tag: "A top-down view of an industrial area.")
     check = prompt_check(stub, records, root=records.parent)
     assert (check["image"], check["tasks"], check["distinct_answers"]) == ("a.png", 13, 1)
-    assert check["warning"] == (
-        "gave one answer to all 13 task prompts on a.png ('A top-down view of an industrial "
-        "area.'): it ignores its prompt"
-    )
+    assert check["warning"] == ("gave one answer to all 13 task prompts on a.png ('A top-down view of an industrial "
+                                "area.'): it ignores its prompt")
     empty = prompt_check(Stub(lambda tag: ""), records, root=records.parent)["warning"]
     assert empty == "gave one answer to all 13 task prompts on a.png (an empty answer): it ignores its prompt"
     # every single-image task, each with the text or region it needs, on the record's 40x60 image, greedy
@@ -67,9 +54,7 @@ def test_one_answer_to_every_task_prompt_is_flagged(records):
 def test_answers_that_follow_the_prompt_pass(records):
     check = prompt_check(Stub(lambda tag: f"answer for {tag}"), records, root=records.parent)
     assert (check["distinct_answers"], check["warning"]) == (13, None)
-    two = prompt_check(
-        Stub(lambda tag: "a caption" if tag.startswith("IMG") else "<box>"), records, root=records.parent
-    )
+    two = prompt_check(Stub(lambda tag: "a caption" if tag.startswith("IMG") else "<box>"), records, root=records.parent)
     assert (two["distinct_answers"], two["warning"]) == (2, None)
 
 

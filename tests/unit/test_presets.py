@@ -54,12 +54,4 @@ def test_invalid_shape_is_rejected_before_building():
 def test_match_preset_ignores_vocabulary():
     assert match_preset(get_preset("tiny", vocab_size=777)) == "tiny"
     assert match_preset(get_preset("tiny", d_model=32)) is None
-    assert set(PRESETS) >= {
-        "florence2-base",
-        "florence2-large",
-        "falcon-base",
-        "falcon-large",
-        "tiercel-small",
-        "tiercel-nano",
-        "tiny",
-    }
+    assert set(PRESETS) >= {"florence2-base", "florence2-large", "falcon-base", "falcon-large", "tiercel-small", "tiercel-nano", "tiny"}

@@ -19,9 +19,7 @@ def test_analytic_flops_match_the_flop_counter(preset):
     report = model_report(build(preset, device="meta"), preset, prompt_tokens=32)
     shape = get_preset(preset).to_dict()
     assert roofline.vision_flops(shape) == pytest.approx(report.vision_gflops * 1e9, rel=1e-9)
-    assert roofline.text_encoder_flops(shape, report.encoder_tokens) == pytest.approx(
-        report.encoder_gflops * 1e9, rel=1e-9
-    )
+    assert roofline.text_encoder_flops(shape, report.encoder_tokens) == pytest.approx(report.encoder_gflops * 1e9, rel=1e-9)
 
 
 def test_published_florence2_base_vision_cost():
@@ -68,13 +66,8 @@ class _FakeBundle:
 
 def test_bundle_work_reads_weights_from_file_sizes_and_adds_kv(tmp_path):
     shape = {**get_preset("tiny").to_dict(), "d_model": 8, "decoder_layers": 2}
-    sizes = {
-        "vision_encoder": 1000,
-        "embed_tokens": 10,
-        "encoder_model": 300,
-        "decoder_model": 500,
-        "decoder_with_past_model": 400,
-    }
+    sizes = {"vision_encoder": 1000, "embed_tokens": 10, "encoder_model": 300, "decoder_model": 500,
+             "decoder_with_past_model": 400}
     graphs = []
     for name, size in sizes.items():
         (tmp_path / f"{name}.onnx").write_bytes(b"\0" * size)

@@ -19,9 +19,8 @@ from tiercel.runtime.profile import ProfileSettings, StageTimer, forced_generati
 
 @pytest.fixture(scope="module")
 def report(bundle):
-    settings = ProfileSettings(
-        runs=1, warmup=0, new_tokens=4, num_beams=1, tasks=("IMG_CAP", "REG_DET_HBB", "PIX_CHG"), image_size=64
-    )
+    settings = ProfileSettings(runs=1, warmup=0, new_tokens=4, num_beams=1, tasks=("IMG_CAP", "REG_DET_HBB", "PIX_CHG"),
+                               image_size=64)
     return profile([bundle], ["onnxruntime", "openvino"], settings)
 
 
@@ -32,9 +31,7 @@ def test_forced_generation_makes_exactly_n_tokens(bundle, beams):
     m = rt.load(bundle)
     features = m.image_features(m.pixel_values(image(0)))
     for n in (2, 9):
-        ids = m.generate_ids(
-            features, ["Describe the image.", "Count the number of ship."], **forced_generation(n, beams)
-        )
+        ids = m.generate_ids(features, ["Describe the image.", "Count the number of ship."], **forced_generation(n, beams))
         assert [len(i) for i in ids] == [n, n]
 
 
@@ -48,22 +45,13 @@ def test_timer_sees_every_stage_and_changes_no_result(bundle):
     timed = m.run(image(2), "REG_DET_HBB", text="airplane", **gen)
     names = [name for name, _ in m.timer.take()]
     assert timed == plain
-    assert {
-        "preprocess",
-        "vision_encoder",
-        "embed_tokens",
-        "text_encoder",
-        "first_token",
-        "generate",
-        "postprocess",
-    } <= set(names)
+    assert {"preprocess", "vision_encoder", "embed_tokens", "text_encoder", "first_token", "generate",
+            "postprocess"} <= set(names)
     assert names.count("first_token") == 1 and names.count("decode_token") == 5
 
 
 def test_profile_times_every_stage_of_every_pair(report):
-    assert [p.label for p in report.profiles] == [
-        f"{report.profiles[0].label.split('/')[0]}/{b}" for b in ("onnxruntime", "openvino")
-    ]
+    assert [p.label for p in report.profiles] == [f"{report.profiles[0].label.split('/')[0]}/{b}" for b in ("onnxruntime", "openvino")]
     for p in report.profiles:
         for stage in ("preprocess", "vision_encoder", "embed_tokens", "text_encoder", "first_token", "postprocess"):
             assert p.stages[stage]["n"] == 3 and p.stages[stage]["p50"] > 0  # runs x tasks
@@ -90,17 +78,11 @@ def test_report_is_json_and_renders(report, tmp_path):
     console.print(render.roofline_table(report))
     console.print(render.estimate_table(report))
     text = console.export_text()
-    for needle in (
-        "decode, per token",
-        "PIX_CHG end-to-end",
-        "run_all (2 tasks)",
-        "peak RSS",
-        "fraction",
-        "ESTIMATE",
-        "Jetson AGX Orin 64GB",
-    ):
+    for needle in ("decode, per token", "PIX_CHG end-to-end", "run_all (2 tasks)", "peak RSS", "fraction", "ESTIMATE",
+                   "Jetson AGX Orin 64GB"):
         assert needle in text
     assert any("max(bytes / (bandwidth" in line for line in render.estimate_notes(report))
+
 
 
 def test_openvino_in_f32_on_a_bf16_cpu_gets_a_hint(report):
@@ -113,15 +95,12 @@ def test_openvino_in_f32_on_a_bf16_cpu_gets_a_hint(report):
     assert isinstance(report.machine["cpu_bf16"], list)  # read from /proc/cpuinfo's flags
     bf16 = replace(report, machine={**report.machine, "cpu_bf16": ["avx512_bf16"]})
     [line] = render.precision_notes(bf16)
-    assert line.startswith(
-        "this CPU computes bf16 (avx512_bf16): OpenVINO ran in f32, tiercel's default; "
-        "--option INFERENCE_PRECISION_HINT=bf16 trades"
-    )
+    assert line.startswith("this CPU computes bf16 (avx512_bf16): OpenVINO ran in f32, tiercel's default; "
+                           "--option INFERENCE_PRECISION_HINT=bf16 trades")
     assert render.precision_notes(replace(bf16, machine={**report.machine, "cpu_bf16": []})) == []
     assert render.precision_notes(replace(bf16, profiles=report.profiles[:1])) == []  # onnxruntime only
     asked = replace(bf16, settings=replace(report.settings, options={"INFERENCE_PRECISION_HINT": "f32"}))
     assert render.precision_notes(asked) == []
-
 
 def test_plot_writes_a_png(report, tmp_path):
     pytest.importorskip("matplotlib")
@@ -145,9 +124,7 @@ def test_bad_inputs_fail_before_timing(bundle, tmp_path):
         profile([bundle], ["torch"], ProfileSettings(runs=1))
     with pytest.raises(ConfigError, match="--option x: .* is a checkpoint, which takes only dtype="):
         profile([tmp_path], ["torch"], ProfileSettings(runs=1, options={"x": "1"}), checkpoints=CHECKPOINTS)
-    with pytest.raises(
-        ConfigError, match="a checkpoint, which this call cannot open; pass checkpoints=tiercel.models.open.CHECKPOINTS"
-    ):
+    with pytest.raises(ConfigError, match="a checkpoint, which this call cannot open; pass checkpoints=tiercel.models.open.CHECKPOINTS"):
         profile([tmp_path], ["torch"], ProfileSettings(runs=1))  # the runtime alone never imports torch to open one
 
 
@@ -158,9 +135,8 @@ def test_more_new_tokens_than_the_position_table_names_profiles_option(bundle, m
     monkeypatch.setattr(runner, "_timed_call", lambda *a: pytest.fail("timed before the check"))
     with pytest.raises(ConfigError) as err:  # the tiny bundle has 256 positions
         profile([bundle], ["onnxruntime"], ProfileSettings(runs=1, new_tokens=257, image_size=64))
-    assert str(err.value) == (
-        "max_new_tokens: 257 is more than this model's 256 decoder positions; use 256 or less (--new-tokens)"
-    )
+    assert str(err.value) == ("max_new_tokens: 257 is more than this model's 256 decoder positions; use 256 or less "
+                              "(--new-tokens)")
 
 
 def test_profile_image_is_deterministic():
@@ -209,9 +185,7 @@ def test_no_roofline_for_a_run_on_a_gpu(bundle, monkeypatch):
         return m
 
     monkeypatch.setattr(runner, "open_model", on_gpu)
-    report = profile(
-        [bundle], ["onnxruntime"], ProfileSettings(runs=1, warmup=0, new_tokens=3, tasks=("IMG_CAP",), image_size=64)
-    )
+    report = profile([bundle], ["onnxruntime"], ProfileSettings(runs=1, warmup=0, new_tokens=3, tasks=("IMG_CAP",), image_size=64))
     p = report.profiles[0]
     assert p.roofline == {} and "ran on cuda; the measured peaks are this machine's CPU" in p.roofline_skipped
     assert p.estimates and any("no roofline for" in line for line in render.roofline_notes(report))

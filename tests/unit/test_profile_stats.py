@@ -26,18 +26,9 @@ def test_percentiles_of_one_and_of_none():
 
 
 def test_breakdown_splits_decode_steps_and_search_overhead():
-    events = [
-        ("preprocess", 0.01),
-        ("vision_encoder", 0.2),
-        ("embed_tokens", 0.001),
-        ("text_encoder", 0.05),
-        ("first_token", 0.03),
-        ("decode_token", 0.010),
-        ("decode_token", 0.012),
-        ("decode_token", 0.011),
-        ("generate", 0.07),
-        ("postprocess", 0.002),
-    ]
+    events = [("preprocess", 0.01), ("vision_encoder", 0.2), ("embed_tokens", 0.001), ("text_encoder", 0.05),
+              ("first_token", 0.03), ("decode_token", 0.010), ("decode_token", 0.012), ("decode_token", 0.011),
+              ("generate", 0.07), ("postprocess", 0.002)]
     b = breakdown(events)
     assert b["decode_token"] == [0.010, 0.012, 0.011]
     assert b["generate_overhead"] == pytest.approx(0.07 - 0.03 - 0.033)
@@ -61,7 +52,7 @@ def test_memory_probe_peak_only_grows_until_reset():
     start = probe.reset()
     assert start > 0
     block = bytearray(64 * 2**20)  # touch 64 MiB so RSS rises
-    block[::4096] = b"x" * len(block[::4096])
+    block[:: 4096] = b"x" * len(block[:: 4096])
     probe.sample()
     assert probe.peak >= start
     del block
@@ -71,9 +62,7 @@ def test_profiler_imports_without_torch_or_matplotlib():
     import subprocess
     import sys
 
-    code = (
-        "import sys, tiercel.runtime.profile, tiercel.runtime.profile.report;"
-        "print(' '.join(m for m in ('torch', 'transformers', 'matplotlib', 'onnx') if m in sys.modules))"
-    )
+    code = ("import sys, tiercel.runtime.profile, tiercel.runtime.profile.report;"
+            "print(' '.join(m for m in ('torch', 'transformers', 'matplotlib', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

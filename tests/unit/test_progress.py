@@ -44,10 +44,8 @@ def test_resumed_bar_rates_only_its_own_steps_and_slow_work_reads_seconds_per_un
             bar.advance(1)  # 1 step in 40 s since the resume, 3 to go
             clock.now += 40
             bar.advance(3)
-    assert out.getvalue().splitlines() == [
-        "[distill] 7/10 steps, 40.0 s/step, ETA 2 min",
-        "[distill] 10/10 steps in 80 s, 20.0 s/step",
-    ]
+    assert out.getvalue().splitlines() == ["[distill] 7/10 steps, 40.0 s/step, ETA 2 min",
+                                           "[distill] 10/10 steps in 80 s, 20.0 s/step"]
 
 
 def test_unknown_total_has_no_eta_and_scope_prefixes_the_label():
@@ -58,11 +56,9 @@ def test_unknown_total_has_no_eta_and_scope_prefixes_the_label():
             bar.update(completed=30)
         with progress.track("teacher", total=2) as bar:  # a bar named like its scope is not named twice
             bar.advance(2)
-    assert out.getvalue().splitlines() == [
-        "[teacher/eval] 30 records, 6.0 records/s",
-        "[teacher/eval] 30 records in 5 s, 6.0 records/s",
-        "[teacher] 2/2 items in 0 s",
-    ]
+    assert out.getvalue().splitlines() == ["[teacher/eval] 30 records, 6.0 records/s",
+                                           "[teacher/eval] 30 records in 5 s, 6.0 records/s",
+                                           "[teacher] 2/2 items in 0 s"]
 
 
 def test_quiet_and_library_use_write_nothing(capsys):
@@ -106,19 +102,9 @@ def test_terminal_bar_draws_on_the_stream_only(capsys):
 def test_synth_cli_keeps_progress_on_stderr_and_stdout_for_results(tmp_path):
     from tests.conftest import run_cli
 
-    done = run_cli(
-        "data",
-        "synth",
-        "--out",
-        str(tmp_path / "s"),
-        "--n",
-        "42",
-        "--size",
-        "64",
-        "--workers",
-        "1",
-        env={"TIERCEL_PROGRESS_INTERVAL": "0"},
-    )
+    done = run_cli("data", "synth", "--out", str(tmp_path / "s"), "--n", "42", "--size", "64", "--workers", "1",
+                   env={"TIERCEL_PROGRESS_INTERVAL": "0"})
     assert done.returncode == 0, done.stderr
     assert "[synth] " in done.stderr and "42/42 records in" in done.stderr
     assert "[synth]" not in done.stdout and "wrote" in done.stdout
+

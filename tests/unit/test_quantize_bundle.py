@@ -61,7 +61,7 @@ def test_recorded_decoder_caches_are_views_of_the_last_step_with_the_values_fed(
     for got, want in zip(past, fed):
         assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
     key = "past_key_values.0.decoder.key"
-    last = [i for i, a in enumerate(past) if not any(np.shares_memory(a[key], b[key]) for b in past[i + 1 :])]
+    last = [i for i, a in enumerate(past) if not any(np.shares_memory(a[key], b[key]) for b in past[i + 1:])]
     assert len(last) == 2  # one buffer per sample: every earlier step's cache is a view of the sample's last
 
 
@@ -130,20 +130,13 @@ def test_mixed_records_a_scheme_per_graph_and_keeps_tied_lm_head_inside_the_deco
     from tiercel.quantize import quantize_bundle
 
     section = quantize_bundle(fp32, tmp_path / "mixed", "mixed", calib=synth_folder(), **FAST)
-    assert section.graphs == {
-        "vision_encoder": "int8-static",
-        "embed_tokens": "int8-dynamic",
-        "encoder_model": "int8-static",
-        "decoder_model": "int4-weight-only",
-        "decoder_with_past_model": "int4-weight-only",
-    }
+    assert section.graphs == {"vision_encoder": "int8-static", "embed_tokens": "int8-dynamic",
+                                 "encoder_model": "int8-static", "decoder_model": "int4-weight-only",
+                                 "decoder_with_past_model": "int4-weight-only"}
     dec = onnx.load(str(tmp_path / "mixed" / "decoder_with_past_model.onnx"))
     assert any(n.op_type == "MatMulNBits" and n.name.startswith("/lm_head") for n in dec.graph.node)
     emb = onnx.load(str(tmp_path / "mixed" / "embed_tokens.onnx"))
-    assert [n.op_type for n in emb.graph.node if n.op_type in ("Gather", "DequantizeLinear")] == [
-        "Gather",
-        "DequantizeLinear",
-    ]
+    assert [n.op_type for n in emb.graph.node if n.op_type in ("Gather", "DequantizeLinear")] == ["Gather", "DequantizeLinear"]
 
 
 def test_guard_excludes_sensitive_layers_and_retries_until_it_holds(fp32, tmp_path, monkeypatch):
@@ -160,9 +153,7 @@ def test_guard_excludes_sensitive_layers_and_retries_until_it_holds(fp32, tmp_pa
     from tiercel.quantize import gptq
 
     real_hessians, probed = gptq.hessians, []
-    monkeypatch.setattr(
-        gptq, "hessians", lambda proto, feeds, nodes: probed.append(len(feeds)) or real_hessians(proto, feeds, nodes)
-    )
+    monkeypatch.setattr(gptq, "hessians", lambda proto, feeds, nodes: probed.append(len(feeds)) or real_hessians(proto, feeds, nodes))
     monkeypatch.setattr(guard, "compare", strict_first)
     section = quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), **FAST)
     attempts = section.guard.attempts
@@ -177,11 +168,8 @@ def test_guard_excludes_sensitive_layers_and_retries_until_it_holds(fp32, tmp_pa
     import onnx
 
     graph = onnx.load(str(tmp_path / "q" / kept[0]["file"])).graph  # the layer kept back: 8-bit blocks, not fp32
-    bits = {
-        n.name: next(a.i for a in n.attribute if a.name == "bits")
-        for n in graph.node
-        if n.op_type in ("MatMulNBits", "GatherBlockQuantized")
-    }
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node
+            if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
     assert bits[f"{excluded[0]}_Q8"] == 8 and sorted(set(bits.values())) == ([4, 8] if len(bits) > 1 else [8])
 
 
@@ -230,11 +218,8 @@ def _mask_adds(ir) -> set[str]:
         if op.get_type_name() != "Convert" or op.input_value(0).get_element_type() != ov.Type.boolean:
             continue
         for mul in op.output(0).get_target_inputs():
-            out |= {
-                t.get_node().get_friendly_name()
-                for t in mul.get_node().output(0).get_target_inputs()
-                if t.get_node().get_type_name() == "Add"
-            }
+            out |= {t.get_node().get_friendly_name() for t in mul.get_node().output(0).get_target_inputs()
+                    if t.get_node().get_type_name() == "Add"}
     return out
 
 
@@ -247,21 +232,9 @@ def test_openvino_int8_static_bundle_adds_no_attention_scores_in_u8(fp32, tmp_pa
     import tiercel.runtime
     from tiercel.quantize import quantize_bundle
 
-    decoders_only = {
-        "vision": "fp32",
-        "encoder": "fp32",
-        "embeddings": "fp32",
-        "decoder": "int8-static",
-    }  # the masks' graphs
-    quantize_bundle(
-        fp32,
-        tmp_path / "ov",
-        "mixed",
-        backend="openvino",
-        calib=synth_folder(),
-        policy=decoders_only,
-        **{**FAST, "n_val": 0},
-    )
+    decoders_only = {"vision": "fp32", "encoder": "fp32", "embeddings": "fp32", "decoder": "int8-static"}  # the masks' graphs
+    quantize_bundle(fp32, tmp_path / "ov", "mixed", backend="openvino", calib=synth_folder(), policy=decoders_only,
+                    **{**FAST, "n_val": 0})
     graphs = json.loads((tmp_path / "ov" / "manifest.json").read_text())["graphs"]
     checked = 0
     for g in graphs:
@@ -271,11 +244,8 @@ def test_openvino_int8_static_bundle_adds_no_attention_scores_in_u8(fp32, tmp_pa
         assert q["calibration"] == min(q["calibration_check"], key=q["calibration_check"].get), g["name"]
         masks = _mask_adds(fp32 / "openvino" / f"{g['name']}.xml")
         compiled = ov.Core().compile_model(str(tmp_path / "ov" / g["file"]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        in_u8 = [
-            op.get_rt_info()["originalLayersNames"].astype(str)
-            for op in compiled.get_runtime_model().get_ordered_ops()
-            if op.get_rt_info()["runtimePrecision"].astype(str) == "u8"
-        ]
+        in_u8 = [op.get_rt_info()["originalLayersNames"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+                 if op.get_rt_info()["runtimePrecision"].astype(str) == "u8"]
         assert not [names for names in in_u8 if masks & set(names.split(","))], g["name"]
         checked += len(masks)
     assert checked >= 2  # the self-attention masks of the decoders (with past: one per layer)

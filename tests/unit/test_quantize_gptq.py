@@ -25,13 +25,10 @@ def _activations(rows: int, k: int, seed: int) -> np.ndarray:
 
 def _matmul(k: int, n: int, seed: int = 0):
     w = np.random.default_rng(seed).standard_normal((k, n)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", n])],
-        [numpy_helper.from_array(w, "w")],
-    )
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", n])],
+                              [numpy_helper.from_array(w, "w")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w
 
 
@@ -41,9 +38,7 @@ def test_matmulnbits_computes_the_rounded_weight_exactly(symmetric):
     feeds = [{"x": _activations(16, 80, s)} for s in range(4)]
     rounded = G.round_layers(proto, ["fc"], G.hessians(proto, feeds, ["fc"]), 32, symmetric)
     report = G.quantize_matmuls(proto, ["fc"], rounded, 32, symmetric, accuracy_level=0)
-    assert [n.op_type for n in proto.graph.node] == ["MatMulNBits"] and "w" not in {
-        i.name for i in proto.graph.initializer
-    }
+    assert [n.op_type for n in proto.graph.node] == ["MatMulNBits"] and "w" not in {i.name for i in proto.graph.initializer}
     h = sum(f["x"].T.astype(np.float64) @ f["x"] for f in feeds) / 64
     rounded = G.dequantize(*G.gptq(w, h if report[0]["method"] == "gptq" else np.eye(80), 32, symmetric), 80)
     x = _activations(5, 80, 7)
@@ -79,9 +74,7 @@ def test_symmetric_rounding_is_onnxruntimes_own(tmp_path):
     w[3, 0], w[40, 1] = 6.0, -6.0  # a positive and a negative peak: the scale's sign follows the peak
     proto.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "w"))
     onnx.save(proto, str(tmp_path / "g.onnx"))
-    quantize_graph(
-        tmp_path / "g.onnx", tmp_path / "q.onnx", get_scheme("int4-weight-only")
-    )  # no feeds: onnxruntime's RTN
+    quantize_graph(tmp_path / "g.onnx", tmp_path / "q.onnx", get_scheme("int4-weight-only"))  # no feeds: onnxruntime's RTN
     q = onnx.load(str(tmp_path / "q.onnx"))
     ort_scales = numpy_helper.to_array(next(i for i in q.graph.initializer if "scales" in i.name))  # [N, k_blocks]
     _, scales, zeros = G.gptq(w, np.eye(64), 32, True)
@@ -104,9 +97,8 @@ def test_choose_keeps_round_to_nearest_when_the_held_out_half_says_gptq_overfits
     _, row = G.choose(w, few.T @ few / 3, other.T @ other / 256, 32, True)
     assert row["method"] == "rtn" and row["error_gptq"] > row["error_rtn"]
     good_fit, good_check = _activations(512, 64, 5), _activations(512, 64, 6)
-    _, row = G.choose(
-        w, good_fit.T.astype(np.float64) @ good_fit / 512, good_check.T.astype(np.float64) @ good_check / 512, 32, True
-    )
+    _, row = G.choose(w, good_fit.T.astype(np.float64) @ good_fit / 512, good_check.T.astype(np.float64) @ good_check / 512,
+                      32, True)
     assert row["method"] == "gptq" and row["error_gptq"] < row["error_rtn"]
 
 
@@ -114,13 +106,10 @@ def test_an_embedding_table_kept_back_from_int4_becomes_int8_blocks(tmp_path):
     from tiercel.quantize.onnx_backend import quantize_graph
 
     table = np.random.default_rng(0).standard_normal((50, 64)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "ids"], ["y"], name="/embed/Gather")],
-        "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
-        [numpy_helper.from_array(table, "table")],
-    )
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"], name="/embed/Gather")], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
+                              [numpy_helper.from_array(table, "table")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "emb.onnx"))
     spec = get_scheme("int4-weight-only")
     report = quantize_graph(tmp_path / "emb.onnx", tmp_path / "q.onnx", spec, "embeddings", exclude=["/embed/Gather"])
@@ -139,16 +128,11 @@ def test_a_weight_with_a_leading_unit_axis_is_rounded_to_nearest_beside_gptq(tmp
 
     rng = np.random.default_rng(0)
     w2, w3 = rng.standard_normal((64, 64)).astype(np.float32), rng.standard_normal((1, 64, 32)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w2"], ["h"], name="flat"),
-            helper.make_node("MatMul", ["h", "w3"], ["y"], name="batched"),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(w3, "w3")],
-    )
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w2"], ["h"], name="flat"),
+                               helper.make_node("MatMul", ["h", "w3"], ["y"], name="batched")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(w3, "w3")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
     feeds = [{"x": _activations(32, 64, s)[None]} for s in range(4)]
     report = quantize_graph(tmp_path / "g.onnx", tmp_path / "q.onnx", get_scheme("int4-weight-only"), feeds=feeds)
@@ -169,29 +153,19 @@ def test_a_guard_retry_reuses_the_rounded_layers_and_keeps_no_hessians(tmp_path,
 
     rng = np.random.default_rng(0)
     w1, w2 = rng.standard_normal((64, 64)).astype(np.float32), rng.standard_normal((64, 32)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-            helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2"),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
-    )
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+                               helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
     feeds, spec, cache = [{"x": _activations(32, 64, s)} for s in range(4)], get_scheme("int4-weight-only"), {}
     quantize_graph(tmp_path / "g.onnx", tmp_path / "a.onnx", spec, feeds=feeds, cache=cache)
     assert set(cache) == {"rounded"} and sorted(cache["rounded"]) == ["fc1", "fc2"]
-    assert all(
-        a.dtype != np.float64 and a.size <= 64 * 64 for packed, _, _ in cache["rounded"].values() for a in packed
-    )
+    assert all(a.dtype != np.float64 and a.size <= 64 * 64 for packed, _, _ in cache["rounded"].values() for a in packed)
     monkeypatch.setattr(G, "hessians", lambda *a: pytest.fail("a retry probed the activations again"))
     quantize_graph(tmp_path / "g.onnx", tmp_path / "b.onnx", spec, feeds=feeds, exclude=["fc1"], cache=cache)
-    first, retry = (
-        {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / f)).graph.initializer}
-        for f in ("a.onnx", "b.onnx")
-    )
+    first, retry = ({i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / f)).graph.initializer} for f in ("a.onnx", "b.onnx"))
     fc2 = [n for n in first if n.endswith("_fc2")]
     assert fc2 and all(np.array_equal(first[n], retry[n]) for n in fc2)
     assert any(n.endswith("fc1") for n in first) and "w1" not in retry  # fc1 now int8 blocks
@@ -209,9 +183,7 @@ def test_hessians_past_the_2gb_protobuf_limit_go_through_external_data(monkeypat
     monkeypatch.setattr(G, "TWO_GB", 0)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     opened, session = [], ort.InferenceSession
-    monkeypatch.setattr(
-        ort, "InferenceSession", lambda source, *a, **k: opened.append(source) or session(source, *a, **k)
-    )
+    monkeypatch.setattr(ort, "InferenceSession", lambda source, *a, **k: opened.append(source) or session(source, *a, **k))
     external = G.hessians(proto, feeds, ["fc"])["fc"]
     assert len(opened) == 1 and str(opened[0]).endswith("graph.onnx")  # a file, not bytes
     for h, half in zip(external, (feeds[:2], feeds[2:])):

@@ -27,20 +27,15 @@ def _mlp(path, outlier_layer: str | None = None, d: int = 64):
         weights[outlier_layer][::32, :] = 50.0
     mask = np.ones(d, np.float32)
     mask[::32] = 0.0
-    nodes = [
-        helper.make_node("MatMul", ["x", "fc_a.w"], ["a"], name="fc_a"),
-        helper.make_node("Relu", ["a"], ["r"], name="relu"),
-        helper.make_node("Mul", ["r", "mask"], ["m"], name="mask"),
-        helper.make_node("MatMul", ["m", "fc_b.w"], ["b"], name="fc_b"),
-        helper.make_node("MatMul", ["b", "fc_c.w"], ["y"], name="fc_c"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", d])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", d])],
-        [numpy_helper.from_array(w, f"{n}.w") for n, w in weights.items()] + [numpy_helper.from_array(mask, "mask")],
-    )
+    nodes = [helper.make_node("MatMul", ["x", "fc_a.w"], ["a"], name="fc_a"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Mul", ["r", "mask"], ["m"], name="mask"),
+             helper.make_node("MatMul", ["m", "fc_b.w"], ["b"], name="fc_b"),
+             helper.make_node("MatMul", ["b", "fc_c.w"], ["y"], name="fc_c")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", d])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", d])],
+                              [numpy_helper.from_array(w, f"{n}.w") for n, w in weights.items()]
+                              + [numpy_helper.from_array(mask, "mask")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(path))
     return [{"x": rng.standard_normal((4, d)).astype(np.float32)} for _ in range(3)]
@@ -69,9 +64,8 @@ def test_sensitivity_is_the_output_error_with_only_that_layer_quantized_also_fro
 
     for row in rows:
         q = {row["node"]: fake_quantize(w[row["weight"]], "MatMul", spec)}
-        expected = np.mean(
-            [np.linalg.norm(forward(f["x"], **q) - forward(f["x"])) / np.linalg.norm(forward(f["x"])) for f in feeds]
-        )
+        expected = np.mean([np.linalg.norm(forward(f["x"], **q) - forward(f["x"])) / np.linalg.norm(forward(f["x"]))
+                            for f in feeds])
         assert row["error"] == pytest.approx(expected, rel=1e-3) and row["error"] > 0
     onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
     assert (tmp_path / "ext.onnx.data").stat().st_size > 3 * 64 * 64 * 4
@@ -90,9 +84,8 @@ def test_fake_quantize_int8_per_channel_and_int4_blocks_are_close_but_not_exact(
 def test_tensorrt_target_writes_symmetric_int8_qdq_on_every_weight_layer(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     feeds = _mlp(tmp_path / "mlp.onnx")
-    report = quantize_graph(
-        tmp_path / "mlp.onnx", tmp_path / "trt.onnx", get_scheme("int8-static"), feeds=feeds, target="tensorrt"
-    )
+    report = quantize_graph(tmp_path / "mlp.onnx", tmp_path / "trt.onnx", get_scheme("int8-static"), feeds=feeds,
+                            target="tensorrt")
     assert sorted(report["quantized"]) == ["fc_a", "fc_b", "fc_c"]
     model = onnx.load(str(tmp_path / "trt.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -122,24 +115,15 @@ def test_onnxruntime_int8_static_keeps_depthwise_convs_and_weight_outputs_in_fp3
 
     rng = np.random.default_rng(0)
     c = 8
-    inits = {
-        "pw.w": rng.standard_normal((c, c, 1, 1)),
-        "dw.w": rng.standard_normal((c, 1, 3, 3)),
-        "fc.w": rng.standard_normal((c, c)),
-    }
-    nodes = [
-        helper.make_node("Conv", ["x", "pw.w"], ["p"], name="pw"),
-        helper.make_node("Conv", ["p", "dw.w"], ["d"], name="dw", group=c, pads=[1, 1, 1, 1]),
-        helper.make_node("Transpose", ["d"], ["t"], name="nhwc", perm=[0, 2, 3, 1]),
-        helper.make_node("MatMul", ["t", "fc.w"], ["y"], name="fc"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 6, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 6, c])],
-        [numpy_helper.from_array(w.astype(np.float32), n) for n, w in inits.items()],
-    )
+    inits = {"pw.w": rng.standard_normal((c, c, 1, 1)), "dw.w": rng.standard_normal((c, 1, 3, 3)),
+             "fc.w": rng.standard_normal((c, c))}
+    nodes = [helper.make_node("Conv", ["x", "pw.w"], ["p"], name="pw"),
+             helper.make_node("Conv", ["p", "dw.w"], ["d"], name="dw", group=c, pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["d"], ["t"], name="nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["t", "fc.w"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 6, c])],
+                              [numpy_helper.from_array(w.astype(np.float32), n) for n, w in inits.items()])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
     feeds = [{"x": rng.standard_normal((1, c, 6, 6)).astype(np.float32)} for _ in range(4)]
     report = quantize_graph(tmp_path / "g.onnx", tmp_path / "q.onnx", get_scheme("int8-static"), "vision", feeds)
@@ -198,9 +182,7 @@ def _ov_masked_attention(fq: bool):
     lo, hi = ops.constant(np.float32(-4)), ops.constant(np.float32(4))
     keys = ops.fake_quantize(k, lo, hi, lo, hi, 256) if fq else k
     n = ops.gather(ops.shape_of(k), ops.constant(np.int64(0)), ops.constant(np.int64(0)))
-    positions = ops.unsqueeze(
-        ops.range(ops.constant(np.int64(0)), n, ops.constant(np.int64(1)), "i64"), ops.constant(np.int64(0))
-    )
+    positions = ops.unsqueeze(ops.range(ops.constant(np.int64(0)), n, ops.constant(np.int64(1)), "i64"), ops.constant(np.int64(0)))
     later = ops.greater(positions, ops.subtract(n, ops.constant(np.int64(2))))
     mask = ops.multiply(ops.convert(later, "f32"), ops.constant(np.float32(np.finfo(np.float32).min)))
     scores = ops.multiply(ops.matmul(q, keys, False, True), ops.constant(np.float32(0.5)))

@@ -62,9 +62,7 @@ def test_agreement_floor_applies_on_top_of_the_drop():
     assert v.misses(1.0, 0.99) == "token agreement under --min-agreement 0.990"  # what the retry line names
     q[1] = [1]  # a right answer lost as well: the drop misses too
     both = compare(Words(), samples(), fp32_ids(), q, max_drop=0.0, min_agreement=0.99, confidence=0)
-    assert (
-        both.misses(0.0, 0.99) == "drop over the limit (max drop 0.00%) and token agreement under --min-agreement 0.990"
-    )
+    assert both.misses(0.0, 0.99) == "drop over the limit (max drop 0.00%) and token agreement under --min-agreement 0.990"
 
 
 def test_a_pass_at_low_token_agreement_comes_with_a_caution():

@@ -21,12 +21,8 @@ def test_unknown_scheme_lists_the_valid_names_in_one_line():
 def test_mixed_policy_gives_each_graph_its_leaf_scheme():
     leaves = plan(get_scheme("mixed"), GRAPHS)
     assert {g: s.name for g, s in leaves.items()} == {
-        "vision_encoder": "int8-static",
-        "embed_tokens": "int8-dynamic",
-        "encoder_model": "int8-static",
-        "decoder_model": "int4-weight-only",
-        "decoder_with_past_model": "int4-weight-only",
-    }
+        "vision_encoder": "int8-static", "embed_tokens": "int8-dynamic", "encoder_model": "int8-static",
+        "decoder_model": "int4-weight-only", "decoder_with_past_model": "int4-weight-only"}
     leaves = plan(get_scheme("mixed", policy={"decoder": "int8-dynamic", "embeddings": "fp32"}), GRAPHS, block_size=64)
     assert leaves["decoder_model"].name == "int8-dynamic" and leaves["embed_tokens"].kind == "keep"
 

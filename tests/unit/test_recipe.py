@@ -12,11 +12,7 @@ BASE = {"name": "x", "data": {"train": "train.json"}, "tokenizer": {"source": "t
 
 
 def test_every_error_is_reported_with_its_path():
-    bad = {
-        **BASE,
-        "distill": {"temperature": -1, "steps": 0},
-        "data": {"train": "t.json", "task_weights": {"IMG_FOO": 1}},
-    }
+    bad = {**BASE, "distill": {"temperature": -1, "steps": 0}, "data": {"train": "t.json", "task_weights": {"IMG_FOO": 1}}}
     with pytest.raises(ConfigError) as err:
         parse_recipe(bad, "recipe.yaml")
     msg = str(err.value)
@@ -38,13 +34,8 @@ def test_kd_without_teacher_is_refused():
 
 def test_cached_teacher_cannot_do_hidden_states():
     with pytest.raises(ConfigError, match="a cached teacher holds only top-k logits"):
-        parse_recipe(
-            {
-                **BASE,
-                "teacher": {"kind": "cached", "cache": "c", "path": "t"},
-                "distill": {"kd": 1.0, "hidden": {"vision": 1.0}},
-            }
-        )
+        parse_recipe({**BASE, "teacher": {"kind": "cached", "cache": "c", "path": "t"},
+                      "distill": {"kd": 1.0, "hidden": {"vision": 1.0}}})
 
 
 def test_defaults_resolve_and_dump(tmp_path):
@@ -63,13 +54,8 @@ def test_yaml_errors_are_one_line(tmp_path):
 
 
 def test_the_shipped_recipes_are_the_package_data():
-    assert {
-        "demo",
-        "falcon-large_to_base",
-        "florence2-large_to_base",
-        "geochat-7b_to_falcon-base",
-        "falcon-base_to_nano",
-    } <= set(recipes.names())
+    assert {"demo", "falcon-large_to_base", "florence2-large_to_base", "geochat-7b_to_falcon-base",
+            "falcon-base_to_nano"} <= set(recipes.names())
 
 
 @pytest.mark.parametrize("name", recipes.names())
@@ -86,22 +72,16 @@ def test_a_file_wins_over_a_shipped_name_and_a_folder_does_not(tmp_path, monkeyp
     (tmp_path / "demo").unlink()
     (tmp_path / "demo").mkdir()  # e.g. the output of `tiercel pipeline demo --out demo`
     assert load_recipe("demo").name == "demo"
-    with pytest.raises(
-        ConfigError,
-        match=r"^elsewhere: is a folder, not a recipe file; give a YAML file or a "
-        r"shipped recipe's name \(demo, ",
-    ):
+    with pytest.raises(ConfigError, match=r"^elsewhere: is a folder, not a recipe file; give a YAML file or a "
+                                          r"shipped recipe's name \(demo, "):
         (tmp_path / "elsewhere").mkdir()
         load_recipe("elsewhere")
 
 
 def test_an_unknown_name_lists_the_shipped_ones(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(
-        ConfigError,
-        match=r"^dmeo: recipe file not found; give a YAML file or a shipped recipe's "
-        r"name \(demo, falcon-base_to_nano, ",
-    ):
+    with pytest.raises(ConfigError, match=r"^dmeo: recipe file not found; give a YAML file or a shipped recipe's "
+                                          r"name \(demo, falcon-base_to_nano, "):
         load_recipe("dmeo")
 
 
@@ -135,8 +115,7 @@ def test_recipes_copy_never_replaces_a_file_without_overwrite(tmp_path, monkeypa
 def test_an_unknown_recipe_name_is_one_line(args, capsys):
     assert main(args) == 1
     assert capsys.readouterr().err == (
-        f"error: nope: no shipped recipe has this name; choose one of {', '.join(recipes.names())}\n"
-    )
+        f"error: nope: no shipped recipe has this name; choose one of {', '.join(recipes.names())}\n")
 
 
 def test_demo_reads_the_shipped_recipe_and_writes_only_under_out_from_any_folder(tmp_path, monkeypatch):
@@ -153,11 +132,8 @@ def test_demo_reads_the_shipped_recipe_and_writes_only_under_out_from_any_folder
     monkeypatch.chdir(tmp_path / "cwd")
     assert main(["demo", "--out", str(tmp_path / "run")]) == 1
     paths = [v for v in _values(seen[0].model_dump(mode="json")) if isinstance(v, str) and "/" in v]
-    assert (
-        seen[0].name == "demo"
-        and paths
-        and all(p.startswith(f"{tmp_path / 'run'}/") or p == str(tmp_path / "run") for p in paths)
-    ), paths
+    assert seen[0].name == "demo" and paths and all(p.startswith(f"{tmp_path / 'run'}/") or p == str(tmp_path / "run")
+                                                    for p in paths), paths
     assert "demo_out" not in str(seen[0].model_dump())  # the recipe's own (cwd-relative) output paths are all moved
 
 

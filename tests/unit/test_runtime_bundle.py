@@ -32,10 +32,7 @@ def test_tampered_graph_fails_with_one_clear_line(copy):
     f.write_bytes(bytes(data))
     with pytest.raises(BundleError) as err:
         rt.load(copy)
-    assert (
-        str(err.value)
-        == f"{copy}/manifest.json: sha256 of decoder_with_past_model.onnx does not match; re-export the bundle"
-    )
+    assert str(err.value) == f"{copy}/manifest.json: sha256 of decoder_with_past_model.onnx does not match; re-export the bundle"
 
 
 def test_missing_graph_and_unknown_backend(copy):
@@ -65,14 +62,8 @@ def test_preprocessing_equals_the_transformers_processor(bundle):
     import tiercel.runtime as rt
 
     m = rt.load(bundle)
-    proc = transformers.CLIPImageProcessor(
-        size={"height": 64, "width": 64},
-        do_center_crop=False,
-        resample=3,
-        image_mean=m.pre.mean,
-        image_std=m.pre.std,
-        do_convert_rgb=False,
-    )
+    proc = transformers.CLIPImageProcessor(size={"height": 64, "width": 64}, do_center_crop=False, resample=3,
+                                           image_mean=m.pre.mean, image_std=m.pre.std, do_convert_rgb=False)
     img = image(5, w=150, h=70)
     want = proc(images=img, return_tensors="np")["pixel_values"]
     assert np.abs(m.pixel_values(img) - want).max() < 1e-5
@@ -80,9 +71,7 @@ def test_preprocessing_equals_the_transformers_processor(bundle):
 
 # (384, 256, 128): a shape where Pillow 13 orders a band's two passes unlike the whole image's, so the bands differ
 # and the one-call fallback must be taken; (300, 90, 200): not a whole multiple
-@pytest.mark.parametrize(
-    "height,width,size", [(384, 200, 192), (400, 130, 200), (600, 64, 200), (300, 90, 200), (384, 256, 128)]
-)
+@pytest.mark.parametrize("height,width,size", [(384, 200, 192), (400, 130, 200), (600, 64, 200), (300, 90, 200), (384, 256, 128)])
 def test_resize_in_bands_equals_one_pillow_resize_bit_for_bit(monkeypatch, height, width, size):
     from PIL import Image
 
@@ -101,9 +90,7 @@ def test_normalize_by_lookup_equals_the_per_pixel_arithmetic_bit_for_bit():
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     for shape in [(37, 53, 3), (2, 16, 16, 3)]:
         pixels = rng.integers(0, 256, shape, dtype=np.uint8)
-        want = (pixels.astype(np.float32) * np.float32(1 / 255) - np.asarray(mean, np.float32)) / np.asarray(
-            std, np.float32
-        )
+        want = (pixels.astype(np.float32) * np.float32(1 / 255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
         got = normalize(pixels, mean, std)
         assert got.dtype == np.float32 and got.flags.c_contiguous
         assert np.array_equal(got, np.moveaxis(want, -1, -3))
@@ -118,12 +105,8 @@ def test_odd_image_formats_are_converted(bundle, kind):
 
     m = rt.load(bundle)
     rgb = image(6)
-    arrays = {
-        "gray": rgb[:, :, 0],
-        "rgba": np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
-        "uint16": rgb.astype(np.uint16) * 257,
-        "float": rgb.astype(np.float32) / 255,
-    }
+    arrays = {"gray": rgb[:, :, 0], "rgba": np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
+              "uint16": rgb.astype(np.uint16) * 257, "float": rgb.astype(np.float32) / 255}
     got = m.pixel_values(arrays[kind])
     assert got.shape == (1, 3, 64, 64) and np.isfinite(got).all()
     if kind != "gray":
@@ -166,11 +149,8 @@ def test_run_all_with_image2_batches_pix_chg_and_equals_single_runs(bundle, back
     tags = ["IMG_CAP", "PIX_CHG", "REG_DET_HBB"]
     gen = {"num_beams": 2, "max_new_tokens": 6}
     together = m.run_all(before, tags, texts={"REG_DET_HBB": "ship"}, image2=after, **gen)
-    alone = {
-        "IMG_CAP": m.run(before, "IMG_CAP", **gen),
-        "PIX_CHG": m.run(before, "PIX_CHG", image2=after, **gen),
-        "REG_DET_HBB": m.run(before, "REG_DET_HBB", text="ship", **gen),
-    }
+    alone = {"IMG_CAP": m.run(before, "IMG_CAP", **gen), "PIX_CHG": m.run(before, "PIX_CHG", image2=after, **gen),
+             "REG_DET_HBB": m.run(before, "REG_DET_HBB", text="ship", **gen)}
     assert {t: r.to_dict() for t, r in together.items()} == {t: r.to_dict() for t, r in alone.items()}
     # the tiny model's answers hardly depend on the image, so check the routing itself: each row's features
     from tiercel import tasks
@@ -225,57 +205,28 @@ def _first_graph_file(m, value):
     return m
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda m: [m], "must hold a JSON object (got list); re-export the bundle"),
-        (
-            lambda m: {k: v for k, v in m.items() if k != "generation"},
-            "generation: Field required; re-export the bundle",
-        ),
-        (lambda m: {**m, "preprocessing": {}}, "preprocessing.size: Field required; re-export the bundle"),
-        (
-            lambda m: {**m, "generation": {**m["generation"], "beams": 2}},
-            "generation: unknown setting 'beams'; known: ",
-        ),
-        (
-            lambda m: _first_graph_file(m, "../../etc/passwd"),
-            "graphs.0.file: must be a path inside the bundle (got '../../etc/passwd'); re-export the bundle",
-        ),
-        (
-            lambda m: _first_graph_file(m, "/etc/passwd"),
-            "graphs.0.file: must be a path inside the bundle (got '/etc/passwd')",
-        ),
-        (lambda m: {**m, "decoder": []}, "decoder must be one of merged, split (got [])"),
-        (lambda m: _set(m, "model", "shape", {}), "model.shape.vision_dims: Field required; re-export the bundle"),
-        (
-            lambda m: _set(m, "model", "shape", "max_text_positions", "256"),
-            "model.shape.max_text_positions: Input should be a valid integer; re-export the bundle",
-        ),
-        (lambda m: _set(m, "model", "decoder_layers", None), "model.decoder_layers: Input should be a valid integer"),
-        (
-            lambda m: _set(m, "preprocessing", "size", 32),
-            "preprocessing.size: 32 differs from the model's image_size 64",
-        ),
-        (
-            lambda m: _set(m, "generation", "num_beams", 10**6),
-            "generation.num_beams: Input should be less than or equal to 32",
-        ),
-        (lambda m: _set(m, "generation", "num_beams", "3"), "generation.num_beams: Input should be a valid integer"),
-        (
-            lambda m: _set(m, "generation", "eos_token_id", 5000),
-            "generation.eos_token_id: 5000 is not a token of this model's 1403-token vocabulary; re-export the bundle",
-        ),
-        (
-            lambda m: _set(m, "generation", "length_penalty", 1e300),
-            "generation.length_penalty: Input should be less than",
-        ),
-        (
-            lambda m: _set(m, "generation", "early_stopping", 3),
-            'generation.early_stopping: must be true, false or "never" (got 3); re-export the bundle',
-        ),
-    ],
-)
+@pytest.mark.parametrize("change, message", [
+    (lambda m: [m], "must hold a JSON object (got list); re-export the bundle"),
+    (lambda m: {k: v for k, v in m.items() if k != "generation"}, "generation: Field required; re-export the bundle"),
+    (lambda m: {**m, "preprocessing": {}}, "preprocessing.size: Field required; re-export the bundle"),
+    (lambda m: {**m, "generation": {**m["generation"], "beams": 2}}, "generation: unknown setting 'beams'; known: "),
+    (lambda m: _first_graph_file(m, "../../etc/passwd"),
+     "graphs.0.file: must be a path inside the bundle (got '../../etc/passwd'); re-export the bundle"),
+    (lambda m: _first_graph_file(m, "/etc/passwd"), "graphs.0.file: must be a path inside the bundle (got '/etc/passwd')"),
+    (lambda m: {**m, "decoder": []}, "decoder must be one of merged, split (got [])"),
+    (lambda m: _set(m, "model", "shape", {}), "model.shape.vision_dims: Field required; re-export the bundle"),
+    (lambda m: _set(m, "model", "shape", "max_text_positions", "256"),
+     "model.shape.max_text_positions: Input should be a valid integer; re-export the bundle"),
+    (lambda m: _set(m, "model", "decoder_layers", None), "model.decoder_layers: Input should be a valid integer"),
+    (lambda m: _set(m, "preprocessing", "size", 32), "preprocessing.size: 32 differs from the model's image_size 64"),
+    (lambda m: _set(m, "generation", "num_beams", 10**6), "generation.num_beams: Input should be less than or equal to 32"),
+    (lambda m: _set(m, "generation", "num_beams", "3"), "generation.num_beams: Input should be a valid integer"),
+    (lambda m: _set(m, "generation", "eos_token_id", 5000),
+     "generation.eos_token_id: 5000 is not a token of this model's 1403-token vocabulary; re-export the bundle"),
+    (lambda m: _set(m, "generation", "length_penalty", 1e300), "generation.length_penalty: Input should be less than"),
+    (lambda m: _set(m, "generation", "early_stopping", 3),
+     "generation.early_stopping: must be true, false or \"never\" (got 3); re-export the bundle"),
+])
 def test_a_manifest_of_the_wrong_shape_is_one_line(copy, change, message):
     import tiercel.runtime as rt
     from tiercel.errors import BundleError
@@ -317,10 +268,8 @@ def test_the_folder_of_a_running_export_never_loads(copy, tmp_path):
     copy.rename(running)
     with pytest.raises(BundleError) as err:
         rt.load(running)
-    assert str(err.value) == (
-        f"{running}: the temporary folder of an export or quantize run that is still running "
-        f"(process {os.getppid()}); wait for the bundle it renames this folder to"
-    )
+    assert str(err.value) == (f"{running}: the temporary folder of an export or quantize run that is still running "
+                              f"(process {os.getppid()}); wait for the bundle it renames this folder to")
 
 
 def test_a_graph_file_linking_outside_the_bundle_is_refused(copy, tmp_path):
@@ -332,9 +281,8 @@ def test_a_graph_file_linking_outside_the_bundle_is_refused(copy, tmp_path):
     (copy / "vision_encoder.onnx").symlink_to(outside)
     with pytest.raises(BundleError) as err:
         rt.load(copy)
-    assert str(err.value) == (
-        f"{copy}/manifest.json: vision_encoder.onnx links to a file outside the bundle; re-export the bundle"
-    )
+    assert str(err.value) == (f"{copy}/manifest.json: vision_encoder.onnx links to a file outside the bundle; "
+                              "re-export the bundle")
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
@@ -353,15 +301,10 @@ def test_prompt_and_new_tokens_are_checked_against_the_position_tables(bundle, t
     limit = m.max_positions  # the tiny model: 256 positions, 5 image tokens
     with pytest.raises(ConfigError) as err:
         m.run(image(), "IMG_CAP", max_new_tokens=limit + 1)
-    assert str(err.value) == (
-        f"max_new_tokens: {limit + 1} is more than this model's {limit} decoder positions; "
-        f"use {limit} or less (--max-new-tokens)"
-    )
-    with pytest.raises(
-        ConfigError,
-        match=rf"prompt: 5 image tokens \+ \d+ prompt tokens are more than this model's "
-        rf"{limit} text positions; shorten the prompt \(--text\) to {limit - 5} tokens",
-    ):
+    assert str(err.value) == (f"max_new_tokens: {limit + 1} is more than this model's {limit} decoder positions; "
+                              f"use {limit} or less (--max-new-tokens)")
+    with pytest.raises(ConfigError, match=rf"prompt: 5 image tokens \+ \d+ prompt tokens are more than this model's "
+                                          rf"{limit} text positions; shorten the prompt \(--text\) to {limit - 5} tokens"):
         m.run(image(), "REG_VG", text="airplane " * limit, max_new_tokens=4)
     assert m.run(image(), "IMG_CAP", max_new_tokens=limit, num_beams=1) is not None  # the bound itself runs
 

@@ -30,10 +30,8 @@ def reference(tiny_model, bundle, prompts):
     m = rt.load(bundle)
     feats = torch_features(tiny_model, m.pixel_values(image(1)))
     forced = m.generation.forced_bos_token_id
-    return feats, {
-        t: hf_generate(tiny_model, m.tokenizer, feats, p, num_beams=1, max_new_tokens=NEW, forced_bos_token_id=forced)
-        for t, p in prompts.items()
-    }
+    return feats, {t: hf_generate(tiny_model, m.tokenizer, feats, p, num_beams=1, max_new_tokens=NEW,
+                                  forced_bos_token_id=forced) for t, p in prompts.items()}
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -55,16 +53,8 @@ def test_beam_search_matches_transformers(tiny_model, bundle, prompts, reference
 
     m = rt.load(bundle)
     feats = m.image_features(m.pixel_values(image(1)))
-    want = hf_generate(
-        tiny_model,
-        m.tokenizer,
-        reference[0],
-        prompts[tag],
-        num_beams=3,
-        max_new_tokens=8,
-        no_repeat_ngram_size=ngram or None,
-        forced_bos_token_id=m.generation.forced_bos_token_id,
-    )
+    want = hf_generate(tiny_model, m.tokenizer, reference[0], prompts[tag], num_beams=3, max_new_tokens=8,
+                       no_repeat_ngram_size=ngram or None, forced_bos_token_id=m.generation.forced_bos_token_id)
     got = m.generate_ids(feats, [prompts[tag]], num_beams=3, max_new_tokens=8, no_repeat_ngram_size=ngram)[0]
     assert got == want
 

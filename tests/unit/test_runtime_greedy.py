@@ -30,14 +30,8 @@ class Scripted:
 
 
 def test_finished_rows_leave_the_batch_and_tokens_do_not_change():
-    cfg = GenerationConfig(
-        num_beams=1,
-        max_new_tokens=8,
-        forced_bos_token_id=None,
-        forced_eos_token_id=None,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
+    cfg = GenerationConfig(num_beams=1, max_new_tokens=8, forced_bos_token_id=None, forced_eos_token_id=None,
+                           eos_token_id=EOS, pad_token_id=PAD)
     plain, compact = Scripted(False), Scripted(True)
     want = [s[: s.index(EOS) + 1] if EOS in s else s for s in SCRIPTS]
     assert greedy(plain, len(SCRIPTS), cfg) == want
@@ -62,25 +56,10 @@ class ArgmaxScripted(Scripted):
 def test_step_argmax_gives_the_tokens_of_logits_and_processors():
     """Forced bos/eos replace the decoder's argmax; with no-repeat n-grams the logits path is used instead."""
     forced = [[4, 5, 2], [4, 6, 7, 8, 2], [4, 2], [4, 7, 7, 7, 2]]  # bos 4 at the first step, eos at the fifth
-    for cfg in (
-        GenerationConfig(
-            num_beams=1,
-            max_new_tokens=5,
-            forced_bos_token_id=4,
-            forced_eos_token_id=EOS,
-            eos_token_id=EOS,
-            pad_token_id=PAD,
-        ),
-        GenerationConfig(
-            num_beams=1,
-            max_new_tokens=8,
-            forced_bos_token_id=None,
-            forced_eos_token_id=None,
-            eos_token_id=EOS,
-            pad_token_id=PAD,
-            no_repeat_ngram_size=2,
-        ),
-    ):
+    for cfg in (GenerationConfig(num_beams=1, max_new_tokens=5, forced_bos_token_id=4, forced_eos_token_id=EOS,
+                                 eos_token_id=EOS, pad_token_id=PAD),
+                GenerationConfig(num_beams=1, max_new_tokens=8, forced_bos_token_id=None, forced_eos_token_id=None,
+                                 eos_token_id=EOS, pad_token_id=PAD, no_repeat_ngram_size=2)):
         fast, plain = ArgmaxScripted(), Scripted(False)
         got, want = greedy(fast, len(SCRIPTS), cfg), greedy(plain, len(SCRIPTS), cfg)
         assert got == want

@@ -16,11 +16,8 @@ pytest.importorskip("onnxruntime")
 
 from tests.bundles import image, tiny_bundle  # noqa: E402
 
-PROMPTS = [
-    "Describe the image.",
-    "Detect all airplane in the image.\nUse horizontal bounding boxes.",
-    "Count the number of ship.",
-]
+PROMPTS = ["Describe the image.", "Detect all airplane in the image.\nUse horizontal bounding boxes.",
+           "Count the number of ship."]
 
 
 @pytest.fixture(scope="module", params=["split", "merged"])
@@ -63,9 +60,7 @@ def test_run_bound_keeps_named_outputs_as_ortvalues_and_feeds_them_back(bundle):
     emb = m.sessions["embed_tokens"]
     out = emb.run_bound({"input_ids": np.array([[2, 0]], np.int64)}, keep={"inputs_embeds"})
     assert isinstance(out["inputs_embeds"], ort.OrtValue)
-    assert np.array_equal(
-        out["inputs_embeds"].numpy(), emb.run({"input_ids": np.array([[2, 0]], np.int64)})["inputs_embeds"]
-    )
+    assert np.array_equal(out["inputs_embeds"].numpy(), emb.run({"input_ids": np.array([[2, 0]], np.int64)})["inputs_embeds"])
     value = emb.to_device(np.arange(6, dtype=np.float32).reshape(3, 2))
     assert np.array_equal(emb.take_rows(value, np.array([2, 0])).numpy(), [[4, 5], [0, 1]])
 
@@ -93,14 +88,8 @@ def varied(request, tiny_tokenizer):
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(4.0)
-    path = export_model(
-        model,
-        tiny_tokenizer,
-        Path(tempfile.mkdtemp()) / "b",
-        backends=("onnxruntime",),
-        decoder=request.param,
-        parity=False,
-    )
+    path = export_model(model, tiny_tokenizer, Path(tempfile.mkdtemp()) / "b", backends=("onnxruntime",),
+                        decoder=request.param, parity=False)
     return rt.load(path), rt.load(path, io_binding=True)
 
 
@@ -130,12 +119,9 @@ def test_a_cuda_session_that_onnxruntime_quietly_puts_on_the_cpu_is_an_error(tmp
     from tiercel.errors import BundleError
     from tiercel.runtime.backends import OrtSession
 
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "vision_encoder.onnx")
     real = ort.InferenceSession
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])

@@ -27,11 +27,8 @@ def test_planning_dtypes_shapes_and_buffer_sizes():
         numpy_dtype("BF16", "x.engine")
     spec = TensorSpec("past_key_values.0.decoder.key", True, np.dtype(np.float16), (1, 8, 1, 64), (4, 8, 1024, 64))
     check_shape("d.engine", spec, (3, 8, 17, 64))
-    with pytest.raises(
-        BundleError,
-        match=r"d.engine: input past_key_values.0.decoder.key has shape \(5, 8, 17, 64\), "
-        r"outside the engine's profile \(min \(1, 8, 1, 64\), max \(4, 8, 1024, 64\)\)",
-    ):
+    with pytest.raises(BundleError, match=r"d.engine: input past_key_values.0.decoder.key has shape \(5, 8, 17, 64\), "
+                                          r"outside the engine's profile \(min \(1, 8, 1, 64\), max \(4, 8, 1024, 64\)\)"):
         check_shape("d.engine", spec, (5, 8, 17, 64))
     with pytest.raises(BundleError, match="outside"):
         check_shape("d.engine", spec, (1, 8, 64))
@@ -47,11 +44,8 @@ def test_without_tensorrt_load_says_what_to_install(bundle, tmp_path):
     shutil.copytree(bundle, copy)
     man = (copy / "manifest.json").read_text().replace('"backend": "openvino"', '"backend": "tensorrt"')
     (copy / "manifest.json").write_text(man)  # an IR file stands in for an engine: loading stops before reading it
-    with pytest.raises(
-        MissingDependency,
-        match=r"the tensorrt backend needs the 'tensorrt' package; "
-        r"install it with: pip install 'tiercel\[tensorrt\]'",
-    ):
+    with pytest.raises(MissingDependency, match=r"the tensorrt backend needs the 'tensorrt' package; "
+                                                r"install it with: pip install 'tiercel\[tensorrt\]'"):
         rt.load(copy, backend="tensorrt")
 
 
@@ -61,9 +55,7 @@ def test_without_cuda_python_the_error_names_it(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "cuda", None)
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
-    with pytest.raises(
-        MissingDependency, match=r"'cuda-python' package; install it with: pip install 'tiercel\[tensorrt\]'"
-    ):
+    with pytest.raises(MissingDependency, match=r"'cuda-python' package; install it with: pip install 'tiercel\[tensorrt\]'"):
         cudart()
 
 
@@ -132,9 +124,8 @@ def test_tensorrt_session_generates_like_onnxruntime(trt_bundle, fake_gpu, beams
     np.testing.assert_allclose(features, ref.image_features(ref.pixel_values(image(2))), atol=1e-6)
     gen = forced_generation(16, beams)
     assert m.generate_ids(features, prompts, **gen) == ref.generate_ids(features, prompts, **gen)
-    assert m.generate_ids(features, prompts[:1], num_beams=beams, max_new_tokens=10) == ref.generate_ids(
-        features, prompts[:1], num_beams=beams, max_new_tokens=10
-    )
+    assert m.generate_ids(features, prompts[:1], num_beams=beams, max_new_tokens=10) == \
+        ref.generate_ids(features, prompts[:1], num_beams=beams, max_new_tokens=10)
     assert all(isinstance(s, TensorRTSession) for s in m.sessions.values()) and fake_gpu.uploads > 0
     # the KV cache went away with its generation: only the reusable staging buffers are still allocated
     assert len(fake_gpu.memory) == sum(len(s.staging) for s in m.sessions.values())
@@ -152,9 +143,8 @@ def test_engine_from_another_tensorrt_is_one_line(trt_bundle, fake_gpu, tmp_path
         TensorRTSession(bad)
 
 
-def test_quantize_engines_builds_int8_engines_from_the_qdq_graphs(
-    tiny_model, tiny_tokenizer, fake_gpu, tmp_path, monkeypatch
-):
+def test_quantize_engines_builds_int8_engines_from_the_qdq_graphs(tiny_model, tiny_tokenizer, fake_gpu, tmp_path,
+                                                                   monkeypatch):
     import tiercel.runtime as rt
     from tests.bundles import tiny_bundle
     from tests.quantize_data import synth_folder
@@ -172,20 +162,16 @@ def test_quantize_engines_builds_int8_engines_from_the_qdq_graphs(
     monkeypatch.setattr(export_trt, "check_available", lambda: None)
     monkeypatch.setattr(export_trt, "build_engine", fake_build)
     fp32 = tiny_bundle(tiny_model, tiny_tokenizer, "split", ("onnxruntime",))
-    quantize_bundle(
-        fp32, tmp_path / "q", "int8-static", calib=synth_folder(), n=4, n_val=0, backend="tensorrt", engines=True
-    )
+    quantize_bundle(fp32, tmp_path / "q", "int8-static", calib=synth_folder(), n=4, n_val=0, backend="tensorrt",
+                    engines=True)
     b = rt.read_bundle(tmp_path / "q")
     engines = b.entries("tensorrt")
     assert built == {n: n != "embed_tokens" for n in b.graph_names()}  # TensorRT's Q/DQ form keeps embeddings fp32
-    assert {n: e.precision for n, e in engines.items()} == {
-        n: "fp16" if n == "embed_tokens" else "int8" for n in engines
-    }
+    assert {n: e.precision for n, e in engines.items()} == {n: "fp16" if n == "embed_tokens" else "int8" for n in engines}
     on_gpu, on_cpu = rt.load(tmp_path / "q", backend="tensorrt"), rt.load(tmp_path / "q")
     features = on_cpu.image_features(on_cpu.pixel_values(image(2)))
-    assert on_gpu.generate_ids(features, ["Describe the image."], num_beams=1, max_new_tokens=6) == on_cpu.generate_ids(
-        features, ["Describe the image."], num_beams=1, max_new_tokens=6
-    )
+    assert on_gpu.generate_ids(features, ["Describe the image."], num_beams=1, max_new_tokens=6) == \
+        on_cpu.generate_ids(features, ["Describe the image."], num_beams=1, max_new_tokens=6)
 
 
 def test_quantize_engines_needs_the_tensorrt_backend_and_tensorrt(tmp_path, tiny_model, tiny_tokenizer):

@@ -15,11 +15,8 @@ pytest.importorskip("torch")
 
 from tests.bundles import TASK_INPUTS, image  # noqa: E402
 
-PROMPTS = [
-    "Describe the image.",
-    "Detect all airplane in the image.\nUse horizontal bounding boxes.",
-    "Count the number of ship.",
-]
+PROMPTS = ["Describe the image.", "Detect all airplane in the image.\nUse horizontal bounding boxes.",
+           "Count the number of ship."]
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["qkv-split", "qkv-fused"])
@@ -31,9 +28,7 @@ def pair(tiny_model, tiny_tokenizer, request):
     from tiercel.models.static_decode import GraphedPredictor
 
     torch.set_num_threads(1)
-    return TorchPredictor(tiny_model, tiny_tokenizer), GraphedPredictor(
-        tiny_model, tiny_tokenizer, fuse_qkv=request.param
-    )
+    return TorchPredictor(tiny_model, tiny_tokenizer), GraphedPredictor(tiny_model, tiny_tokenizer, fuse_qkv=request.param)
 
 
 def test_first_step_logits_equal_the_transformers_decoder(pair):
@@ -58,12 +53,8 @@ def test_first_step_logits_equal_the_transformers_decoder(pair):
 def test_static_decoder_generates_the_transformers_tokens(pair, gen):
     from tiercel.runtime.profile import forced_generation
 
-    gen = {
-        "greedy": {"num_beams": 1, "max_new_tokens": 12},
-        "beams-3": {"num_beams": 3, "max_new_tokens": 10},
-        "forced-20": forced_generation(20, 1),
-        "forced-beams": forced_generation(12, 2),
-    }[gen]
+    gen = {"greedy": {"num_beams": 1, "max_new_tokens": 12}, "beams-3": {"num_beams": 3, "max_new_tokens": 10},
+           "forced-20": forced_generation(20, 1), "forced-beams": forced_generation(12, 2)}[gen]
     eager, static = pair
     features = eager.image_features(eager.pixel_values(image(4)))
     want = eager.generate_ids(features, PROMPTS, **gen)
@@ -94,10 +85,8 @@ def test_more_new_tokens_than_the_position_table_is_a_one_line_error_before_any_
     monkeypatch.setattr(static, "_encode", lambda *a, **k: pytest.fail("the text encoder ran"))
     with pytest.raises(ConfigError) as err:
         static.generate_ids(features, PROMPTS[:1], max_new_tokens=limit + 1)
-    assert str(err.value) == (
-        f"max_new_tokens: {limit + 1} is more than this model's {limit} decoder positions; "
-        f"use {limit} or less (--max-new-tokens)"
-    )  # the words of every other backend
+    assert str(err.value) == (f"max_new_tokens: {limit + 1} is more than this model's {limit} decoder positions; "
+                              f"use {limit} or less (--max-new-tokens)")  # the words of every other backend
 
 
 def test_a_graph_that_cannot_be_captured_falls_back_to_the_same_results(pair, monkeypatch):
@@ -121,8 +110,7 @@ def test_a_graph_that_cannot_be_captured_falls_back_to_the_same_results(pair, mo
     assert list(status["vision"]) == [1] and status["vision"][1].startswith(("AssertionError", "RuntimeError"))
     assert all(isinstance(v, str) for v in status["decoder"].values())
     assert [w.split(" (")[0] for w in warnings] == ["vision tower not captured as a CUDA graph"] + [
-        "decoder step not captured as a CUDA graph"
-    ] * len(status["decoder"])
+        "decoder step not captured as a CUDA graph"] * len(status["decoder"])
 
 
 def test_bf16_checkpoint_option_runs_the_static_decoder_in_bf16(tiny_checkpoint):
@@ -146,9 +134,7 @@ def test_bf16_checkpoint_option_runs_the_static_decoder_in_bf16(tiny_checkpoint)
         logits[name] = decoder.step(np.full(3, p.generation.decoder_start_token_id))
         assert decoder.k.dtype == p._dtype  # the KV cache is held in the checkpoint's dtype
     scale = np.abs(logits["fp32"]).max()
-    assert (
-        np.abs(logits["bf16"] - logits["fp32"]).max() < 0.02 * scale
-    )  # bf16 rounding (0.4% measured), not another model
+    assert np.abs(logits["bf16"] - logits["fp32"]).max() < 0.02 * scale  # bf16 rounding (0.4% measured), not another model
     assert open_predictor(ckpt, "onnxruntime", "cpu", options={"dtype": "fp16"})._dtype == torch.float16
     with pytest.raises(ConfigError, match=re.escape("is a checkpoint, which takes only dtype=fp32|fp16|bf16")):
         open_predictor(ckpt, "torch", "cpu", options={"threads": "2"})

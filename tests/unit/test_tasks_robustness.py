@@ -34,51 +34,23 @@ def test_a_count_too_long_to_mean_anything_reads_as_none_and_scores_as_missing()
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.one_of(
-            st.sampled_from(
-                [
-                    "<box>",
-                    "</box>",
-                    "<quad>",
-                    "</quad>",
-                    "<poly>",
-                    "</poly>",
-                    "<sep>",
-                    "<loc_",
-                    "<",
-                    ">",
-                    " ",
-                    ",",
-                    "-",
-                    "one",
-                    "</s>",
-                ]
-            ),
-            st.text(max_size=8),
-            st.from_regex(r"\d{1,6000}", fullmatch=True),
-        ),
-        max_size=12,
-    )
-)
+@given(st.lists(st.one_of(st.sampled_from(["<box>", "</box>", "<quad>", "</quad>", "<poly>", "</poly>", "<sep>",
+                                           "<loc_", "<", ">", " ", ",", "-", "one", "</s>"]),
+                          st.text(max_size=8), st.from_regex(r"\d{1,6000}", fullmatch=True)), max_size=12))
 def test_no_parser_raises_on_any_text(parts):
     text = "".join(parts)
     for tag in T.TAGS:
         T.get(tag).parse(text, image_size=(64, 48))
 
 
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda: M.accuracy(["a"], ["a", "b"]),
-        lambda: M.count_metrics([1], [1, 2]),
-        lambda: M.caption_metrics(["a b"], [["a b"], ["c"]]),
-        lambda: M.detection_metrics([[]], [[], []], M.box_iou_matrix),
-        lambda: M.grounding_metrics([[]], [[], []], M.box_iou_matrix),
-        lambda: M.segmentation_metrics([[]], [[]], [(10, 10), (10, 10)]),
-    ],
-)
+@pytest.mark.parametrize("call", [
+    lambda: M.accuracy(["a"], ["a", "b"]),
+    lambda: M.count_metrics([1], [1, 2]),
+    lambda: M.caption_metrics(["a b"], [["a b"], ["c"]]),
+    lambda: M.detection_metrics([[]], [[], []], M.box_iou_matrix),
+    lambda: M.grounding_metrics([[]], [[], []], M.box_iou_matrix),
+    lambda: M.segmentation_metrics([[]], [[]], [(10, 10), (10, 10)]),
+])
 def test_metrics_refuse_lists_of_different_lengths(call):
     with pytest.raises(TaskError, match="needs one of each per sample"):
         call()
@@ -130,9 +102,7 @@ def test_a_prompt_region_outside_the_image_is_refused_not_clamped(region):
         T.get("REG_CLS_HBB").prompt(region=region, image_size=(100, 80))
     assert "<box><0><0><999><999></box>" in T.get("REG_CLS_HBB").prompt(region=[0, 0, 100, 80], image_size=(100, 80))
     # half a pixel of rounding is not "outside": 64.00000000000001 comes out of the generator's own geometry
-    assert "<box><0><0><999><999></box>" in T.get("REG_CLS_HBB").prompt(
-        region=[-0.4, 0, 100.4, 80.5], image_size=(100, 80)
-    )
+    assert "<box><0><0><999><999></box>" in T.get("REG_CLS_HBB").prompt(region=[-0.4, 0, 100.4, 80.5], image_size=(100, 80))
 
 
 def _seg(tag="PIX_SEG"):

@@ -45,14 +45,11 @@ def test_vocab_and_merges_are_read_as_bart_bpe(tmp_path):
     assert tok.ensure_image_token() and tok.image_id == 7
 
 
-@pytest.mark.parametrize(
-    "added, message",
-    [
-        ('["<extra>"]', "added_tokens.json: must hold a JSON object (got list)"),
-        ("[" * 100_000, "added_tokens.json: not valid JSON (nested too deeply)"),
-        ('{"<extra>": "7"}', "added_tokens.json: must map each added token to its id (a whole number)"),
-    ],
-)
+@pytest.mark.parametrize("added, message", [
+    ('["<extra>"]', "added_tokens.json: must hold a JSON object (got list)"),
+    ("[" * 100_000, "added_tokens.json: not valid JSON (nested too deeply)"),
+    ('{"<extra>": "7"}', "added_tokens.json: must map each added token to its id (a whole number)"),
+])
 def test_an_added_tokens_json_of_the_wrong_shape_is_one_line(tmp_path, added, message):
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 4, "b": 5, "ab": 6}
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))

@@ -33,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with progress.shown():  # long stages show bars on stderr; a command's --quiet turns them off
-            code = app(
-                args=argv, prog_name="tiercel", standalone_mode=False
-            )  # the command's value or Typer's exit code
+            code = app(args=argv, prog_name="tiercel", standalone_mode=False)  # the command's value or Typer's exit code
     except TiercelError as err:
         if os.environ.get("TIERCEL_DEBUG") == "1":
             raise

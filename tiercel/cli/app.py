@@ -20,12 +20,9 @@ MAX_BEAMS = 32
 
 # --option on run, eval and profile: passed to tiercel.runtime.load(options=...) through backends.parse_options
 BACKEND_OPTION = typer.Option(
-    None,
-    "--option",
-    help="Backend setting KEY=VALUE (repeatable): an onnxruntime session config entry such as "
+    None, "--option", help="Backend setting KEY=VALUE (repeatable): an onnxruntime session config entry such as "
     "session.intra_op.allow_spinning=0, an OpenVINO property such as PERFORMANCE_HINT=LATENCY, or for a PyTorch "
-    "checkpoint dtype=fp32|fp16|bf16.",
-)
+    "checkpoint dtype=fp32|fp16|bf16.")
 
 # RECIPE on distill and pipeline: tiercel.recipe.load_recipe takes a file or a shipped recipe's name
 RECIPE_HELP = "Recipe: a YAML file, or the name of a shipped recipe (`tiercel recipes` lists them)."
@@ -39,8 +36,6 @@ def _version(value: bool):
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ):
     """tiercel: Falcon / Florence-2 models, small and fast enough for the field."""

@@ -17,27 +17,15 @@ from tiercel.cli.app import app
 def convert(
     src: Path = typer.Argument(..., help="Checkpoint directory as its family publishes it."),
     dst: Path = typer.Argument(..., help="Output directory (must not exist unless --overwrite)."),
-    source: str = typer.Option(
-        "florence",
-        "--from",
-        help="Source family: florence (Florence-2 / Falcon, native or "
-        "original layout) or geochat (GeoChat in LLaVA-1.5's layout).",
-    ),
-    dtype: str = typer.Option(
-        None, help="Weight dtype to write: float32, float16 or bfloat16 (default: float32; geochat: float16)."
-    ),
-    vision_tower: Path = typer.Option(
-        None,
-        help="geochat: local directory of the CLIP GeoChat names "
-        "(openai/clip-vit-large-patch14-336, transformers layout); needed when SRC "
-        "holds no CLIP weights.",
-    ),
-    image_size: int = typer.Option(
-        None,
-        min=14,
-        max=4096,
-        help="geochat: image size CLIP's position embeddings are interpolated to (default 504, as GeoChat).",
-    ),
+    source: str = typer.Option("florence", "--from", help="Source family: florence (Florence-2 / Falcon, native or "
+                               "original layout) or geochat (GeoChat in LLaVA-1.5's layout)."),
+    dtype: str = typer.Option(None, help="Weight dtype to write: float32, float16 or bfloat16 (default: float32; "
+                              "geochat: float16)."),
+    vision_tower: Path = typer.Option(None, help="geochat: local directory of the CLIP GeoChat names "
+                                      "(openai/clip-vit-large-patch14-336, transformers layout); needed when SRC "
+                                      "holds no CLIP weights."),
+    image_size: int = typer.Option(None, min=14, max=4096, help="geochat: image size CLIP's position embeddings are interpolated to "
+                                   "(default 504, as GeoChat)."),
     overwrite: bool = typer.Option(False, help="Replace DST if it exists."),
 ):
     """Convert a checkpoint to the layout tiercel loads (native Florence-2, or transformers' LLaVA for GeoChat)."""

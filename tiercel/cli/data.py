@@ -75,9 +75,7 @@ def _counts_table(report):
 @data_app.command("synth")
 def synth_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder (images/, train.json, val.json, test.json, meta.json)."),
-    n: int = typer.Option(
-        10_000, "--n", min=42, max=10_000_000, help="Number of records over all splits (80/10/10; at least 42)."
-    ),
+    n: int = typer.Option(10_000, "--n", min=42, max=10_000_000, help="Number of records over all splits (80/10/10; at least 42)."),
     size: int = typer.Option(256, "--size", min=64, max=4096, help="Image side in pixels (64 to 4096)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed writes the same bytes."),
     workers: int = typer.Option(None, "--workers", min=1, help="Processes to render with (default: up to 2)."),
@@ -93,9 +91,5 @@ def synth_cmd(
     meta = generate(out, n=n, size=size, seed=seed, workers=workers, overwrite=overwrite)  # its bar: stderr
     seconds = time.perf_counter() - start
     splits = ", ".join(f"{s} {sum(c.values())}" for s, c in meta["counts"].items())
-    console.print(
-        f"wrote {out}: {n} records ({splits}), {sum(meta['images'].values())} images "
-        f"of {size}x{size} px in {seconds:.1f} s",
-        markup=False,
-        soft_wrap=True,
-    )
+    console.print(f"wrote {out}: {n} records ({splits}), {sum(meta['images'].values())} images "
+                  f"of {size}x{size} px in {seconds:.1f} s", markup=False, soft_wrap=True)

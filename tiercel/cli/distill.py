@@ -25,11 +25,8 @@ class _DefaultToTrain(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-distill_app = typer.Typer(
-    cls=_DefaultToTrain,
-    no_args_is_help=True,
-    help="Distill a student from a teacher (or fine-tune without one), as a recipe describes.",
-)
+distill_app = typer.Typer(cls=_DefaultToTrain, no_args_is_help=True,
+                          help="Distill a student from a teacher (or fine-tune without one), as a recipe describes.")
 app.add_typer(distill_app, name="distill")
 
 

@@ -16,50 +16,24 @@ from tiercel.cli.app import BACKEND_OPTION, MAX_BEAMS, app
 from tiercel.runtime.backends import backends_help
 
 SHOWN_METRICS = 4  # non-headline metrics shown per task in the table (all go to --json)
-_PREFERRED = (
-    "macro_f1",
-    "bleu4",
-    "rouge_l",
-    "mae",
-    "missing",
-    "precision50",
-    "recall50",
-    "mean_iou",
-    "dice",
-    "accuracy_yes_no",
-    "ap50_iou_ranked",
-    "iou_pooled",
-)
+_PREFERRED = ("macro_f1", "bleu4", "rouge_l", "mae", "missing", "precision50", "recall50", "mean_iou", "dice",
+              "accuracy_yes_no", "ap50_iou_ranked", "iou_pooled")
 
 
 @app.command("eval")
 def eval_cmd(
     model: Path = typer.Argument(..., help="A bundle directory (manifest.json) or a checkpoint directory (PyTorch)."),
     data: Path = typer.Option(..., "--data", help="Falcon_SFT file with references (.json list or .jsonl)."),
-    root: Path = typer.Option(
-        None, "--root", help="Folder the records' image paths are relative to (default: the file's folder)."
-    ),
-    task: list[str] = typer.Option(
-        None, "--tasks", help="Task tags to evaluate (comma-separated or repeated; default all 14)."
-    ),
+    root: Path = typer.Option(None, "--root", help="Folder the records' image paths are relative to (default: the file's folder)."),
+    task: list[str] = typer.Option(None, "--tasks", help="Task tags to evaluate (comma-separated or repeated; default all 14)."),
     limit: int = typer.Option(None, "--limit", help="At most N records per task."),
     backend: str = typer.Option("onnxruntime", "--backend", help=f"Backend: {backends_help()}."),
-    device: str = typer.Option(
-        None, "--device", help="Backend device (cpu/cuda for onnxruntime and checkpoints, CPU/GPU/NPU for openvino)."
-    ),
-    threads: int = typer.Option(
-        None, "--threads", min=1, max=1024, help="Intra-op threads of the backend (or of torch for a checkpoint)."
-    ),
+    device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime and checkpoints, CPU/GPU/NPU for openvino)."),
+    threads: int = typer.Option(None, "--threads", min=1, max=1024, help="Intra-op threads of the backend (or of torch for a checkpoint)."),
     option: list[str] = BACKEND_OPTION,
-    num_beams: int = typer.Option(
-        None, "--num-beams", min=1, max=MAX_BEAMS, help="Beams (default: the model's setting)."
-    ),
-    max_new_tokens: int = typer.Option(
-        None, "--max-new-tokens", min=1, help="Generated tokens at most (default: the model's setting)."
-    ),
-    batch: bool = typer.Option(
-        True, "--batch/--no-batch", help="Batch consecutive records on one image through run_all."
-    ),
+    num_beams: int = typer.Option(None, "--num-beams", min=1, max=MAX_BEAMS, help="Beams (default: the model's setting)."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="Generated tokens at most (default: the model's setting)."),
+    batch: bool = typer.Option(True, "--batch/--no-batch", help="Batch consecutive records on one image through run_all."),
     json_out: Path = typer.Option(None, "--json", help="Write all metrics, counts and every prediction as JSON here."),
     examples: Path = typer.Option(None, "--examples", help="Write qualitative PNGs (one per task) into this folder."),
 ):
@@ -83,38 +57,19 @@ def eval_cmd(
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit: must be >= 1 (got {limit})")
     console = Console(highlight=False, width=None if Console().is_terminal else 160)
-    predictor = open_predictor(model, backend=backend, device=device, threads=threads, options=parse_options(option))
+    predictor = open_predictor(model, backend=backend, device=device, threads=threads,
+                               options=parse_options(option))
     generation = {k: v for k, v in {"num_beams": num_beams, "max_new_tokens": max_new_tokens}.items() if v is not None}
-    report = evaluate(
-        predictor,
-        data,
-        root,
-        tags,
-        limit,
-        generation,
-        examples=1 if examples else 0,
-        batch=batch,
-        keep_predictions=json_out is not None,
-    )  # its progress: stderr
+    report = evaluate(predictor, data, root, tags, limit, generation, examples=1 if examples else 0,
+                      batch=batch, keep_predictions=json_out is not None)  # its progress: stderr
     console.print(_table(report, model, data))
     console.print(_summary(report), markup=False, soft_wrap=True)
     if json_out is not None:
         from tiercel.cli.profile import _finite
         from tiercel.fileio import write_json
 
-        write_json(
-            json_out,
-            _finite(
-                {
-                    "model": str(model),
-                    "data": str(data),
-                    "backend": getattr(predictor, "backend", None),
-                    "generation": generation,
-                    "limit": limit,
-                    **report.to_dict(),
-                }
-            ),
-        )
+        write_json(json_out, _finite({"model": str(model), "data": str(data), "backend": getattr(predictor, "backend", None),
+                                      "generation": generation, "limit": limit, **report.to_dict()}))
         console.print(f"wrote {json_out}", markup=False, soft_wrap=True)
     if examples is not None:
         paths = write_examples(report, root, examples)
@@ -134,18 +89,10 @@ def _table(report, model: Path, data: Path):
             continue
         scores, spec = report.per_task[tag], T.get(tag)
         others = [k for k in _PREFERRED if k in scores and k != spec.headline][:SHOWN_METRICS]
-        table.add_row(
-            str(spec.number),
-            tag,
-            str(report.counts[tag]),
-            spec.headline,
-            _num(scores[spec.headline]),
-            ", ".join(f"{k} {_num(scores[k])}" for k in others),
-        )
+        table.add_row(str(spec.number), tag, str(report.counts[tag]), spec.headline, _num(scores[spec.headline]),
+                      ", ".join(f"{k} {_num(scores[k])}" for k in others))
     if report.per_task:
-        label = (
-            "14-task average" if len(report.per_task) == len(T.TAGS) else f"average over {len(report.per_task)} tasks"
-        )
+        label = "14-task average" if len(report.per_task) == len(T.TAGS) else f"average over {len(report.per_task)} tasks"
         table.add_section()
         table.add_row("", label, str(sum(report.counts.values())), "headlines", _num(report.average), "")
     return table
@@ -153,10 +100,8 @@ def _table(report, model: Path, data: Path):
 
 def _summary(report) -> str:
     skipped = ", ".join(f"{v} ({k})" for k, v in report.skipped.items())
-    text = (
-        f"{sum(report.counts.values())} records in {report.seconds:.1f} s; headlines are fractions (CIDEr as "
-        f"coco-caption gives it): Falcon's radar chart / 100"
-    )
+    text = f"{sum(report.counts.values())} records in {report.seconds:.1f} s; headlines are fractions (CIDEr as " \
+           f"coco-caption gives it): Falcon's radar chart / 100"
     return text + (f"; skipped: {skipped}" if skipped else "")
 
 

@@ -14,34 +14,18 @@ from tiercel.runtime.backends import backends_help
 def export(
     checkpoint: Path = typer.Argument(..., help="Checkpoint directory (native or original Florence-2/Falcon layout)."),
     out: Path = typer.Option(..., "--out", help="Bundle directory to write (must not exist unless --overwrite)."),
-    backend: list[str] = typer.Option(
-        ["onnxruntime"],
-        "--backend",
-        help=f"{backends_help(checkpoints=False)}; repeat for several. ONNX graphs are always written.",
-    ),
-    decoder: str = typer.Option(
-        "split", help="Decoder layout: split (faster per token) or merged (decoder_model_merged, smaller)."
-    ),
+    backend: list[str] = typer.Option(["onnxruntime"], "--backend", help=f"{backends_help(checkpoints=False)}; repeat for several. ONNX graphs are always written."),
+    decoder: str = typer.Option("split", help="Decoder layout: split (faster per token) or merged (decoder_model_merged, smaller)."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
     parity: bool = typer.Option(True, help="Check the bundle against PyTorch (per-graph diffs, greedy generations)."),
-    precision: str = typer.Option(
-        "fp32",
-        help="Graph precision: fp32, or fp16 for GPUs (onnxruntime CUDA, TensorRT); norms and softmax stay fp32.",
-    ),
+    precision: str = typer.Option("fp32", help="Graph precision: fp32, or fp16 for GPUs (onnxruntime CUDA, TensorRT); norms and softmax stay fp32."),
 ):
     """Export a checkpoint to ONNX (and OpenVINO IR / TensorRT engines) with a manifest."""
     from tiercel.export.bundle import export_checkpoint
     from tiercel.runtime.bundle import read_bundle
 
-    path = export_checkpoint(
-        checkpoint,
-        out,
-        backends=tuple(dict.fromkeys(backend)),
-        decoder=decoder,
-        overwrite=overwrite,
-        parity=parity,
-        precision=precision,
-    )
+    path = export_checkpoint(checkpoint, out, backends=tuple(dict.fromkeys(backend)), decoder=decoder, overwrite=overwrite, parity=parity,
+                             precision=precision)
     manifest = read_bundle(path).manifest
     for name, report in manifest.parity.items():
         measure = report.get("measure", "max_abs_diff").replace("_", " ")

@@ -34,10 +34,8 @@ def info(
         return
     console = Console()
     shape = report.shape
-    console.print(
-        f"[bold]{name}[/bold]: {report.total_params / 1e6:.1f}M parameters, {shape.image_size}x{shape.image_size} input, "
-        f"{shape.image_tokens} image tokens"
-    )
+    console.print(f"[bold]{name}[/bold]: {report.total_params / 1e6:.1f}M parameters, {shape.image_size}x{shape.image_size} input, "
+                  f"{shape.image_tokens} image tokens")
     params = Table("component", "parameters", "share", title="Parameters")
     for comp in COMPONENTS:
         n = report.params[comp]
@@ -45,30 +43,12 @@ def info(
         params.add_row(comp, label, f"{100 * n / report.total_params:.1f}%")
     params.add_row("[bold]total[/bold]", f"[bold]{report.total_params / 1e6:.1f}M[/bold]", "100%")
     console.print(params)
-    sizes = Table(
-        "precision",
-        "weights",
-        "decoder bytes/token",
-        "of which weights",
-        "cross-attn KV",
-        "self-attn KV",
-        title=f"Sizes and per-token decoder reads ({report.encoder_tokens} encoder tokens, {report.new_tokens} new tokens)",
-    )
+    sizes = Table("precision", "weights", "decoder bytes/token", "of which weights", "cross-attn KV", "self-attn KV",
+                  title=f"Sizes and per-token decoder reads ({report.encoder_tokens} encoder tokens, {report.new_tokens} new tokens)")
     for prec in WEIGHT_BITS:
         d = report.decoder_bytes_per_token(prec)
-        sizes.add_row(
-            prec,
-            _mb(report.size_bytes(prec)),
-            _mb(d["total"]),
-            _mb(d["weights"]),
-            _mb(d["cross_kv"]),
-            _mb(d["self_kv"]),
-        )
+        sizes.add_row(prec, _mb(report.size_bytes(prec)), _mb(d["total"]), _mb(d["weights"]), _mb(d["cross_kv"]), _mb(d["self_kv"]))
     console.print(sizes)
-    console.print(
-        f"vision encoder: {report.vision_gflops:.1f} GFLOPs per image; text encoder: {report.encoder_gflops:.1f} GFLOPs "
-        f"for {report.encoder_tokens} tokens (1 multiply-add = 2 FLOPs)"
-    )
-    console.print(
-        "[dim]int4 = 4 bits + an fp16 scale per 32 weights; KV cache fp32 with fp32 weights, fp16 otherwise[/dim]"
-    )
+    console.print(f"vision encoder: {report.vision_gflops:.1f} GFLOPs per image; text encoder: {report.encoder_gflops:.1f} GFLOPs "
+                  f"for {report.encoder_tokens} tokens (1 multiply-add = 2 FLOPs)")
+    console.print("[dim]int4 = 4 bits + an fp16 scale per 32 weights; KV cache fp32 with fp32 weights, fp16 otherwise[/dim]")

@@ -31,14 +31,9 @@ def _run(recipe_path: Path | Traversable, out: Path | None, from_stage: str | No
 @app.command()
 def pipeline(
     recipe: Path = typer.Argument(..., help=RECIPE_HELP),
-    out: Path = typer.Option(
-        None,
-        help="Output directory for everything the run writes: the run, and the data and "
-        "teacher it generates (default: the recipe's out and paths).",
-    ),
-    from_stage: str = typer.Option(
-        None, "--from", help="Re-run from this stage: data, teacher, distill, export, quantize, eval, profile, report."
-    ),
+    out: Path = typer.Option(None, help="Output directory for everything the run writes: the run, and the data and "
+                             "teacher it generates (default: the recipe's out and paths)."),
+    from_stage: str = typer.Option(None, "--from", help="Re-run from this stage: data, teacher, distill, export, quantize, eval, profile, report."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field: --set distill.steps=100 (repeatable)."),
 ):
     """Run a recipe end to end (data, teacher, distill, export, quantize, eval, profile), then write the report."""

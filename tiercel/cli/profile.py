@@ -23,23 +23,13 @@ def split_list(values: list[str] | None) -> list[str]:
 
 @app.command()
 def profile(
-    bundles: list[Path] = typer.Argument(
-        ..., help="Bundle directories (or PyTorch checkpoint directories) to profile and compare."
-    ),
-    backend: list[str] = typer.Option(
-        ["onnxruntime"], "--backend", help=f"{backends_help()}; repeat or comma-separate to compare backends."
-    ),
-    device: str = typer.Option(
-        None, "--device", help="Backend device (cpu/cuda for onnxruntime and checkpoints, CPU/GPU/NPU for openvino)."
-    ),
-    task: list[str] = typer.Option(
-        ["IMG_CAP,REG_DET_HBB"], "--tasks", help="Task tags to time (comma-separated or repeated), or 'all'."
-    ),
+    bundles: list[Path] = typer.Argument(..., help="Bundle directories (or PyTorch checkpoint directories) to profile and compare."),
+    backend: list[str] = typer.Option(["onnxruntime"], "--backend", help=f"{backends_help()}; repeat or comma-separate to compare backends."),
+    device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime and checkpoints, CPU/GPU/NPU for openvino)."),
+    task: list[str] = typer.Option(["IMG_CAP,REG_DET_HBB"], "--tasks", help="Task tags to time (comma-separated or repeated), or 'all'."),
     runs: int = typer.Option(5, "--runs", help="Timed runs per task."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed runs per task first."),
-    new_tokens: int = typer.Option(
-        32, "--new-tokens", help="Tokens generated per task, exactly (eos is ignored) so runs compare."
-    ),
+    new_tokens: int = typer.Option(32, "--new-tokens", help="Tokens generated per task, exactly (eos is ignored) so runs compare."),
     num_beams: int = typer.Option(None, "--num-beams", help="Beams (default: each bundle's own setting)."),
     image: Path = typer.Option(None, "--image", help="Image to run on (default: a synthetic square of --image-size)."),
     image_size: int = typer.Option(768, "--image-size", help="Side of the synthetic image in pixels."),
@@ -67,18 +57,9 @@ def profile(
 
     tags = split_list(task)
     tags = list(tasks.TAGS) if [t.lower() for t in tags] == ["all"] else tags
-    settings = ProfileSettings(
-        runs=runs,
-        warmup=warmup,
-        new_tokens=new_tokens,
-        num_beams=num_beams,
-        tasks=tuple(tags),
-        run_all=run_all,
-        image_size=image_size,
-        threads=threads,
-        device=device,
-        options=parse_options(option),
-    ).check()
+    settings = ProfileSettings(runs=runs, warmup=warmup, new_tokens=new_tokens, num_beams=num_beams, tasks=tuple(tags),
+                               run_all=run_all, image_size=image_size, threads=threads, device=device,
+                               options=parse_options(option)).check()
     devices = dict(DEVICES)
     if device_spec is not None:
         devices.update(load_device_specs(device_spec))
@@ -120,3 +101,6 @@ def _finite(value):
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+

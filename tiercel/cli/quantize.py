@@ -21,23 +21,13 @@ def _opt(name: str, *flags: str, **kw):
 @app.command()
 def quantize(
     bundle: Path = typer.Argument(..., help="fp32 bundle directory written by `tiercel export` (split decoder)."),
-    out: Path = typer.Option(
-        ..., "--out", help="Quantized bundle directory to write (must not exist unless --overwrite)."
-    ),
+    out: Path = typer.Option(..., "--out", help="Quantized bundle directory to write (must not exist unless --overwrite)."),
     scheme: str = _opt("scheme"),
-    calib: Path = typer.Option(
-        None,
-        "--calib",
-        help="Falcon_SFT file or `tiercel data synth` folder for calibration: int8-static's activation ranges, int4's GPTQ (onnxruntime) or AWQ / scale estimation where they beat data-free (NNCF); its val.json feeds the guard.",
-    ),
-    root: Path = typer.Option(
-        None, "--root", help="Folder the calibration images are relative to (default: the file's folder)."
-    ),
+    calib: Path = typer.Option(None, "--calib", help="Falcon_SFT file or `tiercel data synth` folder for calibration: int8-static's activation ranges, int4's GPTQ (onnxruntime) or AWQ / scale estimation where they beat data-free (NNCF); its val.json feeds the guard."),
+    root: Path = typer.Option(None, "--root", help="Folder the calibration images are relative to (default: the file's folder)."),
     n: int = _opt("n"),
     max_drop: float = _opt("max_drop"),
-    val: Path = typer.Option(
-        None, "--val", help="Falcon_SFT file for the accuracy guard (default: val.json beside --calib)."
-    ),
+    val: Path = typer.Option(None, "--val", help="Falcon_SFT file for the accuracy guard (default: val.json beside --calib)."),
     n_val: int = _opt("n_val"),
     min_agreement: float = _opt("min_agreement"),
     confidence: float = _opt("confidence"),
@@ -56,45 +46,21 @@ def quantize(
 
     from tiercel.quantize import quantize_bundle
 
-    settings = make_settings(
-        option=lambda f: f"--{f.replace('_', '-')}",
-        scheme=scheme,
-        n=n,
-        max_drop=max_drop,
-        n_val=n_val,
-        min_agreement=min_agreement,
-        confidence=confidence,
-        block_size=block_size,
-        symmetric=False if asymmetric else None,
-        backend=backend,
-        ratio=ratio,
-        max_new_tokens=max_new_tokens,
-        max_retries=max_retries,
-        sensitivity=sensitivity,
-        engines=engines,
-    )
-    section = quantize_bundle(
-        bundle,
-        out,
-        calib=calib,
-        root=root,
-        val=val,
-        settings=settings,
-        overwrite=overwrite,
-        log=lambda m: typer.echo(m, err=True),
-    )
+    settings = make_settings(option=lambda f: f"--{f.replace('_', '-')}", scheme=scheme, n=n, max_drop=max_drop,
+                             n_val=n_val, min_agreement=min_agreement, confidence=confidence, block_size=block_size,
+                             symmetric=False if asymmetric else None, backend=backend, ratio=ratio,
+                             max_new_tokens=max_new_tokens, max_retries=max_retries, sensitivity=sensitivity,
+                             engines=engines)
+    section = quantize_bundle(bundle, out, calib=calib, root=root, val=val, settings=settings, overwrite=overwrite,
+                              log=lambda m: typer.echo(m, err=True))
     for name, row in section.sizes.items():
-        typer.echo(
-            f"  {name:24s} {section.graphs.get(name, '')[:16]:16s} {row['bytes'] / 1e6:9.2f} MB  x{row['ratio']:.3f}"
-        )
+        typer.echo(f"  {name:24s} {section.graphs.get(name, '')[:16]:16s} {row['bytes'] / 1e6:9.2f} MB  x{row['ratio']:.3f}")
     guard = section.guard
     if guard.run:
-        typer.echo(
-            f"  guard: token agreement {guard.token_agreement:.3f}, average {guard.quantized_average:.4f} vs "
-            f"fp32 {guard.fp32_average:.4f} (drop {guard.drop:.2%}"
-            + (f", {guard.confidence:.0%} bound {guard.drop_bound:.2%}" if guard.drop_bound is not None else "")
-            + f"), {len(guard.attempts)} attempt(s), {guard.attempts[-1]['kept']}"
-        )
+        typer.echo(f"  guard: token agreement {guard.token_agreement:.3f}, average {guard.quantized_average:.4f} vs "
+                   f"fp32 {guard.fp32_average:.4f} (drop {guard.drop:.2%}"
+                   + (f", {guard.confidence:.0%} bound {guard.drop_bound:.2%}" if guard.drop_bound is not None else "")
+                   + f"), {len(guard.attempts)} attempt(s), {guard.attempts[-1]['kept']}")
         if guard.caution:
             typer.echo(f"  guard caution: {guard.caution}")
     else:

@@ -15,9 +15,8 @@ import typer
 
 from tiercel.cli.app import app
 
-recipes_app = typer.Typer(
-    help="The shipped recipes: list them, print one, copy one to edit.", invoke_without_command=True
-)
+recipes_app = typer.Typer(help="The shipped recipes: list them, print one, copy one to edit.",
+                          invoke_without_command=True)
 app.add_typer(recipes_app, name="recipes")
 
 

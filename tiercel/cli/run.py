@@ -13,25 +13,16 @@ from tiercel.runtime.backends import backends_help
 
 @app.command()
 def run(
-    bundle: Path = typer.Argument(
-        ...,
-        help="Bundle directory written by `tiercel export`, or a checkpoint directory (PyTorch; CUDA graphs with --device cuda).",
-    ),
+    bundle: Path = typer.Argument(..., help="Bundle directory written by `tiercel export`, or a checkpoint directory (PyTorch; CUDA graphs with --device cuda)."),
     image: Path = typer.Option(..., "--image", help="Image file (grayscale, RGBA and 16-bit are converted)."),
     image2: Path = typer.Option(None, "--image2", help="Second image ('after'), for PIX_CHG only."),
     task: str = typer.Option(None, "--task", help="Task tag, e.g. IMG_CAP or REG_DET_HBB."),
     text: str = typer.Option(None, "--text", help="Class, question or description for tasks that need one."),
-    region: str = typer.Option(
-        None, "--region", help=r"Region in pixels as JSON: \[x1,y1,x2,y2], or \[\[x,y],...] for quads/polygons."
-    ),  # \[: no Rich tag
+    region: str = typer.Option(None, "--region", help=r"Region in pixels as JSON: \[x1,y1,x2,y2], or \[\[x,y],...] for quads/polygons."),  # \[: no Rich tag
     backend: str = typer.Option("onnxruntime", "--backend", help=f"{backends_help()}."),
-    device: str = typer.Option(
-        None, "--device", help="Backend device (cpu/cuda for onnxruntime and torch, CPU/GPU/NPU for openvino)."
-    ),
+    device: str = typer.Option(None, "--device", help="Backend device (cpu/cuda for onnxruntime and torch, CPU/GPU/NPU for openvino)."),
     option: list[str] = BACKEND_OPTION,
-    all_tasks: bool = typer.Option(
-        False, "--all", help="Run every task the inputs allow in one batch (PIX_CHG too when --image2 is given)."
-    ),
+    all_tasks: bool = typer.Option(False, "--all", help="Run every task the inputs allow in one batch (PIX_CHG too when --image2 is given)."),
     num_beams: int = typer.Option(None, min=1, max=MAX_BEAMS, help="Beams (default: the bundle's setting)."),
     max_new_tokens: int = typer.Option(None, min=1, help="Generated tokens at most (default: the bundle's setting)."),
 ):
@@ -87,9 +78,8 @@ def _check_region(region, task: str | None, all_tasks: bool, size: tuple[int, in
     else:
         kind = tasks.get(task).needs_region
         if not kind:
-            raise ConfigError(
-                f"--region: {tasks.get(task).tag} takes no region; drop --region or pick a region task such as REG_CAP"
-            )
+            raise ConfigError(f"--region: {tasks.get(task).tag} takes no region; drop --region or pick a region "
+                              "task such as REG_CAP")
     problem = region_problem(kind, region, size)
     if problem:
         raise ConfigError(f"--region: {problem}")

@@ -42,11 +42,9 @@ def check_pixels(path, size: tuple[int, int]) -> None:
     """DataError when an image of `size` (W, H) is larger than max_pixels()."""
     limit = max_pixels()
     if limit and size[0] * size[1] > limit:
-        raise DataError(
-            f"{path}: {size[0]}x{size[1]} image has {size[0] * size[1]:,} pixels, over the "
-            f"{limit:,} tiercel decodes; set {MAX_PIXELS_ENV} to a larger number (0: no bound) "
-            f"if this machine has the memory, or tile the scene"
-        )
+        raise DataError(f"{path}: {size[0]}x{size[1]} image has {size[0] * size[1]:,} pixels, over the "
+                        f"{limit:,} tiercel decodes; set {MAX_PIXELS_ENV} to a larger number (0: no bound) "
+                        f"if this machine has the memory, or tile the scene")
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

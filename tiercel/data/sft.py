@@ -48,7 +48,9 @@ class Record:
         return [base / p for p in self.images]
 
 
-def iter_records(path: str | os.PathLike, *, strict: bool = True, chunk_chars: int = CHUNK_CHARS) -> Iterator[Record]:
+def iter_records(
+    path: str | os.PathLike, *, strict: bool = True, chunk_chars: int = CHUNK_CHARS
+) -> Iterator[Record]:
     """Stream the records of a Falcon_SFT file (JSON list or JSONL, detected from the first character).
 
     Args:

@@ -92,12 +92,8 @@ class Report:
         }
 
 
-def validate(
-    path: str | os.PathLike,
-    root: str | os.PathLike | None = None,
-    limit: int | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> Report:
+def validate(path: str | os.PathLike, root: str | os.PathLike | None = None, limit: int | None = None,
+             progress: Callable[[int], None] | None = None) -> Report:
     """Check every record of a Falcon_SFT file (or the first `limit`); images are resolved under `root`.
 
     `root` defaults to the file's folder. `progress(n)` is called every 10,000 records.

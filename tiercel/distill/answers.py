@@ -30,14 +30,8 @@ def make_adapter(recipe, device: str):
 
     ckpt = load_checkpoint(recipe.teacher.path)
     ckpt.model.to(device).eval()
-    return FlorenceAdapter(
-        ckpt.model,
-        ckpt.tokenizer,
-        ckpt.shape.image_size,
-        ckpt.mean,
-        ckpt.std,
-        max_new_tokens=recipe.data.max_answer_tokens,
-    )
+    return FlorenceAdapter(ckpt.model, ckpt.tokenizer, ckpt.shape.image_size, ckpt.mean, ckpt.std,
+                           max_new_tokens=recipe.data.max_answer_tokens)
 
 
 def generate_for_recipe(recipe) -> dict:
@@ -56,9 +50,7 @@ def generate_for_recipe(recipe) -> dict:
         if progress.active() and dist.main:  # one more pass over the file, for an ETA someone will see
             total = len(range(dist.rank, sum(1 for _ in iter_records(recipe.data.train, strict=False)), dist.world))
         with progress.track("generate-answers", total, "records", enabled=dist.main) as bar:
-            summary = generate_answers(
-                make_adapter(recipe, dist.device), records, recipe.data.root, part, progress=bar.advance
-            )
+            summary = generate_answers(make_adapter(recipe, dist.device), records, recipe.data.root, part, progress=bar.advance)
         barrier(dist)
         if dist.world > 1 and dist.main:
             parts = [out.with_name(f"{out.stem}.rank{r}{out.suffix}") for r in range(dist.world)]

@@ -53,9 +53,7 @@ def cache_teacher(recipe, progress: bool = True) -> dict:
     from tiercel.models import load_checkpoint
 
     if recipe.teacher.kind != "cached" or recipe.teacher.path is None:
-        raise ConfigError(
-            "cache-teacher needs teacher.kind cached with teacher.path (the model) and teacher.cache (the output)"
-        )
+        raise ConfigError("cache-teacher needs teacher.kind cached with teacher.path (the model) and teacher.cache (the output)")
     dist = setup()
     try:
         cache = Path(recipe.teacher.cache)
@@ -131,10 +129,8 @@ def read_shard(path: Path) -> dict[str, np.ndarray]:
             return {k: z[k] for k in ("values", "indices", "offsets")}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         why = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise ConfigError(
-            f"{path}: not a shard cache-teacher wrote ({why}); delete it and run "
-            "`tiercel distill cache-teacher RECIPE` again, which rewrites missing shards"
-        ) from None
+        raise ConfigError(f"{path}: not a shard cache-teacher wrote ({why}); delete it and run "
+                          "`tiercel distill cache-teacher RECIPE` again, which rewrites missing shards") from None
 
 
 class TopKCache:
@@ -149,9 +145,7 @@ class TopKCache:
         n_shards = (len(data) + SHARD - 1) // SHARD
         missing = [s for s in range(n_shards) if not _shard_path(self.dir, s).is_file()]
         if missing:
-            raise ConfigError(
-                f"{_shard_path(self.dir, missing[0])}: missing ({len(missing)} of {n_shards} shards); finish it with `tiercel distill cache-teacher RECIPE`"
-            )
+            raise ConfigError(f"{_shard_path(self.dir, missing[0])}: missing ({len(missing)} of {n_shards} shards); finish it with `tiercel distill cache-teacher RECIPE`")
         self._shards: dict[int, dict] = {}
 
     def record(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,3 +170,4 @@ class TopKCache:
             values[row, :n] = torch.from_numpy(v[:n].astype(np.float32))
             ids[row, :n] = torch.from_numpy(ix[:n].astype(np.int64))
         return values.to(device), ids.to(device)
+

@@ -45,18 +45,8 @@ def save_optimizer_shard(ckpt: Path, rank: int, optimizer) -> None:
         torch.save(optimizer.state_dict(), tmp)
 
 
-def save(
-    run_dir: Path,
-    step: int,
-    objective,
-    optimizer,
-    scheduler,
-    tokenizer,
-    extra_meta: dict,
-    keep: int,
-    states: tuple | None = None,
-    publish: bool = True,
-) -> Path:
+def save(run_dir: Path, step: int, objective, optimizer, scheduler, tokenizer, extra_meta: dict, keep: int,
+         states: tuple | None = None, publish: bool = True) -> Path:
     """Write checkpoint `step`; with `publish`, point `latest` at it and prune beyond `keep` (mark_latest).
 
     `states` is full_states(...) when the caller gathered them (FSDP); by default they are read here.
@@ -134,9 +124,7 @@ def _optimizer_state(path: Path, state: dict, sharded: bool, rank: int) -> dict:
         return state["optimizer"]
     shard = path / f"optimizer.rank{rank}.pt"
     if not shard.is_file():
-        raise CheckpointError(
-            f"{shard}: missing; an FSDP run resumes with the same number of processes it was saved with"
-        )
+        raise CheckpointError(f"{shard}: missing; an FSDP run resumes with the same number of processes it was saved with")
     return torch_load(shard, "not an optimizer state tiercel can read safely", restart_hint(path))
 
 
@@ -166,10 +154,8 @@ def _same_tensors(path: Path, what: str, saved: dict, model: dict, optional=lamb
         why = f"{unexpected[0]} only in the checkpoint"
     else:
         return
-    raise CheckpointError(
-        f"{path}: checkpoint does not fit the recipe's {what} ({why}); resume with the recipe the "
-        "run started with, or start a new run with another out"
-    )
+    raise CheckpointError(f"{path}: checkpoint does not fit the recipe's {what} ({why}); resume with the recipe the "
+                          "run started with, or start a new run with another out")
 
 
 def _fitting(path: Path, what: str, load) -> None:
@@ -178,16 +164,15 @@ def _fitting(path: Path, what: str, load) -> None:
         load()
     except (RuntimeError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path}: checkpoint does not fit the recipe's {what} ({first}); resume with the recipe "
-            "the run started with, or start a new run with another out"
-        ) from None
+        raise CheckpointError(f"{path}: checkpoint does not fit the recipe's {what} ({first}); resume with the recipe "
+                              "the run started with, or start a new run with another out") from None
 
 
 def restart_hint(ckpt: Path) -> str:
     """What to do with a checkpoint resume cannot use (--resume is needed while it is there, so a plain rerun
     of the same out is refused)."""
-    return f"start a new run with another out; student.init checkpoint with student.checkpoint {ckpt} keeps its weights"
+    return (f"start a new run with another out; student.init checkpoint with student.checkpoint {ckpt} "
+            "keeps its weights")
 
 
 def load_state(path: Path) -> dict:
@@ -197,15 +182,11 @@ def load_state(path: Path) -> dict:
     remedy = restart_hint(path.parent)
     refused = unsafe_globals(path)
     if refused and all(name.startswith("numpy.") for name in refused):
-        raise CheckpointError(
-            f"{path}: trainer state of an older tiercel, whose pickled numpy RNG state resume no "
-            f"longer loads (unpickling it could run code); {remedy}"
-        )
+        raise CheckpointError(f"{path}: trainer state of an older tiercel, whose pickled numpy RNG state resume no "
+                              f"longer loads (unpickling it could run code); {remedy}")
     state = torch_load(path, "not a trainer state tiercel can read safely", remedy)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(
-            f"{path}: trainer state of another format (this tiercel writes format {STATE_FORMAT}); {remedy}"
-        )
+        raise CheckpointError(f"{path}: trainer state of another format (this tiercel writes format {STATE_FORMAT}); {remedy}")
     if lacking := [k for k in ("step", "optimizer", "scheduler", "distiller", "rng") if k not in state]:
         raise CheckpointError(f"{path}: trainer state without '{lacking[0]}'; {remedy}")
     return state

@@ -47,15 +47,8 @@ def model_input(model, mean=None, std=None) -> ModelInput:
 class SFTData:
     """Records of one Falcon_SFT file, tokenised on demand, with cached resized images."""
 
-    def __init__(
-        self,
-        path: str | Path,
-        root: str | Path,
-        tokenizer,
-        max_prompt_tokens: int = 96,
-        max_answer_tokens: int = 256,
-        cache_size: int = 1024,
-    ):
+    def __init__(self, path: str | Path, root: str | Path, tokenizer, max_prompt_tokens: int = 96,
+                 max_answer_tokens: int = 256, cache_size: int = 1024):
         self.path, self.root, self.tok = Path(path), Path(root), tokenizer
         self.max_prompt, self.max_answer = max_prompt_tokens, max_answer_tokens
         self.records: list[Record] = [r for r in iter_records(self.path) if r.tag in tasks.TAGS]
@@ -139,17 +132,12 @@ def collate(data: SFTData, indices: list[int], inputs: dict[str, ModelInput], de
         for row, seq in enumerate(prompts):
             ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
         images = np.stack([data.image(i, spec.image_size) for i in indices])
-        batch[name] = {
-            "pixel_values": torch.from_numpy(normalize(images, spec.mean, spec.std)),
-            "input_ids": ids,
-            "attention_mask": mask,
-        }
+        batch[name] = {"pixel_values": torch.from_numpy(normalize(images, spec.mean, spec.std)),
+                       "input_ids": ids, "attention_mask": mask}
     return batch
 
 
 def to_device(batch: dict, device: str) -> dict:
     """Move every tensor of a (nested) batch to `device`; other values stay as they are."""
-    return {
-        k: to_device(v, device) if isinstance(v, dict) else (v.to(device) if hasattr(v, "to") else v)
-        for k, v in batch.items()
-    }
+    return {k: to_device(v, device) if isinstance(v, dict) else (v.to(device) if hasattr(v, "to") else v)
+            for k, v in batch.items()}

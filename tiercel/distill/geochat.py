@@ -71,10 +71,8 @@ class GeoBox:
         a = math.radians(self.theta)
         cos, sin = math.cos(a), (math.sin(a) if clockwise else -math.sin(a))
         # y points down: with sin > 0 the matrix [[cos, -sin], [sin, cos]] turns clockwise on screen
-        return [
-            [cx + cos * (x - cx) - sin * (y - cy), cy + sin * (x - cx) + cos * (y - cy)]
-            for x, y in ((xs[0], ys[0]), (xs[1], ys[0]), (xs[1], ys[1]), (xs[0], ys[1]))
-        ]
+        return [[cx + cos * (x - cx) - sin * (y - cy), cy + sin * (x - cx) + cos * (y - cy)]
+                for x, y in ((xs[0], ys[0]), (xs[1], ys[0]), (xs[1], ys[1]), (xs[0], ys[1]))]
 
     def hbb(self, image_size) -> list[float]:
         """[x1, y1, x2, y2] in pixels of the box enclosing the rotated rectangle."""
@@ -142,10 +140,8 @@ def to_falcon(text, tag: str, image_size, warnings: list[str] | None = None, clo
     spec = tasks.get(tag)
     notes = warnings if warnings is not None else []
     if spec.tag in UNSUPPORTED:
-        raise TaskError(
-            f"{spec.tag}: GeoChat gives no polygons; keep the dataset's answers for {spec.tag} "
-            "or distil it from a Falcon teacher"
-        )
+        raise TaskError(f"{spec.tag}: GeoChat gives no polygons; keep the dataset's answers for {spec.tag} "
+                        "or distil it from a Falcon teacher")
     if spec.answer in ("box", "quad"):
         boxes = parse_geochat(text, notes)
         if not boxes and isinstance(text, str):  # REG_DET too: "there are none" and a missed box read the same
@@ -180,10 +176,8 @@ def geochat_prompt(tag: str, falcon_prompt_fields: dict, image_size=None, clockw
     """
     spec = tasks.get(tag)
     if spec.tag not in PROMPTS:
-        raise TaskError(
-            f"{spec.tag}: GeoChat has no prompt for this task (it gives no polygons); "
-            f"GeoChat can answer: {', '.join(PROMPTS)}"
-        )
+        raise TaskError(f"{spec.tag}: GeoChat has no prompt for this task (it gives no polygons); "
+                        f"GeoChat can answer: {', '.join(PROMPTS)}")
     fields = {}
     if spec.needs_text:
         text = falcon_prompt_fields.get("text")

@@ -24,36 +24,12 @@ class TeacherKind:
 
 TEACHER_KINDS: dict[str, TeacherKind] = {
     "none": TeacherKind("none", False, False, "none", False, "data", False, "plain fine-tuning on the labels"),
-    "checkpoint": TeacherKind(
-        "checkpoint",
-        True,
-        False,
-        "live",
-        True,
-        "data",
-        True,
-        "logit (and hidden-state, on-policy) KD from a same-family model",
-    ),
-    "cached": TeacherKind(
-        "cached",
-        False,
-        True,
-        "cached",
-        False,
-        "data",
-        True,
-        "KD from top-k logits cached by `tiercel distill cache-teacher`",
-    ),
-    "generated": TeacherKind(
-        "generated",
-        True,
-        False,
-        "none",
-        False,
-        "answers",
-        False,
-        "train on the teacher's answers (any model, e.g. GeoChat)",
-    ),
+    "checkpoint": TeacherKind("checkpoint", True, False, "live", True, "data", True,
+                              "logit (and hidden-state, on-policy) KD from a same-family model"),
+    "cached": TeacherKind("cached", False, True, "cached", False, "data", True,
+                          "KD from top-k logits cached by `tiercel distill cache-teacher`"),
+    "generated": TeacherKind("generated", True, False, "none", False, "answers", False,
+                             "train on the teacher's answers (any model, e.g. GeoChat)"),
 }
 
 

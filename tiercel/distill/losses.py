@@ -38,9 +38,8 @@ def _weighted_mean(per_token: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     return (per_token * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
-def ce_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX, weights: torch.Tensor | None = None
-) -> torch.Tensor:
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of logits [B, T, V] against labels [B, T], averaged over tokens whose label is not ignored
     (with `weights` [B, T]: their weighted mean, e.g. sample_weights).
 
@@ -48,13 +47,11 @@ def ce_loss(
     """
     vocab = logits.shape[-1]
     if weights is not None:
-        per_token = F.cross_entropy(
-            logits.float().reshape(-1, vocab), labels.reshape(-1), ignore_index=ignore_index, reduction="none"
-        ).reshape(labels.shape)
+        per_token = F.cross_entropy(logits.float().reshape(-1, vocab), labels.reshape(-1), ignore_index=ignore_index,
+                                    reduction="none").reshape(labels.shape)
         return _weighted_mean(per_token, torch.where(labels != ignore_index, weights.float(), 0.0))
-    total = F.cross_entropy(
-        logits.float().reshape(-1, vocab), labels.reshape(-1), ignore_index=ignore_index, reduction="sum"
-    )
+    total = F.cross_entropy(logits.float().reshape(-1, vocab), labels.reshape(-1), ignore_index=ignore_index,
+                            reduction="sum")
     return total / (labels != ignore_index).sum().clamp(min=1)
 
 
@@ -121,10 +118,8 @@ def check_divergence(kind: str, temperature: float = 1.0, beta: float = 0.5, alp
     if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
         raise ConfigError(f"divergence {kind!r}: temperature must be > 0 (got {temperature!r})")
     if kind == "jsd" and not 0 < beta < 1:
-        raise ConfigError(
-            f"divergence 'jsd': beta must be in (0, 1) (got {beta!r}); at 0 or 1 JSD(beta) is 0 — "
-            "use forward_kl or reverse_kl"
-        )
+        raise ConfigError(f"divergence 'jsd': beta must be in (0, 1) (got {beta!r}); at 0 or 1 JSD(beta) is 0 — "
+                          "use forward_kl or reverse_kl")
     if kind.startswith("skew") and not 0 <= alpha < 1:
         raise ConfigError(f"divergence {kind!r}: alpha must be in [0, 1) (got {alpha!r})")
 
@@ -137,9 +132,8 @@ def _masked_rows(mask: torch.Tensor | None, *tensors: torch.Tensor) -> list[torc
     return [x[mask] for x in tensors]
 
 
-def _mean_scaled(
-    per_token: torch.Tensor, temperature: float, anchor: torch.Tensor, weights: torch.Tensor | None = None
-) -> torch.Tensor:
+def _mean_scaled(per_token: torch.Tensor, temperature: float, anchor: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
     if per_token.numel() == 0:
         return anchor.sum() * 0.0  # no token selected: a zero that keeps the graph (and DDP) happy
     mean = per_token.mean() if weights is None else _weighted_mean(per_token, weights.float())
@@ -153,16 +147,9 @@ def _row_weights(weights: torch.Tensor | None, mask: torch.Tensor | None) -> tor
     return weights.reshape(-1) if mask is None else weights[mask.bool()]
 
 
-def divergence(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    kind: str = "forward_kl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    alpha: float = 0.1,
-    weights: torch.Tensor | None = None,
-) -> torch.Tensor:
+def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None,
+               kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
+               alpha: float = 0.1, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Token-level divergence between student and teacher logits [B, T, V], averaged over `mask` [B, T]
     (with `weights` [B, T]: their weighted mean over the masked tokens, e.g. sample_weights).
 
@@ -172,27 +159,17 @@ def divergence(
     """
     check_divergence(kind, temperature, beta, alpha)
     if student_logits.shape != teacher_logits.shape:
-        raise ConfigError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ in shape; logit distillation needs a shared vocabulary"
-        )
+        raise ConfigError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                          f"{tuple(teacher_logits.shape)} differ in shape; logit distillation needs a shared vocabulary")
     s, t = _masked_rows(mask, student_logits, teacher_logits.detach())
     s = F.log_softmax(s.float() / temperature, dim=-1)
     t = F.log_softmax(t.float() / temperature, dim=-1)
     return _mean_scaled(DIVERGENCES[kind](s, t, beta, alpha), temperature, student_logits, _row_weights(weights, mask))
 
 
-def topk_divergence(
-    student_logits: torch.Tensor,
-    teacher_values: torch.Tensor,
-    teacher_indices: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    kind: str = "forward_kl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    alpha: float = 0.1,
-    weights: torch.Tensor | None = None,
-) -> torch.Tensor:
+def topk_divergence(student_logits: torch.Tensor, teacher_values: torch.Tensor, teacher_indices: torch.Tensor,
+                    mask: torch.Tensor | None = None, kind: str = "forward_kl", temperature: float = 1.0,
+                    beta: float = 0.5, alpha: float = 0.1, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Divergence against a teacher cached as its top-k per token: values/indices [B, T, K], logits [B, T, V].
 
     Both distributions live on the teacher's k tokens. The teacher's is softmax(values / T) over the k entries;
@@ -211,10 +188,8 @@ def topk_divergence(
     """
     check_divergence(kind, temperature, beta, alpha)
     if teacher_values.shape != teacher_indices.shape or teacher_values.shape[:-1] != student_logits.shape[:-1]:
-        raise ConfigError(
-            f"top-k cache {tuple(teacher_values.shape)} / {tuple(teacher_indices.shape)} does not fit "
-            f"student logits {tuple(student_logits.shape)}; expected [B, T, K] for both"
-        )
+        raise ConfigError(f"top-k cache {tuple(teacher_values.shape)} / {tuple(teacher_indices.shape)} does not fit "
+                          f"student logits {tuple(student_logits.shape)}; expected [B, T, K] for both")
     s, values, idx = _masked_rows(mask, student_logits, teacher_values.detach(), teacher_indices)
     s = F.log_softmax(s.float().gather(-1, idx.long()) / temperature, dim=-1)
     t = F.log_softmax(values.float() / temperature, dim=-1)
@@ -276,12 +251,8 @@ class HiddenDistiller(nn.Module):
     The teacher's features are detached. Losses are averaged over masks[name] (student tokens), or all tokens.
     """
 
-    def __init__(
-        self,
-        pairs: dict[str, tuple[int, int]],
-        kind: str = "mse",
-        image_tokens: dict[str, tuple[int, int]] | None = None,
-    ):
+    def __init__(self, pairs: dict[str, tuple[int, int]], kind: str = "mse",
+                 image_tokens: dict[str, tuple[int, int]] | None = None):
         super().__init__()
         if kind not in HIDDEN_LOSSES:
             raise ConfigError(f"unknown hidden-state loss {kind!r}; valid kinds: {', '.join(HIDDEN_LOSSES)}")
@@ -290,21 +261,15 @@ class HiddenDistiller(nn.Module):
         self.image_tokens = dict(image_tokens or {})
         unknown = sorted(set(self.image_tokens) - set(self.pairs))
         if unknown:
-            raise ConfigError(
-                f"image_tokens names {unknown[0]!r}, which is not a distilled feature; "
-                f"features: {', '.join(self.pairs)}"
-            )
+            raise ConfigError(f"image_tokens names {unknown[0]!r}, which is not a distilled feature; "
+                              f"features: {', '.join(self.pairs)}")
         self.keys = {name: name.replace(".", "_") for name in self.pairs}  # ModuleDict keys may not hold dots
         if len(set(self.keys.values())) != len(self.keys):
             raise ConfigError(f"hidden feature names {', '.join(self.pairs)} collide once '.' becomes '_'; rename one")
         self.proj = nn.ModuleDict({self.keys[n]: nn.Linear(ds, dt) for n, (ds, dt) in self.pairs.items() if ds != dt})
 
-    def forward(
-        self,
-        student: dict[str, torch.Tensor],
-        teacher: dict[str, torch.Tensor],
-        masks: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
+                masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """{name: student [B, N, Ds]}, {name: teacher [B, M, Dt]}, {name: mask [B, N] bool} -> {name: loss}."""
         out = {}
         for name, (_, width) in self.pairs.items():
@@ -316,10 +281,8 @@ class HiddenDistiller(nn.Module):
             key = self.keys[name]
             s = self.proj[key](s) if key in self.proj else s
             if s.shape[-1] != width or teacher[name].shape[-1] != width:
-                raise ConfigError(
-                    f"hidden feature {name!r}: widths {s.shape[-1]} (student, projected) and "
-                    f"{teacher[name].shape[-1]} (teacher) do not match the pair's teacher width {width}"
-                )
+                raise ConfigError(f"hidden feature {name!r}: widths {s.shape[-1]} (student, projected) and "
+                                  f"{teacher[name].shape[-1]} (teacher) do not match the pair's teacher width {width}")
             t = self._align(name, teacher[name].detach(), s.shape[1])
             per_token = HIDDEN_LOSSES[self.kind](s.float(), t.float())
             mask = None if masks is None else masks.get(name)
@@ -330,19 +293,15 @@ class HiddenDistiller(nn.Module):
         if name in self.image_tokens:
             img_s, img_t = self.image_tokens[name]
             if t.shape[1] - img_t != n_student - img_s:
-                raise ConfigError(
-                    f"hidden feature {name!r}: after the image tokens the student has {n_student - img_s} "
-                    f"tokens and the teacher {t.shape[1] - img_t}; they must match"
-                )
+                raise ConfigError(f"hidden feature {name!r}: after the image tokens the student has {n_student - img_s} "
+                                  f"tokens and the teacher {t.shape[1] - img_t}; they must match")
             return torch.cat([align_image_tokens(t[:, :img_t], img_s), t[:, img_t:]], dim=1)
         if t.shape[1] == n_student:
             return t
         if name == "vision" or name.startswith("vision."):
             return align_image_tokens(t, n_student)
-        raise ConfigError(
-            f"hidden feature {name!r}: student has {n_student} tokens and teacher {t.shape[1]}; "
-            f"give image_tokens={{{name!r}: (student, teacher)}} when they start with image tokens"
-        )
+        raise ConfigError(f"hidden feature {name!r}: student has {n_student} tokens and teacher {t.shape[1]}; "
+                          f"give image_tokens={{{name!r}: (student, teacher)}} when they start with image tokens")
 
 
 def _masked_mean(per_token: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

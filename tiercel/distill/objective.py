@@ -35,13 +35,8 @@ def run_model(model, inputs: dict, decoder_input_ids: torch.Tensor, hidden: bool
     image = model.model.get_image_features(inputs["pixel_values"].to(embeds.dtype)).pooler_output.to(embeds.dtype)
     slots = (ids == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
     embeds = embeds.masked_scatter(slots, image)
-    out = model(
-        inputs_embeds=embeds,
-        attention_mask=inputs["attention_mask"],
-        decoder_input_ids=decoder_input_ids,
-        output_hidden_states=hidden,
-        use_cache=False,
-    )
+    out = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], decoder_input_ids=decoder_input_ids,
+                output_hidden_states=hidden, use_cache=False)
     return Outputs(out.logits, image, out.encoder_last_hidden_state, out.decoder_hidden_states or ())
 
 
@@ -62,34 +57,19 @@ class DistillObjective(nn.Module):
             if h.decoder:
                 pairs.update({f"decoder.{s}": (s_dim, t_dim) for s in h.decoder_layers})
         # the encoder output starts with the image tokens, whose count differs when the image sizes do
-        image_tokens = (
-            {"encoder": (student.tiercel_shape.image_tokens, teacher_shape.image_tokens)}
-            if "encoder" in pairs
-            else None
-        )
+        image_tokens = {"encoder": (student.tiercel_shape.image_tokens, teacher_shape.image_tokens)} if "encoder" in pairs else None
         self.distiller = HiddenDistiller(pairs, kind=h.kind, image_tokens=image_tokens) if pairs else None
 
     @property
     def needs_hidden(self) -> bool:
         return self.distiller is not None
 
-    def forward(
-        self,
-        batch: dict | None,
-        teacher: Outputs | None = None,
-        topk: tuple | None = None,
-        ce_weight: float | None = None,
-        student_call=None,
-    ):
+    def forward(self, batch: dict | None, teacher: Outputs | None = None, topk: tuple | None = None,
+                ce_weight: float | None = None, student_call=None):
         if student_call is not None:  # dist.through_root: the student used directly, inside this (root) forward
             return student_call(self.student)
         cfg = self.cfg
-        out = run_model(
-            self.student,
-            batch["student"],
-            batch["decoder_input_ids"],
-            hidden=self.needs_hidden and cfg.hidden.decoder > 0,
-        )
+        out = run_model(self.student, batch["student"], batch["decoder_input_ids"], hidden=self.needs_hidden and cfg.hidden.decoder > 0)
         labels = batch["labels"]
         mask = labels != IGNORE
         weights = sample_weights(mask) if cfg.loss_norm == "sample" else None  # None: every answer token counts once
@@ -99,35 +79,13 @@ class DistillObjective(nn.Module):
             terms["ce"] = (w_ce, ce_loss(out.logits, labels, weights=weights))
         if cfg.kd and teacher is not None:
             t_logits = teacher.logits[..., : out.logits.shape[-1]]  # a teacher vocab padded past the tokenizer
-            terms["kd"] = (
-                cfg.kd,
-                divergence(
-                    out.logits,
-                    t_logits,
-                    mask,
-                    kind=cfg.divergence,
-                    temperature=cfg.temperature,
-                    beta=cfg.beta,
-                    alpha=cfg.alpha,
-                    weights=weights,
-                ),
-            )
+            terms["kd"] = (cfg.kd, divergence(out.logits, t_logits, mask, kind=cfg.divergence, temperature=cfg.temperature,
+                                              beta=cfg.beta, alpha=cfg.alpha, weights=weights))
         elif cfg.kd and topk is not None:
             values, indices = topk
-            terms["kd"] = (
-                cfg.kd,
-                topk_divergence(
-                    out.logits,
-                    values,
-                    indices,
-                    mask,
-                    kind=cfg.divergence,
-                    temperature=cfg.temperature,
-                    beta=cfg.beta,
-                    alpha=cfg.alpha,
-                    weights=weights,
-                ),
-            )
+            terms["kd"] = (cfg.kd, topk_divergence(out.logits, values, indices, mask, kind=cfg.divergence,
+                                                   temperature=cfg.temperature, beta=cfg.beta, alpha=cfg.alpha,
+                                                   weights=weights))
         if self.distiller is not None and teacher is not None:
             terms.update(self._hidden_terms(out, teacher, batch, mask))
         total = sum(w * v for w, v in terms.values())
@@ -147,6 +105,4 @@ class DistillObjective(nn.Module):
             masks[f"decoder.{s_layer}"] = mask
         losses = self.distiller(s_feats, t_feats, masks)
         weights = {"vision": h.vision, "encoder": h.encoder}
-        return {
-            f"hidden_{k}": (weights.get(k, h.decoder / max(len(h.decoder_layers), 1)), v) for k, v in losses.items()
-        }
+        return {f"hidden_{k}": (weights.get(k, h.decoder / max(len(h.decoder_layers), 1)), v) for k, v in losses.items()}

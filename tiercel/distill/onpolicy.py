@@ -39,21 +39,11 @@ def student_answers(student, batch: dict, tokenizer, max_tokens: int, seeds: lis
     student.eval()
     with torch.no_grad():
         gen = student.generate(
-            input_ids=inputs["input_ids"],
-            pixel_values=inputs["pixel_values"],
-            attention_mask=inputs["attention_mask"],
-            max_new_tokens=max(limits),
-            min_new_tokens=1,
-            do_sample=False,
-            num_beams=1,
-            no_repeat_ngram_size=0,
+            input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"],
+            max_new_tokens=max(limits), min_new_tokens=1, do_sample=False, num_beams=1, no_repeat_ngram_size=0,
             logits_processor=LogitsProcessorList([_GumbelNoise(seeds), _EndBy(limits, tokenizer.eos_id)]),
-            decoder_start_token_id=tokenizer.eos_id,
-            forced_bos_token_id=tokenizer.bos_id,
-            forced_eos_token_id=None,
-            eos_token_id=tokenizer.eos_id,
-            pad_token_id=tokenizer.pad_id,
-            synced_gpus=synced,
+            decoder_start_token_id=tokenizer.eos_id, forced_bos_token_id=tokenizer.bos_id, forced_eos_token_id=None,
+            eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, synced_gpus=synced,
         )
     student.train(was_training)
     labels = gen[:, 1:].clone()

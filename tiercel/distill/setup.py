@@ -34,9 +34,7 @@ def load_teacher(recipe, dist: Dist):
 def check_inputs(recipe, device: str) -> None:
     """Refuse, before any work, what would fail later: data files and the image root that cannot be read (a
     missing data.val used to fail after all the training) and fp16 autocast off CUDA. One ConfigError lists all."""
-    fields = (
-        ("val",) if recipe.teacher.spec.trains_on == "answers" else ("train", "val")
-    )  # generated: trains on answers
+    fields = ("val",) if recipe.teacher.spec.trains_on == "answers" else ("train", "val")  # generated: trains on answers
     problems = data_problems(recipe.data, fields) + precision_problems(recipe, device)
     if problems:
         raise ConfigError("recipe: " + "; ".join(problems))
@@ -115,11 +113,7 @@ def _checkpoint_tokenizer(path) -> TextTokenizer:
 
 
 def _teacher_tokenizer(recipe) -> TextTokenizer:
-    if (
-        recipe.teacher.spec.needs_cache
-        and recipe.teacher.cache
-        and (Path(recipe.teacher.cache) / "tokenizer.json").is_file()
-    ):
+    if recipe.teacher.spec.needs_cache and recipe.teacher.cache and (Path(recipe.teacher.cache) / "tokenizer.json").is_file():
         return TextTokenizer.from_dir(recipe.teacher.cache)
     if recipe.teacher.path is None:
         raise ConfigError("tokenizer.source teacher needs teacher.path")

@@ -18,9 +18,7 @@ from tiercel.errors import ConfigError
 def spaced_layers(n_teacher: int, n_student: int) -> list[int]:
     """`n_student` teacher layer indices spread evenly from the first to the last layer."""
     if n_student > n_teacher:
-        raise ConfigError(
-            f"student has {n_student} layers but the teacher only {n_teacher}; give the layer map explicitly"
-        )
+        raise ConfigError(f"student has {n_student} layers but the teacher only {n_teacher}; give the layer map explicitly")
     return [int(round(x)) for x in np.linspace(0, n_teacher - 1, n_student)]
 
 
@@ -65,20 +63,12 @@ def copy_from_teacher(student, teacher, section) -> dict:
             elif ref.shape == value.shape:
                 value.copy_(ref)
                 copied.append([key, src])
-            elif (
-                key.endswith("embed_positions.weight")
-                and ref.shape[1:] == value.shape[1:]
-                and ref.shape[0] >= value.shape[0]
-            ):
+            elif key.endswith("embed_positions.weight") and ref.shape[1:] == value.shape[1:] and ref.shape[0] >= value.shape[0]:
                 value.copy_(ref[: value.shape[0]])  # learned positions: the student keeps the first rows
                 copied.append([key, src])
             else:
                 skipped.append([key, f"shape {list(value.shape)} vs teacher {list(ref.shape)}"])
-    n_copied = sum(
-        student.state_dict()[k].numel()
-        for k, _ in copied
-        if not k.endswith("embed_tokens.weight") and k != "lm_head.weight"
-    )
+    n_copied = sum(student.state_dict()[k].numel() for k, _ in copied if not k.endswith("embed_tokens.weight") and k != "lm_head.weight")
     total = sum(p.numel() for p in student.parameters())
     return {"layer_map": maps, "copied": copied, "skipped": skipped, "copied_fraction": n_copied / total}
 
@@ -90,18 +80,10 @@ def init_student(section, tokenizer, teacher=None, seed: int = 0):
     if section.init == "checkpoint":
         ckpt = load_checkpoint(section.checkpoint)
         if len(ckpt.tokenizer) != len(tokenizer):
-            raise ConfigError(
-                f"student.checkpoint: its tokenizer has {len(ckpt.tokenizer)} tokens, the run's {len(tokenizer)}; use tokenizer.source student"
-            )
+            raise ConfigError(f"student.checkpoint: its tokenizer has {len(ckpt.tokenizer)} tokens, the run's {len(tokenizer)}; use tokenizer.source student")
         return ckpt.model.train(), {"init": "checkpoint", "path": str(ckpt.path)}
-    model = build(
-        section.preset,
-        seed=seed,
-        dropout=section.dropout,
-        vocab_size=len(tokenizer),
-        image_token_id=tokenizer.image_id,
-        **section.overrides,
-    )
+    model = build(section.preset, seed=seed, dropout=section.dropout, vocab_size=len(tokenizer), image_token_id=tokenizer.image_id,
+                  **section.overrides)
     if section.init == "preset":
         return model.train(), {"init": "preset", "preset": section.preset}
     if teacher is None:

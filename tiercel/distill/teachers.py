@@ -60,27 +60,13 @@ class FlorenceAdapter:
             greedy without no-repeat-n-gram blocking (repeated coordinates are legitimate).
     """
 
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        image_size: int,
-        mean,
-        std,
-        max_new_tokens: int = 256,
-        keep_tag: bool = False,
-        generation: dict | None = None,
-    ):
+    def __init__(self, model, tokenizer, image_size: int, mean, std, max_new_tokens: int = 256,
+                 keep_tag: bool = False, generation: dict | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.image_size, self.mean, self.std = int(image_size), tuple(mean), tuple(std)
         self.keep_tag = keep_tag
-        self.generation = {
-            "do_sample": False,
-            "num_beams": 1,
-            "no_repeat_ngram_size": 0,
-            "max_new_tokens": max_new_tokens,
-            **(generation or {}),
-        }
+        self.generation = {"do_sample": False, "num_beams": 1, "no_repeat_ngram_size": 0,
+                           "max_new_tokens": max_new_tokens, **(generation or {})}
         shape = getattr(model, "tiercel_shape", None)
         self._image_tokens = getattr(shape, "image_tokens", None)
 
@@ -102,9 +88,8 @@ class FlorenceAdapter:
             if self._image_tokens is None:
                 self._image_tokens = self.model.get_image_features(pixels).pooler_output.shape[1]
             ids = torch.tensor([self.tokenizer.prompt_ids(text, self._image_tokens)], device=param.device)
-            out = self.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, **self.generation
-            )
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
+                                      **self.generation)
         return self.tokenizer.decode(out[0].tolist())
 
 
@@ -120,19 +105,16 @@ class GeoChatAdapter:
     checkpoints written in GeoChat's layout, not on the real 7B weights. Never uses trust_remote_code.
     """
 
-    SYSTEM = (
-        "A chat between a curious human and an artificial intelligence assistant. "
-        "The assistant gives helpful, detailed, and polite answers to the human's questions."
-    )
+    SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+              "The assistant gives helpful, detailed, and polite answers to the human's questions.")
 
     def __init__(self, model, processor, max_new_tokens: int = 256, clockwise: bool = False):
         self.model, self.processor = model, processor
         self.max_new_tokens, self.clockwise = max_new_tokens, clockwise
 
     @classmethod
-    def from_dir(
-        cls, path: str | os.PathLike, dtype: str = "float16", device: str | None = None, **kwargs
-    ) -> GeoChatAdapter:
+    def from_dir(cls, path: str | os.PathLike, dtype: str = "float16", device: str | None = None,
+                 **kwargs) -> GeoChatAdapter:
         """Load a converted GeoChat (config.json, weights, processor files) from `path`; nothing is downloaded."""
         from tiercel.models.checkpoint import read_json
 
@@ -142,14 +124,11 @@ class GeoChatAdapter:
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path}: no config.json; point to a GeoChat directory in transformers' LLaVA layout")
         if "mm_vision_tower" in read_json(path / "config.json"):
-            raise CheckpointError(
-                f"{path}: is GeoChat in LLaVA's own layout; convert it first: tiercel convert "
-                f"--from geochat {path} DST --vision-tower CLIP_DIR, and point teacher.path at DST"
-            )
+            raise CheckpointError(f"{path}: is GeoChat in LLaVA's own layout; convert it first: tiercel convert "
+                                  f"--from geochat {path} DST --vision-tower CLIP_DIR, and point teacher.path at DST")
         processor = transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
         model = transformers.LlavaForConditionalGeneration.from_pretrained(
-            path, local_files_only=True, dtype=getattr(torch, dtype)
-        )
+            path, local_files_only=True, dtype=getattr(torch, dtype))
         if device is not None:
             model = model.to(device)
         return cls(model.eval(), processor, **kwargs)
@@ -170,17 +149,14 @@ class GeoChatAdapter:
 
         if len(images) != 1:
             raise TaskError(f"GeoChat reads one image (got {len(images)})")
-        inputs = self.processor(
-            images=[Image.fromarray(images[0])], text=self.request(images, prompt), return_tensors="pt"
-        )
+        inputs = self.processor(images=[Image.fromarray(images[0])], text=self.request(images, prompt),
+                                return_tensors="pt")
         param = next(self.model.parameters())
-        inputs = {
-            k: v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device)
-            for k, v in inputs.items()
-        }
+        inputs = {k: v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device)
+                  for k, v in inputs.items()}
         with torch.no_grad():
             out = self.model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens)
-        new = out[:, inputs["input_ids"].shape[1] :]
+        new = out[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(new, skip_special_tokens=True)[0].strip()
 
     def convert(self, text: str, tag: str, image_size) -> tuple[str, list[str]]:
@@ -202,10 +178,8 @@ def check_same_vocabulary(teacher_tok, student_tok) -> None:
     else:
         token = next(t for t in sorted(teacher, key=teacher.get) if student.get(t) != teacher[t])
         detail = f"token {token!r} is id {teacher[token]} in the teacher and {student.get(token)} in the student"
-    raise ConfigError(
-        f"teacher and student tokenizers differ ({detail}); logit distillation needs a shared "
-        "vocabulary — set teacher.kind: generated to distill from generated answers"
-    )
+    raise ConfigError(f"teacher and student tokenizers differ ({detail}); logit distillation needs a shared "
+                      "vocabulary — set teacher.kind: generated to distill from generated answers")
 
 
 def _vocab(tok) -> dict[str, int]:
@@ -227,16 +201,10 @@ def partial_path(out_path: str | os.PathLike) -> Path:
     return out_path.with_name(out_path.name + ".partial.jsonl")
 
 
-def generate_answers(
-    adapter: TeacherAdapter,
-    records: Iterable[Record],
-    root: str | os.PathLike | None,
-    out_path: str | os.PathLike,
-    convert: Callable | None = None,
-    progress: Callable[[int], object] | None = None,
-    resume: bool = True,
-    dialect: str = "falcon",
-) -> dict:
+def generate_answers(adapter: TeacherAdapter, records: Iterable[Record], root: str | os.PathLike | None,
+                     out_path: str | os.PathLike, convert: Callable | None = None,
+                     progress: Callable[[int], object] | None = None, resume: bool = True,
+                     dialect: str = "falcon") -> dict:
     """Answer every record with the teacher and write them as a Falcon_SFT file at `out_path`.
 
     Each record's answer is replaced by the teacher's, converted by `convert(text, tag, image_size)` (returning
@@ -266,10 +234,8 @@ def generate_answers(
             key = _record_key(record)
             if position in done:
                 if done[position]["key"] != key:
-                    raise DataError(
-                        f"{partial}: record {position} is not the one answered before (the input "
-                        "changed); delete this file or pass resume=False"
-                    )
+                    raise DataError(f"{partial}: record {position} is not the one answered before (the input "
+                                    "changed); delete this file or pass resume=False")
             else:
                 entry = {"position": position, "key": key, **_teach(adapter, record, root, convert, dialect)}
                 log.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -279,10 +245,8 @@ def generate_answers(
             if progress is not None:
                 progress(1)
     if len(done) > seen:
-        raise DataError(
-            f"{partial}: holds {len(done)} records but the input has {seen}; the input changed — "
-            "delete this file or pass resume=False"
-        )
+        raise DataError(f"{partial}: holds {len(done)} records but the input has {seen}; the input changed — "
+                        "delete this file or pass resume=False")
     entries = [done[i] for i in range(seen)]
     write_records(out_path, (e["record"] for e in entries if e["ok"]))
     partial.unlink(missing_ok=True)
@@ -291,7 +255,6 @@ def generate_answers(
 
 def _teach(adapter, record: Record, root, convert, dialect: str) -> dict:
     """One record through the teacher: {"ok": True, "record": ...} or {"ok": False, "reason": ..., "why": ...}."""
-
     def skip(reason: str, why: str, raw: str | None = None) -> dict:
         return {"ok": False, "tag": record.tag, "reason": reason, "why": why, "raw": raw}
 

@@ -100,27 +100,14 @@ def prepare(recipe: Recipe, dist: Dist) -> Run:
     run.teacher = load_teacher(recipe, dist)
     run.tokenizer = resolve_tokenizer(recipe, run.teacher, run.dir, dist)
     d = recipe.data
-    run.data = SFTData(
-        training_file(recipe),
-        d.root,
-        run.tokenizer,
-        d.max_prompt_tokens,
-        d.max_answer_tokens,
-        recipe.distill.image_cache,
-    )
+    run.data = SFTData(training_file(recipe), d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache)
     if d.val is not None:  # read before training: a broken val file fails now, not at the first validation
-        run.val_data = SFTData(
-            d.val, d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache
-        )
+        run.val_data = SFTData(d.val, d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache)
     run.sampler = TaskSampler(run.data.by_task, d.task_weights, recipe.seed)
-    student, run.init_report = init_student(
-        recipe.student, run.tokenizer, run.teacher.model if run.teacher else None, recipe.seed
-    )
+    student, run.init_report = init_student(recipe.student, run.tokenizer, run.teacher.model if run.teacher else None, recipe.seed)
     from tiercel.distill.objective import DistillObjective
 
-    run.objective = DistillObjective(
-        student, recipe.distill, run.teacher.model.tiercel_shape if run.teacher else None
-    ).to(dist.device)
+    run.objective = DistillObjective(student, recipe.distill, run.teacher.model.tiercel_shape if run.teacher else None).to(dist.device)
     run.inputs = {"student": model_input(student)}
     if run.teacher is not None:
         run.inputs["teacher"] = model_input(run.teacher.model, run.teacher.mean, run.teacher.std)
@@ -142,9 +129,7 @@ def _wrap(objective, strategy: str, dist: Dist):
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for layer in list(objective.student.model.language_model.encoder.layers) + list(
-            objective.student.model.language_model.decoder.layers
-        ):
+        for layer in list(objective.student.model.language_model.encoder.layers) + list(objective.student.model.language_model.decoder.layers):
             fully_shard(layer)
         return fully_shard(objective)
     ids = [dist.local_rank] if dist.device.startswith("cuda") else None
@@ -198,9 +183,7 @@ def micro_step(run: Run, step: int, micro: int, total: int, sync: bool) -> tuple
         from tiercel.distill.objective import run_model
 
         with torch.no_grad(), _autocast(cfg.precision, dist.device):
-            teacher_out = run_model(
-                run.teacher.model, batch["teacher"], batch["decoder_input_ids"], hidden=run.objective.needs_hidden
-            )
+            teacher_out = run_model(run.teacher.model, batch["teacher"], batch["decoder_input_ids"], hidden=run.objective.needs_hidden)
     if run.topk is not None and not on_policy:
         topk = run.topk.lookup(indices, batch["labels"], dist.device)
     units = sum(loss_units(run, [(batch["labels"] != IGNORE).sum(1).tolist()])[0])
@@ -210,10 +193,8 @@ def micro_step(run: Run, step: int, micro: int, total: int, sync: bool) -> tuple
         with _autocast(cfg.precision, dist.device):
             loss, terms, _ = run.wrapped(batch, teacher_out, topk, ce_weight)
         if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss became {float(loss.detach())} at step {step} ({terms}); lower distill.lr or use precision fp32; "
-                f"the last good checkpoint is kept in {run.dir / 'checkpoints'}"
-            )
+            raise TrainingDiverged(f"loss became {float(loss.detach())} at step {step} ({terms}); lower distill.lr or use precision fp32; "
+                                   f"the last good checkpoint is kept in {run.dir / 'checkpoints'}")
         (loss * (units * dist.world / total)).backward()  # times the process count, which DDP/FSDP average out
     return {"loss": float(loss.detach()), **terms}, units
 
@@ -222,10 +203,7 @@ def step_tokens(run: Run, step: int) -> list[list[int]]:
     """Answer-token counts of every sample of the step's global batch, per micro-batch (no communication:
     the sampler is deterministic, so every process can count the whole batch)."""
     cfg, world = run.recipe.distill, run.dist.world
-    return [
-        [len(run.data.label_ids(i)) for i in run.sampler.draw(step, m, cfg.batch_size * world)]
-        for m in range(cfg.grad_accum)
-    ]
+    return [[len(run.data.label_ids(i)) for i in run.sampler.draw(step, m, cfg.batch_size * world)] for m in range(cfg.grad_accum)]
 
 
 def loss_units(run: Run, counts: list[list[int]]) -> list[list[int]]:
@@ -316,9 +294,7 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
     run = prepare(recipe, dist)
     start = 0
     if resume and (path := checkpoints.latest(run_dir)) is not None:
-        start = checkpoints.restore(
-            path, run.objective, run.optimizer, run.scheduler, sharded=sharded(run), rank=dist.rank
-        )
+        start = checkpoints.restore(path, run.objective, run.optimizer, run.scheduler, sharded=sharded(run), rank=dist.rank)
     if dist.main:  # only once the checkpoint fits: a refused resume leaves the run's recipe as it was
         atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
         atomic_write_text(run_dir / "init_report.json", json.dumps(run.init_report, indent=1) + "\n")
@@ -338,27 +314,11 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
             if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
                 evals.append(validate_run(run, done))
                 if evals[-1]:
-                    _log(
-                        run,
-                        {
-                            "step": done,
-                            **{
-                                f"val_{k}": v
-                                for k, v in evals[-1].items()
-                                if isinstance(v, (int, float)) and k != "step"
-                            },
-                        },
-                    )
+                    _log(run, {"step": done, **{f"val_{k}": v for k, v in evals[-1].items() if isinstance(v, (int, float)) and k != "step"}})
             bar.update(done, note=f"loss {metrics['loss']:.4f}, {metrics['samples_per_s']:.1f} samples/s")
     final = _publish(run_dir) if dist.main else None
-    return DistillResult(
-        run_dir=run_dir,
-        student=final,
-        steps=cfg.steps,
-        resumed_from=start,
-        last=metrics,
-        val=evals[-1] if evals else None,
-    )
+    return DistillResult(run_dir=run_dir, student=final, steps=cfg.steps, resumed_from=start, last=metrics,
+                         val=evals[-1] if evals else None)
 
 
 def _save(run: Run, step: int) -> None:
@@ -367,18 +327,8 @@ def _save(run: Run, step: int) -> None:
     fsdp = sharded(run)
     states = checkpoints.full_states(run.objective, run.optimizer, fsdp)  # a collective under FSDP
     if dist.main:
-        checkpoints.save(
-            run.dir,
-            step,
-            run.objective,
-            run.optimizer,
-            run.scheduler,
-            run.tokenizer,
-            {"recipe": run.recipe.name, "step": step},
-            cfg.keep_checkpoints,
-            states=states,
-            publish=not fsdp,
-        )
+        checkpoints.save(run.dir, step, run.objective, run.optimizer, run.scheduler, run.tokenizer,
+                         {"recipe": run.recipe.name, "step": step}, cfg.keep_checkpoints, states=states, publish=not fsdp)
     barrier(dist)
     if fsdp:
         ckpt = run.dir / "checkpoints" / f"step_{step:06d}"
@@ -391,9 +341,7 @@ def _save(run: Run, step: int) -> None:
 
 def _check_resumable(run_dir: Path, resume: bool):
     if not resume and checkpoints.latest(run_dir) is not None:
-        raise TiercelError(
-            f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it or choose another recipe out"
-        )
+        raise TiercelError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it or choose another recipe out")
 
 
 def _publish(run_dir: Path) -> str:

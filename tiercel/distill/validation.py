@@ -30,9 +30,7 @@ def _validate(run, student, step: int) -> dict:
     recipe = run.recipe
     if run.val_data is None:
         d = recipe.data
-        run.val_data = SFTData(
-            d.val, d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache
-        )
+        run.val_data = SFTData(d.val, d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache)
     data = run.val_data
     n = min(len(data), recipe.distill.eval_limit)
     was_training = student.training
@@ -41,9 +39,7 @@ def _validate(run, student, step: int) -> dict:
     with torch.no_grad():
         for start in range(0, n, recipe.distill.batch_size):
             idx = list(range(start, min(n, start + recipe.distill.batch_size)))
-            batch = to_device(
-                collate(data, idx, {"student": run.inputs["student"]}, run.tokenizer.eos_id), run.dist.device
-            )
+            batch = to_device(collate(data, idx, {"student": run.inputs["student"]}, run.tokenizer.eos_id), run.dist.device)
             out = run_model(student, batch["student"], batch["decoder_input_ids"])
             mask = batch["labels"] != IGNORE
             tokens = int(mask.sum())

@@ -39,16 +39,8 @@ class Sample:
     pred: T.Result
 
     def to_dict(self) -> dict:
-        return {
-            "index": self.index,
-            "tag": self.tag,
-            "prompt": self.prompt,
-            "images": self.images,
-            "crop": self.crop,
-            "size": list(self.size),
-            "truth": self.truth.to_dict(),
-            "pred": self.pred.to_dict(),
-        }
+        return {"index": self.index, "tag": self.tag, "prompt": self.prompt, "images": self.images, "crop": self.crop,
+                "size": list(self.size), "truth": self.truth.to_dict(), "pred": self.pred.to_dict()}
 
 
 @dataclass
@@ -72,18 +64,12 @@ class EvalReport:
         return T.average_headline(self.per_task) if self.per_task else None
 
     def to_dict(self) -> dict:
-        return {
-            "per_task": self.per_task,
-            "headline": {t: {"metric": T.get(t).headline, "value": v} for t, v in self.headlines.items()},
-            "average_headline": self.average,
-            "tasks_averaged": len(self.per_task),
-            "scale": "fractions; CIDEr as coco-caption gives it (Falcon's radar chart / 100)",
-            "counts": self.counts,
-            "skipped": self.skipped,
-            "seconds": self.seconds,
-            "examples": [s.to_dict() for s in self.examples],
-            "predictions": self.predictions,
-        }
+        return {"per_task": self.per_task, "headline": {t: {"metric": T.get(t).headline, "value": v}
+                                                         for t, v in self.headlines.items()},
+                "average_headline": self.average, "tasks_averaged": len(self.per_task),
+                "scale": "fractions; CIDEr as coco-caption gives it (Falcon's radar chart / 100)",
+                "counts": self.counts, "skipped": self.skipped, "seconds": self.seconds,
+                "examples": [s.to_dict() for s in self.examples], "predictions": self.predictions}
 
 
 @dataclass
@@ -101,18 +87,8 @@ def check_tasks(tasks) -> list[str]:
     return list(T.TAGS) if not tasks else list(dict.fromkeys(T.get(t).tag for t in tasks))
 
 
-def evaluate(
-    predictor,
-    records,
-    root=None,
-    tasks=None,
-    limit: int | None = None,
-    generation: dict | None = None,
-    examples: int = 0,
-    batch: bool = True,
-    keep_predictions: bool = False,
-    progress=None,
-) -> EvalReport:
+def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None, generation: dict | None = None,
+             examples: int = 0, batch: bool = True, keep_predictions: bool = False, progress=None) -> EvalReport:
     """Score `predictor` on Falcon_SFT records, task by task.
 
     Args:
@@ -141,18 +117,14 @@ def evaluate(
     start, done = time.perf_counter(), 0
     total = _expected(file, wanted, limit) if file is not None and shown_progress.active() else None
     with shown_progress.track("eval", total, "records") as bar:
-        for group in _groups(
-            _items(records, root, wanted, limit, report.skipped), batch and hasattr(predictor, "run_all")
-        ):
+        for group in _groups(_items(records, root, wanted, limit, report.skipped), batch and hasattr(predictor, "run_all")):
             for item, pred in zip(group, _predict(predictor, group, generation)):
                 preds, refs, sizes = collected[item.spec.tag]
                 preds.append(pred), refs.append(item.truth), sizes.append(item.size)
                 if sum(1 for s in report.examples if s.tag == item.spec.tag) < examples:
                     report.examples.append(_sample(item, pred))
                 if keep_predictions:
-                    report.predictions.append(
-                        {"index": item.record.index, "tag": item.spec.tag, "pred": pred.to_dict()}
-                    )
+                    report.predictions.append({"index": item.record.index, "tag": item.spec.tag, "pred": pred.to_dict()})
             done += len(group)
             bar.update(done)
             if progress:
@@ -189,10 +161,8 @@ def _items(records, root: Path, wanted: list[str], limit: int | None, skipped: d
         spec = T.get(record.tag)
         images = [load_image(p, record.crop) for p in record.image_paths(root)]
         if len(images) != spec.n_images:
-            raise ConfigError(
-                f"record {record.index}: {spec.tag} takes {spec.n_images} image(s), the record has "
-                f"{len(images)}; check it with `tiercel data validate`"
-            )
+            raise ConfigError(f"record {record.index}: {spec.tag} takes {spec.n_images} image(s), the record has "
+                              f"{len(images)}; check it with `tiercel data validate`")
         size = (images[0].shape[1], images[0].shape[0])
         truth = spec.parse(record.answer, image_size=size)
         if isinstance(truth, T.Count) and truth.value is None:
@@ -237,13 +207,8 @@ def _sample(item: _Item, pred: T.Result) -> Sample:
     return Sample(r.index, item.spec.tag, r.prompt, list(r.images), list(r.crop), item.size, item.truth, pred)
 
 
-def open_predictor(
-    path: str | Path,
-    backend: str = "onnxruntime",
-    device: str | None = None,
-    threads: int | None = None,
-    options: dict | None = None,
-):
+def open_predictor(path: str | Path, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None,
+                   options: dict | None = None):
     """A bundle directory (manifest.json) opened on `backend`, or a checkpoint directory read by PyTorch.
 
     A checkpoint runs as a TorchPredictor (transformers, fp32, CPU), or as a GraphedPredictor (fp16, CUDA graphs,
@@ -286,7 +251,5 @@ def prompt_check(predictor, records, root=None, max_new_tokens: int = 32) -> dic
     if distinct == 1:
         raw = results[tags[0]].raw
         shown = "an empty answer" if not raw else repr(raw[:60]) + ("..." if len(raw) > 60 else "")
-        warning = (
-            f"gave one answer to all {len(tags)} task prompts on {record.images[0]} ({shown}): it ignores its prompt"
-        )
+        warning = f"gave one answer to all {len(tags)} task prompts on {record.images[0]} ({shown}): it ignores its prompt"
     return {"image": record.images[0], "tasks": len(tags), "distinct_answers": distinct, "warning": warning}

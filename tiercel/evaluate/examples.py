@@ -27,9 +27,7 @@ def describe(result: T.Result) -> str:
     if isinstance(result, T.Count):
         return "no number" if result.value is None else str(result.value)
     if isinstance(result, T.Boxes):
-        return f"{len(result.boxes)} box(es) " + " ".join(
-            f"[{', '.join(f'{v:.0f}' for v in b)}]" for b in result.boxes[:3]
-        )
+        return f"{len(result.boxes)} box(es) " + " ".join(f"[{', '.join(f'{v:.0f}' for v in b)}]" for b in result.boxes[:3])
     if isinstance(result, T.Quads):
         return f"{len(result.quads)} oriented box(es)"
     if isinstance(result, T.Polygons):
@@ -40,9 +38,7 @@ def describe(result: T.Result) -> str:
 def _shapes(result: T.Result) -> list[list[tuple[float, float]]]:
     """Closed outlines (lists of points) of a geometric result; empty for text results."""
     if isinstance(result, T.Boxes):
-        return [
-            [(x1, y1), (x2, y1), (x2, y2), (x1, y2)] for x1, y1, x2, y2 in (b[:4] for b in result.boxes if len(b) >= 4)
-        ]
+        return [[(x1, y1), (x2, y1), (x2, y2), (x1, y2)] for x1, y1, x2, y2 in (b[:4] for b in result.boxes if len(b) >= 4)]
     if isinstance(result, T.Quads):
         return [[tuple(p) for p in q] for q in result.quads]
     if isinstance(result, T.Polygons):
@@ -88,14 +84,9 @@ def _with_caption(canvas: Image.Image, sample) -> Image.Image:
         font = ImageFont.load_default()
     pair = ", before | after" if len(sample.images) > 1 else ""
     lines = [f"{sample.tag}  (record {sample.index}, {sample.size[0]}x{sample.size[1]} px{pair})"]
-    for label, text in (
-        ("prompt", sample.prompt.replace("\n", " / ")),
-        ("truth (green)", describe(sample.truth)),
-        ("pred (red)", describe(sample.pred)),
-    ):
-        lines += textwrap.wrap(f"{label}: {text}", max(TEXT_WIDTH, canvas.width // 8), subsequent_indent="    ") or [
-            label
-        ]
+    for label, text in (("prompt", sample.prompt.replace("\n", " / ")), ("truth (green)", describe(sample.truth)),
+                        ("pred (red)", describe(sample.pred))):
+        lines += textwrap.wrap(f"{label}: {text}", max(TEXT_WIDTH, canvas.width // 8), subsequent_indent="    ") or [label]
     lines.append("yellow: the region in the prompt" if T.get(sample.tag).needs_region else "")
     line_h = 18
     out = Image.new("RGB", (max(canvas.width, 560), canvas.height + line_h * len(lines) + 12), "white")

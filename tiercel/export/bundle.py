@@ -86,73 +86,36 @@ def _graph_entry(root: Path, name: str, backend: str, files: list[Path], layers:
     }
 
 
-def manifest_for(
-    model, tokenizer, root: Path, graphs: list[dict], decoder: str, mean, std, provenance: dict
-) -> Manifest:
+def manifest_for(model, tokenizer, root: Path, graphs: list[dict], decoder: str, mean, std, provenance: dict) -> Manifest:
     shape = model.tiercel_shape
     from tiercel.models.presets import match_preset
     from tiercel.tasks import TAGS
 
-    return check_manifest(
-        json.loads(
-            json.dumps(
-                {
-                    "format": FORMAT,
-                    "format_version": FORMAT_VERSION,
-                    "model": {
-                        "family": "florence2",
-                        "preset": match_preset(shape),
-                        "shape": shape.to_dict(),
-                        "image_tokens": shape.image_tokens,
-                        "d_model": shape.d_model,
-                        "decoder_layers": shape.decoder_layers,
-                        "attention_heads": shape.attention_heads,
-                    },
-                    "tasks": list(TAGS),
-                    "dialect": "falcon",
-                    "preprocessing": {
-                        "size": shape.image_size,
-                        "resize": "bicubic, square, aspect ratio not kept",
-                        "rescale": 1 / 255,
-                        "mean": list(mean),
-                        "std": list(std),
-                    },
-                    "tokenizer": {
-                        "file": "tokenizer.json",
-                        "sha256": sha256_file(root / "tokenizer.json"),
-                        "image_token_id": tokenizer.image_id,
-                        "vocab_size": len(tokenizer),
-                    },
-                    "generation": generation_settings(model, tokenizer),
-                    "decoder": decoder,
-                    "opset": OPSET,
-                    "graphs": graphs,
-                    "parity": {},
-                    "provenance": {
-                        "tiercel_version": __version__,
-                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                        **provenance,
-                    },
-                }
-            )
-        ),
-        root / MANIFEST,
-    )
+    return check_manifest(json.loads(json.dumps({
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {"family": "florence2", "preset": match_preset(shape), "shape": shape.to_dict(),
+                  "image_tokens": shape.image_tokens, "d_model": shape.d_model,
+                  "decoder_layers": shape.decoder_layers, "attention_heads": shape.attention_heads},
+        "tasks": list(TAGS),
+        "dialect": "falcon",
+        "preprocessing": {"size": shape.image_size, "resize": "bicubic, square, aspect ratio not kept",
+                          "rescale": 1 / 255, "mean": list(mean), "std": list(std)},
+        "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(root / "tokenizer.json"),
+                      "image_token_id": tokenizer.image_id, "vocab_size": len(tokenizer)},
+        "generation": generation_settings(model, tokenizer),
+        "decoder": decoder,
+        "opset": OPSET,
+        "graphs": graphs,
+        "parity": {},
+        "provenance": {"tiercel_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                       **provenance},
+    })), root / MANIFEST)
 
 
-def export_model(
-    model,
-    tokenizer,
-    out: str | Path,
-    backends=("onnxruntime",),
-    decoder: str = "split",
-    mean=None,
-    std=None,
-    provenance: dict | None = None,
-    overwrite: bool = False,
-    parity: bool = True,
-    precision: str = "fp32",
-) -> Path:
+def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), decoder: str = "split", mean=None,
+                 std=None, provenance: dict | None = None, overwrite: bool = False, parity: bool = True,
+                 precision: str = "fp32") -> Path:
     """Export a native Florence-2 model to a bundle at `out`. Returns the bundle path.
 
     Args:
@@ -172,9 +135,7 @@ def export_model(
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision: must be one of {', '.join(PRECISIONS)} (got {precision})")
     if precision == "fp16" and "openvino" in backends:
-        raise ConfigError(
-            "--precision fp16 is for GPU backends (onnxruntime, tensorrt); export OpenVINO bundles in fp32"
-        )
+        raise ConfigError("--precision fp16 is for GPU backends (onnxruntime, tensorrt); export OpenVINO bundles in fp32")
     if "tensorrt" in backends:
         from tiercel.export.tensorrt import check_available
 
@@ -194,21 +155,15 @@ def export_model(
         if "tensorrt" in backends:
             from tiercel.export.tensorrt import build_engines
 
-            graphs += build_engines(
-                tmp,
-                onnx_files,
-                model.tiercel_shape,
-                entry=lambda n, f, p: _graph_entry(tmp, n, "tensorrt", f, layers, p),
-            )
+            graphs += build_engines(tmp, onnx_files, model.tiercel_shape, entry=lambda n, f, p: _graph_entry(tmp, n, "tensorrt", f, layers, p))
         tokenizer.save(tmp)
         manifest = manifest_for(model, tokenizer, tmp, graphs, decoder, mean, std, provenance)
         write_manifest(tmp, manifest)
         if parity:
             from tiercel.export.parity import check_bundle
 
-            manifest.parity = check_bundle(
-                model, tokenizer, tmp, [b for b in backends if b != "tensorrt"], precision=precision
-            )
+            manifest.parity = check_bundle(model, tokenizer, tmp, [b for b in backends if b != "tensorrt"],
+                                              precision=precision)
             write_manifest(tmp, manifest)
     return out
 
@@ -218,15 +173,8 @@ def _with_data(file: Path) -> list[Path]:
     return [file, data] if data.is_file() else [file]
 
 
-def export_checkpoint(
-    checkpoint: str | Path,
-    out: str | Path,
-    backends=("onnxruntime",),
-    decoder: str = "split",
-    overwrite: bool = False,
-    parity: bool = True,
-    precision: str = "fp32",
-) -> Path:
+def export_checkpoint(checkpoint: str | Path, out: str | Path, backends=("onnxruntime",), decoder: str = "split",
+                      overwrite: bool = False, parity: bool = True, precision: str = "fp32") -> Path:
     """Load a checkpoint directory (native or original layout) and export it to a bundle."""
     require("torch", "train", "exporting a checkpoint")
     from tiercel.models.checkpoint import load_checkpoint, weight_files
@@ -235,16 +183,5 @@ def export_checkpoint(
     check_new_output(out, overwrite, MANIFEST)  # before the weights load, not after
     ckpt = load_checkpoint(checkpoint)
     provenance = provenance_of(ckpt.path, weight_files(ckpt.path), ckpt.layout)
-    return export_model(
-        ckpt.model,
-        ckpt.tokenizer,
-        out,
-        backends=backends,
-        decoder=decoder,
-        mean=ckpt.mean,
-        std=ckpt.std,
-        provenance=provenance,
-        overwrite=overwrite,
-        parity=parity,
-        precision=precision,
-    )
+    return export_model(ckpt.model, ckpt.tokenizer, out, backends=backends, decoder=decoder, mean=ckpt.mean, std=ckpt.std,
+                        provenance=provenance, overwrite=overwrite, parity=parity, precision=precision)

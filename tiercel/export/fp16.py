@@ -36,9 +36,8 @@ def convert_proto(proto):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one per constant clipped to fp16's range (the mask minimum)
-        out = convert_float_to_float16(
-            proto, keep_io_types=False, op_block_list=op_block_list(), disable_shape_infer=_large(proto)
-        )
+        out = convert_float_to_float16(proto, keep_io_types=False, op_block_list=op_block_list(),
+                                       disable_shape_infer=_large(proto))
     unique_nodes(out.graph)
     sort_nodes(out.graph)
     return out

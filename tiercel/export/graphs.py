@@ -78,9 +78,7 @@ class TextEncoder(nn.Module):
         for layer in enc.layers:
             a = layer.self_attn
             heads = a.num_heads
-            out = _attend(
-                _heads(a.q_proj(h), heads), _heads(a.k_proj(h), heads), _heads(a.v_proj(h), heads), a.scaling, bias
-            )
+            out = _attend(_heads(a.q_proj(h), heads), _heads(a.k_proj(h), heads), _heads(a.v_proj(h), heads), a.scaling, bias)
             h = layer.self_attn_layer_norm(h + a.out_proj(out))
             h = layer.final_layer_norm(h + layer.fc2(layer.activation_fn(layer.fc1(h))))
         return h
@@ -126,10 +124,7 @@ class DecoderStep(nn.Module):
             if past is not None:
                 ek, ev = past[i][2], past[i][3]
             else:
-                ek, ev = (
-                    _heads(ca.k_proj(encoder_hidden_states), heads),
-                    _heads(ca.v_proj(encoder_hidden_states), heads),
-                )
+                ek, ev = _heads(ca.k_proj(encoder_hidden_states), heads), _heads(ca.v_proj(encoder_hidden_states), heads)
             out = _attend(_heads(ca.q_proj(h), heads), ek, ev, ca.scaling, cross_bias)
             h = layer.encoder_attn_layer_norm(h + ca.out_proj(out))
             h = layer.final_layer_norm(h + layer.fc2(layer.activation_fn(layer.fc1(h))))

@@ -51,9 +51,7 @@ def _branch(graph, prefix: str, rename_weights: dict, extra_outputs=()):
     types = {vi.name: vi.type.tensor_type.elem_type for vi in graph.input}  # fp32, or fp16 after --precision fp16
     for src, dst in extra_outputs:  # with-past branch: pass the cross-attention KV through
         nodes.append(onnx.helper.make_node("Identity", [src], [f"{prefix}{dst}"], name=f"{prefix}Identity_{dst}"))
-        outputs.append(
-            onnx.helper.make_tensor_value_info(f"{prefix}{dst}", types.get(src, onnx.TensorProto.FLOAT), None)
-        )
+        outputs.append(onnx.helper.make_tensor_value_info(f"{prefix}{dst}", types.get(src, onnx.TensorProto.FLOAT), None))
     return onnx.helper.make_graph(nodes, f"{prefix.strip('/')}", inputs=[], outputs=outputs)
 
 
@@ -79,16 +77,12 @@ def merge_decoders(first, with_past, layers: int):
     rename_past = _collect_weights(with_past.graph, weights, by_content)
     inputs = {vi.name: vi for vi in first.graph.input}
     inputs.update({vi.name: vi for vi in with_past.graph.input})
-    passthrough = [
-        (f"past_key_values.{i}.encoder.{kv}", f"present.{i}.encoder.{kv}")
-        for i in range(layers)
-        for kv in ("key", "value")
-    ]
+    passthrough = [(f"past_key_values.{i}.encoder.{kv}", f"present.{i}.encoder.{kv}") for i in range(layers) for kv in ("key", "value")]
     then_graph = _branch(with_past.graph, "with_past/", rename_past, passthrough)
     else_graph = _branch(first.graph, "first/", rename_first)
     order = ["logits", *kv_names("present", layers)]
     for g, prefix in ((then_graph, "with_past/"), (else_graph, "first/")):  # same output order in both branches
-        by_name = {o.name[len(prefix) :] if o.name.startswith(prefix) else o.name: o for o in g.output}
+        by_name = {o.name[len(prefix):] if o.name.startswith(prefix) else o.name: o for o in g.output}
         outs = [by_name[n] for n in order]
         del g.output[:]
         g.output.extend(outs)
@@ -96,12 +90,10 @@ def merge_decoders(first, with_past, layers: int):
     graph_inputs = [inputs[n] for n in ("inputs_embeds", "encoder_attention_mask", "encoder_hidden_states")]
     graph_inputs += [inputs[n] for n in kv_names("past_key_values", layers)] + [cond]
     first_out = {o.name: o for o in first.graph.output}
-    node = onnx.helper.make_node(
-        "If", ["use_cache_branch"], order, name="use_cache_branch_If", then_branch=then_graph, else_branch=else_graph
-    )
-    graph = onnx.helper.make_graph(
-        [node], "decoder_model_merged", graph_inputs, [first_out[n] for n in order], initializer=list(weights.values())
-    )
+    node = onnx.helper.make_node("If", ["use_cache_branch"], order, name="use_cache_branch_If",
+                                 then_branch=then_graph, else_branch=else_graph)
+    graph = onnx.helper.make_graph([node], "decoder_model_merged", graph_inputs, [first_out[n] for n in order],
+                                   initializer=list(weights.values()))
     merged = onnx.helper.make_model(graph, opset_imports=list(first.opset_import), producer_name="tiercel")
     merged.ir_version = first.ir_version
     onnx.checker.check_model(merged, full_check=False)

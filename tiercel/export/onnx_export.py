@@ -35,14 +35,8 @@ def graph_io(name: str, layers: int) -> tuple[list[str], list[str]]:
         EMBED: (["input_ids"], ["inputs_embeds"]),
         ENCODER: (["inputs_embeds", "attention_mask"], ["last_hidden_state"]),
         DECODER_FIRST: (["inputs_embeds", "encoder_attention_mask", "encoder_hidden_states"], ["logits", *present]),
-        DECODER_PAST: (
-            ["inputs_embeds", "encoder_attention_mask", *past],
-            ["logits", *kv_names("present", layers, ("decoder",))],
-        ),
-        DECODER_MERGED: (
-            ["inputs_embeds", "encoder_attention_mask", "encoder_hidden_states", *past, "use_cache_branch"],
-            ["logits", *present],
-        ),
+        DECODER_PAST: (["inputs_embeds", "encoder_attention_mask", *past], ["logits", *kv_names("present", layers, ("decoder",))]),
+        DECODER_MERGED: (["inputs_embeds", "encoder_attention_mask", "encoder_hidden_states", *past, "use_cache_branch"], ["logits", *present]),
     }[name]
 
 
@@ -95,9 +89,7 @@ def modules(model) -> dict:
     }
 
 
-def export_onnx(
-    model, out_dir: str | Path, decoder: str = "merged", opset: int = OPSET, fp16: bool = False
-) -> dict[str, Path]:
+def export_onnx(model, out_dir: str | Path, decoder: str = "merged", opset: int = OPSET, fp16: bool = False) -> dict[str, Path]:
     """Write the graphs of `model` into `out_dir`. Returns {graph name: file}.
 
     Args:
@@ -115,10 +107,7 @@ def export_onnx(
     if decoder not in ("merged", "split"):
         raise ValueError(f"decoder must be 'merged' or 'split' (got {decoder!r})")
     inputs, protos, mods = sample_inputs(model), {}, modules(model)
-    with (
-        tempfile.TemporaryDirectory(dir=out_dir, prefix=".trace-") as scratch,
-        track("export", len(mods), "graphs") as bar,
-    ):
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".trace-") as scratch, track("export", len(mods), "graphs") as bar:
         for name, module in mods.items():
             protos[name] = trace_graph(module, inputs[name], name, layers, Path(scratch), opset)
             if name in (DECODER_FIRST, DECODER_PAST):  # one query token against a long cache: see rewrite.py
@@ -144,17 +133,9 @@ def trace_graph(module, example: tuple, name: str, layers: int, scratch: Path, o
     traced.parent.mkdir(parents=True)
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(),
-            example,
-            str(traced),
-            input_names=in_names,
-            output_names=out_names,
-            dynamic_axes=_dynamic_axes(in_names + out_names),
-            opset_version=opset,
-            dynamo=False,
-            do_constant_folding=True,
-        )
+        torch.onnx.export(module.eval(), example, str(traced), input_names=in_names, output_names=out_names,
+                          dynamic_axes=_dynamic_axes(in_names + out_names), opset_version=opset, dynamo=False,
+                          do_constant_folding=True)
     return load_onnx(traced)
 
 
@@ -170,12 +151,6 @@ def save_onnx(proto, file: Path) -> list[Path]:
     big = sum(t.ByteSize() for t in proto.graph.initializer) > _TWO_GB
     for stale in file.parent.glob(f"{file.name}.data"):
         stale.unlink()
-    onnx.save_model(
-        proto,
-        str(file),
-        save_as_external_data=big,
-        all_tensors_to_one_file=True,
-        location=f"{file.name}.data",
-        size_threshold=1024,
-    )
+    onnx.save_model(proto, str(file), save_as_external_data=big, all_tensors_to_one_file=True,
+                    location=f"{file.name}.data", size_threshold=1024)
     return [file] + ([file.parent / f"{file.name}.data"] if big else [])

@@ -17,11 +17,8 @@ from tiercel.export.graphs import DECODER_MERGED, kv_names
 from tiercel.export.onnx_export import modules, sample_inputs
 from tiercel.progress import track
 
-PROMPTS = (
-    "Describe the image.",
-    "Detect all airplane in the image.\nUse horizontal bounding boxes.",
-    "Classify the region of <box><100><200><300><400></box>.\nUse one or a few words.",
-)
+PROMPTS = ("Describe the image.", "Detect all airplane in the image.\nUse horizontal bounding boxes.",
+           "Classify the region of <box><100><200><300><400></box>.\nUse one or a few words.")
 
 
 def sample_image(size: int, seed: int = 0) -> np.ndarray:
@@ -75,36 +72,20 @@ def _merged_diffs(session, inputs, mods, layers, relative: bool = False) -> dict
     embeds, mask, hidden = (a.numpy() for a in first)
     b, heads, _, hd = past[2].shape
     empty = {n: np.zeros((b, heads, 0, hd), np.float32) for n in kv_names("past_key_values", layers)}
-    got = session.run(
-        {
-            "inputs_embeds": embeds,
-            "encoder_attention_mask": mask,
-            "encoder_hidden_states": hidden,
-            "use_cache_branch": np.array([False]),
-            **empty,
-        }
-    )
+    got = session.run({"inputs_embeds": embeds, "encoder_attention_mask": mask, "encoder_hidden_states": hidden,
+                       "use_cache_branch": np.array([False]), **empty})
     ref = _torch_outputs(mods["decoder_model"], first)
     out = {f"first/{n}": _diff(got[n], r, relative) for n, r in zip(["logits", *kv_names("present", layers)], ref)}
     feeds = dict(zip(kv_names("past_key_values", layers), (a.numpy() for a in past[2:])))
-    got = session.run(
-        {
-            "inputs_embeds": past[0].numpy(),
-            "encoder_attention_mask": past[1].numpy(),
-            "encoder_hidden_states": hidden,
-            "use_cache_branch": np.array([True]),
-            **feeds,
-        }
-    )
+    got = session.run({"inputs_embeds": past[0].numpy(), "encoder_attention_mask": past[1].numpy(),
+                       "encoder_hidden_states": hidden, "use_cache_branch": np.array([True]), **feeds})
     ref = _torch_outputs(mods["decoder_with_past_model"], past)
     names = ["logits", *kv_names("present", layers, ("decoder",))]
     out.update({f"with_past/{n}": _diff(got[n], r, relative) for n, r in zip(names, ref)})
     return out
 
 
-def reference_generate(
-    model, tokenizer, pixel_values: np.ndarray, prompt: str, generation: dict, features=None
-) -> list[int]:
+def reference_generate(model, tokenizer, pixel_values: np.ndarray, prompt: str, generation: dict, features=None) -> list[int]:
     """transformers `generate` on one prompt with the bundle's settings; ids after the decoder start up to eos.
 
     `features` (the torch vision output for `pixel_values`) saves the vision pass when given; the text
@@ -121,37 +102,18 @@ def reference_generate(
             embeds = model.get_input_embeddings()(ids)
             embeds[:, : features.shape[1]] = features
             kwargs = {"encoder_outputs": model.model.language_model.encoder(inputs_embeds=embeds, attention_mask=mask)}
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            **kwargs,
-            do_sample=False,
-            num_beams=g["num_beams"],
-            max_new_tokens=g["max_new_tokens"],
-            no_repeat_ngram_size=g["no_repeat_ngram_size"] or None,
-            forced_bos_token_id=g["forced_bos_token_id"],
-            forced_eos_token_id=g["forced_eos_token_id"],
-            decoder_start_token_id=g["decoder_start_token_id"],
-            eos_token_id=g["eos_token_id"],
-            pad_token_id=g["pad_token_id"],
-            bos_token_id=g["bos_token_id"],
-            length_penalty=g["length_penalty"],
-            early_stopping=g["early_stopping"],
-        )
+        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs, do_sample=False, num_beams=g["num_beams"], max_new_tokens=g["max_new_tokens"],
+                             no_repeat_ngram_size=g["no_repeat_ngram_size"] or None,
+                             forced_bos_token_id=g["forced_bos_token_id"], forced_eos_token_id=g["forced_eos_token_id"],
+                             decoder_start_token_id=g["decoder_start_token_id"], eos_token_id=g["eos_token_id"],
+                             pad_token_id=g["pad_token_id"], bos_token_id=g["bos_token_id"],
+                             length_penalty=g["length_penalty"], early_stopping=g["early_stopping"])
     seq = out[0, 1:].tolist()
     return seq[: seq.index(g["eos_token_id"]) + 1] if g["eos_token_id"] in seq else seq
 
 
-def check_bundle(
-    model,
-    tokenizer,
-    root: str | Path,
-    backends,
-    tol: float | None = None,
-    prompts=PROMPTS,
-    max_new_tokens: int = 12,
-    precision: str = "fp32",
-) -> dict:
+def check_bundle(model, tokenizer, root: str | Path, backends, tol: float | None = None, prompts=PROMPTS,
+                 max_new_tokens: int = 12, precision: str = "fp32") -> dict:
     """Compare the bundle at `root` with `model` on every backend; raise BundleError on a mismatch.
 
     precision: the bundle's ("fp32" or "fp16"); picks the measure and default `tol` from TOLERANCES.
@@ -170,9 +132,7 @@ def check_bundle(
             worst = max((d, f"{g}:{o}") for g, outs in diffs.items() for o, d in outs.items())
             if not worst[0] <= tol:
                 what = "by" if measure == "max_abs_diff" else "relative to its scale by"
-                raise BundleError(
-                    f"{root}: {backend} parity failed: {worst[1]} differs from PyTorch {what} {worst[0]:.3g} (> {tol:g})"
-                )
+                raise BundleError(f"{root}: {backend} parity failed: {worst[1]} differs from PyTorch {what} {worst[0]:.3g} (> {tol:g})")
             bar.advance(1, note=f"{backend} graphs")
             pixels = m.pixel_values(sample_image(model.tiercel_shape.image_size))
             features = m.image_features(pixels)
@@ -180,28 +140,18 @@ def check_bundle(
             if not reference:  # transformers' answers do not depend on the backend: compute them once
                 with torch.no_grad():
                     torch_features = model.get_image_features(torch.from_numpy(pixels)).pooler_output
-                reference.update(
-                    {p: reference_generate(model, tokenizer, pixels, p, greedy, torch_features) for p in prompts}
-                )
+                reference.update({p: reference_generate(model, tokenizer, pixels, p, greedy, torch_features) for p in prompts})
             identical = 0
             for prompt in prompts:
                 got = m.generate_ids(features, [prompt], num_beams=1, max_new_tokens=max_new_tokens)[0]
                 want = reference[prompt]
                 if got != want:
-                    raise BundleError(
-                        f"{root}: {backend} greedy generation differs from transformers on prompt {prompt!r}: "
-                        f"{got[:12]} vs {want[:12]}"
-                    )
+                    raise BundleError(f"{root}: {backend} greedy generation differs from transformers on prompt {prompt!r}: "
+                                      f"{got[:12]} vs {want[:12]}")
                 identical += 1
                 bar.advance(1, note=f"{backend} greedy generations")
-            report[backend] = {
-                measure: diffs,
-                "worst": worst[0],
-                "measure": measure,
-                "tolerance": tol,
-                "greedy_identical": f"{identical}/{len(prompts)}",
-                "max_new_tokens": max_new_tokens,
-            }
+            report[backend] = {measure: diffs, "worst": worst[0], "measure": measure, "tolerance": tol,
+                               "greedy_identical": f"{identical}/{len(prompts)}", "max_new_tokens": max_new_tokens}
     return report
 
 

@@ -26,10 +26,8 @@ def check_available():
     try:
         builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
     except Exception as err:  # TypeError/RuntimeError when CUDA cannot initialise
-        raise BundleError(
-            f"TensorRT cannot start ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
-            "building engines needs an NVIDIA GPU with a working CUDA driver"
-        ) from err
+        raise BundleError(f"TensorRT cannot start ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                          "building engines needs an NVIDIA GPU with a working CUDA driver") from err
     if builder is None:
         raise BundleError("TensorRT cannot start; building engines needs an NVIDIA GPU with a working CUDA driver")
     return trt
@@ -69,11 +67,7 @@ def profiles(name: str, shape, max_batch: int = 4, max_prompt: int = 128, max_ne
         past_min = 0 if name == DECODER_MERGED else 1
         for n in kv_names("past_key_values", layers):
             if ".encoder." in n:
-                out[n] = triple(
-                    (1, heads, enc_min if past_min else 0, hd),
-                    (opt_b, heads, enc_opt, hd),
-                    (max_batch, heads, enc_max, hd),
-                )
+                out[n] = triple((1, heads, enc_min if past_min else 0, hd), (opt_b, heads, enc_opt, hd), (max_batch, heads, enc_max, hd))
             else:
                 out[n] = triple((1, heads, past_min, hd), (opt_b, heads, 32, hd), (max_batch, heads, new, hd))
         if name == DECODER_MERGED:
@@ -112,14 +106,8 @@ def engine_precision(fp16: bool, int8: bool) -> str:
     return "int8" if int8 else "fp16" if fp16 else "fp32"
 
 
-def build_engine(
-    onnx_file: Path,
-    engine_file: Path,
-    profile: dict,
-    fp16: bool = True,
-    workspace_gb: float = 2.0,
-    int8: bool | None = None,
-) -> Path:
+def build_engine(onnx_file: Path, engine_file: Path, profile: dict, fp16: bool = True, workspace_gb: float = 2.0,
+                 int8: bool | None = None) -> Path:
     """Parse `onnx_file`, pin norms/softmax to fp32, add `profile`, and serialise the engine.
 
     int8: build with INT8 enabled for explicit Q/DQ; None decides from the graph (`has_qdq`).

@@ -19,12 +19,7 @@ from tiercel.runtime.shape import ModelShape
 from tiercel.runtime.tokenizer import TextTokenizer
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_WEIGHT_NAMES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
+_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 @dataclass
@@ -58,15 +53,9 @@ def find_checkpoint_dir(path: str | Path) -> Path:
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_file():
         raise CheckpointError(f"{path}: is a file; pass the checkpoint directory (the one with config.json)")
-    candidates = [
-        c.parent
-        for c in sorted(path.rglob("config.json"))
-        if len(c.relative_to(path).parts) <= 4 and _has_weights(c.parent)
-    ]
+    candidates = [c.parent for c in sorted(path.rglob("config.json")) if len(c.relative_to(path).parts) <= 4 and _has_weights(c.parent)]
     if not candidates:
-        raise CheckpointError(
-            f"{path}: no config.json next to weights (model.safetensors or pytorch_model.bin) in it or its subfolders"
-        )
+        raise CheckpointError(f"{path}: no config.json next to weights (model.safetensors or pytorch_model.bin) in it or its subfolders")
     if len(candidates) > 1:
         listed = ", ".join(str(c.relative_to(path)) or "." for c in candidates[:4])
         raise CheckpointError(f"{path}: holds several checkpoints ({listed}); pass one of them")
@@ -108,9 +97,7 @@ def read_state_dict(files: list[Path]) -> dict:
             raise
         except Exception as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise CheckpointError(
-                f"{file}: cannot read weights ({first}); the file may be truncated, re-download it"
-            ) from err
+            raise CheckpointError(f"{file}: cannot read weights ({first}); the file may be truncated, re-download it") from err
     return state
 
 
@@ -125,9 +112,8 @@ def torch_load(file: Path, what: str, remedy: str):
 
     refused = unsafe_globals(file)
     if refused:
-        raise CheckpointError(
-            f"{file}: {what} (it holds Python objects whose loading could run code: {', '.join(refused[:3])}); {remedy}"
-        )
+        raise CheckpointError(f"{file}: {what} (it holds Python objects whose loading could run code: "
+                              f"{', '.join(refused[:3])}); {remedy}")
     try:
         with warnings.catch_warnings():  # a plain pickle makes torch warn about its protocol before refusing it
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -217,9 +203,7 @@ def read_config(folder: Path, keys=()) -> ConfigSpec:
     transformers = require("transformers", "train", "reading a checkpoint config")
     config = read_json(folder / "config.json")
     if config.get("model_type") not in ("florence2", None):
-        raise CheckpointError(
-            f"{folder / 'config.json'}: model_type '{config.get('model_type')}' is not a Florence-2 model (expected 'florence2')"
-        )
+        raise CheckpointError(f"{folder / 'config.json'}: model_type '{config.get('model_type')}' is not a Florence-2 model (expected 'florence2')")
     where = folder / "config.json"
     if not all(isinstance(config.get(section), dict) for section in ("vision_config", "text_config")):
         raise CheckpointError(f"{where}: needs both vision_config and text_config sections (JSON objects)")
@@ -241,20 +225,9 @@ def read_config(folder: Path, keys=()) -> ConfigSpec:
 
 
 # Fields that size a tensor: a value <= 0 or not a whole number would fail deep inside torch.
-_SIZES = {
-    "text_config": (
-        "vocab_size",
-        "d_model",
-        "encoder_layers",
-        "decoder_layers",
-        "encoder_attention_heads",
-        "decoder_attention_heads",
-        "encoder_ffn_dim",
-        "decoder_ffn_dim",
-        "max_position_embeddings",
-    ),
-    "vision_config": ("embed_dim", "depths", "num_heads", "num_groups", "window_size", "projection_dim"),
-}
+_SIZES = {"text_config": ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                          "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings"),
+          "vision_config": ("embed_dim", "depths", "num_heads", "num_groups", "window_size", "projection_dim")}
 
 
 def _check_sizes(kwargs: dict, where: Path) -> None:
@@ -264,10 +237,8 @@ def _check_sizes(kwargs: dict, where: Path) -> None:
             value = kwargs[section][name]
             items = value if isinstance(value, list) and value else [value]
             if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
-                raise CheckpointError(
-                    f"{where}: {section}.{name}: must be a whole number > 0"
-                    f"{' or a list of them' if isinstance(value, list) else ''} (got {value!r})"
-                )
+                raise CheckpointError(f"{where}: {section}.{name}: must be a whole number > 0"
+                                      f"{' or a list of them' if isinstance(value, list) else ''} (got {value!r})")
 
 
 def _strict_errors() -> tuple[type[Exception], ...]:
@@ -308,22 +279,16 @@ def _assemble(config, state: dict, original: bool, dtype: str, folder: Path, not
             if key.endswith("visual_temporal_embed.pos_idx_to_embed"):
                 continue  # a deterministic sinusoid table: recomputed below when absent
             name = layout.native_to_original(key) if original else key
-            raise CheckpointError(
-                f"{folder}: weight '{name}' is missing from the checkpoint (expected shape {list(ref.shape)})"
-            )
+            raise CheckpointError(f"{folder}: weight '{name}' is missing from the checkpoint (expected shape {list(ref.shape)})")
         if src in layout.TRANSPOSED_ORIGINAL and original:
             tensor = tensor.t().contiguous()
         if tuple(tensor.shape) != tuple(ref.shape):
-            raise CheckpointError(
-                f"{folder}: weight '{src}' has shape {list(tensor.shape)} but the config needs {list(ref.shape)}"
-            )
+            raise CheckpointError(f"{folder}: weight '{src}' has shape {list(tensor.shape)} but the config needs {list(ref.shape)}")
         loaded[key] = tensor.to(torch_dtype) if tensor.is_floating_point() else tensor
         used.update(_names(groups.get(key, [key]), original))  # a tied copy stored twice is not 'unexpected'
     extra = sorted(k for k in state if k not in used and not (original and layout.IGNORED_ORIGINAL.match(k)))
     if extra:
-        raise CheckpointError(
-            f"{folder}: unexpected weight '{extra[0]}' ({len(extra)} in all); the checkpoint does not match its config.json"
-        )
+        raise CheckpointError(f"{folder}: unexpected weight '{extra[0]}' ({len(extra)} in all); the checkpoint does not match its config.json")
     if original:
         notes.append(f"converted {sum(k in used for k in state)} original-layout tensors to the native layout")
     model.load_state_dict(loaded, strict=False, assign=True)

@@ -18,15 +18,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 SOURCES = {"florence": "float32", "geochat": "float16"}  # source family -> the dtype written by default (as published)
 
 
-def convert(
-    source: str,
-    src: str | Path,
-    dst: str | Path,
-    dtype: str | None = None,
-    overwrite: bool = False,
-    vision_tower: str | Path | None = None,
-    image_size: int | None = None,
-) -> dict:
+def convert(source: str, src: str | Path, dst: str | Path, dtype: str | None = None, overwrite: bool = False,
+            vision_tower: str | Path | None = None, image_size: int | None = None) -> dict:
     """Convert `src`, a checkpoint of family `source` (see SOURCES), into `dst`. Returns a summary dict.
 
     `vision_tower` and `image_size` are GeoChat's (see tiercel.models.geochat_convert); other families refuse them.

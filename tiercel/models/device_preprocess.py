@@ -107,12 +107,8 @@ class DevicePreprocessor:
         ok = all(self._taps_agree(name, lengths[name]) for name in passes) and (len(passes) < 2 or self._order_agrees())
         if not ok and (height, width) not in self.host_shapes:
             self.host_shapes.add((height, width))
-            _log.warning(
-                "%dx%d -> %d: the device resize differs from Pillow here; this shape is resized on the host",
-                height,
-                width,
-                self.size,
-            )
+            _log.warning("%dx%d -> %d: the device resize differs from Pillow here; this shape is resized on the host",
+                         height, width, self.size)
         return ok
 
     @functools.lru_cache(maxsize=256)  # noqa: B019

@@ -30,50 +30,16 @@ CLIP_NAME = "openai/clip-vit-large-patch14-336"
 # CLIP vision configs by the name GeoChat's mm_vision_tower gives, for checkpoints that carry the CLIP weights
 # themselves: GeoChat ships no config for them
 VISION_CONFIGS = {
-    CLIP_NAME: {
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "image_size": 336,
-        "patch_size": 14,
-        "projection_dim": 768,
-        "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-5,
-    },
+    CLIP_NAME: {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+                "image_size": 336, "patch_size": 14, "projection_dim": 768, "hidden_act": "quick_gelu",
+                "layer_norm_eps": 1e-5},
 }
-_LLAMA_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "hidden_act",
-    "max_position_embeddings",
-    "rms_norm_eps",
-    "rope_theta",
-    "rope_scaling",
-    "attention_bias",
-    "initializer_range",
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-    "tie_word_embeddings",
-)
-_CLIP_KEYS = (
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_channels",
-    "image_size",
-    "patch_size",
-    "hidden_act",
-    "layer_norm_eps",
-    "projection_dim",
-    "attention_dropout",
-)
+_LLAMA_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta",
+               "rope_scaling", "attention_bias", "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id",
+               "tie_word_embeddings")
+_CLIP_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
+              "image_size", "patch_size", "hidden_act", "layer_norm_eps", "projection_dim", "attention_dropout")
 _SELECT = {"patch": "default", "cls_patch": "full"}  # mm_vision_select_feature -> vision_feature_select_strategy
 _CKPT_VISION = "model.vision_tower.vision_tower.vision_model."  # CLIP inside a LLaVA checkpoint
 _CLIP_VISION = "vision_model."  # CLIP in its own transformers checkpoint
@@ -82,9 +48,8 @@ _POSITIONS = _VISION + "embeddings.position_embedding.weight"
 _OPENAI_CLIP_MEAN, _OPENAI_CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
-def convert_geochat(
-    src, dst, dtype: str = "float16", overwrite: bool = False, vision_tower=None, image_size: int = IMAGE_SIZE
-) -> dict:
+def convert_geochat(src, dst, dtype: str = "float16", overwrite: bool = False, vision_tower=None,
+                    image_size: int = IMAGE_SIZE) -> dict:
     """Convert GeoChat in LLaVA's layout at `src` to transformers' LLaVA layout in `dst` (written atomically).
 
     Args:
@@ -114,9 +79,8 @@ def convert_geochat(
     _grow_vocabulary(state, len(tokenizer), notes)
     config = _llava_config(geo, vision, image_size, state, image_id)
     model = _assemble(config, state, getattr(torch, dtype), folder)
-    processor = _processor(
-        tokenizer, image_size, vision["patch_size"], config.vision_feature_select_strategy, clip_folder
-    )
+    processor = _processor(tokenizer, image_size, vision["patch_size"], config.vision_feature_select_strategy,
+                           clip_folder)
     with atomic_dir(dst, overwrite=overwrite, marker="tiercel.json") as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -150,19 +114,14 @@ def _geochat_config(folder: Path) -> dict:
         raise CheckpointError(f"{where}: no mm_vision_tower; not a GeoChat / LLaVA-1.5 checkpoint in LLaVA's layout")
     projector = config.get("mm_projector_type", "linear")
     if projector != "mlp2x_gelu":
-        raise CheckpointError(
-            f"{where}: mm_projector_type '{projector}' is not supported; transformers' LLaVA has "
-            "GeoChat's two-layer projector (mlp2x_gelu) only"
-        )
+        raise CheckpointError(f"{where}: mm_projector_type '{projector}' is not supported; transformers' LLaVA has "
+                              "GeoChat's two-layer projector (mlp2x_gelu) only")
     if config.get("mm_vision_select_feature", "patch") not in _SELECT:
-        raise CheckpointError(
-            f"{where}: mm_vision_select_feature '{config['mm_vision_select_feature']}' must be "
-            f"one of {', '.join(_SELECT)}"
-        )
+        raise CheckpointError(f"{where}: mm_vision_select_feature '{config['mm_vision_select_feature']}' must be "
+                              f"one of {', '.join(_SELECT)}")
     if config.get("mm_use_im_start_end"):
-        raise CheckpointError(
-            f"{where}: mm_use_im_start_end is true; transformers' LLaVA has no image start/end tokens"
-        )
+        raise CheckpointError(f"{where}: mm_use_im_start_end is true; transformers' LLaVA has no image start/end "
+                              "tokens")
     return config
 
 
@@ -175,24 +134,19 @@ def _vision_config(geo: dict, folder: Path, clip_folder: Path | None) -> dict:
     elif geo["mm_vision_tower"] in VISION_CONFIGS:
         config = VISION_CONFIGS[geo["mm_vision_tower"]]
     else:
-        raise CheckpointError(
-            f"{folder / 'config.json'}: mm_vision_tower '{geo['mm_vision_tower']}' is not "
-            f"{CLIP_NAME}; pass a local copy of it with --vision-tower"
-        )
+        raise CheckpointError(f"{folder / 'config.json'}: mm_vision_tower '{geo['mm_vision_tower']}' is not "
+                              f"{CLIP_NAME}; pass a local copy of it with --vision-tower")
     vision = {"hidden_size": 768, "patch_size": 32, **{k: config[k] for k in _CLIP_KEYS if k in config}}
     if geo.get("mm_hidden_size", vision["hidden_size"]) != vision["hidden_size"]:
-        raise CheckpointError(
-            f"{folder / 'config.json'}: mm_hidden_size {geo['mm_hidden_size']} does not match the "
-            f"vision tower's hidden_size {vision['hidden_size']}; pass the CLIP it was trained with"
-        )
+        raise CheckpointError(f"{folder / 'config.json'}: mm_hidden_size {geo['mm_hidden_size']} does not match the "
+                              f"vision tower's hidden_size {vision['hidden_size']}; pass the CLIP it was trained with")
     return vision
 
 
 def _grid(image_size: int, patch: int) -> int:
     if not isinstance(image_size, int) or image_size <= 0 or image_size % patch:
-        raise ConfigError(
-            f"--image-size: must be a positive multiple of the CLIP patch size {patch} (got {image_size})"
-        )
+        raise ConfigError(f"--image-size: must be a positive multiple of the CLIP patch size {patch} "
+                          f"(got {image_size})")
     return image_size // patch
 
 
@@ -209,10 +163,8 @@ def _is_clip(key: str) -> bool:
 
 
 def _no_clip(folder: Path) -> CheckpointError:
-    return CheckpointError(
-        f"{folder}: holds no CLIP vision tower weights (GeoChat loads them by name from "
-        f"{CLIP_NAME}); download that model and pass its directory with --vision-tower"
-    )
+    return CheckpointError(f"{folder}: holds no CLIP vision tower weights (GeoChat loads them by name from "
+                           f"{CLIP_NAME}); download that model and pass its directory with --vision-tower")
 
 
 def _split(state: dict, folder: Path) -> tuple[dict, dict]:
@@ -222,7 +174,7 @@ def _split(state: dict, folder: Path) -> tuple[dict, dict]:
         if key.endswith((".inv_freq", ".position_ids")):
             continue  # buffers recomputed from the config
         if _is_clip(key):
-            vision[_VISION + key[len(_CKPT_VISION) :]] = tensor
+            vision[_VISION + key[len(_CKPT_VISION):]] = tensor
             continue
         name = _llava_name(key)
         if name is None:
@@ -233,11 +185,11 @@ def _split(state: dict, folder: Path) -> tuple[dict, dict]:
 
 def _llava_name(key: str) -> str | None:
     if key.startswith("model.mm_projector."):
-        layer, _, rest = key[len("model.mm_projector.") :].partition(".")
+        layer, _, rest = key[len("model.mm_projector."):].partition(".")
         linear = {"0": "linear_1", "2": "linear_2"}.get(layer)
         return f"model.multi_modal_projector.{linear}.{rest}" if linear else None
     if key.startswith("model.") and not key.startswith("model.vision_tower."):
-        return "model.language_model." + key[len("model.") :]
+        return "model.language_model." + key[len("model."):]
     return key if key == "lm_head.weight" else None
 
 
@@ -247,17 +199,12 @@ def _vision_weights(ckpt_vision: dict, clip_folder: Path | None, folder: Path, g
         state = read_state_dict(weight_files(clip_folder))
         # a CLIPModel keeps its vision half under vision_model.; transformers 5 saves a CLIPVisionModel without it
         prefix = _CLIP_VISION if any(k.startswith(_CLIP_VISION) for k in state) else ""
-        vision = {
-            _VISION + k[len(prefix) :]: v
-            for k, v in state.items()
-            if k.startswith(prefix) and not k.endswith(".position_ids")
-        }
+        vision = {_VISION + k[len(prefix):]: v for k, v in state.items()
+                  if k.startswith(prefix) and not k.endswith(".position_ids")}
         if not vision:
             raise CheckpointError(f"{clip_folder}: holds no CLIP vision weights (vision_model.*)")
-        notes.append(
-            f"CLIP weights from {clip_folder}"
-            + (" (the checkpoint's own copy is not used, as in GeoChat's loader)" if ckpt_vision else "")
-        )
+        notes.append(f"CLIP weights from {clip_folder}" + (" (the checkpoint's own copy is not used, as in "
+                                                            "GeoChat's loader)" if ckpt_vision else ""))
     elif ckpt_vision:
         vision = ckpt_vision
         notes.append("CLIP weights from the checkpoint itself")
@@ -279,10 +226,8 @@ def _tokenizer(folder: Path):
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as err:  # transformers raises many kinds for a missing or unreadable tokenizer
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(
-            f"{folder}: cannot read GeoChat's tokenizer ({first}); it needs tokenizer.json, or "
-            "tokenizer.model with the sentencepiece package installed"
-        ) from err
+        raise CheckpointError(f"{folder}: cannot read GeoChat's tokenizer ({first}); it needs tokenizer.json, or "
+                              "tokenizer.model with the sentencepiece package installed") from err
     tokenizer.add_tokens([transformers.AddedToken("<image>", special=True, normalized=False)], special_tokens=True)
     return tokenizer, tokenizer.convert_tokens_to_ids("<image>")
 
@@ -309,13 +254,10 @@ def _llava_config(geo: dict, vision: dict, image_size: int, state: dict, image_i
     return transformers.LlavaConfig(
         text_config=transformers.LlamaConfig(**text),
         vision_config=transformers.CLIPVisionConfig(**{**vision, "image_size": image_size}),
-        image_token_id=image_id,
-        image_seq_length=grid * grid,
-        projector_hidden_act="gelu",
+        image_token_id=image_id, image_seq_length=grid * grid, projector_hidden_act="gelu",
         vision_feature_layer=geo.get("mm_vision_select_layer", -2),
         vision_feature_select_strategy=_SELECT[geo.get("mm_vision_select_feature", "patch")],
-        tie_word_embeddings=geo.get("tie_word_embeddings", False),
-    )
+        tie_word_embeddings=geo.get("tie_word_embeddings", False))
 
 
 def _assemble(config, state: dict, torch_dtype, folder: Path):
@@ -329,10 +271,8 @@ def _assemble(config, state: dict, torch_dtype, folder: Path):
         if key not in state:
             raise CheckpointError(f"{folder}: weight for '{key}' is missing (expected shape {list(ref.shape)})")
         if tuple(state[key].shape) != tuple(ref.shape):
-            raise CheckpointError(
-                f"{folder}: weight for '{key}' has shape {list(state[key].shape)} but config.json "
-                f"needs {list(ref.shape)}"
-            )
+            raise CheckpointError(f"{folder}: weight for '{key}' has shape {list(state[key].shape)} but config.json "
+                                  f"needs {list(ref.shape)}")
     extra = sorted(set(state) - set(expected))
     if extra:
         raise CheckpointError(f"{folder}: unexpected weight for '{extra[0]}' ({len(extra)} in all)")
@@ -349,20 +289,13 @@ def _processor(tokenizer, image_size: int, patch: int, strategy: str, clip_folde
     transformers = require("transformers", "train", "converting GeoChat")
     pre = clip_folder / "preprocessor_config.json" if clip_folder is not None else None
     config = read_json(pre) if pre is not None and pre.is_file() else {}
-    images = transformers.CLIPImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        image_mean=list(config.get("image_mean", _OPENAI_CLIP_MEAN)),
-        image_std=list(config.get("image_std", _OPENAI_CLIP_STD)),
-    )
-    return transformers.LlavaProcessor(
-        image_processor=images,
-        tokenizer=tokenizer,
-        patch_size=patch,
-        vision_feature_select_strategy=strategy,
-        image_token="<image>",
-        num_additional_image_tokens=1,
-    )
+    images = transformers.CLIPImageProcessor(size={"shortest_edge": image_size},
+                                             crop_size={"height": image_size, "width": image_size},
+                                             image_mean=list(config.get("image_mean", _OPENAI_CLIP_MEAN)),
+                                             image_std=list(config.get("image_std", _OPENAI_CLIP_STD)))
+    return transformers.LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=patch,
+                                       vision_feature_select_strategy=strategy, image_token="<image>",
+                                       num_additional_image_tokens=1)
 
 
 def _meta(folder: Path, files: list[Path], clip_folder: Path | None, image_size: int) -> dict:
@@ -370,10 +303,5 @@ def _meta(folder: Path, files: list[Path], clip_folder: Path | None, image_size:
     provenance = provenance_of(folder, files, "geochat")
     if clip_folder is not None:
         provenance["vision_tower"] = provenance_of(clip_folder, weight_files(clip_folder), "clip")
-    return {
-        "format": 1,
-        "family": "llava",
-        "converted_from": "geochat",
-        "image_size": image_size,
-        "provenance": provenance,
-    }
+    return {"format": 1, "family": "llava", "converted_from": "geochat", "image_size": image_size,
+            "provenance": provenance}

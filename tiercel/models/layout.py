@@ -46,17 +46,17 @@ def native_to_original(key: str) -> str:
         for native, original in _BLOCK_RENAMES.items():
             native = native.format(attn=attn)
             if rest.startswith(native):
-                rest = original.format(attn=attn) + rest[len(native) :]
+                rest = original.format(attn=attn) + rest[len(native):]
                 break
         return f"vision_tower.blocks.{stage}.{idx}.{kind}_block.{rest}"
     conv = re.match(r"^model\.vision_tower\.convs\.(\d+)\.conv\.(.+)$", key)
     if conv:
         return f"vision_tower.convs.{conv.group(1)}.proj.{conv.group(2)}"
     if key.startswith("model.vision_tower."):
-        return key[len("model.") :]
+        return key[len("model."):]
     for native, original in _PREFIXES:
         if key.startswith(native):
-            return original + key[len(native) :]
+            return original + key[len(native):]
     raise CheckpointError(f"no original-layout name is known for native key '{key}'")
 
 
@@ -69,43 +69,15 @@ def is_original_layout(config: dict, keys) -> bool:
 
 
 _TEXT_FIELDS = (
-    "vocab_size",
-    "d_model",
-    "encoder_layers",
-    "decoder_layers",
-    "encoder_attention_heads",
-    "decoder_attention_heads",
-    "encoder_ffn_dim",
-    "decoder_ffn_dim",
-    "max_position_embeddings",
-    "activation_function",
-    "dropout",
-    "attention_dropout",
-    "activation_dropout",
-    "init_std",
-    "scale_embedding",
-    "bos_token_id",
-    "pad_token_id",
-    "eos_token_id",
-    "decoder_start_token_id",
-    "forced_bos_token_id",
-    "forced_eos_token_id",
-    "encoder_layerdrop",
-    "decoder_layerdrop",
+    "vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+    "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings",
+    "activation_function", "dropout", "attention_dropout", "activation_dropout", "init_std",
+    "scale_embedding", "bos_token_id", "pad_token_id", "eos_token_id", "decoder_start_token_id",
+    "forced_bos_token_id", "forced_eos_token_id", "encoder_layerdrop", "decoder_layerdrop",
 )
 _TEXT_REQUIRED = _TEXT_FIELDS[:9]
-_VISION_FIELDS = (
-    "depths",
-    "num_heads",
-    "num_groups",
-    "window_size",
-    "patch_size",
-    "patch_stride",
-    "patch_padding",
-    "patch_prenorm",
-    "projection_dim",
-    "drop_path_rate",
-)
+_VISION_FIELDS = ("depths", "num_heads", "num_groups", "window_size", "patch_size", "patch_stride",
+                  "patch_padding", "patch_prenorm", "projection_dim", "drop_path_rate")
 
 
 def original_config_to_native(config: dict, where: str = "config.json") -> dict:
@@ -130,9 +102,7 @@ def original_config_to_native(config: dict, where: str = "config.json") -> dict:
     native_text = {k: text[k] for k in _TEXT_FIELDS if k in text}
     native_text["model_type"] = "bart"
     if native_vision.get("projection_dim", native_text["d_model"]) != native_text["d_model"]:
-        raise CheckpointError(
-            f"{where}: vision_config.projection_dim {native_vision['projection_dim']} must equal text_config.d_model {native_text['d_model']}"
-        )
+        raise CheckpointError(f"{where}: vision_config.projection_dim {native_vision['projection_dim']} must equal text_config.d_model {native_text['d_model']}")
     return {"vision_config": native_vision, "text_config": native_text}
 
 
@@ -142,14 +112,8 @@ def native_config_to_original(native: dict) -> dict:
     vision.update(
         model_type="davit",
         dim_embed=native["vision_config"]["embed_dim"],
-        visual_temporal_embedding={
-            "type": "COSINE",
-            "max_temporal_embeddings": native["vision_config"]["max_temporal_embeddings"],
-        },
-        image_pos_embed={
-            "type": "learned_abs_2d",
-            "max_pos_embeddings": native["vision_config"]["max_position_embeddings"],
-        },
+        visual_temporal_embedding={"type": "COSINE", "max_temporal_embeddings": native["vision_config"]["max_temporal_embeddings"]},
+        image_pos_embed={"type": "learned_abs_2d", "max_pos_embeddings": native["vision_config"]["max_position_embeddings"]},
         image_feature_source=["spatial_avg_pool", "temporal_avg_pool"],
     )
     text = {k: native["text_config"][k] for k in _TEXT_FIELDS if k in native["text_config"]}

@@ -16,14 +16,8 @@ from pathlib import Path
 from tiercel.errors import ConfigError, require
 from tiercel.runtime.profile.runner import Checkpoints
 
-CHECKPOINT_DTYPES = {
-    "fp32": "float32",
-    "float32": "float32",
-    "fp16": "float16",
-    "float16": "float16",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-}
+CHECKPOINT_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+                     "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
 def checkpoint_dtype(path, options: dict | None) -> str | None:
@@ -32,22 +26,15 @@ def checkpoint_dtype(path, options: dict | None) -> str | None:
     options = dict(options or {})
     dtype = options.pop("dtype", None)
     if options:
-        raise ConfigError(
-            f"--option {next(iter(options))}: {path} is a checkpoint, which takes only dtype=fp32|fp16|bf16 "
-            "(backend settings are for bundles)"
-        )
+        raise ConfigError(f"--option {next(iter(options))}: {path} is a checkpoint, which takes only dtype=fp32|fp16|bf16 "
+                          "(backend settings are for bundles)")
     if dtype is not None and str(dtype).lower() not in CHECKPOINT_DTYPES:
         raise ConfigError(f"--option dtype={dtype}: choose fp32, fp16 or bf16")
     return None if dtype is None else CHECKPOINT_DTYPES[str(dtype).lower()]
 
 
-def open_checkpoint(
-    path: str | Path,
-    backend: str = "onnxruntime",
-    device: str | None = None,
-    threads: int | None = None,
-    options: dict | None = None,
-):
+def open_checkpoint(path: str | Path, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None,
+                    options: dict | None = None):
     """A checkpoint directory as a TorchPredictor, or a GraphedPredictor with backend "torch" or device "cuda".
 
     `backend` is only read for "torch" (a bundle backend name means "the checkpoint as transformers runs it");
@@ -57,9 +44,7 @@ def open_checkpoint(
     if not path.exists():
         raise ConfigError(f"{path}: no such bundle or checkpoint directory")
     dtype = checkpoint_dtype(path, options)
-    torch = require(
-        "torch", "train", f"opening {path} (not a bundle: no manifest.json, so read as a PyTorch checkpoint)"
-    )
+    torch = require("torch", "train", f"opening {path} (not a bundle: no manifest.json, so read as a PyTorch checkpoint)")
     if threads:
         torch.set_num_threads(threads)
     if backend == "torch" or device == "cuda":

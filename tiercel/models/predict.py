@@ -28,20 +28,11 @@ from tiercel.runtime.model import Model
 
 def hf_generation_kwargs(cfg: GenerationConfig) -> dict:
     """transformers `generate` keyword arguments equal to the runtime's GenerationConfig (greedy or beams)."""
-    return {
-        "do_sample": False,
-        "num_beams": cfg.num_beams,
-        "max_new_tokens": cfg.max_new_tokens,
-        "no_repeat_ngram_size": cfg.no_repeat_ngram_size or None,
-        "forced_bos_token_id": cfg.forced_bos_token_id,
-        "forced_eos_token_id": cfg.forced_eos_token_id,
-        "decoder_start_token_id": cfg.decoder_start_token_id,
-        "eos_token_id": cfg.eos_token_id,
-        "pad_token_id": cfg.pad_token_id,
-        "bos_token_id": cfg.bos_token_id,
-        "length_penalty": cfg.length_penalty,
-        "early_stopping": cfg.early_stopping,
-    }
+    return {"do_sample": False, "num_beams": cfg.num_beams, "max_new_tokens": cfg.max_new_tokens,
+            "no_repeat_ngram_size": cfg.no_repeat_ngram_size or None, "forced_bos_token_id": cfg.forced_bos_token_id,
+            "forced_eos_token_id": cfg.forced_eos_token_id, "decoder_start_token_id": cfg.decoder_start_token_id,
+            "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id,
+            "length_penalty": cfg.length_penalty, "early_stopping": cfg.early_stopping}
 
 
 def _until_eos(seq: list[int], eos: int) -> list[int]:
@@ -82,15 +73,8 @@ def device_clock(device: str):
 class TorchPredictor(Model):
     """A native transformers Florence2ForConditionalGeneration with Model.run / run_all / generate_ids."""
 
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        generation: dict | None = None,
-        dialect: str = "falcon",
-    ):
+    def __init__(self, model, tokenizer, mean=IMAGENET_MEAN, std=IMAGENET_STD, generation: dict | None = None,
+                 dialect: str = "falcon"):
         """Wrap `model` (eval mode is set; the caller's train mode is not restored) and its TextTokenizer.
 
         Args:
@@ -146,10 +130,8 @@ class TorchPredictor(Model):
             name, start = open_steps.pop()
             timer.record(name, timer.clock() - start)
 
-        hooks = [
-            self.model.register_forward_pre_hook(pre, with_kwargs=True),
-            self.model.register_forward_hook(post, with_kwargs=True),
-        ]
+        hooks = [self.model.register_forward_pre_hook(pre, with_kwargs=True),
+                 self.model.register_forward_hook(post, with_kwargs=True)]
         try:
             yield
         finally:
@@ -168,12 +150,9 @@ class TorchPredictor(Model):
             return sum(p.numel() * p.element_size() for p in params.values())
 
         precision = {"float16": "fp16", "bfloat16": "bf16"}.get(str(self._dtype).removeprefix("torch."), "fp32")
-        parts = {
-            "vision_encoder": size(inner.vision_tower, inner.multi_modal_projector),
-            "embed_tokens": size(lm.shared, with_shared=True),
-            "encoder_model": size(lm.encoder),
-            "decoder_model": size(lm.decoder) + size(self.model.lm_head, with_shared=True),
-        }
+        parts = {"vision_encoder": size(inner.vision_tower, inner.multi_modal_projector),
+                 "embed_tokens": size(lm.shared, with_shared=True), "encoder_model": size(lm.encoder),
+                 "decoder_model": size(lm.decoder) + size(self.model.lm_head, with_shared=True)}
         return {name: {"bytes": n, "precision": precision, "files": []} for name, n in parts.items()}
 
     def weight_bytes(self) -> int:
@@ -229,9 +208,8 @@ class TorchPredictor(Model):
         with self._stage("text_encoder"):
             return self.model.model.language_model.encoder(inputs_embeds=embeds, attention_mask=mask)
 
-    def generate_ids(
-        self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None, **overrides
-    ) -> list[list[int]]:
+    def generate_ids(self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None,
+                     **overrides) -> list[list[int]]:
         """Generated ids per prompt (after the decoder start, up to and including eos), via transformers."""
         torch, cfg = self.torch, self.generation.with_overrides(**overrides)
         self.check_new_tokens(cfg)
@@ -239,7 +217,6 @@ class TorchPredictor(Model):
         with torch.no_grad():
             encoded = self._encode(features, ids, mask, rows)
             with self._stage("generate"), self._timed_steps(), _quiet_if_forced(cfg):
-                out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, encoder_outputs=encoded, **hf_generation_kwargs(cfg)
-                )
+                out = self.model.generate(input_ids=ids, attention_mask=mask, encoder_outputs=encoded,
+                                          **hf_generation_kwargs(cfg))
         return [_until_eos(seq[1:], cfg.eos_token_id) for seq in out.tolist()]

@@ -114,17 +114,8 @@ def model_report(model, name: str, prompt_tokens: int = 32, new_tokens: int = 32
     with torch.no_grad(), FlopCounterMode(display=False) as encoder:
         embeds = torch.zeros(1, enc_len, shape.d_model, device=device)
         model.model.language_model.encoder(inputs_embeds=embeds)
-    return ModelReport(
-        name,
-        shape,
-        params,
-        tied,
-        vision.get_total_flops() / 1e9,
-        encoder.get_total_flops() / 1e9,
-        decoder,
-        enc_len,
-        new_tokens,
-    )
+    return ModelReport(name, shape, params, tied, vision.get_total_flops() / 1e9, encoder.get_total_flops() / 1e9,
+                       decoder, enc_len, new_tokens)
 
 
 def _check_tokens(shape: ModelShape, name: str, prompt_tokens: int, new_tokens: int) -> None:
@@ -132,11 +123,8 @@ def _check_tokens(shape: ModelShape, name: str, prompt_tokens: int, new_tokens: 
     overflow its storage size)."""
     room = shape.max_text_positions - shape.image_tokens
     if not 0 <= prompt_tokens <= room:
-        raise ConfigError(
-            f"--prompt-tokens: must be 0..{room}: {name} has {shape.max_text_positions} text positions, "
-            f"{shape.image_tokens} of them image tokens (got {prompt_tokens})"
-        )
+        raise ConfigError(f"--prompt-tokens: must be 0..{room}: {name} has {shape.max_text_positions} text positions, "
+                          f"{shape.image_tokens} of them image tokens (got {prompt_tokens})")
     if not 1 <= new_tokens <= shape.max_text_positions:
-        raise ConfigError(
-            f"--new-tokens: must be 1..{shape.max_text_positions}, {name}'s decoder positions (got {new_tokens})"
-        )
+        raise ConfigError(f"--new-tokens: must be 1..{shape.max_text_positions}, {name}'s decoder positions "
+                          f"(got {new_tokens})")

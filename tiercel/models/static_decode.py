@@ -188,9 +188,7 @@ class StaticDecoder:
         torch, lm = self.torch, self.lm
         x = lm.embed_tokens(self.tokens) + lm.embed_positions.weight[self.pos + lm.embed_positions.offset]
         x = lm.layernorm_embedding(x)
-        self_mask = torch.zeros((), dtype=x.dtype, device=x.device).masked_fill(
-            self.positions > self.pos, float("-inf")
-        )
+        self_mask = torch.zeros((), dtype=x.dtype, device=x.device).masked_fill(self.positions > self.pos, float("-inf"))
         self_mask = self_mask.view(1, 1, 1, -1)
         for i, layer in enumerate(lm.layers):
             att = layer.self_attn
@@ -199,9 +197,7 @@ class StaticDecoder:
             self.v[i].index_copy_(2, self.pos, v)
             x = layer.self_attn_layer_norm(x + self._attend(att, q, self.k[i], self.v[i], self_mask))
             cross = layer.encoder_attn
-            x = layer.encoder_attn_layer_norm(
-                x + self._attend(cross, self._heads(cross.q_proj(x)), self.ck[i], self.cv[i], self.enc_mask)
-            )
+            x = layer.encoder_attn_layer_norm(x + self._attend(cross, self._heads(cross.q_proj(x)), self.ck[i], self.cv[i], self.enc_mask))
             x = layer.final_layer_norm(x + layer.fc2(layer.activation_fn(layer.fc1(x))))
         return self.lm_head(x)[:, 0]
 
@@ -232,10 +228,8 @@ class GraphedPredictor(TorchPredictor):
 
     def graph_status(self) -> dict:
         """What runs as CUDA graphs: {"vision": {batch: True or the capture error}, "decoder": {shape: ...}}."""
-        return {
-            "vision": {b: g.get("error") or True for b, g in self._vision.items()},
-            "decoder": {str(k): d.graph_error or (d.graph is not None) for k, d in self._decoders.items()},
-        }
+        return {"vision": {b: g.get("error") or True for b, g in self._vision.items()},
+                "decoder": {str(k): d.graph_error or (d.graph is not None) for k, d in self._decoders.items()}}
 
     def image_features(self, pixel_values):
         """The vision tower + projector; on cuda replayed as one CUDA graph per batch size. Numpy pixels give
@@ -259,15 +253,11 @@ class GraphedPredictor(TorchPredictor):
                 self._vision[batch] = {"pixels": pixels, "graph": graph, "out": out}
             except Exception as exc:  # noqa: BLE001 - the tower then runs eagerly
                 self._vision[batch] = {"error": f"{type(exc).__name__}: {exc}"}
-                _log.warning(
-                    "vision tower not captured as a CUDA graph (%s); running it without", self._vision[batch]["error"]
-                )
+                _log.warning("vision tower not captured as a CUDA graph (%s); running it without", self._vision[batch]["error"])
         return self._vision[batch]
 
     @classmethod
-    def from_checkpoint(
-        cls, path, device: str = "cuda", dtype: str = "float16", graphs: bool = True
-    ) -> GraphedPredictor:
+    def from_checkpoint(cls, path, device: str = "cuda", dtype: str = "float16", graphs: bool = True) -> GraphedPredictor:
         """Load a checkpoint directory with tiercel.models.load_checkpoint onto `device` in `dtype`."""
         from tiercel.models.checkpoint import load_checkpoint
 
@@ -279,14 +269,11 @@ class GraphedPredictor(TorchPredictor):
         if key not in self._decoders:
             if self.fuse_qkv and self._qkv is None:
                 self._qkv = fused_qkv(self.model)
-            self._decoders[key] = StaticDecoder(
-                self.model, *key, graphs=self.graphs, qkv=self._qkv if self.fuse_qkv else None
-            )
+            self._decoders[key] = StaticDecoder(self.model, *key, graphs=self.graphs, qkv=self._qkv if self.fuse_qkv else None)
         return self._decoders[key]
 
-    def generate_ids(
-        self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None, **overrides
-    ) -> list[list[int]]:
+    def generate_ids(self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None,
+                     **overrides) -> list[list[int]]:
         """Generated ids per prompt (after the decoder start, up to and including eos), static-KV decoder."""
         torch, cfg = self.torch, self.generation.with_overrides(**overrides)
         self.check_new_tokens(cfg)  # before the text encoder runs, in the words of every other backend
@@ -314,3 +301,4 @@ def load_graphed(path, device: str | None = None, dtype: str | None = None) -> G
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: torch sees no CUDA GPU here; use --device cpu or a CUDA build of torch")
     return GraphedPredictor.from_checkpoint(path, device, dtype or ("float16" if device == "cuda" else "float32"))
+

@@ -61,10 +61,7 @@ def write_native(folder: Path, model, tokenizer, meta: dict, state_dict: dict | 
     model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     tokenizer.save(folder)
     write_json(folder / "tiercel.json", meta)
-    write_json(
-        folder / "preprocessor_config.json",
-        preprocessor_config(meta["image_size"], meta["image_mean"], meta["image_std"]),
-    )
+    write_json(folder / "preprocessor_config.json", preprocessor_config(meta["image_size"], meta["image_mean"], meta["image_std"]))
 
 
 def save_native(model, tokenizer, dst: str | Path, meta: dict | None = None, overwrite: bool = False) -> Path:

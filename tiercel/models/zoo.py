@@ -75,15 +75,8 @@ def shape_from_config(config, image_size: int = 768) -> ModelShape:
     )
 
 
-def build(
-    preset: str | ModelShape,
-    *,
-    image_token_id: int | None = None,
-    device: str = "cpu",
-    seed: int | None = None,
-    dropout: float = 0.1,
-    **overrides,
-):
+def build(preset: str | ModelShape, *, image_token_id: int | None = None, device: str = "cpu", seed: int | None = None,
+          dropout: float = 0.1, **overrides):
     """Build a randomly initialised Florence2ForConditionalGeneration.
 
     Args:

@@ -38,19 +38,11 @@ from tiercel.runtime.bundle import MANIFEST, read_bundle, write_manifest
 from tiercel.runtime.manifest import QuantizationSection
 
 
-def quantize_bundle(
-    bundle: str | os.PathLike,
-    out: str | os.PathLike,
-    scheme: str | None = None,
-    calib: str | os.PathLike | None = None,
-    root: str | os.PathLike | None = None,
-    *,
-    val: str | os.PathLike | None = None,
-    settings: QuantizeSettings | None = None,
-    overwrite: bool = False,
-    log: Callable[[str], None] | None = None,
-    **changes,
-) -> QuantizationSection:
+def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: str | None = None,
+                    calib: str | os.PathLike | None = None, root: str | os.PathLike | None = None, *,
+                    val: str | os.PathLike | None = None, settings: QuantizeSettings | None = None,
+                    overwrite: bool = False, log: Callable[[str], None] | None = None,
+                    **changes) -> QuantizationSection:
     """Quantise the fp32 bundle at `bundle` into `out`. Returns the manifest's "quantization" section (typed).
 
     Args:
@@ -77,31 +69,22 @@ def quantize_bundle(
     check_new_output(out, overwrite, MANIFEST)  # likewise for an output that atomic_dir would refuse after them
     src = read_bundle(bundle)
     if src.manifest.decoder != "split":
-        raise ConfigError(
-            f"{src.where}: quantizing needs a split decoder (merged If-branches break under quantisation);"
-            f" re-export with --decoder split"
-        )
+        raise ConfigError(f"{src.where}: quantizing needs a split decoder (merged If-branches break under quantisation);"
+                          f" re-export with --decoder split")
     entries = src.entries(target.reads)
     src.verify(entries.values())
     entries = {name: entry.model_dump() for name, entry in entries.items()}  # rows the quantized manifest copies
     spec = get_scheme(scheme, block_size=block_size, symmetric=symmetric, policy=policy)
     leaves = plan(spec, src.graph_names(), block_size=block_size, symmetric=symmetric)
     if calib is None and needs_calibration({g: s for g, s in leaves.items() if s.kind == "static"}):
-        raise ConfigError(
-            f"--scheme {scheme}: needs calibration data; pass --calib FILE (a Falcon_SFT file or a "
-            "`tiercel data synth` folder)"
-        )
+        raise ConfigError(f"--scheme {scheme}: needs calibration data; pass --calib FILE (a Falcon_SFT file or a "
+                          "`tiercel data synth` folder)")
     calibration = None
     if calib is not None and needs_calibration(leaves):
         say(f"calibrating on {n} samples of {sft_file(calib)}")
         every_step = [g for g, leaf in leaves.items() if leaf.kind == "weight-only" and g == "decoder_with_past_model"]
-        calibration = capture(
-            src.root,
-            load_samples(calib, root, n),
-            n=n,
-            max_new_tokens=max_new_tokens,
-            keep_all=every_step if target.name == "onnxruntime" else (),
-        )
+        calibration = capture(src.root, load_samples(calib, root, n), n=n, max_new_tokens=max_new_tokens,
+                              keep_all=every_step if target.name == "onnxruntime" else ())
     val_samples = _val_samples(calib, val, root, n_val)
     ref = _reference(src, val_samples, max_new_tokens)
     excluded: dict[str, list[str]] = {g: [] for g in leaves}
@@ -116,13 +99,8 @@ def quantize_bundle(
             section = _section(src, spec, target, calibration, graphs, entries, excluded)
             _write_manifest(src, tmp, graphs, section)
             verdict = _check(tmp, target, val_samples, ref, max_drop, min_agreement, max_new_tokens, confidence)
-            attempts.append(
-                {
-                    "excluded": sum(map(len, excluded.values())),
-                    "kept": _kept(graphs),
-                    **(verdict.to_dict() if verdict else {}),
-                }
-            )
+            attempts.append({"excluded": sum(map(len, excluded.values())), "kept": _kept(graphs),
+                             **(verdict.to_dict() if verdict else {})})
             if verdict is None or verdict.passed:
                 break
             say(f"attempt {len(attempts)}: {verdict.line()}; {verdict.misses(max_drop, min_agreement)}")
@@ -133,16 +111,12 @@ def quantize_bundle(
                 for r in keep:
                     excluded[r["graph"]].append(r["node"])
                 attempt += 1
-            elif keep_in == "int8" and _kept_counts(graphs).get(
-                "int8"
-            ):  # retries spent: the same layers once more, in fp32
+            elif keep_in == "int8" and _kept_counts(graphs).get("int8"):  # retries spent: the same layers once more, in fp32
                 keep_in = "fp32"
             else:
-                raise _guard.GuardError(
-                    f"{out}: {scheme} misses the accuracy floor after {len(attempts)} attempts "
-                    f"({_kept(graphs)}): {verdict.line()}, "
-                    f"max drop {max_drop:.2%}, min agreement {min_agreement:.3f}"
-                )
+                raise _guard.GuardError(f"{out}: {scheme} misses the accuracy floor after {len(attempts)} attempts "
+                                        f"({_kept(graphs)}): {verdict.line()}, "
+                                        f"max drop {max_drop:.2%}, min agreement {min_agreement:.3f}")
         section["guard"] = _guard_section(verdict, max_drop, min_agreement, attempts, val_samples)
         if section["guard"].get("caution"):
             say(f"caution: {section['guard']['caution']}")
@@ -167,9 +141,7 @@ def _kept_counts(graphs: list[dict]) -> dict[str, int]:
 
 def _kept(graphs: list[dict]) -> str:
     """'N layers kept in fp32' (or 'in int8', or both)."""
-    return (
-        ", ".join(f"{n} layers kept in {p}" for p, n in sorted(_kept_counts(graphs).items())) or "0 layers kept in fp32"
-    )
+    return ", ".join(f"{n} layers kept in {p}" for p, n in sorted(_kept_counts(graphs).items())) or "0 layers kept in fp32"
 
 
 def _engines(src, tmp: Path, graphs: list[dict], say) -> list[dict]:
@@ -183,19 +155,10 @@ def _engines(src, tmp: Path, graphs: list[dict], say) -> list[dict]:
         onnx_file = tmp / g["file"]
         int8 = has_qdq(onnx_file)
         say(f"building the TensorRT engine of {g['name']} ({'int8 + ' if int8 else ''}fp16)")
-        engine = build_engine(
-            onnx_file, tmp / "tensorrt" / f"{g['name']}.engine", profiles(g["name"], shape), int8=int8
-        )
-        rows.append(
-            {
-                **{k: v for k, v in g.items() if k not in ("quantization", "extra_files")},
-                "backend": "tensorrt",
-                "file": engine.relative_to(tmp).as_posix(),
-                "sha256": sha256_file(engine),
-                "extra_files": {},
-                "precision": engine_precision(True, int8),
-            }
-        )
+        engine = build_engine(onnx_file, tmp / "tensorrt" / f"{g['name']}.engine", profiles(g["name"], shape), int8=int8)
+        rows.append({**{k: v for k, v in g.items() if k not in ("quantization", "extra_files")}, "backend": "tensorrt",
+                     "file": engine.relative_to(tmp).as_posix(), "sha256": sha256_file(engine), "extra_files": {},
+                     "precision": engine_precision(True, int8)})
     return rows
 
 
@@ -220,9 +183,8 @@ def _reference(src, samples, max_new_tokens):
     return {"ids": ids, "scores": _guard.headlines(model.tokenizer, samples, ids, model.dialect)}
 
 
-def _write_graphs(
-    src, tmp: Path, entries, leaves, target, calibration, excluded, ratio, keep_in: str, cache: dict
-) -> list[dict]:
+def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded, ratio, keep_in: str,
+                  cache: dict) -> list[dict]:
     """Quantise every graph into `tmp`; `cache` ({graph: {}}) carries per-graph work across the guard's attempts."""
     rows = []
     for name, leaf in leaves.items():
@@ -241,17 +203,8 @@ def _write_graphs(
             from tiercel.quantize.onnx_backend import graph_files, quantize_graph
 
             dst = tmp / f"{name}.onnx"
-            report = quantize_graph(
-                src.root / entry["file"],
-                dst,
-                leaf,
-                role,
-                feeds,
-                excluded[name],
-                target.name,
-                keep_in,
-                cache.setdefault(name, {}),
-            )
+            report = quantize_graph(src.root / entry["file"], dst, leaf, role, feeds, excluded[name], target.name, keep_in,
+                                    cache.setdefault(name, {}))
             files = graph_files(dst)
         rows.append(_entry(tmp, entry, files, leaf, report, target))
     shutil.copyfile(src.root / src.manifest.tokenizer.file, tmp / src.manifest.tokenizer.file)
@@ -260,20 +213,11 @@ def _write_graphs(
 
 def _entry(tmp: Path, entry: dict, files: list[Path], leaf: SchemeSpec, report: dict, target) -> dict:
     main, *extra = files
-    return {
-        **entry,
-        "backend": target.runs,
-        "file": main.relative_to(tmp).as_posix(),
-        "sha256": sha256_file(main),
-        "extra_files": {f.relative_to(tmp).as_posix(): sha256_file(f) for f in extra},
-        "precision": leaf.name,
-        "quantization": {
-            **leaf.to_dict(),
-            "layers": len(report.get("quantized", [])) if "quantized" in report else None,
-            "excluded": report.get("excluded", []),
-            **{k: v for k, v in report.items() if k not in ("quantized", "excluded")},
-        },
-    }
+    return {**entry, "backend": target.runs, "file": main.relative_to(tmp).as_posix(), "sha256": sha256_file(main),
+            "extra_files": {f.relative_to(tmp).as_posix(): sha256_file(f) for f in extra}, "precision": leaf.name,
+            "quantization": {**leaf.to_dict(), "layers": len(report.get("quantized", [])) if "quantized" in report else None,
+                             "excluded": report.get("excluded", []),
+                             **{k: v for k, v in report.items() if k not in ("quantized", "excluded")}}}
 
 
 def _size(root: Path, entry: dict) -> int:
@@ -282,17 +226,11 @@ def _size(root: Path, entry: dict) -> int:
 
 def _section(src, spec, target, calibration: Calibration | None, graphs, entries, excluded) -> dict:
     sizes = {g["name"]: {"fp32_bytes": _size(src.root, entries[g["name"]])} for g in graphs}
-    return {
-        "scheme": spec.name,
-        "spec": spec.to_dict(),
-        "backend": target.name,
-        "runs_on": target.runs,
-        "graphs": {g["name"]: g["precision"] for g in graphs},
-        "sizes": sizes,
-        "calibration": calibration.summary() if calibration else None,
-        "source": {"bundle": str(src.root), "manifest_sha256": sha256_file(src.root / MANIFEST)},
-        "excluded": {k: list(v) for k, v in excluded.items() if v},
-    }
+    return {"scheme": spec.name, "spec": spec.to_dict(), "backend": target.name, "runs_on": target.runs,
+            "graphs": {g["name"]: g["precision"] for g in graphs}, "sizes": sizes,
+            "calibration": calibration.summary() if calibration else None,
+            "source": {"bundle": str(src.root), "manifest_sha256": sha256_file(src.root / MANIFEST)},
+            "excluded": {k: list(v) for k, v in excluded.items() if v}}
 
 
 def _write_manifest(src, tmp: Path, graphs: list[dict], section: dict, engines: list[dict] = ()) -> None:
@@ -318,22 +256,12 @@ def _check(tmp, target, samples, ref, max_drop, min_agreement, max_new_tokens, c
 
     model = tiercel.runtime.load(tmp, backend=target.runs)  # verifies every checksum just written
     ids = _guard.run_samples(model, samples, max_new_tokens)
-    return _guard.compare(
-        model.tokenizer,
-        samples,
-        ref["ids"],
-        ids,
-        max_drop,
-        min_agreement,
-        model.dialect,
-        ref["scores"],
-        confidence=confidence,
-    )
+    return _guard.compare(model.tokenizer, samples, ref["ids"], ids, max_drop, min_agreement, model.dialect, ref["scores"],
+                          confidence=confidence)
 
 
-def _ranking(
-    src, leaves, target, calibration, val_samples, max_new_tokens, calib=None, root=None, max_feeds: int = 4
-) -> list[dict]:
+def _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib=None, root=None,
+             max_feeds: int = 4) -> list[dict]:
     """All quantised layers of all graphs, most sensitive first (ONNX graphs; names shared with the IR)."""
     from tiercel.quantize.sensitivity import layer_sensitivity
 
@@ -346,15 +274,8 @@ def _ranking(
     rows = []
     for name, leaf in leaves.items():
         if leaf.kind != "keep":
-            rows += layer_sensitivity(
-                src.root / onnx[name],
-                calibration.feeds[name],
-                leaf,
-                GRAPH_ROLES.get(name, ""),
-                max_feeds=max_feeds,
-                graph=name,
-                target=target.name,
-            )
+            rows += layer_sensitivity(src.root / onnx[name], calibration.feeds[name], leaf, GRAPH_ROLES.get(name, ""),
+                                      max_feeds=max_feeds, graph=name, target=target.name)
     return sorted(rows, key=lambda r: -r["error"])
 
 
@@ -362,12 +283,5 @@ def _guard_section(verdict, max_drop, min_agreement, attempts, samples) -> dict:
     if verdict is None:
         return {"run": False, "reason": "no val samples (pass --val FILE or a synth folder as --calib)"}
     caution = _guard.caution(verdict)
-    return {
-        "run": True,
-        "passed": verdict.passed,
-        "max_drop": max_drop,
-        "min_agreement": min_agreement,
-        **verdict.to_dict(),
-        "attempts": attempts,
-        **({"caution": caution} if caution else {}),
-    }
+    return {"run": True, "passed": verdict.passed, "max_drop": max_drop, "min_agreement": min_agreement,
+            **verdict.to_dict(), "attempts": attempts, **({"caution": caution} if caution else {})}

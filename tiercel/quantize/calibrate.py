@@ -44,12 +44,8 @@ class Calibration:
 
     def summary(self) -> dict:
         pos = self.positions
-        return {
-            "source": self.source,
-            "samples": self.samples,
-            "feeds": {g: len(f) for g, f in self.feeds.items()},
-            "decoder_positions": {"min": min(pos), "max": max(pos), "distinct": len(set(pos))} if pos else {},
-        }
+        return {"source": self.source, "samples": self.samples, "feeds": {g: len(f) for g, f in self.feeds.items()},
+                "decoder_positions": {"min": min(pos), "max": max(pos), "distinct": len(set(pos))} if pos else {}}
 
 
 def sft_file(calib: str | os.PathLike, split: str = "train") -> Path:
@@ -62,13 +58,8 @@ def sft_file(calib: str | os.PathLike, split: str = "train") -> Path:
     return path
 
 
-def load_samples(
-    calib: str | os.PathLike,
-    root: str | os.PathLike | None = None,
-    n: int = 128,
-    split: str = "train",
-    per_task: int | None = None,
-) -> list[Sample]:
+def load_samples(calib: str | os.PathLike, root: str | os.PathLike | None = None, n: int = 128,
+                 split: str = "train", per_task: int | None = None) -> list[Sample]:
     """Up to `n` samples with a known task tag and an image, in file order; images relative to `root`
     (default: the file's folder). `per_task` caps each task's share, so a file sorted by task still gives
     every task its samples (records over a task's cap are skipped without reading their images)."""
@@ -148,14 +139,8 @@ def thin(items: list, n: int) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
 
-def capture(
-    bundle: str | os.PathLike,
-    samples: list[Sample],
-    n: int = 128,
-    max_new_tokens: int = 64,
-    backend: str = "onnxruntime",
-    keep_all=(),
-) -> Calibration:
+def capture(bundle: str | os.PathLike, samples: list[Sample], n: int = 128, max_new_tokens: int = 64,
+            backend: str = "onnxruntime", keep_all=()) -> Calibration:
     """Run the fp32 `bundle` on `samples` (greedy, up to `max_new_tokens`) and record each graph's feeds.
 
     keep_all: graphs whose every feed is also kept unthinned in `Calibration.every` (GPTQ's Hessians want every

@@ -91,11 +91,8 @@ def choose(w: np.ndarray, h_fit, h_check, block: int, symmetric: bool) -> tuple[
     fitted = output_error(w, dequantize(*gptq(w, h_fit, block, symmetric), k), h_check)
     use = fitted < rtn
     final = gptq(w, (h_fit + h_check) / 2, block, symmetric) if use else nearest
-    return final, {
-        "method": "gptq" if use else "rtn",
-        "error_rtn": round(float(rtn), 6),
-        "error_gptq": round(float(fitted), 6),
-    }
+    return final, {"method": "gptq" if use else "rtn", "error_rtn": round(float(rtn), 6),
+                   "error_gptq": round(float(fitted), 6)}
 
 
 def output_error(w: np.ndarray, wq: np.ndarray, h: np.ndarray) -> float:
@@ -133,7 +130,7 @@ def gptq(w: np.ndarray, h: np.ndarray, block: int, symmetric: bool) -> tuple[np.
             qi = np.clip(np.round(w[i] / scale) + zero, 0, 15)
             q[i] = qi
             err[i - s] = (w[i] - (qi - zero) * scale) / u[i, i]
-            w[i + 1 : e] -= np.outer(u[i, i + 1 : e], err[i - s])
+            w[i + 1:e] -= np.outer(u[i, i + 1:e], err[i - s])
         w[e:] -= u[s:e, e:].T @ err
     return q, scales, zeros
 
@@ -202,9 +199,7 @@ def round_layers(proto, nodes: list[str], hs: dict, block: int, symmetric: bool)
     return out
 
 
-def quantize_matmuls(
-    proto, nodes: list[str], rounded: dict, block: int, symmetric: bool, accuracy_level: int
-) -> list[dict]:
+def quantize_matmuls(proto, nodes: list[str], rounded: dict, block: int, symmetric: bool, accuracy_level: int) -> list[dict]:
     """Replace each MatMul in `nodes` of `proto` by an int4 MatMulNBits holding `rounded[node]` (`round_layers`),
     in place. Returns those layers' report rows."""
     import onnx
@@ -223,26 +218,12 @@ def quantize_matmuls(
             continue
         packed, (k, n), row = rounded[node.name]
         report.append(row)
-        names = [
-            f"{node.input[1]}_Q4G{block}_{node.name}",
-            f"{node.input[1]}_scales_{node.name}",
-            f"{node.input[1]}_zp_{node.name}",
-        ][: 2 if symmetric else 3]  # symmetric: the op's default zero, 8
+        names = [f"{node.input[1]}_Q4G{block}_{node.name}", f"{node.input[1]}_scales_{node.name}",
+                 f"{node.input[1]}_zp_{node.name}"][: 2 if symmetric else 3]  # symmetric: the op's default zero, 8
         proto.graph.initializer.extend(numpy_helper.from_array(a, nm) for a, nm in zip(packed, names))
-        new_nodes.append(
-            onnx.helper.make_node(
-                "MatMulNBits",
-                [node.input[0], *names],
-                list(node.output),
-                name=f"{node.name}_Q4",
-                domain="com.microsoft",
-                K=k,
-                N=n,
-                bits=4,
-                block_size=block,
-                accuracy_level=accuracy_level,
-            )
-        )
+        new_nodes.append(onnx.helper.make_node(
+            "MatMulNBits", [node.input[0], *names], list(node.output), name=f"{node.name}_Q4", domain="com.microsoft",
+            K=k, N=n, bits=4, block_size=block, accuracy_level=accuracy_level))
         readers[node.input[1]] -= 1
     del proto.graph.node[:]
     proto.graph.node.extend(new_nodes)

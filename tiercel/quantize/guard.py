@@ -41,10 +41,8 @@ def caution(verdict) -> str | None:
     """
     if verdict is None or not verdict.passed or verdict.token_agreement >= LOW_AGREEMENT:
         return None
-    return (
-        f"passed at token agreement {verdict.token_agreement:.3f} (< {LOW_AGREEMENT}): many answers changed, so "
-        f"{verdict.samples} val samples decide little; consider a larger --n-val or --confidence, or --min-agreement"
-    )
+    return (f"passed at token agreement {verdict.token_agreement:.3f} (< {LOW_AGREEMENT}): many answers changed, so "
+            f"{verdict.samples} val samples decide little; consider a larger --n-val or --confidence, or --min-agreement")
 
 
 class GuardError(TiercelError):
@@ -78,10 +76,8 @@ class Verdict:
 
     def line(self) -> str:
         bound = f", {self.confidence:.0%} upper bound {self.drop_bound:.2%}" if self.drop_bound is not None else ""
-        return (
-            f"token agreement {self.token_agreement:.3f}, 14-task average {self.quantized_average:.4f} vs fp32 "
-            f"{self.fp32_average:.4f} (drop {self.drop:.2%}{bound})"
-        )
+        return (f"token agreement {self.token_agreement:.3f}, 14-task average {self.quantized_average:.4f} vs fp32 "
+                f"{self.fp32_average:.4f} (drop {self.drop:.2%}{bound})")
 
 
 def run_samples(model, samples, max_new_tokens: int = 64) -> list[list[int]]:
@@ -149,18 +145,9 @@ def bootstrap_drops(ref: dict, got: dict, same: dict, rounds: int = 200, seed: i
     return drops
 
 
-def compare(
-    tokenizer,
-    samples,
-    ref_ids,
-    q_ids,
-    max_drop: float,
-    min_agreement: float = 0.0,
-    dialect: str = "falcon",
-    ref_scores: dict | None = None,
-    confidence: float = 0.9,
-    rounds: int = 200,
-) -> Verdict:
+def compare(tokenizer, samples, ref_ids, q_ids, max_drop: float, min_agreement: float = 0.0,
+            dialect: str = "falcon", ref_scores: dict | None = None, confidence: float = 0.9,
+            rounds: int = 200) -> Verdict:
     """Score both generations and decide whether the quantised one holds within `max_drop`.
 
     With confidence > 0 the `confidence` quantile of the paired-bootstrap drop must be within `max_drop`
@@ -185,6 +172,5 @@ def compare(
         drops = bootstrap_drops(kept, got_parsed, {t: np.array(v) for t, v in same_by_tag.items()}, rounds)
         bound = float(np.quantile(drops, confidence))
     decisive = drop if bound is None else max(drop, bound)
-    return Verdict(
-        agree, f32, q, drop, per_task, len(samples), decisive <= max_drop and agree >= min_agreement, bound, confidence
-    )
+    return Verdict(agree, f32, q, drop, per_task, len(samples), decisive <= max_drop and agree >= min_agreement,
+                   bound, confidence)

@@ -95,17 +95,8 @@ def _quiet():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def quantize_graph(
-    src: Path,
-    dst: Path,
-    spec: SchemeSpec,
-    role: str = "",
-    feeds: list[dict] | None = None,
-    exclude=(),
-    target: str = "onnxruntime",
-    keep_in: str = "int8",
-    cache: dict | None = None,
-) -> dict:
+def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: list[dict] | None = None,
+                   exclude=(), target: str = "onnxruntime", keep_in: str = "int8", cache: dict | None = None) -> dict:
     """Write `src` quantised by `spec` to `dst`.
 
     keep_in: what the excluded layers of an int4-weight-only graph become, "int8" blocks or "fp32" (other
@@ -121,81 +112,42 @@ def quantize_graph(
     proto = onnx.load(str(src), load_external_data=True)
     layers = selected_layers(proto, spec, role, target)
     chosen = [x["node"] for x in layers if x["node"] not in set(exclude)]
-    report = {
-        "quantized": chosen,
-        "excluded": sorted(set(exclude) & {x["node"] for x in layers}),
-        "kept_in": keep_in if spec.kind == "weight-only" else "fp32",
-    }
+    report = {"quantized": chosen, "excluded": sorted(set(exclude) & {x["node"] for x in layers}),
+              "kept_in": keep_in if spec.kind == "weight-only" else "fp32"}
     big = sum(t.ByteSize() for t in proto.graph.initializer) > _TWO_GB
     if spec.kind == "keep" or not (chosen or (report["kept_in"] == "int8" and report["excluded"])):
         shutil.copyfile(src, dst)
         return report
     if role == "embeddings" and spec.bits == 8:
-        quantize_dynamic(
-            proto,
-            str(dst),
-            op_types_to_quantize=["Gather"],
-            nodes_to_quantize=chosen,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=big,
-        )
+        quantize_dynamic(proto, str(dst), op_types_to_quantize=["Gather"], nodes_to_quantize=chosen,
+                         weight_type=QuantType.QInt8, use_external_data_format=big)
     elif spec.kind == "weight-only":
-        rounding = _int4(
-            proto,
-            dst,
-            spec,
-            chosen,
-            role,
-            big,
-            feeds,
-            report["excluded"] if keep_in == "int8" else (),
-            {} if cache is None else cache,
-        )
+        rounding = _int4(proto, dst, spec, chosen, role, big, feeds, report["excluded"] if keep_in == "int8" else (),
+                         {} if cache is None else cache)
         if rounding:
             report["rounding"] = rounding
     elif spec.kind == "dynamic":
-        quantize_dynamic(
-            proto,
-            str(dst),
-            op_types_to_quantize=["MatMul", "Gemm"],
-            nodes_to_quantize=chosen,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=big,
-        )
+        quantize_dynamic(proto, str(dst), op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=chosen,
+                         per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=big)
     elif spec.kind == "static":
         if not feeds:
             raise ValueError(f"{src.name}: int8-static needs calibration feeds")
         trt = target == "tensorrt"
-        extra = {
-            "ActivationSymmetric": trt,
-            "WeightSymmetric": True,
-            "DedicatedQDQPair": trt,
-            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-        }  # MinMax keeps reduced scalars only
+        extra = {"ActivationSymmetric": trt, "WeightSymmetric": True, "DedicatedQDQPair": trt,
+                 "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}  # MinMax keeps reduced scalars only
         if not trt:  # fp32 outputs: DQ + MatMul fuse into MatMulIntegerToFloat (docstring)
             extra["OpTypesToExcludeOutputQuantization"] = list(WEIGHT_OPS)
-        quantize_static(
-            proto,
-            str(dst),
-            _Reader(feeds, [i.name for i in proto.graph.input]),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(WEIGHT_OPS),
-            nodes_to_quantize=chosen,
-            per_channel=True,
-            activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=big,
-            extra_options=extra,
-        )
+        quantize_static(proto, str(dst), _Reader(feeds, [i.name for i in proto.graph.input]),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(WEIGHT_OPS), nodes_to_quantize=chosen,
+                        per_channel=True, activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, use_external_data_format=big, extra_options=extra)
     else:
         raise ValueError(f"scheme kind {spec.kind!r} is not a leaf")
     return report
 
 
-def _int4(
-    proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big: bool, feeds=None, higher=(), cache=None
-) -> list[dict]:
+def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big: bool, feeds=None,
+          higher=(), cache=None) -> list[dict]:
     """int4 blocks for `chosen`, int8 blocks of the same size for `higher` (the layers the guard keeps back).
 
     MatMuls: GPTQ when there are feeds (gptq.py), else onnxruntime's round-to-nearest quantizer. The embedding
@@ -213,9 +165,7 @@ def _int4(
         rounded = cache.setdefault("rounded", {})  # the guard's retries keep a subset of the first attempt's layers
         missing = [n for n in flat if n not in rounded]  # in int4: each is rounded once, and the Hessians dropped
         if missing:
-            rounded.update(
-                round_layers(proto, missing, hessians(proto, feeds, missing), spec.block_size, spec.symmetric)
-            )
+            rounded.update(round_layers(proto, missing, hessians(proto, feeds, missing), spec.block_size, spec.symmetric))
         rows = quantize_matmuls(proto, flat, rounded, spec.block_size, spec.symmetric, ACCURACY_LEVEL) if flat else []
     if rest:
         proto = _nbits(proto, 4, spec, rest, role)
@@ -249,23 +199,11 @@ def _int8_table(proto, nodes, block: int) -> None:
         q = (np.clip(np.round(blocks / scales[..., None]), -127, 127) + 128).astype(np.uint8).reshape(rows, -1)[:, :d]
         names = [f"{node.input[0]}_Q8", f"{node.input[0]}_scales", f"{node.input[0]}_zp"]
         proto.graph.initializer.remove(inits[node.input[0]])
-        proto.graph.initializer.extend(
-            numpy_helper.from_array(a, n)
-            for a, n in zip((q, scales.astype(np.float32), np.full(scales.shape, 128, np.uint8)), names)
-        )
-        proto.graph.node[i].CopyFrom(
-            helper.make_node(
-                "GatherBlockQuantized",
-                [names[0], node.input[1], *names[1:]],
-                list(node.output),
-                name=f"{node.name}_Q8",
-                domain="com.microsoft",
-                bits=8,
-                block_size=block,
-                gather_axis=0,
-                quantize_axis=1,
-            )
-        )
+        proto.graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in
+                                       zip((q, scales.astype(np.float32), np.full(scales.shape, 128, np.uint8)), names))
+        proto.graph.node[i].CopyFrom(helper.make_node(
+            "GatherBlockQuantized", [names[0], node.input[1], *names[1:]], list(node.output), name=f"{node.name}_Q8",
+            domain="com.microsoft", bits=8, block_size=block, gather_axis=0, quantize_axis=1))
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
@@ -277,15 +215,8 @@ def _nbits(proto, bits: int, spec: SchemeSpec, nodes, role: str):
     all_nodes = {n.name for n in proto.graph.node}
     kwargs = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)} if role == "embeddings" else {}
     symmetric = spec.symmetric or bits == 8  # int8 blocks: always symmetric (255 levels; no zero points to store)
-    q = MatMulNBitsQuantizer(
-        proto,
-        bits=bits,
-        block_size=spec.block_size,
-        is_symmetric=symmetric,
-        accuracy_level=ACCURACY_LEVEL,
-        nodes_to_exclude=sorted(all_nodes - set(nodes)),
-        **kwargs,
-    )
+    q = MatMulNBitsQuantizer(proto, bits=bits, block_size=spec.block_size, is_symmetric=symmetric,
+                             accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=sorted(all_nodes - set(nodes)), **kwargs)
     with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks give 0/0 scales, which ORT maps to 0
         q.process()
     return q.model.model

@@ -65,15 +65,8 @@ from tiercel.errors import require
 from tiercel.quantize.schemes import SchemeSpec
 
 
-def quantize_ir(
-    src: Path,
-    dst: Path,
-    spec: SchemeSpec,
-    role: str = "",
-    feeds: list[dict] | None = None,
-    exclude=(),
-    ratio: float = 1.0,
-) -> dict:
+def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: list[dict] | None = None,
+                exclude=(), ratio: float = 1.0) -> dict:
     """Write the IR `src` (.xml) quantised by `spec` to `dst` (.xml + .bin). Returns a small report."""
     ov = require("openvino", "openvino", "quantizing OpenVINO IR")
     nncf = require("nncf", "openvino", "quantizing OpenVINO IR")
@@ -95,14 +88,9 @@ def quantize_ir(
         def calibrate(fit: list[dict], minmax: bool = False):
             fresh = ov.Core().read_model(str(src))
             booleans_as_select(fresh)  # else the CPU plugin adds attention masks in u8 (module docstring)
-            return nncf.quantize(
-                fresh,
-                nncf.Dataset([{k: f[k] for k in names if k in f} for f in fit]),
-                model_type=nncf.ModelType.TRANSFORMER,
-                subset_size=len(fit),
-                ignored_scope=ignored,
-                advanced_parameters=_minmax(nncf) if minmax else None,
-            )
+            return nncf.quantize(fresh, nncf.Dataset([{k: f[k] for k in names if k in f} for f in fit]),
+                                 model_type=nncf.ModelType.TRANSFORMER, subset_size=len(fit), ignored_scope=ignored,
+                                 advanced_parameters=_minmax(nncf) if minmax else None)
 
         report["mode"] = "int8 (nncf.quantize, transformer)"
         if len(feeds) >= 2:
@@ -119,19 +107,11 @@ def quantize_ir(
             fresh = ov.Core().read_model(str(src))
             weights_n_major(fresh)  # scale estimation mis-handles [K, N] weights (module docstring)
             return nncf.compress_weights(
-                fresh,
-                mode=mode,
-                group_size=spec.block_size,
-                ratio=ratio,
-                ignored_scope=ignored,
-                dataset=data,
-                subset_size=len(fit) if fit else 128,
-                awq=awq or None,
+                fresh, mode=mode, group_size=spec.block_size, ratio=ratio,
+                ignored_scope=ignored, dataset=data, subset_size=len(fit) if fit else 128, awq=awq or None,
                 scale_estimation=scale_estimation or None,
                 advanced_parameters=nncf.AdvancedCompressionParameters(  # K % group: int8 backup
-                    group_size_fallback_mode=nncf.GroupSizeFallbackMode.IGNORE
-                ),
-            )
+                    group_size_fallback_mode=nncf.GroupSizeFallbackMode.IGNORE))
 
         report.update(mode=mode.value, group_size=spec.block_size, ratio=ratio, awq=False, scale_estimation=False)
         if feeds and len(feeds) >= 2:
@@ -158,9 +138,8 @@ def weights_n_major(model) -> int:
         attrs = op.get_attributes()
         if weight.get_type_name() != "Constant" or attrs["transpose_b"] or len(weight.get_output_shape(0)) != 2:
             continue
-        new = ops.matmul(
-            op.input_value(0), ops.constant(np.ascontiguousarray(weight.get_data().T)), attrs["transpose_a"], True
-        )
+        new = ops.matmul(op.input_value(0), ops.constant(np.ascontiguousarray(weight.get_data().T)),
+                         attrs["transpose_a"], True)
         _replace(op, new)
         turned += 1
     return turned
@@ -201,18 +180,12 @@ def choose_compression(fp32_model, compress, feeds: list[dict]) -> tuple[object,
     """Data-free int4 and each `DATA_AWARE` variant (fitted on the first half of `feeds`), scored by the relative
     L2 error of the model's first output on the second half against fp32; returns the best model and a report
     {awq, scale_estimation, data_aware: {candidate: error}, chosen}."""
-    candidates = {
-        "data-free": lambda _fit: compress(None),
-        **{name: (lambda fit, flags=flags: compress(fit, **flags)) for name, flags in DATA_AWARE.items()},
-    }
+    candidates = {"data-free": lambda _fit: compress(None),
+                  **{name: (lambda fit, flags=flags: compress(fit, **flags)) for name, flags in DATA_AWARE.items()}}
     best, chosen, errors = _choose(fp32_model, candidates, feeds)
     flags = DATA_AWARE.get(chosen, {})
-    return best, {
-        "awq": bool(flags.get("awq")),
-        "scale_estimation": bool(flags.get("scale_estimation")),
-        "data_aware": errors,
-        "chosen": chosen,
-    }
+    return best, {"awq": bool(flags.get("awq")), "scale_estimation": bool(flags.get("scale_estimation")),
+                  "data_aware": errors, "chosen": chosen}
 
 
 def choose_calibration(fp32_model, calibrate, feeds: list[dict]) -> tuple[object, dict]:
@@ -232,10 +205,8 @@ def _minmax(nncf):
     MatMuls)."""
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    return nncf.AdvancedQuantizationParameters(
-        smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1),
-        activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
-    )
+    return nncf.AdvancedQuantizationParameters(smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1),
+                                               activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
 
 
 def _choose(fp32_model, candidates: dict, feeds: list[dict]) -> tuple[object, str, dict[str, float]]:
@@ -259,9 +230,7 @@ def _choose(fp32_model, candidates: dict, feeds: list[dict]) -> tuple[object, st
     for name, build in candidates.items():
         candidate = build(fit)
         got = outputs(candidate)
-        errors[name] = float(
-            np.mean([np.linalg.norm(g - w) / max(np.linalg.norm(w), 1e-30) for g, w in zip(got, want)])
-        )
+        errors[name] = float(np.mean([np.linalg.norm(g - w) / max(np.linalg.norm(w), 1e-30) for g, w in zip(got, want)]))
         if best_name is None or errors[name] < errors[best_name]:
             best_name, best = name, candidate
     return best, best_name, {k: round(v, 6) for k, v in errors.items()}

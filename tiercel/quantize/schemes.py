@@ -45,44 +45,23 @@ class SchemeSpec:
 
 
 SCHEMES: dict[str, SchemeSpec] = {
-    "int8-static": SchemeSpec(
-        "int8-static",
-        "static",
-        calibrated=True,
-        help="QDQ int8: per-channel symmetric weights, activation ranges from calibration",
-    ),
-    "int8-dynamic": SchemeSpec(
-        "int8-dynamic", "dynamic", help="int8 weights per channel, activations quantised per call"
-    ),
-    "int4-weight-only": SchemeSpec(
-        "int4-weight-only",
-        "weight-only",
-        bits=4,
-        per_channel=False,
-        block_size=32,
-        calibrated=True,
-        help="MatMulNBits int4 blocks (32/64/128), symmetric or not; fp32 activations; "
-        "with --calib GPTQ (onnxruntime) or AWQ + scale estimation (NNCF)",
-    ),
-    "mixed": SchemeSpec(
-        "mixed",
-        "mixed",
-        calibrated=True,
-        policy={
-            "vision": "int8-static",
-            "encoder": "int8-static",
-            "embeddings": "int8-dynamic",
-            "decoder": "int4-weight-only",
-        },
-        help="per graph: vision and text encoder int8-static, embeddings int8, decoder int4",
-    ),
+    "int8-static": SchemeSpec("int8-static", "static", calibrated=True,
+                              help="QDQ int8: per-channel symmetric weights, activation ranges from calibration"),
+    "int8-dynamic": SchemeSpec("int8-dynamic", "dynamic", help="int8 weights per channel, activations quantised per call"),
+    "int4-weight-only": SchemeSpec("int4-weight-only", "weight-only", bits=4, per_channel=False, block_size=32,
+                                   calibrated=True,
+                                   help="MatMulNBits int4 blocks (32/64/128), symmetric or not; fp32 activations; "
+                                        "with --calib GPTQ (onnxruntime) or AWQ + scale estimation (NNCF)"),
+    "mixed": SchemeSpec("mixed", "mixed", calibrated=True,
+                        policy={"vision": "int8-static", "encoder": "int8-static", "embeddings": "int8-dynamic",
+                                "decoder": "int4-weight-only"},
+                        help="per graph: vision and text encoder int8-static, embeddings int8, decoder int4"),
     "fp32": SchemeSpec("fp32", "keep", bits=32, per_channel=False, help="leave the graph as it is"),
 }
 
 
-def get_scheme(
-    name: str, block_size: int | None = None, symmetric: bool | None = None, policy: dict | None = None
-) -> SchemeSpec:
+def get_scheme(name: str, block_size: int | None = None, symmetric: bool | None = None,
+               policy: dict | None = None) -> SchemeSpec:
     """The spec of `name`, with the int4 block size / symmetry and the mixed policy overridden when given."""
     if name not in SCHEMES:
         raise ConfigError(f"unknown quantization scheme '{name}'; choose one of: {', '.join(SCHEMES)}")
@@ -99,16 +78,12 @@ def get_scheme(
             raise ConfigError(f"a per-graph policy needs --scheme mixed (got {name})")
         bad = sorted(set(policy) - set(GRAPH_ROLES.values()))
         if bad:
-            raise ConfigError(
-                f"policy: unknown graph role '{bad[0]}'; roles: {', '.join(sorted(set(GRAPH_ROLES.values())))}"
-            )
+            raise ConfigError(f"policy: unknown graph role '{bad[0]}'; roles: {', '.join(sorted(set(GRAPH_ROLES.values())))}")
         spec = replace(spec, policy={**spec.policy, **policy})
     return spec
 
 
-def plan(
-    spec: SchemeSpec, graphs, block_size: int | None = None, symmetric: bool | None = None
-) -> dict[str, SchemeSpec]:
+def plan(spec: SchemeSpec, graphs, block_size: int | None = None, symmetric: bool | None = None) -> dict[str, SchemeSpec]:
     """{graph name: leaf spec} for the graphs of a bundle under `spec` (mixed expands its policy)."""
     out = {}
     for graph in graphs:
@@ -117,10 +92,8 @@ def plan(
             continue
         leaf = spec.policy.get(GRAPH_ROLES.get(graph, ""), "fp32")
         if SCHEMES.get(leaf) is None or SCHEMES[leaf].kind == "mixed":
-            raise ConfigError(
-                f"policy: '{leaf}' is not a leaf scheme; choose one of: "
-                f"{', '.join(n for n, s in SCHEMES.items() if s.kind != 'mixed')}"
-            )
+            raise ConfigError(f"policy: '{leaf}' is not a leaf scheme; choose one of: "
+                              f"{', '.join(n for n, s in SCHEMES.items() if s.kind != 'mixed')}")
         out[graph] = get_scheme(leaf, block_size=block_size, symmetric=symmetric)
     return out
 

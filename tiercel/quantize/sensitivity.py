@@ -61,15 +61,8 @@ def _blockwise(w: np.ndarray, axis: int, block: int, symmetric: bool) -> np.ndar
     return np.moveaxis(q.reshape(xp.shape)[:k], 0, axis)
 
 
-def layer_sensitivity(
-    onnx_file: str | Path,
-    feeds: list[dict],
-    spec: SchemeSpec,
-    role: str = "",
-    max_feeds: int = 8,
-    graph: str = "",
-    target: str = "onnxruntime",
-) -> list[dict]:
+def layer_sensitivity(onnx_file: str | Path, feeds: list[dict], spec: SchemeSpec, role: str = "",
+                      max_feeds: int = 8, graph: str = "", target: str = "onnxruntime") -> list[dict]:
     """[{graph, node, op, weight, params, error}] for every layer `spec` quantises, most sensitive first."""
     onnx = require("onnx", "onnx", "measuring layer sensitivity")
     ort = require("onnxruntime", "onnx", "measuring layer sensitivity")
@@ -103,20 +96,9 @@ def layer_sensitivity(
     for layer in selected_layers(proto, spec, role, target):
         original = numpy_helper.to_array(inits[layer["weight"]])
         quantized = np.ascontiguousarray(fake_quantize(original, layer["op"], spec).astype(original.dtype))
-        errors = [
-            np.linalg.norm(q - r) / max(np.linalg.norm(r), 1e-12)
-            for q, r in zip(run(layer["weight"], quantized), reference)
-        ]
-        rows.append(
-            {
-                "graph": graph or Path(onnx_file).stem,
-                "node": layer["node"],
-                "op": layer["op"],
-                "weight": layer["weight"],
-                "params": int(np.prod(layer["shape"])),
-                "error": float(np.mean(errors)),
-            }
-        )
+        errors = [np.linalg.norm(q - r) / max(np.linalg.norm(r), 1e-12) for q, r in zip(run(layer["weight"], quantized), reference)]
+        rows.append({"graph": graph or Path(onnx_file).stem, "node": layer["node"], "op": layer["op"],
+                     "weight": layer["weight"], "params": int(np.prod(layer["shape"])), "error": float(np.mean(errors))})
     return sorted(rows, key=lambda r: -r["error"])
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tiercel.errors import ConfigError
+from tiercel.errors import ConfigError, choose
 from tiercel.quantize.schemes import BLOCK_SIZES, GRAPH_ROLES, SCHEMES
 
 
@@ -29,27 +29,12 @@ class TargetSpec:
 
 
 TARGETS: dict[str, TargetSpec] = {
-    "onnxruntime": TargetSpec(
-        "onnxruntime",
-        "onnxruntime",
-        "onnxruntime",
-        ("int8-static", "int8-dynamic", "int4-weight-only", "mixed"),
-        "onnxruntime.quantization",
-    ),
-    "openvino": TargetSpec(
-        "openvino",
-        "openvino",
-        "openvino",
-        ("int8-static", "int8-dynamic", "int4-weight-only", "mixed"),
-        "NNCF on OpenVINO IR",
-    ),
-    "tensorrt": TargetSpec(
-        "tensorrt",
-        "onnxruntime",
-        "onnxruntime",
-        ("int8-static",),
-        "explicit Q/DQ ONNX (symmetric int8) for TensorRT INT8 engines",
-    ),
+    "onnxruntime": TargetSpec("onnxruntime", "onnxruntime", "onnxruntime",
+                              ("int8-static", "int8-dynamic", "int4-weight-only", "mixed"), "onnxruntime.quantization"),
+    "openvino": TargetSpec("openvino", "openvino", "openvino",
+                           ("int8-static", "int8-dynamic", "int4-weight-only", "mixed"), "NNCF on OpenVINO IR"),
+    "tensorrt": TargetSpec("tensorrt", "onnxruntime", "onnxruntime", ("int8-static",),
+                           "explicit Q/DQ ONNX (symmetric int8) for TensorRT INT8 engines"),
 }
 
 
@@ -59,51 +44,24 @@ class QuantizeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     backend: str = Field("onnxruntime", description="; ".join(f"{t.name}: {t.help}" for t in TARGETS.values()) + ".")
-    n: int = Field(
-        128, gt=0, description="Calibration samples; decoder steps are thinned to this many feeds per graph."
-    )
-    max_drop: float = Field(
-        0.01, ge=0, le=1, description="Largest relative drop of the 14-task average allowed on the val split."
-    )
-    n_val: int = Field(
-        224, ge=0, description="Val samples the guard compares on, balanced over tasks (224: 16 per task; 0: no guard)."
-    )
-    min_agreement: float = Field(
-        0.0, ge=0, le=1, description="Also require this greedy token agreement with fp32 (0..1)."
-    )
-    confidence: float = Field(
-        0.9,
-        ge=0,
-        lt=1,
-        description="The guard holds when this quantile of the paired-bootstrap drop is within max_drop (0: the point drop decides).",
-    )
-    block_size: int | None = Field(
-        None,
-        description=f"int4 block size: {', '.join(map(str, BLOCK_SIZES))} (default {SCHEMES['int4-weight-only'].block_size}).",
-    )
-    symmetric: bool | None = Field(
-        None, description="int4 blocks symmetric (true) or with zero points (false); default: the scheme's."
-    )
-    policy: dict[str, str] | None = Field(
-        None, description="mixed only: leaf scheme per graph role (vision, encoder, embeddings, decoder)."
-    )
+    n: int = Field(128, gt=0, description="Calibration samples; decoder steps are thinned to this many feeds per graph.")
+    max_drop: float = Field(0.01, ge=0, le=1, description="Largest relative drop of the 14-task average allowed on the val split.")
+    n_val: int = Field(224, ge=0, description="Val samples the guard compares on, balanced over tasks (224: 16 per task; 0: no guard).")
+    min_agreement: float = Field(0.0, ge=0, le=1, description="Also require this greedy token agreement with fp32 (0..1).")
+    confidence: float = Field(0.9, ge=0, lt=1, description="The guard holds when this quantile of the paired-bootstrap drop is within max_drop (0: the point drop decides).")
+    block_size: int | None = Field(None, description=f"int4 block size: {', '.join(map(str, BLOCK_SIZES))} (default {SCHEMES['int4-weight-only'].block_size}).")
+    symmetric: bool | None = Field(None, description="int4 blocks symmetric (true) or with zero points (false); default: the scheme's.")
+    policy: dict[str, str] | None = Field(None, description="mixed only: leaf scheme per graph role (vision, encoder, embeddings, decoder).")
     ratio: float = Field(1.0, ge=0, le=1, description="OpenVINO int4: share of layers in int4 (the rest int8).")
     max_new_tokens: int = Field(64, gt=0, description="Tokens generated per sample when calibrating and guarding.")
-    max_retries: int = Field(
-        4, ge=0, description="Guard attempts that keep more layers in higher precision before giving up."
-    )
+    max_retries: int = Field(4, ge=0, description="Guard attempts that keep more layers in higher precision before giving up.")
     sensitivity: bool = Field(False, description="Write sensitivity.json (per-layer report) into the bundle.")
-    engines: bool = Field(
-        False,
-        description="With backend tensorrt: also build INT8 TensorRT engines from the Q/DQ graphs (needs tensorrt and an NVIDIA GPU).",
-    )
+    engines: bool = Field(False, description="With backend tensorrt: also build INT8 TensorRT engines from the Q/DQ graphs (needs tensorrt and an NVIDIA GPU).")
 
     @field_validator("backend")
     @classmethod
     def _backend(cls, name):
-        if name not in TARGETS:
-            raise ValueError(f"unknown quantization backend '{name}'; choose one of: {', '.join(TARGETS)}")
-        return name
+        return choose("quantization backend", name, TARGETS)
 
     @field_validator("block_size")
     @classmethod
@@ -126,9 +84,7 @@ class QuantizeOptions(BaseModel):
     @model_validator(mode="after")
     def _engines(self):
         if self.engines and self.backend != "tensorrt":
-            raise ValueError(
-                f"{{engines}} builds TensorRT engines, so it needs {{backend}} tensorrt (got {self.backend})"
-            )
+            raise ValueError(f"{{engines}} builds TensorRT engines, so it needs {{backend}} tensorrt (got {self.backend})")
         return self
 
     @property
@@ -139,9 +95,7 @@ class QuantizeOptions(BaseModel):
         """ValueError unless this backend can make `scheme` with these options."""
         known_scheme(scheme)
         if scheme not in self.target.schemes:
-            raise ValueError(
-                f"{{backend}} {self.backend}: supports {', '.join(self.target.schemes)} (got {{scheme}} {scheme})"
-            )
+            raise ValueError(f"{{backend}} {self.backend}: supports {', '.join(self.target.schemes)} (got {{scheme}} {scheme})")
         if self.policy and SCHEMES[scheme].kind != "mixed":
             raise ValueError(f"a per-graph {{policy}} needs {{scheme}} mixed (got {scheme})")
 
@@ -149,9 +103,7 @@ class QuantizeOptions(BaseModel):
 class QuantizeSettings(QuantizeOptions):
     """How one quantized bundle is made. Every default here is the default everywhere."""
 
-    scheme: str = Field(
-        "int8-static", description=", ".join(n for n in SCHEMES if n != "fp32") + " (tiercel.quantize.SCHEMES)."
-    )
+    scheme: str = Field("int8-static", description=", ".join(n for n in SCHEMES if n != "fp32") + " (tiercel.quantize.SCHEMES).")
 
     @field_validator("scheme")
     @classmethod
@@ -170,9 +122,8 @@ def leaves() -> list[str]:
 
 def known_scheme(name: str) -> str:
     if name not in SCHEMES or name == "fp32":
-        raise ValueError(
-            f"unknown quantization scheme '{name}'; choose one of: {', '.join(n for n in SCHEMES if n != 'fp32')}"
-        )
+        raise ValueError(f"unknown quantization scheme '{name}'; choose one of: "
+                         f"{', '.join(n for n in SCHEMES if n != 'fp32')}")
     return name
 
 
@@ -194,7 +145,5 @@ def settings(base: QuantizeSettings | None = None, option=lambda name: name, **c
         if not e["loc"]:  # a rule between fields: the message names them
             raise ConfigError(named(msg, option)) from None
         got = e.get("input")
-        shown = (
-            "" if e["type"] == "extra_forbidden" or isinstance(got, dict) or f"'{got}'" in msg else f" (got {got!r})"
-        )
+        shown = "" if e["type"] == "extra_forbidden" or isinstance(got, dict) or f"'{got}'" in msg else f" (got {got!r})"
         raise ConfigError(f"{option(str(e['loc'][0]))}: {msg}{shown}") from None

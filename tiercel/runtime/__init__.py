@@ -22,14 +22,8 @@ from tiercel.runtime.model import Model
 __all__ = ["BACKENDS", "BackendSpec", "Bundle", "GenerationConfig", "Model", "load", "read_bundle"]
 
 
-def load(
-    bundle: str | Path,
-    backend: str = "onnxruntime",
-    device: str | None = None,
-    threads: int | None = None,
-    options: dict | None = None,
-    io_binding: bool | None = None,
-) -> Model:
+def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None,
+         options: dict | None = None, io_binding: bool | None = None) -> Model:
     """Open a bundle on a backend after checking every file it will read against the manifest's sha256.
 
     Args:

@@ -55,11 +55,8 @@ class OrtSession:
     back without a copy; `take_rows` copies to the host, gathers and copies back.
     """
 
-    _PROVIDERS = {
-        "cpu": ["CPUExecutionProvider"],
-        "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-        "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-    }
+    _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                  "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
     def __init__(self, file: Path, device: str = "cpu", threads: int | None = None, options: dict | None = None):
         ort = require("onnxruntime", "onnx", "the onnxruntime backend")
@@ -71,27 +68,18 @@ class OrtSession:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        for key, value in (
-            options or {}
-        ).items():  # onnxruntime session config keys, e.g. session.intra_op.allow_spinning
+        for key, value in (options or {}).items():  # onnxruntime session config keys, e.g. session.intra_op.allow_spinning
             opts.add_session_config_entry(key, str(value))
         self.session = ort.InferenceSession(str(file), opts, providers=providers)
-        if (
-            providers[0] not in self.session.get_providers()
-        ):  # onnxruntime falls back to the CPU when a CUDA library fails to load
-            raise BundleError(
-                f"{file.name}: onnxruntime could not start {providers[0]} (a CUDA/cuDNN library failed to load); "
-                "check LD_LIBRARY_PATH and the onnxruntime-gpu install, or use device 'cpu'"
-            )
+        if providers[0] not in self.session.get_providers():  # onnxruntime falls back to the CPU when a CUDA library fails to load
+            raise BundleError(f"{file.name}: onnxruntime could not start {providers[0]} (a CUDA/cuDNN library failed to load); "
+                              "check LD_LIBRARY_PATH and the onnxruntime-gpu install, or use device 'cpu'")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.ort, self.device_type = ort, "cpu" if device == "cpu" else "cuda"
         # float inputs declared other than float32 (an fp16 bundle): feeds are cast to them; fp32 graphs: none
-        self.casts = {
-            i.name: np.dtype(_ORT_FLOATS[i.type])
-            for i in self.session.get_inputs()
-            if i.type in _ORT_FLOATS and i.type != "tensor(float)"
-        }
+        self.casts = {i.name: np.dtype(_ORT_FLOATS[i.type]) for i in self.session.get_inputs()
+                      if i.type in _ORT_FLOATS and i.type != "tensor(float)"}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.casts:
@@ -113,9 +101,7 @@ class OrtSession:
         for name in self.output_names:
             io.bind_output(name, self.device_type if name in keep else "cpu")
         self.session.run_with_iobinding(io)  # returns after the run; host outputs are complete
-        return {
-            name: value if name in keep else value.numpy() for name, value in zip(self.output_names, io.get_outputs())
-        }
+        return {name: value if name in keep else value.numpy() for name, value in zip(self.output_names, io.get_outputs())}
 
     def to_device(self, array: np.ndarray, name: str | None = None):
         """An OrtValue on this session's device holding `array` (cast to input `name`'s dtype when given)."""
@@ -170,52 +156,15 @@ def _tensorrt_session(file: Path, device: str = "cuda", threads: int | None = No
 # The one registry of backends: export writes graphs for the "bundle" ones, the runtime opens them, and the
 # torch entry runs checkpoint directories (tiercel.models.open; transformers on a CPU, CUDA graphs on a GPU).
 BACKENDS: dict[str, BackendSpec] = {
-    "onnxruntime": BackendSpec(
-        "onnxruntime",
-        "onnxruntime",
-        "onnx",
-        ".onnx",
-        ("cpu", "cuda", "tensorrt"),
-        ("fp32", "fp16", "int8", "int4"),
-        True,
-        OrtSession,
-        bound=True,
-        help="ONNX graphs on onnxruntime (CPU; CUDA / TensorRT EP with onnxruntime-gpu)",
-    ),
-    "openvino": BackendSpec(
-        "openvino",
-        "openvino",
-        "openvino",
-        ".xml",
-        ("CPU", "GPU", "NPU", "AUTO"),
-        ("fp32", "fp16", "int8", "int4"),
-        True,
-        OpenVinoSession,
-        help="OpenVINO IR",
-    ),
-    "tensorrt": BackendSpec(
-        "tensorrt",
-        "tensorrt",
-        "tensorrt",
-        ".engine",
-        ("cuda",),
-        ("fp16", "int8"),
-        True,
-        _tensorrt_session,
-        bound=True,
-        help="TensorRT engines (NVIDIA GPU)",
-    ),
-    "torch": BackendSpec(
-        "torch",
-        "torch",
-        "train",
-        "",
-        ("cpu", "cuda"),
-        ("fp32", "fp16", "bf16"),
-        True,
-        opens="checkpoint",
-        help="a checkpoint directory in PyTorch (CUDA graphs on a GPU)",
-    ),
+    "onnxruntime": BackendSpec("onnxruntime", "onnxruntime", "onnx", ".onnx", ("cpu", "cuda", "tensorrt"),
+                               ("fp32", "fp16", "int8", "int4"), True, OrtSession, bound=True,
+                               help="ONNX graphs on onnxruntime (CPU; CUDA / TensorRT EP with onnxruntime-gpu)"),
+    "openvino": BackendSpec("openvino", "openvino", "openvino", ".xml", ("CPU", "GPU", "NPU", "AUTO"),
+                            ("fp32", "fp16", "int8", "int4"), True, OpenVinoSession, help="OpenVINO IR"),
+    "tensorrt": BackendSpec("tensorrt", "tensorrt", "tensorrt", ".engine", ("cuda",), ("fp16", "int8"), True,
+                            _tensorrt_session, bound=True, help="TensorRT engines (NVIDIA GPU)"),
+    "torch": BackendSpec("torch", "torch", "train", "", ("cpu", "cuda"), ("fp32", "fp16", "bf16"), True,
+                         opens="checkpoint", help="a checkpoint directory in PyTorch (CUDA graphs on a GPU)"),
 }
 
 
@@ -228,9 +177,7 @@ def backends_help(checkpoints: bool = True) -> str:
     """The backend names for a CLI option's help, from the registry."""
     names = ", ".join(bundle_backends())
     torch = [n for n, s in BACKENDS.items() if s.opens == "checkpoint"]
-    return f"{names}" + (
-        f"; {', '.join(torch)} for a checkpoint (CUDA graphs on a GPU)" if checkpoints and torch else ""
-    )
+    return f"{names}" + (f"; {', '.join(torch)} for a checkpoint (CUDA graphs on a GPU)" if checkpoints and torch else "")
 
 
 def get_backend(name: str, opens: str | None = None, where: str = "") -> BackendSpec:
@@ -242,9 +189,7 @@ def get_backend(name: str, opens: str | None = None, where: str = "") -> Backend
     spec = BACKENDS[name]
     if opens is not None and spec.opens != opens:
         what = f"{where}: a {opens}" if where else f"a {opens}"
-        raise ConfigError(
-            f"{what}; --backend {name} runs a {spec.opens} directory (for a {opens} use {', '.join(names)})"
-        )
+        raise ConfigError(f"{what}; --backend {name} runs a {spec.opens} directory (for a {opens} use {', '.join(names)})")
     return spec
 
 
@@ -252,12 +197,8 @@ def check_device(spec: BackendSpec, device: str | None) -> str:
     """`device`, or the backend's default; ConfigError lists the devices the backend accepts."""
     if device is None:
         return spec.devices[0]
-    if device.lower() not in [d.lower() for d in spec.devices] and not device.upper().startswith(
-        ("GPU.", "HETERO", "MULTI")
-    ):
-        raise ConfigError(
-            f"backend '{spec.name}' does not run on device '{device}'; choose one of: {', '.join(spec.devices)}"
-        )
+    if device.lower() not in [d.lower() for d in spec.devices] and not device.upper().startswith(("GPU.", "HETERO", "MULTI")):
+        raise ConfigError(f"backend '{spec.name}' does not run on device '{device}'; choose one of: {', '.join(spec.devices)}")
     return device
 
 
@@ -267,8 +208,6 @@ def parse_options(pairs: list[str] | None) -> dict[str, str]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(
-                f"--option: expected KEY=VALUE (got {pair!r}); e.g. --option session.intra_op.allow_spinning=0"
-            )
+            raise ConfigError(f"--option: expected KEY=VALUE (got {pair!r}); e.g. --option session.intra_op.allow_spinning=0")
         out[key.strip()] = value.strip()
     return out

@@ -49,10 +49,8 @@ class Bundle:
         """{graph name: manifest entry} for `backend`; BundleError when the bundle has no graphs for it."""
         found = {g.name: g for g in self.manifest.graphs if g.backend == backend}
         if not found:
-            raise BundleError(
-                f"{self.where}: has no graphs for backend '{backend}' (it has: {', '.join(self.backends)}); "
-                f"re-export with --backend {backend}"
-            )
+            raise BundleError(f"{self.where}: has no graphs for backend '{backend}' (it has: {', '.join(self.backends)}); "
+                              f"re-export with --backend {backend}")
         missing = [n for n in self.graph_names() if n not in found]
         if missing:
             raise BundleError(f"{self.where}: lists no {backend} graph '{missing[0]}'; re-export the bundle")
@@ -90,14 +88,10 @@ def read_bundle(path: str | Path) -> Bundle:
     if not file.is_file():
         raise BundleError(f"{file}: missing; {root} is not a tiercel bundle (create one with `tiercel export`)")
     if is_leftover(root):
-        raise BundleError(
-            f"{root}: the temporary folder of an export or quantize run that was killed before it "
-            "finished; use the finished bundle, or export again"
-        )
+        raise BundleError(f"{root}: the temporary folder of an export or quantize run that was killed before it "
+                          "finished; use the finished bundle, or export again")
     owner = temporary_owner(root)
     if owner is not None and owner != os.getpid():  # this process reads its own folder for the parity check
-        raise BundleError(
-            f"{root}: the temporary folder of an export or quantize run that is still running "
-            f"(process {owner}); wait for the bundle it renames this folder to"
-        )
+        raise BundleError(f"{root}: the temporary folder of an export or quantize run that is still running "
+                          f"(process {owner}); wait for the bundle it renames this folder to")
     return Bundle(root, read_manifest(file))

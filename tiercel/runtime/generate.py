@@ -170,7 +170,7 @@ def beam_search(decoder, batch: int, cfg: GenerationConfig) -> list[list[int]]:
         beam_parent = np.take_along_axis(parent, nxt, 1)
         # finished beams: merge the candidates that stopped among the top k with the ones kept so far
         just_done = hits & top_mask[None, :]
-        scored = top_lp / np.float32(cur_len**lp)
+        scored = top_lp / np.float32(cur_len ** lp)
         if cfg.early_stopping is True:
             scored = scored + (is_finished.all(axis=1, keepdims=True)).astype(np.float32) * _NEG
         scored = scored + (~improvable).astype(np.float32) * _NEG + (~just_done).astype(np.float32) * _NEG
@@ -178,15 +178,11 @@ def beam_search(decoder, batch: int, cfg: GenerationConfig) -> list[list[int]]:
         m_scores = np.concatenate([beam_scores, scored], 1)
         m_done = np.concatenate([is_finished, just_done], 1)
         best = _topk(m_scores, k)
-        finished_seqs, beam_scores, is_finished = (
-            m_seqs[rows, best],
-            np.take_along_axis(m_scores, best, 1),
-            np.take_along_axis(m_done, best, 1),
-        )
+        finished_seqs, beam_scores, is_finished = m_seqs[rows, best], np.take_along_axis(m_scores, best, 1), np.take_along_axis(m_done, best, 1)
         decoder.reorder((beam_parent + rows * k).reshape(-1))
         cur_len += 1
         hyp_len = (max_len - 1) if (cfg.early_stopping == "never" and lp > 0) else (cur_len - 1)
-        best_running = running_scores[:, :1] / np.float32(hyp_len**lp)
+        best_running = running_scores[:, :1] / np.float32(hyp_len ** lp)
         worst_done = np.where(is_finished, beam_scores.min(axis=1, keepdims=True), _NEG)
         improvable = improvable & (best_running > worst_done).any(axis=-1, keepdims=True)
         open_beam = not (is_finished.all() and cfg.early_stopping is True)

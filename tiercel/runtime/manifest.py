@@ -31,10 +31,8 @@ def read_manifest(file: Path) -> Manifest:
     if data.get("format") != FORMAT:
         raise BundleError(f"{file}: not a tiercel bundle manifest (format {data.get('format')!r})")
     if data.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            f"{file}: format version {data.get('format_version')} is not supported by this tiercel "
-            f"(reads {FORMAT_VERSION}); re-export the bundle or upgrade tiercel"
-        )
+        raise BundleError(f"{file}: format version {data.get('format_version')} is not supported by this tiercel "
+                          f"(reads {FORMAT_VERSION}); re-export the bundle or upgrade tiercel")
     if not isinstance(data.get("decoder"), str) or data["decoder"] not in DECODERS:
         raise BundleError(f"{file}: decoder must be one of {', '.join(DECODERS)} (got {data.get('decoder')!r})")
     return check_manifest(data, file)
@@ -63,16 +61,12 @@ def check_manifest(manifest: dict, where) -> Manifest:
         raise BundleError(f"{where}: {loc}: {msg}; re-export the bundle") from None
     shape = parsed.model.shape
     if parsed.preprocessing.size != shape.image_size:
-        raise BundleError(
-            f"{where}: preprocessing.size: {parsed.preprocessing.size} differs from the model's "
-            f"image_size {shape.image_size}; re-export the bundle"
-        )
+        raise BundleError(f"{where}: preprocessing.size: {parsed.preprocessing.size} differs from the model's "
+                          f"image_size {shape.image_size}; re-export the bundle")
     for name, token in parsed.generation.model_dump(exclude_none=True).items():
         if name.endswith("token_id") and token >= shape.vocab_size:  # past the logits: an IndexError mid-decode
-            raise BundleError(
-                f"{where}: generation.{name}: {token} is not a token of this model's "
-                f"{shape.vocab_size}-token vocabulary; re-export the bundle"
-            )
+            raise BundleError(f"{where}: generation.{name}: {token} is not a token of this model's "
+                              f"{shape.vocab_size}-token vocabulary; re-export the bundle")
     return parsed
 
 
@@ -86,7 +80,7 @@ def _inside(rel: str) -> str:
 def _early_stopping(value):
     if isinstance(value, bool) or value == "never":
         return value
-    raise ValueError(f'must be true, false or "never" (got {value!r})')
+    raise ValueError(f"must be true, false or \"never\" (got {value!r})")
 
 
 # Strict: the runtime reads the manifest's own values, so "3" may not pass for 3 here and fail later.
@@ -134,11 +128,8 @@ def _shape_model() -> type[BaseModel]:
 
     from tiercel.runtime.shape import ModelShape
 
-    return create_model(
-        "_Shape",
-        __base__=_Part,
-        **{f.name: (list[_Count] if isinstance(f.default, tuple) else _Count, ...) for f in fields(ModelShape)},
-    )
+    return create_model("_Shape", __base__=_Part, **{
+        f.name: (list[_Count] if isinstance(f.default, tuple) else _Count, ...) for f in fields(ModelShape)})
 
 
 class ModelEntry(_Part):
@@ -254,19 +245,9 @@ Manifest.model_rebuild()
 
 def model_entry(shape, preset: str | None) -> ModelEntry:
     """The manifest's model part for a ModelShape (tiercel.runtime.shape)."""
-    return ModelEntry.model_validate_json(
-        json.dumps(
-            {
-                "family": "florence2",
-                "preset": preset,
-                "shape": shape.to_dict(),
-                "image_tokens": shape.image_tokens,
-                "d_model": shape.d_model,
-                "decoder_layers": shape.decoder_layers,
-                "attention_heads": shape.attention_heads,
-            }
-        )
-    )
+    return ModelEntry.model_validate_json(json.dumps({
+        "family": "florence2", "preset": preset, "shape": shape.to_dict(), "image_tokens": shape.image_tokens,
+        "d_model": shape.d_model, "decoder_layers": shape.decoder_layers, "attention_heads": shape.attention_heads}))
 
 
 def preprocessing(size: int, mean, std) -> Preprocessing:

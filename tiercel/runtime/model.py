@@ -42,23 +42,15 @@ def _untimed(name: str):
 class KVDecoder:
     """The decoder graph(s) plus the KV cache of one generation; `step` and `reorder` serve generate.py."""
 
-    def __init__(
-        self,
-        sessions: dict,
-        merged: bool,
-        layers: int,
-        embed,
-        enc_hidden: np.ndarray,
-        enc_mask: np.ndarray,
-        stage=_untimed,
-    ):
+    def __init__(self, sessions: dict, merged: bool, layers: int, embed, enc_hidden: np.ndarray, enc_mask: np.ndarray,
+                 stage=_untimed):
         self.sessions, self.merged, self.layers, self.embed = sessions, merged, layers, embed
         self.enc_hidden, self.enc_mask = enc_hidden, enc_mask
         self.cache: dict[str, np.ndarray] | None = None
         self.stage = stage
 
     def _past(self) -> dict:
-        return {f"past_key_values.{k[len('present.') :]}": v for k, v in self.cache.items()}
+        return {f"past_key_values.{k[len('present.'):]}": v for k, v in self.cache.items()}
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         with self.stage("first_token" if self.cache is None else "decode_token"):
@@ -69,9 +61,7 @@ class KVDecoder:
         feeds = {"inputs_embeds": embeds, "encoder_attention_mask": self.enc_mask}
         if self.merged:
             past = self._past() if self.cache is not None else self._empty_past(embeds.shape[0])
-            feeds.update(
-                encoder_hidden_states=self.enc_hidden, use_cache_branch=np.array([self.cache is not None]), **past
-            )
+            feeds.update(encoder_hidden_states=self.enc_hidden, use_cache_branch=np.array([self.cache is not None]), **past)
             out = self.sessions["decoder_model_merged"].run(feeds)
         elif self.cache is None:
             out = self.sessions["decoder_model"].run({**feeds, "encoder_hidden_states": self.enc_hidden})
@@ -85,12 +75,7 @@ class KVDecoder:
         d = self.enc_hidden.shape[-1]
         heads = self._heads
         empty = np.zeros((rows, heads, 0, d // heads), np.float32)
-        return {
-            f"past_key_values.{i}.{w}.{kv}": empty
-            for i in range(self.layers)
-            for w in ("decoder", "encoder")
-            for kv in ("key", "value")
-        }
+        return {f"past_key_values.{i}.{w}.{kv}": empty for i in range(self.layers) for w in ("decoder", "encoder") for kv in ("key", "value")}
 
     def reorder(self, rows: np.ndarray) -> None:
         # Cross-attention KV is the same for every beam of an item, and beams never move between items.
@@ -111,16 +96,8 @@ class BoundKVDecoder(KVDecoder):
     (take_rows: copy down, index, copy up), once per step; a device-side gather would need a graph for it.
     """
 
-    def __init__(
-        self,
-        sessions: dict,
-        merged: bool,
-        layers: int,
-        heads: int,
-        enc_hidden: np.ndarray,
-        enc_mask: np.ndarray,
-        stage=_untimed,
-    ):
+    def __init__(self, sessions: dict, merged: bool, layers: int, heads: int, enc_hidden: np.ndarray,
+                 enc_mask: np.ndarray, stage=_untimed):
         super().__init__(sessions, merged, layers, None, enc_hidden, enc_mask, stage)
         self._heads = heads
         self.embeds = sessions["embed_tokens"]
@@ -188,20 +165,16 @@ class Model:
         onnxruntime and torch raise from an index and OpenVINO returns garbage)."""
         longest = max(len(i) for i in ids)
         if longest > self.max_positions:
-            raise ConfigError(
-                f"prompt: {n_img} image tokens + {longest - n_img} prompt tokens are more than this "
-                f"model's {self.max_positions} text positions; shorten the prompt (--text) to "
-                f"{self.max_positions - n_img} tokens or less"
-            )
+            raise ConfigError(f"prompt: {n_img} image tokens + {longest - n_img} prompt tokens are more than this "
+                              f"model's {self.max_positions} text positions; shorten the prompt (--text) to "
+                              f"{self.max_positions - n_img} tokens or less")
 
     def check_new_tokens(self, cfg: GenerationConfig, option: str = "--max-new-tokens") -> None:
         """ConfigError when max_new_tokens is more than the decoder's positions; `option` is the command's
         name for the setting (tiercel profile calls it --new-tokens)."""
         if cfg.max_new_tokens > self.max_positions:
-            raise ConfigError(
-                f"max_new_tokens: {cfg.max_new_tokens} is more than this model's "
-                f"{self.max_positions} decoder positions; use {self.max_positions} or less ({option})"
-            )
+            raise ConfigError(f"max_new_tokens: {cfg.max_new_tokens} is more than this model's "
+                              f"{self.max_positions} decoder positions; use {self.max_positions} or less ({option})")
 
     # ---- stages -------------------------------------------------------------------------------------------
     def _stage(self, name: str):
@@ -241,14 +214,11 @@ class Model:
                 for i, r in enumerate(rows):
                     embeds[i, :n_img] = features[r]
         with self._stage("text_encoder"):
-            hidden = self.sessions["encoder_model"].run({"inputs_embeds": embeds, "attention_mask": mask})[
-                "last_hidden_state"
-            ]
+            hidden = self.sessions["encoder_model"].run({"inputs_embeds": embeds, "attention_mask": mask})["last_hidden_state"]
         return hidden, mask
 
-    def generate_ids(
-        self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None, **overrides
-    ) -> list[list[int]]:
+    def generate_ids(self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None,
+                     **overrides) -> list[list[int]]:
         """Generated token ids per prompt (after the decoder start, up to and including eos). `rows`: the row of
         `features` each prompt reads (default: row i, or row 0 for all when features has one row)."""
         cfg = self.generation.with_overrides(**overrides)
@@ -290,15 +260,8 @@ class Model:
         with self._stage("postprocess"):
             return spec.parse(self.tokenizer.decode(ids), image_size=size, dialect=self.dialect)
 
-    def run_all(
-        self,
-        image,
-        tasks_: list[str] | None = None,
-        texts: dict | None = None,
-        regions: dict | None = None,
-        image2=None,
-        **generation,
-    ) -> dict[str, tasks.Result]:
+    def run_all(self, image, tasks_: list[str] | None = None, texts: dict | None = None, regions: dict | None = None,
+                image2=None, **generation) -> dict[str, tasks.Result]:
         """Several tasks on one image: one vision pass, all prompts in one batch.
 
         Args:
@@ -310,28 +273,19 @@ class Model:
         """
         texts, regions = texts or {}, regions or {}
         if tasks_ is None:
-            tasks_ = [
-                t
-                for t in tasks.TAGS
-                if (tasks.get(t).n_images == 1 or image2 is not None)
-                and (not tasks.get(t).needs_text or t in texts)
-                and (not tasks.get(t).needs_region or t in regions)
-            ]
+            tasks_ = [t for t in tasks.TAGS if (tasks.get(t).n_images == 1 or image2 is not None)
+                      and (not tasks.get(t).needs_text or t in texts) and (not tasks.get(t).needs_region or t in regions)]
         specs = [tasks.get(t) for t in tasks_]
         pairs = [s for s in specs if s.n_images != 1]
         if pairs and image2 is None:
             raise TaskError(f"{pairs[0].tag}: needs two images (before and after); pass image2 / --image2")
         if image2 is not None and not pairs:
-            raise TaskError(
-                f"image2 is only for PIX_CHG, which is not among the tasks ({', '.join(tasks_)}); add it or drop image2"
-            )
+            raise TaskError(f"image2 is only for PIX_CHG, which is not among the tasks ({', '.join(tasks_)}); add it or drop image2")
         with self._stage("preprocess"):
             rgb = to_rgb_array(image)
             size = (rgb.shape[1], rgb.shape[0])
-            prompts = [
-                s.prompt(text=texts.get(s.tag), region=regions.get(s.tag), image_size=size, dialect=self.dialect)
-                for s in specs
-            ]
+            prompts = [s.prompt(text=texts.get(s.tag), region=regions.get(s.tag), image_size=size, dialect=self.dialect)
+                       for s in specs]
             images = [rgb] + ([self._inputs(pairs[0], rgb, image2)[0]] if pairs else [])  # image read once
             pixels = self.preprocess_images(images)
         features = self.image_features(pixels)
@@ -339,7 +293,4 @@ class Model:
         rows = [int(s.n_images != 1) for s in specs] if pairs else None
         ids = self.generate_ids(features, prompts, rows=rows, **generation)
         with self._stage("postprocess"):
-            return {
-                s.tag: s.parse(self.tokenizer.decode(i), image_size=size, dialect=self.dialect)
-                for s, i in zip(specs, ids)
-            }
+            return {s.tag: s.parse(self.tokenizer.decode(i), image_size=size, dialect=self.dialect) for s, i in zip(specs, ids)}

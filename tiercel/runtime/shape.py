@@ -19,9 +19,7 @@ class ModelShape:
     vision_dims: tuple[int, ...] = field(default=(128, 256, 512, 1024), metadata={"help": "DaViT width per stage"})
     vision_depths: tuple[int, ...] = field(default=(1, 1, 9, 1), metadata={"help": "DaViT blocks per stage"})
     vision_heads: tuple[int, ...] = field(default=(4, 8, 16, 32), metadata={"help": "window-attention heads per stage"})
-    vision_groups: tuple[int, ...] = field(
-        default=(4, 8, 16, 32), metadata={"help": "channel-attention groups per stage"}
-    )
+    vision_groups: tuple[int, ...] = field(default=(4, 8, 16, 32), metadata={"help": "channel-attention groups per stage"})
     window_size: int = field(default=12, metadata={"help": "DaViT window size"})
     d_model: int = field(default=768, metadata={"help": "text width; also the image projection width"})
     encoder_layers: int = field(default=6, metadata={"help": "text encoder layers"})
@@ -49,24 +47,16 @@ class ModelShape:
         """Raise ConfigError for shapes transformers would reject later with a less clear message."""
         n = len(self.vision_dims)
         if not (len(self.vision_depths) == len(self.vision_heads) == len(self.vision_groups) == n):
-            raise ConfigError(
-                f"{where}: vision_dims, vision_depths, vision_heads and vision_groups need the same length"
-            )
+            raise ConfigError(f"{where}: vision_dims, vision_depths, vision_heads and vision_groups need the same length")
         for dim, heads in zip(self.vision_dims, self.vision_heads):
             if dim % heads:
                 raise ConfigError(f"{where}: vision width {dim} is not divisible by its {heads} heads")
         if self.d_model % self.attention_heads:
-            raise ConfigError(
-                f"{where}: d_model {self.d_model} is not divisible by attention_heads {self.attention_heads}"
-            )
+            raise ConfigError(f"{where}: d_model {self.d_model} is not divisible by attention_heads {self.attention_heads}")
         if self.image_size % 32:
             raise ConfigError(f"{where}: image_size must be a multiple of 32 (got {self.image_size})")
         if self.image_grid > 50:
-            raise ConfigError(
-                f"{where}: image_size {self.image_size} exceeds the 50x50 learned position grid (max 1600)"
-            )
+            raise ConfigError(f"{where}: image_size {self.image_size} exceeds the 50x50 learned position grid (max 1600)")
         if self.max_text_positions < self.image_tokens + 8:
-            raise ConfigError(
-                f"{where}: max_text_positions {self.max_text_positions} cannot hold {self.image_tokens} image tokens and a prompt"
-            )
+            raise ConfigError(f"{where}: max_text_positions {self.max_text_positions} cannot hold {self.image_tokens} image tokens and a prompt")
         return self

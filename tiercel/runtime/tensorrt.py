@@ -26,15 +26,8 @@ import numpy as np
 from tiercel.errors import BundleError, MissingDependency, require
 
 # TensorRT DataType names -> numpy; others (bf16, fp8, int4) are not used by tiercel's engines' I/O
-TRT_DTYPES = {
-    "FLOAT": np.float32,
-    "HALF": np.float16,
-    "INT8": np.int8,
-    "UINT8": np.uint8,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "BOOL": np.bool_,
-}
+TRT_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "UINT8": np.uint8, "INT32": np.int32,
+              "INT64": np.int64, "BOOL": np.bool_}
 MIN_BUFFER = 256  # bytes; also gives empty tensors (the merged decoder's first past) a valid address
 
 
@@ -52,10 +45,8 @@ class TensorSpec:
 def numpy_dtype(trt_name: str, where: str = "engine") -> np.dtype:
     """The numpy dtype of a TensorRT DataType name ("FLOAT", "HALF", ...); BundleError for others."""
     if trt_name not in TRT_DTYPES:
-        raise BundleError(
-            f"{where}: I/O tensor type {trt_name} is not supported by tiercel's runtime "
-            f"(supported: {', '.join(TRT_DTYPES)}); rebuild the engine with `tiercel export --backend tensorrt`"
-        )
+        raise BundleError(f"{where}: I/O tensor type {trt_name} is not supported by tiercel's runtime "
+                          f"(supported: {', '.join(TRT_DTYPES)}); rebuild the engine with `tiercel export --backend tensorrt`")
     return np.dtype(TRT_DTYPES[trt_name])
 
 
@@ -65,11 +56,9 @@ def check_shape(where: str, spec: TensorSpec, shape: tuple[int, ...]) -> None:
     if lo is None or hi is None:
         return
     if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
-        raise BundleError(
-            f"{where}: input {spec.name} has shape {tuple(shape)}, outside the engine's profile "
-            f"(min {tuple(lo)}, max {tuple(hi)}); use a smaller batch/prompt/max_new_tokens or rebuild "
-            "the engines with larger limits (tiercel.export.tensorrt.profiles)"
-        )
+        raise BundleError(f"{where}: input {spec.name} has shape {tuple(shape)}, outside the engine's profile "
+                          f"(min {tuple(lo)}, max {tuple(hi)}); use a smaller batch/prompt/max_new_tokens or rebuild "
+                          "the engines with larger limits (tiercel.export.tensorrt.profiles)")
 
 
 def nbytes(shape, dtype) -> int:
@@ -114,10 +103,8 @@ class Cuda:
         err, *values = result
         if err != self.rt.cudaError_t.cudaSuccess:
             name = self.rt.cudaGetErrorName(err)[1]
-            raise BundleError(
-                f"CUDA call failed ({name.decode() if isinstance(name, bytes) else name}); "
-                "check the GPU and driver with nvidia-smi"
-            )
+            raise BundleError(f"CUDA call failed ({name.decode() if isinstance(name, bytes) else name}); "
+                              "check the GPU and driver with nvidia-smi")
         return values[0] if len(values) == 1 else (values or None)
 
     def malloc(self, size: int) -> int:
@@ -177,10 +164,8 @@ class TensorRTSession:
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(file).read_bytes())
         if self.engine is None:
-            raise BundleError(
-                f"{file}: TensorRT cannot load this engine (engines are tied to the TensorRT version and "
-                "GPU that built them); rebuild it here with `tiercel export --backend tensorrt`"
-            )
+            raise BundleError(f"{file}: TensorRT cannot load this engine (engines are tied to the TensorRT version and "
+                              "GPU that built them); rebuild it here with `tiercel export --backend tensorrt`")
         self.context = self.engine.create_execution_context()
         specs = [self._spec(trt, self.engine.get_tensor_name(i)) for i in range(self.engine.num_io_tensors)]
         self.inputs = [s for s in specs if s.is_input]

@@ -36,9 +36,7 @@ class TextTokenizer:
         ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
         missing = [t for t, i in ids.items() if i is None]
         if missing:
-            raise TokenizerError(
-                f"{source}: tokenizer lacks the special token {missing[0]}; it is not a Florence-2/BART tokenizer"
-            )
+            raise TokenizerError(f"{source}: tokenizer lacks the special token {missing[0]}; it is not a Florence-2/BART tokenizer")
         self.bos_id, self.pad_id, self.eos_id, self.unk_id = (ids[t] for t in SPECIAL_TOKENS)
 
     @classmethod
@@ -55,17 +53,13 @@ class TextTokenizer:
                 raise TokenizerError(f"{file}: cannot be read as a tokenizer ({str(err).splitlines()[0]})") from err
         if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
             return cls(_bart_from_vocab_merges(path), str(path / "vocab.json"))
-        raise TokenizerError(
-            f"{path}: no tokenizer.json (or vocab.json + merges.txt); copy the checkpoint's tokenizer files there"
-        )
+        raise TokenizerError(f"{path}: no tokenizer.json (or vocab.json + merges.txt); copy the checkpoint's tokenizer files there")
 
     @property
     def image_id(self) -> int:
         i = self.tok.token_to_id(IMAGE_TOKEN)
         if i is None:
-            raise TokenizerError(
-                f"{self.source}: tokenizer has no {IMAGE_TOKEN} token; load it with tiercel.models.load_checkpoint or run `tiercel convert`, which add it"
-            )
+            raise TokenizerError(f"{self.source}: tokenizer has no {IMAGE_TOKEN} token; load it with tiercel.models.load_checkpoint or run `tiercel convert`, which add it")
         return i
 
     def ensure_image_token(self) -> bool:

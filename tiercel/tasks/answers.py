@@ -132,12 +132,8 @@ def region_outside(points, size) -> str | None:
     w, h = size
     xs, ys = flat[0::2], flat[1::2]
     slack = 0.5  # half a pixel: rounding of coordinates a region was computed from, not a region elsewhere
-    if len(flat) and (
-        not np.all(np.isfinite(flat))
-        or min(xs.min(), ys.min()) < -slack
-        or xs.max() > w + slack
-        or ys.max() > h + slack
-    ):
+    if len(flat) and (not np.all(np.isfinite(flat)) or min(xs.min(), ys.min()) < -slack or xs.max() > w + slack
+                      or ys.max() > h + slack):
         shown = "[" + ", ".join(f"{v:g}" for v in flat[:8]) + (", ...]" if len(flat) > 8 else "]")
         return f"{shown} lies outside the {w:g}x{h:g} image (x must be 0..{w:g}, y 0..{h:g})"
     return None

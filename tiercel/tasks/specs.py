@@ -78,10 +78,8 @@ class TaskSpec:
     def metric(self, preds: list, refs: list, image_sizes: list | None = None) -> dict[str, float]:
         """Score parsed predictions against references; `image_sizes` ((W, H) each) for pixel tasks."""
         if not isinstance(preds, (list, tuple)) or not isinstance(refs, (list, tuple)):
-            raise TaskError(
-                f"{self.tag}: preds and refs must be lists, one result per sample "
-                f"(got {type(preds).__name__}, {type(refs).__name__})"
-            )
+            raise TaskError(f"{self.tag}: preds and refs must be lists, one result per sample "
+                            f"(got {type(preds).__name__}, {type(refs).__name__})")
         if len(preds) != len(refs):
             raise TaskError(f"{self.tag}: {len(preds)} predictions but {len(refs)} references")
         self._check_results("preds", preds)

@@ -61,71 +61,28 @@ class ObjectClass:
 OBJECTS = {
     c.name: c
     for c in (
-        ObjectClass(
-            "airplane",
-            "airplane",
-            (22, 48),
-            (0.85, 1.1),
-            {"white": (232, 232, 236), "gray": (160, 162, 168), "blue": (70, 100, 170)},
-            ("asphalt", "concrete"),
-        ),
-        ObjectClass(
-            "ship",
-            "ship",
-            (16, 46),
-            (0.2, 0.32),
-            {"white": (228, 228, 228), "gray": (128, 130, 134), "red": (170, 56, 48), "black": (40, 40, 44)},
-            ("water",),
-            strict=True,
-        ),
-        ObjectClass(
-            "storage tank",
-            "tank",
-            (12, 30),
-            (1.0, 1.0),
-            {"white": (236, 236, 232), "gray": (176, 176, 172)},
-            ("concrete", "sand", "asphalt", "soil"),
-            rotates=False,
-        ),
-        ObjectClass(
-            "vehicle",
-            "vehicle",
-            (7, 13),
-            (0.42, 0.5),
-            {
-                "white": (230, 230, 230),
-                "black": (30, 30, 34),
-                "red": (180, 40, 36),
-                "blue": (44, 70, 160),
-                "yellow": (214, 182, 40),
-                "gray": (130, 132, 136),
-            },
-            ("asphalt", "concrete"),
-        ),
-        ObjectClass(
-            "building",
-            "building",
-            (12, 36),
-            (0.5, 0.9),
-            {"gray": (150, 150, 150), "red": (164, 76, 60), "brown": (120, 90, 70), "white": (218, 214, 206)},
-            ("grass", "concrete", "sand", "soil"),
-        ),
-        ObjectClass(
-            "tennis court",
-            "court",
-            (20, 28),
-            (0.48, 0.55),
-            {"green": (60, 130, 80), "blue": (50, 90, 150), "red": (170, 80, 60)},
-            ("grass", "concrete"),
-        ),
-        ObjectClass(
-            "swimming pool",
-            "pool",
-            (9, 20),
-            (0.45, 0.75),
-            {"blue": (60, 140, 210), "cyan": (80, 190, 200)},
-            ("grass", "concrete"),
-        ),
+        ObjectClass("airplane", "airplane", (22, 48), (0.85, 1.1),
+                    {"white": (232, 232, 236), "gray": (160, 162, 168), "blue": (70, 100, 170)},
+                    ("asphalt", "concrete")),
+        ObjectClass("ship", "ship", (16, 46), (0.2, 0.32),
+                    {"white": (228, 228, 228), "gray": (128, 130, 134), "red": (170, 56, 48), "black": (40, 40, 44)},
+                    ("water",), strict=True),
+        ObjectClass("storage tank", "tank", (12, 30), (1.0, 1.0),
+                    {"white": (236, 236, 232), "gray": (176, 176, 172)},
+                    ("concrete", "sand", "asphalt", "soil"), rotates=False),
+        ObjectClass("vehicle", "vehicle", (7, 13), (0.42, 0.5),
+                    {"white": (230, 230, 230), "black": (30, 30, 34), "red": (180, 40, 36), "blue": (44, 70, 160),
+                     "yellow": (214, 182, 40), "gray": (130, 132, 136)},
+                    ("asphalt", "concrete")),
+        ObjectClass("building", "building", (12, 36), (0.5, 0.9),
+                    {"gray": (150, 150, 150), "red": (164, 76, 60), "brown": (120, 90, 70), "white": (218, 214, 206)},
+                    ("grass", "concrete", "sand", "soil")),
+        ObjectClass("tennis court", "court", (20, 28), (0.48, 0.55),
+                    {"green": (60, 130, 80), "blue": (50, 90, 150), "red": (170, 80, 60)},
+                    ("grass", "concrete")),
+        ObjectClass("swimming pool", "pool", (9, 20), (0.45, 0.75),
+                    {"blue": (60, 140, 210), "cyan": (80, 190, 200)},
+                    ("grass", "concrete")),
     )
 }
 
@@ -144,24 +101,17 @@ class SceneClass:
 SCENES = {
     s.name: s
     for s in (
-        SceneClass(
-            "airport", "grass", "airport", {"airplane": 4, "vehicle": 3, "building": 0.8, "storage tank": 0.4}, 2
-        ),
+        SceneClass("airport", "grass", "airport",
+                   {"airplane": 4, "vehicle": 3, "building": 0.8, "storage tank": 0.4}, 2),
         SceneClass("harbor", "concrete", "harbor", {"ship": 5, "storage tank": 1.5, "vehicle": 2, "building": 1}),
         SceneClass("river", "grass", "river", {"ship": 2, "building": 1.2, "vehicle": 1}, 4),
         SceneClass("industrial area", "sand", "industrial", {"storage tank": 5, "building": 3, "vehicle": 3}),
         SceneClass("parking lot", "asphalt", "parking", {"vehicle": 12, "building": 0.8}, 1),
-        SceneClass(
-            "residential area",
-            "grass",
-            "residential",
-            {"building": 7, "swimming pool": 2, "vehicle": 3, "tennis court": 0.5},
-            5,
-        ),
+        SceneClass("residential area", "grass", "residential",
+                   {"building": 7, "swimming pool": 2, "vehicle": 3, "tennis court": 0.5}, 5),
         SceneClass("farmland", "soil", "farmland", {"building": 1, "vehicle": 0.8, "storage tank": 0.4}, 2),
-        SceneClass(
-            "sports complex", "grass", "sports", {"tennis court": 3, "swimming pool": 1, "vehicle": 3, "building": 1}, 3
-        ),
+        SceneClass("sports complex", "grass", "sports",
+                   {"tennis court": 3, "swimming pool": 1, "vehicle": 3, "building": 1}, 3),
     )
 }
 

@@ -10,18 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 # Right half of an airplane seen from above, nose to tail; the left half is its mirror image.
-_AIRPLANE_RIGHT = [
-    (0.5, 0.0),
-    (0.4, 0.06),
-    (0.12, 0.06),
-    (-0.06, 0.5),
-    (-0.16, 0.5),
-    (-0.1, 0.06),
-    (-0.36, 0.05),
-    (-0.45, 0.2),
-    (-0.5, 0.2),
-    (-0.48, 0.0),
-]
+_AIRPLANE_RIGHT = [(0.5, 0.0), (0.4, 0.06), (0.12, 0.06), (-0.06, 0.5), (-0.16, 0.5), (-0.1, 0.06),
+                   (-0.36, 0.05), (-0.45, 0.2), (-0.5, 0.2), (-0.48, 0.0)]
 
 
 def _mirror(right: list[tuple[float, float]]) -> np.ndarray:
@@ -44,10 +34,8 @@ UNIT_SHAPES = {
     "building": RECT,
     "building_l": np.array([(-0.5, -0.5), (0.5, -0.5), (0.5, 0.05), (0.0, 0.05), (0.0, 0.5), (-0.5, 0.5)], dtype=float),
     "court": RECT,
-    "pool": np.array(
-        [(-0.5, -0.3), (-0.3, -0.5), (0.3, -0.5), (0.5, -0.3), (0.5, 0.3), (0.3, 0.5), (-0.3, 0.5), (-0.5, 0.3)],
-        dtype=float,
-    ),
+    "pool": np.array([(-0.5, -0.3), (-0.3, -0.5), (0.3, -0.5), (0.5, -0.3), (0.5, 0.3), (0.3, 0.5), (-0.3, 0.5),
+                      (-0.5, 0.3)], dtype=float),
 }
 
 

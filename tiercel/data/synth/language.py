@@ -17,15 +17,8 @@ from tiercel.data.synth.catalog import GROUNDS, OBJECTS
 from tiercel.data.synth.layout import Obj, Scene
 
 CELLS = [["top left", "top", "top right"], ["left", "center", "right"], ["bottom left", "bottom", "bottom right"]]
-GROUND_WORDS = {
-    "grass": "grass",
-    "water": "water",
-    "sand": "sand",
-    "asphalt": "asphalt",
-    "concrete": "concrete",
-    "soil": "bare soil",
-    "cropland": "cropland",
-}
+GROUND_WORDS = {"grass": "grass", "water": "water", "sand": "sand", "asphalt": "asphalt", "concrete": "concrete",
+                "soil": "bare soil", "cropland": "cropland"}
 NUMBERS = "zero one two three four five six seven eight nine ten".split()
 
 
@@ -85,31 +78,16 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     name = f"{article(scene.scene_class)} {scene.scene_class}"
     counts = Counter(o.cls for o in scene.objects).most_common(3)
     things = _join([count_words(n, c) for c, n in counts]) if counts else "no notable objects"
-    template = rng.choice(
-        [
-            "{A} with {things}.",
-            "An aerial view of {a} with {things}.",
-            "This image shows {a} containing {things}.",
-            "{A} seen from above, with {things}.",
-        ]
-    )
+    template = rng.choice(["{A} with {things}.", "An aerial view of {a} with {things}.",
+                           "This image shows {a} containing {things}.", "{A} seen from above, with {things}."])
     return template.format(A=name[0].upper() + name[1:], a=name, things=things)
 
 
 def detailed_caption(scene: Scene, rng: np.random.Generator) -> str:
     """IMG_CAP_DETAILED: scene, ground cover, each frequent class with where and what colour, largest object."""
     name = f"{article(scene.scene_class)} {scene.scene_class}"
-    out = [
-        str(
-            rng.choice(
-                [
-                    f"This is an aerial image of {name}.",
-                    f"The image shows {name} seen from above.",
-                    f"A top-down view of {name}.",
-                ]
-            )
-        )
-    ]
+    out = [str(rng.choice([f"This is an aerial image of {name}.", f"The image shows {name} seen from above.",
+                           f"A top-down view of {name}."]))]
     cover = ground_cover(scene)
     ground = f"The ground is mostly {GROUND_WORDS[cover[0][0]]}"
     if len(cover) > 1 and cover[1][1] > 0.1:

@@ -86,6 +86,7 @@ class Scene:
         return [o for o in self.objects if o.cls == cls]
 
 
+
 def sample_scene(rng: np.random.Generator, size: int, knobs: Knobs, scene_class: str | None = None) -> Scene:
     """Draw a random scene of `scene_class` (random when None) for a size x size image."""
     name = scene_class or str(rng.choice(list(SCENES)))
@@ -93,19 +94,8 @@ def sample_scene(rng: np.random.Generator, size: int, knobs: Knobs, scene_class:
     regions, lines, align = BUILDERS[spec.layout](rng, float(size))
     region_map = _rasterise(size, regions)
     sun_angle = rng.uniform(0, 2 * np.pi)
-    scene = Scene(
-        size,
-        name,
-        spec.base,
-        regions,
-        [],
-        [],
-        lines if knobs.decor else [],
-        (math.cos(sun_angle), math.sin(sun_angle)),
-        float(align),
-        int(rng.integers(2**31)),
-        region_map,
-    )
+    scene = Scene(size, name, spec.base, regions, [], [], lines if knobs.decor else [],
+                  (math.cos(sun_angle), math.sin(sun_angle)), float(align), int(rng.integers(2**31)), region_map)
     counts = {c: min(int(rng.poisson(m * knobs.density)), knobs.max_per_class) for c, m in spec.priors.items()}
     if not any(counts.values()):
         counts[max(spec.priors, key=spec.priors.get)] = 1
@@ -143,9 +133,8 @@ def place_object(rng: np.random.Generator, scene: Scene, cls: str, knobs: Knobs,
         rgb = tuple(int(v) for v in np.clip(np.array(spec.colors[color]) + jitter, 0, 255))
         outline = G.place(G.UNIT_SHAPES[shape], cx, cy, length, width, angle)
         quad = G.rotated_rect(cx, cy, length, width, angle)
-        return Obj(
-            cls, color, rgb, float(cx), float(cy), float(length), float(width), float(angle), shape, outline, quad
-        )
+        return Obj(cls, color, rgb, float(cx), float(cy), float(length), float(width), float(angle), shape,
+                   outline, quad)
     return None
 
 
@@ -188,9 +177,8 @@ def _ground_ok(scene: Scene, spec, cx, cy, length, width, angle) -> bool:
         return False
     if spec.strict:
         # Its box, and a wider one around it: ships keep clear of the shore and of piers.
-        pts = np.concatenate(
-            [G.rotated_rect(cx, cy, length, width, angle), G.rotated_rect(cx, cy, length * 1.3, width * 2, angle)]
-        )
+        pts = np.concatenate([G.rotated_rect(cx, cy, length, width, angle),
+                              G.rotated_rect(cx, cy, length * 1.3, width * 2, angle)])
         return all(scene.ground_at(x, y) in spec.terrain for x, y in pts)
     return True
 
@@ -210,12 +198,8 @@ def _trees(rng: np.random.Generator, scene: Scene, clusters: int) -> list[tuple[
             x, y = cx + rng.normal(0, 7 * s), cy + rng.normal(0, 7 * s)
             r = rng.uniform(2.0, 4.5) * s
             # Blobs of one cluster may overlap each other, never an object.
-            if (
-                0 <= x < scene.size
-                and 0 <= y < scene.size
-                and scene.ground_at(x, y) == "grass"
-                and _clear(scene, x, y, r, trees=False)
-            ):
+            if 0 <= x < scene.size and 0 <= y < scene.size and scene.ground_at(x, y) == "grass" \
+                    and _clear(scene, x, y, r, trees=False):
                 trees.append((float(x), float(y), float(r)))
     return trees
 

@@ -25,7 +25,6 @@ class Region:
     angle: float = 0.0  # direction of crop rows
     eligible: bool = False
 
-
 Line = tuple[tuple[float, float], tuple[float, float], float]
 
 
@@ -94,18 +93,8 @@ def river(rng, size):
 
 def industrial(rng, size):
     align = rng.uniform(0, np.pi / 2)
-    pads = [
-        _rect(
-            size,
-            rng.uniform(0.2, 0.8, 2) * size,
-            rng.uniform(0.3, 0.5) * size,
-            rng.uniform(0.25, 0.45) * size,
-            align,
-            "concrete",
-            "concrete",
-        )
-        for _ in range(rng.integers(1, 4))
-    ]
+    pads = [_rect(size, rng.uniform(0.2, 0.8, 2) * size, rng.uniform(0.3, 0.5) * size,
+                  rng.uniform(0.25, 0.45) * size, align, "concrete", "concrete") for _ in range(rng.integers(1, 4))]
     roads = [_road(rng, size, align + np.pi / 2 * rng.integers(2))] if rng.random() < 0.7 else []
     return pads + roads, [], align
 
@@ -156,15 +145,8 @@ def farmland(rng, size):
 
 def sports(rng, size):
     align = rng.uniform(0, np.pi / 2)
-    pad = _rect(
-        size,
-        rng.uniform(0.35, 0.65, 2) * size,
-        rng.uniform(0.45, 0.65) * size,
-        rng.uniform(0.35, 0.55) * size,
-        align,
-        "concrete",
-        "concrete",
-    )
+    pad = _rect(size, rng.uniform(0.35, 0.65, 2) * size, rng.uniform(0.45, 0.65) * size,
+                rng.uniform(0.35, 0.55) * size, align, "concrete", "concrete")
     roads = [_road(rng, size, align + np.pi / 2 * rng.integers(2))] if rng.random() < 0.5 else []
     return [pad] + roads, [], align
 

@@ -17,16 +17,8 @@ from tiercel.data.synth.knobs import Knobs
 from tiercel.data.synth.layout import Obj, Scene
 
 # How tall each shape stands, as a fraction of its length: sets the length of its shadow.
-HEIGHT = {
-    "airplane": 0.08,
-    "ship": 0.12,
-    "tank": 0.35,
-    "vehicle": 0.18,
-    "building": 0.3,
-    "building_l": 0.3,
-    "court": 0.0,
-    "pool": 0.0,
-}
+HEIGHT = {"airplane": 0.08, "ship": 0.12, "tank": 0.35, "vehicle": 0.18, "building": 0.3, "building_l": 0.3,
+          "court": 0.0, "pool": 0.0}
 MARKING_RGB = (226, 224, 212)
 _GROUND_LIST = list(GROUNDS.values())
 

@@ -103,10 +103,8 @@ def run_job(job: Job, out: Path) -> list[tuple[str, str, str, list[str]]]:
         first, second = render_pair(scene, after, job.knobs)
         _save(first, out / f"{name}.png")
         _save(second, out / f"{name}_after.png")
-    return [
-        (tag, prompt, answer, [f"{name}.png"] + ([f"{name}_after.png"] if tag == "PIX_CHG" else []))
-        for tag, prompt, answer in answers
-    ]
+    return [(tag, prompt, answer, [f"{name}.png"] + ([f"{name}_after.png"] if tag == "PIX_CHG" else []))
+            for tag, prompt, answer in answers]
 
 
 def _save(image: np.ndarray, path: Path) -> None:
@@ -123,28 +121,16 @@ def _save(image: np.ndarray, path: Path) -> None:
     rows[:, 0] = 1  # filter type 1: Sub
     rows[:, 1:] = sub.reshape(h, -1)
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    path.write_bytes(
-        PNG_SIGNATURE
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_LEVEL))
-        + _chunk(b"IEND", b"")
-    )
+    path.write_bytes(PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_LEVEL))
+                     + _chunk(b"IEND", b""))
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def generate(
-    out: str | os.PathLike,
-    n: int,
-    size: int = 256,
-    seed: int = 0,
-    workers: int | None = None,
-    knobs: Knobs = Knobs(),
-    overwrite: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> dict:
+def generate(out: str | os.PathLike, n: int, size: int = 256, seed: int = 0, workers: int | None = None,
+             knobs: Knobs = Knobs(), overwrite: bool = False, progress: Callable[[int], None] | None = None) -> dict:
     """Write the benchmark to `out` (built in a temp folder, then renamed: fileio.atomic_dir). Returns meta.json.
 
     Args:
@@ -165,10 +151,8 @@ def generate(
         if not overwrite:
             raise DataError(f"{out}: folder exists and is not empty; pass --overwrite or choose another --out")
         if not is_synth_folder(out):
-            raise DataError(
-                f"{out}: holds files tiercel did not write (no meta.json of the synthetic benchmark), so "
-                "it is not replaced even with --overwrite; choose another --out or empty it yourself"
-            )
+            raise DataError(f"{out}: holds files tiercel did not write (no meta.json of the synthetic benchmark), so "
+                            "it is not replaced even with --overwrite; choose another --out or empty it yourself")
     jobs = plan(n, seed, size, knobs)
     # checked above: `out` is missing, empty or the generator's own, so replacing it loses nothing of the user's
     with atomic_dir(out, overwrite=True) as tmp:
@@ -210,9 +194,8 @@ def _render_all(jobs: list[Job], tmp: Path, workers: int | None, progress) -> li
                 if progress:
                     progress(done)
     except BrokenProcessPool:
-        raise DataError(
-            "synth: a worker process died (killed, or out of memory?); rerun with fewer --workers or a smaller --size"
-        ) from None
+        raise DataError("synth: a worker process died (killed, or out of memory?); rerun with fewer --workers "
+                        "or a smaller --size") from None
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -11,28 +11,14 @@ profiling loop), report (rich tables; the PNG chart needs matplotlib). numpy onl
 
 from tiercel.runtime.profile.devices import DEVICES, DeviceSpec, estimate, load_device_specs
 from tiercel.runtime.profile.runner import (
-    BundleProfile,
-    Checkpoints,
-    ProfileReport,
-    ProfileSettings,
-    forced_generation,
-    profile,
+           BundleProfile,
+           Checkpoints,
+           ProfileReport,
+           ProfileSettings,
+           forced_generation,
+           profile,
 )
 from tiercel.runtime.profile.timing import MemoryProbe, StageTimer, breakdown, percentiles
 
-__all__ = [
-    "DEVICES",
-    "BundleProfile",
-    "Checkpoints",
-    "DeviceSpec",
-    "MemoryProbe",
-    "ProfileReport",
-    "ProfileSettings",
-    "StageTimer",
-    "breakdown",
-    "estimate",
-    "forced_generation",
-    "load_device_specs",
-    "percentiles",
-    "profile",
-]
+__all__ = ["DEVICES", "BundleProfile", "Checkpoints", "DeviceSpec", "MemoryProbe", "ProfileReport", "ProfileSettings", "StageTimer",
+           "breakdown", "estimate", "forced_generation", "load_device_specs", "percentiles", "profile"]

@@ -21,10 +21,8 @@ from tiercel.errors import ConfigError
 
 MEM_EFFICIENCY = 0.6  # assumed share of peak bandwidth a decode step reaches (not measured on a Jetson)
 COMPUTE_EFFICIENCY = 0.35  # assumed share of peak FLOP/s the vision/encoder graphs reach (not measured on a Jetson)
-FORMULA = (
-    "t_stage = max(bytes / (bandwidth x mem_efficiency), FLOPs / (peak[precision] x compute_efficiency)); "
-    "per token = t_decode_token; per image = t_vision_encoder + t_text_encoder + t_first_token"
-)
+FORMULA = ("t_stage = max(bytes / (bandwidth x mem_efficiency), FLOPs / (peak[precision] x compute_efficiency)); "
+           "per token = t_decode_token; per image = t_vision_encoder + t_text_encoder + t_first_token")
 
 
 @dataclass(frozen=True)
@@ -52,34 +50,18 @@ class DeviceSpec:
 # INT8 doubles FP16 on Ampere tensor cores); dense INT8 = sparse / 2; FP32 = CUDA cores x 2 x GPU clock.
 # The Orin NX GPU figure is the Orin Nano per-clock rate scaled to 918 MHz (its 100 TOPS include the DLAs).
 DEVICES: dict[str, DeviceSpec] = {
-    "orin-nano-8gb": DeviceSpec(
-        "Jetson Orin Nano 8GB",
-        68.0,
-        {"fp32": 1.28, "fp16": 10.0, "int8": 20.0},
-        source="Orin Nano module datasheet: 68 GB/s, 40 sparse INT8 TOPS, GPU 625 MHz",
-        unverified=("peak_tflops",),
-    ),
-    "orin-nano-8gb-super": DeviceSpec(
-        "Jetson Orin Nano 8GB Super",
-        102.0,
-        {"fp32": 2.09, "fp16": 16.7, "int8": 33.5},
-        source="Orin Nano Super dev kit datasheet: 102 GB/s, 67 sparse INT8 TOPS, GPU 1020 MHz",
-        unverified=("peak_tflops",),
-    ),
-    "orin-nx-16gb": DeviceSpec(
-        "Jetson Orin NX 16GB",
-        102.4,
-        {"fp32": 1.88, "fp16": 14.7, "int8": 29.4},
-        source="Orin NX module datasheet: 102.4 GB/s, 1024 CUDA cores, GPU 918 MHz",
-        unverified=("peak_tflops",),
-    ),
-    "agx-orin-64gb": DeviceSpec(
-        "Jetson AGX Orin 64GB",
-        204.8,
-        {"fp32": 5.3, "fp16": 42.5, "int8": 85.0},
-        source="AGX Orin technical brief v1.2: 204.8 GB/s, 5.3 FP32 TFLOPS, 170 sparse INT8 TOPS",
-        unverified=("peak_tflops.fp16", "peak_tflops.int8"),
-    ),
+    "orin-nano-8gb": DeviceSpec("Jetson Orin Nano 8GB", 68.0, {"fp32": 1.28, "fp16": 10.0, "int8": 20.0},
+                                source="Orin Nano module datasheet: 68 GB/s, 40 sparse INT8 TOPS, GPU 625 MHz",
+                                unverified=("peak_tflops",)),
+    "orin-nano-8gb-super": DeviceSpec("Jetson Orin Nano 8GB Super", 102.0, {"fp32": 2.09, "fp16": 16.7, "int8": 33.5},
+                                      source="Orin Nano Super dev kit datasheet: 102 GB/s, 67 sparse INT8 TOPS, GPU 1020 MHz",
+                                      unverified=("peak_tflops",)),
+    "orin-nx-16gb": DeviceSpec("Jetson Orin NX 16GB", 102.4, {"fp32": 1.88, "fp16": 14.7, "int8": 29.4},
+                               source="Orin NX module datasheet: 102.4 GB/s, 1024 CUDA cores, GPU 918 MHz",
+                               unverified=("peak_tflops",)),
+    "agx-orin-64gb": DeviceSpec("Jetson AGX Orin 64GB", 204.8, {"fp32": 5.3, "fp16": 42.5, "int8": 85.0},
+                                source="AGX Orin technical brief v1.2: 204.8 GB/s, 5.3 FP32 TFLOPS, 170 sparse INT8 TOPS",
+                                unverified=("peak_tflops.fp16", "peak_tflops.int8")),
 }
 
 
@@ -112,18 +94,11 @@ def estimate(work: dict, device: DeviceSpec, new_tokens: int) -> dict:
     stages = {s: stage_seconds(w.flops, w.bytes, device, w.precision) for s, w in work.items()}
     per_image = stages["vision_encoder"] + stages["text_encoder"] + stages["first_token"]
     per_token = stages["decode_token"]
-    return {
-        "device": device.name,
-        "estimate": True,
-        "stages_ms": {s: t * 1e3 for s, t in stages.items()},
-        "precision": {s: compute_precision(w.precision) for s, w in work.items()},
-        "per_token_ms": per_token * 1e3,
-        "tokens_per_s": 1.0 / per_token if per_token > 0 else math.inf,
-        "per_image_ms": per_image * 1e3,
-        "task_ms": (per_image + max(new_tokens - 1, 0) * per_token) * 1e3,
-        "mem_efficiency": device.mem_efficiency,
-        "compute_efficiency": device.compute_efficiency,
-    }
+    return {"device": device.name, "estimate": True, "stages_ms": {s: t * 1e3 for s, t in stages.items()},
+            "precision": {s: compute_precision(w.precision) for s, w in work.items()},
+            "per_token_ms": per_token * 1e3, "tokens_per_s": 1.0 / per_token if per_token > 0 else math.inf,
+            "per_image_ms": per_image * 1e3, "task_ms": (per_image + max(new_tokens - 1, 0) * per_token) * 1e3,
+            "mem_efficiency": device.mem_efficiency, "compute_efficiency": device.compute_efficiency}
 
 
 def load_device_specs(path: str | Path) -> dict[str, DeviceSpec]:
@@ -144,9 +119,7 @@ def load_device_specs(path: str | Path) -> dict[str, DeviceSpec]:
 
             data = yaml.safe_load(text)
     except Exception as err:  # yaml and json raise different classes; both mean the same to the user
-        raise ConfigError(
-            f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({str(err).splitlines()[0]})"
-        ) from None
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({str(err).splitlines()[0]})") from None
     if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):  # {key: device}
         items = [(str(k), v) for k, v in data.items()]
     else:
@@ -163,14 +136,10 @@ def load_device_specs(path: str | Path) -> dict[str, DeviceSpec]:
 def _spec(item, where: str) -> DeviceSpec:
     if not isinstance(item, dict):
         raise ConfigError(f"{where}: must be a mapping with name, bandwidth_gbs, peak_tflops")
-    unknown = sorted(
-        set(item) - {"name", "bandwidth_gbs", "peak_tflops", "mem_efficiency", "compute_efficiency", "source"}
-    )
+    unknown = sorted(set(item) - {"name", "bandwidth_gbs", "peak_tflops", "mem_efficiency", "compute_efficiency", "source"})
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown field '{unknown[0]}'; valid: name, bandwidth_gbs, peak_tflops, "
-            "mem_efficiency, compute_efficiency, source"
-        )
+        raise ConfigError(f"{where}: unknown field '{unknown[0]}'; valid: name, bandwidth_gbs, peak_tflops, "
+                          "mem_efficiency, compute_efficiency, source")
     name = str(item.get("name") or "").strip()
     if not name:
         raise ConfigError(f"{where}: name: required")
@@ -182,10 +151,8 @@ def _spec(item, where: str) -> DeviceSpec:
     if bad:
         raise ConfigError(f"{where}: peak_tflops: unknown precision '{bad[0]}'; use fp32, fp16, int8")
     peaks = {k: _positive(v, f"{where}: peak_tflops.{k}") for k, v in peaks.items()}
-    eff = {
-        k: _positive(item.get(k, d), f"{where}: {k}", upper=1.0)
-        for k, d in (("mem_efficiency", MEM_EFFICIENCY), ("compute_efficiency", COMPUTE_EFFICIENCY))
-    }
+    eff = {k: _positive(item.get(k, d), f"{where}: {k}", upper=1.0)
+           for k, d in (("mem_efficiency", MEM_EFFICIENCY), ("compute_efficiency", COMPUTE_EFFICIENCY))}
     return DeviceSpec(name, bandwidth, peaks, source=str(item.get("source", "")), **eff)
 
 

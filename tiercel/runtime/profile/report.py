@@ -32,14 +32,8 @@ STAGE_COLORS = {
     "generate_overhead": "#9467bd",
     "postprocess": "#8c564b",
 }
-GRAPH_ORDER = (
-    "vision_encoder",
-    "embed_tokens",
-    "encoder_model",
-    "decoder_model",
-    "decoder_with_past_model",
-    "decoder_model_merged",
-)
+GRAPH_ORDER = ("vision_encoder", "embed_tokens", "encoder_model", "decoder_model", "decoder_with_past_model",
+               "decoder_model_merged")
 MB = 1e6
 
 
@@ -59,10 +53,8 @@ def _fmt(x: float) -> str:
 def headline(report) -> str:
     s, m = report.settings, report.machine
     beams = s.num_beams if s.num_beams else "bundle's"
-    return (
-        f"{s.new_tokens} tokens forced per task, beams {beams}, {s.runs} runs after {s.warmup} warm-up, "
-        f"{s.image_size}x{s.image_size} image; {m['cpu']}, {m['cores']} cores, load {m['load_average'][0]}"
-    )
+    return (f"{s.new_tokens} tokens forced per task, beams {beams}, {s.runs} runs after {s.warmup} warm-up, "
+            f"{s.image_size}x{s.image_size} image; {m['cpu']}, {m['cores']} cores, load {m['load_average'][0]}")
 
 
 def comparison_table(report):
@@ -82,25 +74,16 @@ def comparison_table(report):
         table.add_row(f"{tag} end-to-end", *[_ms(p.tasks.get(tag)) for p in ps])
     if any(p.run_all for p in ps):
         n = len(report.settings.batch_tasks)
-        table.add_row(
-            f"run_all ({n} tasks) end-to-end", *[_ms(p.run_all["end_to_end"]) if p.run_all else "-" for p in ps]
-        )
-        table.add_row(
-            "  vs sum of single runs", *[_fmt(p.run_all["sequential_p50"] * 1e3) if p.run_all else "-" for p in ps]
-        )
+        table.add_row(f"run_all ({n} tasks) end-to-end", *[_ms(p.run_all["end_to_end"]) if p.run_all else "-" for p in ps])
+        table.add_row("  vs sum of single runs", *[_fmt(p.run_all["sequential_p50"] * 1e3) if p.run_all else "-" for p in ps])
     table.add_section()
     table.add_row("load incl. sha256 (s)", *[f"{p.load_seconds:.2f}" for p in ps])
     table.add_row("peak RSS (MB)", *[f"{p.rss['peak'] / MB:.0f}" for p in ps])
-    table.add_row(
-        "bundle size (MB)" if all(p.weights_bytes is None for p in ps) else "bundle / weights size (MB)",
-        *[f"{p.size_bytes / MB:.1f}" for p in ps],
-    )
+    table.add_row("bundle size (MB)" if all(p.weights_bytes is None for p in ps) else "bundle / weights size (MB)",
+                  *[f"{p.size_bytes / MB:.1f}" for p in ps])
     present = {g for p in ps for g in p.graphs}
     for g in [g for g in GRAPH_ORDER if g in present] + sorted(present - set(GRAPH_ORDER)):
-        table.add_row(
-            f"  {g} (MB)",
-            *[f"{p.graphs[g]['bytes'] / MB:.2f} {p.graphs[g]['precision']}" if g in p.graphs else "-" for p in ps],
-        )
+        table.add_row(f"  {g} (MB)", *[f"{p.graphs[g]['bytes'] / MB:.2f} {p.graphs[g]['precision']}" if g in p.graphs else "-" for p in ps])
     return table
 
 
@@ -109,38 +92,23 @@ def roofline_table(report):
     from rich.table import Table
 
     pk = report.peaks
-    table = Table(
-        title=f"roofline on this machine: {pk.bandwidth / 1e9:.1f} GB/s copy, {pk.flops / 1e9:.0f} GFLOP/s "
-        f"sgemm (measured in this run); fraction = roofline time / measured p50",
-        title_justify="left",
-    )
+    table = Table(title=f"roofline on this machine: {pk.bandwidth / 1e9:.1f} GB/s copy, {pk.flops / 1e9:.0f} GFLOP/s "
+                        f"sgemm (measured in this run); fraction = roofline time / measured p50",
+                  title_justify="left")
     for col in ("bundle", "stage", "precision", "GFLOP", "MB read", "bound", "bound ms", "p50 ms", "fraction"):
-        table.add_column(
-            col, justify="left" if col in ("bundle", "stage", "precision", "bound") else "right", no_wrap=True
-        )
+        table.add_column(col, justify="left" if col in ("bundle", "stage", "precision", "bound") else "right", no_wrap=True)
     for p in report.profiles:
         for stage, r in p.roofline.items():
-            table.add_row(
-                p.label,
-                STAGE_LABELS[stage],
-                r["precision"],
-                f"{r['flops'] / 1e9:.3g}",
-                f"{r['bytes'] / MB:.3g}",
-                r["bound"],
-                _fmt(r["bound_ms"]),
-                _fmt(r["measured_ms"]),
-                f"{r['fraction']:.0%}",
-            )
+            table.add_row(p.label, STAGE_LABELS[stage], r["precision"], f"{r['flops'] / 1e9:.3g}", f"{r['bytes'] / MB:.3g}",
+                          r["bound"], _fmt(r["bound_ms"]), _fmt(r["measured_ms"]), f"{r['fraction']:.0%}")
         table.add_section()
     return table
 
 
 def roofline_notes(report) -> list[str]:
     """Lines printed under the roofline table: how work and peaks were counted."""
-    lines = [
-        "roofline: FLOPs from the model shape (matmuls + convolutions), bytes = graph files + KV cache read; "
-        f"peaks: {report.peaks.method}"
-    ]
+    lines = ["roofline: FLOPs from the model shape (matmuls + convolutions), bytes = graph files + KV cache read; "
+             f"peaks: {report.peaks.method}"]
     if any(r["precision"] != "fp32" for p in report.profiles for r in p.roofline.values()):
         lines.append("compute bounds use the fp32 sgemm peak for every precision: int8 kernels can pass 100%")
     if any(p.weights_bytes is not None for p in report.profiles):
@@ -155,20 +123,17 @@ def precision_notes(report) -> list[str]:
     bf16 = report.machine.get("cpu_bf16")
     if not bf16 or "INFERENCE_PRECISION_HINT" in options or not any(p.backend == "openvino" for p in report.profiles):
         return []
-    return [
-        f"this CPU computes bf16 ({', '.join(bf16)}): OpenVINO ran in f32, tiercel's default; "
-        "--option INFERENCE_PRECISION_HINT=bf16 trades a little precision for speed (Florence-2-base shape on a "
-        "2-core Zen 4: 1.87x end to end; docs/runtime.md)"
-    ]
+    return [f"this CPU computes bf16 ({', '.join(bf16)}): OpenVINO ran in f32, tiercel's default; "
+            "--option INFERENCE_PRECISION_HINT=bf16 trades a little precision for speed (Florence-2-base shape on a "
+            "2-core Zen 4: 1.87x end to end; docs/runtime.md)"]
 
 
 def estimate_table(report):
     """ESTIMATED per-image / per-token / task latency on each device; `estimate_notes` says how."""
     from rich.table import Table
 
-    table = Table(
-        title="ESTIMATE, not measured: latency on edge devices from the bundle's bytes and FLOPs", title_justify="left"
-    )
+    table = Table(title="ESTIMATE, not measured: latency on edge devices from the bundle's bytes and FLOPs",
+                  title_justify="left")
     table.add_column("device (estimate)", no_wrap=True)
     for p in report.profiles:
         table.add_column(f"{p.label}\nimage / token / task ms", justify="right")
@@ -186,12 +151,10 @@ def estimate_notes(report) -> list[str]:
     from tiercel.runtime.profile.devices import FORMULA
 
     effs = sorted({(d.mem_efficiency, d.compute_efficiency) for d in report.devices.values()})
-    lines = [
-        f"estimate: {FORMULA}; task = per image + {report.settings.new_tokens - 1} tokens",
-        "assumed efficiencies (not measured on the devices): "
-        + ", ".join(f"mem {m:g} / compute {c:g}" for m, c in effs)
-        + "; peaks at each graph's precision as exported (an fp32 bundle uses the fp32 CUDA-core peak)",
-    ]
+    lines = [f"estimate: {FORMULA}; task = per image + {report.settings.new_tokens - 1} tokens",
+             "assumed efficiencies (not measured on the devices): "
+             + ", ".join(f"mem {m:g} / compute {c:g}" for m, c in effs)
+             + "; peaks at each graph's precision as exported (an fp32 bundle uses the fp32 CUDA-core peak)"]
     if any(d.unverified for d in report.devices.values()):
         lines.append("* compute peaks derived from published sparse INT8 TOPS, core counts and clocks: unverified")
     return lines
@@ -225,15 +188,8 @@ def plot(report, path) -> None:
         total = sum(ms for _, ms in segments)
         for stage, ms in segments:
             name = f"decode ({n_tok - 1} tokens)" if stage == "decode_token" else STAGE_LABELS[stage]
-            ax.barh(
-                row,
-                ms,
-                left=left,
-                color=STAGE_COLORS[stage],
-                edgecolor="white",
-                linewidth=0.5,
-                label=name if row == 0 else None,
-            )
+            ax.barh(row, ms, left=left, color=STAGE_COLORS[stage], edgecolor="white", linewidth=0.5,
+                    label=name if row == 0 else None)
             if total and ms / total > 0.07:
                 ax.text(left + ms / 2, row, _fmt(ms), ha="center", va="center", fontsize=8, color="white")
             left += ms
@@ -246,16 +202,8 @@ def plot(report, path) -> None:
     tok = [p.stages["decode_token"]["p50"] * 1e3 for p in ps]
     bound = [p.roofline.get("decode_token", {}).get("bound_ms", math.nan) for p in ps]
     ax2.barh(range(len(ps)), tok, color=STAGE_COLORS["decode_token"])
-    ax2.scatter(
-        bound,
-        range(len(ps)),
-        marker="|",
-        s=400,
-        linewidths=2.5,
-        color="black",
-        zorder=3,
-        label="bandwidth bound on this machine",
-    )
+    ax2.scatter(bound, range(len(ps)), marker="|", s=400, linewidths=2.5, color="black", zorder=3,
+                label="bandwidth bound on this machine")
     for row, (t, p) in enumerate(zip(tok, ps)):
         ax2.text(t, row, f"  {_fmt(t)} ms ({_fmt(p.tokens_per_s.get('p50', math.nan))} tok/s)", va="center", fontsize=8)
     ax2.set_yticks(range(len(ps)), [""] * len(ps))
@@ -267,13 +215,9 @@ def plot(report, path) -> None:
     h2, n2 = ax2.get_legend_handles_labels()
     fig.legend(handles + h2, names + n2, loc="lower center", ncol=5, fontsize=8, frameon=False)
     m = report.machine
-    fig.suptitle(
-        f"tiercel profile on {m['cpu']} ({m['cores']} cores, load {m['load_average'][0]}; measured "
-        f"{report.peaks.bandwidth / 1e9:.1f} GB/s, {report.peaks.flops / 1e9:.0f} GFLOP/s)",
-        x=0.01,
-        ha="left",
-        fontsize=11,
-    )
+    fig.suptitle(f"tiercel profile on {m['cpu']} ({m['cores']} cores, load {m['load_average'][0]}; measured "
+                 f"{report.peaks.bandwidth / 1e9:.1f} GB/s, {report.peaks.flops / 1e9:.0f} GFLOP/s)",
+                 x=0.01, ha="left", fontsize=11)
     fig.tight_layout(rect=(0, 0.55 / (1.9 + 0.6 * len(ps)) + 0.04, 1, 1))
     with atomic_path(path) as tmp:  # the temporary name has no suffix: the format comes from `path`'s
         fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")

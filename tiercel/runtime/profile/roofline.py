@@ -101,14 +101,10 @@ class StageWork:
 
 def bundle_work(bundle, backend: str, enc_tokens: int, new_tokens: int, rows: int = 1) -> dict[str, StageWork]:
     """Work per stage of one generation of a bundle on `backend` (its graph files are the weights read)."""
-    return stage_work(
-        bundle.manifest.model.shape.model_dump(), graph_files(bundle, backend), enc_tokens, new_tokens, rows
-    )
+    return stage_work(bundle.manifest.model.shape.model_dump(), graph_files(bundle, backend), enc_tokens, new_tokens, rows)
 
 
-def stage_work(
-    shape: dict, files: dict[str, dict], enc_tokens: int, new_tokens: int, rows: int = 1
-) -> dict[str, StageWork]:
+def stage_work(shape: dict, files: dict[str, dict], enc_tokens: int, new_tokens: int, rows: int = 1) -> dict[str, StageWork]:
     """Work per stage of one generation: vision_encoder, text_encoder, first_token and an average decode_token
     (over `new_tokens` steps of `rows` sequences, e.g. beams). `files`: {graph: {"bytes", "precision"}} with
     vision_encoder, encoder_model and the decoder as decoder_model_merged, or decoder_model (first step) plus
@@ -121,22 +117,13 @@ def stage_work(
     cross_kv = layers * 2 * enc_tokens * d * kv  # cross-attention K/V read each step, per row
     self_kv = layers * 2 * (avg_past + 1) * d * kv
     return {
-        "vision_encoder": StageWork(
-            vision_flops(shape), files["vision_encoder"]["bytes"], files["vision_encoder"]["precision"]
-        ),
-        "text_encoder": StageWork(
-            text_encoder_flops(shape, enc_tokens), files["encoder_model"]["bytes"], files["encoder_model"]["precision"]
-        ),
-        "first_token": StageWork(
-            decoder_step_flops(shape, enc_tokens, 0, rows, first=True),
-            first_g["bytes"] + rows * cross_kv,
-            first_g["precision"],
-        ),
-        "decode_token": StageWork(
-            decoder_step_flops(shape, enc_tokens, avg_past, rows),
-            step_g["bytes"] + rows * (cross_kv + self_kv),
-            step_g["precision"],
-        ),
+        "vision_encoder": StageWork(vision_flops(shape), files["vision_encoder"]["bytes"], files["vision_encoder"]["precision"]),
+        "text_encoder": StageWork(text_encoder_flops(shape, enc_tokens), files["encoder_model"]["bytes"],
+                                  files["encoder_model"]["precision"]),
+        "first_token": StageWork(decoder_step_flops(shape, enc_tokens, 0, rows, first=True),
+                                 first_g["bytes"] + rows * cross_kv, first_g["precision"]),
+        "decode_token": StageWork(decoder_step_flops(shape, enc_tokens, avg_past, rows),
+                                  step_g["bytes"] + rows * (cross_kv + self_kv), step_g["precision"]),
     }
 
 
@@ -190,11 +177,8 @@ def measure_matmul(n: int = 1536, repeats: int = 5) -> float:
 def measure_machine() -> MachinePeaks:
     """Both peaks, in about a second."""
     threads = os.cpu_count() or 1
-    return MachinePeaks(
-        measure_bandwidth(threads=threads),
-        measure_matmul(),
-        f"numpy copy of 128 MiB over {threads} threads (read+write); numpy fp32 matmul 1536^3",
-    )
+    return MachinePeaks(measure_bandwidth(threads=threads), measure_matmul(),
+                        f"numpy copy of 128 MiB over {threads} threads (read+write); numpy fp32 matmul 1536^3")
 
 
 def fractions(measured: dict[str, float], work: dict[str, StageWork], peaks: MachinePeaks) -> dict[str, dict]:
@@ -205,11 +189,6 @@ def fractions(measured: dict[str, float], work: dict[str, StageWork], peaks: Mac
         if not seconds or not math.isfinite(seconds):
             continue
         bound, kind = w.bound_seconds(peaks.bandwidth, peaks.flops)
-        out[stage] = {
-            "bound": kind,
-            "bound_ms": bound * 1e3,
-            "measured_ms": seconds * 1e3,
-            "fraction": bound / seconds,
-            **asdict(w),
-        }
+        out[stage] = {"bound": kind, "bound_ms": bound * 1e3, "measured_ms": seconds * 1e3, "fraction": bound / seconds,
+                      **asdict(w)}
     return out

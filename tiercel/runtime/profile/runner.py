@@ -62,14 +62,8 @@ class ProfileSettings:
     options: dict | None = None  # backend settings (tiercel.runtime.load's `options`)
 
     def check(self) -> ProfileSettings:
-        bounds = (
-            ("runs", 1, None),
-            ("warmup", 0, None),
-            ("new_tokens", 2, None),
-            ("image_size", 16, MAX_IMAGE_SIZE),
-            ("num_beams", 1, MAX_BEAMS),
-            ("threads", 1, MAX_THREADS),
-        )
+        bounds = (("runs", 1, None), ("warmup", 0, None), ("new_tokens", 2, None), ("image_size", 16, MAX_IMAGE_SIZE),
+                  ("num_beams", 1, MAX_BEAMS), ("threads", 1, MAX_THREADS))
         for name, low, high in bounds:
             value = getattr(self, name)
             if value is not None and (value < low or (high is not None and value > high)):
@@ -138,29 +132,9 @@ class BundleProfile:
         return {s: v["p50"] for s, v in self.stages.items()}
 
     def to_dict(self) -> dict:
-        out = {
-            k: getattr(self, k)
-            for k in (
-                "label",
-                "bundle",
-                "backend",
-                "device",
-                "preset",
-                "decoder",
-                "num_beams",
-                "graphs",
-                "load_seconds",
-                "rss",
-                "stages",
-                "tokens_per_s",
-                "tasks",
-                "run_all",
-                "encoder_tokens",
-                "roofline",
-                "roofline_skipped",
-                "estimates",
-            )
-        }
+        out = {k: getattr(self, k) for k in ("label", "bundle", "backend", "device", "preset", "decoder", "num_beams",
+                                             "graphs", "load_seconds", "rss", "stages", "tokens_per_s", "tasks",
+                                             "run_all", "encoder_tokens", "roofline", "roofline_skipped", "estimates")}
         out["size_bytes"] = self.size_bytes
         out["work"] = {s: {"flops": w.flops, "bytes": w.bytes, "precision": w.precision} for s, w in self.work.items()}
         return out
@@ -178,26 +152,15 @@ class ProfileReport:
 
     def to_dict(self) -> dict:
         s = self.settings
-        return {
-            "machine": self.machine,
-            "peaks": self.peaks.to_dict(),
-            "settings": {
-                "runs": s.runs,
-                "warmup": s.warmup,
-                "new_tokens": s.new_tokens,
-                "num_beams": s.num_beams,
-                "tasks": list(s.tasks),
-                "run_all_tasks": s.batch_tasks,
-                "image_size": s.image_size,
-                "threads": s.threads,
-                "device": s.device,
-                "options": s.options or {},
-            },
-            "units": {"times": "seconds", "sizes": "bytes", "tokens_per_s": "generated tokens per second per sequence"},
-            "estimate_formula": dev.FORMULA,
-            "devices": {k: d.to_dict() for k, d in self.devices.items()},
-            "profiles": [p.to_dict() for p in self.profiles],
-        }
+        return {"machine": self.machine, "peaks": self.peaks.to_dict(),
+                "settings": {"runs": s.runs, "warmup": s.warmup, "new_tokens": s.new_tokens, "num_beams": s.num_beams,
+                             "tasks": list(s.tasks), "run_all_tasks": s.batch_tasks, "image_size": s.image_size,
+                             "threads": s.threads, "device": s.device,
+                             "options": s.options or {}},
+                "units": {"times": "seconds", "sizes": "bytes", "tokens_per_s": "generated tokens per second per sequence"},
+                "estimate_formula": dev.FORMULA,
+                "devices": {k: d.to_dict() for k, d in self.devices.items()},
+                "profiles": [p.to_dict() for p in self.profiles]}
 
 
 def machine_info() -> dict:
@@ -211,15 +174,9 @@ def machine_info() -> dict:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average": [round(x, 2) for x in load],
-        "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"}),  # what OpenVINO's CPU plugin computes bf16 with
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in load],
+            "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"}),  # what OpenVINO's CPU plugin computes bf16 with
+            "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__}
 
 
 def _label(path: Path, backend: str, paths: list[Path], backends: list[str]) -> str:
@@ -240,9 +197,8 @@ class Checkpoints:
     open: Callable
 
 
-def check_pairs(
-    paths: list[Path], backends: list[str], options: dict | None = None, checkpoints: Checkpoints | None = None
-) -> None:
+def check_pairs(paths: list[Path], backends: list[str], options: dict | None = None,
+                checkpoints: Checkpoints | None = None) -> None:
     """Fail before any timing (one-line errors): a missing directory, an unknown backend, a bundle without graphs
     for a backend or asked for torch, a checkpoint given a setting other than dtype, or no way to open one."""
     from tiercel.runtime.backends import get_backend
@@ -255,10 +211,8 @@ def check_pairs(
             if not path.is_dir():
                 raise BundleError(f"{path}: no such bundle or checkpoint directory")
             if checkpoints is None:
-                raise ConfigError(
-                    f"{path}: no manifest.json, so a checkpoint, which this call cannot open; "
-                    "pass checkpoints=tiercel.models.open.CHECKPOINTS (needs torch) or use `tiercel profile`"
-                )
+                raise ConfigError(f"{path}: no manifest.json, so a checkpoint, which this call cannot open; "
+                                  "pass checkpoints=tiercel.models.open.CHECKPOINTS (needs torch) or use `tiercel profile`")
             checkpoints.check(path, options)
             continue
         bundle = read_bundle(path)
@@ -267,15 +221,9 @@ def check_pairs(
             bundle.entries(backend)
 
 
-def profile(
-    paths,
-    backends=("onnxruntime",),
-    settings: ProfileSettings | None = None,
-    devices: dict[str, dev.DeviceSpec] | None = None,
-    image=None,
-    progress=None,
-    checkpoints: Checkpoints | None = None,
-) -> ProfileReport:
+def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None = None,
+            devices: dict[str, dev.DeviceSpec] | None = None, image=None, progress=None,
+            checkpoints: Checkpoints | None = None) -> ProfileReport:
     """Profile every bundle on every backend; measure this machine's peaks; add roofline fractions and estimates.
 
     Args:
@@ -299,9 +247,7 @@ def profile(
         tick = _ticks(bar, progress)
         for path in paths:
             for backend in backends:
-                p = profile_bundle(
-                    path, backend, settings, image, _label(path, backend, paths, backends), tick, checkpoints
-                )
+                p = profile_bundle(path, backend, settings, image, _label(path, backend, paths, backends), tick, checkpoints)
                 if str(p.device).lower() == "cpu":
                     p.roofline = roofline.fractions(p.stage_p50(), p.work, peaks)
                 else:  # the peaks are this machine's CPU: a fraction of them says nothing about a GPU's run
@@ -313,7 +259,6 @@ def profile(
 
 def _ticks(bar, progress) -> Callable[[str], None]:
     """progress(label) after every warm-up or timed call, which also advances the bar."""
-
     def tick(label: str) -> None:
         bar.advance(1, note=f"profiling {label}")
         if progress:
@@ -327,21 +272,12 @@ def open_model(path: Path, backend: str, settings: ProfileSettings, checkpoints:
     if is_bundle(path):
         import tiercel.runtime as rt
 
-        return rt.load(
-            path, backend=backend, device=settings.device, threads=settings.threads, options=settings.options
-        )
+        return rt.load(path, backend=backend, device=settings.device, threads=settings.threads, options=settings.options)
     return checkpoints.open(path, backend, settings.device, settings.threads, settings.options)
 
 
-def profile_bundle(
-    path: Path,
-    backend: str,
-    settings: ProfileSettings,
-    image: np.ndarray,
-    label: str,
-    progress=None,
-    checkpoints: Checkpoints | None = None,
-) -> BundleProfile:
+def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: np.ndarray, label: str,
+                   progress=None, checkpoints: Checkpoints | None = None) -> BundleProfile:
     """Load one bundle (or checkpoint) on one backend and time `settings.runs` runs of every task (after warm-up)."""
     gc.collect()
     memory = MemoryProbe()
@@ -382,21 +318,10 @@ def profile_bundle(
         graphs, decoder, weights = m.weight_graphs(), m.backend, m.weight_bytes()
         label = f"{label[: -len(backend)]}{m.backend}" if label.endswith(f"/{backend}") else label
     work = roofline.stage_work(m.shape.shape.model_dump(), graphs, round(enc_tokens), settings.new_tokens, beams)
-    result = BundleProfile(
-        label,
-        str(path),
-        m.backend,
-        m.device,
-        m.shape.preset,
-        decoder,
-        beams,
-        graphs,
-        load_seconds,
-        {"baseline": baseline, "after_load": after_load, "peak": memory.peak, "source": memory.source},
-        encoder_tokens=enc_tokens,
-        work=work,
-        weights_bytes=weights,
-    )
+    result = BundleProfile(label, str(path), m.backend, m.device, m.shape.preset, decoder, beams, graphs,
+                           load_seconds, {"baseline": baseline, "after_load": after_load, "peak": memory.peak,
+                                          "source": memory.source},
+                           encoder_tokens=enc_tokens, work=work, weights_bytes=weights)
     _summarise(result, singles, per_task, batch, settings)
     del m
     gc.collect()
@@ -428,9 +353,6 @@ def _summarise(result: BundleProfile, singles: list, per_task: dict, batch: list
     result.tasks = {t: percentiles(v) for t, v in per_task.items()}
     if batch:
         n = len(settings.batch_tasks)
-        result.run_all = {
-            "tasks": settings.batch_tasks,
-            "end_to_end": percentiles(s for s, _ in batch),
-            "tokens_per_s": percentiles(n * settings.new_tokens / b["generate"] for _, b in batch),
-            "sequential_p50": sum(result.tasks[t]["p50"] for t in settings.batch_tasks),
-        }
+        result.run_all = {"tasks": settings.batch_tasks, "end_to_end": percentiles(s for s, _ in batch),
+                          "tokens_per_s": percentiles(n * settings.new_tokens / b["generate"] for _, b in batch),
+                          "sequential_p50": sum(result.tasks[t]["p50"] for t in settings.batch_tasks)}

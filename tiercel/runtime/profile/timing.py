@@ -13,16 +13,8 @@ import time
 
 import numpy as np
 
-STAGES = (
-    "preprocess",
-    "vision_encoder",
-    "embed_tokens",
-    "text_encoder",
-    "first_token",
-    "decode_token",
-    "generate_overhead",
-    "postprocess",
-)
+STAGES = ("preprocess", "vision_encoder", "embed_tokens", "text_encoder", "first_token", "decode_token",
+          "generate_overhead", "postprocess")
 PERCENTILES = (50, 90, 99)
 
 
@@ -87,13 +79,8 @@ def percentiles(samples, qs=PERCENTILES) -> dict[str, float]:
     if x.size == 0:
         return {**{f"p{q}": math.nan for q in qs}, "mean": math.nan, "min": math.nan, "max": math.nan, "n": 0}
     values = np.percentile(x, qs)
-    return {
-        **{f"p{q}": float(v) for q, v in zip(qs, values)},
-        "mean": float(x.mean()),
-        "min": float(x.min()),
-        "max": float(x.max()),
-        "n": int(x.size),
-    }
+    return {**{f"p{q}": float(v) for q, v in zip(qs, values)}, "mean": float(x.mean()), "min": float(x.min()),
+            "max": float(x.max()), "n": int(x.size)}
 
 
 class MemoryProbe:

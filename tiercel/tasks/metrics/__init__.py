@@ -73,10 +73,8 @@ def _fields(name: str, preds, refs, attr: str) -> tuple[list, list]:
 def _field(name: str, what: str, items, attr: str) -> list:
     for i, item in enumerate(_listed(name, what, items)):
         if not hasattr(item, attr):
-            raise TaskError(
-                f"{name}: {what}[{i}] is {type(item).__name__}; expected a result with .{attr} "
-                "(parse the answers with the task's spec first)"
-            )
+            raise TaskError(f"{name}: {what}[{i}] is {type(item).__name__}; expected a result with .{attr} "
+                            "(parse the answers with the task's spec first)")
     return [getattr(item, attr) for item in items]
 
 

@@ -91,9 +91,8 @@ def _matrix(iou_matrix: Callable, p, r, i: int) -> np.ndarray:
     for what, items, n in (("predictions", p, shape[0]), ("references", r, shape[1])):
         if not isinstance(items, (list, tuple, np.ndarray)) or len(items) != n:
             count = f"{len(items)} entries" if hasattr(items, "__len__") else type(items).__name__
-            raise TaskError(
-                f"detection_metrics: {what}[{i}] must be a list of geometries, one per object (got {count} for {n})"
-            )
+            raise TaskError(f"detection_metrics: {what}[{i}] must be a list of geometries, one per object "
+                            f"(got {count} for {n})")
     return m
 
 
