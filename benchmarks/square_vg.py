@@ -1,0 +1,224 @@
+"""The sanity experiment of docs/fidelity.md: can the demo teacher's shape learn to find one bright square?
+
+Two parts, both on benchmarks/square_data.py's data (REG_VG, 128 px) and scored the same way at each checkpoint:
+REG_VG Acc@0.5 and mean IoU of greedy answers on the first --n-test test records (tiercel.evaluate), and the
+image-use probe (tiercel.evaluate.image_use) on the first --n-probe val records.
+
+  score RUN_DIR      score the checkpoints of a finished `tiercel distill benchmarks/recipes/square_vg.yaml` run
+  train NAME         a plain torch loop on the same model, data path (SFTData, TaskSampler, collate, run_model),
+                     optimiser and schedule as the trainer, with a learning-rate multiplier for the vision tower and
+                     projector (--vision-lr-mult 0 freezes them at their random initialisation); logs the gradient
+                     norm per module group
+
+    python benchmarks/square_vg.py score benchmarks/work/square/run --out benchmarks/results/square_vg_distill.json
+    python benchmarks/square_vg.py train frozen --vision-lr-mult 0 --steps 2000 --out benchmarks/results/square_vg_frozen.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from image_use import commit, machine  # noqa: E402
+
+DATA = Path("benchmarks/work/square/data")
+SHAPE = dict(
+    vision_dims=[16, 32, 64, 128],
+    vision_heads=[1, 2, 2, 4],
+    vision_groups=[1, 2, 2, 4],
+    d_model=128,
+    ffn_dim=512,
+    image_size=128,
+)  # tiercel/recipes/demo.yaml pipeline.train_teacher, on preset tiny
+GROUPS = {
+    "vision": "model.vision_tower.",
+    "projector": "model.multi_modal_projector.",
+    "encoder": "model.language_model.encoder.",
+    "decoder": "model.language_model.decoder.",
+    "embeddings": "model.language_model.shared.",
+}
+
+
+def score(model, tokenizer, data_dir: Path, n_test: int, n_probe: int) -> dict:
+    """REG_VG Acc@0.5 / mean IoU (greedy, first n_test test records) and the probe (first n_probe val records)."""
+    from tiercel.distill.data import SFTData
+    from tiercel.evaluate import evaluate
+    from tiercel.evaluate.image_use import probe
+    from tiercel.models.predict import TorchPredictor
+
+    was_training = model.training
+    gen = {"num_beams": 1, "max_new_tokens": 12}
+    report = evaluate(TorchPredictor(model, tokenizer), data_dir / "test.json", data_dir, ["REG_VG"], n_test, gen)
+    vg = report.per_task["REG_VG"]
+    val = SFTData(data_dir / "val.json", data_dir, tokenizer)
+    p = probe(model, tokenizer, val, ["REG_VG"], n=n_probe)["per_task"]["REG_VG"]
+    model.train(was_training)
+    return {
+        "acc50": vg["acc50"],
+        "mean_iou": vg["mean_iou"],
+        "test_records": report.counts["REG_VG"],
+        "probe": p,
+    }
+
+
+def short(step, s: dict) -> str:
+    p = s["probe"]
+    return (
+        f"step {step:>5} acc50 {s['acc50']:.3f} iou {s['mean_iou']:.3f} | val loss {p['loss_true']:.3f} gap perm "
+        f"{p['loss_gap_permuted']:+.3f} first-coord gap {p['first_coord_loss_gap_permuted']:+.3f} | image spread "
+        f"cos {p['image_spread']['cosine']:.4f} rel_std {p['image_spread']['rel_std']:.4f}"
+    )
+
+
+def score_run(run_dir: Path, args) -> dict:
+    """Score every checkpoint of a `tiercel distill` run (its metrics.jsonl is kept alongside)."""
+    from tiercel.models import load_checkpoint
+
+    out = {"run": str(run_dir), "checkpoints": []}
+    for ckpt_dir in sorted((run_dir / "checkpoints").glob("step_*")):
+        step = int(ckpt_dir.name.split("_")[1])
+        if args.every and step % args.every:
+            continue
+        ckpt = load_checkpoint(ckpt_dir)
+        s = {"step": step, **score(ckpt.model, ckpt.tokenizer, args.data, args.n_test, args.n_probe)}
+        out["checkpoints"].append(s)
+        print(short(step, s), flush=True)
+    log = run_dir / "metrics.jsonl"
+    out["metrics"] = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+    return out
+
+
+def grad_norms(model) -> dict:
+    """L2 norm of the gradient per module group (GROUPS)."""
+    sq = dict.fromkeys(GROUPS, 0.0)
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        group = next((g for g, prefix in GROUPS.items() if name.startswith(prefix)), None)
+        if group:
+            sq[group] += float(p.grad.detach().pow(2).sum())
+    return {g: v**0.5 for g, v in sq.items()}
+
+
+def optimizer(model, lr: float, vision_mult: float, weight_decay: float):
+    """The trainer's AdamW (no decay on norms, biases, position tables) with vision + projector at lr x mult."""
+    import torch
+
+    groups = {}
+    for name, p in model.named_parameters():
+        vision = name.startswith((GROUPS["vision"], GROUPS["projector"]))
+        if vision and vision_mult == 0:
+            p.requires_grad_(False)
+            continue
+        decay = not (p.ndim < 2 or "norm" in name or "embed_positions" in name)
+        groups.setdefault((vision, decay), []).append(p)
+    params = [
+        {"params": ps, "lr": lr * (vision_mult if v else 1.0), "weight_decay": weight_decay if d else 0.0}
+        for (v, d), ps in groups.items()
+    ]
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def train(args) -> dict:
+    """The plain loop; returns its log and the scores at each checkpoint."""
+    import torch
+
+    from tiercel.distill.data import SFTData, TaskSampler, collate, model_input
+    from tiercel.distill.losses import ce_loss
+    from tiercel.distill.objective import run_model
+    from tiercel.distill.trainer import lr_lambda
+    from tiercel.models import build
+    from tiercel.runtime.tokenizer import train_bpe
+
+    tok_data = SFTData(args.data / "train.json", args.data, None)
+    tok = train_bpe((t for r in tok_data.records for t in (r.prompt, r.answer)), vocab_size=400)
+    data = SFTData(args.data / "train.json", args.data, tok, max_answer_tokens=48)
+    torch.manual_seed(args.seed)
+    model = build("tiny", seed=args.seed, vocab_size=len(tok), image_token_id=tok.image_id, **SHAPE).train()
+    spec = model_input(model)
+    sampler = TaskSampler(data.by_task, {}, args.seed)
+    opt = optimizer(model, args.lr, args.vision_lr_mult, args.weight_decay)
+    sched_cfg = argparse.Namespace(warmup_steps=args.warmup, steps=args.steps, min_lr_ratio=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(sched_cfg))
+    log, scores, t0, samples = [], [], time.perf_counter(), 0
+    s = {"step": 0, **score(model, tok, args.data, args.n_test, args.n_probe)}
+    scores.append(s)
+    print(short(0, s), flush=True)
+    for step in range(args.steps):
+        batch = collate(data, sampler.draw(step, 0, args.batch_size), {"s": spec}, tok.eos_id)
+        loss = ce_loss(run_model(model, batch["s"], batch["decoder_input_ids"]).logits, batch["labels"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norms = grad_norms(model)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        sched.step()
+        samples += args.batch_size
+        done = step + 1
+        if done % 50 == 0:
+            log.append(
+                {
+                    "step": done,
+                    "loss": float(loss),
+                    "grad_norm": norms,
+                    "samples_per_s": samples / (time.perf_counter() - t0),
+                }
+            )
+        if done % args.every == 0 or done == args.steps:
+            train_s = time.perf_counter() - t0
+            s = {"step": done, "train_seconds": train_s, **score(model, tok, args.data, args.n_test, args.n_probe)}
+            scores.append(s)
+            print(
+                short(done, s),
+                f"| train loss {float(loss):.3f} grads {json.dumps({k: round(v, 4) for k, v in norms.items()})}",
+                flush=True,
+            )
+            t0 += time.perf_counter() - t0 - train_s  # scoring time is not training time
+    return {"variant": vars(args) | {"data": str(args.data), "out": str(args.out)}, "checkpoints": scores, "log": log}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sc = sub.add_parser("score", help="score a tiercel distill run's checkpoints")
+    sc.add_argument("run_dir", type=Path)
+    tr = sub.add_parser("train", help="train with a plain torch loop and score as it goes")
+    tr.add_argument("name")
+    tr.add_argument("--steps", type=int, default=2000)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--warmup", type=int, default=300)
+    tr.add_argument("--vision-lr-mult", type=float, default=1.0, help="0 freezes vision tower and projector")
+    tr.add_argument("--weight-decay", type=float, default=0.01)
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--seed", type=int, default=0)
+    for p in (sc, tr):
+        p.add_argument("--data", type=Path, default=DATA)
+        p.add_argument("--every", type=int, default=500, help="score every this many steps")
+        p.add_argument("--n-test", type=int, default=64)
+        p.add_argument("--n-probe", type=int, default=64)
+        p.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    result = {
+        "command": "python benchmarks/square_vg.py " + " ".join(sys.argv[1:]),
+        "commit": commit(),
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    result.update(score_run(args.run_dir, args) if args.cmd == "score" else train(args))
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
