@@ -32,6 +32,14 @@ def commit() -> str:
     return run("rev-parse", "HEAD") + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def write_result(path: Path, result: dict) -> None:
+    """Write `result` (with the load average at the end of the run) as indented JSON to `path`."""
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def machine() -> dict:
     """CPU model, cores, torch threads, load average and library versions."""
     import torch
@@ -100,10 +108,7 @@ def main() -> None:
         result["checkpoints"].append(r)
         for tag, numbers in r["per_task"].items():
             print(line(path.name, tag, numbers), flush=True)
-    result["machine"]["loadavg_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from image_use import commit, machine  # noqa: E402
+from image_use import commit, machine, write_result  # noqa: E402
 
 DATA = Path("benchmarks/work/square/data")
 SHAPE = dict(
@@ -214,10 +213,7 @@ def main() -> None:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     result.update(score_run(args.run_dir, args) if args.cmd == "score" else train(args))
-    result["machine"]["loadavg_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
