@@ -25,6 +25,9 @@ def test_quantize_then_run(tiny_model, tiny_tokenizer, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "guard: token agreement" in out.stdout and "layer sensitivity" in out.stdout and "wrote" in out.stdout
     assert re.search(r"attempt\(s\), \d+ layers kept in (fp32|int8)", out.stdout)
+    # every long step reports on stderr, the sensitivity ranking included (one line per bar when not a terminal)
+    for bar in ("calibrate", "guard", "sensitivity"):
+        assert re.search(rf"^\[{bar}\] \d+/\d+ \w+ in \d+ s", out.stderr, re.M), (bar, out.stderr)
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     assert manifest["quantization"]["spec"]["block_size"] == 64
     assert (tmp_path / "q" / "sensitivity.json").is_file()

@@ -30,6 +30,7 @@ from tiercel import __version__
 from tiercel.errors import ConfigError, require
 from tiercel.export.onnx_export import OPSET, export_onnx, graph_io
 from tiercel.fileio import atomic_dir, check_new_output, sha256_file
+from tiercel.progress import track
 from tiercel.runtime.backends import bundle_backends
 from tiercel.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, Manifest, check_manifest, write_manifest
 
@@ -150,8 +151,10 @@ def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), d
         if "openvino" in backends:
             from tiercel.export.openvino import convert_to_ir
 
-            for name, file in onnx_files.items():
-                graphs.append(_graph_entry(tmp, name, "openvino", convert_to_ir(file, tmp / "openvino"), layers))
+            with track("openvino", len(onnx_files), "graphs") as bar:
+                for name, file in onnx_files.items():
+                    graphs.append(_graph_entry(tmp, name, "openvino", convert_to_ir(file, tmp / "openvino"), layers))
+                    bar.advance(1, note=name)
         if "tensorrt" in backends:
             from tiercel.export.tensorrt import build_engines
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tiercel.errors import BundleError, require
 from tiercel.export.graphs import DECODER_FIRST, DECODER_MERGED, DECODER_PAST, EMBED, ENCODER, VISION, kv_names
+from tiercel.progress import track
 
 FP32_LAYER_KINDS = ("NORMALIZATION", "SOFTMAX", "REDUCE")  # LayerNorm (fused or decomposed) and softmax
 
@@ -149,8 +150,10 @@ def build_engines(root: Path, onnx_files: dict, shape, entry, fp16: bool = True)
     """Build one engine per ONNX graph under root/tensorrt; `entry(name, files, precision)` makes manifest rows."""
     check_available()
     rows = []
-    for name, file in onnx_files.items():
-        int8 = has_qdq(file)
-        engine = build_engine(file, root / "tensorrt" / f"{name}.engine", profiles(name, shape), fp16=fp16, int8=int8)
-        rows.append(entry(name, [engine], engine_precision(fp16, int8)))
+    with track("engines", len(onnx_files), "engines") as bar:
+        for name, file in onnx_files.items():
+            int8 = has_qdq(file)
+            engine = build_engine(file, root / "tensorrt" / f"{name}.engine", profiles(name, shape), fp16=fp16, int8=int8)
+            rows.append(entry(name, [engine], engine_precision(fp16, int8)))
+            bar.advance(1, note=name)
     return rows

@@ -29,6 +29,7 @@ from pathlib import Path
 from tiercel import __version__
 from tiercel.errors import BundleError, ConfigError
 from tiercel.fileio import atomic_dir, check_new_output, sha256_file, write_json
+from tiercel.progress import track
 from tiercel.quantize import guard as _guard
 from tiercel.quantize.calibrate import Calibration, capture, load_samples, sft_file
 from tiercel.quantize.schemes import GRAPH_ROLES, SchemeSpec, get_scheme, needs_calibration, plan
@@ -151,14 +152,16 @@ def _engines(src, tmp: Path, graphs: list[dict], say) -> list[dict]:
 
     shape = ModelShape(**src.manifest.model.shape.model_dump())
     rows = []
-    for g in graphs:
-        onnx_file = tmp / g["file"]
-        int8 = has_qdq(onnx_file)
-        say(f"building the TensorRT engine of {g['name']} ({'int8 + ' if int8 else ''}fp16)")
-        engine = build_engine(onnx_file, tmp / "tensorrt" / f"{g['name']}.engine", profiles(g["name"], shape), int8=int8)
-        rows.append({**{k: v for k, v in g.items() if k not in ("quantization", "extra_files")}, "backend": "tensorrt",
-                     "file": engine.relative_to(tmp).as_posix(), "sha256": sha256_file(engine), "extra_files": {},
-                     "precision": engine_precision(True, int8)})
+    with track("engines", len(graphs), "engines") as bar:
+        for g in graphs:
+            onnx_file = tmp / g["file"]
+            int8 = has_qdq(onnx_file)
+            say(f"building the TensorRT engine of {g['name']} ({'int8 + ' if int8 else ''}fp16)")
+            engine = build_engine(onnx_file, tmp / "tensorrt" / f"{g['name']}.engine", profiles(g["name"], shape), int8=int8)
+            rows.append({**{k: v for k, v in g.items() if k not in ("quantization", "extra_files")}, "backend": "tensorrt",
+                         "file": engine.relative_to(tmp).as_posix(), "sha256": sha256_file(engine), "extra_files": {},
+                         "precision": engine_precision(True, int8)})
+            bar.advance(1, note=g["name"])
     return rows
 
 
@@ -271,11 +274,12 @@ def _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, cali
             raise BundleError("sensitivity needs samples; pass --calib")
         calibration = capture(src.root, samples, n=16, max_new_tokens=max_new_tokens)
     onnx = {g.name: g.file for g in src.manifest.graphs if g.backend == "onnxruntime"}
-    rows = []
-    for name, leaf in leaves.items():
-        if leaf.kind != "keep":
+    rows, ranked = [], {name: leaf for name, leaf in leaves.items() if leaf.kind != "keep"}
+    with track("sensitivity", len(ranked), "graphs") as bar:
+        for name, leaf in ranked.items():
             rows += layer_sensitivity(src.root / onnx[name], calibration.feeds[name], leaf, GRAPH_ROLES.get(name, ""),
                                       max_feeds=max_feeds, graph=name, target=target.name)
+            bar.advance(1, note=name)
     return sorted(rows, key=lambda r: -r["error"])
 
 
