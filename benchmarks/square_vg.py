@@ -8,10 +8,15 @@ image-use probe (tiercel.evaluate.image_use) on the first --n-probe val records.
   train NAME         a plain torch loop on the same model, data path (SFTData, TaskSampler, collate, run_model),
                      optimiser and schedule as the trainer, with a learning-rate multiplier for the vision tower and
                      projector (--vision-lr-mult 0 freezes them at their random initialisation); logs the gradient
-                     norm per module group
+                     norm per module group. --phases trains on other data sets in turn (a coarse-to-fine
+                     curriculum) while scoring stays on --data; --soft-sigma adds a soft-label term that gives the
+                     coordinate tokens an order (a Gaussian over neighbouring bins)
 
     python benchmarks/square_vg.py score benchmarks/work/square/run --out benchmarks/results/square_vg_distill.json
     python benchmarks/square_vg.py train frozen --vision-lr-mult 0 --steps 2000 --out benchmarks/results/square_vg_frozen.json
+    python benchmarks/square_vg.py train curriculum --steps 3000 --out benchmarks/results/square_vg_curriculum.json \
+        --phases benchmarks/work/square_grid4/data:500,benchmarks/work/square_grid16/data:700
+    python benchmarks/square_vg.py train soft --steps 3000 --soft-sigma 25 --out benchmarks/results/square_vg_soft.json
 """
 
 from __future__ import annotations
@@ -124,6 +129,35 @@ def optimizer(model, lr: float, vision_mult: float, weight_decay: float):
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
 
+def parse_phases(spec: str, data: Path, steps: int) -> list[tuple[Path, int]]:
+    """'DIR:STEPS,DIR:STEPS' -> [(dir, end_step), ...], ending with (data, steps) for the remaining steps."""
+    phases, end = [], 0
+    for part in filter(None, spec.split(",")):
+        path, n = part.rsplit(":", 1)
+        end += int(n)
+        phases.append((Path(path), end))
+    if end >= steps:
+        raise SystemExit(f"--phases: the phases take {end} steps, which leaves none of --steps {steps} for --data")
+    return [*phases, (data, steps)]
+
+
+def soft_coord_loss(logits, labels, coord0: int, sigma: float):
+    """Cross-entropy against a Gaussian (std `sigma` bins, cut at 3 sigma) over the coordinate bins around each
+    coordinate label; 0 when no label is a coordinate. Bins are the 1000 token ids from coord0."""
+    import torch
+
+    k = labels - coord0
+    mask = (k >= 0) & (k < 1000)
+    if not mask.any():
+        return logits.sum() * 0.0
+    bins = torch.arange(1000, device=logits.device, dtype=torch.float32)
+    dist = bins[None, :] - k[mask].float()[:, None]
+    target = torch.where(dist.abs() <= 3 * sigma, torch.exp(-0.5 * (dist / sigma) ** 2), torch.zeros_like(dist))
+    target = target / target.sum(-1, keepdim=True)
+    logp = torch.log_softmax(logits[mask].float(), -1)[:, coord0 : coord0 + 1000]
+    return -(target * logp).sum(-1).mean()
+
+
 def train(args) -> dict:
     """The plain loop; returns its log and the scores at each checkpoint."""
     import torch
@@ -137,11 +171,13 @@ def train(args) -> dict:
 
     tok_data = SFTData(args.data / "train.json", args.data, None)
     tok = train_bpe((t for r in tok_data.records for t in (r.prompt, r.answer)), vocab_size=400)
-    data = SFTData(args.data / "train.json", args.data, tok, max_answer_tokens=48)
     torch.manual_seed(args.seed)
     model = build("tiny", seed=args.seed, vocab_size=len(tok), image_token_id=tok.image_id, **SHAPE).train()
     spec = model_input(model)
-    sampler = TaskSampler(data.by_task, {}, args.seed)
+    phases = parse_phases(args.phases, args.data, args.steps)
+    coord_ids = [tok.tok.token_to_id(f"<{k}>") for k in range(1000)]
+    coord0 = coord_ids[0]
+    assert coord_ids == list(range(coord0, coord0 + 1000)), "coordinate tokens are not contiguous ids"
     opt = optimizer(model, args.lr, args.vision_lr_mult, args.weight_decay)
     sched_cfg = argparse.Namespace(warmup_steps=args.warmup, steps=args.steps, min_lr_ratio=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(sched_cfg))
@@ -149,9 +185,19 @@ def train(args) -> dict:
     s = {"step": 0, **score(model, tok, args.data, args.n_test, args.n_probe)}
     scores.append(s)
     print(short(0, s), flush=True)
+    phase_end = -1
     for step in range(args.steps):
+        if step > phase_end:  # next phase: its data, its own sampler
+            phase_data, phase_end = next((d, e) for d, e in phases if e > step)
+            data = SFTData(phase_data / "train.json", phase_data, tok, max_answer_tokens=48)
+            sampler = TaskSampler(data.by_task, {}, args.seed)
+            phase_end -= 1
+            print(f"step {step}: training on {phase_data} until step {phase_end + 1}", flush=True)
         batch = collate(data, sampler.draw(step, 0, args.batch_size), {"s": spec}, tok.eos_id)
-        loss = ce_loss(run_model(model, batch["s"], batch["decoder_input_ids"]).logits, batch["labels"])
+        logits = run_model(model, batch["s"], batch["decoder_input_ids"]).logits
+        loss = ce_loss(logits, batch["labels"])
+        if args.soft_sigma:
+            loss = loss + args.soft_weight * soft_coord_loss(logits, batch["labels"], coord0, args.soft_sigma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norms = grad_norms(model)
@@ -169,9 +215,14 @@ def train(args) -> dict:
                     "samples_per_s": samples / (time.perf_counter() - t0),
                 }
             )
-        if done % args.every == 0 or done == args.steps:
+        if done % args.every == 0 or done == args.steps or step == phase_end:
             train_s = time.perf_counter() - t0
-            s = {"step": done, "train_seconds": train_s, **score(model, tok, args.data, args.n_test, args.n_probe)}
+            s = {"step": done, "train_seconds": train_s, "phase_data": str(phase_data),
+                 **score(model, tok, args.data, args.n_test, args.n_probe)}  # fmt: skip
+            if step == phase_end and phase_data != args.data:
+                own = score(model, tok, phase_data, args.n_test, args.n_probe)
+                s["on_phase_data"] = own
+                print(short(done, own), "(on the phase's own data)", flush=True)
             scores.append(s)
             print(
                 short(done, s),
@@ -196,6 +247,9 @@ def main() -> None:
     tr.add_argument("--weight-decay", type=float, default=0.01)
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--phases", default="", help="DIR:STEPS,... trained on in turn before --data (a curriculum)")
+    tr.add_argument("--soft-sigma", type=float, default=0.0, help="std in bins of the soft coordinate term (0: off)")
+    tr.add_argument("--soft-weight", type=float, default=1.0, help="weight of the soft term added to the CE")
     for p in (sc, tr):
         p.add_argument("--data", type=Path, default=DATA)
         p.add_argument("--every", type=int, default=500, help="score every this many steps")
