@@ -58,3 +58,30 @@ def test_change_detection_sample_is_the_tiled_pair(data):
     assert img.shape == (64, 64, 3)
     # the 2H x 2W canvas keeps zeros off the diagonal: top-right quadrant is black after resizing (bar the seam)
     assert img[2:28, 36:62].max() == 0
+
+
+def test_truncation_counts_answers_and_prompts_per_task_and_warns_past_one_percent(tmp_path, tiny_tokenizer):
+    import json
+
+    from tiercel.data.sft import truncation_lines
+
+    long_answer = "<box><1><2><3><4></box>" * 4  # 24 tokens: 6 per box (grammar tokens are single tokens)
+    assert len(tiny_tokenizer.encode(long_answer)) == 24
+    records = [{"image": "a.png", "conversations": [{"from": "human", "value": f"[{tag}] " + prompt},
+                                                   {"from": "gpt", "value": answer}]}
+               for tag, prompt, answer in [("REG_DET_HBB", "Detect all plane in the image.", long_answer),
+                                           ("REG_DET_HBB", "Detect all ship in the image.", "<box><1><2><3><4></box>"),
+                                           ("IMG_CLS", "Classify the image. " * 20, "airport")]]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    data = SFTData(tmp_path / "d.json", tmp_path, tiny_tokenizer, max_prompt_tokens=30, max_answer_tokens=12)
+    counts = data.truncation()
+    assert counts["REG_DET_HBB"] == {"records": 2, "answers_cut": 1, "prompts_cut": 0}
+    assert counts["IMG_CLS"]["prompts_cut"] == 1 and counts["IMG_CLS"]["answers_cut"] == 0
+    lines = truncation_lines(counts, 12, 30)
+    assert lines == [  # in task order
+        "IMG_CLS: 1 of 1 prompts (100%) are longer than data.max_prompt_tokens (30 tokens) and are cut; raise it or "
+        "expect the model to learn cut prompts",
+        "REG_DET_HBB: 1 of 2 answers (50%) are longer than data.max_answer_tokens (12 tokens) and are cut; raise it "
+        "or expect the model to learn cut answers",
+    ]
+    assert truncation_lines({"IMG_CAP": {"records": 200, "answers_cut": 2, "prompts_cut": 0}}, 48, 96) == []  # 1%: quiet

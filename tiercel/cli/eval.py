@@ -64,6 +64,8 @@ def eval_cmd(
                       batch=batch, keep_predictions=json_out is not None)  # its progress: stderr
     console.print(_table(report, model, data))
     console.print(_summary(report), markup=False, soft_wrap=True)
+    for line in report.warnings:
+        typer.echo(f"warning: {line}", err=True)
     if json_out is not None:
         from tiercel.cli.profile import _finite
         from tiercel.fileio import write_json

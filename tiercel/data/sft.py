@@ -263,3 +263,22 @@ def _skip_ws(buf: str, pos: int) -> int:
     while pos < n and buf[pos] in " \t\r\n":
         pos += 1
     return pos
+
+
+def truncation_lines(counts: dict[str, dict[str, int]], max_answer: int, max_prompt: int, share: float = 0.01,
+                     answers: str = "data.max_answer_tokens", prompts: str = "data.max_prompt_tokens") -> list[str]:
+    """One warning line per task whose answers (or prompts) are cut more often than `share`, in task order;
+    `answers`/`prompts` name the settings that cut them."""
+    lines = []
+    from tiercel.tasks import TAGS
+
+    for tag in TAGS:
+        c = counts.get(tag)
+        if not c:
+            continue
+        for key, what, limit, setting in (("answers_cut", "answers", max_answer, answers),
+                                          ("prompts_cut", "prompts", max_prompt, prompts)):
+            if c.get(key, 0) > share * c["records"]:
+                lines.append(f"{tag}: {c[key]} of {c['records']} {what} ({c[key] / c['records']:.0%}) are longer than "
+                             f"{setting} ({limit} tokens) and are cut; raise it or expect the model to learn cut {what}")
+    return lines

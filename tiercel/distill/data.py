@@ -88,6 +88,20 @@ class SFTData:
         ids = self.tok.encode(self.records[i].answer)[: self.max_answer]
         return [self.tok.bos_id, *ids, self.tok.eos_id]
 
+    def truncation(self) -> dict[str, dict[str, int]]:
+        """Per task: records, and how many answers / prompts are longer than max_answer_tokens /
+        max_prompt_tokens, which prompt_ids and label_ids cut."""
+        answers = self.tok.lengths([r.answer for r in self.records])
+        prompts = self.tok.lengths([r.prompt for r in self.records])
+        counts: dict[str, dict[str, int]] = {}
+        for r, a, p in zip(self.records, answers, prompts):
+            c = counts.setdefault(r.tag, {"records": 0, "answers_cut": 0, "prompts_cut": 0})
+            c["records"] += 1
+            c["answers_cut"] += a > self.max_answer
+            c["prompts_cut"] += p > self.max_prompt
+        return counts
+
+
 
 class TaskSampler:
     """Draw sample indices for a step: tasks by weight, then records uniformly within the task."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from tiercel.data.sft import truncation_lines
 from tiercel.distill import checkpoints
 from tiercel.distill.data import IGNORE, ModelInput, SFTData, TaskSampler, collate, model_input, to_device
 from tiercel.distill.dist import Dist, all_mean, barrier, setup, sharded, teardown, through_root
@@ -103,6 +105,9 @@ def prepare(recipe: Recipe, dist: Dist) -> Run:
     run.data = SFTData(training_file(recipe), d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache)
     if d.val is not None:  # read before training: a broken val file fails now, not at the first validation
         run.val_data = SFTData(d.val, d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache)
+    if dist.main:  # before any step: cut answers teach the model to stop early, or never to close a polygon
+        for line in truncation_lines(run.data.truncation(), d.max_answer_tokens, d.max_prompt_tokens):
+            print(f"warning: {run.data.path}: {line}", file=sys.stderr)
     run.sampler = TaskSampler(run.data.by_task, d.task_weights, recipe.seed)
     student, run.init_report = init_student(recipe.student, run.tokenizer, run.teacher.model if run.teacher else None, recipe.seed)
     from tiercel.distill.objective import DistillObjective

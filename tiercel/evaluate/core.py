@@ -53,6 +53,7 @@ class EvalReport:
     seconds: float = 0.0
     examples: list[Sample] = field(default_factory=list)
     predictions: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. references longer than max_new_tokens, per task
 
     @property
     def headlines(self) -> dict[str, float]:
@@ -69,7 +70,8 @@ class EvalReport:
                 "average_headline": self.average, "tasks_averaged": len(self.per_task),
                 "scale": "fractions; CIDEr as coco-caption gives it (Falcon's radar chart / 100)",
                 "counts": self.counts, "skipped": self.skipped, "seconds": self.seconds,
-                "examples": [s.to_dict() for s in self.examples], "predictions": self.predictions}
+                "examples": [s.to_dict() for s in self.examples], "predictions": self.predictions,
+                "warnings": self.warnings}
 
 
 @dataclass
@@ -113,6 +115,7 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
     root = Path(root) if root is not None else Path()
     generation = generation or {}
     collected = {t: ([], [], []) for t in wanted}
+    answers: dict[str, list[str]] = {t: [] for t in wanted}  # reference texts, for the truncation count
     report = EvalReport({}, {}, {})
     start, done = time.perf_counter(), 0
     total = _expected(file, wanted, limit) if file is not None and shown_progress.active() else None
@@ -121,6 +124,7 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
             for item, pred in zip(group, _predict(predictor, group, generation)):
                 preds, refs, sizes = collected[item.spec.tag]
                 preds.append(pred), refs.append(item.truth), sizes.append(item.size)
+                answers[item.spec.tag].append(item.record.answer)
                 if sum(1 for s in report.examples if s.tag == item.spec.tag) < examples:
                     report.examples.append(_sample(item, pred))
                 if keep_predictions:
@@ -134,7 +138,22 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
             report.per_task[tag] = T.get(tag).metric(preds, refs, sizes)
             report.counts[tag] = len(preds)
     report.seconds = time.perf_counter() - start
+    report.warnings = _cut_references(predictor, answers, generation)
     return report
+
+
+def _cut_references(predictor, answers: dict[str, list[str]], generation: dict) -> list[str]:
+    """One line per task where more than 1% of the reference answers are longer than the tokens the model may
+    generate: those scores are capped by the setting, not by the model."""
+    from tiercel.data.sft import truncation_lines
+
+    tokenizer = getattr(predictor, "tokenizer", None)
+    if tokenizer is None or not hasattr(tokenizer, "lengths"):
+        return []
+    limit = generation.get("max_new_tokens") or predictor.generation.max_new_tokens
+    counts = {tag: {"records": len(refs), "answers_cut": sum(n + 1 > limit for n in tokenizer.lengths(refs))}
+              for tag, refs in answers.items() if refs}  # + 1: the closing </s> is generated too
+    return truncation_lines(counts, limit, 0, answers="max_new_tokens")
 
 
 def _expected(file, wanted: list[str], limit: int | None) -> int:

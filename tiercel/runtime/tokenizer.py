@@ -78,6 +78,10 @@ class TextTokenizer:
         """Token ids of `text` without any special tokens."""
         return self.tok.encode(text, add_special_tokens=False).ids
 
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Token counts of `texts` (no special tokens), encoded in one batch by the Rust tokenizer."""
+        return [len(e.ids) for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`, dropping special tokens (`<s>`, `</s>`, `<pad>`, `<image>`) and keeping grammar tokens."""
         return self.tok.decode(list(ids), skip_special_tokens=True)
