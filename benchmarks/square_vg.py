@@ -9,13 +9,17 @@ image-use probe (tiercel.evaluate.image_use) on the first --n-probe val records.
                      optimiser and schedule as the trainer, with a learning-rate multiplier for the vision tower and
                      projector (--vision-lr-mult 0 freezes them at their random initialisation); logs the gradient
                      norm per module group. --phases trains on other data sets in turn (a coarse-to-fine
-                     curriculum) while scoring stays on --data; --soft-sigma adds a soft-label term that gives the
-                     coordinate tokens an order (a Gaussian over neighbouring bins)
+                     curriculum) while scoring stays on --data; --coarse-targets keeps the images and rounds the
+                     answers' coordinate bins to a few levels per axis instead (a curriculum on the targets);
+                     --soft-sigma adds a soft-label term that gives the coordinate tokens an order (a Gaussian over
+                     neighbouring bins)
 
     python benchmarks/square_vg.py score benchmarks/work/square/run --out benchmarks/results/square_vg_distill.json
     python benchmarks/square_vg.py train frozen --vision-lr-mult 0 --steps 2000 --out benchmarks/results/square_vg_frozen.json
     python benchmarks/square_vg.py train curriculum --steps 3000 --out benchmarks/results/square_vg_curriculum.json \
         --phases benchmarks/work/square_grid4/data:500,benchmarks/work/square_grid16/data:700
+    python benchmarks/square_vg.py train coarse --steps 3000 --coarse-targets 4:500,16:700 \
+        --out benchmarks/results/square_vg_coarse_targets.json
     python benchmarks/square_vg.py train soft --steps 3000 --soft-sigma 25 --out benchmarks/results/square_vg_soft.json
 """
 
@@ -141,6 +145,64 @@ def parse_phases(spec: str, data: Path, steps: int) -> list[tuple[Path, int]]:
     return [*phases, (data, steps)]
 
 
+def parse_coarse(spec: str, steps: int) -> list[tuple[int, int]]:
+    """'LEVELS:STEPS,...' -> [(levels, end_step), ...], ending with (0, steps): exact bins for the rest."""
+    phases, end = [], 0
+    for part in filter(None, spec.split(",")):
+        levels, n = (int(v) for v in part.split(":"))
+        end += n
+        phases.append((levels, end))
+    if end >= steps:
+        raise SystemExit(f"--coarse-targets: the phases take {end} steps, which leaves none of --steps {steps}")
+    return [*phases, (0, steps)]
+
+
+def coarse_bin(k: int, levels: int) -> int:
+    """The centre of bin k's interval when 0..999 is cut into `levels` equal ones (4 levels: 125, 375, 625, 875)."""
+    width = 1000 / levels
+    return min(999, round((k // width + 0.5) * width))
+
+
+def coarse_table(coord0: int, vocab: int, levels: int):
+    """Token-id lookup that maps each coordinate token `<k>` to `<coarse_bin(k)>` (0 levels: exact); every other
+    id maps to itself."""
+    import torch
+
+    table = torch.arange(vocab)
+    if levels:
+        table[coord0 : coord0 + 1000] = coord0 + torch.tensor([coarse_bin(k, levels) for k in range(1000)])
+    return table
+
+
+def coarsen(batch: dict, table) -> None:
+    """Round the coordinate tokens of the answers (labels and the decoder inputs, which are them shifted) in place."""
+    for key in ("labels", "decoder_input_ids"):
+        ids = batch[key]
+        keep = ids >= 0  # -100 is padding in the labels
+        ids[keep] = table[ids[keep]]
+
+
+def coarse_copy(data_dir: Path, levels: int) -> Path:
+    """val.json and test.json of `data_dir` with the answers' bins rounded by coarse_bin, next to a link to
+    its images, so a coarse phase can be scored on the targets it trained on."""
+    import dataclasses
+    import re
+
+    from tiercel.data.sft import iter_records, write_records
+
+    out = Path("benchmarks/work/square_coarse") / f"levels{levels}"
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "images").exists():
+        (out / "images").symlink_to((data_dir / "images").resolve())
+    for split in ("val", "test"):
+        records = [
+            dataclasses.replace(r, answer=re.sub(r"<(\d+)>", lambda m: f"<{coarse_bin(int(m[1]), levels)}>", r.answer))
+            for r in iter_records(data_dir / f"{split}.json")
+        ]
+        write_records(out / f"{split}.json", records)
+    return out
+
+
 def soft_coord_loss(logits, labels, coord0: int, sigma: float):
     """Cross-entropy against a Gaussian (std `sigma` bins, cut at 3 sigma) over the coordinate bins around each
     coordinate label; 0 when no label is a coordinate. Bins are the 1000 token ids from coord0."""
@@ -175,6 +237,7 @@ def train(args) -> dict:
     model = build("tiny", seed=args.seed, vocab_size=len(tok), image_token_id=tok.image_id, **SHAPE).train()
     spec = model_input(model)
     phases = parse_phases(args.phases, args.data, args.steps)
+    coarse = parse_coarse(args.coarse_targets, args.steps)
     coord_ids = [tok.tok.token_to_id(f"<{k}>") for k in range(1000)]
     coord0 = coord_ids[0]
     assert coord_ids == list(range(coord0, coord0 + 1000)), "coordinate tokens are not contiguous ids"
@@ -185,8 +248,14 @@ def train(args) -> dict:
     s = {"step": 0, **score(model, tok, args.data, args.n_test, args.n_probe)}
     scores.append(s)
     print(short(0, s), flush=True)
-    phase_end = -1
+    phase_end, coarse_end = -1, -1
     for step in range(args.steps):
+        if step > coarse_end:  # next target phase: its rounding table
+            levels, coarse_end = next((lv, e) for lv, e in coarse if e > step)
+            table = coarse_table(coord0, len(tok), levels)
+            coarse_end -= 1
+            if args.coarse_targets:
+                print(f"step {step}: targets at {levels or 'exact'} levels per axis until step {coarse_end + 1}", flush=True)
         if step > phase_end:  # next phase: its data, its own sampler
             phase_data, phase_end = next((d, e) for d, e in phases if e > step)
             data = SFTData(phase_data / "train.json", phase_data, tok, max_answer_tokens=48)
@@ -194,6 +263,8 @@ def train(args) -> dict:
             phase_end -= 1
             print(f"step {step}: training on {phase_data} until step {phase_end + 1}", flush=True)
         batch = collate(data, sampler.draw(step, 0, args.batch_size), {"s": spec}, tok.eos_id)
+        if levels:
+            coarsen(batch, table)
         logits = run_model(model, batch["s"], batch["decoder_input_ids"]).logits
         loss = ce_loss(logits, batch["labels"])
         if args.soft_sigma:
@@ -215,10 +286,14 @@ def train(args) -> dict:
                     "samples_per_s": samples / (time.perf_counter() - t0),
                 }
             )
-        if done % args.every == 0 or done == args.steps or step == phase_end:
+        if done % args.every == 0 or done == args.steps or step in (phase_end, coarse_end):
             train_s = time.perf_counter() - t0
-            s = {"step": done, "train_seconds": train_s, "phase_data": str(phase_data),
+            s = {"step": done, "train_seconds": train_s, "phase_data": str(phase_data), "target_levels": levels,
                  **score(model, tok, args.data, args.n_test, args.n_probe)}  # fmt: skip
+            if step == coarse_end and levels:
+                own = score(model, tok, coarse_copy(args.data, levels), args.n_test, args.n_probe)
+                s["on_coarse_targets"] = own
+                print(short(done, own), f"(on {levels}-level targets)", flush=True)
             if step == phase_end and phase_data != args.data:
                 own = score(model, tok, phase_data, args.n_test, args.n_probe)
                 s["on_phase_data"] = own
@@ -248,6 +323,7 @@ def main() -> None:
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--phases", default="", help="DIR:STEPS,... trained on in turn before --data (a curriculum)")
+    tr.add_argument("--coarse-targets", default="", help="LEVELS:STEPS,... answer bins rounded per phase, then exact")
     tr.add_argument("--soft-sigma", type=float, default=0.0, help="std in bins of the soft coordinate term (0: off)")
     tr.add_argument("--soft-weight", type=float, default=1.0, help="weight of the soft term added to the CE")
     for p in (sc, tr):
