@@ -105,9 +105,6 @@ def prepare(recipe: Recipe, dist: Dist) -> Run:
     run.data = SFTData(training_file(recipe), d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache)
     if d.val is not None:  # read before training: a broken val file fails now, not at the first validation
         run.val_data = SFTData(d.val, d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache)
-    if dist.main:  # before any step: cut answers teach the model to stop early, or never to close a polygon
-        for line in truncation_lines(run.data.truncation(), d.max_answer_tokens, d.max_prompt_tokens):
-            print(f"warning: {run.data.path}: {line}", file=sys.stderr)
     run.sampler = TaskSampler(run.data.by_task, d.task_weights, recipe.seed)
     student, run.init_report = init_student(recipe.student, run.tokenizer, run.teacher.model if run.teacher else None, recipe.seed)
     from tiercel.distill.objective import DistillObjective
@@ -300,6 +297,10 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
     start = 0
     if resume and (path := checkpoints.latest(run_dir)) is not None:
         start = checkpoints.restore(path, run.objective, run.optimizer, run.scheduler, sharded=sharded(run), rank=dist.rank)
+    if dist.main:  # before any step: cut answers teach the model to stop early, or never to close a polygon
+        d = recipe.data  # (after the resume check, so a refused resume stays one error line)
+        for line in truncation_lines(run.data.truncation(), d.max_answer_tokens, d.max_prompt_tokens):
+            print(f"warning: {run.data.path}: {line}", file=sys.stderr)
     if dist.main:  # only once the checkpoint fits: a refused resume leaves the run's recipe as it was
         atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
         atomic_write_text(run_dir / "init_report.json", json.dumps(run.init_report, indent=1) + "\n")
