@@ -24,6 +24,14 @@ if TYPE_CHECKING:
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
 
 
+def _known_tag(tag: str) -> str:
+    from tiercel.tasks import TAGS
+
+    if tag not in TAGS:
+        raise ValueError(f"unknown task tag '{tag}'; valid: {', '.join(TAGS)}")
+    return tag
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # nan/inf: never meant
 
@@ -40,11 +48,8 @@ class DataSection(Section):
     @field_validator("task_weights")
     @classmethod
     def _tags_known(cls, weights):
-        from tiercel.tasks import TAGS
-
         for tag, w in weights.items():
-            if tag not in TAGS:
-                raise ValueError(f"unknown task tag '{tag}'; valid: {', '.join(TAGS)}")
+            _known_tag(tag)
             if w < 0:
                 raise ValueError(f"weight of {tag} must be >= 0 (got {w})")
         return weights
@@ -223,12 +228,7 @@ class ProfileSection(Section):
     @field_validator("tasks")
     @classmethod
     def _tags_known(cls, tasks):
-        from tiercel.tasks import TAGS
-
-        for tag in tasks:
-            if tag not in TAGS:
-                raise ValueError(f"unknown task tag '{tag}'; valid: {', '.join(TAGS)}")
-        return tasks
+        return [_known_tag(tag) for tag in tasks]
 
 
 class Recipe(Section):

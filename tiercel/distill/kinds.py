@@ -31,7 +31,3 @@ TEACHER_KINDS: dict[str, TeacherKind] = {
     "generated": TeacherKind("generated", True, False, "none", False, "answers", False,
                              "train on the teacher's answers (any model, e.g. GeoChat)"),
 }
-
-
-def teacher_kind(name: str) -> TeacherKind:
-    return TEACHER_KINDS[name]

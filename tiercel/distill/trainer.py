@@ -301,7 +301,7 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
         d = recipe.data  # (after the resume check, so a refused resume stays one error line)
         for line in truncation_lines(run.data.truncation(), d.max_answer_tokens, d.max_prompt_tokens):
             print(f"warning: {run.data.path}: {line}", file=sys.stderr)
-    if dist.main:  # only once the checkpoint fits: a refused resume leaves the run's recipe as it was
+        # only once the checkpoint fits: a refused resume leaves the run's recipe as it was
         atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
         atomic_write_text(run_dir / "init_report.json", json.dumps(run.init_report, indent=1) + "\n")
         _forget_after(run.log_file, start)

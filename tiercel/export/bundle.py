@@ -32,7 +32,16 @@ from tiercel.export.onnx_export import OPSET, export_onnx, graph_io
 from tiercel.fileio import atomic_dir, check_new_output, sha256_file
 from tiercel.progress import track
 from tiercel.runtime.backends import bundle_backends
-from tiercel.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, Manifest, check_manifest, write_manifest
+from tiercel.runtime.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    Manifest,
+    check_manifest,
+    model_entry,
+    preprocessing,
+    write_manifest,
+)
 
 DECODER_LAYOUTS = ("split", "merged")
 # Graph precisions export writes. fp16 is for GPUs (onnxruntime CUDA/TensorRT EP, TensorRT engines): weights,
@@ -95,13 +104,10 @@ def manifest_for(model, tokenizer, root: Path, graphs: list[dict], decoder: str,
     return check_manifest(json.loads(json.dumps({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": {"family": "florence2", "preset": match_preset(shape), "shape": shape.to_dict(),
-                  "image_tokens": shape.image_tokens, "d_model": shape.d_model,
-                  "decoder_layers": shape.decoder_layers, "attention_heads": shape.attention_heads},
+        "model": model_entry(shape, match_preset(shape)).model_dump(),
         "tasks": list(TAGS),
         "dialect": "falcon",
-        "preprocessing": {"size": shape.image_size, "resize": "bicubic, square, aspect ratio not kept",
-                          "rescale": 1 / 255, "mean": list(mean), "std": list(std)},
+        "preprocessing": preprocessing(shape.image_size, mean, std).model_dump(),
         "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(root / "tokenizer.json"),
                       "image_token_id": tokenizer.image_id, "vocab_size": len(tokenizer)},
         "generation": generation_settings(model, tokenizer),

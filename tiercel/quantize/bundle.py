@@ -35,8 +35,8 @@ from tiercel.quantize.calibrate import Calibration, capture, load_samples, sft_f
 from tiercel.quantize.schemes import GRAPH_ROLES, SchemeSpec, get_scheme, needs_calibration, plan
 from tiercel.quantize.settings import QuantizeSettings
 from tiercel.quantize.settings import settings as make_settings
-from tiercel.runtime.bundle import MANIFEST, read_bundle, write_manifest
-from tiercel.runtime.manifest import QuantizationSection
+from tiercel.runtime.bundle import read_bundle
+from tiercel.runtime.manifest import MANIFEST, QuantizationSection, write_manifest
 
 
 def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: str | None = None,

@@ -93,9 +93,14 @@ def plan(spec: SchemeSpec, graphs, block_size: int | None = None, symmetric: boo
         leaf = spec.policy.get(GRAPH_ROLES.get(graph, ""), "fp32")
         if SCHEMES.get(leaf) is None or SCHEMES[leaf].kind == "mixed":
             raise ConfigError(f"policy: '{leaf}' is not a leaf scheme; choose one of: "
-                              f"{', '.join(n for n, s in SCHEMES.items() if s.kind != 'mixed')}")
+                              f"{', '.join(leaves())}")
         out[graph] = get_scheme(leaf, block_size=block_size, symmetric=symmetric)
     return out
+
+
+def leaves() -> list[str]:
+    """The leaf schemes: those a mixed policy may give a graph."""
+    return [n for n, s in SCHEMES.items() if s.kind != "mixed"]
 
 
 def needs_calibration(leaves: dict[str, SchemeSpec]) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiercel.errors import ConfigError, choose
-from tiercel.quantize.schemes import BLOCK_SIZES, GRAPH_ROLES, SCHEMES
+from tiercel.quantize.schemes import BLOCK_SIZES, GRAPH_ROLES, SCHEMES, leaves
 
 
 @dataclass(frozen=True)
@@ -114,10 +114,6 @@ class QuantizeSettings(QuantizeOptions):
     def _scheme(self):
         self.check_scheme(self.scheme)
         return self
-
-
-def leaves() -> list[str]:
-    return [n for n, s in SCHEMES.items() if s.kind != "mixed"]
 
 
 def known_scheme(name: str) -> str:

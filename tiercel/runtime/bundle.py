@@ -1,7 +1,7 @@
 """Read a bundle directory: the manifest, the graph entries for one backend, and their checksums.
 
-The manifest is the contract between export and runtime (DESIGN.md, "The bundle"). Every file the chosen
-backend will open is checked against its sha256 before anything runs. This module knows nothing about how
+The manifest (its schema: manifest.py) is the contract between export and runtime (DESIGN.md, "The bundle").
+Every file the chosen backend will open is checked against its sha256 before anything runs. This module knows nothing about how
 graphs are executed (backends.py) or what they compute (model.py).
 """
 
@@ -13,18 +13,7 @@ from pathlib import Path
 
 from tiercel.errors import BundleError
 from tiercel.fileio import is_leftover, sha256_file, temporary_owner
-from tiercel.runtime.manifest import (  # noqa: F401
-    DECODERS,
-    FORMAT,
-    FORMAT_VERSION,
-    GRAPHS,
-    MANIFEST,
-    GraphEntry,
-    Manifest,
-    check_manifest,
-    read_manifest,
-    write_manifest,
-)
+from tiercel.runtime.manifest import DECODERS, GRAPHS, MANIFEST, GraphEntry, Manifest, read_manifest
 
 
 @dataclass
