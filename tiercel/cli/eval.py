@@ -16,8 +16,8 @@ from tiercel.cli.app import BACKEND_OPTION, MAX_BEAMS, app
 from tiercel.runtime.backends import backends_help
 
 SHOWN_METRICS = 4  # non-headline metrics shown per task in the table (all go to --json)
-_PREFERRED = ("macro_f1", "bleu4", "rouge_l", "mae", "missing", "precision50", "recall50", "mean_iou", "dice",
-              "accuracy_yes_no", "ap50_iou_ranked", "iou_pooled")
+_PREFERRED = ("macro_f1", "label_jaccard", "bleu4", "rouge_l", "mae", "missing", "precision50", "recall50", "mean_iou",
+              "dice", "accuracy_yes_no", "ap50_iou_ranked", "iou_pooled", "f1", "acc50", "ap50")
 
 
 @app.command("eval")
@@ -36,6 +36,7 @@ def eval_cmd(
     batch: bool = typer.Option(True, "--batch/--no-batch", help="Batch consecutive records on one image through run_all."),
     json_out: Path = typer.Option(None, "--json", help="Write all metrics, counts and every prediction as JSON here."),
     examples: Path = typer.Option(None, "--examples", help="Write qualitative PNGs (one per task) into this folder."),
+    protocol: str = typer.Option("tiercel", "--protocol", help="How to score: tiercel (default), falcon (as Falcon's published evaluation scores it; needs tiercel[eval] for REG_DET_OBB, PIX_SEG, PIX_CHG) or both, side by side."),
 ):
     """Score a bundle or a checkpoint on Falcon_SFT records with each task's metrics."""
     from tiercel.fileio import check_output_dir, check_output_file
@@ -47,10 +48,11 @@ def eval_cmd(
 
     from tiercel.cli.profile import split_list
     from tiercel.errors import ConfigError, DataError
-    from tiercel.evaluate import check_tasks, evaluate, open_predictor, write_examples
+    from tiercel.evaluate import check_protocols, check_tasks, evaluate, open_predictor, write_examples
     from tiercel.runtime.backends import parse_options
 
     tags = check_tasks(split_list(task))  # unknown tags fail here, before a model loads
+    check_protocols(protocol, tags)  # so do unknown protocols and Falcon's missing libraries
     if not data.is_file():
         raise DataError(f"{data}: file not found")
     root = root if root is not None else data.parent
@@ -61,7 +63,7 @@ def eval_cmd(
                                options=parse_options(option))
     generation = {k: v for k, v in {"num_beams": num_beams, "max_new_tokens": max_new_tokens}.items() if v is not None}
     report = evaluate(predictor, data, root, tags, limit, generation, examples=1 if examples else 0,
-                      batch=batch, keep_predictions=json_out is not None)  # its progress: stderr
+                      batch=batch, keep_predictions=json_out is not None, protocol=protocol)  # progress: stderr
     console.print(_table(report, model, data))
     console.print(_summary(report), markup=False, soft_wrap=True)
     for line in report.warnings:
@@ -83,21 +85,30 @@ def _table(report, model: Path, data: Path):
 
     from tiercel import tasks as T
 
-    table = Table(title=f"tiercel eval {model.name} on {data.name}", title_justify="left")
-    for col in ("#", "task", "n", "headline", "value", "other metrics"):
-        table.add_column(col, justify="right" if col in ("#", "n", "value") else "left")
+    names = [report.protocol] + [p for p in report.protocols if p != report.protocol]
+    title = f"tiercel eval {model.name} on {data.name}"
+    table = Table(title=title if names == ["tiercel"] else f"{title} ({', '.join(names)} protocol)", title_justify="left")
+    for col in ("#", "task", "n", *[c for name in names for c in _headline_columns(name, len(names))], "other metrics"):
+        table.add_column(col, justify="right" if col in ("#", "n") or col.endswith("value") else "left")
     for tag in T.TAGS:
         if tag not in report.per_task:
             continue
         scores, spec = report.per_task[tag], T.get(tag)
-        others = [k for k in _PREFERRED if k in scores and k != spec.headline][:SHOWN_METRICS]
-        table.add_row(str(spec.number), tag, str(report.counts[tag]), spec.headline, _num(scores[spec.headline]),
+        headline = spec.headline_of(report.protocol)
+        others = [k for k in _PREFERRED if k in scores and k != headline][:SHOWN_METRICS]
+        cells = [c for name in names for c in (spec.headline_of(name), _num(report.headlines_of(name).get(tag)))]
+        table.add_row(str(spec.number), tag, str(report.counts[tag]), *cells,
                       ", ".join(f"{k} {_num(scores[k])}" for k in others))
     if report.per_task:
         label = "14-task average" if len(report.per_task) == len(T.TAGS) else f"average over {len(report.per_task)} tasks"
         table.add_section()
-        table.add_row("", label, str(sum(report.counts.values())), "headlines", _num(report.average), "")
+        cells = [c for name in names for c in ("headlines", _num(report.average_of(name)))]
+        table.add_row("", label, str(sum(report.counts.values())), *cells, "")
     return table
+
+
+def _headline_columns(protocol: str, shown: int) -> tuple[str, str]:
+    return ("headline", "value") if shown == 1 else (f"{protocol} headline", f"{protocol} value")
 
 
 def _summary(report) -> str:

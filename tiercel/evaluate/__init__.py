@@ -9,7 +9,7 @@ tiercel.models.predict.TorchPredictor for a PyTorch model, e.g. during distillat
 loads neither torch nor a backend.
 """
 
-from tiercel.evaluate.core import EvalReport, Sample, check_tasks, evaluate, open_predictor
+from tiercel.evaluate.core import EvalReport, Sample, check_protocols, check_tasks, evaluate, open_predictor
 from tiercel.evaluate.examples import write_examples
 
-__all__ = ["EvalReport", "Sample", "check_tasks", "evaluate", "open_predictor", "write_examples"]
+__all__ = ["EvalReport", "Sample", "check_protocols", "check_tasks", "evaluate", "open_predictor", "write_examples"]

@@ -47,31 +47,51 @@ class Sample:
 class EvalReport:
     """Per-task metrics (each task's metric output, headline included), counts and kept samples."""
 
-    per_task: dict[str, dict[str, float]]
+    per_task: dict[str, dict[str, float]]  # the metrics of `protocol`
     counts: dict[str, int]
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     examples: list[Sample] = field(default_factory=list)
     predictions: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. references longer than max_new_tokens, per task
+    protocol: str = "tiercel"
+    protocols: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # every protocol computed
+
+    def headlines_of(self, protocol: str | None = None) -> dict[str, float]:
+        """{tag: headline value} under `protocol` (default: the report's own)."""
+        protocol = protocol or self.protocol
+        return {tag: scores[T.get(tag).headline_of(protocol)] for tag, scores in self._metrics(protocol).items()}
+
+    def average_of(self, protocol: str | None = None) -> float | None:
+        """Mean headline over the tasks evaluated (Falcon's radar-chart scale / 100); None when none were."""
+        protocol = protocol or self.protocol
+        metrics = self._metrics(protocol)
+        return T.average_headline(metrics, protocol) if metrics else None
 
     @property
     def headlines(self) -> dict[str, float]:
-        return {tag: scores[T.get(tag).headline] for tag, scores in self.per_task.items()}
+        return self.headlines_of()
 
     @property
     def average(self) -> float | None:
-        """Mean headline over the tasks evaluated (Falcon's radar-chart scale / 100); None when none were."""
-        return T.average_headline(self.per_task) if self.per_task else None
+        return self.average_of()
+
+    def _metrics(self, protocol: str) -> dict[str, dict[str, float]]:
+        return self.per_task if protocol == self.protocol else self.protocols.get(protocol, {})
 
     def to_dict(self) -> dict:
-        return {"per_task": self.per_task, "headline": {t: {"metric": T.get(t).headline, "value": v}
-                                                         for t, v in self.headlines.items()},
-                "average_headline": self.average, "tasks_averaged": len(self.per_task),
+        return {"protocol": self.protocol, **self._scores(self.protocol), "tasks_averaged": len(self.per_task),
                 "scale": "fractions; CIDEr as coco-caption gives it (Falcon's radar chart / 100)",
+                "protocols": {name: self._scores(name) for name in self.protocols if name != self.protocol},
                 "counts": self.counts, "skipped": self.skipped, "seconds": self.seconds,
                 "examples": [s.to_dict() for s in self.examples], "predictions": self.predictions,
                 "warnings": self.warnings}
+
+    def _scores(self, protocol: str) -> dict:
+        return {"per_task": self._metrics(protocol),
+                "headline": {t: {"metric": T.get(t).headline_of(protocol), "value": v}
+                             for t, v in self.headlines_of(protocol).items()},
+                "average_headline": self.average_of(protocol)}
 
 
 @dataclass
@@ -84,13 +104,25 @@ class _Item:
     truth: T.Result
 
 
+def check_protocols(protocol: str, tags: list[str]) -> list[str]:
+    """The protocols `protocol` names ("both": tiercel's, then Falcon's), checked before any work: an unknown
+    name, or Falcon's scoring of `tags` without its libraries, is one TaskError line."""
+    names = list(T.PROTOCOLS) if protocol == "both" else [T.check_protocol(protocol)]
+    if "falcon" in names:
+        from tiercel.tasks import falcon
+
+        falcon.check_dependencies(tags)
+    return names
+
+
 def check_tasks(tasks) -> list[str]:
     """Canonical tags of `tasks` (None: all 14); TaskError names a bad one and lists the valid tags."""
     return list(T.TAGS) if not tasks else list(dict.fromkeys(T.get(t).tag for t in tasks))
 
 
 def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None, generation: dict | None = None,
-             examples: int = 0, batch: bool = True, keep_predictions: bool = False, progress=None) -> EvalReport:
+             examples: int = 0, batch: bool = True, keep_predictions: bool = False, progress=None,
+             protocol: str = "tiercel") -> EvalReport:
     """Score `predictor` on Falcon_SFT records, task by task.
 
     Args:
@@ -103,8 +135,11 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
         batch: run consecutive records on the same image through `run_all` (one vision pass).
         keep_predictions: keep every record's parsed prediction in `report.predictions`.
         progress: called with the number of records scored so far.
+        protocol: "tiercel" (default), "falcon" (Falcon's published evaluation, tiercel.tasks.falcon) or "both":
+            tiercel's in `report.per_task`, Falcon's in `report.protocols["falcon"]`.
     """
     wanted = check_tasks(tasks)
+    protocols = check_protocols(protocol, wanted)
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit: must be >= 1 (got {limit})")
     file = None
@@ -114,7 +149,7 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
         records = iter_records(records)
     root = Path(root) if root is not None else Path()
     generation = generation or {}
-    collected = {t: ([], [], []) for t in wanted}
+    collected = {t: ([], [], [], []) for t in wanted}
     answers: dict[str, list[str]] = {t: [] for t in wanted}  # reference texts, for the truncation count
     report = EvalReport({}, {}, {})
     start, done = time.perf_counter(), 0
@@ -122,8 +157,8 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
     with shown_progress.track("eval", total, "records") as bar:
         for group in _groups(_items(records, root, wanted, limit, report.skipped), batch and hasattr(predictor, "run_all")):
             for item, pred in zip(group, _predict(predictor, group, generation)):
-                preds, refs, sizes = collected[item.spec.tag]
-                preds.append(pred), refs.append(item.truth), sizes.append(item.size)
+                preds, refs, sizes, crops = collected[item.spec.tag]
+                preds.append(pred), refs.append(item.truth), sizes.append(item.size), crops.append(item.record.crop)
                 answers[item.spec.tag].append(item.record.answer)
                 if sum(1 for s in report.examples if s.tag == item.spec.tag) < examples:
                     report.examples.append(_sample(item, pred))
@@ -133,10 +168,14 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
             bar.update(done)
             if progress:
                 progress(done)
-    for tag, (preds, refs, sizes) in collected.items():
+    for tag, (preds, refs, sizes, crops) in collected.items():
         if preds:
-            report.per_task[tag] = T.get(tag).metric(preds, refs, sizes)
+            for name in protocols:
+                scores = T.get(tag).metric(preds, refs, sizes, protocol=name, crops=crops)
+                report.protocols.setdefault(name, {})[tag] = scores
             report.counts[tag] = len(preds)
+    report.protocol = protocols[0]
+    report.per_task = report.protocols.get(report.protocol, {})
     report.seconds = time.perf_counter() - start
     report.warnings = _cut_references(predictor, answers, generation)
     return report

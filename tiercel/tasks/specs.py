@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tiercel.errors import TaskError
-from tiercel.tasks import answers, change, grammar, metrics, prompts
+from tiercel.tasks import answers, change, falcon, grammar, metrics, prompts
 from tiercel.tasks.results import Caption, Count, Polygons, Result
 
 
@@ -75,8 +75,15 @@ class TaskSpec:
             result = Polygons(polygons=change.to_canvas(result.polygons, image_size))
         return writer(result, frame, dialect)
 
-    def metric(self, preds: list, refs: list, image_sizes: list | None = None) -> dict[str, float]:
-        """Score parsed predictions against references; `image_sizes` ((W, H) each) for pixel tasks."""
+    def metric(self, preds: list, refs: list, image_sizes: list | None = None, protocol: str = "tiercel",
+               crops: list | None = None) -> dict[str, float]:
+        """Score parsed predictions against references; `image_sizes` ((W, H) each) for pixel tasks.
+
+        `protocol`: "tiercel" (default, see docs/eval.md) or "falcon", Falcon's published evaluation
+        (tiercel.tasks.falcon), which scores the results' answer text and reads `crops` (each record's crop) for
+        PIX_SEG/PIX_CHG. The headline key of each is `spec.headline_of(protocol)`.
+        """
+        check_protocol(protocol)
         if not isinstance(preds, (list, tuple)) or not isinstance(refs, (list, tuple)):
             raise TaskError(f"{self.tag}: preds and refs must be lists, one result per sample "
                             f"(got {type(preds).__name__}, {type(refs).__name__})")
@@ -86,7 +93,16 @@ class TaskSpec:
         self._check_results("refs", refs)
         if self.answer == "poly" and (image_sizes is None or len(image_sizes) != len(refs)):
             raise TaskError(f"{self.tag}: metric needs image_sizes, one (W, H) per sample")
+        if image_sizes is not None and len(image_sizes) != len(refs):
+            raise TaskError(f"{self.tag}: {len(image_sizes)} image sizes but {len(refs)} references")
+        if protocol == "falcon":
+            return falcon.score(self, preds, refs, image_sizes, crops)
         return self.score(preds, refs, image_sizes)
+
+    def headline_of(self, protocol: str = "tiercel") -> str:
+        """The key of this task's headline metric under `protocol`."""
+        check_protocol(protocol)
+        return falcon.headline(self) if protocol == "falcon" else self.headline
 
     def _frame(self, image_size) -> tuple[float, float]:
         if image_size is None:
@@ -108,6 +124,16 @@ class TaskSpec:
                     raise TaskError(f"{self.tag}: {name}[{i}] is {type(x).__name__}; expected {expected}")
             if name == "refs" and self.result_type is Count and item.value is None:
                 raise TaskError(f"{self.tag}: refs[{i}] is a Count without a value")
+
+
+PROTOCOLS = ("tiercel", "falcon")  # how metric() scores: tiercel's own, or Falcon's published evaluation
+
+
+def check_protocol(protocol: str) -> str:
+    """`protocol` if it is one of PROTOCOLS; TaskError listing them otherwise."""
+    if protocol not in PROTOCOLS:
+        raise TaskError(f"unknown evaluation protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
+    return protocol
 
 
 _WORDS = "\nUse one or a few words."
@@ -161,8 +187,9 @@ def split_user_turn(content: str) -> tuple[str | None, str]:
     return (tag.upper() if tag else None), prompt
 
 
-def average_headline(per_task: dict[str, dict]) -> float:
-    """Mean of each task's headline metric ({tag: spec.metric(...) output}). A nan headline gives nan.
+def average_headline(per_task: dict[str, dict], protocol: str = "tiercel") -> float:
+    """Mean of each task's headline metric ({tag: spec.metric(...) output}) under `protocol`. A nan headline
+    gives nan.
 
     Headlines are on the scale the metrics return: fractions, and CIDEr as coco-caption gives it (up to 10).
     That is Falcon's radar chart divided by 100 (accuracy 78.4 -> 0.784, CIDEr 30.5 -> 0.305).
@@ -172,8 +199,9 @@ def average_headline(per_task: dict[str, dict]) -> float:
     values = []
     for tag, scores in per_task.items():
         spec = get(tag)
-        if spec.headline not in scores:
+        key = spec.headline_of(protocol)
+        if key not in scores:
             got = ", ".join(sorted(scores))
-            raise TaskError(f"{spec.tag}: metrics lack the headline '{spec.headline}' (got {got})")
-        values.append(float(scores[spec.headline]))
+            raise TaskError(f"{spec.tag}: metrics lack the headline '{key}' (got {got})")
+        values.append(float(scores[key]))
     return sum(values) / len(values)

@@ -1,0 +1,81 @@
+"""Falcon's PIX_SEG / PIX_CHG score: per-sample IoU and Dice of masks rasterised with pycocotools.
+
+`eval/src/segmentation.py` cannot read the polygons Falcon's own inference writes (instances -> parts -> flat
+points go to pycocotools' frPyObjects as one polygon, which raises), so this is its evident intent, kept
+wherever its code is clear:
+- polygons are dequantised as its inference does: (bin + 0.5) * side / 1000 of the image (of the 2W x 2H
+  canvas for PIX_CHG);
+- the mask canvas is the record's crop (width x height) when it has one, else a square whose side is the
+  largest coordinate of either side plus 5, cut down to an integer (so masks past it are clipped);
+- every part of every instance with at least 3 points is rasterised with pycocotools and the parts are merged
+  (its calculate_merged); a sample whose prediction or reference has no polygon is skipped, not scored 0;
+- IoU and Dice of two empty masks are 1; the task's scores are the means over the samples scored (0 if none).
+Departures, made because its code cannot run as written: a part of fewer than 3 points has no area (pycocotools
+would read a 2-point part as a box); the square side uses the largest coordinate of all parts (its nested
+max() reads the largest coordinate of one part).
+This module knows nothing about tasks or answer text beyond Falcon's polygon regexes.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from tiercel.errors import TaskError
+
+_INSTANCE = re.compile(r"<poly>(.*?)</poly>")
+_PART = re.compile(r"((?:<\d+>)+)(?:<sep>|$)")
+_BIN = re.compile(r"<(\d+)>")
+
+
+def extract_polygons(text: str, size) -> list[list[list[float]]]:
+    """extract_polygons: instances -> parts -> flat [x, y, ...] in pixels of a (W, H) image (floor bins)."""
+    w, h = size
+    instances = []
+    for instance in _INSTANCE.finditer(text):
+        parts = []
+        for part in _PART.finditer(instance.group(1)):
+            bins = [int(b) for b in _BIN.findall(part.group(1))]
+            bins = bins[: len(bins) // 2 * 2]  # an unpaired last value is dropped
+            parts.append([(b + 0.5) * (w if k % 2 == 0 else h) / 1000 for k, b in enumerate(bins)])
+        if parts:
+            instances.append(parts)
+    return instances
+
+
+def mask_scores(preds: list, refs: list, crops: list) -> dict[str, float]:
+    """evaluate_segmentation's mdice and miou over samples (polygons from extract_polygons)."""
+    ious, dices = [], []
+    for pred, truth, crop in zip(preds, refs, crops):
+        if not pred or not truth:
+            continue
+        w, h = _canvas(pred, truth, crop)
+        a, b = _mask(truth, h, w), _mask(pred, h, w)
+        inter, total = float(np.sum(a & b)), float(a.sum() + b.sum())
+        ious.append(inter / (total - inter) if total - inter else 1.0)
+        dices.append(2 * inter / total if total else 1.0)
+    return {"miou": float(np.mean(ious)) if ious else 0.0, "dice": float(np.mean(dices)) if dices else 0.0,
+            "scored": float(len(ious))}
+
+
+def _canvas(pred, truth, crop) -> tuple[int, int]:
+    if crop is not None and len(crop) == 4:
+        return int(crop[2] - crop[0]), int(crop[3] - crop[1])
+    side = int(max((v for polygons in (pred, truth) for parts in polygons for part in parts for v in part), default=0.0) + 5)
+    return side, side
+
+
+def _mask(polygons, h: int, w: int) -> np.ndarray:
+    try:
+        from pycocotools import mask as coco_mask
+    except ImportError:
+        raise TaskError("the falcon protocol rasterises PIX_SEG/PIX_CHG with pycocotools: "
+                        "pip install 'tiercel[eval]'") from None
+    merged = np.zeros((h, w), dtype=bool)
+    for parts in polygons:
+        for part in parts:
+            if len(part) >= 6:
+                rle = coco_mask.frPyObjects([list(map(float, part))], h, w)
+                merged |= coco_mask.decode(rle).reshape(h, w, -1).any(axis=2).astype(bool)
+    return merged
