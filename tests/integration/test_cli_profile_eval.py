@@ -85,7 +85,7 @@ def test_profile_errors_are_one_line(bundles, tiny_checkpoint, tmp_path, capsys)
 def bundle_eval(bundles, synth, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("eval")
     out = run_cli("eval", str(bundles[0]), "--data", str(synth / "test.json"), "--num-beams", "1", "--max-new-tokens", "8",
-                  "--json", str(out_dir / "e.json"), "--examples", str(out_dir / "png"))
+                  "--json", str(out_dir / "e.json"), "--examples", str(out_dir / "png"), "--protocol", "both")
     assert out.returncode == 0, out.stderr
     return out, out_dir
 
@@ -97,6 +97,11 @@ def test_eval_bundle_prints_the_14_task_table_json_and_pngs(bundle_eval):
     assert len(data["per_task"]) == 14 and data["tasks_averaged"] == 14 and len(data["predictions"]) == 14
     assert data["headline"]["REG_DET_HBB"]["metric"] == "ap50"
     assert len(list((out_dir / "png").glob("*.png"))) == 14
+    # --protocol both: tiercel's numbers first, Falcon's beside them, in the table and in the JSON
+    assert data["protocol"] == "tiercel" and "tiercel value" in out.stdout and "falcon value" in out.stdout
+    falcon = data["protocols"]["falcon"]
+    assert len(falcon["per_task"]) == 14 and falcon["headline"]["REG_VG"]["metric"] == "ap50"
+    assert data["headline"]["REG_VG"]["metric"] == "acc50"
 
 
 def test_eval_checkpoint_predicts_what_its_bundle_predicts(bundle_eval, tiny_checkpoint, synth, tmp_path):
@@ -121,3 +126,5 @@ def test_eval_errors_are_one_line(bundles, synth, tmp_path, capsys):
     _one_line_error(capsys, ["eval", bundle, "--data", data, "--backend", "tensorflow"], "unknown backend 'tensorflow'")
     _one_line_error(capsys, ["eval", bundle, "--data", data, "--backend", "torch"], "--backend torch runs a checkpoint directory")
     _one_line_error(capsys, ["eval", bundle, "--data", data, "--limit", "0"], "--limit: must be >= 1 (got 0)")
+    _one_line_error(capsys, ["eval", bundle, "--data", data, "--protocol", "coco"],
+                    "unknown evaluation protocol 'coco'; valid protocols: tiercel, falcon, both")

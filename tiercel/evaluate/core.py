@@ -22,7 +22,7 @@ from tiercel import progress as shown_progress
 from tiercel import tasks as T
 from tiercel.data.images import load_image
 from tiercel.data.sft import Record, iter_records
-from tiercel.errors import ConfigError
+from tiercel.errors import ConfigError, TaskError
 
 
 @dataclass
@@ -107,7 +107,9 @@ class _Item:
 def check_protocols(protocol: str, tags: list[str]) -> list[str]:
     """The protocols `protocol` names ("both": tiercel's, then Falcon's), checked before any work: an unknown
     name, or Falcon's scoring of `tags` without its libraries, is one TaskError line."""
-    names = list(T.PROTOCOLS) if protocol == "both" else [T.check_protocol(protocol)]
+    if protocol not in (*T.PROTOCOLS, "both"):
+        raise TaskError(f"unknown evaluation protocol {protocol!r}; valid protocols: {', '.join(T.PROTOCOLS)}, both")
+    names = list(T.PROTOCOLS) if protocol == "both" else [protocol]
     if "falcon" in names:
         from tiercel.tasks import falcon
 

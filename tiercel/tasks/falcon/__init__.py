@@ -92,6 +92,8 @@ def answer_text(spec, result: Result, size, what: str = "preds", index: int = 0)
         return "" if result.value is None else str(result.value)
     if hasattr(result, "text"):
         return result.text
+    if not any(getattr(result, name, None) for name in ("boxes", "quads", "polygons")):
+        return ""  # an empty answer
     if size is None:
         raise TaskError(f"{spec.tag}: {what}[{index}] has no answer text (raw) to score with the falcon protocol; "
                         "pass image_sizes so it can be written in bins")

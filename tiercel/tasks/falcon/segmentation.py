@@ -19,6 +19,7 @@ This module knows nothing about tasks or answer text beyond Falcon's polygon reg
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 
@@ -77,5 +78,8 @@ def _mask(polygons, h: int, w: int) -> np.ndarray:
         for part in parts:
             if len(part) >= 6:
                 rle = coco_mask.frPyObjects([list(map(float, part))], h, w)
-                merged |= coco_mask.decode(rle).reshape(h, w, -1).any(axis=2).astype(bool)
+                with warnings.catch_warnings():  # pycocotools 2.0 under numpy 2 warns about __array__(copy=)
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    decoded = coco_mask.decode(rle)
+                merged |= decoded.reshape(h, w, -1).any(axis=2).astype(bool)
     return merged
