@@ -45,12 +45,33 @@ def test_empty_text_answer_warns():
         ("someone", None, True),
         ("none", None, True),
         ("", None, False),
+        ("There are 3 ships.", 3, True),
+        ("3.", 3, True),  # a sentence's full stop is not a decimal point
+        ("3.0", 3, False),  # a whole number written with a decimal part
+        ("1,200", 1200, False),  # thousands commas, in groups of three
+        ("+4", 4, False),
+        ("2.5", None, True),  # no count: not whole
+        ("-3", None, True),  # no count: negative
+        ("1,000,000,000", None, True),  # 10 digits without the commas: past MAX_COUNT_DIGITS
     ],
 )
 def test_count_reads_the_first_number(text, value, warns):
     got = T.get("IMG_CT").parse(text)
     assert got.value == value
     assert bool(got.warnings) == warns or text == ""
+
+
+@pytest.mark.parametrize(
+    "text, warning",
+    [
+        ("2.5", "2.5 is not a whole number; read as none"),
+        ("about 1,200.5 m", "1,200.5 is not a whole number; read as none"),
+        ("-3", "-3 is negative; read as none"),
+    ],
+)
+def test_a_number_that_is_no_count_reads_as_none_and_says_why(text, warning):
+    got = T.get("IMG_CT").parse(text)
+    assert got.value is None and got.warnings == [warning]
 
 
 def test_boxes_parse_to_pixels_in_generation_order():

@@ -118,6 +118,17 @@ def test_counting_by_hand():
     assert got == {"accuracy": 0.25, "mae": 1.0, "missing": 1.0, "n": 4.0}
 
 
+def test_counting_answers_that_are_no_whole_count_score_wrong_by_hand():
+    spec = T.get("IMG_CT")
+    answers = ["2.5", "1,200", "1,200", "-3"]
+    refs = [Count(value=v) for v in (2, 1200, 1, 3)]
+    # Read as None, 1200, 1200, None: "2.5" is not whole, "-3" is negative (the digits alone read 2 and 3).
+    # Right: only 2 (1200 = 1200) -> 1/4. MAE over the two read: |1200 - 1200| + |1200 - 1| = 1199 over 2
+    # -> 599.5. Missing: 2.
+    got = spec.metric([spec.parse(a) for a in answers], refs)
+    assert got == {"accuracy": 0.25, "mae": 599.5, "missing": 2.0, "n": 4.0}
+
+
 def test_counting_with_no_number_at_all():
     got = M.count_metrics([None, None], [1, 2])
     assert got["accuracy"] == 0.0 and math.isnan(got["mae"]) and got["missing"] == 2
