@@ -45,12 +45,33 @@ def test_empty_text_answer_warns():
         ("someone", None, True),
         ("none", None, True),
         ("", None, False),
+        ("There are 3 ships.", 3, True),
+        ("3.", 3, True),  # a sentence's full stop is not a decimal point
+        ("3.0", 3, False),  # a whole number written with a decimal part
+        ("1,200", 1200, False),  # thousands commas, in groups of three
+        ("+4", 4, False),
+        ("2.5", None, True),  # no count: not whole
+        ("-3", None, True),  # no count: negative
+        ("1,000,000,000", None, True),  # 10 digits without the commas: past MAX_COUNT_DIGITS
     ],
 )
 def test_count_reads_the_first_number(text, value, warns):
     got = T.get("IMG_CT").parse(text)
     assert got.value == value
     assert bool(got.warnings) == warns or text == ""
+
+
+@pytest.mark.parametrize(
+    "text, warning",
+    [
+        ("2.5", "2.5 is not a whole number; read as none"),
+        ("about 1,200.5 m", "1,200.5 is not a whole number; read as none"),
+        ("-3", "-3 is negative; read as none"),
+    ],
+)
+def test_a_number_that_is_no_count_reads_as_none_and_says_why(text, warning):
+    got = T.get("IMG_CT").parse(text)
+    assert got.value is None and got.warnings == [warning]
 
 
 def test_boxes_parse_to_pixels_in_generation_order():
@@ -69,13 +90,36 @@ def test_quads_and_polygons_parse_to_points():
 
 def test_change_detection_maps_canvas_points_back_to_the_frame():
     # Frame 100 x 50 -> canvas 200 x 100: a bin is 0.2 px in x, 0.1 px in y.
-    # Bins 100 (top-left quadrant) and 600 (bottom-right) land on the same frame pixel: 20.1 x, 10.05 y.
+    # A polygon in the top-left quadrant stays: bins 100, 200 -> 20.1, 40.1 px in x and 10.05, 20.05 px in y.
+    # Its copy in the bottom-right quadrant (bins 600, 700) is at 120.1, 140.1 x and 60.05, 70.05 y; its mean
+    # (130.1, 65.05) is past (100, 50), so (100, 50) is subtracted and it lands on the same pixels.
     spec = T.get("PIX_CHG")
-    got = spec.parse("<poly><100><100><600><600><100><600></poly>", (100, 50))
-    assert got.polygons == [[[[20.1, 10.05], [20.1, 10.05], [20.1, 10.05]]]]
+    square = [[20.1, 10.05], [40.1, 10.05], [40.1, 20.05], [20.1, 20.05]]
+    before = spec.parse("<poly><100><100><200><100><200><200><100><200></poly>", (100, 50))
+    after = spec.parse("<poly><600><600><700><600><700><700><600><700></poly>", (100, 50))
+    assert before.polygons == after.polygons == [[square]]
     # Writing puts frame points in the top-left quadrant, in canvas bins; the frame's far edge stays in it.
     text = spec.format(Polygons(polygons=[[[[0, 0], [100, 0], [100, 50]]]]), (100, 50))
     assert text == "<poly><0><0><499><0><499><499></poly>"
+
+
+def test_change_detection_clips_a_polygon_at_the_frame_edge_instead_of_wrapping():
+    # Frame 256 x 256 -> canvas 512 x 512, a bin is 0.512 px. Bins 450 and 500 -> 230.656 and 256.256 px,
+    # bins 100 and 150 -> 51.456 and 77.056 px. Mean x = (2 * 230.656 + 2 * 256.256) / 4 = 243.456 < 256:
+    # the top-left quadrant, no offset; x = 256.256 clips to the frame's edge 256.0 (modulo gave 0.256, a
+    # 230 px band across the frame).
+    got = T.get("PIX_CHG").parse("<poly><450><100><500><100><500><150><450><150></poly>", image_size=(256, 256))
+    assert got.polygons == [[[[230.656, 51.456], [256.0, 51.456], [256.0, 77.056], [230.656, 77.056]]]]
+    # Each instance picks its own quadrant: a point of one `<poly>` in the after quadrant moves only its polygon.
+    # Bins 0 and 1 -> 0.256 and 0.768 px; mean x = (0.256 + 0.768 + 0.768) / 3 = 0.597 stays at the top-left.
+    two = T.get("PIX_CHG").parse(
+        "<poly><0><0><1><0><1><1></poly><poly><999><999><999><998><998><999></poly>", image_size=(256, 256)
+    )
+    # Bins 998, 999 -> 511.232, 511.744 px; the mean is past 256 in x and y, so (256, 256) is subtracted.
+    assert two.polygons == [
+        [[[0.256, 0.256], [0.768, 0.256], [0.768, 0.768]]],
+        [[[255.744, 255.744], [255.744, 255.232], [255.232, 255.744]]],
+    ]
 
 
 def test_tile_change_pair():

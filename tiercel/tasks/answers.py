@@ -23,8 +23,15 @@ NUMBER_WORDS = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
     "sixteen seventeen eighteen nineteen twenty"
 ).split()
-# A number word counts only as a whole word: "twenty-one" is not 20 (nor 1), "someone" holds no "one".
-_NUMBER = re.compile(r"(\d+)|(?<![\w-])(" + "|".join(NUMBER_WORDS) + r")(?![\w-])", re.IGNORECASE)
+# A number in digits: an optional sign (not one ending a word: "x-3" is 3), the whole part with or without
+# thousands commas ("1,200"; "1,20" is 1), and a decimal part only where digits follow the point ("3." is 3 and
+# a full stop). A number word counts only as a whole word: "twenty-one" is not 20 (nor 1), "someone" holds
+# no "one".
+_NUMBER = re.compile(
+    r"(?:(?<!\w)(?P<sign>[-+\u2212]))?(?P<whole>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.(?P<fraction>\d+))?"
+    r"|(?<![\w-])(?P<word>" + "|".join(NUMBER_WORDS) + r")(?![\w-])",
+    re.IGNORECASE,
+)
 # Longer digit runs are no count a model could mean; they would also overflow the metric's arithmetic.
 MAX_COUNT_DIGITS = 9
 _SPECIALS = re.compile("|".join(re.escape(t) for t in grammar.SPECIAL_TOKENS))
@@ -49,20 +56,36 @@ def read_caption(text, size=None, dialect="falcon") -> Caption:
 
 
 def read_count(text, size=None, dialect="falcon") -> Count:
-    """The first integer in the answer, in digits or as a word zero..twenty; None when there is none."""
+    """The first number in the answer, in digits or as a word zero..twenty; None when there is none, or when
+    it is no count: negative, not whole (2.5), or longer than MAX_COUNT_DIGITS digits."""
     cleaned, warnings = clean_text(text)
     m = _NUMBER.search(cleaned)
     if m is None:
         if cleaned:
             warnings.append(f"no number in answer {cleaned[:40]!r}")
         return Count(value=None, raw=_raw(text), warnings=warnings)
-    if m.group(1) and len(m.group(1).lstrip("0")) > MAX_COUNT_DIGITS:
-        warnings.append(f"a {len(m.group(1))}-digit number is no count; read as none")
+    value, why_not = _count_value(m)
+    if why_not:
+        warnings.append(f"{why_not}; read as none")
         return Count(value=None, raw=_raw(text), warnings=warnings)
-    value = int(m.group(1)) if m.group(1) else NUMBER_WORDS.index(m.group(2).lower())
     if m.group() != cleaned:
         warnings.append(f"read {value} from a longer answer {cleaned[:40]!r}")
     return Count(value=value, raw=_raw(text), warnings=warnings)
+
+
+def _count_value(m: re.Match) -> tuple[int | None, str | None]:
+    """A _NUMBER match -> (count, None), or (None, why it is no count)."""
+    if m.group("word"):
+        return NUMBER_WORDS.index(m.group("word").lower()), None
+    digits = m.group("whole").replace(",", "")
+    if len(digits.lstrip("0")) > MAX_COUNT_DIGITS:
+        return None, f"a {len(digits)}-digit number is no count"
+    if (m.group("fraction") or "0").strip("0"):
+        return None, f"{m.group()} is not a whole number"
+    value = int(digits)
+    if m.group("sign") in ("-", "\u2212") and value:
+        return None, f"{m.group()} is negative"
+    return value, None
 
 
 def read_boxes(text, size, dialect="falcon") -> Boxes:

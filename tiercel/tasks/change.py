@@ -2,11 +2,14 @@
 
 Falcon tiles the before/after pair (same size H x W) into one 2H x 2W image: before at the top-left, after at
 the bottom-right, zeros elsewhere. Answer bins are therefore bins of the canvas (2W, 2H), and answer polygons
-were observed landing in the top-left quadrant; tiercel maps every point back into the single frame modulo
-(W, H), so a point in any quadrant lands on the same pixel of the frame. Writing goes the other way: frame
-points are written as they are (top-left quadrant), in canvas bins, so their resolution is 2W/1000 pixels;
-a point on the frame's right or bottom edge is pulled into the quadrant's last bin (bin 500 would already
-be the after-image).
+were observed landing in the top-left quadrant. tiercel maps each instance (one `<poly>`) back as a whole:
+the mean of its points picks the quadrant (x >= W is the right half, y >= H the bottom half), that quadrant's
+offset is subtracted from every point, and the points are clipped to the frame [0, W] x [0, H]. A polygon
+that reaches past the quadrant's edge thus ends at the frame's edge rather than wrapping to the far side, and
+a copy in the after quadrant lands on the same pixels as one in the before quadrant. Writing goes the other
+way: frame points are written as they are (top-left quadrant), in canvas bins, so their resolution is 2W/1000
+pixels; a point on the frame's right or bottom edge is pulled into the quadrant's last bin (bin 500 would
+already be the after-image).
 
 This module knows nothing about how images are loaded or resized (tiercel.data, tiercel.runtime); it only
 tiles numpy arrays and moves points.
@@ -40,9 +43,27 @@ def canvas_size(image_size) -> tuple[float, float]:
 
 
 def to_frame(polygons: list, image_size) -> list:
-    """Canvas polygons (instances -> parts -> [x, y]) -> the same polygons in the frame, modulo (W, H)."""
+    """Canvas polygons (instances -> parts -> [x, y]) -> the same polygons in the frame.
+
+    Each instance moves as a whole, by the offset of the quadrant its mean point lies in, then is clipped to
+    [0, W] x [0, H], so a polygon that reaches canvas bin 500 ends at the frame's edge instead of wrapping across it.
+    """
     w, h = image_size
-    return [[[[round(x % w, 6), round(y % h, 6)] for x, y in part] for part in instance] for instance in polygons]
+    return [_instance_to_frame(instance, w, h) for instance in polygons]
+
+
+def _instance_to_frame(instance: list, w: float, h: float) -> list:
+    points = [point for part in instance for point in part]
+    if not points:
+        return [[] for _ in instance]
+    mean_x, mean_y = np.mean(np.asarray(points, dtype=float), axis=0)
+    dx, dy = (w if mean_x >= w else 0), (h if mean_y >= h else 0)
+    # Rounding to 1e-6 only removes the float noise of the subtraction (120.1 - 100 = 20.099999999999994).
+    return [[[round(_clip(x - dx, w), 6), round(_clip(y - dy, h), 6)] for x, y in part] for part in instance]
+
+
+def _clip(v: float, side: float) -> float:
+    return min(max(v, 0.0), side)
 
 
 def to_canvas(polygons: list, image_size) -> list:

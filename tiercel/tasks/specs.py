@@ -50,7 +50,8 @@ class TaskSpec:
         """Answer text -> Result in pixels of the image. Never raises on `text`; repairs go to `warnings`.
 
         For PIX_CHG, `image_size` is the (W, H) of ONE frame: bins refer to the (2W, 2H) canvas and points
-        come back in the frame, modulo (W, H).
+        come back in the frame: each instance is moved out of the canvas quadrant its mean point lies in and
+        clipped to [0, W] x [0, H] (tiercel.tasks.change.to_frame).
         """
         _, reader, _, geometric = answers.ANSWERS[self.answer]
         grammar.get_dialect(dialect)

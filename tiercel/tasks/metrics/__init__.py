@@ -14,8 +14,11 @@ from tiercel.tasks.metrics.classification import (
     accuracy,
     classification_metrics,
     count_metrics,
+    label_jaccard,
+    label_set,
     macro_prf,
     normalize_label,
+    set_accuracy,
     vqa_metrics,
 )
 from tiercel.tasks.metrics.detection import SWEEP, average_precision, detection_metrics, grounding_metrics
@@ -24,7 +27,7 @@ from tiercel.tasks.metrics.segmentation import iou_dice, polygons_mask, segmenta
 
 
 def score_labels(preds, refs, image_sizes=None) -> dict[str, float]:
-    """Label results (IMG_CLS, REG_CLS_HBB, REG_CLS_OBB, PIX_CLS): accuracy, macro P/R/F1."""
+    """Label results (IMG_CLS, REG_CLS_HBB, REG_CLS_OBB, PIX_CLS): label-set accuracy, Jaccard, macro P/R/F1."""
     return classification_metrics(*_fields("score_labels", preds, refs, "text"))
 
 
@@ -100,6 +103,8 @@ __all__ = [
     "detection_metrics",
     "grounding_metrics",
     "iou_dice",
+    "label_jaccard",
+    "label_set",
     "macro_prf",
     "normalize_label",
     "polygons_mask",
@@ -114,6 +119,7 @@ __all__ = [
     "score_quads",
     "score_vqa",
     "segmentation_metrics",
+    "set_accuracy",
     "tokenize",
     "vqa_metrics",
 ]
