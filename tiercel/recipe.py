@@ -217,6 +217,8 @@ class EvalSection(Section):
     limit: int = Field(10, gt=0, description="records per task")
     max_new_tokens: int = Field(64, gt=0, description="generation cap")
     num_beams: int = Field(1, gt=0, description="beam width")
+    protocol: Literal["tiercel", "falcon", "both"] = Field(
+        "tiercel", description="how the report scores: tiercel's metrics, Falcon's published evaluation, or both (docs/eval.md)")
 
 
 class ProfileSection(Section):

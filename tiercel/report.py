@@ -31,6 +31,8 @@ def collect(pipeline) -> dict:
             "bundle": str(bundle),
             "average": ev.get("average_headline"),
             "headline": {t: h["value"] for t, h in ev.get("headline", {}).items()},
+            "protocol": ev.get("protocol", "tiercel"),
+            "falcon": _falcon(ev),
             "size_mb": p.get("size_bytes", 0) / 1e6 if p else None,
             "stages_ms": {s: v["p50"] * 1e3 for s, v in stages.items()},
             "tasks_ms": {t: v["p50"] * 1e3 for t, v in p.get("tasks", {}).items() if isinstance(v, dict) and "p50" in v},
@@ -46,6 +48,24 @@ def collect(pipeline) -> dict:
     warnings = [check["warning"]] if check.get("warning") else []
     return {"rows": rows, "guard": guard, "warnings": warnings, "machine": prof.get("machine"), "settings": prof.get("settings"),
             "estimate_formula": prof.get("estimate_formula"), "openvino": ov["profiles"][0] if ov and ov.get("profiles") else None}
+
+
+def _per_task(rows: dict, names: list[str], key: str, protocol: str) -> list[str]:
+    """The per-task table of headline x 100 under `protocol` (docs/eval.md)."""
+    lines = ["", f"## Per task (headline metric x 100, {protocol} protocol)", "",
+             "| task | metric | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for tag in TAGS:
+        cells = [_f(None if rows[n][key].get(tag) is None else 100 * rows[n][key][tag]) for n in names]
+        lines.append(f"| {tag} | {get(tag).headline_of(protocol)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _falcon(ev: dict) -> dict | None:
+    """{"average": ..., "headline": {tag: value}} of Falcon's protocol when the eval also computed it."""
+    other = ev.get("protocols", {}).get("falcon")
+    if other is None:
+        return None
+    return {"average": other.get("average_headline"), "headline": {t: h["value"] for t, h in other["headline"].items()}}
 
 
 def _f(x, fmt="{:.1f}"):
@@ -69,10 +89,12 @@ def markdown(data: dict, recipe_name: str) -> str:
         lines.append(f"| {n} | {_f(None if r['average'] is None else 100 * r['average'])} | {_f(r['size_mb'], '{:.2f}')} | "
                      f"{_f(r['stages_ms'].get('vision_encoder'))} | {_f(r['stages_ms'].get('decode_token'), '{:.2f}')} | " +
                      " | ".join(tasks_ms) + " |")
-    lines += ["", "## Per task (headline metric x 100)", "", "| task | metric | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for tag in TAGS:
-        cells = [_f(None if rows[n]["headline"].get(tag) is None else 100 * rows[n]["headline"][tag]) for n in names]
-        lines.append(f"| {tag} | {get(tag).headline} | " + " | ".join(cells) + " |")
+    protocol = rows[names[0]].get("protocol", "tiercel") if names else "tiercel"
+    lines += _per_task(rows, names, "headline", protocol)
+    if names and all(rows[n].get("falcon") for n in names):
+        lines += _per_task({n: rows[n]["falcon"] for n in names}, names, "headline", "falcon")
+        averages = [_f(None if rows[n]["falcon"]["average"] is None else 100 * rows[n]["falcon"]["average"]) for n in names]
+        lines += ["| average | | " + " | ".join(averages) + " |"]
     stages = sorted({s for n in names for s in rows[n]["stages_ms"]})
     lines += ["", "## Latency per stage (ms, p50)", "", "| stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for s in stages:

@@ -18,3 +18,18 @@ def test_a_cautioned_pass_is_marked_in_the_guard_table():
     int8 = next(line for line in table.splitlines() if line.startswith("| student-int8"))
     assert int4.endswith("passed (1 attempt(s)); caution: low token agreement, val decides little |")
     assert int8.endswith("passed (1 attempt(s)) |")
+
+
+def _row(headline: dict, average: float, falcon: dict | None = None) -> dict:
+    return {"bundle": "b", "average": average, "headline": headline, "protocol": "tiercel", "falcon": falcon,
+            "size_mb": 1.0, "stages_ms": {}, "tasks_ms": {}, "tokens_per_s": None, "estimates": {}}
+
+
+def test_the_per_task_table_names_its_protocol_and_shows_falcons_beside_it():
+    falcon = {"average": 0.9, "headline": {"REG_VG": 0.9}}
+    data = {"rows": {"teacher": _row({"REG_VG": 0.25}, 0.25, falcon)}, "guard": {}}
+    text = markdown(data, "demo")
+    ours = text.split("## Per task (headline metric x 100, tiercel protocol)")[1].split("##")[0]
+    theirs = text.split("## Per task (headline metric x 100, falcon protocol)")[1].split("##")[0]
+    assert "| REG_VG | acc50 | 25.0 |" in ours  # tiercel's headline: the first box's accuracy
+    assert "| REG_VG | ap50 | 90.0 |" in theirs and "| average | | 90.0 |" in theirs  # Falcon's: its IoU-ranked AP
