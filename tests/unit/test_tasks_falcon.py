@@ -204,6 +204,19 @@ def test_segmentation_canvas_is_the_crop_or_a_square_past_the_largest_coordinate
     assert falcon("PIX_SEG", preds, refs, [(100, 100)], crops=[[0, 0, 30, 30]])["miou"] == pytest.approx(1.0, abs=0.01)
 
 
+def test_segmentation_square_side_comes_from_the_part_that_sorts_last():
+    pytest.importorskip("pycocotools")
+    # Frame 100 x 100 (bin b is pixel (b + 0.5) / 10). Both answers hold A, a square over 60.05..70.05, first;
+    # then the reference holds B (10.05..90.05), the prediction C (10.05..80.05). Falcon's nested max() takes the
+    # part that is largest as a list, A (its first value 60.05 beats 10.05), so the square canvas has side
+    # int(70.05 + 5) = 75: B and C are both cut to 10.05..75 and the masks are equal -> IoU 1.
+    # (On a canvas past the largest coordinate it would be 70^2 / 80^2 = 0.77.)
+    a = poly(600, 600, 700, 600, 700, 700, 600, 700)
+    refs = parsed("PIX_SEG", [a + poly(100, 100, 900, 100, 900, 900, 100, 900)], (100, 100))
+    preds = parsed("PIX_SEG", [a + poly(100, 100, 800, 100, 800, 800, 100, 800)], (100, 100))
+    assert falcon("PIX_SEG", preds, refs, [(100, 100)])["miou"] == 1.0
+
+
 def test_change_polygons_are_dequantised_on_the_canvas():
     pytest.importorskip("pycocotools")
     # One frame is 100 x 100, the canvas 200 x 200: bin 100 is pixel 20.1 and bin 200 pixel 40.1 of the canvas.

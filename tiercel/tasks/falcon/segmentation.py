@@ -3,16 +3,16 @@
 `eval/src/segmentation.py` cannot read the polygons Falcon's own inference writes (instances -> parts -> flat
 points go to pycocotools' frPyObjects as one polygon, which raises), so this is its evident intent, kept
 wherever its code is clear:
-- polygons are dequantised as its inference does: (bin + 0.5) * side / 1000 of the image (of the 2W x 2H
-  canvas for PIX_CHG);
-- the mask canvas is the record's crop (width x height) when it has one, else a square whose side is the
-  largest coordinate of either side plus 5, cut down to an integer (so masks past it are clipped);
+- polygons are dequantised as its inference does, in float32 (torch's default dtype there):
+  (bin + 0.5) * (side / 1000) of the image (of the 2W x 2H canvas for PIX_CHG);
+- the mask canvas is the record's crop (width x height) when it has one, else a square of side int(m + 5), where
+  m is what its nested `max(max(max(part) ...))` reads: the largest coordinate of the part that sorts last as a
+  list, not always the largest coordinate (so masks past it are clipped);
 - every part of every instance with at least 3 points is rasterised with pycocotools and the parts are merged
   (its calculate_merged); a sample whose prediction or reference has no polygon is skipped, not scored 0;
 - IoU and Dice of two empty masks are 1; the task's scores are the means over the samples scored (0 if none).
-Departures, made because its code cannot run as written: a part of fewer than 3 points has no area (pycocotools
-would read a 2-point part as a box); the square side uses the largest coordinate of all parts (its nested
-max() reads the largest coordinate of one part).
+Departure, made because its code cannot run as written: a part of fewer than 3 points has no area (pycocotools
+would read a 2-point part as a box).
 This module knows nothing about tasks or answer text beyond Falcon's polygon regexes.
 """
 
@@ -39,7 +39,8 @@ def extract_polygons(text: str, size) -> list[list[list[float]]]:
         for part in _PART.finditer(instance.group(1)):
             bins = [int(b) for b in _BIN.findall(part.group(1))]
             bins = bins[: len(bins) // 2 * 2]  # an unpaired last value is dropped
-            parts.append([(b + 0.5) * (w if k % 2 == 0 else h) / 1000 for k, b in enumerate(bins)])
+            scale = np.array([w / 1000, h / 1000] * (len(bins) // 2), dtype=np.float32)
+            parts.append(((np.asarray(bins, dtype=np.float32) + np.float32(0.5)) * scale).tolist())
         if parts:
             instances.append(parts)
     return instances
@@ -63,8 +64,15 @@ def mask_scores(preds: list, refs: list, crops: list) -> dict[str, float]:
 def _canvas(pred, truth, crop) -> tuple[int, int]:
     if crop is not None and len(crop) == 4:
         return int(crop[2] - crop[0]), int(crop[3] - crop[1])
-    side = int(max((v for polygons in (pred, truth) for parts in polygons for part in parts for v in part), default=0.0) + 5)
+    side = int(max(_largest(truth), _largest(pred)) + 5)
     return side, side
+
+
+def _largest(polygons) -> float:
+    """What `max(max(max(sublist) for sublist in poly))` reads from instances -> parts: the largest value of the
+    part that is largest as a list (lists compare element by element)."""
+    part = max(max(parts) for parts in polygons)
+    return max(part, default=0.0)
 
 
 def _mask(polygons, h: int, w: int) -> np.ndarray:
