@@ -41,8 +41,6 @@ TASK_ORDER = (
 BOXES = {"REG_DET_HBB": 4, "REG_VG": 4, "REG_DET_OBB": 8}
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 TOLERANCE = 1e-6
-# The brief's names for the label metrics -> the names tiercel may use instead (compared, flagged "renamed").
-ALIASES = {"macro_precision": "precision", "macro_recall": "recall", "macro_f1": "f1"}
 TABLE_START, TABLE_END = "<!-- table: written by benchmarks/falcon_parity.py -->", "<!-- end of table -->"
 
 
@@ -95,8 +93,7 @@ def falcon_scores(falcon: Path, python: str, runs: dict, infer, workdir: Path) -
 def as_fractions(tag: str, r: dict) -> dict:
     """Falcon's results under tiercel's metric names, as fractions (Falcon gives captions and detection in %)."""
     if tag in LABEL_TASKS:
-        keys = {"accuracy": "accuracy", "macro_precision": "precision", "macro_recall": "recall", "macro_f1": "f1"}
-        return {k: r[v] for k, v in keys.items()}
+        return {k: r[k] for k in ("accuracy", "precision", "recall", "f1")}
     if tag in ("IMG_VQA", "IMG_CT"):
         return {"accuracy": r["accuracy"], "f1": r["f1"]}
     if tag in CAPTION_TASKS:
@@ -125,19 +122,14 @@ def tiercel_scores(tag: str, samples: list[dict]) -> dict:
 
 
 def compare(falcon: dict, tiercel: dict) -> dict:
-    """Per-metric absolute difference over Falcon's metrics; verdict "equal" when all are within TOLERANCE.
-
-    A metric tiercel gives only under its ALIASES name is compared under that name and listed in `renamed`."""
+    """Per-metric absolute difference over Falcon's metrics; verdict "equal" when all are within TOLERANCE."""
     if "error" in tiercel:
-        return {"diff": {}, "max_abs_diff": None, "verdict": "tiercel failed", "missing": sorted(falcon), "renamed": {}}
-    renamed = {k: ALIASES[k] for k in falcon if k not in tiercel and ALIASES.get(k) in tiercel}
-    missing = sorted(k for k in falcon if k not in tiercel and k not in renamed)
-    diff = {k: abs(tiercel[renamed.get(k, k)] - v) for k, v in falcon.items() if k not in missing}
+        return {"diff": {}, "max_abs_diff": None, "verdict": "tiercel failed", "missing": sorted(falcon)}
+    missing = sorted(k for k in falcon if k not in tiercel)
+    diff = {k: abs(tiercel[k] - v) for k, v in falcon.items() if k not in missing}
     worst = max(diff.values(), default=0.0)
     verdict = "missing metrics" if missing else ("equal" if worst <= TOLERANCE else "differs")
-    if renamed and not missing:
-        verdict += ", renamed keys"
-    return {"diff": diff, "max_abs_diff": worst, "verdict": verdict, "missing": missing, "renamed": renamed}
+    return {"diff": diff, "max_abs_diff": worst, "verdict": verdict, "missing": missing}
 
 
 def canvas_check(tag: str, samples: list[dict], infer) -> dict:
@@ -223,8 +215,7 @@ def table(result: dict) -> str:
         )
     text = "\n".join(rows) + (
         f"\n\nFalcon and tiercel: the headline of seed {seed}. Max abs diff, worst metric: over all compared "
-        f"metrics and seeds. Verdict: equal when every difference is <= {TOLERANCE:g}; renamed keys: tiercel "
-        f"gives {', '.join(f'{k} as {v}' for k, v in ALIASES.items())}.\n"
+        f"metrics and seeds. Verdict: equal when every difference is <= {TOLERANCE:g}.\n"
     )
     checks = [r for r in result["runs"] if r.get("canvas_check")]
     if checks:
