@@ -129,6 +129,19 @@ def test_many_scenes_cover_all_classes_without_overlaps():
     assert seen_scenes == set(SCENE_CLASSES) and seen_objects == set(OBJECT_CLASSES)
 
 
+def test_grid_knob_puts_every_object_centre_on_a_cell_centre():
+    knobs, counts = Knobs(grid=4), []
+    for i in range(40):
+        rng = np.random.default_rng([7, i])
+        scene = sample_scene(rng, 128, knobs)
+        after, _ = changed_twin(rng, scene, knobs)
+        for o in scene.objects + after.objects:
+            assert o.cx in (16, 48, 80, 112) and o.cy in (16, 48, 80, 112)  # cells of 32 px, centres at 16 + 32k
+            assert 0 <= min(o.hbb) and max(o.hbb) <= 128
+        counts.append(len(scene.objects))
+    assert np.mean(counts) >= 2  # the lattice still leaves room for objects
+
+
 def test_changed_twin_always_changes_something():
     knobs = Knobs()
     for i in range(40):

@@ -11,6 +11,9 @@ The defaults aim at a benchmark a small student learns well above chance without
   caps answers' length; `trees` multiplies distractor tree clusters, which look like nothing annotated
   but break up the ground; `decor` toggles markings (runway lines, parking stalls).
 - Change pairs: `max_removed` / `max_added` bound how many objects change between the two frames.
+- Curriculum: `grid` > 0 puts every object's centre on the centre of a cell of a grid x grid lattice, so
+  objects take few positions (docs/fidelity.md: a model learns to read positions from such scenes first).
+  Not a difficulty setting of the benchmark: the default (0) places objects anywhere.
 
 Raising `noise`, `blur`, `color_jitter`, `scale_spread` and `density` makes every task harder; the
 defaults are what `tiercel data synth` writes and what meta.json records.
@@ -38,6 +41,7 @@ class Knobs:
     decor: bool = True
     max_removed: int = 2
     max_added: int = 2
+    grid: int = 0  # > 0: object centres snap to the cell centres of a grid x grid lattice (curriculum data)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -125,6 +125,10 @@ def place_object(rng: np.random.Generator, scene: Scene, cls: str, knobs: Knobs,
         angle = _angle(rng, spec.rotates, scene.align)
         r = 0.5 * math.hypot(length, width)
         cx, cy = rng.uniform(r + 1, scene.size - r - 1, size=2) if scene.size > 2 * r + 2 else (-1, -1)
+        if knobs.grid > 0 and cx >= 0:
+            cx, cy = _snap(cx, scene.size, knobs.grid), _snap(cy, scene.size, knobs.grid)
+            if min(cx, cy) < r + 1 or max(cx, cy) > scene.size - r - 1:
+                continue
         if cx < 0 or not _ground_ok(scene, spec, cx, cy, length, width, angle) or not _clear(scene, cx, cy, r):
             continue
         shape = spec.shape if not (spec.shape == "building" and rng.random() < 0.35) else "building_l"
@@ -162,6 +166,12 @@ def changed_twin(rng: np.random.Generator, scene: Scene, knobs: Knobs) -> tuple[
         removed = [scene.objects[int(rng.integers(len(scene.objects)))]]
     after.objects = [o for o in scene.objects if o not in removed] + added
     return after, removed + added
+
+
+def _snap(v: float, size: int, grid: int) -> float:
+    """The centre of the grid cell (of `grid` per side) that `v` falls in."""
+    cell = size / grid
+    return (min(int(v // cell), grid - 1) + 0.5) * cell
 
 
 def _angle(rng: np.random.Generator, rotates: bool, align: float) -> float:
