@@ -14,6 +14,23 @@ def test_tasks_and_runtime_import_without_torch():
     assert out.stdout.strip() == ""
 
 
+def test_scoring_needs_shapely_and_pycocotools_only_under_the_falcon_protocol():
+    # tiercel's protocol scores every task with numpy; Falcon's loads shapely (quads) and pycocotools (polygons)
+    code = (
+        "import sys; import tiercel.tasks as T;"
+        "q = T.get('REG_DET_OBB'); p = T.get('PIX_SEG');"
+        "quads = [q.parse('<quad><1><1><9><1><9><9><1><9></quad>', image_size=(100, 100))];"
+        "polys = [p.parse('<poly><1><1><9><1><9><9></poly>', image_size=(100, 100))];"
+        "q.metric(quads, quads); p.metric(polys, polys, [(100, 100)]);"
+        "before = [m for m in ('shapely', 'pycocotools', 'torch') if m in sys.modules];"
+        "q.metric(quads, quads, protocol='falcon'); p.metric(polys, polys, [(100, 100)], protocol='falcon');"
+        "after = [m for m in ('shapely', 'pycocotools', 'torch') if m in sys.modules];"
+        "print(' '.join(before) + '|' + ' '.join(after))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "|shapely pycocotools"
+
+
 def test_cli_help_does_not_import_torch():
     code = (
         "import sys; from tiercel.cli import app;"

@@ -269,3 +269,15 @@ def test_evaluate_reports_both_protocols(tmp_path):
     assert out["protocols"]["falcon"]["headline"]["REG_VG"]["metric"] == "ap50"
     with pytest.raises(TaskError, match="valid protocols: tiercel, falcon, both"):
         evaluate(Oracle(data, tmp_path), data, tmp_path, protocol="nope")
+
+
+def test_a_missing_library_is_named_before_any_work(monkeypatch):
+    import importlib.util
+
+    from tiercel.tasks import falcon as F
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "shapely" else real(name, *a))
+    with pytest.raises(TaskError, match=r"^the falcon protocol scores REG_DET_OBB with shapely: pip install 'tiercel\[eval\]'$"):
+        F.check_dependencies(["IMG_CLS", "REG_DET_OBB"])
+    F.check_dependencies(["IMG_CLS", "PIX_SEG"])  # pycocotools is there; nothing else needed
