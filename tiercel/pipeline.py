@@ -172,7 +172,7 @@ class Pipeline:
         recipe = parse_recipe({
             "name": f"{self.recipe.name}-teacher", "out": str(run_dir), "seed": self.recipe.seed, "data": data,
             "tokenizer": {"source": "train", "vocab_size": spec.vocab_size},
-            "student": {"preset": spec.preset, "overrides": spec.overrides},
+            "student": {"preset": spec.preset, "overrides": spec.overrides, "coord_init": spec.coord_init},
             "distill": {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr,
                         "warmup_steps": max(1, spec.steps // 20) if spec.warmup_steps is None else spec.warmup_steps,
                         "save_every": max(1, spec.steps // 2), "log_every": max(1, spec.steps // 20),

@@ -86,6 +86,7 @@ class StudentSection(Section):
     preset: str = Field("tiercel-small", description="model preset (see `tiercel info`) for init preset/teacher")
     overrides: dict = Field(default_factory=dict, description="ModelShape fields replacing the preset's, e.g. {d_model: 256}")
     dropout: float = Field(0.1, ge=0, lt=1, description="text dropout and vision stochastic depth of a new student")
+    coord_init: Literal["random", "sinusoid"] = Field("random", description="init preset: embeddings of the coordinate tokens <0>..<999>, random or a smooth code of the bin (docs/fidelity.md)")
     checkpoint: Path | None = Field(None, description="init checkpoint: the starting student")
     encoder_layers: list[int] | None = Field(None, description="init teacher: teacher encoder layers copied, in order (default: evenly spaced)")
     decoder_layers: list[int] | None = Field(None, description="init teacher: teacher decoder layers copied, in order (default: evenly spaced)")
@@ -169,6 +170,7 @@ class TrainTeacherSection(Section):
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     warmup_steps: int | None = Field(None, ge=0, description="linear warmup steps before the cosine decay (default: steps // 20)")
     vocab_size: int = Field(1000, gt=256, description="BPE vocabulary trained on the data (grammar tokens added on top)")
+    coord_init: Literal["random", "sinusoid"] = Field("random", description="embeddings of the coordinate tokens <0>..<999> of the new teacher, random or a smooth code of the bin (docs/fidelity.md)")
 
 
 class PipelineSection(Section):

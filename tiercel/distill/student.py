@@ -85,7 +85,10 @@ def init_student(section, tokenizer, teacher=None, seed: int = 0):
     model = build(section.preset, seed=seed, dropout=section.dropout, vocab_size=len(tokenizer), image_token_id=tokenizer.image_id,
                   **section.overrides)
     if section.init == "preset":
-        return model.train(), {"init": "preset", "preset": section.preset}
+        from tiercel.models.coords import init_coordinates
+
+        report = init_coordinates(model, tokenizer, section.coord_init)
+        return model.train(), {"init": "preset", "preset": section.preset, **report}
     if teacher is None:
         raise ConfigError("student.init teacher needs teacher.kind checkpoint (a teacher model to copy from)")
     report = copy_from_teacher(model, teacher, section)
