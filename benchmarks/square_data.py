@@ -24,12 +24,18 @@ DESCRIPTION = "the bright square"
 SPLITS = {"train": 0.9, "val": 0.05, "test": 0.05}
 
 
-def square_image(rng: np.random.Generator, size: int, min_side: int, max_side: int, grid: int = 0):
+def square_image(rng: np.random.Generator, size: int, min_side: int, max_side: int, grid: int = 0,
+                 anchor: str = "corner"):
     """(HxWx3 uint8 image, [x1, y1, x2, y2] box of its square in pixels, x2/y2 exclusive). `grid` > 0 puts the
-    square's corner on one of grid x grid evenly spaced positions (so each coordinate takes `grid` values)."""
+    square's corner (`anchor` "corner": each corner coordinate takes `grid` values at a fixed side) or its centre
+    ("centre": on the cell centres of a grid x grid lattice, as the synthetic benchmark's `grid` knob places
+    objects, so corners vary with the side) on grid x grid positions."""
     image = np.full((size, size, 3), int(rng.integers(20, 81)), np.uint8)
     side = int(rng.integers(min_side, max_side + 1))
-    if grid:
+    if grid and anchor == "centre":
+        cells = rng.integers(0, grid, size=2)
+        x, y = (min(max(int((int(v) + 0.5) * size / grid - side / 2), 0), size - side) for v in cells)
+    elif grid:
         x, y = (int(v) * (size - side) // max(grid - 1, 1) for v in rng.integers(0, grid, size=2))
     else:
         x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
@@ -37,14 +43,15 @@ def square_image(rng: np.random.Generator, size: int, min_side: int, max_side: i
     return image, [x, y, x + side, y + side]
 
 
-def write(out: Path, n: int, size: int, seed: int, min_side: int, max_side: int, grid: int = 0) -> dict:
+def write(out: Path, n: int, size: int, seed: int, min_side: int, max_side: int, grid: int = 0,
+          anchor: str = "corner") -> dict:
     """Write images/, train.json, val.json, test.json and meta.json under `out`; returns the meta."""
     rng = np.random.default_rng(seed)
     spec = T.get("REG_VG")
     (out / "images").mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(n):
-        image, box = square_image(rng, size, min_side, max_side, grid)
+        image, box = square_image(rng, size, min_side, max_side, grid, anchor)
         rel = f"images/{i:06d}.png"
         Image.fromarray(image).save(out / rel)
         prompt = spec.prompt(text=DESCRIPTION)
@@ -56,7 +63,7 @@ def write(out: Path, n: int, size: int, seed: int, min_side: int, max_side: int,
         counts[split] = write_records(out / f"{split}.json", records[start:end])
         start = end
     meta = {"generator": "benchmarks/square_data.py", "n": n, "size": size, "seed": seed,
-            "min_side": min_side, "max_side": max_side, "grid": grid, "counts": counts}  # fmt: skip
+            "min_side": min_side, "max_side": max_side, "grid": grid, "anchor": anchor, "counts": counts}  # fmt: skip
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -69,9 +76,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-side", type=int, default=16)
     ap.add_argument("--max-side", type=int, default=40)
-    ap.add_argument("--grid", type=int, default=0, help="corner positions per axis (0: any pixel)")
+    ap.add_argument("--grid", type=int, default=0, help="positions per axis (0: any pixel)")
+    ap.add_argument("--anchor", choices=("corner", "centre"), default="corner", help="what --grid places")
     args = ap.parse_args()
-    print(json.dumps(write(args.out, args.n, args.size, args.seed, args.min_side, args.max_side, args.grid)))
+    print(json.dumps(write(args.out, args.n, args.size, args.seed, args.min_side, args.max_side, args.grid,
+                           args.anchor)))
 
 
 if __name__ == "__main__":

@@ -220,6 +220,29 @@ def soft_coord_loss(logits, labels, coord0: int, sigma: float):
     return -(target * logp).sum(-1).mean()
 
 
+def sinusoid_codes(n: int, dim: int, std: float):
+    """n x dim rows [sin(2 pi k / P_j), cos(2 pi k / P_j)] with periods P_j from 2n down to 8 (geometric), scaled to
+    `std` per entry: bins close in k get close rows, so the tied output layer scores neighbours of a bin alike."""
+    import math
+
+    import torch
+
+    half = dim // 2
+    periods = 2 * n * (8 / (2 * n)) ** (torch.arange(half, dtype=torch.float64) / max(half - 1, 1))
+    angles = 2 * math.pi * torch.arange(n, dtype=torch.float64)[:, None] / periods[None, :]
+    codes = torch.cat([angles.sin(), angles.cos()], dim=1)
+    return (codes * (std / codes.std())).float()
+
+
+def init_coord_embeddings(model, coord0: int) -> None:
+    """Replace the (tied) embeddings of `<0>`..`<999>` by sinusoid_codes at the embedding table's own scale."""
+    import torch
+
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[coord0 : coord0 + 1000] = sinusoid_codes(1000, weight.shape[1], float(weight.std()))
+
+
 def train(args) -> dict:
     """The plain loop; returns its log and the scores at each checkpoint."""
     import torch
@@ -241,6 +264,8 @@ def train(args) -> dict:
     coord_ids = [tok.tok.token_to_id(f"<{k}>") for k in range(1000)]
     coord0 = coord_ids[0]
     assert coord_ids == list(range(coord0, coord0 + 1000)), "coordinate tokens are not contiguous ids"
+    if args.coord_init == "sinusoid":
+        init_coord_embeddings(model, coord0)
     opt = optimizer(model, args.lr, args.vision_lr_mult, args.weight_decay)
     sched_cfg = argparse.Namespace(warmup_steps=args.warmup, steps=args.steps, min_lr_ratio=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(sched_cfg))
@@ -326,6 +351,8 @@ def main() -> None:
     tr.add_argument("--coarse-targets", default="", help="LEVELS:STEPS,... answer bins rounded per phase, then exact")
     tr.add_argument("--soft-sigma", type=float, default=0.0, help="std in bins of the soft coordinate term (0: off)")
     tr.add_argument("--soft-weight", type=float, default=1.0, help="weight of the soft term added to the CE")
+    tr.add_argument("--coord-init", choices=("random", "sinusoid"), default="random",
+                    help="initial embeddings of <0>..<999>: the model's random init, or a smooth code of k")
     for p in (sc, tr):
         p.add_argument("--data", type=Path, default=DATA)
         p.add_argument("--every", type=int, default=500, help="score every this many steps")
