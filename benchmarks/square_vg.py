@@ -243,6 +243,29 @@ def init_coord_embeddings(model, coord0: int) -> None:
         weight[coord0 : coord0 + 1000] = sinusoid_codes(1000, weight.shape[1], float(weight.std()))
 
 
+def box_cover(data, indices, image_size: int, n_patches: int):
+    """Per record, the share of each cell of the image-token grid (row-major, sqrt(n_patches) per side) covered
+    by the record's answer boxes: a dense target for the vision tower (--aux-box-weight)."""
+    import math
+
+    import torch
+
+    from tiercel import tasks as T
+
+    side = math.isqrt(n_patches)
+    cell = image_size / side
+    out = torch.zeros(len(indices), n_patches)
+    for row, i in enumerate(indices):
+        boxes = T.get("REG_VG").parse(data.records[int(i)].answer, image_size=(image_size, image_size)).boxes
+        for x1, y1, x2, y2 in boxes:
+            for r in range(side):
+                for c in range(side):
+                    w = max(0.0, min(x2, (c + 1) * cell) - max(x1, c * cell))
+                    h = max(0.0, min(y2, (r + 1) * cell) - max(y1, r * cell))
+                    out[row, r * side + c] = min(1.0, out[row, r * side + c] + w * h / cell**2)
+    return out
+
+
 def train(args) -> dict:
     """The plain loop; returns its log and the scores at each checkpoint."""
     import torch
@@ -267,6 +290,10 @@ def train(args) -> dict:
     if args.coord_init == "sinusoid":
         init_coord_embeddings(model, coord0)
     opt = optimizer(model, args.lr, args.vision_lr_mult, args.weight_decay)
+    head = None
+    if args.aux_box_weight:
+        head = torch.nn.Linear(model.config.text_config.d_model, 1)
+        opt.add_param_group({"params": head.parameters(), "lr": args.lr, "weight_decay": 0.0})
     sched_cfg = argparse.Namespace(warmup_steps=args.warmup, steps=args.steps, min_lr_ratio=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(sched_cfg))
     log, scores, t0, samples = [], [], time.perf_counter(), 0
@@ -290,8 +317,13 @@ def train(args) -> dict:
         batch = collate(data, sampler.draw(step, 0, args.batch_size), {"s": spec}, tok.eos_id)
         if levels:
             coarsen(batch, table)
-        logits = run_model(model, batch["s"], batch["decoder_input_ids"]).logits
+        out = run_model(model, batch["s"], batch["decoder_input_ids"])
+        logits = out.logits
         loss = ce_loss(logits, batch["labels"])
+        if head is not None:
+            target = box_cover(data, batch["indices"], spec.image_size, out.image.shape[1] - 1)
+            patches = head(out.image[:, 1:, :]).squeeze(-1)  # Florence's image tokens: the mean first, then the grid
+            loss = loss + args.aux_box_weight * torch.nn.functional.binary_cross_entropy_with_logits(patches, target)
         if args.soft_sigma:
             loss = loss + args.soft_weight * soft_coord_loss(logits, batch["labels"], coord0, args.soft_sigma)
         opt.zero_grad(set_to_none=True)
@@ -351,6 +383,8 @@ def main() -> None:
     tr.add_argument("--coarse-targets", default="", help="LEVELS:STEPS,... answer bins rounded per phase, then exact")
     tr.add_argument("--soft-sigma", type=float, default=0.0, help="std in bins of the soft coordinate term (0: off)")
     tr.add_argument("--soft-weight", type=float, default=1.0, help="weight of the soft term added to the CE")
+    tr.add_argument("--aux-box-weight", type=float, default=0.0,
+                    help="weight of a per-patch loss: a linear head on the image tokens predicts the answer box's cover")
     tr.add_argument("--coord-init", choices=("random", "sinusoid"), default="random",
                     help="initial embeddings of <0>..<999>: the model's random init, or a smooth code of k")
     for p in (sc, tr):
