@@ -14,7 +14,7 @@ compilation) are timed separately and left out. Threads are set per configuratio
 A second part checks that the faster settings train as well: fresh runs of `--quality-steps` steps with the
 same seed, one after another, per precision/compile/optimizer setting, comparing their losses to fp32's.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/train_speed_cpu.py           # about 30 minutes on a 2-core CPU, most of it compiling
+    PYTHONPATH=. .venv/bin/python benchmarks/train_speed_cpu.py           # 5-40 minutes on a 2-core CPU: a cold compile and a busy machine take most of it
     PYTHONPATH=. .venv/bin/python benchmarks/train_speed_cpu.py --quick   # plumbing check, numbers meaningless
 
 Writes benchmarks/results/train_speed_cpu.json and the tables of benchmarks/results/train_speed_cpu.md.
@@ -233,7 +233,7 @@ def write_markdown(path: Path, tables: str) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "train_speed_cpu"))
-    ap.add_argument("--n", type=int, default=400, help="synthetic records (about 14%% of them share an image)")
+    ap.add_argument("--n", type=int, default=400, help="synthetic records (the generator writes about 10 per image)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3, help="steps per configuration per round")
     ap.add_argument("--warmup", type=int, default=3, help="steps per configuration before timing (compilation happens here)")
