@@ -148,6 +148,7 @@ class DistillSection(Section):
     keep_checkpoints: int = Field(2, gt=0, description="most recent checkpoints kept")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="multi-process strategy under torchrun")
     image_cache: int = Field(4096, ge=0, description="preprocessed images kept in memory")
+    compile: bool = Field(False, description="torch.compile the student and its losses (opt-in; the first steps compile, several seconds to minutes; measured on CPU in benchmarks/results/train_speed_cpu.md)")
 
     @model_validator(mode="after")
     def _losses(self):

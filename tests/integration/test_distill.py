@@ -52,6 +52,15 @@ def test_fine_tuning_learns(tmp_path, synth_dir):
     assert (tmp_path / "student" / "model.safetensors").is_file() and (tmp_path / "recipe.yaml").is_file()
 
 
+@pytest.mark.slow  # compiles the tiny student and its losses: about 3 minutes on a 2-core CPU
+def test_a_compiled_run_trains_like_the_eager_one(tmp_path, synth_dir):
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    trainer.distill(recipe(eager, synth_dir, steps=3, save_every=3), progress=False)
+    trainer.distill(recipe(compiled, synth_dir, steps=3, save_every=3, compile=True), progress=False)
+    assert [m["loss"] for m in metrics(compiled)] == pytest.approx([m["loss"] for m in metrics(eager)], rel=1e-4)
+    assert weights(compiled / "student").keys() == weights(eager / "student").keys()  # checkpoints unchanged
+
+
 def _crash_at(monkeypatch, at: int):
     """Make the run die as it starts step index `at`; returns the real train_step to put back."""
     real = trainer.train_step

@@ -89,7 +89,7 @@ class DistillObjective(nn.Module):
         if self.distiller is not None and teacher is not None:
             terms.update(self._hidden_terms(out, teacher, batch, mask))
         total = sum(w * v for w, v in terms.values())
-        return total, {k: float(v.detach()) for k, (_, v) in terms.items()}, out
+        return total, {k: v.detach() for k, (_, v) in terms.items()}, out  # tensors: a float() here would break a compiled graph
 
     def _hidden_terms(self, out: Outputs, teacher: Outputs, batch: dict, mask) -> dict:
         h = self.cfg.hidden
