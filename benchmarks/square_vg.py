@@ -243,9 +243,10 @@ def init_coord_embeddings(model, coord0: int) -> None:
         weight[coord0 : coord0 + 1000] = sinusoid_codes(1000, weight.shape[1], float(weight.std()))
 
 
-def box_cover(data, indices, image_size: int, n_patches: int):
+def box_cover(data, indices, image_size: int, n_patches: int, objects: dict | None = None):
     """Per record, the share of each cell of the image-token grid (row-major, sqrt(n_patches) per side) covered
-    by the record's answer boxes: a dense target for the vision tower (--aux-box-weight)."""
+    by the record's answer boxes, or with `objects` ({image: boxes}) by all the image's objects: a dense target for
+    the vision tower (--aux-box-weight)."""
     import math
 
     import torch
@@ -256,7 +257,11 @@ def box_cover(data, indices, image_size: int, n_patches: int):
     cell = image_size / side
     out = torch.zeros(len(indices), n_patches)
     for row, i in enumerate(indices):
-        boxes = T.get("REG_VG").parse(data.records[int(i)].answer, image_size=(image_size, image_size)).boxes
+        record = data.records[int(i)]
+        if objects is not None:
+            boxes = objects[record.images[0]]
+        else:
+            boxes = T.get("REG_VG").parse(record.answer, image_size=(image_size, image_size)).boxes
         for x1, y1, x2, y2 in boxes:
             for r in range(side):
                 for c in range(side):
@@ -290,7 +295,10 @@ def train(args) -> dict:
     if args.coord_init == "sinusoid":
         init_coord_embeddings(model, coord0)
     opt = optimizer(model, args.lr, args.vision_lr_mult, args.weight_decay)
-    head = None
+    head, objects = None, {}
+    if args.aux_target == "objects":  # every phase's data folder holds its objects.json (benchmarks/synth_vg_data.py)
+        for folder, _ in phases:
+            objects[folder] = json.loads((folder / "objects.json").read_text())
     if args.aux_box_weight:
         head = torch.nn.Linear(model.config.text_config.d_model, 1)
         opt.add_param_group({"params": head.parameters(), "lr": args.lr, "weight_decay": 0.0})
@@ -321,7 +329,7 @@ def train(args) -> dict:
         logits = out.logits
         loss = ce_loss(logits, batch["labels"])
         if head is not None:
-            target = box_cover(data, batch["indices"], spec.image_size, out.image.shape[1] - 1)
+            target = box_cover(data, batch["indices"], spec.image_size, out.image.shape[1] - 1, objects.get(phase_data))
             patches = head(out.image[:, 1:, :]).squeeze(-1)  # Florence's image tokens: the mean first, then the grid
             loss = loss + args.aux_box_weight * torch.nn.functional.binary_cross_entropy_with_logits(patches, target)
         if args.soft_sigma:
@@ -385,6 +393,8 @@ def main() -> None:
     tr.add_argument("--soft-weight", type=float, default=1.0, help="weight of the soft term added to the CE")
     tr.add_argument("--aux-box-weight", type=float, default=0.0,
                     help="weight of a per-patch loss: a linear head on the image tokens predicts the answer box's cover")
+    tr.add_argument("--aux-target", choices=("box", "objects"), default="box",
+                    help="what the per-patch loss predicts: the answer box, or every object (DATA/objects.json)")
     tr.add_argument("--coord-init", choices=("random", "sinusoid"), default="random",
                     help="initial embeddings of <0>..<999>: the model's random init, or a smooth code of k")
     for p in (sc, tr):

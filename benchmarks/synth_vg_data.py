@@ -2,7 +2,9 @@
 
 Generates `n` records of every task with `tiercel.data.synth.generate` and the given knobs, then writes the REG_VG
 records of each split (train/val/test.json) into `--out`, with `images/` linked to the generated images.
-`--const-description` replaces every description by "the object" (a set without text priors).
+`--const-description` replaces every description by "the object" (a set without text priors). `objects.json` maps
+each image to the boxes of all its objects (the generator's own layout), a dense target that the image alone
+determines (square_vg.py --aux-target objects).
 
     python benchmarks/synth_vg_data.py --out benchmarks/work/synth_vg/vg_grid4 --grid 4 --seed 104
     python benchmarks/synth_vg_data.py --out benchmarks/work/synth_vg/vg_easy4 --grid 4 --density 0.2 --scale 2 --trees 0 --seed 200
@@ -24,6 +26,7 @@ import numpy as np
 from tiercel.data.synth import generate
 from tiercel.data.synth.knobs import Knobs
 from tiercel.data.synth.layout import sample_scene
+from tiercel.data.synth.writer import draw_scene, image_name, plan
 
 
 def main() -> None:
@@ -57,7 +60,11 @@ def main() -> None:
                 r["conversations"][0]["content"] = "\n".join(lines)
         (args.out / f"{split}.json").write_text(json.dumps(records))
         written[split] = len(records)
-    print(json.dumps({"knobs": knobs.to_dict(), "objects_per_scene": float(np.mean(counts)), "records": written}))
+    objects = {f"{image_name(job)}.png": [o.hbb for o in draw_scene(job)[0].objects]
+               for job in plan(args.n, args.seed, args.size, knobs)}
+    (args.out / "objects.json").write_text(json.dumps(objects))
+    print(json.dumps({"knobs": knobs.to_dict(), "objects_per_scene": float(np.mean(counts)), "records": written,
+                      "images": len(objects)}))
 
 
 if __name__ == "__main__":

@@ -80,8 +80,9 @@ def plan(n: int, seed: int, size: int, knobs: Knobs) -> list[Job]:
     return jobs
 
 
-def run_job(job: Job, out: Path) -> list[tuple[str, str, str, list[str]]]:
-    """Draw a scene that can answer all of the job's tasks, save its image(s), return its records."""
+def draw_scene(job: Job):
+    """The scene a job draws (the first of its seeded attempts that can answer all its tasks): (scene, changed twin
+    or None, records' (tag, prompt, answer)). Deterministic: the generator and analyses of its images share it."""
     split_id = SPLITS.index(job.split)
     for attempt in range(50):
         rng = np.random.default_rng([job.seed, split_id, job.scene, attempt])
@@ -90,13 +91,22 @@ def run_job(job: Job, out: Path) -> list[tuple[str, str, str, list[str]]]:
             continue
         after, changed = changed_twin(rng, scene, job.knobs) if "PIX_CHG" in job.tags else (None, None)
         try:
-            answers = [(tag, *truth.make(tag, scene, rng, changed)) for tag in job.tags]
-            break
+            return scene, after, [(tag, *truth.make(tag, scene, rng, changed)) for tag in job.tags]
         except truth.NoTruth:
             continue
-    else:  # pragma: no cover - 50 scenes in a row without a well-posed record would be a generator bug
-        raise DataError(f"synth: scene {job.split}/{job.scene} found no valid layout in 50 attempts")
-    name = f"images/{job.split}_{job.scene:06d}"
+    # pragma: no cover - 50 scenes in a row without a well-posed record would be a generator bug
+    raise DataError(f"synth: scene {job.split}/{job.scene} found no valid layout in 50 attempts")
+
+
+def image_name(job: Job) -> str:
+    """The job's image path, relative to the data folder, without the suffix."""
+    return f"images/{job.split}_{job.scene:06d}"
+
+
+def run_job(job: Job, out: Path) -> list[tuple[str, str, str, list[str]]]:
+    """Draw a scene that can answer all of the job's tasks, save its image(s), return its records."""
+    scene, after, answers = draw_scene(job)
+    name = image_name(job)
     if after is None:
         _save(render(scene, job.knobs), out / f"{name}.png")
     else:
