@@ -40,12 +40,13 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--trees", type=float, default=1.0)
     ap.add_argument("--const-description", action="store_true")
+    ap.add_argument("--workers", type=int, default=1, help="generator processes")
     args = ap.parse_args()
     knobs = Knobs(grid=args.grid, density=args.density, scale=args.scale, trees=args.trees)
     counts = [len(sample_scene(np.random.default_rng([9, i]), args.size, knobs).objects) for i in range(200)]
     full = args.out.parent / f"full_{args.out.name}"
     if not (full / "meta.json").exists():
-        generate(full, n=args.n, size=args.size, seed=args.seed, workers=1, knobs=knobs)
+        generate(full, n=args.n, size=args.size, seed=args.seed, workers=args.workers, knobs=knobs)
     args.out.mkdir(parents=True, exist_ok=True)
     if not (args.out / "images").exists():
         os.symlink((full / "images").resolve(), args.out / "images")
