@@ -100,6 +100,9 @@ def test_text_answers_lose_geochat_markup():
     assert to_falcon("There are 3 ships.", "IMG_CT", (64, 64)) == "3"
     warnings = []
     assert to_falcon("No ships.", "IMG_CT", (64, 64), warnings) == "" and "no number" in warnings[0]
+    warnings = []  # a fraction is no count either, and the note says so rather than "no number"
+    assert to_falcon("2.5", "IMG_CT", (64, 64), warnings) == ""
+    assert warnings == ["IMG_CT: no count in the GeoChat answer '2.5' (2.5 is not a whole number; read as none)"]
     warnings = []
     assert to_falcon("  ", "REG_CAP", (64, 64), warnings) == "" and "empty" in warnings[0]
 

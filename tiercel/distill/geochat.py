@@ -154,8 +154,9 @@ def to_falcon(text, tag: str, image_size, warnings: list[str] | None = None, clo
     cleaned = strip_markup(text)
     if spec.answer == "count":
         count = answers.read_count(cleaned)
-        if count.value is None:
-            notes.append(f"{spec.tag}: no number in the GeoChat answer {cleaned[:60]!r}")
+        if count.value is None:  # the reader says why: no number, a fraction, a negative number, too many digits
+            why = count.warnings[-1] if count.warnings else "no number"
+            notes.append(f"{spec.tag}: no count in the GeoChat answer {cleaned[:60]!r} ({why})")
         return spec.format(count)
     if spec.answer == "label":
         cleaned = cleaned.rstrip(".").strip()
