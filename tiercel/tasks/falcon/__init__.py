@@ -29,18 +29,16 @@ _QUAD = re.compile(r"<(\d+)><(\d+)><(\d+)><(\d+)><(\d+)><(\d+)><(\d+)><(\d+)>")
 _FLORENCE_BIN = re.compile(r"<loc_(\d+)>")
 
 
-_NEEDS = {"REG_DET_OBB": ("shapely", "shapely"), "PIX_SEG": ("pycocotools", "pycocotools"),
-          "PIX_CHG": ("pycocotools", "pycocotools")}  # tag -> (module, package)
+_NEEDS = {"REG_DET_OBB": "shapely", "PIX_SEG": "pycocotools", "PIX_CHG": "pycocotools"}  # tag -> library
 
 
 def check_dependencies(tags) -> None:
     """TaskError naming the install command when scoring `tags` this way needs a library that is missing."""
     import importlib.util
 
-    missing = sorted({package for tag in tags if tag in _NEEDS for module, package in [_NEEDS[tag]]
-                      if importlib.util.find_spec(module) is None})
+    missing = sorted({_NEEDS[tag] for tag in tags if tag in _NEEDS and importlib.util.find_spec(_NEEDS[tag]) is None})
     if missing:
-        needing = ", ".join(t for t in tags if t in _NEEDS and _NEEDS[t][1] in missing)
+        needing = ", ".join(t for t in tags if _NEEDS.get(t) in missing)
         raise TaskError(f"the falcon protocol scores {needing} with {', '.join(missing)}: pip install 'tiercel[eval]'")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from tiercel.errors import TaskError
+from tiercel.tasks.metrics.detection import average_precision
 
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -46,15 +47,6 @@ def quad_iou(a, b) -> float:
     return inter / (pa.area + pb.area - inter)
 
 
-def voc_ap(recall, precision) -> float:
-    """Area under the precision/recall curve made monotone, summed where recall changes (VOC, all points)."""
-    r = np.concatenate(([0.0], recall, [1.0]))
-    p = np.concatenate(([0.0], precision, [0.0]))
-    p = np.maximum.accumulate(p[::-1])[::-1]
-    changed = np.where(r[1:] != r[:-1])[0]
-    return float(np.sum((r[changed + 1] - r[changed]) * p[changed + 1]))
-
-
 def hbb_ap50(preds: list[list], refs: list[list]) -> dict[str, float]:
     """REG_DET_HBB's mAP@0.5 over records of boxes in bins (one class); nan with no reference box."""
     detections = []  # (confidence, record, box)
@@ -75,10 +67,7 @@ def hbb_ap50(preds: list[list], refs: list[list]) -> dict[str, float]:
                 best, match = overlap, j
         if best >= 0.5 and not used[i][match]:
             tp[k], used[i][match] = 1, True
-    cum_tp = np.cumsum(tp)
-    recall = cum_tp / n_truth
-    precision = cum_tp / np.arange(1, len(tp) + 1)
-    return {"ap50": voc_ap(recall, precision)}
+    return {"ap50": average_precision(tp, n_truth)}
 
 
 def _voc_iou(a, b) -> float | None:
@@ -128,14 +117,12 @@ def _at_threshold(best: list[list[tuple]], refs: list[list], t: float) -> dict[s
     n_pred, n_truth = len(ious), sum(len(t) for t in refs)
     order = np.argsort(-np.asarray(ious, dtype=float))
     tp = np.asarray(hits, dtype=float)[order]
-    cum_tp, cum_fp = np.cumsum(tp), np.cumsum(1 - tp)
-    recall = cum_tp / n_truth if n_truth else np.zeros(n_pred)  # Falcon's np.zero(...) raises here
-    precision = cum_tp / np.arange(1, n_pred + 1)
-    ap = voc_ap(recall, precision)
+    ap = average_precision(tp, n_truth) if n_truth else 0.0  # Falcon's np.zero(...) raises without references
     if not n_pred:
         return {"ap": ap, "acc": 0.0, "precision": 0.0, "recall": 0.0, "far": 0.0}
-    tp_all, fp_all = cum_tp[-1], cum_fp[-1]
+    tp_all = float(np.sum(tp))
+    fp_all = n_pred - tp_all
     accuracy = tp_all / (missed + n_pred) if missed + n_pred else 0.0
     far = fp_all / (fp_all + tp_all + missed) if fp_all + tp_all + missed else 0.0
-    return {"ap": ap, "acc": float(accuracy), "precision": float(precision[-1]), "recall": float(recall[-1]),
-            "far": float(far)}
+    return {"ap": ap, "acc": accuracy, "precision": tp_all / n_pred, "recall": tp_all / n_truth if n_truth else 0.0,
+            "far": far}

@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 
 from tiercel.errors import TaskError
+from tiercel.tasks.metrics.segmentation import iou_dice
 
 _INSTANCE = re.compile(r"<poly>(.*?)</poly>")
 _PART = re.compile(r"((?:<\d+>)+)(?:<sep>|$)")
@@ -53,10 +54,9 @@ def mask_scores(preds: list, refs: list, crops: list) -> dict[str, float]:
         if not pred or not truth:
             continue
         w, h = _canvas(pred, truth, crop)
-        a, b = _mask(truth, h, w), _mask(pred, h, w)
-        inter, total = float(np.sum(a & b)), float(a.sum() + b.sum())
-        ious.append(inter / (total - inter) if total - inter else 1.0)
-        dices.append(2 * inter / total if total else 1.0)
+        iou, dice = iou_dice(_mask(pred, h, w), _mask(truth, h, w))  # both empty: 1, as its calculate_merged
+        ious.append(iou)
+        dices.append(dice)
     return {"miou": float(np.mean(ious)) if ious else 0.0, "dice": float(np.mean(dices)) if dices else 0.0,
             "scored": float(len(ious))}
 
