@@ -220,29 +220,6 @@ def soft_coord_loss(logits, labels, coord0: int, sigma: float):
     return -(target * logp).sum(-1).mean()
 
 
-def sinusoid_codes(n: int, dim: int, std: float):
-    """n x dim rows [sin(2 pi k / P_j), cos(2 pi k / P_j)] with periods P_j from 2n down to 8 (geometric), scaled to
-    `std` per entry: bins close in k get close rows, so the tied output layer scores neighbours of a bin alike."""
-    import math
-
-    import torch
-
-    half = dim // 2
-    periods = 2 * n * (8 / (2 * n)) ** (torch.arange(half, dtype=torch.float64) / max(half - 1, 1))
-    angles = 2 * math.pi * torch.arange(n, dtype=torch.float64)[:, None] / periods[None, :]
-    codes = torch.cat([angles.sin(), angles.cos()], dim=1)
-    return (codes * (std / codes.std())).float()
-
-
-def init_coord_embeddings(model, coord0: int) -> None:
-    """Replace the (tied) embeddings of `<0>`..`<999>` by sinusoid_codes at the embedding table's own scale."""
-    import torch
-
-    weight = model.get_input_embeddings().weight
-    with torch.no_grad():
-        weight[coord0 : coord0 + 1000] = sinusoid_codes(1000, weight.shape[1], float(weight.std()))
-
-
 def box_cover(data, indices, image_size: int, n_patches: int, objects: dict | None = None):
     """Per record, the share of each cell of the image-token grid (row-major, sqrt(n_patches) per side) covered
     by the record's answer boxes, or with `objects` ({image: boxes}) by all the image's objects: a dense target for
@@ -280,6 +257,7 @@ def train(args) -> dict:
     from tiercel.distill.objective import run_model
     from tiercel.distill.trainer import lr_lambda
     from tiercel.models import build
+    from tiercel.models.coords import init_coordinates
     from tiercel.runtime.tokenizer import train_bpe
 
     tok_data = SFTData(args.data / "train.json", args.data, None)
@@ -292,8 +270,7 @@ def train(args) -> dict:
     coord_ids = [tok.tok.token_to_id(f"<{k}>") for k in range(1000)]
     coord0 = coord_ids[0]
     assert coord_ids == list(range(coord0, coord0 + 1000)), "coordinate tokens are not contiguous ids"
-    if args.coord_init == "sinusoid":
-        init_coord_embeddings(model, coord0)
+    init_coordinates(model, tok, args.coord_init)
     opt = optimizer(model, args.lr, args.vision_lr_mult, args.weight_decay)
     head, objects = None, {}
     if args.aux_target == "objects":  # every phase's data folder holds its objects.json (benchmarks/synth_vg_data.py)
