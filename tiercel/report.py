@@ -30,7 +30,7 @@ def collect(pipeline) -> dict:
         rows[label] = {
             "bundle": str(bundle),
             "average": ev.get("average_headline"),
-            "headline": {t: h["value"] for t, h in ev.get("headline", {}).items()},
+            "headline": _values(ev),
             "protocol": ev.get("protocol", "tiercel"),
             "falcon": _falcon(ev),
             "size_mb": p.get("size_bytes", 0) / 1e6 if p else None,
@@ -50,12 +50,12 @@ def collect(pipeline) -> dict:
             "estimate_formula": prof.get("estimate_formula"), "openvino": ov["profiles"][0] if ov and ov.get("profiles") else None}
 
 
-def _per_task(rows: dict, names: list[str], key: str, protocol: str) -> list[str]:
+def _per_task(rows: dict, names: list[str], protocol: str) -> list[str]:
     """The per-task table of headline x 100 under `protocol` (docs/eval.md)."""
     lines = ["", f"## Per task (headline metric x 100, {protocol} protocol)", "",
              "| task | metric | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for tag in TAGS:
-        cells = [_f(None if rows[n][key].get(tag) is None else 100 * rows[n][key][tag]) for n in names]
+        cells = [_f(None if rows[n]["headline"].get(tag) is None else 100 * rows[n]["headline"][tag]) for n in names]
         lines.append(f"| {tag} | {get(tag).headline_of(protocol)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -65,7 +65,12 @@ def _falcon(ev: dict) -> dict | None:
     other = ev.get("protocols", {}).get("falcon")
     if other is None:
         return None
-    return {"average": other.get("average_headline"), "headline": {t: h["value"] for t, h in other["headline"].items()}}
+    return {"average": other.get("average_headline"), "headline": _values(other)}
+
+
+def _values(scores: dict) -> dict[str, float]:
+    """{tag: headline value} of one protocol's scores in an eval JSON."""
+    return {t: h["value"] for t, h in scores.get("headline", {}).items()}
 
 
 def _f(x, fmt="{:.1f}"):
@@ -90,9 +95,9 @@ def markdown(data: dict, recipe_name: str) -> str:
                      f"{_f(r['stages_ms'].get('vision_encoder'))} | {_f(r['stages_ms'].get('decode_token'), '{:.2f}')} | " +
                      " | ".join(tasks_ms) + " |")
     protocol = rows[names[0]].get("protocol", "tiercel") if names else "tiercel"
-    lines += _per_task(rows, names, "headline", protocol)
+    lines += _per_task(rows, names, protocol)
     if names and all(rows[n].get("falcon") for n in names):
-        lines += _per_task({n: rows[n]["falcon"] for n in names}, names, "headline", "falcon")
+        lines += _per_task({n: rows[n]["falcon"] for n in names}, names, "falcon")
         averages = [_f(None if rows[n]["falcon"]["average"] is None else 100 * rows[n]["falcon"]["average"]) for n in names]
         lines += ["| average | | " + " | ".join(averages) + " |"]
     stages = sorted({s for n in names for s in rows[n]["stages_ms"]})

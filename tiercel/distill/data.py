@@ -102,7 +102,6 @@ class SFTData:
         return counts
 
 
-
 class TaskSampler:
     """Draw sample indices for a step: tasks by weight, then records uniformly within the task."""
 
