@@ -220,19 +220,22 @@ def soft_coord_loss(logits, labels, coord0: int, sigma: float):
     return -(target * logp).sum(-1).mean()
 
 
-def box_cover(data, indices, image_size: int, n_patches: int, objects: dict | None = None):
-    """Per record, the share of each cell of the image-token grid (row-major, sqrt(n_patches) per side) covered
-    by the record's answer boxes, or with `objects` ({image: boxes}) by all the image's objects: a dense target for
-    the vision tower (--aux-box-weight)."""
+def box_cover(data, indices, image_size: int, n_patches: int, objects: dict | None = None, sub: int = 1):
+    """Per record, the share of each cell of a grid sqrt(n_patches) * sub cells a side covered by the record's
+    answer boxes, or with `objects` ({image: boxes}) by all the image's objects: a dense target (--aux). Shaped
+    (records, n_patches, sub * sub): for each image token (row-major), its sub x sub block of cells."""
     import math
 
+    import numpy as np
     import torch
 
     from tiercel import tasks as T
 
     side = math.isqrt(n_patches)
-    cell = image_size / side
-    out = torch.zeros(len(indices), n_patches)
+    n = side * sub
+    edges = np.arange(n + 1) * (image_size / n)
+    lo, hi = edges[:-1], edges[1:]
+    out = np.zeros((len(indices), n, n))
     for row, i in enumerate(indices):
         record = data.records[int(i)]
         if objects is not None:
@@ -240,11 +243,21 @@ def box_cover(data, indices, image_size: int, n_patches: int, objects: dict | No
         else:
             boxes = T.get("REG_VG").parse(record.answer, image_size=(image_size, image_size)).boxes
         for x1, y1, x2, y2 in boxes:
-            for r in range(side):
-                for c in range(side):
-                    w = max(0.0, min(x2, (c + 1) * cell) - max(x1, c * cell))
-                    h = max(0.0, min(y2, (r + 1) * cell) - max(y1, r * cell))
-                    out[row, r * side + c] = min(1.0, out[row, r * side + c] + w * h / cell**2)
+            w = np.clip(np.minimum(x2, hi) - np.maximum(x1, lo), 0, None)
+            h = np.clip(np.minimum(y2, hi) - np.maximum(y1, lo), 0, None)
+            out[row] += np.outer(h, w) / (image_size / n) ** 2
+    out = np.minimum(out, 1.0).reshape(len(indices), side, sub, side, sub).transpose(0, 1, 3, 2, 4)
+    return torch.from_numpy(out.reshape(len(indices), n_patches, sub * sub)).float()
+
+
+def parse_aux(specs: list[str], legacy_weight: float, legacy_target: str) -> list[tuple[str, str, float, int]]:
+    """--aux ON:TARGET:WEIGHT[:SUB] -> [(on, target, weight, sub)]; --aux-box-weight W is image:TARGET:W:1."""
+    out = [("image", legacy_target, legacy_weight, 1)] if legacy_weight else []
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) not in (3, 4) or parts[0] not in ("image", "encoder") or parts[1] not in ("box", "objects"):
+            raise SystemExit(f"--aux {spec}: expected ON:TARGET:WEIGHT[:SUB], ON image|encoder, TARGET box|objects")
+        out.append((parts[0], parts[1], float(parts[2]), int(parts[3]) if len(parts) == 4 else 1))
     return out
 
 
@@ -272,13 +285,13 @@ def train(args) -> dict:
     assert coord_ids == list(range(coord0, coord0 + 1000)), "coordinate tokens are not contiguous ids"
     init_coordinates(model, tok, args.coord_init)
     opt = optimizer(model, args.lr, args.vision_lr_mult, args.weight_decay)
-    head, objects = None, {}
-    if args.aux_target == "objects":  # every phase's data folder holds its objects.json (benchmarks/synth_vg_data.py)
+    aux, heads, objects = parse_aux(args.aux, args.aux_box_weight, args.aux_target), [], {}
+    if any(target == "objects" for _, target, _, _ in aux):  # each phase's folder holds objects.json (synth_vg_data.py)
         for folder, _ in phases:
             objects[folder] = json.loads((folder / "objects.json").read_text())
-    if args.aux_box_weight:
-        head = torch.nn.Linear(model.config.text_config.d_model, 1)
-        opt.add_param_group({"params": head.parameters(), "lr": args.lr, "weight_decay": 0.0})
+    for _, _, _, sub in aux:  # one linear head per term: an image token (or the encoder there) -> its sub x sub cells
+        heads.append(torch.nn.Linear(model.config.text_config.d_model, sub * sub))
+        opt.add_param_group({"params": heads[-1].parameters(), "lr": args.lr, "weight_decay": 0.0})
     sched_cfg = argparse.Namespace(warmup_steps=args.warmup, steps=args.steps, min_lr_ratio=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(sched_cfg))
     log, scores, t0, samples = [], [], time.perf_counter(), 0
@@ -305,10 +318,17 @@ def train(args) -> dict:
         out = run_model(model, batch["s"], batch["decoder_input_ids"])
         logits = out.logits
         loss = ce_loss(logits, batch["labels"])
-        if head is not None:
-            target = box_cover(data, batch["indices"], spec.image_size, out.image.shape[1] - 1, objects.get(phase_data))
-            patches = head(out.image[:, 1:, :]).squeeze(-1)  # Florence's image tokens: the mean first, then the grid
-            loss = loss + args.aux_box_weight * torch.nn.functional.binary_cross_entropy_with_logits(patches, target)
+        for (on, target_kind, weight, sub), head in zip(aux, heads):
+            n_img = out.image.shape[1]
+            if on == "image":
+                tokens = out.image[:, 1:, :]  # Florence's image tokens: the mean first, then the grid
+            else:  # the text encoder's output at the image slots, after it has read the prompt
+                slots = batch["s"]["input_ids"] == model.config.image_token_id
+                tokens = out.encoder[slots].view(len(out.image), n_img, -1)[:, 1:, :]
+            target = box_cover(data, batch["indices"], spec.image_size, n_img - 1,
+                               objects.get(phase_data) if target_kind == "objects" else None, sub)
+            patches = head(tokens)
+            loss = loss + weight * torch.nn.functional.binary_cross_entropy_with_logits(patches, target)
         if args.soft_sigma:
             loss = loss + args.soft_weight * soft_coord_loss(logits, batch["labels"], coord0, args.soft_sigma)
         opt.zero_grad(set_to_none=True)
@@ -372,6 +392,10 @@ def main() -> None:
                     help="weight of a per-patch loss: a linear head on the image tokens predicts the answer box's cover")
     tr.add_argument("--aux-target", choices=("box", "objects"), default="box",
                     help="what the per-patch loss predicts: the answer box, or every object (DATA/objects.json)")
+    tr.add_argument("--aux", action="append", default=[], metavar="ON:TARGET:WEIGHT[:SUB]",
+                    help="a per-patch loss: a linear head on the image tokens (image) or on the text encoder's output "
+                         "at the image slots (encoder) predicts the answer box's (box) or every object's (objects) "
+                         "cover of each of an image token's SUB x SUB cells; repeatable")
     tr.add_argument("--coord-init", choices=("random", "sinusoid"), default="random",
                     help="initial embeddings of <0>..<999>: the model's random init, or a smooth code of k")
     for p in (sc, tr):
