@@ -220,10 +220,13 @@ def soft_coord_loss(logits, labels, coord0: int, sigma: float):
     return -(target * logp).sum(-1).mean()
 
 
-def box_cover(data, indices, image_size: int, n_patches: int, objects: dict | None = None, sub: int = 1):
+def box_cover(data, indices, image_size: int, n_patches: int, objects: dict | None = None, sub: int = 1,
+              labels: dict | None = None):
     """Per record, the share of each cell of a grid sqrt(n_patches) * sub cells a side covered by the record's
-    answer boxes, or with `objects` ({image: boxes}) by all the image's objects: a dense target (--aux). Shaped
-    (records, n_patches, sub * sub): for each image token (row-major), its sub x sub block of cells."""
+    answer boxes, or with `objects` ({image: boxes}) by all the image's objects, or with `labels` (labels.json of
+    benchmarks/synth_vg_data.py) by the objects of each class and colour, one channel each: a dense target (--aux).
+    Shaped (records, n_patches, sub * sub * channels): for each image token (row-major), its sub x sub block of
+    cells."""
     import math
 
     import numpy as np
@@ -233,21 +236,25 @@ def box_cover(data, indices, image_size: int, n_patches: int, objects: dict | No
 
     side = math.isqrt(n_patches)
     n = side * sub
+    channels = len(labels["channels"]) if labels else 1
     edges = np.arange(n + 1) * (image_size / n)
     lo, hi = edges[:-1], edges[1:]
-    out = np.zeros((len(indices), n, n))
+    out = np.zeros((len(indices), n, n, channels))
     for row, i in enumerate(indices):
         record = data.records[int(i)]
-        if objects is not None:
-            boxes = objects[record.images[0]]
+        if labels is not None:
+            items = [(tuple(o[:2]), o[2:]) for o in labels["objects"][record.images[0]]]
+        elif objects is not None:
+            items = [((0,), box) for box in objects[record.images[0]]]
         else:
-            boxes = T.get("REG_VG").parse(record.answer, image_size=(image_size, image_size)).boxes
-        for x1, y1, x2, y2 in boxes:
+            items = [((0,), box) for box in T.get("REG_VG").parse(record.answer, image_size=(image_size, image_size)).boxes]
+        for chans, (x1, y1, x2, y2) in items:
             w = np.clip(np.minimum(x2, hi) - np.maximum(x1, lo), 0, None)
             h = np.clip(np.minimum(y2, hi) - np.maximum(y1, lo), 0, None)
-            out[row] += np.outer(h, w) / (image_size / n) ** 2
-    out = np.minimum(out, 1.0).reshape(len(indices), side, sub, side, sub).transpose(0, 1, 3, 2, 4)
-    return torch.from_numpy(out.reshape(len(indices), n_patches, sub * sub)).float()
+            for c in chans:
+                out[row, :, :, c] += np.outer(h, w) / (image_size / n) ** 2
+    out = np.minimum(out, 1.0).reshape(len(indices), side, sub, side, sub, channels).transpose(0, 1, 3, 2, 4, 5)
+    return torch.from_numpy(out.reshape(len(indices), n_patches, sub * sub * channels)).float()
 
 
 def parse_aux(specs: list[str], legacy_weight: float, legacy_target: str) -> list[tuple[str, str, float, int]]:
@@ -255,8 +262,8 @@ def parse_aux(specs: list[str], legacy_weight: float, legacy_target: str) -> lis
     out = [("image", legacy_target, legacy_weight, 1)] if legacy_weight else []
     for spec in specs:
         parts = spec.split(":")
-        if len(parts) not in (3, 4) or parts[0] not in ("image", "encoder") or parts[1] not in ("box", "objects"):
-            raise SystemExit(f"--aux {spec}: expected ON:TARGET:WEIGHT[:SUB], ON image|encoder, TARGET box|objects")
+        if len(parts) not in (3, 4) or parts[0] not in ("image", "encoder") or parts[1] not in ("box", "objects", "labels"):
+            raise SystemExit(f"--aux {spec}: expected ON:TARGET:WEIGHT[:SUB], ON image|encoder, TARGET box|objects|labels")
         out.append((parts[0], parts[1], float(parts[2]), int(parts[3]) if len(parts) == 4 else 1))
     return out
 
@@ -285,12 +292,15 @@ def train(args) -> dict:
     assert coord_ids == list(range(coord0, coord0 + 1000)), "coordinate tokens are not contiguous ids"
     init_coordinates(model, tok, args.coord_init)
     opt = optimizer(model, args.lr, args.vision_lr_mult, args.weight_decay)
-    aux, heads, objects = parse_aux(args.aux, args.aux_box_weight, args.aux_target), [], {}
-    if any(target == "objects" for _, target, _, _ in aux):  # each phase's folder holds objects.json (synth_vg_data.py)
-        for folder, _ in phases:
+    aux, heads, objects, labels = parse_aux(args.aux, args.aux_box_weight, args.aux_target), [], {}, {}
+    for folder, _ in phases:  # each phase's folder holds objects.json and labels.json (synth_vg_data.py)
+        if any(target == "objects" for _, target, _, _ in aux):
             objects[folder] = json.loads((folder / "objects.json").read_text())
-    for _, _, _, sub in aux:  # one linear head per term: an image token (or the encoder there) -> its sub x sub cells
-        heads.append(torch.nn.Linear(model.config.text_config.d_model, sub * sub))
+        if any(target == "labels" for _, target, _, _ in aux):
+            labels[folder] = json.loads((folder / "labels.json").read_text())
+    for _, target, _, sub in aux:  # one linear head per term: an image token (or the encoder there) -> its cells
+        channels = len(next(iter(labels.values()))["channels"]) if target == "labels" else 1
+        heads.append(torch.nn.Linear(model.config.text_config.d_model, sub * sub * channels))
         opt.add_param_group({"params": heads[-1].parameters(), "lr": args.lr, "weight_decay": 0.0})
     sched_cfg = argparse.Namespace(warmup_steps=args.warmup, steps=args.steps, min_lr_ratio=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(sched_cfg))
@@ -318,6 +328,7 @@ def train(args) -> dict:
         out = run_model(model, batch["s"], batch["decoder_input_ids"])
         logits = out.logits
         loss = ce_loss(logits, batch["labels"])
+        aux_terms = {"ce": float(loss)}
         for (on, target_kind, weight, sub), head in zip(aux, heads):
             n_img = out.image.shape[1]
             if on == "image":
@@ -326,9 +337,11 @@ def train(args) -> dict:
                 slots = batch["s"]["input_ids"] == model.config.image_token_id
                 tokens = out.encoder[slots].view(len(out.image), n_img, -1)[:, 1:, :]
             target = box_cover(data, batch["indices"], spec.image_size, n_img - 1,
-                               objects.get(phase_data) if target_kind == "objects" else None, sub)
-            patches = head(tokens)
-            loss = loss + weight * torch.nn.functional.binary_cross_entropy_with_logits(patches, target)
+                               objects.get(phase_data) if target_kind == "objects" else None, sub,
+                               labels.get(phase_data) if target_kind == "labels" else None)
+            term = torch.nn.functional.binary_cross_entropy_with_logits(head(tokens), target)
+            aux_terms[f"{on}:{target_kind}"] = float(term)
+            loss = loss + weight * term
         if args.soft_sigma:
             loss = loss + args.soft_weight * soft_coord_loss(logits, batch["labels"], coord0, args.soft_sigma)
         opt.zero_grad(set_to_none=True)
@@ -344,6 +357,7 @@ def train(args) -> dict:
                 {
                     "step": done,
                     "loss": float(loss),
+                    "terms": aux_terms,
                     "grad_norm": norms,
                     "samples_per_s": samples / (time.perf_counter() - t0),
                 }
@@ -363,7 +377,7 @@ def train(args) -> dict:
             scores.append(s)
             print(
                 short(done, s),
-                f"| train loss {float(loss):.3f} grads {json.dumps({k: round(v, 4) for k, v in norms.items()})}",
+                f"| train loss {float(loss):.3f} {json.dumps({k: round(v, 3) for k, v in aux_terms.items()})} grads {json.dumps({k: round(v, 4) for k, v in norms.items()})}",
                 flush=True,
             )
             t0 += time.perf_counter() - t0 - train_s  # scoring time is not training time

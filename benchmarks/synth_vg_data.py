@@ -4,7 +4,9 @@ Generates `n` records of every task with `tiercel.data.synth.generate` and the g
 records of each split (train/val/test.json) into `--out`, with `images/` linked to the generated images.
 `--const-description` replaces every description by "the object" (a set without text priors). `objects.json` maps
 each image to the boxes of all its objects (the generator's own layout), a dense target that the image alone
-determines (square_vg.py --aux-target objects).
+determines (square_vg.py --aux-target objects). `labels.json` adds what each object is: {"channels": [class and
+colour names], "objects": {image: [[class channel, colour channel, x1, y1, x2, y2], ...]}} (square_vg.py --aux
+image:labels:...), so image features can be taught what sits where, the words a description uses.
 
     python benchmarks/synth_vg_data.py --out benchmarks/work/synth_vg/vg_grid4 --grid 4 --seed 104
     python benchmarks/synth_vg_data.py --out benchmarks/work/synth_vg/vg_easy4 --grid 4 --density 0.2 --scale 2 --trees 0 --seed 200
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tiercel.data.synth import generate
+from tiercel.data.synth.catalog import OBJECTS
 from tiercel.data.synth.knobs import Knobs
 from tiercel.data.synth.layout import sample_scene
 from tiercel.data.synth.writer import draw_scene, image_name, plan
@@ -61,9 +64,14 @@ def main() -> None:
                 r["conversations"][0]["content"] = "\n".join(lines)
         (args.out / f"{split}.json").write_text(json.dumps(records))
         written[split] = len(records)
-    objects = {f"{image_name(job)}.png": [o.hbb for o in draw_scene(job)[0].objects]
-               for job in plan(args.n, args.seed, args.size, knobs)}
+    scenes = {f"{image_name(job)}.png": draw_scene(job)[0].objects for job in plan(args.n, args.seed, args.size, knobs)}
+    objects = {name: [o.hbb for o in objs] for name, objs in scenes.items()}
     (args.out / "objects.json").write_text(json.dumps(objects))
+    classes = list(OBJECTS)
+    colors = sorted({c for spec in OBJECTS.values() for c in spec.colors})
+    channels = classes + colors
+    labels = {name: [[classes.index(o.cls), channels.index(o.color), *o.hbb] for o in objs] for name, objs in scenes.items()}
+    (args.out / "labels.json").write_text(json.dumps({"channels": channels, "objects": labels}))
     print(json.dumps({"knobs": knobs.to_dict(), "objects_per_scene": float(np.mean(counts)), "records": written,
                       "images": len(objects)}))
 
