@@ -257,15 +257,33 @@ def box_cover(data, indices, image_size: int, n_patches: int, objects: dict | No
     return torch.from_numpy(out.reshape(len(indices), n_patches, sub * sub * channels)).float()
 
 
-def parse_aux(specs: list[str], legacy_weight: float, legacy_target: str) -> list[tuple[str, str, float, int]]:
-    """--aux ON:TARGET:WEIGHT[:SUB] -> [(on, target, weight, sub)]; --aux-box-weight W is image:TARGET:W:1."""
-    out = [("image", legacy_target, legacy_weight, 1)] if legacy_weight else []
+def parse_aux(specs: list[str], legacy_weight: float, legacy_target: str) -> list[tuple[str, str, float, int, str]]:
+    """--aux ON:TARGET:WEIGHT[:SUB[:FORM]] -> [(on, target, weight, sub, form)]; --aux-box-weight W is
+    image:TARGET:W:1:bce. FORM bce: each cell's cover on its own; softmax: the cover normalised over the image's
+    cells, against a softmax over them (which cells hold it)."""
+    out = [("image", legacy_target, legacy_weight, 1, "bce")] if legacy_weight else []
     for spec in specs:
-        parts = spec.split(":")
-        if len(parts) not in (3, 4) or parts[0] not in ("image", "encoder") or parts[1] not in ("box", "objects", "labels"):
-            raise SystemExit(f"--aux {spec}: expected ON:TARGET:WEIGHT[:SUB], ON image|encoder, TARGET box|objects|labels")
-        out.append((parts[0], parts[1], float(parts[2]), int(parts[3]) if len(parts) == 4 else 1))
+        parts = spec.split(":") + ["1", "bce"][len(spec.split(":")) - 3 :]
+        if len(parts) != 5 or parts[0] not in ("image", "encoder") or parts[1] not in ("box", "objects", "labels") \
+                or parts[4] not in ("bce", "softmax"):
+            raise SystemExit(f"--aux {spec}: expected ON:TARGET:WEIGHT[:SUB[:FORM]], ON image|encoder, "
+                             "TARGET box|objects|labels, FORM bce|softmax")
+        out.append((parts[0], parts[1], float(parts[2]), int(parts[3]), parts[4]))
     return out
+
+
+def cover_loss(logits, target, form: str):
+    """The dense term: BCE per cell, or (softmax) cross-entropy of a softmax over all of an image's cells against
+    its cover normalised to sum 1 (records with no cover count 0)."""
+    import torch
+
+    if form == "bce":
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    flat, t = logits.flatten(1), target.flatten(1)
+    mass = t.sum(1, keepdim=True)
+    keep = mass.squeeze(1) > 0
+    p = t[keep] / mass[keep]
+    return -(p * torch.log_softmax(flat[keep], -1)).sum(-1).mean() if keep.any() else flat.sum() * 0.0
 
 
 def train(args) -> dict:
@@ -294,11 +312,11 @@ def train(args) -> dict:
     opt = optimizer(model, args.lr, args.vision_lr_mult, args.weight_decay)
     aux, heads, objects, labels = parse_aux(args.aux, args.aux_box_weight, args.aux_target), [], {}, {}
     for folder, _ in phases:  # each phase's folder holds objects.json and labels.json (synth_vg_data.py)
-        if any(target == "objects" for _, target, _, _ in aux):
+        if any(a[1] == "objects" for a in aux):
             objects[folder] = json.loads((folder / "objects.json").read_text())
-        if any(target == "labels" for _, target, _, _ in aux):
+        if any(a[1] == "labels" for a in aux):
             labels[folder] = json.loads((folder / "labels.json").read_text())
-    for _, target, _, sub in aux:  # one linear head per term: an image token (or the encoder there) -> its cells
+    for _, target, _, sub, _ in aux:  # one linear head per term: an image token (or the encoder there) -> its cells
         channels = len(next(iter(labels.values()))["channels"]) if target == "labels" else 1
         heads.append(torch.nn.Linear(model.config.text_config.d_model, sub * sub * channels))
         opt.add_param_group({"params": heads[-1].parameters(), "lr": args.lr, "weight_decay": 0.0})
@@ -329,7 +347,7 @@ def train(args) -> dict:
         logits = out.logits
         loss = ce_loss(logits, batch["labels"])
         aux_terms = {"ce": float(loss)}
-        for (on, target_kind, weight, sub), head in zip(aux, heads):
+        for (on, target_kind, weight, sub, form), head in zip(aux, heads):
             n_img = out.image.shape[1]
             if on == "image":
                 tokens = out.image[:, 1:, :]  # Florence's image tokens: the mean first, then the grid
@@ -339,7 +357,7 @@ def train(args) -> dict:
             target = box_cover(data, batch["indices"], spec.image_size, n_img - 1,
                                objects.get(phase_data) if target_kind == "objects" else None, sub,
                                labels.get(phase_data) if target_kind == "labels" else None)
-            term = torch.nn.functional.binary_cross_entropy_with_logits(head(tokens), target)
+            term = cover_loss(head(tokens), target, form)
             aux_terms[f"{on}:{target_kind}"] = float(term)
             loss = loss + weight * term
         if args.soft_sigma:
@@ -406,10 +424,11 @@ def main() -> None:
                     help="weight of a per-patch loss: a linear head on the image tokens predicts the answer box's cover")
     tr.add_argument("--aux-target", choices=("box", "objects"), default="box",
                     help="what the per-patch loss predicts: the answer box, or every object (DATA/objects.json)")
-    tr.add_argument("--aux", action="append", default=[], metavar="ON:TARGET:WEIGHT[:SUB]",
+    tr.add_argument("--aux", action="append", default=[], metavar="ON:TARGET:WEIGHT[:SUB[:FORM]]",
                     help="a per-patch loss: a linear head on the image tokens (image) or on the text encoder's output "
                          "at the image slots (encoder) predicts the answer box's (box) or every object's (objects) "
-                         "cover of each of an image token's SUB x SUB cells; repeatable")
+                         "cover of each of an image token's SUB x SUB cells, per cell (FORM bce) or as a softmax over the "
+                         "image's cells (softmax); repeatable")
     tr.add_argument("--coord-init", choices=("random", "sinusoid"), default="random",
                     help="initial embeddings of <0>..<999>: the model's random init, or a smooth code of k")
     for p in (sc, tr):
