@@ -69,7 +69,7 @@ from fidelity_report import OBJECTIVES, SIZE_RATIO, bundle_key, render, targets 
 from image_use import commit, probe_checkpoint, write_result  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
-from tiercel.fileio import atomic_write_text  # noqa: E402
+from tiercel.fileio import atomic_write_text, finite  # noqa: E402
 
 RESULTS = HERE / "results"
 BUNDLE_SOURCE = "kd"  # the objective whose first-seed student is exported and quantized
@@ -126,17 +126,6 @@ class Stages:
 def one_line(err: Exception) -> str:
     """An exception's message on one line (a table cell)."""
     return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-
-
-def finite(value):
-    """JSON has no NaN: null instead."""
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 # ---- the work ------------------------------------------------------------------------------------------
