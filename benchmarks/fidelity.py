@@ -53,7 +53,7 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # this checkout's tiercel (the commit the JSON records), not the installed one
 from fidelity_config import (  # noqa: E402
     BundleSpec,
     Config,
