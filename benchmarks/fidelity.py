@@ -29,7 +29,7 @@ exits 1 naming it; a rerun retries it. `--fresh` starts over.
 
 --quick caps the data at 280 records, every training run at 4 steps, evaluation at 2 test records per task and 16
 new tokens, the probe at 4 records per task and calibration at 4 samples (fidelity_config.QUICK): every stage
-runs, in about 3 minutes on one thread of a busy 2-core CPU; results go to fidelity_quick.json / .md.
+runs, in about 2 minutes on one thread of a busy 2-core CPU; results go to fidelity_quick.json / .md.
 
 How long a full run takes, an estimate, not a measurement: training is steps x batch / samples per second, per
 run. With the default YAML and rates measured on the 2-core EPYC (the teacher's 6.8 samples/s and the CE
