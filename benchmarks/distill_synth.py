@@ -18,9 +18,12 @@ import json
 import os
 import platform
 import shutil
-import statistics
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synth_runs import params, score, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = dict(vision_dims=[16, 32, 64, 128], vision_depths=[1, 1, 2, 1], vision_heads=[1, 2, 2, 4], vision_groups=[1, 2, 2, 4],
@@ -48,40 +51,6 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "load_avg_start": os.getloadavg()}
 
 
-def run_recipe(recipe: dict, reuse: bool = False) -> dict:
-    """Train one recipe (or, with `reuse`, take the finished run already in its out directory)."""
-    from tiercel.distill.trainer import distill
-    from tiercel.recipe import parse_recipe
-
-    t0 = time.perf_counter()
-    done = Path(recipe["out"]) / "student" / "model.safetensors"
-    if reuse and done.is_file():
-        summary = {"student": str(done.parent)}
-    else:
-        shutil.rmtree(recipe["out"], ignore_errors=True)
-        summary = distill(parse_recipe(recipe), progress=False)
-    lines = [json.loads(x) for x in (Path(recipe["out"]) / "metrics.jsonl").read_text().splitlines()]
-    rates = [x["samples_per_s"] for x in lines if "samples_per_s" in x]
-    losses = [x["loss"] for x in lines if "loss" in x]
-    return {"student": summary["student"], "seconds": time.perf_counter() - t0, "samples_per_s": rates[-1] if rates else None,
-            "final_loss": statistics.mean(losses[-5:]) if losses else None}
-
-
-def evaluate_model(path: str, data: Path, limit: int, max_new_tokens: int) -> dict:
-    from tiercel.evaluate import evaluate
-    from tiercel.models.predict import TorchPredictor
-
-    report = evaluate(TorchPredictor.from_checkpoint(path), data / "test.json", data, limit=limit,
-                      generation={"num_beams": 1, "max_new_tokens": max_new_tokens})
-    return {"per_task": report.per_task, "headline": report.headlines, "average": report.average, "seconds": report.seconds}
-
-
-def params(path: str) -> int:
-    from tiercel.models import load_checkpoint
-
-    return sum(p.numel() for p in load_checkpoint(path).model.parameters())
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "distill_synth"))
@@ -93,7 +62,7 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--max-answer-tokens", type=int, default=40, help="training answers are cut to this many tokens")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--resume", action="store_true", help="keep the work directory and reuse finished data and runs")
+    ap.add_argument("--resume", action="store_true", help="keep the work directory: reuse finished data and runs, resume killed runs")
     args = ap.parse_args()
     if args.quick:
         args.n, args.teacher_steps, args.student_steps, args.eval_limit, args.max_new_tokens = 600, 20, 10, 2, 16
@@ -113,17 +82,17 @@ def main():
                            "save_every": steps, "log_every": 10, "eval_limit": 64}
     teacher = {"name": "teacher", "out": str(work / "teacher"), **common, "tokenizer": {"source": "train", "vocab_size": 1500},
                "student": {"preset": "tiny", "overrides": TEACHER}, "distill": sched(args.teacher_steps)}
-    runs = {"teacher": run_recipe(teacher, args.resume)}
+    runs = {"teacher": train(teacher)}
     for name, objective in VARIANTS.items():
         recipe = {"name": name, "out": str(work / name), **common, "tokenizer": {"source": "teacher"},
                   "teacher": {"kind": "checkpoint", "path": runs["teacher"]["student"]},
                   "student": {"preset": "tiny", "overrides": STUDENT}, "distill": {**sched(args.student_steps), **objective}}
         if name == "ce":  # no teacher, but the teacher's vocabulary, so the three students differ only in their objective
             recipe["teacher"], recipe["tokenizer"] = {"kind": "none"}, {"source": "file", "path": str(work / "teacher" / "tokenizer.json")}
-        runs[name] = run_recipe(recipe, args.resume)
+        runs[name] = train(recipe)
     for name, r in runs.items():
         r["params"] = params(r["student"])
-        r["eval"] = evaluate_model(r["student"], data, args.eval_limit, args.max_new_tokens)
+        r["eval"] = score(r["student"], data / "test.json", data, args.eval_limit, args.max_new_tokens)
     t_avg = runs["teacher"]["eval"]["average"]
     info["runs"] = runs
     info["summary"] = {

@@ -158,6 +158,17 @@ def write_json(path: str | Path, data) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def finite(value):
+    """`value` (nested dicts, lists, tuples) with each NaN or infinite float replaced by None: JSON has neither."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def read_json_object(path: str | Path, error: type[TiercelError] = TiercelError, remedy: str = "") -> dict:
     """A JSON file that must hold an object, or one line of `error`: unreadable, not JSON (nesting too deep
     included), or another JSON type. `remedy` ends the message (what to do)."""

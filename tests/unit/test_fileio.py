@@ -3,6 +3,7 @@ tidied by the next run, fsync before rename, and permissions that follow the uma
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -180,3 +181,14 @@ def test_overwrite_replaces_only_an_output_that_carries_its_marker(tmp_path):
         bundle(tmp_path / "theirs")
     assert (tmp_path / "theirs" / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "made", "theirs"]
+
+
+def test_finite_json_writes_null_for_nan_and_infinity(tmp_path):
+    from tiercel.fileio import finite, write_json
+
+    path = write_json(tmp_path / "r.json", finite({"mae": float("nan"), "per": [float("inf"), 0.5], "t": (1.0, -float("inf")), "n": 3}))
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"mae": None, "per": [None, 0.5], "t": [1.0, None], "n": 3}

@@ -69,10 +69,9 @@ def eval_cmd(
     for line in report.warnings:
         typer.echo(f"warning: {line}", err=True)
     if json_out is not None:
-        from tiercel.cli.profile import _finite
-        from tiercel.fileio import write_json
+        from tiercel.fileio import finite, write_json
 
-        write_json(json_out, _finite({"model": str(model), "data": str(data), "backend": getattr(predictor, "backend", None),
+        write_json(json_out, finite({"model": str(model), "data": str(data), "backend": getattr(predictor, "backend", None),
                                       "generation": generation, "limit": limit, **report.to_dict()}))
         console.print(f"wrote {json_out}", markup=False, soft_wrap=True)
     if examples is not None:

@@ -83,24 +83,10 @@ def profile(
     for line in render.estimate_notes(report):
         console.print(line, markup=False, soft_wrap=True)
     if json_out is not None:
-        from tiercel.fileio import write_json
+        from tiercel.fileio import finite, write_json
 
-        write_json(json_out, _finite(report.to_dict()))
+        write_json(json_out, finite(report.to_dict()))
         console.print(f"wrote {json_out}", markup=False, soft_wrap=True)
     if plot is not None:
         render.plot(report, plot)
         console.print(f"wrote {plot}", markup=False, soft_wrap=True)
-
-
-def _finite(value):
-    """JSON has no NaN/Infinity: write null instead."""
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-

@@ -1,0 +1,351 @@
+"""The fidelity table of issue #22: teacher -> CE / KD / KD+hidden students -> fp32, INT8 and INT4 bundles.
+
+One command, driven by benchmarks/recipes/fidelity.yaml (every setting is there, nothing about the models is
+in this file; the schema is benchmarks/fidelity_config.py):
+
+1. generates the synthetic benchmark (`data:` n, image size, seed, difficulty knobs of tiercel.data.synth.Knobs);
+2. trains the teacher from `teacher:`, a tiercel recipe fragment merged over the data paths and parsed by
+   tiercel.recipe, so every recipe key works (or `teacher: {stages: [fragment, ...]}`, each stage starting from
+   the previous one's checkpoint);
+3. checks that the student is >= 4x smaller than the teacher, then trains the students from `student:` with each
+   objective (ce, kd, kd_hidden) for each seed;
+4. exports the KD student of the first seed to an fp32 bundle (ONNX + OpenVINO IR) and quantizes it with each
+   scheme on each backend (tiercel.quantize.quantize_bundle, accuracy guard on);
+5. scores every model and bundle on the test split (tiercel.evaluate, greedy) and runs the image-use probe
+   (tiercel.evaluate.image_use) on every PyTorch model;
+6. writes benchmarks/results/fidelity.json (commit, command, machine, wall time per stage, samples/s,
+   parameters, per-model per-task scores, the targets checked) and fidelity.md (benchmarks/fidelity_report.py).
+
+    .venv/bin/python benchmarks/fidelity.py                 # the full run (OMP_NUM_THREADS=1 on a shared machine)
+    .venv/bin/python benchmarks/fidelity.py --quick         # plumbing check, numbers meaningless
+    .venv/bin/python benchmarks/fidelity.py --render        # only rewrite the .md from the JSON (--quick: its own)
+
+Resumable: every finished stage (data, each training run, export, each quantized bundle, each evaluation and
+probe) is stored under --work with a fingerprint of its settings and inputs; a rerun skips the stages whose
+fingerprint still matches and redoes those whose settings changed, with everything after them. A killed training
+run resumes from its newest checkpoint. A stage after the teacher that fails (a student, the export, a bundle's
+quantization or evaluation, a probe) is recorded as that column's error, the rest still runs, and the command
+exits 1 naming it; a rerun retries it. `--fresh` starts over.
+
+--quick caps the data at 280 records, every training run at 4 steps, evaluation at 2 test records per task and 16
+new tokens, the probe at 4 records per task and calibration at 4 samples (fidelity_config.QUICK): every stage
+runs, in about 2 minutes on one thread of a busy 2-core CPU; results go to fidelity_quick.json / .md.
+
+How long a full run takes, an estimate, not a measurement: training is steps x batch / samples per second, per
+run. With the default YAML and rates measured on the 2-core EPYC (the teacher's 6.8 samples/s and the CE
+student's 57 in benchmarks/results/distill_synth.json; the KD students run the teacher's forward too, about 35
+samples/s taking the --quick run's KD/CE ratio): teacher 1,000 x 8 / 6.8 = 20 min; students 2 x 4,000 / 57 +
+4 x 4,000 / 35 = 10 min; 6 quantizations of 40-75 s (benchmarks/results/quantize_student_cpu.json) = 6 min;
+15 evaluations of the 600 test records and 7 probes, about 10 min. About 45-60 minutes in all on an idle
+machine; the JSON records the wall time of every stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # this checkout's tiercel (the commit the JSON records), not the installed one
+from fidelity_config import (  # noqa: E402
+    BundleSpec,
+    Config,
+    DataSpec,
+    ProbeSpec,
+    check_recipes,
+    load_config,
+    quantize_settings,
+    student_recipe,
+    teacher_recipes,
+)
+from fidelity_report import OBJECTIVES, SIZE_RATIO, bundle_key, render, targets  # noqa: E402
+from image_use import commit, probe_checkpoint, write_result  # noqa: E402
+from synth_runs import params, score, train  # noqa: E402
+
+from tiercel.fileio import atomic_write_text, finite  # noqa: E402
+
+RESULTS = HERE / "results"
+BUNDLE_SOURCE = "kd"  # the objective whose first-seed student is exported and quantized
+
+
+# ---- stages --------------------------------------------------------------------------------------------
+def fingerprint(inputs) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Stages:
+    """Finished stages on disk, one JSON each: the result, the wall time and the fingerprint of the stage's inputs
+    (settings and the fingerprints of the stages it reads). A stage whose stored fingerprint matches is not rerun."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.keys, self.times = folder, {}, {}
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def run(self, name: str, inputs: dict, fn, needs: tuple[str, ...] = (), soft: bool = True):
+        """The result of `fn()` (stored, or computed now). With `soft`, an exception (or a failed stage in `needs`)
+        is recorded as this stage's error and None returned; otherwise it propagates."""
+        missing = [n for n in needs if n not in self.keys]
+        if missing:
+            self.times[name] = {"seconds": 0.0, "status": "skipped", "error": f"needs {missing[0]}, which failed"}
+            return None
+        key = self.keys[name] = fingerprint({"inputs": inputs, "needs": {n: self.keys[n] for n in needs}})
+        path = self.folder / (name.replace("/", "__") + ".json")
+        if path.is_file() and (done := json.loads(path.read_text())).get("key") == key:
+            self.times[name] = {"seconds": done["seconds"], "status": "reused"}
+            return done["result"]
+        print(f"[{name}] ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            result = fn()
+        except Exception as err:
+            if not soft:
+                raise
+            traceback.print_exc()
+            del self.keys[name]
+            self.times[name] = {"seconds": time.perf_counter() - t0, "status": "error",
+                                "error": f"{type(err).__name__}: {one_line(err)}"}
+            print(f"[{name}] failed: {self.times[name]['error']}", flush=True)
+            return None
+        seconds = time.perf_counter() - t0
+        atomic_write_text(path, json.dumps({"key": key, "seconds": seconds, "result": finite(result)}, indent=1) + "\n")
+        self.times[name] = {"seconds": seconds, "status": "ran"}
+        print(f"[{name}] {seconds:.1f} s", flush=True)
+        return result
+
+    def error(self, *names: str) -> str | None:
+        return next((f"{n}: {self.times[n]['error']}" for n in names if self.times.get(n, {}).get("error")), None)
+
+
+def one_line(err: Exception) -> str:
+    """An exception's message on one line (a table cell)."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+# ---- the work ------------------------------------------------------------------------------------------
+def make_data(cfg: DataSpec, folder: Path) -> dict:
+    from dataclasses import asdict
+
+    from tiercel.data.synth import generate
+    from tiercel.data.synth.knobs import Knobs
+    from tiercel.data.synth.writer import split_sizes
+
+    meta = generate(folder, n=cfg.n, size=cfg.size, seed=cfg.seed, knobs=Knobs(**cfg.knobs), overwrite=True)
+    changed = {k: v for k, v in meta["knobs"].items() if asdict(Knobs())[k] != v}
+    return {"folder": str(folder), "n": cfg.n, "size": cfg.size, "seed": cfg.seed, "knobs": meta["knobs"],
+            "knobs_changed": changed, "records": split_sizes(cfg.n), "test_records": split_sizes(cfg.n)["test"]}
+
+
+def student_size(recipe: dict, teacher: Path) -> tuple[int, int | None]:
+    """(teacher parameters, a new student's parameters from its recipe, or None when it does not start from a preset)."""
+    from tiercel.models import build, load_checkpoint
+    from tiercel.recipe import parse_recipe
+
+    ckpt = load_checkpoint(teacher)
+    s = parse_recipe(recipe).student
+    if s.init != "preset":
+        return sum(p.numel() for p in ckpt.model.parameters()), None
+    model = build(s.preset, device="meta", vocab_size=len(ckpt.tokenizer), image_token_id=ckpt.tokenizer.image_id, **s.overrides)
+    return sum(p.numel() for p in ckpt.model.parameters()), sum(p.numel() for p in model.parameters())
+
+
+def probe(model: str, test: Path, root: Path, cfg: ProbeSpec) -> dict:
+    """The image-use probe's numbers per task that the table reads (the permuted and blank gaps, the spread)."""
+    r = probe_checkpoint(model, test, root, None, cfg.n, cfg.batch_size)
+    keep = ("records", "loss_true", "loss_gap_permuted", "loss_gap_blank", "coord_loss_gap_permuted",
+            "first_coord_loss_gap_permuted", "image_spread")
+    return {"seconds": r["seconds"], "per_task": {t: {k: p[k] for k in keep} for t, p in r["per_task"].items()}}
+
+
+def quantize(fp32: Path, out: Path, backend: str, scheme: str, cfg: BundleSpec, data: dict) -> dict:
+    from tiercel.quantize.bundle import quantize_bundle
+
+    settings = quantize_settings(cfg, backend, scheme)
+    section = quantize_bundle(fp32, out, calib=data["train"], root=data["root"], val=data["val"], settings=settings,
+                              overwrite=True, log=print)
+    guard = section.guard.model_dump(mode="json") if section.guard else {}
+    attempts = [{k: a.get(k) for k in ("excluded", "kept", "drop", "token_agreement")} for a in guard.pop("attempts", [])]
+    return {"bundle": str(out), "guard": guard | {"attempts": attempts}, "kept": attempts[-1]["kept"] if attempts else None}
+
+
+def bundle_bytes(bundle: Path, backend: str) -> int:
+    from quantize_cpu import sizes
+
+    return sizes(bundle, backend)["bundle_bytes"]
+
+
+class Run:
+    """One benchmark run: its recipes (checked when made), the stages in order, the models they produce."""
+
+    def __init__(self, cfg: Config, work: Path, quick: bool, threads: int | None):
+        from tiercel.evaluate import check_protocols, check_tasks
+
+        self.cfg, self.work, self.threads = cfg, work, threads
+        folder = work / "data"
+        self.data = {k: str(folder / f"{k}.json") for k in ("train", "val", "test")} | {"root": str(folder)}
+        self.t_recipes = teacher_recipes(cfg, work, self.data, quick)
+        self.teacher = Path(self.t_recipes[-1]["out"]) / "student"
+        self.s_recipes = {(o, s): student_recipe(cfg, work, self.data, self.teacher, o, s, quick)
+                          for o in OBJECTIVES for s in cfg.student.seeds}
+        check_recipes(self.t_recipes + list(self.s_recipes.values()))
+        check_protocols(cfg.eval.protocol, check_tasks(None))  # Falcon's scoring libraries, before any work
+        for backend in cfg.bundles.backends:
+            for scheme in cfg.bundles.schemes:
+                try:  # a bad setting fails here, not after the training
+                    quantize_settings(cfg.bundles, backend, scheme)
+                except ValueError as err:  # pydantic's ValidationError is one
+                    sys.exit(f"bundles.quantize ({backend}, {scheme}): {one_line(err)}")
+        self.stages, self.models = Stages(work / "stages"), {}
+        self.torch_models: dict[str, tuple[str, str]] = {}  # name -> (its training stage, checkpoint)
+
+    def __call__(self, results: dict) -> None:
+        """Every stage, in order; results["models"], ["stages"] and ["data"] fill in as they finish."""
+        results["models"], results["stages"] = self.models, self.stages.times
+        results["data"] = self.stages.run("data", self.cfg.data.model_dump(), self.make_data, soft=False)
+        t_params = self.train_teacher()
+        self.train_students()
+        for name, (stage, path) in self.torch_models.items():
+            self.score_torch(name, stage, path)
+        source = f"{BUNDLE_SOURCE}/seed{self.cfg.student.seeds[0]}"
+        results["size_ratio"] = t_params / self.models[source]["params"] if source in self.torch_models else None
+        self.bundles(source)
+
+    def make_data(self) -> dict:
+        return make_data(self.cfg.data, Path(self.data["root"]))
+
+    def train_teacher(self) -> int:
+        """Train the teacher's stages; check the student's size against it; returns its parameters."""
+        prev, runs = "data", []
+        for i, recipe in enumerate(self.t_recipes):
+            name = "teacher" if len(self.t_recipes) == 1 else f"teacher/stage{i + 1}"
+            key = fingerprint({"recipe": recipe, "after": self.stages.keys[prev]})
+            runs.append(self.stages.run(name, recipe, lambda: train(recipe, key), needs=(prev,), soft=False))
+            prev = name
+        t_params, s_params = student_size(self.s_recipes[(BUNDLE_SOURCE, self.cfg.student.seeds[0])], self.teacher)
+        if s_params is not None:
+            print(f"teacher {t_params / 1e6:.2f}M parameters, student {s_params / 1e6:.2f}M: {t_params / s_params:.2f}x smaller")
+            if t_params < SIZE_RATIO * s_params:
+                sys.exit(f"student.recipe: the student is only {t_params / s_params:.2f}x smaller than the teacher; the "
+                         f"issue asks >= {SIZE_RATIO:g}x: shrink student.recipe.student.overrides")
+        self.models["teacher"] = {"kind": "torch", "objective": "teacher", "path": str(self.teacher), "params": t_params,
+                                  "train": {"seconds": sum(r["seconds"] for r in runs), "samples_per_s": runs[-1]["samples_per_s"],
+                                            "final_loss": runs[-1]["final_loss"], "stages": runs}}
+        self.torch_models["teacher"] = (prev, str(self.teacher))
+        return t_params
+
+    def train_students(self) -> None:
+        teacher_stage = self.torch_models["teacher"][0]
+        for (objective, seed), recipe in self.s_recipes.items():
+            name = f"{objective}/seed{seed}"
+            key = fingerprint({"recipe": recipe, "teacher": self.stages.keys[teacher_stage]})
+            r = self.stages.run(f"train/{name}", recipe, lambda: train(recipe, key), needs=(teacher_stage,))
+            self.models[name] = {"kind": "torch", "objective": objective, "seed": seed, "train": r,
+                                 "error": self.stages.error(f"train/{name}")}
+            if r:
+                self.models[name] |= {"path": r["student"], "params": params(r["student"])}
+                self.torch_models[name] = (f"train/{name}", r["student"])
+
+    def score_args(self) -> dict:
+        e = self.cfg.eval
+        return {"test": Path(self.data["test"]), "root": Path(self.data["root"]), "limit": e.limit,
+                "max_new_tokens": e.max_new_tokens, "protocol": e.protocol, "num_beams": e.num_beams, "threads": self.threads}
+
+    def score_torch(self, name: str, stage: str, path: str) -> None:
+        m, ev, pr = self.models[name], self.cfg.eval.model_dump(), self.cfg.probe
+        m["eval"] = self.stages.run(f"eval/{name}", ev, lambda: score(path, **self.score_args()), needs=(stage,))
+        test, root = Path(self.data["test"]), Path(self.data["root"])
+        m["probe"] = self.stages.run(f"probe/{name}", pr.model_dump(), lambda: probe(path, test, root, pr), needs=(stage,))
+        m["error"] = m.get("error") or self.stages.error(f"eval/{name}", f"probe/{name}")
+
+    def bundles(self, source: str) -> None:
+        """Export the student `source` (objective/seed), quantize it per backend and scheme, score every bundle on
+        its backend."""
+        from tiercel.export.bundle import export_checkpoint
+
+        cfg, fp32, backends = self.cfg.bundles, self.work / "bundles" / "fp32", tuple(self.cfg.bundles.backends)
+        student = self.models[source].get("path")
+        self.stages.run("export", {"backends": backends}, lambda: {"bundle": str(export_checkpoint(
+            student, fp32, backends=backends, decoder="split", overwrite=True))}, needs=(f"train/{source}",))
+        for backend in backends:
+            for scheme in ("fp32", *cfg.schemes):
+                key, made = bundle_key(backend, scheme), "export"
+                out = fp32 if scheme == "fp32" else self.work / "bundles" / f"{backend}-{scheme}"
+                m = self.models[key] = {"kind": "bundle", "backend": backend, "scheme": scheme, "bundle": str(out),
+                                        "source": source}
+                if scheme != "fp32":
+                    made = f"quantize/{backend}/{scheme}"
+                    inputs = quantize_settings(cfg, backend, scheme).model_dump()
+                    m["quantize"] = self.stages.run(made, inputs, lambda: quantize(fp32, out, backend, scheme, cfg, self.data),
+                                                    needs=("export",))
+                m["eval"] = self.stages.run(f"eval/{key}", self.cfg.eval.model_dump(),
+                                            lambda: score(out, backend=backend, **self.score_args()), needs=(made,))
+                if m["eval"]:
+                    m["bundle_bytes"] = bundle_bytes(out, backend)
+                m["error"] = self.stages.error("export", made, f"eval/{key}")
+
+
+# ---- main ----------------------------------------------------------------------------------------------
+def write(results: dict, out: Path) -> dict:
+    """Write the results JSON (targets checked, load average at the end) and its markdown; returns what was written."""
+    results = finite({**results, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "targets": targets(results)})
+    write_result(out, results)
+    out.with_suffix(".md").write_text(render(results))
+    print(f"wrote {out.with_suffix('.md')}")
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=HERE / "recipes" / "fidelity.yaml", help="the benchmark's YAML")
+    ap.add_argument("--work", type=Path, help="stages and models (default: benchmarks/work/fidelity[_quick])")
+    ap.add_argument("--quick", action="store_true", help="tiny data, steps and eval: a plumbing check")
+    ap.add_argument("--fresh", action="store_true", help="forget the finished stages in --work and start over")
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the existing JSON")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 0)) or None,
+                    help="torch and backend intra-op threads (default: OMP_NUM_THREADS, else the libraries' own)")
+    args = ap.parse_args()
+    out = RESULTS / ("fidelity_quick.json" if args.quick else "fidelity.json")
+    if args.render:
+        if not out.is_file():
+            sys.exit(f"{out}: not found; run benchmarks/fidelity.py{' --quick' if args.quick else ''} first")
+        results = json.loads(out.read_text())
+        results["targets"] = targets(results)
+        out.with_suffix(".md").write_text(render(results))
+        print(f"wrote {out.with_suffix('.md')}")
+        return
+    work = args.work or HERE / "work" / ("fidelity_quick" if args.quick else "fidelity")
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    cfg = load_config(args.config, args.quick)
+    import torch
+    from runtime_cpu import machine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sha = commit()
+    results = {"command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:]), "commit": sha.removesuffix("-dirty"),
+               "dirty": sha.endswith("-dirty"), "quick": args.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "machine": {**machine(), "torch_threads": torch.get_num_threads(),
+                           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+               "config": cfg.model_dump()}
+    run = Run(cfg, work, args.quick, args.threads)  # recipes and protocols checked: nothing written yet
+    t0 = time.perf_counter()
+    try:
+        run(results)
+    finally:
+        results["seconds"] = time.perf_counter() - t0
+        results = write(results, out)
+    print(render(results))
+    failed = [f"{name}: {s['error']}" for name, s in results["stages"].items() if s["status"] == "error"]
+    if failed:
+        sys.exit(f"{len(failed)} stages failed (their columns say error; a rerun retries them):\n" + "\n".join(failed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The fidelity table of benchmarks/fidelity.py: columns from its results JSON, the issue's targets, the markdown.
+
+Pure functions of the results dict that fidelity.py writes (no torch, no files), so the table can be re-rendered
+from a JSON (`fidelity.py --render`) and the target checks tested on hand-made results. The targets are issue
+#22's; a quantized bundle's drop is relative to the fp32 bundle on the same backend.
+"""
+
+from __future__ import annotations
+
+from statistics import mean
+
+from tiercel.tasks import TAGS, get
+
+OBJECTIVES = {"ce": "CE", "kd": "KD", "kd_hidden": "KD+hidden"}  # student objectives, in table order
+SCHEMES = {"fp32": "fp32", "int8-static": "int8-static", "int8-dynamic": "int8-dynamic", "int4-weight-only": "int4"}
+BACKENDS = {"onnxruntime": "ORT", "openvino": "OV"}
+TEACHER_GEOMETRY = {"REG_DET_HBB": 0.4, "REG_DET_OBB": 0.3, "REG_VG": 0.6, "PIX_SEG": 0.4, "PIX_CHG": 0.3}
+GEOMETRY = tuple(TEACHER_GEOMETRY)
+SIZE_RATIO = 4.0  # the student is at least this many times smaller than the teacher (parameters)
+KD_RETENTION = 0.95  # KD student's 14-task average >= this share of the teacher's
+MAX_DROP = {"int8-static": 0.01, "int8-dynamic": 0.01, "int4-weight-only": 0.03}  # relative, vs the fp32 bundle
+EPS = 1e-9  # float noise in a comparison of equal scores
+
+
+def bundle_key(backend: str, scheme: str) -> str:
+    return f"bundle/{backend}/{scheme}"
+
+
+def column_keys() -> dict[str, str]:
+    """Column key -> header, in table order: teacher, the students, the bundles per backend."""
+    cols = {"teacher": "teacher", **OBJECTIVES}
+    for backend, short in BACKENDS.items():
+        for scheme, name in SCHEMES.items():
+            cols[bundle_key(backend, scheme)] = f"{short} {name}"
+    return cols
+
+
+def columns(results: dict) -> dict[str, dict]:
+    """Column key -> {"headline": {tag: value}, "average", "spread": {tag/"average": half-range over seeds} or {},
+    "seeds": evaluated runs, "errors": [...]}. Students are the mean over their seeds; a column no run reached has
+    no headline."""
+    models = results.get("models", {})
+    groups: dict[str, list[dict]] = {k: [] for k in column_keys()}
+    for m in models.values():
+        if _column_of(m) in groups:
+            groups[_column_of(m)].append(m)
+    return {key: _aggregate(runs) for key, runs in groups.items()}
+
+
+def _column_of(model: dict) -> str:
+    """The column a model's entry belongs to: its objective (PyTorch models), or its backend and scheme (bundles)."""
+    return model.get("objective") if model.get("kind") == "torch" else bundle_key(model.get("backend"), model.get("scheme"))
+
+
+def _aggregate(runs: list[dict]) -> dict:
+    scored = [r["eval"] for r in runs if isinstance(r.get("eval"), dict) and "headline" in r["eval"]]
+    errors = [r["error"] for r in runs if r.get("error")]
+    if not scored:
+        return {"headline": {}, "average": None, "spread": {}, "seeds": 0, "errors": errors}
+    values = {tag: [s["headline"][tag] for s in scored if s["headline"].get(tag) is not None] for tag in TAGS}
+    values["average"] = [s["average"] for s in scored if s.get("average") is not None]
+    values = {k: v for k, v in values.items() if v}
+    spread = {k: (max(v) - min(v)) / 2 for k, v in values.items()} if len(scored) > 1 else {}
+    return {"headline": {k: mean(v) for k, v in values.items() if k != "average"},
+            "average": mean(values["average"]) if "average" in values else None,
+            "spread": spread, "seeds": len(scored), "errors": errors}
+
+
+def targets(results: dict) -> list[dict]:
+    """The issue's targets as rows {"target", "value", "status"}: status MET, MISSED or n/a (with why)."""
+    cols = columns(results)
+    rows = [_size_target(results.get("size_ratio"))]
+    rows.append(_retention_target(cols["teacher"]["average"], cols["kd"]["average"]))
+    rows.append(_kd_over_ce(cols["kd"]["headline"], cols["ce"]["headline"]))
+    for backend, short in BACKENDS.items():
+        fp32 = cols[bundle_key(backend, "fp32")]
+        for scheme, tol in MAX_DROP.items():
+            rows.append(_drop_target(f"{short} {SCHEMES[scheme]}", tol, fp32, cols[bundle_key(backend, scheme)]))
+    teacher = cols["teacher"]["headline"]
+    for tag, floor in TEACHER_GEOMETRY.items():
+        value = teacher.get(tag)
+        metric = get(tag).headline
+        rows.append(_row(f"teacher {tag} {metric} >= {floor}", "-" if value is None else f"{value:.3f}",
+                         None if value is None else value >= floor - EPS))
+    return rows
+
+
+def _row(target: str, value: str, met: bool | None, why: str = "no score") -> dict:
+    return {"target": target, "value": value, "status": f"n/a ({why})" if met is None else ("MET" if met else "MISSED")}
+
+
+def _size_target(ratio: float | None) -> dict:
+    return _row(f"student >= {SIZE_RATIO:g}x smaller than the teacher (parameters)",
+                "-" if ratio is None else f"{ratio:.2f}x", None if ratio is None else ratio >= SIZE_RATIO)
+
+
+def _retention_target(teacher: float | None, kd: float | None) -> dict:
+    target = f"KD student 14-task average >= {KD_RETENTION:.0%} of the teacher's"
+    if teacher is None or kd is None:
+        return _row(target, "-", None)
+    if teacher <= 0:
+        return _row(target, f"{kd:.3f} vs {teacher:.3f}", None, "teacher average 0")
+    return _row(target, f"{kd / teacher:.1%} ({kd:.3f} vs {teacher:.3f})", kd >= KD_RETENTION * teacher - EPS)
+
+
+def _kd_over_ce(kd: dict, ce: dict) -> dict:
+    target = "KD student above the CE student on each geometry task"
+    if not all(tag in kd and tag in ce for tag in GEOMETRY):
+        return _row(target, "-", None)
+    value = ", ".join(f"{tag} {kd[tag]:.3f} vs {ce[tag]:.3f}" for tag in GEOMETRY)
+    return _row(target, value, all(kd[tag] > ce[tag] + EPS for tag in GEOMETRY))
+
+
+def _drop_target(name: str, tol: float, fp32: dict, quant: dict) -> dict:
+    target = f"{name} <= {tol:.0%} below fp32 (relative) on the average and each geometry task"
+    if fp32["average"] is None or quant["average"] is None:
+        return _row(target, "-", None, "no fp32 score" if fp32["average"] is None else "no score")
+    pairs = {"average": (fp32["average"], quant["average"])}
+    pairs.update({tag: (fp32["headline"][tag], quant["headline"][tag]) for tag in GEOMETRY
+                  if tag in fp32["headline"] and tag in quant["headline"]})
+    # relative change; a task the fp32 bundle scores 0 on cannot drop
+    cells = [f"{k} " + ("fp32 0" if f <= 0 else f"{(q - f) / f:+.1%}") for k, (f, q) in pairs.items()]
+    met = all(q >= f * (1 - tol) - EPS for f, q in pairs.values()) and len(pairs) == len(GEOMETRY) + 1
+    return _row(target, ", ".join(cells), met)
+
+
+# ---- markdown ------------------------------------------------------------------------------------------
+def render(results: dict) -> str:
+    """The fidelity page: how it was run, the table, the targets, the image-use probe, the stage times."""
+    cols, heads = columns(results), column_keys()
+    parts = [_header(results), _table(results, cols, heads), "## Targets", "",
+             "Quantized bundles are compared with the fp32 bundle on the same backend; \"1%\" is relative "
+             "(quantized >= 0.99 x fp32), as the issue means it. Students: mean over seeds.", "",
+             "| target | value | status |", "|---|---|---|"]
+    parts += [f"| {t['target']} | {t['value']} | {t['status']} |" for t in results.get("targets") or targets(results)]
+    parts += ["", _probe_table(results), _stage_table(results)]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _header(r: dict) -> str:
+    data, ev, m = r.get("data", {}), r.get("config", {}).get("eval", {}), r.get("machine", {})
+    knobs = ", ".join(f"{k}={v}" for k, v in data.get("knobs_changed", {}).items()) or "default knobs"
+    seeds = r.get("config", {}).get("student", {}).get("seeds", [])
+    quick = "\n**--quick run: a plumbing check, the numbers mean nothing.**\n" if r.get("quick") else ""
+    return "\n".join([
+        "# Fidelity on the synthetic benchmark: teacher, students, quantized bundles", quick,
+        "Written by `benchmarks/fidelity.py` from its JSON next to this file (`--render` rewrites it); not edited by hand.",
+        "",
+        f"- command: `{r.get('command')}`; commit {r.get('commit')}{' (dirty tree)' if r.get('dirty') else ''}",
+        f"- machine: {m.get('cpu')}, {m.get('cores')} cores, load average {_load(m.get('loadavg_start'))} at the start, "
+        f"{_load(m.get('loadavg_end'))} at the end; {r.get('started')} to {r.get('finished')}",
+        f"- data: {data.get('n')} records at {data.get('size')} px, seed {data.get('seed')}, {knobs}; "
+        f"{data.get('test_records')} test records, every one scored (limit {ev.get('limit')}), greedy, "
+        f"max_new_tokens {ev.get('max_new_tokens')}",
+        f"- students: mean of seeds {seeds} (± half their difference); bundles from the KD student of seed "
+        f"{seeds[0] if seeds else '-'}; values are headline x 100 (CIDEr: coco-caption's scale x 100)", ""])
+
+
+def _load(values) -> str:
+    return "-" if not values else "/".join(f"{v:.2f}" for v in values)
+
+
+def _table(r: dict, cols: dict, heads: dict) -> str:
+    lines = ["| task | " + " | ".join(heads.values()) + " |", "|---|" + "---|" * len(heads)]
+    for tag in TAGS:
+        cells = [_cell(cols[k]["headline"].get(tag), cols[k]["spread"].get(tag), cols[k]) for k in heads]
+        lines.append(f"| {tag} ({get(tag).headline}) | " + " | ".join(cells) + " |")
+    cells = [_cell(cols[k]["average"], cols[k]["spread"].get("average"), cols[k]) for k in heads]
+    lines.append("| **14-task average** | " + " | ".join(f"**{c}**" for c in cells) + " |")
+    extra = _extra_rows(r, heads)
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in extra.items()]
+    errors = [f"- {heads[k]}: {e}" for k in heads for e in dict.fromkeys(cols[k]["errors"])]
+    return "\n".join(lines + ([""] + ["Errors:"] + errors if errors else []) + [""])
+
+
+def _cell(value, spread, col) -> str:
+    if value is None:
+        return "error" if col["errors"] else "-"
+    return f"{100 * value:.1f}" + (f" ±{100 * spread:.1f}" if spread is not None else "")
+
+
+EXTRA_ROWS = {  # row name -> (where in a model's entry, how a mean over its runs is shown)
+    "14-task average, Falcon protocol": (("eval", "falcon", "average"), lambda v: f"{100 * v:.1f}"),
+    "parameters": (("params",), lambda v: f"{v / 1e6:.2f}M"),
+    "train samples/s": (("train", "samples_per_s"), lambda v: f"{v:.1f}"),
+    "bundle MB": (("bundle_bytes",), lambda v: f"{v / 1e6:.2f}"),
+    "eval seconds": (("eval", "seconds"), lambda v: f"{v:.0f}"),
+}
+
+
+def _dig(entry: dict, path: tuple[str, ...]):
+    for k in path:
+        entry = entry.get(k) if isinstance(entry, dict) else None
+    return entry
+
+
+def _extra_rows(r: dict, heads: dict) -> dict[str, list[str]]:
+    """EXTRA_ROWS and the accuracy guard's verdict per column (means over seeds)."""
+    rows: dict[str, list[str]] = {name: [] for name in [*EXTRA_ROWS, "accuracy guard (val)"]}
+    for key in heads:
+        runs = [m for m in r.get("models", {}).values() if _column_of(m) == key]
+        for name, (path, shown) in EXTRA_ROWS.items():
+            got = [v for m in runs if (v := _dig(m, path)) is not None]
+            rows[name].append(shown(mean(got)) if got else "-")
+        guard = [(_dig(m, ("quantize", "guard")) or {}) | {"kept": _dig(m, ("quantize", "kept"))} for m in runs if m.get("quantize")]
+        rows["accuracy guard (val)"].append(_guard(guard[0]) if guard else "-")
+    return rows
+
+
+def _guard(g: dict) -> str:
+    """'held, 3 kept in fp32' (layers the guard kept in higher precision) from a quantized bundle's guard section."""
+    if not g.get("run"):
+        return "not run"
+    kept = (g.get("kept") or "").replace(" layers kept in ", " kept in ")
+    return ("held" if g.get("passed") else "failed") + (f", {kept}" if kept else "")
+
+
+def _probe_table(r: dict) -> str:
+    heads = {"teacher": "teacher", **OBJECTIVES}
+    gaps: dict[str, dict[str, list[float]]] = {k: {} for k in heads}
+    for m in r.get("models", {}).values():
+        for tag, p in ((m.get("probe") or {}).get("per_task") or {}).items():
+            if m.get("objective") in gaps:
+                gaps[m["objective"]].setdefault(tag, []).append(p["loss_gap_permuted"])
+    if not any(gaps.values()):
+        return ""
+    lines = ["## Image use", "",
+             "Image-use probe (`tiercel.evaluate.image_use`): teacher-forced loss per answer token with each record's "
+             "images rolled to another record's, minus the loss with its own (nats; about 0: the answers do not depend "
+             "on the image). Students: mean over seeds.", "",
+             "| task | " + " | ".join(heads.values()) + " |", "|---|" + "---|" * len(heads)]
+    for tag in TAGS:
+        cells = [f"{mean(gaps[k][tag]):+.3f}" if gaps[k].get(tag) else "-" for k in heads]
+        lines.append(f"| {tag} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""])
+
+
+def _stage_table(r: dict) -> str:
+    stages = r.get("stages", {})
+    if not stages:
+        return ""
+    lines = ["## Wall time per stage", "",
+             "Seconds each stage took when it ran (a rerun that reused a stage keeps its first time).", "",
+             "| stage | seconds | status |", "|---|---|---|"]
+    lines += [f"| {name} | {s.get('seconds', 0):.1f} | {s.get('status')} |" for name, s in stages.items()]
+    total = sum(s.get("seconds", 0) for s in stages.values())
+    return "\n".join(lines + [f"| **total** | **{total:.1f}** | |", ""])

@@ -1,0 +1,108 @@
+"""benchmarks/fidelity_report.py: the issue's targets and the seed means, checked on hand-made results."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiercel.tasks import TAGS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import fidelity_report as fr  # noqa: E402
+
+GEO = ("REG_DET_HBB", "REG_DET_OBB", "REG_VG", "PIX_SEG", "PIX_CHG")
+
+
+def scores(average: float, other: float = 0.5, **geometry: float) -> dict:
+    """An eval entry: `other` on the 9 text tasks, the given geometry headlines (0 when not given)."""
+    headline = {t: geometry.get(t, 0.0) if t in GEO else other for t in TAGS}
+    return {"headline": headline, "average": average}
+
+
+def torch(objective: str, ev: dict, seed: int = 0) -> dict:
+    return {"kind": "torch", "objective": objective, "seed": seed, "eval": ev}
+
+
+def bundle(backend: str, scheme: str, ev: dict | None, error: str | None = None) -> dict:
+    return {"kind": "bundle", "backend": backend, "scheme": scheme, "eval": ev, "error": error}
+
+
+def results() -> dict:
+    return {"size_ratio": 4.86, "models": {
+        # teacher average by hand: (9 x 0.5 + 0.4 + 0.2 + 0.7 + 0.5 + 0.1) / 14 = 6.4 / 14
+        "teacher": torch("teacher", scores(6.4 / 14, REG_DET_HBB=0.4, REG_DET_OBB=0.2, REG_VG=0.7, PIX_SEG=0.5, PIX_CHG=0.1)),
+        "ce/seed0": torch("ce", scores(0.30, REG_DET_HBB=0.1, REG_DET_OBB=0.1, REG_VG=0.2, PIX_SEG=0.1, PIX_CHG=0.0)),
+        "ce/seed1": torch("ce", scores(0.32, REG_DET_HBB=0.3, REG_DET_OBB=0.1, REG_VG=0.2, PIX_SEG=0.1, PIX_CHG=0.0), 1),
+        "kd/seed0": torch("kd", scores(0.44, REG_DET_HBB=0.3, REG_DET_OBB=0.2, REG_VG=0.5, PIX_SEG=0.3, PIX_CHG=0.0)),
+        "kd/seed1": torch("kd", scores(0.42, REG_DET_HBB=0.3, REG_DET_OBB=0.2, REG_VG=0.7, PIX_SEG=0.3, PIX_CHG=0.2), 1),
+        "bundle/onnxruntime/fp32": bundle("onnxruntime", "fp32", scores(0.400, REG_VG=0.50, PIX_SEG=0.30)),
+        # -0.5% on the average, geometry unchanged: within 1%
+        "bundle/onnxruntime/int8-static": bundle("onnxruntime", "int8-static", scores(0.398, REG_VG=0.50, PIX_SEG=0.30)),
+        # -1.25% on the average: past 1%
+        "bundle/onnxruntime/int8-dynamic": bundle("onnxruntime", "int8-dynamic", scores(0.395, REG_VG=0.50, PIX_SEG=0.30)),
+        # -2.5% on the average is within 3%, but REG_VG 0.50 -> 0.48 is -4%
+        "bundle/onnxruntime/int4-weight-only": bundle("onnxruntime", "int4-weight-only", scores(0.390, REG_VG=0.48, PIX_SEG=0.30)),
+        "bundle/openvino/fp32": bundle("openvino", "fp32", scores(0.400, REG_VG=0.50, PIX_SEG=0.30)),
+        "bundle/openvino/int8-static": bundle("openvino", "int8-static", None, error="eval: RuntimeError: boom"),
+    }}
+
+
+def by_target(rows: list[dict]) -> dict[str, dict]:
+    return {r["target"]: r for r in rows}
+
+
+def test_students_are_the_mean_of_their_seeds_with_half_the_difference_as_spread():
+    cols = fr.columns(results())
+    kd = cols["kd"]
+    assert kd["seeds"] == 2
+    assert kd["average"] == pytest.approx(0.43)
+    assert kd["spread"]["average"] == pytest.approx(0.01)
+    assert kd["headline"]["REG_VG"] == pytest.approx(0.6) and kd["spread"]["REG_VG"] == pytest.approx(0.1)
+    assert cols["teacher"]["spread"] == {}  # one run: no spread
+    assert cols["bundle/openvino/int8-static"]["average"] is None
+    assert cols["bundle/openvino/int8-static"]["errors"] == ["eval: RuntimeError: boom"]
+
+
+def test_targets_met_and_missed_on_hand_made_results():
+    rows = by_target(fr.targets(results()))
+    status = {k: r["status"] for k, r in rows.items()}
+    assert status["student >= 4x smaller than the teacher (parameters)"] == "MET"
+    # 0.43 / (6.4 / 14) = 0.9406: under 95%
+    retention = rows["KD student 14-task average >= 95% of the teacher's"]
+    assert retention["status"] == "MISSED" and retention["value"].startswith("94.1%")
+    # PIX_CHG: KD 0.1 against CE 0.0 is above; REG_DET_HBB: 0.3 against 0.2 is above; all five are above
+    assert status["KD student above the CE student on each geometry task"] == "MET"
+    drop = "<= {}% below fp32 (relative) on the average and each geometry task"
+    assert status[f"ORT int8-static {drop.format(1)}"] == "MET"  # REG_DET_HBB etc. at 0 in fp32: no drop possible
+    assert rows[f"ORT int8-static {drop.format(1)}"]["value"] == (
+        "average -0.5%, REG_DET_HBB fp32 0, REG_DET_OBB fp32 0, REG_VG +0.0%, PIX_SEG +0.0%, PIX_CHG fp32 0")
+    assert status[f"ORT int8-dynamic {drop.format(1)}"] == "MISSED"
+    assert status[f"ORT int4 {drop.format(3)}"] == "MISSED"
+    assert rows[f"ORT int4 {drop.format(3)}"]["value"].startswith("average -2.5%, REG_DET_HBB fp32 0")
+    assert "REG_VG -4.0%" in rows[f"ORT int4 {drop.format(3)}"]["value"]
+    assert status[f"OV int8-static {drop.format(1)}"] == "n/a (no score)"
+    assert status[f"OV int4 {drop.format(3)}"] == "n/a (no score)"
+    # teacher floors: REG_DET_HBB exactly at 0.4 holds, REG_DET_OBB 0.2 < 0.3 and PIX_CHG 0.1 < 0.3 miss
+    assert status["teacher REG_DET_HBB ap50 >= 0.4"] == "MET"
+    assert status["teacher REG_DET_OBB ap50 >= 0.3"] == "MISSED"
+    assert status["teacher REG_VG acc50 >= 0.6"] == "MET"
+    assert status["teacher PIX_SEG miou >= 0.4"] == "MET"
+    assert status["teacher PIX_CHG miou >= 0.3"] == "MISSED"
+
+
+def test_kd_tied_with_ce_on_a_geometry_task_is_not_above():
+    r = results()
+    r["models"]["kd/seed1"]["eval"]["headline"]["PIX_CHG"] = 0.0  # KD mean 0.0 = CE mean 0.0
+    rows = by_target(fr.targets(r))
+    row = rows["KD student above the CE student on each geometry task"]
+    assert row["status"] == "MISSED" and "PIX_CHG 0.000 vs 0.000" in row["value"]
+
+
+def test_render_shows_seed_means_errors_and_targets():
+    md = fr.render(results())
+    assert "| **14-task average** | **45.7** | **31.0 ±1.0** | **43.0 ±1.0** | **-** | **40.0** | **39.8** |" in md
+    assert "| REG_VG (acc50) | 70.0 | 20.0 ±0.0 | 60.0 ±10.0 |" in md
+    assert "- OV int8-static: eval: RuntimeError: boom" in md
+    assert "| teacher PIX_CHG miou >= 0.3 | 0.100 | MISSED |" in md
