@@ -44,6 +44,7 @@ class DataSection(Section):
     task_weights: dict[str, float] = Field(default_factory=dict, description="sampling weight per task tag; missing tags weigh 1, 0 drops a task")
     max_answer_tokens: int = Field(256, gt=0, description="answers are truncated to this many tokens")
     max_prompt_tokens: int = Field(96, gt=0, description="prompts are truncated to this many tokens (image tokens not counted)")
+    objects: Path | None = Field(None, description="per-image labelled shapes for distill.dense.objects (format in docs/distill.md; tiercel data synth writes objects.json)")
 
     @field_validator("task_weights")
     @classmethod
@@ -122,6 +123,12 @@ class HiddenSection(Section):
     kind: Literal["mse", "cosine"] = Field("mse", description="distance between projected student and teacher features")
 
 
+class DenseSection(Section):
+    answer: float = Field(0.0, ge=0, description="weight of the answer-cover loss: the text encoder's output at the image slots predicts where the record's answer geometry lies (geometry tasks only)")
+    objects: float = Field(0.0, ge=0, description="weight of the object-cover loss: the image tokens predict where each class of data.objects lies")
+    cells: int = Field(4, ge=1, le=16, description="cells per image-token side that the dense losses predict")
+
+
 class DistillSection(Section):
     steps: int = Field(1000, gt=0, description="optimizer steps")
     batch_size: int = Field(8, gt=0, description="samples per step per process, before accumulation")
@@ -140,6 +147,7 @@ class DistillSection(Section):
     beta: float = Field(0.5, ge=0, le=1, description="generalised JSD interpolation")
     alpha: float = Field(0.1, ge=0, le=1, description="skew KL mixing")
     hidden: HiddenSection = Field(default_factory=HiddenSection, description="hidden-state distillation")
+    dense: DenseSection = Field(default_factory=DenseSection, description="dense losses on the image-token grid for training from scratch (docs/distill.md)")
     on_policy: float = Field(0.0, ge=0, le=1, description="probability that a batch uses student-generated answers supervised by the teacher (GKD)")
     eval_every: int = Field(0, ge=0, description="steps between validation runs (0: only at the end)")
     eval_limit: int = Field(200, gt=0, description="validation records per evaluation")
@@ -262,6 +270,8 @@ class Recipe(Section):
             live = [k.name for k in TEACHER_KINDS.values() if k.hidden]
             raise ValueError(f"a {self.teacher.kind} teacher holds only top-k logits; hidden-state and on-policy "
                              f"distillation need teacher.kind {' or '.join(live)}")
+        if self.distill.dense.objects > 0 and self.data.objects is None:
+            raise ValueError("distill.dense.objects needs data.objects, the per-image shapes file (tiercel data synth writes objects.json)")
         if self.pipeline.train_teacher is not None and self.teacher.kind != "checkpoint":
             raise ValueError("pipeline.train_teacher trains a teacher for teacher.kind checkpoint")
         if self.tokenizer.source == "teacher" and not kind.tokenizer:

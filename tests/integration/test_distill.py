@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -24,8 +25,9 @@ def teacher_dir(tmp_path_factory, tiny_model, tiny_tokenizer):
     return save_native(tiny_model, tiny_tokenizer, tmp_path_factory.mktemp("teacher") / "ckpt")
 
 
-def recipe(out, synth_dir, teacher=None, **distill):
-    data = {"train": str(synth_dir / "train.json"), "val": str(synth_dir / "val.json"), "root": str(synth_dir), "max_answer_tokens": 48}
+def recipe(out, synth_dir, teacher=None, data_extra=None, **distill):
+    data = {"train": str(synth_dir / "train.json"), "val": str(synth_dir / "val.json"), "root": str(synth_dir), "max_answer_tokens": 48,
+            **(data_extra or {})}
     r = {"name": "t", "out": str(out), "data": data, "student": {"preset": "tiny", "dropout": 0.0},
          "distill": {"steps": 6, "batch_size": 4, "save_every": 3, "log_every": 1, "warmup_steps": 1, "eval_limit": 8, **distill}}
     if teacher is None or teacher["kind"] == "generated":
@@ -50,6 +52,43 @@ def test_fine_tuning_learns(tmp_path, synth_dir):
     losses = [m["loss"] for m in metrics(tmp_path)]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.5  # CE falls well below its ln(vocab) start
     assert (tmp_path / "student" / "model.safetensors").is_file() and (tmp_path / "recipe.yaml").is_file()
+
+
+def test_dense_losses_train_beside_ce_and_stay_out_of_the_student(tmp_path, synth_dir):
+    r = recipe(tmp_path / "dense", synth_dir, data_extra={"objects": str(synth_dir / "objects.json")}, steps=3,
+               dense={"answer": 1.0, "objects": 10.0, "cells": 2})
+    trainer.distill(r, progress=False)
+    logged = metrics(tmp_path / "dense")
+    assert all(np.isfinite([m["dense_answer"], m["dense_objects"]]).all() for m in logged)
+    trainer.distill(recipe(tmp_path / "plain", synth_dir, steps=1), progress=False)
+    # the heads are training aids: the student's weights are the same tensors as a run without them
+    assert weights(tmp_path / "dense" / "student").keys() == weights(tmp_path / "plain" / "student").keys()
+
+
+def test_dense_terms_at_zero_logits_are_log_cells_and_log_2(synth_dir, tiny_tokenizer):
+    # with zeroed heads every cell is equally likely (answer: ln of the cell count) and every cell's BCE is ln 2
+    from tiercel.data.objects import ObjectsFile
+    from tiercel.distill.data import SFTData, collate, model_input
+    from tiercel.distill.dense import DenseTargets
+    from tiercel.distill.objective import DistillObjective
+    from tiercel.models import build
+
+    r = parse_recipe({"name": "t", "data": {"train": "x", "objects": "o"}, "tokenizer": {"source": "train"},
+                      "distill": {"dense": {"answer": 1.0, "objects": 1.0, "cells": 2}}})
+    data = SFTData(synth_dir / "train.json", synth_dir, tiny_tokenizer, max_answer_tokens=48)
+    student = build("tiny", seed=0, vocab_size=len(tiny_tokenizer), image_token_id=tiny_tokenizer.image_id)
+    objects = ObjectsFile(synth_dir / "objects.json")
+    dense = DenseTargets(data, student.tiercel_shape.image_grid, 2, objects)
+    objective = DistillObjective(student, r.distill, dense_channels=dense.channels)
+    for head in (objective.dense_answer, objective.dense_objects):
+        torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)
+    indices = data.by_task["REG_VG"][:2] + data.by_task["IMG_CAP"][:2]
+    batch = collate(data, indices, {"student": model_input(student)}, tiny_tokenizer.eos_id, dense)
+    assert batch["dense"]["answer_mask"].tolist() == [1, 1, 0, 0]  # captions have no geometry
+    _, terms, _ = objective(batch)
+    cells = student.tiercel_shape.image_grid**2 * 4
+    assert float(terms["dense_answer"]) == pytest.approx(np.log(cells), abs=1e-5)
+    assert float(terms["dense_objects"]) == pytest.approx(np.log(2), abs=1e-6)
 
 
 def test_a_compiled_run_trains_like_the_eager_one(tmp_path, synth_dir, monkeypatch):

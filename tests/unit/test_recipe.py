@@ -32,6 +32,13 @@ def test_kd_without_teacher_is_refused():
         parse_recipe({**BASE, "distill": {"kd": 1.0}})
 
 
+def test_object_cover_loss_needs_the_objects_file():
+    with pytest.raises(ConfigError, match="distill.dense.objects needs data.objects, the per-image shapes file"):
+        parse_recipe({**BASE, "distill": {"dense": {"objects": 1.0}}})
+    ok = parse_recipe({**BASE, "data": {"train": "train.json", "objects": "objects.json"}, "distill": {"dense": {"objects": 1.0}}})
+    assert ok.distill.dense.cells == 4 and ok.distill.dense.answer == 0.0
+
+
 def test_cached_teacher_cannot_do_hidden_states():
     with pytest.raises(ConfigError, match="a cached teacher holds only top-k logits"):
         parse_recipe({**BASE, "teacher": {"kind": "cached", "cache": "c", "path": "t"},

@@ -121,11 +121,12 @@ class TaskSampler:
         return [int(self.pools[t][rng.integers(len(self.pools[t]))]) for t in picks]
 
 
-def collate(data: SFTData, indices: list[int], inputs: dict[str, ModelInput], decoder_start: int) -> dict:
+def collate(data: SFTData, indices: list[int], inputs: dict[str, ModelInput], decoder_start: int, dense=None) -> dict:
     """A batch for every model in `inputs` (e.g. student and teacher, which may differ in image size).
 
     Returns {"labels", "decoder_input_ids", "indices", name: {"pixel_values", "input_ids", "attention_mask"}}
     as torch tensors; labels are `<s> answer </s>` padded with -100, decoder inputs the labels shifted right.
+    With `dense` (tiercel.distill.dense.DenseTargets) also "dense": the targets of distill.dense.
     """
     import torch
 
@@ -137,6 +138,8 @@ def collate(data: SFTData, indices: list[int], inputs: dict[str, ModelInput], de
     dec = torch.cat([torch.full((len(indices), 1), decoder_start, dtype=torch.long), lab[:, :-1]], dim=1)
     dec[dec == IGNORE] = data.tok.pad_id
     batch = {"labels": lab, "decoder_input_ids": dec, "indices": list(indices)}
+    if dense is not None:
+        batch["dense"] = dense.batch(indices)
     for name, spec in inputs.items():
         prompts = [data.prompt_ids(i, spec.image_tokens) for i in indices]
         plen = max(len(p) for p in prompts)

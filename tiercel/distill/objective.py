@@ -43,7 +43,7 @@ def run_model(model, inputs: dict, decoder_input_ids: torch.Tensor, hidden: bool
 class DistillObjective(nn.Module):
     """Student + projections; forward(batch, teacher) returns the weighted loss and each term."""
 
-    def __init__(self, student, cfg, teacher_shape=None):
+    def __init__(self, student, cfg, teacher_shape=None, dense_channels: int = 0):
         super().__init__()
         self.student, self.cfg = student, cfg
         h = cfg.hidden
@@ -59,6 +59,10 @@ class DistillObjective(nn.Module):
         # the encoder output starts with the image tokens, whose count differs when the image sizes do
         image_tokens = {"encoder": (student.tiercel_shape.image_tokens, teacher_shape.image_tokens)} if "encoder" in pairs else None
         self.distiller = HiddenDistiller(pairs, kind=h.kind, image_tokens=image_tokens) if pairs else None
+        # dense losses (tiercel.distill.dense): one linear head per term, a token -> its cells (x channels)
+        d, dim, cells2 = cfg.dense, student.tiercel_shape.d_model, cfg.dense.cells**2
+        self.dense_answer = nn.Linear(dim, cells2) if d.answer else None
+        self.dense_objects = nn.Linear(dim, cells2 * dense_channels) if d.objects and dense_channels else None
 
     @property
     def needs_hidden(self) -> bool:
@@ -88,8 +92,28 @@ class DistillObjective(nn.Module):
                                                    weights=weights))
         if self.distiller is not None and teacher is not None:
             terms.update(self._hidden_terms(out, teacher, batch, mask))
+        if "dense" in batch:
+            terms.update(self._dense_terms(out, batch["dense"]))
         total = sum(w * v for w, v in terms.values())
         return total, {k: v.detach() for k, (_, v) in terms.items()}, out  # tensors: a float() here would break a compiled graph
+
+    def _dense_terms(self, out: Outputs, dense: dict) -> dict:
+        """distill.dense: the answer's cover from the encoder at the image slots (a softmax over each record's
+        cells), every class's cover from the image tokens (BCE per cell and channel). Florence-2's image tokens
+        come first in the encoder input: the mean token, then the grid row by row."""
+        terms, n_img = {}, out.image.shape[1]
+        if self.dense_answer is not None:
+            logits = self.dense_answer(out.encoder[:, 1:n_img, :]).flatten(1).float()
+            target, keep = dense["answer"].flatten(1), dense["answer_mask"]
+            p = target / target.sum(1, keepdim=True).clamp_min(1e-6)
+            per_row = -(p * torch.log_softmax(logits, -1)).sum(-1)
+            terms["dense_answer"] = (self.cfg.dense.answer, (per_row * keep).sum() / keep.sum().clamp_min(1.0))
+        if self.dense_objects is not None:
+            logits = self.dense_objects(out.image[:, 1:, :]).float()
+            keep = dense["objects_mask"]
+            per_row = nn.functional.binary_cross_entropy_with_logits(logits, dense["objects"], reduction="none").mean((1, 2))
+            terms["dense_objects"] = (self.cfg.dense.objects, (per_row * keep).sum() / keep.sum().clamp_min(1.0))
+        return terms
 
     def _hidden_terms(self, out: Outputs, teacher: Outputs, batch: dict, mask) -> dict:
         h = self.cfg.hidden

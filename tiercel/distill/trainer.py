@@ -85,6 +85,7 @@ class Run:
     objective: Any = None  # objective.DistillObjective: the student and every loss
     inputs: dict[str, ModelInput] = field(default_factory=dict)  # "student" / "teacher" -> image size, norm
     topk: Any = None  # cache.TopKCache for a cached teacher
+    dense: Any = None  # dense.DenseTargets when distill.dense has a weight
     wrapped: Any = None  # the objective under DDP / FSDP (the objective itself on one process)
     optimizer: Any = None
     scheduler: Any = None
@@ -114,7 +115,9 @@ def prepare(recipe: Recipe, dist: Dist) -> Run:
     student, run.init_report = init_student(recipe.student, run.tokenizer, run.teacher.model if run.teacher else None, recipe.seed)
     from tiercel.distill.objective import DistillObjective
 
-    run.objective = DistillObjective(student, recipe.distill, run.teacher.model.tiercel_shape if run.teacher else None).to(dist.device)
+    run.dense = _dense_targets(recipe, run.data, student)
+    run.objective = DistillObjective(student, recipe.distill, run.teacher.model.tiercel_shape if run.teacher else None,
+                                     dense_channels=run.dense.channels if run.dense else 0).to(dist.device)
     run.inputs = {"student": model_input(student)}
     if run.teacher is not None:
         run.inputs["teacher"] = model_input(run.teacher.model, run.teacher.mean, run.teacher.std)
@@ -128,6 +131,17 @@ def prepare(recipe: Recipe, dist: Dist) -> Run:
         run.objective.compile()
     run.optimizer, run.scheduler = make_optimizer(run.objective, recipe.distill, fused=not sharded(run))
     return run
+
+
+def _dense_targets(recipe: Recipe, data: SFTData, student):
+    """distill.dense's targets on the student's image grid, or None when both weights are 0."""
+    d = recipe.distill.dense
+    if not (d.answer or d.objects):
+        return None
+    from tiercel.distill.dense import DenseTargets, ObjectsFile
+
+    objects = ObjectsFile(recipe.data.objects) if d.objects else None
+    return DenseTargets(data, student.tiercel_shape.image_grid, d.cells, objects)
 
 
 def _wrap(objective, strategy: str, dist: Dist):
@@ -177,7 +191,7 @@ def micro_step(run: Run, step: int, micro: int, total: int, sync: bool) -> tuple
 
     cfg, dist = run.recipe.distill, run.dist
     indices = run.sampler.draw(step, micro, cfg.batch_size * dist.world)[dist.rank :: dist.world]
-    batch = to_device(collate(run.data, indices, run.inputs, run.tokenizer.eos_id), dist.device)
+    batch = to_device(collate(run.data, indices, run.inputs, run.tokenizer.eos_id, run.dense), dist.device)
     ce_weight = None
     on_policy = on_policy_batch(run.recipe, step, micro)
     if on_policy:

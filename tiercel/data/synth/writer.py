@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 import tiercel.tasks as T
+from tiercel.data.objects import OBJECTS_FORMAT
 from tiercel.data.sft import Record, write_records
 from tiercel.data.synth import truth
-from tiercel.data.synth.catalog import OBJECT_CLASSES, REGION_CLASSES, SCENE_CLASSES
+from tiercel.data.synth.catalog import OBJECT_CLASSES, OBJECTS, REGION_CLASSES, SCENE_CLASSES
 from tiercel.data.synth.knobs import Knobs
 from tiercel.data.synth.layout import changed_twin, sample_scene
 from tiercel.data.synth.render import render, render_pair
@@ -80,6 +81,10 @@ def plan(n: int, seed: int, size: int, knobs: Knobs) -> list[Job]:
     return jobs
 
 
+# objects.json's channels: object classes, object colours, land-region classes (names do not repeat)
+OBJECTS_CHANNELS = [*OBJECT_CLASSES, *sorted({c for spec in OBJECTS.values() for c in spec.colors}), *REGION_CLASSES]
+
+
 def draw_scene(job: Job):
     """The scene a job draws (the first of its seeded attempts that can answer all its tasks): (scene, changed twin
     or None, records' (tag, prompt, answer)). Deterministic: the generator and analyses of its images share it."""
@@ -103,8 +108,9 @@ def image_name(job: Job) -> str:
     return f"images/{job.split}_{job.scene:06d}"
 
 
-def run_job(job: Job, out: Path) -> list[tuple[str, str, str, list[str]]]:
-    """Draw a scene that can answer all of the job's tasks, save its image(s), return its records."""
+def run_job(job: Job, out: Path) -> tuple[list[tuple[str, str, str, list[str]]], dict]:
+    """Draw a scene that can answer all of the job's tasks, save its image(s); return its records and the
+    labelled shapes of each image (objects.json)."""
     scene, after, answers = draw_scene(job)
     name = image_name(job)
     if after is None:
@@ -113,8 +119,23 @@ def run_job(job: Job, out: Path) -> list[tuple[str, str, str, list[str]]]:
         first, second = render_pair(scene, after, job.knobs)
         _save(first, out / f"{name}.png")
         _save(second, out / f"{name}_after.png")
-    return [(tag, prompt, answer, [f"{name}.png"] + ([f"{name}_after.png"] if tag == "PIX_CHG" else []))
-            for tag, prompt, answer in answers]
+    shapes = {f"{name}.png": scene_shapes(scene)} | ({f"{name}_after.png": scene_shapes(after)} if after else {})
+    records = [(tag, prompt, answer, [f"{name}.png"] + ([f"{name}_after.png"] if tag == "PIX_CHG" else []))
+               for tag, prompt, answer in answers]
+    return records, shapes
+
+
+def scene_shapes(scene) -> list:
+    """objects.json's entries for one image (tiercel.distill.dense.ObjectsFile): every object's outline with its
+    class and colour channels, and every named land region's polygon with its class, in the [0, 1] frame."""
+    out = [[[OBJECTS_CHANNELS.index(o.cls), OBJECTS_CHANNELS.index(o.color)], _unit(o.outline, scene.size)]
+           for o in scene.objects]
+    out += [[[OBJECTS_CHANNELS.index(r.name)], _unit(r.polygon, scene.size)] for r in scene.regions if r.name and r.eligible]
+    return out
+
+
+def _unit(points, size: int) -> list:
+    return [[round(float(x) / size, 4), round(float(y) / size, 4)] for x, y in np.asarray(points)]
 
 
 def _save(image: np.ndarray, path: Path) -> None:
@@ -199,7 +220,7 @@ def _render_all(jobs: list[Job], tmp: Path, workers: int | None, progress) -> li
         with track("synth", total=sum(len(job.tags) for job in jobs), unit="records") as bar:
             for result in iterator:  # map keeps job order: output does not depend on scheduling
                 results.append(result)
-                done += len(result)
+                done += len(result[0])
                 bar.update(done)
                 if progress:
                     progress(done)
@@ -212,11 +233,14 @@ def _render_all(jobs: list[Job], tmp: Path, workers: int | None, progress) -> li
     return results
 
 
-def _write_files(tmp: Path, jobs: list[Job], results: list[list], n: int, size: int, seed: int, knobs: Knobs) -> dict:
+def _write_files(tmp: Path, jobs: list[Job], results: list[tuple], n: int, size: int, seed: int, knobs: Knobs) -> dict:
     counts = {split: Counter() for split in SPLITS}
     images = Counter()
+    shapes = {name: entry for _, per_image in results for name, entry in per_image.items()}
+    objects = {"format": OBJECTS_FORMAT, "channels": OBJECTS_CHANNELS, "images": shapes}
+    (tmp / "objects.json").write_text(json.dumps(objects, separators=(",", ":")) + "\n", encoding="utf-8")
     for split in SPLITS:
-        rows = [r for job, res in zip(jobs, results) if job.split == split for r in res]
+        rows = [r for job, (res, _) in zip(jobs, results) if job.split == split for r in res]
         records = [Record(-1, tag, prompt, answer, paths, []) for tag, prompt, answer, paths in rows]
         write_records(tmp / f"{split}.json", records)
         counts[split].update(r.tag for r in records)
