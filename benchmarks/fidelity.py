@@ -188,7 +188,8 @@ class Run:
 
         self.cfg, self.work, self.threads = cfg, work, threads
         folder = work / "data"
-        self.data = {k: str(folder / f"{k}.json") for k in ("train", "val", "test")} | {"root": str(folder)}
+        self.data = {k: str(folder / f"{k}.json") for k in ("train", "val", "test")} | {"root": str(folder),
+                                                                                     "objects": str(folder / "objects.json")}
         self.t_recipes = teacher_recipes(cfg, work, self.data, quick)
         self.teacher = Path(self.t_recipes[-1]["out"]) / "student"
         self.s_recipes = {(o, s): student_recipe(cfg, work, self.data, self.teacher, o, s, quick)
