@@ -227,6 +227,16 @@ def test_resume_with_other_hidden_distillation_is_one_line(tmp_path, synth_dir, 
                                    "run with another out")
 
 
+def test_hidden_decoder_layers_the_models_lack_are_one_line_before_training(tmp_path, synth_dir, teacher_dir):
+    r = recipe(tmp_path, synth_dir, kd=1.0, teacher={"kind": "checkpoint", "path": str(teacher_dir)},
+               hidden={"decoder": 1.0, "decoder_layers": {1: 2}})  # the tiny teacher has decoder layers 0 and 1
+    with pytest.raises(TiercelError) as err:
+        trainer.distill(r, progress=False)
+    assert str(err.value) == ("distill.hidden.decoder_layers: 1: 2 names a layer the models lack (student decoder layers "
+                              "0..1, teacher 0..1)")
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_every_rank_waits_at_the_same_tokenizer_barriers(tmp_path, synth_dir, monkeypatch, rank):
     """A rank that starts late sees the tokenizer rank 0 already saved; it must still pass the same barriers,

@@ -14,6 +14,7 @@ from torch import nn
 
 from tiercel.distill.data import IGNORE
 from tiercel.distill.losses import HiddenDistiller, ce_loss, divergence, sample_weights, topk_divergence
+from tiercel.errors import ConfigError
 
 
 @dataclass
@@ -56,6 +57,11 @@ class DistillObjective(nn.Module):
                 pairs["encoder"] = (s_dim, t_dim)
             if h.decoder:
                 pairs.update({f"decoder.{s}": (s_dim, t_dim) for s in h.decoder_layers})
+                s_n, t_n = student.tiercel_shape.decoder_layers, teacher_shape.decoder_layers
+                for s_layer, t_layer in h.decoder_layers.items():
+                    if not (0 <= s_layer < s_n and 0 <= t_layer < t_n):
+                        raise ConfigError(f"distill.hidden.decoder_layers: {s_layer}: {t_layer} names a layer the models lack "
+                                          f"(student decoder layers 0..{s_n - 1}, teacher 0..{t_n - 1})")
         # the encoder output starts with the image tokens, whose count differs when the image sizes do
         image_tokens = {"encoder": (student.tiercel_shape.image_tokens, teacher_shape.image_tokens)} if "encoder" in pairs else None
         self.distiller = HiddenDistiller(pairs, kind=h.kind, image_tokens=image_tokens) if pairs else None
