@@ -32,12 +32,12 @@ new tokens, the probe at 4 records per task and calibration at 4 samples (fideli
 runs, in about 2 minutes on one thread of a busy 2-core CPU; results go to fidelity_quick.json / .md.
 
 How long a full run takes, an estimate, not a measurement: training is steps x batch / samples per second, per
-run. With the default YAML and rates measured on the 2-core EPYC (the teacher's 6.8 samples/s and the CE
-student's 57 in benchmarks/results/distill_synth.json; the KD students run the teacher's forward too, about 35
-samples/s taking the --quick run's KD/CE ratio): teacher 1,000 x 8 / 6.8 = 20 min; students 2 x 4,000 / 57 +
-4 x 4,000 / 35 = 10 min; 6 quantizations of 40-75 s (benchmarks/results/quantize_student_cpu.json) = 6 min;
-15 evaluations of the 600 test records and 7 probes, about 10 min. About 45-60 minutes in all on an idle
-machine; the JSON records the wall time of every stage.
+run. With the YAML as committed, on the 2-core EPYC with one thread per run: the teacher trained at about 50
+samples/s once compiled (3.2 steps/s of 16, read from its metrics.jsonl while another 1-thread run shared the
+machine), so 20,000 x 16 / 50 = 1.8 h; students, assuming 80 samples/s for CE and 50 for KD (not measured at
+these shapes): 2 x 64,000 / 80 + 4 x 64,000 / 50 = 1.9 h; 6 quantizations, about 6 min; 15 evaluations of the
+16,800 test records at an assumed 20 records/s, about 3.5 h. About 7-8 hours in all: run it in the background
+over several sessions (every stage resumes); the JSON records the wall time of every stage.
 """
 
 from __future__ import annotations
