@@ -173,7 +173,7 @@ class Pipeline:
             "name": f"{self.recipe.name}-teacher", "out": str(run_dir), "seed": self.recipe.seed, "data": data,
             "tokenizer": {"source": "train", "vocab_size": spec.vocab_size},
             "student": {"preset": spec.preset, "overrides": spec.overrides, "coord_init": spec.coord_init},
-            "distill": {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr,
+            "distill": {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr, "dense": spec.dense.model_dump(),
                         "warmup_steps": max(1, spec.steps // 20) if spec.warmup_steps is None else spec.warmup_steps,
                         "save_every": max(1, spec.steps // 2), "log_every": max(1, spec.steps // 20),
                         "eval_limit": self.recipe.distill.eval_limit},
@@ -192,7 +192,18 @@ class Pipeline:
             check["warning"] = (f"the teacher {check['warning']}; train it again with a longer "
                                 "pipeline.train_teacher.warmup_steps or a lower lr")
             self.log(f"[teacher] warning: {check['warning']}")
-        return {"trained": True, "path": str(dst), "val": summary.val, "prompt_check": check}
+        from tiercel.evaluate.image_use import image_check
+
+        # a teacher whose answers do not depend on the image teaches the student to ignore it too (docs/fidelity.md)
+        d = self.recipe.data
+        images = image_check(dst, d.val or d.train, d.root)
+        if images["gap_permuted"] is None and d.val:  # no task with two val records to swap images between
+            images = image_check(dst, d.train, d.root)
+        if images["warning"]:
+            images["warning"] = (f"the teacher's {images['warning']}; see docs/fidelity.md for what makes a new model "
+                                 "read its images (pipeline.train_teacher.coord_init, dense)")
+            self.log(f"[teacher] warning: {images['warning']}")
+        return {"trained": True, "path": str(dst), "val": summary.val, "prompt_check": check, "image_check": images}
 
     def stage_distill(self, _):
         from tiercel.distill.checkpoints import latest

@@ -180,6 +180,7 @@ class TrainTeacherSection(Section):
     warmup_steps: int | None = Field(None, ge=0, description="linear warmup steps before the cosine decay (default: steps // 20)")
     vocab_size: int = Field(1000, gt=256, description="BPE vocabulary trained on the data (grammar tokens added on top)")
     coord_init: Literal["random", "sinusoid"] = Field("random", description="embeddings of the coordinate tokens <0>..<999> of the new teacher, random or a smooth code of the bin (docs/fidelity.md)")
+    dense: DenseSection = Field(default_factory=DenseSection, description="dense losses while training the teacher (distill.dense; docs/distill.md)")
 
 
 class PipelineSection(Section):
@@ -270,8 +271,10 @@ class Recipe(Section):
             live = [k.name for k in TEACHER_KINDS.values() if k.hidden]
             raise ValueError(f"a {self.teacher.kind} teacher holds only top-k logits; hidden-state and on-policy "
                              f"distillation need teacher.kind {' or '.join(live)}")
-        if self.distill.dense.objects > 0 and self.data.objects is None:
-            raise ValueError("distill.dense.objects needs data.objects, the per-image shapes file (tiercel data synth writes objects.json)")
+        teacher_dense = self.pipeline.train_teacher.dense.objects if self.pipeline.train_teacher else 0
+        if (self.distill.dense.objects > 0 or teacher_dense > 0) and self.data.objects is None:
+            raise ValueError("distill.dense.objects (or pipeline.train_teacher.dense.objects) needs data.objects, the per-image "
+                             "shapes file (tiercel data synth writes objects.json)")
         if self.pipeline.train_teacher is not None and self.teacher.kind != "checkpoint":
             raise ValueError("pipeline.train_teacher trains a teacher for teacher.kind checkpoint")
         if self.tokenizer.source == "teacher" and not kind.tokenizer:

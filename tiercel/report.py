@@ -44,8 +44,8 @@ def collect(pipeline) -> dict:
     quant = pipeline.done("quantize") or {}
     guard = {**{f"student-{s}": {"failed": msg} for s, msg in quant.get("failed", {}).items()},
              **{f"student-{s}": v.get("guard") for s, v in quant.get("bundles", {}).items()}}
-    check = (pipeline.done("teacher") or {}).get("prompt_check") or {}
-    warnings = [check["warning"]] if check.get("warning") else []
+    teacher = pipeline.done("teacher") or {}
+    warnings = [c["warning"] for c in (teacher.get("prompt_check") or {}, teacher.get("image_check") or {}) if c.get("warning")]
     return {"rows": rows, "guard": guard, "warnings": warnings, "machine": prof.get("machine"), "settings": prof.get("settings"),
             "estimate_formula": prof.get("estimate_formula"), "openvino": ov["profiles"][0] if ov and ov.get("profiles") else None}
 

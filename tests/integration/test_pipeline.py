@@ -12,6 +12,7 @@ pytest.importorskip("torch")
 from tests.conftest import run_cli  # noqa: E402
 from tiercel.pipeline import STAGES  # noqa: E402
 from tiercel.recipe import parse_recipe  # noqa: E402
+from tiercel.tasks import TAGS  # noqa: E402
 
 
 def tiny_recipe(out):
@@ -73,6 +74,10 @@ def test_every_stage_runs_and_the_report_compares_the_models(finished):
     check = results["teacher"]["prompt_check"]  # the trained teacher's answers to the 13 single-image prompts
     assert check["tasks"] == 13 and 1 <= check["distinct_answers"] <= 13 and check["image"].endswith(".png")
     assert (check["warning"] is not None) == (check["distinct_answers"] == 1) == ("**Warning:** the teacher gave one answer" in report)
+    images = results["teacher"]["image_check"]  # the permuted-image gap over the val records of every task
+    assert images["records_per_task"] == 16 and set(images["per_task"]) <= set(TAGS) and images["gap_permuted"] is not None
+    assert images["data"].endswith("train.json")  # 1 val record per task here: no two to swap images between
+    assert (images["warning"] is not None) == (images["gap_permuted"] < 0.01) == ("**Warning:** the teacher's answers barely" in report)
 
 
 def _stderr_file(base):

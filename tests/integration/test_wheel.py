@@ -72,6 +72,6 @@ def test_the_installed_wheel_runs_the_cli_with_its_recipes_outside_the_tree(tmp_
 
     done = _run([tiercel, "data", "synth", "--out", "synth", "--n", "42", "--size", "64", "--workers", "1"], cwd=work)
     assert done.stdout.strip().startswith("wrote synth: 42 records")
-    assert sorted(p.name for p in (work / "synth").iterdir()) == ["images", "meta.json", "test.json", "train.json",
-                                                                  "val.json"]
+    assert sorted(p.name for p in (work / "synth").iterdir()) == ["images", "meta.json", "objects.json", "test.json",
+                                                                  "train.json", "val.json"]
     assert any((work / "synth" / "images").iterdir())

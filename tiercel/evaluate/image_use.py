@@ -162,3 +162,31 @@ def _summarise(s: dict) -> dict:
             k: s[f"{where}_{k}"] / records if records else float("nan") for k in ("std", "rel_std", "cosine")
         }
     return out
+
+
+IMAGE_GAP_WARN = 0.01  # nats per answer token: every model found ignoring its images measured 0.000 (docs/fidelity.md)
+
+
+def image_check(path, data_file, root, n: int = 16, batch_size: int = 8) -> dict:
+    """Whether a checkpoint's answers depend on their images: the probe's permuted gap over the first `n` records
+    of every task in `data_file`. The pipeline runs it on the teacher it trains (docs/recipes.md, the teacher
+    check). `warning` is None, or a sentence fragment saying the answers do not depend on the image;
+    `gap_permuted` is None when no task has two records to swap images between."""
+    from tiercel.distill.data import SFTData
+    from tiercel.models import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    data = SFTData(data_file, root, ckpt.tokenizer, max_answer_tokens=256, cache_size=0)
+    result = probe(ckpt.model, ckpt.tokenizer, data, n=n, batch_size=batch_size, mean=ckpt.mean, std=ckpt.std)
+    per_task = {tag: p["loss_gap_permuted"] for tag, p in result["per_task"].items()}
+    return {"data": str(data_file), "records_per_task": n, "gap_permuted": result["overall"].get("loss_gap_permuted"),
+            "per_task": per_task,
+            "warning": image_warning(result["overall"].get("loss_gap_permuted"), n)}
+
+
+def image_warning(gap: float | None, n: int) -> str | None:
+    """The image check's warning for an overall permuted gap (nats per answer token), or None."""
+    if gap is None or gap != gap or gap >= IMAGE_GAP_WARN:
+        return None
+    return (f"answers barely depend on the image: with the images swapped between records the answer loss rises by "
+            f"{gap:+.4f} nats/token ({n} records per task; under {IMAGE_GAP_WARN} means the image is ignored)")
