@@ -33,8 +33,12 @@ def test_kd_without_teacher_is_refused():
 
 
 def test_object_cover_loss_needs_the_objects_file():
-    with pytest.raises(ConfigError, match="distill.dense.objects needs data.objects, the per-image shapes file"):
+    message = r"distill.dense.objects \(or pipeline.train_teacher.dense.objects\) needs data.objects, the per-image"
+    with pytest.raises(ConfigError, match=message):
         parse_recipe({**BASE, "distill": {"dense": {"objects": 1.0}}})
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe({**BASE, "teacher": {"kind": "checkpoint", "path": "t"},
+                      "pipeline": {"train_teacher": {"dense": {"objects": 1.0}}}})
     ok = parse_recipe({**BASE, "data": {"train": "train.json", "objects": "objects.json"}, "distill": {"dense": {"objects": 1.0}}})
     assert ok.distill.dense.cells == 4 and ok.distill.dense.answer == 0.0
 
