@@ -59,14 +59,12 @@ def machine() -> dict:
 
 def probe_checkpoint(path, data_file, root, tags, n: int, batch_size: int) -> dict:
     """Load `path` (tiercel.models.load_checkpoint) and probe it on `data_file`; returns the probe's dict."""
-    from tiercel.distill.data import SFTData
-    from tiercel.evaluate.image_use import probe
+    from tiercel.evaluate.image_use import probe_records
     from tiercel.models import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    data = SFTData(data_file, root, ckpt.tokenizer, max_answer_tokens=256)
     t0 = time.perf_counter()
-    result = probe(ckpt.model, ckpt.tokenizer, data, tags, n=n, batch_size=batch_size, mean=ckpt.mean, std=ckpt.std)
+    result = probe_records(ckpt, data_file, root, tags, n=n, batch_size=batch_size)
     return {"checkpoint": str(path), "seconds": round(time.perf_counter() - t0, 2), **result}
 
 

@@ -193,12 +193,12 @@ class Pipeline:
                                 "pipeline.train_teacher.warmup_steps or a lower lr")
             self.log(f"[teacher] warning: {check['warning']}")
         from tiercel.evaluate.image_use import image_check
+        from tiercel.models import load_checkpoint
 
-        # a teacher whose answers do not depend on the image teaches the student to ignore it too (docs/fidelity.md)
+        # a teacher whose answers do not depend on the image teaches the student to ignore it too (docs/fidelity.md);
+        # on the val records, or the train records when no task has two val records to swap images between
         d = self.recipe.data
-        images = image_check(dst, d.val or d.train, d.root)
-        if images["gap_permuted"] is None and d.val:  # no task with two val records to swap images between
-            images = image_check(dst, d.train, d.root)
+        images = image_check(load_checkpoint(dst), [f for f in (d.val, d.train) if f is not None], d.root)
         if images["warning"]:
             images["warning"] = (f"the teacher's {images['warning']}; see docs/fidelity.md for what makes a new model "
                                  "read its images (pipeline.train_teacher.coord_init, dense)")

@@ -110,15 +110,14 @@ class DistillObjective(nn.Module):
         terms, n_img = {}, out.image.shape[1]
         if self.dense_answer is not None:
             logits = self.dense_answer(out.encoder[:, 1:n_img, :]).flatten(1).float()
-            target, keep = dense["answer"].flatten(1), dense["answer_mask"]
+            target = dense["answer"].flatten(1)
             p = target / target.sum(1, keepdim=True).clamp_min(1e-6)
             per_row = -(p * torch.log_softmax(logits, -1)).sum(-1)
-            terms["dense_answer"] = (self.cfg.dense.answer, (per_row * keep).sum() / keep.sum().clamp_min(1.0))
+            terms["dense_answer"] = (self.cfg.dense.answer, _masked_mean(per_row, dense["answer_mask"]))
         if self.dense_objects is not None:
             logits = self.dense_objects(out.image[:, 1:, :]).float()
-            keep = dense["objects_mask"]
             per_row = nn.functional.binary_cross_entropy_with_logits(logits, dense["objects"], reduction="none").mean((1, 2))
-            terms["dense_objects"] = (self.cfg.dense.objects, (per_row * keep).sum() / keep.sum().clamp_min(1.0))
+            terms["dense_objects"] = (self.cfg.dense.objects, _masked_mean(per_row, dense["objects_mask"]))
         return terms
 
     def _hidden_terms(self, out: Outputs, teacher: Outputs, batch: dict, mask) -> dict:
@@ -136,3 +135,8 @@ class DistillObjective(nn.Module):
         losses = self.distiller(s_feats, t_feats, masks)
         weights = {"vision": h.vision, "encoder": h.encoder}
         return {f"hidden_{k}": (weights.get(k, h.decoder / max(len(h.decoder_layers), 1)), v) for k, v in losses.items()}
+
+
+def _masked_mean(per_row: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of `per_row` over the rows with keep 1 (0 when there is none: the term then adds nothing)."""
+    return (per_row * keep).sum() / keep.sum().clamp_min(1.0)

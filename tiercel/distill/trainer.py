@@ -138,7 +138,8 @@ def _dense_targets(recipe: Recipe, data: SFTData, student):
     d = recipe.distill.dense
     if not (d.answer or d.objects):
         return None
-    from tiercel.distill.dense import DenseTargets, ObjectsFile
+    from tiercel.data.objects import ObjectsFile
+    from tiercel.distill.dense import DenseTargets
 
     objects = ObjectsFile(recipe.data.objects) if d.objects else None
     return DenseTargets(data, student.tiercel_shape.image_grid, d.cells, objects)

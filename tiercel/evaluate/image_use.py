@@ -167,21 +167,29 @@ def _summarise(s: dict) -> dict:
 IMAGE_GAP_WARN = 0.01  # nats per answer token: every model found ignoring its images measured 0.000 (docs/fidelity.md)
 
 
-def image_check(path, data_file, root, n: int = 16, batch_size: int = 8) -> dict:
-    """Whether a checkpoint's answers depend on their images: the probe's permuted gap over the first `n` records
-    of every task in `data_file`. The pipeline runs it on the teacher it trains (docs/recipes.md, the teacher
-    check). `warning` is None, or a sentence fragment saying the answers do not depend on the image;
-    `gap_permuted` is None when no task has two records to swap images between."""
+def probe_records(ckpt, data_file, root, tags=None, n: int = 64, batch_size: int = 8) -> dict:
+    """`probe` of a loaded checkpoint (tiercel.models.load_checkpoint) on the first `n` records of each task of a
+    Falcon_SFT file, images relative to `root`."""
     from tiercel.distill.data import SFTData
-    from tiercel.models import load_checkpoint
 
-    ckpt = load_checkpoint(path)
-    data = SFTData(data_file, root, ckpt.tokenizer, max_answer_tokens=256, cache_size=0)
-    result = probe(ckpt.model, ckpt.tokenizer, data, n=n, batch_size=batch_size, mean=ckpt.mean, std=ckpt.std)
+    data = SFTData(data_file, root, ckpt.tokenizer, max_answer_tokens=256)
+    return probe(ckpt.model, ckpt.tokenizer, data, tags, n=n, batch_size=batch_size, mean=ckpt.mean, std=ckpt.std)
+
+
+def image_check(ckpt, data_files, root, n: int = 16, batch_size: int = 8) -> dict:
+    """Whether a loaded checkpoint's answers depend on their images: the probe's permuted gap over the first `n`
+    records of every task, in the first of `data_files` where some task has two records to swap images between.
+    The pipeline runs it on the teacher it trains (docs/recipes.md, the teacher check). `warning` is None, or a
+    sentence fragment saying the answers do not depend on the image; `gap_permuted` is None when no file has
+    such a task."""
+    for data_file in data_files:
+        result = probe_records(ckpt, data_file, root, n=n, batch_size=batch_size)
+        gap = result["overall"].get("loss_gap_permuted")
+        if gap is not None:
+            break
     per_task = {tag: p["loss_gap_permuted"] for tag, p in result["per_task"].items()}
-    return {"data": str(data_file), "records_per_task": n, "gap_permuted": result["overall"].get("loss_gap_permuted"),
-            "per_task": per_task,
-            "warning": image_warning(result["overall"].get("loss_gap_permuted"), n)}
+    return {"data": str(data_file), "records_per_task": n, "gap_permuted": gap, "per_task": per_task,
+            "warning": image_warning(gap, n)}
 
 
 def image_warning(gap: float | None, n: int) -> str | None:
