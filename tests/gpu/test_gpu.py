@@ -72,17 +72,33 @@ def test_fp16_bundle_on_cuda_generates_the_fp32_tokens(tiny_model, tiny_tokenize
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="tensorrt is not installed")
 @pytest.mark.parametrize("decoder", ["split", "merged"])
 def test_tensorrt_engines_from_export_run_end_to_end(tiny_model, tiny_tokenizer, tmp_path, decoder):
+    """fp16 engines built here: manifest records, 14 tasks x 3 beams in one run_all, a batch past the profiles."""
     import tiercel.runtime as rt
+    from tests.bundles import TASK_INPUTS
     from tiercel.export.bundle import export_model
+    from tiercel.export.tensorrt import add_engines
 
-    path = export_model(tiny_model, tiny_tokenizer, tmp_path / "trt", backends=("onnxruntime", "tensorrt"), decoder=decoder)
+    path = export_model(tiny_model, tiny_tokenizer, tmp_path / "trt", backends=("onnxruntime", "tensorrt"),
+                        decoder=decoder, precision="fp16")
     man = json.loads((path / "manifest.json").read_text())
-    assert {g["precision"] for g in man["graphs"] if g["backend"] == "tensorrt"} == {"fp16"}
+    engines = [g for g in man["graphs"] if g["backend"] == "tensorrt"]
+    assert {g["precision"] for g in engines} == {"fp16"}
+    assert {g["engine"]["max_batch"] for g in engines} == {42} and man["parity"]["tensorrt"]["greedy_identical"] == "3/3"
     ref, trt = rt.load(path), rt.load(path, backend="tensorrt")
     features = ref.image_features(ref.pixel_values(image(3)))
     np.testing.assert_allclose(trt.image_features(trt.pixel_values(image(3))), features, atol=2e-2)
-    _same_tokens(ref, trt, features)  # fp16 engines vs fp32 CPU: the tiny model kept its tokens in fp16 on CPU
+    _same_tokens(ref, trt, features)  # fp16 engines vs fp16 graphs on the CPU
     _same_tokens(ref, rt.load(path, backend="tensorrt", io_binding=False), features)
+    texts = {t: v["text"] for t, v in TASK_INPUTS.items() if "text" in v}
+    regions = {t: v["region"] for t, v in TASK_INPUTS.items() if "region" in v}
+    got = trt.run_all(image(0), texts=texts, regions=regions, image2=image(1), num_beams=3, max_new_tokens=8)
+    want = ref.run_all(image(0), texts=texts, regions=regions, image2=image(1), num_beams=3, max_new_tokens=8)
+    assert len(got) == 14 and {t: r.raw for t, r in got.items()} == {t: r.raw for t, r in want.items()}
+    add_engines(path, max_batch=4)  # rebuilt with small profiles: 9 rows run in chunks
+    small = rt.load(path, backend="tensorrt")
+    prompts = ["Describe the image.", "Count the number of ship.", "Detect all airplane in the image."]
+    assert small.generate_ids(features, prompts, num_beams=3, max_new_tokens=8) == \
+        ref.generate_ids(features, prompts, num_beams=3, max_new_tokens=8)
 
 
 def test_gpu_benchmark_script_runs_on_cuda(tmp_path):

@@ -20,7 +20,20 @@ from tiercel.errors import TiercelError
 
 def _register():
     # Each verb module adds its commands to `app` (or a sub-app) on import.
-    from tiercel.cli import convert, data, distill, eval, export, info, pipeline, profile, quantize, recipes, run  # noqa: F401
+    from tiercel.cli import (  # noqa: F401
+        convert,
+        data,
+        distill,
+        engines,
+        eval,
+        export,
+        info,
+        pipeline,
+        profile,
+        quantize,
+        recipes,
+        run,
+    )
 
 
 _register()

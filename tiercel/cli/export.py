@@ -19,13 +19,14 @@ def export(
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
     parity: bool = typer.Option(True, help="Check the bundle against PyTorch (per-graph diffs, greedy generations)."),
     precision: str = typer.Option("fp32", help="Graph precision: fp32, or fp16 for GPUs (onnxruntime CUDA, TensorRT); norms and softmax stay fp32."),
+    max_batch: int = typer.Option(None, "--max-batch", min=1, help="With --backend tensorrt: rows the engines take per call (default: 14 tasks x num_beams)."),
 ):
     """Export a checkpoint to ONNX (and OpenVINO IR / TensorRT engines) with a manifest."""
     from tiercel.export.bundle import export_checkpoint
     from tiercel.runtime.bundle import read_bundle
 
     path = export_checkpoint(checkpoint, out, backends=tuple(dict.fromkeys(backend)), decoder=decoder, overwrite=overwrite, parity=parity,
-                             precision=precision)
+                             precision=precision, max_batch=max_batch)
     manifest = read_bundle(path).manifest
     for name, report in manifest.parity.items():
         measure = report.get("measure", "max_abs_diff").replace("_", " ")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 from tiercel import __version__
@@ -122,15 +123,17 @@ def manifest_for(model, tokenizer, root: Path, graphs: list[dict], decoder: str,
 
 def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), decoder: str = "split", mean=None,
                  std=None, provenance: dict | None = None, overwrite: bool = False, parity: bool = True,
-                 precision: str = "fp32") -> Path:
+                 precision: str = "fp32", max_batch: int | None = None) -> Path:
     """Export a native Florence-2 model to a bundle at `out`. Returns the bundle path.
 
     Args:
         backends: any of "onnxruntime" (the ONNX graphs; always written), "openvino" (IR beside them),
-            "tensorrt" (engines; needs tensorrt and an NVIDIA GPU).
+            "tensorrt" (engines built here; needs tensorrt and an NVIDIA GPU; tiercel.export.tensorrt).
         decoder: "split" (default, faster per token) or "merged" (one decoder_model_merged graph).
         parity: run the parity check (per-graph diffs + greedy generations) and fail loudly on a mismatch.
         precision: "fp32", or "fp16" for GPUs (see PRECISIONS; parity then uses parity.TOLERANCES["fp16"]).
+            TensorRT engines take the graphs' precision: fp16 engines need precision "fp16".
+        max_batch: rows the TensorRT engines' profiles take (default: 14 tasks x the bundle's num_beams).
     """
     from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD
 
@@ -147,6 +150,9 @@ def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), d
         from tiercel.export.tensorrt import check_available
 
         check_available()  # fail before minutes of tracing
+        if precision != "fp16":
+            print("warning: --backend tensorrt builds engines at the graphs' precision, here fp32; "
+                  "add --precision fp16 for fp16 engines", file=sys.stderr)
     mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
     provenance = provenance or {"source": "<in-memory model>", "source_sha256": {"state_dict": state_hash(model)}}
     layers = model.tiercel_shape.decoder_layers
@@ -161,10 +167,6 @@ def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), d
                 for name, file in onnx_files.items():
                     graphs.append(_graph_entry(tmp, name, "openvino", convert_to_ir(file, tmp / "openvino"), layers))
                     bar.advance(1, note=name)
-        if "tensorrt" in backends:
-            from tiercel.export.tensorrt import build_engines
-
-            graphs += build_engines(tmp, onnx_files, model.tiercel_shape, entry=lambda n, f, p: _graph_entry(tmp, n, "tensorrt", f, layers, p))
         tokenizer.save(tmp)
         manifest = manifest_for(model, tokenizer, tmp, graphs, decoder, mean, std, provenance)
         write_manifest(tmp, manifest)
@@ -174,6 +176,10 @@ def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), d
             manifest.parity = check_bundle(model, tokenizer, tmp, [b for b in backends if b != "tensorrt"],
                                               precision=precision)
             write_manifest(tmp, manifest)
+        if "tensorrt" in backends:  # on this GPU, checked against the graphs just written
+            from tiercel.export.tensorrt import add_engines
+
+            add_engines(tmp, max_batch=max_batch, parity=parity)
     return out
 
 
@@ -183,7 +189,8 @@ def _with_data(file: Path) -> list[Path]:
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, backends=("onnxruntime",), decoder: str = "split",
-                      overwrite: bool = False, parity: bool = True, precision: str = "fp32") -> Path:
+                      overwrite: bool = False, parity: bool = True, precision: str = "fp32",
+                      max_batch: int | None = None) -> Path:
     """Load a checkpoint directory (native or original layout) and export it to a bundle."""
     require("torch", "train", "exporting a checkpoint")
     from tiercel.models.checkpoint import load_checkpoint, weight_files
@@ -193,4 +200,5 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, backends=("onnxru
     ckpt = load_checkpoint(checkpoint)
     provenance = provenance_of(ckpt.path, weight_files(ckpt.path), ckpt.layout)
     return export_model(ckpt.model, ckpt.tokenizer, out, backends=backends, decoder=decoder, mean=ckpt.mean, std=ckpt.std,
-                        provenance=provenance, overwrite=overwrite, parity=parity, precision=precision)
+                        provenance=provenance, overwrite=overwrite, parity=parity, precision=precision,
+                        max_batch=max_batch)

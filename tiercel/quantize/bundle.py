@@ -13,8 +13,10 @@ Flow, all inside a temporary directory renamed to the output only when the guard
    layers in fp32. Measured on the synthetic student (benchmarks/results/quantize_student_cpu.json): the
    plain int4 bundles held with 0-3 layers in int8 blocks at 0.30-0.34x of fp32 size, where fp32 layers had
    given 0.58-0.77x in an earlier run; mixed needed the fp32 attempt.
-5. tensorrt target with engines=True: once the guard holds, each Q/DQ graph is built into an INT8 TensorRT
-   engine (tiercel.export.tensorrt; needs tensorrt and an NVIDIA GPU, checked before any work starts).
+5. tensorrt target with engines=True: once the guard holds, each Q/DQ graph is built into a strongly typed
+   INT8 TensorRT engine on this GPU and checked against its graph (tiercel.export.tensorrt.add_engines; needs
+   tensorrt and an NVIDIA GPU, checked before any work starts). Without engines=True, run `tiercel engines`
+   on the device later.
 
 Split decoders only: a merged decoder's If branches share nothing a quantiser can see (FALCON.md).
 """
@@ -125,8 +127,11 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
             ranking = ranking or _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib, root)
             write_json(tmp / "sensitivity.json", ranking)
             section["sensitivity"] = "sensitivity.json"
-        built = _engines(src, tmp, graphs, say) if engines else []
-        _write_manifest(src, tmp, graphs, section, built)
+        _write_manifest(src, tmp, graphs, section)
+        if engines:  # INT8 engines from the Q/DQ graphs, on this GPU, checked against them
+            from tiercel.export.tensorrt import add_engines
+
+            add_engines(tmp, say=say)
     return QuantizationSection.model_validate(section)
 
 
@@ -143,26 +148,6 @@ def _kept_counts(graphs: list[dict]) -> dict[str, int]:
 def _kept(graphs: list[dict]) -> str:
     """'N layers kept in fp32' (or 'in int8', or both)."""
     return ", ".join(f"{n} layers kept in {p}" for p, n in sorted(_kept_counts(graphs).items())) or "0 layers kept in fp32"
-
-
-def _engines(src, tmp: Path, graphs: list[dict], say) -> list[dict]:
-    """INT8 TensorRT engines from the Q/DQ graphs just written (manifest rows with backend "tensorrt")."""
-    from tiercel.export.tensorrt import build_engine, engine_precision, has_qdq, profiles
-    from tiercel.runtime.shape import ModelShape
-
-    shape = ModelShape(**src.manifest.model.shape.model_dump())
-    rows = []
-    with track("engines", len(graphs), "engines") as bar:
-        for g in graphs:
-            onnx_file = tmp / g["file"]
-            int8 = has_qdq(onnx_file)
-            say(f"building the TensorRT engine of {g['name']} ({'int8 + ' if int8 else ''}fp16)")
-            engine = build_engine(onnx_file, tmp / "tensorrt" / f"{g['name']}.engine", profiles(g["name"], shape), int8=int8)
-            rows.append({**{k: v for k, v in g.items() if k not in ("quantization", "extra_files")}, "backend": "tensorrt",
-                         "file": engine.relative_to(tmp).as_posix(), "sha256": sha256_file(engine), "extra_files": {},
-                         "precision": engine_precision(True, int8)})
-            bar.advance(1, note=g["name"])
-    return rows
 
 
 def _val_samples(calib, val, root, n_val):
@@ -236,7 +221,7 @@ def _section(src, spec, target, calibration: Calibration | None, graphs, entries
             "excluded": {k: list(v) for k, v in excluded.items() if v}}
 
 
-def _write_manifest(src, tmp: Path, graphs: list[dict], section: dict, engines: list[dict] = ()) -> None:
+def _write_manifest(src, tmp: Path, graphs: list[dict], section: dict) -> None:
     for g in graphs:  # sizes of what is on disk now
         row = section["sizes"][g["name"]]
         row["bytes"] = _size(tmp, g)
@@ -245,7 +230,7 @@ def _write_manifest(src, tmp: Path, graphs: list[dict], section: dict, engines: 
     after = sum(r["bytes"] for k, r in section["sizes"].items() if k != "total")
     section["sizes"]["total"] = {"fp32_bytes": before, "bytes": after, "ratio": round(after / max(before, 1), 4)}
     manifest = src.manifest.model_dump(mode="json")
-    manifest["graphs"] = graphs + list(engines)
+    manifest["graphs"] = graphs
     manifest["parity"] = {}  # fp32 parity no longer describes these graphs; quantization.guard does
     manifest["quantization"] = section
     manifest["provenance"] = {**manifest["provenance"], "quantized_by": f"tiercel {__version__}"}

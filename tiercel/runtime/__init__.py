@@ -47,6 +47,8 @@ def load(bundle: str | Path, backend: str = "onnxruntime", device: str | None = 
     b = read_bundle(bundle)
     entries = b.entries(backend)
     b.verify(entries.values())
+    if spec.check is not None:
+        spec.check(b, entries)
     if io_binding is None:
         io_binding = spec.bound and device.lower() not in ("cpu",)
     elif io_binding and not spec.bound:

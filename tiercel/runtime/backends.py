@@ -40,6 +40,7 @@ class BackendSpec:
     bound: bool = False  # its sessions have run_bound/to_device/take_rows (KV cache kept on the device)
     opens: str = "bundle"  # what it runs: a bundle's graphs, or a PyTorch "checkpoint" directory (torch)
     help: str = ""  # one line for CLI help and docs
+    check: Callable = None  # (bundle, entries) -> None: refuses graphs this machine cannot run, before any opens
 
 
 # onnxruntime's type strings of the float inputs a feed may need casting to
@@ -147,6 +148,12 @@ def _public_name(port) -> str:
     return next((n for n in names if not n.startswith("/")), names[0])
 
 
+def _check_engines(bundle, entries):
+    from tiercel.runtime.tensorrt import check_engines
+
+    check_engines(bundle, entries)
+
+
 def _tensorrt_session(file: Path, device: str = "cuda", threads: int | None = None, options: dict | None = None):
     from tiercel.runtime.tensorrt import TensorRTSession  # numpy-only module; tensorrt is imported when opened
 
@@ -162,7 +169,8 @@ BACKENDS: dict[str, BackendSpec] = {
     "openvino": BackendSpec("openvino", "openvino", "openvino", ".xml", ("CPU", "GPU", "NPU", "AUTO"),
                             ("fp32", "fp16", "int8", "int4"), True, OpenVinoSession, help="OpenVINO IR"),
     "tensorrt": BackendSpec("tensorrt", "tensorrt", "tensorrt", ".engine", ("cuda",), ("fp16", "int8"), True,
-                            _tensorrt_session, bound=True, help="TensorRT engines (NVIDIA GPU)"),
+                            _tensorrt_session, bound=True, help="TensorRT engines (NVIDIA GPU)",
+                            check=_check_engines),
     "torch": BackendSpec("torch", "torch", "train", "", ("cpu", "cuda"), ("fp32", "fp16", "bf16"), True,
                          opens="checkpoint", help="a checkpoint directory in PyTorch (CUDA graphs on a GPU)"),
 }

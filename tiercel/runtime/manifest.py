@@ -94,6 +94,20 @@ class _Part(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
 
+class EngineInfo(_Part):
+    """Where a TensorRT engine was built, and how: an engine runs only on the TensorRT version and GPU that
+    built it (tiercel.runtime.tensorrt.check_engines compares these with the machine that loads it)."""
+
+    tensorrt: str
+    gpu: str
+    compute_capability: str
+    max_batch: _Count  # rows of the text graphs' profiles (the vision graph's: vision_batch)
+    vision_batch: _Count
+    profiles: _Count
+    built: str = ""  # ISO date
+    parity: dict = {}  # against the ONNX graph it was built from (tiercel.export.tensorrt.engine_parity)
+
+
 class GraphEntry(_Part):
     name: str
     backend: str
@@ -104,6 +118,7 @@ class GraphEntry(_Part):
     inputs: list[str] = []
     outputs: list[str] = []
     quantization: dict | None = None  # quantize: the leaf scheme, its layers and the ones kept back
+    engine: EngineInfo | None = None  # TensorRT engines: where they were built
 
 
 class TokenizerEntry(_Part):

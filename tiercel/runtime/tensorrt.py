@@ -1,23 +1,31 @@
-"""TensorRT engines (.engine files written by `tiercel export --backend tensorrt`) as runtime sessions.
+"""TensorRT engines (.engine files written by `tiercel engines` or `tiercel export --backend tensorrt`) as sessions.
 
-    m = tiercel.runtime.load("bundle/", backend="tensorrt")     # NVIDIA GPU, tensorrt >= 10, cuda-python
+    m = tiercel.runtime.load("bundle/", backend="tensorrt")     # NVIDIA GPU, TensorRT 10.3 .. 11.x, cuda-python
 
-One TensorRTSession per engine: it deserialises the engine, and per call sets every input's shape
-(`set_input_shape`), binds device addresses (`set_tensor_address`), runs `execute_async_v3` on one CUDA stream
-that all sessions of the process share (so a tensor one engine writes is ready for the next), and copies the
-outputs the caller wants on the host back. Host inputs go through per-input staging buffers that grow and are
-reused; outputs named in `keep` get fresh device buffers that stay on the GPU as DeviceArray (the KV cache
-between decode steps; model.py's BoundKVDecoder) and are freed stream-ordered when dropped.
+One TensorRTSession per engine: it deserialises the engine, and per call picks the optimisation profile that
+fits the call's shapes best (one for a single row, one for batches; `set_optimization_profile_async`), sets every
+input's shape (`set_input_shape`), binds device addresses (`set_tensor_address`), runs `execute_async_v3` on one
+CUDA stream that all sessions of the process share (so a tensor one engine writes is ready for the next), and
+copies the outputs the caller wants on the host back. A call with more rows than any profile takes is split into
+chunks of rows that fit, and the chunks' outputs are joined (on the device for outputs that stay there). Host
+inputs go through per-input staging buffers that grow and are reused; outputs named in `keep` get fresh device
+buffers that stay on the GPU as DeviceArray (the KV cache between decode steps; model.py's BoundKVDecoder) and
+are freed stream-ordered when dropped.
 
-The planning (dtype table, shape checks against the engine's optimisation profile, buffer sizes) is plain
-Python and tested on CPU. Everything that touches tensorrt or CUDA was written against the TensorRT 10 and
-cuda-python APIs and has NOT been run: no GPU was available where it was written (see docs/export.md, "TensorRT").
+Engines run only on the TensorRT version and GPU that built them: `check_engines` compares what the manifest
+records for each engine (tiercel.export.tensorrt) with this machine before any engine is read.
+
+The planning (dtype table, profile choice, chunk sizes, buffer sizes, version range) is plain Python and tested
+on CPU; the rest is tested through tests/fake_tensorrt.py, a stand-in for tensorrt and cuda.bindings that runs
+each engine's ONNX graph with onnxruntime. Written against the TensorRT 10.3 and 11 and cuda-python 12/13 APIs;
+it has NOT run on a GPU (none was available where it was written; see docs/export.md, "TensorRT").
 Knows nothing about what the graphs compute, nor about torch.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,36 +37,110 @@ from tiercel.errors import BundleError, MissingDependency, require
 TRT_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "UINT8": np.uint8, "INT32": np.int32,
               "INT64": np.int64, "BOOL": np.bool_}
 MIN_BUFFER = 256  # bytes; also gives empty tensors (the merged decoder's first past) a valid address
+# The TensorRT releases tiercel builds and runs engines with: 10.3 (JetPack 6 on Orin) up to 11.x. Strongly typed
+# networks and the name-based tensor API exist in all of them; 12 is refused until someone checks it.
+TENSORRT_RANGE = ((10, 3), (12, 0))
+
+
+def check_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string; BundleError outside TENSORRT_RANGE."""
+    found = re.match(r"(\d+)\.(\d+)", str(version))
+    (lo, hi), got = TENSORRT_RANGE, (int(found[1]), int(found[2])) if found else None
+    if got is None or not lo <= got < hi:
+        raise BundleError(f"TensorRT {version} is not supported: tiercel builds and runs engines with TensorRT "
+                          f"{lo[0]}.{lo[1]} up to {hi[0] - 1}.x; install one of those (JetPack 6 ships 10.3)")
+    return got
+
+
+def import_tensorrt(why: str = "the tensorrt backend"):
+    """The tensorrt module, its version checked (MissingDependency without it, BundleError outside the range)."""
+    trt = require("tensorrt", "tensorrt", why)
+    check_version(getattr(trt, "__version__", "unknown"))
+    return trt
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One engine I/O tensor: name, direction, numpy dtype, and (inputs) the profile's min/max shapes."""
+    """One engine I/O tensor: name, direction, numpy dtype, and (inputs) each profile's (min, opt, max) shapes."""
 
     name: str
     is_input: bool
     dtype: np.dtype
-    min_shape: tuple[int, ...] | None = None
-    max_shape: tuple[int, ...] | None = None
+    profiles: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = ()
+
+    def batched(self) -> bool:
+        """Whether axis 0 is a dynamic batch axis (the profiles' min and max differ there)."""
+        return bool(self.profiles) and any(lo[:1] != hi[:1] for lo, _, hi in self.profiles)
 
 
 def numpy_dtype(trt_name: str, where: str = "engine") -> np.dtype:
     """The numpy dtype of a TensorRT DataType name ("FLOAT", "HALF", ...); BundleError for others."""
     if trt_name not in TRT_DTYPES:
         raise BundleError(f"{where}: I/O tensor type {trt_name} is not supported by tiercel's runtime "
-                          f"(supported: {', '.join(TRT_DTYPES)}); rebuild the engine with `tiercel export --backend tensorrt`")
+                          f"(supported: {', '.join(TRT_DTYPES)}); rebuild the engines with `tiercel engines BUNDLE`")
     return np.dtype(TRT_DTYPES[trt_name])
 
 
-def check_shape(where: str, spec: TensorSpec, shape: tuple[int, ...]) -> None:
-    """BundleError when `shape` does not fit input `spec`'s optimisation profile (rank or any dimension)."""
-    lo, hi = spec.min_shape, spec.max_shape
-    if lo is None or hi is None:
+def _fits(shape, lo, hi) -> bool:
+    return len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi))
+
+
+def check_shape(where: str, spec: TensorSpec, shape: tuple[int, ...], profile: int = 0) -> None:
+    """BundleError when `shape` does not fit input `spec`'s optimisation profile `profile` (rank or any dimension)."""
+    if not spec.profiles:
         return
-    if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
+    lo, _, hi = spec.profiles[profile]
+    if not _fits(shape, lo, hi):
         raise BundleError(f"{where}: input {spec.name} has shape {tuple(shape)}, outside the engine's profile "
-                          f"(min {tuple(lo)}, max {tuple(hi)}); use a smaller batch/prompt/max_new_tokens or rebuild "
-                          "the engines with larger limits (tiercel.export.tensorrt.profiles)")
+                          f"(min {tuple(lo)}, max {tuple(hi)}); use a shorter prompt or fewer max_new_tokens, or "
+                          "rebuild the engines with larger limits (`tiercel engines BUNDLE --max-batch N`)")
+
+
+def plan_call(where: str, inputs: list[TensorSpec], shapes: dict[str, tuple[int, ...]]) -> tuple[int, int | None]:
+    """(profile, rows per run) for a call with these input shapes.
+
+    rows is None when the call runs whole. Among the profiles that take the call whole, the one whose opt batch
+    is nearest the call's batch (in ratio) wins, so one row runs on the kernels chosen for one row. When none
+    takes the whole batch but one takes fewer rows of it, the call is split into runs of the most rows a profile
+    takes. Otherwise BundleError names the first input that fits no profile.
+    """
+    count = len(inputs[0].profiles) if inputs and inputs[0].profiles else 0
+    if count == 0:
+        return 0, None
+    batched = [s for s in inputs if s.batched()]
+    batch = shapes[batched[0].name][0] if batched and shapes[batched[0].name] else None
+
+    def fits(k: int, rows: int | None) -> bool:
+        for s in inputs:
+            shape = shapes[s.name]
+            if rows is not None and s in batched:
+                shape = (rows, *shape[1:])
+            lo, _, hi = s.profiles[k]
+            if not _fits(shape, lo, hi):
+                return False
+        return True
+
+    def nearness(k: int) -> float:
+        opt = batched[0].profiles[k][1][0] if batched else 1
+        return abs(math.log(max(batch or 1, 1) / max(opt, 1)))
+
+    whole = [k for k in range(count) if fits(k, None)]
+    if whole:
+        return min(whole, key=lambda k: (nearness(k), k)), None
+    if batch and any(shapes[s.name][:1] != (batch,) for s in batched):
+        raise BundleError(f"{where}: the batched inputs disagree on the batch size "
+                          f"({', '.join(f'{s.name} {shapes[s.name][0]}' for s in batched)})")
+    if batch and batch > 1:
+        caps = {k: min(s.profiles[k][2][0] for s in batched) for k in range(count)}
+        split = [k for k in range(count) if 1 <= caps[k] < batch and fits(k, caps[k])]
+        if split:
+            k = max(split, key=lambda k: (caps[k], -k))
+            return k, caps[k]
+    last = count - 1
+    for s in inputs:
+        check_shape(where, s, shapes[s.name], last)
+    raise BundleError(f"{where}: no optimisation profile takes these input shapes; rebuild the engines with "
+                      "`tiercel engines BUNDLE`")
 
 
 def nbytes(shape, dtype) -> int:
@@ -121,15 +203,66 @@ class Cuda:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self.call(self.rt.cudaMemcpyAsync(array.ctypes.data, ptr, array.nbytes, kind, self.stream))
 
+    def copy(self, dst: int, src: int, size: int) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        self.call(self.rt.cudaMemcpyAsync(dst, src, size, kind, self.stream))
+
     def sync(self) -> None:
         self.call(self.rt.cudaStreamSynchronize(self.stream))
 
+    def device(self) -> dict:
+        """{"gpu": name, "compute_capability": "major.minor"} of the current CUDA device."""
+        props = self.call(self.rt.cudaGetDeviceProperties(self.call(self.rt.cudaGetDevice())))
+        name = props.name
+        name = (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).split("\x00")[0].strip()
+        return {"gpu": name, "compute_capability": f"{props.major}.{props.minor}"}
+
+
+def device_info() -> dict:
+    """What engines are tied to on this machine: {"tensorrt": version, "gpu": name, "compute_capability": "8.7"}."""
+    trt = import_tensorrt()
+    return {"tensorrt": str(trt.__version__), **Cuda.shared().device()}
+
+
+def engine_mismatch(built: dict, here: dict) -> str | None:
+    """What differs between where an engine was built and this machine ("TensorRT 10.3.0 vs 11.4.0"), or None."""
+    diffs = [f"{label} {built.get(key)} vs {here.get(key)}" for key, label in
+             (("tensorrt", "TensorRT"), ("gpu", "GPU"), ("compute_capability", "compute capability"))
+             if built.get(key) != here.get(key)]
+    return "; ".join(diffs) or None
+
+
+def check_engines(bundle, entries: dict) -> None:
+    """BundleError (one line) when an engine of `entries` was built for another TensorRT or GPU than this one.
+
+    Engines without a record of where they were built (written before tiercel recorded it) are opened as they
+    are; TensorRT itself then refuses a foreign one (TensorRTSession says to rebuild).
+    """
+    recorded = {name: e.engine for name, e in entries.items() if getattr(e, "engine", None) is not None}
+    if not recorded:
+        return
+    here = device_info()
+    for name, engine in recorded.items():
+        why = engine_mismatch(engine.model_dump(), here)
+        if why:
+            raise BundleError(f"{bundle.root / entries[name].file}: built for another machine ({why}); engines run "
+                              f"only where they were built: rebuild them here with `tiercel engines {bundle.root}`")
+
 
 class DeviceArray:
-    """A tensor in GPU memory: pointer, shape, dtype. Freed (stream-ordered) when the last reference goes."""
+    """A tensor in GPU memory: pointer, shape, dtype. Freed (stream-ordered) when the last reference goes.
 
-    def __init__(self, cuda: Cuda, shape, dtype, size: int | None = None):
+    `rows(start, stop)` is a view of rows start..stop of axis 0 (contiguous memory: the same buffer at an
+    offset); a view frees nothing and keeps its parent alive.
+    """
+
+    def __init__(self, cuda: Cuda, shape, dtype, size: int | None = None, view_of: tuple | None = None):
         self.cuda, self.shape, self.dtype = cuda, tuple(int(d) for d in shape), np.dtype(dtype)
+        if view_of is not None:
+            self.parent, offset = view_of
+            self.ptr, self.size = self.parent.ptr + offset, nbytes(self.shape, self.dtype)
+            return
+        self.parent = None
         self.size = max(MIN_BUFFER, size if size is not None else nbytes(self.shape, self.dtype))
         self.ptr = cuda.malloc(self.size)
 
@@ -141,6 +274,10 @@ class DeviceArray:
         cuda.sync()  # the host array may go away as soon as we return
         return out
 
+    def rows(self, start: int, stop: int) -> DeviceArray:
+        row = nbytes(self.shape[1:], self.dtype)
+        return DeviceArray(self.cuda, (stop - start, *self.shape[1:]), self.dtype, view_of=(self, start * row))
+
     def numpy(self) -> np.ndarray:
         host = np.empty(self.shape, self.dtype)
         self.cuda.download(host, self.ptr)
@@ -148,25 +285,39 @@ class DeviceArray:
         return host
 
     def __del__(self):
+        if getattr(self, "parent", True) is not None:  # a view, or __init__ failed before allocating
+            return
         try:
             self.cuda.free(self.ptr)
         except Exception:  # interpreter shutdown: CUDA may already be gone
             pass
 
 
+def join_rows(cuda: Cuda, parts: list[DeviceArray]) -> DeviceArray:
+    """One DeviceArray holding `parts` one after another on axis 0 (device-to-device copies)."""
+    out = DeviceArray(cuda, (sum(p.shape[0] for p in parts), *parts[0].shape[1:]), parts[0].dtype)
+    offset = 0
+    for p in parts:
+        size = nbytes(p.shape, p.dtype)
+        cuda.copy(out.ptr + offset, p.ptr, size)
+        offset += size
+    return out
+
+
 class TensorRTSession:
     """One deserialised engine with an execution context; the session interface of backends.py."""
 
     def __init__(self, file: Path, device: str = "cuda", threads: int | None = None, options: dict | None = None):
-        trt = require("tensorrt", "tensorrt", "the tensorrt backend")
+        trt = import_tensorrt()
         self.cuda, self.where = Cuda.shared(), str(file)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(file).read_bytes())
         if self.engine is None:
             raise BundleError(f"{file}: TensorRT cannot load this engine (engines are tied to the TensorRT version and "
-                              "GPU that built them); rebuild it here with `tiercel export --backend tensorrt`")
+                              "GPU that built them); rebuild it here with `tiercel engines BUNDLE`")
         self.context = self.engine.create_execution_context()
+        self.profile = 0  # a new context starts on profile 0
         specs = [self._spec(trt, self.engine.get_tensor_name(i)) for i in range(self.engine.num_io_tensors)]
         self.inputs = [s for s in specs if s.is_input]
         self.outputs = [s for s in specs if not s.is_input]
@@ -179,8 +330,8 @@ class TensorRTSession:
         dtype = numpy_dtype(self.engine.get_tensor_dtype(name).name, self.where)
         if not is_input:
             return TensorSpec(name, False, dtype)
-        lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
-        return TensorSpec(name, True, dtype, tuple(lo), tuple(hi))
+        shapes = [self.engine.get_tensor_profile_shape(name, k) for k in range(self.engine.num_optimization_profiles)]
+        return TensorSpec(name, True, dtype, tuple(tuple(tuple(int(d) for d in s) for s in level) for level in shapes))
 
     def _stage(self, key: str, size: int) -> DeviceArray:
         """A reusable device buffer of at least `size` bytes (safe: every run ends with a stream sync)."""
@@ -193,7 +344,36 @@ class TensorRTSession:
         return self.run_bound(feeds, keep=())
 
     def run_bound(self, feeds: dict, keep=()) -> dict:
-        """Run once; `feeds` are numpy arrays or DeviceArrays, outputs in `keep` stay DeviceArrays."""
+        """Run once; `feeds` are numpy arrays or DeviceArrays, outputs in `keep` stay DeviceArrays.
+
+        A batch larger than every profile runs in chunks of rows (plan_call) whose outputs are joined."""
+        shapes = {s.name: tuple(feeds[s.name].shape) for s in self.inputs}
+        profile, rows = plan_call(self.where, self.inputs, shapes)
+        if profile != self.profile:
+            if not self.context.set_optimization_profile_async(profile, self.cuda.handle):
+                raise BundleError(f"{self.where}: TensorRT cannot switch to optimisation profile {profile}")
+            self.profile = profile
+        if rows is None:
+            return self._run(feeds, keep)
+        batched = {s.name for s in self.inputs if s.batched()}
+        batch = shapes[next(iter(batched))][0]
+        parts = []
+        for start in range(0, batch, rows):
+            stop = min(start + rows, batch)
+            chunk = {n: (v.rows(start, stop) if isinstance(v, DeviceArray) else np.asarray(v)[start:stop])
+                     if n in batched else v for n, v in feeds.items()}
+            parts.append(self._run(chunk, keep))
+        out = {}
+        for name in self.output_names:
+            pieces = [p[name] for p in parts]
+            if any(p.shape[:1] != (min(rows, batch - i * rows),) for i, p in enumerate(pieces)):
+                raise BundleError(f"{self.where}: output {name} has no batch axis to join the chunks on; rebuild the "
+                                  "engines with a larger --max-batch")
+            out[name] = join_rows(self.cuda, pieces) if name in keep else np.concatenate(pieces)
+        self.cuda.sync()  # the chunks' buffers are freed once the joins have read them
+        return out
+
+    def _run(self, feeds: dict, keep) -> dict:
         hold = []  # host arrays stay alive until the stream is synchronised
         for spec in self.inputs:
             value = feeds[spec.name]
@@ -204,8 +384,9 @@ class TensorRTSession:
                 ptr, shape = self._stage(spec.name, array.nbytes).ptr, array.shape
                 self.cuda.upload(ptr, array)
                 hold.append(array)
-            check_shape(self.where, spec, shape)
-            self.context.set_input_shape(spec.name, shape)
+            check_shape(self.where, spec, shape, self.profile)
+            if not self.context.set_input_shape(spec.name, shape):
+                raise BundleError(f"{self.where}: TensorRT refused shape {tuple(shape)} for input {spec.name}")
             self.context.set_tensor_address(spec.name, ptr)
         out, host = {}, []
         for spec in self.outputs:
