@@ -2,12 +2,18 @@
 # The prepared GPU check of issue 9, for a CUDA machine that can fetch nothing. From the repository root:
 #
 #     bash benchmarks/gpu_check.sh torch          # needs nothing carried: eager vs torch_static vs torch_graphs on
-#                                                 # florence2-base and -large + the graph tests (~2 min on an H200)
+#                                                 # florence2-base and -large, eager again in a fresh process each,
+#                                                 # + the graph tests (~2 min on an H200 before the fresh eager runs)
 #     bash benchmarks/gpu_check.sh stage          # copy carried package parts to /tmp/parts; start exporting the
 #                                                 # florence2-base/-large fp16 bundles in the background (setsid)
 #     bash benchmarks/gpu_check.sh run [--large]  # stage, install the packages, benchmarks/gpu.py, GPU-marked tests
 #     bash benchmarks/gpu_check.sh eval CKPT DATA # `tiercel eval CKPT` on cpu (fp32) and on cuda (fp16, CUDA graphs):
 #                                                 # the user's command on a GPU; compares the two predictions
+#
+# The device's copy of the tree has no .git: start the call's command with GIT_COMMIT=<hash> GIT_DIRTY=0|1 (the
+# literal values, from the sending checkout) and gpu.py records them as the commit. gpu.py also records the GPU's
+# clocks, power and temperature, a 1 GiB device copy's bandwidth (both at start and end) and the library versions;
+# a path that fails is recorded in its preset's `failed` and the other paths finish.
 #
 # A session with one device lease: call 1 `torch; stage` carrying part aa, calls 2-3 `stage` carrying ab and ac
 # (seconds each: start the next at once, the machine goes back after 30 s idle), call 4 `run --large` (worst
@@ -86,8 +92,10 @@ run() {
   cp /tmp/export.log "$OUT/" 2>/dev/null
   presets=(--preset florence2-base)
   [ "${1:-}" = "--large" ] && presets=("${PRESETS[@]}")
-  # gpu.py writes its JSON after each preset, so a cut-off large run keeps base; the torch paths ran in `torch`
-  timeout 360 $PY benchmarks/gpu.py --reuse --work $WORK --paths eager,ort,ort_bound,tensorrt "${presets[@]}" --runs 5 --all-runs 5 2>&1 | tee "$OUT/bench.log"
+  # gpu.py writes its JSON after each preset, so a cut-off large run keeps base; the torch paths ran in `torch`,
+  # and so did eager in a fresh process (--no-fresh-eager here: onnxruntime's first rounds leave no time for it)
+  timeout 360 $PY benchmarks/gpu.py --reuse --work $WORK --paths eager,ort,ort_bound,tensorrt "${presets[@]}" --runs 5 --all-runs 5 \
+    --no-fresh-eager 2>&1 | tee "$OUT/bench.log"
   cp benchmarks/results/gpu_*.json "$OUT/" 2>/dev/null
   # GPU-marked tests (onnxruntime CUDA + I/O binding, fp16 bundles on cuda, TensorRT engines, gpu.py on tiny)
   timeout 100 $PY -m pytest -q -m gpu tests/gpu -rs --tb=short -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
@@ -96,7 +104,8 @@ run() {
 
 torch_only() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/env_torch.txt"
-  timeout 300 $PY benchmarks/gpu.py --paths eager,torch_static,torch_graphs,torch_graphs_split "${PRESETS[@]}" --runs 5 --all-runs 5 \
+  # 420 s: ~2 min measured before eager's fresh-process runs, which add a process start and a model build per preset
+  timeout 420 $PY benchmarks/gpu.py --paths eager,torch_static,torch_graphs,torch_graphs_split "${PRESETS[@]}" --runs 5 --all-runs 5 \
     --out "$OUT/gpu_torch.json" 2>&1 | grep -v Warning | tee "$OUT/bench_torch.log"
   timeout 90 $PY -m pytest -q -m gpu tests/gpu -k "cuda_graph or device_preprocess" -rs -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/tests_torch.log"
 }

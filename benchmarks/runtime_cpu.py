@@ -195,28 +195,55 @@ def timed(m, fn) -> tuple[float, dict]:
     return seconds, breakdown(events)
 
 
-def stage_rounds(paths: dict, image: np.ndarray, task: str, runs: int, log, now=time.perf_counter) -> dict:
+def one_round(live: dict, call, where: str, log, failed: dict | None = None) -> dict:
+    """call(m) for each path in `live`, in order: {path: result}.
+
+    With `failed` given, a path other than eager whose call raises goes into it ({path: "Type: message"}) and out of
+    `live`, and the others go on; without it the error ends the run, and so does eager's (the baseline)."""
+    got = {}
+    for name, m in list(live.items()):
+        try:
+            got[name] = call(m)
+        except Exception as exc:  # noqa: BLE001 - one path's failure must not cost the others' numbers
+            if failed is None:
+                raise
+            if name == "eager":
+                raise RuntimeError(f"eager, the baseline every path is compared with, failed in {where}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            del live[name]
+            log(f"{name} failed in {where} and leaves the run: {failed[name]}")
+    return got
+
+
+def stage_rounds(paths: dict, image: np.ndarray, task: str, runs: int, log, now=time.perf_counter,
+                 failed: dict | None = None) -> dict:
     """One warm-up and `runs` timed interleaved rounds of `run(image, task)`; per path a summary.
 
-    `now`: the stage clock (benchmarks/gpu.py passes one that synchronises the GPU first)."""
+    `now`: the stage clock (benchmarks/gpu.py passes one that synchronises the GPU first). `failed`: see one_round;
+    a path that fails leaves the later rounds and has no summary."""
     gen = forced_generation(NEW_TOKENS, 1)
     extra = task_inputs(task, (image.shape[1], image.shape[0]))
-    rows = {name: [] for name in paths}
+    live, rows = dict(paths), {name: [] for name in paths}
     ids = {name: keep_ids(m) for name, m in paths.items()}
     for m in paths.values():
         m.timer = StageTimer(clock=now)
-    for i in range(1 + runs):
-        for name, m in paths.items():
-            rows[name].append(timed(m, lambda: m.run(image, task, **extra, **gen)))
-        log(f"stage round {i}/{runs}{' (warm-up)' if i == 0 else ''}: "
-            + ", ".join(f"{n} {r[-1][0]:.2f} s" for n, r in rows.items()))
-    for m in paths.values():
-        m.timer = None
+    try:
+        for i in range(1 + runs):
+            got = one_round(live, lambda m: timed(m, lambda: m.run(image, task, **extra, **gen)), f"stage round {i}",
+                            log, failed)
+            for name, row in got.items():
+                rows[name].append(row)
+            log(f"stage round {i}/{runs}{' (warm-up)' if i == 0 else ''}: "
+                + ", ".join(f"{n} {row[0]:.2f} s" for n, row in got.items()))
+    finally:
+        for m in paths.values():
+            m.timer = None
     want, out = ids["eager"]["ids"][0], {}
-    for name, r in rows.items():
+    for name in live:
         got = ids[name]["ids"][0]
         same = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-        out[name] = {**summarise(r[1:]), "tokens_generated": len(got), "same_tokens_as_eager": got == want,
+        out[name] = {**summarise(rows[name][1:]), "tokens_generated": len(got), "same_tokens_as_eager": got == want,
                      "leading_tokens_equal_to_eager": same}
     return out
 
@@ -230,6 +257,7 @@ def summarise(rows: list[tuple[float, dict]]) -> dict:
     order = ("preprocess", "vision", "encoder", "first_token", "decode_token", "decode_token_mean", "generate_overhead",
              "postprocess", "end_to_end")
     return {"stages_ms": {s: stages[s] for s in order}, "end_to_end_ms_per_run": [1000 * s for s, _ in rows],
+            "decode_token_ms_per_run": [ms(b["decode_token"]) for _, b in rows],  # each round's median step
             "decode_steps_per_run": len(rows[0][1]["decode_token"]), "first_token_steps_per_run": 1}
 
 
