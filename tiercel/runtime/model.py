@@ -4,6 +4,7 @@
     r = m.run(image, task="REG_DET_HBB", text="airplane")
     rs = m.run_all(image, ["IMG_CAP", "IMG_CLS"])                 # one vision pass, prompts batched
     rs = m.run_all(before, ["IMG_CAP", "PIX_CHG"], image2=after)  # PIX_CHG joins the batch
+    s = m.run_scene("scene.tif", "REG_DET_HBB", text="ship")      # tiled, merged (tiercel.runtime.scene)
 
 Pipeline: preprocess -> vision_encoder -> embed_tokens(prompt) with the image features in the `<image>` slots
 -> encoder_model -> decoder with KV cache (generate.py) -> tokenizer -> tiercel.tasks parser. Knows nothing
@@ -294,3 +295,12 @@ class Model:
         ids = self.generate_ids(features, prompts, rows=rows, **generation)
         with self._stage("postprocess"):
             return {s.tag: s.parse(self.tokenizer.decode(i), image_size=size, dialect=self.dialect) for s, i in zip(specs, ids)}
+
+    def run_scene(self, source, task: str, text: str | None = None, region=None, tile: int = 768, overlap: int = 128,
+                  batch: int = 4, bands=None, scale=None, source2=None, **generation):
+        """Run a task on a scene of any size, tiled (tiercel.runtime.scene.run_scene): -> SceneResult whose
+        `result` is in scene pixels, merged across tile borders, and whose `tiles` hold each tile's answer."""
+        from tiercel.runtime.scene import run_scene
+
+        return run_scene(self, source, task, text=text, region=region, tile=tile, overlap=overlap, batch=batch,
+                         bands=bands, scale=scale, source2=source2, **generation)
