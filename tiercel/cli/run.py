@@ -25,6 +25,14 @@ def run(
     all_tasks: bool = typer.Option(False, "--all", help="Run every task the inputs allow in one batch (PIX_CHG too when --image2 is given)."),
     num_beams: int = typer.Option(None, min=1, max=MAX_BEAMS, help="Beams (default: the bundle's setting)."),
     max_new_tokens: int = typer.Option(None, min=1, help="Generated tokens at most (default: the bundle's setting)."),
+    tile: int = typer.Option(None, "--tile", help="Tile a large scene (GeoTIFF or image) into windows of this many pixels and merge the answers (docs/scenes.md)."),
+    overlap: int = typer.Option(None, "--overlap", help="Pixels shared by neighbouring tiles (with --tile; default 128)."),
+    batch: int = typer.Option(None, "--batch", help="Tiles per vision/generation call (with --tile; default 4)."),
+    bands: str = typer.Option(None, "--bands", help="Bands as R,G,B, 1-based as in GDAL, e.g. 3,2,1 (with --tile; default: the first three)."),
+    scale: str = typer.Option(None, "--scale", help="To 8 bits: minmax, percentile:2,98, fixed:LOW,HIGH or none (with --tile; default minmax for non-8-bit data)."),
+    geojson: Path = typer.Option(None, "--geojson", help="Also write the merged answer as GeoJSON features (with --tile)."),
+    to_wgs84: bool = typer.Option(False, "--to-wgs84", help="GeoJSON in WGS84 lon/lat instead of the scene's CRS."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a --geojson file tiercel did not write."),
 ):
     """Run a bundle on an image and print the typed result(s) as JSON."""
     from tiercel.data.images import load_image
@@ -32,6 +40,16 @@ def run(
 
     if not all_tasks and not task:
         raise ConfigError("--task: required unless --all is given (e.g. --task IMG_CAP)")
+    scene = {"overlap": overlap, "batch": batch, "bands": bands, "scale": scale, "geojson": geojson,
+             "to_wgs84": to_wgs84 or None, "overwrite": overwrite or None}
+    if tile is not None or any(v is not None for v in scene.values()):
+        from tiercel.cli.tiled import run_tiled
+
+        gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
+        out = run_tiled(bundle, image, image2, task, text, _region(region), tile, all_tasks, backend, device, option,
+                        gen, **scene)
+        typer.echo(json.dumps(out, indent=2))
+        return
     region_value = _region(region)
     img = load_image(image)
     _check_region(region_value, task, all_tasks, (img.shape[1], img.shape[0]))  # before the model loads
