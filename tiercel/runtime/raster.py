@@ -20,6 +20,7 @@ fixed before the first tile is read. Knows nothing about models, tasks or tiling
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ from tiercel.errors import ConfigError, DataError, require
 
 GDAL_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 STATS_SIDE = 1024  # long side of the overview the scaling statistics come from
+# GDAL's block cache defaults to 5% of the machine's memory: reading every tile of an 8192 x 8192 4-band uint16
+# scene then peaked at 666 MB RSS on a 24 GB machine, against 278 MB with 128 MB (3.5 s against 3.0 s for the
+# reads). 128 MB holds the blocks of a row of 768 px tiles of a 16k-wide 4-band uint16 scene. $GDAL_CACHEMAX wins.
+GDAL_CACHE = 128 << 20  # bytes: rasterio passes an int to GDALSetCacheMax64
 
 
 @dataclass(frozen=True)
@@ -145,11 +150,14 @@ class GeoRaster(Raster):
 
     def __init__(self, path: Path, bands=None, scale: Scale | None = None):
         rasterio = require("rasterio", "geo", f"{path}: reading a GeoTIFF")
+        self._env = rasterio.Env(**({} if os.environ.get("GDAL_CACHEMAX") else {"GDAL_CACHEMAX": GDAL_CACHE}))
+        self._env.__enter__()  # left in close(): the cache bound holds for every read of this raster
         try:
             with warnings.catch_warnings():  # no georeference is fine: pixel coordinates, said by the caller
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                 self.ds = rasterio.open(path)
         except rasterio.errors.RasterioError as err:
+            self._env.__exit__(None, None, None)
             raise DataError(f"{path}: cannot read raster ({_reason(err)})") from None
         self.path, self.width, self.height, self.count = path, self.ds.width, self.ds.height, self.ds.count
         self.bands = self._check_bands(bands)
@@ -209,6 +217,7 @@ class GeoRaster(Raster):
 
     def close(self) -> None:
         self.ds.close()
+        self._env.__exit__(None, None, None)
 
 
 def open_raster(path: str | Path, bands=None, scale=None) -> Raster:
