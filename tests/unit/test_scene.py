@@ -253,3 +253,19 @@ def test_cli_tiles_a_scene_and_writes_geojson(bundle, tmp_path, capsys):
     assert err.startswith("error: --tile/--overlap: needs tile > overlap") and "\n" not in err
     assert main([*args, "--geojson", str(out)]) == 1  # scene options need --tile
     assert "only with --tile" in capsys.readouterr().err
+
+
+def test_a_pytorch_predictor_runs_scenes_too(tiny_model, tiny_tokenizer, tmp_path):
+    from PIL import Image
+
+    from tiercel.models.predict import TorchPredictor
+
+    png = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (100, 150, 3), dtype=np.uint8)).save(png)
+    p, gen = TorchPredictor(tiny_model, tiny_tokenizer), {"num_beams": 1, "max_new_tokens": 6}
+    s = p.run_scene(png, "REG_DET_HBB", text="ship", tile=64, overlap=16, batch=3, **gen)
+    assert len(s.tiles) == 6 and s.crs is None
+    rgb = np.asarray(Image.open(png))
+    t = s.tiles[4].tile
+    assert s.tiles[4].result.raw == p.run(rgb[t.y:t.y + t.h, t.x:t.x + t.w], "REG_DET_HBB", text="ship", **gen).raw
+    assert p.run_scene(png, "IMG_CAP", tile=64, overlap=16, **gen).tiles[0].tile.id == "overview"
