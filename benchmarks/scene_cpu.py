@@ -116,7 +116,6 @@ def merge_accuracy(path: Path, objects: list[dict]) -> dict:
                 "objects": len(boxes), "tiles": len(s.tiles), "per_tile_boxes": len(naive.boxes),
                 "merged_boxes": len(s.result.boxes), f"per_tile_{key}": per_tile[key], f"merged_scene_{key}": merged[key],
                 f"unmerged_scene_{key}": unmerged[key], "seconds_read_and_merge": seconds}
-            row = out[f"{cls}/{'noisy' if noisy else 'exact'}"]
             print(f"merge {cls:8s} {'noisy' if noisy else 'exact'}: {len(boxes)} objects, {len(naive.boxes)} tile boxes -> "
                   f"{len(s.result.boxes)} merged; {key} per tile {per_tile[key]:.3f}, merged scene {merged[key]:.3f}, "
                   f"unmerged {unmerged[key]:.3f}", flush=True)
@@ -138,7 +137,8 @@ def bundle(preset: str) -> Path:
     tok = train_bpe(["Detect all vehicle in the image.", "A parking lot with cars."] * 50, vocab_size=300)
     model = build(preset, seed=0, image_token_id=tok.image_id, vocab_size=max(get_preset(preset).vocab_size, len(tok)))
     fp32 = export_model(model, tok, WORK / "bundles" / f"{preset}-fp32", parity=False, overwrite=True)
-    return quantize_bundle(fp32, out, "int8-dynamic", n_val=0, overwrite=True)
+    quantize_bundle(fp32, out, "int8-dynamic", n_val=0, overwrite=True)
+    return out
 
 
 def measure(bundle_path: Path, scene: Path, tokens: int) -> dict:
