@@ -68,12 +68,12 @@ class ResultsFile:
 
     def __init__(self, path: str | Path, overwrite: bool = False, option: str = "--out"):
         self.path = Path(path)
-        self.lines, cut = read_results(self.path, option)  # refuses a file tiercel did not write, --overwrite or not
+        check_output_file(self.path, option, example="results.jsonl")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+b")
+        self.file = open(self.path, "a+b")  # changes nothing in a file that is there, ours or not
         try:
             _lock(self.file, self.path, option)
-            self.lines, cut = read_results(self.path, option)  # again under the lock: another run may have appended
+            self.lines, cut = read_results(self.path, option)  # under the lock; refuses a file tiercel did not write
             if overwrite:
                 self.lines, cut = [], 0
             if cut is not None:
