@@ -46,6 +46,28 @@ def test_a_folder_through_the_tiny_bundle_matches_single_runs_and_a_bad_file_exi
     assert json.loads(capsys.readouterr().out)["skipped"] == 3
 
 
+def test_a_folder_of_scenes_is_tiled_through_the_answer_hook(bundle, tmp_path):
+    """The per-image step of run_folder takes Model.run_scene: each scene tiled, a corrupt one an error line."""
+    pytest.importorskip("rasterio")
+    import tiercel.runtime as rt
+    from tiercel.runtime.folder import run_folder
+
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "c.tif").write_bytes(b"not a raster")
+    model, out = rt.load(bundle), tmp_path / "scenes.jsonl"
+
+    def tiled(m, path):
+        return m.run_scene(path, "REG_DET_HBB", text="ship", tile=128, overlap=16, max_new_tokens=4).to_dict()
+
+    summary = run_folder(model, str(tmp_path / "*.*"), out, task="REG_DET_HBB", text="ship", load=lambda p: p, answer=tiled)
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (summary.done, summary.failed) == (2, 1)
+    assert [line["result"] for line in got[:2]] == [tiled(model, str(tmp_path / f"{n}.png")) for n in "ab"]
+    assert got[2]["error"].startswith(f"{tmp_path / 'c.tif'}: cannot read")
+
+
 def test_ctrl_c_exits_130_and_leaves_the_lines_written(monkeypatch, photos, tmp_path, capsys):
     import tiercel.evaluate
 
@@ -66,6 +88,7 @@ def test_ctrl_c_exits_130_and_leaves_the_lines_written(monkeypatch, photos, tmp_
     (["--out", "{tmp}/notes.txt"], "--out {tmp}/notes.txt: line 1 is not a tiercel result "
      '({"image": ..., "task": ..., "result" or "error": ...}), so tiercel does not append to it; choose another path'),
     ([], "--out: --images and --out go together (e.g. --images photos/ --out results.jsonl)"),
+    (["--tile", "768", "--out", "{tmp}/a.jsonl"], "--tile: not with --images; tile one scene at a time with --image"),
 ])
 def test_bad_folder_arguments_are_one_line_before_the_model_loads(photos, tmp_path, capsys, extra, message):
     (tmp_path / "notes.txt").write_text("mine\n")
