@@ -14,7 +14,7 @@ from tiercel.runtime.backends import backends_help
 @app.command()
 def run(
     bundle: Path = typer.Argument(..., help="Bundle directory written by `tiercel export`, or a checkpoint directory (PyTorch; CUDA graphs with --device cuda)."),
-    image: Path = typer.Option(..., "--image", help="Image file (grayscale, RGBA and 16-bit are converted)."),
+    image: Path = typer.Option(None, "--image", help="Image file (grayscale, RGBA and 16-bit are converted)."),
     image2: Path = typer.Option(None, "--image2", help="Second image ('after'), for PIX_CHG only."),
     task: str = typer.Option(None, "--task", help="Task tag, e.g. IMG_CAP or REG_DET_HBB."),
     text: str = typer.Option(None, "--text", help="Class, question or description for tasks that need one."),
@@ -32,12 +32,28 @@ def run(
     scale: str = typer.Option(None, "--scale", help="To 8 bits: minmax, percentile:2,98, fixed:LOW,HIGH or none (with --tile; default minmax for non-8-bit data)."),
     geojson: Path = typer.Option(None, "--geojson", help="Also write the merged answer as GeoJSON features (with --tile)."),
     to_wgs84: bool = typer.Option(False, "--to-wgs84", help="GeoJSON in WGS84 lon/lat instead of the scene's CRS."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a --geojson file tiercel did not write."),
+    images: str = typer.Option(None, "--images", help="A folder of images, or a glob pattern ('photos/**/*.jpg'), instead of --image: one JSON line per image in --out."),
+    jsonl: Path = typer.Option(None, "--out", help="Results file (JSONL) for --images; a rerun skips the images already answered in it."),
+    recursive: bool = typer.Option(False, "--recursive", help="With --images DIR: its subfolders too."),
+    prefetch: int = typer.Option(4, "--prefetch", min=0, max=256, help="With --images: images decoded ahead while the model runs (0: none)."),
+    retry_errors: bool = typer.Option(True, "--retry-errors/--no-retry-errors", help="With --images: answer again the images --out records as unreadable."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a --geojson file tiercel did not write; with --images, start --out afresh (only a tiercel results file is replaced)."),
 ):
     """Run a bundle on an image and print the typed result(s) as JSON."""
     from tiercel.data.images import load_image
     from tiercel.errors import ConfigError
 
+    if images is not None or jsonl is not None:
+        if image is not None or image2 is not None or region is not None:
+            raise ConfigError("--images: runs a folder; drop --image, --image2 and --region (or run one image with --image)")
+        scene = {"--tile": tile, "--overlap": overlap, "--batch": batch, "--bands": bands, "--scale": scale,
+                 "--geojson": geojson, "--to-wgs84": to_wgs84 or None}
+        if given := next((k for k, v in scene.items() if v is not None), None):
+            raise ConfigError(f"{given}: not with --images; tile one scene at a time with --image")
+        return _run_images(bundle, images, jsonl, task, text, all_tasks, recursive, prefetch, retry_errors, overwrite,
+                           open_args=(backend, device, option), num_beams=num_beams, max_new_tokens=max_new_tokens)
+    if image is None:
+        raise ConfigError("--image or --images: give one (an image file, or a folder or glob pattern of images)")
     if not all_tasks and not task:
         raise ConfigError("--task: required unless --all is given (e.g. --task IMG_CAP)")
     scene = {"overlap": overlap, "batch": batch, "bands": bands, "scale": scale, "geojson": geojson,
@@ -69,6 +85,35 @@ def run(
     else:
         out = m.run(img, task=task, text=text, region=region_value, image2=img2, **gen).to_dict()
     typer.echo(json.dumps(out, indent=2))
+
+
+SOME_FAILED = 3  # --images: every image was tried, some could not be read (error lines in --out)
+
+
+def _run_images(bundle: Path, images: str | None, out: Path | None, task, text, all_tasks: bool, recursive: bool,
+                prefetch: int, retry_errors: bool, overwrite: bool, open_args: tuple, **gen) -> None:
+    """`--images`: every image of a folder or pattern into --out (tiercel.runtime.folder); a summary on stdout."""
+    from tiercel.errors import ConfigError
+    from tiercel.evaluate import open_predictor
+    from tiercel.runtime.backends import parse_options
+    from tiercel.runtime.folder import folder_tags, list_images, run_folder
+    from tiercel.runtime.jsonl import read_results
+
+    if images is None or out is None:
+        raise ConfigError(f"{'--out' if out is None else '--images'}: --images and --out go together "
+                          "(e.g. --images photos/ --out results.jsonl)")
+    paths = list_images(images, recursive)  # every check before the model loads
+    folder_tags(task, text, all_tasks)
+    read_results(out)
+    backend, device, option = open_args
+    m = open_predictor(bundle, backend=backend, device=device, options=parse_options(option))
+    summary = run_folder(m, paths, out, task, text, all_tasks, prefetch=prefetch, retry_errors=retry_errors,
+                         overwrite=overwrite, **gen)
+    typer.echo(json.dumps(summary.to_dict()))
+    if summary.failed:
+        typer.echo(f"warning: {summary.failed} of {summary.images} images could not be read; each is an error line "
+                   f"in {out}", err=True)
+        raise typer.Exit(SOME_FAILED)
 
 
 def _region(value: str | None):
