@@ -18,7 +18,8 @@ georeferenced GeoTIFF, with every object known. Three parts, all in one run:
    quantized int8-dynamic (no calibration data needed), run on the whole scene (REG_DET_HBB, tiles of 768 with
    128 px overlap, batches of 4 tiles, exactly `--tokens` generated tokens per tile, one onnxruntime thread: a
    training run holds the other core), each in a fresh process so its peak RSS is its own; the 2,048 px scene
-   runs too, to show that memory does not grow with the raster. Rounds interleave the runs; medians.
+   runs too, to show that memory does not grow with the raster (peak RSS is the child's VmHWM). Rounds interleave
+   the runs; medians.
 3. ESTIMATES per scene on the Jetson devices of tiercel.runtime.profile.devices: tiles x the estimated time of one
    tile (vision + text encoder + first token + (tokens - 1) decode steps, one row), with that module's formula.
 
@@ -31,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -166,7 +166,14 @@ def measure(bundle_path: Path, scene: Path, tokens: int) -> dict:
     return {"seconds": seconds, "tiles": len(s.tiles), "tiles_per_s": len(s.tiles) / seconds,
             "vision_s": spent["vision"], "generate_s": spent["generate"],
             "other_s": seconds - spent["vision"] - spent["generate"],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux keeps that across exec, so a child
+    started by a parent that had built and quantized models would report the parent's peak."""
+    line = next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def child(bundle_path: Path, scene: Path, tokens: int) -> dict:

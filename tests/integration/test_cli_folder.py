@@ -68,6 +68,25 @@ def test_a_folder_of_scenes_is_tiled_through_the_answer_hook(bundle, tmp_path):
     assert got[2]["error"].startswith(f"{tmp_path / 'c.tif'}: cannot read")
 
 
+def test_a_folder_of_scenes_from_the_cli_is_tiled(bundle, tmp_path, capsys):
+    """--images with --tile: every scene in tiles, each line what Model.run_scene gives for that scene."""
+    pytest.importorskip("rasterio")
+    import tiercel.runtime as rt
+
+    rng = np.random.default_rng(2)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    out = tmp_path / "scenes.jsonl"
+    assert main(["run", str(bundle), "--images", str(tmp_path / "*.png"), "--task", "REG_DET_HBB", "--text", "ship",
+                 "--tile", "128", "--overlap", "16", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["done"] == 2
+    model = rt.load(bundle)
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    want = [model.run_scene(str(tmp_path / f"{n}.png"), "REG_DET_HBB", text="ship", tile=128, overlap=16,
+                            max_new_tokens=4).to_dict() for n in "ab"]
+    assert [line["result"] for line in got] == want and want[0]["scene"]["tiles"] == 6  # 3 columns x 2 rows
+
+
 def test_ctrl_c_exits_130_and_leaves_the_lines_written(monkeypatch, photos, tmp_path, capsys):
     import tiercel.evaluate
 
@@ -88,7 +107,11 @@ def test_ctrl_c_exits_130_and_leaves_the_lines_written(monkeypatch, photos, tmp_
     (["--out", "{tmp}/notes.txt"], "--out {tmp}/notes.txt: line 1 is not a tiercel result "
      '({"image": ..., "task": ..., "result" or "error": ...}), so tiercel does not append to it; choose another path'),
     ([], "--out: --images and --out go together (e.g. --images photos/ --out results.jsonl)"),
-    (["--tile", "768", "--out", "{tmp}/a.jsonl"], "--tile: not with --images; tile one scene at a time with --image"),
+    (["--geojson", "{tmp}/a.geojson", "--tile", "768", "--out", "{tmp}/a.jsonl"],
+     "--geojson: not with --images (one GeoJSON per scene: run each with --image)"),
+    (["--overlap", "64", "--out", "{tmp}/a.jsonl"], "--overlap: only with --tile (tiled scenes); add e.g. --tile 768"),
+    (["--tile", "64", "--overlap", "64", "--out", "{tmp}/a.jsonl"],
+     "--tile/--overlap: needs tile > overlap >= 0 (got tile 64, overlap 64); e.g. --tile 768 --overlap 128"),
 ])
 def test_bad_folder_arguments_are_one_line_before_the_model_loads(photos, tmp_path, capsys, extra, message):
     (tmp_path / "notes.txt").write_text("mine\n")

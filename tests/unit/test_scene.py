@@ -215,10 +215,10 @@ def test_geojson_replaces_only_its_own_files(tmp_path):
     write_geojson(out, s, to_wgs84=True)  # its own file: replaced
     foreign = tmp_path / "mine.geojson"
     foreign.write_text('{"type": "FeatureCollection", "features": []}')
-    with pytest.raises(TiercelError, match="not written by tiercel"):
+    with pytest.raises(TiercelError, match=r"mine.geojson: exists and was not written by tiercel, so it is not "
+                                           r"replaced; choose another path$"):
         write_geojson(foreign, s)
-    write_geojson(foreign, s, overwrite=True)
-    assert json.loads(foreign.read_text())["tiercel"]["task"] == "REG_DET_HBB"
+    assert foreign.read_text() == '{"type": "FeatureCollection", "features": []}'  # untouched
 
 
 def test_real_model_tiles_in_batches_as_per_window_runs(bundle, tmp_path):

@@ -37,7 +37,7 @@ def run(
     recursive: bool = typer.Option(False, "--recursive", help="With --images DIR: its subfolders too."),
     prefetch: int = typer.Option(4, "--prefetch", min=0, max=256, help="With --images: images decoded ahead while the model runs (0: none)."),
     retry_errors: bool = typer.Option(True, "--retry-errors/--no-retry-errors", help="With --images: answer again the images --out records as unreadable."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a --geojson file tiercel did not write; with --images, start --out afresh (only a tiercel results file is replaced)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="With --images: start --out afresh (only a tiercel results file is replaced)."),
 ):
     """Run a bundle on an image and print the typed result(s) as JSON."""
     from tiercel.data.images import load_image
@@ -46,18 +46,22 @@ def run(
     if images is not None or jsonl is not None:
         if image is not None or image2 is not None or region is not None:
             raise ConfigError("--images: runs a folder; drop --image, --image2 and --region (or run one image with --image)")
-        scene = {"--tile": tile, "--overlap": overlap, "--batch": batch, "--bands": bands, "--scale": scale,
-                 "--geojson": geojson, "--to-wgs84": to_wgs84 or None}
-        if given := next((k for k, v in scene.items() if v is not None), None):
-            raise ConfigError(f"{given}: not with --images; tile one scene at a time with --image")
+        if given := next((k for k, v in {"--geojson": geojson, "--to-wgs84": to_wgs84 or None}.items() if v), None):
+            raise ConfigError(f"{given}: not with --images (one GeoJSON per scene: run each with --image)")
+        tiled = {"tile": tile, "overlap": overlap, "batch": batch, "bands": bands, "scale": scale}
+        if tile is None and (given := next((k for k, v in tiled.items() if v is not None), None)):
+            raise ConfigError(f"--{given}: only with --tile (tiled scenes); add e.g. --tile 768")
         return _run_images(bundle, images, jsonl, task, text, all_tasks, recursive, prefetch, retry_errors, overwrite,
-                           open_args=(backend, device, option), num_beams=num_beams, max_new_tokens=max_new_tokens)
+                           open_args=(backend, device, option), tiled=tiled if tile is not None else None,
+                           num_beams=num_beams, max_new_tokens=max_new_tokens)
     if image is None:
         raise ConfigError("--image or --images: give one (an image file, or a folder or glob pattern of images)")
+    if overwrite:
+        raise ConfigError("--overwrite: only with --images (a --geojson file tiercel wrote is replaced without it)")
     if not all_tasks and not task:
         raise ConfigError("--task: required unless --all is given (e.g. --task IMG_CAP)")
     scene = {"overlap": overlap, "batch": batch, "bands": bands, "scale": scale, "geojson": geojson,
-             "to_wgs84": to_wgs84 or None, "overwrite": overwrite or None}
+             "to_wgs84": to_wgs84 or None}
     if tile is not None or any(v is not None for v in scene.values()):
         from tiercel.cli.tiled import run_tiled
 
@@ -91,8 +95,10 @@ SOME_FAILED = 3  # --images: every image was tried, some could not be read (erro
 
 
 def _run_images(bundle: Path, images: str | None, out: Path | None, task, text, all_tasks: bool, recursive: bool,
-                prefetch: int, retry_errors: bool, overwrite: bool, open_args: tuple, **gen) -> None:
-    """`--images`: every image of a folder or pattern into --out (tiercel.runtime.folder); a summary on stdout."""
+                prefetch: int, retry_errors: bool, overwrite: bool, open_args: tuple, tiled: dict | None = None,
+                **gen) -> None:
+    """`--images`: every image of a folder or pattern into --out (tiercel.runtime.folder); a summary on stdout.
+    `tiled` ({tile, overlap, batch, bands, scale}): each image is a scene run in tiles (Model.run_scene)."""
     from tiercel.errors import ConfigError
     from tiercel.evaluate import open_predictor
     from tiercel.runtime.backends import parse_options
@@ -105,15 +111,36 @@ def _run_images(bundle: Path, images: str | None, out: Path | None, task, text, 
     paths = list_images(images, recursive)  # every check before the model loads
     folder_tags(task, text, all_tasks)
     read_results(out)
+    step = {}
+    if tiled is not None:  # each scene is read window by window inside run_scene: nothing to decode ahead
+        step = _scene_step(tiled, task, text, all_tasks, gen)
     backend, device, option = open_args
     m = open_predictor(bundle, backend=backend, device=device, options=parse_options(option))
     summary = run_folder(m, paths, out, task, text, all_tasks, prefetch=prefetch, retry_errors=retry_errors,
-                         overwrite=overwrite, **gen)
+                         overwrite=overwrite, **step, **gen)
     typer.echo(json.dumps(summary.to_dict()))
     if summary.failed:
         typer.echo(f"warning: {summary.failed} of {summary.images} images could not be read; each is an error line "
                    f"in {out}", err=True)
         raise typer.Exit(SOME_FAILED)
+
+
+def _scene_step(tiled: dict, task, text, all_tasks: bool, gen: dict) -> dict:
+    """run_folder's load/answer for a folder of scenes, every option checked before the model loads."""
+    from tiercel.cli.tiled import DEFAULT_BATCH, DEFAULT_OVERLAP
+    from tiercel.errors import ConfigError
+    from tiercel.runtime.raster import parse_bands, parse_scale
+    from tiercel.runtime.scene import check_tiling
+
+    if all_tasks:
+        raise ConfigError("--all: not with --tile; run one --task per scene")
+    opts = {"tile": tiled["tile"], "overlap": DEFAULT_OVERLAP if tiled["overlap"] is None else tiled["overlap"],
+            "batch": DEFAULT_BATCH if tiled["batch"] is None else tiled["batch"],
+            "bands": parse_bands(tiled["bands"]), "scale": parse_scale(tiled["scale"])}
+    check_tiling(opts["tile"], opts["overlap"], opts["batch"])
+    generation = {k: v for k, v in gen.items() if v is not None}
+    return {"load": lambda path: path,
+            "answer": lambda model, path: model.run_scene(path, task, text=text, **opts, **generation).to_dict()}
 
 
 def _region(value: str | None):

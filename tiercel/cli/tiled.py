@@ -17,13 +17,13 @@ DEFAULT_OVERLAP, DEFAULT_BATCH = 128, 4
 def run_tiled(bundle: Path, image: Path, image2: Path | None, task: str | None, text: str | None, region, tile: int | None,
               all_tasks: bool, backend: str, device: str | None, option: list[str], generation: dict,
               overlap: int | None = None, batch: int | None = None, bands: str | None = None, scale: str | None = None,
-              geojson: Path | None = None, to_wgs84: bool | None = None, overwrite: bool | None = None) -> dict:
+              geojson: Path | None = None, to_wgs84: bool | None = None) -> dict:
     """Check the scene options, run the scene and write the GeoJSON; -> the JSON `tiercel run` prints."""
     from tiercel.runtime.raster import parse_bands, parse_scale
     from tiercel.runtime.scene import check_tiling
 
     given = {"--overlap": overlap, "--batch": batch, "--bands": bands, "--scale": scale, "--geojson": geojson,
-             "--to-wgs84": to_wgs84, "--overwrite": overwrite}
+             "--to-wgs84": to_wgs84}
     if tile is None:
         name = next(k for k, v in given.items() if v is not None)
         raise ConfigError(f"{name}: only with --tile (tiled scenes); add e.g. --tile 768")
@@ -38,7 +38,7 @@ def run_tiled(bundle: Path, image: Path, image2: Path | None, task: str | None, 
     if geojson is not None:
         from tiercel.runtime.geojson import check_geojson_output
 
-        check_geojson_output(geojson, bool(overwrite))
+        check_geojson_output(geojson)
     from tiercel.evaluate import open_predictor
     from tiercel.runtime.backends import parse_options
     from tiercel.runtime.scene import run_scene
@@ -50,7 +50,7 @@ def run_tiled(bundle: Path, image: Path, image2: Path | None, task: str | None, 
     if geojson is not None:
         from tiercel.runtime.geojson import write_geojson
 
-        write_geojson(geojson, scene, to_wgs84=bool(to_wgs84), overwrite=bool(overwrite))
+        write_geojson(geojson, scene, to_wgs84=bool(to_wgs84))
     if scene.crs is None:
         print(f"note: {image} has no CRS; coordinates are scene pixels", file=sys.stderr)
     return scene.to_dict()

@@ -12,8 +12,9 @@ Features: one per merged object (boxes, quads, polygons; IMG_CT's counted boxes)
 tasks) or the scene's footprint (whole-image tasks). Properties: task, class (the --text), tile ids; the answer
 for label/caption tasks. There is no score: Falcon gives none (the `support` property counts supporting tiles).
 
-The file's first member after `type` is `tiercel`, which marks it as tiercel's: a later run replaces such a file,
-any other file only with --overwrite. Written atomically (tiercel.fileio). Knows nothing about models.
+The file's first member after `type` is `tiercel`, which marks it as tiercel's: a later run replaces such a file
+and never any other (tiercel never deletes what it did not write). Written atomically (tiercel.fileio). Knows
+nothing about models.
 """
 
 from __future__ import annotations
@@ -106,15 +107,15 @@ def _lists(value):
     return [_lists(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
 
 
-def check_geojson_output(path: str | Path, overwrite: bool = False) -> Path:
-    """Before the work: TiercelError unless `path` can be written: absent, written by tiercel, or --overwrite."""
+def check_geojson_output(path: str | Path) -> Path:
+    """Before the work: TiercelError unless `path` can be written: absent, or a file tiercel wrote."""
     from tiercel.fileio import check_output_file
 
     path = Path(path)
     check_output_file(path, "--geojson", example="out.geojson")
-    if path.exists() and not overwrite and not _ours(path):
-        raise TiercelError(f"--geojson {path}: exists and was not written by tiercel; choose another path or pass "
-                           "--overwrite")
+    if path.exists() and not _ours(path):
+        raise TiercelError(f"--geojson {path}: exists and was not written by tiercel, so it is not replaced; choose "
+                           "another path")
     return path
 
 
@@ -128,9 +129,9 @@ def _ours(path: Path) -> bool:
     return head.lstrip().startswith('{"type": "FeatureCollection", "tiercel": {')
 
 
-def write_geojson(path: str | Path, scene, to_wgs84: bool = False, overwrite: bool = False) -> Path:
+def write_geojson(path: str | Path, scene, to_wgs84: bool = False) -> Path:
     """Write the scene's FeatureCollection to `path` atomically (see check_geojson_output for what it replaces)."""
     from tiercel.fileio import atomic_write_text
 
-    path = check_geojson_output(path, overwrite)
+    path = check_geojson_output(path)
     return atomic_write_text(path, json.dumps(feature_collection(scene, to_wgs84)) + "\n")
