@@ -141,13 +141,15 @@ def bundle(preset: str) -> Path:
     return out
 
 
-def measure(bundle_path: Path, scene: Path, tokens: int) -> dict:
-    """In this (fresh) process: the whole scene through the bundle; seconds, vision/decode split, peak RSS."""
+def measure(bundle_path: Path, scene: Path, tokens: int, batch: int = BATCH) -> dict:
+    """In this (fresh) process: the whole scene through the bundle; seconds, vision/decode split, RSS after
+    loading the bundle and peak RSS."""
     import tiercel.runtime as rt
     from tiercel.runtime.profile import forced_generation
     from tiercel.runtime.scene import run_scene
 
     m = rt.load(bundle_path, threads=1)
+    loaded = rss_mb("VmRSS")
     gen = forced_generation(tokens, 1)
     spent = {"vision": 0.0, "generate": 0.0}
 
@@ -161,24 +163,24 @@ def measure(bundle_path: Path, scene: Path, tokens: int) -> dict:
         return [m.tokenizer.decode(i) for i in ids]
 
     t0 = time.perf_counter()
-    s = run_scene(m, scene, "REG_DET_HBB", text="vehicle", tile=TILE, overlap=OVERLAP, batch=BATCH, predict=predict)
+    s = run_scene(m, scene, "REG_DET_HBB", text="vehicle", tile=TILE, overlap=OVERLAP, batch=batch, predict=predict)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "tiles": len(s.tiles), "tiles_per_s": len(s.tiles) / seconds,
             "vision_s": spent["vision"], "generate_s": spent["generate"],
             "other_s": seconds - spent["vision"] - spent["generate"],
-            "peak_rss_mb": peak_rss_mb()}
+            "batch": batch, "rss_after_load_mb": loaded, "peak_rss_mb": rss_mb("VmHWM")}
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux keeps that across exec, so a child
+def rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process. Not ru_maxrss: Linux keeps that across exec, so a child
     started by a parent that had built and quantized models would report the parent's peak."""
-    line = next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+    line = next(ln for ln in open("/proc/self/status") if ln.startswith(f"{field}:"))
     return int(line.split()[1]) / 1024
 
 
-def child(bundle_path: Path, scene: Path, tokens: int) -> dict:
+def child(bundle_path: Path, scene: Path, tokens: int, batch: int = BATCH) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, __file__, "--measure", str(bundle_path), str(scene), str(tokens)],
+    proc = subprocess.run([sys.executable, __file__, "--measure", str(bundle_path), str(scene), str(tokens), str(batch)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
@@ -207,10 +209,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=32, help="generated tokens per tile (forced: no early eos)")
     ap.add_argument("--quick", action="store_true", help="--size 2048 --presets tiercel-nano --rounds 1")
-    ap.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)  # BUNDLE SCENE TOKENS: one run in this process
+    ap.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)  # BUNDLE SCENE TOKENS BATCH: one run here
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(Path(args.measure[0]), Path(args.measure[1]), int(args.measure[2]))))
+        print(json.dumps(measure(Path(args.measure[0]), Path(args.measure[1]), int(args.measure[2]), int(args.measure[3]))))
         return
     if args.quick:
         args.size, args.presets, args.rounds = 2048, "tiercel-nano", 1
@@ -232,21 +234,23 @@ def main() -> None:
     result["merge"] = merge_accuracy(big, objects)
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     bundles = {p: bundle(p) for p in presets}
-    runs = {f"{p}@{s}": [] for p in presets for s in sizes}
+    # batch 4 on every scene size; batch 1 on the smallest too (how much of the peak is the batch's activations)
+    plan = [(p, s, BATCH) for p in presets for s in sizes] + [(p, sizes[0], 1) for p in presets]
+    runs = {f"{p}@{s}" + ("" if b == BATCH else f"/batch{b}"): [] for p, s, b in plan}
     for r in range(args.rounds):
-        for p in presets:
-            for s in sizes:
-                row = child(bundles[p], scenes[s], args.tokens)
-                runs[f"{p}@{s}"].append(row)
-                print(f"round {r + 1}/{args.rounds} {p} {s} px: " + (row.get("error") or
-                      f"{row['tiles']} tiles in {row['seconds']:.1f} s ({row['tiles_per_s']:.2f} tiles/s), "
-                      f"vision {row['vision_s']:.1f} s, generate {row['generate_s']:.1f} s, RSS {row['peak_rss_mb']:.0f} MB"),
-                      flush=True)
+        for p, s, b in plan:
+            row = child(bundles[p], scenes[s], args.tokens, b)
+            runs[f"{p}@{s}" + ("" if b == BATCH else f"/batch{b}")].append(row)
+            print(f"round {r + 1}/{args.rounds} {p} {s} px batch {b}: " + (row.get("error") or
+                  f"{row['tiles']} tiles in {row['seconds']:.1f} s ({row['tiles_per_s']:.2f} tiles/s), "
+                  f"vision {row['vision_s']:.1f} s, generate {row['generate_s']:.1f} s, RSS after load "
+                  f"{row['rss_after_load_mb']:.0f} MB, peak {row['peak_rss_mb']:.0f} MB"),
+                  flush=True)
     result["speed"] = {}
     for key, rows in runs.items():
         ok = [r for r in rows if "error" not in r]
         summary = {k: statistics.median(r[k] for r in ok) for k in ("seconds", "tiles_per_s", "vision_s", "generate_s",
-                                                                    "other_s", "peak_rss_mb")} if ok else {}
+                                                                    "other_s", "rss_after_load_mb", "peak_rss_mb")} if ok else {}
         result["speed"][key] = {**summary, "tiles": ok[0]["tiles"] if ok else None, "runs": rows}
     tiles = next((v["tiles"] for k, v in result["speed"].items() if k.endswith(f"@{args.size}") and v["tiles"]), None)
     result["jetson_estimates"] = {p: estimates(bundles[p], tiles, args.tokens) for p in presets} if tiles else {}
