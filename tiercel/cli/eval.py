@@ -33,6 +33,7 @@ def eval_cmd(
     option: list[str] = BACKEND_OPTION,
     num_beams: int = typer.Option(None, "--num-beams", min=1, max=MAX_BEAMS, help="Beams (default: the model's setting)."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="Generated tokens at most (default: the model's setting)."),
+    constrained: bool = typer.Option(True, "--constrained/--no-constrained", help="Decode every answer under its task's grammar (docs/runtime.md); --no-constrained decodes freely."),
     batch: bool = typer.Option(True, "--batch/--no-batch", help="Batch consecutive records on one image through run_all."),
     json_out: Path = typer.Option(None, "--json", help="Write all metrics, counts and every prediction as JSON here."),
     examples: Path = typer.Option(None, "--examples", help="Write qualitative PNGs (one per task) into this folder."),
@@ -61,7 +62,8 @@ def eval_cmd(
     console = Console(highlight=False, width=None if Console().is_terminal else 160)
     predictor = open_predictor(model, backend=backend, device=device, threads=threads,
                                options=parse_options(option))
-    generation = {k: v for k, v in {"num_beams": num_beams, "max_new_tokens": max_new_tokens}.items() if v is not None}
+    generation = {k: v for k, v in {"num_beams": num_beams, "max_new_tokens": max_new_tokens,
+                                    "constrained": None if constrained else False}.items() if v is not None}
     report = evaluate(predictor, data, root, tags, limit, generation, examples=1 if examples else 0,
                       batch=batch, keep_predictions=json_out is not None, protocol=protocol)  # progress: stderr
     console.print(_table(report, model, data))

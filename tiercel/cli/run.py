@@ -25,6 +25,7 @@ def run(
     all_tasks: bool = typer.Option(False, "--all", help="Run every task the inputs allow in one batch (PIX_CHG too when --image2 is given)."),
     num_beams: int = typer.Option(None, min=1, max=MAX_BEAMS, help="Beams (default: the bundle's setting)."),
     max_new_tokens: int = typer.Option(None, min=1, help="Generated tokens at most (default: the bundle's setting)."),
+    constrained: bool = typer.Option(True, "--constrained/--no-constrained", help="Decode every answer under its task's grammar, so it always parses (docs/runtime.md); --no-constrained decodes freely."),
     tile: int = typer.Option(None, "--tile", help="Tile a large scene (GeoTIFF or image) into windows of this many pixels and merge the answers (docs/scenes.md)."),
     overlap: int = typer.Option(None, "--overlap", help="Pixels shared by neighbouring tiles (with --tile; default 128)."),
     batch: int = typer.Option(None, "--batch", help="Tiles per vision/generation call (with --tile; default 4)."),
@@ -53,7 +54,7 @@ def run(
             raise ConfigError(f"--{given}: only with --tile (tiled scenes); add e.g. --tile 768")
         return _run_images(bundle, images, jsonl, task, text, all_tasks, recursive, prefetch, retry_errors, overwrite,
                            open_args=(backend, device, option), tiled=tiled if tile is not None else None,
-                           num_beams=num_beams, max_new_tokens=max_new_tokens)
+                           num_beams=num_beams, max_new_tokens=max_new_tokens, **_unconstrained(constrained))
     if image is None:
         raise ConfigError("--image or --images: give one (an image file, or a folder or glob pattern of images)")
     if overwrite:
@@ -65,7 +66,7 @@ def run(
     if tile is not None or any(v is not None for v in scene.values()):
         from tiercel.cli.tiled import run_tiled
 
-        gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
+        gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, **_unconstrained(constrained)}
         out = run_tiled(bundle, image, image2, task, text, _region(region), tile, all_tasks, backend, device, option,
                         gen, **scene)
         typer.echo(json.dumps(out, indent=2))
@@ -78,7 +79,7 @@ def run(
     from tiercel.runtime.backends import parse_options
 
     m = open_predictor(bundle, backend=backend, device=device, options=parse_options(option))
-    gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
+    gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, **_unconstrained(constrained)}
     if all_tasks:
         from tiercel import tasks
 
@@ -89,6 +90,11 @@ def run(
     else:
         out = m.run(img, task=task, text=text, region=region_value, image2=img2, **gen).to_dict()
     typer.echo(json.dumps(out, indent=2))
+
+
+def _unconstrained(constrained: bool) -> dict:
+    """The generation keyword for --no-constrained ({} by default: constrained is the runtime's default)."""
+    return {} if constrained else {"constrained": False}
 
 
 SOME_FAILED = 3  # --images: every image was tried, some could not be read (error lines in --out)

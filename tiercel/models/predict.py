@@ -7,7 +7,7 @@
 It is a tiercel.runtime Model whose two graph-backed stages are replaced: the vision tower runs in torch, and
 generation is transformers' `generate` (from the runtime's prompt ids, with the image features in the
 `<image>` slots) with the settings a bundle exported from this model would carry
-(tiercel.export.bundle.generation_settings). Everything else (numpy preprocessing, prompts, tokenizer
+(tiercel.export.bundle.generation_settings), and the runtime's answer grammar through GrammarProcessor. Everything else (numpy preprocessing, prompts, tokenizer
 decoding, parsing, batching in run_all) is the runtime's own code.
 """
 
@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from tiercel.errors import require
 from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD, match_preset
-from tiercel.runtime.generate import GenerationConfig
+from tiercel.runtime.generate import GenerationConfig, forced_token, process
 from tiercel.runtime.manifest import model_entry, preprocessing
 from tiercel.runtime.model import Model
 
@@ -33,6 +34,31 @@ def hf_generation_kwargs(cfg: GenerationConfig) -> dict:
             "forced_eos_token_id": cfg.forced_eos_token_id, "decoder_start_token_id": cfg.decoder_start_token_id,
             "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id,
             "length_penalty": cfg.length_penalty, "early_stopping": cfg.early_stopping}
+
+
+class GrammarProcessor:
+    """A transformers LogitsProcessor that applies the runtime's grammar mask (tiercel.runtime.constrain) and
+    no-repeat n-gram ban, as generate.process does, so the torch path decodes under the same grammar as a bundle.
+
+    transformers runs a processor passed to `generate` after its own, forced bos/eos included; this one does
+    nothing at those forced steps, which gives the scores generate.process gives (n-gram, grammar, then forced).
+    Rows are item-major (row // num_beams is the item), as in the runtime's beam search.
+    """
+
+    def __init__(self, constraint, cfg: GenerationConfig):
+        self.constraint, self.cfg = constraint, cfg
+        self.plain = replace(cfg, forced_bos_token_id=None, forced_eos_token_id=None)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        seqs = input_ids.detach().cpu().numpy()
+        if forced_token(seqs.shape[1], self.cfg) is not None:
+            self.constraint.states(seqs, np.arange(len(seqs)) // self.cfg.num_beams)  # keep the row states going
+            return scores
+        items = np.arange(len(seqs)) // self.cfg.num_beams
+        out = process(scores.detach().float().cpu().numpy().copy(), seqs, self.plain, self.constraint, items)
+        return torch.from_numpy(out).to(device=scores.device, dtype=scores.dtype)
 
 
 def _until_eos(seq: list[int], eos: int) -> list[int]:
@@ -209,14 +235,21 @@ class TorchPredictor(Model):
             return self.model.model.language_model.encoder(inputs_embeds=embeds, attention_mask=mask)
 
     def generate_ids(self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None,
-                     **overrides) -> list[list[int]]:
-        """Generated ids per prompt (after the decoder start, up to and including eos), via transformers."""
+                     tasks_: list[str] | None = None, constrained: bool = True, **overrides) -> list[list[int]]:
+        """Generated ids per prompt (after the decoder start, up to and including eos), via transformers; with
+        `tasks_` and `constrained` each answer follows its task's grammar (GrammarProcessor, the runtime's mask)."""
         torch, cfg = self.torch, self.generation.with_overrides(**overrides)
         self.check_new_tokens(cfg)
         ids, mask = self._prompt_batch(features, prompts)
+        kwargs = hf_generation_kwargs(cfg)
+        constraint = self.constraint(tasks_, cfg, constrained)
+        if constraint is not None:
+            from transformers import LogitsProcessorList
+
+            # the processor bans repeated n-grams itself: it lifts the ban where the grammar would be left nothing
+            kwargs.update(no_repeat_ngram_size=None, logits_processor=LogitsProcessorList([GrammarProcessor(constraint, cfg)]))
         with torch.no_grad():
             encoded = self._encode(features, ids, mask, rows)
             with self._stage("generate"), self._timed_steps(), _quiet_if_forced(cfg):
-                out = self.model.generate(input_ids=ids, attention_mask=mask, encoder_outputs=encoded,
-                                          **hf_generation_kwargs(cfg))
+                out = self.model.generate(input_ids=ids, attention_mask=mask, encoder_outputs=encoded, **kwargs)
         return [_until_eos(seq[1:], cfg.eos_token_id) for seq in out.tolist()]

@@ -273,9 +273,11 @@ class GraphedPredictor(TorchPredictor):
         return self._decoders[key]
 
     def generate_ids(self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None,
-                     **overrides) -> list[list[int]]:
-        """Generated ids per prompt (after the decoder start, up to and including eos), static-KV decoder."""
+                     tasks_: list[str] | None = None, constrained: bool = True, **overrides) -> list[list[int]]:
+        """Generated ids per prompt (after the decoder start, up to and including eos), static-KV decoder; with
+        `tasks_` and `constrained` each answer follows its task's grammar (tiercel.runtime.constrain)."""
         torch, cfg = self.torch, self.generation.with_overrides(**overrides)
+        constraint = self.constraint(tasks_, cfg, constrained)
         self.check_new_tokens(cfg)  # before the text encoder runs, in the words of every other backend
         ids, mask = self._prompt_batch(features, prompts)
         with torch.no_grad():
@@ -285,7 +287,7 @@ class GraphedPredictor(TorchPredictor):
         decoder = self.decoder(hidden.shape[0], hidden.shape[1], cfg.max_new_tokens)
         decoder.start(hidden, mask, self._stage)
         with self._stage("generate"):
-            return generate(decoder, len(prompts), cfg)
+            return generate(decoder, len(prompts), cfg, constraint)
 
 
 def load_graphed(path, device: str | None = None, dtype: str | None = None) -> GraphedPredictor:

@@ -5,8 +5,9 @@ The decoder is a `step(tokens [N]) -> logits [N, V]` callable that keeps its own
 from the decoder's batch (KV cache, encoder states, mask) once a quarter of the rows it holds have finished,
 so a batch of short and long answers (run_all: a class name next to a polygon list) stops paying for the
 short ones. Rows never interact in the decoder, so the tokens are the same as without it. Logits processors, in transformers' order: no-repeat n-gram (which counts
-the decoder start token), forced bos on the first new token, forced eos on the last one allowed by
-`max_new_tokens`. Beam search follows transformers' vectorised implementation (length penalty, the
+the decoder start token), the answer grammar when a `constraint` is given (tiercel.runtime.constrain: it masks
+what each row's task grammar does not allow, and does nothing at the forced steps), forced bos on the first new
+token, forced eos on the last one allowed by `max_new_tokens`. Beam search follows transformers' vectorised implementation (length penalty, the
 `early_stopping` heuristic, 2 x num_beams candidates per step) so both pick the same sequence.
 
 Knows nothing about graphs, images or tasks.
@@ -58,15 +59,25 @@ class GenerationConfig:
         return asdict(self)
 
 
-def process(scores: np.ndarray, seqs: np.ndarray, cfg: GenerationConfig) -> np.ndarray:
-    """Apply the logits processors to `scores` [N, V] given the sequences so far [N, cur_len]."""
+def process(scores: np.ndarray, seqs: np.ndarray, cfg: GenerationConfig, constraint=None, items=None) -> np.ndarray:
+    """Apply the logits processors to `scores` [N, V] given the sequences so far [N, cur_len].
+
+    `constraint` (tiercel.runtime.constrain.Constraint): the grammar mask; `items` [N] are the batch items of the
+    rows (greedy: the rows still held, beam search: row // num_beams). The n-gram ban is lifted in a row where it
+    would leave none of the tokens its grammar allows.
+    """
     cur_len = seqs.shape[1]
+    allowed = None if constraint is None else constraint.allowed(seqs, items, scores.shape[-1])
     n = cfg.no_repeat_ngram_size
     if n and cur_len + 1 >= n:
         for row, seq in enumerate(seqs.tolist()):
             prefix = tuple(seq[cur_len + 1 - n :]) if n > 1 else ()
-            banned = {seq[i + n - 1] for i in range(cur_len - n + 1) if tuple(seq[i : i + n - 1]) == prefix}
-            scores[row, list(banned)] = -np.inf
+            banned = list({seq[i + n - 1] for i in range(cur_len - n + 1) if tuple(seq[i : i + n - 1]) == prefix})
+            if allowed is not None and banned and allowed[row, banned].sum() == allowed[row].sum():
+                continue
+            scores[row, banned] = -np.inf
+    if allowed is not None:
+        scores[~allowed] = -np.inf
     forced = forced_token(cur_len, cfg)
     if forced is not None:
         scores[:] = -np.inf
@@ -100,26 +111,28 @@ def _trim(seq, cfg: GenerationConfig) -> list[int]:
     return out
 
 
-def greedy(decoder, batch: int, cfg: GenerationConfig) -> list[list[int]]:
+def greedy(decoder, batch: int, cfg: GenerationConfig, constraint=None) -> list[list[int]]:
     """Greedy decoding of `batch` rows; finished rows get pad tokens, and leave the decoder's batch when it
     has `keep_rows` (see the module docstring), or are fed pads until all finish when it has not.
 
     A decoder with `step_argmax(tokens) -> ids [N]` (the argmax of the step's logits, taken where they are, e.g.
     on a GPU) is used that way when no processor needs the scores (no_repeat_ngram_size 0): forced tokens then
-    replace the argmax, which is what `process` + argmax gives, and the logits never come to the host.
+    replace the argmax, which is what `process` + argmax gives, and the logits never come to the host. A
+    `constraint` needs the logits, so the decoder's `step` serves it.
     """
     seqs = np.full((batch, 1), cfg.decoder_start_token_id, dtype=np.int64)
     done = np.zeros(batch, dtype=bool)
     held = np.arange(batch)  # the rows the decoder holds, in its order
     compact = hasattr(decoder, "keep_rows")
-    argmax_step = None if cfg.no_repeat_ngram_size else getattr(decoder, "step_argmax", None)
+    argmax_step = None if cfg.no_repeat_ngram_size or constraint else getattr(decoder, "step_argmax", None)
     for _ in range(cfg.max_new_tokens):
         if argmax_step is not None:
             best = np.asarray(argmax_step(seqs[held, -1]), dtype=np.int64)
             forced = forced_token(seqs.shape[1], cfg)
             best = best if forced is None else np.full_like(best, forced)
         else:
-            best = process(decoder.step(seqs[held, -1]).astype(np.float32), seqs[held], cfg).argmax(axis=-1)
+            scores = decoder.step(seqs[held, -1]).astype(np.float32)
+            best = process(scores, seqs[held], cfg, constraint, held).argmax(axis=-1)
         nxt = np.full(batch, cfg.pad_token_id, dtype=np.int64)
         nxt[held] = np.where(done[held], cfg.pad_token_id, best)
         seqs = np.concatenate([seqs, nxt[:, None]], axis=1)
@@ -138,7 +151,7 @@ def _topk(x: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-x, axis=-1, kind="stable")[:, :k]
 
 
-def beam_search(decoder, batch: int, cfg: GenerationConfig) -> list[list[int]]:
+def beam_search(decoder, batch: int, cfg: GenerationConfig, constraint=None) -> list[list[int]]:
     """Beam search over `batch` items; the decoder runs batch * num_beams rows (item-major)."""
     k, max_len, lp = cfg.num_beams, cfg.max_new_tokens + 1, cfg.length_penalty
     keep = 2 * k  # transformers keeps (1 + number of eos ids) * num_beams candidates
@@ -152,10 +165,11 @@ def beam_search(decoder, batch: int, cfg: GenerationConfig) -> list[list[int]]:
     improvable = np.ones((batch, 1), bool)
     top_mask = np.arange(keep) < k
     rows = np.arange(batch)[:, None]
+    items = np.repeat(np.arange(batch), k)
     cur_len = 1
     while True:
         logits = decoder.step(running[:, :, cur_len - 1].reshape(-1))
-        logp = process(_log_softmax(logits), running[:, :, :cur_len].reshape(batch * k, cur_len), cfg)
+        logp = process(_log_softmax(logits), running[:, :, :cur_len].reshape(batch * k, cur_len), cfg, constraint, items)
         vocab = logp.shape[-1]
         acc = (logp.reshape(batch, k, vocab) + running_scores[:, :, None]).reshape(batch, k * vocab)
         idx = _topk(acc, keep)
@@ -191,5 +205,7 @@ def beam_search(decoder, batch: int, cfg: GenerationConfig) -> list[list[int]]:
     return [_trim(finished_seqs[b, 0], cfg) for b in range(batch)]
 
 
-def generate(decoder, batch: int, cfg: GenerationConfig) -> list[list[int]]:
-    return greedy(decoder, batch, cfg) if cfg.num_beams == 1 else beam_search(decoder, batch, cfg)
+def generate(decoder, batch: int, cfg: GenerationConfig, constraint=None) -> list[list[int]]:
+    """Greedy (num_beams 1) or beam search; `constraint` masks each row by its item's answer grammar."""
+    search = greedy if cfg.num_beams == 1 else beam_search
+    return search(decoder, batch, cfg, constraint)

@@ -218,11 +218,23 @@ class Model:
             hidden = self.sessions["encoder_model"].run({"inputs_embeds": embeds, "attention_mask": mask})["last_hidden_state"]
         return hidden, mask
 
+    def constraint(self, tasks_: list[str] | None, cfg: GenerationConfig, constrained: bool = True):
+        """The grammar constraint of a batch, one automaton per prompt's task (tiercel.runtime.constrain); None
+        when `constrained` is off or no tasks are given."""
+        if not constrained or tasks_ is None:
+            return None
+        from tiercel.runtime.constrain import Constraint, for_answer
+
+        return Constraint([for_answer(self.tokenizer, tasks.get(t).answer, self.dialect) for t in tasks_], cfg)
+
     def generate_ids(self, features: np.ndarray, prompts: list[str], rows: list[int] | None = None,
-                     **overrides) -> list[list[int]]:
+                     tasks_: list[str] | None = None, constrained: bool = True, **overrides) -> list[list[int]]:
         """Generated token ids per prompt (after the decoder start, up to and including eos). `rows`: the row of
-        `features` each prompt reads (default: row i, or row 0 for all when features has one row)."""
+        `features` each prompt reads (default: row i, or row 0 for all when features has one row). `tasks_`: each
+        prompt's task tag; with `constrained` (the default) every answer follows its task's grammar
+        (tiercel.runtime.constrain). Without tasks nothing is constrained."""
         cfg = self.generation.with_overrides(**overrides)
+        constraint = self.constraint(tasks_, cfg, constrained)
         self.check_new_tokens(cfg)
         hidden, mask = self.encode(features, prompts, rows)
         if cfg.num_beams > 1:
@@ -235,7 +247,7 @@ class Model:
             decoder = KVDecoder(self.sessions, self.merged, layers, self.embed, hidden, mask, stage)
             decoder._heads = heads
         with self._stage("generate"):
-            return generate(decoder, len(prompts), cfg)
+            return generate(decoder, len(prompts), cfg, constraint)
 
     # ---- tasks --------------------------------------------------------------------------------------------
     def _inputs(self, spec, image, image2):
@@ -251,13 +263,14 @@ class Model:
         return rgb, (rgb.shape[1], rgb.shape[0])
 
     def run(self, image, task: str, text: str | None = None, region=None, image2=None, **generation) -> tasks.Result:
-        """Run one task on an image (path, PIL image or array); the result is in the image's pixels."""
+        """Run one task on an image (path, PIL image or array); the result is in the image's pixels.
+        `generation`: overrides of the bundle's settings, and `constrained=False` to decode without the grammar."""
         spec = tasks.get(task)
         with self._stage("preprocess"):
             rgb, size = self._inputs(spec, image, image2)
             prompt = spec.prompt(text=text, region=region, image_size=size, dialect=self.dialect)
             pixels = self.preprocess_images([rgb])
-        ids = self.generate_ids(self.image_features(pixels), [prompt], **generation)[0]
+        ids = self.generate_ids(self.image_features(pixels), [prompt], tasks_=[spec.tag], **generation)[0]
         with self._stage("postprocess"):
             return spec.parse(self.tokenizer.decode(ids), image_size=size, dialect=self.dialect)
 
@@ -292,7 +305,7 @@ class Model:
         features = self.image_features(pixels)
         # prompt i reads the features of its own image: the scene (0) or the tiled pair (1)
         rows = [int(s.n_images != 1) for s in specs] if pairs else None
-        ids = self.generate_ids(features, prompts, rows=rows, **generation)
+        ids = self.generate_ids(features, prompts, rows=rows, tasks_=[s.tag for s in specs], **generation)
         with self._stage("postprocess"):
             return {s.tag: s.parse(self.tokenizer.decode(i), image_size=size, dialect=self.dialect) for s, i in zip(specs, ids)}
 

@@ -114,12 +114,12 @@ def check_tiling(tile: int, overlap: int, batch: int = 1) -> None:
         raise ConfigError(f"--batch: needs 1 or more tiles per batch (got {batch})")
 
 
-def model_predict(model, **generation):
+def model_predict(model, task: str | None = None, **generation):
     """The default prediction step: images (H x W x 3 uint8) + prompts -> answer texts, one vision call and one
-    generation call for the whole batch."""
+    generation call for the whole batch; `task` gives every prompt its answer grammar (constrained decoding)."""
     def predict(images: list[np.ndarray], prompts: list[str], tiles: list[Tile]) -> list[str]:
         features = model.image_features(model.preprocess_images(images))
-        ids = model.generate_ids(features, prompts, **generation)
+        ids = model.generate_ids(features, prompts, tasks_=None if task is None else [task] * len(prompts), **generation)
         return [model.tokenizer.decode(i) for i in ids]
 
     return predict
@@ -143,7 +143,7 @@ def run_scene(model, source, task: str, text: str | None = None, region=None, ti
     if (spec.n_images == 2) != (source2 is not None):
         raise ConfigError(f"{spec.tag}: " + ("needs two scenes; pass --image2" if source2 is None
                                               else "takes one scene; only PIX_CHG takes --image2"))
-    predict = predict or model_predict(model, **{k: v for k, v in generation.items() if v is not None})
+    predict = predict or model_predict(model, task, **{k: v for k, v in generation.items() if v is not None})
     run = _Run(spec, text, getattr(model, "dialect", "falcon"), predict, batch)
     with _opened(source, bands, scale) as raster:
         second = open_raster(source2, raster.bands, raster.scale) if source2 is not None else None
