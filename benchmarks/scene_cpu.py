@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -217,12 +216,14 @@ def main() -> None:
     if args.quick:
         args.size, args.presets, args.rounds = 2048, "tiercel-nano", 1
     sys.path.insert(0, str(HERE))
+    from runtime_cpu import cpu_model
+
     started = time.perf_counter()
     import onnxruntime
     import rasterio
 
     result = {"command": "python benchmarks/scene_cpu.py " + " ".join(sys.argv[1:]), "commit": commit(),
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                           "loadavg_start": os.getloadavg(), "onnxruntime": onnxruntime.__version__,
                           "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__},
               "settings": {"tile": TILE, "overlap": OVERLAP, "batch": BATCH, "tokens": args.tokens, "threads": 1,
