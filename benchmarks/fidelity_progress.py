@@ -1,0 +1,69 @@
+"""How far the fidelity benchmark's teacher has come: `tiercel eval` on its checkpoints while it trains.
+
+    python benchmarks/fidelity_progress.py                    # the latest checkpoint, 64 test records per task
+    python benchmarks/fidelity_progress.py --step 17000 --limit 64
+
+benchmarks/fidelity.py trains the teacher for 60,000 steps (about 5 h of one core) and keeps its last two
+checkpoints (benchmarks/work/fidelity/teacher/checkpoints/step_NNNNNN, loadable model directories). This runs
+`tiercel eval` on one of them, on the first `--limit` test records of every task (greedy, the bundle defaults,
+constrained decoding as `tiercel eval` does by default), and appends the headline per task to
+benchmarks/results/fidelity_teacher_progress.json with the step, commit, command and machine, so the curve
+towards issue 22's targets builds up across sessions. The final numbers are fidelity.py's (all test records).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CKPTS = HERE / "work" / "fidelity" / "teacher" / "checkpoints"
+DATA = HERE / "work" / "fidelity" / "data" / "test.json"
+OUT = HERE / "results" / "fidelity_teacher_progress.json"
+TARGETS = {"REG_VG": 0.6, "REG_DET_HBB": 0.4, "REG_DET_OBB": 0.3, "PIX_SEG": 0.4, "PIX_CHG": 0.3}  # issue 22
+
+
+def commit() -> str:
+    run = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=HERE).stdout.strip()  # noqa: E731
+    return run("rev-parse", "HEAD") + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    ap.add_argument("--limit", type=int, default=64, help="test records per task")
+    args = ap.parse_args()
+    name = f"step_{args.step:06d}" if args.step else (CKPTS / "latest").read_text().strip()
+    ckpt = CKPTS / name
+    if not ckpt.is_dir():
+        sys.exit(f"{ckpt}: no such checkpoint (kept: {', '.join(sorted(p.name for p in CKPTS.glob('step_*')))})")
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "eval.json"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "tiercel", "eval", str(ckpt), "--data", str(DATA), "--limit",
+                        str(args.limit), "--json", str(report)], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        seconds = time.perf_counter() - t0
+        r = json.loads(report.read_text())
+    headline = {tag: r["per_task"][tag][key] for tag, key in r["headline"].items()}
+    row = {"step": int(name.split("_")[1]), "limit": args.limit, "records": sum(r["counts"].values()),
+           "headline": headline, "headline_keys": r["headline"], "average_headline": r["average_headline"],
+           "geometry_targets": {t: {"value": headline[t], "target": v, "met": headline[t] >= v} for t, v in TARGETS.items()},
+           "generation": r["generation"], "eval_seconds": seconds, "commit": commit(),
+           "command": "python benchmarks/fidelity_progress.py " + " ".join(sys.argv[1:]),
+           "machine": {"cores": os.cpu_count(), "loadavg": os.getloadavg()},
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    runs = json.loads(OUT.read_text())["runs"] if OUT.is_file() else []
+    runs = sorted([x for x in runs if (x["step"], x["limit"]) != (row["step"], row["limit"])] + [row], key=lambda x: x["step"])
+    OUT.write_text(json.dumps({"what": __doc__.splitlines()[0], "runs": runs}, indent=1) + "\n")
+    print(f"step {row['step']}: " + ", ".join(f"{t} {v['value']:.3f}/{v['target']}" for t, v in row["geometry_targets"].items()))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
