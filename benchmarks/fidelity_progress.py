@@ -50,9 +50,9 @@ def main() -> None:
                         str(args.limit), "--json", str(report)], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         seconds = time.perf_counter() - t0
         r = json.loads(report.read_text())
-    headline = {tag: r["per_task"][tag][key] for tag, key in r["headline"].items()}
+    headline = {tag: h["value"] for tag, h in r["headline"].items()}
     row = {"step": int(name.split("_")[1]), "limit": args.limit, "records": sum(r["counts"].values()),
-           "headline": headline, "headline_keys": r["headline"], "average_headline": r["average_headline"],
+           "headline": headline, "metrics": {tag: h["metric"] for tag, h in r["headline"].items()}, "average_headline": r["average_headline"],
            "geometry_targets": {t: {"value": headline[t], "target": v, "met": headline[t] >= v} for t, v in TARGETS.items()},
            "generation": r["generation"], "eval_seconds": seconds, "commit": commit(),
            "command": "python benchmarks/fidelity_progress.py " + " ".join(sys.argv[1:]),
