@@ -9,7 +9,7 @@ and with OpenVINO int8-dynamic (NNCF INT8 weights), into benchmarks/work/decode_
 --rebuild makes them again). Each bundle's decoder_with_past graph alone then runs `--steps` steps from a
 self-attention past of `--past` (KV fed back, 577 + 20 encoder tokens) on one thread:
 
-- timed: a plain session; rounds interleave the bundles, per round ms per token, medians over rounds;
+- timed: the runtime's own session (tiercel.runtime.backends, 1 thread); rounds interleave the bundles, per round ms per token, medians over rounds;
 - profiled: a second session with SessionOptions.enable_profiling; node times are summed per step and per op
   type and per named group (attention projections, FFN, lm_head, KV concat, quantize ops, ...), medians over steps.
 
@@ -158,18 +158,12 @@ def ort_session(file: Path, profile_dir: Path | None = None):
     return sess, lambda feeds: dict(zip(names, sess.run(names, feeds)))
 
 
-def ov_session(file: Path):
-    import openvino as ov
+def product_session(file: Path, backend: str):
+    """The runtime's own session for `backend` on one thread (OpenVINO: f32 inference precision, as it sets)."""
+    from tiercel.runtime.backends import get_backend
 
-    compiled = ov.Core().compile_model(str(file), "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1})
-    request = compiled.create_infer_request()
-    ports = [(sorted(p.get_names())[0], p) for p in compiled.outputs]
-
-    def run(feeds: dict) -> dict:
-        result = request.infer(feeds)
-        return {name: np.array(result[port]) for name, port in ports}
-
-    return run
+    spec = get_backend(backend)
+    return spec.open(file, spec.devices[0], 1, None).run
 
 
 def batched(feeds: dict, batch: int) -> dict:
@@ -280,8 +274,7 @@ def run_profile(files: dict, feeds: dict, steps: int, rounds: int, log) -> dict:
 def run_timed(files: dict, feeds: dict, steps: int, rounds: int) -> tuple[dict, list]:
     """{(name, batch): median ms per token}: bundles interleaved in rounds, one warm-up each; and the
     bandwidth measured once per round among them (the bound moves with the machine's load as the steps do)."""
-    runs = {name: ort_session(file)[1] if backend == "onnxruntime" else ov_session(file)
-            for name, (file, backend) in files.items()}
+    runs = {name: product_session(file, backend) for name, (file, backend) in files.items()}
     out, gbs = {}, []
     for batch, base in feeds.items():
         for run in runs.values():
@@ -314,6 +307,8 @@ def main() -> None:
     ap.add_argument("--bundles", default=",".join(BUNDLES), help=f"comma-separated subset of {', '.join(BUNDLES)}")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--baseline", type=Path, help="a --work folder built by an earlier commit: its bundles are timed "
+                    "and profiled in the same rounds as '<name>-baseline' (before/after a graph change)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "decode_profile_cpu.json")
     args = ap.parse_args()
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -323,10 +318,12 @@ def main() -> None:
               "machine": machine(), "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "intra_op": 1}}
     names = args.bundles.split(",")
     bundles = build(args.work, names, args.rebuild, log)
+    if args.baseline:
+        bundles.update({f"{n}-baseline": args.baseline / b.name for n, b in bundles.items()})
     files, shapes = {}, {}
-    for name in names:
-        backend = BUNDLES[name][0]
-        file, shape = decoder_file(bundles[name], backend)
+    for name, bundle in bundles.items():
+        backend = BUNDLES[name.removesuffix("-baseline")][0]
+        file, shape = decoder_file(bundle, backend)
         files[name], shapes[name] = (file, backend), shape
     shape = next(iter(shapes.values()))
     base = decoder_feeds(shape, np.random.default_rng(0), args.past, args.prompt)
@@ -339,7 +336,7 @@ def main() -> None:
     for name, (file, backend) in files.items():
         weights = weight_bytes(file) if file.suffix == ".onnx" else ov_weight_bytes(file)
         for batch in feeds:
-            row = {"backend": backend, "scheme": BUNDLES[name][2] or "fp32", "batch": batch,
+            row = {"backend": backend, "scheme": BUNDLES[name.removesuffix("-baseline")][2] or "fp32", "batch": batch,
                    "step_ms": timed[(name, batch)]}
             need = step_bytes(weights, shape, args.past, args.prompt, batch)
             bound = need["total"] / (gbs * 1e9) * 1e3
@@ -349,7 +346,7 @@ def main() -> None:
             rows[f"{name}@{batch}"] = row
             log(f"{name} batch {batch}: {row['step_ms']:.2f} ms/token" +
                 f", bound {row['bound_ms']:.2f} ms, ratio {row['ratio']:.2f}")
-    result.update(settings=vars(args) | {"work": str(args.work), "out": str(args.out)},
+    result.update(settings=vars(args) | {"work": str(args.work), "out": str(args.out), "baseline": str(args.baseline)},
                   bandwidth={"rounds": bw, "copy_gbs_used": gbs,
                              "read_gbs": statistics.median(b["read_gbs"] for b in bw)}, rows=rows)
     result["machine"]["loadavg_end"] = os.getloadavg()
