@@ -272,7 +272,7 @@ def run_profile(files: dict, feeds: dict, steps: int, rounds: int, log) -> dict:
 
 
 def run_timed(files: dict, feeds: dict, steps: int, rounds: int) -> tuple[dict, list]:
-    """{(name, batch): median ms per token}: bundles interleaved in rounds, one warm-up each; and the
+    """{(name, batch): ms per token in each round}: bundles interleaved in rounds, one warm-up each; and the
     bandwidth measured once per round among them (the bound moves with the machine's load as the steps do)."""
     runs = {name: product_session(file, backend) for name, (file, backend) in files.items()}
     out, gbs = {}, []
@@ -286,7 +286,7 @@ def run_timed(files: dict, feeds: dict, steps: int, rounds: int) -> tuple[dict, 
                 t = time.perf_counter()
                 decode(run, base, steps)
                 times[name].append((time.perf_counter() - t) * 1e3 / steps)
-        out.update({(name, batch): statistics.median(v) for name, v in times.items()})
+        out.update({(name, batch): v for name, v in times.items()})
     return out, gbs
 
 
@@ -337,10 +337,13 @@ def main() -> None:
         weights = weight_bytes(file) if file.suffix == ".onnx" else ov_weight_bytes(file)
         for batch in feeds:
             row = {"backend": backend, "scheme": BUNDLES[name.removesuffix("-baseline")][2] or "fp32", "batch": batch,
-                   "step_ms": timed[(name, batch)]}
+                   "step_ms": statistics.median(timed[(name, batch)]), "step_ms_rounds": timed[(name, batch)]}
             need = step_bytes(weights, shape, args.past, args.prompt, batch)
             bound = need["total"] / (gbs * 1e9) * 1e3
             row.update(weights=weights, bytes=need, bound_ms=bound, ratio=row["step_ms"] / bound)
+            base_times = timed.get((f"{name}-baseline", batch))
+            if base_times:  # paired by round: both ran within the same round, under the same load
+                row["vs_baseline"] = statistics.median(a / b for a, b in zip(timed[(name, batch)], base_times))
             if (name, batch) in profiled:
                 row["profile"] = profiled[(name, batch)]
             rows[f"{name}@{batch}"] = row
