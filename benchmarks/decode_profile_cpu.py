@@ -273,16 +273,21 @@ def run_profile(files: dict, feeds: dict, steps: int, rounds: int, log) -> dict:
 
 def run_timed(files: dict, feeds: dict, steps: int, rounds: int) -> tuple[dict, list]:
     """{(name, batch): ms per token in each round}: bundles interleaved in rounds, one warm-up each; and the
-    bandwidth measured once per round among them (the bound moves with the machine's load as the steps do)."""
+    bandwidth measured once per round among them (the bound moves with the machine's load as the steps do).
+    Each round starts one bundle later. In a fixed order, the bundles listed (opened and timed) first ran 4-19%
+    slower than the same graphs listed second, in both orders (results/decode_profile_cpu_ab*.json): compare a
+    change with its baseline both ways round."""
     runs = {name: product_session(file, backend) for name, (file, backend) in files.items()}
     out, gbs = {}, []
     for batch, base in feeds.items():
         for run in runs.values():
             decode(run, base, 2)
         times = defaultdict(list)
-        for _ in range(rounds):
+        names = list(runs)
+        for r in range(rounds):
             gbs.append(bandwidth(repeats=3))
-            for name, run in runs.items():
+            for name in names[r % len(names):] + names[: r % len(names)]:  # rotated: see run_timed's docstring
+                run = runs[name]
                 t = time.perf_counter()
                 decode(run, base, steps)
                 times[name].append((time.perf_counter() - t) * 1e3 / steps)
