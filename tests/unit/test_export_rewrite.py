@@ -1,4 +1,5 @@
-"""Decoder graph rewrite: key-major attention scores give the same numbers and read K as stored."""
+"""Decoder graph rewrites: key-major attention scores give the same numbers and read K as stored; reshape
+targets become constants, with bit-identical outputs and the shape arithmetic gone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper  # noqa: E402
 
-from tiercel.export.rewrite import key_major_scores  # noqa: E402
+from tiercel.export.rewrite import constant_reshapes, key_major_scores  # noqa: E402
 
 
 def attention_graph(shared_transpose: bool = False):
@@ -98,6 +99,65 @@ def test_exported_decoders_are_rewritten_and_keep_parity(bundle):
         proto = onnx.load(str(bundle / f"{name}.onnx"))
         rewritten = [n for n in proto.graph.node if n.op_type == "MatMul" and n.name.endswith("/KeyQueryT")]
         assert len(rewritten) == 2 * layers, name  # self- and cross-attention of every layer
+        inits = {i.name for i in proto.graph.initializer}
+        computed = [n.name for n in proto.graph.node if n.op_type == "Reshape" and n.input[1] not in inits]
+        assert computed == [], (name, computed)  # every head split / merge reshapes to a constant target
     for backend in ("onnxruntime", "openvino"):  # export's parity check ran on the rewritten graphs
         report = manifest["parity"][backend]
         assert report["greedy_identical"] == "3/3" and report["worst"] <= 1e-4, report
+
+
+def heads_graph():
+    """x [b, t, 32] -> 4 heads -> Transpose -> merged back, with targets computed the way the exporter writes
+    `x.view(b, t, heads, d // heads)` and `out.transpose(1, 2).reshape(b, t, h * hd)`."""
+    i64, f = TensorProto.INT64, TensorProto.FLOAT
+    c = lambda name, v: helper.make_node("Constant", [], [name], value=helper.make_tensor(name, i64, [], [v]))  # noqa: E731
+    dim = lambda src, i, out: [helper.make_node("Shape", [src], [f"{out}_s"]), c(f"{out}_i", i),  # noqa: E731
+                               helper.make_node("Gather", [f"{out}_s", f"{out}_i"], [f"{out}_g"], axis=0),
+                               helper.make_node("Unsqueeze", [f"{out}_g", "zero"], [out])]
+    nodes = [helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("zero", i64, [1], [0])),
+             *dim("x", 0, "b"), *dim("x", 1, "t"),
+             helper.make_node("Constant", [], ["h"], value=helper.make_tensor("h", i64, [1], [4])),
+             helper.make_node("Constant", [], ["hd"], value=helper.make_tensor("hd", i64, [1], [8])),
+             helper.make_node("Concat", ["b", "t", "h", "hd"], ["split"], axis=0),
+             helper.make_node("Reshape", ["x", "split"], ["xh"], name="/Reshape"),
+             helper.make_node("Transpose", ["xh"], ["heads"], perm=[0, 2, 1, 3]),
+             helper.make_node("Relu", ["heads"], ["o"]),  # stands for attention: [b, h, t, hd]
+             *dim("o", 0, "ob"), *dim("o", 2, "ot"),
+             helper.make_node("Shape", ["o"], ["o_s"]), c("i1", 1), c("i3", 3),
+             helper.make_node("Gather", ["o_s", "i1"], ["oh"], axis=0),
+             helper.make_node("Gather", ["o_s", "i3"], ["ohd"], axis=0),
+             helper.make_node("Mul", ["oh", "ohd"], ["ohh"]),
+             helper.make_node("Unsqueeze", ["ohh", "zero"], ["od"]),
+             helper.make_node("Transpose", ["o"], ["ot_"], perm=[0, 2, 1, 3]),
+             helper.make_node("Concat", ["ob", "ot", "od"], ["merge"], axis=0),
+             helper.make_node("Reshape", ["ot_", "merge"], ["y"], name="/Reshape_1")]
+    graph = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", f, ["b", "t", 32])],
+                              [helper.make_tensor_value_info("y", f, ["b", "t", 32])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_constant_reshapes_are_bit_identical_and_drop_the_shape_arithmetic():
+    model = heads_graph()
+    feeds = {"x": np.random.default_rng(2).standard_normal((3, 5, 32), dtype=np.float32)}
+    want = run(model, feeds)[0]
+    assert constant_reshapes(model) == 2
+    onnx.checker.check_model(model)
+    assert np.array_equal(run(model, feeds)[0], want)
+    targets = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in model.graph.initializer}
+    assert targets == {"/Reshape/shape": [0, 0, 4, 8], "/Reshape_1/shape": [0, 0, -1]}
+    assert not {"Shape", "Gather", "Concat", "Mul"} & {n.op_type for n in model.graph.node}
+    feeds = {"x": np.random.default_rng(3).standard_normal((2, 1, 32), dtype=np.float32)}  # other b, t: still dynamic
+    assert run(model, feeds)[0].shape == (2, 1, 32)
+    assert constant_reshapes(model) == 0  # nothing left: applying it twice is harmless
+
+
+def test_a_dimension_read_from_another_tensor_is_left_alone():
+    """b taken from a tensor the reshape does not read is not provably the data's dimension 0: with the merge's
+    product also unknown, two dimensions would be -1, so that target stays computed."""
+    model = heads_graph()
+    for node in model.graph.node:
+        if node.output[0] == "ob_s":
+            node.input[0] = "x"  # Shape(x)[0] equals o's dimension 0 here, but nothing in the graph says so
+    assert constant_reshapes(model) == 1
+    assert [n.name for n in model.graph.node if n.op_type == "Reshape" and n.input[1] == "merge"] == ["/Reshape_1"]

@@ -3,8 +3,8 @@
 The legacy TorchScript exporter (`dynamo=False`) is used: it traces a Florence-2 model in seconds where the
 dynamo exporter needs minutes, and the parity check (parity.py) verifies what it produced. DaViT's reshapes
 freeze the image size at trace time, so the vision graph has only the batch axis dynamic; the text graphs are
-dynamic in batch and sequence. The decoder graphs compute attention scores key-major (rewrite.py). Files whose
-weights exceed 2 GB go to external data beside the graph.
+dynamic in batch and sequence. The decoder graphs compute attention scores key-major and reshape to constant
+targets (rewrite.py). Files whose weights exceed 2 GB go to external data beside the graph.
 
 Knows nothing about manifests or other backends (bundle.py, openvino.py, tensorrt.py).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from tiercel.errors import require
 from tiercel.export import graphs
 from tiercel.export.graphs import DECODER_FIRST, DECODER_MERGED, DECODER_PAST, EMBED, ENCODER, VISION, kv_names
-from tiercel.export.rewrite import key_major_scores
+from tiercel.export.rewrite import constant_reshapes, key_major_scores
 from tiercel.progress import track
 
 OPSET = 17
@@ -112,6 +112,7 @@ def export_onnx(model, out_dir: str | Path, decoder: str = "merged", opset: int 
             protos[name] = trace_graph(module, inputs[name], name, layers, Path(scratch), opset)
             if name in (DECODER_FIRST, DECODER_PAST):  # one query token against a long cache: see rewrite.py
                 key_major_scores(protos[name])
+                constant_reshapes(protos[name])
             bar.advance(1, note=name)
     if fp16:
         from tiercel.export.fp16 import convert_proto

@@ -1,6 +1,7 @@
 """Graph rewrites applied to the traced decoder graphs before they are saved.
 
 key_major_scores: attention scores as (K @ Q^T)^T instead of Q @ K^T.
+constant_reshapes: Reshape targets assembled from Shape/Gather/Concat at run time become constants.
 
 The exporter writes each attention's scores as `MatMul(Q, Transpose(K, perm=[0, 1, 3, 2]))` (in the first
 step, where K is computed in the graph, the head split and the transpose are one Transpose, [0, 2, 3, 1]). In the decoder,
@@ -19,9 +20,22 @@ decoder_with_past, 597 encoder tokens, idle 2-core EPYC): decode step onnxruntim
 
 Written here because onnxruntime's transformer optimizer has no pass for it (its attention fusions did not
 match these graphs) and the rewrite is a few lines of onnx.helper.
+
+constant_reshapes: the traced `x.view(b, t, heads, d // heads)` and `out.reshape(b, t, h * hd)` compute their
+targets from the tensor's own shape (Shape -> Gather -> Unsqueeze -> Concat, ~9 nodes per reshape, 36 reshapes in
+a 6-layer decoder step). Where a target dimension is provably the data's own dimension at that position (read
+from the same tensor, or through a Transpose whose perm is followed) it becomes 0 (ONNX: copy the input
+dimension), constants stay, and one remaining computed dimension becomes -1; the shape chains then have no
+readers and are dropped. The outputs are bit-identical. In a decode step each of those nodes costs a few
+microseconds of dispatch whatever the precision, which the quantised decoders feel most
+(benchmarks/results/decode_profile_cpu.md).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
 
 from tiercel.errors import require
 
@@ -76,6 +90,124 @@ def key_major_scores(proto) -> int:
     del graph.node[:]
     graph.node.extend(kept)
     return count
+
+
+def constant_reshapes(proto) -> int:
+    """Replace in place every Reshape target of `proto` that can be written as a constant (0 = the data's own
+    dimension, -1 = the one left over) and drop the nodes that computed it; returns how many."""
+    numpy_helper = require("onnx", "onnx", "rewriting ONNX graphs").numpy_helper
+    graph = proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(a.t) for n in graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
+    count = 0
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.input[1] in consts or _attr(node, "allowzero", 0):
+            continue
+        concat = producer.get(node.input[1])
+        if concat is None or concat.op_type != "Concat":
+            continue
+        target = _target([_dim(x, producer, consts) for x in concat.input], _dims_of(node.input[0], producer))
+        if target is None:
+            continue
+        name = f"{node.name or node.output[0]}/shape"
+        graph.initializer.append(numpy_helper.from_array(np.array(target, np.int64), name))
+        node.input[1] = name
+        count += 1
+    if count:
+        _drop_dead(graph)
+    return count
+
+
+def _attr(node, name: str, default=None):
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
+def _dim(name: str, producer: dict, consts: dict):
+    """One Concat part of a reshape target: ("const", n), ("dim", tensor, axis) for Unsqueeze(Gather(Shape(tensor),
+    axis)) (through Casts), or None when it is computed otherwise."""
+    if name in consts:
+        value = consts[name].reshape(-1)
+        return ("const", int(value[0])) if value.size == 1 else None
+    node = producer.get(name)
+    while node is not None and node.op_type in ("Unsqueeze", "Cast"):
+        node = producer.get(node.input[0])
+    if node is None or node.op_type != "Gather" or node.input[1] not in consts:
+        return None
+    shape = producer.get(node.input[0])
+    if shape is None or shape.op_type != "Shape" or any(a.name in ("start", "end") for a in shape.attribute):
+        return None
+    return ("dim", shape.input[0], int(consts[node.input[1]].reshape(-1)[0]))
+
+
+def _dims_of(name: str, producer: dict) -> Callable[[int], tuple[str, int]]:
+    """axis k of tensor `name` -> (tensor, axis) it is known to equal, following Transposes back."""
+    perms = []
+    node = producer.get(name)
+    while node is not None and node.op_type == "Transpose" and _perm(node) is not None:
+        perms.append(_perm(node))
+        name = node.input[0]
+        node = producer.get(name)
+
+    def source(k: int) -> tuple[str, int]:
+        for perm in perms:
+            k = perm[k] if k < len(perm) else -1
+        return name, k
+
+    return source
+
+
+def _target(parts: list, source) -> list[int] | None:
+    """The constant target for `parts`, or None when more than one dimension stays unknown."""
+    target, unknown = [], 0
+    for k, part in enumerate(parts):
+        if part is None:
+            target.append(-1)
+            unknown += 1
+        elif part[0] == "const":
+            if part[1] in (0, -1):  # 0 and -1 already have their special meaning: leave such a target alone
+                return None
+            target.append(part[1])
+        else:
+            tensor, axis = part[1], part[2]
+            negative = axis < 0  # Gather(Shape(x), -1): only matched when counted from the front
+            if not negative and source(k) == (tensor, axis):
+                target.append(0)
+            else:
+                target.append(-1)
+                unknown += 1
+    return target if unknown <= 1 else None
+
+
+def _drop_dead(graph) -> None:
+    """Remove nodes none of whose outputs is read (by a node or as a graph output), repeatedly."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+            for a in node.attribute:  # If/Loop branches read outer values by name
+                if a.HasField("g"):
+                    needed.update(_subgraph_inputs(a.g))
+    kept.reverse()
+    used = {i for node in kept for i in node.input}
+    live = [i for i in graph.initializer if i.name in used or i.name in needed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.initializer[:]
+    graph.initializer.extend(live)
+
+
+def _subgraph_inputs(g) -> set[str]:
+    names = set()
+    for node in g.node:
+        names.update(node.input)
+        for a in node.attribute:
+            if a.HasField("g"):
+                names.update(_subgraph_inputs(a.g))
+    return names
 
 
 def _perm(node) -> list[int] | None:
