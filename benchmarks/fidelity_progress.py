@@ -22,16 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from image_use import commit  # benchmarks/ is on sys.path when this runs as a script
+
 HERE = Path(__file__).resolve().parent
 CKPTS = HERE / "work" / "fidelity" / "teacher" / "checkpoints"
 DATA = HERE / "work" / "fidelity" / "data" / "test.json"
 OUT = HERE / "results" / "fidelity_teacher_progress.json"
 TARGETS = {"REG_VG": 0.6, "REG_DET_HBB": 0.4, "REG_DET_OBB": 0.3, "PIX_SEG": 0.4, "PIX_CHG": 0.3}  # issue 22
-
-
-def commit() -> str:
-    run = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=HERE).stdout.strip()  # noqa: E731
-    return run("rev-parse", "HEAD") + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def main() -> None:

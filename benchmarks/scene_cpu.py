@@ -47,11 +47,6 @@ CLASSES = ("vehicle", "building")
 NOISE_PX, DROP = 1.5, 0.1
 
 
-def commit() -> str:
-    run = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=HERE).stdout.strip()  # noqa: E731
-    return run("rev-parse", "HEAD") + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
-
-
 def raster(size: int) -> tuple[Path, list[dict]]:
     """The scene of `size` px and its objects (written once, then reused)."""
     from scene_raster import write_scene_raster
@@ -216,6 +211,7 @@ def main() -> None:
     if args.quick:
         args.size, args.presets, args.rounds = 2048, "tiercel-nano", 1
     sys.path.insert(0, str(HERE))
+    from image_use import commit
     from runtime_cpu import cpu_model
 
     started = time.perf_counter()
