@@ -48,14 +48,20 @@ def check_available():
     from tiercel.runtime.tensorrt import import_tensorrt
 
     trt = import_tensorrt("building TensorRT engines")
+    _builder(trt, trt.Logger(trt.Logger.ERROR))
+    return trt
+
+
+def _builder(trt, logger):
+    """trt.Builder(logger); BundleError in one line when CUDA cannot start."""
     try:
-        builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+        builder = trt.Builder(logger)
     except Exception as err:  # TypeError/RuntimeError when CUDA cannot initialise
         raise BundleError(f"TensorRT cannot start ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
                           "building engines needs an NVIDIA GPU with a working CUDA driver") from err
     if builder is None:
         raise BundleError("TensorRT cannot start; building engines needs an NVIDIA GPU with a working CUDA driver")
-    return trt
+    return builder
 
 
 def default_max_batch(num_beams: int | None) -> int:
@@ -138,9 +144,11 @@ def build_engine(onnx_file: Path, engine_file: Path, shapes: list[dict], workspa
 
     workspace_gb: cap TensorRT's scratch memory (None: TensorRT's default, the device's memory).
     """
-    trt = check_available()
+    from tiercel.runtime.tensorrt import import_tensorrt
+
+    trt = import_tensorrt("building TensorRT engines")
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    builder = _builder(trt, logger)  # the one Builder of this engine (check_available's probe is not repeated)
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_file)):
