@@ -133,17 +133,12 @@ def _run_images(bundle: Path, images: str | None, out: Path | None, task, text, 
 
 def _scene_step(tiled: dict, task, text, all_tasks: bool, gen: dict) -> dict:
     """run_folder's load/answer for a folder of scenes, every option checked before the model loads."""
-    from tiercel.cli.tiled import DEFAULT_BATCH, DEFAULT_OVERLAP
+    from tiercel.cli.tiled import ALL_WITH_TILE, scene_options
     from tiercel.errors import ConfigError
-    from tiercel.runtime.raster import parse_bands, parse_scale
-    from tiercel.runtime.scene import check_tiling
 
     if all_tasks:
-        raise ConfigError("--all: not with --tile; run one --task per scene")
-    opts = {"tile": tiled["tile"], "overlap": DEFAULT_OVERLAP if tiled["overlap"] is None else tiled["overlap"],
-            "batch": DEFAULT_BATCH if tiled["batch"] is None else tiled["batch"],
-            "bands": parse_bands(tiled["bands"]), "scale": parse_scale(tiled["scale"])}
-    check_tiling(opts["tile"], opts["overlap"], opts["batch"])
+        raise ConfigError(ALL_WITH_TILE)
+    opts = scene_options(**tiled)
     generation = {k: v for k, v in gen.items() if v is not None}
     return {"load": lambda path: path,
             "answer": lambda model, path: model.run_scene(path, task, text=text, **opts, **generation).to_dict()}

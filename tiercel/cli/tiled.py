@@ -14,27 +14,36 @@ from tiercel.errors import ConfigError
 DEFAULT_OVERLAP, DEFAULT_BATCH = 128, 4
 
 
+ALL_WITH_TILE = "--all: not with --tile; run one --task per scene"
+
+
+def scene_options(tile: int, overlap: int | None, batch: int | None, bands: str | None, scale: str | None) -> dict:
+    """run_scene's tiling keywords from the CLI options: defaults filled, tiling checked, bands and scale parsed."""
+    from tiercel.runtime.raster import parse_bands, parse_scale
+    from tiercel.runtime.scene import check_tiling
+
+    overlap = DEFAULT_OVERLAP if overlap is None else overlap
+    batch = DEFAULT_BATCH if batch is None else batch
+    check_tiling(tile, overlap, batch)
+    return {"tile": tile, "overlap": overlap, "batch": batch, "bands": parse_bands(bands), "scale": parse_scale(scale)}
+
+
 def run_tiled(bundle: Path, image: Path, image2: Path | None, task: str | None, text: str | None, region, tile: int | None,
               all_tasks: bool, backend: str, device: str | None, option: list[str], generation: dict,
               overlap: int | None = None, batch: int | None = None, bands: str | None = None, scale: str | None = None,
               geojson: Path | None = None, to_wgs84: bool | None = None) -> dict:
     """Check the scene options, run the scene and write the GeoJSON; -> the JSON `tiercel run` prints."""
-    from tiercel.runtime.raster import parse_bands, parse_scale
-    from tiercel.runtime.scene import check_tiling
-
     given = {"--overlap": overlap, "--batch": batch, "--bands": bands, "--scale": scale, "--geojson": geojson,
              "--to-wgs84": to_wgs84}
     if tile is None:
         name = next(k for k, v in given.items() if v is not None)
         raise ConfigError(f"{name}: only with --tile (tiled scenes); add e.g. --tile 768")
     if all_tasks:
-        raise ConfigError("--all: not with --tile; run one --task per scene")
+        raise ConfigError(ALL_WITH_TILE)
     if to_wgs84 and geojson is None:
         raise ConfigError("--to-wgs84: only with --geojson (the JSON on stdout is in scene pixels)")
-    overlap = DEFAULT_OVERLAP if overlap is None else overlap
-    batch = DEFAULT_BATCH if batch is None else batch
-    check_tiling(tile, overlap, batch)
-    bands, scale = parse_bands(bands), parse_scale(scale)
+    opts = scene_options(tile, overlap, batch, bands, scale)
+    overlap, batch, bands, scale = opts["overlap"], opts["batch"], opts["bands"], opts["scale"]
     if geojson is not None:
         from tiercel.runtime.geojson import check_geojson_output
 
