@@ -36,6 +36,8 @@ def collect(pipeline) -> dict:
             "size_mb": p.get("size_bytes", 0) / 1e6 if p else None,
             "stages_ms": {s: v["p50"] * 1e3 for s, v in stages.items()},
             "tasks_ms": {t: v["p50"] * 1e3 for t, v in p.get("tasks", {}).items() if isinstance(v, dict) and "p50" in v},
+            "roofline": {st: {k: r.get(k) for k in ("precision", "bound", "peak", "bound_ms", "measured_ms")}
+                         for st, r in p.get("roofline", {}).items()},
             "tokens_per_s": p.get("tokens_per_s", {}).get("p50") if isinstance(p.get("tokens_per_s"), dict) else p.get("tokens_per_s"),
             "estimates": {e.get("device", k): {"per_token_ms": e["per_token_ms"], "per_image_ms": e["per_image_ms"], "task_ms": e["task_ms"]}
                           for k, e in p.get("estimates", {}).items()},
@@ -47,7 +49,7 @@ def collect(pipeline) -> dict:
     teacher = pipeline.done("teacher") or {}
     warnings = [c["warning"] for c in (teacher.get("prompt_check") or {}, teacher.get("image_check") or {}) if c.get("warning")]
     return {"rows": rows, "guard": guard, "warnings": warnings, "machine": prof.get("machine"), "settings": prof.get("settings"),
-            "estimate_formula": prof.get("estimate_formula"), "openvino": ov["profiles"][0] if ov and ov.get("profiles") else None}
+            "estimate_formula": prof.get("estimate_formula"), "peaks": prof.get("peaks"), "openvino": ov["profiles"][0] if ov and ov.get("profiles") else None}
 
 
 def _per_task(rows: dict, names: list[str], protocol: str) -> list[str]:
@@ -57,6 +59,25 @@ def _per_task(rows: dict, names: list[str], protocol: str) -> list[str]:
     for tag in TAGS:
         cells = [_f(None if rows[n]["headline"].get(tag) is None else 100 * rows[n]["headline"][tag]) for n in names]
         lines.append(f"| {tag} | {get(tag).headline_of(protocol)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _roofline(rows: dict, names: list[str], peaks: dict | None) -> list[str]:
+    """Each model's measured stage p50 against its bound on the machine that profiled it (tiercel profile's
+    roofline: memory, or compute at the graph's precision)."""
+    have = [n for n in names if rows[n].get("roofline")]
+    if not have:
+        return []
+    measured = ", ".join(f"{k} {peaks[f'{k}_matmul_gflops']:.0f}" for k in ("bf16", "int8") if (peaks or {}).get(f"{k}_matmul_gflops"))
+    head = (f"Bounds on the profiling machine ({peaks['bandwidth_gbs']:.1f} GB/s; matmul GFLOP/s fp32 {peaks['matmul_gflops']:.0f}"
+            f"{', ' + measured if measured else ''}); x bound = measured p50 / bound." if peaks else "x bound = measured p50 / bound.")
+    lines = ["", "## Against the roofline", "", head, "", "| model | stage | precision | bound | bound ms | p50 ms | x bound |",
+             "|---|---|---|---|---|---|---|"]
+    for n in have:
+        for stage, r in rows[n]["roofline"].items():
+            bound = r["bound"] if r["bound"] == "memory" else f"compute {r.get('peak') or 'fp32'}"
+            lines.append(f"| {n} | {stage} | {r['precision']} | {bound} | {r['bound_ms']:.2f} | {r['measured_ms']:.2f} | "
+                         f"{r['measured_ms'] / r['bound_ms']:.2f}x |")
     return lines
 
 
@@ -104,6 +125,7 @@ def markdown(data: dict, recipe_name: str) -> str:
     lines += ["", "## Latency per stage (ms, p50)", "", "| stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for s in stages:
         lines.append(f"| {s} | " + " | ".join(_f(rows[n]["stages_ms"].get(s), "{:.2f}") for n in names) + " |")
+    lines += _roofline(rows, names, data.get("peaks"))
     devices = sorted({d for n in names for d in rows[n]["estimates"]})
     if devices:
         lines += ["", "## Device ESTIMATES (not measured)", "", f"Formula: {data.get('estimate_formula')}", "",

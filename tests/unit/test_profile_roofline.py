@@ -48,6 +48,49 @@ def test_roofline_fraction_arithmetic():
     assert "text_encoder" not in out  # no work known for it
 
 
+def test_compute_bounds_use_the_peak_at_each_stage_precision():
+    """int8 and int4 graphs against the int8 peak, OpenVINO with the bf16 hint against the bf16 peak; a precision
+    with no measured peak falls back to fp32 and says so."""
+    peaks = MachinePeaks(bandwidth=10e9, flops=100e9, method="hand", int8_flops=400e9, bf16_flops=200e9)
+    vision = {"vision_encoder": StageWork(flops=80e9, bytes=1e6, precision="int8-static")}
+    [r] = fractions({"vision_encoder": 0.5}, vision, peaks).values()
+    assert (r["bound"], r["peak"], r["peak_gflops"]) == ("compute", "int8", 400.0)
+    assert r["bound_ms"] == pytest.approx(200.0) and r["ratio"] == pytest.approx(2.5)  # 80 GFLOP at 400 GFLOP/s
+    fp32 = {"vision_encoder": StageWork(flops=80e9, bytes=1e6, precision="fp32")}
+    hint = {"INFERENCE_PRECISION_HINT": "bf16"}
+    assert fractions({"vision_encoder": 0.5}, fp32, peaks, "openvino", hint)["vision_encoder"]["bound_ms"] == pytest.approx(400.0)
+    assert fractions({"vision_encoder": 0.5}, fp32, peaks, "onnxruntime", hint)["vision_encoder"]["bound_ms"] == pytest.approx(800.0)
+    no_int8 = MachinePeaks(bandwidth=10e9, flops=100e9, method="hand")
+    [r] = fractions({"vision_encoder": 0.5}, vision, no_int8).values()
+    assert (r["peak"], r["bound_ms"]) == ("fp32", pytest.approx(800.0))
+
+
+@pytest.mark.parametrize(("precision", "backend", "options", "kind"), [
+    ("int8-static", "onnxruntime", None, "int8"), ("int8-dynamic", "openvino", None, "int8"),
+    ("int4-weight-only", "onnxruntime", None, "int8"), ("fp16", "onnxruntime", None, "fp32"),
+    ("fp32", "openvino", {"INFERENCE_PRECISION_HINT": "BF16"}, "bf16"), ("fp32", "openvino", {"INFERENCE_PRECISION_HINT": "f32"}, "fp32"),
+    ("bf16", "onnxruntime", None, "bf16"), ("fp32", "onnxruntime", None, "fp32"),
+])
+def test_compute_kind(precision, backend, options, kind):
+    assert roofline.compute_kind(precision, backend, options) == kind
+
+
+def test_roofline_notes_name_a_missing_peak():
+    from types import SimpleNamespace
+
+    from tiercel.runtime.profile import report as render
+
+    row = {"precision": "int8-static", "peak": "fp32"}
+    report = SimpleNamespace(peaks=MachinePeaks(10e9, 100e9, "hand"), settings=SimpleNamespace(options=None),
+                             profiles=[SimpleNamespace(backend="onnxruntime", roofline={"vision_encoder": row},
+                                                       weights_bytes=None, roofline_skipped=None)])
+    notes = render.roofline_notes(report)
+    assert notes[1].startswith("no int8 matmul peak was measured here: those stages' compute bounds use the fp32 peak")
+    row["peak"] = "int8"
+    assert len(render.roofline_notes(report)) == 1
+    assert render.peaks_line(MachinePeaks(22.5e9, 101e9, "", int8_flops=405e9)) == "22.5 GB/s copy; matmul GFLOP/s: fp32 101, int8 405"
+
+
 class _FakeBundle:
     """The two parts of a bundle that bundle_work reads: the model shape and the graph entries."""
 

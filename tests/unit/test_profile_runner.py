@@ -78,7 +78,7 @@ def test_report_is_json_and_renders(report, tmp_path):
     console.print(render.roofline_table(report))
     console.print(render.estimate_table(report))
     text = console.export_text()
-    for needle in ("decode, per token", "PIX_CHG end-to-end", "run_all (2 tasks)", "peak RSS", "fraction", "ESTIMATE",
+    for needle in ("decode, per token", "PIX_CHG end-to-end", "run_all (2 tasks)", "peak RSS", "x bound", "ESTIMATE",
                    "Jetson AGX Orin 64GB"):
         assert needle in text
     assert any("max(bytes / (bandwidth" in line for line in render.estimate_notes(report))
@@ -131,7 +131,7 @@ def test_bad_inputs_fail_before_timing(bundle, tmp_path):
 def test_more_new_tokens_than_the_position_table_names_profiles_option(bundle, monkeypatch):
     from tiercel.runtime.profile import runner
 
-    monkeypatch.setattr(runner.roofline, "measure_machine", lambda: None)  # seconds this test does not need
+    monkeypatch.setattr(runner.roofline, "measure_machine", lambda threads=None: None)  # seconds this test does not need
     monkeypatch.setattr(runner, "_timed_call", lambda *a: pytest.fail("timed before the check"))
     with pytest.raises(ConfigError) as err:  # the tiny bundle has 256 positions
         profile([bundle], ["onnxruntime"], ProfileSettings(runs=1, new_tokens=257, image_size=64))

@@ -33,3 +33,17 @@ def test_the_per_task_table_names_its_protocol_and_shows_falcons_beside_it():
     theirs = text.split("## Per task (headline metric x 100, falcon protocol)")[1].split("##")[0]
     assert "| REG_VG | acc50 | 25.0 |" in ours  # tiercel's headline: the first box's accuracy
     assert "| REG_VG | ap50 | 90.0 |" in theirs and "| average | | 90.0 |" in theirs  # Falcon's: its IoU-ranked AP
+
+
+def test_the_roofline_table_shows_each_stage_against_its_bound():
+    row = _row({}, 0.3)
+    row["roofline"] = {"vision_encoder": {"precision": "int8-static", "bound": "compute", "peak": "int8", "bound_ms": 40.0,
+                                          "measured_ms": 100.0},
+                       "decode_token": {"precision": "int8-static", "bound": "memory", "peak": "int8", "bound_ms": 5.0,
+                                        "measured_ms": 11.0}}
+    peaks = {"bandwidth_gbs": 22.5, "matmul_gflops": 101.0, "int8_matmul_gflops": 405.0, "bf16_matmul_gflops": None}
+    text = markdown({"rows": {"student-int8": row}, "guard": {}, "peaks": peaks}, "demo").split("## Against the roofline")[1]
+    assert "(22.5 GB/s; matmul GFLOP/s fp32 101, int8 405); x bound = measured p50 / bound." in text
+    assert "| student-int8 | vision_encoder | int8-static | compute int8 | 40.00 | 100.00 | 2.50x |" in text
+    assert "| student-int8 | decode_token | int8-static | memory | 5.00 | 11.00 | 2.20x |" in text
+    assert "## Against the roofline" not in markdown({"rows": {"t": _row({}, 0.3)}, "guard": {}}, "demo")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tiercel.errors import require
 from tiercel.fileio import atomic_path
+from tiercel.runtime.profile import roofline
 
 STAGE_LABELS = {
     "preprocess": "preprocess",
@@ -87,20 +88,29 @@ def comparison_table(report):
     return table
 
 
+def peaks_line(peaks) -> str:
+    """This machine's measured peaks in one line: bandwidth and matmul FLOP/s per precision measured."""
+    parts = [f"{peaks.bandwidth / 1e9:.1f} GB/s copy", f"fp32 {peaks.flops / 1e9:.0f}"]
+    parts += [f"{kind} {value / 1e9:.0f}" for kind in ("bf16", "int8")
+              if (value := getattr(peaks, f"{kind}_flops", None))]
+    return ", ".join(parts[:1]) + "; matmul GFLOP/s: " + ", ".join(parts[1:])
+
+
 def roofline_table(report):
-    """Per profile and stage: the bound (memory or compute), its time on this machine, measured p50, fraction."""
+    """Per profile and stage: the bound (memory, or compute at the stage's precision), its time on this machine,
+    measured p50, and measured / bound."""
     from rich.table import Table
 
-    pk = report.peaks
-    table = Table(title=f"roofline on this machine: {pk.bandwidth / 1e9:.1f} GB/s copy, {pk.flops / 1e9:.0f} GFLOP/s "
-                        f"sgemm (measured in this run); fraction = roofline time / measured p50",
+    table = Table(title=f"roofline on this machine ({peaks_line(report.peaks)}; measured in this run): "
+                        "x bound = measured p50 / roofline time (1.00x = at the roofline)",
                   title_justify="left")
-    for col in ("bundle", "stage", "precision", "GFLOP", "MB read", "bound", "bound ms", "p50 ms", "fraction"):
+    for col in ("bundle", "stage", "precision", "GFLOP", "MB read", "bound", "bound ms", "p50 ms", "x bound"):
         table.add_column(col, justify="left" if col in ("bundle", "stage", "precision", "bound") else "right", no_wrap=True)
     for p in report.profiles:
         for stage, r in p.roofline.items():
+            bound = r["bound"] if r["bound"] == "memory" else f"compute {r.get('peak', 'fp32')}"
             table.add_row(p.label, STAGE_LABELS[stage], r["precision"], f"{r['flops'] / 1e9:.3g}", f"{r['bytes'] / MB:.3g}",
-                          r["bound"], _fmt(r["bound_ms"]), _fmt(r["measured_ms"]), f"{r['fraction']:.0%}")
+                          bound, _fmt(r["bound_ms"]), _fmt(r["measured_ms"]), f"{1 / r['fraction']:.2f}x")
         table.add_section()
     return table
 
@@ -109,8 +119,11 @@ def roofline_notes(report) -> list[str]:
     """Lines printed under the roofline table: how work and peaks were counted."""
     lines = ["roofline: FLOPs from the model shape (matmuls + convolutions), bytes = graph files + KV cache read; "
              f"peaks: {report.peaks.method}"]
-    if any(r["precision"] != "fp32" for p in report.profiles for r in p.roofline.values()):
-        lines.append("compute bounds use the fp32 sgemm peak for every precision: int8 kernels can pass 100%")
+    stand_in = sorted({roofline.compute_kind(r["precision"], p.backend, report.settings.options)
+                       for p in report.profiles for r in p.roofline.values() if r.get("peak", "fp32") == "fp32"} - {"fp32"})
+    if stand_in:
+        lines.append(f"no {'/'.join(stand_in)} matmul peak was measured here: those stages' compute bounds use the "
+                     "fp32 peak, which their kernels can beat (x bound below 1)")
     if any(p.weights_bytes is not None for p in report.profiles):
         lines.append("a checkpoint's bytes are its parameters per stage (the decoder's include lm_head, tied or not)")
     lines += [f"no roofline for {p.label}: {p.roofline_skipped}" for p in report.profiles if p.roofline_skipped]
@@ -216,7 +229,7 @@ def plot(report, path) -> None:
     fig.legend(handles + h2, names + n2, loc="lower center", ncol=5, fontsize=8, frameon=False)
     m = report.machine
     fig.suptitle(f"tiercel profile on {m['cpu']} ({m['cores']} cores, load {m['load_average'][0]}; measured "
-                 f"{report.peaks.bandwidth / 1e9:.1f} GB/s, {report.peaks.flops / 1e9:.0f} GFLOP/s)",
+                 f"{peaks_line(report.peaks)})",
                  x=0.01, ha="left", fontsize=11)
     fig.tight_layout(rect=(0, 0.55 / (1.9 + 0.6 * len(ps)) + 0.04, 1, 1))
     with atomic_path(path) as tmp:  # the temporary name has no suffix: the format comes from `path`'s

@@ -4,10 +4,15 @@ Work comes from the manifest alone, without torch: FLOPs analytically from the m
 convolutions, one multiply-add = 2 FLOPs, the convention of torch's FlopCounterMode that `tiercel info` uses;
 norms, softmax and element-wise ops are not counted), bytes from the graph files' sizes on disk (so a quantised
 bundle's smaller weights count as they are) plus the KV cache a decoder step reads. Machine peaks are measured
-in the same run: memory bandwidth by a multi-threaded numpy copy, matmul throughput by numpy sgemm.
+in the same run: memory bandwidth by a multi-threaded numpy copy, matmul throughput per precision by one
+2048^3 product: fp32 by numpy sgemm, int8 by onnxruntime's MatMulInteger (u8 x s8, the kernel family behind
+int8-static, int8-dynamic and int4 at accuracy level 4), bf16 by OpenVINO's MatMul with
+INFERENCE_PRECISION_HINT=bf16 where the CPU computes bf16. A precision whose library is missing falls back to
+the fp32 peak, and the report says so.
 
-A stage's roofline time is max(bytes / bandwidth, FLOPs / peak); its fraction of the bound is that time divided
-by the measured one (1.0 = running at the roofline). Knows nothing about how stages are timed (timing.py).
+A stage's roofline time is max(bytes / bandwidth, FLOPs / peak at the stage's precision); its fraction of the
+bound is that time divided by the measured one (1.0 = running at the roofline) and its ratio the inverse
+(measured / bound, "1.3x its bound"). Knows nothing about how stages are timed (timing.py).
 """
 
 from __future__ import annotations
@@ -130,14 +135,40 @@ def stage_work(shape: dict, files: dict[str, dict], enc_tokens: int, new_tokens:
 # ---- this machine -----------------------------------------------------------------------------------------
 @dataclass
 class MachinePeaks:
-    """Measured peaks of this machine: bytes/s of a large copy and FLOP/s of an fp32 matmul."""
+    """Measured peaks of this machine: bytes/s of a large copy and FLOP/s of a matmul per precision (None: not
+    measured here, the fp32 peak stands in)."""
 
     bandwidth: float  # bytes/s
-    flops: float  # FLOP/s
+    flops: float  # fp32 FLOP/s
     method: str
+    int8_flops: float | None = None
+    bf16_flops: float | None = None
+
+    def peak(self, kind: str) -> tuple[float, str]:
+        """(FLOP/s, the precision it was measured at) for compute of `kind` (fp32, int8, bf16)."""
+        value = {"int8": self.int8_flops, "bf16": self.bf16_flops}.get(kind)
+        return (value, kind) if value else (self.flops, "fp32")
 
     def to_dict(self) -> dict:
-        return {"bandwidth_gbs": self.bandwidth / 1e9, "matmul_gflops": self.flops / 1e9, "method": self.method}
+        out = {"bandwidth_gbs": self.bandwidth / 1e9, "matmul_gflops": self.flops / 1e9, "method": self.method}
+        for kind in ("int8", "bf16"):
+            value = getattr(self, f"{kind}_flops")
+            out[f"{kind}_matmul_gflops"] = None if value is None else value / 1e9
+        return out
+
+
+def compute_kind(precision: str, backend: str = "", options: dict | None = None) -> str:
+    """The arithmetic a graph of `precision` runs its matmuls in on a CPU: int8 for int8 and int4 graphs
+    (onnxruntime quantises activations to int8 for MatMulInteger, DynamicQuantizeMatMul and MatMulNBits at
+    accuracy level 4), bf16 for bf16 graphs and for OpenVINO asked for INFERENCE_PRECISION_HINT=bf16, else fp32
+    (fp16 graphs compute through fp32 on a CPU without fp16 arithmetic)."""
+    p = str(precision).lower()
+    if p.startswith(("int8", "int4")):
+        return "int8"
+    hint = str((options or {}).get("INFERENCE_PRECISION_HINT", "")).lower()
+    if p.startswith("bf16") or (backend == "openvino" and hint == "bf16"):
+        return "bf16"
+    return "fp32"
 
 
 def _best(fn, repeats: int) -> float:
@@ -174,21 +205,75 @@ def measure_matmul(n: int = 1536, repeats: int = 5) -> float:
     return 2.0 * n**3 / _best(lambda: a @ b, repeats)
 
 
-def measure_machine() -> MachinePeaks:
-    """Both peaks, in about a second."""
-    threads = os.cpu_count() or 1
-    return MachinePeaks(measure_bandwidth(threads=threads), measure_matmul(),
-                        f"numpy copy of 128 MiB over {threads} threads (read+write); numpy fp32 matmul 1536^3")
+def measure_int8_matmul(n: int = 2048, repeats: int = 5, threads: int | None = None) -> float | None:
+    """int8 matmul throughput in FLOP/s (multiply-add = 2): best of `repeats` onnxruntime MatMulInteger products,
+    uint8 [n, n] x int8 [n, n] -> int32, on `threads` intra-op threads; None without onnx and onnxruntime."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "b")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_peak",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8)}
+    session.run(None, feed)  # first call packs the weight
+    return 2.0 * n**3 / _best(lambda: session.run(None, feed), repeats)
 
 
-def fractions(measured: dict[str, float], work: dict[str, StageWork], peaks: MachinePeaks) -> dict[str, dict]:
-    """{stage: {"bound": "memory"|"compute", "bound_ms", "measured_ms", "fraction"}} for the stages in both."""
+def measure_bf16_matmul(n: int = 2048, repeats: int = 5, threads: int | None = None) -> float | None:
+    """bf16 matmul throughput in FLOP/s: best of `repeats` OpenVINO MatMul calls compiled with
+    INFERENCE_PRECISION_HINT=bf16 (fp32 in and out, bf16 inside); None without OpenVINO or where its CPU plugin
+    does not compute bf16 (no AVX512_BF16 or AMX)."""
+    try:
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:
+        return None
+    core = ov.Core()
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return None
+    rng = np.random.default_rng(0)
+    a = ops.parameter([n, n], np.float32, name="a")
+    model = ov.Model([ops.matmul(a, ops.constant(rng.random((n, n), np.float32)), False, False)], [a], "bf16_peak")
+    config = {"INFERENCE_PRECISION_HINT": "bf16", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    x = rng.random((n, n), np.float32)
+    request.infer({0: x})
+    return 2.0 * n**3 / _best(lambda: request.infer({0: x}), repeats)
+
+
+def measure_machine(threads: int | None = None) -> MachinePeaks:
+    """Every peak, in a few seconds. `threads`: the backends' intra-op threads for the int8 and bf16 peaks and
+    the copy's; numpy's fp32 sgemm uses all of its BLAS threads."""
+    copy_threads = threads or os.cpu_count() or 1
+    int8, bf16 = measure_int8_matmul(threads=threads), measure_bf16_matmul(threads=threads)
+    method = (f"numpy copy of 128 MiB over {copy_threads} threads (read+write); numpy fp32 matmul 1536^3; "
+              f"int8: {'onnxruntime MatMulInteger 2048^3' if int8 else 'not measured (no onnxruntime), fp32 peak used'}; "
+              f"bf16: {'OpenVINO MatMul 2048^3 with INFERENCE_PRECISION_HINT=bf16' if bf16 else 'not measured (no OpenVINO, or no bf16 on this CPU), fp32 peak used'}"
+              f"{f'; int8/bf16 on {threads} threads' if threads else ''}")
+    return MachinePeaks(measure_bandwidth(threads=copy_threads), measure_matmul(), method, int8, bf16)
+
+
+def fractions(measured: dict[str, float], work: dict[str, StageWork], peaks: MachinePeaks, backend: str = "",
+              options: dict | None = None) -> dict[str, dict]:
+    """{stage: {"bound": "memory"|"compute", "peak": the compute precision of the bound, "bound_ms", "measured_ms",
+    "fraction", "ratio"}} for the stages in both; a stage's compute bound uses the peak at its graph's arithmetic
+    (compute_kind)."""
     out = {}
     for stage, w in work.items():
         seconds = measured.get(stage)
         if not seconds or not math.isfinite(seconds):
             continue
-        bound, kind = w.bound_seconds(peaks.bandwidth, peaks.flops)
-        out[stage] = {"bound": kind, "bound_ms": bound * 1e3, "measured_ms": seconds * 1e3, "fraction": bound / seconds,
-                      **asdict(w)}
+        flops_per_s, kind = peaks.peak(compute_kind(w.precision, backend, options))
+        bound, limit = w.bound_seconds(peaks.bandwidth, flops_per_s)
+        out[stage] = {"bound": limit, "peak": kind, "peak_gflops": flops_per_s / 1e9, "bound_ms": bound * 1e3,
+                      "measured_ms": seconds * 1e3, "fraction": bound / seconds, "ratio": seconds / bound, **asdict(w)}
     return out

@@ -242,14 +242,14 @@ def profile(paths, backends=("onnxruntime",), settings: ProfileSettings | None =
     profiles = []
     with track("profile", len(paths) * len(backends) * settings.steps(), "runs") as bar:
         bar.update(note="measuring machine peaks")
-        peaks = roofline.measure_machine()
+        peaks = roofline.measure_machine(settings.threads)
         image = profile_image(settings.image_size) if image is None else image
         tick = _ticks(bar, progress)
         for path in paths:
             for backend in backends:
                 p = profile_bundle(path, backend, settings, image, _label(path, backend, paths, backends), tick, checkpoints)
                 if str(p.device).lower() == "cpu":
-                    p.roofline = roofline.fractions(p.stage_p50(), p.work, peaks)
+                    p.roofline = roofline.fractions(p.stage_p50(), p.work, peaks, p.backend, settings.options)
                 else:  # the peaks are this machine's CPU: a fraction of them says nothing about a GPU's run
                     p.roofline_skipped = f"ran on {p.device}; the measured peaks are this machine's CPU"
                 p.estimates = {key: dev.estimate(p.work, d, settings.new_tokens) for key, d in devices.items()}
