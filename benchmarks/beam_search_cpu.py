@@ -117,7 +117,7 @@ def with_bundle(bundle: Path, rounds: int) -> dict:
     from tiercel.tasks.examples import run_all_inputs
 
     m = rt.load(bundle, backend="onnxruntime", threads=1)
-    image = profile_image(m.shape.image_size)
+    image = profile_image(m.shape.shape.image_size)
     single = [t for t in tasks.TAGS if tasks.get(t).n_images == 1]
     texts, regions = run_all_inputs(single, (image.shape[1], image.shape[0]))
     gen = {**forced_generation(TOKENS, BEAMS), "no_repeat_ngram_size": 3}
