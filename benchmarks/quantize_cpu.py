@@ -109,12 +109,16 @@ def time_bundle(bundle: Path, backend: str, runs: int) -> dict:
 def time_interleaved(timers: dict, runs: int) -> dict:
     """{name: bundle_timers(...)} -> {name: {"vision_ms", "decode_ms_per_token"}}: one warm-up each, then `runs`
     rounds in which every bundle runs once in turn, so that a machine that speeds up or slows down during the
-    benchmark moves every bundle alike instead of the ones timed at that moment (the ratios are what is read)."""
+    benchmark moves every bundle alike instead of the ones timed at that moment (the ratios are what is read).
+    Round i starts i bundles later: whichever bundle ran first in a round ran 4-19% slower in
+    decode_profile_cpu.md's runs, so no bundle keeps that place."""
     for t in timers.values():
         t["vision"](), t["decode"]()
     rows = {name: {"vision": [], "decode": []} for name in timers}
-    for _ in range(runs):
-        for name, t in timers.items():
+    names = list(timers)
+    for i in range(runs):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            t = timers[name]
             for kind in ("vision", "decode"):
                 start = time.perf_counter()
                 t[kind]()
