@@ -131,10 +131,11 @@ class DecoderStep(nn.Module):
                 ek, ev = past[i][2], past[i][3]
             else:
                 ek, ev = _heads(ca.k_proj(encoder_hidden_states), heads), _heads(ca.v_proj(encoder_hidden_states), heads)
-            # [rows, t, D] -> [items, beams * t, D]: an item's beams are extra queries against its one K/V
+            # [rows, t, D] -> [items, beams * t, D]: an item's beams are extra queries against its one K/V. The
+            # two regrouping reshapes read their targets from the inputs' shapes (the same in every layer).
             q = _heads(ca.q_proj(h.reshape(items, -1, ca.q_proj.in_features)), heads)
             out = _attend(q, ek, ev, ca.scaling, cross_bias)
-            h = layer.encoder_attn_layer_norm(h + ca.out_proj(out).view_as(h))
+            h = layer.encoder_attn_layer_norm(h + ca.out_proj(out).view_as(inputs_embeds))
             h = layer.final_layer_norm(h + layer.fc2(layer.activation_fn(layer.fc1(h))))
             presents += [k, v] if past is not None else [k, v, ek, ev]
         return (self.lm_head(h), *presents)
