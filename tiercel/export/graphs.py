@@ -8,7 +8,7 @@ every step; cross-attention KV is projected from the encoder output once (first 
 
 Cross-attention KV is per ITEM, not per row: the decoder's rows are item-major (row = item * beams + beam, as
 beam search lays them out) and the encoder inputs and encoder KV have one row per item, so every beam of an item
-reads the same K/V (the beams become extra query positions of their item). Greedy decoding is beams = 1.
+reads the same K/V (the beams are a broadcast batch axis of their item's attention). Greedy decoding is beams = 1.
 
 This module knows nothing about ONNX files or bundles (see onnx_export.py); it only defines what is traced.
 """
@@ -64,6 +64,21 @@ def _attend(q, k, v, scaling, bias):
     out = torch.matmul(torch.softmax(scores, dim=-1), v)
     b, h, t, hd = out.shape
     return out.transpose(1, 2).reshape(b, t, h * hd)
+
+
+def _cross_attend(ca, h, k, v, bias, items, t):
+    """Cross-attention of h [rows, t, D] (rows = items x beams, item-major) against one k, v [items, H, S, d] per
+    item -> [items, beams, t, H, d]. Beams are a broadcast batch axis next to the heads: each row is the same
+    matrix-vector product as with its own K/V copy (scores key-major: K @ q^T reads K as stored, as rewrite.py
+    makes the other attentions do), and the beams of a head read the same K/V one after another, from cache."""
+    heads = ca.num_heads
+    q = ca.q_proj(h).view(items, -1, t, heads, ca.q_proj.out_features // heads)
+    q_t = q.permute(0, 3, 1, 4, 2)  # [items, H, beams, d, t]
+    # scaled after the transpose, as the other attentions are: a Mul right after this MatMul becomes onnxruntime's
+    # FusedMatMul, whose broadcasting path ran 4x slower than MatMul's here
+    scores = torch.matmul(k.unsqueeze(2), q_t).transpose(-1, -2) * ca.scaling + bias.unsqueeze(1)
+    out = torch.matmul(torch.softmax(scores, dim=-1), v.unsqueeze(2))  # [items, H, beams, t, d]
+    return out.permute(0, 2, 3, 1, 4)
 
 
 class TextEncoder(nn.Module):
@@ -131,11 +146,8 @@ class DecoderStep(nn.Module):
                 ek, ev = past[i][2], past[i][3]
             else:
                 ek, ev = _heads(ca.k_proj(encoder_hidden_states), heads), _heads(ca.v_proj(encoder_hidden_states), heads)
-            # [rows, t, D] -> [items, beams * t, D]: an item's beams are extra queries against its one K/V. The
-            # two regrouping reshapes read their targets from the inputs' shapes (the same in every layer).
-            q = _heads(ca.q_proj(h.reshape(items, -1, ca.q_proj.in_features)), heads)
-            out = _attend(q, ek, ev, ca.scaling, cross_bias)
-            h = layer.encoder_attn_layer_norm(h + ca.out_proj(out).view_as(inputs_embeds))
+            out = _cross_attend(ca, h, ek, ev, cross_bias, items, t)
+            h = layer.encoder_attn_layer_norm(h + ca.out_proj(out.reshape_as(inputs_embeds)))
             h = layer.final_layer_norm(h + layer.fc2(layer.activation_fn(layer.fc1(h))))
             presents += [k, v] if past is not None else [k, v, ek, ev]
         return (self.lm_head(h), *presents)
