@@ -94,14 +94,15 @@ def test_roofline_notes_name_a_missing_peak():
 class _FakeBundle:
     """The two parts of a bundle that bundle_work reads: the model shape and the graph entries."""
 
-    def __init__(self, root, shape, graphs):
+    def __init__(self, root, shape, graphs, cross_kv="per_row"):
         from types import SimpleNamespace
 
         from tiercel.runtime.manifest import GraphEntry
 
         self.root = root
         self.graphs = [GraphEntry(sha256="x", **g) for g in graphs]
-        self.manifest = SimpleNamespace(model=SimpleNamespace(shape=SimpleNamespace(model_dump=lambda: shape)))
+        self.manifest = SimpleNamespace(model=SimpleNamespace(shape=SimpleNamespace(model_dump=lambda: shape)),
+                                        cross_kv=cross_kv)
 
     def entries(self, backend):
         return {g.name: g for g in self.graphs if g.backend == backend}
@@ -125,6 +126,11 @@ def test_bundle_work_reads_weights_from_file_sizes_and_adds_kv(tmp_path):
     assert work["decode_token"].bytes == 400 + 600 + 2 * (cross + self_kv)
     assert work["first_token"].bytes == 500 + 2 * cross
     assert work["vision_encoder"].bytes == 1000 and work["text_encoder"].bytes == 300
+    shared = roofline.bundle_work(_FakeBundle(tmp_path, json.loads(json.dumps(shape)), graphs, "per_item"),
+                                  "onnxruntime", enc_tokens=10, new_tokens=5, rows=2)
+    assert shared["decode_token"].bytes == 400 + 600 + cross + 2 * self_kv  # the 2 beams read one cross K/V
+    assert shared["first_token"].bytes == 500 + cross
+    assert shared["first_token"].flops == work["first_token"].flops - 2 * 2 * 2 * 10 * 8 * 8  # projected once
 
 
 def test_machine_peaks_are_measured_and_positive():

@@ -61,6 +61,23 @@ def test_plan_picks_the_nearest_profile_and_splits_batches_too_large_for_any():
         plan_call("e", [ids, flag], {"input_ids": (2, 101), "use_cache_branch": (1,)})  # a prompt no chunk shortens
 
 
+def test_plan_splits_a_beam_batch_into_whole_items():
+    """A per_item decoder: the mask per item, the token rows per item x beams; chunks hold whole items."""
+    from tiercel.errors import BundleError
+    from tiercel.runtime.tensorrt import batch_units, plan_call
+
+    rows = _spec("inputs_embeds", ((1, 1, 8), (1, 1, 8), (4, 1, 8)), ((1, 1, 8), (4, 1, 8), (4, 1, 8)))
+    mask = _spec("encoder_attention_mask", ((1, 1), (1, 8), (4, 100)), ((1, 1), (4, 8), (4, 100)), dtype=np.int64)
+    shapes = lambda r, i: {"inputs_embeds": (r, 1, 8), "encoder_attention_mask": (i, 20)}  # noqa: E731
+    assert batch_units("e", [rows, mask], shapes(9, 3)) == (3, {"inputs_embeds": 3, "encoder_attention_mask": 1})
+    assert plan_call("e", [rows, mask], shapes(3, 1)) == (1, None)  # 1 item x 3 beams runs whole (3 rows: opt 4)
+    assert plan_call("e", [rows, mask], shapes(9, 3)) == (0, 1)  # 3 items x 3 beams: 4 rows take one item
+    assert plan_call("e", [rows, mask], shapes(4, 4)) == (1, None)  # greedy: items = rows
+    with pytest.raises(BundleError, match=r"e: the batched inputs disagree on the batch size \(inputs_embeds 8, "
+                                          r"encoder_attention_mask 3\)"):
+        plan_call("e", [rows, mask], shapes(8, 3))
+
+
 def test_version_range_is_checked_in_one_line():
     from tiercel.errors import BundleError
     from tiercel.runtime.tensorrt import check_version

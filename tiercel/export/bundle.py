@@ -113,6 +113,7 @@ def manifest_for(model, tokenizer, root: Path, graphs: list[dict], decoder: str,
                       "image_token_id": tokenizer.image_id, "vocab_size": len(tokenizer)},
         "generation": generation_settings(model, tokenizer),
         "decoder": decoder,
+        "cross_kv": "per_item",  # graphs.DecoderStep: cross-attention K/V per item, shared by its beams
         "opset": OPSET,
         "graphs": graphs,
         "parity": {},

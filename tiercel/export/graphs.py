@@ -6,6 +6,10 @@ Florence-2 ONNX ports (past_key_values.{i}.{decoder,encoder}.{key,value} -> pres
 the past length, and masks padded encoder positions additively. Self-attention KV grows by the new tokens on
 every step; cross-attention KV is projected from the encoder output once (first step) and then passed back in.
 
+Cross-attention KV is per ITEM, not per row: the decoder's rows are item-major (row = item * beams + beam, as
+beam search lays them out) and the encoder inputs and encoder KV have one row per item, so every beam of an item
+reads the same K/V (the beams are a broadcast batch axis of their item's attention). Greedy decoding is beams = 1.
+
 This module knows nothing about ONNX files or bundles (see onnx_export.py); it only defines what is traced.
 """
 
@@ -62,6 +66,21 @@ def _attend(q, k, v, scaling, bias):
     return out.transpose(1, 2).reshape(b, t, h * hd)
 
 
+def _cross_attend(ca, h, k, v, bias, items, t):
+    """Cross-attention of h [rows, t, D] (rows = items x beams, item-major) against one k, v [items, H, S, d] per
+    item -> [items, beams, t, H, d]. Beams are a broadcast batch axis next to the heads: each row is the same
+    matrix-vector product as with its own K/V copy (scores key-major: K @ q^T reads K as stored, as rewrite.py
+    makes the other attentions do), and the beams of a head read the same K/V one after another, from cache."""
+    heads = ca.num_heads
+    q = ca.q_proj(h).view(items, -1, t, heads, ca.q_proj.out_features // heads)
+    q_t = q.permute(0, 3, 1, 4, 2)  # [items, H, beams, d, t]
+    # scaled after the transpose, as the other attentions are: a Mul right after this MatMul becomes onnxruntime's
+    # FusedMatMul, whose broadcasting path ran 4x slower than MatMul's here
+    scores = torch.matmul(k.unsqueeze(2), q_t).transpose(-1, -2) * ca.scaling + bias.unsqueeze(1)
+    out = torch.matmul(torch.softmax(scores, dim=-1), v.unsqueeze(2))  # [items, H, beams, t, d]
+    return out.permute(0, 2, 3, 1, 4)
+
+
 class TextEncoder(nn.Module):
     """inputs_embeds [B, T, D], attention_mask [B, T] -> last_hidden_state [B, T, D] (BART encoder, post-LN)."""
 
@@ -87,9 +106,10 @@ class TextEncoder(nn.Module):
 class DecoderStep(nn.Module):
     """One decoder call with an explicit KV cache.
 
-    with_past=False (first step): inputs_embeds, encoder_hidden_states, encoder_attention_mask -> logits and
-    present.* for self- AND cross-attention. with_past=True: inputs_embeds, encoder_attention_mask and
-    past_key_values.* -> logits and present.*.decoder.* only (the cross-attention KV does not change).
+    with_past=False (first step): inputs_embeds [rows, t, D], encoder_hidden_states [items, S, D],
+    encoder_attention_mask [items, S] -> logits [rows, t, V] and present.* for self-attention ([rows, H, t, d]) AND
+    cross-attention ([items, H, S, d]). with_past=True: inputs_embeds, encoder_attention_mask and past_key_values.*
+    -> logits and present.*.decoder.* only (the cross-attention KV does not change). rows = items * beams.
     """
 
     def __init__(self, model, with_past: bool):
@@ -111,7 +131,8 @@ class DecoderStep(nn.Module):
         h = dec.layernorm_embedding(inputs_embeds + dec.embed_positions.weight[steps + dec.embed_positions.offset])
         keys = torch.arange(past_len + t, device=inputs_embeds.device)
         causal = (keys[None, :] > steps[:, None]).to(h.dtype) * torch.finfo(h.dtype).min  # [t, past+t]
-        cross_bias = _mask_bias(encoder_attention_mask, h.dtype)
+        cross_bias = _mask_bias(encoder_attention_mask, h.dtype)  # [items, 1, 1, S]
+        items = encoder_attention_mask.shape[0]
         presents = []
         for i, layer in enumerate(dec.layers):
             sa, ca = layer.self_attn, layer.encoder_attn
@@ -125,8 +146,8 @@ class DecoderStep(nn.Module):
                 ek, ev = past[i][2], past[i][3]
             else:
                 ek, ev = _heads(ca.k_proj(encoder_hidden_states), heads), _heads(ca.v_proj(encoder_hidden_states), heads)
-            out = _attend(_heads(ca.q_proj(h), heads), ek, ev, ca.scaling, cross_bias)
-            h = layer.encoder_attn_layer_norm(h + ca.out_proj(out))
+            out = _cross_attend(ca, h, ek, ev, cross_bias, items, t)
+            h = layer.encoder_attn_layer_norm(h + ca.out_proj(out.reshape_as(inputs_embeds)))
             h = layer.final_layer_norm(h + layer.fc2(layer.activation_fn(layer.fc1(h))))
             presents += [k, v] if past is not None else [k, v, ek, ev]
         return (self.lm_head(h), *presents)

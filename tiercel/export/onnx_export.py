@@ -47,10 +47,10 @@ def _dynamic_axes(names: list[str]) -> dict:
             axes[n] = {0: "batch"}
         elif n in ("input_ids", "attention_mask", "inputs_embeds", "last_hidden_state", "logits"):
             axes[n] = {0: "batch", 1: "sequence"}
-        elif n in ("encoder_attention_mask", "encoder_hidden_states"):
-            axes[n] = {0: "batch", 1: "encoder_sequence"}
+        elif n in ("encoder_attention_mask", "encoder_hidden_states"):  # per item: one per `beams` rows
+            axes[n] = {0: "items", 1: "encoder_sequence"}
         elif ".encoder." in n:
-            axes[n] = {0: "batch", 2: "encoder_sequence"}
+            axes[n] = {0: "items", 2: "encoder_sequence"}
         elif n.startswith("past_key_values"):
             axes[n] = {0: "batch", 2: "past_sequence"}
         elif n.startswith("present"):
@@ -58,24 +58,25 @@ def _dynamic_axes(names: list[str]) -> dict:
     return axes
 
 
-def sample_inputs(model, batch: int = 2, prompt: int = 7, past: int = 3, seed: int = 0) -> dict:
-    """Random tensors of every graph's inputs (a few padded positions included), keyed by graph name."""
+def sample_inputs(model, batch: int = 2, prompt: int = 7, past: int = 3, seed: int = 0, beams: int = 2) -> dict:
+    """Random tensors of every graph's inputs (a few padded positions included), keyed by graph name. The
+    decoders get `batch` items of `beams` rows each: encoder inputs and encoder KV per item, the rest per row."""
     torch = require("torch", "train", "exporting")
     gen = torch.Generator().manual_seed(seed)
     shape = model.tiercel_shape
     d, heads, layers = shape.d_model, shape.attention_heads, shape.decoder_layers
-    seq = shape.image_tokens + prompt
+    seq, rows = shape.image_tokens + prompt, batch * beams
     mask = torch.ones(batch, seq, dtype=torch.int64)
     mask[-1, -2:] = 0
     hidden = torch.randn(batch, seq, d, generator=gen)
-    kv = lambda n: torch.randn(batch, heads, n, d // heads, generator=gen)  # noqa: E731
-    past_kv = [kv(past) if ".decoder." in n else kv(seq) for n in kv_names("past_key_values", layers)]
+    kv = lambda b, n: torch.randn(b, heads, n, d // heads, generator=gen)  # noqa: E731
+    past_kv = [kv(rows, past) if ".decoder." in n else kv(batch, seq) for n in kv_names("past_key_values", layers)]
     return {
         VISION: (torch.randn(batch, 3, shape.image_size, shape.image_size, generator=gen),),
         EMBED: (torch.randint(0, shape.vocab_size, (batch, seq), generator=gen),),
         ENCODER: (hidden, mask),
-        DECODER_FIRST: (torch.randn(batch, 1, d, generator=gen), mask, hidden),
-        DECODER_PAST: (torch.randn(batch, 1, d, generator=gen), mask, *past_kv),
+        DECODER_FIRST: (torch.randn(rows, 1, d, generator=gen), mask, hidden),
+        DECODER_PAST: (torch.randn(rows, 1, d, generator=gen), mask, *past_kv),
     }
 
 

@@ -70,8 +70,8 @@ def _merged_diffs(session, inputs, mods, layers, relative: bool = False) -> dict
     """Both branches of decoder_model_merged: first step (empty past) and with past."""
     first, past = inputs["decoder_model"], inputs["decoder_with_past_model"]
     embeds, mask, hidden = (a.numpy() for a in first)
-    b, heads, _, hd = past[2].shape
-    empty = {n: np.zeros((b, heads, 0, hd), np.float32) for n in kv_names("past_key_values", layers)}
+    empty = {n: np.zeros((*a.shape[:2], 0, a.shape[3]), np.float32)  # rows (self) or items (cross) of them
+             for n, a in zip(kv_names("past_key_values", layers), past[2:])}
     got = session.run({"inputs_embeds": embeds, "encoder_attention_mask": mask, "encoder_hidden_states": hidden,
                        "use_cache_branch": np.array([False]), **empty})
     ref = _torch_outputs(mods["decoder_model"], first)

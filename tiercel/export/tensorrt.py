@@ -74,7 +74,9 @@ def profiles(name: str, shape, max_batch: int = TASKS, vision_batch: int = VISIO
 
     `shape` is the model's ModelShape. Both profiles take 1..max_batch rows (vision: 1..vision_batch images)
     and sequences up to the model's text positions (the encoder's image tokens + prompt, the decoder's past);
-    the first is tuned for one row, the second for min(max_batch, 14) rows (vision: 2 images).
+    the first is tuned for one row, the second for min(max_batch, 14) rows (vision: 2 images). The decoders'
+    per-item inputs (encoder states, mask, cross-attention KV) take 1..max_batch items as well: greedy decoding
+    sends as many items as rows, beam search fewer (rows / beams), so the rows' range covers both.
     """
     heads, d = shape.attention_heads, shape.d_model
     hd, layers = d // heads, shape.decoder_layers

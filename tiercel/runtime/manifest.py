@@ -201,6 +201,10 @@ class Manifest(_Part):
     tokenizer: TokenizerEntry
     generation: Generation
     decoder: Literal["split", "merged"]
+    cross_kv: Literal["per_row", "per_item"] = Field("per_row", description=(
+        "what the decoder graphs' encoder inputs and cross-attention KV (encoder_hidden_states, "
+        "encoder_attention_mask, past_key_values.*.encoder.*) hold: one row per decoder row (per_row: every "
+        "beam its own copy; bundles written before the field) or one per item, shared by its beams (per_item)"))
     opset: int | None = None
     graphs: list[GraphEntry] = Field(min_length=1)
     parity: dict = {}  # export: per backend, the parity report (export/parity.py); {} after quantization

@@ -20,6 +20,10 @@ to the host and go in again): the fastest on a CPU. BoundKVDecoder keeps it wher
 sessions' run_bound/to_device/take_rows (backends.py): on a GPU only the token ids go up and the logits come
 down per step. Model uses BoundKVDecoder when `io_binding` is set (tiercel.runtime.load turns it on by default
 for GPU devices); on a CPU it runs the same code with host OrtValues, which is how it is tested.
+
+Cross-attention KV: a bundle whose manifest says `cross_kv: per_item` (export writes that) takes the encoder
+output, its mask and the cross-attention KV once per item, shared by the item's beams, so beam search gives the
+decoder one copy of them per prompt; a `per_row` bundle (older exports) gets them repeated once per beam.
 """
 
 from __future__ import annotations
@@ -73,17 +77,19 @@ class KVDecoder:
         return out["logits"][:, -1, :]
 
     def _empty_past(self, rows: int) -> dict:
-        d = self.enc_hidden.shape[-1]
-        heads = self._heads
-        empty = np.zeros((rows, heads, 0, d // heads), np.float32)
-        return {f"past_key_values.{i}.{w}.{kv}": empty for i in range(self.layers) for w in ("decoder", "encoder") for kv in ("key", "value")}
+        """The merged graph's first-step past: self-attention per row, cross-attention per encoder row (item)."""
+        d, heads = self.enc_hidden.shape[-1], self._heads
+        empty = {"decoder": np.zeros((rows, heads, 0, d // heads), np.float32),
+                 "encoder": np.zeros((self.enc_mask.shape[0], heads, 0, d // heads), np.float32)}
+        return {f"past_key_values.{i}.{w}.{kv}": empty[w] for i in range(self.layers) for w in ("decoder", "encoder") for kv in ("key", "value")}
 
     def reorder(self, rows: np.ndarray) -> None:
         # Cross-attention KV is the same for every beam of an item, and beams never move between items.
         self.cache = {k: (v[rows] if ".decoder." in k else v) for k, v in self.cache.items()}
 
     def keep_rows(self, rows: np.ndarray) -> None:
-        """Keep only `rows` of the batch (greedy drops finished rows): every cache entry, encoder states, mask."""
+        """Keep only `rows` of the batch (greedy drops finished rows): every cache entry, encoder states, mask.
+        Greedy has one beam, so an item is a row whichever cross_kv the graphs use."""
         self.cache = {k: v[rows] for k, v in self.cache.items()}
         self.enc_hidden, self.enc_mask = self.enc_hidden[rows], self.enc_mask[rows]
 
@@ -155,6 +161,7 @@ class Model:
         self.dialect = man.dialect
         self.generation = man.generation_config()
         self.merged = man.decoder == "merged"
+        self.per_item = man.cross_kv == "per_item"  # encoder inputs and cross-attention KV once per item
 
     # ---- limits: the position tables of the text encoder and the decoder ---------------------------------
     @property
@@ -237,7 +244,7 @@ class Model:
         constraint = self.constraint(tasks_, cfg, constrained)
         self.check_new_tokens(cfg)
         hidden, mask = self.encode(features, prompts, rows)
-        if cfg.num_beams > 1:
+        if cfg.num_beams > 1 and not self.per_item:  # per-row graphs: one copy per beam
             hidden, mask = np.repeat(hidden, cfg.num_beams, 0), np.repeat(mask, cfg.num_beams, 0)
         stage = _untimed if self.timer is None else self.timer.stage
         layers, heads = self.shape.decoder_layers, self.shape.attention_heads

@@ -7,7 +7,9 @@ fits the call's shapes best (one for a single row, one for batches; `set_optimiz
 input's shape (`set_input_shape`), binds device addresses (`set_tensor_address`), runs `execute_async_v3` on one
 CUDA stream that all sessions of the process share (so a tensor one engine writes is ready for the next), and
 copies the outputs the caller wants on the host back. A call with more rows than any profile takes is split into
-chunks of rows that fit, and the chunks' outputs are joined (on the device for outputs that stay there). Host
+chunks of rows that fit, and the chunks' outputs are joined (on the device for outputs that stay there). Batched
+inputs may differ in rows by a whole factor (a per_item decoder: encoder inputs per item, the rest per item x
+beams): chunks then hold whole items, each with all of its beams. Host
 inputs go through per-input staging buffers that grow and are reused; outputs named in `keep` get fresh device
 buffers that stay on the GPU as DeviceArray (the KV cache between decode steps; model.py's BoundKVDecoder) and
 are freed stream-ordered when dropped.
@@ -96,12 +98,25 @@ def check_shape(where: str, spec: TensorSpec, shape: tuple[int, ...], profile: i
                           "rebuild the engines with larger limits (`tiercel engines BUNDLE --max-batch N`)")
 
 
-def plan_call(where: str, inputs: list[TensorSpec], shapes: dict[str, tuple[int, ...]]) -> tuple[int, int | None]:
-    """(profile, rows per run) for a call with these input shapes.
+def batch_units(where: str, batched: list[TensorSpec], shapes: dict[str, tuple[int, ...]]) -> tuple[int, dict[str, int]]:
+    """(units, {input: rows per unit}) of a call's batched inputs: units is the fewest rows any of them has (a
+    per_item decoder's items; otherwise the batch) and every other one must hold a whole multiple of it (beams).
+    BundleError when they disagree otherwise."""
+    sizes = {s.name: shapes[s.name][0] for s in batched if shapes[s.name]}
+    units = min(sizes.values(), default=0)
+    if units < 1 or any(n % units for n in sizes.values()):
+        raise BundleError(f"{where}: the batched inputs disagree on the batch size "
+                          f"({', '.join(f'{name} {n}' for name, n in sizes.items())})")
+    return units, {name: n // units for name, n in sizes.items()}
 
-    rows is None when the call runs whole. Among the profiles that take the call whole, the one whose opt batch
-    is nearest the call's batch (in ratio) wins, so one row runs on the kernels chosen for one row. When none
-    takes the whole batch but one takes fewer rows of it, the call is split into runs of the most rows a profile
+
+def plan_call(where: str, inputs: list[TensorSpec], shapes: dict[str, tuple[int, ...]]) -> tuple[int, int | None]:
+    """(profile, units per run) for a call with these input shapes; units as batch_units counts them (rows, or
+    a per_item decoder's items).
+
+    The count is None when the call runs whole. Among the profiles that take the call whole, the one whose opt
+    batch is nearest the call's batch (in ratio) wins, so one row runs on the kernels chosen for one row. When none
+    takes the whole batch but one takes fewer units of it, the call is split into runs of the most units a profile
     takes. Otherwise BundleError names the first input that fits no profile.
     """
     count = len(inputs[0].profiles) if inputs and inputs[0].profiles else 0
@@ -110,11 +125,11 @@ def plan_call(where: str, inputs: list[TensorSpec], shapes: dict[str, tuple[int,
     batched = [s for s in inputs if s.batched()]
     batch = shapes[batched[0].name][0] if batched and shapes[batched[0].name] else None
 
-    def fits(k: int, rows: int | None) -> bool:
+    def fits(k: int, units: int | None) -> bool:
         for s in inputs:
             shape = shapes[s.name]
-            if rows is not None and s in batched:
-                shape = (rows, *shape[1:])
+            if units is not None and s in batched:
+                shape = (units * per[s.name], *shape[1:])
             lo, _, hi = s.profiles[k]
             if not _fits(shape, lo, hi):
                 return False
@@ -127,12 +142,10 @@ def plan_call(where: str, inputs: list[TensorSpec], shapes: dict[str, tuple[int,
     whole = [k for k in range(count) if fits(k, None)]
     if whole:
         return min(whole, key=lambda k: (nearness(k), k)), None
-    if batch and any(shapes[s.name][:1] != (batch,) for s in batched):
-        raise BundleError(f"{where}: the batched inputs disagree on the batch size "
-                          f"({', '.join(f'{s.name} {shapes[s.name][0]}' for s in batched)})")
-    if batch and batch > 1:
-        caps = {k: min(s.profiles[k][2][0] for s in batched) for k in range(count)}
-        split = [k for k in range(count) if 1 <= caps[k] < batch and fits(k, caps[k])]
+    units, per = batch_units(where, batched, shapes) if batch else (0, {})
+    if units > 1:
+        caps = {k: min(s.profiles[k][2][0] // per[s.name] for s in batched) for k in range(count)}
+        split = [k for k in range(count) if 1 <= caps[k] < units and fits(k, caps[k])]
         if split:
             k = max(split, key=lambda k: (caps[k], -k))
             return k, caps[k]
@@ -304,6 +317,10 @@ def join_rows(cuda: Cuda, parts: list[DeviceArray]) -> DeviceArray:
     return out
 
 
+def _rows(value, start: int, stop: int):
+    return value.rows(start, stop) if isinstance(value, DeviceArray) else np.asarray(value)[start:stop]
+
+
 class TensorRTSession:
     """One deserialised engine with an execution context; the session interface of backends.py."""
 
@@ -346,7 +363,8 @@ class TensorRTSession:
     def run_bound(self, feeds: dict, keep=()) -> dict:
         """Run once; `feeds` are numpy arrays or DeviceArrays, outputs in `keep` stay DeviceArrays.
 
-        A batch larger than every profile runs in chunks of rows (plan_call) whose outputs are joined."""
+        A batch larger than every profile runs in chunks of rows (plan_call; whole items of a per_item decoder)
+        whose outputs are joined."""
         shapes = {s.name: tuple(feeds[s.name].shape) for s in self.inputs}
         profile, rows = plan_call(self.where, self.inputs, shapes)
         if profile != self.profile:
@@ -355,18 +373,18 @@ class TensorRTSession:
             self.profile = profile
         if rows is None:
             return self._run(feeds, keep)
-        batched = {s.name for s in self.inputs if s.batched()}
-        batch = shapes[next(iter(batched))][0]
-        parts = []
-        for start in range(0, batch, rows):
-            stop = min(start + rows, batch)
-            chunk = {n: (v.rows(start, stop) if isinstance(v, DeviceArray) else np.asarray(v)[start:stop])
-                     if n in batched else v for n, v in feeds.items()}
+        units, per = batch_units(self.where, [s for s in self.inputs if s.batched()], shapes)
+        parts, sizes = [], []
+        for start in range(0, units, rows):
+            stop = min(start + rows, units)
+            chunk = {n: _rows(v, start * per[n], stop * per[n]) if n in per else v for n, v in feeds.items()}
             parts.append(self._run(chunk, keep))
+            sizes.append(stop - start)
         out = {}
         for name in self.output_names:
             pieces = [p[name] for p in parts]
-            if any(p.shape[:1] != (min(rows, batch - i * rows),) for i, p in enumerate(pieces)):
+            first = pieces[0].shape[0] // sizes[0] if pieces[0].shape else 0  # output rows per unit
+            if not first or any(p.shape[:1] != (n * first,) for p, n in zip(pieces, sizes)):
                 raise BundleError(f"{self.where}: output {name} has no batch axis to join the chunks on; rebuild the "
                                   "engines with a larger --max-batch")
             out[name] = join_rows(self.cuda, pieces) if name in keep else np.concatenate(pieces)

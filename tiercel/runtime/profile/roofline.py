@@ -66,13 +66,15 @@ def text_encoder_flops(shape: dict, tokens: int) -> float:
     return float(shape["encoder_layers"] * per_layer)
 
 
-def decoder_step_flops(shape: dict, enc_tokens: int, past: float, rows: int = 1, first: bool = False) -> float:
+def decoder_step_flops(shape: dict, enc_tokens: int, past: float, rows: int = 1, first: bool = False,
+                       cross_rows: int | None = None) -> float:
     """FLOPs of one decoder step for `rows` sequences with `past` earlier tokens; the first step also
-    projects the encoder output to cross-attention K/V."""
+    projects the encoder output to cross-attention K/V, once per `cross_rows` (default rows; a per_item
+    bundle's beam search: once per item)."""
     d, f, v = shape["d_model"], shape["ffn_dim"], shape["vocab_size"]
     per_row = shape["decoder_layers"] * (2 * 6 * d * d + 4 * d * f + 4 * d * (past + 1 + enc_tokens)) + 2 * d * v
     cross = shape["decoder_layers"] * 2 * 2 * enc_tokens * d * d if first else 0
-    return float(rows * (per_row + cross))
+    return float(rows * per_row + (rows if cross_rows is None else cross_rows) * cross)
 
 
 # ---- bytes from the files ---------------------------------------------------------------------------------
@@ -105,13 +107,17 @@ class StageWork:
 
 
 def bundle_work(bundle, backend: str, enc_tokens: int, new_tokens: int, rows: int = 1) -> dict[str, StageWork]:
-    """Work per stage of one generation of a bundle on `backend` (its graph files are the weights read)."""
-    return stage_work(bundle.manifest.model.shape.model_dump(), graph_files(bundle, backend), enc_tokens, new_tokens, rows)
+    """Work per stage of one generation of a bundle on `backend` (its graph files are the weights read); `rows`
+    are its beams, which share one cross-attention K/V when the bundle's cross_kv is per_item."""
+    return stage_work(bundle.manifest.model.shape.model_dump(), graph_files(bundle, backend), enc_tokens, new_tokens, rows,
+                      1 if bundle.manifest.cross_kv == "per_item" else rows)
 
 
-def stage_work(shape: dict, files: dict[str, dict], enc_tokens: int, new_tokens: int, rows: int = 1) -> dict[str, StageWork]:
+def stage_work(shape: dict, files: dict[str, dict], enc_tokens: int, new_tokens: int, rows: int = 1,
+               cross_rows: int | None = None) -> dict[str, StageWork]:
     """Work per stage of one generation: vision_encoder, text_encoder, first_token and an average decode_token
-    (over `new_tokens` steps of `rows` sequences, e.g. beams). `files`: {graph: {"bytes", "precision"}} with
+    (over `new_tokens` steps of `rows` sequences, e.g. beams; `cross_rows` of them hold a cross-attention K/V
+    copy: rows by default, 1 for one prompt's beams on a bundle with cross_kv per_item). `files`: {graph: {"bytes", "precision"}} with
     vision_encoder, encoder_model and the decoder as decoder_model_merged, or decoder_model (first step) plus
     decoder_with_past_model (later steps; decoder_model alone serves both, as a checkpoint's weights do)."""
     d, layers = shape["d_model"], shape["decoder_layers"]
@@ -119,16 +125,17 @@ def stage_work(shape: dict, files: dict[str, dict], enc_tokens: int, new_tokens:
     step_g = files.get("decoder_model_merged") or files.get("decoder_with_past_model") or files["decoder_model"]
     kv = act_bytes(step_g["precision"])
     avg_past = (new_tokens - 1) / 2  # earlier tokens on average over the decode steps
-    cross_kv = layers * 2 * enc_tokens * d * kv  # cross-attention K/V read each step, per row
+    cross_kv = layers * 2 * enc_tokens * d * kv  # cross-attention K/V read each step, per copy
+    cross_rows = rows if cross_rows is None else cross_rows
     self_kv = layers * 2 * (avg_past + 1) * d * kv
     return {
         "vision_encoder": StageWork(vision_flops(shape), files["vision_encoder"]["bytes"], files["vision_encoder"]["precision"]),
         "text_encoder": StageWork(text_encoder_flops(shape, enc_tokens), files["encoder_model"]["bytes"],
                                   files["encoder_model"]["precision"]),
-        "first_token": StageWork(decoder_step_flops(shape, enc_tokens, 0, rows, first=True),
-                                 first_g["bytes"] + rows * cross_kv, first_g["precision"]),
+        "first_token": StageWork(decoder_step_flops(shape, enc_tokens, 0, rows, first=True, cross_rows=cross_rows),
+                                 first_g["bytes"] + cross_rows * cross_kv, first_g["precision"]),
         "decode_token": StageWork(decoder_step_flops(shape, enc_tokens, avg_past, rows),
-                                  step_g["bytes"] + rows * (cross_kv + self_kv), step_g["precision"]),
+                                  step_g["bytes"] + cross_rows * cross_kv + rows * self_kv, step_g["precision"]),
     }
 
 

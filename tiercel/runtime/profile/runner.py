@@ -317,7 +317,9 @@ def profile_bundle(path: Path, backend: str, settings: ProfileSettings, image: n
     else:  # a checkpoint: what each stage reads is its share of the parameters; labelled by what ran it
         graphs, decoder, weights = m.weight_graphs(), m.backend, m.weight_bytes()
         label = f"{label[: -len(backend)]}{m.backend}" if label.endswith(f"/{backend}") else label
-    work = roofline.stage_work(m.shape.shape.model_dump(), graphs, round(enc_tokens), settings.new_tokens, beams)
+    cross_rows = 1 if getattr(m, "per_item", False) else beams  # one prompt: its beams share one cross K/V copy
+    work = roofline.stage_work(m.shape.shape.model_dump(), graphs, round(enc_tokens), settings.new_tokens, beams,
+                               cross_rows)
     result = BundleProfile(label, str(path), m.backend, m.device, m.shape.preset, decoder, beams, graphs,
                            load_seconds, {"baseline": baseline, "after_load": after_load, "peak": memory.peak,
                                           "source": memory.source},
