@@ -40,7 +40,10 @@ def test_ctrl_c_on_a_running_command_exits_130_and_leaves_no_output(tmp_path):
     out = tmp_path / "synth"
     cmd = [sys.executable, "-m", "tiercel", "data", "synth", "--out", str(out), "--n", "60000", "--size", "64",
            "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child, as in a terminal: a shell's background job (`make test &`, CI runners)
+    # inherits SIGINT ignored, and then no Ctrl-C reaches the command at all
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not any(p.name.startswith(".synth.tmp-") for p in tmp_path.iterdir()):  # generating by now
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
