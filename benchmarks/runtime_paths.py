@@ -94,6 +94,8 @@ def has_bf16() -> bool:
 
 
 def cpu_bf16() -> bool:
-    """Whether /proc/cpuinfo lists avx512_bf16 or amx_bf16 (torch's bf16 matmuls run natively)."""
-    flags = open("/proc/cpuinfo").read()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """Whether the CPU's flags list avx512_bf16 or amx_bf16 (torch's bf16 matmuls run natively), as tiercel
+    profile reads them."""
+    from tiercel.runtime.profile.runner import machine_info
+
+    return bool(machine_info()["cpu_bf16"])

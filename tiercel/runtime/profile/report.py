@@ -110,7 +110,7 @@ def roofline_table(report):
         for stage, r in p.roofline.items():
             bound = r["bound"] if r["bound"] == "memory" else f"compute {r.get('peak', 'fp32')}"
             table.add_row(p.label, STAGE_LABELS[stage], r["precision"], f"{r['flops'] / 1e9:.3g}", f"{r['bytes'] / MB:.3g}",
-                          bound, _fmt(r["bound_ms"]), _fmt(r["measured_ms"]), f"{1 / r['fraction']:.2f}x")
+                          bound, _fmt(r["bound_ms"]), _fmt(r["measured_ms"]), f"{r['ratio']:.2f}x")
         table.add_section()
     return table
 
