@@ -85,3 +85,24 @@ def test_truncation_counts_answers_and_prompts_per_task_and_warns_past_one_perce
         "or expect the model to learn cut answers",
     ]
     assert truncation_lines({"IMG_CAP": {"records": 200, "answers_cut": 2, "prompts_cut": 0}}, 48, 96) == []  # 1%: quiet
+
+
+def test_quad_order_canonical_rewrites_training_answers_only(tmp_path, tiny_tokenizer):
+    import json
+
+    from tiercel.errors import DataError
+
+    quad = "<quad><50><40><10><40><10><20><50><20></quad>"  # bottom-right first, clockwise
+    records = [{"image": "a.png", "conversations": [{"from": "human", "value": "[REG_DET_OBB] Detect all ship in the image."},
+                                                   {"from": "gpt", "value": quad}]},
+               {"image": "a.png", "conversations": [{"from": "human", "value": f"[REG_CLS_OBB] Classify the region of {quad}."},
+                                                   {"from": "gpt", "value": "ship"}]}]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    kept = SFTData(tmp_path / "d.json", tmp_path, tiny_tokenizer)
+    canonical = SFTData(tmp_path / "d.json", tmp_path, tiny_tokenizer, quad_order="canonical")
+    assert kept.records[0].answer == quad
+    assert canonical.records[0].answer == "<quad><10><20><50><20><50><40><10><40></quad>"
+    assert canonical.records[1].prompt == kept.records[1].prompt and quad in canonical.records[1].prompt
+    assert canonical.label_ids(0) != kept.label_ids(0)
+    with pytest.raises(DataError, match="quad_order must be one of keep, canonical"):
+        SFTData(tmp_path / "d.json", tmp_path, tiny_tokenizer, quad_order="sorted")

@@ -94,3 +94,36 @@ def test_bin_round_trip_is_within_one_bin(x, size):
 @given(st.integers(0, 999), st.integers(1, 8000))
 def test_bin_centres_map_back_to_their_bin(b, size):
     assert T.to_bin(T.from_bin(b, size), size) == b
+
+
+# The same rectangle (tl (10,20), tr (50,20), br (50,40), bl (10,40) in bins) written from each corner, both ways.
+RECT_CW = [(10, 20), (50, 20), (50, 40), (10, 40)]
+
+
+@pytest.mark.parametrize("start", range(4))
+@pytest.mark.parametrize("reverse", [False, True])
+def test_canonical_quad_reads_a_rectangle_the_same_from_any_corner(start, reverse):
+    pts = RECT_CW[start:] + RECT_CW[:start]
+    if reverse:
+        pts = pts[::-1]
+    assert grammar.canonical_quad([v for p in pts for v in p]) == [10, 20, 50, 20, 50, 40, 10, 40]
+
+
+def test_canonical_quad_of_a_rotated_box_starts_nearest_the_top_left():
+    # A box rotated by about 30 degrees, written clockwise on screen (y down) from its right-most corner.
+    quad = [60, 30, 50, 47, 16, 27, 26, 10]  # right, bottom, left, top
+    out = grammar.canonical_quad(quad)
+    pts = np.array(out, dtype=float).reshape(4, 2)
+    x, y = pts.T
+    assert float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) > 0  # clockwise on screen
+    assert out[:2] == [26, 10]  # top corner: the sum of distances to the box's corners is smallest from it
+    assert sorted(map(tuple, pts.tolist())) == sorted(map(tuple, np.array(quad, float).reshape(4, 2).tolist()))
+
+
+def test_canonical_quads_rewrites_whole_quads_in_either_dialect_and_leaves_the_rest():
+    text = ("<quad><10><40><10><20><50><20><50><40></quad><quad><1><2></quad>"
+            "<quad><loc_50><loc_40><loc_10><loc_40><loc_10><loc_20><loc_50><loc_20></quad><box><5><6><7><8></box>")
+    assert grammar.canonical_quads(text) == (
+        "<quad><10><20><50><20><50><40><10><40></quad><quad><1><2></quad>"
+        "<quad><loc_10><loc_20><loc_50><loc_20><loc_50><loc_40><loc_10><loc_40></quad><box><5><6><7><8></box>")
+    assert grammar.canonical_quads("a ship") == "a ship"

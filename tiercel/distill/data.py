@@ -12,7 +12,7 @@ and kept as uint8 in an LRU cache. Knows nothing about models or losses.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from tiercel.data.images import load_image
 from tiercel.data.sft import Record, iter_records
 from tiercel.errors import DataError
 from tiercel.runtime.preprocess import normalize, resize_square
+from tiercel.tasks.grammar import QUAD_ORDERS, canonical_quads
 
 IGNORE = -100
 
@@ -48,10 +49,14 @@ class SFTData:
     """Records of one Falcon_SFT file, tokenised on demand, with cached resized images."""
 
     def __init__(self, path: str | Path, root: str | Path, tokenizer, max_prompt_tokens: int = 96,
-                 max_answer_tokens: int = 256, cache_size: int = 1024):
+                 max_answer_tokens: int = 256, cache_size: int = 1024, quad_order: str = "keep"):
         self.path, self.root, self.tok = Path(path), Path(root), tokenizer
-        self.max_prompt, self.max_answer = max_prompt_tokens, max_answer_tokens
+        self.max_prompt, self.max_answer, self.quad_order = max_prompt_tokens, max_answer_tokens, quad_order
         self.records: list[Record] = [r for r in iter_records(self.path) if r.tag in tasks.TAGS]
+        if quad_order == "canonical":  # answers only: prompts stay as users will write them
+            self.records = [replace(r, answer=canonical_quads(r.answer)) if "<quad>" in r.answer else r for r in self.records]
+        elif quad_order != "keep":
+            raise DataError(f"quad_order must be one of {', '.join(QUAD_ORDERS)} (got {quad_order!r})")
         if not self.records:
             raise DataError(f"{self.path}: no records with a known task tag")
         self.by_task: dict[str, list[int]] = {}

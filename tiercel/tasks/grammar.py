@@ -255,3 +255,37 @@ def _polygon(s: Structure, warnings: list[str]) -> list[list[list[int]]]:
             continue
         parts.append(part)
     return [parts] if parts else []
+
+
+QUAD_ORDERS = ("keep", "canonical")
+_QUAD = re.compile(r"<quad>((?:<(?:loc_)?\d+>){8})</quad>")
+_BIN = re.compile(r"<(loc_)?(\d+)>")
+
+
+def canonical_quad(values: list[int]) -> list[int]:
+    """One quad's 8 bins in a fixed corner order: clockwise on screen (y down), starting from the corner that puts
+    the four corners nearest to its horizontal box's top-left, top-right, bottom-right and bottom-left (the rule of
+    the DOTA devkit's `get_best_begin_point`). The same rectangle then always reads the same way, whichever corner
+    its annotation started from; the polygon, and so every IoU, is unchanged."""
+    pts = np.asarray(values, dtype=float).reshape(4, 2)
+    x, y = pts.T
+    if float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) < 0:  # counter-clockwise on screen
+        pts = pts[::-1]
+    lo, hi = pts.min(0), pts.max(0)
+    ref = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]])
+    costs = [float(np.linalg.norm(np.roll(pts, -k, axis=0) - ref, axis=1).sum()) for k in range(4)]
+    best = int(np.argmin(costs))  # ties: the first rotation, so the result is deterministic
+    return [int(v) for v in np.roll(pts, -best, axis=0).reshape(-1)]
+
+
+def canonical_quads(text: str) -> str:
+    """`text` with every well-formed `<quad>` (8 bins, either dialect) in canonical_quad's corner order; anything
+    else, malformed quads included, as it was. For training targets (`data.quad_order: canonical`): where an
+    annotation's first corner is arbitrary, the model would otherwise have to learn a guess between four."""
+
+    def rewrite(m: re.Match) -> str:
+        tokens = _BIN.findall(m.group(1))
+        ordered = canonical_quad([int(b) for _, b in tokens])
+        return "<quad>" + "".join(f"<{prefix}{b}>" for (prefix, _), b in zip(tokens, ordered)) + "</quad>"
+
+    return _QUAD.sub(rewrite, text)
