@@ -34,10 +34,11 @@ runs, in about 2 minutes on one thread of a busy 2-core CPU; results go to fidel
 How long a full run takes, an estimate, not a measurement: training is steps x batch / samples per second, per
 run. With the YAML as committed, on the 2-core EPYC with one thread per run: the teacher trained at about 50
 samples/s once compiled (3.2 steps/s of 16, read from its metrics.jsonl while another 1-thread run shared the
-machine), so 60,000 x 16 / 50 = 5.3 h; students, assuming 80 samples/s for CE and 50 for KD (not measured at
-these shapes): 2 x 64,000 / 80 + 4 x 64,000 / 50 = 1.9 h; 6 quantizations, about 6 min; 15 evaluations of the
-16,800 test records at an assumed 20 records/s, about 3.5 h. About 11 hours in all: run it in the background
-over several sessions (every stage resumes); the JSON records the wall time of every stage.
+machine), so 60,000 x 16 / 50 = 5.3 h, and its second stage 6,000 x 16 / 42 = 0.6 h; students, assuming 80
+samples/s for CE and 50 for KD (not measured at these shapes): 2 x 192,000 / 80 + 4 x 192,000 / 50 = 5.6 h;
+6 quantizations, about 6 min; 15 evaluations of the 16,800 test records at an assumed 20 records/s, about 3.5 h.
+About 15 hours in all: run it in the background over several sessions (every stage resumes); the JSON records
+the wall time of every stage.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ class Run:
         """Train the teacher's stages; check the student's size against it; returns its parameters."""
         prev, runs = "data", []
         for i, recipe in enumerate(self.t_recipes):
-            name = "teacher" if len(self.t_recipes) == 1 else f"teacher/stage{i + 1}"
+            name = "teacher" if i == 0 else f"teacher/stage{i + 1}"  # the first keeps its name: adding a stage reuses it
             key = fingerprint({"recipe": recipe, "after": self.stages.keys[prev]})
             runs.append(self.stages.run(name, recipe, lambda: train(recipe, key), needs=(prev,), soft=False))
             prev = name

@@ -132,11 +132,12 @@ def capped(recipe: dict, quick: bool) -> dict:
 
 def teacher_recipes(cfg: Config, work: Path, data: dict, quick: bool) -> list[dict]:
     """The teacher's recipe per stage; a stage after the first starts from the one before (its checkpoint and
-    tokenizer) unless its fragment says otherwise."""
+    tokenizer) unless its fragment says otherwise. The first stage trains into <work>/teacher whether or not stages
+    follow, the N-th into <work>/teacher_stageN, so a stage added after a finished run reuses what it trained."""
     fragments = cfg.teacher["stages"] if "stages" in cfg.teacher else [cfg.teacher]
     recipes = []
     for i, fragment in enumerate(fragments):
-        out = work / "teacher" if len(fragments) == 1 else work / "teacher" / f"stage{i + 1}"
+        out = work / "teacher" if i == 0 else work / f"teacher_stage{i + 1}"
         base = {"name": f"fidelity-teacher-{i + 1}", "out": str(out), "data": data}
         if recipes:
             prev = Path(recipes[-1]["out"]) / "student"

@@ -2,6 +2,13 @@
 
     python benchmarks/quad_order.py --checkpoint CKPT                      # both arms, one after the other (CPU)
     python benchmarks/quad_order.py --checkpoint CKPT --parallel --steps 6000 --max-seconds 300   # a GPU machine
+    python benchmarks/quad_order.py --diagnose --checkpoint CKPT --data DATA_DIR   # the numbers behind the change
+
+`--diagnose` measures, without training: which corner the training quads of DATA_DIR/train.json start from
+(0 = the one canonical_quad puts first, then clockwise), and, on the first `--limit` test records of REG_DET_OBB
+and REG_DET_HBB, the share of CKPT's predicted boxes and quads that overlap a reference at IoU >= 0.5 (the IoU of
+tiercel's metric: convex hulls for quads) and of predicted quads whose corners cross (not in convex order). Writes
+benchmarks/results/quad_order_diagnosis.json.
 
 The synthetic generator writes each oriented box from the corner its rotation puts first, so the first corner of
 a training quad is any of the four (benchmarks/results/quad_order.md has the counts). This fine-tunes the same
@@ -13,7 +20,8 @@ REG_DET_HBB (greedy, CPU fp32) at the newest step both arms reached, beside the 
 Data: a fresh synthetic benchmark with the fidelity knobs and another seed (`--seed`, default 1), so none of
 its scenes were in the checkpoint's training data. `--max-seconds` stops each arm's training there (its
 newest checkpoint is scored), so a lease of fixed length always ends with a result. Writes
-benchmarks/results/quad_order.json (commit, command, machine, per arm: steps, samples/s, scores).
+benchmarks/results/quad_order.json (commit, command, machine, per arm: steps, samples/s, scores). On a machine
+whose copy of the tree has no or an older .git (a device machine), pass the commit as GIT_COMMIT=<hash>.
 """
 
 from __future__ import annotations
@@ -93,6 +101,82 @@ def evaluate(model: Path, data: Path, limit: int, threads: int) -> dict:
     return {"headline": report.headlines, "counts": report.counts, "seconds": report.seconds}
 
 
+def start_corner(values: list[int]) -> int:
+    """Which corner of `values` (8 bins) canonical_quad would put first: 0..3, counted clockwise from the first."""
+    import numpy as np
+
+    from tiercel.tasks.grammar import canonical_quad
+
+    pts = [tuple(p) for p in np.asarray(values).reshape(4, 2).tolist()]
+    x, y = np.asarray(pts, dtype=float).T
+    clockwise = float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) >= 0
+    first = tuple(canonical_quad(values)[:2])
+    i = pts.index(first)
+    return i if clockwise else (-i) % 4
+
+
+def crosses(values: list[int]) -> bool:
+    """Whether a quad's edges cross (its corners are not in the order of their convex hull)."""
+    import numpy as np
+
+    from tiercel.tasks.metrics.geometry import convex_hull
+
+    pts = np.asarray(values, dtype=float).reshape(4, 2)
+    hull = [tuple(p) for p in convex_hull(pts).tolist()]
+    if len(hull) < 4:
+        return True
+    order = [hull.index(tuple(p)) for p in pts.tolist()]
+    steps = {(b - a) % 4 for a, b in zip(order, order[1:] + order[:1])}
+    return not (steps == {1} or steps == {3})
+
+
+def diagnose(args) -> None:
+    from collections import Counter
+
+    import numpy as np
+
+    from tiercel.data.sft import iter_records
+    from tiercel.evaluate import evaluate as tiercel_evaluate
+    from tiercel.evaluate import open_predictor
+    from tiercel.tasks.grammar import read
+    from tiercel.tasks.metrics.geometry import box_iou, convex_iou
+
+    data = args.data.resolve()
+    starts = Counter(start_corner(q) for r in iter_records(data / "train.json") if r.tag == "REG_DET_OBB"
+                     for q in read(r.answer, "quad")[0])
+    refs = {r.index: r.answer for r in iter_records(data / "test.json") if r.tag in TASKS}
+    report = tiercel_evaluate(open_predictor(args.checkpoint, threads=args.threads), data / "test.json", data,
+                              tasks=list(TASKS), limit=args.limit, keep_predictions=True,
+                              generation={"num_beams": 1, "max_new_tokens": 128})
+    kind = {"REG_DET_OBB": ("quad", convex_iou), "REG_DET_HBB": ("box", box_iou)}
+    best: dict[str, list[float]] = {t: [] for t in TASKS}
+    crossed = []
+    for p in report.predictions:
+        k, iou = kind[p["tag"]]
+        truth = read(refs[p["index"]], k)[0]
+        shape = (lambda v: np.asarray(v, float).reshape(4, 2)) if k == "quad" else (lambda v: v)
+        for v in read(p["pred"]["raw"], k)[0]:
+            best[p["tag"]].append(max((iou(shape(v), shape(t)) for t in truth), default=0.0))
+            if k == "quad":
+                crossed.append(crosses(v))
+    n = sum(starts.values())
+    result = {
+        "what": "Where the training quads start, and how well a checkpoint's boxes and quads overlap the references",
+        "commit": os.environ.get("GIT_COMMIT") or commit(), "command": "python benchmarks/quad_order.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "checkpoint": str(args.checkpoint), "data": str(data),
+        "train_quads": n, "start_corner_share": {str(i): starts[i] / n for i in range(4)},
+        "limit": args.limit, "headline": report.headlines,
+        "predicted": {t: {"n": len(v), "iou50_share": float(np.mean(np.asarray(v) >= 0.5)) if v else None,
+                          "median_iou": float(np.median(v)) if v else None} for t, v in best.items()},
+        "predicted_quads_crossing_share": float(np.mean(crossed)) if crossed else None,
+    }
+    out = args.out.with_name("quad_order_diagnosis.json") if args.out.name == "quad_order.json" else args.out
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: result[k] for k in ("start_corner_share", "headline", "predicted", "predicted_quads_crossing_share")}))
+    print(f"wrote {out}")
+
+
 def rates(run: Path) -> dict:
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").is_file() else []
     r = [x["samples_per_s"] for x in lines if "samples_per_s" in x]
@@ -114,7 +198,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=200, help="test records per task scored")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each scoring")
     ap.add_argument("--parallel", action="store_true", help="train the arms at the same time (a GPU machine)")
+    ap.add_argument("--diagnose", action="store_true", help="only measure the corner order and CKPT's overlaps (no training)")
+    ap.add_argument("--data", type=Path, default=HERE / "work" / "fidelity" / "data", help="with --diagnose: the benchmark folder")
     args = ap.parse_args()
+    if args.diagnose:
+        args.checkpoint = args.checkpoint.resolve()
+        return diagnose(args)
     args.checkpoint, args.work = args.checkpoint.resolve(), args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -144,7 +233,7 @@ def main() -> None:
     import torch
 
     result = {
-        "what": __doc__.splitlines()[0], "commit": commit() or os.environ.get("GIT_COMMIT", ""), "command": "python benchmarks/quad_order.py " + " ".join(sys.argv[1:]),
+        "what": __doc__.splitlines()[0], "commit": os.environ.get("GIT_COMMIT") or commit(), "command": "python benchmarks/quad_order.py " + " ".join(sys.argv[1:]),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "torch": torch.__version__},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "checkpoint": str(args.checkpoint),

@@ -106,3 +106,25 @@ def test_render_shows_seed_means_errors_and_targets():
     assert "| REG_VG (acc50) | 70.0 | 20.0 ±0.0 | 60.0 ±10.0 |" in md
     assert "- OV int8-static: eval: RuntimeError: boom" in md
     assert "| teacher PIX_CHG miou >= 0.3 | 0.100 | MISSED |" in md
+
+
+def test_a_teacher_stage_added_later_keeps_the_first_stage_where_it_trained(tmp_path):
+    """Adding a stage to a finished one-stage teacher must not retrain it: same folder, same recipe."""
+    import yaml
+    from fidelity_config import load_config, teacher_recipes
+
+    stage1 = {"seed": 0, "student": {"preset": "tiny"}, "distill": {"steps": 10}}
+    stage2 = {"seed": 0, "data": {"quad_order": "canonical"}, "distill": {"steps": 5}}
+    here = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes" / "fidelity.yaml"
+    cfg = yaml.safe_load(here.read_text())
+    data = {"train": "t.json", "root": "."}
+    recipes = {}
+    for n, teacher in (("one", stage1), ("two", {"stages": [stage1, stage2]})):
+        (tmp_path / f"{n}.yaml").write_text(yaml.safe_dump({**cfg, "teacher": teacher}))
+        recipes[n] = teacher_recipes(load_config(tmp_path / f"{n}.yaml", False), tmp_path / "work", data, False)
+    assert recipes["two"][0] == recipes["one"][0]
+    assert recipes["two"][0]["out"] == str(tmp_path / "work" / "teacher")
+    second = recipes["two"][1]
+    assert second["out"] == str(tmp_path / "work" / "teacher_stage2")
+    assert second["student"] == {"init": "checkpoint", "checkpoint": str(tmp_path / "work" / "teacher" / "student")}
+    assert second["data"]["quad_order"] == "canonical"
