@@ -17,6 +17,7 @@ in this file; the schema is benchmarks/fidelity_config.py):
    parameters, per-model per-task scores, the targets checked) and fidelity.md (benchmarks/fidelity_report.py).
 
     .venv/bin/python benchmarks/fidelity.py                 # the full run (OMP_NUM_THREADS=1 on a shared machine)
+    .venv/bin/python benchmarks/fidelity.py --jobs 2        # the students two at a time (2 cores, OMP_NUM_THREADS=1)
     .venv/bin/python benchmarks/fidelity.py --quick         # plumbing check, numbers meaningless
     .venv/bin/python benchmarks/fidelity.py --render        # only rewrite the .md from the JSON (--quick: its own)
 
@@ -51,6 +52,7 @@ import shutil
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -89,6 +91,14 @@ class Stages:
         self.folder, self.keys, self.times = folder, {}, {}
         folder.mkdir(parents=True, exist_ok=True)
 
+    def stored(self, name: str, inputs: dict, needs: tuple[str, ...] = ()) -> bool:
+        """Whether `run` with these arguments would take the stored result (nothing to compute)."""
+        if any(n not in self.keys for n in needs):
+            return False
+        key = fingerprint({"inputs": inputs, "needs": {n: self.keys[n] for n in needs}})
+        path = self.folder / (name.replace("/", "__") + ".json")
+        return path.is_file() and json.loads(path.read_text()).get("key") == key
+
     def run(self, name: str, inputs: dict, fn, needs: tuple[str, ...] = (), soft: bool = True):
         """The result of `fn()` (stored, or computed now). With `soft`, an exception (or a failed stage in `needs`)
         is recorded as this stage's error and None returned; otherwise it propagates."""
@@ -122,6 +132,23 @@ class Stages:
 
     def error(self, *names: str) -> str | None:
         return next((f"{n}: {self.times[n]['error']}" for n in names if self.times.get(n, {}).get("error")), None)
+
+
+@contextmanager
+def children(jobs: int):
+    """A pool of `jobs` fresh processes (spawned: no forked torch state), or None for jobs <= 1. Each child takes the
+    parent's environment, so OMP_NUM_THREADS=1 holds in every one of them."""
+    if jobs <= 1:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def one_line(err: Exception) -> str:
@@ -184,10 +211,10 @@ def bundle_bytes(bundle: Path, backend: str) -> int:
 class Run:
     """One benchmark run: its recipes (checked when made), the stages in order, the models they produce."""
 
-    def __init__(self, cfg: Config, work: Path, quick: bool, threads: int | None):
+    def __init__(self, cfg: Config, work: Path, quick: bool, threads: int | None, jobs: int = 1):
         from tiercel.evaluate import check_protocols, check_tasks
 
-        self.cfg, self.work, self.threads = cfg, work, threads
+        self.cfg, self.work, self.threads, self.jobs = cfg, work, threads, jobs
         folder = work / "data"
         self.data = {k: str(folder / f"{k}.json") for k in ("train", "val", "test")} | {"root": str(folder),
                                                                                      "objects": str(folder / "objects.json")}
@@ -242,16 +269,25 @@ class Run:
         return t_params
 
     def train_students(self) -> None:
+        """Every student, in order; with --jobs N the ones still to train run N at a time in child processes (a
+        stage's seconds are then how long the main process waited for it; each run's own time is its train.seconds)."""
         teacher_stage = self.torch_models["teacher"][0]
-        for (objective, seed), recipe in self.s_recipes.items():
-            name = f"{objective}/seed{seed}"
-            key = fingerprint({"recipe": recipe, "teacher": self.stages.keys[teacher_stage]})
-            r = self.stages.run(f"train/{name}", recipe, lambda: train(recipe, key), needs=(teacher_stage,))
-            self.models[name] = {"kind": "torch", "objective": objective, "seed": seed, "train": r,
-                                 "error": self.stages.error(f"train/{name}")}
-            if r:
-                self.models[name] |= {"path": r["student"], "params": params(r["student"])}
-                self.torch_models[name] = (f"train/{name}", r["student"])
+        runs = {(o, s): (recipe, fingerprint({"recipe": recipe, "teacher": self.stages.keys[teacher_stage]}))
+                for (o, s), recipe in self.s_recipes.items()}
+        todo = [k for k, (recipe, _) in runs.items()
+                if not self.stages.stored(f"train/{k[0]}/seed{k[1]}", recipe, needs=(teacher_stage,))]
+        with children(self.jobs if len(todo) > 1 else 1) as pool:
+            futures = {k: pool.submit(train, *runs[k]) for k in todo} if pool else {}
+            for (objective, seed), (recipe, key) in runs.items():
+                name = f"{objective}/seed{seed}"
+                job = futures.get((objective, seed))
+                r = self.stages.run(f"train/{name}", recipe, job.result if job else lambda: train(recipe, key),
+                                    needs=(teacher_stage,))
+                self.models[name] = {"kind": "torch", "objective": objective, "seed": seed, "train": r,
+                                     "error": self.stages.error(f"train/{name}")}
+                if r:
+                    self.models[name] |= {"path": r["student"], "params": params(r["student"])}
+                    self.torch_models[name] = (f"train/{name}", r["student"])
 
     def score_args(self) -> dict:
         e = self.cfg.eval
@@ -309,6 +345,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny data, steps and eval: a plumbing check")
     ap.add_argument("--fresh", action="store_true", help="forget the finished stages in --work and start over")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the existing JSON")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="students trained at the same time, each in its own process (with OMP_NUM_THREADS=1: up to one per core)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 0)) or None,
                     help="torch and backend intra-op threads (default: OMP_NUM_THREADS, else the libraries' own)")
     args = ap.parse_args()
@@ -336,7 +374,7 @@ def main() -> None:
                "machine": {**machine(), "torch_threads": torch.get_num_threads(),
                            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
                "config": cfg.model_dump()}
-    run = Run(cfg, work, args.quick, args.threads)  # recipes and protocols checked: nothing written yet
+    run = Run(cfg, work, args.quick, args.threads, args.jobs)  # recipes and protocols checked: nothing written yet
     t0 = time.perf_counter()
     try:
         run(results)

@@ -128,3 +128,16 @@ def test_a_teacher_stage_added_later_keeps_the_first_stage_where_it_trained(tmp_
     assert second["out"] == str(tmp_path / "work" / "teacher_stage2")
     assert second["student"] == {"init": "checkpoint", "checkpoint": str(tmp_path / "work" / "teacher" / "student")}
     assert second["data"]["quad_order"] == "canonical"
+
+
+def test_stored_says_whether_a_stage_would_be_reused(tmp_path):
+    """fidelity.py --jobs starts child processes only for the stages `stored` says are still to run."""
+    from fidelity import Stages
+
+    stages = Stages(tmp_path)
+    stages.run("data", {"n": 1}, lambda: {"rows": 1})
+    assert stages.stored("data", {"n": 1}) and not stages.stored("data", {"n": 2})
+    assert not stages.stored("train/a", {"lr": 1}, needs=("data",))
+    assert stages.run("train/a", {"lr": 1}, lambda: {"loss": 0.5}, needs=("data",)) == {"loss": 0.5}
+    assert stages.stored("train/a", {"lr": 1}, needs=("data",))
+    assert not stages.stored("train/a", {"lr": 1}, needs=("teacher",))  # a stage it needs did not run
