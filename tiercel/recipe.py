@@ -44,6 +44,7 @@ class DataSection(Section):
     task_weights: dict[str, float] = Field(default_factory=dict, description="sampling weight per task tag; missing tags weigh 1, 0 drops a task")
     max_answer_tokens: int = Field(256, gt=0, description="answers are truncated to this many tokens")
     max_prompt_tokens: int = Field(96, gt=0, description="prompts are truncated to this many tokens (image tokens not counted)")
+    cut_answers: Literal["tokens", "structures"] = Field("tokens", description="an answer longer than max_answer_tokens is cut there (tokens), or after its last whole </box>, </quad> or </poly> that fits (structures: the model learns to end between structures, not inside one); either way eos follows")
     quad_order: Literal["keep", "canonical"] = Field("keep", description="corner order of the <quad>s in training answers: as written (keep), or clockwise from the corner nearest the box's top-left (canonical; docs/fidelity.md). Metrics do not depend on it")
     objects: Path | None = Field(None, description="per-image labelled shapes for distill.dense.objects (format in docs/distill.md; tiercel data synth writes objects.json)")
 

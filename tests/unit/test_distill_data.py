@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tiercel.distill.data import IGNORE, ModelInput, SFTData, TaskSampler, collate  # noqa: E402
+from tiercel.errors import DataError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +107,25 @@ def test_quad_order_canonical_rewrites_training_answers_only(tmp_path, tiny_toke
     assert canonical.label_ids(0) != kept.label_ids(0)
     with pytest.raises(DataError, match="quad_order must be one of keep, canonical"):
         SFTData(tmp_path / "d.json", tmp_path, tiny_tokenizer, quad_order="sorted")
+
+
+def test_cut_answers_structures_ends_a_long_answer_after_its_last_whole_structure(tmp_path, tiny_tokenizer):
+    import json
+
+    box = "<box><1><2><3><4></box>"  # 6 tokens (grammar tokens are single tokens)
+    poly = "<poly>" + "<5><6>" * 8 + "</poly>"  # 18 tokens: no whole structure fits in 14
+    records = [{"image": "a.png", "conversations": [{"from": "human", "value": f"[{tag}] {prompt}"}, {"from": "gpt", "value": a}]}
+               for tag, prompt, a in [("REG_DET_HBB", "Detect all ship in the image.", box * 3),
+                                      ("PIX_SEG", "Segment out ship in the image.", poly),
+                                      ("REG_DET_HBB", "Detect all plane in the image.", box * 2)]]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    tok = tiny_tokenizer
+    by_tokens = SFTData(tmp_path / "d.json", tmp_path, tok, max_answer_tokens=14)
+    by_structures = SFTData(tmp_path / "d.json", tmp_path, tok, max_answer_tokens=14, cut_answers="structures")
+    wrap = lambda ids: [tok.bos_id, *ids, tok.eos_id]  # noqa: E731
+    assert by_tokens.label_ids(0) == wrap(tok.encode(box * 3)[:14])  # ends inside the third box
+    assert by_structures.label_ids(0) == wrap(tok.encode(box * 2))  # two whole boxes, then eos
+    assert by_structures.label_ids(1) == by_tokens.label_ids(1) == wrap(tok.encode(poly)[:14])
+    assert by_structures.label_ids(2) == by_tokens.label_ids(2) == wrap(tok.encode(box * 2))  # fits: untouched
+    with pytest.raises(DataError, match="cut_answers must be one of tokens, structures"):
+        SFTData(tmp_path / "d.json", tmp_path, tok, cut_answers="words")

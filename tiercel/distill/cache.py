@@ -34,6 +34,7 @@ def _fingerprint(data, tokenizer, top_k: int, max_answer: int) -> dict:
         "max_answer_tokens": max_answer,
         "shard_size": SHARD,
         **({"quad_order": data.quad_order} if data.quad_order != "keep" else {}),  # absent: caches made before it
+        **({"cut_answers": data.cut_answers} if data.cut_answers != "tokens" else {}),
     }
 
 
@@ -61,7 +62,8 @@ def cache_teacher(recipe, progress: bool = True) -> dict:
         teacher = load_checkpoint(recipe.teacher.path)
         model = teacher.model.to(dist.device).eval().requires_grad_(False)
         d = recipe.data
-        data = SFTData(d.train, d.root, teacher.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, cache_size=0, quad_order=d.quad_order)
+        data = SFTData(d.train, d.root, teacher.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, cache_size=0, quad_order=d.quad_order,
+                      cut_answers=d.cut_answers)
         meta = _fingerprint(data, teacher.tokenizer, recipe.teacher.top_k, d.max_answer_tokens)
         if dist.main:
             cache.mkdir(parents=True, exist_ok=True)

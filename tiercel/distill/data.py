@@ -25,6 +25,8 @@ from tiercel.runtime.preprocess import normalize, resize_square
 from tiercel.tasks.grammar import QUAD_ORDERS, canonical_quads
 
 IGNORE = -100
+CUTS = ("tokens", "structures")
+CLOSING = ("</box>", "</quad>", "</poly>")
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,16 @@ class SFTData:
     """Records of one Falcon_SFT file, tokenised on demand, with cached resized images."""
 
     def __init__(self, path: str | Path, root: str | Path, tokenizer, max_prompt_tokens: int = 96,
-                 max_answer_tokens: int = 256, cache_size: int = 1024, quad_order: str = "keep"):
+                 max_answer_tokens: int = 256, cache_size: int = 1024, quad_order: str = "keep",
+                 cut_answers: str = "tokens"):
         self.path, self.root, self.tok = Path(path), Path(root), tokenizer
         self.max_prompt, self.max_answer, self.quad_order = max_prompt_tokens, max_answer_tokens, quad_order
+        if cut_answers not in CUTS:
+            raise DataError(f"cut_answers must be one of {', '.join(CUTS)} (got {cut_answers!r})")
+        self.cut_answers = cut_answers
+        # The closing tags a "structures" cut may end at, where the tokenizer holds them whole (tiercel's do).
+        ids = [tokenizer.tok.token_to_id(t) for t in CLOSING] if cut_answers == "structures" else []
+        self._closing = {i for i in ids if i is not None}
         self.records: list[Record] = [r for r in iter_records(self.path) if r.tag in tasks.TAGS]
         if quad_order == "canonical":  # answers only: prompts stay as users will write them
             self.records = [replace(r, answer=canonical_quads(r.answer)) if "<quad>" in r.answer else r for r in self.records]
@@ -90,7 +99,10 @@ class SFTData:
         return [self.tok.image_id] * n_image_tokens + [self.tok.bos_id, *ids, self.tok.eos_id]
 
     def label_ids(self, i: int) -> list[int]:
-        ids = self.tok.encode(self.records[i].answer)[: self.max_answer]
+        ids = self.tok.encode(self.records[i].answer)
+        if len(ids) > self.max_answer:
+            ends = [j for j in range(self.max_answer) if ids[j] in self._closing]  # empty unless cut_answers: structures
+            ids = ids[: ends[-1] + 1] if ends else ids[: self.max_answer]  # no whole structure fits: cut at the tokens
         return [self.tok.bos_id, *ids, self.tok.eos_id]
 
     def truncation(self) -> dict[str, dict[str, int]]:

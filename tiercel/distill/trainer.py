@@ -108,9 +108,9 @@ def prepare(recipe: Recipe, dist: Dist) -> Run:
     run.teacher = load_teacher(recipe, dist)
     run.tokenizer = resolve_tokenizer(recipe, run.teacher, run.dir, dist)
     d = recipe.data
-    run.data = SFTData(training_file(recipe), d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache, d.quad_order)
+    run.data = SFTData(training_file(recipe), d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache, d.quad_order, d.cut_answers)
     if d.val is not None:  # read before training: a broken val file fails now, not at the first validation
-        run.val_data = SFTData(d.val, d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache, d.quad_order)
+        run.val_data = SFTData(d.val, d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache, d.quad_order, d.cut_answers)
     run.sampler = TaskSampler(run.data.by_task, d.task_weights, recipe.seed)
     student, run.init_report = init_student(recipe.student, run.tokenizer, run.teacher.model if run.teacher else None, recipe.seed)
     from tiercel.distill.objective import DistillObjective

@@ -30,7 +30,7 @@ def _validate(run, student, step: int) -> dict:
     recipe = run.recipe
     if run.val_data is None:
         d = recipe.data
-        run.val_data = SFTData(d.val, d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache, d.quad_order)
+        run.val_data = SFTData(d.val, d.root, run.tokenizer, d.max_prompt_tokens, d.max_answer_tokens, recipe.distill.image_cache, d.quad_order, d.cut_answers)
     data = run.val_data
     n = min(len(data), recipe.distill.eval_limit)
     was_training = student.training
