@@ -58,7 +58,11 @@ def test_malformed_answers_are_rejected(tiny_tokenizer, kind, text):
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31), tag=st.sampled_from(tasks.TAGS), dialect=st.sampled_from(["falcon", "florence"]))
 def test_random_walks_through_an_automaton_parse_without_warnings(tiny_tokenizer, seed, tag, dialect):
-    """Any token path the automaton allows, ended where eos is allowed, decodes to an answer with no warnings."""
+    """Any token path the automaton allows, ended where eos is allowed (inside a structure too: cut back by
+    Constraint.rollback, as generate does), decodes to an answer with no warnings."""
+    from tiercel.runtime.constrain import Constraint
+    from tiercel.runtime.generate import GenerationConfig
+
     spec, rng = tasks.get(tag), np.random.default_rng(seed)
     a = for_answer(tiny_tokenizer, spec.answer, dialect)
     q, ids, budget = a.start, [], 30
@@ -69,7 +73,8 @@ def test_random_walks_through_an_automaton_parse_without_warnings(tiny_tokenizer
             break
         ids.append(choice)
         q = a.step(q, choice)
-    assert a.accepting[q]
+    assert a.accepting[q] or a.eos_anywhere
+    ids = Constraint([a], GenerationConfig(forced_bos_token_id=None)).rollback([[*ids, a.eos]])[0]
     result = spec.parse(tiny_tokenizer.decode(ids), SIZE, dialect)
     assert result.warnings == [], (tiny_tokenizer.decode(ids), result.warnings)
 
@@ -202,8 +207,8 @@ def test_unconstrained_gives_the_tokens_of_decoding_without_tasks(tiny_model, ti
 
 
 def test_the_ngram_ban_is_lifted_where_it_would_leave_the_grammar_nothing(tiny_tokenizer):
-    """After a box's 4th bin only `</box>` is allowed; no_repeat_ngram_size 1 bans it (it came before): the ban
-    is lifted in that row, not the grammar."""
+    """After a box's 4th bin only `</box>` is allowed (and eos, which would cut the open box back); no_repeat_ngram_size
+    1 bans `</box>` (it came before): the ban is lifted in that row, not the grammar."""
     from tiercel.runtime.constrain import Constraint
     from tiercel.runtime.generate import GenerationConfig, process
 
@@ -214,4 +219,25 @@ def test_the_ngram_ban_is_lifted_where_it_would_leave_the_grammar_nothing(tiny_t
     for n in range(1, len(ids) + 1):  # the constraint follows the sequence step by step, as generate does
         scores = np.zeros((1, len(tok)), np.float32)
         out = process(scores, np.array([ids[:n]]), cfg, c, [0])
-    assert np.flatnonzero(np.isfinite(out[0])).tolist() == tok.encode("</box>")
+    assert np.flatnonzero(np.isfinite(out[0])).tolist() == sorted([cfg.eos_token_id, *tok.encode("</box>")])
+    assert c.cutback.tolist() == [True]
+
+
+@pytest.mark.parametrize("kind, text, kept", [
+    ("box", "<box><1><2><3><4></box><box><5>", "<box><1><2><3><4></box>"),  # the open box is dropped
+    ("box", "<box><1><2><3><4>", "<box><1><2><3><4></box>"),  # 4 bins: closed, as the parser keeps it
+    ("quad", "<quad><1><2><3><4><5>", ""),
+    ("poly", "<poly>" + "<1><2>" * 8 + "<3>", "<poly>" + "<1><2>" * 8 + "</poly>"),  # 17 values: 16, closed
+    ("poly", "<poly>" + "<1><2>" * 3 + "</poly><poly><4><5><6><7>", "<poly>" + "<1><2>" * 3 + "</poly>"),
+    ("box", "<box><1><2><3><4></box>", "<box><1><2><3><4></box>"),  # ended where eos was allowed: untouched
+])
+def test_an_answer_that_ends_inside_a_structure_is_cut_back_as_the_parser_reads_it(tiny_tokenizer, kind, text, kept):
+    from tiercel.runtime.constrain import Constraint
+    from tiercel.runtime.generate import GenerationConfig
+
+    tok, cfg = tiny_tokenizer, GenerationConfig()  # forced bos 0, eos 2
+    c = Constraint([for_answer(tok, kind, "falcon")], cfg)
+    [out] = c.rollback([[0, *tok.encode(text), 2]])
+    assert out == [0, *tok.encode(kept), 2]
+    spec = {"box": "REG_DET_HBB", "quad": "REG_DET_OBB", "poly": "PIX_SEG"}[kind]
+    assert tasks.get(spec).parse(tok.decode(out), SIZE, "falcon").warnings == []

@@ -252,4 +252,5 @@ class TorchPredictor(Model):
             encoded = self._encode(features, ids, mask, rows)
             with self._stage("generate"), self._timed_steps(), _quiet_if_forced(cfg):
                 out = self.model.generate(input_ids=ids, attention_mask=mask, encoder_outputs=encoded, **kwargs)
-        return [_until_eos(seq[1:], cfg.eos_token_id) for seq in out.tolist()]
+        answers = [_until_eos(seq[1:], cfg.eos_token_id) for seq in out.tolist()]
+        return answers if constraint is None else constraint.rollback(answers)

@@ -42,6 +42,16 @@ the mask leaves that token alone, so greedy and beam search take it whatever the
 runs a step for it: the decoder_with_past graphs take one new token per step, so no decoder step is saved;
 `Constraint.single` counts those tokens (what a graph taking several tokens at once could skip).
 
+Ending inside a structure: in the box, quad and poly grammars eos is allowed in every state, and an answer that
+takes it inside a structure is cut back to the last point where that structure could close, and closed
+(`Constraint.rollback`, which `generate` applies), as the parser would read it: `<box><1><2><3><4></box><box><5>`
++ eos becomes `<box><1><2><3><4></box>` + eos; a polygon part of 17 values keeps 16 and gets its `</poly>`. A model trained on
+answers cut at a token limit learns to stop inside a polygon; forbidding that eos made it write coordinates it
+would not have written until the budget closed the structure (on the fidelity teacher, PIX_SEG fell from 0.366
+unconstrained to 0.337 constrained, 20 test records, 3 beams), and beam search could prefer the empty answer to
+such a run. With the cut-back the answer is what the parser would have kept of the unconstrained one, without
+its warnings. The budget rule still keeps a proper close within reach, so eos stays a choice, not a necessity.
+
 Why not a library (checked on PyPI, 2026): xgrammar requires torch, transformers and triton; lm-format-enforcer
 reads transformers' tokenizers and walks a Python character trie per step; outlines-core and llguidance are
 torch-free Rust with numpy masks, but their aarch64 wheels lag the x86 ones (0.2.3 and 1.6.0 against 0.2.14
@@ -110,13 +120,14 @@ class Vocab:
 class Automaton:
     """States with sparse token transitions; eos is allowed exactly in accepting states."""
 
-    def __init__(self, name: str, vocab_size: int, eos: int):
-        self.name, self.vocab_size, self.eos = name, vocab_size, eos
+    def __init__(self, name: str, vocab_size: int, eos: int, eos_anywhere: bool = False):
+        self.name, self.vocab_size, self.eos, self.eos_anywhere = name, vocab_size, eos, eos_anywhere
         self.trans: list[dict[int, int]] = []
         self.accepting: list[bool] = []
         self._prefix: dict[tuple, int] = {}
         self._masks: dict[tuple[int, int], np.ndarray] = {}
         self.dist: np.ndarray | None = None
+        self.close: dict[int, tuple[int, ...]] = {}  # state -> the tokens that close its structure (rollback)
         self.start = 0
 
     def state(self, accepting: bool = False) -> int:
@@ -167,7 +178,7 @@ class Automaton:
             m = np.zeros(width, bool)
             ok = [i for i, to in self.trans[q].items() if self.dist[to] <= budget and i < width]
             m[ok] = True
-            m[self.eos] = self.accepting[q]
+            m[self.eos] = self.accepting[q] or (self.eos_anywhere and bool(ok))
             self._masks[key] = m
         return self._masks[key]
 
@@ -175,7 +186,7 @@ class Automaton:
 def _structures(vocab: Vocab, kind: str, dialect: str) -> Automaton:
     d = grammar.get_dialect(dialect)
     opening, closing = next((o, c) for k, o, c in d.wrappers if k == kind)
-    a = Automaton(f"{dialect} {kind}", len(vocab.strings), vocab.eos)
+    a = Automaton(f"{dialect} {kind}", len(vocab.strings), vocab.eos, eos_anywhere=True)
     between = a.state(accepting=True)
     a.edge(between, vocab.whitespace(), between)
     first = a.state()
@@ -188,6 +199,7 @@ def _structures(vocab: Vocab, kind: str, dialect: str) -> Automaton:
             a.spell(here, seq, nxt)
     close_from = values[n] if n else values[6]  # a poly part: an even count of at least 6 values
     a.spell(close_from, vocab.spelling(closing), between)
+    a.close[close_from] = vocab.spelling(closing)
     if not n:
         a.spell(close_from, vocab.spelling(d.sep), first)
     return a.finish()
@@ -285,13 +297,41 @@ class Constraint:
             return None
         remaining = self.cfg.max_new_tokens - cur_len + (self.cfg.forced_eos_token_id is None)
         out = np.ones((len(states), width), bool)
+        self.cutback = np.zeros(len(states), bool)  # rows whose eos is allowed only as a cut-back (see rollback)
         for row, (q, item) in enumerate(zip(states, items)):
             if q == DONE:
                 continue
-            m = self.automata[item].mask(q, remaining, width)
+            a = self.automata[item]
+            m = a.mask(q, remaining, width)
             n = np.count_nonzero(m)
             if n:
                 out[row] = m
                 self.masked += 1
-                self.single += int(n == 1)
+                self.cutback[row] = m[a.eos] and not a.accepting[q]
+                self.single += int(n - self.cutback[row] == 1)  # a cut-back eos is no choice
+        return out
+
+    def rollback(self, answers: list[list[int]]) -> list[list[int]]:
+        """Each item's answer (ids after the decoder start) where it ended inside a structure: cut back to the last
+        point where the structure could close, closed, eos appended, as the parser reads it (a polygon part of 17
+        values keeps 16 and closes; a quad of 5 values is dropped): `<box><1><2><3><4></box><box><5>` + eos gives
+        `<box><1><2><3><4></box>` + eos. Other answers as they are."""
+        out = []
+        for item, ids in enumerate(answers):
+            a = self.automata[item]
+            if a is None or not a.eos_anywhere:
+                out.append(ids)
+                continue
+            skip = self.cfg.forced_bos_token_id is not None
+            q, cut = a.start, (int(skip), ())  # the start state accepts: keep the forced bos at least
+            for p, tok in enumerate(ids[1:] if skip else ids, 1 if skip else 0):
+                if tok == a.eos:
+                    break
+                q = a.step(q, tok)
+                if q == DONE:
+                    break
+                if a.accepting[q] or q in a.close:
+                    cut = (p + 1, () if a.accepting[q] else a.close[q])
+            ended = q == DONE or a.accepting[q]
+            out.append(ids if ended else [*ids[: cut[0]], *cut[1], a.eos])
         return out

@@ -73,7 +73,7 @@ def process(scores: np.ndarray, seqs: np.ndarray, cfg: GenerationConfig, constra
         for row, seq in enumerate(seqs.tolist()):
             prefix = tuple(seq[cur_len + 1 - n :]) if n > 1 else ()
             banned = list({seq[i + n - 1] for i in range(cur_len - n + 1) if tuple(seq[i : i + n - 1]) == prefix})
-            if allowed is not None and banned and allowed[row, banned].sum() == allowed[row].sum():
+            if allowed is not None and banned and _leaves_nothing(allowed[row], banned, constraint.cutback[row], cfg):
                 continue
             scores[row, banned] = -np.inf
     if allowed is not None:
@@ -83,6 +83,15 @@ def process(scores: np.ndarray, seqs: np.ndarray, cfg: GenerationConfig, constra
         scores[:] = -np.inf
         scores[:, forced] = 0
     return scores
+
+
+def _leaves_nothing(allowed: np.ndarray, banned: list[int], cutback: bool, cfg: GenerationConfig) -> bool:
+    """Whether banning `banned` leaves a row none of the tokens its grammar allows (an eos allowed only to cut an
+    open structure back is no real choice)."""
+    real = allowed.copy()
+    if cutback:
+        real[cfg.eos_token_id] = False
+    return real[banned].sum() == real.sum()
 
 
 def forced_token(cur_len: int, cfg: GenerationConfig) -> int | None:
@@ -237,4 +246,5 @@ def beam_search(decoder, batch: int, cfg: GenerationConfig, constraint=None) -> 
 def generate(decoder, batch: int, cfg: GenerationConfig, constraint=None) -> list[list[int]]:
     """Greedy (num_beams 1) or beam search; `constraint` masks each row by its item's answer grammar."""
     search = greedy if cfg.num_beams == 1 else beam_search
-    return search(decoder, batch, cfg, constraint)
+    out = search(decoder, batch, cfg, constraint)
+    return out if constraint is None else constraint.rollback(out)
