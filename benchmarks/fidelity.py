@@ -17,7 +17,7 @@ in this file; the schema is benchmarks/fidelity_config.py):
    parameters, per-model per-task scores, the targets checked) and fidelity.md (benchmarks/fidelity_report.py).
 
     .venv/bin/python benchmarks/fidelity.py                 # the full run (OMP_NUM_THREADS=1 on a shared machine)
-    .venv/bin/python benchmarks/fidelity.py --jobs 2        # the students two at a time (2 cores, OMP_NUM_THREADS=1)
+    .venv/bin/python benchmarks/fidelity.py --jobs 2        # students and evaluations two at a time (2 cores)
     .venv/bin/python benchmarks/fidelity.py --quick         # plumbing check, numbers meaningless
     .venv/bin/python benchmarks/fidelity.py --render        # only rewrite the .md from the JSON (--quick: its own)
 
@@ -45,6 +45,7 @@ the wall time of every stage.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -239,8 +240,14 @@ class Run:
         results["data"] = self.stages.run("data", self.cfg.data.model_dump(), self.make_data, soft=False)
         t_params = self.train_teacher()
         self.train_students()
-        for name, (stage, path) in self.torch_models.items():
-            self.score_torch(name, stage, path)
+        test, root, pr = Path(self.data["test"]), Path(self.data["root"]), self.cfg.probe
+        specs = [spec for name, (stage, path) in self.torch_models.items() for spec in (
+            (f"eval/{name}", self.cfg.eval.model_dump(), (stage,), score, (path,), self.score_args()),
+            (f"probe/{name}", pr.model_dump(), (stage,), probe, (path, test, root, pr), {}))]
+        with children(self.jobs) as pool:
+            calls = self.calls(pool, specs)
+            for name, (stage, path) in self.torch_models.items():
+                self.score_torch(name, stage, calls)
         source = f"{BUNDLE_SOURCE}/seed{self.cfg.student.seeds[0]}"
         results["size_ratio"] = t_params / self.models[source]["params"] if source in self.torch_models else None
         self.bundles(source)
@@ -294,11 +301,21 @@ class Run:
         return {"test": Path(self.data["test"]), "root": Path(self.data["root"]), "limit": e.limit,
                 "max_new_tokens": e.max_new_tokens, "protocol": e.protocol, "num_beams": e.num_beams, "threads": self.threads}
 
-    def score_torch(self, name: str, stage: str, path: str) -> None:
+    def calls(self, pool, specs: list[tuple]) -> dict:
+        """{stage name: what computes it}, for specs (name, inputs, needs, fn, args, kwargs): with a pool, the stages
+        not stored start in it now (the call waits for the result), the others are computed when asked, if at all."""
+        out = {}
+        for name, inputs, needs, fn, args, kwargs in specs:
+            if pool is not None and not self.stages.stored(name, inputs, needs):
+                out[name] = pool.submit(fn, *args, **kwargs).result
+            else:
+                out[name] = functools.partial(fn, *args, **kwargs)
+        return out
+
+    def score_torch(self, name: str, stage: str, calls: dict) -> None:
         m, ev, pr = self.models[name], self.cfg.eval.model_dump(), self.cfg.probe
-        m["eval"] = self.stages.run(f"eval/{name}", ev, lambda: score(path, **self.score_args()), needs=(stage,))
-        test, root = Path(self.data["test"]), Path(self.data["root"])
-        m["probe"] = self.stages.run(f"probe/{name}", pr.model_dump(), lambda: probe(path, test, root, pr), needs=(stage,))
+        m["eval"] = self.stages.run(f"eval/{name}", ev, calls[f"eval/{name}"], needs=(stage,))
+        m["probe"] = self.stages.run(f"probe/{name}", pr.model_dump(), calls[f"probe/{name}"], needs=(stage,))
         m["error"] = m.get("error") or self.stages.error(f"eval/{name}", f"probe/{name}")
 
     def bundles(self, source: str) -> None:
@@ -310,22 +327,29 @@ class Run:
         student = self.models[source].get("path")
         self.stages.run("export", {"backends": backends}, lambda: {"bundle": str(export_checkpoint(
             student, fp32, backends=backends, decoder="split", overwrite=True))}, needs=(f"train/{source}",))
+        made, specs = {}, []  # quantize one at a time (each is itself busy), then score the bundles (--jobs at a time)
         for backend in backends:
             for scheme in ("fp32", *cfg.schemes):
-                key, made = bundle_key(backend, scheme), "export"
+                key, made[key] = bundle_key(backend, scheme), "export"
                 out = fp32 if scheme == "fp32" else self.work / "bundles" / f"{backend}-{scheme}"
                 m = self.models[key] = {"kind": "bundle", "backend": backend, "scheme": scheme, "bundle": str(out),
                                         "source": source}
                 if scheme != "fp32":
-                    made = f"quantize/{backend}/{scheme}"
+                    made[key] = f"quantize/{backend}/{scheme}"
                     inputs = quantize_settings(cfg, backend, scheme).model_dump()
-                    m["quantize"] = self.stages.run(made, inputs, lambda: quantize(fp32, out, backend, scheme, cfg, self.data),
+                    m["quantize"] = self.stages.run(made[key], inputs, lambda: quantize(fp32, out, backend, scheme, cfg, self.data),
                                                     needs=("export",))
-                m["eval"] = self.stages.run(f"eval/{key}", self.cfg.eval.model_dump(),
-                                            lambda: score(out, backend=backend, **self.score_args()), needs=(made,))
+                specs.append((f"eval/{key}", self.cfg.eval.model_dump(), (made[key],), score, (out,),
+                              {"backend": backend, **self.score_args()}))
+        with children(self.jobs) as pool:
+            calls = self.calls(pool, specs)
+            for name, inputs, needs, _, (out,), kwargs in specs:
+                key = name.removeprefix("eval/")
+                m = self.models[key]
+                m["eval"] = self.stages.run(name, inputs, calls[name], needs=needs)
                 if m["eval"]:
-                    m["bundle_bytes"] = bundle_bytes(out, backend)
-                m["error"] = self.stages.error("export", made, f"eval/{key}")
+                    m["bundle_bytes"] = bundle_bytes(out, kwargs["backend"])
+                m["error"] = self.stages.error("export", made[key], name)
 
 
 # ---- main ----------------------------------------------------------------------------------------------
@@ -346,7 +370,8 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="forget the finished stages in --work and start over")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the existing JSON")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="students trained at the same time, each in its own process (with OMP_NUM_THREADS=1: up to one per core)")
+                    help="students trained, and models scored, this many at a time in their own processes "
+                         "(with OMP_NUM_THREADS=1: up to one per core)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 0)) or None,
                     help="torch and backend intra-op threads (default: OMP_NUM_THREADS, else the libraries' own)")
     args = ap.parse_args()
