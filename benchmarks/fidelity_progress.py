@@ -2,6 +2,7 @@
 
     python benchmarks/fidelity_progress.py                    # the latest checkpoint, 64 test records per task
     python benchmarks/fidelity_progress.py --step 17000 --limit 64
+    python benchmarks/fidelity_progress.py --stage 2 --step 3000   # the teacher's second stage (teacher_stage2/)
 
 benchmarks/fidelity.py trains the teacher for 60,000 steps (about 5 h of one core) and keeps its last two
 checkpoints (benchmarks/work/fidelity/teacher/checkpoints/step_NNNNNN, loadable model directories). This runs
@@ -25,7 +26,7 @@ from pathlib import Path
 from image_use import commit  # benchmarks/ is on sys.path when this runs as a script
 
 HERE = Path(__file__).resolve().parent
-CKPTS = HERE / "work" / "fidelity" / "teacher" / "checkpoints"
+WORK = HERE / "work" / "fidelity"
 DATA = HERE / "work" / "fidelity" / "data" / "test.json"
 OUT = HERE / "results" / "fidelity_teacher_progress.json"
 TARGETS = {"REG_VG": 0.6, "REG_DET_HBB": 0.4, "REG_DET_OBB": 0.3, "PIX_SEG": 0.4, "PIX_CHG": 0.3}  # issue 22
@@ -35,11 +36,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     ap.add_argument("--limit", type=int, default=64, help="test records per task")
+    ap.add_argument("--stage", type=int, default=1, help="the teacher's training stage (fidelity.yaml teacher.stages)")
     args = ap.parse_args()
-    name = f"step_{args.step:06d}" if args.step else (CKPTS / "latest").read_text().strip()
-    ckpt = CKPTS / name
+    ckpts = WORK / ("teacher" if args.stage == 1 else f"teacher_stage{args.stage}") / "checkpoints"
+    name = f"step_{args.step:06d}" if args.step else (ckpts / "latest").read_text().strip()
+    ckpt = ckpts / name
     if not ckpt.is_dir():
-        sys.exit(f"{ckpt}: no such checkpoint (kept: {', '.join(sorted(p.name for p in CKPTS.glob('step_*')))})")
+        sys.exit(f"{ckpt}: no such checkpoint (kept: {', '.join(sorted(p.name for p in ckpts.glob('step_*')))})")
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "eval.json"
         t0 = time.perf_counter()
@@ -48,7 +51,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         r = json.loads(report.read_text())
     headline = {tag: h["value"] for tag, h in r["headline"].items()}
-    row = {"step": int(name.split("_")[1]), "limit": args.limit, "records": sum(r["counts"].values()),
+    row = {"stage": args.stage, "step": int(name.split("_")[1]), "limit": args.limit, "records": sum(r["counts"].values()),
            "headline": headline, "metrics": {tag: h["metric"] for tag, h in r["headline"].items()}, "average_headline": r["average_headline"],
            "geometry_targets": {t: {"value": headline[t], "target": v, "met": headline[t] >= v} for t, v in TARGETS.items()},
            "generation": r["generation"], "eval_seconds": seconds, "commit": commit(),
@@ -56,9 +59,10 @@ def main() -> None:
            "machine": {"cores": os.cpu_count(), "loadavg": os.getloadavg()},
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     runs = json.loads(OUT.read_text())["runs"] if OUT.is_file() else []
-    runs = sorted([x for x in runs if (x["step"], x["limit"]) != (row["step"], row["limit"])] + [row], key=lambda x: x["step"])
+    at = lambda x: (x.get("stage", 1), x["step"], x["limit"])  # noqa: E731
+    runs = sorted([x for x in runs if at(x) != at(row)] + [row], key=at)
     OUT.write_text(json.dumps({"what": __doc__.splitlines()[0], "runs": runs}, indent=1) + "\n")
-    print(f"step {row['step']}: " + ", ".join(f"{t} {v['value']:.3f}/{v['target']}" for t, v in row["geometry_targets"].items()))
+    print(f"stage {row['stage']} step {row['step']}: " + ", ".join(f"{t} {v['value']:.3f}/{v['target']}" for t, v in row["geometry_targets"].items()))
     print(f"wrote {OUT}")
 
 
