@@ -271,6 +271,7 @@ class Run:
                          f"issue asks >= {SIZE_RATIO:g}x: shrink student.recipe.student.overrides")
         self.models["teacher"] = {"kind": "torch", "objective": "teacher", "path": str(self.teacher), "params": t_params,
                                   "train": {"seconds": sum(r["seconds"] for r in runs), "samples_per_s": runs[-1]["samples_per_s"],
+                                            "train_seconds": [r.get("train_seconds") for r in runs],
                                             "final_loss": runs[-1]["final_loss"], "stages": runs}}
         self.torch_models["teacher"] = (prev, str(self.teacher))
         return t_params

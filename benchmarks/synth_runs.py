@@ -22,7 +22,8 @@ def train(recipe: dict, key: str | None = None) -> dict:
     `key` says what the run depends on (default: the recipe itself). A finished run with the same key is taken as
     it is; a killed run with the same key resumes from its newest checkpoint; a folder with anything else in it is
     emptied first. Returns where the student is, the wall time of this call, the last samples/s of the trainer
-    (counted from this call's first step) and the mean loss of the last 5 logged steps.
+    (counted from this call's first step), the mean loss of the last 5 logged steps and the training's wall time
+    over every resume (the trainer's train_seconds; None for a run logged before the trainer recorded it).
     """
     from tiercel.distill.checkpoints import latest
     from tiercel.distill.trainer import distill
@@ -42,8 +43,10 @@ def train(recipe: dict, key: str | None = None) -> dict:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [x["samples_per_s"] for x in lines if "samples_per_s" in x]
     losses = [x["loss"] for x in lines if "loss" in x]
+    spent = [x["train_seconds"] for x in lines if "train_seconds" in x]
     return {"student": str(student), "seconds": time.perf_counter() - t0, "samples_per_s": rates[-1] if rates else None,
-            "final_loss": statistics.mean(losses[-5:]) if losses else None}
+            "final_loss": statistics.mean(losses[-5:]) if losses else None,
+            "train_seconds": spent[-1] if spent and len(spent) == len(rates) else None}
 
 
 def score(model: str | Path, test: Path, root: Path, limit: int | None, max_new_tokens: int, backend: str = "onnxruntime",

@@ -139,7 +139,11 @@ def test_resume_continues_exactly(tmp_path, synth_dir, monkeypatch):
     a, b = weights(straight / "student"), weights(crashed / "student")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [m["step"] for m in metrics(crashed)] == [m["step"] for m in metrics(straight)] == [1, 2, 3, 4, 5, 6]
-    assert metrics(crashed) == [{**m, "samples_per_s": c["samples_per_s"]} for m, c in zip(metrics(straight), metrics(crashed))]
+    timing = ("samples_per_s", "train_seconds")
+    assert metrics(crashed) == [{**m, **{k: c[k] for k in timing}} for m, c in zip(metrics(straight), metrics(crashed))]
+    # wall time carries over the resume: step 4 (after it) counts the seconds of steps 1-3 from the checkpoint
+    seconds = [m["train_seconds"] for m in metrics(crashed)]
+    assert seconds == sorted(seconds) and seconds[3] > seconds[2] > 0
 
 
 def _crashed_run(r, monkeypatch):

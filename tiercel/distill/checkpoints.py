@@ -46,7 +46,7 @@ def save_optimizer_shard(ckpt: Path, rank: int, optimizer) -> None:
 
 
 def save(run_dir: Path, step: int, objective, optimizer, scheduler, tokenizer, extra_meta: dict, keep: int,
-         states: tuple | None = None, publish: bool = True) -> Path:
+         states: tuple | None = None, publish: bool = True, train_seconds: float = 0.0) -> Path:
     """Write checkpoint `step`; with `publish`, point `latest` at it and prune beyond `keep` (mark_latest).
 
     `states` is full_states(...) when the caller gathered them (FSDP); by default they are read here.
@@ -67,6 +67,7 @@ def save(run_dir: Path, step: int, objective, optimizer, scheduler, tokenizer, e
             "scheduler": scheduler.state_dict(),
             "distiller": objective.distiller.state_dict() if objective.distiller is not None else None,
             "rng": rng_states(),
+            "train_seconds": float(train_seconds),  # wall time of the steps so far, over every resume
         }
         torch.save(state, tmp / "trainer_state.pt")
     if publish:
@@ -91,8 +92,9 @@ def latest(run_dir: Path) -> Path | None:
     return path if (path / "trainer_state.pt").is_file() else None
 
 
-def restore(path: Path, objective, optimizer, scheduler, sharded: bool = False, rank: int = 0) -> int:
-    """Load weights, optimizer, scheduler and RNG states from checkpoint `path`; returns its step.
+def restore(path: Path, objective, optimizer, scheduler, sharded: bool = False, rank: int = 0) -> tuple[int, float]:
+    """Load weights, optimizer, scheduler and RNG states from checkpoint `path`; returns its step and the wall
+    seconds of training up to it (0 for a checkpoint written before they were recorded).
 
     Nothing is loaded until the checkpoint is known to fit the recipe's student and distillation heads. With
     `sharded` (FSDP) the full states are scattered into the shards by torch.distributed.checkpoint.
@@ -115,7 +117,7 @@ def restore(path: Path, objective, optimizer, scheduler, sharded: bool = False, 
     _fitting(path, "optimizer", lambda: optimizer.load_state_dict(optim_state))
     scheduler.load_state_dict(state["scheduler"])
     set_rng_states(state["rng"])
-    return int(state["step"])
+    return int(state["step"]), float(state.get("train_seconds", 0.0))
 
 
 def _optimizer_state(path: Path, state: dict, sharded: bool, rank: int) -> dict:

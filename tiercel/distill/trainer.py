@@ -89,6 +89,7 @@ class Run:
     wrapped: Any = None  # the objective under DDP / FSDP (the objective itself on one process)
     optimizer: Any = None
     scheduler: Any = None
+    train_seconds: float = 0.0  # wall time of the steps so far, resumes included (checkpointed)
     tb: Any = None  # TensorBoard SummaryWriter, rank 0, opened at the first log line
 
     @property
@@ -317,9 +318,9 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
         _check_resumable(run_dir, resume)
     barrier(dist)
     run = prepare(recipe, dist)
-    start = 0
+    start, before = 0, 0.0
     if resume and (path := checkpoints.latest(run_dir)) is not None:
-        start = checkpoints.restore(path, run.objective, run.optimizer, run.scheduler, sharded=sharded(run), rank=dist.rank)
+        start, before = checkpoints.restore(path, run.objective, run.optimizer, run.scheduler, sharded=sharded(run), rank=dist.rank)
     if dist.main:  # before any step: cut answers teach the model to stop early, or never to close a polygon
         d = recipe.data  # (after the resume check, so a refused resume stays one error line)
         for line in truncation_lines(run.data.truncation(), d.max_answer_tokens, d.max_prompt_tokens):
@@ -336,6 +337,7 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
             samples += metrics["samples"]
             done = step + 1
             metrics["samples_per_s"] = samples / (time.perf_counter() - t0)
+            run.train_seconds = metrics["train_seconds"] = before + time.perf_counter() - t0
             if done % cfg.log_every == 0 or done == cfg.steps:
                 _log(run, {"step": done, **metrics})
             if done % cfg.save_every == 0 or done == cfg.steps:  # saved before validating, which may fail
@@ -357,7 +359,8 @@ def _save(run: Run, step: int) -> None:
     states = checkpoints.full_states(run.objective, run.optimizer, fsdp)  # a collective under FSDP
     if dist.main:
         checkpoints.save(run.dir, step, run.objective, run.optimizer, run.scheduler, run.tokenizer,
-                         {"recipe": run.recipe.name, "step": step}, cfg.keep_checkpoints, states=states, publish=not fsdp)
+                         {"recipe": run.recipe.name, "step": step}, cfg.keep_checkpoints, states=states, publish=not fsdp,
+                         train_seconds=run.train_seconds)
     barrier(dist)
     if fsdp:
         ckpt = run.dir / "checkpoints" / f"step_{step:06d}"
