@@ -10,6 +10,12 @@ checkpoints (benchmarks/work/fidelity/teacher/checkpoints/step_NNNNNN, loadable 
 constrained decoding as `tiercel eval` does by default), and appends the headline per task to
 benchmarks/results/fidelity_teacher_progress.json with the step, commit, command and machine, so the curve
 towards issue 22's targets builds up across sessions. The final numbers are fidelity.py's (all test records).
+
+Rows are kept per training (`--run`): the first teacher's checkpoints were lost with its machine on 2026-12-04
+after both stages' scores were recorded (rows without a run are that training, run 1); the same recipe then
+started again from step 0 as run 2, so its rows sit beside run 1's at the same steps. Each row also has the
+checkpoint's `train_seconds` (wall time of training up to it, over every resume; null for checkpoints written
+before the trainer recorded it).
 """
 
 from __future__ import annotations
@@ -32,11 +38,21 @@ OUT = HERE / "results" / "fidelity_teacher_progress.json"
 TARGETS = {"REG_VG": 0.6, "REG_DET_HBB": 0.4, "REG_DET_OBB": 0.3, "PIX_SEG": 0.4, "PIX_CHG": 0.3}  # issue 22
 
 
+def train_seconds(ckpt: Path) -> float | None:
+    """The wall time of training up to this checkpoint (trainer_state.pt), None where the trainer did not record it."""
+    from tiercel.distill.checkpoints import load_state
+
+    seconds = load_state(ckpt / "trainer_state.pt").get("train_seconds")
+    return None if seconds is None else float(seconds)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     ap.add_argument("--limit", type=int, default=64, help="test records per task")
     ap.add_argument("--stage", type=int, default=1, help="the teacher's training stage (fidelity.yaml teacher.stages)")
+    ap.add_argument("--run", type=int, default=2, help="which training of the teacher the checkpoints belong to "
+                    "(1: the first, whose checkpoints are lost; 2: the one started again on 2026-12-04)")
     args = ap.parse_args()
     ckpts = WORK / ("teacher" if args.stage == 1 else f"teacher_stage{args.stage}") / "checkpoints"
     name = f"step_{args.step:06d}" if args.step else (ckpts / "latest").read_text().strip()
@@ -51,18 +67,18 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         r = json.loads(report.read_text())
     headline = {tag: h["value"] for tag, h in r["headline"].items()}
-    row = {"stage": args.stage, "step": int(name.split("_")[1]), "limit": args.limit, "records": sum(r["counts"].values()),
+    row = {"run": args.run, "stage": args.stage, "step": int(name.split("_")[1]), "limit": args.limit, "records": sum(r["counts"].values()),
            "headline": headline, "metrics": {tag: h["metric"] for tag, h in r["headline"].items()}, "average_headline": r["average_headline"],
            "geometry_targets": {t: {"value": headline[t], "target": v, "met": headline[t] >= v} for t, v in TARGETS.items()},
-           "generation": r["generation"], "eval_seconds": seconds, "commit": commit(),
+           "generation": r["generation"], "eval_seconds": seconds, "train_seconds": train_seconds(ckpt), "commit": commit(),
            "command": "python benchmarks/fidelity_progress.py " + " ".join(sys.argv[1:]),
            "machine": {"cores": os.cpu_count(), "loadavg": os.getloadavg()},
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     runs = json.loads(OUT.read_text())["runs"] if OUT.is_file() else []
-    at = lambda x: (x.get("stage", 1), x["step"], x["limit"])  # noqa: E731
+    at = lambda x: (x.get("run", 1), x.get("stage", 1), x["step"], x["limit"])  # noqa: E731
     runs = sorted([x for x in runs if at(x) != at(row)] + [row], key=at)
     OUT.write_text(json.dumps({"what": __doc__.splitlines()[0], "runs": runs}, indent=1) + "\n")
-    print(f"stage {row['stage']} step {row['step']}: " + ", ".join(f"{t} {v['value']:.3f}/{v['target']}" for t, v in row["geometry_targets"].items()))
+    print(f"run {row['run']} stage {row['stage']} step {row['step']}: " + ", ".join(f"{t} {v['value']:.3f}/{v['target']}" for t, v in row["geometry_targets"].items()))
     print(f"wrote {OUT}")
 
 
