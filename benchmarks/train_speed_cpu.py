@@ -16,6 +16,11 @@ same seed, one after another, per precision/compile/optimizer setting, comparing
 
     PYTHONPATH=. .venv/bin/python benchmarks/train_speed_cpu.py           # 5-40 minutes on a 2-core CPU: a cold compile and a busy machine take most of it
     PYTHONPATH=. .venv/bin/python benchmarks/train_speed_cpu.py --quick   # plumbing check, numbers meaningless
+    PYTHONPATH=. .venv/bin/python benchmarks/train_speed_cpu.py --configs fp32,bf16,compile,compile_bf16 \
+        --threads 1 --batch 16 --name train_speed_cpu_amx    # a subset, one thread each, batch 16, its own files
+
+--configs picks rows (fp32, the baseline, always runs), --threads and --batch override every row's threads and
+every row that keeps the baseline's batch, --name names the JSON and .md (default train_speed_cpu).
 
 Writes benchmarks/results/train_speed_cpu.json and the tables of benchmarks/results/train_speed_cpu.md.
 """
@@ -230,6 +235,23 @@ def write_markdown(path: Path, tables: str) -> None:
     print(f"wrote {path}")
 
 
+def select(args) -> None:
+    """Narrow CONFIGS and QUALITY to --configs and apply --threads / --batch (a one-line error for an unknown row)."""
+    names = ["fp32", *[n for n in (args.configs or "").split(",") if n and n != "fp32"]] if args.configs else list(CONFIGS)
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        sys.exit(f"--configs: no row {', '.join(unknown)}; rows: {', '.join(CONFIGS)}")
+    chosen = {}
+    for n in names:
+        cfg = CONFIGS[n]
+        if args.batch and cfg.batch == BASE.batch:
+            cfg = replace(cfg, batch=args.batch)
+        chosen[n] = replace(cfg, threads=args.threads) if args.threads else cfg
+    CONFIGS.clear()
+    CONFIGS.update(chosen)
+    QUALITY[:] = [n for n in QUALITY if n in CONFIGS]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "train_speed_cpu"))
@@ -239,7 +261,12 @@ def main():
     ap.add_argument("--warmup", type=int, default=3, help="steps per configuration before timing (compilation happens here)")
     ap.add_argument("--quality-steps", type=int, default=60)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--configs", help=f"comma-separated rows to run (default: all of {', '.join(CONFIGS)}); fp32 always runs")
+    ap.add_argument("--threads", type=int, help="torch threads for every row (default: each row's own, 2 or 1)")
+    ap.add_argument("--batch", type=int, help="batch size of every row that keeps the baseline's (default 8)")
+    ap.add_argument("--name", default="train_speed_cpu", help="results/NAME.json and NAME.md")
     args = ap.parse_args()
+    select(args)
     if args.quick:
         args.rounds, args.steps, args.warmup, args.quality_steps = 2, 2, 2, 12
     from tiercel.data.synth import generate
@@ -254,7 +281,7 @@ def main():
               "args": vars(args), "data": {"n": args.n, "size": meta["size"], "images": meta["images"]}}
     result["speed"] = speed(work, data, demo, args)
     result["quality"] = quality(work, data, demo, args.quality_steps)
-    name = "train_speed_cpu_quick" if args.quick else "train_speed_cpu"
+    name = f"{args.name}_quick" if args.quick else args.name
     write_result(RESULTS / f"{name}.json", result)
     tables = table(result)
     print(tables)
