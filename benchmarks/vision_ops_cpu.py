@@ -1,5 +1,5 @@
 """Where the vision encoder's time goes, per op type, on OpenVINO at f32 and bf16 (one CPU thread), and what
-tiercel's Transpose rewrite (tiercel.export.openvino.transposes_as_reorders) changes.
+tiercel's Transpose rewrites change there and on onnxruntime (fp32 and int8).
 
 Issue 28 item 2 asks for the vision encoder within 1.5x of its compute bound. On a CPU with AMX the bf16 matmul
 peak is 5.4x fp32's, and OpenVINO's bf16 vision encoder ran at 3.46x its bound (benchmarks/results/runtime_cpu.md,
@@ -9,14 +9,19 @@ kernel (`exec_type`, e.g. `brgconv_avx512_amx` for an AMX convolution), for each
 
     OMP_NUM_THREADS=1 python benchmarks/vision_ops_cpu.py   # needs benchmarks/runtime_cpu.py's bundle first
 
-Two graphs per precision: `before`, the IR as OpenVINO reads the bundle's vision_encoder.onnx, and `after`, the
-same with transposes_as_reorders applied (what `tiercel export` now writes). Their outputs are compared
+Two graphs per precision: `before`, the IR as OpenVINO reads the bundle's vision_encoder.onnx, and `after`, what
+`tiercel export` now writes: the ONNX graph through tiercel.export.rewrite.channel_split_transposes, read by
+OpenVINO and rewritten by tiercel.export.openvino.transposes_as_reorders. Their outputs are compared
 (max |difference|). Each: one warm-up call, then `--runs` calls interleaved between the two graphs (the order
 alternating by round); the per-node times of the last call are the profile
 (the counters add their own overhead, so the profiled total is reported beside the unprofiled median wall time of
 the same calls). Matmul-class nodes (MatMul, FullyConnected, Convolution, GroupConvolution) are what the compute
 bound counts; everything else (transposes and reshapes of the window partition, normalisation, GELU, softmax,
 adds, reorders between layouts and precisions) is outside it.
+
+onnxruntime: the bundle's fp32 and int8 (onnxruntime-int8, runtime_cpu.py's int8-static) vision graphs, before
+and after channel_split_transposes (the only rewrite that touches onnxruntime's graphs), wall times interleaved
+the same way, outputs compared.
 
 Writes benchmarks/results/vision_ops_cpu.json (commit, command, machine, per precision and graph: wall ms,
 profiled ms, ms and share per node type and per kernel, the matmul-class share; the speed-up and difference). The write-up is vision_ops_cpu.md.
@@ -42,15 +47,19 @@ def profile(onnx_file: Path, precision: str, runs: int, threads: int) -> dict:
     """{"before", "after"}: wall times and the last call's per-node counters at one precision hint, and the
     largest output difference between the two graphs."""
     import numpy as np
+    import onnx
     import openvino as ov
 
     from tiercel.export.openvino import transposes_as_reorders
+    from tiercel.export.rewrite import channel_split_transposes
 
     core = ov.Core()
     config = {"PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision,
               "NUM_STREAMS": 1}
-    before, after = core.read_model(onnx_file), core.read_model(onnx_file)
-    rewritten = transposes_as_reorders(after)
+    proto = onnx.load(str(onnx_file))
+    split = channel_split_transposes(proto)
+    before, after = core.read_model(onnx_file), core.read_model(proto.SerializeToString(), b"")
+    rewritten = {"channel_split_transposes": split, "transposes_as_reorders": transposes_as_reorders(after)}
     requests = {k: core.compile_model(m, "CPU", config).create_infer_request() for k, m in (("before", before), ("after", after))}
     pixels = np.random.default_rng(0).standard_normal((1, 3, 768, 768)).astype(np.float32)
     outputs = {k: r.infer({"pixel_values": pixels})[0].copy() for k, r in requests.items()}  # warm-up
@@ -65,6 +74,33 @@ def profile(onnx_file: Path, precision: str, runs: int, threads: int) -> dict:
     out["max_abs_difference"] = float(np.abs(outputs["before"] - outputs["after"]).max())
     out["speedup"] = out["before"]["wall_ms_median"] / out["after"]["wall_ms_median"]
     return out
+
+
+def onnxruntime_ab(onnx_file: Path, runs: int, threads: int) -> dict:
+    """onnxruntime on the graph as exported before and after channel_split_transposes: wall times, difference."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from tiercel.export.rewrite import channel_split_transposes
+
+    proto = onnx.load(str(onnx_file))
+    rewritten = channel_split_transposes(proto)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    sessions = {"before": ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"]),
+                "after": ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])}
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 768, 768)).astype(np.float32)
+    outputs = {k: s.run(None, {"pixel_values": pixels})[0] for k, s in sessions.items()}  # warm-up
+    wall = {k: [] for k in sessions}
+    for i in range(runs):
+        for k in (("before", "after") if i % 2 == 0 else ("after", "before")):
+            t0 = time.perf_counter()
+            sessions[k].run(None, {"pixel_values": pixels})
+            wall[k].append((time.perf_counter() - t0) * 1e3)
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    return {"transposes_rewritten": rewritten, "wall_ms": wall, "wall_ms_median": med, "speedup": med["before"] / med["after"],
+            "max_abs_difference": float(np.abs(outputs["before"] - outputs["after"]).max())}
 
 
 def _counters(request, wall: list[float], precision: str) -> dict:
@@ -102,7 +138,7 @@ def main() -> None:
               "runs": args.runs, "precisions": {}}
     for precision in ("f32", "bf16"):
         both = result["precisions"][precision] = profile(onnx_file, precision, args.runs, args.threads)
-        print(f"{precision}: {both['transposes_rewritten']} Transposes rewritten, max |difference| "
+        print(f"{precision}: Transposes rewritten {both['transposes_rewritten']}, max |difference| "
               f"{both['max_abs_difference']:.3g}, {both['speedup']:.2f}x", flush=True)
         for side in ("before", "after"):
             r = both[side]
@@ -110,6 +146,15 @@ def main() -> None:
                   f"matmul-class {r['matmul_class_share']:.0%}", flush=True)
             for k, v in list(r["by_kernel"].items())[:8]:
                 print(f"  {v['ms']:8.1f} ms {v['share']:6.1%}  {k}")
+    result["onnxruntime"] = {}
+    for name in ("fp32", "onnxruntime-int8"):
+        graph = args.bundle.parent / name / "vision_encoder.onnx"
+        if not graph.is_file():
+            print(f"{graph}: missing, onnxruntime {name} skipped")
+            continue
+        r = result["onnxruntime"][name] = onnxruntime_ab(graph, args.runs, args.threads)
+        print(f"onnxruntime {name}: {r['transposes_rewritten']} rewritten, before {r['wall_ms_median']['before']:.0f} ms, "
+              f"after {r['wall_ms_median']['after']:.0f} ms ({r['speedup']:.2f}x), max |difference| {r['max_abs_difference']:.3g}")
     write_result(args.out, result)
 
 

@@ -1,5 +1,6 @@
-"""Decoder graph rewrites: key-major attention scores give the same numbers and read K as stored; reshape
-targets become constants, with bit-identical outputs and the shape arithmetic gone."""
+"""Graph rewrites: key-major attention scores give the same numbers and read K as stored; reshape targets become
+constants, with bit-identical outputs and the shape arithmetic gone; the channel-attention split Transpose becomes a
+rank-3 move with bit-identical outputs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper  # noqa: E402
 
-from tiercel.export.rewrite import constant_reshapes, key_major_scores  # noqa: E402
+from tiercel.export.rewrite import channel_split_transposes, constant_reshapes, key_major_scores  # noqa: E402
 
 
 def attention_graph(shared_transpose: bool = False):
@@ -187,3 +188,31 @@ def test_a_dimension_read_from_another_tensor_is_left_alone():
             node.input[0] = "x"  # Shape(x)[0] equals o's dimension 0 here, but nothing in the graph says so
     assert constant_reshapes(model) == 1
     assert [n.name for n in model.graph.node if n.op_type == "Reshape" and n.input[1] == "merge"] == ["/Reshape_1"]
+
+
+def test_channel_split_transpose_is_rewritten_with_bit_identical_outputs():
+    """DaViT's q/k/v split, reshape(B, N, 3, h, d).permute(2, 0, 3, 4, 1), with the reshape target computed at run
+    time as the exporter traces it; batch 3 so the block transpose after the move really moves data."""
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    nodes = [
+        helper.make_node("Shape", ["x"], ["bn"], start=0, end=2),
+        helper.make_node("Concat", ["bn", "hd"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["qkv"]),
+        helper.make_node("Transpose", ["qkv"], ["split"], name="/channel_attn/Transpose", perm=[2, 0, 3, 4, 1]),
+        helper.make_node("Transpose", ["x"], ["other"], perm=[1, 0, 2]),  # not the pattern: stays
+    ]
+    graph = helper.make_graph(nodes, "split", [helper.make_tensor_value_info("x", f, ["b", "n", 24])],
+                              [helper.make_tensor_value_info("split", f, [3, "b", 2, 4, "n"]),
+                               helper.make_tensor_value_info("other", f, ["n", "b", 24])],
+                              [helper.make_tensor("hd", i64, [3], [3, 2, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).standard_normal((3, 10, 24)).astype(np.float32)
+    before = run(model, {"x": x})
+    assert channel_split_transposes(model) == 1
+    onnx.checker.check_model(model)
+    perms = sorted(tuple(a.ints) for n in model.graph.node if n.op_type == "Transpose" for a in n.attribute)
+    assert perms == [(0, 2, 1), (1, 0, 2), (1, 0, 2, 3, 4)]
+    after = run(model, {"x": x})
+    assert after[0].shape == (3, 3, 2, 4, 10)
+    for a, b in zip(before, after, strict=True):
+        assert np.array_equal(a, b)

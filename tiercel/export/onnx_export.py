@@ -20,7 +20,7 @@ from pathlib import Path
 from tiercel.errors import require
 from tiercel.export import graphs
 from tiercel.export.graphs import DECODER_FIRST, DECODER_MERGED, DECODER_PAST, EMBED, ENCODER, VISION, kv_names
-from tiercel.export.rewrite import constant_reshapes, key_major_scores
+from tiercel.export.rewrite import channel_split_transposes, constant_reshapes, key_major_scores
 from tiercel.progress import track
 
 OPSET = 17
@@ -114,6 +114,8 @@ def export_onnx(model, out_dir: str | Path, decoder: str = "merged", opset: int 
             if name in (DECODER_FIRST, DECODER_PAST):  # one query token against a long cache: see rewrite.py
                 key_major_scores(protos[name])
                 constant_reshapes(protos[name])
+            if name == VISION:  # the channel attention's rank-5 split: a slow Transpose in both backends (rewrite.py)
+                channel_split_transposes(protos[name])
             bar.advance(1, note=name)
     if fp16:
         from tiercel.export.fp16 import convert_proto

@@ -4,14 +4,13 @@ Weights stay fp32 (`compress_to_fp16=False`): precision changes are the quantize
 compares against fp32 PyTorch. Knows nothing about manifests; bundle.py records what this writes.
 
 transposes_as_reorders: OpenVINO's CPU plugin runs a rank-3 `Transpose(perm=[0, 2, 1])` ([B, N, C] -> [B, C, N],
-which DaViT writes around every depthwise convolution and attention block) and the channel attention's rank-5
-`Transpose(perm=[2, 0, 3, 4, 1])` with a generic kernel (`exec_type` "unknown"), at well under 1 GB/s; the same
-move written as a rank-4 NHWC -> NCHW transpose (`Unsqueeze(1)`, perm [0, 3, 1, 2], `Squeeze(2)`) runs as a
-layout reorder, 8x faster on [1, 36864, 128]. The rewrite is pure data movement: outputs are bit-identical.
-Florence-2-base vision encoder, one thread, Intel Xeon with AMX (benchmarks/results/vision_ops_cpu.md):
-Transposes were 49% of the bf16 call and 27% of the fp32 one; the call went 1580 -> 933 ms (bf16 hint) and
-4402 -> 3474 ms (f32). Written here because OpenVINO has no transformation for it and the rewrite is a few
-opset nodes.
+which DaViT writes around every depthwise convolution and attention block, and which the exporter's
+channel_split_transposes (rewrite.py) makes of the channel attention's rank-5 split) with a generic kernel
+(`exec_type` "unknown"), at well under 1 GB/s; the same move written as a rank-4 NHWC -> NCHW transpose
+(`Unsqueeze(1)`, perm [0, 3, 1, 2], `Squeeze(2)`) runs as a layout reorder, 8x faster on [1, 36864, 128]. Pure
+data movement: outputs are bit-identical. Florence-2-base vision encoder, one thread, Intel Xeon with AMX
+(benchmarks/results/vision_ops_cpu.md): Transposes were half of the bf16 call and a quarter of the f32 one.
+Written here because OpenVINO has no transformation for it and the rewrite is a few opset nodes.
 """
 
 from __future__ import annotations
@@ -39,19 +38,14 @@ def convert_to_ir(onnx_file: Path, out_dir: Path) -> list[Path]:
 
 
 def transposes_as_reorders(model) -> int:
-    """Rewrite the slow Transposes of `model` (an openvino.Model, in place) as layout reorders; returns how many.
-
-    [B, N, C] -> [B, C, N] becomes Unsqueeze(1) -> Transpose [0, 3, 1, 2] -> Squeeze(2); the rank-5 [B, N, a, b, c]
-    -> [a, B, b, c, N] becomes Reshape [B, N, a*b*c] -> that rank-3 move -> Reshape [B, a, b, c, N] -> Transpose
-    [1, 0, 2, 3, 4] (block moves; none for B = 1). Other Transposes are left alone."""
+    """Rewrite every rank-3 `Transpose(perm=[0, 2, 1])` of `model` (an openvino.Model, in place) as Unsqueeze(1) ->
+    Transpose [0, 3, 1, 2] -> Squeeze(2), which OpenVINO runs as a layout reorder; returns how many. Other
+    Transposes are left alone."""
     import numpy as np
     import openvino.opset13 as ops
 
     def const(values) -> object:
         return ops.constant(np.array(values, dtype=np.int64))
-
-    def channels_first(x):  # [B, N, C] -> [B, C, N] through the NHWC -> NCHW reorder
-        return ops.squeeze(ops.transpose(ops.unsqueeze(x, const([1])), const([0, 3, 1, 2])), const([2]))
 
     done = 0
     for node in model.get_ordered_ops():
@@ -59,17 +53,9 @@ def transposes_as_reorders(model) -> int:
             continue
         perm = [int(v) for v in node.input_value(1).get_node().get_vector()]
         src = node.input_value(0)
-        shape = src.get_partial_shape()
-        if shape.rank.is_dynamic:
+        if perm != [0, 2, 1] or src.get_partial_shape().rank.is_dynamic or src.get_partial_shape().rank.get_length() != 3:
             continue
-        if perm == [0, 2, 1] and shape.rank.get_length() == 3:
-            new = channels_first(src)
-        elif perm == [2, 0, 3, 4, 1] and shape.rank.get_length() == 5 and all(shape[i].is_static for i in (2, 3, 4)):
-            a, b, c = (shape[i].get_length() for i in (2, 3, 4))
-            flat = channels_first(ops.reshape(src, const([0, 0, a * b * c]), True))
-            new = ops.transpose(ops.reshape(flat, const([0, a, b, c, -1]), True), const([1, 0, 2, 3, 4]))
-        else:
-            continue
+        new = ops.squeeze(ops.transpose(ops.unsqueeze(src, const([1])), const([0, 3, 1, 2])), const([2]))
         for name in node.output(0).get_names():  # a public output name stays on the graph's output
             new.output(0).get_tensor().add_names({name})
         node.output(0).replace(new.output(0))

@@ -1,7 +1,8 @@
-"""Graph rewrites applied to the traced decoder graphs before they are saved.
+"""Graph rewrites applied to the traced graphs before they are saved.
 
-key_major_scores: attention scores as (K @ Q^T)^T instead of Q @ K^T.
-constant_reshapes: Reshape targets assembled from Shape/Gather/Concat at run time become constants.
+key_major_scores (decoders): attention scores as (K @ Q^T)^T instead of Q @ K^T.
+constant_reshapes (decoders): Reshape targets assembled from Shape/Gather/Concat at run time become constants.
+channel_split_transposes (vision encoder): the channel attention's rank-5 Transpose as a rank-3 move.
 
 The exporter writes each attention's scores as `MatMul(Q, Transpose(K, perm=[0, 1, 3, 2]))` (in the first
 step, where K is computed in the graph, the head split and the transpose are one Transpose, [0, 2, 3, 1]). In the decoder,
@@ -29,6 +30,14 @@ dimension), constants stay, and one remaining computed dimension becomes -1; the
 readers and are dropped. The outputs are bit-identical. In a decode step each of those nodes costs a few
 microseconds of dispatch whatever the precision, which the quantised decoders feel most
 (benchmarks/results/decode_profile_cpu.md).
+
+channel_split_transposes: DaViT's channel attention splits q, k, v with `reshape(B, N, 3, h, d).permute(2, 0, 3, 4,
+1)`. onnxruntime's optimizer splits that Transpose into one per q, k, v ([1, N, 1, h, d], a unit axis in the
+way), which its Transpose kernel then runs on a generic path: 7.9 ms each on [1, 2304, 1, 16, 32], 285 ms of the
+int8 Florence-2-base vision call. OpenVINO's kernel for the rank-5 perm is as slow. Written as a reshape to
+[B, N, 3hd], a [0, 2, 1] move (a fast path in both backends; tiercel/export/openvino.py makes it a reorder in
+OpenVINO), a reshape to [B, 3, h, d, N] and a block transpose (no data moves at B = 1), the values and their
+order are the same: outputs bit-identical. Measured in benchmarks/results/vision_ops_cpu.md.
 """
 
 from __future__ import annotations
@@ -212,3 +221,47 @@ def _subgraph_inputs(g) -> set[str]:
 
 def _perm(node) -> list[int] | None:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+
+
+_SPLIT_PERM = [2, 0, 3, 4, 1]
+
+
+def channel_split_transposes(proto) -> int:
+    """Rewrite in place every rank-5 `Transpose(x, perm=[2, 0, 3, 4, 1])` of `proto` ([B, N, a, b, c] ->
+    [a, B, b, c, N], DaViT's channel-attention split of q, k, v) as Reshape [B, N, a*b*c] -> Transpose [0, 2, 1] ->
+    Reshape [B, a, b, c, N] -> Transpose [1, 0, 2, 3, 4]; returns how many. The same values in the same order.
+    a, b, c are read from x's shape at run time (the traced reshape before it computes them), a few tiny nodes."""
+    onnx = require("onnx", "onnx", "rewriting ONNX graphs")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    graph = proto.graph
+    consts = {"flat": [0, 0, -1], "zero": [0], "minus_one": [-1], "from": [2], "to": [5], "axis": [0]}
+    names = {k: f"/channel_split/{k}" for k in consts}
+    nodes, count = [], 0
+    for node in graph.node:
+        if node.op_type != "Transpose" or _perm(node) != _SPLIT_PERM:
+            nodes.append(node)
+            continue
+        base = node.name or node.output[0]
+        t = {k: f"{base}/{k}" for k in ("flat", "moved", "shape", "inner", "target", "split")}
+        nodes += [helper.make_node("Reshape", [node.input[0], names["flat"]], [t["flat"]], name=f"{base}/Flatten"),
+                  helper.make_node("Transpose", [t["flat"]], [t["moved"]], name=f"{base}/Move", perm=[0, 2, 1]),
+                  helper.make_node("Shape", [node.input[0]], [t["shape"]], name=f"{base}/Shape"),
+                  helper.make_node("Slice", [t["shape"], names["from"], names["to"], names["axis"]], [t["inner"]],
+                                   name=f"{base}/Inner"),
+                  helper.make_node("Concat", [names["zero"], t["inner"], names["minus_one"]], [t["target"]],
+                                   name=f"{base}/Target", axis=0),
+                  helper.make_node("Reshape", [t["moved"], t["target"]], [t["split"]], name=f"{base}/Unflatten"),
+                  helper.make_node("Transpose", [t["split"]], [node.output[0]], name=f"{base}/Blocks", perm=[1, 0, 2, 3, 4])]
+        count += 1
+    if count:
+        have = {i.name for i in graph.initializer}
+        graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), names[k])
+                                 for k, v in consts.items() if names[k] not in have)
+        kept = []
+        for n in nodes:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(n)
+            kept.append(copy)
+        del graph.node[:]
+        graph.node.extend(kept)
+    return count
