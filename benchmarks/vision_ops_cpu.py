@@ -11,7 +11,9 @@ kernel (`exec_type`, e.g. `brgconv_avx512_amx` for an AMX convolution), for each
 
 Two graphs per precision: `before`, the IR as OpenVINO reads the bundle's vision_encoder.onnx, and `after`, what
 `tiercel export` now writes: the ONNX graph through tiercel.export.rewrite.channel_split_transposes, read by
-OpenVINO and rewritten by tiercel.export.openvino.transposes_as_reorders. Their outputs are compared
+OpenVINO and rewritten by tiercel.export.openvino.transposes_as_reorders. `before` is the graph as the bundle
+holds it: a bundle exported at commit 30e6df1 or later already has channel_split_transposes (the JSON's count
+for it is then 0), so measure that rewrite on a bundle exported before it. Their outputs are compared
 (max |difference|). Each: one warm-up call, then `--runs` calls interleaved between the two graphs (the order
 alternating by round); the per-node times of the last call are the profile
 (the counters add their own overhead, so the profiled total is reported beside the unprofiled median wall time of
@@ -43,6 +45,17 @@ from image_use import commit, machine, write_result  # noqa: E402
 MATMUL_CLASS = {"MatMul", "FullyConnected", "Convolution", "GroupConvolution"}
 
 
+def _interleaved(calls: dict, runs: int) -> dict:
+    """{"before": [ms, ...], "after": [...]}: `runs` rounds of both calls, the order alternating by round."""
+    wall = {k: [] for k in calls}
+    for i in range(runs):
+        for k in (("before", "after") if i % 2 == 0 else ("after", "before")):
+            t0 = time.perf_counter()
+            calls[k]()
+            wall[k].append((time.perf_counter() - t0) * 1e3)
+    return wall
+
+
 def profile(onnx_file: Path, precision: str, runs: int, threads: int) -> dict:
     """{"before", "after"}: wall times and the last call's per-node counters at one precision hint, and the
     largest output difference between the two graphs."""
@@ -63,12 +76,7 @@ def profile(onnx_file: Path, precision: str, runs: int, threads: int) -> dict:
     requests = {k: core.compile_model(m, "CPU", config).create_infer_request() for k, m in (("before", before), ("after", after))}
     pixels = np.random.default_rng(0).standard_normal((1, 3, 768, 768)).astype(np.float32)
     outputs = {k: r.infer({"pixel_values": pixels})[0].copy() for k, r in requests.items()}  # warm-up
-    wall = {k: [] for k in requests}
-    for i in range(runs):
-        for k in (("before", "after") if i % 2 == 0 else ("after", "before")):
-            t0 = time.perf_counter()
-            requests[k].infer({"pixel_values": pixels})
-            wall[k].append((time.perf_counter() - t0) * 1e3)
+    wall = _interleaved({k: lambda r=r: r.infer({"pixel_values": pixels}) for k, r in requests.items()}, runs)
     out = {k: _counters(requests[k], wall[k], precision) for k in requests}
     out["transposes_rewritten"] = rewritten
     out["max_abs_difference"] = float(np.abs(outputs["before"] - outputs["after"]).max())
@@ -92,12 +100,7 @@ def onnxruntime_ab(onnx_file: Path, runs: int, threads: int) -> dict:
                 "after": ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])}
     pixels = np.random.default_rng(0).standard_normal((1, 3, 768, 768)).astype(np.float32)
     outputs = {k: s.run(None, {"pixel_values": pixels})[0] for k, s in sessions.items()}  # warm-up
-    wall = {k: [] for k in sessions}
-    for i in range(runs):
-        for k in (("before", "after") if i % 2 == 0 else ("after", "before")):
-            t0 = time.perf_counter()
-            sessions[k].run(None, {"pixel_values": pixels})
-            wall[k].append((time.perf_counter() - t0) * 1e3)
+    wall = _interleaved({k: lambda s=s: s.run(None, {"pixel_values": pixels}) for k, s in sessions.items()}, runs)
     med = {k: statistics.median(v) for k, v in wall.items()}
     return {"transposes_rewritten": rewritten, "wall_ms": wall, "wall_ms_median": med, "speedup": med["before"] / med["after"],
             "max_abs_difference": float(np.abs(outputs["before"] - outputs["after"]).max())}

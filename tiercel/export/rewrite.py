@@ -90,14 +90,7 @@ def key_major_scores(proto) -> int:
         if readers[transpose.output[0]] == 1:
             dropped.add(transpose.output[0])
         count += 1
-    kept = []
-    for n in nodes:
-        if not (n.op_type == "Transpose" and n.output[0] in dropped):
-            copy = onnx.NodeProto()
-            copy.CopyFrom(n)
-            kept.append(copy)
-    del graph.node[:]
-    graph.node.extend(kept)
+    _set_nodes(graph, [n for n in nodes if not (n.op_type == "Transpose" and n.output[0] in dropped)])
     return count
 
 
@@ -219,6 +212,19 @@ def _subgraph_inputs(g) -> set[str]:
     return names
 
 
+def _set_nodes(graph, nodes) -> None:
+    """Make `nodes` (some of them graph.node's own entries) the graph's node list, copying each first: clearing
+    graph.node would otherwise clear the entries still to be added."""
+    onnx = require("onnx", "onnx", "rewriting ONNX graphs")
+    kept = []
+    for n in nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(n)
+        kept.append(copy)
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
 def _perm(node) -> list[int] | None:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
 
@@ -257,11 +263,5 @@ def channel_split_transposes(proto) -> int:
         have = {i.name for i in graph.initializer}
         graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), names[k])
                                  for k, v in consts.items() if names[k] not in have)
-        kept = []
-        for n in nodes:
-            copy = onnx.NodeProto()
-            copy.CopyFrom(n)
-            kept.append(copy)
-        del graph.node[:]
-        graph.node.extend(kept)
+        _set_nodes(graph, nodes)
     return count
