@@ -20,12 +20,23 @@ from tiercel.models.presets import get_preset  # noqa: E402
 IMAGE = np.zeros((64, 64, 3), np.uint8)
 
 
-class FakePath:
-    """run / run_all record a vision stage and 1 first + 31 decode steps of `step` seconds on the attached timer,
-    and append the path's name to a shared call log."""
+class Clock:
+    """A perf_counter that only the fake paths move: wall times in these tests are the stages' own seconds, not
+    how fast this machine runs the Python around them."""
 
-    def __init__(self, name: str, backend: str, step: float, calls: list):
-        self.name, self.backend, self.step, self.calls, self.timer = name, backend, step, calls, None
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class FakePath:
+    """run / run_all record a vision stage and 1 first + 31 decode steps of `step` seconds on the attached timer
+    (and on the clock, when given), and append the path's name to a shared call log."""
+
+    def __init__(self, name: str, backend: str, step: float, calls: list, clock: Clock | None = None):
+        self.name, self.backend, self.step, self.calls, self.timer, self.clock = name, backend, step, calls, None, clock
 
     def generate_ids(self):
         return [[5, 6, 7]]
@@ -36,14 +47,16 @@ class FakePath:
         if self.timer is not None:
             for name in ["vision_encoder", "first_token"] + ["decode_token"] * (runtime_cpu.NEW_TOKENS - 1):
                 self.timer.record(name, self.step)
+                if self.clock is not None:
+                    self.clock.now += self.step
         return {}
 
     run_all = run
 
 
-def fake_paths(calls: list) -> dict:
+def fake_paths(calls: list, clock: Clock | None = None) -> dict:
     specs = {"eager": ("torch", 0.004), "eager-bf16": ("torch", 0.002), "onnxruntime": ("onnxruntime", 0.001)}
-    return {name: FakePath(name, backend, step, calls) for name, (backend, step) in specs.items()}
+    return {name: FakePath(name, backend, step, calls, clock) for name, (backend, step) in specs.items()}
 
 
 def test_each_round_opens_one_path_later():
@@ -55,10 +68,11 @@ def test_each_round_opens_one_path_later():
                      "onnxruntime", "eager", "eager-bf16", "eager", "eager-bf16", "onnxruntime"]
 
 
-def test_14_tasks_against_both_eager_baselines_with_where_the_time_went():
-    calls = []
-    paths = fake_paths(calls)
-    stages = runtime_cpu.stage_rounds(paths, IMAGE, "IMG_CAP", 2, lambda msg: None)
+def test_14_tasks_against_both_eager_baselines_with_where_the_time_went(monkeypatch):
+    calls, clock = [], Clock()
+    monkeypatch.setattr(runtime_cpu, "time", clock)  # timed() reads runtime_cpu.time.perf_counter
+    paths = fake_paths(calls, clock)
+    stages = runtime_cpu.stage_rounds(paths, IMAGE, "IMG_CAP", 2, lambda msg: None, now=clock.perf_counter)
     every = runtime_cpu.all_tasks_rounds(paths, IMAGE, 2, lambda msg: None)
     n = len(tasks.TAGS)
     assert calls.count("eager") == 3 + 2 * n and calls.count("onnxruntime") == 3 + 1 + 2  # + the run_all warm-up
