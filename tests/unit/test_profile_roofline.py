@@ -65,6 +65,22 @@ def test_compute_bounds_use_the_peak_at_each_stage_precision():
     assert (r["peak"], r["bound_ms"]) == ("fp32", pytest.approx(800.0))
 
 
+def test_memory_bounds_of_an_fp32_graph_at_the_bf16_hint_count_bf16_bytes():
+    """OpenVINO at the bf16 hint reads bf16 weights (converted when compiled) and a bf16 KV cache (the runtime's
+    OpenVinoSession): a memory-bound decode step's bound halves; where no bf16 peak was measured (no bf16 on
+    this CPU: OpenVINO computes in f32) it stays."""
+    step = {"decode_token": StageWork(flops=1e6, bytes=200e6, precision="fp32")}
+    hint = {"INFERENCE_PRECISION_HINT": "bf16"}
+    bf16 = MachinePeaks(bandwidth=10e9, flops=100e9, method="hand", bf16_flops=200e9)
+    r = fractions({"decode_token": 0.015}, step, bf16, "openvino", hint)["decode_token"]
+    assert (r["bound"], r["bound_ms"], r["bytes"], r["ratio"]) == ("memory", pytest.approx(10.0), 100e6, pytest.approx(1.5))
+    assert fractions({"decode_token": 0.015}, step, bf16, "openvino")["decode_token"]["bound_ms"] == pytest.approx(20.0)
+    no_bf16 = MachinePeaks(bandwidth=10e9, flops=100e9, method="hand")
+    assert fractions({"decode_token": 0.015}, step, no_bf16, "openvino", hint)["decode_token"]["bound_ms"] == pytest.approx(20.0)
+    int8 = {"decode_token": StageWork(flops=1e6, bytes=60e6, precision="int8-static")}
+    assert fractions({"decode_token": 0.015}, int8, bf16, "openvino", hint)["decode_token"]["bound_ms"] == pytest.approx(6.0)
+
+
 @pytest.mark.parametrize(("precision", "backend", "options", "kind"), [
     ("int8-static", "onnxruntime", None, "int8"), ("int8-dynamic", "openvino", None, "int8"),
     ("int4-weight-only", "onnxruntime", None, "int8"), ("fp16", "onnxruntime", None, "fp32"),

@@ -84,9 +84,12 @@ def test_14_tasks_against_both_eager_baselines_with_where_the_time_went(monkeypa
     peaks = {"fp32": {"gflops": 150.0}, "bf16": {"gflops": 401.0}}  # no int8 peak: no int8 bound
     result = {"paths": stages, "all_tasks": every}
     bounds = runtime_bounds.add_bounds(result, get_preset("tiny").to_dict(), peaks, [20] * n)
-    bound = {"bound_ms": 1.0, "bound_ms_by_weight_precision": {"fp32": 1.0, "bf16": 0.5, "int8": 0.25}}
+    bound = {"bound_ms": 1.0, "bound_ms_by_precision": {"fp32": 1.0, "bf16": 0.5, "int8": 0.25}}
     targets = runtime_cpu.verdicts(stages, bound, every, bounds)
     ours = targets["onnxruntime"]
+    # each path against the bytes its precision reads: eager-bf16's 2 ms step against the bf16 bound (0.5 ms)
+    assert targets["eager-bf16"]["decode_vs_own_bound"] == pytest.approx(4.0)
+    assert ours["decode_vs_own_bound"] == pytest.approx(1.0)
     assert {"all_tasks_vs_eager", "all_tasks_vs_eager_bf16", "vision_vs_compute_bound"} <= set(ours)
     assert ours["all_tasks_vs_eager"]["target"] == ">= 10.0"
     assert ours["all_tasks_vs_eager_bf16"]["value"] < ours["all_tasks_vs_eager"]["value"]  # bf16 eager is faster
