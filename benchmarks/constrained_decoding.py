@@ -6,10 +6,11 @@ its own) in interleaved rounds, unconstrained then constrained, and the medians 
     python benchmarks/constrained_decoding.py BUNDLE [BUNDLE ...] --data DATA/test.json [--limit 10] [--rounds 3]
         [--num-beams 3] [--max-new-tokens 256] [--backend onnxruntime] [--out benchmarks/results/constrained_decoding.json]
 
-"steps" are the tokens generated per answer (bos and eos included): one decoder step each, constrained or not (the
-decoder_with_past graphs take one token per step, so the tokens the grammar fixes still cost a step). "fixed" is
-the share of constrained steps where the grammar allowed exactly one token: what a decoder taking several tokens
-at once could skip.
+Three modes per bundle: "unconstrained", "stepwise" (constrained, one decoder step per token: jump_forward off) and
+"constrained" (the default: greedy appends a token the grammar forces without a step of its own, jump-forward;
+beam search runs as stepwise). "steps" are the tokens generated per answer (bos and eos included), "decoder_steps"
+the decoder calls that made them (steps minus the jump-forward tokens). "fixed" is the share of constrained
+row-steps where the grammar allowed exactly one token (not counting an eos that would cut a structure back).
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ def recorded(model):
     calls, grammars, inner, made = [], [], model.generate_ids, constrain.Constraint.__init__
 
     def generate_ids(features, prompts, rows=None, tasks_=None, **kw):
-        start = time.perf_counter()
+        start, made_before = time.perf_counter(), len(grammars)
         ids = inner(features, prompts, rows, tasks_, **kw)
-        calls.append((tasks_[0], [len(i) for i in ids], time.perf_counter() - start))
+        jumped = sum(g.jumped for g in grammars[made_before:])
+        calls.append((tasks_[0], [len(i) for i in ids], jumped, time.perf_counter() - start))
         return ids
 
     def init(c, *args, **kwargs):
@@ -63,20 +65,23 @@ def one_round(model, data: Path, limit: int, generation: dict) -> dict:
         report = evaluate(model, data, limit=limit, generation=generation, batch=False, keep_predictions=True)
     per: dict[str, dict] = {}
     for p in report.predictions:
-        d = per.setdefault(p["tag"], {"n": 0, "warned": 0, "steps": [], "seconds": []})
+        d = per.setdefault(p["tag"], {"n": 0, "warned": 0, "steps": [], "jumped": 0, "seconds": []})
         d["n"] += 1
         d["warned"] += bool(p["pred"]["warnings"])
-    for tag, lengths, seconds in calls:
+    for tag, lengths, jumped, seconds in calls:
         per[tag]["steps"].extend(lengths)
+        per[tag]["jumped"] += jumped
         per[tag]["seconds"].append(seconds / len(lengths))
     headlines = report.headlines
     out = {tag: {"warning_rate": d["warned"] / d["n"], "headline": headlines.get(tag),
-                 "steps": statistics.mean(d["steps"]), "ms": 1000 * statistics.median(d["seconds"])}
+                 "steps": statistics.mean(d["steps"]), "decoder_steps": statistics.mean(d["steps"]) - d["jumped"] / len(d["steps"]),
+                 "ms": 1000 * statistics.median(d["seconds"])}
            for tag, d in per.items()}
-    masked = sum(g.masked for g in grammars)
+    masked, answers = sum(g.masked for g in grammars), sum(len(d["steps"]) for d in per.values())
+    steps = statistics.mean(n for d in per.values() for n in d["steps"])
     out["_all"] = {"warning_rate": sum(d["warned"] for d in per.values()) / sum(d["n"] for d in per.values()),
-                   "average_headline": report.average_of(),
-                   "steps": statistics.mean(n for d in per.values() for n in d["steps"]),
+                   "average_headline": report.average_of(), "steps": steps,
+                   "decoder_steps": steps - sum(d["jumped"] for d in per.values()) / answers,
                    "fixed_share": sum(g.single for g in grammars) / masked if masked else None}
     return out
 
@@ -106,10 +111,11 @@ def main() -> None:
     results = {}
     for bundle in args.bundles:
         model = rt.load(bundle, backend=args.backend, threads=args.threads)
-        rounds = {"unconstrained": [], "constrained": []}
-        for _ in range(args.rounds):  # interleaved: drift in the machine hits both alike
-            rounds["unconstrained"].append(one_round(model, args.data, args.limit, {**base, "constrained": False}))
-            rounds["constrained"].append(one_round(model, args.data, args.limit, base))
+        modes = {"unconstrained": {"constrained": False}, "stepwise": {"jump_forward": False}, "constrained": {}}
+        rounds = {mode: [] for mode in modes}
+        for _ in range(args.rounds):  # interleaved: drift in the machine hits every mode alike
+            for mode, extra in modes.items():
+                rounds[mode].append(one_round(model, args.data, args.limit, {**base, **extra}))
         manifest = (bundle / "manifest.json").read_bytes()
         results[str(bundle)] = {"manifest_sha256": hashlib.sha256(manifest).hexdigest(),
                                 **{mode: median_of(r) for mode, r in rounds.items()}}

@@ -241,3 +241,26 @@ def test_an_answer_that_ends_inside_a_structure_is_cut_back_as_the_parser_reads_
     assert out == [0, *tok.encode(kept), 2]
     spec = {"box": "REG_DET_HBB", "quad": "REG_DET_OBB", "poly": "PIX_SEG"}[kind]
     assert tasks.get(spec).parse(tok.decode(out), SIZE, "falcon").warnings == []
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_jump_forward_skips_a_decoder_step_per_forced_tag_with_the_same_tokens(fitted_bundle, backend):
+    """Greedy, one prompt at a time: `</box>` after the 4th bin and `</quad>` after the 8th are appended without
+    a decoder step of their own (the next step feeds two tokens); the tokens are those of one token per step."""
+    import tiercel.runtime as rt
+    from tiercel.runtime.profile import StageTimer
+
+    m = rt.load(fitted_bundle, backend=backend)
+    feats = m.image_features(m.pixel_values(image(1)))
+    saved = {}
+    for tag, prompt in prompts().items():
+        ids, steps = {}, {}
+        for jump in (False, True):
+            m.timer = StageTimer()
+            ids[jump] = m.generate_ids(feats, [prompt], tasks_=[tag], num_beams=1, max_new_tokens=NEW, jump_forward=jump)
+            steps[jump] = [name for name, _ in m.timer.take()].count("decode_token")
+        m.timer = None
+        assert ids[True] == ids[False], tag
+        assert m.tokenizer.decode(ids[True][0]) == ANSWERS[tag], tag
+        saved[tag] = steps[False] - steps[True]
+    assert {t: n for t, n in saved.items() if n} == {"REG_DET_HBB": 2, "REG_DET_OBB": 1, "REG_VG": 1}

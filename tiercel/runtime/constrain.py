@@ -37,10 +37,16 @@ close: the shortest completion from the next state (eos counted) fits in T - p. 
 an accepting state (a box list closes its last box in time) rather than being cut mid-structure. Only when T is
 too small for even the shortest answer (e.g. 2: bos, eos for a count) is the answer cut, and the parser says so.
 
-Jump-forward: where the grammar allows exactly one token (`</box>` after the 4th bin, `</quad>` after the 8th)
-the mask leaves that token alone, so greedy and beam search take it whatever the logits are. The decoder still
-runs a step for it: the decoder_with_past graphs take one new token per step, so no decoder step is saved;
-`Constraint.single` counts those tokens (what a graph taking several tokens at once could skip).
+Jump-forward: where the grammar allows exactly one token (`</box>` after the 4th bin, `</quad>` after the 8th,
+the later tokens of a structure string the tokenizer splits) the mask leaves that token alone, so greedy and beam
+search take it whatever the logits are (`Constraint.single` counts those row-steps). Greedy on a decoder that
+takes several new tokens per call (`multi_token`: the exported decoder_with_past graphs on onnxruntime and
+OpenVINO; not TensorRT engines, whose profiles are built for one token) appends such a token without a decoder
+step of its own: the next call feeds both tokens and reads the logits after the second (`Constraint.jumped`
+counts them). A batch jumps only when every unfinished row has its token. The eos that would only cut an open
+structure back is not counted as a choice there: a model that would have stopped just before `</box>` gets the
+`</box>` (what the cut-back would have written) and may go on, so tokens stay identical wherever the answer
+parses unconstrained, as above; beam search runs one token per step, as before.
 
 Ending inside a structure: in the box, quad and poly grammars eos is allowed in every state, and an answer that
 takes it inside a structure is cut back to the last point where that structure could close, and closed
@@ -125,7 +131,8 @@ class Automaton:
         self.trans: list[dict[int, int]] = []
         self.accepting: list[bool] = []
         self._prefix: dict[tuple, int] = {}
-        self._masks: dict[tuple[int, int], np.ndarray] = {}
+        self._masks: dict[tuple[int, int, int], np.ndarray] = {}
+        self._only: dict[tuple[int, int, int], int] = {}
         self.dist: np.ndarray | None = None
         self.close: dict[int, tuple[int, ...]] = {}  # state -> the tokens that close its structure (rollback)
         self.start = 0
@@ -169,6 +176,18 @@ class Automaton:
         if q == DONE or token == self.eos:
             return DONE
         return self.trans[q].get(int(token), DONE)
+
+    def only(self, q: int, remaining: int, width: int) -> int:
+        """The one token state q allows with `remaining` tokens left, not counting an eos that would only cut an
+        open structure back; -1 where it allows more (or none)."""
+        key = (q, min(remaining, int(self.dist.max())), width)
+        if key not in self._only:
+            m = self.mask(q, remaining, width)
+            ids = np.flatnonzero(m)
+            if ids.size > 1 and m[self.eos] and not self.accepting[q]:
+                ids = ids[ids != self.eos]
+            self._only[key] = int(ids[0]) if ids.size == 1 else -1
+        return self._only[key]
 
     def mask(self, q: int, remaining: int, width: int) -> np.ndarray:
         """Bool [width]: the tokens allowed in state q with `remaining` tokens left after this one."""
@@ -255,8 +274,9 @@ class Constraint:
     def __init__(self, automata: list[Automaton | None], cfg: GenerationConfig):
         self.automata, self.cfg = automata, cfg
         self._memo: dict[tuple[int, bytes], int] = {}
-        self.single = 0  # row-steps where the grammar allowed exactly one token (jump-forward)
+        self.single = 0  # row-steps where the grammar allowed exactly one token
         self.masked = 0  # row-steps the grammar masked
+        self.jumped = 0  # row-tokens appended by jump-forward, without a decoder step of their own
 
     def _walk(self, a: Automaton, seq: np.ndarray) -> int:
         q = a.start
@@ -275,7 +295,7 @@ class Constraint:
                 states.append(DONE)
                 continue
             key = (int(item), seq.tobytes())
-            q = memo.get(key)
+            q = memo.get(key, self._memo.get(key))  # the same prefix asked again (jump-forward's check step)
             if q is None:
                 prev = self._memo.get((int(item), seq[:-1].tobytes()))
                 if prev is None or seqs.shape[1] < 2:
@@ -309,6 +329,25 @@ class Constraint:
                 self.masked += 1
                 self.cutback[row] = m[a.eos] and not a.accepting[q]
                 self.single += int(n - self.cutback[row] == 1)  # a cut-back eos is no choice
+        return out
+
+    def forced(self, seqs: np.ndarray, items, width: int, live: np.ndarray) -> np.ndarray | None:
+        """The token each row's grammar leaves it next, for jump-forward (generate.greedy): [N] ids, or None
+        unless every `live` row (bool [N]) has exactly one, not counting an eos that would only cut an open
+        structure back (at a closing tag), and the next step is not a forced bos / eos. Rows not live get -1.
+        Counts nothing; the states it walks to are the next step's starting point."""
+        cur_len = seqs.shape[1]
+        if forced_token(cur_len, self.cfg) is not None:
+            return None
+        states = self.states(seqs, items)
+        remaining = self.cfg.max_new_tokens - cur_len + (self.cfg.forced_eos_token_id is None)
+        out = np.full(len(states), -1, np.int64)
+        for row in np.flatnonzero(live):
+            q = states[row]
+            token = -1 if q == DONE else self.automata[items[row]].only(q, remaining, width)
+            if token < 0:
+                return None
+            out[row] = token
         return out
 
     def rollback(self, answers: list[list[int]]) -> list[list[int]]:

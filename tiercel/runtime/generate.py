@@ -42,6 +42,9 @@ class GenerationConfig:
     max_new_tokens: int = 256
     length_penalty: float = 1.0
     early_stopping: bool | str = False
+    # greedy with a grammar: append a token the grammar forces without a decoder step of its own, where the
+    # decoder takes several tokens per call (tiercel.runtime.constrain); off: one token per step (a latency profile)
+    jump_forward: bool = True
 
     def with_overrides(self, **overrides) -> GenerationConfig:
         valid = {f.name for f in fields(self)}
@@ -135,25 +138,57 @@ def greedy(decoder, batch: int, cfg: GenerationConfig, constraint=None) -> list[
     held = np.arange(batch)  # the rows the decoder holds, in its order
     compact = hasattr(decoder, "keep_rows")
     argmax_step = None if cfg.no_repeat_ngram_size or constraint else getattr(decoder, "step_argmax", None)
-    for _ in range(cfg.max_new_tokens):
+    jump = cfg.jump_forward and constraint is not None and getattr(decoder, "multi_token", False)
+    draft = None  # jump-forward: bool [held] of the rows whose last token the grammar drafted, not yet checked
+    while seqs.shape[1] <= cfg.max_new_tokens:
         if argmax_step is not None:
             best = np.asarray(argmax_step(seqs[held, -1]), dtype=np.int64)
             forced = forced_token(seqs.shape[1], cfg)
             best = best if forced is None else np.full_like(best, forced)
         else:
-            scores = decoder.step(seqs[held, -1]).astype(np.float32)
+            if draft is None:
+                scores = decoder.step(seqs[held, -1]).astype(np.float32)
+            else:
+                scores = _check_draft(decoder, seqs, held, done, draft, cfg, constraint)
             best = process(scores, seqs[held], cfg, constraint, held).argmax(axis=-1)
-        nxt = np.full(batch, cfg.pad_token_id, dtype=np.int64)
-        nxt[held] = np.where(done[held], cfg.pad_token_id, best)
-        seqs = np.concatenate([seqs, nxt[:, None]], axis=1)
-        done |= nxt == cfg.eos_token_id
+        seqs, draft = _append(seqs, held, done, best, cfg), None
         if done.all():
             break
+        if jump and seqs.shape[1] < cfg.max_new_tokens:  # room for the draft and the step that checks it
+            live = ~done[held]
+            only = constraint.forced(seqs[held], held, scores.shape[-1], live)
+            if only is not None:
+                seqs, draft = _append(seqs, held, done, only, cfg), live
+                if done.all():
+                    break
         finished = done[held]
         if compact and finished.sum() * 4 >= len(held):
             decoder.keep_rows(np.flatnonzero(~finished))
             held = held[~finished]
+            draft = None if draft is None else draft[~finished]
     return [_trim(s, cfg) for s in seqs]
+
+
+def _check_draft(decoder, seqs, held, done, draft, cfg: GenerationConfig, constraint) -> np.ndarray:
+    """One decoder step over the last two tokens (the chosen one and the grammar's draft): the first position's
+    logits choose as a step of its own would have, and where that is not the draft (the grammar leaves only an
+    eos that cuts the structure back) the row takes it instead; returns the second position's logits."""
+    both = decoder.step(seqs[held, -2:]).astype(np.float32)
+    check = process(both[:, 0], seqs[held, :-1], cfg, constraint, held).argmax(axis=-1)
+    cut = draft & (check != seqs[held, -1])
+    seqs[held[cut], -1] = check[cut]
+    done[held[cut]] |= check[cut] == cfg.eos_token_id
+    constraint.jumped += int((draft & ~cut).sum())
+    return both[:, 1]
+
+
+def _append(seqs: np.ndarray, held: np.ndarray, done: np.ndarray, tokens: np.ndarray, cfg: GenerationConfig) -> np.ndarray:
+    """seqs with one more column: `tokens` for the held rows not done, pad elsewhere; rows that took eos are
+    marked in `done` (in place)."""
+    nxt = np.full(seqs.shape[0], cfg.pad_token_id, dtype=np.int64)
+    nxt[held] = np.where(done[held], cfg.pad_token_id, tokens)
+    done |= nxt == cfg.eos_token_id
+    return np.concatenate([seqs, nxt[:, None]], axis=1)
 
 
 def _topk(x: np.ndarray, k: int) -> np.ndarray:

@@ -45,7 +45,11 @@ def _untimed(name: str):
 
 
 class KVDecoder:
-    """The decoder graph(s) plus the KV cache of one generation; `step` and `reorder` serve generate.py."""
+    """The decoder graph(s) plus the KV cache of one generation; `step` and `reorder` serve generate.py.
+    `step` takes one new token per row ([N]: logits [N, V] after it) or several ([N, t]: logits [N, t, V] after
+    each; `multi_token` says whether the graphs can)."""
+
+    multi_token = False
 
     def __init__(self, sessions: dict, merged: bool, layers: int, embed, enc_hidden: np.ndarray, enc_mask: np.ndarray,
                  stage=_untimed):
@@ -59,10 +63,11 @@ class KVDecoder:
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         with self.stage("first_token" if self.cache is None else "decode_token"):
-            return self._step(tokens)
+            logits = self._step(tokens)
+        return logits[:, -1, :] if tokens.ndim == 1 else logits
 
     def _step(self, tokens: np.ndarray) -> np.ndarray:
-        embeds = self.embed(tokens.reshape(-1, 1).astype(np.int64))
+        embeds = self.embed(tokens.reshape(len(tokens), -1).astype(np.int64))  # [N] or [N, t] new tokens
         feeds = {"inputs_embeds": embeds, "encoder_attention_mask": self.enc_mask}
         if self.merged:
             past = self._past() if self.cache is not None else self._empty_past(embeds.shape[0])
@@ -74,7 +79,7 @@ class KVDecoder:
             out = self.sessions["decoder_with_past_model"].run({**feeds, **self._past()})
         presents = {k: v for k, v in out.items() if k.startswith("present.")}
         self.cache = presents if self.cache is None else {**self.cache, **presents}
-        return out["logits"][:, -1, :]
+        return out["logits"]
 
     def _empty_past(self, rows: int) -> dict:
         """The merged graph's first-step past: self-attention per row, cross-attention per encoder row (item)."""
@@ -117,7 +122,7 @@ class BoundKVDecoder(KVDecoder):
         self.hidden = first.to_device(self.enc_hidden, "encoder_hidden_states") if self.merged else self.enc_hidden
 
     def _step(self, tokens: np.ndarray) -> np.ndarray:
-        embeds = self.embeds.run_bound({"input_ids": tokens.reshape(-1, 1).astype(np.int64)}, keep={"inputs_embeds"})
+        embeds = self.embeds.run_bound({"input_ids": tokens.reshape(len(tokens), -1).astype(np.int64)}, keep={"inputs_embeds"})
         feeds = {"inputs_embeds": embeds["inputs_embeds"], "encoder_attention_mask": self.mask}
         if self.merged:
             name = "decoder_model_merged"
@@ -132,7 +137,7 @@ class BoundKVDecoder(KVDecoder):
         out = session.run_bound(feeds, keep={n for n in session.output_names if n.startswith("present.")})
         presents = {k: v for k, v in out.items() if k.startswith("present.")}
         self.cache = presents if self.cache is None else {**self.cache, **presents}
-        return out["logits"][:, -1, :]
+        return out["logits"]
 
     def reorder(self, rows: np.ndarray) -> None:
         session = self.sessions["decoder_model_merged" if self.merged else "decoder_with_past_model"]
@@ -162,6 +167,8 @@ class Model:
         self.generation = man.generation_config()
         self.merged = man.decoder == "merged"
         self.per_item = man.cross_kv == "per_item"  # encoder inputs and cross-attention KV once per item
+        # the decoder graphs take several new tokens per call (jump-forward); TensorRT engines are built for one
+        self.multi_token = backend in ("onnxruntime", "openvino") and device.lower() != "tensorrt"
 
     # ---- limits: the position tables of the text encoder and the decoder ---------------------------------
     @property
@@ -253,6 +260,7 @@ class Model:
         else:
             decoder = KVDecoder(self.sessions, self.merged, layers, self.embed, hidden, mask, stage)
             decoder._heads = heads
+        decoder.multi_token = self.multi_token
         with self._stage("generate"):
             return generate(decoder, len(prompts), cfg, constraint)
 

@@ -86,8 +86,9 @@ class ProfileSettings:
 
 
 def forced_generation(new_tokens: int, num_beams: int | None) -> dict:
-    """Generation overrides that produce exactly `new_tokens` tokens: no eos id can match, none is forced."""
-    out = {"max_new_tokens": new_tokens, "eos_token_id": -1, "forced_eos_token_id": None}
+    """Generation overrides that produce exactly `new_tokens` tokens, one decoder step each: no eos id can match,
+    none is forced, no jump-forward."""
+    out = {"max_new_tokens": new_tokens, "eos_token_id": -1, "forced_eos_token_id": None, "jump_forward": False}
     return {**out, "num_beams": num_beams} if num_beams else out
 
 
