@@ -60,9 +60,9 @@ def recorded(model):
         constrain.Constraint.__init__ = made
 
 
-def one_round(model, data: Path, limit: int, generation: dict) -> dict:
+def one_round(model, data: Path, limit: int, generation: dict, tags: list[str] | None = None) -> dict:
     with recorded(model) as (calls, grammars):
-        report = evaluate(model, data, limit=limit, generation=generation, batch=False, keep_predictions=True)
+        report = evaluate(model, data, tasks=tags, limit=limit, generation=generation, batch=False, keep_predictions=True)
     per: dict[str, dict] = {}
     for p in report.predictions:
         d = per.setdefault(p["tag"], {"n": 0, "warned": 0, "steps": [], "jumped": 0, "seconds": []})
@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--limit", type=int, default=10, help="records per task")
+    ap.add_argument("--tasks", help="comma-separated task tags (default: all 14)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--num-beams", type=int, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=None)
@@ -108,6 +109,7 @@ def main() -> None:
     ap.add_argument("--note", default="", help="what the bundles are, for the JSON")
     args = ap.parse_args()
     base = {k: v for k, v in {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}.items() if v}
+    tags = args.tasks.split(",") if args.tasks else None
     results = {}
     for bundle in args.bundles:
         model = rt.load(bundle, backend=args.backend, threads=args.threads)
@@ -115,7 +117,7 @@ def main() -> None:
         rounds = {mode: [] for mode in modes}
         for _ in range(args.rounds):  # interleaved: drift in the machine hits every mode alike
             for mode, extra in modes.items():
-                rounds[mode].append(one_round(model, args.data, args.limit, {**base, **extra}))
+                rounds[mode].append(one_round(model, args.data, args.limit, {**base, **extra}, tags))
         manifest = (bundle / "manifest.json").read_bytes()
         results[str(bundle)] = {"manifest_sha256": hashlib.sha256(manifest).hexdigest(),
                                 **{mode: median_of(r) for mode, r in rounds.items()}}
@@ -125,7 +127,7 @@ def main() -> None:
            "machine": {"cpu": platform.processor() or platform.machine(), "cores": __import__("os").cpu_count(),
                        "python": platform.python_version()},
            "data": str(args.data), "limit_per_task": args.limit, "rounds": args.rounds, "backend": args.backend,
-           "generation": base, "note": args.note, "tasks": list(T.TAGS), "bundles": results}
+           "generation": base, "note": args.note, "tasks": tags or list(T.TAGS), "bundles": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.out}")

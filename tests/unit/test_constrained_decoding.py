@@ -264,3 +264,15 @@ def test_jump_forward_skips_a_decoder_step_per_forced_tag_with_the_same_tokens(f
         assert m.tokenizer.decode(ids[True][0]) == ANSWERS[tag], tag
         saved[tag] = steps[False] - steps[True]
     assert {t: n for t, n in saved.items() if n} == {"REG_DET_HBB": 2, "REG_DET_OBB": 1, "REG_VG": 1}
+
+
+def test_no_jump_forward_where_two_tokens_in_one_call_would_round_differently(fitted_bundle, tmp_path):
+    """int8-dynamic graphs scale activations per call: a two-token call quantizes both tokens with one scale, so
+    its logits differ from two one-token calls; such bundles decode one token per step."""
+    import tiercel.runtime as rt
+    from tiercel.quantize import quantize_bundle
+
+    assert rt.load(fitted_bundle).multi_token and rt.load(fitted_bundle, backend="openvino").multi_token
+    out = tmp_path / "int8-dynamic"
+    quantize_bundle(fitted_bundle, out, "int8-dynamic", n_val=0)
+    assert not rt.load(out).multi_token

@@ -170,6 +170,15 @@ class Automaton:
                 break
             dist = new
         self.dist = dist
+        # a state can leave exactly one token under some budget when one token alone leads nearest to the end
+        # (`</box>` after the 4th bin); the text and count grammars have none, so jump-forward skips their rows
+        self.forcible = False
+        for t in self.trans:
+            if t:
+                d = dist[np.fromiter(t.values(), np.int64, len(t))]
+                if np.count_nonzero(d == d.min()) == 1:
+                    self.forcible = True
+                    break
         return self
 
     def step(self, q: int, token: int) -> int:
@@ -338,6 +347,8 @@ class Constraint:
         Counts nothing; the states it walks to are the next step's starting point."""
         cur_len = seqs.shape[1]
         if forced_token(cur_len, self.cfg) is not None:
+            return None
+        if any(self.automata[items[row]] is None or not self.automata[items[row]].forcible for row in np.flatnonzero(live)):
             return None
         states = self.states(seqs, items)
         remaining = self.cfg.max_new_tokens - cur_len + (self.cfg.forced_eos_token_id is None)

@@ -167,8 +167,11 @@ class Model:
         self.generation = man.generation_config()
         self.merged = man.decoder == "merged"
         self.per_item = man.cross_kv == "per_item"  # encoder inputs and cross-attention KV once per item
-        # the decoder graphs take several new tokens per call (jump-forward); TensorRT engines are built for one
-        self.multi_token = backend in ("onnxruntime", "openvino") and device.lower() != "tensorrt"
+        # the decoder graphs take several new tokens per call (jump-forward); TensorRT engines are built for one,
+        # and int8-dynamic graphs scale their activations per call (two tokens in one call round differently)
+        step_graph = "decoder_model_merged" if self.merged else "decoder_with_past_model"
+        self.multi_token = (backend in ("onnxruntime", "openvino") and device.lower() != "tensorrt"
+                            and bundle.entries(backend)[step_graph].precision != "int8-dynamic")
 
     # ---- limits: the position tables of the text encoder and the decoder ---------------------------------
     @property
