@@ -34,6 +34,9 @@ from tiercel import tasks as T  # noqa: E402
 from tiercel.evaluate import evaluate  # noqa: E402
 from tiercel.runtime import constrain  # noqa: E402
 
+# the generation overrides of each mode (benchmarks/fidelity.py runs the same three on its bundles)
+MODES = {"unconstrained": {"constrained": False}, "stepwise": {"jump_forward": False}, "constrained": {}}
+
 
 @contextlib.contextmanager
 def recorded(model):
@@ -113,10 +116,9 @@ def main() -> None:
     results = {}
     for bundle in args.bundles:
         model = rt.load(bundle, backend=args.backend, threads=args.threads)
-        modes = {"unconstrained": {"constrained": False}, "stepwise": {"jump_forward": False}, "constrained": {}}
-        rounds = {mode: [] for mode in modes}
+        rounds = {mode: [] for mode in MODES}
         for _ in range(args.rounds):  # interleaved: drift in the machine hits every mode alike
-            for mode, extra in modes.items():
+            for mode, extra in MODES.items():
                 rounds[mode].append(one_round(model, args.data, args.limit, {**base, **extra}, tags))
         manifest = (bundle / "manifest.json").read_bytes()
         results[str(bundle)] = {"manifest_sha256": hashlib.sha256(manifest).hexdigest(),

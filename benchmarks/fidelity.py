@@ -12,7 +12,9 @@ in this file; the schema is benchmarks/fidelity_config.py):
 4. exports the KD student of the first seed to an fp32 bundle (ONNX + OpenVINO IR) and quantizes it with each
    scheme on each backend (tiercel.quantize.quantize_bundle, accuracy guard on);
 5. scores every model and bundle on the test split (tiercel.evaluate, greedy) and runs the image-use probe
-   (tiercel.evaluate.image_use) on every PyTorch model;
+   (tiercel.evaluate.image_use) on every PyTorch model; decodes the first `constrained.limit` test records per
+   task on each bundle of `constrained.backend` unconstrained, constrained one token per step and constrained
+   with jump-forward (benchmarks/constrained_decoding.py's modes; issue #28's parse warnings and decoder steps);
 6. writes benchmarks/results/fidelity.json (commit, command, machine, wall time per stage, samples/s,
    parameters, per-model per-task scores, the targets checked) and fidelity.md (benchmarks/fidelity_report.py).
 
@@ -203,6 +205,18 @@ def quantize(fp32: Path, out: Path, backend: str, scheme: str, cfg: BundleSpec, 
     return {"bundle": str(out), "guard": guard | {"attempts": attempts}, "kept": attempts[-1]["kept"] if attempts else None}
 
 
+def constrained(bundle: Path, backend: str, test: Path, limit: int, max_new_tokens: int, threads: int | None) -> dict:
+    """Issue #28 item 4 on one bundle, greedy: {mode: constrained_decoding.one_round's summary} for unconstrained,
+    constrained one token per step (stepwise) and constrained with jump-forward."""
+    from constrained_decoding import MODES, one_round
+
+    import tiercel.runtime as rt
+
+    model = rt.load(bundle, backend=backend, threads=threads)
+    base = {"num_beams": 1, "max_new_tokens": max_new_tokens}
+    return {mode: one_round(model, test, limit, {**base, **extra}) for mode, extra in MODES.items()}
+
+
 def bundle_bytes(bundle: Path, backend: str) -> int:
     from quantize_cpu import sizes
 
@@ -351,6 +365,15 @@ class Run:
                 if m["eval"]:
                     m["bundle_bytes"] = bundle_bytes(out, kwargs["backend"])
                 m["error"] = self.stages.error("export", made[key], name)
+        c, test = self.cfg.constrained, Path(self.data["test"])
+        inputs = {**c.model_dump(), "max_new_tokens": self.cfg.eval.max_new_tokens}
+        for name, _, needs, _, (out,), kwargs in specs:  # unconstrained vs constrained, one bundle at a time
+            key = name.removeprefix("eval/")
+            if kwargs["backend"] == c.backend:
+                m = self.models[key]
+                m["constrained"] = self.stages.run(f"constrained/{key}", inputs, functools.partial(
+                    constrained, out, c.backend, test, c.limit, self.cfg.eval.max_new_tokens, self.threads), needs=needs)
+                m["constrained_error"] = self.stages.error(f"constrained/{key}")
 
 
 # ---- main ----------------------------------------------------------------------------------------------

@@ -70,6 +70,11 @@ class EvalSpec(Spec):
     protocol: Literal["tiercel", "falcon", "both"] = Field("both", description="tiercel's metrics, Falcon's, or both")
 
 
+class ConstrainedSpec(Spec):
+    limit: int = Field(20, gt=0, description="test records per task, each decoded three ways (issue #28, item 4)")
+    backend: Literal["onnxruntime", "openvino"] = Field("onnxruntime", description="the bundles compared")
+
+
 class ProbeSpec(Spec):
     n: int = Field(64, gt=1, description="test records per task (the first n in file order)")
     batch_size: int = Field(8, gt=1, description="records per batch; images are rolled within a batch")
@@ -82,6 +87,7 @@ class Config(Spec):
     bundles: BundleSpec = Field(default_factory=BundleSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     probe: ProbeSpec = Field(default_factory=ProbeSpec)
+    constrained: ConstrainedSpec = Field(default_factory=ConstrainedSpec)
 
     @field_validator("teacher")
     @classmethod
@@ -105,6 +111,7 @@ def load_config(path: Path, quick: bool) -> Config:
         cfg.data.n = min(cfg.data.n, QUICK["n"])
         cfg.eval.limit, cfg.eval.max_new_tokens = QUICK["eval_limit"], QUICK["max_new_tokens"]
         cfg.probe.n, cfg.probe.batch_size = QUICK["probe_n"], QUICK["probe_n"]
+        cfg.constrained.limit = QUICK["eval_limit"]
         cfg.bundles.quantize = {**cfg.bundles.quantize, "n": QUICK["calib_n"], "n_val": QUICK["n_val"],
                                 "max_new_tokens": QUICK["max_new_tokens"]}
     return cfg

@@ -108,6 +108,23 @@ def test_render_shows_seed_means_errors_and_targets():
     assert "| teacher PIX_CHG miou >= 0.3 | 0.100 | MISSED |" in md
 
 
+def test_render_shows_the_three_decoding_modes_per_bundle():
+    def mode(warnings: float, average: float, steps: float, decoder_steps: float) -> dict:
+        return {"_all": {"warning_rate": warnings, "average_headline": average, "steps": steps, "decoder_steps": decoder_steps}}
+
+    r = results()
+    r["config"] = {"constrained": {"limit": 20}}
+    r["models"]["bundle/onnxruntime/fp32"]["constrained"] = {
+        "unconstrained": mode(0.025, 0.400, 16.0, 16.0), "stepwise": mode(0.0, 0.401, 15.9, 15.9),
+        "constrained": mode(0.0, 0.401, 15.9, 15.4)}
+    r["models"]["bundle/onnxruntime/int4-weight-only"]["constrained_error"] = "constrained: RuntimeError: boom"
+    md = fr.render(r)
+    assert "The first 20 test records per task on each bundle" in md
+    assert "| ORT fp32 | 2.5% -> 0.0% | 40.0 / 40.1 / 40.1 | 16.0 / 15.9 | 15.90 -> 15.40 |" in md
+    assert "| ORT int4 | constrained: RuntimeError: boom | | | |" in md
+    assert "## Constrained decoding" not in fr.render(results())
+
+
 def test_a_teacher_stage_added_later_keeps_the_first_stage_where_it_trained(tmp_path):
     """Adding a stage to a finished one-stage teacher must not retrain it: same folder, same recipe."""
     import yaml
