@@ -11,7 +11,7 @@ from tests.bundles import TASK_INPUTS, image, tiny_bundle
 
 pytest.importorskip("openvino")
 
-BF16 = {"INFERENCE_PRECISION_HINT": "bf16"}
+CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
 
 
 def test_bf16_bits_round_to_nearest_even():
@@ -48,11 +48,11 @@ def test_kv_type_follows_what_the_cpu_computes_in(device, hint, caps, want):
     assert _kv_type(_Core(caps), device, {"INFERENCE_PRECISION_HINT": hint}) == want
 
 
-def _needs_bf16():
+def _needs(hint: str):
     import openvino as ov
 
-    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        pytest.skip("this CPU has no bf16 (AVX512_BF16 or AMX): OpenVINO computes in f32 and the cache stays fp32")
+    if CAPABILITY[hint] not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip(f"OpenVINO's CPU plugin does not compute in {hint} here: it computes in f32 and the cache stays fp32")
 
 
 @contextlib.contextmanager
@@ -64,12 +64,13 @@ def _typing_off(monkeypatch):
         yield
 
 
-def _pair(bundle_dir, monkeypatch):
+def _pair(bundle_dir, monkeypatch, hint: str = "bf16"):
     import tiercel.runtime as rt
 
+    options = {"INFERENCE_PRECISION_HINT": hint}
     with _typing_off(monkeypatch):
-        before = rt.load(bundle_dir, backend="openvino", options=BF16)
-    return before, rt.load(bundle_dir, backend="openvino", options=BF16)
+        before = rt.load(bundle_dir, backend="openvino", options=options)
+    return before, rt.load(bundle_dir, backend="openvino", options=options)
 
 
 def _steps(m, n: int = 4) -> tuple[list[np.ndarray], dict]:
@@ -88,29 +89,31 @@ def _steps(m, n: int = 4) -> tuple[list[np.ndarray], dict]:
     return out, dec.cache
 
 
-@pytest.mark.parametrize("decoder", ["split", "merged"])
-def test_bf16_cache_gives_the_fp32_cache_logits_bit_for_bit(tiny_model, tiny_tokenizer, monkeypatch, decoder):
-    _needs_bf16()
-    before, after = _pair(tiny_bundle(tiny_model, tiny_tokenizer, decoder=decoder, backends=("openvino",)), monkeypatch)
+@pytest.mark.parametrize("decoder, hint", [("split", "bf16"), ("merged", "bf16"), ("split", "f16")])
+def test_typed_cache_gives_the_fp32_cache_logits_bit_for_bit(tiny_model, tiny_tokenizer, monkeypatch, decoder, hint):
+    _needs(hint)
+    before, after = _pair(tiny_bundle(tiny_model, tiny_tokenizer, decoder=decoder, backends=("openvino",)), monkeypatch, hint)
     first, steps = ("decoder_model_merged",) * 2 if decoder == "merged" else ("decoder_model", "decoder_with_past_model")
     ins = {p.get_any_name(): p.get_element_type().get_type_name() for p in after.sessions[steps].compiled.inputs}
     outs = {p.get_any_name(): p.get_element_type().get_type_name() for p in after.sessions[first].compiled.outputs}
-    assert {t for n, t in ins.items() if n.startswith("past_key_values.")} == {"bf16"}
-    assert {t for n, t in outs.items() if n.startswith("present.")} == {"bf16"}
+    assert {t for n, t in ins.items() if n.startswith("past_key_values.")} == {hint}
+    assert {t for n, t in outs.items() if n.startswith("present.")} == {hint}
     assert (ins["inputs_embeds"], outs["logits"]) == ("f32", "f32")
     (old, old_cache), (new, new_cache) = _steps(before), _steps(after)
     for a, b in zip(old, new):
         np.testing.assert_array_equal(a, b)
-    # the cache is held as bf16 bit patterns: half the bytes, the plugin's own rounding of the fp32 cache
+    # the cache is held in half the bytes (bf16 as uint16 bit patterns), as the plugin itself rounded the fp32 cache
     from tiercel.runtime.backends import bf16_bits
 
+    rounded = bf16_bits if hint == "bf16" else (lambda x: x.astype(np.float16))
     for name, value in new_cache.items():
-        assert value.dtype == np.uint16 and value.nbytes * 2 == old_cache[name].nbytes, name
-        np.testing.assert_array_equal(value, bf16_bits(old_cache[name]), err_msg=name)
+        assert value.dtype == (np.uint16 if hint == "bf16" else np.float16), name
+        assert value.nbytes * 2 == old_cache[name].nbytes, name
+        np.testing.assert_array_equal(value, rounded(old_cache[name]), err_msg=name)
 
 
 def test_bf16_cache_keeps_tokens_in_greedy_beam_and_run_all(tiny_model, tiny_tokenizer, monkeypatch):
-    _needs_bf16()
+    _needs("bf16")
     before, after = _pair(tiny_bundle(tiny_model, tiny_tokenizer, backends=("openvino",)), monkeypatch)
     img, tasks = image(5), ["IMG_CAP", "REG_DET_HBB", "PIX_SEG", "IMG_VQA"]
     texts = {t: TASK_INPUTS[t]["text"] for t in tasks if t in TASK_INPUTS}
