@@ -243,14 +243,14 @@ def test_an_answer_that_ends_inside_a_structure_is_cut_back_as_the_parser_reads_
     assert tasks.get(spec).parse(tok.decode(out), SIZE, "falcon").warnings == []
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_jump_forward_skips_a_decoder_step_per_forced_tag_with_the_same_tokens(fitted_bundle, backend):
+@pytest.mark.parametrize("backend, io_binding", [("onnxruntime", False), ("onnxruntime", True), ("openvino", False)])
+def test_jump_forward_skips_a_decoder_step_per_forced_tag_with_the_same_tokens(fitted_bundle, backend, io_binding):
     """Greedy, one prompt at a time: `</box>` after the 4th bin and `</quad>` after the 8th are appended without
     a decoder step of their own (the next step feeds two tokens); the tokens are those of one token per step."""
     import tiercel.runtime as rt
     from tiercel.runtime.profile import StageTimer
 
-    m = rt.load(fitted_bundle, backend=backend)
+    m = rt.load(fitted_bundle, backend=backend, io_binding=io_binding)  # io_binding: the KV cache as OrtValues
     feats = m.image_features(m.pixel_values(image(1)))
     saved = {}
     for tag, prompt in prompts().items():
