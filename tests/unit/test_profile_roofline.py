@@ -74,6 +74,7 @@ def test_memory_bounds_of_an_fp32_graph_at_the_bf16_hint_count_bf16_bytes():
     bf16 = MachinePeaks(bandwidth=10e9, flops=100e9, method="hand", bf16_flops=200e9)
     r = fractions({"decode_token": 0.015}, step, bf16, "openvino", hint)["decode_token"]
     assert (r["bound"], r["bound_ms"], r["bytes"], r["ratio"]) == ("memory", pytest.approx(10.0), 100e6, pytest.approx(1.5))
+    assert r["precision"] == "bf16"  # what the table shows: what runs, not the graph file's fp32
     assert fractions({"decode_token": 0.015}, step, bf16, "openvino")["decode_token"]["bound_ms"] == pytest.approx(20.0)
     no_bf16 = MachinePeaks(bandwidth=10e9, flops=100e9, method="hand")
     assert fractions({"decode_token": 0.015}, step, no_bf16, "openvino", hint)["decode_token"]["bound_ms"] == pytest.approx(20.0)

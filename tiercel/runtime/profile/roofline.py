@@ -283,7 +283,7 @@ def fractions(measured: dict[str, float], work: dict[str, StageWork], peaks: Mac
         if kind == "bf16" and act_bytes(w.precision) == 4:
             # an fp32 graph computing in bf16 (OpenVINO's hint, where the CPU has it): the plugin converts the
             # weights to bf16 when it compiles and the runtime keeps the KV cache in bf16, so every byte halves
-            w = replace(w, bytes=w.bytes / 2)
+            w = replace(w, bytes=w.bytes / 2, precision="bf16")
         bound, limit = w.bound_seconds(peaks.bandwidth, flops_per_s)
         out[stage] = {"bound": limit, "peak": kind, "peak_gflops": flops_per_s / 1e9, "bound_ms": bound * 1e3,
                       "measured_ms": seconds * 1e3, "fraction": bound / seconds, "ratio": seconds / bound, **asdict(w)}
