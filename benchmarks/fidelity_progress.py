@@ -3,9 +3,11 @@
     python benchmarks/fidelity_progress.py                    # the latest checkpoint, 64 test records per task
     python benchmarks/fidelity_progress.py --step 17000 --limit 64
     python benchmarks/fidelity_progress.py --stage 2 --step 3000   # the teacher's second stage (teacher_stage2/)
+    python benchmarks/fidelity_progress.py --step 40000 50000 60000 --wait   # each as it is written (background)
 
 benchmarks/fidelity.py trains the teacher for 60,000 steps (about 5 h of one core) and keeps its last two
-checkpoints (benchmarks/work/fidelity/teacher/checkpoints/step_NNNNNN, loadable model directories). This runs
+checkpoints (benchmarks/work/fidelity/teacher/checkpoints/step_NNNNNN, loadable model directories; so a step is
+there for about 1,000 steps of training, and `--wait` polls for the ones asked and scores each when it appears). This runs
 `tiercel eval` on one of them, on the first `--limit` test records of every task (greedy, the bundle defaults,
 constrained decoding as `tiercel eval` does by default), and appends the headline per task to
 benchmarks/results/fidelity_teacher_progress.json with the step, commit, command and machine, so the curve
@@ -48,17 +50,28 @@ def train_seconds(ckpt: Path) -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    ap.add_argument("--step", type=int, nargs="+", help="checkpoint step(s) (default: the latest)")
+    ap.add_argument("--wait", action="store_true", help="wait for each --step's checkpoint to be written, then score it")
     ap.add_argument("--limit", type=int, default=64, help="test records per task")
     ap.add_argument("--stage", type=int, default=1, help="the teacher's training stage (fidelity.yaml teacher.stages)")
     ap.add_argument("--run", type=int, default=2, help="which training of the teacher the checkpoints belong to "
                     "(1: the first, whose checkpoints are lost; 2: the one started again on 2026-12-04)")
     args = ap.parse_args()
+    if args.wait and not args.step:
+        sys.exit("--wait: give the checkpoint steps to wait for with --step")
     ckpts = WORK / ("teacher" if args.stage == 1 else f"teacher_stage{args.stage}") / "checkpoints"
-    name = f"step_{args.step:06d}" if args.step else (ckpts / "latest").read_text().strip()
-    ckpt = ckpts / name
+    for step in args.step or [None]:
+        name = f"step_{step:06d}" if step else (ckpts / "latest").read_text().strip()
+        while args.wait and not (ckpts / name).is_dir():  # checkpoints appear whole (renamed into place)
+            time.sleep(30)
+        score(args, ckpts / name)
+
+
+def score(args, ckpt: Path) -> None:
+    """Evaluate one checkpoint and add its row to the progress JSON."""
+    name = ckpt.name
     if not ckpt.is_dir():
-        sys.exit(f"{ckpt}: no such checkpoint (kept: {', '.join(sorted(p.name for p in ckpts.glob('step_*')))})")
+        sys.exit(f"{ckpt}: no such checkpoint (kept: {', '.join(sorted(p.name for p in ckpt.parent.glob('step_*')))})")
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "eval.json"
         t0 = time.perf_counter()
