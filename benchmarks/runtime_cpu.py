@@ -327,12 +327,12 @@ def decode_bound(model, m, task: str, image: np.ndarray, bandwidth: float) -> di
     meta = build(model.tiercel_shape, device="meta", image_token_id=model.config.image_token_id)  # no weights allocated
     report = model_report(meta, "benchmark", prompt_tokens=prompt_tokens, new_tokens=NEW_TOKENS)
     per_token = report.decoder_bytes_per_token("fp32")
-    by_weights = {p: 1000 * (per_token["total"] - (1 - k) * per_token["weights"]) / bandwidth for p, k in WEIGHT_SCALE.items()}
     kv = per_token["cross_kv"] + per_token["self_kv"]
-    by_precision = {p: 1000 * (k * per_token["weights"] + KV_SCALE[p] * kv) / bandwidth for p, k in WEIGHT_SCALE.items()}
+    ms = lambda weights, kv_scale: 1000 * (weights * per_token["weights"] + kv_scale * kv) / bandwidth  # noqa: E731
     return {"encoder_tokens": n_img + prompt_tokens, "bytes_per_token": per_token, "bandwidth_gbs": bandwidth / 1e9,
-            "bound_ms": 1000 * per_token["total"] / bandwidth, "bound_ms_by_weight_precision": by_weights,
-            "bound_ms_by_precision": by_precision}
+            "bound_ms": 1000 * per_token["total"] / bandwidth,
+            "bound_ms_by_weight_precision": {p: ms(k, 1.0) for p, k in WEIGHT_SCALE.items()},
+            "bound_ms_by_precision": {p: ms(k, KV_SCALE[p]) for p, k in WEIGHT_SCALE.items()}}
 
 
 def check(value: float, target: tuple[str, float]) -> dict:

@@ -186,10 +186,14 @@ class Automaton:
             return DONE
         return self.trans[q].get(int(token), DONE)
 
+    def _budget(self, remaining: int) -> int:
+        """`remaining` capped where no state needs more (masks and their caches are keyed by it)."""
+        return min(remaining, int(self.dist.max()))
+
     def only(self, q: int, remaining: int, width: int) -> int:
         """The one token state q allows with `remaining` tokens left, not counting an eos that would only cut an
         open structure back; -1 where it allows more (or none)."""
-        key = (q, min(remaining, int(self.dist.max())), width)
+        key = (q, self._budget(remaining), width)
         if key not in self._only:
             m = self.mask(q, remaining, width)
             ids = np.flatnonzero(m)
@@ -200,7 +204,7 @@ class Automaton:
 
     def mask(self, q: int, remaining: int, width: int) -> np.ndarray:
         """Bool [width]: the tokens allowed in state q with `remaining` tokens left after this one."""
-        budget = min(remaining, int(self.dist.max()))
+        budget = self._budget(remaining)
         key = (q, budget, width)
         if key not in self._masks:
             m = np.zeros(width, bool)
@@ -324,7 +328,7 @@ class Constraint:
         states = self.states(seqs, items)
         if forced_token(cur_len, self.cfg) is not None:
             return None
-        remaining = self.cfg.max_new_tokens - cur_len + (self.cfg.forced_eos_token_id is None)
+        remaining = self._remaining(cur_len)
         out = np.ones((len(states), width), bool)
         self.cutback = np.zeros(len(states), bool)  # rows whose eos is allowed only as a cut-back (see rollback)
         for row, (q, item) in enumerate(zip(states, items)):
@@ -340,6 +344,10 @@ class Constraint:
                 self.single += int(n - self.cutback[row] == 1)  # a cut-back eos is no choice
         return out
 
+    def _remaining(self, cur_len: int) -> int:
+        """Tokens left after the one chosen with `cur_len` tokens so far (a forced eos takes no budget of its own)."""
+        return self.cfg.max_new_tokens - cur_len + (self.cfg.forced_eos_token_id is None)
+
     def forced(self, seqs: np.ndarray, items, width: int, live: np.ndarray) -> np.ndarray | None:
         """The token each row's grammar leaves it next, for jump-forward (generate.greedy): [N] ids, or None
         unless every `live` row (bool [N]) has exactly one, not counting an eos that would only cut an open
@@ -351,7 +359,7 @@ class Constraint:
         if any(self.automata[items[row]] is None or not self.automata[items[row]].forcible for row in np.flatnonzero(live)):
             return None
         states = self.states(seqs, items)
-        remaining = self.cfg.max_new_tokens - cur_len + (self.cfg.forced_eos_token_id is None)
+        remaining = self._remaining(cur_len)
         out = np.full(len(states), -1, np.int64)
         for row in np.flatnonzero(live):
             q = states[row]
