@@ -8,9 +8,12 @@ the accuracy guard keeps in higher precision: fp32, or int8 blocks under int4-we
                       x86 fast path) calibrated by MinMax on recorded feeds. Two choices made by measurement
                       (florence2-base vision encoder, 768 px, 2-core EPYC, medians of 5 alternating runs):
                       depthwise convolutions stay fp32 (onnxruntime's int8 depthwise kernel is slower than
-                      its fp32 one: 1.38x -> 1.51x over fp32 for the whole encoder without them), and weight
-                      ops' outputs are left unquantised, so onnxruntime fuses DQ + MatMul into
-                      MatMulIntegerToFloat instead of QLinearMatMul + DequantizeLinear (-> 1.56x)
+                      its fp32 one: 1.38x -> 1.51x over fp32 for the whole encoder without them), and MatMul
+                      outputs are left unquantised, so onnxruntime fuses DQ + MatMul into MatMulIntegerToFloat
+                      instead of QLinearMatMul + DequantizeLinear (-> 1.56x). The other convolutions (DaViT's
+                      patch embeddings) do get their output quantised: onnxruntime has no Conv counterpart of
+                      MatMulIntegerToFloat, so an fp32 output left DQ -> Conv running in fp32, and Q -> Conv -> Q
+                      becomes QLinearConv (benchmarks/results/int8_conv_cpu.md)
     int8-dynamic      quantize_dynamic, per-channel int8 MatMul weights (Conv stays fp32: ConvInteger is slower)
     int4-weight-only  MatMulNBits blocks of 32/64/128, accuracy_level 4 (int8 compute of activations); with
                       calibration feeds the MatMul weights are rounded by GPTQ on the recorded activations
@@ -38,6 +41,7 @@ from tiercel.quantize.gptq import TWO_GB as _TWO_GB
 from tiercel.quantize.schemes import SchemeSpec
 
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+FLOAT_OUTPUT_OPS = ("MatMul", "Gemm")  # int8-static for onnxruntime: these keep fp32 outputs (docstring)
 ACCURACY_LEVEL = 4  # MatMulNBits: int8 compute of activations (fastest on AVX2/AVX512-VNNI CPUs)
 
 
@@ -136,7 +140,7 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
         extra = {"ActivationSymmetric": trt, "WeightSymmetric": True, "DedicatedQDQPair": trt,
                  "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}  # MinMax keeps reduced scalars only
         if not trt:  # fp32 outputs: DQ + MatMul fuse into MatMulIntegerToFloat (docstring)
-            extra["OpTypesToExcludeOutputQuantization"] = list(WEIGHT_OPS)
+            extra["OpTypesToExcludeOutputQuantization"] = list(FLOAT_OUTPUT_OPS)
         quantize_static(proto, str(dst), _Reader(feeds, [i.name for i in proto.graph.input]),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(WEIGHT_OPS), nodes_to_quantize=chosen,
                         per_channel=True, activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
