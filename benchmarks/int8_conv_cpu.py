@@ -9,14 +9,16 @@ for the convolutions (DaViT's four patch embeddings; depthwise convolutions stay
     after   what tiercel writes now: Conv outputs quantised too, so Q -> Conv -> Q runs as QLinearConv
 
     OMP_NUM_THREADS=1 python benchmarks/int8_conv_cpu.py --bundle benchmarks/work/runtime_cpu/florence2-base/fp32 \\
-        --calib benchmarks/work/runtime_cpu/florence2-base/synth --runs 8 --threads 1
+        --n-calib 4 --n-test 4 --runs 8 --threads 1
 
 Both graphs are quantised by tiercel.quantize.onnx_backend.quantize_graph from the same calibration feeds
-(tiercel.quantize.calibrate.capture on the fp32 bundle: `--n-calib` samples of `--calib`, as the product records
-them); `before` with the module's FLOAT_OUTPUT_OPS set back to every weight op. Timing: one warm-up call each,
-then `--runs` rounds, the order alternating by round; medians. Per op type: onnxruntime's profiler on one more
-call each. Accuracy: each graph's output against the fp32 graph's on `--n-test` further samples' pixels (relative
-L2 error and cosine), so the price of the extra rounding is shown beside the time.
+(tiercel.quantize.calibrate.capture on the fp32 bundle, as the product records them, from `--n-calib` training
+samples of `--calib` with distinct images); `before` with the module's FLOAT_OUTPUT_OPS set back to every weight
+op. Timing: one warm-up call each, then `--runs` rounds, the order alternating by round; medians. Per op type:
+onnxruntime's profiler on one more call each. Accuracy: each graph's output against the fp32 graph's on
+`--n-test` further images (relative L2 error and cosine), so the price of the extra rounding is shown beside the
+time. Random weights: the error says how much more rounding there is, not what it costs a trained model (the
+accuracy guard measures that per bundle).
 
 Writes benchmarks/results/int8_conv_cpu.json (commit, command, machine); the write-up is int8_conv_cpu.md.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import statistics
 import sys
@@ -40,13 +43,27 @@ from vision_ops_cpu import _interleaved  # noqa: E402
 GRAPH = "vision_encoder"
 
 
-def feeds(bundle: Path, calib: Path, n: int, skip: int = 0) -> list[dict]:
-    """The vision encoder's feeds for `n` samples of `calib` (after the first `skip`), recorded by the product's
-    calibration capture on the fp32 bundle."""
-    from tiercel.quantize.calibrate import capture, load_samples
+def distinct_images(calib: Path, n: int) -> list:
+    """The first `n` samples of `calib`'s training split with pairwise different images (the synthetic benchmark
+    asks several tasks about each image)."""
+    from tiercel.quantize.calibrate import load_samples
 
-    samples = load_samples(calib, n=skip + n)[skip:]
-    return capture(bundle, samples, n=n, max_new_tokens=1).feeds[GRAPH]
+    out, seen = [], set()
+    for s in load_samples(calib, n=10**6):
+        key = hashlib.sha256(s.image.tobytes()).hexdigest()
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    if len(out) < n:
+        sys.exit(f"{calib}: {len(out)} distinct training images, {n} needed (--n-calib + --n-test)")
+    return out[:n]
+
+
+def feeds(bundle: Path, samples: list) -> list[dict]:
+    """The vision encoder's feeds for `samples`, recorded by the product's calibration capture on the fp32 bundle."""
+    from tiercel.quantize.calibrate import capture
+
+    return capture(bundle, samples, n=len(samples), max_new_tokens=1).feeds[GRAPH]
 
 
 def quantize(src: Path, dst: Path, calib: list[dict], float_outputs: tuple[str, ...]) -> dict:
@@ -105,7 +122,8 @@ def accuracy(graphs: dict, test: list[dict], threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, default=HERE / "work/runtime_cpu/florence2-base/fp32")
-    ap.add_argument("--calib", type=Path, default=HERE / "work/runtime_cpu/florence2-base/synth")
+    ap.add_argument("--calib", type=Path, default=HERE / "work/int8_conv/synth",
+                    help="a synthetic-benchmark folder; generated there (256 px) when it has no train.json")
     ap.add_argument("--n-calib", type=int, default=4)
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--runs", type=int, default=8)
@@ -117,8 +135,14 @@ def main() -> None:
         sys.exit(f"{src}: not found; run benchmarks/runtime_cpu.py first (it exports this bundle) or give --bundle")
     result = {"commit": commit(), "command": " ".join(sys.argv), "machine": machine(), "graph": str(src),
               "threads": args.threads, "runs": args.runs}
-    calib = feeds(args.bundle, args.calib, args.n_calib)
-    test = feeds(args.bundle, args.calib, args.n_test, skip=args.n_calib)
+    if not (args.calib / "train.json").is_file():
+        from tiercel.data.synth.writer import generate
+
+        generate(args.calib, n=args.n_calib * 40 + args.n_test * 40, size=256, workers=1, overwrite=True)
+    samples = distinct_images(args.calib, args.n_calib + args.n_test)
+    calib, test = feeds(args.bundle, samples[:args.n_calib]), feeds(args.bundle, samples[args.n_calib:])
+    result["samples"] = {"calib": str(args.calib), "n_calib": args.n_calib, "n_test": args.n_test,
+                         "distinct_images": True}
     import tiercel.quantize.onnx_backend as ob
 
     with tempfile.TemporaryDirectory() as tmp:
