@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from tiercel.cli.app import BACKEND_OPTION, MAX_BEAMS, app
+from tiercel.evaluate.core import BATCH_SIZE
 from tiercel.runtime.backends import backends_help
 
 SHOWN_METRICS = 4  # non-headline metrics shown per task in the table (all go to --json)
@@ -34,7 +35,8 @@ def eval_cmd(
     num_beams: int = typer.Option(None, "--num-beams", min=1, max=MAX_BEAMS, help="Beams (default: the model's setting)."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="Generated tokens at most (default: the model's setting)."),
     constrained: bool = typer.Option(True, "--constrained/--no-constrained", help="Decode every answer under its task's grammar (docs/runtime.md); --no-constrained decodes freely."),
-    batch: bool = typer.Option(True, "--batch/--no-batch", help="Batch consecutive records on one image through run_all."),
+    batch: bool = typer.Option(True, "--batch/--no-batch", help="Decode consecutive records together, each distinct image through the vision encoder once; --no-batch: one record at a time."),
+    batch_size: int = typer.Option(BATCH_SIZE, "--batch-size", min=1, help="Records decoded together with --batch."),
     json_out: Path = typer.Option(None, "--json", help="Write all metrics, counts and every prediction as JSON here."),
     examples: Path = typer.Option(None, "--examples", help="Write qualitative PNGs (one per task) into this folder."),
     protocol: str = typer.Option("tiercel", "--protocol", help="How to score: tiercel (default), falcon (as Falcon's published evaluation scores it; needs tiercel[eval] for REG_DET_OBB, PIX_SEG, PIX_CHG) or both, side by side."),
@@ -65,7 +67,8 @@ def eval_cmd(
     generation = {k: v for k, v in {"num_beams": num_beams, "max_new_tokens": max_new_tokens,
                                     "constrained": None if constrained else False}.items() if v is not None}
     report = evaluate(predictor, data, root, tags, limit, generation, examples=1 if examples else 0,
-                      batch=batch, keep_predictions=json_out is not None, protocol=protocol)  # progress: stderr
+                      batch=batch, keep_predictions=json_out is not None, protocol=protocol,
+                      batch_size=batch_size)  # progress: stderr
     console.print(_table(report, model, data))
     console.print(_summary(report), markup=False, soft_wrap=True)
     for line in report.warnings:

@@ -4,7 +4,7 @@
     report = evaluate(open_predictor("bundle/"), "test.json", tasks=["IMG_CLS"], limit=200)
     report.per_task["IMG_CLS"]["accuracy"], report.average
 
-`evaluate` takes any object with the runtime's run/run_all API (tiercel.runtime.Model, or
+`evaluate` takes any object with the runtime's run/run_batch API (tiercel.runtime.Model, or
 tiercel.models.predict.TorchPredictor for a PyTorch model, e.g. during distillation). Importing this package
 loads neither torch nor a backend.
 """

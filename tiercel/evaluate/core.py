@@ -1,12 +1,13 @@
 """Evaluate any predictor (a bundle on a backend, or a PyTorch checkpoint) on a Falcon_SFT file, per task.
 
 A predictor is anything with the runtime's API: `run(image, task, text=, region=, image2=, **generation)` and,
-optionally, `run_all(image, tasks, texts, regions, **generation)`; tiercel.runtime.Model and
-tiercel.models.predict.TorchPredictor both are, so distillation and quantisation losses are measured by the same
-code. Records stream from the file; each record's prompt is read back into its text/region (pixels of the
-image after `crop`) and re-issued through the predictor, its answer parsed as the reference, and both scored by
-the task's metric (tiercel.tasks). Consecutive records on the same image are batched through `run_all`
-(one vision pass), which is how the synthetic benchmark and Falcon's files are ordered.
+optionally, `run_batch(items, **generation)` or `run_all(image, tasks, texts, regions, **generation)`;
+tiercel.runtime.Model and tiercel.models.predict.TorchPredictor both are, so distillation and quantisation losses
+are measured by the same code. Records stream from the file; each record's prompt is read back into its
+text/region (pixels of the image after `crop`) and re-issued through the predictor, its answer parsed as the
+reference, and both scored by the task's metric (tiercel.tasks). Consecutive records are decoded together,
+`batch_size` at a time, through `run_batch`: each distinct image goes through the vision encoder once (records on
+the same image are consecutive in the synthetic benchmark and Falcon's files, and share one decoded image).
 
 Knows nothing about torch, graphs or drawing (examples.py); imports only tasks, data and progress.
 """
@@ -23,6 +24,8 @@ from tiercel import tasks as T
 from tiercel.data.images import load_image
 from tiercel.data.sft import Record, iter_records
 from tiercel.errors import ConfigError, TaskError
+
+BATCH_SIZE = 16  # prompts decoded together by default (tiercel eval --batch-size)
 
 
 @dataclass
@@ -124,7 +127,7 @@ def check_tasks(tasks) -> list[str]:
 
 def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None, generation: dict | None = None,
              examples: int = 0, batch: bool = True, keep_predictions: bool = False, progress=None,
-             protocol: str = "tiercel") -> EvalReport:
+             protocol: str = "tiercel", batch_size: int = BATCH_SIZE) -> EvalReport:
     """Score `predictor` on Falcon_SFT records, task by task.
 
     Args:
@@ -134,7 +137,9 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
         limit: at most this many records per task (stops reading once every task has them).
         generation: decoding overrides passed to every run, e.g. {"num_beams": 1, "max_new_tokens": 64}.
         examples: keep this many samples per task in `report.examples` (for examples.write_examples).
-        batch: run consecutive records on the same image through `run_all` (one vision pass).
+        batch: decode up to `batch_size` consecutive records together (`run_batch`: one vision pass per distinct
+            image, one decoding loop for all prompts); False: one record at a time.
+        batch_size: prompts per batch (with `batch`).
         keep_predictions: keep every record's parsed prediction in `report.predictions`.
         progress: called with the number of records scored so far.
         protocol: "tiercel" (default), "falcon" (Falcon's published evaluation, tiercel.tasks.falcon) or "both":
@@ -144,6 +149,8 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
     protocols = check_protocols(protocol, wanted)
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit: must be >= 1 (got {limit})")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1 (got {batch_size})")
     file = None
     if isinstance(records, (str, os.PathLike)):
         file = records
@@ -157,7 +164,7 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
     start, done = time.perf_counter(), 0
     total = _expected(file, wanted, limit) if file is not None and shown_progress.active() else None
     with shown_progress.track("eval", total, "records") as bar:
-        for group in _groups(_items(records, root, wanted, limit, report.skipped), batch and hasattr(predictor, "run_all")):
+        for group in _groups(_items(records, root, wanted, limit, report.skipped), predictor, batch, batch_size):
             for item, pred in zip(group, _predict(predictor, group, generation)):
                 preds, refs, sizes, crops = collected[item.spec.tag]
                 preds.append(pred), refs.append(item.truth), sizes.append(item.size), crops.append(item.record.crop)
@@ -209,6 +216,7 @@ def _expected(file, wanted: list[str], limit: int | None) -> int:
 def _items(records, root: Path, wanted: list[str], limit: int | None, skipped: dict):
     """Records of the wanted tasks, loaded: images (cropped), size, prompt inputs, parsed reference."""
     counts = dict.fromkeys(wanted, 0)
+    last = (None, None)  # (paths, crop) and images of the last record: consecutive records share the arrays
     for record in records:
         if limit is not None and all(c >= limit for c in counts.values()):
             return
@@ -219,7 +227,9 @@ def _items(records, root: Path, wanted: list[str], limit: int | None, skipped: d
         if limit is not None and counts[record.tag] >= limit:
             continue
         spec = T.get(record.tag)
-        images = [load_image(p, record.crop) for p in record.image_paths(root)]
+        key = (tuple(record.image_paths(root)), tuple(record.crop))
+        images = last[1] if last[0] == key else [load_image(p, record.crop) for p in key[0]]
+        last = (key, images)
         if len(images) != spec.n_images:
             raise ConfigError(f"record {record.index}: {spec.tag} takes {spec.n_images} image(s), the record has "
                               f"{len(images)}; check it with `tiercel data validate`")
@@ -235,8 +245,20 @@ def _items(records, root: Path, wanted: list[str], limit: int | None, skipped: d
         yield _Item(record, spec, images, size, inputs, truth)
 
 
-def _groups(items, batch: bool):
-    """Runs of items on the same image(s) and crop with distinct single-image tasks (or single items)."""
+def _groups(items, predictor, batch: bool, size: int):
+    """The items in the batches `_predict` runs: up to `size` consecutive items with `run_batch`; without it
+    (a predictor with `run_all` only), runs of items on the same image(s) and crop with distinct single-image tasks."""
+    if batch and hasattr(predictor, "run_batch"):
+        group = []
+        for item in items:
+            group.append(item)
+            if len(group) == size:
+                yield group
+                group = []
+        if group:
+            yield group
+        return
+    batch = batch and hasattr(predictor, "run_all")
     group, key = [], None
     for item in items:
         k = (tuple(item.record.images), tuple(item.record.crop))
@@ -255,6 +277,10 @@ def _predict(predictor, group: list[_Item], generation: dict) -> list[T.Result]:
         item = group[0]
         extra = {"image2": item.images[1]} if item.spec.n_images == 2 else {}
         return [predictor.run(item.images[0], item.spec.tag, **item.inputs, **extra, **generation)]
+    if hasattr(predictor, "run_batch"):
+        return predictor.run_batch([{"image": i.images[0], "task": i.spec.tag, **i.inputs,
+                                     **({"image2": i.images[1]} if i.spec.n_images == 2 else {})} for i in group],
+                                   **generation)
     tags = [i.spec.tag for i in group]
     texts = {i.spec.tag: i.inputs["text"] for i in group if "text" in i.inputs}
     regions = {i.spec.tag: i.inputs["region"] for i in group if "region" in i.inputs}

@@ -207,6 +207,12 @@ class TorchPredictor(Model):
             out = self.model.get_image_features(self._on_device(pixel_values)).pooler_output
             return out if torch.is_tensor(pixel_values) else out.float().cpu().numpy()
 
+    def concat_features(self, chunks: list):
+        """image_features of several calls as one batch: numpy arrays or device tensors (device_preprocess)."""
+        if len(chunks) == 1 or not self.torch.is_tensor(chunks[0]):
+            return super().concat_features(chunks)
+        return self.torch.cat(chunks)
+
     def embed(self, ids: np.ndarray) -> np.ndarray:
         with self.torch.no_grad():
             return self.model.get_input_embeddings()(self.torch.from_numpy(ids).to(self.device)).float().cpu().numpy()

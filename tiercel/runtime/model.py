@@ -4,6 +4,7 @@
     r = m.run(image, task="REG_DET_HBB", text="airplane")
     rs = m.run_all(image, ["IMG_CAP", "IMG_CLS"])                 # one vision pass, prompts batched
     rs = m.run_all(before, ["IMG_CAP", "PIX_CHG"], image2=after)  # PIX_CHG joins the batch
+    rs = m.run_batch([{"image": a, "task": "IMG_CAP"}, {"image": b, "task": "REG_VG", "text": "ship"}])  # many images
     s = m.run_scene("scene.tif", "REG_DET_HBB", text="ship")      # tiled, merged (tiercel.runtime.scene)
 
 Pipeline: preprocess -> vision_encoder -> embed_tokens(prompt) with the image features in the `<image>` slots
@@ -38,6 +39,7 @@ from tiercel.runtime.generate import GenerationConfig, generate
 from tiercel.runtime.preprocess import preprocess, to_rgb_array
 
 _UNTIMED = nullcontext()
+VISION_CHUNK = 8  # run_batch: images per vision encoder call (bounds its activations' memory)
 
 
 def _untimed(name: str):
@@ -210,6 +212,10 @@ class Model:
         with self._stage("vision_encoder"):
             return self.sessions["vision_encoder"].run({"pixel_values": pixel_values})["image_features"]
 
+    def concat_features(self, chunks: list):
+        """image_features of several calls as one batch."""
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
     def embed(self, ids: np.ndarray) -> np.ndarray:
         return self.sessions["embed_tokens"].run({"input_ids": ids})["inputs_embeds"]
 
@@ -326,6 +332,41 @@ class Model:
         ids = self.generate_ids(features, prompts, rows=rows, tasks_=[s.tag for s in specs], **generation)
         with self._stage("postprocess"):
             return {s.tag: s.parse(self.tokenizer.decode(i), image_size=size, dialect=self.dialect) for s, i in zip(specs, ids)}
+
+    def run_batch(self, items: list[dict], **generation) -> list[tasks.Result]:
+        """Tasks on several images in one batch: each distinct image through the vision encoder once (VISION_CHUNK
+        images a call), every prompt decoded together, each reading its own image's features.
+
+        `items`: dicts with "image" and "task", and "text", "region" and "image2" (PIX_CHG's after image) where the
+        task takes them. The same image object in several items is encoded once. Results in the items' order, each
+        in its own image's pixels, the same as `run` on each item alone, except on int8-dynamic graphs, whose
+        activation scale spans the batch (docs/quantize.md).
+        """
+        specs, prompts, sizes, rows, images, seen = [], [], [], [], [], {}
+        with self._stage("preprocess"):
+            for i, item in enumerate(items):
+                unknown = sorted(set(item) - {"image", "task", "text", "region", "image2"})
+                if unknown or "image" not in item or "task" not in item:
+                    raise TaskError(f"run_batch: item {i} needs 'image' and 'task' (and only text, region, image2 "
+                                    f"besides); got {', '.join(sorted(item))}")
+                spec = tasks.get(item["task"])
+                key = (id(item["image"]), id(item.get("image2")), spec.n_images)
+                if key not in seen:
+                    rgb, size = self._inputs(spec, item["image"], item.get("image2"))
+                    seen[key] = (len(images), size)
+                    images.append(rgb)
+                row, size = seen[key]
+                specs.append(spec), rows.append(row), sizes.append(size)
+                prompts.append(spec.prompt(text=item.get("text"), region=item.get("region"), image_size=size,
+                                           dialect=self.dialect))
+        if not items:
+            return []
+        features = self.concat_features([self.image_features(self.preprocess_images(images[i:i + VISION_CHUNK]))
+                                         for i in range(0, len(images), VISION_CHUNK)])
+        ids = self.generate_ids(features, prompts, rows=rows, tasks_=[s.tag for s in specs], **generation)
+        with self._stage("postprocess"):
+            return [s.parse(self.tokenizer.decode(i), image_size=size, dialect=self.dialect)
+                    for s, i, size in zip(specs, ids, sizes)]
 
     def run_scene(self, source, task: str, text: str | None = None, region=None, tile: int = 768, overlap: int = 128,
                   batch: int = 4, bands=None, scale=None, source2=None, **generation):
