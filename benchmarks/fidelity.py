@@ -39,9 +39,11 @@ run. With the YAML as committed, on the 2-core EPYC with one thread per run: the
 samples/s once compiled (3.2 steps/s of 16, read from its metrics.jsonl while another 1-thread run shared the
 machine), so 60,000 x 16 / 50 = 5.3 h, and its second stage 6,000 x 16 / 42 = 0.6 h; students, assuming 80
 samples/s for CE and 50 for KD (not measured at these shapes): 2 x 192,000 / 80 + 4 x 192,000 / 50 = 5.6 h;
-6 quantizations, about 6 min; 15 evaluations of the 16,800 test records at an assumed 20 records/s, about 3.5 h.
-About 15 hours in all: run it in the background over several sessions (every stage resumes); the JSON records
-the wall time of every stage.
+6 quantizations, about 6 min; 15 evaluations of the 16,800 test records, 64 at a time, at the rates measured on
+the teacher at step 46,000 (benchmarks/results/eval_batch_cpu.md: 95 records/s as a checkpoint, 333 as an
+onnxruntime fp32 bundle), 7 x 16,800 / 95 + 8 x 16,800 / 333 s = about 30 min (quantized and OpenVINO bundles
+not measured). About 12 hours in all: run it in the background over several sessions (every stage resumes); the
+JSON records the wall time of every stage.
 """
 
 from __future__ import annotations
@@ -256,7 +258,7 @@ class Run:
         self.train_students()
         test, root, pr = Path(self.data["test"]), Path(self.data["root"]), self.cfg.probe
         specs = [spec for name, (stage, path) in self.torch_models.items() for spec in (
-            (f"eval/{name}", self.cfg.eval.model_dump(), (stage,), score, (path,), self.score_args()),
+            (f"eval/{name}", self.cfg.eval.fingerprinted(), (stage,), score, (path,), self.score_args()),
             (f"probe/{name}", pr.model_dump(), (stage,), probe, (path, test, root, pr), {}))]
         with children(self.jobs) as pool:
             calls = self.calls(pool, specs)
@@ -314,7 +316,8 @@ class Run:
     def score_args(self) -> dict:
         e = self.cfg.eval
         return {"test": Path(self.data["test"]), "root": Path(self.data["root"]), "limit": e.limit,
-                "max_new_tokens": e.max_new_tokens, "protocol": e.protocol, "num_beams": e.num_beams, "threads": self.threads}
+                "max_new_tokens": e.max_new_tokens, "protocol": e.protocol, "num_beams": e.num_beams, "threads": self.threads,
+                "batch_size": e.batch_size}
 
     def calls(self, pool, specs: list[tuple]) -> dict:
         """{stage name: what computes it}, for specs (name, inputs, needs, fn, args, kwargs): with a pool, the stages
@@ -328,7 +331,7 @@ class Run:
         return out
 
     def score_torch(self, name: str, stage: str, calls: dict) -> None:
-        m, ev, pr = self.models[name], self.cfg.eval.model_dump(), self.cfg.probe
+        m, ev, pr = self.models[name], self.cfg.eval.fingerprinted(), self.cfg.probe
         m["eval"] = self.stages.run(f"eval/{name}", ev, calls[f"eval/{name}"], needs=(stage,))
         m["probe"] = self.stages.run(f"probe/{name}", pr.model_dump(), calls[f"probe/{name}"], needs=(stage,))
         m["error"] = m.get("error") or self.stages.error(f"eval/{name}", f"probe/{name}")
@@ -354,7 +357,7 @@ class Run:
                     inputs = quantize_settings(cfg, backend, scheme).model_dump()
                     m["quantize"] = self.stages.run(made[key], inputs, lambda: quantize(fp32, out, backend, scheme, cfg, self.data),
                                                     needs=("export",))
-                specs.append((f"eval/{key}", self.cfg.eval.model_dump(), (made[key],), score, (out,),
+                specs.append((f"eval/{key}", self.cfg.eval.fingerprinted(), (made[key],), score, (out,),
                               {"backend": backend, **self.score_args()}))
         with children(self.jobs) as pool:
             calls = self.calls(pool, specs)

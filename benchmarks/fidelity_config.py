@@ -68,6 +68,12 @@ class EvalSpec(Spec):
     max_new_tokens: int = Field(128, gt=0, description="generation cap")
     num_beams: int = Field(1, gt=0, description="1: greedy")
     protocol: Literal["tiercel", "falcon", "both"] = Field("both", description="tiercel's metrics, Falcon's, or both")
+    batch_size: int = Field(64, gt=0, description="records decoded together (tiercel.evaluate's run_batch); not in "
+                            "the stages' fingerprints: predictions do not depend on it (int8-dynamic's do, slightly)")
+
+    def fingerprinted(self) -> dict:
+        """The settings an evaluation stage's result depends on (its fingerprint's inputs)."""
+        return self.model_dump(exclude={"batch_size"})
 
 
 class ConstrainedSpec(Spec):

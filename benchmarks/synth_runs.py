@@ -50,7 +50,7 @@ def train(recipe: dict, key: str | None = None) -> dict:
 
 
 def score(model: str | Path, test: Path, root: Path, limit: int | None, max_new_tokens: int, backend: str = "onnxruntime",
-          protocol: str = "tiercel", num_beams: int = 1, threads: int | None = None) -> dict:
+          protocol: str = "tiercel", num_beams: int = 1, threads: int | None = None, batch_size: int | None = None) -> dict:
     """Score a checkpoint (PyTorch, whatever `backend`) or a bundle (on `backend`) on `test`, task by task.
 
     Returns headline per task, their average, every metric per task, record counts, seconds and warnings
@@ -60,7 +60,8 @@ def score(model: str | Path, test: Path, root: Path, limit: int | None, max_new_
 
     predictor = open_predictor(model, backend=backend, threads=threads)
     report = evaluate(predictor, test, root, limit=limit, protocol=protocol,
-                      generation={"num_beams": num_beams, "max_new_tokens": max_new_tokens})
+                      generation={"num_beams": num_beams, "max_new_tokens": max_new_tokens},
+                      **({} if batch_size is None else {"batch_size": batch_size}))
     out = {"per_task": report.per_task, "headline": report.headlines, "average": report.average, "counts": report.counts,
            "seconds": report.seconds, "warnings": report.warnings}
     for name in report.protocols:
