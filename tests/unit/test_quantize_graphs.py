@@ -144,6 +144,37 @@ def test_onnxruntime_int8_static_runs_convs_as_qlinearconv_and_matmuls_as_intege
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.05
 
 
+def test_int8_static_leaves_a_shared_bias_constant_for_the_convs_it_keeps_in_fp32(tmp_path):
+    """The exporter stores equal biases once, read through Identity; quantizing the owner's conv must not put a
+    DequantizeLinear in front of the depthwise conv's bias, or onnxruntime loses its NCHWc kernel for it."""
+    import onnxruntime as ort
+
+    from tiercel.quantize.onnx_backend import own_vectors
+
+    rng = np.random.default_rng(0)
+    c = 16  # NCHWc needs channels in multiples of its block
+    inits = {"pw.w": rng.standard_normal((c, c, 1, 1)), "pw.b": np.zeros(c), "dw.w": rng.standard_normal((c, 1, 3, 3))}
+    nodes = [helper.make_node("Identity", ["pw.b"], ["dw.b"], name="shared"),
+             helper.make_node("Conv", ["x", "pw.w", "pw.b"], ["p"], name="pw"),
+             helper.make_node("Add", ["p", "x"], ["r"], name="res"),
+             helper.make_node("Conv", ["r", "dw.w", "dw.b"], ["y"], name="dw", group=c, pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", c, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", c, 8, 8])],
+                              [numpy_helper.from_array(w.astype(np.float32), n) for n, w in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
+    feeds = [{"x": rng.standard_normal((1, c, 8, 8)).astype(np.float32)} for _ in range(4)]
+    quantize_graph(tmp_path / "g.onnx", tmp_path / "q.onnx", get_scheme("int8-static"), "vision", feeds)
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    dw = next(n for n in q.graph.node if n.name == "dw")
+    assert dw.input[2] in {i.name for i in q.graph.initializer} and "Identity" not in {n.op_type for n in q.graph.node}
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(tmp_path / "q.onnx"), opts, providers=["CPUExecutionProvider"])
+    assert ("com.microsoft.nchwc", "Conv") in {(n.domain, n.op_type) for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+    shared = onnx.load(str(tmp_path / "g.onnx"))
+    assert own_vectors(shared) == 1 and own_vectors(shared) == 0  # idempotent
+
+
 def _ov_matmul(w: np.ndarray):
     ov = pytest.importorskip("openvino")
     import openvino.opset13 as ops

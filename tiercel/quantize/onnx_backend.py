@@ -81,6 +81,32 @@ def is_depthwise(layer: dict) -> bool:
     return layer["op"] == "Conv" and len(layer["shape"]) == 4 and layer["shape"][1] == 1 and layer["shape"][0] > 1
 
 
+def own_vectors(proto) -> int:
+    """Give every consumer of a shared 1-D initializer its own copy; returns how many Identity nodes went.
+
+    The ONNX exporter stores equal tensors once and reads the others through Identity nodes; in a model with
+    untrained biases (all zeros) dozens of convolutions share one bias that way. Quantizing the conv that owns it
+    puts a DequantizeLinear in front of every other one's bias, and onnxruntime then no longer sees their biases
+    as constants: the fp32 depthwise convolutions lost their NCHWc kernels (benchmarks/results/int8_conv_cpu.md).
+    Vectors are small (biases, norms); shared matrices (tied embeddings) stay shared."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    keep, copies = [], []
+    for node in proto.graph.node:
+        src = inits.get(node.input[0]) if node.op_type == "Identity" and node.input else None
+        if src is not None and len(src.dims) == 1 and node.output[0] not in outputs:
+            copies.append(numpy_helper.from_array(numpy_helper.to_array(src), node.output[0]))
+        else:
+            keep.append(node)
+    if copies:
+        del proto.graph.node[:]
+        proto.graph.node.extend(keep)
+        proto.graph.initializer.extend(copies)
+    return len(copies)
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over recorded feeds (only the graph's own inputs)."""
 
@@ -114,6 +140,7 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
 
     _quiet()
     proto = onnx.load(str(src), load_external_data=True)
+    own_vectors(proto)
     layers = selected_layers(proto, spec, role, target)
     chosen = [x["node"] for x in layers if x["node"] not in set(exclude)]
     report = {"quantized": chosen, "excluded": sorted(set(exclude) & {x["node"] for x in layers}),
