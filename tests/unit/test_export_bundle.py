@@ -11,6 +11,8 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
+import onnx  # noqa: E402
+
 from tests.bundles import tiny_bundle  # noqa: E402
 
 
@@ -51,6 +53,15 @@ def test_manifest_records_graphs_settings_parity_and_provenance(bundle, tiny_tok
         assert man["parity"][backend]["worst"] < 1e-4
         assert man["parity"][backend]["greedy_identical"] == "3/3"
     assert len(man["provenance"]["source_sha256"]["state_dict"]) == 64
+
+
+def test_vision_graph_goes_channels_last_for_onnxruntime_only(bundle):
+    """depthwise_channels_last is in the ONNX graph (onnxruntime gains); the OpenVINO IR is converted from the graph
+    before it (OpenVINO was slower with it), and the folder that held that graph is gone."""
+    vision = onnx.load(str(bundle / "vision_encoder.onnx"))
+    assert sum(n.name.endswith("/cl_residual") for n in vision.graph.node) == 12  # tiny DaViT: 4 stages x 4 - 4
+    assert "cl_residual" not in (bundle / "openvino" / "vision_encoder.xml").read_text()
+    assert sorted(p.name for p in bundle.iterdir() if p.name.startswith(".")) == []
 
 
 def test_merged_decoder_has_public_io_and_generates_like_split(merged, bundle):

@@ -1,6 +1,6 @@
 """Graph rewrites: key-major attention scores give the same numbers and read K as stored; reshape targets become
 constants, with bit-identical outputs and the shape arithmetic gone; the channel-attention split Transpose becomes a
-rank-3 move with bit-identical outputs."""
+rank-3 move with bit-identical outputs; the convolutional position encoding goes channels-last, bit-identical."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from onnx import TensorProto, helper  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from tiercel.export.rewrite import channel_split_transposes, constant_reshapes, key_major_scores  # noqa: E402
+from tiercel.export.rewrite import (  # noqa: E402
+    channel_split_transposes,
+    constant_reshapes,
+    depthwise_channels_last,
+    key_major_scores,
+)
 
 
 def attention_graph(shared_transpose: bool = False):
@@ -216,3 +221,56 @@ def test_channel_split_transpose_is_rewritten_with_bit_identical_outputs():
     assert after[0].shape == (3, 3, 2, 4, 10)
     for a, b in zip(before, after, strict=True):
         assert np.array_equal(a, b)
+
+
+def _position_encoding(nodes, inits, x: str, y: str, tag: str, c: int, extra_reader: bool = False) -> None:
+    """DaViT's convolutional position encoding as the exporter traces it, tokens `x` -> tokens `y`: Transpose,
+    Reshape to [B, C, H, W] (target from x's shape), depthwise conv, residual add in NCHW, Reshape, Transpose."""
+    rng = np.random.default_rng(len(nodes))
+    inits += [numpy_helper.from_array(rng.standard_normal((c, 1, 3, 3)).astype(np.float32), f"{tag}.w"),
+              numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), f"{tag}.b")]
+    nodes += [helper.make_node("Transpose", [x], [f"{tag}/t1"], perm=[0, 2, 1]),
+              helper.make_node("Shape", [x], [f"{tag}/xs"]),
+              helper.make_node("Gather", [f"{tag}/xs", "i0"], [f"{tag}/b"], axis=0),
+              helper.make_node("Concat", [f"{tag}/b", "chw"], [f"{tag}/s4"], axis=0),
+              helper.make_node("Reshape", [f"{tag}/t1", f"{tag}/s4"], [f"{tag}/r"]),
+              helper.make_node("Shape", [f"{tag}/r"], [f"{tag}/r_shape"]),  # read by the next block, as in DaViT
+              helper.make_node("Conv", [f"{tag}/r", f"{tag}.w", f"{tag}.b"], [f"{tag}/c"], name=f"{tag}/conv", group=c,
+                               pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+              helper.make_node("Add", [f"{tag}/c", f"{tag}/r"], [f"{tag}/a"]),
+              helper.make_node("Shape", [f"{tag}/a"], [f"{tag}/as"]),
+              helper.make_node("Slice", [f"{tag}/as", "i0", "two"], [f"{tag}/bc"]),
+              helper.make_node("Concat", [f"{tag}/bc", "minus_one"], [f"{tag}/s3"], axis=0),
+              helper.make_node("Reshape", [f"{tag}/a", f"{tag}/s3"], [f"{tag}/f"]),
+              helper.make_node("Transpose", [f"{tag}/f"], [y], perm=[0, 2, 1])]
+    if extra_reader:
+        nodes.append(helper.make_node("Relu", [f"{tag}/r"], [f"{tag}/other"]))
+
+
+def test_depthwise_channels_last_is_bit_identical_and_leaves_shared_tensors_alone():
+    c, h, w = 16, 4, 6
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    nodes, inits = [], [numpy_helper.from_array(np.array([0], np.int64), "i0"),
+                        numpy_helper.from_array(np.array([c, h, w], np.int64), "chw"),
+                        numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+                        numpy_helper.from_array(np.array([2], np.int64), "two")]
+    _position_encoding(nodes, inits, "x", "y1", "pe1", c)
+    _position_encoding(nodes, inits, "y1", "y2", "pe2", c, extra_reader=True)  # its NCHW tensor has another reader
+    graph = helper.make_graph(nodes, "pe", [helper.make_tensor_value_info("x", f, ["b", h * w, c])],
+                              [helper.make_tensor_value_info("y2", f, ["b", h * w, c]),
+                               helper.make_tensor_value_info("pe1/r_shape", i64, [4]),
+                               helper.make_tensor_value_info("pe2/other", f, ["b", c, h, w])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).standard_normal((3, h * w, c)).astype(np.float32)
+    before = run(model, {"x": x})
+    assert depthwise_channels_last(model) == 1
+    onnx.checker.check_model(model)
+    transposes = {n.output[0]: tuple(a.ints) for n in model.graph.node if n.op_type == "Transpose" for a in n.attribute}
+    assert sorted(transposes.values()) == [(0, 2, 1), (0, 2, 1), (0, 2, 3, 1), (0, 3, 1, 2)]  # pe2 kept its pair
+    assert "pe1/t1" not in transposes and "y1" not in transposes  # pe1's rank-3 moves are gone
+    assert next(n for n in model.graph.node if "y1" in n.output).op_type == "Add"  # the residual, in token order
+    after = run(model, {"x": x})
+    assert list(after[1]) == [3, c, h, w]  # the shape reader gets the NCHW shape
+    for a, b in zip(before, after, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert depthwise_channels_last(model) == 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -159,15 +160,18 @@ def export_model(model, tokenizer, out: str | Path, backends=("onnxruntime",), d
     layers = model.tiercel_shape.decoder_layers
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite, marker=MANIFEST) as tmp:
-        onnx_files = export_onnx(model.eval(), tmp, decoder=decoder, fp16=precision == "fp16")
+        sources = tmp / ".openvino-sources" if "openvino" in backends else None  # graphs before onnxruntime-only rewrites
+        onnx_files = export_onnx(model.eval(), tmp, decoder=decoder, fp16=precision == "fp16", openvino_sources=sources)
         graphs = [_graph_entry(tmp, n, "onnxruntime", _with_data(f), layers, precision) for n, f in onnx_files.items()]
         if "openvino" in backends:
             from tiercel.export.openvino import convert_to_ir
 
             with track("openvino", len(onnx_files), "graphs") as bar:
                 for name, file in onnx_files.items():
-                    graphs.append(_graph_entry(tmp, name, "openvino", convert_to_ir(file, tmp / "openvino"), layers))
+                    source = sources / file.name if (sources / file.name).is_file() else file
+                    graphs.append(_graph_entry(tmp, name, "openvino", convert_to_ir(source, tmp / "openvino"), layers))
                     bar.advance(1, note=name)
+            shutil.rmtree(sources, ignore_errors=True)
         tokenizer.save(tmp)
         manifest = manifest_for(model, tokenizer, tmp, graphs, decoder, mean, std, provenance)
         write_manifest(tmp, manifest)

@@ -265,3 +265,135 @@ def channel_split_transposes(proto) -> int:
                                  for k, v in consts.items() if names[k] not in have)
         _set_nodes(graph, nodes)
     return count
+
+
+_NHWC, _NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def depthwise_channels_last(proto) -> int:
+    """Rewrite in place DaViT's convolutional position encoding, returns how many: from tokens x [B, N, C],
+
+        Transpose [0, 2, 1] -> Reshape [B, C, H, W] = r;  y = Transpose(Reshape(Conv(r) + r, [B, C, N]), [0, 2, 1])
+
+    becomes y = x + Reshape(Transpose(Conv(Transpose(Reshape(x, [B, H, W, C]), [0, 3, 1, 2])), [0, 2, 3, 1]),
+    [B, N, C]): the residual added in token order (the same sums: outputs bit-identical) and the conv between an
+    NHWC -> NCHW and an NCHW -> NHWC transpose, which onnxruntime folds into its NCHWc conv's input and output
+    reorders (channels_last) instead of moving the data twice. Readers of r's or the sum's shape get the same
+    values from x's. Instances whose tensors have other readers are left alone."""
+    onnx = require("onnx", "onnx", "rewriting ONNX graphs")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    graph = proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    names = {"nhwc": "/channels_last/nhwc", "nchw": "/channels_last/nchw"}
+    replaced: dict[int, list] = {}  # id(old node) -> the nodes that take its place (empty: removed)
+    count = 0
+
+    def shape_reader(node) -> bool:
+        return node.op_type == "Shape" and not any(a.name in ("start", "end") for a in node.attribute)
+
+    for conv in list(graph.node):
+        if conv.op_type != "Conv" or id(conv) in replaced:
+            continue
+        r = producer.get(conv.input[0])
+        t1 = producer.get(r.input[0]) if r is not None and r.op_type == "Reshape" else None
+        if t1 is None or t1.op_type != "Transpose" or _perm(t1) != [0, 2, 1] or readers[t1.output[0]] != [r]:
+            continue
+        conv_readers = readers.get(conv.output[0], [])
+        add = conv_readers[0] if len(conv_readers) == 1 else None
+        if add is None or add.op_type != "Add" or sorted(add.input) != sorted([conv.output[0], r.output[0]]):
+            continue
+        if any(n is not conv and n is not add and not shape_reader(n) for n in readers[r.output[0]]):
+            continue
+        flat = [n for n in readers.get(add.output[0], []) if not shape_reader(n)]
+        if len(flat) != 1 or flat[0].op_type != "Reshape" or len(readers.get(flat[0].output[0], [])) != 1:
+            continue
+        t2 = readers[flat[0].output[0]][0]
+        if t2.op_type != "Transpose" or _perm(t2) != [0, 2, 1] or {r.output[0], add.output[0], flat[0].output[0]} & outputs:
+            continue
+        if not _no_copied_dims(r.input[1], producer, consts):
+            continue
+        x, base = t1.input[0], conv.name or conv.output[0]
+        t = {k: f"{base}/cl_{k}" for k in ("hwc", "xh", "xn", "y", "yt", "xshape", "yf", "hshape")}
+        shapes = [n for n in (*readers[r.output[0]], *readers[add.output[0]]) if shape_reader(n)]
+        new = [helper.make_node("Gather", [r.input[1], names["nhwc"]], [t["hwc"]], name=f"{base}/cl_target", axis=0),
+               helper.make_node("Reshape", [x, t["hwc"]], [t["xh"]], name=f"{base}/cl_unflatten"),
+               helper.make_node("Transpose", [t["xh"]], [t["xn"]], name=f"{base}/cl_to_nchw", perm=_NCHW)]
+        moved = onnx.NodeProto()
+        moved.CopyFrom(conv)
+        moved.input[0] = t["xn"]
+        new += [moved,
+                helper.make_node("Transpose", [conv.output[0]], [t["yt"]], name=f"{base}/cl_to_nhwc", perm=_NHWC),
+                helper.make_node("Shape", [x], [t["xshape"]], name=f"{base}/cl_tokens"),
+                helper.make_node("Reshape", [t["yt"], t["xshape"]], [t["yf"]], name=f"{base}/cl_flatten"),
+                helper.make_node("Add", [t["yf"], x] if add.input[0] == conv.output[0] else [x, t["yf"]],
+                                 [t2.output[0]], name=f"{base}/cl_residual")]
+        if shapes:
+            new.append(helper.make_node("Shape", [t["xh"]], [t["hshape"]], name=f"{base}/cl_shape"))
+            new += [helper.make_node("Gather", [t["hshape"], names["nchw"]], [s.output[0]], name=f"{s.name}/cl", axis=0)
+                    for s in shapes]
+        replaced[id(conv)] = new
+        for old in (add, flat[0], t2, *shapes):
+            replaced[id(old)] = []
+        count += 1
+    if count:
+        have = {i.name for i in graph.initializer}
+        graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), names[k])
+                                 for k, v in (("nhwc", _NHWC), ("nchw", _NCHW)) if names[k] not in have)
+        _set_nodes(graph, _toposort([m for n in graph.node for m in replaced.get(id(n), [n])], graph))
+        _drop_dead(graph)
+    return count
+
+
+def _no_copied_dims(target: str, producer: dict, consts: dict) -> bool:
+    """Whether a 4-d reshape target is known to hold no 0 (copy the input's dimension) at axes 1-3: moved to other
+    axes, such a 0 would copy the wrong dimension. Constants are read; of a Concat, its constant parts are (any 0
+    but a leading scalar one fails), its computed parts are dimensions read from shapes, never 0."""
+    if target in consts:
+        value = consts[target].reshape(-1)
+        return value.size == 4 and not (value[1:] == 0).any()
+    concat = producer.get(target)
+    if concat is None or concat.op_type != "Concat":
+        return False
+    parts = [consts[p].reshape(-1) if p in consts else None for p in concat.input]
+    if parts and parts[0] is not None and parts[0].size == 1:  # a 0 for the batch stays at axis 0
+        parts = parts[1:]
+    return not any(p is not None and (p == 0).any() for p in parts)
+
+
+def _toposort(nodes: list, graph) -> list:
+    """`nodes` in an order where every node comes after the producers of its inputs, otherwise as given."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    made = {out: k for k, node in enumerate(nodes) for out in node.output}
+    done, order, visiting = set(), [], set()
+
+    def visit(k: int) -> None:
+        if k in done:
+            return
+        stack = [(k, iter(nodes[k].input))]
+        visiting.add(k)
+        while stack:
+            j, inputs = stack[-1]
+            for name in inputs:
+                p = made.get(name)
+                if name in ready or p is None or p in done:
+                    continue
+                if p in visiting:
+                    raise ValueError(f"rewrite made a cycle through {name}")
+                visiting.add(p)
+                stack.append((p, iter(nodes[p].input)))
+                break
+            else:
+                stack.pop()
+                visiting.discard(j)
+                done.add(j)
+                order.append(nodes[j])
+
+    for k in range(len(nodes)):
+        visit(k)
+    return order
