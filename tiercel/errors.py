@@ -61,3 +61,13 @@ def choose(what: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"unknown {what} '{value}'; choose one of: {', '.join(choices)}")
     return value
+
+
+class Terminated(Exception):
+    """SIGTERM stopped a run at a safe point after saving what it had (training: a checkpoint of the last step).
+    Not a user error: the CLI prints the line and exits TERMINATED (143), never 0."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(" ".join(str(message).split()))
+        self.step = step
+

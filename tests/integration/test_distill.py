@@ -146,6 +146,58 @@ def test_resume_continues_exactly(tmp_path, synth_dir, monkeypatch):
     assert seconds == sorted(seconds) and seconds[3] > seconds[2] > 0
 
 
+def test_sigterm_checkpoints_the_step_it_finishes_and_resume_matches_a_straight_run(tmp_path, synth_dir, monkeypatch):
+    """A cluster's preemption sends SIGTERM and waits: the run finishes its step, checkpoints it (step 5, between
+    save_every's 3 and 6) and stops; --resume then ends where an uninterrupted run does, bit for bit."""
+    import signal
+
+    from tiercel.errors import Terminated
+
+    straight = tmp_path / "straight"
+    trainer.distill(recipe(straight, synth_dir), progress=False)
+    real = trainer.train_step
+
+    def term_during(run, step):
+        if step == 4:  # the signal arrives while the fifth step runs
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(run, step)
+
+    monkeypatch.setattr(trainer, "train_step", term_during)
+    stopped = tmp_path / "stopped"
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated, match=r"stopped by SIGTERM after step 5, checkpoint saved; rerun with --resume") as err:
+        trainer.distill(recipe(stopped, synth_dir), progress=False)
+    assert err.value.step == 5 and signal.getsignal(signal.SIGTERM) == handler  # the handler put back
+    assert (stopped / "checkpoints" / "latest").read_text().strip() == "step_000005"
+    monkeypatch.setattr(trainer, "train_step", real)
+    summary = trainer.distill(recipe(stopped, synth_dir), resume=True, progress=False)
+    assert summary.resumed_from == 5
+    a, b = weights(straight / "student"), weights(stopped / "student")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_on_the_cli_exits_143_with_one_line(tmp_path, synth_dir):
+    import signal
+    import time
+
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(recipe(tmp_path / "run", synth_dir, steps=100000).model_dump(mode="json")))
+    proc = subprocess.Popen([sys.executable, "-m", "tiercel", "distill", str(path), "--quiet"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 120
+    while not (log.is_file() and '"loss"' in log.read_text()):  # training by now
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"stopped: \S+run: stopped by SIGTERM after step (\d+), checkpoint saved; rerun with --resume to "
+                        r"continue", last), err
+    step = int(re.search(r"after step (\d+)", last).group(1))
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == f"step_{step:06d}"
+
+
 def _crashed_run(r, monkeypatch):
     """Run `r` until it is killed after 3 steps; returns its last checkpoint (step_000003)."""
     real = _crash_at(monkeypatch, 3)

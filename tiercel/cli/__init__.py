@@ -15,7 +15,7 @@ import sys
 import typer
 
 from tiercel.cli.app import BACKEND_OPTION, MAX_BEAMS, app  # noqa: F401  (the app; shared options)
-from tiercel.errors import TiercelError
+from tiercel.errors import Terminated, TiercelError
 
 
 def _register():
@@ -41,7 +41,8 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the Typer app. A TiercelError or a value out of range prints one line and exits 1, a usage
-    error one line and 2, an interrupt `aborted` and 130 (never 0: a killed job did not succeed)."""
+    error one line and 2, an interrupt `aborted` and 130, a SIGTERM a training run stopped for one line and 143
+    (never 0: a killed job did not succeed)."""
     from tiercel import progress
 
     try:
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except typer.Exit as exc:
         code = exc.exit_code
+    except Terminated as stop:  # SIGTERM, handled where work can stop safely (training: after a checkpoint)
+        print(f"stopped: {stop}", file=sys.stderr)
+        return TERMINATED
     except KeyboardInterrupt:
         code = INTERRUPTED
     except typer.Abort as exc:  # older Click turns Ctrl-C into Abort; EOF at a prompt too
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+TERMINATED = 143  # 128 + SIGTERM
 _USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 

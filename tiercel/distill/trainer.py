@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from tiercel.data.sft import truncation_lines
 from tiercel.distill import checkpoints
 from tiercel.distill.data import IGNORE, ModelInput, SFTData, TaskSampler, collate, model_input, to_device
 from tiercel.distill.dist import Dist, all_mean, barrier, setup, sharded, teardown, through_root
-from tiercel.errors import TiercelError
+from tiercel.errors import Terminated, TiercelError
 from tiercel.fileio import atomic_write_text, check_output_dir
 from tiercel.progress import track
 from tiercel.recipe import Recipe, dump_recipe
@@ -33,6 +36,24 @@ from tiercel.recipe import Recipe, dump_recipe
 
 class TrainingDiverged(TiercelError):
     """The loss became NaN or infinite."""
+
+
+@contextmanager
+def sigterm_requests():
+    """A flag that SIGTERM sets while the block runs (the previous handler is put back after it). A cluster's
+    preemption, `docker stop` and systemd send SIGTERM and wait before they kill: the loop finishes its step,
+    checkpoints it and stops, instead of losing the steps since the last `save_every`. Off the main thread
+    (where Python cannot install handlers) the flag never sets."""
+    flag = threading.Event()
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+    except ValueError:  # not the main thread
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def lr_lambda(cfg):
@@ -331,7 +352,7 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
         _forget_after(run.log_file, start)
     cfg = recipe.distill
     t0, samples, metrics, evals = time.perf_counter(), 0, {}, []
-    with track("distill", cfg.steps, "steps", completed=start, enabled=progress and dist.main) as bar:
+    with sigterm_requests() as stop, track("distill", cfg.steps, "steps", completed=start, enabled=progress and dist.main) as bar:
         for step in range(start, cfg.steps):
             metrics = train_step(run, step)
             samples += metrics["samples"]
@@ -347,9 +368,21 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
                 if evals[-1]:
                     _log(run, {"step": done, **{f"val_{k}": v for k, v in evals[-1].items() if isinstance(v, (int, float)) and k != "step"}})
             bar.update(done, note=f"loss {metrics['loss']:.4f}, {metrics['samples_per_s']:.1f} samples/s")
+            if done < cfg.steps and _stop_agreed(stop, dist):
+                if done % cfg.save_every:
+                    _save(run, done)
+                raise Terminated(f"{run_dir}: stopped by SIGTERM after step {done}, checkpoint saved; rerun with "
+                                 "--resume to continue", step=done)
     final = _publish(run_dir) if dist.main else None
     return DistillResult(run_dir=run_dir, student=final, steps=cfg.steps, resumed_from=start, last=metrics,
                          val=evals[-1] if evals else None)
+
+
+def _stop_agreed(stop: threading.Event, dist: Dist) -> bool:
+    """Whether any process got SIGTERM: all of them then checkpoint and stop at the same step (a collective)."""
+    if not dist.active:
+        return stop.is_set()
+    return all_mean(dist, {"stop": float(stop.is_set())})["stop"] > 0
 
 
 def _save(run: Run, step: int) -> None:
