@@ -46,6 +46,32 @@ def test_a_folder_through_the_tiny_bundle_matches_single_runs_and_a_bad_file_exi
     assert json.loads(capsys.readouterr().out)["skipped"] == 3
 
 
+@pytest.mark.parametrize("what", [["--task", "REG_DET_HBB", "--text", "ship"], ["--all", "--text", "ship"]])
+def test_a_batched_folder_writes_the_lines_of_one_image_at_a_time(bundle, photos, tmp_path, capsys, monkeypatch, what):
+    """--batch 2 answers the readable images two at a time (run_batch); the lines are the unbatched run's, in
+    listing order, the unreadable file's error line in its place."""
+    from tiercel.runtime.model import Model
+
+    sizes, run_batch = [], Model.run_batch
+    monkeypatch.setattr(Model, "run_batch", lambda self, items, **kw: sizes.append(len(items)) or run_batch(self, items, **kw))
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (64, 80 + 8 * i, 3), dtype=np.uint8)).save(photos / f"img_{i}.png")
+    (photos / "img_1b.jpg").write_bytes(b"broken")
+    lines = {}
+    for batch in ("1", "2"):
+        out = tmp_path / f"b{batch}.jsonl"
+        args = ["run", str(bundle), "--images", str(photos), *what, "--max-new-tokens", "6", "--out", str(out)]
+        assert main([*args, "--batch", batch]) == 3
+        assert json.loads(capsys.readouterr().out)["failed"] == 1
+        lines[batch] = [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in out.read_text().splitlines()]
+    assert lines["2"] == lines["1"] and len(lines["1"]) == 6 and "error" in lines["1"][2]
+    per_image = 1 if "--task" in what else len(lines["1"][0]["result"])
+    assert sizes == [2 * per_image, 2 * per_image]  # images 0-1 and 2-3 batched (the bad file between); 4 alone
+    assert main(["run", str(bundle), "--images", str(photos), *what, "--batch", "0", "--out", str(tmp_path / "z.jsonl")]) == 1
+    assert capsys.readouterr().err == "error: --batch: needs 1 or more images per batch (got 0)\n"
+
+
 def test_a_folder_of_scenes_is_tiled_through_the_answer_hook(bundle, tmp_path):
     """The per-image step of run_folder takes Model.run_scene: each scene tiled, a corrupt one an error line."""
     pytest.importorskip("rasterio")

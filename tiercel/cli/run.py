@@ -28,7 +28,7 @@ def run(
     constrained: bool = typer.Option(True, "--constrained/--no-constrained", help="Decode every answer under its task's grammar, so it always parses (docs/runtime.md); --no-constrained decodes freely."),
     tile: int = typer.Option(None, "--tile", help="Tile a large scene (GeoTIFF or image) into windows of this many pixels and merge the answers (docs/scenes.md)."),
     overlap: int = typer.Option(None, "--overlap", help="Pixels shared by neighbouring tiles (with --tile; default 128)."),
-    batch: int = typer.Option(None, "--batch", help="Tiles per vision/generation call (with --tile; default 4)."),
+    batch: int = typer.Option(None, "--batch", help="Tiles per vision/generation call with --tile (default 4); with --images alone, images answered together (default 1)."),
     bands: str = typer.Option(None, "--bands", help="Bands as R,G,B, 1-based as in GDAL, e.g. 3,2,1 (with --tile; default: the first three)."),
     scale: str = typer.Option(None, "--scale", help="To 8 bits: minmax, percentile:2,98, fixed:LOW,HIGH or none (with --tile; default minmax for non-8-bit data)."),
     geojson: Path = typer.Option(None, "--geojson", help="Also write the merged answer as GeoJSON features (with --tile)."),
@@ -50,10 +50,11 @@ def run(
         if given := next((k for k, v in {"--geojson": geojson, "--to-wgs84": to_wgs84 or None}.items() if v), None):
             raise ConfigError(f"{given}: not with --images (one GeoJSON per scene: run each with --image)")
         tiled = {"tile": tile, "overlap": overlap, "batch": batch, "bands": bands, "scale": scale}
-        if tile is None and (given := next((k for k, v in tiled.items() if v is not None), None)):
+        if tile is None and (given := next((k for k, v in tiled.items() if v is not None and k != "batch"), None)):
             raise ConfigError(f"--{given}: only with --tile (tiled scenes); add e.g. --tile 768")
         return _run_images(bundle, images, jsonl, task, text, all_tasks, recursive, prefetch, retry_errors, overwrite,
                            open_args=(backend, device, option), tiled=tiled if tile is not None else None,
+                           batch=1 if tile is not None or batch is None else batch,
                            num_beams=num_beams, max_new_tokens=max_new_tokens, **_unconstrained(constrained))
     if image is None:
         raise ConfigError("--image or --images: give one (an image file, or a folder or glob pattern of images)")
@@ -102,7 +103,7 @@ SOME_FAILED = 3  # --images: every image was tried, some could not be read (erro
 
 def _run_images(bundle: Path, images: str | None, out: Path | None, task, text, all_tasks: bool, recursive: bool,
                 prefetch: int, retry_errors: bool, overwrite: bool, open_args: tuple, tiled: dict | None = None,
-                **gen) -> None:
+                batch: int = 1, **gen) -> None:
     """`--images`: every image of a folder or pattern into --out (tiercel.runtime.folder); a summary on stdout.
     `tiled` ({tile, overlap, batch, bands, scale}): each image is a scene run in tiles (Model.run_scene)."""
     from tiercel.errors import ConfigError
@@ -116,6 +117,8 @@ def _run_images(bundle: Path, images: str | None, out: Path | None, task, text, 
                           "(e.g. --images photos/ --out results.jsonl)")
     paths = list_images(images, recursive)  # every check before the model loads
     folder_tags(task, text, all_tasks)
+    if batch < 1:
+        raise ConfigError(f"--batch: needs 1 or more images per batch (got {batch})")
     read_results(out)
     step = {}
     if tiled is not None:  # each scene is read window by window inside run_scene: nothing to decode ahead
@@ -123,7 +126,7 @@ def _run_images(bundle: Path, images: str | None, out: Path | None, task, text, 
     backend, device, option = open_args
     m = open_predictor(bundle, backend=backend, device=device, options=parse_options(option))
     summary = run_folder(m, paths, out, task, text, all_tasks, prefetch=prefetch, retry_errors=retry_errors,
-                         overwrite=overwrite, **step, **gen)
+                         overwrite=overwrite, batch=batch, **step, **gen)
     typer.echo(json.dumps(summary.to_dict()))
     if summary.failed:
         typer.echo(f"warning: {summary.failed} of {summary.images} images could not be read; each is an error line "

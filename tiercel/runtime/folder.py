@@ -11,7 +11,10 @@ line on stderr; the run goes on. A rerun with the same results file skips the im
 the prefetch thread, `answer(model, loaded) -> dict` in the caller's; a tiled scene reader passes
 `load=lambda p: p` and an `answer` that tiles the path.
 
-Knows nothing about backends: `model` is anything with the runtime's run/run_all API.
+With `batch` > 1 the readable images go `batch` at a time through the model's `run_batch` (one vision call, one
+decoding loop), which pays on small models and GPUs; lines still come in listing order.
+
+Knows nothing about backends: `model` is anything with the runtime's run/run_all API (run_batch for `batch`).
 """
 
 from __future__ import annotations
@@ -100,6 +103,23 @@ def answerer(task: str | None = None, text: str | None = None, all_tasks: bool =
     return answer
 
 
+def batch_answerer(task: str | None = None, text: str | None = None, all_tasks: bool = False,
+                   **generation) -> Callable[[Any, list], list[dict]]:
+    """`answer(model, images) -> [dict, ...]`: answerer's dicts for several images from one `run_batch` (each image
+    through the vision encoder once, every prompt decoded together)."""
+    tags = folder_tags(task, text, all_tasks)
+    asks = [{"task": t, **({"text": text} if text and tasks.get(t).needs_text else {})} for t in tags]
+
+    def answer(model, images: list) -> list[dict]:
+        results = model.run_batch([{"image": image, **ask} for image in images for ask in asks], **generation)
+        rows = [results[i:i + len(asks)] for i in range(0, len(results), len(asks))]
+        if all_tasks:
+            return [{t: r.to_dict() for t, r in zip(tags, row)} for row in rows]
+        return [row[0].to_dict() for row in rows]
+
+    return answer
+
+
 def folder_tags(task: str | None, text: str | None, all_tasks: bool) -> list[str]:
     """The tags a folder run answers on each image; ConfigError for a task one image and `text` cannot serve."""
     if all_tasks:
@@ -124,7 +144,7 @@ def folder_tags(task: str | None, text: str | None, all_tasks: bool) -> list[str
 def run_folder(model, images: str | Path | Sequence[str], out: str | Path, task: str | None = None,
                text: str | None = None, all_tasks: bool = False, *, prefetch: int = 4, recursive: bool = False,
                retry_errors: bool = True, overwrite: bool = False, load: Callable[[str], Any] = load_image,
-               answer: Callable[[Any, Any], dict] | None = None, **generation) -> Summary:
+               answer: Callable[[Any, Any], dict] | None = None, batch: int = 1, **generation) -> Summary:
     """Answer every image of a folder, a glob pattern or a list of paths, one JSON line each in `out`.
 
     Args:
@@ -136,9 +156,17 @@ def run_folder(model, images: str | Path | Sequence[str], out: str | Path, task:
         retry_errors: answer again the images whose earlier line is an error (default); False skips them too.
         overwrite: start `out` afresh (only a results file: a file tiercel did not write is never replaced).
         load, answer: the per-image step (default: load_image, then answerer(task, text, all_tasks)).
+        batch: images answered together through the model's run_batch (default 1: one at a time). Not with a
+            custom `answer`. A line's `seconds` is then its batch's time over the images in it.
         generation: num_beams, max_new_tokens, passed to run/run_all.
     """
     tags = folder_tags(task, text, all_tasks)  # before the results file is opened: a typo costs nothing
+    if batch < 1:
+        raise ConfigError(f"--batch: needs 1 or more images per batch (got {batch})")
+    if batch > 1 and answer is not None:
+        raise ConfigError("--batch: batches images for run's own tasks, not for a custom answer (tiled scenes batch "
+                          "their tiles instead)")
+    batched = batch_answerer(task, text, all_tasks, **generation) if batch > 1 else None
     answer = answer or answerer(task, text, all_tasks, **generation)
     paths = list_images(images, recursive) if isinstance(images, (str, Path)) else [str(p) for p in images]
     label = {"task": ALL if all_tasks else tags[0]} | ({"text": text} if text else {})
@@ -150,18 +178,47 @@ def run_folder(model, images: str | Path | Sequence[str], out: str | Path, task:
         with progress.track("run", total=len(paths), unit="images", completed=len(paths) - len(todo)) as bar:
             frames = prefetched(todo, load, prefetch)
             try:
-                for path, image, error in frames:
-                    line = _answer(model, answer, image, error, {"image": path, **label})
-                    results.append(line)
-                    if "error" in line:
-                        failed += 1
-                        print(f"warning: {line['error']} (recorded in {out})", file=sys.stderr, flush=True)
-                    else:
-                        done += 1
-                    bar.advance(1, note=Path(path).name)
+                for group in _batches(frames, batch):
+                    for path, line in zip((p for p, _, _ in group), _answer_group(model, answer, batched, group, label)):
+                        results.append(line)
+                        if "error" in line:
+                            failed += 1
+                            print(f"warning: {line['error']} (recorded in {out})", file=sys.stderr, flush=True)
+                        else:
+                            done += 1
+                        bar.advance(1, note=Path(path).name)
             finally:
                 frames.close()  # stops the prefetch thread, also on Ctrl-C
     return Summary(len(paths), done, len(paths) - len(todo), failed, time.perf_counter() - t0, str(out))
+
+
+def _batches(frames, size: int):
+    """Runs of consecutive (path, image, error) items holding `size` readable images (the last may hold fewer)."""
+    group, good = [], 0
+    for item in frames:
+        group.append(item)
+        good += item[2] is None
+        if good == size:
+            yield group
+            group, good = [], 0
+    if group:
+        yield group
+
+
+def _answer_group(model, answer, batched, group: list, label: dict) -> list[dict]:
+    """The lines of a run of items, in order: one `batched` call for its readable images when batching (each alone
+    through `answer` if the batch hits a bad input, so only that image gets the error line), else one by one."""
+    good = [image for _, image, error in group if error is None]
+    if batched is None or len(good) < 2:
+        return [_answer(model, answer, image, error, {"image": path, **label}) for path, image, error in group]
+    start = time.perf_counter()
+    try:
+        answers = iter(batched(model, good))
+    except DataError:
+        return [_answer(model, answer, image, error, {"image": path, **label}) for path, image, error in group]
+    seconds = round((time.perf_counter() - start) / len(good), 4)
+    return [{"image": path, **label, **({"error": error} if error is not None else
+                                        {"result": next(answers), "seconds": seconds})} for path, _, error in group]
 
 
 def _answer(model, answer, image, error: str | None, head: dict) -> dict:
