@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 from image_use import commit, machine, write_result  # noqa: E402
-from int8_conv_cpu import distinct_images, feeds  # noqa: E402
+from int8_conv_cpu import feeds, images_of, vision_args  # noqa: E402
 from vision_ops_cpu import _interleaved  # noqa: E402
 
 
@@ -68,14 +68,8 @@ def openvino_calls(paths: dict, threads: int, precision: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", type=Path, default=HERE / "work/runtime_cpu/florence2-base/fp32")
-    ap.add_argument("--calib", type=Path, default=HERE / "work/int8_conv/synth",
-                    help="a synthetic-benchmark folder; generated there (256 px) when it has no train.json")
-    ap.add_argument("--n-calib", type=int, default=4)
-    ap.add_argument("--runs", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1)
+    vision_args(ap, "channels_last_cpu")
     ap.add_argument("--openvino", default="f32,bf16", help="precision hints to time on OpenVINO, or none")
-    ap.add_argument("--out", type=Path, default=HERE / "results/channels_last_cpu.json")
     args = ap.parse_args()
     import onnx
 
@@ -86,13 +80,9 @@ def main() -> None:
     src = args.bundle / "vision_encoder.onnx"
     if not src.is_file():
         sys.exit(f"{src}: not found; run benchmarks/runtime_cpu.py first (it exports this bundle) or give --bundle")
-    if not (args.calib / "train.json").is_file():
-        from tiercel.data.synth.writer import generate
-
-        generate(args.calib, n=args.n_calib * 40, size=256, workers=1, overwrite=True)
     result = {"commit": commit(), "command": " ".join(sys.argv), "machine": machine(), "graph": str(src),
               "threads": args.threads, "runs": args.runs, "n_calib": args.n_calib, "paths": {}}
-    calib = feeds(args.bundle, distinct_images(args.calib, args.n_calib))
+    calib = feeds(args.bundle, images_of(args.calib, args.n_calib))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         proto = onnx.load(str(src))

@@ -59,6 +59,27 @@ def distinct_images(calib: Path, n: int) -> list:
     return out[:n]
 
 
+def vision_args(ap: argparse.ArgumentParser, name: str) -> None:
+    """The options this benchmark and channels_last_cpu.py share: the bundle, calibration images, rounds, threads."""
+    ap.add_argument("--bundle", type=Path, default=HERE / "work/runtime_cpu/florence2-base/fp32")
+    ap.add_argument("--calib", type=Path, default=HERE / "work/int8_conv/synth",
+                    help="a synthetic-benchmark folder; generated there (256 px) when it has no train.json")
+    ap.add_argument("--n-calib", type=int, default=4)
+    ap.add_argument("--runs", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=HERE / f"results/{name}.json")
+
+
+def images_of(calib: Path, n: int) -> list:
+    """`n` training samples of `calib` with distinct images, the folder generated first when it has no train.json
+    (40 records per image asked for: the benchmark asks several tasks about each image)."""
+    if not (calib / "train.json").is_file():
+        from tiercel.data.synth.writer import generate
+
+        generate(calib, n=n * 40, size=256, workers=1, overwrite=True)
+    return distinct_images(calib, n)
+
+
 def feeds(bundle: Path, samples: list) -> list[dict]:
     """The vision encoder's feeds for `samples`, recorded by the product's calibration capture on the fp32 bundle."""
     from tiercel.quantize.calibrate import capture
@@ -121,25 +142,15 @@ def accuracy(graphs: dict, test: list[dict], threads: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", type=Path, default=HERE / "work/runtime_cpu/florence2-base/fp32")
-    ap.add_argument("--calib", type=Path, default=HERE / "work/int8_conv/synth",
-                    help="a synthetic-benchmark folder; generated there (256 px) when it has no train.json")
-    ap.add_argument("--n-calib", type=int, default=4)
+    vision_args(ap, "int8_conv_cpu")
     ap.add_argument("--n-test", type=int, default=4)
-    ap.add_argument("--runs", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=HERE / "results/int8_conv_cpu.json")
     args = ap.parse_args()
     src = args.bundle / f"{GRAPH}.onnx"
     if not src.is_file():
         sys.exit(f"{src}: not found; run benchmarks/runtime_cpu.py first (it exports this bundle) or give --bundle")
     result = {"commit": commit(), "command": " ".join(sys.argv), "machine": machine(), "graph": str(src),
               "threads": args.threads, "runs": args.runs}
-    if not (args.calib / "train.json").is_file():
-        from tiercel.data.synth.writer import generate
-
-        generate(args.calib, n=args.n_calib * 40 + args.n_test * 40, size=256, workers=1, overwrite=True)
-    samples = distinct_images(args.calib, args.n_calib + args.n_test)
+    samples = images_of(args.calib, args.n_calib + args.n_test)
     calib, test = feeds(args.bundle, samples[:args.n_calib]), feeds(args.bundle, samples[args.n_calib:])
     result["samples"] = {"calib": str(args.calib), "n_calib": args.n_calib, "n_test": args.n_test,
                          "distinct_images": True}

@@ -209,16 +209,18 @@ def _answer_group(model, answer, batched, group: list, label: dict) -> list[dict
     """The lines of a run of items, in order: one `batched` call for its readable images when batching (each alone
     through `answer` if the batch hits a bad input, so only that image gets the error line), else one by one."""
     good = [image for _, image, error in group if error is None]
-    if batched is None or len(good) < 2:
-        return [_answer(model, answer, image, error, {"image": path, **label}) for path, image, error in group]
-    start = time.perf_counter()
-    try:
-        answers = iter(batched(model, good))
-    except DataError:
-        return [_answer(model, answer, image, error, {"image": path, **label}) for path, image, error in group]
-    seconds = round((time.perf_counter() - start) / len(good), 4)
-    return [{"image": path, **label, **({"error": error} if error is not None else
-                                        {"result": next(answers), "seconds": seconds})} for path, _, error in group]
+    if batched is not None and len(good) > 1:
+        start = time.perf_counter()
+        try:
+            answers = iter(batched(model, good))
+        except DataError:
+            pass
+        else:
+            seconds = round((time.perf_counter() - start) / len(good), 4)
+            return [{"image": path, **label, **({"error": error} if error is not None else
+                                                {"result": next(answers), "seconds": seconds})}
+                    for path, _, error in group]
+    return [_answer(model, answer, image, error, {"image": path, **label}) for path, image, error in group]
 
 
 def _answer(model, answer, image, error: str | None, head: dict) -> dict:

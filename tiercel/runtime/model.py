@@ -342,6 +342,8 @@ class Model:
         in its own image's pixels, the same as `run` on each item alone, except on int8-dynamic graphs, whose
         activation scale spans the batch (docs/quantize.md).
         """
+        if not items:
+            return []
         specs, prompts, sizes, rows, images, seen = [], [], [], [], [], {}
         with self._stage("preprocess"):
             for i, item in enumerate(items):
@@ -359,8 +361,6 @@ class Model:
                 specs.append(spec), rows.append(row), sizes.append(size)
                 prompts.append(spec.prompt(text=item.get("text"), region=item.get("region"), image_size=size,
                                            dialect=self.dialect))
-        if not items:
-            return []
         features = self.concat_features([self.image_features(self.preprocess_images(images[i:i + VISION_CHUNK]))
                                          for i in range(0, len(images), VISION_CHUNK)])
         ids = self.generate_ids(features, prompts, rows=rows, tasks_=[s.tag for s in specs], **generation)
