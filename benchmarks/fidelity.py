@@ -26,7 +26,8 @@ in this file; the schema is benchmarks/fidelity_config.py):
 Resumable: every finished stage (data, each training run, export, each quantized bundle, each evaluation and
 probe) is stored under --work with a fingerprint of its settings and inputs; a rerun skips the stages whose
 fingerprint still matches and redoes those whose settings changed, with everything after them. A killed training
-run resumes from its newest checkpoint. A stage after the teacher that fails (a student, the export, a bundle's
+run resumes from its newest checkpoint. On a new machine, benchmarks/fidelity_carry.py's last save (committed under
+benchmarks/carry/fidelity/) is restored first, so the run goes on from there (docs/fidelity.md). A stage after the teacher that fails (a student, the export, a bundle's
 quantization or evaluation, a probe) is recorded as that column's error, the rest still runs, and the command
 exits 1 naming it; a rerun retries it. `--fresh` starts over.
 
@@ -84,8 +85,11 @@ BUNDLE_SOURCE = "kd"  # the objective whose first-seed student is exported and q
 
 
 # ---- stages --------------------------------------------------------------------------------------------
-def fingerprint(inputs) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def fingerprint(inputs, work: Path) -> str:
+    """A stage's key: its inputs hashed with the work folder's path written as $WORK, so the same run moved to
+    another folder or machine (benchmarks/fidelity_carry.py) keeps its keys."""
+    text = json.dumps(inputs, sort_keys=True, default=str).replace(str(work), "$WORK")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Stages:
@@ -93,14 +97,17 @@ class Stages:
     (settings and the fingerprints of the stages it reads). A stage whose stored fingerprint matches is not rerun."""
 
     def __init__(self, folder: Path):
-        self.folder, self.keys, self.times = folder, {}, {}
+        self.folder, self.keys, self.times = folder, {}, {}  # folder: <work>/stages
         folder.mkdir(parents=True, exist_ok=True)
+
+    def key(self, inputs) -> str:
+        return fingerprint(inputs, self.folder.parent)
 
     def stored(self, name: str, inputs: dict, needs: tuple[str, ...] = ()) -> bool:
         """Whether `run` with these arguments would take the stored result (nothing to compute)."""
         if any(n not in self.keys for n in needs):
             return False
-        key = fingerprint({"inputs": inputs, "needs": {n: self.keys[n] for n in needs}})
+        key = self.key({"inputs": inputs, "needs": {n: self.keys[n] for n in needs}})
         path = self.folder / (name.replace("/", "__") + ".json")
         return path.is_file() and json.loads(path.read_text()).get("key") == key
 
@@ -111,7 +118,7 @@ class Stages:
         if missing:
             self.times[name] = {"seconds": 0.0, "status": "skipped", "error": f"needs {missing[0]}, which failed"}
             return None
-        key = self.keys[name] = fingerprint({"inputs": inputs, "needs": {n: self.keys[n] for n in needs}})
+        key = self.keys[name] = self.key({"inputs": inputs, "needs": {n: self.keys[n] for n in needs}})
         path = self.folder / (name.replace("/", "__") + ".json")
         if path.is_file() and (done := json.loads(path.read_text())).get("key") == key:
             self.times[name] = {"seconds": done["seconds"], "status": "reused"}
@@ -276,7 +283,7 @@ class Run:
         prev, runs = "data", []
         for i, recipe in enumerate(self.t_recipes):
             name = "teacher" if i == 0 else f"teacher/stage{i + 1}"  # the first keeps its name: adding a stage reuses it
-            key = fingerprint({"recipe": recipe, "after": self.stages.keys[prev]})
+            key = self.stages.key({"recipe": recipe, "after": self.stages.keys[prev]})
             runs.append(self.stages.run(name, recipe, lambda: train(recipe, key), needs=(prev,), soft=False))
             prev = name
         t_params, s_params = student_size(self.s_recipes[(BUNDLE_SOURCE, self.cfg.student.seeds[0])], self.teacher)
@@ -296,7 +303,7 @@ class Run:
         """Every student, in order; with --jobs N the ones still to train run N at a time in child processes (a
         stage's seconds are then how long the main process waited for it; each run's own time is its train.seconds)."""
         teacher_stage = self.torch_models["teacher"][0]
-        runs = {(o, s): (recipe, fingerprint({"recipe": recipe, "teacher": self.stages.keys[teacher_stage]}))
+        runs = {(o, s): (recipe, self.stages.key({"recipe": recipe, "teacher": self.stages.keys[teacher_stage]}))
                 for (o, s), recipe in self.s_recipes.items()}
         todo = [k for k, (recipe, _) in runs.items()
                 if not self.stages.stored(f"train/{k[0]}/seed{k[1]}", recipe, needs=(teacher_stage,))]
@@ -411,9 +418,14 @@ def main() -> None:
         out.with_suffix(".md").write_text(render(results))
         print(f"wrote {out.with_suffix('.md')}")
         return
-    work = args.work or HERE / "work" / ("fidelity_quick" if args.quick else "fidelity")
+    work = (args.work or HERE / "work" / ("fidelity_quick" if args.quick else "fidelity")).resolve()
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
+    elif not args.quick:  # a run carried from another machine (fidelity_carry.py save) goes on from where it was
+        from fidelity_carry import CARRY, restore
+
+        for line in restore(CARRY, work):
+            print(f"[carry] {line}", flush=True)
     cfg = load_config(args.config, args.quick)
     import torch
     from runtime_cpu import machine
