@@ -34,6 +34,8 @@ none is forced: tiercel.runtime.profile.forced_generation):
     onnxruntime-int8  (--int8 onnxruntime, the default) the int8-static bundle on onnxruntime
     openvino-int8     (--int8 ...,openvino) the OpenVINO/NNCF int8-static bundle; not by default: its
                       quantisation took 7 minutes of this 2-core machine in quantize_cpu.json
+    openvino-int8-bf16  (--int8 ...,openvino with --bf16) that bundle with INFERENCE_PRECISION_HINT=bf16: int8
+                      matmuls, everything else and the KV cache in bf16 (decode bound: int8 weights, bf16 KV)
 
 Tokens are compared with eager's (random weights: bf16 and int8 rounding may change them, which says nothing about
 a trained model; quantize_cpu.md and README have accuracy on trained ones).
@@ -102,7 +104,7 @@ from pathlib import Path
 
 import numpy as np
 from runtime_bounds import add_bounds, encoder_tokens, matmul_peaks
-from runtime_paths import BACKENDS, EAGER, PRECISION, cpu_bf16, has_bf16, open_paths, quantize_int8
+from runtime_paths import BACKENDS, EAGER, KV_PRECISION, PRECISION, cpu_bf16, has_bf16, open_paths, quantize_int8
 
 from tiercel import tasks
 from tiercel.fileio import write_json
@@ -113,10 +115,10 @@ from tiercel.tasks.examples import run_all_inputs, task_inputs
 
 HERE = Path(__file__).resolve().parent
 NEW_TOKENS = 32
-WEIGHT_SCALE = {"fp32": 1.0, "bf16": 0.5, "int8": 0.25}  # decoder weight bytes per fp32 byte, by precision
+WEIGHT_SCALE = {"fp32": 1.0, "bf16": 0.5, "int8": 0.25, "int8+bf16": 0.25}  # decoder weight bytes per fp32 byte
 # KV cache bytes per fp32 byte: bf16 paths hold it in bf16 (autocast's projections; OpenVinoSession at the bf16
 # hint), the int8 bundles in fp32 (activations stay fp32)
-KV_SCALE = {"fp32": 1.0, "bf16": 0.5, "int8": 1.0}
+KV_SCALE = {"fp32": 1.0, "bf16": 0.5, "int8": 1.0, "int8+bf16": 0.5}  # int8+bf16: openvino-int8-bf16
 TARGETS = {"end_to_end_speedup": (">=", 1.5), "decode_vs_bound": ("<=", 1.5), "all_tasks_speedup": (">=", 5.0),  # issue 5
            "all_tasks_vs_eager": (">=", 10.0), "vision_vs_compute_bound": ("<=", 1.5)}  # issue 28
 # reported stage -> the StageTimer stages it sums
@@ -348,7 +350,8 @@ def verdicts(paths: dict, bound: dict, all_tasks: dict, bounds: dict) -> dict:
     for name, p in paths.items():
         s, v = p["stages_ms"], {}
         v["decode_vs_bound"] = check(s["decode_token"] / bound["bound_ms"], TARGETS["decode_vs_bound"])
-        v["decode_vs_own_bound"] = s["decode_token"] / bound["bound_ms_by_precision"][PRECISION[name]]
+        own = PRECISION[name] + (f"+{KV_PRECISION[name]}" if name in KV_PRECISION else "")
+        v["decode_vs_own_bound"] = s["decode_token"] / bound["bound_ms_by_precision"][own]
         if bounds[name]["vision"]["measured_over_bound"] is not None:
             v["vision_vs_compute_bound"] = check(bounds[name]["vision"]["measured_over_bound"],
                                                  TARGETS["vision_vs_compute_bound"])
@@ -372,7 +375,7 @@ def verdicts(paths: dict, bound: dict, all_tasks: dict, bounds: dict) -> dict:
 
 def print_summary(result: dict, log) -> None:
     paths, every, bounds = result["paths"], result["all_tasks"], result["bounds"]
-    row = lambda label, cells: log(f"{label:<20}" + "".join(f"{c:>17}" for c in cells))  # noqa: E731
+    row = lambda label, cells: log(f"{label:<20}" + "".join(f"{c:>19}" for c in cells))  # noqa: E731
     row("ms (median)", paths)
     for stage in paths["eager"]["stages_ms"]:
         row(stage, [f"{p['stages_ms'][stage]:.1f}" for p in paths.values()])

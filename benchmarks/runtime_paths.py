@@ -14,7 +14,9 @@ BACKENDS = ("onnxruntime", "openvino")
 BF16 = {"INFERENCE_PRECISION_HINT": "bf16"}  # the openvino-bf16 path's compile property (--bf16)
 EAGER = ("eager", "eager-bf16")  # the baselines: transformers' modules, one call per task
 PRECISION = {"eager": "fp32", "eager-bf16": "bf16", "onnxruntime": "fp32", "openvino": "fp32", "openvino-bf16": "bf16",
-             "onnxruntime-int8": "int8", "openvino-int8": "int8"}
+             "onnxruntime-int8": "int8", "openvino-int8": "int8", "openvino-int8-bf16": "int8"}
+# the precision of the KV cache and of what is not quantized, where it is not the path's own
+KV_PRECISION = {"openvino-int8-bf16": "bf16"}
 
 
 def quantize_int8(fp32: Path, work: Path, backends: list[str], n_calib: int, log) -> tuple[dict, dict]:
@@ -59,7 +61,9 @@ def open_paths(model, tok, bundle: Path, threads: int | None, bf16: bool = False
     """{path name: Model}, and the load seconds of each bundle path; `threads` None: library defaults.
 
     Args:
-        bf16: also "openvino-bf16", the OpenVINO bundle compiled with INFERENCE_PRECISION_HINT=bf16.
+        bf16: also "openvino-bf16", the OpenVINO bundle compiled with INFERENCE_PRECISION_HINT=bf16, and with an
+            OpenVINO int8 bundle among `int8`, "openvino-int8-bf16": that bundle with the same hint (int8 matmuls,
+            the rest and the KV cache in bf16).
         eager_bf16: also "eager-bf16" (autocast_predictor).
         int8: {path name: (backend, bundle)} of int8 bundles to open as well (quantize_int8)."""
     import torch
@@ -79,6 +83,8 @@ def open_paths(model, tok, bundle: Path, threads: int | None, bf16: bool = False
     opened = [(backend, backend, bundle, None) for backend in BACKENDS]
     opened += [("openvino-bf16", "openvino", bundle, BF16)] if bf16 else []
     opened += [(name, backend, path, None) for name, (backend, path) in (int8 or {}).items()]
+    if bf16 and "openvino-int8" in (int8 or {}):
+        opened.append(("openvino-int8-bf16", "openvino", int8["openvino-int8"][1], BF16))
     for name, backend, path, options in opened:
         t = time.perf_counter()
         paths[name] = tiercel.runtime.load(path, backend=backend, threads=threads, options=options)
