@@ -17,13 +17,19 @@ never stdout, where commands print JSON. `scope("teacher")` prefixes labels (`[t
 
 Knows nothing about torch or the stages; rich is imported only when a terminal shows a bar, and no thread is
 started (the synthetic benchmark forks workers while its bar is up).
+
+Every bar update is also where a Ctrl-C that got lost is delivered again (`catching_ctrl_c`, `interrupted`):
+Python raises KeyboardInterrupt from its signal handler wherever the main thread is, and one raised inside a
+__del__, a weakref callback or another finalizer is printed and dropped, so the command would go on and exit 0.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -54,6 +60,41 @@ class _State:
 
 
 _state: ContextVar[_State | None] = ContextVar("tiercel_progress", default=None)
+_ctrl_c = threading.Event()  # set by catching_ctrl_c's handler, cleared when its block ends
+
+
+@contextlib.contextmanager
+def catching_ctrl_c():
+    """While the block runs, Ctrl-C raises KeyboardInterrupt as Python's own handler does and also sets a flag that
+    stays set until the block ends: yields it (a threading.Event). Bars then raise KeyboardInterrupt again at their
+    next update if the first one was lost (module docstring), and the `tiercel` command does not exit 0 once it is
+    set. Where SIGINT
+    is not Python's default handler (ignored, as in a shell's background job) or off the main thread, nothing
+    changes and the flag never sets."""
+    _ctrl_c.clear()
+    previous = signal.getsignal(signal.SIGINT)
+    installed = False
+    if previous is signal.default_int_handler and threading.current_thread() is threading.main_thread():
+        def on_ctrl_c(signum, frame):
+            _ctrl_c.set()
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_ctrl_c)
+        installed = True
+    try:
+        yield _ctrl_c
+    finally:
+        _ctrl_c.clear()
+        if installed:
+            signal.signal(signal.SIGINT, previous)
+
+
+def interrupted() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C came (catching_ctrl_c) and none is on its way up now: called by every
+    bar update, so long work stops at its next unit even when the first KeyboardInterrupt was dropped. During
+    the unwinding of an exception (cleanup that updates a bar) and off the main thread it does nothing."""
+    if _ctrl_c.is_set() and sys.exc_info()[0] is None and threading.current_thread() is threading.main_thread():
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -118,10 +159,10 @@ class _Silent:
         return False
 
     def advance(self, n: int = 1, note: str | None = None) -> None:
-        pass
+        interrupted()
 
     def update(self, completed: int | None = None, total: int | None = None, note: str | None = None) -> None:
-        pass
+        interrupted()
 
     def close(self, ok: bool = True) -> None:
         pass
@@ -144,6 +185,7 @@ class _Bar(_Silent):
         self.update(self.completed + n, note=note)
 
     def update(self, completed: int | None = None, total: int | None = None, note: str | None = None) -> None:
+        interrupted()
         if completed is not None:
             self.completed = completed
         if total is not None:

@@ -49,8 +49,8 @@ def test_ctrl_c_on_a_running_command_exits_130_and_leaves_no_output(tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    out_text, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, f"rc {proc.returncode}\nstdout: {out_text}\nstderr: {err}"  # rc 0 seen once under load
     assert err.strip().splitlines()[-1] == "aborted" and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary folder
 

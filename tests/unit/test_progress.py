@@ -108,3 +108,44 @@ def test_synth_cli_keeps_progress_on_stderr_and_stdout_for_results(tmp_path):
     assert "[synth] " in done.stderr and "42/42 records in" in done.stderr
     assert "[synth]" not in done.stdout and "wrote" in done.stdout
 
+
+
+def _dropped_ctrl_c() -> None:
+    """Ctrl-C as Python delivers it inside a finalizer: the handler raises, and the exception is lost."""
+    import signal
+
+    try:
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+    except KeyboardInterrupt:
+        pass
+
+
+def test_a_dropped_ctrl_c_stops_the_work_at_the_next_bar_update():
+    with progress.catching_ctrl_c() as flag:
+        bar = progress.track("render", 10)  # progress off: a silent bar checks too
+        bar.advance()
+        _dropped_ctrl_c()
+        assert flag.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            bar.advance()
+        try:  # cleanup that updates a bar while the interrupt unwinds does not raise a second one
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            bar.update(completed=3)
+    assert not flag.is_set()  # cleared when the block ends: the next command starts clean
+    bar.advance()
+
+
+def test_a_command_that_swallowed_ctrl_c_exits_130_not_0(monkeypatch, capsys):
+    import tiercel.data.synth as synth
+    from tiercel.cli import main
+
+    def generate(*args, **kwargs):  # finishes as if nothing happened
+        _dropped_ctrl_c()
+        return {"counts": {"train": {"IMG_CLS": 1}}, "images": {"train": 1}}
+
+    monkeypatch.setattr(synth, "generate", generate)
+    assert main(["data", "synth", "--out", "unused", "--n", "42"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "aborted"
+    monkeypatch.setattr(synth, "generate", lambda *a, **k: {"counts": {}, "images": {}})
+    assert main(["data", "synth", "--out", "unused", "--n", "42"]) == 0  # the next command starts clean

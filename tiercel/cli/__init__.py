@@ -45,6 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     (never 0: a killed job did not succeed)."""
     from tiercel import progress
 
+    with progress.catching_ctrl_c() as ctrl_c:
+        code = _run(argv)
+        lost = ctrl_c.is_set() and code == 0
+    if lost:  # a Ctrl-C that Python dropped on the way (tiercel.progress): not a success
+        print("aborted", file=sys.stderr)
+        return INTERRUPTED
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
+    from tiercel import progress
+
     try:
         with progress.shown():  # long stages show bars on stderr; a command's --quiet turns them off
             code = app(args=argv, prog_name="tiercel", standalone_mode=False)  # the command's value or Typer's exit code
