@@ -3,8 +3,9 @@
     OMP_NUM_THREADS=1 python benchmarks/decode_profile_cpu.py [--rounds 5] [--steps 16] [--past 32] [--batches 1,14]
     -> benchmarks/results/decode_profile_cpu.json
 
-The florence2-base shape with random weights is exported (fp32) and quantised with onnxruntime three ways
-(int8-static calibrated on a few synthetic images as quantize_cpu.py does, int8-dynamic, int4-weight-only block 32)
+The florence2-base shape with random weights is exported (fp32) and quantised with onnxruntime four ways
+(int8-static calibrated on a few synthetic images as quantize_cpu.py does, int8-dynamic, int8-weight-only block
+128, int4-weight-only block 32)
 and with OpenVINO int8-dynamic (NNCF INT8 weights), into benchmarks/work/decode_profile/ (reused when there;
 --rebuild makes them again). Each bundle's decoder_with_past graph alone then runs `--steps` steps from a
 self-attention past of `--past` (KV fed back, 577 + 20 encoder tokens) on one thread:
@@ -47,6 +48,7 @@ BUNDLES = {  # name -> (runtime backend, quantize backend, scheme); None: the fp
     "ort-fp32": ("onnxruntime", None, None),
     "ort-int8-static": ("onnxruntime", "onnxruntime", "int8-static"),
     "ort-int8-dynamic": ("onnxruntime", "onnxruntime", "int8-dynamic"),
+    "ort-int8-weight-only": ("onnxruntime", "onnxruntime", "int8-weight-only"),
     "ort-int4": ("onnxruntime", "onnxruntime", "int4-weight-only"),
     "ov-fp32": ("openvino", None, None),
     "ov-int8-dynamic": ("openvino", "openvino", "int8-dynamic"),

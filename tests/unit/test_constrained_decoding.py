@@ -276,3 +276,28 @@ def test_no_jump_forward_where_two_tokens_in_one_call_would_round_differently(fi
     out = tmp_path / "int8-dynamic"
     quantize_bundle(fitted_bundle, out, "int8-dynamic", n_val=0)
     assert not rt.load(out).multi_token
+
+
+def test_int8_weight_only_keeps_jump_forward_with_the_same_tokens(fitted_bundle, tmp_path):
+    """MatMulNBits quantizes activations per row and block, so a two-token call gives each token the logits it gets
+    alone: int8-weight-only bundles keep jump-forward, and it changes no token."""
+    import tiercel.runtime as rt
+    from tiercel.quantize import quantize_bundle
+    from tiercel.runtime.profile import StageTimer
+
+    out = tmp_path / "int8-weight-only"
+    quantize_bundle(fitted_bundle, out, "int8-weight-only", n_val=0)
+    m = rt.load(out)
+    assert m.multi_token
+    feats = m.image_features(m.pixel_values(image(1)))
+    saved = 0
+    for tag, prompt in prompts().items():
+        ids, steps = {}, {}
+        for jump in (False, True):
+            m.timer = StageTimer()
+            ids[jump] = m.generate_ids(feats, [prompt], tasks_=[tag], num_beams=1, max_new_tokens=NEW, jump_forward=jump)
+            steps[jump] = [name for name, _ in m.timer.take()].count("decode_token")
+        m.timer = None
+        assert ids[True] == ids[False], tag
+        saved += steps[False] - steps[True]
+    assert saved > 0

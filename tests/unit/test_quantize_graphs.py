@@ -305,3 +305,52 @@ def test_openvino_int4_scale_estimation_works_on_the_exported_weight_layout(tmp_
     got = q({"x": feeds[-1]["x"]})["y"]  # the output keeps its name
     want = feeds[-1]["x"] @ w
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.2
+
+
+def test_int8_weight_only_writes_8_bit_matmulnbits_and_leaves_convs_and_excluded_layers_in_fp32(tmp_path):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    c = 64
+    inits = {"pw.w": rng.standard_normal((c, c, 1, 1)), "fc.w": rng.standard_normal((c, c)),
+             "fc2.w": rng.standard_normal((c, c))}
+    nodes = [helper.make_node("Conv", ["x", "pw.w"], ["p"], name="pw"),
+             helper.make_node("Transpose", ["p"], ["t"], name="nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["t", "fc.w"], ["h"], name="fc"),
+             helper.make_node("MatMul", ["h", "fc2.w"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, c])],
+                              [numpy_helper.from_array(w.astype(np.float32), n) for n, w in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
+    spec = get_scheme("int8-weight-only", block_size=32)
+    report = quantize_graph(tmp_path / "g.onnx", tmp_path / "q.onnx", spec, "decoder", exclude=["fc2"])
+    assert report["quantized"] == ["fc"] and report["excluded"] == ["fc2"] and report["kept_in"] == "fp32"
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    ops = {n.name: n for n in q.graph.node}
+    nbits = [n for n in q.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 1 and {a.name: a.i for a in nbits[0].attribute}["bits"] == 8
+    assert {a.name: a.i for a in nbits[0].attribute}["block_size"] == 32
+    assert ops["fc2"].op_type == "MatMul" and ops["pw"].op_type == "Conv"  # excluded and conv: fp32
+    x = {"x": rng.standard_normal((1, c, 4, 4)).astype(np.float32)}
+    y = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    ref = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    assert 0 < np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.02  # int8 blocks: close, not exact
+
+
+def test_openvino_int8_weight_only_is_nncf_int8_weight_compression(tmp_path):
+    """On OpenVINO the scheme is int8-dynamic's NNCF INT8_SYM compression: the same weights bit for bit."""
+    ov = pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import openvino.opset13 as ops
+
+    from tiercel.quantize.openvino_backend import quantize_ir
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([1, -1, 64], np.float32, name="x")
+    y = ops.matmul(x, ops.constant(rng.standard_normal((64, 64)).astype(np.float32)), False, False)
+    y.output(0).get_tensor().set_names({"y"})
+    ov.save_model(ov.Model([y], [x], "mm"), str(tmp_path / "mm.xml"), compress_to_fp16=False)
+    reports = {s: quantize_ir(tmp_path / "mm.xml", tmp_path / f"{s}.xml", get_scheme(s)) for s in ("int8-weight-only", "int8-dynamic")}
+    assert reports["int8-weight-only"]["mode"] == reports["int8-dynamic"]["mode"] == "int8_sym"
+    assert (tmp_path / "int8-weight-only.bin").read_bytes() == (tmp_path / "int8-dynamic.bin").read_bytes()
+    assert (tmp_path / "int8-weight-only.bin").stat().st_size < (tmp_path / "mm.bin").stat().st_size / 3

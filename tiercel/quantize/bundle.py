@@ -49,7 +49,7 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
     """Quantise the fp32 bundle at `bundle` into `out`. Returns the manifest's "quantization" section (typed).
 
     Args:
-        scheme: a key of tiercel.quantize.SCHEMES (int8-static, int8-dynamic, int4-weight-only, mixed); the same
+        scheme: a key of tiercel.quantize.SCHEMES (int8-static, int8-dynamic, int8-weight-only, int4-weight-only, mixed); the same
             as settings.scheme.
         calib: Falcon_SFT file or `tiercel data synth` folder (its train.json) for calibration; images under
             `root` (default: the file's folder). `n` samples; decoder steps are thinned to `n` feeds per graph.
@@ -85,7 +85,7 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
     calibration = None
     if calib is not None and needs_calibration(leaves):
         say(f"calibrating on {n} samples of {sft_file(calib)}")
-        every_step = [g for g, leaf in leaves.items() if leaf.kind == "weight-only" and g == "decoder_with_past_model"]
+        every_step = [g for g, leaf in leaves.items() if gptq(leaf) and g == "decoder_with_past_model"]
         calibration = capture(src.root, load_samples(calib, root, n), n=n, max_new_tokens=max_new_tokens,
                               keep_all=every_step if target.name == "onnxruntime" else ())
     val_samples = _val_samples(calib, val, root, n_val)
@@ -171,6 +171,12 @@ def _reference(src, samples, max_new_tokens):
     return {"ids": ids, "scores": _guard.headlines(model.tokenizer, samples, ids, model.dialect)}
 
 
+def gptq(leaf) -> bool:
+    """Whether the leaf rounds its weights against recorded activations (int4 on onnxruntime: gptq.py), which reads
+    every decode step of decoder_with_past rather than the thinned few."""
+    return leaf.kind == "weight-only" and leaf.bits == 4
+
+
 def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded, ratio, keep_in: str,
                   cache: dict) -> list[dict]:
     """Quantise every graph into `tmp`; `cache` ({graph: {}}) carries per-graph work across the guard's attempts."""
@@ -178,7 +184,7 @@ def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded
     for name, leaf in leaves.items():
         entry = entries[name]
         feeds = calibration.feeds.get(name) if calibration else None
-        if leaf.kind == "weight-only" and calibration and calibration.every.get(name):
+        if gptq(leaf) and calibration and calibration.every.get(name):
             feeds = calibration.every[name]  # GPTQ: every decode step, not the thinned few
         role = GRAPH_ROLES.get(name, "")
         if target.name == "openvino":

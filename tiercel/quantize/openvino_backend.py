@@ -6,6 +6,8 @@
                       output error on held-out feeds is calibrated again on every feed (`choose_calibration`)
     int8-dynamic      nncf.compress_weights INT8 (weights only; the OpenVINO CPU plugin quantises
                       activations dynamically at run time)
+    int8-weight-only  the same as int8-dynamic here (NNCF's INT8 weight compression is per channel; the block
+                      size is onnxruntime's)
     int4-weight-only  nncf.compress_weights INT4_SYM/ASYM with group size = block size and `ratio` of layers
                       in int4 (the rest int8); with calibration feeds, AWQ and scale estimation are candidates
                       beside data-free compression, and the one with the smallest output error on held-out feeds
@@ -77,7 +79,7 @@ def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: l
     names = [p.get_any_name() for p in model.inputs]
     if spec.kind == "keep":
         pass
-    elif role == "embeddings" or spec.kind == "dynamic":
+    elif role == "embeddings" or spec.kind == "dynamic" or (spec.kind == "weight-only" and spec.bits == 8):
         mode = nncf.CompressWeightsMode.INT8_SYM if spec.symmetric else nncf.CompressWeightsMode.INT8_ASYM
         model = nncf.compress_weights(model, mode=mode, ignored_scope=ignored)
         report["mode"] = mode.value

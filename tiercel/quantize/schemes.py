@@ -52,6 +52,10 @@ SCHEMES: dict[str, SchemeSpec] = {
                                    calibrated=True,
                                    help="MatMulNBits int4 blocks (32/64/128), symmetric or not; fp32 activations; "
                                         "with --calib GPTQ (onnxruntime) or AWQ + scale estimation (NNCF)"),
+    "int8-weight-only": SchemeSpec("int8-weight-only", "weight-only", bits=8, per_channel=False, block_size=128,
+                                   help="int8 weights in blocks (onnxruntime MatMulNBits, activations int8 per row at "
+                                        "run time; OpenVINO: NNCF INT8 weights); no calibration; the fastest int8 "
+                                        "decoder at one row"),
     "mixed": SchemeSpec("mixed", "mixed", calibrated=True,
                         policy={"vision": "int8-static", "encoder": "int8-static", "embeddings": "int8-dynamic",
                                 "decoder": "int4-weight-only"},

@@ -30,9 +30,11 @@ class TargetSpec:
 
 TARGETS: dict[str, TargetSpec] = {
     "onnxruntime": TargetSpec("onnxruntime", "onnxruntime", "onnxruntime",
-                              ("int8-static", "int8-dynamic", "int4-weight-only", "mixed"), "onnxruntime.quantization"),
+                              ("int8-static", "int8-dynamic", "int8-weight-only", "int4-weight-only", "mixed"),
+                              "onnxruntime.quantization"),
     "openvino": TargetSpec("openvino", "openvino", "openvino",
-                           ("int8-static", "int8-dynamic", "int4-weight-only", "mixed"), "NNCF on OpenVINO IR"),
+                           ("int8-static", "int8-dynamic", "int8-weight-only", "int4-weight-only", "mixed"),
+                           "NNCF on OpenVINO IR"),
     "tensorrt": TargetSpec("tensorrt", "onnxruntime", "onnxruntime", ("int8-static",),
                            "explicit Q/DQ ONNX (symmetric int8) for TensorRT INT8 engines"),
 }
