@@ -7,7 +7,8 @@ Usage:
 
 (a) The preset's shape with random weights (accuracy means nothing there): the fp32 bundle is exported
     (onnxruntime + OpenVINO IR), then quantised six ways - onnxruntime int8-static, int8-dynamic and
-    int4-weight-only (MatMulNBits, block 32, symmetric), OpenVINO/NNCF int8-static (nncf.quantize), int8-dynamic
+    int4-weight-only (MatMulNBits, block 32, symmetric) (and int8-weight-only, MatMulNBits 8-bit block 128, when
+    --variants names ort-int8-weight-only), OpenVINO/NNCF int8-static (nncf.quantize), int8-dynamic
     (nncf.compress_weights INT8: weights only) and int4 (group 32) - and each is timed:
     vision encoder ms per image, and decoder_with_past ms per token (16 greedy-like steps with the KV cache
     growing from 32, prompt of image tokens + 20). All bundles are opened together and timed in alternation:
@@ -45,6 +46,7 @@ VARIANTS = {  # name -> (runtime backend, quantize backend, scheme) ; None: the 
     "ort-int8": ("onnxruntime", "onnxruntime", "int8-static"),
     "ort-int4": ("onnxruntime", "onnxruntime", "int4-weight-only"),
     "ort-int8-dynamic": ("onnxruntime", "onnxruntime", "int8-dynamic"),
+    "ort-int8-weight-only": ("onnxruntime", "onnxruntime", "int8-weight-only"),
     "ov-fp32": ("openvino", None, None),
     "ov-int8": ("openvino", "openvino", "int8-static"),
     "ov-int8-dynamic": ("openvino", "openvino", "int8-dynamic"),
@@ -287,7 +289,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quantize_cpu.json"))
     args = ap.parse_args()
     log = lambda m: print(m, flush=True)  # noqa: E731
-    result = {"command": "python benchmarks/quantize_cpu.py " + " ".join(os.sys.argv[1:]), "machine": machine()}
+    from image_use import commit
+
+    result = {"command": "python benchmarks/quantize_cpu.py " + " ".join(os.sys.argv[1:]), "commit": commit(),
+              "machine": machine()}
     shape_variants = args.variants.split(",") if args.variants else None
     if shape_variants:
         unknown = sorted(set(shape_variants) - set(VARIANTS))
