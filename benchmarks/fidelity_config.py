@@ -58,7 +58,7 @@ class StudentSpec(Spec):
 
 class BundleSpec(Spec):
     backends: list[Literal["onnxruntime", "openvino"]] = Field(list(BACKENDS), description="quantization and runtime backends")
-    schemes: list[Literal["int8-static", "int8-dynamic", "int4-weight-only"]] = Field(list(MAX_DROP), description="quantization schemes")
+    schemes: list[Literal["int8-static", "int8-dynamic", "int8-weight-only", "int4-weight-only"]] = Field(list(MAX_DROP), description="quantization schemes")
     quantize: dict = Field(default_factory=dict, description="tiercel.quantize.settings.QuantizeOptions fields (not backend)")
     max_drop: dict[str, float] = Field(dict(MAX_DROP), description="accuracy guard per scheme: largest relative val drop")
 

@@ -44,8 +44,23 @@ def test_quantize_then_run(tiny_model, tiny_tokenizer, tmp_path):
     (["--scheme", "int4-weight-only", "--block-size", "48"], "--block-size: must be one of 32, 64, 128"),
     (["--scheme", "int4-weight-only", "--confidence", "1.5"], "--confidence: Input should be less than 1 (got 1.5)"),
     (["--scheme", "int8-static", "--engines"], "--engines builds TensorRT engines, so it needs --backend tensorrt"),
+    (["--scheme", "mixed", "--policy", "decoder=int3"], "--policy: 'int3' is not a leaf scheme; choose one of: int8-static"),
+    (["--scheme", "mixed", "--policy", "head=int8-static"], "--policy: unknown graph role 'head'; roles: decoder, embeddings"),
+    (["--scheme", "int8-dynamic", "--policy", "decoder=int8-static"], "a per-graph --policy needs --scheme mixed"),
 ])
 def test_bad_choices_are_one_line_errors(tiny_model, tiny_tokenizer, tmp_path, args, message):
     out = run_cli("quantize", str(tiny_bundle(tiny_model, tiny_tokenizer)), "--out", str(tmp_path / "q"), *args)
     assert out.returncode == 1
     assert out.stderr.strip().count("\n") == 0 and message in out.stderr, out.stderr
+
+
+def test_mixed_policy_gives_the_decoders_int8_weight_only(tiny_model, tiny_tokenizer, tmp_path):
+    out = run_cli("quantize", str(tiny_bundle(tiny_model, tiny_tokenizer)), "--out", str(tmp_path / "q"), "--scheme", "mixed",
+                  "--policy", "decoder=int8-weight-only", "--calib", str(synth_folder()), "--n", "3", "--n-val", "0")
+    assert out.returncode == 0, out.stderr
+    graphs = json.loads((tmp_path / "q" / "manifest.json").read_text())["quantization"]["graphs"]
+    assert graphs == {"vision_encoder": "int8-static", "embed_tokens": "int8-dynamic", "encoder_model": "int8-static",
+                      "decoder_model": "int8-weight-only", "decoder_with_past_model": "int8-weight-only"}
+    bad = run_cli("quantize", str(tmp_path / "q"), "--out", str(tmp_path / "r"), "--scheme", "mixed", "--policy", "decoder")
+    assert bad.returncode == 1 and bad.stderr == ("error: Invalid value for --policy: expected ROLE=SCHEME, e.g. "
+                                                  "decoder=int8-weight-only (got 'decoder')\n")

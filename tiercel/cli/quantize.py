@@ -33,6 +33,7 @@ def quantize(
     confidence: float = _opt("confidence"),
     block_size: int = _opt("block_size"),
     asymmetric: bool = typer.Option(False, "--asymmetric", help="int4 blocks with zero points instead of symmetric."),
+    policy: list[str] = typer.Option(None, "--policy", help="With --scheme mixed: ROLE=SCHEME gives a graph role (vision, encoder, embeddings, decoder) its own leaf scheme; repeatable. Roles not named keep mixed's defaults (vision and encoder int8-static, embeddings int8-dynamic, decoder int4-weight-only)."),
     backend: str = _opt("backend"),
     ratio: float = _opt("ratio"),
     max_new_tokens: int = _opt("max_new_tokens"),
@@ -46,11 +47,17 @@ def quantize(
 
     from tiercel.quantize import quantize_bundle
 
+    roles = {}
+    for item in policy or ():
+        role, sep, leaf = item.partition("=")
+        if not (sep and role.strip() and leaf.strip()):
+            raise typer.BadParameter(f"expected ROLE=SCHEME, e.g. decoder=int8-weight-only (got '{item}')", param_hint="--policy")
+        roles[role.strip()] = leaf.strip()
     settings = make_settings(option=lambda f: f"--{f.replace('_', '-')}", scheme=scheme, n=n, max_drop=max_drop,
                              n_val=n_val, min_agreement=min_agreement, confidence=confidence, block_size=block_size,
                              symmetric=False if asymmetric else None, backend=backend, ratio=ratio,
                              max_new_tokens=max_new_tokens, max_retries=max_retries, sensitivity=sensitivity,
-                             engines=engines)
+                             engines=engines, policy=roles or None)
     section = quantize_bundle(bundle, out, calib=calib, root=root, val=val, settings=settings, overwrite=overwrite,
                               log=lambda m: typer.echo(m, err=True))
     for name, row in section.sizes.items():

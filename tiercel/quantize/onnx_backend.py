@@ -23,8 +23,8 @@ the accuracy guard keeps in higher precision: fp32, or int8 blocks under int4-we
     int8-weight-only  MatMulNBits 8-bit blocks of 32/64/128 (default 128), accuracy_level 4, round-to-nearest: the
                       same kernel family as int4, which streams int8 weights at one row faster than onnxruntime's
                       MatMulIntegerToFloat / DynamicQuantizeMatMul (Florence-2-base decoder step at one row on a
-                      2-core EPYC: 1.34x faster than int8-dynamic, 1.18x slower at 14 rows:
-                      benchmarks/results/decode_profile_cpu.md). Activations are quantised per row and block, so a
+                      2-core EPYC: 1.29x faster than int8-dynamic, 1.21x slower at 14 rows:
+                      benchmarks/results/decode_profile_int8wo_cpu.md). Activations are quantised per row and block, so a
                       call with several tokens gives each the logits it gets alone (jump-forward stays on).
                       Excluded layers stay fp32; convolutions are not touched
     embeddings        int8: Gather on an int8 table + DequantizeLinear; int4: GatherBlockQuantized with the

@@ -51,7 +51,7 @@ class QuantizeOptions(BaseModel):
     n_val: int = Field(224, ge=0, description="Val samples the guard compares on, balanced over tasks (224: 16 per task; 0: no guard).")
     min_agreement: float = Field(0.0, ge=0, le=1, description="Also require this greedy token agreement with fp32 (0..1).")
     confidence: float = Field(0.9, ge=0, lt=1, description="The guard holds when this quantile of the paired-bootstrap drop is within max_drop (0: the point drop decides).")
-    block_size: int | None = Field(None, description=f"int4 block size: {', '.join(map(str, BLOCK_SIZES))} (default {SCHEMES['int4-weight-only'].block_size}).")
+    block_size: int | None = Field(None, description=f"weight-only block size: {', '.join(map(str, BLOCK_SIZES))} (default {SCHEMES['int4-weight-only'].block_size} for int4, {SCHEMES['int8-weight-only'].block_size} for int8).")
     symmetric: bool | None = Field(None, description="int4 blocks symmetric (true) or with zero points (false); default: the scheme's.")
     policy: dict[str, str] | None = Field(None, description="mixed only: leaf scheme per graph role (vision, encoder, embeddings, decoder).")
     ratio: float = Field(1.0, ge=0, le=1, description="OpenVINO int4: share of layers in int4 (the rest int8).")
