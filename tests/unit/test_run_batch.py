@@ -46,6 +46,32 @@ def test_run_batch_equals_run_on_each_item_and_encodes_each_image_once(bundle, b
     assert m.run_batch([]) == []
 
 
+@pytest.mark.parametrize("scheme, max_gap", [("int8-weight-only", 1e-5), ("int8-dynamic", None)])
+def test_int8_weight_only_rounds_each_row_on_its_own(bundle, tmp_path, scheme, max_gap):
+    """A decoder step's logits for a row are the same alone and beside a row of 30x larger activations under
+    int8-weight-only (MatMulNBits quantizes each row by itself); int8-dynamic's one scale spans the call."""
+    import onnxruntime as ort
+
+    from tiercel.quantize import quantize_bundle
+    from tiercel.runtime import read_bundle
+
+    quantize_bundle(bundle, tmp_path / "q", scheme, n_val=0)
+    b = read_bundle(tmp_path / "q")
+    m = b.manifest.model
+    sess = ort.InferenceSession(str(b.root / b.entries("onnxruntime")["decoder_with_past_model"].file),
+                                providers=["CPUExecutionProvider"])
+    d, heads, enc, rng = m.d_model, m.attention_heads, 20, np.random.default_rng(0)
+    feeds = {f"past_key_values.{i}.{w}.{k}": rng.standard_normal((2, heads, 5 if w == "decoder" else enc, d // heads),
+                                                                 dtype=np.float32)
+             for i in range(m.decoder_layers) for w in ("decoder", "encoder") for k in ("key", "value")}
+    feeds["inputs_embeds"] = rng.standard_normal((2, 1, d), dtype=np.float32) * np.array([1, 30], np.float32)[:, None, None]
+    feeds["encoder_attention_mask"] = np.ones((2, enc), np.int64)
+    both = sess.run(["logits"], feeds)[0]
+    alone = sess.run(["logits"], {k: v[:1] for k, v in feeds.items()})[0]
+    gap = np.abs(both[:1] - alone).max()
+    assert (gap < max_gap) if max_gap else (gap > 1e-3), gap  # None: the row must move
+
+
 def test_run_batch_chunks_the_vision_encoder_calls(bundle, monkeypatch):
     import tiercel.runtime as rt
     import tiercel.runtime.model as model
