@@ -15,7 +15,9 @@ towards issue 22's targets builds up across sessions. The final numbers are fide
 
 Rows are kept per training (`--run`): the first teacher's checkpoints were lost with its machine on 2026-12-04
 after both stages' scores were recorded (rows without a run are that training, run 1); the same recipe then
-started again from step 0 as run 2, so its rows sit beside run 1's at the same steps. Each row also has the
+started again from step 0 as run 2, so its rows sit beside run 1's at the same steps; run 2 was lost the same
+way on 2026-12-05 at about step 56,000, and run 3 (the default now) is the one carried between machines by
+benchmarks/fidelity_carry.py. Each row also has the
 checkpoint's `train_seconds` (wall time of training up to it, over every resume; null for checkpoints written
 before the trainer recorded it).
 """
@@ -54,7 +56,7 @@ def main() -> None:
     ap.add_argument("--wait", action="store_true", help="wait for each --step's checkpoint to be written, then score it")
     ap.add_argument("--limit", type=int, default=64, help="test records per task")
     ap.add_argument("--stage", type=int, default=1, help="the teacher's training stage (fidelity.yaml teacher.stages)")
-    ap.add_argument("--run", type=int, default=2, help="which training of the teacher the checkpoints belong to "
+    ap.add_argument("--run", type=int, default=3, help="which training of the teacher the checkpoints belong to "
                     "(1: the first, whose checkpoints are lost; 2: the one started again on 2026-12-04)")
     args = ap.parse_args()
     if args.wait and not args.step:
