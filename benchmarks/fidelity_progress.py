@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=64, help="test records per task")
     ap.add_argument("--stage", type=int, default=1, help="the teacher's training stage (fidelity.yaml teacher.stages)")
     ap.add_argument("--run", type=int, default=3, help="which training of the teacher the checkpoints belong to "
-                    "(1: the first, whose checkpoints are lost; 2: the one started again on 2026-12-04)")
+                    "(1 and 2: lost with their machines; 3: started on 2026-12-05, carried in git)")
     args = ap.parse_args()
     if args.wait and not args.step:
         sys.exit("--wait: give the checkpoint steps to wait for with --step")
