@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 from synth_runs import KEY_FILE  # noqa: E402
 
+from tiercel.distill.checkpoints import latest as newest  # noqa: E402  (a run's newest complete checkpoint)
+
 CARRY = HERE / "carry" / "fidelity"
 WORK = HERE / "work" / "fidelity"
 MANIFEST = "MANIFEST.json"
@@ -45,15 +47,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def newest(run: Path) -> Path | None:
-    """A training run's newest complete checkpoint (tiercel.distill.checkpoints.latest's rule)."""
-    pointer = run / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    path = run / "checkpoints" / pointer.read_text().strip()
-    return path if (path / "trainer_state.pt").is_file() else None
 
 
 def step_of(checkpoint: Path | None) -> int:

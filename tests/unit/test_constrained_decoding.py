@@ -248,11 +248,20 @@ def test_jump_forward_skips_a_decoder_step_per_forced_tag_with_the_same_tokens(f
     """Greedy, one prompt at a time: `</box>` after the 4th bin and `</quad>` after the 8th are appended without
     a decoder step of their own (the next step feeds two tokens); the tokens are those of one token per step."""
     import tiercel.runtime as rt
-    from tiercel.runtime.profile import StageTimer
 
     m = rt.load(fitted_bundle, backend=backend, io_binding=io_binding)  # io_binding: the KV cache as OrtValues
+    saved, answers = jump_forward_saves(m)
+    assert answers == ANSWERS
+    assert {t: n for t, n in saved.items() if n} == {"REG_DET_HBB": 2, "REG_DET_OBB": 1, "REG_VG": 1}
+
+
+def jump_forward_saves(m) -> tuple[dict, dict]:
+    """Greedy on every prompt with and without jump-forward: asserts the same tokens; returns the decoder steps
+    jump-forward saved per task and the answers."""
+    from tiercel.runtime.profile import StageTimer
+
     feats = m.image_features(m.pixel_values(image(1)))
-    saved = {}
+    saved, answers = {}, {}
     for tag, prompt in prompts().items():
         ids, steps = {}, {}
         for jump in (False, True):
@@ -261,9 +270,8 @@ def test_jump_forward_skips_a_decoder_step_per_forced_tag_with_the_same_tokens(f
             steps[jump] = [name for name, _ in m.timer.take()].count("decode_token")
         m.timer = None
         assert ids[True] == ids[False], tag
-        assert m.tokenizer.decode(ids[True][0]) == ANSWERS[tag], tag
-        saved[tag] = steps[False] - steps[True]
-    assert {t: n for t, n in saved.items() if n} == {"REG_DET_HBB": 2, "REG_DET_OBB": 1, "REG_VG": 1}
+        saved[tag], answers[tag] = steps[False] - steps[True], m.tokenizer.decode(ids[True][0])
+    return saved, answers
 
 
 def test_no_jump_forward_where_two_tokens_in_one_call_would_round_differently(fitted_bundle, tmp_path):
@@ -283,21 +291,10 @@ def test_int8_weight_only_keeps_jump_forward_with_the_same_tokens(fitted_bundle,
     alone: int8-weight-only bundles keep jump-forward, and it changes no token."""
     import tiercel.runtime as rt
     from tiercel.quantize import quantize_bundle
-    from tiercel.runtime.profile import StageTimer
 
     out = tmp_path / "int8-weight-only"
     quantize_bundle(fitted_bundle, out, "int8-weight-only", n_val=0)
     m = rt.load(out)
     assert m.multi_token
-    feats = m.image_features(m.pixel_values(image(1)))
-    saved = 0
-    for tag, prompt in prompts().items():
-        ids, steps = {}, {}
-        for jump in (False, True):
-            m.timer = StageTimer()
-            ids[jump] = m.generate_ids(feats, [prompt], tasks_=[tag], num_beams=1, max_new_tokens=NEW, jump_forward=jump)
-            steps[jump] = [name for name, _ in m.timer.take()].count("decode_token")
-        m.timer = None
-        assert ids[True] == ids[False], tag
-        saved += steps[False] - steps[True]
-    assert saved > 0
+    saved, _ = jump_forward_saves(m)
+    assert sum(saved.values()) > 0
