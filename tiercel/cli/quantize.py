@@ -33,7 +33,7 @@ def quantize(
     confidence: float = _opt("confidence"),
     block_size: int = _opt("block_size"),
     asymmetric: bool = typer.Option(False, "--asymmetric", help="int4 blocks with zero points instead of symmetric."),
-    policy: list[str] = typer.Option(None, "--policy", help="With --scheme mixed: ROLE=SCHEME gives a graph role (vision, encoder, embeddings, decoder) its own leaf scheme; repeatable. Roles not named keep mixed's defaults (vision and encoder int8-static, embeddings int8-dynamic, decoder int4-weight-only)."),
+    policy: list[str] = typer.Option(None, "--policy", help=_F["policy"].description),
     backend: str = _opt("backend"),
     ratio: float = _opt("ratio"),
     max_new_tokens: int = _opt("max_new_tokens"),

@@ -53,7 +53,9 @@ class QuantizeOptions(BaseModel):
     confidence: float = Field(0.9, ge=0, lt=1, description="The guard holds when this quantile of the paired-bootstrap drop is within max_drop (0: the point drop decides).")
     block_size: int | None = Field(None, description=f"weight-only block size: {', '.join(map(str, BLOCK_SIZES))} (default {SCHEMES['int4-weight-only'].block_size} for int4, {SCHEMES['int8-weight-only'].block_size} for int8).")
     symmetric: bool | None = Field(None, description="int4 blocks symmetric (true) or with zero points (false); default: the scheme's.")
-    policy: dict[str, str] | None = Field(None, description="mixed only: leaf scheme per graph role (vision, encoder, embeddings, decoder).")
+    policy: dict[str, str] | None = Field(None, description="With --scheme mixed: ROLE=SCHEME gives a graph role (vision, encoder, embeddings, decoder) its own "
+                                              "leaf scheme; repeatable. Roles not named keep mixed's defaults (vision and encoder "
+                                              "int8-static, embeddings int8-dynamic, decoder int4-weight-only).")
     ratio: float = Field(1.0, ge=0, le=1, description="OpenVINO int4: share of layers in int4 (the rest int8).")
     max_new_tokens: int = Field(64, gt=0, description="Tokens generated per sample when calibrating and guarding.")
     max_retries: int = Field(4, ge=0, description="Guard attempts that keep more layers in higher precision before giving up.")
