@@ -26,8 +26,9 @@ in this file; the schema is benchmarks/fidelity_config.py):
 Resumable: every finished stage (data, each training run, export, each quantized bundle, each evaluation and
 probe) is stored under --work with a fingerprint of its settings and inputs; a rerun skips the stages whose
 fingerprint still matches and redoes those whose settings changed, with everything after them. A killed training
-run resumes from its newest checkpoint. On a new machine, benchmarks/fidelity_carry.py's last save (committed under
-benchmarks/carry/fidelity/) is restored first, so the run goes on from there (docs/fidelity.md). A stage after the teacher that fails (a student, the export, a bundle's
+run resumes from its newest checkpoint. On a new machine (no training run and no finished stage under --work),
+benchmarks/fidelity_carry.py's last save (committed under benchmarks/carry/fidelity/) is restored first, so the
+run goes on from there (docs/fidelity.md). A stage after the teacher that fails (a student, the export, a bundle's
 quantization or evaluation, a probe) is recorded as that column's error, the rest still runs, and the command
 exits 1 naming it; a rerun retries it. `--fresh` starts over.
 

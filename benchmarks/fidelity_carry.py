@@ -3,7 +3,8 @@
 The full run takes about 12 hours of CPU (fidelity.py's docstring); a working session here lasts 3 hours and may
 start on a new machine with an empty benchmarks/work/. `save` copies what the run needs to go on into
 benchmarks/carry/fidelity/, small enough to commit; fidelity.py restores it by itself when its work folder holds
-no finished stage, so a fresh clone resumes where the last save left off:
+no training run and no finished stage (a new machine, a fresh clone), so the run resumes where the last save left
+off:
 
     python benchmarks/fidelity_carry.py save      # while or after the run: newest checkpoint of each training run
     python benchmarks/fidelity_carry.py restore   # what fidelity.py does on start; run by hand to inspect
@@ -11,11 +12,17 @@ no finished stage, so a fresh clone resumes where the last save left off:
 
 What is carried: every finished stage's JSON but the data's (the data is regenerated from its seed: same records,
 same stage key); per training run its key, log and either its published student (finished) or its newest
-checkpoint (weights, optimizer, scheduler and RNG states: the resume is exact); the bundles. Text files have the
+checkpoint (weights, optimizer, scheduler and RNG states: the resume is exact) with a `latest` pointer written
+from that checkpoint's name; the bundles. Temporary files of a write in progress are left out. Text files have the
 work folder written as $WORK (stage keys do too), so the carry restores into any folder. MANIFEST.json lists every
-file with its size and sha256; restore checks them before writing anything, and never replaces newer local work:
-a stage JSON, a run's key or log that exists locally stays, and a carried checkpoint becomes a run's `latest` only
-when it is newer than the local one.
+file with its size and sha256; restore checks them, and that each run's `latest` names a carried checkpoint,
+before writing anything.
+
+Restore only ever starts a work folder: it writes nothing when the folder already holds a training run or a
+finished stage (it says so), so local work is never mixed with the carry, and a run started over with
+`fidelity.py --fresh` is not undone by the carry on its next start. Each file is written under a temporary name
+and renamed into place, the `latest` pointers last, so an interrupted restore leaves no run that looks resumable
+and half-copied.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -57,34 +65,51 @@ def describe(info: dict) -> str:
     return "finished" if info["finished"] else f"step {info['step']}" if info["step"] is not None else "no checkpoint yet"
 
 
-def carried_files(work: Path) -> tuple[list[Path], dict]:
-    """The files of `work` to carry (relative paths) and, per training run, what of it is carried."""
-    files, runs = [], {}
+def _temporary(path: Path) -> bool:
+    """A file some writer has not finished (fileio's `.NAME.tmp-PID-*`) or is replacing (`.NAME.old-PID-*`)."""
+    return path.name.startswith(".") and (".tmp-" in path.name or ".old-" in path.name)
+
+
+def _files(folder: Path, work: Path, recursive: bool = True) -> list[Path]:
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return [p.relative_to(work) for p in sorted(found)
+            if p.is_file() and not any(_temporary(q) for q in (p, *p.relative_to(folder).parents) if q.name)]
+
+
+def carried_files(work: Path) -> tuple[list[Path], dict[Path, str], dict]:
+    """What of `work` to carry: the files to copy (relative paths), the `latest` pointers to write (relative path ->
+    checkpoint name, taken from the checkpoint chosen, never copied: the trainer may move it on meanwhile) and, per
+    training run, what of it is carried."""
+    files, pointers, runs = [], {}, {}
     stages = work / "stages"
-    files += [p.relative_to(work) for p in sorted(stages.glob("*.json")) if p.name != "data.json"]
+    files += [p.relative_to(work) for p in sorted(stages.glob("*.json")) if p.name != "data.json" and not _temporary(p)]
     for key in sorted(work.rglob(KEY_FILE)):
         run = key.parent
-        files += [p.relative_to(work) for p in sorted(run.iterdir()) if p.is_file()]
+        name = str(run.relative_to(work))
+        files += _files(run, work, recursive=False)
         if (run / "student" / "model.safetensors").is_file():
-            files += [p.relative_to(work) for p in sorted((run / "student").rglob("*")) if p.is_file()]
-            runs[str(run.relative_to(work))] = {"finished": True}
+            files += _files(run / "student", work)
+            runs[name] = {"finished": True}
         elif (ckpt := newest(run)) is not None:
-            files += [p.relative_to(work) for p in sorted(ckpt.rglob("*")) if p.is_file()]
-            files.append((run / "checkpoints" / "latest").relative_to(work))
-            runs[str(run.relative_to(work))] = {"finished": False, "step": step_of(ckpt)}
+            files += _files(ckpt, work)
+            pointers[(run / "checkpoints" / "latest").relative_to(work)] = ckpt.name
+            runs[name] = {"finished": False, "step": step_of(ckpt)}
         else:
-            runs[str(run.relative_to(work))] = {"finished": False, "step": None}
+            runs[name] = {"finished": False, "step": None}
     if (work / "bundles").is_dir():
-        files += [p.relative_to(work) for p in sorted((work / "bundles").rglob("*")) if p.is_file()]
-    return files, runs
+        files += _files(work / "bundles", work)
+    return files, pointers, runs
 
 
 def copy(src: Path, dst: Path, old: str, new: str) -> None:
+    """Copy `src` to `dst` through a temporary name, with `old` written as `new` in text files."""
     dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-carry")
     if src.suffix in TEXT:
-        dst.write_text(src.read_text().replace(old, new))
+        tmp.write_text(src.read_text().replace(old, new))
     else:
-        shutil.copy2(src, dst)
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
 
 
 def save(work: Path, carry: Path) -> dict:
@@ -95,11 +120,21 @@ def save(work: Path, carry: Path) -> dict:
         sys.exit(f"{work}: no fidelity run here (no stages/); run benchmarks/fidelity.py first")
     if carry.exists() and not (carry / MANIFEST).is_file():
         sys.exit(f"{carry}: exists and is not a carry (no {MANIFEST}); move it away or pass another --carry")
-    files, runs = carried_files(work)
     tmp = carry.with_name(carry.name + ".saving")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for rel in files:
-        copy(work / rel, tmp / rel, str(work), PLACEHOLDER)
+    for attempt in range(3):  # the trainer prunes old checkpoints: one may go while it is copied
+        shutil.rmtree(tmp, ignore_errors=True)
+        files, pointers, runs = carried_files(work)
+        try:
+            for rel in files:
+                copy(work / rel, tmp / rel, str(work), PLACEHOLDER)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    for rel, name in pointers.items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_text(name + "\n")
+    files += list(pointers)
     manifest = {"what": "benchmarks/fidelity_carry.py save: a fidelity run to resume on another machine",
                 "saved": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit(), "runs": runs,
                 "files": {str(rel): {"bytes": (tmp / rel).stat().st_size, "sha256": sha256(tmp / rel)} for rel in files}}
@@ -115,35 +150,37 @@ def save(work: Path, carry: Path) -> dict:
     return manifest
 
 
+def local_work(work: Path) -> str | None:
+    """What in `work` a restore would mix with (a training run or a finished stage), or None."""
+    run = next(iter(sorted(work.rglob(KEY_FILE))), None) if work.is_dir() else None
+    if run is not None:
+        return f"a training run ({run.parent.relative_to(work)})"
+    stage = next((p for p in sorted((work / "stages").glob("*.json")) if p.name != "data.json"), None) \
+        if (work / "stages").is_dir() else None
+    return f"a finished stage ({stage.relative_to(work)})" if stage is not None else None
+
+
 def restore(carry: Path, work: Path) -> list[str]:
-    """Copy the carry into `work` without replacing newer local work; returns one line per training run."""
+    """Copy the carry into `work` when `work` holds no run yet; returns one line per training run (or why not)."""
     path = carry / MANIFEST
     if not path.is_file():
         return []
+    if (there := local_work(work)) is not None:
+        return [f"not restored: {work} already holds {there}; the run goes on from it "
+                f"(move the folder away to start from the carry)"]
     manifest = json.loads(path.read_text())
     for rel, meta in manifest["files"].items():
         f = carry / rel
         if not f.is_file() or f.stat().st_size != meta["bytes"] or sha256(f) != meta["sha256"]:
             sys.exit(f"{f}: missing or not what {path} lists; check out {carry} again (git checkout -- {carry})")
-    lines, skip = [], set()
-    for run, info in manifest["runs"].items():
-        local, there = work / run, step_of(newest(work / run))
-        if (local / "student" / "model.safetensors").is_file() or (not info["finished"] and (info["step"] or -1) <= there):
-            skip.add(run)
-            lines.append(f"{run}: kept the local run (step {there if there >= 0 else 'finished'})")
-        elif (local / KEY_FILE).is_file() and (local / KEY_FILE).read_text() != \
-                (carry / run / KEY_FILE).read_text().replace(PLACEHOLDER, str(work)):
-            skip.add(run)
-            lines.append(f"{run}: kept the local run (trained from other settings than the carried one)")
-        else:
-            lines.append(f"{run}: {describe(info)} from the carry")
-    for rel in manifest["files"]:
-        run = next((r for r in manifest["runs"] if rel.startswith(r + "/")), None)
-        dst = work / rel
-        if run in skip or (dst.exists() and not rel.endswith("checkpoints/latest")):
-            continue
-        copy(carry / rel, dst, PLACEHOLDER, str(work))
-    return lines
+    pointers = [rel for rel in manifest["files"] if rel.endswith("checkpoints/latest")]
+    for rel in pointers:
+        ckpt = (carry / rel).parent / (carry / rel).read_text().strip()
+        if f"{ckpt.relative_to(carry)}/trainer_state.pt" not in manifest["files"]:
+            sys.exit(f"{carry / rel}: names {ckpt.name}, which the carry does not hold; save the carry again")
+    for rel in [r for r in manifest["files"] if r not in pointers] + pointers:
+        copy(carry / rel, work / rel, PLACEHOLDER, str(work))
+    return [f"{run}: {describe(info)} from the carry" for run, info in manifest["runs"].items()]
 
 
 def main() -> None:

@@ -66,26 +66,54 @@ def test_a_carried_run_resumes_in_another_folder_from_its_newest_checkpoint(tmp_
     assert not (there / "stages" / "data.json").exists()  # the data is made again from its seed
 
 
-def test_restore_keeps_local_work_that_is_newer_than_the_carry(tmp_path):
+@pytest.mark.parametrize("local", ["run", "stage"])
+def test_restore_writes_nothing_into_a_folder_that_holds_work(tmp_path, local):
+    """A local run (newer, older or from other settings, or one started over with --fresh) is never mixed with the
+    carry: restore leaves the folder as it is and says why."""
     work, carry, there = tmp_path / "work", tmp_path / "carry", tmp_path / "there"
     a_run(work)
     fc.save(work, carry)
-    checkpoint(there / "teacher", 3, b"three")
-    (there / "teacher" / KEY_FILE).write_text("abc")
+    if local == "run":
+        checkpoint(there / "teacher", 1, b"fresh")
+        (there / "teacher" / KEY_FILE).write_text("abc")
+    else:
+        Stages(there / "stages").run("train/ce/seed0", {"out": "x"}, lambda: {"student": "x"})
+    before = sorted(p.relative_to(there) for p in there.rglob("*"))
     lines = fc.restore(carry, there)
-    assert "teacher: kept the local run (step 3)" in lines
-    assert (there / "teacher" / "checkpoints" / "latest").read_text() == "step_000003\n"
-    assert not (there / "teacher" / "checkpoints" / "step_000002").exists()
+    what = "a training run (teacher)" if local == "run" else "a finished stage (stages/train__ce__seed0.json)"
+    assert lines == [f"not restored: {there} already holds {what}; the run goes on from it "
+                     "(move the folder away to start from the carry)"]
+    assert sorted(p.relative_to(there) for p in there.rglob("*")) == before
 
 
-def test_restore_keeps_a_local_run_trained_from_other_settings(tmp_path):
+def test_save_writes_latest_for_the_checkpoint_it_copied(tmp_path, monkeypatch):
+    """The trainer may publish a newer checkpoint while the carry is saved: the carried `latest` names the one
+    copied, not whatever the local pointer says by then; half-written files are left out."""
+    work, carry = tmp_path / "work", tmp_path / "carry"
+    a_run(work)
+    (work / "teacher" / "checkpoints" / ".step_000003.tmp-123-ab").mkdir()
+    (work / "teacher" / "checkpoints" / ".step_000003.tmp-123-ab" / "model.safetensors").write_bytes(b"half")
+    (work / "stages" / ".x.json.tmp-123-cd").write_text("{}")
+    chosen = work / "teacher" / "checkpoints" / "step_000001"
+    monkeypatch.setattr(fc, "newest", lambda run: chosen if run.name == "teacher" else None)
+    manifest = fc.save(work, carry)
+    assert manifest["runs"]["teacher"] == {"finished": False, "step": 1}
+    assert (carry / "teacher" / "checkpoints" / "latest").read_text() == "step_000001\n"
+    assert not [f for f in manifest["files"] if ".tmp-" in f]
+
+
+def test_restore_refuses_a_latest_that_names_a_checkpoint_not_carried(tmp_path):
     work, carry, there = tmp_path / "work", tmp_path / "carry", tmp_path / "there"
     a_run(work)
     fc.save(work, carry)
-    (there / "teacher").mkdir(parents=True)
-    (there / "teacher" / KEY_FILE).write_text("other")
-    assert "teacher: kept the local run (trained from other settings than the carried one)" in fc.restore(carry, there)
-    assert not (there / "teacher" / "checkpoints").exists()
+    pointer = carry / "teacher" / "checkpoints" / "latest"
+    pointer.write_text("step_000009\n")
+    manifest = json.loads((carry / fc.MANIFEST).read_text())
+    manifest["files"]["teacher/checkpoints/latest"] = {"bytes": pointer.stat().st_size, "sha256": fc.sha256(pointer)}
+    (carry / fc.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match=r"checkpoints/latest: names step_000009, which the carry does not hold"):
+        fc.restore(carry, there)
+    assert not there.exists()
 
 
 def test_a_damaged_carry_is_refused_before_anything_is_written(tmp_path):
