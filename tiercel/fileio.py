@@ -5,7 +5,8 @@ Every output is written under a temporary name next to its destination (`.NAME.t
 removes it only once the new one is in place, so a kill at any moment leaves the old or the new output under
 its name, never neither. Leftovers of a killed run are tidied by the next write of the same output: its
 temporary folders are removed and an output left aside is put back. Only names of that pattern whose process
-is gone are touched. Outputs get the permissions a plain mkdir/open would give under the process's umask.
+is gone are touched. A Ctrl-C that got lost on the way (tiercel.progress.interrupted) stops an output before
+its rename. Outputs get the permissions a plain mkdir/open would give under the process's umask.
 
 Knows nothing about what is written; used by every stage that writes a file or a directory.
 """
@@ -22,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from tiercel.errors import TiercelError
+from tiercel.progress import interrupted
 
 
 @contextlib.contextmanager
@@ -37,6 +39,7 @@ def atomic_dir(dst: str | Path, overwrite: bool = False, marker: str | None = No
     try:
         os.chmod(tmp, 0o777 & ~umask())
         yield tmp
+        interrupted()  # a Ctrl-C that got lost on the way: the output is not complete, do not publish it
         _fsync_tree(tmp)
         replace_into(tmp, dst)
     finally:
@@ -145,6 +148,7 @@ def atomic_path(path: str | Path):
     tmp = Path(tmp)
     try:
         yield tmp
+        interrupted()
         os.chmod(tmp, 0o666 & ~umask())
         _fsync(tmp)
         os.replace(tmp, path)

@@ -60,17 +60,35 @@ class _State:
 
 
 _state: ContextVar[_State | None] = ContextVar("tiercel_progress", default=None)
-_ctrl_c = threading.Event()  # set by catching_ctrl_c's handler, cleared when its block ends
+
+
+class _Flag:
+    """A Ctrl-C flag a signal handler can set: a plain attribute write (threading.Event.set takes a lock, which
+    the interrupted main thread may hold at that moment)."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def clear(self) -> None:
+        self.value = False
+
+    def is_set(self) -> bool:
+        return self.value
+
+
+_ctrl_c = _Flag()  # set by catching_ctrl_c's handler, cleared when its block ends
 
 
 @contextlib.contextmanager
 def catching_ctrl_c():
     """While the block runs, Ctrl-C raises KeyboardInterrupt as Python's own handler does and also sets a flag that
-    stays set until the block ends: yields it (a threading.Event). Bars then raise KeyboardInterrupt again at their
+    stays set until the block ends: yields it (is_set() reads it). Bars then raise KeyboardInterrupt again at their
     next update if the first one was lost (module docstring), and the `tiercel` command does not exit 0 once it is
-    set. Where SIGINT
-    is not Python's default handler (ignored, as in a shell's background job) or off the main thread, nothing
-    changes and the flag never sets."""
+    set. Where SIGINT is not Python's default handler (ignored, as in a shell's background job) or off the main
+    thread, nothing changes and the flag never sets."""
     _ctrl_c.clear()
     previous = signal.getsignal(signal.SIGINT)
     installed = False

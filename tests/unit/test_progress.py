@@ -136,6 +136,20 @@ def test_a_dropped_ctrl_c_stops_the_work_at_the_next_bar_update():
     bar.advance()
 
 
+def test_a_dropped_ctrl_c_after_the_last_bar_update_publishes_no_output(tmp_path):
+    from tiercel.fileio import atomic_dir, write_json
+
+    with progress.catching_ctrl_c():
+        _dropped_ctrl_c()
+        with pytest.raises(KeyboardInterrupt):
+            write_json(tmp_path / "result.json", {"complete": False})
+        with pytest.raises(KeyboardInterrupt), atomic_dir(tmp_path / "bundle") as tmp:
+            (tmp / "model.onnx").write_bytes(b"half")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporary left behind
+    write_json(tmp_path / "result.json", {"complete": True})  # outside the block: written as usual
+    assert (tmp_path / "result.json").is_file()
+
+
 def test_a_command_that_swallowed_ctrl_c_exits_130_not_0(monkeypatch, capsys):
     import tiercel.data.synth as synth
     from tiercel.cli import main
