@@ -288,7 +288,7 @@ def test_no_jump_forward_where_two_tokens_in_one_call_would_round_differently(fi
 
 def test_int8_weight_only_keeps_jump_forward_with_the_same_tokens(fitted_bundle, tmp_path):
     """MatMulNBits quantizes activations per row and block, so a two-token call gives each token the logits it gets
-    alone: int8-weight-only bundles keep jump-forward, and it changes no token."""
+    alone: int8-weight-only bundles keep jump-forward on onnxruntime, and it changes no token."""
     import tiercel.runtime as rt
     from tiercel.quantize import quantize_bundle
 
@@ -298,3 +298,5 @@ def test_int8_weight_only_keeps_jump_forward_with_the_same_tokens(fitted_bundle,
     assert m.multi_token
     saved, _ = jump_forward_saves(m)
     assert sum(saved.values()) > 0
+    quantize_bundle(fitted_bundle, tmp_path / "ov", "int8-weight-only", n_val=0, backend="openvino")
+    assert not rt.load(tmp_path / "ov", backend="openvino").multi_token  # OpenVINO's int8-weight-only IR is its int8-dynamic one

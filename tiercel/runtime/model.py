@@ -170,10 +170,13 @@ class Model:
         self.merged = man.decoder == "merged"
         self.per_item = man.cross_kv == "per_item"  # encoder inputs and cross-attention KV once per item
         # the decoder graphs take several new tokens per call (jump-forward); TensorRT engines are built for one,
-        # and int8-dynamic graphs scale their activations per call (two tokens in one call round differently)
+        # and int8-dynamic graphs scale their activations per call (two tokens in one call round differently).
+        # OpenVINO's int8-weight-only IR is int8-dynamic's (same compression, same CPU-plugin activation
+        # handling), so it decodes one token per step too; onnxruntime's MatMulNBits rounds each row alone.
         step_graph = "decoder_model_merged" if self.merged else "decoder_with_past_model"
-        self.multi_token = (backend in ("onnxruntime", "openvino") and device.lower() != "tensorrt"
-                            and bundle.entries(backend)[step_graph].precision != "int8-dynamic")
+        precision = bundle.entries(backend)[step_graph].precision if backend in ("onnxruntime", "openvino") else None
+        per_call = {"int8-dynamic"} | ({"int8-weight-only"} if backend == "openvino" else set())
+        self.multi_token = (precision is not None and device.lower() != "tensorrt" and precision not in per_call)
 
     # ---- limits: the position tables of the text encoder and the decoder ---------------------------------
     @property
