@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tiercel.errors import ConfigError
-from tiercel.quantize.schemes import SCHEMES, get_scheme, plan
+from tiercel.quantize.schemes import SCHEMES, as_written, get_scheme, plan
 
 GRAPHS = ("vision_encoder", "embed_tokens", "encoder_model", "decoder_model", "decoder_with_past_model")
 
@@ -35,3 +35,24 @@ def test_int4_block_size_and_symmetry_are_part_of_the_spec():
         get_scheme("int4-weight-only", block_size=48)
     with pytest.raises(ConfigError, match="unknown graph role"):
         get_scheme("mixed", policy={"lm_head": "int8-static"})
+
+
+def test_int8_weight_only_is_symmetric_and_refuses_asymmetric():
+    with pytest.raises(ConfigError, match=r"^--asymmetric: int8-weight-only blocks are symmetric \(255 levels, no zero "
+                                          r"points to store\); it applies to int4-weight-only$"):
+        get_scheme("int8-weight-only", symmetric=False)
+    # a mixed policy with an int8 and an int4 leaf: --asymmetric is for the int4 one
+    leaves = plan(get_scheme("mixed", policy={"encoder": "int8-weight-only"}), GRAPHS, symmetric=False)
+    assert leaves["encoder_model"].symmetric and not leaves["decoder_model"].symmetric
+
+
+def test_openvino_records_int8_weight_only_per_channel_and_refuses_a_block_size():
+    leaves = plan(get_scheme("int8-weight-only"), GRAPHS)
+    assert {leaf.block_size for leaf in leaves.values()} == {128}  # onnxruntime: MatMulNBits blocks
+    written = as_written(leaves, "openvino", None)
+    assert {(leaf.per_channel, leaf.block_size) for leaf in written.values()} == {(True, None)}
+    assert as_written(leaves, "onnxruntime", None) == leaves
+    with pytest.raises(ConfigError, match=r"^--block-size: OpenVINO compresses int8-weight-only per output channel"):
+        as_written(plan(get_scheme("int8-weight-only", block_size=64), GRAPHS, block_size=64), "openvino", 64)
+    mixed = plan(get_scheme("mixed", policy={"encoder": "int8-weight-only"}), GRAPHS, block_size=64)
+    assert as_written(mixed, "openvino", 64)["decoder_model"].block_size == 64  # for the int4 leaf

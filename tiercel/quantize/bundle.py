@@ -34,7 +34,7 @@ from tiercel.fileio import atomic_dir, check_new_output, sha256_file, write_json
 from tiercel.progress import track
 from tiercel.quantize import guard as _guard
 from tiercel.quantize.calibrate import Calibration, capture, load_samples, sft_file
-from tiercel.quantize.schemes import GRAPH_ROLES, SchemeSpec, get_scheme, needs_calibration, plan
+from tiercel.quantize.schemes import GRAPH_ROLES, SchemeSpec, as_written, get_scheme, needs_calibration, plan
 from tiercel.quantize.settings import QuantizeSettings
 from tiercel.quantize.settings import settings as make_settings
 from tiercel.runtime.bundle import read_bundle
@@ -78,7 +78,10 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
     src.verify(entries.values())
     entries = {name: entry.model_dump() for name, entry in entries.items()}  # rows the quantized manifest copies
     spec = get_scheme(scheme, block_size=block_size, symmetric=symmetric, policy=policy)
-    leaves = plan(spec, src.graph_names(), block_size=block_size, symmetric=symmetric)
+    leaves = as_written(plan(spec, src.graph_names(), block_size=block_size, symmetric=symmetric), target.name,
+                        block_size)
+    if spec.kind == "weight-only":
+        spec = next(iter(leaves.values()))
     if calib is None and needs_calibration({g: s for g, s in leaves.items() if s.kind == "static"}):
         raise ConfigError(f"--scheme {scheme}: needs calibration data; pass --calib FILE (a Falcon_SFT file or a "
                           "`tiercel data synth` folder)")

@@ -76,6 +76,9 @@ def get_scheme(name: str, block_size: int | None = None, symmetric: bool | None 
         if spec.kind == "weight-only":
             spec = replace(spec, block_size=block_size)
     if symmetric is not None and spec.kind == "weight-only":
+        if spec.bits == 8 and not symmetric:
+            raise ConfigError("--asymmetric: int8-weight-only blocks are symmetric (255 levels, no zero points to "
+                              "store); it applies to int4-weight-only")
         spec = replace(spec, symmetric=symmetric)
     if policy:
         if spec.kind != "mixed":
@@ -98,8 +101,21 @@ def plan(spec: SchemeSpec, graphs, block_size: int | None = None, symmetric: boo
         if SCHEMES.get(leaf) is None or SCHEMES[leaf].kind == "mixed":
             raise ConfigError(f"policy: '{leaf}' is not a leaf scheme; choose one of: "
                               f"{', '.join(leaves())}")
-        out[graph] = get_scheme(leaf, block_size=block_size, symmetric=symmetric)
+        out[graph] = get_scheme(leaf, block_size=block_size, symmetric=symmetric if SCHEMES[leaf].bits == 4 else None)
     return out
+
+
+def as_written(leaves: dict[str, SchemeSpec], target: str, block_size: int | None) -> dict[str, SchemeSpec]:
+    """The leaves as `target` writes them: NNCF compresses int8 weights per output channel (it has no int8
+    groups), so OpenVINO's int8-weight-only records per-channel, and a --block-size for it is refused rather than
+    ignored."""
+    if target != "openvino":
+        return leaves
+    int8 = {g for g, leaf in leaves.items() if leaf.kind == "weight-only" and leaf.bits == 8}
+    if int8 and block_size is not None and not any(leaf.bits == 4 for leaf in leaves.values()):
+        raise ConfigError("--block-size: OpenVINO compresses int8-weight-only per output channel (NNCF has no int8 "
+                          "blocks); leave it out, or quantize with --backend onnxruntime for blocks")
+    return {g: replace(leaf, per_channel=True, block_size=None) if g in int8 else leaf for g, leaf in leaves.items()}
 
 
 def leaves() -> list[str]:
