@@ -81,6 +81,19 @@ def test_fake_quantize_int8_per_channel_and_int4_blocks_are_close_but_not_exact(
         assert 0 < err < tol
 
 
+def test_fake_quantize_int8_weight_only_uses_its_blocks_not_one_scale_per_channel():
+    """A K-block of small weights keeps its own scale: per-channel int8 rounds it to a coarse grid set by the
+    large block, int8-weight-only (blocks of 32 along K) to a grid 100x finer."""
+    w = np.random.default_rng(2).standard_normal((64, 8)).astype(np.float32)
+    w[32:] *= 0.01
+    blocks = fake_quantize(w, "MatMul", get_scheme("int8-weight-only", block_size=32))
+    channel = fake_quantize(w, "MatMul", get_scheme("int8-dynamic"))
+    scale = np.abs(w[32:]).max(axis=0) / 127.0  # the small block's own step, per column
+    assert np.allclose(np.round(blocks[32:] / scale) * scale, blocks[32:], atol=1e-7)
+    assert np.abs(blocks[32:] - w[32:]).max() <= scale.max() / 2 + 1e-7
+    assert np.abs(channel[32:] - w[32:]).max() > 10 * np.abs(blocks[32:] - w[32:]).max()
+
+
 def test_tensorrt_target_writes_symmetric_int8_qdq_on_every_weight_layer(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     feeds = _mlp(tmp_path / "mlp.onnx")

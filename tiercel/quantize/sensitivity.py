@@ -1,7 +1,7 @@
 """Per-layer sensitivity: the error at a graph's output when ONLY that layer's weights are quantised.
 
 For each weight layer (onnx_backend.weight_layers) the weight is replaced by its fake-quantised copy (int8
-per output channel, or int4 blocks along the input dimension, as the leaf scheme stores it), the graph runs on
+per output channel, or int4 / int8 blocks along the input dimension, as the leaf scheme stores it), the graph runs on
 the recorded calibration feeds in onnxruntime, and the error is the relative L2 distance of the graph's first
 output (image_features, last_hidden_state, logits) to fp32: ||y_q - y|| / ||y||, averaged over feeds.
 
@@ -30,14 +30,27 @@ def fake_quantize(w: np.ndarray, op: str, spec: SchemeSpec) -> np.ndarray:
     w = w.astype(np.float32)
     if spec.kind == "keep":
         return w
-    if spec.bits == 4 and w.ndim == 2:  # blocks along the reduction axis (K of a [K, N] MatMul, D of a [V, D] table)
-        k_axis = 1 if op == "Gather" else 0
-        return _blockwise(w, k_axis, spec.block_size or 32, spec.symmetric)
+    if spec.kind == "weight-only" and spec.block_size and w.ndim == 2:  # blocks along the reduction axis
+        k_axis = 1 if op == "Gather" else 0  # (K of a [K, N] MatMul, D of a [V, D] table)
+        if spec.bits == 8:  # symmetric absmax / 127 per block, as MatMulNBits / GatherBlockQuantized store it
+            return _blockwise8(w, k_axis, spec.block_size)
+        return _blockwise(w, k_axis, spec.block_size, spec.symmetric)
     axis = 0 if op in ("Conv", "Gather") else w.ndim - 1  # output channels (rows of a table)
     reduce = tuple(i for i in range(w.ndim) if i != axis)
     scale = np.abs(w).max(axis=reduce, keepdims=True) / 127.0
     scale[scale == 0] = 1.0
     return np.clip(np.round(w / scale), -128, 127) * scale
+
+
+def _blockwise8(w: np.ndarray, axis: int, block: int) -> np.ndarray:
+    x = np.moveaxis(w, axis, 0)
+    k = x.shape[0]
+    xp = np.concatenate([x, np.zeros(((-k) % block, *x.shape[1:]), np.float32)])
+    blocks = xp.reshape(-1, block, *x.shape[1:])
+    scale = np.abs(blocks).max(axis=1, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.round(blocks / scale), -127, 127) * scale
+    return np.moveaxis(q.reshape(xp.shape)[:k], 0, axis)
 
 
 def _blockwise(w: np.ndarray, axis: int, block: int, symmetric: bool) -> np.ndarray:
