@@ -6,9 +6,9 @@ Usage:
                                       [--out benchmarks/results/quantize_cpu.json]
 
 (a) The preset's shape with random weights (accuracy means nothing there): the fp32 bundle is exported
-    (onnxruntime + OpenVINO IR), then quantised six ways - onnxruntime int8-static, int8-dynamic and
-    int4-weight-only (MatMulNBits, block 32, symmetric) (and int8-weight-only, MatMulNBits 8-bit block 128, when
-    --variants names ort-int8-weight-only), OpenVINO/NNCF int8-static (nncf.quantize), int8-dynamic
+    (onnxruntime + OpenVINO IR), then quantised seven ways (all by default; --variants picks) -
+    onnxruntime int8-static, int8-dynamic, int4-weight-only (MatMulNBits, block 32, symmetric) and
+    int8-weight-only (MatMulNBits 8-bit, block 128), OpenVINO/NNCF int8-static (nncf.quantize), int8-dynamic
     (nncf.compress_weights INT8: weights only) and int4 (group 32) - and each is timed:
     vision encoder ms per image, and decoder_with_past ms per token (16 greedy-like steps with the KV cache
     growing from 32, prompt of image tokens + 20). All bundles are opened together and timed in alternation:
