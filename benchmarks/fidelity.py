@@ -71,6 +71,7 @@ from fidelity_config import (  # noqa: E402
     DataSpec,
     ProbeSpec,
     check_recipes,
+    data_paths,
     load_config,
     quantize_settings,
     student_recipe,
@@ -242,8 +243,7 @@ class Run:
 
         self.cfg, self.work, self.threads, self.jobs = cfg, work, threads, jobs
         folder = work / "data"
-        self.data = {k: str(folder / f"{k}.json") for k in ("train", "val", "test")} | {"root": str(folder),
-                                                                                     "objects": str(folder / "objects.json")}
+        self.data = data_paths(folder)
         self.t_recipes = teacher_recipes(cfg, work, self.data, quick)
         self.teacher = Path(self.t_recipes[-1]["out"]) / "student"
         self.s_recipes = {(o, s): student_recipe(cfg, work, self.data, self.teacher, o, s, quick)

@@ -28,9 +28,7 @@ and half-copied.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -41,20 +39,14 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from synth_runs import KEY_FILE  # noqa: E402
 
 from tiercel.distill.checkpoints import latest as newest  # noqa: E402  (a run's newest complete checkpoint)
+from tiercel.fileio import atomic_path  # noqa: E402
+from tiercel.fileio import sha256_file as sha256  # noqa: E402
 
 CARRY = HERE / "carry" / "fidelity"
 WORK = HERE / "work" / "fidelity"
 MANIFEST = "MANIFEST.json"
 TEXT = {".json", ".jsonl", ".yaml", ".txt"}
 PLACEHOLDER = "$WORK"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def step_of(checkpoint: Path | None) -> int:
@@ -103,13 +95,11 @@ def carried_files(work: Path) -> tuple[list[Path], dict[Path, str], dict]:
 
 def copy(src: Path, dst: Path, old: str, new: str) -> None:
     """Copy `src` to `dst` through a temporary name, with `old` written as `new` in text files."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-carry")
-    if src.suffix in TEXT:
-        tmp.write_text(src.read_text().replace(old, new))
-    else:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        if src.suffix in TEXT:
+            tmp.write_text(src.read_text().replace(old, new))
+        else:
+            shutil.copy2(src, tmp)
 
 
 def save(work: Path, carry: Path) -> dict:

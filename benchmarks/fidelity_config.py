@@ -160,6 +160,12 @@ def teacher_recipes(cfg: Config, work: Path, data: dict, quick: bool) -> list[di
     return recipes
 
 
+def data_paths(folder: Path) -> dict:
+    """The recipe `data:` paths of a synthetic benchmark folder (`tiercel data synth` / the data stage)."""
+    return {k: str(folder / f"{k}.json") for k in ("train", "val", "test")} | {"root": str(folder),
+                                                                              "objects": str(folder / "objects.json")}
+
+
 def student_recipe(cfg: Config, work: Path, data: dict, teacher: Path, objective: str, seed: int, quick: bool) -> dict:
     """A student's recipe: the teacher's tokenizer (so every objective sees the same ids) and the teacher as a
     live checkpoint, under `student.recipe`, under the objective's fragment."""

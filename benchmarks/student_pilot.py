@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from fidelity_config import load_config, student_recipe  # noqa: E402
+from fidelity_config import data_paths, load_config, student_recipe  # noqa: E402
 from image_use import commit  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
@@ -69,8 +69,7 @@ def main() -> None:
         teacher.with_name(teacher.name + ".copying").rename(teacher)
     cfg = load_config(HERE / "recipes" / "fidelity.yaml", quick=False)
     folder = FIDELITY / "data"
-    data = {k: str(folder / f"{k}.json") for k in ("train", "val", "test")} | {"root": str(folder),
-                                                                              "objects": str(folder / "objects.json")}
+    data = data_paths(folder)
     results = {"what": "benchmarks/student_pilot.py: fidelity students trained briefly from a teacher checkpoint",
                "command": "python benchmarks/student_pilot.py " + " ".join(sys.argv[1:]), "commit": commit(),
                "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},

@@ -32,9 +32,7 @@ def fake_quantize(w: np.ndarray, op: str, spec: SchemeSpec) -> np.ndarray:
         return w
     if spec.kind == "weight-only" and spec.block_size and w.ndim == 2:  # blocks along the reduction axis
         k_axis = 1 if op == "Gather" else 0  # (K of a [K, N] MatMul, D of a [V, D] table)
-        if spec.bits == 8:  # symmetric absmax / 127 per block, as MatMulNBits / GatherBlockQuantized store it
-            return _blockwise8(w, k_axis, spec.block_size)
-        return _blockwise(w, k_axis, spec.block_size, spec.symmetric)
+        return _blockwise(w, k_axis, spec.block_size, spec.symmetric, spec.bits)
     axis = 0 if op in ("Conv", "Gather") else w.ndim - 1  # output channels (rows of a table)
     reduce = tuple(i for i in range(w.ndim) if i != axis)
     scale = np.abs(w).max(axis=reduce, keepdims=True) / 127.0
@@ -42,24 +40,17 @@ def fake_quantize(w: np.ndarray, op: str, spec: SchemeSpec) -> np.ndarray:
     return np.clip(np.round(w / scale), -128, 127) * scale
 
 
-def _blockwise8(w: np.ndarray, axis: int, block: int) -> np.ndarray:
-    x = np.moveaxis(w, axis, 0)
-    k = x.shape[0]
-    xp = np.concatenate([x, np.zeros(((-k) % block, *x.shape[1:]), np.float32)])
-    blocks = xp.reshape(-1, block, *x.shape[1:])
-    scale = np.abs(blocks).max(axis=1, keepdims=True) / 127.0
-    scale[scale == 0] = 1.0
-    q = np.clip(np.round(blocks / scale), -127, 127) * scale
-    return np.moveaxis(q.reshape(xp.shape)[:k], 0, axis)
-
-
-def _blockwise(w: np.ndarray, axis: int, block: int, symmetric: bool) -> np.ndarray:
+def _blockwise(w: np.ndarray, axis: int, block: int, symmetric: bool, bits: int = 4) -> np.ndarray:
     x = np.moveaxis(w, axis, 0)
     k = x.shape[0]
     pad = (-k) % block
     xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)]) if pad else x
     blocks = xp.reshape(-1, block, *x.shape[1:])
-    if symmetric:
+    if bits == 8:  # int8 blocks are symmetric: absmax / 127, as MatMulNBits / GatherBlockQuantized store them
+        scale = np.abs(blocks).max(axis=1, keepdims=True) / 127.0
+        scale[scale == 0] = 1.0
+        q = np.clip(np.round(blocks / scale), -127, 127) * scale
+    elif symmetric:
         from tiercel.quantize.gptq import symmetric_scale
 
         scale = symmetric_scale(blocks, axis=1)  # gptq's grid: the peak on -8, all 16 levels used
