@@ -10,7 +10,8 @@ in this file; the schema is benchmarks/fidelity_config.py):
 3. checks that the student is >= 4x smaller than the teacher, then trains the students from `student:` with each
    objective (ce, kd, kd_hidden) for each seed;
 4. exports the KD student of the first seed to an fp32 bundle (ONNX + OpenVINO IR) and quantizes it with each
-   scheme on each backend (tiercel.quantize.quantize_bundle, accuracy guard on);
+   scheme on each backend (tiercel.quantize.quantize_bundle, accuracy guard on; a scheme the guard refuses is
+   quantized again without it, so its column still shows the cost on test, marked as refused);
 5. scores every model and bundle on the test split (tiercel.evaluate, greedy) and runs the image-use probe
    (tiercel.evaluate.image_use) on every PyTorch model; decodes the first `constrained.limit` test records per
    task on each bundle of `constrained.backend` unconstrained, constrained one token per step and constrained
@@ -207,11 +208,20 @@ def probe(model: str, test: Path, root: Path, cfg: ProbeSpec) -> dict:
 
 
 def quantize(fp32: Path, out: Path, backend: str, scheme: str, cfg: BundleSpec, data: dict) -> dict:
+    """One quantized bundle through the accuracy guard. When the guard refuses the scheme (GuardError: nothing is
+    written), the same scheme is quantized again without the guard (n_val 0) so the table still shows its cost on
+    the test split; the record says `refused` with the guard's one line, and the table marks the column."""
     from tiercel.quantize.bundle import quantize_bundle
+    from tiercel.quantize.guard import GuardError
 
     settings = quantize_settings(cfg, backend, scheme)
-    section = quantize_bundle(fp32, out, calib=data["train"], root=data["root"], val=data["val"], settings=settings,
-                              overwrite=True, log=print)
+    make = functools.partial(quantize_bundle, fp32, out, calib=data["train"], root=data["root"], val=data["val"],
+                             overwrite=True, log=print)
+    try:
+        section = make(settings=settings)
+    except GuardError as err:
+        make(settings=settings.model_copy(update={"n_val": 0}))
+        return {"bundle": str(out), "guard": {"run": True, "passed": False, "refused": one_line(err)}, "kept": None}
     guard = section.guard.model_dump(mode="json") if section.guard else {}
     attempts = [{k: a.get(k) for k in ("excluded", "kept", "drop", "token_agreement")} for a in guard.pop("attempts", [])]
     return {"bundle": str(out), "guard": guard | {"attempts": attempts}, "kept": attempts[-1]["kept"] if attempts else None}

@@ -171,7 +171,13 @@ def _table(r: dict, cols: dict, heads: dict) -> str:
     extra = _extra_rows(r, heads)
     lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in extra.items()]
     errors = [f"- {heads[k]}: {e}" for k in heads for e in dict.fromkeys(cols[k]["errors"])]
-    return "\n".join(lines + ([""] + ["Errors:"] + errors if errors else []) + [""])
+    refused = [f"- {heads[_column_of(m)]}: {g['refused']}" for m in r.get("models", {}).values()
+               if _column_of(m) in heads and (g := _dig(m, ("quantize", "guard")) or {}).get("refused")]
+    notes = [""] + ["Errors:"] + errors if errors else []
+    if refused:
+        notes += ["", "Refused by the accuracy guard on val (these columns are the scheme quantized without the guard, "
+                      "so the test split shows what it costs):"] + refused
+    return "\n".join(lines + notes + [""])
 
 
 def _cell(value, spread, col) -> str:
@@ -212,6 +218,8 @@ def _guard(g: dict) -> str:
     """'held, 3 kept in fp32' (layers the guard kept in higher precision) from a quantized bundle's guard section."""
     if not g.get("run"):
         return "not run"
+    if g.get("refused"):  # fidelity.quantize: the guard refused; the column is the scheme quantized without it
+        return "refused: column unguarded"
     kept = (g.get("kept") or "").replace(" layers kept in ", " kept in ")
     return ("held" if g.get("passed") else "failed") + (f", {kept}" if kept else "")
 

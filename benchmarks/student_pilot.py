@@ -16,6 +16,12 @@ tenth of them) changed, trains them one after the other, scores each on the firs
 command, machine, per run samples/s over the whole run and over its second half, wall time and headlines; a
 finished run is reused, so a rerun only scores again). A pilot teacher is not the final one, and a pilot
 of 3,000 steps is not the table: the numbers say where the students stand early, not what they reach.
+
+`--bundles` also runs fidelity.py's bundle stages on the first objective's student, with the YAML's `bundles:`
+settings and fidelity.py's own functions: export (ONNX + OpenVINO IR), every scheme on every backend through
+the accuracy guard, each bundle scored on the same `--limit` records and decoded unconstrained / stepwise /
+jump-forward on `constrained.backend` (`constrained.limit` records per task). So a guard that refuses a scheme,
+or a stage that fails at the students' real size, shows up hours before the full run reaches it.
 """
 
 from __future__ import annotations
@@ -50,6 +56,37 @@ def steady_rate(run: Path) -> float | None:
     return (b["step"] - a["step"]) * b["samples"] / (b["train_seconds"] - a["train_seconds"])
 
 
+def bundles(student: Path, cfg, data: dict, limit: int, out: Path, threads: int | None, write) -> dict:
+    """fidelity.py's bundle stages on one student: {bundle key: its quantize record (guard), scores, constrained
+    summary, or the error that stopped it}; `write(rows)` is called after each bundle."""
+    from fidelity import bundle_key, constrained, quantize
+
+    from tiercel.export.bundle import export_checkpoint
+
+    b, e, c = cfg.bundles, cfg.eval, cfg.constrained
+    test, root, fp32, rows = Path(data["test"]), Path(data["root"]), out / "fp32", {}
+    t0 = time.perf_counter()
+    export_checkpoint(student, fp32, backends=tuple(b.backends), decoder="split", overwrite=True)
+    rows["export_s"] = time.perf_counter() - t0
+    for backend in b.backends:
+        for scheme in ("fp32", *b.schemes):
+            path, row = (fp32 if scheme == "fp32" else out / f"{backend}-{scheme}"), {}
+            rows[bundle_key(backend, scheme)] = row
+            try:
+                if scheme != "fp32":
+                    t0 = time.perf_counter()
+                    row["quantize"] = quantize(fp32, path, backend, scheme, b, data) | {"seconds": time.perf_counter() - t0}
+                s = score(path, test, root, limit, e.max_new_tokens, backend=backend, threads=threads)
+                row.update(headline=s["headline"], average=s["average"], seconds=s["seconds"])
+                if backend == c.backend:
+                    row["constrained"] = constrained(path, backend, test, c.limit, e.max_new_tokens, threads)
+            except Exception as err:  # recorded as that bundle's error, as fidelity.py does; the others still run
+                row["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
+            print(f"{bundle_key(backend, scheme)}: " + (row.get("error") or f"average {row['average']:.3f}"), flush=True)
+            write(rows)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher-step", type=int, required=True, help="the teacher checkpoint to distil from")
@@ -57,6 +94,8 @@ def main() -> None:
     ap.add_argument("--objectives", default="ce,kd", help="comma-separated: ce, kd, kd_hidden")
     ap.add_argument("--limit", type=int, default=64, help="test records per task scored")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "student_pilot.json")
+    ap.add_argument("--bundles", action="store_true",
+                    help="also export, quantize, score and decode constrained the first objective's student (fidelity.yaml bundles:)")
     args = ap.parse_args()
     from runtime_cpu import machine
 
@@ -94,6 +133,16 @@ def main() -> None:
         print(f"{objective}: {steady_rate(Path(recipe['out'])) or 0:.1f} samples/s, average {scores['average']:.3f}; {geo}",
               flush=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
+    if args.bundles:
+        first = args.objectives.split(",")[0]
+        student = WORK / f"{first}_{args.steps}" / "student"
+        threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or None
+
+        def write(rows: dict) -> None:
+            results["bundles"] = {"student": first, **rows}
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+        bundles(student, cfg, data, args.limit, WORK / f"bundles_{first}_{args.steps}", threads, write)
     print(f"wrote {args.out}")
 
 

@@ -158,3 +158,22 @@ def test_stored_says_whether_a_stage_would_be_reused(tmp_path):
     assert stages.run("train/a", {"lr": 1}, lambda: {"loss": 0.5}, needs=("data",)) == {"loss": 0.5}
     assert stages.stored("train/a", {"lr": 1}, needs=("data",))
     assert not stages.stored("train/a", {"lr": 1}, needs=("teacher",))  # a stage it needs did not run
+
+
+def test_a_refused_guard_is_marked_in_its_column_and_its_line_is_listed():
+    r = results()
+    r["models"]["bundle/onnxruntime/int8-static"]["quantize"] = {
+        "guard": {"run": True, "passed": False, "refused": "int8-static misses the accuracy floor after 5 attempts"},
+        "kept": None}
+    r["models"]["bundle/onnxruntime/int8-dynamic"]["quantize"] = {"guard": {"run": True, "passed": True},
+                                                                  "kept": "2 layers kept in fp32"}
+    md = fr.render(r)
+    guard_row = next(line for line in md.splitlines() if line.startswith("| accuracy guard (val) |"))
+    cells = [c.strip() for c in guard_row.strip("|").split("|")][1:]
+    heads = list(fr.column_keys().values())
+    assert cells[heads.index("ORT int8-static")] == "refused: column unguarded"
+    assert cells[heads.index("ORT int8-dynamic")] == "held, 2 kept in fp32"
+    assert "- ORT int8-static: int8-static misses the accuracy floor after 5 attempts" in md.splitlines()
+    # the refused column is still scored and checked against its target on test
+    rows = by_target(fr.targets(r))
+    assert rows["ORT int8-static <= 1% below fp32 (relative) on the average and each geometry task"]["status"] == "MET"
