@@ -177,3 +177,28 @@ def test_a_refused_guard_is_marked_in_its_column_and_its_line_is_listed():
     # the refused column is still scored and checked against its target on test
     rows = by_target(fr.targets(r))
     assert rows["ORT int8-static <= 1% below fp32 (relative) on the average and each geometry task"]["status"] == "MET"
+
+
+def test_a_scheme_the_guard_refuses_is_quantized_again_without_it(monkeypatch, tmp_path):
+    import fidelity
+    from fidelity_config import BundleSpec
+
+    import tiercel.quantize.bundle as qb
+    from tiercel.quantize.guard import GuardError
+
+    calls = []
+
+    def quantize_bundle(fp32, out, *, settings, **kw):
+        calls.append(settings.n_val)
+        if settings.n_val:
+            raise GuardError(f"{out}: int4-weight-only misses the accuracy floor after 6 attempts")
+        return None
+
+    monkeypatch.setattr(qb, "quantize_bundle", quantize_bundle)
+    data = {"train": "t.json", "val": "v.json", "root": "."}
+    cfg = BundleSpec(quantize={"n": 4, "n_val": 896})
+    out = tmp_path / "int4"
+    got = fidelity.quantize(tmp_path / "fp32", out, "onnxruntime", "int4-weight-only", cfg, data)
+    assert calls == [896, 0]
+    assert got == {"bundle": str(out), "kept": None, "guard": {
+        "run": True, "passed": False, "refused": f"{out}: int4-weight-only misses the accuracy floor after 6 attempts"}}
