@@ -93,6 +93,7 @@ class StudentSection(Section):
     checkpoint: Path | None = Field(None, description="init checkpoint: the starting student")
     encoder_layers: list[int] | None = Field(None, description="init teacher: teacher encoder layers copied, in order (default: evenly spaced)")
     decoder_layers: list[int] | None = Field(None, description="init teacher: teacher decoder layers copied, in order (default: evenly spaced)")
+    widths: Literal["equal", "slice"] = Field("equal", description="init teacher: copy only tensors of the student's shape (equal), or also the leading slice of wider ones, a narrower student's weight selection (slice; docs/distill.md)")
 
     @model_validator(mode="after")
     def _needs(self):

@@ -4,6 +4,13 @@ Teacher-layer selection copies every student tensor whose teacher counterpart ha
 embeddings, vision stages and projector where widths match, and text layers by an index map (DistilBART
 style: student layer i <- teacher layer map[i]). What was copied and what was skipped (with the reason) is
 returned as a report, which the trainer writes to init_report.json and logs in one line.
+
+With `widths: slice` a student narrower than its teacher takes the leading slice of each wider tensor along
+every axis (weight selection: Xu et al., "Initializing Models with Larger Ones", ICLR 2024). Leading slices
+keep channel i of one layer wired to channel i of the next, the consistency that paper found to matter. Fused
+q/k/v projections (DaViT's `qkv`, rows [q; k; v]) are sliced per third, so the student's k rows come from the
+teacher's k rows. Written here because it is a few lines over the state dicts; no library does it for these
+models.
 """
 
 from __future__ import annotations
@@ -47,6 +54,19 @@ def teacher_key(student_key: str, maps: dict[str, list[int]]) -> str:
     return f"{prefix}{maps[part][int(idx)]}{rest}"
 
 
+def leading_slice(key: str, ref, shape):
+    """The leading slice of teacher tensor `ref` with the student's `shape` (None when some axis is wider in the
+    student or the ranks differ); a fused `qkv` tensor is sliced per third along its first axis."""
+    import torch
+
+    if ref.dim() != len(shape) or any(s > t for s, t in zip(shape, ref.shape)):
+        return None
+    if ".qkv." in key and ref.shape[0] % 3 == 0 and shape[0] % 3 == 0:
+        thirds = ref.chunk(3, dim=0)
+        return torch.cat([leading_slice("", t, (shape[0] // 3, *shape[1:])) for t in thirds], dim=0)
+    return ref[tuple(slice(0, s) for s in shape)]
+
+
 def copy_from_teacher(student, teacher, section) -> dict:
     """Copy matching tensors from `teacher` into `student` in place; returns {"copied": [...], "skipped": [...]}."""
     import torch
@@ -65,6 +85,9 @@ def copy_from_teacher(student, teacher, section) -> dict:
                 copied.append([key, src])
             elif key.endswith("embed_positions.weight") and ref.shape[1:] == value.shape[1:] and ref.shape[0] >= value.shape[0]:
                 value.copy_(ref[: value.shape[0]])  # learned positions: the student keeps the first rows
+                copied.append([key, src])
+            elif getattr(section, "widths", "equal") == "slice" and (part := leading_slice(key, ref, value.shape)) is not None:
+                value.copy_(part)
                 copied.append([key, src])
             else:
                 skipped.append([key, f"shape {list(value.shape)} vs teacher {list(ref.shape)}"])
