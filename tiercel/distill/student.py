@@ -91,8 +91,9 @@ def copy_from_teacher(student, teacher, section) -> dict:
                 copied.append([key, src])
             else:
                 skipped.append([key, f"shape {list(value.shape)} vs teacher {list(ref.shape)}"])
-    n_copied = sum(student.state_dict()[k].numel() for k, _ in copied if not k.endswith("embed_tokens.weight") and k != "lm_head.weight")
-    total = sum(p.numel() for p in student.parameters())
+    params = dict(student.named_parameters())  # tied weights once, buffers (final_logits_bias) not at all
+    n_copied = sum(params[k].numel() for k, _ in copied if k in params)
+    total = sum(p.numel() for p in params.values())
     return {"layer_map": maps, "copied": copied, "skipped": skipped, "copied_fraction": n_copied / total}
 
 
