@@ -3,8 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/student_pilot.py --teacher-step 33000 --steps 3000 [--objectives ce,kd]
 
 fidelity.py trains its six students (CE, KD, KD + hidden; two seeds) only once the teacher's two stages are done,
-12,000 steps each: about 5.6 hours of CPU by its docstring's estimate, whose student rates were guesses. This
-answers two questions before those hours are spent, on the CPU core the teacher leaves free: how fast the students
+for hours of CPU (its docstring's estimate, whose student rates came from this pilot). This answers two
+questions before those hours are spent, on the CPU core the teacher leaves free: how fast the students
 train at the YAML's shapes (samples/s, measured), and whether a student of this size starts reading positions
 (the geometry headlines) within the first few thousand steps, KD against CE.
 
@@ -16,6 +16,10 @@ tenth of them) changed, trains them one after the other, scores each on the firs
 command, machine, per run samples/s over the whole run and over its second half, wall time and headlines; a
 finished run is reused, so a rerun only scores again). A pilot teacher is not the final one, and a pilot
 of 3,000 steps is not the table: the numbers say where the students stand early, not what they reach.
+
+`--init slice` starts each student from the teacher's leading slices (`student.init: teacher, widths: slice`,
+docs/distill.md) instead of the YAML's random init, in its own run folder (`kd_3000_slice`), so it compares
+with the random-init run of the same length.
 
 `--bundles` also runs fidelity.py's bundle stages on the first objective's student, with the YAML's `bundles:`
 settings and fidelity.py's own functions: export (ONNX + OpenVINO IR), every scheme on every backend through
@@ -94,6 +98,8 @@ def main() -> None:
     ap.add_argument("--objectives", default="ce,kd", help="comma-separated: ce, kd, kd_hidden")
     ap.add_argument("--limit", type=int, default=64, help="test records per task scored")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "student_pilot.json")
+    ap.add_argument("--init", choices=["slice"], help="start each student from the teacher's leading slices "
+                    "(student.init teacher, widths slice) instead of the YAML's random init; runs get their own folders")
     ap.add_argument("--bundles", action="store_true",
                     help="also export, quantize, score and decode constrained the first objective's student (fidelity.yaml bundles:)")
     args = ap.parse_args()
@@ -118,7 +124,9 @@ def main() -> None:
     results["teacher"].update(headline=teacher_scores["headline"], average=teacher_scores["average"])
     for objective in args.objectives.split(","):
         recipe = student_recipe(cfg, WORK, data, teacher, objective, 0, quick=False)
-        recipe["out"] = str(WORK / f"{objective}_{args.steps}")
+        recipe["out"] = str(WORK / f"{objective}_{args.steps}{'_' + args.init if args.init else ''}")
+        if args.init == "slice":  # the teacher's leading slices (student.widths, docs/distill.md) instead of random
+            recipe["student"] = {**recipe["student"], "init": "teacher", "widths": "slice"}
         recipe["distill"] = {**recipe["distill"], "steps": args.steps,
                              "warmup_steps": min(recipe["distill"].get("warmup_steps", 0), args.steps // 10),
                              "eval_every": 0}
@@ -135,7 +143,7 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     if args.bundles:
         first = args.objectives.split(",")[0]
-        student = WORK / f"{first}_{args.steps}" / "student"
+        student = WORK / f"{first}_{args.steps}{'_' + args.init if args.init else ''}" / "student"
         threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or None
 
         def write(rows: dict) -> None:
