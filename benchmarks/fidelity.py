@@ -222,10 +222,16 @@ def quantize(fp32: Path, out: Path, backend: str, scheme: str, cfg: BundleSpec, 
         section = make(settings=settings)
     except GuardError as err:
         make(settings=settings.model_copy(update={"n_val": 0}))
-        return {"bundle": str(out), "guard": {"run": True, "passed": False, "refused": one_line(err)}, "kept": None}
+        return {"bundle": str(out), "kept": None, "guard": {"run": True, "passed": False, "refused": one_line(err),
+                                                            "attempts": [_attempt(a) for a in err.attempts]}}
     guard = section.guard.model_dump(mode="json") if section.guard else {}
-    attempts = [{k: a.get(k) for k in ("excluded", "kept", "drop", "token_agreement")} for a in guard.pop("attempts", [])]
+    attempts = [_attempt(a) for a in guard.pop("attempts", [])]
     return {"bundle": str(out), "guard": guard | {"attempts": attempts}, "kept": attempts[-1]["kept"] if attempts else None}
+
+
+def _attempt(a: dict) -> dict:
+    """What the results keep of one guard attempt."""
+    return {k: a.get(k) for k in ("excluded", "kept", "drop", "drop_bound", "token_agreement")}
 
 
 def constrained(bundle: Path, backend: str, test: Path, limit: int, max_new_tokens: int, threads: int | None) -> dict:

@@ -73,10 +73,15 @@ def targets(results: dict) -> list[dict]:
     rows = [_size_target(results.get("size_ratio"))]
     rows.append(_retention_target(cols["teacher"]["average"], cols["kd"]["average"]))
     rows.append(_kd_over_ce(cols["kd"]["headline"], cols["ce"]["headline"]))
+    refused = {_column_of(m) for m in results.get("models", {}).values()
+               if ((m.get("quantize") or {}).get("guard") or {}).get("refused")}
     for backend, short in BACKENDS.items():
         fp32 = cols[bundle_key(backend, "fp32")]
         for scheme, tol in MAX_DROP.items():
-            rows.append(_drop_target(f"{short} {SCHEMES[scheme]}", tol, fp32, cols[bundle_key(backend, scheme)]))
+            row = _drop_target(f"{short} {SCHEMES[scheme]}", tol, fp32, cols[bundle_key(backend, scheme)])
+            if bundle_key(backend, scheme) in refused:  # the column is the scheme without the guard (fidelity.quantize)
+                row["value"] += " (refused by the guard; quantized without it)"
+            rows.append(row)
     teacher = cols["teacher"]["headline"]
     for tag, floor in TEACHER_GEOMETRY.items():
         value = teacher.get(tag)

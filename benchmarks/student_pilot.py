@@ -150,7 +150,7 @@ def main() -> None:
             results["bundles"] = {"student": first, **rows}
             args.out.write_text(json.dumps(results, indent=1) + "\n")
 
-        bundles(student, cfg, data, args.limit, WORK / f"bundles_{first}_{args.steps}", threads, write)
+        bundles(student, cfg, data, args.limit, WORK / f"bundles_{student.parent.name}", threads, write)
     print(f"wrote {args.out}")
 
 

@@ -176,7 +176,9 @@ def test_a_refused_guard_is_marked_in_its_column_and_its_line_is_listed():
     assert "- ORT int8-static: int8-static misses the accuracy floor after 5 attempts" in md.splitlines()
     # the refused column is still scored and checked against its target on test
     rows = by_target(fr.targets(r))
-    assert rows["ORT int8-static <= 1% below fp32 (relative) on the average and each geometry task"]["status"] == "MET"
+    row = rows["ORT int8-static <= 1% below fp32 (relative) on the average and each geometry task"]
+    assert row["status"] == "MET" and row["value"].endswith("(refused by the guard; quantized without it)")
+    assert "refused" not in rows["ORT int8-dynamic <= 1% below fp32 (relative) on the average and each geometry task"]["value"]
 
 
 def test_a_scheme_the_guard_refuses_is_quantized_again_without_it(monkeypatch, tmp_path):
@@ -188,10 +190,13 @@ def test_a_scheme_the_guard_refuses_is_quantized_again_without_it(monkeypatch, t
 
     calls = []
 
+    attempt = {"excluded": 1, "kept": "1 layers kept in fp32", "drop": 0.005, "drop_bound": 0.041, "token_agreement": 0.9,
+               "per_task": {}}
+
     def quantize_bundle(fp32, out, *, settings, **kw):
         calls.append(settings.n_val)
         if settings.n_val:
-            raise GuardError(f"{out}: int4-weight-only misses the accuracy floor after 6 attempts")
+            raise GuardError(f"{out}: int4-weight-only misses the accuracy floor after 6 attempts", attempts=[attempt])
         return None
 
     monkeypatch.setattr(qb, "quantize_bundle", quantize_bundle)
@@ -201,4 +206,5 @@ def test_a_scheme_the_guard_refuses_is_quantized_again_without_it(monkeypatch, t
     got = fidelity.quantize(tmp_path / "fp32", out, "onnxruntime", "int4-weight-only", cfg, data)
     assert calls == [896, 0]
     assert got == {"bundle": str(out), "kept": None, "guard": {
-        "run": True, "passed": False, "refused": f"{out}: int4-weight-only misses the accuracy floor after 6 attempts"}}
+        "run": True, "passed": False, "refused": f"{out}: int4-weight-only misses the accuracy floor after 6 attempts",
+        "attempts": [{k: attempt[k] for k in ("excluded", "kept", "drop", "drop_bound", "token_agreement")}]}}

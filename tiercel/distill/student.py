@@ -9,8 +9,12 @@ With `widths: slice` a student narrower than its teacher takes the leading slice
 every axis (weight selection: Xu et al., "Initializing Models with Larger Ones", ICLR 2024). Leading slices
 keep channel i of one layer wired to channel i of the next, the consistency that paper found to matter. Fused
 q/k/v projections (DaViT's `qkv`, rows [q; k; v]) are sliced per third, so the student's k rows come from the
-teacher's k rows. Written here because it is a few lines over the state dicts; no library does it for these
-models.
+teacher's k rows. Two places stay inconsistent: where a stage's head (or channel-group) width shrinks, a
+student head takes parts of one or two teacher heads; and the projector's 2-D position embedding concatenates
+a column and a row table, so the student's row half comes from the teacher's row table, not from the
+channels at the same index. Only parameters are sliced; buffers (the fixed sinusoid table of the temporal
+embedding) keep the student's own values. Written here because it is a few lines over the state dicts; no
+library does it for these models.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ def copy_from_teacher(student, teacher, section) -> dict:
     import torch
 
     maps = _layer_map(section, teacher.tiercel_shape, student.tiercel_shape)
+    params = dict(student.named_parameters())  # tied weights once; buffers are not sliced nor counted
+    names = {k for k, _ in student.named_parameters(remove_duplicate=False)}  # every name of a tied weight too
     t_state = teacher.state_dict()
     copied, skipped = [], []
     with torch.no_grad():
@@ -86,12 +92,12 @@ def copy_from_teacher(student, teacher, section) -> dict:
             elif key.endswith("embed_positions.weight") and ref.shape[1:] == value.shape[1:] and ref.shape[0] >= value.shape[0]:
                 value.copy_(ref[: value.shape[0]])  # learned positions: the student keeps the first rows
                 copied.append([key, src])
-            elif getattr(section, "widths", "equal") == "slice" and (part := leading_slice(key, ref, value.shape)) is not None:
+            elif (getattr(section, "widths", "equal") == "slice" and key in names
+                  and (part := leading_slice(key, ref, value.shape)) is not None):
                 value.copy_(part)
                 copied.append([key, src])
             else:
                 skipped.append([key, f"shape {list(value.shape)} vs teacher {list(ref.shape)}"])
-    params = dict(student.named_parameters())  # tied weights once, buffers (final_logits_bias) not at all
     n_copied = sum(params[k].numel() for k, _ in copied if k in params)
     total = sum(p.numel() for p in params.values())
     return {"layer_map": maps, "copied": copied, "skipped": skipped, "copied_fraction": n_copied / total}

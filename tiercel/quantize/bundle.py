@@ -123,7 +123,8 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
                 raise _guard.GuardError(f"{out}: {scheme} misses the accuracy floor after {len(attempts)} attempts "
                                         f"({_kept(graphs)}): {verdict.line()}, "
                                         f"max drop {max_drop:.2%}, min agreement {min_agreement:.3f}"
-                                        + _guard.bound_hint(attempts, max_drop, len(val_samples)))
+                                        + _guard.bound_hint(attempts, max_drop, min_agreement, len(val_samples)),
+                                        attempts=attempts)
         section["guard"] = _guard_section(verdict, max_drop, min_agreement, attempts, val_samples)
         if section["guard"].get("caution"):
             say(f"caution: {section['guard']['caution']}")

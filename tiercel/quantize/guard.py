@@ -45,19 +45,25 @@ def caution(verdict) -> str | None:
             f"{verdict.samples} val samples decide little; consider a larger --n-val or --confidence, or --min-agreement")
 
 
-def bound_hint(attempts: list[dict], max_drop: float, samples: int) -> str:
+def bound_hint(attempts: list[dict], max_drop: float, min_agreement: float, samples: int) -> str:
     """'; attempt N's point drop ... was within max drop, its bound ... was not: ...' when some attempt failed only on
     the bootstrap bound (what more val samples can change), else ''. `attempts`: Verdict.to_dict() rows."""
     for i, a in enumerate(attempts, 1):
         bound = a.get("drop_bound")
-        if bound is not None and a.get("drop", math.inf) <= max_drop < bound:
+        if (bound is not None and a.get("drop", math.inf) <= max_drop < bound
+                and a.get("token_agreement", 0.0) >= min_agreement):
             return (f"; attempt {i}'s point drop {a['drop']:.2%} was within max drop, its {a['confidence']:.0%} bound "
                     f"{bound:.2%} was not: more val samples narrow the bound (--n-val, {samples} now)")
     return ""
 
 
 class GuardError(TiercelError):
-    """The quantised bundle stays below the accuracy floor even with the most sensitive layers kept back."""
+    """The quantised bundle stays below the accuracy floor even with the most sensitive layers kept back.
+    `attempts`: each attempt's record (what was kept back, Verdict.to_dict()), as the manifest would have held."""
+
+    def __init__(self, message: str, attempts: list[dict] | None = None):
+        super().__init__(message)
+        self.attempts = attempts or []
 
 
 @dataclass
