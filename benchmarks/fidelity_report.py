@@ -73,8 +73,7 @@ def targets(results: dict) -> list[dict]:
     rows = [_size_target(results.get("size_ratio"))]
     rows.append(_retention_target(cols["teacher"]["average"], cols["kd"]["average"]))
     rows.append(_kd_over_ce(cols["kd"]["headline"], cols["ce"]["headline"]))
-    refused = {_column_of(m) for m in results.get("models", {}).values()
-               if ((m.get("quantize") or {}).get("guard") or {}).get("refused")}
+    refused = {_column_of(m) for m in results.get("models", {}).values() if _refusal(m)}
     for backend, short in BACKENDS.items():
         fp32 = cols[bundle_key(backend, "fp32")]
         for scheme, tol in MAX_DROP.items():
@@ -176,8 +175,8 @@ def _table(r: dict, cols: dict, heads: dict) -> str:
     extra = _extra_rows(r, heads)
     lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in extra.items()]
     errors = [f"- {heads[k]}: {e}" for k in heads for e in dict.fromkeys(cols[k]["errors"])]
-    refused = [f"- {heads[_column_of(m)]}: {g['refused']}" for m in r.get("models", {}).values()
-               if _column_of(m) in heads and (g := _dig(m, ("quantize", "guard")) or {}).get("refused")]
+    refused = [f"- {heads[_column_of(m)]}: {why}" for m in r.get("models", {}).values()
+               if _column_of(m) in heads and (why := _refusal(m))]
     notes = [""] + ["Errors:"] + errors if errors else []
     if refused:
         notes += ["", "Refused by the accuracy guard on val (these columns are the scheme quantized without the guard, "
@@ -198,6 +197,11 @@ EXTRA_ROWS = {  # row name -> (where in a model's entry, how a mean over its run
     "bundle MB": (("bundle_bytes",), lambda v: f"{v / 1e6:.2f}"),
     "eval seconds": (("eval", "seconds"), lambda v: f"{v:.0f}"),
 }
+
+
+def _refusal(model: dict) -> str | None:
+    """The guard's one line when it refused a bundle's scheme (fidelity.quantize then quantized it without the guard)."""
+    return (_dig(model, ("quantize", "guard")) or {}).get("refused")
 
 
 def _dig(entry: dict, path: tuple[str, ...]):

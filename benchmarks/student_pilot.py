@@ -105,6 +105,9 @@ def main() -> None:
     args = ap.parse_args()
     from runtime_cpu import machine
 
+    def run_name(objective: str) -> str:  # kd_3000, kd_3000_slice: one folder per objective, length and init
+        return f"{objective}_{args.steps}" + (f"_{args.init}" if args.init else "")
+
     src = FIDELITY / "teacher" / "checkpoints" / f"step_{args.teacher_step:06d}"
     teacher = WORK / f"teacher_step_{args.teacher_step:06d}"
     if not teacher.is_dir():
@@ -124,7 +127,7 @@ def main() -> None:
     results["teacher"].update(headline=teacher_scores["headline"], average=teacher_scores["average"])
     for objective in args.objectives.split(","):
         recipe = student_recipe(cfg, WORK, data, teacher, objective, 0, quick=False)
-        recipe["out"] = str(WORK / f"{objective}_{args.steps}{'_' + args.init if args.init else ''}")
+        recipe["out"] = str(WORK / run_name(objective))
         if args.init == "slice":  # the teacher's leading slices (student.widths, docs/distill.md) instead of random
             recipe["student"] = {**recipe["student"], "init": "teacher", "widths": "slice"}
         recipe["distill"] = {**recipe["distill"], "steps": args.steps,
@@ -143,7 +146,7 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     if args.bundles:
         first = args.objectives.split(",")[0]
-        student = WORK / f"{first}_{args.steps}{'_' + args.init if args.init else ''}" / "student"
+        student = WORK / run_name(first) / "student"
         threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or None
 
         def write(rows: dict) -> None:

@@ -92,7 +92,7 @@ def copy_from_teacher(student, teacher, section) -> dict:
             elif key.endswith("embed_positions.weight") and ref.shape[1:] == value.shape[1:] and ref.shape[0] >= value.shape[0]:
                 value.copy_(ref[: value.shape[0]])  # learned positions: the student keeps the first rows
                 copied.append([key, src])
-            elif (getattr(section, "widths", "equal") == "slice" and key in names
+            elif (section.widths == "slice" and key in names
                   and (part := leading_slice(key, ref, value.shape)) is not None):
                 value.copy_(part)
                 copied.append([key, src])
