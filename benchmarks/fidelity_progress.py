@@ -1,9 +1,14 @@
-"""How far the fidelity benchmark's teacher has come: `tiercel eval` on its checkpoints while it trains.
+"""How far the fidelity benchmark's teacher and students have come: `tiercel eval` on their checkpoints.
 
     python benchmarks/fidelity_progress.py                    # the latest checkpoint, 64 test records per task
     python benchmarks/fidelity_progress.py --step 17000 --limit 64
     python benchmarks/fidelity_progress.py --stage 2 --step 3000   # the teacher's second stage (teacher_stage2/)
     python benchmarks/fidelity_progress.py --step 40000 50000 60000 --wait   # each as it is written (background)
+    python benchmarks/fidelity_progress.py --student kd/seed0 --step 10000 20000 30000 --wait   # a student
+
+`--student OBJECTIVE/seedN` scores that student's checkpoints (benchmarks/work/fidelity/students/...) instead and
+writes to benchmarks/results/fidelity_student_progress.json: how soon each objective reads positions, which the
+table's final numbers do not show.
 
 benchmarks/fidelity.py trains the teacher for 60,000 steps (about 5 h of one core) and keeps its last two
 checkpoints (benchmarks/work/fidelity/teacher/checkpoints/step_NNNNNN, loadable model directories; so a step is
@@ -25,6 +30,7 @@ before the trainer recorded it).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -35,10 +41,13 @@ from pathlib import Path
 
 from image_use import commit  # benchmarks/ is on sys.path when this runs as a script
 
+from tiercel.fileio import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work" / "fidelity"
 DATA = HERE / "work" / "fidelity" / "data" / "test.json"
 OUT = HERE / "results" / "fidelity_teacher_progress.json"
+OUT_STUDENTS = HERE / "results" / "fidelity_student_progress.json"
 TARGETS = {"REG_VG": 0.6, "REG_DET_HBB": 0.4, "REG_DET_OBB": 0.3, "PIX_SEG": 0.4, "PIX_CHG": 0.3}  # issue 22
 
 
@@ -58,10 +67,18 @@ def main() -> None:
     ap.add_argument("--stage", type=int, default=1, help="the teacher's training stage (fidelity.yaml teacher.stages)")
     ap.add_argument("--run", type=int, default=3, help="which training of the teacher the checkpoints belong to "
                     "(1 and 2: lost with their machines; 3: started on 2026-12-05, carried in git)")
+    ap.add_argument("--student", metavar="OBJECTIVE/seedN", help="score this student's checkpoints instead of the "
+                    "teacher's, e.g. kd/seed0 (fidelity.yaml student.objectives and seeds)")
     args = ap.parse_args()
     if args.wait and not args.step:
         sys.exit("--wait: give the checkpoint steps to wait for with --step")
-    ckpts = WORK / ("teacher" if args.stage == 1 else f"teacher_stage{args.stage}") / "checkpoints"
+    if args.student:
+        ckpts = WORK / "students" / args.student / "checkpoints"
+        if not ckpts.parent.is_dir():
+            found = sorted(str(p.parent.relative_to(WORK / "students")) for p in (WORK / "students").glob("*/*/recipe.yaml"))
+            sys.exit(f"--student {args.student}: no such student under {WORK / 'students'} (found: {', '.join(found) or 'none'})")
+    else:
+        ckpts = WORK / ("teacher" if args.stage == 1 else f"teacher_stage{args.stage}") / "checkpoints"
     for step in args.step or [None]:
         name = f"step_{step:06d}" if step else (ckpts / "latest").read_text().strip()
         while args.wait and not (ckpts / name).is_dir():  # checkpoints appear whole (renamed into place)
@@ -82,19 +99,25 @@ def score(args, ckpt: Path) -> None:
         seconds = time.perf_counter() - t0
         r = json.loads(report.read_text())
     headline = {tag: h["value"] for tag, h in r["headline"].items()}
-    row = {"run": args.run, "stage": args.stage, "step": int(name.split("_")[1]), "limit": args.limit, "records": sum(r["counts"].values()),
+    who = {"model": args.student} if args.student else {"run": args.run, "stage": args.stage}
+    row = {**who, "step": int(name.split("_")[1]), "limit": args.limit, "records": sum(r["counts"].values()),
            "headline": headline, "metrics": {tag: h["metric"] for tag, h in r["headline"].items()}, "average_headline": r["average_headline"],
            "geometry_targets": {t: {"value": headline[t], "target": v, "met": headline[t] >= v} for t, v in TARGETS.items()},
            "generation": r["generation"], "eval_seconds": seconds, "train_seconds": train_seconds(ckpt), "commit": commit(),
            "command": "python benchmarks/fidelity_progress.py " + " ".join(sys.argv[1:]),
            "machine": {"cores": os.cpu_count(), "loadavg": os.getloadavg()},
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    runs = json.loads(OUT.read_text())["runs"] if OUT.is_file() else []
-    at = lambda x: (x.get("run", 1), x.get("stage", 1), x["step"], x["limit"])  # noqa: E731
-    runs = sorted([x for x in runs if at(x) != at(row)] + [row], key=at)
-    OUT.write_text(json.dumps({"what": __doc__.splitlines()[0], "runs": runs}, indent=1) + "\n")
-    print(f"run {row['run']} stage {row['stage']} step {row['step']}: " + ", ".join(f"{t} {v['value']:.3f}/{v['target']}" for t, v in row["geometry_targets"].items()))
-    print(f"wrote {OUT}")
+    out = OUT_STUDENTS if args.student else OUT
+    with open(out.parent / f".{out.name}.lock", "w") as lock:  # one waiter per student may finish at the same time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = json.loads(out.read_text())["runs"] if out.is_file() else []
+        at = lambda x: (x.get("model", ""), x.get("run", 1), x.get("stage", 1), x["step"], x["limit"])  # noqa: E731
+        runs = sorted([x for x in runs if at(x) != at(row)] + [row], key=at)
+        atomic_write_text(out, json.dumps({"what": __doc__.splitlines()[0], "runs": runs}, indent=1) + "\n")
+    label = args.student or f"run {row['run']} stage {row['stage']}"
+    print(f"{label} step {row['step']}: " + ", ".join(f"{t} {v['value']:.3f}/{v['target']}" for t, v in row["geometry_targets"].items())
+          + f", 14-task average {row['average_headline']:.3f}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
