@@ -94,7 +94,7 @@ def bundles(student: Path, cfg, data: dict, limit: int, out: Path, threads: int 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher-step", type=int, required=True, help="the teacher checkpoint to distil from")
-    ap.add_argument("--steps", type=int, default=3000, help="training steps per student (fidelity.yaml: 12,000)")
+    ap.add_argument("--steps", type=int, default=3000, help="training steps per student (fidelity.yaml: 30,000)")
     ap.add_argument("--objectives", default="ce,kd", help="comma-separated: ce, kd, kd_hidden")
     ap.add_argument("--limit", type=int, default=64, help="test records per task scored")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "student_pilot.json")
