@@ -37,19 +37,19 @@ exits 1 naming it; a rerun retries it. `--fresh` starts over.
 new tokens, the probe at 4 records per task and calibration at 4 samples (fidelity_config.QUICK): every stage
 runs, in about 2 minutes on one thread of a busy 2-core CPU; results go to fidelity_quick.json / .md.
 
-How long a full run takes, an estimate, not a measurement: training is steps x batch / samples per second, per
-run. With the YAML as committed, on the 2-core EPYC with one thread per run: the teacher trained at about 50
-samples/s once compiled (3.2 steps/s of 16, read from its metrics.jsonl while another 1-thread run shared the
-machine), so 60,000 x 16 / 50 = 5.3 h, and its second stage 6,000 x 16 / 42 = 0.6 h; students at the rates
-benchmarks/student_pilot.py measured (benchmarks/results/student_pilot.md: CE 98, KD 68 samples/s after
-compiling): 2 x 480,000 / 98 + 4 x 480,000 / 68 = 10.6 h of one core (5.3 h at --jobs 2; measured since: the
-CE students took 6,051 and 6,107 s each at --jobs 2, 78.6 samples/s, so about 11.2 h, 5.6 h at --jobs 2); 8 quantizations, 18 min
-in all on the pilot student at 224 val samples (student_pilot.md), so up to 1.2 h at the YAML's 896 (4x the
-guard's samples, an upper estimate); 17 evaluations of the 16,800 test records, 64 at a time, at the rates
-measured on the teacher at step 46,000 (benchmarks/results/eval_batch_cpu.md: 95 records/s as a checkpoint, 333 as
-an onnxruntime fp32 bundle), 7 x 16,800 / 95 + 10 x 16,800 / 333 s = about 29 min (quantized and OpenVINO bundles
-not measured). About 18.8 hours of one core in all (5.3 + 0.6 + 11.2 + 1.2 + 0.5): run it in the background over
-several sessions (every stage resumes); the JSON records the wall time of every stage.
+How long a full run takes, an estimate, not a measurement: training is steps x batch / samples per second, per run.
+With the YAML as committed, on the 2-core EPYC with one thread per run: the teacher trained at about 50 samples/s
+once compiled (3.2 steps/s of 16, read from its metrics.jsonl while another 1-thread run shared the machine), so
+60,000 x 16 / 50 = 5.3 h, and its second stage 6,000 x 16 / 42 = 0.6 h; students at the rates
+benchmarks/student_pilot.py measured (benchmarks/results/student_pilot.md: CE 98, KD 68 samples/s after compiling):
+2 x 480,000 / 98 + 4 x 480,000 / 68 = 10.6 h of one core (5.3 h at --jobs 2; measured since: the CE students took
+6,051 and 6,107 s each at --jobs 2, 78.6 samples/s, so about 11.2 h, 5.6 h at --jobs 2); 8 quantizations, 18 min
+in all on the pilot student at 224 val samples (student_pilot.md), so up to 1.2 h at the YAML's 896 (4x the guard's
+samples, an upper estimate); 17 evaluations of the 16,800 test records, 64 at a time, at the rates measured on the teacher at
+step 46,000 (benchmarks/results/eval_batch_cpu.md: 95 records/s as a checkpoint, 333 as an onnxruntime fp32 bundle),
+7 x 16,800 / 95 + 10 x 16,800 / 333 s = about 29 min (quantized and OpenVINO bundles not measured). About 18.8 hours
+of one core in all (5.3 + 0.6 + 11.2 + 1.2 + 0.5): run it in the background over several sessions (every stage
+resumes); the JSON records the wall time of every stage.
 """
 
 from __future__ import annotations

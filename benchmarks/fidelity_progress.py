@@ -10,21 +10,20 @@
 writes to benchmarks/results/fidelity_student_progress.json: how soon each objective reads positions, which the
 table's final numbers do not show.
 
-benchmarks/fidelity.py trains the teacher for 60,000 steps (about 5 h of one core) and keeps its last two
-checkpoints (benchmarks/work/fidelity/teacher/checkpoints/step_NNNNNN, loadable model directories; so a step is
-there for about 2,000 steps of training, and `--wait` polls for the ones asked and scores each when it appears). This runs
-`tiercel eval` on one of them, on the first `--limit` test records of every task (greedy, the bundle defaults,
-constrained decoding as `tiercel eval` does by default), and appends the headline per task to
-benchmarks/results/fidelity_teacher_progress.json with the step, commit, command and machine, so the curve
-towards issue 22's targets builds up across sessions. The final numbers are fidelity.py's (all test records).
+benchmarks/fidelity.py trains the teacher for 60,000 steps (about 5 h of one core) and keeps its last two checkpoints
+(benchmarks/work/fidelity/teacher/checkpoints/step_NNNNNN, loadable model directories; so a step is there for about
+2,000 steps of training, and `--wait` polls for the ones asked and scores each when it appears). This runs `tiercel
+eval` on one of them, on the first `--limit` test records of every task (greedy, the bundle defaults, constrained
+decoding as `tiercel eval` does by default), and appends the headline per task to
+benchmarks/results/fidelity_teacher_progress.json with the step, commit, command and machine, so the curve towards
+issue 22's targets builds up across sessions. The final numbers are fidelity.py's (all test records).
 
-Rows are kept per training (`--run`): the first teacher's checkpoints were lost with its machine on 2026-12-04
-during stage 2, before any stage-2 checkpoint was scored (rows without a run are that training, run 1); the same recipe then
-started again from step 0 as run 2, so its rows sit beside run 1's at the same steps; run 2 was lost the same
-way on 2026-12-05 at about step 56,000, and run 3 (the default now) is the one carried between machines by
-benchmarks/fidelity_carry.py. Each row also has the
-checkpoint's `train_seconds` (wall time of training up to it, over every resume; null for checkpoints written
-before the trainer recorded it).
+Rows are kept per training (`--run`): the first teacher's checkpoints were lost with its machine on 2026-12-04 during
+stage 2, before any stage-2 checkpoint was scored (rows without a run are that training, run 1); the same recipe then
+started again from step 0 as run 2, so its rows sit beside run 1's at the same steps; run 2 was lost the same way on
+2026-12-05 at about step 56,000, and run 3 (the default now) is the one carried between machines by
+benchmarks/fidelity_carry.py. Each row also has the checkpoint's `train_seconds` (wall time of training up to it,
+over every resume; null for checkpoints written before the trainer recorded it).
 """
 
 from __future__ import annotations
