@@ -20,7 +20,7 @@ in this file; the schema is benchmarks/fidelity_config.py):
    parameters, per-model per-task scores, the targets checked) and fidelity.md (benchmarks/fidelity_report.py).
 
     .venv/bin/python benchmarks/fidelity.py                 # the full run (OMP_NUM_THREADS=1 on a shared machine)
-    .venv/bin/python benchmarks/fidelity.py --jobs 2        # students and evaluations two at a time (2 cores)
+    .venv/bin/python benchmarks/fidelity.py --jobs 2        # students, quantizations and evaluations two at a time
     .venv/bin/python benchmarks/fidelity.py --quick         # plumbing check, numbers meaningless
     .venv/bin/python benchmarks/fidelity.py --render        # only rewrite the .md from the JSON (--quick: its own)
 
@@ -43,13 +43,13 @@ once compiled (3.2 steps/s of 16, read from its metrics.jsonl while another 1-th
 60,000 x 16 / 50 = 5.3 h, and its second stage 6,000 x 16 / 42 = 0.6 h; students at the rates
 benchmarks/student_pilot.py measured (benchmarks/results/student_pilot.md: CE 98, KD 68 samples/s after compiling):
 2 x 480,000 / 98 + 4 x 480,000 / 68 = 10.6 h of one core (5.3 h at --jobs 2; measured since: the CE students took
-6,051 and 6,107 s each at --jobs 2, 78.6 samples/s, so about 11.2 h, 5.6 h at --jobs 2); 8 quantizations, 18 min
-in all on the pilot student at 224 val samples (student_pilot.md), so up to 1.2 h at the YAML's 896 (4x the guard's
-samples, an upper estimate); 17 evaluations of the 16,800 test records, 64 at a time, at the rates measured on the teacher at
-step 46,000 (benchmarks/results/eval_batch_cpu.md: 95 records/s as a checkpoint, 333 as an onnxruntime fp32 bundle),
-7 x 16,800 / 95 + 10 x 16,800 / 333 s = about 29 min (quantized and OpenVINO bundles not measured). About 18.8 hours
-of one core in all (5.3 + 0.6 + 11.2 + 1.2 + 0.5): run it in the background over several sessions (every stage
-resumes); the JSON records the wall time of every stage.
+6,051 and 6,107 s each at --jobs 2, 78.6 samples/s, so about 11.2 h, 5.6 h at --jobs 2); 8 quantizations, 18 min in
+all on the pilot student at 224 val samples (student_pilot.md), so up to 1.2 h at the YAML's 896 (4x the guard's
+samples, an upper estimate; --jobs 2 runs two at a time, one thread each); 17 evaluations of the 16,800 test records,
+64 at a time, at the rates measured on the teacher at step 46,000 (benchmarks/results/eval_batch_cpu.md: 95 records/s
+as a checkpoint, 333 as an onnxruntime fp32 bundle), 7 x 16,800 / 95 + 10 x 16,800 / 333 s = about 29 min (quantized
+and OpenVINO bundles not measured). About 18.8 hours of one core in all (5.3 + 0.6 + 11.2 + 1.2 + 0.5): run it in the
+background over several sessions (every stage resumes); the JSON records the wall time of every stage.
 """
 
 from __future__ import annotations
@@ -209,7 +209,8 @@ def probe(model: str, test: Path, root: Path, cfg: ProbeSpec) -> dict:
     return {"seconds": r["seconds"], "per_task": {t: {k: p[k] for k in keep} for t, p in r["per_task"].items()}}
 
 
-def quantize(fp32: Path, out: Path, backend: str, scheme: str, cfg: BundleSpec, data: dict) -> dict:
+def quantize(fp32: Path, out: Path, backend: str, scheme: str, cfg: BundleSpec, data: dict,
+             threads: int | None = None) -> dict:
     """One quantized bundle through the accuracy guard. When the guard refuses the scheme (GuardError: nothing is
     written), the same scheme is quantized again without the guard (n_val 0) so the table still shows its cost on
     the test split; the record says `refused` with the guard's one line, and the table marks the column."""
@@ -218,7 +219,7 @@ def quantize(fp32: Path, out: Path, backend: str, scheme: str, cfg: BundleSpec, 
 
     settings = quantize_settings(cfg, backend, scheme)
     make = functools.partial(quantize_bundle, fp32, out, calib=data["train"], root=data["root"], val=data["val"],
-                             overwrite=True, log=print)
+                             overwrite=True, log=print, threads=threads)
     try:
         section = make(settings=settings)
     except GuardError as err:
@@ -372,20 +373,25 @@ class Run:
         student = self.models[source].get("path")
         self.stages.run("export", {"backends": backends}, lambda: {"bundle": str(export_checkpoint(
             student, fp32, backends=backends, decoder="split", overwrite=True))}, needs=(f"train/{source}",))
-        made, specs = {}, []  # quantize one at a time (each is itself busy), then score the bundles (--jobs at a time)
+        made, specs, quants = {}, [], []  # quantize, then score the bundles, --jobs at a time
         for backend in backends:
             for scheme in ("fp32", *cfg.schemes):
                 key, made[key] = bundle_key(backend, scheme), "export"
                 out = fp32 if scheme == "fp32" else self.work / "bundles" / f"{backend}-{scheme}"
-                m = self.models[key] = {"kind": "bundle", "backend": backend, "scheme": scheme, "bundle": str(out),
-                                        "source": source}
+                self.models[key] = {"kind": "bundle", "backend": backend, "scheme": scheme, "bundle": str(out),
+                                    "source": source}
                 if scheme != "fp32":
                     made[key] = f"quantize/{backend}/{scheme}"
-                    inputs = quantize_settings(cfg, backend, scheme).model_dump()
-                    m["quantize"] = self.stages.run(made[key], inputs, lambda: quantize(fp32, out, backend, scheme, cfg, self.data),
-                                                    needs=("export",))
+                    quants.append((made[key], quantize_settings(cfg, backend, scheme).model_dump(), ("export",), quantize,
+                                   (fp32, out, backend, scheme, cfg, self.data, self.threads), {}))
                 specs.append((f"eval/{key}", self.cfg.eval.fingerprinted(), (made[key],), score, (out,),
                               {"backend": backend, **self.score_args()}))
+        with children(self.jobs) as pool:
+            calls = self.calls(pool, quants)
+            for key, stage in made.items():
+                if stage != "export":
+                    inputs = next(q[1] for q in quants if q[0] == stage)
+                    self.models[key]["quantize"] = self.stages.run(stage, inputs, calls[stage], needs=("export",))
         with children(self.jobs) as pool:
             calls = self.calls(pool, specs)
             for name, inputs, needs, _, (out,), kwargs in specs:
@@ -424,7 +430,7 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="forget the finished stages in --work and start over")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the existing JSON")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="students trained, and models scored, this many at a time in their own processes "
+                    help="students trained, bundles quantized and models scored, this many at a time in their own processes "
                          "(with OMP_NUM_THREADS=1: up to one per core)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 0)) or None,
                     help="torch and backend intra-op threads (default: OMP_NUM_THREADS, else the libraries' own)")

@@ -153,7 +153,8 @@ def test_guard_excludes_sensitive_layers_and_retries_until_it_holds(fp32, tmp_pa
     from tiercel.quantize import gptq
 
     real_hessians, probed = gptq.hessians, []
-    monkeypatch.setattr(gptq, "hessians", lambda proto, feeds, nodes: probed.append(len(feeds)) or real_hessians(proto, feeds, nodes))
+    monkeypatch.setattr(gptq, "hessians", lambda proto, feeds, nodes, threads=None: probed.append(len(feeds))
+                        or real_hessians(proto, feeds, nodes, threads))
     monkeypatch.setattr(guard, "compare", strict_first)
     section = quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), **FAST)
     attempts = section.guard.attempts
@@ -251,3 +252,28 @@ def test_openvino_int8_static_bundle_adds_no_attention_scores_in_u8(fp32, tmp_pa
     assert checked >= 2  # the self-attention masks of the decoders (with past: one per layer)
     model = tiercel.runtime.load(tmp_path / "ov", backend="openvino")
     assert model.run(np.zeros((64, 64, 3), np.uint8), task="IMG_CAP", max_new_tokens=4).to_dict()["type"] == "caption"
+
+
+def test_threads_reach_every_session_tiercel_opens_and_change_no_byte(fp32, tmp_path, monkeypatch):
+    import sys
+
+    import onnxruntime as ort
+
+    from tiercel.quantize import quantize_bundle
+
+    real, opened = ort.InferenceSession, []
+
+    def spy(path, sess_options=None, *args, **kwargs):
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        opened.append((caller, sess_options.intra_op_num_threads if sess_options is not None else 0))
+        return real(path, sess_options, *args, **kwargs)
+
+    default = quantize_bundle(fp32, tmp_path / "default", "mixed", calib=synth_folder(), **FAST)
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    one = quantize_bundle(fp32, tmp_path / "one", "mixed", calib=synth_folder(), threads=1, **FAST)
+    ours = [(caller, n) for caller, n in opened if caller.startswith("tiercel.")]
+    assert {c for c, _ in ours} >= {"tiercel.runtime.backends", "tiercel.quantize.gptq"}
+    assert {n for _, n in ours} == {1}
+    files = lambda out: {g["file"]: g["sha256"] for g in json.loads((out / "manifest.json").read_text())["graphs"]}
+    assert files(tmp_path / "one") == files(tmp_path / "default")
+    assert one.guard.token_agreement == default.guard.token_agreement

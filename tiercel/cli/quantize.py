@@ -41,6 +41,7 @@ def quantize(
     sensitivity: bool = _opt("sensitivity", "--sensitivity"),
     engines: bool = _opt("engines", "--engines"),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    threads: int = typer.Option(None, "--threads", min=1, max=1024, help="Intra-op threads of the sessions that calibrate, rank layers and run the guard (default: the backend's, one per core); the output does not depend on it."),
 ):
     """Quantize a bundle: calibrate on real decode steps, guard accuracy against fp32, write checksums."""
     import json
@@ -59,7 +60,7 @@ def quantize(
                              max_new_tokens=max_new_tokens, max_retries=max_retries, sensitivity=sensitivity,
                              engines=engines, policy=roles or None)
     section = quantize_bundle(bundle, out, calib=calib, root=root, val=val, settings=settings, overwrite=overwrite,
-                              log=lambda m: typer.echo(m, err=True))
+                              log=lambda m: typer.echo(m, err=True), threads=threads)
     for name, row in section.sizes.items():
         typer.echo(f"  {name:24s} {section.graphs.get(name, '')[:16]:16s} {row['bytes'] / 1e6:9.2f} MB  x{row['ratio']:.3f}")
     guard = section.guard

@@ -44,7 +44,7 @@ from tiercel.runtime.manifest import MANIFEST, QuantizationSection, write_manife
 def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: str | None = None,
                     calib: str | os.PathLike | None = None, root: str | os.PathLike | None = None, *,
                     val: str | os.PathLike | None = None, settings: QuantizeSettings | None = None,
-                    overwrite: bool = False, log: Callable[[str], None] | None = None,
+                    overwrite: bool = False, log: Callable[[str], None] | None = None, threads: int | None = None,
                     **changes) -> QuantizationSection:
     """Quantise the fp32 bundle at `bundle` into `out`. Returns the manifest's "quantization" section (typed).
 
@@ -90,28 +90,31 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
         say(f"calibrating on {n} samples of {sft_file(calib)}")
         every_step = [g for g, leaf in leaves.items() if gptq(leaf) and g == "decoder_with_past_model"]
         calibration = capture(src.root, load_samples(calib, root, n), n=n, max_new_tokens=max_new_tokens,
-                              keep_all=every_step if target.name == "onnxruntime" else ())
+                              keep_all=every_step if target.name == "onnxruntime" else (), threads=threads)
     val_samples = _val_samples(calib, val, root, n_val)
-    ref = _reference(src, val_samples, max_new_tokens)
+    ref = _reference(src, val_samples, max_new_tokens, threads)
     excluded: dict[str, list[str]] = {g: [] for g in leaves}
     ranking, attempts = None, []
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite, marker=MANIFEST) as tmp:
         attempt, keep_in, cache = 0, "int8", {}  # int4 graphs keep layers back in int8 blocks first, then in fp32
         while True:
-            graphs = _write_graphs(src, tmp, entries, leaves, target, calibration, excluded, ratio, keep_in, cache)
+            graphs = _write_graphs(src, tmp, entries, leaves, target, calibration, excluded, ratio, keep_in, cache,
+                                   threads)
             if calibration:
                 calibration.every.clear()  # every decode step fed GPTQ (its rounded layers are in `cache`); free them
             section = _section(src, spec, target, calibration, graphs, entries, excluded)
             _write_manifest(src, tmp, graphs, section)
-            verdict = _check(tmp, target, val_samples, ref, max_drop, min_agreement, max_new_tokens, confidence)
+            verdict = _check(tmp, target, val_samples, ref, max_drop, min_agreement, max_new_tokens, confidence,
+                             threads)
             attempts.append({"excluded": sum(map(len, excluded.values())), "kept": _kept(graphs),
                              **(verdict.to_dict() if verdict else {})})
             if verdict is None or verdict.passed:
                 break
             say(f"attempt {len(attempts)}: {verdict.line()}; {verdict.misses(max_drop, min_agreement)}")
             if ranking is None:
-                ranking = _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib, root)
+                ranking = _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib, root,
+                                   threads=threads)
             keep = [r for r in ranking if r["node"] not in excluded[r["graph"]]][: 2**attempt]
             if keep and attempt < max_retries:
                 for r in keep:
@@ -129,7 +132,8 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
         if section["guard"].get("caution"):
             say(f"caution: {section['guard']['caution']}")
         if sensitivity:
-            ranking = ranking or _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib, root)
+            ranking = ranking or _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib, root,
+                                          threads=threads)
             write_json(tmp / "sensitivity.json", ranking)
             section["sensitivity"] = "sensitivity.json"
         _write_manifest(src, tmp, graphs, section)
@@ -166,12 +170,12 @@ def _val_samples(calib, val, root, n_val):
     return load_samples(val, root if root is not None else Path(val).parent, n_val, per_task=per_task)
 
 
-def _reference(src, samples, max_new_tokens):
+def _reference(src, samples, max_new_tokens, threads=None):
     if not samples:
         return None
     import tiercel.runtime
 
-    model = tiercel.runtime.load(src.root, backend="onnxruntime")
+    model = tiercel.runtime.load(src.root, backend="onnxruntime", threads=threads)
     ids = _guard.run_samples(model, samples, max_new_tokens)
     return {"ids": ids, "scores": _guard.headlines(model.tokenizer, samples, ids, model.dialect)}
 
@@ -183,7 +187,7 @@ def gptq(leaf) -> bool:
 
 
 def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded, ratio, keep_in: str,
-                  cache: dict) -> list[dict]:
+                  cache: dict, threads: int | None = None) -> list[dict]:
     """Quantise every graph into `tmp`; `cache` ({graph: {}}) carries per-graph work across the guard's attempts."""
     rows = []
     for name, leaf in leaves.items():
@@ -203,7 +207,7 @@ def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded
 
             dst = tmp / f"{name}.onnx"
             report = quantize_graph(src.root / entry["file"], dst, leaf, role, feeds, excluded[name], target.name, keep_in,
-                                    cache.setdefault(name, {}))
+                                    cache.setdefault(name, {}), threads)
             files = graph_files(dst)
         rows.append(_entry(tmp, entry, files, leaf, report, target))
     shutil.copyfile(src.root / src.manifest.tokenizer.file, tmp / src.manifest.tokenizer.file)
@@ -248,19 +252,19 @@ def _write_manifest(src, tmp: Path, graphs: list[dict], section: dict) -> None:
     write_manifest(tmp, manifest)
 
 
-def _check(tmp, target, samples, ref, max_drop, min_agreement, max_new_tokens, confidence):
+def _check(tmp, target, samples, ref, max_drop, min_agreement, max_new_tokens, confidence, threads=None):
     if not samples:
         return None
     import tiercel.runtime
 
-    model = tiercel.runtime.load(tmp, backend=target.runs)  # verifies every checksum just written
+    model = tiercel.runtime.load(tmp, backend=target.runs, threads=threads)  # verifies every checksum just written
     ids = _guard.run_samples(model, samples, max_new_tokens)
     return _guard.compare(model.tokenizer, samples, ref["ids"], ids, max_drop, min_agreement, model.dialect, ref["scores"],
                           confidence=confidence)
 
 
 def _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib=None, root=None,
-             max_feeds: int = 4) -> list[dict]:
+             max_feeds: int = 4, threads: int | None = None) -> list[dict]:
     """All quantised layers of all graphs, most sensitive first (ONNX graphs; names shared with the IR)."""
     from tiercel.quantize.sensitivity import layer_sensitivity
 
@@ -268,13 +272,13 @@ def _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, cali
         samples = load_samples(calib, root, 16) if calib is not None else val_samples[:16]
         if not samples:
             raise BundleError("sensitivity needs samples; pass --calib")
-        calibration = capture(src.root, samples, n=16, max_new_tokens=max_new_tokens)
+        calibration = capture(src.root, samples, n=16, max_new_tokens=max_new_tokens, threads=threads)
     onnx = {g.name: g.file for g in src.manifest.graphs if g.backend == "onnxruntime"}
     rows, ranked = [], {name: leaf for name, leaf in leaves.items() if leaf.kind != "keep"}
     with track("sensitivity", len(ranked), "graphs") as bar:
         for name, leaf in ranked.items():
             rows += layer_sensitivity(src.root / onnx[name], calibration.feeds[name], leaf, GRAPH_ROLES.get(name, ""),
-                                      max_feeds=max_feeds, graph=name, target=target.name)
+                                      max_feeds=max_feeds, graph=name, target=target.name, threads=threads)
             bar.advance(1, note=name)
     return sorted(rows, key=lambda r: -r["error"])
 

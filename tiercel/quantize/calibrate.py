@@ -140,7 +140,7 @@ def thin(items: list, n: int) -> list:
 
 
 def capture(bundle: str | os.PathLike, samples: list[Sample], n: int = 128, max_new_tokens: int = 64,
-            backend: str = "onnxruntime", keep_all=()) -> Calibration:
+            backend: str = "onnxruntime", keep_all=(), threads: int | None = None) -> Calibration:
     """Run the fp32 `bundle` on `samples` (greedy, up to `max_new_tokens`) and record each graph's feeds.
 
     keep_all: graphs whose every feed is also kept unthinned in `Calibration.every` (GPTQ's Hessians want every
@@ -150,7 +150,7 @@ def capture(bundle: str | os.PathLike, samples: list[Sample], n: int = 128, max_
     """
     import tiercel.runtime
 
-    model = tiercel.runtime.load(bundle, backend=backend)
+    model = tiercel.runtime.load(bundle, backend=backend, threads=threads)
     recorders = {name: Recorder(s) for name, s in model.sessions.items()}
     model.sessions = recorders
     with track("calibrate", len(samples), "samples") as bar:

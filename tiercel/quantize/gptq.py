@@ -33,7 +33,7 @@ DAMP = 0.01  # dampening: this share of the mean Hessian diagonal is added to it
 TWO_GB = 2**31 - 2**24  # protobuf's limit on one serialised message
 
 
-def hessians(proto, feeds: list[dict], nodes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def hessians(proto, feeds: list[dict], nodes: list[str], threads: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{node name: (H of the first half of `feeds`, H of the second half)}, H = X^T X / rows of the activation X
     that the MatMul multiplies, float32 [K, K] (a scalar 0 for a half without feeds). GPTQ fits on one half and
     is checked on the other (`choose`); halves, not alternate feeds, because a sample's decode steps are
@@ -46,6 +46,7 @@ def hessians(proto, feeds: list[dict], nodes: list[str]) -> dict[str, tuple[np.n
     tensors = sorted(set(tensor_of.values()))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads or 0
     inputs = [i.name for i in proto.graph.input]
     sums: list[dict[str, np.ndarray]] = [{}, {}]
     rows: list[dict[str, int]] = [{}, {}]  # per tensor: a cross-attention input has as many rows as the prompt

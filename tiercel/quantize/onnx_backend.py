@@ -133,12 +133,14 @@ def _quiet():
 
 
 def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: list[dict] | None = None,
-                   exclude=(), target: str = "onnxruntime", keep_in: str = "int8", cache: dict | None = None) -> dict:
+                   exclude=(), target: str = "onnxruntime", keep_in: str = "int8", cache: dict | None = None,
+                   threads: int | None = None) -> dict:
     """Write `src` quantised by `spec` to `dst`.
 
     keep_in: what the excluded layers of an int4-weight-only graph become, "int8" blocks or "fp32" (other
     schemes: always fp32). cache: a dict kept across calls for the same graph and feeds (the guard's retries):
-    each layer GPTQ rounds is rounded once into it. Returns {"quantized": [node names], "excluded": [...],
+    each layer GPTQ rounds is rounded once into it. threads: GPTQ's activation session's intra-op threads (None:
+    onnxruntime's default). Returns {"quantized": [node names], "excluded": [...],
     "kept_in": ..., ...}.
     """
     onnx = require("onnx", "onnx", "quantizing ONNX graphs")
@@ -164,7 +166,7 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
                         location=f"{dst.name}.data")
     elif spec.kind == "weight-only":
         rounding = _int4(proto, dst, spec, chosen, role, big, feeds, report["excluded"] if keep_in == "int8" else (),
-                         {} if cache is None else cache)
+                         {} if cache is None else cache, threads)
         if rounding:
             report["rounding"] = rounding
     elif spec.kind == "dynamic":
@@ -188,7 +190,7 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
 
 
 def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big: bool, feeds=None,
-          higher=(), cache=None) -> list[dict]:
+          higher=(), cache=None, threads: int | None = None) -> list[dict]:
     """int4 blocks for `chosen`, int8 blocks of the same size for `higher` (the layers the guard keeps back).
 
     MatMuls: GPTQ when there are feeds (gptq.py), else onnxruntime's round-to-nearest quantizer. The embedding
@@ -206,7 +208,8 @@ def _int4(proto, dst: Path, spec: SchemeSpec, chosen: list[str], role: str, big:
         rounded = cache.setdefault("rounded", {})  # the guard's retries keep a subset of the first attempt's layers
         missing = [n for n in flat if n not in rounded]  # in int4: each is rounded once, and the Hessians dropped
         if missing:
-            rounded.update(round_layers(proto, missing, hessians(proto, feeds, missing), spec.block_size, spec.symmetric))
+            rounded.update(round_layers(proto, missing, hessians(proto, feeds, missing, threads), spec.block_size,
+                                        spec.symmetric))
         rows = quantize_matmuls(proto, flat, rounded, spec.block_size, spec.symmetric, ACCURACY_LEVEL) if flat else []
     if rest:
         proto = _nbits(proto, 4, spec, rest, role)

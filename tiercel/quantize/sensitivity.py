@@ -66,8 +66,10 @@ def _blockwise(w: np.ndarray, axis: int, block: int, symmetric: bool, bits: int 
 
 
 def layer_sensitivity(onnx_file: str | Path, feeds: list[dict], spec: SchemeSpec, role: str = "",
-                      max_feeds: int = 8, graph: str = "", target: str = "onnxruntime") -> list[dict]:
-    """[{graph, node, op, weight, params, error}] for every layer `spec` quantises, most sensitive first."""
+                      max_feeds: int = 8, graph: str = "", target: str = "onnxruntime",
+                      threads: int | None = None) -> list[dict]:
+    """[{graph, node, op, weight, params, error}] for every layer `spec` quantises, most sensitive first (`threads`:
+    the sessions' intra-op threads on graphs of 64 MB or more; None: onnxruntime's default)."""
     onnx = require("onnx", "onnx", "measuring layer sensitivity")
     ort = require("onnxruntime", "onnx", "measuring layer sensitivity")
     from onnx import numpy_helper
@@ -84,7 +86,7 @@ def layer_sensitivity(onnx_file: str | Path, feeds: list[dict], spec: SchemeSpec
         opts.log_severity_level = 3
         # One session per layer: skip graph optimisation, and thread pools on small graphs (both cost more than the run).
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.intra_op_num_threads = 1 if small else 0
+        opts.intra_op_num_threads = 1 if small else (threads or 0)
         replaced = None
         if weight is not None:  # the session reads this one weight from `value` instead of the file
             replaced = ort.OrtValue.ortvalue_from_numpy(value)
