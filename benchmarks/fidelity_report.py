@@ -283,9 +283,27 @@ def _stage_table(r: dict) -> str:
     stages = r.get("stages", {})
     if not stages:
         return ""
+    own = _train_seconds(r.get("models", {}))
     lines = ["## Wall time per stage", "",
-             "Seconds each stage took when it ran (a rerun that reused a stage keeps its first time).", "",
-             "| stage | seconds | status |", "|---|---|---|"]
-    lines += [f"| {name} | {s.get('seconds', 0):.1f} | {s.get('status')} |" for name, s in stages.items()]
+             "Seconds the run waited for each stage when it ran (a rerun that reused a stage keeps that time). A "
+             "training run resumed over several sessions counts only its last part there; *training* is the run's "
+             "own time, summed over its resumes (with --jobs, runs overlapped).", "",
+             "| stage | seconds | training | status |", "|---|---|---|---|"]
+    lines += [f"| {name} | {s.get('seconds', 0):.1f} | {f'{own[name]:.0f}' if name in own else '-'} | {s.get('status')} |"
+              for name, s in stages.items()]
     total = sum(s.get("seconds", 0) for s in stages.values())
-    return "\n".join(lines + [f"| **total** | **{total:.1f}** | |", ""])
+    return "\n".join(lines + [f"| **total** | **{total:.1f}** | **{sum(own.values()):.0f}** | |", ""])
+
+
+def _train_seconds(models: dict) -> dict[str, float]:
+    """{training stage: the run's own seconds over all its resumes}, from the models' train records."""
+    out = {}
+    for name, m in models.items():
+        train = m.get("train") or {}
+        if name == "teacher":
+            for i, run in enumerate(train.get("stages", [])):
+                if run.get("train_seconds") is not None:
+                    out["teacher" if i == 0 else f"teacher/stage{i + 1}"] = run["train_seconds"]
+        elif m.get("kind") == "torch" and train.get("train_seconds") is not None:
+            out[f"train/{name}"] = train["train_seconds"]
+    return out

@@ -125,6 +125,21 @@ def test_render_shows_the_three_decoding_modes_per_bundle():
     assert "## Constrained decoding" not in fr.render(results())
 
 
+def test_stage_table_gives_each_training_run_its_own_time_over_resumes():
+    """A run resumed in a later session waited 0 s there; the table shows its own summed time beside it."""
+    r = results()
+    r["models"]["teacher"]["train"] = {"stages": [{"train_seconds": 18873.8}, {"train_seconds": 2222.9}]}
+    r["models"]["ce/seed1"]["train"] = {"train_seconds": 6050.5}
+    r["stages"] = {"data": {"seconds": 104.0, "status": "reused"},
+                   "teacher": {"seconds": 1551.5, "status": "reused"},
+                   "teacher/stage2": {"seconds": 2254.3, "status": "reused"},
+                   "train/ce/seed1": {"seconds": 0.0, "status": "reused"}}
+    md = fr.render(r)
+    assert "| data | 104.0 | - | reused |" in md
+    assert "| teacher | 1551.5 | 18874 | reused |" in md and "| teacher/stage2 | 2254.3 | 2223 | reused |" in md
+    assert "| train/ce/seed1 | 0.0 | 6050 | reused |" in md  # 6050.5 rounds half to even
+    assert "| **total** | **3909.8** | **27147** | |" in md  # 18873.8 + 2222.9 + 6050.5 = 27147.2
+
 def test_a_teacher_stage_added_later_keeps_the_first_stage_where_it_trained(tmp_path):
     """Adding a stage to a finished one-stage teacher must not retrain it: same folder, same recipe."""
     import yaml
