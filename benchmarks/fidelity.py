@@ -403,13 +403,15 @@ class Run:
                 m["error"] = self.stages.error("export", made[key], name)
         c, test = self.cfg.constrained, Path(self.data["test"])
         inputs = {**c.model_dump(), "max_new_tokens": self.cfg.eval.max_new_tokens}
-        for name, _, needs, _, (out,), kwargs in specs:  # unconstrained vs constrained, one bundle at a time
-            key = name.removeprefix("eval/")
-            if kwargs["backend"] == c.backend:
-                m = self.models[key]
-                m["constrained"] = self.stages.run(f"constrained/{key}", inputs, functools.partial(
-                    constrained, out, c.backend, test, c.limit, self.cfg.eval.max_new_tokens, self.threads), needs=needs)
-                m["constrained_error"] = self.stages.error(f"constrained/{key}")
+        runs = [(f"constrained/{name.removeprefix('eval/')}", inputs, needs, constrained,
+                 (out, c.backend, test, c.limit, self.cfg.eval.max_new_tokens, self.threads), {})
+                for name, _, needs, _, (out,), kwargs in specs if kwargs["backend"] == c.backend]
+        with children(self.jobs) as pool:  # unconstrained vs constrained, --jobs bundles at a time
+            calls = self.calls(pool, runs)
+            for name, _, needs, *_ in runs:
+                m = self.models[name.removeprefix("constrained/")]
+                m["constrained"] = self.stages.run(name, inputs, calls[name], needs=needs)
+                m["constrained_error"] = self.stages.error(name)
 
 
 # ---- main ----------------------------------------------------------------------------------------------
