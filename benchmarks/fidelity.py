@@ -80,7 +80,7 @@ from fidelity_config import (  # noqa: E402
     student_recipe,
     teacher_recipes,
 )
-from fidelity_report import OBJECTIVES, SIZE_RATIO, bundle_key, render, targets  # noqa: E402
+from fidelity_report import OBJECTIVES, SIZE_RATIO, bundle_key, render, targets, teacher_stage  # noqa: E402
 from image_use import commit, probe_checkpoint, write_result  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
@@ -303,7 +303,7 @@ class Run:
         """Train the teacher's stages; check the student's size against it; returns its parameters."""
         prev, runs = "data", []
         for i, recipe in enumerate(self.t_recipes):
-            name = "teacher" if i == 0 else f"teacher/stage{i + 1}"  # the first keeps its name: adding a stage reuses it
+            name = teacher_stage(i)
             key = self.stages.key({"recipe": recipe, "after": self.stages.keys[prev]})
             runs.append(self.stages.run(name, recipe, lambda: train(recipe, key), needs=(prev,), soft=False))
             prev = name
@@ -358,6 +358,12 @@ class Run:
                 out[name] = functools.partial(fn, *args, **kwargs)
         return out
 
+    def pooled(self, specs: list[tuple]) -> dict:
+        """{stage name: its result (None when it failed)} for specs as `calls` takes them, --jobs at a time."""
+        with children(self.jobs) as pool:
+            calls = self.calls(pool, specs)
+            return {name: self.stages.run(name, inputs, calls[name], needs=needs) for name, inputs, needs, *_ in specs}
+
     def score_torch(self, name: str, stage: str, calls: dict) -> None:
         m, ev, pr = self.models[name], self.cfg.eval.fingerprinted(), self.cfg.probe
         m["eval"] = self.stages.run(f"eval/{name}", ev, calls[f"eval/{name}"], needs=(stage,))
@@ -386,32 +392,27 @@ class Run:
                                    (fp32, out, backend, scheme, cfg, self.data, self.threads), {}))
                 specs.append((f"eval/{key}", self.cfg.eval.fingerprinted(), (made[key],), score, (out,),
                               {"backend": backend, **self.score_args()}))
-        with children(self.jobs) as pool:
-            calls = self.calls(pool, quants)
-            for key, stage in made.items():
-                if stage != "export":
-                    inputs = next(q[1] for q in quants if q[0] == stage)
-                    self.models[key]["quantize"] = self.stages.run(stage, inputs, calls[stage], needs=("export",))
-        with children(self.jobs) as pool:
-            calls = self.calls(pool, specs)
-            for name, inputs, needs, _, (out,), kwargs in specs:
-                key = name.removeprefix("eval/")
-                m = self.models[key]
-                m["eval"] = self.stages.run(name, inputs, calls[name], needs=needs)
-                if m["eval"]:
-                    m["bundle_bytes"] = bundle_bytes(out, kwargs["backend"])
-                m["error"] = self.stages.error("export", made[key], name)
+        quantized = self.pooled(quants)
+        for key, stage in made.items():
+            if stage != "export":
+                self.models[key]["quantize"] = quantized[stage]
+        scored = self.pooled(specs)
+        for name, _, _, _, (out,), kwargs in specs:
+            key = name.removeprefix("eval/")
+            m = self.models[key]
+            m["eval"] = scored[name]
+            if m["eval"]:
+                m["bundle_bytes"] = bundle_bytes(out, kwargs["backend"])
+            m["error"] = self.stages.error("export", made[key], name)
         c, test = self.cfg.constrained, Path(self.data["test"])
         inputs = {**c.model_dump(), "max_new_tokens": self.cfg.eval.max_new_tokens}
         runs = [(f"constrained/{name.removeprefix('eval/')}", inputs, needs, constrained,
                  (out, c.backend, test, c.limit, self.cfg.eval.max_new_tokens, self.threads), {})
                 for name, _, needs, _, (out,), kwargs in specs if kwargs["backend"] == c.backend]
-        with children(self.jobs) as pool:  # unconstrained vs constrained, --jobs bundles at a time
-            calls = self.calls(pool, runs)
-            for name, _, needs, *_ in runs:
-                m = self.models[name.removeprefix("constrained/")]
-                m["constrained"] = self.stages.run(name, inputs, calls[name], needs=needs)
-                m["constrained_error"] = self.stages.error(name)
+        decoded = self.pooled(runs)  # unconstrained vs constrained, --jobs bundles at a time
+        for name in decoded:
+            m = self.models[name.removeprefix("constrained/")]
+            m["constrained"], m["constrained_error"] = decoded[name], self.stages.error(name)
 
 
 # ---- main ----------------------------------------------------------------------------------------------

@@ -27,6 +27,11 @@ def bundle_key(backend: str, scheme: str) -> str:
     return f"bundle/{backend}/{scheme}"
 
 
+def teacher_stage(i: int) -> str:
+    """The stage name of the teacher's i-th training stage (the first keeps its name: adding a stage reuses it)."""
+    return "teacher" if i == 0 else f"teacher/stage{i + 1}"
+
+
 def column_keys() -> dict[str, str]:
     """Column key -> header, in table order: teacher, the students, the bundles per backend."""
     cols = {"teacher": "teacher", **OBJECTIVES}
@@ -303,7 +308,7 @@ def _train_seconds(models: dict) -> dict[str, float]:
         if name == "teacher":
             for i, run in enumerate(train.get("stages", [])):
                 if run.get("train_seconds") is not None:
-                    out["teacher" if i == 0 else f"teacher/stage{i + 1}"] = run["train_seconds"]
+                    out[teacher_stage(i)] = run["train_seconds"]
         elif m.get("kind") == "torch" and train.get("train_seconds") is not None:
             out[f"train/{name}"] = train["train_seconds"]
     return out
