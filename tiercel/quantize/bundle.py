@@ -13,6 +13,9 @@ Flow, all inside a temporary directory renamed to the output only when the guard
    layers in fp32. Measured on the synthetic student (benchmarks/results/quantize_student_cpu.json): the
    plain int4 bundles held with 0-3 layers in int8 blocks at 0.30-0.34x of fp32 size, where fp32 layers had
    given 0.58-0.77x in an earlier run; mixed needed the fp32 attempt.
+   A layer is kept back in every graph that holds its weight (sensitivity.units): the first decoder step and
+   the decoder with past share theirs, and a lm_head kept back in the first step alone changes one token of an
+   answer (the fidelity run's guard: its second attempt scored exactly as its first on every scheme).
 5. tensorrt target with engines=True: once the guard holds, each Q/DQ graph is built into a strongly typed
    INT8 TensorRT engine on this GPU and checked against its graph (tiercel.export.tensorrt.add_engines; needs
    tensorrt and an NVIDIA GPU, checked before any work starts). Without engines=True, run `tiercel engines`
@@ -35,6 +38,7 @@ from tiercel.progress import track
 from tiercel.quantize import guard as _guard
 from tiercel.quantize.calibrate import Calibration, capture, load_samples, sft_file
 from tiercel.quantize.schemes import GRAPH_ROLES, SchemeSpec, as_written, get_scheme, needs_calibration, plan
+from tiercel.quantize.sensitivity import units
 from tiercel.quantize.settings import QuantizeSettings
 from tiercel.quantize.settings import settings as make_settings
 from tiercel.runtime.bundle import read_bundle
@@ -115,9 +119,9 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
             if ranking is None:
                 ranking = _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib, root,
                                    threads=threads)
-            keep = [r for r in ranking if r["node"] not in excluded[r["graph"]]][: 2**attempt]
+            keep = [u for u in units(ranking) if any(r["node"] not in excluded[r["graph"]] for r in u)][: 2**attempt]
             if keep and attempt < max_retries:
-                for r in keep:
+                for r in (r for u in keep for r in u if r["node"] not in excluded[r["graph"]]):
                     excluded[r["graph"]].append(r["node"])
                 attempt += 1
             elif keep_in == "int8" and _kept_counts(graphs).get("int8"):  # retries spent: the same layers once more, in fp32
@@ -200,7 +204,9 @@ def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded
             from tiercel.quantize.openvino_backend import ir_files, quantize_ir
 
             dst = tmp / "openvino" / f"{name}.xml"
-            report = quantize_ir(src.root / entry["file"], dst, leaf, role, feeds, excluded[name], ratio)
+            onnx = next((src.root / g.file for g in src.manifest.graphs if g.name == name and g.backend == "onnxruntime"),
+                        None)  # the IR's source: names the IR changed are found through it
+            report = quantize_ir(src.root / entry["file"], dst, leaf, role, feeds, excluded[name], ratio, onnx)
             files = ir_files(dst)
         else:
             from tiercel.quantize.onnx_backend import graph_files, quantize_graph

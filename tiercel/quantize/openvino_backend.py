@@ -15,8 +15,10 @@
     embeddings        always int8 weight compression (the Gather table); NNCF keeps embeddings and the last
                       layer (the tied lm_head) in int8 under INT4 modes unless all_layers is set
 
-`exclude` holds ONNX node names; the ONNX frontend keeps them as OpenVINO friendly names, so they map to an
-IgnoredScope (not validated: a name may have been fused away). Knows nothing about bundles (bundle.py).
+`exclude` holds ONNX node names. The ONNX frontend keeps them as OpenVINO friendly names, except for a node
+whose output is a graph output: that op takes the output's name (the lm_head MatMul becomes `logits`), which
+`ir_names` finds through the ONNX graph beside the IR. The names found make an IgnoredScope; a name found in
+neither way (fused away) is reported as `unmatched`, not counted as kept. Knows nothing about bundles (bundle.py).
 
 Why int4's data-aware steps are checked rather than trusted: with NNCF 3.4 and OpenVINO 2026.4, scale estimation
 made the graphs far worse than data-free compression (relative output error on held-out feeds: the demo
@@ -68,14 +70,19 @@ from tiercel.quantize.schemes import SchemeSpec
 
 
 def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: list[dict] | None = None,
-                exclude=(), ratio: float = 1.0) -> dict:
-    """Write the IR `src` (.xml) quantised by `spec` to `dst` (.xml + .bin). Returns a small report."""
+                exclude=(), ratio: float = 1.0, onnx_file: Path | None = None) -> dict:
+    """Write the IR `src` (.xml) quantised by `spec` to `dst` (.xml + .bin). `exclude`: ONNX node names to keep in
+    fp32, resolved through `onnx_file` (the graph the IR was converted from) where the IR renamed them. Returns a
+    small report."""
     ov = require("openvino", "openvino", "quantizing OpenVINO IR")
     nncf = require("nncf", "openvino", "quantizing OpenVINO IR")
     logging.getLogger("nncf").setLevel(logging.ERROR)
     model = ov.Core().read_model(str(src))
-    ignored = nncf.IgnoredScope(names=sorted(exclude), validate=False)
-    report = {"tool": f"nncf {nncf.__version__}", "excluded": sorted(exclude), "kept_in": "fp32"}  # IgnoredScope
+    found = ir_names(model, exclude, onnx_file)
+    ignored = nncf.IgnoredScope(names=sorted(set(found.values())), validate=False)
+    report = {"tool": f"nncf {nncf.__version__}", "excluded": sorted(found), "kept_in": "fp32"}  # IgnoredScope
+    if set(exclude) - set(found):
+        report["unmatched"] = sorted(set(exclude) - set(found))
     names = [p.get_any_name() for p in model.inputs]
     if spec.kind == "keep":
         pass
@@ -124,6 +131,28 @@ def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: l
     dst.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(dst), compress_to_fp16=False)
     return report
+
+
+def ir_names(model, names, onnx_file: Path | None = None) -> dict[str, str]:
+    """{ONNX node name: the friendly name of its op in `model`} for the `names` the IR holds. A name is kept as
+    is, or (a node that wrote a graph output) found as the op that writes the node's output tensor."""
+    friendly = {op.get_friendly_name() for op in model.get_ops()}
+    found = {n: n for n in names if n in friendly}
+    rest = [n for n in names if n not in found]
+    if rest and onnx_file is not None:
+        onnx = require("onnx", "onnx", "reading the ONNX graph an IR was converted from")
+        proto = onnx.load(str(onnx_file), load_external_data=False)
+        outputs = {node.name: list(node.output) for node in proto.graph.node if node.name in rest}
+        writer = {}
+        for op in model.get_ordered_ops():
+            if op.get_type_name() not in ("Result", "Parameter"):
+                for out in op.outputs():
+                    writer.update({t: op.get_friendly_name() for t in out.get_names() if t not in writer})
+        for n in rest:
+            hit = next((writer[t] for t in outputs.get(n, ()) if t in writer), None)
+            if hit is not None:
+                found[n] = hit
+    return found
 
 
 def weights_n_major(model) -> int:

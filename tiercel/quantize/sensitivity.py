@@ -10,12 +10,14 @@ GPTQ (gptq.py) every layer's error shrinks and the round-to-nearest error ranks 
 quantisation out (weights only): a proxy we accept because per-tensor activation error is shared by all
 layers alike while weight error is what differs between them, and because it needs no calibration pass per
 layer. Relative errors are scale-free, so layers of different graphs are ranked on one list (the guard
-excludes from the top). Cost: one session per layer, each opened from the graph's file (external data too, so
+excludes from the top). Each row carries a digest of its weight, so the guard can find the same layer in two
+graphs (the first decoder step and the decoder with past hold the same weights) and keep it back in both. Cost: one session per layer, each opened from the graph's file (external data too, so
 no 2 GB protobuf limit) with only that weight swapped in (SessionOptions.add_initializer); `max_feeds` bounds it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +70,7 @@ def _blockwise(w: np.ndarray, axis: int, block: int, symmetric: bool, bits: int 
 def layer_sensitivity(onnx_file: str | Path, feeds: list[dict], spec: SchemeSpec, role: str = "",
                       max_feeds: int = 8, graph: str = "", target: str = "onnxruntime",
                       threads: int | None = None) -> list[dict]:
-    """[{graph, node, op, weight, params, error}] for every layer `spec` quantises, most sensitive first (`threads`:
+    """[{graph, node, op, weight, params, digest, error}] for every layer `spec` quantises, most sensitive first (`threads`:
     the sessions' intra-op threads on graphs of 64 MB or more; None: onnxruntime's default)."""
     onnx = require("onnx", "onnx", "measuring layer sensitivity")
     ort = require("onnxruntime", "onnx", "measuring layer sensitivity")
@@ -104,8 +106,30 @@ def layer_sensitivity(onnx_file: str | Path, feeds: list[dict], spec: SchemeSpec
         quantized = np.ascontiguousarray(fake_quantize(original, layer["op"], spec).astype(original.dtype))
         errors = [np.linalg.norm(q - r) / max(np.linalg.norm(r), 1e-12) for q, r in zip(run(layer["weight"], quantized), reference)]
         rows.append({"graph": graph or Path(onnx_file).stem, "node": layer["node"], "op": layer["op"],
-                     "weight": layer["weight"], "params": int(np.prod(layer["shape"])), "error": float(np.mean(errors))})
+                     "weight": layer["weight"], "params": int(np.prod(layer["shape"])), "digest": digest(original, layer["op"]),
+                     "error": float(np.mean(errors))})
     return sorted(rows, key=lambda r: -r["error"])
+
+
+def digest(w: np.ndarray, op: str) -> str:
+    """A short hash of a weight's values, shape, dtype and op: equal for the same layer in two graphs."""
+    h = hashlib.sha256(f"{op}:{w.dtype}:{w.shape}:".encode())
+    h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
+
+
+def units(rows: list[dict]) -> list[list[dict]]:
+    """`rows` (most sensitive first) grouped into layers: the rows of different graphs that hold the same weight
+    (equal digest) are one layer, placed where its most sensitive row is. A graph's own rows never merge, even
+    with equal weights (untrained layers can be equal; they are still separate layers)."""
+    groups: dict[tuple, list[dict]] = {}
+    seen: dict[tuple, int] = {}
+    for r in rows:
+        key = r.get("digest") or (r["graph"], r["node"])
+        n = seen.get((r["graph"], key), 0)  # the n-th row of this graph with this weight joins the n-th group
+        seen[(r["graph"], key)] = n + 1
+        groups.setdefault((key, n), []).append(r)
+    return list(groups.values())
 
 
 def table(rows: list[dict], top: int = 20, title: str = "layer sensitivity"):
