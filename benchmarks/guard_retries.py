@@ -1,0 +1,89 @@
+"""The accuracy guard's retries on the fidelity run's fp32 bundle: which layers each attempt keeps back, and what
+that does to the val score.
+
+Quantizes `benchmarks/work/fidelity/bundles/fp32` (made by benchmarks/fidelity.py) with the settings of
+benchmarks/recipes/fidelity.yaml (calibration on the train split, the guard on 896 val records, each scheme's
+max_drop), once per backend and scheme given, into benchmarks/work/guard_retries/. Records every attempt (layers
+kept back per graph, point drop, 90% bound, token agreement) and compares each with the same attempt in
+benchmarks/results/fidelity.json, which the guard made before it kept a layer back in every graph holding its
+weight (tiercel.quantize.sensitivity.units). The first attempt keeps nothing back, so it must match the
+fidelity run's exactly: that checks that the two runs quantize alike.
+
+    OMP_NUM_THREADS=1 python benchmarks/guard_retries.py --schemes onnxruntime:int8-static openvino:int4-weight-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from fidelity_config import data_paths, load_config, quantize_settings  # noqa: E402
+from image_use import commit  # noqa: E402
+from runtime_cpu import machine  # noqa: E402
+
+from tiercel.fileio import atomic_write_text  # noqa: E402
+
+RESULTS = HERE / "results"
+
+
+def one(fp32: Path, out: Path, backend: str, scheme: str, cfg, data: dict, threads: int | None) -> dict:
+    from tiercel.quantize.bundle import quantize_bundle
+    from tiercel.quantize.guard import GuardError
+
+    settings = quantize_settings(cfg.bundles, backend, scheme)
+    start = time.perf_counter()
+    try:
+        section = quantize_bundle(fp32, out, calib=data["train"], root=data["root"], val=data["val"], settings=settings,
+                                  overwrite=True, log=print, threads=threads)
+        attempts, passed = section.guard.attempts, True
+        excluded = section.excluded
+    except GuardError as err:
+        attempts, passed, excluded = err.attempts, False, None
+    keep = ("excluded", "kept", "drop", "drop_bound", "token_agreement")
+    return {"passed": passed, "seconds": round(time.perf_counter() - start, 1),
+            "attempts": [{k: a.get(k) for k in keep} for a in attempts], "excluded": excluded}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--schemes", nargs="+", default=["onnxruntime:int8-static", "openvino:int4-weight-only"],
+                    help="backend:scheme pairs")
+    ap.add_argument("--work", type=Path, default=HERE / "work" / "fidelity", help="the fidelity run's work folder")
+    ap.add_argument("--out", type=Path, default=RESULTS / "guard_retries.json")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 0)) or None)
+    args = ap.parse_args()
+    cfg = load_config(HERE / "recipes" / "fidelity.yaml", False)
+    data = data_paths(args.work / "data")
+    fp32 = args.work / "bundles" / "fp32"
+    if not (fp32 / "manifest.json").is_file():
+        sys.exit(f"{fp32}: no fp32 bundle; run benchmarks/fidelity.py (or restore its carry) first")
+    stages = args.work / "stages"
+    sha = commit()
+    results = {"command": "python benchmarks/guard_retries.py " + " ".join(sys.argv[1:]), "commit": sha.removesuffix("-dirty"),
+               "dirty": sha.endswith("-dirty"), "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "runs": {}}
+    for pair in args.schemes:
+        backend, scheme = pair.split(":")
+        row = one(fp32, HERE / "work" / "guard_retries" / f"{backend}-{scheme}", backend, scheme, cfg, data, args.threads)
+        stage = stages / f"quantize__{backend}__{scheme}.json"
+        if stage.is_file():
+            guard = json.loads(stage.read_text())["result"]["guard"]
+            row["fidelity_run"] = {"passed": guard["passed"], "attempts": guard["attempts"]}
+            first, then = row["attempts"][0], guard["attempts"][0]
+            row["first_attempt_matches"] = all(first[k] == then[k] for k in ("drop", "drop_bound", "token_agreement"))
+        results["runs"][pair] = row
+        atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")
+        print(json.dumps({pair: {k: row[k] for k in ("passed", "seconds")}}), flush=True)
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
