@@ -9,8 +9,9 @@ in this file; the schema is benchmarks/fidelity_config.py):
    the previous one's checkpoint);
 3. checks that the student is >= 4x smaller than the teacher, then trains the students from `student:` with each
    objective (ce, kd, kd_hidden) for each seed;
-4. exports the KD student of the first seed to an fp32 bundle (ONNX + OpenVINO IR) and quantizes it with each
-   scheme on each backend (tiercel.quantize.quantize_bundle, accuracy guard on; a scheme the guard refuses is
+4. exports the `bundles.source` student (KD+hidden unless the YAML says otherwise) of the first seed to an fp32
+   bundle (ONNX + OpenVINO IR) and quantizes it with each scheme on each backend
+   (tiercel.quantize.quantize_bundle, accuracy guard on; a scheme the guard refuses is
    quantized again without it, so its column still shows the cost on test, marked as refused);
 5. scores every model and bundle on the test split (tiercel.evaluate, greedy) and runs the image-use probe
    (tiercel.evaluate.image_use) on every PyTorch model; decodes the first `constrained.limit` test records per
@@ -87,7 +88,6 @@ from synth_runs import params, score, train  # noqa: E402
 from tiercel.fileio import atomic_write_text, finite  # noqa: E402
 
 RESULTS = HERE / "results"
-BUNDLE_SOURCE = "kd"  # the objective whose first-seed student is exported and quantized
 
 
 # ---- stages --------------------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ class Run:
             calls = self.calls(pool, specs)
             for name, (stage, path) in self.torch_models.items():
                 self.score_torch(name, stage, calls)
-        source = f"{BUNDLE_SOURCE}/seed{self.cfg.student.seeds[0]}"
+        source = f"{self.cfg.bundles.source}/seed{self.cfg.student.seeds[0]}"
         results["size_ratio"] = t_params / self.models[source]["params"] if source in self.torch_models else None
         self.bundles(source)
 
@@ -307,7 +307,7 @@ class Run:
             key = self.stages.key({"recipe": recipe, "after": self.stages.keys[prev]})
             runs.append(self.stages.run(name, recipe, lambda: train(recipe, key), needs=(prev,), soft=False))
             prev = name
-        t_params, s_params = student_size(self.s_recipes[(BUNDLE_SOURCE, self.cfg.student.seeds[0])], self.teacher)
+        t_params, s_params = student_size(self.s_recipes[(self.cfg.bundles.source, self.cfg.student.seeds[0])], self.teacher)
         if s_params is not None:
             print(f"teacher {t_params / 1e6:.2f}M parameters, student {s_params / 1e6:.2f}M: {t_params / s_params:.2f}x smaller")
             if t_params < SIZE_RATIO * s_params:

@@ -57,6 +57,8 @@ class StudentSpec(Spec):
 
 
 class BundleSpec(Spec):
+    source: Literal["ce", "kd", "kd_hidden"] = Field("kd_hidden", description="the student objective whose first-seed "
+                                                      "run is exported and quantized")
     backends: list[Literal["onnxruntime", "openvino"]] = Field(list(BACKENDS), description="quantization and runtime backends")
     schemes: list[Literal["int8-static", "int8-dynamic", "int8-weight-only", "int4-weight-only"]] = Field(list(MAX_DROP), description="quantization schemes")
     quantize: dict = Field(default_factory=dict, description="tiercel.quantize.settings.QuantizeOptions fields (not backend)")

@@ -151,6 +151,7 @@ def _header(r: dict) -> str:
     data, ev, m = r.get("data", {}), r.get("config", {}).get("eval", {}), r.get("machine", {})
     knobs = ", ".join(f"{k}={v}" for k, v in data.get("knobs_changed", {}).items()) or "default knobs"
     seeds = r.get("config", {}).get("student", {}).get("seeds", [])
+    source = r.get("config", {}).get("bundles", {}).get("source", "kd")  # runs before the setting exported KD
     quick = "\n**--quick run: a plumbing check, the numbers mean nothing.**\n" if r.get("quick") else ""
     return "\n".join([
         "# Fidelity on the synthetic benchmark: teacher, students, quantized bundles", quick,
@@ -162,8 +163,8 @@ def _header(r: dict) -> str:
         f"- data: {data.get('n')} records at {data.get('size')} px, seed {data.get('seed')}, {knobs}; "
         f"{data.get('test_records')} test records, every one scored (limit {ev.get('limit')}), greedy, "
         f"max_new_tokens {ev.get('max_new_tokens')}",
-        f"- students: mean of seeds {seeds} (± half their difference); bundles from the KD student of seed "
-        f"{seeds[0] if seeds else '-'}; values are headline x 100 (CIDEr: coco-caption's scale x 100)", ""])
+        f"- students: mean of seeds {seeds} (± half their difference); bundles from the "
+        f"{OBJECTIVES.get(source, source)} student of seed {seeds[0] if seeds else '-'}; values are headline x 100 (CIDEr: coco-caption's scale x 100)", ""])
 
 
 def _load(values) -> str:

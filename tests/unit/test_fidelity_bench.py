@@ -108,6 +108,17 @@ def test_render_shows_seed_means_errors_and_targets():
     assert "| teacher PIX_CHG miou >= 0.3 | 0.100 | MISSED |" in md
 
 
+def test_the_header_names_the_student_the_bundles_come_from():
+    r = results() | {"config": {"student": {"seeds": [0, 1]}, "bundles": {"source": "kd_hidden"}}}
+    assert "bundles from the KD+hidden student of seed 0;" in fr.render(r)
+    r["config"].pop("bundles")  # results written before the setting: the logit-KD student was exported
+    assert "bundles from the KD student of seed 0;" in fr.render(r)
+    sys.path.insert(0, str(Path(fr.__file__).parent))
+    from fidelity_config import load_config
+
+    assert load_config(Path(fr.__file__).parent / "recipes" / "fidelity.yaml", False).bundles.source == "kd_hidden"
+
+
 def test_render_shows_the_three_decoding_modes_per_bundle():
     def mode(warnings: float, average: float, steps: float, decoder_steps: float) -> dict:
         return {"_all": {"warning_rate": warnings, "average_headline": average, "steps": steps, "decoder_steps": decoder_steps}}
