@@ -17,6 +17,10 @@ command, machine, per run samples/s over the whole run and over its second half,
 finished run is reused, so a rerun only scores again). A pilot teacher is not the final one, and a pilot
 of 3,000 steps is not the table: the numbers say where the students stand early, not what they reach.
 
+`--final-teacher` distils from the finished teacher instead of a checkpoint, as fidelity.py's students do: with
+`--steps 60000 --objectives kd_hidden --limit 1200` it asks whether the KD + hidden student, still rising at the
+table's 30,000 steps, keeps rising when trained twice as long from scratch (same recipe, longer schedule).
+
 `--init slice` starts each student from the teacher's leading slices (`student.init: teacher, widths: slice`,
 docs/distill.md) instead of the YAML's random init, in its own run folder (`kd_3000_slice`), so it compares
 with the random-init run of the same length.
@@ -40,7 +44,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from fidelity_config import data_paths, load_config, student_recipe  # noqa: E402
+from fidelity_config import data_paths, load_config, student_recipe, teacher_recipes  # noqa: E402
 from image_use import commit  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
@@ -93,7 +97,10 @@ def bundles(student: Path, cfg, data: dict, limit: int, out: Path, threads: int 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher-step", type=int, required=True, help="the teacher checkpoint to distil from")
+    who = ap.add_mutually_exclusive_group(required=True)
+    who.add_argument("--teacher-step", type=int, help="the teacher checkpoint to distil from")
+    who.add_argument("--final-teacher", action="store_true",
+                     help="distil from the fidelity run's finished teacher (its last stage), as fidelity.py does")
     ap.add_argument("--steps", type=int, default=3000, help="training steps per student (fidelity.yaml: 30,000)")
     ap.add_argument("--objectives", default="ce,kd", help="comma-separated: ce, kd, kd_hidden")
     ap.add_argument("--limit", type=int, default=64, help="test records per task scored")
@@ -105,23 +112,28 @@ def main() -> None:
     args = ap.parse_args()
     from runtime_cpu import machine
 
-    def run_name(objective: str) -> str:  # kd_3000, kd_3000_slice: one folder per objective, length and init
-        return f"{objective}_{args.steps}" + (f"_{args.init}" if args.init else "")
+    def run_name(objective: str) -> str:  # kd_3000, kd_3000_slice, kd_60000_final: one folder per run
+        return f"{objective}_{args.steps}" + (f"_{args.init}" if args.init else "") + ("_final" if args.final_teacher else "")
 
-    src = FIDELITY / "teacher" / "checkpoints" / f"step_{args.teacher_step:06d}"
-    teacher = WORK / f"teacher_step_{args.teacher_step:06d}"
-    if not teacher.is_dir():
-        if not (src / "model.safetensors").is_file():
-            sys.exit(f"{src}: no such teacher checkpoint (the trainer keeps its last two); pass a step it has")
-        shutil.copytree(src, teacher.with_name(teacher.name + ".copying"), dirs_exist_ok=True)
-        teacher.with_name(teacher.name + ".copying").rename(teacher)
     cfg = load_config(HERE / "recipes" / "fidelity.yaml", quick=False)
     folder = FIDELITY / "data"
     data = data_paths(folder)
+    if args.final_teacher:
+        teacher = Path(teacher_recipes(cfg, FIDELITY, data, quick=False)[-1]["out"]) / "student"
+        if not (teacher / "model.safetensors").is_file():
+            sys.exit(f"{teacher}: the fidelity run's teacher has not finished; run benchmarks/fidelity.py first")
+    else:
+        src = FIDELITY / "teacher" / "checkpoints" / f"step_{args.teacher_step:06d}"
+        teacher = WORK / f"teacher_step_{args.teacher_step:06d}"
+        if not teacher.is_dir():
+            if not (src / "model.safetensors").is_file():
+                sys.exit(f"{src}: no such teacher checkpoint (the trainer keeps its last two); pass a step it has")
+            shutil.copytree(src, teacher.with_name(teacher.name + ".copying"), dirs_exist_ok=True)
+            teacher.with_name(teacher.name + ".copying").rename(teacher)
     results = {"what": "benchmarks/student_pilot.py: fidelity students trained briefly from a teacher checkpoint",
                "command": "python benchmarks/student_pilot.py " + " ".join(sys.argv[1:]), "commit": commit(),
                "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-               "teacher": {"step": args.teacher_step, "params": params(teacher)}, "steps": args.steps,
+               "teacher": {"step": "final" if args.final_teacher else args.teacher_step, "params": params(teacher)}, "steps": args.steps,
                "limit": args.limit, "runs": {}}
     teacher_scores = score(teacher, Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens)
     results["teacher"].update(headline=teacher_scores["headline"], average=teacher_scores["average"])
