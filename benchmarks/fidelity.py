@@ -431,7 +431,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="stages and models (default: benchmarks/work/fidelity[_quick])")
     ap.add_argument("--quick", action="store_true", help="tiny data, steps and eval: a plumbing check")
     ap.add_argument("--fresh", action="store_true", help="forget the finished stages in --work and start over")
-    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the existing JSON")
+    ap.add_argument("--render", action="store_true", help="only check the targets again and rewrite the .md from the existing JSON")
     ap.add_argument("--jobs", type=int, default=1,
                     help="students trained, bundles quantized and models scored, this many at a time in their own processes "
                          "(with OMP_NUM_THREADS=1: up to one per core)")
@@ -443,9 +443,10 @@ def main() -> None:
         if not out.is_file():
             sys.exit(f"{out}: not found; run benchmarks/fidelity.py{' --quick' if args.quick else ''} first")
         results = json.loads(out.read_text())
-        results["targets"] = targets(results)
+        results["targets"] = targets(results)  # checked again: the checks may have changed since the run
+        atomic_write_text(out, json.dumps(results, indent=1) + "\n")
         out.with_suffix(".md").write_text(render(results))
-        print(f"wrote {out.with_suffix('.md')}")
+        print(f"wrote {out} (targets) and {out.with_suffix('.md')}")
         return
     work = (args.work or HERE / "work" / ("fidelity_quick" if args.quick else "fidelity")).resolve()
     if args.fresh:

@@ -76,8 +76,10 @@ def targets(results: dict) -> list[dict]:
     """The issue's targets as rows {"target", "value", "status"}: status MET, MISSED or n/a (with why)."""
     cols = columns(results)
     rows = [_size_target(results.get("size_ratio"))]
-    rows.append(_retention_target(cols["teacher"]["average"], cols["kd"]["average"]))
-    rows.append(_kd_over_ce(cols["kd"]["headline"], cols["ce"]["headline"]))
+    for kd in ("kd", "kd_hidden"):  # the issue's two KD students: logits, and logits + hidden states
+        rows.append(_retention_target(cols["teacher"]["average"], cols[kd]["average"], OBJECTIVES[kd]))
+    for kd in ("kd", "kd_hidden"):
+        rows.append(_kd_over_ce(cols[kd]["headline"], cols["ce"]["headline"], OBJECTIVES[kd]))
     refused = {_column_of(m) for m in results.get("models", {}).values() if _refusal(m)}
     for backend, short in BACKENDS.items():
         fp32 = cols[bundle_key(backend, "fp32")]
@@ -104,8 +106,8 @@ def _size_target(ratio: float | None) -> dict:
                 "-" if ratio is None else f"{ratio:.2f}x", None if ratio is None else ratio >= SIZE_RATIO)
 
 
-def _retention_target(teacher: float | None, kd: float | None) -> dict:
-    target = f"KD student 14-task average >= {KD_RETENTION:.0%} of the teacher's"
+def _retention_target(teacher: float | None, kd: float | None, name: str = "KD") -> dict:
+    target = f"{name} student 14-task average >= {KD_RETENTION:.0%} of the teacher's"
     if teacher is None or kd is None:
         return _row(target, "-", None)
     if teacher <= 0:
@@ -113,8 +115,8 @@ def _retention_target(teacher: float | None, kd: float | None) -> dict:
     return _row(target, f"{kd / teacher:.1%} ({kd:.3f} vs {teacher:.3f})", kd >= KD_RETENTION * teacher - EPS)
 
 
-def _kd_over_ce(kd: dict, ce: dict) -> dict:
-    target = "KD student above the CE student on each geometry task"
+def _kd_over_ce(kd: dict, ce: dict, name: str = "KD") -> dict:
+    target = f"{name} student above the CE student on each geometry task"
     if not all(tag in kd and tag in ce for tag in GEOMETRY):
         return _row(target, "-", None)
     value = ", ".join(f"{tag} {kd[tag]:.3f} vs {ce[tag]:.3f}" for tag in GEOMETRY)

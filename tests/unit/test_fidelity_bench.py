@@ -74,6 +74,9 @@ def test_targets_met_and_missed_on_hand_made_results():
     assert retention["status"] == "MISSED" and retention["value"].startswith("94.1%")
     # PIX_CHG: KD 0.1 against CE 0.0 is above; REG_DET_HBB: 0.3 against 0.2 is above; all five are above
     assert status["KD student above the CE student on each geometry task"] == "MET"
+    # no KD+hidden run in these results: its two rows say so rather than pass or fail
+    assert status["KD+hidden student 14-task average >= 95% of the teacher's"] == "n/a (no score)"
+    assert status["KD+hidden student above the CE student on each geometry task"] == "n/a (no score)"
     drop = "<= {}% below fp32 (relative) on the average and each geometry task"
     assert status[f"ORT int8-static {drop.format(1)}"] == "MET"  # REG_DET_HBB etc. at 0 in fp32: no drop possible
     assert rows[f"ORT int8-static {drop.format(1)}"]["value"] == (
@@ -90,6 +93,19 @@ def test_targets_met_and_missed_on_hand_made_results():
     assert status["teacher REG_VG acc50 >= 0.6"] == "MET"
     assert status["teacher PIX_SEG miou >= 0.4"] == "MET"
     assert status["teacher PIX_CHG miou >= 0.3"] == "MISSED"
+
+
+def test_each_kd_student_is_checked_on_its_own():
+    r = results()
+    r["models"]["kd_hidden/seed0"] = torch("kd_hidden", scores(0.45, REG_DET_HBB=0.3, REG_DET_OBB=0.2, REG_VG=0.6,
+                                                               PIX_SEG=0.3, PIX_CHG=0.0))
+    rows = by_target(fr.targets(r))
+    # PIX_CHG 0.0 against CE's 0.0 is not above, though logit KD's row (0.1) is MET
+    assert rows["KD+hidden student above the CE student on each geometry task"]["status"] == "MISSED"
+    assert rows["KD student above the CE student on each geometry task"]["status"] == "MET"
+    # 0.45 / (6.4 / 14) = 0.984
+    retention = rows["KD+hidden student 14-task average >= 95% of the teacher's"]
+    assert retention["status"] == "MET" and retention["value"].startswith("98.4%")
 
 
 def test_kd_tied_with_ce_on_a_geometry_task_is_not_above():
