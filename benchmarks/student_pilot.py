@@ -19,7 +19,8 @@ of 3,000 steps is not the table: the numbers say where the students stand early,
 
 `--final-teacher` distils from the finished teacher instead of a checkpoint, as fidelity.py's students do: with
 `--steps 60000 --objectives kd_hidden --limit 1200` it asks whether the KD + hidden student, still rising at the
-table's 30,000 steps, keeps rising when trained twice as long from scratch (same recipe, longer schedule).
+table's 30,000 steps, keeps rising when trained twice as long from scratch (same recipe, longer schedule). Such a
+run trains in benchmarks/work/fidelity/extra/, so `fidelity_carry.py save` carries it to the next machine.
 
 `--init slice` starts each student from the teacher's leading slices (`student.init: teacher, widths: slice`,
 docs/distill.md) instead of the YAML's random init, in its own run folder (`kd_3000_slice`), so it compares
@@ -137,9 +138,13 @@ def main() -> None:
                "limit": args.limit, "runs": {}}
     teacher_scores = score(teacher, Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens)
     results["teacher"].update(headline=teacher_scores["headline"], average=teacher_scores["average"])
+    student_recipe_out: dict[str, str] = {}
     for objective in args.objectives.split(","):
         recipe = student_recipe(cfg, WORK, data, teacher, objective, 0, quick=False)
-        recipe["out"] = str(WORK / run_name(objective))
+        # a run from the final teacher lives in the fidelity work folder, so benchmarks/fidelity_carry.py carries its
+        # newest checkpoint to the next machine with the rest of that run
+        recipe["out"] = str((FIDELITY / "extra" if args.final_teacher else WORK) / run_name(objective))
+        student_recipe_out[objective] = recipe["out"]
         if args.init == "slice":  # the teacher's leading slices (student.widths, docs/distill.md) instead of random
             recipe["student"] = {**recipe["student"], "init": "teacher", "widths": "slice"}
         recipe["distill"] = {**recipe["distill"], "steps": args.steps,
@@ -158,7 +163,7 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     if args.bundles:
         first = args.objectives.split(",")[0]
-        student = WORK / run_name(first) / "student"
+        student = Path(student_recipe_out[first]) / "student"
         threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or None
 
         def write(rows: dict) -> None:
