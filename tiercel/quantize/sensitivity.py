@@ -11,8 +11,9 @@ quantisation out (weights only): a proxy we accept because per-tensor activation
 layers alike while weight error is what differs between them, and because it needs no calibration pass per
 layer. Relative errors are scale-free, so layers of different graphs are ranked on one list (the guard
 excludes from the top). Each row carries a digest of its weight, so the guard can find the same layer in two
-graphs (the first decoder step and the decoder with past hold the same weights) and keep it back in both. Cost: one session per layer, each opened from the graph's file (external data too, so
-no 2 GB protobuf limit) with only that weight swapped in (SessionOptions.add_initializer); `max_feeds` bounds it.
+graphs (the first decoder step and the decoder with past hold the same weights) and keep it back in both.
+Cost: one session per layer, each opened from the graph's file (external data too, so no 2 GB protobuf limit)
+with only that weight swapped in (SessionOptions.add_initializer); `max_feeds` bounds it.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def _blockwise(w: np.ndarray, axis: int, block: int, symmetric: bool, bits: int 
 def layer_sensitivity(onnx_file: str | Path, feeds: list[dict], spec: SchemeSpec, role: str = "",
                       max_feeds: int = 8, graph: str = "", target: str = "onnxruntime",
                       threads: int | None = None) -> list[dict]:
-    """[{graph, node, op, weight, params, digest, error}] for every layer `spec` quantises, most sensitive first (`threads`:
-    the sessions' intra-op threads on graphs of 64 MB or more; None: onnxruntime's default)."""
+    """[{graph, node, op, weight, params, digest, error}] for every layer `spec` quantises, most sensitive first
+    (`threads`: the sessions' intra-op threads on graphs of 64 MB or more; None: onnxruntime's default)."""
     onnx = require("onnx", "onnx", "measuring layer sensitivity")
     ort = require("onnxruntime", "onnx", "measuring layer sensitivity")
     from onnx import numpy_helper
