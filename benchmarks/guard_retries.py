@@ -1,15 +1,21 @@
 """The accuracy guard's retries on the fidelity run's fp32 bundle: which layers each attempt keeps back, and what
 that does to the val score.
 
-Quantizes `benchmarks/work/fidelity/bundles/fp32` (made by benchmarks/fidelity.py) with the settings of
-benchmarks/recipes/fidelity.yaml (calibration on the train split, the guard on 896 val records, each scheme's
-max_drop), once per backend and scheme given, into benchmarks/work/guard_retries/. Records every attempt (layers
-kept back per graph, point drop, 90% bound, token agreement) and compares each with the same attempt in
-benchmarks/results/fidelity.json, which the guard made before it kept a layer back in every graph holding its
-weight (tiercel.quantize.sensitivity.units). The first attempt keeps nothing back, so it must match the
-fidelity run's exactly: that checks that the two runs quantize alike.
+Quantizes `benchmarks/work/fidelity/bundles/fp32` (the `bundles.source` student that benchmarks/fidelity.py exported
+last) with the settings of benchmarks/recipes/fidelity.yaml (calibration on the train split, the guard on 896 val
+records, each scheme's max_drop), once per backend and scheme given, into benchmarks/work/guard_retries/. Records
+every attempt (layers kept back per graph, point drop, 90% bound, token agreement) beside the same bundle's attempts
+in the fidelity run's quantize stage (benchmarks/work/fidelity/stages/). The first attempt keeps nothing back, so
+it must match the stage's exactly (`first_attempt_matches`): that checks that the two quantize alike.
+
+The first use (guard_retries.md): the stages were made by the guard before it kept a layer back in every graph
+holding its weight (tiercel.quantize.sensitivity.units), so the later attempts show what that fix changed.
+`--accuracy-levels` runs onnxruntime's MatMulNBits at other accuracy levels (int4: is the loss in the weights'
+rounding or in the int8 activations of level 4?).
 
     OMP_NUM_THREADS=1 python benchmarks/guard_retries.py --schemes onnxruntime:int8-static openvino:int4-weight-only
+    OMP_NUM_THREADS=1 python benchmarks/guard_retries.py --schemes onnxruntime:int4-weight-only --max-retries 0 \
+        --accuracy-levels 4 0 --out benchmarks/results/guard_retries_int4_level.json
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ from tiercel.fileio import atomic_write_text  # noqa: E402
 RESULTS = HERE / "results"
 
 
-def one(fp32: Path, out: Path, backend: str, scheme: str, cfg, data: dict, threads: int | None) -> dict:
+def one(fp32: Path, out: Path, backend: str, scheme: str, cfg, data: dict, threads: int | None,
+        max_retries: int | None = None) -> dict:
     from tiercel.quantize.bundle import quantize_bundle
     from tiercel.quantize.guard import GuardError
 
     settings = quantize_settings(cfg.bundles, backend, scheme)
+    if max_retries is not None:
+        settings = settings.model_copy(update={"max_retries": max_retries})
     start = time.perf_counter()
     try:
         section = quantize_bundle(fp32, out, calib=data["train"], root=data["root"], val=data["val"], settings=settings,
@@ -58,6 +67,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=HERE / "work" / "fidelity", help="the fidelity run's work folder")
     ap.add_argument("--out", type=Path, default=RESULTS / "guard_retries.json")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 0)) or None)
+    ap.add_argument("--max-retries", type=int, help="the guard's retries (default: the YAML's; 0: the first attempt only)")
+    ap.add_argument("--accuracy-levels", type=int, nargs="+",
+                    help="onnxruntime MatMulNBits accuracy levels to run each scheme at, one after the other (tiercel "
+                         "uses 4: int8 compute; 0: fp32 compute), to tell weight rounding from activation rounding")
     args = ap.parse_args()
     cfg = load_config(HERE / "recipes" / "fidelity.yaml", False)
     data = data_paths(args.work / "data")
@@ -69,9 +82,16 @@ def main() -> None:
     results = {"command": "python benchmarks/guard_retries.py " + " ".join(sys.argv[1:]), "commit": sha.removesuffix("-dirty"),
                "dirty": sha.endswith("-dirty"), "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                "runs": {}}
-    for pair in args.schemes:
+    import tiercel.quantize.onnx_backend as onnx_backend
+
+    runs = [(pair, level) for pair in args.schemes for level in (args.accuracy_levels or [None])]
+    for pair, level in runs:
         backend, scheme = pair.split(":")
-        row = one(fp32, HERE / "work" / "guard_retries" / f"{backend}-{scheme}", backend, scheme, cfg, data, args.threads)
+        if level is not None:  # a benchmark knob, not a tiercel setting: the module constant the quantizer reads
+            onnx_backend.ACCURACY_LEVEL = level
+            pair = f"{pair}@accuracy_level{level}"
+        row = one(fp32, HERE / "work" / "guard_retries" / f"{backend}-{scheme}", backend, scheme, cfg, data, args.threads,
+                  args.max_retries)
         stage = stages / f"quantize__{backend}__{scheme}.json"
         if stage.is_file():
             guard = json.loads(stage.read_text())["result"]["guard"]
