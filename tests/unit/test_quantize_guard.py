@@ -52,6 +52,9 @@ def test_flips_that_cancel_pass_on_the_point_drop_but_not_on_the_bound():
     assert bounded.drop == pytest.approx(0.0) and not bounded.passed
     assert 0.05 < bounded.drop_bound < 0.5  # one resampled flip moves accuracy by 1/40 of 0.5, i.e. 5%
     assert "90% upper bound" in bounded.line()
+    # the retry line says the bound missed, not the drop (which is 0 here)
+    assert bounded.misses(0.01, 0.0) == (f"drop within max drop 1.00%, its 90% upper bound {bounded.drop_bound:.2%} "
+                                         "over it (more val samples narrow the bound)")
 
 
 def test_agreement_floor_applies_on_top_of_the_drop():

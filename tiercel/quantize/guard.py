@@ -84,9 +84,14 @@ class Verdict:
         return asdict(self)
 
     def misses(self, max_drop: float, min_agreement: float) -> str:
-        """Which floor a failed comparison missed, in words: the drop, the token agreement, or both."""
-        decisive = self.drop if self.drop_bound is None else max(self.drop, self.drop_bound)
-        out = [f"drop over the limit (max drop {max_drop:.2%})"] if decisive > max_drop else []
+        """Which floor a failed comparison missed, in words: the drop (or only its upper bound), the token agreement,
+        or both."""
+        out = []
+        if self.drop > max_drop:
+            out.append(f"drop over the limit (max drop {max_drop:.2%})")
+        elif self.drop_bound is not None and self.drop_bound > max_drop:
+            out.append(f"drop within max drop {max_drop:.2%}, its {self.confidence:.0%} upper bound "
+                       f"{self.drop_bound:.2%} over it (more val samples narrow the bound)")
         if self.token_agreement < min_agreement:
             out.append(f"token agreement under --min-agreement {min_agreement:.3f}")
         return " and ".join(out)
