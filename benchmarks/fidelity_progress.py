@@ -6,7 +6,8 @@
     python benchmarks/fidelity_progress.py --step 40000 50000 60000 --wait   # each as it is written (background)
     python benchmarks/fidelity_progress.py --student kd/seed0 --step 10000 20000 30000 --wait   # a student
 
-`--student OBJECTIVE/seedN` scores that student's checkpoints (benchmarks/work/fidelity/students/...) instead and
+`--student OBJECTIVE/seedN` scores that student's checkpoints (benchmarks/work/fidelity/students/...; `extra/RUN`: a
+longer run under benchmarks/work/fidelity/extra/, docs/fidelity.md "What is left") instead and
 writes to benchmarks/results/fidelity_student_progress.json: how soon each objective reads positions, which the
 table's final numbers do not show.
 
@@ -67,12 +68,13 @@ def main() -> None:
     ap.add_argument("--run", type=int, default=3, help="which training of the teacher the checkpoints belong to "
                     "(1 and 2: lost with their machines; 3: started on 2026-12-05, carried in git)")
     ap.add_argument("--student", metavar="OBJECTIVE/seedN", help="score this student's checkpoints instead of the "
-                    "teacher's, e.g. kd/seed0 (fidelity.yaml student.objectives and seeds)")
+                    "teacher's, e.g. kd/seed0 (fidelity.yaml student.objectives and seeds), or extra/RUN for a run "
+                    "benchmarks/student_pilot.py --final-teacher trains (e.g. extra/kd_hidden_60000_final)")
     args = ap.parse_args()
     if args.wait and not args.step:
         sys.exit("--wait: give the checkpoint steps to wait for with --step")
     if args.student:
-        ckpts = WORK / "students" / args.student / "checkpoints"
+        ckpts = (WORK if args.student.startswith("extra/") else WORK / "students") / args.student / "checkpoints"
         if not ckpts.parent.is_dir():
             found = sorted(str(p.parent.relative_to(WORK / "students")) for p in (WORK / "students").glob("*/*/recipe.yaml"))
             sys.exit(f"--student {args.student}: no such student under {WORK / 'students'} (found: {', '.join(found) or 'none'})")
