@@ -381,9 +381,14 @@ def test_openvino_keeps_back_a_layer_the_ir_renamed_after_its_output(tmp_path):
     ov.save_model(ov.convert_model(str(tmp_path / "mlp.onnx")), str(tmp_path / "mlp.xml"), compress_to_fp16=False)
     names = {op.get_friendly_name() for op in ov.Core().read_model(str(tmp_path / "mlp.xml")).get_ops()}
     assert "fc_c" not in names and {"fc_a", "fc_b", "y"} <= names  # the renaming this test is about
+    cache = {}
     report = quantize_ir(tmp_path / "mlp.xml", tmp_path / "q.xml", get_scheme("int8-dynamic"),
-                         exclude=["fc_c", "fc_a", "fused_away"], onnx_file=tmp_path / "mlp.onnx")
+                         exclude=["fc_c", "fc_a", "fused_away"], onnx_file=tmp_path / "mlp.onnx", cache=cache)
     assert report["excluded"] == ["fc_a", "fc_c"] and report["unmatched"] == ["fused_away"]
+    (tmp_path / "mlp.onnx").rename(tmp_path / "moved.onnx")  # a retry reads the names from the cache, not the file
+    again = quantize_ir(tmp_path / "mlp.xml", tmp_path / "q.xml", get_scheme("int8-dynamic"),
+                        exclude=["fc_c", "fc_a", "fused_away"], onnx_file=tmp_path / "mlp.onnx", cache=cache)
+    assert again["excluded"] == report["excluded"] and again["unmatched"] == report["unmatched"]
     ops = {op.get_friendly_name(): op for op in ov.Core().read_model(str(tmp_path / "q.xml")).get_ops()}
     weight = {n: ops[n].input_value(1).get_node() for n in ("fc_a", "fc_b", "y")}
     assert {n: (w.get_type_name(), w.get_element_type().get_type_name()) for n, w in weight.items() if w.get_type_name() == "Constant"} \

@@ -204,9 +204,9 @@ def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded
             from tiercel.quantize.openvino_backend import ir_files, quantize_ir
 
             dst = tmp / "openvino" / f"{name}.xml"
-            onnx = next((src.root / g.file for g in src.manifest.graphs if g.name == name and g.backend == "onnxruntime"),
-                        None)  # the IR's source: names the IR changed are found through it
-            report = quantize_ir(src.root / entry["file"], dst, leaf, role, feeds, excluded[name], ratio, onnx)
+            onnx = _onnx_files(src).get(name)  # the IR's source: names the IR changed are found through it
+            report = quantize_ir(src.root / entry["file"], dst, leaf, role, feeds, excluded[name], ratio, onnx,
+                                 cache.setdefault(name, {}))
             files = ir_files(dst)
         else:
             from tiercel.quantize.onnx_backend import graph_files, quantize_graph
@@ -269,6 +269,11 @@ def _check(tmp, target, samples, ref, max_drop, min_agreement, max_new_tokens, c
                           confidence=confidence)
 
 
+def _onnx_files(src) -> dict[str, Path]:
+    """{graph name: its ONNX file} of the fp32 bundle `src` (the sensitivity ranking and the IRs' names read them)."""
+    return {g.name: src.root / g.file for g in src.manifest.graphs if g.backend == "onnxruntime"}
+
+
 def _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, calib=None, root=None,
              max_feeds: int = 4, threads: int | None = None) -> list[dict]:
     """All quantised layers of all graphs, most sensitive first (ONNX graphs; names shared with the IR)."""
@@ -279,11 +284,11 @@ def _ranking(src, leaves, target, calibration, val_samples, max_new_tokens, cali
         if not samples:
             raise BundleError("sensitivity needs samples; pass --calib")
         calibration = capture(src.root, samples, n=16, max_new_tokens=max_new_tokens, threads=threads)
-    onnx = {g.name: g.file for g in src.manifest.graphs if g.backend == "onnxruntime"}
+    onnx = _onnx_files(src)
     rows, ranked = [], {name: leaf for name, leaf in leaves.items() if leaf.kind != "keep"}
     with track("sensitivity", len(ranked), "graphs") as bar:
         for name, leaf in ranked.items():
-            rows += layer_sensitivity(src.root / onnx[name], calibration.feeds[name], leaf, GRAPH_ROLES.get(name, ""),
+            rows += layer_sensitivity(onnx[name], calibration.feeds[name], leaf, GRAPH_ROLES.get(name, ""),
                                       max_feeds=max_feeds, graph=name, target=target.name, threads=threads)
             bar.advance(1, note=name)
     return sorted(rows, key=lambda r: -r["error"])

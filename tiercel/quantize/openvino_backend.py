@@ -70,15 +70,16 @@ from tiercel.quantize.schemes import SchemeSpec
 
 
 def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: list[dict] | None = None,
-                exclude=(), ratio: float = 1.0, onnx_file: Path | None = None) -> dict:
+                exclude=(), ratio: float = 1.0, onnx_file: Path | None = None, cache: dict | None = None) -> dict:
     """Write the IR `src` (.xml) quantised by `spec` to `dst` (.xml + .bin). `exclude`: ONNX node names to keep in
-    fp32, resolved through `onnx_file` (the graph the IR was converted from) where the IR renamed them. Returns a
+    fp32, resolved through `onnx_file` (the graph the IR was converted from) where the IR renamed them; `cache` (a
+    dict kept across calls for the same graph: the guard's retries) keeps what was read of that file. Returns a
     small report."""
     ov = require("openvino", "openvino", "quantizing OpenVINO IR")
     nncf = require("nncf", "openvino", "quantizing OpenVINO IR")
     logging.getLogger("nncf").setLevel(logging.ERROR)
     model = ov.Core().read_model(str(src))
-    found = ir_names(model, exclude, onnx_file)
+    found = ir_names(model, exclude, onnx_file, cache)
     ignored = nncf.IgnoredScope(names=sorted(set(found.values())), validate=False)
     report = {"tool": f"nncf {nncf.__version__}", "excluded": sorted(found), "kept_in": "fp32"}  # IgnoredScope
     if set(exclude) - set(found):
@@ -133,16 +134,20 @@ def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: l
     return report
 
 
-def ir_names(model, names, onnx_file: Path | None = None) -> dict[str, str]:
+def ir_names(model, names, onnx_file: Path | None = None, cache: dict | None = None) -> dict[str, str]:
     """{ONNX node name: the friendly name of its op in `model`} for the `names` the IR holds. A name is kept as
-    is, or (a node that wrote a graph output) found as the op that writes the node's output tensor."""
+    is, or (a node that wrote a graph output) found as the op that writes the node's output tensor. `cache` keeps
+    the ONNX graph's node outputs, so the guard's retries read the file once."""
     friendly = {op.get_friendly_name() for op in model.get_ops()}
     found = {n: n for n in names if n in friendly}
     rest = [n for n in names if n not in found]
     if rest and onnx_file is not None:
-        onnx = require("onnx", "onnx", "reading the ONNX graph an IR was converted from")
-        proto = onnx.load(str(onnx_file), load_external_data=False)
-        outputs = {node.name: list(node.output) for node in proto.graph.node if node.name in rest}
+        cache = {} if cache is None else cache
+        if "onnx_outputs" not in cache:
+            onnx = require("onnx", "onnx", "reading the ONNX graph an IR was converted from")
+            proto = onnx.load(str(onnx_file), load_external_data=False)
+            cache["onnx_outputs"] = {node.name: list(node.output) for node in proto.graph.node}
+        outputs = cache["onnx_outputs"]
         writer = {}
         for op in model.get_ordered_ops():
             if op.get_type_name() not in ("Result", "Parameter"):
