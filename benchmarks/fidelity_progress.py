@@ -74,10 +74,11 @@ def main() -> None:
     if args.wait and not args.step:
         sys.exit("--wait: give the checkpoint steps to wait for with --step")
     if args.student:
-        ckpts = (WORK if args.student.startswith("extra/") else WORK / "students") / args.student / "checkpoints"
+        base = WORK if args.student.startswith("extra/") else WORK / "students"
+        ckpts = base / args.student / "checkpoints"
         if not ckpts.parent.is_dir():
             found = sorted(str(p.parent.relative_to(WORK / "students")) for p in (WORK / "students").glob("*/*/recipe.yaml"))
-            sys.exit(f"--student {args.student}: no such student under {WORK / 'students'} (found: {', '.join(found) or 'none'})")
+            sys.exit(f"--student {args.student}: no such student under {base} (found: {', '.join(found) or 'none'})")
     else:
         ckpts = WORK / ("teacher" if args.stage == 1 else f"teacher_stage{args.stage}") / "checkpoints"
     for step in args.step or [None]:

@@ -113,8 +113,11 @@ def main() -> None:
     args = ap.parse_args()
     from runtime_cpu import machine
 
-    def run_name(objective: str) -> str:  # kd_3000, kd_3000_slice, kd_60000_final: one folder per run
-        return f"{objective}_{args.steps}" + (f"_{args.init}" if args.init else "") + ("_final" if args.final_teacher else "")
+    def run_dir(objective: str) -> Path:  # kd_3000, kd_3000_slice, kd_60000_final: one folder per run
+        name = f"{objective}_{args.steps}" + (f"_{args.init}" if args.init else "") + ("_final" if args.final_teacher else "")
+        # a run from the final teacher lives in the fidelity work folder, so benchmarks/fidelity_carry.py carries its
+        # newest checkpoint to the next machine with the rest of that run
+        return (FIDELITY / "extra" if args.final_teacher else WORK) / name
 
     cfg = load_config(HERE / "recipes" / "fidelity.yaml", quick=False)
     folder = FIDELITY / "data"
@@ -138,13 +141,9 @@ def main() -> None:
                "limit": args.limit, "runs": {}}
     teacher_scores = score(teacher, Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens)
     results["teacher"].update(headline=teacher_scores["headline"], average=teacher_scores["average"])
-    student_recipe_out: dict[str, str] = {}
     for objective in args.objectives.split(","):
         recipe = student_recipe(cfg, WORK, data, teacher, objective, 0, quick=False)
-        # a run from the final teacher lives in the fidelity work folder, so benchmarks/fidelity_carry.py carries its
-        # newest checkpoint to the next machine with the rest of that run
-        recipe["out"] = str((FIDELITY / "extra" if args.final_teacher else WORK) / run_name(objective))
-        student_recipe_out[objective] = recipe["out"]
+        recipe["out"] = str(run_dir(objective))
         if args.init == "slice":  # the teacher's leading slices (student.widths, docs/distill.md) instead of random
             recipe["student"] = {**recipe["student"], "init": "teacher", "widths": "slice"}
         recipe["distill"] = {**recipe["distill"], "steps": args.steps,
@@ -163,7 +162,7 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     if args.bundles:
         first = args.objectives.split(",")[0]
-        student = Path(student_recipe_out[first]) / "student"
+        student = run_dir(first) / "student"
         threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or None
 
         def write(rows: dict) -> None:
