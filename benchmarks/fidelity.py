@@ -77,6 +77,7 @@ from fidelity_config import (  # noqa: E402
     check_recipes,
     data_paths,
     load_config,
+    quantize_inputs,
     quantize_settings,
     student_recipe,
     teacher_recipes,
@@ -388,7 +389,7 @@ class Run:
                                     "source": source}
                 if scheme != "fp32":
                     made[key] = f"quantize/{backend}/{scheme}"
-                    quants.append((made[key], quantize_settings(cfg, backend, scheme).model_dump(), ("export",), quantize,
+                    quants.append((made[key], quantize_inputs(cfg, backend, scheme), ("export",), quantize,
                                    (fp32, out, backend, scheme, cfg, self.data, self.threads), {}))
                 specs.append((f"eval/{key}", self.cfg.eval.fingerprinted(), (made[key],), score, (out,),
                               {"backend": backend, **self.score_args()}))

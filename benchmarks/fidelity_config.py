@@ -203,3 +203,8 @@ def quantize_settings(cfg: BundleSpec, backend: str, scheme: str):
     return QuantizeSettings(**{**cfg.quantize, "backend": backend, "scheme": scheme, "max_drop": max_drop})
 
 
+def quantize_inputs(cfg: BundleSpec, backend: str, scheme: str) -> dict:
+    """The settings a quantize stage's result depends on (its fingerprint's inputs): all_layers only under int4."""
+    return quantize_settings(cfg, backend, scheme).model_dump(exclude=set() if scheme == "int4-weight-only" else {"all_layers"})
+
+

@@ -116,6 +116,11 @@ def test_quantized_bundles_shrink_load_and_generate(wide, tmp_path, scheme, deco
     if scheme == "int4-weight-only":  # each MatMul says how it was rounded, and what held-out feeds showed
         q = next(g for g in manifest["graphs"] if g["name"] == "decoder_with_past_model")["quantization"]
         assert len(q["rounding"]) == q["layers"] > 0 and {r["method"] for r in q["rounding"]} <= {"gptq", "rtn"}
+        # NNCF's convention: the lm_head of each decoder graph and the embedding table stay int8 blocks
+        int8 = {g["name"]: g["quantization"].get("int8_layers") for g in manifest["graphs"]}
+        assert int8 == {"vision_encoder": None, "embed_tokens": ["/embed/Gather"], "encoder_model": None,
+                        "decoder_model": ["/lm_head/MatMul"], "decoder_with_past_model": ["/lm_head/MatMul"]}
+        assert q["all_layers"] is False
     model = tiercel.runtime.load(out)  # verifies every sha256 in the manifest
     result = model.run(np.zeros((64, 64, 3), np.uint8), task="REG_DET_HBB", text="airplane", max_new_tokens=6)
     assert type(result).__name__ == "Boxes"
@@ -156,7 +161,8 @@ def test_guard_excludes_sensitive_layers_and_retries_until_it_holds(fp32, tmp_pa
     monkeypatch.setattr(gptq, "hessians", lambda proto, feeds, nodes, threads=None: probed.append(len(feeds))
                         or real_hessians(proto, feeds, nodes, threads))
     monkeypatch.setattr(guard, "compare", strict_first)
-    section = quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), **FAST)
+    # all_layers: the lm_head in int4 too, the most sensitive layer of this bundle (by default it is int8 already)
+    section = quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), all_layers=True, **FAST)
     attempts = section.guard.attempts
     assert len(probed) == 4  # GPTQ's activations: once for each of the 4 int4 MatMul graphs, not once per attempt
     assert max(probed) > FAST["n"]  # decoder_with_past: every decode step, not the n thinned feeds
@@ -186,7 +192,8 @@ def test_guard_failure_reports_the_numbers_and_writes_nothing(fp32, tmp_path, mo
     compare = guard.compare  # every comparison fails, whatever the quantized bundle scores
     monkeypatch.setattr(guard, "compare", lambda *a, **k: dataclasses.replace(compare(*a, **k), passed=False))
     with pytest.raises(GuardError) as err:
-        quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), max_retries=1, **FAST)
+        quantize_bundle(fp32, tmp_path / "q", "int4-weight-only", calib=synth_folder(), max_retries=1, all_layers=True,
+                        **FAST)
     msg = str(err.value)
     assert "after 3 attempts (2 layers kept in fp32)" in msg  # one layer, in both decoder graphs
     assert "token agreement" in msg and "drop" in msg

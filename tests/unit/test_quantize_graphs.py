@@ -408,3 +408,92 @@ def test_layer_units_join_the_same_weight_across_graphs_only():
     assert [[(r["graph"], r["node"]) for r in u] for u in units(rows)] == [
         [("decoder_model", "lm"), ("decoder_with_past_model", "lm")], [("vision", "fc")], [("vision", "fc2")],
         [("encoder", "old")]]
+
+
+def _decoder_head(path, d: int = 64, vocab: int = 96):
+    """x -> fc -> lm_head -> + bias -> logits, and an embedding table graph beside it (the tied matrix)."""
+    rng = np.random.default_rng(1)
+    fc, head = rng.standard_normal((d, d)).astype(np.float32), rng.standard_normal((d, vocab)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "fc.w"], ["h"], name="fc"),
+             helper.make_node("MatMul", ["h", "head.w"], ["z"], name="lm_head"),
+             helper.make_node("Add", ["z", "bias"], ["logits"], name="final_bias")]
+    graph = helper.make_graph(nodes, "dec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", d])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", vocab])],
+                              [numpy_helper.from_array(fc, "fc.w"), numpy_helper.from_array(head, "head.w"),
+                               numpy_helper.from_array(np.zeros(vocab, np.float32), "bias")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path / "dec.onnx"))
+    table = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e"], name="embed")], "emb",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["n", d])],
+                              [numpy_helper.from_array(head.T.copy(), "table")])
+    onnx.save(helper.make_model(table, opset_imports=[helper.make_opsetid("", 17)]), str(path / "emb.onnx"))
+    return [{"x": rng.standard_normal((4, d)).astype(np.float32)} for _ in range(3)]
+
+
+def _bits(path) -> dict[str, int]:
+    graph = onnx.load(str(path)).graph
+    return {n.name: next((a.i for a in n.attribute if a.name == "bits"), 4) for n in graph.node  # 4: the op default
+            if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
+
+
+def test_int4_keeps_the_lm_head_and_the_embedding_table_in_int8_blocks_unless_all_layers(tmp_path):
+    """NNCF's convention on onnxruntime: under int4 the lm_head (found through the bias Add to `logits`) and the
+    token-embedding table are int8 blocks; all_layers puts them in int4 like the rest."""
+    from tiercel.quantize.onnx_backend import int8_backup
+
+    _decoder_head(tmp_path)
+    spec, every = get_scheme("int4-weight-only"), get_scheme("int4-weight-only", all_layers=True)
+    assert int8_backup(onnx.load(str(tmp_path / "dec.onnx")), spec, "decoder") == ["lm_head"]
+    assert int8_backup(onnx.load(str(tmp_path / "dec.onnx")), every, "decoder") == []
+    assert int8_backup(onnx.load(str(tmp_path / "dec.onnx")), get_scheme("int8-weight-only"), "decoder") == []
+
+    report = quantize_graph(tmp_path / "dec.onnx", tmp_path / "q.onnx", spec, "decoder")
+    assert report["quantized"] == ["fc"] and report["int8_layers"] == ["lm_head"] and report["excluded"] == []
+    assert _bits(tmp_path / "q.onnx") == {"fc_Q4": 4, "lm_head_Q8": 8}
+    report = quantize_graph(tmp_path / "emb.onnx", tmp_path / "qe.onnx", spec, "embeddings")
+    assert report["quantized"] == [] and report["int8_layers"] == ["embed"]
+    assert _bits(tmp_path / "qe.onnx") == {"embed_Q8": 8}
+
+    report = quantize_graph(tmp_path / "dec.onnx", tmp_path / "a.onnx", every, "decoder")
+    assert report["quantized"] == ["fc", "lm_head"] and "int8_layers" not in report
+    assert set(_bits(tmp_path / "a.onnx").values()) == {4}
+    quantize_graph(tmp_path / "emb.onnx", tmp_path / "ae.onnx", every, "embeddings")
+    assert set(_bits(tmp_path / "ae.onnx").values()) == {4}
+    # the guard's last retry asks for fp32: a kept-back lm_head leaves the int8 blocks for fp32
+    report = quantize_graph(tmp_path / "dec.onnx", tmp_path / "f.onnx", spec, "decoder", exclude=["lm_head"], keep_in="fp32")
+    assert "int8_layers" not in report and _bits(tmp_path / "f.onnx") == {"fc_Q4": 4}
+
+
+def test_sensitivity_ranks_an_int4_bundles_int8_layers_at_int8(tmp_path):
+    """The lm_head that int4 stores in int8 blocks is ranked by its int8 error, which is far below its int4 one."""
+    feeds = _decoder_head(tmp_path)
+    rows = {r["node"]: r["error"] for r in layer_sensitivity(tmp_path / "dec.onnx", feeds, get_scheme("int4-weight-only"))}
+    every = {r["node"]: r["error"] for r in
+             layer_sensitivity(tmp_path / "dec.onnx", feeds, get_scheme("int4-weight-only", all_layers=True))}
+    assert rows["fc"] == every["fc"]
+    assert 0 < rows["lm_head"] < every["lm_head"] / 5
+
+
+def test_openvino_int4_all_layers_puts_the_last_layer_in_int4_too(tmp_path):
+    ov = pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from tiercel.quantize.openvino_backend import quantize_ir
+
+    _mlp(tmp_path / "mlp.onnx")
+    ov.save_model(ov.convert_model(str(tmp_path / "mlp.onnx")), str(tmp_path / "mlp.xml"), compress_to_fp16=False)
+
+    def weight_types(xml):
+        ops = {op.get_friendly_name(): op for op in ov.Core().read_model(str(xml)).get_ops()}
+        found = {}
+        for name in ("fc_a", "fc_b", "y"):
+            node = ops[name].input_value(1).get_node()
+            while node.get_type_name() != "Constant":  # Convert / Subtract / Multiply / Reshape back to the weight
+                node = node.input_value(0).get_node()
+            found[name] = node.get_element_type().get_type_name()
+        return found
+
+    report = quantize_ir(tmp_path / "mlp.xml", tmp_path / "q.xml", get_scheme("int4-weight-only"))
+    assert report["all_layers"] is False
+    assert weight_types(tmp_path / "q.xml") == {"fc_a": "i4", "fc_b": "i4", "y": "u8"}  # NNCF: int8 asym backup
+    report = quantize_ir(tmp_path / "mlp.xml", tmp_path / "a.xml", get_scheme("int4-weight-only", all_layers=True))
+    assert report["all_layers"] is True and set(weight_types(tmp_path / "a.xml").values()) == {"i4"}

@@ -33,6 +33,7 @@ def quantize(
     confidence: float = _opt("confidence"),
     block_size: int = _opt("block_size"),
     asymmetric: bool = typer.Option(False, "--asymmetric", help="int4 blocks with zero points instead of symmetric."),
+    all_layers: bool = _opt("all_layers", "--all-layers"),
     policy: list[str] = typer.Option(None, "--policy", help=_F["policy"].description),
     backend: str = _opt("backend"),
     ratio: float = _opt("ratio"),
@@ -56,7 +57,7 @@ def quantize(
         roles[role.strip()] = leaf.strip()
     settings = make_settings(option=lambda f: f"--{f.replace('_', '-')}", scheme=scheme, n=n, max_drop=max_drop,
                              n_val=n_val, min_agreement=min_agreement, confidence=confidence, block_size=block_size,
-                             symmetric=False if asymmetric else None, backend=backend, ratio=ratio,
+                             symmetric=False if asymmetric else None, all_layers=all_layers, backend=backend, ratio=ratio,
                              max_new_tokens=max_new_tokens, max_retries=max_retries, sensitivity=sensitivity,
                              engines=engines, policy=roles or None)
     section = quantize_bundle(bundle, out, calib=calib, root=root, val=val, settings=settings, overwrite=overwrite,

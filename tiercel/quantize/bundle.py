@@ -81,9 +81,9 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
     entries = src.entries(target.reads)
     src.verify(entries.values())
     entries = {name: entry.model_dump() for name, entry in entries.items()}  # rows the quantized manifest copies
-    spec = get_scheme(scheme, block_size=block_size, symmetric=symmetric, policy=policy)
-    leaves = as_written(plan(spec, src.graph_names(), block_size=block_size, symmetric=symmetric), target.name,
-                        block_size)
+    spec = get_scheme(scheme, block_size=block_size, symmetric=symmetric, policy=policy, all_layers=s.all_layers)
+    leaves = as_written(plan(spec, src.graph_names(), block_size=block_size, symmetric=symmetric,
+                             all_layers=s.all_layers), target.name, block_size)
     if spec.kind == "weight-only":
         spec = next(iter(leaves.values()))
     if calib is None and needs_calibration({g: s for g, s in leaves.items() if s.kind == "static"}):

@@ -18,8 +18,9 @@ the accuracy guard keeps in higher precision: fp32, or int8 blocks under int4-we
     int4-weight-only  MatMulNBits blocks of 32/64/128, accuracy_level 4 (int8 compute of activations); with
                       calibration feeds the MatMul weights are rounded by GPTQ on the recorded activations
                       where that beats round-to-nearest on held-out feeds (gptq.py), else round-to-nearest.
-                      Layers in `exclude` become 8-bit blocks, not fp32: the guard often keeps the lm_head
-                      back, the decoder's biggest matrix (768 x 51289 in Florence-2), 4x smaller in int8
+                      The lm_head and the embedding table are 8-bit blocks unless spec.all_layers (`int8_backup`:
+                      NNCF's convention; the int4 lm_head cost the fidelity student most of its drop). Layers in
+                      `exclude` become 8-bit blocks too, not fp32, until the guard's last retry asks for fp32
     int8-weight-only  MatMulNBits 8-bit blocks of 32/64/128 (default 128), accuracy_level 4, round-to-nearest: the
                       same kernel family as int4, which streams int8 weights at one row faster than onnxruntime's
                       MatMulIntegerToFloat / DynamicQuantizeMatMul (Florence-2-base decoder step at one row on a
@@ -83,6 +84,28 @@ def selected_layers(proto, spec: SchemeSpec, role: str = "", target: str = "onnx
     return layers
 
 
+def int8_backup(proto, spec: SchemeSpec, role: str = "") -> list[str]:
+    """The layers an int4-weight-only graph stores in int8 blocks unless `spec.all_layers`: the token-embedding
+    table (the embeddings graph's Gathers) and the lm_head (the weight MatMul that writes the `logits` output,
+    through Add / Identity / Reshape / Cast at most). Other schemes: none."""
+    if not spec.int4 or spec.all_layers:
+        return []
+    if role == "embeddings":
+        return [x["node"] for x in weight_layers(proto, role) if x["op"] == "Gather"]
+    writer = {o: n for n in proto.graph.node for o in n.output}
+    weights = {x["node"] for x in weight_layers(proto, role) if x["op"] == "MatMul"}
+    out = []
+    for output in proto.graph.output:
+        if output.name != "logits":
+            continue
+        node = writer.get(output.name)
+        while node is not None and node.name not in weights and node.op_type in ("Add", "Identity", "Reshape", "Cast"):
+            node = writer.get(node.input[0])
+        if node is not None and node.name in weights:
+            out.append(node.name)
+    return out
+
+
 def is_depthwise(layer: dict) -> bool:
     """A Conv whose every output channel reads one input channel (weight [C_out, 1, kh, kw], C_out > 1)."""
     return layer["op"] == "Conv" and len(layer["shape"]) == 4 and layer["shape"][1] == 1 and layer["shape"][0] > 1
@@ -138,10 +161,10 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
     """Write `src` quantised by `spec` to `dst`.
 
     keep_in: what the excluded layers of an int4-weight-only graph become, "int8" blocks or "fp32" (other
-    schemes: always fp32). cache: a dict kept across calls for the same graph and feeds (the guard's retries):
+    schemes: always fp32); the int8_backup layers not excluded are int8 blocks either way. cache: a dict kept across calls for the same graph and feeds (the guard's retries):
     each layer GPTQ rounds is rounded once into it. threads: GPTQ's activation session's intra-op threads (None:
     onnxruntime's default). Returns {"quantized": [node names], "excluded": [...],
-    "kept_in": ..., ...}.
+    "kept_in": ..., "int8_layers": [int4's int8_backup, when any], ...}.
     """
     onnx = require("onnx", "onnx", "quantizing ONNX graphs")
     require("onnxruntime", "onnx", "quantizing ONNX graphs")
@@ -151,11 +174,15 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
     proto = onnx.load(str(src), load_external_data=True)
     own_vectors(proto)
     layers = selected_layers(proto, spec, role, target)
-    chosen = [x["node"] for x in layers if x["node"] not in set(exclude)]
+    backup = [n for n in int8_backup(proto, spec, role) if n not in set(exclude)]  # int4: int8 blocks (docstring)
+    chosen = [x["node"] for x in layers if x["node"] not in set(exclude) | set(backup)]
     report = {"quantized": chosen, "excluded": sorted(set(exclude) & {x["node"] for x in layers}),
-              "kept_in": keep_in if spec.kind == "weight-only" and spec.bits == 4 else "fp32"}
+              "kept_in": keep_in if spec.int4 else "fp32"}
+    if backup:
+        report["int8_layers"] = backup
+    higher = backup + (report["excluded"] if report["kept_in"] == "int8" else [])
     big = sum(t.ByteSize() for t in proto.graph.initializer) > _TWO_GB
-    if spec.kind == "keep" or not (chosen or (report["kept_in"] == "int8" and report["excluded"])):
+    if spec.kind == "keep" or not (chosen or higher):
         shutil.copyfile(src, dst)
         return report
     if role == "embeddings" and spec.bits == 8:
@@ -165,8 +192,7 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
         onnx.save_model(_nbits(proto, 8, spec, chosen, role), str(dst), save_as_external_data=big,
                         location=f"{dst.name}.data")
     elif spec.kind == "weight-only":
-        rounding = _int4(proto, dst, spec, chosen, role, big, feeds, report["excluded"] if keep_in == "int8" else (),
-                         {} if cache is None else cache, threads)
+        rounding = _int4(proto, dst, spec, chosen, role, big, feeds, higher, {} if cache is None else cache, threads)
         if rounding:
             report["rounding"] = rounding
     elif spec.kind == "dynamic":

@@ -12,8 +12,9 @@
                       in int4 (the rest int8); with calibration feeds, AWQ and scale estimation are candidates
                       beside data-free compression, and the one with the smallest output error on held-out feeds
                       is kept (`DATA_AWARE`, `choose_compression`)
-    embeddings        always int8 weight compression (the Gather table); NNCF keeps embeddings and the last
-                      layer (the tied lm_head) in int8 under INT4 modes unless all_layers is set
+    embeddings        int8 weight compression (the Gather table), int4 with spec.all_layers; NNCF keeps
+                      embeddings and the last layer (the tied lm_head) in int8 under INT4 modes unless
+                      all_layers is set (passed through from spec.all_layers)
 
 `exclude` holds ONNX node names. The ONNX frontend keeps them as OpenVINO friendly names, except for a node
 whose output is a graph output: that op takes the output's name (the lm_head MatMul becomes `logits`), which
@@ -87,7 +88,8 @@ def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: l
     names = [p.get_any_name() for p in model.inputs]
     if spec.kind == "keep":
         pass
-    elif role == "embeddings" or spec.kind == "dynamic" or (spec.kind == "weight-only" and spec.bits == 8):
+    elif (role == "embeddings" and not (spec.int4 and spec.all_layers)) or spec.kind == "dynamic" or (
+            spec.kind == "weight-only" and spec.bits == 8):
         mode = nncf.CompressWeightsMode.INT8_SYM if spec.symmetric else nncf.CompressWeightsMode.INT8_ASYM
         model = nncf.compress_weights(model, mode=mode, ignored_scope=ignored)
         report["mode"] = mode.value
@@ -119,11 +121,12 @@ def quantize_ir(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds: l
             return nncf.compress_weights(
                 fresh, mode=mode, group_size=spec.block_size, ratio=ratio,
                 ignored_scope=ignored, dataset=data, subset_size=len(fit) if fit else 128, awq=awq or None,
-                scale_estimation=scale_estimation or None,
+                scale_estimation=scale_estimation or None, all_layers=spec.all_layers,
                 advanced_parameters=nncf.AdvancedCompressionParameters(  # K % group: int8 backup
                     group_size_fallback_mode=nncf.GroupSizeFallbackMode.IGNORE))
 
-        report.update(mode=mode.value, group_size=spec.block_size, ratio=ratio, awq=False, scale_estimation=False)
+        report.update(mode=mode.value, group_size=spec.block_size, ratio=ratio, awq=False, scale_estimation=False,
+                      all_layers=spec.all_layers)
         if feeds and len(feeds) >= 2:
             model, choice = choose_compression(model, compress, feeds)
             report.update(choice)

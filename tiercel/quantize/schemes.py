@@ -3,7 +3,10 @@
 A leaf scheme says how ONE graph is quantised (`int8-static`, `int8-dynamic`, `int4-weight-only`, `fp32`);
 `mixed` is a policy that gives each graph of a bundle its own leaf. What a leaf means for the token-embedding
 graph (a single Gather) is spelt out here too: int8 schemes store the table as int8 rows, int4 as blocks of
-the same size the decoder's lm_head uses, so the tied matrix gets the same grid in both graphs.
+the same size the decoder's lm_head uses, so the tied matrix gets the same grid in both graphs. Under int4 both
+the table and the lm_head are int8 blocks unless `all_layers` is set, as NNCF keeps embeddings and the last layer
+in int8: on the fidelity student the int4 lm_head alone took the guard's first-attempt val drop from 5.05% to
+12.95% (benchmarks/results/guard_retries.md).
 
 This module knows no onnx or nncf; the backends (onnx_backend.py, openvino_backend.py) read these specs.
 """
@@ -38,10 +41,16 @@ class SchemeSpec:
     block_size: int | None = None
     calibrated: bool = False  # needs calibration data (activation ranges, or AWQ / scale estimation)
     policy: dict = field(default_factory=dict)  # mixed only: role -> leaf scheme name
+    all_layers: bool = False  # int4 only: the embedding table and the lm_head in int4 too (else int8 blocks)
     help: str = ""
 
+    @property
+    def int4(self) -> bool:
+        return self.kind == "weight-only" and self.bits == 4
+
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "help" and v not in ({}, None)}
+        return {k: v for k, v in asdict(self).items()
+                if k != "help" and v not in ({}, None) and (k != "all_layers" or self.int4)}
 
 
 SCHEMES: dict[str, SchemeSpec] = {
@@ -65,8 +74,9 @@ SCHEMES: dict[str, SchemeSpec] = {
 
 
 def get_scheme(name: str, block_size: int | None = None, symmetric: bool | None = None,
-               policy: dict | None = None) -> SchemeSpec:
-    """The spec of `name`, with the int4 block size / symmetry and the mixed policy overridden when given."""
+               policy: dict | None = None, all_layers: bool | None = None) -> SchemeSpec:
+    """The spec of `name`, with the int4 block size / symmetry / all_layers and the mixed policy overridden when
+    given."""
     if name not in SCHEMES:
         raise ConfigError(f"unknown quantization scheme '{name}'; choose one of: {', '.join(SCHEMES)}")
     spec = SCHEMES[name]
@@ -80,6 +90,8 @@ def get_scheme(name: str, block_size: int | None = None, symmetric: bool | None 
             raise ConfigError("--asymmetric: int8-weight-only blocks are symmetric (255 levels, no zero points to "
                               "store); it applies to int4-weight-only")
         spec = replace(spec, symmetric=symmetric)
+    if all_layers is not None and spec.int4:
+        spec = replace(spec, all_layers=all_layers)
     if policy:
         if spec.kind != "mixed":
             raise ConfigError(f"a per-graph policy needs --scheme mixed (got {name})")
@@ -90,7 +102,8 @@ def get_scheme(name: str, block_size: int | None = None, symmetric: bool | None 
     return spec
 
 
-def plan(spec: SchemeSpec, graphs, block_size: int | None = None, symmetric: bool | None = None) -> dict[str, SchemeSpec]:
+def plan(spec: SchemeSpec, graphs, block_size: int | None = None, symmetric: bool | None = None,
+         all_layers: bool | None = None) -> dict[str, SchemeSpec]:
     """{graph name: leaf spec} for the graphs of a bundle under `spec` (mixed expands its policy)."""
     out = {}
     for graph in graphs:
@@ -101,7 +114,8 @@ def plan(spec: SchemeSpec, graphs, block_size: int | None = None, symmetric: boo
         if SCHEMES.get(leaf) is None or SCHEMES[leaf].kind == "mixed":
             raise ConfigError(f"policy: '{leaf}' is not a leaf scheme; choose one of: "
                               f"{', '.join(leaves())}")
-        out[graph] = get_scheme(leaf, block_size=block_size, symmetric=symmetric if SCHEMES[leaf].bits == 4 else None)
+        out[graph] = get_scheme(leaf, block_size=block_size, symmetric=symmetric if SCHEMES[leaf].bits == 4 else None,
+                                all_layers=all_layers)
     return out
 
 

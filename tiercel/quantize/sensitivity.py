@@ -13,18 +13,20 @@ layer. Relative errors are scale-free, so layers of different graphs are ranked 
 excludes from the top). Each row carries a digest of its weight, so the guard can find the same layer in two
 graphs (the first decoder step and the decoder with past hold the same weights) and keep it back in both.
 Cost: one session per layer, each opened from the graph's file (external data too, so no 2 GB protobuf limit)
-with only that weight swapped in (SessionOptions.add_initializer); `max_feeds` bounds it.
+with only that weight swapped in (SessionOptions.add_initializer); `max_feeds` bounds it. Under int4 the layers
+stored in int8 blocks (onnx_backend.int8_backup: the lm_head, the embedding table) are ranked at int8.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from tiercel.errors import require
-from tiercel.quantize.onnx_backend import selected_layers
+from tiercel.quantize.onnx_backend import int8_backup, selected_layers
 from tiercel.quantize.schemes import SchemeSpec
 
 
@@ -102,9 +104,11 @@ def layer_sensitivity(onnx_file: str | Path, feeds: list[dict], spec: SchemeSpec
 
     reference = run()
     rows = []
+    backup = set(int8_backup(proto, spec, role))  # int4 stores these in int8 blocks: ranked at what they are
     for layer in selected_layers(proto, spec, role, target):
         original = numpy_helper.to_array(inits[layer["weight"]])
-        quantized = np.ascontiguousarray(fake_quantize(original, layer["op"], spec).astype(original.dtype))
+        grid = replace(spec, bits=8, symmetric=True) if layer["node"] in backup else spec
+        quantized = np.ascontiguousarray(fake_quantize(original, layer["op"], grid).astype(original.dtype))
         errors = [np.linalg.norm(q - r) / max(np.linalg.norm(r), 1e-12) for q, r in zip(run(layer["weight"], quantized), reference)]
         rows.append({"graph": graph or Path(onnx_file).stem, "node": layer["node"], "op": layer["op"],
                      "weight": layer["weight"], "params": int(np.prod(layer["shape"])), "digest": digest(original, layer["op"]),

@@ -56,6 +56,8 @@ class QuantizeOptions(BaseModel):
     policy: dict[str, str] | None = Field(None, description="With --scheme mixed: ROLE=SCHEME gives a graph role (vision, encoder, embeddings, decoder) its own "
                                               "leaf scheme; repeatable. Roles not named keep mixed's defaults (vision and encoder "
                                               "int8-static, embeddings int8-dynamic, decoder int4-weight-only).")
+    all_layers: bool = Field(False, description="int4-weight-only: the token-embedding table and the lm_head in int4 too. Default: both in int8 blocks on either backend, "
+                                                 "as NNCF keeps embeddings and the last layer (docs/quantize.md).")
     ratio: float = Field(1.0, ge=0, le=1, description="OpenVINO int4: share of layers in int4 (the rest int8).")
     max_new_tokens: int = Field(64, gt=0, description="Tokens generated per sample when calibrating and guarding.")
     max_retries: int = Field(4, ge=0, description="Guard attempts that keep more layers in higher precision before giving up.")
