@@ -6,16 +6,20 @@ last) with the settings of benchmarks/recipes/fidelity.yaml (calibration on the 
 records, each scheme's max_drop), once per backend and scheme given, into benchmarks/work/guard_retries/. Records
 every attempt (layers kept back per graph, point drop, 90% bound, token agreement) beside the same bundle's attempts
 in the fidelity run's quantize stage (benchmarks/work/fidelity/stages/). The first attempt keeps nothing back, so
-it must match the stage's exactly (`first_attempt_matches`): that checks that the two quantize alike.
+it must match the stage's exactly (`first_attempt_matches`, for runs with the stage's settings): that checks that
+the two quantize alike.
 
 The first use (guard_retries.md): the stages were made by the guard before it kept a layer back in every graph
 holding its weight (tiercel.quantize.sensitivity.units), so the later attempts show what that fix changed.
 `--accuracy-levels` runs onnxruntime's MatMulNBits at other accuracy levels (int4: is the loss in the weights'
-rounding or in the int8 activations of level 4?).
+rounding or in the int8 activations of level 4?). `--variants` runs each scheme with quantize settings changed
+(`all_layers=true`, `symmetric=false,block_size=64`; `default` for the YAML's), one after the other.
 
     OMP_NUM_THREADS=1 python benchmarks/guard_retries.py --schemes onnxruntime:int8-static openvino:int4-weight-only
     OMP_NUM_THREADS=1 python benchmarks/guard_retries.py --schemes onnxruntime:int4-weight-only --max-retries 0 \
         --accuracy-levels 4 0 --out benchmarks/results/guard_retries_int4_level.json
+    OMP_NUM_THREADS=1 python benchmarks/guard_retries.py --schemes onnxruntime:int4-weight-only --max-retries 0 \
+        --variants default all_layers=true symmetric=false --out benchmarks/results/guard_retries_int4_variants.json
 """
 
 from __future__ import annotations
@@ -39,14 +43,28 @@ from tiercel.fileio import atomic_write_text  # noqa: E402
 RESULTS = HERE / "results"
 
 
+def variant(text: str) -> dict:
+    """'default' -> {}; 'all_layers=true,block_size=64' -> {"all_layers": True, "block_size": 64} (JSON values)."""
+    if text == "default":
+        return {}
+    pairs = [item.partition("=") for item in text.split(",")]
+    if not all(sep and key for key, sep, _ in pairs):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE] or default (got {text!r})")
+    return {key: json.loads(value) for key, _, value in pairs}
+
+
 def one(fp32: Path, out: Path, backend: str, scheme: str, cfg, data: dict, threads: int | None,
-        max_retries: int | None = None) -> dict:
+        max_retries: int | None = None, changes: dict | None = None) -> dict:
     from tiercel.quantize.bundle import quantize_bundle
     from tiercel.quantize.guard import GuardError
 
     settings = quantize_settings(cfg.bundles, backend, scheme)
     if max_retries is not None:
-        settings = settings.model_copy(update={"max_retries": max_retries})
+        changes = {**(changes or {}), "max_retries": max_retries}
+    if changes:
+        from tiercel.quantize.settings import settings as checked
+
+        settings = checked(settings, **changes)
     start = time.perf_counter()
     try:
         section = quantize_bundle(fp32, out, calib=data["train"], root=data["root"], val=data["val"], settings=settings,
@@ -71,7 +89,10 @@ def main() -> None:
     ap.add_argument("--accuracy-levels", type=int, nargs="+",
                     help="onnxruntime MatMulNBits accuracy levels to run each scheme at, one after the other (tiercel "
                          "uses 4: int8 compute; 0: fp32 compute), to tell weight rounding from activation rounding")
+    ap.add_argument("--variants", nargs="+", default=["default"],
+                    help="quantize settings changed per run: KEY=VALUE[,KEY=VALUE] (JSON values) or default")
     args = ap.parse_args()
+    changes = {text: variant(text) for text in args.variants}
     cfg = load_config(HERE / "recipes" / "fidelity.yaml", False)
     data = data_paths(args.work / "data")
     fp32 = args.work / "bundles" / "fp32"
@@ -84,16 +105,19 @@ def main() -> None:
                "runs": {}}
     import tiercel.quantize.onnx_backend as onnx_backend
 
-    runs = [(pair, level) for pair in args.schemes for level in (args.accuracy_levels or [None])]
-    for pair, level in runs:
+    runs = [(pair, level, text) for pair in args.schemes for level in (args.accuracy_levels or [None])
+            for text in args.variants]
+    for pair, level, text in runs:
         backend, scheme = pair.split(":")
         if level is not None:  # a benchmark knob, not a tiercel setting: the module constant the quantizer reads
             onnx_backend.ACCURACY_LEVEL = level
             pair = f"{pair}@accuracy_level{level}"
+        if text != "default":
+            pair = f"{pair}@{text}"
         row = one(fp32, HERE / "work" / "guard_retries" / f"{backend}-{scheme}", backend, scheme, cfg, data, args.threads,
-                  args.max_retries)
+                  args.max_retries, changes[text])
         stage = stages / f"quantize__{backend}__{scheme}.json"
-        if stage.is_file():
+        if stage.is_file() and text == "default" and level in (None, 4):  # the stage's own settings
             guard = json.loads(stage.read_text())["result"]["guard"]
             row["fidelity_run"] = {"passed": guard["passed"], "attempts": guard["attempts"]}
             first, then = row["attempts"][0], guard["attempts"][0]
