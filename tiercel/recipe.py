@@ -221,10 +221,16 @@ class QuantizeSection(QuantizeOptions):
     def _schemes(self):
         for scheme in self.schemes:
             self.check_scheme(scheme)
+        self.check_int4_options(self.schemes)
         return self
 
     def settings(self, scheme: str) -> QuantizeSettings:
-        return QuantizeSettings(scheme=scheme, **self.model_dump(exclude={"schemes"}))
+        """One scheme's settings; all_layers only where that scheme writes int4 (it is checked against the list)."""
+        from tiercel.quantize.schemes import has_int4
+
+        data = self.model_dump(exclude={"schemes"})
+        data["all_layers"] = data["all_layers"] and has_int4(scheme, self.policy)
+        return QuantizeSettings(scheme=scheme, **data)
 
 
 class EvalSection(Section):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tiercel.errors import ConfigError
-from tiercel.quantize.schemes import SCHEMES, as_written, get_scheme, plan
+from tiercel.quantize.schemes import SCHEMES, as_written, get_scheme, has_int4, plan
 
 GRAPHS = ("vision_encoder", "embed_tokens", "encoder_model", "decoder_model", "decoder_with_past_model")
 
@@ -56,3 +56,19 @@ def test_openvino_records_int8_weight_only_per_channel_and_refuses_a_block_size(
         as_written(plan(get_scheme("int8-weight-only", block_size=64), GRAPHS, block_size=64), "openvino", 64)
     mixed = plan(get_scheme("mixed", policy={"encoder": "int8-weight-only"}), GRAPHS, block_size=64)
     assert as_written(mixed, "openvino", 64)["decoder_model"].block_size == 64  # for the int4 leaf
+
+
+def test_all_layers_reaches_int4_leaves_only_and_is_refused_where_nothing_is_int4():
+    from tiercel.quantize.settings import settings
+
+    leaves = plan(get_scheme("mixed", all_layers=True), GRAPHS, all_layers=True)
+    assert {g: leaf.all_layers for g, leaf in leaves.items() if leaf.int4} == {"decoder_model": True,
+                                                                               "decoder_with_past_model": True}
+    assert not any(leaf.all_layers for leaf in leaves.values() if not leaf.int4)
+    assert "all_layers" not in leaves["vision_encoder"].to_dict() and leaves["decoder_model"].to_dict()["all_layers"]
+    assert has_int4("int4-weight-only") and has_int4("mixed") and not has_int4("int8-static")
+    assert not has_int4("mixed", {"decoder": "int8-weight-only"})
+    with pytest.raises(ConfigError, match=r"^--all-layers puts int4's lm_head and embedding table in int4 too; it "
+                                          r"applies to int4-weight-only or a mixed policy with an int4 role \(got mixed\)$"):
+        settings(option=lambda f: f"--{f.replace('_', '-')}", scheme="mixed", all_layers=True,
+                 policy={"decoder": "int8-weight-only"})

@@ -163,6 +163,11 @@ def _values(tree):
             {"quantize": {"schemes": ["int4-weight-only"], "backend": "tensorrt"}},
             "quantize: quantize.backend tensorrt: supports int8-static (got quantize.scheme int4-weight-only)",
         ),
+        (
+            {"quantize": {"schemes": ["int8-dynamic"], "all_layers": True}},
+            "quantize: quantize.all_layers puts int4's lm_head and embedding table in int4 too; it applies to "
+            "int4-weight-only or a mixed policy with an int4 role (got int8-dynamic)",
+        ),
         ({"profile": {"tasks": ["NOPE"]}}, "profile.tasks: unknown task tag 'NOPE'"),
         ({"export": {"backends": ["torch"]}}, "export.backends: unknown backend 'torch'; choose one of: onnxruntime"),
         (
@@ -202,6 +207,10 @@ def test_quantize_settings_have_one_set_of_defaults():
     tuned = parse_recipe({**BASE, "quantize": {"backend": "openvino", "ratio": 0.5, "min_agreement": 0.9}}).quantize
     s = tuned.settings("int4-weight-only")
     assert (s.scheme, s.backend, s.ratio, s.min_agreement, s.n) == ("int4-weight-only", "openvino", 0.5, 0.9, 128)
+    # all_layers reaches the schemes that write int4 and leaves the others' settings valid
+    every = parse_recipe({**BASE, "quantize": {"schemes": ["int8-dynamic", "int4-weight-only", "mixed"],
+                                               "all_layers": True}}).quantize
+    assert [every.settings(x).all_layers for x in every.schemes] == [False, True, True]
 
 
 def test_teacher_kinds_and_backends_come_from_their_registries():

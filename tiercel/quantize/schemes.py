@@ -132,6 +132,14 @@ def as_written(leaves: dict[str, SchemeSpec], target: str, block_size: int | Non
     return {g: replace(leaf, per_channel=True, block_size=None) if g in int8 else leaf for g, leaf in leaves.items()}
 
 
+def has_int4(name: str, policy: dict | None = None) -> bool:
+    """Whether scheme `name` (a mixed one with `policy` over its defaults) writes any int4-weight-only graph."""
+    spec = SCHEMES.get(name)
+    if spec is None or spec.kind != "mixed":
+        return spec is not None and spec.int4
+    return any(SCHEMES[leaf].int4 for leaf in {**spec.policy, **(policy or {})}.values() if leaf in SCHEMES)
+
+
 def leaves() -> list[str]:
     """The leaf schemes: those a mixed policy may give a graph."""
     return [n for n, s in SCHEMES.items() if s.kind != "mixed"]

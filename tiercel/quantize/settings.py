@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiercel.errors import ConfigError, choose
-from tiercel.quantize.schemes import BLOCK_SIZES, GRAPH_ROLES, SCHEMES, leaves
+from tiercel.quantize.schemes import BLOCK_SIZES, GRAPH_ROLES, SCHEMES, has_int4, leaves
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,12 @@ class QuantizeOptions(BaseModel):
     def target(self) -> TargetSpec:
         return TARGETS[self.backend]
 
+    def check_int4_options(self, schemes: list[str]) -> None:
+        """ValueError when all_layers is set and none of `schemes` writes an int4 graph (it would change nothing)."""
+        if self.all_layers and not any(has_int4(s, self.policy) for s in schemes):
+            raise ValueError(f"{{all_layers}} puts int4's lm_head and embedding table in int4 too; it applies to "
+                             f"int4-weight-only or a mixed policy with an int4 role (got {', '.join(schemes)})")
+
     def check_scheme(self, scheme: str) -> None:
         """ValueError unless this backend can make `scheme` with these options."""
         known_scheme(scheme)
@@ -119,6 +125,7 @@ class QuantizeSettings(QuantizeOptions):
     @model_validator(mode="after")
     def _scheme(self):
         self.check_scheme(self.scheme)
+        self.check_int4_options([self.scheme])
         return self
 
 
