@@ -37,6 +37,11 @@ def test_info_florence2_base_json():
     decoder = report["decoder_bytes_per_token"]["fp32"]
     # decoder reads: 6 decoder layers + the tied 51290 x 768 lm_head, in fp32
     assert decoder["weights"] == 4 * (report["params"]["text_decoder"] + 51290 * 768)
+    # int4: 4.5 bits a weight, but the tied lm_head / token table at 8.5 (kept int8, as tiercel quantize does)
+    head = 51290 * 768  # the tied lm_head is the token table
+    int4 = report["decoder_bytes_per_token"]["int4"]["weights"]
+    assert int4 == pytest.approx(4.5 / 8 * report["params"]["text_decoder"] + 8.5 / 8 * head)
+    assert report["size_bytes"]["int4"] == pytest.approx(4.5 / 8 * (report["params"]["total"] - head) + 8.5 / 8 * head)
     assert report["vision_gflops"] > 100
 
 

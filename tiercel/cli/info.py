@@ -51,4 +51,5 @@ def info(
     console.print(sizes)
     console.print(f"vision encoder: {report.vision_gflops:.1f} GFLOPs per image; text encoder: {report.encoder_gflops:.1f} GFLOPs "
                   f"for {report.encoder_tokens} tokens (1 multiply-add = 2 FLOPs)")
-    console.print("[dim]int4 = 4 bits + an fp16 scale per 32 weights; KV cache fp32 with fp32 weights, fp16 otherwise[/dim]")
+    console.print("[dim]int4 = 4 bits + an fp16 scale per 32 weights, the lm_head and token table in int8 (tiercel quantize's "
+                  "default); KV cache fp32 with fp32 weights, fp16 otherwise[/dim]")

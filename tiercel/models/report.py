@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from tiercel.errors import ConfigError
 from tiercel.runtime.shape import ModelShape
 
-# Bits per weight at each precision. int4 counts one fp16 scale per group of 32 weights (4 + 16/32 bits).
+# Bits per weight at each precision. int4 counts one fp16 scale per group of 32 weights (4 + 16/32 bits); the lm_head
+# and the token-embedding table stay int8 under int4 (`tiercel quantize` by default, as NNCF: 8 + 16/32 bits).
 WEIGHT_BITS = {"fp32": 32.0, "fp16": 16.0, "int8": 8.0, "int4": 4.5}
+INT4_KEPT_BITS = 8.5
 # Activations (and so the KV cache) stay fp32 for fp32 weights and fp16 otherwise.
 KV_BYTES = {"fp32": 4, "fp16": 2, "int8": 2, "int4": 2}
 COMPONENTS = ("vision", "projector", "embeddings", "text_encoder", "text_decoder", "lm_head")
@@ -50,19 +52,27 @@ class ModelReport:
     decoder_weight_params: int
     encoder_tokens: int
     new_tokens: int
+    lm_head_params: int = 0
+    int8_under_int4: int = 0  # lm_head + token-embedding table, once when tied: int8 in an int4 bundle
+
+    def _bits(self, precision: str, params: int, kept: int) -> float:
+        """Bytes of `params` weights at `precision`, `kept` of them int8 when the precision is int4."""
+        if precision != "int4":
+            return params * WEIGHT_BITS[precision] / 8
+        return (params - kept) * WEIGHT_BITS["int4"] / 8 + kept * INT4_KEPT_BITS / 8
 
     @property
     def total_params(self) -> int:
         return sum(self.params.values())
 
     def size_bytes(self, precision: str) -> float:
-        return self.total_params * WEIGHT_BITS[precision] / 8
+        return self._bits(precision, self.total_params, self.int8_under_int4)
 
     def decoder_bytes_per_token(self, precision: str = "fp32") -> dict[str, float]:
         """Bytes read per generated token (averaged over `new_tokens`), split into weights and KV cache."""
         s = self.shape
         kv = KV_BYTES[precision]
-        weights = self.decoder_weight_params * WEIGHT_BITS[precision] / 8
+        weights = self._bits(precision, self.decoder_weight_params, self.lm_head_params)
         cross = s.decoder_layers * 2 * self.encoder_tokens * s.d_model * kv
         self_kv = s.decoder_layers * 2 * (self.new_tokens + 1) / 2 * s.d_model * kv
         return {"weights": weights, "cross_kv": cross, "self_kv": self_kv, "total": weights + cross + self_kv}
@@ -81,7 +91,8 @@ class ModelReport:
             "new_tokens": self.new_tokens,
             "decoder_bytes_per_token": {p: self.decoder_bytes_per_token(p) for p in WEIGHT_BITS},
             "notes": {
-                "int4": "4 bits + one fp16 scale per 32 weights = 4.5 bits/weight",
+                "int4": "4 bits + one fp16 scale per 32 weights = 4.5 bits/weight; the lm_head and token-embedding "
+                "table at 8.5 (int8, as tiercel quantize keeps them unless --all-layers)",
                 "kv": "KV cache in fp32 for fp32 weights, fp16 otherwise",
                 "decoder_bytes": "decoder layers + lm_head weights, cross-attention K/V of encoder_tokens, "
                 "self-attention K/V averaged over new_tokens",
@@ -114,8 +125,9 @@ def model_report(model, name: str, prompt_tokens: int = 32, new_tokens: int = 32
     with torch.no_grad(), FlopCounterMode(display=False) as encoder:
         embeds = torch.zeros(1, enc_len, shape.d_model, device=device)
         model.model.language_model.encoder(inputs_embeds=embeds)
+    table = model.model.language_model.shared.weight.numel()
     return ModelReport(name, shape, params, tied, vision.get_total_flops() / 1e9, encoder.get_total_flops() / 1e9,
-                       decoder, enc_len, new_tokens)
+                       decoder, enc_len, new_tokens, lm.numel(), table + (0 if tied else lm.numel()))
 
 
 def _check_tokens(shape: ModelShape, name: str, prompt_tokens: int, new_tokens: int) -> None:
