@@ -288,3 +288,41 @@ def test_threads_reach_every_session_tiercel_opens_and_change_no_byte(fp32, tmp_
     files = lambda out: {g["file"]: g["sha256"] for g in json.loads((out / "manifest.json").read_text())["graphs"]}
     assert files(tmp_path / "one") == files(tmp_path / "default")
     assert one.guard.token_agreement == default.guard.token_agreement
+
+
+def test_guard_grows_its_val_sample_when_only_the_bound_missed(fp32, tmp_path, monkeypatch):
+    """n_val_max: a comparison that misses on its upper bound alone is taken again on twice the val records (up to
+    n_val_max) before any layer is kept back, each look at a Bonferroni share of 1 - confidence."""
+    import dataclasses
+
+    from tiercel.quantize import guard, quantize_bundle
+
+    real, looks = guard.compare, []
+
+    def bound_only_below_six(*args, **kwargs):
+        verdict, samples = real(*args, **kwargs), args[1]
+        looks.append(([s.index for s in samples], kwargs["confidence"]))
+        if len(samples) < 6:  # the point drop within max drop, its bound over it
+            return dataclasses.replace(verdict, passed=False, drop=0.0, drop_bound=0.5, token_agreement=1.0)
+        return dataclasses.replace(verdict, passed=True)
+
+    monkeypatch.setattr(guard, "compare", bound_only_below_six)
+    section = quantize_bundle(fp32, tmp_path / "q", "int8-dynamic", calib=synth_folder(), n=4, n_val=2, n_val_max=8,
+                              max_new_tokens=8)
+    assert [len(idx) for idx, _ in looks] == [2, 4, 8]  # 2 -> 4 -> 8 records
+    assert looks[-1][0] == sorted(set(looks[-1][0])) and looks[1][0] == looks[-1][0][:4]  # each draw adds new records
+    assert [c for _, c in looks] == pytest.approx([1 - 0.1 / 3] * 3)  # three looks possible: 2, 4, 8
+    assert section.guard.passed and section.guard.samples == 8 and len(section.guard.attempts) == 1
+    assert section.excluded == {}  # no layer was kept back
+
+
+def test_guard_looks_and_draws():
+    from tiercel.quantize.bundle import _looks
+    from tiercel.quantize.calibrate import load_samples
+
+    assert (_looks(224, 0), _looks(224, 224), _looks(224, 300), _looks(224, 896), _looks(0, 896)) == (1, 1, 2, 3, 1)
+    val = synth_folder() / "val.json"
+    first = load_samples(val, None, 4, per_task=1)
+    more = load_samples(val, None, 8, per_task=1, skip=frozenset(s.index for s in first))
+    assert [s.index for s in first + more] == [s.index for s in load_samples(val, None, 8, per_task=1)]
+    assert load_samples(val, None, 4, per_task=1, skip=frozenset(s.index for s in first)) == []

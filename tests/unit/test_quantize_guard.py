@@ -88,7 +88,7 @@ def test_a_refusal_decided_by_the_bound_alone_says_more_val_samples_would_narrow
     attempts = [{"drop": 0.0307, "drop_bound": 0.0556, "confidence": 0.9, "token_agreement": 0.91},  # point misses too
                 {"drop": 0.0051, "drop_bound": 0.0125, "confidence": 0.9, "token_agreement": 0.95}]  # only the bound
     assert bound_hint(attempts, 0.01, 0.0, 224) == ("; attempt 2's point drop 0.51% was within max drop, its 90% bound "
-                                               "1.25% was not: more val samples narrow the bound (--n-val, 224 now)")
+                                               "1.25% was not: more val samples narrow the bound (--n-val, 224 now; or --n-val-max)")
     assert bound_hint(attempts[:1], 0.01, 0.0, 224) == ""
     assert bound_hint(attempts, 0.01, 0.96, 224) == ""  # agreement failed too: more samples would not pass it
     assert bound_hint([{"drop": 0.005, "drop_bound": None, "confidence": 0.0}], 0.01, 0.0, 224) == ""  # --confidence 0

@@ -29,6 +29,7 @@ def quantize(
     max_drop: float = _opt("max_drop"),
     val: Path = typer.Option(None, "--val", help="Falcon_SFT file for the accuracy guard (default: val.json beside --calib)."),
     n_val: int = _opt("n_val"),
+    n_val_max: int = _opt("n_val_max"),
     min_agreement: float = _opt("min_agreement"),
     confidence: float = _opt("confidence"),
     block_size: int = _opt("block_size"),
@@ -56,7 +57,7 @@ def quantize(
             raise typer.BadParameter(f"expected ROLE=SCHEME, e.g. decoder=int8-weight-only (got '{item}')", param_hint="--policy")
         roles[role.strip()] = leaf.strip()
     settings = make_settings(option=lambda f: f"--{f.replace('_', '-')}", scheme=scheme, n=n, max_drop=max_drop,
-                             n_val=n_val, min_agreement=min_agreement, confidence=confidence, block_size=block_size,
+                             n_val=n_val, n_val_max=n_val_max, min_agreement=min_agreement, confidence=confidence, block_size=block_size,
                              symmetric=False if asymmetric else None, all_layers=all_layers, backend=backend, ratio=ratio,
                              max_new_tokens=max_new_tokens, max_retries=max_retries, sensitivity=sensitivity,
                              engines=engines, policy=roles or None)

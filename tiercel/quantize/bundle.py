@@ -97,6 +97,8 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
                               keep_all=every_step if target.name == "onnxruntime" else (), threads=threads)
     val_samples = _val_samples(calib, val, root, n_val)
     ref = _reference(src, val_samples, max_new_tokens, threads)
+    n_max, looks = max(n_val, s.n_val_max), _looks(len(val_samples), s.n_val_max)
+    confidence = 1 - (1 - confidence) / looks if confidence > 0 else 0.0  # each look's share (Bonferroni)
     excluded: dict[str, list[str]] = {g: [] for g in leaves}
     ranking, attempts = None, []
     out = Path(out)
@@ -109,8 +111,19 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
                 calibration.every.clear()  # every decode step fed GPTQ (its rounded layers are in `cache`); free them
             section = _section(src, spec, target, calibration, graphs, entries, excluded)
             _write_manifest(src, tmp, graphs, section)
-            verdict = _check(tmp, target, val_samples, ref, max_drop, min_agreement, max_new_tokens, confidence,
-                             threads)
+            verdict, model, ids = _check(tmp, target, val_samples, ref, max_drop, min_agreement, max_new_tokens,
+                                         confidence, threads)
+            while verdict is not None and _bound_only(verdict, max_drop, min_agreement) and len(val_samples) < n_max:
+                more = _val_samples(calib, val, root, min(2 * len(val_samples), n_max),
+                                    frozenset(x.index for x in val_samples))
+                if not more:  # the val file has no more records
+                    break
+                say(f"attempt {len(attempts) + 1}: {verdict.line()}; only the bound missed: {len(more)} more val "
+                    f"samples (to {len(val_samples) + len(more)})")
+                val_samples, ref = val_samples + more, _grown(src, ref, val_samples, more, max_new_tokens, threads)
+                ids = ids + _guard.run_samples(model, more, max_new_tokens)
+                verdict = _guard.compare(model.tokenizer, val_samples, ref["ids"], ids, max_drop, min_agreement,
+                                         model.dialect, ref["scores"], confidence=confidence)
             attempts.append({"excluded": sum(map(len, excluded.values())), "kept": _kept(graphs),
                              **(verdict.to_dict() if verdict else {})})
             if verdict is None or verdict.passed:
@@ -163,7 +176,9 @@ def _kept(graphs: list[dict]) -> str:
     return ", ".join(f"{n} layers kept in {p}" for p, n in sorted(_kept_counts(graphs).items())) or "0 layers kept in fp32"
 
 
-def _val_samples(calib, val, root, n_val):
+def _val_samples(calib, val, root, n_val, skip: frozenset[int] = frozenset()):
+    """The first `n_val` val records balanced over tasks, less those at the positions in `skip` (an earlier,
+    smaller draw: the larger draw holds it, so this is what growing the sample adds)."""
     if val is None and calib is not None and Path(calib).is_dir() and (Path(calib) / "val.json").is_file():
         val = Path(calib) / "val.json"
     if val is None or n_val < 1:
@@ -171,7 +186,24 @@ def _val_samples(calib, val, root, n_val):
     from tiercel import tasks
 
     per_task = max(1, -(-n_val // len(tasks.TAGS)))
-    return load_samples(val, root if root is not None else Path(val).parent, n_val, per_task=per_task)
+    return load_samples(val, root if root is not None else Path(val).parent, n_val, per_task=per_task, skip=skip)
+
+
+def _looks(n_val: int, n_val_max: int) -> int:
+    """How many times the guard may compare one bundle: once, and once more per doubling of n_val up to n_val_max.
+
+    With more than one look, each compares at confidence 1 - (1 - confidence) / looks (Bonferroni), so the chance of
+    passing a bundle whose true drop is over the limit stays within 1 - confidence across the looks, as with one."""
+    looks, n = 1, n_val
+    while 0 < n < n_val_max:
+        n, looks = min(2 * n, n_val_max), looks + 1
+    return looks
+
+
+def _bound_only(verdict, max_drop: float, min_agreement: float) -> bool:
+    """The comparison failed on its upper bound alone: what more val samples can change."""
+    return (not verdict.passed and verdict.drop <= max_drop and verdict.drop_bound is not None
+            and verdict.token_agreement >= min_agreement)
 
 
 def _reference(src, samples, max_new_tokens, threads=None):
@@ -182,6 +214,15 @@ def _reference(src, samples, max_new_tokens, threads=None):
     model = tiercel.runtime.load(src.root, backend="onnxruntime", threads=threads)
     ids = _guard.run_samples(model, samples, max_new_tokens)
     return {"ids": ids, "scores": _guard.headlines(model.tokenizer, samples, ids, model.dialect)}
+
+
+def _grown(src, ref: dict, samples: list, more: list, max_new_tokens: int, threads=None) -> dict:
+    """`ref` (fp32 generations and scores on `samples`) extended by fp32 generations on `more`."""
+    import tiercel.runtime
+
+    model = tiercel.runtime.load(src.root, backend="onnxruntime", threads=threads)
+    ids = ref["ids"] + _guard.run_samples(model, more, max_new_tokens)
+    return {"ids": ids, "scores": _guard.headlines(model.tokenizer, samples + more, ids, model.dialect)}
 
 
 def gptq(leaf) -> bool:
@@ -259,14 +300,15 @@ def _write_manifest(src, tmp: Path, graphs: list[dict], section: dict) -> None:
 
 
 def _check(tmp, target, samples, ref, max_drop, min_agreement, max_new_tokens, confidence, threads=None):
+    """(verdict, the quantized model, its generations); (None, None, None) without val samples."""
     if not samples:
-        return None
+        return None, None, None
     import tiercel.runtime
 
     model = tiercel.runtime.load(tmp, backend=target.runs, threads=threads)  # verifies every checksum just written
     ids = _guard.run_samples(model, samples, max_new_tokens)
     return _guard.compare(model.tokenizer, samples, ref["ids"], ids, max_drop, min_agreement, model.dialect, ref["scores"],
-                          confidence=confidence)
+                          confidence=confidence), model, ids
 
 
 def _onnx_files(src) -> dict[str, Path]:

@@ -30,6 +30,7 @@ class Sample:
     answer: str
     image: np.ndarray
     size: tuple[int, int]  # (W, H) that answers refer to (one frame for PIX_CHG)
+    index: int = -1  # the record's position in its file (load_samples), so a larger draw can skip what was drawn
 
 
 @dataclass
@@ -59,10 +60,12 @@ def sft_file(calib: str | os.PathLike, split: str = "train") -> Path:
 
 
 def load_samples(calib: str | os.PathLike, root: str | os.PathLike | None = None, n: int = 128,
-                 split: str = "train", per_task: int | None = None) -> list[Sample]:
+                 split: str = "train", per_task: int | None = None, skip: frozenset[int] = frozenset()) -> list[Sample]:
     """Up to `n` samples with a known task tag and an image, in file order; images relative to `root`
     (default: the file's folder). `per_task` caps each task's share, so a file sorted by task still gives
-    every task its samples (records over a task's cap are skipped without reading their images)."""
+    every task its samples (records over a task's cap are skipped without reading their images). Records whose
+    position is in `skip` count toward `n` and the caps but are not returned (nor their images read): a draw of
+    2n with `skip` = an earlier draw of n returns what the larger draw adds to it."""
     from tiercel import tasks
     from tiercel.data import iter_records, load_image
 
@@ -70,20 +73,22 @@ def load_samples(calib: str | os.PathLike, root: str | os.PathLike | None = None
         raise ConfigError(f"--n: must be >= 1 (got {n})")
     path = sft_file(calib, split)
     root = Path(root) if root is not None else path.parent
-    out, counts = [], {}
-    for rec in iter_records(path):
+    out, counts, taken = [], {}, 0
+    for index, rec in enumerate(iter_records(path)):
         if rec.tag not in tasks.TASKS or not rec.images:
             continue
         if per_task is not None and counts.get(rec.tag, 0) >= per_task:
             continue
         counts[rec.tag] = counts.get(rec.tag, 0) + 1
-        images = [load_image(p, rec.crop or None) for p in rec.image_paths(root)]
-        h, w = images[0].shape[:2]
-        image = tasks.tile_change_pair(images[0], images[1]) if tasks.get(rec.tag).n_images == 2 else images[0]
-        out.append(Sample(rec.tag, rec.prompt, rec.answer, image, (w, h)))
-        if len(out) == n:
+        taken += 1
+        if index not in skip:
+            images = [load_image(p, rec.crop or None) for p in rec.image_paths(root)]
+            h, w = images[0].shape[:2]
+            image = tasks.tile_change_pair(images[0], images[1]) if tasks.get(rec.tag).n_images == 2 else images[0]
+            out.append(Sample(rec.tag, rec.prompt, rec.answer, image, (w, h), index))
+        if taken == n:
             break
-    if not out:
+    if not out and not skip:
         raise DataError(f"{path}: no records with a Falcon task tag and an image")
     return out
 

@@ -53,7 +53,7 @@ def bound_hint(attempts: list[dict], max_drop: float, min_agreement: float, samp
         if (bound is not None and a.get("drop", math.inf) <= max_drop < bound
                 and a.get("token_agreement", 0.0) >= min_agreement):
             return (f"; attempt {i}'s point drop {a['drop']:.2%} was within max drop, its {a['confidence']:.0%} bound "
-                    f"{bound:.2%} was not: more val samples narrow the bound (--n-val, {samples} now)")
+                    f"{bound:.2%} was not: more val samples narrow the bound (--n-val, {samples} now; or --n-val-max)")
     return ""
 
 

@@ -49,6 +49,8 @@ class QuantizeOptions(BaseModel):
     n: int = Field(128, gt=0, description="Calibration samples; decoder steps are thinned to this many feeds per graph.")
     max_drop: float = Field(0.01, ge=0, le=1, description="Largest relative drop of the 14-task average allowed on the val split.")
     n_val: int = Field(224, ge=0, description="Val samples the guard compares on, balanced over tasks (224: 16 per task; 0: no guard).")
+    n_val_max: int = Field(0, ge=0, description="Grow the guard's val sample, doubling it up to this many, when only the upper bound missed (the point drop was within max drop); "
+                                            "each look then takes an equal share of 1 - confidence (0: no growth).")
     min_agreement: float = Field(0.0, ge=0, le=1, description="Also require this greedy token agreement with fp32 (0..1).")
     confidence: float = Field(0.9, ge=0, lt=1, description="The guard holds when this quantile of the paired-bootstrap drop is within max_drop (0: the point drop decides).")
     block_size: int | None = Field(None, description=f"weight-only block size: {', '.join(map(str, BLOCK_SIZES))} (default {SCHEMES['int4-weight-only'].block_size} for int4, {SCHEMES['int8-weight-only'].block_size} for int8).")
