@@ -204,7 +204,12 @@ def quantize_settings(cfg: BundleSpec, backend: str, scheme: str):
 
 
 def quantize_inputs(cfg: BundleSpec, backend: str, scheme: str) -> dict:
-    """The settings a quantize stage's result depends on (its fingerprint's inputs): all_layers only under int4."""
-    return quantize_settings(cfg, backend, scheme).model_dump(exclude=set() if scheme == "int4-weight-only" else {"all_layers"})
+    """The settings a quantize stage's result depends on (its fingerprint's inputs): all_layers only under int4,
+    n_val_max only where it lets the guard grow its sample (so settings added later at their no-op values keep the
+    stored stages)."""
+    s = quantize_settings(cfg, backend, scheme)
+    idle = {"all_layers"} if scheme != "int4-weight-only" else set()
+    idle |= {"n_val_max"} if s.n_val_max <= s.n_val else set()
+    return s.model_dump(exclude=idle)
 
 

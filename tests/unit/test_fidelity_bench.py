@@ -250,3 +250,16 @@ def test_a_scheme_the_guard_refuses_is_quantized_again_without_it(monkeypatch, t
     assert got == {"bundle": str(out), "kept": None, "guard": {
         "run": True, "passed": False, "refused": f"{out}: int4-weight-only misses the accuracy floor after 6 attempts",
         "attempts": [{k: attempt[k] for k in ("excluded", "kept", "drop", "drop_bound", "token_agreement")}]}}
+
+
+def test_quantize_fingerprints_leave_out_settings_at_their_no_op_values():
+    """A quantize setting added later (all_layers, n_val_max) must not remake the stored bundles it cannot change:
+    all_layers counts for int4 only, n_val_max only above n_val."""
+    from fidelity_config import load_config, quantize_inputs
+
+    cfg = load_config(Path(fr.__file__).parent / "recipes" / "fidelity.yaml", False).bundles
+    assert "all_layers" in quantize_inputs(cfg, "onnxruntime", "int4-weight-only")
+    assert "all_layers" not in quantize_inputs(cfg, "onnxruntime", "int8-static")
+    assert "n_val_max" not in quantize_inputs(cfg, "openvino", "int8-static")
+    grown = cfg.model_copy(update={"quantize": {**cfg.quantize, "n_val_max": 4 * cfg.quantize["n_val"]}})
+    assert quantize_inputs(grown, "openvino", "int8-static")["n_val_max"] == 3584
