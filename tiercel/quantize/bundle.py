@@ -124,6 +124,7 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
                 ids = ids + _guard.run_samples(model, more, max_new_tokens)
                 verdict = _guard.compare(model.tokenizer, val_samples, ref["ids"], ids, max_drop, min_agreement,
                                          model.dialect, ref["scores"], confidence=confidence)
+            model = ids = None  # free the attempt's sessions before the next attempt writes its graphs
             attempts.append({"excluded": sum(map(len, excluded.values())), "kept": _kept(graphs),
                              **(verdict.to_dict() if verdict else {})})
             if verdict is None or verdict.passed:
