@@ -289,10 +289,11 @@ class Run:
         specs = [spec for name, (stage, path) in self.torch_models.items() for spec in (
             (f"eval/{name}", self.cfg.eval.fingerprinted(), (stage,), score, (path,), self.score_args()),
             (f"probe/{name}", pr.model_dump(), (stage,), probe, (path, test, root, pr), {}))]
-        with children(self.jobs) as pool:
-            calls = self.calls(pool, specs)
-            for name, (stage, path) in self.torch_models.items():
-                self.score_torch(name, stage, calls)
+        done = self.pooled(specs)  # every model's eval and probe, --jobs at a time
+        for name in self.torch_models:
+            m = self.models[name]
+            m["eval"], m["probe"] = done[f"eval/{name}"], done[f"probe/{name}"]
+            m["error"] = m.get("error") or self.stages.error(f"eval/{name}", f"probe/{name}")
         source = f"{self.cfg.bundles.source}/seed{self.cfg.student.seeds[0]}"
         results["size_ratio"] = t_params / self.models[source]["params"] if source in self.torch_models else None
         self.bundles(source)
@@ -365,11 +366,6 @@ class Run:
             calls = self.calls(pool, specs)
             return {name: self.stages.run(name, inputs, calls[name], needs=needs) for name, inputs, needs, *_ in specs}
 
-    def score_torch(self, name: str, stage: str, calls: dict) -> None:
-        m, ev, pr = self.models[name], self.cfg.eval.fingerprinted(), self.cfg.probe
-        m["eval"] = self.stages.run(f"eval/{name}", ev, calls[f"eval/{name}"], needs=(stage,))
-        m["probe"] = self.stages.run(f"probe/{name}", pr.model_dump(), calls[f"probe/{name}"], needs=(stage,))
-        m["error"] = m.get("error") or self.stages.error(f"eval/{name}", f"probe/{name}")
 
     def bundles(self, source: str) -> None:
         """Export the student `source` (objective/seed), quantize it per backend and scheme, score every bundle on
