@@ -366,7 +366,6 @@ class Run:
             calls = self.calls(pool, specs)
             return {name: self.stages.run(name, inputs, calls[name], needs=needs) for name, inputs, needs, *_ in specs}
 
-
     def bundles(self, source: str) -> None:
         """Export the student `source` (objective/seed), quantize it per backend and scheme, score every bundle on
         its backend."""

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tiercel import recipes
 from tiercel.distill.kinds import TEACHER_KINDS, TeacherKind
 from tiercel.errors import ConfigError, choose
+from tiercel.quantize.schemes import has_int4
 from tiercel.quantize.settings import QuantizeOptions, QuantizeSettings, known_scheme, named
 
 if TYPE_CHECKING:
@@ -226,8 +227,6 @@ class QuantizeSection(QuantizeOptions):
 
     def settings(self, scheme: str) -> QuantizeSettings:
         """One scheme's settings; all_layers only where that scheme writes int4 (it is checked against the list)."""
-        from tiercel.quantize.schemes import has_int4
-
         data = self.model_dump(exclude={"schemes"})
         data["all_layers"] = data["all_layers"] and has_int4(scheme, self.policy)
         return QuantizeSettings(scheme=scheme, **data)

@@ -113,14 +113,16 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
             _write_manifest(src, tmp, graphs, section)
             verdict, model, ids = _check(tmp, target, val_samples, ref, max_drop, min_agreement, max_new_tokens,
                                          confidence, threads)
-            while verdict is not None and _bound_only(verdict, max_drop, min_agreement) and len(val_samples) < n_max:
+            while (verdict is not None and len(val_samples) < n_max and _guard.bound_missed_alone(
+                    verdict.drop, verdict.drop_bound, verdict.token_agreement, max_drop, min_agreement)):
                 more = _val_samples(calib, val, root, min(2 * len(val_samples), n_max),
                                     frozenset(x.index for x in val_samples))
                 if not more:  # the val file has no more records
                     break
                 say(f"attempt {len(attempts) + 1}: {verdict.line()}; only the bound missed: {len(more)} more val "
                     f"samples (to {len(val_samples) + len(more)})")
-                val_samples, ref = val_samples + more, _grown(src, ref, val_samples, more, max_new_tokens, threads)
+                val_samples = val_samples + more
+                ref = _reference(src, val_samples, max_new_tokens, threads, known=ref)
                 ids = ids + _guard.run_samples(model, more, max_new_tokens)
                 verdict = _guard.compare(model.tokenizer, val_samples, ref["ids"], ids, max_drop, min_agreement,
                                          model.dialect, ref["scores"], confidence=confidence)
@@ -201,35 +203,23 @@ def _looks(n_val: int, n_val_max: int) -> int:
     return looks
 
 
-def _bound_only(verdict, max_drop: float, min_agreement: float) -> bool:
-    """The comparison failed on its upper bound alone: what more val samples can change."""
-    return (not verdict.passed and verdict.drop <= max_drop and verdict.drop_bound is not None
-            and verdict.token_agreement >= min_agreement)
-
-
-def _reference(src, samples, max_new_tokens, threads=None):
+def _reference(src, samples, max_new_tokens, threads=None, known: dict | None = None):
+    """The fp32 bundle's generations and headline scores on `samples`; `known` (an earlier result on the first of
+    them, when the guard grows its sample) is not generated again."""
     if not samples:
         return None
     import tiercel.runtime
 
     model = tiercel.runtime.load(src.root, backend="onnxruntime", threads=threads)
-    ids = _guard.run_samples(model, samples, max_new_tokens)
+    done = known["ids"] if known else []
+    ids = done + _guard.run_samples(model, samples[len(done):], max_new_tokens)
     return {"ids": ids, "scores": _guard.headlines(model.tokenizer, samples, ids, model.dialect)}
-
-
-def _grown(src, ref: dict, samples: list, more: list, max_new_tokens: int, threads=None) -> dict:
-    """`ref` (fp32 generations and scores on `samples`) extended by fp32 generations on `more`."""
-    import tiercel.runtime
-
-    model = tiercel.runtime.load(src.root, backend="onnxruntime", threads=threads)
-    ids = ref["ids"] + _guard.run_samples(model, more, max_new_tokens)
-    return {"ids": ids, "scores": _guard.headlines(model.tokenizer, samples + more, ids, model.dialect)}
 
 
 def gptq(leaf) -> bool:
     """Whether the leaf rounds its weights against recorded activations (int4 on onnxruntime: gptq.py), which reads
     every decode step of decoder_with_past rather than the thinned few."""
-    return leaf.kind == "weight-only" and leaf.bits == 4
+    return leaf.int4
 
 
 def _write_graphs(src, tmp: Path, entries, leaves, target, calibration, excluded, ratio, keep_in: str,

@@ -45,13 +45,17 @@ def caution(verdict) -> str | None:
             f"{verdict.samples} val samples decide little; consider a larger --n-val or --confidence, or --min-agreement")
 
 
+def bound_missed_alone(drop: float, bound: float | None, agreement: float, max_drop: float, min_agreement: float) -> bool:
+    """The point drop within max_drop, its upper bound over it, the agreement met: what more val samples can change."""
+    return bound is not None and drop <= max_drop < bound and agreement >= min_agreement
+
+
 def bound_hint(attempts: list[dict], max_drop: float, min_agreement: float, samples: int) -> str:
     """'; attempt N's point drop ... was within max drop, its bound ... was not: ...' when some attempt failed only on
     the bootstrap bound (what more val samples can change), else ''. `attempts`: Verdict.to_dict() rows."""
     for i, a in enumerate(attempts, 1):
         bound = a.get("drop_bound")
-        if (bound is not None and a.get("drop", math.inf) <= max_drop < bound
-                and a.get("token_agreement", 0.0) >= min_agreement):
+        if bound_missed_alone(a.get("drop", math.inf), bound, a.get("token_agreement", 0.0), max_drop, min_agreement):
             return (f"; attempt {i}'s point drop {a['drop']:.2%} was within max drop, its {a['confidence']:.0%} bound "
                     f"{bound:.2%} was not: more val samples narrow the bound (--n-val, {samples} now; or --n-val-max)")
     return ""

@@ -162,9 +162,10 @@ def quantize_graph(src: Path, dst: Path, spec: SchemeSpec, role: str = "", feeds
 
     keep_in: what the excluded layers of an int4-weight-only graph become, "int8" blocks or "fp32" (other
     schemes: always fp32); the int8_backup layers not excluded are int8 blocks either way. cache: a dict kept
-    across calls for the same graph and feeds (the guard's retries): each layer GPTQ rounds is rounded once into it. threads: GPTQ's activation session's intra-op threads (None:
-    onnxruntime's default). Returns {"quantized": [node names], "excluded": [...],
-    "kept_in": ..., "int8_layers": [int4's int8_backup, when any], ...}.
+    across calls for the same graph and feeds (the guard's retries): each layer GPTQ rounds is rounded once into
+    it. threads: GPTQ's activation session's intra-op threads (None: onnxruntime's default). Returns
+    {"quantized": [node names], "excluded": [...], "kept_in": ..., "int8_layers": [int4's int8_backup, when any],
+    ...}.
     """
     onnx = require("onnx", "onnx", "quantizing ONNX graphs")
     require("onnxruntime", "onnx", "quantizing ONNX graphs")
