@@ -43,14 +43,18 @@ from tiercel.fileio import atomic_write_text  # noqa: E402
 RESULTS = HERE / "results"
 
 
-def variant(text: str) -> dict:
-    """'default' -> {}; 'all_layers=true,block_size=64' -> {"all_layers": True, "block_size": 64} (JSON values)."""
+def variant(text: str) -> tuple[str, dict]:
+    """'default' -> ('default', {}); 'all_layers=true,block_size=64' -> (the text, {"all_layers": True,
+    "block_size": 64}) (JSON values). An argparse type, so a malformed one is a usage error."""
     if text == "default":
-        return {}
+        return text, {}
     pairs = [item.partition("=") for item in text.split(",")]
     if not all(sep and key for key, sep, _ in pairs):
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE] or default (got {text!r})")
-    return {key: json.loads(value) for key, _, value in pairs}
+    try:
+        return text, {key: json.loads(value) for key, _, value in pairs}
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"values are JSON: true, 64, \"text\" (got {text!r})") from None
 
 
 def one(fp32: Path, out: Path, backend: str, scheme: str, cfg, data: dict, threads: int | None,
@@ -89,10 +93,9 @@ def main() -> None:
     ap.add_argument("--accuracy-levels", type=int, nargs="+",
                     help="onnxruntime MatMulNBits accuracy levels to run each scheme at, one after the other (tiercel "
                          "uses 4: int8 compute; 0: fp32 compute), to tell weight rounding from activation rounding")
-    ap.add_argument("--variants", nargs="+", default=["default"],
+    ap.add_argument("--variants", nargs="+", type=variant, default=[variant("default")],
                     help="quantize settings changed per run: KEY=VALUE[,KEY=VALUE] (JSON values) or default")
     args = ap.parse_args()
-    changes = {text: variant(text) for text in args.variants}
     cfg = load_config(HERE / "recipes" / "fidelity.yaml", False)
     data = data_paths(args.work / "data")
     fp32 = args.work / "bundles" / "fp32"
@@ -105,9 +108,9 @@ def main() -> None:
                "runs": {}}
     import tiercel.quantize.onnx_backend as onnx_backend
 
-    runs = [(pair, level, text) for pair in args.schemes for level in (args.accuracy_levels or [None])
-            for text in args.variants]
-    for pair, level, text in runs:
+    runs = [(pair, level, text, changes) for pair in args.schemes for level in (args.accuracy_levels or [None])
+            for text, changes in args.variants]
+    for pair, level, text, changes in runs:
         backend, scheme = pair.split(":")
         if level is not None:  # a benchmark knob, not a tiercel setting: the module constant the quantizer reads
             onnx_backend.ACCURACY_LEVEL = level
@@ -115,7 +118,7 @@ def main() -> None:
         if text != "default":
             pair = f"{pair}@{text}"
         row = one(fp32, HERE / "work" / "guard_retries" / f"{backend}-{scheme}", backend, scheme, cfg, data, args.threads,
-                  args.max_retries, changes[text])
+                  args.max_retries, changes)
         stage = stages / f"quantize__{backend}__{scheme}.json"
         if stage.is_file() and text == "default" and level in (None, 4):  # the stage's own settings
             guard = json.loads(stage.read_text())["result"]["guard"]
