@@ -14,8 +14,10 @@ fidelity.py does (fidelity_config.student_recipe, seed 0) with only `distill.ste
 tenth of them) changed, trains them one after the other, scores each on the first `--limit` test records per task
 (greedy, as fidelity_progress.py scores the teacher) and writes benchmarks/results/student_pilot.json (commit,
 command, machine, per run samples/s over the whole run and over its second half, wall time and headlines; a
-finished run is reused, so a rerun only scores again). A pilot teacher is not the final one, and a pilot
-of 3,000 steps is not the table: the numbers say where the students stand early, not what they reach.
+finished run is reused, so a rerun only scores again; so are the teacher's scores, from `--out`, where its file
+(sha256), the records and max_new_tokens are the same: a resumed long run does not score its teacher again). A
+pilot teacher is not the final one, and a pilot of 3,000 steps is not the table: the numbers say where the
+students stand early, not what they reach.
 
 `--final-teacher` distils from the finished teacher instead of a checkpoint, as fidelity.py's students do: with
 `--steps 60000 --objectives kd_hidden --limit 1200` it asks whether the KD + hidden student, still rising at the
@@ -36,6 +38,7 @@ or a stage that fails at the students' real size, shows up hours before the full
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -63,6 +66,28 @@ def steady_rate(run: Path) -> float | None:
         return None
     a, b = rows[len(rows) // 2], rows[-1]
     return (b["step"] - a["step"]) * b["samples"] / (b["train_seconds"] - a["train_seconds"])
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def earlier_teacher(out: Path, teacher: dict, limit: int) -> dict | None:
+    """The teacher's scores in an earlier `out` of this script, where they are of the same teacher file (sha256),
+    step, records (`limit`) and max_new_tokens; else None (no file, unreadable, or anything differs)."""
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return None
+    was = old.get("teacher") if isinstance(old, dict) else None
+    same = isinstance(was, dict) and old.get("limit") == limit and "headline" in was and "average" in was and all(
+        was.get(k) == teacher[k] for k in ("sha256", "step", "max_new_tokens"))
+    return was if same else None
 
 
 def bundles(student: Path, cfg, data: dict, limit: int, out: Path, threads: int | None, write) -> dict:
@@ -139,8 +164,15 @@ def main() -> None:
                "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
                "teacher": {"step": "final" if args.final_teacher else args.teacher_step, "params": params(teacher)}, "steps": args.steps,
                "limit": args.limit, "runs": {}}
-    teacher_scores = score(teacher, Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens)
-    results["teacher"].update(headline=teacher_scores["headline"], average=teacher_scores["average"])
+    results["teacher"].update(sha256=file_sha256(teacher / "model.safetensors"), max_new_tokens=cfg.eval.max_new_tokens)
+    earlier = earlier_teacher(args.out, results["teacher"], args.limit)
+    if earlier is None:  # a resumed run scores its teacher once: the JSON holds it from the first start on
+        teacher_scores = score(teacher, Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens)
+        results["teacher"].update(headline=teacher_scores["headline"], average=teacher_scores["average"])
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    else:
+        results["teacher"].update(headline=earlier["headline"], average=earlier["average"])
+        print(f"teacher: scores of the same teacher file and records reused from {args.out}", flush=True)
     for objective in args.objectives.split(","):
         recipe = student_recipe(cfg, WORK, data, teacher, objective, 0, quick=False)
         recipe["out"] = str(run_dir(objective))

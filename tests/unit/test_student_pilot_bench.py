@@ -1,0 +1,51 @@
+"""benchmarks/student_pilot.py reuses the teacher's scores of an earlier --out only for the same teacher file,
+records and max_new_tokens, so a resumed run never reports another teacher's numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import student_pilot  # noqa: E402
+
+TEACHER = {"step": "final", "sha256": "ab" * 32, "max_new_tokens": 128}
+
+
+def written(tmp_path: Path, teacher: dict, limit: int = 1200) -> Path:
+    out = tmp_path / "student_long.json"
+    out.write_text(json.dumps({"limit": limit, "teacher": {**teacher, "params": 1880000, "headline": {"REG_VG": 0.803},
+                                                           "average": 1.144}, "runs": {}}))
+    return out
+
+
+def test_file_sha256_matches_hashlib(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"x" * (3 << 20) + b"tail")  # more than one 1 MiB chunk
+    assert student_pilot.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_same_teacher_and_records_reuse_the_scores(tmp_path):
+    got = student_pilot.earlier_teacher(written(tmp_path, TEACHER), TEACHER, 1200)
+    assert (got["average"], got["headline"]) == (1.144, {"REG_VG": 0.803})
+
+
+@pytest.mark.parametrize("change", [{"sha256": "cd" * 32}, {"step": 33000}, {"max_new_tokens": 64}])
+def test_another_teacher_or_length_scores_again(tmp_path, change):
+    assert student_pilot.earlier_teacher(written(tmp_path, TEACHER), {**TEACHER, **change}, 1200) is None
+
+
+def test_other_records_score_again(tmp_path):
+    assert student_pilot.earlier_teacher(written(tmp_path, TEACHER, limit=64), TEACHER, 1200) is None
+
+
+@pytest.mark.parametrize("text", [None, "{not json", json.dumps([1, 2]), json.dumps({"limit": 1200, "teacher": TEACHER})])
+def test_missing_unreadable_or_unscored_scores_again(tmp_path, text):
+    out = tmp_path / "student_long.json"
+    if text is not None:
+        out.write_text(text)
+    assert student_pilot.earlier_teacher(out, TEACHER, 1200) is None
