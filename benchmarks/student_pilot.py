@@ -38,7 +38,6 @@ or a stage that fails at the students' real size, shows up hours before the full
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -51,6 +50,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from fidelity_config import data_paths, load_config, student_recipe, teacher_recipes  # noqa: E402
 from image_use import commit  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
+
+from tiercel.fileio import sha256_file  # noqa: E402
 
 FIDELITY = HERE / "work" / "fidelity"
 WORK = HERE / "work" / "student_pilot"
@@ -68,13 +69,9 @@ def steady_rate(run: Path) -> float | None:
     return (b["step"] - a["step"]) * b["samples"] / (b["train_seconds"] - a["train_seconds"])
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def relengthened(distill: dict, steps: int) -> dict:
+    """A recipe's `distill:` section run for `steps` steps: the warmup capped at a tenth of them, no validation."""
+    return {**distill, "steps": steps, "warmup_steps": min(distill.get("warmup_steps", 0), steps // 10), "eval_every": 0}
 
 
 def earlier_teacher(out: Path, teacher: dict, limit: int) -> dict | None:
@@ -164,7 +161,7 @@ def main() -> None:
                "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
                "teacher": {"step": "final" if args.final_teacher else args.teacher_step, "params": params(teacher)}, "steps": args.steps,
                "limit": args.limit, "runs": {}}
-    results["teacher"].update(sha256=file_sha256(teacher / "model.safetensors"), max_new_tokens=cfg.eval.max_new_tokens)
+    results["teacher"].update(sha256=sha256_file(teacher / "model.safetensors"), max_new_tokens=cfg.eval.max_new_tokens)
     earlier = earlier_teacher(args.out, results["teacher"], args.limit)
     if earlier is None:  # a resumed run scores its teacher once: the JSON holds it from the first start on
         teacher_scores = score(teacher, Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens)
@@ -178,9 +175,7 @@ def main() -> None:
         recipe["out"] = str(run_dir(objective))
         if args.init == "slice":  # the teacher's leading slices (student.widths, docs/distill.md) instead of random
             recipe["student"] = {**recipe["student"], "init": "teacher", "widths": "slice"}
-        recipe["distill"] = {**recipe["distill"], "steps": args.steps,
-                             "warmup_steps": min(recipe["distill"].get("warmup_steps", 0), args.steps // 10),
-                             "eval_every": 0}
+        recipe["distill"] = relengthened(recipe["distill"], args.steps)
         t0 = time.perf_counter()
         run = train(recipe)
         scores = score(run["student"], Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens)

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 from fidelity_config import data_paths, load_config, teacher_recipes  # noqa: E402
 from image_use import commit  # noqa: E402
-from student_pilot import steady_rate  # noqa: E402
+from student_pilot import relengthened, steady_rate  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
 from tiercel import tasks  # noqa: E402
@@ -61,8 +61,7 @@ def stage_recipe(last: dict, teacher: Path, weights: dict, steps: int, out: Path
     recipe["tokenizer"] = {"source": "file", "path": str(teacher / "tokenizer.json")}
     data = recipe.setdefault("data", {})
     data["task_weights"] = {**data.get("task_weights", {}), **weights}
-    d = recipe["distill"]
-    recipe["distill"] = {**d, "steps": steps, "warmup_steps": min(d.get("warmup_steps", 0), steps // 10), "eval_every": 0}
+    recipe["distill"] = relengthened(recipe["distill"], steps)
     return recipe
 
 

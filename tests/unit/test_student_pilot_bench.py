@@ -23,10 +23,10 @@ def written(tmp_path: Path, teacher: dict, limit: int = 1200) -> Path:
     return out
 
 
-def test_file_sha256_matches_hashlib(tmp_path):
+def test_teacher_digest_matches_hashlib(tmp_path):
     path = tmp_path / "model.safetensors"
-    path.write_bytes(b"x" * (3 << 20) + b"tail")  # more than one 1 MiB chunk
-    assert student_pilot.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    path.write_bytes(b"x" * (9 << 20) + b"tail")  # more than two of sha256_file's 4 MiB chunks
+    assert student_pilot.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_same_teacher_and_records_reuse_the_scores(tmp_path):
