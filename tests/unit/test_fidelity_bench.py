@@ -260,6 +260,8 @@ def test_quantize_fingerprints_leave_out_settings_at_their_no_op_values():
     cfg = load_config(Path(fr.__file__).parent / "recipes" / "fidelity.yaml", False).bundles
     assert "all_layers" in quantize_inputs(cfg, "onnxruntime", "int4-weight-only")
     assert "all_layers" not in quantize_inputs(cfg, "onnxruntime", "int8-static")
-    assert "n_val_max" not in quantize_inputs(cfg, "openvino", "int8-static")
-    grown = cfg.model_copy(update={"quantize": {**cfg.quantize, "n_val_max": 4 * cfg.quantize["n_val"]}})
-    assert quantize_inputs(grown, "openvino", "int8-static")["n_val_max"] == 3584
+    assert quantize_inputs(cfg, "openvino", "int8-static")["n_val_max"] == 3584
+    at_n_val = cfg.model_copy(update={"quantize": {**cfg.quantize, "n_val_max": cfg.quantize["n_val"]}})
+    assert "n_val_max" not in quantize_inputs(at_n_val, "openvino", "int8-static")
+    unset = {k: v for k, v in cfg.quantize.items() if k != "n_val_max"}
+    assert "n_val_max" not in quantize_inputs(cfg.model_copy(update={"quantize": unset}), "openvino", "int8-static")
