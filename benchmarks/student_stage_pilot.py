@@ -1,0 +1,158 @@
+"""One more stage for a finished fidelity student, with on-policy distillation: does it close the caption gap?
+
+    OMP_NUM_THREADS=1 python benchmarks/student_stage_pilot.py --steps 3000 --on-policy 0,0.5 \
+        --out benchmarks/results/student_stage_pilot.json
+
+The fidelity table's best student (KD + hidden) keeps 72% of the teacher's 14-task average at 30,000 steps and 77%
+at 60,000 (docs/fidelity.md, "What is left"); the three CIDEr tasks are most of what is left. Every student so
+far learned from the dataset's answers with the teacher's logits on them. On-policy distillation (GKD,
+`distill.on_policy`, docs/distill.md) has the student answer for itself and the teacher grade each of its tokens,
+which is what a small student's free-running captions lack. It was never measured on this benchmark.
+
+This trains that stage: the student's own recipe (fidelity_config.student_recipe, the YAML's KD + hidden
+objective, seed 0, the finished teacher), started from the finished student (`--student`, default the table's
+seed 0), with `distill.on_policy` set to each value of `--on-policy` in turn and only the step count (warmup
+capped at a tenth) and the peak learning rate changed: by default the rate its schedule ended at (lr x
+min_lr_ratio), since the recipe's own peak undoes a finished student within a few dozen steps (60 steps at
+0.002 took the seed-0 student from 0.764 to 0.455 on 2 records per task in a smoke run). `--on-policy 0` is the control: the same extra steps on the
+dataset's answers, so a gain of on-policy batches is told from a gain of training longer. Every run and the
+starting student are scored on the first `--limit` test records per task (greedy, as the table).
+
+Runs train in benchmarks/work/fidelity/extra/, so `fidelity_carry.py save` carries their newest checkpoints to
+the next machine, and a rerun with the same arguments resumes them (a finished run, and the starting student's
+scores where its file is the same, are reused from `--out`). The fidelity table's students are not changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+from fidelity_config import data_paths, load_config, student_recipe, teacher_recipes  # noqa: E402
+from image_use import commit  # noqa: E402
+from student_pilot import GEOMETRY, relengthened, steady_rate  # noqa: E402
+from synth_runs import params, score, train  # noqa: E402
+
+from tiercel.fileio import sha256_file  # noqa: E402
+
+FIDELITY = HERE / "work" / "fidelity"
+OBJECTIVE = "kd_hidden"
+
+
+def probabilities(text: str) -> list[float]:
+    """argparse type of --on-policy: comma-separated probabilities in [0, 1], no repeats."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(not 0 <= v <= 1 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated probabilities in [0, 1], e.g. 0,0.5")
+    return values
+
+
+def stage_recipe(base: dict, student: Path, on_policy: float, steps: int, lr: float, out: Path) -> dict:
+    """The student's recipe `base` started from `student` (its weights; the teacher's tokenizer as before), with
+    `distill.on_policy` at `on_policy`, `steps` steps (warmup capped at a tenth) and peak `lr`, into `out`."""
+    recipe = json.loads(json.dumps(base))
+    recipe["name"], recipe["out"] = f"fidelity-student-stage-{out.name}", str(out)
+    recipe["student"] = {**recipe.get("student", {}), "init": "checkpoint", "checkpoint": str(student)}
+    recipe["distill"] = {**relengthened(recipe["distill"], steps), "on_policy": on_policy, "lr": lr}
+    return recipe
+
+
+def ended_lr(distill: dict) -> float:
+    """The learning rate a recipe's schedule ends at: lr x min_lr_ratio (tiercel.recipe's defaults where unset)."""
+    from tiercel.recipe import DistillSection
+
+    d = DistillSection(**distill)
+    return d.lr * d.min_lr_ratio
+
+
+def run_name(student: Path, on_policy: float, steps: int, lr: float) -> str:
+    """student_stage_seed0_3000_op0.5_lr0.0002 (the starting student's folder, then the arguments): one folder per
+    run."""
+    start = student.parent.name if student.name == "student" else student.name
+    return f"student_stage_{start}_{steps}_op{on_policy:g}_lr{lr:g}"
+
+
+def earlier(out: Path, key: str, same: dict) -> dict | None:
+    """`key`'s entry in an earlier `out` of this script where its fields in `same` are equal; else None."""
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return None
+    was = old.get(key) if isinstance(old, dict) else None
+    ok = isinstance(was, dict) and "headline" in was and all(was.get(k) == v for k, v in same.items())
+    return was if ok else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--student", type=Path, default=FIDELITY / "students" / OBJECTIVE / "seed0" / "student",
+                    help="the finished student to start from (default: the table's KD + hidden student, seed 0)")
+    ap.add_argument("--on-policy", type=probabilities, default=[0.0, 0.5],
+                    help="distill.on_policy of each run, comma-separated (0: the control, dataset answers only)")
+    ap.add_argument("--steps", type=int, default=3000, help="steps of each run")
+    ap.add_argument("--lr", type=float, help="peak learning rate (default: where the student's schedule ended, lr x min_lr_ratio)")
+    ap.add_argument("--limit", type=int, default=1200, help="test records per task scored (1200: all of them)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "student_stage_pilot.json")
+    args = ap.parse_args()
+    if args.steps < 1:
+        ap.error(f"--steps must be >= 1 (got {args.steps})")
+    if args.lr is not None and not args.lr > 0:
+        ap.error(f"--lr must be > 0 (got {args.lr})")
+    student = args.student.resolve()
+    if not (student / "model.safetensors").is_file():
+        sys.exit(f"{student}: no finished student (model.safetensors) there; pass --student a student folder")
+    from runtime_cpu import machine
+
+    cfg = load_config(HERE / "recipes" / "fidelity.yaml", quick=False)
+    data = data_paths(FIDELITY / "data")
+    teacher = Path(teacher_recipes(cfg, FIDELITY, data, quick=False)[-1]["out"]) / "student"
+    if not (teacher / "model.safetensors").is_file():
+        sys.exit(f"{teacher}: the fidelity run's teacher has not finished; run benchmarks/fidelity.py first")
+    base = student_recipe(cfg, FIDELITY, data, teacher, OBJECTIVE, 0, quick=False)
+    lr = args.lr or ended_lr(base["distill"])
+    test, root, mnt = Path(data["test"]), FIDELITY / "data", cfg.eval.max_new_tokens
+    result = {"what": "benchmarks/student_stage_pilot.py: one more stage for a finished student, on-policy against not",
+              "command": "python benchmarks/student_stage_pilot.py " + " ".join(sys.argv[1:]), "commit": commit(),
+              "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+              "steps": args.steps, "lr": lr, "limit": args.limit, "max_new_tokens": mnt,
+              "divergence": base["distill"].get("divergence"), "runs": {}}
+
+    def write() -> None:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+    same = {"path": str(student), "sha256": sha256_file(student / "model.safetensors"), "limit": args.limit, "max_new_tokens": mnt}
+    start = earlier(args.out, "start", same)
+    if start is None:
+        s = score(student, test, root, args.limit, mnt)
+        start = {**same, "params": params(student), "headline": s["headline"], "average": s["average"]}
+    else:
+        print(f"start: scores of the same student file and records reused from {args.out}", flush=True)
+    result["start"] = start
+    write()
+    for p in args.on_policy:
+        out = FIDELITY / "extra" / run_name(student, p, args.steps, lr)
+        recipe = stage_recipe(base, student, p, args.steps, lr, out)
+        t0 = time.perf_counter()
+        run = train(recipe)
+        s = score(run["student"], test, root, args.limit, mnt)
+        result["runs"][f"{p:g}"] = {"on_policy": p, "folder": str(out.relative_to(HERE.parent)),
+                                    **{k: v for k, v in run.items() if k != "student"},
+                                    "steady_samples_per_s": steady_rate(out), "wall_s": time.perf_counter() - t0,
+                                    "headline": s["headline"], "average": s["average"]}
+        write()
+        geo = ", ".join(f"{t} {s['headline'][t]:.3f}" for t in GEOMETRY)
+        print(f"on_policy {p:g}: average {start['average']:.3f} -> {s['average']:.3f}; {geo}", flush=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
