@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -40,6 +41,7 @@ from student_pilot import GEOMETRY, relengthened, steady_rate  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
 from tiercel.fileio import sha256_file  # noqa: E402
+from tiercel.recipe import Divergence  # noqa: E402
 
 FIDELITY = HERE / "work" / "fidelity"
 OBJECTIVE = "kd_hidden"
@@ -56,13 +58,16 @@ def probabilities(text: str) -> list[float]:
     return values
 
 
-def stage_recipe(base: dict, student: Path, on_policy: float, steps: int, lr: float, out: Path) -> dict:
+def stage_recipe(base: dict, student: Path, on_policy: float, steps: int, lr: float, out: Path,
+                 divergence: str | None = None) -> dict:
     """The student's recipe `base` started from `student` (its weights; the teacher's tokenizer as before), with
-    `distill.on_policy` at `on_policy`, `steps` steps (warmup capped at a tenth) and peak `lr`, into `out`."""
+    `distill.on_policy` at `on_policy`, `steps` steps (warmup capped at a tenth), peak `lr` and `divergence` where
+    given, into `out`."""
     recipe = json.loads(json.dumps(base))
     recipe["name"], recipe["out"] = f"fidelity-student-stage-{out.name}", str(out)
     recipe["student"] = {**recipe.get("student", {}), "init": "checkpoint", "checkpoint": str(student)}
-    recipe["distill"] = {**relengthened(recipe["distill"], steps), "on_policy": on_policy, "lr": lr}
+    recipe["distill"] = {**relengthened(recipe["distill"], steps), "on_policy": on_policy, "lr": lr,
+                          **({} if divergence is None else {"divergence": divergence})}
     return recipe
 
 
@@ -74,11 +79,11 @@ def ended_lr(distill: dict) -> float:
     return d.lr * d.min_lr_ratio
 
 
-def run_name(student: Path, on_policy: float, steps: int, lr: float) -> str:
-    """student_stage_seed0_3000_op0.5_lr0.0002 (the starting student's folder, then the arguments): one folder per
-    run."""
+def run_name(student: Path, on_policy: float, steps: int, lr: float, divergence: str | None = None) -> str:
+    """student_stage_seed0_3000_op0.5_lr0.0002[_reverse_kl] (the starting student's folder, then the arguments):
+    one folder per run."""
     start = student.parent.name if student.name == "student" else student.name
-    return f"student_stage_{start}_{steps}_op{on_policy:g}_lr{lr:g}"
+    return f"student_stage_{start}_{steps}_op{on_policy:g}_lr{lr:g}" + (f"_{divergence}" if divergence else "")
 
 
 def earlier(out: Path, key: str, same: dict) -> dict | None:
@@ -100,6 +105,8 @@ def main() -> None:
                     help="distill.on_policy of each run, comma-separated (0: the control, dataset answers only)")
     ap.add_argument("--steps", type=int, default=3000, help="steps of each run")
     ap.add_argument("--lr", type=float, help="peak learning rate (default: where the student's schedule ended, lr x min_lr_ratio)")
+    ap.add_argument("--divergence", choices=typing.get_args(Divergence),
+                    help="distill.divergence of every run (default: the recipe's; GKD found reverse KL and JSD best on-policy)")
     ap.add_argument("--limit", type=int, default=1200, help="test records per task scored (1200: all of them)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "student_stage_pilot.json")
     args = ap.parse_args()
@@ -124,7 +131,7 @@ def main() -> None:
               "command": "python benchmarks/student_stage_pilot.py " + " ".join(sys.argv[1:]), "commit": commit(),
               "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
               "steps": args.steps, "lr": lr, "limit": args.limit, "max_new_tokens": mnt,
-              "divergence": base["distill"].get("divergence"), "runs": {}}
+              "divergence": args.divergence or base["distill"].get("divergence"), "runs": {}}
 
     def write() -> None:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -139,8 +146,8 @@ def main() -> None:
     result["start"] = start
     write()
     for p in args.on_policy:
-        out = FIDELITY / "extra" / run_name(student, p, args.steps, lr)
-        recipe = stage_recipe(base, student, p, args.steps, lr, out)
+        out = FIDELITY / "extra" / run_name(student, p, args.steps, lr, args.divergence)
+        recipe = stage_recipe(base, student, p, args.steps, lr, out, args.divergence)
         t0 = time.perf_counter()
         run = train(recipe)
         s = score(run["student"], test, root, args.limit, mnt)

@@ -64,3 +64,10 @@ def test_start_scores_are_reused_only_for_the_same_file_and_records(tmp_path):
     assert pilot.earlier(out, "start", {**same, "limit": 1200}) is None
     out.write_text("{not json")
     assert pilot.earlier(out, "start", same) is None
+
+
+def test_divergence_is_set_only_where_given_and_named_in_the_folder():
+    student, out = Path("/w/students/kd_hidden/seed0/student"), Path("/w/extra/x")
+    assert "divergence" not in pilot.stage_recipe(BASE, student, 1.0, 300, 2e-4, out)["distill"]
+    assert pilot.stage_recipe(BASE, student, 1.0, 300, 2e-4, out, "reverse_kl")["distill"]["divergence"] == "reverse_kl"
+    assert pilot.run_name(student, 1.0, 3000, 2e-4, "reverse_kl") == "student_stage_seed0_3000_op1_lr0.0002_reverse_kl"
