@@ -69,6 +69,17 @@ def steady_rate(run: Path) -> float | None:
     return (b["step"] - a["step"]) * b["samples"] / (b["train_seconds"] - a["train_seconds"])
 
 
+def positive_steps(text: str) -> int:
+    """argparse type of --steps: a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of steps >= 1")
+    return n
+
+
 def relengthened(distill: dict, steps: int) -> dict:
     """A recipe's `distill:` section run for `steps` steps: the warmup capped at a tenth of them, no validation."""
     return {**distill, "steps": steps, "warmup_steps": min(distill.get("warmup_steps", 0), steps // 10), "eval_every": 0}
@@ -124,7 +135,7 @@ def main() -> None:
     who.add_argument("--teacher-step", type=int, help="the teacher checkpoint to distil from")
     who.add_argument("--final-teacher", action="store_true",
                      help="distil from the fidelity run's finished teacher (its last stage), as fidelity.py does")
-    ap.add_argument("--steps", type=int, default=3000, help="training steps per student (fidelity.yaml: 30,000)")
+    ap.add_argument("--steps", type=positive_steps, default=3000, help="training steps per student (fidelity.yaml: 30,000)")
     ap.add_argument("--objectives", default="ce,kd", help="comma-separated: ce, kd, kd_hidden")
     ap.add_argument("--limit", type=int, default=64, help="test records per task scored")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "student_pilot.json")

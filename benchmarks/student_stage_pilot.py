@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 from fidelity_config import data_paths, load_config, student_recipe, teacher_recipes  # noqa: E402
 from image_use import commit  # noqa: E402
-from student_pilot import GEOMETRY, relengthened, steady_rate  # noqa: E402
+from student_pilot import GEOMETRY, positive_steps, relengthened, steady_rate  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
 from tiercel.fileio import sha256_file  # noqa: E402
@@ -103,15 +103,13 @@ def main() -> None:
                     help="the finished student to start from (default: the table's KD + hidden student, seed 0)")
     ap.add_argument("--on-policy", type=probabilities, default=[0.0, 0.5],
                     help="distill.on_policy of each run, comma-separated (0: the control, dataset answers only)")
-    ap.add_argument("--steps", type=int, default=3000, help="steps of each run")
+    ap.add_argument("--steps", type=positive_steps, default=3000, help="steps of each run")
     ap.add_argument("--lr", type=float, help="peak learning rate (default: where the student's schedule ended, lr x min_lr_ratio)")
     ap.add_argument("--divergence", choices=typing.get_args(Divergence),
                     help="distill.divergence of every run (default: the recipe's; GKD found reverse KL and JSD best on-policy)")
     ap.add_argument("--limit", type=int, default=1200, help="test records per task scored (1200: all of them)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "student_stage_pilot.json")
     args = ap.parse_args()
-    if args.steps < 1:
-        ap.error(f"--steps must be >= 1 (got {args.steps})")
     if args.lr is not None and not args.lr > 0:
         ap.error(f"--lr must be > 0 (got {args.lr})")
     student = args.student.resolve()

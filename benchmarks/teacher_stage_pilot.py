@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 from fidelity_config import data_paths, load_config, teacher_recipes  # noqa: E402
 from image_use import commit  # noqa: E402
-from student_pilot import relengthened, steady_rate  # noqa: E402
+from student_pilot import positive_steps, relengthened, steady_rate  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
 from tiercel import tasks  # noqa: E402
@@ -72,14 +72,12 @@ def run_name(weights: dict, steps: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=6000, help="steps of the new stage (the YAML's last stage: 6,000)")
+    ap.add_argument("--steps", type=positive_steps, default=6000, help="steps of the new stage (the YAML's last stage: 6,000)")
     ap.add_argument("--weight", type=weight, action="append", required=True,
                     help="TASK=W over the last stage's task weights (repeatable), e.g. PIX_CHG=12")
     ap.add_argument("--limit", type=int, default=1200, help="test records per task scored (1200: all of them)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "teacher_stage_pilot.json")
     args = ap.parse_args()
-    if args.steps < 1:
-        ap.error(f"--steps must be >= 1 (got {args.steps})")
     from runtime_cpu import machine
 
     weights = dict(args.weight)

@@ -49,3 +49,12 @@ def test_missing_unreadable_or_unscored_scores_again(tmp_path, text):
     if text is not None:
         out.write_text(text)
     assert student_pilot.earlier_teacher(out, TEACHER, 1200) is None
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "1.5", "x"])
+def test_steps_below_one_or_not_whole_are_a_usage_error(text):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a whole number of steps >= 1"):
+        student_pilot.positive_steps(text)
+    assert student_pilot.positive_steps("30000") == 30000
