@@ -85,17 +85,33 @@ def relengthened(distill: dict, steps: int) -> dict:
     return {**distill, "steps": steps, "warmup_steps": min(distill.get("warmup_steps", 0), steps // 10), "eval_every": 0}
 
 
-def earlier_teacher(out: Path, teacher: dict, limit: int) -> dict | None:
-    """The teacher's scores in an earlier `out` of this script, where they are of the same teacher file (sha256),
-    step, records (`limit`) and max_new_tokens; else None (no file, unreadable, or anything differs)."""
+def earlier(out: Path, key: str, same: dict, limit: int | None = None) -> dict | None:
+    """`key`'s scored entry (headline and average) in an earlier JSON `out`, where its fields in `same` are equal
+    and, with `limit`, the file's top-level limit too; else None (no file, unreadable, or anything differs)."""
     try:
         old = json.loads(out.read_text())
     except (OSError, ValueError):
         return None
-    was = old.get("teacher") if isinstance(old, dict) else None
-    same = isinstance(was, dict) and old.get("limit") == limit and "headline" in was and "average" in was and all(
-        was.get(k) == teacher[k] for k in ("sha256", "step", "max_new_tokens"))
-    return was if same else None
+    was = old.get(key) if isinstance(old, dict) else None
+    ok = (isinstance(was, dict) and (limit is None or old.get("limit") == limit) and "headline" in was
+          and "average" in was and all(was.get(k) == v for k, v in same.items()))
+    return was if ok else None
+
+
+def earlier_teacher(out: Path, teacher: dict, limit: int) -> dict | None:
+    """The teacher's scores in an earlier `out` of this script, where they are of the same teacher file (sha256),
+    step, records (`limit`) and max_new_tokens; else None (no file, unreadable, or anything differs)."""
+    return earlier(out, "teacher", {k: teacher[k] for k in ("sha256", "step", "max_new_tokens")}, limit)
+
+
+def final_teacher(cfg, data: dict) -> tuple[dict, Path]:
+    """The fidelity run's last teacher stage recipe and its finished model folder; exits with one line if the
+    teacher has not finished."""
+    last = teacher_recipes(cfg, FIDELITY, data, quick=False)[-1]
+    teacher = Path(last["out"]) / "student"
+    if not (teacher / "model.safetensors").is_file():
+        sys.exit(f"{teacher}: the fidelity run's teacher has not finished; run benchmarks/fidelity.py first")
+    return last, teacher
 
 
 def bundles(student: Path, cfg, data: dict, limit: int, out: Path, threads: int | None, write) -> dict:
@@ -156,9 +172,7 @@ def main() -> None:
     folder = FIDELITY / "data"
     data = data_paths(folder)
     if args.final_teacher:
-        teacher = Path(teacher_recipes(cfg, FIDELITY, data, quick=False)[-1]["out"]) / "student"
-        if not (teacher / "model.safetensors").is_file():
-            sys.exit(f"{teacher}: the fidelity run's teacher has not finished; run benchmarks/fidelity.py first")
+        _, teacher = final_teacher(cfg, data)
     else:
         src = FIDELITY / "teacher" / "checkpoints" / f"step_{args.teacher_step:06d}"
         teacher = WORK / f"teacher_step_{args.teacher_step:06d}"

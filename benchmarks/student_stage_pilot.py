@@ -26,6 +26,7 @@ scores where its file is the same, are reused from `--out`). The fidelity table'
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -35,13 +36,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from fidelity_config import data_paths, load_config, student_recipe, teacher_recipes  # noqa: E402
+from fidelity_config import data_paths, load_config, student_recipe  # noqa: E402
 from image_use import commit  # noqa: E402
-from student_pilot import GEOMETRY, positive_steps, relengthened, steady_rate  # noqa: E402
+from student_pilot import GEOMETRY, earlier, final_teacher, positive_steps, relengthened, steady_rate  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
 from tiercel.fileio import sha256_file  # noqa: E402
-from tiercel.recipe import Divergence  # noqa: E402
+from tiercel.recipe import DistillSection, Divergence  # noqa: E402
 
 FIDELITY = HERE / "work" / "fidelity"
 OBJECTIVE = "kd_hidden"
@@ -63,7 +64,7 @@ def stage_recipe(base: dict, student: Path, on_policy: float, steps: int, lr: fl
     """The student's recipe `base` started from `student` (its weights; the teacher's tokenizer as before), with
     `distill.on_policy` at `on_policy`, `steps` steps (warmup capped at a tenth), peak `lr` and `divergence` where
     given, into `out`."""
-    recipe = json.loads(json.dumps(base))
+    recipe = copy.deepcopy(base)
     recipe["name"], recipe["out"] = f"fidelity-student-stage-{out.name}", str(out)
     recipe["student"] = {**recipe.get("student", {}), "init": "checkpoint", "checkpoint": str(student)}
     recipe["distill"] = {**relengthened(recipe["distill"], steps), "on_policy": on_policy, "lr": lr,
@@ -73,8 +74,6 @@ def stage_recipe(base: dict, student: Path, on_policy: float, steps: int, lr: fl
 
 def ended_lr(distill: dict) -> float:
     """The learning rate a recipe's schedule ends at: lr x min_lr_ratio (tiercel.recipe's defaults where unset)."""
-    from tiercel.recipe import DistillSection
-
     d = DistillSection(**distill)
     return d.lr * d.min_lr_ratio
 
@@ -84,17 +83,6 @@ def run_name(student: Path, on_policy: float, steps: int, lr: float, divergence:
     one folder per run."""
     start = student.parent.name if student.name == "student" else student.name
     return f"student_stage_{start}_{steps}_op{on_policy:g}_lr{lr:g}" + (f"_{divergence}" if divergence else "")
-
-
-def earlier(out: Path, key: str, same: dict) -> dict | None:
-    """`key`'s entry in an earlier `out` of this script where its fields in `same` are equal; else None."""
-    try:
-        old = json.loads(out.read_text())
-    except (OSError, ValueError):
-        return None
-    was = old.get(key) if isinstance(old, dict) else None
-    ok = isinstance(was, dict) and "headline" in was and all(was.get(k) == v for k, v in same.items())
-    return was if ok else None
 
 
 def main() -> None:
@@ -119,9 +107,7 @@ def main() -> None:
 
     cfg = load_config(HERE / "recipes" / "fidelity.yaml", quick=False)
     data = data_paths(FIDELITY / "data")
-    teacher = Path(teacher_recipes(cfg, FIDELITY, data, quick=False)[-1]["out"]) / "student"
-    if not (teacher / "model.safetensors").is_file():
-        sys.exit(f"{teacher}: the fidelity run's teacher has not finished; run benchmarks/fidelity.py first")
+    _, teacher = final_teacher(cfg, data)
     base = student_recipe(cfg, FIDELITY, data, teacher, OBJECTIVE, 0, quick=False)
     lr = args.lr or ended_lr(base["distill"])
     test, root, mnt = Path(data["test"]), FIDELITY / "data", cfg.eval.max_new_tokens

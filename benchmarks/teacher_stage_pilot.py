@@ -28,9 +28,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from fidelity_config import data_paths, load_config, teacher_recipes  # noqa: E402
+from fidelity_config import data_paths, load_config  # noqa: E402
 from image_use import commit  # noqa: E402
-from student_pilot import positive_steps, relengthened, steady_rate  # noqa: E402
+from student_pilot import final_teacher, positive_steps, relengthened, steady_rate  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
 from tiercel import tasks  # noqa: E402
@@ -83,12 +83,9 @@ def main() -> None:
     weights = dict(args.weight)
     cfg = load_config(HERE / "recipes" / "fidelity.yaml", quick=False)
     data = data_paths(FIDELITY / "data")
-    last = teacher_recipes(cfg, FIDELITY, data, quick=False)[-1]
-    teacher = Path(last["out"]) / "student"
+    last, teacher = final_teacher(cfg, data)
     table = HERE / "results" / "fidelity.json"
     before = json.loads(table.read_text())["models"]["teacher"]["eval"]
-    if not (teacher / "model.safetensors").is_file():
-        sys.exit(f"{teacher}: the fidelity run's teacher has not finished; run benchmarks/fidelity.py first")
     recipe = stage_recipe(last, teacher, weights, args.steps, FIDELITY / "extra" / run_name(weights, args.steps))
     t0 = time.perf_counter()
     run = train(recipe)

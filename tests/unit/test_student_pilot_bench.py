@@ -58,3 +58,17 @@ def test_steps_below_one_or_not_whole_are_a_usage_error(text):
     with pytest.raises(argparse.ArgumentTypeError, match="expected a whole number of steps >= 1"):
         student_pilot.positive_steps(text)
     assert student_pilot.positive_steps("30000") == 30000
+
+
+def test_unfinished_teacher_is_one_line_naming_its_folder(tmp_path, monkeypatch):
+    from fidelity_config import load_config
+
+    monkeypatch.setattr(student_pilot, "FIDELITY", tmp_path)
+    cfg = load_config(student_pilot.HERE / "recipes" / "fidelity.yaml", quick=False)
+    with pytest.raises(SystemExit) as stop:
+        student_pilot.final_teacher(cfg, {"train": str(tmp_path / "train.json"), "root": str(tmp_path)})
+    assert str(stop.value) == f"{tmp_path}/teacher_stage2/student: the fidelity run's teacher has not finished; run benchmarks/fidelity.py first"
+    (tmp_path / "teacher_stage2" / "student").mkdir(parents=True)
+    (tmp_path / "teacher_stage2" / "student" / "model.safetensors").write_bytes(b"")
+    last, teacher = student_pilot.final_teacher(cfg, {"train": str(tmp_path / "train.json"), "root": str(tmp_path)})
+    assert (teacher, last["out"]) == (tmp_path / "teacher_stage2" / "student", str(tmp_path / "teacher_stage2"))
