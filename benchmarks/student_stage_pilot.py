@@ -60,15 +60,20 @@ def probabilities(text: str) -> list[float]:
 
 
 def stage_recipe(base: dict, student: Path, on_policy: float, steps: int, lr: float, out: Path,
-                 divergence: str | None = None) -> dict:
+                 divergence: str | None = None, heads: bool = True) -> dict:
     """The student's recipe `base` started from `student` (its weights; the teacher's tokenizer as before), with
     `distill.on_policy` at `on_policy`, `steps` steps (warmup capped at a tenth), peak `lr` and `divergence` where
-    given, into `out`."""
+    given, into `out`. Without `heads`, the terms that train through heads of their own (distill.hidden's
+    projections, distill.dense's heads) are weighted 0, so none is drawn afresh: ce and kd only."""
     recipe = copy.deepcopy(base)
     recipe["name"], recipe["out"] = f"fidelity-student-stage-{out.name}", str(out)
     recipe["student"] = {**recipe.get("student", {}), "init": "checkpoint", "checkpoint": str(student)}
     recipe["distill"] = {**relengthened(recipe["distill"], steps), "on_policy": on_policy, "lr": lr,
                           **({} if divergence is None else {"divergence": divergence})}
+    if not heads:
+        d = recipe["distill"]
+        d["hidden"] = {**d.get("hidden", {}), "vision": 0.0, "encoder": 0.0, "decoder": 0.0}
+        d["dense"] = {**d.get("dense", {}), "answer": 0.0, "objects": 0.0}
     return recipe
 
 
@@ -78,11 +83,13 @@ def ended_lr(distill: dict) -> float:
     return d.lr * d.min_lr_ratio
 
 
-def run_name(student: Path, on_policy: float, steps: int, lr: float, divergence: str | None = None) -> str:
-    """student_stage_seed0_3000_op0.5_lr0.0002[_reverse_kl] (the starting student's folder, then the arguments):
-    one folder per run."""
+def run_name(student: Path, on_policy: float, steps: int, lr: float, divergence: str | None = None,
+             heads: bool = True) -> str:
+    """student_stage_seed0_3000_op0.5_lr0.0002[_reverse_kl][_noheads] (the starting student's folder, then the
+    arguments): one folder per run."""
     start = student.parent.name if student.name == "student" else student.name
-    return f"student_stage_{start}_{steps}_op{on_policy:g}_lr{lr:g}" + (f"_{divergence}" if divergence else "")
+    return (f"student_stage_{start}_{steps}_op{on_policy:g}_lr{lr:g}" + (f"_{divergence}" if divergence else "")
+            + ("" if heads else "_noheads"))
 
 
 def main() -> None:
@@ -95,6 +102,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, help="peak learning rate (default: where the student's schedule ended, lr x min_lr_ratio)")
     ap.add_argument("--divergence", choices=typing.get_args(Divergence),
                     help="distill.divergence of every run (default: the recipe's; GKD found reverse KL and JSD best on-policy)")
+    ap.add_argument("--no-heads", action="store_true",
+                    help="weigh distill.hidden and distill.dense 0: no head of the objective starts afresh (ce and kd only)")
     ap.add_argument("--limit", type=int, default=1200, help="test records per task scored (1200: all of them)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "student_stage_pilot.json")
     args = ap.parse_args()
@@ -115,7 +124,7 @@ def main() -> None:
               "command": "python benchmarks/student_stage_pilot.py " + " ".join(sys.argv[1:]), "commit": commit(),
               "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
               "steps": args.steps, "lr": lr, "limit": args.limit, "max_new_tokens": mnt,
-              "divergence": args.divergence or base["distill"].get("divergence"), "runs": {}}
+              "divergence": args.divergence or base["distill"].get("divergence"), "heads": not args.no_heads, "runs": {}}
 
     def write() -> None:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -130,8 +139,8 @@ def main() -> None:
     result["start"] = start
     write()
     for p in args.on_policy:
-        out = FIDELITY / "extra" / run_name(student, p, args.steps, lr, args.divergence)
-        recipe = stage_recipe(base, student, p, args.steps, lr, out, args.divergence)
+        out = FIDELITY / "extra" / run_name(student, p, args.steps, lr, args.divergence, not args.no_heads)
+        recipe = stage_recipe(base, student, p, args.steps, lr, out, args.divergence, not args.no_heads)
         t0 = time.perf_counter()
         run = train(recipe)
         s = score(run["student"], test, root, args.limit, mnt)

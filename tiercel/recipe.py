@@ -92,6 +92,7 @@ class StudentSection(Section):
     dropout: float = Field(0.1, ge=0, lt=1, description="text dropout and vision stochastic depth of a new student")
     coord_init: Literal["random", "sinusoid"] = Field("random", description="init preset: embeddings of the coordinate tokens <0>..<999>, random or a smooth code of the bin (docs/fidelity.md)")
     checkpoint: Path | None = Field(None, description="init checkpoint: the starting student")
+    heads: Literal["checkpoint", "fresh"] = Field("checkpoint", description="init checkpoint: start distill.hidden's projections and distill.dense's heads from the training_heads.safetensors tiercel saved beside the student, where they fit (checkpoint), or from new random weights (fresh)")
     encoder_layers: list[int] | None = Field(None, description="init teacher: teacher encoder layers copied, in order (default: evenly spaced)")
     decoder_layers: list[int] | None = Field(None, description="init teacher: teacher decoder layers copied, in order (default: evenly spaced)")
     widths: Literal["equal", "slice"] = Field("equal", description="init teacher: copy only tensors of the student's shape (equal), or also the leading slice of wider ones, a narrower student's weight selection (slice; docs/distill.md)")

@@ -71,3 +71,14 @@ def test_divergence_is_set_only_where_given_and_named_in_the_folder():
     assert "divergence" not in pilot.stage_recipe(BASE, student, 1.0, 300, 2e-4, out)["distill"]
     assert pilot.stage_recipe(BASE, student, 1.0, 300, 2e-4, out, "reverse_kl")["distill"]["divergence"] == "reverse_kl"
     assert pilot.run_name(student, 1.0, 3000, 2e-4, "reverse_kl") == "student_stage_seed0_3000_op1_lr0.0002_reverse_kl"
+
+
+def test_no_heads_weighs_the_head_terms_0_and_names_the_folder():
+    base = {**BASE, "distill": {**BASE["distill"], "hidden": {"vision": 0.5, "encoder": 0.5, "decoder": 0.5, "kind": "mse"},
+                                "dense": {"answer": 1.0, "objects": 10.0, "cells": 4}}}
+    student, out = Path("/w/students/kd_hidden/seed0/student"), Path("/w/extra/x")
+    got = pilot.stage_recipe(base, student, 0.0, 300, 2e-4, out, heads=False)["distill"]
+    assert got["hidden"] == {"vision": 0.0, "encoder": 0.0, "decoder": 0.0, "kind": "mse"}
+    assert got["dense"] == {"answer": 0.0, "objects": 0.0, "cells": 4} and got["kd"] == 0.5
+    assert pilot.stage_recipe(base, student, 0.0, 300, 2e-4, out)["distill"]["dense"] == base["distill"]["dense"]
+    assert pilot.run_name(student, 0.0, 3000, 2e-4, heads=False) == "student_stage_seed0_3000_op0_lr0.0002_noheads"

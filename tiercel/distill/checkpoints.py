@@ -1,16 +1,19 @@
 """Training checkpoints: atomic, self-contained, and enough to resume a run exactly.
 
 runs/NAME/checkpoints/step_000200/ holds the student in the native layout (loadable by
-tiercel.models.load_checkpoint, exportable as is) plus trainer_state.pt: optimizer, scheduler, projection
-heads, step and RNG states. `latest` names the newest complete checkpoint; it is written after the
-checkpoint directory has been renamed into place, so a crash mid-save leaves the previous one in charge.
-Resuming reads trainer_state.pt with torch.load(weights_only=True), so no code in it can run, and checks that
-the checkpoint's tensors fit the recipe's student and projection heads before it loads any of them.
+tiercel.models.load_checkpoint, exportable as is), training_heads.safetensors (the objective's own tensors:
+distill.hidden's projections and distill.dense's heads; <out>/student keeps it too, so a new run started from
+the student goes on with them) and trainer_state.pt: optimizer, scheduler, step and RNG states. `latest` names
+the newest complete checkpoint; it is written after the checkpoint directory has been renamed into place, so a
+crash mid-save leaves the previous one in charge. Resuming reads trainer_state.pt with
+torch.load(weights_only=True) and the heads with safetensors, so no code in them can run, and checks that the
+checkpoint's tensors fit the recipe's student and heads before it loads any of them.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 from tiercel.errors import CheckpointError
@@ -20,21 +23,30 @@ from tiercel.models.writer import tiercel_meta, write_native
 
 # trainer_state.pt layout: 2 holds RNG states as tensors and lists, loadable with weights_only=True
 STATE_FORMAT = 2
+HEADS = "training_heads.safetensors"  # every tensor of the objective outside the student, named as in its state dict
+
+
+def heads_of(state: dict) -> dict:
+    """The entries of a DistillObjective state dict that are not the student's: distiller.* (distill.hidden's
+    projections), dense_answer.* and dense_objects.* (distill.dense's heads)."""
+    return {k: v for k, v in state.items() if not k.startswith("student.")}
 
 
 def full_states(objective, optimizer, sharded: bool):
-    """(student state dict, optimizer state dict or None) for saving.
+    """(student state dict, heads state dict, optimizer state dict or None) for saving.
 
-    For FSDP the parameters are sharded DTensors: torch.distributed.checkpoint gathers the student in full (a
-    collective, so every process must call this); the optimizer state stays sharded and each process writes
-    its own part with save_optimizer_shard (so an FSDP run resumes with the same number of processes).
+    For FSDP the parameters are sharded DTensors: torch.distributed.checkpoint gathers the student and the heads
+    in full (a collective, so every process must call this); the optimizer state stays sharded and each process
+    writes its own part with save_optimizer_shard (so an FSDP run resumes with the same number of processes).
     """
     if not sharded:
-        return objective.student.state_dict(), optimizer.state_dict()
+        return objective.student.state_dict(), heads_of(objective.state_dict()), optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(objective.student, options=opts), None
+    full = get_model_state_dict(objective, options=opts)
+    student = {k.removeprefix("student."): v for k, v in full.items() if k.startswith("student.")}
+    return student, heads_of(full), None
 
 
 def save_optimizer_shard(ckpt: Path, rank: int, optimizer) -> None:
@@ -55,17 +67,20 @@ def save(run_dir: Path, step: int, objective, optimizer, scheduler, tokenizer, e
 
     ckpt_root = run_dir / "checkpoints"
     dst = ckpt_root / f"step_{step:06d}"
+    from safetensors.torch import save_file
+
     student = objective.student
-    model_state, optim_state = states or full_states(objective, optimizer, sharded=False)
+    model_state, heads, optim_state = states or full_states(objective, optimizer, sharded=False)
     meta = tiercel_meta(student, provenance=extra_meta)
     with atomic_dir(dst, overwrite=True) as tmp:
         write_native(tmp, student, tokenizer, meta, state_dict=model_state)
+        save_file({k: v.detach().cpu().contiguous() for k, v in heads.items()}, str(tmp / HEADS))  # written when empty too
         state = {
             "format": STATE_FORMAT,
             "step": step,
             "optimizer": optim_state,
             "scheduler": scheduler.state_dict(),
-            "distiller": objective.distiller.state_dict() if objective.distiller is not None else None,
+            "distiller": None,  # the heads are in HEADS; checkpoints before it kept the projections here
             "rng": rng_states(),
             "train_seconds": float(train_seconds),  # wall time of the steps so far, over every resume
         }
@@ -93,31 +108,61 @@ def latest(run_dir: Path) -> Path | None:
 
 
 def restore(path: Path, objective, optimizer, scheduler, sharded: bool = False, rank: int = 0) -> tuple[int, float]:
-    """Load weights, optimizer, scheduler and RNG states from checkpoint `path`; returns its step and the wall
-    seconds of training up to it (0 for a checkpoint written before they were recorded).
+    """Load weights, heads, optimizer, scheduler and RNG states from checkpoint `path`; returns its step and the
+    wall seconds of training up to it (0 for a checkpoint written before they were recorded).
 
     Nothing is loaded until the checkpoint is known to fit the recipe's student and distillation heads. With
-    `sharded` (FSDP) the full states are scattered into the shards by torch.distributed.checkpoint.
+    `sharded` (FSDP) the full states are scattered into the shards by torch.distributed.checkpoint. A checkpoint
+    written before HEADS existed has distill.dense's heads nowhere: they start again from their initial weights,
+    with a warning, since the rest of the run can still go on.
     """
     from safetensors.torch import load_file
 
     state = load_state(path / "trainer_state.pt")
     weights = load_file(str(path / "model.safetensors"))
-    _check_fits(path, objective, weights, state)
+    heads, complete = saved_heads(path, state)
+    _check_fits(path, objective, weights, heads, complete)
     optim_state = _optimizer_state(path, state, sharded, rank)
+    lost = sorted(k for k in heads_of(objective.state_dict()) if k not in heads)
+    if lost and rank == 0:
+        print(f"warning: {path}: written before checkpoints kept the distill.dense heads ({', '.join(lost)}); they "
+              "start again from their initial weights, so this run will not end exactly as an unbroken one", file=sys.stderr)
     if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(objective.student, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        full = {**{f"student.{k}": v for k, v in weights.items()}, **heads}
+        set_model_state_dict(objective, full, options=StateDictOptions(full_state_dict=True, strict=False))
     else:
         objective.student.load_state_dict(weights, strict=False)
         objective.student.tie_weights()
-    if objective.distiller is not None and state["distiller"] is not None:  # None: heads without parameters
-        objective.distiller.load_state_dict(state["distiller"])
+        objective.load_state_dict(heads, strict=False)
     _fitting(path, "optimizer", lambda: optimizer.load_state_dict(optim_state))
     scheduler.load_state_dict(state["scheduler"])
     set_rng_states(state["rng"])
     return int(state["step"]), float(state.get("train_seconds", 0.0))
+
+
+def saved_heads(path: Path, state: dict) -> tuple[dict, bool]:
+    """A checkpoint's heads, and whether they are complete: HEADS, or for a checkpoint written before it the
+    hidden-state projections trainer_state.pt held (the dense heads were not saved then)."""
+    from safetensors.torch import load_file
+
+    if (path / HEADS).is_file():
+        return load_file(str(path / HEADS)), True
+    return {f"distiller.{k}": v for k, v in (state.get("distiller") or {}).items()}, False
+
+
+def start_heads(folder: Path, objective) -> dict:
+    """At the start of a run from a tiercel student (student.init checkpoint, student.heads checkpoint): load the
+    heads saved beside it (HEADS, in a checkpoint folder or <out>/student) wherever name and shape fit the
+    recipe's, so the student is not trained against freshly drawn heads. Returns the names loaded and fresh."""
+    from safetensors.torch import load_file
+
+    mine = heads_of(objective.state_dict())
+    saved = load_file(str(Path(folder) / HEADS)) if (Path(folder) / HEADS).is_file() else {}
+    fits = {k: v for k, v in saved.items() if k in mine and tuple(v.shape) == tuple(mine[k].shape)}
+    objective.load_state_dict(fits, strict=False)
+    return {"loaded": sorted(fits), "fresh": sorted(set(mine) - set(fits))}
 
 
 def _optimizer_state(path: Path, state: dict, sharded: bool, rank: int) -> dict:
@@ -130,12 +175,14 @@ def _optimizer_state(path: Path, state: dict, sharded: bool, rank: int) -> dict:
     return torch_load(shard, "not an optimizer state tiercel can read safely", restart_hint(path))
 
 
-def _check_fits(path: Path, objective, weights: dict, state: dict) -> None:
+def _check_fits(path: Path, objective, weights: dict, heads: dict, complete: bool) -> None:
     """CheckpointError unless the checkpoint's tensors have the names and shapes of the recipe's student and
-    hidden-state projection heads (a changed student or distill.hidden since the run started)."""
+    distillation heads (a changed student, distill.hidden or distill.dense since the run started). Without
+    `complete` (a checkpoint from before HEADS) the dense heads may be missing."""
     _same_tensors(path, "student", weights, objective.student.state_dict(), optional=_tied)
-    heads = objective.distiller.state_dict() if objective.distiller is not None else {}
-    _same_tensors(path, "distill.hidden projection heads", state["distiller"] or {}, heads)
+    older = (lambda key: key.startswith("dense_")) if not complete else (lambda key: False)
+    _same_tensors(path, "distillation heads (distill.hidden, distill.dense)", heads, heads_of(objective.state_dict()),
+                  optional=older)
 
 
 def _tied(key: str) -> bool:

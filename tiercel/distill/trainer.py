@@ -140,6 +140,8 @@ def prepare(recipe: Recipe, dist: Dist) -> Run:
     run.dense = _dense_targets(recipe, run.data, student)
     run.objective = DistillObjective(student, recipe.distill, run.teacher.model.tiercel_shape if run.teacher else None,
                                      dense_channels=run.dense.channels if run.dense else 0).to(dist.device)
+    if recipe.student.init == "checkpoint" and recipe.student.heads == "checkpoint":  # a resume loads its own after this
+        run.init_report["heads"] = checkpoints.start_heads(Path(run.init_report["path"]), run.objective)
     run.inputs = {"student": model_input(student)}
     if run.teacher is not None:
         run.inputs["teacher"] = model_input(run.teacher.model, run.teacher.mean, run.teacher.std)
