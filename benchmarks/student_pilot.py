@@ -85,6 +85,18 @@ def relengthened(distill: dict, steps: int) -> dict:
     return {**distill, "steps": steps, "warmup_steps": min(distill.get("warmup_steps", 0), steps // 10), "eval_every": 0}
 
 
+def without_heads(distill: dict) -> dict:
+    """A recipe's `distill:` section with the terms that train through heads of their own weighed 0
+    (distill.hidden's projections, distill.dense's heads): a run from a model whose heads were not saved then
+    draws none afresh, and trains on ce and kd only."""
+    out = dict(distill)
+    if "hidden" in out:
+        out["hidden"] = {**out["hidden"], "vision": 0.0, "encoder": 0.0, "decoder": 0.0}
+    if "dense" in out:
+        out["dense"] = {**out["dense"], "answer": 0.0, "objects": 0.0}
+    return out
+
+
 def earlier(out: Path, key: str, same: dict, limit: int | None = None) -> dict | None:
     """`key`'s scored entry (headline and average) in an earlier JSON `out`, where its fields in `same` are equal
     and, with `limit`, the file's top-level limit too; else None (no file, unreadable, or anything differs)."""

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 from fidelity_config import data_paths, load_config, student_recipe  # noqa: E402
 from image_use import commit  # noqa: E402
-from student_pilot import GEOMETRY, earlier, final_teacher, positive_steps, relengthened, steady_rate  # noqa: E402
+from student_pilot import GEOMETRY, earlier, final_teacher, positive_steps, relengthened, steady_rate, without_heads  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
 from tiercel.fileio import sha256_file  # noqa: E402
@@ -71,9 +71,7 @@ def stage_recipe(base: dict, student: Path, on_policy: float, steps: int, lr: fl
     recipe["distill"] = {**relengthened(recipe["distill"], steps), "on_policy": on_policy, "lr": lr,
                           **({} if divergence is None else {"divergence": divergence})}
     if not heads:
-        d = recipe["distill"]
-        d["hidden"] = {**d.get("hidden", {}), "vision": 0.0, "encoder": 0.0, "decoder": 0.0}
-        d["dense"] = {**d.get("dense", {}), "answer": 0.0, "objects": 0.0}
+        recipe["distill"] = without_heads(recipe["distill"])
     return recipe
 
 

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 from fidelity_config import data_paths, load_config  # noqa: E402
 from image_use import commit  # noqa: E402
-from student_pilot import final_teacher, positive_steps, relengthened, steady_rate  # noqa: E402
+from student_pilot import final_teacher, positive_steps, relengthened, steady_rate, without_heads  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
 from tiercel import tasks  # noqa: E402
@@ -52,9 +52,10 @@ def weight(text: str) -> tuple[str, float]:
     return task, w
 
 
-def stage_recipe(last: dict, teacher: Path, weights: dict, steps: int, out: Path) -> dict:
+def stage_recipe(last: dict, teacher: Path, weights: dict, steps: int, out: Path, heads: bool = True) -> dict:
     """The teacher's last stage recipe, started from `teacher` (its checkpoint and tokenizer), with `weights` over
-    its task weights and `steps` steps (warmup capped at a tenth of them), training into `out`."""
+    its task weights and `steps` steps (warmup capped at a tenth of them), training into `out`. Without `heads`,
+    distill.dense is weighed 0, so no head is drawn afresh (the finished teacher's were not saved)."""
     recipe = copy.deepcopy(last)
     recipe["name"], recipe["out"] = f"fidelity-teacher-pilot-{out.name}", str(out)
     recipe["student"] = {**recipe.get("student", {}), "init": "checkpoint", "checkpoint": str(teacher)}
@@ -62,12 +63,14 @@ def stage_recipe(last: dict, teacher: Path, weights: dict, steps: int, out: Path
     data = recipe.setdefault("data", {})
     data["task_weights"] = {**data.get("task_weights", {}), **weights}
     recipe["distill"] = relengthened(recipe["distill"], steps)
+    if not heads:
+        recipe["distill"] = without_heads(recipe["distill"])
     return recipe
 
 
-def run_name(weights: dict, steps: int) -> str:
-    """teacher_stage3_6000_PIX_CHG12: one folder per set of arguments."""
-    return f"teacher_stage3_{steps}_" + "_".join(f"{t}{w:g}" for t, w in sorted(weights.items()))
+def run_name(weights: dict, steps: int, heads: bool = True) -> str:
+    """teacher_stage3_6000_PIX_CHG12[_noheads]: one folder per set of arguments."""
+    return f"teacher_stage3_{steps}_" + "_".join(f"{t}{w:g}" for t, w in sorted(weights.items())) + ("" if heads else "_noheads")
 
 
 def main() -> None:
@@ -75,6 +78,8 @@ def main() -> None:
     ap.add_argument("--steps", type=positive_steps, default=6000, help="steps of the new stage (the YAML's last stage: 6,000)")
     ap.add_argument("--weight", type=weight, action="append", required=True,
                     help="TASK=W over the last stage's task weights (repeatable), e.g. PIX_CHG=12")
+    ap.add_argument("--no-heads", action="store_true",
+                    help="weigh distill.dense 0: no head of the objective starts afresh (ce only)")
     ap.add_argument("--limit", type=int, default=1200, help="test records per task scored (1200: all of them)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "teacher_stage_pilot.json")
     args = ap.parse_args()
@@ -86,14 +91,15 @@ def main() -> None:
     last, teacher = final_teacher(cfg, data)
     table = HERE / "results" / "fidelity.json"
     before = json.loads(table.read_text())["models"]["teacher"]["eval"]
-    recipe = stage_recipe(last, teacher, weights, args.steps, FIDELITY / "extra" / run_name(weights, args.steps))
+    heads = not args.no_heads
+    recipe = stage_recipe(last, teacher, weights, args.steps, FIDELITY / "extra" / run_name(weights, args.steps, heads), heads)
     t0 = time.perf_counter()
     run = train(recipe)
     scores = score(run["student"], Path(data["test"]), FIDELITY / "data", args.limit, cfg.eval.max_new_tokens)
     result = {"what": "benchmarks/teacher_stage_pilot.py: one more teacher stage with some tasks drawn more often",
               "command": "python benchmarks/teacher_stage_pilot.py " + " ".join(sys.argv[1:]), "commit": commit(),
               "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-              "weights": weights, "task_weights": recipe["data"]["task_weights"], "steps": args.steps,
+              "weights": weights, "task_weights": recipe["data"]["task_weights"], "steps": args.steps, "heads": heads,
               "lr": recipe["distill"]["lr"], "limit": args.limit, "params": params(run["student"]),
               "before": {"source": f"{table.relative_to(HERE.parent)} models.teacher.eval (every test record)",
                          "headline": before["headline"], "average": before["average"]},

@@ -44,3 +44,12 @@ def test_weight_parses_task_and_value():
 def test_bad_weight_is_a_usage_error(text, says):
     with pytest.raises(argparse.ArgumentTypeError, match=says):
         pilot.weight(text)
+
+
+def test_no_heads_weighs_dense_0_and_names_the_folder():
+    last = {**LAST, "distill": {**LAST["distill"], "dense": {"answer": 1.0, "objects": 10.0, "cells": 4}}}
+    teacher, out = Path("/w/teacher_stage2/student"), Path("/w/extra/x")
+    got = pilot.stage_recipe(last, teacher, {"PIX_CHG": 12.0}, 500, out, heads=False)["distill"]
+    assert got["dense"] == {"answer": 0.0, "objects": 0.0, "cells": 4} and "hidden" not in got  # the teacher has no teacher
+    assert pilot.stage_recipe(last, teacher, {"PIX_CHG": 12.0}, 500, out)["distill"]["dense"] == last["distill"]["dense"]
+    assert pilot.run_name({"PIX_CHG": 12.0}, 6000, heads=False) == "teacher_stage3_6000_PIX_CHG12_noheads"
