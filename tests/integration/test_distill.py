@@ -176,6 +176,20 @@ def test_a_checkpoint_without_the_heads_file_resumes_with_one_warning(tmp_path, 
                       "initial weights, so this run will not end exactly as an unbroken one"]
 
 
+def test_a_run_from_a_student_without_saved_heads_warns_once(tmp_path, synth_dir, teacher_dir, capfd):
+    first = tmp_path / "first"
+    trainer.distill(_dense_kd(first, synth_dir, teacher_dir, steps=1, save_every=1), progress=False)
+    (first / "student" / "training_heads.safetensors").unlink()  # a student from before the heads were saved
+    r = _dense_kd(tmp_path / "next", synth_dir, teacher_dir, steps=1)
+    r.student.checkpoint, r.student.init = first / "student", "checkpoint"
+    capfd.readouterr()
+    trainer.distill(r, progress=False)
+    warned = [line for line in capfd.readouterr().err.splitlines() if "heads beside" in line]
+    assert warned == [f"warning: {first / 'student'}: no trained dense_answer, dense_objects, distiller heads beside the "
+                      "student (training_heads.safetensors); they start from random weights and at first disturb the "
+                      "trained student: weigh distill.hidden and distill.dense 0 to leave them out (docs/distill.md)"]
+
+
 @pytest.mark.parametrize("heads", ["checkpoint", "fresh"])
 def test_a_run_from_a_finished_student_starts_from_its_heads(tmp_path, synth_dir, teacher_dir, heads):
     first = tmp_path / "first"

@@ -348,6 +348,11 @@ def _distill(recipe: Recipe, dist: Dist, resume: bool, progress: bool) -> dict:
         d = recipe.data  # (after the resume check, so a refused resume stays one error line)
         for line in truncation_lines(run.data.truncation(), d.max_answer_tokens, d.max_prompt_tokens):
             print(f"warning: {run.data.path}: {line}", file=sys.stderr)
+        if start == 0 and (fresh := (run.init_report.get("heads") or {}).get("fresh")):
+            print(f"warning: {run.init_report['path']}: no trained {', '.join(sorted({k.split('.')[0] for k in fresh}))} "
+                  f"heads beside the student ({checkpoints.HEADS}); they start from random weights and at first "
+                  "disturb the trained student: weigh distill.hidden and distill.dense 0 to leave them out (docs/distill.md)",
+                  file=sys.stderr)
         # only once the checkpoint fits: a refused resume leaves the run's recipe as it was
         atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
         atomic_write_text(run_dir / "init_report.json", json.dumps(run.init_report, indent=1) + "\n")
