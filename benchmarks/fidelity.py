@@ -76,6 +76,7 @@ from fidelity_config import (  # noqa: E402
     ProbeSpec,
     check_recipes,
     data_paths,
+    finish_recipe,
     load_config,
     quantize_inputs,
     quantize_settings,
@@ -261,14 +262,15 @@ class Run:
     def __init__(self, cfg: Config, work: Path, quick: bool, threads: int | None, jobs: int = 1):
         from tiercel.evaluate import check_protocols, check_tasks
 
-        self.cfg, self.work, self.threads, self.jobs = cfg, work, threads, jobs
+        self.cfg, self.work, self.threads, self.jobs, self.quick = cfg, work, threads, jobs, quick
         folder = work / "data"
         self.data = data_paths(folder)
         self.t_recipes = teacher_recipes(cfg, work, self.data, quick)
         self.teacher = Path(self.t_recipes[-1]["out"]) / "student"
         self.s_recipes = {(o, s): student_recipe(cfg, work, self.data, self.teacher, o, s, quick)
                           for o in OBJECTIVES for s in cfg.student.seeds}
-        check_recipes(self.t_recipes + list(self.s_recipes.values()))
+        self.f_recipes = {k: finish_recipe(cfg, r, quick) for k, r in self.s_recipes.items() if cfg.student.finish is not None}
+        check_recipes(self.t_recipes + list(self.s_recipes.values()) + list(self.f_recipes.values()))
         check_protocols(cfg.eval.protocol, check_tasks(None))  # Falcon's scoring libraries, before any work
         for backend in cfg.bundles.backends:
             for scheme in cfg.bundles.schemes:
@@ -342,6 +344,28 @@ class Run:
                 if r:
                     self.models[name] |= {"path": r["student"], "params": params(r["student"])}
                     self.torch_models[name] = (f"train/{name}", r["student"])
+        if self.f_recipes:
+            self.finish_students()
+
+    def finish_students(self) -> None:
+        """student.finish: one more stage per trained student, from its result; the table then reads that one. A
+        student whose last stage fails is not scored (its columns say error), not scored unfinished."""
+        runs = {f"{o}/seed{s}": (r, self.stages.key({"recipe": r, "after": self.stages.keys[f"train/{o}/seed{s}"]}))
+                for (o, s), r in self.f_recipes.items() if f"{o}/seed{s}" in self.torch_models}
+        todo = [n for n, (r, _) in runs.items() if not self.stages.stored(f"finish/{n}", r, needs=(f"train/{n}",))]
+        with children(self.jobs if len(todo) > 1 else 1) as pool:
+            futures = {n: pool.submit(train, *runs[n]) for n in todo} if pool else {}
+            for name, (recipe, key) in runs.items():
+                job = futures.get(name)
+                r = self.stages.run(f"finish/{name}", recipe, job.result if job else lambda: train(recipe, key),
+                                    needs=(f"train/{name}",))
+                m = self.models[name]
+                m["finish"], m["error"] = r, m.get("error") or self.stages.error(f"finish/{name}")
+                if r:
+                    m["path"] = r["student"]
+                    self.torch_models[name] = (f"finish/{name}", r["student"])
+                else:
+                    del self.torch_models[name]
 
     def score_args(self) -> dict:
         e = self.cfg.eval
@@ -374,7 +398,8 @@ class Run:
         cfg, fp32, backends = self.cfg.bundles, self.work / "bundles" / "fp32", tuple(self.cfg.bundles.backends)
         student = self.models[source].get("path")
         self.stages.run("export", {"backends": backends}, lambda: {"bundle": str(export_checkpoint(
-            student, fp32, backends=backends, decoder="split", overwrite=True))}, needs=(f"train/{source}",))
+            student, fp32, backends=backends, decoder="split", overwrite=True))},
+            needs=(self.torch_models.get(source, (f"train/{source}",))[0],))
         made, specs, quants = {}, [], []  # quantize, then score the bundles, --jobs at a time
         for backend in backends:
             for scheme in ("fp32", *cfg.schemes):

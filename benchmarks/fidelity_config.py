@@ -47,6 +47,8 @@ class StudentSpec(Spec):
     seeds: list[int] = Field([0, 1], min_length=1, description="one run per objective per seed (recipe `seed`)")
     recipe: dict = Field(default_factory=dict, description="recipe fragment of every student (shape, data, distill)")
     objectives: dict[str, dict] = Field(description="ce, kd, kd_hidden: recipe fragments merged over `recipe`")
+    finish: dict | None = Field(None, description="a last stage of every student, started from the student its recipe "
+                                "trained: a recipe fragment merged over that recipe; null: none")
 
     @field_validator("objectives")
     @classmethod
@@ -178,6 +180,17 @@ def student_recipe(cfg: Config, work: Path, data: dict, teacher: Path, objective
     if recipe["teacher"].get("kind") == "none":
         recipe["teacher"] = {k: v for k, v in recipe["teacher"].items() if k != "path"}
     return capped(recipe, quick)
+
+
+def finish_recipe(cfg: Config, first: dict, quick: bool) -> dict | None:
+    """The last stage of the student `first` trains (student.finish), or None: `student.finish` merged over `first`,
+    started from its student (weights, and heads where saved; the tokenizer as before), into <first's out>_finish."""
+    if cfg.student.finish is None:
+        return None
+    prev = Path(first["out"]) / "student"
+    base = {**first, "name": f"{first['name']}-finish", "out": f"{first['out']}_finish",
+            "student": {**first.get("student", {}), "init": "checkpoint", "checkpoint": str(prev)}}
+    return capped(merge(base, cfg.student.finish), quick)
 
 
 def check_recipes(recipes: list[dict]) -> None:

@@ -153,6 +153,7 @@ def _header(r: dict) -> str:
     data, ev, m = r.get("data", {}), r.get("config", {}).get("eval", {}), r.get("machine", {})
     knobs = ", ".join(f"{k}={v}" for k, v in data.get("knobs_changed", {}).items()) or "default knobs"
     seeds = r.get("config", {}).get("student", {}).get("seeds", [])
+    finish = ((r.get("config", {}).get("student", {}).get("finish") or {}).get("distill") or {}).get("steps")
     source = r.get("config", {}).get("bundles", {}).get("source", "kd")  # runs before the setting exported KD
     quick = "\n**--quick run: a plumbing check, the numbers mean nothing.**\n" if r.get("quick") else ""
     return "\n".join([
@@ -165,7 +166,8 @@ def _header(r: dict) -> str:
         f"- data: {data.get('n')} records at {data.get('size')} px, seed {data.get('seed')}, {knobs}; "
         f"{data.get('test_records')} test records, every one scored (limit {ev.get('limit')}), greedy, "
         f"max_new_tokens {ev.get('max_new_tokens')}",
-        f"- students: mean of seeds {seeds} (± half their difference); bundles from the "
+        f"- students: mean of seeds {seeds} (± half their difference)"
+        f"{f', each after its last stage (student.finish, {finish} steps)' if finish else ''}; bundles from the "
         f"{OBJECTIVES.get(source, source)} student of seed {seeds[0] if seeds else '-'}; values are headline x 100 (CIDEr: coco-caption's scale x 100)", ""])
 
 
@@ -314,4 +316,6 @@ def _train_seconds(models: dict) -> dict[str, float]:
                     out[teacher_stage(i)] = run["train_seconds"]
         elif m.get("kind") == "torch" and train.get("train_seconds") is not None:
             out[f"train/{name}"] = train["train_seconds"]
+        if (m.get("finish") or {}).get("train_seconds") is not None:
+            out[f"finish/{name}"] = m["finish"]["train_seconds"]
     return out

@@ -265,3 +265,68 @@ def test_quantize_fingerprints_leave_out_settings_at_their_no_op_values():
     assert "n_val_max" not in quantize_inputs(at_n_val, "openvino", "int8-static")
     unset = {k: v for k, v in cfg.quantize.items() if k != "n_val_max"}
     assert "n_val_max" not in quantize_inputs(cfg.model_copy(update={"quantize": unset}), "openvino", "int8-static")
+
+
+def _config_with(tmp_path, **student):
+    import yaml
+    from fidelity_config import load_config
+
+    here = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes" / "fidelity.yaml"
+    cfg = yaml.safe_load(here.read_text())
+    cfg["student"] = {**cfg["student"], **student}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    return load_config(tmp_path / "c.yaml", False)
+
+
+FINISH = {"distill": {"steps": 3000, "lr": 2.0e-4, "warmup_steps": 300, "hidden": {"vision": 0.0}}}
+
+
+def test_a_finish_stage_starts_from_the_student_its_recipe_trained(tmp_path):
+    from fidelity_config import finish_recipe, student_recipe
+
+    cfg = _config_with(tmp_path, finish=FINISH)
+    first = student_recipe(cfg, tmp_path / "work", {"train": "t.json", "root": "."}, tmp_path / "teacher", "kd_hidden", 1, False)
+    got = finish_recipe(cfg, first, False)
+    assert got["out"] == str(tmp_path / "work" / "students" / "kd_hidden" / "seed1_finish")
+    assert got["name"] == "fidelity-kd_hidden-seed1-finish" and got["seed"] == 1 and got["teacher"] == first["teacher"]
+    assert got["student"]["init"] == "checkpoint"
+    assert got["student"]["checkpoint"] == str(tmp_path / "work" / "students" / "kd_hidden" / "seed1" / "student")
+    assert got["distill"] == {**first["distill"], "steps": 3000, "lr": 2.0e-4, "warmup_steps": 300,
+                              "hidden": {**first["distill"]["hidden"], "vision": 0.0}}  # merged key by key
+    assert finish_recipe(_config_with(tmp_path), first, False) is None  # the YAML's own: no finish stage
+
+
+def test_the_table_reads_the_finished_students_and_drops_a_failed_finish(tmp_path, monkeypatch):
+    import fidelity
+    from fidelity import Run, Stages
+
+    run = Run.__new__(Run)
+    run.cfg, run.jobs, run.stages = _config_with(tmp_path, finish=FINISH), 1, Stages(tmp_path / "stages")
+    run.models, run.torch_models, run.f_recipes = {}, {}, {}
+    for name, out in (("kd/seed0", "a"), ("kd/seed1", "b")):
+        run.stages.run(f"train/{name}", {"r": name}, lambda: {"student": f"/w/{name}"})
+        run.models[name], run.torch_models[name] = {"path": f"/w/{name}"}, (f"train/{name}", f"/w/{name}")
+        run.f_recipes[("kd", int(name[-1]))] = {"out": f"/w/{out}_finish"}
+
+    def train(recipe, key):
+        if recipe["out"].startswith("/w/b"):
+            raise RuntimeError("boom")
+        return {"student": recipe["out"] + "/student"}
+
+    monkeypatch.setattr(fidelity, "train", train)
+    run.finish_students()
+    assert run.torch_models == {"kd/seed0": ("finish/kd/seed0", "/w/a_finish/student")}
+    assert run.models["kd/seed0"]["path"] == "/w/a_finish/student" and run.models["kd/seed0"]["finish"]["student"]
+    assert "boom" in run.models["kd/seed1"]["error"]  # not scored as if it had finished
+
+
+def test_render_names_the_finish_stage_and_times_it():
+    r = results()
+    r["config"] = {"student": {"seeds": [0, 1], "finish": FINISH}}
+    r["models"]["kd/seed0"] |= {"train": {"train_seconds": 9000.4}, "finish": {"train_seconds": 812.6}}
+    r["stages"] = {"train/kd/seed0": {"seconds": 9001.0, "status": "ran"}, "finish/kd/seed0": {"seconds": 813.0, "status": "ran"}}
+    md = fr.render(r)
+    assert "- students: mean of seeds [0, 1] (± half their difference), each after its last stage (student.finish, 3000 steps);" in md
+    assert "| finish/kd/seed0 | 813.0 | 813 | ran |" in md and "| train/kd/seed0 | 9001.0 | 9000 | ran |" in md
+    r["config"]["student"]["finish"] = None
+    assert "student.finish" not in fr.render(r)
