@@ -361,7 +361,8 @@ def test_resume_with_other_hidden_distillation_is_one_line(tmp_path, synth_dir, 
     with_heads.distill.hidden.encoder = 1.0
     with pytest.raises(TiercelError) as err:
         trainer.distill(with_heads, resume=True, progress=False)
-    assert str(err.value).startswith(f"{ckpt}: checkpoint does not fit the recipe's distill.hidden projection heads (")
+    assert str(err.value).startswith(f"{ckpt}: checkpoint does not fit the recipe's distill.hidden / distill.dense heads "
+                                     "(distiller.")
     assert str(err.value).endswith(" only in the recipe); resume with the recipe the run started with, or start a new "
                                    "run with another out")
 

@@ -181,7 +181,7 @@ def _check_fits(path: Path, objective, weights: dict, heads: dict, complete: boo
     `complete` (a checkpoint from before HEADS) the dense heads may be missing."""
     _same_tensors(path, "student", weights, objective.student.state_dict(), optional=_tied)
     older = (lambda key: key.startswith("dense_")) if not complete else (lambda key: False)
-    _same_tensors(path, "distillation heads (distill.hidden, distill.dense)", heads, heads_of(objective.state_dict()),
+    _same_tensors(path, "distill.hidden / distill.dense heads", heads, heads_of(objective.state_dict()),
                   optional=older)
 
 
