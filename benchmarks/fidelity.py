@@ -262,7 +262,7 @@ class Run:
     def __init__(self, cfg: Config, work: Path, quick: bool, threads: int | None, jobs: int = 1):
         from tiercel.evaluate import check_protocols, check_tasks
 
-        self.cfg, self.work, self.threads, self.jobs, self.quick = cfg, work, threads, jobs, quick
+        self.cfg, self.work, self.threads, self.jobs = cfg, work, threads, jobs
         folder = work / "data"
         self.data = data_paths(folder)
         self.t_recipes = teacher_recipes(cfg, work, self.data, quick)
@@ -325,47 +325,45 @@ class Run:
         return t_params
 
     def train_students(self) -> None:
-        """Every student, in order; with --jobs N the ones still to train run N at a time in child processes (a
-        stage's seconds are then how long the main process waited for it; each run's own time is its train.seconds)."""
+        """Every student, in order, then its student.finish stage where the YAML has one."""
         teacher_stage = self.torch_models["teacher"][0]
-        runs = {(o, s): (recipe, self.stages.key({"recipe": recipe, "teacher": self.stages.keys[teacher_stage]}))
-                for (o, s), recipe in self.s_recipes.items()}
-        todo = [k for k, (recipe, _) in runs.items()
-                if not self.stages.stored(f"train/{k[0]}/seed{k[1]}", recipe, needs=(teacher_stage,))]
-        with children(self.jobs if len(todo) > 1 else 1) as pool:
-            futures = {k: pool.submit(train, *runs[k]) for k in todo} if pool else {}
-            for (objective, seed), (recipe, key) in runs.items():
-                name = f"{objective}/seed{seed}"
-                job = futures.get((objective, seed))
-                r = self.stages.run(f"train/{name}", recipe, job.result if job else lambda: train(recipe, key),
-                                    needs=(teacher_stage,))
-                self.models[name] = {"kind": "torch", "objective": objective, "seed": seed, "train": r,
-                                     "error": self.stages.error(f"train/{name}")}
-                if r:
-                    self.models[name] |= {"path": r["student"], "params": params(r["student"])}
-                    self.torch_models[name] = (f"train/{name}", r["student"])
+        names = {(o, s): f"{o}/seed{s}" for o, s in self.s_recipes}
+        runs = {f"train/{names[k]}": (r, self.stages.key({"recipe": r, "teacher": self.stages.keys[teacher_stage]}), (teacher_stage,))
+                for k, r in self.s_recipes.items()}
+        for (k, name), (stage, r) in zip(names.items(), self.train_all(runs), strict=True):  # runs is in names' order
+            self.models[name] = {"kind": "torch", "objective": k[0], "seed": k[1], "train": r, "error": self.stages.error(stage)}
+            if r:
+                self.models[name] |= {"path": r["student"], "params": params(r["student"])}
+                self.torch_models[name] = (f"train/{name}", r["student"])
         if self.f_recipes:
-            self.finish_students()
+            self.finish_students(names)
 
-    def finish_students(self) -> None:
+    def finish_students(self, names: dict) -> None:
         """student.finish: one more stage per trained student, from its result; the table then reads that one. A
         student whose last stage fails is not scored (its columns say error), not scored unfinished."""
-        runs = {f"{o}/seed{s}": (r, self.stages.key({"recipe": r, "after": self.stages.keys[f"train/{o}/seed{s}"]}))
-                for (o, s), r in self.f_recipes.items() if f"{o}/seed{s}" in self.torch_models}
-        todo = [n for n, (r, _) in runs.items() if not self.stages.stored(f"finish/{n}", r, needs=(f"train/{n}",))]
+        runs = {f"finish/{names[k]}": (r, self.stages.key({"recipe": r, "after": self.stages.keys[f"train/{names[k]}"]}),
+                                       (f"train/{names[k]}",))
+                for k, r in self.f_recipes.items() if names[k] in self.torch_models}
+        for stage, r in self.train_all(runs):
+            name = stage.removeprefix("finish/")
+            m = self.models[name]
+            m["finish"], m["error"] = r, m.get("error") or self.stages.error(stage)
+            if r:
+                m["path"] = r["student"]
+                self.torch_models[name] = (stage, r["student"])
+            else:
+                del self.torch_models[name]
+
+    def train_all(self, runs: dict[str, tuple[dict, str, tuple]]):
+        """Training stages {stage name: (recipe, key, the stages it needs)}: yields (stage name, result or None where
+        it failed) in order, each as it finishes. With --jobs N the ones still to train run N at a time in child
+        processes (a stage's seconds are then how long the main process waited for it; each run's own time is its
+        train_seconds)."""
+        todo = [n for n, (r, _, needs) in runs.items() if not self.stages.stored(n, r, needs=needs)]
         with children(self.jobs if len(todo) > 1 else 1) as pool:
-            futures = {n: pool.submit(train, *runs[n]) for n in todo} if pool else {}
-            for name, (recipe, key) in runs.items():
-                job = futures.get(name)
-                r = self.stages.run(f"finish/{name}", recipe, job.result if job else lambda: train(recipe, key),
-                                    needs=(f"train/{name}",))
-                m = self.models[name]
-                m["finish"], m["error"] = r, m.get("error") or self.stages.error(f"finish/{name}")
-                if r:
-                    m["path"] = r["student"]
-                    self.torch_models[name] = (f"finish/{name}", r["student"])
-                else:
-                    del self.torch_models[name]
+            futures = {n: pool.submit(train, runs[n][0], runs[n][1]) for n in todo} if pool else {}
+            for n, (r, k, needs) in runs.items():
+                yield n, self.stages.run(n, r, futures[n].result if n in futures else (lambda: train(r, k)), needs=needs)
 
     def score_args(self) -> dict:
         e = self.cfg.eval

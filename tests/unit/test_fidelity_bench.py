@@ -314,7 +314,7 @@ def test_the_table_reads_the_finished_students_and_drops_a_failed_finish(tmp_pat
         return {"student": recipe["out"] + "/student"}
 
     monkeypatch.setattr(fidelity, "train", train)
-    run.finish_students()
+    run.finish_students({("kd", 0): "kd/seed0", ("kd", 1): "kd/seed1"})
     assert run.torch_models == {"kd/seed0": ("finish/kd/seed0", "/w/a_finish/student")}
     assert run.models["kd/seed0"]["path"] == "/w/a_finish/student" and run.models["kd/seed0"]["finish"]["student"]
     assert "boom" in run.models["kd/seed1"]["error"]  # not scored as if it had finished

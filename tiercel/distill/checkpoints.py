@@ -40,13 +40,16 @@ def full_states(objective, optimizer, sharded: bool):
     writes its own part with save_optimizer_shard (so an FSDP run resumes with the same number of processes).
     """
     if not sharded:
-        return objective.student.state_dict(), heads_of(objective.state_dict()), optimizer.state_dict()
+        return *_split(objective.state_dict()), optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    full = get_model_state_dict(objective, options=opts)
-    student = {k.removeprefix("student."): v for k, v in full.items() if k.startswith("student.")}
-    return student, heads_of(full), None
+    return *_split(get_model_state_dict(objective, options=opts)), None
+
+
+def _split(full: dict) -> tuple[dict, dict]:
+    """A DistillObjective state dict as (the student's, named as in the student; the heads, heads_of)."""
+    return {k.removeprefix("student."): v for k, v in full.items() if k.startswith("student.")}, heads_of(full)
 
 
 def save_optimizer_shard(ckpt: Path, rank: int, optimizer) -> None:
@@ -64,11 +67,10 @@ def save(run_dir: Path, step: int, objective, optimizer, scheduler, tokenizer, e
     `states` is full_states(...) when the caller gathered them (FSDP); by default they are read here.
     """
     import torch
+    from safetensors.torch import save_file
 
     ckpt_root = run_dir / "checkpoints"
     dst = ckpt_root / f"step_{step:06d}"
-    from safetensors.torch import save_file
-
     student = objective.student
     model_state, heads, optim_state = states or full_states(objective, optimizer, sharded=False)
     meta = tiercel_meta(student, provenance=extra_meta)
@@ -121,9 +123,10 @@ def restore(path: Path, objective, optimizer, scheduler, sharded: bool = False, 
     state = load_state(path / "trainer_state.pt")
     weights = load_file(str(path / "model.safetensors"))
     heads, complete = saved_heads(path, state)
-    _check_fits(path, objective, weights, heads, complete)
+    mine = heads_of(objective.state_dict())
+    _check_fits(path, objective, weights, heads, mine, complete)
     optim_state = _optimizer_state(path, state, sharded, rank)
-    lost = sorted(k for k in heads_of(objective.state_dict()) if k not in heads)
+    lost = sorted(k for k in mine if k not in heads)
     if lost and rank == 0:
         print(f"warning: {path}: written before checkpoints kept the distill.dense heads ({', '.join(lost)}); they "
               "start again from their initial weights, so this run will not end exactly as an unbroken one", file=sys.stderr)
@@ -158,8 +161,8 @@ def start_heads(folder: Path, objective) -> dict:
     recipe's, so the student is not trained against freshly drawn heads. Returns the names loaded and fresh."""
     from safetensors.torch import load_file
 
-    mine = heads_of(objective.state_dict())
-    saved = load_file(str(Path(folder) / HEADS)) if (Path(folder) / HEADS).is_file() else {}
+    mine, file = heads_of(objective.state_dict()), Path(folder) / HEADS
+    saved = load_file(str(file)) if file.is_file() else {}
     fits = {k: v for k, v in saved.items() if k in mine and tuple(v.shape) == tuple(mine[k].shape)}
     objective.load_state_dict(fits, strict=False)
     return {"loaded": sorted(fits), "fresh": sorted(set(mine) - set(fits))}
@@ -175,14 +178,13 @@ def _optimizer_state(path: Path, state: dict, sharded: bool, rank: int) -> dict:
     return torch_load(shard, "not an optimizer state tiercel can read safely", restart_hint(path))
 
 
-def _check_fits(path: Path, objective, weights: dict, heads: dict, complete: bool) -> None:
-    """CheckpointError unless the checkpoint's tensors have the names and shapes of the recipe's student and
-    distillation heads (a changed student, distill.hidden or distill.dense since the run started). Without
-    `complete` (a checkpoint from before HEADS) the dense heads may be missing."""
+def _check_fits(path: Path, objective, weights: dict, heads: dict, mine: dict, complete: bool) -> None:
+    """CheckpointError unless the checkpoint's tensors have the names and shapes of the recipe's student and its
+    heads `mine` (a changed student, distill.hidden or distill.dense since the run started). Without `complete`
+    (a checkpoint from before HEADS) the dense heads may be missing."""
     _same_tensors(path, "student", weights, objective.student.state_dict(), optional=_tied)
     older = (lambda key: key.startswith("dense_")) if not complete else (lambda key: False)
-    _same_tensors(path, "distill.hidden / distill.dense heads", heads, heads_of(objective.state_dict()),
-                  optional=older)
+    _same_tensors(path, "distill.hidden / distill.dense heads", heads, mine, optional=older)
 
 
 def _tied(key: str) -> bool:
