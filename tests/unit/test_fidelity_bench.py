@@ -293,7 +293,7 @@ def test_a_finish_stage_starts_from_the_student_its_recipe_trained(tmp_path):
     assert got["student"]["checkpoint"] == str(tmp_path / "work" / "students" / "kd_hidden" / "seed1" / "student")
     assert got["distill"] == {**first["distill"], "steps": 3000, "lr": 2.0e-4, "warmup_steps": 300,
                               "hidden": {**first["distill"]["hidden"], "vision": 0.0}}  # merged key by key
-    assert finish_recipe(_config_with(tmp_path), first, False) is None  # the YAML's own: no finish stage
+    assert finish_recipe(_config_with(tmp_path, finish=None), first, False) is None  # finish: null, no stage
 
 
 def test_the_table_reads_the_finished_students_and_drops_a_failed_finish(tmp_path, monkeypatch):

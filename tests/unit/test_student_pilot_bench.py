@@ -65,10 +65,12 @@ def test_unfinished_teacher_is_one_line_naming_its_folder(tmp_path, monkeypatch)
 
     monkeypatch.setattr(student_pilot, "FIDELITY", tmp_path)
     cfg = load_config(student_pilot.HERE / "recipes" / "fidelity.yaml", quick=False)
+    n = len(cfg.teacher["stages"])  # the last stage's folder: teacher_stageN (N > 1)
+    last_out = tmp_path / f"teacher_stage{n}"
     with pytest.raises(SystemExit) as stop:
         student_pilot.final_teacher(cfg, {"train": str(tmp_path / "train.json"), "root": str(tmp_path)})
-    assert str(stop.value) == f"{tmp_path}/teacher_stage2/student: the fidelity run's teacher has not finished; run benchmarks/fidelity.py first"
-    (tmp_path / "teacher_stage2" / "student").mkdir(parents=True)
-    (tmp_path / "teacher_stage2" / "student" / "model.safetensors").write_bytes(b"")
+    assert str(stop.value) == f"{last_out}/student: the fidelity run's teacher has not finished; run benchmarks/fidelity.py first"
+    (last_out / "student").mkdir(parents=True)
+    (last_out / "student" / "model.safetensors").write_bytes(b"")
     last, teacher = student_pilot.final_teacher(cfg, {"train": str(tmp_path / "train.json"), "root": str(tmp_path)})
-    assert (teacher, last["out"]) == (tmp_path / "teacher_stage2" / "student", str(tmp_path / "teacher_stage2"))
+    assert (teacher, last["out"]) == (last_out / "student", str(last_out))

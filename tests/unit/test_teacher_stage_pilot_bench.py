@@ -33,6 +33,7 @@ def test_stage_starts_from_the_finished_teacher_with_only_weights_and_steps_chan
 
 def test_run_name_is_one_folder_per_set_of_arguments():
     assert pilot.run_name({"PIX_CHG": 12.0, "PIX_SEG": 6.0}, 6000) == "teacher_stage3_6000_PIX_CHG12_PIX_SEG6"
+    assert pilot.run_name({"PIX_CHG": 12.0}, 6000, stage=4) == "teacher_stage4_6000_PIX_CHG12"  # after a third stage
 
 
 def test_weight_parses_task_and_value():
