@@ -110,6 +110,17 @@ def test_synth_cli_keeps_progress_on_stderr_and_stdout_for_results(tmp_path):
 
 
 
+@pytest.fixture
+def python_sigint():
+    """SIGINT at Python's own handler for the test, as in a terminal: a shell's background job (a CI runner started
+    with `&`) inherits it ignored, and catching_ctrl_c then rightly leaves it alone."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _dropped_ctrl_c() -> None:
     """Ctrl-C as Python delivers it inside a finalizer: the handler raises, and the exception is lost."""
     import signal
@@ -120,7 +131,7 @@ def _dropped_ctrl_c() -> None:
         pass
 
 
-def test_a_dropped_ctrl_c_stops_the_work_at_the_next_bar_update():
+def test_a_dropped_ctrl_c_stops_the_work_at_the_next_bar_update(python_sigint):
     with progress.catching_ctrl_c() as flag:
         bar = progress.track("render", 10)  # progress off: a silent bar checks too
         bar.advance()
@@ -136,7 +147,7 @@ def test_a_dropped_ctrl_c_stops_the_work_at_the_next_bar_update():
     bar.advance()
 
 
-def test_a_dropped_ctrl_c_after_the_last_bar_update_publishes_no_output(tmp_path):
+def test_a_dropped_ctrl_c_after_the_last_bar_update_publishes_no_output(tmp_path, python_sigint):
     from tiercel.fileio import atomic_dir, write_json
 
     with progress.catching_ctrl_c():
@@ -150,7 +161,7 @@ def test_a_dropped_ctrl_c_after_the_last_bar_update_publishes_no_output(tmp_path
     assert (tmp_path / "result.json").is_file()
 
 
-def test_a_command_that_swallowed_ctrl_c_exits_130_not_0(monkeypatch, capsys):
+def test_a_command_that_swallowed_ctrl_c_exits_130_not_0(monkeypatch, capsys, python_sigint):
     import tiercel.data.synth as synth
     from tiercel.cli import main
 
