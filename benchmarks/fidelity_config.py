@@ -147,11 +147,16 @@ def capped(recipe: dict, quick: bool) -> dict:
     return {**recipe, "distill": d}
 
 
+def teacher_stages(cfg: Config) -> list[dict]:
+    """The teacher's recipe fragments, one per stage (`teacher: {stages: [...]}`, or one fragment: one stage)."""
+    return cfg.teacher["stages"] if "stages" in cfg.teacher else [cfg.teacher]
+
+
 def teacher_recipes(cfg: Config, work: Path, data: dict, quick: bool) -> list[dict]:
     """The teacher's recipe per stage; a stage after the first starts from the one before (its checkpoint and
     tokenizer) unless its fragment says otherwise. The first stage trains into <work>/teacher whether or not stages
     follow, the N-th into <work>/teacher_stageN, so a stage added after a finished run reuses what it trained."""
-    fragments = cfg.teacher["stages"] if "stages" in cfg.teacher else [cfg.teacher]
+    fragments = teacher_stages(cfg)
     recipes = []
     for i, fragment in enumerate(fragments):
         out = work / "teacher" if i == 0 else work / f"teacher_stage{i + 1}"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from fidelity_config import data_paths, load_config  # noqa: E402
+from fidelity_config import data_paths, load_config, teacher_stages  # noqa: E402
 from image_use import commit  # noqa: E402
 from student_pilot import final_teacher, positive_steps, relengthened, steady_rate, without_heads  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
     table = HERE / "results" / "fidelity.json"
     before = json.loads(table.read_text())["models"]["teacher"]["eval"]
     heads = not args.no_heads
-    stage = len(cfg.teacher.get("stages", [cfg.teacher])) + 1
+    stage = len(teacher_stages(cfg)) + 1
     recipe = stage_recipe(last, teacher, weights, args.steps, FIDELITY / "extra" / run_name(weights, args.steps, heads, stage), heads)
     t0 = time.perf_counter()
     run = train(recipe)

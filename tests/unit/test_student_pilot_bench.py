@@ -61,11 +61,11 @@ def test_steps_below_one_or_not_whole_are_a_usage_error(text):
 
 
 def test_unfinished_teacher_is_one_line_naming_its_folder(tmp_path, monkeypatch):
-    from fidelity_config import load_config
+    from fidelity_config import load_config, teacher_stages
 
     monkeypatch.setattr(student_pilot, "FIDELITY", tmp_path)
     cfg = load_config(student_pilot.HERE / "recipes" / "fidelity.yaml", quick=False)
-    n = len(cfg.teacher["stages"])  # the last stage's folder: teacher_stageN (N > 1)
+    n = len(teacher_stages(cfg))  # the last stage's folder: teacher_stageN (N > 1)
     last_out = tmp_path / f"teacher_stage{n}"
     with pytest.raises(SystemExit) as stop:
         student_pilot.final_teacher(cfg, {"train": str(tmp_path / "train.json"), "root": str(tmp_path)})
