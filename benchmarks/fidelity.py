@@ -27,8 +27,9 @@ in this file; the schema is benchmarks/fidelity_config.py):
 
 Resumable: every finished stage (data, each training run, export, each quantized bundle, each evaluation and
 probe) is stored under --work with a fingerprint of its settings and inputs; a rerun skips the stages whose
-fingerprint still matches and redoes those whose settings changed, with everything after them. A killed training
-run resumes from its newest checkpoint. On a new machine (no training run and no finished stage under --work),
+fingerprint still matches and redoes those whose settings changed, with everything after them. The CE students
+read nothing of the teacher but its tokenizer, so they are fingerprinted on that file's bytes, not on the teacher:
+a teacher stage added later retrains the KD students only. A killed training run resumes from its newest checkpoint. On a new machine (no training run and no finished stage under --work),
 benchmarks/fidelity_carry.py's last save (committed under benchmarks/carry/fidelity/) is restored first, so the
 run goes on from there (docs/fidelity.md). A stage after the teacher that fails (a student, the export, a bundle's
 quantization or evaluation, a probe) is recorded as that column's error, the rest still runs, and the command
@@ -87,7 +88,7 @@ from fidelity_report import OBJECTIVES, SIZE_RATIO, bundle_key, render, targets,
 from image_use import commit, probe_checkpoint, write_result  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
-from tiercel.fileio import atomic_write_text, finite  # noqa: E402
+from tiercel.fileio import atomic_write_text, finite, sha256_file  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -152,6 +153,17 @@ class Stages:
 
     def error(self, *names: str) -> str | None:
         return next((f"{n}: {self.times[n]['error']}" for n in names if self.times.get(n, {}).get("error")), None)
+
+
+def keyed_recipe(recipe: dict) -> dict:
+    """A student recipe as its stage is keyed. One without a teacher (the CE student) reads the teacher's folder
+    only for its tokenizer, so the tokenizer's path is replaced by a hash of the file: a teacher stage added later
+    (which copies the same tokenizer) leaves that student's stored runs valid. Other recipes as they are."""
+    tok = recipe.get("tokenizer", {})
+    if recipe.get("teacher", {}).get("kind") != "none" or tok.get("source") != "file":
+        return recipe
+    keyed = {k: v for k, v in tok.items() if k != "path"} | {"sha256": sha256_file(tok["path"])}
+    return {**recipe, "tokenizer": keyed}
 
 
 @contextmanager
@@ -328,8 +340,15 @@ class Run:
         """Every student, in order, then its student.finish stage where the YAML has one."""
         teacher_stage = self.torch_models["teacher"][0]
         names = {(o, s): f"{o}/seed{s}" for o, s in self.s_recipes}
-        runs = {f"train/{names[k]}": (r, self.stages.key({"recipe": r, "teacher": self.stages.keys[teacher_stage]}), (teacher_stage,))
-                for k, r in self.s_recipes.items()}
+        runs = {}
+        for k, r in self.s_recipes.items():
+            if r["teacher"].get("kind") == "none":  # it reads only the teacher's tokenizer: keyed on that file's bytes
+                inputs, after = keyed_recipe(r), ("data",)
+                key = self.stages.key({"recipe": inputs, "data": self.stages.keys["data"]})
+            else:
+                inputs, after = r, (teacher_stage,)
+                key = self.stages.key({"recipe": r, "teacher": self.stages.keys[teacher_stage]})
+            runs[f"train/{names[k]}"] = (r, key, after, inputs)
         for (k, name), (stage, r) in zip(names.items(), self.train_all(runs), strict=True):  # runs is in names' order
             self.models[name] = {"kind": "torch", "objective": k[0], "seed": k[1], "train": r, "error": self.stages.error(stage)}
             if r:
@@ -341,8 +360,8 @@ class Run:
     def finish_students(self, names: dict) -> None:
         """student.finish: one more stage per trained student, from its result; the table then reads that one. A
         student whose last stage fails is not scored (its columns say error), not scored unfinished."""
-        runs = {f"finish/{names[k]}": (r, self.stages.key({"recipe": r, "after": self.stages.keys[f"train/{names[k]}"]}),
-                                       (f"train/{names[k]}",))
+        runs = {f"finish/{names[k]}": (r, self.stages.key({"recipe": keyed_recipe(r), "after": self.stages.keys[f"train/{names[k]}"]}),
+                                       (f"train/{names[k]}",), keyed_recipe(r))
                 for k, r in self.f_recipes.items() if names[k] in self.torch_models}
         for stage, r in self.train_all(runs):
             name = stage.removeprefix("finish/")
@@ -354,16 +373,16 @@ class Run:
             else:
                 del self.torch_models[name]
 
-    def train_all(self, runs: dict[str, tuple[dict, str, tuple]]):
-        """Training stages {stage name: (recipe, key, the stages it needs)}: yields (stage name, result or None where
-        it failed) in order, each as it finishes. With --jobs N the ones still to train run N at a time in child
-        processes (a stage's seconds are then how long the main process waited for it; each run's own time is its
-        train_seconds)."""
-        todo = [n for n, (r, _, needs) in runs.items() if not self.stages.stored(n, r, needs=needs)]
+    def train_all(self, runs: dict[str, tuple[dict, str, tuple, dict]]):
+        """Training stages {stage name: (recipe, key, the stages it needs, the recipe as keyed)}: yields (stage name,
+        result or None where it failed) in order, each as it finishes. With --jobs N the ones still to train run N at
+        a time in child processes (a stage's seconds are then how long the main process waited for it; each run's own
+        time is its train_seconds)."""
+        todo = [n for n, (_, _, needs, inputs) in runs.items() if not self.stages.stored(n, inputs, needs=needs)]
         with children(self.jobs if len(todo) > 1 else 1) as pool:
             futures = {n: pool.submit(train, runs[n][0], runs[n][1]) for n in todo} if pool else {}
-            for n, (r, k, needs) in runs.items():
-                yield n, self.stages.run(n, r, futures[n].result if n in futures else (lambda: train(r, k)), needs=needs)
+            for n, (r, k, needs, inputs) in runs.items():
+                yield n, self.stages.run(n, inputs, futures[n].result if n in futures else (lambda: train(r, k)), needs=needs)
 
     def score_args(self) -> dict:
         e = self.cfg.eval

@@ -330,3 +330,41 @@ def test_render_names_the_finish_stage_and_times_it():
     assert "| finish/kd/seed0 | 813.0 | 813 | ran |" in md and "| train/kd/seed0 | 9001.0 | 9000 | ran |" in md
     r["config"]["student"]["finish"] = None
     assert "student.finish" not in fr.render(r)
+
+
+def test_a_teacher_stage_added_later_retrains_the_kd_students_but_not_the_ce_student(tmp_path, monkeypatch):
+    import fidelity
+    from fidelity import Run, Stages
+    from fidelity_config import finish_recipe, student_recipe
+
+    teacher = tmp_path / "teacher" / "student"
+    teacher.mkdir(parents=True)
+    (teacher / "tokenizer.json").write_text('{"model": "a"}')
+    run = Run.__new__(Run)
+    run.cfg, run.jobs, run.stages = _config_with(tmp_path, finish=FINISH), 1, Stages(tmp_path / "w" / "stages")
+    run.s_recipes = {(o, 0): student_recipe(run.cfg, tmp_path / "w", {"train": "t.json", "root": "."}, teacher, o, 0, False)
+                     for o in ("ce", "kd")}
+    run.f_recipes = {k: finish_recipe(run.cfg, r, False) for k, r in run.s_recipes.items()}
+    trained = []
+
+    def train(recipe, key):
+        trained.append(recipe["name"])
+        return {"student": recipe["out"] + "/student"}
+
+    monkeypatch.setattr(fidelity, "train", train)
+    monkeypatch.setattr(fidelity, "params", lambda path: 1)
+
+    def students(teacher_key: str) -> list[str]:
+        trained.clear()
+        run.models, run.torch_models = {}, {"teacher": ("teacher/stage2", str(teacher))}
+        run.stages.keys = {"data": "d0", "teacher/stage2": teacher_key}
+        run.train_students()
+        return trained
+
+    everything = ["fidelity-ce-seed0", "fidelity-kd-seed0", "fidelity-ce-seed0-finish", "fidelity-kd-seed0-finish"]
+    assert students("t1") == everything
+    assert students("t1") == []  # all stored
+    assert students("t2") == ["fidelity-kd-seed0", "fidelity-kd-seed0-finish"]  # another teacher, the same tokenizer
+    assert run.torch_models["ce/seed0"] == ("finish/ce/seed0", str(tmp_path / "w" / "students" / "ce" / "seed0_finish" / "student"))
+    (teacher / "tokenizer.json").write_text('{"model": "b"}')
+    assert students("t2") == ["fidelity-ce-seed0", "fidelity-ce-seed0-finish"]  # the tokenizer's bytes changed
