@@ -62,6 +62,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -88,6 +89,7 @@ from fidelity_report import OBJECTIVES, SIZE_RATIO, bundle_key, render, targets,
 from image_use import commit, probe_checkpoint, write_result  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
+from tiercel.errors import Terminated  # noqa: E402
 from tiercel.fileio import atomic_write_text, finite, sha256_file  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -136,6 +138,8 @@ class Stages:
         t0 = time.perf_counter()
         try:
             result = fn()
+        except Terminated:
+            raise  # SIGTERM stops the run, not this stage: nothing after it starts
         except Exception as err:
             if not soft:
                 raise
@@ -179,6 +183,10 @@ def children(jobs: int):
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
     try:
         yield pool
+    except BaseException:  # SIGTERM, Ctrl-C or a crash of the main process: stop the children's work too
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()  # SIGTERM: a training run checkpoints and stops; other work just ends
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -453,6 +461,11 @@ class Run:
             m["constrained"], m["constrained_error"] = decoded[name], self.stages.error(name)
 
 
+def stop(signum, frame) -> None:
+    """SIGTERM outside a training run: stop where the main process is (the stage it was in is not stored)."""
+    raise Terminated("SIGTERM")
+
+
 # ---- main ----------------------------------------------------------------------------------------------
 def write(results: dict, out: Path) -> dict:
     """Write the results JSON (targets checked, load average at the end) and its markdown; returns what was written."""
@@ -508,11 +521,19 @@ def main() -> None:
                "config": cfg.model_dump()}
     run = Run(cfg, work, args.quick, args.threads, args.jobs)  # recipes and protocols checked: nothing written yet
     t0 = time.perf_counter()
+    signal.signal(signal.SIGTERM, stop)  # a training run puts its own handler in while it trains
     try:
         run(results)
-    finally:
+    except (Terminated, KeyboardInterrupt) as err:  # the finished stages are stored; the results JSON is left as it was
+        sys.stderr.write(f"fidelity.py: stopped ({one_line(err) or 'Ctrl-C'}); finished stages are kept under {work}, "
+                         "a rerun goes on from them\n")
+        sys.exit(143 if isinstance(err, Terminated) else 130)
+    except BaseException:
         results["seconds"] = time.perf_counter() - t0
-        results = write(results, out)
+        write(results, out)
+        raise
+    results["seconds"] = time.perf_counter() - t0
+    results = write(results, out)
     print(render(results))
     failed = [f"{name}: {s['error']}" for name, s in results["stages"].items() if s["status"] == "error"]
     if failed:

@@ -368,3 +368,35 @@ def test_a_teacher_stage_added_later_retrains_the_kd_students_but_not_the_ce_stu
     assert run.torch_models["ce/seed0"] == ("finish/ce/seed0", str(tmp_path / "w" / "students" / "ce" / "seed0_finish" / "student"))
     (teacher / "tokenizer.json").write_text('{"model": "b"}')
     assert students("t2") == ["fidelity-ce-seed0", "fidelity-ce-seed0-finish"]  # the tokenizer's bytes changed
+
+
+def test_sigterm_in_a_stage_stops_the_run_instead_of_failing_the_stage(tmp_path):
+    from fidelity import Stages
+
+    from tiercel.errors import Terminated
+
+    stages = Stages(tmp_path / "stages")
+
+    def stopped():
+        raise Terminated("students/kd/seed0: stopped by SIGTERM after step 20565, checkpoint saved", step=20565)
+
+    with pytest.raises(Terminated):
+        stages.run("train/kd/seed0", {"r": 1}, stopped)  # soft: a failure would be recorded, not raised
+    assert not (tmp_path / "stages" / "train__kd__seed0.json").exists() and "train/kd/seed0" not in stages.times
+    assert stages.run("train/kd/seed1", {"r": 2}, lambda: 1 / 0) is None  # an ordinary failure stays soft
+    assert stages.times["train/kd/seed1"]["error"] == "ZeroDivisionError: division by zero"
+
+
+def test_a_stopped_main_process_stops_its_children(tmp_path):
+    import signal
+    import time
+
+    from fidelity import children
+
+    with pytest.raises(KeyboardInterrupt), children(2) as pool:
+        pool.submit(time.sleep, 30)
+        while not pool._processes:  # the pool starts its workers on the first submit
+            time.sleep(0.05)
+        workers = list(pool._processes.values())
+        raise KeyboardInterrupt
+    assert workers and all(w.exitcode == -signal.SIGTERM for w in workers)  # not left to sleep out its 30 s
