@@ -29,7 +29,9 @@ Resumable: every finished stage (data, each training run, export, each quantized
 probe) is stored under --work with a fingerprint of its settings and inputs; a rerun skips the stages whose
 fingerprint still matches and redoes those whose settings changed, with everything after them. The CE students
 read nothing of the teacher but its tokenizer, so they are fingerprinted on that file's bytes, not on the teacher:
-a teacher stage added later retrains the KD students only. A killed training run resumes from its newest checkpoint. On a new machine (no training run and no finished stage under --work),
+a teacher stage added later retrains the KD students only. A killed training run resumes from its newest checkpoint. SIGTERM to the main process
+stops the run: each training run checkpoints its last step, the other stages in flight are dropped, the results
+JSON is left as it was, and the command exits 143. On a new machine (no training run and no finished stage under --work),
 benchmarks/fidelity_carry.py's last save (committed under benchmarks/carry/fidelity/) is restored first, so the
 run goes on from there (docs/fidelity.md). A stage after the teacher that fails (a student, the export, a bundle's
 quantization or evaluation, a probe) is recorded as that column's error, the rest still runs, and the command
