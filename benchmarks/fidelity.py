@@ -31,7 +31,9 @@ fingerprint still matches and redoes those whose settings changed, with everythi
 read nothing of the teacher but its tokenizer, so they are fingerprinted on that file's bytes, not on the teacher:
 a teacher stage added later retrains the KD students only. A killed training run resumes from its newest checkpoint. SIGTERM to the main process
 stops the run: each training run checkpoints its last step, the other stages in flight are dropped, the results
-JSON is left as it was, and the command exits 143. On a new machine (no training run and no finished stage under --work),
+JSON is left as it was, and the command exits 143. Not yet with --jobs 2 while more training runs are queued
+than workers: each worker may start the next queued run once its trainer has stopped (the pool had already
+handed it over), and the command waits for it; send those workers SIGTERM again. On a new machine (no training run and no finished stage under --work),
 benchmarks/fidelity_carry.py's last save (committed under benchmarks/carry/fidelity/) is restored first, so the
 run goes on from there (docs/fidelity.md). A stage after the teacher that fails (a student, the export, a bundle's
 quantization or evaluation, a probe) is recorded as that column's error, the rest still runs, and the command
