@@ -29,11 +29,12 @@ Resumable: every finished stage (data, each training run, export, each quantized
 probe) is stored under --work with a fingerprint of its settings and inputs; a rerun skips the stages whose
 fingerprint still matches and redoes those whose settings changed, with everything after them. The CE students
 read nothing of the teacher but its tokenizer, so they are fingerprinted on that file's bytes, not on the teacher:
-a teacher stage added later retrains the KD students only. A killed training run resumes from its newest checkpoint. SIGTERM to the main process
-stops the run: each training run checkpoints its last step, the other stages in flight are dropped, the results
-JSON is left as it was, and the command exits 143. Not yet with --jobs 2 while more training runs are queued
-than workers: each worker may start the next queued run once its trainer has stopped (the pool had already
-handed it over), and the command waits for it; send those workers SIGTERM again. On a new machine (no training run and no finished stage under --work),
+a teacher stage added later retrains the KD students only. A killed training run resumes from its newest
+checkpoint. SIGTERM to the main process stops the run: each training run checkpoints its last step, the other
+stages in flight are dropped, the results JSON is left as it was, and the command exits 143. Not yet with --jobs 2
+while more training runs are queued than workers: each worker may start the next queued run once its trainer has
+stopped (the pool had already handed it over), and the command waits for it; send those workers SIGTERM again.
+On a new machine (no training run and no finished stage under --work),
 benchmarks/fidelity_carry.py's last save (committed under benchmarks/carry/fidelity/) is restored first, so the
 run goes on from there (docs/fidelity.md). A stage after the teacher that fails (a student, the export, a bundle's
 quantization or evaluation, a probe) is recorded as that column's error, the rest still runs, and the command
@@ -372,9 +373,12 @@ class Run:
     def finish_students(self, names: dict) -> None:
         """student.finish: one more stage per trained student, from its result; the table then reads that one. A
         student whose last stage fails is not scored (its columns say error), not scored unfinished."""
-        runs = {f"finish/{names[k]}": (r, self.stages.key({"recipe": keyed_recipe(r), "after": self.stages.keys[f"train/{names[k]}"]}),
-                                       (f"train/{names[k]}",), keyed_recipe(r))
-                for k, r in self.f_recipes.items() if names[k] in self.torch_models}
+        runs = {}
+        for k, r in self.f_recipes.items():
+            if names[k] in self.torch_models:
+                after, inputs = f"train/{names[k]}", keyed_recipe(r)  # keyed_recipe hashes the tokenizer: once each
+                key = self.stages.key({"recipe": inputs, "after": self.stages.keys[after]})
+                runs[f"finish/{names[k]}"] = (r, key, (after,), inputs)
         for stage, r in self.train_all(runs):
             name = stage.removeprefix("finish/")
             m = self.models[name]
