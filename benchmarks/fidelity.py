@@ -31,9 +31,8 @@ fingerprint still matches and redoes those whose settings changed, with everythi
 read nothing of the teacher but its tokenizer, so they are fingerprinted on that file's bytes, not on the teacher:
 a teacher stage added later retrains the KD students only. A killed training run resumes from its newest
 checkpoint. SIGTERM to the main process stops the run: each training run checkpoints its last step, the other
-stages in flight are dropped, the results JSON is left as it was, and the command exits 143. Not yet with --jobs 2
-while more training runs are queued than workers: each worker may start the next queued run once its trainer has
-stopped (the pool had already handed it over), and the command waits for it; send those workers SIGTERM again.
+stages in flight are dropped, the runs still queued for the --jobs pool never start, the results JSON is left as it
+was, and the command exits 143 once the trainers have saved.
 On a new machine (no training run and no finished stage under --work),
 benchmarks/fidelity_carry.py's last save (committed under benchmarks/carry/fidelity/) is restored first, so the
 run goes on from there (docs/fidelity.md). A stage after the teacher that fails (a student, the export, a bundle's
@@ -175,25 +174,55 @@ def keyed_recipe(recipe: dict) -> dict:
     return {**recipe, "tokenizer": keyed}
 
 
+def guarded(marker: str, fn, *args, **kwargs):
+    """In a pool worker: fn(*args, **kwargs), unless the main process has been stopped (its marker file exists).
+    ProcessPoolExecutor moves up to jobs + 1 submitted calls into its call queue, where cancel_futures cannot reach
+    them, so a worker whose trainer has just checkpointed would otherwise start the next queued run."""
+    if os.path.exists(marker):
+        raise Terminated(f"{getattr(fn, '__name__', fn)}: not started, the run was stopped")
+    return fn(*args, **kwargs)
+
+
+class Children:
+    """A ProcessPoolExecutor whose calls go through `guarded`, with the stop marker they check."""
+
+    def __init__(self, pool, marker: Path):
+        self.pool, self.marker = pool, marker
+
+    def submit(self, fn, *args, **kwargs):
+        return self.pool.submit(guarded, str(self.marker), fn, *args, **kwargs)
+
+    def stop(self) -> None:
+        """Queued calls will not start; running ones get SIGTERM (a training run checkpoints and stops)."""
+        self.marker.touch()
+        for process in list((getattr(self.pool, "_processes", None) or {}).values()):  # no public way to reach them
+            process.terminate()
+
+
 @contextmanager
 def children(jobs: int):
     """A pool of `jobs` fresh processes (spawned: no forked torch state), or None for jobs <= 1. Each child takes the
-    parent's environment, so OMP_NUM_THREADS=1 holds in every one of them."""
+    parent's environment, so OMP_NUM_THREADS=1 holds in every one of them. If the main process stops (SIGTERM,
+    Ctrl-C, a crash), the calls still queued never start and the running ones are sent SIGTERM; the main process
+    then waits for them to end (a trainer's checkpoint)."""
     if jobs <= 1:
         yield None
         return
     import multiprocessing
+    import tempfile
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    folder = Path(tempfile.mkdtemp(prefix="fidelity-pool-"))
+    pool = Children(ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")), folder / "stop")
     try:
         yield pool
-    except BaseException:  # SIGTERM, Ctrl-C or a crash of the main process: stop the children's work too
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()  # SIGTERM: a training run checkpoints and stops; other work just ends
+    except BaseException:
+        pool.stop()
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.pool.shutdown(wait=True, cancel_futures=True)
+        pool.marker.unlink(missing_ok=True)
+        folder.rmdir()
 
 
 def one_line(err: Exception) -> str:

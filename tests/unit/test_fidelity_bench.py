@@ -395,8 +395,44 @@ def test_a_stopped_main_process_stops_its_children(tmp_path):
 
     with pytest.raises(KeyboardInterrupt), children(2) as pool:
         pool.submit(time.sleep, 30)
-        while not pool._processes:  # the pool starts its workers on the first submit
+        while not pool.pool._processes:  # the pool starts its workers on the first submit
             time.sleep(0.05)
-        workers = list(pool._processes.values())
+        workers = list(pool.pool._processes.values())
         raise KeyboardInterrupt
     assert workers and all(w.exitcode == -signal.SIGTERM for w in workers)  # not left to sleep out its 30 s
+
+
+def _trainer(out: str) -> None:
+    """A training run as a pool worker sees it: on SIGTERM it saves a checkpoint and stops."""
+    import signal
+    import time
+
+    stopped = []
+    signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
+    Path(out + ".started").touch()
+    while not stopped:
+        time.sleep(0.02)
+    Path(out).write_text("checkpoint")
+
+
+def _queued(out: str) -> None:
+    Path(out).write_text("started")
+
+
+def test_a_stopped_run_lets_its_trainers_checkpoint_and_starts_nothing_queued(tmp_path):
+    import time
+
+    from fidelity import children
+
+    runs = [str(tmp_path / n) for n in ("kd0", "kd1", "hidden0", "hidden1")]
+    with pytest.raises(KeyboardInterrupt), children(2) as pool:
+        futures = [pool.submit(_trainer, runs[0]), pool.submit(_trainer, runs[1]),
+                   pool.submit(_queued, runs[2]), pool.submit(_queued, runs[3])]
+        while not all(Path(r + ".started").exists() for r in runs[:2]):
+            time.sleep(0.05)
+        marker = pool.marker
+        raise KeyboardInterrupt
+    assert [Path(r).read_text() for r in runs[:2]] == ["checkpoint", "checkpoint"]
+    assert not Path(runs[2]).exists() and not Path(runs[3]).exists()  # queued, but never started
+    assert "not started, the run was stopped" in str(futures[2].exception())  # hidden0 was in the call queue
+    assert not marker.exists() and not marker.parent.exists()  # the marker is tiercel's own: removed
