@@ -316,6 +316,30 @@ def test_guard_grows_its_val_sample_when_only_the_bound_missed(fp32, tmp_path, m
     assert section.excluded == {}  # no layer was kept back
 
 
+def test_a_task_the_guard_refuses_keeps_layers_back_without_growing_the_val_sample(fp32, tmp_path, monkeypatch):
+    import dataclasses
+
+    from tiercel.quantize import GuardError, guard, quantize_bundle
+
+    real, looks = guard.compare, []
+
+    def one_task_lost(*args, **kwargs):  # the average's bound alone would have grown the sample; the task's loss not
+        verdict, samples = real(*args, **kwargs), args[1]
+        looks.append((len(samples), kwargs["max_task_drop"]))
+        per_task = {**verdict.per_task, "IMG_CLS": {"fp32": 0.5, "quantized": 0.3, "delta": -0.2, "drop": 0.4,
+                                                     "drop_low": 0.2}}
+        return dataclasses.replace(verdict, passed=False, drop=0.0, drop_bound=0.5, token_agreement=1.0,
+                                   per_task=per_task, max_task_drop=kwargs["max_task_drop"], task_misses=["IMG_CLS"])
+
+    monkeypatch.setattr(guard, "compare", one_task_lost)
+    with pytest.raises(GuardError) as err:
+        quantize_bundle(fp32, tmp_path / "q", "int8-dynamic", calib=synth_folder(), n=4, n_val=2, n_val_max=8,
+                        max_new_tokens=8, max_drop=0.02, max_retries=1)
+    assert looks == [(2, 0.02), (2, 0.02)]  # the floor defaults to max drop; two attempts, no larger draw
+    assert "; a task's drop over max task drop 2.00% (IMG_CLS at least 20.0%)" in str(err.value)
+    assert err.value.attempts[0]["task_misses"] == ["IMG_CLS"] and not (tmp_path / "q").exists()
+
+
 def test_guard_looks_and_draws():
     from tiercel.quantize.bundle import _looks
     from tiercel.quantize.calibrate import load_samples

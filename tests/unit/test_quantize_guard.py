@@ -92,3 +92,64 @@ def test_a_refusal_decided_by_the_bound_alone_says_more_val_samples_would_narrow
     assert bound_hint(attempts[:1], 0.01, 0.0, 224) == ""
     assert bound_hint(attempts, 0.01, 0.96, 224) == ""  # agreement failed too: more samples would not pass it
     assert bound_hint([{"drop": 0.005, "drop_bound": None, "confidence": 0.0}], 0.01, 0.0, 224) == ""  # --confidence 0
+
+
+def two_tasks(n: int = 40) -> list[Sample]:
+    """n IMG_CLS samples, then n REG_CLS_HBB ones, every reference "airport"."""
+    image = np.zeros((8, 8, 3), np.uint8)
+    return [Sample(tag, "", "airport", image, (8, 8)) for tag in ("IMG_CLS", "REG_CLS_HBB") for _ in range(n)]
+
+
+def test_a_task_whose_loss_is_resolved_is_refused_while_the_average_holds():
+    fp32 = fp32_ids() + fp32_ids()  # both tasks at accuracy 0.5
+    q = [list(x) for x in fp32]
+    for i in range(10, 20):  # REG_CLS_HBB loses half its right answers: 0.5 -> 0.25, a 50% drop of that task
+        q[40 + i] = [1]
+    v = compare(Words(), two_tasks(), fp32, q, max_drop=0.3, max_task_drop=0.1)
+    assert v.drop == pytest.approx(0.25)  # the average: (1.0 - 0.75) / 1.0, within max drop 0.3
+    assert v.per_task["REG_CLS_HBB"]["drop"] == pytest.approx(0.5) and v.per_task["IMG_CLS"]["drop_low"] == 0.0
+    assert 0.1 < v.per_task["REG_CLS_HBB"]["drop_low"] < 0.5  # the low end of its resampled drops
+    assert v.task_misses == ["REG_CLS_HBB"] and not v.passed
+    assert v.misses(0.3, 0.0).startswith("drop within max drop 30.00%, its 90% upper bound")  # the bound missed too
+    assert v.misses(0.3, 0.0).endswith(f"a task's drop over max task drop 10.00% (REG_CLS_HBB at least "
+                                       f"{v.per_task['REG_CLS_HBB']['drop_low']:.1%})")
+    assert not v.bound_missed_alone(0.3, 0.0)  # a resolved loss: more val samples would not pass it
+    without = compare(Words(), two_tasks(), fp32, q, max_drop=0.3)  # no floor given: the average decides alone
+    assert without.task_misses == [] and without.max_task_drop is None and "drop_low" not in without.per_task["IMG_CLS"]
+
+
+def test_a_task_loss_the_bootstrap_cannot_resolve_is_not_refused():
+    fp32 = fp32_ids() + fp32_ids()
+    q = [list(x) for x in fp32]
+    q[40] = [1]  # one right answer lost: REG_CLS_HBB 0.5 -> 0.475, a 5% point drop, over a 1% floor
+    v = compare(Words(), two_tasks(), fp32, q, max_drop=1.0, max_task_drop=0.01)
+    assert v.per_task["REG_CLS_HBB"]["drop"] == pytest.approx(0.05)
+    assert v.per_task["REG_CLS_HBB"]["drop_low"] == 0.0  # a third of the resamples leave that sample out
+    assert v.passed and v.task_misses == []
+    point = compare(Words(), two_tasks(), fp32, q, max_drop=1.0, max_task_drop=0.01, confidence=0)
+    assert point.passed and point.max_task_drop is None  # no bootstrap, no per-task floor
+
+
+def test_a_task_at_fp32_zero_has_no_relative_drop_to_check():
+    fp32 = fp32_ids() + [[1]] * 40  # REG_CLS_HBB: every fp32 answer wrong
+    q = [list(x) for x in fp32]
+    v = compare(Words(), two_tasks(), fp32, q, max_drop=0.0, max_task_drop=0.0)
+    assert v.passed and "drop_low" not in v.per_task["REG_CLS_HBB"] and v.per_task["IMG_CLS"]["drop_low"] == 0.0
+
+
+def test_a_refused_task_is_not_a_bound_that_more_samples_narrow():
+    from tiercel.quantize.guard import bound_hint
+
+    only_bound = {"drop": 0.0051, "drop_bound": 0.0125, "confidence": 0.9, "token_agreement": 0.95}
+    assert bound_hint([only_bound], 0.01, 0.0, 224) != ""
+    assert bound_hint([{**only_bound, "task_misses": ["PIX_CHG"]}], 0.01, 0.0, 224) == ""
+
+
+def test_the_task_floor_defaults_to_max_drop():
+    from tiercel.errors import ConfigError
+    from tiercel.quantize.settings import settings
+
+    assert settings(max_drop=0.03).task_floor == 0.03
+    assert settings(max_drop=0.03, max_task_drop=0.05).task_floor == 0.05
+    with pytest.raises(ConfigError, match=r"^--max-task-drop: Input should be less than or equal to 1 \(got 2\.0\)$"):
+        settings(option=lambda f: f"--{f.replace('_', '-')}", max_task_drop=2.0)

@@ -27,6 +27,7 @@ def quantize(
     root: Path = typer.Option(None, "--root", help="Folder the calibration images are relative to (default: the file's folder)."),
     n: int = _opt("n"),
     max_drop: float = _opt("max_drop"),
+    max_task_drop: float = _opt("max_task_drop"),
     val: Path = typer.Option(None, "--val", help="Falcon_SFT file for the accuracy guard (default: val.json beside --calib)."),
     n_val: int = _opt("n_val"),
     n_val_max: int = _opt("n_val_max"),
@@ -57,6 +58,7 @@ def quantize(
             raise typer.BadParameter(f"expected ROLE=SCHEME, e.g. decoder=int8-weight-only (got '{item}')", param_hint="--policy")
         roles[role.strip()] = leaf.strip()
     settings = make_settings(option=lambda f: f"--{f.replace('_', '-')}", scheme=scheme, n=n, max_drop=max_drop,
+                             max_task_drop=max_task_drop,
                              n_val=n_val, n_val_max=n_val_max, min_agreement=min_agreement, confidence=confidence, block_size=block_size,
                              symmetric=False if asymmetric else None, all_layers=all_layers, backend=backend, ratio=ratio,
                              max_new_tokens=max_new_tokens, max_retries=max_retries, sensitivity=sensitivity,
@@ -71,6 +73,11 @@ def quantize(
                    f"fp32 {guard.fp32_average:.4f} (drop {guard.drop:.2%}"
                    + (f", {guard.confidence:.0%} bound {guard.drop_bound:.2%}" if guard.drop_bound is not None else "")
                    + f"), {len(guard.attempts)} attempt(s), {guard.attempts[-1]['kept']}")
+        if guard.max_task_drop is not None:
+            worst = max((t for t in guard.per_task if "drop_low" in guard.per_task[t]),
+                        key=lambda t: guard.per_task[t]["drop_low"], default=None)
+            typer.echo(f"  guard per task: no task's drop resolved over {guard.max_task_drop:.2%}"
+                       + (f" (closest: {worst}, at least {guard.per_task[worst]['drop_low']:.2%})" if worst else ""))
         if guard.caution:
             typer.echo(f"  guard caution: {guard.caution}")
     else:

@@ -112,9 +112,9 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
             section = _section(src, spec, target, calibration, graphs, entries, excluded)
             _write_manifest(src, tmp, graphs, section)
             verdict, model, ids = _check(tmp, target, val_samples, ref, max_drop, min_agreement, max_new_tokens,
-                                         confidence, threads)
-            while (verdict is not None and len(val_samples) < n_max and _guard.bound_missed_alone(
-                    verdict.drop, verdict.drop_bound, verdict.token_agreement, max_drop, min_agreement)):
+                                         confidence, s.task_floor, threads)
+            while (verdict is not None and len(val_samples) < n_max
+                   and verdict.bound_missed_alone(max_drop, min_agreement)):
                 more = _val_samples(calib, val, root, min(2 * len(val_samples), n_max),
                                     frozenset(x.index for x in val_samples))
                 if not more:  # the val file has no more records
@@ -125,7 +125,8 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
                 ref = _reference(src, val_samples, max_new_tokens, threads, known=ref)
                 ids = ids + _guard.run_samples(model, more, max_new_tokens)
                 verdict = _guard.compare(model.tokenizer, val_samples, ref["ids"], ids, max_drop, min_agreement,
-                                         model.dialect, ref["scores"], confidence=confidence)
+                                         model.dialect, ref["scores"], confidence=confidence,
+                                         max_task_drop=s.task_floor)
             model = ids = None  # free the attempt's sessions before the next attempt writes its graphs
             attempts.append({"excluded": sum(map(len, excluded.values())), "kept": _kept(graphs),
                              **(verdict.to_dict() if verdict else {})})
@@ -146,6 +147,7 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
                 raise _guard.GuardError(f"{out}: {scheme} misses the accuracy floor after {len(attempts)} attempts "
                                         f"({_kept(graphs)}): {verdict.line()}, "
                                         f"max drop {max_drop:.2%}, min agreement {min_agreement:.3f}"
+                                        + (f"; {verdict.task_line()}" if verdict.task_misses else "")
                                         + _guard.bound_hint(attempts, max_drop, min_agreement, len(val_samples)),
                                         attempts=attempts)
         section["guard"] = _guard_section(verdict, max_drop, min_agreement, attempts, val_samples)
@@ -290,7 +292,8 @@ def _write_manifest(src, tmp: Path, graphs: list[dict], section: dict) -> None:
     write_manifest(tmp, manifest)
 
 
-def _check(tmp, target, samples, ref, max_drop, min_agreement, max_new_tokens, confidence, threads=None):
+def _check(tmp, target, samples, ref, max_drop, min_agreement, max_new_tokens, confidence, max_task_drop,
+           threads=None):
     """(verdict, the quantized model, its generations); (None, None, None) without val samples."""
     if not samples:
         return None, None, None
@@ -299,7 +302,7 @@ def _check(tmp, target, samples, ref, max_drop, min_agreement, max_new_tokens, c
     model = tiercel.runtime.load(tmp, backend=target.runs, threads=threads)  # verifies every checksum just written
     ids = _guard.run_samples(model, samples, max_new_tokens)
     return _guard.compare(model.tokenizer, samples, ref["ids"], ids, max_drop, min_agreement, model.dialect, ref["scores"],
-                          confidence=confidence), model, ids
+                          confidence=confidence, max_task_drop=max_task_drop), model, ids
 
 
 def _onnx_files(src) -> dict[str, Path]:

@@ -48,6 +48,8 @@ class QuantizeOptions(BaseModel):
     backend: str = Field("onnxruntime", description="; ".join(f"{t.name}: {t.help}" for t in TARGETS.values()) + ".")
     n: int = Field(128, gt=0, description="Calibration samples; decoder steps are thinned to this many feeds per graph.")
     max_drop: float = Field(0.01, ge=0, le=1, description="Largest relative drop of the 14-task average allowed on the val split.")
+    max_task_drop: float | None = Field(None, ge=0, le=1, description="Also refuse when some task's relative drop is resolved over this: the low end of its paired-bootstrap interval, "
+                                                        "1 - confidence shared over the tasks (default: max_drop's value; 1: no per-task floor).")
     n_val: int = Field(224, ge=0, description="Val samples the guard compares on, balanced over tasks (224: 16 per task; 0: no guard).")
     n_val_max: int = Field(0, ge=0, description="Grow the guard's val sample, doubling it up to this many, when only the upper bound missed (the point drop was within max drop); "
                                             "each look then takes an equal share of 1 - confidence (0: no growth).")
@@ -94,6 +96,11 @@ class QuantizeOptions(BaseModel):
         if self.engines and self.backend != "tensorrt":
             raise ValueError(f"{{engines}} builds TensorRT engines, so it needs {{backend}} tensorrt (got {self.backend})")
         return self
+
+    @property
+    def task_floor(self) -> float:
+        """The per-task floor the guard checks: max_task_drop, or max_drop where it is not set."""
+        return self.max_drop if self.max_task_drop is None else self.max_task_drop
 
     @property
     def target(self) -> TargetSpec:

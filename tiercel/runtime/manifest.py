@@ -235,8 +235,10 @@ class GuardSection(_Part):
     drop: float | None = None
     drop_bound: float | None = None  # the `confidence` quantile of the bootstrapped drop
     confidence: float | None = None
+    max_task_drop: float | None = None  # the per-task floor (None: not checked)
+    task_misses: list[str] = []  # tasks whose drop was resolved over it
     samples: int | None = None
-    per_task: dict = {}
+    per_task: dict = {}  # tag -> fp32, quantized, delta; with the floor also drop and drop_low
     attempts: list[dict] = []  # per attempt: layers kept back and the verdict
     caution: str | None = None
 
