@@ -32,35 +32,18 @@ from image_use import commit, machine, write_result  # noqa: E402
 GEOMETRY = ("REG_DET_HBB", "REG_DET_OBB", "REG_VG", "PIX_SEG", "PIX_CHG")
 
 
-def references(data: Path, root: Path, tasks: list[str]) -> dict[int, tuple]:
-    """{record index: (tag, parsed reference, (W, H), crop)} for the wanted tasks, read as tiercel.evaluate reads them."""
-    from tiercel import tasks as T
-    from tiercel.data.images import load_image
-    from tiercel.data.sft import iter_records
-
-    out, sizes = {}, {}
-    for record in iter_records(data):
-        if record.tag not in tasks:
-            continue
-        path = record.image_paths(root)[0]
-        key = (str(path), tuple(record.crop))
-        if key not in sizes:
-            img = load_image(path, record.crop)
-            sizes[key] = (img.shape[1], img.shape[0])
-        out[record.index] = (record.tag, T.get(record.tag).parse(record.answer, image_size=sizes[key]), sizes[key],
-                             record.crop)
-    return out
-
-
 def predictions(bundle: str, backend: str, data: Path, root: Path, tasks: list[str], max_new_tokens: int,
-                batch_size: int) -> tuple[dict[int, object], float]:
-    """{record index: parsed prediction} of one bundle, and the seconds it took."""
+                batch_size: int) -> tuple[dict[int, object], dict[int, tuple], float]:
+    """{record index: parsed prediction} of one bundle, {record index: (tag, parsed reference, (W, H), crop)} as
+    tiercel.evaluate read the records, and the seconds it took."""
     from tiercel import tasks as T
     from tiercel.evaluate import evaluate, open_predictor
 
     report = evaluate(open_predictor(bundle, backend=backend, threads=1), data, root, tasks=tasks, keep_predictions=True,
                       generation={"num_beams": 1, "max_new_tokens": max_new_tokens}, batch_size=batch_size)
-    return {p["index"]: T.from_dict(p["pred"]) for p in report.predictions}, report.seconds
+    rows = report.predictions
+    refs = {p["index"]: (p["tag"], T.from_dict(p["truth"]), tuple(p["size"]), p["crop"]) for p in rows}
+    return {p["index"]: T.from_dict(p["pred"]) for p in rows}, refs, report.seconds
 
 
 def headline(tag: str, preds: list, refs: list, sizes: list, crops: list) -> float:
@@ -135,18 +118,21 @@ def main() -> None:
     result = {"command": "python benchmarks/quant_paired.py " + " ".join(sys.argv[1:]), "commit": commit(),
               "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "resamples": args.resamples,
               "tasks": args.tasks, "references": refs_by_backend, "bundles": {}}
-    refs = references(args.data, args.root, args.tasks)
-    by_task = {t: sorted(i for i, r in refs.items() if r[0] == t) for t in args.tasks}
+    refs, by_task, resamples, ref_preds, ref_scores = None, {}, {}, {}, {}
     rng = np.random.default_rng(args.seed)
-    resamples = {t: [rng.integers(0, len(idx), len(idx)) for _ in range(args.resamples)] for t, idx in by_task.items()}
-    ref_preds, ref_scores = {}, {}
     for backend, path in refs_by_backend.items():
-        ref_preds[backend], seconds = predictions(path, backend, args.data, args.root, args.tasks, args.max_new_tokens,
-                                                  args.batch_size)
+        ref_preds[backend], read, seconds = predictions(path, backend, args.data, args.root, args.tasks,
+                                                        args.max_new_tokens, args.batch_size)
+        if refs is None:  # every bundle reads the same records: the first one's references serve all
+            refs = read
+            by_task = {t: sorted(i for i, r in refs.items() if r[0] == t) for t in args.tasks}
+            resamples = {t: [rng.integers(0, len(idx), len(idx)) for _ in range(args.resamples)]
+                         for t, idx in by_task.items()}
         ref_scores[backend] = {t: resampled(t, idx, refs, ref_preds[backend], resamples[t]) for t, idx in by_task.items()}
         print(f"reference {path} on {backend}: {seconds:.0f} s", flush=True)
     for name, (path, backend) in bundles.items():
-        pred, seconds = predictions(path, backend, args.data, args.root, args.tasks, args.max_new_tokens, args.batch_size)
+        pred, _, seconds = predictions(path, backend, args.data, args.root, args.tasks, args.max_new_tokens,
+                                       args.batch_size)
         per_task = {t: paired(t, idx, ref_preds[backend], pred, ref_scores[backend][t],
                               resampled(t, idx, refs, pred, resamples[t])) for t, idx in by_task.items()}
         result["bundles"][name] = {"path": path, "backend": backend, "eval_seconds": seconds, "per_task": per_task}

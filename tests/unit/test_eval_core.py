@@ -85,6 +85,22 @@ def test_half_right_classifier_by_hand(synth):
     assert report.skipped == {"other task": 32 - n}
 
 
+def test_kept_predictions_can_be_scored_again_without_the_images(synth):
+    """A kept row carries the parsed reference, the image size and the crop: rescoring the rows with the task's
+    metric gives the report's numbers (what benchmarks/quant_paired.py and an offline rescorer rely on)."""
+    report = evaluate(Oracle(synth / "test.json", synth), synth / "test.json", keep_predictions=True,
+                      tasks=["REG_DET_HBB", "REG_VG"])
+    rows = report.predictions
+    assert {r["tag"] for r in rows} == {"REG_DET_HBB", "REG_VG"} and len(rows) == sum(report.counts.values())
+    assert all(r["pred"] == r["truth"] for r in rows)  # the oracle answers the reference
+    for tag in ("REG_DET_HBB", "REG_VG"):
+        mine = [r for r in rows if r["tag"] == tag]
+        spec = T.get(tag)
+        again = spec.metric([T.from_dict(r["pred"]) for r in mine], [T.from_dict(r["truth"]) for r in mine],
+                            [tuple(r["size"]) for r in mine], crops=[r["crop"] for r in mine])
+        assert again == report.per_task[tag] and again[spec.headline] == 1.0
+
+
 def test_batching_groups_one_image_and_changes_nothing(synth):
     batched, single = Oracle(synth / "test.json", synth), Oracle(synth / "test.json", synth)
     a = evaluate(batched, synth / "test.json", keep_predictions=True)

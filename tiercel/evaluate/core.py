@@ -140,7 +140,9 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
         batch: decode up to `batch_size` consecutive records together (`run_batch`: one vision pass per distinct
             image, one decoding loop for all prompts); False: one record at a time.
         batch_size: prompts per batch (with `batch`).
-        keep_predictions: keep every record's parsed prediction in `report.predictions`.
+        keep_predictions: keep every record's parsed prediction in `report.predictions`, with what scoring it
+            needs: the parsed reference (`truth`), the image size (W, H) and the record's crop, so the rows can be
+            scored again (tiercel.tasks.from_dict, spec.metric) without the images.
         progress: called with the number of records scored so far.
         protocol: "tiercel" (default), "falcon" (Falcon's published evaluation, tiercel.tasks.falcon) or "both":
             tiercel's in `report.per_task`, Falcon's in `report.protocols["falcon"]`.
@@ -172,7 +174,9 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
                 if sum(1 for s in report.examples if s.tag == item.spec.tag) < examples:
                     report.examples.append(_sample(item, pred))
                 if keep_predictions:
-                    report.predictions.append({"index": item.record.index, "tag": item.spec.tag, "pred": pred.to_dict()})
+                    report.predictions.append({"index": item.record.index, "tag": item.spec.tag, "pred": pred.to_dict(),
+                                               "truth": item.truth.to_dict(), "size": list(item.size),
+                                               "crop": list(item.record.crop)})
             done += len(group)
             bar.update(done)
             if progress:
