@@ -130,6 +130,20 @@ def test_a_task_loss_the_bootstrap_cannot_resolve_is_not_refused():
     assert point.passed and point.max_task_drop is None  # no bootstrap, no per-task floor
 
 
+def test_a_task_with_few_val_samples_is_not_checked():
+    from tiercel.quantize.guard import MIN_TASK_SAMPLES
+
+    def lost(m: int):  # IMG_CLS kept on 40 samples; REG_CLS_HBB, right on all m in fp32, loses every one
+        tasks = two_tasks(40)[:40] + two_tasks(m)[m:]
+        return compare(Words(), tasks, [[0]] * (40 + m), [[0]] * 40 + [[1]] * m, max_drop=1.0, max_task_drop=0.01)
+
+    few = lost(MIN_TASK_SAMPLES - 1)
+    assert few.per_task["REG_CLS_HBB"]["delta"] == -1.0 and "drop_low" not in few.per_task["REG_CLS_HBB"]
+    assert few.passed and few.task_misses == []
+    enough = lost(MIN_TASK_SAMPLES)  # one more sample: checked, and every resample loses it all
+    assert enough.per_task["REG_CLS_HBB"]["drop_low"] == 1.0 and enough.task_misses == ["REG_CLS_HBB"]
+
+
 def test_a_task_at_fp32_zero_has_no_relative_drop_to_check():
     fp32 = fp32_ids() + [[1]] * 40  # REG_CLS_HBB: every fp32 answer wrong
     q = [list(x) for x in fp32]
