@@ -289,7 +289,7 @@ def quantize(fp32: Path, out: Path, backend: str, scheme: str, cfg: BundleSpec, 
 
 def _attempt(a: dict) -> dict:
     """What the results keep of one guard attempt."""
-    return {k: a.get(k) for k in ("excluded", "kept", "drop", "drop_bound", "token_agreement")}
+    return {k: a.get(k) for k in ("excluded", "kept", "drop", "drop_bound", "token_agreement", "task_misses")}
 
 
 def constrained(bundle: Path, backend: str, test: Path, limit: int, max_new_tokens: int, threads: int | None) -> dict:
