@@ -6,7 +6,7 @@ For each checkpoint, the first --n val records of each task go through the train
 - per layer (every nn.Linear and nn.Conv2d): the input's absmax and RMS over those records, and their ratio (the
   crest factor: how far the largest value sits above the typical one, which is what a per-tensor int8 scale
   spends its 255 levels on);
-- all layers at once, each input rounded to symmetric per-tensor int8 at its calibrated absmax (the scale a
+- all layers at once (but those given with --keep), each input rounded to symmetric per-tensor int8 at its calibrated absmax (the scale a
   MinMax calibration gives) and each weight to symmetric per-output-channel int8: the share of answer tokens
   whose argmax changes against fp32 (teacher-forced, so every position sees the reference prefix), over all
   tasks and per task;
@@ -116,7 +116,8 @@ def paired_difference(a: list, b: list, rounds: int = 1000, seed: int = 0) -> di
             "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))], "rounds": rounds}
 
 
-def analyse(path: str, data_file: Path, root: Path, n: int, batch_size: int, per_layer: bool = True) -> dict:
+def analyse(path: str, data_file: Path, root: Path, n: int, batch_size: int, per_layer: bool = True,
+            keep: tuple[str, ...] = ()) -> dict:
     import torch
 
     from tiercel.distill.data import SFTData, model_input
@@ -166,10 +167,14 @@ def analyse(path: str, data_file: Path, root: Path, n: int, batch_size: int, per
         for name in names:
             mods[name].weight.data.copy_(originals[name])
 
-    hs = quantize(list(mods))
+    unknown = [k for k in keep if k not in mods]
+    if unknown:
+        sys.exit(f"--keep {unknown[0]}: no such layer in {path}; layers are nn.Linear / nn.Conv2d module names")
+    rounded = [name for name in mods if name not in keep]
+    hs = quantize(rounded)
     rows = moved(ref, forward_all(model, data, batch_list, spec))
     every, every_task = flips(rows)
-    restore(list(mods), hs)
+    restore(rounded, hs)
     layers_out = {}
     for name in (mods if per_layer else ()):
         hs = quantize([name])
@@ -183,7 +188,7 @@ def analyse(path: str, data_file: Path, root: Path, n: int, batch_size: int, per
                            "weight_crest": float(w.abs().max() / w.pow(2).mean().sqrt())}
     return {"path": str(path), "records": len(ref), "answer_tokens": sum(a.numel() for _, a in ref),
             "tied_lm_head": model.lm_head.weight is model.get_input_embeddings().weight,
-            "fp32_margin": margin_summary(margins),
+            "fp32_margin": margin_summary(margins), "kept_in_fp32": list(keep),
             "flips_all_layers": every, "flips_all_layers_per_task": every_task, "per_layer": layers_out,
             "per_record": rows}
 
@@ -243,6 +248,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-layers", action="store_true", help="skip the one-layer-at-a-time pass (the slow part)")
+    ap.add_argument("--keep", action="append", default=[], help="a layer left in fp32 in the every-layer pass")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "int8_sensitivity.json")
     args = ap.parse_args()
     import torch
@@ -257,7 +263,7 @@ def main() -> None:
             sys.exit(f"--checkpoint {item}: give NAME=DIR")
         t0 = time.perf_counter()
         result["checkpoints"][name] = analyse(path, args.data, args.root, args.n, args.batch_size,
-                                                   per_layer=not args.no_layers)
+                                                   per_layer=not args.no_layers, keep=tuple(args.keep))
         result["checkpoints"][name]["seconds"] = time.perf_counter() - t0
         print(f"{name}: every layer int8 flips {result['checkpoints'][name]['flips_all_layers']:.2%} of answer tokens",
               flush=True)
