@@ -233,7 +233,7 @@ def test_a_scheme_the_guard_refuses_is_quantized_again_without_it(monkeypatch, t
     calls = []
 
     attempt = {"excluded": 1, "kept": "1 layers kept in fp32", "drop": 0.005, "drop_bound": 0.041, "token_agreement": 0.9,
-               "per_task": {}}
+               "per_task": {}, "task_misses": ["PIX_CHG"]}
 
     def quantize_bundle(fp32, out, *, settings, **kw):
         calls.append(settings.n_val)
@@ -249,7 +249,8 @@ def test_a_scheme_the_guard_refuses_is_quantized_again_without_it(monkeypatch, t
     assert calls == [896, 0]
     assert got == {"bundle": str(out), "kept": None, "guard": {
         "run": True, "passed": False, "refused": f"{out}: int4-weight-only misses the accuracy floor after 6 attempts",
-        "attempts": [{k: attempt[k] for k in ("excluded", "kept", "drop", "drop_bound", "token_agreement")}]}}
+        "attempts": [{k: attempt[k] for k in ("excluded", "kept", "drop", "drop_bound", "token_agreement",
+                                              "task_misses")}]}}  # per_task is left out
 
 
 def test_quantize_fingerprints_leave_out_settings_at_their_no_op_values():
