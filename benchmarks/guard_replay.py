@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from image_use import commit, machine, write_result  # noqa: E402
+from image_use import commit, machine, parse_or_table, write_result  # noqa: E402
 
 
 def table(result: dict) -> str:
@@ -57,14 +57,9 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=0.01, help="for int8 schemes")
     ap.add_argument("--int4-max-drop", type=float, default=0.03, help="for schemes with int4 graphs")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "guard_replay.json")
-    ap.add_argument("--table", type=Path, help="only print an earlier run's JSON as markdown")
-    args = ap.parse_args()
-    if args.table:
-        print(table(json.loads(args.table.read_text())))
+    args = parse_or_table(ap, table, ("reference", "bundle", "val", "root"))
+    if args is None:
         return
-    missing = [f"--{k}" for k in ("reference", "bundle", "val", "root") if not getattr(args, k)]
-    if missing:
-        ap.error(f"{', '.join(missing)} required (or --table JSON)")
     import tiercel.runtime
     from tiercel.quantize import guard
     from tiercel.quantize.bundle import _reference, _val_samples

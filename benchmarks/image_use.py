@@ -40,6 +40,20 @@ def write_result(path: Path, result: dict) -> None:
     print(f"wrote {path}")
 
 
+def parse_or_table(ap, table, required: tuple[str, ...]):
+    """Parse `ap`'s arguments after adding --table JSON; with --table, print table(that JSON) and return None
+    (a benchmark's markdown from an earlier run); otherwise the arguments, every option in `required` given."""
+    ap.add_argument("--table", type=Path, help="only print an earlier run's JSON as a markdown table")
+    args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return None
+    missing = [f"--{k.replace('_', '-')}" for k in required if not getattr(args, k)]
+    if missing:
+        ap.error(f"{', '.join(missing)} required (or --table JSON)")
+    return args
+
+
 def machine() -> dict:
     """CPU model, cores, torch threads, load average and library versions."""
     import torch

@@ -18,7 +18,6 @@ backend as REF@BACKEND; the first is the default). Writes JSON with the command,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from image_use import commit, machine, write_result  # noqa: E402
+from image_use import commit, machine, parse_or_table, write_result  # noqa: E402
 
 GEOMETRY = ("REG_DET_HBB", "REG_DET_OBB", "REG_VG", "PIX_SEG", "PIX_CHG")
 
@@ -94,14 +93,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "quant_paired.json")
-    ap.add_argument("--table", type=Path, help="only print an earlier run's JSON as a markdown table")
-    args = ap.parse_args()
-    if args.table:
-        print(table(json.loads(args.table.read_text())))
+    args = parse_or_table(ap, table, ("reference", "bundle", "data", "root"))
+    if args is None:
         return
-    missing = [f"--{k}" for k in ("reference", "bundle", "data", "root") if not getattr(args, k)]
-    if missing:
-        ap.error(f"{', '.join(missing)} required (or --table JSON)")
 
     split = lambda s: (s.rsplit("@", 1) + ["onnxruntime"])[:2]  # noqa: E731
     refs_by_backend = {b: p for p, b in map(split, args.reference)}
