@@ -74,10 +74,14 @@ def quantize(
                    + (f", {guard.confidence:.0%} bound {guard.drop_bound:.2%}" if guard.drop_bound is not None else "")
                    + f"), {len(guard.attempts)} attempt(s), {guard.attempts[-1]['kept']}")
         if guard.max_task_drop is not None:
+            from tiercel.quantize.guard import MIN_TASK_SAMPLES
+
             worst = max((t for t in guard.per_task if "drop_low" in guard.per_task[t]),
                         key=lambda t: guard.per_task[t]["drop_low"], default=None)
-            typer.echo(f"  guard per task: no task's drop resolved over {guard.max_task_drop:.2%}"
-                       + (f" (closest: {worst}, at least {guard.per_task[worst]['drop_low']:.2%})" if worst else ""))
+            typer.echo(f"  guard per task: no task's drop resolved over {guard.max_task_drop:.2%} (closest: {worst}, "
+                       f"at least {guard.per_task[worst]['drop_low']:.2%})" if worst else
+                       f"  guard per task: no task checked (each needs {MIN_TASK_SAMPLES} val samples and an fp32 "
+                       "score above 0)")
         if guard.caution:
             typer.echo(f"  guard caution: {guard.caution}")
     else:
