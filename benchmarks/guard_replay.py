@@ -63,6 +63,7 @@ def main() -> None:
     import tiercel.runtime
     from tiercel.quantize import guard
     from tiercel.quantize.bundle import _reference, _val_samples
+    from tiercel.quantize.schemes import has_int4
     from tiercel.runtime.bundle import read_bundle
 
     result = {"command": "python benchmarks/guard_replay.py " + " ".join(sys.argv[1:]), "commit": commit(),
@@ -78,8 +79,9 @@ def main() -> None:
         path, _, backend = rest.rpartition("@")
         if not (name and path and backend):
             sys.exit(f"--bundle {item}: give NAME=DIR@BACKEND")
-        scheme = json.loads((Path(path) / "manifest.json").read_text())["quantization"]["scheme"]
-        max_drop = args.int4_max_drop if "int4" in scheme else args.max_drop
+        quantization = json.loads((Path(path) / "manifest.json").read_text())["quantization"]
+        scheme = quantization["scheme"]  # a mixed bundle's graphs name their leaf schemes
+        max_drop = args.int4_max_drop if any(map(has_int4, quantization["graphs"].values())) else args.max_drop
         t0 = time.perf_counter()
         model = tiercel.runtime.load(path, backend=backend, threads=1)
         ids = guard.run_samples(model, samples, args.max_new_tokens)
