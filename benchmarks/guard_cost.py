@@ -1,16 +1,21 @@
 """Where the accuracy guard's time goes on one comparison: generation against the paired bootstrap, per task.
 
 Generates the guard's val draw with the fp32 bundle and one quantized bundle (tiercel.quantize.bundle's draw,
-greedy), then runs tiercel.quantize.guard.compare once with every task headline call timed.
+greedy), then runs tiercel.quantize.guard.compare in interleaved rounds two ways: as tiercel does
+(headlines of each bootstrap draw from per-sample statistics, tiercel.tasks.metrics.resample) and with every
+draw scored whole by the task's metric (`bootstrap_drops(whole=True)`, the guard before per-sample statistics),
+timing each headline call of the whole path per task. Both must reach the same verdict, bound and task lows.
 
     python benchmarks/guard_cost.py --reference FP32_DIR --bundle DIR@BACKEND --val val.json --root DATA_DIR \
-        [--n-val 896] [--out benchmarks/results/guard_cost.json]
+        [--n-val 896] [--rounds 2] [--out benchmarks/results/guard_cost.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +33,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, required=True)
     ap.add_argument("--n-val", type=int, default=896)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2, help="compare rounds per path, interleaved")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "guard_cost.json")
     args = ap.parse_args()
     import tiercel.runtime as rt
@@ -45,30 +51,51 @@ def main() -> None:
     model = rt.load(path, backend=backend, threads=1)
     ids = guard.run_samples(model, samples, args.max_new_tokens)
     t2 = time.perf_counter()
-    spent, real = collections.Counter(), guard._headline
+    spent, real_headline, real_bootstrap = collections.Counter(), guard._headline, guard.bootstrap_drops
 
     def timed(tag, *a):
         start = time.perf_counter()
-        value = real(tag, *a)
+        value = real_headline(tag, *a)
         spent[tag] += time.perf_counter() - start
         return value
 
-    guard._headline = timed
-    try:
-        verdict = guard.compare(model.tokenizer, samples, ref["ids"], ids, 0.01, 0.0, model.dialect, ref["scores"],
-                                confidence=0.9, max_task_drop=0.01)
-    finally:
-        guard._headline = real
-    t3 = time.perf_counter()
+    def run(path: str) -> tuple[float, object]:
+        if path == "whole":
+            guard._headline, guard.bootstrap_drops = timed, functools.partial(real_bootstrap, whole=True)
+        start = time.perf_counter()
+        try:
+            verdict = guard.compare(model.tokenizer, samples, ref["ids"], ids, 0.01, 0.0, model.dialect,
+                                    ref["scores"], confidence=0.9, max_task_drop=0.01)
+        finally:
+            guard._headline, guard.bootstrap_drops = real_headline, real_bootstrap
+        return time.perf_counter() - start, verdict
+
+    seconds, verdicts = {"per_sample": [], "whole": []}, {}
+    for r in range(args.rounds):
+        for path in (("per_sample", "whole") if r % 2 == 0 else ("whole", "per_sample")):
+            took, verdicts[path] = run(path)
+            seconds[path].append(took)
+            print(f"round {r} {path}: compare {took:.1f} s", flush=True)
+    lows = {p: {t: v.get("drop_low") for t, v in verdicts[p].per_task.items()} for p in verdicts}
+    same = (verdicts["whole"].passed == verdicts["per_sample"].passed
+            and abs(verdicts["whole"].drop_bound - verdicts["per_sample"].drop_bound) <= 1e-9
+            and all((a is None and b is None) or abs(a - b) <= 1e-9
+                    for a, b in ((lows["whole"][t], lows["per_sample"][t]) for t in lows["whole"])))
+    median = {p: statistics.median(v) for p, v in seconds.items()}
+    verdict = verdicts["per_sample"]
     result.update({"samples": len(samples), "bundle": args.bundle, "reference_seconds": t1 - t0,
-                   "generate_seconds": t2 - t1, "compare_seconds": t3 - t2,
-                   "headline_seconds": dict(spent.most_common()), "verdict_drop": verdict.drop,
+                   "generate_seconds": t2 - t1, "compare_seconds": seconds, "compare_median_seconds": median,
+                   "whole_over_per_sample": median["whole"] / median["per_sample"],
+                   "headline_seconds_whole": {t: s / args.rounds for t, s in spent.most_common()},
+                   "same_verdict_bound_and_task_lows": same, "verdict_drop": verdict.drop,
+                   "drop_bound": {p: v.drop_bound for p, v in verdicts.items()}, "task_drop_low": lows,
                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     write_result(args.out, result)
     print(f"{len(samples)} samples: fp32 generate + score {t1 - t0:.1f} s, quantized generate {t2 - t1:.1f} s, "
-          f"compare {t3 - t2:.1f} s")
+          f"compare {median['per_sample']:.1f} s (every draw scored whole: {median['whole']:.1f} s, "
+          f"{result['whole_over_per_sample']:.1f}x); same verdict, bound and task lows: {same}")
     for tag, s in spent.most_common():
-        print(f"  {tag} {s:.1f} s")
+        print(f"  whole: {tag} {s / args.rounds:.1f} s")
 
 
 if __name__ == "__main__":

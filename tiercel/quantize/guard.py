@@ -13,7 +13,9 @@ steps of one sample, so the point drop on a few hundred val samples says little.
 synthetic student (benchmarks/quantize_cpu.py): int8-static's point drop on 224 val samples was -3.1% (better
 than fp32) while 600 test records showed +10.3%; its token agreement (0.89 val, 0.88 test) was the stable
 signal. The paired bound sees it: samples whose generations differ widen the resampled drops, identical ones
-contribute nothing. `confidence=0` decides on the point drop alone.
+contribute nothing. `confidence=0` decides on the point drop alone. Each draw's headlines come from per-sample
+statistics made once (tiercel.tasks.metrics.resample: IoUs, masks, n-gram tables), not from scoring the draw
+again, so the bootstrap costs about what one scoring does rather than `rounds` of them.
 
 A per-task floor (`max_task_drop`) refuses a bundle that loses one task while the average holds: a task fails
 when even the low end of its own paired-bootstrap drop is over the limit, i.e. the loss is resolved, not just
@@ -179,31 +181,47 @@ def headlines(tokenizer, samples, ids, dialect: str = "falcon") -> dict[str, flo
     return {tag: _headline(tag, *v) for tag, v in parsed(tokenizer, samples, ids, dialect).items()}
 
 
-def bootstrap_drops(ref: dict, got: dict, same: dict, rounds: int = 200,
-                    seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def bootstrap_drops(ref: dict, got: dict, same: dict, rounds: int = 200, seed: int = 0,
+                    whole: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Relative drops of the task average, and of each task, over `rounds` paired resamples.
 
     ref, got: parsed() of the fp32 and quantised generations; same: {tag: bool array, generations identical}.
     Each round draws, per task, as many samples as it has with replacement, and scores both sides on them
     (once when every drawn pair is identical). Tasks whose headline is nan on a resample sit that round out;
-    a task's own drop is nan in a round where its fp32 headline is 0 or nan.
+    a task's own drop is nan in a round where its fp32 headline is 0 or nan. Headlines with a per-sample form
+    (tiercel.tasks.metrics.resample) are scored from statistics made once; `whole=True` scores every draw with
+    the task's metric instead (the same numbers up to float rounding, slower: the reference the fast path is
+    tested and benchmarked against).
     """
     rng = np.random.default_rng(seed)
     drops = np.zeros(rounds)
     per_task = {tag: np.full(rounds, np.nan) for tag in ref}
+    scorers = {tag: (_scorer(tag, preds, refs, sizes, whole), _scorer(tag, got[tag][0], refs, sizes, whole))
+               for tag, (preds, refs, sizes) in ref.items()}
     for r in range(rounds):
         f_sum = q_sum = 0.0
-        for tag, (preds, refs, sizes) in ref.items():
+        for tag, (_, refs, _) in ref.items():
             pick = rng.integers(0, len(refs), len(refs))
-            take = lambda xs: [xs[i] for i in pick]  # noqa: E731
-            f = _headline(tag, take(preds), take(refs), take(sizes))
-            q = f if same[tag][pick].all() else _headline(tag, take(got[tag][0]), take(refs), take(sizes))
+            f = scorers[tag][0](pick)
+            q = f if same[tag][pick].all() else scorers[tag][1](pick)
             if not (math.isnan(f) or math.isnan(q)):
                 f_sum, q_sum = f_sum + f, q_sum + q
                 if f > 0:
                     per_task[tag][r] = (f - q) / f
         drops[r] = (f_sum - q_sum) / f_sum if f_sum > 0 else 0.0
     return drops, per_task
+
+
+def _scorer(tag: str, preds, refs, sizes, whole: bool):
+    """pick -> the task's headline on that draw: per-sample statistics where the headline has them."""
+    from tiercel import tasks
+    from tiercel.tasks.metrics.resample import resampler
+
+    spec = tasks.get(tag)
+    fast = None if whole else resampler(spec.score, spec.headline, preds, refs, sizes)
+    if fast is not None:
+        return fast
+    return lambda pick: _headline(tag, [preds[i] for i in pick], [refs[i] for i in pick], [sizes[i] for i in pick])
 
 
 def compare(tokenizer, samples, ref_ids, q_ids, max_drop: float, min_agreement: float = 0.0,
