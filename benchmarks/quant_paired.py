@@ -54,10 +54,17 @@ def headline(tag: str, preds: list, refs: list, sizes: list, crops: list) -> flo
 
 def resampled(tag: str, idx: list[int], refs: dict, pred: dict, resamples: list[np.ndarray]) -> list[float]:
     """The task's headline on all of `idx`, then on each resample of it."""
+    from tiercel import tasks as T
+    from tiercel.tasks.metrics.resample import resampler
+
     cols = [[refs[i][k] for i in idx] for k in (1, 2, 3)] + [[pred[i] for i in idx]]
+    full = headline(tag, cols[3], *cols[:3])
+    spec = T.get(tag)
+    draw = resampler(spec.score, spec.headline_of("tiercel"), cols[3], cols[0], cols[1])
+    if draw is not None:  # the same numbers from per-sample statistics, without rescoring every resample
+        return [full] + [draw(r) for r in resamples]
     pick = lambda xs, r: [xs[j] for j in r]  # noqa: E731
-    return [headline(tag, cols[3], *cols[:3])] + [
-        headline(tag, pick(cols[3], r), *(pick(c, r) for c in cols[:3])) for r in resamples]
+    return [full] + [headline(tag, pick(cols[3], r), *(pick(c, r) for c in cols[:3])) for r in resamples]
 
 
 def paired(tag: str, idx: list[int], ref_pred: dict, pred: dict, ref_scores: list[float], scores: list[float]) -> dict:
