@@ -62,9 +62,11 @@ def caution(verdict) -> str | None:
             f"{verdict.samples} val samples decide little; consider a larger --n-val or --confidence, or --min-agreement")
 
 
-def bound_missed_alone(drop: float, bound: float | None, agreement: float, max_drop: float, min_agreement: float) -> bool:
-    """The point drop within max_drop, its upper bound over it, the agreement met: what more val samples can change."""
-    return bound is not None and drop <= max_drop < bound and agreement >= min_agreement
+def bound_missed_alone(drop: float, bound: float | None, agreement: float, max_drop: float, min_agreement: float,
+                       task_misses=()) -> bool:
+    """The point drop within max_drop, its upper bound over it, the agreement met and no task's loss resolved: what
+    more val samples can change."""
+    return not task_misses and bound is not None and drop <= max_drop < bound and agreement >= min_agreement
 
 
 def bound_hint(attempts: list[dict], max_drop: float, min_agreement: float, samples: int) -> str:
@@ -72,8 +74,8 @@ def bound_hint(attempts: list[dict], max_drop: float, min_agreement: float, samp
     the bootstrap bound (what more val samples can change), else ''. `attempts`: Verdict.to_dict() rows."""
     for i, a in enumerate(attempts, 1):
         bound = a.get("drop_bound")
-        if not a.get("task_misses") and bound_missed_alone(a.get("drop", math.inf), bound, a.get("token_agreement", 0.0),
-                                                           max_drop, min_agreement):
+        if bound_missed_alone(a.get("drop", math.inf), bound, a.get("token_agreement", 0.0), max_drop, min_agreement,
+                              a.get("task_misses", ())):
             return (f"; attempt {i}'s point drop {a['drop']:.2%} was within max drop, its {a['confidence']:.0%} bound "
                     f"{bound:.2%} was not: more val samples narrow the bound (--n-val, {samples} now; or --n-val-max)")
     return ""
@@ -129,8 +131,8 @@ class Verdict:
 
     def bound_missed_alone(self, max_drop: float, min_agreement: float) -> bool:
         """Only the average's upper bound missed: what a larger val sample can change (a task's resolved loss is not)."""
-        return not self.task_misses and bound_missed_alone(self.drop, self.drop_bound, self.token_agreement, max_drop,
-                                                           min_agreement)
+        return bound_missed_alone(self.drop, self.drop_bound, self.token_agreement, max_drop, min_agreement,
+                                  self.task_misses)
 
     def line(self) -> str:
         bound = f", {self.confidence:.0%} upper bound {self.drop_bound:.2%}" if self.drop_bound is not None else ""
