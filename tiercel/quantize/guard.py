@@ -23,11 +23,13 @@ possible. The low end, not the high one as for the average, because a task's int
 samples is several points wide (benchmarks/results/quant_paired_finish.md: 2-15 points on 1,200 test records
 per task), so demanding that its top be within 1% would refuse nearly every bundle. Its level is 1 - confidence
 shared over the tasks checked (Bonferroni), so a bundle whose every task is within the limit is refused with
-probability at most 1 - confidence; with 200 rounds and 14 tasks that level sits near the smallest resampled
-drop. That level is not met exactly: the percentile bootstrap's far tail is too narrow on small samples.
-Simulated for an accuracy task with no true loss (benchmarks/results/guard_floor_sim.json, 200 rounds, level
-0.1 / 14 = 0.0071, 1% floor), one task is refused 0.3-2.5x as often as the level says at 8-256 val samples (at
-most 0.018), and 3-8x at 4 samples (up to 0.058), so tasks with fewer than MIN_TASK_SAMPLES are not checked.
+probability at most 1 - confidence; with 2,000 rounds and 14 tasks that level is about the 14th smallest
+resampled drop (at 200 it was the 1.4th, and where it fell was mostly luck). That level is not met exactly on
+small samples. Simulated for an accuracy task with no true loss (benchmarks/results/guard_floor_methods.md,
+level 0.1 / 14 = 0.0071, 1% floor), one task is refused 0.3-2.2x as often as the level says at 8-256 val samples
+(0.93x on average over the cases tried; 1.56x at 200 rounds), and 3-8x at 4 samples (guard_floor_sim.md), so
+tasks with fewer than MIN_TASK_SAMPLES are not checked. BCa was no better; a sign-flip test held the level but
+missed most losses under 64 samples.
 Tasks at fp32 0 have no relative drop and are not checked either; without the bootstrap (`confidence=0`) no task
 is.
 
@@ -183,7 +185,7 @@ def headlines(tokenizer, samples, ids, dialect: str = "falcon") -> dict[str, flo
     return {tag: _headline(tag, *v) for tag, v in parsed(tokenizer, samples, ids, dialect).items()}
 
 
-def bootstrap_drops(ref: dict, got: dict, same: dict, rounds: int = 200, seed: int = 0,
+def bootstrap_drops(ref: dict, got: dict, same: dict, rounds: int = 2000, seed: int = 0,
                     whole: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Relative drops of the task average, and of each task, over `rounds` paired resamples.
 
@@ -228,7 +230,7 @@ def _scorer(tag: str, preds, refs, sizes, whole: bool):
 
 def compare(tokenizer, samples, ref_ids, q_ids, max_drop: float, min_agreement: float = 0.0,
             dialect: str = "falcon", ref_scores: dict | None = None, confidence: float = 0.9,
-            rounds: int = 200, max_task_drop: float | None = None) -> Verdict:
+            rounds: int = 2000, max_task_drop: float | None = None) -> Verdict:
     """Score both generations and decide whether the quantised one holds within `max_drop`.
 
     With confidence > 0 the `confidence` quantile of the paired-bootstrap drop must be within `max_drop`
