@@ -102,6 +102,11 @@ def test_eval_bundle_prints_the_14_task_table_json_and_pngs(bundle_eval):
     falcon = data["protocols"]["falcon"]
     assert len(falcon["per_task"]) == 14 and falcon["headline"]["REG_VG"]["metric"] == "ap50"
     assert data["headline"]["REG_VG"]["metric"] == "acc50"
+    # 95% intervals of tiercel's headlines (1,000 resamples by default), in the table and the JSON
+    assert "tiercel 95% interval" in out.stdout
+    low, high = data["headline"]["REG_VG"]["ci95"]
+    assert low <= data["headline"]["REG_VG"]["value"] <= high
+    assert "ci95" not in falcon["headline"]["REG_VG"]
 
 
 def test_eval_checkpoint_predicts_what_its_bundle_predicts(bundle_eval, tiny_checkpoint, synth, tmp_path):

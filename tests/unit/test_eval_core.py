@@ -85,6 +85,43 @@ def test_half_right_classifier_by_hand(synth):
     assert report.skipped == {"other task": 32 - n}
 
 
+def test_intervals_are_percentiles_of_the_headline_over_resampled_records(synth):
+    oracle, seen = Oracle(synth / "train.json", synth), []
+
+    class Half:
+        def run(self, image, task, **kw):
+            seen.append(task)
+            right = oracle.run(image, task, **kw)
+            return T.Label(text="not a scene") if seen.count(task) % 2 == 0 else right
+
+    report = evaluate(Half(), synth / "train.json", tasks=["IMG_CLS", "PIX_CLS"], bootstrap=300)
+    # by hand: one Generator(0), per round a draw for IMG_CLS then PIX_CLS; right on the 1st, 3rd, ... record
+    right = {t: np.arange(report.counts[t]) % 2 == 0 for t in ("IMG_CLS", "PIX_CLS")}
+    rng, acc = np.random.default_rng(0), {t: [] for t in right}
+    for _ in range(300):
+        for t, r in right.items():
+            acc[t].append(r[rng.integers(0, len(r), len(r))].mean())
+    for t in right:
+        assert report.intervals[t] == pytest.approx(np.quantile(acc[t], [0.025, 0.975]).tolist())
+        assert report.intervals[t][0] < report.headlines[t] < report.intervals[t][1]
+    mean = (np.array(acc["IMG_CLS"]) + np.array(acc["PIX_CLS"])) / 2
+    assert report.average_interval == pytest.approx(np.quantile(mean, [0.025, 0.975]).tolist())
+    shown = report.to_dict()
+    assert shown["headline"]["IMG_CLS"]["ci95"] == report.intervals["IMG_CLS"]
+    assert shown["average_headline_ci95"] == report.average_interval
+
+
+def test_a_perfect_predictor_has_intervals_at_one_and_bootstrap_0_has_none(synth):
+    report = evaluate(Oracle(synth / "train.json", synth), synth / "train.json", bootstrap=50,
+                      tasks=["REG_DET_HBB", "REG_VG", "PIX_SEG", "IMG_CT"])
+    assert all(v == pytest.approx([1.0, 1.0]) for v in report.intervals.values())
+    report = evaluate(Oracle(synth / "train.json", synth), synth / "train.json", bootstrap=0, tasks=["IMG_CT"])
+    assert report.intervals == {} and report.average_interval is None
+    assert "ci95" not in report.to_dict()["headline"]["IMG_CT"]
+    with pytest.raises(ConfigError, match="--bootstrap: must be >= 0"):
+        evaluate(Silent(), synth / "train.json", bootstrap=-1)
+
+
 def test_kept_predictions_can_be_scored_again_without_the_images(synth):
     """A kept row carries the parsed reference, the image size and the crop: rescoring the rows with the task's
     metric gives the report's numbers (what benchmarks/quant_paired.py and an offline rescorer rely on)."""

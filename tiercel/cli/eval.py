@@ -39,6 +39,7 @@ def eval_cmd(
     batch_size: int = typer.Option(BATCH_SIZE, "--batch-size", min=1, help="Records decoded together with --batch."),
     json_out: Path = typer.Option(None, "--json", help="Write all metrics, counts and every prediction as JSON here."),
     examples: Path = typer.Option(None, "--examples", help="Write qualitative PNGs (one per task) into this folder."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Resamples of the records behind each tiercel headline's 95% interval and the average's (0: no intervals)."),
     protocol: str = typer.Option("tiercel", "--protocol", help="How to score: tiercel (default), falcon (as Falcon's published evaluation scores it; needs tiercel[eval] for REG_DET_OBB, PIX_SEG, PIX_CHG) or both, side by side."),
 ):
     """Score a bundle or a checkpoint on Falcon_SFT records with each task's metrics."""
@@ -68,7 +69,7 @@ def eval_cmd(
                                     "constrained": None if constrained else False}.items() if v is not None}
     report = evaluate(predictor, data, root, tags, limit, generation, examples=1 if examples else 0,
                       batch=batch, keep_predictions=json_out is not None, protocol=protocol,
-                      batch_size=batch_size)  # progress: stderr
+                      batch_size=batch_size, bootstrap=bootstrap)  # progress: stderr
     console.print(_table(report, model, data))
     console.print(_summary(report), markup=False, soft_wrap=True)
     for line in report.warnings:
@@ -92,7 +93,9 @@ def _table(report, model: Path, data: Path):
     names = [report.protocol] + [p for p in report.protocols if p != report.protocol]
     title = f"tiercel eval {model.name} on {data.name}"
     table = Table(title=title if names == ["tiercel"] else f"{title} ({', '.join(names)} protocol)", title_justify="left")
-    for col in ("#", "task", "n", *[c for name in names for c in _headline_columns(name, len(names))], "other metrics"):
+    spread = [("95% interval" if len(names) == 1 else "tiercel 95% interval")] if report.intervals else []
+    for col in ("#", "task", "n", *[c for name in names for c in _headline_columns(name, len(names))], *spread,
+                "other metrics"):
         table.add_column(col, justify="right" if col in ("#", "n") or col.endswith("value") else "left")
     for tag in T.TAGS:
         if tag not in report.per_task:
@@ -101,13 +104,15 @@ def _table(report, model: Path, data: Path):
         headline = spec.headline_of(report.protocol)
         others = [k for k in _PREFERRED if k in scores and k != headline][:SHOWN_METRICS]
         cells = [c for name in names for c in (spec.headline_of(name), _num(report.headlines_of(name).get(tag)))]
-        table.add_row(str(spec.number), tag, str(report.counts[tag]), *cells,
+        interval = [_span(report.intervals.get(tag))] if spread else []
+        table.add_row(str(spec.number), tag, str(report.counts[tag]), *cells, *interval,
                       ", ".join(f"{k} {_num(scores[k])}" for k in others))
     if report.per_task:
         label = "14-task average" if len(report.per_task) == len(T.TAGS) else f"average over {len(report.per_task)} tasks"
         table.add_section()
         cells = [c for name in names for c in ("headlines", _num(report.average_of(name)))]
-        table.add_row("", label, str(sum(report.counts.values())), *cells, "")
+        interval = [_span(report.average_interval)] if spread else []
+        table.add_row("", label, str(sum(report.counts.values())), *cells, *interval, "")
     return table
 
 
@@ -120,6 +125,11 @@ def _summary(report) -> str:
     text = f"{sum(report.counts.values())} records in {report.seconds:.1f} s; headlines are fractions (CIDEr as " \
            f"coco-caption gives it): Falcon's radar chart / 100"
     return text + (f"; skipped: {skipped}" if skipped else "")
+
+
+def _span(interval) -> str:
+    """'[0.553, 0.689]': a 95% interval of tiercel's headline (the first protocol's column when it is tiercel)."""
+    return "-" if not interval else f"[{_num(interval[0])}, {_num(interval[1])}]"
 
 
 def _num(x) -> str:

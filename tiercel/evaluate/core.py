@@ -59,6 +59,8 @@ class EvalReport:
     warnings: list[str] = field(default_factory=list)  # e.g. references longer than max_new_tokens, per task
     protocol: str = "tiercel"
     protocols: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # every protocol computed
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # tag -> 95% bootstrap interval (tiercel's headline)
+    average_interval: list[float] | None = None  # the same for the average of headlines
 
     def headlines_of(self, protocol: str | None = None) -> dict[str, float]:
         """{tag: headline value} under `protocol` (default: the report's own)."""
@@ -91,10 +93,13 @@ class EvalReport:
                 "warnings": self.warnings}
 
     def _scores(self, protocol: str) -> dict:
+        ours = protocol == "tiercel" and self.intervals
         return {"per_task": self._metrics(protocol),
-                "headline": {t: {"metric": T.get(t).headline_of(protocol), "value": v}
+                "headline": {t: {"metric": T.get(t).headline_of(protocol), "value": v,
+                                 **({"ci95": self.intervals.get(t)} if ours else {})}
                              for t, v in self.headlines_of(protocol).items()},
-                "average_headline": self.average_of(protocol)}
+                "average_headline": self.average_of(protocol),
+                **({"average_headline_ci95": self.average_interval} if ours else {})}
 
 
 @dataclass
@@ -127,7 +132,7 @@ def check_tasks(tasks) -> list[str]:
 
 def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None, generation: dict | None = None,
              examples: int = 0, batch: bool = True, keep_predictions: bool = False, progress=None,
-             protocol: str = "tiercel", batch_size: int = BATCH_SIZE) -> EvalReport:
+             protocol: str = "tiercel", batch_size: int = BATCH_SIZE, bootstrap: int = 1000) -> EvalReport:
     """Score `predictor` on Falcon_SFT records, task by task.
 
     Args:
@@ -146,6 +151,8 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
         progress: called with the number of records scored so far.
         protocol: "tiercel" (default), "falcon" (Falcon's published evaluation, tiercel.tasks.falcon) or "both":
             tiercel's in `report.per_task`, Falcon's in `report.protocols["falcon"]`.
+        bootstrap: resamples of the records behind the 95% intervals of tiercel's headlines and their average
+            (`report.intervals`, `report.average_interval`; tiercel.tasks.metrics.resample.intervals); 0: none.
     """
     wanted = check_tasks(tasks)
     protocols = check_protocols(protocol, wanted)
@@ -153,6 +160,8 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
         raise ConfigError(f"--limit: must be >= 1 (got {limit})")
     if batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1 (got {batch_size})")
+    if bootstrap < 0:
+        raise ConfigError(f"--bootstrap: must be >= 0 (got {bootstrap})")
     file = None
     if isinstance(records, (str, os.PathLike)):
         file = records
@@ -187,6 +196,11 @@ def evaluate(predictor, records, root=None, tasks=None, limit: int | None = None
                 scores = T.get(tag).metric(preds, refs, sizes, protocol=name, crops=crops)
                 report.protocols.setdefault(name, {})[tag] = scores
             report.counts[tag] = len(preds)
+    if bootstrap and "tiercel" in protocols and report.counts:
+        from tiercel.tasks.metrics.resample import intervals
+
+        report.intervals, report.average_interval = intervals(
+            {t: v[:3] for t, v in collected.items() if v[0]}, rounds=bootstrap)
     report.protocol = protocols[0]
     report.per_task = report.protocols.get(report.protocol, {})
     report.seconds = time.perf_counter() - start

@@ -17,7 +17,8 @@ floating-point sums are taken in:
   over the n-gram table (weights tf x idf, idf >= 0, so min(w_h, w_r) w_r = min(tf_h, tf_r) tf_r idf^2).
 
 Hand-written because no metrics library scores bootstrap draws from sufficient statistics for these metrics.
-Any other headline gets None: the caller scores each draw whole.
+Any other headline gets None: the caller scores each draw whole. Used by the guard's paired bootstrap and by
+`intervals`, the 95% intervals `tiercel eval` prints.
 """
 
 from __future__ import annotations
@@ -142,3 +143,40 @@ def _cider_draw(hyps: list[str], refs: list[list[str]], n: int = 4, sigma: float
         return float(np.sum(counts * scores) / len(pick))
 
     return draw
+
+
+def intervals(by_tag: dict[str, tuple[list, list, list]], rounds: int = 1000, confidence: float = 0.95,
+              seed: int = 0) -> tuple[dict[str, list[float]], list[float] | None]:
+    """Percentile bootstrap intervals of each task's headline and of their average (tiercel's protocol).
+
+    by_tag: {tag: (parsed predictions, parsed references, image sizes)}. Each round draws, for each task in
+    `by_tag`'s order, as many records as it has with replacement (`rng.integers(0, n, n)` from one
+    numpy Generator seeded with `seed`) and scores the headline on them; the average of a round is the mean of
+    its tasks' non-nan headlines, as tiercel.tasks.average_headline takes it. Returns ({tag: [low, high]},
+    [low, high] of the average, or None without tasks); a task whose every resample is nan gets [nan, nan].
+    """
+    from tiercel import tasks as T
+
+    rng = np.random.default_rng(seed)
+    draws = {}
+    for tag, (preds, refs, sizes) in by_tag.items():
+        spec = T.get(tag)
+        draw = resampler(spec.score, spec.headline, preds, refs, sizes)
+        if draw is None:  # every draw scored whole
+            def draw(pick, spec=spec, preds=preds, refs=refs, sizes=sizes):
+                return spec.metric([preds[i] for i in pick], [refs[i] for i in pick],
+                                   [sizes[i] for i in pick])[spec.headline]
+        draws[tag] = (draw, len(refs))
+    values = {tag: np.full(rounds, np.nan) for tag in draws}
+    for r in range(rounds):
+        for tag, (draw, n) in draws.items():
+            values[tag][r] = draw(rng.integers(0, n, n))
+    tail = (1 - confidence) / 2
+    per_task = {tag: ([float(np.nanquantile(v, tail)), float(np.nanquantile(v, 1 - tail))]
+                      if not np.isnan(v).all() else [math.nan, math.nan]) for tag, v in values.items()}
+    stacked = np.stack(list(values.values())) if values else np.full((1, rounds), np.nan)
+    counted = (~np.isnan(stacked)).sum(0)
+    average = np.where(counted > 0, np.nansum(stacked, 0) / np.maximum(counted, 1), np.nan)
+    if np.isnan(average).all():
+        return per_task, None
+    return per_task, [float(np.nanquantile(average, tail)), float(np.nanquantile(average, 1 - tail))]
