@@ -67,18 +67,20 @@ def test_silent_predictor_scores_zero_and_counts_missing_numbers(synth):
     assert report.per_task["IMG_CT"]["missing"] == report.counts["IMG_CT"]  # every count answer lacks a number
 
 
+class Half:
+    """Right on the 1st, 3rd, ... record of each task, wrong (a label no scene has) on the others."""
+
+    def __init__(self, oracle: Oracle):
+        self.oracle, self.seen = oracle, []
+
+    def run(self, image, task, **kw):
+        self.seen.append(task)
+        right = self.oracle.run(image, task, **kw)
+        return T.Label(text="not a scene") if self.seen.count(task) % 2 == 0 else right
+
+
 def test_half_right_classifier_by_hand(synth):
-    oracle, seen = Oracle(synth / "train.json", synth), []
-
-    class Half:
-        """Right on the 1st, 3rd, ... IMG_CLS record, wrong on the others."""
-
-        def run(self, image, task, **kw):
-            seen.append(task)
-            right = oracle.run(image, task, **kw)
-            return T.Label(text="not a scene") if seen.count("IMG_CLS") % 2 == 0 else right
-
-    report = evaluate(Half(), synth / "train.json", tasks=["IMG_CLS"])
+    report = evaluate(Half(Oracle(synth / "train.json", synth)), synth / "train.json", tasks=["IMG_CLS"])
     n = report.counts["IMG_CLS"]
     assert n >= 2 and report.per_task["IMG_CLS"]["accuracy"] == pytest.approx((n - n // 2) / n)
     assert report.average == report.per_task["IMG_CLS"]["accuracy"]
@@ -86,15 +88,8 @@ def test_half_right_classifier_by_hand(synth):
 
 
 def test_intervals_are_percentiles_of_the_headline_over_resampled_records(synth):
-    oracle, seen = Oracle(synth / "train.json", synth), []
-
-    class Half:
-        def run(self, image, task, **kw):
-            seen.append(task)
-            right = oracle.run(image, task, **kw)
-            return T.Label(text="not a scene") if seen.count(task) % 2 == 0 else right
-
-    report = evaluate(Half(), synth / "train.json", tasks=["IMG_CLS", "PIX_CLS"], bootstrap=300)
+    report = evaluate(Half(Oracle(synth / "train.json", synth)), synth / "train.json", tasks=["IMG_CLS", "PIX_CLS"],
+                      bootstrap=300)
     # by hand: one Generator(0), per round a draw for IMG_CLS then PIX_CLS; right on the 1st, 3rd, ... record
     right = {t: np.arange(report.counts[t]) % 2 == 0 for t in ("IMG_CLS", "PIX_CLS")}
     rng, acc = np.random.default_rng(0), {t: [] for t in right}
