@@ -21,6 +21,7 @@ from tiercel.errors import Terminated, TiercelError
 def _register():
     # Each verb module adds its commands to `app` (or a sub-app) on import.
     from tiercel.cli import (  # noqa: F401
+        compare,
         convert,
         data,
         distill,
