@@ -3,7 +3,8 @@
 A paired bootstrap on the same test records: each bundle decodes the records once (tiercel.evaluate, greedy, the
 predictions kept); then B resamples of the records, the same resample for every bundle, are scored with each
 task's own metric (tiercel.tasks: AP@0.5, Acc@0.5, mIoU, ... are corpus metrics, so the record-level difference
-cannot be averaged directly). Per bundle and task it reports the point change relative to fp32, its 95%
+cannot be averaged directly) by tiercel.evaluate.compare, what `tiercel compare` runs on two eval JSONs; this
+script decodes the reference once for several bundles. Per bundle and task it reports the point change relative to fp32, its 95%
 percentile interval, and how many records' answers differ from fp32's. An interval that straddles -1% means the
 test split cannot tell whether the bundle is within a 1% tolerance on that task.
 
@@ -22,8 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 from image_use import commit, machine, parse_or_table, write_result  # noqa: E402
@@ -32,49 +31,26 @@ GEOMETRY = ("REG_DET_HBB", "REG_DET_OBB", "REG_VG", "PIX_SEG", "PIX_CHG")
 
 
 def predictions(bundle: str, backend: str, data: Path, root: Path, tasks: list[str], max_new_tokens: int,
-                batch_size: int) -> tuple[dict[int, object], dict[int, tuple], float]:
-    """{record index: parsed prediction} of one bundle, {record index: (tag, parsed reference, (W, H), crop)} as
-    tiercel.evaluate read the records, and the seconds it took."""
-    from tiercel import tasks as T
+                batch_size: int) -> tuple[dict[tuple[int, str], dict], float]:
+    """{(record index, tag): row} of one bundle's kept predictions (tiercel.evaluate, greedy; each row holds the
+    parsed prediction, the parsed reference, the image size and the crop) and the seconds it took."""
     from tiercel.evaluate import evaluate, open_predictor
 
     report = evaluate(open_predictor(bundle, backend=backend, threads=1), data, root, tasks=tasks, keep_predictions=True,
-                      generation={"num_beams": 1, "max_new_tokens": max_new_tokens}, batch_size=batch_size)
-    rows = report.predictions
-    refs = {p["index"]: (p["tag"], T.from_dict(p["truth"]), tuple(p["size"]), p["crop"]) for p in rows}
-    return {p["index"]: T.from_dict(p["pred"]) for p in rows}, refs, report.seconds
+                      generation={"num_beams": 1, "max_new_tokens": max_new_tokens}, batch_size=batch_size,
+                      bootstrap=0)
+    return {(p["index"], p["tag"]): p for p in report.predictions}, report.seconds
 
 
-def headline(tag: str, preds: list, refs: list, sizes: list, crops: list) -> float:
-    from tiercel import tasks as T
+def paired(reference: dict, rows: dict, resamples: int, seed: int) -> dict[str, dict]:
+    """Per task: both headlines, the relative change (bundle / reference - 1), its 95% paired percentile interval,
+    records and answers changed (tiercel.evaluate.compare.compare_rows; the same seed draws the same resamples
+    for every bundle)."""
+    from tiercel.evaluate.compare import compare_rows
 
-    spec = T.get(tag)
-    return spec.metric(preds, refs, sizes, crops=crops)[spec.headline_of("tiercel")]
-
-
-def resampled(tag: str, idx: list[int], refs: dict, pred: dict, resamples: list[np.ndarray]) -> list[float]:
-    """The task's headline on all of `idx`, then on each resample of it."""
-    from tiercel import tasks as T
-    from tiercel.tasks.metrics.resample import resampler
-
-    cols = [[refs[i][k] for i in idx] for k in (1, 2, 3)] + [[pred[i] for i in idx]]
-    full = headline(tag, cols[3], *cols[:3])
-    spec = T.get(tag)
-    draw = resampler(spec.score, spec.headline_of("tiercel"), cols[3], cols[0], cols[1])
-    if draw is not None:  # the same numbers from per-sample statistics, without rescoring every resample
-        return [full] + [draw(r) for r in resamples]
-    pick = lambda xs, r: [xs[j] for j in r]  # noqa: E731
-    return [full] + [headline(tag, pick(cols[3], r), *(pick(c, r) for c in cols[:3])) for r in resamples]
-
-
-def paired(tag: str, idx: list[int], ref_pred: dict, pred: dict, ref_scores: list[float], scores: list[float]) -> dict:
-    """Point change and percentile interval of (bundle / reference - 1) on one task, over the shared resamples."""
-    base, got = ref_scores[0], scores[0]
-    rel = [y / x - 1 for x, y in zip(ref_scores[1:], scores[1:]) if x > 0]
-    lo, hi = (float(np.percentile(rel, q)) for q in (2.5, 97.5))
-    changed = sum(1 for i in idx if ref_pred[i].to_dict() != pred[i].to_dict())
-    return {"reference": base, "bundle": got, "change": got / base - 1 if base else None, "ci95": [lo, hi],
-            "records": len(idx), "answers_changed": changed}
+    got = compare_rows(reference, rows, rounds=resamples, seed=seed)["per_task"]
+    return {t: {"reference": s["base"], "bundle": s["other"], "change": s["relative"], "ci95": s["relative_ci"],
+                "records": s["records"], "answers_changed": s["answers_changed"]} for t, s in got.items()}
 
 
 def table(result: dict) -> str:
@@ -119,23 +95,15 @@ def main() -> None:
     result = {"command": "python benchmarks/quant_paired.py " + " ".join(sys.argv[1:]), "commit": commit(),
               "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "resamples": args.resamples,
               "tasks": args.tasks, "references": refs_by_backend, "bundles": {}}
-    refs, by_task, resamples, ref_preds, ref_scores = None, {}, {}, {}, {}
-    rng = np.random.default_rng(args.seed)
+    ref_rows = {}
     for backend, path in refs_by_backend.items():
-        ref_preds[backend], read, seconds = predictions(path, backend, args.data, args.root, args.tasks,
-                                                        args.max_new_tokens, args.batch_size)
-        if refs is None:  # every bundle reads the same records: the first one's references serve all
-            refs = read
-            by_task = {t: sorted(i for i, r in refs.items() if r[0] == t) for t in args.tasks}
-            resamples = {t: [rng.integers(0, len(idx), len(idx)) for _ in range(args.resamples)]
-                         for t, idx in by_task.items()}
-        ref_scores[backend] = {t: resampled(t, idx, refs, ref_preds[backend], resamples[t]) for t, idx in by_task.items()}
+        ref_rows[backend], seconds = predictions(path, backend, args.data, args.root, args.tasks, args.max_new_tokens,
+                                                 args.batch_size)
         print(f"reference {path} on {backend}: {seconds:.0f} s", flush=True)
     for name, (path, backend) in bundles.items():
-        pred, _, seconds = predictions(path, backend, args.data, args.root, args.tasks, args.max_new_tokens,
-                                       args.batch_size)
-        per_task = {t: paired(t, idx, ref_preds[backend], pred, ref_scores[backend][t],
-                              resampled(t, idx, refs, pred, resamples[t])) for t, idx in by_task.items()}
+        rows, seconds = predictions(path, backend, args.data, args.root, args.tasks, args.max_new_tokens,
+                                    args.batch_size)
+        per_task = paired(ref_rows[backend], rows, args.resamples, args.seed)
         result["bundles"][name] = {"path": path, "backend": backend, "eval_seconds": seconds, "per_task": per_task}
         print(name, " ".join(f"{t} {p['change']:+.1%} [{p['ci95'][0]:+.1%}, {p['ci95'][1]:+.1%}]"
                              for t, p in per_task.items()), flush=True)
