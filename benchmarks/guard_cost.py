@@ -1,10 +1,12 @@
 """Where the accuracy guard's time goes on one comparison: generation against the paired bootstrap, per task.
 
 Generates the guard's val draw with the fp32 bundle and one quantized bundle (tiercel.quantize.bundle's draw,
-greedy), then runs tiercel.quantize.guard.compare in interleaved rounds two ways: as tiercel does
-(headlines of each bootstrap draw from per-sample statistics, tiercel.tasks.metrics.resample) and with every
-draw scored whole by the task's metric (`bootstrap_drops(whole=True)`, the guard before per-sample statistics),
-timing each headline call of the whole path per task. Both must reach the same verdict, bound and task lows.
+greedy), then runs tiercel.quantize.guard.compare in interleaved rounds, each path of `--paths` in turn:
+`per_sample` as tiercel does (headlines of each bootstrap draw from per-sample statistics,
+tiercel.tasks.metrics.resample) and `whole` with every draw scored by the task's metric
+(`bootstrap_drops(whole=True)`, the guard before per-sample statistics; each headline call timed per task);
+`:N` sets the resamples. A whole path and the per_sample path at the same N must reach the same verdict, bound
+and task lows.
 
     python benchmarks/guard_cost.py --reference FP32_DIR --bundle DIR@BACKEND --val val.json --root DATA_DIR \
         [--n-val 896] [--rounds 2] [--paths per_sample[:N],whole[:N]] \
@@ -56,19 +58,23 @@ def main() -> None:
     model = rt.load(path, backend=backend, threads=1)
     ids = guard.run_samples(model, samples, args.max_new_tokens)
     t2 = time.perf_counter()
-    spent, real_headline, real_bootstrap = collections.Counter(), guard._headline, guard.bootstrap_drops
+    paths = args.paths.split(",")
+    spent = {p: collections.Counter() for p in paths}  # per whole-draw path: seconds in each task's headline
+    real_headline, real_bootstrap = guard._headline, guard.bootstrap_drops
 
-    def timed(tag, *a):
-        start = time.perf_counter()
-        value = real_headline(tag, *a)
-        spent[tag] += time.perf_counter() - start
-        return value
+    def timed(path: str):
+        def headline(tag, *a):
+            start = time.perf_counter()
+            value = real_headline(tag, *a)
+            spent[path][tag] += time.perf_counter() - start
+            return value
+        return headline
 
     def run(path: str) -> tuple[float, object]:
         way, _, resamples = path.partition(":")
         extra = {"rounds": int(resamples)} if resamples else {}
         if way == "whole":
-            guard._headline, guard.bootstrap_drops = timed, functools.partial(real_bootstrap, whole=True)
+            guard._headline, guard.bootstrap_drops = timed(path), functools.partial(real_bootstrap, whole=True)
         start = time.perf_counter()
         try:
             verdict = guard.compare(model.tokenizer, samples, ref["ids"], ids, 0.01, 0.0, model.dialect,
@@ -77,7 +83,6 @@ def main() -> None:
             guard._headline, guard.bootstrap_drops = real_headline, real_bootstrap
         return time.perf_counter() - start, verdict
 
-    paths = args.paths.split(",")
     seconds, verdicts = {p: [] for p in paths}, {}
     for r in range(args.rounds):
         for path in (paths if r % 2 == 0 else paths[::-1]):
@@ -88,25 +93,32 @@ def main() -> None:
     median = {p: statistics.median(v) for p, v in seconds.items()}
     verdict = verdicts[paths[0]]
     result.update({"samples": len(samples), "bundle": args.bundle, "default_bootstrap_rounds":
-                   inspect.signature(guard.compare).parameters["rounds"].default, "reference_seconds": t1 - t0, "generate_seconds": t2 - t1,
+                   inspect.signature(guard.compare).parameters["rounds"].default,
+                   "reference_seconds": t1 - t0, "generate_seconds": t2 - t1,
                    "compare_seconds": seconds, "compare_median_seconds": median, "verdict_drop": verdict.drop,
                    "drop_bound": {p: v.drop_bound for p, v in verdicts.items()}, "task_drop_low": lows})
     line = (f"{len(samples)} samples: fp32 generate + score {t1 - t0:.1f} s, quantized generate {t2 - t1:.1f} s, "
             + ", ".join(f"compare ({p}) {m:.1f} s" for p, m in median.items()))
-    if {"whole", "per_sample"} <= set(paths):
-        same = (verdicts["whole"].passed == verdicts["per_sample"].passed
-                and abs(verdicts["whole"].drop_bound - verdicts["per_sample"].drop_bound) <= 1e-9
-                and all((a is None and b is None) or abs(a - b) <= 1e-9
-                        for a, b in ((lows["whole"][t], lows["per_sample"][t]) for t in lows["whole"])))
-        result.update({"whole_over_per_sample": median["whole"] / median["per_sample"],
-                       "headline_seconds_whole": {t: s / args.rounds for t, s in spent.most_common()},
-                       "same_verdict_bound_and_task_lows": same})
-        line += f"; {result['whole_over_per_sample']:.1f}x; same verdict, bound and task lows: {same}"
+    result["pairs"] = {}
+    for whole in (p for p in paths if p.partition(":")[0] == "whole"):  # each with per_sample at the same count
+        fast = "per_sample" + whole[len("whole"):]
+        if fast not in verdicts:
+            continue
+        a, b = verdicts[whole], verdicts[fast]
+        same = (a.passed == b.passed and abs(a.drop_bound - b.drop_bound) <= 1e-9
+                and all((x is None and y is None) or abs(x - y) <= 1e-9
+                        for x, y in ((lows[whole][t], lows[fast][t]) for t in lows[whole])))
+        result["pairs"][whole] = {"per_sample": fast, "whole_over_per_sample": median[whole] / median[fast],
+                                  "headline_seconds_whole": {t: s / args.rounds for t, s in spent[whole].most_common()},
+                                  "same_verdict_bound_and_task_lows": same}
+        line += f"; {whole} / {fast} {median[whole] / median[fast]:.1f}x, same verdict, bound and task lows: {same}"
     result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_result(args.out, result)
     print(line)
-    for tag, s in spent.most_common():
-        print(f"  whole: {tag} {s / args.rounds:.1f} s")
+    for whole, pair in result["pairs"].items():
+        for tag, s in pair["headline_seconds_whole"].items():
+            print(f"  {whole}: {tag} {s:.1f} s")
+
 
 if __name__ == "__main__":
     main()

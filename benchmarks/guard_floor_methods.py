@@ -1,7 +1,7 @@
 """Which interval should the guard's per-task floor use? False refusals and power of four ways, simulated.
 
 The floor refuses a task when its loss is resolved over `floor` at level (1 - confidence) / tasks. The guard
-uses the percentile bootstrap's low end with 200 rounds; guard_floor_sim.py measured it refusing up to 2.5x as
+used the percentile bootstrap's low end with 200 rounds (2,000 since this comparison); guard_floor_sim.py measured it refusing up to 2.5x as
 often as that level at 8-256 val samples. Compared here, on one task scored by accuracy (n val samples, fp32
 right with probability 0.5, the quantized answer flipped either way with probability `flip`, and right answers
 additionally lost with probability `loss`: the true relative drop is (1 - flip) x loss):

@@ -46,13 +46,13 @@ def test_the_change_and_its_paired_interval_by_hand():
     assert (vg["base"], vg["other"], vg["answers_changed"], vg["records"]) == (0.75, 0.5, 1, 4)
     assert vg["relative"] == pytest.approx(-1 / 3) and vg["change"] == pytest.approx(-0.25)
     assert cls["relative"] == pytest.approx(1 / 3) and cls["answers_changed"] == 1
-    # by hand: one Generator(3); per round IMG_CLS (task number 1) draws first, then REG_VG (10)
-    rng = np.random.default_rng(3)
+    # by hand: each task draws from Generator([3, its task number]): IMG_CLS is task 1, REG_VG task 10
+    rngs = {"IMG_CLS": np.random.default_rng([3, 1]), "REG_VG": np.random.default_rng([3, 10])}
     arrays = {t: (np.array(b), np.array(o)) for t, b, o in (("IMG_CLS", base_cls, other_cls), ("REG_VG", base_vg, other_vg))}
     draws = {t: [] for t in arrays}
     for _ in range(400):
         for t, (b, o) in arrays.items():
-            pick = rng.integers(0, len(b), len(b))
+            pick = rngs[t].integers(0, len(b), len(b))
             draws[t].append((b[pick].mean(), o[pick].mean()))
     for t, name in (("IMG_CLS", "IMG_CLS"), ("REG_VG", "REG_VG")):
         d = np.array(draws[t])
@@ -69,6 +69,15 @@ def test_the_change_and_its_paired_interval_by_hand():
     # the paired interval of a one-answer change sits on one side of 0 with a zero end: never both signs
     low, high = vg["change_ci"]
     assert high == 0.0 and low < 0
+
+
+def test_a_tasks_interval_does_not_depend_on_the_other_tasks():
+    vg = _keyed(_grounding([True, True, False, True, False]))
+    vg_other = _keyed(_grounding([True, False, False, True, True]))
+    alone = compare_rows(vg, vg_other, rounds=200)["per_task"]["REG_VG"]
+    both = compare_rows({**vg, **_keyed(_labels([True, False]))}, {**vg_other, **_keyed(_labels([False, False]))},
+                        rounds=200)["per_task"]["REG_VG"]
+    assert alone == both
 
 
 def test_identical_evaluations_have_zero_change_and_zero_intervals(tmp_path):

@@ -105,3 +105,54 @@ def test_cider_with_several_references_per_caption():
         whole = spec.score([preds[i] for i in pick], [several[i] for i in pick])["cider"]
         assert draw(np.array(pick)) == pytest.approx(whole, rel=1e-9)
     assert draw(np.array([0, 1, 2, 3])) > 0
+
+
+def test_ap_matching_inside_an_answer_follows_generation_order():
+    # A duplicate box on an already-matched object is a false positive; which of the two comes first matters.
+    from tiercel.tasks.results import Boxes
+
+    gt = Boxes(boxes=[[0, 0, 10, 10]])
+    loose, tight = [0, 0, 10, 14], [0, 0, 10, 10]  # IoU 0.71 and 1 with the object
+    spec = tasks.get("REG_DET_HBB")
+    for boxes in ([loose, tight], [tight, loose], [[50, 50, 60, 60], tight], [tight, tight]):
+        preds, refs = [Boxes(boxes=boxes), Boxes(boxes=[loose])], [gt, gt]
+        draw = resampler(spec.score, "ap50", preds, refs, [(64, 64)] * 2)
+        for pick in ([0, 1], [1, 0], [0, 0], [1, 1]):
+            whole = spec.metric([preds[i] for i in pick], [refs[i] for i in pick], [(64, 64)] * 2)["ap50"]
+            assert draw(np.array(pick)) == pytest.approx(whole), (boxes, pick)
+
+
+def test_cider_with_empty_captions_and_references():
+    from tiercel.tasks.results import Caption
+
+    hyps = ["", "a harbor", "two boats", ""]
+    refs = [["a harbor with boats"], [""], ["two boats in a harbor", ""], [""]]
+    preds = [Caption(text=h) for h in hyps]
+    several = [[Caption(text=r) for r in rs] for rs in refs]
+    spec = tasks.get("IMG_CAP")
+    draw = resampler(spec.score, "cider", preds, several)
+    for pick in ([0, 1, 2, 3], [2, 2, 2, 2], [1, 3, 1, 3], [0, 2, 2, 1]):
+        whole = spec.score([preds[i] for i in pick], [several[i] for i in pick])["cider"]
+        assert draw(np.array(pick)) == pytest.approx(whole, rel=1e-9, abs=1e-12)
+
+
+def test_the_average_interval_leaves_out_rounds_where_a_task_has_no_score():
+    # REG_DET_HBB with one object in 10 records: draws without it have no AP (nan), as average_headline gives nan.
+    from tiercel.tasks.metrics.resample import intervals, task_rng
+    from tiercel.tasks.results import Boxes, Label
+
+    hit = Boxes(boxes=[[0, 0, 10, 10]])
+    det = ([hit] * 10, [hit] + [Boxes(boxes=[])] * 9, [(64, 64)] * 10)
+    cls = ([Label(text="harbor")] * 6 + [Label(text="forest")] * 4, [Label(text="harbor")] * 10, [(64, 64)] * 10)
+    per_task, average = intervals({"IMG_CLS": cls, "REG_DET_HBB": det}, rounds=300)
+    values = {}
+    for tag, (p, r, s) in (("IMG_CLS", cls), ("REG_DET_HBB", det)):
+        rng, spec, got = task_rng(0, tag), tasks.get(tag), []
+        for _ in range(300):
+            pick = rng.integers(0, 10, 10)
+            got.append(spec.metric([p[i] for i in pick], [r[i] for i in pick], [s[i] for i in pick])[spec.headline])
+        values[tag] = np.array(got, dtype=float)
+    mean = (values["IMG_CLS"] + values["REG_DET_HBB"]) / 2
+    assert np.isnan(mean).any() and not np.isnan(mean).all()
+    assert average == pytest.approx(np.nanquantile(mean, [0.025, 0.975]).tolist())
+    assert per_task["REG_DET_HBB"] == pytest.approx(np.nanquantile(values["REG_DET_HBB"], [0.025, 0.975]).tolist())

@@ -77,4 +77,4 @@ def _pct(x) -> str:
 
 
 def _span(interval) -> str:
-    return "-" if not interval else f"[{_pct(interval[0])}, {_pct(interval[1])}]"
+    return "-" if not interval or any(x is None or x != x for x in interval) else f"[{_pct(interval[0])}, {_pct(interval[1])}]"

@@ -129,7 +129,7 @@ def _summary(report) -> str:
 
 def _span(interval) -> str:
     """'[0.553, 0.689]': a 95% interval of tiercel's headline (the first protocol's column when it is tiercel)."""
-    return "-" if not interval else f"[{_num(interval[0])}, {_num(interval[1])}]"
+    return "-" if not interval or any(x is None or x != x for x in interval) else f"[{_num(interval[0])}, {_num(interval[1])}]"
 
 
 def _num(x) -> str:

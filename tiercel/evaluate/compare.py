@@ -9,8 +9,9 @@ Each task's headline (tiercel's protocol) is scored on both. The interval is pai
 task's records with replacement and scores BOTH models on that draw, so records both get right, or both get
 wrong, move the two scores together and do not widen the interval of the change, as separate intervals would.
 Per task: both headlines, the change (other - base) and the relative change (other / base - 1), each with its
-percentile interval, and how many answers differ. The average of the headlines gets the same from the same
-rounds. This is what a quantized bundle against its fp32 bundle, or one student against another, needs: "is
+percentile interval, and how many answers differ. The average of the headlines, over the tasks both files
+score, gets the same from the same rounds. Each task draws from its own Generator (seeded with the seed and the
+task's number), so its interval does not depend on which other tasks the files hold. This is what a quantized bundle against its fp32 bundle, or one student against another, needs: "is
 the change resolved, and which way?". The draws are scored from per-sample statistics
 (tiercel.tasks.metrics.resample).
 """
@@ -53,13 +54,12 @@ def read_rows(path: str | Path) -> dict[tuple[int, str], dict]:
 def compare_rows(base: dict, other: dict, rounds: int = 1000, confidence: float = 0.95, seed: int = 0,
                  names: tuple[str, str] = ("base", "other")) -> dict:
     """Paired comparison of two read_rows() results (see the module docstring). `names` label the files in errors."""
-    from tiercel.tasks.metrics.resample import resampler
+    from tiercel.tasks.metrics.resample import resampler, task_rng
 
     _same_records(base, other, names)
     by_tag: dict[str, list] = {}
     for key in sorted(base, key=lambda k: (T.get(k[1]).number, k[0])):
         by_tag.setdefault(key[1], []).append(key)
-    rng = np.random.default_rng(seed)
     tail = (1 - confidence) / 2
     per_task, drawn = {}, {}
     for tag, keys in by_tag.items():
@@ -75,24 +75,23 @@ def compare_rows(base: dict, other: dict, rounds: int = 1000, confidence: float 
             if fn is None:  # no per-sample form: score the draw whole
                 draw[side] = lambda pick, p=preds[side]: float(spec.metric(
                     [p[i] for i in pick], [refs[i] for i in pick], [sizes[i] for i in pick])[spec.headline])
-        drawn[tag] = (draw, len(keys))
+        drawn[tag] = (draw, len(keys), task_rng(seed, tag))
         changed = sum(base[k]["pred"] != other[k]["pred"] for k in keys)
         per_task[tag] = {"metric": spec.headline, "records": len(keys), "answers_changed": changed,
                          **_summary(point["base"], point["other"])}
     values = {tag: np.full((2, rounds), np.nan) for tag in drawn}
     for r in range(rounds):
-        for tag, (draw, n) in drawn.items():
+        for tag, (draw, n, rng) in drawn.items():
             pick = rng.integers(0, n, n)
             values[tag][:, r] = draw["base"](pick), draw["other"](pick)
     for tag, v in values.items():
         per_task[tag].update(_intervals(v[0], v[1], tail))
-    stacked = np.stack(list(values.values()))  # tasks x 2 x rounds
-    both = ~np.isnan(stacked).any(axis=1, keepdims=True)
-    counted = both[:, 0].sum(0)
-    means = np.where(counted > 0, np.where(both, stacked, 0).sum(0) / np.maximum(counted, 1), np.nan)
+    # The average: over the tasks both files score (a nan headline on either side leaves its task out), and per
+    # round over the same tasks (a round where one of them draws a nan is left out).
     point = [t for t, s in per_task.items() if not (math.isnan(s["base"]) or math.isnan(s["other"]))]
     average = {"tasks": len(point), **_summary(*(sum(per_task[t][side] for t in point) / len(point) if point
                                                  else math.nan for side in ("base", "other")))}
+    means = np.stack([values[t] for t in point]).mean(0) if point else np.full((2, rounds), np.nan)
     average.update(_intervals(means[0], means[1], tail))
     return {"rounds": rounds, "confidence": confidence, "seed": seed, "per_task": per_task, "average": average}
 

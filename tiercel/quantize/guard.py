@@ -15,7 +15,7 @@ than fp32) while 600 test records showed +10.3%; its token agreement (0.89 val, 
 signal. The paired bound sees it: samples whose generations differ widen the resampled drops, identical ones
 contribute nothing. `confidence=0` decides on the point drop alone. Each draw's headlines come from per-sample
 statistics made once (tiercel.tasks.metrics.resample: IoUs, masks, n-gram tables), not from scoring the draw
-again, so the bootstrap costs about what one scoring does rather than `rounds` of them.
+again, so the bootstrap costs a few scorings (benchmarks/results/guard_cost.md) rather than `rounds` of them.
 
 A per-task floor (`max_task_drop`) refuses a bundle that loses one task while the average holds: a task fails
 when even the low end of its own paired-bootstrap drop is over the limit, i.e. the loss is resolved, not just
@@ -23,8 +23,8 @@ possible. The low end, not the high one as for the average, because a task's int
 samples is several points wide (benchmarks/results/quant_paired_finish.md: 2-15 points on 1,200 test records
 per task), so demanding that its top be within 1% would refuse nearly every bundle. Its level is 1 - confidence
 shared over the tasks checked (Bonferroni), so a bundle whose every task is within the limit is refused with
-probability at most 1 - confidence; with 2,000 rounds and 14 tasks that level is about the 14th smallest
-resampled drop (at 200 it was the 1.4th, and where it fell was mostly luck). That level is not met exactly on
+probability at most 1 - confidence; with 2,000 rounds and 14 tasks that level falls between the 15th and 16th
+smallest resampled drops (at 200, between the 2nd and 3rd, where it landed was mostly luck). It is not met exactly on
 small samples. Simulated for an accuracy task with no true loss (benchmarks/results/guard_floor_methods.md,
 level 0.1 / 14 = 0.0071, 1% floor), one task is refused 0.3-2.2x as often as the level says at 8-256 val samples
 (0.93x on average over the cases tried; 1.56x at 200 rounds), and 3-8x at 4 samples (guard_floor_sim.md), so
@@ -64,8 +64,8 @@ def caution(verdict) -> str | None:
             f"{verdict.samples} val samples decide little; consider a larger --n-val or --confidence, or --min-agreement")
 
 
-def bound_missed_alone(drop: float, bound: float | None, agreement: float, max_drop: float, min_agreement: float,
-                       task_misses=()) -> bool:
+def bound_missed_alone(drop: float, bound: float | None, agreement: float, max_drop: float, min_agreement: float, *,
+                       task_misses) -> bool:
     """The point drop within max_drop, its upper bound over it, the agreement met and no task's loss resolved: what
     more val samples can change."""
     return not task_misses and bound is not None and drop <= max_drop < bound and agreement >= min_agreement
@@ -77,7 +77,7 @@ def bound_hint(attempts: list[dict], max_drop: float, min_agreement: float, samp
     for i, a in enumerate(attempts, 1):
         bound = a.get("drop_bound")
         if bound_missed_alone(a.get("drop", math.inf), bound, a.get("token_agreement", 0.0), max_drop, min_agreement,
-                              a.get("task_misses", ())):
+                              task_misses=a.get("task_misses", ())):
             return (f"; attempt {i}'s point drop {a['drop']:.2%} was within max drop, its {a['confidence']:.0%} bound "
                     f"{bound:.2%} was not: more val samples narrow the bound (--n-val, {samples} now; or --n-val-max)")
     return ""
@@ -134,7 +134,7 @@ class Verdict:
     def bound_missed_alone(self, max_drop: float, min_agreement: float) -> bool:
         """Only the average's upper bound missed: what a larger val sample can change (a task's resolved loss is not)."""
         return bound_missed_alone(self.drop, self.drop_bound, self.token_agreement, max_drop, min_agreement,
-                                  self.task_misses)
+                                  task_misses=self.task_misses)
 
     def line(self) -> str:
         bound = f", {self.confidence:.0%} upper bound {self.drop_bound:.2%}" if self.drop_bound is not None else ""

@@ -128,11 +128,16 @@ def _cider_draw(hyps: list[str], refs: list[list[str]], n: int = 4, sigma: float
     ref_owner, penalty = np.array(ref_owner), np.array(penalty)
     per_sample = np.bincount(ref_owner, minlength=size)
     vocab = len(index)
+    # idf from math.log, as cider_d takes it: numpy's vectorised log can differ from it in the last bit, and a
+    # gram in every drawn reference must get an idf of exactly 0 (else a zero norm turns into a tiny one).
+    logs = [np.zeros(0)]
 
     def draw(pick: np.ndarray) -> float:
+        if len(logs[0]) <= len(pick):  # math.log of 0..len(pick) (df is at most the draw's size)
+            logs[0] = np.array([math.log(max(1.0, float(k))) for k in range(len(pick) + 1)])
         counts = np.bincount(pick, minlength=size).astype(float)
         df = np.bincount(doc_gram, weights=counts[doc_sample], minlength=vocab)
-        idf2 = (math.log(float(len(pick))) - np.log(np.maximum(1.0, df))) ** 2
+        idf2 = (logs[0][len(pick)] - logs[0][np.rint(df).astype(int)]) ** 2
         nh = np.sqrt(np.bincount(hyp_row, weights=hyp_w * idf2[hyp_gram], minlength=size * n)).reshape(size, n)
         nr = np.sqrt(np.bincount(ref_row, weights=ref_w * idf2[ref_gram], minlength=n_refs * n)).reshape(n_refs, n)
         dot = np.bincount(dot_row, weights=dot_w * idf2[dot_gram], minlength=n_refs * n).reshape(n_refs, n)
@@ -149,15 +154,16 @@ def intervals(by_tag: dict[str, tuple[list, list, list]], rounds: int = 1000, co
               seed: int = 0) -> tuple[dict[str, list[float]], list[float] | None]:
     """Percentile bootstrap intervals of each task's headline and of their average (tiercel's protocol).
 
-    by_tag: {tag: (parsed predictions, parsed references, image sizes)}. Each round draws, for each task in
-    `by_tag`'s order, as many records as it has with replacement (`rng.integers(0, n, n)` from one
-    numpy Generator seeded with `seed`) and scores the headline on them; the average of a round is the mean of
-    its tasks' non-nan headlines, as tiercel.tasks.average_headline takes it. Returns ({tag: [low, high]},
-    [low, high] of the average, or None without tasks); a task whose every resample is nan gets [nan, nan].
+    by_tag: {tag: (parsed predictions, parsed references, image sizes)}. Each round draws each task's records
+    with replacement, as many as it has (`rng.integers(0, n, n)`, one numpy Generator per task seeded with
+    [seed, task number], so a task's interval does not depend on which other tasks ran), and scores the headline
+    on them; a round's average is the mean of all its tasks' headlines, nan when one is nan, as
+    tiercel.tasks.average_headline takes it; rounds with a nan are left out of the quantiles. Returns
+    ({tag: [low, high]}, [low, high] of the average, or None when every round's average is nan); a task whose
+    every resample is nan gets [nan, nan].
     """
     from tiercel import tasks as T
 
-    rng = np.random.default_rng(seed)
     draws = {}
     for tag, (preds, refs, sizes) in by_tag.items():
         spec = T.get(tag)
@@ -166,17 +172,22 @@ def intervals(by_tag: dict[str, tuple[list, list, list]], rounds: int = 1000, co
             def draw(pick, spec=spec, preds=preds, refs=refs, sizes=sizes):
                 return spec.metric([preds[i] for i in pick], [refs[i] for i in pick],
                                    [sizes[i] for i in pick])[spec.headline]
-        draws[tag] = (draw, len(refs))
+        draws[tag] = (draw, len(refs), task_rng(seed, tag))
     values = {tag: np.full(rounds, np.nan) for tag in draws}
     for r in range(rounds):
-        for tag, (draw, n) in draws.items():
+        for tag, (draw, n, rng) in draws.items():
             values[tag][r] = draw(rng.integers(0, n, n))
     tail = (1 - confidence) / 2
     per_task = {tag: ([float(np.nanquantile(v, tail)), float(np.nanquantile(v, 1 - tail))]
                       if not np.isnan(v).all() else [math.nan, math.nan]) for tag, v in values.items()}
-    stacked = np.stack(list(values.values())) if values else np.full((1, rounds), np.nan)
-    counted = (~np.isnan(stacked)).sum(0)
-    average = np.where(counted > 0, np.nansum(stacked, 0) / np.maximum(counted, 1), np.nan)
+    average = np.stack(list(values.values())).mean(0) if values else np.full(rounds, np.nan)
     if np.isnan(average).all():
         return per_task, None
     return per_task, [float(np.nanquantile(average, tail)), float(np.nanquantile(average, 1 - tail))]
+
+
+def task_rng(seed: int, tag: str) -> np.random.Generator:
+    """The Generator a task's resamples come from: seeded with [seed, task number], independent of other tasks."""
+    from tiercel import tasks as T
+
+    return np.random.default_rng([seed, T.get(tag).number])
