@@ -10,7 +10,10 @@ For each checkpoint, the first --n val records of each task go through the train
   MinMax calibration gives) and each weight to symmetric per-output-channel int8: the share of answer tokens
   whose argmax changes against fp32 (teacher-forced, so every position sees the reference prefix), over all
   tasks and per task;
-- one layer at a time rounded the same way: the same flip share, which ranks the layers.
+- one layer at a time rounded the same way: the same flip share, which ranks the layers;
+- `--blocked LAYER`: that layer rounded as onnxruntime's MatMulNBits 8-bit (int8-weight-only, accuracy level 4)
+  rounds it instead: weights in symmetric int8 blocks of 128 along the input dimension of each output row, and
+  the input rounded at run time per row and block of 128 at its own absmax (no calibrated scale).
 
 This is a simulation in torch, not the onnxruntime or OpenVINO graphs: those quantize the exported graph (uint8
 asymmetric activations on onnxruntime, attention matmuls included on some schemes), so the numbers compare
@@ -39,6 +42,17 @@ def fake_int8(x, absmax):
 
     scale = torch.clamp(absmax, min=1e-12) / 127
     return torch.clamp(torch.round(x / scale), -127, 127) * scale
+
+
+def fake_blocked(x, block: int = 128):
+    """x rounded to symmetric int8 in blocks of `block` along its last dimension, each at its own absmax."""
+    import torch
+
+    k = x.shape[-1]
+    pad = (-k) % block
+    blocks = torch.nn.functional.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, block)
+    rounded = fake_int8(blocks, blocks.abs().amax(-1, keepdim=True))
+    return rounded.reshape(*x.shape[:-1], -1)[..., :k]
 
 
 def layers(model) -> dict:
@@ -117,7 +131,7 @@ def paired_difference(a: list, b: list, rounds: int = 1000, seed: int = 0) -> di
 
 
 def analyse(path: str, data_file: Path, root: Path, n: int, batch_size: int, per_layer: bool = True,
-            keep: tuple[str, ...] = ()) -> dict:
+            keep: tuple[str, ...] = (), blocked: tuple[str, ...] = ()) -> dict:
     import torch
 
     from tiercel.distill.data import SFTData, model_input
@@ -155,6 +169,10 @@ def analyse(path: str, data_file: Path, root: Path, n: int, batch_size: int, per
         for name in names:
             m = mods[name]
             w = originals[name]
+            if name in blocked:  # MatMulNBits 8-bit: weight blocks along the input, inputs per row block at run time
+                m.weight.data.copy_(fake_blocked(w))
+                hs.append(m.register_forward_pre_hook(lambda _m, args: (fake_blocked(args[0]), *args[1:])))
+                continue
             rows = w.reshape(w.shape[0], -1).abs().amax(1).reshape(-1, *([1] * (w.dim() - 1)))
             m.weight.data.copy_(fake_int8(w, rows))
             absmax = torch.tensor(stats[name]["absmax"])
@@ -167,9 +185,12 @@ def analyse(path: str, data_file: Path, root: Path, n: int, batch_size: int, per
         for name in names:
             mods[name].weight.data.copy_(originals[name])
 
-    unknown = [k for k in keep if k not in mods]
-    if unknown:
-        sys.exit(f"--keep {unknown[0]}: no such layer in {path}; layers are nn.Linear / nn.Conv2d module names")
+    for option, names in (("--keep", keep), ("--blocked", blocked)):
+        unknown = [k for k in names if k not in mods]
+        if unknown:
+            sys.exit(f"{option} {unknown[0]}: no such layer in {path}; layers are nn.Linear / nn.Conv2d module names")
+        if option == "--blocked" and any(not isinstance(mods[k], torch.nn.Linear) for k in names):
+            sys.exit(f"--blocked: only nn.Linear layers (MatMulNBits is a MatMul); got {', '.join(names)}")
     rounded = [name for name in mods if name not in keep]
     hs = quantize(rounded)
     rows = moved(ref, forward_all(model, data, batch_list, spec))
@@ -188,7 +209,7 @@ def analyse(path: str, data_file: Path, root: Path, n: int, batch_size: int, per
                            "weight_crest": float(w.abs().max() / w.pow(2).mean().sqrt())}
     return {"path": str(path), "records": len(ref), "answer_tokens": sum(a.numel() for _, a in ref),
             "tied_lm_head": model.lm_head.weight is model.get_input_embeddings().weight,
-            "fp32_margin": margin_summary(margins), "kept_in_fp32": list(keep),
+            "fp32_margin": margin_summary(margins), "kept_in_fp32": list(keep), "blocked": list(blocked),
             "flips_all_layers": every, "flips_all_layers_per_task": every_task, "per_layer": layers_out,
             "per_record": rows}
 
@@ -249,6 +270,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-layers", action="store_true", help="skip the one-layer-at-a-time pass (the slow part)")
     ap.add_argument("--keep", action="append", default=[], help="a layer left in fp32 in the every-layer pass")
+    ap.add_argument("--blocked", action="append", default=[],
+                    help="a layer rounded as MatMulNBits 8-bit instead (weight and input blocks of 128)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "int8_sensitivity.json")
     args = ap.parse_args()
     import torch
@@ -263,7 +286,8 @@ def main() -> None:
             sys.exit(f"--checkpoint {item}: give NAME=DIR")
         t0 = time.perf_counter()
         result["checkpoints"][name] = analyse(path, args.data, args.root, args.n, args.batch_size,
-                                                   per_layer=not args.no_layers, keep=tuple(args.keep))
+                                                   per_layer=not args.no_layers, keep=tuple(args.keep),
+                                                   blocked=tuple(args.blocked))
         result["checkpoints"][name]["seconds"] = time.perf_counter() - t0
         print(f"{name}: every layer int8 flips {result['checkpoints'][name]['flips_all_layers']:.2%} of answer tokens",
               flush=True)

@@ -29,3 +29,14 @@ def test_flip_shares_and_the_paired_difference():
     d = s8.paired_difference(a, b, rounds=200)
     assert d["difference"] == pytest.approx(2 / 22)
     assert 0 <= d["ci95"][0] <= d["difference"] <= d["ci95"][1]  # b never moves fewer tokens than a on a record
+
+
+def test_blocked_rounding_scales_each_block_by_its_own_absmax():
+    import torch
+
+    x = torch.tensor([[1.0, -2.0, 0.5, 4.0, 0.3]])  # blocks of 2: [1, -2], [0.5, 4], [0.3] (padded)
+    got = s8.fake_blocked(x, block=2)
+    step = [2 / 127, 2 / 127, 4 / 127, 4 / 127, 0.3 / 127]
+    assert got.shape == x.shape
+    assert got[0].tolist() == pytest.approx([round(v / s) * s for v, s in zip(x[0].tolist(), step)])
+    assert got[0, 4].item() == pytest.approx(0.3)  # alone in its block: exact at its own absmax
