@@ -257,7 +257,7 @@ class Pipeline:
             with progress.scope(label):
                 report = evaluate(open_predictor(bundle, self.backend_of(label)), split, d.root, limit=ev.limit,
                                   generation={"num_beams": ev.num_beams, "max_new_tokens": ev.max_new_tokens},
-                                  protocol=ev.protocol)
+                                  protocol=ev.protocol, keep_predictions=True)  # the report compares them paired
             scores[label] = report.to_dict()
             write_json(self.out / "eval" / f"{label}.json", scores[label])
         return {"models": {k: v.get("average") for k, v in scores.items()}}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tiercel.fileio import atomic_path, atomic_write_text, write_json
+from tiercel.fileio import atomic_path, atomic_write_text, finite, write_json
 from tiercel.tasks import TAGS, get
 
 
@@ -46,10 +46,59 @@ def collect(pipeline) -> dict:
     quant = pipeline.done("quantize") or {}
     guard = {**{f"student-{s}": {"failed": msg} for s, msg in quant.get("failed", {}).items()},
              **{f"student-{s}": v.get("guard") for s, v in quant.get("bundles", {}).items()}}
+    paired = _paired({label: out / "eval" / f"{label}.json" for label in rows})
     teacher = pipeline.done("teacher") or {}
     warnings = [c["warning"] for c in (teacher.get("prompt_check") or {}, teacher.get("image_check") or {}) if c.get("warning")]
-    return {"rows": rows, "guard": guard, "warnings": warnings, "machine": prof.get("machine"), "settings": prof.get("settings"),
+    return {"rows": rows, "guard": guard, "paired": paired, "warnings": warnings, "machine": prof.get("machine"), "settings": prof.get("settings"),
             "estimate_formula": prof.get("estimate_formula"), "peaks": prof.get("peaks"), "openvino": ov["profiles"][0] if ov and ov.get("profiles") else None}
+
+
+def _paired(evals: dict[str, Path]) -> dict[str, dict]:
+    """{label: tiercel.evaluate.compare result} of each quantized student against the fp32 student, on the records
+    both scored (their eval JSONs' kept predictions); {} when the student's eval has no rows (an older run)."""
+    from tiercel.errors import DataError
+    from tiercel.evaluate.compare import compare_rows, read_rows
+
+    base = evals.get("student")
+    if base is None or not base.is_file():
+        return {}
+    try:
+        reference = read_rows(base)
+    except DataError:
+        return {}
+    out = {}
+    for label, path in evals.items():
+        if label.startswith("student-") and path.is_file():
+            try:
+                out[label] = compare_rows(reference, read_rows(path), names=(str(base), str(path)))
+            except DataError as err:
+                out[label] = {"error": str(err)}
+    return out
+
+
+def _paired_table(paired: dict) -> list[str]:
+    """Per task, each quantized student's change against the fp32 student with its paired 95% interval."""
+    names = list(paired)
+    ok = [n for n in names if "error" not in paired[n]]
+    lines = ["", "## Quantized vs fp32 student, paired (eval split)", "",
+             "Change of each task's headline (quantized / fp32 - 1) with its 95% interval over 1,000 paired resamples "
+             "of the records (both scored on each resample; `tiercel compare`). An interval clear of 0 is a change "
+             "these records resolve.", "", "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    tags = [t for t in TAGS if any(t in paired[n]["per_task"] for n in ok)]
+    for tag in tags:
+        lines.append(f"| {tag} | " + " | ".join(
+            _change(paired[n]["per_task"].get(tag)) if n in ok else "-" for n in names) + " |")
+    lines.append("| average | " + " | ".join(_change(paired[n]["average"]) if n in ok else "-" for n in names) + " |")
+    lines += [f"- {n}: {paired[n]['error']}" for n in names if n not in ok]
+    return lines
+
+
+def _change(s: dict | None) -> str:
+    if not s or s.get("relative") is None:
+        return "-"
+    ci = s.get("relative_ci")
+    span = f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""
+    return f"{100 * s['relative']:+.1f}%{span}"
 
 
 def _per_task(rows: dict, names: list[str], protocol: str) -> list[str]:
@@ -148,6 +197,8 @@ def markdown(data: dict, recipe_name: str) -> str:
                 caution = "; caution: low token agreement, val decides little" if g.get("caution") else ""
                 lines.append(f"| {n} | {g['token_agreement']:.3f} | {100 * g['drop']:.2f}% | {bound} | "
                              f"{'passed' if g['passed'] else 'failed'} ({len(g.get('attempts', []))} attempt(s)){caution} |")
+    if data.get("paired"):
+        lines += _paired_table(data["paired"])
     if data.get("openvino"):
         ov = data["openvino"]["stages"]
         lines += ["", "## student on OpenVINO (ms, p50)", "", "| stage | ms |", "|---|---|"]
@@ -195,6 +246,6 @@ def write_report(pipeline) -> dict[str, Path]:
     data = collect(pipeline)
     paths = {"markdown": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
     atomic_write_text(paths["markdown"], markdown(data, pipeline.recipe.name))
-    write_json(paths["json"], data)
+    write_json(paths["json"], finite(data))
     plot(data, paths["png"])
     return paths

@@ -66,6 +66,9 @@ def test_every_stage_runs_and_the_report_compares_the_models(finished):
     assert "## Accuracy guard" in report and "| student-int8-dynamic | " in report.split("## Accuracy guard")[1]
     data = json.loads((out / "report.json").read_text())
     assert data["rows"]["student-int8-dynamic"]["size_mb"] < data["rows"]["student"]["size_mb"]
+    paired = report.split("## Quantized vs fp32 student, paired")[1].split("\n## ")[0]  # the same eval records
+    assert "| task | student-int8-dynamic |" in paired and "| average | " in paired
+    assert set(data["paired"]) == {"student-int8-dynamic"} and set(data["paired"]["student-int8-dynamic"]["per_task"]) <= set(TAGS)
     assert (out / "report.png").stat().st_size > 10_000
     for stage in results:
         assert (out / "stages" / f"{stage}.json").is_file()
@@ -134,6 +137,7 @@ def test_a_scheme_the_guard_refuses_is_reported_and_the_run_goes_on(finished, tm
     report = (out / "report.md").read_text()
     assert "| student-int8-dynamic | - | - | - | refused: student-int8-dynamic: int8-dynamic misses" in report
     assert "| student-int8-dynamic | " not in report.split("## Accuracy guard")[0]  # no scores for a bundle never made
+    assert "## Quantized vs fp32 student, paired" not in report  # nothing quantized to compare
 
 
 def test_crash_resumes_at_the_failed_stage(tmp_path, monkeypatch):
