@@ -73,6 +73,33 @@ def check_output_file(path: str | Path | None, option: str, example: str = "resu
     _check_writable(path.parent, f"{option} {path}")
 
 
+JSON_MARK = "tiercel"  # the first member of every file a command writes with --json: {"version", "output"}
+
+
+def check_json_output(path: str | Path | None, option: str = "--json", example: str = "results.json") -> None:
+    """Before long work: TiercelError unless `path` can be written as a command's JSON output: a new file, or one
+    tiercel wrote (a JSON object whose `tiercel` member is an object). Anything else there is not replaced."""
+    check_output_file(path, option, example)
+    if path is not None and Path(path).exists() and not _ours_json(Path(path)):
+        raise TiercelError(f"{option} {path}: exists and was not written by tiercel, so it is not replaced; choose "
+                           "another path or remove it yourself")
+
+
+def write_output_json(path: str | Path, data: dict, output: str) -> Path:
+    """A command's JSON output, written whole: {"tiercel": {"version", "output"}, **data}, NaN and inf as null."""
+    from tiercel import __version__
+
+    return write_json(path, finite({JSON_MARK: {"version": __version__, "output": output}, **data}))
+
+
+def _ours_json(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get(JSON_MARK), dict)
+
+
 def _check_writable(folder: Path, what: str) -> None:
     existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
     if not existing.is_dir():

@@ -118,6 +118,14 @@ def test_the_cli_prints_the_table_writes_json_and_fails_in_one_line(tmp_path, ca
     assert "REG_VG" in out and "-33.3%" in out and "average over 1 tasks" in out
     data = json.loads((tmp_path / "c.json").read_text())
     assert data["per_task"]["REG_VG"]["relative"] == pytest.approx(-1 / 3) and data["rounds"] == 100
+    assert main(["compare", a, b, "--bootstrap", "10", "--json", str(tmp_path / "c.json")]) == 0  # its own: replaced
+    assert json.loads((tmp_path / "c.json").read_text())["rounds"] == 10
     assert main(["compare", a, str(tmp_path / "missing.json")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "missing.json: missing" in err and err.count("\n") == 1
+    notes = tmp_path / "notes.json"
+    notes.write_text("my notes")
+    assert main(["compare", a, b, "--json", str(notes)]) == 1  # not tiercel's: never replaced
+    err = capsys.readouterr().err
+    assert "notes.json: exists and was not written by tiercel" in err and err.count("\n") == 1
+    assert notes.read_text() == "my notes"

@@ -192,3 +192,23 @@ def test_finite_json_writes_null_for_nan_and_infinity(tmp_path):
         raise ValueError(f"not JSON: {name}")
 
     assert json.loads(path.read_text(), parse_constant=refuse) == {"mae": None, "per": [None, 0.5], "t": [1.0, None], "n": 3}
+
+
+def test_a_json_output_replaces_only_what_tiercel_wrote(tmp_path):
+    import json
+
+    from tiercel.fileio import check_json_output, write_output_json
+
+    out = tmp_path / "eval.json"
+    check_json_output(out)  # new: fine
+    write_output_json(out, {"average": float("nan")}, "eval")
+    data = json.loads(out.read_text())
+    assert list(data)[0] == "tiercel" and data["tiercel"]["output"] == "eval" and data["average"] is None
+    check_json_output(out)  # tiercel's own output: may be replaced
+    for text in ("my notes", '{"average": 0.5}', "[1, 2]", '{"tiercel": "a string"}'):
+        theirs = tmp_path / "theirs.json"
+        theirs.write_text(text)
+        with pytest.raises(TiercelError, match=r"--json .*theirs\.json: exists and was not written by tiercel, so it "
+                                               r"is not replaced; choose another path or remove it yourself"):
+            check_json_output(theirs)
+        assert theirs.read_text() == text

@@ -26,9 +26,9 @@ def compare_cmd(
     json_out: Path = typer.Option(None, "--json", help="Write every task's numbers as JSON here."),
 ):
     """Compare two evaluations of the same records per task: change, paired interval, answers changed."""
-    from tiercel.fileio import check_output_file
+    from tiercel.fileio import check_json_output
 
-    check_output_file(json_out, "--json")
+    check_json_output(json_out)
     from rich.console import Console
 
     from tiercel.evaluate.compare import compare_files
@@ -41,9 +41,9 @@ def compare_cmd(
                   "paired resamples of the records: an interval clear of 0 is a resolved change", markup=False,
                   soft_wrap=True)
     if json_out is not None:
-        from tiercel.fileio import finite, write_json
+        from tiercel.fileio import write_output_json
 
-        write_json(json_out, finite(result))
+        write_output_json(json_out, result, "compare")
         console.print(f"wrote {json_out}", markup=False, soft_wrap=True)
 
 

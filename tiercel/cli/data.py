@@ -8,7 +8,6 @@ Thin: parse options, call tiercel.data, print. A file with bad records exits 1 w
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -33,9 +32,9 @@ def validate_cmd(
     json_out: Path = typer.Option(None, "--json", help="Also write the full report (every problem) as JSON here."),
 ):
     """Check every record: task tag, image count, images exist, crop, answer parses. Exit 1 if any is bad."""
-    from tiercel.fileio import check_output_file
+    from tiercel.fileio import check_json_output
 
-    check_output_file(json_out, "--json")  # before the work, not after it
+    check_json_output(json_out)  # before the work, not after it
 
     from rich.console import Console
 
@@ -50,7 +49,9 @@ def validate_cmd(
         console.print(f"... and {len(report.problems) - SHOWN} more problems", markup=False, soft_wrap=True)
     console.print(_counts_table(report))
     if json_out is not None:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        from tiercel.fileio import write_output_json
+
+        write_output_json(json_out, report.to_dict(), "data validate")
     if not report.ok:
         raise DataError(report.summary())
     console.print(report.summary(), markup=False, soft_wrap=True)

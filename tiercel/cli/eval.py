@@ -43,9 +43,9 @@ def eval_cmd(
     protocol: str = typer.Option("tiercel", "--protocol", help="How to score: tiercel (default), falcon (as Falcon's published evaluation scores it; needs tiercel[eval] for REG_DET_OBB, PIX_SEG, PIX_CHG) or both, side by side."),
 ):
     """Score a bundle or a checkpoint on Falcon_SFT records with each task's metrics."""
-    from tiercel.fileio import check_output_dir, check_output_file
+    from tiercel.fileio import check_json_output, check_output_dir
 
-    check_output_file(json_out, "--json")  # before the work, not after it
+    check_json_output(json_out)  # before the work, not after it
     check_output_dir(examples, "--examples")
 
     from rich.console import Console
@@ -75,10 +75,10 @@ def eval_cmd(
     for line in report.warnings:
         typer.echo(f"warning: {line}", err=True)
     if json_out is not None:
-        from tiercel.fileio import finite, write_json
+        from tiercel.fileio import write_output_json
 
-        write_json(json_out, finite({"model": str(model), "data": str(data), "backend": getattr(predictor, "backend", None),
-                                      "generation": generation, "limit": limit, **report.to_dict()}))
+        write_output_json(json_out, {"model": str(model), "data": str(data), "backend": getattr(predictor, "backend", None),
+                                     "generation": generation, "limit": limit, **report.to_dict()}, "eval")
         console.print(f"wrote {json_out}", markup=False, soft_wrap=True)
     if examples is not None:
         paths = write_examples(report, root, examples)

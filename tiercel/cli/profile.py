@@ -41,9 +41,9 @@ def profile(
     device_spec: Path = typer.Option(None, "--device-spec", help="YAML/JSON file with more devices for the estimates."),
 ):
     """Time every stage of one or more bundles (or checkpoints) and compare them; add roofline fractions and device estimates."""
-    from tiercel.fileio import check_output_file
+    from tiercel.fileio import check_json_output, check_output_file
 
-    check_output_file(json_out, "--json")  # before the work, not after it
+    check_json_output(json_out)  # before the work, not after it
     check_output_file(plot, "--plot", example="profile.png")
 
     from rich.console import Console
@@ -83,9 +83,9 @@ def profile(
     for line in render.estimate_notes(report):
         console.print(line, markup=False, soft_wrap=True)
     if json_out is not None:
-        from tiercel.fileio import finite, write_json
+        from tiercel.fileio import write_output_json
 
-        write_json(json_out, finite(report.to_dict()))
+        write_output_json(json_out, report.to_dict(), "profile")
         console.print(f"wrote {json_out}", markup=False, soft_wrap=True)
     if plot is not None:
         render.plot(report, plot)
