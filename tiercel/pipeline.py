@@ -260,7 +260,7 @@ class Pipeline:
                                   protocol=ev.protocol, keep_predictions=True)  # the report compares them paired
             scores[label] = report.to_dict()
             write_json(self.out / "eval" / f"{label}.json", scores[label])
-        return {"models": {k: v.get("average") for k, v in scores.items()}}
+        return {"models": {k: v.get("average_headline") for k, v in scores.items()}}
 
     def stage_profile(self, _):
         from tiercel.models.open import CHECKPOINTS

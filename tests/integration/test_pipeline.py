@@ -68,6 +68,9 @@ def test_every_stage_runs_and_the_report_compares_the_models(finished):
     assert data["rows"]["student-int8-dynamic"]["size_mb"] < data["rows"]["student"]["size_mb"]
     paired = report.split("## Quantized vs fp32 student, paired")[1].split("\n## ")[0]  # the same eval records
     assert "| task | student-int8-dynamic |" in paired and "| average | " in paired
+    averages = results["eval"]["models"]  # the stage's summary: each row's 14-task average, as the report's
+    assert set(averages) == set(data["rows"]) and all(averages[k] == data["rows"][k]["average"] for k in averages)
+    assert all(isinstance(v, float) for v in averages.values())
     assert set(data["paired"]) == {"student-int8-dynamic"} and set(data["paired"]["student-int8-dynamic"]["per_task"]) <= set(TAGS)
     assert (out / "report.png").stat().st_size > 10_000
     for stage in results:
