@@ -92,6 +92,35 @@ def write_output_json(path: str | Path, data: dict, output: str) -> Path:
     return write_json(path, finite({JSON_MARK: {"version": __version__, "output": output}, **data}))
 
 
+PLOT_SOFTWARE = "tiercel"  # the PNG `Software` text a chart tiercel writes starts with
+
+
+def check_plot_output(path: str | Path | None, option: str = "--plot", example: str = "profile.png") -> None:
+    """Before long work: TiercelError unless `path` can be written as a chart: a new file, or a PNG whose
+    `Software` text says tiercel wrote it (`plot_metadata`). Anything else there is not replaced."""
+    check_output_file(path, option, example)
+    if path is not None and Path(path).exists() and not _ours_png(Path(path)):
+        raise TiercelError(f"{option} {path}: exists and was not written by tiercel, so it is not replaced; choose "
+                           "another path or remove it yourself")
+
+
+def plot_metadata(fmt: str) -> dict:
+    """savefig metadata that marks a PNG as tiercel's (other formats: none; an existing one is never replaced)."""
+    from tiercel import __version__
+
+    return {"Software": f"{PLOT_SOFTWARE} {__version__}"} if fmt == "png" else {}
+
+
+def _ours_png(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and str(image.info.get("Software", "")).startswith(PLOT_SOFTWARE)
+    except (OSError, ValueError, Image.DecompressionBombError):  # not an image, unreadable: not ours
+        return False
+
+
 def _ours_json(path: Path) -> bool:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -44,6 +44,11 @@ def test_profile_two_bundles_table_json_png(bundles, tmp_path):
     assert data["profiles"][0]["stages"]["decode_token"]["n"] == 2 * 2 * 3
     assert "test-board-9000" in data["profiles"][1]["estimates"]
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from tiercel.fileio import check_json_output, check_plot_output
+
+    check_json_output(tmp_path / "p.json")  # both marked as tiercel's: a second run may replace them
+    check_plot_output(tmp_path / "p.png")
+    assert data["tiercel"]["output"] == "profile"
 
 
 def test_profile_checkpoint_on_the_torch_backend(tiny_checkpoint, tmp_path):

@@ -212,3 +212,29 @@ def test_a_json_output_replaces_only_what_tiercel_wrote(tmp_path):
                                                r"is not replaced; choose another path or remove it yourself"):
             check_json_output(theirs)
         assert theirs.read_text() == text
+
+
+def test_a_chart_replaces_only_a_png_tiercel_wrote(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tiercel.fileio import check_plot_output, plot_metadata
+
+    check_plot_output(tmp_path / "new.png")
+    ours, theirs = tmp_path / "ours.png", tmp_path / "theirs.png"
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    fig.savefig(ours, format="png", metadata=plot_metadata("png"))
+    plt.close(fig)
+    check_plot_output(ours)  # tiercel's own chart: may be replaced
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(theirs)  # a PNG of someone else's
+    for path in (theirs, tmp_path / "notes.txt"):
+        if not path.exists():
+            path.write_text("my notes")
+        before = path.read_bytes()
+        with pytest.raises(TiercelError, match=r"--plot .*: exists and was not written by tiercel"):
+            check_plot_output(path)
+        assert path.read_bytes() == before

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from tiercel.errors import require
-from tiercel.fileio import atomic_path
+from tiercel.fileio import atomic_path, plot_metadata
 from tiercel.runtime.profile import roofline
 
 STAGE_LABELS = {
@@ -232,6 +232,7 @@ def plot(report, path) -> None:
                  f"{peaks_line(report.peaks)})",
                  x=0.01, ha="left", fontsize=11)
     fig.tight_layout(rect=(0, 0.55 / (1.9 + 0.6 * len(ps)) + 0.04, 1, 1))
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
     with atomic_path(path) as tmp:  # the temporary name has no suffix: the format comes from `path`'s
-        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+        fig.savefig(tmp, dpi=120, format=fmt, metadata=plot_metadata(fmt))
     plt.close(fig)
