@@ -174,13 +174,33 @@ def keyed_recipe(recipe: dict) -> dict:
     return {**recipe, "tokenizer": keyed}
 
 
+_BUSY: list[bool] = []  # in a pool worker: non-empty while guarded() runs a call
+
+
+def _on_sigterm(signum, frame) -> None:
+    """A pool worker's SIGTERM: the call it runs stops (Terminated; a trainer installs its own handler, which
+    checkpoints first); an idle worker ignores it and leaves when the pool shuts down. Killed by the signal, an
+    idle worker would break the pool, and ProcessPoolExecutor then joins the busy one forever: the run hung after
+    its trainer had checkpointed."""
+    if _BUSY:
+        raise Terminated("stopped by SIGTERM")
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def guarded(marker: str, fn, *args, **kwargs):
     """In a pool worker: fn(*args, **kwargs), unless the main process has been stopped (its marker file exists).
     ProcessPoolExecutor moves up to jobs + 1 submitted calls into its call queue, where cancel_futures cannot reach
     them, so a worker whose trainer has just checkpointed would otherwise start the next queued run."""
     if os.path.exists(marker):
         raise Terminated(f"{getattr(fn, '__name__', fn)}: not started, the run was stopped")
-    return fn(*args, **kwargs)
+    _BUSY.append(True)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _BUSY.clear()
 
 
 class Children:
@@ -213,7 +233,8 @@ def children(jobs: int):
     from concurrent.futures import ProcessPoolExecutor
 
     folder = Path(tempfile.mkdtemp(prefix="fidelity-pool-"))
-    pool = Children(ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")), folder / "stop")
+    pool = Children(ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init),
+                    folder / "stop")
     try:
         yield pool
     except BaseException:

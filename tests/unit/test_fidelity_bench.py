@@ -420,6 +420,39 @@ def _queued(out: str) -> None:
     Path(out).write_text("started")
 
 
+IDLE_WORKER_STOP = """
+import sys, time
+from pathlib import Path
+sys.path[:0] = [{bench!r}, {tests!r}]
+from fidelity import children
+from test_fidelity_bench import _queued, _trainer
+run, quick = {run!r}, {quick!r}
+try:
+    with children(2) as pool:
+        pool.submit(_trainer, run)
+        pool.submit(_queued, quick).result()  # done: one worker is idle from here on
+        while not Path(run + ".started").exists():
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+except KeyboardInterrupt:
+    print("stopped")
+"""
+
+
+def test_a_stopped_run_with_an_idle_worker_ends_after_the_checkpoint(tmp_path):
+    # The run of 2026-12-07 hung here: SIGTERM killed the idle worker, the pool broke, and the executor waited
+    # forever for the trainer's worker. In a subprocess, so that a hang fails the test instead of the suite.
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parent
+    code = IDLE_WORKER_STOP.format(bench=str(here.parents[1] / "benchmarks"), tests=str(here),
+                                   run=str(tmp_path / "kd0"), quick=str(tmp_path / "ce0"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "stopped", out.stderr[-2000:]
+    assert (tmp_path / "kd0").read_text() == "checkpoint" and (tmp_path / "ce0").read_text() == "started"
+
+
 def test_a_stopped_run_lets_its_trainers_checkpoint_and_starts_nothing_queued(tmp_path):
     import time
 
