@@ -4,7 +4,7 @@ Generates the guard's val draw with the fp32 bundle and one quantized bundle (ti
 greedy), then runs tiercel.quantize.guard.compare in interleaved rounds, each path of `--paths` in turn:
 `per_sample` as tiercel does (headlines of each bootstrap draw from per-sample statistics,
 tiercel.tasks.metrics.resample) and `whole` with every draw scored by the task's metric
-(`bootstrap_drops(whole=True)`, the guard before per-sample statistics; each headline call timed per task);
+(`bootstrap_drops(whole=True)`, the guard before per-sample statistics; each task's draws timed);
 `:N` sets the resamples. A whole path and the per_sample path at the same N must reach the same verdict, bound
 and task lows.
 
@@ -47,6 +47,7 @@ def main() -> None:
     from tiercel.quantize import guard
     from tiercel.quantize.bundle import _reference, _val_samples
     from tiercel.runtime.bundle import read_bundle
+    from tiercel.tasks.metrics import resample
 
     path, _, backend = args.bundle.rpartition("@")
     result = {"command": "python benchmarks/guard_cost.py " + " ".join(sys.argv[1:]), "commit": commit(),
@@ -59,28 +60,32 @@ def main() -> None:
     ids = guard.run_samples(model, samples, args.max_new_tokens)
     t2 = time.perf_counter()
     paths = args.paths.split(",")
-    spent = {p: collections.Counter() for p in paths}  # per whole-draw path: seconds in each task's headline
-    real_headline, real_bootstrap = guard._headline, guard.bootstrap_drops
+    spent = {p: collections.Counter() for p in paths}  # per whole-draw path: seconds in each task's draws
+    real_scorer, real_bootstrap = resample.scorer, guard.bootstrap_drops
 
     def timed(path: str):
-        def headline(tag, *a):
-            start = time.perf_counter()
-            value = real_headline(tag, *a)
-            spent[path][tag] += time.perf_counter() - start
-            return value
-        return headline
+        def scorer(tag, *a, **k):
+            draw = real_scorer(tag, *a, **k)
+
+            def timed_draw(pick):
+                start = time.perf_counter()
+                value = draw(pick)
+                spent[path][tag] += time.perf_counter() - start
+                return value
+            return timed_draw
+        return scorer
 
     def run(path: str) -> tuple[float, object]:
         way, _, resamples = path.partition(":")
         extra = {"rounds": int(resamples)} if resamples else {}
         if way == "whole":
-            guard._headline, guard.bootstrap_drops = timed(path), functools.partial(real_bootstrap, whole=True)
+            resample.scorer, guard.bootstrap_drops = timed(path), functools.partial(real_bootstrap, whole=True)
         start = time.perf_counter()
         try:
             verdict = guard.compare(model.tokenizer, samples, ref["ids"], ids, 0.01, 0.0, model.dialect,
                                     ref["scores"], confidence=0.9, max_task_drop=0.01, **extra)
         finally:
-            guard._headline, guard.bootstrap_drops = real_headline, real_bootstrap
+            resample.scorer, guard.bootstrap_drops = real_scorer, real_bootstrap
         return time.perf_counter() - start, verdict
 
     seconds, verdicts = {p: [] for p in paths}, {}

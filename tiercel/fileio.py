@@ -79,10 +79,7 @@ JSON_MARK = "tiercel"  # the first member of every file a command writes with --
 def check_json_output(path: str | Path | None, option: str = "--json", example: str = "results.json") -> None:
     """Before long work: TiercelError unless `path` can be written as a command's JSON output: a new file, or one
     tiercel wrote (a JSON object whose `tiercel` member is an object). Anything else there is not replaced."""
-    check_output_file(path, option, example)
-    if path is not None and Path(path).exists() and not _ours_json(Path(path)):
-        raise TiercelError(f"{option} {path}: exists and was not written by tiercel, so it is not replaced; choose "
-                           "another path or remove it yourself")
+    _check_ours(path, option, example, _ours_json)
 
 
 def write_output_json(path: str | Path, data: dict, output: str) -> Path:
@@ -98,10 +95,7 @@ PLOT_SOFTWARE = "tiercel"  # the PNG `Software` text a chart tiercel writes star
 def check_plot_output(path: str | Path | None, option: str = "--plot", example: str = "profile.png") -> None:
     """Before long work: TiercelError unless `path` can be written as a chart: a new file, or a PNG whose
     `Software` text says tiercel wrote it (`plot_metadata`). Anything else there is not replaced."""
-    check_output_file(path, option, example)
-    if path is not None and Path(path).exists() and not _ours_png(Path(path)):
-        raise TiercelError(f"{option} {path}: exists and was not written by tiercel, so it is not replaced; choose "
-                           "another path or remove it yourself")
+    _check_ours(path, option, example, _ours_png)
 
 
 def plot_metadata(fmt: str) -> dict:
@@ -109,6 +103,14 @@ def plot_metadata(fmt: str) -> dict:
     from tiercel import __version__
 
     return {"Software": f"{PLOT_SOFTWARE} {__version__}"} if fmt == "png" else {}
+
+
+def _check_ours(path: str | Path | None, option: str, example: str, ours) -> None:
+    """check_output_file, then: an existing file is replaced only when `ours(path)` says tiercel wrote it."""
+    check_output_file(path, option, example)
+    if path is not None and Path(path).exists() and not ours(Path(path)):
+        raise TiercelError(f"{option} {path}: exists and was not written by tiercel, so it is not replaced; choose "
+                           "another path or remove it yourself")
 
 
 def _ours_png(path: Path) -> bool:

@@ -11,9 +11,9 @@ wrong, move the two scores together and do not widen the interval of the change,
 Per task: both headlines, the change (other - base) and the relative change (other / base - 1), each with its
 percentile interval, and how many answers differ. The average of the headlines, over the tasks both files
 score, gets the same from the same rounds. Each task draws from its own Generator (seeded with the seed and the
-task's number), so its interval does not depend on which other tasks the files hold. This is what a quantized bundle against its fp32 bundle, or one student against another, needs: "is
-the change resolved, and which way?". The draws are scored from per-sample statistics
-(tiercel.tasks.metrics.resample).
+task's number), so its interval does not depend on which other tasks the files hold. This is what a quantized
+bundle against its fp32 bundle, or one student against another, needs: "is the change resolved, and which
+way?". The draws are scored from per-sample statistics (tiercel.tasks.metrics.resample).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def read_rows(path: str | Path) -> dict[tuple[int, str], dict]:
 def compare_rows(base: dict, other: dict, rounds: int = 1000, confidence: float = 0.95, seed: int = 0,
                  names: tuple[str, str] = ("base", "other")) -> dict:
     """Paired comparison of two read_rows() results (see the module docstring). `names` label the files in errors."""
-    from tiercel.tasks.metrics.resample import resampler, task_rng
+    from tiercel.tasks.metrics.resample import scorer, task_rng
 
     _same_records(base, other, names)
     by_tag: dict[str, list] = {}
@@ -70,11 +70,7 @@ def compare_rows(base: dict, other: dict, rounds: int = 1000, confidence: float 
         preds = {side: [_result(rows[k]["pred"], name, k, "pred") for k in keys]
                  for side, rows, name in (("base", base, names[0]), ("other", other, names[1]))}
         point = {side: float(spec.metric(p, refs, sizes, crops=crops)[spec.headline]) for side, p in preds.items()}
-        draw = {side: resampler(spec.score, spec.headline, p, refs, sizes) for side, p in preds.items()}
-        for side, fn in draw.items():
-            if fn is None:  # no per-sample form: score the draw whole
-                draw[side] = lambda pick, p=preds[side]: float(spec.metric(
-                    [p[i] for i in pick], [refs[i] for i in pick], [sizes[i] for i in pick])[spec.headline])
+        draw = {side: scorer(tag, p, refs, sizes) for side, p in preds.items()}
         drawn[tag] = (draw, len(keys), task_rng(seed, tag))
         changed = sum(base[k]["pred"] != other[k]["pred"] for k in keys)
         per_task[tag] = {"metric": spec.headline, "records": len(keys), "answers_changed": changed,
@@ -88,10 +84,10 @@ def compare_rows(base: dict, other: dict, rounds: int = 1000, confidence: float 
         per_task[tag].update(_intervals(v[0], v[1], tail))
     # The average: over the tasks both files score (a nan headline on either side leaves its task out), and per
     # round over the same tasks (a round where one of them draws a nan is left out).
-    point = [t for t, s in per_task.items() if not (math.isnan(s["base"]) or math.isnan(s["other"]))]
-    average = {"tasks": len(point), **_summary(*(sum(per_task[t][side] for t in point) / len(point) if point
-                                                 else math.nan for side in ("base", "other")))}
-    means = np.stack([values[t] for t in point]).mean(0) if point else np.full((2, rounds), np.nan)
+    scored = [t for t, s in per_task.items() if not (math.isnan(s["base"]) or math.isnan(s["other"]))]
+    average = {"tasks": len(scored), **_summary(*(sum(per_task[t][side] for t in scored) / len(scored) if scored
+                                                  else math.nan for side in ("base", "other")))}
+    means = np.stack([values[t] for t in scored]).mean(0) if scored else np.full((2, rounds), np.nan)
     average.update(_intervals(means[0], means[1], tail))
     return {"rounds": rounds, "confidence": confidence, "seed": seed, "per_task": per_task, "average": average}
 

@@ -200,7 +200,9 @@ def bootstrap_drops(ref: dict, got: dict, same: dict, rounds: int = 2000, seed: 
     rng = np.random.default_rng(seed)
     drops = np.zeros(rounds)
     per_task = {tag: np.full(rounds, np.nan) for tag in ref}
-    scorers = {tag: (_scorer(tag, preds, refs, sizes, whole), _scorer(tag, got[tag][0], refs, sizes, whole))
+    from tiercel.tasks.metrics.resample import scorer
+
+    scorers = {tag: (scorer(tag, preds, refs, sizes, whole), scorer(tag, got[tag][0], refs, sizes, whole))
                for tag, (preds, refs, sizes) in ref.items()}
     for r in range(rounds):
         f_sum = q_sum = 0.0
@@ -214,18 +216,6 @@ def bootstrap_drops(ref: dict, got: dict, same: dict, rounds: int = 2000, seed: 
                     per_task[tag][r] = (f - q) / f
         drops[r] = (f_sum - q_sum) / f_sum if f_sum > 0 else 0.0
     return drops, per_task
-
-
-def _scorer(tag: str, preds, refs, sizes, whole: bool):
-    """pick -> the task's headline on that draw: per-sample statistics where the headline has them."""
-    from tiercel import tasks
-    from tiercel.tasks.metrics.resample import resampler
-
-    spec = tasks.get(tag)
-    fast = None if whole else resampler(spec.score, spec.headline, preds, refs, sizes)
-    if fast is not None:
-        return fast
-    return lambda pick: _headline(tag, [preds[i] for i in pick], [refs[i] for i in pick], [sizes[i] for i in pick])
 
 
 def compare(tokenizer, samples, ref_ids, q_ids, max_drop: float, min_agreement: float = 0.0,

@@ -17,8 +17,8 @@ floating-point sums are taken in:
   over the n-gram table (weights tf x idf, idf >= 0, so min(w_h, w_r) w_r = min(tf_h, tf_r) tf_r idf^2).
 
 Hand-written because no metrics library scores bootstrap draws from sufficient statistics for these metrics.
-Any other headline gets None: the caller scores each draw whole. Used by the guard's paired bootstrap and by
-`intervals`, the 95% intervals `tiercel eval` prints.
+Any other headline gets None; `scorer` then scores each draw whole with the task's metric. Used by the guard's
+paired bootstrap, `tiercel compare` and `intervals`, the 95% intervals `tiercel eval` prints.
 """
 
 from __future__ import annotations
@@ -60,6 +60,19 @@ def resampler(score: Callable, headline: str, preds: list, refs: list, image_siz
             return None
         return _cider_draw([p.text for p in preds], [[r.text for r in rs] for rs in several])
     return None
+
+
+def scorer(tag: str, preds: list, refs: list, sizes: list, whole: bool = False) -> Draw:
+    """pick -> task `tag`'s headline (tiercel's protocol) on those samples: `resampler` where the headline has a
+    per-sample form, else (or with `whole`) the task's metric on the drawn samples."""
+    from tiercel import tasks as T
+
+    spec = T.get(tag)
+    fast = None if whole else resampler(spec.score, spec.headline, preds, refs, sizes)
+    if fast is not None:
+        return fast
+    return lambda pick: float(spec.metric([preds[i] for i in pick], [refs[i] for i in pick],
+                                          [sizes[i] for i in pick])[spec.headline])
 
 
 def _ap_draw(preds: list, refs: list, iou_matrix: Callable) -> Draw:
@@ -162,17 +175,8 @@ def intervals(by_tag: dict[str, tuple[list, list, list]], rounds: int = 1000, co
     ({tag: [low, high]}, [low, high] of the average, or None when every round's average is nan); a task whose
     every resample is nan gets [nan, nan].
     """
-    from tiercel import tasks as T
-
-    draws = {}
-    for tag, (preds, refs, sizes) in by_tag.items():
-        spec = T.get(tag)
-        draw = resampler(spec.score, spec.headline, preds, refs, sizes)
-        if draw is None:  # every draw scored whole
-            def draw(pick, spec=spec, preds=preds, refs=refs, sizes=sizes):
-                return spec.metric([preds[i] for i in pick], [refs[i] for i in pick],
-                                   [sizes[i] for i in pick])[spec.headline]
-        draws[tag] = (draw, len(refs), task_rng(seed, tag))
+    draws = {tag: (scorer(tag, preds, refs, sizes), len(refs), task_rng(seed, tag))
+             for tag, (preds, refs, sizes) in by_tag.items()}
     values = {tag: np.full(rounds, np.nan) for tag in draws}
     for r in range(rounds):
         for tag, (draw, n, rng) in draws.items():
