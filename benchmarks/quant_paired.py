@@ -4,8 +4,8 @@ A paired bootstrap on the same test records: each bundle decodes the records onc
 predictions kept); then B resamples of the records, the same resample for every bundle, are scored with each
 task's own metric (tiercel.tasks: AP@0.5, Acc@0.5, mIoU, ... are corpus metrics, so the record-level difference
 cannot be averaged directly) by tiercel.evaluate.compare, what `tiercel compare` runs on two eval JSONs; this
-script decodes the reference once for several bundles. Per bundle and task it reports the point change relative to fp32, its 95%
-percentile interval, and how many records' answers differ from fp32's. An interval that straddles -1% means the
+script decodes the reference once for several bundles. Per bundle and task it reports the point change relative
+to fp32, its 95% percentile interval, and how many records' answers differ from fp32's. An interval that straddles -1% means the
 test split cannot tell whether the bundle is within a 1% tolerance on that task.
 
     python benchmarks/quant_paired.py --reference FP32_BUNDLE[@BACKEND] \
