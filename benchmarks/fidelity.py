@@ -30,9 +30,12 @@ probe) is stored under --work with a fingerprint of its settings and inputs; a r
 fingerprint still matches and redoes those whose settings changed, with everything after them. The CE students
 read nothing of the teacher but its tokenizer, so they are fingerprinted on that file's bytes, not on the teacher:
 a teacher stage added later retrains the KD students only. A killed training run resumes from its newest
-checkpoint. SIGTERM to the main process stops the run: each training run checkpoints its last step, the other
-stages in flight are dropped, the runs still queued for the --jobs pool never start, the results JSON is left as it
-was, and the command exits 143 once the trainers have saved.
+checkpoint. With --jobs N, each stage starts in one of N child processes as soon as the stages it reads are
+stored and a process is free (training runs first, then finish stages, the export, quantizations, evaluations,
+probes, constrained decoding): a student's finish stage and evaluation start when its own training ends, and the
+bundles when the source student is finished, not after every student. SIGTERM to the main process stops the run:
+each training run checkpoints its last step, the other stages in flight are dropped, the stages not started never
+start, the results JSON is left as it was, and the command exits 143 once the trainers have saved.
 On a new machine (no training run and no finished stage under --work),
 benchmarks/fidelity_carry.py's last save (committed under benchmarks/carry/fidelity/) is restored first, so the
 run goes on from there (docs/fidelity.md). A stage after the teacher that fails (a student, the export, a bundle's
@@ -70,8 +73,10 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # this checkout's tiercel (the commit the JSON records), not the installed one
@@ -126,9 +131,10 @@ class Stages:
         path = self.folder / (name.replace("/", "__") + ".json")
         return path.is_file() and json.loads(path.read_text()).get("key") == key
 
-    def run(self, name: str, inputs: dict, fn, needs: tuple[str, ...] = (), soft: bool = True):
+    def run(self, name: str, inputs: dict, fn, needs: tuple[str, ...] = (), soft: bool = True, timed: bool = False):
         """The result of `fn()` (stored, or computed now). With `soft`, an exception (or a failed stage in `needs`)
-        is recorded as this stage's error and None returned; otherwise it propagates."""
+        is recorded as this stage's error and None returned; otherwise it propagates. With `timed`, fn() returns
+        (result, its wall time where it ran: `timed` in a child process) and that time is stored."""
         missing = [n for n in needs if n not in self.keys]
         if missing:
             self.times[name] = {"seconds": 0.0, "status": "skipped", "error": f"needs {missing[0]}, which failed"}
@@ -138,10 +144,13 @@ class Stages:
         if path.is_file() and (done := json.loads(path.read_text())).get("key") == key:
             self.times[name] = {"seconds": done["seconds"], "status": "reused"}
             return done["result"]
-        print(f"[{name}] ...", flush=True)
+        if not timed:  # a pooled stage says so when it starts (Run.flow)
+            print(f"[{name}] ...", flush=True)
         t0 = time.perf_counter()
         try:
             result = fn()
+            if timed:
+                result, seconds = result
         except Terminated:
             raise  # SIGTERM stops the run, not this stage: nothing after it starts
         except Exception as err:
@@ -153,7 +162,7 @@ class Stages:
                                 "error": f"{type(err).__name__}: {one_line(err)}"}
             print(f"[{name}] failed: {self.times[name]['error']}", flush=True)
             return None
-        seconds = time.perf_counter() - t0
+        seconds = seconds if timed else time.perf_counter() - t0
         atomic_write_text(path, json.dumps({"key": key, "seconds": seconds, "result": finite(result)}, indent=1) + "\n")
         self.times[name] = {"seconds": seconds, "status": "ran"}
         print(f"[{name}] {seconds:.1f} s", flush=True)
@@ -201,6 +210,13 @@ def guarded(marker: str, fn, *args, **kwargs):
         return fn(*args, **kwargs)
     finally:
         _BUSY.clear()
+
+
+def timed(fn, *args, **kwargs):
+    """(fn(*args, **kwargs), its wall time in seconds): a pool call's own time, not how long the main process waited."""
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - t0
 
 
 class Children:
@@ -325,10 +341,32 @@ def constrained(bundle: Path, backend: str, test: Path, limit: int, max_new_toke
     return {mode: one_round(model, test, limit, {**base, **extra}) for mode, extra in MODES.items()}
 
 
+def export(student: str, fp32: Path, backends: tuple[str, ...]) -> dict:
+    from tiercel.export.bundle import export_checkpoint
+
+    return {"bundle": str(export_checkpoint(student, fp32, backends=backends, decoder="split", overwrite=True))}
+
+
 def bundle_bytes(bundle: Path, backend: str) -> int:
     from quantize_cpu import sizes
 
     return sizes(bundle, backend)["bundle_bytes"]
+
+
+STAGE_ORDER = ("train", "finish", "export", "quantize", "eval", "probe", "constrained")  # which ready stage starts first
+
+
+class Node(NamedTuple):
+    """One stage for Run.flow: `fn(*args, **kwargs)`, keyed on `inputs` and the stages in `needs`; `then(result)`
+    (None where it failed), called in the main process once the stage is recorded, gives the nodes it leads to."""
+
+    name: str
+    inputs: dict
+    needs: tuple[str, ...]
+    fn: Callable
+    args: tuple = ()
+    kwargs: dict | None = None
+    then: Callable[[Any], list] | None = None
 
 
 class Run:
@@ -357,23 +395,27 @@ class Run:
         self.torch_models: dict[str, tuple[str, str]] = {}  # name -> (its training stage, checkpoint)
 
     def __call__(self, results: dict) -> None:
-        """Every stage, in order; results["models"], ["stages"] and ["data"] fill in as they finish."""
+        """Every stage; results["models"], ["stages"] and ["data"] fill in as they finish."""
         results["models"], results["stages"] = self.models, self.stages.times
         results["data"] = self.stages.run("data", self.cfg.data.model_dump(), self.make_data, soft=False)
         t_params = self.train_teacher()
-        self.train_students()
-        test, root, pr = Path(self.data["test"]), Path(self.data["root"]), self.cfg.probe
-        specs = [spec for name, (stage, path) in self.torch_models.items() for spec in (
-            (f"eval/{name}", self.cfg.eval.fingerprinted(), (stage,), score, (path,), self.score_args()),
-            (f"probe/{name}", pr.model_dump(), (stage,), probe, (path, test, root, pr), {}))]
-        done = self.pooled(specs)  # every model's eval and probe, --jobs at a time
-        for name in self.torch_models:
-            m = self.models[name]
-            m["eval"], m["probe"] = done[f"eval/{name}"], done[f"probe/{name}"]
-            m["error"] = m.get("error") or self.stages.error(f"eval/{name}", f"probe/{name}")
-        source = f"{self.cfg.bundles.source}/seed{self.cfg.student.seeds[0]}"
-        results["size_ratio"] = t_params / self.models[source]["params"] if source in self.torch_models else None
-        self.bundles(source)
+        nodes = self.student_nodes() + self.made("teacher", *self.torch_models["teacher"])
+        for backend, scheme, key, _ in self.bundle_list():  # the table's order, whatever order they finish in
+            self.models[key] = {"kind": "bundle", "backend": backend, "scheme": scheme, "source": self.source}
+        self.flow(nodes)
+        for _, scheme, key, out in self.bundle_list():
+            m = self.models[key]
+            m["bundle"], stage = str(out), "export" if scheme == "fp32" else f"quantize/{m['backend']}/{scheme}"
+            m.setdefault("eval", None)
+            m["error"] = (m.get("error") or self.stages.error("export", stage, f"eval/{key}")
+                          or (None if m["eval"] else f"not made: {self.source} has no model ({self.models[self.source].get('error')})"))
+        s = self.models[self.source]
+        results["size_ratio"] = t_params / s["params"] if self.source in self.torch_models else None
+
+    @property
+    def source(self) -> str:
+        """The student the bundles are made from: bundles.source of the first seed."""
+        return f"{self.cfg.bundles.source}/seed{self.cfg.student.seeds[0]}"
 
     def make_data(self) -> dict:
         return make_data(self.cfg.data, Path(self.data["root"]))
@@ -399,56 +441,115 @@ class Run:
         self.torch_models["teacher"] = (prev, str(self.teacher))
         return t_params
 
-    def train_students(self) -> None:
-        """Every student, in order, then its student.finish stage where the YAML has one."""
+    # ---- the stages after the teacher, as nodes for flow(): each names the nodes it makes possible ----------------
+    def student_nodes(self) -> list[Node]:
+        """Every student's training run. Each one's result leads to its student.finish stage where the YAML has one,
+        and the last stage to the student's eval and probe (and, for the bundles' source, to its bundles)."""
         teacher_stage = self.torch_models["teacher"][0]
-        names = {(o, s): f"{o}/seed{s}" for o, s in self.s_recipes}
-        runs = {}
+        nodes = []
         for k, r in self.s_recipes.items():
+            name = f"{k[0]}/seed{k[1]}"
+            self.models[name] = {"kind": "torch", "objective": k[0], "seed": k[1]}  # the table's order
             if r["teacher"].get("kind") == "none":  # it reads only the teacher's tokenizer: keyed on that file's bytes
                 inputs, after = keyed_recipe(r), ("data",)
                 key = self.stages.key({"recipe": inputs, "data": self.stages.keys["data"]})
             else:
                 inputs, after = r, (teacher_stage,)
                 key = self.stages.key({"recipe": r, "teacher": self.stages.keys[teacher_stage]})
-            runs[f"train/{names[k]}"] = (r, key, after, inputs)
-        for (k, name), (stage, r) in zip(names.items(), self.train_all(runs), strict=True):  # runs is in names' order
-            self.models[name] = {"kind": "torch", "objective": k[0], "seed": k[1], "train": r, "error": self.stages.error(stage)}
-            if r:
-                self.models[name] |= {"path": r["student"], "params": params(r["student"])}
-                self.torch_models[name] = (f"train/{name}", r["student"])
-        if self.f_recipes:
-            self.finish_students(names)
+            nodes.append(Node(f"train/{name}", inputs, after, train, (r, key), then=functools.partial(self.trained, k)))
+        return nodes
 
-    def finish_students(self, names: dict) -> None:
-        """student.finish: one more stage per trained student, from its result; the table then reads that one. A
-        student whose last stage fails is not scored (its columns say error), not scored unfinished."""
-        runs = {}
-        for k, r in self.f_recipes.items():
-            if names[k] in self.torch_models:
-                after, inputs = f"train/{names[k]}", keyed_recipe(r)  # keyed_recipe hashes the tokenizer: once each
-                key = self.stages.key({"recipe": inputs, "after": self.stages.keys[after]})
-                runs[f"finish/{names[k]}"] = (r, key, (after,), inputs)
-        for stage, r in self.train_all(runs):
-            name = stage.removeprefix("finish/")
-            m = self.models[name]
-            m["finish"], m["error"] = r, m.get("error") or self.stages.error(stage)
-            if r:
-                m["path"] = r["student"]
-                self.torch_models[name] = (stage, r["student"])
+    def trained(self, k: tuple[str, int], result: dict | None) -> list[Node]:
+        name = f"{k[0]}/seed{k[1]}"
+        stage, m = f"train/{name}", self.models[name]
+        m |= {"train": result, "error": self.stages.error(stage)}
+        if not result:
+            return []
+        m |= {"path": result["student"], "params": params(result["student"])}
+        f = self.f_recipes.get(k)
+        if f is None:
+            return self.made(name, stage, result["student"])
+        inputs = keyed_recipe(f)  # keyed_recipe hashes the tokenizer: once each
+        key = self.stages.key({"recipe": inputs, "after": self.stages.keys[stage]})
+        return [Node(f"finish/{name}", inputs, (stage,), train, (f, key), then=functools.partial(self.finished, name))]
+
+    def finished(self, name: str, result: dict | None) -> list[Node]:
+        """student.finish: the table reads this stage's student. One whose finish fails is not scored (its columns
+        say error), not scored unfinished."""
+        m = self.models[name]
+        m["finish"], m["error"] = result, m.get("error") or self.stages.error(f"finish/{name}")
+        if not result:
+            return []
+        m["path"] = result["student"]
+        return self.made(name, f"finish/{name}", result["student"])
+
+    def made(self, name: str, stage: str, path: str) -> list[Node]:
+        """A PyTorch model's last stage is stored: its eval and probe; for the bundles' source, its export too."""
+        self.torch_models[name] = (stage, path)
+        test, root, pr = Path(self.data["test"]), Path(self.data["root"]), self.cfg.probe
+        nodes = [Node(f"eval/{name}", self.cfg.eval.fingerprinted(), (stage,), score, (path,), self.score_args(),
+                      functools.partial(self.scored, name, "eval")),
+                 Node(f"probe/{name}", pr.model_dump(), (stage,), probe, (path, test, root, pr),
+                      then=functools.partial(self.scored, name, "probe"))]
+        if name == self.source:
+            backends = tuple(self.cfg.bundles.backends)
+            nodes.append(Node("export", {"backends": backends}, (stage,), export, (path, self.work / "bundles" / "fp32", backends),
+                              then=self.exported))
+        return nodes
+
+    def scored(self, name: str, what: str, result: dict | None) -> list[Node]:
+        m = self.models[name]
+        m[what], m["error"] = result, m.get("error") or self.stages.error(f"{what}/{name}")
+        return []
+
+    def bundle_list(self) -> list[tuple[str, str, str, Path]]:
+        """(backend, scheme, table key, folder) of every bundle: fp32 (one folder, both backends), then each scheme."""
+        fp32 = self.work / "bundles" / "fp32"
+        return [(b, s, bundle_key(b, s), fp32 if s == "fp32" else self.work / "bundles" / f"{b}-{s}")
+                for b in self.cfg.bundles.backends for s in ("fp32", *self.cfg.bundles.schemes)]
+
+    def exported(self, result: dict | None) -> list[Node]:
+        """The fp32 bundle is made: its evals, and each scheme's quantization through the accuracy guard."""
+        if not result:
+            return []
+        nodes, cfg = [], self.cfg.bundles
+        for backend, scheme, key, out in self.bundle_list():
+            if scheme == "fp32":
+                nodes += self.bundle_scores(key, out, backend, "export")
             else:
-                del self.torch_models[name]
+                stage = f"quantize/{backend}/{scheme}"
+                nodes.append(Node(stage, quantize_inputs(cfg, backend, scheme), ("export",), quantize,
+                                  (self.work / "bundles" / "fp32", out, backend, scheme, cfg, self.data, self.threads),
+                                  then=functools.partial(self.quantized, key, out, backend, stage)))
+        return nodes
 
-    def train_all(self, runs: dict[str, tuple[dict, str, tuple, dict]]):
-        """Training stages {stage name: (recipe, key, the stages it needs, the recipe as keyed)}: yields (stage name,
-        result or None where it failed) in order, each as it finishes. With --jobs N the ones still to train run N at
-        a time in child processes (a stage's seconds are then how long the main process waited for it; each run's own
-        time is its train_seconds)."""
-        todo = [n for n, (_, _, needs, inputs) in runs.items() if not self.stages.stored(n, inputs, needs=needs)]
-        with children(self.jobs if len(todo) > 1 else 1) as pool:
-            futures = {n: pool.submit(train, runs[n][0], runs[n][1]) for n in todo} if pool else {}
-            for n, (r, k, needs, inputs) in runs.items():
-                yield n, self.stages.run(n, inputs, futures[n].result if n in futures else (lambda: train(r, k)), needs=needs)
+    def quantized(self, key: str, out: Path, backend: str, stage: str, result: dict | None) -> list[Node]:
+        self.models[key]["quantize"] = result
+        return self.bundle_scores(key, out, backend, stage) if result else []
+
+    def bundle_scores(self, key: str, out: Path, backend: str, made: str) -> list[Node]:
+        """A bundle's eval on its backend and, on constrained.backend, the three decoding modes (issue #28 item 4)."""
+        nodes = [Node(f"eval/{key}", self.cfg.eval.fingerprinted(), (made,), score, (out,), {"backend": backend, **self.score_args()},
+                      functools.partial(self.bundle_scored, key, out, backend))]
+        c = self.cfg.constrained
+        if backend == c.backend:
+            inputs = {**c.model_dump(), "max_new_tokens": self.cfg.eval.max_new_tokens}
+            nodes.append(Node(f"constrained/{key}", inputs, (made,), constrained,
+                              (out, c.backend, Path(self.data["test"]), c.limit, self.cfg.eval.max_new_tokens, self.threads),
+                              then=functools.partial(self.decoded, key)))
+        return nodes
+
+    def bundle_scored(self, key: str, out: Path, backend: str, result: dict | None) -> list[Node]:
+        m = self.models[key]
+        m["eval"] = result
+        if result:
+            m["bundle_bytes"] = bundle_bytes(out, backend)
+        return []
+
+    def decoded(self, key: str, result: dict | None) -> list[Node]:
+        m = self.models[key]
+        m["constrained"], m["constrained_error"] = result, self.stages.error(f"constrained/{key}")
+        return []
 
     def score_args(self) -> dict:
         e = self.cfg.eval
@@ -456,67 +557,49 @@ class Run:
                 "max_new_tokens": e.max_new_tokens, "protocol": e.protocol, "num_beams": e.num_beams, "threads": self.threads,
                 "batch_size": e.batch_size}
 
-    def calls(self, pool, specs: list[tuple]) -> dict:
-        """{stage name: what computes it}, for specs (name, inputs, needs, fn, args, kwargs): with a pool, the stages
-        not stored start in it now (the call waits for the result), the others are computed when asked, if at all."""
-        out = {}
-        for name, inputs, needs, fn, args, kwargs in specs:
-            if pool is not None and not self.stages.stored(name, inputs, needs):
-                out[name] = pool.submit(fn, *args, **kwargs).result
-            else:
-                out[name] = functools.partial(fn, *args, **kwargs)
-        return out
+    def flow(self, nodes: list[Node]) -> None:
+        """Run the nodes and the nodes their results lead to, each once the stages it reads are stored. A stored
+        stage is taken at once. With --jobs N the others run in N child processes, each started as soon as a process
+        is free, by kind (STAGE_ORDER: training first, so the longest runs start early), then in the order they
+        became ready; their results are recorded here as they finish (a stage's seconds are its own wall time in the
+        child). So a student's finish stage, evaluation and probe start when its own training ends, not after every
+        student's. Without a pool they run here, one at a time, in the same order."""
+        import heapq
+        import itertools
+        from concurrent.futures import FIRST_COMPLETED, wait
 
-    def pooled(self, specs: list[tuple]) -> dict:
-        """{stage name: its result (None when it failed)} for specs as `calls` takes them, --jobs at a time."""
+        queue, running, count = [], {}, itertools.count()
+
+        def add(new: list[Node]) -> None:
+            for node in new:
+                heapq.heappush(queue, (STAGE_ORDER.index(node.name.split("/")[0]), next(count), node))
+
+        def record(node: Node, fn, timed: bool = False) -> None:
+            result = self.stages.run(node.name, node.inputs, fn, needs=node.needs, timed=timed)
+            add(node.then(result) if node.then else [])
+
+        add(nodes)
         with children(self.jobs) as pool:
-            calls = self.calls(pool, specs)
-            return {name: self.stages.run(name, inputs, calls[name], needs=needs) for name, inputs, needs, *_ in specs}
-
-    def bundles(self, source: str) -> None:
-        """Export the student `source` (objective/seed), quantize it per backend and scheme, score every bundle on
-        its backend."""
-        from tiercel.export.bundle import export_checkpoint
-
-        cfg, fp32, backends = self.cfg.bundles, self.work / "bundles" / "fp32", tuple(self.cfg.bundles.backends)
-        student = self.models[source].get("path")
-        self.stages.run("export", {"backends": backends}, lambda: {"bundle": str(export_checkpoint(
-            student, fp32, backends=backends, decoder="split", overwrite=True))},
-            needs=(self.torch_models.get(source, (f"train/{source}",))[0],))
-        made, specs, quants = {}, [], []  # quantize, then score the bundles, --jobs at a time
-        for backend in backends:
-            for scheme in ("fp32", *cfg.schemes):
-                key, made[key] = bundle_key(backend, scheme), "export"
-                out = fp32 if scheme == "fp32" else self.work / "bundles" / f"{backend}-{scheme}"
-                self.models[key] = {"kind": "bundle", "backend": backend, "scheme": scheme, "bundle": str(out),
-                                    "source": source}
-                if scheme != "fp32":
-                    made[key] = f"quantize/{backend}/{scheme}"
-                    quants.append((made[key], quantize_inputs(cfg, backend, scheme), ("export",), quantize,
-                                   (fp32, out, backend, scheme, cfg, self.data, self.threads), {}))
-                specs.append((f"eval/{key}", self.cfg.eval.fingerprinted(), (made[key],), score, (out,),
-                              {"backend": backend, **self.score_args()}))
-        quantized = self.pooled(quants)
-        for key, stage in made.items():
-            if stage != "export":
-                self.models[key]["quantize"] = quantized[stage]
-        scored = self.pooled(specs)
-        for name, _, _, _, (out,), kwargs in specs:
-            key = name.removeprefix("eval/")
-            m = self.models[key]
-            m["eval"] = scored[name]
-            if m["eval"]:
-                m["bundle_bytes"] = bundle_bytes(out, kwargs["backend"])
-            m["error"] = self.stages.error("export", made[key], name)
-        c, test = self.cfg.constrained, Path(self.data["test"])
-        inputs = {**c.model_dump(), "max_new_tokens": self.cfg.eval.max_new_tokens}
-        runs = [(f"constrained/{name.removeprefix('eval/')}", inputs, needs, constrained,
-                 (out, c.backend, test, c.limit, self.cfg.eval.max_new_tokens, self.threads), {})
-                for name, _, needs, _, (out,), kwargs in specs if kwargs["backend"] == c.backend]
-        decoded = self.pooled(runs)  # unconstrained vs constrained, --jobs bundles at a time
-        for name in decoded:
-            m = self.models[name.removeprefix("constrained/")]
-            m["constrained"], m["constrained_error"] = decoded[name], self.stages.error(name)
+            while queue or running:
+                later = []
+                while queue:
+                    item = heapq.heappop(queue)
+                    node = item[-1]
+                    kwargs = node.kwargs or {}
+                    if (pool is None or any(n not in self.stages.keys for n in node.needs)  # recorded as skipped
+                            or self.stages.stored(node.name, node.inputs, node.needs)):
+                        record(node, functools.partial(node.fn, *node.args, **kwargs))
+                    elif len(running) < self.jobs:
+                        running[pool.submit(timed, node.fn, *node.args, **kwargs)] = node
+                        print(f"[{node.name}] ... (in a child process)", flush=True)
+                    else:
+                        later.append(item)
+                for item in later:
+                    heapq.heappush(queue, item)
+                if running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in [f for f in running if f in done]:  # in the order they started
+                        record(running.pop(future), future.result, timed=True)
 
 
 def stop(signum, frame) -> None:

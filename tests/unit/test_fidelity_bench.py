@@ -297,28 +297,117 @@ def test_a_finish_stage_starts_from_the_student_its_recipe_trained(tmp_path):
     assert finish_recipe(_config_with(tmp_path, finish=None), first, False) is None  # finish: null, no stage
 
 
-def test_the_table_reads_the_finished_students_and_drops_a_failed_finish(tmp_path, monkeypatch):
-    import fidelity
+def _bare_run(tmp_path, jobs: int = 1, **recipes):
+    """A Run without its recipes checked or any teacher trained: the stages after the teacher, with `train`, `score`,
+    `probe` and `params` replaced by the caller."""
     from fidelity import Run, Stages
 
     run = Run.__new__(Run)
-    run.cfg, run.jobs, run.stages = _config_with(tmp_path, finish=FINISH), 1, Stages(tmp_path / "stages")
-    run.models, run.torch_models, run.f_recipes = {}, {}, {}
-    for name, out in (("kd/seed0", "a"), ("kd/seed1", "b")):
-        run.stages.run(f"train/{name}", {"r": name}, lambda: {"student": f"/w/{name}"})
-        run.models[name], run.torch_models[name] = {"path": f"/w/{name}"}, (f"train/{name}", f"/w/{name}")
-        run.f_recipes[("kd", int(name[-1]))] = {"out": f"/w/{out}_finish"}
+    run.cfg, run.jobs, run.stages = _config_with(tmp_path, finish=FINISH), jobs, Stages(tmp_path / "w" / "stages")
+    run.work, run.threads, run.data = tmp_path / "w", 1, {"test": "test.json", "root": ".", "train": "t.json"}
+    run.models, run.torch_models = {}, {"teacher": ("teacher/stage2", str(tmp_path / "teacher"))}
+    run.stages.keys = {"data": "d0", "teacher/stage2": "t1"}
+    return run
+
+
+def _stub_scores(monkeypatch, calls: list | None = None):
+    import fidelity
+
+    def score(path, **kwargs):
+        (calls if calls is not None else []).append(f"eval {path}")
+        return {"average": 0.5}
+
+    def probe(path, *args):
+        (calls if calls is not None else []).append(f"probe {path}")
+        return {"seconds": 0.0}
+
+    monkeypatch.setattr(fidelity, "score", score)
+    monkeypatch.setattr(fidelity, "probe", probe)
+    monkeypatch.setattr(fidelity, "params", lambda path: 1)
+
+
+def test_the_table_reads_the_finished_students_and_drops_a_failed_finish(tmp_path, monkeypatch):
+    import fidelity
+
+    run = _bare_run(tmp_path)
+    run.s_recipes = {("kd", s): {"out": f"/w/{o}", "teacher": {"kind": "checkpoint"}} for s, o in ((0, "a"), (1, "b"))}
+    run.f_recipes = {("kd", s): {"out": f"/w/{o}_finish"} for s, o in ((0, "a"), (1, "b"))}
 
     def train(recipe, key):
-        if recipe["out"].startswith("/w/b"):
+        if recipe["out"] == "/w/b_finish":
             raise RuntimeError("boom")
         return {"student": recipe["out"] + "/student"}
 
+    scored = []
     monkeypatch.setattr(fidelity, "train", train)
-    run.finish_students({("kd", 0): "kd/seed0", ("kd", 1): "kd/seed1"})
-    assert run.torch_models == {"kd/seed0": ("finish/kd/seed0", "/w/a_finish/student")}
+    _stub_scores(monkeypatch, scored)
+    run.flow(run.student_nodes())
+    assert run.torch_models["kd/seed0"] == ("finish/kd/seed0", "/w/a_finish/student") and "kd/seed1" not in run.torch_models
     assert run.models["kd/seed0"]["path"] == "/w/a_finish/student" and run.models["kd/seed0"]["finish"]["student"]
     assert "boom" in run.models["kd/seed1"]["error"]  # not scored as if it had finished
+    assert scored == ["eval /w/a_finish/student", "probe /w/a_finish/student"]  # the finished student only
+    assert run.models["kd/seed0"]["eval"] == {"average": 0.5} and "eval" not in run.models["kd/seed1"]
+
+
+class _Threads:
+    """children()'s pool on threads, so the test's stand-ins (monkeypatched, not picklable) run in it."""
+
+    def __init__(self, jobs: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool, self.marker = ThreadPoolExecutor(jobs), Path("/nonexistent")
+
+    def submit(self, fn, *args, **kwargs):
+        return self.pool.submit(fn, *args, **kwargs)
+
+
+def test_a_students_finish_and_eval_start_while_another_student_still_trains(tmp_path, monkeypatch):
+    # The run of 2026-12-07 left one core idle for an hour: every finish stage waited for the last training run.
+    import threading
+    from contextlib import contextmanager
+
+    import fidelity
+
+    run = _bare_run(tmp_path, jobs=2)
+    run.s_recipes = {("kd", s): {"out": f"/w/kd{s}", "teacher": {"kind": "checkpoint"}} for s in (0, 1)}
+    run.f_recipes = {("kd", s): {"out": f"/w/kd{s}_finish"} for s in (0, 1)}
+    seed0_scored, order = threading.Event(), []
+
+    def train(recipe, key):
+        order.append(f"start {recipe['out']}")
+        if recipe["out"] == "/w/kd1":  # the long run: it ends only once the other student is finished and scored
+            assert seed0_scored.wait(20), "kd/seed0's finish and eval waited for kd/seed1's training"
+        return {"student": recipe["out"] + "/student"}
+
+    def score(path, **kwargs):
+        if path == "/w/kd0_finish/student":
+            seed0_scored.set()
+        return {"average": 0.5}
+
+    @contextmanager
+    def threads(jobs):
+        pool = _Threads(jobs)
+        yield pool
+        pool.pool.shutdown(wait=True)
+
+    _stub_scores(monkeypatch)
+    monkeypatch.setattr(fidelity, "train", train)
+    monkeypatch.setattr(fidelity, "score", score)
+    monkeypatch.setattr(fidelity, "children", threads)
+    run.flow(run.student_nodes())
+    assert order[:3] == ["start /w/kd0", "start /w/kd1", "start /w/kd0_finish"] and len(order) == 4
+    assert all(run.stages.times[f"{s}/kd/seed{i}"]["status"] == "ran" for s in ("train", "finish", "eval") for i in (0, 1))
+    assert run.torch_models["kd/seed1"] == ("finish/kd/seed1", "/w/kd1_finish/student")
+
+
+def test_a_pooled_stage_stores_its_own_time_not_the_wait(tmp_path):
+    from fidelity import Stages, timed
+
+    stages = Stages(tmp_path / "stages")
+    result, seconds = timed(sum, [1, 2])
+    assert result == 3 and 0 <= seconds < 1
+    assert stages.run("eval/kd/seed0", {"r": 1}, lambda: ({"a": 1}, 1234.5), timed=True) == {"a": 1}
+    assert stages.times["eval/kd/seed0"] == {"seconds": 1234.5, "status": "ran"}
 
 
 def test_render_names_the_finish_stage_and_times_it():
@@ -335,14 +424,12 @@ def test_render_names_the_finish_stage_and_times_it():
 
 def test_a_teacher_stage_added_later_retrains_the_kd_students_but_not_the_ce_student(tmp_path, monkeypatch):
     import fidelity
-    from fidelity import Run, Stages
     from fidelity_config import finish_recipe, student_recipe
 
     teacher = tmp_path / "teacher" / "student"
     teacher.mkdir(parents=True)
     (teacher / "tokenizer.json").write_text('{"model": "a"}')
-    run = Run.__new__(Run)
-    run.cfg, run.jobs, run.stages = _config_with(tmp_path, finish=FINISH), 1, Stages(tmp_path / "w" / "stages")
+    run = _bare_run(tmp_path)
     run.s_recipes = {(o, 0): student_recipe(run.cfg, tmp_path / "w", {"train": "t.json", "root": "."}, teacher, o, 0, False)
                      for o in ("ce", "kd")}
     run.f_recipes = {k: finish_recipe(run.cfg, r, False) for k, r in run.s_recipes.items()}
@@ -353,13 +440,13 @@ def test_a_teacher_stage_added_later_retrains_the_kd_students_but_not_the_ce_stu
         return {"student": recipe["out"] + "/student"}
 
     monkeypatch.setattr(fidelity, "train", train)
-    monkeypatch.setattr(fidelity, "params", lambda path: 1)
+    _stub_scores(monkeypatch)
 
     def students(teacher_key: str) -> list[str]:
         trained.clear()
         run.models, run.torch_models = {}, {"teacher": ("teacher/stage2", str(teacher))}
         run.stages.keys = {"data": "d0", "teacher/stage2": teacher_key}
-        run.train_students()
+        run.flow(run.student_nodes())
         return trained
 
     everything = ["fidelity-ce-seed0", "fidelity-kd-seed0", "fidelity-ce-seed0-finish", "fidelity-kd-seed0-finish"]
