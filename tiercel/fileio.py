@@ -113,6 +113,11 @@ def _check_ours(path: str | Path | None, option: str, example: str, ours) -> Non
                            "another path or remove it yourself")
 
 
+def is_our_png(path: str | Path) -> bool:
+    """Whether `path` is a PNG whose `Software` text says tiercel wrote it (plot_metadata)."""
+    return _ours_png(Path(path))
+
+
 def _ours_png(path: Path) -> bool:
     from PIL import Image
 

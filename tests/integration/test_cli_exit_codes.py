@@ -258,6 +258,19 @@ def test_an_output_of_the_wrong_kind_is_refused_before_the_work(tmp_path, capsys
     assert file.read_text() == "mine"
 
 
+def test_an_examples_folder_holding_someone_elses_png_of_an_example_name_is_refused(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "png"
+    folder.mkdir()
+    Image.new("RGB", (4, 4), "blue").save(folder / "08_REG_DET_HBB_3.png")
+    before = (folder / "08_REG_DET_HBB_3.png").read_bytes()
+    _one_line(capsys, ["eval", "b", "--data", "d.json", "--examples", folder],  # before the bundle or data is read
+              f"--examples {folder}: 08_REG_DET_HBB_3.png was not written by tiercel and an example of that name "
+              "would replace it; choose another folder or move the file yourself")
+    assert (folder / "08_REG_DET_HBB_3.png").read_bytes() == before
+
+
 def test_an_existing_output_is_refused_before_the_checkpoint_loads(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     import tiercel.models.checkpoint as checkpoint
 

@@ -189,6 +189,32 @@ def test_example_pngs_show_each_task(synth, tmp_path):
         assert im.width >= 2 * 384  # before and after side by side, scaled up from 64 px
 
 
+def test_example_pngs_replace_only_tiercels_own(synth, tmp_path):
+    from PIL import Image
+
+    from tiercel.errors import TiercelError
+    from tiercel.evaluate.examples import check_examples_output
+    from tiercel.fileio import is_our_png
+
+    report = evaluate(Oracle(synth / "test.json", synth), synth / "test.json", tasks=["IMG_CLS", "REG_DET_HBB"], examples=1)
+    paths = write_examples(report, synth, tmp_path)
+    assert all(is_our_png(p) for p in paths) and write_examples(report, synth, tmp_path) == paths  # its own: replaced
+    assert sorted(tmp_path.iterdir()) == sorted(paths)  # no temporary file left
+    hbb = next(p for p in paths if "REG_DET_HBB" in p.name)
+    Image.new("RGB", (4, 4), "blue").save(hbb)  # the same name, someone else's picture
+    before = {p: p.read_bytes() for p in paths}
+    with pytest.raises(TiercelError) as err:
+        write_examples(report, synth, tmp_path)
+    assert str(err.value) == (f"{hbb}: was not written by tiercel, so it is not replaced; choose another folder for "
+                              "the examples or move the file yourself")
+    assert {p: p.read_bytes() for p in paths} == before  # nothing written, the other PNG included
+    with pytest.raises(TiercelError, match=f"^--examples {tmp_path}: {hbb.name} was not written by tiercel"):
+        check_examples_output(tmp_path, ["REG_DET_HBB"])  # before the evaluation: any index of a task counts
+    check_examples_output(tmp_path, ["IMG_CLS"])  # another task's name is not in the way
+    hbb.rename(tmp_path / "notes.png")
+    check_examples_output(tmp_path)  # nor is a name no example has
+
+
 def test_open_predictor_errors(tmp_path):
     with pytest.raises(ConfigError, match="no such bundle or checkpoint directory"):
         open_predictor(tmp_path / "missing")

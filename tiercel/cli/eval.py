@@ -43,10 +43,10 @@ def eval_cmd(
     protocol: str = typer.Option("tiercel", "--protocol", help="How to score: tiercel (default), falcon (as Falcon's published evaluation scores it; needs tiercel[eval] for REG_DET_OBB, PIX_SEG, PIX_CHG) or both, side by side."),
 ):
     """Score a bundle or a checkpoint on Falcon_SFT records with each task's metrics."""
-    from tiercel.fileio import check_json_output, check_output_dir
+    from tiercel.evaluate.examples import check_examples_output
+    from tiercel.fileio import check_json_output
 
     check_json_output(json_out)  # before the work, not after it
-    check_output_dir(examples, "--examples")
 
     from rich.console import Console
 
@@ -56,6 +56,7 @@ def eval_cmd(
     from tiercel.runtime.backends import parse_options
 
     tags = check_tasks(split_list(task))  # unknown tags fail here, before a model loads
+    check_examples_output(examples, tags)
     check_protocols(protocol, tags)  # so do unknown protocols and Falcon's missing libraries
     if not data.is_file():
         raise DataError(f"{data}: file not found")

@@ -3,10 +3,15 @@
 Green is the reference, red the prediction, yellow the region the prompt asked about. Boxes, quads and polygons
 are drawn in the image's pixels (PIX_CHG shows the before and after frames side by side, the change polygons on
 both). Images are scaled up to at least `min_side` pixels so small benchmark tiles stay readable. PIL only.
+
+Each PNG is named `NN_TAG_INDEX.png`, written whole (a temporary file, then a rename) and marked as tiercel's in
+its `Software` text (tiercel.fileio.plot_metadata): a file of that name there that tiercel did not write is
+refused, before the evaluation (check_examples_output) and again before the first PNG is written.
 """
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -15,6 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tiercel import tasks as T
 from tiercel.data.images import load_image
+from tiercel.errors import TiercelError
+from tiercel.fileio import atomic_path, check_output_dir, is_our_png, plot_metadata
 
 TRUTH, PRED, REGION = (40, 200, 60), (230, 40, 40), (250, 210, 0)
 TEXT_WIDTH = 70  # characters per caption line
@@ -97,13 +104,40 @@ def _with_caption(canvas: Image.Image, sample) -> Image.Image:
     return out
 
 
+def example_name(tag: str, index: int) -> str:
+    return f"{T.get(tag).number:02d}_{tag}_{index}.png"
+
+
+def check_examples_output(out_dir: str | Path | None, tags=None, option: str = "--examples") -> None:
+    """Before the evaluation: TiercelError unless examples of `tags` (default: all 14) can be written into `out_dir`:
+    it is a folder (or can be made), and no file there named as one of their examples was written by someone
+    else (which example a task keeps is known only after the run, so every index counts)."""
+    check_output_dir(out_dir, option)
+    if out_dir is None or not Path(out_dir).is_dir():
+        return
+    names = re.compile(rf"({'|'.join(f'{T.get(t).number:02d}_{t}' for t in (tags or T.TAGS))})_\d+\.png")
+    theirs = sorted(p for p in Path(out_dir).iterdir() if names.fullmatch(p.name) and not is_our_png(p))
+    if theirs:
+        raise TiercelError(f"{option} {out_dir}: {theirs[0].name} was not written by tiercel and an example of that "
+                           "name would replace it; choose another folder or move the file yourself")
+
+
 def write_examples(report, root: str | Path, out_dir: str | Path, min_side: int = 384) -> list[Path]:
-    """Write one PNG per kept sample of `report` (EvalReport.examples) into `out_dir`; returns the paths."""
+    """Write one PNG per kept sample of `report` (EvalReport.examples) into `out_dir`; returns the paths. Each is
+    written whole; TiercelError before the first one if a file of one of their names is not tiercel's."""
+    from PIL import PngImagePlugin
+
     out_dir = Path(out_dir)
+    paths = [out_dir / example_name(s.tag, s.index) for s in report.examples]
+    theirs = next((p for p in paths if p.exists() and not is_our_png(p)), None)
+    if theirs is not None:
+        raise TiercelError(f"{theirs}: was not written by tiercel, so it is not replaced; choose another folder for "
+                           "the examples or move the file yourself")
+    info = PngImagePlugin.PngInfo()
+    for key, value in plot_metadata("png").items():
+        info.add_text(key, value)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for sample in report.examples:
-        path = out_dir / f"{T.get(sample.tag).number:02d}_{sample.tag}_{sample.index}.png"
-        render(sample, root, min_side).save(path)
-        paths.append(path)
+    for sample, path in zip(report.examples, paths, strict=True):
+        with atomic_path(path) as tmp:
+            render(sample, root, min_side).save(tmp, format="PNG", pnginfo=info)
     return paths
