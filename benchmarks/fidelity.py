@@ -204,7 +204,8 @@ def guarded(marker: str, fn, *args, **kwargs):
     ProcessPoolExecutor moves up to jobs + 1 submitted calls into its call queue, where cancel_futures cannot reach
     them, so a worker whose trainer has just checkpointed would otherwise start the next queued run."""
     if os.path.exists(marker):
-        raise Terminated(f"{getattr(fn, '__name__', fn)}: not started, the run was stopped")
+        what = args[0] if fn is timed and args else fn
+        raise Terminated(f"{getattr(what, '__name__', what)}: not started, the run was stopped")
     _BUSY.append(True)
     try:
         return fn(*args, **kwargs)
@@ -407,8 +408,7 @@ class Run:
             m = self.models[key]
             m["bundle"], stage = str(out), "export" if scheme == "fp32" else f"quantize/{m['backend']}/{scheme}"
             m.setdefault("eval", None)
-            m["error"] = (m.get("error") or self.stages.error("export", stage, f"eval/{key}")
-                          or (None if m["eval"] else f"not made: {self.source} has no model ({self.models[self.source].get('error')})"))
+            m["error"] = m.get("error") or self.stages.error("export", stage, f"eval/{key}")
         s = self.models[self.source]
         results["size_ratio"] = t_params / s["params"] if self.source in self.torch_models else None
 
@@ -464,7 +464,7 @@ class Run:
         stage, m = f"train/{name}", self.models[name]
         m |= {"train": result, "error": self.stages.error(stage)}
         if not result:
-            return []
+            return self.export_node(name, stage, None)  # for the source: its bundles, recorded as skipped
         m |= {"path": result["student"], "params": params(result["student"])}
         f = self.f_recipes.get(k)
         if f is None:
@@ -479,7 +479,7 @@ class Run:
         m = self.models[name]
         m["finish"], m["error"] = result, m.get("error") or self.stages.error(f"finish/{name}")
         if not result:
-            return []
+            return self.export_node(name, f"finish/{name}", None)
         m["path"] = result["student"]
         return self.made(name, f"finish/{name}", result["student"])
 
@@ -491,11 +491,17 @@ class Run:
                       functools.partial(self.scored, name, "eval")),
                  Node(f"probe/{name}", pr.model_dump(), (stage,), probe, (path, test, root, pr),
                       then=functools.partial(self.scored, name, "probe"))]
-        if name == self.source:
-            backends = tuple(self.cfg.bundles.backends)
-            nodes.append(Node("export", {"backends": backends}, (stage,), export, (path, self.work / "bundles" / "fp32", backends),
-                              then=self.exported))
-        return nodes
+        return nodes + self.export_node(name, stage, path)
+
+    def export_node(self, name: str, stage: str, path: str | None) -> list[Node]:
+        """For the bundles' source, the export of its last stage `stage`. Where that stage failed, the export and
+        every stage after it are recorded as skipped (their columns say which stage failed), so the source is
+        never exported unfinished."""
+        if name != self.source:
+            return []
+        backends = tuple(self.cfg.bundles.backends)
+        return [Node("export", {"backends": backends}, (stage,), export, (path, self.work / "bundles" / "fp32", backends),
+                     then=self.exported)]
 
     def scored(self, name: str, what: str, result: dict | None) -> list[Node]:
         m = self.models[name]
@@ -509,9 +515,8 @@ class Run:
                 for b in self.cfg.bundles.backends for s in ("fp32", *self.cfg.bundles.schemes)]
 
     def exported(self, result: dict | None) -> list[Node]:
-        """The fp32 bundle is made: its evals, and each scheme's quantization through the accuracy guard."""
-        if not result:
-            return []
+        """The fp32 bundle's evals and each scheme's quantization through the accuracy guard (skipped, each, where
+        the export failed)."""
         nodes, cfg = [], self.cfg.bundles
         for backend, scheme, key, out in self.bundle_list():
             if scheme == "fp32":
@@ -525,7 +530,7 @@ class Run:
 
     def quantized(self, key: str, out: Path, backend: str, stage: str, result: dict | None) -> list[Node]:
         self.models[key]["quantize"] = result
-        return self.bundle_scores(key, out, backend, stage) if result else []
+        return self.bundle_scores(key, out, backend, stage)  # skipped where it failed
 
     def bundle_scores(self, key: str, out: Path, backend: str, made: str) -> list[Node]:
         """A bundle's eval on its backend and, on constrained.backend, the three decoding modes (issue #28 item 4)."""
@@ -567,6 +572,7 @@ class Run:
         import heapq
         import itertools
         from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
 
         queue, running, count = [], {}, itertools.count()
 
@@ -579,27 +585,34 @@ class Run:
             add(node.then(result) if node.then else [])
 
         add(nodes)
-        with children(self.jobs) as pool:
-            while queue or running:
-                later = []
-                while queue:
-                    item = heapq.heappop(queue)
-                    node = item[-1]
-                    kwargs = node.kwargs or {}
-                    if (pool is None or any(n not in self.stages.keys for n in node.needs)  # recorded as skipped
-                            or self.stages.stored(node.name, node.inputs, node.needs)):
-                        record(node, functools.partial(node.fn, *node.args, **kwargs))
-                    elif len(running) < self.jobs:
-                        running[pool.submit(timed, node.fn, *node.args, **kwargs)] = node
-                        print(f"[{node.name}] ... (in a child process)", flush=True)
-                    else:
-                        later.append(item)
-                for item in later:
-                    heapq.heappush(queue, item)
-                if running:
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in [f for f in running if f in done]:  # in the order they started
-                        record(running.pop(future), future.result, timed=True)
+        while queue:  # a fresh pool each time round: a child that crashed (OOM, a segfault) breaks its pool
+            with children(self.jobs) as pool:
+                broken = False
+                while (queue and not broken) or running:
+                    later = []
+                    while queue:
+                        item = heapq.heappop(queue)
+                        node, kwargs = item[-1], item[-1].kwargs or {}
+                        if (pool is None or any(n not in self.stages.keys for n in node.needs)  # recorded as skipped
+                                or self.stages.stored(node.name, node.inputs, node.needs)):
+                            record(node, functools.partial(node.fn, *node.args, **kwargs))
+                        elif len(running) < self.jobs and not broken:
+                            try:
+                                running[pool.submit(timed, node.fn, *node.args, **kwargs)] = node
+                            except BrokenProcessPool:  # its running stages fail below; this one waits for the next pool
+                                broken = True
+                                later.append(item)
+                                continue
+                            print(f"[{node.name}] ... (in a child process)", flush=True)
+                        else:
+                            later.append(item)
+                    for item in later:
+                        heapq.heappush(queue, item)
+                    if running:
+                        done, _ = wait(running, return_when=FIRST_COMPLETED)
+                        for future in [f for f in running if f in done]:  # in the order they started
+                            broken = broken or isinstance(future.exception(), BrokenProcessPool)
+                            record(running.pop(future), future.result, timed=True)
 
 
 def stop(signum, frame) -> None:

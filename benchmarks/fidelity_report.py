@@ -295,9 +295,10 @@ def _stage_table(r: dict) -> str:
         return ""
     own = _train_seconds(r.get("models", {}))
     lines = ["## Wall time per stage", "",
-             "Seconds the run waited for each stage when it ran (a rerun that reused a stage keeps that time). A "
-             "training run resumed over several sessions counts only its last part there; *training* is the run's "
-             "own time, summed over its resumes (with --jobs, runs overlapped).", "",
+             "Seconds each stage took when it ran (a rerun that reused a stage keeps that time): with --jobs, its own "
+             "wall time in its child process (before 0daa99e, how long the main process waited for it), so stages "
+             "overlap and the total is more than the run's wall time. A training run resumed over several sessions "
+             "counts only its last part there; *training* is the run's own time, summed over its resumes.", "",
              "| stage | seconds | training | status |", "|---|---|---|---|"]
     lines += [f"| {name} | {s.get('seconds', 0):.1f} | {f'{own[name]:.0f}' if name in own else '-'} | {s.get('status')} |"
               for name, s in stages.items()]

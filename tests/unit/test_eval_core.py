@@ -202,12 +202,12 @@ def test_example_pngs_replace_only_tiercels_own(synth, tmp_path):
     assert sorted(tmp_path.iterdir()) == sorted(paths)  # no temporary file left
     hbb = next(p for p in paths if "REG_DET_HBB" in p.name)
     Image.new("RGB", (4, 4), "blue").save(hbb)  # the same name, someone else's picture
-    before = {p: p.read_bytes() for p in paths}
+    before = {p: (p.stat().st_ino, p.read_bytes()) for p in paths}  # a write replaces the file: a new inode
     with pytest.raises(TiercelError) as err:
         write_examples(report, synth, tmp_path)
     assert str(err.value) == (f"{hbb}: was not written by tiercel, so it is not replaced; choose another folder for "
                               "the examples or move the file yourself")
-    assert {p: p.read_bytes() for p in paths} == before  # nothing written, the other PNG included
+    assert {p: (p.stat().st_ino, p.read_bytes()) for p in paths} == before  # nothing written, the other PNG included
     with pytest.raises(TiercelError, match=f"^--examples {tmp_path}: {hbb.name} was not written by tiercel"):
         check_examples_output(tmp_path, ["REG_DET_HBB"])  # before the evaluation: any index of a task counts
     check_examples_output(tmp_path, ["IMG_CLS"])  # another task's name is not in the way

@@ -395,9 +395,80 @@ def test_a_students_finish_and_eval_start_while_another_student_still_trains(tmp
     monkeypatch.setattr(fidelity, "score", score)
     monkeypatch.setattr(fidelity, "children", threads)
     run.flow(run.student_nodes())
-    assert order[:3] == ["start /w/kd0", "start /w/kd1", "start /w/kd0_finish"] and len(order) == 4
+    assert sorted(order) == ["start /w/kd0", "start /w/kd0_finish", "start /w/kd1", "start /w/kd1_finish"]
     assert all(run.stages.times[f"{s}/kd/seed{i}"]["status"] == "ran" for s in ("train", "finish", "eval") for i in (0, 1))
     assert run.torch_models["kd/seed1"] == ("finish/kd/seed1", "/w/kd1_finish/student")
+
+
+def _bundle_run(tmp_path, monkeypatch, fail: str):
+    """The source student (kd_hidden/seed0) through to its bundles, everything stubbed; `fail` names the stub that
+    raises."""
+    import fidelity
+
+    run = _bare_run(tmp_path)
+    run.s_recipes = {("kd_hidden", 0): {"out": "/w/kh0", "teacher": {"kind": "checkpoint"}}}
+    run.f_recipes = {("kd_hidden", 0): {"out": "/w/kh0_finish"}}
+
+    def stub(name, value):
+        def fn(*args, **kwargs):
+            if name == fail or (fail == "train_finish" and name == "train" and args[0]["out"].endswith("_finish")):
+                raise RuntimeError(f"{name} broke")
+            return value(*args) if callable(value) else value
+        return fn
+
+    monkeypatch.setattr(fidelity, "train", stub("train", lambda r, k: {"student": r["out"] + "/student"}))
+    monkeypatch.setattr(fidelity, "export", stub("export", {"bundle": "/w/fp32"}))
+    monkeypatch.setattr(fidelity, "quantize", stub("quantize", {"bundle": "q", "kept": 0}))
+    monkeypatch.setattr(fidelity, "constrained", stub("constrained", {"stepwise": {}}))
+    monkeypatch.setattr(fidelity, "bundle_bytes", lambda out, backend: 7)
+    _stub_scores(monkeypatch)
+    for backend, scheme, key, _ in run.bundle_list():
+        run.models[key] = {"kind": "bundle", "backend": backend, "scheme": scheme, "source": run.source}
+    run.flow(run.student_nodes())
+    return run
+
+
+def test_the_bundles_of_the_finished_source_are_made_scored_and_decoded(tmp_path, monkeypatch):
+    run = _bundle_run(tmp_path, monkeypatch, fail="")
+    keys = [key for *_, key, _ in run.bundle_list()]
+    assert len(keys) == 10 and all(run.models[k]["eval"] == {"average": 0.5} for k in keys)
+    assert all(run.models[k]["bundle_bytes"] == 7 for k in keys)
+    assert [k for k in keys if "constrained" in run.models[k]] == [k for k in keys if "/onnxruntime/" in k]
+    assert run.stages.times["export"]["status"] == "ran" and run.torch_models["kd_hidden/seed0"][0] == "finish/kd_hidden/seed0"
+
+
+@pytest.mark.parametrize("fail, error", [
+    ("export", "export: RuntimeError: export broke"),
+    ("train_finish", "export: needs finish/kd_hidden/seed0, which failed"),  # never exported unfinished
+])
+def test_a_failed_export_or_source_marks_every_bundle_column_and_its_decoding(tmp_path, monkeypatch, fail, error):
+    import fidelity
+
+    run = _bundle_run(tmp_path, monkeypatch, fail=fail)
+    keys = [key for *_, key, _ in run.bundle_list()]
+    for key in keys:  # what Run.__call__ fills in after the flow
+        run.models[key]["error"] = run.stages.error("export", "quantize/x", f"eval/{key}")
+    assert all(run.models[k]["error"] == error and run.models[k].get("eval") is None for k in keys)
+    decoded = [k for k in keys if "constrained_error" in run.models[k]]
+    assert decoded == [k for k in keys if "/onnxruntime/" in k]  # the decoding table still lists them
+    assert all(run.stages.times[f"quantize/{b}/{s}"]["status"] == "skipped"
+               for b in ("onnxruntime", "openvino") for s in run.cfg.bundles.schemes)
+    assert fidelity.STAGE_ORDER.index("export") < fidelity.STAGE_ORDER.index("eval")
+
+
+def test_a_child_that_crashes_fails_its_stage_and_the_run_goes_on_in_a_fresh_pool(tmp_path):
+    import operator
+    import os
+
+    from fidelity import Node
+
+    run = _bare_run(tmp_path, jobs=2)
+    after = []
+    crash = Node("eval/x", {"n": 1}, (), os._exit, (3,), then=lambda r: after.append(r) or
+                 [Node("eval/y", {"n": 2}, (), operator.add, (1, 2), then=lambda r: after.append(r) or [])])
+    run.flow([crash])
+    assert run.stages.times["eval/x"]["status"] == "error" and "BrokenProcessPool" in run.stages.times["eval/x"]["error"]
+    assert after == [None, 3] and run.stages.times["eval/y"]["status"] == "ran"
 
 
 def test_a_pooled_stage_stores_its_own_time_not_the_wait(tmp_path):

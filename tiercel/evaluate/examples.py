@@ -115,8 +115,11 @@ def check_examples_output(out_dir: str | Path | None, tags=None, option: str = "
     check_output_dir(out_dir, option)
     if out_dir is None or not Path(out_dir).is_dir():
         return
-    names = re.compile(rf"({'|'.join(f'{T.get(t).number:02d}_{t}' for t in (tags or T.TAGS))})_\d+\.png")
-    theirs = sorted(p for p in Path(out_dir).iterdir() if names.fullmatch(p.name) and not is_our_png(p))
+    names = re.compile(rf"({'|'.join(re.escape(f'{T.get(t).number:02d}_{t}') for t in (tags or T.TAGS))})_\d+\.png")
+    try:
+        theirs = sorted(p for p in Path(out_dir).iterdir() if names.fullmatch(p.name) and not is_our_png(p))
+    except OSError as err:
+        raise TiercelError(f"{option} {out_dir}: cannot be listed ({err.strerror}); choose another folder") from None
     if theirs:
         raise TiercelError(f"{option} {out_dir}: {theirs[0].name} was not written by tiercel and an example of that "
                            "name would replace it; choose another folder or move the file yourself")
