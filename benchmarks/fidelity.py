@@ -96,7 +96,7 @@ from fidelity_config import (  # noqa: E402
 )
 from fidelity_report import OBJECTIVES, SIZE_RATIO, bundle_key, render, targets, teacher_stage  # noqa: E402
 from image_use import commit, probe_checkpoint, write_result  # noqa: E402
-from synth_runs import params, score, train  # noqa: E402
+from synth_runs import params, read_predictions, score, train  # noqa: E402
 
 from tiercel.errors import Terminated  # noqa: E402
 from tiercel.fileio import atomic_write_text, finite, sha256_file  # noqa: E402
@@ -348,13 +348,26 @@ def export(student: str, fp32: Path, backends: tuple[str, ...]) -> dict:
     return {"bundle": str(export_checkpoint(student, fp32, backends=backends, decoder="split", overwrite=True))}
 
 
+def paired(base: Path, other: Path, rounds: int, confidence: float, seed: int) -> dict:
+    """Two evaluations' predictions of the same test records compared task by task with a paired bootstrap
+    (tiercel.evaluate.compare.compare_rows): per task and for the 14-task average, both headlines, the change
+    and the relative change with their intervals, and the answers that differ."""
+    from tiercel.evaluate.compare import compare_rows
+
+    got = compare_rows(read_predictions(base), read_predictions(other), rounds, confidence, seed, (str(base), str(other)))
+    keep = ("base", "other", "change", "relative", "change_ci", "relative_ci")
+    return {"rounds": rounds, "confidence": confidence, "average": {k: got["average"].get(k) for k in keep},
+            "per_task": {t: {k: p.get(k) for k in (*keep, "records", "answers_changed")} for t, p in got["per_task"].items()}}
+
+
 def bundle_bytes(bundle: Path, backend: str) -> int:
     from quantize_cpu import sizes
 
     return sizes(bundle, backend)["bundle_bytes"]
 
 
-STAGE_ORDER = ("train", "finish", "export", "quantize", "eval", "probe", "constrained")  # which ready stage starts first
+PAIRED_ROUNDS = 1000  # bootstrap resamples of each compare stage (tiercel compare's default)
+STAGE_ORDER = ("train", "finish", "export", "quantize", "eval", "compare", "probe", "constrained")  # which ready stage starts first
 
 
 class Node(NamedTuple):
@@ -394,6 +407,7 @@ class Run:
                     sys.exit(f"bundles.quantize ({backend}, {scheme}): {one_line(err)}")
         self.stages, self.models = Stages(work / "stages"), {}
         self.torch_models: dict[str, tuple[str, str]] = {}  # name -> (its training stage, checkpoint)
+        self.compared_models: set[str] = set()  # the models whose compare stage is made
 
     def __call__(self, results: dict) -> None:
         """Every stage; results["models"], ["stages"] and ["data"] fill in as they finish."""
@@ -487,7 +501,7 @@ class Run:
         """A PyTorch model's last stage is stored: its eval and probe; for the bundles' source, its export too."""
         self.torch_models[name] = (stage, path)
         test, root, pr = Path(self.data["test"]), Path(self.data["root"]), self.cfg.probe
-        nodes = [Node(f"eval/{name}", self.cfg.eval.fingerprinted(), (stage,), score, (path,), self.score_args(),
+        nodes = [Node(f"eval/{name}", self.eval_inputs(), (stage,), score, (path,), self.score_args(f"eval/{name}"),
                       functools.partial(self.scored, name, "eval")),
                  Node(f"probe/{name}", pr.model_dump(), (stage,), probe, (path, test, root, pr),
                       then=functools.partial(self.scored, name, "probe"))]
@@ -506,6 +520,40 @@ class Run:
     def scored(self, name: str, what: str, result: dict | None) -> list[Node]:
         m = self.models[name]
         m[what], m["error"] = result, m.get("error") or self.stages.error(f"{what}/{name}")
+        return self.comparisons() if what == "eval" else []
+
+    def eval_inputs(self) -> dict:
+        """An evaluation stage's inputs: the eval settings, and that it keeps every record's prediction."""
+        return {**self.cfg.eval.fingerprinted(), "predictions": True}
+
+    def predictions(self, stage: str) -> Path:
+        """Where the evaluation stage `stage` keeps its predictions (carried with the run)."""
+        return self.work / "predictions" / (stage.replace("/", "__") + ".json.gz")
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(base, other) models compared record by record: each KD student against the CE student of its seed,
+        each quantized bundle against the fp32 bundle on its backend."""
+        out = [(f"ce/seed{s}", f"{o}/seed{s}") for s in self.cfg.student.seeds for o in OBJECTIVES if o != "ce"]
+        return out + [(bundle_key(b, "fp32"), key) for b, scheme, key, _ in self.bundle_list() if scheme != "fp32"]
+
+    def comparisons(self) -> list[Node]:
+        """The compare stages whose two evaluations are now both stored (each made once)."""
+        nodes = []
+        for base, other in self.pairs():
+            stages = (f"eval/{base}", f"eval/{other}")
+            if other in self.compared_models or not all(n in self.stages.keys for n in stages):
+                continue
+            self.compared_models.add(other)
+            inputs = {"rounds": PAIRED_ROUNDS, "confidence": 0.95, "seed": 0}
+            nodes.append(Node(f"compare/{other}", inputs, stages, paired,
+                              (self.predictions(stages[0]), self.predictions(stages[1]), *inputs.values()),
+                              then=functools.partial(self.compared, base, other)))
+        return nodes
+
+    def compared(self, base: str, other: str, result: dict | None) -> list[Node]:
+        m = self.models[other]
+        m["paired"] = None if result is None else {"base": base, **result}
+        m["paired_error"] = self.stages.error(f"compare/{other}")
         return []
 
     def bundle_list(self) -> list[tuple[str, str, str, Path]]:
@@ -534,8 +582,8 @@ class Run:
 
     def bundle_scores(self, key: str, out: Path, backend: str, made: str) -> list[Node]:
         """A bundle's eval on its backend and, on constrained.backend, the three decoding modes (issue #28 item 4)."""
-        nodes = [Node(f"eval/{key}", self.cfg.eval.fingerprinted(), (made,), score, (out,), {"backend": backend, **self.score_args()},
-                      functools.partial(self.bundle_scored, key, out, backend))]
+        nodes = [Node(f"eval/{key}", self.eval_inputs(), (made,), score, (out,),
+                      {"backend": backend, **self.score_args(f"eval/{key}")}, functools.partial(self.bundle_scored, key, out, backend))]
         c = self.cfg.constrained
         if backend == c.backend:
             inputs = {**c.model_dump(), "max_new_tokens": self.cfg.eval.max_new_tokens}
@@ -549,18 +597,18 @@ class Run:
         m["eval"] = result
         if result:
             m["bundle_bytes"] = bundle_bytes(out, backend)
-        return []
+        return self.comparisons()
 
     def decoded(self, key: str, result: dict | None) -> list[Node]:
         m = self.models[key]
         m["constrained"], m["constrained_error"] = result, self.stages.error(f"constrained/{key}")
         return []
 
-    def score_args(self) -> dict:
+    def score_args(self, stage: str) -> dict:
         e = self.cfg.eval
         return {"test": Path(self.data["test"]), "root": Path(self.data["root"]), "limit": e.limit,
                 "max_new_tokens": e.max_new_tokens, "protocol": e.protocol, "num_beams": e.num_beams, "threads": self.threads,
-                "batch_size": e.batch_size}
+                "batch_size": e.batch_size, "predictions": self.predictions(stage)}
 
     def flow(self, nodes: list[Node]) -> None:
         """Run the nodes and the nodes their results lead to, each once the stages it reads are stored. A stored

@@ -88,8 +88,9 @@ def carried_files(work: Path) -> tuple[list[Path], dict[Path, str], dict]:
             runs[name] = {"finished": False, "step": step_of(ckpt)}
         else:
             runs[name] = {"finished": False, "step": None}
-    if (work / "bundles").is_dir():
-        files += _files(work / "bundles", work)
+    for folder in ("bundles", "predictions"):  # predictions: the evaluations' records, for the compare stages
+        if (work / folder).is_dir():
+            files += _files(work / folder, work)
     return files, pointers, runs
 
 

@@ -145,7 +145,7 @@ def render(results: dict) -> str:
              "(quantized >= 0.99 x fp32), as the issue means it. Students: mean over seeds.", "",
              "| target | value | status |", "|---|---|---|"]
     parts += [f"| {t['target']} | {t['value']} | {t['status']} |" for t in results.get("targets") or targets(results)]
-    parts += ["", _probe_table(results), _constrained_table(results), _stage_table(results)]
+    parts += ["", _paired_tables(results), _probe_table(results), _constrained_table(results), _stage_table(results)]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -261,6 +261,58 @@ def _probe_table(r: dict) -> str:
         cells = [f"{mean(gaps[k][tag]):+.3f}" if gaps[k].get(tag) else "-" for k in heads]
         lines.append(f"| {tag} | " + " | ".join(cells) + " |")
     return "\n".join(lines + [""])
+
+
+def _paired_tables(r: dict) -> str:
+    """The compare stages: each KD student against the CE student of its seed, each quantized bundle against its
+    backend's fp32 bundle, on the same test records (paired bootstrap)."""
+    models = r.get("models", {})
+    found = {k: m for k, m in models.items() if m.get("paired") or m.get("paired_error")}
+    if not found:
+        return ""
+    first = next((m["paired"] for m in found.values() if m.get("paired")), {})
+    lines = ["## Paired comparisons", "",
+             "The same test records scored on both models; each cell is the relative change of the headline "
+             f"(other / base - 1) with its {first.get('confidence', 0.95):.0%} paired percentile interval over "
+             f"{first.get('rounds', '-')} resamples of the records (`tiercel compare`, docs/eval.md). **Bold**: the "
+             "interval excludes 0, so the test split resolves the change's sign. Per seed, not the seed means of "
+             "the table above.", ""]
+    for title, keys in (("Students against the CE student of their seed",
+                         [k for k, m in found.items() if m.get("kind") == "torch"]),
+                        ("Quantized bundles against the fp32 bundle on their backend",
+                         [k for k, m in found.items() if m.get("kind") == "bundle"])):
+        if not keys:
+            continue
+        heads = [_paired_head(k, models[k]) for k in keys]
+        lines += [f"### {title}", "", "| task | " + " | ".join(heads) + " |", "|---|" + "---|" * len(keys)]
+        for tag in (*TAGS, "average"):
+            cells = []
+            for k in keys:
+                p = models[k].get("paired")
+                cell = (p or {}).get("average") if tag == "average" else (p or {}).get("per_task", {}).get(tag)
+                cells.append("error" if p is None else _paired_cell(cell))
+            lines.append(f"| {'**14-task average**' if tag == 'average' else tag} | " + " | ".join(cells) + " |")
+        errors = [f"- {_paired_head(k, models[k])}: {models[k]['paired_error']}" for k in keys if models[k].get("paired_error")]
+        lines += [""] + (errors + [""] if errors else [])
+    return "\n".join(lines)
+
+
+def _paired_head(key: str, m: dict) -> str:
+    if m.get("kind") == "bundle":
+        return f"{BACKENDS.get(m['backend'], m['backend'])} {SCHEMES.get(m['scheme'], m['scheme'])}"
+    return f"{OBJECTIVES.get(m.get('objective'), m.get('objective'))} s{m.get('seed')}"
+
+
+def _paired_cell(c: dict | None) -> str:
+    """The relative change [interval]; where the base scores 0 (no relative change), the change in points."""
+    if not c or c.get("change") is None:
+        return "-"
+    if c.get("relative") is not None:
+        value, (lo, hi), fmt = c["relative"], c.get("relative_ci") or (None, None), "{:+.1%}"
+    else:
+        value, (lo, hi), fmt = c["change"] * 100, [None if v is None else v * 100 for v in c.get("change_ci") or (None, None)], "{:+.1f} pts"
+    text = fmt.format(value) + ("" if lo is None else f" [{fmt.format(lo)}, {fmt.format(hi)}]")
+    return f"**{text}**" if lo is not None and (lo > 0 or hi < 0) else text
 
 
 def _constrained_table(r: dict) -> str:

@@ -50,24 +50,50 @@ def train(recipe: dict, key: str | None = None) -> dict:
 
 
 def score(model: str | Path, test: Path, root: Path, limit: int | None, max_new_tokens: int, backend: str = "onnxruntime",
-          protocol: str = "tiercel", num_beams: int = 1, threads: int | None = None, batch_size: int | None = None) -> dict:
+          protocol: str = "tiercel", num_beams: int = 1, threads: int | None = None, batch_size: int | None = None,
+          predictions: Path | None = None) -> dict:
     """Score a checkpoint (PyTorch, whatever `backend`) or a bundle (on `backend`) on `test`, task by task.
 
     Returns headline per task, their average, every metric per task, record counts, seconds and warnings
     (tiercel.evaluate.EvalReport), and with protocol "both" the Falcon protocol's headlines and average too.
+    With `predictions`, every record's row (as `tiercel eval --json` keeps them: index, tag, parsed prediction and
+    reference, size, crop) is written there as gzipped JSON, for read_predictions and tiercel.evaluate.compare.
     """
     from tiercel.evaluate import evaluate, open_predictor
 
     predictor = open_predictor(model, backend=backend, threads=threads)
     report = evaluate(predictor, test, root, limit=limit, protocol=protocol,
                       generation={"num_beams": num_beams, "max_new_tokens": max_new_tokens},
+                      keep_predictions=predictions is not None,
                       **({} if batch_size is None else {"batch_size": batch_size}))
+    if predictions is not None:
+        import gzip
+
+        from tiercel.fileio import atomic_path, finite
+
+        with atomic_path(predictions) as tmp:
+            tmp.write_bytes(gzip.compress(json.dumps({"model": str(model), "backend": backend,
+                                                      "predictions": finite(report.predictions)}).encode(), mtime=0))
     out = {"per_task": report.per_task, "headline": report.headlines, "average": report.average, "counts": report.counts,
            "seconds": report.seconds, "warnings": report.warnings}
     for name in report.protocols:
         if name != report.protocol:
             out[name] = {"headline": report.headlines_of(name), "average": report.average_of(name)}
     return out
+
+
+def read_predictions(path: Path) -> dict:
+    """{(record index, tag): row} of a file score(predictions=...) wrote; DataError naming it otherwise."""
+    import gzip
+
+    from tiercel.errors import DataError
+    from tiercel.evaluate.compare import rows_of
+
+    try:
+        data = json.loads(gzip.decompress(Path(path).read_bytes()))
+    except (OSError, EOFError, ValueError) as err:
+        raise DataError(f"{path}: unreadable ({err}); delete the evaluation stage that wrote it to score again") from None
+    return rows_of(data, path)
 
 
 def params(path: str | Path) -> int:

@@ -306,6 +306,7 @@ def _bare_run(tmp_path, jobs: int = 1, **recipes):
     run.cfg, run.jobs, run.stages = _config_with(tmp_path, finish=FINISH), jobs, Stages(tmp_path / "w" / "stages")
     run.work, run.threads, run.data = tmp_path / "w", 1, {"test": "test.json", "root": ".", "train": "t.json"}
     run.models, run.torch_models = {}, {"teacher": ("teacher/stage2", str(tmp_path / "teacher"))}
+    run.compared_models = set()
     run.stages.keys = {"data": "d0", "teacher/stage2": "t1"}
     return run
 
@@ -324,6 +325,7 @@ def _stub_scores(monkeypatch, calls: list | None = None):
     monkeypatch.setattr(fidelity, "score", score)
     monkeypatch.setattr(fidelity, "probe", probe)
     monkeypatch.setattr(fidelity, "params", lambda path: 1)
+    monkeypatch.setattr(fidelity, "paired", lambda *args: {"average": {}, "per_task": {}})
 
 
 def test_the_table_reads_the_finished_students_and_drops_a_failed_finish(tmp_path, monkeypatch):
@@ -471,6 +473,67 @@ def test_a_child_that_crashes_fails_its_stage_and_the_run_goes_on_in_a_fresh_poo
     assert after == [None, 3] and run.stages.times["eval/y"]["status"] == "ran"
 
 
+def _predictions(path, right: list[bool]) -> Path:
+    """A file as score(predictions=...) writes it: IMG_CLS rows, right or wrong."""
+    import gzip
+    import json
+
+    from tiercel.tasks import Label
+
+    rows = [{"index": i, "tag": "IMG_CLS", "pred": Label(text="harbor" if r else "forest").to_dict(),
+             "truth": Label(text="harbor").to_dict(), "size": [64, 64], "crop": []} for i, r in enumerate(right)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(json.dumps({"predictions": rows}).encode()))
+    return path
+
+
+def test_a_compare_stage_scores_both_evaluations_on_the_same_records(tmp_path):
+    from fidelity import paired
+
+    base = _predictions(tmp_path / "a.json.gz", [True, True, False, False])  # accuracy 0.5
+    other = _predictions(tmp_path / "b.json.gz", [True, True, True, False])  # 0.75: +50%, one answer moved
+    got = paired(base, other, 200, 0.95, 0)
+    cls = got["per_task"]["IMG_CLS"]
+    assert (cls["base"], cls["other"], cls["change"], cls["relative"], cls["answers_changed"]) == (0.5, 0.75, 0.25, 0.5, 1)
+    assert 0 <= cls["change_ci"][0] < cls["change_ci"][1] <= 1  # paired: the other model is never worse on a record
+    assert got["average"]["relative"] == 0.5 and got["rounds"] == 200
+    (tmp_path / "c.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(Exception, match=r"c\.json\.gz: unreadable .*delete the evaluation stage that wrote it"):
+        paired(base, tmp_path / "c.json.gz", 10, 0.95, 0)
+
+
+def test_each_kd_student_is_compared_with_the_ce_student_of_its_seed_once_both_are_scored(tmp_path, monkeypatch):
+    import fidelity
+    import fidelity_report as report
+
+    run = _bare_run(tmp_path)
+    run.s_recipes = {(o, s): {"out": f"/w/{o}{s}", "teacher": {"kind": "checkpoint"}} for o in ("ce", "kd") for s in (0, 1)}
+    run.f_recipes = {}
+    right = {"ce": [True, False, False, False] * 5, "kd": [True, True, True, False] * 5}  # 0.25 -> 0.75
+
+    def score(path, predictions=None, **kwargs):
+        _predictions(predictions, right["ce" if "/ce" in path else "kd"])
+        return {"average": 0.5}
+
+    real = fidelity.paired
+    monkeypatch.setattr(fidelity, "train", lambda recipe, key: {"student": recipe["out"] + "/student"})
+    _stub_scores(monkeypatch)
+    monkeypatch.setattr(fidelity, "score", score)
+    monkeypatch.setattr(fidelity, "paired", real)
+    for o, s in run.s_recipes:
+        run.models[f"{o}/seed{s}"] = {}
+    run.flow(run.student_nodes())
+    assert sorted(n for n in run.stages.times if n.startswith("compare/")) == ["compare/kd/seed0", "compare/kd/seed1"]
+    kd0 = run.models["kd/seed0"]["paired"]
+    assert kd0["base"] == "ce/seed0" and kd0["per_task"]["IMG_CLS"]["relative"] == 2.0  # 0.25 -> 0.75
+    assert run.predictions("eval/kd/seed0") == tmp_path / "w" / "predictions" / "eval__kd__seed0.json.gz"
+    run.models["kd/seed0"] |= {"kind": "torch", "objective": "kd", "seed": 0}
+    run.models["kd/seed1"] = {"kind": "torch", "objective": "kd", "seed": 1, "paired": None,
+                              "paired_error": "DataError: gone"}
+    md = report.render({"models": run.models})
+    assert "| IMG_CLS | **+200.0% [" in md and "| KD s0 | KD s1 |" in md and "- KD s1: DataError: gone" in md
+
+
 def test_a_pooled_stage_stores_its_own_time_not_the_wait(tmp_path):
     from fidelity import Stages, timed
 
@@ -516,7 +579,7 @@ def test_a_teacher_stage_added_later_retrains_the_kd_students_but_not_the_ce_stu
     def students(teacher_key: str) -> list[str]:
         trained.clear()
         run.models, run.torch_models = {}, {"teacher": ("teacher/stage2", str(teacher))}
-        run.stages.keys = {"data": "d0", "teacher/stage2": teacher_key}
+        run.stages.keys, run.compared_models = {"data": "d0", "teacher/stage2": teacher_key}, set()
         run.flow(run.student_nodes())
         return trained
 

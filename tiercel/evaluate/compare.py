@@ -32,7 +32,11 @@ ROW_FIELDS = ("index", "tag", "pred", "truth", "size", "crop")
 
 def read_rows(path: str | Path) -> dict[tuple[int, str], dict]:
     """{(record index, tag): row} of a `tiercel eval --json` file; DataError naming the file and field otherwise."""
-    data = read_json_object(path, DataError, "give a file written by `tiercel eval --json`")
+    return rows_of(read_json_object(path, DataError, "give a file written by `tiercel eval --json`"), path)
+
+
+def rows_of(data: dict, path: str | Path) -> dict[tuple[int, str], dict]:
+    """read_rows of the object already read from `path` (named in the errors)."""
     rows = data.get("predictions")
     if not isinstance(rows, list) or not rows:
         raise DataError(f"{path}: no 'predictions' rows; write it with `tiercel eval --json` (which keeps them)")
