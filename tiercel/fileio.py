@@ -93,8 +93,12 @@ PLOT_SOFTWARE = "tiercel"  # the PNG `Software` text a chart tiercel writes star
 
 
 def check_plot_output(path: str | Path | None, option: str = "--plot", example: str = "profile.png") -> None:
-    """Before long work: TiercelError unless `path` can be written as a chart: a new file, or a PNG whose
-    `Software` text says tiercel wrote it (`plot_metadata`). Anything else there is not replaced."""
+    """Before long work: TiercelError unless `path` can be written as a chart: a path ending in .png (the one
+    format the chart is marked as tiercel's in), new, or a PNG whose `Software` text says tiercel wrote it
+    (`plot_metadata`). Anything else there is not replaced."""
+    if path is not None and Path(path).suffix.lower() != ".png" and not Path(path).is_dir():
+        raise TiercelError(f"{option} {path}: the chart is written as PNG; give a path ending in .png, e.g. "
+                           f"{Path(path).with_suffix('.png')}")
     _check_ours(path, option, example, _ours_png)
 
 
@@ -103,6 +107,21 @@ def plot_metadata(fmt: str) -> dict:
     from tiercel import __version__
 
     return {"Software": f"{PLOT_SOFTWARE} {__version__}"} if fmt == "png" else {}
+
+
+def check_distinct(output: str | Path | None, option: str, *inputs: tuple[str, str | Path | None]) -> None:
+    """Before the work: TiercelError if the output path `output` (given with `option`) is one of `inputs` ((what
+    it is, its path)) or lies inside one (a file): writing it would replace that file."""
+    if output is None:
+        return
+    out = Path(output).resolve()
+    for what, path in inputs:
+        if path is None:
+            continue
+        other = Path(path).resolve()
+        if out == other or other in out.parents:
+            raise TiercelError(f"{option} {output}: is {what} {path}" + ("" if out == other else " or lies inside it")
+                               + ", which the output would replace; choose another path")
 
 
 def _check_ours(path: str | Path | None, option: str, example: str, ours) -> None:
@@ -236,6 +255,9 @@ def finite(value):
     return value
 
 
+TOO_LONG = "a number of more than 4300 digits"  # what json's ValueError for Python's int digit limit means
+
+
 def read_json_object(path: str | Path, error: type[TiercelError] = TiercelError, remedy: str = "") -> dict:
     """A JSON file that must hold an object, or one line of `error`: unreadable, not JSON (nesting too deep
     included), or another JSON type. `remedy` ends the message (what to do)."""
@@ -249,6 +271,8 @@ def read_json_object(path: str | Path, error: type[TiercelError] = TiercelError,
         raise error(f"{path}: cannot be read ({getattr(err, 'strerror', None) or type(err).__name__}){tail}") from None
     except json.JSONDecodeError as err:
         raise error(f"{path}: not valid JSON ({err}){tail}") from None
+    except ValueError:  # Python's limit on integer digits; JSONDecodeError is caught above
+        raise error(f"{path}: not valid JSON ({TOO_LONG}){tail}") from None
     except RecursionError:
         raise error(f"{path}: not valid JSON (nested too deeply){tail}") from None
     if not isinstance(data, dict):

@@ -207,6 +207,20 @@ def test_all_tasks_check_the_region_too(capsys, png, tmp_path):
               "--region: must be a box [x1, y1, x2, y2] in pixels (got [1, 2, 3])")
 
 
+def test_a_number_past_pythons_digit_limit_is_one_line(capsys, tmp_path):
+    huge = "9" * 5000  # Python refuses to read integers of more than 4300 digits
+    (tmp_path / "huge.json").write_text(f"[{huge}]")
+    (tmp_path / "huge.jsonl").write_text(f'{{"a": {huge}}}\n')
+    (tmp_path / "rows.json").write_text(f'{{"predictions": [], "n": {huge}}}')
+    _one_line(capsys, ["data", "validate", tmp_path / "huge.json"],
+              f"{tmp_path / 'huge.json'}: record 0: invalid JSON (a number of more than 4300 digits)")
+    _one_line(capsys, ["data", "validate", tmp_path / "huge.jsonl"],
+              f"{tmp_path / 'huge.jsonl'}: line 1: invalid JSON (a number of more than 4300 digits)")
+    _one_line(capsys, ["compare", tmp_path / "rows.json", tmp_path / "rows.json"],
+              f"{tmp_path / 'rows.json'}: not valid JSON (a number of more than 4300 digits); give a file written by "
+              "`tiercel eval --json`")
+
+
 def test_json_nested_too_deeply_is_one_line(capsys, tmp_path):
     (tmp_path / "deep.json").write_text("[" * 100_000)
     (tmp_path / "deep.jsonl").write_text('{"a": 1}\n' + "[" * 100_000 + "\n")
@@ -249,6 +263,15 @@ def test_a_config_json_holding_a_list_is_one_line(tiny_checkpoint, tmp_path, cap
     (["eval", "b", "--data", "d.json", "--examples", "{file}"],
      "--examples {file}: is a file, not a folder; choose a folder path for the output"),
     (["profile", "b", "--plot", "{dir}"], "--plot {dir}: is a folder; give a file name, e.g. {dir}/profile.png"),
+    (["profile", "b", "--plot", "{dir}/p.jpg"],
+     "--plot {dir}/p.jpg: the chart is written as PNG; give a path ending in .png, e.g. {dir}/p.png"),
+    (["profile", "b", "--plot", "{dir}/p.png", "--json", "{dir}/p.png"],
+     "--plot {dir}/p.png: is the --json file {dir}/p.png, which the output would replace; choose another path"),
+    (["eval", "b", "--data", "d.json", "--json", "{dir}/r.json", "--examples", "{dir}/r.json/png"],
+     "--examples {dir}/r.json/png: is the --json file {dir}/r.json or lies inside it, which the output would "
+     "replace; choose another path"),
+    (["eval", "b", "--data", "{dir}", "--json", "{dir}/r.json"],
+     "{dir}: is a folder; give the Falcon_SFT JSON file in it (e.g. {dir}/test.json)"),
 ])
 def test_an_output_of_the_wrong_kind_is_refused_before_the_work(tmp_path, capsys, args, message):
     file = tmp_path / "notes.txt"

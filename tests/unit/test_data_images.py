@@ -57,6 +57,12 @@ def test_crop_problems():
     assert "empty" in crop_problem([5, 0, 5, 10], (10, 10))
     assert "4 numbers" in crop_problem([1, 2, 3], (10, 10))
     assert "numbers" in crop_problem(["a", 0, 1, 1], (10, 10))
+    nan, inf = float("nan"), float("inf")
+    assert crop_problem([0, 0, nan, 5], (10, 10)) == "crop must be finite numbers (got [0, 0, nan, 5])"  # not a traceback
+    assert crop_problem([0, 0, inf, 5], (inf, inf)) == "crop must be finite numbers (got [0, 0, inf, 5])"
+    assert crop_problem([0, 0, 10**400, 5], (10, 10)).startswith("crop must be numbers")  # too large for a float
+    assert crop_problem([-5, -5, 10, 10], (inf, inf)) == ("crop [-5, -5, 10, 10] starts outside the image (negative x1 "
+                                                          "or y1)")  # not "the infxinf image"
 
 
 def test_missing_and_unreadable_files_name_the_path(tmp_path):

@@ -129,3 +129,50 @@ def test_the_cli_prints_the_table_writes_json_and_fails_in_one_line(tmp_path, ca
     err = capsys.readouterr().err
     assert "notes.json: exists and was not written by tiercel" in err and err.count("\n") == 1
     assert notes.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("index", "abc", r"'index' must be a whole number \(got 'abc'\)"),
+    ("index", None, r"'index' must be a whole number \(got None\)"),
+    ("index", 1.5, r"'index' must be a whole number \(got 1\.5\)"),  # not cut to 1
+    ("tag", ["REG_VG"], r"unknown task \['REG_VG'\]"),
+    ("size", 64, r"'size' must be \[width, height\] in pixels \(got 64\)"),
+    ("size", None, r"'size' must be \[width, height\] in pixels \(got None\)"),
+    ("crop", "zz", r"'crop' must be a list of numbers or null \(got 'zz'\)"),
+])
+def test_a_row_with_a_field_of_the_wrong_type_is_one_line_naming_it(tmp_path, field, value, message):
+    rows = _grounding([True, True])
+    rows[1][field] = value
+    with pytest.raises(DataError, match=rf"b\.json: predictions\[1\]: {message}; write it again with `tiercel eval --json`"):
+        read_rows(_file(tmp_path / "b.json", rows))
+
+
+def test_a_result_that_cannot_be_scored_names_its_file_and_record(tmp_path):
+    from tiercel.tasks import Count
+
+    a = _file(tmp_path / "a.json", _grounding([True, True]))
+    wrong = _grounding([True, True])
+    wrong[1]["pred"] = Count(value=3).to_dict()
+    with pytest.raises(DataError, match=r"b\.json: record 1 \(REG_VG\): 'pred' is a Count, but REG_VG answers are Boxes"):
+        compare_files(a, _file(tmp_path / "b.json", wrong))
+    broken = _grounding([True, True])
+    broken[0]["pred"] = {"type": "boxes", "boxes": ["abc"]}
+    with pytest.raises(DataError, match=r"c\.json: record 0 \(REG_VG\): cannot be scored \(.*\); compare files written"):
+        compare_files(a, _file(tmp_path / "c.json", broken))
+
+
+def test_the_cli_refuses_to_write_over_a_file_it_compares_and_shows_points_from_zero(tmp_path, capsys):
+    from tiercel.cli import main
+
+    a = str(tmp_path / "a.json")  # as tiercel eval --json writes it: tiercel's own, so only its role protects it
+    (tmp_path / "a.json").write_text(json.dumps({"tiercel": {"version": "0", "output": "eval"},
+                                                 "predictions": _grounding([False, False, False, False])}))  # Acc@0.5 0
+    b = _file(tmp_path / "b.json", _grounding([True, True, False, False]))  # 0.5: no relative change
+    before = (tmp_path / "a.json").read_text()
+    assert main(["compare", a, b, "--json", a]) == 1
+    assert capsys.readouterr().err == (f"error: --json {a}: is the base file {a}, which the output would replace; "
+                                       "choose another path\n")
+    assert (tmp_path / "a.json").read_text() == before
+    assert main(["compare", a, b, "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "+50.0 pts" in out and "[+0.0 pts, +100.0 pts]" in out  # 0 -> 0.5 has no relative change

@@ -231,10 +231,12 @@ def test_a_chart_replaces_only_a_png_tiercel_wrote(tmp_path):
     plt.close(fig)
     check_plot_output(ours)  # tiercel's own chart: may be replaced
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(theirs)  # a PNG of someone else's
-    for path in (theirs, tmp_path / "notes.txt"):
-        if not path.exists():
-            path.write_text("my notes")
-        before = path.read_bytes()
-        with pytest.raises(TiercelError, match=r"--plot .*: exists and was not written by tiercel"):
-            check_plot_output(path)
-        assert path.read_bytes() == before
+    before = theirs.read_bytes()
+    with pytest.raises(TiercelError, match=r"--plot .*: exists and was not written by tiercel"):
+        check_plot_output(theirs)
+    assert theirs.read_bytes() == before
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    with pytest.raises(TiercelError, match=r"--plot .*notes\.txt: the chart is written as PNG; give a path ending in \.png"):
+        check_plot_output(notes)  # not a PNG path, whoever wrote it
+    assert notes.read_text() == "my notes"

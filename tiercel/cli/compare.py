@@ -26,8 +26,9 @@ def compare_cmd(
     json_out: Path = typer.Option(None, "--json", help="Write every task's numbers as JSON here."),
 ):
     """Compare two evaluations of the same records per task: change, paired interval, answers changed."""
-    from tiercel.fileio import check_json_output
+    from tiercel.fileio import check_distinct, check_json_output
 
+    check_distinct(json_out, "--json", ("the base file", base), ("the other file", other))
     check_json_output(json_out)
     from rich.console import Console
 
@@ -37,9 +38,9 @@ def compare_cmd(
     console = Console(highlight=False, width=None if Console().is_terminal else 160)
     console.print(_table(result))
     level = f"{confidence:.0%}"
-    console.print(f"change = other / base - 1 per task headline (tiercel protocol); {level} interval from {bootstrap} "
-                  "paired resamples of the records: an interval clear of 0 is a resolved change", markup=False,
-                  soft_wrap=True)
+    console.print(f"change = other / base - 1 per task headline (tiercel protocol; in points where base is 0); {level} "
+                  f"interval from {bootstrap} paired resamples of the records: an interval clear of 0 is a resolved "
+                  "change", markup=False, soft_wrap=True)
     if json_out is not None:
         from tiercel.fileio import write_output_json
 
@@ -59,13 +60,22 @@ def _table(result: dict):
         table.add_column(col, justify="left" if col in ("task", "headline") else "right")
     for tag, s in result["per_task"].items():
         table.add_row(str(T.get(tag).number), tag, str(s["records"]), s["metric"], _num(s["base"]), _num(s["other"]),
-                      _pct(s["relative"]), _span(s["relative_ci"]), str(s["answers_changed"]))
+                      *_change(s), str(s["answers_changed"]))
     a = result["average"]
     table.add_section()
     table.add_row("", f"average over {a['tasks']} tasks", str(sum(s["records"] for s in result["per_task"].values())),
-                  "headlines", _num(a["base"]), _num(a["other"]), _pct(a["relative"]), _span(a["relative_ci"]),
+                  "headlines", _num(a["base"]), _num(a["other"]), *_change(a),
                   str(sum(s["answers_changed"] for s in result["per_task"].values())))
     return table
+
+
+def _change(s: dict) -> tuple[str, str]:
+    """The change and its interval: relative (other / base - 1), or in points of the headline where base is 0."""
+    if s.get("relative") is not None or s.get("change") is None or s["change"] != s["change"]:
+        return _pct(s.get("relative")), _span(s.get("relative_ci"))
+    pts = lambda x: f"{100 * x:+.1f} pts"  # noqa: E731
+    ci = s.get("change_ci")
+    return pts(s["change"]), "-" if not ci or None in ci else f"[{pts(ci[0])}, {pts(ci[1])}]"
 
 
 def _num(x) -> str:

@@ -44,9 +44,10 @@ def eval_cmd(
 ):
     """Score a bundle or a checkpoint on Falcon_SFT records with each task's metrics."""
     from tiercel.evaluate.examples import check_examples_output
-    from tiercel.fileio import check_json_output
+    from tiercel.fileio import check_distinct, check_json_output
 
     check_json_output(json_out)  # before the work, not after it
+    check_distinct(examples, "--examples", ("the --json file", json_out), ("the data file", data))
 
     from rich.console import Console
 
@@ -58,6 +59,8 @@ def eval_cmd(
     tags = check_tasks(split_list(task))  # unknown tags fail here, before a model loads
     check_examples_output(examples, tags)
     check_protocols(protocol, tags)  # so do unknown protocols and Falcon's missing libraries
+    if data.is_dir():
+        raise DataError(f"{data}: is a folder; give the Falcon_SFT JSON file in it (e.g. {data / 'test.json'})")
     if not data.is_file():
         raise DataError(f"{data}: file not found")
     root = root if root is not None else data.parent

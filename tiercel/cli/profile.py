@@ -41,10 +41,11 @@ def profile(
     device_spec: Path = typer.Option(None, "--device-spec", help="YAML/JSON file with more devices for the estimates."),
 ):
     """Time every stage of one or more bundles (or checkpoints) and compare them; add roofline fractions and device estimates."""
-    from tiercel.fileio import check_json_output, check_plot_output
+    from tiercel.fileio import check_distinct, check_json_output, check_plot_output
 
     check_json_output(json_out)  # before the work, not after it
     check_plot_output(plot)
+    check_distinct(plot, "--plot", ("the --json file", json_out))
 
     from rich.console import Console
 

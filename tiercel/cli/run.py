@@ -154,7 +154,7 @@ def _region(value: str | None):
         return None
     try:
         return json.loads(value)
-    except (json.JSONDecodeError, RecursionError):  # RecursionError: about 1000 nested [
+    except (ValueError, RecursionError):  # RecursionError: about 1000 nested [; ValueError: JSON or its digit limit
         shown = value if len(value) <= 60 else value[:57] + "..."
         raise ConfigError(f"--region: not valid JSON (got {shown!r}); e.g. --region '[10, 20, 110, 90]'") from None
 

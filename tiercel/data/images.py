@@ -7,6 +7,7 @@ or models; it does not resize or normalise (that is the runtime's preprocessing)
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -101,12 +102,16 @@ def crop_problem(crop, size: tuple[int, int]) -> str | None:
         return f"crop must have 4 numbers [x1, y1, x2, y2] (got {list(crop)})"
     try:
         x1, y1, x2, y2 = (float(v) for v in crop)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return f"crop must be numbers (got {list(crop)})"
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return f"crop must be finite numbers (got {list(crop)})"
     w, h = size
     if x2 <= x1 or y2 <= y1:
         return f"crop {list(crop)} is empty (needs x2 > x1 and y2 > y1)"
-    if x1 < 0 or y1 < 0 or x2 > w or y2 > h:
+    if x1 < 0 or y1 < 0:
+        return f"crop {list(crop)} starts outside the image (negative x1 or y1)"
+    if x2 > w or y2 > h:
         return f"crop {list(crop)} lies outside the {w}x{h} image"
     return None
 

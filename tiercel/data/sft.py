@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tiercel.errors import DataError
-from tiercel.fileio import atomic_path
+from tiercel.fileio import TOO_LONG, atomic_path
 
 CHUNK_CHARS = 1 << 20  # characters read per step; a record larger than this just takes several reads
 _USER_ROLES = ("user", "human")
@@ -214,6 +214,8 @@ def _iter_jsonl(f, path: Path) -> Iterator:
                 yield json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: line {lineno}: invalid JSON ({err.msg})") from None
+            except ValueError:  # Python's limit on integer digits
+                raise DataError(f"{path}: line {lineno}: invalid JSON ({TOO_LONG})") from None
             except RecursionError:  # json's decoder gives up on about 1000 nested [ or {
                 raise DataError(f"{path}: line {lineno}: invalid JSON (nested too deeply)") from None
 
@@ -244,6 +246,8 @@ def _iter_json_list(f, path: Path, chunk_chars: int) -> Iterator:
             # Most likely the record runs past the buffer: read more (doubling, so huge records stay linear).
             buf, pos, eof = _refill(f, buf, pos, max(chunk_chars, len(buf) - pos))
             continue
+        except ValueError:  # Python's limit on integer digits (JSONDecodeError is caught above)
+            raise DataError(f"{path}: record {index}: invalid JSON ({TOO_LONG})") from None
         except RecursionError:
             raise DataError(f"{path}: record {index}: invalid JSON (nested too deeply)") from None
         if end == len(buf) and not eof:  # a bare number cut at the chunk edge would decode short

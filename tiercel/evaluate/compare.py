@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tiercel import tasks as T
-from tiercel.errors import DataError
+from tiercel.errors import DataError, TiercelError
 from tiercel.fileio import read_json_object
 
 ROW_FIELDS = ("index", "tag", "pred", "truth", "size", "crop")
@@ -46,13 +46,29 @@ def rows_of(data: dict, path: str | Path) -> dict[tuple[int, str], dict]:
         if missing:
             raise DataError(f"{path}: predictions[{i}] lacks {', '.join(repr(f) for f in missing)}; "
                             "write it again with this tiercel's `tiercel eval --json`")
-        if row["tag"] not in T.TASKS:
-            raise DataError(f"{path}: predictions[{i}] has unknown task {row['tag']!r}")
-        key = (int(row["index"]), row["tag"])
+        problem = _row_problem(row)
+        if problem:
+            raise DataError(f"{path}: predictions[{i}]: {problem}; write it again with `tiercel eval --json`")
+        key = (row["index"], row["tag"])
         if key in out:
             raise DataError(f"{path}: record {key[0]} ({key[1]}) appears twice in predictions")
         out[key] = row
     return out
+
+
+def _row_problem(row: dict) -> str | None:
+    """What is wrong with the fields of one predictions row that compare reads as they are (None: nothing)."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    if not isinstance(row["tag"], str) or row["tag"] not in T.TASKS:
+        return f"unknown task {row['tag']!r}"
+    if not isinstance(row["index"], int) or isinstance(row["index"], bool):
+        return f"'index' must be a whole number (got {row['index']!r})"
+    size = row["size"]
+    if not isinstance(size, list) or len(size) != 2 or not all(number(v) and v > 0 for v in size):
+        return f"'size' must be [width, height] in pixels (got {size!r})"
+    if row["crop"] is not None and not (isinstance(row["crop"], list) and all(number(v) for v in row["crop"])):
+        return f"'crop' must be a list of numbers or null (got {row['crop']!r})"
+    return None
 
 
 def compare_rows(base: dict, other: dict, rounds: int = 1000, confidence: float = 0.95, seed: int = 0,
@@ -73,8 +89,11 @@ def compare_rows(base: dict, other: dict, rounds: int = 1000, confidence: float 
         crops = [base[k]["crop"] for k in keys]
         preds = {side: [_result(rows[k]["pred"], name, k, "pred") for k in keys]
                  for side, rows, name in (("base", base, names[0]), ("other", other, names[1]))}
-        point = {side: float(spec.metric(p, refs, sizes, crops=crops)[spec.headline]) for side, p in preds.items()}
-        draw = {side: scorer(tag, p, refs, sizes) for side, p in preds.items()}
+        try:
+            point = {side: float(spec.metric(p, refs, sizes, crops=crops)[spec.headline]) for side, p in preds.items()}
+            draw = {side: scorer(tag, p, refs, sizes) for side, p in preds.items()}
+        except (TiercelError, ValueError, TypeError) as err:  # a result that parsed but cannot be scored
+            raise _unscorable(spec, keys, refs, preds, sizes, crops, names, err) from None
         drawn[tag] = (draw, len(keys), task_rng(seed, tag))
         changed = sum(base[k]["pred"] != other[k]["pred"] for k in keys)
         per_task[tag] = {"metric": spec.headline, "records": len(keys), "answers_changed": changed,
@@ -118,9 +137,26 @@ def _same_records(base: dict, other: dict, names: tuple[str, str]) -> None:
 
 def _result(data, name: str, key: tuple[int, str], field: str) -> T.Result:
     try:
-        return T.from_dict(data)
+        result = T.from_dict(data)
     except (KeyError, TypeError, ValueError) as err:
         raise DataError(f"{name}: record {key[0]} ({key[1]}): '{field}' is not a result ({err})") from None
+    expected = T.get(key[1]).result_type
+    if not isinstance(result, expected):
+        raise DataError(f"{name}: record {key[0]} ({key[1]}): '{field}' is a {type(result).__name__}, but "
+                        f"{key[1]} answers are {expected.__name__}; compare files written by `tiercel eval --json`")
+    return result
+
+
+def _unscorable(spec, keys, refs, preds, sizes, crops, names, err) -> DataError:
+    """The DataError for a task whose results cannot be scored: the first record (and file) that fails alone."""
+    for i, key in enumerate(keys):
+        for side, name in zip(("base", "other"), names, strict=True):
+            try:
+                spec.metric([preds[side][i]], [refs[i]], [sizes[i]], crops=[crops[i]])
+            except (TiercelError, ValueError, TypeError) as one:
+                return DataError(f"{name}: record {key[0]} ({key[1]}): cannot be scored ({one}); compare files "
+                                 "written by `tiercel eval --json`")
+    return DataError(f"{spec.tag}: the records cannot be scored ({err}); compare files written by `tiercel eval --json`")
 
 
 def _summary(base: float, other: float) -> dict:
