@@ -272,6 +272,9 @@ def test_a_config_json_holding_a_list_is_one_line(tiny_checkpoint, tmp_path, cap
      "replace; choose another path"),
     (["eval", "b", "--data", "{dir}", "--json", "{dir}/r.json"],
      "{dir}: is a folder; give the Falcon_SFT JSON file in it (e.g. {dir}/test.json)"),
+    (["profile", "{file}"], "{file}: is a file; give a bundle or checkpoint folder"),
+    (["data", "validate", "{file}", "--root", "{file}"],
+     "{file}: is a file; give the folder the records' image paths are relative to"),
 ])
 def test_an_output_of_the_wrong_kind_is_refused_before_the_work(tmp_path, capsys, args, message):
     file = tmp_path / "notes.txt"

@@ -101,6 +101,8 @@ def validate(path: str | os.PathLike, root: str | os.PathLike | None = None, lim
     """
     path = Path(path)
     root = Path(root) if root is not None else path.parent
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: is a file; give the folder the records' image paths are relative to")
     if not root.is_dir():
         raise DataError(f"{root}: image root folder not found")
     report = Report(str(path), str(root))

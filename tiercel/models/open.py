@@ -41,6 +41,8 @@ def open_checkpoint(path: str | Path, backend: str = "onnxruntime", device: str 
     `threads` sets torch's intra-op threads (process-wide); `options`: {"dtype": "fp32"|"fp16"|"bf16"}.
     """
     path = Path(path)
+    if path.is_file():
+        raise ConfigError(f"{path}: is a file; give a bundle or checkpoint folder")
     if not path.exists():
         raise ConfigError(f"{path}: no such bundle or checkpoint directory")
     dtype = checkpoint_dtype(path, options)

@@ -209,6 +209,8 @@ def check_pairs(paths: list[Path], backends: list[str], options: dict | None = N
         get_backend(backend)
     for path in paths:
         if not is_bundle(path):
+            if path.is_file():
+                raise BundleError(f"{path}: is a file; give a bundle or checkpoint folder")
             if not path.is_dir():
                 raise BundleError(f"{path}: no such bundle or checkpoint directory")
             if checkpoints is None:
