@@ -40,7 +40,7 @@ def atomic_dir(dst: str | Path, overwrite: bool = False, marker: str | None = No
         os.chmod(tmp, 0o777 & ~umask())
         yield tmp
         interrupted()  # a Ctrl-C that got lost on the way: the output is not complete, do not publish it
-        _fsync_tree(tmp)
+        _fsync_tree(tmp, mode=0o666 & ~umask())
         replace_into(tmp, dst)
     finally:
         if tmp.exists():
@@ -57,10 +57,31 @@ def refuse_existing(dst: str | Path, overwrite: bool = False, marker: str | None
         raise TiercelError(f"{dst}: is a file, not a folder; choose a folder path for the output")
     if dst.exists() and not overwrite:
         raise TiercelError(f"{dst}: already exists; choose another output path or pass --overwrite")
-    if marker and dst.is_dir() and any(dst.iterdir()) and not (dst / marker).is_file():
-        raise TiercelError(f"{dst}: holds files tiercel did not write (no {marker}), so it is not replaced even "
+    if marker and dst.is_dir() and any(dst.iterdir()) and not marker_is_ours(dst / marker):
+        found = "its " + marker + " is not tiercel's" if (dst / marker).exists() else f"no {marker}"
+        raise TiercelError(f"{dst}: holds files tiercel did not write ({found}), so it is not replaced even "
                            "with --overwrite; choose another output path, or empty it yourself")
     return dst
+
+
+MARKERS = {  # marker file -> what its JSON holds when tiercel wrote it
+    "manifest.json": lambda d: d.get("format") == "tiercel-bundle",  # a bundle (runtime.manifest.FORMAT)
+    "tiercel.json": lambda d: isinstance(d.get("format"), int) and ("shape" in d or "family" in d),  # a checkpoint
+}
+
+
+def marker_is_ours(path: Path) -> bool:
+    """Whether the marker file `path` is tiercel's: a file, and for the markers in MARKERS a JSON object they
+    accept (a web app's manifest.json is not a bundle's)."""
+    if not path.is_file():
+        return False
+    if path.name not in MARKERS:
+        return True
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and bool(MARKERS[path.name](data))
 
 
 def check_output_file(path: str | Path | None, option: str, example: str = "results.json") -> None:
@@ -109,9 +130,11 @@ def plot_metadata(fmt: str) -> dict:
     return {"Software": f"{PLOT_SOFTWARE} {__version__}"} if fmt == "png" else {}
 
 
-def check_distinct(output: str | Path | None, option: str, *inputs: tuple[str, str | Path | None]) -> None:
-    """Before the work: TiercelError if the output path `output` (given with `option`) is one of `inputs` ((what
-    it is, its path)) or lies inside one (a file): writing it would replace that file."""
+def check_distinct(output: str | Path | None, option: str, *inputs: tuple[str, str | Path | None],
+                   whole: bool = False) -> None:
+    """Before the work: TiercelError if the output path `output` (given with `option`, "" for none) is one of
+    `inputs` ((what it is, its path)) or lies inside one (a file): writing it would replace that input. With
+    `whole` (an output folder replaced as a whole), also if an input lies inside the output."""
     if output is None:
         return
     out = Path(output).resolve()
@@ -119,9 +142,11 @@ def check_distinct(output: str | Path | None, option: str, *inputs: tuple[str, s
         if path is None:
             continue
         other = Path(path).resolve()
-        if out == other or other in out.parents:
-            raise TiercelError(f"{option} {output}: is {what} {path}" + ("" if out == other else " or lies inside it")
-                               + ", which the output would replace; choose another path")
+        where = "" if out == other else " or lies inside it" if other in out.parents else " or holds it" \
+            if whole and out in other.parents else None
+        if where is not None:
+            raise TiercelError(f"{f'{option} ' if option else ''}{output}: is {what} {path}{where}, which the output "
+                               "would replace; choose another path")
 
 
 def _check_ours(path: str | Path | None, option: str, example: str, ours) -> None:
@@ -335,10 +360,15 @@ def _fsync_dir(path: Path) -> None:
         _fsync(path)
 
 
-def _fsync_tree(root: Path) -> None:
+def _fsync_tree(root: Path, mode: int | None = None) -> None:
+    """fsync every file and folder under `root`; with `mode`, first give every file that mode (some writers,
+    safetensors among them, create their files 0600, which other users of a shared model folder cannot read)."""
     for folder, _, files in os.walk(root):
         for name in files:
-            _fsync(Path(folder) / name)
+            path = Path(folder) / name
+            if mode is not None and not path.is_symlink() and (path.stat().st_mode & 0o777) != mode:
+                os.chmod(path, mode)
+            _fsync(path)
         _fsync_dir(Path(folder))
 
 

@@ -118,7 +118,9 @@ class Pipeline:
         dst = self.recipe.teacher.path
         if self.recipe.pipeline.train_teacher is None or dst is None:
             return
-        if _holds_files(dst) and not (Path(dst) / "tiercel.json").is_file():
+        from tiercel.fileio import marker_is_ours
+
+        if _holds_files(dst) and not marker_is_ours(Path(dst) / "tiercel.json"):
             raise ConfigError(f"teacher.path ({dst}): holds files tiercel did not write (no tiercel.json), and "
                               "pipeline.train_teacher would replace them with the teacher it trains; set teacher.path "
                               "to a new folder for the trained teacher, or remove pipeline.train_teacher")

@@ -319,10 +319,14 @@ def load_recipe(path: str | Path | Traversable, overrides: dict | None = None) -
     resolve against the working directory the command runs in, not the recipe's folder."""
     source, where = _source(path)
     try:
-        data = yaml.safe_load(source.read_text())
+        data = yaml.safe_load(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{where}: recipe file not found; give a YAML file or a shipped recipe's name "
                           f"({', '.join(recipes.names())})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not a text file (not UTF-8); give the recipe's YAML file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a folder; give the recipe's YAML file") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""

@@ -193,6 +193,12 @@ def png(tmp_path):
     ("PIX_CLS", "[[1, 2], [3, 4]]",
      "--region: must be a polygon [[x, y], ...] with >= 3 points in pixels (got [[1, 2], [3, 4]])"),
     ("REG_CLS_HBB", "[0, 0, 1e999, 5]", "--region: [0, 0, inf, 5] lies outside the 96x64 image (x must be 0..96, y 0..64)"),
+    ("REG_CLS_HBB", "[10, 10, 5, 20]", "--region: [10, 10, 5, 20] is an empty or inverted box; give [x1, y1, x2, y2] "
+                                       "with x2 > x1 and y2 > y1"),
+    ("REG_CAP", "[10, 10, 10, 10]", "--region: [10, 10, 10, 10] is an empty or inverted box; give [x1, y1, x2, y2] "
+                                    "with x2 > x1 and y2 > y1"),
+    ("REG_CAP", "[true, 0, 10, 10]", "--region: must be a box [x1, y1, x2, y2] in pixels, numbers not true/false "
+                                     "(got [True, 0, 10, 10])"),
     ("PIX_CLS", "[[1, 2], [3, 4], [500, 6]]",
      "--region: [1, 2, 3, 4, 500, 6] lies outside the 96x64 image (x must be 0..96, y 0..64)"),
     ("IMG_CAP", "[1, 2, 3, 4]", "--region: IMG_CAP takes no region; drop --region or pick a region task such as REG_CAP"),
@@ -219,6 +225,10 @@ def test_a_number_past_pythons_digit_limit_is_one_line(capsys, tmp_path):
     _one_line(capsys, ["compare", tmp_path / "rows.json", tmp_path / "rows.json"],
               f"{tmp_path / 'rows.json'}: not valid JSON (a number of more than 4300 digits); give a file written by "
               "`tiercel eval --json`")
+
+
+def test_a_recipe_that_is_not_text_is_one_line(capsys, tmp_path, png):
+    _one_line(capsys, ["distill", png], f"{png}: not a text file (not UTF-8); give the recipe's YAML file")
 
 
 def test_json_nested_too_deeply_is_one_line(capsys, tmp_path):
@@ -295,6 +305,31 @@ def test_an_examples_folder_holding_someone_elses_png_of_an_example_name_is_refu
               f"--examples {folder}: 08_REG_DET_HBB_3.png was not written by tiercel and an example of that name "
               "would replace it; choose another folder or move the file yourself")
     assert (folder / "08_REG_DET_HBB_3.png").read_bytes() == before
+
+
+def test_an_output_is_never_its_own_input(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    before = sorted((p.name, p.stat().st_size) for p in ckpt.iterdir())
+    _one_line(capsys, ["export", ckpt, "--out", ckpt, "--overwrite"],
+              f"{ckpt}: is the checkpoint being exported {ckpt}, which the output would replace; choose another path")
+    _one_line(capsys, ["convert", ckpt, tmp_path, "--overwrite"],
+              f"{tmp_path}: is the checkpoint being converted {ckpt} or holds it, which the output would replace; "
+              "choose another path")
+    assert sorted((p.name, p.stat().st_size) for p in ckpt.iterdir()) == before
+
+
+def test_an_overwrite_never_replaces_a_folder_whose_marker_is_someone_elses(tiny_checkpoint, tmp_path, capsys):
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "my web app"}')
+    (web / "index.html").write_text("<html>")
+    _one_line(capsys, ["export", tiny_checkpoint, "--out", web, "--overwrite"],
+              f"{web}: holds files tiercel did not write (its manifest.json is not tiercel's), so it is not replaced "
+              "even with --overwrite; choose another output path, or empty it yourself")
+    assert (web / "index.html").read_text() == "<html>"
 
 
 def test_an_existing_output_is_refused_before_the_checkpoint_loads(tiny_checkpoint, tmp_path, capsys, monkeypatch):

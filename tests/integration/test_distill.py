@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -422,6 +423,23 @@ def test_existing_run_needs_resume(tmp_path, synth_dir):
     trainer.distill(recipe(tmp_path, synth_dir, steps=3), progress=False)
     with pytest.raises(TiercelError, match="holds checkpoints of an earlier run; pass --resume"):
         trainer.distill(recipe(tmp_path, synth_dir, steps=3), progress=False)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("recipe.yaml", "my notes: keep", "is not a recipe a run wrote, and the run would replace it"),
+    ("student/weights.txt", "mine", "was not written by tiercel (no tiercel.json), and the run would replace it"),
+])
+def test_a_run_never_replaces_a_recipe_or_student_it_did_not_write(tmp_path, synth_dir, monkeypatch, name, content, message):
+    from tiercel.errors import TiercelError
+
+    r = recipe(tmp_path, synth_dir, steps=3)
+    mine = Path(r.out) / name
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    mine.write_text(content)
+    monkeypatch.setattr(trainer, "prepare", lambda *a: pytest.fail("loaded the models before checking the out folder"))
+    with pytest.raises(TiercelError, match=re.escape(message)):
+        trainer.distill(r, progress=False)
+    assert mine.read_text() == content
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, synth_dir, monkeypatch):

@@ -133,6 +133,37 @@ def test_tokenizer_missing(original_dir):
         load_checkpoint(original_dir)
 
 
+def test_a_checkpoint_folder_is_itself_whatever_its_subfolders_hold(tmp_path, original_dir):
+    import stat
+
+    from tiercel.errors import TiercelError
+    from tiercel.models.checkpoint import find_checkpoint_dir
+    from tiercel.models.convert import convert_checkpoint
+
+    shutil.copytree(original_dir, original_dir / "older")  # e.g. a copy kept inside
+    assert find_checkpoint_dir(original_dir) == original_dir  # not "holds several checkpoints"
+    shutil.copytree(original_dir / "older", tmp_path / "a" / "b" / "c" / "d" / "deep")  # 5 levels down: not looked at
+    with pytest.raises(CheckpointError, match="no config.json next to weights"):
+        find_checkpoint_dir(tmp_path / "a")
+    for dst, message in ((original_dir, "is the checkpoint being converted"),
+                         (original_dir / "native", "is the checkpoint being converted .* or lies inside it"),
+                         (tmp_path, "is the checkpoint being converted .* or holds it")):
+        with pytest.raises(TiercelError, match=message):
+            convert_checkpoint(original_dir, dst, overwrite=True)
+    assert find_checkpoint_dir(original_dir) == original_dir and (original_dir / "model.safetensors").is_file()
+    convert_checkpoint(original_dir, tmp_path / "native")
+    mode = stat.S_IMODE((tmp_path / "native" / "model.safetensors").stat().st_mode)
+    assert mode == 0o666 & ~_umask()  # as the umask allows (safetensors writes 0600)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_save_refuses_to_overwrite(tmp_path, tiny_model, tiny_tokenizer):
     from tiercel.errors import TiercelError
 

@@ -169,7 +169,7 @@ def test_an_optimizer_shard_is_written_through_the_shared_helper(tmp_path, monke
 def test_overwrite_replaces_only_an_output_that_carries_its_marker(tmp_path):
     def bundle(dst):
         with atomic_dir(dst, overwrite=True, marker="manifest.json") as tmp:
-            (tmp / "manifest.json").write_text("{}")
+            (tmp / "manifest.json").write_text('{"format": "tiercel-bundle"}')
 
     bundle(tmp_path / "empty")  # a missing or empty folder is fine, and so is tiercel's own output
     (tmp_path / "made").mkdir()
@@ -180,7 +180,13 @@ def test_overwrite_replaces_only_an_output_that_carries_its_marker(tmp_path):
     with pytest.raises(TiercelError, match=r"theirs: holds files tiercel did not write \(no manifest.json\), so it"):
         bundle(tmp_path / "theirs")
     assert (tmp_path / "theirs" / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "made", "theirs"]
+    (tmp_path / "web").mkdir()  # a web app's manifest.json is not a bundle's
+    (tmp_path / "web" / "manifest.json").write_text('{"name": "my web app"}')
+    (tmp_path / "web" / "index.html").write_text("<html>")
+    with pytest.raises(TiercelError, match=r"web: holds files tiercel did not write \(its manifest.json is not tiercel's\)"):
+        bundle(tmp_path / "web")
+    assert (tmp_path / "web" / "index.html").read_text() == "<html>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "made", "theirs", "web"]
 
 
 def test_finite_json_writes_null_for_nan_and_infinity(tmp_path):

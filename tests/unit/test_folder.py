@@ -151,6 +151,29 @@ def test_ctrl_c_mid_run_leaves_a_valid_jsonl_and_no_thread(photos, tmp_path):
     assert run_folder(model, photos, out, task="IMG_CT", text="ship").skipped == 2 and model.seen == [2, 3, 4, 5]
 
 
+def test_an_overwrite_run_replaces_the_results_only_when_it_ends(photos, tmp_path):
+    out = tmp_path / "results.jsonl"
+    run_folder(FakeModel(), photos, out, task="IMG_CT", text="ship")
+    before = out.read_bytes()
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C in a run that starts over: the old results stay
+        run_folder(FakeModel(interrupt_at=2), photos, out, task="IMG_CT", text="ship", overwrite=True)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["photos", "results.jsonl"]
+    model = FakeModel()
+    summary = run_folder(model, [photos / "img_00.png", photos / "img_01.png"], out, task="IMG_CT", text="ship",
+                         overwrite=True)
+    assert model.seen == [0, 1] and summary.skipped == 0  # started over, and only its lines remain
+    assert [line["result"]["value"] for line in lines(out)] == [0, 1]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_globs_and_folders_list_images_only(photos):
     (photos / "sub").mkdir()
     paint(photos / "sub" / "deep.JPG", 7)

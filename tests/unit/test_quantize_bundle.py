@@ -129,6 +129,26 @@ def test_quantized_bundles_shrink_load_and_generate(wide, tmp_path, scheme, deco
         tiercel.runtime.load(out)
 
 
+def test_quantize_never_writes_over_its_input_and_refuses_a_quantized_bundle(fp32, tmp_path):
+    import shutil
+
+    from tiercel.errors import ConfigError, TiercelError
+    from tiercel.quantize import quantize_bundle
+
+    src = tmp_path / "b"
+    shutil.copytree(fp32, src)
+    before = (src / "manifest.json").read_bytes()
+    for out, where in ((src, ""), (src / "q", " or lies inside it"), (tmp_path, " or holds it")):
+        with pytest.raises(TiercelError) as err:
+            quantize_bundle(src, out, "int8-dynamic", overwrite=True, n_val=0)
+        assert str(err.value) == (f"{out}: is the bundle being quantized {src}{where}, which the output would "
+                                  "replace; choose another path")
+    assert (src / "manifest.json").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    quantize_bundle(src, tmp_path / "q8", "int8-dynamic", n_val=0)
+    with pytest.raises(ConfigError, match=r"q8: is already quantized \(int8-dynamic\); quantize the fp32 bundle"):
+        quantize_bundle(tmp_path / "q8", tmp_path / "q4", "int4-weight-only", n_val=0)
+
+
 def test_mixed_records_a_scheme_per_graph_and_keeps_tied_lm_head_inside_the_decoders(fp32, tmp_path):
     import onnx
 

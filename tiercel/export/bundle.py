@@ -31,7 +31,7 @@ from pathlib import Path
 from tiercel import __version__
 from tiercel.errors import ConfigError, require
 from tiercel.export.onnx_export import OPSET, export_onnx, graph_io
-from tiercel.fileio import atomic_dir, check_new_output, sha256_file
+from tiercel.fileio import atomic_dir, check_distinct, check_new_output, sha256_file
 from tiercel.progress import track
 from tiercel.runtime.backends import bundle_backends
 from tiercel.runtime.manifest import (
@@ -201,6 +201,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, backends=("onnxru
     from tiercel.models.checkpoint import load_checkpoint, weight_files
     from tiercel.models.writer import provenance_of
 
+    check_distinct(out, "", ("the checkpoint being exported", checkpoint), whole=True)
     check_new_output(out, overwrite, MANIFEST)  # before the weights load, not after
     ckpt = load_checkpoint(checkpoint)
     provenance = provenance_of(ckpt.path, weight_files(ckpt.path), ckpt.layout)

@@ -7,6 +7,7 @@ on the meta device and the checkpoint tensors are assigned into it, so a 0.77B m
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,8 @@ class Checkpoint:
 
 
 def find_checkpoint_dir(path: str | Path) -> Path:
-    """The directory holding config.json and weights: `path` itself or its one subfolder that has them."""
+    """The directory holding config.json and weights: `path` itself when it holds them (whatever its subfolders
+    hold), else its one subfolder up to 4 levels down that has them."""
     path = Path(path)
     if not path.exists():
         if _HUB_ID.match(str(path)):
@@ -53,13 +55,29 @@ def find_checkpoint_dir(path: str | Path) -> Path:
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_file():
         raise CheckpointError(f"{path}: is a file; pass the checkpoint directory (the one with config.json)")
-    candidates = [c.parent for c in sorted(path.rglob("config.json")) if len(c.relative_to(path).parts) <= 4 and _has_weights(c.parent)]
+    if (path / "config.json").is_file() and _has_weights(path):
+        return path
+    candidates = [c.parent for c in _configs(path, depth=4) if _has_weights(c.parent)]
     if not candidates:
         raise CheckpointError(f"{path}: no config.json next to weights (model.safetensors or pytorch_model.bin) in it or its subfolders")
     if len(candidates) > 1:
         listed = ", ".join(str(c.relative_to(path)) or "." for c in candidates[:4])
         raise CheckpointError(f"{path}: holds several checkpoints ({listed}); pass one of them")
     return candidates[0]
+
+
+def _configs(path: Path, depth: int) -> list[Path]:
+    """Every config.json in `path` and its subfolders at most `depth` - 1 levels down, in sorted order (a walk
+    that stops at that depth: `tiercel info /` does not read the whole disk)."""
+    found = []
+    for folder, dirs, files in os.walk(path):
+        level = len(Path(folder).relative_to(path).parts)
+        if level >= depth - 1:
+            dirs.clear()
+        dirs.sort()
+        if "config.json" in files:
+            found.append(Path(folder) / "config.json")
+    return sorted(found)
 
 
 def _has_weights(folder: Path) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tiercel.errors import ConfigError
-from tiercel.fileio import check_new_output
+from tiercel.fileio import check_distinct, check_new_output
 from tiercel.models.checkpoint import load_checkpoint, weight_files
 from tiercel.models.writer import provenance_of, save_native, tiercel_meta
 
@@ -44,6 +44,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str = "float32",
     """Convert `src` to the native layout in `dst` (written atomically). Returns a summary dict."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype: must be one of {', '.join(DTYPES)} (got {dtype})")
+    check_distinct(dst, "", ("the checkpoint being converted", src), whole=True)  # --overwrite would replace the input
     check_new_output(dst, overwrite, "tiercel.json")  # before the weights load, not after
     ckpt = load_checkpoint(src, dtype=dtype)
     provenance = provenance_of(ckpt.path, weight_files(ckpt.path), ckpt.layout)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tiercel import __version__
 from tiercel.errors import BundleError, ConfigError
-from tiercel.fileio import atomic_dir, check_new_output, sha256_file, write_json
+from tiercel.fileio import atomic_dir, check_distinct, check_new_output, sha256_file, write_json
 from tiercel.progress import track
 from tiercel.quantize import guard as _guard
 from tiercel.quantize.calibrate import Calibration, capture, load_samples, sft_file
@@ -73,8 +73,12 @@ def quantize_bundle(bundle: str | os.PathLike, out: str | os.PathLike, scheme: s
         from tiercel.export.tensorrt import check_available
 
         check_available()  # no tensorrt or no GPU: fail before minutes of calibration
+    check_distinct(out, "", ("the bundle being quantized", bundle), whole=True)  # --overwrite would replace the input
     check_new_output(out, overwrite, MANIFEST)  # likewise for an output that atomic_dir would refuse after them
     src = read_bundle(bundle)
+    if src.manifest.quantization is not None:
+        raise ConfigError(f"{bundle}: is already quantized ({src.manifest.quantization.scheme}); quantize the fp32 "
+                          "bundle it was made from")
     if src.manifest.decoder != "split":
         raise ConfigError(f"{src.where}: quantizing needs a split decoder (merged If-branches break under quantisation);"
                           f" re-export with --decoder split")

@@ -7,7 +7,9 @@ Lines carry "text" after "task" when the task was given one. Each line is one wr
 fsync'ed every few seconds and on close, so a crash loses at most the line being written. Opening the file again
 reads what is done, cuts a truncated last line (a crash mid-write) and appends after the good lines, which are
 never rewritten. A file whose lines are not in this format is refused and left as it is: tiercel appends only
-to its own results. An OS lock keeps two runs from appending to one file.
+to its own results. An OS lock keeps two runs from appending to one file. With `overwrite` the new lines go to
+a temporary file beside it, which replaces it only when the run ends without an exception: an interrupted
+`--overwrite` run leaves the old results as they were.
 
 Knows nothing about models or images; tiercel.runtime.folder decides what goes in a line.
 """
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 
 from tiercel.errors import ConfigError
-from tiercel.fileio import check_output_file, finite
+from tiercel.fileio import check_output_file, finite, tidy_leftovers, umask
 
 FSYNC_EVERY = 5.0  # seconds between fsyncs: a power cut loses at most this much; a crash of the process loses nothing
 _PREFIX = b'{"image": '  # every line starts so: json.dumps keeps key order, and "image" comes first
@@ -70,12 +72,18 @@ class ResultsFile:
         self.path = Path(path)
         check_output_file(self.path, option, example="results.jsonl")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+b")  # changes nothing in a file that is there, ours or not
+        self.file = self.lock = open(self.path, "a+b")  # changes nothing in a file that is there, ours or not
+        self.fresh = None  # with overwrite: the temporary file the new lines go to
         try:
-            _lock(self.file, self.path, option)
+            _lock(self.lock, self.path, option)
             self.lines, cut = read_results(self.path, option)  # under the lock; refuses a file tiercel did not write
             if overwrite:
-                self.lines, cut = [], 0
+                import tempfile
+
+                tidy_leftovers(self.path)  # the temporary file of a killed --overwrite run
+                fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-{os.getpid()}-", dir=self.path.parent)
+                self.fresh, self.lines, cut = Path(name), [], None
+                self.file = os.fdopen(fd, "a+b")
             if cut is not None:
                 self.file.truncate(cut)
             elif self.lines and _last_byte(self.file) != b"\n":  # a whole last line without its newline (edited)
@@ -83,7 +91,7 @@ class ResultsFile:
             self._synced = time.monotonic()
             self.sync()
         except BaseException:
-            self.file.close()
+            self._discard()
             raise
 
     def append(self, line: dict) -> None:
@@ -99,17 +107,34 @@ class ResultsFile:
         self._synced = time.monotonic()
 
     def close(self) -> None:
+        """Sync and close; with overwrite, the new lines replace the old file (under the lock)."""
         if not self.file.closed:
             try:
                 self.sync()
             finally:
-                self.file.close()  # closing releases the lock
+                self.file.close()
+        if self.fresh is not None and self.fresh.exists():
+            os.chmod(self.fresh, 0o666 & ~umask())
+            os.replace(self.fresh, self.path)
+        self.lock.close()  # closing releases the lock
+
+    def _discard(self) -> None:
+        """Close without publishing: an --overwrite run's new lines are dropped, the old file stays."""
+        self.file.close()
+        if self.fresh is not None:
+            self.fresh.unlink(missing_ok=True)
+        self.lock.close()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        elif self.fresh is not None:
+            self._discard()
+        else:
+            self.close()  # the lines written so far are the run's results: a rerun resumes after them
         return False
 
 

@@ -54,12 +54,21 @@ def region_problem(needs_region: str, region, image_size) -> str | None:
     image: not numbers of that shape, or not inside the image; None when it can. A region the user gives is
     never silently moved (answers are clamped to the frame, prompts are not)."""
     _, n_values, shape = REGIONS[needs_region]
+    shown = repr(region) if len(repr(region)) <= 80 else repr(region)[:77] + "..."
+    if _has_bool(region):
+        return f"must be a {needs_region} {shape} in pixels, numbers not true/false (got {shown})"
     try:
         flat = answers.coordinates(region, n_values)
     except TaskError:
-        shown = repr(region) if len(repr(region)) <= 80 else repr(region)[:77] + "..."
         return f"must be a {needs_region} {shape} in pixels (got {shown})"
-    return answers.region_outside(flat, image_size)
+    outside = answers.region_outside(flat, image_size)
+    if outside is None and needs_region == "box" and not (flat[2] > flat[0] and flat[3] > flat[1]):
+        return f"{shown} is an empty or inverted box; give [x1, y1, x2, y2] with x2 > x1 and y2 > y1"
+    return outside
+
+
+def _has_bool(value) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(_has_bool(v) for v in value))
 
 
 def split_turn(content: str, known=None) -> tuple[str | None, str]:
