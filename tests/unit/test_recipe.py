@@ -118,6 +118,11 @@ def test_recipes_copy_never_replaces_a_file_without_overwrite(tmp_path, monkeypa
     assert main(["recipes", "copy", "demo", "my.yaml"]) == 1
     assert capsys.readouterr().err == "error: my.yaml: already exists; choose another path or pass --overwrite\n"
     assert (tmp_path / "my.yaml").read_text() == "mine"
+    assert main(["recipes", "copy", "demo", "my.yaml", "--overwrite"]) == 1  # not a recipe: never replaced
+    assert capsys.readouterr().err == ("error: my.yaml: is not a recipe, so it is not replaced even with --overwrite; "
+                                       "choose another path or remove it yourself\n")
+    assert (tmp_path / "my.yaml").read_text() == "mine"
+    (tmp_path / "my.yaml").write_text("student: {preset: tiny}\n")  # an edited recipe: --overwrite replaces it
     assert main(["recipes", "copy", "demo", "my.yaml", "--overwrite"]) == 0
     assert (tmp_path / "my.yaml").read_text() == recipes.get("demo").read_text()
 

@@ -35,6 +35,24 @@ def test_tampered_graph_fails_with_one_clear_line(copy):
     assert str(err.value) == f"{copy}/manifest.json: sha256 of decoder_with_past_model.onnx does not match; re-export the bundle"
 
 
+def test_a_damaged_graph_whose_checksum_was_edited_to_match_is_one_line(copy):
+    import hashlib
+
+    import tiercel.runtime as rt
+    from tiercel.errors import BundleError
+
+    f = copy / "vision_encoder.onnx"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # cut, and the manifest made to agree
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for g in manifest["graphs"]:
+        if g["file"] == f.name:
+            g["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=rf"^{copy}/vision_encoder\.onnx: onnxruntime cannot load this graph \(.*\); "
+                                          "export the bundle again$"):
+        rt.load(copy, backend="onnxruntime").run(image(), task="IMG_CAP")
+
+
 def test_missing_graph_and_unknown_backend(copy):
     import tiercel.runtime as rt
     from tiercel.errors import BundleError, ConfigError

@@ -46,6 +46,17 @@ def summary(name: str) -> str:
     return ""
 
 
+def _is_recipe(path: Path) -> bool:
+    """Whether `path` holds a recipe (a YAML mapping with a distill or student section): what copy may replace."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return False
+    return isinstance(data, dict) and bool({"distill", "student"} & set(data))
+
+
 def copy(name: str, dest: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write the shipped recipe `name` to `dest` (default ./NAME.yaml; a folder gets NAME.yaml inside) and return
     that path. An existing file is replaced only with `overwrite`."""
@@ -58,4 +69,7 @@ def copy(name: str, dest: str | Path | None = None, overwrite: bool = False) -> 
     if dest.exists() and not overwrite:
         raise ConfigError(f"{dest}: already exists; choose another path or pass --overwrite")
     check_output_file(dest, "DEST", example=f"{name}{SUFFIX}")
+    if dest.exists() and not _is_recipe(dest):
+        raise ConfigError(f"{dest}: is not a recipe, so it is not replaced even with --overwrite; choose another "
+                          "path or remove it yourself")
     return atomic_write_text(dest, text)

@@ -71,7 +71,11 @@ class OrtSession:
         opts.log_severity_level = 3
         for key, value in (options or {}).items():  # onnxruntime session config keys, e.g. session.intra_op.allow_spinning
             opts.add_session_config_entry(key, str(value))
-        self.session = ort.InferenceSession(str(file), opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(file), opts, providers=providers)
+        except Exception as err:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...): a damaged graph
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise BundleError(f"{file}: onnxruntime cannot load this graph ({first[:200]}); export the bundle again") from None
         if providers[0] not in self.session.get_providers():  # onnxruntime falls back to the CPU when a CUDA library fails to load
             raise BundleError(f"{file.name}: onnxruntime could not start {providers[0]} (a CUDA/cuDNN library failed to load); "
                               "check LD_LIBRARY_PATH and the onnxruntime-gpu install, or use device 'cpu'")
