@@ -65,6 +65,16 @@ def test_crop_problems():
                                                           "or y1)")  # not "the infxinf image"
 
 
+def test_a_fifo_or_folder_is_refused_instead_of_read(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")  # opening a FIFO for reading waits for a writer: forever
+    (tmp_path / "dir.png").mkdir()
+    for name in ("pipe.png", "dir.png"):
+        with pytest.raises(DataError, match=rf"{name}: cannot read image \(not a regular file\)$"):
+            load_image(tmp_path / name)
+
+
 def test_missing_and_unreadable_files_name_the_path(tmp_path):
     with pytest.raises(DataError, match=r"nope.png: image not found$"):
         load_image(tmp_path / "nope.png")

@@ -174,6 +174,14 @@ def _umask() -> int:
     return mask
 
 
+def test_a_dangling_link_in_the_folder_is_an_error_line_not_skipped(photos, tmp_path):
+    (photos / "img_09.png").symlink_to(photos / "gone.png")
+    out = tmp_path / "results.jsonl"
+    summary = run_folder(FakeModel(), photos, out, task="IMG_CT", text="ship")
+    assert (summary.images, summary.failed) == (7, 1)
+    assert lines(out)[-1]["error"] == f"{photos / 'img_09.png'}: image not found"
+
+
 def test_globs_and_folders_list_images_only(photos):
     (photos / "sub").mkdir()
     paint(photos / "sub" / "deep.JPG", 7)

@@ -65,6 +65,8 @@ def load_image(path: str | os.PathLike, crop: list[float] | tuple | None = None)
     An empty crop (`[]` in Falcon_SFT) or None means the whole image. A crop must lie inside the image
     with x2 > x1 and y2 > y1; otherwise DataError.
     """
+    if os.path.exists(path) and not os.path.isfile(path):  # a folder, a FIFO (reading one would wait forever), ...
+        raise DataError(f"{path}: cannot read image (not a regular file)")
     try:
         with Image.open(path) as im:
             check_pixels(path, im.size)

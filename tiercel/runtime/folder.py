@@ -64,8 +64,9 @@ def list_images(spec: str | Path, recursive: bool = False, option: str = "--imag
     suffixes = ", ".join(IMAGE_SUFFIXES)
     if Path(spec).is_dir():
         pattern = "**/*" if recursive else "*"
-        found = sorted(str(p) for p in Path(spec).glob(pattern)
-                       if p.is_file() and _is_image(p) and not any(part.startswith(".") for part in p.relative_to(spec).parts))
+        found = sorted(str(p) for p in Path(spec).glob(pattern)  # a dangling link is listed: its line says so
+                       if (p.is_file() or (p.is_symlink() and not p.exists())) and _is_image(p)
+                       and not any(part.startswith(".") for part in p.relative_to(spec).parts))
         if not found:
             more = "" if recursive else "; --recursive reads its subfolders too"
             raise ConfigError(f"{option} {spec}: holds no images ({suffixes}){more}")
