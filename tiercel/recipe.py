@@ -36,6 +36,22 @@ def _known_tag(tag: str) -> str:
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # nan/inf: never meant
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value, info):
+        """`steps: true` (or `--set distill.steps=true`) would be read as 1 step: a number field takes numbers."""
+        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
+
+
+def _numeric(annotation) -> bool:
+    """Whether a field's type is int or float (optionally with None), not bool."""
+    import typing
+
+    kinds = set(typing.get_args(annotation)) - {type(None)} if typing.get_args(annotation) else {annotation}
+    return bool(kinds) and kinds <= {int, float}
+
 
 class DataSection(Section):
     train: Path = Field(description="Falcon_SFT training file (JSON list or JSONL)")

@@ -1,6 +1,8 @@
 """Recipes: every error at once with its field path, in one line; the shipped recipes validate and are found by
 name from any folder."""
 
+import re
+
 import pytest
 
 from tiercel import recipes
@@ -226,3 +228,11 @@ def test_teacher_kinds_and_backends_come_from_their_registries():
     assert all(k in TeacherSection.model_fields["kind"].description for k in TEACHER_KINDS)
     assert "torch" in BACKENDS and "torch" not in bundle_backends()
     assert parse_recipe({**BASE, "export": {"backends": bundle_backends()}}).export.backends == bundle_backends()
+
+
+@pytest.mark.parametrize("key, value", [("distill.steps", True), ("distill.lr", False), ("data.max_answer_tokens", True)])
+def test_a_number_field_refuses_true_and_false(key, value):
+    from tiercel.recipe import load_recipe
+
+    with pytest.raises(ConfigError, match=rf"demo: {re.escape(key)}: must be a number, not {str(value).lower()}"):
+        load_recipe("demo", {key: value})  # read as 1 or 0 before: `--set distill.steps=true` trained 1 step
