@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -110,16 +111,21 @@ def write_output_json(path: str | Path, data: dict, output: str) -> Path:
     return write_json(path, finite({JSON_MARK: {"version": __version__, "output": output}, **data}))
 
 
+PLOT_SUFFIXES = ("", ".png", ".svg", ".pdf")  # what profile --plot writes (no suffix: PNG)
 PLOT_SOFTWARE = "tiercel"  # the PNG `Software` text a chart tiercel writes starts with
 
 
 def check_plot_output(path: str | Path | None, option: str = "--plot", example: str = "profile.png") -> None:
-    """Before long work: TiercelError unless `path` can be written as a chart: a path ending in .png (the one
-    format the chart is marked as tiercel's in), new, or a PNG whose `Software` text says tiercel wrote it
-    (`plot_metadata`). Anything else there is not replaced."""
-    if path is not None and Path(path).suffix.lower() != ".png" and not Path(path).is_dir():
-        raise TiercelError(f"{option} {path}: the chart is written as PNG; give a path ending in .png, e.g. "
-                           f"{Path(path).with_suffix('.png')}")
+    """Before long work: TiercelError unless `path` can be written as a chart: a PNG (.png or no suffix), new or
+    one whose `Software` text says tiercel wrote it (`plot_metadata`); or a new .svg or .pdf (those carry no mark
+    tiercel reads back, so an existing one is never replaced). Other suffixes are refused."""
+    suffix = Path(path).suffix.lower() if path is not None else ""
+    if path is not None and suffix not in PLOT_SUFFIXES and not Path(path).is_dir():
+        raise TiercelError(f"{option} {path}: the chart is written as PNG (or SVG or PDF); give a path ending in .png, "
+                           f"e.g. {Path(path).with_suffix('.png')}")
+    if suffix in (".svg", ".pdf") and Path(path).exists():
+        raise TiercelError(f"{option} {path}: exists, and tiercel replaces only its own PNG charts; choose another "
+                           "path or remove it yourself")
     _check_ours(path, option, example, _ours_png)
 
 
@@ -133,17 +139,19 @@ def plot_metadata(fmt: str) -> dict:
 def check_distinct(output: str | Path | None, option: str, *inputs: tuple[str, str | Path | None],
                    whole: bool = False) -> None:
     """Before the work: TiercelError if the output path `output` (given with `option`, "" for none) is one of
-    `inputs` ((what it is, its path)) or lies inside one (a file): writing it would replace that input. With
-    `whole` (an output folder replaced as a whole), also if an input lies inside the output."""
+    `inputs` ((what it is, its path)) or would replace it. A file output: it is the input or lies inside it (a
+    path below a file). With `whole` (an output folder replaced as a whole): it is the input or holds it; a new
+    folder inside an input folder replaces nothing; an input that does not exist (a hub id) is skipped."""
     if output is None:
         return
     out = Path(output).resolve()
     for what, path in inputs:
-        if path is None:
+        if path is None or (whole and not Path(path).exists()):
             continue
         other = Path(path).resolve()
-        where = "" if out == other else " or lies inside it" if other in out.parents else " or holds it" \
-            if whole and out in other.parents else None
+        inside, holds = other in out.parents, out in other.parents
+        where = "" if out == other else " or holds it" if whole and holds else " or lies inside it" \
+            if inside and not whole else None
         if where is not None:
             raise TiercelError(f"{f'{option} ' if option else ''}{output}: is {what} {path}{where}, which the output "
                                "would replace; choose another path")
@@ -280,7 +288,7 @@ def finite(value):
     return value
 
 
-TOO_LONG = "a number of more than 4300 digits"  # what json's ValueError for Python's int digit limit means
+TOO_LONG = f"a number of more than {sys.get_int_max_str_digits()} digits"  # json's ValueError for Python's limit
 
 
 def read_json_object(path: str | Path, error: type[TiercelError] = TiercelError, remedy: str = "") -> dict:

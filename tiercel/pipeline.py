@@ -121,7 +121,7 @@ class Pipeline:
         from tiercel.fileio import marker_is_ours
 
         if _holds_files(dst) and not marker_is_ours(Path(dst) / "tiercel.json"):
-            raise ConfigError(f"teacher.path ({dst}): holds files tiercel did not write (no tiercel.json), and "
+            raise ConfigError(f"teacher.path ({dst}): holds files tiercel did not write (no tiercel.json of tiercel's), and "
                               "pipeline.train_teacher would replace them with the teacher it trains; set teacher.path "
                               "to a new folder for the trained teacher, or remove pipeline.train_teacher")
 

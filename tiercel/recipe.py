@@ -7,6 +7,7 @@ filled in) is written next to every output. This module knows the schema only, n
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -39,18 +40,28 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _numbers_are_not_booleans(cls, value, info):
-        """`steps: true` (or `--set distill.steps=true`) would be read as 1 step: a number field takes numbers."""
-        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
-            raise ValueError(f"must be a number, not {str(value).lower()}")
+        """`steps: true` (or `--set distill.steps=true`) would be read as 1 step: a number takes numbers, also
+        inside a list or a mapping of numbers."""
+        if _bool_for_number(value, cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true/false")
         return value
 
 
-def _numeric(annotation) -> bool:
-    """Whether a field's type is int or float (optionally with None), not bool."""
+def _bool_for_number(value, annotation) -> bool:
+    """Whether `value` holds a bool where `annotation` (through Annotated, unions with None, list, tuple and
+    dict) wants an int or a float and no bool."""
     import typing
 
-    kinds = set(typing.get_args(annotation)) - {type(None)} if typing.get_args(annotation) else {annotation}
-    return bool(kinds) and kinds <= {int, float}
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _bool_for_number(value, args[0])
+    if origin in (typing.Union, types.UnionType):  # `bool | int` takes true; `int | None` and `list[int] | None` do not
+        return not (isinstance(value, bool) and bool in args) and any(_bool_for_number(value, a) for a in args)
+    if origin in (list, tuple) and isinstance(value, (list, tuple)) and args:
+        return any(_bool_for_number(v, args[0]) for v in value)
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        return any(_bool_for_number(v, args[1]) for v in value.values())
+    return isinstance(value, bool) and annotation in (int, float)
 
 
 class DataSection(Section):

@@ -274,7 +274,7 @@ def test_a_config_json_holding_a_list_is_one_line(tiny_checkpoint, tmp_path, cap
      "--examples {file}: is a file, not a folder; choose a folder path for the output"),
     (["profile", "b", "--plot", "{dir}"], "--plot {dir}: is a folder; give a file name, e.g. {dir}/profile.png"),
     (["profile", "b", "--plot", "{dir}/p.jpg"],
-     "--plot {dir}/p.jpg: the chart is written as PNG; give a path ending in .png, e.g. {dir}/p.png"),
+     "--plot {dir}/p.jpg: the chart is written as PNG (or SVG or PDF); give a path ending in .png, e.g. {dir}/p.png"),
     (["profile", "b", "--plot", "{dir}/p.png", "--json", "{dir}/p.png"],
      "--plot {dir}/p.png: is the --json file {dir}/p.png, which the output would replace; choose another path"),
     (["eval", "b", "--data", "d.json", "--json", "{dir}/r.json", "--examples", "{dir}/r.json/png"],

@@ -1,6 +1,7 @@
 """Checkpoint loading: both layouts give identical logits; every bad input is one clear line."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -142,26 +143,23 @@ def test_a_checkpoint_folder_is_itself_whatever_its_subfolders_hold(tmp_path, or
 
     shutil.copytree(original_dir, original_dir / "older")  # e.g. a copy kept inside
     assert find_checkpoint_dir(original_dir) == original_dir  # not "holds several checkpoints"
-    shutil.copytree(original_dir / "older", tmp_path / "a" / "b" / "c" / "d" / "deep")  # 5 levels down: not looked at
+    shutil.copytree(original_dir / "older", tmp_path / "a" / "b" / "c" / "three")  # 3 levels down: found
+    assert find_checkpoint_dir(tmp_path / "a") == tmp_path / "a" / "b" / "c" / "three"
+    (tmp_path / "a" / "b" / "c" / "three").rename(tmp_path / "four")
+    shutil.move(tmp_path / "four", tmp_path / "a" / "b" / "c" / "d" / "four")  # 4 levels down: not looked at
     with pytest.raises(CheckpointError, match="no config.json next to weights"):
         find_checkpoint_dir(tmp_path / "a")
     for dst, message in ((original_dir, "is the checkpoint being converted"),
-                         (original_dir / "native", "is the checkpoint being converted .* or lies inside it"),
                          (tmp_path, "is the checkpoint being converted .* or holds it")):
         with pytest.raises(TiercelError, match=message):
             convert_checkpoint(original_dir, dst, overwrite=True)
     assert find_checkpoint_dir(original_dir) == original_dir and (original_dir / "model.safetensors").is_file()
-    convert_checkpoint(original_dir, tmp_path / "native")
-    mode = stat.S_IMODE((tmp_path / "native" / "model.safetensors").stat().st_mode)
-    assert mode == 0o666 & ~_umask()  # as the umask allows (safetensors writes 0600)
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    old = os.umask(0o022)
+    try:
+        convert_checkpoint(original_dir, tmp_path / "native")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "native" / "model.safetensors").stat().st_mode) == 0o644  # safetensors: 0600
 
 
 def test_save_refuses_to_overwrite(tmp_path, tiny_model, tiny_tokenizer):

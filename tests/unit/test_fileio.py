@@ -243,6 +243,11 @@ def test_a_chart_replaces_only_a_png_tiercel_wrote(tmp_path):
     assert theirs.read_bytes() == before
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes")
-    with pytest.raises(TiercelError, match=r"--plot .*notes\.txt: the chart is written as PNG; give a path ending in \.png"):
-        check_plot_output(notes)  # not a PNG path, whoever wrote it
+    with pytest.raises(TiercelError, match=r"--plot .*notes\.txt: the chart is written as PNG \(or SVG or PDF\); give a"):
+        check_plot_output(notes)  # not a chart format, whoever wrote it
     assert notes.read_text() == "my notes"
+    check_plot_output(tmp_path / "chart")  # no suffix: a PNG
+    check_plot_output(tmp_path / "new.svg")  # a new SVG or PDF is fine ...
+    (tmp_path / "old.svg").write_text("<svg/>")
+    with pytest.raises(TiercelError, match=r"old\.svg: exists, and tiercel replaces only its own PNG charts"):
+        check_plot_output(tmp_path / "old.svg")  # ... an existing one carries no mark tiercel reads: never replaced

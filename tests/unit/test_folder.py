@@ -164,6 +164,32 @@ def test_an_overwrite_run_replaces_the_results_only_when_it_ends(photos, tmp_pat
     assert model.seen == [0, 1] and summary.skipped == 0  # started over, and only its lines remain
     assert [line["result"]["value"] for line in lines(out)] == [0, 1]
     assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    real = tmp_path / "kept" / "r.jsonl"  # a results file reached through a link: its target gets the new lines
+    real.parent.mkdir()
+    real.write_bytes(out.read_bytes())
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    run_folder(FakeModel(), [photos / "img_03.png"], link, task="IMG_CT", text="ship", overwrite=True)
+    assert link.is_symlink() and [line["result"]["value"] for line in lines(real)] == [3]
+    assert sorted(p.name for p in real.parent.iterdir()) == ["r.jsonl"]  # no temporary file left
+
+
+def test_an_overwrite_whose_replace_fails_leaves_the_old_file_and_no_temporary(photos, tmp_path, monkeypatch):
+    import os
+
+    out = tmp_path / "results.jsonl"
+    run_folder(FakeModel(), photos, out, task="IMG_CT", text="ship")
+    before = out.read_bytes()
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_folder(FakeModel(), photos, out, task="IMG_CT", text="ship", overwrite=True)
+    monkeypatch.undo()
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["photos", "results.jsonl"]
+    assert run_folder(FakeModel(), photos, out, task="IMG_CT", text="ship").skipped == 6  # the lock was let go
 
 
 def _umask() -> int:

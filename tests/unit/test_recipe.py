@@ -230,9 +230,11 @@ def test_teacher_kinds_and_backends_come_from_their_registries():
     assert parse_recipe({**BASE, "export": {"backends": bundle_backends()}}).export.backends == bundle_backends()
 
 
-@pytest.mark.parametrize("key, value", [("distill.steps", True), ("distill.lr", False), ("data.max_answer_tokens", True)])
+@pytest.mark.parametrize("key, value", [("distill.steps", True), ("distill.lr", False), ("data.max_answer_tokens", True),
+                                        ("data.task_weights", {"IMG_CAP": True}), ("student.encoder_layers", [0, True])])
 def test_a_number_field_refuses_true_and_false(key, value):
     from tiercel.recipe import load_recipe
 
-    with pytest.raises(ConfigError, match=rf"demo: {re.escape(key)}: must be a number, not {str(value).lower()}"):
+    with pytest.raises(ConfigError, match=rf"demo: {re.escape(key)}: must be a number, not true/false"):
         load_recipe("demo", {key: value})  # read as 1 or 0 before: `--set distill.steps=true` trained 1 step
+    assert load_recipe("demo", {"student.encoder_layers": [0, 1]}).student.encoder_layers == [0, 1]

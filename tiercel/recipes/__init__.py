@@ -46,8 +46,9 @@ def summary(name: str) -> str:
     return ""
 
 
-def _is_recipe(path: Path) -> bool:
-    """Whether `path` holds a recipe (a YAML mapping with a distill or student section): what copy may replace."""
+def is_recipe(path: Path) -> bool:
+    """Whether `path` holds a recipe (a YAML mapping with a distill or student section): what copy, or a run
+    writing its recipe.yaml, may replace."""
     import yaml
 
     try:
@@ -69,7 +70,7 @@ def copy(name: str, dest: str | Path | None = None, overwrite: bool = False) -> 
     if dest.exists() and not overwrite:
         raise ConfigError(f"{dest}: already exists; choose another path or pass --overwrite")
     check_output_file(dest, "DEST", example=f"{name}{SUFFIX}")
-    if dest.exists() and not _is_recipe(dest):
+    if dest.exists() and not is_recipe(dest):
         raise ConfigError(f"{dest}: is not a recipe, so it is not replaced even with --overwrite; choose another "
                           "path or remove it yourself")
     return atomic_write_text(dest, text)

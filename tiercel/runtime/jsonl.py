@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from tiercel.errors import ConfigError
-from tiercel.fileio import check_output_file, finite, tidy_leftovers, umask
+from tiercel.fileio import _fsync_dir, check_output_file, finite, tidy_leftovers, umask
 
 FSYNC_EVERY = 5.0  # seconds between fsyncs: a power cut loses at most this much; a crash of the process loses nothing
 _PREFIX = b'{"image": '  # every line starts so: json.dumps keeps key order, and "image" comes first
@@ -80,8 +80,9 @@ class ResultsFile:
             if overwrite:
                 import tempfile
 
-                tidy_leftovers(self.path)  # the temporary file of a killed --overwrite run
-                fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-{os.getpid()}-", dir=self.path.parent)
+                real = Path(os.path.realpath(self.path))  # a symlinked results file: its target is replaced
+                tidy_leftovers(real)  # the temporary file of a killed --overwrite run
+                fd, name = tempfile.mkstemp(prefix=f".{real.name}.tmp-{os.getpid()}-", dir=real.parent)
                 self.fresh, self.lines, cut = Path(name), [], None
                 self.file = os.fdopen(fd, "a+b")
             if cut is not None:
@@ -107,16 +108,25 @@ class ResultsFile:
         self._synced = time.monotonic()
 
     def close(self) -> None:
-        """Sync and close; with overwrite, the new lines replace the old file (under the lock)."""
-        if not self.file.closed:
-            try:
-                self.sync()
-            finally:
-                self.file.close()
-        if self.fresh is not None and self.fresh.exists():
-            os.chmod(self.fresh, 0o666 & ~umask())
-            os.replace(self.fresh, self.path)
-        self.lock.close()  # closing releases the lock
+        """Sync and close; with overwrite, the new lines replace the old file (under the lock, through a symlink
+        to its target). If that fails, the temporary file goes and the old file stays."""
+        try:
+            if not self.file.closed:
+                try:
+                    self.sync()
+                finally:
+                    self.file.close()
+            if self.fresh is not None and self.fresh.exists():
+                target = Path(os.path.realpath(self.path))  # a symlinked results file: replace what it points to
+                os.chmod(self.fresh, 0o666 & ~umask())
+                if os.name == "nt":  # Windows cannot replace a file that is open; it has no flock here anyway
+                    self.lock.close()
+                os.replace(self.fresh, target)
+                _fsync_dir(target.parent)
+        finally:
+            if self.fresh is not None:
+                self.fresh.unlink(missing_ok=True)
+            self.lock.close()  # closing releases the lock
 
     def _discard(self) -> None:
         """Close without publishing: an --overwrite run's new lines are dropped, the old file stays."""
