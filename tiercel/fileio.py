@@ -59,8 +59,7 @@ def refuse_existing(dst: str | Path, overwrite: bool = False, marker: str | None
     if dst.exists() and not overwrite:
         raise TiercelError(f"{dst}: already exists; choose another output path or pass --overwrite")
     if marker and dst.is_dir() and any(dst.iterdir()) and not marker_is_ours(dst / marker):
-        found = "its " + marker + " is not tiercel's" if (dst / marker).exists() else f"no {marker}"
-        raise TiercelError(f"{dst}: holds files tiercel did not write ({found}), so it is not replaced even "
+        raise TiercelError(f"{dst}: holds files tiercel did not write ({marker_note(dst / marker)}), so it is not replaced even "
                            "with --overwrite; choose another output path, or empty it yourself")
     return dst
 
@@ -69,6 +68,11 @@ MARKERS = {  # marker file -> what its JSON holds when tiercel wrote it
     "manifest.json": lambda d: d.get("format") == "tiercel-bundle",  # a bundle (runtime.manifest.FORMAT)
     "tiercel.json": lambda d: isinstance(d.get("format"), int) and ("shape" in d or "family" in d),  # a checkpoint
 }
+
+
+def marker_note(path: Path) -> str:
+    """Why the marker file `path` does not make its folder tiercel's: "no NAME" or "its NAME is not tiercel's"."""
+    return f"its {path.name} is not tiercel's" if path.exists() else f"no {path.name}"
 
 
 def marker_is_ours(path: Path) -> bool:

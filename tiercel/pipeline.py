@@ -118,10 +118,10 @@ class Pipeline:
         dst = self.recipe.teacher.path
         if self.recipe.pipeline.train_teacher is None or dst is None:
             return
-        from tiercel.fileio import marker_is_ours
+        from tiercel.fileio import marker_is_ours, marker_note
 
         if _holds_files(dst) and not marker_is_ours(Path(dst) / "tiercel.json"):
-            raise ConfigError(f"teacher.path ({dst}): holds files tiercel did not write (no tiercel.json of tiercel's), and "
+            raise ConfigError(f"teacher.path ({dst}): holds files tiercel did not write ({marker_note(Path(dst) / 'tiercel.json')}), and "
                               "pipeline.train_teacher would replace them with the teacher it trains; set teacher.path "
                               "to a new folder for the trained teacher, or remove pipeline.train_teacher")
 

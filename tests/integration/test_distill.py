@@ -427,7 +427,7 @@ def test_existing_run_needs_resume(tmp_path, synth_dir):
 
 @pytest.mark.parametrize("name, content, message", [
     ("recipe.yaml", "my notes: keep", "is not a recipe, and the run would replace it"),
-    ("student/weights.txt", "mine", "was not written by tiercel (no tiercel.json of tiercel's), and the run would"),
+    ("student/weights.txt", "mine", "was not written by tiercel (no tiercel.json), and the run would"),
 ])
 def test_a_run_never_replaces_a_recipe_or_student_it_did_not_write(tmp_path, synth_dir, monkeypatch, name, content, message):
     from tiercel.errors import TiercelError

@@ -420,13 +420,14 @@ def _check_resumable(run_dir: Path, resume: bool):
 def _check_run_files(run_dir: Path) -> None:
     """TiercelError if `run_dir` holds a `student` folder or a `recipe.yaml` that a run did not write: the run
     replaces both (the published student, the recipe it ran)."""
-    from tiercel.fileio import marker_is_ours
+    from tiercel.fileio import marker_is_ours, marker_note
     from tiercel.recipes import is_recipe
 
     student = run_dir / "student"
     if student.exists() and (not student.is_dir() or (any(student.iterdir()) and not marker_is_ours(student / "tiercel.json"))):
-        raise TiercelError(f"{student}: was not written by tiercel (no tiercel.json of tiercel's), and the run would "
-                           "replace it with its student; choose another recipe out, or move it yourself")
+        why = "a file" if not student.is_dir() else marker_note(student / "tiercel.json")
+        raise TiercelError(f"{student}: was not written by tiercel ({why}), and the run would replace it with its "
+                           "student; choose another recipe out, or move it yourself")
     recipe = run_dir / "recipe.yaml"
     if recipe.exists() and not is_recipe(recipe):
         raise TiercelError(f"{recipe}: is not a recipe, and the run would replace it with its own; choose another "
