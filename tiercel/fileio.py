@@ -130,7 +130,7 @@ def check_plot_output(path: str | Path | None, option: str = "--plot", example: 
     if suffix in (".svg", ".pdf") and Path(path).exists():
         raise TiercelError(f"{option} {path}: exists, and tiercel replaces only its own PNG charts; choose another "
                            "path or remove it yourself")
-    _check_ours(path, option, example, _ours_png)
+    _check_ours(path, option, example, is_our_png)
 
 
 def plot_metadata(fmt: str) -> dict:
@@ -153,12 +153,16 @@ def check_distinct(output: str | Path | None, option: str, *inputs: tuple[str, s
         if path is None or (whole and not Path(path).exists()):
             continue
         other = Path(path).resolve()
-        inside, holds = other in out.parents, out in other.parents
-        where = "" if out == other else " or holds it" if whole and holds else " or lies inside it" \
-            if inside and not whole else None
-        if where is not None:
-            raise TiercelError(f"{f'{option} ' if option else ''}{output}: is {what} {path}{where}, which the output "
-                               "would replace; choose another path")
+        if out == other:
+            where = ""
+        elif whole and out in other.parents:  # replacing the output folder replaces the input inside it
+            where = " or holds it"
+        elif not whole and other in out.parents:  # a path below a file input
+            where = " or lies inside it"
+        else:
+            continue
+        raise TiercelError(f"{f'{option} ' if option else ''}{output}: is {what} {path}{where}, which the output "
+                           "would replace; choose another path")
 
 
 def _check_ours(path: str | Path | None, option: str, example: str, ours) -> None:
@@ -171,10 +175,6 @@ def _check_ours(path: str | Path | None, option: str, example: str, ours) -> Non
 
 def is_our_png(path: str | Path) -> bool:
     """Whether `path` is a PNG whose `Software` text says tiercel wrote it (plot_metadata)."""
-    return _ours_png(Path(path))
-
-
-def _ours_png(path: Path) -> bool:
     from PIL import Image
 
     try:

@@ -104,8 +104,13 @@ def _with_caption(canvas: Image.Image, sample) -> Image.Image:
     return out
 
 
+def _stem(tag: str) -> str:
+    """What every example name of task `tag` starts with: its number and tag."""
+    return f"{T.get(tag).number:02d}_{tag}"
+
+
 def example_name(tag: str, index: int) -> str:
-    return f"{T.get(tag).number:02d}_{tag}_{index}.png"
+    return f"{_stem(tag)}_{index}.png"
 
 
 def check_examples_output(out_dir: str | Path | None, tags=None, option: str = "--examples") -> None:
@@ -115,7 +120,7 @@ def check_examples_output(out_dir: str | Path | None, tags=None, option: str = "
     check_output_dir(out_dir, option)
     if out_dir is None or not Path(out_dir).is_dir():
         return
-    names = re.compile(rf"({'|'.join(re.escape(f'{T.get(t).number:02d}_{t}') for t in (tags or T.TAGS))})_\d+\.png")
+    names = re.compile(rf"({'|'.join(re.escape(_stem(t)) for t in (tags or T.TAGS))})_\d+\.png")
     try:
         theirs = sorted(p for p in Path(out_dir).iterdir() if names.fullmatch(p.name) and not is_our_png(p))
     except OSError as err:

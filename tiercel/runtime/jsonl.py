@@ -74,15 +74,15 @@ class ResultsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = self.lock = open(self.path, "a+b")  # changes nothing in a file that is there, ours or not
         self.fresh = None  # with overwrite: the temporary file the new lines go to
+        self.target = Path(os.path.realpath(self.path))  # what an --overwrite replaces: through a symlink, its target
         try:
             _lock(self.lock, self.path, option)
             self.lines, cut = read_results(self.path, option)  # under the lock; refuses a file tiercel did not write
             if overwrite:
                 import tempfile
 
-                real = Path(os.path.realpath(self.path))  # a symlinked results file: its target is replaced
-                tidy_leftovers(real)  # the temporary file of a killed --overwrite run
-                fd, name = tempfile.mkstemp(prefix=f".{real.name}.tmp-{os.getpid()}-", dir=real.parent)
+                tidy_leftovers(self.target)  # the temporary file of a killed --overwrite run
+                fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.tmp-{os.getpid()}-", dir=self.target.parent)
                 self.fresh, self.lines, cut = Path(name), [], None
                 self.file = os.fdopen(fd, "a+b")
             if cut is not None:
@@ -117,12 +117,11 @@ class ResultsFile:
                 finally:
                     self.file.close()
             if self.fresh is not None and self.fresh.exists():
-                target = Path(os.path.realpath(self.path))  # a symlinked results file: replace what it points to
                 os.chmod(self.fresh, 0o666 & ~umask())
                 if os.name == "nt":  # Windows cannot replace a file that is open; it has no flock here anyway
                     self.lock.close()
-                os.replace(self.fresh, target)
-                _fsync_dir(target.parent)
+                os.replace(self.fresh, self.target)
+                _fsync_dir(self.target.parent)
         finally:
             if self.fresh is not None:
                 self.fresh.unlink(missing_ok=True)
