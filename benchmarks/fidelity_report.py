@@ -304,15 +304,15 @@ def _paired_head(key: str, m: dict) -> str:
 
 
 def _paired_cell(c: dict | None) -> str:
-    """The relative change [interval]; where the base scores 0 (no relative change), the change in points."""
+    """The relative change [interval] (tiercel.evaluate.compare.change_text: points where the base scores 0),
+    bold where the interval excludes 0."""
+    from tiercel.evaluate.compare import change_text
+
     if not c or c.get("change") is None:
         return "-"
-    if c.get("relative") is not None:
-        value, (lo, hi), fmt = c["relative"], c.get("relative_ci") or (None, None), "{:+.1%}"
-    else:
-        value, (lo, hi), fmt = c["change"] * 100, [None if v is None else v * 100 for v in c.get("change_ci") or (None, None)], "{:+.1f} pts"
-    text = fmt.format(value) + ("" if lo is None else f" [{fmt.format(lo)}, {fmt.format(hi)}]")
-    return f"**{text}**" if lo is not None and (lo > 0 or hi < 0) else text
+    value, span, resolved = change_text(c)
+    text = value if span == "-" else f"{value} {span}"
+    return f"**{text}**" if resolved else text
 
 
 def _constrained_table(r: dict) -> str:

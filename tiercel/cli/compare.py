@@ -70,21 +70,10 @@ def _table(result: dict):
 
 
 def _change(s: dict) -> tuple[str, str]:
-    """The change and its interval: relative (other / base - 1), or in points of the headline where base is 0."""
-    if s.get("relative") is not None or s.get("change") is None or s["change"] != s["change"]:
-        return _pct(s.get("relative")), _span(s.get("relative_ci"))
-    pts = lambda x: f"{100 * x:+.1f} pts"  # noqa: E731
-    ci = s.get("change_ci")
-    return pts(s["change"]), "-" if not ci or None in ci else f"[{pts(ci[0])}, {pts(ci[1])}]"
+    from tiercel.evaluate.compare import change_text
+
+    return change_text(s)[:2]
 
 
 def _num(x) -> str:
     return "-" if x is None or x != x else f"{x:.3f}"
-
-
-def _pct(x) -> str:
-    return "-" if x is None or x != x else f"{x:+.1%}"
-
-
-def _span(interval) -> str:
-    return "-" if not interval or any(x is None or x != x for x in interval) else f"[{_pct(interval[0])}, {_pct(interval[1])}]"

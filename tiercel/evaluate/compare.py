@@ -159,6 +159,25 @@ def _unscorable(spec, keys, refs, preds, sizes, crops, names, err) -> DataError:
     return DataError(f"{spec.tag}: the records cannot be scored ({err}); compare files written by `tiercel eval --json`")
 
 
+def change_text(s: dict | None) -> tuple[str, str, bool]:
+    """A compared task's (or average's) change, its interval, and whether the interval excludes 0, as text for a
+    table: relative (other / base - 1, "+1.2%"), or in points of the headline where base is 0 ("+3.0 pts"); "-"
+    for what is missing."""
+    def pct(x):
+        return "-" if x is None or x != x else f"{x:+.1%}"
+
+    def pts(x):
+        return "-" if x is None or x != x else f"{100 * x:+.1f} pts"
+
+    s = s or {}
+    change = s.get("change")
+    relative = s.get("relative") is not None or change is None or change != change
+    value, ci, fmt = (s.get("relative"), s.get("relative_ci"), pct) if relative else (change, s.get("change_ci"), pts)
+    if not ci or any(x is None or x != x for x in ci):
+        return fmt(value), "-", False
+    return fmt(value), f"[{fmt(ci[0])}, {fmt(ci[1])}]", ci[0] > 0 or ci[1] < 0
+
+
 def _summary(base: float, other: float) -> dict:
     return {"base": base, "other": other, "change": other - base,
             "relative": other / base - 1 if base and not math.isnan(base) else None}
