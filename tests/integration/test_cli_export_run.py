@@ -74,6 +74,8 @@ def test_backend_options_change_threads_not_results(bundle, images):
     (["--task", "REG_DET_HBB"], "REG_DET_HBB: the prompt needs text"),
     (["--task", "IMG_CAP", "--backend", "coreml"], "unknown backend 'coreml'"),
     (["--task", "IMG_CAP", "--option", "allow_spinning"], "--option: expected KEY=VALUE (got 'allow_spinning')"),
+    (["--task", "IMG_CAP", "--option", "foo=bar"], "--option foo: onnxruntime has no such setting"),
+    (["--task", "IMG_CAP", "--option", "graph_optimization_level=fast"], "expected one of ORT_DISABLE_ALL"),
 ])
 def test_bad_input_is_one_line_and_exit_1(bundle, images, args, message):
     args = [a.replace("{img}", str(images)) for a in args]

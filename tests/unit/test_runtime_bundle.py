@@ -232,6 +232,7 @@ def _first_graph_file(m, value):
      "graphs.0.file: must be a path inside the bundle (got '../../etc/passwd'); re-export the bundle"),
     (lambda m: _first_graph_file(m, "/etc/passwd"), "graphs.0.file: must be a path inside the bundle (got '/etc/passwd')"),
     (lambda m: {**m, "decoder": []}, "decoder must be one of merged, split (got [])"),
+    (lambda m: {**m, "tasks": ["IMG_CAP", "IMG_CAPTION"]}, "tasks.1: unknown task 'IMG_CAPTION'; known: IMG_CLS, "),
     (lambda m: _set(m, "model", "shape", {}), "model.shape.vision_dims: Field required; re-export the bundle"),
     (lambda m: _set(m, "model", "shape", "max_text_positions", "256"),
      "model.shape.max_text_positions: Input should be a valid integer; re-export the bundle"),

@@ -69,8 +69,7 @@ class OrtSession:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        for key, value in (options or {}).items():  # onnxruntime session config keys, e.g. session.intra_op.allow_spinning
-            opts.add_session_config_entry(key, str(value))
+        _ort_options(ort, opts, options or {})
         try:
             self.session = ort.InferenceSession(str(file), opts, providers=providers)
         except Exception as err:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...): a damaged graph
@@ -116,6 +115,44 @@ class OrtSession:
     def take_rows(self, value, rows: np.ndarray):
         """value[rows] on the batch axis; goes through the host (beam search reorders once per step)."""
         return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[rows]), self.device_type, 0)
+
+
+_ORT_FLAGS = ("enable_cpu_mem_arena", "enable_mem_pattern", "enable_mem_reuse", "use_deterministic_compute")
+_ORT_INTS = ("inter_op_num_threads", "intra_op_num_threads")
+_ORT_ENUMS = {"graph_optimization_level": "GraphOptimizationLevel", "execution_mode": "ExecutionMode",
+              "execution_order": "ExecutionOrder"}
+
+
+def _ort_options(ort, opts, options: dict) -> None:
+    """Apply `--option` pairs to onnxruntime SessionOptions.
+
+    A key with a dot is a session config entry (onnxruntime's own naming, area.name: session.intra_op.allow_spinning);
+    onnxruntime accepts any such key without a word, so a misspelt one still does nothing. A key without a dot must
+    be one of the SessionOptions attributes below; anything else is refused rather than silently ignored.
+    """
+    for key, value in options.items():
+        text = str(value).strip()
+        if "." in key:
+            opts.add_session_config_entry(key, text)
+        elif key in _ORT_FLAGS:
+            if text.lower() not in ("1", "0", "true", "false"):
+                raise ConfigError(f"--option {key}={text}: expected 1, 0, true or false")
+            setattr(opts, key, text.lower() in ("1", "true"))
+        elif key in _ORT_INTS:
+            if not text.isdigit():
+                raise ConfigError(f"--option {key}={text}: expected a whole number >= 0")
+            setattr(opts, key, int(text))
+        elif key in _ORT_ENUMS:
+            enum = getattr(ort, _ORT_ENUMS[key])
+            members = {name.upper(): member for name, member in enum.__members__.items()}
+            member = members.get(text.upper()) or members.get("ORT_" + text.upper())
+            if member is None:
+                raise ConfigError(f"--option {key}={text}: expected one of {', '.join(enum.__members__)}")
+            setattr(opts, key, member)
+        else:
+            known = ", ".join((*_ORT_FLAGS, *_ORT_INTS, *_ORT_ENUMS))
+            raise ConfigError(f"--option {key}: onnxruntime has no such setting; give a session config key "
+                              f"(area.name, e.g. session.intra_op.allow_spinning=0) or one of: {known}")
 
 
 class OpenVinoSession:

@@ -188,6 +188,14 @@ class Generation(_Part):
         return value
 
 
+def _known_task(tag: str) -> str:
+    from tiercel.tasks import TAGS
+
+    if tag not in TAGS:
+        raise ValueError(f"unknown task {tag!r}; known: {', '.join(TAGS)}")
+    return tag
+
+
 class Manifest(_Part):
     """A bundle's manifest.json. Written by export (fp32 bundles) and quantize (their quantized copies) through
     write_manifest, read by the runtime through read_bundle; nothing else reads the file."""
@@ -195,7 +203,7 @@ class Manifest(_Part):
     format: Literal["tiercel-bundle"] = FORMAT
     format_version: Literal[1] = FORMAT_VERSION
     model: ModelEntry
-    tasks: list[str] = []
+    tasks: list[Annotated[str, AfterValidator(_known_task)]] = []
     dialect: Literal["falcon", "florence"] = "falcon"
     preprocessing: Preprocessing
     tokenizer: TokenizerEntry

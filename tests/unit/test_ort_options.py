@@ -1,0 +1,33 @@
+"""`--option` on onnxruntime: session config keys pass through, SessionOptions attributes are typed, the rest is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+
+from tiercel.errors import ConfigError  # noqa: E402
+from tiercel.runtime.backends import _ort_options  # noqa: E402
+
+
+def test_config_keys_and_attributes_reach_the_session_options():
+    opts = ort.SessionOptions()
+    _ort_options(ort, opts, {"session.intra_op.allow_spinning": "0", "graph_optimization_level": "disable_all",
+                             "execution_mode": "ORT_PARALLEL", "enable_mem_pattern": "false",
+                             "inter_op_num_threads": "3"})
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert opts.execution_mode == ort.ExecutionMode.ORT_PARALLEL
+    assert opts.enable_mem_pattern is False and opts.inter_op_num_threads == 3
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"foo": "bar"}, "--option foo: onnxruntime has no such setting; give a session config key"),
+    ({"enable_mem_pattern": "maybe"}, "--option enable_mem_pattern=maybe: expected 1, 0, true or false"),
+    ({"inter_op_num_threads": "-2"}, "--option inter_op_num_threads=-2: expected a whole number >= 0"),
+    ({"execution_order": "fastest"}, "--option execution_order=fastest: expected one of DEFAULT, PRIORITY_BASED"),
+])
+def test_a_setting_onnxruntime_would_ignore_is_refused(options, message):
+    with pytest.raises(ConfigError) as err:
+        _ort_options(ort, ort.SessionOptions(), options)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
