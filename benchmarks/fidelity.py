@@ -123,13 +123,17 @@ class Stages:
     def key(self, inputs) -> str:
         return fingerprint(inputs, self.folder.parent)
 
-    def stored(self, name: str, inputs: dict, needs: tuple[str, ...] = ()) -> bool:
-        """Whether `run` with these arguments would take the stored result (nothing to compute)."""
-        if any(n not in self.keys for n in needs):
-            return False
+    def _stored(self, name: str, inputs: dict, needs: tuple[str, ...]) -> tuple[str, dict | None]:
+        """The stage's key (its inputs and the keys of the stages it reads) and its stored record where that
+        record has this key (None: it must run). Every stage in `needs` has a key."""
         key = self.key({"inputs": inputs, "needs": {n: self.keys[n] for n in needs}})
         path = self.folder / (name.replace("/", "__") + ".json")
-        return path.is_file() and json.loads(path.read_text()).get("key") == key
+        done = json.loads(path.read_text()) if path.is_file() else None
+        return key, done if done is not None and done.get("key") == key else None
+
+    def stored(self, name: str, inputs: dict, needs: tuple[str, ...] = ()) -> bool:
+        """Whether `run` with these arguments would take the stored result (nothing to compute)."""
+        return all(n in self.keys for n in needs) and self._stored(name, inputs, needs)[1] is not None
 
     def run(self, name: str, inputs: dict, fn, needs: tuple[str, ...] = (), soft: bool = True, timed: bool = False):
         """The result of `fn()` (stored, or computed now). With `soft`, an exception (or a failed stage in `needs`)
@@ -139,11 +143,12 @@ class Stages:
         if missing:
             self.times[name] = {"seconds": 0.0, "status": "skipped", "error": f"needs {missing[0]}, which failed"}
             return None
-        key = self.keys[name] = self.key({"inputs": inputs, "needs": {n: self.keys[n] for n in needs}})
-        path = self.folder / (name.replace("/", "__") + ".json")
-        if path.is_file() and (done := json.loads(path.read_text())).get("key") == key:
+        key, done = self._stored(name, inputs, needs)
+        self.keys[name] = key
+        if done is not None:
             self.times[name] = {"seconds": done["seconds"], "status": "reused"}
             return done["result"]
+        path = self.folder / (name.replace("/", "__") + ".json")
         if not timed:  # a pooled stage says so when it starts (Run.flow)
             print(f"[{name}] ...", flush=True)
         t0 = time.perf_counter()

@@ -304,15 +304,9 @@ def _paired_head(key: str, m: dict) -> str:
 
 
 def _paired_cell(c: dict | None) -> str:
-    """The relative change [interval] (tiercel.evaluate.compare.change_text: points where the base scores 0),
-    bold where the interval excludes 0."""
-    from tiercel.evaluate.compare import change_text
+    from tiercel.evaluate.compare import change_cell
 
-    if not c or c.get("change") is None:
-        return "-"
-    value, span, resolved = change_text(c)
-    text = value if span == "-" else f"{value} {span}"
-    return f"**{text}**" if resolved else text
+    return change_cell(c)
 
 
 def _constrained_table(r: dict) -> str:

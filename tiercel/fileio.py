@@ -213,7 +213,7 @@ def replace_into(src: Path, dst: Path) -> None:
         if old is not None:
             os.replace(old, dst)
         raise
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
     if old is not None:
         _remove(old)
 
@@ -271,7 +271,7 @@ def atomic_path(path: str | Path):
         os.chmod(tmp, 0o666 & ~umask())
         _fsync(tmp)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -367,7 +367,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so a rename or a new file in it survives a power cut; a no-op where the file system refuses."""
     with contextlib.suppress(OSError):  # not every file system lets a directory be fsync'ed
         _fsync(path)
 
@@ -381,7 +382,7 @@ def _fsync_tree(root: Path, mode: int | None = None) -> None:
             if mode is not None and not path.is_symlink() and (path.stat().st_mode & 0o777) != mode:
                 os.chmod(path, mode)
             _fsync(path)
-        _fsync_dir(Path(folder))
+        fsync_dir(Path(folder))
 
 
 def temporary_owner(path: str | Path) -> int | None:

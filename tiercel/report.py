@@ -82,8 +82,8 @@ def _paired_table(paired: dict) -> list[str]:
     ok = [n for n in names if "error" not in paired[n]]
     lines = ["", "## Quantized vs fp32 student, paired (eval split)", "",
              "Change of each task's headline (quantized / fp32 - 1) with its 95% interval over 1,000 paired resamples "
-             "of the records (both scored on each resample; `tiercel compare`). An interval clear of 0 is a change "
-             "these records resolve.", "", "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+             "of the records (both scored on each resample; `tiercel compare`); points of the headline where the "
+             "fp32 student scores 0. **Bold**: the interval is clear of 0, a change these records resolve.", "", "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     tags = [t for t in TAGS if any(t in paired[n]["per_task"] for n in ok)]
     for tag in tags:
         lines.append(f"| {tag} | " + " | ".join(
@@ -94,11 +94,9 @@ def _paired_table(paired: dict) -> list[str]:
 
 
 def _change(s: dict | None) -> str:
-    if not s or s.get("relative") is None:
-        return "-"
-    ci = s.get("relative_ci")
-    span = f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""
-    return f"{100 * s['relative']:+.1f}%{span}"
+    from tiercel.evaluate.compare import change_cell
+
+    return change_cell(s)
 
 
 def _per_task(rows: dict, names: list[str], protocol: str) -> list[str]:

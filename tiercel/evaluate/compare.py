@@ -178,6 +178,16 @@ def change_text(s: dict | None) -> tuple[str, str, bool]:
     return fmt(value), f"[{fmt(ci[0])}, {fmt(ci[1])}]", ci[0] > 0 or ci[1] < 0
 
 
+def change_cell(s: dict | None) -> str:
+    """change_text as one table cell: "+1.2% [-0.3%, +2.7%]", bold where the interval excludes 0; "-" where
+    nothing was compared."""
+    if not s or s.get("change") is None:
+        return "-"
+    value, span, resolved = change_text(s)
+    text = value if span == "-" else f"{value} {span}"
+    return f"**{text}**" if resolved else text
+
+
 def _summary(base: float, other: float) -> dict:
     return {"base": base, "other": other, "change": other - base,
             "relative": other / base - 1 if base and not math.isnan(base) else None}

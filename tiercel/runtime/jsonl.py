@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from tiercel.errors import ConfigError
-from tiercel.fileio import _fsync_dir, check_output_file, finite, tidy_leftovers, umask
+from tiercel.fileio import check_output_file, finite, fsync_dir, tidy_leftovers, umask
 
 FSYNC_EVERY = 5.0  # seconds between fsyncs: a power cut loses at most this much; a crash of the process loses nothing
 _PREFIX = b'{"image": '  # every line starts so: json.dumps keeps key order, and "image" comes first
@@ -121,7 +121,7 @@ class ResultsFile:
                 if os.name == "nt":  # Windows cannot replace a file that is open; it has no flock here anyway
                     self.lock.close()
                 os.replace(self.fresh, self.target)
-                _fsync_dir(self.target.parent)
+                fsync_dir(self.target.parent)
         finally:
             if self.fresh is not None:
                 self.fresh.unlink(missing_ok=True)
