@@ -63,8 +63,9 @@ Bounds (benchmarks/runtime_bounds.py), all in the JSON:
   compared with vision GFLOPs (roofline.vision_flops; 380.7 for florence2-base) at its precision's peak (fp32
   paths: fp32, eager-bf16 and openvino-bf16: bf16, int8 bundles: int8; optimistic for int8, whose
   activation x activation matmuls stay fp32).
-- Decode against memory bandwidth: bandwidth is measured in this run (roofline.measure_bandwidth: numpy copy of
-  128 MiB over all cores, read + write, best of 5) before and after the timed rounds, and the higher value is
+- Decode against memory bandwidth: bandwidth is measured in this run (roofline.measure_bandwidth: numpy read of
+  256 MiB, a max or a matrix-vector product, the faster, best of 5, on `--threads` threads; runs before 2026-12-07
+  used a copy over all cores, read + write counted) before and after the timed rounds, and the higher value is
   used. Bytes per token come from tiercel.models.report (decoder layers + lm_head weights, cross-attention K/V of
   the task's encoder tokens, self-attention K/V averaged over the 32 tokens); bound = bytes / bandwidth, with fp32
   weights for decode_vs_bound (every path, comparable between runs) and at the path's precision for
@@ -459,15 +460,15 @@ def main() -> None:
     image = profile_image(paths["onnxruntime"].pre.size)
     result["image_size"] = list(image.shape[:2])
     result["machine"]["loadavg_timing_start"] = os.getloadavg()
-    bandwidth = [measure_bandwidth()]
+    bandwidth = [measure_bandwidth(threads=args.threads)]
     result["peaks"] = matmul_peaks([p for p in ("fp32", "bf16", "int8") if p != "bf16" or eager_bf16])
     log("matmul peaks: " + ", ".join(f"{k} {v.get('gflops', float('nan')):.0f} GFLOP/s" for k, v in result["peaks"].items()))
     result["paths"] = stage_rounds(paths, image, args.task, args.runs, log)
     result["all_tasks"] = all_tasks_rounds(paths, image, args.all_runs, log)
-    bandwidth.append(measure_bandwidth())
+    bandwidth.append(measure_bandwidth(threads=args.threads))
     result["bandwidth_gbs"] = {"before": bandwidth[0] / 1e9, "after": bandwidth[1] / 1e9, "used": max(bandwidth) / 1e9,
-                               "method": "roofline.measure_bandwidth: numpy copy of 128 MiB over all cores, "
-                                         "read+write, best of 5; the higher of before/after is used"}
+                               "method": f"roofline.measure_bandwidth: numpy read of 256 MiB on {args.threads or 'all'} "
+                                         "threads, best of 5; the higher of before/after is used"}
     result["decode_bound"] = decode_bound(model, paths["onnxruntime"], args.task, image, max(bandwidth))
     _, texts, regions, _ = all_task_inputs(image)
     tokens = encoder_tokens(paths["onnxruntime"], (image.shape[1], image.shape[0]), texts, regions)

@@ -4,7 +4,7 @@ Work comes from the manifest alone, without torch: FLOPs analytically from the m
 convolutions, one multiply-add = 2 FLOPs, the convention of torch's FlopCounterMode that `tiercel info` uses;
 norms, softmax and element-wise ops are not counted), bytes from the graph files' sizes on disk (so a quantised
 bundle's smaller weights count as they are) plus the KV cache a decoder step reads. Machine peaks are measured
-in the same run: memory bandwidth by a multi-threaded numpy copy, matmul throughput per precision by one
+in the same run: memory bandwidth by a multi-threaded numpy read (measure_bandwidth says why not a copy), matmul throughput per precision by one
 2048^3 product: fp32 by numpy sgemm, int8 by onnxruntime's MatMulInteger (u8 x s8, the kernel family behind
 int8-static, int8-dynamic and int4 at accuracy level 4), bf16 by OpenVINO's MatMul with
 INFERENCE_PRECISION_HINT=bf16 where the CPU computes bf16. A precision whose library is missing falls back to
@@ -142,8 +142,8 @@ def stage_work(shape: dict, files: dict[str, dict], enc_tokens: int, new_tokens:
 # ---- this machine -----------------------------------------------------------------------------------------
 @dataclass
 class MachinePeaks:
-    """Measured peaks of this machine: bytes/s of a large copy and FLOP/s of a matmul per precision (None: not
-    measured here, the fp32 peak stands in)."""
+    """Measured peaks of this machine: bytes/s read from memory (measure_bandwidth) and FLOP/s of a matmul per
+    precision (None: not measured here, the fp32 peak stands in)."""
 
     bandwidth: float  # bytes/s
     flops: float  # fp32 FLOP/s
@@ -187,22 +187,30 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
-def measure_bandwidth(megabytes: int = 128, repeats: int = 5, threads: int | None = None) -> float:
-    """Memory bandwidth in bytes/s: best of `repeats` copies of a `megabytes` float32 array, split over
-    `threads` threads (numpy releases the GIL while copying). Counts read + write (STREAM "copy" convention)."""
-    threads = threads or os.cpu_count() or 1
-    src = np.ones(megabytes * 2**20 // 4, np.float32)
-    dst = np.empty_like(src)
-    cuts = np.linspace(0, src.size, threads + 1).astype(int)
+def measure_bandwidth(megabytes: int = 256, repeats: int = 5, threads: int | None = None) -> float:
+    """Memory read bandwidth in bytes/s: the best of `repeats` passes over a `megabytes` float32 array split over
+    `threads` threads (numpy releases the GIL), each pass either a max-reduction or a matrix-vector product
+    (BLAS sgemv: a decode step's access pattern), whichever reads faster.
 
-    def copy():
-        workers = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b])) for a, b in zip(cuts[:-1], cuts[1:])]
+    A read rate, not a copy's read + write (the STREAM "copy" convention): a decode step reads its weights and KV
+    cache and writes almost nothing, and on some CPUs a copy's non-temporal stores make read + write far more
+    than one core can read (an AMD EPYC, Zen 3, one thread: copy 28.8 GB/s counted both ways, sgemv reads
+    18-19 GB/s; benchmarks/results/decode_profile_avx2_cpu.md). The array is written before it is read: pages
+    never written read as the kernel's shared zero page, from cache."""
+    threads = threads or os.cpu_count() or 1
+    rows = np.ones((megabytes * 2**20 // 4096, 1024), np.float32)
+    vector = np.ones(1024, np.float32)
+    cuts = np.linspace(0, len(rows), threads + 1).astype(int)
+
+    def each(fn):
+        workers = [threading.Thread(target=fn, args=(rows[a:b],)) for a, b in zip(cuts[:-1], cuts[1:])]
         for w in workers:
             w.start()
         for w in workers:
             w.join()
 
-    return 2 * src.nbytes / _best(copy, repeats)
+    seconds = min(_best(lambda: each(np.max), repeats), _best(lambda: each(lambda part: part @ vector), repeats))
+    return rows.nbytes / seconds
 
 
 def measure_matmul(n: int = 1536, repeats: int = 5) -> float:
@@ -259,14 +267,14 @@ def measure_bf16_matmul(n: int = 2048, repeats: int = 5, threads: int | None = N
 
 def measure_machine(threads: int | None = None) -> MachinePeaks:
     """Every peak, in a few seconds. `threads`: the backends' intra-op threads for the int8 and bf16 peaks and
-    the copy's; numpy's fp32 sgemm uses all of its BLAS threads."""
-    copy_threads = threads or os.cpu_count() or 1
+    the read's; numpy's fp32 sgemm uses all of its BLAS threads."""
+    read_threads = threads or os.cpu_count() or 1
     int8, bf16 = measure_int8_matmul(threads=threads), measure_bf16_matmul(threads=threads)
-    method = (f"numpy copy of 128 MiB over {copy_threads} threads (read+write); numpy fp32 matmul 1536^3; "
+    method = (f"numpy read of 256 MiB over {read_threads} threads (max or sgemv, the faster); numpy fp32 matmul 1536^3; "
               f"int8: {'onnxruntime MatMulInteger 2048^3' if int8 else 'not measured (no onnxruntime), fp32 peak used'}; "
               f"bf16: {'OpenVINO MatMul 2048^3 with INFERENCE_PRECISION_HINT=bf16' if bf16 else 'not measured (no OpenVINO, or no bf16 on this CPU), fp32 peak used'}"
               f"{f'; int8/bf16 on {threads} threads' if threads else ''}")
-    return MachinePeaks(measure_bandwidth(threads=copy_threads), measure_matmul(), method, int8, bf16)
+    return MachinePeaks(measure_bandwidth(threads=read_threads), measure_matmul(), method, int8, bf16)
 
 
 def fractions(measured: dict[str, float], work: dict[str, StageWork], peaks: MachinePeaks, backend: str = "",
