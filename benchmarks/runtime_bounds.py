@@ -50,7 +50,26 @@ def matmul_peaks(precisions, size: int = SIZE, repeats: int = 5) -> dict:
             continue
         out[p] = {"gflops": statistics.median(rates), "gflops_per_repeat": rates, "op": OPS[p], "size": size,
                   "threads": torch.get_num_threads()}
+    if "int8" in precisions:
+        _int8_from_onnxruntime(out, size, repeats, torch.get_num_threads())
     return out
+
+
+def _int8_from_onnxruntime(out: dict, size: int, repeats: int, threads: int) -> None:
+    """The int8 peak is the faster of torch._int_mm and onnxruntime's MatMulInteger (u8 x s8, the kernel family
+    of the int8 bundles; tiercel.runtime.profile.roofline.measure_int8_matmul): on a CPU without VNNI, such as an
+    AVX2-only AMD EPYC (Zen 3), torch._int_mm ran at 1 GFLOP/s, far below the int8 bundles' own matmuls."""
+    from tiercel.runtime.profile.roofline import measure_int8_matmul
+
+    ort = measure_int8_matmul(n=size, repeats=repeats, threads=threads)
+    if ort is None:
+        return
+    torch_peak = out.get("int8", {}).get("gflops")
+    out.setdefault("int8", {})["onnxruntime_gflops"] = ort / 1e9
+    if torch_peak is None or ort / 1e9 > torch_peak:
+        out["int8"].update(gflops=ort / 1e9, op="onnxruntime MatMulInteger, uint8 x int8 -> int32 (best of "
+                           f"{repeats}; faster than torch._int_mm here)", torch_int_mm_gflops=torch_peak)
+        out["int8"].pop("error", None)
 
 
 def peak_gflops(peaks: dict, precision: str) -> float | None:

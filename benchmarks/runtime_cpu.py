@@ -59,7 +59,8 @@ opens with path i): whichever path ran first in a round was measured 4-19% slowe
 
 Bounds (benchmarks/runtime_bounds.py), all in the JSON:
 - Compute peaks as issue 28 measures them: a 2048^3 torch matmul at the benchmark's thread count, median of 5 -
-  fp32, bf16 (where the CPU has it) and int8 (torch._int_mm, int8 x int8 -> int32). Each path's vision stage is
+  fp32, bf16 (where the CPU has it) and int8 (the faster of torch._int_mm, int8 x int8 -> int32, and onnxruntime's
+  MatMulInteger, best of 5: torch's ran at 1 GFLOP/s on an AVX2-only CPU). Each path's vision stage is
   compared with vision GFLOPs (roofline.vision_flops; 380.7 for florence2-base) at its precision's peak (fp32
   paths: fp32, eager-bf16 and openvino-bf16: bf16, int8 bundles: int8; optimistic for int8, whose
   activation x activation matmuls stay fp32).
