@@ -13,7 +13,10 @@ alone, at the Florence-2-base decoder's shapes with random weights:
 - lm_head: [rows, 768] x [768, 51290];
 - ffn: 6 layers of [rows, 768] x [768, 3072] then [rows, 3072] x [3072, 768], each layer its own weights
   (113 MB in fp32, 28 MB in int8: more than this CPU's L3 in fp32; the int8 set is cycled over 4 copies so that
-  each call reads memory, not cache).
+  each call reads memory, not cache);
+- cross_k: one layer's cross-attention scores, q [rows, 12, 1, 64] x the cached K [rows, 12, 64, 597], with K in
+  fp32 (as exported), fp16 (q too) or fp16 cast to fp32 in the graph: whether a half-size KV cache pays on this
+  backend (decode_profile_cpu.md's next step 2). Distinct caches are cycled so that each call reads memory.
 
 Kernels (onnxruntime's own quantizers on the fp32 graph, as tiercel.quantize uses them):
 fp32 MatMul; int8 per-channel quantize_dynamic (DynamicQuantizeMatMul once the session fuses it); MatMulNBits
@@ -43,6 +46,7 @@ from image_use import commit  # noqa: E402
 from runtime_cpu import machine  # noqa: E402
 
 D, FFN, VOCAB, LAYERS = 768, 3072, 51290, 6
+HEADS, HEAD_DIM, ENC = 12, 64, 597  # cross-attention: 577 image + 20 prompt tokens
 
 
 def graph(kind: str, seed: int):
@@ -110,6 +114,22 @@ def bandwidth() -> tuple[float, float]:
     return copy, read
 
 
+def cross_session(ort, opts, kernel: str):
+    """The cross-attention score product of one decoder layer, q [rows, 12, 1, 64] x K [rows, 12, 64, 597], with
+    the cached K in fp32 (as exported), in fp16 (q too), or in fp16 cast to fp32 inside the graph."""
+    from onnx import TensorProto, helper
+
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    q_type, k_type = {"fp32": (f32, f32), "fp16": (f16, f16), "fp16-cast": (f32, f16)}[kernel]
+    nodes = [helper.make_node("Cast", ["k"], ["k32"], to=f32)] if kernel == "fp16-cast" else []
+    nodes.append(helper.make_node("MatMul", ["q", "k32" if kernel == "fp16-cast" else "k"], ["scores"]))
+    g = helper.make_graph(nodes, "cross_k", [helper.make_tensor_value_info("q", q_type, ["rows", HEADS, 1, HEAD_DIM]),
+                                             helper.make_tensor_value_info("k", k_type, ["rows", HEADS, HEAD_DIM, ENC])],
+                          [helper.make_tensor_value_info("scores", q_type, ["rows", HEADS, 1, ENC])])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
 def main() -> int:
     import onnxruntime as ort
 
@@ -118,63 +138,75 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=9)
     ap.add_argument("--rows", default="1,14")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    ap.add_argument("--kernels", default="fp32,int8-dynamic,nbits8-acc1,nbits8-acc4,nbits4-acc1,nbits4-acc4")
+    ap.add_argument("--shapes", default="lm_head,ffn,cross_k")
+    ap.add_argument("--kernels", default="fp32,int8-dynamic,nbits8-acc1,nbits8-acc4,nbits4-acc1,nbits4-acc4",
+                    help="for lm_head and ffn; cross_k times fp32, fp16 and fp16-cast")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "matmul_kernels_cpu.json")
     args = ap.parse_args()
-    rows, kernels = [int(r) for r in args.rows.split(",")], args.kernels.split(",")
+    rows, kernels, shapes = [int(r) for r in args.rows.split(",")], args.kernels.split(","), args.shapes.split(",")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.log_severity_level = 3
+    rng = np.random.default_rng(1)
+    x = {r: rng.standard_normal((r, D), np.float32) for r in rows}
 
-    sessions, sizes = {}, {}
-    for shape in ("lm_head", "ffn"):
+    cases = {}  # (shape, kernel) -> (run(rows, call), bytes(rows), ops)
+    for shape in [s for s in shapes if s != "cross_k"]:
         for kernel in kernels:
             copies = 1 if kernel == "fp32" else 4  # int8/int4 sets: 4 models so that a call reads memory, not cache
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = args.threads
-            opts.log_severity_level = 3
             protos = [quantized(graph(shape, seed), kernel) for seed in range(copies)]
-            sessions[(shape, kernel)] = [ort.InferenceSession(p.SerializeToString(), opts,
-                                                              providers=["CPUExecutionProvider"]) for p in protos]
-            ops = sorted({n.op_type for n in protos[0].graph.node})
-            sizes[(shape, kernel)] = {"bytes_per_call": weight_bytes(protos[0]), "ops": ops}
-            print(f"{shape} {kernel}: {weight_bytes(protos[0]) / 1e6:.1f} MB a call, {ops}", flush=True)
+            ss = [ort.InferenceSession(p.SerializeToString(), opts, providers=["CPUExecutionProvider"]) for p in protos]
+            size = weight_bytes(protos[0])
+            cases[(shape, kernel)] = (lambda r, i, ss=ss: ss[i % len(ss)].run(None, {"x": x[r]}),
+                                      lambda r, size=size: size, sorted({n.op_type for n in protos[0].graph.node}))
+            print(f"{shape} {kernel}: {size / 1e6:.1f} MB a call, {cases[(shape, kernel)][2]}", flush=True)
+    if "cross_k" in shapes:  # enough distinct caches per row count that a call reads memory (> 100 MB in fp32)
+        ks = {r: [rng.standard_normal((r, HEADS, HEAD_DIM, ENC), np.float32) for _ in range(max(4, 64 // r))]
+              for r in rows}
+        qs = {r: rng.standard_normal((r, HEADS, 1, HEAD_DIM), np.float32) for r in rows}
+        for kernel in ("fp32", "fp16", "fp16-cast"):
+            half = kernel != "fp32"
+            kk = {r: [k.astype(np.float16) for k in v] if half else v for r, v in ks.items()}
+            qq = {r: v.astype(np.float16) if kernel == "fp16" else v for r, v in qs.items()}
+            sess = cross_session(ort, opts, kernel)
+            cases[("cross_k", kernel)] = (lambda r, i, s=sess, kk=kk, qq=qq: s.run(None, {"q": qq[r], "k": kk[r][i % len(kk[r])]}),
+                                          lambda r, kk=kk: kk[r][0].nbytes, ["Cast", "MatMul"] if kernel == "fp16-cast" else ["MatMul"])
 
-    rng = np.random.default_rng(1)
-    feeds = {r: rng.standard_normal((r, D), np.float32) for r in rows}
-    times = {(sh, k, r): [] for (sh, k) in sessions for r in rows}
+    times = {(sh, k, r): [] for (sh, k) in cases for r in rows}
     copies_gbps, reads_gbps = [], []
-    keys = list(sessions)
+    keys = list(cases)
     for rnd in range(args.rounds):
         copy, read = bandwidth()
         copies_gbps.append(copy)
         reads_gbps.append(read)
-        order = keys[rnd % len(keys):] + keys[:rnd % len(keys)]
-        for shape, kernel in order:
-            ss = sessions[(shape, kernel)]
+        for key in keys[rnd % len(keys):] + keys[:rnd % len(keys)]:
+            run = cases[key][0]
             for r in rows:
                 per = []
                 for call in range(args.calls + 1):
-                    s = ss[call % len(ss)]
                     t0 = time.perf_counter()
-                    s.run(None, {"x": feeds[r]})
+                    run(r, call)
                     per.append(time.perf_counter() - t0)
-                times[(shape, kernel, r)].append(statistics.median(per[1:]))
+                times[(*key, r)].append(statistics.median(per[1:]))
         print(f"round {rnd + 1}/{args.rounds}: copy {copy:.1f} GB/s, read {read:.1f} GB/s", flush=True)
 
     bw, read_bw = statistics.median(copies_gbps), statistics.median(reads_gbps)
     results = {}
     for (shape, kernel, r), ts in times.items():
         ms = 1e3 * statistics.median(ts)
-        b = sizes[(shape, kernel)]["bytes_per_call"]
-        results.setdefault(shape, {}).setdefault(kernel, {"mb_per_call": b / 1e6, "ops": sizes[(shape, kernel)]["ops"]})
-        results[shape][kernel][f"rows_{r}"] = {"ms": ms, "gbps": b / (ms / 1e3) / 1e9, "vs_read": (b / read_bw / 1e6) / ms,
-                                               "ms_rounds": [1e3 * t for t in ts]}
+        b = cases[(shape, kernel)][1](r)
+        results.setdefault(shape, {}).setdefault(kernel, {"ops": cases[(shape, kernel)][2]})
+        results[shape][kernel][f"rows_{r}"] = {"ms": ms, "mb_per_call": b / 1e6, "gbps": b / (ms / 1e3) / 1e9,
+                                               "vs_read": (b / read_bw / 1e6) / ms, "ms_rounds": [1e3 * t for t in ts]}
     for shape in results:
         print(f"\n{shape}: ms (GB/s)   read {read_bw:.1f} GB/s, copy {bw:.1f} GB/s counted both ways")
         for kernel, v in results[shape].items():
-            print(f"  {kernel:14s} {v['mb_per_call']:7.1f} MB  " + "  ".join(
-                f"{r} rows {v[f'rows_{r}']['ms']:7.2f} ms ({v[f'rows_{r}']['gbps']:5.1f})" for r in rows))
-    out = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "machine": machine(), "copy_gbps": bw, "read_gbps": read_bw,
-           "copy_gbps_rounds": copies_gbps, "read_gbps_rounds": reads_gbps, "onnxruntime": ort.__version__, "rounds": args.rounds,
-           "calls": args.calls, "rows": rows, "threads": args.threads, "results": results}
+            print(f"  {kernel:14s} " + "  ".join(f"{r} rows {v[f'rows_{r}']['mb_per_call']:6.1f} MB {v[f'rows_{r}']['ms']:7.2f} ms "
+                                                 f"({v[f'rows_{r}']['gbps']:5.1f})" for r in rows))
+    out = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "machine": machine(), "copy_gbps": bw,
+           "read_gbps": read_bw, "copy_gbps_rounds": copies_gbps, "read_gbps_rounds": reads_gbps,
+           "onnxruntime": ort.__version__, "rounds": args.rounds, "calls": args.calls, "rows": rows,
+           "threads": args.threads, "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
