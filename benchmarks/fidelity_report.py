@@ -85,6 +85,7 @@ def targets(results: dict) -> list[dict]:
         fp32 = cols[bundle_key(backend, "fp32")]
         for scheme, tol in MAX_DROP.items():
             row = _drop_target(f"{short} {SCHEMES[scheme]}", tol, fp32, cols[bundle_key(backend, scheme)])
+            row["value"] += _resolved(results.get("models", {}).get(bundle_key(backend, scheme), {}), tol, row)
             if bundle_key(backend, scheme) in refused:  # the column is the scheme without the guard (fidelity.quantize)
                 row["value"] += " (refused by the guard; quantized without it)"
             rows.append(row)
@@ -95,6 +96,30 @@ def targets(results: dict) -> list[dict]:
         rows.append(_row(f"teacher {tag} {metric} >= {floor}", "-" if value is None else f"{value:.3f}",
                          None if value is None else value >= floor - EPS))
     return rows
+
+
+def _resolved(model: dict, tol: float, row: dict) -> str:
+    """For a missed drop target, which of its misses the test split resolves: the paired interval of the relative
+    change (the run's compare stage, quantized against fp32 on the same records) lies wholly below -tol. A miss
+    whose interval reaches -tol or above may be the records' noise (or a loss, but one within the tolerance, where
+    the interval is below 0). "" when nothing missed or nothing compared."""
+    paired = model.get("paired")
+    if row["status"] != "MISSED" or not paired:
+        return ""
+    resolved, open_ = [], []
+    for name in ("average", *GEOMETRY):
+        cell = paired.get("average") if name == "average" else paired.get("per_task", {}).get(name)
+        if not cell or cell.get("relative") is None or cell["relative"] >= -tol - EPS:
+            continue
+        ci = cell.get("relative_ci") or [None, None]
+        if ci[1] is not None and ci[1] < -tol:
+            resolved.append(name)
+        else:  # not resolved past the tolerance; a loss all the same where the interval is below 0
+            open_.append(f"{name} (a loss: interval below 0)" if ci[1] is not None and ci[1] < 0 else name)
+    if not resolved and not open_:
+        return ""
+    return (f"; misses the paired {paired.get('confidence', 0.95):.0%} interval resolves (below -{tol:.0%}): "
+            f"{', '.join(resolved) or 'none'}; not resolved: {', '.join(open_) or 'none'}")
 
 
 def _row(target: str, value: str, met: bool | None, why: str = "no score") -> dict:

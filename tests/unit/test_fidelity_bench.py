@@ -691,3 +691,28 @@ def test_a_stopped_run_lets_its_trainers_checkpoint_and_starts_nothing_queued(tm
     assert not Path(runs[2]).exists() and not Path(runs[3]).exists()  # queued, but never started
     assert "not started, the run was stopped" in str(futures[2].exception())  # hidden0 was in the call queue
     assert not marker.exists() and not marker.parent.exists()  # the marker is tiercel's own: removed
+
+
+def test_a_missed_drop_says_which_misses_the_paired_interval_resolves():
+    r = results()
+
+    def cell(rel, low, high):
+        return {"relative": rel, "relative_ci": [low, high]}
+
+    # int4: REG_VG -4% with its whole interval below -3% (resolved); the average -2.5% is inside 3% (no miss)
+    r["models"]["bundle/onnxruntime/int4-weight-only"]["paired"] = {
+        "confidence": 0.95, "average": cell(-0.025, -0.04, -0.01), "per_task": {"REG_VG": cell(-0.04, -0.06, -0.035)}}
+    # int8-dynamic: the average -1.25% with an interval reaching +0.5%: a miss the records do not resolve;
+    # REG_VG -2% [-4%, -0.5%]: a loss (below 0) the records do not resolve past 1% either
+    r["models"]["bundle/onnxruntime/int8-dynamic"]["eval"]["headline"]["REG_VG"] = 0.49
+    r["models"]["bundle/onnxruntime/int8-dynamic"]["paired"] = {
+        "confidence": 0.95, "average": cell(-0.0125, -0.03, 0.005), "per_task": {"REG_VG": cell(-0.02, -0.04, -0.005)}}
+    rows = by_target(fr.targets(r))
+    drop = "<= {}% below fp32 (relative) on the average and each geometry task"
+    int4 = rows[f"ORT int4 {drop.format(3)}"]
+    assert int4["status"] == "MISSED"
+    assert int4["value"].endswith("; misses the paired 95% interval resolves (below -3%): REG_VG; not resolved: none")
+    int8 = rows[f"ORT int8-dynamic {drop.format(1)}"]
+    assert int8["value"].endswith("resolves (below -1%): none; not resolved: average, REG_VG (a loss: interval below 0)")
+    met = rows[f"ORT int8-static {drop.format(1)}"]  # MET: no note, paired or not
+    assert "paired" not in met["value"]
