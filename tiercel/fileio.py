@@ -36,7 +36,7 @@ def atomic_dir(dst: str | Path, overwrite: bool = False, marker: str | None = No
     dst.parent.mkdir(parents=True, exist_ok=True)
     tidy_leftovers(dst)
     refuse_existing(dst, overwrite, marker)  # a leftover put back may now stand there
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=dst.parent))
+    tmp = Path(_temp(lambda: tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=dst.parent), dst, dst.parent))
     try:
         os.chmod(tmp, 0o777 & ~umask())
         yield tmp
@@ -198,6 +198,18 @@ def _check_writable(folder: Path, what: str) -> None:
         raise TiercelError(f"{what}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise TiercelError(f"{what}: no permission to write in {existing}; choose another path")
+    # os.access says yes for root, and on file systems that take no files (/proc): create one to be sure
+    fd, probe = _temp(lambda: tempfile.mkstemp(prefix=".tiercel-probe-", dir=existing), what, existing)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _temp(make, what, folder: Path):
+    """`make()` (tempfile.mkstemp or mkdtemp in `folder`), its OSError as one TiercelError line."""
+    try:
+        return make()
+    except OSError as err:
+        raise TiercelError(f"{what}: cannot create files in {folder} ({err.strerror}); choose another path") from None
 
 
 def replace_into(src: Path, dst: Path) -> None:
@@ -262,7 +274,7 @@ def atomic_path(path: str | Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tidy_leftovers(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+    fd, tmp = _temp(lambda: tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent), path, path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -98,10 +98,36 @@ class Pipeline:
     def check_replaceable(self) -> None:
         """Before any work: ConfigError if a stage still to run would replace a folder tiercel did not write
         (the synthetic benchmark's data.root, the trained teacher's teacher.path)."""
+        self._check_out()
         if self.done("data") is None:
             self._check_data_root()
         if self.done("teacher") is None:
             self._check_teacher_path()
+
+    def _check_out(self) -> None:
+        """The run writes its files (report.md, profile.json, bundles/, ...) into `out`: refuse a folder that holds
+        files tiercel did not write unless it is an earlier run's (its stages/ markers). Tiercel's own outputs in it
+        (a synthetic benchmark, a checkpoint or bundle by its marker) and recipe files may stand there."""
+        from tiercel.data.synth.writer import is_synth_folder
+        from tiercel.fileio import marker_is_ours
+        from tiercel.recipes import is_recipe
+
+        if not self.out.is_dir() or any(self.markers.glob("*.json")):
+            return
+
+        def ours(entry: Path) -> bool:
+            if entry.name == "recipe.resolved.yaml" or (entry.name == "stages" and entry.is_dir()):
+                return True
+            if entry.is_dir():
+                return (is_synth_folder(entry) or marker_is_ours(entry / "tiercel.json")
+                        or marker_is_ours(entry / "manifest.json"))
+            return entry.suffix in (".yaml", ".yml") and is_recipe(entry)
+
+        foreign = sorted(e.name for e in self.out.iterdir() if not ours(e))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise ConfigError(f"out ({self.out}): holds files tiercel did not write ({shown}) and no earlier run of "
+                              "this pipeline, whose files would replace them; choose a new folder for --out")
 
     def _check_data_root(self) -> None:
         from tiercel.data.synth.writer import is_synth_folder

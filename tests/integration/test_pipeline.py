@@ -295,3 +295,19 @@ def test_a_recipe_a_later_stage_would_fail_on_is_refused_before_the_first(tmp_pa
         run_pipeline(parse_recipe(r), log=lambda m: None)
     assert str(err.value) == f"recipe: {problem}"
     assert not (tmp_path / "run").exists()  # no stage ran: no teacher trained, nothing written
+
+
+def test_an_out_folder_holding_the_users_files_is_refused_before_anything_is_written(tmp_path):
+    from tiercel.errors import ConfigError
+    from tiercel.pipeline import run_pipeline
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "report.md").write_text("MY REPORT")
+    (out / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(out)))  # the recipe itself may live there
+    with pytest.raises(ConfigError) as err:
+        run_pipeline(parse_recipe(tiny_recipe(out)), log=lambda m: None)
+    assert str(err.value) == (f"out ({out}): holds files tiercel did not write (report.md) and no earlier run of this "
+                              "pipeline, whose files would replace them; choose a new folder for --out")
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.yaml", "report.md"]
+    assert (out / "report.md").read_text() == "MY REPORT"

@@ -226,10 +226,13 @@ def _set_field(section, name, value):
 @pytest.mark.parametrize("change, message", [
     (lambda c: {**c, "vision_config": 5}, "needs both vision_config and text_config sections (JSON objects)"),
     (lambda c: {**c, "text_config": [1]}, "needs both vision_config and text_config sections (JSON objects)"),
-    (_set_field("text_config", "encoder_ffn_dim", -4), "text_config.encoder_ffn_dim: must be a whole number > 0 (got -4)"),
-    (_set_field("text_config", "decoder_layers", "2"), "text_config.decoder_layers: must be a whole number > 0 (got '2')"),
+    (_set_field("text_config", "encoder_ffn_dim", -4),
+     "text_config.encoder_ffn_dim: must be a whole number 1..131072 (got -4)"),
+    (_set_field("text_config", "decoder_layers", "2"), "text_config.decoder_layers: must be a whole number 1..1024 (got '2')"),
+    (_set_field("text_config", "decoder_layers", 10**30),  # built on the meta device, it never finished
+     "text_config.decoder_layers: must be a whole number 1..1024 (got 1000000000000000000000000000000)"),
     (_set_field("vision_config", "depths", [1, 0, 1, 1]),
-     "vision_config.depths: must be a whole number > 0 or a list of them (got [1, 0, 1, 1])"),
+     "vision_config.depths: must be a whole number 1..1024 or a list of at most 16 of them (got [1, 0, 1, 1])"),
 ])
 def test_a_config_json_field_of_the_wrong_shape_is_one_line(tmp_path, original_dir, tiny_model, tiny_tokenizer,
                                                             layout, change, message):
@@ -253,3 +256,20 @@ def test_a_config_field_transformers_refuses_is_one_line(tmp_path, tiny_model, t
         load_checkpoint(broken)
     assert str(err.value).startswith(f"{config}: Validation error for field 'dropout': ")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("image_size", -5, "image_size: must be a whole number 32..8192 (got -5)"),
+    ("image_size", "abc", "image_size: must be a whole number 32..8192 (got 'abc')"),
+    ("image_size", 10**12, "image_size: must be a whole number 32..8192 (got 1000000000000)"),
+    ("image_mean", 5, "image_mean: must be three finite numbers (got 5)"),
+    ("image_std", [0.2, 0.0, 0.2], "image_std: must be three finite numbers > 0 (got [0.2, 0.0, 0.2])"),
+])
+def test_a_tiercel_json_preprocessing_field_of_the_wrong_shape_is_one_line(tmp_path, tiny_model, tiny_tokenizer,
+                                                                            field, value, message):
+    broken = save_native(tiny_model, tiny_tokenizer, tmp_path / "ckpt")
+    meta = broken / "tiercel.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), field: value}))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(broken)
+    assert str(err.value) == f"{meta}: {message}"

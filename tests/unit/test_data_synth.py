@@ -209,3 +209,20 @@ def test_overwrite_replaces_only_a_folder_the_generator_wrote(tmp_path):
         generate(theirs, n=42, size=64, workers=1, overwrite=True)
     assert (theirs / "labels.json").read_text() == "[]"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench", "theirs"]  # no temporary folder left
+
+
+def test_overwrite_keeps_a_folder_the_user_added_files_to(tmp_path):
+    out = tmp_path / "bench"
+    generate(out, n=42, size=64, workers=1)
+    (out / "notes.txt").write_text("mine")
+    (out / "images" / "drawing.svg").write_text("<svg/>")
+    before = _files(out)
+    with pytest.raises(DataError) as err:
+        generate(out, n=42, size=64, workers=1, seed=1, overwrite=True)
+    assert str(err.value) == (f"{out}: holds files the generator did not write (images/drawing.svg, notes.txt), so it is "
+                              "not replaced even with --overwrite; move them out or choose another --out")
+    assert _files(out) == before  # nothing replaced, nothing deleted
+    (out / "notes.txt").unlink()
+    (out / "images" / "drawing.svg").unlink()
+    generate(out, n=42, size=64, workers=1, seed=1, overwrite=True)  # its own files only: replaced
+    assert json.loads((out / "meta.json").read_text())["seed"] == 1

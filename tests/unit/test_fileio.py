@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -251,3 +252,14 @@ def test_a_chart_replaces_only_a_png_tiercel_wrote(tmp_path):
     (tmp_path / "old.svg").write_text("<svg/>")
     with pytest.raises(TiercelError, match=r"old\.svg: exists, and tiercel replaces only its own PNG charts"):
         check_plot_output(tmp_path / "old.svg")  # ... an existing one carries no mark tiercel reads: never replaced
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_takes_no_files_is_refused_before_the_work(tmp_path):
+    from tiercel.fileio import check_output_file
+
+    with pytest.raises(TiercelError) as err:  # os.access says /proc is writable for root; creating a file fails
+        check_output_file("/proc/out.geojson", "--geojson")
+    assert str(err.value).startswith("--geojson /proc/out.geojson: cannot create files in /proc (")
+    check_output_file(tmp_path / "out.geojson", "--geojson")  # an ordinary folder: fine, and no probe file left
+    assert list(tmp_path.iterdir()) == []

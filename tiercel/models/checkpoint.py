@@ -7,6 +7,7 @@ on the meta device and the checkpoint tensors are assigned into it, so a 0.77B m
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -248,15 +249,32 @@ _SIZES = {"text_config": ("vocab_size", "d_model", "encoder_layers", "decoder_la
           "vision_config": ("embed_dim", "depths", "num_heads", "num_groups", "window_size", "projection_dim")}
 
 
+def _size_limit(name: str) -> int:
+    """The largest value tiercel accepts for a config size: far past any Florence-2 or Falcon model, but bounded so
+    that a wrong number fails here instead of building a model that never fits in memory."""
+    if "layers" in name or name == "depths":
+        return 1024
+    if "heads" in name or name == "num_groups":
+        return 4096
+    return {"vocab_size": 2**22, "max_position_embeddings": 2**20}.get(name, 2**17)
+
+
 def _check_sizes(kwargs: dict, where: Path) -> None:
-    """CheckpointError naming the field unless every size the config gives is a whole number > 0 (or a list of them)."""
+    """CheckpointError naming the field unless every size the config gives is a whole number in 1.._size_limit
+    (or a list of at most 16 of them)."""
     for section, names in _SIZES.items():
         for name in (n for n in names if n in kwargs[section]):
-            value = kwargs[section][name]
+            value, limit = kwargs[section][name], _size_limit(name)
             items = value if isinstance(value, list) and value else [value]
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
-                raise CheckpointError(f"{where}: {section}.{name}: must be a whole number > 0"
-                                      f"{' or a list of them' if isinstance(value, list) else ''} (got {value!r})")
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= limit for v in items) or len(items) > 16:
+                raise CheckpointError(f"{where}: {section}.{name}: must be a whole number 1..{limit}"
+                                      f"{' or a list of at most 16 of them' if isinstance(value, list) else ''} "
+                                      f"(got {_short(value)})")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _strict_errors() -> tuple[type[Exception], ...]:
@@ -270,15 +288,31 @@ def _strict_errors() -> tuple[type[Exception], ...]:
 
 
 def _preprocessing(folder: Path, meta: dict):
-    """Image size, mean and std: tiercel.json first, then preprocessor_config.json, then Florence-2's defaults."""
-    pre = read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
+    """Image size, mean and std: tiercel.json first, then preprocessor_config.json, then Florence-2's defaults.
+    CheckpointError naming the file and field for a size that is not a whole number 32..8192, or a mean or std that
+    is not three finite numbers (std > 0)."""
+    pre_file = folder / "preprocessor_config.json"
+    pre = read_json(pre_file) if pre_file.is_file() else {}
     size = pre.get("size", pre.get("crop_size", 768))
     if isinstance(size, dict):
         size = size.get("height", size.get("shortest_edge", 768))
+
+    def source(key: str) -> Path:
+        return folder / "tiercel.json" if key in meta else pre_file
+
     size = meta.get("image_size", size)
-    mean = tuple(meta.get("image_mean", pre.get("image_mean", IMAGENET_MEAN)))
-    std = tuple(meta.get("image_std", pre.get("image_std", IMAGENET_STD)))
-    return int(size), mean, std
+    if not (isinstance(size, int) and not isinstance(size, bool) and 32 <= size <= 8192):
+        raise CheckpointError(f"{source('image_size')}: image_size: must be a whole number 32..8192 (got {_short(size)})")
+    out = [int(size)]
+    for name, default in (("image_mean", IMAGENET_MEAN), ("image_std", IMAGENET_STD)):
+        value = meta.get(name, pre.get(name, default))
+        ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not ok or (name == "image_std" and min(value) <= 0):
+            raise CheckpointError(f"{source(name)}: {name}: must be three finite numbers{' > 0' if name == 'image_std' else ''} "
+                                  f"(got {_short(value)})")
+        out.append(tuple(float(v) for v in value))
+    return tuple(out)
 
 
 def _assemble(config, state: dict, original: bool, dtype: str, folder: Path, notes: list[str]):

@@ -184,6 +184,11 @@ def generate(out: str | os.PathLike, n: int, size: int = 256, seed: int = 0, wor
         if not is_synth_folder(out):
             raise DataError(f"{out}: holds files tiercel did not write (no meta.json of the synthetic benchmark), so "
                             "it is not replaced even with --overwrite; choose another --out or empty it yourself")
+        foreign = foreign_entries(out)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise DataError(f"{out}: holds files the generator did not write ({shown}), so it is not replaced even "
+                            "with --overwrite; move them out or choose another --out")
     jobs = plan(n, seed, size, knobs)
     # checked above: `out` is missing, empty or the generator's own, so replacing it loses nothing of the user's
     with atomic_dir(out, overwrite=True) as tmp:
@@ -191,6 +196,26 @@ def generate(out: str | os.PathLike, n: int, size: int = 256, seed: int = 0, wor
         records = _render_all(jobs, tmp, workers, progress)
         meta = _write_files(tmp, jobs, records, n, size, seed, knobs)
     return meta
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """What in the generator's folder `path` it did not write (relative paths, sorted): entries other than its
+    split files, objects.json, meta.json and images/, and in images/ anything but the PNGs objects.json names
+    ("images/NAME.png"; any PNG where objects.json cannot be read). Replacing the folder would delete them."""
+    own = {f"{split}.json" for split in SPLITS} | {"objects.json", "meta.json", "images"}
+    out = sorted(e.name for e in path.iterdir() if e.name not in own)
+    images = path / "images"
+    if images.is_symlink() or (images.exists() and not images.is_dir()):
+        return sorted([*out, "images"])
+    if images.is_dir():
+        try:
+            named = set(json.loads((path / "objects.json").read_text())["images"])
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            named = None
+        out += sorted(f"images/{e.name}" for e in images.iterdir()
+                      if not (e.is_file() and not e.is_symlink() and e.suffix == ".png"
+                              and (named is None or f"images/{e.name}" in named)))
+    return sorted(out)
 
 
 def is_synth_folder(path: Path) -> bool:
