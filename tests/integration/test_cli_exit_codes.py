@@ -268,6 +268,11 @@ def test_a_config_json_holding_a_list_is_one_line(tiny_checkpoint, tmp_path, cap
     _one_line(capsys, ["info", copy], f"{copy / 'config.json'}: must hold a JSON object (got list)")
 
 
+def test_info_on_a_bundle_says_what_info_reads(bundle, capsys):
+    _one_line(capsys, ["info", bundle], f"{bundle}: is a bundle; `tiercel info` reads a checkpoint folder or a preset "
+              f"name (a bundle's model shape is in its manifest.json; `tiercel profile {bundle}` measures the bundle)")
+
+
 @pytest.mark.parametrize("args, message", [
     (["demo", "--out", "{file}"], "{file}: is a file, not a folder; choose a folder path for the output"),
     (["eval", "b", "--data", "d.json", "--examples", "{file}"],

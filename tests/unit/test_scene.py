@@ -205,6 +205,18 @@ def test_change_detection_needs_co_registered_pair(tmp_path):
     assert len(s.result.polygons) == 1 and len(s.tiles) == 6
 
 
+def test_change_detection_names_a_geotiff_paired_with_a_plain_image(tmp_path):
+    from PIL import Image
+
+    before = geotiff(tmp_path / "a.tif")
+    Image.new("RGB", (600, 400)).save(tmp_path / "b.png")
+    with pytest.raises(ConfigError) as err:
+        run_scene(FAKE, before, "PIX_CHG", source2=tmp_path / "b.png", predict=truth("PIX_CHG", []))
+    assert str(err.value) == (f"--image2 {tmp_path / 'b.png'}: is a plain image while --image {before} is a raster "
+                              "read with rasterio (GeoTIFF); give PIX_CHG two scenes of the same kind (two GeoTIFFs on "
+                              "one grid, or two plain images)")
+
+
 def test_geojson_replaces_only_its_own_files(tmp_path):
     from tiercel.runtime.geojson import write_geojson
 
@@ -248,9 +260,12 @@ def test_cli_tiles_a_scene_and_writes_geojson(bundle, tmp_path, capsys):
     written = json.loads(out.read_text())
     assert written["type"] == "FeatureCollection" and written["tiercel"]["coordinates"] == "wgs84"
     assert len(written["features"]) == len(printed["boxes"])
-    assert main([*args, "--tile", "16", "--overlap", "32"]) == 1
+    assert main([*args, "--tile", "64", "--overlap", "64"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --tile/--overlap: needs tile > overlap") and "\n" not in err
+    assert main([*args, "--tile", "2", "--overlap", "0"]) == 1  # 120,000 tiles of a 400 x 300 scene, before
+    assert capsys.readouterr().err.strip() == ("error: --tile: at least 32 pixels (got 2); each tile is resized to the "
+                                               "model's input, e.g. --tile 768 --overlap 128")
     assert main([*args, "--geojson", str(out)]) == 1  # scene options need --tile
     assert "only with --tile" in capsys.readouterr().err
 

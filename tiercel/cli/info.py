@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -24,9 +25,14 @@ def info(
     from rich.console import Console
     from rich.table import Table
 
+    from tiercel.errors import ConfigError
+    from tiercel.fileio import marker_is_ours
     from tiercel.models.checkpoint import resolve
     from tiercel.models.report import COMPONENTS, WEIGHT_BITS, model_report
 
+    if marker_is_ours(Path(target) / "manifest.json"):
+        raise ConfigError(f"{target}: is a bundle; `tiercel info` reads a checkpoint folder or a preset name (a bundle's "
+                          f"model shape is in its manifest.json; `tiercel profile {target}` measures the bundle)")
     model, name = resolve(target)
     report = model_report(model, name, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
     if as_json:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from tiercel.runtime import merge
 from tiercel.runtime.raster import Raster, open_raster
 from tiercel.tasks.results import Boxes, Count, Polygons, Quads, Result
 
+MIN_TILE = 32  # pixels: a smaller tile holds nothing a model can read once resized to its input
 WHOLE_IMAGE = ("IMG_CLS", "IMG_CAP", "IMG_CAP_DETAILED", "IMG_VQA")
 
 
@@ -106,7 +108,10 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
 
 
 def check_tiling(tile: int, overlap: int, batch: int = 1) -> None:
-    """ConfigError unless tile > overlap >= 0 and batch >= 1."""
+    """ConfigError unless tile >= MIN_TILE, tile > overlap >= 0 and batch >= 1."""
+    if 0 < tile < MIN_TILE:  # each tile is resized to the model's input: a few pixels carry nothing to read
+        raise ConfigError(f"--tile: at least {MIN_TILE} pixels (got {tile}); each tile is resized to the model's "
+                          "input, e.g. --tile 768 --overlap 128")
     if tile < 1 or overlap < 0 or overlap >= tile:
         raise ConfigError(f"--tile/--overlap: needs tile > overlap >= 0 (got tile {tile}, overlap {overlap}); "
                           "e.g. --tile 768 --overlap 128")
@@ -146,6 +151,8 @@ def run_scene(model, source, task: str, text: str | None = None, region=None, ti
     predict = predict or model_predict(model, task, **{k: v for k, v in generation.items() if v is not None})
     run = _Run(spec, text, getattr(model, "dialect", "falcon"), predict, batch)
     with _opened(source, bands, scale) as raster:
+        if source2 is not None:
+            _check_same_kind(raster, Path(source2))
         second = open_raster(source2, raster.bands, raster.scale) if source2 is not None else None
         try:
             if second is not None:
@@ -239,6 +246,17 @@ class _Run:
         local = local[0] + local[1] if self.spec.needs_region == "box" else local
         t = Tile("region", x, y, w, h)
         return self.tiles([t], lambda _: raster.read(x, y, w, h, out=size), size=size, region=local)
+
+
+def _check_same_kind(raster: Raster, second: Path) -> None:
+    """PIX_CHG's two scenes are read the same way: both GeoTIFFs (rasterio) or both plain images (PIL)."""
+    from tiercel.runtime.raster import GDAL_SUFFIXES, GeoRaster
+
+    first_geo, second_geo = isinstance(raster, GeoRaster), second.suffix.lower() in GDAL_SUFFIXES
+    if first_geo != second_geo:
+        kinds = {True: "a raster read with rasterio (GeoTIFF)", False: "a plain image"}
+        raise ConfigError(f"--image2 {second}: is {kinds[second_geo]} while --image {raster.path} is {kinds[first_geo]}; "
+                          "give PIX_CHG two scenes of the same kind (two GeoTIFFs on one grid, or two plain images)")
 
 
 def _check_pair(a, b) -> None:
