@@ -255,3 +255,15 @@ def test_two_runs_never_append_to_one_file(tmp_path):
     out = tmp_path / "results.jsonl"
     with ResultsFile(out), pytest.raises(ConfigError, match="another tiercel run is writing it"):
         ResultsFile(out)
+
+
+def test_overwrite_says_a_file_that_is_not_tiercel_results_is_not_replaced(tmp_path):
+    from tiercel.errors import ConfigError
+    from tiercel.runtime.jsonl import ResultsFile
+
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"mine": 1}\n')
+    with pytest.raises(ConfigError) as err:
+        ResultsFile(notes, overwrite=True)
+    assert str(err.value).endswith("so tiercel does not replace it, even with --overwrite; choose another path")
+    assert notes.read_text() == '{"mine": 1}\n'

@@ -287,6 +287,9 @@ def test_engines_cli_without_tensorrt_exits_1_with_the_install_line(tiny_model, 
     assert proc.stderr.strip().splitlines()[-1] == ("error: building TensorRT engines needs the 'tensorrt' package; "
                                                     "install it with: pip install 'tiercel[tensorrt]'")
     assert not (path / "tensorrt").exists()
+    proc = subprocess.run([sys.executable, "-m", "tiercel", "engines", str(tmp_path / "nosuch")], capture_output=True,
+                          text=True)  # a wrong path is named first, not hidden behind the missing package
+    assert proc.returncode == 1 and "nosuch" in proc.stderr and "tensorrt" not in proc.stderr.lower()
 
 
 def test_quantize_engines_builds_int8_engines_from_the_qdq_graphs(tiny_model, tiny_tokenizer, fake_gpu, tmp_path):

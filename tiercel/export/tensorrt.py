@@ -277,8 +277,8 @@ def add_engines(root: str | Path, max_batch: int | None = None, vision_batch: in
     from tiercel.runtime.tensorrt import device_info
 
     say = say or (lambda _msg: None)
+    bundle = read_bundle(root)  # a wrong path or a damaged manifest is named before the missing TensorRT
     trt = check_available()
-    bundle = read_bundle(root)
     sources = bundle.entries("onnxruntime")
     bundle.verify(sources.values())
     shape = ModelShape(**bundle.manifest.model.shape.model_dump())

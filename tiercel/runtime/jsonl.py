@@ -33,9 +33,10 @@ def key(line: dict) -> tuple:
     return line["image"], line["task"], line.get("text")
 
 
-def read_results(path: str | Path, option: str = "--out") -> tuple[list[dict], int | None]:
+def read_results(path: str | Path, option: str = "--out", overwrite: bool = False) -> tuple[list[dict], int | None]:
     """The lines of a results file (none if it is missing) and the byte offset of a truncated last line to cut
-    (None: nothing to cut). ConfigError when the file is not a tiercel results file."""
+    (None: nothing to cut). ConfigError when the file is not a tiercel results file (`overwrite`: the message says
+    it is not replaced, rather than not appended to)."""
     path = Path(path)
     check_output_file(path, option, example="results.jsonl")
     if not path.exists():
@@ -49,7 +50,8 @@ def read_results(path: str | Path, option: str = "--out") -> tuple[list[dict], i
             if line is None:
                 raise ConfigError(f"{option} {path}: line {n} is not a tiercel result "
                                   '({"image": ..., "task": ..., "result" or "error": ...}), so tiercel does not '
-                                  "append to it; choose another path")
+                                  f"{'replace it, even with --overwrite' if overwrite else 'append to it'}; "
+                                  "choose another path")
             lines.append(line)
             offset += len(raw)
     return lines, None
@@ -77,7 +79,7 @@ class ResultsFile:
         self.target = Path(os.path.realpath(self.path))  # what an --overwrite replaces: through a symlink, its target
         try:
             _lock(self.lock, self.path, option)
-            self.lines, cut = read_results(self.path, option)  # under the lock; refuses a file tiercel did not write
+            self.lines, cut = read_results(self.path, option, overwrite)  # under the lock; refuses a file tiercel did not write
             if overwrite:
                 import tempfile
 
