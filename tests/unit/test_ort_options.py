@@ -31,3 +31,22 @@ def test_a_setting_onnxruntime_would_ignore_is_refused(options, message):
     with pytest.raises(ConfigError) as err:
         _ort_options(ort, ort.SessionOptions(), options)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_cpu_sessions_ask_for_exact_int8_products_unless_told_otherwise(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tiercel.runtime.backends import OrtSession
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "g.onnx")
+
+    def entry(options=None):
+        return OrtSession(tmp_path / "g.onnx", options=options).session.get_session_options().get_session_config_entry(
+            "session.x64quantprecision")
+
+    assert entry() == "1"  # u8 x u8 on x86 CPUs without VNNI, where u8 x s8 saturates
+    assert entry({"session.x64quantprecision": "0"}) == "0"  # --option turns it off

@@ -69,7 +69,9 @@ class OrtSession:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        _ort_options(ort, opts, options or {})
+        # x86 CPUs without VNNI saturate onnxruntime's u8 x s8 int8 products in 16 bits (its session-config header
+        # says so); this key makes them use exact u8 x u8 there, and does nothing on other CPUs. --option may turn it off.
+        _ort_options(ort, opts, {"session.x64quantprecision": "1", **(options or {})} if device == "cpu" else options or {})
         try:
             self.session = ort.InferenceSession(str(file), opts, providers=providers)
         except Exception as err:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...): a damaged graph
