@@ -18,6 +18,16 @@ from tiercel.quantize.schemes import get_scheme  # noqa: E402
 from tiercel.quantize.sensitivity import fake_quantize, layer_sensitivity, table  # noqa: E402
 
 
+def _as_the_runtime_opens_them(ort):
+    """SessionOptions with tiercel's CPU session config: no u8 x s8 saturation on CPUs without VNNI."""
+    from tiercel.runtime.backends import ORT_CPU_CONFIG
+
+    options = ort.SessionOptions()
+    for key, value in ORT_CPU_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
 def _mlp(path, outlier_layer: str | None = None, d: int = 64):
     """x -> fc_a -> Relu -> * mask -> fc_b -> fc_c -> y. `outlier_layer` gets one huge weight per 32-row block on
     rows whose inputs the mask zeroes: fp32 ignores them, but their int4 block scale wipes out the rest."""
@@ -112,8 +122,7 @@ def test_tensorrt_target_writes_symmetric_int8_qdq_on_every_weight_layer(tmp_pat
     for q in (n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")):
         zero = inits[q.input[2]]
         assert zero.dtype == np.int8 and not zero.any()  # symmetric: TensorRT takes zero points of 0 only
-    exact = ort.SessionOptions()  # as tiercel's runtime opens them: no u8 x s8 saturation on CPUs without VNNI
-    exact.add_session_config_entry("session.x64quantprecision", "1")
+    exact = _as_the_runtime_opens_them(ort)
     y = ort.InferenceSession(str(tmp_path / "trt.onnx"), exact).run(None, feeds[0])[0]
     ref = ort.InferenceSession(str(tmp_path / "mlp.onnx")).run(None, feeds[0])[0]
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.05
@@ -154,8 +163,7 @@ def test_onnxruntime_int8_static_runs_convs_as_qlinearconv_and_matmuls_as_intege
     ops = {n.name: n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
     assert sorted(ops.values()).count("QLinearConv") == 1 and "MatMulIntegerToFloat" in ops.values()
     assert list(ops.values()).count("Conv") == 1  # the depthwise one, fp32 (in whatever layout onnxruntime picks)
-    exact = ort.SessionOptions()  # as tiercel's runtime opens them: no u8 x s8 saturation on CPUs without VNNI
-    exact.add_session_config_entry("session.x64quantprecision", "1")
+    exact = _as_the_runtime_opens_them(ort)
     y = ort.InferenceSession(str(tmp_path / "q.onnx"), exact, providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
     ref = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.05

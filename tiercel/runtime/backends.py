@@ -69,9 +69,7 @@ class OrtSession:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        # x86 CPUs without VNNI saturate onnxruntime's u8 x s8 int8 products in 16 bits (its session-config header
-        # says so); this key makes them use exact u8 x u8 there, and does nothing on other CPUs. --option may turn it off.
-        _ort_options(ort, opts, {"session.x64quantprecision": "1", **(options or {})} if device == "cpu" else options or {})
+        _ort_options(ort, opts, {**ORT_CPU_CONFIG, **(options or {})} if device == "cpu" else options or {})
         try:
             self.session = ort.InferenceSession(str(file), opts, providers=providers)
         except Exception as err:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...): a damaged graph
@@ -118,6 +116,11 @@ class OrtSession:
         """value[rows] on the batch axis; goes through the host (beam search reorders once per step)."""
         return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[rows]), self.device_type, 0)
 
+
+# Session config of every onnxruntime CPU session (and of the roofline's int8 peak, which bounds them): x86 CPUs
+# without VNNI saturate onnxruntime's u8 x s8 int8 products in 16 bits (its session-config header says so); this
+# key makes them use exact u8 x u8 there, and does nothing on other CPUs. --option may turn it off.
+ORT_CPU_CONFIG = {"session.x64quantprecision": "1"}
 
 _ORT_FLAGS = ("enable_cpu_mem_arena", "enable_mem_pattern", "enable_mem_reuse", "use_deterministic_compute")
 _ORT_INTS = ("inter_op_num_threads", "intra_op_num_threads")

@@ -222,7 +222,8 @@ def measure_matmul(n: int = 1536, repeats: int = 5) -> float:
 
 def measure_int8_matmul(n: int = 2048, repeats: int = 5, threads: int | None = None) -> float | None:
     """int8 matmul throughput in FLOP/s (multiply-add = 2): best of `repeats` onnxruntime MatMulInteger products,
-    uint8 [n, n] x int8 [n, n] -> int32, on `threads` intra-op threads; None without onnx and onnxruntime."""
+    uint8 [n, n] x int8 [n, n] -> int32, on `threads` intra-op threads, in the session config tiercel's CPU sessions
+    use (backends.ORT_CPU_CONFIG); None without onnx and onnxruntime."""
     try:
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
@@ -234,9 +235,13 @@ def measure_int8_matmul(n: int = 2048, repeats: int = 5, threads: int | None = N
                               [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
                               [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    from tiercel.runtime.backends import ORT_CPU_CONFIG
+
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    for key, value in ORT_CPU_CONFIG.items():  # the int8 path tiercel's sessions take (exact on CPUs without VNNI)
+        options.add_session_config_entry(key, value)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feed = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8)}
     session.run(None, feed)  # first call packs the weight
