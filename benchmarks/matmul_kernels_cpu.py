@@ -97,21 +97,17 @@ _BUFFERS = []
 
 
 def bandwidth() -> tuple[float, float]:
-    """One-thread GB/s over 256 MiB: a numpy copy (read + write counted) and a read (the faster of a max and a
-    matrix-vector product, as tiercel.runtime.profile.roofline measures it). The buffers are made and written once."""
+    """One-thread GB/s over 256 MiB: a numpy copy (read + write counted; its buffers made and written once) and a
+    read, as tiercel.runtime.profile.roofline.measure_bandwidth measures it (one pass of each kind, the faster)."""
+    from tiercel.runtime.profile.roofline import measure_bandwidth
+
     if not _BUFFERS:
         _BUFFERS.extend((np.ones(256 << 20 >> 2, np.float32), np.ones(256 << 20 >> 2, np.float32)))
     a, b = _BUFFERS
-    rows, vector = a.reshape(-1, 1024), np.ones(1024, np.float32)
-
-    def seconds(fn) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
-    copy = 2 * a.nbytes / seconds(lambda: np.copyto(b, a)) / 1e9
-    read = a.nbytes / min(seconds(a.max), seconds(lambda: rows @ vector)) / 1e9
-    return copy, read
+    t0 = time.perf_counter()
+    np.copyto(b, a)
+    copy = 2 * a.nbytes / (time.perf_counter() - t0) / 1e9
+    return copy, measure_bandwidth(megabytes=256, repeats=1, threads=1) / 1e9
 
 
 def cross_session(ort, opts, kernel: str):

@@ -70,6 +70,11 @@ MARKERS = {  # marker file -> what its JSON holds when tiercel wrote it
 }
 
 
+def few(names: list[str], shown: int = 3) -> str:
+    """The first `shown` of `names` for a one-line message: "a, b, c and 4 more"."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def marker_note(path: Path) -> str:
     """Why the marker file `path` does not make its folder tiercel's: "no NAME" or "its NAME is not tiercel's"."""
     return f"its {path.name} is not tiercel's" if path.exists() else f"no {path.name}"

@@ -109,7 +109,7 @@ class Pipeline:
         files tiercel did not write unless it is an earlier run's (its stages/ markers). Tiercel's own outputs in it
         (a synthetic benchmark, a checkpoint or bundle by its marker) and recipe files may stand there."""
         from tiercel.data.synth.writer import is_synth_folder
-        from tiercel.fileio import marker_is_ours
+        from tiercel.fileio import few, marker_is_ours
         from tiercel.recipes import is_recipe
 
         if not self.out.is_dir() or any(self.markers.glob("*.json")):
@@ -125,8 +125,7 @@ class Pipeline:
 
         foreign = sorted(e.name for e in self.out.iterdir() if not ours(e))
         if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise ConfigError(f"out ({self.out}): holds files tiercel did not write ({shown}) and no earlier run of "
+            raise ConfigError(f"out ({self.out}): holds files tiercel did not write ({few(foreign)}) and no earlier run of "
                               "this pipeline, whose files would replace them; choose a new folder for --out")
 
     def _check_data_root(self) -> None:

@@ -220,6 +220,11 @@ class GeoRaster(Raster):
         self._env.__exit__(None, None, None)
 
 
+def reads_with_rasterio(path: str | Path) -> bool:
+    """Whether open_raster reads `path` with rasterio (a GDAL format, by its suffix) rather than PIL."""
+    return Path(path).suffix.lower() in GDAL_SUFFIXES
+
+
 def open_raster(path: str | Path, bands=None, scale=None) -> Raster:
     """Open a scene for windowed reads: rasterio for GDAL formats (GDAL_SUFFIXES), PIL for everything else.
 
@@ -231,7 +236,7 @@ def open_raster(path: str | Path, bands=None, scale=None) -> Raster:
     if not path.exists():
         raise DataError(f"{path}: image not found")
     bands, scale = parse_bands(bands), parse_scale(scale)
-    cls = GeoRaster if path.suffix.lower() in GDAL_SUFFIXES else ImageRaster
+    cls = GeoRaster if reads_with_rasterio(path) else ImageRaster
     return cls(path, bands, scale)
 
 

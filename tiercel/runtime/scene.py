@@ -250,9 +250,9 @@ class _Run:
 
 def _check_same_kind(raster: Raster, second: Path) -> None:
     """PIX_CHG's two scenes are read the same way: both GeoTIFFs (rasterio) or both plain images (PIL)."""
-    from tiercel.runtime.raster import GDAL_SUFFIXES, GeoRaster
+    from tiercel.runtime.raster import GeoRaster, reads_with_rasterio
 
-    first_geo, second_geo = isinstance(raster, GeoRaster), second.suffix.lower() in GDAL_SUFFIXES
+    first_geo, second_geo = isinstance(raster, GeoRaster), reads_with_rasterio(second)
     if first_geo != second_geo:
         kinds = {True: "a raster read with rasterio (GeoTIFF)", False: "a plain image"}
         raise ConfigError(f"--image2 {second}: is {kinds[second_geo]} while --image {raster.path} is {kinds[first_geo]}; "

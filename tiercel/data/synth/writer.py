@@ -35,7 +35,7 @@ from tiercel.data.synth.knobs import Knobs
 from tiercel.data.synth.layout import changed_twin, sample_scene
 from tiercel.data.synth.render import render, render_pair
 from tiercel.errors import ConfigError, DataError
-from tiercel.fileio import atomic_dir
+from tiercel.fileio import atomic_dir, few
 from tiercel.progress import track
 
 GENERATOR_VERSION = "1"
@@ -186,8 +186,7 @@ def generate(out: str | os.PathLike, n: int, size: int = 256, seed: int = 0, wor
                             "it is not replaced even with --overwrite; choose another --out or empty it yourself")
         foreign = foreign_entries(out)
         if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise DataError(f"{out}: holds files the generator did not write ({shown}), so it is not replaced even "
+            raise DataError(f"{out}: holds files the generator did not write ({few(foreign)}), so it is not replaced even "
                             "with --overwrite; move them out or choose another --out")
     jobs = plan(n, seed, size, knobs)
     # checked above: `out` is missing, empty or the generator's own, so replacing it loses nothing of the user's
