@@ -36,7 +36,7 @@ def atomic_dir(dst: str | Path, overwrite: bool = False, marker: str | None = No
     dst.parent.mkdir(parents=True, exist_ok=True)
     tidy_leftovers(dst)
     refuse_existing(dst, overwrite, marker)  # a leftover put back may now stand there
-    tmp = Path(_temp(lambda: tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=dst.parent), dst, dst.parent))
+    tmp = Path(create_temp(lambda: tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=dst.parent), dst, dst.parent))
     try:
         os.chmod(tmp, 0o777 & ~umask())
         yield tmp
@@ -204,12 +204,12 @@ def _check_writable(folder: Path, what: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise TiercelError(f"{what}: no permission to write in {existing}; choose another path")
     # os.access says yes for root, and on file systems that take no files (/proc): create one to be sure
-    fd, probe = _temp(lambda: tempfile.mkstemp(prefix=".tiercel-probe-", dir=existing), what, existing)
+    fd, probe = create_temp(lambda: tempfile.mkstemp(prefix=".tiercel-probe-", dir=existing), what, existing)
     os.close(fd)
     os.unlink(probe)
 
 
-def _temp(make, what, folder: Path):
+def create_temp(make, what, folder: Path):
     """`make()` (tempfile.mkstemp or mkdtemp in `folder`), its OSError as one TiercelError line."""
     try:
         return make()
@@ -279,7 +279,7 @@ def atomic_path(path: str | Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tidy_leftovers(path)
-    fd, tmp = _temp(lambda: tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent), path, path.parent)
+    fd, tmp = create_temp(lambda: tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent), path, path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

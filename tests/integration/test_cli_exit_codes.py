@@ -97,6 +97,8 @@ def test_an_output_folder_never_replaces_a_file(tmp_path):
     (["eval", "b", "--data", "d.json", "--max-new-tokens", "-5"], "Invalid value for '--max-new-tokens'"),
     (["quantize", "b", "--out", "q", "--max-drop", "2"], "--max-drop: Input should be less than or equal to 1"),
     (["data", "synth", "--out", "x", "--size", "100000"], "Invalid value for '--size'"),
+    (["engines", "b", "--workspace-gb", "inf"], "Invalid value for '--workspace-gb'"),
+    (["engines", "b", "--workspace-gb", "nan"], "Invalid value for '--workspace-gb'"),
 ])
 def test_negative_or_absurd_numbers_are_one_line_and_exit_1(args, message):
     done = run_cli(*args)

@@ -257,6 +257,31 @@ def test_two_runs_never_append_to_one_file(tmp_path):
         ResultsFile(out)
 
 
+def test_a_run_that_locks_a_file_an_overwrite_just_replaced_appends_to_the_new_one(tmp_path, monkeypatch):
+    """The other run's --overwrite renames its new file into place and lets go of the old one's lock between this
+    run's open and its lock: the lines must go to the file that is in the folder, not to the unlinked one."""
+    from tiercel.runtime import jsonl
+
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"image": "a.png", "task": "IMG_CT", "result": 1}\n')
+    real, calls = jsonl._lock, []
+
+    def lock(file, path, option):
+        if not calls:  # the other run's close(): a new file renamed over the one this run has open
+            new = tmp_path / ".new"
+            new.write_text('{"image": "b.png", "task": "IMG_CT", "result": 2}\n')
+            new.replace(out)
+        calls.append(path)
+        real(file, path, option)
+
+    monkeypatch.setattr(jsonl, "_lock", lock)
+    with jsonl.ResultsFile(out) as results:
+        assert [x["image"] for x in results.lines] == ["b.png"]
+        results.append({"image": "c.png", "task": "IMG_CT", "result": 3})
+    assert len(calls) == 2
+    assert [json.loads(x)["image"] for x in out.read_text().splitlines()] == ["b.png", "c.png"]
+
+
 def test_overwrite_says_a_file_that_is_not_tiercel_results_is_not_replaced(tmp_path):
     from tiercel.errors import ConfigError
     from tiercel.runtime.jsonl import ResultsFile

@@ -14,7 +14,7 @@ def engines(
     bundle: Path = typer.Argument(..., help="Bundle directory (from export or quantize); engines are added to it."),
     max_batch: int = typer.Option(None, "--max-batch", min=1, help="Rows the text graphs take per call (default: 14 tasks x the bundle's num_beams); larger batches run in chunks."),
     vision_batch: int = typer.Option(4, "--vision-batch", min=1, help="Images the vision graph takes per call (run_all sends 2)."),
-    workspace_gb: float = typer.Option(None, "--workspace-gb", min=0.1, help="Cap TensorRT's scratch memory while building (default: TensorRT's)."),
+    workspace_gb: float = typer.Option(None, "--workspace-gb", min=0.1, max=1024, help="Cap TensorRT's scratch memory while building, in GB (0.1 to 1024; default: TensorRT's)."),
     parity: bool = typer.Option(True, help="Check every engine against its ONNX graph on onnxruntime; keep nothing on a mismatch."),
 ):
     """Build TensorRT engines on this GPU (engines run only where they were built) and add them to BUNDLE."""

@@ -34,6 +34,7 @@ import numpy as np
 
 from tiercel.errors import BundleError, require
 from tiercel.export.graphs import DECODER_FIRST, DECODER_MERGED, DECODER_PAST, EMBED, ENCODER, VISION, kv_names
+from tiercel.fileio import create_temp
 from tiercel.progress import track
 
 TASKS = 14  # run_all's prompts: every Falcon task on one image
@@ -288,7 +289,7 @@ def add_engines(root: str | Path, max_batch: int | None = None, vision_batch: in
     here = device_info()
     say(f"building {len(sources)} TensorRT {trt.__version__} engines on {here['gpu']} (compute capability "
         f"{here['compute_capability']}), up to {max_batch} rows")
-    staging = Path(tempfile.mkdtemp(prefix=".tensorrt.tmp-", dir=bundle.root))
+    staging = Path(create_temp(lambda: tempfile.mkdtemp(prefix=".tensorrt.tmp-", dir=bundle.root), bundle.root, bundle.root))
     try:
         built, precisions = {}, {}
         with track("engines", len(sources), "engines") as bar:

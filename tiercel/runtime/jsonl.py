@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from tiercel.errors import ConfigError
-from tiercel.fileio import check_output_file, finite, fsync_dir, tidy_leftovers, umask
+from tiercel.fileio import check_output_file, create_temp, finite, fsync_dir, tidy_leftovers, umask
 
 FSYNC_EVERY = 5.0  # seconds between fsyncs: a power cut loses at most this much; a crash of the process loses nothing
 _PREFIX = b'{"image": '  # every line starts so: json.dumps keeps key order, and "image" comes first
@@ -74,17 +74,17 @@ class ResultsFile:
         self.path = Path(path)
         check_output_file(self.path, option, example="results.jsonl")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = self.lock = open(self.path, "a+b")  # changes nothing in a file that is there, ours or not
         self.fresh = None  # with overwrite: the temporary file the new lines go to
         self.target = Path(os.path.realpath(self.path))  # what an --overwrite replaces: through a symlink, its target
+        self.file = self.lock = _open_locked(self.path, option)
         try:
-            _lock(self.lock, self.path, option)
             self.lines, cut = read_results(self.path, option, overwrite)  # under the lock; refuses a file tiercel did not write
             if overwrite:
                 import tempfile
 
                 tidy_leftovers(self.target)  # the temporary file of a killed --overwrite run
-                fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.tmp-{os.getpid()}-", dir=self.target.parent)
+                fd, name = create_temp(lambda: tempfile.mkstemp(prefix=f".{self.target.name}.tmp-{os.getpid()}-",
+                                                                dir=self.target.parent), f"{option} {self.path}", self.target.parent)
                 self.fresh, self.lines, cut = Path(name), [], None
                 self.file = os.fdopen(fd, "a+b")
             if cut is not None:
@@ -152,6 +152,34 @@ class ResultsFile:
 def _last_byte(file) -> bytes:
     file.seek(-1, os.SEEK_END)
     return file.read(1)
+
+
+def _open_locked(path: Path, option: str):
+    """`path` opened for appending (nothing in it changes) and locked. An --overwrite run that finishes replaces
+    the file by a new one and then lets go of the old one's lock; a run that opened the old file just before
+    would get that lock and append to a file no longer in the folder, so the lock counts only when the path
+    still names the file it is on: otherwise open again."""
+    for _ in range(100):
+        file = open(path, "a+b")  # changes nothing in a file that is there, ours or not
+        try:
+            _lock(file, path, option)
+            if _same_file(file, path):
+                return file
+        except BaseException:
+            file.close()
+            raise
+        file.close()
+    raise ConfigError(f"{option} {path}: replaced by another tiercel run again and again; wait for it to finish "
+                      "or choose another path")
+
+
+def _same_file(file, path: Path) -> bool:
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(file.fileno())
+    return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
 
 
 def _lock(file, path: Path, option: str) -> None:
