@@ -28,6 +28,10 @@ run trains in benchmarks/work/fidelity/extra/, so `fidelity_carry.py save` carri
 docs/distill.md) instead of the YAML's random init, in its own run folder (`kd_3000_slice`), so it compares
 with the random-init run of the same length.
 
+`--overrides '{"vision_dims": [12, 24, 48, 64]}'` changes the student's shape (merged over the YAML's
+student.overrides), in a run folder named after it; the script refuses a student less than 4x smaller than the
+teacher, as fidelity.py does.
+
 `--bundles` also runs fidelity.py's bundle stages on the first objective's student, with the YAML's `bundles:`
 settings and fidelity.py's own functions: export (ONNX + OpenVINO IR), every scheme on every backend through
 the accuracy guard, each bundle scored on the same `--limit` records and decoded unconstrained / stepwise /
@@ -78,6 +82,25 @@ def positive_steps(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of steps >= 1")
     return n
+
+
+def shape_overrides(text: str) -> dict:
+    """argparse type of --overrides: a JSON object of student.overrides fields (tiercel.models' shape names)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not value:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a JSON object, e.g. '{{\"vision_dims\": [12, 24, 48, 64]}}'")
+    return value
+
+
+def overrides_name(overrides: dict) -> str:
+    """A run folder's suffix for `overrides`: vision_dims=[12, 24, 48, 64] -> vision_dims-12-24-48-64."""
+    def text(v):
+        return "-".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    return "_".join(f"{k}-{text(v)}" for k, v in sorted(overrides.items()))
 
 
 def relengthened(distill: dict, steps: int) -> dict:
@@ -169,13 +192,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "student_pilot.json")
     ap.add_argument("--init", choices=["slice"], help="start each student from the teacher's leading slices "
                     "(student.init teacher, widths slice) instead of the YAML's random init; runs get their own folders")
+    ap.add_argument("--overrides", type=shape_overrides, help="student.overrides fields to change, as JSON "
+                    "(merged over the YAML's); runs get their own folders")
     ap.add_argument("--bundles", action="store_true",
                     help="also export, quantize, score and decode constrained the first objective's student (fidelity.yaml bundles:)")
     args = ap.parse_args()
     from runtime_cpu import machine
 
     def run_dir(objective: str) -> Path:  # kd_3000, kd_3000_slice, kd_60000_final: one folder per run
-        name = f"{objective}_{args.steps}" + (f"_{args.init}" if args.init else "") + ("_final" if args.final_teacher else "")
+        name = (f"{objective}_{args.steps}" + (f"_{args.init}" if args.init else "")
+                + (f"_{overrides_name(args.overrides)}" if args.overrides else "") + ("_final" if args.final_teacher else ""))
         # a run from the final teacher lives in the fidelity work folder, so benchmarks/fidelity_carry.py carries its
         # newest checkpoint to the next machine with the rest of that run
         return (FIDELITY / "extra" if args.final_teacher else WORK) / name
@@ -193,6 +219,9 @@ def main() -> None:
                 sys.exit(f"{src}: no such teacher checkpoint (the trainer keeps its last two); pass a step it has")
             shutil.copytree(src, teacher.with_name(teacher.name + ".copying"), dirs_exist_ok=True)
             teacher.with_name(teacher.name + ".copying").rename(teacher)
+    from fidelity import student_size
+    from fidelity_report import SIZE_RATIO
+
     results = {"what": "benchmarks/student_pilot.py: fidelity students trained briefly from a teacher checkpoint",
                "command": "python benchmarks/student_pilot.py " + " ".join(sys.argv[1:]), "commit": commit(),
                "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
@@ -212,6 +241,12 @@ def main() -> None:
         recipe["out"] = str(run_dir(objective))
         if args.init == "slice":  # the teacher's leading slices (student.widths, docs/distill.md) instead of random
             recipe["student"] = {**recipe["student"], "init": "teacher", "widths": "slice"}
+        if args.overrides:
+            recipe["student"] = {**recipe["student"], "overrides": {**recipe["student"].get("overrides", {}), **args.overrides}}
+            t_params, s_params = student_size(recipe, teacher)
+            if s_params is not None and t_params < SIZE_RATIO * s_params:
+                sys.exit(f"--overrides: the student is only {t_params / s_params:.2f}x smaller than the teacher; the "
+                         f"issue asks >= {SIZE_RATIO:g}x")
         recipe["distill"] = relengthened(recipe["distill"], args.steps)
         t0 = time.perf_counter()
         run = train(recipe)

@@ -74,3 +74,17 @@ def test_unfinished_teacher_is_one_line_naming_its_folder(tmp_path, monkeypatch)
     (last_out / "student" / "model.safetensors").write_bytes(b"")
     last, teacher = student_pilot.final_teacher(cfg, {"train": str(tmp_path / "train.json"), "root": str(tmp_path)})
     assert (teacher, last["out"]) == (last_out / "student", str(last_out))
+
+
+def test_shape_overrides_name_their_run_folder():
+    got = student_pilot.shape_overrides('{"vision_dims": [12, 24, 48, 64], "d_model": 56}')
+    assert got == {"vision_dims": [12, 24, 48, 64], "d_model": 56}
+    assert student_pilot.overrides_name(got) == "d_model-56_vision_dims-12-24-48-64"
+
+
+@pytest.mark.parametrize("text", ["{not json", "[12, 24]", "{}", "7"])
+def test_overrides_that_are_not_a_json_object_are_a_usage_error(text):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a JSON object"):
+        student_pilot.shape_overrides(text)
