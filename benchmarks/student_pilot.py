@@ -15,9 +15,10 @@ tenth of them) changed, trains them one after the other, scores each on the firs
 (greedy, as fidelity_progress.py scores the teacher) and writes benchmarks/results/student_pilot.json (commit,
 command, machine, per run samples/s over the whole run and over its second half, wall time and headlines; a
 finished run is reused, so a rerun only scores again; so are the teacher's scores, from `--out`, where its file
-(sha256), the records and max_new_tokens are the same: a resumed long run does not score its teacher again). A
-pilot teacher is not the final one, and a pilot of 3,000 steps is not the table: the numbers say where the
-students stand early, not what they reach.
+(sha256), the records and max_new_tokens are the same: a resumed long run does not score its teacher again). Each
+run's predictions are kept in its folder (predictions.json.gz) for benchmarks/caption_facts.py and `tiercel
+compare`. A pilot teacher is not the final one, and a pilot of 3,000 steps is not the table: the numbers say where
+the students stand early, not what they reach.
 
 `--final-teacher` distils from the finished teacher instead of a checkpoint, as fidelity.py's students do: with
 `--steps 60000 --objectives kd_hidden --limit 1200` it asks whether the KD + hidden student, still rising at the
@@ -250,7 +251,8 @@ def main() -> None:
         recipe["distill"] = relengthened(recipe["distill"], args.steps)
         t0 = time.perf_counter()
         run = train(recipe)
-        scores = score(run["student"], Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens)
+        scores = score(run["student"], Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens,
+                       predictions=Path(recipe["out"]) / "predictions.json.gz")
         results["runs"][objective] = {**{k: v for k, v in run.items() if k != "student"},
                                       "steady_samples_per_s": steady_rate(Path(recipe["out"])),
                                       "params": params(run["student"]), "wall_s": time.perf_counter() - t0,
