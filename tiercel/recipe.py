@@ -152,6 +152,8 @@ class HiddenSection(Section):
     encoder: float = Field(0.0, ge=0, description="weight of the text-encoder output loss")
     decoder: float = Field(0.0, ge=0, description="weight of the decoder hidden-state loss over decoder_layers")
     decoder_layers: dict[int, int] = Field(default_factory=dict, description="student decoder layer -> teacher decoder layer (hidden states after that layer)")
+    stages: float = Field(0.0, ge=0, description="weight of the vision-stage loss over stage_pairs: each student stage's feature map, projected per position to the teacher stage's width, against the teacher's map normalised per position (FitNets)")
+    stage_pairs: dict[int, int] = Field(default_factory=dict, description="student vision stage -> teacher vision stage (0-based, feature maps after that stage); empty: every stage to the one of the same index")
     kind: Literal["mse", "cosine"] = Field("mse", description="distance between projected student and teacher features")
 
 
@@ -192,7 +194,8 @@ class DistillSection(Section):
 
     @model_validator(mode="after")
     def _losses(self):
-        if self.ce == 0 and self.kd == 0 and not (self.hidden.vision or self.hidden.encoder or self.hidden.decoder):
+        if self.ce == 0 and self.kd == 0 and not (self.hidden.vision or self.hidden.encoder or self.hidden.decoder
+                                                  or self.hidden.stages):
             raise ValueError("every loss weight is 0; set distill.ce and/or distill.kd")
         return self
 
@@ -298,7 +301,8 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        hidden = any((self.distill.hidden.vision, self.distill.hidden.encoder, self.distill.hidden.decoder))
+        h = self.distill.hidden
+        hidden = any((h.vision, h.encoder, h.decoder, h.stages))
         kind = self.teacher.spec
         logit_kinds = [k.name for k in TEACHER_KINDS.values() if k.logits != "none"]
         if (self.distill.kd > 0 or self.distill.on_policy > 0 or hidden) and kind.logits == "none":

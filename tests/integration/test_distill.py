@@ -472,6 +472,18 @@ def test_logit_and_hidden_kd_from_a_checkpoint_teacher(tmp_path, synth_dir, teac
     assert len(weights_) == 3 and all(k.startswith("distiller.") and tuple(v.shape) == (64, 32) for k, v in weights_.items())
 
 
+def test_vision_stage_matching_trains_a_projection_per_stage(tmp_path, synth_dir, teacher_dir):
+    r = recipe(tmp_path, synth_dir, {"kind": "checkpoint", "path": str(teacher_dir)}, kd=1.0, steps=3, save_every=3,
+               hidden={"stages": 1.0})
+    r.student.overrides = {"vision_dims": [8, 16, 24, 32], "vision_heads": [1, 1, 1, 2], "vision_groups": [1, 1, 1, 2]}
+    trainer.distill(r, progress=False)
+    assert all(metrics(tmp_path)[-1][f"hidden_stage.{i}"] > 0 for i in range(4))
+    heads = heads_of(tmp_path / "student")
+    assert {k: tuple(v.shape) for k, v in heads.items() if k.endswith("weight")} == {
+        "distiller.proj.stage_0.weight": (16, 8), "distiller.proj.stage_1.weight": (32, 16),
+        "distiller.proj.stage_2.weight": (48, 24), "distiller.proj.stage_3.weight": (64, 32)}
+
+
 def test_student_from_teacher_layers(tmp_path, synth_dir, teacher_dir):
     r = recipe(tmp_path, synth_dir, {"kind": "checkpoint", "path": str(teacher_dir)}, kd=1.0, steps=1)
     r.student.init, r.student.overrides, r.student.decoder_layers = "teacher", {"decoder_layers": 1}, [1]

@@ -51,6 +51,18 @@ def test_cached_teacher_cannot_do_hidden_states():
                       "distill": {"kd": 1.0, "hidden": {"vision": 1.0}}})
 
 
+@pytest.mark.parametrize("teacher, message", [
+    ({"kind": "cached", "cache": "c", "path": "t"}, "a cached teacher holds only top-k logits"),
+    ({"kind": "none"}, "distill.kd/hidden/on_policy need teacher.kind"),
+])
+def test_vision_stages_need_a_live_teacher(teacher, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe({**BASE, "teacher": teacher, "distill": {"ce": 0, "hidden": {"stages": 1.0}}})
+    alone = parse_recipe({**BASE, "teacher": {"kind": "checkpoint", "path": "t"},
+                          "distill": {"ce": 0, "hidden": {"stages": 1.0, "stage_pairs": {0: 1}}}})
+    assert alone.distill.hidden.stage_pairs == {0: 1}  # the stage loss alone is a loss to train on
+
+
 def test_defaults_resolve_and_dump(tmp_path):
     (tmp_path / "r.yaml").write_text("name: x\ndata: {train: t.json}\ntokenizer: {source: train}\n")
     recipe = load_recipe(tmp_path / "r.yaml", overrides={"distill.steps": 7})

@@ -7,6 +7,7 @@ without gradients by the trainer and passed in. Knows nothing about data files, 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -23,22 +24,29 @@ class Outputs:
     image: torch.Tensor  # projector output [B, N_img, D]
     encoder: torch.Tensor  # encoder last hidden state [B, T_enc, D]
     decoder: tuple  # decoder hidden states: embeddings then one per layer
+    stages: tuple = ()  # with stages=True: the vision tower's feature map after each stage, [B, C_i, H_i, W_i]
 
 
-def run_model(model, inputs: dict, decoder_input_ids: torch.Tensor, hidden: bool = False) -> Outputs:
+def run_model(model, inputs: dict, decoder_input_ids: torch.Tensor, hidden: bool = False, stages: bool = False) -> Outputs:
     """Forward a Florence-2 model, keeping the image features the native forward does not return.
 
     Does what Florence2Model.forward does (embed, scatter image features into the `<image>` slots, encode,
-    decode) with the vision pass run once and its output kept.
+    decode) with the vision pass run once and its output kept; with `stages`, also the feature map after each
+    vision stage (the vision tower records every block's output; the last block of each stage is kept).
     """
     ids = inputs["input_ids"]
     embeds = model.get_input_embeddings()(ids)
-    image = model.model.get_image_features(inputs["pixel_values"].to(embeds.dtype)).pooler_output.to(embeds.dtype)
+    vision = model.model.get_image_features(inputs["pixel_values"].to(embeds.dtype), **({"output_hidden_states": True} if stages else {}))
+    image = vision.pooler_output.to(embeds.dtype)
     slots = (ids == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
     embeds = embeds.masked_scatter(slots, image)
     out = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], decoder_input_ids=decoder_input_ids,
                 output_hidden_states=hidden, use_cache=False)
-    return Outputs(out.logits, image, out.encoder_last_hidden_state, out.decoder_hidden_states or ())
+    kept = ()
+    if stages:  # hidden_states: the first block's input, then every block's output
+        ends = itertools.accumulate(model.config.vision_config.depths)
+        kept = tuple(vision.hidden_states[i] for i in ends)
+    return Outputs(out.logits, image, out.encoder_last_hidden_state, out.decoder_hidden_states or (), kept)
 
 
 class DistillObjective(nn.Module):
@@ -62,6 +70,9 @@ class DistillObjective(nn.Module):
                     if not (0 <= s_layer < s_n and 0 <= t_layer < t_n):
                         raise ConfigError(f"distill.hidden.decoder_layers: {s_layer}: {t_layer} names a layer the models lack "
                                           f"(student decoder layers 0..{s_n - 1}, teacher 0..{t_n - 1})")
+            if h.stages:
+                pairs.update({f"stage.{s}": (student.tiercel_shape.vision_dims[s], teacher_shape.vision_dims[t])
+                              for s, t in stage_pairs(h, student.tiercel_shape, teacher_shape).items()})
         # the encoder output starts with the image tokens, whose count differs when the image sizes do
         image_tokens = {"encoder": (student.tiercel_shape.image_tokens, teacher_shape.image_tokens)} if "encoder" in pairs else None
         self.distiller = HiddenDistiller(pairs, kind=h.kind, image_tokens=image_tokens) if pairs else None
@@ -74,12 +85,18 @@ class DistillObjective(nn.Module):
     def needs_hidden(self) -> bool:
         return self.distiller is not None
 
+    @property
+    def needs_stages(self) -> bool:
+        """Whether the loss reads the vision stages' feature maps (run_model's `stages`) of both models."""
+        return self.distiller is not None and self.cfg.hidden.stages > 0
+
     def forward(self, batch: dict | None, teacher: Outputs | None = None, topk: tuple | None = None,
                 ce_weight: float | None = None, student_call=None):
         if student_call is not None:  # dist.through_root: the student used directly, inside this (root) forward
             return student_call(self.student)
         cfg = self.cfg
-        out = run_model(self.student, batch["student"], batch["decoder_input_ids"], hidden=self.needs_hidden and cfg.hidden.decoder > 0)
+        out = run_model(self.student, batch["student"], batch["decoder_input_ids"], hidden=self.needs_hidden and cfg.hidden.decoder > 0,
+                        stages=self.needs_stages)
         labels = batch["labels"]
         mask = labels != IGNORE
         weights = sample_weights(mask) if cfg.loss_norm == "sample" else None  # None: every answer token counts once
@@ -132,9 +149,35 @@ class DistillObjective(nn.Module):
             s_feats[f"decoder.{s_layer}"] = out.decoder[s_layer + 1]
             t_feats[f"decoder.{s_layer}"] = teacher.decoder[t_layer + 1]
             masks[f"decoder.{s_layer}"] = mask
+        pairs = stage_pairs(h, self.student.tiercel_shape) if h.stages else {}
+        for s_stage, t_stage in pairs.items():
+            s_map, t_map = out.stages[s_stage], teacher.stages[t_stage]
+            if t_map.shape[-2:] != s_map.shape[-2:]:  # other image sizes: the teacher's grid resampled to the student's
+                t_map = nn.functional.interpolate(t_map.float(), size=s_map.shape[-2:], mode="bilinear", align_corners=False)
+            t_tokens = t_map.flatten(2).transpose(1, 2).float()
+            s_feats[f"stage.{s_stage}"] = s_map.flatten(2).transpose(1, 2)
+            t_feats[f"stage.{s_stage}"] = nn.functional.layer_norm(t_tokens, t_tokens.shape[-1:])
         losses = self.distiller(s_feats, t_feats, masks)
         weights = {"vision": h.vision, "encoder": h.encoder}
-        return {f"hidden_{k}": (weights.get(k, h.decoder / max(len(h.decoder_layers), 1)), v) for k, v in losses.items()}
+        def weight(name: str) -> float:
+            if name.startswith("stage."):
+                return h.stages / len(pairs)
+            return weights.get(name, h.decoder / max(len(h.decoder_layers), 1))
+
+        return {f"hidden_{k}": (weight(k), v) for k, v in losses.items()}
+
+
+def stage_pairs(hidden, student_shape, teacher_shape=None) -> dict[int, int]:
+    """distill.hidden.stage_pairs, or every stage to the one of the same index where it is empty; with
+    `teacher_shape`, ConfigError for a stage either model lacks."""
+    pairs = dict(hidden.stage_pairs) or {i: i for i in range(len(student_shape.vision_dims))}
+    if teacher_shape is not None:
+        s_n, t_n = len(student_shape.vision_dims), len(teacher_shape.vision_dims)
+        for s, t in pairs.items():
+            if not (0 <= s < s_n and 0 <= t < t_n):
+                raise ConfigError(f"distill.hidden.stage_pairs: {s}: {t} names a vision stage the models lack "
+                                  f"(student stages 0..{s_n - 1}, teacher 0..{t_n - 1})")
+    return pairs
 
 
 def _masked_mean(per_row: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
