@@ -33,6 +33,9 @@ with the random-init run of the same length.
 student.overrides), in a run folder named after it; the script refuses a student less than 4x smaller than the
 teacher, as fidelity.py does.
 
+`--distill '{"hidden": {"stages": 0.5}}'` changes the recipe's `distill:` section the same way (merged key by key,
+nested sections too), in a folder named after it (`hidden.stages-0.5`).
+
 `--bundles` also runs fidelity.py's bundle stages on the first objective's student, with the YAML's `bundles:`
 settings and fidelity.py's own functions: export (ONNX + OpenVINO IR), every scheme on every backend through
 the accuracy guard, each bundle scored on the same `--limit` records and decoded unconstrained / stepwise /
@@ -85,8 +88,8 @@ def positive_steps(text: str) -> int:
     return n
 
 
-def shape_overrides(text: str) -> dict:
-    """argparse type of --overrides: a JSON object of student.overrides fields (tiercel.models' shape names)."""
+def json_object(text: str) -> dict:
+    """argparse type of --overrides and --distill: a non-empty JSON object."""
     try:
         value = json.loads(text)
     except ValueError:
@@ -102,6 +105,22 @@ def overrides_name(overrides: dict) -> str:
         return "-".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
     return "_".join(f"{k}-{text(v)}" for k, v in sorted(overrides.items()))
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{"hidden": {"stages": 0.5}} -> {"hidden.stages": 0.5}."""
+    out = {}
+    for k, v in tree.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` merged key by key, nested mappings too."""
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def relengthened(distill: dict, steps: int) -> dict:
@@ -193,8 +212,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "student_pilot.json")
     ap.add_argument("--init", choices=["slice"], help="start each student from the teacher's leading slices "
                     "(student.init teacher, widths slice) instead of the YAML's random init; runs get their own folders")
-    ap.add_argument("--overrides", type=shape_overrides, help="student.overrides fields to change, as JSON "
+    ap.add_argument("--overrides", type=json_object, help="student.overrides fields to change, as JSON "
                     "(merged over the YAML's); runs get their own folders")
+    ap.add_argument("--distill", type=json_object, help="distill: fields to change, as JSON (merged key by key "
+                    "over the objective's); runs get their own folders")
     ap.add_argument("--bundles", action="store_true",
                     help="also export, quantize, score and decode constrained the first objective's student (fidelity.yaml bundles:)")
     args = ap.parse_args()
@@ -202,7 +223,8 @@ def main() -> None:
 
     def run_dir(objective: str) -> Path:  # kd_3000, kd_3000_slice, kd_60000_final: one folder per run
         name = (f"{objective}_{args.steps}" + (f"_{args.init}" if args.init else "")
-                + (f"_{overrides_name(args.overrides)}" if args.overrides else "") + ("_final" if args.final_teacher else ""))
+                + (f"_{overrides_name(args.overrides)}" if args.overrides else "")
+                + (f"_{overrides_name(flat(args.distill))}" if args.distill else "") + ("_final" if args.final_teacher else ""))
         # a run from the final teacher lives in the fidelity work folder, so benchmarks/fidelity_carry.py carries its
         # newest checkpoint to the next machine with the rest of that run
         return (FIDELITY / "extra" if args.final_teacher else WORK) / name
@@ -248,6 +270,8 @@ def main() -> None:
             if s_params is not None and t_params < SIZE_RATIO * s_params:
                 sys.exit(f"--overrides: the student is only {t_params / s_params:.2f}x smaller than the teacher; the "
                          f"issue asks >= {SIZE_RATIO:g}x")
+        if args.distill:
+            recipe["distill"] = merged(recipe["distill"], args.distill)
         recipe["distill"] = relengthened(recipe["distill"], args.steps)
         t0 = time.perf_counter()
         run = train(recipe)

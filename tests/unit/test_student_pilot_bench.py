@@ -77,7 +77,7 @@ def test_unfinished_teacher_is_one_line_naming_its_folder(tmp_path, monkeypatch)
 
 
 def test_shape_overrides_name_their_run_folder():
-    got = student_pilot.shape_overrides('{"vision_dims": [12, 24, 48, 64], "d_model": 56}')
+    got = student_pilot.json_object('{"vision_dims": [12, 24, 48, 64], "d_model": 56}')
     assert got == {"vision_dims": [12, 24, 48, 64], "d_model": 56}
     assert student_pilot.overrides_name(got) == "d_model-56_vision_dims-12-24-48-64"
 
@@ -87,4 +87,12 @@ def test_overrides_that_are_not_a_json_object_are_a_usage_error(text):
     import argparse
 
     with pytest.raises(argparse.ArgumentTypeError, match="expected a JSON object"):
-        student_pilot.shape_overrides(text)
+        student_pilot.json_object(text)
+
+
+def test_distill_changes_merge_key_by_key_and_name_their_folder():
+    base = {"kd": 0.5, "hidden": {"vision": 0.5, "decoder_layers": {1: 1}}}
+    got = student_pilot.merged(base, {"hidden": {"stages": 0.5}})
+    assert got == {"kd": 0.5, "hidden": {"vision": 0.5, "decoder_layers": {1: 1}, "stages": 0.5}}
+    assert base["hidden"] == {"vision": 0.5, "decoder_layers": {1: 1}}  # the YAML's recipe is not changed
+    assert student_pilot.overrides_name(student_pilot.flat({"hidden": {"stages": 0.5}, "lr": 0.001})) == "hidden.stages-0.5_lr-0.001"
