@@ -251,10 +251,10 @@ def test_a_config_json_field_of_the_wrong_shape_is_one_line(tmp_path, original_d
 def test_a_config_field_transformers_refuses_is_one_line(tmp_path, tiny_model, tiny_tokenizer):
     broken = save_native(tiny_model, tiny_tokenizer, tmp_path / "ckpt")
     config = broken / "config.json"
-    config.write_text(json.dumps(_set_field("text_config", "dropout", "x")(json.loads(config.read_text()))))
+    config.write_text(json.dumps(_set_field("text_config", "init_std", "x")(json.loads(config.read_text()))))
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(broken)
-    assert str(err.value).startswith(f"{config}: Validation error for field 'dropout': ")
+    assert str(err.value).startswith(f"{config}: Validation error for field 'init_std': ")
     assert "\n" not in str(err.value)
 
 

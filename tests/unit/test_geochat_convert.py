@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -280,3 +281,118 @@ def test_options_are_checked_before_any_weight_is_read(geochat, tmp_path):
     with pytest.raises(TiercelError, match="out: already exists; choose another output path or pass --overwrite"):
         convert("geochat", root / "src", tmp_path / "out", vision_tower=root / "clip", image_size=42)
     assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
+
+
+def files_of(folder) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_output_is_never_the_checkpoint_or_its_vision_tower(geochat, tmp_path):
+    root, _ = geochat
+    src = copy_source(root, tmp_path)
+    before = files_of(src)
+    for dst, what in ((src, f"the checkpoint being converted {src}"), (tmp_path, f"the checkpoint being converted {src} "
+                                                                                 "or holds it")):
+        with pytest.raises(TiercelError) as err:
+            convert("geochat", src, dst, overwrite=True, vision_tower=root / "clip", image_size=42)
+        assert str(err.value) == f"{dst}: is {what}, which the output would replace; choose another path"
+    clip = root / "clip"
+    with pytest.raises(TiercelError, match=rf"^{clip}: is the vision tower {clip}, which the output would replace"):
+        convert("geochat", src, clip, overwrite=True, vision_tower=clip, image_size=42)
+    assert files_of(src) == before and (clip / "model.safetensors").is_file()
+
+
+def _set(config, name, value):
+    keys = name.split(".")
+    for key in keys[:-1]:
+        config = config[key]
+    config[keys[-1]] = value
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("num_hidden_layers", 10**9, "num_hidden_layers: must be a whole number 1..1024 (got 1000000000)"),
+    ("hidden_size", "32", "hidden_size: must be a whole number 1..131072 (got '32')"),
+    ("vocab_size", 2**40, "vocab_size: must be a whole number 1..4194304 (got 1099511627776)"),
+    ("num_attention_heads", 3, "num_attention_heads: 3 does not divide hidden_size 32; each attention head gets an "
+                               "equal share of the width"),
+    ("hidden_act", "evil", "hidden_act: must be an activation transformers knows (gelu, "),
+    ("rope_scaling", {"type": "evil"}, "rope_scaling: must be null or an object whose type is one of default, linear"),
+    ("rope_scaling", {"type": "linear"}, "cannot build a model from it (\"Missing required keys in `rope_parameters` "
+                                         "for 'rope_type'='linear': {'factor'}\"); fix the file or re-download the checkpoint"),
+    ("attention_dropout", float("nan"), "attention_dropout: must be a finite number (got nan)"),
+    ("eos_token_id", 99999, "eos_token_id: must be a token id 0..299 (the vocabulary has 300 tokens) or null (got 99999)"),
+    ("mm_vision_select_layer", "x", "mm_vision_select_layer: must be a whole number (got 'x')"),
+    ("mm_vision_select_layer", -9, "mm_vision_select_layer: must be a layer index of the vision tower (2 layers: -3..2) "
+                                   "(got -9)"),
+    ("mm_vision_select_feature", ["x"], "mm_vision_select_feature ['x'] must be one of patch, cls_patch"),
+    ("mm_hidden_size", "32", "mm_hidden_size: must be a whole number (got '32')"),
+    ("mm_vision_tower", ["x"], "mm_vision_tower: must be a model name (got ['x'])"),
+])
+def test_a_geochat_config_json_that_cannot_build_the_model_is_one_line(geochat, tmp_path, capsys, name, value, message):
+    root, _ = geochat
+    src = copy_source(root, tmp_path)
+    config = json.loads((src / "config.json").read_text())
+    _set(config, name, value)
+    (src / "config.json").write_text(json.dumps(config))
+    code = main(["convert", "--from", "geochat", str(src), str(tmp_path / "out"), "--vision-tower", str(root / "clip"),
+                 "--image-size", "42"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith(f"error: {src / 'config.json'}: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("file, name, value, message", [
+    ("config.json", "vision_config.patch_size", 0, "vision_config.patch_size: must be a whole number 1..131072 (got 0)"),
+    ("config.json", "vision_config.patch_size", "14", "vision_config.patch_size: must be a whole number 1..131072 (got '14')"),
+    ("config.json", "vision_config.patch_size", -14, "vision_config.patch_size: must be a whole number 1..131072 (got -14)"),
+    ("config.json", "vision_config.hidden_size", 32.0, "vision_config.hidden_size: must be a whole number 1..131072 (got 32.0)"),
+    ("config.json", "vision_config.num_hidden_layers", 10**9,
+     "vision_config.num_hidden_layers: must be a whole number 1..1024 (got 1000000000)"),
+    ("config.json", "vision_config", 5, "vision_config: must be a JSON object (got 5)"),
+    ("preprocessor_config.json", "image_mean", 5, "image_mean: must be three finite numbers (got 5)"),
+    ("preprocessor_config.json", "image_std", [0.2, 0, 0.2], "image_std: must be three finite numbers > 0 (got [0.2, 0, 0.2])"),
+])
+def test_a_vision_tower_file_that_cannot_build_the_model_is_one_line(geochat, tmp_path, file, name, value, message):
+    root, _ = geochat
+    clip = tmp_path / "clip"
+    shutil.copytree(root / "clip", clip)
+    path = clip / file
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    _set(data, name, value)
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError) as err:
+        convert("geochat", root / "src", tmp_path / "out", vision_tower=clip, image_size=42)
+    assert str(err.value) == f"{path}: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("weight_map, message", [
+    (5, "weight_map must map tensor names to shard files"),
+    ({"model.embed_tokens.weight": "../../outside.bin"}, "weight_map names the shard '../../outside.bin', which is not "
+                                                         "a file in {src}; shard names must be plain file names"),
+    ({"model.embed_tokens.weight": "/etc/passwd"}, "weight_map names the shard '/etc/passwd', which is not a file in "
+                                                   "{src}; shard names must be plain file names"),
+])
+def test_a_shard_index_that_names_files_outside_the_checkpoint_is_refused(geochat, tmp_path, weight_map, message):
+    root, _ = geochat
+    src = copy_source(root, tmp_path)
+    index = src / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    with pytest.raises(CheckpointError) as err:
+        convert("geochat", src, tmp_path / "out", vision_tower=root / "clip", image_size=42)
+    assert str(err.value).startswith(f"{index}: {message.format(src=src)}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_weight_that_is_not_floating_point_is_refused_by_name(geochat, tmp_path):
+    root, _ = geochat
+    src = copy_source(root, tmp_path)
+    shard = src / "pytorch_model-00002-of-00002.bin"
+    state = torch.load(shard, weights_only=True)
+    state["model.mm_projector.0.bias"] = state["model.mm_projector.0.bias"].to(torch.int32)
+    torch.save(state, shard)
+    with pytest.raises(CheckpointError) as err:
+        convert("geochat", src, tmp_path / "out", vision_tower=root / "clip", image_size=42)
+    assert str(err.value) == (f"{src}: weight 'model.multi_modal_projector.linear_1.bias' is stored as int32, not "
+                              "floating point; the checkpoint is damaged or not a model's weights, re-download it")
+    assert not (tmp_path / "out").exists()

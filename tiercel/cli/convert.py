@@ -7,6 +7,7 @@ GeoChat in LLaVA-1.5's layout -> transformers' LLaVA layout, for the GeoChat tea
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -19,8 +20,8 @@ def convert(
     dst: Path = typer.Argument(..., help="Output directory (must not exist unless --overwrite)."),
     source: str = typer.Option("florence", "--from", help="Source family: florence (Florence-2 / Falcon, native or "
                                "original layout) or geochat (GeoChat in LLaVA-1.5's layout)."),
-    dtype: str = typer.Option(None, help="Weight dtype to write: float32, float16 or bfloat16 (default: float32; "
-                              "geochat: float16)."),
+    dtype: Literal["float32", "float16", "bfloat16"] = typer.Option(
+        None, help="Weight dtype to write (default: float32; geochat: float16)."),
     vision_tower: Path = typer.Option(None, help="geochat: local directory of the CLIP GeoChat names "
                                       "(openai/clip-vit-large-patch14-336, transformers layout); needed when SRC "
                                       "holds no CLIP weights."),

@@ -7,15 +7,31 @@ on the meta device and the checkpoint tensors are assigned into it, so a 0.77B m
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from tiercel.errors import CheckpointError, ConfigError, require
 from tiercel.fileio import read_json_object
 from tiercel.models import layout
+from tiercel.models.config_checks import (
+    build_model,
+    check_activation,
+    check_divides,
+    check_finite,
+    check_floating,
+    check_fractions,
+    check_normalisation,
+    check_size,
+    check_that,
+    check_token_ids,
+    first_line,
+    is_number,
+    is_whole,
+    short,
+    strict_errors,
+)
 from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD, match_preset
 from tiercel.runtime.shape import ModelShape
 from tiercel.runtime.tokenizer import TextTokenizer
@@ -89,7 +105,7 @@ def weight_files(folder: Path) -> list[Path]:
     """The weight files of a checkpoint directory, following a shard index when there is one."""
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / index).is_file():
-            shards = sorted(set(_weight_map(folder / index).values()))
+            shards = sorted(set(read_weight_map(folder / index).values()))
             missing = [s for s in shards if not (folder / s).is_file()]
             if missing:
                 raise CheckpointError(f"{folder / missing[0]}: shard listed in {index} is missing")
@@ -166,11 +182,25 @@ def _load_failure(file: Path, err: BaseException) -> str:
     return text.splitlines()[0][:160] if text else type(err).__name__
 
 
-def _weight_map(index: Path) -> dict:
+def read_weight_map(index: Path) -> dict:
+    """A shard index's weight_map (tensor name -> shard file). CheckpointError naming the index unless every shard
+    is a file name inside the checkpoint folder: an absolute path or `..` would read weights from elsewhere."""
     weight_map = read_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
         raise CheckpointError(f"{index}: weight_map must map tensor names to shard files")
+    outside = sorted(f for f in set(weight_map.values()) if not _inside(f))
+    if outside:
+        raise CheckpointError(f"{index}: weight_map names the shard {short(outside[0])}, which is not a file in "
+                              f"{index.parent}; shard names must be plain file names, re-download the checkpoint")
     return weight_map
+
+
+def _inside(name: str) -> bool:
+    """Whether the shard name `name` stays inside its folder (checked by name: a symlinked folder such as the Hugging
+    Face cache's snapshots may point elsewhere)."""
+    posix = PurePosixPath(name)
+    return bool(name) and "\\" not in name and not posix.is_absolute() and ".." not in posix.parts \
+        and not PureWindowsPath(name).drive
 
 
 def read_json(file: Path) -> dict:
@@ -227,9 +257,16 @@ def read_config(folder: Path, keys=()) -> ConfigSpec:
     if not all(isinstance(config.get(section), dict) for section in ("vision_config", "text_config")):
         raise CheckpointError(f"{where}: needs both vision_config and text_config sections (JSON objects)")
     original = layout.is_original_layout(config, keys)
-    kwargs = layout.original_config_to_native(config, str(where)) if original else dict(config)
+    check_finite(config, where)
+    try:
+        kwargs = layout.original_config_to_native(config, str(where)) if original else dict(config)
+    except (TypeError, AttributeError) as err:  # a section of the wrong JSON type
+        raise CheckpointError(f"{where}: not an original-layout Florence-2 config ({first_line(err)}); fix the file "
+                              "or re-download the checkpoint") from err
     kwargs = {k: kwargs[k] for k in ("vision_config", "text_config")}
-    _check_sizes(kwargs, where)
+    _check_sizes(kwargs, where, original)
+    _check_vision(kwargs["vision_config"], where, original)
+    _check_text(kwargs["text_config"], where)
     if "image_token_id" in config:
         kwargs["image_token_id"] = config["image_token_id"]
     meta = read_json(folder / "tiercel.json") if (folder / "tiercel.json").is_file() else {}
@@ -238,7 +275,7 @@ def read_config(folder: Path, keys=()) -> ConfigSpec:
         native = transformers.Florence2Config(**kwargs)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{where}: {str(err).splitlines()[0]}") from err
-    except _strict_errors() as err:  # "Validation error for field 'x':\n TypeError: ... . Errors: <each type tried>"
+    except strict_errors() as err:  # "Validation error for field 'x':\n TypeError: ... . Errors: <each type tried>"
         raise CheckpointError(f"{where}: {str(err).split('. Errors:')[0]}") from err
     return ConfigSpec(native, original, size, mean, std, meta)
 
@@ -246,45 +283,64 @@ def read_config(folder: Path, keys=()) -> ConfigSpec:
 # Fields that size a tensor: a value <= 0 or not a whole number would fail deep inside torch.
 _SIZES = {"text_config": ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
                           "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings"),
-          "vision_config": ("embed_dim", "depths", "num_heads", "num_groups", "window_size", "projection_dim")}
+          "vision_config": ("embed_dim", "depths", "num_heads", "num_groups", "window_size", "projection_dim",
+                            "patch_size", "patch_stride", "in_channels", "max_temporal_embeddings",
+                            "max_position_embeddings")}
+_STAGES = ("embed_dim", "depths", "num_heads", "num_groups", "patch_size", "patch_stride", "patch_padding",
+           "patch_prenorm")  # DaViT's per-stage lists
+# what the original layout calls the native vision fields it renames
+_ORIGINAL_VISION = {"embed_dim": "dim_embed", "max_temporal_embeddings": "visual_temporal_embedding.max_temporal_embeddings",
+                    "max_position_embeddings": "image_pos_embed.max_pos_embeddings"}
+_TOKEN_IDS = ("bos_token_id", "pad_token_id", "eos_token_id", "decoder_start_token_id", "forced_bos_token_id",
+              "forced_eos_token_id")
 
 
-def _size_limit(name: str) -> int:
-    """The largest value tiercel accepts for a config size: far past any Florence-2 or Falcon model, but bounded so
-    that a wrong number fails here instead of building a model that never fits in memory."""
-    if "layers" in name or name == "depths":
-        return 1024
-    if "heads" in name or name == "num_groups":
-        return 4096
-    return {"vocab_size": 2**22, "max_position_embeddings": 2**20}.get(name, 2**17)
-
-
-def _check_sizes(kwargs: dict, where: Path) -> None:
-    """CheckpointError naming the field unless every size the config gives is a whole number in 1.._size_limit
+def _check_sizes(kwargs: dict, where: Path, original: bool = False) -> None:
+    """CheckpointError naming the field unless every size the config gives is a whole number in 1..size_limit
     (or a list of at most 16 of them)."""
     for section, names in _SIZES.items():
         for name in (n for n in names if n in kwargs[section]):
-            value, limit = kwargs[section][name], _size_limit(name)
-            items = value if isinstance(value, list) and value else [value]
-            if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= limit for v in items) or len(items) > 16:
-                raise CheckpointError(f"{where}: {section}.{name}: must be a whole number 1..{limit}"
-                                      f"{' or a list of at most 16 of them' if isinstance(value, list) else ''} "
-                                      f"(got {_short(value)})")
+            label = _ORIGINAL_VISION.get(name, name) if original and section == "vision_config" else name
+            check_size(kwargs[section][name], name, f"{section}.{label}", where)
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _check_vision(vision: dict, where: Path, original: bool) -> None:
+    """DaViT's stage lists, one entry each per stage, stage widths the heads and groups divide, and the scalars
+    transformers uses unchecked (an unknown activation is a KeyError deep inside the model)."""
+    transformers = require("transformers", "train", "reading a checkpoint config")
+    default = transformers.Florence2VisionConfig()
+    stages = {name: vision.get(name, getattr(default, name)) for name in _STAGES}
+    label = {n: "vision_config." + (_ORIGINAL_VISION.get(n, n) if original else n) for n in _STAGES}
+    for name, value in stages.items():
+        check_that(isinstance(value, list) and bool(value), where, label[name], "a list with one entry per stage", value)
+    count = len(stages["embed_dim"])
+    for name, value in stages.items():
+        check_that(len(value) == count, where, label[name], f"a list of {count} entries, one per stage as "
+                   f"{label['embed_dim']} has", value)
+    check_that(all(is_whole(v) and 0 <= v <= 1024 for v in stages["patch_padding"]), where, label["patch_padding"],
+               "whole numbers 0..1024", stages["patch_padding"])
+    check_that(all(isinstance(v, bool) for v in stages["patch_prenorm"]), where, label["patch_prenorm"],
+               "true or false for each stage", stages["patch_prenorm"])
+    for heads in ("num_heads", "num_groups"):
+        check_divides(stages["embed_dim"], stages[heads], where, label["embed_dim"], label[heads])
+    check_activation(vision, "activation_function", where, "vision_config.")
+    check_fractions(vision, ("drop_path_rate",), where, "vision_config.")
+    if "mlp_ratio" in vision:
+        check_that(is_number(vision["mlp_ratio"]) and 0 < vision["mlp_ratio"] <= 64, where, "vision_config.mlp_ratio",
+                   "a number > 0 and <= 64", vision["mlp_ratio"])
 
 
-def _strict_errors() -> tuple[type[Exception], ...]:
-    # transformers >= 5 checks config fields with huggingface_hub's strict dataclasses, whose errors are neither
-    # TypeError nor ValueError.
-    try:
-        from huggingface_hub.errors import StrictDataclassError
-    except ImportError:
-        return ()
-    return (StrictDataclassError,)
+def _check_text(text: dict, where: Path) -> None:
+    """The BART text model: widths its heads divide, a known activation, dropouts that are fractions, token ids
+    inside the vocabulary."""
+    width = text.get("d_model", 1024)
+    for heads in ("encoder_attention_heads", "decoder_attention_heads"):
+        if heads in text:
+            check_divides([width], [text[heads]], where, "text_config.d_model", f"text_config.{heads}")
+    check_activation(text, "activation_function", where, "text_config.")
+    check_fractions(text, ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop",
+                           "decoder_layerdrop", "classifier_dropout"), where, "text_config.")
+    check_token_ids(text, _TOKEN_IDS, text.get("vocab_size", 51289), where, "text_config.")
 
 
 def _preprocessing(folder: Path, meta: dict):
@@ -302,16 +358,10 @@ def _preprocessing(folder: Path, meta: dict):
 
     size = meta.get("image_size", size)
     if not (isinstance(size, int) and not isinstance(size, bool) and 32 <= size <= 8192):
-        raise CheckpointError(f"{source('image_size')}: image_size: must be a whole number 32..8192 (got {_short(size)})")
+        raise CheckpointError(f"{source('image_size')}: image_size: must be a whole number 32..8192 (got {short(size)})")
     out = [int(size)]
     for name, default in (("image_mean", IMAGENET_MEAN), ("image_std", IMAGENET_STD)):
-        value = meta.get(name, pre.get(name, default))
-        ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-        if not ok or (name == "image_std" and min(value) <= 0):
-            raise CheckpointError(f"{source(name)}: {name}: must be three finite numbers{' > 0' if name == 'image_std' else ''} "
-                                  f"(got {_short(value)})")
-        out.append(tuple(float(v) for v in value))
+        out.append(check_normalisation(name, meta.get(name, pre.get(name, default)), source(name)))
     return tuple(out)
 
 
@@ -320,7 +370,7 @@ def _assemble(config, state: dict, original: bool, dtype: str, folder: Path, not
     torch = require("torch", "train", "loading a checkpoint")
     transformers = require("transformers", "train", "loading a checkpoint")
     with torch.device("meta"):
-        model = transformers.Florence2ForConditionalGeneration(config)
+        model = build_model(lambda: transformers.Florence2ForConditionalGeneration(config), folder / "config.json")
     expected = model.state_dict()
     groups = _tied_groups(model)
     torch_dtype = getattr(torch, dtype)
@@ -336,6 +386,7 @@ def _assemble(config, state: dict, original: bool, dtype: str, folder: Path, not
             tensor = tensor.t().contiguous()
         if tuple(tensor.shape) != tuple(ref.shape):
             raise CheckpointError(f"{folder}: weight '{src}' has shape {list(tensor.shape)} but the config needs {list(ref.shape)}")
+        check_floating(tensor, ref, src, folder)
         loaded[key] = tensor.to(torch_dtype) if tensor.is_floating_point() else tensor
         used.update(_names(groups.get(key, [key]), original))  # a tied copy stored twice is not 'unexpected'
     extra = sorted(k for k in state if k not in used and not (original and layout.IGNORED_ORIGINAL.match(k)))
@@ -397,6 +448,6 @@ def resolve(target: str, device: str = "meta"):
     folder = find_checkpoint_dir(target)
     spec = read_config(folder)
     with torch.device(device):
-        model = transformers.Florence2ForConditionalGeneration(spec.config)
+        model = build_model(lambda: transformers.Florence2ForConditionalGeneration(spec.config), folder / "config.json")
     model.tiercel_shape = shape_from_config(spec.config, image_size=spec.image_size)
     return model.eval(), str(folder)

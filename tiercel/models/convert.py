@@ -3,6 +3,8 @@ layout tiercel loads, with provenance.
 
     florence: any Florence-2 / Falcon checkpoint (native or original layout) -> tiercel's native layout
     geochat:  GeoChat in LLaVA-1.5's own layout -> transformers' LLaVA layout (the GeoChat teacher)
+
+An output never replaces its input, a folder holding it, or a folder tiercel did not write.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tiercel.errors import ConfigError
-from tiercel.fileio import check_distinct, check_new_output
-from tiercel.models.checkpoint import load_checkpoint, weight_files
-from tiercel.models.writer import provenance_of, save_native, tiercel_meta
+from tiercel.models.checkpoint import find_checkpoint_dir, load_checkpoint, weight_files
+from tiercel.models.writer import check_output, provenance_of, save_native, tiercel_meta
 
 DTYPES = ("float32", "float16", "bfloat16")
 SOURCES = {"florence": "float32", "geochat": "float16"}  # source family -> the dtype written by default (as published)
@@ -26,9 +27,8 @@ def convert(source: str, src: str | Path, dst: str | Path, dtype: str | None = N
     """
     if source not in SOURCES:
         raise ConfigError(f"--from: must be one of {', '.join(SOURCES)} (got {source})")
-    dtype = dtype or SOURCES[source]
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype: must be one of {', '.join(DTYPES)} (got {dtype})")
+    dtype = SOURCES[source] if dtype is None else dtype
+    _check_dtype(dtype)
     if source == "geochat":
         from tiercel.models.geochat_convert import IMAGE_SIZE, convert_geochat
 
@@ -42,13 +42,17 @@ def convert(source: str, src: str | Path, dst: str | Path, dtype: str | None = N
 
 def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str = "float32", overwrite: bool = False) -> dict:
     """Convert `src` to the native layout in `dst` (written atomically). Returns a summary dict."""
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype: must be one of {', '.join(DTYPES)} (got {dtype})")
-    check_distinct(dst, "", ("the checkpoint being converted", src), whole=True)  # --overwrite would replace the input
-    check_new_output(dst, overwrite, "tiercel.json")  # before the weights load, not after
-    ckpt = load_checkpoint(src, dtype=dtype)
+    _check_dtype(dtype)
+    folder = find_checkpoint_dir(src)  # SRC may be a folder above the checkpoint: DST must not be that one either
+    check_output(dst, overwrite, ("the checkpoint being converted", src), ("the checkpoint being converted", folder))
+    ckpt = load_checkpoint(folder, dtype=dtype)
     provenance = provenance_of(ckpt.path, weight_files(ckpt.path), ckpt.layout)
     meta = tiercel_meta(ckpt.model, ckpt.mean, ckpt.std, provenance)
     save_native(ckpt.model, ckpt.tokenizer, dst, meta=meta, overwrite=overwrite)
     params = sum(p.numel() for p in ckpt.model.parameters())
     return {"dst": str(dst), "preset": meta["preset"], "params": params, "notes": ckpt.notes, "layout": ckpt.layout}
+
+
+def _check_dtype(dtype) -> None:
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype: must be one of {', '.join(DTYPES)} (got {dtype!r})")

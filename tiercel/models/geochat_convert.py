@@ -21,9 +21,29 @@ import math
 from pathlib import Path
 
 from tiercel.errors import CheckpointError, ConfigError, require
-from tiercel.fileio import atomic_dir, check_new_output, write_json
-from tiercel.models.checkpoint import find_checkpoint_dir, read_json, read_state_dict, weight_files
-from tiercel.models.writer import provenance_of
+from tiercel.fileio import atomic_dir, write_json
+from tiercel.models.checkpoint import (
+    find_checkpoint_dir,
+    read_json,
+    read_state_dict,
+    read_weight_map,
+    weight_files,
+)
+from tiercel.models.config_checks import (
+    build_model,
+    check_activation,
+    check_divides,
+    check_finite,
+    check_floating,
+    check_fractions,
+    check_normalisation,
+    check_size,
+    check_that,
+    check_token_ids,
+    is_number,
+    is_whole,
+)
+from tiercel.models.writer import check_output, provenance_of
 
 IMAGE_SIZE = 504  # GeoChat's clip_interpolate_embeddings(image_size=504, patch_size=14)
 CLIP_NAME = "openai/clip-vit-large-patch14-336"
@@ -40,6 +60,11 @@ _LLAMA_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_lay
                "tie_word_embeddings")
 _CLIP_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
               "image_size", "patch_size", "hidden_act", "layer_norm_eps", "projection_dim", "attention_dropout")
+_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+          "num_key_value_heads", "head_dim", "max_position_embeddings", "num_channels", "image_size", "patch_size",
+          "projection_dim")  # fields that size a tensor, in either config (bounds: config_checks.size_limit)
+_ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings",
+                 "attention_factor", "beta_fast", "beta_slow")
 _SELECT = {"patch": "default", "cls_patch": "full"}  # mm_vision_select_feature -> vision_feature_select_strategy
 _CKPT_VISION = "model.vision_tower.vision_tower.vision_model."  # CLIP inside a LLaVA checkpoint
 _CLIP_VISION = "vision_model."  # CLIP in its own transformers checkpoint
@@ -62,25 +87,27 @@ def convert_geochat(src, dst, dtype: str = "float16", overwrite: bool = False, v
     Returns a summary dict: dst, params, notes, image_size, image_tokens.
     """
     torch = require("torch", "train", "converting GeoChat")
-    check_new_output(dst, overwrite, marker="tiercel.json")  # before minutes of reading, not after
     folder = find_checkpoint_dir(src)
-    geo = _geochat_config(folder)
     clip_folder = find_checkpoint_dir(vision_tower) if vision_tower is not None else None
+    check_output(dst, overwrite, ("the checkpoint being converted", src), ("the checkpoint being converted", folder),
+                 ("the vision tower", vision_tower), ("the vision tower", clip_folder))  # before minutes of reading
+    geo = _geochat_config(folder)
     listed = _index_names(folder)
     if clip_folder is None and listed is not None and not any(map(_is_clip, listed)):
         raise _no_clip(folder)  # said before reading GeoChat's 14 GB
     vision = _vision_config(geo, folder, clip_folder)
     grid = _grid(image_size, vision["patch_size"])
+    normalisation = _normalisation(clip_folder)
     files = weight_files(folder)
     state, ckpt_vision = _split(read_state_dict(files), folder)
     notes = []
     state.update(_vision_weights(ckpt_vision, clip_folder, folder, grid, notes))
     tokenizer, image_id = _tokenizer(folder)
     _grow_vocabulary(state, len(tokenizer), notes)
-    config = _llava_config(geo, vision, image_size, state, image_id)
+    config = _llava_config(geo, vision, image_size, state, image_id, folder, clip_folder)
     model = _assemble(config, state, getattr(torch, dtype), folder)
     processor = _processor(tokenizer, image_size, vision["patch_size"], config.vision_feature_select_strategy,
-                           clip_folder)
+                           normalisation)
     with atomic_dir(dst, overwrite=overwrite, marker="tiercel.json") as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -107,39 +134,115 @@ def interpolate_positions(weight, grid: int):
 
 
 def _geochat_config(folder: Path) -> dict:
-    """config.json, checked to be a LLaVA-1.5 layout transformers' LLaVA can express."""
+    """config.json, checked to be a LLaVA-1.5 layout transformers' LLaVA can express, with sizes that fit a machine
+    (checked before any weight is read or any module is built)."""
     where = folder / "config.json"
     config = read_json(where)
     if "mm_vision_tower" not in config:
         raise CheckpointError(f"{where}: no mm_vision_tower; not a GeoChat / LLaVA-1.5 checkpoint in LLaVA's layout")
+    check_that(isinstance(config["mm_vision_tower"], str), where, "mm_vision_tower", "a model name",
+               config["mm_vision_tower"])
     projector = config.get("mm_projector_type", "linear")
     if projector != "mlp2x_gelu":
-        raise CheckpointError(f"{where}: mm_projector_type '{projector}' is not supported; transformers' LLaVA has "
+        raise CheckpointError(f"{where}: mm_projector_type {projector!r} is not supported; transformers' LLaVA has "
                               "GeoChat's two-layer projector (mlp2x_gelu) only")
-    if config.get("mm_vision_select_feature", "patch") not in _SELECT:
-        raise CheckpointError(f"{where}: mm_vision_select_feature '{config['mm_vision_select_feature']}' must be "
-                              f"one of {', '.join(_SELECT)}")
+    feature = config.get("mm_vision_select_feature", "patch")
+    if not isinstance(feature, str) or feature not in _SELECT:
+        raise CheckpointError(f"{where}: mm_vision_select_feature {feature!r} must be one of {', '.join(_SELECT)}")
     if config.get("mm_use_im_start_end"):
         raise CheckpointError(f"{where}: mm_use_im_start_end is true; transformers' LLaVA has no image start/end "
                               "tokens")
+    for name in ("mm_hidden_size", "mm_vision_select_layer"):
+        if name in config:
+            check_that(is_whole(config[name]), where, name, "a whole number", config[name])
+    _check_llama(config, where)
     return config
+
+
+def _check_llama(config: dict, where: Path) -> None:
+    """GeoChat's Llama: sizes within tiercel's bounds, heads that divide the width, a known activation and RoPE,
+    token ids inside the vocabulary. Fields the config leaves out take LlamaConfig's defaults."""
+    check_finite(config, where)
+    _check_sizes(config, where)
+    heads = config.get("num_attention_heads", 32)
+    check_divides([config.get("hidden_size", 4096)], [heads], where, "hidden_size", "num_attention_heads")
+    check_divides([heads], [config.get("num_key_value_heads", heads)], where, "num_attention_heads",
+                  "num_key_value_heads")
+    check_activation(config, "hidden_act", where)
+    check_fractions(config, ("attention_dropout",), where)
+    for name in ("rms_norm_eps", "rope_theta"):
+        if name in config:
+            check_that(is_number(config[name]) and config[name] > 0, where, name, "a number > 0", config[name])
+    for name in ("attention_bias", "tie_word_embeddings"):
+        if name in config:
+            check_that(isinstance(config[name], bool), where, name, "true or false", config[name])
+    _check_rope(config.get("rope_scaling"), where)
+    check_token_ids(config, ("bos_token_id", "eos_token_id", "pad_token_id"), config.get("vocab_size", 32000), where)
+    transformers = require("transformers", "train", "converting GeoChat")
+    text = {k: config[k] for k in _LLAMA_KEYS if k in config}
+    build_model(lambda: transformers.LlamaConfig(**text), where)  # transformers' own checks (RoPE keys), named here
+
+
+def _check_rope(scaling, where: Path) -> None:
+    """rope_scaling: null, or an object whose type transformers implements."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if scaling is None:
+        return
+    kinds = ("default", *ROPE_INIT_FUNCTIONS)
+    kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else None
+    check_that(isinstance(kind, str) and kind in kinds, where, "rope_scaling",
+               f"null or an object whose type is one of {', '.join(kinds)}", scaling)
+    for name in (n for n in _ROPE_NUMBERS if n in scaling):
+        check_that(is_number(scaling[name]) and scaling[name] > 0, where, f"rope_scaling.{name}", "a number > 0",
+                   scaling[name])
+
+
+def _check_clip(vision: dict, where: Path, label: str) -> None:
+    """The CLIP vision config (`label`: where its fields sit in `where`): sizes within bounds, heads that divide
+    the width, a known activation."""
+    check_finite(vision, where, label.rstrip("."))
+    _check_sizes(vision, where, label)
+    check_divides([vision["hidden_size"]], [vision.get("num_attention_heads", 12)], where, label + "hidden_size",
+                  label + "num_attention_heads")
+    check_activation(vision, "hidden_act", where, label)
+    check_fractions(vision, ("attention_dropout",), where, label)
+    if "layer_norm_eps" in vision:
+        check_that(is_number(vision["layer_norm_eps"]) and vision["layer_norm_eps"] > 0, where,
+                   label + "layer_norm_eps", "a number > 0", vision["layer_norm_eps"])
+    transformers = require("transformers", "train", "converting GeoChat")
+    build_model(lambda: transformers.CLIPVisionConfig(**vision), where)  # transformers' own checks, named here
+
+
+def _check_sizes(config: dict, where: Path, label: str = "") -> None:
+    """Each size the config gives (null: the default) a whole number within tiercel's bounds."""
+    for name in (n for n in _SIZES if config.get(n) is not None):
+        check_that(not isinstance(config[name], list), where, label + name, "a whole number", config[name])
+        check_size(config[name], name, label + name, where)
 
 
 def _vision_config(geo: dict, folder: Path, clip_folder: Path | None) -> dict:
     """The CLIP vision config: from the --vision-tower directory, else known by the name GeoChat gives."""
+    label = ""
     if clip_folder is not None:
-        config = read_json(clip_folder / "config.json")
+        where = clip_folder / "config.json"
+        config = read_json(where)
         if config.get("model_type") == "clip":  # a whole CLIPModel, as openai publishes it
-            config = config.get("vision_config") or {}
+            config, label = config.get("vision_config") or {}, "vision_config."
+            check_that(isinstance(config, dict), where, "vision_config", "a JSON object", config)
     elif geo["mm_vision_tower"] in VISION_CONFIGS:
-        config = VISION_CONFIGS[geo["mm_vision_tower"]]
+        where, config = folder / "config.json", VISION_CONFIGS[geo["mm_vision_tower"]]
     else:
         raise CheckpointError(f"{folder / 'config.json'}: mm_vision_tower '{geo['mm_vision_tower']}' is not "
                               f"{CLIP_NAME}; pass a local copy of it with --vision-tower")
     vision = {"hidden_size": 768, "patch_size": 32, **{k: config[k] for k in _CLIP_KEYS if k in config}}
+    _check_clip(vision, where, label)
     if geo.get("mm_hidden_size", vision["hidden_size"]) != vision["hidden_size"]:
         raise CheckpointError(f"{folder / 'config.json'}: mm_hidden_size {geo['mm_hidden_size']} does not match the "
                               f"vision tower's hidden_size {vision['hidden_size']}; pass the CLIP it was trained with")
+    layers, layer = vision.get("num_hidden_layers", 12), geo.get("mm_vision_select_layer", -2)
+    check_that(-layers - 1 <= layer <= layers, folder / "config.json", "mm_vision_select_layer",
+               f"a layer index of the vision tower ({layers} layers: -{layers + 1}..{layers})", layer)
     return vision
 
 
@@ -154,7 +257,7 @@ def _index_names(folder: Path) -> list[str] | None:
     """The tensor names a sharded checkpoint's index lists, without reading the shards; None when unsharded."""
     for index in ("pytorch_model.bin.index.json", "model.safetensors.index.json"):
         if (folder / index).is_file():
-            return list(read_json(folder / index).get("weight_map", {}))
+            return list(read_weight_map(folder / index))
     return None
 
 
@@ -246,18 +349,23 @@ def _grow_vocabulary(state: dict, size: int, notes: list[str]) -> None:
     notes.append(f"vocabulary grown from {rows} to {size} for <image>")
 
 
-def _llava_config(geo: dict, vision: dict, image_size: int, state: dict, image_id: int):
+def _llava_config(geo: dict, vision: dict, image_size: int, state: dict, image_id: int, folder: Path,
+                  clip_folder: Path | None):
+    """transformers' LlavaConfig; what transformers still refuses in a config is one line naming its file."""
     transformers = require("transformers", "train", "converting GeoChat")
     text = {k: geo[k] for k in _LLAMA_KEYS if k in geo}
     text["vocab_size"] = state["lm_head.weight"].shape[0]
     grid = image_size // vision["patch_size"]
-    return transformers.LlavaConfig(
-        text_config=transformers.LlamaConfig(**text),
-        vision_config=transformers.CLIPVisionConfig(**{**vision, "image_size": image_size}),
+    where = folder / "config.json"
+    text_config = build_model(lambda: transformers.LlamaConfig(**text), where)
+    vision_config = build_model(lambda: transformers.CLIPVisionConfig(**{**vision, "image_size": image_size}),
+                                where if clip_folder is None else clip_folder / "config.json")
+    return build_model(lambda: transformers.LlavaConfig(
+        text_config=text_config, vision_config=vision_config,
         image_token_id=image_id, image_seq_length=grid * grid, projector_hidden_act="gelu",
         vision_feature_layer=geo.get("mm_vision_select_layer", -2),
         vision_feature_select_strategy=_SELECT[geo.get("mm_vision_select_feature", "patch")],
-        tie_word_embeddings=geo.get("tie_word_embeddings", False))
+        tie_word_embeddings=geo.get("tie_word_embeddings", False)), where)
 
 
 def _assemble(config, state: dict, torch_dtype, folder: Path):
@@ -265,7 +373,7 @@ def _assemble(config, state: dict, torch_dtype, folder: Path):
     torch = require("torch", "train", "converting GeoChat")
     transformers = require("transformers", "train", "converting GeoChat")
     with torch.device("meta"):
-        model = transformers.LlavaForConditionalGeneration(config)
+        model = build_model(lambda: transformers.LlavaForConditionalGeneration(config), folder / "config.json")
     expected = model.state_dict()
     for key, ref in expected.items():
         if key not in state:
@@ -273,6 +381,7 @@ def _assemble(config, state: dict, torch_dtype, folder: Path):
         if tuple(state[key].shape) != tuple(ref.shape):
             raise CheckpointError(f"{folder}: weight for '{key}' has shape {list(state[key].shape)} but config.json "
                                   f"needs {list(ref.shape)}")
+        check_floating(state[key], ref, key, folder)
     extra = sorted(set(state) - set(expected))
     if extra:
         raise CheckpointError(f"{folder}: unexpected weight for '{extra[0]}' ({len(extra)} in all)")
@@ -281,18 +390,23 @@ def _assemble(config, state: dict, torch_dtype, folder: Path):
     return model.eval()
 
 
-def _processor(tokenizer, image_size: int, patch: int, strategy: str, clip_folder: Path | None):
-    """LLaVA's processor: short side to `image_size`, centre crop, CLIP normalisation; `<image>` expanded.
-
-    The mean and std are the vision tower's (its preprocessor_config.json), else OpenAI CLIP's.
-    """
-    transformers = require("transformers", "train", "converting GeoChat")
+def _normalisation(clip_folder: Path | None) -> tuple[tuple, tuple]:
+    """The image mean and std: the vision tower's (its preprocessor_config.json), else OpenAI CLIP's."""
     pre = clip_folder / "preprocessor_config.json" if clip_folder is not None else None
-    config = read_json(pre) if pre is not None and pre.is_file() else {}
+    if pre is None or not pre.is_file():
+        return _OPENAI_CLIP_MEAN, _OPENAI_CLIP_STD
+    config = read_json(pre)
+    return (check_normalisation("image_mean", config.get("image_mean", _OPENAI_CLIP_MEAN), pre),
+            check_normalisation("image_std", config.get("image_std", _OPENAI_CLIP_STD), pre))
+
+
+def _processor(tokenizer, image_size: int, patch: int, strategy: str, normalisation: tuple[tuple, tuple]):
+    """LLaVA's processor: short side to `image_size`, centre crop, CLIP normalisation; `<image>` expanded."""
+    transformers = require("transformers", "train", "converting GeoChat")
+    mean, std = normalisation
     images = transformers.CLIPImageProcessor(size={"shortest_edge": image_size},
                                              crop_size={"height": image_size, "width": image_size},
-                                             image_mean=list(config.get("image_mean", _OPENAI_CLIP_MEAN)),
-                                             image_std=list(config.get("image_std", _OPENAI_CLIP_STD)))
+                                             image_mean=list(mean), image_std=list(std))
     return transformers.LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=patch,
                                        vision_feature_select_strategy=strategy, image_token="<image>",
                                        num_additional_image_tokens=1)

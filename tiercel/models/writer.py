@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tiercel import __version__
 from tiercel.errors import require
-from tiercel.fileio import atomic_dir, sha256_file, write_json
+from tiercel.fileio import atomic_dir, check_distinct, check_new_output, sha256_file, write_json
 from tiercel.models import layout
 from tiercel.models.presets import IMAGENET_MEAN, IMAGENET_STD, match_preset
 
@@ -103,3 +103,11 @@ def provenance_of(folder: Path, files: list[Path], layout_name: str) -> dict:
         "source_layout": layout_name,
         "source_sha256": {f.name: sha256_file(f) for f in files},
     }
+
+
+def check_output(dst: str | Path, overwrite: bool, *inputs: tuple[str, str | Path | None]) -> None:
+    """Before the weights load: TiercelError unless `dst` can take a converted checkpoint. It is none of `inputs`
+    ((what, path)) and holds none of them; it is new, or (with `overwrite`) empty or a checkpoint tiercel wrote
+    (fileio.MARKERS' tiercel.json)."""
+    check_distinct(dst, "", *inputs, whole=True)  # --overwrite would replace the input
+    check_new_output(dst, overwrite, "tiercel.json")
