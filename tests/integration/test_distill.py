@@ -338,6 +338,74 @@ def test_an_older_tiercels_trainer_state_is_refused_unread_and_its_weights_carry
     assert (tmp_path / "new" / "student" / "model.safetensors").is_file()
 
 
+def test_checkpoints_pruned_are_only_the_runs_own(tmp_path, synth_dir):
+    mine = tmp_path / "checkpoints" / "step_000002.bak"  # a user's copy, and a folder that sorts after every step
+    (tmp_path / "checkpoints" / "step_zz_mine").mkdir(parents=True)
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    trainer.distill(recipe(tmp_path, synth_dir, steps=4, save_every=1, keep_checkpoints=1), progress=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest", "step_000002.bak", "step_000004", "step_zz_mine"]
+    assert (mine / "notes.txt").read_text() == "keep" and (tmp_path / "student" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name, content, line", [
+    ("metrics.jsonl", '{"step": 1, "loss": 2.0}\nmy notes\n', "metrics.jsonl: line 2 is not a tiercel metrics line, "
+     "and a run appends to and trims this file"),
+    ("init_report.json", '{"who": "me"}', "init_report.json: was not written by tiercel, and the run would replace "
+     "it with its own"),
+])
+def test_a_run_never_trims_or_replaces_log_files_it_did_not_write(tmp_path, synth_dir, name, content, line):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(TiercelError) as err:
+        trainer.distill(recipe(tmp_path, synth_dir), progress=False)
+    assert str(err.value) == f"{tmp_path / name}: {line.split(': ', 1)[1]}; choose another recipe out, or move it yourself"
+    assert (tmp_path / name).read_text() == content and not (tmp_path / "checkpoints").exists()
+
+
+def test_resume_refuses_a_latest_pointer_out_of_the_run(tmp_path, synth_dir, monkeypatch):
+    r = recipe(tmp_path / "a", synth_dir)
+    other = _crashed_run(r, monkeypatch)
+    b = recipe(tmp_path / "b", synth_dir)
+    _crashed_run(b, monkeypatch)
+    pointer = tmp_path / "b" / "checkpoints" / "latest"
+    pointer.write_text(f"../../a/checkpoints/{other.name}\n")
+    with pytest.raises(TiercelError) as err:
+        trainer.distill(b, resume=True, progress=False)
+    assert str(err.value) == (f"{pointer}: names '../../a/checkpoints/step_000003', not a checkpoint of this run "
+                              "(step_NNNNNN); write the newest checkpoints/step_* folder's name into it, or start a new "
+                              "run in another out")
+
+
+@pytest.mark.parametrize("change, what", [
+    ({"step": 1_000_000}, None),
+    ({"step": -5}, "step -5 (a whole number >= 0 is written)"),
+    ({"step": "x"}, "step 'x' (a whole number >= 0 is written)"),
+    ({"scheduler": [1]}, "scheduler of type list (a mapping is written)"),
+    ({"rng": {"torch": "x"}}, "an rng state that is not the torch, numpy and python states save() writes"),
+])
+def test_resume_refuses_a_hand_edited_trainer_state_in_one_line(tmp_path, synth_dir, monkeypatch, change, what):
+    r = recipe(tmp_path, synth_dir)
+    ckpt = _crashed_run(r, monkeypatch)
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    torch.save({**state, **change}, ckpt / "trainer_state.pt")
+    with pytest.raises(TiercelError) as err:
+        trainer.distill(r, resume=True, progress=False)
+    f = ckpt / "trainer_state.pt"
+    want = (f"{f}: holds step 1000000, but its folder is step_000003" if what is None else f"{f}: trainer state with {what}")
+    assert str(err.value) == f"{want}; {_restart_hint(ckpt)}"
+
+
+def test_resume_with_damaged_heads_is_one_line(tmp_path, synth_dir, teacher_dir, monkeypatch):
+    r = _dense_kd(tmp_path, synth_dir, teacher_dir)
+    ckpt = _crashed_run(r, monkeypatch)
+    (ckpt / "training_heads.safetensors").write_text("garbage\n")
+    with pytest.raises(TiercelError) as err:
+        trainer.distill(r, resume=True, progress=False)
+    assert str(err.value).startswith(f"{ckpt / 'training_heads.safetensors'}: not a readable safetensors file (")
+    assert str(err.value).endswith(f"); {_restart_hint(ckpt)}") and "\n" not in str(err.value)
+
+
 def test_resume_with_another_student_shape_is_one_line_and_keeps_the_recipe(tmp_path, synth_dir, monkeypatch):
     from tiercel.recipe import dump_recipe
 

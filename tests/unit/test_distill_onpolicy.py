@@ -104,8 +104,8 @@ def test_an_on_policy_step_trains_on_the_samples_the_teacher_grades(tiny_checkpo
     assert not torch.equal(want["labels"], dataset_labels)
     calls, real = [], objective.run_model
 
-    def spy(model, inputs, decoder_input_ids, hidden=False):
-        out = real(model, inputs, decoder_input_ids, hidden)
+    def spy(model, inputs, decoder_input_ids, hidden=False, stages=False):
+        out = real(model, inputs, decoder_input_ids, hidden, stages)
         calls.append((model, decoder_input_ids, out.logits.detach()))
         return out
 

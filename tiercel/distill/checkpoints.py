@@ -12,6 +12,7 @@ checkpoint's tensors fit the recipe's student and heads before it loads any of t
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -92,21 +93,38 @@ def save(run_dir: Path, step: int, objective, optimizer, scheduler, tokenizer, e
     return dst
 
 
+CHECKPOINT_NAME = re.compile(r"step_\d{6,}")  # what save() names a checkpoint folder: step_000200
+
+
+def ours(path: Path) -> bool:
+    """Whether `path` is a checkpoint folder save() wrote: its name, a real folder, and its trainer state."""
+    return (CHECKPOINT_NAME.fullmatch(path.name) is not None and path.is_dir() and not path.is_symlink()
+            and (path / "trainer_state.pt").is_file())
+
+
 def mark_latest(run_dir: Path, ckpt: Path, keep: int) -> None:
-    """Point `latest` at a complete checkpoint and remove all but the newest `keep`."""
+    """Point `latest` at a complete checkpoint and remove all but the newest `keep` of the checkpoints save()
+    wrote (by step); anything else in checkpoints/ (a user's step_000200.bak) is left as it is."""
     ckpt_root = run_dir / "checkpoints"
     atomic_write_text(ckpt_root / "latest", ckpt.name + "\n")
-    for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    mine = sorted((p for p in ckpt_root.iterdir() if ours(p)), key=lambda p: int(p.name[5:]))
+    for old in mine[:-keep]:
+        if old != ckpt:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def latest(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint directory of a run, or None."""
+    """The newest complete checkpoint directory of a run, or None. CheckpointError when `latest` names anything
+    but a checkpoint folder of this run (another run's, through `..` or an absolute path)."""
     pointer = run_dir / "checkpoints" / "latest"
     if not pointer.is_file():
         return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    return path if (path / "trainer_state.pt").is_file() else None
+    name = pointer.read_text(errors="replace").strip()
+    if CHECKPOINT_NAME.fullmatch(name) is None:
+        raise CheckpointError(f"{pointer}: names {name[:80]!r}, not a checkpoint of this run (step_NNNNNN); "
+                              "write the newest checkpoints/step_* folder's name into it, or start a new run in another out")
+    path = run_dir / "checkpoints" / name
+    return path if ours(path) else None
 
 
 def restore(path: Path, objective, optimizer, scheduler, sharded: bool = False, rank: int = 0) -> tuple[int, float]:
@@ -118,10 +136,12 @@ def restore(path: Path, objective, optimizer, scheduler, sharded: bool = False, 
     written before HEADS existed has distill.dense's heads nowhere: they start again from their initial weights,
     with a warning, since the rest of the run can still go on.
     """
-    from safetensors.torch import load_file
 
     state = load_state(path / "trainer_state.pt")
-    weights = load_file(str(path / "model.safetensors"))
+    if state["step"] != int(path.name[5:]):
+        raise CheckpointError(f"{path / 'trainer_state.pt'}: holds step {state['step']}, but its folder is {path.name}; "
+                              f"{restart_hint(path)}")
+    weights = load_tensors(path / "model.safetensors", restart_hint(path))
     heads, complete = saved_heads(path, state)
     mine = heads_of(objective.state_dict())
     _check_fits(path, objective, weights, heads, mine, complete)
@@ -148,10 +168,9 @@ def restore(path: Path, objective, optimizer, scheduler, sharded: bool = False, 
 def saved_heads(path: Path, state: dict) -> tuple[dict, bool]:
     """A checkpoint's heads, and whether they are complete: HEADS, or for a checkpoint written before it the
     hidden-state projections trainer_state.pt held (the dense heads were not saved then)."""
-    from safetensors.torch import load_file
 
     if (path / HEADS).is_file():
-        return load_file(str(path / HEADS)), True
+        return load_tensors(path / HEADS, restart_hint(path)), True
     return {f"distiller.{k}": v for k, v in (state.get("distiller") or {}).items()}, False
 
 
@@ -159,10 +178,9 @@ def start_heads(folder: Path, objective) -> dict:
     """At the start of a run from a tiercel student (student.init checkpoint, student.heads checkpoint): load the
     heads saved beside it (HEADS, in a checkpoint folder or <out>/student) wherever name and shape fit the
     recipe's, so the student is not trained against freshly drawn heads. Returns the names loaded and fresh."""
-    from safetensors.torch import load_file
 
     mine, file = heads_of(objective.state_dict()), Path(folder) / HEADS
-    saved = load_file(str(file)) if file.is_file() else {}
+    saved = load_tensors(file, "start the run with student.heads: fresh, or from a student whose heads are whole") if file.is_file() else {}
     fits = {k: v for k, v in saved.items() if k in mine and tuple(v.shape) == tuple(mine[k].shape)}
     objective.load_state_dict(fits, strict=False)
     return {"loaded": sorted(fits), "fresh": sorted(set(mine) - set(fits))}
@@ -240,7 +258,40 @@ def load_state(path: Path) -> dict:
         raise CheckpointError(f"{path}: trainer state of another format (this tiercel writes format {STATE_FORMAT}); {remedy}")
     if lacking := [k for k in ("step", "optimizer", "scheduler", "distiller", "rng") if k not in state]:
         raise CheckpointError(f"{path}: trainer state without '{lacking[0]}'; {remedy}")
+    if wrong := _malformed(state):
+        raise CheckpointError(f"{path}: trainer state with {wrong}; {remedy}")
     return state
+
+
+def _malformed(state: dict) -> str | None:
+    """What in a trainer state has a type or value save() never writes (a hand-edited or damaged file), or None."""
+    import torch
+
+    step, rng = state["step"], state["rng"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"step {step!r} (a whole number >= 0 is written)"
+    for key in ("scheduler", "rng", "optimizer", "distiller"):  # FSDP keeps the optimizer in per-rank files: None
+        if not isinstance(state[key], dict) and (state[key] is not None or key in ("scheduler", "rng")):
+            return f"{key} of type {type(state[key]).__name__} (a mapping is written)"
+    if not (isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8
+            and isinstance(rng.get("numpy"), (list, tuple)) and len(rng["numpy"]) == 5
+            and isinstance(rng.get("python"), (list, tuple)) and len(rng["python"]) == 3):
+        return "an rng state that is not the torch, numpy and python states save() writes"
+    seconds = state.get("train_seconds", 0.0)
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < float("inf"):
+        return f"train_seconds {seconds!r} (a finite number >= 0 is written)"
+    return None
+
+
+def load_tensors(file: Path, remedy: str) -> dict:
+    """A safetensors file of a checkpoint; CheckpointError (one line) where it is damaged or not safetensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({str(err).splitlines()[0]}); {remedy}") from None
 
 
 def rng_states() -> dict:

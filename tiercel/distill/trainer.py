@@ -433,6 +433,36 @@ def _check_run_files(run_dir: Path) -> None:
     if recipe.exists() and not is_recipe(recipe):
         raise TiercelError(f"{recipe}: is not a recipe, and the run would replace it with its own; choose another "
                            "recipe out, or move it yourself")
+    report = run_dir / "init_report.json"
+    if report.exists() and not _is_init_report(report):
+        raise TiercelError(f"{report}: was not written by tiercel, and the run would replace it with its own; choose "
+                           "another recipe out, or move it yourself")
+    log = run_dir / "metrics.jsonl"
+    if log.exists() and (bad := _foreign_log_line(log)) is not None:
+        raise TiercelError(f"{log}: line {bad} is not a tiercel metrics line, and a run appends to and trims this "
+                           "file; choose another recipe out, or move it yourself")
+
+
+def _is_init_report(path: Path) -> bool:
+    """Whether `path` is the init_report.json a run writes: a JSON object whose `init` is a student.init value."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(report, dict) and report.get("init") in ("preset", "checkpoint", "teacher")
+
+
+def _foreign_log_line(path: Path) -> int | None:
+    """The first line of a metrics log that a run did not write (1-based), or None. A last line cut short by a
+    kill is the run's own."""
+    if not path.is_file():
+        return 1
+    lines = path.read_bytes().splitlines(keepends=True)
+    for n, raw in enumerate(lines, start=1):
+        torn = n == len(lines) and not raw.endswith(b"\n")
+        if _logged_step(raw.decode("utf-8", errors="replace")) == float("inf") and not torn:
+            return n
+    return None
 
 
 def _publish(run_dir: Path) -> str:
@@ -442,6 +472,9 @@ def _publish(run_dir: Path) -> str:
     from tiercel.fileio import atomic_dir
 
     src = checkpoints.latest(run_dir)
+    if src is None:  # checkpoints/ changed under the run (a folder removed by hand)
+        raise TiercelError(f"{run_dir / 'checkpoints'}: the run's newest checkpoint is gone, so there is no student to "
+                           "publish; resume from the checkpoint that is left with --resume")
     with atomic_dir(run_dir / "student", overwrite=True) as tmp:
         for f in src.iterdir():
             if f.name != "trainer_state.pt" and not f.name.startswith("optimizer.rank"):
@@ -461,9 +494,10 @@ def _forget_after(log_file: Path, step: int) -> None:
 
 def _logged_step(line: str) -> float:
     try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
+        step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError, RecursionError):
         return float("inf")  # a line torn by the kill: dropped
+    return step if isinstance(step, int) and not isinstance(step, bool) else float("inf")
 
 
 def _log(run: Run, record: dict) -> None:
