@@ -54,6 +54,9 @@ def refuse_existing(dst: str | Path, overwrite: bool = False, marker: str | None
     output of its kind has, e.g. a bundle's manifest.json): then tiercel did not write it. Checked again by
     atomic_dir."""
     dst = Path(dst)
+    if dst.is_symlink() and not dst.exists():
+        raise TiercelError(f"{dst}: is a link to {os.readlink(dst)}, which does not exist; choose another output path, "
+                           "or remove the link yourself")
     if dst.exists() and not dst.is_dir():
         raise TiercelError(f"{dst}: is a file, not a folder; choose a folder path for the output")
     if dst.exists() and not overwrite:
@@ -66,7 +69,10 @@ def refuse_existing(dst: str | Path, overwrite: bool = False, marker: str | None
 
 MARKERS = {  # marker file -> what its JSON holds when tiercel wrote it
     "manifest.json": lambda d: d.get("format") == "tiercel-bundle",  # a bundle (runtime.manifest.FORMAT)
-    "tiercel.json": lambda d: isinstance(d.get("format"), int) and ("shape" in d or "family" in d),  # a checkpoint
+    # a checkpoint: tiercel's own (models.writer.tiercel_meta: its shape) or a converted GeoChat (geochat_convert)
+    "tiercel.json": lambda d: (isinstance(d.get("format"), int) and not isinstance(d.get("format"), bool)
+                               and (isinstance(d.get("shape"), dict) and d.get("family", "florence2") == "florence2"
+                                    or d.get("family") == "llava")),
 }
 
 
@@ -101,6 +107,9 @@ def check_output_file(path: str | Path | None, option: str, example: str = "resu
     path = Path(path)
     if path.is_dir():
         raise TiercelError(f"{option} {path}: is a folder; give a file name, e.g. {path / example}")
+    if path.is_symlink() and not path.exists():
+        raise TiercelError(f"{option} {path}: is a link to {os.readlink(path)}, which does not exist; choose another "
+                           "path, or remove the link yourself")
     _check_writable(path.parent, f"{option} {path}")
 
 

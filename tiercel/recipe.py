@@ -132,6 +132,16 @@ class StudentSection(Section):
             raise ValueError("student.init checkpoint needs student.checkpoint")
         if self.init != "checkpoint" and self.preset not in PRESETS:
             raise ValueError(f"unknown preset '{self.preset}'; valid: {', '.join(PRESETS)}")
+        if "vocab_size" in self.overrides:
+            raise ValueError("overrides.vocab_size: the student's vocabulary is its tokenizer's; set tokenizer.vocab_size "
+                             "(with tokenizer.source train) instead")
+        if self.overrides and self.init != "checkpoint":  # sizes and types checked now, not as the model is built
+            from tiercel.models.presets import get_preset
+
+            try:
+                get_preset(self.preset, **self.overrides)
+            except (ConfigError, TypeError) as err:
+                raise ValueError(f"overrides: {str(err).removeprefix(f'preset {self.preset!r}: ')}") from None
         return self
 
 
@@ -164,9 +174,9 @@ class DenseSection(Section):
 
 
 class DistillSection(Section):
-    steps: int = Field(1000, gt=0, description="optimizer steps")
-    batch_size: int = Field(8, gt=0, description="samples per step per process, before accumulation")
-    grad_accum: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
+    steps: int = Field(1000, gt=0, le=10**9, description="optimizer steps")
+    batch_size: int = Field(8, gt=0, le=65536, description="samples per step per process, before accumulation")
+    grad_accum: int = Field(1, gt=0, le=65536, description="micro-batches accumulated per optimizer step")
     lr: float = Field(3e-4, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to norms and biases)")
     warmup_steps: int = Field(50, ge=0, description="linear warmup steps, then cosine decay to min_lr_ratio * lr")
@@ -273,8 +283,8 @@ class EvalSection(Section):
 
 
 class ProfileSection(Section):
-    runs: int = Field(3, gt=0, description="timed runs per task")
-    warmup: int = Field(1, ge=0, description="untimed runs first")
+    runs: int = Field(3, gt=0, le=100_000, description="timed runs per task")
+    warmup: int = Field(1, ge=0, le=100_000, description="untimed runs first")
     new_tokens: int = Field(16, ge=2, description="tokens generated per run (forced, for comparable timings)")
     tasks: list[str] = Field(["IMG_CAP", "REG_DET_HBB"], description="tasks timed")
 
@@ -287,7 +297,7 @@ class ProfileSection(Section):
 class Recipe(Section):
     name: str = Field(description="job name, used in output paths")
     out: Path = Field(Path("runs"), description="output directory of the job")
-    seed: int = Field(0, description="seed for data order and initialisation")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for data order and initialisation")
     data: DataSection
     tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
     teacher: TeacherSection = Field(default_factory=TeacherSection)
@@ -350,7 +360,9 @@ def load_recipe(path: str | Path | Traversable, overrides: dict | None = None) -
     resolve against the working directory the command runs in, not the recipe's folder."""
     source, where = _source(path)
     try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+        data = yaml.load(source.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except DuplicateKey as err:
+        raise ConfigError(f"{where}: {err}; keep one of them") from None
     except FileNotFoundError:
         raise ConfigError(f"{where}: recipe file not found; give a YAML file or a shipped recipe's name "
                           f"({', '.join(recipes.names())})") from None
@@ -364,9 +376,29 @@ def load_recipe(path: str | Path | Traversable, overrides: dict | None = None) -
         raise ConfigError(f"{where}: not valid YAML{line}") from None
     except RecursionError:  # PyYAML's composer recurses once per nested [ or {
         raise ConfigError(f"{where}: not valid YAML (nested too deeply)") from None
-    for dotted, value in (overrides or {}).items():
-        _set(data, dotted, value)
+    for dotted, value in (overrides or {}).items() if isinstance(data, dict) else ():  # else parse_recipe says what it is
+        _set(data, dotted, value, where)
     return parse_recipe(data, where)
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping of a recipe names one key twice: YAML keeps the last silently, which drops the first section."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no Python objects) that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: its keys may be given again here
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKey(f"'{key}' is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})")
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _source(path: str | Path | Traversable) -> tuple[Path | Traversable, str]:
@@ -386,10 +418,13 @@ def _source(path: str | Path | Traversable) -> tuple[Path | Traversable, str]:
     return path, str(path)
 
 
-def _set(data: dict, dotted: str, value):
+def _set(data: dict, dotted: str, value, where: str = "recipe"):
     keys = dotted.split(".")
-    for k in keys[:-1]:
+    for n, k in enumerate(keys[:-1]):
         data = data.setdefault(k, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[: n + 1])} is {data!r} in {where}, not a section "
+                              "whose fields can be set; set the whole section instead")
     data[keys[-1]] = value
 
 

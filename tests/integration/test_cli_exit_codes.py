@@ -98,6 +98,9 @@ def test_an_output_folder_never_replaces_a_file(tmp_path):
     (["quantize", "b", "--out", "q", "--max-drop", "2"], "--max-drop: Input should be less than or equal to 1"),
     (["data", "synth", "--out", "x", "--size", "100000"], "Invalid value for '--size'"),
     (["engines", "b", "--workspace-gb", "inf"], "Invalid value for '--workspace-gb'"),
+    (["compare", "a.json", "b.json", "--bootstrap", "99999999999999999999"], "Invalid value for '--bootstrap'"),
+    (["profile", "b", "--runs", "99999999999999999999"], "--runs: must be 1..100000"),
+    (["quantize", "b", "--out", "q", "--n", "100000000000000000000"], "--n: Input should be less than or equal to 1000000"),
     (["engines", "b", "--workspace-gb", "nan"], "Invalid value for '--workspace-gb'"),
 ])
 def test_negative_or_absurd_numbers_are_one_line_and_exit_1(args, message):

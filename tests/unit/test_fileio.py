@@ -263,3 +263,25 @@ def test_a_folder_that_takes_no_files_is_refused_before_the_work(tmp_path):
     assert str(err.value).startswith("--geojson /proc/out.geojson: cannot create files in /proc (")
     check_output_file(tmp_path / "out.geojson", "--geojson")  # an ordinary folder: fine, and no probe file left
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_link_to_nowhere_is_never_replaced_by_an_output(tmp_path, overwrite):
+    link = tmp_path / "out"
+    os.symlink("nowhere", link)
+    with pytest.raises(TiercelError) as err:
+        with atomic_dir(link, overwrite=overwrite):
+            pass
+    assert str(err.value) == f"{link}: is a link to nowhere, which does not exist; choose another output path, or remove the link yourself"
+    with pytest.raises(TiercelError, match=r"^--json .*out: is a link to nowhere, which does not exist"):
+        fileio.check_output_file(link, "--json")
+    assert os.readlink(link) == "nowhere"
+
+
+def test_a_checkpoint_marker_needs_a_shape_or_a_family_tiercel_writes(tmp_path):
+    marker = tmp_path / "tiercel.json"
+    for content, ours in [({"format": 3, "family": "my own"}, False), ({"format": 1, "shape": "x"}, False),
+                          ({"format": True, "shape": {}}, False), ({"format": 1, "shape": {}, "family": "mine"}, False),
+                          ({"format": 1, "shape": {"d_model": 8}}, True), ({"format": 1, "family": "llava"}, True)]:
+        marker.write_text(json.dumps(content))
+        assert fileio.marker_is_ours(marker) is ours, content

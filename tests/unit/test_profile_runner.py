@@ -118,7 +118,7 @@ def test_bad_inputs_fail_before_timing(bundle, tmp_path):
         profile([tmp_path / "nope"], ["onnxruntime"], ProfileSettings(runs=1))
     with pytest.raises(ConfigError, match="unknown backend 'onnx'"):
         profile([bundle], ["onnx"], ProfileSettings(runs=1))
-    with pytest.raises(ConfigError, match="--runs: must be >= 1"):
+    with pytest.raises(ConfigError, match=r"--runs: must be 1..100000 \(got 0\)"):
         profile([bundle], ["onnxruntime"], ProfileSettings(runs=0))
     with pytest.raises(ConfigError, match="a bundle; --backend torch runs a checkpoint directory"):
         profile([bundle], ["torch"], ProfileSettings(runs=1))

@@ -141,6 +141,29 @@ def test_recipes_copy_never_replaces_a_file_without_overwrite(tmp_path, monkeypa
     assert (tmp_path / "my.yaml").read_text() == recipes.get("demo").read_text()
 
 
+@pytest.mark.parametrize("content", ["student: [alice, bob]\n", "roster: {a: 1}\nstudent: {preset: tiny}\n"])
+def test_recipes_copy_replaces_no_yaml_that_only_looks_like_a_recipe(tmp_path, monkeypatch, capsys, content):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "roster.yaml").write_text(content)
+    assert main(["recipes", "copy", "demo", "roster.yaml", "--overwrite"]) == 1
+    assert capsys.readouterr().err.startswith("error: roster.yaml: is not a recipe, so it is not replaced")
+    assert (tmp_path / "roster.yaml").read_text() == content
+
+
+def test_recipes_copy_into_a_folder_path_and_around_links_and_pipes(tmp_path, monkeypatch, capsys):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipes", "copy", "demo", "configs/sub/"]) == 0  # a trailing slash names a folder
+    assert (tmp_path / "configs" / "sub" / "demo.yaml").read_text() == recipes.get("demo").read_text()
+    os.symlink("nowhere.yaml", tmp_path / "dangling.yaml")
+    assert main(["recipes", "copy", "demo", "dangling.yaml", "--overwrite"]) == 1
+    assert os.readlink(tmp_path / "dangling.yaml") == "nowhere.yaml" and not (tmp_path / "nowhere.yaml").exists()
+    os.mkfifo(tmp_path / "pipe.yaml")  # reading it to check would block for ever
+    assert main(["recipes", "copy", "demo", "pipe.yaml", "--overwrite"]) == 1
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("args", [["recipes", "show", "nope"], ["recipes", "copy", "nope"]])
 def test_an_unknown_recipe_name_is_one_line(args, capsys):
     assert main(args) == 1
@@ -250,3 +273,62 @@ def test_a_number_field_refuses_true_and_false(key, value):
     with pytest.raises(ConfigError, match=rf"demo: {re.escape(key)}: must be a number, not true/false"):
         load_recipe("demo", {key: value})  # read as 1 or 0 before: `--set distill.steps=true` trained 1 step
     assert load_recipe("demo", {"student.encoder_layers": [0, 1]}).student.encoder_layers == [0, 1]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\ndata: {train: t.json}\ndistill:\n  steps: 5\n  steps: 100000\n", "'steps' is given twice (lines 4 and 5)"),
+    ("name: x\ndata: {train: t.json}\ndistill: {ce: 1}\ndistill: {steps: 5}\n", "'distill' is given twice (lines 3 and 4)"),
+])
+def test_a_key_given_twice_is_one_line_instead_of_the_last_one_winning(tmp_path, text, message):
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(tmp_path / "r.yaml")
+    assert str(err.value) == f"{tmp_path / 'r.yaml'}: {message}; keep one of them"
+
+
+def test_yaml_merge_keys_may_be_given_again(tmp_path):
+    (tmp_path / "r.yaml").write_text("name: x\ndata: {train: t.json}\ntokenizer: {source: train}\n"
+                                     "distill:\n  <<: {steps: 5, lr: 0.001}\n  steps: 7\n")
+    got = load_recipe(tmp_path / "r.yaml").distill
+    assert (got.steps, got.lr) == (7, 0.001)
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("", {"name": "y"}, "must be a mapping of sections"),
+    ("- 1\n", {"name": "y"}, "must be a mapping of sections"),
+    ("name: x\ndata: {train: t.json}\n", {"distill": 5, "distill.steps": 3},
+     "--set distill.steps: distill is 5 in {path}, not a section whose fields can be set; set the whole section instead"),
+])
+def test_set_on_a_recipe_that_is_not_a_mapping_is_one_line(tmp_path, text, overrides, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path, overrides=overrides)
+    assert message.format(path=path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("student, message", [
+    ({"overrides": {"d_model": 10_000_000}}, "overrides: d_model must be a whole number 1..131072 (got 10000000)"),
+    ({"overrides": {"encoder_layers": 1_000_000}}, "overrides: encoder_layers must be a whole number 1..1024"),
+    ({"overrides": {"d_model": float("nan")}}, "overrides: d_model must be a whole number 1..131072 (got nan)"),
+    ({"overrides": {"vocab_size": 2000}}, "overrides.vocab_size: the student's vocabulary is its tokenizer's"),
+    ({"overrides": {"dropout": 0.2}}, "overrides: unknown field 'dropout'"),
+])
+def test_student_overrides_are_checked_before_a_model_is_built(student, message):
+    with pytest.raises(ConfigError) as err:
+        parse_recipe({**BASE, "student": {"preset": "tiny", **student}})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("section, field, value", [("distill", "batch_size", 10**9), ("distill", "steps", 10**30),
+                                                   ("distill", "grad_accum", 10**6), (None, "seed", -1), (None, "seed", 2**40)])
+def test_sizes_that_would_never_fit_are_refused(section, field, value):
+    recipe = {**BASE, section: {field: value}} if section else {**BASE, field: value}
+    with pytest.raises(ConfigError, match=f"{field}: Input should be (less|greater) than or equal to"):
+        parse_recipe(recipe)
+
+
+def test_the_recipe_keys_copy_knows_are_the_recipes_fields():
+    from tiercel.recipe import Recipe
+
+    assert recipes.RECIPE_KEYS == set(Recipe.model_fields)

@@ -245,6 +245,14 @@ def _first_graph_file(m, value):
     (lambda m: _set(m, "generation", "length_penalty", 1e300), "generation.length_penalty: Input should be less than"),
     (lambda m: _set(m, "generation", "early_stopping", 3),
      "generation.early_stopping: must be true, false or \"never\" (got 3); re-export the bundle"),
+    (lambda m: _set(_set(m, "model", "shape", "image_size", 200000), "preprocessing", "size", 200000),
+     "model.shape: image_size must be a whole number 1..131072 (got 200000); re-export the bundle"),
+    (lambda m: _set(_set(m, "model", "shape", "image_size", 3200), "preprocessing", "size", 3200),
+     "model.shape: image_size 3200 exceeds the 50x50 learned position grid (max 1600); re-export the bundle"),
+    (lambda m: _set(m, "model", "shape", "d_model", 10**7),
+     "model.shape: d_model must be a whole number 1..131072 (got 10000000); re-export the bundle"),
+    (lambda m: _set(m, "preprocessing", "mean", [0.5]), "preprocessing.mean: List should have at least 3 items"),
+    (lambda m: _set(m, "preprocessing", "std", [0.2, 0.2, 0.2, 0.2, 0.2]), "preprocessing.std: List should have at most 3 items"),
 ])
 def test_a_manifest_of_the_wrong_shape_is_one_line(copy, change, message):
     import tiercel.runtime as rt

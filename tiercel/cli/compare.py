@@ -21,7 +21,7 @@ from tiercel.cli.app import app
 def compare_cmd(
     base: Path = typer.Argument(..., help="The reference evaluation (`tiercel eval --json`), e.g. the fp32 bundle's."),
     other: Path = typer.Argument(..., help="The evaluation to compare with it, on the same records."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=1, help="Paired resamples of the records behind the intervals."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=1, max=1_000_000, help="Paired resamples of the records behind the intervals."),
     confidence: float = typer.Option(0.95, "--confidence", min=0.5, max=0.999, help="Coverage of the intervals."),
     json_out: Path = typer.Option(None, "--json", help="Write every task's numbers as JSON here."),
 ):

@@ -39,7 +39,7 @@ def eval_cmd(
     batch_size: int = typer.Option(BATCH_SIZE, "--batch-size", min=1, help="Records decoded together with --batch."),
     json_out: Path = typer.Option(None, "--json", help="Write all metrics, counts and every prediction as JSON here."),
     examples: Path = typer.Option(None, "--examples", help="Write qualitative PNGs (one per task) into this folder."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Resamples of the records behind each tiercel headline's 95% interval and the average's (0: no intervals)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, max=1_000_000, help="Resamples of the records behind each tiercel headline's 95% interval and the average's (0: no intervals)."),
     protocol: str = typer.Option("tiercel", "--protocol", help="How to score: tiercel (default), falcon (as Falcon's published evaluation scores it; needs tiercel[eval] for REG_DET_OBB, PIX_SEG, PIX_CHG) or both, side by side."),
 ):
     """Score a bundle or a checkpoint on Falcon_SFT records with each task's metrics."""

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from tiercel.cli.app import app
@@ -42,7 +40,7 @@ def show_cmd(name: str = typer.Argument(..., help="Recipe name, as `tiercel reci
 @recipes_app.command("copy")
 def copy_cmd(
     name: str = typer.Argument(..., help="Recipe name, as `tiercel recipes` lists it."),
-    dest: Path = typer.Argument(None, help="File to write, or a folder for NAME.yaml (default: ./NAME.yaml)."),
+    dest: str = typer.Argument(None, help="File to write, or a folder for NAME.yaml (an existing one, or a path ending in /; default: ./NAME.yaml)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DEST if it exists."),
 ):
     """Write the recipe to a file to edit; run it with `tiercel pipeline FILE` or `tiercel distill FILE`."""

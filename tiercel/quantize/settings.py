@@ -46,12 +46,12 @@ class QuantizeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     backend: str = Field("onnxruntime", description="; ".join(f"{t.name}: {t.help}" for t in TARGETS.values()) + ".")
-    n: int = Field(128, gt=0, description="Calibration samples; decoder steps are thinned to this many feeds per graph.")
+    n: int = Field(128, gt=0, le=1_000_000, description="Calibration samples; decoder steps are thinned to this many feeds per graph.")
     max_drop: float = Field(0.01, ge=0, le=1, description="Largest relative drop of the 14-task average allowed on the val split.")
     max_task_drop: float | None = Field(None, ge=0, le=1, description="Also refuse when some task's relative drop is resolved over this: the low end of its paired-bootstrap interval, "
                                                         "1 - confidence shared over the tasks (default: max_drop's value; 1: no per-task floor).")
-    n_val: int = Field(224, ge=0, description="Val samples the guard compares on, balanced over tasks (224: 16 per task; 0: no guard).")
-    n_val_max: int = Field(0, ge=0, description="Grow the guard's val sample, doubling it up to this many, when only the upper bound missed (the point drop was within max drop); "
+    n_val: int = Field(224, ge=0, le=1_000_000, description="Val samples the guard compares on, balanced over tasks (224: 16 per task; 0: no guard).")
+    n_val_max: int = Field(0, ge=0, le=1_000_000, description="Grow the guard's val sample, doubling it up to this many, when only the upper bound missed (the point drop was within max drop); "
                                             "each look then takes an equal share of 1 - confidence (0: no growth).")
     min_agreement: float = Field(0.0, ge=0, le=1, description="Also require this greedy token agreement with fp32 (0..1).")
     confidence: float = Field(0.9, ge=0, lt=1, description="The guard holds when this quantile of the paired-bootstrap drop is within max_drop (0: the point drop decides).")
@@ -63,8 +63,8 @@ class QuantizeOptions(BaseModel):
     all_layers: bool = Field(False, description="int4-weight-only: the token-embedding table and the lm_head in int4 too. Default: both in int8 blocks on either backend, "
                                                  "as NNCF keeps embeddings and the last layer (docs/quantize.md).")
     ratio: float = Field(1.0, ge=0, le=1, description="OpenVINO int4: share of layers in int4 (the rest int8).")
-    max_new_tokens: int = Field(64, gt=0, description="Tokens generated per sample when calibrating and guarding.")
-    max_retries: int = Field(4, ge=0, description="Guard attempts that keep more layers in higher precision before giving up.")
+    max_new_tokens: int = Field(64, gt=0, le=65536, description="Tokens generated per sample when calibrating and guarding.")
+    max_retries: int = Field(4, ge=0, le=64, description="Guard attempts that keep more layers in higher precision before giving up.")
     sensitivity: bool = Field(False, description="Write sensitivity.json (per-layer report) into the bundle.")
     engines: bool = Field(False, description="With backend tensorrt: also build INT8 TensorRT engines from the Q/DQ graphs (needs tensorrt and an NVIDIA GPU).")
 

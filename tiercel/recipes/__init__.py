@@ -8,6 +8,7 @@ names and text, nothing about the schema (tiercel.recipe validates them).
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,16 +47,25 @@ def summary(name: str) -> str:
     return ""
 
 
+# the top-level keys of a recipe (tiercel.recipe.Recipe's fields; a test keeps the two the same)
+RECIPE_KEYS = frozenset({"name", "out", "seed", "data", "tokenizer", "teacher", "student", "distill", "pipeline",
+                         "export", "quantize", "eval", "profile"})
+
+
 def is_recipe(path: Path) -> bool:
     """Whether `path` holds a recipe (a YAML mapping with a distill or student section): what copy, or a run
     writing its recipe.yaml, may replace."""
     import yaml
 
+    if not path.is_file():  # a FIFO or a device would block or never end
+        return False
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return False
-    return isinstance(data, dict) and bool({"distill", "student"} & set(data))
+    if not isinstance(data, dict) or not {"distill", "student"} & set(data) or not set(data) <= RECIPE_KEYS:
+        return False
+    return all(isinstance(data[k], dict) or data[k] is None for k in (RECIPE_KEYS - {"name", "out", "seed"}) & set(data))
 
 
 def copy(name: str, dest: str | Path | None = None, overwrite: bool = False) -> Path:
@@ -64,8 +74,9 @@ def copy(name: str, dest: str | Path | None = None, overwrite: bool = False) -> 
     from tiercel.fileio import atomic_write_text, check_output_file
 
     text = get(name).read_text()
+    folder = dest is not None and str(dest).endswith(("/", os.sep))  # "configs/": a folder, made if missing
     dest = Path(dest) if dest is not None else Path(f"{name}{SUFFIX}")
-    if dest.is_dir():
+    if dest.is_dir() or folder:
         dest = dest / f"{name}{SUFFIX}"
     if dest.exists() and not overwrite:
         raise ConfigError(f"{dest}: already exists; choose another path or pass --overwrite")

@@ -14,9 +14,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from tiercel.errors import BundleError
+from tiercel.errors import BundleError, ConfigError
 from tiercel.fileio import read_json_object, write_json
 from tiercel.runtime.generate import MAX_BEAMS, GenerationConfig
+from tiercel.runtime.shape import ModelShape
 
 MANIFEST = "manifest.json"
 FORMAT = "tiercel-bundle"
@@ -60,6 +61,10 @@ def check_manifest(manifest: dict, where) -> Manifest:
         msg = e["msg"].removeprefix("Value error, ")
         raise BundleError(f"{where}: {loc}: {msg}; re-export the bundle") from None
     shape = parsed.model.shape
+    try:  # sizes a model could never have (an image side of 200000) fail here, not in an allocation
+        ModelShape(**{k: tuple(v) if isinstance(v, list) else v for k, v in shape.model_dump().items()}).check("model.shape")
+    except ConfigError as err:
+        raise BundleError(f"{where}: {err}; re-export the bundle") from None
     if parsed.preprocessing.size != shape.image_size:
         raise BundleError(f"{where}: preprocessing.size: {parsed.preprocessing.size} differs from the model's "
                           f"image_size {shape.image_size}; re-export the bundle")
@@ -132,8 +137,8 @@ class Preprocessing(_Part):
     size: _Count
     resize: str = "bicubic, square, aspect ratio not kept"
     rescale: _Finite = 1 / 255
-    mean: list[_Finite] = Field(min_length=1)
-    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=1)
+    mean: list[_Finite] = Field(min_length=3, max_length=3)  # one per RGB channel
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=3, max_length=3)
 
 
 def _shape_model() -> type[BaseModel]:

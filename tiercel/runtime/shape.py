@@ -5,11 +5,17 @@ presets (tiercel.models.presets) are instances of it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from tiercel.errors import ConfigError
 
 FLORENCE_VOCAB = 51289  # Florence-2 / Falcon tokenizer size before `<image>` is added
+
+
+# the largest value each ModelShape field takes (others: 2**17): far past any Florence-2 or Falcon model, bounded
+# so that a wrong number fails in one line instead of building a model that never fits in memory
+SIZE_LIMITS = {"vision_depths": 1024, "encoder_layers": 1024, "decoder_layers": 1024, "vision_heads": 4096,
+               "vision_groups": 4096, "attention_heads": 4096, "vocab_size": 2**22, "max_text_positions": 2**20}
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,14 @@ class ModelShape:
         return asdict(self)
 
     def check(self, where: str = "model") -> ModelShape:
-        """Raise ConfigError for shapes transformers would reject later with a less clear message."""
+        """Raise ConfigError for shapes transformers would reject later with a less clear message, or that would
+        allocate without bound (a typo of 10000000 for d_model)."""
+        for f in fields(self):
+            value, limit = getattr(self, f.name), SIZE_LIMITS.get(f.name, 2**17)
+            items = value if isinstance(value, tuple) else (value,)
+            if not (0 < len(items) <= 16 and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= limit for v in items)):
+                kind = "a list of 1 to 16 whole numbers" if isinstance(value, tuple) else "a whole number"
+                raise ConfigError(f"{where}: {f.name} must be {kind} 1..{limit} (got {repr(value)[:60]})")
         n = len(self.vision_dims)
         if not (len(self.vision_depths) == len(self.vision_heads) == len(self.vision_groups) == n):
             raise ConfigError(f"{where}: vision_dims, vision_depths, vision_heads and vision_groups need the same length")

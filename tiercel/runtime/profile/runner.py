@@ -62,7 +62,7 @@ class ProfileSettings:
     options: dict | None = None  # backend settings (tiercel.runtime.load's `options`)
 
     def check(self) -> ProfileSettings:
-        bounds = (("runs", 1, None), ("warmup", 0, None), ("new_tokens", 2, None), ("image_size", 16, MAX_IMAGE_SIZE),
+        bounds = (("runs", 1, 100_000), ("warmup", 0, 100_000), ("new_tokens", 2, 65536), ("image_size", 16, MAX_IMAGE_SIZE),
                   ("num_beams", 1, MAX_BEAMS), ("threads", 1, MAX_THREADS))
         for name, low, high in bounds:
             value = getattr(self, name)
