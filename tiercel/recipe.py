@@ -386,19 +386,21 @@ class DuplicateKey(yaml.YAMLError):
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (no Python objects) that refuses a key given twice in one mapping."""
+    """yaml.SafeLoader (no Python objects) that refuses a key given twice in one mapping. Checked as each mapping
+    is composed, before merge keys (`<<: *defaults`) copy keys in, so a key a merge brings may be given again."""
 
-    def construct_mapping(self, node, deep=False):
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
         seen = {}
         for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: its keys may be given again here
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                 continue
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise DuplicateKey(f"'{key}' is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})")
-            if isinstance(key, (str, int, float, bool)):
-                seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise DuplicateKey(f"'{key_node.value}' is given twice (lines {seen[key] + 1} and "
+                                   f"{key_node.start_mark.line + 1})")
+            seen[key] = key_node.start_mark.line
+        return node
 
 
 def _source(path: str | Path | Traversable) -> tuple[Path | Traversable, str]:
@@ -421,7 +423,9 @@ def _source(path: str | Path | Traversable) -> tuple[Path | Traversable, str]:
 def _set(data: dict, dotted: str, value, where: str = "recipe"):
     keys = dotted.split(".")
     for n, k in enumerate(keys[:-1]):
-        data = data.setdefault(k, {})
+        if data.get(k) is None:  # missing, or `hidden:` left empty in the file
+            data[k] = {}
+        data = data[k]
         if not isinstance(data, dict):
             raise ConfigError(f"--set {dotted}: {'.'.join(keys[: n + 1])} is {data!r} in {where}, not a section "
                               "whose fields can be set; set the whole section instead")

@@ -162,3 +162,16 @@ def test_what_transformers_raises_building_a_model_is_one_line_naming_the_config
         build_model(lambda: {}["evil"], where)
     assert str(err.value) == (f"{where}: cannot build a model from it ('evil'); fix the file or re-download the "
                               "checkpoint")
+
+
+@pytest.mark.parametrize("layout", ["native", "original"])
+def test_stage_fields_a_config_leaves_out_take_transformers_defaults(request, tmp_path, layout):
+    from tiercel.models.checkpoint import read_config
+
+    folder = request.getfixturevalue(layout)
+    config = json.loads((folder / "config.json").read_text())
+    for name in ("patch_size", "patch_stride", "patch_padding", "patch_prenorm"):
+        config["vision_config"].pop(name, None)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["convert", str(folder), str(tmp_path / "out")]) == 0
+    assert read_config(tmp_path / "out").config.vision_config.patch_size in ([7, 3, 3, 3], (7, 3, 3, 3))

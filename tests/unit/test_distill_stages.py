@@ -23,7 +23,7 @@ def inputs(model, batch: int = 2, side: int = 64):
 def build(**overrides):
     from tiercel.models import build as build_model
 
-    return build_model("tiny", seed=0, vocab_size=300, image_token_id=3, image_size=64, **overrides)
+    return build_model("tiny", seed=0, vocab_size=300, image_token_id=3, **{"image_size": 64, **overrides})
 
 
 def test_run_model_keeps_the_map_after_each_stage_and_the_last_feeds_the_projector():
@@ -51,7 +51,7 @@ def test_deeper_stages_keep_their_last_block():
 
 
 def test_the_stage_loss_is_the_mse_against_the_teachers_map_normalised_per_position():
-    student, teacher = build(), build(vision_dims=[16, 32, 48, 64])  # equal widths: no projection, the loss by hand
+    student, teacher = build(), build(vision_dims=[16, 32, 48, 64])  # equal widths: projected all the same
     torch.manual_seed(1)
     for p in teacher.parameters():
         p.data.normal_(0, 0.5)
@@ -62,8 +62,10 @@ def test_the_stage_loss_is_the_mse_against_the_teachers_map_normalised_per_posit
     with torch.no_grad():
         t_out = run_model(teacher, x, batch["decoder_input_ids"], stages=True)
         _, terms, s_out = obj(batch, t_out)
+    assert sorted(k for k in obj.distiller.state_dict() if k.endswith("weight")) == ["proj.stage_1.weight", "proj.stage_3.weight"]
     for i in (1, 3):
-        s = s_out.stages[i].flatten(2).transpose(1, 2)
+        with torch.no_grad():
+            s = obj.distiller.proj[f"stage_{i}"](s_out.stages[i].flatten(2).transpose(1, 2))
         t = t_out.stages[i].flatten(2).transpose(1, 2)
         t = (t - t.mean(-1, keepdim=True)) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True) + 1e-5)
         torch.testing.assert_close(terms[f"hidden_stage.{i}"], ((s - t) ** 2).mean(), rtol=1e-5, atol=1e-6)
@@ -86,3 +88,18 @@ def test_a_stage_either_model_lacks_is_one_line():
     assert str(err.value) == ("distill.hidden.stage_pairs: 0: 4 names a vision stage the models lack (student stages "
                               "0..3, teacher 0..3)")
     assert stage_pairs(cfg.hidden.model_copy(update={"stage_pairs": {}}), student.tiercel_shape) == {0: 0, 1: 1, 2: 2, 3: 3}
+
+
+def test_a_larger_teacher_grid_is_averaged_down_to_the_students():
+    student, teacher = build(), build(image_size=128)  # the teacher's grids are twice the student's on each side
+    obj = DistillObjective(student, DistillSection(ce=1.0, hidden={"stages": 1.0, "stage_pairs": {0: 0}}), teacher.tiercel_shape)
+    x = inputs(student)
+    t_x = inputs(teacher, side=128)
+    batch = {"student": x, "decoder_input_ids": torch.full((2, 3), 2), "labels": torch.full((2, 3), 7)}
+    with torch.no_grad():
+        t_out = run_model(teacher, t_x, batch["decoder_input_ids"], stages=True)
+        _, terms, s_out = obj(batch, t_out)
+        s = obj.distiller.proj["stage_0"](s_out.stages[0].flatten(2).transpose(1, 2))
+        t = torch.nn.functional.avg_pool2d(t_out.stages[0], 2).flatten(2).transpose(1, 2)  # 32x32 -> 16x16
+        t = torch.nn.functional.layer_norm(t, t.shape[-1:])
+    torch.testing.assert_close(terms["hidden_stage.0"], ((s - t) ** 2).mean(), rtol=1e-5, atol=1e-6)

@@ -396,3 +396,14 @@ def test_a_weight_that_is_not_floating_point_is_refused_by_name(geochat, tmp_pat
     assert str(err.value) == (f"{src}: weight 'model.multi_modal_projector.linear_1.bias' is stored as int32, not "
                               "floating point; the checkpoint is damaged or not a model's weights, re-download it")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pad_token_id_of_minus_one_is_no_padding_token_and_converts(geochat, tmp_path, capsys):
+    root, _ = geochat
+    src = copy_source(root, tmp_path)
+    config = json.loads((src / "config.json").read_text())
+    config["pad_token_id"] = -1  # what some LLaMA conversions write for "none"
+    (src / "config.json").write_text(json.dumps(config))
+    code = main(["convert", "--from", "geochat", str(src), str(tmp_path / "out"), "--vision-tower", str(root / "clip"),
+                 "--image-size", "42"])
+    assert code == 0, capsys.readouterr().err

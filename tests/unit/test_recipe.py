@@ -332,3 +332,20 @@ def test_the_recipe_keys_copy_knows_are_the_recipes_fields():
     from tiercel.recipe import Recipe
 
     assert recipes.RECIPE_KEYS == set(Recipe.model_fields)
+
+
+def test_merge_keys_of_an_anchor_nested_deeper_are_not_a_key_given_twice(tmp_path):
+    (tmp_path / "r.yaml").write_text("name: x\ndata: {train: t.json}\ntokenizer: {source: train}\n"
+                                     "base: &base {lr: 0.001, weight_decay: 0}\n"
+                                     "pipeline: {other: &d {<<: *base, lr: 0.002}}\n"
+                                     "distill: {<<: *d}\n")
+    with pytest.raises(ConfigError) as err:  # loads as YAML; only the unknown top-level key is refused
+        load_recipe(tmp_path / "r.yaml")
+    assert "given twice" not in str(err.value) and "base" in str(err.value)
+
+
+def test_set_fills_a_section_left_empty(tmp_path):
+    (tmp_path / "r.yaml").write_text("name: x\ndata: {train: t.json}\ntokenizer: {source: train}\n"
+                                     "teacher: {kind: checkpoint, path: t}\ndistill:\n  hidden:\n")
+    got = load_recipe(tmp_path / "r.yaml", overrides={"distill.hidden.stages": 0.5})
+    assert got.distill.hidden.stages == 0.5

@@ -243,6 +243,7 @@ class HiddenDistiller(nn.Module):
             A `nn.Linear(student, teacher)` is learned where the widths differ; otherwise features are compared
             as they are.
         kind: "mse" (mean squared error per token, averaged over the width) or "cosine" (1 - cosine per token).
+        projected: feature names that get a learned projection even where the widths are equal.
         image_tokens: feature name -> (student image tokens, teacher image tokens) for features whose sequence
             STARTS with image tokens and continues with tokens both models share (the text encoder's output:
             image tokens, then `<s> prompt </s>`). Those image prefixes are aligned with align_image_tokens.
@@ -252,7 +253,7 @@ class HiddenDistiller(nn.Module):
     """
 
     def __init__(self, pairs: dict[str, tuple[int, int]], kind: str = "mse",
-                 image_tokens: dict[str, tuple[int, int]] | None = None):
+                 image_tokens: dict[str, tuple[int, int]] | None = None, projected: tuple[str, ...] = ()):
         super().__init__()
         if kind not in HIDDEN_LOSSES:
             raise ConfigError(f"unknown hidden-state loss {kind!r}; valid kinds: {', '.join(HIDDEN_LOSSES)}")
@@ -266,7 +267,8 @@ class HiddenDistiller(nn.Module):
         self.keys = {name: name.replace(".", "_") for name in self.pairs}  # ModuleDict keys may not hold dots
         if len(set(self.keys.values())) != len(self.keys):
             raise ConfigError(f"hidden feature names {', '.join(self.pairs)} collide once '.' becomes '_'; rename one")
-        self.proj = nn.ModuleDict({self.keys[n]: nn.Linear(ds, dt) for n, (ds, dt) in self.pairs.items() if ds != dt})
+        self.proj = nn.ModuleDict({self.keys[n]: nn.Linear(ds, dt) for n, (ds, dt) in self.pairs.items()
+                                   if ds != dt or n in projected})
 
     def forward(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
                 masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

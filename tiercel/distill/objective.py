@@ -75,15 +75,19 @@ class DistillObjective(nn.Module):
                               for s, t in stage_pairs(h, student.tiercel_shape, teacher_shape).items()})
         # the encoder output starts with the image tokens, whose count differs when the image sizes do
         image_tokens = {"encoder": (student.tiercel_shape.image_tokens, teacher_shape.image_tokens)} if "encoder" in pairs else None
-        self.distiller = HiddenDistiller(pairs, kind=h.kind, image_tokens=image_tokens) if pairs else None
+        # a stage's map is always projected: the target is the teacher's map normalised per position, which a
+        # student of the same width (a copied vision tower) does not produce as it is
+        stages = tuple(n for n in pairs if n.startswith("stage."))
+        self.distiller = HiddenDistiller(pairs, kind=h.kind, image_tokens=image_tokens, projected=stages) if pairs else None
         # dense losses (tiercel.distill.dense): one linear head per term, a token -> its cells (x channels)
         d, dim, cells2 = cfg.dense, student.tiercel_shape.d_model, cfg.dense.cells**2
         self.dense_answer = nn.Linear(dim, cells2) if d.answer else None
         self.dense_objects = nn.Linear(dim, cells2 * dense_channels) if d.objects and dense_channels else None
 
     @property
-    def needs_hidden(self) -> bool:
-        return self.distiller is not None
+    def needs_decoder_states(self) -> bool:
+        """Whether the loss reads the decoder's hidden states (run_model's `hidden`) of both models."""
+        return self.distiller is not None and self.cfg.hidden.decoder > 0
 
     @property
     def needs_stages(self) -> bool:
@@ -95,7 +99,7 @@ class DistillObjective(nn.Module):
         if student_call is not None:  # dist.through_root: the student used directly, inside this (root) forward
             return student_call(self.student)
         cfg = self.cfg
-        out = run_model(self.student, batch["student"], batch["decoder_input_ids"], hidden=self.needs_hidden and cfg.hidden.decoder > 0,
+        out = run_model(self.student, batch["student"], batch["decoder_input_ids"], hidden=self.needs_decoder_states,
                         stages=self.needs_stages)
         labels = batch["labels"]
         mask = labels != IGNORE
@@ -152,8 +156,12 @@ class DistillObjective(nn.Module):
         pairs = stage_pairs(h, self.student.tiercel_shape) if h.stages else {}
         for s_stage, t_stage in pairs.items():
             s_map, t_map = out.stages[s_stage], teacher.stages[t_stage]
-            if t_map.shape[-2:] != s_map.shape[-2:]:  # other image sizes: the teacher's grid resampled to the student's
-                t_map = nn.functional.interpolate(t_map.float(), size=s_map.shape[-2:], mode="bilinear", align_corners=False)
+            if t_map.shape[-2:] != s_map.shape[-2:]:  # another grid: the teacher's averaged down, or resampled up
+                t_map = t_map.float()
+                if all(t >= s for t, s in zip(t_map.shape[-2:], s_map.shape[-2:])):
+                    t_map = nn.functional.adaptive_avg_pool2d(t_map, s_map.shape[-2:])
+                else:
+                    t_map = nn.functional.interpolate(t_map, size=s_map.shape[-2:], mode="bilinear", align_corners=False)
             t_tokens = t_map.flatten(2).transpose(1, 2).float()
             s_feats[f"stage.{s_stage}"] = s_map.flatten(2).transpose(1, 2)
             t_feats[f"stage.{s_stage}"] = nn.functional.layer_norm(t_tokens, t_tokens.shape[-1:])

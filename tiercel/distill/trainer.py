@@ -231,8 +231,8 @@ def micro_step(run: Run, step: int, micro: int, total: int, sync: bool) -> tuple
         from tiercel.distill.objective import run_model
 
         with torch.no_grad(), _autocast(cfg.precision, dist.device):
-            teacher_out = run_model(run.teacher.model, batch["teacher"], batch["decoder_input_ids"], hidden=run.objective.needs_hidden,
-                                    stages=run.objective.needs_stages)
+            teacher_out = run_model(run.teacher.model, batch["teacher"], batch["decoder_input_ids"],
+                                    hidden=run.objective.needs_decoder_states, stages=run.objective.needs_stages)
     if run.topk is not None and not on_policy:
         topk = run.topk.lookup(indices, batch["labels"], dist.device)
     units = sum(loss_units(run, [(batch["labels"] != IGNORE).sum(1).tolist()])[0])

@@ -309,7 +309,7 @@ def _check_vision(vision: dict, where: Path, original: bool) -> None:
     transformers uses unchecked (an unknown activation is a KeyError deep inside the model)."""
     transformers = require("transformers", "train", "reading a checkpoint config")
     default = transformers.Florence2VisionConfig()
-    stages = {name: vision.get(name, getattr(default, name)) for name in _STAGES}
+    stages = {name: vision.get(name, list(getattr(default, name))) for name in _STAGES}  # transformers' defaults are tuples
     label = {n: "vision_config." + (_ORIGINAL_VISION.get(n, n) if original else n) for n in _STAGES}
     for name, value in stages.items():
         check_that(isinstance(value, list) and bool(value), where, label[name], "a list with one entry per stage", value)

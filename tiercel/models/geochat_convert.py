@@ -177,7 +177,9 @@ def _check_llama(config: dict, where: Path) -> None:
         if name in config:
             check_that(isinstance(config[name], bool), where, name, "true or false", config[name])
     _check_rope(config.get("rope_scaling"), where)
-    check_token_ids(config, ("bos_token_id", "eos_token_id", "pad_token_id"), config.get("vocab_size", 32000), where)
+    check_token_ids(config, ("bos_token_id", "eos_token_id"), config.get("vocab_size", 32000), where)
+    if config.get("pad_token_id") != -1:  # -1: no padding token, as some LLaMA conversions write it
+        check_token_ids(config, ("pad_token_id",), config.get("vocab_size", 32000), where)
     transformers = require("transformers", "train", "converting GeoChat")
     text = {k: config[k] for k in _LLAMA_KEYS if k in config}
     build_model(lambda: transformers.LlamaConfig(**text), where)  # transformers' own checks (RoPE keys), named here

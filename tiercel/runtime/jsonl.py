@@ -174,12 +174,13 @@ def _open_locked(path: Path, option: str):
 
 
 def _same_file(file, path: Path) -> bool:
+    """Whether `path` still names the open `file`: both opened, then compared (on overlayfs and some FUSE file
+    systems stat(path) and fstat(fd) of one file can differ; two open descriptors agree)."""
     try:
-        now = os.stat(path)
+        with open(path, "rb") as now:
+            return os.path.sameopenfile(file.fileno(), now.fileno())
     except FileNotFoundError:
         return False
-    mine = os.fstat(file.fileno())
-    return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
 
 
 def _lock(file, path: Path, option: str) -> None:
