@@ -55,7 +55,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from fidelity_config import data_paths, load_config, student_recipe, teacher_recipes  # noqa: E402
+from fidelity_config import data_paths, load_config, merge, student_recipe, teacher_recipes  # noqa: E402
 from image_use import commit  # noqa: E402
 from synth_runs import params, score, train  # noqa: E402
 
@@ -112,14 +112,6 @@ def flat(tree: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():
         out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
-    return out
-
-
-def merged(base: dict, changes: dict) -> dict:
-    """`base` with `changes` merged key by key, nested mappings too."""
-    out = dict(base)
-    for k, v in changes.items():
-        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -271,7 +263,7 @@ def main() -> None:
                 sys.exit(f"--overrides: the student is only {t_params / s_params:.2f}x smaller than the teacher; the "
                          f"issue asks >= {SIZE_RATIO:g}x")
         if args.distill:
-            recipe["distill"] = merged(recipe["distill"], args.distill)
+            recipe["distill"] = merge(recipe["distill"], args.distill)
         recipe["distill"] = relengthened(recipe["distill"], args.steps)
         t0 = time.perf_counter()
         run = train(recipe)

@@ -92,7 +92,7 @@ def test_overrides_that_are_not_a_json_object_are_a_usage_error(text):
 
 def test_distill_changes_merge_key_by_key_and_name_their_folder():
     base = {"kd": 0.5, "hidden": {"vision": 0.5, "decoder_layers": {1: 1}}}
-    got = student_pilot.merged(base, {"hidden": {"stages": 0.5}})
+    got = student_pilot.merge(base, {"hidden": {"stages": 0.5}})
     assert got == {"kd": 0.5, "hidden": {"vision": 0.5, "decoder_layers": {1: 1}, "stages": 0.5}}
     assert base["hidden"] == {"vision": 0.5, "decoder_layers": {1: 1}}  # the YAML's recipe is not changed
     assert student_pilot.overrides_name(student_pilot.flat({"hidden": {"stages": 0.5}, "lr": 0.001})) == "hidden.stages-0.5_lr-0.001"
