@@ -82,7 +82,7 @@ def test_profile_errors_are_one_line(bundles, tiny_checkpoint, tmp_path, capsys)
     _one_line_error(capsys, ["profile", merged, "--backend", "torch"], "--backend torch runs a checkpoint directory")
     _one_line_error(capsys, ["profile", merged, "--backend", "openvino"], "has no graphs for backend 'openvino'")
     _one_line_error(capsys, ["profile", merged, "--tasks", "IMG_FOO"], "unknown task 'IMG_FOO'")
-    _one_line_error(capsys, ["profile", merged, "--runs", "0"], "--runs: must be >= 1")
+    _one_line_error(capsys, ["profile", merged, "--runs", "0"], "--runs: must be 1..100000 (got 0)")
     _one_line_error(capsys, ["profile", merged, "--device-spec", str(tmp_path / "none.yaml")], "device spec file not found")
 
 
