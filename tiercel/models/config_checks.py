@@ -13,16 +13,7 @@ import math
 from pathlib import Path
 
 from tiercel.errors import CheckpointError
-
-
-def size_limit(name: str) -> int:
-    """The largest value tiercel accepts for a config size: far past any Florence-2 or Falcon model, but bounded so
-    that a wrong number fails here instead of building a model that never fits in memory."""
-    if "layers" in name or name == "depths":
-        return 1024
-    if "heads" in name or name == "num_groups":
-        return 4096
-    return {"vocab_size": 2**22, "max_position_embeddings": 2**20}.get(name, 2**17)
+from tiercel.runtime.shape import size_limit
 
 
 def check_size(value, name: str, label: str, where: Path) -> None:

@@ -62,7 +62,7 @@ _CLIP_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_atte
               "image_size", "patch_size", "hidden_act", "layer_norm_eps", "projection_dim", "attention_dropout")
 _SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
           "num_key_value_heads", "head_dim", "max_position_embeddings", "num_channels", "image_size", "patch_size",
-          "projection_dim")  # fields that size a tensor, in either config (bounds: config_checks.size_limit)
+          "projection_dim")  # fields that size a tensor, in either config (bounds: runtime.shape.size_limit)
 _ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings",
                  "attention_factor", "beta_fast", "beta_slow")
 _SELECT = {"patch": "default", "cls_patch": "full"}  # mm_vision_select_feature -> vision_feature_select_strategy

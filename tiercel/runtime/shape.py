@@ -12,10 +12,15 @@ from tiercel.errors import ConfigError
 FLORENCE_VOCAB = 51289  # Florence-2 / Falcon tokenizer size before `<image>` is added
 
 
-# the largest value each ModelShape field takes (others: 2**17): far past any Florence-2 or Falcon model, bounded
-# so that a wrong number fails in one line instead of building a model that never fits in memory
-SIZE_LIMITS = {"vision_depths": 1024, "encoder_layers": 1024, "decoder_layers": 1024, "vision_heads": 4096,
-               "vision_groups": 4096, "attention_heads": 4096, "vocab_size": 2**22, "max_text_positions": 2**20}
+def size_limit(name: str) -> int:
+    """The largest value tiercel accepts for a size, by its name in a ModelShape or in a checkpoint's config: far
+    past any Florence-2, Falcon or LLaVA model, but bounded so that a wrong number fails in one line instead of
+    building a model that never fits in memory."""
+    if "layers" in name or "depths" in name:
+        return 1024
+    if "heads" in name or "groups" in name:
+        return 4096
+    return {"vocab_size": 2**22, "max_position_embeddings": 2**20, "max_text_positions": 2**20}.get(name, 2**17)
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class ModelShape:
         """Raise ConfigError for shapes transformers would reject later with a less clear message, or that would
         allocate without bound (a typo of 10000000 for d_model)."""
         for f in fields(self):
-            value, limit = getattr(self, f.name), SIZE_LIMITS.get(f.name, 2**17)
+            value, limit = getattr(self, f.name), size_limit(f.name)
             items = value if isinstance(value, tuple) else (value,)
             if not (0 < len(items) <= 16 and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= limit for v in items)):
                 kind = "a list of 1 to 16 whole numbers" if isinstance(value, tuple) else "a whole number"
