@@ -1,5 +1,3 @@
-import sys
+from tiercel.cli import entry
 
-from tiercel.cli import main
-
-sys.exit(main())
+entry()

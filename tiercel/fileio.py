@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from tiercel.errors import TiercelError
@@ -36,8 +35,9 @@ def atomic_dir(dst: str | Path, overwrite: bool = False, marker: str | None = No
     dst.parent.mkdir(parents=True, exist_ok=True)
     tidy_leftovers(dst)
     refuse_existing(dst, overwrite, marker)  # a leftover put back may now stand there
-    tmp = Path(create_temp(lambda: tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=dst.parent), dst, dst.parent))
+    tmp = temp_name(dst)  # named before it exists: a Ctrl-C at any point after its mkdir finds it to remove
     try:
+        make_temp(tmp, dst, directory=True)
         os.chmod(tmp, 0o777 & ~umask())
         yield tmp
         interrupted()  # a Ctrl-C that got lost on the way: the output is not complete, do not publish it
@@ -213,17 +213,32 @@ def _check_writable(folder: Path, what: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise TiercelError(f"{what}: no permission to write in {existing}; choose another path")
     # os.access says yes for root, and on file systems that take no files (/proc): create one to be sure
-    fd, probe = create_temp(lambda: tempfile.mkstemp(prefix=".tiercel-probe-", dir=existing), what, existing)
-    os.close(fd)
-    os.unlink(probe)
-
-
-def create_temp(make, what, folder: Path):
-    """`make()` (tempfile.mkstemp or mkdtemp in `folder`), its OSError as one TiercelError line."""
+    probe = temp_name(existing / "tiercel-probe")
     try:
-        return make()
+        os.close(make_temp(probe, what))
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def temp_name(target: Path) -> Path:
+    """A new name for `target`'s temporary output, next to it: `.NAME.tmp-PID-RANDOM` (tidy_leftovers and
+    is_temporary know it). Chosen before anything is created, so that the caller's cleanup, entered before
+    make_temp, knows what to remove even when a Ctrl-C lands between the creation and its return (a name from
+    tempfile.mkdtemp arrives only after the folder exists)."""
+    return target.parent / f".{target.name}.tmp-{os.getpid()}-{os.urandom(6).hex()}"
+
+
+def make_temp(tmp: Path, what, directory: bool = False) -> int | None:
+    """Create `tmp` (temp_name): a folder (mode 0700), or a file (0600) whose open descriptor is returned. An
+    OSError is one TiercelError line naming `what` (with 48 random bits, a name that exists already is one of a
+    killed tiercel process with the same PID: the caller's cleanup removes it, as tidy_leftovers would)."""
+    try:
+        if directory:
+            os.mkdir(tmp, 0o700)
+            return None
+        return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     except OSError as err:
-        raise TiercelError(f"{what}: cannot create files in {folder} ({err.strerror}); choose another path") from None
+        raise TiercelError(f"{what}: cannot create files in {tmp.parent} ({err.strerror}); choose another path") from None
 
 
 def replace_into(src: Path, dst: Path) -> None:
@@ -288,10 +303,9 @@ def atomic_path(path: str | Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tidy_leftovers(path)
-    fd, tmp = create_temp(lambda: tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent), path, path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = temp_name(path)
     try:
+        os.close(make_temp(tmp, path))
         yield tmp
         interrupted()
         os.chmod(tmp, 0o666 & ~umask())

@@ -1,6 +1,6 @@
 """Exit codes a script or a service manager can rely on: 0 only for success, 1 for a user error (one line),
-2 for a usage error (one line, no traceback), 130 with `aborted` for an interrupt. test_cli_usage.py walks every
-command for the usage errors."""
+2 for a usage error (one line, no traceback), `aborted` and an end by SIGINT (a shell's 130) for an interrupt.
+test_cli_usage.py walks every command for the usage errors."""
 
 from __future__ import annotations
 
@@ -36,23 +36,53 @@ def test_an_interrupt_in_a_command_exits_130_with_aborted(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "aborted"
 
 
-def test_ctrl_c_on_a_running_command_exits_130_and_leaves_no_output(tmp_path):
-    out = tmp_path / "synth"
-    cmd = [sys.executable, "-m", "tiercel", "data", "synth", "--out", str(out), "--n", "60000", "--size", "64",
-           "--workers", "1"]
-    # SIGINT at its default in the child, as in a terminal: a shell's background job (`make test &`, CI runners)
-    # inherits SIGINT ignored, and then no Ctrl-C reaches the command at all
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def test_ctrl_c_stops_the_command_and_the_shell_loop_around_it_and_leaves_no_output(tmp_path):
+    """Ctrl-C in a terminal reaches the whole foreground process group: here a shell running tiercel in a loop,
+    and tiercel. tiercel prints `aborted`, publishes nothing and ends by SIGINT (the shell's $? is 130), so bash
+    stops the loop; after a command that exits 130 by itself bash goes on with the next one."""
+    loop = 'for i in 1 2; do "$0" -m tiercel data synth --out "$1/synth$i" --n 60000 --size 64 --workers 1; echo "rc $?"; done'
+    # SIGINT at its default, as in a terminal: a shell's background job (`make test &`, CI runners) inherits it
+    # ignored, and then no Ctrl-C reaches the command at all
+    proc = subprocess.Popen(["bash", "-c", loop, sys.executable, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
-    while not any(p.name.startswith(".synth.tmp-") for p in tmp_path.iterdir()):  # generating by now
+    while not any(p.name.startswith(".synth1.tmp-") for p in tmp_path.iterdir()):  # generating by now
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     out_text, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, f"rc {proc.returncode}\nstdout: {out_text}\nstderr: {err}"  # rc 0 seen once under load
+    assert proc.returncode == -signal.SIGINT and out_text == "", f"rc {proc.returncode}\nstdout: {out_text}\nstderr: {err}"
     assert err.strip().splitlines()[-1] == "aborted" and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary folder
+
+
+def test_the_command_ends_by_sigint_after_an_interrupt_and_exits_with_its_code_otherwise(monkeypatch):
+    """entry() (the console script and `python -m tiercel`): main()'s code, except that after a Ctrl-C (130) the
+    process ends by SIGINT, once every other exit handler has run."""
+    import atexit
+
+    import tiercel.cli as cli
+
+    for code in (0, 1, 3, 143):
+        monkeypatch.setattr(cli, "main", lambda code=code: code)
+        with pytest.raises(SystemExit) as stop:
+            cli.entry()
+        assert stop.value.code == code
+    handlers, died = [], []
+    monkeypatch.setattr(atexit, "register", handlers.append)
+    monkeypatch.setattr(cli, "_die_of_sigint", lambda: died.append(True))
+    monkeypatch.setattr(cli, "main", lambda: 1)
+    with pytest.raises(SystemExit):
+        cli.entry()
+    handlers[-1]()
+    assert died == []
+    monkeypatch.setattr(cli, "main", lambda: 130)
+    with pytest.raises(SystemExit) as stop:
+        cli.entry()
+    assert stop.value.code == 130 and died == []  # not before the other exit handlers
+    handlers[-1]()
+    assert died == [True]
 
 
 def test_a_full_disk_is_one_line_and_exit_1(monkeypatch, capsys):

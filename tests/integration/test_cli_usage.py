@@ -1,7 +1,7 @@
 """Usage errors on every command: an unknown option, or a required argument left out, is one line on stderr, nothing
 on stdout, and exit 2. The commands are discovered from the Typer app, so a new verb is covered when it is added.
 
-main() is called in-process: it is the console script's entry point (tiercel.cli:main), and the real process is
+main() is called in-process: the console script's entry point (tiercel.cli:entry) calls it, and the real process is
 checked once in test_cli_exit_codes.py. Typer builds the same Click command tree for both.
 """
 

@@ -285,3 +285,34 @@ def test_a_checkpoint_marker_needs_a_shape_or_a_family_tiercel_writes(tmp_path):
                           ({"format": 1, "shape": {"d_model": 8}}, True), ({"format": 1, "family": "llava"}, True)]:
         marker.write_text(json.dumps(content))
         assert fileio.marker_is_ours(marker) is ours, content
+
+
+@pytest.mark.parametrize("kind", ["folder", "file", "probe", "results"])
+def test_a_ctrl_c_just_after_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch, kind):
+    """A Ctrl-C lands between the mkdir/open of the temporary output and the line that receives its name (seen on
+    `data synth`: its .synth.tmp-* folder stayed). The name is chosen first, so the cleanup finds it."""
+    from tiercel.fileio import atomic_path, check_output_file
+    from tiercel.runtime.jsonl import ResultsFile
+
+    (tmp_path / "results.jsonl").write_text("")
+    mkdir, open_ = os.mkdir, os.open
+
+    def then_ctrl_c(create):
+        def created(path, *args, **kwargs):
+            create(path, *args, **kwargs)  # the folder or file exists now; its descriptor is lost with the interrupt
+            raise KeyboardInterrupt
+        return created
+
+    monkeypatch.setattr(fileio.os, "mkdir", then_ctrl_c(mkdir))
+    monkeypatch.setattr(fileio.os, "open", then_ctrl_c(open_))
+    work = {
+        "folder": lambda: atomic_dir(tmp_path / "out").__enter__(),
+        "file": lambda: atomic_path(tmp_path / "out.json").__enter__(),
+        "probe": lambda: check_output_file(tmp_path / "new" / "out.geojson", "--geojson"),
+        "results": lambda: ResultsFile(tmp_path / "results.jsonl", overwrite=True),
+    }[kind]
+    if kind == "probe":
+        monkeypatch.setattr(fileio.os, "mkdir", mkdir)
+    with pytest.raises(KeyboardInterrupt):
+        work()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]

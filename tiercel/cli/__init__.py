@@ -91,6 +91,36 @@ def _run(argv: list[str] | None) -> int:
     return code
 
 
+def entry() -> None:
+    """The `tiercel` command (its console script and `python -m tiercel`): main(), then exit with its code. After
+    a Ctrl-C (main() returned 130, `aborted` printed) the process ends by SIGINT itself, as Python does after an
+    uncaught KeyboardInterrupt: a shell reports 130 either way, but a shell script that runs tiercel in a loop
+    stops only when its command died of SIGINT; an exit(130) of its own tells bash the command handled the
+    Ctrl-C, and the loop goes on to the next file. It also makes the exit the same every time: Python ends a
+    `python -m` process by SIGINT anyway when the KeyboardInterrupt had passed through an exec() of a string
+    (a dataclass being built, say) before tiercel caught it."""
+    import atexit
+
+    interrupted = []
+    atexit.register(lambda: interrupted and _die_of_sigint())  # registered first, so it runs after the others
+    code = main()
+    if code == INTERRUPTED:
+        interrupted.append(True)
+    sys.exit(code)
+
+
+def _die_of_sigint() -> None:
+    import signal
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 TERMINATED = 143  # 128 + SIGTERM
 _USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}

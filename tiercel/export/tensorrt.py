@@ -27,14 +27,13 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tiercel.errors import BundleError, require
 from tiercel.export.graphs import DECODER_FIRST, DECODER_MERGED, DECODER_PAST, EMBED, ENCODER, VISION, kv_names
-from tiercel.fileio import create_temp
+from tiercel.fileio import make_temp, temp_name
 from tiercel.progress import track
 
 TASKS = 14  # run_all's prompts: every Falcon task on one image
@@ -289,8 +288,9 @@ def add_engines(root: str | Path, max_batch: int | None = None, vision_batch: in
     here = device_info()
     say(f"building {len(sources)} TensorRT {trt.__version__} engines on {here['gpu']} (compute capability "
         f"{here['compute_capability']}), up to {max_batch} rows")
-    staging = Path(create_temp(lambda: tempfile.mkdtemp(prefix=".tensorrt.tmp-", dir=bundle.root), bundle.root, bundle.root))
+    staging = temp_name(bundle.root / "tensorrt")  # .tensorrt.tmp-PID-*, named before it exists (fileio.temp_name)
     try:
+        make_temp(staging, bundle.root, directory=True)
         built, precisions = {}, {}
         with track("engines", len(sources), "engines") as bar:
             for name, entry in sources.items():

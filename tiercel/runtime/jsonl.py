@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from tiercel.errors import ConfigError
-from tiercel.fileio import check_output_file, create_temp, finite, fsync_dir, tidy_leftovers, umask
+from tiercel.fileio import check_output_file, finite, fsync_dir, make_temp, temp_name, tidy_leftovers, umask
 
 FSYNC_EVERY = 5.0  # seconds between fsyncs: a power cut loses at most this much; a crash of the process loses nothing
 _PREFIX = b'{"image": '  # every line starts so: json.dumps keeps key order, and "image" comes first
@@ -80,13 +80,10 @@ class ResultsFile:
         try:
             self.lines, cut = read_results(self.path, option, overwrite)  # under the lock; refuses a file tiercel did not write
             if overwrite:
-                import tempfile
-
                 tidy_leftovers(self.target)  # the temporary file of a killed --overwrite run
-                fd, name = create_temp(lambda: tempfile.mkstemp(prefix=f".{self.target.name}.tmp-{os.getpid()}-",
-                                                                dir=self.target.parent), f"{option} {self.path}", self.target.parent)
-                self.fresh, self.lines, cut = Path(name), [], None
-                self.file = os.fdopen(fd, "a+b")
+                self.fresh = temp_name(self.target)  # named first: _discard removes it whenever the creation got
+                self.lines, cut = [], None
+                self.file = os.fdopen(make_temp(self.fresh, f"{option} {self.path}"), "a+b")
             if cut is not None:
                 self.file.truncate(cut)
             elif self.lines and _last_byte(self.file) != b"\n":  # a whole last line without its newline (edited)
