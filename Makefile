@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file to each, and torch in each on one thread:
+# on 2 cores 732 s against 1,106 s in one process with two threads (AMD EPYC Zen 3, commit aff54d2).
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tiercel tests benchmarks
