@@ -236,7 +236,8 @@ def make_temp(tmp: Path, what, directory: bool = False) -> int | None:
         if directory:
             os.mkdir(tmp, 0o700)
             return None
-        return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)  # as mkstemp
+        return os.open(tmp, flags, 0o600)
     except OSError as err:
         raise TiercelError(f"{what}: cannot create files in {tmp.parent} ({err.strerror}); choose another path") from None
 
