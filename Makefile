@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), a test file to each, and torch in each on one thread:
-# on 2 cores 732 s against 1,106 s in one process with two threads (AMD EPYC Zen 3, commit aff54d2).
+# most tests are Python overhead on tiny models, which one process leaves on a single core (timings: 636ae71).
 TEST_WORKERS ?= 2
 
 test: $(STAMP)

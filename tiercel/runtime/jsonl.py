@@ -81,7 +81,7 @@ class ResultsFile:
             self.lines, cut = read_results(self.path, option, overwrite)  # under the lock; refuses a file tiercel did not write
             if overwrite:
                 tidy_leftovers(self.target)  # the temporary file of a killed --overwrite run
-                self.fresh = temp_name(self.target)  # named first: _discard removes it whenever the creation got
+                self.fresh = temp_name(self.target)  # named first: _discard removes it however far its creation got
                 self.lines, cut = [], None
                 self.file = os.fdopen(make_temp(self.fresh, f"{option} {self.path}"), "a+b")
             if cut is not None:
