@@ -1,5 +1,6 @@
 """Exit codes a script or a service manager can rely on: 0 only for success, 1 for a user error (one line),
-2 for a usage error (one line, no traceback), `aborted` and an end by SIGINT (a shell's 130) for an interrupt.
+2 for a usage error (one line, no traceback), `aborted` and an end by SIGINT (a shell's 130) for an interrupt,
+a silent end by SIGPIPE (141) when what reads the output stopped reading.
 test_cli_usage.py walks every command for the usage errors."""
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def test_the_command_ends_by_sigint_after_an_interrupt_and_exits_with_its_code_o
 
     handlers, died = [], []
     monkeypatch.setattr(atexit, "register", handlers.append)  # none reaches the test process's own exit
-    monkeypatch.setattr(cli, "_die_of_sigint", lambda: died.append(True))
+    monkeypatch.setattr(cli, "_die_of", died.append)
     for code in (0, 1, 3, 143):
         monkeypatch.setattr(cli, "main", lambda code=code: code)
         with pytest.raises(SystemExit) as stop:
@@ -74,12 +75,43 @@ def test_the_command_ends_by_sigint_after_an_interrupt_and_exits_with_its_code_o
         assert stop.value.code == code
         handlers[-1]()
         assert died == []
-    monkeypatch.setattr(cli, "main", lambda: 130)
-    with pytest.raises(SystemExit) as stop:
-        cli.entry()
-    assert stop.value.code == 130 and died == []  # not before the other exit handlers
-    handlers[-1]()
-    assert died == [True]
+    for code, signum in ((130, signal.SIGINT), (141, signal.SIGPIPE)):
+        monkeypatch.setattr(cli, "main", lambda code=code: code)
+        with pytest.raises(SystemExit) as stop:
+            cli.entry()
+        assert stop.value.code == code and died == []  # not before the other exit handlers
+        handlers[-1]()
+        assert died == [signum]
+        died.clear()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["recipes", "show", "demo"]])
+def test_output_into_a_pipe_nobody_reads_ends_by_sigpipe_silently(args):
+    """`tiercel ... | head -n 1`: once head has exited, tiercel ends as the shell's other commands do, by SIGPIPE
+    (the shell's 141, which `set -o pipefail` reports), with nothing on stderr. Before, Click exited 1 silently,
+    the code of a user error without its line. The pipe's read end is closed before tiercel starts, so every
+    write fails, whatever the timing."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "tiercel", *args], cwd=ROOT, stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (-signal.SIGPIPE, "")
+
+
+def test_a_broken_pipe_inside_a_command_returns_141_and_prints_nothing(monkeypatch, capsys):
+    import tiercel.data.synth as synth
+
+    def reader_gone(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # main() wraps the streams as Click does; undone after the test
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    monkeypatch.setattr(synth, "generate", reader_gone)
+    assert main(["data", "synth", "--out", "unused", "--n", "42"]) == 141
+    assert capsys.readouterr() == ("", "")
 
 
 def test_a_full_disk_is_one_line_and_exit_1(monkeypatch, capsys):

@@ -43,7 +43,7 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the Typer app. A TiercelError or a value out of range prints one line and exits 1, a usage
     error one line and 2, an interrupt `aborted` and 130, a SIGTERM a training run stopped for one line and 143
-    (never 0: a killed job did not succeed)."""
+    (never 0: a killed job did not succeed), an output pipe closed by its reader nothing and 141."""
     from tiercel import progress
 
     with progress.catching_ctrl_c() as ctrl_c:
@@ -66,7 +66,14 @@ def _run(argv: list[str] | None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except SystemExit as stop:  # Click's answer to a closed output pipe: exit(1), its streams silenced
+        if not _broken_pipe(stop.__context__):
+            raise
+        return BROKEN_PIPE
     except OSError as err:  # a full disk or a read-only folder is the user's to fix, not a tiercel bug
+        if _broken_pipe(err):  # closed while Click was not around the work (its streams' last flush, say)
+            _silence_streams()
+            return BROKEN_PIPE
         if err.errno not in _USER_OS_ERRORS or os.environ.get("TIERCEL_DEBUG") == "1":
             raise
         where = f"{err.filename}: " if err.filename else ""
@@ -98,18 +105,20 @@ def entry() -> None:
     stops only when its command died of SIGINT; an exit(130) of its own tells bash the command handled the
     Ctrl-C, and the loop goes on to the next file. It also makes the exit the same every time: Python ends a
     `python -m` process by SIGINT anyway when the KeyboardInterrupt had passed through an exec() of a string
-    (a dataclass being built, say) before tiercel caught it."""
+    (a dataclass being built, say) before tiercel caught it. After its output's reader went away (main() returned
+    141: `tiercel run ... | head`) it ends by SIGPIPE, silently, as the shell's other commands do."""
     import atexit
+    import signal
 
-    interrupted = []
-    atexit.register(lambda: interrupted and _die_of_sigint())  # registered first, so it runs after the others
+    ending = []
+    atexit.register(lambda: ending and _die_of(ending[0]))  # registered first, so it runs after the others
     code = main()
-    if code == INTERRUPTED:
-        interrupted.append(True)
+    if code in (INTERRUPTED, BROKEN_PIPE):
+        ending.append(signal.SIGINT if code == INTERRUPTED else signal.SIGPIPE)
     sys.exit(code)
 
 
-def _die_of_sigint() -> None:
+def _die_of(signum: int) -> None:
     import signal
 
     for stream in (sys.stdout, sys.stderr):
@@ -117,13 +126,29 @@ def _die_of_sigint() -> None:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more can reach it
             pass
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGINT)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 TERMINATED = 143  # 128 + SIGTERM
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what reads stdout (or stderr) stopped reading
 _USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _broken_pipe(exc: BaseException | None) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.EPIPE
+
+
+def _silence_streams() -> None:
+    """What Click does on a broken pipe: later flushes of stdout and stderr (Python's own at exit) drop what they
+    cannot write instead of printing a BrokenPipeError."""
+    try:
+        from typer._click.utils import PacifyFlushWrapper  # Typer >= 0.26 vendors its Click
+    except ImportError:
+        from click.utils import PacifyFlushWrapper
+
+    sys.stdout, sys.stderr = PacifyFlushWrapper(sys.stdout), PacifyFlushWrapper(sys.stderr)
 
 
 def _click_error(exc: Exception) -> int:
