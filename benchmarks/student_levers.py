@@ -1,0 +1,118 @@
+"""Student levers against the table's own KD + hidden students at the same length, on the same test records.
+
+    OMP_NUM_THREADS=1 python benchmarks/student_levers.py \
+        --run wide_vision=benchmarks/work/fidelity/extra/kd_hidden_30000_vision_dims-16-32-48-64_final \
+        --run vision_stages=benchmarks/work/fidelity/extra/kd_hidden_30000_hidden.stages-0.5_final
+
+A lever (a wider vision tower, vision-stage matching: student_pilot.py) trains the table's KD + hidden recipe for
+its 30,000 steps with one thing changed and scores every test record, keeping the predictions in its run folder.
+The table's students then go on to a finish stage, so the table's numbers are not a lever's baseline. This scores
+the table's KD + hidden students as they stood after their 30,000 steps (work/fidelity/students/kd_hidden/seedN,
+the training run before `_finish`), once: the predictions are kept in that run's folder, beside its student, and
+reused while they are there (delete them to score again). It then compares, with fidelity.py's paired bootstrap
+(tiercel.evaluate.compare, 1,000 rounds, on the same records), each lever against the seed-0 student and the
+seed-1 student against the seed-0 one: the second says how far a seed alone moves each task, so a lever's change
+within it is not the lever's.
+
+Every run must distil from the same teacher file as the baseline (its recipe's teacher.path), else the script
+stops with one line. Writes benchmarks/results/student_levers.json: commit, command, machine, the teacher's
+average on the same records (its evaluation in the fidelity run), per model its headlines, average and share of
+the teacher's, and the paired comparisons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+from fidelity import PAIRED_ROUNDS, paired  # noqa: E402
+from fidelity_config import data_paths, load_config  # noqa: E402
+from image_use import commit  # noqa: E402
+from synth_runs import score  # noqa: E402
+
+FIDELITY = HERE / "work" / "fidelity"
+BASELINES = {f"kd_hidden/seed{s}": FIDELITY / "students" / "kd_hidden" / f"seed{s}" for s in (0, 1)}
+BASE = "kd_hidden/seed0"
+PREDICTIONS = "predictions.json.gz"  # student_pilot.py's name in a run folder
+
+
+def teacher_of(run: Path) -> str:
+    """The teacher folder a training run distilled from (its recipe.yaml's teacher.path, resolved)."""
+    import yaml
+
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    return str(Path(recipe["teacher"]["path"]).resolve())
+
+
+def named_run(text: str) -> tuple[str, Path]:
+    """argparse type of --run: NAME=RUN_FOLDER, the folder holding the run's predictions."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=RUN_FOLDER")
+    return name, Path(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=named_run, action="append", required=True, metavar="NAME=RUN_FOLDER",
+                    help="a lever's run folder (student_pilot.py's, holding predictions.json.gz); repeatable")
+    ap.add_argument("--limit", type=int, default=1200, help="test records per task the baselines score (the levers')")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "student_levers.json")
+    args = ap.parse_args()
+    from runtime_cpu import machine
+
+    t0 = time.perf_counter()
+    cfg = load_config(HERE / "recipes" / "fidelity.yaml", quick=False)
+    folder = FIDELITY / "data"
+    data = data_paths(folder)
+    teacher = teacher_of(BASELINES[BASE])
+    for name, run in [*BASELINES.items(), *args.run]:
+        if not (run / "recipe.yaml").is_file():
+            sys.exit(f"{run}: no recipe.yaml; give a training run's folder for {name}")
+        if teacher_of(run) != teacher:
+            sys.exit(f"{run}: {name} distilled from {teacher_of(run)}, not the baseline's teacher {teacher}")
+    for name, run in BASELINES.items():
+        if not (run / PREDICTIONS).is_file():
+            print(f"{name}: scoring {run / 'student'} on {args.limit} test records per task", flush=True)
+            score(run / "student", Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens,
+                  predictions=run / PREDICTIONS)
+    for name, run in args.run:
+        if not (run / PREDICTIONS).is_file():
+            sys.exit(f"{run / PREDICTIONS}: not there; the run has not been scored (student_pilot.py scores it at its end)")
+    teacher_eval = json.loads((FIDELITY / "stages" / "eval__teacher.json").read_text())["result"]
+    teacher_average = teacher_eval["average"]
+
+    others = {"kd_hidden/seed1": BASELINES["kd_hidden/seed1"], **dict(args.run)}
+    comparisons = {}
+    for name, run in others.items():
+        print(f"{name} against {BASE}: paired bootstrap, {PAIRED_ROUNDS} rounds", flush=True)
+        comparisons[name] = {"base": BASE, **paired(BASELINES[BASE] / PREDICTIONS, run / PREDICTIONS, PAIRED_ROUNDS, 0.95, 0)}
+    first = next(iter(comparisons.values()))
+    models = {BASE: {"path": str(BASELINES[BASE]), "headline": {t: p["base"] for t, p in first["per_task"].items()},
+                     "average": first["average"]["base"]}}
+    for name, got in comparisons.items():
+        models[name] = {"path": str(others[name]), "headline": {t: p["other"] for t, p in got["per_task"].items()},
+                        "average": got["average"]["other"]}
+    for m in models.values():
+        m["share_of_teacher"] = m["average"] / teacher_average
+    results = {"what": "benchmarks/student_levers.py: student levers against the table's KD + hidden students at "
+                       "30,000 steps, paired on the same test records",
+               "command": "python benchmarks/student_levers.py " + " ".join(sys.argv[1:]), "commit": commit(),
+               "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+               "limit": args.limit, "teacher": {"path": teacher, "average": teacher_average,
+                                                "headline": teacher_eval["headline"]},
+               "models": models, "paired": comparisons, "wall_s": time.perf_counter() - t0}
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    for name, m in models.items():
+        print(f"{name}: average {m['average']:.3f} ({m['share_of_teacher']:.1%} of the teacher)")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""benchmarks/student_levers.py compares a lever only with baselines distilled from the same teacher file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import student_levers  # noqa: E402
+
+
+def run_folder(path: Path, teacher: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "recipe.yaml").write_text(f"teacher:\n  path: {teacher}\n")
+    return path
+
+
+def test_a_run_is_named_name_equals_folder():
+    assert student_levers.named_run("wide=some/run") == ("wide", Path("some/run"))
+    for text in ("wide", "=some/run", "wide="):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected NAME=RUN_FOLDER"):
+            student_levers.named_run(text)
+
+
+def test_a_lever_of_another_teacher_stops_before_any_scoring(tmp_path, monkeypatch, capsys):
+    stage3, stage2 = tmp_path / "teacher_stage3" / "student", tmp_path / "teacher_stage2" / "student"
+    monkeypatch.setattr(student_levers, "BASELINES", {n: run_folder(tmp_path / n, stage3)
+                                                      for n in ("kd_hidden/seed0", "kd_hidden/seed1")})
+    lever = run_folder(tmp_path / "lever", stage2)
+    monkeypatch.setattr(student_levers, "score", lambda *a, **k: pytest.fail("scored before the teachers were checked"))
+    monkeypatch.setattr(sys, "argv", ["student_levers.py", "--run", f"wide={lever}"])
+    with pytest.raises(SystemExit) as stop:
+        student_levers.main()
+    assert stop.value.code == f"{lever}: wide distilled from {stage2}, not the baseline's teacher {stage3}"
