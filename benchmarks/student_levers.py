@@ -109,9 +109,28 @@ def main() -> None:
                                                 "headline": teacher_eval["headline"]},
                "models": models, "paired": comparisons, "wall_s": time.perf_counter() - t0}
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    for name, m in models.items():
-        print(f"{name}: average {m['average']:.3f} ({m['share_of_teacher']:.1%} of the teacher)")
+    print(table(results))
     print(f"wrote {args.out}")
+
+
+def table(results: dict) -> str:
+    """Markdown: per task the teacher's and each model's headline, then each paired change against the base
+    (bold where its interval excludes 0), the average and the share of the teacher's."""
+    from tiercel.evaluate.compare import change_cell
+
+    names, teacher = list(results["models"]), results["teacher"]
+    rows = ["| task | teacher | " + " | ".join(names) + " | " + " | ".join(f"{n} - {BASE}" for n in results["paired"]) + " |",
+            "|---" * (2 + len(names) + len(results["paired"])) + "|"]
+    for tag in results["models"][BASE]["headline"]:
+        cells = [f"{teacher['headline'][tag]:.3f}", *(f"{m['headline'][tag]:.3f}" for m in results["models"].values()),
+                 *(change_cell(p["per_task"][tag]) for p in results["paired"].values())]
+        rows.append(f"| {tag} | " + " | ".join(cells) + " |")
+    cells = [f"{teacher['average']:.3f}", *(f"{m['average']:.3f}" for m in results["models"].values()),
+             *(change_cell(p["average"]) for p in results["paired"].values())]
+    rows.append("| 14-task average | " + " | ".join(cells) + " |")
+    rows.append("| share of the teacher's | | " + " | ".join(f"{m['share_of_teacher']:.1%}" for m in results["models"].values())
+                + " |" + " |" * len(results["paired"]))
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,16 @@ def test_a_lever_of_another_teacher_stops_before_any_scoring(tmp_path, monkeypat
     with pytest.raises(SystemExit) as stop:
         student_levers.main()
     assert stop.value.code == f"{lever}: wide distilled from {stage2}, not the baseline's teacher {stage3}"
+
+
+def test_the_table_gives_each_model_and_each_paired_change_per_task():
+    change = {"base": 0.2, "other": 0.3, "change": 0.1, "relative": 0.5, "change_ci": [0.05, 0.15], "relative_ci": [0.25, 0.75]}
+    level = {"base": 0.2, "other": 0.2, "change": 0.0, "relative": 0.0, "change_ci": [-0.02, 0.02], "relative_ci": [-0.1, 0.1]}
+    results = {"teacher": {"headline": {"REG_VG": 0.8}, "average": 1.0},
+               "models": {"kd_hidden/seed0": {"headline": {"REG_VG": 0.2}, "average": 0.7, "share_of_teacher": 0.7},
+                          "wide": {"headline": {"REG_VG": 0.3}, "average": 0.75, "share_of_teacher": 0.75}},
+               "paired": {"wide": {"per_task": {"REG_VG": change}, "average": level}}}
+    assert student_levers.table(results).splitlines()[2:] == [
+        "| REG_VG | 0.800 | 0.200 | 0.300 | **+50.0% [+25.0%, +75.0%]** |",
+        "| 14-task average | 1.000 | 0.700 | 0.750 | +0.0% [-10.0%, +10.0%] |",
+        "| share of the teacher's | | 70.0% | 75.0% | |"]
