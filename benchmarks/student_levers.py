@@ -10,8 +10,8 @@ The table's students then go on to a finish stage, so the table's numbers are no
 the table's KD + hidden students as they stood after their 30,000 steps (work/fidelity/students/kd_hidden/seedN,
 the training run before `_finish`), once: the predictions are kept in that run's folder, beside its student, and
 reused while they are there (delete them to score again). It then compares, with fidelity.py's paired bootstrap
-(tiercel.evaluate.compare, 1,000 rounds, on the same records), each lever against the seed-0 student and the
-seed-1 student against the seed-0 one: the second says how far a seed alone moves each task, so a lever's change
+(tiercel.evaluate.compare, 1,000 rounds, on the same records), each lever against each of the two seeds, and the
+seed-1 student against the seed-0 one: the last says how far a seed alone moves each task, so a lever's change
 within it is not the lever's.
 
 Every run must distil from the same teacher file as the baseline (its recipe's teacher.path), else the script
@@ -89,16 +89,19 @@ def main() -> None:
     teacher_average = teacher_eval["average"]
 
     others = {"kd_hidden/seed1": BASELINES["kd_hidden/seed1"], **dict(args.run)}
+    runs = {**BASELINES, **others}
+    pairs = [("kd_hidden/seed1", BASE)] + [(name, base) for name, _ in args.run for base in BASELINES]
     comparisons = {}
-    for name, run in others.items():
-        print(f"{name} against {BASE}: paired bootstrap, {PAIRED_ROUNDS} rounds", flush=True)
-        comparisons[name] = {"base": BASE, **paired(BASELINES[BASE] / PREDICTIONS, run / PREDICTIONS, PAIRED_ROUNDS, 0.95, 0)}
-    first = next(iter(comparisons.values()))
-    models = {BASE: {"path": str(BASELINES[BASE]), "headline": {t: p["base"] for t, p in first["per_task"].items()},
-                     "average": first["average"]["base"]}}
-    for name, got in comparisons.items():
-        models[name] = {"path": str(others[name]), "headline": {t: p["other"] for t, p in got["per_task"].items()},
-                        "average": got["average"]["other"]}
+    for name, base in pairs:
+        print(f"{name} against {base}: paired bootstrap, {PAIRED_ROUNDS} rounds", flush=True)
+        comparisons[f"{name} - {base}"] = {"base": base, "other": name, **paired(
+            runs[base] / PREDICTIONS, runs[name] / PREDICTIONS, PAIRED_ROUNDS, 0.95, 0)}
+    models = {}
+    for got in comparisons.values():
+        for side in ("base", "other"):
+            models.setdefault(got[side], {"path": str(runs[got[side]]),
+                                          "headline": {t: p[side] for t, p in got["per_task"].items()},
+                                          "average": got["average"][side]})
     for m in models.values():
         m["share_of_teacher"] = m["average"] / teacher_average
     results = {"what": "benchmarks/student_levers.py: student levers against the table's KD + hidden students at "
@@ -114,14 +117,14 @@ def main() -> None:
 
 
 def table(results: dict) -> str:
-    """Markdown: per task the teacher's and each model's headline, then each paired change against the base
-    (bold where its interval excludes 0), the average and the share of the teacher's."""
+    """Markdown: per task the teacher's and each model's headline, then each paired change (bold where its interval
+    excludes 0), the average and the share of the teacher's."""
     from tiercel.evaluate.compare import change_cell
 
     names, teacher = list(results["models"]), results["teacher"]
-    rows = ["| task | teacher | " + " | ".join(names) + " | " + " | ".join(f"{n} - {BASE}" for n in results["paired"]) + " |",
+    rows = ["| task | teacher | " + " | ".join(names) + " | " + " | ".join(results["paired"]) + " |",
             "|---" * (2 + len(names) + len(results["paired"])) + "|"]
-    for tag in results["models"][BASE]["headline"]:
+    for tag in next(iter(results["models"].values()))["headline"]:
         cells = [f"{teacher['headline'][tag]:.3f}", *(f"{m['headline'][tag]:.3f}" for m in results["models"].values()),
                  *(change_cell(p["per_task"][tag]) for p in results["paired"].values())]
         rows.append(f"| {tag} | " + " | ".join(cells) + " |")

@@ -43,8 +43,10 @@ def test_the_table_gives_each_model_and_each_paired_change_per_task():
     results = {"teacher": {"headline": {"REG_VG": 0.8}, "average": 1.0},
                "models": {"kd_hidden/seed0": {"headline": {"REG_VG": 0.2}, "average": 0.7, "share_of_teacher": 0.7},
                           "wide": {"headline": {"REG_VG": 0.3}, "average": 0.75, "share_of_teacher": 0.75}},
-               "paired": {"wide": {"per_task": {"REG_VG": change}, "average": level}}}
-    assert student_levers.table(results).splitlines()[2:] == [
+               "paired": {"wide - kd_hidden/seed0": {"per_task": {"REG_VG": change}, "average": level}}}
+    lines = student_levers.table(results).splitlines()
+    assert lines[0] == "| task | teacher | kd_hidden/seed0 | wide | wide - kd_hidden/seed0 |"
+    assert lines[2:] == [
         "| REG_VG | 0.800 | 0.200 | 0.300 | **+50.0% [+25.0%, +75.0%]** |",
         "| 14-task average | 1.000 | 0.700 | 0.750 | +0.0% [-10.0%, +10.0%] |",
         "| share of the teacher's | | 70.0% | 75.0% | |"]
