@@ -88,8 +88,7 @@ def main() -> None:
     teacher_eval = json.loads((FIDELITY / "stages" / "eval__teacher.json").read_text())["result"]
     teacher_average = teacher_eval["average"]
 
-    others = {"kd_hidden/seed1": BASELINES["kd_hidden/seed1"], **dict(args.run)}
-    runs = {**BASELINES, **others}
+    runs = {**BASELINES, **dict(args.run)}
     pairs = [("kd_hidden/seed1", BASE)] + [(name, base) for name, _ in args.run for base in BASELINES]
     comparisons = {}
     for name, base in pairs:

@@ -58,9 +58,9 @@ def test_ctrl_c_stops_the_command_and_the_shell_loop_around_it_and_leaves_no_out
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary folder
 
 
-def test_the_command_ends_by_sigint_after_an_interrupt_and_exits_with_its_code_otherwise(monkeypatch):
+def test_the_command_ends_by_sigint_or_sigpipe_after_130_or_141_and_exits_with_its_code_otherwise(monkeypatch):
     """entry() (the console script and `python -m tiercel`): main()'s code, except that after a Ctrl-C (130) the
-    process ends by SIGINT, once every other exit handler has run."""
+    process ends by SIGINT and after a closed output pipe (141) by SIGPIPE, once every other exit handler has run."""
     import atexit
 
     import tiercel.cli as cli

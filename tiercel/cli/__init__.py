@@ -114,7 +114,7 @@ def entry() -> None:
     atexit.register(lambda: ending and _die_of(ending[0]))  # registered first, so it runs after the others
     code = main()
     if code in (INTERRUPTED, BROKEN_PIPE):
-        ending.append(signal.SIGINT if code == INTERRUPTED else signal.SIGPIPE)
+        ending.append({INTERRUPTED: signal.SIGINT, BROKEN_PIPE: signal.SIGPIPE}[code])
     sys.exit(code)
 
 
