@@ -14,6 +14,14 @@ reused while they are there (delete them to score again). It then compares, with
 seed-1 student against the seed-0 one: the last says how far a seed alone moves each task, so a lever's change
 within it is not the lever's.
 
+`--finished` compares finished students instead: the levers' finish stages (student_stage_pilot.py, whose run
+folders keep their predictions) against the table's KD + hidden students after their own finish stage, whose
+predictions the fidelity run's eval stages kept (work/fidelity/predictions/eval__kd_hidden__seedN.json.gz, every
+test record); it never scores them again.
+
+    OMP_NUM_THREADS=1 python benchmarks/student_levers.py --finished --out benchmarks/results/student_levers_finished.json \
+        --run vision_stages=benchmarks/work/fidelity/extra/student_stage_kd_hidden_30000_hidden.stages-0.5_final_3000_op0_lr0.0002_noheads
+
 Every run must distil from the same teacher file as the baseline (its recipe's teacher.path), else the script
 stops with one line. Writes benchmarks/results/student_levers.json: commit, command, machine, the teacher's
 average on the same records (its evaluation in the fidelity run), per model its headlines, average and share of
@@ -34,12 +42,20 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from fidelity import PAIRED_ROUNDS, paired  # noqa: E402
 from fidelity_config import data_paths, load_config  # noqa: E402
 from image_use import commit  # noqa: E402
+from student_pilot import PREDICTIONS  # noqa: E402
 from synth_runs import score  # noqa: E402
 
 FIDELITY = HERE / "work" / "fidelity"
-BASELINES = {f"kd_hidden/seed{s}": FIDELITY / "students" / "kd_hidden" / f"seed{s}" for s in (0, 1)}
-BASE = "kd_hidden/seed0"
-PREDICTIONS = "predictions.json.gz"  # student_pilot.py's name in a run folder
+
+
+def baselines(finished: bool) -> dict[str, tuple[Path, Path]]:
+    """The table's two KD + hidden students: {name: (training run folder, its predictions)}, after 30,000 steps or,
+    `finished`, after the finish stage (predictions from the fidelity run's eval stages). The first is the base."""
+    runs = FIDELITY / "students" / "kd_hidden"
+    if finished:
+        return {f"kd_hidden/seed{s}_finish": (runs / f"seed{s}_finish", FIDELITY / "predictions" / f"eval__kd_hidden__seed{s}.json.gz")
+                for s in (0, 1)}
+    return {f"kd_hidden/seed{s}": (runs / f"seed{s}", runs / f"seed{s}" / PREDICTIONS) for s in (0, 1)}
 
 
 def teacher_of(run: Path) -> str:
@@ -63,48 +79,58 @@ def main() -> None:
     ap.add_argument("--run", type=named_run, action="append", required=True, metavar="NAME=RUN_FOLDER",
                     help="a lever's run folder (student_pilot.py's, holding predictions.json.gz); repeatable")
     ap.add_argument("--limit", type=int, default=1200, help="test records per task the baselines score (the levers')")
+    ap.add_argument("--finished", action="store_true",
+                    help="compare finish-stage runs with the table's finished students (the fidelity run's predictions)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "student_levers.json")
     args = ap.parse_args()
     from runtime_cpu import machine
+
+    bases = baselines(args.finished)
+    base_name, second = list(bases)
 
     t0 = time.perf_counter()
     cfg = load_config(HERE / "recipes" / "fidelity.yaml", quick=False)
     folder = FIDELITY / "data"
     data = data_paths(folder)
-    teacher = teacher_of(BASELINES[BASE])
-    for name, run in [*BASELINES.items(), *args.run]:
+    teacher = teacher_of(bases[base_name][0])
+    for name, run in [*((n, r) for n, (r, _) in bases.items()), *args.run]:
         if not (run / "recipe.yaml").is_file():
             sys.exit(f"{run}: no recipe.yaml; give a training run's folder for {name}")
         if teacher_of(run) != teacher:
             sys.exit(f"{run}: {name} distilled from {teacher_of(run)}, not the baseline's teacher {teacher}")
-    for name, run in BASELINES.items():
-        if not (run / PREDICTIONS).is_file():
-            print(f"{name}: scoring {run / 'student'} on {args.limit} test records per task", flush=True)
-            score(run / "student", Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens,
-                  predictions=run / PREDICTIONS)
+    for name, (run, predictions) in bases.items():
+        if predictions.is_file():
+            continue
+        if args.finished:
+            sys.exit(f"{predictions}: not there; the fidelity run has not evaluated {name} (benchmarks/fidelity.py)")
+        print(f"{name}: scoring {run / 'student'} on {args.limit} test records per task", flush=True)
+        score(run / "student", Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens, predictions=predictions)
     for name, run in args.run:
         if not (run / PREDICTIONS).is_file():
-            sys.exit(f"{run / PREDICTIONS}: not there; the run has not been scored (student_pilot.py scores it at its end)")
+            sys.exit(f"{run / PREDICTIONS}: not there; the run has not been scored (student_pilot.py and "
+                     "student_stage_pilot.py score it at its end)")
     teacher_eval = json.loads((FIDELITY / "stages" / "eval__teacher.json").read_text())["result"]
     teacher_average = teacher_eval["average"]
 
-    runs = {**BASELINES, **dict(args.run)}
-    pairs = [("kd_hidden/seed1", BASE)] + [(name, base) for name, _ in args.run for base in BASELINES]
+    runs = {**{n: r for n, (r, _) in bases.items()}, **dict(args.run)}
+    predictions = {**{n: p for n, (_, p) in bases.items()}, **{n: r / PREDICTIONS for n, r in args.run}}
+    pairs = [(second, base_name)] + [(name, base) for name, _ in args.run for base in bases]
     comparisons = {}
     for name, base in pairs:
         print(f"{name} against {base}: paired bootstrap, {PAIRED_ROUNDS} rounds", flush=True)
         comparisons[f"{name} - {base}"] = {"base": base, "other": name, **paired(
-            runs[base] / PREDICTIONS, runs[name] / PREDICTIONS, PAIRED_ROUNDS, 0.95, 0)}
+            predictions[base], predictions[name], PAIRED_ROUNDS, 0.95, 0)}
     models = {}
     for got in comparisons.values():
         for side in ("base", "other"):
-            models.setdefault(got[side], {"path": str(runs[got[side]]),
+            models.setdefault(got[side], {"path": str(runs[got[side]]), "predictions": str(predictions[got[side]]),
                                           "headline": {t: p[side] for t, p in got["per_task"].items()},
                                           "average": got["average"][side]})
     for m in models.values():
         m["share_of_teacher"] = m["average"] / teacher_average
-    results = {"what": "benchmarks/student_levers.py: student levers against the table's KD + hidden students at "
-                       "30,000 steps, paired on the same test records",
+    results = {"what": "benchmarks/student_levers.py: student levers against the table's KD + hidden students "
+                       + ("after the finish stage" if args.finished else "at 30,000 steps") + ", paired on the same test records",
+               "finished": args.finished,
                "command": "python benchmarks/student_levers.py " + " ".join(sys.argv[1:]), "commit": commit(),
                "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
                "limit": args.limit, "teacher": {"path": teacher, "average": teacher_average,

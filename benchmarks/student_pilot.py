@@ -36,6 +36,9 @@ teacher, as fidelity.py does.
 `--distill '{"hidden": {"stages": 0.5}}'` changes the recipe's `distill:` section the same way (merged key by key,
 nested sections too), in a folder named after it (`hidden.stages-0.5`).
 
+`--seed 1` trains each student with the fidelity table's second seed (fidelity_config.student_recipe's seed), in a
+folder named after it (`_seed1`), so a lever is compared with the table's student of the same seed.
+
 `--bundles` also runs fidelity.py's bundle stages on the first objective's student, with the YAML's `bundles:`
 settings and fidelity.py's own functions: export (ONNX + OpenVINO IR), every scheme on every backend through
 the accuracy guard, each bundle scored on the same `--limit` records and decoded unconstrained / stepwise /
@@ -63,6 +66,7 @@ from tiercel.fileio import sha256_file  # noqa: E402
 
 FIDELITY = HERE / "work" / "fidelity"
 WORK = HERE / "work" / "student_pilot"
+PREDICTIONS = "predictions.json.gz"  # a scored run's predictions, in its folder (student_levers.py reads them)
 GEOMETRY = ("REG_VG", "REG_DET_HBB", "REG_DET_OBB", "PIX_SEG", "PIX_CHG")
 
 
@@ -113,6 +117,14 @@ def flat(tree: dict, prefix: str = "") -> dict:
     for k, v in tree.items():
         out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
     return out
+
+
+def run_name(objective: str, args: argparse.Namespace) -> str:
+    """One folder name per run: kd_3000, kd_3000_slice, kd_hidden_30000_hidden.stages-0.5_seed1_final."""
+    return (f"{objective}_{args.steps}" + (f"_{args.init}" if args.init else "")
+            + (f"_{overrides_name(args.overrides)}" if args.overrides else "")
+            + (f"_{overrides_name(flat(args.distill))}" if args.distill else "")
+            + (f"_seed{args.seed}" if args.seed else "") + ("_final" if args.final_teacher else ""))
 
 
 def relengthened(distill: dict, steps: int) -> dict:
@@ -208,18 +220,17 @@ def main() -> None:
                     "(merged over the YAML's); runs get their own folders")
     ap.add_argument("--distill", type=json_object, help="distill: fields to change, as JSON (merged key by key "
                     "over the objective's); runs get their own folders")
+    ap.add_argument("--seed", type=int, default=0, help="the students' seed (the fidelity table trains 0 and 1); "
+                    "a seed other than 0 gets its own folders")
     ap.add_argument("--bundles", action="store_true",
                     help="also export, quantize, score and decode constrained the first objective's student (fidelity.yaml bundles:)")
     args = ap.parse_args()
     from runtime_cpu import machine
 
-    def run_dir(objective: str) -> Path:  # kd_3000, kd_3000_slice, kd_60000_final: one folder per run
-        name = (f"{objective}_{args.steps}" + (f"_{args.init}" if args.init else "")
-                + (f"_{overrides_name(args.overrides)}" if args.overrides else "")
-                + (f"_{overrides_name(flat(args.distill))}" if args.distill else "") + ("_final" if args.final_teacher else ""))
+    def run_dir(objective: str) -> Path:
         # a run from the final teacher lives in the fidelity work folder, so benchmarks/fidelity_carry.py carries its
         # newest checkpoint to the next machine with the rest of that run
-        return (FIDELITY / "extra" if args.final_teacher else WORK) / name
+        return (FIDELITY / "extra" if args.final_teacher else WORK) / run_name(objective, args)
 
     cfg = load_config(HERE / "recipes" / "fidelity.yaml", quick=False)
     folder = FIDELITY / "data"
@@ -241,7 +252,7 @@ def main() -> None:
                "command": "python benchmarks/student_pilot.py " + " ".join(sys.argv[1:]), "commit": commit(),
                "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
                "teacher": {"step": "final" if args.final_teacher else args.teacher_step, "params": params(teacher)}, "steps": args.steps,
-               "limit": args.limit, "runs": {}}
+               "limit": args.limit, "seed": args.seed, "runs": {}}
     results["teacher"].update(sha256=sha256_file(teacher / "model.safetensors"), max_new_tokens=cfg.eval.max_new_tokens)
     earlier = earlier_teacher(args.out, results["teacher"], args.limit)
     if earlier is None:  # a resumed run scores its teacher once: the JSON holds it from the first start on
@@ -252,7 +263,7 @@ def main() -> None:
         results["teacher"].update(headline=earlier["headline"], average=earlier["average"])
         print(f"teacher: scores of the same teacher file and records reused from {args.out}", flush=True)
     for objective in args.objectives.split(","):
-        recipe = student_recipe(cfg, WORK, data, teacher, objective, 0, quick=False)
+        recipe = student_recipe(cfg, WORK, data, teacher, objective, args.seed, quick=False)
         recipe["out"] = str(run_dir(objective))
         if args.init == "slice":  # the teacher's leading slices (student.widths, docs/distill.md) instead of random
             recipe["student"] = {**recipe["student"], "init": "teacher", "widths": "slice"}
@@ -268,7 +279,7 @@ def main() -> None:
         t0 = time.perf_counter()
         run = train(recipe)
         scores = score(run["student"], Path(data["test"]), folder, args.limit, cfg.eval.max_new_tokens,
-                       predictions=Path(recipe["out"]) / "predictions.json.gz")
+                       predictions=Path(recipe["out"]) / PREDICTIONS)
         results["runs"][objective] = {**{k: v for k, v in run.items() if k != "student"},
                                       "steady_samples_per_s": steady_rate(Path(recipe["out"])),
                                       "params": params(run["student"]), "wall_s": time.perf_counter() - t0,

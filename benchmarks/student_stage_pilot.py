@@ -10,7 +10,7 @@ far learned from the dataset's answers with the teacher's logits on them. On-pol
 which is what a small student's free-running captions lack. It was never measured on this benchmark.
 
 This trains that stage: the student's own recipe (fidelity_config.student_recipe, the YAML's KD + hidden
-objective, seed 0, the finished teacher), started from the finished student (`--student`, default the table's
+objective, seed 0 unless `--seed`, the finished teacher), started from the finished student (`--student`, default the table's
 seed 0), with `distill.on_policy` set to each value of `--on-policy` in turn and only the step count (warmup
 capped at a tenth) and the peak learning rate changed: by default the rate its schedule ended at (lr x
 min_lr_ratio), since the recipe's own peak undoes a finished student within a few dozen steps (60 steps at
@@ -20,7 +20,10 @@ starting student are scored on the first `--limit` test records per task (greedy
 
 Runs train in benchmarks/work/fidelity/extra/, so `fidelity_carry.py save` carries their newest checkpoints to
 the next machine, and a rerun with the same arguments resumes them (a finished run, and the starting student's
-scores where its file is the same, are reused from `--out`). The fidelity table's students are not changed.
+scores where its file is the same, are reused from `--out`). Each run's predictions are kept in its folder
+(predictions.json.gz), so `student_levers.py --finished` compares it with the table's finished students on the same
+records. `--seed 1` trains with the table's second seed (the recipe's data order), for a student of that seed. The
+fidelity table's students are not changed.
 """
 
 from __future__ import annotations
@@ -38,7 +41,16 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 from fidelity_config import data_paths, load_config, student_recipe  # noqa: E402
 from image_use import commit  # noqa: E402
-from student_pilot import GEOMETRY, earlier, final_teacher, positive_steps, relengthened, steady_rate, without_heads  # noqa: E402
+from student_pilot import (  # noqa: E402
+    GEOMETRY,
+    PREDICTIONS,
+    earlier,
+    final_teacher,
+    positive_steps,
+    relengthened,
+    steady_rate,
+    without_heads,
+)
 from synth_runs import params, score, train  # noqa: E402
 
 from tiercel.fileio import sha256_file  # noqa: E402
@@ -82,12 +94,12 @@ def ended_lr(distill: dict) -> float:
 
 
 def run_name(student: Path, on_policy: float, steps: int, lr: float, divergence: str | None = None,
-             heads: bool = True) -> str:
-    """student_stage_seed0_3000_op0.5_lr0.0002[_reverse_kl][_noheads] (the starting student's folder, then the
-    arguments): one folder per run."""
+             heads: bool = True, seed: int = 0) -> str:
+    """student_stage_seed0_3000_op0.5_lr0.0002[_reverse_kl][_noheads][_seedN] (the starting student's folder, then
+    the arguments; seed 0 adds nothing): one folder per run."""
     start = student.parent.name if student.name == "student" else student.name
     return (f"student_stage_{start}_{steps}_op{on_policy:g}_lr{lr:g}" + (f"_{divergence}" if divergence else "")
-            + ("" if heads else "_noheads"))
+            + ("" if heads else "_noheads") + (f"_seed{seed}" if seed else ""))
 
 
 def main() -> None:
@@ -103,6 +115,7 @@ def main() -> None:
     ap.add_argument("--no-heads", action="store_true",
                     help="weigh distill.hidden and distill.dense 0: no head of the objective starts afresh (ce and kd only)")
     ap.add_argument("--limit", type=int, default=1200, help="test records per task scored (1200: all of them)")
+    ap.add_argument("--seed", type=int, default=0, help="the recipe's seed (the table's students: 0 and 1)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "student_stage_pilot.json")
     args = ap.parse_args()
     if args.lr is not None and not args.lr > 0:
@@ -115,14 +128,15 @@ def main() -> None:
     cfg = load_config(HERE / "recipes" / "fidelity.yaml", quick=False)
     data = data_paths(FIDELITY / "data")
     _, teacher = final_teacher(cfg, data)
-    base = student_recipe(cfg, FIDELITY, data, teacher, OBJECTIVE, 0, quick=False)
+    base = student_recipe(cfg, FIDELITY, data, teacher, OBJECTIVE, args.seed, quick=False)
     lr = args.lr or ended_lr(base["distill"])
     test, root, mnt = Path(data["test"]), FIDELITY / "data", cfg.eval.max_new_tokens
     result = {"what": "benchmarks/student_stage_pilot.py: one more stage for a finished student, on-policy against not",
               "command": "python benchmarks/student_stage_pilot.py " + " ".join(sys.argv[1:]), "commit": commit(),
               "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
               "steps": args.steps, "lr": lr, "limit": args.limit, "max_new_tokens": mnt,
-              "divergence": args.divergence or base["distill"].get("divergence"), "heads": not args.no_heads, "runs": {}}
+              "divergence": args.divergence or base["distill"].get("divergence"), "heads": not args.no_heads, "seed": args.seed,
+              "runs": {}}
 
     def write() -> None:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -137,11 +151,11 @@ def main() -> None:
     result["start"] = start
     write()
     for p in args.on_policy:
-        out = FIDELITY / "extra" / run_name(student, p, args.steps, lr, args.divergence, not args.no_heads)
+        out = FIDELITY / "extra" / run_name(student, p, args.steps, lr, args.divergence, not args.no_heads, args.seed)
         recipe = stage_recipe(base, student, p, args.steps, lr, out, args.divergence, not args.no_heads)
         t0 = time.perf_counter()
         run = train(recipe)
-        s = score(run["student"], test, root, args.limit, mnt)
+        s = score(run["student"], test, root, args.limit, mnt, predictions=out / PREDICTIONS)
         result["runs"][f"{p:g}"] = {"on_policy": p, "folder": str(out.relative_to(HERE.parent)),
                                     **{k: v for k, v in run.items() if k != "student"},
                                     "steady_samples_per_s": steady_rate(out), "wall_s": time.perf_counter() - t0,

@@ -27,14 +27,31 @@ def test_a_run_is_named_name_equals_folder():
 
 def test_a_lever_of_another_teacher_stops_before_any_scoring(tmp_path, monkeypatch, capsys):
     stage3, stage2 = tmp_path / "teacher_stage3" / "student", tmp_path / "teacher_stage2" / "student"
-    monkeypatch.setattr(student_levers, "BASELINES", {n: run_folder(tmp_path / n, stage3)
-                                                      for n in ("kd_hidden/seed0", "kd_hidden/seed1")})
+    bases = {n: (run_folder(tmp_path / n, stage3), tmp_path / n / "p.json.gz") for n in ("kd_hidden/seed0", "kd_hidden/seed1")}
+    monkeypatch.setattr(student_levers, "baselines", lambda finished: bases)
     lever = run_folder(tmp_path / "lever", stage2)
     monkeypatch.setattr(student_levers, "score", lambda *a, **k: pytest.fail("scored before the teachers were checked"))
     monkeypatch.setattr(sys, "argv", ["student_levers.py", "--run", f"wide={lever}"])
     with pytest.raises(SystemExit) as stop:
         student_levers.main()
     assert stop.value.code == f"{lever}: wide distilled from {stage2}, not the baseline's teacher {stage3}"
+
+
+def test_finished_baselines_are_the_fidelity_runs_evaluations_never_scored_again(tmp_path, monkeypatch):
+    got = student_levers.baselines(finished=True)
+    assert list(got) == ["kd_hidden/seed0_finish", "kd_hidden/seed1_finish"]
+    assert got["kd_hidden/seed1_finish"][1] == student_levers.FIDELITY / "predictions" / "eval__kd_hidden__seed1.json.gz"
+    stage3 = tmp_path / "teacher_stage3" / "student"
+    bases = {n: (run_folder(tmp_path / n, stage3), tmp_path / n / "eval.json.gz") for n in got}
+    monkeypatch.setattr(student_levers, "baselines", lambda finished: bases if finished else pytest.fail("not --finished"))
+    monkeypatch.setattr(student_levers, "score", lambda *a, **k: pytest.fail("a finished baseline was scored"))
+    lever = run_folder(tmp_path / "lever", stage3)
+    monkeypatch.setattr(sys, "argv", ["student_levers.py", "--finished", "--run", f"wide={lever}"])
+    with pytest.raises(SystemExit) as stop:
+        student_levers.main()
+    missing = tmp_path / "kd_hidden/seed0_finish" / "eval.json.gz"
+    assert stop.value.code == (f"{missing}: not there; the fidelity run has not evaluated kd_hidden/seed0_finish "
+                               "(benchmarks/fidelity.py)")
 
 
 def test_the_table_gives_each_model_and_each_paired_change_per_task():

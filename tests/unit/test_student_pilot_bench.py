@@ -96,3 +96,13 @@ def test_distill_changes_merge_key_by_key_and_name_their_folder():
     assert got == {"kd": 0.5, "hidden": {"vision": 0.5, "decoder_layers": {1: 1}, "stages": 0.5}}
     assert base["hidden"] == {"vision": 0.5, "decoder_layers": {1: 1}}  # the YAML's recipe is not changed
     assert student_pilot.overrides_name(student_pilot.flat({"hidden": {"stages": 0.5}, "lr": 0.001})) == "hidden.stages-0.5_lr-0.001"
+
+
+def test_seed_names_its_folder_and_seed_0_keeps_the_carried_names():
+    from argparse import Namespace
+
+    base = dict(steps=30000, init=None, overrides=None, distill={"hidden": {"stages": 0.5}}, final_teacher=True)
+    # seed 0's folder is the one already carried (benchmarks/carry), so it must not change name
+    assert student_pilot.run_name("kd_hidden", Namespace(**base, seed=0)) == "kd_hidden_30000_hidden.stages-0.5_final"
+    assert (student_pilot.run_name("kd_hidden", Namespace(**base, seed=1))
+            == "kd_hidden_30000_hidden.stages-0.5_seed1_final")

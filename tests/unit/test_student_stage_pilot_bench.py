@@ -41,6 +41,9 @@ def test_run_name_is_one_folder_per_start_and_arguments():
     assert pilot.run_name(Path("/w/students/kd_hidden/seed0/student"), 0.5, 3000, 2e-4) == "student_stage_seed0_3000_op0.5_lr0.0002"
     assert pilot.run_name(Path("/w/extra/kd_hidden_60000_final/student"), 0.0, 300, 1e-3) == \
         "student_stage_kd_hidden_60000_final_300_op0_lr0.001"
+    # another seed from the same student trains in its own folder; seed 0 keeps the carried runs' names
+    assert pilot.run_name(Path("/w/extra/s_final/student"), 0.0, 3000, 2e-4, heads=False, seed=1) == \
+        "student_stage_s_final_3000_op0_lr0.0002_noheads_seed1"
 
 
 def test_probabilities_parse():
