@@ -33,7 +33,23 @@ def test_a_setting_onnxruntime_would_ignore_is_refused(options, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-def test_cpu_sessions_ask_for_exact_int8_products_unless_told_otherwise(tmp_path):
+@pytest.mark.parametrize("machine, flags, saturates", [
+    ("x86_64", {"sse4_1", "avx2", "fma"}, True),                   # AVX2 only (Zen 3): u8 x s8 adds in 16 bits
+    ("x86_64", {"avx2", "avx512f", "avx512bw"}, True),              # AVX512 without VNNI (Skylake-SP)
+    ("x86_64", {"avx2", "avx512f", "avx512_vnni"}, False),          # Zen 4, Cascade Lake
+    ("x86_64", {"avx2", "avx_vnni"}, False),                        # Alder Lake
+    ("x86_64", {"avx512_vnni", "amx_int8", "amx_tile"}, False),     # Sapphire Rapids
+    ("AMD64", {"avx_vnni"}, False),
+    ("x86_64", None, True),                                         # flags unread: the exact path
+    ("aarch64", None, False), ("arm64", {"asimd"}, False),          # Jetson, Apple
+])
+def test_exact_int8_products_only_where_u8_times_s8_saturates(machine, flags, saturates):
+    from tiercel.runtime.backends import saturating_int8
+
+    assert saturating_int8(machine, None if flags is None else frozenset(flags)) is saturates
+
+
+def test_cpu_sessions_ask_for_exact_int8_products_unless_told_otherwise(tmp_path, monkeypatch):
     import onnx
     from onnx import TensorProto, helper
 
@@ -44,9 +60,18 @@ def test_cpu_sessions_ask_for_exact_int8_products_unless_told_otherwise(tmp_path
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "g.onnx")
 
-    def entry(options=None):
-        return OrtSession(tmp_path / "g.onnx", options=options).session.get_session_options().get_session_config_entry(
-            "session.x64quantprecision")
+    def entry(options=None):  # the key's value in the session's options; "" where it is not set
+        got = OrtSession(tmp_path / "g.onnx", options=options).session.get_session_options()
+        try:
+            return got.get_session_config_entry("session.x64quantprecision")
+        except RuntimeError:  # onnxruntime: "does not have configuration with key"
+            return ""
 
-    assert entry() == "1"  # u8 x u8 on x86 CPUs without VNNI, where u8 x s8 saturates
+    from tiercel.runtime import backends
+
+    monkeypatch.setattr(backends, "ORT_CPU_CONFIG", {"session.x64quantprecision": "1"})  # a CPU where u8 x s8 saturates
+    assert entry() == "1"
     assert entry({"session.x64quantprecision": "0"}) == "0"  # --option turns it off
+    monkeypatch.setattr(backends, "ORT_CPU_CONFIG", {})  # VNNI or AMX: the key would only slow int8 down
+    assert entry() == ""
+    assert entry({"session.x64quantprecision": "1"}) == "1"  # --option still turns it on

@@ -16,6 +16,7 @@ fails with the exact `pip install 'tiercel[extra]'`. Knows nothing about what th
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,10 +118,33 @@ class OrtSession:
         return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[rows]), self.device_type, 0)
 
 
-# Session config of every onnxruntime CPU session (and of the roofline's int8 peak, which bounds them): x86 CPUs
-# without VNNI saturate onnxruntime's u8 x s8 int8 products in 16 bits (its session-config header says so); this
-# key makes them use exact u8 x u8 there, and does nothing on other CPUs. --option may turn it off.
-ORT_CPU_CONFIG = {"session.x64quantprecision": "1"}
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # /proc/cpuinfo flags of exact u8 x s8 dot products
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo; None where there is none (not Linux) or it has no flags line."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), None)
+    except OSError:
+        return None
+    return frozenset(line.split(":", 1)[1].split()) if line else None
+
+
+def saturating_int8(machine: str, flags: frozenset[str] | None) -> bool:
+    """Whether onnxruntime's u8 x s8 int8 kernels saturate on this CPU: x86 without VNNI (SSE4.1, AVX2, AVX512
+    without VNNI) adds pairs of products in 16 bits (its session-config header says so). An x86 CPU whose flags
+    cannot be read counts as saturating (the exact path is only slower); ARM CPUs do not saturate."""
+    if machine.lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
+        return False
+    return flags is None or not flags & VNNI_FLAGS
+
+
+# Session config of every onnxruntime CPU session (and of the roofline's int8 peak, which bounds them): exact u8 x u8
+# int8 products where u8 x s8 saturates, else nothing. Only there: on a CPU with VNNI or AMX the key gives the same
+# outputs 1.1-2x slower (an Intel Xeon with AMX: the int8 vision encoder 3.76 against 1.84 s,
+# benchmarks/results/int8_products_cpu.md). --option may set it either way.
+ORT_CPU_CONFIG = {"session.x64quantprecision": "1"} if saturating_int8(platform.machine(), cpu_flags()) else {}
 
 _ORT_FLAGS = ("enable_cpu_mem_arena", "enable_mem_pattern", "enable_mem_reuse", "use_deterministic_compute")
 _ORT_INTS = ("inter_op_num_threads", "intra_op_num_threads")
