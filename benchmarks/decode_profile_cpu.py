@@ -21,7 +21,9 @@ The bound is bytes / read bandwidth, measured in every timing round by one-threa
 faster of a max and a matrix-vector product (as tiercel/runtime/profile/roofline.py measures it; median over
 rounds). Runs before this file's read bound divided by a numpy copy's read + write; the JSON keeps that bound too
 (`bound_copy_ms`, `ratio_copy`). OpenVINO rows are timed only (no per-node profile); their bytes are the IR's .bin
-file.
+file. `ov-bf16` is the fp32 IR computed in bf16 (`--option INFERENCE_PRECISION_HINT=bf16`, on CPUs with AVX512-BF16
+or AMX; the script stops with one line elsewhere): its weights and KV cache count 2 bytes a value, the cache fed in
+bf16 as the runtime keeps it.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ BUNDLES = {  # name -> (runtime backend, quantize backend, scheme); None: the fp
     "ort-int4": ("onnxruntime", "onnxruntime", "int4-weight-only"),
     "ov-fp32": ("openvino", None, None),
     "ov-int8-dynamic": ("openvino", "openvino", "int8-dynamic"),
+    "ov-bf16": ("openvino", None, None),  # the fp32 IR computed in bf16 (HINTS), where the CPU has it
 }
+HINTS = {"ov-bf16": "bf16"}  # bundle -> OpenVINO INFERENCE_PRECISION_HINT (the runtime's --option); weights and KV at that width
 
 
 # ---- bundles ----------------------------------------------------------------------------------------------
@@ -112,10 +116,11 @@ def weight_bytes(onnx_file: Path) -> dict:
     return {"parts": dict(parts), "by_dtype": dict(by_dtype)}
 
 
-def ov_weight_bytes(xml: Path) -> dict:
-    """An OpenVINO IR's weights: its .bin file, all counted as read (the position table in full: ~3 MB)."""
-    n = xml.with_suffix(".bin").stat().st_size
-    return {"parts": {"layers": n}, "by_dtype": {"ir_bin": n}}
+def ov_weight_bytes(xml: Path, hint: str | None = None) -> dict:
+    """An OpenVINO IR's weights: its .bin file, all counted as read (the position table in full: ~3 MB); at a
+    16-bit `hint` (bf16, f16) half of an fp32 IR's, since the CPU plugin converts the weights when it compiles."""
+    n = xml.with_suffix(".bin").stat().st_size // (2 if hint else 1)
+    return {"parts": {"layers": n}, "by_dtype": {f"ir_bin_as_{hint}" if hint else "ir_bin": n}}
 
 
 def step_bytes(weights: dict, shape: dict, past: int, prompt: int, batch: int, kv_bytes: int = 4) -> dict:
@@ -168,12 +173,23 @@ def ort_session(file: Path, profile_dir: Path | None = None):
     return sess, lambda feeds: dict(zip(names, sess.run(names, feeds)))
 
 
-def product_session(file: Path, backend: str):
-    """The runtime's own session for `backend` on one thread (OpenVINO: f32 inference precision, as it sets)."""
-    from tiercel.runtime.backends import get_backend
+def product_session(file: Path, backend: str, hint: str | None = None):
+    """The runtime's own session for `backend` on one thread (OpenVINO: f32 inference precision, as it sets, or
+    `hint`), and a function giving a step's feeds in the types it takes: the KV cache in the session's own
+    precision, converted once here as the runtime's decoder feeds back the cache it was given."""
+    from tiercel.runtime.backends import bf16_bits, get_backend
 
     spec = get_backend(backend)
-    return spec.open(file, spec.devices[0], 1, None).run
+    sess = spec.open(file, spec.devices[0], 1, {"INFERENCE_PRECISION_HINT": hint} if hint else None)
+    kv = getattr(sess, "kv", None)
+    if hint and kv != hint:
+        sys.exit(f"{file}: this CPU does not compute in {hint} on OpenVINO (OPTIMIZATION_CAPABILITIES); drop that bundle")
+    cast = {"bf16": bf16_bits, "f16": lambda v: v.astype(np.float16)}.get(kv)
+
+    def prepare(feeds: dict) -> dict:
+        return {k: cast(v) if cast and k.startswith("past_key_values.") else v for k, v in feeds.items()}
+
+    return sess.run, prepare
 
 
 def batched(feeds: dict, batch: int) -> dict:
@@ -287,19 +303,21 @@ def run_timed(files: dict, feeds: dict, steps: int, rounds: int) -> tuple[dict, 
     Each round starts one bundle later. In a fixed order, the bundles listed (opened and timed) first ran 4-19%
     slower than the same graphs listed second, in both orders (results/decode_profile_cpu_ab*.json): compare a
     change with its baseline both ways round."""
-    runs = {name: product_session(file, backend) for name, (file, backend) in files.items()}
+    runs = {name: product_session(file, backend, HINTS.get(name.removesuffix("-baseline")))
+            for name, (file, backend) in files.items()}
     out, gbs = {}, []
     for batch, base in feeds.items():
-        for run in runs.values():
-            decode(run, base, 2)
+        given = {name: prepare(base) for name, (_, prepare) in runs.items()}
+        for name, (run, _) in runs.items():
+            decode(run, given[name], 2)
         times = defaultdict(list)
         names = list(runs)
         for r in range(rounds):
             gbs.append(bandwidth(repeats=3))
             for name in names[r % len(names):] + names[: r % len(names)]:  # rotated: see run_timed's docstring
-                run = runs[name]
+                run = runs[name][0]
                 t = time.perf_counter()
-                decode(run, base, steps)
+                decode(run, given[name], steps)
                 times[name].append((time.perf_counter() - t) * 1e3 / steps)
         out.update({(name, batch): v for name, v in times.items()})
     return out, gbs
@@ -350,11 +368,12 @@ def main() -> None:
     log(f"bandwidth: read {gbs:.1f} GB/s, copy {copy_gbs:.1f} GB/s counted both ways (medians of {len(bw)} rounds)")
     rows = {}
     for name, (file, backend) in files.items():
-        weights = weight_bytes(file) if file.suffix == ".onnx" else ov_weight_bytes(file)
+        hint = HINTS.get(name.removesuffix("-baseline"))
+        weights = weight_bytes(file) if file.suffix == ".onnx" else ov_weight_bytes(file, hint)
         for batch in feeds:
-            row = {"backend": backend, "scheme": BUNDLES[name.removesuffix("-baseline")][2] or "fp32", "batch": batch,
-                   "step_ms": statistics.median(timed[(name, batch)]), "step_ms_rounds": timed[(name, batch)]}
-            need = step_bytes(weights, shape, args.past, args.prompt, batch)
+            row = {"backend": backend, "scheme": BUNDLES[name.removesuffix("-baseline")][2] or hint or "fp32",
+                   "batch": batch, "step_ms": statistics.median(timed[(name, batch)]), "step_ms_rounds": timed[(name, batch)]}
+            need = step_bytes(weights, shape, args.past, args.prompt, batch, kv_bytes=2 if hint else 4)
             bound = need["total"] / (gbs * 1e9) * 1e3
             copy_bound = need["total"] / (copy_gbs * 1e9) * 1e3  # the bound of the runs before the read bound
             row.update(weights=weights, bytes=need, bound_ms=bound, ratio=row["step_ms"] / bound,
