@@ -173,7 +173,7 @@ def ort_session(file: Path, profile_dir: Path | None = None):
     return sess, lambda feeds: dict(zip(names, sess.run(names, feeds)))
 
 
-def product_session(file: Path, backend: str, hint: str | None = None):
+def product_session(file: Path, backend: str, hint: str | None = None, name: str = ""):
     """The runtime's own session for `backend` on one thread (OpenVINO: f32 inference precision, as it sets, or
     `hint`), and a function giving a step's feeds in the types it takes: the KV cache in the session's own
     precision, converted once here as the runtime's decoder feeds back the cache it was given."""
@@ -183,7 +183,8 @@ def product_session(file: Path, backend: str, hint: str | None = None):
     sess = spec.open(file, spec.devices[0], 1, {"INFERENCE_PRECISION_HINT": hint} if hint else None)
     kv = getattr(sess, "kv", None)
     if hint and kv != hint:
-        sys.exit(f"{file}: this CPU does not compute in {hint} on OpenVINO (OPTIMIZATION_CAPABILITIES); drop that bundle")
+        sys.exit(f"{name or file}: this CPU does not compute in {hint} on OpenVINO (OPTIMIZATION_CAPABILITIES); "
+                 "leave that bundle out of --bundles")
     cast = {"bf16": bf16_bits, "f16": lambda v: v.astype(np.float16)}.get(kv)
 
     def prepare(feeds: dict) -> dict:
@@ -303,7 +304,7 @@ def run_timed(files: dict, feeds: dict, steps: int, rounds: int) -> tuple[dict, 
     Each round starts one bundle later. In a fixed order, the bundles listed (opened and timed) first ran 4-19%
     slower than the same graphs listed second, in both orders (results/decode_profile_cpu_ab*.json): compare a
     change with its baseline both ways round."""
-    runs = {name: product_session(file, backend, HINTS.get(name.removesuffix("-baseline")))
+    runs = {name: product_session(file, backend, HINTS.get(name.removesuffix("-baseline")), name)
             for name, (file, backend) in files.items()}
     out, gbs = {}, []
     for batch, base in feeds.items():
@@ -337,7 +338,9 @@ def main() -> None:
     ap.add_argument("--past", type=int, default=32)
     ap.add_argument("--prompt", type=int, default=20)
     ap.add_argument("--batches", default="1,14")
-    ap.add_argument("--bundles", default=",".join(BUNDLES), help=f"comma-separated subset of {', '.join(BUNDLES)}")
+    ap.add_argument("--bundles", default=",".join(b for b in BUNDLES if b not in HINTS),
+                    help=f"comma-separated subset of {', '.join(BUNDLES)} (default: all but {', '.join(HINTS)}, "
+                    "which needs a CPU computing in that precision)")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--baseline", type=Path, help="a --work folder built by an earlier commit: its bundles are timed "

@@ -159,8 +159,8 @@ def main() -> None:
     for layout in LAYOUTS:
         for scheme in SCHEMES:
             bundle = args.work / layout / scheme
-            step = product_session(graph(bundle, "decoder_with_past_model"), "onnxruntime")
-            first = product_session(graph(bundle, "decoder_model"), "onnxruntime")
+            step, _ = product_session(graph(bundle, "decoder_with_past_model"), "onnxruntime")
+            first, _ = product_session(graph(bundle, "decoder_model"), "onnxruntime")
             for rows in map(int, args.rows.split(",")):
                 items = rows // args.beams if layout == "per_item" else rows
                 f_step, f_first = past_feeds(one, rows, items), first_feeds(shape, rng, args.prompt, rows, items)

@@ -77,7 +77,8 @@ def named_run(text: str) -> tuple[str, Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=named_run, action="append", required=True, metavar="NAME=RUN_FOLDER",
-                    help="a lever's run folder (student_pilot.py's, holding predictions.json.gz); repeatable")
+                    help="a lever's run folder holding predictions.json.gz (student_pilot.py's; with --finished, "
+                    "student_stage_pilot.py's); repeatable")
     ap.add_argument("--limit", type=int, default=1200, help="test records per task the baselines score (the levers')")
     ap.add_argument("--finished", action="store_true",
                     help="compare finish-stage runs with the table's finished students (the fidelity run's predictions)")
@@ -133,7 +134,7 @@ def main() -> None:
                "finished": args.finished,
                "command": "python benchmarks/student_levers.py " + " ".join(sys.argv[1:]), "commit": commit(),
                "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-               "limit": args.limit, "teacher": {"path": teacher, "average": teacher_average,
+               "limit": None if args.finished else args.limit, "teacher": {"path": teacher, "average": teacher_average,
                                                 "headline": teacher_eval["headline"]},
                "models": models, "paired": comparisons, "wall_s": time.perf_counter() - t0}
     args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -39,7 +39,7 @@ def test_a_setting_onnxruntime_would_ignore_is_refused(options, message):
     ("x86_64", {"avx2", "avx512f", "avx512_vnni"}, False),          # Zen 4, Cascade Lake
     ("x86_64", {"avx2", "avx_vnni"}, False),                        # Alder Lake
     ("x86_64", {"avx512_vnni", "amx_int8", "amx_tile"}, False),     # Sapphire Rapids
-    ("AMD64", {"avx_vnni"}, False),
+    ("AMD64", {"avx_vnni"}, False), ("AMD64", {"avx2"}, True),     # Windows names x86-64 so
     ("x86_64", None, True),                                         # flags unread: the exact path
     ("aarch64", None, False), ("arm64", {"asimd"}, False),          # Jetson, Apple
 ])
@@ -47,6 +47,17 @@ def test_exact_int8_products_only_where_u8_times_s8_saturates(machine, flags, sa
     from tiercel.runtime.backends import saturating_int8
 
     assert saturating_int8(machine, None if flags is None else frozenset(flags)) is saturates
+
+
+def test_cpu_flags_are_read_from_the_flags_line(tmp_path):
+    from tiercel.runtime.backends import cpu_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx2 avx512_vnni amx_int8\nbugs\t: spectre\n")
+    assert cpu_flags(str(info)) == {"fpu", "avx2", "avx512_vnni", "amx_int8"}
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # ARM's /proc/cpuinfo has no flags line
+    assert cpu_flags(str(info)) is None
+    assert cpu_flags(str(tmp_path / "missing")) is None
 
 
 def test_cpu_sessions_ask_for_exact_int8_products_unless_told_otherwise(tmp_path, monkeypatch):

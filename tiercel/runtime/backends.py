@@ -121,10 +121,10 @@ class OrtSession:
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # /proc/cpuinfo flags of exact u8 x s8 dot products
 
 
-def cpu_flags() -> frozenset[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo; None where there is none (not Linux) or it has no flags line."""
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The CPU's feature flags from `cpuinfo`; None where there is none (not Linux) or it has no flags line."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             line = next((ln for ln in f if ln.startswith("flags")), None)
     except OSError:
         return None
@@ -134,7 +134,8 @@ def cpu_flags() -> frozenset[str] | None:
 def saturating_int8(machine: str, flags: frozenset[str] | None) -> bool:
     """Whether onnxruntime's u8 x s8 int8 kernels saturate on this CPU: x86 without VNNI (SSE4.1, AVX2, AVX512
     without VNNI) adds pairs of products in 16 bits (its session-config header says so). An x86 CPU whose flags
-    cannot be read counts as saturating (the exact path is only slower); ARM CPUs do not saturate."""
+    cannot be read counts as saturating (the exact path is only slower: Windows and macOS have no /proc/cpuinfo);
+    other CPUs (ARM) have no such kernels."""
     if machine.lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
         return False
     return flags is None or not flags & VNNI_FLAGS
@@ -142,7 +143,7 @@ def saturating_int8(machine: str, flags: frozenset[str] | None) -> bool:
 
 # Session config of every onnxruntime CPU session (and of the roofline's int8 peak, which bounds them): exact u8 x u8
 # int8 products where u8 x s8 saturates, else nothing. Only there: on a CPU with VNNI or AMX the key gives the same
-# outputs 1.1-2x slower (an Intel Xeon with AMX: the int8 vision encoder 3.76 against 1.84 s,
+# outputs 1.1-2x slower (an Intel Xeon with AMX: the int8 vision encoder 3.80 against 1.90 s,
 # benchmarks/results/int8_products_cpu.md). --option may set it either way.
 ORT_CPU_CONFIG = {"session.x64quantprecision": "1"} if saturating_int8(platform.machine(), cpu_flags()) else {}
 
