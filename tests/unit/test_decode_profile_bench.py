@@ -28,3 +28,60 @@ def test_step_bytes_count_the_kv_cache_per_row_at_its_width():
     assert got["total"] == 1000 + 500 + 4 + 3072 + 1792
     half = decode_profile_cpu.step_bytes(weights, SHAPE, past=3, prompt=2, batch=2, kv_bytes=2)
     assert (half["kv_cross"], half["kv_self"]) == (1536, 896)
+
+
+class _Session:
+    def __init__(self, kv):
+        self.kv, self.options = kv, None
+
+    def run(self, feeds):
+        return feeds
+
+
+def _backend(monkeypatch, kv):
+    """get_backend('openvino') opening a stand-in session whose KV precision is `kv` (what OpenVinoSession sets)."""
+    from types import SimpleNamespace
+
+    from tiercel.runtime import backends
+
+    opened = {}
+
+    def open_(file, device, threads, options):
+        opened["options"] = options
+        return _Session(kv)
+
+    monkeypatch.setattr(backends, "get_backend", lambda name: SimpleNamespace(devices=["CPU"], open=open_))
+    return opened
+
+
+def test_the_bf16_bundle_opens_at_the_hint_and_feeds_its_cache_in_bf16_once(monkeypatch):
+    import numpy as np
+
+    from tiercel.runtime.backends import bf16_bits
+
+    opened = _backend(monkeypatch, "bf16")
+    run, prepare = decode_profile_cpu.product_session(Path("d.xml"), "openvino", "bf16", "ov-bf16")
+    assert opened["options"] == {"INFERENCE_PRECISION_HINT": "bf16"}
+    cache, ids = np.linspace(-3, 3, 12, dtype=np.float32).reshape(1, 2, 6), np.array([[5]])
+    got = prepare({"past_key_values.0.encoder.key": cache, "input_ids": ids})
+    assert got["past_key_values.0.encoder.key"].dtype == np.uint16
+    assert np.array_equal(got["past_key_values.0.encoder.key"], bf16_bits(cache))
+    assert got["input_ids"] is ids  # only the cache changes type
+
+
+def test_a_cpu_without_the_precision_stops_naming_the_bundle(monkeypatch):
+    import pytest
+
+    _backend(monkeypatch, None)  # OpenVinoSession leaves kv None where the CPU plugin cannot compute in bf16
+    with pytest.raises(SystemExit) as stop:
+        decode_profile_cpu.product_session(Path("d.xml"), "openvino", "bf16", "ov-bf16")
+    assert str(stop.value.code).startswith("ov-bf16: this CPU does not compute in bf16 on OpenVINO")
+
+
+def test_an_fp32_session_takes_its_feeds_as_they_are(monkeypatch):
+    import numpy as np
+
+    opened = _backend(monkeypatch, None)
+    _, prepare = decode_profile_cpu.product_session(Path("d.onnx"), "onnxruntime")
+    cache = np.ones((1, 2, 3), np.float32)
+    assert opened["options"] is None and prepare({"past_key_values.0.decoder.key": cache})["past_key_values.0.decoder.key"] is cache
