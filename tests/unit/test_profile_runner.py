@@ -93,6 +93,9 @@ def test_openvino_in_f32_on_a_bf16_cpu_gets_a_hint(report):
     from tiercel.runtime.profile import report as render
 
     assert isinstance(report.machine["cpu_bf16"], list)  # read from /proc/cpuinfo's flags
+    from tiercel.runtime.backends import ORT_CPU_CONFIG
+
+    assert report.machine["onnxruntime_cpu_config"] == ORT_CPU_CONFIG  # whether int8 ran the exact (slower) products
     bf16 = replace(report, machine={**report.machine, "cpu_bf16": ["avx512_bf16"]})
     [line] = render.precision_notes(bf16)
     assert line.startswith("this CPU computes bf16 (avx512_bf16): OpenVINO ran in f32, tiercel's default; "

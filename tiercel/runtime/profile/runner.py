@@ -166,17 +166,19 @@ class ProfileReport:
 
 def machine_info() -> dict:
     """CPU model, cores, load average at start, OS and library versions: what a timing needs next to it."""
-    cpu, flags = platform.processor() or platform.machine(), set()
+    from tiercel.runtime.backends import ORT_CPU_CONFIG, cpu_flags
+
+    cpu, flags = platform.processor() or platform.machine(), cpu_flags() or frozenset()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
-        flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     return {"cpu": cpu, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in load],
             "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"}),  # what OpenVINO's CPU plugin computes bf16 with
+            # the session config tiercel gave onnxruntime here: exact int8 products (slower) where u8 x s8 saturates
+            "onnxruntime_cpu_config": dict(ORT_CPU_CONFIG),
             "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__}
 
 
