@@ -93,8 +93,9 @@ def main() -> None:
     cfg = load_config(HERE / "recipes" / "fidelity.yaml", quick=False)
     folder = FIDELITY / "data"
     data = data_paths(folder)
+    everyone = {**bases, **{name: (run, run / PREDICTIONS) for name, run in args.run}}  # name: (run folder, predictions)
     teacher = teacher_of(bases[base_name][0])
-    for name, run in [*((n, r) for n, (r, _) in bases.items()), *args.run]:
+    for name, (run, _) in everyone.items():
         if not (run / "recipe.yaml").is_file():
             sys.exit(f"{run}: no recipe.yaml; give a training run's folder for {name}")
         if teacher_of(run) != teacher:
@@ -113,18 +114,17 @@ def main() -> None:
     teacher_eval = json.loads((FIDELITY / "stages" / "eval__teacher.json").read_text())["result"]
     teacher_average = teacher_eval["average"]
 
-    runs = {**{n: r for n, (r, _) in bases.items()}, **dict(args.run)}
-    predictions = {**{n: p for n, (_, p) in bases.items()}, **{n: r / PREDICTIONS for n, r in args.run}}
     pairs = [(second, base_name)] + [(name, base) for name, _ in args.run for base in bases]
     comparisons = {}
     for name, base in pairs:
         print(f"{name} against {base}: paired bootstrap, {PAIRED_ROUNDS} rounds", flush=True)
         comparisons[f"{name} - {base}"] = {"base": base, "other": name, **paired(
-            predictions[base], predictions[name], PAIRED_ROUNDS, 0.95, 0)}
+            everyone[base][1], everyone[name][1], PAIRED_ROUNDS, 0.95, 0)}
     models = {}
     for got in comparisons.values():
         for side in ("base", "other"):
-            models.setdefault(got[side], {"path": str(runs[got[side]]), "predictions": str(predictions[got[side]]),
+            run, predictions = everyone[got[side]]
+            models.setdefault(got[side], {"path": str(run), "predictions": str(predictions),
                                           "headline": {t: p[side] for t, p in got["per_task"].items()},
                                           "average": got["average"][side]})
     for m in models.values():
