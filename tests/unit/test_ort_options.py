@@ -50,14 +50,36 @@ def test_exact_int8_products_only_where_u8_times_s8_saturates(machine, flags, sa
 
 
 def test_cpu_flags_are_read_from_the_flags_line(tmp_path):
-    from tiercel.runtime.backends import cpu_flags
+    from tiercel.runtime.backends import cpu_flags, numpy_cpu_flags
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx2 avx512_vnni amx_int8\nbugs\t: spectre\n")
     assert cpu_flags(str(info)) == {"fpu", "avx2", "avx512_vnni", "amx_int8"}
     info.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # ARM's /proc/cpuinfo has no flags line
-    assert cpu_flags(str(info)) is None
-    assert cpu_flags(str(tmp_path / "missing")) is None
+    assert cpu_flags(str(info)) == numpy_cpu_flags()  # numpy's table stands in (no x86 flag on an ARM CPU)
+    assert cpu_flags(str(tmp_path / "missing")) == numpy_cpu_flags()  # Windows, macOS
+
+
+@pytest.mark.parametrize("features, flags, saturates", [
+    ({"AVX2": True, "AVX512F": True, "AVX512VNNI": True, "AVX512BF16": False}, {"avx2", "avx512f", "avx512_vnni"},
+     False),                                                         # a Windows laptop with Ice Lake
+    ({"AVX2": True, "AVX512F": False, "AVX512VNNI": False}, {"avx2"}, True),  # Haswell: the exact path
+    ({"NEON": True, "ASIMD": True}, None, True),                    # no x86 name at all: unknown, exact on x86
+])
+def test_numpy_features_stand_in_where_there_is_no_cpuinfo(features, flags, saturates):
+    from tiercel.runtime.backends import numpy_cpu_flags, saturating_int8
+
+    got = numpy_cpu_flags(features)
+    assert got == (None if flags is None else frozenset(flags))
+    assert saturating_int8("AMD64", got) is saturates
+
+
+def test_numpy_features_are_read_from_this_numpy():
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    from tiercel.runtime.backends import numpy_cpu_flags
+
+    assert numpy_cpu_flags() == numpy_cpu_flags(dict(__cpu_features__))
 
 
 def test_cpu_sessions_ask_for_exact_int8_products_unless_told_otherwise(tmp_path, monkeypatch):

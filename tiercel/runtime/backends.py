@@ -121,21 +121,44 @@ class OrtSession:
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # /proc/cpuinfo flags of exact u8 x s8 dot products
 
 
+# numpy's names of the x86 features tiercel asks about -> Linux's /proc/cpuinfo names. numpy knows neither AVX-VNNI
+# nor AMX, so where its features stand in (no /proc/cpuinfo), a CPU with only those counts as without VNNI.
+_NUMPY_FLAGS = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16",
+                "AVX512FP16": "avx512_fp16"}
+
+
+def numpy_cpu_flags(features: dict[str, bool] | None = None) -> frozenset[str] | None:
+    """The x86 features numpy detected at import (cpuid, with the OS's support for the wider registers checked), on
+    every OS, under Linux's flag names; None where numpy reports none of them (not x86, or a numpy without its
+    feature table). `features`: numpy's table (default: this process's)."""
+    if features is None:
+        try:
+            from numpy._core._multiarray_umath import __cpu_features__ as features
+        except ImportError:  # numpy 1.x
+            try:
+                from numpy.core._multiarray_umath import __cpu_features__ as features
+            except ImportError:
+                return None
+    if not any(name in features for name in _NUMPY_FLAGS):
+        return None
+    return frozenset(flag for name, flag in _NUMPY_FLAGS.items() if features.get(name))
+
+
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
-    """The CPU's feature flags from `cpuinfo`; None where there is none (not Linux) or it has no flags line."""
+    """The CPU's feature flags from `cpuinfo`; where it cannot be read (Windows, macOS), those numpy detected
+    (numpy_cpu_flags); None where neither says."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             line = next((ln for ln in f if ln.startswith("flags")), None)
     except OSError:
-        return None
-    return frozenset(line.split(":", 1)[1].split()) if line else None
+        return numpy_cpu_flags()
+    return frozenset(line.split(":", 1)[1].split()) if line else numpy_cpu_flags()
 
 
 def saturating_int8(machine: str, flags: frozenset[str] | None) -> bool:
     """Whether onnxruntime's u8 x s8 int8 kernels saturate on this CPU: x86 without VNNI (SSE4.1, AVX2, AVX512
     without VNNI) adds pairs of products in 16 bits (its session-config header says so). An x86 CPU whose flags
-    cannot be read counts as saturating (the exact path is only slower: Windows and macOS have no /proc/cpuinfo);
-    other CPUs (ARM) have no such kernels."""
+    are unknown counts as saturating (the exact path is only slower); other CPUs (ARM) have no such kernels."""
     if machine.lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
         return False
     return flags is None or not flags & VNNI_FLAGS
