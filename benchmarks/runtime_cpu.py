@@ -141,12 +141,15 @@ def machine() -> dict:
     import torch
     import transformers
 
+    from tiercel.runtime.backends import ORT_CPU_CONFIG
+
     flags = open("/proc/cpuinfo").read()
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags,
             "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
             "loadavg_start": os.getloadavg(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
             "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__}
+            "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__,
+            "onnxruntime_cpu_config": dict(ORT_CPU_CONFIG)}  # what tiercel's onnxruntime sessions ran with here
 
 
 def build_and_export(preset: str, work: Path, log):
