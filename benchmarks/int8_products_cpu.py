@@ -70,11 +70,11 @@ def main() -> None:
     args = ap.parse_args()
     from tiercel.fileio import write_json
     from tiercel.runtime import read_bundle
-    from tiercel.runtime.backends import ORT_CPU_CONFIG, cpu_flags
+    from tiercel.runtime.backends import CPU_FLAGS, ORT_CPU_CONFIG
 
     log = lambda m: print(m, flush=True)  # noqa: E731
     bundles = build(args.work, ["ort-int8-static", "ort-int8-dynamic"], False, log)
-    flags = cpu_flags() or frozenset()
+    flags = CPU_FLAGS or frozenset()
     result = {"command": "python benchmarks/int8_products_cpu.py " + " ".join(sys.argv[1:]), "commit": commit(),
               "machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                           "int8_flags": sorted(flags & {"avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"})},

@@ -168,7 +168,8 @@ def saturating_int8(machine: str, flags: frozenset[str] | None) -> bool:
 # int8 products where u8 x s8 saturates, else nothing. Only there: on a CPU with VNNI or AMX the key gives the same
 # outputs 1.1-2x slower (an Intel Xeon with AMX: the int8 vision encoder 3.80 against 1.90 s,
 # benchmarks/results/int8_products_cpu.md). --option may set it either way.
-ORT_CPU_CONFIG = {"session.x64quantprecision": "1"} if saturating_int8(platform.machine(), cpu_flags()) else {}
+CPU_FLAGS = cpu_flags()  # this machine's, read once (cpu_flags): the session config below and `tiercel profile` use it
+ORT_CPU_CONFIG = {"session.x64quantprecision": "1"} if saturating_int8(platform.machine(), CPU_FLAGS) else {}
 
 _ORT_FLAGS = ("enable_cpu_mem_arena", "enable_mem_pattern", "enable_mem_reuse", "use_deterministic_compute")
 _ORT_INTS = ("inter_op_num_threads", "intra_op_num_threads")

@@ -166,9 +166,9 @@ class ProfileReport:
 
 def machine_info() -> dict:
     """CPU model, cores, load average at start, OS and library versions: what a timing needs next to it."""
-    from tiercel.runtime.backends import ORT_CPU_CONFIG, cpu_flags
+    from tiercel.runtime.backends import CPU_FLAGS, ORT_CPU_CONFIG
 
-    cpu, flags = platform.processor() or platform.machine(), cpu_flags() or frozenset()
+    cpu, flags = platform.processor() or platform.machine(), CPU_FLAGS or frozenset()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
